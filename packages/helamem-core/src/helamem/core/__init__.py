@@ -1,0 +1,51 @@
+"""HeLa-Mem core: Hebbian associative memory for LLM agents.
+
+Examples:
+    >>> from helamem.core import HelaMemory
+    >>> mem = HelaMemory.from_path("./helamem-data")  # opens on first use
+"""
+
+from .config import ChromaConfig, DynamicsConfig, EmbedderConfig, HelaMemConfig, RetrievalConfig
+from .embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
+from .engine import HelaMemory, Stats
+from .errors import (
+    ConfigError,
+    EmbeddingError,
+    HelaMemError,
+    InvalidInputError,
+    InvalidScopeError,
+    MemoryNotFoundError,
+    StorageError,
+    StoreClosedError,
+)
+from .types import Hit, Kind, Memory, NewMemory, Provenance, Scope, SearchResult
+
+__all__ = [
+    "ChromaConfig",
+    "ConfigError",
+    "DynamicsConfig",
+    "Embedder",
+    "EmbedderConfig",
+    "EmbeddingError",
+    "HashingEmbedder",
+    "HelaMemConfig",
+    "HelaMemError",
+    "HelaMemory",
+    "Hit",
+    "InvalidInputError",
+    "InvalidScopeError",
+    "Kind",
+    "Memory",
+    "MemoryNotFoundError",
+    "MiniLMEmbedder",
+    "NewMemory",
+    "Provenance",
+    "RetrievalConfig",
+    "Scope",
+    "SearchResult",
+    "Stats",
+    "StorageError",
+    "StoreClosedError",
+]
+
+__version__ = "0.1.0"

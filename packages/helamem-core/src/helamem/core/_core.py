@@ -1,0 +1,612 @@
+"""The engine's operations, written once, run on the store's owner thread.
+
+:class:`helamem.core.engine.HelaMemory` is the public facade; it runs every
+method here on one dedicated thread (sync callers wait on a future, async
+callers await it), so SQLite and Chroma have a single owner and nothing
+blocks an event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from . import dynamics, retrieval
+from .config import HelaMemConfig
+from .embeddings import Embedder
+from .errors import (
+    ConfigError,
+    EmbeddingError,
+    InvalidInputError,
+    MemoryNotFoundError,
+    StorageError,
+)
+from .ids import new_id
+from .storage.base import EdgeRow, MemoryRow, VectorIndex
+from .storage.sqlite import SQLiteStore
+from .text import fts_query, keywords, safe_text
+from .types import (
+    Hit,
+    Kind,
+    Memory,
+    NewMemory,
+    Scope,
+    SearchResult,
+    TimeLike,
+    dump_json,
+    normalize_scope,
+    to_timestamp,
+)
+
+__all__ = ["Core", "Stats"]
+
+logger = logging.getLogger(__name__)
+
+_KIND_CODE = {"episodic": 1, "semantic": 2}
+MAX_CONTENT_CHARS = 16_000_000
+
+
+def _tag(node: int, kind: str) -> str:
+    return f"s{node}k{_KIND_CODE[kind]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts for the whole store or one scope prefix."""
+
+    memories: int
+    episodic: int
+    semantic: int
+    edges: int
+    mean_edge_weight: float
+    scopes: int
+    unindexed: int
+    vectors: int
+    embedder: str
+    schema_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    content: str
+    search_text: str
+    scope: Scope
+    kind: Kind
+    role: str | None
+    event_time: float
+    metadata: str
+    keywords: str
+    provenance: str
+
+
+def _check_content(content: object, what: str = "content") -> str:
+    if not isinstance(content, str):
+        raise InvalidInputError(f"{what} must be a str, got {type(content).__name__}")
+    if not content.strip():
+        raise InvalidInputError(f"{what} is empty or whitespace only; pass some text")
+    if len(content) > MAX_CONTENT_CHARS:
+        raise InvalidInputError(
+            f"{what} has {len(content)} characters, over the {MAX_CONTENT_CHARS} limit; split it"
+        )
+    return content
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise InvalidInputError(f"k must be a positive int, got {k!r}")
+    return k
+
+
+def prepare(
+    item: NewMemory, *, now: float, kind: Kind = "episodic", provenance: Sequence[str] = ()
+) -> _Prepared:
+    """Validate one new memory (pure; raises before anything is written)."""
+    content = _check_content(item.content)
+    scope = normalize_scope(item.scope)
+    if item.role is not None and not isinstance(item.role, str):
+        raise InvalidInputError(f"role must be a str or None, got {type(item.role).__name__}")
+    meta = item.metadata if item.metadata is not None else {}
+    if not isinstance(meta, dict):
+        raise InvalidInputError(f"metadata must be a dict, got {type(meta).__name__}")
+    search_text = safe_text(content)
+    kws = list(item.keywords) if item.keywords is not None else keywords(search_text)
+    if not all(isinstance(w, str) for w in kws):
+        raise InvalidInputError("keywords must be strings")
+    return _Prepared(
+        content=content,
+        search_text=search_text,
+        scope=scope,
+        kind=kind,
+        role=item.role,
+        event_time=to_timestamp(item.event_time, default=now),
+        metadata=dump_json(meta, "metadata"),
+        keywords=dump_json(kws, "keywords"),
+        provenance=dump_json(list(provenance), "provenance"),
+    )
+
+
+class Core:
+    """Storage-owning implementation of every operation (one thread at a time)."""
+
+    def __init__(self, config: HelaMemConfig, embedder: Embedder, index: VectorIndex) -> None:
+        self.config = config
+        self.embedder = embedder
+        self.index = index
+        self.store = SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
+        self._scopes: dict[int, Scope] = {}
+        self._needs_reconcile = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self) -> None:
+        self.store.open()
+        try:
+            self._check_embedder()
+            self.index.open(self.embedder.dimension)
+            self.reconcile()
+        except BaseException:
+            self.store.close()
+            raise
+
+    def close(self) -> None:
+        self.index.close()
+        self.store.close()
+
+    def _check_embedder(self) -> None:
+        name, dim = self.embedder.name, self.embedder.dimension
+        stored = self.store.get_meta("embedder")
+        if stored is None:
+            with self.store.tx() as db:
+                self.store.set_meta(db, "embedder", json.dumps({"name": name, "dimension": dim}))
+            return
+        info = json.loads(stored)
+        if info.get("name") != name or int(info.get("dimension", 0)) != dim:
+            raise ConfigError(
+                f"this store was built with embedder {info.get('name')!r} "
+                f"(dimension {info.get('dimension')}), not {name!r} ({dim}); open it with the "
+                f"same embedder, or run `helamem reindex --reembed` to switch"
+            )
+
+    def reconcile(self) -> int:
+        """Bring the vector index up to date with SQLite; returns rows re-indexed."""
+        gone = self.store.tombstones()
+        if gone:
+            self.index.delete(gone)
+            self.store.clear_tombstones(gone)
+        total = 0
+        while True:
+            rows = self.store.unindexed()
+            if not rows:
+                break
+            self._index_rows(rows)
+            total += len(rows)
+        if total:
+            logger.info("re-indexed %d memories that had not reached the vector index", total)
+        self._needs_reconcile = False
+        return total
+
+    def _index_rows(self, rows: Sequence[MemoryRow], reembed: bool = False) -> None:
+        dim = self.embedder.dimension
+        missing = [r for r in rows if reembed or r.embedding is None or len(r.embedding) != 4 * dim]
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            vecs = self._embed([r.content for r in missing])
+            fresh = {r.n: v for r, v in zip(missing, vecs, strict=True)}
+            self.store.set_embeddings([(n, v.tobytes()) for n, v in fresh.items()])
+        vectors = np.stack(
+            [fresh[r.n] if r.n in fresh else r.vector() for r in rows]  # type: ignore[misc]
+        ).astype(np.float32)
+        self.index.upsert([r.id for r in rows], vectors, [r.scope_id for r in rows],
+                          [r.kind for r in rows])
+        self.store.mark_indexed([r.n for r in rows])
+
+    def reindex(self, reembed: bool = False) -> int:
+        """Rebuild the vector index from SQLite (re-embedding when asked)."""
+        if reembed:
+            with self.store.tx() as db:
+                self.store.set_meta(
+                    db,
+                    "embedder",
+                    json.dumps({"name": self.embedder.name, "dimension": self.embedder.dimension}),
+                )
+        self.index.reset()
+        total = 0
+        for rows in self.store.all_rows():
+            self._index_rows(rows, reembed=reembed)
+            total += len(rows)
+        return total
+
+    # -- helpers ---------------------------------------------------------
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        try:
+            return self.embedder.embed(texts)
+        except EmbeddingError:
+            raise
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise EmbeddingError(f"embedder {self.embedder.name!r} failed: {exc}") from exc
+
+    def _now_tick(self, stored: int) -> int:
+        if self.config.dynamics.clock == "wall":
+            return int(time.time() // self.config.dynamics.tick_seconds)
+        return stored
+
+    def _scope(self, scope_id: int) -> Scope:
+        s = self._scopes.get(scope_id)
+        if s is None:
+            s = self._scopes[scope_id] = self.store.scope_of(scope_id)
+        return s
+
+    def _memory(self, r: MemoryRow) -> Memory:
+        return Memory(
+            id=r.id,
+            scope=self._scope(r.scope_id),
+            kind="semantic" if r.kind == "semantic" else "episodic",
+            content=r.content,
+            role=r.role,
+            event_time=datetime.fromtimestamp(r.event_time, tz=UTC),
+            created_at=datetime.fromtimestamp(r.created_at, tz=UTC),
+            keywords=tuple(json.loads(r.keywords)),
+            access_count=r.access_count,
+            last_access=(
+                None if r.last_access is None else datetime.fromtimestamp(r.last_access, tz=UTC)
+            ),
+            metadata=json.loads(r.metadata),
+            provenance=tuple(json.loads(r.provenance)),
+        )
+
+    def _decayed(self, e: EdgeRow, tick_now: int) -> float:
+        d = self.config.dynamics
+        return dynamics.decayed(e.weight, tick_now - e.tick, d.decay_rate)
+
+    def _ticks(self, scope_ids: Sequence[int]) -> dict[int, int]:
+        return {s: self._now_tick(self.store.scope_state(s)[0]) for s in set(scope_ids)}
+
+    # -- writes ----------------------------------------------------------
+
+    def ingest(
+        self,
+        groups: Sequence[Sequence[_Prepared]],
+        used_ids: Sequence[str] = (),
+    ) -> list[Memory]:
+        """Store groups of memories; each group is one tick of its scope.
+
+        Inside a group, memories are linked in order to the scope's previous
+        episode (temporal edges); ``used_ids`` co-activate with the group's
+        memories (same scope only).
+        """
+        flat = [p for g in groups for p in g]
+        if not flat:
+            return []
+        vecs = self._embed([p.search_text for p in flat])
+        now = time.time()
+        d = self.config.dynamics
+        ids = [new_id() for _ in flat]
+        rows_n: list[int] = []
+        scope_ids: list[int] = []
+        used = self.store.rows_by_id(used_ids) if used_ids else {}
+        with self.store.tx() as db:
+            state: dict[int, tuple[int, int | None]] = {}
+            i = 0
+            for group in groups:
+                edges: list[EdgeRow] = []
+                group_ns: dict[int, list[int]] = defaultdict(list)
+                ticked: set[int] = set()
+                for p in group:
+                    sid = self.store.ensure_scope(db, p.scope)
+                    if sid not in state:
+                        state[sid] = self.store.scope_state(sid)
+                    tick, last = state[sid]
+                    if sid not in ticked:
+                        tick += 1
+                        ticked.add(sid)
+                    tick_now = self._now_tick(tick)
+                    tags = " ".join(_tag(a, p.kind) for a in self.store.ancestors(sid))
+                    n = self.store.insert_memory(
+                        db,
+                        id=ids[i],
+                        scope_id=sid,
+                        tags=tags,
+                        kind=p.kind,
+                        content=p.content,
+                        search_text=p.search_text,
+                        role=p.role,
+                        event_time=p.event_time,
+                        created_at=now,
+                        keywords=p.keywords,
+                        metadata=p.metadata,
+                        provenance=p.provenance,
+                        embedding=vecs[i].tobytes(),
+                    )
+                    if p.kind == "episodic":
+                        if last is not None:
+                            a, b = dynamics.edge_key(last, n)
+                            edges.append(EdgeRow(a, b, sid, d.temporal_weight, tick_now))
+                        last = n
+                    state[sid] = (tick, last)
+                    rows_n.append(n)
+                    scope_ids.append(sid)
+                    group_ns[sid].append(n)
+                    i += 1
+                self.store.upsert_edges(db, edges)
+                for sid, ns in group_ns.items():
+                    extra = [r.n for r in used.values() if r.scope_id == sid]
+                    if extra:
+                        self._reinforce_tx(db, ns + extra, sid, self._now_tick(state[sid][0]))
+            for sid, (tick, last) in state.items():
+                self.store.set_scope_state(db, sid, tick, last)
+        try:
+            self.index.upsert(ids, vecs, scope_ids, [p.kind for p in flat])
+            self.store.mark_indexed(rows_n)
+        except StorageError as exc:
+            self._needs_reconcile = True
+            logger.warning("vector index update failed, will re-index on next use: %s", exc)
+        rows = self.store.rows_by_n(rows_n)
+        return [self._memory(rows[n]) for n in rows_n]
+
+    def _reinforce_tx(self, db: Any, ns: Sequence[int], scope_id: int, tick_now: int) -> None:
+        d = self.config.dynamics
+        pairs = dynamics.co_activation_pairs(ns)
+        if not pairs:
+            return
+        existing = self.store.edges_among(sorted(set(ns)))
+        updated = []
+        for a, b in pairs:
+            e = existing.get((a, b))
+            w = 0.0 if e is None else self._decayed(e, tick_now)
+            updated.append(EdgeRow(a, b, scope_id, dynamics.reinforced(w, d.learning_rate),
+                                   tick_now))
+        self.store.upsert_edges(db, updated)
+
+    def reinforce(self, ids: Sequence[str]) -> int:
+        """Co-activate memories (pairs within one scope); returns pairs updated."""
+        rows = self.store.rows_by_id(ids)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise MemoryNotFoundError(f"no memory with id {missing[0]!r}")
+        by_scope: dict[int, list[int]] = defaultdict(list)
+        for r in rows.values():
+            by_scope[r.scope_id].append(r.n)
+        ticks = self._ticks(list(by_scope))
+        with self.store.tx() as db:
+            for sid, ns in by_scope.items():
+                self._reinforce_tx(db, ns, sid, ticks[sid])
+        return sum(len(dynamics.co_activation_pairs(ns)) for ns in by_scope.values())
+
+    def get(self, id: str) -> Memory:
+        if not isinstance(id, str):
+            raise InvalidInputError(f"id must be a str, got {type(id).__name__}")
+        row = self.store.rows_by_id([id]).get(id)
+        if row is None:
+            raise MemoryNotFoundError(f"no memory with id {id!r}; it was deleted or never added")
+        return self._memory(row)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        rows = self.store.rows_by_id(ids)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise MemoryNotFoundError(f"no memory with id {missing[0]!r}; nothing was deleted")
+        with self.store.tx() as db:
+            self.store.delete_memories(db, list(rows.values()))
+        try:
+            self.index.delete(list(rows))
+            self.store.clear_tombstones(list(rows))
+        except StorageError as exc:
+            self._needs_reconcile = True
+            logger.warning("vector delete failed, will retry on next use: %s", exc)
+        return len(rows)
+
+    # -- search ----------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        scope: Sequence[str],
+        k: int,
+        *,
+        learn: bool = True,
+        spread: bool = True,
+        reference_time: TimeLike | None = None,
+        kind: Kind = "episodic",
+    ) -> SearchResult:
+        query = _check_content(query, "query")
+        prefix = normalize_scope(scope)
+        k = _check_k(k)
+        ref_given = None if reference_time is None else to_timestamp(reference_time, default=0.0)
+        if self._needs_reconcile:
+            self.reconcile()
+        node = self.store.find_scope(prefix)
+        if node is None:
+            return SearchResult(query, ())
+        cfg = self.config.retrieval
+        nodes = self.store.descendants(node)
+        allowed = set(nodes)
+        qv = self._embed([query])[0]
+        m = max(cfg.candidates, k)
+        dense_ids = self.index.query(qv, m, nodes, kind)
+        match = fts_query(query)
+        lex = dict(self.store.lexical(match, _tag(node, kind), m)) if match else {}
+        rows = {r.n: r for r in self.store.rows_by_id([i for i, _ in dense_ids]).values()}
+        rows.update(self.store.rows_by_n(n for n in lex if n not in rows))
+        rows = {n: r for n, r in rows.items() if r.scope_id in allowed and r.kind == kind}
+        if not rows:
+            return SearchResult(query, ())
+        pool = self._pool(rows, qv, lex)
+        ref = retrieval.reference_time(pool, ref_given)
+        ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref)
+        prunable: list[tuple[int, int]] = []
+        if spread and cfg.activation_alpha > 0 and cfg.max_flipped > 0:
+            seeds = retrieval.seeds(ranking.base, cfg)
+            triples, prunable = self._seed_edges(seeds, rows)
+            if triples:
+                extra_ns = {j for _, j, _ in triples if j not in rows}
+                extra = {
+                    n: r for n, r in self.store.rows_by_n(extra_ns).items()
+                    if r.scope_id in allowed and r.kind == kind
+                }
+                rows.update(extra)
+                ranking = retrieval.rank(
+                    pool, k=k, config=cfg, ref_time=ref, edges=triples,
+                    neighbours=self._pool(extra, qv, {}),
+                )
+        hits = self._hits(ranking, rows, pool, qv, lex)
+        if learn:
+            self._learn(ranking.returned, rows, prunable)
+        return SearchResult(query, tuple(hits))
+
+    def _pool(
+        self, rows: dict[int, MemoryRow], qv: np.ndarray, lex: dict[int, float]
+    ) -> retrieval.Pool:
+        ns = tuple(sorted(rows))
+        if not ns:
+            return retrieval.Pool((), np.zeros(0), np.zeros(0), np.zeros(0))
+        dim = qv.shape[0]
+        mat = np.stack([
+            v if (v := rows[n].vector()) is not None and v.shape[0] == dim else np.zeros(dim)
+            for n in ns
+        ])
+        return retrieval.Pool(
+            ns,
+            np.asarray(mat @ qv, dtype=np.float64),
+            np.array([lex.get(n, 0.0) for n in ns], dtype=np.float64),
+            np.array([rows[n].event_time for n in ns], dtype=np.float64),
+        )
+
+    def _seed_edges(
+        self, seeds: dict[int, float], rows: dict[int, MemoryRow]
+    ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int]]]:
+        if not seeds:
+            return [], []
+        d = self.config.dynamics
+        cfg = self.config.retrieval
+        edges = self.store.edges_of(list(seeds))
+        ticks = self._ticks([e.scope_id for e in edges])
+        per_seed: dict[int, list[tuple[float, int]]] = defaultdict(list)
+        prunable: list[tuple[int, int]] = []
+        for e in edges:
+            w = self._decayed(e, ticks[e.scope_id])
+            if not dynamics.survives(w, d.prune_below):
+                prunable.append((e.a, e.b))
+                continue
+            for s, j in ((e.a, e.b), (e.b, e.a)):
+                if s in seeds:
+                    per_seed[s].append((w, j))
+        triples: list[tuple[int, int, float]] = []
+        for s, lst in per_seed.items():
+            lst.sort(key=lambda p: (-p[0], p[1]))
+            triples.extend((s, j, w) for w, j in lst[: cfg.neighbors_per_seed])
+        return triples, prunable
+
+    def _hits(
+        self,
+        ranking: retrieval.Ranking,
+        rows: dict[int, MemoryRow],
+        pool: retrieval.Pool,
+        qv: np.ndarray,
+        lex: dict[int, float],
+    ) -> list[Hit]:
+        dense = dict(zip(pool.ns, pool.dense.tolist(), strict=True))
+        hits = []
+        for prov, ns in (("base", ranking.base_top), ("association", ranking.associations)):
+            for n in ns:
+                r = rows[n]
+                if n not in dense:
+                    v = r.vector()
+                    dense[n] = float(v @ qv) if v is not None and v.shape == qv.shape else 0.0
+                b = ranking.boost.get(n, 0.0)
+                base = ranking.base[n]
+                hits.append(
+                    Hit(
+                        memory=self._memory(r),
+                        score=base + b,
+                        base=base,
+                        boost=b,
+                        dense=dense[n],
+                        lexical=lex.get(n, 0.0),
+                        provenance=prov,  # type: ignore[arg-type]
+                        via=tuple(
+                            (rows[s].id, round(w, 6)) for s, w in ranking.via.get(n, [])
+                            if s in rows
+                        ) if prov == "association" else (),
+                    )
+                )
+        return hits
+
+    def _learn(
+        self, returned: Sequence[int], rows: dict[int, MemoryRow], prunable: Sequence[tuple[int, int]]
+    ) -> None:
+        by_scope: dict[int, list[int]] = defaultdict(list)
+        for n in returned:
+            by_scope[rows[n].scope_id].append(n)
+        ticks = self._ticks(list(by_scope))
+        with self.store.tx() as db:
+            if prunable:
+                self.store.delete_edges(db, prunable)
+            for sid, ns in by_scope.items():
+                self._reinforce_tx(db, ns, sid, ticks[sid])
+            self.store.touch(db, list(returned), time.time())
+
+    # -- maintenance -----------------------------------------------------
+
+    def list_scopes(self, prefix: Sequence[str] | None) -> list[Scope]:
+        if prefix is None:
+            return self.store.scopes_with_memories(None)
+        node = self.store.find_scope(normalize_scope(prefix))
+        if node is None:
+            return []
+        return self.store.scopes_with_memories(self.store.descendants(node))
+
+    def _nodes(self, scope: Sequence[str] | None) -> list[int] | None:
+        if scope is None:
+            return None
+        node = self.store.find_scope(normalize_scope(scope))
+        return [] if node is None else self.store.descendants(node)
+
+    def decay(self, scope: Sequence[str] | None) -> dict[str, int]:
+        """Apply lazy decay to every edge now; prune those under the threshold."""
+        nodes = self._nodes(scope)
+        if nodes == []:
+            return {"pruned": 0, "edges": 0}
+        if nodes is None:
+            nodes = [int(r[0]) for r in self.store.db.execute("SELECT id FROM scopes")]
+        edges = self.store.edges_in_scopes(nodes) if nodes else []
+        ticks = self._ticks([e.scope_id for e in edges])
+        d = self.config.dynamics
+        keep, drop = [], []
+        for e in edges:
+            t = ticks[e.scope_id]
+            w = self._decayed(e, t)
+            if dynamics.survives(w, d.prune_below):
+                keep.append(EdgeRow(e.a, e.b, e.scope_id, w, max(t, e.tick)))
+            else:
+                drop.append((e.a, e.b))
+        with self.store.tx() as db:
+            self.store.delete_edges(db, drop)
+            self.store.upsert_edges(db, keep)
+        return {"pruned": len(drop), "edges": len(keep)}
+
+    def stats(self, scope: Sequence[str] | None) -> Stats:
+        nodes = self._nodes(scope)
+        empty = nodes == []
+        c = self.store.counts(nodes) if not empty else {}
+        ep, se = int(c.get("episodic", 0)), int(c.get("semantic", 0))
+        return Stats(
+            memories=ep + se,
+            episodic=ep,
+            semantic=se,
+            edges=int(c.get("edges", 0)),
+            mean_edge_weight=float(c.get("mean_edge_weight", 0.0)),
+            scopes=0 if empty else len(self.store.scopes_with_memories(nodes)),
+            unindexed=int(c.get("unindexed", 0)),
+            vectors=self.index.count(),
+            embedder=self.embedder.name,
+            schema_version=self.store.schema_version(),
+        )

@@ -1,0 +1,199 @@
+"""Every default of HeLa-Mem, in one frozen configuration object.
+
+The library reads no environment variables except in
+:meth:`HelaMemConfig.from_env`, which a caller invokes explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "ChromaConfig",
+    "DynamicsConfig",
+    "EmbedderConfig",
+    "HelaMemConfig",
+    "RetrievalConfig",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DynamicsConfig(_Frozen):
+    """Hebbian edge dynamics (defaults from the reference implementation).
+
+    Attributes:
+        temporal_weight: Weight of the edge between an episode and the
+            previous one in its scope.
+        learning_rate: η, added to the edge of every pair of co-activated
+            memories, capped at 1.0.
+        decay_rate: δ, multiplicative decay per tick.
+        prune_below: Edges whose decayed weight falls under this are dropped.
+        clock: ``"turns"``: a tick is one recorded turn (``add``/``add_turn``/
+            one ``add_many`` item) in the scope; ``"wall"``: a tick is
+            ``tick_seconds`` of wall-clock time.
+        tick_seconds: Length of a tick when ``clock="wall"``.
+    """
+
+    temporal_weight: float = Field(0.5, gt=0.0, le=1.0)
+    learning_rate: float = Field(0.02, ge=0.0, le=1.0)
+    decay_rate: float = Field(0.995, gt=0.0, le=1.0)
+    prune_below: float = Field(0.01, ge=0.0, lt=1.0)
+    clock: Literal["turns", "wall"] = "turns"
+    tick_seconds: float = Field(3600.0, gt=0.0)
+
+
+class RetrievalConfig(_Frozen):
+    """The dual-path retrieval pipeline.
+
+    Attributes:
+        candidates: M, candidates taken from each of the dense and lexical
+            paths.
+        keyword_weight: Weight of the lexical (BM25) z-score in the fused base
+            score; the dense z-score gets ``1 - keyword_weight``.
+        recency_tau: τ in seconds; recency is ``exp(-(t_ref - t) / τ)`` where
+            ``t_ref`` is the query's reference time (default: the newest
+            event among the candidates, never the wall clock).
+        recency_weight: Share of the base activation that recency governs:
+            ``a = σ(z) · (1 - ρ + ρ · recency)``.
+        activation_alpha: α, spreading strength.
+        spreading_threshold: θ, only seeds with activation above it spread.
+        spread_seeds: At most this many top candidates act as seeds (keeps
+            spreading query-dependent).
+        neighbors_per_seed: Strongest edges followed from each seed.
+        max_boost: Cap on what one memory can receive from spreading (bounds
+            what a hub collects).
+        max_flipped: Extra association hits beyond top-k.
+        default_k: ``k`` when the caller gives none.
+    """
+
+    candidates: int = Field(50, ge=1, le=10_000)
+    keyword_weight: float = Field(0.7, ge=0.0, le=1.0)
+    recency_tau: float = Field(1e7, gt=0.0)
+    recency_weight: float = Field(0.2, ge=0.0, le=1.0)
+    activation_alpha: float = Field(0.1, ge=0.0)
+    spreading_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    spread_seeds: int = Field(10, ge=0)
+    neighbors_per_seed: int = Field(16, ge=1)
+    max_boost: float = Field(0.2, ge=0.0)
+    max_flipped: int = Field(3, ge=0)
+    default_k: int = Field(10, ge=1)
+
+
+class EmbedderConfig(_Frozen):
+    """Which embedder to use.
+
+    Attributes:
+        provider: ``"minilm"``: offline all-MiniLM-L6-v2 (ONNX, int8);
+            ``"litellm"``: any LiteLLM embedding model (``model``), needs the
+            ``litellm`` extra; ``"hashing"``: a deterministic bag-of-words
+            embedder for tests and demos (no model).
+        model: Model name for ``"litellm"``.
+        dimension: Vector size for ``"hashing"`` (and a check for others).
+        batch_size: Texts per ONNX run.
+        max_length: Word pieces per text (longer texts are truncated).
+        threads: ONNX intra-op threads (0 = onnxruntime's default).
+        api_base: Passed through to LiteLLM.
+    """
+
+    provider: Literal["minilm", "litellm", "hashing"] = "minilm"
+    model: str | None = None
+    dimension: int = Field(384, ge=8)
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(256, ge=8, le=512)
+    threads: int = Field(0, ge=0)
+    api_base: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EmbedderConfig:
+        if self.provider == "litellm" and not self.model:
+            raise ValueError(
+                "EmbedderConfig(provider='litellm') needs model=, e.g. "
+                "'text-embedding-3-small'"
+            )
+        return self
+
+
+class ChromaConfig(_Frozen):
+    """Where the vector index lives.
+
+    Attributes:
+        mode: ``"persistent"``: an embedded ``chromadb.PersistentClient`` in
+            ``<path>/chroma``; ``"http"``: a Chroma server through
+            ``chromadb.HttpClient``; ``"ephemeral"``: in memory (tests).
+        host, port, ssl, headers: For ``mode="http"``.
+        collection: Collection name (3-512 of ``[a-zA-Z0-9._-]``).
+    """
+
+    mode: Literal["persistent", "http", "ephemeral"] = "persistent"
+    host: str = "localhost"
+    port: int = Field(8000, ge=1, le=65535)
+    ssl: bool = False
+    headers: Mapping[str, str] | None = None
+    collection: str = Field("helamem", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+
+
+class HelaMemConfig(_Frozen):
+    """Configuration of a :class:`~helamem.core.HelaMemory`.
+
+    Examples:
+        >>> cfg = HelaMemConfig(path="./helamem-data")
+        >>> cfg.dynamics.learning_rate
+        0.02
+        >>> HelaMemConfig(retrieval=RetrievalConfig(activation_alpha=0.3)).retrieval.max_flipped
+        3
+    """
+
+    path: Path = Path("./helamem-data")
+    dynamics: DynamicsConfig = DynamicsConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    chroma: ChromaConfig = ChromaConfig()
+    busy_timeout_s: float = Field(30.0, gt=0.0)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> HelaMemConfig:
+        """Build a config from ``HELAMEM_*`` environment variables.
+
+        Recognised: ``HELAMEM_PATH``, ``HELAMEM_EMBEDDER`` (provider),
+        ``HELAMEM_EMBEDDING_MODEL``, ``HELAMEM_CHROMA_HOST`` (switches to
+        ``mode="http"``), ``HELAMEM_CHROMA_PORT``, ``HELAMEM_CHROMA_SSL``,
+        ``HELAMEM_COLLECTION``.
+
+        Args:
+            environ: Mapping to read instead of ``os.environ``.
+            **overrides: Fields that win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        if "HELAMEM_PATH" in env:
+            data["path"] = Path(env["HELAMEM_PATH"])
+        emb: dict[str, Any] = {}
+        if "HELAMEM_EMBEDDER" in env:
+            emb["provider"] = env["HELAMEM_EMBEDDER"]
+        if "HELAMEM_EMBEDDING_MODEL" in env:
+            emb["model"] = env["HELAMEM_EMBEDDING_MODEL"]
+        if emb:
+            data["embedder"] = EmbedderConfig(**emb)
+        chroma: dict[str, Any] = {}
+        if "HELAMEM_CHROMA_HOST" in env:
+            chroma.update(mode="http", host=env["HELAMEM_CHROMA_HOST"])
+        if "HELAMEM_CHROMA_PORT" in env:
+            chroma["port"] = int(env["HELAMEM_CHROMA_PORT"])
+        if "HELAMEM_CHROMA_SSL" in env:
+            chroma["ssl"] = env["HELAMEM_CHROMA_SSL"].lower() in {"1", "true", "yes"}
+        if "HELAMEM_COLLECTION" in env:
+            chroma["collection"] = env["HELAMEM_COLLECTION"]
+        if chroma:
+            data["chroma"] = ChromaConfig(**chroma)
+        data.update(overrides)
+        return cls(**data)

@@ -1,0 +1,477 @@
+"""The :class:`HelaMemory` facade: sync and async twins over one implementation.
+
+Every operation is implemented once in :mod:`helamem.core._core` and runs on
+the store's single owner thread. Sync methods wait for it; async methods
+await it, so storage and embedding never run on the event loop. Input is
+validated in the caller's thread first, so bad input raises before anything
+is queued or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from ._core import Core, Stats, prepare
+from .config import HelaMemConfig
+from .embeddings import Embedder, create_embedder
+from .errors import InvalidInputError, StoreClosedError
+from .storage.base import VectorIndex
+from .types import Kind, Memory, NewMemory, Scope, SearchResult, TimeLike, normalize_scope
+
+__all__ = ["HelaMemory", "Stats"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _ids(ids: str | Iterable[str], what: str = "ids") -> list[str]:
+    if isinstance(ids, str):
+        return [ids]
+    out = list(ids)
+    if not all(isinstance(i, str) for i in out):
+        raise InvalidInputError(f"{what} must be strings")
+    return out
+
+
+class HelaMemory:
+    """Long-term memory for LLM agents: a Hebbian episodic memory graph.
+
+    The constructor does no I/O. The store opens on first use, on
+    :meth:`open`, or when entered as a (sync or async) context manager;
+    :meth:`close` releases it.
+
+    Args:
+        config: Every setting; defaults work offline (``./helamem-data``,
+            the bundled MiniLM embedder, an embedded Chroma).
+        embedder: An :class:`~helamem.core.embeddings.Embedder` or any Chroma
+            embedding function, instead of the one ``config.embedder`` names.
+        vector_index: A custom :class:`~helamem.core.storage.VectorIndex`.
+
+    Examples:
+        >>> with HelaMemory.from_path(tmp_path) as mem:   # doctest: +SKIP
+        ...     mem.add_turn(("users", "alice"), "I adopted a cat named Miso",
+        ...                  "Congratulations on Miso!")
+        ...     hits = mem.search("what pet does alice have?", ("users", "alice"), k=3)
+        ...     print(hits.to_text())
+    """
+
+    def __init__(
+        self,
+        config: HelaMemConfig | None = None,
+        *,
+        embedder: Embedder | Any | None = None,
+        vector_index: VectorIndex | None = None,
+    ) -> None:
+        self.config = config or HelaMemConfig()
+        self._embedder_arg = embedder
+        self._index_arg = vector_index
+        self._core: Core | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._owner: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False  # no new work accepted
+        self._finished = False  # storage released (owner thread only)
+
+    @classmethod
+    def from_path(
+        cls, path: str | Path, config: HelaMemConfig | None = None, **kwargs: Any
+    ) -> HelaMemory:
+        """A memory stored in directory ``path`` (opened on first use or ``with``).
+
+        Examples:
+            >>> mem = HelaMemory.from_path("./helamem-data")   # no I/O yet
+        """
+        base = config or HelaMemConfig()
+        return cls(base.model_copy(update={"path": Path(path)}), **kwargs)
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _build_core(self) -> Core:
+        emb = self._embedder_arg
+        if emb is None:
+            embedder: Embedder = create_embedder(self.config.embedder)
+        elif isinstance(emb, Embedder):
+            embedder = emb
+        elif callable(emb):
+            from .storage.chroma import ChromaEmbedder
+
+            embedder = ChromaEmbedder(emb)
+        else:
+            raise InvalidInputError(
+                "embedder must implement name/dimension/embed() or be a Chroma embedding function"
+            )
+        if self._index_arg is not None:
+            index = self._index_arg
+        else:
+            from .storage.chroma import make_index
+
+            index = make_index(self.config.chroma, self.config.path, embedder)
+        core = Core(self.config, embedder, index)
+        core.open()
+        return core
+
+    def _on_owner(self) -> Core:
+        if self._finished:
+            raise StoreClosedError("this HelaMemory is closed; open a new one with from_path()")
+        if self._core is None:
+            self._core = self._build_core()
+        return self._core
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise StoreClosedError(
+                    "this HelaMemory is closed; open a new one with HelaMemory.from_path()"
+                )
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="helamem-store")
+            return self._pool
+
+    def _submit(self, fn: Callable[[Core], T]) -> Future[T]:
+        def job() -> T:
+            self._owner = threading.current_thread()
+            return fn(self._on_owner())
+
+        return self._executor().submit(job)
+
+    def _call(self, fn: Callable[[Core], T]) -> T:
+        if threading.current_thread() is self._owner:
+            return fn(self._on_owner())
+        return self._submit(fn).result()
+
+    async def _acall(self, fn: Callable[[Core], T]) -> T:
+        return await asyncio.wrap_future(self._submit(fn))
+
+    def open(self) -> Self:
+        """Open the store now (otherwise it opens on first use)."""
+        self._call(lambda c: None)
+        return self
+
+    async def aopen(self) -> Self:
+        await self._acall(lambda c: None)
+        return self
+
+    def close(self) -> None:
+        """Flush and release the store. Idempotent; later calls raise StoreClosedError."""
+        pool = self._close_pool()
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    async def aclose(self) -> None:
+        pool = self._close_pool()
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True)
+
+    def _close_pool(self) -> ThreadPoolExecutor | None:
+        with self._lock:
+            if self._closed:
+                return None
+            pool = self._pool
+            if pool is not None:
+                pool.submit(self._close_core)
+            self._closed = True
+            return pool
+
+    def _close_core(self) -> None:
+        self._finished = True
+        if self._core is not None:
+            self._core.close()
+            self._core = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self.open()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.aopen()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- planning (pure, caller's thread) ----------------------------------
+
+    @staticmethod
+    def _plan_add(
+        content: str,
+        scope: Sequence[str],
+        role: str | None,
+        event_time: TimeLike | None,
+        metadata: dict[str, Any] | None,
+        keywords: Sequence[str] | None,
+    ) -> Callable[[Core], Memory]:
+        p = prepare(
+            NewMemory(content, scope, role, event_time, metadata, keywords), now=time.time()
+        )
+        return lambda c: c.ingest([[p]])[0]
+
+    @staticmethod
+    def _plan_add_many(items: Iterable[NewMemory]) -> Callable[[Core], list[Memory]]:
+        now = time.time()
+        prepared = []
+        for i, item in enumerate(items):
+            if not isinstance(item, NewMemory):
+                raise InvalidInputError(
+                    f"add_many item {i} must be a NewMemory, got {type(item).__name__}"
+                )
+            prepared.append([prepare(item, now=now)])
+        return lambda c: c.ingest(prepared)
+
+    @staticmethod
+    def _plan_add_turn(
+        scope: Sequence[str],
+        user: str,
+        assistant: str,
+        event_time: TimeLike | None,
+        metadata: dict[str, Any] | None,
+        used_ids: Iterable[str],
+    ) -> Callable[[Core], tuple[Memory, Memory]]:
+        now = time.time()
+        u = prepare(NewMemory(user, scope, "user", event_time, metadata), now=now)
+        a = prepare(NewMemory(assistant, scope, "assistant", event_time, metadata), now=now)
+        used = _ids(used_ids, "used_ids")
+
+        def run(c: Core) -> tuple[Memory, Memory]:
+            m = c.ingest([[u, a]], used_ids=used)
+            return m[0], m[1]
+
+        return run
+
+    @staticmethod
+    def _plan_search(
+        query: str,
+        scope: Sequence[str],
+        k: int | None,
+        learn: bool,
+        spread: bool,
+        reference_time: TimeLike | None,
+        kind: Kind,
+    ) -> Callable[[Core], SearchResult]:
+        normalize_scope(scope)  # fail fast in the caller's thread
+        return lambda c: c.search(
+            query,
+            scope,
+            c.config.retrieval.default_k if k is None else k,
+            learn=learn,
+            spread=spread,
+            reference_time=reference_time,
+            kind=kind,
+        )
+
+    # -- sync API ----------------------------------------------------------
+
+    def add(
+        self,
+        content: str,
+        scope: Sequence[str],
+        *,
+        role: str | None = None,
+        event_time: TimeLike | None = None,
+        metadata: dict[str, Any] | None = None,
+        keywords: Sequence[str] | None = None,
+    ) -> Memory:
+        """Store one episodic memory and link it to the previous one of its scope.
+
+        Args:
+            content: The text (any Unicode; up to 16 M characters).
+            scope: Namespace tuple, e.g. ``("users", "alice")``.
+            role: Who said it (``"user"``, ``"assistant"``...).
+            event_time: When it happened (datetime or POSIX seconds); default now.
+            metadata: JSON-serialisable dict kept with the memory.
+            keywords: Keywords; extracted from the content when omitted.
+
+        Raises:
+            InvalidInputError: On bad content, scope, time or metadata.
+            StoreClosedError: After :meth:`close`.
+
+        Examples:
+            >>> m = mem.add("Alice adopted a cat", ("users", "alice"))  # doctest: +SKIP
+        """
+        return self._call(self._plan_add(content, scope, role, event_time, metadata, keywords))
+
+    def add_many(self, items: Iterable[NewMemory]) -> list[Memory]:
+        """Store many memories in one batch (one embedding pass, one transaction)."""
+        return self._call(self._plan_add_many(items))
+
+    def add_turn(
+        self,
+        scope: Sequence[str],
+        user: str,
+        assistant: str,
+        *,
+        event_time: TimeLike | None = None,
+        metadata: dict[str, Any] | None = None,
+        used_ids: Iterable[str] = (),
+    ) -> tuple[Memory, Memory]:
+        """Store one turn (user then assistant message) as one tick of its scope.
+
+        ``used_ids``: memories used to produce this turn; they co-activate with
+        the new episodes (same scope only).
+        """
+        return self._call(
+            self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
+        )
+
+    def get(self, id: str) -> Memory:
+        """The memory with ``id``; raises MemoryNotFoundError if there is none."""
+        return self._call(lambda c: c.get(id))
+
+    def delete(self, ids: str | Iterable[str]) -> int:
+        """Delete memories with their edges and vectors; all or nothing."""
+        ids_ = _ids(ids)
+        return self._call(lambda c: c.delete(ids_))
+
+    def search(
+        self,
+        query: str,
+        scope: Sequence[str],
+        *,
+        k: int | None = None,
+        learn: bool = True,
+        spread: bool = True,
+        reference_time: TimeLike | None = None,
+        kind: Kind = "episodic",
+    ) -> SearchResult:
+        """Dual-path retrieval with spreading activation over learned edges.
+
+        Args:
+            query: What to look for.
+            scope: A scope or a prefix of scopes (whole segments match:
+                ``("user", "1")`` never matches ``("user", "10")``).
+            k: Top-k by base activation (default ``config.retrieval.default_k``);
+                up to ``max_flipped`` association hits come on top.
+            learn: Reinforce the returned memories together (Hebbian
+                learning); ``False`` is read-only.
+            spread: Spread activation over learned edges.
+            reference_time: "Now" for recency; default: the newest candidate.
+            kind: ``"episodic"`` or ``"semantic"``.
+
+        Examples:
+            >>> res = mem.search("pets", ("users",), k=5)   # doctest: +SKIP
+            >>> [h.provenance for h in res]                 # doctest: +SKIP
+            ['base', 'base', 'association']
+        """
+        return self._call(
+            self._plan_search(query, scope, k, learn, spread, reference_time, kind)
+        )
+
+    def reinforce(self, ids: Iterable[str]) -> int:
+        """Co-activate memories explicitly (e.g. the ones an agent used)."""
+        ids_ = _ids(ids)
+        return self._call(lambda c: c.reinforce(ids_))
+
+    def list_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:
+        """Scopes that hold memories, optionally under ``prefix``."""
+        return self._call(lambda c: c.list_scopes(prefix))
+
+    def decay(self, scope: Sequence[str] | None = None) -> dict[str, int]:
+        """Materialise lazy decay now and prune weak edges; returns counts."""
+        return self._call(lambda c: c.decay(scope))
+
+    def stats(self, scope: Sequence[str] | None = None) -> Stats:
+        """Counts of memories, edges, scopes and index state."""
+        return self._call(lambda c: c.stats(scope))
+
+    def reindex(self, *, reembed: bool = False) -> int:
+        """Rebuild the vector index from SQLite; ``reembed`` recomputes vectors."""
+        return self._call(lambda c: c.reindex(reembed))
+
+    # -- async API ---------------------------------------------------------
+
+    async def aadd(
+        self,
+        content: str,
+        scope: Sequence[str],
+        *,
+        role: str | None = None,
+        event_time: TimeLike | None = None,
+        metadata: dict[str, Any] | None = None,
+        keywords: Sequence[str] | None = None,
+    ) -> Memory:
+        """Async :meth:`add`."""
+        return await self._acall(
+            self._plan_add(content, scope, role, event_time, metadata, keywords)
+        )
+
+    async def aadd_many(self, items: Iterable[NewMemory]) -> list[Memory]:
+        """Async :meth:`add_many`."""
+        return await self._acall(self._plan_add_many(items))
+
+    async def aadd_turn(
+        self,
+        scope: Sequence[str],
+        user: str,
+        assistant: str,
+        *,
+        event_time: TimeLike | None = None,
+        metadata: dict[str, Any] | None = None,
+        used_ids: Iterable[str] = (),
+    ) -> tuple[Memory, Memory]:
+        """Async :meth:`add_turn`."""
+        return await self._acall(
+            self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
+        )
+
+    async def aget(self, id: str) -> Memory:
+        """Async :meth:`get`."""
+        return await self._acall(lambda c: c.get(id))
+
+    async def adelete(self, ids: str | Iterable[str]) -> int:
+        """Async :meth:`delete`."""
+        ids_ = _ids(ids)
+        return await self._acall(lambda c: c.delete(ids_))
+
+    async def asearch(
+        self,
+        query: str,
+        scope: Sequence[str],
+        *,
+        k: int | None = None,
+        learn: bool = True,
+        spread: bool = True,
+        reference_time: TimeLike | None = None,
+        kind: Kind = "episodic",
+    ) -> SearchResult:
+        """Async :meth:`search`."""
+        return await self._acall(
+            self._plan_search(query, scope, k, learn, spread, reference_time, kind)
+        )
+
+    async def areinforce(self, ids: Iterable[str]) -> int:
+        """Async :meth:`reinforce`."""
+        ids_ = _ids(ids)
+        return await self._acall(lambda c: c.reinforce(ids_))
+
+    async def alist_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:
+        """Async :meth:`list_scopes`."""
+        return await self._acall(lambda c: c.list_scopes(prefix))
+
+    async def adecay(self, scope: Sequence[str] | None = None) -> dict[str, int]:
+        """Async :meth:`decay`."""
+        return await self._acall(lambda c: c.decay(scope))
+
+    async def astats(self, scope: Sequence[str] | None = None) -> Stats:
+        """Async :meth:`stats`."""
+        return await self._acall(lambda c: c.stats(scope))
+
+    async def areindex(self, *, reembed: bool = False) -> int:
+        """Async :meth:`reindex`."""
+        return await self._acall(lambda c: c.reindex(reembed))

@@ -1,0 +1,49 @@
+"""Typed exceptions. Every message names the fix."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EmbeddingError",
+    "HelaMemError",
+    "InvalidInputError",
+    "InvalidScopeError",
+    "MemoryNotFoundError",
+    "StorageError",
+    "StoreClosedError",
+]
+
+
+class HelaMemError(Exception):
+    """Base class of every error HeLa-Mem raises on purpose."""
+
+
+class InvalidInputError(HelaMemError, ValueError):
+    """An argument was rejected before anything was written."""
+
+
+class InvalidScopeError(InvalidInputError):
+    """A scope (namespace tuple) is malformed."""
+
+
+class MemoryNotFoundError(HelaMemError, KeyError):
+    """No memory has the given id."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "memory not found"
+
+
+class StoreClosedError(HelaMemError, RuntimeError):
+    """The store was closed; open a new one with ``HelaMemory.from_path(...)``."""
+
+
+class ConfigError(HelaMemError, ValueError):
+    """The configuration cannot work as given."""
+
+
+class EmbeddingError(HelaMemError, RuntimeError):
+    """The embedder failed or returned vectors of the wrong shape."""
+
+
+class StorageError(HelaMemError, RuntimeError):
+    """The SQLite store or the vector index failed."""

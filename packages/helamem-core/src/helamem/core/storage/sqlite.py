@@ -1,0 +1,488 @@
+"""The SQLite graph store: memories, edges, scopes, FTS5 (the only sqlite3 user).
+
+SQLite is the source of truth. WAL journal, ``BEGIN IMMEDIATE`` write
+transactions, a busy timeout so several processes can share a file, and
+append-only migrations recorded in ``schema_version``.
+
+Every method runs on the store's single owner thread (see
+:class:`helamem.core.engine.HelaMemory`); nothing here is thread-safe by
+itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import StorageError
+from .base import EdgeRow, MemoryRow
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+
+# Append-only: never edit a shipped migration; add a new one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE scopes (
+        id INTEGER PRIMARY KEY,
+        parent INTEGER REFERENCES scopes(id),
+        name TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        depth INTEGER NOT NULL,
+        tick INTEGER NOT NULL DEFAULT 0,
+        last_episode INTEGER
+    );
+    CREATE INDEX scopes_parent ON scopes(parent);
+    CREATE TABLE memories (
+        n INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        scope_id INTEGER NOT NULL REFERENCES scopes(id),
+        kind TEXT NOT NULL,
+        content TEXT NOT NULL,
+        content_raw BLOB,
+        role TEXT,
+        event_time REAL NOT NULL,
+        created_at REAL NOT NULL,
+        keywords TEXT NOT NULL DEFAULT '[]',
+        access_count INTEGER NOT NULL DEFAULT 0,
+        last_access REAL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        provenance TEXT NOT NULL DEFAULT '[]',
+        embedding BLOB,
+        indexed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX memories_scope ON memories(scope_id, kind, event_time);
+    CREATE INDEX memories_unindexed ON memories(indexed) WHERE indexed = 0;
+    CREATE VIRTUAL TABLE memories_fts USING fts5(
+        content, tags, tokenize = 'porter unicode61 remove_diacritics 2'
+    );
+    CREATE TABLE edges (
+        a INTEGER NOT NULL,
+        b INTEGER NOT NULL,
+        scope_id INTEGER NOT NULL,
+        weight REAL NOT NULL,
+        tick INTEGER NOT NULL,
+        PRIMARY KEY (a, b),
+        CHECK (a < b)
+    ) WITHOUT ROWID;
+    CREATE INDEX edges_b ON edges(b);
+    CREATE INDEX edges_scope ON edges(scope_id);
+    CREATE TABLE tombstones (id TEXT PRIMARY KEY);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_MEMORY_COLS = (
+    "n, id, scope_id, kind, content, content_raw, role, event_time, created_at, keywords, "
+    "access_count, last_access, metadata, provenance, embedding"
+)
+
+
+def scope_path(scope: Sequence[str]) -> str:
+    """Unambiguous key of a scope (JSON array; surrogates escaped)."""
+    return json.dumps(list(scope))
+
+
+def _row(r: sqlite3.Row | tuple[object, ...]) -> MemoryRow:
+    raw = r[5]
+    content = (
+        bytes(raw).decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(r[4])
+    )
+    return MemoryRow(
+        n=int(r[0]),  # type: ignore[call-overload]
+        id=str(r[1]),
+        scope_id=int(r[2]),  # type: ignore[call-overload]
+        kind=str(r[3]),
+        content=content,
+        role=None if r[6] is None else str(r[6]),
+        event_time=float(r[7]),  # type: ignore[arg-type]
+        created_at=float(r[8]),  # type: ignore[arg-type]
+        keywords=str(r[9]),
+        access_count=int(r[10]),  # type: ignore[call-overload]
+        last_access=None if r[11] is None else float(r[11]),  # type: ignore[arg-type]
+        metadata=str(r[12]),
+        provenance=str(r[13]),
+        embedding=None if r[14] is None else bytes(r[14]),  # type: ignore[arg-type]
+    )
+
+
+def _qmarks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLiteStore:
+    """Memories, edges and scopes in one SQLite file."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        self._path = path
+        self._timeout = busy_timeout_s
+        self._db: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect, set pragmas and apply pending migrations."""
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(
+                self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"cannot open SQLite store {self._path}: {exc}; check the path is writable"
+            ) from exc
+        self._db = db
+        self._migrate()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StorageError("the SQLite store is not open")
+        return self._db
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: the writer lock up front)."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not start a write transaction: {exc}") from exc
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StorageError(f"commit failed: {exc}") from exc
+
+    def _migrate(self) -> None:
+        db = self.db
+        with self.tx():
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+            if current > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self._path} has schema version {current}, newer than this "
+                    f"helamem-core ({SCHEMA_VERSION}); upgrade helamem-core"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[version - 1].split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute(
+                    "INSERT INTO schema_version(version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+
+    def schema_version(self) -> int:
+        return int(self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+
+    # -- meta ------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        r = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if r is None else str(r[0])
+
+    def set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- scopes ----------------------------------------------------------
+
+    def find_scope(self, scope: Sequence[str]) -> int | None:
+        r = self.db.execute("SELECT id FROM scopes WHERE path = ?", (scope_path(scope),)).fetchone()
+        return None if r is None else int(r[0])
+
+    def ensure_scope(self, db: sqlite3.Connection, scope: Sequence[str]) -> int:
+        """The id of ``scope``'s node, creating it and its ancestors (inside a tx)."""
+        parent: int | None = None
+        for depth in range(1, len(scope) + 1):
+            path = scope_path(scope[:depth])
+            r = db.execute("SELECT id FROM scopes WHERE path = ?", (path,)).fetchone()
+            if r is None:
+                cur = db.execute(
+                    "INSERT INTO scopes(parent, name, path, depth) VALUES (?, ?, ?, ?)",
+                    (parent, scope[depth - 1], path, depth),
+                )
+                parent = int(cur.lastrowid or 0)
+            else:
+                parent = int(r[0])
+        assert parent is not None
+        return parent
+
+    def ancestors(self, scope_id: int) -> list[int]:
+        """``scope_id`` and every ancestor node id."""
+        rows = self.db.execute(
+            "WITH RECURSIVE up(id, parent) AS ("
+            " SELECT id, parent FROM scopes WHERE id = ?"
+            " UNION ALL SELECT s.id, s.parent FROM scopes s JOIN up ON s.id = up.parent)"
+            " SELECT id FROM up",
+            (scope_id,),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def descendants(self, scope_id: int) -> list[int]:
+        """``scope_id`` and every descendant node id."""
+        rows = self.db.execute(
+            "WITH RECURSIVE down(id) AS ("
+            " SELECT ? UNION ALL SELECT s.id FROM scopes s JOIN down ON s.parent = down.id)"
+            " SELECT id FROM down",
+            (scope_id,),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def scope_of(self, scope_id: int) -> tuple[str, ...]:
+        r = self.db.execute("SELECT path FROM scopes WHERE id = ?", (scope_id,)).fetchone()
+        if r is None:
+            raise StorageError(f"scope node {scope_id} is missing; run `helamem check`")
+        return tuple(json.loads(r[0]))
+
+    def scope_state(self, scope_id: int) -> tuple[int, int | None]:
+        """``(tick, last_episode)`` of a scope node."""
+        r = self.db.execute(
+            "SELECT tick, last_episode FROM scopes WHERE id = ?", (scope_id,)
+        ).fetchone()
+        return int(r[0]), (None if r[1] is None else int(r[1]))
+
+    def set_scope_state(
+        self, db: sqlite3.Connection, scope_id: int, tick: int, last_episode: int | None
+    ) -> None:
+        db.execute(
+            "UPDATE scopes SET tick = ?, last_episode = ? WHERE id = ?",
+            (tick, last_episode, scope_id),
+        )
+
+    def scopes_with_memories(self, node_ids: Sequence[int] | None) -> list[tuple[str, ...]]:
+        sql = "SELECT path FROM scopes s WHERE EXISTS (SELECT 1 FROM memories m WHERE m.scope_id = s.id)"
+        params: tuple[int, ...] = ()
+        if node_ids is not None:
+            sql += f" AND s.id IN ({_qmarks(len(node_ids))})"
+            params = tuple(node_ids)
+        return sorted(tuple(json.loads(r[0])) for r in self.db.execute(sql, params))
+
+    # -- memories --------------------------------------------------------
+
+    def insert_memory(
+        self,
+        db: sqlite3.Connection,
+        *,
+        id: str,
+        scope_id: int,
+        tags: str,
+        kind: str,
+        content: str,
+        search_text: str,
+        role: str | None,
+        event_time: float,
+        created_at: float,
+        keywords: str,
+        metadata: str,
+        provenance: str,
+        embedding: bytes,
+    ) -> int:
+        raw = None if content == search_text else content.encode("utf-8", "surrogatepass")
+        cur = db.execute(
+            "INSERT INTO memories(id, scope_id, kind, content, content_raw, role, event_time,"
+            " created_at, keywords, metadata, provenance, embedding)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (id, scope_id, kind, search_text, raw, role, event_time, created_at, keywords,
+             metadata, provenance, embedding),
+        )
+        n = int(cur.lastrowid or 0)
+        db.execute(
+            "INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)",
+            (n, search_text, tags),
+        )
+        return n
+
+    def rows_by_n(self, ns: Iterable[int]) -> dict[int, MemoryRow]:
+        ns = list(ns)
+        out: dict[int, MemoryRow] = {}
+        for i in range(0, len(ns), 500):
+            chunk = ns[i : i + 500]
+            for r in self.db.execute(
+                f"SELECT {_MEMORY_COLS} FROM memories WHERE n IN ({_qmarks(len(chunk))})", chunk
+            ):
+                row = _row(r)
+                out[row.n] = row
+        return out
+
+    def rows_by_id(self, ids: Iterable[str]) -> dict[str, MemoryRow]:
+        ids = list(ids)
+        out: dict[str, MemoryRow] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for r in self.db.execute(
+                f"SELECT {_MEMORY_COLS} FROM memories WHERE id IN ({_qmarks(len(chunk))})", chunk
+            ):
+                row = _row(r)
+                out[row.id] = row
+        return out
+
+    def unindexed(self, limit: int = 10_000) -> list[MemoryRow]:
+        return [
+            _row(r)
+            for r in self.db.execute(
+                f"SELECT {_MEMORY_COLS} FROM memories WHERE indexed = 0 LIMIT ?", (limit,)
+            )
+        ]
+
+    def all_rows(self, batch: int = 2048) -> Iterator[list[MemoryRow]]:
+        last = 0
+        while True:
+            rows = [
+                _row(r)
+                for r in self.db.execute(
+                    f"SELECT {_MEMORY_COLS} FROM memories WHERE n > ? ORDER BY n LIMIT ?",
+                    (last, batch),
+                )
+            ]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1].n
+
+    def mark_indexed(self, ns: Sequence[int], value: int = 1) -> None:
+        with self.tx() as db:
+            db.executemany("UPDATE memories SET indexed = ? WHERE n = ?", [(value, n) for n in ns])
+
+    def set_embeddings(self, items: Sequence[tuple[int, bytes]]) -> None:
+        with self.tx() as db:
+            db.executemany(
+                "UPDATE memories SET embedding = ?, indexed = 0 WHERE n = ?",
+                [(e, n) for n, e in items],
+            )
+
+    def delete_memories(self, db: sqlite3.Connection, rows: Sequence[MemoryRow]) -> None:
+        """Delete memories, their FTS rows and edges; leave tombstones for the index."""
+        ns = [(r.n,) for r in rows]
+        db.executemany("DELETE FROM edges WHERE a = ? OR b = ?", [(n, n) for (n,) in ns])
+        db.executemany("DELETE FROM memories_fts WHERE rowid = ?", ns)
+        db.executemany("DELETE FROM memories WHERE n = ?", ns)
+        db.executemany("UPDATE scopes SET last_episode = NULL WHERE last_episode = ?", ns)
+        db.executemany(
+            "INSERT OR IGNORE INTO tombstones(id) VALUES (?)", [(r.id,) for r in rows]
+        )
+
+    def tombstones(self) -> list[str]:
+        return [str(r[0]) for r in self.db.execute("SELECT id FROM tombstones")]
+
+    def clear_tombstones(self, ids: Sequence[str]) -> None:
+        with self.tx() as db:
+            db.executemany("DELETE FROM tombstones WHERE id = ?", [(i,) for i in ids])
+
+    def touch(self, db: sqlite3.Connection, ns: Sequence[int], now: float) -> None:
+        db.executemany(
+            "UPDATE memories SET access_count = access_count + 1, last_access = ? WHERE n = ?",
+            [(now, n) for n in ns],
+        )
+
+    # -- lexical ---------------------------------------------------------
+
+    def lexical(self, match: str, tag: str, limit: int) -> list[tuple[int, float]]:
+        """BM25 top ``limit`` for ``match`` among rows carrying ``tag``.
+
+        Returns ``(n, score)`` with score = -bm25 (higher is better).
+        """
+        q = f"tags:{tag} AND ({match})"
+        try:
+            rows = self.db.execute(
+                "SELECT rowid, bm25(memories_fts, 1.0, 0.0) AS r FROM memories_fts "
+                "WHERE memories_fts MATCH ? ORDER BY r LIMIT ?",
+                (q, limit),
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"lexical search failed for {match!r}: {exc}") from exc
+        return [(int(r[0]), -float(r[1])) for r in rows]
+
+    # -- edges -----------------------------------------------------------
+
+    def edges_of(self, ns: Sequence[int]) -> list[EdgeRow]:
+        """Every edge touching any of ``ns``."""
+        if not ns:
+            return []
+        q = _qmarks(len(ns))
+        rows = self.db.execute(
+            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE a IN ({q}) "
+            f"UNION SELECT a, b, scope_id, weight, tick FROM edges WHERE b IN ({q})",
+            (*ns, *ns),
+        ).fetchall()
+        return [EdgeRow(int(a), int(b), int(s), float(w), int(t)) for a, b, s, w, t in rows]
+
+    def edges_among(self, ns: Sequence[int]) -> dict[tuple[int, int], EdgeRow]:
+        """Edges with both ends in ``ns``."""
+        if len(ns) < 2:
+            return {}
+        q = _qmarks(len(ns))
+        rows = self.db.execute(
+            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE a IN ({q}) AND b IN ({q})",
+            (*ns, *ns),
+        ).fetchall()
+        return {(int(a), int(b)): EdgeRow(int(a), int(b), int(s), float(w), int(t))
+                for a, b, s, w, t in rows}
+
+    def edges_in_scopes(self, scope_ids: Sequence[int]) -> list[EdgeRow]:
+        q = _qmarks(len(scope_ids))
+        rows = self.db.execute(
+            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE scope_id IN ({q})",
+            tuple(scope_ids),
+        ).fetchall()
+        return [EdgeRow(int(a), int(b), int(s), float(w), int(t)) for a, b, s, w, t in rows]
+
+    def upsert_edges(self, db: sqlite3.Connection, edges: Iterable[EdgeRow]) -> None:
+        db.executemany(
+            "INSERT INTO edges(a, b, scope_id, weight, tick) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(a, b) DO UPDATE SET weight = excluded.weight, tick = excluded.tick",
+            [(e.a, e.b, e.scope_id, e.weight, e.tick) for e in edges],
+        )
+
+    def delete_edges(self, db: sqlite3.Connection, keys: Iterable[tuple[int, int]]) -> None:
+        db.executemany("DELETE FROM edges WHERE a = ? AND b = ?", list(keys))
+
+    # -- stats -----------------------------------------------------------
+
+    def counts(self, scope_ids: Sequence[int] | None) -> dict[str, float]:
+        where, params = "", ()
+        if scope_ids is not None:
+            where = f" WHERE scope_id IN ({_qmarks(len(scope_ids))})"
+            params = tuple(scope_ids)  # type: ignore[assignment]
+        out: dict[str, float] = {"episodic": 0, "semantic": 0}
+        for kind, count in self.db.execute(
+            f"SELECT kind, COUNT(*) FROM memories{where} GROUP BY kind", params
+        ):
+            out[str(kind)] = int(count)
+        n, mean = self.db.execute(f"SELECT COUNT(*), AVG(weight) FROM edges{where}", params).fetchone()
+        out["edges"] = int(n)
+        out["mean_edge_weight"] = float(mean or 0.0)
+        out["unindexed"] = int(
+            self.db.execute(
+                f"SELECT COUNT(*) FROM memories{where}{' AND' if where else ' WHERE'} indexed = 0",
+                params,
+            ).fetchone()[0]
+        )
+        return out

@@ -1,0 +1,244 @@
+"""Value types of the public API: scopes, memories, search hits."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeAlias
+
+from .errors import InvalidInputError, InvalidScopeError
+
+__all__ = [
+    "Hit",
+    "Kind",
+    "Memory",
+    "NewMemory",
+    "Provenance",
+    "Scope",
+    "SearchResult",
+    "TimeLike",
+    "normalize_scope",
+    "to_timestamp",
+]
+
+Scope: TypeAlias = tuple[str, ...]
+"""A namespace tuple such as ``("users", "alice")``."""
+
+Kind: TypeAlias = Literal["episodic", "semantic"]
+Provenance: TypeAlias = Literal["base", "association", "semantic"]
+TimeLike: TypeAlias = datetime | float | int
+
+_MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z
+_MIN_TIMESTAMP = -62135596800.0  # 0001-01-01T00:00:00Z
+
+
+def normalize_scope(scope: object) -> Scope:
+    """Validate a scope and return it as a tuple of strings.
+
+    Args:
+        scope: A non-empty tuple or list of non-empty strings.
+
+    Raises:
+        InvalidScopeError: If the scope is not a non-empty sequence of
+            non-empty strings.
+
+    Examples:
+        >>> normalize_scope(["users", "alice"])
+        ('users', 'alice')
+    """
+    if isinstance(scope, str | bytes):
+        raise InvalidScopeError(
+            f"scope must be a tuple of strings, got the string {scope!r}; "
+            f"write ({scope!r},) for a one-segment scope"
+        )
+    if not isinstance(scope, tuple | list):
+        raise InvalidScopeError(
+            f"scope must be a tuple of strings such as ('users', 'alice'), "
+            f"got {type(scope).__name__}"
+        )
+    if not scope:
+        raise InvalidScopeError("scope must have at least one segment, e.g. ('users', 'alice')")
+    for i, seg in enumerate(scope):
+        if not isinstance(seg, str):
+            raise InvalidScopeError(
+                f"scope segment {i} must be a string, got {type(seg).__name__}; "
+                f"convert it with str()"
+            )
+        if not seg:
+            raise InvalidScopeError(f"scope segment {i} is empty; every segment needs a name")
+    return tuple(scope)
+
+
+def to_timestamp(value: TimeLike | None, *, default: float) -> float:
+    """Convert an event time to POSIX seconds (UTC).
+
+    Naive datetimes are taken as UTC.
+
+    Raises:
+        InvalidInputError: For NaN, infinities, out-of-range or non-time values.
+    """
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise InvalidInputError("event_time must be a datetime or POSIX seconds, not a bool")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        ts = value.timestamp()
+    elif isinstance(value, int | float):
+        ts = float(value)
+    else:
+        raise InvalidInputError(
+            f"event_time must be a datetime or POSIX seconds, got {type(value).__name__}"
+        )
+    if not math.isfinite(ts) or not _MIN_TIMESTAMP <= ts <= _MAX_TIMESTAMP:
+        raise InvalidInputError(
+            f"event_time {value!r} is outside years 1..9999; pass a real date"
+        )
+    return ts
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMemory:
+    """One memory to add with :meth:`HelaMemory.add_many`.
+
+    Examples:
+        >>> NewMemory("Alice likes tea", ("users", "alice"), role="user")
+        NewMemory(content='Alice likes tea', scope=('users', 'alice'), role='user', ...)
+    """
+
+    content: str
+    scope: Sequence[str]
+    role: str | None = None
+    event_time: TimeLike | None = None
+    metadata: Mapping[str, Any] | None = None
+    keywords: Sequence[str] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"NewMemory(content={self.content!r}, scope={tuple(self.scope)!r}, "
+            f"role={self.role!r}, ...)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A stored memory (episode or distilled fact)."""
+
+    id: str
+    scope: Scope
+    kind: Kind
+    content: str
+    role: str | None
+    event_time: datetime
+    created_at: datetime
+    keywords: tuple[str, ...] = ()
+    access_count: int = 0
+    last_access: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    provenance: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One search result with the scores that placed it.
+
+    Attributes:
+        memory: The memory itself.
+        score: Final activation (base activation plus spreading boost).
+        base: Base activation: fused dense/lexical z-score squashed to (0, 1),
+            times recency.
+        boost: What spreading activation added.
+        dense: Cosine similarity of the query and the memory.
+        lexical: BM25 score (0 when no query term matched).
+        provenance: ``"base"`` for top-k by base activation, ``"association"``
+            for memories that spreading lifted into the top-k, ``"semantic"``
+            for distilled facts.
+        via: For association hits, the seeds that activated this memory and
+            the weight of the learned edge from each.
+    """
+
+    memory: Memory
+    score: float
+    base: float
+    boost: float
+    dense: float
+    lexical: float
+    provenance: Provenance
+    via: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.memory.id
+
+    @property
+    def content(self) -> str:
+        return self.memory.content
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """The hits of one search, best first: top-k base hits, then associations."""
+
+    query: str
+    hits: tuple[Hit, ...]
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, i: int) -> Hit:
+        return self.hits[i]
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of every hit, in order."""
+        return [h.id for h in self.hits]
+
+    @property
+    def associations(self) -> list[Hit]:
+        """Hits that only spreading activation surfaced."""
+        return [h for h in self.hits if h.provenance == "association"]
+
+    def to_text(self, max_tokens: int | None = None) -> str:
+        """Format the hits compactly for an LLM prompt.
+
+        Args:
+            max_tokens: Stop before the text would exceed roughly this many
+                tokens (estimated at 4 characters a token).
+
+        Examples:
+            >>> SearchResult("q", ()).to_text()
+            ''
+        """
+        lines: list[str] = []
+        used = 0
+        for h in self.hits:
+            m = h.memory
+            who = f"{m.role}: " if m.role else ""
+            line = f"- [{m.event_time:%Y-%m-%d}] {who}{m.content}"
+            cost = len(line) // 4 + 1
+            if max_tokens is not None and used + cost > max_tokens:
+                break
+            lines.append(line)
+            used += cost
+        return "\n".join(lines)
+
+
+def dump_json(value: Mapping[str, Any] | Sequence[Any], what: str) -> str:
+    """Serialize metadata as strict JSON (no NaN), surrogates escaped."""
+    try:
+        return json.dumps(value, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInputError(
+            f"{what} must be JSON-serializable without NaN/inf: {exc}"
+        ) from exc

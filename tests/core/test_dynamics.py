@@ -1,0 +1,113 @@
+"""Property tests of the pure Hebbian math."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helamem.core import dynamics
+
+weights = st.floats(min_value=1e-6, max_value=1.0, allow_nan=False)
+rates = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+decays = st.floats(min_value=1e-3, max_value=1.0, allow_nan=False)
+ticks = st.integers(min_value=-10, max_value=10_000)
+
+
+@given(weights, rates, st.integers(1, 200))
+def test_reinforcement_keeps_weights_in_unit_interval(w: float, eta: float, times: int) -> None:
+    for _ in range(times):
+        w = dynamics.reinforced(w, eta)
+        assert 0.0 < w <= 1.0
+
+
+@given(weights, ticks, decays)
+def test_decay_never_increases_a_weight(w: float, t: int, delta: float) -> None:
+    d = dynamics.decayed(w, t, delta)
+    assert 0.0 <= d <= w
+
+
+@given(weights, st.integers(0, 500), st.integers(0, 500), decays)
+def test_decay_is_monotone_in_time(w: float, t1: int, t2: int, delta: float) -> None:
+    lo, hi = sorted((t1, t2))
+    assert dynamics.decayed(w, hi, delta) <= dynamics.decayed(w, lo, delta)
+
+
+@given(weights, st.integers(0, 300), st.integers(0, 300), decays)
+def test_lazy_decay_composes(w: float, t1: int, t2: int, delta: float) -> None:
+    once = dynamics.decayed(w, t1 + t2, delta)
+    twice = dynamics.decayed(dynamics.decayed(w, t1, delta), t2, delta)
+    assert abs(once - twice) <= 1e-9
+
+
+@given(st.lists(st.floats(0.0, 1.0, allow_nan=False), max_size=60), st.floats(0.0, 0.9))
+def test_pruning_removes_exactly_the_edges_below_threshold(ws: list[float], p: float) -> None:
+    kept = [w for w in ws if dynamics.survives(w, p)]
+    dropped = [w for w in ws if not dynamics.survives(w, p)]
+    assert all(w >= p and w > 0 for w in kept)
+    assert all(w < p or w == 0 for w in dropped)
+    assert len(kept) + len(dropped) == len(ws)
+
+
+@given(st.lists(st.integers(0, 50), max_size=20))
+def test_co_activation_pairs_are_symmetric_and_unique(ids: list[int]) -> None:
+    pairs = dynamics.co_activation_pairs(ids)
+    assert pairs == dynamics.co_activation_pairs(list(reversed(ids)))
+    assert len(pairs) == len(set(pairs))
+    n = len(set(ids))
+    assert len(pairs) == n * (n - 1) // 2
+    assert all(a < b for a, b in pairs)
+    for a, b in pairs:
+        assert dynamics.edge_key(b, a) == (a, b)
+
+
+@given(
+    st.dictionaries(st.integers(0, 20), st.floats(0.0, 1.0), max_size=10),
+    st.lists(st.tuples(st.integers(0, 20), st.integers(0, 40), st.floats(0.0, 1.0)), max_size=60),
+    st.floats(0.0, 2.0),
+    st.floats(0.0, 1.0),
+)
+def test_spreading_boost_is_bounded_and_nonnegative(
+    seeds: dict[int, float], edges: list[tuple[int, int, float]], alpha: float, cap: float
+) -> None:
+    boost, via = dynamics.spread(seeds, edges, alpha, cap)
+    for j, b in boost.items():
+        assert 0.0 <= b <= cap
+        assert via[j]
+        assert all(s in seeds for s, _ in via[j])
+
+
+@settings(max_examples=50)
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=50))
+def test_zscore_is_centred(xs: list[float]) -> None:
+    z = dynamics.zscore(xs)
+    assert abs(float(z.mean())) < 1e-6
+    assert np.isfinite(z).all()
+
+
+@given(
+    st.dictionaries(st.integers(0, 30), st.floats(0, 1), min_size=1, max_size=30),
+    st.dictionaries(st.integers(0, 40), st.floats(0, 0.5), max_size=30),
+    st.integers(1, 10),
+    st.integers(0, 5),
+)
+def test_select_returns_topk_plus_bounded_associations(
+    base: dict[int, float], boost: dict[int, float], k: int, flips: int
+) -> None:
+    final = dict(base)
+    for j, b in boost.items():
+        final[j] = final.get(j, 0.0) + b
+    top, assoc = dynamics.select(base, final, k, flips)
+    assert top == sorted(base, key=lambda i: (-base[i], i))[:k]
+    assert len(assoc) <= flips
+    assert not set(top) & set(assoc)
+    if not boost:
+        assert assoc == []
+
+
+def test_recency_is_relative_to_reference_time() -> None:
+    # Events of 2023 queried against a 2023 reference do not decay to zero.
+    t2023 = 1_688_169_600.0
+    r = dynamics.recency(np.array([t2023 - 86_400, t2023]), t2023, 1e7)
+    assert r[1] == 1.0
+    assert r[0] > 0.99
