@@ -533,9 +533,10 @@ class Core:
                         lexical=lex.get(n, 0.0),
                         provenance=prov,  # type: ignore[arg-type]
                         via=tuple(
-                            (rows[s].id, round(w, 6)) for s, w in ranking.via.get(n, [])
+                            (rows[s].id, round(w, 6))
+                            for s, w in ranking.via.get(n, [])
                             if s in rows
-                        ) if prov == "association" else (),
+                        ),
                     )
                 )
         return hits

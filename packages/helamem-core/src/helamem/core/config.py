@@ -80,7 +80,7 @@ class RetrievalConfig(_Frozen):
     recency_weight: float = Field(0.2, ge=0.0, le=1.0)
     activation_alpha: float = Field(0.1, ge=0.0)
     spreading_threshold: float = Field(0.4, ge=0.0, le=1.0)
-    spread_seeds: int = Field(10, ge=0)
+    spread_seeds: int = Field(5, ge=0)
     neighbors_per_seed: int = Field(16, ge=1)
     max_boost: float = Field(0.2, ge=0.0)
     max_flipped: int = Field(3, ge=0)

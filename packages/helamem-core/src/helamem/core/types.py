@@ -161,8 +161,8 @@ class Hit:
         provenance: ``"base"`` for top-k by base activation, ``"association"``
             for memories that spreading lifted into the top-k, ``"semantic"``
             for distilled facts.
-        via: For association hits, the seeds that activated this memory and
-            the weight of the learned edge from each.
+        via: The seeds whose activation spread to this memory, each with the
+            (decayed) weight of the learned edge it came through.
     """
 
     memory: Memory

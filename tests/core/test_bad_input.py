@@ -1,0 +1,173 @@
+"""Bad input raises a typed error and changes nothing; any text round-trips."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helamem.core import (
+    HelaMemory,
+    InvalidInputError,
+    InvalidScopeError,
+    MemoryNotFoundError,
+    NewMemory,
+    StoreClosedError,
+)
+
+S = ("users", "alice")
+
+BAD_CONTENT = ["", "   ", "\n\t ", None, 42, b"bytes", ["list"]]
+BAD_SCOPES: list[Any] = [(), [], ("",), ("users", ""), ("users", 1), "users", None, ("a", None)]
+
+
+@pytest.fixture
+def seeded(mem: HelaMemory) -> HelaMemory:
+    mem.add("a first memory", S)
+    return mem
+
+
+def _unchanged(mem: HelaMemory, before: Any) -> None:
+    assert mem.stats() == before
+
+
+@pytest.mark.parametrize("content", BAD_CONTENT)
+def test_bad_content_is_rejected(seeded: HelaMemory, content: Any) -> None:
+    before = seeded.stats()
+    with pytest.raises(InvalidInputError):
+        seeded.add(content, S)
+    with pytest.raises(InvalidInputError):
+        seeded.add_turn(S, "fine", content)
+    with pytest.raises(InvalidInputError):
+        seeded.add_many([NewMemory("fine", S), NewMemory(content, S)])
+    with pytest.raises(InvalidInputError):
+        seeded.search(content, S)
+    _unchanged(seeded, before)
+
+
+@pytest.mark.parametrize("scope", BAD_SCOPES)
+def test_bad_scopes_are_rejected(seeded: HelaMemory, scope: Any) -> None:
+    before = seeded.stats()
+    with pytest.raises(InvalidScopeError):
+        seeded.add("hello", scope)
+    with pytest.raises(InvalidScopeError):
+        seeded.search("hello", scope)
+    with pytest.raises(InvalidScopeError):
+        seeded.add_turn(scope, "hi", "hello")
+    _unchanged(seeded, before)
+
+
+def test_string_scope_error_names_the_fix(mem: HelaMemory) -> None:
+    with pytest.raises(InvalidScopeError, match=r"\('users',\)"):
+        mem.add("hello", "users")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("k", [0, -1, 1.5, True, "3", None])
+def test_bad_k_is_rejected(seeded: HelaMemory, k: Any) -> None:
+    if k is None:  # None means the configured default
+        assert seeded.search("first", S, k=k).ids
+        return
+    with pytest.raises(InvalidInputError, match="k must be"):
+        seeded.search("first", S, k=k)
+
+
+@pytest.mark.parametrize(
+    "when", [math.nan, math.inf, -math.inf, 1e20, -1e20, "2023-01-01", True]
+)
+def test_bad_event_times_are_rejected(seeded: HelaMemory, when: Any) -> None:
+    before = seeded.stats()
+    with pytest.raises(InvalidInputError):
+        seeded.add("hello", S, event_time=when)
+    _unchanged(seeded, before)
+
+
+@pytest.mark.parametrize("meta", [{"x": math.nan}, {"x": object()}, "not a dict"])
+def test_bad_metadata_is_rejected(seeded: HelaMemory, meta: Any) -> None:
+    before = seeded.stats()
+    with pytest.raises(InvalidInputError):
+        seeded.add("hello", S, metadata=meta)
+    _unchanged(seeded, before)
+
+
+def test_unknown_ids(seeded: HelaMemory) -> None:
+    before = seeded.stats()
+    with pytest.raises(MemoryNotFoundError, match="no memory"):
+        seeded.get("nope")
+    good = seeded.add("second", S).id
+    before = seeded.stats()
+    with pytest.raises(MemoryNotFoundError):
+        seeded.delete([good, "nope"])  # all or nothing
+    _unchanged(seeded, before)
+    with pytest.raises(MemoryNotFoundError):
+        seeded.reinforce([good, "nope"])
+    _unchanged(seeded, before)
+    with pytest.raises(InvalidInputError):
+        seeded.get(123)  # type: ignore[arg-type]
+
+
+def test_closed_store(seeded: HelaMemory) -> None:
+    seeded.close()
+    seeded.close()  # idempotent
+    for call in (
+        lambda: seeded.add("x", S),
+        lambda: seeded.search("x", S),
+        lambda: seeded.stats(),
+        lambda: seeded.get("x"),
+    ):
+        with pytest.raises(StoreClosedError, match="from_path"):
+            call()
+
+
+async def test_closed_store_async(seeded: HelaMemory) -> None:
+    await seeded.aclose()
+    with pytest.raises(StoreClosedError):
+        await seeded.aadd("x", S)
+
+
+def test_one_megabyte_content_roundtrips(mem: HelaMemory) -> None:
+    big = ("lorem ipsum dolor sit amet 🌍 " * 40_000)[:1_000_000]
+    m = mem.add(big, S)
+    assert mem.get(m.id).content == big
+    assert mem.search("lorem ipsum", S, k=1).ids == [m.id]
+
+
+UNICODE = [
+    "emoji 😀👩‍👩‍👧‍👦 and flags 🇯🇵",
+    "RTL: שלום עולם مرحبا بالعالم",
+    "combining: é vs é, zalgo Z̴̧a̷l̸g̶o",
+    "lone surrogates \ud800 and \udfff survive",
+    "surrogate pair written as two escapes \ud83d\ude00",
+    "NUL inside \x00 the text",
+    'FTS syntax: "unbalanced NEAR(a b) OR * AND title:x',
+]
+
+
+@pytest.mark.parametrize("text", UNICODE)
+def test_unicode_roundtrips_exactly(mem: HelaMemory, text: str) -> None:
+    m = mem.add(text, S, metadata={"echo": text})
+    got = mem.get(m.id)
+    assert got.content == text
+    # metadata follows JSON semantics: an escaped surrogate pair decodes to its character
+    assert got.metadata == json.loads(json.dumps({"echo": text}))
+    assert mem.search(text, S, k=1).ids == [m.id]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(min_size=1, max_size=200).filter(lambda t: t.strip() != ""))
+def test_any_text_roundtrips_and_is_searchable(mem: HelaMemory, text: str) -> None:
+    m = mem.add(text, S)
+    assert mem.get(m.id).content == text
+    mem.search(text, S, k=3, learn=False)  # never raises on any query text
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4))
+def test_any_segments_make_a_valid_isolated_scope(mem: HelaMemory, segs: list[str]) -> None:
+    scope = ("t", *segs)
+    m = mem.add("scoped note", scope)
+    assert mem.get(m.id).scope == scope
+    assert m.id in mem.search("scoped note", scope, k=50).ids
