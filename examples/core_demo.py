@@ -20,22 +20,46 @@ SCOPE = ("users", "dana")
 
 # (date, user message, assistant reply): one user's conversations over two months
 STORY: list[tuple[datetime, str, str]] = [
-    (datetime(2023, 5, 8, tzinfo=UTC), "My daughter Emma just started violin lessons.",
-     "How exciting! How is she finding it?"),
-    (datetime(2023, 5, 8, tzinfo=UTC), "Her teacher, Mr. Okafor, says she has a great ear.",
-     "That is lovely encouragement from Mr. Okafor."),
-    (datetime(2023, 5, 20, tzinfo=UTC), "I'm training for the Berlin marathon in September.",
-     "Good luck with the training plan!"),
-    (datetime(2023, 6, 2, tzinfo=UTC), "My left knee has been sore after long runs.",
-     "Maybe ease off the long runs and see a physio."),
-    (datetime(2023, 6, 15, tzinfo=UTC), "We're saving up to buy Emma a better violin.",
-     "A full-size one could be a great gift."),
-    (datetime(2023, 7, 1, tzinfo=UTC), "Emma played her first recital on Saturday!",
-     "Congratulations to Emma!"),
-    (datetime(2023, 7, 9, tzinfo=UTC), "The physio gave me stretching exercises for the knee.",
-     "Stretching should help before Berlin."),
-    (datetime(2023, 7, 20, tzinfo=UTC), "Mr. Okafor thinks Emma could join the youth orchestra.",
-     "What an opportunity!"),
+    (
+        datetime(2023, 5, 8, tzinfo=UTC),
+        "My daughter Emma just started violin lessons.",
+        "How exciting! How is she finding it?",
+    ),
+    (
+        datetime(2023, 5, 8, tzinfo=UTC),
+        "Her teacher, Mr. Okafor, says she has a great ear.",
+        "That is lovely encouragement from Mr. Okafor.",
+    ),
+    (
+        datetime(2023, 5, 20, tzinfo=UTC),
+        "I'm training for the Berlin marathon in September.",
+        "Good luck with the training plan!",
+    ),
+    (
+        datetime(2023, 6, 2, tzinfo=UTC),
+        "My left knee has been sore after long runs.",
+        "Maybe ease off the long runs and see a physio.",
+    ),
+    (
+        datetime(2023, 6, 15, tzinfo=UTC),
+        "We're saving up to buy Emma a better violin.",
+        "A full-size one could be a great gift.",
+    ),
+    (
+        datetime(2023, 7, 1, tzinfo=UTC),
+        "Emma played her first recital on Saturday!",
+        "Congratulations to Emma!",
+    ),
+    (
+        datetime(2023, 7, 9, tzinfo=UTC),
+        "The physio gave me stretching exercises for the knee.",
+        "Stretching should help before Berlin.",
+    ),
+    (
+        datetime(2023, 7, 20, tzinfo=UTC),
+        "Mr. Okafor thinks Emma could join the youth orchestra.",
+        "What an opportunity!",
+    ),
 ]
 
 K = 2
@@ -76,11 +100,15 @@ def main() -> None:
                 used = mem.search(user, SCOPE, k=3, reference_time=when)
                 mem.add_turn(SCOPE, user, assistant, event_time=when, used_ids=used.ids)
         else:
-            print(f"Found {before.memories} memories and {before.edges} learned edges "
-                  f"in {args.path} (persisted from an earlier run).")
+            print(
+                f"Found {before.memories} memories and {before.edges} learned edges "
+                f"in {args.path} (persisted from an earlier run)."
+            )
         st = mem.stats(SCOPE)
-        print(f"Store: {st.memories} memories, {st.edges} edges "
-              f"(mean weight {st.mean_edge_weight:.3f}), embedder {st.embedder}\n")
+        print(
+            f"Store: {st.memories} memories, {st.edges} edges "
+            f"(mean weight {st.mean_edge_weight:.3f}), embedder {st.embedder}\n"
+        )
 
         for query in QUERIES:
             plain = mem.search(query, SCOPE, k=K, spread=False, learn=False)
@@ -89,12 +117,16 @@ def main() -> None:
             for hit in res:
                 print(_explain(hit, mem))
             added = [h for h in res if h.id not in plain.ids]
-            print(f"  spreading activation added {len(added)} memor"
-                  f"{'y' if len(added) == 1 else 'ies'} that similarity alone ranked lower\n")
+            print(
+                f"  spreading activation added {len(added)} memor"
+                f"{'y' if len(added) == 1 else 'ies'} that similarity alone ranked lower\n"
+            )
 
         after = mem.stats(SCOPE)
-        print(f"After searching: {after.edges} edges, mean weight {after.mean_edge_weight:.3f} "
-              f"(was {st.mean_edge_weight:.3f}). Run again: the store persists and keeps learning.")
+        print(
+            f"After searching: {after.edges} edges, mean weight {after.mean_edge_weight:.3f} "
+            f"(was {st.mean_edge_weight:.3f}). Run again: the store persists and keeps learning."
+        )
 
 
 if __name__ == "__main__":

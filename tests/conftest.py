@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, RetrievalConfig  # noqa: E402
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, RetrievalConfig
 
 
 def make_memory(path: Path, **retrieval: object) -> HelaMemory:

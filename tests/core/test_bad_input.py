@@ -75,9 +75,7 @@ def test_bad_k_is_rejected(seeded: HelaMemory, k: Any) -> None:
         seeded.search("first", S, k=k)
 
 
-@pytest.mark.parametrize(
-    "when", [math.nan, math.inf, -math.inf, 1e20, -1e20, "2023-01-01", True]
-)
+@pytest.mark.parametrize("when", [math.nan, math.inf, -math.inf, 1e20, -1e20, "2023-01-01", True])
 def test_bad_event_times_are_rejected(seeded: HelaMemory, when: Any) -> None:
     before = seeded.stats()
     with pytest.raises(InvalidInputError):
@@ -156,7 +154,9 @@ def test_unicode_roundtrips_exactly(mem: HelaMemory, text: str) -> None:
     assert mem.search(text, S, k=1).ids == [m.id]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.text(min_size=1, max_size=200).filter(lambda t: t.strip() != ""))
 def test_any_text_roundtrips_and_is_searchable(mem: HelaMemory, text: str) -> None:
     m = mem.add(text, S)
@@ -164,7 +164,9 @@ def test_any_text_roundtrips_and_is_searchable(mem: HelaMemory, text: str) -> No
     mem.search(text, S, k=3, learn=False)  # never raises on any query text
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4))
 def test_any_segments_make_a_valid_isolated_scope(mem: HelaMemory, segs: list[str]) -> None:
     scope = ("t", *segs)

@@ -45,11 +45,13 @@ def test_registered_chroma_embedding_function() -> None:
 def test_default_store_uses_minilm_end_to_end(tmp_path: Path) -> None:
     scope = ("users", "alice")
     with HelaMemory(HelaMemConfig(path=tmp_path / "s")) as mem:
-        mem.add_many([
-            NewMemory("I adopted a kitten named Miso last week", scope),
-            NewMemory("My favourite food is spicy ramen", scope),
-            NewMemory("I work as a nurse at the city hospital", scope),
-        ])
+        mem.add_many(
+            [
+                NewMemory("I adopted a kitten named Miso last week", scope),
+                NewMemory("My favourite food is spicy ramen", scope),
+                NewMemory("I work as a nurse at the city hospital", scope),
+            ]
+        )
         res = mem.search("what pet do I have?", scope, k=1)
         assert "kitten" in res[0].content
         assert mem.stats().embedder == "all-MiniLM-L6-v2-onnx-int8"

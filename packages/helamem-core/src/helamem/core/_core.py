@@ -204,8 +204,9 @@ class Core:
         vectors = np.stack(
             [fresh[r.n] if r.n in fresh else r.vector() for r in rows]  # type: ignore[misc]
         ).astype(np.float32)
-        self.index.upsert([r.id for r in rows], vectors, [r.scope_id for r in rows],
-                          [r.kind for r in rows])
+        self.index.upsert(
+            [r.id for r in rows], vectors, [r.scope_id for r in rows], [r.kind for r in rows]
+        )
         self.store.mark_indexed([r.n for r in rows])
 
     def reindex(self, reembed: bool = False) -> int:
@@ -362,8 +363,9 @@ class Core:
         for a, b in pairs:
             e = existing.get((a, b))
             w = 0.0 if e is None else self._decayed(e, tick_now)
-            updated.append(EdgeRow(a, b, scope_id, dynamics.reinforced(w, d.learning_rate),
-                                   tick_now))
+            updated.append(
+                EdgeRow(a, b, scope_id, dynamics.reinforced(w, d.learning_rate), tick_now)
+            )
         self.store.upsert_edges(db, updated)
 
     def reinforce(self, ids: Sequence[str]) -> int:
@@ -449,12 +451,17 @@ class Core:
             if triples:
                 extra_ns = {j for _, j, _ in triples if j not in rows}
                 extra = {
-                    n: r for n, r in self.store.rows_by_n(extra_ns).items()
+                    n: r
+                    for n, r in self.store.rows_by_n(extra_ns).items()
                     if r.scope_id in allowed and r.kind == kind
                 }
                 rows.update(extra)
                 ranking = retrieval.rank(
-                    pool, k=k, config=cfg, ref_time=ref, edges=triples,
+                    pool,
+                    k=k,
+                    config=cfg,
+                    ref_time=ref,
+                    edges=triples,
                     neighbours=self._pool(extra, qv, {}),
                 )
         hits = self._hits(ranking, rows, pool, qv, lex)
@@ -469,10 +476,12 @@ class Core:
         if not ns:
             return retrieval.Pool((), np.zeros(0), np.zeros(0), np.zeros(0))
         dim = qv.shape[0]
-        mat = np.stack([
-            v if (v := rows[n].vector()) is not None and v.shape[0] == dim else np.zeros(dim)
-            for n in ns
-        ])
+        mat = np.stack(
+            [
+                v if (v := rows[n].vector()) is not None and v.shape[0] == dim else np.zeros(dim)
+                for n in ns
+            ]
+        )
         return retrieval.Pool(
             ns,
             np.asarray(mat @ qv, dtype=np.float64),
@@ -542,7 +551,10 @@ class Core:
         return hits
 
     def _learn(
-        self, returned: Sequence[int], rows: dict[int, MemoryRow], prunable: Sequence[tuple[int, int]]
+        self,
+        returned: Sequence[int],
+        rows: dict[int, MemoryRow],
+        prunable: Sequence[tuple[int, int]],
     ) -> None:
         by_scope: dict[int, list[int]] = defaultdict(list)
         for n in returned:

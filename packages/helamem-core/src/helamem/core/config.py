@@ -115,8 +115,7 @@ class EmbedderConfig(_Frozen):
     def _check(self) -> EmbedderConfig:
         if self.provider == "litellm" and not self.model:
             raise ValueError(
-                "EmbedderConfig(provider='litellm') needs model=, e.g. "
-                "'text-embedding-3-small'"
+                "EmbedderConfig(provider='litellm') needs model=, e.g. 'text-embedding-3-small'"
             )
         return self
 
@@ -159,9 +158,7 @@ class HelaMemConfig(_Frozen):
     busy_timeout_s: float = Field(30.0, gt=0.0)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> HelaMemConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> HelaMemConfig:
         """Build a config from ``HELAMEM_*`` environment variables.
 
         Recognised: ``HELAMEM_PATH``, ``HELAMEM_EMBEDDER`` (provider),

@@ -71,7 +71,7 @@ def decayed(weight: float, ticks: float, decay_rate: float) -> float:
     """
     if ticks <= 0:
         return weight
-    return weight * decay_rate**ticks
+    return float(weight * decay_rate**ticks)
 
 
 def reinforced(weight: float, learning_rate: float) -> float:
@@ -113,7 +113,7 @@ def zscore(x: Sequence[float] | FloatArray) -> FloatArray:
     sd = float(arr.std())
     if sd < 1e-12 or not math.isfinite(sd):
         return np.zeros_like(arr)
-    return (arr - arr.mean()) / sd
+    return np.asarray((arr - arr.mean()) / sd, dtype=np.float64)
 
 
 def fuse(dense: FloatArray, lexical: FloatArray, keyword_weight: float) -> FloatArray:

@@ -369,9 +369,7 @@ class HelaMemory:
             >>> [h.provenance for h in res]                 # doctest: +SKIP
             ['base', 'base', 'association']
         """
-        return self._call(
-            self._plan_search(query, scope, k, learn, spread, reference_time, kind)
-        )
+        return self._call(self._plan_search(query, scope, k, learn, spread, reference_time, kind))
 
     def reinforce(self, ids: Iterable[str]) -> int:
         """Co-activate memories explicitly (e.g. the ones an agent used)."""

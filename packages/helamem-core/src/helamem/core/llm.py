@@ -29,7 +29,8 @@ def import_litellm() -> ModuleType:
         raise ConfigError(
             "LiteLLM is not installed; install it with: pip install 'helamem-core[litellm]'"
         ) from exc
-    return litellm
+    mod: ModuleType = litellm
+    return mod
 
 
 class LiteLLMEmbedder:
@@ -67,6 +68,4 @@ class LiteLLMEmbedder:
         except litellm.exceptions.APIError as exc:
             raise EmbeddingError(f"LiteLLM embedding with {self._model!r} failed: {exc}") from exc
         rows = sorted(resp.data, key=lambda d: d["index"])
-        return check_vectors(
-            [r["embedding"] for r in rows], len(texts), self._dim, self.name
-        )
+        return check_vectors([r["embedding"] for r in rows], len(texts), self._dim, self.name)

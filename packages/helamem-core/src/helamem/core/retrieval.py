@@ -131,7 +131,11 @@ def rank(
     if edges:
         if neighbours is not None and neighbours.ns:
             extra = base_activation(
-                neighbours.dense, neighbours.lexical, neighbours.event_times, norm, ref_time,
+                neighbours.dense,
+                neighbours.lexical,
+                neighbours.event_times,
+                norm,
+                ref_time,
                 config,
             )
             final.update({n: float(v) for n, v in zip(neighbours.ns, extra, strict=True)})

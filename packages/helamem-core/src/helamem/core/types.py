@@ -95,9 +95,7 @@ def to_timestamp(value: TimeLike | None, *, default: float) -> float:
             f"event_time must be a datetime or POSIX seconds, got {type(value).__name__}"
         )
     if not math.isfinite(ts) or not _MIN_TIMESTAMP <= ts <= _MAX_TIMESTAMP:
-        raise InvalidInputError(
-            f"event_time {value!r} is outside years 1..9999; pass a real date"
-        )
+        raise InvalidInputError(f"event_time {value!r} is outside years 1..9999; pass a real date")
     return ts
 
 
@@ -239,6 +237,4 @@ def dump_json(value: Mapping[str, Any] | Sequence[Any], what: str) -> str:
     try:
         return json.dumps(value, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidInputError(
-            f"{what} must be JSON-serializable without NaN/inf: {exc}"
-        ) from exc
+        raise InvalidInputError(f"{what} must be JSON-serializable without NaN/inf: {exc}") from exc

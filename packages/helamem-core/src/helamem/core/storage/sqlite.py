@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..errors import StorageError
 from .base import EdgeRow, MemoryRow
@@ -88,26 +89,24 @@ def scope_path(scope: Sequence[str]) -> str:
     return json.dumps(list(scope))
 
 
-def _row(r: sqlite3.Row | tuple[object, ...]) -> MemoryRow:
+def _row(r: Any) -> MemoryRow:
     raw = r[5]
-    content = (
-        bytes(raw).decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(r[4])
-    )
+    content = bytes(raw).decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(r[4])
     return MemoryRow(
-        n=int(r[0]),  # type: ignore[call-overload]
+        n=int(r[0]),
         id=str(r[1]),
-        scope_id=int(r[2]),  # type: ignore[call-overload]
+        scope_id=int(r[2]),
         kind=str(r[3]),
         content=content,
         role=None if r[6] is None else str(r[6]),
-        event_time=float(r[7]),  # type: ignore[arg-type]
-        created_at=float(r[8]),  # type: ignore[arg-type]
+        event_time=float(r[7]),
+        created_at=float(r[8]),
         keywords=str(r[9]),
-        access_count=int(r[10]),  # type: ignore[call-overload]
-        last_access=None if r[11] is None else float(r[11]),  # type: ignore[arg-type]
+        access_count=int(r[10]),
+        last_access=None if r[11] is None else float(r[11]),
         metadata=str(r[12]),
         provenance=str(r[13]),
-        embedding=None if r[14] is None else bytes(r[14]),  # type: ignore[arg-type]
+        embedding=None if r[14] is None else bytes(r[14]),
     )
 
 
@@ -278,7 +277,10 @@ class SQLiteStore:
         )
 
     def scopes_with_memories(self, node_ids: Sequence[int] | None) -> list[tuple[str, ...]]:
-        sql = "SELECT path FROM scopes s WHERE EXISTS (SELECT 1 FROM memories m WHERE m.scope_id = s.id)"
+        sql = (
+            "SELECT path FROM scopes s"
+            " WHERE EXISTS (SELECT 1 FROM memories m WHERE m.scope_id = s.id)"
+        )
         params: tuple[int, ...] = ()
         if node_ids is not None:
             sql += f" AND s.id IN ({_qmarks(len(node_ids))})"
@@ -310,8 +312,20 @@ class SQLiteStore:
             "INSERT INTO memories(id, scope_id, kind, content, content_raw, role, event_time,"
             " created_at, keywords, metadata, provenance, embedding)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (id, scope_id, kind, search_text, raw, role, event_time, created_at, keywords,
-             metadata, provenance, embedding),
+            (
+                id,
+                scope_id,
+                kind,
+                search_text,
+                raw,
+                role,
+                event_time,
+                created_at,
+                keywords,
+                metadata,
+                provenance,
+                embedding,
+            ),
         )
         n = int(cur.lastrowid or 0)
         db.execute(
@@ -385,9 +399,7 @@ class SQLiteStore:
         db.executemany("DELETE FROM memories_fts WHERE rowid = ?", ns)
         db.executemany("DELETE FROM memories WHERE n = ?", ns)
         db.executemany("UPDATE scopes SET last_episode = NULL WHERE last_episode = ?", ns)
-        db.executemany(
-            "INSERT OR IGNORE INTO tombstones(id) VALUES (?)", [(r.id,) for r in rows]
-        )
+        db.executemany("INSERT OR IGNORE INTO tombstones(id) VALUES (?)", [(r.id,) for r in rows])
 
     def tombstones(self) -> list[str]:
         return [str(r[0]) for r in self.db.execute("SELECT id FROM tombstones")]
@@ -443,8 +455,10 @@ class SQLiteStore:
             f"SELECT a, b, scope_id, weight, tick FROM edges WHERE a IN ({q}) AND b IN ({q})",
             (*ns, *ns),
         ).fetchall()
-        return {(int(a), int(b)): EdgeRow(int(a), int(b), int(s), float(w), int(t))
-                for a, b, s, w, t in rows}
+        return {
+            (int(a), int(b)): EdgeRow(int(a), int(b), int(s), float(w), int(t))
+            for a, b, s, w, t in rows
+        }
 
     def edges_in_scopes(self, scope_ids: Sequence[int]) -> list[EdgeRow]:
         q = _qmarks(len(scope_ids))
@@ -467,16 +481,18 @@ class SQLiteStore:
     # -- stats -----------------------------------------------------------
 
     def counts(self, scope_ids: Sequence[int] | None) -> dict[str, float]:
-        where, params = "", ()
+        where, params = "", tuple[int, ...]()
         if scope_ids is not None:
             where = f" WHERE scope_id IN ({_qmarks(len(scope_ids))})"
-            params = tuple(scope_ids)  # type: ignore[assignment]
+            params = tuple(scope_ids)
         out: dict[str, float] = {"episodic": 0, "semantic": 0}
         for kind, count in self.db.execute(
             f"SELECT kind, COUNT(*) FROM memories{where} GROUP BY kind", params
         ):
             out[str(kind)] = int(count)
-        n, mean = self.db.execute(f"SELECT COUNT(*), AVG(weight) FROM edges{where}", params).fetchone()
+        n, mean = self.db.execute(
+            f"SELECT COUNT(*), AVG(weight) FROM edges{where}", params
+        ).fetchone()
         out["edges"] = int(n)
         out["mean_edge_weight"] = float(mean or 0.0)
         out["unindexed"] = int(
