@@ -180,7 +180,7 @@ class Core:
         gone = self.store.tombstones()
         if gone:
             self.index.delete(gone)
-            self.store.clear_tombstones(gone)
+            self.store.clear_tombstones([g[0] for g in gone])
         total = 0
         while True:
             rows = self.store.unindexed()
@@ -399,7 +399,7 @@ class Core:
         with self.store.tx() as db:
             self.store.delete_memories(db, list(rows.values()))
         try:
-            self.index.delete(list(rows))
+            self.index.delete([(r.id, r.scope_id, r.kind) for r in rows.values()])
             self.store.clear_tombstones(list(rows))
         except StorageError as exc:
             self._needs_reconcile = True

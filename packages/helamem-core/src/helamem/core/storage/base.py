@@ -63,7 +63,9 @@ class VectorIndex(Protocol):
         kinds: Sequence[str],
     ) -> None: ...
 
-    def delete(self, ids: Sequence[str]) -> None: ...
+    def delete(self, items: Sequence[tuple[str, int, str]]) -> None:
+        """Delete ``(id, scope_id, kind)`` entries; unknown ones are ignored."""
+        ...
 
     def query(
         self,

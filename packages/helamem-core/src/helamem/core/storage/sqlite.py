@@ -73,7 +73,7 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX edges_b ON edges(b);
     CREATE INDEX edges_scope ON edges(scope_id);
-    CREATE TABLE tombstones (id TEXT PRIMARY KEY);
+    CREATE TABLE tombstones (id TEXT PRIMARY KEY, scope_id INTEGER NOT NULL, kind TEXT NOT NULL);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -399,10 +399,17 @@ class SQLiteStore:
         db.executemany("DELETE FROM memories_fts WHERE rowid = ?", ns)
         db.executemany("DELETE FROM memories WHERE n = ?", ns)
         db.executemany("UPDATE scopes SET last_episode = NULL WHERE last_episode = ?", ns)
-        db.executemany("INSERT OR IGNORE INTO tombstones(id) VALUES (?)", [(r.id,) for r in rows])
+        db.executemany(
+            "INSERT OR IGNORE INTO tombstones(id, scope_id, kind) VALUES (?, ?, ?)",
+            [(r.id, r.scope_id, r.kind) for r in rows],
+        )
 
-    def tombstones(self) -> list[str]:
-        return [str(r[0]) for r in self.db.execute("SELECT id FROM tombstones")]
+    def tombstones(self) -> list[tuple[str, int, str]]:
+        """``(id, scope_id, kind)`` of deleted memories whose vectors may remain."""
+        return [
+            (str(i), int(s), str(k))
+            for i, s, k in self.db.execute("SELECT id, scope_id, kind FROM tombstones")
+        ]
 
     def clear_tombstones(self, ids: Sequence[str]) -> None:
         with self.tx() as db:
