@@ -433,7 +433,7 @@ class Core:
         allowed = set(nodes)
         qv = self._embed([query])[0]
         m = max(cfg.candidates, k)
-        dense_ids = self.index.query(qv, m, nodes, kind)
+        dense_ids = self.index.query(qv, m, self.store.nodes_holding(nodes, kind), kind)
         match = fts_query(query)
         lex = dict(self.store.lexical(match, _tag(node, kind), m)) if match else {}
         rows = {r.n: r for r in self.store.rows_by_id([i for i, _ in dense_ids]).values()}

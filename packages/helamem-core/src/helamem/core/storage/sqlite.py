@@ -255,6 +255,21 @@ class SQLiteStore:
         ).fetchall()
         return [int(r[0]) for r in rows]
 
+    def nodes_holding(self, node_ids: Sequence[int], kind: str) -> list[int]:
+        """The nodes among ``node_ids`` that hold memories of ``kind``."""
+        out: list[int] = []
+        for i in range(0, len(node_ids), 500):
+            chunk = list(node_ids[i : i + 500])
+            out.extend(
+                int(r[0])
+                for r in self.db.execute(
+                    f"SELECT DISTINCT scope_id FROM memories WHERE kind = ?"
+                    f" AND scope_id IN ({_qmarks(len(chunk))})",
+                    (kind, *chunk),
+                )
+            )
+        return out
+
     def scope_of(self, scope_id: int) -> tuple[str, ...]:
         r = self.db.execute("SELECT path FROM scopes WHERE id = ?", (scope_id,)).fetchone()
         if r is None:
