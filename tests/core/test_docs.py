@@ -1,0 +1,48 @@
+"""The docs cannot rot: README snippets, the demo and module doctests run here."""
+
+from __future__ import annotations
+
+import doctest
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helamem.core import config, dynamics, ids, text, types
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _python_blocks() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+
+
+@pytest.mark.embedder
+def test_readme_python_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = _python_blocks()
+    assert blocks, "README lost its usage example"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    assert (tmp_path / "helamem-data" / "helamem.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("module", [dynamics, text, ids, types, config])
+def test_module_doctests(module: object) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
+    assert result.failed == 0
+
+
+@pytest.mark.embedder
+def test_demo_runs_twice_and_persists(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "examples" / "core_demo.py"), "--path", str(tmp_path / "d")]
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=300)
+    assert "First run" in first.stdout
+    assert "association" in first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=300)
+    assert "persisted from an earlier run" in second.stdout
