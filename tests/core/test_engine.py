@@ -257,3 +257,25 @@ async def test_async_twins(tmp_path: Path, make_mem: Any) -> None:
         assert (await m.adecay())["edges"] == st.edges
         assert await m.adelete(x.id) == 1
     assert m.closed
+
+
+def test_any_chroma_embedding_function_can_replace_the_embedder(tmp_path: Path) -> None:
+    from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
+
+    inner = HashingEmbedder(32)
+
+    class MyEF(EmbeddingFunction[Documents]):
+        def __init__(self) -> None:
+            pass
+
+        def __call__(self, input: Documents) -> Embeddings:
+            return list(inner.embed(list(input)))
+
+        @staticmethod
+        def name() -> str:
+            return "my-ef"
+
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=MyEF()) as m:
+        mid = m.add("sunflowers in the garden", ALICE).id
+        assert m.search("garden sunflowers", ALICE, k=1).ids == [mid]
+        assert m.stats().embedder == "chroma:my-ef"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 __all__ = [
     "ChromaConfig",
@@ -101,6 +101,10 @@ class EmbedderConfig(_Frozen):
         max_length: Word pieces per text (longer texts are truncated).
         threads: ONNX intra-op threads (0 = onnxruntime's default).
         api_base: Passed through to LiteLLM.
+        api_key: Passed through to LiteLLM (otherwise its provider's usual
+            environment variable applies).
+        timeout_s: Per-request timeout for ``"litellm"``.
+        num_retries: LiteLLM retries for ``"litellm"``.
     """
 
     provider: Literal["minilm", "litellm", "hashing"] = "minilm"
@@ -110,6 +114,9 @@ class EmbedderConfig(_Frozen):
     max_length: int = Field(256, ge=8, le=512)
     threads: int = Field(0, ge=0)
     api_base: str | None = None
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(30.0, gt=0.0)
+    num_retries: int = Field(2, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> EmbedderConfig:

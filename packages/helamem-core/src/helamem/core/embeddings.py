@@ -219,4 +219,7 @@ def create_embedder(config: EmbedderConfig) -> Embedder:
     from .llm import LiteLLMEmbedder
 
     assert config.model is not None  # validated by EmbedderConfig
-    return LiteLLMEmbedder(config.model, config.dimension, api_base=config.api_base)
+    extra: dict[str, object] = {"timeout": config.timeout_s, "num_retries": config.num_retries}
+    if config.api_key is not None:
+        extra["api_key"] = config.api_key.get_secret_value()
+    return LiteLLMEmbedder(config.model, config.dimension, api_base=config.api_base, **extra)

@@ -33,6 +33,13 @@ def import_litellm() -> ModuleType:
     return mod
 
 
+def _api_errors() -> tuple[type[BaseException], ...]:
+    """The base class of every LiteLLM API error (they subclass openai's)."""
+    import openai
+
+    return (openai.OpenAIError,)
+
+
 class LiteLLMEmbedder:
     """Any LiteLLM embedding model (``text-embedding-3-small``, ``ollama/...``).
 
@@ -65,7 +72,7 @@ class LiteLLMEmbedder:
         litellm = import_litellm()
         try:
             resp = litellm.embedding(model=self._model, input=list(texts), **self._kwargs)
-        except litellm.exceptions.APIError as exc:
+        except _api_errors() as exc:
             raise EmbeddingError(f"LiteLLM embedding with {self._model!r} failed: {exc}") from exc
         rows = sorted(resp.data, key=lambda d: d["index"])
         return check_vectors([r["embedding"] for r in rows], len(texts), self._dim, self.name)
