@@ -6,6 +6,7 @@ Examples:
 """
 
 from .config import ChromaConfig, DynamicsConfig, EmbedderConfig, HelaMemConfig, RetrievalConfig
+from .context import UsedMemories, collect_used, note_used
 from .embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
 from .engine import HelaMemory, Stats
 from .errors import (
@@ -46,6 +47,9 @@ __all__ = [
     "Stats",
     "StorageError",
     "StoreClosedError",
+    "UsedMemories",
+    "collect_used",
+    "note_used",
 ]
 
 __version__ = "0.1.0"

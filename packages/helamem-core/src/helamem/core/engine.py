@@ -21,6 +21,7 @@ from typing import Any, Self, TypeVar
 
 from ._core import Core, Stats, prepare
 from .config import HelaMemConfig
+from .context import note_used
 from .embeddings import Embedder, create_embedder
 from .errors import InvalidInputError, StoreClosedError
 from .storage.base import VectorIndex
@@ -369,7 +370,9 @@ class HelaMemory:
             >>> [h.provenance for h in res]                 # doctest: +SKIP
             ['base', 'base', 'association']
         """
-        return self._call(self._plan_search(query, scope, k, learn, spread, reference_time, kind))
+        result = self._call(self._plan_search(query, scope, k, learn, spread, reference_time, kind))
+        note_used(result.ids)
+        return result
 
     def reinforce(self, ids: Iterable[str]) -> int:
         """Co-activate memories explicitly (e.g. the ones an agent used)."""
@@ -449,9 +452,11 @@ class HelaMemory:
         kind: Kind = "episodic",
     ) -> SearchResult:
         """Async :meth:`search`."""
-        return await self._acall(
+        result = await self._acall(
             self._plan_search(query, scope, k, learn, spread, reference_time, kind)
         )
+        note_used(result.ids)
+        return result
 
     async def areinforce(self, ids: Iterable[str]) -> int:
         """Async :meth:`reinforce`."""
