@@ -5,8 +5,18 @@ Examples:
     >>> mem = HelaMemory.from_path("./helamem-data")  # opens on first use
 """
 
-from .config import ChromaConfig, DynamicsConfig, EmbedderConfig, HelaMemConfig, RetrievalConfig
+from ._maintenance import ConsolidationReport, ForgetReport
+from .config import (
+    ChromaConfig,
+    ConsolidationConfig,
+    DynamicsConfig,
+    EmbedderConfig,
+    HelaMemConfig,
+    LLMConfig,
+    RetrievalConfig,
+)
 from .context import UsedMemories, collect_used, note_used
+from .distill import ExtractiveDistiller, FactDraft, LLMDistiller
 from .embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
 from .engine import HelaMemory, Stats
 from .errors import (
@@ -15,14 +25,30 @@ from .errors import (
     HelaMemError,
     InvalidInputError,
     InvalidScopeError,
+    LLMError,
+    LLMResponseError,
+    LLMUnavailableError,
     MemoryNotFoundError,
     StorageError,
     StoreClosedError,
 )
+from .llm import LLMClient, LLMUsage
 from .types import Hit, Kind, Memory, NewMemory, Provenance, Scope, SearchResult
 
 __all__ = [
     "ChromaConfig",
+    "ConsolidationConfig",
+    "ConsolidationReport",
+    "ExtractiveDistiller",
+    "FactDraft",
+    "ForgetReport",
+    "LLMClient",
+    "LLMConfig",
+    "LLMDistiller",
+    "LLMError",
+    "LLMResponseError",
+    "LLMUnavailableError",
+    "LLMUsage",
     "ConfigError",
     "DynamicsConfig",
     "Embedder",

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,6 +72,11 @@ class Stats:
     vectors: int
     embedder: str
     schema_version: int
+    llm_calls: int = 0
+    llm_failed_calls: int = 0
+    llm_prompt_tokens: int = 0
+    llm_completion_tokens: int = 0
+    llm_cost_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +358,26 @@ class Core:
         rows = self.store.rows_by_n(rows_n)
         return [self._memory(rows[n]) for n in rows_n]
 
+    def _insert_fact(self, db: Any, scope_id: int, p: _Prepared, vec: np.ndarray) -> int:
+        """Insert one semantic memory (no tick, no temporal edge); indexed on reconcile."""
+        tags = " ".join(_tag(a, "semantic") for a in self.store.ancestors(scope_id))
+        return self.store.insert_memory(
+            db,
+            id=new_id(),
+            scope_id=scope_id,
+            tags=tags,
+            kind="semantic",
+            content=p.content,
+            search_text=p.search_text,
+            role=p.role,
+            event_time=p.event_time,
+            created_at=time.time(),
+            keywords=p.keywords,
+            metadata=p.metadata,
+            provenance=p.provenance,
+            embedding=vec.astype(np.float32).tobytes(),
+        )
+
     def _reinforce_tx(self, db: Any, ns: Sequence[int], scope_id: int, tick_now: int) -> None:
         d = self.config.dynamics
         pairs = dynamics.co_activation_pairs(ns)
@@ -418,29 +443,69 @@ class Core:
         spread: bool = True,
         reference_time: TimeLike | None = None,
         kind: Kind = "episodic",
+        semantic_k: int | None = None,
     ) -> SearchResult:
         query = _check_content(query, "query")
         prefix = normalize_scope(scope)
         k = _check_k(k)
+        sem_k = self.config.retrieval.semantic_k if semantic_k is None else semantic_k
+        if isinstance(sem_k, bool) or not isinstance(sem_k, int) or sem_k < 0:
+            raise InvalidInputError(f"semantic_k must be an int >= 0, got {semantic_k!r}")
         ref_given = None if reference_time is None else to_timestamp(reference_time, default=0.0)
         if self._needs_reconcile:
             self.reconcile()
         node = self.store.find_scope(prefix)
         if node is None:
             return SearchResult(query, ())
-        cfg = self.config.retrieval
         nodes = self.store.descendants(node)
-        allowed = set(nodes)
         qv = self._embed([query])[0]
+        paths: list[tuple[Kind, int]] = [(kind, k)]
+        if kind == "episodic" and sem_k > 0:
+            paths.append(("semantic", sem_k))
+        hits: list[Hit] = []
+        learned: list[list[int]] = []
+        rows: dict[int, MemoryRow] = {}
+        prunable: list[tuple[int, int]] = []
+        for path_kind, path_k in paths:
+            found = self._search_kind(query, qv, node, nodes, path_kind, path_k, spread, ref_given)
+            if found is None:
+                continue
+            ranking, path_rows, path_hits, path_prunable = found
+            if path_kind == "semantic":
+                path_hits = [replace(h, provenance="semantic") for h in path_hits]
+            hits.extend(path_hits)
+            learned.append(ranking.returned)
+            rows.update(path_rows)
+            prunable.extend(path_prunable)
+        if learn and learned:
+            self._learn(learned, rows, prunable)
+        return SearchResult(query, tuple(hits))
+
+    def _search_kind(
+        self,
+        query: str,
+        qv: np.ndarray,
+        node: int,
+        nodes: list[int],
+        kind: Kind,
+        k: int,
+        spread: bool,
+        ref_given: float | None,
+    ) -> tuple[retrieval.Ranking, dict[int, MemoryRow], list[Hit], list[tuple[int, int]]] | None:
+        cfg = self.config.retrieval
+        allowed = set(nodes)
+        holding = self.store.nodes_holding(nodes, kind)
+        if not holding:
+            return None
         m = max(cfg.candidates, k)
-        dense_ids = self.index.query(qv, m, self.store.nodes_holding(nodes, kind), kind)
+        dense_ids = self.index.query(qv, m, holding, kind)
         match = fts_query(query)
         lex = dict(self.store.lexical(match, _tag(node, kind), m)) if match else {}
         rows = {r.n: r for r in self.store.rows_by_id([i for i, _ in dense_ids]).values()}
         rows.update(self.store.rows_by_n(n for n in lex if n not in rows))
         rows = {n: r for n, r in rows.items() if r.scope_id in allowed and r.kind == kind}
         if not rows:
-            return SearchResult(query, ())
+            return None
         pool = self._pool(rows, qv, lex)
         ref = retrieval.reference_time(pool, ref_given)
         ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref)
@@ -464,10 +529,7 @@ class Core:
                     edges=triples,
                     neighbours=self._pool(extra, qv, {}),
                 )
-        hits = self._hits(ranking, rows, pool, qv, lex)
-        if learn:
-            self._learn(ranking.returned, rows, prunable)
-        return SearchResult(query, tuple(hits))
+        return ranking, rows, self._hits(ranking, rows, pool, qv, lex), prunable
 
     def _pool(
         self, rows: dict[int, MemoryRow], qv: np.ndarray, lex: dict[int, float]
@@ -552,20 +614,24 @@ class Core:
 
     def _learn(
         self,
-        returned: Sequence[int],
+        groups: Sequence[Sequence[int]],
         rows: dict[int, MemoryRow],
         prunable: Sequence[tuple[int, int]],
     ) -> None:
-        by_scope: dict[int, list[int]] = defaultdict(list)
-        for n in returned:
-            by_scope[rows[n].scope_id].append(n)
-        ticks = self._ticks(list(by_scope))
+        """Co-activate each group's memories (per scope), count the accesses: one tx."""
+        by_scope: list[tuple[int, list[int]]] = []
+        for group in groups:
+            per: dict[int, list[int]] = defaultdict(list)
+            for n in group:
+                per[rows[n].scope_id].append(n)
+            by_scope.extend(per.items())
+        ticks = self._ticks([sid for sid, _ in by_scope])
         with self.store.tx() as db:
             if prunable:
                 self.store.delete_edges(db, prunable)
-            for sid, ns in by_scope.items():
+            for sid, ns in by_scope:
                 self._reinforce_tx(db, ns, sid, ticks[sid])
-            self.store.touch(db, list(returned), time.time())
+            self.store.touch(db, [n for g in groups for n in g], time.time())
 
     # -- maintenance -----------------------------------------------------
 

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 __all__ = [
     "ChromaConfig",
+    "ConsolidationConfig",
+    "LLMConfig",
     "DynamicsConfig",
     "EmbedderConfig",
     "HelaMemConfig",
@@ -72,6 +74,7 @@ class RetrievalConfig(_Frozen):
             what a hub collects).
         max_flipped: Extra association hits beyond top-k.
         default_k: ``k`` when the caller gives none.
+        semantic_k: Distilled facts returned beside the episodic hits.
     """
 
     candidates: int = Field(50, ge=1, le=10_000)
@@ -85,6 +88,7 @@ class RetrievalConfig(_Frozen):
     max_boost: float = Field(0.2, ge=0.0)
     max_flipped: int = Field(3, ge=0)
     default_k: int = Field(10, ge=1)
+    semantic_k: int = Field(3, ge=0)
 
 
 class EmbedderConfig(_Frozen):
@@ -127,6 +131,66 @@ class EmbedderConfig(_Frozen):
         return self
 
 
+class LLMConfig(_Frozen):
+    """The LLM used for distillation (any LiteLLM model string).
+
+    Attributes:
+        model: ``gpt-4o-mini``, ``anthropic/...``, ``ollama/...``,
+            ``openai/<name>`` with ``api_base``... ``None``: no LLM; the
+            extractive distiller is used.
+        fallbacks: Models tried in order when ``model`` keeps failing.
+        api_base, api_key: Passed through to LiteLLM.
+        timeout_s: Per-request timeout.
+        max_retries: Retries per model on rate limits, timeouts, connection
+            errors and 5xx, with exponential backoff.
+        backoff_s: First backoff; doubles on every retry.
+        temperature, max_tokens: Generation settings.
+        json_mode: Ask for ``response_format={"type": "json_object"}``.
+    """
+
+    model: str | None = None
+    fallbacks: tuple[str, ...] = ()
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(60.0, gt=0.0)
+    max_retries: int = Field(2, ge=0)
+    backoff_s: float = Field(1.0, ge=0.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(1024, ge=16)
+    json_mode: bool = True
+
+
+class ConsolidationConfig(_Frozen):
+    """Hebbian distillation and forgetting.
+
+    Attributes:
+        every_turns: Turn hooks consolidate a scope every this many turns.
+        similarity_neighbors: Similarity edges per new episode (top-n).
+        similarity_min_cos: ... above this cosine ...
+        similarity_weight: ... with weight ``similarity_weight · cos``.
+        hub_min_degree: A hub has at least this many edges.
+        cluster_size: A cluster is a hub and its strongest neighbours, at most this many.
+        max_clusters: Clusters distilled per consolidation (one LLM call in all).
+        dedup_cos: A new fact this close to an existing one updates it instead.
+        extractive_facts: Facts per cluster from the extractive distiller.
+        forget_after_s: Forgetting considers episodes older than this,
+            relative to the newest event of the scope.
+        forget_below: ... whose strongest edge is weaker than this ...
+    """
+
+    every_turns: int = Field(20, ge=1)
+    similarity_neighbors: int = Field(5, ge=0)
+    similarity_min_cos: float = Field(0.5, ge=-1.0, le=1.0)
+    similarity_weight: float = Field(0.3, ge=0.0, le=1.0)
+    hub_min_degree: int = Field(3, ge=1)
+    cluster_size: int = Field(8, ge=2)
+    max_clusters: int = Field(3, ge=1)
+    dedup_cos: float = Field(0.92, ge=0.0, le=1.0)
+    extractive_facts: int = Field(2, ge=1)
+    forget_after_s: float = Field(30 * 86400.0, ge=0.0)
+    forget_below: float = Field(0.05, ge=0.0, le=1.0)
+
+
 class ChromaConfig(_Frozen):
     """Where the vector index lives.
 
@@ -162,6 +226,8 @@ class HelaMemConfig(_Frozen):
     retrieval: RetrievalConfig = RetrievalConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     chroma: ChromaConfig = ChromaConfig()
+    llm: LLMConfig = LLMConfig()
+    consolidation: ConsolidationConfig = ConsolidationConfig()
     busy_timeout_s: float = Field(30.0, gt=0.0)
 
     @classmethod
@@ -171,7 +237,7 @@ class HelaMemConfig(_Frozen):
         Recognised: ``HELAMEM_PATH``, ``HELAMEM_EMBEDDER`` (provider),
         ``HELAMEM_EMBEDDING_MODEL``, ``HELAMEM_CHROMA_HOST`` (switches to
         ``mode="http"``), ``HELAMEM_CHROMA_PORT``, ``HELAMEM_CHROMA_SSL``,
-        ``HELAMEM_COLLECTION``.
+        ``HELAMEM_COLLECTION``, ``HELAMEM_LLM_MODEL``, ``HELAMEM_LLM_API_BASE``.
 
         Args:
             environ: Mapping to read instead of ``os.environ``.
@@ -199,5 +265,12 @@ class HelaMemConfig(_Frozen):
             chroma["collection"] = env["HELAMEM_COLLECTION"]
         if chroma:
             data["chroma"] = ChromaConfig(**chroma)
+        llm: dict[str, Any] = {}
+        if "HELAMEM_LLM_MODEL" in env:
+            llm["model"] = env["HELAMEM_LLM_MODEL"]
+        if "HELAMEM_LLM_API_BASE" in env:
+            llm["api_base"] = env["HELAMEM_LLM_API_BASE"]
+        if llm:
+            data["llm"] = LLMConfig(**llm)
         data.update(overrides)
         return cls(**data)

@@ -15,15 +15,26 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from ._core import Core, Stats, prepare
+from ._maintenance import (
+    ConsolidationReport,
+    ForgetReport,
+    apply_consolidation,
+    delete_scope,
+    forget,
+    plan_consolidation,
+)
 from .config import HelaMemConfig
 from .context import note_used
+from .distill import Distiller, ExtractiveDistiller, LLMDistiller
 from .embeddings import Embedder, create_embedder
 from .errors import InvalidInputError, StoreClosedError
+from .llm import LLMClient
 from .storage.base import VectorIndex
 from .types import Kind, Memory, NewMemory, Scope, SearchResult, TimeLike, normalize_scope
 
@@ -56,6 +67,10 @@ class HelaMemory:
         embedder: An :class:`~helamem.core.embeddings.Embedder` or any Chroma
             embedding function, instead of the one ``config.embedder`` names.
         vector_index: A custom :class:`~helamem.core.storage.VectorIndex`.
+        llm: An :class:`~helamem.core.llm.LLMClient` for distillation instead
+            of one built from ``config.llm`` (when ``config.llm.model`` is set).
+        distiller: A custom distiller; default: the LLM distiller when an LLM
+            is configured, else the extractive one (no model).
 
     Examples:
         >>> with HelaMemory.from_path(tmp_path) as mem:   # doctest: +SKIP
@@ -71,10 +86,14 @@ class HelaMemory:
         *,
         embedder: Embedder | Any | None = None,
         vector_index: VectorIndex | None = None,
+        llm: LLMClient | None = None,
+        distiller: Distiller | None = None,
     ) -> None:
         self.config = config or HelaMemConfig()
         self._embedder_arg = embedder
         self._index_arg = vector_index
+        self._llm = llm
+        self._distiller = distiller
         self._core: Core | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._owner: threading.Thread | None = None
@@ -265,6 +284,7 @@ class HelaMemory:
         spread: bool,
         reference_time: TimeLike | None,
         kind: Kind,
+        semantic_k: int | None = None,
     ) -> Callable[[Core], SearchResult]:
         normalize_scope(scope)  # fail fast in the caller's thread
         return lambda c: c.search(
@@ -275,6 +295,7 @@ class HelaMemory:
             spread=spread,
             reference_time=reference_time,
             kind=kind,
+            semantic_k=semantic_k,
         )
 
     # -- sync API ----------------------------------------------------------
@@ -350,6 +371,7 @@ class HelaMemory:
         spread: bool = True,
         reference_time: TimeLike | None = None,
         kind: Kind = "episodic",
+        semantic_k: int | None = None,
     ) -> SearchResult:
         """Dual-path retrieval with spreading activation over learned edges.
 
@@ -364,13 +386,17 @@ class HelaMemory:
             spread: Spread activation over learned edges.
             reference_time: "Now" for recency; default: the newest candidate.
             kind: ``"episodic"`` or ``"semantic"``.
+            semantic_k: Distilled facts returned after the episodic hits
+                (provenance ``"semantic"``); default ``config.retrieval.semantic_k``.
 
         Examples:
             >>> res = mem.search("pets", ("users",), k=5)   # doctest: +SKIP
             >>> [h.provenance for h in res]                 # doctest: +SKIP
             ['base', 'base', 'association']
         """
-        result = self._call(self._plan_search(query, scope, k, learn, spread, reference_time, kind))
+        result = self._call(
+            self._plan_search(query, scope, k, learn, spread, reference_time, kind, semantic_k)
+        )
         note_used(result.ids)
         return result
 
@@ -388,8 +414,109 @@ class HelaMemory:
         return self._call(lambda c: c.decay(scope))
 
     def stats(self, scope: Sequence[str] | None = None) -> Stats:
-        """Counts of memories, edges, scopes and index state."""
-        return self._call(lambda c: c.stats(scope))
+        """Counts of memories, edges, scopes and index state, and LLM usage."""
+        return self._with_usage(self._call(lambda c: c.stats(scope)))
+
+    def _with_usage(self, st: Stats) -> Stats:
+        if self._llm is None:
+            return st
+        u = self._llm.usage
+        return replace(
+            st,
+            llm_calls=u.calls,
+            llm_failed_calls=u.failed_calls,
+            llm_prompt_tokens=u.prompt_tokens,
+            llm_completion_tokens=u.completion_tokens,
+            llm_cost_usd=u.cost_usd,
+        )
+
+    def _get_distiller(self) -> Distiller:
+        if self._distiller is None:
+            if self._llm is None and self.config.llm.model:
+                self._llm = LLMClient(self.config.llm)
+            self._distiller = (
+                LLMDistiller(self._llm)
+                if self._llm is not None
+                else ExtractiveDistiller(self.config.consolidation.extractive_facts)
+            )
+        return self._distiller
+
+    def consolidate(self, scope: Sequence[str]) -> ConsolidationReport:
+        """Hebbian distillation of ``scope`` (and scopes under it) into semantic facts.
+
+        Adds similarity edges for new episodes, finds densely connected hubs,
+        distils each undistilled cluster (one LLM call in all, or extractive
+        without an LLM), de-duplicates against existing facts and stores the
+        rest with provenance. The store is not held during the LLM call.
+
+        Raises:
+            LLMUnavailableError, LLMResponseError: The LLM failed; no fact was
+                written.
+
+        Examples:
+            >>> report = mem.consolidate(("users", "alice"))   # doctest: +SKIP
+            >>> report.facts_added                              # doctest: +SKIP
+            3
+        """
+        normalize_scope(scope)
+        plan = self._call(lambda c: plan_consolidation(c, scope))
+        drafts = self._get_distiller().distill(plan.clusters) if plan.clusters else []
+        return self._call(lambda c: apply_consolidation(c, plan, drafts))
+
+    def forget(
+        self,
+        scope: Sequence[str],
+        *,
+        dry_run: bool = True,
+        older_than_s: float | None = None,
+        below: float | None = None,
+        limit: int = 1000,
+    ) -> ForgetReport:
+        """Adaptive forgetting: weak, old, never-used episodes that no fact cites.
+
+        Dry run by default: returns the candidates; ``dry_run=False`` deletes
+        them. Age is relative to the scope's newest event.
+        """
+        normalize_scope(scope)
+        return self._call(
+            lambda c: forget(
+                c, scope, dry_run=dry_run, older_than_s=older_than_s, below=below, limit=limit
+            )
+        )
+
+    def delete_scope(self, scope: Sequence[str]) -> int:
+        """Delete everything of ``scope`` and the scopes under it; returns memories deleted."""
+        normalize_scope(scope)
+        return self._call(lambda c: delete_scope(c, scope))
+
+    async def aconsolidate(self, scope: Sequence[str]) -> ConsolidationReport:
+        """Async :meth:`consolidate` (the LLM call is awaited on the event loop)."""
+        normalize_scope(scope)
+        plan = await self._acall(lambda c: plan_consolidation(c, scope))
+        drafts = await self._get_distiller().adistill(plan.clusters) if plan.clusters else []
+        return await self._acall(lambda c: apply_consolidation(c, plan, drafts))
+
+    async def aforget(
+        self,
+        scope: Sequence[str],
+        *,
+        dry_run: bool = True,
+        older_than_s: float | None = None,
+        below: float | None = None,
+        limit: int = 1000,
+    ) -> ForgetReport:
+        """Async :meth:`forget`."""
+        normalize_scope(scope)
+        return await self._acall(
+            lambda c: forget(
+                c, scope, dry_run=dry_run, older_than_s=older_than_s, below=below, limit=limit
+            )
+        )
+
+    async def adelete_scope(self, scope: Sequence[str]) -> int:
+        """Async :meth:`delete_scope`."""
+        normalize_scope(scope)
+        return await self._acall(lambda c: delete_scope(c, scope))
 
     def reindex(self, *, reembed: bool = False) -> int:
         """Rebuild the vector index from SQLite; ``reembed`` recomputes vectors."""
@@ -450,10 +577,11 @@ class HelaMemory:
         spread: bool = True,
         reference_time: TimeLike | None = None,
         kind: Kind = "episodic",
+        semantic_k: int | None = None,
     ) -> SearchResult:
         """Async :meth:`search`."""
         result = await self._acall(
-            self._plan_search(query, scope, k, learn, spread, reference_time, kind)
+            self._plan_search(query, scope, k, learn, spread, reference_time, kind, semantic_k)
         )
         note_used(result.ids)
         return result
@@ -473,7 +601,7 @@ class HelaMemory:
 
     async def astats(self, scope: Sequence[str] | None = None) -> Stats:
         """Async :meth:`stats`."""
-        return await self._acall(lambda c: c.stats(scope))
+        return self._with_usage(await self._acall(lambda c: c.stats(scope)))
 
     async def areindex(self, *, reembed: bool = False) -> int:
         """Async :meth:`reindex`."""

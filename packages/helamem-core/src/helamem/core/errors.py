@@ -8,6 +8,9 @@ __all__ = [
     "HelaMemError",
     "InvalidInputError",
     "InvalidScopeError",
+    "LLMError",
+    "LLMResponseError",
+    "LLMUnavailableError",
     "MemoryNotFoundError",
     "StorageError",
     "StoreClosedError",
@@ -47,3 +50,19 @@ class EmbeddingError(HelaMemError, RuntimeError):
 
 class StorageError(HelaMemError, RuntimeError):
     """The SQLite store or the vector index failed."""
+
+
+class LLMError(HelaMemError, RuntimeError):
+    """An LLM call failed; nothing was written."""
+
+
+class LLMUnavailableError(LLMError):
+    """Every model (and fallback) failed after retries: rate limits, timeouts, 5xx.
+
+    Retry later, raise ``LLMConfig.max_retries``/``timeout_s``, or add
+    ``fallbacks``.
+    """
+
+
+class LLMResponseError(LLMError):
+    """The model's answer was not valid JSON for the expected schema, even after one repair."""

@@ -2,22 +2,37 @@
 
 LiteLLM is imported lazily, on first use, after setting
 ``LITELLM_LOCAL_MODEL_COST_MAP=True`` so the import never reaches the network.
+
+The retry/fallback/repair logic of :class:`LLMClient` is written once, as a
+generator that yields the I/O it needs (a completion call or a sleep); a
+sync and an async driver execute it (the sans-I/O pattern of h11/httpcore).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from .config import LLMConfig
 from .embeddings import Vectors, check_vectors
-from .errors import ConfigError, EmbeddingError
+from .errors import ConfigError, EmbeddingError, LLMResponseError, LLMUnavailableError
+from .prompts import REPAIR_JSON, Prompt
 
-__all__ = ["LiteLLMEmbedder", "import_litellm"]
+__all__ = ["LLMClient", "LLMUsage", "LiteLLMEmbedder", "import_litellm", "parse_json"]
 
 logger = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=BaseModel)
 
 
 def import_litellm() -> ModuleType:
@@ -38,6 +53,269 @@ def _api_errors() -> tuple[type[BaseException], ...]:
     import openai
 
     return (openai.OpenAIError,)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Rate limits, timeouts, connection errors and 5xx are worth retrying."""
+    import openai
+
+    if isinstance(exc, openai.RateLimitError | openai.APIConnectionError):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def parse_json(text: str, schema: type[S]) -> S:
+    """Parse the first JSON object in ``text`` (code fences tolerated) into ``schema``.
+
+    Raises:
+        ValueError: If there is no valid JSON object for the schema.
+
+    Examples:
+        >>> from helamem.core.prompts import FactsResponse
+        >>> parse_json('```json\\n{"facts": []}\\n```', FactsResponse).facts
+        []
+    """
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end <= start:
+        raise ValueError("no JSON object in the answer")
+    try:
+        data = json.loads(text[start : end + 1])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON: {exc}") from exc
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"JSON does not match the schema: {exc}") from exc
+
+
+@dataclass
+class LLMUsage:
+    """Token and cost accounting, per client (in process)."""
+
+    calls: int = 0
+    failed_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    by_model: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def snapshot(self) -> LLMUsage:
+        return LLMUsage(
+            self.calls,
+            self.failed_calls,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.cost_usd,
+            {m: dict(v) for m, v in self.by_model.items()},
+        )
+
+
+@dataclass(frozen=True)
+class _Call:
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+_Step = _Call | _Sleep
+
+
+class LLMClient:
+    """LiteLLM chat completions with retries, fallbacks, JSON validation and accounting.
+
+    Args:
+        config: Model, fallbacks, timeouts, retries.
+        completion: Replaces ``litellm.completion`` (tests pass a wrapper that
+            adds ``mock_response``).
+        acompletion: Replaces ``litellm.acompletion``.
+        sleep: Replaces ``time.sleep`` for backoff (tests pass a no-op).
+        **litellm_kwargs: Extra arguments for every call.
+
+    Examples:
+        >>> client = LLMClient(LLMConfig(model="gpt-4o-mini"))  # no I/O, no import yet
+    """
+
+    def __init__(
+        self,
+        config: LLMConfig,
+        *,
+        completion: Callable[..., Any] | None = None,
+        acompletion: Callable[..., Any] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        **litellm_kwargs: Any,
+    ) -> None:
+        if not config.model:
+            raise ConfigError("LLMConfig.model is not set; give a LiteLLM model string")
+        self.config = config
+        self._completion = completion
+        self._acompletion = acompletion
+        self._sleep = sleep or time.sleep
+        self._extra = litellm_kwargs
+        self._usage = LLMUsage()
+        self._lock = threading.Lock()
+
+    @property
+    def usage(self) -> LLMUsage:
+        with self._lock:
+            return self._usage.snapshot()
+
+    # -- the protocol, written once -------------------------------------
+
+    def _kwargs(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+        cfg = self.config
+        kw: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "timeout": cfg.timeout_s,
+            "temperature": cfg.temperature,
+            "max_tokens": cfg.max_tokens,
+            "num_retries": 0,  # retries are ours, counted and backed off
+        }
+        if cfg.json_mode:
+            kw["response_format"] = {"type": "json_object"}
+        if cfg.api_base:
+            kw["api_base"] = cfg.api_base
+        if cfg.api_key is not None:
+            kw["api_key"] = cfg.api_key.get_secret_value()
+        kw.update(self._extra)
+        return kw
+
+    def _account(self, model: str, resp: Any) -> None:
+        usage = getattr(resp, "usage", None)
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        ct = int(getattr(usage, "completion_tokens", 0) or 0)
+        litellm = import_litellm()
+        info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1])
+        cost = 0.0
+        if isinstance(info, dict):
+            cost = pt * float(info.get("input_cost_per_token") or 0.0) + ct * float(
+                info.get("output_cost_per_token") or 0.0
+            )
+        with self._lock:
+            u = self._usage
+            u.calls += 1
+            u.prompt_tokens += pt
+            u.completion_tokens += ct
+            u.cost_usd += cost
+            m = u.by_model.setdefault(
+                model, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+            )
+            m["calls"] += 1
+            m["prompt_tokens"] += pt
+            m["completion_tokens"] += ct
+            m["cost_usd"] += cost
+
+    def _failed(self) -> None:
+        with self._lock:
+            self._usage.failed_calls += 1
+
+    def _chat(self, messages: list[dict[str, str]]) -> Generator[_Step, Any, str]:
+        """Retries with backoff per model, then the fallbacks; returns the text."""
+        cfg = self.config
+        assert cfg.model is not None
+        errors: list[str] = []
+        for model in (cfg.model, *cfg.fallbacks):
+            for attempt in range(cfg.max_retries + 1):
+                if attempt:
+                    yield _Sleep(cfg.backoff_s * 2 ** (attempt - 1))
+                try:
+                    resp = yield _Call(self._kwargs(model, messages))
+                except _api_errors() as exc:
+                    self._failed()
+                    errors.append(f"{model}: {type(exc).__name__}: {exc}")
+                    if _retryable(exc):
+                        logger.warning("LLM call to %s failed (%s); retrying", model, exc)
+                        continue
+                    logger.warning("LLM call to %s failed (%s); next model", model, exc)
+                    break
+                self._account(model, resp)
+                content = resp.choices[0].message.content
+                return "" if content is None else str(content)
+            logger.warning("giving up on model %s", model)
+        raise LLMUnavailableError(
+            "every model failed (" + "; ".join(errors[-4:]) + "); retry later, raise "
+            "LLMConfig.max_retries/timeout_s, or add LLMConfig.fallbacks"
+        )
+
+    def _json(self, prompt: Prompt[S], variables: dict[str, str]) -> Generator[_Step, Any, S]:
+        answer = yield from self._chat(prompt.messages(**variables))
+        try:
+            return parse_json(answer, prompt.schema)
+        except ValueError as first:
+            logger.info("LLM answer for %s invalid (%s); asking for a repair", prompt.name, first)
+            repair = REPAIR_JSON.messages(
+                error=str(first)[:500], schema=prompt.schema_hint(), answer=answer[:4000]
+            )
+            fixed = yield from self._chat(repair)
+            try:
+                return parse_json(fixed, prompt.schema)
+            except ValueError as second:
+                raise LLMResponseError(
+                    f"the model's answer to {prompt.name!r} v{prompt.version} is not valid "
+                    f"JSON for its schema, even after one repair ({second}); try a stronger "
+                    f"model or LLMConfig.json_mode=True"
+                ) from second
+
+    # -- drivers -----------------------------------------------------------
+
+    def _run(self, gen: Generator[_Step, Any, S]) -> S:
+        litellm = import_litellm()
+        completion = self._completion or litellm.completion
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = gen.throw(error) if error is not None else gen.send(value)
+            except StopIteration as stop:
+                result: S = stop.value
+                return result
+            value, error = None, None
+            if isinstance(step, _Sleep):
+                if step.seconds:
+                    self._sleep(step.seconds)
+                continue
+            try:
+                value = completion(**step.kwargs)
+            except _api_errors() as exc:
+                error = exc
+
+    async def _arun(self, gen: Generator[_Step, Any, S]) -> S:
+        litellm = import_litellm()
+        acompletion = self._acompletion or litellm.acompletion
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = gen.throw(error) if error is not None else gen.send(value)
+            except StopIteration as stop:
+                result: S = stop.value
+                return result
+            value, error = None, None
+            if isinstance(step, _Sleep):
+                if step.seconds:
+                    await asyncio.sleep(step.seconds)
+                continue
+            try:
+                value = await acompletion(**step.kwargs)
+            except _api_errors() as exc:
+                error = exc
+
+    def complete_json(self, prompt: Prompt[S], **variables: str) -> S:
+        """Ask ``prompt`` and return its validated answer.
+
+        Raises:
+            LLMUnavailableError: Every model failed after retries.
+            LLMResponseError: The answer stayed invalid after one repair.
+        """
+        return self._run(self._json(prompt, variables))
+
+    async def acomplete_json(self, prompt: Prompt[S], **variables: str) -> S:
+        """Async :meth:`complete_json`."""
+        return await self._arun(self._json(prompt, variables))
 
 
 class LiteLLMEmbedder:

@@ -75,6 +75,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX edges_scope ON edges(scope_id);
     CREATE TABLE tombstones (id TEXT PRIMARY KEY, scope_id INTEGER NOT NULL, kind TEXT NOT NULL);
     """,
+    # 2: Hebbian distillation bookkeeping
+    """
+    CREATE TABLE clusters (
+        scope_id INTEGER NOT NULL,
+        signature TEXT NOT NULL,
+        hub TEXT NOT NULL,
+        facts INTEGER NOT NULL,
+        distilled_at REAL NOT NULL,
+        PRIMARY KEY (scope_id, signature)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -435,6 +446,108 @@ class SQLiteStore:
             "UPDATE memories SET access_count = access_count + 1, last_access = ? WHERE n = ?",
             [(now, n) for n in ns],
         )
+
+    def vectors_of(
+        self, scope_id: int, kind: str, after_n: int = 0
+    ) -> tuple[list[int], list[str], list[bytes | None]]:
+        """``(ns, ids, embeddings)`` of a scope node's memories of ``kind`` with n > after_n."""
+        rows = self.db.execute(
+            "SELECT n, id, embedding FROM memories WHERE scope_id = ? AND kind = ? AND n > ?"
+            " ORDER BY n",
+            (scope_id, kind, after_n),
+        ).fetchall()
+        return (
+            [int(r[0]) for r in rows],
+            [str(r[1]) for r in rows],
+            [None if r[2] is None else bytes(r[2]) for r in rows],
+        )
+
+    def update_fact(
+        self,
+        db: sqlite3.Connection,
+        row: MemoryRow,
+        *,
+        content: str,
+        search_text: str,
+        tags: str,
+        provenance: str,
+        event_time: float,
+        embedding: bytes,
+    ) -> None:
+        """Rewrite a fact's text, provenance and vector (FTS kept in step; re-index pending)."""
+        raw = None if content == search_text else content.encode("utf-8", "surrogatepass")
+        db.execute(
+            "UPDATE memories SET content = ?, content_raw = ?, provenance = ?, event_time = ?,"
+            " embedding = ?, indexed = 0 WHERE n = ?",
+            (search_text, raw, provenance, event_time, embedding, row.n),
+        )
+        db.execute("DELETE FROM memories_fts WHERE rowid = ?", (row.n,))
+        db.execute(
+            "INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)",
+            (row.n, search_text, tags),
+        )
+
+    def cluster_known(self, scope_id: int, signature: str) -> bool:
+        r = self.db.execute(
+            "SELECT 1 FROM clusters WHERE scope_id = ? AND signature = ?", (scope_id, signature)
+        ).fetchone()
+        return r is not None
+
+    def record_cluster(
+        self, db: sqlite3.Connection, scope_id: int, signature: str, hub: str, facts: int
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO clusters(scope_id, signature, hub, facts, distilled_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (scope_id, signature, hub, facts, time.time()),
+        )
+
+    def cited_ids(self, scope_ids: Sequence[int]) -> set[str]:
+        """Episode ids that some fact of these scopes cites."""
+        out: set[str] = set()
+        for i in range(0, len(scope_ids), 500):
+            chunk = list(scope_ids[i : i + 500])
+            for (prov,) in self.db.execute(
+                f"SELECT provenance FROM memories WHERE kind = 'semantic'"
+                f" AND scope_id IN ({_qmarks(len(chunk))})",
+                chunk,
+            ):
+                out.update(json.loads(prov))
+        return out
+
+    def forget_candidates(
+        self, scope_ids: Sequence[int], cutoff: float, limit: int
+    ) -> list[MemoryRow]:
+        """Never-accessed episodes with event time before ``cutoff``."""
+        q = _qmarks(len(scope_ids))
+        return [
+            _row(r)
+            for r in self.db.execute(
+                f"SELECT {_MEMORY_COLS} FROM memories WHERE kind = 'episodic'"
+                f" AND access_count = 0 AND event_time < ? AND scope_id IN ({q})"
+                f" ORDER BY event_time LIMIT ?",
+                (cutoff, *scope_ids, limit),
+            )
+        ]
+
+    def rows_in_scopes(self, scope_ids: Sequence[int]) -> list[MemoryRow]:
+        q = _qmarks(len(scope_ids))
+        return [
+            _row(r)
+            for r in self.db.execute(
+                f"SELECT {_MEMORY_COLS} FROM memories WHERE scope_id IN ({q})", tuple(scope_ids)
+            )
+        ]
+
+    def newest_event(self, scope_ids: Sequence[int]) -> float | None:
+        q = _qmarks(len(scope_ids))
+        r = self.db.execute(
+            f"SELECT MAX(event_time) FROM memories WHERE scope_id IN ({q})", tuple(scope_ids)
+        ).fetchone()
+        return None if r[0] is None else float(r[0])
+
+    def delete_clusters(self, db: sqlite3.Connection, scope_ids: Sequence[int]) -> None:
+        db.executemany("DELETE FROM clusters WHERE scope_id = ?", [(s,) for s in scope_ids])
 
     # -- lexical ---------------------------------------------------------
 

@@ -1,0 +1,307 @@
+"""Consolidation (Hebbian distillation), forgetting and scope deletion.
+
+Like :mod:`helamem.core._core`, these run on the store's owner thread. A
+consolidation is three steps so that no LLM call holds the store:
+:func:`plan_consolidation` (owner thread: similarity edges, hubs, clusters),
+the distiller (caller's thread or event loop), :func:`apply_consolidation`
+(owner thread: de-duplicate and write facts, one transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import dynamics
+from ._core import Core, _tag, prepare
+from .distill import ClusterPlan, FactDraft, build_cluster, find_hubs, signature, similarity_edges
+from .storage.base import EdgeRow, MemoryRow
+from .text import safe_text
+from .types import Memory, NewMemory, dump_json, normalize_scope
+
+__all__ = [
+    "ConsolidationReport",
+    "ForgetReport",
+    "apply_consolidation",
+    "delete_scope",
+    "forget",
+    "plan_consolidation",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolidationReport:
+    """What one consolidation did."""
+
+    scopes: int = 0
+    similarity_edges: int = 0
+    hubs: int = 0
+    clusters: int = 0
+    skipped_unchanged: int = 0
+    facts_added: int = 0
+    facts_updated: int = 0
+    facts_dropped: int = 0
+    fact_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConsolidationPlan:
+    """Clusters to distil, per scope node, and counts from the planning step."""
+
+    clusters: tuple[ClusterPlan, ...]
+    similarity_edges: int
+    hubs: int
+    skipped_unchanged: int
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetReport:
+    """Forgetting candidates (and whether they were deleted)."""
+
+    candidates: tuple[Memory, ...] = field(default_factory=tuple)
+    deleted: int = 0
+    dry_run: bool = True
+
+
+def _mark_key(node: int) -> str:
+    return f"consolidated_upto:{node}"
+
+
+def _matrix(embs: Sequence[bytes | None], dim: int) -> np.ndarray:
+    return (
+        np.stack(
+            [
+                np.frombuffer(e, dtype=np.float32)
+                if e is not None and len(e) == 4 * dim
+                else np.zeros(dim, dtype=np.float32)
+                for e in embs
+            ]
+        )
+        if embs
+        else np.zeros((0, dim), dtype=np.float32)
+    )
+
+
+def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
+    """Add similarity edges for new episodes, find hubs, pick undistilled clusters."""
+    cfg = core.config.consolidation
+    store = core.store
+    node = store.find_scope(normalize_scope(scope))
+    if node is None:
+        return ConsolidationPlan((), 0, 0, 0)
+    dim = core.embedder.dimension
+    clusters: list[ClusterPlan] = []
+    sim_total = hubs_total = skipped = 0
+    for sid in store.nodes_holding(store.descendants(node), "episodic"):
+        ns, ids, embs = store.vectors_of(sid, "episodic")
+        mat = _matrix(embs, dim)
+        mark = int(store.get_meta(_mark_key(sid)) or 0)
+        new_idx = [i for i, n in enumerate(ns) if n > mark]
+        tick = core._ticks([sid])[sid]
+        with store.tx() as db:
+            if new_idx:
+                sims = similarity_edges(
+                    [ns[i] for i in new_idx],
+                    mat[new_idx],
+                    ns,
+                    mat,
+                    cfg.similarity_neighbors,
+                    cfg.similarity_min_cos,
+                    cfg.similarity_weight,
+                )
+                existing = store.edges_among(sorted({n for a, b, _ in sims for n in (a, b)}))
+                upd = []
+                for a, b, w in sims:
+                    e = existing.get((a, b))
+                    cur = 0.0 if e is None else core._decayed(e, tick)
+                    if w > cur:
+                        upd.append(EdgeRow(a, b, sid, w, tick))
+                store.upsert_edges(db, upd)
+                sim_total += len(upd)
+                store.set_meta(db, _mark_key(sid), str(ns[-1]))
+        live = []
+        for e in store.edges_in_scopes([sid]):
+            w = core._decayed(e, tick)
+            if dynamics.survives(w, core.config.dynamics.prune_below):
+                live.append((e.a, e.b, w))
+        position = {n: i for i, n in enumerate(ns)}
+        live = [t for t in live if t[0] in position and t[1] in position]
+        hubs = find_hubs(live, cfg.hub_min_degree)
+        hubs_total += len(hubs)
+        taken: set[int] = set()
+        rows = store.rows_by_n(ns) if hubs else {}
+        for hub in hubs:
+            if len(clusters) >= cfg.max_clusters:
+                break
+            if hub in taken:
+                continue
+            members = build_cluster(hub, live, cfg.cluster_size)
+            member_ids = [ids[position[n]] for n in members]
+            sig = signature(member_ids)
+            if store.cluster_known(sid, sig):
+                skipped += 1
+                continue
+            taken.update(members)
+            clusters.append(
+                ClusterPlan(
+                    scope_id=sid,
+                    hub=hub,
+                    members=tuple(members),
+                    ids=tuple(member_ids),
+                    texts=tuple(
+                        f"{rows[n].role}: {rows[n].content}" if rows[n].role else rows[n].content
+                        for n in members
+                    ),
+                    contents=tuple(rows[n].content for n in members),
+                    vectors=mat[[position[n] for n in members]],
+                    signature=sig,
+                )
+            )
+    return ConsolidationPlan(tuple(clusters), sim_total, hubs_total, skipped)
+
+
+def apply_consolidation(
+    core: Core, plan: ConsolidationPlan, drafts: Sequence[FactDraft]
+) -> ConsolidationReport:
+    """De-duplicate and store facts with provenance; mark the clusters distilled."""
+    cfg = core.config.consolidation
+    store = core.store
+    allowed: dict[str, int] = {i: c.scope_id for c in plan.clusters for i in c.ids}
+    present = store.rows_by_id(list(allowed))
+    kept: list[tuple[FactDraft, int, tuple[str, ...]]] = []
+    dropped = 0
+    for d in drafts:
+        src = tuple(i for i in dict.fromkeys(d.source_ids) if i in present)
+        scopes = {present[i].scope_id for i in src}
+        if not src or len(scopes) != 1 or not safe_text(d.text).strip():
+            dropped += 1  # cites nothing known, or mixes scopes
+            continue
+        kept.append((d, scopes.pop(), src))
+    vecs = core._embed([d.text for d, _, _ in kept]) if kept else np.zeros((0, 1))
+    dim = core.embedder.dimension
+    existing: dict[int, tuple[list[MemoryRow], np.ndarray]] = {}
+    added: list[tuple[int, str]] = []
+    updated: list[MemoryRow] = []
+    fact_ids: list[str] = []
+    now = time.time()
+    with store.tx() as db:
+        for (draft, sid, src), vec in zip(kept, vecs, strict=True):
+            if sid not in existing:
+                fns, _, fembs = store.vectors_of(sid, "semantic")
+                frows = store.rows_by_n(fns)
+                existing[sid] = ([frows[n] for n in fns], _matrix(fembs, dim))
+            facts, mat = existing[sid]
+            event_time = max(present[i].event_time for i in src)
+            best = int(np.argmax(mat @ vec)) if len(facts) else -1
+            if best >= 0 and float(mat[best] @ vec) >= cfg.dedup_cos:
+                old = facts[best]
+                prov = list(dict.fromkeys([*json.loads(old.provenance), *src]))
+                tags = " ".join(_tag(a, "semantic") for a in store.ancestors(sid))
+                store.update_fact(
+                    db,
+                    old,
+                    content=draft.text,
+                    search_text=safe_text(draft.text),
+                    tags=tags,
+                    provenance=dump_json(prov, "provenance"),
+                    event_time=max(event_time, old.event_time),
+                    embedding=vec.tobytes(),
+                )
+                mat[best] = vec
+                updated.append(old)
+                fact_ids.append(old.id)
+                continue
+            p = prepare(
+                NewMemory(draft.text, core._scope(sid), None, event_time),
+                now=now,
+                kind="semantic",
+                provenance=src,
+            )
+            n = core._insert_fact(db, sid, p, vec)
+            added.append((n, p.content))
+            facts.append(store.rows_by_n([n])[n])
+            existing[sid] = (facts, np.vstack([mat, vec[None, :]]) if len(mat) else vec[None, :])
+            fact_ids.append(facts[-1].id)
+        # facts distilled together start with an edge of their own graph
+        by_scope: dict[int, list[int]] = {}
+        for n, _ in added:
+            by_scope.setdefault(store.rows_by_n([n])[n].scope_id, []).append(n)
+        for sid, ns in by_scope.items():
+            core._reinforce_tx(db, ns, sid, core._ticks([sid])[sid])
+        for c in plan.clusters:
+            store.record_cluster(db, c.scope_id, c.signature, c.ids[0], len(kept))
+    core.reconcile()  # index new and updated facts
+    return ConsolidationReport(
+        scopes=len({c.scope_id for c in plan.clusters}),
+        similarity_edges=plan.similarity_edges,
+        hubs=plan.hubs,
+        clusters=len(plan.clusters),
+        skipped_unchanged=plan.skipped_unchanged,
+        facts_added=len(added),
+        facts_updated=len(updated),
+        facts_dropped=dropped,
+        fact_ids=tuple(dict.fromkeys(fact_ids)),
+    )
+
+
+def forget(
+    core: Core,
+    scope: Sequence[str],
+    *,
+    dry_run: bool,
+    older_than_s: float | None,
+    below: float | None,
+    limit: int,
+) -> ForgetReport:
+    """Weak, old, never-used episodes (not cited by any fact); delete unless ``dry_run``."""
+    cfg = core.config.consolidation
+    store = core.store
+    node = store.find_scope(normalize_scope(scope))
+    if node is None:
+        return ForgetReport(dry_run=dry_run)
+    nodes = store.descendants(node)
+    newest = store.newest_event(nodes)
+    if newest is None:
+        return ForgetReport(dry_run=dry_run)
+    age = cfg.forget_after_s if older_than_s is None else older_than_s
+    threshold = cfg.forget_below if below is None else below
+    cited = store.cited_ids(nodes)
+    rows = [r for r in store.forget_candidates(nodes, newest - age, limit) if r.id not in cited]
+    strongest: dict[int, float] = {r.n: 0.0 for r in rows}
+    edges = store.edges_of([r.n for r in rows])
+    ticks = core._ticks([e.scope_id for e in edges])
+    for e in edges:
+        w = core._decayed(e, ticks[e.scope_id])
+        for n in (e.a, e.b):
+            if n in strongest:
+                strongest[n] = max(strongest[n], w)
+    doomed = [r for r in rows if strongest[r.n] < threshold]
+    memories = tuple(core._memory(r) for r in doomed)
+    if dry_run or not doomed:
+        return ForgetReport(memories, 0, dry_run)
+    deleted = core.delete([r.id for r in doomed])
+    return ForgetReport(memories, deleted, False)
+
+
+def delete_scope(core: Core, scope: Sequence[str]) -> int:
+    """Delete everything under ``scope`` (episodes, facts, edges, vectors, clusters)."""
+    store = core.store
+    node = store.find_scope(normalize_scope(scope))
+    if node is None:
+        return 0
+    nodes = store.descendants(node)
+    rows = store.rows_in_scopes(nodes)
+    with store.tx() as db:
+        store.delete_memories(db, rows)
+        store.delete_clusters(db, nodes)
+        for sid in nodes:
+            db.execute("DELETE FROM meta WHERE key = ?", (_mark_key(sid),))
+    core.reconcile()  # removes the vectors (tombstones)
+    return len(rows)

@@ -1,0 +1,220 @@
+"""Hebbian distillation: similarity edges, hubs, clusters, and distillers.
+
+Pure planning (no I/O) plus two distillers: :class:`LLMDistiller` (any
+LiteLLM model, one call per consolidation) and :class:`ExtractiveDistiller`
+(no model: the most central sentences of each cluster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .llm import LLMClient
+from .prompts import DISTILL_FACTS, render_clusters
+
+__all__ = [
+    "ClusterPlan",
+    "Distiller",
+    "ExtractiveDistiller",
+    "FactDraft",
+    "LLMDistiller",
+    "build_cluster",
+    "find_hubs",
+    "signature",
+    "similarity_edges",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPlan:
+    """A hub and its strongest neighbours, ready to distil (members hub first).
+
+    ``texts`` are ``"role: content"`` lines for a prompt; ``contents`` the bare texts.
+    """
+
+    scope_id: int
+    hub: int
+    members: tuple[int, ...]
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    contents: tuple[str, ...]
+    vectors: npt.NDArray[np.float32]
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class FactDraft:
+    """A fact proposed by a distiller, with the ids of the episodes it rests on."""
+
+    text: str
+    source_ids: tuple[str, ...]
+
+
+def signature(ids: Sequence[str]) -> str:
+    """Identity of a cluster's membership: unchanged members → same signature.
+
+    Examples:
+        >>> signature(["b", "a"]) == signature(["a", "b"])
+        True
+    """
+    return hashlib.sha1("\x1f".join(sorted(ids)).encode()).hexdigest()
+
+
+def similarity_edges(
+    new_ns: Sequence[int],
+    new_vecs: npt.NDArray[np.float32],
+    all_ns: Sequence[int],
+    all_vecs: npt.NDArray[np.float32],
+    top_n: int,
+    min_cos: float,
+    weight: float,
+) -> list[tuple[int, int, float]]:
+    """Edges from each new memory to its ``top_n`` most similar others above ``min_cos``.
+
+    Returns ``(a, b, weight · cos)`` with ``a < b``, each pair once.
+
+    Examples:
+        >>> v = np.eye(3, dtype=np.float32)
+        >>> similarity_edges([0], v[:1], [0, 1, 2], np.stack([v[0], v[0], v[2]]), 5, 0.5, 0.3)
+        [(0, 1, 0.3)]
+    """
+    if not len(new_ns) or not len(all_ns) or top_n <= 0:
+        return []
+    sims = new_vecs @ all_vecs.T
+    out: dict[tuple[int, int], float] = {}
+    all_arr = np.asarray(all_ns)
+    for row, n in enumerate(new_ns):
+        s = sims[row].copy()
+        s[all_arr == n] = -np.inf
+        for j in np.argsort(-s)[:top_n]:
+            cos = float(s[j])
+            if cos < min_cos:
+                break
+            m = int(all_arr[j])
+            key = (n, m) if n < m else (m, n)
+            out[key] = max(out.get(key, 0.0), round(weight * cos, 6))
+    return [(a, b, w) for (a, b), w in sorted(out.items())]
+
+
+def find_hubs(edges: Sequence[tuple[int, int, float]], min_degree: int) -> list[int]:
+    """Nodes with at least ``min_degree`` edges, ranked by degree × strength.
+
+    Examples:
+        >>> find_hubs([(1, 2, .5), (1, 3, .5), (1, 4, .5), (2, 3, .1)], 3)
+        [1]
+    """
+    degree: dict[int, int] = defaultdict(int)
+    strength: dict[int, float] = defaultdict(float)
+    for a, b, w in edges:
+        for n in (a, b):
+            degree[n] += 1
+            strength[n] += w
+    hubs = [n for n, d in degree.items() if d >= min_degree]
+    return sorted(hubs, key=lambda n: (-degree[n] * strength[n], n))
+
+
+def build_cluster(hub: int, edges: Sequence[tuple[int, int, float]], size: int) -> list[int]:
+    """The hub and its strongest neighbours, ``size`` members at most.
+
+    Examples:
+        >>> build_cluster(1, [(1, 2, .2), (1, 3, .9), (2, 3, .5)], 2)
+        [1, 3]
+    """
+    nbrs: dict[int, float] = {}
+    for a, b, w in edges:
+        if a == hub:
+            nbrs[b] = max(nbrs.get(b, 0.0), w)
+        elif b == hub:
+            nbrs[a] = max(nbrs.get(a, 0.0), w)
+    best = sorted(nbrs, key=lambda n: (-nbrs[n], n))[: size - 1]
+    return [hub, *best]
+
+
+class Distiller(Protocol):
+    """Turns clusters into fact drafts (sync and async)."""
+
+    def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]: ...
+
+    async def adistill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]: ...
+
+
+class ExtractiveDistiller:
+    """No model: each cluster's most central sentences become facts.
+
+    Centrality is the summed cosine similarity of a member to the others.
+    """
+
+    def __init__(self, facts_per_cluster: int = 2) -> None:
+        self._n = facts_per_cluster
+
+    def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
+        drafts: list[FactDraft] = []
+        for c in clusters:
+            sims = c.vectors @ c.vectors.T
+            centrality = sims.sum(axis=1) - np.diag(sims)
+            for i in np.argsort(-centrality, kind="stable")[: self._n]:
+                drafts.append(FactDraft(c.contents[int(i)], (c.ids[int(i)],)))
+        return drafts
+
+    async def adistill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
+        return self.distill(clusters)
+
+
+class LLMDistiller:
+    """One :data:`~helamem.core.prompts.DISTILL_FACTS` call for all clusters.
+
+    Episodes are shown with short labels (``E1``...) and the answer's labels
+    are mapped back; a fact citing no known label is dropped, so a fact can
+    never cite an episode outside the clusters it was given.
+    """
+
+    def __init__(self, client: LLMClient, max_facts_per_cluster: int = 4) -> None:
+        self.client = client
+        self._per_cluster = max_facts_per_cluster
+
+    def _request(self, clusters: Sequence[ClusterPlan]) -> tuple[dict[str, str], dict[str, str]]:
+        labels: dict[str, str] = {}
+        rendered: list[list[tuple[str, str]]] = []
+        for c in clusters:
+            group = []
+            for mid, text in zip(c.ids, c.texts, strict=True):
+                label = labels.setdefault(mid, f"E{len(labels) + 1}")
+                group.append((label, text))
+            rendered.append(group)
+        variables = {
+            "clusters": render_clusters(rendered),
+            "max_facts": str(self._per_cluster * len(clusters)),
+        }
+        return {v: k for k, v in labels.items()}, variables
+
+    @staticmethod
+    def _drafts(
+        facts: Sequence[tuple[str, Sequence[str]]], refs: dict[str, str]
+    ) -> list[FactDraft]:
+        out = []
+        for text, sources in facts:
+            ids = tuple(dict.fromkeys(refs[s.strip()] for s in sources if s.strip() in refs))
+            if ids and text.strip():
+                out.append(FactDraft(text.strip(), ids))
+        return out
+
+    def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
+        if not clusters:
+            return []
+        refs, variables = self._request(clusters)
+        answer = self.client.complete_json(DISTILL_FACTS, **variables)
+        return self._drafts([(f.text, f.sources) for f in answer.facts], refs)
+
+    async def adistill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
+        if not clusters:
+            return []
+        refs, variables = self._request(clusters)
+        answer = await self.client.acomplete_json(DISTILL_FACTS, **variables)
+        return self._drafts([(f.text, f.sources) for f in answer.facts], refs)
