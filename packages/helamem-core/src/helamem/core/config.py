@@ -145,7 +145,10 @@ class LLMConfig(_Frozen):
             errors and 5xx, with exponential backoff.
         backoff_s: First backoff; doubles on every retry.
         temperature, max_tokens: Generation settings.
-        json_mode: Ask for ``response_format={"type": "json_object"}``.
+        json_mode: ``"object"``: ask for ``response_format={"type": "json_object"}``;
+            ``"schema"``: send the prompt's JSON schema (``json_schema``
+            response format, for providers and local servers that constrain
+            output to it); ``"off"``: plain text (the answer is still parsed).
     """
 
     model: str | None = None
@@ -157,7 +160,7 @@ class LLMConfig(_Frozen):
     backoff_s: float = Field(1.0, ge=0.0)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(1024, ge=16)
-    json_mode: bool = True
+    json_mode: Literal["off", "object", "schema"] = "object"
 
 
 class ConsolidationConfig(_Frozen):

@@ -165,7 +165,9 @@ class LLMClient:
 
     # -- the protocol, written once -------------------------------------
 
-    def _kwargs(self, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+    def _kwargs(
+        self, model: str, messages: list[dict[str, str]], schema: type[BaseModel]
+    ) -> dict[str, Any]:
         cfg = self.config
         kw: dict[str, Any] = {
             "model": model,
@@ -175,8 +177,13 @@ class LLMClient:
             "max_tokens": cfg.max_tokens,
             "num_retries": 0,  # retries are ours, counted and backed off
         }
-        if cfg.json_mode:
+        if cfg.json_mode == "object":
             kw["response_format"] = {"type": "json_object"}
+        elif cfg.json_mode == "schema":
+            kw["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
+            }
         if cfg.api_base:
             kw["api_base"] = cfg.api_base
         if cfg.api_key is not None:
@@ -213,7 +220,9 @@ class LLMClient:
         with self._lock:
             self._usage.failed_calls += 1
 
-    def _chat(self, messages: list[dict[str, str]]) -> Generator[_Step, Any, str]:
+    def _chat(
+        self, messages: list[dict[str, str]], schema: type[BaseModel]
+    ) -> Generator[_Step, Any, str]:
         """Retries with backoff per model, then the fallbacks; returns the text."""
         cfg = self.config
         assert cfg.model is not None
@@ -223,7 +232,7 @@ class LLMClient:
                 if attempt:
                     yield _Sleep(cfg.backoff_s * 2 ** (attempt - 1))
                 try:
-                    resp = yield _Call(self._kwargs(model, messages))
+                    resp = yield _Call(self._kwargs(model, messages, schema))
                 except _api_errors() as exc:
                     self._failed()
                     errors.append(f"{model}: {type(exc).__name__}: {exc}")
@@ -242,7 +251,7 @@ class LLMClient:
         )
 
     def _json(self, prompt: Prompt[S], variables: dict[str, str]) -> Generator[_Step, Any, S]:
-        answer = yield from self._chat(prompt.messages(**variables))
+        answer = yield from self._chat(prompt.messages(**variables), prompt.schema)
         try:
             return parse_json(answer, prompt.schema)
         except ValueError as first:
@@ -250,14 +259,14 @@ class LLMClient:
             repair = REPAIR_JSON.messages(
                 error=str(first)[:500], schema=prompt.schema_hint(), answer=answer[:4000]
             )
-            fixed = yield from self._chat(repair)
+            fixed = yield from self._chat(repair, prompt.schema)
             try:
                 return parse_json(fixed, prompt.schema)
             except ValueError as second:
                 raise LLMResponseError(
                     f"the model's answer to {prompt.name!r} v{prompt.version} is not valid "
                     f"JSON for its schema, even after one repair ({second}); try a stronger "
-                    f"model or LLMConfig.json_mode=True"
+                    f"model or LLMConfig(json_mode='schema')"
                 ) from second
 
     # -- drivers -----------------------------------------------------------

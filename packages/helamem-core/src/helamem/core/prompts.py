@@ -29,8 +29,8 @@ class FactOut(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    text: str = Field(min_length=1, max_length=1000)
-    sources: list[str] = Field(min_length=1)
+    text: str = Field(min_length=1, max_length=400)
+    sources: list[str] = Field(min_length=1, max_length=12)
 
 
 class FactsResponse(BaseModel):
