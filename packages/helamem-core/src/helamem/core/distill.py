@@ -175,7 +175,7 @@ class LLMDistiller:
     never cite an episode outside the clusters it was given.
     """
 
-    def __init__(self, client: LLMClient, max_facts_per_cluster: int = 4) -> None:
+    def __init__(self, client: LLMClient, max_facts_per_cluster: int = 3) -> None:
         self.client = client
         self._per_cluster = max_facts_per_cluster
 

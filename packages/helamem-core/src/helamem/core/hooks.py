@@ -286,7 +286,6 @@ class TurnRecorder:
         self._failed_total = 0
         self._recorded = 0
         self._closing = False  # no new turns accepted
-        self._closed = False  # drained and stopped
         self._stop = False  # tells the worker to exit once idle
         self._thread: threading.Thread | None = None
         self._retired: threading.Thread | None = None  # the last worker that exited
@@ -658,7 +657,6 @@ class TurnRecorder:
         with self._cond:
             thread = self._thread or self._retired
             self._stop = True
-            self._closed = True
             self._kick_locked()
             return thread
 
