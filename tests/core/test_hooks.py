@@ -1,0 +1,757 @@
+"""The after-turn recorder (helamem.core.hooks): ordering, backpressure, errors, context."""
+
+from __future__ import annotations
+
+import asyncio
+import doctest
+import itertools
+import json
+import logging
+import pickle
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from helamem.core import (
+    DynamicsConfig,
+    EmbeddingError,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    InvalidInputError,
+    InvalidScopeError,
+    Scope,
+    hooks,
+)
+from helamem.core.hooks import (
+    RecorderClosedError,
+    RecorderFullError,
+    TurnFailure,
+    TurnRecorder,
+    TurnRecordingError,
+)
+
+ETA = 0.02  # DynamicsConfig().learning_rate
+TEMPORAL = 0.5  # DynamicsConfig().temporal_weight
+SCOPES: list[Scope] = [("users", f"u{i}") for i in range(5)]
+
+
+class DictIndex:
+    """An in-memory VectorIndex: embedded Chroma costs ~35 ms per upsert, too slow for
+    the tests that record hundreds of turns (the recorder is what they test)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[np.ndarray, int, str]] = {}
+
+    def open(self, dimension: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        scope_ids: Sequence[int],
+        kinds: Sequence[str],
+    ) -> None:
+        for i, v, s, k in zip(ids, vectors, scope_ids, kinds, strict=True):
+            self.rows[i] = (np.array(v, dtype=np.float32), s, k)
+
+    def delete(self, items: Sequence[tuple[str, int, str]]) -> None:
+        for i, _, _ in items:
+            self.rows.pop(i, None)
+
+    def query(
+        self, vector: np.ndarray, n: int, scope_ids: Sequence[int], kind: str
+    ) -> list[tuple[str, float]]:
+        allowed = set(scope_ids)
+        found = [
+            (i, 1.0 - float(v @ vector))
+            for i, (v, s, k) in self.rows.items()
+            if s in allowed and k == kind
+        ]
+        return sorted(found, key=lambda p: p[1])[:n]
+
+    def count(self) -> int:
+        return len(self.rows)
+
+    def reset(self) -> None:
+        self.rows.clear()
+
+
+def exact_memory(
+    path: Path, embedder: Any = None, cls: type[HelaMemory] = HelaMemory, *, fast: bool = False
+) -> Any:
+    """A store without decay (δ = 1), so edge weights are exact sums."""
+    cfg = HelaMemConfig(path=path, dynamics=DynamicsConfig(decay_rate=1.0))
+    index = DictIndex() if fast else None
+    return cls(cfg, embedder=embedder or HashingEmbedder(256), vector_index=index)
+
+
+@dataclass
+class Snapshot:
+    """What SQLite holds, read through a read-only connection."""
+
+    episodes: dict[Scope, list[tuple[str | None, str]]]  # (role, content) in insertion order
+    edges: dict[frozenset[str], float]  # by the contents of both ends
+    edges_in: dict[Scope, int]
+
+
+def read_store(path: Path) -> Snapshot:
+    con = sqlite3.connect(f"file:{path / 'helamem.sqlite3'}?mode=ro", uri=True)
+    try:
+        scopes = {
+            int(i): tuple(json.loads(p)) for i, p in con.execute("SELECT id, path FROM scopes")
+        }
+        content: dict[int, str] = {}
+        episodes: dict[Scope, list[tuple[str | None, str]]] = defaultdict(list)
+        for n, sid, role, text in con.execute(
+            "SELECT n, scope_id, role, content FROM memories WHERE kind = 'episodic' ORDER BY n"
+        ):
+            content[int(n)] = text
+            episodes[scopes[int(sid)]].append((role, text))
+        edges: dict[frozenset[str], float] = {}
+        edges_in: dict[Scope, int] = defaultdict(int)
+        for a, b, sid, w in con.execute("SELECT a, b, scope_id, weight FROM edges"):
+            edges[frozenset((content[int(a)], content[int(b)]))] = float(w)
+            edges_in[scopes[int(sid)]] += 1
+        return Snapshot(dict(episodes), edges, dict(edges_in))
+    finally:
+        con.close()
+
+
+@dataclass
+class EdgeModel:
+    """The weights DESIGN §4 implies (no decay): temporal chain + η per co-activation."""
+
+    weights: dict[frozenset[str], float] = field(default_factory=dict)
+    last: dict[Scope, str] = field(default_factory=dict)
+
+    def episode(self, scope: Scope, text: str) -> None:
+        if scope in self.last:
+            self.weights[frozenset((self.last[scope], text))] = TEMPORAL
+        self.last[scope] = text
+
+    def turn(self, scope: Scope, user: str, assistant: str, used: Iterable[str] = ()) -> None:
+        self.episode(scope, user)
+        self.episode(scope, assistant)
+        group = sorted({user, assistant, *used})
+        if len(group) > 2 or used:
+            for i, a in enumerate(group):
+                for b in group[i + 1 :]:
+                    key = frozenset((a, b))
+                    self.weights[key] = min(1.0, self.weights.get(key, 0.0) + ETA)
+
+
+def assert_edges(snap: Snapshot, model: EdgeModel) -> None:
+    assert set(snap.edges) == set(model.weights)
+    for key, w in model.weights.items():
+        assert snap.edges[key] == pytest.approx(w, abs=1e-9), sorted(key)
+
+
+class MarkerFailingEmbedder(HashingEmbedder):
+    """Fails on any batch holding a text with ``BOOM`` in it."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if any("BOOM" in t for t in texts):
+            raise EmbeddingError("embedder exploded on a BOOM marker; remove the marker")
+        return super().embed(texts)
+
+
+class SlowEmbedder(HashingEmbedder):
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        time.sleep(0.002)
+        return super().embed(texts)
+
+
+class ConsolidatingMemory(HelaMemory):
+    """A HelaMemory with a fake ``aconsolidate`` that notes the scope's size at each call."""
+
+    calls: list[tuple[Scope, int]]
+    fail: bool = False
+
+    async def aconsolidate(self, scope: Sequence[str]) -> Any:
+        st = await self.astats(scope)
+        self.calls.append((tuple(scope), st.episodic))
+        if self.fail:
+            raise RuntimeError("distiller unavailable")
+
+
+class FakeMemory:
+    """Only ``aadd_turn`` (no ``aconsolidate``); each call waits for ``gate``."""
+
+    def __init__(self, *, fail_on: str | None = None) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[dict[str, Any]] = []
+        self.fail_on = fail_on
+
+    async def aadd_turn(
+        self,
+        scope: Sequence[str],
+        user: str,
+        assistant: str,
+        *,
+        event_time: float | None = None,
+        metadata: dict[str, Any] | None = None,
+        used_ids: Iterable[str] = (),
+    ) -> None:
+        if not self.gate.is_set():
+            await asyncio.to_thread(self.gate.wait)
+        if self.fail_on is not None and self.fail_on in user:
+            raise ValueError(f"fake failure on {user!r}")
+        self.calls.append(
+            {
+                "scope": tuple(scope),
+                "user": user,
+                "assistant": assistant,
+                "event_time": event_time,
+                "metadata": metadata,
+                "used_ids": tuple(used_ids),
+            }
+        )
+
+
+def fake(m: FakeMemory) -> HelaMemory:
+    return cast(HelaMemory, m)
+
+
+# -- concurrency, ordering, reinforcement -------------------------------------
+
+
+async def test_concurrent_coroutines_store_every_turn_once_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    mem = exact_memory(path, fast=True)
+    model = EdgeModel()
+    seeds: dict[Scope, list[str]] = {}
+    for s in SCOPES:
+        seeds[s] = []
+        for k in range(2):
+            text = f"seed {s[1]} {k}"
+            seeds[s].append((await mem.aadd(text, s)).id)
+            model.episode(s, text)
+    seed_text = {i: f"seed {s[1]} {k}" for s in SCOPES for k, i in enumerate(seeds[s])}
+    log: dict[Scope, list[tuple[str, str, tuple[str, ...]]]] = defaultdict(list)
+
+    async def agent(c: int, rec: TurnRecorder) -> None:
+        for j in range(50):
+            s = SCOPES[(c + j) % 5]
+            other = SCOPES[(c + j + 1) % 5]
+            n = c * 50 + j
+            if n % 7 == 0:  # both seeds of the scope, plus one of another scope (ignored)
+                used = [seeds[s][0], seeds[s][1], seeds[other][0]]
+            elif n % 7 == 3:
+                used = [seeds[s][1]]
+            else:
+                used = []
+            user, assistant = f"c{c} t{j} question {n}", f"c{c} t{j} answer {n}"
+            await rec.record_turn(s, user, assistant, used_ids=used)
+            # no await between the enqueue and here: this is the queue order
+            same = tuple(seed_text[i] for i in used if i in seeds[s])
+            log[s].append((user, assistant, same))
+            if j % 5 == 0:
+                await asyncio.sleep(0)
+
+    async with TurnRecorder(mem, max_pending=64, consolidate_every=None) as rec:
+        await asyncio.gather(*(agent(c, rec) for c in range(20)))
+        await rec.flush()
+        assert rec.pending == 0
+        assert rec.recorded == 1000
+
+    snap = read_store(path)
+    total = 0
+    for s in SCOPES:
+        expected: list[tuple[str | None, str]] = [(None, f"seed {s[1]} {k}") for k in range(2)]
+        for user, assistant, used in log[s]:
+            expected += [("user", user), ("assistant", assistant)]
+            model.turn(s, user, assistant, used)
+        assert snap.episodes[s] == expected  # each turn exactly once, in queue order
+        total += len(log[s])
+        st = mem.stats(s)
+        assert st.episodic == 2 + 2 * len(log[s])
+        assert snap.edges_in[s] == st.edges
+    assert total == 1000
+    assert_edges(snap, model)  # one temporal chain per scope; η per co-activation exactly
+    s0 = frozenset(("seed u0 0", "seed u0 1"))
+    assert snap.edges[s0] > TEMPORAL  # the seeds were reinforced together
+    mem.close()
+
+
+async def test_many_recorders_share_one_memory(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    mem = exact_memory(path, fast=True)
+    recs = [TurnRecorder(mem, max_pending=8, consolidate_every=None) for _ in range(3)]
+
+    async def agent(r: int) -> None:
+        for j in range(40):
+            await recs[r].record_turn(SCOPES[j % 2], f"r{r} q{j}", f"r{r} a{j}")
+
+    await asyncio.gather(*(agent(r) for r in range(3)))
+    for rec in recs:
+        await rec.close()
+    snap = read_store(path)
+    for s in SCOPES[:2]:
+        eps = snap.episodes[s]
+        assert len(eps) == 3 * 40
+        assert len({t for _, t in eps}) == len(eps)
+        # each recorder's turns in its own order, each answer right after its question
+        parity = SCOPES.index(s)
+        for r in range(3):
+            mine = [t for _, t in eps if t.startswith(f"r{r} ")]
+            turns = [j for j in range(40) if j % 2 == parity]
+            assert mine == [x for j in turns for x in (f"r{r} q{j}", f"r{r} a{j}")]
+        texts = [t for _, t in eps]
+        chain = {frozenset(p) for p in itertools.pairwise(texts)}
+        assert {k for k in snap.edges if k <= set(texts)} == chain  # one chain
+        assert all(snap.edges[k] == pytest.approx(TEMPORAL) for k in chain)
+    mem.close()
+
+
+async def test_sync_and_async_callers_share_one_recorder(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    mem = exact_memory(path, fast=True)
+    rec = TurnRecorder(mem, max_pending=16, consolidate_every=None)
+
+    def thread_producer(s: Scope) -> None:
+        for j in range(30):
+            rec.record_turn_sync(s, f"{s[1]} sync q{j}", f"{s[1]} sync a{j}")
+
+    async def coro_producer(s: Scope) -> None:
+        for j in range(30):
+            await rec.record_turn(s, f"{s[1]} async q{j}", f"{s[1]} async a{j}")
+
+    await asyncio.gather(
+        asyncio.to_thread(thread_producer, SCOPES[0]),
+        asyncio.to_thread(thread_producer, SCOPES[1]),
+        coro_producer(SCOPES[2]),
+        coro_producer(SCOPES[3]),
+    )
+    await rec.close()
+    snap = read_store(path)
+    for i, kind in ((0, "sync"), (1, "sync"), (2, "async"), (3, "async")):
+        s = SCOPES[i]
+        assert [t for _, t in snap.episodes[s]] == [
+            x for j in range(30) for x in (f"{s[1]} {kind} q{j}", f"{s[1]} {kind} a{j}")
+        ]
+    mem.close()
+
+
+def test_sync_only_use_from_threads_without_a_loop(tmp_path: Path) -> None:
+    mem = exact_memory(tmp_path / "store", fast=True)
+    with TurnRecorder(mem, max_pending=4, consolidate_every=None) as rec:
+
+        def produce(s: Scope) -> None:
+            for j in range(20):
+                rec.record_turn_sync(s, f"q{j}", f"a{j}")
+
+        threads = [threading.Thread(target=produce, args=(s,)) for s in SCOPES[:3]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rec.flush_sync(timeout=60)
+        assert rec.pending == 0
+    assert rec.closed
+    for s in SCOPES[:3]:
+        st = mem.stats(s)
+        assert (st.episodic, st.edges) == (40, 39)
+    mem.close()
+
+
+# -- errors ---------------------------------------------------------------------
+
+
+async def test_failing_embedder_surfaces_at_flush_and_later_turns_land(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "store"
+    mem = exact_memory(path, MarkerFailingEmbedder(256))
+    s = SCOPES[0]
+    async with TurnRecorder(mem, consolidate_every=None) as rec:
+        for i in range(10):
+            marker = " BOOM" if i in (3, 6) else ""
+            await rec.record_turn(s, f"question {i}{marker}", f"answer {i}")
+        with (
+            caplog.at_level(logging.ERROR, logger="helamem.core.hooks"),
+            pytest.raises(TurnRecordingError) as ei,
+        ):
+            await rec.flush()
+        err = ei.value
+        assert err.total == 2
+        assert all(isinstance(e, EmbeddingError) for e in err.errors)
+        assert [(f.stage, f.user) for f in err.failures] == [
+            ("add_turn", "question 3 BOOM"),
+            ("add_turn", "question 6 BOOM"),
+        ]
+        assert err.__cause__ is err.errors[0]
+        assert "BOOM" in str(err) and "record them again" in str(err)
+        assert sum("BOOM" in r.getMessage() for r in caplog.records) == 2
+        assert mem.stats(s).episodic == 16
+
+        for i in range(10, 15):
+            await rec.record_turn(s, f"question {i}", f"answer {i}")
+        await rec.flush()  # each failure is raised once; the later turns landed
+    snap = read_store(path)
+    kept = [i for i in range(15) if i not in (3, 6)]
+    assert [t for _, t in snap.episodes[s]] == [
+        x for i in kept for x in (f"question {i}", f"answer {i}")
+    ]
+    assert snap.edges_in[s] == 2 * len(kept) - 1  # the chain skips the failed turns
+    mem.close()
+
+
+async def test_errors_are_raised_at_close_and_noted_on_a_body_error() -> None:
+    m = FakeMemory(fail_on="bad")
+    rec = TurnRecorder(fake(m))
+    rec.record_turn_nowait(("s",), "bad one", "x")
+    rec.record_turn_nowait(("s",), "good one", "y")
+    with pytest.raises(TurnRecordingError) as ei:
+        await rec.close()
+    assert isinstance(ei.value.errors[0], ValueError)
+    assert [c["user"] for c in m.calls] == ["good one"]
+    await rec.close()  # idempotent, and the failure was raised once
+
+    async def agent_crashes(rec: TurnRecorder) -> None:
+        async with rec:
+            rec.record_turn_nowait(("s",), "bad one", "x")
+            raise KeyError("agent crashed")
+
+    with pytest.raises(KeyError) as body:
+        await agent_crashes(TurnRecorder(fake(FakeMemory(fail_on="bad"))))
+    assert any("turn recorder" in n for n in body.value.__notes__)
+
+
+def test_turn_recording_error_pickles() -> None:
+    f = TurnFailure("add_turn", ("s",), "u", "a", (), 0.0, ValueError("x"))
+    err = pickle.loads(pickle.dumps(TurnRecordingError([f], 3)))
+    assert err.total == 3 and err.failures[0].user == "u"
+    assert isinstance(err.errors[0], ValueError)
+
+
+async def test_bad_input_raises_at_once_and_queues_nothing(tmp_path: Path) -> None:
+    mem = exact_memory(tmp_path / "never")
+    rec = TurnRecorder(mem)
+    with pytest.raises(InvalidScopeError):
+        await rec.record_turn("alice", "hi", "hello")  # a str is not a scope
+    with pytest.raises(InvalidInputError):
+        rec.record_turn_nowait(("s",), "   ", "hello")
+    with pytest.raises(InvalidInputError):
+        rec.record_turn_sync(("s",), "hi", 42)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        await rec.record_turn(("s",), "hi", "hello", used_ids=[1, 2])  # type: ignore[list-item]
+    with pytest.raises(InvalidInputError):
+        await rec.record_turn(("s",), "hi", "hello", event_time=float("nan"))
+    assert rec.pending == 0
+    await rec.close()
+    assert not (tmp_path / "never").exists()  # nothing was ever opened
+    for bad in ({"max_pending": 0}, {"consolidate_every": 0}, {"concurrency": True}):
+        with pytest.raises(InvalidInputError):
+            TurnRecorder(mem, **bad)
+
+
+def test_constructor_does_no_io_and_starts_no_thread(tmp_path: Path) -> None:
+    before = threading.active_count()
+    rec = TurnRecorder(exact_memory(tmp_path / "x"))
+    assert threading.active_count() == before
+    assert not (tmp_path / "x").exists()
+    rec.close_sync()  # closing an unused recorder is fine too
+    with pytest.raises(RecorderClosedError):
+        rec.record_turn_nowait(("s",), "hi", "hello")
+
+
+# -- lifecycle and backpressure -------------------------------------------------
+
+
+async def test_close_with_pending_work_loses_nothing(tmp_path: Path) -> None:
+    mem = exact_memory(tmp_path / "store", SlowEmbedder(256), fast=True)
+    rec = TurnRecorder(mem, consolidate_every=None)
+    for j in range(120):
+        rec.record_turn_nowait(SCOPES[j % 3], f"q{j}", f"a{j}")
+    assert rec.pending > 0
+    await rec.close()
+    assert rec.pending == 0 and rec.recorded == 120
+    for s in SCOPES[:3]:
+        assert mem.stats(s).episodic == 80
+    await rec.close()  # idempotent
+    rec.close_sync()
+    with pytest.raises(RecorderClosedError):
+        await rec.record_turn(SCOPES[0], "late", "too late")
+    mem.close()
+
+
+async def test_backpressure_bounds_the_queue() -> None:
+    m = FakeMemory()
+    m.gate.clear()
+    rec = TurnRecorder(fake(m), max_pending=2)
+    rec.record_turn_nowait(("s",), "q0", "a0")
+    await rec.record_turn(("s",), "q1", "a1")
+    assert rec.pending == 2
+    with pytest.raises(RecorderFullError):
+        rec.record_turn_nowait(("s",), "q2", "a2")
+    with pytest.raises(RecorderFullError):
+        await asyncio.to_thread(rec.record_turn_sync, ("s",), "q2", "a2", timeout=0.05)
+    waiting = asyncio.create_task(rec.record_turn(("s",), "q2", "a2"))
+    flushing = asyncio.create_task(rec.flush())
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and not flushing.done()
+    m.gate.set()
+    await asyncio.wait_for(waiting, 30)
+    await asyncio.wait_for(flushing, 30)
+    await rec.close()
+    assert [c["user"] for c in m.calls] == ["q0", "q1", "q2"]
+
+
+async def test_close_wakes_producers_waiting_for_room() -> None:
+    m = FakeMemory()
+    m.gate.clear()
+    rec = TurnRecorder(fake(m), max_pending=1)
+    await rec.record_turn(("s",), "q0", "a0")
+    waiting = asyncio.create_task(rec.record_turn(("s",), "q1", "a1"))
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(rec.close())
+    with pytest.raises(RecorderClosedError):
+        await asyncio.wait_for(waiting, 30)
+    m.gate.set()
+    await asyncio.wait_for(closing, 30)
+    assert [c["user"] for c in m.calls] == ["q0"]
+
+
+async def test_idle_worker_exits_and_the_next_turn_restarts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hooks, "_IDLE_EXIT_S", 0.05)
+
+    def workers() -> int:
+        return sum(t.name == "helamem-turn-recorder" for t in threading.enumerate())
+
+    m = FakeMemory()
+    rec = TurnRecorder(fake(m))
+    await rec.record_turn(("s",), "q0", "a0")
+    await rec.flush()
+    for _ in range(1000):  # the worker retires after 0.05 s idle
+        if not workers():
+            break
+        await asyncio.sleep(0.01)
+    assert workers() == 0
+    await rec.record_turn(("s",), "q1", "a1")
+    await rec.close()
+    assert [c["user"] for c in m.calls] == ["q0", "q1"]
+    assert workers() == 0
+
+
+async def test_waiting_on_the_recorder_from_its_own_worker_fails_fast() -> None:
+    class SelfFlushing(FakeMemory):
+        rec: TurnRecorder
+
+        async def aconsolidate(self, scope: Sequence[str]) -> None:
+            await self.rec.flush()  # would wait for itself
+
+    m = SelfFlushing()
+    m.rec = rec = TurnRecorder(fake(m), consolidate_every=1)
+    await rec.record_turn(("s",), "q", "a")
+    with pytest.raises(TurnRecordingError) as ei:
+        await asyncio.wait_for(rec.flush(), 30)
+    assert isinstance(ei.value.errors[0], RuntimeError)
+    assert "own worker" in str(ei.value.errors[0])
+    await rec.close()
+
+
+async def test_event_time_is_taken_when_the_turn_is_recorded() -> None:
+    m = FakeMemory()
+    m.gate.clear()
+    async with TurnRecorder(fake(m)) as rec:
+        t0 = time.time()
+        await rec.record_turn(("s",), "q", "a", metadata={"thread": "t1"})
+        t1 = time.time()
+        await rec.record_turn(("s",), "q2", "a2", ["m1"], 1_700_000_000)
+        await asyncio.sleep(0.05)
+        m.gate.set()
+    first, second = m.calls
+    assert t0 <= first["event_time"] <= t1
+    assert first["metadata"] == {"thread": "t1"}
+    assert (second["event_time"], second["used_ids"]) == (1_700_000_000.0, ("m1",))
+
+
+async def test_event_loop_stays_responsive(tmp_path: Path) -> None:
+    mem = exact_memory(tmp_path / "store", fast=True)
+    await mem.aopen()
+    worst = 0.0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            worst = max(worst, time.perf_counter() - t - 0.005)
+
+    tick = asyncio.create_task(ticker())
+    async with TurnRecorder(mem, max_pending=100, consolidate_every=None) as rec:
+        for j in range(500):
+            await rec.record_turn(SCOPES[j % 5], f"question number {j}", f"answer number {j}")
+        await rec.flush()
+    stop.set()
+    await tick
+    assert worst < 0.5
+    assert mem.stats().episodic == 1000
+    await mem.aclose()
+
+
+# -- consolidation --------------------------------------------------------------
+
+
+async def test_consolidation_every_n_turns_per_scope(tmp_path: Path) -> None:
+    mem = exact_memory(tmp_path / "store", cls=ConsolidatingMemory, fast=True)
+    mem.calls = []
+    a, b = SCOPES[0], SCOPES[1]
+    async with TurnRecorder(mem, consolidate_every=3) as rec:
+        for j in range(10):
+            await rec.record_turn(a, f"a q{j}", f"a a{j}")
+            if j < 7:
+                await rec.record_turn(b, f"b q{j}", f"b a{j}")
+    calls = sorted(mem.calls)
+    # after the 3rd, 6th, 9th turn of each scope, in order with that scope's turns
+    assert calls == [(a, 6), (a, 12), (a, 18), (b, 6), (b, 12)]
+
+    mem.calls = []
+    async with TurnRecorder(mem, consolidate_every=None) as rec:
+        for j in range(5):
+            await rec.record_turn(a, f"more q{j}", f"more a{j}")
+    assert mem.calls == []
+
+    mem.fail = True
+    async with TurnRecorder(mem, consolidate_every=1) as rec:
+        await rec.record_turn(a, "one more", "ok")
+        with pytest.raises(TurnRecordingError) as ei:
+            await rec.flush()
+        assert [f.stage for f in ei.value.failures] == ["consolidate"]
+        await rec.record_turn(a, "and another", "still ok")
+        with pytest.raises(TurnRecordingError):
+            await rec.flush()
+    assert mem.stats(a).episodic == 20 + 10 + 4  # the turns themselves were stored
+    mem.close()
+
+
+@pytest.mark.skipif(not hasattr(HelaMemory, "aconsolidate"), reason="no aconsolidate yet")
+async def test_real_consolidation_runs_in_the_background(tmp_path: Path) -> None:
+    mem = exact_memory(tmp_path / "store", fast=True)
+    s = SCOPES[0]
+    topics = ["tea", "hiking", "violin"]
+    async with TurnRecorder(mem, consolidate_every=5) as rec:
+        for j in range(15):
+            t = topics[j % 3]
+            await rec.record_turn(s, f"I really love {t} on weekends ({j})", f"{t} sounds fun")
+        await rec.flush()
+    st = await mem.astats(s)
+    assert st.episodic == 30
+    await mem.aclose()
+
+
+def test_consolidate_every_defaults_to_the_memory_config(tmp_path: Path) -> None:
+    assert TurnRecorder(fake(FakeMemory())).consolidate_every == 20
+    mem = HelaMemory(HelaMemConfig(path=tmp_path / "x"), embedder=HashingEmbedder(64))
+    assert TurnRecorder(mem).consolidate_every == 20
+    assert TurnRecorder(mem, consolidate_every=None).consolidate_every is None
+    if "consolidation" in HelaMemConfig.model_fields:
+        cfg = HelaMemConfig.model_validate(
+            {"path": tmp_path / "x", "consolidation": {"every_turns": 7}}
+        )
+        assert TurnRecorder(HelaMemory(cfg)).consolidate_every == 7
+
+
+async def test_memory_without_aconsolidate_is_fine() -> None:
+    m = FakeMemory()
+    assert not hasattr(m, "aconsolidate")
+    async with TurnRecorder(fake(m), consolidate_every=1) as rec:
+        for j in range(3):
+            await rec.record_turn(("s",), f"q{j}", f"a{j}")
+    assert len(m.calls) == 3
+
+
+# -- the turn context ------------------------------------------------------------
+
+
+async def test_turn_context_records_the_ids_searches_returned(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    mem = exact_memory(path)
+    s = SCOPES[0]
+    for text in ["green tea in kyoto", "black tea with milk", "coffee at noon"]:
+        await mem.aadd(text, s)
+    async with TurnRecorder(mem, consolidate_every=None) as rec:
+        async with rec.turn(s) as turn:
+            res = await mem.asearch("tea", s, k=2, learn=False, spread=False)
+
+            async def side() -> None:  # a task spawned inside the turn counts too
+                await mem.asearch("coffee", s, k=1, learn=False, spread=False)
+
+            await asyncio.create_task(side())
+            turn.record("which tea?", "green tea")
+        coffee = next(i for i in turn.used_ids if i not in res.ids)
+        assert turn.used_ids == [*res.ids, coffee]
+        await rec.flush()
+
+        async with rec.turn(s) as nothing:  # no record(): nothing is stored
+            await mem.asearch("tea", s, learn=False)
+        assert nothing.used_ids
+
+        async def crash_mid_turn() -> None:
+            async with rec.turn(s) as failed:
+                failed.record("lost", "turn")
+                raise RuntimeError("the agent failed mid-turn")
+
+        async def record_twice() -> None:
+            async with rec.turn(s) as twice:
+                twice.record("q", "a")
+                twice.record("q", "a")
+
+        with pytest.raises(RuntimeError):
+            await crash_mid_turn()
+        with pytest.raises(InvalidInputError):
+            await record_twice()
+        await rec.flush()
+    snap = read_store(path)
+    assert [t for _, t in snap.episodes[s]][3:] == ["which tea?", "green tea"]
+    used = {(await mem.aget(i)).content for i in turn.used_ids}
+    assert used == {"green tea in kyoto", "black tea with milk", "coffee at noon"}
+    for u in used:
+        for new in ("which tea?", "green tea"):
+            w = snap.edges[frozenset((u, new))]
+            expect = TEMPORAL + ETA if u == "coffee at noon" and new == "which tea?" else ETA
+            assert w == pytest.approx(expect)
+    mem.close()
+
+
+def test_turn_context_sync(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    mem = exact_memory(path)
+    s = SCOPES[0]
+    first = mem.add("alice adopted a cat named miso", s)
+    mem.add("the weather was rainy", s)
+    with TurnRecorder(mem, consolidate_every=None) as rec:
+        with rec.turn(s, metadata={"thread": "t"}) as turn:
+            res = mem.search("cat miso", s, k=1, learn=False)
+            turn.record("what is my cat called?", "Miso", used_ids=["extra-id"])
+        assert res.ids == [first.id]
+        assert turn.used_ids == [first.id, "extra-id"]
+    snap = read_store(path)
+    assert snap.edges[frozenset((first.content, "Miso"))] == pytest.approx(ETA)
+    con = sqlite3.connect(f"file:{path / 'helamem.sqlite3'}?mode=ro", uri=True)
+    meta = con.execute("SELECT metadata FROM memories WHERE content = 'Miso'").fetchone()[0]
+    con.close()
+    assert json.loads(meta) == {"thread": "t"}
+    mem.close()
+
+
+def test_module_doctests() -> None:
+    result = doctest.testmod(hooks, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
