@@ -47,7 +47,7 @@ def llm_config(model: str | None) -> Iterator[LLMConfig]:
         return
     from smollm_server import serve_smollm
 
-    with serve_smollm() as srv:
+    with serve_smollm(n_ctx=4096) as srv:
         yield LLMConfig(
             model=srv.model,
             api_base=srv.api_base,

@@ -32,6 +32,14 @@ from .errors import (
     StorageError,
     StoreClosedError,
 )
+from .hooks import (
+    RecorderClosedError,
+    RecorderFullError,
+    TurnContext,
+    TurnFailure,
+    TurnRecorder,
+    TurnRecordingError,
+)
 from .llm import LLMClient, LLMUsage
 from .types import Hit, Kind, Memory, NewMemory, Provenance, Scope, SearchResult
 
@@ -67,12 +75,18 @@ __all__ = [
     "MiniLMEmbedder",
     "NewMemory",
     "Provenance",
+    "RecorderClosedError",
+    "RecorderFullError",
     "RetrievalConfig",
     "Scope",
     "SearchResult",
     "Stats",
     "StorageError",
     "StoreClosedError",
+    "TurnContext",
+    "TurnFailure",
+    "TurnRecorder",
+    "TurnRecordingError",
     "UsedMemories",
     "collect_used",
     "note_used",

@@ -1,0 +1,1 @@
+"""HeLa-Mem adapter (in progress)."""
