@@ -8,6 +8,7 @@ LiteLLM model, one call per consolidation) and :class:`ExtractiveDistiller`
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -145,6 +146,9 @@ class Distiller(Protocol):
     async def adistill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]: ...
 
 
+_LABELS = re.compile(r"(?:\[?E\d+\]?[\s,.;]*)+")
+
+
 class ExtractiveDistiller:
     """No model: each cluster's most central sentences become facts.
 
@@ -198,12 +202,15 @@ class LLMDistiller:
     def _drafts(
         facts: Sequence[tuple[str, Sequence[str]]], refs: dict[str, str]
     ) -> list[FactDraft]:
-        out = []
+        """Map labels back to ids; drop facts citing nothing known, bare labels, repeats."""
+        out: dict[str, FactDraft] = {}
         for text, sources in facts:
             ids = tuple(dict.fromkeys(refs[s.strip()] for s in sources if s.strip() in refs))
-            if ids and text.strip():
-                out.append(FactDraft(text.strip(), ids))
-        return out
+            clean = " ".join(text.split())
+            if not ids or len(clean) < 8 or _LABELS.fullmatch(clean) or clean.lower() in out:
+                continue
+            out[clean.lower()] = FactDraft(clean, ids)
+        return list(out.values())
 
     def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
         if not clusters:
