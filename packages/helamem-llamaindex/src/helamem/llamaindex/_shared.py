@@ -1,0 +1,137 @@
+"""Translation helpers shared by the memory block and the chat memory.
+
+Nothing here stores or ranks anything: it turns LlamaIndex chat messages into
+the ``(user, assistant)`` turns :class:`~helamem.core.TurnRecorder` records,
+and :class:`~helamem.core.SearchResult` hits into prompt text, and it keeps
+one live :class:`~helamem.core.HelaMemory` per store directory so that an
+adapter rebuilt from its serialized state (for example by a workflow
+``Context``) reuses the connection, and the embedder, it was created with.
+
+Examples:
+    >>> from llama_index.core.llms import ChatMessage
+    >>> turns, pending = pair_turns(
+    ...     [ChatMessage(role="user", content="hi"), ChatMessage(role="assistant", content="hello")]
+    ... )
+    >>> turns, pending
+    ([('hi', 'hello')], None)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
+from llama_index.core.utils import get_tokenizer
+
+from helamem.core import HelaMemConfig, HelaMemory, SearchResult
+
+logger = logging.getLogger(__name__)
+
+_live: weakref.WeakValueDictionary[str, HelaMemory] = weakref.WeakValueDictionary()
+_live_lock = threading.Lock()
+
+
+def _store_key(config: HelaMemConfig) -> str:
+    return os.path.abspath(os.fspath(config.path))
+
+
+def register_memory(memory: HelaMemory) -> None:
+    """Make ``memory`` the connection adapters use for its store directory.
+
+    Adapters given ``memory=`` register it themselves. Call this in a new
+    process before loading a serialized adapter (``from_dict``, a workflow
+    ``Context``) whose memory needs a custom embedder or secrets, which are
+    never serialized.
+
+    Args:
+        memory: An open or unopened memory; it stays registered while it is
+            alive and not closed.
+
+    Examples:
+        >>> register_memory(HelaMemory.from_path("./helamem-data"))  # doctest: +SKIP
+    """
+    with _live_lock:
+        _live[_store_key(memory.config)] = memory
+
+
+def resolve_memory(config: HelaMemConfig) -> tuple[HelaMemory, bool]:
+    """The live memory for ``config.path``, else a new one; and whether it is new (owned)."""
+    key = _store_key(config)
+    with _live_lock:
+        found = _live.get(key)
+        if found is not None and not found.closed:
+            return found, False
+        memory = HelaMemory(config)  # no I/O: it opens on first use
+        _live[key] = memory
+        return memory, True
+
+
+def dump_config(config: HelaMemConfig) -> dict[str, Any]:
+    """``config`` as JSON-safe data, with API keys left out (they are never serialized)."""
+    data = config.model_dump(mode="json")
+    for section in ("embedder", "llm"):
+        data[section]["api_key"] = None
+    return data
+
+
+def message_text(message: ChatMessage) -> str:
+    """The text blocks of ``message``, joined."""
+    return "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock)).strip()
+
+
+def is_final_reply(message: ChatMessage) -> bool:
+    """An assistant message with text and no tool call: the answer that ends a turn."""
+    if message.role != MessageRole.ASSISTANT or not message_text(message):
+        return False
+    if message.additional_kwargs.get("tool_calls"):
+        return False
+    return not any(isinstance(b, ToolCallBlock) for b in message.blocks)
+
+
+def pair_turns(
+    messages: Sequence[ChatMessage], pending_user: str | None = None
+) -> tuple[list[tuple[str, str]], str | None]:
+    """Completed ``(user, assistant)`` turns in ``messages``, and the user text still waiting.
+
+    Consecutive user messages join into one; tool calls and tool results are
+    skipped; a reply with no user message before it starts no turn.
+    """
+    turns: list[tuple[str, str]] = []
+    for message in messages:
+        if message.role == MessageRole.USER:
+            text = message_text(message)
+            if text:
+                pending_user = f"{pending_user}\n{text}" if pending_user else text
+        elif is_final_reply(message):
+            if pending_user is None:
+                logger.debug("assistant message with no user message before it: not recorded")
+                continue
+            turns.append((pending_user, message_text(message)))
+            pending_user = None
+    return turns, pending_user
+
+
+def count_tokens(text: str) -> int:
+    """Tokens in ``text`` by LlamaIndex's global tokenizer (what ``Memory`` counts with)."""
+    return len(get_tokenizer()(text))
+
+
+def lazy_tokenizer(text: str) -> list[Any]:
+    """LlamaIndex's global tokenizer, looked up on first use rather than at construction."""
+    return list(get_tokenizer()(text))
+
+
+def render_hits(result: SearchResult, max_tokens: int) -> list[tuple[str, str]]:
+    """``(line, memory id)`` for the leading hits that fit in ``max_tokens``, best first."""
+    lines: list[tuple[str, str]] = []
+    for i, hit in enumerate(result.hits):
+        upto = SearchResult(result.query, result.hits[: i + 1])
+        if upto.to_text(max_tokens=max_tokens) != upto.to_text():
+            break  # formatted by core's to_text, which stops at the budget
+        lines.append((SearchResult(result.query, (hit,)).to_text(), hit.id))
+    return lines

@@ -1,0 +1,224 @@
+"""HeLa-Mem as a LlamaIndex ``BaseMemoryBlock`` for ``Memory.from_defaults(memory_blocks=[...])``.
+
+Examples:
+    >>> from llama_index.core.memory import Memory
+    >>> block = HelaMemMemoryBlock.from_path("./helamem-data")  # no I/O yet
+    >>> memory = Memory.from_defaults(session_id="alice", memory_blocks=[block])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Self
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer
+from llama_index.core.memory.memory import BaseMemoryBlock
+
+from helamem.core import HelaMemConfig, HelaMemory, InvalidScopeError, Scope, TurnRecorder
+
+from ._shared import (
+    count_tokens,
+    dump_config,
+    message_text,
+    pair_turns,
+    register_memory,
+    render_hits,
+    resolve_memory,
+)
+
+__all__ = ["HelaMemMemoryBlock"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_TRACKED_TURNS = 256
+
+
+class HelaMemMemoryBlock(BaseMemoryBlock[str]):
+    """Long-term Hebbian memory as a block of LlamaIndex's ``Memory``.
+
+    ``Memory`` keeps recent messages in its FIFO queue; when the queue passes
+    its token limit the oldest turns are flushed to this block, which records
+    each completed turn (user message and final assistant reply) through a
+    :class:`~helamem.core.TurnRecorder`, together with the ids of the
+    memories this block injected into the prompt for that turn. On every
+    ``Memory.get``, the recent messages are the query and the episodic and
+    semantic hits come back as compact text within ``max_tokens``
+    (``atruncate`` drops the lowest-ranked lines first when ``Memory`` needs
+    room).
+
+    The HeLa-Mem scope is ``scope`` when given, else ``("llamaindex",
+    session_id)`` with ``Memory``'s session id. Only ``config`` and the
+    settings are serialized; the connection is looked up again (same
+    process) or reopened from ``config`` (API keys are never serialized).
+
+    Args:
+        name: The block name (the tag around its text in the prompt).
+        priority: ``Memory`` truncates blocks with a higher number first;
+            ``0`` never truncates.
+        config: The HeLa-Mem store's configuration.
+        scope: A fixed scope for every session, e.g. ``("users", "alice")``.
+        k: Episodic hits per retrieval (semantic facts come on top, as
+            ``config.retrieval.semantic_k`` says).
+        max_tokens: Budget of the block's text.
+        query_messages: How many recent user/assistant messages form the query.
+
+    Examples:
+        >>> from helamem.core import HashingEmbedder, HelaMemory
+        >>> mem = HelaMemory.from_path("./helamem-data", embedder=HashingEmbedder(256))
+        >>> block = HelaMemMemoryBlock.from_memory(mem, scope=("users", "alice"))
+        >>> block.scope
+        ('users', 'alice')
+    """
+
+    name: str = "helamem"
+    description: str | None = "Relevant memories from earlier conversations (HeLa-Mem)."
+    priority: int = 1
+    config: HelaMemConfig = Field(default_factory=HelaMemConfig)
+    scope: tuple[str, ...] | None = None
+    k: int = Field(default=5, ge=1)
+    max_tokens: int = Field(default=400, ge=1)
+    query_messages: int = Field(default=3, ge=1)
+
+    _memory: HelaMemory | None = PrivateAttr(default=None)
+    _owned: bool = PrivateAttr(default=False)
+    _recorder: TurnRecorder | None = PrivateAttr(default=None)
+    _own_recorder: bool = PrivateAttr(default=False)
+    _cache: tuple[str, Scope, list[tuple[str, str]]] | None = PrivateAttr(default=None)
+    # user message text -> ids injected while it was the latest user message
+    _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
+    _dangling: dict[Scope, str] = PrivateAttr(default_factory=dict)
+
+    @field_serializer("config")
+    def _dump_config(self, config: HelaMemConfig) -> dict[str, Any]:
+        return dump_config(config)
+
+    @classmethod
+    def from_memory(
+        cls, memory: HelaMemory, *, recorder: TurnRecorder | None = None, **kwargs: Any
+    ) -> Self:
+        """A block over an existing memory (its embedder is kept; the caller closes it).
+
+        Args:
+            memory: The memory to use.
+            recorder: A recorder to share (over the same memory); default:
+                one of its own, created on first use.
+            **kwargs: Other fields (``scope``, ``priority``, ``k``, ...).
+
+        Examples:
+            >>> block = HelaMemMemoryBlock.from_memory(mem, priority=2)  # doctest: +SKIP
+        """
+        register_memory(memory)
+        block = cls(config=memory.config, **kwargs)
+        block._memory = memory
+        block._recorder = recorder
+        return block
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs: Any) -> Self:
+        """A block over the store in directory ``path`` with the default config.
+
+        Examples:
+            >>> block = HelaMemMemoryBlock.from_path("./helamem-data")
+        """
+        return cls(config=HelaMemConfig(path=Path(path)), **kwargs)
+
+    @property
+    def memory(self) -> HelaMemory:
+        """The live memory (reused from this process, else created from ``config``)."""
+        if self._memory is None or self._memory.closed:
+            self._memory, self._owned = resolve_memory(self.config)
+        return self._memory
+
+    @property
+    def recorder(self) -> TurnRecorder:
+        """The turn recorder this block records flushed turns with."""
+        if self._recorder is None:
+            self._recorder, self._own_recorder = TurnRecorder(self.memory), True
+        return self._recorder
+
+    def _scope(self, session_id: str | None) -> Scope:
+        if self.scope is not None:
+            return self.scope
+        if session_id is None:
+            raise InvalidScopeError(
+                "HelaMemMemoryBlock has no scope: pass scope=(...) or use it inside "
+                "llama_index Memory, which passes its session_id"
+            )
+        return ("llamaindex", session_id)
+
+    async def _aget(
+        self,
+        messages: list[ChatMessage] | None = None,
+        session_id: str | None = None,
+        **block_kwargs: Any,
+    ) -> str:
+        """Retrieve with the recent messages as the query; compact text or ``""``."""
+        talk = [
+            m
+            for m in messages or []
+            if m.role in (MessageRole.USER, MessageRole.ASSISTANT) and message_text(m)
+        ]
+        query = "\n".join(message_text(m) for m in talk[-self.query_messages :])
+        if not query:
+            return ""
+        scope = self._scope(session_id)
+        if self._cache is not None and self._cache[:2] == (query, scope):
+            lines = self._cache[2]  # asked again within the turn: no second reinforcement
+        else:
+            result = await self.memory.asearch(query, scope, k=self.k)
+            lines = render_hits(result, self.max_tokens)
+            self._cache = (query, scope, lines)
+        users = [m for m in talk if m.role == MessageRole.USER]
+        if users:
+            self._note_injected(message_text(users[-1]), [i for _, i in lines])
+        return "\n".join(line for line, _ in lines)
+
+    def _note_injected(self, user: str, ids: list[str]) -> None:
+        seen = self._injected.setdefault(user, {})
+        seen.update(dict.fromkeys(ids))
+        self._injected.move_to_end(user)
+        while len(self._injected) > _MAX_TRACKED_TURNS:
+            self._injected.popitem(last=False)
+
+    async def atruncate(self, content: str, tokens_to_truncate: int) -> str | None:
+        """Drop the lowest-ranked lines until about ``tokens_to_truncate`` tokens are gone."""
+        lines = (
+            list(self._cache[2])
+            if self._cache is not None and "\n".join(x for x, _ in self._cache[2]) == content
+            else [(line, "") for line in content.split("\n")]
+        )
+        while lines and tokens_to_truncate > 0:
+            line, dropped = lines.pop()
+            tokens_to_truncate -= count_tokens(line)
+            for ids in self._injected.values():  # it did not reach the prompt after all
+                ids.pop(dropped, None)
+        return "\n".join(line for line, _ in lines) or None
+
+    async def _aput(self, messages: list[ChatMessage]) -> None:
+        """Record the completed turns among the messages ``Memory`` flushed."""
+        sessions = [m.additional_kwargs.get("session_id") for m in messages]
+        session = next((s for s in sessions if isinstance(s, str)), None)
+        scope = self._scope(session)
+        turns, dangling = pair_turns(messages, self._dangling.pop(scope, None))
+        if dangling is not None:  # its reply comes with the next flush
+            self._dangling[scope] = dangling
+        for user, assistant in turns:
+            used = list(self._injected.pop(user, {}))
+            await self.recorder.record_turn(scope, user, assistant, used_ids=used)
+
+    async def aflush(self) -> None:
+        """Wait until every recorded turn is stored (raises what failed in the background)."""
+        if self._recorder is not None:
+            await self._recorder.flush()
+
+    async def aclose(self) -> None:
+        """Drain the recorder (close it if it is this block's own); close an owned memory."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            await (recorder.close() if self._own_recorder else recorder.flush())
+        if self._owned and self._memory is not None:
+            await self._memory.aclose()
+        self._memory, self._owned = None, False

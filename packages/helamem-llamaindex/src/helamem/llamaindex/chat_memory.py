@@ -1,0 +1,381 @@
+"""A ``BaseMemory`` drop-in for ``ChatMemoryBuffer`` backed by HeLa-Mem.
+
+Examples:
+    >>> from llama_index.core.chat_engine import SimpleChatEngine
+    >>> memory = HelaMemChatMemory.from_defaults(path="./helamem-data", session_id="s1")
+    >>> engine = SimpleChatEngine.from_defaults(llm=llm, memory=memory)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer
+from llama_index.core.llms.llm import LLM
+from llama_index.core.memory.types import BaseMemory
+
+from helamem.core import (
+    HelaMemConfig,
+    HelaMemory,
+    InvalidInputError,
+    Scope,
+    SearchResult,
+    TurnRecorder,
+)
+
+from ._shared import (
+    dump_config,
+    lazy_tokenizer,
+    message_text,
+    pair_turns,
+    register_memory,
+    render_hits,
+    resolve_memory,
+)
+
+__all__ = ["HelaMemChatMemory"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TOKEN_LIMIT = 3000
+DEFAULT_TOKEN_LIMIT_RATIO = 0.75
+
+
+class HelaMemChatMemory(BaseMemory):
+    """``ChatMemoryBuffer`` with long-term Hebbian memory behind it.
+
+    Keeps the recent chat window within ``token_limit`` like the buffer does,
+    records every completed turn (user message and final assistant reply;
+    tool calls and tool results are not stored) through a
+    :class:`~helamem.core.TurnRecorder` with the ids of the memories injected
+    for it, and ``get`` puts one system message built from retrieval
+    (episodic hits and distilled facts, within ``memory_tokens``) before the
+    window. ``reset`` clears the window only; the long-term memory stays.
+
+    Serializable (``to_dict``/``from_dict``, workflow ``Context``): the
+    window, the pending turn and the settings are; the connection is not.
+    After loading, the memory is the live one for ``config.path`` in this
+    process (see :func:`~helamem.llamaindex.register_memory`), else a new one
+    built from ``config`` (API keys are never serialized). The long-term
+    state lives in the store under ``scope``, default ``("llamaindex",
+    session_id)``; give several sessions one scope to share it.
+
+    Examples:
+        >>> memory = HelaMemChatMemory.from_defaults(
+        ...     path="./helamem-data", scope=("users", "alice"), token_limit=2000
+        ... )
+        >>> memory.get_all()
+        []
+    """
+
+    session_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    scope: tuple[str, ...] | None = None
+    config: HelaMemConfig = Field(default_factory=HelaMemConfig)
+    token_limit: int = Field(default=DEFAULT_TOKEN_LIMIT, ge=1)
+    memory_tokens: int = Field(default=400, ge=1)
+    k: int = Field(default=5, ge=1)
+    memory_header: str = "Relevant memories from earlier conversations:"
+    chat_history: list[ChatMessage] = Field(default_factory=list)
+    pending_user: str | None = None
+    pending_used_ids: list[str] = Field(default_factory=list)
+    tokenizer_fn: Callable[[str], list[Any]] = Field(default=lazy_tokenizer, exclude=True)
+
+    _memory: HelaMemory | None = PrivateAttr(default=None)
+    _owned: bool = PrivateAttr(default=False)
+    _recorder: TurnRecorder | None = PrivateAttr(default=None)
+    _own_recorder: bool = PrivateAttr(default=False)
+    _cache: tuple[str, list[tuple[str, str]]] | None = PrivateAttr(default=None)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The LlamaIndex component name."""
+        return "HelaMemChatMemory"
+
+    @field_serializer("config")
+    def _dump_config(self, config: HelaMemConfig) -> dict[str, Any]:
+        return dump_config(config)
+
+    @classmethod
+    def from_defaults(
+        cls,
+        chat_history: list[ChatMessage] | None = None,
+        llm: LLM | None = None,
+        *,
+        memory: HelaMemory | None = None,
+        path: str | Path | None = None,
+        config: HelaMemConfig | None = None,
+        session_id: str | None = None,
+        scope: Sequence[str] | None = None,
+        token_limit: int | None = None,
+        recorder: TurnRecorder | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Build one like ``ChatMemoryBuffer.from_defaults``.
+
+        Args:
+            chat_history: Initial window (not recorded: it is history).
+            llm: Sets ``token_limit`` to 75% of its context window when
+                ``token_limit`` is not given.
+            memory: An existing memory (its embedder is kept; the caller
+                closes it). Else one is opened from ``config``/``path``.
+            path: The store directory (overrides ``config.path``).
+            config: The HeLa-Mem configuration.
+            session_id: This conversation's id (default: a new one).
+            scope: Where turns are stored and searched; default
+                ``("llamaindex", session_id)``.
+            token_limit: Budget of the window plus the memory message.
+            recorder: A recorder to share (over the same memory); default:
+                one of its own, created on first use.
+            **kwargs: Other fields (``memory_tokens``, ``k``, ``memory_header``,
+                ``tokenizer_fn``).
+
+        Raises:
+            InvalidInputError: If both ``memory`` and ``config``/``path`` are given.
+
+        Examples:
+            >>> m = HelaMemChatMemory.from_defaults(memory=mem, session_id="s1")  # doctest: +SKIP
+        """
+        if memory is not None and (config is not None or path is not None):
+            raise InvalidInputError(
+                "pass either memory= or config=/path=, not both: the memory has its own config"
+            )
+        if memory is not None:
+            register_memory(memory)
+            config = memory.config
+        config = config or HelaMemConfig()
+        if path is not None:
+            config = config.model_copy(update={"path": Path(path)})
+        if token_limit is None:
+            window = llm.metadata.context_window if llm is not None else 0
+            token_limit = int(window * DEFAULT_TOKEN_LIMIT_RATIO) or DEFAULT_TOKEN_LIMIT
+        fields: dict[str, Any] = {"config": config, "token_limit": token_limit, **kwargs}
+        if session_id is not None:
+            fields["session_id"] = session_id
+        if scope is not None:
+            fields["scope"] = tuple(scope)
+        if chat_history is not None:
+            fields["chat_history"] = list(chat_history)
+        made = cls(**fields)
+        made._memory = memory
+        made._recorder = recorder
+        return made
+
+    # -- connections -------------------------------------------------------
+
+    @property
+    def memory(self) -> HelaMemory:
+        """The live memory (reused from this process, else created from ``config``)."""
+        if self._memory is None or self._memory.closed:
+            self._memory, self._owned = resolve_memory(self.config)
+        return self._memory
+
+    @property
+    def recorder(self) -> TurnRecorder:
+        """The turn recorder completed turns go through."""
+        if self._recorder is None:
+            self._recorder, self._own_recorder = TurnRecorder(self.memory), True
+        return self._recorder
+
+    @property
+    def memory_scope(self) -> Scope:
+        """Where this conversation's turns are stored and searched."""
+        return self.scope if self.scope is not None else ("llamaindex", self.session_id)
+
+    # -- planning (pure) -----------------------------------------------------
+
+    def _take_turns(self, messages: Sequence[ChatMessage]) -> list[tuple[str, str, list[str]]]:
+        """Add ``messages`` to the window; the turns they complete, with their used ids."""
+        jobs: list[tuple[str, str, list[str]]] = []
+        for message in messages:
+            self.chat_history.append(message)
+            if message.role == MessageRole.USER:
+                self._cache = None  # a new question: retrieve afresh
+            turns, self.pending_user = pair_turns([message], self.pending_user)
+            for user, assistant in turns:
+                jobs.append((user, assistant, self.pending_used_ids))
+                self.pending_used_ids = []
+        return jobs
+
+    def _query(self, input: str | None) -> str | None:
+        if input:
+            return input
+        if self.pending_user:
+            return self.pending_user
+        users = [m for m in self.chat_history if m.role == MessageRole.USER and message_text(m)]
+        return message_text(users[-1]) if users else None
+
+    def _note(self, input: str | None, lines: list[tuple[str, str]]) -> None:
+        if input or self.pending_user is not None:  # ids used for the turn in progress
+            known = dict.fromkeys(self.pending_used_ids)
+            known.update(dict.fromkeys(i for _, i in lines))
+            self.pending_used_ids = list(known)
+
+    def _compose(self, lines: list[tuple[str, str]], initial_token_count: int) -> list[ChatMessage]:
+        if initial_token_count > self.token_limit:
+            raise InvalidInputError(
+                f"initial_token_count={initial_token_count} exceeds token_limit="
+                f"{self.token_limit}; raise token_limit or shorten the prefix messages"
+            )
+        head: list[ChatMessage] = []
+        if lines:
+            text = "\n".join([self.memory_header, *(line for line, _ in lines)])
+            head = [ChatMessage(role=MessageRole.SYSTEM, content=text)]
+        budget = self.token_limit - initial_token_count - self._tokens(head)
+        return head + self._window(budget)
+
+    def _tokens(self, messages: Sequence[ChatMessage]) -> int:
+        if not messages:
+            return 0
+        return len(self.tokenizer_fn(" ".join(str(m.content) for m in messages)))
+
+    def _window(self, budget: int) -> list[ChatMessage]:
+        """The newest messages within ``budget``, starting at a user turn (as the buffer)."""
+        history = self.chat_history
+        start = 0
+        while start < len(history) - 1 and self._tokens(history[start:]) > budget:
+            start += 1
+            while start < len(history) - 1 and history[start].role in (
+                MessageRole.ASSISTANT,
+                MessageRole.TOOL,
+            ):
+                start += 1  # never open the window with a reply or a tool result
+        return list(history[start:])
+
+    def _lines(self, query: str, result: SearchResult) -> list[tuple[str, str]]:
+        lines = render_hits(result, self.memory_tokens)
+        self._cache = (query, lines)
+        return lines
+
+    def _cached(self, query: str) -> list[tuple[str, str]] | None:
+        return self._cache[1] if self._cache is not None and self._cache[0] == query else None
+
+    # -- BaseMemory: sync ----------------------------------------------------
+
+    def get(
+        self, input: str | None = None, initial_token_count: int = 0, **kwargs: Any
+    ) -> list[ChatMessage]:
+        """The memory message (when anything is relevant) and the recent window.
+
+        Args:
+            input: The query; default: the latest user message.
+            initial_token_count: Tokens the caller puts before these messages.
+            **kwargs: Accepted and ignored (chat engines pass extra arguments).
+
+        Returns:
+            A system message built from retrieval, then the window.
+
+        Raises:
+            InvalidInputError: If ``initial_token_count`` exceeds ``token_limit``.
+
+        Examples:
+            >>> memory.get(initial_token_count=12)  # doctest: +SKIP
+        """
+        query = self._query(input)
+        lines: list[tuple[str, str]] = []
+        if query:
+            cached = self._cached(query)
+            if cached is None:
+                cached = self._lines(query, self.memory.search(query, self.memory_scope, k=self.k))
+            lines = cached
+            self._note(input, lines)
+        return self._compose(lines, initial_token_count)
+
+    def get_all(self) -> list[ChatMessage]:
+        """The whole window (not the long-term memory)."""
+        return list(self.chat_history)
+
+    def put(self, message: ChatMessage) -> None:
+        """Append to the window; record the turn a final assistant reply completes."""
+        self.put_messages([message])
+
+    def put_messages(self, messages: list[ChatMessage]) -> None:
+        """Append several messages (e.g. an agent's tool calls and reply)."""
+        for user, assistant, used in self._take_turns(messages):
+            self.recorder.record_turn_sync(
+                self.memory_scope, user, assistant, used_ids=used, metadata=self._metadata()
+            )
+
+    def set(self, messages: list[ChatMessage]) -> None:
+        """Replace the window (given history is not recorded again)."""
+        self.chat_history = list(messages)
+        self.pending_user, self.pending_used_ids, self._cache = None, [], None
+
+    def reset(self) -> None:
+        """Clear the window; the long-term memory stays (``memory.delete_scope`` forgets)."""
+        self.set([])
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every recorded turn is stored (raises what failed in the background)."""
+        if self._recorder is not None:
+            self._recorder.flush_sync(timeout)
+
+    def close(self) -> None:
+        """Drain the recorder (close it if it is this object's own); close an owned memory."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            recorder.close_sync() if self._own_recorder else recorder.flush_sync()
+        if self._owned and self._memory is not None:
+            self._memory.close()
+        self._memory, self._owned = None, False
+
+    # -- BaseMemory: async ---------------------------------------------------
+
+    async def aget(
+        self, input: str | None = None, initial_token_count: int = 0, **kwargs: Any
+    ) -> list[ChatMessage]:
+        """Async :meth:`get` (retrieval runs off the event loop)."""
+        query = self._query(input)
+        lines: list[tuple[str, str]] = []
+        if query:
+            cached = self._cached(query)
+            if cached is None:
+                result = await self.memory.asearch(query, self.memory_scope, k=self.k)
+                cached = self._lines(query, result)
+            lines = cached
+            self._note(input, lines)
+        return self._compose(lines, initial_token_count)
+
+    async def aget_all(self) -> list[ChatMessage]:
+        """Async :meth:`get_all`."""
+        return self.get_all()
+
+    async def aput(self, message: ChatMessage) -> None:
+        """Async :meth:`put` (waits for room in the recorder's queue, never blocks)."""
+        await self.aput_messages([message])
+
+    async def aput_messages(self, messages: list[ChatMessage]) -> None:
+        """Async :meth:`put_messages`."""
+        for user, assistant, used in self._take_turns(messages):
+            await self.recorder.record_turn(
+                self.memory_scope, user, assistant, used_ids=used, metadata=self._metadata()
+            )
+
+    async def aset(self, messages: list[ChatMessage]) -> None:
+        """Async :meth:`set`."""
+        self.set(messages)
+
+    async def areset(self) -> None:
+        """Async :meth:`reset`."""
+        self.reset()
+
+    async def aflush(self) -> None:
+        """Async :meth:`flush`."""
+        if self._recorder is not None:
+            await self._recorder.flush()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            await (recorder.close() if self._own_recorder else recorder.flush())
+        if self._owned and self._memory is not None:
+            await self._memory.aclose()
+        self._memory, self._owned = None, False
+
+    def _metadata(self) -> dict[str, Any]:
+        return {"source": "llamaindex", "session_id": self.session_id}

@@ -1,0 +1,198 @@
+"""HelaMemChatMemory as a ChatMemoryBuffer drop-in: chat engine, agent, Context round trip."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+from li_fakes import SpyRecorder, hashing_config
+from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.chat_engine import SimpleChatEngine
+from llama_index.core.llms import ChatMessage
+from llama_index.core.llms.mock import (
+    MockFunctionCallingLLMWithChatMemoryOfLastCall,
+    MockLLMWithChatMemoryOfLastCall,
+)
+from llama_index.core.tools import FunctionTool
+from llama_index.core.workflow import Context
+from pydantic import SecretStr
+from workflows.context.serializers import JsonSerializer
+
+from helamem.core import EmbedderConfig, HelaMemory, InvalidInputError
+from helamem.llamaindex import HelaMemChatMemory
+
+# inspect.getmembers() on pydantic models (workflows' step discovery, doctest) touches
+# deprecated pydantic attributes: framework noise, not ours
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:inspect")
+
+CAT = ("My cat is called Miso", "Miso is a lovely name for a cat!")
+
+
+def _system(messages: list[ChatMessage]) -> str:
+    return "\n".join(m.content or "" for m in messages if m.role == "system")
+
+
+def test_simple_chat_engine_sync_injects_memory_and_records_the_turn(
+    store: HelaMemory, spy: SpyRecorder
+) -> None:
+    seeded = store.add_turn(("llamaindex", "s1"), *CAT)
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="s1", recorder=spy)
+    llm = MockLLMWithChatMemoryOfLastCall(max_tokens=4)
+    engine = SimpleChatEngine.from_defaults(llm=llm, memory=memory, system_prompt="Be brief.")
+    reply = engine.chat("What is my cat called?")  # passes initial_token_count
+    sent = list(llm.last_chat_messages or [])
+    assert sent[0].content == "Be brief."
+    assert "Miso" in _system(sent[1:])
+    assert [m.content for m in memory.get_all()] == ["What is my cat called?", str(reply)]
+    assert spy.turns == [
+        (("llamaindex", "s1"), "What is my cat called?", str(reply), [m.id for m in seeded])
+    ]
+    memory.flush()
+    assert store.stats(("llamaindex", "s1")).episodic == 4
+
+
+async def test_simple_chat_engine_async(store: HelaMemory, spy: SpyRecorder) -> None:
+    await store.aadd_turn(("users", "alice"), *CAT)
+    memory = HelaMemChatMemory.from_defaults(
+        memory=store, session_id="a", scope=("users", "alice"), recorder=spy
+    )
+    llm = MockLLMWithChatMemoryOfLastCall(max_tokens=4)
+    engine = SimpleChatEngine.from_defaults(llm=llm, memory=memory)
+    await engine.achat("Do you remember my cat?")
+    assert "Miso" in _system(list(llm.last_chat_messages or []))
+    await memory.aflush()
+    assert (await store.astats(("users", "alice"))).episodic == 4
+    assert [t[1] for t in spy.turns] == ["Do you remember my cat?"]
+
+
+def test_get_keeps_a_window_within_the_token_limit(store: HelaMemory) -> None:
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="w", token_limit=30)
+    history = []
+    for i in range(6):
+        history += [
+            ChatMessage(role="user", content=f"question number {i} about the weather"),
+            ChatMessage(role="assistant", content=f"answer number {i}: sunny"),
+        ]
+    memory.set(history)
+    window = memory.get(initial_token_count=5, some_engine_kwarg=True)
+    assert window[0].role == "user"  # never opens with a reply
+    assert window == history[-len(window) :] and 0 < len(window) < len(history)
+    assert memory.get_all() == history
+    with pytest.raises(InvalidInputError, match="token_limit"):
+        memory.get(initial_token_count=31)
+
+
+async def test_function_agent_records_only_the_final_reply(
+    store: HelaMemory, spy: SpyRecorder
+) -> None:
+    await store.aadd_turn(("llamaindex", "agent"), *CAT)
+
+    def lookup_weather() -> str:
+        """Look up today's weather."""
+        return "sunny"
+
+    llm = MockFunctionCallingLLMWithChatMemoryOfLastCall()
+    agent = FunctionAgent(llm=llm, tools=[FunctionTool.from_defaults(lookup_weather)])
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="agent", recorder=spy)
+    result = await agent.run(user_msg="Weather for walking my cat Miso?", memory=memory)
+    assert str(result) == "Tool calls complete."
+    assert "Miso" in _system(list(llm.last_chat_messages or []))
+    assert [m.role.value for m in memory.get_all()] == ["user", "assistant", "tool", "assistant"]
+    assert [(u, a) for _, u, a, _ in spy.turns] == [
+        ("Weather for walking my cat Miso?", "Tool calls complete.")
+    ]
+    assert spy.turns[0][3]  # the injected memories are the turn's used ids
+
+
+async def test_round_trip_through_a_reused_context(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def answer(messages: list[ChatMessage], **kwargs: object) -> ChatMessage:
+        seen.append(_system(messages))
+        return ChatMessage(role="assistant", content=f"ok: {messages[-1].content}")
+
+    store = HelaMemory(hashing_config(tmp_path / "store"))
+    agent = FunctionAgent(
+        llm=MockFunctionCallingLLMWithChatMemoryOfLastCall(response_generator=answer), tools=[]
+    )
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="ctx")
+    ctx = Context(agent)
+    await agent.run(user_msg="My cat is called Miso", memory=memory, ctx=ctx)
+    await memory.aflush()
+
+    data = ctx.to_dict(serializer=JsonSerializer())
+    restored = Context.from_dict(agent, data, serializer=JsonSerializer())
+    await agent.run(user_msg="What is my cat called?", ctx=restored)
+    again = await restored.store.get("memory")
+
+    assert isinstance(again, HelaMemChatMemory) and again is not memory
+    assert again.memory is store  # connection rebuilt from the live registry, not serialized
+    assert [m.content for m in again.get_all()][:2] == [
+        "My cat is called Miso",
+        "ok: My cat is called Miso",
+    ]
+    assert "Miso" in seen[-1]
+    await again.aclose()
+    assert (await store.astats(("llamaindex", "ctx"))).episodic == 4
+    await store.aclose()
+
+
+def test_serialized_state_has_no_connection_and_no_secrets(tmp_path: Path) -> None:
+    cfg = hashing_config(tmp_path / "s").model_copy(
+        update={
+            "embedder": EmbedderConfig(provider="hashing", dimension=256, api_key=SecretStr("k"))
+        }
+    )
+    memory = HelaMemChatMemory.from_defaults(config=cfg, session_id="s", scope=("users", "x"))
+    memory.put(ChatMessage(role="user", content="hello there"))
+    data = memory.to_dict()
+    assert {"memory", "recorder", "tokenizer_fn"}.isdisjoint(data)
+    assert data["config"]["embedder"]["api_key"] is None
+    assert data["class_name"] == "HelaMemChatMemory"
+    loaded = HelaMemChatMemory.from_json(memory.to_json())
+    assert loaded.get_all() == memory.get_all() and loaded.pending_user == "hello there"
+    assert loaded.memory_scope == ("users", "x")
+    loaded.put(ChatMessage(role="assistant", content="hi!"))  # completes the pending turn
+    loaded.close()  # it opened the store itself, so it closes it
+    with HelaMemory(hashing_config(tmp_path / "s")) as check:
+        assert check.stats(("users", "x")).episodic == 2
+
+
+async def test_sessions_are_isolated_unless_they_share_a_scope(store: HelaMemory) -> None:
+    one = HelaMemChatMemory.from_defaults(memory=store, session_id="one")
+    await one.aput_messages(
+        [ChatMessage(role="user", content=CAT[0]), ChatMessage(role="assistant", content=CAT[1])]
+    )
+    await one.aflush()
+    two = HelaMemChatMemory.from_defaults(memory=store, session_id="two")
+    assert _system(await two.aget("What is my cat called, Miso?")) == ""
+    shared = HelaMemChatMemory.from_defaults(
+        memory=store, session_id="three", scope=("llamaindex", "one")
+    )
+    assert "Miso" in _system(await shared.aget("What is my cat called, Miso?"))
+    await one.areset()
+    assert await one.aget_all() == []
+    assert "Miso" in _system(await one.aget("Miso?"))  # reset clears the window, not the memory
+    for m in (one, two, shared):
+        await m.aclose()
+
+
+def test_from_defaults_rejects_memory_and_config_together(store: HelaMemory) -> None:
+    with pytest.raises(InvalidInputError, match="either memory="):
+        HelaMemChatMemory.from_defaults(memory=store, path="elsewhere")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "helamem.llamaindex",
+        "helamem.llamaindex._shared",
+        "helamem.llamaindex.block",
+        "helamem.llamaindex.chat_memory",
+    ],
+)
+def test_module_doctests(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
