@@ -1,0 +1,372 @@
+"""``HelaMemCheckpointer``: any LangGraph checkpoint saver, plus turn recording.
+
+Every checkpoint operation is forwarded unchanged to the wrapped saver. When
+a root-graph checkpoint written by the Pregel loop ends a turn (no node is
+left to run, the last message of the ``messages`` channel is an AI answer
+without tool calls, and the human message before it has not been recorded
+yet for the thread), the turn is queued on a
+:class:`~helamem.core.TurnRecorder` with the ids the thread's nodes got from
+:class:`~helamem.langgraph.HelaMemStore` searches during the turn, so those
+memories co-activate with the new episode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from langchain_core.runnables import RunnableConfig
+
+from helamem.core import HelaMemError, TurnRecorder
+from langgraph.checkpoint.base import (
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+)
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+from .store import HelaMemStore
+
+__all__ = [
+    "CheckpointerNotOpenError",
+    "HelaMemCheckpointer",
+    "Turn",
+    "completed_turn",
+    "default_scope",
+]
+
+logger = logging.getLogger(__name__)
+
+Turn = tuple[str, str, str, str]
+"""``(thread_id, turn key, user message, assistant message)``."""
+
+_ROLES = {"human": "human", "user": "human", "ai": "ai", "assistant": "ai"}
+
+
+class CheckpointerNotOpenError(HelaMemError, RuntimeError):
+    """The default saver is used before the checkpointer was entered."""
+
+
+def default_scope(config: RunnableConfig) -> tuple[str, ...] | None:
+    """``("users", user_id)`` when the run config names a ``user_id``, else ``("threads", id)``.
+
+    Examples:
+        >>> default_scope({"configurable": {"thread_id": "t1", "user_id": "alice"}})
+        ('users', 'alice')
+    """
+    conf = config.get("configurable", {})
+    if conf.get("user_id"):
+        return ("users", str(conf["user_id"]))
+    if conf.get("thread_id"):
+        return ("threads", str(conf["thread_id"]))
+    return None
+
+
+def _field(message: Any, name: str) -> Any:
+    return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
+
+
+def _role(message: Any) -> str | None:
+    return _ROLES.get(str(_field(message, "type") or _field(message, "role")))
+
+
+def _text(message: Any) -> str:
+    content = _field(message, "content")
+    if isinstance(content, str):
+        return content
+    parts = [
+        p if isinstance(p, str) else str(p.get("text", ""))
+        for p in content or []
+        if isinstance(p, str) or (isinstance(p, Mapping) and p.get("type") == "text")
+    ]
+    return "".join(parts)
+
+
+def completed_turn(
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    messages_key: str = "messages",
+) -> Turn | None:
+    """The turn a checkpoint completes, if it completes one (pure; no I/O).
+
+    Examples:
+        >>> completed_turn(cfg, checkpoint, {"source": "loop"})   # doctest: +SKIP
+        ('t1', 'msg-1', 'hi', 'hello!')
+    """
+    conf = config.get("configurable", {})
+    thread = conf.get("thread_id")
+    values = checkpoint.get("channel_values") or {}
+    if metadata.get("source") != "loop" or conf.get("checkpoint_ns") or thread is None:
+        return None
+    if any(str(ch).startswith("branch:to:") for ch in values):
+        return None  # more nodes are triggered: the run goes on
+    messages = values.get(messages_key)
+    if not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    if _role(last) != "ai" or _field(last, "tool_calls"):
+        return None
+    humans = [i for i, m in enumerate(messages) if _role(m) == "human"]
+    if not humans:
+        return None
+    human = messages[humans[-1]]
+    user, answer = _text(human), _text(last)
+    if not user.strip() or not answer.strip():
+        return None
+    key = str(_field(human, "id") or f"{humans[-1]}:{hash(user)}")
+    return str(thread), key, user, answer
+
+
+class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
+    """Wraps a checkpoint saver and records each completed turn in HeLa-Mem.
+
+    Without ``saver``, enter it (``with`` for LangGraph's ``SqliteSaver``,
+    ``async with`` for ``AsyncSqliteSaver``) to open ``checkpoints.sqlite``
+    in ``path`` (default: the recorder's memory directory). The constructor
+    does no I/O. Closing it closes only the saver it opened; you own the
+    recorder, the memory and any saver you passed.
+
+    Args:
+        recorder: Where completed turns go (its ``memory`` should be the
+            store's memory so used ids resolve).
+        saver: Any ``BaseCheckpointSaver`` to forward to.
+        store: The :class:`HelaMemStore` whose searches are attributed to threads.
+        scope: Maps a run config to the HeLa-Mem scope of its turns
+            (default :func:`default_scope`); ``None`` skips recording.
+        path: Directory of the default SQLite saver.
+        messages_key: The state channel holding the chat messages.
+
+    Examples:
+        >>> async with TurnRecorder(mem) as rec, HelaMemCheckpointer(rec, store=store) as cp:
+        ...     graph = builder.compile(checkpointer=cp, store=store)     # doctest: +SKIP
+        ...     await graph.ainvoke({"messages": [("user", "hi")]},
+        ...         {"configurable": {"thread_id": "t1", "user_id": "alice"}})
+    """
+
+    def __init__(
+        self,
+        recorder: TurnRecorder,
+        saver: BaseCheckpointSaver[Any] | None = None,
+        *,
+        store: HelaMemStore | None = None,
+        scope: Callable[[RunnableConfig], Sequence[str] | None] = default_scope,
+        path: str | Path | None = None,
+        messages_key: str = "messages",
+        max_threads: int = 4096,
+    ) -> None:
+        super().__init__(serde=saver.serde if saver is not None else None)
+        self.recorder = recorder
+        self.store = store
+        self.scope = scope
+        self.messages_key = messages_key
+        self._saver = saver
+        self._path = path
+        self._stack = ExitStack()
+        self._astack = AsyncExitStack()
+        self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
+        self._max_threads = max_threads
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def saver(self) -> BaseCheckpointSaver[Any]:
+        """The wrapped saver."""
+        if self._saver is None:
+            raise CheckpointerNotOpenError(
+                "no saver: pass saver=... or enter the checkpointer "
+                "(`with` / `async with HelaMemCheckpointer(...)`) to open the SQLite default"
+            )
+        return self._saver
+
+    def _db_file(self) -> str:
+        base = Path(self._path or self.recorder.memory.config.path)
+        base.mkdir(parents=True, exist_ok=True)
+        return str(base / "checkpoints.sqlite")
+
+    def _opened(self, saver: BaseCheckpointSaver[Any]) -> None:
+        self._saver = saver
+        self.serde = saver.serde
+
+    def __enter__(self) -> Self:
+        if self._saver is None:
+            self._opened(self._stack.enter_context(SqliteSaver.from_conn_string(self._db_file())))
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stack.close()
+
+    async def __aenter__(self) -> Self:
+        if self._saver is None:
+            db = await asyncio.to_thread(self._db_file)
+            self._opened(
+                await self._astack.enter_async_context(AsyncSqliteSaver.from_conn_string(db))
+            )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._astack.aclose()
+
+    # -- turn recording -----------------------------------------------------------
+
+    def _turn(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
+    ) -> tuple[Sequence[str], Turn, list[str]] | None:
+        turn = completed_turn(config, checkpoint, metadata, self.messages_key)
+        if turn is None or self._recorded.get(turn[0]) == turn[1]:
+            return None
+        scope = self.scope(config)
+        if scope is None:
+            return None
+        self._recorded[turn[0]] = turn[1]
+        self._recorded.move_to_end(turn[0])
+        while len(self._recorded) > self._max_threads:
+            self._recorded.popitem(last=False)
+        used = self.store.take_used(turn[0]) if self.store is not None else []
+        return scope, turn, used
+
+    def _record_sync(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
+    ) -> None:
+        found = self._turn(config, checkpoint, metadata)
+        if found is not None:
+            scope, (thread, _, user, answer), used = found
+            self.recorder.record_turn_sync(
+                scope, user, answer, used_ids=used, metadata={"thread_id": thread}
+            )
+
+    async def _record(
+        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
+    ) -> None:
+        found = self._turn(config, checkpoint, metadata)
+        if found is not None:
+            scope, (thread, _, user, answer), used = found
+            await self.recorder.record_turn(
+                scope, user, answer, used_ids=used, metadata={"thread_id": thread}
+            )
+
+    # -- forwarding (sync) ---------------------------------------------------------
+
+    @property
+    def config_specs(self) -> list[Any]:
+        return list(self.saver.config_specs)
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return self.saver.get_tuple(config)
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        return self.saver.list(config, filter=filter, before=before, limit=limit)
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        saved = self.saver.put(config, checkpoint, metadata, new_versions)
+        self._record_sync(config, checkpoint, metadata)
+        return saved
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self.saver.put_writes(config, writes, task_id, task_path)
+
+    def delete_thread(self, thread_id: str) -> None:
+        self.saver.delete_thread(thread_id)
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        self.saver.delete_for_runs(run_ids)
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self.saver.copy_thread(source_thread_id, target_thread_id)
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        self.saver.prune(thread_ids, strategy=strategy)
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return self.saver.get_delta_channel_history(config=config, channels=channels)
+
+    def get_next_version(self, current: Any, channel: None) -> Any:
+        return self.saver.get_next_version(current, channel)
+
+    # -- forwarding (async) ------------------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self.saver.aget_tuple(config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        async for item in self.saver.alist(config, filter=filter, before=before, limit=limit):
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        saved = await self.saver.aput(config, checkpoint, metadata, new_versions)
+        await self._record(config, checkpoint, metadata)
+        return saved
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await self.saver.aput_writes(config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self.saver.adelete_thread(thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await self.saver.adelete_for_runs(run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await self.saver.acopy_thread(source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await self.saver.aprune(thread_ids, strategy=strategy)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return await self.saver.aget_delta_channel_history(config=config, channels=channels)

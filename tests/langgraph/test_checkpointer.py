@@ -1,0 +1,187 @@
+"""HelaMemCheckpointer: LangGraph's checkpoint conformance suite, and turn recording."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.conformance import checkpointer_test, validate
+from langgraph.checkpoint.conformance.capabilities import DetectedCapabilities
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.store.base import BaseStore
+
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, TurnRecorder
+from helamem.langgraph import (
+    CheckpointerNotOpenError,
+    HelaMemCheckpointer,
+    HelaMemStore,
+    completed_turn,
+    default_scope,
+)
+
+
+def _memory(path: Path) -> HelaMemory:
+    return HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(256))
+
+
+async def _conformance(tmp_path: Path, inner: type[BaseCheckpointSaver[Any]] | None) -> None:
+    mem = _memory(tmp_path / "mem")
+    rec = TurnRecorder(mem)
+    counter = itertools.count()
+
+    @checkpointer_test(name=f"HelaMemCheckpointer({inner.__name__ if inner else 'sqlite'})")
+    async def factory() -> AsyncIterator[HelaMemCheckpointer]:
+        if inner is None:  # the default: AsyncSqliteSaver in a data directory
+            path = tmp_path / f"db{next(counter)}"
+            async with HelaMemCheckpointer(rec, path=path) as cp:
+                yield cp
+        else:
+            yield HelaMemCheckpointer(rec, inner())
+
+    async with factory.create() as probe:  # optional capabilities: only those forwarded
+        assert isinstance(probe, HelaMemCheckpointer)
+        caps = {c.value for c in DetectedCapabilities.from_instance(probe.saver).detected}
+    report = await validate(factory, capabilities=caps)
+    failures = {name: r.failures for name, r in report.results.items() if r.passed is False}
+    assert not failures, failures
+    for cap in ("put", "put_writes", "get_tuple", "list", "delete_thread"):
+        assert report.results[cap].passed is True, cap
+    await rec.close()
+    await mem.aclose()
+
+
+async def test_conformance_default_sqlite_saver(tmp_path: Path) -> None:
+    await _conformance(tmp_path, None)
+
+
+async def test_conformance_in_memory_saver(tmp_path: Path) -> None:
+    await _conformance(tmp_path, InMemorySaver)
+
+
+def test_saver_needed_before_use(tmp_path: Path) -> None:
+    cp = HelaMemCheckpointer(TurnRecorder(_memory(tmp_path)))
+    with pytest.raises(CheckpointerNotOpenError, match="enter the checkpointer"):
+        cp.get_tuple({"configurable": {"thread_id": "t"}})
+    assert not (tmp_path / "checkpoints.sqlite").exists()  # the constructor did no I/O
+
+
+def test_default_scope() -> None:
+    assert default_scope({"configurable": {"thread_id": "t", "user_id": "u"}}) == ("users", "u")
+    assert default_scope({"configurable": {"thread_id": "t"}}) == ("threads", "t")
+    assert default_scope({}) is None
+
+
+def test_completed_turn_needs_a_final_answer() -> None:
+    cfg: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+    human = HumanMessage("hi", id="h1")
+    done: Any = {"channel_values": {"messages": [human, AIMessage("hello")]}}
+    assert completed_turn(cfg, done, {"source": "loop"}) == ("t", "h1", "hi", "hello")
+    assert completed_turn(cfg, done, {"source": "update"}) is None
+    running: Any = {"channel_values": {"messages": [human, AIMessage("x")], "branch:to:b": None}}
+    assert completed_turn(cfg, running, {"source": "loop"}) is None
+    tools: Any = {
+        "channel_values": {
+            "messages": [human, AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "1"}])]
+        }
+    }
+    assert completed_turn(cfg, tools, {"source": "loop"}) is None
+    sub: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": "child:1"}}
+    assert completed_turn(sub, done, {"source": "loop"}) is None
+    dicts: Any = {
+        "channel_values": {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "a"}]},
+                {"role": "assistant", "content": "b"},
+            ]
+        }
+    }
+    assert completed_turn(cfg, dicts, {"source": "loop"})[2:] == ("a", "b")  # type: ignore[index]
+
+
+def _graph(store: HelaMemStore, cp: HelaMemCheckpointer) -> Any:
+    def bot(state: MessagesState, store: BaseStore) -> dict[str, Any]:
+        question = str(state["messages"][-1].content)
+        hits = store.search(("users", "alice"), query=question, limit=3)
+        facts = "; ".join(str(h.value.get("content") or h.value.get("text")) for h in hits)
+        return {"messages": [AIMessage(f"answer to {question!r} using: {facts}")]}
+
+    b = StateGraph(MessagesState)
+    b.add_node("bot", bot)
+    b.add_edge(START, "bot")
+    b.add_edge("bot", END)
+    return b.compile(checkpointer=cp, store=store)
+
+
+class SpyRecorder(TurnRecorder):
+    """A real recorder that also remembers what it was asked to record."""
+
+    def __init__(self, memory: HelaMemory) -> None:
+        super().__init__(memory)
+        self.turns: list[tuple[tuple[str, ...], str, list[str]]] = []
+
+    def record_turn_sync(
+        self, scope: Any, user: str, assistant: str, used_ids: Any = (), *a: Any, **kw: Any
+    ) -> None:
+        self.turns.append((tuple(scope), user, list(used_ids)))
+        super().record_turn_sync(scope, user, assistant, used_ids, *a, **kw)
+
+
+def test_sync_graph_records_each_turn_once_with_used_ids(tmp_path: Path) -> None:
+    mem = _memory(tmp_path / "mem")
+    store = HelaMemStore(mem)
+    store.put(("users", "alice"), "pet", {"text": "alice has a cat named Miso"})
+    store.put(("users", "alice"), "job", {"text": "alice is a nurse at night"})
+    with SpyRecorder(mem) as rec, HelaMemCheckpointer(rec, store=store) as cp:
+        graph = _graph(store, cp)
+        cfg: Any = {"configurable": {"thread_id": "a", "user_id": "alice"}}
+        graph.invoke({"messages": [HumanMessage("what is the cat called")]}, cfg)
+        graph.invoke({"messages": [HumanMessage("where does alice work")]}, cfg)
+        rec.flush_sync()
+        assert rec.recorded == 2
+        assert [(t[0], t[1]) for t in rec.turns] == [
+            (("users", "alice"), "what is the cat called"),
+            (("users", "alice"), "where does alice work"),
+        ]
+        assert all(len(t[2]) >= 2 for t in rec.turns)  # the ids bot's search returned
+        assert (tmp_path / "mem" / "checkpoints.sqlite").exists()
+        assert len(graph.get_state(cfg).values["messages"]) == 4  # forwarded to SqliteSaver
+        assert store.take_used("a") == []  # handed to the recorder with the turn
+    hits = mem.search("what is the cat called", ("users", "alice"), k=10, learn=False)
+    turns = [h.memory for h in hits if h.memory.metadata.get("thread_id") == "a"]
+    assert {m.role for m in turns} == {"user", "assistant"}
+    store.close()
+    mem.close()
+
+
+async def test_async_graph_records_turns_and_other_threads_recall_them(tmp_path: Path) -> None:
+    mem = _memory(tmp_path / "mem")
+    store = HelaMemStore(mem)
+    async with TurnRecorder(mem) as rec, HelaMemCheckpointer(rec, store=store) as cp:
+        graph = _graph(store, cp)
+        a: Any = {"configurable": {"thread_id": "a", "user_id": "alice"}}
+        b: Any = {"configurable": {"thread_id": "b", "user_id": "alice"}}
+        await graph.ainvoke({"messages": [HumanMessage("my sister Ana lives in Lisbon")]}, a)
+        await rec.flush()
+        out = await graph.ainvoke({"messages": [HumanMessage("where does Ana live")]}, b)
+        assert "Lisbon" in out["messages"][-1].content  # thread b recalled thread a's turn
+        await rec.flush()
+        assert rec.recorded == 2
+        state = await graph.aget_state(b)
+        assert len(state.values["messages"]) == 2
+    store.close()
+    await mem.aclose()
+
+
+@pytest.mark.parametrize("module", ["helamem.langgraph", "helamem.langgraph.checkpoint"])
+def test_module_doctests(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
