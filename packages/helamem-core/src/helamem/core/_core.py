@@ -13,6 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -148,6 +149,7 @@ class Core:
         self.store = SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
         self._scopes: dict[int, Scope] = {}
         self._needs_reconcile = False
+        self._aux_pool: ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -162,6 +164,9 @@ class Core:
             raise
 
     def close(self) -> None:
+        if self._aux_pool is not None:
+            self._aux_pool.shutdown(wait=True)
+            self._aux_pool = None
         self.index.close()
         self.store.close()
 
@@ -458,7 +463,8 @@ class Core:
         if node is None:
             return SearchResult(query, ())
         nodes = self.store.descendants(node)
-        qv = self._embed([query])[0]
+        # the query embedding (ONNX, GIL released) overlaps the FTS5 queries below
+        pending = self._aux().submit(self._embed, [query])
         paths: list[tuple[Kind, int]] = [(kind, k)]
         if kind == "episodic" and sem_k > 0:
             paths.append(("semantic", sem_k))
@@ -466,8 +472,12 @@ class Core:
         learned: list[list[int]] = []
         rows: dict[int, MemoryRow] = {}
         prunable: list[tuple[int, int]] = []
+        lexical = {pk: self._lexical(query, node, pk, pkk) for pk, pkk in paths}
+        qv = pending.result()[0]
         for path_kind, path_k in paths:
-            found = self._search_kind(query, qv, node, nodes, path_kind, path_k, spread, ref_given)
+            found = self._search_kind(
+                qv, nodes, path_kind, path_k, spread, ref_given, lexical[path_kind]
+            )
             if found is None:
                 continue
             ranking, path_rows, path_hits, path_prunable = found
@@ -481,16 +491,25 @@ class Core:
             self._learn(learned, rows, prunable)
         return SearchResult(query, tuple(hits))
 
+    def _lexical(self, query: str, node: int, kind: Kind, k: int) -> dict[int, float]:
+        match = fts_query(query)
+        m = max(self.config.retrieval.candidates, k)
+        return dict(self.store.lexical(match, _tag(node, kind), m)) if match else {}
+
+    def _aux(self) -> ThreadPoolExecutor:
+        if self._aux_pool is None:
+            self._aux_pool = ThreadPoolExecutor(1, thread_name_prefix="helamem-embed")
+        return self._aux_pool
+
     def _search_kind(
         self,
-        query: str,
         qv: np.ndarray,
-        node: int,
         nodes: list[int],
         kind: Kind,
         k: int,
         spread: bool,
         ref_given: float | None,
+        lex: dict[int, float],
     ) -> tuple[retrieval.Ranking, dict[int, MemoryRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
@@ -499,8 +518,6 @@ class Core:
             return None
         m = max(cfg.candidates, k)
         dense_ids = self.index.query(qv, m, holding, kind)
-        match = fts_query(query)
-        lex = dict(self.store.lexical(match, _tag(node, kind), m)) if match else {}
         rows = {r.n: r for r in self.store.rows_by_id([i for i, _ in dense_ids]).values()}
         rows.update(self.store.rows_by_n(n for n in lex if n not in rows))
         rows = {n: r for n, r in rows.items() if r.scope_id in allowed and r.kind == kind}

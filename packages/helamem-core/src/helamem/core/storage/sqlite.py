@@ -267,16 +267,16 @@ class SQLiteStore:
         return [int(r[0]) for r in rows]
 
     def nodes_holding(self, node_ids: Sequence[int], kind: str) -> list[int]:
-        """The nodes among ``node_ids`` that hold memories of ``kind``."""
+        """The nodes among ``node_ids`` that hold memories of ``kind`` (index probes only)."""
         out: list[int] = []
         for i in range(0, len(node_ids), 500):
             chunk = list(node_ids[i : i + 500])
             out.extend(
                 int(r[0])
                 for r in self.db.execute(
-                    f"SELECT DISTINCT scope_id FROM memories WHERE kind = ?"
-                    f" AND scope_id IN ({_qmarks(len(chunk))})",
-                    (kind, *chunk),
+                    f"SELECT s.id FROM scopes s WHERE s.id IN ({_qmarks(len(chunk))})"
+                    " AND EXISTS (SELECT 1 FROM memories m WHERE m.scope_id = s.id AND m.kind = ?)",
+                    (*chunk, kind),
                 )
             )
         return out
