@@ -304,6 +304,8 @@ class Core:
         rows_n: list[int] = []
         scope_ids: list[int] = []
         used = self.store.rows_by_id(used_ids) if used_ids else {}
+        if len(used) < len(set(used_ids)):
+            logger.debug("ignoring %d unknown used_ids", len(set(used_ids)) - len(used))
         with self.store.tx() as db:
             state: dict[int, tuple[int, int | None]] = {}
             i = 0
@@ -348,6 +350,9 @@ class Core:
                     group_ns[sid].append(n)
                     i += 1
                 self.store.upsert_edges(db, edges)
+                foreign = [r.id for r in used.values() if r.scope_id not in group_ns]
+                if foreign:  # edges never cross scopes
+                    logger.debug("ignoring %d used_ids of other scopes", len(foreign))
                 for sid, ns in group_ns.items():
                     extra = [r.n for r in used.values() if r.scope_id == sid]
                     if extra:
