@@ -150,6 +150,10 @@ class Core:
         self._scopes: dict[int, Scope] = {}
         self._needs_reconcile = False
         self._aux_pool: ThreadPoolExecutor | None = None
+        # kind -> scope nodes holding it, to skip the lexical scope filter when a
+        # prefix covers them all; only grows (a stale entry keeps the filter on;
+        # another process's new scope only costs recall: rows are filtered anyway)
+        self._holding: dict[str, set[int]] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -347,6 +351,8 @@ class Core:
                     state[sid] = (tick, last)
                     rows_n.append(n)
                     scope_ids.append(sid)
+                    if self._holding is not None:
+                        self._holding.setdefault(p.kind, set()).add(sid)
                     group_ns[sid].append(n)
                     i += 1
                 self.store.upsert_edges(db, edges)
@@ -371,6 +377,8 @@ class Core:
     def _insert_fact(self, db: Any, scope_id: int, p: _Prepared, vec: np.ndarray) -> int:
         """Insert one semantic memory (no tick, no temporal edge); indexed on reconcile."""
         tags = " ".join(_tag(a, "semantic") for a in self.store.ancestors(scope_id))
+        if self._holding is not None:
+            self._holding.setdefault("semantic", set()).add(scope_id)
         return self.store.insert_memory(
             db,
             id=new_id(),
@@ -477,11 +485,24 @@ class Core:
         learned: list[list[int]] = []
         rows: dict[int, MemoryRow] = {}
         prunable: list[tuple[int, int]] = []
-        lexical = {pk: self._lexical(query, node, pk, pkk) for pk, pkk in paths}
+        holding = {pk: self.store.nodes_holding(nodes, pk) for pk, _ in paths}
+        lexical = {
+            pk: self._lexical(query, node, nodes, pk, pkk) if holding[pk] else {}
+            for pk, pkk in paths
+        }
         qv = pending.result()[0]
         for path_kind, path_k in paths:
+            if not holding[path_kind]:
+                continue
             found = self._search_kind(
-                qv, nodes, path_kind, path_k, spread, ref_given, lexical[path_kind]
+                qv,
+                nodes,
+                holding[path_kind],
+                path_kind,
+                path_k,
+                spread,
+                ref_given,
+                lexical[path_kind],
             )
             if found is None:
                 continue
@@ -496,10 +517,21 @@ class Core:
             self._learn(learned, rows, prunable)
         return SearchResult(query, tuple(hits))
 
-    def _lexical(self, query: str, node: int, kind: Kind, k: int) -> dict[int, float]:
+    def _lexical(
+        self, query: str, node: int, nodes: list[int], kind: Kind, k: int
+    ) -> dict[int, float]:
         match = fts_query(query)
+        if not match:
+            return {}
         m = max(self.config.retrieval.candidates, k)
-        return dict(self.store.lexical(match, _tag(node, kind), m)) if match else {}
+        if self._holding is None:
+            self._holding = self.store.holding()
+        if self._holding.get(kind, set()) <= set(nodes):
+            # Everything of this kind lies under the prefix (single-tenant stores):
+            # skip the scope filter (an AND with every posting of the scope) and
+            # over-fetch; rows of another scope or kind are dropped by the caller.
+            return dict(self.store.lexical(match, None, 2 * m))
+        return dict(self.store.lexical(match, _tag(node, kind), m))
 
     def _aux(self) -> ThreadPoolExecutor:
         if self._aux_pool is None:
@@ -510,6 +542,7 @@ class Core:
         self,
         qv: np.ndarray,
         nodes: list[int],
+        holding: list[int],
         kind: Kind,
         k: int,
         spread: bool,
@@ -518,9 +551,6 @@ class Core:
     ) -> tuple[retrieval.Ranking, dict[int, MemoryRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
-        holding = self.store.nodes_holding(nodes, kind)
-        if not holding:
-            return None
         m = max(cfg.candidates, k)
         dense_ids = self.index.query(qv, m, holding, kind)
         rows = {r.n: r for r in self.store.rows_by_id([i for i, _ in dense_ids]).values()}

@@ -266,6 +266,13 @@ class SQLiteStore:
         ).fetchall()
         return [int(r[0]) for r in rows]
 
+    def holding(self) -> dict[str, set[int]]:
+        """Kind → the scope nodes holding memories of that kind (a covering-index scan)."""
+        out: dict[str, set[int]] = {}
+        for sid, kind in self.db.execute("SELECT DISTINCT scope_id, kind FROM memories"):
+            out.setdefault(str(kind), set()).add(int(sid))
+        return out
+
     def nodes_holding(self, node_ids: Sequence[int], kind: str) -> list[int]:
         """The nodes among ``node_ids`` that hold memories of ``kind`` (index probes only)."""
         out: list[int] = []
@@ -551,12 +558,12 @@ class SQLiteStore:
 
     # -- lexical ---------------------------------------------------------
 
-    def lexical(self, match: str, tag: str, limit: int) -> list[tuple[int, float]]:
-        """BM25 top ``limit`` for ``match`` among rows carrying ``tag``.
+    def lexical(self, match: str, tag: str | None, limit: int) -> list[tuple[int, float]]:
+        """BM25 top ``limit`` for ``match`` among rows carrying ``tag`` (all rows if None).
 
         Returns ``(n, score)`` with score = -bm25 (higher is better).
         """
-        q = f"tags:{tag} AND ({match})"
+        q = match if tag is None else f"tags:{tag} AND ({match})"
         try:
             rows = self.db.execute(
                 "SELECT rowid, bm25(memories_fts, 1.0, 0.0) AS r FROM memories_fts "
