@@ -15,104 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import Any, Literal, Self
+from typing import Literal
 
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.messages import MemoryQueryEvent
-from autogen_core import CancellationToken, Component
 from autogen_core.memory import MemoryContent, MemoryMimeType
-from autogen_core.models import (
-    ChatCompletionClient,
-    CreateResult,
-    LLMMessage,
-    ModelCapabilities,
-    ModelFamily,
-    ModelInfo,
-    RequestUsage,
-)
-from autogen_core.tools import Tool, ToolSchema
-from pydantic import BaseModel
+from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from helamem.autogen import HelaMemMemory, HelaMemMemoryConfig
 from helamem.core import HelaMemory
-
-
-class ReplayConfig(BaseModel):
-    chat_completions: list[str]
-
-
-class ReplayChatCompletionClient(ChatCompletionClient, Component[ReplayConfig]):
-    """Canned replies in order: the interface of autogen-ext's client of the same name.
-
-    (autogen-ext is not a dependency of HeLa-Mem; with it installed, use
-    ``autogen_ext.models.replay.ReplayChatCompletionClient`` or a real client.)
-    """
-
-    component_type = "model"
-    component_config_schema = ReplayConfig
-
-    def __init__(self, chat_completions: Sequence[str]) -> None:
-        self.chat_completions = list(chat_completions)
-        self.calls = 0
-
-    async def create(
-        self,
-        messages: Sequence[LLMMessage],
-        *,
-        tools: Sequence[Tool | ToolSchema] = (),
-        tool_choice: Tool | Literal["auto", "required", "none"] = "auto",
-        json_output: bool | type[BaseModel] | None = None,
-        extra_create_args: Mapping[str, Any] | None = None,
-        cancellation_token: CancellationToken | None = None,
-    ) -> CreateResult:
-        reply = self.chat_completions[self.calls]
-        self.calls += 1
-        return CreateResult(
-            finish_reason="stop", content=reply, usage=RequestUsage(0, 0), cached=False
-        )
-
-    async def create_stream(
-        self, messages: Sequence[LLMMessage], **kwargs: Any
-    ) -> AsyncGenerator[str | CreateResult, None]:
-        yield await self.create(messages)
-
-    async def close(self) -> None:
-        return None
-
-    def actual_usage(self) -> RequestUsage:
-        return RequestUsage(0, 0)
-
-    def total_usage(self) -> RequestUsage:
-        return RequestUsage(0, 0)
-
-    def count_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-        return 0
-
-    def remaining_tokens(self, messages: Sequence[LLMMessage], **kwargs: Any) -> int:
-        return 100_000
-
-    @property
-    def capabilities(self) -> ModelCapabilities:
-        return self.model_info
-
-    @property
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(
-            vision=False,
-            function_calling=False,
-            json_output=False,
-            family=ModelFamily.UNKNOWN,
-            structured_output=False,
-        )
-
-    def _to_config(self) -> ReplayConfig:
-        return ReplayConfig(chat_completions=self.chat_completions)
-
-    @classmethod
-    def _from_config(cls, config: ReplayConfig) -> Self:
-        return cls(config.chat_completions)
-
 
 ALICE_TURNS = [
     ("I just adopted a cat named Miso.", "Congratulations on Miso!"),
