@@ -1,0 +1,18 @@
+"""Benchmarks of HeLa-Mem (run them with ``helamem bench ...``).
+
+- :mod:`helamem.core.bench.locomo`: LoCoMo retrieval, HeLa-Mem beside dense,
+  BM25 and fusion baselines and its own ablations.
+"""
+
+from ._common import CachingEmbedder, Progress, TokenCounter, token_counter
+from .locomo import METHODS, load_locomo, run_locomo
+
+__all__ = [
+    "METHODS",
+    "CachingEmbedder",
+    "Progress",
+    "TokenCounter",
+    "load_locomo",
+    "run_locomo",
+    "token_counter",
+]

@@ -1,0 +1,870 @@
+"""LoCoMo retrieval benchmark: HeLa-Mem beside dense, BM25 and fusion baselines.
+
+Every conversation of a LoCoMo file (the ``locomo10.json`` schema) goes into
+its own scope, one memory per turn (``"speaker: text"``, plus
+``" [image: caption]"`` when the turn shares an image), stamped with its
+session's date. Every question is then asked against its own conversation
+only, with the conversation's last session date as the reference time, and
+the retrieved turns are compared with the question's evidence.
+
+Methods run side by side in one run over the same embeddings (one store per
+method, one shared caching embedder); they differ only in
+:class:`~helamem.core.RetrievalConfig` and the ``spread``/``learn`` flags:
+
+=====================  ================  ======  =====
+method                 keyword_weight    spread  learn
+=====================  ================  ======  =====
+``dense``              0                 no      no
+``bm25``               1                 no      no
+``fusion``             default           no      no
+``helamem``            default           yes     yes
+``helamem-no-spread``  default           no      yes
+``helamem-no-learn``   default           yes     no
+=====================  ================  ======  =====
+
+Metrics, for k = 5, 10, 20, per category (1 multi-hop, 2 temporal,
+3 open-domain, 4 single-hop, 5 adversarial), for 1-4 together and overall:
+
+- ``r@k``: share of questions with at least one evidence turn among the hits
+  of ``search(k=k)``;
+- ``recall@k``: mean share of a question's evidence turns among those hits;
+- ``tokens@k``: mean context tokens of those hits (their contents, one per
+  line), with tiktoken's cl100k_base when it is available offline, else an
+  estimate of 4 characters per token (the output says which);
+- ``hits@k``: mean number of hits: ``search(k=k)`` returns the top k by base
+  activation plus up to ``max_flipped`` association hits when spreading is on.
+
+Without spreading, ``search(k=k)`` is the first k hits of ``search(k=20)``, so
+one search per question serves every k. With spreading each k is its own
+search, read-only, and the learning search (``k = default_k``) comes last, so
+that every k sees the same learned state; questions are asked in order.
+
+Examples:
+    >>> from helamem.core.bench.locomo import parse_evidence
+    >>> parse_evidence("D8:6; D9:17")
+    (['D8:6', 'D9:17'], 'split')
+    >>> parse_evidence("D:11:26")
+    (['D11:26'], 'repaired')
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import random
+import re
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..config import HelaMemConfig, RetrievalConfig
+from ..embeddings import Embedder, MiniLMEmbedder
+from ..engine import HelaMemory
+from ..types import NewMemory
+from ._common import CachingEmbedder, Progress, TokenCounter, token_counter, versions
+
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_KS",
+    "METHODS",
+    "Conversation",
+    "EvidenceReport",
+    "LocomoFormatError",
+    "Method",
+    "Question",
+    "Turn",
+    "load_locomo",
+    "parse_evidence",
+    "parse_session_date",
+    "render_markdown",
+    "run_locomo",
+    "write_results",
+]
+
+CATEGORIES: dict[int, str] = {
+    1: "multi-hop",
+    2: "temporal",
+    3: "open-domain",
+    4: "single-hop",
+    5: "adversarial",
+}
+"""LoCoMo question categories, numbered as in the official evaluation code."""
+
+DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
+
+_EVIDENCE = re.compile(r"D:?(\d+):(\d+)")
+_SEPARATORS = re.compile(r"[;,\s]+")
+_SESSION = re.compile(r"session_(\d+)")
+_DATE_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y", "%d %B, %Y", "%d %B %Y")
+
+
+class LocomoFormatError(ValueError):
+    """The file is not in the LoCoMo (``locomo10.json``) schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One benchmarked retrieval method.
+
+    Attributes:
+        name: Its name in the results.
+        retrieval: Overrides of :class:`~helamem.core.RetrievalConfig`.
+        spread: ``search(spread=...)``.
+        learn: ``search(learn=...)``.
+        description: One line for the report.
+    """
+
+    name: str
+    retrieval: Mapping[str, Any]
+    spread: bool
+    learn: bool
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("dense", {"keyword_weight": 0.0}, False, False, "dense (MiniLM) only"),
+        Method("bm25", {"keyword_weight": 1.0}, False, False, "lexical (FTS5 BM25) only"),
+        Method("fusion", {}, False, False, "z-score fusion, no spreading, no learning"),
+        Method("helamem", {}, True, True, "fusion + spreading + Hebbian learning"),
+        Method("helamem-no-spread", {}, False, True, "ablation: learning, no spreading"),
+        Method("helamem-no-learn", {}, True, False, "ablation: spreading, no learning"),
+    )
+}
+"""The methods, by name, in report order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One conversation turn, as stored.
+
+    Attributes:
+        dia_id: LoCoMo's turn id, e.g. ``"D1:3"``.
+        content: ``"speaker: text"`` plus ``" [image: caption]"``.
+        event_time: The date of the turn's session.
+    """
+
+    dia_id: str
+    content: str
+    event_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One question with its parsed evidence.
+
+    Attributes:
+        index: Position in the conversation's ``qa`` list.
+        text: The question.
+        category: 1-5 (see :data:`CATEGORIES`).
+        evidence: Evidence turn ids that exist in the conversation.
+    """
+
+    index: int
+    text: str
+    category: int
+    evidence: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """One LoCoMo sample.
+
+    Attributes:
+        sample_id: E.g. ``"conv-26"``.
+        turns: Every turn, in session order.
+        questions: Every question with usable evidence, in file order.
+        reference_time: The last session's date ("now" for the questions).
+    """
+
+    sample_id: str
+    turns: tuple[Turn, ...]
+    questions: tuple[Question, ...]
+    reference_time: datetime
+
+
+@dataclass(slots=True)
+class EvidenceReport:
+    """What the loader did with the evidence lists.
+
+    Attributes:
+        entries: Evidence strings read.
+        ok: Well-formed ids of turns that exist.
+        split: Strings holding several ids (``"D8:6; D9:17"``), split.
+        repaired: Ids normalised (``"D:11:26"`` → ``"D11:26"``,
+            ``"D30:05"`` → ``"D30:5"``).
+        skipped_unparseable: Strings (or parts) that are no turn id (``"D"``).
+        skipped_unknown: Well-formed ids of turns the conversation lacks.
+        questions_without_evidence: Questions left with no usable evidence
+            (not scored).
+        unparsed_dates: Session dates that could not be parsed (the previous
+            session's date was used).
+        examples: A few raw strings per kind of problem.
+    """
+
+    entries: int = 0
+    ok: int = 0
+    split: int = 0
+    repaired: int = 0
+    skipped_unparseable: int = 0
+    skipped_unknown: int = 0
+    questions_without_evidence: int = 0
+    unparsed_dates: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def note(self, kind: str, raw: str) -> None:
+        """Remember ``raw`` as an example of ``kind`` (at most 10 each).
+
+        Args:
+            kind: The problem, e.g. ``"split"``.
+            raw: The string as found in the file.
+        """
+        seen = self.examples.setdefault(kind, [])
+        if len(seen) < 10 and raw not in seen:
+            seen.append(raw)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data."""
+        return {
+            "entries": self.entries,
+            "ok": self.ok,
+            "split": self.split,
+            "repaired": self.repaired,
+            "skipped_unparseable": self.skipped_unparseable,
+            "skipped_unknown": self.skipped_unknown,
+            "questions_without_evidence": self.questions_without_evidence,
+            "unparsed_dates": self.unparsed_dates,
+            "examples": self.examples,
+        }
+
+
+def parse_evidence(raw: str) -> tuple[list[str], str | None]:
+    """Parse one evidence string into normalised turn ids.
+
+    Args:
+        raw: An entry of a question's ``evidence`` list.
+
+    Returns:
+        ``(ids, problem)``: the ids found, and ``None`` when ``raw`` was one
+        well-formed id, ``"split"`` when it held several, ``"repaired"`` when
+        an id had to be normalised, ``"unparseable"`` when no id was found.
+
+    Examples:
+        >>> parse_evidence("D1:3")
+        (['D1:3'], None)
+        >>> parse_evidence("D30:05")
+        (['D30:5'], 'repaired')
+        >>> parse_evidence("D")
+        ([], 'unparseable')
+    """
+    parts = [p for p in _SEPARATORS.split(raw.strip()) if p]
+    ids: list[str] = []
+    repaired = False
+    for part in parts:
+        m = _EVIDENCE.fullmatch(part)
+        if m is None:
+            repaired = True
+            continue
+        norm = f"D{int(m.group(1))}:{int(m.group(2))}"
+        repaired = repaired or norm != part
+        ids.append(norm)
+    if not ids:
+        return [], "unparseable"
+    if len(parts) > 1:
+        return ids, "split"
+    return ids, "repaired" if repaired else None
+
+
+def parse_session_date(text: str) -> datetime | None:
+    """Parse a LoCoMo session date such as ``"1:56 pm on 8 May, 2023"`` (UTC).
+
+    Args:
+        text: The ``session_N_date_time`` value.
+
+    Returns:
+        The date, or ``None`` when it is in no known format.
+
+    Examples:
+        >>> parse_session_date("1:56 pm on 8 May, 2023")
+        datetime.datetime(2023, 5, 8, 13, 56, tzinfo=datetime.timezone.utc)
+    """
+    clean = " ".join(text.split())
+    for fmt in _DATE_FORMATS:
+        try:
+            return datetime.strptime(clean, fmt).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
+
+
+def _turn_content(turn: Mapping[str, Any]) -> str:
+    text = f"{turn.get('speaker', '?')}: {turn.get('text', '')}"
+    caption = turn.get("blip_caption")
+    if isinstance(caption, str) and caption.strip():
+        text += f" [image: {caption.strip()}]"
+    return text
+
+
+def _conversation(sample: Any, report: EvidenceReport) -> Conversation:
+    if not isinstance(sample, dict) or not isinstance(sample.get("conversation"), dict):
+        raise LocomoFormatError("every sample needs a 'conversation' object")
+    sample_id = str(sample.get("sample_id", "?"))
+    conv = sample["conversation"]
+    sessions = sorted(
+        (int(m.group(1)), key)
+        for key, value in conv.items()
+        if (m := _SESSION.fullmatch(key)) and isinstance(value, list)
+    )
+    turns: list[Turn] = []
+    previous = datetime(2000, 1, 1, tzinfo=UTC)
+    for _, key in sessions:
+        when = parse_session_date(str(conv.get(f"{key}_date_time", "")))
+        if when is None:
+            report.unparsed_dates += 1
+            report.note("unparsed_date", f"{sample_id} {key}: {conv.get(f'{key}_date_time')!r}")
+            when = previous
+        previous = when
+        for turn in conv[key]:
+            if not isinstance(turn, dict) or "dia_id" not in turn:
+                raise LocomoFormatError(f"{sample_id} {key}: a turn without 'dia_id'")
+            turns.append(Turn(str(turn["dia_id"]), _turn_content(turn), when))
+    if not turns:
+        raise LocomoFormatError(f"{sample_id}: no sessions with turns")
+    known = {t.dia_id for t in turns}
+    questions: list[Question] = []
+    for index, qa in enumerate(sample.get("qa", [])):
+        evidence: list[str] = []
+        for raw in qa.get("evidence", []):
+            report.entries += 1
+            ids, problem = parse_evidence(str(raw))
+            if problem == "unparseable":
+                report.skipped_unparseable += 1
+                report.note("unparseable", str(raw))
+                continue
+            if problem is not None:
+                setattr(report, problem, getattr(report, problem) + 1)
+                report.note(problem, str(raw))
+            for i in ids:
+                if i in known:
+                    if problem is None:
+                        report.ok += 1
+                    if i not in evidence:
+                        evidence.append(i)
+                else:
+                    report.skipped_unknown += 1
+                    report.note("unknown", f"{sample_id}: {i}")
+        if not evidence:
+            report.questions_without_evidence += 1
+            continue
+        questions.append(
+            Question(
+                index, str(qa.get("question", "")), int(qa.get("category", 0)), tuple(evidence)
+            )
+        )
+    return Conversation(sample_id, tuple(turns), tuple(questions), previous)
+
+
+def load_locomo(path: Path) -> tuple[list[Conversation], EvidenceReport]:
+    """Read a LoCoMo file.
+
+    Args:
+        path: A JSON file in the ``locomo10.json`` schema.
+
+    Returns:
+        The conversations and what was done with malformed evidence.
+
+    Raises:
+        LocomoFormatError: When the file is not LoCoMo-shaped.
+        OSError: When it cannot be read.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise LocomoFormatError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise LocomoFormatError(f"{path}: expected a list of samples")
+    report = EvidenceReport()
+    return [_conversation(s, report) for s in data], report
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Sums over the questions of one (method, category)."""
+
+    questions: int = 0
+    hit: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
+    recall: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
+    tokens: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
+    items: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(
+        self,
+        hit: Mapping[int, float],
+        recall: Mapping[int, float],
+        tokens: Mapping[int, int],
+        items: Mapping[int, int],
+    ) -> None:
+        self.questions += 1
+        for total, values in (
+            (self.hit, hit),
+            (self.recall, recall),
+            (self.tokens, tokens),
+            (self.items, items),
+        ):
+            for k, v in values.items():
+                total[k] += v
+
+    def summary(self, ks: Sequence[int]) -> dict[str, Any]:
+        n = self.questions
+        out: dict[str, Any] = {"questions": n}
+        for key, counter in (
+            ("r", self.hit),
+            ("recall", self.recall),
+            ("tokens", self.tokens),
+            ("hits", self.items),
+        ):
+            for k in ks:
+                out[f"{key}@{k}"] = round(counter[k] / n, 4) if n else None
+        return out
+
+
+def _score(
+    retrieved: Mapping[int, list[tuple[str, str]]],
+    evidence: set[str],
+    counter: TokenCounter,
+) -> tuple[dict[int, float], dict[int, float], dict[int, int], dict[int, int]]:
+    hit: dict[int, float] = {}
+    recall: dict[int, float] = {}
+    tokens: dict[int, int] = {}
+    items: dict[int, int] = {}
+    for k, hits in retrieved.items():
+        found = {d for d, _ in hits} & evidence
+        hit[k] = 1.0 if found else 0.0
+        recall[k] = len(found) / len(evidence)
+        tokens[k] = counter.count("\n".join(c for _, c in hits)) if hits else 0
+        items[k] = len(hits)
+    return hit, recall, tokens, items
+
+
+def _select(
+    conversations: list[Conversation], n_conv: int | None, n_q: int | None, seed: int
+) -> list[Conversation]:
+    chosen = conversations if n_conv is None else conversations[:n_conv]
+    if n_q is None:
+        return chosen
+    rng = random.Random(seed)
+    out = []
+    for conv in chosen:
+        qs = conv.questions
+        if len(qs) > n_q:
+            keep = sorted(rng.sample(range(len(qs)), n_q))
+            qs = tuple(qs[i] for i in keep)
+        out.append(Conversation(conv.sample_id, conv.turns, qs, conv.reference_time))
+    return out
+
+
+def _bucket(category: int) -> list[str]:
+    keys = [str(category), "all"]
+    if 1 <= category <= 4:
+        keys.append("1-4")
+    return keys
+
+
+def run_locomo(
+    data: Path,
+    *,
+    out: Path | None = None,
+    conversations: int | None = None,
+    questions: int | None = None,
+    methods: Sequence[str] = tuple(METHODS),
+    seed: int = 0,
+    ks: Sequence[int] = DEFAULT_KS,
+    retrieval: Mapping[str, Any] | None = None,
+    embedder: Embedder | None = None,
+    tokenizer_file: Path | None = None,
+    progress: TextIO | None = None,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the LoCoMo retrieval benchmark and (optionally) write its results.
+
+    Args:
+        data: The LoCoMo JSON file (read, never copied).
+        out: Directory for ``results.json`` and ``results.md`` (and
+            ``recall_at_k.png`` when matplotlib is installed); ``None``
+            writes nothing.
+        conversations: Use only the first this many conversations.
+        questions: Ask at most this many questions per conversation, drawn
+            with ``seed`` and asked in file order.
+        methods: Names from :data:`METHODS`.
+        seed: Seed of the question sample.
+        ks: The cut-offs k.
+        retrieval: :class:`~helamem.core.RetrievalConfig` overrides applied
+            to every method (a method's own settings win).
+        embedder: The embedder (default: offline MiniLM); it is wrapped in a
+            cache shared by every method.
+        tokenizer_file: A local ``cl100k_base.tiktoken`` file (or tiktoken
+            cache directory) for token counts.
+        progress: Stream for progress lines (e.g. ``sys.stderr``).
+        work_dir: Where the per-method stores go (default: a temporary
+            directory, removed afterwards).
+
+    Returns:
+        The results (as written to ``results.json``).
+
+    Raises:
+        ValueError: On an unknown method or a bad k or override.
+        LocomoFormatError: When ``data`` is not LoCoMo-shaped.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    ks = tuple(sorted(set(ks)))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k must be >= 1, got {ks}")
+    overrides = dict(retrieval or {})
+    base_cfg = RetrievalConfig(**overrides)  # validates the overrides
+    chosen = [METHODS[m] for m in METHODS if m in set(methods)]
+    configs = {m.name: RetrievalConfig(**{**base_cfg.model_dump(), **m.retrieval}) for m in chosen}
+
+    loaded, report = load_locomo(data)
+    convs = _select(loaded, conversations, questions, seed)
+    counter = token_counter(tokenizer_file)
+    cache = CachingEmbedder(embedder if embedder is not None else MiniLMEmbedder())
+
+    texts = list(
+        dict.fromkeys(
+            [t.content for c in convs for t in c.turns]
+            + [q.text for c in convs for q in c.questions]
+        )
+    )
+    bar = Progress("embedding", len(texts), progress)
+    for first in range(0, len(texts), 256):
+        cache.embed(texts[first : first + 256])
+        bar.update(min(256, len(texts) - first))
+    bar.close()
+    embed_s = cache.seconds
+
+    tally: dict[str, dict[str, _Tally]] = {m.name: defaultdict(_Tally) for m in chosen}
+    ingest_s: dict[str, float] = dict.fromkeys(configs, 0.0)
+    query_s: dict[str, float] = dict.fromkeys(configs, 0.0)
+    searches: dict[str, int] = dict.fromkeys(configs, 0)
+    assoc = {m.name: Counter[str]() for m in chosen}
+
+    with tempfile.TemporaryDirectory(prefix="helamem-locomo-", dir=work_dir) as tmp:
+        stores = {
+            m.name: HelaMemory(
+                HelaMemConfig(path=Path(tmp) / m.name, retrieval=configs[m.name]), embedder=cache
+            )
+            for m in chosen
+        }
+        try:
+            n_questions = sum(len(c.questions) for c in convs)
+            ingest_bar = Progress("ingest", len(convs) * len(chosen), progress)
+            for conv in convs:
+                scope = ("locomo", conv.sample_id)
+                items = [
+                    NewMemory(
+                        t.content, scope, event_time=t.event_time, metadata={"dia_id": t.dia_id}
+                    )
+                    for t in conv.turns
+                ]
+                for m in chosen:
+                    start = time.perf_counter()
+                    stores[m.name].add_many(items)
+                    ingest_s[m.name] += time.perf_counter() - start
+                    ingest_bar.update()
+            ingest_bar.close()
+            query_bar = Progress("questions", n_questions, progress)
+            for conv in convs:
+                scope = ("locomo", conv.sample_id)
+                for q in conv.questions:
+                    evidence = set(q.evidence)
+                    for m in chosen:
+                        start = time.perf_counter()
+                        retrieved, n, flipped = _ask(
+                            stores[m.name], m, configs[m.name], q.text, scope, conv, ks
+                        )
+                        query_s[m.name] += time.perf_counter() - start
+                        searches[m.name] += n
+                        assoc[m.name]["hits"] += len(flipped)
+                        assoc[m.name]["evidence"] += len(set(flipped) & evidence)
+                        scored = _score(retrieved, evidence, counter)
+                        for key in _bucket(q.category):
+                            tally[m.name][key].add(*scored)
+                    query_bar.update()
+            query_bar.close()
+        finally:
+            for store in stores.values():
+                store.close()
+
+    results = _results(
+        data=data,
+        convs=convs,
+        chosen=chosen,
+        configs=configs,
+        overrides=overrides,
+        seed=seed,
+        ks=ks,
+        limits=(conversations, questions),
+        report=report,
+        counter=counter,
+        cache=cache,
+        embed_s=embed_s,
+        tally=tally,
+        ingest_s=ingest_s,
+        query_s=query_s,
+        searches=searches,
+        assoc=assoc,
+    )
+    if out is not None:
+        write_results(results, out)
+    return results
+
+
+def _ask(
+    mem: HelaMemory,
+    method: Method,
+    cfg: RetrievalConfig,
+    query: str,
+    scope: tuple[str, ...],
+    conv: Conversation,
+    ks: Sequence[int],
+) -> tuple[dict[int, list[tuple[str, str]]], int, list[str]]:
+    """Ask one question; returns hits per k as (dia_id, content), searches, association dia_ids."""
+
+    def hits(k: int, learn: bool) -> list[tuple[str, str, str]]:
+        res = mem.search(
+            query,
+            scope,
+            k=k,
+            learn=learn,
+            spread=method.spread,
+            reference_time=conv.reference_time,
+            semantic_k=0,
+        )
+        return [(str(h.memory.metadata.get("dia_id")), h.content, h.provenance) for h in res]
+
+    if not method.spread:
+        top = hits(max(ks), method.learn)
+        return {k: [(d, c) for d, c, _ in top[:k]] for k in ks}, 1, []
+    # read-only searches first, the learning one last: every k sees the same state
+    learn_k = cfg.default_k
+    order = [k for k in ks if not (method.learn and k == learn_k)]
+    out: dict[int, list[tuple[str, str]]] = {}
+    flipped: list[str] = []
+    for k in order:
+        found = hits(k, False)
+        out[k] = [(d, c) for d, c, _ in found]
+        if k == learn_k:
+            flipped = [d for d, _, p in found if p == "association"]
+    n = len(order)
+    if method.learn:
+        found = hits(learn_k, True)
+        n += 1
+        flipped = [d for d, _, p in found if p == "association"]
+        if learn_k in ks:
+            out[learn_k] = [(d, c) for d, c, _ in found]
+    return out, n, flipped
+
+
+def _results(
+    *,
+    data: Path,
+    convs: list[Conversation],
+    chosen: list[Method],
+    configs: Mapping[str, RetrievalConfig],
+    overrides: Mapping[str, Any],
+    seed: int,
+    ks: Sequence[int],
+    limits: tuple[int | None, int | None],
+    report: EvidenceReport,
+    counter: TokenCounter,
+    cache: CachingEmbedder,
+    embed_s: float,
+    tally: Mapping[str, Mapping[str, _Tally]],
+    ingest_s: Mapping[str, float],
+    query_s: Mapping[str, float],
+    searches: Mapping[str, int],
+    assoc: Mapping[str, Counter[str]],
+) -> dict[str, Any]:
+    n_questions = sum(len(c.questions) for c in convs)
+    keys = [str(c) for c in CATEGORIES] + ["1-4", "all"]
+    names = {**{str(c): n for c, n in CATEGORIES.items()}, "1-4": "1-4", "all": "all"}
+    methods_out: dict[str, Any] = {}
+    for m in chosen:
+        cats = {}
+        for key in keys:
+            entry = {"name": names[key], **tally[m.name].get(key, _Tally()).summary(ks)}
+            cats[key] = entry
+        methods_out[m.name] = {
+            "description": m.description,
+            "spread": m.spread,
+            "learn": m.learn,
+            "retrieval": configs[m.name].model_dump(),
+            "ingest_s": round(ingest_s[m.name], 3),
+            "query_s": round(query_s[m.name], 3),
+            "searches": searches[m.name],
+            "query_ms_per_question": (
+                round(1000 * query_s[m.name] / n_questions, 2) if n_questions else None
+            ),
+            "association_hits": {
+                "at_k": configs[m.name].default_k,
+                "total": assoc[m.name]["hits"],
+                "evidence": assoc[m.name]["evidence"],
+            },
+            "categories": cats,
+        }
+    return {
+        "benchmark": "locomo-retrieval",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": str(data),
+        "config": {
+            "conversations": limits[0],
+            "questions_per_conversation": limits[1],
+            "methods": [m.name for m in chosen],
+            "ks": list(ks),
+            "retrieval_overrides": dict(overrides),
+            "embedder": cache.name,
+            "scope": "one per conversation: ('locomo', sample_id)",
+            "reference_time": "the conversation's last session date",
+            "memory": "one per turn: 'speaker: text' + ' [image: caption]'",
+        },
+        "seed": seed,
+        "versions": versions(),
+        "token_counter": {"name": counter.name, "exact": counter.exact, "detail": counter.detail},
+        "dataset": {
+            "conversations": [c.sample_id for c in convs],
+            "turns": sum(len(c.turns) for c in convs),
+            "questions": n_questions,
+            "evidence": report.as_dict(),
+        },
+        "embedding": {"texts": cache.computed, "seconds": round(embed_s, 3)},
+        "methods": methods_out,
+        "plot": None,
+    }
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The results as markdown tables.
+
+    Args:
+        results: What :func:`run_locomo` returned.
+
+    Returns:
+        A markdown document: cat 1-4 metrics per method, then R@k per category.
+    """
+    ks = results["config"]["ks"]
+    methods = results["methods"]
+    ds = results["dataset"]
+    ev = ds["evidence"]
+    tok = results["token_counter"]["name"]
+    lines = [
+        "# LoCoMo retrieval benchmark",
+        "",
+        f"- data: `{Path(results['data']).name}`, conversations: {', '.join(ds['conversations'])}"
+        f" ({ds['turns']} turns, {ds['questions']} scored questions)",
+        f"- embedder: {results['config']['embedder']}; tokens: {tok}",
+        f"- evidence in the file: {ev['entries']} entries, {ev['split']} split, "
+        f"{ev['repaired']} repaired, "
+        f"{ev['skipped_unparseable']} unparseable and {ev['skipped_unknown']} unknown skipped; "
+        f"{ev['questions_without_evidence']} questions without usable evidence not scored",
+        f"- seed {results['seed']}; retrieval overrides: "
+        f"{results['config']['retrieval_overrides'] or 'none'}",
+        "",
+        "## Categories 1-4",
+        "",
+    ]
+    head = (
+        ["method"]
+        + [f"R@{k}" for k in ks]
+        + [f"recall@{k}" for k in ks]
+        + [f"tokens@{k}" for k in ks]
+        + [f"hits@{ks[-1]}", "ingest s", "query ms/q"]
+    )
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in methods.items():
+        c = m["categories"]["1-4"]
+        row = (
+            [name]
+            + [_fmt(c[f"r@{k}"]) for k in ks]
+            + [_fmt(c[f"recall@{k}"]) for k in ks]
+            + [_fmt(c[f"tokens@{k}"], 0) for k in ks]
+            + [_fmt(c[f"hits@{ks[-1]}"], 1), _fmt(m["ingest_s"], 1)]
+            + [_fmt(m["query_ms_per_question"], 1)]
+        )
+        lines.append("| " + " | ".join(row) + " |")
+    for k in ks:
+        lines += ["", f"## R@{k} by category", ""]
+        first = next(iter(methods.values()))["categories"]
+        head = ["method"] + [
+            f"{key} {v['name']} (n={v['questions']})" if key not in ("1-4", "all") else key
+            for key, v in first.items()
+        ]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, m in methods.items():
+            row = [name] + [_fmt(v[f"r@{k}"]) for v in m["categories"].values()]
+            lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "R@k: any evidence turn among the hits of `search(k=k)`; recall@k: share of the "
+        "evidence found; hits@k: hits returned (top k plus association hits when spreading).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(results: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        plt = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        return {"written": False, "reason": "matplotlib is not installed; no plot"}
+    ks = results["config"]["ks"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in results["methods"].items():
+        c = m["categories"]["1-4"]
+        ax.plot(ks, [c[f"recall@{k}"] for k in ks], marker="o", label=name)
+    ax.set_xlabel("k")
+    ax.set_ylabel("evidence recall@k (categories 1-4)")
+    ax.set_xticks(ks)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return {"written": True, "path": path.name}
+
+
+def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and (with matplotlib) the plot.
+
+    Args:
+        results: What :func:`run_locomo` returned; its ``plot`` entry is filled in.
+        out: The directory (created when missing).
+
+    Returns:
+        The paths written, by kind.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    results["plot"] = _plot(results, out / "recall_at_k.png")
+    if results["plot"]["written"]:
+        paths["plot"] = out / "recall_at_k.png"
+    paths["json"].write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(results), encoding="utf-8")
+    return paths

@@ -1,0 +1,289 @@
+"""Smoke test of the LoCoMo retrieval benchmark on a tiny synthetic LoCoMo file."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import HashingEmbedder
+from helamem.core.bench import _common
+from helamem.core.bench import locomo as locomo_module
+from helamem.core.bench.locomo import (
+    load_locomo,
+    parse_evidence,
+    parse_session_date,
+    render_markdown,
+    run_locomo,
+)
+from helamem.core.cli import main
+
+
+def _turn(speaker: str, dia_id: str, text: str, **extra: str) -> dict[str, str]:
+    return {"speaker": speaker, "dia_id": dia_id, "text": text, **extra}
+
+
+def _sample() -> list[dict[str, Any]]:
+    """Two LoCoMo-shaped conversations with good and malformed evidence."""
+    conv_a = {
+        "speaker_a": "Ann",
+        "speaker_b": "Bob",
+        "session_1_date_time": "1:56 pm on 8 May, 2023",
+        "session_1": [
+            _turn("Ann", "D1:1", "Hello Bob, how are you today?"),
+            _turn("Bob", "D1:2", "I adopted a kitten called Pixel last week."),
+            _turn(
+                "Ann",
+                "D1:3",
+                "Look at my garden!",
+                blip_caption="a photo of sunflowers",
+                img_url="x",
+            ),
+        ],
+        "session_2_date_time": "10:00 am on 2 June, 2023",
+        "session_2": [
+            _turn("Bob", "D2:1", "The marathon in Lisbon went great."),
+            _turn("Ann", "D2:2", "Congratulations on finishing!"),
+        ],
+        # a date of a session without turns (as in the real file) is ignored
+        "session_3_date_time": "9:00 am on 1 July, 2023",
+    }
+    conv_b = {
+        "speaker_a": "Cy",
+        "speaker_b": "Di",
+        "session_1_date_time": "8:00 pm on 1 March, 2022",
+        "session_1": [
+            _turn("Cy", "D1:1", "My violin teacher moved to Oslo."),
+            _turn("Di", "D1:2", "I started baking sourdough bread."),
+        ],
+    }
+    qa_a = [
+        # the evidence turn is the only one sharing words with the question
+        {
+            "question": "What kitten did Bob adopt?",
+            "answer": "Pixel",
+            "evidence": ["D1:2"],
+            "category": 4,
+        },
+        {
+            "question": "Where was the marathon?",
+            "answer": "Lisbon",
+            "evidence": ["D2:1; D1:2"],
+            "category": 1,
+        },  # split
+        {
+            "question": "What flowers grow in the garden?",
+            "answer": "sunflowers",
+            "evidence": ["D:1:3"],
+            "category": 2,
+        },  # repaired
+        {
+            "question": "When did Bob adopt?",
+            "answer": "May 2023",
+            "evidence": ["D01:02"],
+            "category": 3,
+        },  # repaired (leading zeros)
+        {
+            "question": "What did Ann say about chess?",
+            "evidence": ["D"],
+            "category": 5,
+            "adversarial_answer": "nothing",
+        },  # unparseable: not scored
+        {
+            "question": "What did Bob cook?",
+            "answer": "?",
+            "evidence": ["D9:9", "D2:2"],
+            "category": 4,
+        },  # one unknown id skipped
+        {"question": "Anything?", "answer": "?", "evidence": [], "category": 4},
+    ]
+    qa_b = [
+        {
+            "question": "Where did the violin teacher move?",
+            "answer": "Oslo",
+            "evidence": ["D1:1"],
+            "category": 4,
+        },
+        {
+            "question": "What bread is Di baking?",
+            "evidence": ["D1:2"],
+            "category": 5,
+            "adversarial_answer": "rye",
+        },
+    ]
+    return [
+        {"sample_id": "conv-a", "conversation": conv_a, "qa": qa_a},
+        {"sample_id": "conv-b", "conversation": conv_b, "qa": qa_b},
+    ]
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "locomo-tiny.json"
+    path.write_text(json.dumps(_sample()), encoding="utf-8")
+    return path
+
+
+def test_parse_evidence_and_dates() -> None:
+    assert parse_evidence("D1:3") == (["D1:3"], None)
+    assert parse_evidence("D8:6; D9:17") == (["D8:6", "D9:17"], "split")
+    assert parse_evidence("D9:1 D4:4 D4:6") == (["D9:1", "D4:4", "D4:6"], "split")
+    assert parse_evidence("D:11:26") == (["D11:26"], "repaired")
+    assert parse_evidence("D30:05") == (["D30:5"], "repaired")
+    assert parse_evidence("D") == ([], "unparseable")
+    assert parse_evidence("") == ([], "unparseable")
+    when = parse_session_date("1:56 pm on 8 May, 2023")
+    assert when is not None
+    assert (when.year, when.month, when.day, when.hour, when.minute) == (2023, 5, 8, 13, 56)
+    assert parse_session_date("someday") is None
+
+
+def test_loader_counts_malformed_evidence(data: Path) -> None:
+    convs, report = load_locomo(data)
+    a, b = convs
+    assert [t.dia_id for t in a.turns] == ["D1:1", "D1:2", "D1:3", "D2:1", "D2:2"]
+    assert a.turns[1].content == "Bob: I adopted a kitten called Pixel last week."
+    assert a.turns[2].content == "Ann: Look at my garden! [image: a photo of sunflowers]"
+    assert a.turns[3].event_time.month == 6
+    assert a.reference_time == a.turns[-1].event_time  # last session with turns
+    assert [q.evidence for q in a.questions] == [
+        ("D1:2",),
+        ("D2:1", "D1:2"),
+        ("D1:3",),
+        ("D1:2",),
+        ("D2:2",),
+    ]
+    assert len(b.questions) == 2
+    assert report.entries == 9
+    assert (report.split, report.repaired) == (1, 2)
+    assert (report.skipped_unparseable, report.skipped_unknown) == (1, 1)
+    assert report.questions_without_evidence == 2  # "D" only, and an empty list
+    assert report.ok == 4  # well-formed ids of existing turns, unsplit
+
+
+def test_runner_metrics_and_outputs(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    res = run_locomo(
+        data,
+        out=out,
+        methods=["bm25", "dense", "helamem"],
+        ks=[1, 2, 5],
+        embedder=HashingEmbedder(256),
+        work_dir=tmp_path,
+    )
+    assert res["dataset"]["questions"] == 7
+    assert res["dataset"]["turns"] == 7
+    ev = res["dataset"]["evidence"]
+    assert ev["skipped_unparseable"] == 1
+    assert ev["split"] == 1
+    assert ev["examples"]["split"] == ["D2:1; D1:2"]
+
+    bm25 = res["methods"]["bm25"]["categories"]
+    # single-hop: "kitten ... adopt" and "violin teacher move" each share words
+    # with their evidence turn only: found first; "What did Bob cook?" (D2:2)
+    # shares none, so only the larger cut-offs may hold it
+    assert bm25["4"]["questions"] == 3
+    assert bm25["4"]["r@1"] == pytest.approx(2 / 3, abs=1e-4)
+    assert bm25["4"]["hits@1"] == 1.0
+    # the split multi-hop question has two evidence turns; a hit on either counts
+    assert bm25["1"]["questions"] == 1
+    assert bm25["1"]["r@5"] == 1.0
+    assert bm25["1"]["recall@5"] == 1.0
+    assert bm25["3"]["r@5"] == 1.0
+    # 5 adversarial questions: only conv-b's (conv-a's has unparseable evidence)
+    assert bm25["5"]["questions"] == 1
+    assert bm25["1-4"]["questions"] == 6
+    assert bm25["all"]["questions"] == 7
+    # every conversation has at most 5 turns: k = 5 retrieves them all
+    for method in res["methods"].values():
+        assert method["categories"]["all"]["r@5"] == 1.0
+        assert method["categories"]["all"]["recall@5"] == 1.0
+        assert method["categories"]["all"]["tokens@5"] > method["categories"]["all"]["tokens@1"]
+        assert method["query_s"] > 0
+        assert method["ingest_s"] > 0
+    assert res["methods"]["helamem"]["learn"] is True
+    assert res["methods"]["dense"]["retrieval"]["keyword_weight"] == 0.0
+    assert res["methods"]["bm25"]["retrieval"]["keyword_weight"] == 1.0
+    assert res["token_counter"]["name"]
+
+    written = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert written["methods"]["bm25"]["categories"]["4"]["r@1"] == bm25["4"]["r@1"]
+    assert written["seed"] == 0
+    assert "helamem-core" in written["versions"]
+    assert written["plot"]["written"] == (out / "recall_at_k.png").exists()
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert "| bm25 |" in md
+    assert "R@1" in md
+    assert md == render_markdown(written)
+
+
+def test_runner_question_sample_is_seeded(data: Path, tmp_path: Path) -> None:
+    def run(seed: int) -> dict[str, Any]:
+        return run_locomo(
+            data,
+            conversations=1,
+            questions=2,
+            methods=["fusion"],
+            seed=seed,
+            embedder=HashingEmbedder(64),
+            work_dir=tmp_path,
+        )
+
+    first = run(3)
+    assert first["dataset"]["conversations"] == ["conv-a"]
+    assert first["dataset"]["questions"] == 2
+    assert run(3)["methods"]["fusion"]["categories"] == first["methods"]["fusion"]["categories"]
+
+
+def test_runner_rejects_unknown_method(data: Path) -> None:
+    with pytest.raises(ValueError, match="unknown methods"):
+        run_locomo(data, methods=["nope"], embedder=HashingEmbedder(64))
+    with pytest.raises(ValueError, match="no_such_setting"):
+        run_locomo(data, retrieval={"no_such_setting": 1}, embedder=HashingEmbedder(64))
+
+
+def test_cli_bench_locomo(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli-out"
+    code = main(
+        [
+            "bench",
+            "locomo",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--methods",
+            "bm25",
+            "helamem-no-learn",
+            "--embedder",
+            "hashing",
+            "--set",
+            "activation_alpha=0.3",
+            "--seed",
+            "7",
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "| helamem-no-learn |" in captured.out
+    assert "questions" in captured.err  # progress on stderr
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert res["seed"] == 7
+    assert res["config"]["methods"] == ["bm25", "helamem-no-learn"]
+    assert res["methods"]["helamem-no-learn"]["retrieval"]["activation_alpha"] == 0.3
+    assert (out / "results.md").is_file()
+
+    assert main(["bench", "locomo", "--data", str(tmp_path / "missing.json")]) == 2
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}", encoding="utf-8")
+    assert main(["bench", "locomo", "--data", str(bad), "--out", str(out), "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("module", [locomo_module, _common])
+def test_bench_doctests(module: object) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
+    assert result.failed == 0
+    assert result.attempted > 0
