@@ -125,6 +125,20 @@ def test_malformed_json_is_repaired_once(tmp_path: Path) -> None:
         assert "failed validation" in llm.calls[1]["messages"][-1]["content"]
 
 
+def test_truncated_answer_is_salvaged_without_another_call(tmp_path: Path) -> None:
+    truncated = (
+        '{"facts": [{"text": "Alice has a cat named Miso", "sources": ["E1"]}, '
+        '{"text": "Miso chases mice", "sources": ["E2"'
+    )
+    llm = ScriptedLLM(truncated)
+    with _mem(tmp_path, llm) as mem:
+        _story(mem)
+        report = mem.consolidate(S)
+        assert len(llm.calls) == 1
+        assert report.facts_added == 1
+        assert mem.get(report.fact_ids[0]).content == "Alice has a cat named Miso"
+
+
 def test_malformed_twice_raises_and_writes_nothing(tmp_path: Path) -> None:
     llm = ScriptedLLM("not json", '{"facts": [{"text": ""}]}', facts_citing_first_labels)
     with _mem(tmp_path, llm) as mem:

@@ -255,6 +255,10 @@ class LLMClient:
         try:
             return parse_json(answer, prompt.schema)
         except ValueError as first:
+            salvaged = prompt.salvage(answer) if prompt.salvage is not None else None
+            if salvaged is not None:
+                logger.info("LLM answer for %s malformed (%s); salvaged it", prompt.name, first)
+                return salvaged
             logger.info("LLM answer for %s invalid (%s); asking for a repair", prompt.name, first)
             repair = REPAIR_JSON.messages(
                 error=str(first)[:500], schema=prompt.schema_hint(), answer=answer[:4000]

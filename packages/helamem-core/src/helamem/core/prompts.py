@@ -7,10 +7,11 @@ No other module holds prompt text. A prompt renders to chat messages; its
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "DISTILL_FACTS",
@@ -19,6 +20,7 @@ __all__ = [
     "FactsResponse",
     "Prompt",
     "render_clusters",
+    "salvage_facts",
 ]
 
 S = TypeVar("S", bound=BaseModel)
@@ -43,13 +45,18 @@ class FactsResponse(BaseModel):
 
 @dataclass(frozen=True)
 class Prompt(Generic[S]):
-    """A versioned prompt: system text, user template, response schema."""
+    """A versioned prompt: system text, user template, response schema.
+
+    ``salvage`` recovers a usable answer from a malformed one (e.g. the
+    complete items of a truncated list) without another LLM call.
+    """
 
     name: str
     version: int
     system: str
     template: str
     schema: type[S]
+    salvage: Callable[[str], S | None] | None = None
 
     def messages(self, **variables: str) -> list[dict[str, str]]:
         """Chat messages with ``variables`` substituted into the template."""
@@ -61,6 +68,35 @@ class Prompt(Generic[S]):
     def schema_hint(self) -> str:
         """The JSON schema of the answer, compact."""
         return json.dumps(self.schema.model_json_schema(), separators=(",", ":"))
+
+
+def salvage_facts(text: str) -> FactsResponse | None:
+    """The complete, valid facts of a malformed or truncated answer, if any.
+
+    Examples:
+        >>> salvage_facts('{"facts": [{"text": "Ana lives in Lisbon", "sources": ["E1"]}, {"te')
+        FactsResponse(facts=[FactOut(text='Ana lives in Lisbon', sources=['E1'])])
+    """
+    start = text.find('"facts"')
+    pos = text.find("[", start) + 1 if start >= 0 else 0
+    if pos <= 0:
+        return None
+    decoder = json.JSONDecoder()
+    facts: list[FactOut] = []
+    while pos < len(text):
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] != "{":
+            break
+        try:
+            item, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break
+        try:
+            facts.append(FactOut.model_validate(item))
+        except ValidationError:
+            continue
+    return FactsResponse(facts=facts) if facts else None
 
 
 DISTILL_FACTS: Prompt[FactsResponse] = Prompt(
@@ -80,6 +116,7 @@ DISTILL_FACTS: Prompt[FactsResponse] = Prompt(
         "Return at most {max_facts} facts as JSON."
     ),
     schema=FactsResponse,
+    salvage=salvage_facts,
 )
 
 REPAIR_JSON: Prompt[FactsResponse] = Prompt(
