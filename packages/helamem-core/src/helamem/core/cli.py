@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_override,
         default=[],
         metavar="KEY=VALUE",
-        help="RetrievalConfig override for every method, e.g. --set activation_alpha=0.3",
+        help="RetrievalConfig override for every method, e.g. --set activation_alpha=0.3;"
+        " dynamics.KEY=VALUE overrides DynamicsConfig (e.g. dynamics.decay_rate=0.9995)",
     )
     loc.add_argument(
         "--embedder",

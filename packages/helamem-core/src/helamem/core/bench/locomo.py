@@ -63,7 +63,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..config import HelaMemConfig, RetrievalConfig
+from ..config import DynamicsConfig, HelaMemConfig, RetrievalConfig
 from ..embeddings import Embedder, MiniLMEmbedder
 from ..engine import HelaMemory
 from ..types import NewMemory
@@ -506,7 +506,8 @@ def run_locomo(
         seed: Seed of the question sample.
         ks: The cut-offs k.
         retrieval: :class:`~helamem.core.RetrievalConfig` overrides applied
-            to every method (a method's own settings win).
+            to every method (a method's own settings win); keys starting with
+            ``dynamics.`` override :class:`~helamem.core.DynamicsConfig`.
         embedder: The embedder (default: offline MiniLM); it is wrapped in a
             cache shared by every method.
         tokenizer_file: A local ``cl100k_base.tiktoken`` file (or tiktoken
@@ -529,7 +530,11 @@ def run_locomo(
     if not ks or ks[0] < 1:
         raise ValueError(f"k must be >= 1, got {ks}")
     overrides = dict(retrieval or {})
-    base_cfg = RetrievalConfig(**overrides)  # validates the overrides
+    dyn = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("dynamics.")}
+    base_cfg = RetrievalConfig(  # validates the overrides
+        **{k: v for k, v in overrides.items() if not k.startswith("dynamics.")}
+    )
+    dynamics = DynamicsConfig(**dyn)
     chosen = [METHODS[m] for m in METHODS if m in set(methods)]
     configs = {m.name: RetrievalConfig(**{**base_cfg.model_dump(), **m.retrieval}) for m in chosen}
 
@@ -560,7 +565,10 @@ def run_locomo(
     with tempfile.TemporaryDirectory(prefix="helamem-locomo-", dir=work_dir) as tmp:
         stores = {
             m.name: HelaMemory(
-                HelaMemConfig(path=Path(tmp) / m.name, retrieval=configs[m.name]), embedder=cache
+                HelaMemConfig(
+                    path=Path(tmp) / m.name, retrieval=configs[m.name], dynamics=dynamics
+                ),
+                embedder=cache,
             )
             for m in chosen
         }
