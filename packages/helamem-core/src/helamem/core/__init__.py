@@ -6,6 +6,7 @@ Examples:
 """
 
 from ._maintenance import ConsolidationReport, ForgetReport
+from ._portable import ExportFormatError, ExportReport, ImportConflictError, ImportReport
 from .config import (
     ChromaConfig,
     ConsolidationConfig,
@@ -47,6 +48,8 @@ __all__ = [
     "ChromaConfig",
     "ConsolidationConfig",
     "ConsolidationReport",
+    "ExportFormatError",
+    "ExportReport",
     "ExtractiveDistiller",
     "FactDraft",
     "ForgetReport",
@@ -67,6 +70,8 @@ __all__ = [
     "HelaMemError",
     "HelaMemory",
     "Hit",
+    "ImportConflictError",
+    "ImportReport",
     "InvalidInputError",
     "InvalidScopeError",
     "Kind",

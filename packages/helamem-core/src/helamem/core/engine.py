@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +30,7 @@ from ._maintenance import (
     forget,
     plan_consolidation,
 )
+from ._portable import ExportReport, ImportReport, export_scope, import_scope
 from .config import HelaMemConfig
 from .context import note_used
 from .distill import Distiller, ExtractiveDistiller, LLMDistiller
@@ -517,6 +519,81 @@ class HelaMemory:
         """Async :meth:`delete_scope`."""
         normalize_scope(scope)
         return await self._acall(lambda c: delete_scope(c, scope))
+
+    def export_scope(self, scope: Sequence[str], path: str | os.PathLike[str]) -> ExportReport:
+        """Write ``scope`` and the scopes under it to a JSON-lines file (a backup).
+
+        One consistent snapshot, streamed row by row: a header (format,
+        schema version, embedder, scope), then memories (ids, exact content,
+        times, access counts, metadata, provenance, float32 vectors), edges,
+        per-scope state and distilled clusters, then an ``end`` line. Scopes
+        in the file are relative to ``scope``. The file appears atomically.
+        See :mod:`helamem.core._portable` for the format.
+
+        Args:
+            scope: The scope (prefix) to export.
+            path: The file to write (replaced if it exists).
+
+        Returns:
+            What was written (counts of memories, edges, scopes, clusters).
+
+        Raises:
+            InvalidInputError: The scope is malformed or the path not writable.
+
+        Examples:
+            >>> mem.export_scope(("users", "alice"), "alice.jsonl")  # doctest: +SKIP
+            ExportReport(path=PosixPath('alice.jsonl'), scope=('users', 'alice'), memories=42, ...)
+        """
+        normalize_scope(scope)
+        return self._call(lambda c: export_scope(c, scope, path))
+
+    async def aexport_scope(
+        self, scope: Sequence[str], path: str | os.PathLike[str]
+    ) -> ExportReport:
+        """Async :meth:`export_scope`."""
+        normalize_scope(scope)
+        return await self._acall(lambda c: export_scope(c, scope, path))
+
+    def import_scope(
+        self, path: str | os.PathLike[str], *, scope: Sequence[str] | None = None
+    ) -> ImportReport:
+        """Load a file written by :meth:`export_scope`, in one transaction.
+
+        Ids, times, access counts, edges, scope ticks and distilled clusters
+        are kept, so export, :meth:`delete_scope` and import give back the
+        same memory. Vectors are reused when the file's embedder (name and
+        dimension) is this store's, else recomputed; then they are indexed.
+
+        Args:
+            path: A file written by :meth:`export_scope`.
+            scope: Where to put the exported scope; default: where it came from.
+
+        Returns:
+            What was written (counts, and how many vectors were recomputed).
+
+        Raises:
+            ImportConflictError: The target scope holds memories, or an id of
+                the file exists already; nothing was written.
+            ExportFormatError: The file is not a complete export this version
+                reads; nothing was written.
+            InvalidInputError: The path cannot be read or the scope is malformed.
+
+        Examples:
+            >>> mem.delete_scope(("users", "alice"))                 # doctest: +SKIP
+            >>> mem.import_scope("alice.jsonl").memories             # doctest: +SKIP
+            42
+        """
+        if scope is not None:
+            normalize_scope(scope)
+        return self._call(lambda c: import_scope(c, path, scope))
+
+    async def aimport_scope(
+        self, path: str | os.PathLike[str], *, scope: Sequence[str] | None = None
+    ) -> ImportReport:
+        """Async :meth:`import_scope`."""
+        if scope is not None:
+            normalize_scope(scope)
+        return await self._acall(lambda c: import_scope(c, path, scope))
 
     def reindex(self, *, reembed: bool = False) -> int:
         """Rebuild the vector index from SQLite; ``reembed`` recomputes vectors."""

@@ -94,6 +94,12 @@ _MEMORY_COLS = (
     "access_count, last_access, metadata, provenance, embedding"
 )
 
+# the node bound to the first parameter and every node under it, as CTE ``down``
+_SUBTREE = (
+    "WITH RECURSIVE down(id) AS ("
+    "SELECT ? UNION ALL SELECT s.id FROM scopes s JOIN down ON s.parent = down.id)"
+)
+
 
 def scope_path(scope: Sequence[str]) -> str:
     """Unambiguous key of a scope (JSON array; surrogates escaped)."""
@@ -644,3 +650,106 @@ class SQLiteStore:
             ).fetchone()[0]
         )
         return out
+
+    # -- export / import (see helamem.core._portable) ----------------------
+
+    @contextmanager
+    def read_tx(self) -> Iterator[None]:
+        """A read transaction: every query inside sees one snapshot (WAL readers never block)."""
+        db = self.db
+        try:
+            db.execute("BEGIN DEFERRED")
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not start a read transaction: {exc}") from exc
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")  # read-only: releases the snapshot
+
+    def iter_memories_under(self, node: int, batch: int = 1024) -> Iterator[list[MemoryRow]]:
+        """Memories of ``node`` and its descendants in ``n`` order, streamed in batches."""
+        cur = self.db.execute(
+            f"{_SUBTREE} SELECT {_MEMORY_COLS} FROM memories"
+            " WHERE scope_id IN (SELECT id FROM down) ORDER BY n",
+            (node,),
+        )
+        while rows := cur.fetchmany(batch):
+            yield [_row(r) for r in rows]
+
+    def iter_edges_under(
+        self, node: int, batch: int = 4096
+    ) -> Iterator[list[tuple[str, str, float, int]]]:
+        """``(id_a, id_b, weight, tick)`` of edges under ``node`` in ``(a, b)`` order, batched."""
+        cur = self.db.execute(
+            f"{_SUBTREE} SELECT ma.id, mb.id, e.weight, e.tick FROM edges e"
+            " JOIN memories ma ON ma.n = e.a JOIN memories mb ON mb.n = e.b"
+            " WHERE e.scope_id IN (SELECT id FROM down) ORDER BY e.a, e.b",
+            (node,),
+        )
+        while rows := cur.fetchmany(batch):
+            yield [(str(a), str(b), float(w), int(t)) for a, b, w, t in rows]
+
+    def locate(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``id -> (n, scope_id)`` of the memories among ``ids`` that exist."""
+        out: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            for mid, n, sid in self.db.execute(
+                f"SELECT id, n, scope_id FROM memories WHERE id IN ({_qmarks(len(chunk))})", chunk
+            ):
+                out[str(mid)] = (int(n), int(sid))
+        return out
+
+    def id_of(self, n: int) -> str | None:
+        r = self.db.execute("SELECT id FROM memories WHERE n = ?", (n,)).fetchone()
+        return None if r is None else str(r[0])
+
+    def last_episode_upto(self, scope_id: int, n: int) -> str | None:
+        """Id of the newest episode of node ``scope_id`` with ``n`` at most ``n``."""
+        r = self.db.execute(
+            "SELECT id FROM memories WHERE scope_id = ? AND kind = 'episodic' AND n <= ?"
+            " ORDER BY n DESC LIMIT 1",
+            (scope_id, n),
+        ).fetchone()
+        return None if r is None else str(r[0])
+
+    def has_memories_under(self, node: int) -> bool:
+        r = self.db.execute(
+            f"{_SUBTREE} SELECT 1 FROM memories WHERE scope_id IN (SELECT id FROM down) LIMIT 1",
+            (node,),
+        ).fetchone()
+        return r is not None
+
+    def set_access(
+        self, db: sqlite3.Connection, n: int, access_count: int, last_access: float | None
+    ) -> None:
+        db.execute(
+            "UPDATE memories SET access_count = ?, last_access = ? WHERE n = ?",
+            (access_count, last_access, n),
+        )
+
+    def clusters_of(self, scope_id: int) -> list[tuple[str, str, int, float]]:
+        """``(signature, hub, facts, distilled_at)`` of a node's distilled clusters."""
+        return [
+            (str(s), str(h), int(f), float(t))
+            for s, h, f, t in self.db.execute(
+                "SELECT signature, hub, facts, distilled_at FROM clusters WHERE scope_id = ?"
+                " ORDER BY signature",
+                (scope_id,),
+            )
+        ]
+
+    def put_cluster(
+        self,
+        db: sqlite3.Connection,
+        scope_id: int,
+        signature: str,
+        hub: str,
+        facts: int,
+        distilled_at: float,
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO clusters(scope_id, signature, hub, facts, distilled_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (scope_id, signature, hub, facts, distilled_at),
+        )

@@ -1,0 +1,534 @@
+"""Export and import of one scope as JSON lines (backups, moves between stores).
+
+Like :mod:`helamem.core._maintenance`, these run on the store's owner thread.
+
+The format (``helamem.scope``, version 1) is one JSON object per line, each
+with a ``"type"``, in this order:
+
+1. ``header``: ``format``, ``version``, ``schema_version`` of the writing
+   store, ``embedder`` (``name``, ``dimension``), ``scope`` (the exported
+   prefix) and ``exported_at`` (ISO 8601, UTC).
+2. ``memory`` (one per memory, in insertion order): ``id``, ``scope``,
+   ``kind``, ``content``, ``content_raw``, ``role``, ``event_time``, ``created_at``,
+   ``keywords``, ``access_count``, ``last_access``, ``metadata``,
+   ``provenance`` and ``embedding`` (base64 of float32 little-endian, or
+   null).
+3. ``edge``: ``a`` and ``b`` (memory ids), ``weight`` (as of ``tick``), ``tick``.
+4. ``scope`` (one per scope node under the prefix, the prefix included):
+   ``scope``, ``tick``, ``last_episode`` (the id temporal edges continue
+   from) and ``consolidated_upto`` (the last episode that got similarity
+   edges).
+5. ``cluster``: a distilled cluster (``scope``, ``signature``, ``hub``,
+   ``facts``, ``distilled_at``), so a re-import does not distil it again.
+6. ``end``: counts of each kind of line; a file without it is truncated.
+
+Scopes in ``memory``, ``scope`` and ``cluster`` lines are **relative to the
+exported prefix** (``[]`` is the prefix itself), so a scope can be imported
+under another prefix. Times are POSIX seconds (floats, exact). The file is
+ASCII (``\\uXXXX`` escapes). ``content`` is the text with lone surrogates
+replaced by U+FFFD; when that differs from the stored text, ``content_raw``
+holds the exact text (base64 of its UTF-8 with surrogates passed through),
+because JSON would merge two adjacent escaped surrogates into one character.
+So any content, lone surrogates and NUL included, round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from . import dynamics
+from ._core import Core, _tag
+from ._maintenance import _mark_key
+from .errors import InvalidInputError, StorageError
+from .storage.base import EdgeRow, MemoryRow
+from .text import safe_text
+from .types import Scope, dump_json, normalize_scope
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ExportFormatError",
+    "ExportReport",
+    "ImportConflictError",
+    "ImportReport",
+    "export_scope",
+    "import_scope",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "helamem.scope"
+FORMAT_VERSION = 1
+_BATCH = 512
+
+
+class ExportFormatError(InvalidInputError):
+    """The file is not a complete HeLa-Mem scope export this version can read."""
+
+
+class ImportConflictError(InvalidInputError):
+    """Importing would overwrite memories that already exist; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """What :func:`export_scope` wrote."""
+
+    path: Path
+    scope: Scope
+    memories: int = 0
+    edges: int = 0
+    scopes: int = 0
+    clusters: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What :func:`import_scope` wrote (``reembedded``: vectors recomputed)."""
+
+    path: Path
+    scope: Scope
+    memories: int = 0
+    edges: int = 0
+    scopes: int = 0
+    clusters: int = 0
+    reembedded: int = 0
+
+
+# -- export -----------------------------------------------------------------
+
+
+def _line(obj: dict[str, Any]) -> str:
+    # ensure_ascii escapes lone surrogates and NUL, so the file is plain ASCII
+    return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":")) + "\n"
+
+
+def _b64(embedding: bytes | None) -> str | None:
+    if embedding is None or len(embedding) % 4:
+        return None
+    le = np.frombuffer(embedding, dtype=np.float32).astype("<f4").tobytes()
+    return base64.b64encode(le).decode("ascii")
+
+
+def _raw(content: str) -> str:
+    return base64.b64encode(content.encode("utf-8", "surrogatepass")).decode("ascii")
+
+
+def _memory_line(r: MemoryRow, rel: Scope) -> dict[str, Any]:
+    safe = safe_text(r.content)
+    return {
+        "type": "memory",
+        "id": r.id,
+        "scope": list(rel),
+        "kind": r.kind,
+        "content": safe,
+        "content_raw": None if safe == r.content else _raw(r.content),
+        "role": r.role,
+        "event_time": r.event_time,
+        "created_at": r.created_at,
+        "keywords": json.loads(r.keywords),
+        "access_count": r.access_count,
+        "last_access": r.last_access,
+        "metadata": json.loads(r.metadata),
+        "provenance": json.loads(r.provenance),
+        "embedding": _b64(r.embedding),
+    }
+
+
+def _write(core: Core, prefix: Scope, f: IO[str]) -> dict[str, int]:
+    store = core.store
+    counts = {"memories": 0, "edges": 0, "scopes": 0, "clusters": 0}
+    f.write(
+        _line(
+            {
+                "type": "header",
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "schema_version": store.schema_version(),
+                "embedder": {"name": core.embedder.name, "dimension": core.embedder.dimension},
+                "scope": list(prefix),
+                "exported_at": datetime.now(UTC).isoformat(),
+            }
+        )
+    )
+    node = store.find_scope(prefix)
+    if node is not None:
+        cut = len(prefix)
+        for batch in store.iter_memories_under(node):
+            for r in batch:
+                f.write(_line(_memory_line(r, core._scope(r.scope_id)[cut:])))
+            counts["memories"] += len(batch)
+        for edges in store.iter_edges_under(node):
+            for a, b, w, t in edges:
+                f.write(_line({"type": "edge", "a": a, "b": b, "weight": w, "tick": t}))
+            counts["edges"] += len(edges)
+        nodes = sorted((core._scope(s)[cut:], s) for s in store.descendants(node))
+        for rel, sid in nodes:
+            tick, last = store.scope_state(sid)
+            mark = int(store.get_meta(_mark_key(sid)) or 0)
+            f.write(
+                _line(
+                    {
+                        "type": "scope",
+                        "scope": list(rel),
+                        "tick": tick,
+                        "last_episode": None if last is None else store.id_of(last),
+                        "consolidated_upto": store.last_episode_upto(sid, mark) if mark else None,
+                    }
+                )
+            )
+        counts["scopes"] = len(nodes)
+        for rel, sid in nodes:
+            for sig, hub, facts, at in store.clusters_of(sid):
+                f.write(
+                    _line(
+                        {
+                            "type": "cluster",
+                            "scope": list(rel),
+                            "signature": sig,
+                            "hub": hub,
+                            "facts": facts,
+                            "distilled_at": at,
+                        }
+                    )
+                )
+                counts["clusters"] += 1
+    f.write(_line({"type": "end", **counts}))
+    return counts
+
+
+def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str]) -> ExportReport:
+    """Write ``scope`` and the scopes under it to ``path`` (one consistent snapshot).
+
+    Rows are streamed; the file appears atomically (written to
+    ``<path>.partial`` first, then renamed).
+    """
+    prefix = normalize_scope(scope)
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with core.store.read_tx(), partial.open("w", encoding="ascii", newline="\n") as f:
+            counts = _write(core, prefix, f)
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise InvalidInputError(
+            f"cannot write the export to {target}: {exc}; pass a path in a writable directory"
+        ) from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return ExportReport(target, prefix, **counts)
+
+
+# -- import -----------------------------------------------------------------
+
+
+class _Reader:
+    """The lines of an export, parsed and checked one at a time."""
+
+    def __init__(self, path: Path, f: IO[str]) -> None:
+        self.path = path
+        self._f = f
+        self.lineno = 0
+
+    def error(self, why: str) -> ExportFormatError:
+        return ExportFormatError(
+            f"{self.path} line {self.lineno}: {why}; pass an unmodified file written by "
+            f"HelaMemory.export_scope()"
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for raw in self._f:
+            self.lineno += 1
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                raise self.error(f"not JSON ({exc})") from exc
+            if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+                raise self.error("not an object with a 'type'")
+            yield obj
+
+    def get(self, obj: dict[str, Any], key: str, *types: type, null: bool = False) -> Any:
+        value = obj.get(key)
+        if value is None and null:
+            return None
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            raise self.error(f"field {key!r} of a {obj['type']} line is {value!r}")
+        return value
+
+    def rel(self, obj: dict[str, Any]) -> Scope:
+        rel = self.get(obj, "scope", list)
+        if not all(isinstance(s, str) and s for s in rel):
+            raise self.error(f"scope {rel!r} is not a list of non-empty strings")
+        return tuple(rel)
+
+    def json_text(self, obj: dict[str, Any], key: str, kind: type) -> str:
+        value = self.get(obj, key, kind)
+        try:
+            return dump_json(value, key)
+        except InvalidInputError as exc:
+            raise self.error(str(exc)) from exc
+
+
+class _Importer:
+    """One import, inside one write transaction."""
+
+    def __init__(self, core: Core, reader: _Reader, target: Scope, same_embedder: bool) -> None:
+        self.core = core
+        self.store = core.store
+        self.r = reader
+        self.target = target
+        self.same_embedder = same_embedder
+        self.db: Any = None
+        self.nodes: dict[Scope, int] = {}
+        self.kinds: set[tuple[str, int]] = set()
+        self._tags: dict[tuple[str, int], str] = {}
+        self.counts = {"memories": 0, "edges": 0, "scopes": 0, "clusters": 0}
+        self.reembedded = 0
+        self._memories: list[dict[str, Any]] = []
+        self._edges: list[dict[str, Any]] = []
+
+    def node(self, rel: Scope) -> int:
+        sid = self.nodes.get(rel)
+        if sid is None:
+            sid = self.nodes[rel] = self.store.ensure_scope(self.db, self.target + rel)
+        return sid
+
+    def tags(self, sid: int, kind: str) -> str:
+        key = (kind, sid)
+        if key not in self._tags:
+            self._tags[key] = " ".join(_tag(a, kind) for a in self.store.ancestors(sid))
+        return self._tags[key]
+
+    def run(self, lines: Iterator[dict[str, Any]]) -> None:
+        for obj in lines:
+            kind = obj["type"]
+            if kind != "memory":
+                self.flush_memories()
+            if kind != "edge":
+                self.flush_edges()
+            if kind == "memory":
+                self._memories.append(obj)
+                if len(self._memories) >= _BATCH:
+                    self.flush_memories()
+            elif kind == "edge":
+                self._edges.append(obj)
+                if len(self._edges) >= _BATCH:
+                    self.flush_edges()
+            elif kind == "scope":
+                self.scope(obj)
+            elif kind == "cluster":
+                self.cluster(obj)
+            elif kind == "end":
+                self.end(obj)
+                return
+            else:
+                raise self.r.error(f"unknown line type {kind!r}")
+        raise self.r.error("the file ends without its 'end' line (truncated)")
+
+    def end(self, obj: dict[str, Any]) -> None:
+        for key, n in self.counts.items():
+            if obj.get(key) != n:
+                raise self.r.error(f"the 'end' line says {obj.get(key)!r} {key}, the file has {n}")
+
+    def flush_memories(self) -> None:
+        batch, self._memories = self._memories, []
+        if not batch:
+            return
+        r = self.r
+        dim = self.core.embedder.dimension
+        ids = [r.get(o, "id", str) for o in batch]
+        if len(set(ids)) < len(ids):
+            raise r.error("a memory id appears twice")
+        clash = self.store.locate(ids)
+        if clash:
+            mid, (_, sid) = next(iter(clash.items()))
+            raise ImportConflictError(
+                f"memory {mid!r} already exists (scope {self.core._scope(sid)!r}); nothing was "
+                f"imported. Delete it (HelaMemory.delete_scope) or import into another store"
+            )
+        contents: list[str] = []
+        vectors: list[bytes | None] = []
+        for o in batch:
+            content = r.get(o, "content", str)
+            raw = r.get(o, "content_raw", str, null=True)
+            if raw is not None:
+                try:
+                    content = base64.b64decode(raw, validate=True).decode("utf-8", "surrogatepass")
+                except (binascii.Error, ValueError) as exc:
+                    raise r.error(f"content_raw of {o['id']!r} is not base64 of UTF-8") from exc
+            contents.append(content)
+            vec = None
+            b64 = r.get(o, "embedding", str, null=True)
+            if b64 is not None and self.same_embedder:
+                try:
+                    packed = base64.b64decode(b64, validate=True)
+                except (binascii.Error, ValueError) as exc:
+                    raise r.error(f"embedding of {o['id']!r} is not base64") from exc
+                if len(packed) == 4 * dim:
+                    vec = np.frombuffer(packed, dtype="<f4").astype(np.float32).tobytes()
+            vectors.append(vec)
+        todo = [i for i, v in enumerate(vectors) if v is None]
+        if todo:
+            fresh = self.core._embed([safe_text(contents[i]) for i in todo])
+            for i, v in zip(todo, fresh, strict=True):
+                vectors[i] = np.asarray(v, dtype=np.float32).tobytes()
+            self.reembedded += len(todo)
+        for o, content, vec in zip(batch, contents, vectors, strict=True):
+            kind = r.get(o, "kind", str)
+            if kind not in ("episodic", "semantic"):
+                raise r.error(f"kind {kind!r} is neither 'episodic' nor 'semantic'")
+            sid = self.node(r.rel(o))
+            last_access = r.get(o, "last_access", float, int, null=True)
+            assert vec is not None
+            n = self.store.insert_memory(
+                self.db,
+                id=o["id"],
+                scope_id=sid,
+                tags=self.tags(sid, kind),
+                kind=kind,
+                content=content,
+                search_text=safe_text(content),
+                role=r.get(o, "role", str, null=True),
+                event_time=float(r.get(o, "event_time", float, int)),
+                created_at=float(r.get(o, "created_at", float, int)),
+                keywords=r.json_text(o, "keywords", list),
+                metadata=r.json_text(o, "metadata", dict),
+                provenance=r.json_text(o, "provenance", list),
+                embedding=vec,
+            )
+            count = r.get(o, "access_count", int)
+            if count or last_access is not None:
+                self.store.set_access(
+                    self.db, n, count, None if last_access is None else float(last_access)
+                )
+            self.kinds.add((kind, sid))
+        self.counts["memories"] += len(batch)
+
+    def flush_edges(self) -> None:
+        batch, self._edges = self._edges, []
+        if not batch:
+            return
+        r = self.r
+        ends = [(r.get(o, "a", str), r.get(o, "b", str)) for o in batch]
+        where = self.store.locate([i for pair in ends for i in pair])
+        ours = set(self.nodes.values())
+        rows: list[EdgeRow] = []
+        for o, (a, b) in zip(batch, ends, strict=True):
+            if a not in where or b not in where:
+                raise r.error(f"edge {a!r}-{b!r} refers to a memory not in the file")
+            (na, sa), (nb, sb) = where[a], where[b]
+            if sa != sb or sa not in ours or na == nb:
+                raise r.error(f"edge {a!r}-{b!r} joins memories of different scopes")
+            ka, kb = dynamics.edge_key(na, nb)
+            weight = float(r.get(o, "weight", float, int))
+            rows.append(EdgeRow(ka, kb, sa, weight, r.get(o, "tick", int)))
+        self.store.upsert_edges(self.db, rows)
+        self.counts["edges"] += len(batch)
+
+    def _episode_n(self, obj: dict[str, Any], key: str, sid: int) -> int | None:
+        mid = self.r.get(obj, key, str, null=True)
+        if mid is None:
+            return None
+        found = self.store.locate([mid]).get(mid)
+        if found is None or found[1] != sid:
+            raise self.r.error(f"{key} {mid!r} is not a memory of that scope in the file")
+        return found[0]
+
+    def scope(self, obj: dict[str, Any]) -> None:
+        sid = self.node(self.r.rel(obj))
+        last = self._episode_n(obj, "last_episode", sid)
+        self.store.set_scope_state(self.db, sid, self.r.get(obj, "tick", int), last)
+        mark = self._episode_n(obj, "consolidated_upto", sid)
+        self.store.set_meta(self.db, _mark_key(sid), str(mark or 0))
+        self.counts["scopes"] += 1
+
+    def cluster(self, obj: dict[str, Any]) -> None:
+        r = self.r
+        self.store.put_cluster(
+            self.db,
+            self.node(r.rel(obj)),
+            r.get(obj, "signature", str),
+            r.get(obj, "hub", str),
+            r.get(obj, "facts", int),
+            float(r.get(obj, "distilled_at", float, int)),
+        )
+        self.counts["clusters"] += 1
+
+
+def _header(reader: _Reader, lines: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    head = next(lines, None)
+    if head is None or head.get("type") != "header" or head.get("format") != FORMAT:
+        raise reader.error(f"the first line is not a {FORMAT!r} header")
+    version = reader.get(head, "version", int)
+    if version > FORMAT_VERSION:
+        raise ExportFormatError(
+            f"{reader.path} uses export format version {version}, newer than this "
+            f"helamem-core reads ({FORMAT_VERSION}); upgrade helamem-core"
+        )
+    reader.get(head, "embedder", dict)
+    return head
+
+
+def import_scope(
+    core: Core, path: str | os.PathLike[str], scope: Sequence[str] | None = None
+) -> ImportReport:
+    """Load an export into its own scope (or under ``scope``) in one transaction.
+
+    Ids, times, access counts, edges, scope ticks and distilled clusters are
+    kept. Vectors are reused when the export was made with the same embedder
+    (name and dimension), else recomputed. The target scope and the scopes
+    under it must hold no memories, and no id in the file may exist.
+    """
+    source = Path(path)
+    core.reconcile()  # settle pending vector deletes before ids come back
+    try:
+        f = source.open(encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot read {source}: {exc}; pass the path of a file written by export_scope()"
+        ) from exc
+    with f:
+        reader = _Reader(source, f)
+        lines = iter(reader)
+        head = _header(reader, lines)
+        target = normalize_scope(reader.rel(head) if scope is None else scope)
+        emb = head["embedder"]
+        same = emb.get("name") == core.embedder.name and emb.get("dimension") == (
+            core.embedder.dimension
+        )
+        store = core.store
+        node = store.find_scope(target)
+        if node is not None and store.has_memories_under(node):
+            raise ImportConflictError(
+                f"scope {target!r} already holds memories; nothing was imported. Import into an "
+                f"empty scope (pass scope=...) or delete it first with HelaMemory.delete_scope()"
+            )
+        imp = _Importer(core, reader, target, same)
+        with store.tx() as db:
+            imp.db = db
+            imp.run(lines)
+            if next(lines, None) is not None:
+                raise reader.error("there are lines after the 'end' line")
+    if core._holding is not None:
+        for kind, sid in imp.kinds:
+            core._holding.setdefault(kind, set()).add(sid)
+    try:
+        core.reconcile()  # index the imported vectors
+    except StorageError as exc:
+        core._needs_reconcile = True
+        logger.warning("vector index update failed, will re-index on next use: %s", exc)
+    return ImportReport(source, target, reembedded=imp.reembedded, **imp.counts)

@@ -1,0 +1,316 @@
+"""Data safety: scope export/import round-trips exactly; old stores migrate on open."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from helamem.core import (
+    ExportFormatError,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    ImportConflictError,
+    Memory,
+)
+from helamem.core.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
+
+ALICE = ("users", "alice")
+FIXTURES = Path(__file__).parent / "fixtures"
+WEIRD = [
+    "lone surrogates \ud800 and \udfff survive",
+    "surrogate pair as two escapes \ud83d\ude00 and a real one 😀",
+    "NUL inside \x00 the text",
+    "RTL \u202e and zero width \u200b and combining e\u0301",
+]
+
+
+def _story(mem: HelaMemory) -> list[str]:
+    ids: list[str] = []
+    for i in range(5):
+        u, a = mem.add_turn(
+            ALICE,
+            f"my cat miso chased a mouse {i}",
+            f"miso the cat is fast {i}",
+            event_time=1_700_000_000 + 3600 * i,
+            metadata={"session": i, "note": "caf\u00e9 \ud83d"},
+        )
+        ids += [u.id, a.id]
+    for text in WEIRD:
+        ids.append(mem.add(text, ALICE, role="user", keywords=["weird", "\udc80"]).id)
+    ids.append(mem.add("standup at nine", (*ALICE, "work"), role="user").id)
+    mem.add_turn((*ALICE, "work"), "the deploy broke again", "rollback the deploy")
+    return ids
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for raw in path.read_text(encoding="ascii").splitlines():
+        obj = json.loads(raw)
+        obj.pop("exported_at", None)
+        out.append(obj)
+    return out
+
+
+def _fingerprint(mem: HelaMemory, query: str) -> list[tuple[str, float, str, Memory]]:
+    res = mem.search(query, ALICE, k=5, learn=False)
+    return [(h.id, round(h.score, 9), h.provenance, h.memory) for h in res]
+
+
+def _all(mem: HelaMemory, path: Path) -> list[Memory]:
+    return [mem.get(o["id"]) for o in _lines(path) if o["type"] == "memory"]
+
+
+def test_round_trip_is_exact(mem: HelaMemory, tmp_path: Path) -> None:
+    ids = _story(mem)
+    mem.search("cat miso", ALICE, k=3)  # learned edges and access counts
+    mem.reinforce(ids[:3])
+    report = mem.consolidate(ALICE)
+    assert report.facts_added >= 1
+    fact = mem.get(report.fact_ids[0])
+    assert fact.kind == "semantic" and fact.provenance
+    facts, clusters = report.facts_added, report.clusters
+    while (again := mem.consolidate(ALICE)).clusters:  # distil until nothing is left
+        facts, clusters = facts + again.facts_added, clusters + again.clusters
+
+    first = tmp_path / "a.jsonl"
+    exp = mem.export_scope(ALICE, first)
+    assert (exp.memories, exp.clusters) == (len(ids) + 2 + facts, clusters)
+    assert exp.edges == mem.stats(ALICE).edges
+    before_stats = mem.stats(ALICE)
+    before_search = [_fingerprint(mem, q) for q in ("cat miso", "deploy", "surrogates")]
+    before_memories = _all(mem, first)
+    assert not (tmp_path / "a.jsonl.partial").exists()
+    text = first.read_text(encoding="ascii")
+    assert "\\u0000" in text and "\\ufffd" in text  # escaped; readable text kept
+    assert text.count('"content_raw":"') == 2  # exact text of the two with lone surrogates
+
+    assert mem.delete_scope(ALICE) == exp.memories
+    assert mem.stats(ALICE).memories == 0
+    imp = mem.import_scope(first)
+    assert (imp.memories, imp.edges, imp.scopes, imp.clusters, imp.reembedded) == (
+        exp.memories,
+        exp.edges,
+        exp.scopes,
+        exp.clusters,
+        0,
+    )
+    assert imp.scope == ALICE
+
+    second = tmp_path / "b.jsonl"
+    mem.export_scope(ALICE, second)
+    assert _lines(second) == _lines(first)
+    assert _all(mem, second) == before_memories
+    assert mem.get(fact.id).provenance == fact.provenance
+    assert {m.content for m in before_memories} >= set(WEIRD)
+    after_stats = mem.stats(ALICE)
+    assert (after_stats.memories, after_stats.edges, after_stats.unindexed) == (
+        before_stats.memories,
+        before_stats.edges,
+        0,
+    )
+    assert after_stats.mean_edge_weight == pytest.approx(before_stats.mean_edge_weight)
+    assert [_fingerprint(mem, q) for q in ("cat miso", "deploy", "surrogates")] == before_search
+    # consolidation state came back: no new similarity edges, no cluster distilled twice
+    skipped = again.skipped_unchanged  # known clusters met by the last consolidation
+    again = mem.consolidate(ALICE)
+    assert (again.similarity_edges, again.clusters, again.skipped_unchanged) == (0, 0, skipped)
+    # the graph keeps growing where it left off: the temporal chain continues
+    mem.add_turn(ALICE, "miso sleeps a lot", "cats do")
+    assert mem.stats(ALICE).edges == after_stats.edges + 2
+
+
+def test_file_format(mem: HelaMemory, tmp_path: Path) -> None:
+    m = mem.add("tea with alice", ALICE, event_time=1_700_000_000.25)
+    path = tmp_path / "x.jsonl"
+    mem.export_scope(ALICE, path)
+    lines = [json.loads(s) for s in path.read_text().splitlines()]
+    head, body, end = lines[0], lines[1], lines[-1]
+    assert head["format"] == "helamem.scope" and head["version"] == 1
+    assert head["schema_version"] == SCHEMA_VERSION
+    assert head["embedder"] == {"name": "hashing-256", "dimension": 256}
+    assert head["scope"] == list(ALICE) and head["exported_at"].endswith("+00:00")
+    assert body["type"] == "memory" and body["id"] == m.id and body["scope"] == []
+    assert body["event_time"] == 1_700_000_000.25
+    vec = np.frombuffer(base64.b64decode(body["embedding"]), dtype="<f4")
+    assert vec.shape == (256,)
+    assert np.allclose(vec, HashingEmbedder(256).embed(["tea with alice"])[0])
+    assert [x["type"] for x in lines] == ["header", "memory", "scope", "end"]
+    assert lines[2] == {
+        "type": "scope",
+        "scope": [],
+        "tick": 1,
+        "last_episode": m.id,
+        "consolidated_upto": None,
+    }
+    assert end == {"type": "end", "memories": 1, "edges": 0, "scopes": 1, "clusters": 0}
+
+
+def test_import_under_another_scope(mem: HelaMemory, tmp_path: Path) -> None:
+    ids = _story(mem)
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    mem.delete_scope(ALICE)
+    rep = mem.import_scope(path, scope=("archive", "alice"))
+    assert rep.scope == ("archive", "alice")
+    assert mem.get(ids[0]).scope == ("archive", "alice")
+    assert mem.get(ids[-1]).scope == ("archive", "alice", "work")
+    assert mem.list_scopes(ALICE) == []
+    assert mem.search("deploy broke", ("archive",), k=1, learn=False)[0].content == (
+        "the deploy broke again"
+    )
+
+
+def test_conflicts_are_refused_and_nothing_is_written(mem: HelaMemory, tmp_path: Path) -> None:
+    ids = _story(mem)
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    before = mem.stats()
+    with pytest.raises(ImportConflictError, match="delete_scope"):
+        mem.import_scope(path)  # the scope still holds memories
+    with pytest.raises(ImportConflictError, match=ids[0]):
+        mem.import_scope(path, scope=("copy",))  # ids are kept, so a copy clashes
+    assert mem.stats() == before
+    assert mem.list_scopes(("copy",)) == []
+
+
+def test_other_embedder_reembeds(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "a.jsonl"
+    with make_mem(tmp_path / "s1") as a:
+        _story(a)
+        n = a.export_scope(ALICE, path).memories
+        expected = [h.id for h in a.search("deploy broke", ALICE, k=2, learn=False)]
+    cfg = HelaMemConfig(path=tmp_path / "s2")
+    with HelaMemory(cfg, embedder=HashingEmbedder(128)) as b:
+        rep = b.import_scope(path)
+        assert rep.reembedded == n == rep.memories
+        st = b.stats(ALICE)
+        assert st.unindexed == 0 and st.vectors == n
+        assert [h.id for h in b.search("deploy broke", ALICE, k=2, learn=False)] == expected
+        b.export_scope(ALICE, tmp_path / "b.jsonl")
+    vecs = [o["embedding"] for o in _lines(tmp_path / "b.jsonl") if o["type"] == "memory"]
+    assert {len(base64.b64decode(v)) for v in vecs} == {4 * 128}
+    with make_mem(tmp_path / "s3") as c:  # same embedder: vectors are reused
+        assert c.import_scope(path).reembedded == 0
+
+
+def test_missing_vector_is_recomputed(mem: HelaMemory, tmp_path: Path) -> None:
+    m = mem.add("tea with alice", ALICE)
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    lines = path.read_text().splitlines()
+    body = json.loads(lines[1])
+    body["embedding"] = None
+    lines[1] = json.dumps(body)
+    path.write_text("\n".join(lines) + "\n")
+    mem.delete_scope(ALICE)
+    assert mem.import_scope(path).reembedded == 1
+    assert mem.search("tea", ALICE, k=1, learn=False).ids == [m.id]
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda ls: ls[:-1], "truncated"),
+        (lambda ls: [ls[0], "{not json", *ls[1:]], "not JSON"),
+        (lambda ls: [ls[0].replace('"version":1', '"version":99'), *ls[1:]], "upgrade"),
+        (lambda ls: ls[1:], "header"),
+        (lambda ls: [*ls[:-1], ls[-1].replace('"memories":2', '"memories":3')], "end"),
+        (lambda ls: [ls[0], *ls[2:]], "not in the file"),  # an edge end is missing
+    ],
+)
+def test_bad_files_are_refused_whole(
+    mem: HelaMemory, tmp_path: Path, edit: Any, match: str
+) -> None:
+    mem.add_turn(ALICE, "hello there", "hi")
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    mem.delete_scope(ALICE)
+    path.write_text("\n".join(edit(path.read_text().splitlines())) + "\n")
+    with pytest.raises(ExportFormatError, match=match):
+        mem.import_scope(path)
+    st = mem.stats()
+    assert (st.memories, st.edges, st.vectors) == (0, 0, 0)
+
+
+def test_export_of_unknown_scope_is_empty(mem: HelaMemory, tmp_path: Path) -> None:
+    rep = mem.export_scope(("nobody",), tmp_path / "e.jsonl")
+    assert rep.memories == 0
+    assert mem.import_scope(tmp_path / "e.jsonl").memories == 0
+
+
+def test_async_twins(tmp_path: Path, make_mem: Any) -> None:
+    async def main() -> None:
+        async with make_mem(tmp_path / "s") as mem:
+            await mem.aadd_turn(ALICE, "I love hiking", "nice \ud800")
+            exp = await mem.aexport_scope(ALICE, tmp_path / "a.jsonl")
+            await mem.adelete_scope(ALICE)
+            imp = await mem.aimport_scope(tmp_path / "a.jsonl", scope=("u", "a"))
+            assert (imp.memories, imp.edges) == (exp.memories, exp.edges) == (2, 1)
+            assert (await mem.asearch("hiking", ("u", "a"), k=1)).hits
+
+    asyncio.run(main())
+
+
+# -- migration of an old store ---------------------------------------------------
+
+
+def _load_v1(path: Path) -> None:
+    path.mkdir(parents=True)
+    db = sqlite3.connect(path / "helamem.sqlite3")
+    db.executescript((FIXTURES / "store_v1.sql").read_text(encoding="utf-8"))
+    db.close()
+
+
+def _schema(db: sqlite3.Connection) -> list[tuple[str, str]]:
+    return sorted(
+        (str(n), " ".join(str(s).split()))
+        for n, s in db.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+        if not str(n).startswith("memories_fts_")
+    )
+
+
+def test_v1_fixture_is_the_shipped_v1_schema(tmp_path: Path) -> None:
+    _load_v1(tmp_path / "old")
+    old = sqlite3.connect(tmp_path / "old" / "helamem.sqlite3")
+    fresh = sqlite3.connect(":memory:")
+    fresh.executescript(MIGRATIONS[0])
+    fresh.execute(
+        "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    assert _schema(old) == _schema(fresh)  # migration 1 was never edited
+    assert old.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+
+
+def test_v1_store_migrates_on_open_and_works(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "old"
+    _load_v1(path)
+    with make_mem(path) as mem:
+        st = mem.stats()
+        assert st.schema_version == SCHEMA_VERSION == 2
+        assert (st.episodic, st.semantic, st.edges) == (7, 1, 6)
+        assert st.unindexed == 0 and st.vectors == 8  # embedded and indexed on open
+        first = mem.get("01HZX0A0000000000000000001")
+        assert first.scope == ALICE and first.content == "I adopted a cat named Miso"
+        fact = mem.get("01HZX0C0000000000000000008")
+        assert fact.provenance == ("01HZX0A0000000000000000001", "01HZX0A0000000000000000002")
+        res = mem.search("what is the name of the cat?", ALICE, k=3, learn=False)
+        assert "miso" in res[0].content.lower()
+        assert any(h.provenance == "semantic" for h in res)
+        assert mem.search("chess", ("users", "bob"), k=1, learn=False)[0].content.startswith("Bob")
+        mem.add_turn(ALICE, "miso caught the laser dot", "well done miso")
+        assert mem.stats(ALICE).edges == 6 + 2  # temporal chain continues from the last episode
+        mem.consolidate(ALICE)  # the v2 clusters table exists and is used
+        assert mem.export_scope(ALICE, tmp_path / "a.jsonl").memories >= 9
+    db = sqlite3.connect(path / "helamem.sqlite3")
+    versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
