@@ -279,3 +279,23 @@ def test_any_chroma_embedding_function_can_replace_the_embedder(tmp_path: Path) 
         mid = m.add("sunflowers in the garden", ALICE).id
         assert m.search("garden sunflowers", ALICE, k=1).ids == [mid]
         assert m.stats().embedder == "chroma:my-ef"
+
+
+def test_add_turns_batches_turns_with_their_own_used_ids(mem: HelaMemory) -> None:
+    from helamem.core import NewTurn
+
+    bob = ("users", "bob")
+    old = mem.add("alice is vegetarian", ALICE).id
+    pairs = mem.add_turns(
+        [
+            NewTurn(ALICE, "suggest a dinner", "a lentil curry", used_ids=[old]),
+            NewTurn(bob, "hello", "hi bob"),
+            NewTurn(ALICE, "and dessert?", "a fruit salad"),
+        ]
+    )
+    assert [(u.role, a.role) for u, a in pairs] == [("user", "assistant")] * 3
+    assert pairs[1][0].scope == bob
+    # alice: old-u1 (temporal), u1-a1, a1-u3, u3-a3, plus old-a1 from used_ids: 5 edges
+    assert mem.stats(ALICE).edges == 5
+    assert mem.stats(bob).edges == 1
+    assert mem.stats(ALICE).episodic == 5

@@ -42,7 +42,7 @@ from .hooks import (
     TurnRecordingError,
 )
 from .llm import LLMClient, LLMUsage
-from .types import Hit, Kind, Memory, NewMemory, Provenance, Scope, SearchResult
+from .types import Hit, Kind, Memory, NewMemory, NewTurn, Provenance, Scope, SearchResult
 
 __all__ = [
     "ChromaConfig",
@@ -79,6 +79,7 @@ __all__ = [
     "MemoryNotFoundError",
     "MiniLMEmbedder",
     "NewMemory",
+    "NewTurn",
     "Provenance",
     "RecorderClosedError",
     "RecorderFullError",

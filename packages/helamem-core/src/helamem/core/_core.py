@@ -290,13 +290,13 @@ class Core:
     def ingest(
         self,
         groups: Sequence[Sequence[_Prepared]],
-        used_ids: Sequence[str] = (),
+        used_ids: Sequence[Sequence[str]] = (),
     ) -> list[Memory]:
         """Store groups of memories; each group is one tick of its scope.
 
         Inside a group, memories are linked in order to the scope's previous
-        episode (temporal edges); ``used_ids`` co-activate with the group's
-        memories (same scope only).
+        episode (temporal edges); ``used_ids[i]`` co-activate with group
+        ``i``'s memories (same scope only; unknown ids are ignored).
         """
         flat = [p for g in groups for p in g]
         if not flat:
@@ -307,13 +307,17 @@ class Core:
         ids = [new_id() for _ in flat]
         rows_n: list[int] = []
         scope_ids: list[int] = []
-        used = self.store.rows_by_id(used_ids) if used_ids else {}
-        if len(used) < len(set(used_ids)):
-            logger.debug("ignoring %d unknown used_ids", len(set(used_ids)) - len(used))
+        wanted = {i for ids_ in used_ids for i in ids_}
+        known = self.store.rows_by_id(wanted) if wanted else {}
+        if len(known) < len(wanted):
+            logger.debug("ignoring %d unknown used_ids", len(wanted) - len(known))
         with self.store.tx() as db:
             state: dict[int, tuple[int, int | None]] = {}
             i = 0
-            for group in groups:
+            for gi, group in enumerate(groups):
+                used = {
+                    i: known[i] for i in (used_ids[gi] if gi < len(used_ids) else ()) if i in known
+                }
                 edges: list[EdgeRow] = []
                 group_ns: dict[int, list[int]] = defaultdict(list)
                 ticked: set[int] = set()

@@ -38,7 +38,16 @@ from .embeddings import Embedder, create_embedder
 from .errors import InvalidInputError, StoreClosedError
 from .llm import LLMClient
 from .storage.base import VectorIndex
-from .types import Kind, Memory, NewMemory, Scope, SearchResult, TimeLike, normalize_scope
+from .types import (
+    Kind,
+    Memory,
+    NewMemory,
+    NewTurn,
+    Scope,
+    SearchResult,
+    TimeLike,
+    normalize_scope,
+)
 
 __all__ = ["HelaMemory", "Stats"]
 
@@ -272,8 +281,36 @@ class HelaMemory:
         used = _ids(used_ids, "used_ids")
 
         def run(c: Core) -> tuple[Memory, Memory]:
-            m = c.ingest([[u, a]], used_ids=used)
+            m = c.ingest([[u, a]], used_ids=[used])
             return m[0], m[1]
+
+        return run
+
+    @staticmethod
+    def _plan_add_turns(
+        turns: Iterable[NewTurn],
+    ) -> Callable[[Core], list[tuple[Memory, Memory]]]:
+        now = time.time()
+        groups, used = [], []
+        for i, t in enumerate(turns):
+            if not isinstance(t, NewTurn):
+                raise InvalidInputError(
+                    f"add_turns item {i} must be a NewTurn, got {type(t).__name__}"
+                )
+            meta = dict(t.metadata) if t.metadata is not None else None
+            groups.append(
+                [
+                    prepare(NewMemory(t.user, t.scope, "user", t.event_time, meta), now=now),
+                    prepare(
+                        NewMemory(t.assistant, t.scope, "assistant", t.event_time, meta), now=now
+                    ),
+                ]
+            )
+            used.append(_ids(t.used_ids, "used_ids"))
+
+        def run(c: Core) -> list[tuple[Memory, Memory]]:
+            m = c.ingest(groups, used_ids=used)
+            return [(m[i], m[i + 1]) for i in range(0, len(m), 2)]
 
         return run
 
@@ -353,6 +390,17 @@ class HelaMemory:
         return self._call(
             self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
         )
+
+    def add_turns(self, turns: Iterable[NewTurn]) -> list[tuple[Memory, Memory]]:
+        """Store many turns in one batch (one embedding pass, one transaction).
+
+        Each turn is one tick of its scope and behaves as :meth:`add_turn`;
+        turns of one scope are linked in the order given.
+
+        Examples:
+            >>> mem.add_turns([NewTurn(("u", "1"), "hi", "hello")])  # doctest: +SKIP
+        """
+        return self._call(self._plan_add_turns(turns))
 
     def get(self, id: str) -> Memory:
         """The memory with ``id``; raises MemoryNotFoundError if there is none."""
@@ -634,6 +682,10 @@ class HelaMemory:
         return await self._acall(
             self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
         )
+
+    async def aadd_turns(self, turns: Iterable[NewTurn]) -> list[tuple[Memory, Memory]]:
+        """Async :meth:`add_turns`."""
+        return await self._acall(self._plan_add_turns(turns))
 
     async def aget(self, id: str) -> Memory:
         """Async :meth:`get`."""

@@ -63,7 +63,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .context import UsedMemories, collect_used
 from .errors import HelaMemError, InvalidInputError
-from .types import Scope, TimeLike, normalize_scope, to_timestamp
+from .types import NewTurn, Scope, TimeLike, normalize_scope, to_timestamp
 
 if TYPE_CHECKING:
     from .engine import HelaMemory
@@ -83,6 +83,7 @@ Stage = Literal["add_turn", "consolidate", "worker"]
 
 _MAX_KEPT_FAILURES = 1000
 _IDLE_EXIT_S = 5.0  # an idle worker thread exits; the next turn starts a new one
+_BATCH = 32  # queued turns of one scope stored in one add_turns call
 
 
 class RecorderClosedError(HelaMemError, RuntimeError):
@@ -744,34 +745,62 @@ class TurnRecorder:
     ) -> None:
         lane = lanes[scope]
         while lane:
-            job = lane.popleft()
+            batch = [lane.popleft() for _ in range(min(_BATCH, len(lane)))]
             try:
                 async with slots:
-                    await self._process(job)
+                    await self._process(batch)
             finally:
-                self._finish(job)
+                for job in batch:
+                    self._finish(job)
         del lanes[scope]
 
-    async def _process(self, job: _Job) -> None:
+    async def _process(self, batch: list[_Job]) -> None:
+        """Store a batch of one scope's turns in one call; one by one if that fails."""
+        stored: list[_Job] = []
         try:
-            await self.memory.aadd_turn(
-                job.scope,
-                job.user,
-                job.assistant,
-                event_time=job.event_time,
-                metadata=job.metadata,
-                used_ids=job.used_ids,
+            await self.memory.aadd_turns(
+                [
+                    NewTurn(j.scope, j.user, j.assistant, j.event_time, j.metadata, j.used_ids)
+                    for j in batch
+                ]
             )
+            stored = batch
         # Any failure (a custom embedder may raise anything) must not kill the
-        # worker: it is kept and re-raised at the next flush()/close().
+        # worker: the turns are retried alone, so only the failing ones are kept
+        # and re-raised at the next flush()/close().
         except Exception as exc:  # noqa: BLE001
-            self._fail(job, "add_turn", exc)
-            return
+            if len(batch) == 1:
+                self._fail(batch[0], "add_turn", exc)
+            else:
+                for job in batch:
+                    try:
+                        await self.memory.aadd_turns(
+                            [
+                                NewTurn(
+                                    job.scope,
+                                    job.user,
+                                    job.assistant,
+                                    job.event_time,
+                                    job.metadata,
+                                    job.used_ids,
+                                )
+                            ]
+                        )
+                        stored.append(job)
+                    except Exception as one:  # noqa: BLE001 (as above)
+                        self._fail(job, "add_turn", one)
+        if stored:
+            await self._after_store(stored)
+
+    async def _after_store(self, stored: list[_Job]) -> None:
+        """Count stored turns; consolidate once if the batch crossed a multiple of N."""
+        job = stored[-1]
         with self._cond:
-            self._recorded += 1
-        n = self._counts[job.scope] = self._counts.get(job.scope, 0) + 1
+            self._recorded += len(stored)
+        before = self._counts.get(job.scope, 0)
+        after = self._counts[job.scope] = before + len(stored)
         every = self.consolidate_every
-        if every is None or n % every:
+        if every is None or after // every == before // every:
             return
         consolidate: Callable[[Scope], Awaitable[object]] | None = getattr(
             self.memory, "aconsolidate", None

@@ -16,6 +16,7 @@ __all__ = [
     "Kind",
     "Memory",
     "NewMemory",
+    "NewTurn",
     "Provenance",
     "Scope",
     "SearchResult",
@@ -124,6 +125,23 @@ class NewMemory:
             f"NewMemory(content={self.content!r}, scope={tuple(self.scope)!r}, "
             f"role={self.role!r}, ...)"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    """One agent turn to add with :meth:`HelaMemory.add_turns`.
+
+    Examples:
+        >>> NewTurn(("users", "alice"), "I adopted a cat", "Congratulations!").user
+        'I adopted a cat'
+    """
+
+    scope: Sequence[str]
+    user: str
+    assistant: str
+    event_time: TimeLike | None = None
+    metadata: Mapping[str, Any] | None = None
+    used_ids: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
