@@ -22,7 +22,7 @@ import helamem.autogen
 from helamem.autogen import HelaMemMemory, HelaMemMemoryConfig
 from helamem.autogen import config as config_module
 from helamem.autogen import memory as memory_module
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, StoreClosedError
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewTurn, StoreClosedError
 
 ALICE = ("users", "alice")
 BOB = ("users", "bob")
@@ -40,6 +40,11 @@ class SpyMemory(HelaMemory):
     ) -> Any:
         self.turns.append((user, assistant, tuple(used_ids)))
         return await super().aadd_turn(scope, user, assistant, used_ids=used_ids, **kw)
+
+    async def aadd_turns(self, turns: Iterable[NewTurn]) -> Any:  # the recorder batches
+        batch = list(turns)
+        self.turns.extend((t.user, t.assistant, tuple(t.used_ids)) for t in batch)
+        return await super().aadd_turns(batch)
 
 
 def config(path: Path, scope: tuple[str, ...] = ALICE, **kw: Any) -> HelaMemMemoryConfig:
