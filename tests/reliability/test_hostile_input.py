@@ -15,7 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langgraph.store.base import InvalidNamespaceError
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemError, HelaMemory
+from helamem.core import (
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemError,
+    HelaMemory,
+    InvalidScopeError,
+)
 from helamem.core.text import safe_text
 from helamem.langgraph import HelaMemStore
 
@@ -137,19 +143,24 @@ WHERE_LIKE = [
     "\\",
     "' OR 1=1 --",
     "\x00",
-    pytest.param(
-        "\ud800",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=UnicodeEncodeError,
-            reason="defect: a scope segment with a lone surrogate passes normalize_scope and "
-            "SQLiteStore.ensure_scope raises a raw UnicodeEncodeError instead of "
-            "InvalidScopeError (content is made safe with safe_text, scope segments are not)",
-        ),
-    ),
     "1 ",
     " 1",
 ]
+
+
+def test_lone_surrogate_scope_segment_is_a_typed_error(tmp_path: Path) -> None:
+    with _open(tmp_path / "s") as mem:
+        mem.add("the shared secret", ("t", "victim"))
+        before = mem.stats()
+        for call in (
+            lambda: mem.add("x", ("t", "\ud800")),
+            lambda: mem.search("x", ("t", "\ud800")),
+            lambda: mem.add_turn(("t", "a\udfffb"), "hi", "hello"),
+        ):
+            with pytest.raises(InvalidScopeError, match="lone surrogate"):
+                call()
+        assert mem.stats() == before
+    _integrity_ok(tmp_path / "s")
 
 
 @pytest.mark.parametrize("seg", WHERE_LIKE)
@@ -248,7 +259,7 @@ def test_store_stays_consistent_after_hostile_traffic(tmp_path: Path) -> None:
     with _open(tmp_path / "s") as mem:
         for i, b in enumerate(bits):
             calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
-                # lone surrogates in scope segments: see the xfail above
+                # lone surrogates in scope segments are refused (typed error)
                 (mem.add, (f"{b} note {i}", ("t", safe_text(b) or "_")), {}),
                 (mem.add_turn, (A, b, f"reply {b}"), {}),
                 (mem.search, (b, A), {"k": 3}),

@@ -70,6 +70,13 @@ def normalize_scope(scope: object) -> Scope:
             )
         if not seg:
             raise InvalidScopeError(f"scope segment {i} is empty; every segment needs a name")
+        try:
+            seg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidScopeError(
+                f"scope segment {i} contains a lone surrogate ({exc.reason}); scope names must "
+                f"be valid Unicode: decode bytes with errors='replace' first"
+            ) from exc
     return tuple(scope)
 
 
