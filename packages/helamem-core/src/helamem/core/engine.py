@@ -275,16 +275,10 @@ class HelaMemory:
         metadata: dict[str, Any] | None,
         used_ids: Iterable[str],
     ) -> Callable[[Core], tuple[Memory, Memory]]:
-        now = time.time()
-        u = prepare(NewMemory(user, scope, "user", event_time, metadata), now=now)
-        a = prepare(NewMemory(assistant, scope, "assistant", event_time, metadata), now=now)
-        used = _ids(used_ids, "used_ids")
-
-        def run(c: Core) -> tuple[Memory, Memory]:
-            m = c.ingest([[u, a]], used_ids=[used])
-            return m[0], m[1]
-
-        return run
+        many = HelaMemory._plan_add_turns(
+            [NewTurn(scope, user, assistant, event_time, metadata, _ids(used_ids, "used_ids"))]
+        )
+        return lambda c: many(c)[0]
 
     @staticmethod
     def _plan_add_turns(

@@ -163,6 +163,11 @@ class _Job:
     metadata: dict[str, Any] | None
     seq: int = -1
 
+    def turn(self) -> NewTurn:
+        return NewTurn(
+            self.scope, self.user, self.assistant, self.event_time, self.metadata, self.used_ids
+        )
+
 
 @dataclass(eq=False, slots=True)
 class _Waiter:
@@ -758,12 +763,7 @@ class TurnRecorder:
         """Store a batch of one scope's turns in one call; one by one if that fails."""
         stored: list[_Job] = []
         try:
-            await self.memory.aadd_turns(
-                [
-                    NewTurn(j.scope, j.user, j.assistant, j.event_time, j.metadata, j.used_ids)
-                    for j in batch
-                ]
-            )
+            await self.memory.aadd_turns([j.turn() for j in batch])
             stored = batch
         # Any failure (a custom embedder may raise anything) must not kill the
         # worker: the turns are retried alone, so only the failing ones are kept
@@ -774,18 +774,7 @@ class TurnRecorder:
             else:
                 for job in batch:
                     try:
-                        await self.memory.aadd_turns(
-                            [
-                                NewTurn(
-                                    job.scope,
-                                    job.user,
-                                    job.assistant,
-                                    job.event_time,
-                                    job.metadata,
-                                    job.used_ids,
-                                )
-                            ]
-                        )
+                        await self.memory.aadd_turns([job.turn()])
                         stored.append(job)
                     except Exception as one:  # noqa: BLE001 (as above)
                         self._fail(job, "add_turn", one)
