@@ -30,6 +30,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ import numpy as np
 import pytest
 from crash_child import SCOPES, open_memory
 
-from helamem.core import MemoryNotFoundError
+from helamem.core import HelaMemory, MemoryNotFoundError
 from helamem.core._core import Core
 
 CHILD = Path(__file__).with_name("crash_child.py")
@@ -124,8 +125,16 @@ def _ro(db_file: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{db_file}?mode=ro", uri=True)
 
 
-def check_store(store: Path, acked: set[str], deleted: set[str]) -> dict[str, int]:
-    """Every post-crash invariant; returns a few numbers for the report."""
+def check_store(
+    store: Path,
+    acked: set[str],
+    deleted: set[str],
+    opener: Callable[[Path], HelaMemory] = open_memory,
+) -> dict[str, int]:
+    """Every post-crash invariant; returns a few numbers for the report.
+
+    ``opener`` opens the store (default: as the crash child does).
+    """
     db_file = store / "helamem.sqlite3"
     # 1. the files exactly as the crash left them (the first connection replays the WAL)
     with closing(_ro(db_file)) as db:
@@ -133,7 +142,7 @@ def check_store(store: Path, acked: set[str], deleted: set[str]) -> dict[str, in
         pending = int(db.execute("SELECT COUNT(*) FROM memories WHERE indexed = 0").fetchone()[0])
 
     # 2. reopen: reconcile re-indexes what never reached Chroma
-    mem = open_memory(store)
+    mem = opener(store).open()
     try:
         st = mem.stats()
         assert st.unindexed == 0, f"{st.unindexed} rows still unindexed after open"
