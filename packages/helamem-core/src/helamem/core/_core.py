@@ -514,12 +514,20 @@ class Core:
             if path_kind == "semantic":
                 path_hits = [replace(h, provenance="semantic") for h in path_hits]
             hits.extend(path_hits)
-            learned.append(ranking.returned)
+            learned.append(self._coactive(ranking))
             rows.update(path_rows)
             prunable.extend(path_prunable)
         if learn and learned:
             self._learn(learned, rows, prunable)
         return SearchResult(query, tuple(hits))
+
+    def _coactive(self, ranking: retrieval.Ranking) -> list[int]:
+        """The returned memories that co-activate: all, or the best ``learn_top``."""
+        top = self.config.retrieval.learn_top
+        if not top:
+            return ranking.returned
+        final = {n: ranking.base[n] + ranking.boost.get(n, 0.0) for n in ranking.returned}
+        return sorted(final, key=lambda n: (-final[n], n))[:top]
 
     def _lexical(
         self, query: str, node: int, nodes: list[int], kind: Kind, k: int
@@ -630,7 +638,41 @@ class Core:
         for s, lst in per_seed.items():
             lst.sort(key=lambda p: (-p[0], p[1]))
             triples.extend((s, j, w) for w, j in lst[: cfg.neighbors_per_seed])
+        if cfg.spread_hops > 1 and triples:
+            triples.extend(self._second_hop(seeds, triples, prunable))
         return triples, prunable
+
+    def _second_hop(
+        self,
+        seeds: dict[int, float],
+        first: Sequence[tuple[int, int, float]],
+        prunable: list[tuple[int, int]],
+    ) -> list[tuple[int, int, float]]:
+        """``(seed, k, w_sj * w_jk)`` for the first-hop neighbours' strongest edges."""
+        d = self.config.dynamics
+        cfg = self.config.retrieval
+        via: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for s, j, w in first:
+            via[j].append((s, w))
+        edges = self.store.edges_of(list(via))
+        ticks = self._ticks([e.scope_id for e in edges])
+        per_hop: dict[int, list[tuple[float, int]]] = defaultdict(list)
+        for e in edges:
+            w = self._decayed(e, ticks[e.scope_id])
+            if not dynamics.survives(w, d.prune_below):
+                prunable.append((e.a, e.b))
+                continue
+            for j, k in ((e.a, e.b), (e.b, e.a)):
+                if j in via and k not in seeds:
+                    per_hop[j].append((w, k))
+        best: dict[tuple[int, int], float] = {}
+        for j, lst in per_hop.items():
+            lst.sort(key=lambda p: (-p[0], p[1]))
+            for w_jk, k in lst[: cfg.neighbors_per_seed]:
+                for s, w_sj in via[j]:
+                    if k != s:
+                        best[(s, k)] = max(best.get((s, k), 0.0), w_sj * w_jk)
+        return [(s, k, w) for (s, k), w in sorted(best.items())]
 
     def _hits(
         self,

@@ -69,10 +69,15 @@ class RetrievalConfig(_Frozen):
         spreading_threshold: θ, only seeds with activation above it spread.
         spread_seeds: At most this many top candidates act as seeds (keeps
             spreading query-dependent).
-        neighbors_per_seed: Strongest edges followed from each seed.
+        neighbors_per_seed: Strongest edges followed from each seed (and,
+            with two hops, from each first-hop neighbour).
+        spread_hops: 1 or 2. With 2, activation also reaches the neighbours'
+            neighbours through the path weight :math:`w_{ij} w_{jk}`.
         max_boost: Cap on what one memory can receive from spreading (bounds
             what a hub collects).
         max_flipped: Extra association hits beyond top-k.
+        learn_top: With ``learn=True``, only the best this many returned
+            memories co-activate (0: every returned memory).
         default_k: ``k`` when the caller gives none.
         semantic_k: Distilled facts returned beside the episodic hits.
     """
@@ -85,8 +90,10 @@ class RetrievalConfig(_Frozen):
     spreading_threshold: float = Field(0.4, ge=0.0, le=1.0)
     spread_seeds: int = Field(5, ge=0)
     neighbors_per_seed: int = Field(16, ge=1)
+    spread_hops: int = Field(1, ge=1, le=2)
     max_boost: float = Field(0.2, ge=0.0)
     max_flipped: int = Field(3, ge=0)
+    learn_top: int = Field(0, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)
 
