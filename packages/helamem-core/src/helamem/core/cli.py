@@ -15,7 +15,11 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bench.qa import QASettings
+    from .llm import LLMClient
 
 __all__ = ["build_parser", "main"]
 
@@ -113,18 +117,98 @@ def build_parser() -> argparse.ArgumentParser:
         help="local cl100k_base.tiktoken file (or tiktoken cache dir) for token counts",
     )
     loc.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_qa_arguments(loc)
     return parser
+
+
+def _add_qa_arguments(loc: argparse.ArgumentParser) -> None:
+    qa = loc.add_argument_group(
+        "QA mode",
+        "answer every question from each method's retrieved turns with an LLM and score the "
+        "answers with LoCoMo's F1 and BLEU-1 (and an optional LLM judge)",
+    )
+    qa.add_argument("--llm", metavar="MODEL", help="LiteLLM model answering (enables QA mode)")
+    qa.add_argument(
+        "--llm-api-base",
+        metavar="URL",
+        help="API base of the answering model, e.g. http://127.0.0.1:8080/v1 for a local "
+        "OpenAI-compatible server (there, without a key, a placeholder key is sent)",
+    )
+    qa.add_argument(
+        "--llm-api-key",
+        metavar="KEY",
+        help="API key of the answering model (default: the provider's environment variable)",
+    )
+    qa.add_argument(
+        "--qa-k", type=_positive, default=10, help="hits given as context (default: 10)"
+    )
+    qa.add_argument(
+        "--judge",
+        metavar="MODEL",
+        help="LiteLLM model labelling answers CORRECT/WRONG (judge accuracy)",
+    )
+    qa.add_argument(
+        "--judge-api-base",
+        metavar="URL",
+        help="API base of the judge (default: --llm-api-base when the judge is the --llm model)",
+    )
+    qa.add_argument("--judge-api-key", metavar="KEY", help="API key of the judge")
+    qa.add_argument(
+        "--llm-json-mode",
+        choices=["schema", "object", "off"],
+        default="schema",
+        help="how JSON answers are asked for (default: schema, which local servers enforce)",
+    )
+    qa.add_argument(
+        "--llm-timeout", type=float, default=120.0, help="seconds per LLM call (default: 120)"
+    )
+
+
+def _qa_settings(args: argparse.Namespace) -> QASettings | None:
+    """QASettings from the QA options, or ``None`` without ``--llm``."""
+    import os
+
+    from .bench.qa import QASettings, qa_client
+
+    if not args.llm:
+        if args.judge:
+            raise ValueError("--judge needs --llm (QA mode)")
+        return None
+
+    def client(model: str, api_base: str | None, api_key: str | None) -> LLMClient:
+        if api_base and api_key is None and model.startswith("openai/"):
+            api_key = os.environ.get("OPENAI_API_KEY") or "sk-no-key-needed"
+        return qa_client(
+            model,
+            api_base=api_base,
+            api_key=api_key,
+            json_mode=args.llm_json_mode,
+            timeout_s=args.llm_timeout,
+        )
+
+    judge = None
+    if args.judge:
+        same = args.judge == args.llm
+        judge = client(
+            args.judge,
+            args.judge_api_base or (args.llm_api_base if same else None),
+            args.judge_api_key or (args.llm_api_key if same else None),
+        )
+    answerer = client(args.llm, args.llm_api_base, args.llm_api_key)
+    return QASettings(answerer=answerer, judge=judge, k=args.qa_k)
 
 
 def _bench_locomo(args: argparse.Namespace) -> int:
     from .bench.locomo import LocomoFormatError, render_markdown, run_locomo
     from .embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
+    from .errors import LLMError
 
     if not args.data.is_file():
         print(f"helamem: error: no such file: {args.data}", file=sys.stderr)
         return 2
     embedder: Embedder = HashingEmbedder(384) if args.embedder == "hashing" else MiniLMEmbedder()
     try:
+        qa = _qa_settings(args)
         results = run_locomo(
             args.data,
             out=args.out,
@@ -137,8 +221,9 @@ def _bench_locomo(args: argparse.Namespace) -> int:
             embedder=embedder,
             tokenizer_file=args.tokenizer_file,
             progress=None if args.quiet else sys.stderr,
+            qa=qa,
         )
-    except (LocomoFormatError, ValueError) as exc:
+    except (LocomoFormatError, ValueError, LLMError) as exc:
         print(f"helamem: error: {exc}", file=sys.stderr)
         return 2
     print(render_markdown(results))

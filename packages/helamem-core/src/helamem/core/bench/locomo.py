@@ -68,6 +68,7 @@ from ..embeddings import Embedder, MiniLMEmbedder
 from ..engine import HelaMemory
 from ..types import NewMemory
 from ._common import CachingEmbedder, Progress, TokenCounter, token_counter, versions
+from .qa import QARunner, QASettings, render_qa_markdown
 
 __all__ = [
     "CATEGORIES",
@@ -491,6 +492,7 @@ def run_locomo(
     tokenizer_file: Path | None = None,
     progress: TextIO | None = None,
     work_dir: Path | None = None,
+    qa: QASettings | None = None,
 ) -> dict[str, Any]:
     """Run the LoCoMo retrieval benchmark and (optionally) write its results.
 
@@ -515,6 +517,9 @@ def run_locomo(
         progress: Stream for progress lines (e.g. ``sys.stderr``).
         work_dir: Where the per-method stores go (default: a temporary
             directory, removed afterwards).
+        qa: QA mode (:mod:`~helamem.core.bench.qa`): every question is also
+            answered by an LLM from each method's top ``qa.k`` hits and
+            scored (F1, BLEU-1, judge); results under ``qa``.
 
     Returns:
         The results (as written to ``results.json``).
@@ -540,6 +545,8 @@ def run_locomo(
 
     loaded, report = load_locomo(data)
     convs = _select(loaded, conversations, questions, seed)
+    qa_runner = QARunner(qa, data, seed) if qa is not None else None
+    search_ks = tuple(sorted({*ks, qa.k})) if qa is not None else ks
     counter = token_counter(tokenizer_file)
     cache = CachingEmbedder(embedder if embedder is not None else MiniLMEmbedder())
 
@@ -597,15 +604,17 @@ def run_locomo(
                     for m in chosen:
                         start = time.perf_counter()
                         retrieved, n, flipped = _ask(
-                            stores[m.name], m, configs[m.name], q.text, scope, conv, ks
+                            stores[m.name], m, configs[m.name], q.text, scope, conv, search_ks
                         )
                         query_s[m.name] += time.perf_counter() - start
                         searches[m.name] += n
                         assoc[m.name]["hits"] += len(flipped)
                         assoc[m.name]["evidence"] += len(set(flipped) & evidence)
-                        scored = _score(retrieved, evidence, counter)
+                        scored = _score({k: retrieved[k] for k in ks}, evidence, counter)
                         for key in _bucket(q.category):
                             tally[m.name][key].add(*scored)
+                        if qa_runner is not None:
+                            qa_runner.ask(m.name, conv, q, retrieved[qa_runner.k])
                     query_bar.update()
             query_bar.close()
         finally:
@@ -631,6 +640,8 @@ def run_locomo(
         searches=searches,
         assoc=assoc,
     )
+    if qa_runner is not None:
+        results["qa"] = qa_runner.results()
     if out is not None:
         write_results(results, out)
     return results
@@ -833,6 +844,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "evidence found; hits@k: hits returned (top k plus association hits when spreading).",
         "",
     ]
+    if results.get("qa"):
+        lines += render_qa_markdown(results["qa"])
     return "\n".join(lines)
 
 
