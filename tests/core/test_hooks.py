@@ -29,6 +29,7 @@ from helamem.core import (
     InvalidInputError,
     InvalidScopeError,
     NewTurn,
+    RetrievalConfig,
     Scope,
     hooks,
 )
@@ -40,7 +41,7 @@ from helamem.core.hooks import (
     TurnRecordingError,
 )
 
-ETA = 0.02  # DynamicsConfig().learning_rate
+ETA = DynamicsConfig().learning_rate
 TEMPORAL = 0.5  # DynamicsConfig().temporal_weight
 SCOPES: list[Scope] = [("users", f"u{i}") for i in range(5)]
 
@@ -93,8 +94,16 @@ class DictIndex:
 def exact_memory(
     path: Path, embedder: Any = None, cls: type[HelaMemory] = HelaMemory, *, fast: bool = False
 ) -> Any:
-    """A store without decay (δ = 1), so edge weights are exact sums."""
-    cfg = HelaMemConfig(path=path, dynamics=DynamicsConfig(decay_rate=1.0))
+    """A store without decay (δ = 1), so edge weights are exact sums.
+
+    Every hit of a learning search co-activates (``learn_top=0``), as the
+    edge model assumes.
+    """
+    cfg = HelaMemConfig(
+        path=path,
+        dynamics=DynamicsConfig(decay_rate=1.0),
+        retrieval=RetrievalConfig(learn_top=0),
+    )
     index = DictIndex() if fast else None
     return cls(cfg, embedder=embedder or HashingEmbedder(256), vector_index=index)
 

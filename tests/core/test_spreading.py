@@ -47,7 +47,7 @@ def test_two_hops_reach_the_neighbours_neighbour(tmp_path: Path) -> None:
         "spread_seeds": 1,
         "max_boost": 1.0,
     }
-    with _open(tmp_path / "one", **params) as one:
+    with _open(tmp_path / "one", spread_hops=1, **params) as one:
         cat, weather, vet = _chain(one)
         plain = one.search("cat miso", ALICE, k=3, learn=False, spread=False)
         assert plain.ids[0] == cat

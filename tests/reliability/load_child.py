@@ -40,6 +40,7 @@ from helamem.core import (
     HelaMemConfig,
     HelaMemory,
     MiniLMEmbedder,
+    RetrievalConfig,
     TurnRecorder,
 )
 
@@ -92,7 +93,8 @@ def make_embedder(name: str) -> Any:
 
 
 def open_memory(path: Path, embedder: str = "hashing") -> HelaMemory:
-    cfg = HelaMemConfig(path=path, dynamics=DYNAMICS)
+    # every hit of a learning search co-activates (learn_top=0), as the agents log them
+    cfg = HelaMemConfig(path=path, dynamics=DYNAMICS, retrieval=RetrievalConfig(learn_top=0))
     return HelaMemory(cfg, embedder=make_embedder(embedder))
 
 

@@ -29,7 +29,14 @@ class _Frozen(BaseModel):
 
 
 class DynamicsConfig(_Frozen):
-    """Hebbian edge dynamics (defaults from the reference implementation).
+    """Hebbian edge dynamics.
+
+    ``temporal_weight`` and ``prune_below`` are the reference
+    implementation's; η and δ were chosen with ``helamem bench sweep`` on the
+    LoCoMo dev split (the reference δ = 0.995 per turn prunes a temporal edge
+    within about 600 turns, before most questions about it are asked; a
+    bigger η on fewer pairs, see ``RetrievalConfig.learn_top``, keeps
+    learning from drowning the conversation's own structure).
 
     Attributes:
         temporal_weight: Weight of the edge between an episode and the
@@ -45,8 +52,8 @@ class DynamicsConfig(_Frozen):
     """
 
     temporal_weight: float = Field(0.5, gt=0.0, le=1.0)
-    learning_rate: float = Field(0.02, ge=0.0, le=1.0)
-    decay_rate: float = Field(0.995, gt=0.0, le=1.0)
+    learning_rate: float = Field(0.1, ge=0.0, le=1.0)
+    decay_rate: float = Field(0.9995, gt=0.0, le=1.0)
     prune_below: float = Field(0.01, ge=0.0, lt=1.0)
     clock: Literal["turns", "wall"] = "turns"
     tick_seconds: float = Field(3600.0, gt=0.0)
@@ -54,6 +61,11 @@ class DynamicsConfig(_Frozen):
 
 class RetrievalConfig(_Frozen):
     """The dual-path retrieval pipeline.
+
+    The spreading defaults (α, θ, seeds, hops, ``max_flipped``,
+    ``learn_top``) were chosen by leave-one-conversation-out on the LoCoMo
+    dev split (``helamem bench sweep``; see the README's Benchmarks section):
+    the reference α = 0.1 leaves the top-k equal to plain fusion.
 
     Attributes:
         candidates: M, candidates taken from each of the dense and lexical
@@ -86,14 +98,14 @@ class RetrievalConfig(_Frozen):
     keyword_weight: float = Field(0.7, ge=0.0, le=1.0)
     recency_tau: float = Field(1e7, gt=0.0)
     recency_weight: float = Field(0.2, ge=0.0, le=1.0)
-    activation_alpha: float = Field(0.1, ge=0.0)
+    activation_alpha: float = Field(1.0, ge=0.0)
     spreading_threshold: float = Field(0.4, ge=0.0, le=1.0)
     spread_seeds: int = Field(5, ge=0)
     neighbors_per_seed: int = Field(16, ge=1)
-    spread_hops: int = Field(1, ge=1, le=2)
-    max_boost: float = Field(0.2, ge=0.0)
-    max_flipped: int = Field(3, ge=0)
-    learn_top: int = Field(0, ge=0)
+    spread_hops: int = Field(2, ge=1, le=2)
+    max_boost: float = Field(1.0, ge=0.0)
+    max_flipped: int = Field(5, ge=0)
+    learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)
 
@@ -226,9 +238,9 @@ class HelaMemConfig(_Frozen):
     Examples:
         >>> cfg = HelaMemConfig(path="./helamem-data")
         >>> cfg.dynamics.learning_rate
-        0.02
+        0.1
         >>> HelaMemConfig(retrieval=RetrievalConfig(activation_alpha=0.3)).retrieval.max_flipped
-        3
+        5
     """
 
     path: Path = Path("./helamem-data")
