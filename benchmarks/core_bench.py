@@ -1,5 +1,10 @@
 """Core benchmark: ingest throughput and search latency beside plain Chroma.
 
+Superseded by ``helamem bench scale`` (``./dev bench-scale``): realistic
+Zipf-like memories, one scope and 100 scopes, precomputed query vectors on
+both sides, record_turn, RSS and disk. This script is kept for comparison
+with its earlier numbers (which include the query embedding on both sides).
+
 Not a test: it measures, repeats, and reports medians and ratios against a
 baseline run in the same process (timings on a shared 2-core machine are
 noisy; read the ratios first).

@@ -6,6 +6,10 @@ Examples:
         helamem bench locomo --data ../shared/data/locomo/locomo-dev.json
         helamem bench locomo --data locomo.json --conversations 1 --questions 20 \\
             --methods fusion helamem --embedder hashing --out /tmp/smoke
+
+    Run the scale benchmark (1k, 10k, 100k memories beside plain Chroma)::
+
+        helamem bench scale --embedder hashing --sizes 1000 10000 100000
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = commands.add_parser("bench", help="run a benchmark")
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    _add_scale_parser(benches)
     loc = benches.add_parser(
         "locomo",
         help="LoCoMo retrieval: HeLa-Mem beside dense, BM25 and fusion baselines",
@@ -119,6 +124,95 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _add_qa_arguments(loc)
     return parser
+
+
+def _add_scale_parser(benches: Any) -> None:
+    from .bench.scale import DEFAULT_SIZES, LAYOUTS
+
+    sc = benches.add_parser(
+        "scale",
+        help="scale: ingest, search, record_turn, RSS and disk beside plain Chroma",
+        description=(
+            "Store synthetic agent-conversation memories at each size, in one scope and over "
+            "100 scopes, and measure ingest throughput, search p50/p95 (with and without "
+            "spreading), record_turn cost, RSS and disk per memory, each beside a plain Chroma "
+            "query over the same vectors. Progress goes to stderr."
+        ),
+    )
+    sc.add_argument(
+        "--sizes",
+        nargs="+",
+        type=_positive,
+        default=list(DEFAULT_SIZES),
+        metavar="N",
+        help="numbers of memories (default: 1000 10000 100000)",
+    )
+    sc.add_argument("--include-1m", action="store_true", help="also measure 1,000,000 memories")
+    sc.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=list(LAYOUTS),
+        default=list(LAYOUTS),
+        metavar="LAYOUT",
+        help=f"layouts (default: {' '.join(LAYOUTS)})",
+    )
+    sc.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results/scale"),
+        help="output directory (default: bench-results/scale)",
+    )
+    sc.add_argument("--queries", type=_positive, default=100, help="queries per pass (100)")
+    sc.add_argument("--repeats", type=_positive, default=3, help="passes; medians reported (3)")
+    sc.add_argument(
+        "--record-turns", type=_positive, default=100, help="turns recorded per cell (100)"
+    )
+    sc.add_argument("--k", type=_positive, default=10, help="top-k of every query (10)")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the corpus and queries")
+    sc.add_argument(
+        "--scopes", type=_positive, default=100, help="scopes of the spread layout (100)"
+    )
+    sc.add_argument(
+        "--embedder",
+        choices=["minilm", "hashing"],
+        default="minilm",
+        help="minilm (default, offline; ~6 min per 100k texts on 2 cores) or hashing (no model)",
+    )
+    sc.add_argument("--workdir", type=Path, help="where stores are built (default: a temp dir)")
+    sc.add_argument(
+        "--profile", action="store_true", help="write a cProfile of the searches per cell to --out"
+    )
+    sc.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _bench_scale(args: argparse.Namespace) -> int:
+    from .bench.scale import render_markdown, run_scale
+    from .embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
+
+    embedder: Embedder = HashingEmbedder(384) if args.embedder == "hashing" else MiniLMEmbedder()
+    sizes = list(args.sizes) + ([1_000_000] if args.include_1m else [])
+    try:
+        results = run_scale(
+            out=args.out,
+            sizes=sizes,
+            layouts=args.layouts,
+            embedder=embedder,
+            queries=args.queries,
+            repeats=args.repeats,
+            record_turns=args.record_turns,
+            k=args.k,
+            seed=args.seed,
+            scopes=args.scopes,
+            workdir=args.workdir,
+            progress=None if args.quiet else sys.stderr,
+            profile=args.profile,
+        )
+    except ValueError as exc:
+        print(f"helamem: error: {exc}", file=sys.stderr)
+        return 2
+    print(render_markdown(results))
+    print(f"results written to {args.out}/ (results.json, results.md)", file=sys.stderr)
+    return 0
 
 
 def _add_qa_arguments(loc: argparse.ArgumentParser) -> None:
@@ -245,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "bench" and args.benchmark == "locomo":
         return _bench_locomo(args)
+    if args.command == "bench" and args.benchmark == "scale":
+        return _bench_scale(args)
     return 2  # pragma: no cover - argparse requires a known subcommand
 
 

@@ -2,6 +2,8 @@
 
 - :mod:`helamem.core.bench.locomo`: LoCoMo retrieval, HeLa-Mem beside dense,
   BM25 and fusion baselines and its own ablations.
+- :mod:`helamem.core.bench.scale`: ingest, search, ``record_turn``, RSS and
+  disk at 1k-100k synthetic memories, beside a plain Chroma query.
 """
 
 from ._common import CachingEmbedder, Progress, TokenCounter, token_counter

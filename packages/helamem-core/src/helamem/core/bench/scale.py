@@ -1,0 +1,767 @@
+"""Scale benchmark: HeLa-Mem beside a plain Chroma query over the same vectors.
+
+Synthetic but realistic memories (agent-conversation turns generated offline
+from seeded templates, every slot word drawn from a Zipf-like distribution
+over a vocabulary of real words and a long tail of made-up names) are stored
+at each size (default 1k, 10k and 100k; 1M on request) in two layouts:
+
+- ``one-scope``: every memory in one scope, every query against it;
+- ``spread``: the same memories in contiguous blocks over 100 scopes
+  (tenants; ``scopes`` changes the number); each query goes to one scope,
+  in turn.
+
+Every text is embedded once per run (queries and recorded turns included)
+and the vectors are reused by every size and layout: HeLa-Mem gets an
+embedder that looks a text's vector up in that table, and the plain Chroma
+baseline (a ``chromadb.PersistentClient`` collection per scope holding the
+same vectors, cosine space, queried with ``n_results = k``) gets the same
+query vector. So neither side pays for the query embedding, and ingest
+throughput is that of the store (the embedder's own throughput is reported
+beside it).
+
+Measured per size and layout (timings are medians over ``repeats`` passes;
+each pass asks every query once per method, methods interleaved):
+
+- ingest: turns/s through ``add_many`` (batches of 1,000), and the plain
+  Chroma ``add`` of the same vectors;
+- search: p50/p95 of ``search()`` with its defaults (spreading and learning
+  on), read-only with spreading (``learn=False``) and without it
+  (``spread=False, learn=False``), beside the plain Chroma query; the
+  headline is ``search()`` p50 / Chroma p50;
+- ``record_turn``: agent-visible latency of
+  :meth:`~helamem.core.hooks.TurnRecorder.record_turn_sync` (the turn is
+  stored in the background; consolidation off), with the background
+  throughput and a direct ``add_turn`` for comparison;
+- resources: resident memory of the process (``/proc/self/status``) grown
+  while building the store, divided by the memories, and bytes on disk per
+  memory (SQLite with its WAL, plus Chroma), each beside plain Chroma's.
+
+Examples:
+    >>> from helamem.core.bench.scale import Corpus
+    >>> c = Corpus(seed=1)
+    >>> turns = c.turns(4)
+    >>> len(turns), turns[0][1]
+    (4, 'user')
+    >>> turns == Corpus(seed=1).turns(4)
+    True
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import numpy.typing as npt
+
+from ..config import HelaMemConfig
+from ..embeddings import Embedder, Vectors
+from ..engine import HelaMemory
+from ..hooks import TurnRecorder
+from ..types import NewMemory
+from ._common import Progress, versions
+
+__all__ = [
+    "DEFAULT_SIZES",
+    "LAYOUTS",
+    "Corpus",
+    "TableEmbedder",
+    "render_markdown",
+    "run_scale",
+    "write_results",
+]
+
+DEFAULT_SIZES = (1_000, 10_000, 100_000)
+LAYOUTS = ("one-scope", "spread")
+SCOPES_SPREAD = 100
+BATCH = 1_000
+_BLOCK = 1_024
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+_NAMES = _words(
+    "Alice Bob Caroline Dev Emma Farid Grace Hiro Ines Jon Kofi Lena Mateo Nadia Omar Priya "
+    "Quinn Rosa Sam Tariq Uma Viktor Wen Xavier Yara Zoe Mia Liam Noah Olivia Ava Lucas Ethan "
+    "Sofia Mei Arjun Chloe Diego Hana Ivan Jana Kai Leila Marco Nina Oscar Paula Ravi Sara Tom"
+)
+_NOUNS = _words(
+    "trip class meeting recipe book concert dog cat garden bike car job interview project "
+    "report presentation marathon race workshop course camera guitar violin piano painting "
+    "photo apartment house kitchen birthday party wedding vacation flight hotel museum beach "
+    "mountain lake park restaurant cafe bakery market gym yoga team game match movie show "
+    "podcast album song festival exhibition conference deadline budget invoice contract laptop "
+    "phone app website server database bug release launch sprint review plan schedule doctor "
+    "appointment dentist therapy medication diet workout run hike tent kayak surfboard ticket "
+    "passport visa apartment lease neighbor roommate landlord sister brother mother father "
+    "grandmother cousin friend colleague manager client mentor student teacher puppy kitten "
+    "sourdough pasta curry salad soup cake coffee tea wine garden tomato plant seed flower "
+    "novel poem essay thesis exam grade scholarship loan mortgage tax refund insurance claim "
+    "charity shelter volunteer fundraiser protest election council library archive"
+)
+_VERBS = _words(
+    "visited finished started planned cancelled booked painted cooked read fixed bought sold "
+    "adopted joined left moved organized attended missed won lost borrowed returned tried "
+    "recommended reviewed shipped deployed debugged designed wrote recorded edited watched "
+    "practiced learned taught trained ran hiked climbed baked repaired rented renewed signed "
+    "submitted postponed rescheduled celebrated discussed"
+)
+_ADJS = _words(
+    "new old great terrible amazing stressful relaxing expensive cheap long short quick slow "
+    "busy quiet noisy beautiful strange funny scary exciting boring important urgent tiny huge "
+    "local remote vintage modern cozy rainy sunny cold warm late early first final weekly "
+    "monthly annual surprise secret favourite local organic handmade"
+)
+_PLACES = _words(
+    "Berlin Lisbon Paris Tokyo Oslo Nairobi Lima Toronto Denver Austin Seattle Boston Madrid "
+    "Rome Vienna Prague Dublin Seoul Mumbai Cairo Sydney Auckland Chicago Portland Kyoto Lagos"
+)
+_WHEN = (
+    "last weekend",
+    "yesterday",
+    "this morning",
+    "on Tuesday evening",
+    "after a long week",
+    "two days ago",
+    "last month",
+    "over the holidays",
+    "at lunch",
+    "before work",
+)
+_RELATIONS = ("sister", "brother", "friend", "colleague", "neighbor", "manager", "cousin")
+_SYLLABLES = _words(
+    "ka lo mi ra ven tor bel sha qui zan dro fel ith nor pax lum rin gos tel vo ash mer kin "
+    "dal sor bri cae jun wex ol ur"
+)
+
+_USER = (
+    "I {verb} the {adj} {noun} with {name} {when}.",
+    "My {rel} {name} {verb} a {noun} in {place} {when}, and it was {adj}.",
+    "Can you remind me what {name} said about the {noun} and {entity}?",
+    "We are planning a {noun} in {place} next month; I need a {adj} {noun2}.",
+    "Have you heard of {entity}? {name} says the {noun} there is {adj}.",
+    "Note that {entity} is the {adj} {noun} {name} {verb} {when}.",
+    "I keep thinking about the {noun} with {name}; it felt {adj}.",
+    "Please add the {noun} for {entity} to my list, it is {adj}.",
+)
+_ASSISTANT = (
+    "That sounds {adj}! How did the {noun} with {name} go?",
+    "Noted: {name} {verb} the {noun} {when}. I will remember {entity}.",
+    "You mentioned {entity} before, when you {verb} the {noun}.",
+    "Sure. For the {noun} in {place}, you could try a {adj} {noun2}.",
+    "I have saved the {adj} {noun} and the {noun2} from {name}.",
+    "Got it, {entity} is linked to the {noun} you {verb} {when}.",
+)
+_QUESTIONS = (
+    "What did {name} say about the {noun}?",
+    "When did I {verb} the {adj} {noun}?",
+    "What do I know about {entity}?",
+    "Where was the {noun} with {name}?",
+    "Which {noun} did my {rel} mention in {place}?",
+    "Tell me about the {adj} {noun} and {entity}.",
+)
+
+
+def _zipf(n: int, s: float = 1.07) -> npt.NDArray[np.float64]:
+    w = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** s
+    return np.asarray(w / w.sum(), dtype=np.float64)
+
+
+class Corpus:
+    """Seeded generator of agent-conversation turns, questions and recorded turns.
+
+    Every slot word (names, nouns, verbs, adjectives, places, made-up
+    entities) is drawn from a Zipf-like distribution (exponent 1.07) over its
+    pool, in an order shuffled by the seed, so a few words are everywhere and
+    most are rare, as in real conversations. ``turns(n)`` is a prefix of
+    ``turns(m)`` for ``n < m``.
+
+    Args:
+        seed: Seed of every draw.
+        entities: Size of the made-up long tail (pets, products, projects...).
+    """
+
+    def __init__(self, seed: int = 0, entities: int = 5_000) -> None:
+        self.seed = seed
+        rng = np.random.default_rng(seed)
+        made_up: dict[str, None] = {}
+        syl = np.asarray(_SYLLABLES)
+        while len(made_up) < entities:
+            parts = rng.integers(0, len(syl), size=(entities, 4))
+            lengths = rng.integers(2, 5, size=entities)
+            for row, k in zip(parts, lengths, strict=True):
+                made_up.setdefault("".join(syl[row[:k]]).capitalize())
+                if len(made_up) == entities:
+                    break
+        self._pools: dict[str, list[str]] = {
+            "name": list(_NAMES),
+            "noun": list(_NOUNS),
+            "noun2": list(_NOUNS),
+            "verb": list(_VERBS),
+            "adj": list(_ADJS),
+            "place": list(_PLACES),
+            "when": list(_WHEN),
+            "rel": list(_RELATIONS),
+            "entity": sorted(made_up),
+        }
+        for pool in self._pools.values():
+            rng.shuffle(pool)
+        self._probs = {k: _zipf(len(v)) for k, v in self._pools.items()}
+
+    def _fill(self, rng: np.random.Generator, templates: Sequence[str], n: int) -> list[str]:
+        picks = {k: rng.choice(len(v), size=n, p=self._probs[k]) for k, v in self._pools.items()}
+        which = rng.integers(0, len(templates), size=n)
+        out = []
+        for i in range(n):
+            slots = {k: self._pools[k][int(picks[k][i])] for k in self._pools}
+            out.append(templates[int(which[i])].format(**slots))
+        return out
+
+    def turns(self, n: int) -> list[tuple[str, str]]:
+        """``n`` turns ``(text, role)``, alternating user and assistant messages."""
+        out: list[tuple[str, str]] = []
+        for block in range(0, n, _BLOCK):  # blocks of their own seed: prefixes are stable
+            rng = np.random.default_rng([self.seed, 1, block])
+            users = self._fill(rng, _USER, _BLOCK // 2)
+            assistants = self._fill(rng, _ASSISTANT, _BLOCK // 2)
+            for i in range(block, min(n, block + _BLOCK)):
+                j = (i - block) // 2
+                text = users[j] if i % 2 == 0 else assistants[j]
+                # a turn number keeps texts (and so vectors) distinct
+                out.append((f"{text} (#{i})", "user" if i % 2 == 0 else "assistant"))
+        return out
+
+    def questions(self, n: int) -> list[str]:
+        """``n`` questions an agent might ask its memory."""
+        return self._fill(np.random.default_rng([self.seed, 2]), _QUESTIONS, n)
+
+    def exchanges(self, n: int) -> list[tuple[str, str]]:
+        """``n`` new ``(user, assistant)`` turns to record."""
+        rng = np.random.default_rng([self.seed, 3])
+        users = self._fill(rng, _USER, n)
+        answers = self._fill(rng, _ASSISTANT, n)
+        pairs = enumerate(zip(users, answers, strict=True))
+        return [(f"{u} (rec {i})", f"{a} (rec {i})") for i, (u, a) in pairs]
+
+
+class TableEmbedder:
+    """Looks each text's vector up in a precomputed table (computes only unknown texts).
+
+    It carries the inner embedder's name and dimension, so stores built with
+    it hold exactly the inner embedder's vectors.
+
+    Args:
+        inner: The embedder that computed the table (and computes misses).
+        texts: The texts of the table, one per row of ``vectors``.
+        vectors: Their vectors.
+    """
+
+    def __init__(self, inner: Embedder, texts: Sequence[str], vectors: Vectors) -> None:
+        self._inner = inner
+        self._row = {t: i for i, t in enumerate(texts)}
+        self._vectors = vectors
+        self.misses = 0
+        """Texts not in the table (computed by the inner embedder)."""
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def dimension(self) -> int:
+        return self._inner.dimension
+
+    def vector(self, text: str) -> npt.NDArray[np.float32]:
+        """The table's vector of ``text`` (a ``KeyError`` when absent)."""
+        return np.asarray(self._vectors[self._row[text]], dtype=np.float32)
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        rows = [self._row.get(t, -1) for t in texts]
+        if all(r >= 0 for r in rows):
+            return np.asarray(self._vectors[rows], dtype=np.float32)
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        missing = [i for i, r in enumerate(rows) if r < 0]
+        self.misses += len(missing)
+        out[missing] = self._inner.embed([texts[i] for i in missing])
+        hit = [i for i, r in enumerate(rows) if r >= 0]
+        if hit:
+            out[hit] = self._vectors[[rows[i] for i in hit]]
+        return out
+
+
+# -- measurement helpers -----------------------------------------------------
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (``/proc/self/status``; peak elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (``getrusage``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if os.uname().sysname == "Darwin" else 1024)
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _pct(xs: Sequence[float], p: float) -> float:
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), p))
+
+
+def _summary_ms(passes: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Median over passes of each pass's p50/p95 (inputs in seconds)."""
+    return {
+        "p50": round(statistics.median(_pct(x, 50) for x in passes) * 1e3, 3),
+        "p95": round(statistics.median(_pct(x, 95) for x in passes) * 1e3, 3),
+    }
+
+
+def _scopes(layout: str, n: int, spread: int = SCOPES_SPREAD) -> list[tuple[str, ...]]:
+    if layout == "one-scope":
+        return [("scale", "all")] * n
+    return [("scale", f"t{i * spread // n:03d}") for i in range(n)]
+
+
+def _plain_collections(
+    path: Path, scopes: Sequence[tuple[str, ...]], vectors: Vectors
+) -> tuple[Any, dict[tuple[str, ...], Any], float]:
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(
+        path=str(path), settings=Settings(anonymized_telemetry=False)
+    )
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, s in enumerate(scopes):
+        groups.setdefault(s, []).append(i)
+    cols: dict[tuple[str, ...], Any] = {}
+    start = time.perf_counter()
+    for j, (scope, rows) in enumerate(groups.items()):
+        col = client.create_collection(
+            f"plain-{j}", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+        )
+        for b in range(0, len(rows), BATCH):
+            part = rows[b : b + BATCH]
+            col.add(ids=[str(i) for i in part], embeddings=vectors[part])
+        cols[scope] = col
+    return client, cols, time.perf_counter() - start
+
+
+# -- one cell of the grid ----------------------------------------------------
+
+
+def _run_cell(
+    *,
+    size: int,
+    layout: str,
+    turns: Sequence[tuple[str, str]],
+    questions: Sequence[str],
+    exchanges: Sequence[tuple[str, str]],
+    table: TableEmbedder,
+    vectors: Vectors,
+    workdir: Path,
+    repeats: int,
+    k: int,
+    progress: TextIO | None,
+    profile: Path | None,
+    spread: int,
+) -> dict[str, Any]:
+    label = f"{size:,} {layout}"
+    scopes = _scopes(layout, size, spread)
+    distinct = list(dict.fromkeys(scopes))
+    hm_path = workdir / "helamem"
+    plain_path = workdir / "plain"
+    gc.collect()
+    rss0 = rss_bytes()
+    mem = HelaMemory(HelaMemConfig(path=hm_path), embedder=table)
+    mem.open()
+    try:
+        bar = Progress(f"ingest {label}", size, progress)
+        start = time.perf_counter()
+        for b in range(0, size, BATCH):
+            mem.add_many(
+                NewMemory(turns[i][0], scopes[i], role=turns[i][1])
+                for i in range(b, min(size, b + BATCH))
+            )
+            bar.update(min(BATCH, size - b))
+        ingest_s = time.perf_counter() - start
+        bar.close()
+        gc.collect()
+        rss1 = rss_bytes()
+        disk_hm = disk_bytes(hm_path)
+        _client, cols, plain_s = _plain_collections(plain_path, scopes, vectors[:size])
+        gc.collect()
+        rss2 = rss_bytes()
+        disk_plain = disk_bytes(plain_path)
+
+        qvecs = [table.vector(q).reshape(1, -1) for q in questions]
+        targets = [distinct[i % len(distinct)] for i in range(len(questions))]
+
+        def plain(i: int) -> None:
+            cols[targets[i]].query(query_embeddings=qvecs[i], n_results=k, include=["distances"])
+
+        def full(i: int) -> None:
+            mem.search(questions[i], targets[i], k=k)
+
+        def read_only(i: int) -> None:
+            mem.search(questions[i], targets[i], k=k, learn=False)
+
+        def no_spread(i: int) -> None:
+            mem.search(questions[i], targets[i], k=k, learn=False, spread=False)
+
+        methods: dict[str, Callable[[int], None]] = {
+            "chroma": plain,
+            "search": full,
+            "search_learn_false": read_only,
+            "search_no_spread": no_spread,
+        }
+        for i in range(min(10, len(questions))):  # warm caches of both sides
+            for fn in methods.values():
+                fn(i)
+        passes: dict[str, list[list[float]]] = {m: [] for m in methods}
+        names = list(methods)
+        bar = Progress(f"search {label}", repeats * len(questions), progress)
+        for r in range(repeats):
+            times: dict[str, list[float]] = {m: [] for m in methods}
+            for i in range(len(questions)):
+                shift = (i + r) % len(names)  # rotate which method goes first
+                for name in names[shift:] + names[:shift]:
+                    fn = methods[name]
+                    t = time.perf_counter()
+                    fn(i)
+                    times[name].append(time.perf_counter() - t)
+                bar.update()
+            for m in methods:
+                passes[m].append(times[m])
+        bar.close()
+        if profile is not None:
+            _profile(
+                mem,
+                [read_only, no_spread],
+                len(questions),
+                profile / f"profile-{size}-{layout}.txt",
+            )
+        search = {m: _summary_ms(p) for m, p in passes.items()}
+
+        record = _record_turns(mem, exchanges, distinct)
+    finally:
+        mem.close()
+    gc.collect()
+    chroma_p50 = search["chroma"]["p50"]
+    return {
+        "size": size,
+        "layout": layout,
+        "scopes": len(distinct),
+        "ingest": {
+            "seconds": round(ingest_s, 3),
+            "turns_per_s": round(size / ingest_s, 1),
+            "chroma_seconds": round(plain_s, 3),
+            "chroma_turns_per_s": round(size / plain_s, 1),
+        },
+        "search_ms": search,
+        "ratio_p50": {
+            m: round(search[m]["p50"] / chroma_p50, 3) if chroma_p50 > 0 else None
+            for m in ("search", "search_learn_false", "search_no_spread")
+        },
+        "record_turn": record,
+        "rss": {
+            "helamem_bytes_per_memory": round((rss1 - rss0) / size, 1),
+            "chroma_bytes_per_memory": round((rss2 - rss1) / size, 1),
+            "process_mb_after_build": round(rss2 / 2**20, 1),
+        },
+        "disk": {
+            "helamem_bytes_per_memory": round(disk_hm / size, 1),
+            "chroma_bytes_per_memory": round(disk_plain / size, 1),
+            "helamem_bytes": disk_hm,
+            "chroma_bytes": disk_plain,
+        },
+    }
+
+
+def _profile(mem: HelaMemory, fns: Sequence[Callable[[int], None]], n: int, path: Path) -> None:
+    """cProfile of ``fns`` over ``n`` queries, on the store's owner thread (where they run)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    mem._call(lambda _core: profiler.enable())  # on the owner thread
+    for fn in fns:
+        for i in range(n):
+            fn(i)
+    mem._call(lambda _core: profiler.disable())
+    buf = io.StringIO()
+    pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buf.getvalue())
+
+
+def _record_turns(
+    mem: HelaMemory, exchanges: Sequence[tuple[str, str]], scopes: Sequence[tuple[str, ...]]
+) -> dict[str, Any]:
+    """Agent-visible ``record_turn_sync`` latency, then a direct ``add_turn`` baseline."""
+    half = len(exchanges) // 2
+    lat: list[float] = []
+    start = time.perf_counter()
+    with TurnRecorder(mem, consolidate_every=None) as rec:
+        for i, (user, answer) in enumerate(exchanges[:half]):
+            t = time.perf_counter()
+            rec.record_turn_sync(scopes[i % len(scopes)], user, answer)
+            lat.append(time.perf_counter() - t)
+        rec.flush_sync()
+        background = time.perf_counter() - start
+    direct: list[float] = []
+    for i, (user, answer) in enumerate(exchanges[half:]):
+        t = time.perf_counter()
+        mem.add_turn(scopes[i % len(scopes)], user, answer)
+        direct.append(time.perf_counter() - t)
+    return {
+        "turns": half,
+        "record_turn_sync_us": {
+            "p50": round(_pct(lat, 50) * 1e6, 1),
+            "p95": round(_pct(lat, 95) * 1e6, 1),
+        },
+        "background_turns_per_s": round(half / background, 1),
+        "add_turn_direct_ms": {
+            "p50": round(_pct(direct, 50) * 1e3, 3),
+            "p95": round(_pct(direct, 95) * 1e3, 3),
+        },
+    }
+
+
+# -- the run -----------------------------------------------------------------
+
+
+def run_scale(
+    *,
+    out: Path | None,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    layouts: Sequence[str] = LAYOUTS,
+    embedder: Embedder,
+    queries: int = 100,
+    repeats: int = 3,
+    record_turns: int = 100,
+    k: int = 10,
+    seed: int = 0,
+    scopes: int = SCOPES_SPREAD,
+    workdir: Path | None = None,
+    progress: TextIO | None = None,
+    profile: bool = False,
+) -> dict[str, Any]:
+    """Run the scale benchmark and (when ``out`` is given) write its results.
+
+    Args:
+        out: Directory for ``results.json`` and ``results.md``; ``None``
+            writes nothing.
+        sizes: Numbers of memories, each measured in every layout.
+        layouts: Among :data:`LAYOUTS`.
+        embedder: Computes every vector once (queries and recorded turns too).
+        queries: Questions per pass.
+        repeats: Passes over the questions; timings are medians over passes.
+        record_turns: Turns recorded through :class:`TurnRecorder` (as many
+            again through ``add_turn``) after the searches.
+        k: Top-k of every search and of the plain Chroma query.
+        seed: Seed of the corpus, the questions and the recorded turns.
+        scopes: Number of scopes of the ``spread`` layout.
+        workdir: Where the stores are built (a temporary directory by
+            default; each cell's stores are removed after it).
+        progress: Stream for progress lines (``None``: silent).
+        profile: Write a cProfile summary of HeLa-Mem's searches per cell
+            to ``out`` (``profile-SIZE-LAYOUT.txt``).
+
+    Returns:
+        The results (as written to ``results.json``).
+
+    Raises:
+        ValueError: On an unknown layout or a size, query or turn count
+            below 1.
+    """
+    sizes = sorted(set(sizes))
+    if not sizes or min(sizes) < 1:
+        raise ValueError("sizes must be positive")
+    bad = [x for x in layouts if x not in LAYOUTS]
+    if bad or not layouts:
+        raise ValueError(f"unknown layout {bad[0] if bad else None!r}; choose from {LAYOUTS}")
+    if min(queries, repeats, record_turns, k, scopes) < 1:
+        raise ValueError("queries, repeats, record_turns, k and scopes must be >= 1")
+    corpus = Corpus(seed)
+    turns = corpus.turns(max(sizes))
+    questions = corpus.questions(queries)
+    exchanges = corpus.exchanges(2 * record_turns)
+    texts = [t for t, _ in turns] + list(questions) + [x for pair in exchanges for x in pair]
+    bar = Progress(f"embedding ({embedder.name})", len(texts), progress)
+    start = time.perf_counter()
+    parts = []
+    for b in range(0, len(texts), 4 * BATCH):
+        parts.append(embedder.embed(texts[b : b + 4 * BATCH]))
+        bar.update(len(parts[-1]))
+    bar.close()
+    embed_s = time.perf_counter() - start
+    vectors = np.concatenate(parts).astype(np.float32)
+    table = TableEmbedder(embedder, texts, vectors)
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="helamem-scale-", dir=workdir) as tmp:
+        for size in sizes:
+            for layout in layouts:
+                cell_dir = Path(tmp) / f"{size}-{layout}"
+                cells.append(
+                    _run_cell(
+                        size=size,
+                        layout=layout,
+                        turns=turns,
+                        questions=questions,
+                        exchanges=exchanges,
+                        table=table,
+                        vectors=vectors,
+                        workdir=cell_dir,
+                        repeats=repeats,
+                        k=k,
+                        progress=progress,
+                        profile=out if profile else None,
+                        spread=scopes,
+                    )
+                )
+                shutil.rmtree(cell_dir, ignore_errors=True)
+    words = [len(t.split()) for t, _ in turns]
+    results: dict[str, Any] = {
+        "benchmark": "scale",
+        "config": {
+            "sizes": sizes,
+            "layouts": list(layouts),
+            "scopes_spread": scopes,
+            "queries": queries,
+            "repeats": repeats,
+            "record_turns": record_turns,
+            "k": k,
+            "ingest_batch": BATCH,
+            "embedder": embedder.name,
+            "retrieval": HelaMemConfig().retrieval.model_dump(),
+            "cpus": os.cpu_count(),
+        },
+        "seed": seed,
+        "versions": versions(),
+        "corpus": {
+            "turns": len(turns),
+            "mean_words_per_turn": round(statistics.fmean(words), 2),
+            "example_turns": [t for t, _ in turns[:4]],
+            "example_questions": list(questions[:4]),
+        },
+        "embedding": {
+            "texts": len(texts),
+            "seconds": round(embed_s, 3),
+            "texts_per_s": round(len(texts) / embed_s, 1) if embed_s > 0 else None,
+            "table_misses": table.misses,
+        },
+        "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+        "cells": cells,
+    }
+    if out is not None:
+        write_results(results, out)
+    return results
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _layout(cell: Mapping[str, Any]) -> str:
+    return "1 scope" if cell["scopes"] == 1 else f"{cell['scopes']} scopes"
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The results as a markdown report (one row per size and layout)."""
+    cfg = results["config"]
+    lines = [
+        "# Scale benchmark",
+        "",
+        f"Embedder `{cfg['embedder']}`, k={cfg['k']}, {cfg['queries']} queries x "
+        f"{cfg['repeats']} passes (medians of per-pass p50/p95), seed {results['seed']}, "
+        f"{cfg['cpus']} CPUs. Vectors are precomputed: neither side pays for the query "
+        f"embedding, and ingest is the store's throughput (the embedder alone: "
+        f"{_f(results['embedding']['texts_per_s'])} texts/s).",
+        "",
+        "`search` is `search()` with its defaults (spreading and learning on); `read-only` "
+        "adds `learn=False`; `no spread` adds `spread=False` too. Ratio = HeLa-Mem p50 / "
+        "plain Chroma p50 (same vectors, same query vector, same k, same run).",
+        "",
+        "| memories | layout | ingest turns/s (Chroma add) | search p50 / p95 ms "
+        "| read-only p50 / p95 | no spread p50 / p95 | Chroma p50 / p95 "
+        "| ratio search / read-only / no spread | record_turn p50 / p95 µs "
+        "| RSS B/memory (Chroma) | disk B/memory (Chroma) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in results["cells"]:
+        s = c["search_ms"]
+        ratio = c["ratio_p50"]
+        rt = c["record_turn"]["record_turn_sync_us"]
+
+        def pair(m: str, s: Mapping[str, Any] = s) -> str:
+            return f"{_f(s[m]['p50'], 2)} / {_f(s[m]['p95'], 2)}"
+
+        lines.append(
+            f"| {c['size']:,} | {_layout(c)} "
+            f"| {_f(c['ingest']['turns_per_s'], 0)} ({_f(c['ingest']['chroma_turns_per_s'], 0)}) "
+            f"| {pair('search')} | {pair('search_learn_false')} | {pair('search_no_spread')} "
+            f"| {pair('chroma')} "
+            f"| **{_f(ratio['search'], 2)}x** / {_f(ratio['search_learn_false'], 2)}x"
+            f" / {_f(ratio['search_no_spread'], 2)}x "
+            f"| {_f(rt['p50'], 0)} / {_f(rt['p95'], 0)} "
+            f"| {_f(c['rss']['helamem_bytes_per_memory'], 0)}"
+            f" ({_f(c['rss']['chroma_bytes_per_memory'], 0)}) "
+            f"| {_f(c['disk']['helamem_bytes_per_memory'], 0)}"
+            f" ({_f(c['disk']['chroma_bytes_per_memory'], 0)}) |"
+        )
+    lines += [
+        "",
+        "record_turn: agent-visible latency of `TurnRecorder.record_turn_sync` (stored in the "
+        "background, consolidation off); beside it, per cell: background turns/s and a direct "
+        "`add_turn` p50.",
+        "",
+        "| memories | layout | background turns/s | add_turn p50 / p95 ms |",
+        "|---:|---|---:|---:|",
+    ]
+    for c in results["cells"]:
+        r = c["record_turn"]
+        lines.append(
+            f"| {c['size']:,} | {_layout(c)} | {_f(r['background_turns_per_s'])} "
+            f"| {_f(r['add_turn_direct_ms']['p50'], 2)} / {_f(r['add_turn_direct_ms']['p95'], 2)} |"
+        )
+    lines += [
+        "",
+        "RSS per memory: growth of the process's resident memory while building each store, "
+        "divided by its memories (approximate: allocators reuse freed memory). Disk: every "
+        "file of the store (SQLite with WAL, and Chroma) per memory. "
+        f"Peak RSS of the run: {_f(results['peak_rss_mb'])} MB.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write ``results.json`` and ``results.md`` under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    paths["markdown"].write_text(render_markdown(results), encoding="utf-8")
+    return paths

@@ -1,0 +1,120 @@
+"""Smoke test of the scale benchmark: tiny sizes, the hashing embedder, the real CLI."""
+
+from __future__ import annotations
+
+import doctest
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helamem.core import HashingEmbedder
+from helamem.core.bench import scale as scale_module
+from helamem.core.bench.scale import Corpus, TableEmbedder, run_scale
+from helamem.core.cli import main
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(scale_module).failed == 0
+
+
+def test_corpus_is_seeded_zipf_like_and_prefix_stable() -> None:
+    a, b = Corpus(3), Corpus(3)
+    assert a.turns(50) == b.turns(50)
+    assert a.turns(20) == a.turns(50)[:20]
+    assert a.turns(20) != Corpus(4).turns(20)
+    texts = [t for t, _ in a.turns(2000)]
+    assert len(set(texts)) == len(texts)
+    assert [r for _, r in a.turns(4)] == ["user", "assistant", "user", "assistant"]
+    # Zipf-like: the commonest made-up entity is far more frequent than the median one
+    counts: dict[str, int] = {}
+    for text in texts:
+        for word in text.split():
+            counts[word.strip("?.,!")] = counts.get(word.strip("?.,!"), 0) + 1
+    freq = sorted(counts.values(), reverse=True)
+    assert freq[0] > 20 * freq[len(freq) // 2]
+    assert len(a.questions(7)) == 7 and all(q.endswith(("?", ".")) for q in a.questions(7))
+
+
+def test_table_embedder_looks_up_and_falls_back() -> None:
+    inner = HashingEmbedder(32)
+    texts = ["tea with alice", "bob rides a bike"]
+    table = TableEmbedder(inner, texts, inner.embed(texts))
+    assert np.allclose(table.embed(texts[::-1]), inner.embed(texts[::-1]))
+    assert table.misses == 0
+    mixed = table.embed(["unknown words here", texts[0]])
+    assert table.misses == 1
+    assert np.allclose(mixed, inner.embed(["unknown words here", texts[0]]))
+    assert table.name == inner.name and table.dimension == 32
+
+
+def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(
+        [
+            "bench",
+            "scale",
+            "--sizes",
+            "200",
+            "--embedder",
+            "hashing",
+            "--queries",
+            "12",
+            "--repeats",
+            "2",
+            "--record-turns",
+            "6",
+            "--scopes",
+            "10",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["benchmark"] == "scale"
+    assert results["seed"] == 0
+    assert results["config"]["sizes"] == [200]
+    assert results["config"]["embedder"] == "hashing-384"
+    assert {"helamem-core", "chromadb", "numpy"} <= set(results["versions"])
+    assert results["embedding"]["table_misses"] == 0
+    cells = results["cells"]
+    assert [(c["size"], c["layout"]) for c in cells] == [(200, "one-scope"), (200, "spread")]
+    assert [c["scopes"] for c in cells] == [1, 10]
+    for c in cells:
+        assert c["ingest"]["turns_per_s"] > 0 and c["ingest"]["chroma_turns_per_s"] > 0
+        for m in ("search", "search_learn_false", "search_no_spread", "chroma"):
+            assert 0 < c["search_ms"][m]["p50"] <= c["search_ms"][m]["p95"] < 10_000
+        ratio = c["ratio_p50"]["search"]
+        assert ratio == pytest.approx(
+            c["search_ms"]["search"]["p50"] / c["search_ms"]["chroma"]["p50"], rel=0.01
+        )
+        rt = c["record_turn"]
+        assert rt["turns"] == 6
+        assert 0 < rt["record_turn_sync_us"]["p50"] <= rt["record_turn_sync_us"]["p95"]
+        assert rt["background_turns_per_s"] > 0 and rt["add_turn_direct_ms"]["p50"] > 0
+        # a store of 200 memories takes disk (SQLite + Chroma files), more than plain Chroma
+        assert c["disk"]["helamem_bytes"] > 0 and c["disk"]["chroma_bytes"] > 0
+        assert c["disk"]["helamem_bytes_per_memory"] == pytest.approx(
+            c["disk"]["helamem_bytes"] / 200, rel=0.01
+        )
+        assert isinstance(c["rss"]["helamem_bytes_per_memory"], float)
+    assert results["peak_rss_mb"] > 0
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Scale benchmark")
+    assert "| 200 | 1 scope |" in md and "| 200 | 10 scopes |" in md
+    assert f"**{cells[0]['ratio_p50']['search']:,.2f}x**" in md
+    assert "# Scale benchmark" in capsys.readouterr().out
+    # every store was built under --workdir and removed afterwards
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_bad_input_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="layout"):
+        run_scale(out=None, sizes=[10], layouts=["nope"], embedder=HashingEmbedder(8))
+    with pytest.raises(SystemExit):
+        main(["bench", "scale", "--sizes", "0", "--out", str(tmp_path)])
