@@ -12,6 +12,7 @@ import pytest
 from helamem.core import HashingEmbedder
 from helamem.core.bench import _common
 from helamem.core.bench import locomo as locomo_module
+from helamem.core.bench import sweep as sweep_module
 from helamem.core.bench.locomo import (
     load_locomo,
     parse_evidence,
@@ -282,8 +283,78 @@ def test_cli_bench_locomo(data: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["bench", "locomo", "--data", str(bad), "--out", str(out), "--quiet"]) == 2
 
 
-@pytest.mark.parametrize("module", [locomo_module, _common])
+@pytest.mark.parametrize("module", [locomo_module, _common, sweep_module])
 def test_bench_doctests(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0
     assert result.attempted > 0
+
+
+def test_results_carry_per_conversation_recall(data: Path) -> None:
+    res = run_locomo(
+        data, methods=["fusion"], ks=[1, 5], embedder=HashingEmbedder(128), retrieval={}
+    )
+    per = res["methods"]["fusion"]["conversations"]
+    assert set(per) == {"conv-a", "conv-b"}
+    total = res["methods"]["fusion"]["categories"]["1-4"]
+    assert sum(p["questions"] for p in per.values()) == total["questions"]
+    hits = sum(p["r@5"] * p["questions"] for p in per.values())
+    assert hits == pytest.approx(total["r@5"] * total["questions"])
+
+
+def test_leave_one_out_never_scores_a_fold_on_its_own_choice() -> None:
+    # point 0 is best overall only thanks to c1; held out, c1 is scored with point 1
+    a = {"c1": (10.0, 10), "c2": (3.0, 10), "c3": (3.0, 10)}
+    b = {"c1": (2.0, 10), "c2": (4.0, 10), "c3": (4.0, 10)}
+    loo = sweep_module.leave_one_out([a, b])
+    assert [f["point"] for f in loo["folds"]] == [1, 0, 0]
+    assert loo["estimate"] == pytest.approx((2 + 3 + 3) / 30, abs=1e-4)
+    assert loo["chosen"] == 0
+    assert loo["stable"] == 2
+    with pytest.raises(ValueError, match="at least one"):
+        sweep_module.leave_one_out([])
+    with pytest.raises(ValueError, match="no values"):
+        sweep_module.grid_points({"activation_alpha": []})
+
+
+def test_cli_bench_sweep(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweep"
+    argv = ["bench", "sweep", "--data", str(data), "--embedder", "hashing", "--out", str(out)]
+    code = main([*argv, "--grid", "activation_alpha=0.3,1", "--set", "spread_seeds=3"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "Leave one conversation out" in captured.out
+    assert "sweep" in captured.err  # progress on stderr
+    res = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert [p["point"] for p in res["points"]] == [
+        {"activation_alpha": 0.3},
+        {"activation_alpha": 1},
+    ]
+    assert res["config"]["base"] == {"spread_seeds": 3}
+    assert {f["held_out"] for f in res["loo"]["folds"]} == {"conv-a", "conv-b"}
+    # fusion neither spreads nor learns: one reference for every point
+    assert {p["fusion_r"] for p in res["points"]} == {res["fusion"]["r"]}
+    assert (out / "sweep.md").is_file()
+    assert main([*argv, "--quiet"]) == 2  # no --grid
+    assert main(["bench", "sweep", "--data", str(tmp_path / "nope.json"), "--grid", "a=1"]) == 2
+    assert main([*argv, "--quiet", "--grid", "no_such_key=1"]) == 2
+
+
+def test_token_parity_is_reported_against_dense(data: Path, tmp_path: Path) -> None:
+    res = run_locomo(
+        data,
+        out=tmp_path / "out",
+        methods=["dense", "helamem"],
+        ks=[1, 5, 10],
+        embedder=HashingEmbedder(128),
+    )
+    parity = res["token_parity"]
+    dense = res["methods"]["dense"]["categories"]["1-4"]
+    assert parity["reference"] == "dense" and parity["k"] == 10
+    assert parity["r"] == dense["r@10"]
+    own = parity["methods"]["dense"]  # dense matches itself at k <= 10
+    assert own is not None and own["k"] <= 10 and own["r"] >= dense["r@10"]
+    md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    assert "Context at equal recall" in md
+    no_dense = run_locomo(data, methods=["fusion"], ks=[5], embedder=HashingEmbedder(128))
+    assert no_dense["token_parity"] is None

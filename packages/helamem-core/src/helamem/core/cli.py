@@ -10,6 +10,11 @@ Examples:
     Run the scale benchmark (1k, 10k, 100k memories beside plain Chroma)::
 
         helamem bench scale --embedder hashing --sizes 1000 10000 100000
+
+    Sweep spreading parameters with leave-one-conversation-out selection::
+
+        helamem bench sweep --data locomo.json --grid activation_alpha=0.3,1 \\
+            --grid max_flipped=3,5
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="run a benchmark")
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     _add_scale_parser(benches)
+    _add_sweep_parser(benches)
     loc = benches.add_parser(
         "locomo",
         help="LoCoMo retrieval: HeLa-Mem beside dense, BM25 and fusion baselines",
@@ -327,6 +333,100 @@ def _bench_locomo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(text: str) -> tuple[str, list[Any]]:
+    key, value = _override(text)
+    values = value if isinstance(value, list) else str(value).split(",")
+    parsed: list[Any] = []
+    for v in values:
+        try:
+            parsed.append(json.loads(v) if isinstance(v, str) else v)
+        except json.JSONDecodeError:
+            parsed.append(v)
+    if not parsed or any(v == "" for v in parsed):
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2,..., got {text!r}")
+    return key, parsed
+
+
+def _add_sweep_parser(benches: Any) -> None:
+    sw = benches.add_parser(
+        "sweep",
+        help="LoCoMo parameter sweep of helamem with leave-one-conversation-out selection",
+        description=(
+            "Run the helamem method of the LoCoMo benchmark at every point of a grid of "
+            "overrides (one embedding pass), fusion once as the reference, and choose the "
+            "point by leave-one-conversation-out. Progress goes to stderr."
+        ),
+    )
+    sw.add_argument("--data", type=Path, required=True, help="LoCoMo JSON file (locomo10 schema)")
+    sw.add_argument(
+        "--grid",
+        action="append",
+        type=_grid,
+        default=[],
+        metavar="KEY=V1,V2",
+        help="values to sweep, e.g. --grid activation_alpha=0.3,1,2 (repeat per key)",
+    )
+    sw.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override applied at every point (as in bench locomo)",
+    )
+    sw.add_argument("--k", type=_positive, default=10, help="the cut-off scored (default 10)")
+    sw.add_argument("--conversations", type=_positive, help="use the first N conversations")
+    sw.add_argument("--questions", type=_positive, help="at most N questions per conversation")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the question sample")
+    sw.add_argument(
+        "--embedder",
+        choices=["minilm", "hashing"],
+        default="minilm",
+        help="minilm (default, offline) or hashing (no model: smoke runs only)",
+    )
+    sw.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results/sweep"),
+        help="output directory (default: bench-results/sweep)",
+    )
+    sw.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _bench_sweep(args: argparse.Namespace) -> int:
+    from .bench.locomo import LocomoFormatError
+    from .bench.sweep import render_sweep, run_sweep
+    from .embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
+
+    if not args.data.is_file():
+        print(f"helamem: error: no such file: {args.data}", file=sys.stderr)
+        return 2
+    if not args.grid:
+        print("helamem: error: give at least one --grid KEY=V1,V2", file=sys.stderr)
+        return 2
+    embedder: Embedder = HashingEmbedder(384) if args.embedder == "hashing" else MiniLMEmbedder()
+    try:
+        results = run_sweep(
+            args.data,
+            grid=dict(args.grid),
+            base=dict(args.overrides),
+            conversations=args.conversations,
+            questions=args.questions,
+            seed=args.seed,
+            k=args.k,
+            embedder=embedder,
+            progress=None if args.quiet else sys.stderr,
+            out=args.out,
+        )
+    except (LocomoFormatError, ValueError) as exc:
+        print(f"helamem: error: {exc}", file=sys.stderr)
+        return 2
+    print(render_sweep(results))
+    print(f"results written to {args.out}/ (sweep.json, sweep.md)", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``helamem`` console script.
 
@@ -341,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench_locomo(args)
     if args.command == "bench" and args.benchmark == "scale":
         return _bench_scale(args)
+    if args.command == "bench" and args.benchmark == "sweep":
+        return _bench_sweep(args)
     return 2  # pragma: no cover - argparse requires a known subcommand
 
 

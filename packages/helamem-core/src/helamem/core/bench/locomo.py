@@ -85,6 +85,7 @@ __all__ = [
     "parse_session_date",
     "render_markdown",
     "run_locomo",
+    "token_parity",
     "write_results",
 ]
 
@@ -471,10 +472,10 @@ def _select(
     return out
 
 
-def _bucket(category: int) -> list[str]:
+def _bucket(category: int, sample_id: str) -> list[str]:
     keys = [str(category), "all"]
     if 1 <= category <= 4:
-        keys.append("1-4")
+        keys += ["1-4", f"{sample_id}/1-4"]
     return keys
 
 
@@ -611,7 +612,7 @@ def run_locomo(
                         assoc[m.name]["hits"] += len(flipped)
                         assoc[m.name]["evidence"] += len(set(flipped) & evidence)
                         scored = _score({k: retrieved[k] for k in ks}, evidence, counter)
-                        for key in _bucket(q.category):
+                        for key in _bucket(q.category, conv.sample_id):
                             tally[m.name][key].add(*scored)
                         if qa_runner is not None:
                             qa_runner.ask(m.name, conv, q, retrieved[qa_runner.k])
@@ -739,6 +740,10 @@ def _results(
                 "evidence": assoc[m.name]["evidence"],
             },
             "categories": cats,
+            "conversations": {
+                c.sample_id: tally[m.name].get(f"{c.sample_id}/1-4", _Tally()).summary(ks)
+                for c in convs
+            },
         }
     return {
         "benchmark": "locomo-retrieval",
@@ -766,8 +771,60 @@ def _results(
         },
         "embedding": {"texts": cache.computed, "seconds": round(embed_s, 3)},
         "methods": methods_out,
+        "token_parity": token_parity(methods_out, ks),
         "plot": None,
     }
+
+
+def token_parity(
+    methods: Mapping[str, Any], ks: Sequence[int], reference: str = "dense"
+) -> dict[str, Any] | None:
+    """Context tokens each method needs to match the reference's R@10 (categories 1-4).
+
+    For every method, the smallest ``k`` whose R@k reaches the reference's
+    R@10 (R@ the largest k when 10 is not measured), with its tokens and hits.
+
+    Args:
+        methods: ``results["methods"]``.
+        ks: The cut-offs measured.
+        reference: The method to match.
+
+    Returns:
+        ``None`` when the reference method did not run.
+
+    Examples:
+        >>> cat = lambda r5, r10, t5, t10: {"categories": {"1-4": {
+        ...     "r@5": r5, "r@10": r10, "tokens@5": t5, "tokens@10": t10,
+        ...     "hits@5": 5, "hits@10": 10}}}
+        >>> p = token_parity({"dense": cat(.4, .5, 150, 300), "x": cat(.6, .7, 200, 400)}, [5, 10])
+        >>> p["methods"]["x"]
+        {'k': 5, 'r': 0.6, 'tokens': 200, 'hits': 5, 'no_more_tokens': True}
+    """
+    if reference not in methods:
+        return None
+    k_ref = 10 if 10 in ks else max(ks)
+    ref = methods[reference]["categories"]["1-4"]
+    target, budget = ref[f"r@{k_ref}"], ref[f"tokens@{k_ref}"]
+    if target is None:
+        return None
+    out: dict[str, Any] = {"reference": reference, "k": k_ref, "r": target, "tokens": budget}
+    per: dict[str, Any] = {}
+    for name, m in methods.items():
+        c = m["categories"]["1-4"]
+        k = next((k for k in sorted(ks) if (c[f"r@{k}"] or 0.0) >= target), None)
+        per[name] = (
+            None
+            if k is None
+            else {
+                "k": k,
+                "r": c[f"r@{k}"],
+                "tokens": c[f"tokens@{k}"],
+                "hits": c[f"hits@{k}"],
+                "no_more_tokens": c[f"tokens@{k}"] <= budget,
+            }
+        )
+    out["methods"] = per
+    return out
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -844,6 +901,24 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "evidence found; hits@k: hits returned (top k plus association hits when spreading).",
         "",
     ]
+    parity = results.get("token_parity")
+    if parity:
+        lines += [
+            f"## Context at equal recall (match {parity['reference']} R@{parity['k']} = "
+            f"{_fmt(parity['r'])}, {_fmt(parity['tokens'], 0)} tokens)",
+            "",
+            "| method | smallest k | R@k | hits | tokens | no more tokens |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, p in parity["methods"].items():
+            if p is None:
+                lines.append(f"| {name} | – | – | – | – | never reached |")
+                continue
+            lines.append(
+                f"| {name} | {p['k']} | {_fmt(p['r'])} | {_fmt(p['hits'], 1)} | "
+                f"{_fmt(p['tokens'], 0)} | {'yes' if p['no_more_tokens'] else 'no'} |"
+            )
+        lines.append("")
     if results.get("qa"):
         lines += render_qa_markdown(results["qa"])
     return "\n".join(lines)
