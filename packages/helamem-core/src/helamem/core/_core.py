@@ -33,7 +33,7 @@ from .errors import (
 from .ids import new_id
 from .storage.base import EdgeRow, MemoryRow, VectorIndex
 from .storage.sqlite import SQLiteStore
-from .text import fts_query, keywords, safe_text
+from .text import drop_common, fts_match, fts_terms, keywords, safe_text
 from .types import (
     Hit,
     Kind,
@@ -480,8 +480,6 @@ class Core:
         if node is None:
             return SearchResult(query, ())
         nodes = self.store.descendants(node)
-        # the query embedding (ONNX, GIL released) overlaps the FTS5 queries below
-        pending = self._aux().submit(self._embed, [query])
         paths: list[tuple[Kind, int]] = [(kind, k)]
         if kind == "episodic" and sem_k > 0:
             paths.append(("semantic", sem_k))
@@ -490,18 +488,21 @@ class Core:
         rows: dict[int, MemoryRow] = {}
         prunable: list[tuple[int, int]] = []
         holding = {pk: self.store.nodes_holding(nodes, pk) for pk, _ in paths}
+        # the query embedding (ONNX) and the dense queries (GIL released) overlap
+        # the FTS5 queries below
+        pending = self._aux().submit(self._dense, query, paths, holding)
         lexical = {
             pk: self._lexical(query, node, nodes, pk, pkk) if holding[pk] else {}
             for pk, pkk in paths
         }
-        qv = pending.result()[0]
+        qv, dense = pending.result()
         for path_kind, path_k in paths:
             if not holding[path_kind]:
                 continue
             found = self._search_kind(
                 qv,
+                dense[path_kind],
                 nodes,
-                holding[path_kind],
                 path_kind,
                 path_k,
                 spread,
@@ -529,10 +530,28 @@ class Core:
         final = {n: ranking.base[n] + ranking.boost.get(n, 0.0) for n in ranking.returned}
         return sorted(final, key=lambda n: (-final[n], n))[:top]
 
+    def _dense(
+        self, query: str, paths: list[tuple[Kind, int]], holding: dict[Kind, list[int]]
+    ) -> tuple[np.ndarray, dict[Kind, list[tuple[str, float]]]]:
+        """The query vector and each path's dense candidates (runs on the aux thread)."""
+        qv = self._embed([query])[0]
+        m = self.config.retrieval.candidates
+        dense = {
+            pk: self.index.query(qv, max(m, pkk), holding[pk], pk)
+            for pk, pkk in paths
+            if holding[pk]
+        }
+        return qv, dense
+
     def _lexical(
         self, query: str, node: int, nodes: list[int], kind: Kind, k: int
     ) -> dict[int, float]:
-        match = fts_query(query)
+        terms = fts_terms(query)
+        max_df = self.config.retrieval.lexical_max_df
+        if len(terms) > 1 and max_df < 1.0:
+            rows, df = self.store.term_stats(terms)
+            terms = drop_common(terms, df, rows, max_df)
+        match = fts_match(terms)
         if not match:
             return {}
         m = max(self.config.retrieval.candidates, k)
@@ -553,8 +572,8 @@ class Core:
     def _search_kind(
         self,
         qv: np.ndarray,
+        dense_ids: list[tuple[str, float]],
         nodes: list[int],
-        holding: list[int],
         kind: Kind,
         k: int,
         spread: bool,
@@ -563,8 +582,6 @@ class Core:
     ) -> tuple[retrieval.Ranking, dict[int, MemoryRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
-        m = max(cfg.candidates, k)
-        dense_ids = self.index.query(qv, m, holding, kind)
         rows = {r.n: r for r in self.store.rows_by_id([i for i, _ in dense_ids]).values()}
         rows.update(self.store.rows_by_n(n for n in lex if n not in rows))
         rows = {n: r for n, r in rows.items() if r.scope_id in allowed and r.kind == kind}

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 
-__all__ = ["STOPWORDS", "fts_query", "keywords", "safe_text", "tokens"]
+__all__ = [
+    "STOPWORDS",
+    "drop_common",
+    "fts_match",
+    "fts_query",
+    "fts_terms",
+    "keywords",
+    "safe_text",
+    "tokens",
+]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -199,6 +209,30 @@ def keywords(text: str, n: int = 8) -> list[str]:
     return sorted(counts, key=lambda t: (-counts[t], order[t]))[:n]
 
 
+def fts_terms(text: str, max_terms: int = 32) -> list[str]:
+    """The query's distinct content words, in order (at most ``max_terms``).
+
+    Examples:
+        >>> fts_terms("Where did Alice go, Alice?")
+        ['alice', 'go']
+    """
+    seen: dict[str, None] = {}
+    for t in tokens(safe_text(text)):
+        if t in STOPWORDS or t in seen:
+            continue
+        seen[t] = None
+        if len(seen) >= max_terms:
+            break
+    return list(seen)
+
+
+def fts_match(terms: Sequence[str]) -> str | None:
+    """An FTS5 MATCH expression that ORs ``terms``, each quoted (``None`` if none)."""
+    if not terms:
+        return None
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
 def fts_query(text: str, max_terms: int = 32) -> str | None:
     """An FTS5 MATCH expression that ORs the query's content words.
 
@@ -211,13 +245,30 @@ def fts_query(text: str, max_terms: int = 32) -> str | None:
         >>> fts_query('Where did "Alice" go OR NEAR?')
         '"alice" OR "go" OR "near"'
     """
-    seen: dict[str, None] = {}
-    for t in tokens(safe_text(text)):
-        if t in STOPWORDS or t in seen:
-            continue
-        seen[t] = None
-        if len(seen) >= max_terms:
-            break
-    if not seen:
-        return None
-    return " OR ".join(f'"{t}"' for t in seen)
+    return fts_match(fts_terms(text, max_terms))
+
+
+def drop_common(
+    terms: Sequence[str], df: Sequence[int], rows: int, max_df: float, keep: int = 2
+) -> list[str]:
+    """``terms`` without those whose document frequency exceeds ``max_df · rows``.
+
+    Document-frequency pruning: a word in a large share of the memories adds
+    little to BM25 yet makes FTS5 score every row holding it. When every term
+    is that common, the ``keep`` rarest stay (ties: query order), bounding the
+    work. ``max_df >= 1`` (or no rows) keeps every term.
+
+    Examples:
+        >>> drop_common(["tea", "alice", "week"], [900, 3, 400], 1000, 0.1)
+        ['alice']
+        >>> drop_common(["tea", "week", "day"], [900, 400, 500], 1000, 0.1)
+        ['week', 'day']
+    """
+    if max_df >= 1.0 or rows <= 0 or len(terms) <= 1:
+        return list(terms)
+    limit = max_df * rows
+    rare = [t for t, d in zip(terms, df, strict=True) if d <= limit]
+    if rare:
+        return rare
+    order = sorted(range(len(terms)), key=lambda i: (df[i], i))[:keep]
+    return [terms[i] for i in sorted(order)]

@@ -86,6 +86,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (scope_id, signature)
     );
     """,
+    # 3: per-term document frequencies (a read-only view of the FTS index), used to
+    # leave very common words out of lexical queries
+    """
+    CREATE VIRTUAL TABLE memories_fts_vocab USING fts5vocab(memories_fts, 'col');
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -138,6 +143,8 @@ class SQLiteStore:
         self._path = path
         self._timeout = busy_timeout_s
         self._db: sqlite3.Connection | None = None
+        self._stems: dict[str, tuple[str, ...]] = {}  # word -> its FTS5 tokens
+        self._stemmer = False  # the temp tokenizing tables exist on this connection
 
     # -- lifecycle -------------------------------------------------------
 
@@ -579,6 +586,78 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             raise StorageError(f"lexical search failed for {match!r}: {exc}") from exc
         return [(int(r[0]), -float(r[1])) for r in rows]
+
+    def term_stats(self, words: Sequence[str]) -> tuple[int, list[int]]:
+        """Rows in the FTS index, and each word's document frequency in ``content``.
+
+        A word is tokenized exactly as FTS5 does (porter stemming); when it yields
+        several tokens (a phrase) its frequency is that of its rarest token, and 0
+        when it yields none. Index lookups only: no posting list is read.
+        """
+        try:
+            todo = [w for w in dict.fromkeys(words) if w not in self._stems]
+            if len(self._stems) + len(todo) > 65_536:
+                self._stems.clear()
+                todo = list(dict.fromkeys(words))
+            if todo:
+                self._stem(todo)
+            stems = {t for w in words for t in self._stems[w]}
+            df: dict[str, int] = {}
+            if stems:
+                df = {
+                    str(t): int(d)
+                    for t, d in self.db.execute(
+                        f"SELECT term, doc FROM memories_fts_vocab WHERE term IN "
+                        f"({_qmarks(len(stems))}) AND col = 'content'",
+                        tuple(stems),
+                    )
+                }
+            rows = self._fts_rows()
+        except sqlite3.Error as exc:
+            raise StorageError(f"term statistics failed: {exc}") from exc
+        return rows, [min((df.get(t, 0) for t in self._stems[w]), default=0) for w in words]
+
+    def _stem(self, words: list[str]) -> None:
+        db = self.db
+        if not self._stemmer:
+            db.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS temp.helamem_stem USING fts5("
+                "w, tokenize = 'porter unicode61 remove_diacritics 2')"
+            )
+            db.execute(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS temp.helamem_stem_v "
+                "USING fts5vocab(temp, helamem_stem, 'instance')"
+            )
+            self._stemmer = True
+        db.execute("DELETE FROM temp.helamem_stem")
+        db.executemany(
+            "INSERT INTO temp.helamem_stem(rowid, w) VALUES (?, ?)", list(enumerate(words))
+        )
+        found: dict[int, list[str]] = {}
+        for doc, term in db.execute("SELECT doc, term FROM temp.helamem_stem_v"):
+            found.setdefault(int(doc), []).append(str(term))
+        db.execute("DELETE FROM temp.helamem_stem")
+        for i, w in enumerate(words):
+            self._stems[w] = tuple(found.get(i, ()))
+
+    def _fts_rows(self) -> int:
+        """Rows in ``memories_fts``, read from FTS5's averages record (O(1)).
+
+        The record (``id = 1`` of the ``_data`` table, part of FTS5's stable file
+        format) starts with the row count as an SQLite varint.
+        """
+        r = self.db.execute("SELECT block FROM memories_fts_data WHERE id = 1").fetchone()
+        if r is None or not r[0]:
+            return 0
+        block = bytes(r[0])
+        value = 0
+        for i, byte in enumerate(block[:9]):
+            if i == 8:
+                return (value << 8) | byte
+            value = (value << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                return value
+        return value
 
     # -- edges -----------------------------------------------------------
 

@@ -1,0 +1,138 @@
+"""Document-frequency pruning of lexical queries, its vocab table, the overlapped dense query."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import HelaMemory
+from helamem.core._core import Core
+from helamem.core.storage.sqlite import SCHEMA_VERSION, SQLiteStore
+from helamem.core.text import drop_common, fts_match, fts_query, fts_terms
+
+ALICE = ("users", "alice")
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_drop_common_keeps_rare_terms() -> None:
+    assert drop_common(["week", "miso", "paint"], [50, 1, 30], 100, 0.1) == ["miso"]
+    assert drop_common(["miso", "week", "tea"], [2, 50, 10], 100, 0.1) == ["miso", "tea"]
+    assert drop_common(["zzz", "week"], [0, 50], 100, 0.1) == ["zzz"]  # unknown word: rare
+
+
+def test_drop_common_keeps_the_rarest_when_every_term_is_common() -> None:
+    assert drop_common(["a1", "b2", "c3"], [90, 20, 40], 100, 0.1) == ["b2", "c3"]
+    assert drop_common(["a1", "b2"], [90, 20], 100, 0.1) == ["a1", "b2"]
+    assert drop_common(["a1", "b2", "c3"], [90, 20, 40], 100, 0.1, keep=1) == ["b2"]
+
+
+def test_drop_common_disabled() -> None:
+    terms, df = ["week", "miso"], [90, 1]
+    assert drop_common(terms, df, 100, 1.0) == terms  # lexical_max_df = 1 keeps all
+    assert drop_common(terms, df, 0, 0.1) == terms  # empty index
+    assert drop_common(["week"], [90], 100, 0.1) == ["week"]
+
+
+def test_fts_query_is_fts_match_of_fts_terms() -> None:
+    q = 'Where did "Alice" go OR NEAR? alice'
+    assert fts_terms(q) == ["alice", "go", "near"]
+    assert fts_query(q) == fts_match(fts_terms(q)) == '"alice" OR "go" OR "near"'
+    assert fts_match([]) is None
+
+
+def _vocab_exists(path: Path) -> bool:
+    db = sqlite3.connect(path)
+    try:
+        r = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'memories_fts_vocab'").fetchone()
+    finally:
+        db.close()
+    return r is not None
+
+
+def test_term_stats_counts_documents_with_fts_stemming(mem: HelaMemory, tmp_path: Path) -> None:
+    for i in range(10):
+        mem.add(f"note {i}: the cats were painting this week", ALICE)
+    mem.add("Miso the cat sleeps", ALICE)
+    mem.add("a_b underscores split", ALICE)
+    mem.close()
+    path = tmp_path / "store" / "helamem.sqlite3"
+    assert _vocab_exists(path)
+    st = SQLiteStore(path)
+    st.open()
+    try:
+        assert st.schema_version() == SCHEMA_VERSION == 3
+        rows, df = st.term_stats(["cats", "cat", "painted", "miso", "nowhere", "a_b", "week"])
+        assert rows == 12
+        # porter: cats/cat -> cat, painted/painting -> paint; a_b is the phrase "a b"
+        assert df == [11, 11, 10, 1, 0, 1, 10]
+        assert st.term_stats(["miso", "cats"]) == (12, [1, 11])  # cached stems
+    finally:
+        st.close()
+
+
+def test_v1_store_gains_the_vocab_table(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "old"
+    path.mkdir()
+    db = sqlite3.connect(path / "helamem.sqlite3")
+    db.executescript((FIXTURES / "store_v1.sql").read_text(encoding="utf-8"))
+    db.close()
+    assert not _vocab_exists(path / "helamem.sqlite3")
+    with make_mem(path) as mem:
+        assert mem.stats().schema_version == SCHEMA_VERSION
+        assert (
+            "miso" in mem.search("the cat named miso", ALICE, k=1, learn=False)[0].content.lower()
+        )
+    assert _vocab_exists(path / "helamem.sqlite3")
+
+
+def _fill(mem: HelaMemory) -> None:
+    for i in range(40):
+        mem.add(f"entry {i}: another busy week of meetings and notes", ALICE)
+    mem.add("Miso the cat chased a laser this week", ALICE)
+    mem.add("We adopted Miso from the shelter", ALICE)
+
+
+def test_pruned_search_still_finds_the_rare_word(tmp_path: Path, make_mem: Any) -> None:
+    with make_mem(tmp_path / "a") as pruned, make_mem(tmp_path / "b", lexical_max_df=1.0) as full:
+        _fill(pruned)
+        _fill(full)
+        for m in (pruned, full):
+            top = m.search("miso week", ALICE, k=2, learn=False, spread=False)
+            assert {h.content for h in top} == {
+                "Miso the cat chased a laser this week",
+                "We adopted Miso from the shelter",
+            }
+        # every word common: still searched (the rarest few)
+        assert pruned.search("busy week", ALICE, k=1, learn=False)[0].content.startswith("entry")
+
+
+class _Inline:
+    """An executor that runs each job at once on the calling thread."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        f: Future[Any] = Future()
+        f.set_result(fn(*args))
+        return f
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def test_overlapped_dense_query_gives_the_same_hits(
+    tmp_path: Path, make_mem: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries = ["miso week", "what did we adopt?", "meetings and notes", "laser"]
+    with make_mem(tmp_path / "store") as mem:
+        _fill(mem)
+        overlapped = [mem.search(q, ALICE, k=5, learn=False) for q in queries]
+        monkeypatch.setattr(Core, "_aux", lambda self: _Inline())
+        serial = [mem.search(q, ALICE, k=5, learn=False) for q in queries]
+    assert [[(h.memory.id, h.score) for h in r] for r in overlapped] == [
+        [(h.memory.id, h.score) for h in r] for r in serial
+    ]
+    assert all(len(r) for r in overlapped)
