@@ -87,9 +87,15 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    # α = 0.3: the spreading strength the LoCoMo probe found useful (the
-    # reference default 0.1 rarely changes a ranking); see README, Benchmarks.
-    config = HelaMemConfig(retrieval=RetrievalConfig(activation_alpha=0.3))
+    # The defaults (α = 1, 8 seeds, two hops, up to 5 association hits) were
+    # chosen on LoCoMo's 600-turn conversations (README, Benchmarks). In a
+    # 16-turn store nearly every memory is a seed or a neighbour of one, so
+    # the demo spreads more gently: one hop, α = 0.3, boosts capped at 0.2.
+    config = HelaMemConfig(
+        retrieval=RetrievalConfig(
+            activation_alpha=0.3, spread_seeds=5, spread_hops=1, max_boost=0.2, max_flipped=3
+        )
+    )
     with HelaMemory.from_path(args.path, config) as mem:
         before = mem.stats(SCOPE)
         if before.memories == 0:

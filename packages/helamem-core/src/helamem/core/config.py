@@ -34,9 +34,10 @@ class DynamicsConfig(_Frozen):
     ``temporal_weight`` and ``prune_below`` are the reference
     implementation's; η and δ were chosen with ``helamem bench sweep`` on the
     LoCoMo dev split (the reference δ = 0.995 per turn prunes a temporal edge
-    within about 600 turns, before most questions about it are asked; a
-    bigger η on fewer pairs, see ``RetrievalConfig.learn_top``, keeps
-    learning from drowning the conversation's own structure).
+    within about 600 turns, before most questions about it are asked; δ =
+    0.9999 halves an unused edge in about 7,000 turns; a bigger η on fewer
+    pairs, see ``RetrievalConfig.learn_top``, keeps learning from drowning
+    the conversation's own structure).
 
     Attributes:
         temporal_weight: Weight of the edge between an episode and the
@@ -52,8 +53,8 @@ class DynamicsConfig(_Frozen):
     """
 
     temporal_weight: float = Field(0.5, gt=0.0, le=1.0)
-    learning_rate: float = Field(0.1, ge=0.0, le=1.0)
-    decay_rate: float = Field(0.9995, gt=0.0, le=1.0)
+    learning_rate: float = Field(0.05, ge=0.0, le=1.0)
+    decay_rate: float = Field(0.9999, gt=0.0, le=1.0)
     prune_below: float = Field(0.01, ge=0.0, lt=1.0)
     clock: Literal["turns", "wall"] = "turns"
     tick_seconds: float = Field(3600.0, gt=0.0)
@@ -103,7 +104,7 @@ class RetrievalConfig(_Frozen):
     recency_weight: float = Field(0.2, ge=0.0, le=1.0)
     activation_alpha: float = Field(1.0, ge=0.0)
     spreading_threshold: float = Field(0.4, ge=0.0, le=1.0)
-    spread_seeds: int = Field(5, ge=0)
+    spread_seeds: int = Field(8, ge=0)
     neighbors_per_seed: int = Field(16, ge=1)
     spread_hops: int = Field(2, ge=1, le=2)
     max_boost: float = Field(1.0, ge=0.0)
@@ -242,7 +243,7 @@ class HelaMemConfig(_Frozen):
     Examples:
         >>> cfg = HelaMemConfig(path="./helamem-data")
         >>> cfg.dynamics.learning_rate
-        0.1
+        0.05
         >>> HelaMemConfig(retrieval=RetrievalConfig(activation_alpha=0.3)).retrieval.max_flipped
         5
     """
