@@ -31,7 +31,7 @@ from .errors import (
     StorageError,
 )
 from .ids import new_id
-from .storage.base import EdgeRow, MemoryRow, VectorIndex
+from .storage.base import EdgeRow, MemoryRow, RankRow, VectorIndex
 from .storage.sqlite import SQLiteStore
 from .text import drop_common, fts_match, fts_terms, keywords, safe_text
 from .types import (
@@ -485,7 +485,7 @@ class Core:
             paths.append(("semantic", sem_k))
         hits: list[Hit] = []
         learned: list[list[int]] = []
-        rows: dict[int, MemoryRow] = {}
+        rows: dict[int, RankRow] = {}
         prunable: list[tuple[int, int]] = []
         holding = {pk: self.store.nodes_holding(nodes, pk) for pk, _ in paths}
         # the query embedding (ONNX) and the dense queries (GIL released) overlap
@@ -579,11 +579,13 @@ class Core:
         spread: bool,
         ref_given: float | None,
         lex: dict[int, float],
-    ) -> tuple[retrieval.Ranking, dict[int, MemoryRow], list[Hit], list[tuple[int, int]]] | None:
+    ) -> tuple[retrieval.Ranking, dict[int, RankRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
-        rows = {r.n: r for r in self.store.rows_by_id([i for i, _ in dense_ids]).values()}
-        rows.update(self.store.rows_by_n(n for n in lex if n not in rows))
+        # ranking columns only; _hits loads the full rows of the returned memories
+        dense_n = self.store.rank_rows([i for i, _ in dense_ids], ())
+        rows = self.store.rank_rows((), [n for n in lex if n not in dense_n])
+        rows.update(dense_n)
         rows = {n: r for n, r in rows.items() if r.scope_id in allowed and r.kind == kind}
         if not rows:
             return None
@@ -598,7 +600,7 @@ class Core:
                 extra_ns = {j for _, j, _ in triples if j not in rows}
                 extra = {
                     n: r
-                    for n, r in self.store.rows_by_n(extra_ns).items()
+                    for n, r in self.store.rank_rows((), extra_ns).items()
                     if r.scope_id in allowed and r.kind == kind
                 }
                 rows.update(extra)
@@ -613,7 +615,7 @@ class Core:
         return ranking, rows, self._hits(ranking, rows, pool, qv, lex), prunable
 
     def _pool(
-        self, rows: dict[int, MemoryRow], qv: np.ndarray, lex: dict[int, float]
+        self, rows: dict[int, RankRow], qv: np.ndarray, lex: dict[int, float]
     ) -> retrieval.Pool:
         ns = tuple(sorted(rows))
         if not ns:
@@ -633,7 +635,7 @@ class Core:
         )
 
     def _seed_edges(
-        self, seeds: dict[int, float], rows: dict[int, MemoryRow]
+        self, seeds: dict[int, float], rows: dict[int, RankRow]
     ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int]]]:
         if not seeds:
             return [], []
@@ -694,12 +696,13 @@ class Core:
     def _hits(
         self,
         ranking: retrieval.Ranking,
-        rows: dict[int, MemoryRow],
+        rows: dict[int, RankRow],
         pool: retrieval.Pool,
         qv: np.ndarray,
         lex: dict[int, float],
     ) -> list[Hit]:
         dense = dict(zip(pool.ns, pool.dense.tolist(), strict=True))
+        full = self.store.rows_by_n([*ranking.base_top, *ranking.associations])
         hits = []
         for prov, ns in (("base", ranking.base_top), ("association", ranking.associations)):
             for n in ns:
@@ -711,7 +714,7 @@ class Core:
                 base = ranking.base[n]
                 hits.append(
                     Hit(
-                        memory=self._memory(r),
+                        memory=self._memory(full[n]),
                         score=base + b,
                         base=base,
                         boost=b,
@@ -730,7 +733,7 @@ class Core:
     def _learn(
         self,
         groups: Sequence[Sequence[int]],
-        rows: dict[int, MemoryRow],
+        rows: dict[int, RankRow],
         prunable: Sequence[tuple[int, int]],
     ) -> None:
         """Co-activate each group's memories (per scope), count the accesses: one tx."""

@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EdgeRow", "MemoryRow", "VectorIndex"]
+__all__ = ["EdgeRow", "MemoryRow", "RankRow", "VectorIndex"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,23 @@ class MemoryRow:
     last_access: float | None
     metadata: str
     provenance: str
+    embedding: bytes | None
+
+    def vector(self) -> npt.NDArray[np.float32] | None:
+        if self.embedding is None:
+            return None
+        return np.frombuffer(self.embedding, dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class RankRow:
+    """The columns ranking and spreading read (a search loads full rows only for its hits)."""
+
+    n: int
+    id: str
+    scope_id: int
+    kind: str
+    event_time: float
     embedding: bytes | None
 
     def vector(self) -> npt.NDArray[np.float32] | None:

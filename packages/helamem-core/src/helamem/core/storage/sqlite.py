@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StorageError
-from .base import EdgeRow, MemoryRow
+from .base import EdgeRow, MemoryRow, RankRow
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
@@ -402,6 +402,20 @@ class SQLiteStore:
             ):
                 row = _row(r)
                 out[row.id] = row
+        return out
+
+    def rank_rows(self, ids: Iterable[str], ns: Iterable[int]) -> dict[int, RankRow]:
+        """The ranking columns of the memories with these ids or keys, by key."""
+        out: dict[int, RankRow] = {}
+        for col, keys in (("id", list(ids)), ("n", list(ns))):
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                for r in self.db.execute(
+                    "SELECT n, id, scope_id, kind, event_time, embedding FROM memories"
+                    f" WHERE {col} IN ({_qmarks(len(chunk))})",
+                    chunk,
+                ):
+                    out[r[0]] = RankRow(r[0], r[1], r[2], r[3], r[4], r[5])
         return out
 
     def unindexed(self, limit: int = 10_000) -> list[MemoryRow]:
