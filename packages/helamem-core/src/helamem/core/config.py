@@ -95,7 +95,8 @@ class RetrievalConfig(_Frozen):
         semantic_k: Distilled facts returned beside the episodic hits.
         lexical_max_df: Query words found in more than this share of the stored
             memories are left out of the BM25 query when a rarer word remains
-            (1.0 keeps every word).
+            (1.0 keeps every word). On LoCoMo-dev, 0.03 keeps fusion R@10 of
+            0.1 and raises HeLa-Mem's; 0.02 lowers both.
     """
 
     candidates: int = Field(50, ge=1, le=10_000)
@@ -112,7 +113,7 @@ class RetrievalConfig(_Frozen):
     learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)
-    lexical_max_df: float = Field(0.1, gt=0.0, le=1.0)
+    lexical_max_df: float = Field(0.03, gt=0.0, le=1.0)
 
 
 class EmbedderConfig(_Frozen):
