@@ -17,6 +17,7 @@ from helamem.core import (
     HelaMemory,
     LLMClient,
     LLMConfig,
+    RetrievalConfig,
 )
 
 A = ("u", "1")
@@ -25,13 +26,19 @@ PAIRS = [(("u", "1"), ("u", "10")), (("u", "10"), ("u", "1")), (("acme", "u1"), 
 TOPICS = ["cat miso chased a mouse", "hiking trip to the alps", "pizza recipe with basil"]
 
 
+# Few seeds, one hop: in these 20-memory scopes the default 8 seeds and two
+# hops reach nearly every memory, every boost hits the cap and nothing is
+# lifted; the isolation checks need association hits to inspect.
+RETRIEVAL = RetrievalConfig(spread_seeds=2, spread_hops=1, max_boost=0.3)
+
+
 def _open(path: Path, llm: Any = None) -> HelaMemory:
     consolidation = ConsolidationConfig(max_clusters=8)
     if llm is None:  # no model configured: the extractive distiller
-        cfg = HelaMemConfig(path=path, consolidation=consolidation)
+        cfg = HelaMemConfig(path=path, consolidation=consolidation, retrieval=RETRIEVAL)
         return HelaMemory(cfg, embedder=HashingEmbedder(256))
     llm_cfg = LLMConfig(model="gpt-4o-mini", backoff_s=0.0)
-    cfg = HelaMemConfig(path=path, llm=llm_cfg, consolidation=consolidation)
+    cfg = HelaMemConfig(path=path, llm=llm_cfg, consolidation=consolidation, retrieval=RETRIEVAL)
     client = LLMClient(cfg.llm, completion=llm, sleep=lambda s: None)
     return HelaMemory(cfg, embedder=HashingEmbedder(256), llm=client)
 
