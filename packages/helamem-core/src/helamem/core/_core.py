@@ -583,10 +583,11 @@ class Core:
         cfg = self.config.retrieval
         allowed = set(nodes)
         # ranking columns only; _hits loads the full rows of the returned memories
-        dense_n = self.store.rank_rows([i for i, _ in dense_ids], ())
-        rows = self.store.rank_rows((), [n for n in lex if n not in dense_n])
-        rows.update(dense_n)
-        rows = {n: r for n, r in rows.items() if r.scope_id in allowed and r.kind == kind}
+        rows = {
+            n: r
+            for n, r in self.store.rank_rows([i for i, _ in dense_ids], lex).items()
+            if r.scope_id in allowed and r.kind == kind
+        }
         if not rows:
             return None
         pool = self._pool(rows, qv, lex)
@@ -621,12 +622,20 @@ class Core:
         if not ns:
             return retrieval.Pool((), np.zeros(0), np.zeros(0), np.zeros(0))
         dim = qv.shape[0]
-        mat = np.stack(
-            [
-                v if (v := rows[n].vector()) is not None and v.shape[0] == dim else np.zeros(dim)
-                for n in ns
-            ]
-        )
+        embs = [rows[n].embedding for n in ns]
+        size = 4 * dim
+        if all(e is not None and len(e) == size for e in embs):
+            # one buffer, one float32 matrix (the same values np.stack gives)
+            mat = np.frombuffer(b"".join(embs), dtype=np.float32).reshape(len(ns), dim)  # type: ignore[arg-type]
+        else:
+            mat = np.stack(
+                [
+                    v
+                    if (v := rows[n].vector()) is not None and v.shape[0] == dim
+                    else np.zeros(dim)
+                    for n in ns
+                ]
+            )
         return retrieval.Pool(
             ns,
             np.asarray(mat @ qv, dtype=np.float64),

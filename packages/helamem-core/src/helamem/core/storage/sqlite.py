@@ -405,17 +405,28 @@ class SQLiteStore:
         return out
 
     def rank_rows(self, ids: Iterable[str], ns: Iterable[int]) -> dict[int, RankRow]:
-        """The ranking columns of the memories with these ids or keys, by key."""
+        """The ranking columns of the memories with these ids or keys, by key.
+
+        One query per 500 keys: ``id IN (…) OR n IN (…)`` reads each row once
+        even when it is named both ways.
+        """
         out: dict[int, RankRow] = {}
-        for col, keys in (("id", list(ids)), ("n", list(ns))):
-            for i in range(0, len(keys), 500):
-                chunk = keys[i : i + 500]
-                for r in self.db.execute(
-                    "SELECT n, id, scope_id, kind, event_time, embedding FROM memories"
-                    f" WHERE {col} IN ({_qmarks(len(chunk))})",
-                    chunk,
-                ):
-                    out[r[0]] = RankRow(r[0], r[1], r[2], r[3], r[4], r[5])
+        id_list, n_list = list(ids), list(ns)
+        i = j = 0
+        while i < len(id_list) or j < len(n_list):
+            chunk_ids = id_list[i : i + 500]
+            chunk_ns = n_list[j : j + 500 - len(chunk_ids)]
+            i, j = i + len(chunk_ids), j + len(chunk_ns)
+            where = " OR ".join(
+                f"{col} IN ({_qmarks(len(keys))})"
+                for col, keys in (("id", chunk_ids), ("n", chunk_ns))
+                if keys
+            )
+            for r in self.db.execute(
+                f"SELECT n, id, scope_id, kind, event_time, embedding FROM memories WHERE {where}",
+                [*chunk_ids, *chunk_ns],
+            ):
+                out[r[0]] = RankRow(r[0], r[1], r[2], r[3], r[4], r[5])
         return out
 
     def unindexed(self, limit: int = 10_000) -> list[MemoryRow]:
