@@ -548,9 +548,10 @@ class Core:
     ) -> dict[int, float]:
         terms = fts_terms(query)
         max_df = self.config.retrieval.lexical_max_df
-        if len(terms) > 1 and max_df < 1.0:
+        max_terms = self.config.retrieval.lexical_max_terms
+        if len(terms) > 1 and (max_df < 1.0 or 0 < max_terms < len(terms)):
             rows, df = self.store.term_stats(terms)
-            terms = drop_common(terms, df, rows, max_df)
+            terms = drop_common(terms, df, rows, max_df, max_terms=max_terms)
         match = fts_match(terms)
         if not match:
             return {}

@@ -97,6 +97,8 @@ class RetrievalConfig(_Frozen):
             memories are left out of the BM25 query when a rarer word remains
             (1.0 keeps every word). On LoCoMo-dev, 0.03 keeps fusion R@10 of
             0.1 and raises HeLa-Mem's; 0.02 lowers both.
+        lexical_max_terms: At most this many query words (the rarest, by
+            document frequency) go into the BM25 query; 0 keeps them all.
     """
 
     candidates: int = Field(50, ge=1, le=10_000)
@@ -114,6 +116,7 @@ class RetrievalConfig(_Frozen):
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)
     lexical_max_df: float = Field(0.03, gt=0.0, le=1.0)
+    lexical_max_terms: int = Field(0, ge=0)
 
 
 class EmbedderConfig(_Frozen):

@@ -249,14 +249,20 @@ def fts_query(text: str, max_terms: int = 32) -> str | None:
 
 
 def drop_common(
-    terms: Sequence[str], df: Sequence[int], rows: int, max_df: float, keep: int = 2
+    terms: Sequence[str],
+    df: Sequence[int],
+    rows: int,
+    max_df: float,
+    keep: int = 2,
+    max_terms: int = 0,
 ) -> list[str]:
     """``terms`` without those whose document frequency exceeds ``max_df · rows``.
 
     Document-frequency pruning: a word in a large share of the memories adds
     little to BM25 yet makes FTS5 score every row holding it. When every term
     is that common, the ``keep`` rarest stay (ties: query order), bounding the
-    work. ``max_df >= 1`` (or no rows) keeps every term.
+    work. ``max_df >= 1`` (or no rows) keeps every term. ``max_terms > 0``
+    then keeps only that many of the rarest left.
 
     Examples:
         >>> drop_common(["tea", "alice", "week"], [900, 3, 400], 1000, 0.1)
@@ -265,10 +271,23 @@ def drop_common(
         ['week', 'day']
     """
     if max_df >= 1.0 or rows <= 0 or len(terms) <= 1:
-        return list(terms)
+        return rarest(terms, df, max_terms)
     limit = max_df * rows
-    rare = [t for t, d in zip(terms, df, strict=True) if d <= limit]
+    rare = [i for i, d in enumerate(df) if d <= limit]
     if rare:
-        return rare
+        return rarest([terms[i] for i in rare], [df[i] for i in rare], max_terms)
     order = sorted(range(len(terms)), key=lambda i: (df[i], i))[:keep]
+    return [terms[i] for i in sorted(order)]
+
+
+def rarest(terms: Sequence[str], df: Sequence[int], n: int) -> list[str]:
+    """The ``n`` rarest of ``terms`` (ties: query order), in query order; all if ``n`` is 0.
+
+    Examples:
+        >>> rarest(["tea", "alice", "week"], [900, 3, 400], 2)
+        ['alice', 'week']
+    """
+    if n <= 0 or len(terms) <= n:
+        return list(terms)
+    order = sorted(range(len(terms)), key=lambda i: (df[i], i))[:n]
     return [terms[i] for i in sorted(order)]
