@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crash_child import WORDS  # the same vocabulary as the crash child
+
 from helamem.core import (
     DynamicsConfig,
     HashingEmbedder,
@@ -50,40 +52,6 @@ SHARED_PREFIX = ("shared",)
 # no decay: a weight depends only on how many co-activations a pair had, not on when
 DYNAMICS = DynamicsConfig(decay_rate=1.0)
 READY_TIMEOUT_S = 120.0
-WORDS = (
-    "cat",
-    "dog",
-    "tea",
-    "coffee",
-    "garden",
-    "piano",
-    "paris",
-    "tokyo",
-    "river",
-    "mountain",
-    "book",
-    "movie",
-    "soccer",
-    "chess",
-    "bread",
-    "cheese",
-    "rain",
-    "snow",
-    "train",
-    "bicycle",
-    "guitar",
-    "painting",
-    "sister",
-    "brother",
-    "doctor",
-    "school",
-    "birthday",
-    "holiday",
-    "kitchen",
-    "window",
-    "ocean",
-    "forest",
-)
 
 
 def make_embedder(name: str) -> Any:

@@ -79,17 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
             "recall@k and context tokens per method and category. Progress goes to stderr."
         ),
     )
-    loc.add_argument("--data", type=Path, required=True, help="LoCoMo JSON file (locomo10 schema)")
-    loc.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench-results/locomo"),
-        help="output directory (default: bench-results/locomo)",
-    )
-    loc.add_argument("--conversations", type=_positive, help="use the first N conversations")
-    loc.add_argument(
-        "--questions", type=_positive, help="ask at most N questions per conversation (seeded)"
-    )
+    _add_locomo_arguments(loc, "bench-results/locomo")
     loc.add_argument(
         "--methods",
         nargs="+",
@@ -98,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help=f"methods to run (default: all of {', '.join(METHODS)})",
     )
-    loc.add_argument("--seed", type=int, default=0, help="seed of the question sample")
     loc.add_argument(
         "--k",
         nargs="+",
@@ -107,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut-offs k (default: 5 10 20)",
     )
     loc.add_argument(
+        "--tokenizer-file",
+        type=Path,
+        help="local cl100k_base.tiktoken file (or tiktoken cache dir) for token counts",
+    )
+    _add_qa_arguments(loc)
+    return parser
+
+
+def _add_locomo_arguments(p: argparse.ArgumentParser, out: str) -> None:
+    """The arguments ``bench locomo`` and ``bench sweep`` share."""
+    p.add_argument("--data", type=Path, required=True, help="LoCoMo JSON file (locomo10 schema)")
+    p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default: {out})")
+    p.add_argument("--conversations", type=_positive, help="use the first N conversations")
+    p.add_argument(
+        "--questions", type=_positive, help="ask at most N questions per conversation (seeded)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the question sample")
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -116,20 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="RetrievalConfig override for every method, e.g. --set activation_alpha=0.3;"
         " dynamics.KEY=VALUE overrides DynamicsConfig (e.g. dynamics.decay_rate=0.9995)",
     )
-    loc.add_argument(
+    p.add_argument(
         "--embedder",
         choices=["minilm", "hashing"],
         default="minilm",
         help="minilm (default, offline) or hashing (no model: smoke runs only)",
     )
-    loc.add_argument(
-        "--tokenizer-file",
-        type=Path,
-        help="local cl100k_base.tiktoken file (or tiktoken cache dir) for token counts",
-    )
-    loc.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    _add_qa_arguments(loc)
-    return parser
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def _add_scale_parser(benches: Any) -> None:
@@ -357,7 +357,7 @@ def _add_sweep_parser(benches: Any) -> None:
             "point by leave-one-conversation-out. Progress goes to stderr."
         ),
     )
-    sw.add_argument("--data", type=Path, required=True, help="LoCoMo JSON file (locomo10 schema)")
+    _add_locomo_arguments(sw, "bench-results/sweep")
     sw.add_argument(
         "--grid",
         action="append",
@@ -366,32 +366,7 @@ def _add_sweep_parser(benches: Any) -> None:
         metavar="KEY=V1,V2",
         help="values to sweep, e.g. --grid activation_alpha=0.3,1,2 (repeat per key)",
     )
-    sw.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="override applied at every point (as in bench locomo)",
-    )
     sw.add_argument("--k", type=_positive, default=10, help="the cut-off scored (default 10)")
-    sw.add_argument("--conversations", type=_positive, help="use the first N conversations")
-    sw.add_argument("--questions", type=_positive, help="at most N questions per conversation")
-    sw.add_argument("--seed", type=int, default=0, help="seed of the question sample")
-    sw.add_argument(
-        "--embedder",
-        choices=["minilm", "hashing"],
-        default="minilm",
-        help="minilm (default, offline) or hashing (no model: smoke runs only)",
-    )
-    sw.add_argument(
-        "--out",
-        type=Path,
-        default=Path("bench-results/sweep"),
-        help="output directory (default: bench-results/sweep)",
-    )
-    sw.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def _bench_sweep(args: argparse.Namespace) -> int:
