@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -649,27 +649,37 @@ class Core:
     ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int]]]:
         if not seeds:
             return [], []
-        d = self.config.dynamics
-        cfg = self.config.retrieval
-        edges = self.store.edges_of(list(seeds))
-        ticks = self._ticks([e.scope_id for e in edges])
-        per_seed: dict[int, list[tuple[float, int]]] = defaultdict(list)
         prunable: list[tuple[int, int]] = []
-        for e in edges:
-            w = self._decayed(e, ticks[e.scope_id])
-            if not dynamics.survives(w, d.prune_below):
-                prunable.append((e.a, e.b))
-                continue
-            for s, j in ((e.a, e.b), (e.b, e.a)):
-                if s in seeds:
-                    per_seed[s].append((w, j))
-        triples: list[tuple[int, int, float]] = []
-        for s, lst in per_seed.items():
-            lst.sort(key=lambda p: (-p[0], p[1]))
-            triples.extend((s, j, w) for w, j in lst[: cfg.neighbors_per_seed])
-        if cfg.spread_hops > 1 and triples:
+        triples = [(s, j, w) for s, lst in self._strongest(seeds, prunable).items() for w, j in lst]
+        if self.config.retrieval.spread_hops > 1 and triples:
             triples.extend(self._second_hop(seeds, triples, prunable))
         return triples, prunable
+
+    def _strongest(
+        self,
+        nodes: Collection[int],
+        prunable: list[tuple[int, int]],
+        exclude: Collection[int] = (),
+    ) -> dict[int, list[tuple[float, int]]]:
+        """Each node's strongest surviving neighbours ``(decayed weight, n)``, best
+        first, at most ``neighbors_per_seed``; edges that decayed away go to ``prunable``."""
+        edges = self.store.edges_of(list(nodes))
+        ticks = self._ticks([e.scope_id for e in edges])
+        floor = self.config.dynamics.prune_below
+        per: dict[int, list[tuple[float, int]]] = defaultdict(list)
+        for e in edges:
+            w = self._decayed(e, ticks[e.scope_id])
+            if not dynamics.survives(w, floor):
+                prunable.append((e.a, e.b))
+                continue
+            for a, b in ((e.a, e.b), (e.b, e.a)):
+                if a in nodes and b not in exclude:
+                    per[a].append((w, b))
+        limit = self.config.retrieval.neighbors_per_seed
+        for lst in per.values():
+            lst.sort(key=lambda p: (-p[0], p[1]))
+            del lst[limit:]
+        return per
 
     def _second_hop(
         self,
@@ -678,26 +688,12 @@ class Core:
         prunable: list[tuple[int, int]],
     ) -> list[tuple[int, int, float]]:
         """``(seed, k, w_sj * w_jk)`` for the first-hop neighbours' strongest edges."""
-        d = self.config.dynamics
-        cfg = self.config.retrieval
         via: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for s, j, w in first:
             via[j].append((s, w))
-        edges = self.store.edges_of(list(via))
-        ticks = self._ticks([e.scope_id for e in edges])
-        per_hop: dict[int, list[tuple[float, int]]] = defaultdict(list)
-        for e in edges:
-            w = self._decayed(e, ticks[e.scope_id])
-            if not dynamics.survives(w, d.prune_below):
-                prunable.append((e.a, e.b))
-                continue
-            for j, k in ((e.a, e.b), (e.b, e.a)):
-                if j in via and k not in seeds:
-                    per_hop[j].append((w, k))
         best: dict[tuple[int, int], float] = {}
-        for j, lst in per_hop.items():
-            lst.sort(key=lambda p: (-p[0], p[1]))
-            for w_jk, k in lst[: cfg.neighbors_per_seed]:
+        for j, lst in self._strongest(via, prunable, exclude=seeds).items():
+            for w_jk, k in lst:
                 for s, w_sj in via[j]:
                     if k != s:
                         best[(s, k)] = max(best.get((s, k), 0.0), w_sj * w_jk)
