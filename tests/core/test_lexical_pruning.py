@@ -75,6 +75,25 @@ def test_term_stats_counts_documents_with_fts_stemming(mem: HelaMemory, tmp_path
         st.close()
 
 
+def test_term_stats_follow_every_write_to_the_index(
+    mem: HelaMemory, tmp_path: Path, make_mem: Any
+) -> None:
+    """Cached frequencies never go stale: own inserts and deletes, and other connections'."""
+    first = mem.add("miso naps in the sun", ALICE)
+
+    def stats() -> tuple[int, list[int]]:
+        return mem._call(lambda c: c.store.term_stats(["miso", "sun"]))
+
+    assert stats() == (1, [1, 1])
+    mem.add("miso eats", ALICE)
+    assert stats() == (2, [2, 1])
+    mem.delete(first.id)
+    assert stats() == (1, [1, 0])
+    with make_mem(tmp_path / "store") as other:
+        other.add("sun and miso and sun", ALICE)  # another connection to the same file
+    assert stats() == (2, [2, 1])
+
+
 def test_v1_store_gains_the_vocab_table(tmp_path: Path, make_mem: Any) -> None:
     path = tmp_path / "old"
     path.mkdir()

@@ -495,6 +495,8 @@ class Core:
             pk: self._lexical(query, node, nodes, pk, pkk) if holding[pk] else {}
             for pk, pkk in paths
         }
+        # while the dense query runs: the ranking columns of the lexical candidates
+        known = {pk: self.store.rank_rows((), lex) if lex else {} for pk, lex in lexical.items()}
         qv, dense = pending.result()
         for path_kind, path_k in paths:
             if not holding[path_kind]:
@@ -508,6 +510,7 @@ class Core:
                 spread,
                 ref_given,
                 lexical[path_kind],
+                known[path_kind],
             )
             if found is None:
                 continue
@@ -580,13 +583,16 @@ class Core:
         spread: bool,
         ref_given: float | None,
         lex: dict[int, float],
+        lex_rows: dict[int, RankRow],
     ) -> tuple[retrieval.Ranking, dict[int, RankRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
         # ranking columns only; _hits loads the full rows of the returned memories
+        have = {r.id for r in lex_rows.values()}
+        fetched = self.store.rank_rows([i for i, _ in dense_ids if i not in have], ())
         rows = {
             n: r
-            for n, r in self.store.rank_rows([i for i, _ in dense_ids], lex).items()
+            for n, r in (lex_rows | fetched).items()
             if r.scope_id in allowed and r.kind == kind
         }
         if not rows:

@@ -145,6 +145,13 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._stems: dict[str, tuple[str, ...]] = {}  # word -> its FTS5 tokens
         self._stemmer = False  # the temp tokenizing tables exist on this connection
+        # document frequencies read from fts5vocab (which walks whole posting
+        # lists), valid while neither this store (_fts_writes) nor another
+        # connection (PRAGMA data_version) has changed the index since
+        self._df: dict[str, int] = {}
+        self._df_rows = 0
+        self._df_token: tuple[int, int] | None = None
+        self._fts_writes = 0
 
     # -- lifecycle -------------------------------------------------------
 
@@ -374,6 +381,7 @@ class SQLiteStore:
             ),
         )
         n = int(cur.lastrowid or 0)
+        self._fts_writes += 1
         db.execute(
             "INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)",
             (n, search_text, tags),
@@ -467,6 +475,7 @@ class SQLiteStore:
         """Delete memories, their FTS rows and edges; leave tombstones for the index."""
         ns = [(r.n,) for r in rows]
         db.executemany("DELETE FROM edges WHERE a = ? OR b = ?", [(n, n) for (n,) in ns])
+        self._fts_writes += 1
         db.executemany("DELETE FROM memories_fts WHERE rowid = ?", ns)
         db.executemany("DELETE FROM memories WHERE n = ?", ns)
         db.executemany("UPDATE scopes SET last_episode = NULL WHERE last_episode = ?", ns)
@@ -526,6 +535,7 @@ class SQLiteStore:
             " embedding = ?, indexed = 0 WHERE n = ?",
             (search_text, raw, provenance, event_time, embedding, row.n),
         )
+        self._fts_writes += 1
         db.execute("DELETE FROM memories_fts WHERE rowid = ?", (row.n,))
         db.execute(
             "INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)",
@@ -617,7 +627,8 @@ class SQLiteStore:
 
         A word is tokenized exactly as FTS5 does (porter stemming); when it yields
         several tokens (a phrase) its frequency is that of its rarest token, and 0
-        when it yields none. Index lookups only: no posting list is read.
+        when it yields none. Frequencies are exact: they are cached per token
+        until this store or another connection changes the index.
         """
         try:
             todo = [w for w in dict.fromkeys(words) if w not in self._stems]
@@ -626,21 +637,26 @@ class SQLiteStore:
                 todo = list(dict.fromkeys(words))
             if todo:
                 self._stem(todo)
-            stems = {t for w in words for t in self._stems[w]}
-            df: dict[str, int] = {}
+            token = (self._fts_writes, int(self.db.execute("PRAGMA data_version").fetchone()[0]))
+            if token != self._df_token or len(self._df) > 65_536:
+                self._df.clear()
+                self._df_rows = self._fts_rows()
+                self._df_token = token
+            stems = {t for w in words for t in self._stems[w]} - self._df.keys()
             if stems:
-                df = {
-                    str(t): int(d)
+                self._df.update(dict.fromkeys(stems, 0))
+                self._df.update(
+                    (str(t), int(d))
                     for t, d in self.db.execute(
                         f"SELECT term, doc FROM memories_fts_vocab WHERE term IN "
                         f"({_qmarks(len(stems))}) AND col = 'content'",
                         tuple(stems),
                     )
-                }
-            rows = self._fts_rows()
+                )
         except sqlite3.Error as exc:
             raise StorageError(f"term statistics failed: {exc}") from exc
-        return rows, [min((df.get(t, 0) for t in self._stems[w]), default=0) for w in words]
+        df = self._df
+        return self._df_rows, [min((df[t] for t in self._stems[w]), default=0) for w in words]
 
     def _stem(self, words: list[str]) -> None:
         db = self.db
