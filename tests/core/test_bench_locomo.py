@@ -358,3 +358,24 @@ def test_token_parity_is_reported_against_dense(data: Path, tmp_path: Path) -> N
     assert "Context at equal recall" in md
     no_dense = run_locomo(data, methods=["fusion"], ks=[5], embedder=HashingEmbedder(128))
     assert no_dense["token_parity"] is None
+
+
+def test_learning_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
+    """benchmarks/learning_ceiling.py (README): three passes, consistent counts."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[2] / "benchmarks" / "learning_ceiling.py"
+    out = tmp_path / "ceiling.json"
+    args = [sys.executable, str(script), "--data", str(data), "--embedder", "hashing"]
+    done = subprocess.run(
+        [*args, "--out", str(out)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| oracle |" in done.stdout
+    modes = json.loads(out.read_text())["modes"]
+    assert list(modes) == ["read-only", "learn", "oracle"]
+    for r in modes.values():
+        assert r["questions"] == 6  # categories 1-4 of the tiny file
+        assert r["missed"] == round((1 - r["r@10"]) * r["questions"])
+        assert 0 <= r["missed_sharing_earlier_evidence"] <= r["missed"]
