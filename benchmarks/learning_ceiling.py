@@ -41,7 +41,7 @@ from helamem.core import (
     MiniLMEmbedder,
     NewMemory,
 )
-from helamem.core.bench._common import CachingEmbedder
+from helamem.core.bench import CachingEmbedder
 from helamem.core.bench.locomo import Conversation, load_locomo
 
 MODES = ("read-only", "learn", "oracle")
