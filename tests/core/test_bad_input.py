@@ -18,6 +18,7 @@ from helamem.core import (
     NewMemory,
     StoreClosedError,
 )
+from helamem.core.text import is_blank
 
 S = ("users", "alice")
 
@@ -157,11 +158,51 @@ def test_unicode_roundtrips_exactly(mem: HelaMemory, text: str) -> None:
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.text(min_size=1, max_size=200).filter(lambda t: t.strip() != ""))
+@given(st.text(min_size=1, max_size=200).filter(lambda t: not is_blank(t)))
 def test_any_text_roundtrips_and_is_searchable(mem: HelaMemory, text: str) -> None:
     m = mem.add(text, S)
     assert mem.get(m.id).content == text
     mem.search(text, S, k=3, learn=False)  # never raises on any query text
+
+
+INVISIBLE = st.sampled_from(
+    [
+        " ",
+        "\t",
+        "\n",
+        "\u200b",
+        "\u200c",
+        "\u200d",
+        "\u2060",
+        "\ufeff",
+        "\u200e",
+        "\u202e",
+        "\x00",
+        "\x1b",
+        "\u3000",
+        "\u2028",
+        "\xa0",
+    ]
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(INVISIBLE, min_size=1, max_size=12).map("".join))
+def test_invisible_only_text_is_refused_and_writes_nothing(mem: HelaMemory, text: str) -> None:
+    before = mem.stats().memories
+    with pytest.raises(InvalidInputError, match="zero-width"):
+        mem.add(text, S)
+    with pytest.raises(InvalidInputError, match="zero-width"):
+        mem.search(text, S, k=3)
+    assert mem.stats().memories == before
+
+
+def test_zero_width_space_alone_is_refused(mem: HelaMemory) -> None:
+    with pytest.raises(InvalidInputError):
+        mem.add("\u200b", S)
+    assert mem.add("\u200bx", S).content == "\u200bx"  # visible text around it is kept
 
 
 @settings(

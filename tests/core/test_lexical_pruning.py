@@ -22,7 +22,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def test_drop_common_keeps_rare_terms() -> None:
     assert drop_common(["week", "miso", "paint"], [50, 1, 30], 100, 0.1) == ["miso"]
     assert drop_common(["miso", "week", "tea"], [2, 50, 10], 100, 0.1) == ["miso", "tea"]
-    assert drop_common(["zzz", "week"], [0, 50], 100, 0.1) == ["zzz"]  # unknown word: rare
+    # a word in no memory matches nothing: it never lets the known words go
+    assert drop_common(["zzz", "week"], [0, 50], 100, 0.1) == ["week"]
+    assert drop_common(["zzz", "qqq"], [0, 0], 100, 0.1) == []
 
 
 def test_drop_common_keeps_the_rarest_when_every_term_is_common() -> None:
@@ -65,7 +67,7 @@ def test_term_stats_counts_documents_with_fts_stemming(mem: HelaMemory, tmp_path
     st = SQLiteStore(path)
     st.open()
     try:
-        assert st.schema_version() == SCHEMA_VERSION == 3
+        assert st.schema_version() == SCHEMA_VERSION == 4
         rows, df = st.term_stats(["cats", "cat", "painted", "miso", "nowhere", "a_b", "week"])
         assert rows == 12
         # porter: cats/cat -> cat, painted/painting -> paint; a_b is the phrase "a b"
@@ -155,3 +157,19 @@ def test_overlapped_dense_query_gives_the_same_hits(
         [(h.memory.id, h.score) for h in r] for r in serial
     ]
     assert all(len(r) for r in overlapped)
+
+
+def test_an_unknown_word_never_switches_the_lexical_leg_off(tmp_path: Path, make_mem: Any) -> None:
+    # 30 memories, each with its own code: a code is in 1 of 30 (3.3%, over the
+    # default lexical_max_df of 3%); "pls" is in none. The code must still reach BM25.
+    codes = [f"zq{i:03d}x" for i in range(30)]
+    with make_mem(tmp_path / "s") as mem:
+        ids = {c: mem.add(f"ticket {c} was filed about the printer", ALICE).id for c in codes}
+        found = 0
+        for c in codes:
+            for q in (f"{c} pls", f"pls {c} thx"):
+                top = mem.search(q, ALICE, k=3, learn=False, spread=False)[0]
+                found += top.memory.id == ids[c] and top.lexical > 0
+        assert found == 60
+        # only unknown words: the lexical leg is empty, the dense leg still answers
+        assert mem.search("pls thx", ALICE, k=1, learn=False)[0].lexical == 0.0

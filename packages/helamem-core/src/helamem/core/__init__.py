@@ -22,6 +22,8 @@ from .embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
 from .engine import HelaMemory, Stats
 from .errors import (
     ConfigError,
+    CorruptStoreError,
+    DiskFullError,
     EmbeddingError,
     HelaMemError,
     InvalidInputError,
@@ -61,6 +63,8 @@ __all__ = [
     "LLMUnavailableError",
     "LLMUsage",
     "ConfigError",
+    "CorruptStoreError",
+    "DiskFullError",
     "DynamicsConfig",
     "Embedder",
     "EmbedderConfig",

@@ -33,7 +33,7 @@ from .errors import (
 from .ids import new_id
 from .storage.base import EdgeRow, MemoryRow, RankRow, VectorIndex
 from .storage.sqlite import SQLiteStore
-from .text import drop_common, fts_match, fts_terms, keywords, safe_text
+from .text import drop_common, fts_match, fts_terms, is_blank, keywords, safe_text
 from .types import (
     Hit,
     Kind,
@@ -82,6 +82,7 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class _Prepared:
+    id: str | None
     content: str
     search_text: str
     scope: Scope
@@ -96,13 +97,34 @@ class _Prepared:
 def _check_content(content: object, what: str = "content") -> str:
     if not isinstance(content, str):
         raise InvalidInputError(f"{what} must be a str, got {type(content).__name__}")
-    if not content.strip():
-        raise InvalidInputError(f"{what} is empty or whitespace only; pass some text")
+    if is_blank(content):
+        raise InvalidInputError(
+            f"{what} is empty or holds only whitespace, control or zero-width characters; "
+            f"pass some visible text"
+        )
     if len(content) > MAX_CONTENT_CHARS:
         raise InvalidInputError(
             f"{what} has {len(content)} characters, over the {MAX_CONTENT_CHARS} limit; split it"
         )
     return content
+
+
+def _check_id(id: object) -> str | None:
+    """A caller-chosen memory id: 1-128 printable ASCII characters (or ``None``)."""
+    if id is None:
+        return None
+    if (
+        not isinstance(id, str)
+        or not 0 < len(id) <= 128
+        or not id.isascii()
+        or not id.isprintable()
+        or id != id.strip()
+    ):
+        raise InvalidInputError(
+            f"id must be 1-128 printable ASCII characters without surrounding spaces, "
+            f"got {id!r}; or pass id=None for a generated one"
+        )
+    return id
 
 
 def _check_k(k: object) -> int:
@@ -127,6 +149,7 @@ def prepare(
     if not all(isinstance(w, str) for w in kws):
         raise InvalidInputError("keywords must be strings")
     return _Prepared(
+        id=_check_id(item.id),
         content=content,
         search_text=search_text,
         scope=scope,
@@ -221,7 +244,7 @@ class Core:
         self.index.upsert(
             [r.id for r in rows], vectors, [r.scope_id for r in rows], [r.kind for r in rows]
         )
-        self.store.mark_indexed([r.n for r in rows])
+        self.store.mark_indexed([(r.n, r.id) for r in rows])
 
     def reindex(self, reembed: bool = False) -> int:
         """Rebuild the vector index from SQLite (re-embedding when asked)."""
@@ -246,8 +269,11 @@ class Core:
             return self.embedder.embed(texts)
         except EmbeddingError:
             raise
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise EmbeddingError(f"embedder {self.embedder.name!r} failed: {exc}") from exc
+        except Exception as exc:  # the embedder is caller code: any failure of it is its error
+            raise EmbeddingError(
+                f"embedder {self.embedder.name!r} failed: {type(exc).__name__}: {exc}; "
+                f"check the embedder"
+            ) from exc
 
     def _now_tick(self, stored: int) -> int:
         if self.config.dynamics.clock == "wall":
@@ -301,10 +327,13 @@ class Core:
         flat = [p for g in groups for p in g]
         if not flat:
             return []
+        ids = [p.id or new_id() for p in flat]
+        chosen = [p.id for p in flat if p.id is not None]
+        if chosen:
+            self._check_new_ids(chosen)
         vecs = self._embed([p.search_text for p in flat])
         now = time.time()
         d = self.config.dynamics
-        ids = [new_id() for _ in flat]
         rows_n: list[int] = []
         scope_ids: list[int] = []
         wanted = {i for ids_ in used_ids for i in ids_}
@@ -369,14 +398,38 @@ class Core:
                         self._reinforce_tx(db, ns + extra, sid, self._now_tick(state[sid][0]))
             for sid, (tick, last) in state.items():
                 self.store.set_scope_state(db, sid, tick, last)
+            # read back inside the transaction, by id: after the commit another
+            # process may already have deleted a row
+            rows = self.store.rows_by_id(ids)
         try:
             self.index.upsert(ids, vecs, scope_ids, [p.kind for p in flat])
-            self.store.mark_indexed(rows_n)
+            self.store.mark_indexed(list(zip(rows_n, ids, strict=True)))
         except StorageError as exc:
             self._needs_reconcile = True
             logger.warning("vector index update failed, will re-index on next use: %s", exc)
-        rows = self.store.rows_by_n(rows_n)
-        return [self._memory(rows[n]) for n in rows_n]
+        return [self._memory(rows[i]) for i in ids]
+
+    def _check_new_ids(self, chosen: Sequence[str]) -> None:
+        """Refuse caller-chosen ids that repeat or exist; settle their pending tombstones.
+
+        Raises:
+            InvalidInputError: an id appears twice in the batch or names a stored memory.
+        """
+        if len(set(chosen)) < len(chosen):
+            dup = next(i for i in chosen if chosen.count(i) > 1)
+            raise InvalidInputError(f"id {dup!r} appears twice in one add; ids must be unique")
+        taken = self.store.rows_by_id(chosen)
+        if taken:
+            raise InvalidInputError(
+                f"a memory with id {next(iter(taken))!r} exists; delete it first or choose "
+                f"another id"
+            )
+        # a deleted memory of the same id may still have its vector in the index:
+        # remove it now, so the tombstone cannot later delete the new vector
+        gone = [t for t in self.store.tombstones(chosen)]
+        if gone:
+            self.index.delete(gone)
+            self.store.clear_tombstones([g[0] for g in gone])
 
     def _insert_fact(self, db: Any, scope_id: int, p: _Prepared, vec: np.ndarray) -> int:
         """Insert one semantic memory (no tick, no temporal edge); indexed on reconcile."""
@@ -402,7 +455,10 @@ class Core:
 
     def _reinforce_tx(self, db: Any, ns: Sequence[int], scope_id: int, tick_now: int) -> None:
         d = self.config.dynamics
-        pairs = dynamics.co_activation_pairs(ns)
+        # memories deleted since they were read (by another process or object)
+        # get no edges: an edge to a missing memory would be an orphan
+        alive = self.store.existing(db, ns)
+        pairs = dynamics.co_activation_pairs([n for n in ns if n in alive])
         if not pairs:
             return
         existing = self.store.edges_among(sorted(set(ns)))
@@ -718,6 +774,8 @@ class Core:
         hits = []
         for prov, ns in (("base", ranking.base_top), ("association", ranking.associations)):
             for n in ns:
+                if n not in full:  # deleted by another process or object during the search
+                    continue
                 r = rows[n]
                 if n not in dense:
                     v = r.vector()

@@ -38,6 +38,7 @@ from .embeddings import Embedder, create_embedder
 from .errors import InvalidInputError, StoreClosedError
 from .llm import LLMClient
 from .storage.base import VectorIndex
+from .storage.sqlite import sqlite_errors
 from .types import (
     Kind,
     Memory,
@@ -167,16 +168,21 @@ class HelaMemory:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="helamem-store")
             return self._pool
 
+    def _run(self, fn: Callable[[Core], T]) -> T:
+        # every SQLite failure leaves as a typed StorageError (disk full, corrupt, ...)
+        with sqlite_errors(self.config.path / "helamem.sqlite3"):
+            return fn(self._on_owner())
+
     def _submit(self, fn: Callable[[Core], T]) -> Future[T]:
         def job() -> T:
             self._owner = threading.current_thread()
-            return fn(self._on_owner())
+            return self._run(fn)
 
         return self._executor().submit(job)
 
     def _call(self, fn: Callable[[Core], T]) -> T:
         if threading.current_thread() is self._owner:
-            return fn(self._on_owner())
+            return self._run(fn)
         return self._submit(fn).result()
 
     async def _acall(self, fn: Callable[[Core], T]) -> T:

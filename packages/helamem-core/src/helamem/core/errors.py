@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "CorruptStoreError",
+    "DiskFullError",
     "EmbeddingError",
     "HelaMemError",
     "InvalidInputError",
@@ -50,6 +52,15 @@ class EmbeddingError(HelaMemError, RuntimeError):
 
 class StorageError(HelaMemError, RuntimeError):
     """The SQLite store or the vector index failed."""
+
+
+class DiskFullError(StorageError):
+    """The disk is full; the write was rolled back (nothing lost). Free space and retry."""
+
+
+class CorruptStoreError(StorageError):
+    """The store's files are damaged: run ``helamem check PATH``; restore
+    ``helamem.sqlite3`` from a backup (the vector index rebuilds with ``helamem reindex``)."""
 
 
 class LLMError(HelaMemError, RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 
@@ -177,6 +178,23 @@ STOPWORDS = frozenset(
 )
 
 
+_INVISIBLE = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp"))
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing visible: only whitespace, control and format
+    characters (Unicode categories Cc, Cf, Zs, Zl, Zp; zero-width spaces and joiners,
+    BOMs and direction marks are Cf). Lone surrogates count as content.
+
+    Examples:
+        >>> is_blank(" \u200b\u2060\ufeff\n"), is_blank("\u200bx")
+        (True, False)
+    """
+    if text.strip() and text.isprintable():
+        return False
+    return all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text)
+
+
 def safe_text(text: str) -> str:
     """``text`` with lone surrogates replaced, so it can be encoded as UTF-8."""
     try:
@@ -262,14 +280,22 @@ def drop_common(
     little to BM25 yet makes FTS5 score every row holding it. When every term
     is that common, the ``keep`` rarest stay (ties: query order), bounding the
     work. ``max_df >= 1`` (or no rows) keeps every term. ``max_terms > 0``
-    then keeps only that many of the rarest left.
+    then keeps only that many of the rarest left. Words in no memory
+    (frequency 0) are left out first: they match nothing, so they never count
+    as the rarer word that lets the common ones go.
 
     Examples:
         >>> drop_common(["tea", "alice", "week"], [900, 3, 400], 1000, 0.1)
         ['alice']
         >>> drop_common(["tea", "week", "day"], [900, 400, 500], 1000, 0.1)
         ['week', 'day']
+        >>> drop_common(["x7q2", "pls"], [1, 0], 30, 0.03)
+        ['x7q2']
     """
+    # a word in no memory matches nothing: it is never "a rarer word that remains"
+    known = [i for i, d in enumerate(df) if d > 0]
+    if len(known) < len(terms):
+        terms, df = [terms[i] for i in known], [df[i] for i in known]
     if max_df >= 1.0 or rows <= 0 or len(terms) <= 1:
         return rarest(terms, df, max_terms)
     limit = max_df * rows

@@ -126,6 +126,10 @@ class NewMemory:
     event_time: TimeLike | None = None
     metadata: Mapping[str, Any] | None = None
     keywords: Sequence[str] | None = None
+    id: str | None = None
+    """A caller-chosen memory id (1-128 printable ASCII characters, unique in the
+    store); ``None`` draws a new time-sortable id. Adding an id that exists raises
+    :class:`~helamem.core.errors.InvalidInputError` and writes nothing."""
 
     def __repr__(self) -> str:
         return (

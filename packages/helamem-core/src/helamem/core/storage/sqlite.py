@@ -15,14 +15,14 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageError
+from ..errors import CorruptStoreError, DiskFullError, InvalidInputError, StorageError
 from .base import EdgeRow, MemoryRow, RankRow
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "sqlite_errors", "storage_error"]
 
 # Append-only: never edit a shipped migration; add a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -91,6 +91,36 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE VIRTUAL TABLE memories_fts_vocab USING fts5vocab(memories_fts, 'col');
     """,
+    # 4: memory keys (n) are never reused (AUTOINCREMENT): with plain rowids a
+    # key freed by a delete could be handed to another process's new memory
+    # while edges, searches or read-backs still referred to the old one
+    """
+    CREATE TABLE memories_v4 (
+        n INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        scope_id INTEGER NOT NULL REFERENCES scopes(id),
+        kind TEXT NOT NULL,
+        content TEXT NOT NULL,
+        content_raw BLOB,
+        role TEXT,
+        event_time REAL NOT NULL,
+        created_at REAL NOT NULL,
+        keywords TEXT NOT NULL DEFAULT '[]',
+        access_count INTEGER NOT NULL DEFAULT 0,
+        last_access REAL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        provenance TEXT NOT NULL DEFAULT '[]',
+        embedding BLOB,
+        indexed INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO memories_v4 SELECT n, id, scope_id, kind, content, content_raw, role,
+        event_time, created_at, keywords, access_count, last_access, metadata, provenance,
+        embedding, indexed FROM memories ORDER BY n;
+    DROP TABLE memories;
+    ALTER TABLE memories_v4 RENAME TO memories;
+    CREATE INDEX memories_scope ON memories(scope_id, kind, event_time);
+    CREATE INDEX memories_unindexed ON memories(indexed) WHERE indexed = 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -132,6 +162,41 @@ def _row(r: Any) -> MemoryRow:
     )
 
 
+_CORRUPT = ("malformed", "not a database", "corrupt")
+
+
+def storage_error(exc: sqlite3.Error, path: Path, what: str) -> StorageError:
+    """The typed HeLa-Mem error for an SQLite failure, naming its cause and the fix.
+
+    Returns :class:`DiskFullError` for a full disk, :class:`CorruptStoreError` for a
+    damaged file, :class:`StorageError` otherwise (the caller raises it ``from exc``).
+    """
+    text = str(exc)
+    low = text.lower()
+    code = getattr(exc, "sqlite_errorname", "")
+    if "disk is full" in low or code == "SQLITE_FULL":
+        return DiskFullError(
+            f"{what}: the disk holding {path} is full ({text}); free space and retry "
+            f"(SQLite rolled the transaction back: nothing was lost)"
+        )
+    if any(w in low for w in _CORRUPT) or code in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return CorruptStoreError(
+            f"{what}: the SQLite store {path} is corrupt ({text}); run `helamem check "
+            f"{path.parent}` to see what is damaged, and restore helamem.sqlite3 from a "
+            f"backup (the vector index is derived: `helamem reindex {path.parent}` rebuilds it)"
+        )
+    return StorageError(f"{what}: {text} ({path})")
+
+
+@contextmanager
+def sqlite_errors(path: Path, what: str = "storage operation failed") -> Iterator[None]:
+    """Turn any :class:`sqlite3.Error` raised inside into a typed :class:`StorageError`."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path, what) from exc
+
+
 def _qmarks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -166,12 +231,24 @@ class SQLiteStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+            # a damaged file often opens fine and fails on the first read
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
-            raise StorageError(
-                f"cannot open SQLite store {self._path}: {exc}; check the path is writable"
-            ) from exc
+            err = storage_error(exc, self._path, "cannot open the SQLite store")
+            if type(err) is StorageError:
+                err = StorageError(
+                    f"cannot open SQLite store {self._path}: {exc}; check that the path is a "
+                    f"writable directory"
+                )
+            with suppress(UnboundLocalError, sqlite3.Error):
+                db.close()
+            raise err from exc
         self._db = db
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._db is not None:
@@ -191,18 +268,28 @@ class SQLiteStore:
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StorageError(f"could not start a write transaction: {exc}") from exc
+            raise storage_error(exc, self._path, "could not start a write transaction") from exc
         try:
             yield db
+        except sqlite3.Error as exc:
+            self._rollback(db)
+            raise storage_error(exc, self._path, "write failed, nothing was written") from exc
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback(db)
             raise
         else:
             try:
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._rollback(db)
+                raise storage_error(exc, self._path, "commit failed, nothing was written") from exc
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        """Roll back, unless SQLite already did (disk full, I/O errors roll back themselves)."""
+        if db.in_transaction:
+            with suppress(sqlite3.Error):  # the original error is what the caller needs
                 db.execute("ROLLBACK")
-                raise StorageError(f"commit failed: {exc}") from exc
 
     def _migrate(self) -> None:
         db = self.db
@@ -361,6 +448,11 @@ class SQLiteStore:
         embedding: bytes,
     ) -> int:
         raw = None if content == search_text else content.encode("utf-8", "surrogatepass")
+        if db.execute("SELECT 1 FROM memories WHERE id = ?", (id,)).fetchone() is not None:
+            # another writer took this caller-chosen id first (checked inside the tx)
+            raise InvalidInputError(
+                f"a memory with id {id!r} exists; delete it first or choose another id"
+            )
         cur = db.execute(
             "INSERT INTO memories(id, scope_id, kind, content, content_raw, role, event_time,"
             " created_at, keywords, metadata, provenance, embedding)"
@@ -460,9 +552,14 @@ class SQLiteStore:
             yield rows
             last = rows[-1].n
 
-    def mark_indexed(self, ns: Sequence[int], value: int = 1) -> None:
+    def mark_indexed(self, keys: Sequence[tuple[int, str]], value: int = 1) -> None:
+        """Set ``indexed`` of the memories ``(n, id)`` (a key and id that no longer
+        match, because the memory was deleted meanwhile, change nothing)."""
         with self.tx() as db:
-            db.executemany("UPDATE memories SET indexed = ? WHERE n = ?", [(value, n) for n in ns])
+            db.executemany(
+                "UPDATE memories SET indexed = ? WHERE n = ? AND id = ?",
+                [(value, n, i) for n, i in keys],
+            )
 
     def set_embeddings(self, items: Sequence[tuple[int, bytes]]) -> None:
         with self.tx() as db:
@@ -484,12 +581,35 @@ class SQLiteStore:
             [(r.id, r.scope_id, r.kind) for r in rows],
         )
 
-    def tombstones(self) -> list[tuple[str, int, str]]:
-        """``(id, scope_id, kind)`` of deleted memories whose vectors may remain."""
-        return [
-            (str(i), int(s), str(k))
-            for i, s, k in self.db.execute("SELECT id, scope_id, kind FROM tombstones")
-        ]
+    def tombstones(self, ids: Sequence[str] | None = None) -> list[tuple[str, int, str]]:
+        """``(id, scope_id, kind)`` of deleted memories whose vectors may remain
+        (all, or those among ``ids``)."""
+        if ids is None:
+            rows = self.db.execute("SELECT id, scope_id, kind FROM tombstones").fetchall()
+        else:
+            rows = []
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i : i + 500])
+                rows += self.db.execute(
+                    f"SELECT id, scope_id, kind FROM tombstones WHERE id IN "
+                    f"({_qmarks(len(chunk))})",
+                    chunk,
+                ).fetchall()
+        return [(str(i), int(s), str(k)) for i, s, k in rows]
+
+    def existing(self, db: sqlite3.Connection, ns: Iterable[int]) -> set[int]:
+        """The keys among ``ns`` whose memories exist (read inside a write transaction)."""
+        ns = list(ns)
+        out: set[int] = set()
+        for i in range(0, len(ns), 500):
+            chunk = ns[i : i + 500]
+            out.update(
+                int(r[0])
+                for r in db.execute(
+                    f"SELECT n FROM memories WHERE n IN ({_qmarks(len(chunk))})", chunk
+                )
+            )
+        return out
 
     def clear_tombstones(self, ids: Sequence[str]) -> None:
         with self.tx() as db:

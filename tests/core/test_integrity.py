@@ -1,0 +1,271 @@
+"""Nothing lost, nothing wrong: read-backs, deletes during a search, full disks,
+corrupt files, failing embedders, caller-chosen ids (issue 14, cases 1, 3, 6, 9, 11)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from helamem.core import (
+    CorruptStoreError,
+    DiskFullError,
+    EmbeddingError,
+    HashingEmbedder,
+    HelaMemory,
+    InvalidInputError,
+    NewMemory,
+    StorageError,
+)
+
+A = ("users", "a")
+B = ("users", "b")
+
+
+def _db(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path / "helamem.sqlite3")
+
+
+def _orphan_edges(path: Path) -> int:
+    db = _db(path)
+    try:
+        return int(
+            db.execute(
+                "SELECT COUNT(*) FROM edges WHERE a NOT IN (SELECT n FROM memories)"
+                " OR b NOT IN (SELECT n FROM memories)"
+            ).fetchone()[0]
+        )
+    finally:
+        db.close()
+
+
+# -- case 1: a new memory is read back by its own id; keys are never reused ----
+
+
+def test_memory_keys_are_never_reused(tmp_path: Path, make_mem: Any) -> None:
+    with make_mem(tmp_path / "s") as mem:
+        first = mem.add("alpha one", A)
+        mem.delete(first.id)
+        second = mem.add("beta two", A)
+    db = _db(tmp_path / "s")
+    try:
+        (n2,) = db.execute("SELECT n FROM memories WHERE id = ?", (second.id,)).fetchone()
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memories'").fetchone()
+    finally:
+        db.close()
+    assert n2 == 2  # the deleted memory's key 1 was not handed out again
+    assert seq == (2,)
+
+
+def test_add_returns_its_own_memory_when_another_writer_deletes_and_adds(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    """Between the commit and the read-back, another writer deletes the new memory
+    and adds its own: ``add`` still returns what it wrote, and marks nothing else indexed."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add("warm up", A)
+        core = one._core
+        assert core is not None
+        upsert = core.index.upsert
+        other: list[str] = []
+
+        def slow_upsert(ids: Sequence[str], *args: Any) -> None:
+            if not other:  # the other writer strikes between commit and index write
+                two.delete(list(ids))
+                other.append(two.add("beta from the other writer", B).id)
+            upsert(ids, *args)
+
+        core.index.upsert = slow_upsert  # type: ignore[method-assign]
+        got = one.add("alpha from this writer", A)
+        core.index.upsert = upsert  # type: ignore[method-assign]
+        assert got.content == "alpha from this writer"
+        assert got.scope == A
+        beta = two.get(other[0])
+        assert beta.content == "beta from the other writer"
+        assert beta.scope == B
+        assert got.id != beta.id
+        # the other writer's memory is findable by its own vector, from both objects
+        for m in (one, two):
+            assert m.search("beta other writer", B, k=1, learn=False).ids == [beta.id]
+
+
+def test_caller_chosen_ids(mem: HelaMemory) -> None:
+    (m,) = mem.add_many([NewMemory("with my id", A, id="doc-1")])
+    assert m.id == "doc-1"
+    assert mem.get("doc-1").content == "with my id"
+    with pytest.raises(InvalidInputError, match="exists"):
+        mem.add_many([NewMemory("again", A, id="doc-1")])
+    with pytest.raises(InvalidInputError, match="twice"):
+        mem.add_many([NewMemory("x", A, id="d2"), NewMemory("y", A, id="d2")])
+    for bad in ("", " pad", "tab\there", "é", "x" * 129):
+        with pytest.raises(InvalidInputError, match="id must be"):
+            mem.add_many([NewMemory("x", A, id=bad)])
+    assert mem.stats().memories == 1  # nothing of the refused adds was written
+    # an id can be reused after a delete, and its new vector is the one searched
+    mem.delete("doc-1")
+    mem.add_many([NewMemory("completely different words now", B, id="doc-1")])
+    assert mem.search("completely different words", B, k=1, learn=False).ids == ["doc-1"]
+    assert mem.search("with my id", A, k=1, learn=False).ids == []
+
+
+# -- case 3: a candidate deleted during a search is skipped --------------------
+
+
+def test_candidate_deleted_during_search_is_skipped(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        ids = [one.add(f"garden note {i} about tomatoes", A).id for i in range(6)]
+        core = one._core
+        assert core is not None
+        rows_by_n = core.store.rows_by_n
+        gone: list[str] = []
+
+        def racing(ns: Any) -> Any:
+            ns = list(ns)
+            if not gone:
+                victim = core.store.id_of(ns[0])
+                assert victim is not None
+                two.delete(victim)  # another object deletes a candidate mid-search
+                gone.append(victim)
+            return rows_by_n(ns)
+
+        core.store.rows_by_n = racing  # type: ignore[method-assign]
+        res = one.search("garden tomatoes", A, k=4)  # learns from what it returns
+        core.store.rows_by_n = rows_by_n  # type: ignore[method-assign]
+        assert gone and gone[0] not in res.ids
+        assert len(res.ids) >= 3 and set(res.ids) <= set(ids)
+    assert _orphan_edges(path) == 0  # learning wrote no edge to the deleted memory
+
+
+def test_searches_racing_deletes_never_fail(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "s"
+    errors: list[BaseException] = []
+    with make_mem(path) as one, make_mem(path) as two:
+        for i in range(40):
+            one.add(f"shared topic note {i}", A)
+        stop = time.monotonic() + 3.0
+        searches = 0
+
+        def churn() -> None:
+            i = 0
+            while time.monotonic() < stop:
+                try:
+                    m = two.add(f"shared topic churn {i}", A)
+                    two.delete(m.id)
+                except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                    errors.append(exc)
+                    return
+                i += 1
+
+        t = threading.Thread(target=churn)
+        t.start()
+        while time.monotonic() < stop:
+            one.search("shared topic churn", A, k=5)
+            searches += 1
+        t.join()
+    assert errors == []
+    assert searches > 10
+    assert _orphan_edges(path) == 0
+
+
+# -- case 6: a full disk raises a typed error; nothing is lost -------------------
+
+
+def test_full_disk_raises_disk_full_error_and_loses_nothing(mem: HelaMemory) -> None:
+    kept = [mem.add(f"before the disk filled {i}", A).id for i in range(5)]
+    core = mem._core
+    assert core is not None
+    db = core.store.db
+    pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+    db.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite now reports SQLITE_FULL
+    big = "filler text " * 4000
+
+    def fill() -> None:
+        for i in range(50):
+            mem.add(f"{big} {i}", A)
+
+    with pytest.raises(DiskFullError, match=r"disk .* is full") as info:
+        fill()
+    assert isinstance(info.value, StorageError)
+    assert "cannot rollback" not in str(info.value)
+    st = mem.stats(A)  # stats works while full
+    assert st.memories >= 5
+    db.execute("PRAGMA max_page_count = 1073741823")
+    after = mem.add("after space was freed", A)
+    for i in kept:
+        assert mem.get(i).content.startswith("before the disk filled")
+    assert mem.get(after.id).content == "after space was freed"
+    core.store.db.execute("PRAGMA integrity_check").fetchone()
+
+
+# -- case 9: a damaged database is reported as corrupt -------------------------
+
+
+def _damaged(path: Path, make_mem: Any, offset: int) -> Path:
+    with make_mem(path) as mem:
+        for i in range(200):
+            mem.add(f"memory number {i} with some words to fill pages", A)
+    f = path / "helamem.sqlite3"
+    data = bytearray(f.read_bytes())
+    data[offset : offset + 8192] = b"\xde\xad\xbe\xef" * 2048
+    f.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("offset", [0, 4096 * 3])
+def test_garbage_pages_raise_corrupt_store_error(
+    tmp_path: Path, make_mem: Any, offset: int
+) -> None:
+    path = _damaged(tmp_path / "s", make_mem, offset)
+
+    def use() -> None:
+        with make_mem(path) as mem:
+            for i in range(200):
+                mem.search(f"memory number {i}", A, k=3)
+            mem.stats()
+
+    with pytest.raises(CorruptStoreError, match="corrupt") as info:
+        use()
+    assert "helamem check" in str(info.value)
+    assert "writable" not in str(info.value)
+
+
+# -- case 11: any embedder failure is an EmbeddingError -------------------------
+
+
+class _Broken(HashingEmbedder):
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(64)
+        self.exc = exc
+        self.armed = False
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.armed:
+            raise self.exc
+        return super().embed(texts)
+
+
+@pytest.mark.parametrize(
+    "exc", [KeyError("vocab"), IndexError("x"), TypeError("y"), ZeroDivisionError()]
+)
+def test_any_embedder_failure_is_an_embedding_error(tmp_path: Path, exc: BaseException) -> None:
+    from helamem.core import HelaMemConfig
+
+    emb = _Broken(exc)
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=emb) as mem:
+        mem.add("fine", A)
+        emb.armed = True
+        with pytest.raises(EmbeddingError, match=type(exc).__name__) as info:
+            mem.add("fails", A)
+        assert info.value.__cause__ is exc
+        with pytest.raises(EmbeddingError):
+            mem.search("fails", A, k=1)
+        emb.armed = False
+        assert mem.stats().memories == 1
