@@ -4,27 +4,83 @@ Each item lives twice, by role:
 
 * the **document** (namespace, key, JSON value, timestamps, TTL) is kept in a
   LangGraph document store, by default LangGraph's ``SqliteStore`` in the
-  memory's data directory. It answers gets, listings, filters, namespaces
-  and TTL exactly as LangGraph documents them;
+  memory's data directory. It is the source of truth: it answers gets,
+  listings, filters, namespaces and TTL exactly as LangGraph documents them,
+  and it names, in a reserved field (never returned), the one memory that
+  indexes it;
 * the **memory** (the indexed text, in the HeLa-Mem scope equal to the
   namespace, with ``{"langgraph": {"namespace", "key"}}`` metadata) answers
   natural-language search: dense + lexical retrieval, spreading activation
-  over learned edges, and Hebbian learning among the items returned.
+  over learned edges, and Hebbian learning among the best items returned
+  (``config.retrieval.learn_top`` of them, the core's own rule).
 
-The document records its memory's id in a reserved field (never returned),
-so replacing or deleting an item deletes its memory. A memory whose document
-is gone (expired by TTL, or replaced concurrently) is dropped from results
-and deleted when a search meets it. Memories that are not documents (turns
-recorded by :class:`~helamem.langgraph.HelaMemCheckpointer` or any other
-HeLa-Mem writer) are returned by query search as read-only items keyed by
-memory id with value ``{"content", "role", "kind", "event_time"}``.
+A memory is *live* when its document names it and *stale* otherwise. Memories
+that are not documents (turns recorded by
+:class:`~helamem.langgraph.HelaMemCheckpointer` or any other HeLa-Mem writer)
+are returned by query search as read-only items keyed by memory id with value
+``{"content", "role", "kind", "event_time"}``.
+
+Why no interleaving loses or orphans an item
+--------------------------------------------
+
+The two stores cannot share a transaction, so the protocol makes every
+intermediate state harmless and every interrupted one repairable:
+
+1. **Fresh ids.** Each put that indexes a value draws a new memory id and
+   passes it to the core (``NewMemory(id=...)``). A document names id ``X``
+   only if the put that drew ``X`` wrote it; no later write ever names ``X``
+   again. So once a document stops naming ``X``, ``X`` is stale for good.
+2. **One writer at a time.** Every document write and every memory write or
+   delete of the store runs under one lock: a thread lock per store object,
+   then ``flock`` on ``<memory path>/langgraph-store.journal``, which
+   serialises threads, store objects and processes on one path (the OS drops
+   the lock of a killed process). ``sweep_ttl`` and TTL expiry only ever
+   remove documents, which can only make a memory stale (rule 1).
+3. **Intent first, memory before document.** Under the lock a put reads the
+   current documents, appends ``{ns, key, new, old}`` per item to the journal
+   (flushed to the OS), then (a) adds the new memories, (b) writes the
+   documents naming them, (c) deletes the memories the old documents named,
+   and truncates the journal. A delete is the same with no (a). Before (b)
+   every reader still sees the old document and its live old memory; after
+   (b) the new one. A put is acknowledged only after all three.
+4. **Settling.** If a step fails, the writer settles its own intents at once
+   and raises; if it is killed (or settling fails), its intents stay in the
+   journal and the next lock holder settles them before it writes anything
+   (also the first use of a store object and :meth:`HelaMemStore.repair`).
+   Settling reads each intent's document as it is now and keeps exactly the
+   memory it names (re-adding it from the document if it is missing) and
+   deletes the other of ``new``/``old``. This is idempotent, so a kill during
+   settling is settled again by the next holder. Whatever step the kill or
+   failure hit, the result is one of: the old item with its old memory, or
+   the new item with its new memory; never a document without its memory, or
+   a memory without its document.
+5. **Searches never delete on sight.** Searches take no lock. A memory met
+   whose document does not name it (a put in flight between (a) and (b), a
+   replacement or delete between (b) and (c), an expired document) is
+   skipped. It is deleted only under the lock, after re-reading its document
+   (searches try the lock without waiting and leave it when a writer holds
+   it); under the lock no put is in flight, so a memory whose document does
+   not name it is stale (rule 1).
+
+Hence an acknowledged item keeps its document and its live memory until a
+later put or delete of its key: only writers under the lock delete memories,
+and only stale ones (their own ``old``, or what settling or a re-read under
+the lock proves stale). And no memory stays orphaned: a writer deletes the
+memory it replaces; an interrupted writer leaves a journal that the next
+holder settles; what TTL leaves stale goes at the next search that meets it
+(or :meth:`HelaMemStore.repair`). These hold for any number of threads, store
+objects and processes on one path, as long as they all keep their documents
+in the same document store (the default). Without ``fcntl`` (Windows) only
+one process may write a path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import operator
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -34,7 +90,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from helamem.core import HelaMemory, Hit, InvalidInputError, MemoryNotFoundError, NewMemory
+from helamem.core import (
+    HelaMemError,
+    HelaMemory,
+    Hit,
+    InvalidInputError,
+    MemoryNotFoundError,
+    NewMemory,
+)
+from helamem.core.ids import new_id
 from langgraph.config import get_config
 from langgraph.store.base import (
     BaseStore,
@@ -53,13 +117,18 @@ from langgraph.store.base import (
 )
 from langgraph.store.sqlite import SqliteStore
 
-__all__ = ["HelaMemStore"]
+from ._journal import Intent, Journal
+
+__all__ = ["HelaMemStore", "RepairReport"]
 
 logger = logging.getLogger(__name__)
 
 ID_FIELD = "__helamem__"
-"""Reserved value field, kept in the document store only: ``{"id", "created_at"}``
-(the item's memory id, and its creation time once it has been replaced)."""
+"""Reserved value field, kept in the document store only: ``{"id", "index",
+"created_at"}`` (the item's memory id or ``None``, the JSON paths its text was
+taken from, and its creation time once it has been replaced)."""
+JOURNAL = "langgraph-store.journal"
+"""The writer lock and intent journal, in the memory's data directory."""
 
 _ORDER: dict[str, Callable[[Any, Any], bool]] = {
     "$gt": operator.gt,
@@ -79,8 +148,8 @@ class _Docs:
 
 
 @dataclass(frozen=True)
-class _Add:
-    items: list[NewMemory]
+class _Write:
+    ops: list[PutOp]
 
 
 @dataclass(frozen=True)
@@ -92,7 +161,7 @@ class _Search:
 
 @dataclass(frozen=True)
 class _Forget:
-    ids: list[str]
+    stale: list[tuple[str, tuple[str, ...], str]]  # (memory id, namespace, key)
 
 
 @dataclass(frozen=True)
@@ -100,7 +169,7 @@ class _Learn:
     ids: list[str]
 
 
-_Req = _Docs | _Add | _Search | _Forget | _Learn
+_Req = _Docs | _Write | _Search | _Forget | _Learn
 _Plan = Generator[_Req, Any, T]
 
 
@@ -182,6 +251,25 @@ def _public(result: Any, score: float | None = None) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class RepairReport:
+    """What :meth:`HelaMemStore.repair` did.
+
+    Attributes:
+        settled: Journal intents of an interrupted writer that it settled.
+        stale_deleted: Memories with store metadata that their document did
+            not name (expired, or left by a failure), deleted.
+        readded: Documents naming a memory that was missing, re-indexed.
+        unindexed: Documents whose memory could not be re-added (their text
+            no longer embeds); they stay gettable and are marked unindexed.
+    """
+
+    settled: int
+    stale_deleted: int
+    readded: int
+    unindexed: int
+
+
 class HelaMemStore(BaseStore):
     """LangGraph long-term memory store backed by HeLa-Mem.
 
@@ -189,21 +277,29 @@ class HelaMemStore(BaseStore):
     fields, else the store's ``fields``, else the whole value as JSON;
     ``index=False`` stores the document only: it can be got and listed but
     never matches a query). ``search(ns, query=...)`` runs Hebbian retrieval
-    over the namespace prefix: scores are HeLa-Mem activations, the items
-    returned co-activate, and inside a graph their ids are kept for the
+    over the namespace prefix: scores are HeLa-Mem activations, the best
+    ``config.retrieval.learn_top`` items of the page co-activate (all of them
+    when it is 0), and inside a graph the page's ids are kept for the
     running thread so :class:`~helamem.langgraph.HelaMemCheckpointer` can
     record them with the turn. ``search`` without a query is a filtered
     listing. Memories that are not store documents (e.g. recorded turns)
     come back from query search keyed by memory id.
 
+    Writes are serialised per memory path (threads, store objects and
+    processes) and journaled, so that no interleaving and no kill loses an
+    acknowledged item or leaves an orphan memory; see the module docstring.
+
     The constructor does no I/O; the default document store (a
     ``SqliteStore`` at ``<memory path>/langgraph-store.sqlite``) opens on
-    first use. :meth:`close` releases it (the memory stays open: you own it).
+    first use, and the first operation settles what a killed writer left.
+    :meth:`close` releases the document store and the journal (the memory
+    stays open: you own it).
 
     Args:
         memory: The HeLa-Mem memory holding the searchable memories.
         documents: Any LangGraph store to keep documents in (e.g.
             ``InMemoryStore()``); default the SQLite store described above.
+            Every store object on one memory path must use the same one.
         fields: Default JSON paths to embed (``None``/``["$"]``: the whole value).
         ttl: LangGraph ``TTLConfig`` for the default document store.
         filter_overfetch: With a query and a ``filter``, how many times
@@ -237,6 +333,8 @@ class HelaMemStore(BaseStore):
         self._documents = documents
         self._stack = ExitStack()
         self._lock = threading.Lock()
+        self._journal = Journal(Path(memory.config.path) / JOURNAL)
+        self._settled_once = False
         self._used: OrderedDict[str, dict[str, None]] = OrderedDict()
         self._max_threads = max_threads
         self.ttl_config = documents.ttl_config if documents is not None else ttl
@@ -259,8 +357,9 @@ class HelaMemStore(BaseStore):
             return self._documents
 
     def close(self) -> None:
-        """Close the default document store (idempotent); the memory stays open."""
+        """Close the default document store and the journal (idempotent); the memory stays open."""
         self._stack.close()
+        self._journal.close()
 
     def __enter__(self) -> Self:
         return self
@@ -271,7 +370,10 @@ class HelaMemStore(BaseStore):
         self.close()
 
     def sweep_ttl(self) -> int:
-        """Delete expired documents now (their memories go at the next search that meets them).
+        """Delete expired documents now; returns how many.
+
+        Their memories are stale: query search skips them, and the next search
+        that meets them (or :meth:`repair`) deletes them.
 
         Raises:
             NotImplementedError: If the document store has no ``sweep_ttl``.
@@ -282,6 +384,42 @@ class HelaMemStore(BaseStore):
                 f"{type(self.documents).__name__} cannot sweep TTLs; use the default SqliteStore"
             )
         return int(sweep())
+
+    def repair(self) -> RepairReport:
+        """Settle the journal and make documents and memories agree, in full.
+
+        Waits for the writer lock, settles what an interrupted writer left,
+        deletes every memory with store metadata that its document does not
+        name, and re-adds the memory of every document that names a missing
+        one. Runs in time linear in the documents and store memories; normal
+        operation never needs it (the journal is settled by the next write),
+        it is for checks, after ``sweep_ttl`` or after deleting memories by
+        hand.
+
+        Raises:
+            StorageError: If the memory store cannot be read or written.
+        """
+        docs = self.documents
+        with self._journal.held() as pending:
+            assert pending is not None
+            if pending:
+                self._settle(pending)
+                self._journal.clear()
+            mems = _store_memories(self.memory)
+            got = self._docs_at([(ns, key) for _, ns, key in mems])
+            stale = [mid for (mid, _, _), d in zip(mems, got, strict=True) if _id(d) != mid]
+            self._drop(stale)
+            have = {mid for mid, _, _ in mems}
+            named: list[tuple[Item, str]] = []
+            offset = 0
+            while True:
+                page = docs.search((), limit=500, offset=offset, refresh_ttl=False)
+                named += [(d, mid) for d in page if (mid := _id(d)) and mid not in have]
+                if len(page) < 500:
+                    break
+                offset += 500
+            readded, unindexed = self._ensure(named, known_missing=True)
+            return RepairReport(len(pending), len(stale), readded, unindexed)
 
     # -- thread attribution ---------------------------------------------------
 
@@ -312,6 +450,8 @@ class HelaMemStore(BaseStore):
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         """Run ops in order; results line up with ``ops``."""
         plan = self._plan(list(ops))
+        if not self._settled_once:
+            self._settle_pending()
         try:
             req = next(plan)
             while True:
@@ -323,6 +463,8 @@ class HelaMemStore(BaseStore):
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         """Async :meth:`batch`: never blocks the event loop."""
         plan = self._plan(list(ops))
+        if not self._settled_once:
+            await asyncio.to_thread(self._settle_pending)
         try:
             req = next(plan)
             while True:
@@ -335,8 +477,8 @@ class HelaMemStore(BaseStore):
         m = self.memory
         if isinstance(req, _Docs):
             return self.documents.batch(req.ops)
-        if isinstance(req, _Add):
-            return m.add_many(req.items)
+        if isinstance(req, _Write):
+            return self._write(req.ops)
         if isinstance(req, _Search):
             prefixes = [req.prefix] if req.prefix else m.list_scopes()
             roots = dict.fromkeys(p[:1] if req.prefix is None else p for p in prefixes)
@@ -347,13 +489,7 @@ class HelaMemStore(BaseStore):
             except MemoryNotFoundError:
                 logger.debug("skipped learning: a returned memory was deleted meanwhile")
             return None
-        try:
-            m.delete(req.ids)
-        except MemoryNotFoundError:  # some went already: delete the rest one by one
-            for i in req.ids:
-                with suppress(MemoryNotFoundError):
-                    m.delete(i)
-        return None
+        return self._forget_stale(req.stale)
 
     async def _arun(self, req: _Req) -> Any:
         m = self.memory
@@ -362,8 +498,8 @@ class HelaMemStore(BaseStore):
                 docs = await asyncio.to_thread(lambda: self.documents)
                 return await asyncio.to_thread(docs.batch, req.ops)  # SqliteStore is sync-only
             return await self._documents.abatch(req.ops)
-        if isinstance(req, _Add):
-            return await m.aadd_many(req.items)
+        if isinstance(req, _Write):  # blocks on the writer lock: off the event loop
+            return await asyncio.to_thread(self._write, req.ops)
         if isinstance(req, _Search):
             prefixes = [req.prefix] if req.prefix else await m.alist_scopes()
             roots = dict.fromkeys(p[:1] if req.prefix is None else p for p in prefixes)
@@ -377,13 +513,161 @@ class HelaMemStore(BaseStore):
             except MemoryNotFoundError:
                 logger.debug("skipped learning: a returned memory was deleted meanwhile")
             return None
+        return await asyncio.to_thread(self._forget_stale, req.stale)
+
+    # -- writes (under the writer lock; see the module docstring) -----------------
+
+    def _write(self, ops: list[PutOp]) -> None:
+        """Puts and deletes: journal, add memories, write documents, drop old memories."""
+        last = {(op.namespace, op.key): op for op in ops}  # the last put of a key wins
+        docs = self.documents
+        with self._journal.held() as pending:
+            assert pending is not None
+            if pending:  # a writer was killed or failed to settle: settle it first
+                self._settle(pending)
+                self._journal.clear()
+            olds = self._docs_at(list(last))
+            intents: list[Intent] = []
+            embed: list[NewMemory] = []
+            writes: list[Op] = []
+            for ((ns, key), op), old in zip(last.items(), olds, strict=True):
+                new: str | None = None
+                value = None if op.value is None else dict(op.value)
+                if value is not None and op.value is not None:
+                    meta: dict[str, Any] = {"id": None}
+                    fields = op.index or self.fields
+                    text = self._text(op.value, fields) if op.index is not False else ""
+                    if text:
+                        new = new_id()
+                        embed.append(NewMemory(text, ns, metadata=_where(ns, key), id=new))
+                        meta = {"id": new, "index": fields}
+                    if old is not None:  # a replacement keeps the item's creation time
+                        meta["created_at"] = (
+                            _meta(old).get("created_at") or old.created_at.isoformat()
+                        )
+                    value[ID_FIELD] = meta
+                intents.append(Intent(ns, key, new, _id(old)))
+                writes.append(PutOp(ns, key, value, index=False, ttl=op.ttl))
+            self._journal.log(intents)
+            done = False
+            try:
+                if embed:
+                    self.memory.add_many(embed)
+                docs.batch(writes)
+                self._drop([i.old for i in intents if i.old])
+                done = True
+            finally:
+                if done:
+                    self._journal.clear()
+                else:
+                    self._settle_after_failure(intents)
+
+    def _docs_at(self, addresses: Sequence[tuple[tuple[str, ...], str]]) -> list[Item | None]:
+        """The documents at ``(namespace, key)`` addresses (``None`` where there is none)."""
+        if not addresses:
+            return []
+        got = self.documents.batch([GetOp(ns, k, refresh_ttl=False) for ns, k in addresses])
+        return [d if isinstance(d, Item) else None for d in got]
+
+    def _settle(self, intents: Sequence[Intent]) -> None:
+        """Keep the memory each intent's document names now; delete the other one."""
+        got = self._docs_at([(i.ns, i.key) for i in intents])
+        drop: list[str] = []
+        named: list[tuple[Item, str]] = []
+        for intent, d in zip(intents, got, strict=True):
+            current = _id(d)
+            drop += [m for m in (intent.new, intent.old) if m and m != current]
+            if d is not None and current and current in (intent.new, intent.old):
+                named.append((d, current))
+        self._drop(drop)
+        self._ensure(named)
+
+    def _settle_after_failure(self, intents: Sequence[Intent]) -> None:
         try:
-            await m.adelete(req.ids)
-        except MemoryNotFoundError:
-            for i in req.ids:
+            self._settle(intents)
+            self._journal.clear()
+        except (HelaMemError, OSError, sqlite3.Error) as exc:  # the next holder settles them
+            logger.warning(
+                "could not settle a failed store write now (%s); the next write or "
+                "HelaMemStore.repair() settles it",
+                exc,
+            )
+
+    def _ensure(
+        self, named: Sequence[tuple[Item, str]], known_missing: bool = False
+    ) -> tuple[int, int]:
+        """Re-add the memory each document names where it is missing: ``(readded, unindexed)``.
+
+        ``known_missing``: the caller knows they are missing; else each is looked up.
+        """
+        todo: list[tuple[Item, str]] = []
+        for d, mid in named:
+            if not known_missing:
+                try:
+                    self.memory.get(mid)
+                    continue
+                except MemoryNotFoundError:
+                    pass
+            todo.append((d, mid))
+        readded = unindexed = 0
+        for d, mid in todo:
+            meta = _meta(d)
+            value = {k: v for k, v in d.value.items() if k != ID_FIELD}
+            fields = meta.get("index") or self.fields
+            text = self._text(value, list(fields))
+            try:
+                if not text:
+                    raise InvalidInputError("the document has no text to index")
+                self.memory.add_many(
+                    [NewMemory(text, d.namespace, metadata=_where(d.namespace, d.key), id=mid)]
+                )
+                readded += 1
+            except (InvalidInputError, MemoryNotFoundError) as exc:
+                logger.warning(
+                    "document %s/%s cannot be re-indexed (%s); it stays gettable, unindexed",
+                    "/".join(d.namespace),
+                    d.key,
+                    exc,
+                )
+                kept = dict(d.value)
+                kept[ID_FIELD] = {**meta, "id": None}
+                self.documents.batch([PutOp(d.namespace, d.key, kept, index=False)])
+                unindexed += 1
+        if readded:
+            logger.warning("re-indexed %d store documents whose memory was missing", readded)
+        return readded, unindexed
+
+    def _drop(self, ids: Sequence[str]) -> None:
+        """Delete memories, skipping the ones that are gone already."""
+        if not ids:
+            return
+        try:
+            self.memory.delete(ids)
+        except MemoryNotFoundError:  # some went already: delete the rest one by one
+            for i in ids:
                 with suppress(MemoryNotFoundError):
-                    await m.adelete(i)
-        return None
+                    self.memory.delete(i)
+
+    def _settle_pending(self) -> None:
+        """First use: settle what a killed writer left, unless a writer holds the lock
+        (it settled the journal when it took the lock)."""
+        with self._journal.held(wait=False) as pending:
+            if pending:
+                self._settle(pending)
+                self._journal.clear()
+        self._settled_once = True
+
+    def _forget_stale(self, stale: Sequence[tuple[str, tuple[str, ...], str]]) -> None:
+        """Delete memories a search skipped if, under the lock, their document still
+        does not name them; leave them when a writer holds the lock."""
+        with self._journal.held(wait=False) as pending:
+            if pending is None:
+                return
+            if pending:
+                self._settle(pending)
+                self._journal.clear()
+            got = self._docs_at([(ns, k) for _, ns, k in stale])
+            self._drop([mid for (mid, _, _), d in zip(stale, got, strict=True) if _id(d) != mid])
 
     # -- planning (pure translation; executors above do the I/O) -----------------
 
@@ -407,7 +691,7 @@ class HelaMemStore(BaseStore):
             elif isinstance(op, PutOp):
                 while j < len(ops) and isinstance(ops[j], PutOp):
                     j += 1
-                yield from self._puts([o for o in ops[i:j] if isinstance(o, PutOp)])
+                yield _Write([o for o in ops[i:j] if isinstance(o, PutOp)])
             else:
                 while j < len(ops) and _is_read(ops[j]):
                     j += 1
@@ -415,35 +699,9 @@ class HelaMemStore(BaseStore):
             i = j
         return results
 
-    def _text(self, value: Mapping[str, Any], index: list[str] | None) -> str:
+    def _text(self, value: Mapping[str, Any], index: Sequence[str] | None) -> str:
         texts = [t for path in (index or self.fields) for t in get_text_at_path(value, path)]
         return "\n".join(t for t in texts if t.strip())
-
-    def _puts(self, ops: list[PutOp]) -> _Plan[None]:
-        last = {(op.namespace, op.key): op for op in ops}  # the last put of a key wins
-        olds: list[Item | None] = yield _Docs([GetOp(ns, k, refresh_ttl=False) for ns, k in last])
-        embed: dict[tuple[tuple[str, ...], str], NewMemory] = {}
-        for (ns, key), op in last.items():
-            if op.value is not None and op.index is not False:
-                text = self._text(op.value, op.index)
-                if text:
-                    where = {"namespace": list(ns), "key": key}
-                    embed[(ns, key)] = NewMemory(text, ns, metadata={"langgraph": where})
-        added = (yield _Add(list(embed.values()))) if embed else []
-        ids = {address: m.id for address, m in zip(embed, added, strict=True)}
-        writes: list[Op] = []
-        for (address, op), old in zip(last.items(), olds, strict=True):
-            value = None if op.value is None else dict(op.value)
-            if value is not None:
-                meta: dict[str, Any] = {"id": ids.get(address)}
-                if old is not None:  # a replacement keeps the item's creation time
-                    meta["created_at"] = _meta(old).get("created_at") or old.created_at.isoformat()
-                value[ID_FIELD] = meta
-            writes.append(PutOp(*address, value, index=False, ttl=op.ttl))
-        yield _Docs(writes)
-        stale = [str(_meta(o)["id"]) for o in olds if _meta(o).get("id")]
-        if stale:
-            yield _Forget(stale)
 
     def _query(self, op: SearchOp) -> _Plan[list[SearchItem]]:
         assert op.query
@@ -451,7 +709,7 @@ class HelaMemStore(BaseStore):
         k = want * self.filter_overfetch if op.filter else want
         if k == 0:
             return []
-        hits = yield _Search(op.query, op.namespace_prefix or None, k)
+        hits: list[Hit] = yield _Search(op.query, op.namespace_prefix or None, k)
         docs_of = [h for h in hits if "langgraph" in h.memory.metadata]
         got: list[Item | None] = (
             (yield _Docs([GetOp(*_address(h), refresh_ttl=op.refresh_ttl) for h in docs_of]))
@@ -459,14 +717,14 @@ class HelaMemStore(BaseStore):
             else []
         )
         doc = {h.id: d for h, d in zip(docs_of, got, strict=True)}
-        found: list[tuple[SearchItem, str]] = []
-        stale: list[str] = []
+        found: list[tuple[SearchItem, Hit]] = []
+        stale: list[tuple[str, tuple[str, ...], str]] = []
         for h in sorted(hits, key=lambda h: -h.score):
             m = h.memory
             if h.id in doc:
                 d = doc[h.id]
-                if _meta(d).get("id") != h.id:
-                    stale.append(h.id)
+                if _id(d) != h.id:  # a write in flight, or stale: skip, never delete here
+                    stale.append((h.id, *_address(h)))
                     continue
                 item = _public(d, h.score)
             else:
@@ -478,15 +736,57 @@ class HelaMemStore(BaseStore):
                 }
                 item = SearchItem(m.scope, m.id, value, m.created_at, m.created_at, h.score)
             if _matches(item.value, op.filter):
-                found.append((item, h.id))
+                found.append((item, h))
         page = found[op.offset : op.offset + op.limit]
-        ids = [i for _, i in page]
-        if len(ids) > 1:
-            yield _Learn(ids)
+        for group in self._coactive([h for _, h in page]):
+            yield _Learn(group)
         if stale:
             yield _Forget(stale)
-        self._note_thread(ids)
+        self._note_thread([h.id for _, h in page])
         return [item for item, _ in page]
+
+    def _coactive(self, page: Sequence[Hit]) -> list[list[str]]:
+        """The core's learning rule on the page: per kind, the best ``learn_top``
+        (0: all) co-activate; association hits only if they rank among them."""
+        top = self.memory.config.retrieval.learn_top
+        groups: dict[bool, list[Hit]] = {}
+        for h in page:
+            groups.setdefault(h.provenance == "semantic", []).append(h)
+        out = []
+        for g in groups.values():
+            best = sorted(g, key=lambda h: -h.score)
+            ids = [h.id for h in (best[:top] if top else best)]
+            if len(ids) > 1:
+                out.append(ids)
+        return out
+
+
+def _id(item: Item | None) -> str | None:
+    """The memory id a document names (``None``: no document, or not indexed)."""
+    mid = _meta(item).get("id")
+    return str(mid) if mid else None
+
+
+def _where(ns: Sequence[str], key: str) -> dict[str, Any]:
+    return {"langgraph": {"namespace": list(ns), "key": key}}
+
+
+def _store_memories(memory: HelaMemory) -> list[tuple[str, tuple[str, ...], str]]:
+    """``(id, namespace, key)`` of every memory with store metadata."""
+
+    def rows(core: Any) -> list[tuple[str, str]]:
+        return list(
+            core.store.db.execute(
+                "SELECT id, metadata FROM memories WHERE metadata LIKE ?", ('%"langgraph"%',)
+            )
+        )
+
+    out = []
+    for mid, raw in memory._call(rows):
+        where = json.loads(raw).get("langgraph")
+        if isinstance(where, dict) and "namespace" in where and "key" in where:
+            out.append((str(mid), tuple(where["namespace"]), str(where["key"])))
+    return out
 
 
 def _address(hit: Any) -> tuple[tuple[str, ...], str]:

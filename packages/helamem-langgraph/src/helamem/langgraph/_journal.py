@@ -1,0 +1,115 @@
+"""The writer lock and intent journal of :class:`~helamem.langgraph.HelaMemStore`.
+
+One file, ``<memory path>/langgraph-store.journal``, is both:
+
+* the **lock** every document and memory write of the store takes: a
+  ``threading.Lock`` per store object, then ``flock(LOCK_EX)`` on the file, so
+  writers in one thread, several threads, several store objects and several
+  processes on one path run one at a time. The OS drops the ``flock`` of a
+  killed process;
+* the **journal**: before its first write, the holder appends one JSON line per
+  item it is about to change (``{"ns", "key", "new", "old"}``: the memory id it
+  is about to add and the one it replaces, either may be ``null``) and flushes
+  it to the OS; after its last write it truncates the file. A holder killed or
+  failed in between leaves its lines, and the next holder settles them before
+  it writes anything (see ``HelaMemStore._settle``). A line cut short by a kill
+  has no newline and is ignored: nothing was written after it.
+
+Without ``fcntl`` (Windows) only the in-process lock applies: one process per path.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from io import BufferedRandom
+from pathlib import Path
+
+if sys.platform != "win32":
+    import fcntl
+
+__all__ = ["Intent", "Journal"]
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One item a writer is about to change: its address, the memory id it
+    adds (``None``: the item is deleted or not indexed) and the one it replaces."""
+
+    ns: tuple[str, ...]
+    key: str
+    new: str | None
+    old: str | None
+
+    def line(self) -> str:
+        return json.dumps({"ns": list(self.ns), "key": self.key, "new": self.new, "old": self.old})
+
+
+def _parse(text: str) -> list[Intent]:
+    out = []
+    for line in text.split("\n")[:-1]:  # the last piece: empty, or cut short by a kill
+        row = json.loads(line)
+        out.append(Intent(tuple(row["ns"]), str(row["key"]), row["new"], row["old"]))
+    return out
+
+
+class Journal:
+    """The lock file and its pending intents (opened on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._file: BufferedRandom | None = None
+
+    def _open(self) -> BufferedRandom:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a+b")  # noqa: SIM115 - held open until close()
+        return self._file
+
+    @contextmanager
+    def held(self, *, wait: bool = True) -> Iterator[list[Intent] | None]:
+        """Hold the lock; yields the pending intents of an earlier holder, or
+        ``None`` when ``wait=False`` and another writer holds it."""
+        if not self._thread_lock.acquire(blocking=wait):
+            yield None
+            return
+        try:
+            f = self._open()
+            if sys.platform != "win32":
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    yield None
+                    return
+            try:
+                f.seek(0)
+                yield _parse(f.read().decode("utf-8"))
+            finally:
+                if sys.platform != "win32":
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def log(self, intents: Sequence[Intent]) -> None:
+        """Append intents (the lock is held) and flush them to the OS."""
+        if intents:
+            f = self._open()
+            f.write("".join(i.line() + "\n" for i in intents).encode("utf-8"))
+            f.flush()
+
+    def clear(self) -> None:
+        """Forget every pending intent (the lock is held): they are settled."""
+        f = self._open()
+        f.truncate(0)
+        f.flush()
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
