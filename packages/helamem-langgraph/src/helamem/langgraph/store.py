@@ -346,14 +346,21 @@ class HelaMemStore(BaseStore):
     def documents(self) -> BaseStore:
         """The document store (opened now if it is the default one)."""
         with self._lock:
+            if self._documents is not None:
+                return self._documents
+        # SqliteStore's setup (its migrations) races with other connections: under the
+        # writer lock (taken before self._lock, as everywhere)
+        with self._journal.held(), self._lock:
             if self._documents is None:
                 path = Path(self.memory.config.path)
                 path.mkdir(parents=True, exist_ok=True)
-                self._documents = self._stack.enter_context(
+                docs = self._stack.enter_context(
                     SqliteStore.from_conn_string(
                         str(path / "langgraph-store.sqlite"), ttl=self.ttl_config
                     )
                 )
+                docs.setup()
+                self._documents = docs
             return self._documents
 
     def close(self) -> None:
@@ -651,6 +658,7 @@ class HelaMemStore(BaseStore):
     def _settle_pending(self) -> None:
         """First use: settle what a killed writer left, unless a writer holds the lock
         (it settled the journal when it took the lock)."""
+        self.documents  # noqa: B018 - opened first: it takes the lock itself
         with self._journal.held(wait=False) as pending:
             if pending:
                 self._settle(pending)
@@ -660,6 +668,7 @@ class HelaMemStore(BaseStore):
     def _forget_stale(self, stale: Sequence[tuple[str, tuple[str, ...], str]]) -> None:
         """Delete memories a search skipped if, under the lock, their document still
         does not name them; leave them when a writer holds the lock."""
+        self.documents  # noqa: B018 - opened first: it takes the lock itself
         with self._journal.held(wait=False) as pending:
             if pending is None:
                 return
