@@ -269,3 +269,57 @@ def test_any_embedder_failure_is_an_embedding_error(tmp_path: Path, exc: BaseExc
             mem.search("fails", A, k=1)
         emb.armed = False
         assert mem.stats().memories == 1
+
+
+# -- case 6 on a real full filesystem (a small tmpfs; needs mount permission) ---
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Any:
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip("no mount command")
+    done = subprocess.run(  # noqa: S603
+        [mount, "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace')}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, check=True)  # noqa: S603, S607
+
+
+def test_real_full_disk_is_typed_and_loses_nothing(tiny_fs: Path) -> None:
+    from helamem.core import HelaMemConfig
+
+    path = tiny_fs / "store"
+    (tiny_fs / "filler.bin").write_bytes(b"\0" * 1_500_000)  # deleted later to free space
+    acked: list[str] = []
+    mem = HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64))
+    try:
+        with pytest.raises(StorageError) as info:  # noqa: PT012 - fill until it is full
+            for i in range(100_000):
+                acked.append(mem.add(f"note {i} " + "words " * 300, A).id)
+        assert "cannot rollback" not in str(info.value)
+        assert isinstance(info.value, DiskFullError)
+        assert len(acked) > 10
+        st = mem.stats()  # works while full, typed if not
+        assert st.memories == len(acked)
+    finally:
+        mem.close()
+    # free space: everything acknowledged is there, and writes work again
+    for f in tiny_fs.glob("filler*"):
+        f.unlink()
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as mem:
+        mem.delete(acked[-5:])
+        for i in acked[:-5]:
+            assert mem.get(i).content.startswith("note ")
+        assert mem.stats().memories == len(acked) - 5
