@@ -284,7 +284,7 @@ def tiny_fs(tmp_path: Path) -> Any:
     mount = shutil.which("mount")
     if mount is None:
         pytest.skip("no mount command")
-    done = subprocess.run(  # noqa: S603
+    done = subprocess.run(
         [mount, "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
         capture_output=True,
         check=False,
@@ -294,7 +294,7 @@ def tiny_fs(tmp_path: Path) -> Any:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, check=True)  # noqa: S603, S607
+        subprocess.run(["umount", str(mnt)], capture_output=True, check=True)
 
 
 def test_real_full_disk_is_typed_and_loses_nothing(tiny_fs: Path) -> None:
