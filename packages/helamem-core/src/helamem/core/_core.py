@@ -31,8 +31,8 @@ from .errors import (
     StorageError,
 )
 from .ids import new_id
-from .storage.base import EdgeRow, MemoryRow, RankRow, VectorIndex
-from .storage.sqlite import SQLiteStore
+from .storage.base import EdgeRow, IndexLockedError, MemoryRow, RankRow, VectorIndex
+from .storage.sqlite import SQLiteStore, sqlite_errors
 from .text import drop_common, fts_match, fts_terms, is_blank, keywords, safe_text
 from .types import (
     Hit,
@@ -213,24 +213,46 @@ class Core:
             )
 
     def reconcile(self) -> int:
-        """Bring the vector index up to date with SQLite; returns rows re-indexed."""
+        """Bring the vector index up to date with SQLite; returns rows re-indexed.
+
+        What the index cannot take now (a large scope's HNSW collection while
+        another process holds the embedded index) stays pending: those rows stay
+        unindexed and the tombstones stay, for the process holding the index.
+        """
+        if hasattr(self.index, "wants_reconcile"):
+            self.index.wants_reconcile = False
         gone = self.store.tombstones()
         if gone:
-            self.index.delete(gone)
-            self.store.clear_tombstones([g[0] for g in gone])
-        total = 0
+            try:
+                self.index.delete(gone)
+                self.store.clear_tombstones([g[0] for g in gone])
+            except IndexLockedError as exc:
+                logger.debug("vector deletes left for the index's holder: %s", exc)
+        total = after = 0
         while True:
-            rows = self.store.unindexed()
-            if not rows:
+            with sqlite_errors(self.config.path / "helamem.sqlite3", "reading unindexed failed"):
+                ns = [
+                    int(r[0])
+                    for r in self.store.db.execute(
+                        "SELECT n FROM memories WHERE indexed = 0 AND n > ? ORDER BY n LIMIT 2048",
+                        (after,),
+                    )
+                ]
+            if not ns:
                 break
-            self._index_rows(rows)
-            total += len(rows)
+            after = ns[-1]
+            rows = self.store.rows_by_n(ns)
+            total += self._index_rows([rows[n] for n in ns if n in rows])
         if total:
             logger.info("re-indexed %d memories that had not reached the vector index", total)
         self._needs_reconcile = False
         return total
 
-    def _index_rows(self, rows: Sequence[MemoryRow], reembed: bool = False) -> None:
+    def _index_rows(self, rows: Sequence[MemoryRow], reembed: bool = False) -> int:
+        """Embed rows that lack a vector, index them, mark them; returns rows indexed
+        (a scope whose index another process holds is skipped, its rows stay unindexed)."""
+        if not rows:
+            return 0
         dim = self.embedder.dimension
         missing = [r for r in rows if reembed or r.embedding is None or len(r.embedding) != 4 * dim]
         fresh: dict[int, np.ndarray] = {}
@@ -238,27 +260,58 @@ class Core:
             vecs = self._embed([r.content for r in missing])
             fresh = {r.n: v for r, v in zip(missing, vecs, strict=True)}
             self.store.set_embeddings([(n, v.tobytes()) for n, v in fresh.items()])
-        vectors = np.stack(
-            [fresh[r.n] if r.n in fresh else r.vector() for r in rows]  # type: ignore[misc]
-        ).astype(np.float32)
-        self.index.upsert(
-            [r.id for r in rows], vectors, [r.scope_id for r in rows], [r.kind for r in rows]
-        )
-        self.store.mark_indexed([(r.n, r.id) for r in rows])
+        groups: dict[tuple[int, str], list[MemoryRow]] = defaultdict(list)
+        for r in rows:
+            groups[(r.scope_id, r.kind)].append(r)
+        done: list[MemoryRow] = []
+        for (scope_id, kind), part in groups.items():
+            vectors = np.stack(
+                [fresh[r.n] if r.n in fresh else r.vector() for r in part]  # type: ignore[misc]
+            ).astype(np.float32)
+            try:
+                self.index.upsert(
+                    [r.id for r in part], vectors, [scope_id] * len(part), [kind] * len(part)
+                )
+            except IndexLockedError as exc:
+                logger.debug("scope %d left unindexed for the index's holder: %s", scope_id, exc)
+                continue
+            done.extend(part)
+        if done:
+            self.store.mark_indexed([(r.n, r.id) for r in done])
+        return len(done)
 
     def reindex(self, reembed: bool = False) -> int:
-        """Rebuild the vector index from SQLite (re-embedding when asked)."""
+        """Rebuild the vector index from SQLite (re-embedding when asked); returns rows.
+
+        Raises:
+            IndexLockedError: Another process holds the embedded index.
+        """
+        dim = self.embedder.dimension
         if reembed:
             with self.store.tx() as db:
                 self.store.set_meta(
-                    db,
-                    "embedder",
-                    json.dumps({"name": self.embedder.name, "dimension": self.embedder.dimension}),
+                    db, "embedder", json.dumps({"name": self.embedder.name, "dimension": dim})
                 )
-        self.index.reset()
+            for rows in self.store.all_rows():
+                vecs = self._embed([r.content for r in rows])
+                self.store.set_embeddings(
+                    [(r.n, v.astype(np.float32).tobytes()) for r, v in zip(rows, vecs, strict=True)]
+                )
+        rebuild = getattr(self.index, "rebuild", None)
         total = 0
+        if rebuild is None:  # a custom VectorIndex: reset, then upsert everything
+            self.index.reset()
+            for rows in self.store.all_rows():
+                self._index_rows(rows)
+                total += len(rows)
+            return total
+        rebuild()  # small scopes need nothing; large ones are copied from SQLite
         for rows in self.store.all_rows():
-            self._index_rows(rows, reembed=reembed)
+            bad = [r for r in rows if r.embedding is None or len(r.embedding) != 4 * dim]
+            if bad:
+                self._index_rows(bad)
+            skip = {r.n for r in bad}
+            self.store.mark_indexed([(r.n, r.id) for r in rows if r.n not in skip])
             total += len(rows)
         return total
 
@@ -600,6 +653,9 @@ class Core:
             for pk, pkk in paths
             if holding[pk]
         }
+        if getattr(self.index, "wants_reconcile", False):
+            # the index met vectors not yet in HNSW (another process's): fold them in
+            self._needs_reconcile = True
         return qv, dense
 
     def _lexical(

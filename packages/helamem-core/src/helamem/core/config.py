@@ -88,7 +88,14 @@ class RetrievalConfig(_Frozen):
             neighbours through the path weight :math:`w_{ij} w_{jk}`.
         max_boost: Cap on what one memory can receive from spreading (bounds
             what a hub collects).
-        max_flipped: Extra association hits beyond top-k.
+        max_flipped: At most this many association hits (memories that
+            spreading lifted into the top-k) per search.
+        selection: Where association hits go. ``"final"`` (default): within
+            the k slots, each displacing the base hit with the lowest final
+            score, so a search returns at most k episodic hits; ``"base"``:
+            within the k slots, displacing the lowest base hits; ``"append"``:
+            the reference implementation's top-k plus the association hits
+            (up to ``k + max_flipped``). See :func:`helamem.core.dynamics.select`.
         learn_top: With ``learn=True``, only the best this many returned
             memories co-activate (0: every returned memory).
         default_k: ``k`` when the caller gives none.
@@ -112,6 +119,7 @@ class RetrievalConfig(_Frozen):
     spread_hops: int = Field(2, ge=1, le=2)
     max_boost: float = Field(1.0, ge=0.0)
     max_flipped: int = Field(5, ge=0)
+    selection: Literal["final", "base", "append"] = "final"
     learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)
@@ -230,7 +238,14 @@ class ChromaConfig(_Frozen):
             ``<path>/chroma``; ``"http"``: a Chroma server through
             ``chromadb.HttpClient``; ``"ephemeral"``: in memory (tests).
         host, port, ssl, headers: For ``mode="http"``.
-        collection: Collection name (3-512 of ``[a-zA-Z0-9._-]``).
+        collection: Collection name prefix (3-512 of ``[a-zA-Z0-9._-]``).
+        exact_below: A (scope node, kind) with fewer vectors than this is
+            searched by an exact cosine scan of the embeddings SQLite stores
+            (correct across processes, no Chroma files); at this size it moves
+            to its own HNSW collection in Chroma. ``0``: every scope in Chroma.
+        exact_cache_mb: Memory (MiB) for the cached exact-scan matrices (LRU).
+        max_open_indexes: HNSW indexes Chroma keeps loaded at once (each holds
+            5 open files); also capped at a sixteenth of the open-file limit.
     """
 
     mode: Literal["persistent", "http", "ephemeral"] = "persistent"
@@ -239,6 +254,9 @@ class ChromaConfig(_Frozen):
     ssl: bool = False
     headers: Mapping[str, str] | None = None
     collection: str = Field("helamem", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+    exact_below: int = Field(2000, ge=0)
+    exact_cache_mb: int = Field(256, ge=0)
+    max_open_indexes: int = Field(32, ge=1)
 
 
 class HelaMemConfig(_Frozen):

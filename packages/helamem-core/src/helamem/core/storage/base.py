@@ -9,7 +9,21 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EdgeRow", "MemoryRow", "RankRow", "VectorIndex"]
+from ..errors import StorageError
+
+__all__ = ["EdgeRow", "IndexLockedError", "MemoryRow", "RankRow", "VectorIndex"]
+
+
+class IndexLockedError(StorageError):
+    """Another process holds this directory's embedded Chroma index.
+
+    Embedded Chroma (``ChromaConfig(mode="persistent")``) is single-process:
+    scopes searched by exact scan work from every process, but a scope large
+    enough for its own HNSW collection is served only by the process holding
+    the index. To share such a store between processes, run a Chroma server
+    (``chroma run --path DIR --host 127.0.0.1 --port 8000``) and open every
+    process with ``ChromaConfig(mode="http", host="127.0.0.1", port=8000)``.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +108,10 @@ class VectorIndex(Protocol):
         """Nearest ids with cosine distance, restricted to scopes and kind."""
         ...
 
-    def count(self) -> int: ...
+    def count(self) -> int:
+        """Vectors the index can return."""
+        ...
 
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Drop every vector (before a full reindex)."""
+        ...

@@ -1,13 +1,50 @@
-"""The Chroma vector index (the only module that imports chromadb).
+"""The vector index: exact scans for small scopes, Chroma HNSW for large ones.
 
-Chroma is a derived index: SQLite holds every memory and its embedding, and
-this index can always be rebuilt from it (``helamem reindex``).
+This is the only module that imports chromadb. The index is derived: SQLite
+holds every memory and its embedding, and ``helamem reindex`` rebuilds it.
+
+Layout (decided by measurement; see the README's scale section)
+---------------------------------------------------------------
+* A (scope node, kind) with fewer than ``ChromaConfig.exact_below`` vectors
+  (default 2,000) has no Chroma collection: it is searched by an exact cosine
+  scan of the embeddings in SQLite, cached per scope (``exact.py``). Measured
+  on this machine (384-d, top 100): a cached scan of 2,000 vectors takes
+  ~0.05 ms and a cold read ~4 ms, against ~1.2-1.6 ms for an HNSW query, and
+  the cache is validated by a ~0.1 ms covering-index read. Because SQLite is
+  the source of truth and is safe for several processes, these scopes are
+  correct across processes by construction, and they open no files at all:
+  100,000 tenants need no more file handles than one.
+* A (scope node, kind) that reaches the threshold is *promoted* to its own
+  HNSW collection (the set is kept in SQLite's ``meta`` table, so every
+  process agrees). Chroma is opened only once a promoted scope exists, with
+  its cache of loaded HNSW indexes bounded (``max_open_indexes``, at most a
+  sixteenth of the open-file limit) instead of Chroma's fifth of it.
+* Embedded Chroma (``mode="persistent"``) keeps HNSW in the memory of one
+  process, and two processes writing one directory lose each other's vectors
+  (measured: 53 of 3,623). The first process that needs it takes an
+  inter-process lock (``lock.py``; shared by the stores of one process). In
+  any other process, small scopes work as usual; a promoted scope cannot be
+  searched (:class:`~helamem.core.storage.base.IndexLockedError`, naming
+  Chroma server mode), and its new memories stay marked unindexed, which the
+  holder's searches read exactly until its next reconcile copies them in.
+  With a Chroma server (``mode="http"``) every process uses every tier.
+* On open the index is checked against the database: a marker file records
+  whose index it is (a replaced or emptied database is refused with
+  :class:`~helamem.core.errors.CorruptStoreError`), and a missing, damaged or
+  short collection is rebuilt from SQLite with a logged warning and progress.
+  :meth:`ChromaIndex.close` releases every Chroma file.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
+import resource
+import shutil
+from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,9 +58,18 @@ from chromadb.utils.embedding_functions import register_embedding_function
 
 from ..config import ChromaConfig
 from ..embeddings import Embedder, MiniLMEmbedder, Vectors, check_vectors
-from ..errors import StorageError
+from ..errors import CorruptStoreError, StorageError
+from .base import IndexLockedError
+from .exact import ExactVectors
+from .lock import ProcessLock
 
-__all__ = ["ChromaEmbedder", "ChromaIndex", "HelaMemMiniLMEmbeddingFunction"]
+__all__ = [
+    "ChromaEmbedder",
+    "ChromaIndex",
+    "HelaMemMiniLMEmbeddingFunction",
+    "discard_index",
+    "make_index",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +143,27 @@ class ChromaEmbedder:
         return check_vectors(self._fn(list(texts)), len(texts), self.dimension, self.name)
 
 
-class ChromaIndex:
-    """Embeddings in Chroma: one collection per (scope node, kind).
+_MARKER = "helamem-index.json"
+_LEGACY = "-s"  # collection names of the layout before tiers: one per scope, every scope
 
-    Per-scope collections keep every query an unfiltered HNSW search (Chroma's
-    metadata-filtered queries scan, and were measured 10-20x slower); a
-    prefix search queries the collections of the scopes under the prefix and
-    merges by distance. The constructor does no I/O; :meth:`open` connects.
+
+class ChromaIndex:
+    """The tiered vector index: exact scans for small scopes, HNSW for large ones.
+
+    A (scope node, kind) with fewer than ``config.exact_below`` vectors is
+    searched exactly from SQLite (:class:`~helamem.core.storage.exact.ExactVectors`);
+    one that reaches it is *promoted* to its own HNSW collection (recorded in
+    SQLite, so every process agrees). Chroma is opened lazily, only when a
+    promoted scope exists; in ``persistent`` mode this process must then hold
+    the directory's :class:`~helamem.core.storage.lock.ProcessLock`, else
+    :class:`~helamem.core.storage.base.IndexLockedError`. The constructor
+    does no I/O; :meth:`open` connects.
+
+    Args:
+        config: Where Chroma lives and the tier threshold.
+        path: The Chroma directory (``<data dir>/chroma``); SQLite is
+            ``<data dir>/helamem.sqlite3`` beside it.
+        attach_minilm: Attach HeLa-Mem's MiniLM embedding function to collections.
     """
 
     def __init__(self, config: ChromaConfig, path: Path, attach_minilm: bool) -> None:
@@ -112,50 +172,279 @@ class ChromaIndex:
         self._attach_minilm = attach_minilm
         self._client: Any = None
         self._dimension = 0
-        self._cols: dict[str, Any] = {}
+        self._cols: OrderedDict[str, Any] = OrderedDict()
+        self._exact = ExactVectors(
+            path.parent / "helamem.sqlite3", config.exact_cache_mb * 1024 * 1024
+        )
+        self._lock = ProcessLock(path.parent / "chroma.lock")
+        self._verified = False
+        self._warned_locked = False
+        self.wants_reconcile = False
+        """Set when a search met vectors not yet in HNSW (the owner reconciles)."""
+
+    # -- naming ------------------------------------------------------------
 
     def _name(self, scope_id: int, kind: str) -> str:
-        return f"{self._config.collection}-s{int(scope_id)}-{kind[0]}"
+        return f"{self._config.collection}-h{int(scope_id)}-{kind[0]}"
+
+    def _ours(self, name: str) -> bool:
+        c = self._config.collection
+        return name.startswith(f"{c}-h") or name.startswith(f"{c}{_LEGACY}")
+
+    # -- lifecycle -----------------------------------------------------------
 
     def open(self, dimension: int) -> None:
-        settings = Settings(anonymized_telemetry=False, allow_reset=True)
-        cfg = self._config
+        """Connect; check the index belongs to this database; repair it if damaged.
+
+        Raises:
+            CorruptStoreError: The index holds another database's vectors (the
+                database was replaced, emptied or is corrupt).
+            StorageError: Chroma cannot be reached (``mode="http"``).
+        """
         self._dimension = dimension
+        self._exact.open(dimension)
         try:
-            if cfg.mode == "persistent":
-                self._client = chromadb.PersistentClient(path=str(self._path), settings=settings)
-            elif cfg.mode == "http":
-                self._client = chromadb.HttpClient(
-                    host=cfg.host,
-                    port=cfg.port,
-                    ssl=cfg.ssl,
-                    headers=dict(cfg.headers or {}),
-                    settings=settings,
-                )
+            if self._config.mode == "persistent":
+                self._check_marker()
+                if self._exact.promoted() or (self._path / "chroma.sqlite3").exists():
+                    # opens and verifies when this process can hold the index
+                    self._chroma(required=False)
             else:
-                self._client = chromadb.EphemeralClient(settings=settings)
-            self._client.heartbeat()
-        except (ChromaError, ValueError, OSError) as exc:
-            raise StorageError(
-                f"could not connect to Chroma ({cfg.mode}): {exc}; check ChromaConfig "
-                f"(host/port for mode='http', a writable path otherwise)"
-            ) from exc
+                self._chroma(required=True)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
+        """Release every Chroma file, the process lock and the SQLite connection."""
         self._cols.clear()
-        self._client = None
+        client, self._client = self._client, None
+        if client is not None:
+            with suppress(ChromaError, AttributeError):
+                client.close()
+        gc.collect()  # collection handles hold the Rust bindings (and their files)
+        self._lock.release()
+        self._exact.close()
+        self._verified = False
 
-    def _client_or_fail(self) -> Any:
-        if self._client is None:
-            raise StorageError("the vector index is not open")
+    def _check_marker(self) -> None:
+        marker = self._path / _MARKER
+        if not marker.exists():
+            return
+        try:
+            owner = json.loads(marker.read_text("utf-8")).get("store_id")
+        except (OSError, ValueError, AttributeError):
+            logger.warning("unreadable %s; the vector index will be verified", marker)
+            return
+        if owner != self._exact.store_id():
+            raise CorruptStoreError(
+                f"the vector index in {self._path} belongs to another database: "
+                f"{self._path.parent / 'helamem.sqlite3'} looks replaced, emptied or corrupt. "
+                f"Restore helamem.sqlite3 from a backup, or run `helamem reindex "
+                f"{self._path.parent}` to discard the index and rebuild it from this database"
+            )
+
+    def _write_marker(self) -> None:
+        if self._config.mode != "persistent":
+            return
+        self._path.mkdir(parents=True, exist_ok=True)
+        tmp = self._path / f".{_MARKER}.tmp"
+        tmp.write_text(json.dumps({"store_id": self._exact.store_id()}), "utf-8")
+        tmp.replace(self._path / _MARKER)
+
+    def _settings(self) -> Settings:
+        return Settings(anonymized_telemetry=False, allow_reset=True)
+
+    def _connect(self) -> Any:
+        cfg = self._config
+        settings = self._settings()
+        if cfg.mode == "http":
+            return chromadb.HttpClient(
+                host=cfg.host,
+                port=cfg.port,
+                ssl=cfg.ssl,
+                headers=dict(cfg.headers or {}),
+                settings=settings,
+            )
+        if cfg.mode == "ephemeral":
+            return chromadb.EphemeralClient(settings=settings)
+        self._path.mkdir(parents=True, exist_ok=True)
+        return _bounded_persistent_client(self._path, settings, self._cache_size())
+
+    def _cache_size(self) -> int:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cap = self._config.max_open_indexes
+        if soft > 0:
+            cap = min(cap, max(1, soft // 16))
+        return cap
+
+    def _chroma(self, required: bool = True, verify: bool = True) -> Any:
+        """The Chroma client, opened (and the index verified) on first need.
+
+        Raises:
+            IndexLockedError: Another process holds the embedded index (``required``).
+        """
+        if self._client is not None:
+            return self._client
+        if self._config.mode == "persistent" and not self._lock.try_acquire():
+            if not required:
+                logger.info(
+                    "another process holds the embedded vector index in %s; this process "
+                    "searches small scopes exactly and leaves large ones to it",
+                    self._path,
+                )
+                return None
+            raise IndexLockedError(
+                f"another process holds the embedded Chroma index in {self._path}, and this "
+                f"operation needs a scope's HNSW collection; embedded Chroma is single-process. "
+                f"To share the store between processes, run a Chroma server (`chroma run "
+                f"--path {self._path} --host 127.0.0.1 --port 8000`) and open every process "
+                f'with ChromaConfig(mode="http", host="127.0.0.1", port=8000)'
+            )
+        try:
+            self._client = self._open_client()
+            if verify:
+                self._verify()
+        except BaseException:
+            client, self._client = self._client, None
+            if client is not None:
+                with suppress(ChromaError, AttributeError):
+                    client.close()
+            self._cols.clear()
+            self._lock.release()
+            raise
         return self._client
 
-    def _collection(self, scope_id: int, kind: str, create: bool) -> Any:
-        name = self._name(scope_id, kind)
+    def _open_client(self) -> Any:
+        try:
+            client = self._connect()
+            client.heartbeat()
+            return client
+        except (ChromaError, ValueError, OSError, AttributeError) as exc:
+            if self._config.mode != "persistent":
+                raise StorageError(
+                    f"could not connect to Chroma ({self._config.mode}): {exc}; check "
+                    f"ChromaConfig (host/port for mode='http')"
+                ) from exc
+            logger.warning(
+                "the vector index in %s is damaged (%s: %s); rebuilding it from "
+                "helamem.sqlite3 (the index is derived: nothing is lost)",
+                self._path,
+                type(exc).__name__,
+                exc,
+            )
+        _forget_system(self._path)
+        shutil.rmtree(self._path, ignore_errors=True)
+        try:
+            client = self._connect()
+            client.heartbeat()
+            return client
+        except (ChromaError, ValueError, OSError, AttributeError) as exc:
+            _forget_system(self._path)
+            raise StorageError(
+                f"could not open a new vector index in {self._path}: {exc}; check that the "
+                f"directory is writable and the disk has space"
+            ) from exc
+
+    def _names(self) -> list[str]:
+        client = self._client
+        out = []
+        for c in client.list_collections():
+            name = c.name if hasattr(c, "name") else str(c)
+            if self._ours(name):
+                out.append(str(name))
+        return out
+
+    def _verify(self) -> None:
+        """Bring the HNSW tier in line with SQLite: migrate, rebuild what is missing."""
+        if self._verified:
+            return
+        self._verified = True
+        names = self._names()
+        marker = self._path / _MARKER
+        legacy = [n for n in names if n.startswith(f"{self._config.collection}{_LEGACY}")]
+        if self._config.mode == "persistent" and not marker.exists() and names:
+            self._refuse_unknown(names)
+        if legacy:
+            logger.warning(
+                "dropping %d collections of the previous vector-index layout in %s "
+                "(small scopes are now searched exactly from SQLite)",
+                len(legacy),
+                self._path,
+            )
+            for n in legacy:
+                with suppress(NotFoundError):
+                    self._client.delete_collection(n)
+            self._promote_large()
+        have = set(self._names())
+        indexed = self._exact.counts(indexed_only=True)
+        todo = []
+        for key in sorted(self._exact.promoted()):
+            name = self._name(*key)
+            if name not in have:
+                todo.append((key, "missing"))
+                continue
+            col = self._client.get_collection(name, embedding_function=None)
+            got = int(col.count())
+            if got < indexed.get(key, 0):
+                todo.append((key, f"{got} of {indexed.get(key, 0)} vectors"))
+        if todo:
+            total = sum(self._exact.count_upto(k, 1 << 62) for k, _ in todo)
+            logger.warning(
+                "the vector index lacks vectors of %d large scopes (%s); rebuilding %d "
+                "vectors from helamem.sqlite3",
+                len(todo),
+                ", ".join(f"scope {k[0]}/{k[1]}: {why}" for k, why in todo[:5]),
+                total,
+            )
+            done = 0
+            for key, _ in todo:
+                done += self._load(key, fresh=True)
+                logger.info("vector index rebuild: %d/%d vectors", done, total)
+        self._write_marker()
+
+    def _refuse_unknown(self, names: list[str]) -> None:
+        """An index without this database's marker: refuse if it holds unknown ids."""
+        known = set(self._exact.ids(set()))
+        for name in names:
+            col = self._client.get_collection(name, embedding_function=None)
+            ids = [str(i) for i in col.get(include=[])["ids"]]
+            unknown = [i for i in ids if i not in known]
+            if unknown:
+                raise CorruptStoreError(
+                    f"the vector index in {self._path} holds {len(unknown)} vectors whose "
+                    f"memories {self._path.parent / 'helamem.sqlite3'} does not know (e.g. "
+                    f"{unknown[0]!r}): the database looks replaced, emptied or corrupt. "
+                    f"Restore helamem.sqlite3 from a backup, or run `helamem reindex "
+                    f"{self._path.parent}` to discard the index and rebuild it from this database"
+                )
+
+    def _promote_large(self) -> int:
+        """Promote every (scope, kind) at or over the threshold; returns vectors loaded."""
+        t = self._config.exact_below
+        counts = self._exact.counts()
+        big = sorted(k for k, c in counts.items() if c >= t)
+        total = sum(counts[k] for k in big)
+        if big:
+            logger.warning(
+                "building HNSW collections for %d large scopes (%d vectors)", len(big), total
+            )
+        done = 0
+        for key in big:
+            self._exact.add_promoted(key)
+            done += self._load(key, fresh=True)
+            logger.info("vector index build: %d/%d vectors", done, total)
+        return done
+
+    # -- collections ---------------------------------------------------------
+
+    def _collection(self, key: tuple[int, str], create: bool) -> Any:
+        name = self._name(*key)
         col = self._cols.get(name)
         if col is not None:
+            self._cols.move_to_end(name)
             return col
-        client = self._client_or_fail()
+        client = self._chroma()
         try:
             if create:
                 ef = HelaMemMiniLMEmbeddingFunction() if self._attach_minilm else None
@@ -174,7 +463,28 @@ class ChromaIndex:
                 return None
             raise StorageError(f"could not open Chroma collection {name!r}: {exc}") from exc
         self._cols[name] = col
+        while len(self._cols) > 4 * self._cache_size():
+            self._cols.popitem(last=False)
         return col
+
+    def _load(self, key: tuple[int, str], fresh: bool) -> int:
+        """Copy a scope's vectors from SQLite into its collection; returns vectors copied."""
+        if fresh:
+            name = self._name(*key)
+            self._cols.pop(name, None)
+            with suppress(NotFoundError, ValueError):
+                self._chroma().delete_collection(name)
+        col = self._collection(key, create=True)
+        done = 0
+        try:
+            for _, ids, mat in self._exact.batches(key):
+                col.upsert(ids=ids, embeddings=mat)
+                done += len(ids)
+        except (ChromaError, ValueError) as exc:
+            raise StorageError(f"Chroma upsert failed: {exc}") from exc
+        return done
+
+    # -- the VectorIndex protocol ------------------------------------------
 
     def upsert(
         self,
@@ -183,25 +493,78 @@ class ChromaIndex:
         scope_ids: Sequence[int],
         kinds: Sequence[str],
     ) -> None:
+        """Index vectors: promoted scopes into HNSW, small ones need nothing (SQLite has them).
+
+        A scope reaching ``exact_below`` is promoted here (its collection is
+        built from SQLite) when this process can hold the index.
+
+        Raises:
+            IndexLockedError: Some vectors belong to promoted scopes and another
+                process holds the embedded index (the rest were handled).
+            StorageError: Chroma failed.
+        """
         groups: dict[tuple[int, str], list[int]] = {}
         for i, key in enumerate(zip(scope_ids, kinds, strict=True)):
-            groups.setdefault(key, []).append(i)
-        try:
-            for (scope_id, kind), rows in groups.items():
-                col = self._collection(scope_id, kind, create=True)
-                for start in range(0, len(rows), 4096):
-                    part = rows[start : start + 4096]
-                    col.upsert(ids=[ids[i] for i in part], embeddings=vectors[part])
-        except (ChromaError, ValueError) as exc:
-            raise StorageError(f"Chroma upsert failed: {exc}") from exc
+            groups.setdefault((int(key[0]), str(key[1])), []).append(i)
+        self._exact.forget(list(groups), ids)
+        promoted = self._exact.promoted()
+        locked: IndexLockedError | None = None
+        t = self._config.exact_below
+        for key, rows in groups.items():
+            try:
+                if key in promoted:
+                    col = self._collection(key, create=True)
+                    for start in range(0, len(rows), 4096):
+                        part = rows[start : start + 4096]
+                        col.upsert(ids=[ids[i] for i in part], embeddings=vectors[part])
+                elif self._exact.count_upto(key, t) >= t:
+                    self._promote(key)
+            except IndexLockedError as exc:
+                locked = exc
+            except (ChromaError, ValueError) as exc:
+                raise StorageError(f"Chroma upsert failed: {exc}") from exc
+        if locked is not None:
+            raise locked
+
+    def _promote(self, key: tuple[int, str]) -> None:
+        if self._chroma(required=False) is None:
+            if not self._warned_locked:
+                self._warned_locked = True
+                logger.warning(
+                    "scope %d (%s) reached %d vectors, but another process holds the embedded "
+                    "index in %s: it stays an exact scan here (correct, slower) until that "
+                    "process promotes it",
+                    key[0],
+                    key[1],
+                    self._config.exact_below,
+                    self._path,
+                )
+            return
+        # recorded first: a process that still sees the scope as small has
+        # committed its rows before this, so the load below reads them
+        self._exact.add_promoted(key)
+        n = self._load(key, fresh=True)
+        logger.info("scope %d (%s) moved to its own HNSW collection (%d vectors)", *key, n)
 
     def delete(self, items: Sequence[tuple[str, int, str]]) -> None:
+        """Delete ``(id, scope_id, kind)`` entries; unknown ones are ignored.
+
+        Raises:
+            IndexLockedError: Some belong to promoted scopes and another process
+                holds the embedded index (their tombstones stay for it).
+        """
         groups: dict[tuple[int, str], list[str]] = {}
         for id_, scope_id, kind in items:
-            groups.setdefault((scope_id, kind), []).append(id_)
+            groups.setdefault((int(scope_id), str(kind)), []).append(id_)
+        self._exact.forget(list(groups))
+        promoted = self._exact.promoted()
         try:
-            for (scope_id, kind), ids in groups.items():
-                col = self._collection(scope_id, kind, create=False)
+            for key, ids in groups.items():
+                if key not in promoted and self._client is None:
+                    continue
+                if key not in promoted and self._name(*key) not in self._cols:
+                    continue
+                col = self._collection(key, create=False)
                 if col is not None:
                     col.delete(ids=ids)
         except (ChromaError, ValueError) as exc:
@@ -214,50 +577,171 @@ class ChromaIndex:
         scope_ids: Sequence[int],
         kind: str,
     ) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        emb = vector.reshape(1, -1)
-        try:
-            for scope_id in scope_ids:
-                col = self._collection(scope_id, kind, create=False)
-                if col is None:
+        """Nearest ``n`` ``(id, cosine distance)`` among ``scope_ids`` of ``kind``.
+
+        A promoted scope whose collection fails is searched exactly instead
+        (logged): one scope's index never fails another's search.
+
+        Raises:
+            IndexLockedError: A scope is promoted and another process holds the
+                embedded index.
+        """
+        promoted = self._exact.promoted()
+        keys = [(int(s), kind) for s in scope_ids]
+        small = [k for k in keys if k not in promoted]
+        large = [k for k in keys if k in promoted]
+        out = self._exact.search(vector, n, small) if small else []
+        if large:
+            emb = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+            fallback: list[tuple[int, str]] = []
+            for key in large:
+                try:
+                    col = self._collection(key, create=False)
+                    if col is None:
+                        fallback.append(key)
+                        continue
+                    res = col.query(query_embeddings=emb, n_results=n, include=["distances"])
+                except (ChromaError, ValueError, StorageError) as exc:
+                    if isinstance(exc, IndexLockedError):
+                        raise
+                    logger.warning(
+                        "HNSW search of scope %d (%s) failed (%s); searching it exactly",
+                        *key,
+                        exc,
+                    )
+                    self._cols.pop(self._name(*key), None)
+                    fallback.append(key)
                     continue
-                res = col.query(query_embeddings=emb, n_results=n, include=["distances"])
                 out.extend(
                     (str(i), float(d))
                     for i, d in zip(res["ids"][0], res["distances"][0], strict=True)
                 )
-        except (ChromaError, ValueError) as exc:
-            raise StorageError(f"Chroma query failed: {exc}") from exc
-        out.sort(key=lambda p: p[1])
-        return out[:n]
-
-    def _ours(self) -> list[Any]:
-        prefix = f"{self._config.collection}-s"
-        client = self._client_or_fail()
-        return [
-            client.get_collection(c.name if hasattr(c, "name") else str(c), embedding_function=None)
-            for c in client.list_collections()
-            if (c.name if hasattr(c, "name") else str(c)).startswith(prefix)
-        ]
+            if fallback:
+                self.wants_reconcile = True
+                out.extend(self._exact.search(vector, n, fallback))
+            tail_ids, tail = self._exact.unindexed(large)
+            if tail_ids:  # another process's or a failed write's vectors, not in HNSW yet
+                self.wants_reconcile = True
+                q = np.asarray(vector, dtype=np.float32).reshape(-1)
+                q = q / max(float(np.linalg.norm(q)), 1e-12)
+                out.extend(zip(tail_ids, (1.0 - tail @ q).tolist(), strict=True))
+        best: dict[str, float] = {}
+        for i, d in out:
+            if d < best.get(i, 3.0):
+                best[i] = d
+        return sorted(best.items(), key=lambda p: p[1])[:n]
 
     def count(self) -> int:
-        return sum(int(c.count()) for c in self._ours())
+        """Vectors searchable: exact-tier rows plus the promoted collections' vectors."""
+        promoted = self._exact.promoted()
+        counts = self._exact.counts()
+        total = sum(c for k, c in counts.items() if k not in promoted)
+        if not promoted:
+            return total
+        if self._chroma(required=False) is None:  # the holder's: as SQLite records them
+            indexed = self._exact.counts(indexed_only=True)
+            return total + sum(indexed.get(k, 0) for k in promoted)
+        for key in promoted:
+            col = self._collection(key, create=False)
+            total += 0 if col is None else int(col.count())
+        return total
 
     def all_ids(self) -> list[str]:
-        """Every id in the index (for integrity checks)."""
-        return [str(i) for c in self._ours() for i in c.get(include=[])["ids"]]
+        """Every id in the index (for integrity checks).
+
+        Raises:
+            IndexLockedError: Promoted scopes exist and another process holds the index.
+        """
+        promoted = self._exact.promoted()
+        out = self._exact.ids(promoted)
+        if promoted:
+            self._chroma()
+            for name in self._names():
+                col = self._client.get_collection(name, embedding_function=None)
+                out.extend(str(i) for i in col.get(include=[])["ids"])
+        return out
 
     def reset(self) -> None:
-        """Drop every collection of this index (before a full reindex)."""
-        client = self._client_or_fail()
-        try:
-            for c in self._ours():
-                client.delete_collection(c.name)
-        except (ChromaError, ValueError) as exc:
-            raise StorageError(f"Chroma reset failed: {exc}") from exc
+        """Drop every collection of this index and every promotion (before a full reindex)."""
+        if self._config.mode != "persistent" or self._exact.promoted() or self._path.exists():
+            client = self._chroma(verify=False)
+            try:
+                for name in self._names():
+                    client.delete_collection(name)
+            except (ChromaError, ValueError) as exc:
+                raise StorageError(f"Chroma reset failed: {exc}") from exc
+            self._verified = True  # nothing left to check against SQLite
+            self._write_marker()
         self._cols.clear()
+        self._exact.set_promoted(set())
+        self._exact.forget([])
+
+    def rebuild(self) -> int:
+        """Reset, then build an HNSW collection for every scope at the threshold.
+
+        Returns:
+            Vectors copied into HNSW collections (small scopes need none).
+        """
+        self.reset()
+        if not self._exact.counts():
+            return 0
+        if any(c >= self._config.exact_below for c in self._exact.counts().values()):
+            self._chroma()
+        return self._promote_large()
+
+
+def _forget_system(path: Path) -> None:
+    """Drop Chroma's cached in-process system for ``path`` (after a failed open)."""
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient._identifier_to_system.pop(str(path), None)
+    SharedSystemClient._identifier_to_refcount.pop(str(path), None)
+
+
+def _bounded_persistent_client(path: Path, settings: Settings, cache_size: int) -> Any:
+    """A ``PersistentClient`` whose HNSW cache holds at most ``cache_size`` indexes.
+
+    Chroma sizes its cache of loaded HNSW indexes at a fifth of the open-file
+    limit (5 files each), which leaves nothing for anything else. The system
+    is built here, the size set before it starts, and then shared as
+    ``PersistentClient(path)`` would share it.
+    """
+    from chromadb.api import ServerAPI
+    from chromadb.api.client import Client
+    from chromadb.api.shared_system_client import SharedSystemClient
+    from chromadb.config import System
+    from chromadb.telemetry.product import ProductTelemetryClient
+
+    full = Settings(
+        **{**settings.model_dump(), "is_persistent": True, "persist_directory": str(path)}
+    )
+    if str(path) not in SharedSystemClient._identifier_to_system:
+        system = System(full)
+        system.instance(ProductTelemetryClient)  # type: ignore[type-abstract]
+        api = system.instance(ServerAPI)  # type: ignore[type-abstract]
+        if hasattr(api, "hnsw_cache_size"):
+            api.hnsw_cache_size = cache_size
+        try:
+            system.start()
+        except BaseException:
+            with suppress(AttributeError, ChromaError):
+                system.stop()
+            raise
+        SharedSystemClient._identifier_to_system[str(path)] = system
+    return Client(settings=full)
 
 
 def make_index(config: ChromaConfig, data_dir: Path, embedder: Embedder) -> ChromaIndex:
     """The vector index for ``config`` (Chroma files under ``data_dir/chroma``)."""
     return ChromaIndex(config, data_dir / "chroma", isinstance(embedder, MiniLMEmbedder))
+
+
+def discard_index(data_dir: Path) -> None:
+    """Delete the embedded vector index of the store in ``data_dir`` (it is derived).
+
+    For a store whose index does not match its database: after this, opening
+    the store and running :meth:`~helamem.core.HelaMemory.reindex` rebuilds it.
+    Do not call it while any process has the store open.
+    """
+    _forget_system(data_dir / "chroma")
+    shutil.rmtree(data_dir / "chroma", ignore_errors=True)

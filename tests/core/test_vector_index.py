@@ -1,0 +1,219 @@
+"""The tiered vector index: exact scans for small scopes, HNSW for large ones (issue 14,
+cases 7 and 13), and a lost, damaged or foreign index on open."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import chromadb
+import numpy as np
+import pytest
+from chromadb.config import Settings
+
+from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core.errors import CorruptStoreError
+from helamem.core.storage.chroma import discard_index
+
+SCOPE = ("tenants", "acme")
+
+
+def _cfg(path: Path, exact_below: int = 2000) -> HelaMemConfig:
+    return HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=exact_below))
+
+
+def _open(path: Path, exact_below: int = 2000) -> HelaMemory:
+    m = HelaMemory(_cfg(path, exact_below), embedder=HashingEmbedder(64))
+    m.open()
+    return m
+
+
+def _lost(m: HelaMemory) -> list[str]:
+    """Ids of memories the dense path does not return for their own stored vector."""
+
+    def run(core: object) -> list[str]:
+        db = core.store.db  # type: ignore[attr-defined]
+        rows = db.execute("SELECT id, scope_id, kind, embedding FROM memories").fetchall()
+        out = []
+        for mid, sid, kind, emb in rows:
+            vec = np.frombuffer(emb, dtype=np.float32)
+            found = [i for i, _ in core.index.query(vec, 5, [int(sid)], str(kind))]  # type: ignore[attr-defined]
+            if mid not in found:
+                out.append(str(mid))
+        return out
+
+    return m._call(run)
+
+
+def _fill(m: HelaMemory, n: int, scope: tuple[str, ...] = SCOPE) -> list[str]:
+    return [m.add(f"note {i} about topic {i * 7919 % 1000}", scope).id for i in range(n)]
+
+
+def _open_files(under: Path) -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(under)):
+            out.append(target)
+    return out
+
+
+def test_small_scopes_need_no_chroma_files(tmp_path: Path) -> None:
+    with _open(tmp_path / "s") as m:
+        ids = _fill(m, 30)
+        assert _lost(m) == []
+        assert m.stats().vectors == 30
+        assert m.stats().unindexed == 0
+        assert sorted(m._call(lambda c: c.index.all_ids())) == sorted(ids)
+    assert not (tmp_path / "s" / "chroma" / "chroma.sqlite3").exists()
+
+
+def test_large_scope_moves_to_hnsw_and_stays_exact_in_results(tmp_path: Path) -> None:
+    with _open(tmp_path / "s", exact_below=20) as m:
+        big = _fill(m, 30)
+        small = _fill(m, 5, ("tenants", "tiny"))
+        assert _lost(m) == []
+        assert m.stats().vectors == 35
+        assert sorted(m._call(lambda c: c.index.all_ids())) == sorted(big + small)
+        promoted = m._call(lambda c: c.index._exact.promoted())
+        assert len(promoted) == 1
+        m.delete(big[:3])
+        assert m.stats().vectors == 32
+        assert m.search("note 5 about topic", SCOPE, k=3, learn=False).hits
+    assert (tmp_path / "s" / "chroma" / "chroma.sqlite3").exists()
+
+
+def test_close_releases_every_file_and_chroma_can_be_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    m = _open(path, exact_below=5)
+    _fill(m, 12)
+    assert _open_files(path / "chroma")
+    m.close()
+    assert _open_files(path) == []
+    shutil.rmtree(path / "chroma")
+    with _open(path, exact_below=5) as again:  # same process: no "readonly database"
+        _fill(again, 3, ("tenants", "other"))
+        again.add("one more in the big scope", SCOPE)
+        assert _lost(again) == []
+        assert again.stats().vectors == 16
+
+
+def test_deleted_index_is_rebuilt_on_open_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s"
+    with _open(path, exact_below=10) as m:
+        _fill(m, 40)
+        _fill(m, 4, ("tenants", "tiny"))
+    shutil.rmtree(path / "chroma")
+    with caplog.at_level(logging.INFO, logger="helamem.core.storage.chroma"):
+        m = _open(path, exact_below=10)
+    with m:
+        assert _lost(m) == []
+        assert m.stats().vectors == 44
+    text = caplog.text
+    assert "rebuilding 40 vectors" in text
+    assert "vector index rebuild: 40/40 vectors" in text
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_index_is_rebuilt_on_open(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s"
+    with _open(path, exact_below=10) as m:
+        _fill(m, 25)
+    db = path / "chroma" / "chroma.sqlite3"
+    if damage == "truncate":
+        with db.open("r+b") as f:
+            f.truncate(4096)
+    else:
+        db.write_bytes(b"not a database " * 500)
+    with caplog.at_level(logging.WARNING, logger="helamem.core.storage.chroma"):
+        m = _open(path, exact_below=10)
+    with m:
+        assert _lost(m) == []
+        assert m.stats().vectors == 25
+        m.add("still writable", SCOPE)
+    assert "is damaged" in caplog.text
+
+
+def test_index_short_of_vectors_is_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with _open(path, exact_below=10) as m:
+        ids = _fill(m, 25)
+        name = next(iter(m._call(lambda c: c.index._names())))
+    client = chromadb.PersistentClient(
+        path=str(path / "chroma"), settings=Settings(anonymized_telemetry=False, allow_reset=True)
+    )
+    client.get_collection(name).delete(ids=ids[:7])
+    assert client.get_collection(name).count() == 18
+    client.close()
+    with _open(path, exact_below=10) as m:
+        assert _lost(m) == []
+        assert m.stats().vectors == 25
+
+
+def test_replaced_database_beside_an_old_index_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with _open(path, exact_below=10) as m:
+        _fill(m, 20)
+    for suffix in ("", "-wal", "-shm"):
+        f = path / f"helamem.sqlite3{suffix}"
+        if f.exists():
+            f.unlink()
+    (path / "helamem.sqlite3").write_bytes(b"")  # a 0-byte database
+    m = HelaMemory(_cfg(path, 10), embedder=HashingEmbedder(64))
+    with pytest.raises(CorruptStoreError, match="looks replaced") as info:
+        m.open()
+    assert "helamem reindex" in str(info.value)
+    m.close()
+    discard_index(path)  # what `helamem reindex` does first: the index is derived
+    with _open(path, exact_below=10) as again:
+        assert again.stats().memories == 0
+        assert again.stats().vectors == 0
+
+
+def test_two_stores_on_one_path_in_one_process_share_the_index(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    a = _open(path, exact_below=10)
+    b = _open(path, exact_below=10)
+    try:
+        _fill(a, 15)
+        b.add("written by the second object", SCOPE)
+        assert _lost(a) == [] and _lost(b) == []
+        assert a.stats().vectors == b.stats().vectors == 16
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_failing_hnsw_scope_falls_back_to_exact_and_fails_no_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _open(tmp_path / "s", exact_below=5) as m:
+        _fill(m, 10, ("t", "a"))
+        _fill(m, 10, ("t", "b"))
+
+        def break_one(core: object) -> None:
+            idx = core.index  # type: ignore[attr-defined]
+            key = sorted(idx._exact.promoted())[0]
+            col = idx._collection(key, create=False)
+
+            class Broken:
+                def query(self, **_: object) -> None:
+                    raise ValueError("Nothing found on disk")
+
+            idx._cols[idx._name(*key)] = Broken()
+            assert col is not None
+
+        m._call(break_one)
+        with caplog.at_level(logging.WARNING, logger="helamem.core.storage.chroma"):
+            assert _lost(m) == []
+            assert m.search("note 3 about", ("t",), k=5, learn=False).hits
+        assert "searching it exactly" in caplog.text
