@@ -24,7 +24,6 @@ from . import dynamics, retrieval
 from .config import HelaMemConfig
 from .embeddings import Embedder
 from .errors import (
-    ConfigError,
     EmbeddingError,
     InvalidInputError,
     MemoryNotFoundError,
@@ -165,8 +164,18 @@ def prepare(
 class Core:
     """Storage-owning implementation of every operation (one thread at a time)."""
 
-    def __init__(self, config: HelaMemConfig, embedder: Embedder, index: VectorIndex) -> None:
+    def __init__(
+        self,
+        config: HelaMemConfig,
+        embedder: Embedder,
+        index: VectorIndex,
+        *,
+        reembed: bool = False,
+    ) -> None:
         self.config = config
+        # on open, switch a store built with another embedder to this one (see _reembed)
+        self.reembed = reembed
+        self.reembedded: int | None = None
         self.embedder = embedder
         self.index = index
         self.store = SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
@@ -198,19 +207,10 @@ class Core:
         self.store.close()
 
     def _check_embedder(self) -> None:
-        name, dim = self.embedder.name, self.embedder.dimension
-        stored = self.store.get_meta("embedder")
-        if stored is None:
-            with self.store.tx() as db:
-                self.store.set_meta(db, "embedder", json.dumps({"name": name, "dimension": dim}))
-            return
-        info = json.loads(stored)
-        if info.get("name") != name or int(info.get("dimension", 0)) != dim:
-            raise ConfigError(
-                f"this store was built with embedder {info.get('name')!r} "
-                f"(dimension {info.get('dimension')}), not {name!r} ({dim}); open it with the "
-                f"same embedder, or run `helamem reindex --reembed` to switch"
-            )
+        """Refuse vectors of another embedder, or (``reembed``) switch to this one."""
+        from ._reembed import ensure_embedder
+
+        self.reembedded = ensure_embedder(self, self.reembed)
 
     def reconcile(self) -> int:
         """Bring the vector index up to date with SQLite; returns rows re-indexed.

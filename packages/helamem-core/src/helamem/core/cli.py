@@ -1,5 +1,21 @@
 """The ``helamem`` command line.
 
+Store commands (``PATH`` is a store directory, holding ``helamem.sqlite3``;
+a scope is written as repeated ``--scope SEGMENT`` options, in order)::
+
+    helamem check PATH [--json]          # integrity: exit 0 clean, 1 on a defect
+    helamem reindex PATH                 # rebuild the vector and full-text indexes
+    helamem reindex --reembed --embedder hashing --dimension 64 PATH   # switch embedders
+    helamem stats PATH [--scope users --scope alice] [--json]
+    helamem export PATH --scope users --scope alice --out alice.jsonl
+    helamem import PATH alice.jsonl [--scope users --scope bob]
+
+Every store command opens the store with the embedder it records (MiniLM,
+hashing or LiteLLM); ``--embedder`` chooses another (with ``reindex
+--reembed``: the one to switch to). Exit status: 0 on success, 1 when the
+store reports an error (message on stderr) or ``check`` finds a defect, 2 on
+a usage error.
+
 Examples:
     Run the LoCoMo retrieval benchmark on a local copy of the data::
 
@@ -21,13 +37,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from .bench.qa import QASettings
+    from .config import EmbedderConfig
+    from .engine import HelaMemory
     from .llm import LLMClient
 
 __all__ = ["build_parser", "main"]
@@ -58,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``helamem``.
 
     Returns:
-        A parser with the ``bench locomo`` subcommand.
+        A parser with the store commands (``check``, ``reindex``, ``stats``,
+        ``export``, ``import``) and the ``bench`` subcommands.
     """
     from .bench.locomo import DEFAULT_KS, METHODS
 
@@ -66,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="helamem", description="HeLa-Mem: Hebbian associative memory for LLM agents."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_store_parsers(commands)
     bench = commands.add_parser("bench", help="run a benchmark")
     benches = bench.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     _add_scale_parser(benches)
@@ -402,6 +426,299 @@ def _bench_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- store commands: check, reindex, stats, export, import ---------------------
+
+_STORE_COMMANDS = ("check", "reindex", "stats", "export", "import")
+
+
+class _UsageError(Exception):
+    """Bad command-line input (exit status 2)."""
+
+
+def _store_path(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, metavar="PATH", help="the store directory")
+
+
+def _scope_option(p: argparse.ArgumentParser, required: bool, what: str) -> None:
+    p.add_argument(
+        "--scope",
+        dest="scope",
+        action="append",
+        required=required,
+        default=None,
+        metavar="SEGMENT",
+        help=f"{what}; one segment per option, in order: --scope users --scope alice "
+        f"is ('users', 'alice')",
+    )
+
+
+def _embedder_options(p: argparse.ArgumentParser, switch: bool = False) -> None:
+    g = p.add_argument_group(
+        "embedder",
+        "the embedder to switch to (with --reembed)"
+        if switch
+        else "default: the embedder the store records (an unfinished switch: its target)",
+    )
+    g.add_argument(
+        "--embedder",
+        choices=["minilm", "hashing", "litellm"],
+        help="minilm (offline all-MiniLM-L6-v2, 384), hashing (no model; --dimension) or "
+        "litellm (--model, --dimension; needs the litellm extra)",
+    )
+    g.add_argument("--dimension", type=_positive, help="vector size (hashing, litellm)")
+    g.add_argument("--model", help="LiteLLM embedding model, e.g. text-embedding-3-small")
+    g.add_argument("--api-base", metavar="URL", help="LiteLLM API base")
+
+
+def _add_store_parsers(commands: Any) -> None:
+    ck = commands.add_parser(
+        "check",
+        help="check a store's integrity (exit 0 clean, 1 on a defect)",
+        description=(
+            "Read-only integrity check: SQLite integrity_check, the full-text index against "
+            "the memories (FTS5 integrity-check, a row per memory and no other), the vector "
+            "index against the memories (a vector per indexed memory, none of a missing "
+            "memory), edges of missing memories or crossing scopes, scope nodes, stored "
+            "vectors, an interrupted embedder switch; pending index work is counted. Each "
+            "defect is printed with its fix. Exit status: 0 clean, 1 a defect, 2 bad usage."
+        ),
+    )
+    _store_path(ck)
+    ck.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    ri = commands.add_parser(
+        "reindex",
+        help="rebuild the vector and full-text indexes; --reembed: recompute or switch embedder",
+        description=(
+            "Rebuild what derives from the memories: the full-text index, the vector index "
+            "(from the vectors SQLite stores), and drop edges of missing memories. With "
+            "--reembed, recompute every vector: with --embedder (and its options) naming "
+            "another embedder than the store's, the store switches to it (resumable: an "
+            "interrupted switch resumes when the command is run again, and `--reembed` alone "
+            "finishes it). Close every other process using the store first."
+        ),
+    )
+    _store_path(ri)
+    ri.add_argument(
+        "--reembed", action="store_true", help="recompute every vector (switch with --embedder)"
+    )
+    _embedder_options(ri, switch=True)
+    ri.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    st = commands.add_parser(
+        "stats",
+        help="counts of memories, edges, scopes and vectors",
+        description="Counts for the whole store, or for a scope and the scopes under it.",
+    )
+    _store_path(st)
+    _scope_option(st, False, "count only this scope and the scopes under it")
+    st.add_argument("--json", action="store_true", help="print the counts as JSON")
+    _embedder_options(st)
+
+    ex = commands.add_parser(
+        "export",
+        help="write a scope (and the scopes under it) to a JSON-lines file",
+        description=(
+            "Write a scope and the scopes under it (memories with vectors, edges, decay "
+            "clocks, distilled facts) to a JSON-lines file, atomically; see "
+            "HelaMemory.export_scope."
+        ),
+    )
+    _store_path(ex)
+    _scope_option(ex, True, "the scope to export")
+    ex.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write")
+    _embedder_options(ex)
+
+    im = commands.add_parser(
+        "import",
+        help="load a file written by export into a store",
+        description=(
+            "Load a file written by `helamem export` in one transaction (into a new store "
+            "too); the target scope must hold no memories. Vectors are reused when the file's "
+            "embedder is the store's, else recomputed."
+        ),
+    )
+    _store_path(im)
+    im.add_argument("file", type=Path, metavar="FILE", help="a file written by export")
+    _scope_option(im, False, "where to put the exported scope (default: where it came from)")
+    _embedder_options(im)
+
+
+def _embedder_config(args: argparse.Namespace, reembed: bool = False) -> EmbedderConfig:
+    """The embedder the options name, or the one the store records."""
+    from pydantic import ValidationError
+
+    from ._check import stored_embedder
+    from ._reembed import embedder_config
+    from .config import EmbedderConfig
+
+    given = getattr(args, "embedder", None)
+    dim = getattr(args, "dimension", None)
+    model = getattr(args, "model", None)
+    api_base = getattr(args, "api_base", None)
+    try:
+        if given is None:
+            if model is not None or dim is not None:
+                raise _UsageError("--model and --dimension need --embedder")
+            info = stored_embedder(args.path) if (args.path / "helamem.sqlite3").is_file() else None
+            if info is None:
+                return EmbedderConfig(api_base=api_base)
+            name, stored_dim, switch = info
+            if reembed and switch is not None:  # finish the interrupted switch
+                name, stored_dim = str(switch.get("name")), int(switch.get("dimension", 0))
+            cfg = embedder_config(name, stored_dim)
+            if cfg is None:
+                raise ConfigError(
+                    f"the store's embedder {name!r} ({stored_dim}) is not one the command line "
+                    f"builds (minilm, hashing, litellm); open the store from Python with that "
+                    f"embedder (HelaMemory(config, embedder=...))"
+                )
+            return cfg.model_copy(update={"api_base": api_base}) if api_base else cfg
+        if given == "minilm":
+            if dim not in (None, 384) or model is not None:
+                raise _UsageError("--embedder minilm takes no --model, and its dimension is 384")
+            return EmbedderConfig(provider="minilm")
+        if given == "hashing":
+            if model is not None:
+                raise _UsageError("--embedder hashing takes no --model")
+            return EmbedderConfig(provider="hashing", dimension=dim or 384)
+        if model is None or dim is None:
+            raise _UsageError("--embedder litellm needs --model and --dimension")
+        return EmbedderConfig(provider="litellm", model=model, dimension=dim, api_base=api_base)
+    except ValidationError as exc:
+        raise _UsageError(f"bad embedder options: {exc}") from None
+
+
+def _need_store(path: Path) -> None:
+    if not (path / "helamem.sqlite3").is_file():
+        raise _UsageError(f"no HeLa-Mem store at {path} (helamem.sqlite3 not found)")
+
+
+def _open_store(args: argparse.Namespace, reembed: bool = False) -> HelaMemory:
+    from .config import HelaMemConfig
+    from .engine import HelaMemory
+
+    cfg = HelaMemConfig(path=args.path, embedder=_embedder_config(args, reembed))
+    return HelaMemory(cfg, reembed=reembed).open()
+
+
+def _scope_arg(args: argparse.Namespace) -> tuple[str, ...] | None:
+    from .types import normalize_scope
+
+    if not args.scope:
+        return None
+    return normalize_scope(list(args.scope))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from ._check import check_store
+
+    _need_store(args.path)
+    report = check_store(args.path)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    from ._check import repair_derived
+
+    _need_store(args.path)
+    with _open_store(args, reembed=args.reembed) as mem:
+        switched = mem.reembedded
+        report = mem._call(lambda c: repair_derived(c, reembed=args.reembed and switched is None))
+        name = mem.stats().embedder
+    if switched is not None:
+        print(f"switched the embedder to {name}: {switched} memories re-embedded")
+    elif args.reembed:
+        print(f"re-embedded {report.vectors} memories with {name}")
+    print(
+        f"reindexed {args.path}: {report.vectors} vectors, {report.fts_rows} full-text rows"
+        f", {report.edges_dropped} edges of missing memories dropped"
+    )
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    _need_store(args.path)
+    scope = _scope_arg(args)
+    with _open_store(args) as mem:
+        st = dataclasses.asdict(mem.stats(scope))
+    if args.json:
+        print(json.dumps({"scope": None if scope is None else list(scope), **st}, indent=2))
+    else:
+        print(f"{'scope':<18} {'(all)' if scope is None else json.dumps(list(scope))}")
+        for key, value in st.items():
+            if not key.startswith("llm_"):
+                print(f"{key:<18} {value}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _need_store(args.path)
+    scope = _scope_arg(args)
+    assert scope is not None  # --scope is required
+    with _open_store(args) as mem:
+        r = mem.export_scope(scope, args.out)
+    print(
+        f"exported {json.dumps(list(r.scope))}: {r.memories} memories, {r.edges} edges, "
+        f"{r.scopes} scopes, {r.clusters} clusters to {r.path}"
+    )
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        raise _UsageError(f"no such file: {args.file}")
+    scope = _scope_arg(args)
+    with _open_store(args) as mem:
+        r = mem.import_scope(args.file, scope=scope)
+    print(
+        f"imported {json.dumps(list(r.scope))}: {r.memories} memories, {r.edges} edges, "
+        f"{r.scopes} scopes, {r.clusters} clusters ({r.reembedded} vectors recomputed) "
+        f"from {r.path}"
+    )
+    return 0
+
+
+@contextmanager
+def _progress_to_stderr(quiet: bool) -> Iterator[None]:
+    """HeLa-Mem's log records (warnings; progress unless ``quiet``) on stderr."""
+    log = logging.getLogger("helamem")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("helamem: %(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def _run_store_command(args: argparse.Namespace) -> int:
+    from .errors import HelaMemError, InvalidScopeError
+
+    handlers = {
+        "check": _cmd_check,
+        "reindex": _cmd_reindex,
+        "stats": _cmd_stats,
+        "export": _cmd_export,
+        "import": _cmd_import,
+    }
+    try:
+        with _progress_to_stderr(getattr(args, "quiet", False)):
+            return handlers[args.command](args)
+    except (_UsageError, InvalidScopeError) as exc:
+        print(f"helamem {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except HelaMemError as exc:
+        print(f"helamem {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``helamem`` console script.
 
@@ -409,9 +726,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 on bad input.
+        The exit status: 0 on success, 1 when the store reports an error or
+        ``check`` finds a defect, 2 on bad input.
     """
     args = build_parser().parse_args(argv)
+    if args.command in _STORE_COMMANDS:
+        return _run_store_command(args)
     if args.command == "bench" and args.benchmark == "locomo":
         return _bench_locomo(args)
     if args.command == "bench" and args.benchmark == "scale":

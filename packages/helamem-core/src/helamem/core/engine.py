@@ -83,6 +83,13 @@ class HelaMemory:
             of one built from ``config.llm`` (when ``config.llm.model`` is set).
         distiller: A custom distiller; default: the LLM distiller when an LLM
             is configured, else the extractive one (no model).
+        reembed: Switch a store built with another embedder to this one when
+            it opens: every memory is re-embedded (in batches, resumable: a
+            switch cut short by a kill or an embedder error resumes on the next
+            open with ``reembed=True``, and the store refuses any other open
+            until then), then the vector index is rebuilt. Close every other
+            process using the store first. Without it, opening a store with
+            another embedder raises :class:`~helamem.core.errors.ConfigError`.
 
     Examples:
         >>> with HelaMemory.from_path(tmp_path) as mem:   # doctest: +SKIP
@@ -90,6 +97,12 @@ class HelaMemory:
         ...                  "Congratulations on Miso!")
         ...     hits = mem.search("what pet does alice have?", ("users", "alice"), k=3)
         ...     print(hits.to_text())
+
+        Switch a store to another embedder (re-embeds every memory once)::
+
+            >>> new = HelaMemConfig(embedder=EmbedderConfig(provider="litellm",
+            ...     model="text-embedding-3-small", dimension=1536))  # doctest: +SKIP
+            >>> HelaMemory.from_path(tmp_path, new, reembed=True).open()  # doctest: +SKIP
     """
 
     def __init__(
@@ -100,8 +113,10 @@ class HelaMemory:
         vector_index: VectorIndex | None = None,
         llm: LLMClient | None = None,
         distiller: Distiller | None = None,
+        reembed: bool = False,
     ) -> None:
         self.config = config or HelaMemConfig()
+        self._reembed = reembed
         self._embedder_arg = embedder
         self._index_arg = vector_index
         self._llm = llm
@@ -118,6 +133,9 @@ class HelaMemory:
         cls, path: str | Path, config: HelaMemConfig | None = None, **kwargs: Any
     ) -> HelaMemory:
         """A memory stored in directory ``path`` (opened on first use or ``with``).
+
+        ``kwargs`` are the constructor's (``embedder``, ``vector_index``, ``llm``,
+        ``distiller``, ``reembed``).
 
         Examples:
             >>> mem = HelaMemory.from_path("./helamem-data")   # no I/O yet
@@ -147,7 +165,7 @@ class HelaMemory:
             from .storage.chroma import make_index
 
             index = make_index(self.config.chroma, self.config.path, embedder)
-        core = Core(self.config, embedder, index)
+        core = Core(self.config, embedder, index, reembed=self._reembed)
         core.open()
         return core
 
@@ -644,8 +662,22 @@ class HelaMemory:
         return await self._acall(lambda c: import_scope(c, path, scope))
 
     def reindex(self, *, reembed: bool = False) -> int:
-        """Rebuild the vector index from SQLite; ``reembed`` recomputes vectors."""
+        """Rebuild the vector index from SQLite; ``reembed`` recomputes every vector.
+
+        Both use this store's own embedder; to switch to another embedder open
+        the store with it and ``reembed=True`` (see the constructor).
+
+        Returns:
+            The memories indexed.
+        """
         return self._call(lambda c: c.reindex(reembed))
+
+    @property
+    def reembedded(self) -> int | None:
+        """Memories re-embedded when this store opened with ``reembed=True`` and
+        switched embedders; ``None`` when nothing was switched (or not open yet)."""
+        core = self._core
+        return None if core is None else core.reembedded
 
     # -- async API ---------------------------------------------------------
 

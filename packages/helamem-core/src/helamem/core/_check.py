@@ -1,0 +1,712 @@
+"""Integrity check of a store directory (``helamem check``), read-only.
+
+:func:`check_store` reads ``helamem.sqlite3`` through its own connection and
+the vector index through :meth:`VectorIndex.count` and ``all_ids()``,
+without opening the store (so nothing is reconciled, migrated or repaired
+first), and returns a :class:`CheckReport`: counts, and one :class:`Defect`
+per kind of damage found:
+
+=====================  ======================================================
+kind                   meaning
+=====================  ======================================================
+``sqlite_integrity``   ``PRAGMA integrity_check`` failed, or the file is not
+                       a readable SQLite database
+``sqlite_schema``      the database lacks HeLa-Mem's tables (empty file?)
+``fts_integrity``      FTS5's ``integrity-check`` failed
+``fts_missing``        a memory has no full-text row (lexical search misses it)
+``fts_orphan``         a full-text row has no memory
+``fts_stale``          a full-text row's text differs from its memory's
+``vector_missing``     a memory marked indexed has no vector in the index
+``vector_orphan``      the index holds a vector of no memory (and of no
+                       deletion still pending)
+``vector_count``       the index's ``count()`` disagrees with its ids
+``index_unavailable``  the vector index cannot be opened or listed
+``edge_orphan``        an edge whose end memory does not exist
+``edge_scope``         an edge whose scope differs from an end memory's
+``scope_orphan``       a memory or scope node whose scope node is missing
+``embedding_missing``  a memory whose stored vector is missing or of the wrong
+                       size for the store's embedder
+``embedder_switch``    a switch of embedder was interrupted
+=====================  ======================================================
+
+Pending work is counted, not reported as damage: memories not yet in the
+vector index (``unindexed``) and deletions not yet applied to it
+(``tombstones``) are settled the next time the store opens.
+
+Run it on an idle store for exact results: a write racing the check can
+show up as a difference (discrepancies are re-read once to drop most).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .config import HelaMemConfig
+from .embeddings import Embedder, HashingEmbedder, create_embedder
+from .errors import HelaMemError, InvalidInputError, StorageError
+from .storage.base import IndexLockedError, VectorIndex
+
+if TYPE_CHECKING:
+    from ._core import Core
+
+__all__ = [
+    "DEFECT_KINDS",
+    "CheckReport",
+    "Defect",
+    "RepairReport",
+    "check_store",
+    "repair_derived",
+    "stored_embedder",
+]
+
+DB_NAME = "helamem.sqlite3"
+EXAMPLES = 5
+
+DEFECT_KINDS: tuple[str, ...] = (
+    "sqlite_integrity",
+    "sqlite_schema",
+    "fts_integrity",
+    "fts_missing",
+    "fts_orphan",
+    "fts_stale",
+    "vector_missing",
+    "vector_orphan",
+    "vector_count",
+    "index_unavailable",
+    "edge_orphan",
+    "edge_scope",
+    "scope_orphan",
+    "embedding_missing",
+    "embedder_switch",
+)
+
+_REINDEX = (
+    "run `helamem reindex {path}` (it rebuilds the vector and full-text indexes from the "
+    "memories and drops edges of missing memories)"
+)
+_RESTORE = (
+    "restore helamem.sqlite3 from a backup, or export what still reads with "
+    "`helamem export {path} --scope ... --out FILE` and import it into a new store"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Defect:
+    """One kind of damage: how many items, a few of them, and the fix.
+
+    Attributes:
+        kind: One of :data:`DEFECT_KINDS`.
+        count: Items affected.
+        message: What is wrong, in words.
+        examples: Up to 5 affected items (memory ids, ``a-b`` edge keys...).
+        fix: What to do about it.
+    """
+
+    kind: str
+    count: int
+    message: str
+    examples: tuple[str, ...] = ()
+    fix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """The result of :func:`check_store`.
+
+    Attributes:
+        path: The store directory.
+        schema_version: SQLite schema version (``None`` if unreadable).
+        embedder: ``name (dimension)`` of the stored vectors' embedder.
+        memories: Memories in SQLite.
+        fts_rows: Rows of the full-text index.
+        edges: Edges in SQLite.
+        scopes: Scopes holding memories.
+        scope_nodes: Scope nodes (every prefix of every scope).
+        vectors: The index's ``count()`` (``None`` when not read).
+        unindexed: Memories not yet in the vector index (indexed on open).
+        tombstones: Deletions not yet applied to the vector index (on open).
+        vector_ids_checked: Whether the index listed its ids (``all_ids()``).
+        defects: One entry per kind of damage found (empty when clean).
+        notes: What could not be checked, and why.
+    """
+
+    path: Path
+    schema_version: int | None = None
+    embedder: str | None = None
+    memories: int = 0
+    fts_rows: int = 0
+    edges: int = 0
+    scopes: int = 0
+    scope_nodes: int = 0
+    vectors: int | None = None
+    unindexed: int = 0
+    tombstones: int = 0
+    vector_ids_checked: bool = False
+    defects: tuple[Defect, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        """No defect found."""
+        return not self.defects
+
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds of the defects found."""
+        return {d.kind for d in self.defects}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (``path`` as a string, ``ok`` added)."""
+        out = asdict(self)
+        out["path"] = str(self.path)
+        out["ok"] = self.ok
+        return out
+
+    def to_text(self) -> str:
+        """A readable multi-line report."""
+        vectors = "not read" if self.vectors is None else str(self.vectors)
+        lines = [
+            f"store      {self.path}",
+            f"schema     {self.schema_version}",
+            f"embedder   {self.embedder}",
+            f"memories   {self.memories}",
+            f"fts rows   {self.fts_rows}",
+            f"vectors    {vectors}" + ("" if self.vector_ids_checked else " (ids not checked)"),
+            f"edges      {self.edges}",
+            f"scopes     {self.scopes} ({self.scope_nodes} scope nodes)",
+            f"pending    {self.unindexed} memories to index, "
+            f"{self.tombstones} vector deletions (done when the store opens)",
+        ]
+        lines += [f"note       {n}" for n in self.notes]
+        if self.ok:
+            lines.append("OK: no defect found")
+            return "\n".join(lines)
+        lines.append(f"DEFECTS: {len(self.defects)} kind(s)")
+        for d in self.defects:
+            lines.append(f"  [{d.kind}] {d.message} ({d.count})")
+            if d.examples:
+                lines.append(f"      e.g. {', '.join(d.examples)}")
+            if d.fix:
+                lines.append(f"      fix: {d.fix}")
+        return "\n".join(lines)
+
+
+@runtime_checkable
+class _Listing(Protocol):
+    def all_ids(self) -> list[str]: ...
+
+
+def _connect(db_path: Path) -> sqlite3.Connection:
+    # mode=rw: never create a database where there is none
+    db = sqlite3.connect(
+        f"{db_path.resolve().as_uri()}?mode=rw", uri=True, timeout=30.0, isolation_level=None
+    )
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+def stored_embedder(path: str | Path) -> tuple[str, int, dict[str, Any] | None] | None:
+    """``(name, dimension, switch)`` recorded in the store at ``path``, or ``None``.
+
+    ``switch`` is the unfinished embedder switch (``{"name", "dimension",
+    "done_n"}``) or ``None``. Reads only; ``None`` when the store has no
+    recorded embedder yet.
+
+    Raises:
+        InvalidInputError: There is no store at ``path``.
+        StorageError: The database cannot be read (e.g. corrupt).
+    """
+    from ._reembed import EMBEDDER_KEY, SWITCH_KEY
+    from .storage.sqlite import sqlite_errors
+
+    db_path = Path(path) / DB_NAME
+    if not db_path.is_file():
+        raise InvalidInputError(
+            f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
+        )
+    with (
+        sqlite_errors(db_path, "cannot read the store's embedder"),
+        closing(_connect(db_path)) as db,
+    ):
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if has_meta is None:
+            return None
+        meta = dict(
+            db.execute(
+                "SELECT key, value FROM meta WHERE key IN (?, ?)", (EMBEDDER_KEY, SWITCH_KEY)
+            ).fetchall()
+        )
+    info = _json(meta.get(EMBEDDER_KEY))
+    if info is None:
+        return None
+    return str(info.get("name")), int(info.get("dimension", 0)), _json(meta.get(SWITCH_KEY))
+
+
+def _json(raw: object) -> dict[str, Any] | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        out = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return out if isinstance(out, dict) else None
+
+
+class _Checker:
+    def __init__(self, path: Path, db: sqlite3.Connection) -> None:
+        self.path = path
+        self.db = db
+        self.defects: list[Defect] = []
+        self.facts: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    def add(
+        self, kind: str, items: Sequence[object], message: str, fix: str, count: int | None = None
+    ) -> None:
+        n = len(items) if count is None else count
+        if n:
+            examples = tuple(str(i) for i in items[:EXAMPLES])
+            self.defects.append(
+                Defect(kind, n, message, examples, fix.format(path=shlex.quote(str(self.path))))
+            )
+
+    def one(self, sql: str, params: Sequence[object] = ()) -> Any:
+        return self.db.execute(sql, params).fetchone()[0]
+
+    def col(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        return [r[0] for r in self.db.execute(sql, params)]
+
+    # -- SQLite ------------------------------------------------------------
+
+    def sqlite(self) -> bool:
+        """Integrity and schema; False when nothing further can be read."""
+        try:
+            problems = [str(r[0]) for r in self.db.execute("PRAGMA integrity_check")]
+        except sqlite3.DatabaseError as exc:
+            self.add("sqlite_integrity", [str(exc)], "the SQLite file cannot be read", _RESTORE)
+            return False
+        if problems != ["ok"]:
+            self.add(
+                "sqlite_integrity",
+                problems,
+                "PRAGMA integrity_check found damage in helamem.sqlite3",
+                _RESTORE,
+            )
+        tables = set(self.col("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        needed = {"meta", "scopes", "memories", "memories_fts", "edges", "tombstones"}
+        if not needed <= tables:
+            missing = sorted(needed - tables)
+            self.add(
+                "sqlite_schema",
+                missing,
+                "the database lacks HeLa-Mem tables (an empty or foreign file)",
+                _RESTORE,
+            )
+            self.facts["empty"] = True
+            return False
+        if "schema_version" in tables:
+            self.facts["schema_version"] = self.one("SELECT MAX(version) FROM schema_version")
+        return True
+
+    def counts(self) -> None:
+        f = self.facts
+        f["memories"] = self.one("SELECT COUNT(*) FROM memories")
+        f["fts_rows"] = self.one("SELECT COUNT(*) FROM memories_fts")
+        f["edges"] = self.one("SELECT COUNT(*) FROM edges")
+        f["scope_nodes"] = self.one("SELECT COUNT(*) FROM scopes")
+        f["scopes"] = self.one("SELECT COUNT(DISTINCT scope_id) FROM memories")
+        f["unindexed"] = self.one("SELECT COUNT(*) FROM memories WHERE indexed = 0")
+        f["tombstones"] = self.one("SELECT COUNT(*) FROM tombstones")
+
+    def fts(self) -> None:
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
+            finally:
+                self.db.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StorageError(
+                    f"helamem check: the store {self.path} stayed locked by a writer for 30 s "
+                    f"({exc}); retry when it is idle"
+                ) from exc
+            raise
+        except sqlite3.DatabaseError as exc:
+            self.add(
+                "fts_integrity",
+                [str(exc)],
+                "FTS5 integrity-check failed: the full-text index is damaged",
+                _REINDEX,
+            )
+        missing = self.col(
+            "SELECT m.id FROM memories m WHERE NOT EXISTS"
+            " (SELECT 1 FROM memories_fts f WHERE f.rowid = m.n) ORDER BY m.n"
+        )
+        self.add(
+            "fts_missing",
+            missing,
+            "memories without a full-text row (lexical search cannot find them)",
+            _REINDEX,
+        )
+        orphans = self.col(
+            "SELECT f.rowid FROM memories_fts f WHERE NOT EXISTS"
+            " (SELECT 1 FROM memories m WHERE m.n = f.rowid) ORDER BY f.rowid"
+        )
+        self.add(
+            "fts_orphan",
+            [f"fts row {r}" for r in orphans],
+            "full-text rows of no memory",
+            _REINDEX,
+        )
+        stale = self.col(
+            "SELECT m.id FROM memories m JOIN memories_fts f ON f.rowid = m.n"
+            " WHERE f.content IS NOT m.content ORDER BY m.n"
+        )
+        self.add(
+            "fts_stale",
+            stale,
+            "full-text rows whose text differs from their memory's",
+            _REINDEX,
+        )
+
+    def edges(self) -> None:
+        orphans = self.db.execute(
+            "SELECT e.a, e.b FROM edges e WHERE"
+            " NOT EXISTS (SELECT 1 FROM memories m WHERE m.n = e.a)"
+            " OR NOT EXISTS (SELECT 1 FROM memories m WHERE m.n = e.b) ORDER BY e.a, e.b"
+        ).fetchall()
+        self.add(
+            "edge_orphan",
+            [f"edge {a}-{b}" for a, b in orphans],
+            "edges whose end memory does not exist",
+            _REINDEX,
+        )
+        crossed = self.db.execute(
+            "SELECT e.a, e.b FROM edges e JOIN memories ma ON ma.n = e.a"
+            " JOIN memories mb ON mb.n = e.b"
+            " WHERE ma.scope_id != e.scope_id OR mb.scope_id != e.scope_id ORDER BY e.a, e.b"
+        ).fetchall()
+        self.add(
+            "edge_scope",
+            [f"edge {a}-{b}" for a, b in crossed],
+            "edges whose scope differs from an end memory's (edges never cross scopes)",
+            _REINDEX,
+        )
+
+    def scopes(self) -> None:
+        lost = self.col(
+            "SELECT m.id FROM memories m WHERE NOT EXISTS"
+            " (SELECT 1 FROM scopes s WHERE s.id = m.scope_id) ORDER BY m.n"
+        )
+        lost += [
+            f"scope node {i}"
+            for i in self.col(
+                "SELECT s.id FROM scopes s WHERE s.parent IS NOT NULL AND NOT EXISTS"
+                " (SELECT 1 FROM scopes p WHERE p.id = s.parent) ORDER BY s.id"
+            )
+        ]
+        self.add(
+            "scope_orphan",
+            lost,
+            "memories or scope nodes whose scope node is missing",
+            _RESTORE,
+        )
+
+    def embeddings(self, dim: int | None, switch: dict[str, Any] | None) -> None:
+        if switch is not None:
+            self.add(
+                "embedder_switch",
+                [f"{switch.get('name')} ({switch.get('dimension')})"],
+                "a switch of embedder was interrupted; the store refuses to open until it "
+                "is finished",
+                "finish it with `helamem reindex --reembed {path}` (re-embeds the remaining "
+                "memories with the new embedder)",
+            )
+            return  # vectors of two embedders are expected until then
+        if dim is None:
+            return
+        bad = self.col(
+            "SELECT id FROM memories WHERE embedding IS NULL OR length(embedding) != ? ORDER BY n",
+            (4 * dim,),
+        )
+        self.add(
+            "embedding_missing",
+            bad,
+            f"memories whose stored vector is missing or not of dimension {dim}",
+            _REINDEX,
+        )
+
+    # -- vector index ------------------------------------------------------
+
+    def vectors(self, index: VectorIndex) -> None:
+        try:
+            count = int(index.count())
+            self.facts["vectors"] = count
+            if not isinstance(index, _Listing):
+                self.notes.append("vector ids not checked: the vector index has no all_ids()")
+                return
+            ids = [str(i) for i in index.all_ids()]
+        except IndexLockedError as exc:
+            self.notes.append(f"vector ids not checked: {exc}")
+            return
+        except HelaMemError as exc:
+            self.add(
+                "index_unavailable",
+                [str(exc)],
+                "the vector index cannot be read",
+                _REINDEX,
+            )
+            return
+        self.facts["vector_ids_checked"] = True
+        in_index = set(ids)
+        if count != len(ids):
+            self.add(
+                "vector_count",
+                [f"count() {count}, ids {len(ids)}"],
+                "the vector index's count disagrees with the ids it lists",
+                _REINDEX,
+                count=abs(count - len(ids)) or 1,
+            )
+        indexed = self.col("SELECT id FROM memories WHERE indexed = 1 ORDER BY n")
+        missing = [i for i in indexed if i not in in_index]
+        if missing:  # re-read: deleted or re-queued since the first read
+            missing = self._still(missing, "SELECT id FROM memories WHERE indexed = 1 AND id IN")
+        self.add(
+            "vector_missing",
+            missing,
+            "memories marked indexed that have no vector (dense search misses them)",
+            _REINDEX,
+        )
+        known = set(self.col("SELECT id FROM memories"))
+        known.update(self.col("SELECT id FROM tombstones"))
+        orphans = sorted(in_index - known)
+        if orphans:  # re-read: added since the first read
+            orphans = [o for o in orphans if o not in set(self._still(orphans, _KNOWN_IDS))]
+        self.add(
+            "vector_orphan",
+            orphans,
+            "vectors in the index of memories SQLite does not hold",
+            _REINDEX,
+        )
+
+    def _still(self, ids: Sequence[str], sql: str) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            out += self.col(f"{sql} ({','.join('?' * len(chunk))})", chunk)
+        order = {v: i for i, v in enumerate(ids)}
+        return sorted(out, key=order.__getitem__)
+
+
+_KNOWN_IDS = "SELECT id FROM memories WHERE id IN"
+
+
+@contextmanager
+def _opened(index: VectorIndex, dimension: int) -> Iterator[VectorIndex]:
+    index.open(dimension)
+    try:
+        yield index
+    finally:
+        index.close()
+
+
+def check_store(
+    path: str | Path,
+    config: HelaMemConfig | None = None,
+    *,
+    embedder: Embedder | None = None,
+    vector_index: VectorIndex | None = None,
+) -> CheckReport:
+    """Check the store in directory ``path`` without opening (or changing) it.
+
+    Args:
+        path: The store directory (holding ``helamem.sqlite3``).
+        config: For the vector index's settings (``config.chroma``); its
+            ``path`` is replaced by ``path``.
+        embedder: Only its dimension and type are used, to open the index;
+            default: the one the store records.
+        vector_index: A custom index (as given to ``HelaMemory``); it must
+            offer ``all_ids()`` for vector ids to be checked.
+
+    Returns:
+        The report; ``report.ok`` is true when no defect was found.
+
+    Raises:
+        InvalidInputError: There is no store at ``path``.
+    """
+    root = Path(path)
+    db_path = root / DB_NAME
+    if not db_path.is_file():
+        raise InvalidInputError(
+            f"no HeLa-Mem store at {root} ({DB_NAME} not found); check the path"
+        )
+    cfg = (config or HelaMemConfig()).model_copy(update={"path": root})
+    try:
+        db = _connect(db_path)
+    except sqlite3.DatabaseError as exc:
+        return CheckReport(
+            root,
+            defects=(
+                Defect("sqlite_integrity", 1, f"cannot open helamem.sqlite3: {exc}", (), _RESTORE),
+            ),
+        )
+    chk = _Checker(root, db)
+    name: str | None = None
+    dim: int | None = None
+    readable = False  # memories could be read: compare the index's ids with them
+    try:
+        try:
+            if chk.sqlite():
+                chk.counts()
+                info = _json(_meta(db, "embedder"))
+                switch = _json(_meta(db, "embedder.switch"))
+                if info is not None:
+                    name, dim = str(info.get("name")), int(info.get("dimension", 0))
+                chk.fts()
+                chk.edges()
+                chk.scopes()
+                chk.embeddings(dim, switch)
+                readable = True
+        except sqlite3.DatabaseError as exc:
+            chk.add("sqlite_integrity", [str(exc)], "reading helamem.sqlite3 failed", _RESTORE)
+        index_dim = dim or (embedder.dimension if embedder is not None else cfg.embedder.dimension)
+        index = vector_index
+        if index is None:
+            from .storage.chroma import make_index
+
+            index = make_index(cfg.chroma, root, _stand_in(cfg, embedder, name, index_dim))
+        try:
+            with _opened(index, index_dim) as opened:
+                if readable:
+                    chk.vectors(opened)
+                elif chk.facts.get("empty"):  # no memories table: every vector is an orphan
+                    chk.facts["vectors"] = n = int(opened.count())
+                    chk.add(
+                        "vector_orphan",
+                        [f"{n} vectors"],
+                        "the vector index holds vectors while the database holds no memories",
+                        _RESTORE,
+                        count=n,
+                    )
+        except HelaMemError as exc:
+            chk.add("index_unavailable", [str(exc)], "the vector index cannot be opened", _REINDEX)
+    finally:
+        db.close()
+    f = chk.facts
+    return CheckReport(
+        root,
+        schema_version=f.get("schema_version"),
+        embedder=None if name is None else f"{name} ({dim})",
+        memories=f.get("memories", 0),
+        fts_rows=f.get("fts_rows", 0),
+        edges=f.get("edges", 0),
+        scopes=f.get("scopes", 0),
+        scope_nodes=f.get("scope_nodes", 0),
+        vectors=f.get("vectors"),
+        unindexed=f.get("unindexed", 0),
+        tombstones=f.get("tombstones", 0),
+        vector_ids_checked=bool(f.get("vector_ids_checked", False)),
+        defects=tuple(chk.defects),
+        notes=tuple(chk.notes),
+    )
+
+
+def _meta(db: sqlite3.Connection, key: str) -> str | None:
+    r = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if r is None else str(r[0])
+
+
+def _stand_in(
+    cfg: HelaMemConfig, embedder: Embedder | None, name: str | None, dim: int
+) -> Embedder:
+    """The embedder ``make_index`` is given (it never embeds, only looks at the type)."""
+    if embedder is not None:
+        return embedder
+    from ._reembed import embedder_config
+
+    ecfg = embedder_config(name, dim) if name is not None else cfg.embedder
+    if ecfg is not None and ecfg.provider == "minilm":
+        return create_embedder(ecfg)
+    return HashingEmbedder(dim)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairReport:
+    """What :func:`repair_derived` rebuilt or dropped.
+
+    Attributes:
+        fts_rows: Full-text rows written (one per memory).
+        edges_dropped: Edges of missing memories, or crossing scopes, deleted.
+        vectors: Memories indexed into the rebuilt vector index.
+    """
+
+    fts_rows: int
+    edges_dropped: int
+    vectors: int
+
+
+def repair_derived(core: Core, *, reembed: bool = False) -> RepairReport:
+    """Rebuild what is derived from the ``memories`` table (runs on the owner thread).
+
+    In one transaction: the full-text index is dropped and rebuilt from the
+    memories (so a damaged FTS5 index is replaced, not read), and edges whose
+    end memory is missing or whose scope differs from an end's are deleted.
+    Then the vector index is rebuilt from the stored vectors (``reembed``:
+    recomputed with the store's embedder, as :meth:`HelaMemory.reindex`).
+
+    Raises:
+        StorageError: SQLite or the vector index failed; the transaction was
+            rolled back (the vector index is rebuilt on the next reindex).
+    """
+    from ._core import _tag
+
+    store = core.store
+    with store.tx() as db:
+        sql = db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'memories_fts'"
+        ).fetchone()
+        if sql is None:
+            raise StorageError(
+                f"{core.config.path}: the full-text table definition is missing; restore "
+                f"helamem.sqlite3 from a backup"
+            )
+        db.execute("DROP TABLE memories_fts")
+        db.execute(str(sql[0]))
+        tags: dict[tuple[int, str], str] = {}
+        rows = 0
+        last = 0
+        while batch := db.execute(
+            "SELECT n, scope_id, kind, content FROM memories WHERE n > ? ORDER BY n LIMIT 2048",
+            (last,),
+        ).fetchall():
+            out = []
+            for n, sid, kind, content in batch:
+                key = (int(sid), str(kind))
+                if key not in tags:
+                    tags[key] = " ".join(_tag(a, key[1]) for a in store.ancestors(key[0]))
+                out.append((int(n), str(content), tags[key]))
+            db.executemany("INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)", out)
+            rows += len(out)
+            last = int(batch[-1][0])
+        dropped = db.execute(
+            "DELETE FROM edges WHERE NOT EXISTS (SELECT 1 FROM memories m"
+            " WHERE m.n = edges.a AND m.scope_id = edges.scope_id)"
+            " OR NOT EXISTS (SELECT 1 FROM memories m"
+            " WHERE m.n = edges.b AND m.scope_id = edges.scope_id)"
+        ).rowcount
+        db.execute(
+            "UPDATE scopes SET last_episode = NULL WHERE last_episode IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM memories m WHERE m.n = scopes.last_episode)"
+        )
+        store._fts_writes += 1  # the term statistics cache is stale
+    return RepairReport(rows, int(dropped), core.reindex(reembed))

@@ -1,0 +1,225 @@
+"""Switching a store's embedder: every memory re-embedded, crash-safely.
+
+SQLite's ``meta`` table records the embedder every stored vector belongs to
+(key ``embedder``: ``{"name", "dimension"}``). A switch to another embedder
+first records its target (key ``embedder.switch``: ``{"name", "dimension",
+"done_n"}``), then re-embeds the memories in key order, one transaction per
+batch that rewrites the batch's vectors and advances ``done_n`` together.
+When every vector is rewritten, the derived vector index is emptied (it is
+rebuilt from SQLite on open), and one last transaction records the new
+embedder and drops the switch record.
+
+A process killed (or an embedder failing) half-way leaves the switch record:
+the store then opens only to finish the switch (same target: it resumes
+after ``done_n``), to restart it towards another embedder, or to switch back
+(which re-embeds everything); any other open is refused with a
+:class:`~helamem.core.errors.ConfigError` naming the command that finishes it.
+
+Other processes must close the store before a switch: one that opened it
+before the switch began keeps writing vectors of the old embedder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from typing import TYPE_CHECKING, Any
+
+from .config import EmbedderConfig
+from .embeddings import MiniLMEmbedder
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._core import Core
+
+__all__ = [
+    "EMBEDDER_KEY",
+    "SWITCH_KEY",
+    "cli_flags",
+    "embedder_config",
+    "ensure_embedder",
+    "read_embedder",
+    "read_switch",
+]
+
+logger = logging.getLogger(__name__)
+
+EMBEDDER_KEY = "embedder"
+SWITCH_KEY = "embedder.switch"
+BATCH = 256
+
+
+def _info(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        info = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def read_embedder(core: Core) -> dict[str, Any] | None:
+    """``{"name", "dimension"}`` of the embedder the stored vectors belong to."""
+    return _info(core.store.get_meta(EMBEDDER_KEY))
+
+
+def read_switch(core: Core) -> dict[str, Any] | None:
+    """``{"name", "dimension", "done_n"}`` of an unfinished switch, or ``None``."""
+    return _info(core.store.get_meta(SWITCH_KEY))
+
+
+def embedder_config(name: str, dimension: int) -> EmbedderConfig | None:
+    """The :class:`EmbedderConfig` that builds the embedder named ``name``, if any.
+
+    ``None`` for an embedder passed as an object (a Chroma embedding function,
+    a custom :class:`~helamem.core.embeddings.Embedder`): only code can build it.
+    """
+    if name == MiniLMEmbedder.NAME and dimension == 384:
+        return EmbedderConfig(provider="minilm")
+    if name.startswith("hashing-") and name[len("hashing-") :] == str(dimension):
+        return EmbedderConfig(provider="hashing", dimension=dimension)
+    if name.startswith("litellm:") and len(name) > len("litellm:"):
+        return EmbedderConfig(
+            provider="litellm", model=name[len("litellm:") :], dimension=dimension
+        )
+    return None
+
+
+def cli_flags(name: str, dimension: int) -> str | None:
+    """The ``helamem`` options that choose this embedder (``--embedder minilm``...)."""
+    cfg = embedder_config(name, dimension)
+    if cfg is None:
+        return None
+    if cfg.provider == "minilm":
+        return "--embedder minilm"
+    if cfg.provider == "hashing":
+        return f"--embedder hashing --dimension {dimension}"
+    return f"--embedder litellm --model {cfg.model} --dimension {dimension}"
+
+
+def _fix(core: Core, name: str, dimension: int) -> str:
+    flags = cli_flags(name, dimension)
+    where = shlex.quote(str(core.config.path))
+    cli = f"`helamem reindex --reembed {flags} {where}` or " if flags else ""
+    return (
+        f"{cli}HelaMemory.from_path({str(core.config.path)!r}, config, "
+        f"embedder=<the {name!r} embedder>, reembed=True)"
+    )
+
+
+def ensure_embedder(core: Core, reembed: bool) -> int | None:
+    """Check (or, with ``reembed``, switch to) the store's embedder, on open.
+
+    Returns:
+        ``None`` when nothing was switched, else the memories re-embedded.
+
+    Raises:
+        ConfigError: The store's vectors belong to another embedder (or a
+            switch was interrupted) and ``reembed`` is false; the message
+            names the command that switches (or finishes the switch).
+        EmbeddingError: The new embedder failed; the switch stays recorded
+            and resumes on the next open with ``reembed=True``.
+    """
+    name, dim = core.embedder.name, int(core.embedder.dimension)
+    target = {"name": name, "dimension": dim}
+    stored = read_embedder(core)
+    if stored is None:
+        with core.store.tx() as db:
+            core.store.set_meta(db, EMBEDDER_KEY, json.dumps(target))
+        return None
+    switch = read_switch(core)
+    same = stored.get("name") == name and int(stored.get("dimension", 0)) == dim
+    if switch is None and same:
+        return None
+    if not reembed:
+        if switch is not None:
+            total = int(core.store.db.execute("SELECT COUNT(*) FROM memories").fetchone()[0])
+            done = int(
+                core.store.db.execute(
+                    "SELECT COUNT(*) FROM memories WHERE n <= ?", (int(switch.get("done_n", 0)),)
+                ).fetchone()[0]
+            )
+            raise ConfigError(
+                f"a switch of this store's embedder from {stored.get('name')!r} to "
+                f"{switch.get('name')!r} (dimension {switch.get('dimension')}) was interrupted "
+                f"after {done} of {total} memories; finish it with "
+                f"{_fix(core, str(switch.get('name')), int(switch.get('dimension', 0)))}"
+            )
+        raise ConfigError(
+            f"this store was built with embedder {stored.get('name')!r} "
+            f"(dimension {stored.get('dimension')}), not {name!r} ({dim}); open it with the "
+            f"same embedder, or switch it to {name!r} by re-embedding every memory: "
+            f"{_fix(core, name, dim)}"
+        )
+    return _switch(core, stored, switch, target)
+
+
+def _switch(
+    core: Core,
+    stored: dict[str, Any],
+    switch: dict[str, Any] | None,
+    target: dict[str, Any],
+) -> int:
+    store = core.store
+    resume = (
+        switch is not None
+        and switch.get("name") == target["name"]
+        and int(switch.get("dimension", 0)) == target["dimension"]
+    )
+    done_n = int(switch.get("done_n", 0)) if resume and switch is not None else 0
+    if not resume:
+        with store.tx() as db:
+            store.set_meta(db, SWITCH_KEY, json.dumps({**target, "done_n": 0}))
+    total = int(store.db.execute("SELECT COUNT(*) FROM memories").fetchone()[0])
+    done = int(
+        store.db.execute("SELECT COUNT(*) FROM memories WHERE n <= ?", (done_n,)).fetchone()[0]
+    )
+    logger.warning(
+        "switching the embedder of %s from %r to %r: re-embedding %d of %d memories",
+        core.config.path,
+        stored.get("name"),
+        target["name"],
+        total - done,
+        total,
+    )
+    count = 0
+    next_log = 0.1
+    while True:
+        rows = store.db.execute(
+            "SELECT n, content FROM memories WHERE n > ? ORDER BY n LIMIT ?", (done_n, BATCH)
+        ).fetchall()
+        if not rows:
+            break
+        vecs = core._embed([str(r[1]) for r in rows])
+        done_n = int(rows[-1][0])
+        with store.tx() as db:
+            db.executemany(
+                "UPDATE memories SET embedding = ?, indexed = 0 WHERE n = ?",
+                [(v.tobytes(), int(r[0])) for r, v in zip(rows, vecs, strict=True)],
+            )
+            store.set_meta(db, SWITCH_KEY, json.dumps({**target, "done_n": done_n}))
+        count += len(rows)
+        done += len(rows)
+        if total and done / total >= next_log:
+            logger.info("re-embedded %d of %d memories", done, total)
+            next_log = done / total + 0.1
+    # the old vectors (possibly of another dimension) leave the derived index;
+    # it is rebuilt from SQLite when the store opens
+    core.index.open(target["dimension"])
+    try:
+        core.index.reset()
+    finally:
+        core.index.close()
+    with store.tx() as db:
+        db.execute("UPDATE memories SET indexed = 0")
+        store.set_meta(db, EMBEDDER_KEY, json.dumps(target))
+        db.execute("DELETE FROM meta WHERE key = ?", (SWITCH_KEY,))
+    logger.warning(
+        "embedder of %s switched to %r (%d memories re-embedded); rebuilding the vector index",
+        core.config.path,
+        target["name"],
+        count,
+    )
+    return count
