@@ -21,12 +21,12 @@ Without ``fcntl`` (Windows) only the in-process lock applies: one process per pa
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from io import BufferedRandom
 from pathlib import Path
 
 if sys.platform != "win32":
@@ -63,13 +63,14 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._thread_lock = threading.Lock()
-        self._file: BufferedRandom | None = None
+        self._fd: int | None = None
 
-    def _open(self) -> BufferedRandom:
-        if self._file is None:
+    def _open(self) -> int:
+        """The journal's descriptor: unbuffered, appending (other processes write it too)."""
+        if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a+b")  # noqa: SIM115 - held open until close()
-        return self._file
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        return self._fd
 
     @contextmanager
     def held(self, *, wait: bool = True) -> Iterator[list[Intent] | None]:
@@ -79,37 +80,35 @@ class Journal:
             yield None
             return
         try:
-            f = self._open()
+            fd = self._open()
             if sys.platform != "win32":
                 try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
                 except BlockingIOError:
                     yield None
                     return
             try:
-                f.seek(0)
-                yield _parse(f.read().decode("utf-8"))
+                yield _parse(os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8"))
             finally:
                 if sys.platform != "win32":
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
 
     def log(self, intents: Sequence[Intent]) -> None:
         """Append intents (the lock is held) and flush them to the OS."""
         if intents:
-            f = self._open()
-            f.write("".join(i.line() + "\n" for i in intents).encode("utf-8"))
-            f.flush()
+            data = "".join(i.line() + "\n" for i in intents).encode("utf-8")
+            written = os.write(self._open(), data)
+            if written != len(data):
+                raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
 
     def clear(self) -> None:
         """Forget every pending intent (the lock is held): they are settled."""
-        f = self._open()
-        f.truncate(0)
-        f.flush()
+        os.ftruncate(self._open(), 0)
 
     def close(self) -> None:
         with self._thread_lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

@@ -609,13 +609,8 @@ class HelaMemStore(BaseStore):
         """
         todo: list[tuple[Item, str]] = []
         for d, mid in named:
-            if not known_missing:
-                try:
-                    self.memory.get(mid)
-                    continue
-                except MemoryNotFoundError:
-                    pass
-            todo.append((d, mid))
+            if known_missing or not _exists(self.memory, mid):
+                todo.append((d, mid))
         readded = unindexed = 0
         for d, mid in todo:
             meta = _meta(d)
@@ -629,7 +624,9 @@ class HelaMemStore(BaseStore):
                     [NewMemory(text, d.namespace, metadata=_where(d.namespace, d.key), id=mid)]
                 )
                 readded += 1
-            except (InvalidInputError, MemoryNotFoundError) as exc:
+            except InvalidInputError as exc:
+                if _exists(self.memory, mid):  # added meanwhile by another writer
+                    continue
                 logger.warning(
                     "document %s/%s cannot be re-indexed (%s); it stays gettable, unindexed",
                     "/".join(d.namespace),
@@ -659,10 +656,18 @@ class HelaMemStore(BaseStore):
         """First use: settle what a killed writer left, unless a writer holds the lock
         (it settled the journal when it took the lock)."""
         self.documents  # noqa: B018 - opened first: it takes the lock itself
-        with self._journal.held(wait=False) as pending:
-            if pending:
-                self._settle(pending)
-                self._journal.clear()
+        try:
+            with self._journal.held(wait=False) as pending:
+                if pending:
+                    self._settle(pending)
+                    self._journal.clear()
+        except (HelaMemError, OSError, sqlite3.Error) as exc:  # reads must not fail on it
+            logger.warning(
+                "could not settle an interrupted store write now (%s); the next write or "
+                "HelaMemStore.repair() settles it",
+                exc,
+            )
+            return
         self._settled_once = True
 
     def _forget_stale(self, stale: Sequence[tuple[str, tuple[str, ...], str]]) -> None:
@@ -774,6 +779,14 @@ def _id(item: Item | None) -> str | None:
     """The memory id a document names (``None``: no document, or not indexed)."""
     mid = _meta(item).get("id")
     return str(mid) if mid else None
+
+
+def _exists(memory: HelaMemory, mid: str) -> bool:
+    try:
+        memory.get(mid)
+    except MemoryNotFoundError:
+        return False
+    return True
 
 
 def _where(ns: Sequence[str], key: str) -> dict[str, Any]:
