@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from . import _exit
 from ._core import Core, Stats, prepare
 from ._maintenance import (
     ConsolidationReport,
@@ -55,6 +56,11 @@ __all__ = ["HelaMemory", "Stats"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def _close_at_exit(mem: HelaMemory, started: float) -> None:
+    """A store never closed is closed at interpreter exit (see :mod:`helamem.core._exit`)."""
+    mem.close()
 
 
 def _ids(ids: str | Iterable[str], what: str = "ids") -> list[str]:
@@ -127,6 +133,7 @@ class HelaMemory:
         self._lock = threading.Lock()
         self._closed = False  # no new work accepted
         self._finished = False  # storage released (owner thread only)
+        self._exit_token: int | None = None  # closed at interpreter exit unless closed before
 
     @classmethod
     def from_path(
@@ -184,6 +191,8 @@ class HelaMemory:
                 )
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="helamem-store")
+                # after turn recorders flush, before Python stops thread pools
+                self._exit_token = _exit.register(self, _close_at_exit, phase=_exit.CLOSE)
             return self._pool
 
     def _run(self, fn: Callable[[Core], T]) -> T:
@@ -234,6 +243,8 @@ class HelaMemory:
             if pool is not None:
                 pool.submit(self._close_core)
             self._closed = True
+            if self._exit_token is not None:
+                _exit.unregister(self._exit_token)
             return pool
 
     def _close_core(self) -> None:

@@ -30,8 +30,16 @@ Design:
   records the turn with them as ``used_ids`` on exit.
 
 The recorder never closes the memory it writes to; close the recorder first.
-The worker is a daemon thread: turns still pending when the process exits
-are lost, so ``close()`` (or ``flush()``) before exiting.
+
+At a normal interpreter exit (the main thread returns, ``sys.exit``, an
+uncaught exception) a recorder that was not closed stores what is still
+queued, for at most ``exit_timeout`` seconds (default 10), and then closes;
+if the bound is reached, or turns failed and were never raised by a
+``flush``/``close``, it logs one WARNING naming exactly how many turns were
+lost. This runs before Python stops its thread pools, so the memory can
+still store. A killed process (SIGKILL, power loss, ``os._exit``, or SIGTERM
+without a handler) loses the turns that were queued but not yet stored:
+``flush()`` makes them durable, ``close()`` too.
 
 Examples:
     >>> import tempfile
@@ -61,6 +69,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+from . import _exit
 from .context import UsedMemories, collect_used
 from .errors import HelaMemError, InvalidInputError
 from .types import NewTurn, Scope, TimeLike, normalize_scope, to_timestamp
@@ -84,6 +93,7 @@ Stage = Literal["add_turn", "consolidate", "worker"]
 _MAX_KEPT_FAILURES = 1000
 _IDLE_EXIT_S = 5.0  # an idle worker thread exits; the next turn starts a new one
 _BATCH = 32  # queued turns of one scope stored in one add_turns call
+_EXIT_GRACE_S = 2.0  # after the exit bound: most extra seconds for batches being stored
 
 
 class RecorderClosedError(HelaMemError, RuntimeError):
@@ -245,10 +255,16 @@ class TurnRecorder:
             (20 unless configured).
         concurrency: Most scopes processed at once (turns of one scope
             always run one after another, in order).
+        exit_timeout: At interpreter exit, most seconds spent storing the
+            turns still queued in a recorder that was not closed (``0``:
+            store none); turns not stored by then are dropped and counted in
+            one WARNING log line. A batch already being stored gets up to 2 s
+            more, so that count is exact. Consolidations that would fall due
+            meanwhile are skipped (the next one covers their turns).
 
     Raises:
-        InvalidInputError: On a bad ``max_pending``, ``consolidate_every``
-            or ``concurrency``.
+        InvalidInputError: On a bad ``max_pending``, ``consolidate_every``,
+            ``concurrency`` or ``exit_timeout``.
 
     Examples:
         >>> async def agent_loop(mem, turns):               # doctest: +SKIP
@@ -265,10 +281,19 @@ class TurnRecorder:
         max_pending: int = 1000,
         consolidate_every: int | Literal["config"] | None = "config",
         concurrency: int = 4,
+        exit_timeout: float = 10.0,
     ) -> None:
         for name, value in (("max_pending", max_pending), ("concurrency", concurrency)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
+        if (
+            isinstance(exit_timeout, bool)
+            or not isinstance(exit_timeout, int | float)
+            or not 0 <= exit_timeout < float("inf")
+        ):
+            raise InvalidInputError(
+                f"exit_timeout must be a finite number of seconds >= 0, got {exit_timeout!r}"
+            )
         every: object = (
             _configured_every(memory) if consolidate_every == "config" else consolidate_every
         )
@@ -282,6 +307,7 @@ class TurnRecorder:
         self.max_pending = max_pending
         self.consolidate_every: int | None = every
         self.concurrency = concurrency
+        self.exit_timeout = float(exit_timeout)
         # Everything below is guarded by _cond, except where noted.
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()  # not yet taken by the worker
@@ -298,6 +324,12 @@ class TurnRecorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._idle = False
+        self._unstored = 0  # turns failed (not stored) since failures were last raised
+        self._exiting = False  # flushing at interpreter exit: no consolidation
+        self._abandoned = False  # exit bound reached: lanes drop what they still hold
+        self._dropped = 0  # turns dropped at exit
+        self._storing = 0  # turns in batches being stored now
+        self._exit_token: int | None = None  # registered with _exit while not closed
         # Worker-thread only:
         self._counts: dict[Scope, int] = {}
 
@@ -515,6 +547,7 @@ class TurnRecorder:
         thread = self._stop_worker()
         if thread is not None:
             await asyncio.to_thread(thread.join)
+        self._unregister_exit()
         self._raise_failures()
 
     def close_sync(self, timeout: float | None = None) -> None:
@@ -536,6 +569,7 @@ class TurnRecorder:
         thread = self._stop_worker()
         if thread is not None:
             thread.join()
+        self._unregister_exit()
         self._raise_failures()
 
     async def __aenter__(self) -> Self:
@@ -641,7 +675,7 @@ class TurnRecorder:
             if not self._failed_total:
                 return
             failures, total = self._failures, self._failed_total
-            self._failures, self._failed_total = [], 0
+            self._failures, self._failed_total, self._unstored = [], 0, 0
         raise TurnRecordingError(failures, total) from (failures[0].error if failures else None)
 
     def _on_worker(self) -> bool:
@@ -666,11 +700,81 @@ class TurnRecorder:
             self._kick_locked()
             return thread
 
+    # -- interpreter exit (see helamem.core._exit) ---------------------------
+
+    def _unregister_exit(self) -> None:
+        with self._cond:
+            token, self._exit_token = self._exit_token, None
+        if token is not None:
+            _exit.unregister(token)
+
+    def _flush_at_exit(self, started: float) -> None:
+        """Store what is queued within ``exit_timeout`` of ``started``, then close.
+
+        Runs once, in the main thread, at interpreter exit, before Python
+        stops its thread pools. Never raises; logs one WARNING with the
+        exact number of turns lost (dropped at the bound, or failed and never
+        raised by a ``flush``/``close``).
+        """
+        self._begin_close()
+        store_closed = getattr(self.memory, "closed", False) is True
+        with self._cond:
+            self._exiting = True
+            pending = len(self._outstanding)
+            if pending and not store_closed:
+                remaining = started + self.exit_timeout - time.monotonic()
+                self._cond.wait_for(self._drained_locked, max(0.0, remaining))
+            bounded = bool(self._outstanding)
+            if bounded:  # nothing more starts; batches already being stored may finish
+                self._abandoned = True
+                self._dropped += len(self._queue)
+                for job in self._queue:
+                    self._outstanding.pop(job.seq, None)
+                self._queue.clear()
+                self._wake_waiters_locked()
+                self._cond.wait_for(self._drained_locked, _EXIT_GRACE_S)
+            # Still being stored after the grace: may or may not be. The rest of
+            # their lanes is dropped when they finish; count it as dropped now.
+            unsure = self._storing
+            dropped = self._dropped + len(self._outstanding) - unsure
+            failed = self._unstored
+        thread = self._stop_worker()
+        if thread is not None and not unsure:
+            thread.join(_EXIT_GRACE_S)  # a daemon: never waited for beyond this
+        self._unregister_exit()
+        lost = dropped + failed
+        if not lost and not unsure:
+            return
+        why: list[str] = []
+        if dropped:
+            cause = (
+                "not tried: the memory was already closed"
+                if store_closed
+                else f"still queued when the exit bound (exit_timeout={self.exit_timeout:g} s) "
+                f"was reached"
+            )
+            why.append(f"{dropped} {cause}")
+        if failed:
+            why.append(f"{failed} failed in the background (logged above) and were never raised")
+        if unsure:
+            why.append(
+                f"{unsure} more were still being stored {_EXIT_GRACE_S:g} s after the bound and "
+                f"may be lost too"
+            )
+        logger.warning(
+            "turn recorder at interpreter exit: %d turn(s) lost, not stored (%s); call "
+            "rec.close() or rec.flush() before the process exits, or raise exit_timeout",
+            lost,
+            "; ".join(why),
+        )
+
     # -- the worker (its own thread and event loop) ------------------------
 
     def _start_worker_locked(self) -> None:
         self._idle = False
         self._stop = False
+        if self._exit_token is None:
+            self._exit_token = _exit.register(self, TurnRecorder._flush_at_exit, phase=_exit.FLUSH)
         self._thread = threading.Thread(
             target=self._run_worker, name="helamem-turn-recorder", daemon=True
         )
@@ -753,7 +857,18 @@ class TurnRecorder:
             batch = [lane.popleft() for _ in range(min(_BATCH, len(lane)))]
             try:
                 async with slots:
-                    await self._process(batch)
+                    with self._cond:
+                        if self._abandoned:  # the exit bound was reached: drop the rest
+                            batch.extend(lane)
+                            lane.clear()
+                            self._dropped += len(batch)
+                            continue
+                        self._storing += len(batch)
+                    try:
+                        await self._process(batch)
+                    finally:
+                        with self._cond:
+                            self._storing -= len(batch)
             finally:
                 for job in batch:
                     self._finish(job)
@@ -786,6 +901,8 @@ class TurnRecorder:
         job = stored[-1]
         with self._cond:
             self._recorded += len(stored)
+            if self._exiting:  # the exit bound is for storing turns, not for distilling
+                return
         before = self._counts.get(job.scope, 0)
         after = self._counts[job.scope] = before + len(stored)
         every = self.consolidate_every
@@ -816,6 +933,8 @@ class TurnRecorder:
 
     def _fail_locked(self, job: _Job, stage: Stage, exc: Exception) -> None:
         self._failed_total += 1
+        if stage != "consolidate":  # "worker" may or may not have stored it: counted as lost
+            self._unstored += 1
         if len(self._failures) < _MAX_KEPT_FAILURES:
             self._failures.append(
                 TurnFailure(

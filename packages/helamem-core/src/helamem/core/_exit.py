@@ -1,0 +1,115 @@
+"""Work done at interpreter exit: flush turn recorders, then close stores.
+
+Python stops every ``concurrent.futures`` thread pool *before* it runs
+:mod:`atexit` handlers (``threading._shutdown`` runs the pools' own exit hook,
+then joins non-daemon threads; ``atexit`` comes after). A
+:class:`~helamem.core.HelaMemory` does all its work on a one-thread pool, so
+an ``atexit`` handler can no longer store anything ("cannot schedule new
+futures after interpreter shutdown"). This module therefore registers one
+hook with ``threading._register_atexit`` (the hook the pools themselves use;
+hooks run last-registered first, and ``concurrent.futures.thread`` is
+imported first so that ours runs before the pools stop). It falls back to
+:func:`atexit.register` on a Python without it.
+
+At exit the hook runs, in the main thread, every live registration of phase
+:data:`FLUSH` (turn recorders), then every one of phase :data:`CLOSE`
+(stores). Registrations hold weak references: a registered object can still
+be garbage-collected, and its registration goes with it. A forked child
+starts with no registrations (its parent flushes and closes its own).
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures.thread  # noqa: F401  (its exit hook first, so ours runs before it)
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Final
+
+__all__ = ["CLOSE", "FLUSH", "register", "unregister"]
+
+logger = logging.getLogger(__name__)
+
+FLUSH: Final = 0  # turn recorders: store what is still queued (bounded)
+CLOSE: Final = 1  # stores: release SQLite and the vector index
+
+Hook = Callable[[Any, float], None]
+"""``hook(obj, started)``; ``started`` is when the exit work began (``time.monotonic()``)."""
+
+_lock = threading.RLock()  # re-entrant: a weakref callback may fire while it is held
+_hooks: dict[int, tuple[int, weakref.ref[Any], Hook]] = {}
+_tokens = itertools.count()
+_installed = False
+
+
+def register(obj: object, hook: Hook, *, phase: int) -> int:
+    """Call ``hook(obj, started)`` at interpreter exit while ``obj`` is alive.
+
+    Args:
+        obj: Held by weak reference only.
+        hook: Must not raise (an exception is logged and the next hook runs).
+        phase: :data:`FLUSH` hooks all run before :data:`CLOSE` hooks.
+
+    Returns:
+        A token for :func:`unregister`.
+    """
+    token = next(_tokens)
+    ref = weakref.ref(obj, lambda _ref: unregister(token))
+    with _lock:
+        _install_locked()
+        _hooks[token] = (phase, ref, hook)
+    return token
+
+
+def unregister(token: int) -> None:
+    """Forget a registration (unknown tokens are ignored)."""
+    with _lock:
+        _hooks.pop(token, None)
+
+
+def _install_locked() -> None:
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    at_thread_exit: Callable[[Callable[[], None]], None] | None = getattr(
+        threading, "_register_atexit", None
+    )
+    if at_thread_exit is None:  # not CPython 3.9+: late, but better than never
+        atexit.register(_run)
+        return
+    try:
+        at_thread_exit(_run)
+    except RuntimeError:  # registered while the interpreter is already shutting down
+        atexit.register(_run)
+
+
+def _run() -> None:
+    started = time.monotonic()
+    for phase in (FLUSH, CLOSE):
+        with _lock:  # a snapshot per phase: flushing may open (and register) a store
+            due = [(ref, hook) for p, ref, hook in _hooks.values() if p == phase]
+        for ref, hook in due:
+            obj = ref()
+            if obj is None:
+                continue
+            try:
+                hook(obj, started)
+            # An exception leaving this hook would make Python skip its own exit
+            # work (joining thread pools and threads); log it and go on.
+            except Exception:
+                logger.exception("helamem: exit hook %r failed", hook)
+
+
+def _forget_all() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread of the parent may have held it at fork
+    _hooks.clear()
+
+
+os.register_at_fork(after_in_child=_forget_all)

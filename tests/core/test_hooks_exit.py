@@ -1,0 +1,193 @@
+"""Turns still queued at interpreter exit (issue 14, case 10).
+
+Each case runs a child Python process that records turns through a
+:class:`TurnRecorder` and exits *without* closing it or its memory; the test
+then reopens the store and counts what was stored.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import (
+    ChromaConfig,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    InvalidInputError,
+    _exit,
+)
+from helamem.core.hooks import TurnRecorder
+
+SCOPE = ("users", "alice")
+CHILD_TIMEOUT_S = 60.0  # a hung child fails the test instead of hanging it
+
+CHILD = textwrap.dedent(
+    """
+    import atexit, json, sys, time
+    from pathlib import Path
+    from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+    from helamem.core.hooks import TurnRecorder
+
+    opts = json.loads(sys.argv[1])
+
+    class SlowEmbedder(HashingEmbedder):  # same name and vectors, slower; may refuse a word
+        def embed(self, texts):
+            time.sleep(opts["sleep_s"])
+            if any(opts["poison"] and opts["poison"] in t for t in texts):
+                raise ValueError("poisoned text")
+            return super().embed(texts)
+
+    config = HelaMemConfig(
+        path=Path(opts["path"]), chroma=ChromaConfig(exact_below=opts["exact_below"])
+    )
+    mem = HelaMemory(config, embedder=SlowEmbedder(64))
+    kwargs = {} if opts["exit_timeout"] is None else {"exit_timeout": opts["exit_timeout"]}
+    if opts["open_first"]:
+        mem.open()
+    rec = TurnRecorder(mem, **kwargs)
+    for i in range(opts["turns"]):
+        word = opts["poison"] if i in opts["poisoned"] else "plain"
+        rec.record_turn_sync(("users", "alice"), f"user {i} says {word}", f"answer {i}")
+    if opts["close_memory"]:
+        mem.close()
+    print(json.dumps({"pending": rec.pending, "exiting_at": time.time()}), flush=True)
+    # atexit handlers run after helamem's exit work: what state did it leave?
+    atexit.register(
+        lambda: print(json.dumps({"memory_closed": mem.closed, "recorder_closed": rec.closed}))
+    )
+    # exits here: neither rec.close() nor mem.close()
+    """
+)
+
+
+def run_child(tmp_path: Path, **opts: Any) -> tuple[dict[str, Any], float, str]:
+    """Run the child; returns (what it printed, seconds from its exit start to its end, stderr)."""
+    full = {
+        "path": str(tmp_path / "store"),
+        "turns": 200,
+        "sleep_s": 0.0,
+        "exit_timeout": None,
+        "poison": "",
+        "poisoned": [],
+        "close_memory": False,
+        "exact_below": 2000,  # ChromaConfig's default; 0: every scope in Chroma's HNSW
+        "open_first": False,  # else the store opens in the exit flush (as the first turn's work)
+    }
+    full.update(opts)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script), json.dumps(full)],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    ended = time.time()
+    assert proc.returncode == 0, proc.stderr
+    printed: dict[str, Any] = {}
+    for line in proc.stdout.strip().splitlines():
+        printed.update(json.loads(line))
+    return printed, ended - printed["exiting_at"], proc.stderr
+
+
+def stored_turns(tmp_path: Path, exact_below: int = 2000) -> int:
+    """Turns in the store (each stores two episodes: the user's and the assistant's)."""
+    config = HelaMemConfig(path=tmp_path / "store", chroma=ChromaConfig(exact_below=exact_below))
+    with HelaMemory(config, embedder=HashingEmbedder(64)) as mem:
+        episodes = mem.stats(SCOPE).episodic
+    assert episodes % 2 == 0
+    return episodes // 2
+
+
+def lost_in_warning(stderr: str) -> int:
+    found = re.findall(r"turn recorder at interpreter exit: (\d+) turn\(s\) lost", stderr)
+    assert len(found) == 1, stderr
+    return int(found[0])
+
+
+@pytest.mark.parametrize("exact_below", [2000, 0], ids=["exact-scan", "chroma-hnsw"])
+def test_queued_turns_are_stored_at_exit(tmp_path: Path, exact_below: int) -> None:
+    printed, exit_s, stderr = run_child(tmp_path, exact_below=exact_below)
+    assert printed["pending"] > 0  # turns really were still queued when the child exited
+    assert stored_turns(tmp_path, exact_below) == 200
+    assert exit_s < 10.0  # the default exit_timeout
+    assert "lost" not in stderr and "Traceback" not in stderr, stderr
+    # then the recorder and the memory were closed, before Python's atexit handlers
+    assert printed["recorder_closed"] is True and printed["memory_closed"] is True
+
+
+def test_exit_bound_reached_logs_exact_loss(tmp_path: Path) -> None:
+    # 0.3 s per embedding call, so 200 turns (7 batches of at most 32) need ~2 s
+    printed, exit_s, stderr = run_child(tmp_path, sleep_s=0.3, exit_timeout=0.5, open_first=True)
+    stored = stored_turns(tmp_path)
+    lost = lost_in_warning(stderr)
+    assert printed["pending"] > 0
+    assert 0 < lost == 200 - stored
+    assert "exit bound (exit_timeout=0.5 s) was reached" in stderr
+    # the bound, a batch already being stored (one 0.3 s call), interpreter teardown
+    assert exit_s < 0.5 + 2.0
+
+
+def test_turns_failed_and_never_raised_are_counted_at_exit(tmp_path: Path) -> None:
+    poisoned = [3, 50, 51, 120, 199]
+    _, _, stderr = run_child(tmp_path, poison="poison", poisoned=poisoned)
+    assert stored_turns(tmp_path) == 200 - len(poisoned)
+    assert lost_in_warning(stderr) == len(poisoned)
+    assert f"{len(poisoned)} failed in the background" in stderr
+
+
+def test_memory_closed_before_exit_loses_the_queue_loudly(tmp_path: Path) -> None:
+    printed, exit_s, stderr = run_child(tmp_path, sleep_s=0.05, close_memory=True)
+    stored = stored_turns(tmp_path)
+    assert printed["pending"] > 0
+    assert stored < 200
+    assert lost_in_warning(stderr) == 200 - stored
+    assert "not tried: the memory was already closed" in stderr
+    assert exit_s < 10.0
+
+
+def test_exit_timeout_is_validated() -> None:
+    mem = HelaMemory(HelaMemConfig(path=Path("/nonexistent/never-opened")))
+    for bad in (-1.0, float("inf"), float("nan"), True, "10"):
+        with pytest.raises(InvalidInputError, match="exit_timeout"):
+            TurnRecorder(mem, exit_timeout=bad)  # type: ignore[arg-type]
+    assert TurnRecorder(mem).exit_timeout == 10.0
+    assert TurnRecorder(mem, exit_timeout=0).exit_timeout == 0.0
+
+
+def test_exit_registrations_follow_lifetimes(tmp_path: Path) -> None:
+    mem = HelaMemory(HelaMemConfig(path=tmp_path / "store"), embedder=HashingEmbedder(64))
+    assert mem._exit_token is None  # no owner thread before first use
+    mem.open()
+    rec = TurnRecorder(mem)
+    assert rec._exit_token is None  # no thread, no registration before the first turn
+    rec.record_turn_sync(SCOPE, "hello there", "hi")
+    rec_token, mem_token = rec._exit_token, mem._exit_token
+    assert rec_token is not None and mem_token is not None
+    assert {rec_token, mem_token} <= set(_exit._hooks)
+    rec.close_sync()
+    assert rec_token not in _exit._hooks and mem_token in _exit._hooks
+    mem.close()
+    assert mem_token not in _exit._hooks
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    token = _exit.register(owner, lambda obj, started: None, phase=_exit.FLUSH)
+    assert token in _exit._hooks
+    del owner
+    gc.collect()
+    assert token not in _exit._hooks  # held weakly: collected, and its registration with it
