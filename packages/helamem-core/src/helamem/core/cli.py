@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, CorruptStoreError
 
 if TYPE_CHECKING:
     from .bench.qa import QASettings
@@ -623,7 +623,23 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     from ._check import repair_derived
 
     _need_store(args.path)
-    with _open_store(args, reembed=args.reembed) as mem:
+    try:
+        mem = _open_store(args, reembed=args.reembed)
+    except CorruptStoreError:
+        if not _sqlite_sound(args.path):
+            raise
+        # the database is sound, so the damaged or foreign part is the vector index,
+        # which is derived: discard it and build it again from the database
+        from .storage.chroma import discard_index
+
+        logging.getLogger("helamem").warning(
+            "the vector index of %s does not match its database; discarding it and "
+            "rebuilding it from helamem.sqlite3",
+            args.path,
+        )
+        discard_index(args.path)
+        mem = _open_store(args, reembed=args.reembed)
+    with mem:
         switched = mem.reembedded
         report = mem._call(lambda c: repair_derived(c, reembed=args.reembed and switched is None))
         name = mem.stats().embedder
@@ -636,6 +652,23 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
         f", {report.edges_dropped} edges of missing memories dropped"
     )
     return 0
+
+
+def _sqlite_sound(path: Path) -> bool:
+    """Whether the store's database passes ``PRAGMA quick_check`` and holds memories."""
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        uri = f"{(path / 'helamem.sqlite3').resolve().as_uri()}?mode=ro"
+        with closing(sqlite3.connect(uri, uri=True)) as db:
+            ok = [r[0] for r in db.execute("PRAGMA quick_check")] == ["ok"]
+            table = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'memories'"
+            ).fetchone()
+    except sqlite3.Error:
+        return False
+    return ok and table is not None
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
