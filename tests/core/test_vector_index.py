@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import chromadb
 import numpy as np
@@ -24,6 +25,10 @@ def _cfg(path: Path, exact_below: int = 2000) -> HelaMemConfig:
     return HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=exact_below))
 
 
+def _idx(core: Any) -> Any:
+    return core.index
+
+
 def _open(path: Path, exact_below: int = 2000) -> HelaMemory:
     m = HelaMemory(_cfg(path, exact_below), embedder=HashingEmbedder(64))
     m.open()
@@ -33,13 +38,13 @@ def _open(path: Path, exact_below: int = 2000) -> HelaMemory:
 def _lost(m: HelaMemory) -> list[str]:
     """Ids of memories the dense path does not return for their own stored vector."""
 
-    def run(core: object) -> list[str]:
-        db = core.store.db  # type: ignore[attr-defined]
+    def run(core: Any) -> list[str]:
+        db = core.store.db
         rows = db.execute("SELECT id, scope_id, kind, embedding FROM memories").fetchall()
         out = []
         for mid, sid, kind, emb in rows:
             vec = np.frombuffer(emb, dtype=np.float32)
-            found = [i for i, _ in core.index.query(vec, 5, [int(sid)], str(kind))]  # type: ignore[attr-defined]
+            found = [i for i, _ in core.index.query(vec, 5, [int(sid)], str(kind))]
             if mid not in found:
                 out.append(str(mid))
         return out
@@ -69,7 +74,7 @@ def test_small_scopes_need_no_chroma_files(tmp_path: Path) -> None:
         assert _lost(m) == []
         assert m.stats().vectors == 30
         assert m.stats().unindexed == 0
-        assert sorted(m._call(lambda c: c.index.all_ids())) == sorted(ids)
+        assert sorted(m._call(lambda c: _idx(c).all_ids())) == sorted(ids)
     assert not (tmp_path / "s" / "chroma" / "chroma.sqlite3").exists()
 
 
@@ -79,8 +84,8 @@ def test_large_scope_moves_to_hnsw_and_stays_exact_in_results(tmp_path: Path) ->
         small = _fill(m, 5, ("tenants", "tiny"))
         assert _lost(m) == []
         assert m.stats().vectors == 35
-        assert sorted(m._call(lambda c: c.index.all_ids())) == sorted(big + small)
-        promoted = m._call(lambda c: c.index._exact.promoted())
+        assert sorted(m._call(lambda c: _idx(c).all_ids())) == sorted(big + small)
+        promoted = m._call(lambda c: _idx(c)._exact.promoted())
         assert len(promoted) == 1
         m.delete(big[:3])
         assert m.stats().vectors == 32
@@ -147,13 +152,13 @@ def test_index_short_of_vectors_is_rebuilt(tmp_path: Path) -> None:
     path = tmp_path / "s"
     with _open(path, exact_below=10) as m:
         ids = _fill(m, 25)
-        name = next(iter(m._call(lambda c: c.index._names())))
+        name = next(iter(m._call(lambda c: _idx(c)._names())))
     client = chromadb.PersistentClient(
         path=str(path / "chroma"), settings=Settings(anonymized_telemetry=False, allow_reset=True)
     )
     client.get_collection(name).delete(ids=ids[:7])
     assert client.get_collection(name).count() == 18
-    client.close()
+    client.close()  # type: ignore[attr-defined]
     with _open(path, exact_below=10) as m:
         assert _lost(m) == []
         assert m.stats().vectors == 25
@@ -200,8 +205,8 @@ def test_a_failing_hnsw_scope_falls_back_to_exact_and_fails_no_other(
         _fill(m, 10, ("t", "a"))
         _fill(m, 10, ("t", "b"))
 
-        def break_one(core: object) -> None:
-            idx = core.index  # type: ignore[attr-defined]
+        def break_one(core: Any) -> None:
+            idx = core.index
             key = sorted(idx._exact.promoted())[0]
             col = idx._collection(key, create=False)
 

@@ -179,6 +179,7 @@ class ChromaIndex:
         self._lock = ProcessLock(path.parent / "chroma.lock")
         self._verified = False
         self._warned_locked = False
+        self._failed: set[tuple[int, str]] = set()  # collections whose search failed (warned)
         self.wants_reconcile = False
         """Set when a search met vectors not yet in HNSW (the owner reconciles)."""
 
@@ -604,8 +605,11 @@ class ChromaIndex:
                 except (ChromaError, ValueError, StorageError) as exc:
                     if isinstance(exc, IndexLockedError):
                         raise
-                    logger.warning(
-                        "HNSW search of scope %d (%s) failed (%s); searching it exactly",
+                    log = logger.debug if key in self._failed else logger.warning
+                    self._failed.add(key)
+                    log(
+                        "HNSW search of scope %d (%s) failed (%s); searching it exactly "
+                        "(`helamem reindex` rebuilds its collection)",
                         *key,
                         exc,
                     )

@@ -1,0 +1,85 @@
+"""Many tenants under a small open-file limit (issue 14, case 13).
+
+Each case runs in a spawned child with ``RLIMIT_NOFILE`` lowered (the limit is
+per process), bounded in time. Every add must reach the index, and every
+scope's search must find its own memories, including after a search over the
+whole prefix. Some scopes are large enough for their own HNSW collection, so
+Chroma's bounded cache of loaded indexes is exercised too.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SMALL_LIMIT = 256
+
+
+def _tenants(path: str, nofile: int, scopes: int, large: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    import numpy as np
+
+    from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+    cfg = HelaMemConfig(path=Path(path), chroma=ChromaConfig(exact_below=12))
+    problems: list[str] = []
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        ids: dict[int, list[str]] = {}
+        for s in range(scopes):
+            n = 14 if s < large else 3  # the first `large` scopes get their own collection
+            batch = [NewMemory(f"tenant {s} note {i} word{s}x{i}", ("t", str(s))) for i in range(n)]
+            ids[s] = [x.id for x in m.add_many(batch)]
+        st = m.stats()
+        if st.unindexed or st.vectors != st.memories:
+            problems.append(f"unindexed={st.unindexed} vectors={st.vectors} of {st.memories}")
+        assert m.search("tenant note", ("t",), k=10, learn=False).hits  # the whole prefix
+
+        def lost(core: Any) -> int:
+            db = core.store.db
+            rows = db.execute("SELECT id, scope_id, kind, embedding FROM memories").fetchall()
+            bad = 0
+            for mid, sid, kind, emb in rows:
+                vec = np.frombuffer(emb, dtype=np.float32)
+                found = [i for i, _ in core.index.query(vec, 3, [int(sid)], str(kind))]
+                bad += mid not in found
+            return bad
+
+        if (n_lost := m._call(lost)) != 0:
+            problems.append(f"{n_lost} memories not found by their own vector")
+        for s in range(scopes):
+            got = m.search(f"word{s}x1", ("t", str(s)), k=1, learn=False).ids
+            if got != [ids[s][1]]:
+                problems.append(f"scope {s}: {got}")
+                break
+    out.put(problems)
+
+
+def _run(tmp_path: Path, nofile: int, scopes: int, large: int, timeout: float) -> list[str]:
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < nofile:
+        pytest.skip("the hard open-file limit is below the test's")
+    ctx = mp.get_context("spawn")
+    q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    p = ctx.Process(target=_tenants, args=(str(tmp_path / "s"), nofile, scopes, large, q))
+    p.start()
+    try:
+        problems: list[str] = q.get(timeout=timeout)
+    finally:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+    assert p.exitcode == 0
+    return problems
+
+
+def test_300_scopes_under_256_open_files(tmp_path: Path) -> None:
+    # 60 HNSW collections (5 files each when loaded) would need 300 files
+    assert _run(tmp_path, SMALL_LIMIT, scopes=300, large=60, timeout=240) == []
+
+
+def test_1200_scopes_under_1024_open_files(tmp_path: Path) -> None:
+    assert _run(tmp_path, 1024, scopes=1200, large=40, timeout=300) == []

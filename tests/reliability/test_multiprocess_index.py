@@ -1,0 +1,100 @@
+"""Several processes on one embedded store (issue 14, case 2).
+
+Small scopes are searched exactly from SQLite, so a process sees what another
+process added at once. A scope large enough for its own HNSW collection is
+served only by the process holding the embedded index; any other process gets
+:class:`IndexLockedError` naming Chroma server mode, never a silent miss.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+from helamem.core.storage.base import IndexLockedError
+
+SCOPE = ("users", "alice")
+BIG = ("users", "big")
+
+
+def _cfg(path: str) -> HelaMemConfig:
+    return HelaMemConfig(path=Path(path), chroma=ChromaConfig(exact_below=20))
+
+
+def _writer(path: str, out: Any) -> None:
+    with HelaMemory(_cfg(path), embedder=HashingEmbedder(64)) as m:
+        out.put([x.id for x in m.add_many([NewMemory(f"child {i}", SCOPE) for i in range(51)])])
+
+
+def _big_searcher(path: str, out: Any) -> None:
+    with HelaMemory(_cfg(path), embedder=HashingEmbedder(64)) as m:
+        small = m.search("child", SCOPE, k=3, learn=False).ids
+        try:
+            m.search("parent", BIG, k=3, learn=False)
+            out.put((small, "no error"))
+        except IndexLockedError as exc:
+            out.put((small, str(exc)))
+
+
+def _run(target: Any, path: Path) -> Any:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(str(path), q))
+    p.start()
+    try:
+        return q.get(timeout=120)
+    finally:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+
+
+def _lost(m: HelaMemory, ids: list[str]) -> list[str]:
+    def run(core: Any) -> list[str]:
+        rows = core.store.rows_by_id(ids)
+        out = []
+        for mid in ids:
+            r = rows[mid]
+            vec = np.frombuffer(r.embedding, dtype=np.float32)
+            if mid not in [i for i, _ in core.index.query(vec, 5, [r.scope_id], r.kind)]:
+                out.append(mid)
+        return out
+
+    return m._call(run)
+
+
+def test_a_process_sees_the_vectors_another_process_adds(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64)) as m:
+        m.add("parent was here", SCOPE)
+        ids = _run(_writer, path)  # while this process has the store open
+        assert len(ids) == 51
+        assert _lost(m, ids) == []
+        for i, mid in enumerate(ids[:10]):
+            assert m.search(f"child {i}", SCOPE, k=1, learn=False).ids == [mid]
+        assert m.stats().vectors == 52
+
+
+def test_a_second_process_is_told_to_use_a_chroma_server_for_large_scopes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s"
+    with HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64)) as m:
+        m.add_many([NewMemory(f"parent {i}", BIG) for i in range(25)])  # promoted: HNSW
+        m.add("child 0", SCOPE)
+        small, err = _run(_big_searcher, path)
+        assert small  # small scopes work from every process
+        assert 'ChromaConfig(mode="http"' in err and "chroma run" in err
+        assert m.search("parent 3", BIG, k=1, learn=False).hits  # the holder still serves it
+
+
+def test_the_lock_is_released_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64)) as m:
+        m.add_many([NewMemory(f"parent {i}", BIG) for i in range(25)])
+    _, err = _run(_big_searcher, path)  # the holder closed: this one takes the index
+    assert err == "no error"
