@@ -1,0 +1,206 @@
+"""`helamem stats`, `export`, `import` and the errors of every store command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core.cli import main
+
+ALICE = ("users", "alice")
+BOB = ("users", "bob")
+
+
+def _build(path: Path) -> dict[str, list[str]]:
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        a = [m.add(f"alice note {i} about cats", ALICE).id for i in range(5)]
+        b = [m.add(f"bob note {i} about dogs", BOB).id for i in range(3)]
+        w = [m.add("a/b segment with a slash", ("team", "a/b")).id]
+    return {"alice": a, "bob": b, "slash": w}
+
+
+def test_stats_whole_store_and_scope(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s"
+    _build(path)
+    assert main(["stats", str(path), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["scope"] is None
+    assert (st["memories"], st["episodic"], st["scopes"], st["vectors"]) == (9, 9, 3, 9)
+    assert (st["edges"], st["embedder"], st["unindexed"]) == (6, "hashing-64", 0)
+    assert main(["stats", str(path), "--scope", "users", "--scope", "alice", "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["scope"] == ["users", "alice"]
+    assert (st["memories"], st["edges"], st["scopes"]) == (5, 4, 1)
+    # a segment may hold any character, '/' included: one --scope per segment
+    assert main(["stats", str(path), "--scope", "team", "--scope", "a/b"]) == 0
+    text = capsys.readouterr().out
+    assert 'scope              ["team", "a/b"]' in text
+    assert "memories           1" in text
+    assert main(["stats", str(path), "--scope", "nobody", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["memories"] == 0
+
+
+def test_export_then_import_into_a_new_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, other = tmp_path / "s", tmp_path / "t"
+    ids = _build(path)
+    out = tmp_path / "alice.jsonl"
+    argv = ["export", str(path), "--scope", "users", "--scope", "alice", "--out", str(out)]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == (
+        f'exported ["users", "alice"]: 5 memories, 4 edges, 1 scopes, 0 clusters to {out}'
+    )
+    assert out.is_file()
+    # a new store: its embedder is chosen on the command line (vectors are then reused)
+    argv = ["import", str(other), str(out), "--embedder", "hashing", "--dimension", "64"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == (
+        f'imported ["users", "alice"]: 5 memories, 4 edges, 1 scopes, 0 clusters '
+        f"(0 vectors recomputed) from {out}"
+    )
+    # the store records its embedder now: later commands find it alone
+    argv = ["import", str(other), str(out), "--scope", "archive", "--scope", "alice"]
+    assert main(argv) == 1  # the same ids exist: a typed conflict, nothing written
+    assert "already exists" in capsys.readouterr().err
+    with HelaMemory(HelaMemConfig(path=other), embedder=HashingEmbedder(64)) as m:
+        assert [m.get(i).content for i in ids["alice"]] == [
+            f"alice note {i} about cats" for i in range(5)
+        ]
+        assert m.list_scopes() == [ALICE]
+    assert main(["check", str(other)]) == 0
+
+
+def test_import_under_another_scope(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s"
+    ids = _build(path)
+    out = tmp_path / "bob.jsonl"
+    assert main(["export", str(path), "--scope", "users", "--scope", "bob", "--out", str(out)]) == 0
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        m.delete_scope(BOB)
+    argv = ["import", str(path), str(out), "--scope", "archive", "--scope", "bob"]
+    assert main(argv) == 0
+    assert 'imported ["archive", "bob"]: 3 memories' in capsys.readouterr().out
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        assert m.get(ids["bob"][0]).scope == ("archive", "bob")
+
+
+def test_store_errors_exit_1_with_the_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s"
+    _build(path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("this is not an export\n")
+    assert main(["import", str(path), str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("helamem import: error: ") and "Traceback" not in err
+    # another embedder: refused, and the message names the command that switches
+    assert main(["stats", str(path), "--embedder", "hashing", "--dimension", "32"]) == 1
+    err = capsys.readouterr().err
+    assert "built with embedder 'hashing-64'" in err
+    assert f"`helamem reindex --reembed --embedder hashing --dimension 32 {path}`" in err
+
+
+def test_store_of_a_custom_embedder_needs_python(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class MyEF:
+        def __call__(self, input: list[str]) -> list[list[float]]:
+            return [[1.0, float(len(t))] for t in input]
+
+        @staticmethod
+        def name() -> str:
+            return "my-ef"
+
+    path = tmp_path / "s"
+    with HelaMemory(HelaMemConfig(path=path), embedder=MyEF()) as m:
+        m.add("hello there", ALICE)
+    assert main(["stats", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "'chroma:my-ef'" in err and "not one the command line builds" in err
+    assert main(["check", str(path)]) == 0  # check needs no embedder
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["stats", "{missing}"], "no HeLa-Mem store at"),
+        (["reindex", "{missing}"], "no HeLa-Mem store at"),
+        (["export", "{missing}", "--scope", "a", "--out", "x.jsonl"], "no HeLa-Mem store at"),
+        (["import", "{store}", "{missing}"], "no such file"),
+        (["stats", "{store}", "--scope", ""], "scope segment 0 is empty"),
+        (["stats", "{store}", "--embedder", "litellm"], "needs --model and --dimension"),
+        (["stats", "{store}", "--model", "m"], "--model and --dimension need --embedder"),
+        (["stats", "{store}", "--embedder", "minilm", "--dimension", "64"], "dimension is 384"),
+        (["stats", "{store}", "--embedder", "hashing", "--dimension", "4"], "bad embedder"),
+    ],
+)
+def test_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    store = tmp_path / "s"
+    _build(store)
+    args = [a.format(missing=tmp_path / "missing", store=store) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"helamem {argv[0]}: error: ") and message in err
+    assert not (tmp_path / "missing").exists()  # nothing created
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        (["check", "--help"], "Read-only integrity check"),
+        (["reindex", "--help"], "--reembed"),
+        (["stats", "--help"], "--scope SEGMENT"),
+        (["export", "--help"], "--out FILE"),
+        (["import", "--help"], "FILE"),
+        (["--help"], "check"),
+    ],
+)
+def test_every_command_has_help(
+    argv: list[str], text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert text in capsys.readouterr().out
+
+
+def test_argparse_usage_errors_exit_2(tmp_path: Path) -> None:
+    for argv in (["export", str(tmp_path), "--out", "x"], ["nonsense"], ["import", str(tmp_path)]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+
+
+def test_reindex_replaces_a_foreign_vector_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the database is replaced by another store's: its index no longer matches it
+    path, other = tmp_path / "s", tmp_path / "t"
+    cfg = HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=0))
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        m.add("first store's memory", ALICE)
+    with HelaMemory(HelaMemConfig(path=other), embedder=HashingEmbedder(64)) as m:
+        kept = m.add("second store's memory", ALICE).id
+    for side in ("", "-wal", "-shm"):
+        (path / f"helamem.sqlite3{side}").unlink(missing_ok=True)
+        src = other / f"helamem.sqlite3{side}"
+        if src.exists():
+            (path / f"helamem.sqlite3{side}").write_bytes(src.read_bytes())
+    assert main(["stats", str(path)]) == 1  # refused: the index is another database's
+    err = capsys.readouterr().err
+    assert "belongs to another database" in err and f"`helamem reindex {path}`" in err
+    assert main(["check", str(path), "--json"]) == 1
+    rep = json.loads(capsys.readouterr().out)
+    assert {d["kind"] for d in rep["defects"]} == {"index_unavailable"}
+    assert main(["reindex", str(path)]) == 0  # the command the message names
+    assert "discarding it and rebuilding it" in capsys.readouterr().err
+    assert main(["check", str(path)]) == 0
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        assert m.search("second store", ALICE, k=1, learn=False).ids == [kept]
