@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import subprocess
 import sys
@@ -191,3 +192,21 @@ def test_exit_registrations_follow_lifetimes(tmp_path: Path) -> None:
     del owner
     gc.collect()
     assert token not in _exit._hooks  # held weakly: collected, and its registration with it
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_does_not_flush_its_parents_recorders() -> None:
+    class Owner:
+        pass
+
+    owner = Owner()
+    token = _exit.register(owner, lambda obj, started: None, phase=_exit.FLUSH)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its parent's registrations are the parent's to run
+            os._exit(0 if not _exit._hooks else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert token in _exit._hooks  # the parent keeps its own
+    finally:
+        _exit.unregister(token)
