@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,12 +98,35 @@ def test_select_returns_topk_plus_bounded_associations(
     final = dict(base)
     for j, b in boost.items():
         final[j] = final.get(j, 0.0) + b
-    top, assoc = dynamics.select(base, final, k, flips)
-    assert top == sorted(base, key=lambda i: (-base[i], i))[:k]
+    base_top = sorted(base, key=lambda i: (-base[i], i))[:k]
+    final_top = sorted(final, key=lambda i: (-final[i], i))[:k]
+    top, assoc = dynamics.select(base, final, k, flips, mode="append")
+    assert top == base_top
     assert len(assoc) <= flips
     assert not set(top) & set(assoc)
+    assert assoc == [i for i in final_top if i not in base_top][:flips]
     if not boost:
         assert assoc == []
+    for mode in ("final", "base"):
+        kept, lifted = dynamics.select(base, final, k, flips, mode=mode)
+        assert lifted == assoc  # the same association hits ...
+        half, few = dynamics.select(base, final, k, flips, mode=mode, share=0.5)
+        assert len(few) <= k // 2 and len(half) >= min(len(base_top), k - k // 2)
+        if mode == "base":
+            assert half[: k - k // 2] == base_top[: k - k // 2]  # the best base hits stay
+        assert len(kept) + len(lifted) == min(k, len(base_top) + len(assoc))  # within k slots
+        assert set(kept) <= set(base_top) and not set(kept) & set(lifted)
+        assert kept == [i for i in base_top if i in kept]  # base order kept
+        if mode == "base":
+            assert kept == base_top[: len(kept)]  # the lowest base hits made room
+        else:  # the base hits with the lowest final score made room
+            dropped = [i for i in base_top if i not in kept]
+            assert all(final[d] <= final[i] for d in dropped for i in kept)
+
+
+def test_select_unknown_mode_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown selection mode"):
+        dynamics.select({1: 1.0}, {1: 1.0}, 1, 1, mode="sideways")
 
 
 def test_recency_is_relative_to_reference_time() -> None:

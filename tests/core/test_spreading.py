@@ -46,6 +46,7 @@ def test_two_hops_reach_the_neighbours_neighbour(tmp_path: Path) -> None:
         "spreading_threshold": 0.0,
         "spread_seeds": 1,
         "max_boost": 1.0,
+        "association_share": 1.0,  # k=3: room for both lifted memories
     }
     with _open(tmp_path / "one", spread_hops=1, **params) as one:
         cat, weather, vet = _chain(one)

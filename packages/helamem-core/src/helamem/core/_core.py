@@ -604,6 +604,7 @@ class Core:
             pk: self._lexical(query, node, nodes, pk, pkk) if holding[pk] else {}
             for pk, pkk in paths
         }
+        mass = self._lexical_mass(query)
         # while the dense query runs: the ranking columns of the lexical candidates
         known = {pk: self.store.rank_rows((), lex) if lex else {} for pk, lex in lexical.items()}
         qv, dense = pending.result()
@@ -620,6 +621,7 @@ class Core:
                 ref_given,
                 lexical[path_kind],
                 known[path_kind],
+                mass,
             )
             if found is None:
                 continue
@@ -657,6 +659,14 @@ class Core:
             # the index met vectors not yet in HNSW (another process's): fold them in
             self._needs_reconcile = True
         return qv, dense
+
+    def _lexical_mass(self, query: str) -> float:
+        """The sum of BM25 idf over the query's words (see :func:`retrieval.relevance`)."""
+        terms = fts_terms(query)
+        if not terms:
+            return 0.0
+        rows, df = self.store.term_stats(terms)
+        return sum(retrieval.bm25_idf(d, rows) for d in df)
 
     def _lexical(
         self, query: str, node: int, nodes: list[int], kind: Kind, k: int
@@ -696,6 +706,7 @@ class Core:
         ref_given: float | None,
         lex: dict[int, float],
         lex_rows: dict[int, RankRow],
+        mass: float,
     ) -> tuple[retrieval.Ranking, dict[int, RankRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
@@ -732,7 +743,7 @@ class Core:
                     edges=triples,
                     neighbours=self._pool(extra, qv, {}),
                 )
-        return ranking, rows, self._hits(ranking, rows, pool, qv, lex), prunable
+        return ranking, rows, self._hits(ranking, rows, pool, qv, lex, mass), prunable
 
     def _pool(
         self, rows: dict[int, RankRow], qv: np.ndarray, lex: dict[int, float]
@@ -824,10 +835,16 @@ class Core:
         pool: retrieval.Pool,
         qv: np.ndarray,
         lex: dict[int, float],
+        mass: float,
     ) -> list[Hit]:
         dense = dict(zip(pool.ns, pool.dense.tolist(), strict=True))
         full = self.store.rows_by_n([*ranking.base_top, *ranking.associations])
         hits = []
+
+        def own(n: int) -> float:
+            d = np.array([dense.get(n, 0.0)])
+            return float(retrieval.relevance(d, np.array([lex.get(n, 0.0)]), mass)[0])
+
         for prov, ns in (("base", ranking.base_top), ("association", ranking.associations)):
             for n in ns:
                 if n not in full:  # deleted by another process or object during the search
@@ -838,10 +855,12 @@ class Core:
                     dense[n] = float(v @ qv) if v is not None and v.shape == qv.shape else 0.0
                 b = ranking.boost.get(n, 0.0)
                 base = ranking.base[n]
+                paths = [(own(s), w) for s, w in ranking.via.get(n, [])]
                 hits.append(
                     Hit(
                         memory=self._memory(full[n]),
-                        score=base + b,
+                        score=retrieval.propagated_relevance(own(n), paths),
+                        activation=base + b,
                         base=base,
                         boost=b,
                         dense=dense[n],
@@ -854,6 +873,7 @@ class Core:
                         ),
                     )
                 )
+        hits.sort(key=lambda h: -h.score)  # best first (stable: base before association on ties)
         return hits
 
     def _learn(

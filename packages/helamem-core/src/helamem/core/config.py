@@ -96,6 +96,9 @@ class RetrievalConfig(_Frozen):
             within the k slots, displacing the lowest base hits; ``"append"``:
             the reference implementation's top-k plus the association hits
             (up to ``k + max_flipped``). See :func:`helamem.core.dynamics.select`.
+        association_share: Within k (``selection`` "final" or "base"),
+            association hits take at most this share of the k slots, so the
+            best base hits always stay.
         learn_top: With ``learn=True``, only the best this many returned
             memories co-activate (0: every returned memory).
         default_k: ``k`` when the caller gives none.
@@ -120,6 +123,7 @@ class RetrievalConfig(_Frozen):
     max_boost: float = Field(1.0, ge=0.0)
     max_flipped: int = Field(5, ge=0)
     selection: Literal["final", "base", "append"] = "final"
+    association_share: float = Field(0.5, ge=0.0, le=1.0)
     learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)

@@ -178,22 +178,55 @@ def select(
     final: Mapping[int, float],
     k: int,
     max_flipped: int,
+    mode: str = "final",
+    share: float = 1.0,
 ) -> tuple[list[int], list[int]]:
-    """Top-k by base activation, plus association hits.
+    r"""Choose the returned memories: base hits and association hits.
 
     Association hits are the ids that the final (spread) ranking places in
     its top-k but the base ranking does not, best final score first, at most
     ``max_flipped`` of them. Ties break on id for determinism.
 
+    ``mode`` says where association hits go:
+
+    * ``"final"`` (default): within the k slots. Each association hit
+      displaces the base hit with the lowest *final* score, so the result is
+      the top-k by final score with at most ``max_flipped`` memories from
+      outside the base top-k: :math:`|\text{base\_top}| + |\text{assoc}| \le k`.
+    * ``"base"``: within the k slots, displacing the lowest *base* hits (the
+      base top :math:`k - m` for :math:`m` association hits).
+    * ``"append"``: the reference behaviour, the base top-k plus the
+      association hits on top (up to :math:`k + \text{max\_flipped}`).
+
+    In the two modes within k, association hits take at most
+    :math:`\lfloor \text{share} \cdot k \rfloor` slots, so the best base hits
+    always stay (with ``share`` 0.5, ``k = 1`` returns the best base hit).
+
     Returns:
-        ``(base_top, associations)``, disjoint.
+        ``(base_top, associations)``, disjoint; ``base_top`` in base order,
+        ``associations`` in final order.
+
+    Raises:
+        ValueError: ``mode`` is not one of the three.
 
     Examples:
         >>> select({1: .9, 2: .5, 3: .1}, {1: .9, 2: .5, 3: .7}, k=2, max_flipped=1)
+        ([1], [3])
+        >>> select({1: .9, 2: .5, 3: .1}, {1: .9, 2: .5, 3: .7}, 2, 1, mode="append")
         ([1, 2], [3])
     """
+    if mode not in ("final", "base", "append"):
+        raise ValueError(f"unknown selection mode {mode!r}; use 'final', 'base' or 'append'")
     base_top = sorted(base, key=lambda i: (-base[i], i))[:k]
     chosen = set(base_top)
     final_top = sorted(final, key=lambda i: (-final[i], i))[:k]
-    assoc = [i for i in final_top if i not in chosen][:max_flipped]
+    cap = max_flipped if mode == "append" else min(max_flipped, int(share * k + 1e-9))
+    assoc = [i for i in final_top if i not in chosen][:cap]
+    if assoc and mode != "append":
+        room = k - len(assoc)
+        if mode == "final":
+            keep = set(sorted(base_top, key=lambda i: (-final.get(i, base[i]), i))[:room])
+            base_top = [i for i in base_top if i in keep]
+        else:
+            base_top = base_top[:room]
     return base_top, assoc

@@ -8,6 +8,7 @@ __all__ = [
     "DiskFullError",
     "EmbeddingError",
     "HelaMemError",
+    "IndexLockedError",
     "InvalidInputError",
     "InvalidScopeError",
     "LLMError",
@@ -61,6 +62,18 @@ class DiskFullError(StorageError):
 class CorruptStoreError(StorageError):
     """The store's files are damaged: run ``helamem check PATH``; restore
     ``helamem.sqlite3`` from a backup (the vector index rebuilds with ``helamem reindex``)."""
+
+
+class IndexLockedError(StorageError):
+    """Another process holds this directory's embedded Chroma index.
+
+    Embedded Chroma (``ChromaConfig(mode="persistent")``) is single-process:
+    scopes searched by exact scan work from every process, but a scope large
+    enough for its own HNSW collection is served only by the process holding
+    the index. To share such a store between processes, run a Chroma server
+    (``chroma run --path DIR --host 127.0.0.1 --port 8000``) and open every
+    process with ``ChromaConfig(mode="http", host="127.0.0.1", port=8000)``.
+    """
 
 
 class LLMError(HelaMemError, RuntimeError):

@@ -17,7 +17,16 @@ import numpy.typing as npt
 from . import dynamics
 from .config import RetrievalConfig
 
-__all__ = ["Pool", "Ranking", "base_activation", "rank", "seeds"]
+__all__ = [
+    "Pool",
+    "Ranking",
+    "base_activation",
+    "bm25_idf",
+    "propagated_relevance",
+    "rank",
+    "relevance",
+    "seeds",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -88,6 +97,69 @@ def base_activation(
     return dynamics.activation(fused, rec, config.recency_weight)
 
 
+def bm25_idf(df: int, rows: int) -> float:
+    r"""FTS5's BM25 inverse document frequency of a word in ``df`` of ``rows`` rows.
+
+    :math:`\mathrm{idf} = \ln\frac{N - n + 0.5}{n + 0.5}`, floored at
+    :math:`10^{-6}` as FTS5 does (``fts5_aux.c``); a word in no row has the
+    largest idf of the store.
+
+    Examples:
+        >>> round(bm25_idf(1, 100), 3), round(bm25_idf(0, 100), 3)
+        (4.195, 5.303)
+    """
+    n, big = max(0, df), max(rows, df)
+    return max(1e-6, float(np.log((big - n + 0.5) / (n + 0.5))))
+
+
+def relevance(dense: FloatArray, lexical: FloatArray, lexical_mass: float) -> FloatArray:
+    r"""Query relevance in [0, 1], on one absolute scale for every scope and query.
+
+    :math:`r = 1 - (1 - c)(1 - \ell)`, the probabilistic OR of
+
+    * :math:`c = \max(0, \cos(q, m))`, the embedding similarity, and
+    * :math:`\ell = \min(1, \mathrm{bm25}(q, m) / \sum_{t \in q} \mathrm{idf}(t))`,
+      the share of the query's BM25 information that the memory matches (a
+      memory holding every query word once at average length scores about
+      :math:`\sum \mathrm{idf}`). Words in no memory count in the sum, so a
+      query of unknown words matches little.
+
+    Unlike the fused activation (z-scores within one candidate pool), this
+    does not depend on the other candidates: a query that matches nothing
+    scores low everywhere, and a threshold means the same in every search.
+
+    Args:
+        dense: Cosine similarities, shape (n,).
+        lexical: BM25 scores (higher is better, 0 without a match), shape (n,).
+        lexical_mass: :math:`\sum_t \mathrm{idf}(t)` over the query's words
+            (0: no lexical evidence).
+
+    Examples:
+        >>> relevance(np.array([1.0, 0.2, -0.3]), np.array([0.0, 0.0, 3.0]), 6.0).round(2)
+        array([1. , 0.2, 0.5])
+    """
+    c = np.clip(np.asarray(dense, dtype=np.float64), 0.0, 1.0)
+    if lexical_mass > 0:
+        lex = np.clip(np.asarray(lexical, dtype=np.float64) / lexical_mass, 0.0, 1.0)
+    else:
+        lex = np.zeros_like(c)
+    return np.asarray(1.0 - (1.0 - c) * (1.0 - lex), dtype=np.float64)
+
+
+def propagated_relevance(own: float, via: Sequence[tuple[float, float]]) -> float:
+    r"""Relevance of a memory that spreading reached: :math:`\max(r_j, \max_i r_i w_{ij})`.
+
+    ``via`` holds ``(seed relevance, path weight)``; path weights are decayed
+    edge weights in [0, 1] (two hops multiply), so an association is never more
+    relevant than the seed it came from.
+
+    Examples:
+        >>> propagated_relevance(0.1, [(0.9, 0.5), (0.6, 1.0)])
+        0.6
+    """
+    return max([own, *(min(1.0, r * w) for r, w in via)])
+
+
 def seeds(base: Mapping[int, float], config: RetrievalConfig) -> dict[int, float]:
     """The few query-dependent seeds: top ``spread_seeds`` with activation above θ."""
     top = sorted(base, key=lambda n: (-base[n], n))[: config.spread_seeds]
@@ -147,7 +219,12 @@ def rank(
         for n, b in boost.items():
             final[n] = final[n] + b
     base_top, assoc = dynamics.select(
-        {n: base[n] for n in pool.ns}, final, k, config.max_flipped if edges else 0
+        {n: base[n] for n in pool.ns},
+        final,
+        k,
+        config.max_flipped if edges else 0,
+        config.selection,
+        config.association_share,
     )
     base_all = dict(base)
     if neighbours is not None:

@@ -182,7 +182,7 @@ _INVISIBLE = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp"))
 
 
 def is_blank(text: str) -> bool:
-    """Whether ``text`` holds nothing visible: only whitespace, control and format
+    r"""Whether ``text`` holds nothing visible: only whitespace, control and format
     characters (Unicode categories Cc, Cf, Zs, Zl, Zp; zero-width spaces and joiners,
     BOMs and direction marks are Cf). Lone surrogates count as content.
 

@@ -179,7 +179,14 @@ class Hit:
 
     Attributes:
         memory: The memory itself.
-        score: Final activation (base activation plus spreading boost).
+        score: Relevance to the query in [0, 1], on one absolute scale for
+            every scope and query (threshold it): the probabilistic OR of the
+            embedding cosine and the share of the query's BM25 information the
+            memory matches; an association hit has at most its seed's
+            relevance times the path's edge weight. See
+            :func:`helamem.core.retrieval.relevance`. Hits are sorted by it.
+        activation: What ranked the hit among the candidates: base activation
+            plus spreading boost (relative to this query's candidate pool).
         base: Base activation: fused dense/lexical z-score squashed to (0, 1),
             times recency.
         boost: What spreading activation added.
@@ -194,6 +201,7 @@ class Hit:
 
     memory: Memory
     score: float
+    activation: float
     base: float
     boost: float
     dense: float
@@ -212,7 +220,8 @@ class Hit:
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
-    """The hits of one search, best first: top-k base hits, then associations."""
+    """The hits of one search: at most k episodic hits in score order (base and
+    association hits together), then at most ``semantic_k`` facts in score order."""
 
     query: str
     hits: tuple[Hit, ...]

@@ -31,10 +31,11 @@ Metrics, for k = 5, 10, 20, per category (1 multi-hop, 2 temporal,
 - ``tokens@k``: mean context tokens of those hits (their contents, one per
   line), with tiktoken's cl100k_base when it is available offline, else an
   estimate of 4 characters per token (the output says which);
-- ``hits@k``: mean number of hits: ``search(k=k)`` returns the top k by base
-  activation plus up to ``max_flipped`` association hits when spreading is on.
+- ``hits@k``: mean number of hits: ``search(k=k)`` returns at most k (with
+  ``selection="append"``, the reference behaviour, up to k + ``max_flipped``).
 
-Without spreading, ``search(k=k)`` is the first k hits of ``search(k=20)``, so
+Without spreading, ``search(k=k)`` is the best k by activation of the hits of
+``search(k=20)`` (hits come sorted by relevance, not activation), so
 one search per question serves every k. With spreading each k is its own
 search, read-only, and the learning search (``k = default_k``) comes last, so
 that every k sees the same learned state; questions are asked in order.
@@ -672,7 +673,17 @@ def _ask(
         return [(str(h.memory.metadata.get("dia_id")), h.content, h.provenance) for h in res]
 
     if not method.spread:
-        top = hits(max(ks), method.learn)
+        res = mem.search(
+            query,
+            scope,
+            k=max(ks),
+            learn=method.learn,
+            spread=False,
+            reference_time=conv.reference_time,
+            semantic_k=0,
+        )
+        ranked = sorted(res, key=lambda h: -h.activation)  # the base top-k of each k
+        top = [(str(h.memory.metadata.get("dia_id")), h.content, h.provenance) for h in ranked]
         return {k: [(d, c) for d, c, _ in top[:k]] for k in ks}, 1, []
     # read-only searches first, the learning one last: every k sees the same state
     learn_k = cfg.default_k

@@ -45,6 +45,8 @@ FUSION_INVARIANT = frozenset(
         "spread_hops",
         "max_boost",
         "max_flipped",
+        "selection",
+        "association_share",
         "semantic_k",
     }
 )

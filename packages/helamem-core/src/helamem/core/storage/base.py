@@ -9,21 +9,10 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import StorageError
+from ..errors import IndexLockedError
 
 __all__ = ["EdgeRow", "IndexLockedError", "MemoryRow", "RankRow", "VectorIndex"]
-
-
-class IndexLockedError(StorageError):
-    """Another process holds this directory's embedded Chroma index.
-
-    Embedded Chroma (``ChromaConfig(mode="persistent")``) is single-process:
-    scopes searched by exact scan work from every process, but a scope large
-    enough for its own HNSW collection is served only by the process holding
-    the index. To share such a store between processes, run a Chroma server
-    (``chroma run --path DIR --host 127.0.0.1 --port 8000``) and open every
-    process with ``ChromaConfig(mode="http", host="127.0.0.1", port=8000)``.
-    """
+# IndexLockedError lives in helamem.core.errors; re-exported here for the backends
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ itself.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -165,6 +166,19 @@ def _row(r: Any) -> MemoryRow:
 _CORRUPT = ("malformed", "not a database", "corrupt")
 
 
+def _io_error(low: str, code: str) -> bool:
+    return "disk i/o error" in low or code.startswith("SQLITE_IOERR")
+
+
+def _full(path: Path, floor: int = 1 << 20) -> bool:
+    """Whether the filesystem holding ``path`` has less than ``floor`` bytes free
+    (a full disk often surfaces as SQLITE_IOERR when the WAL or its index cannot grow)."""
+    try:
+        return shutil.disk_usage(path.parent).free < floor
+    except OSError:
+        return False
+
+
 def storage_error(exc: sqlite3.Error, path: Path, what: str) -> StorageError:
     """The typed HeLa-Mem error for an SQLite failure, naming its cause and the fix.
 
@@ -174,7 +188,7 @@ def storage_error(exc: sqlite3.Error, path: Path, what: str) -> StorageError:
     text = str(exc)
     low = text.lower()
     code = getattr(exc, "sqlite_errorname", "")
-    if "disk is full" in low or code == "SQLITE_FULL":
+    if "disk is full" in low or code == "SQLITE_FULL" or (_io_error(low, code) and _full(path)):
         return DiskFullError(
             f"{what}: the disk holding {path} is full ({text}); free space and retry "
             f"(SQLite rolled the transaction back: nothing was lost)"
