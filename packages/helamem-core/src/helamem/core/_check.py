@@ -1,10 +1,13 @@
-"""Integrity check of a store directory (``helamem check``), read-only.
+"""Integrity check of a store directory (``helamem check``), and the repair of
+what derives from the memories (``helamem reindex``).
 
 :func:`check_store` reads ``helamem.sqlite3`` through its own connection and
 the vector index through :meth:`VectorIndex.count` and ``all_ids()``,
-without opening the store (so nothing is reconciled, migrated or repaired
-first), and returns a :class:`CheckReport`: counts, and one :class:`Defect`
-per kind of damage found:
+without opening the store (so nothing in SQLite is reconciled, migrated or
+repaired first; only the vector index, which verifies itself when it opens,
+may rebuild a collection that lost vectors), and returns a
+:class:`CheckReport`: counts, and one :class:`Defect` per kind of damage
+found:
 
 =====================  ======================================================
 kind                   meaning
@@ -655,14 +658,15 @@ class RepairReport:
     vectors: int
 
 
-def repair_derived(core: Core, *, reembed: bool = False) -> RepairReport:
+def repair_derived(core: Core, *, reembed: bool = False, vectors: bool = True) -> RepairReport:
     """Rebuild what is derived from the ``memories`` table (runs on the owner thread).
 
     In one transaction: the full-text index is dropped and rebuilt from the
     memories (so a damaged FTS5 index is replaced, not read), and edges whose
     end memory is missing or whose scope differs from an end's are deleted.
-    Then the vector index is rebuilt from the stored vectors (``reembed``:
-    recomputed with the store's embedder, as :meth:`HelaMemory.reindex`).
+    Then (``vectors``) the vector index is rebuilt from the stored vectors
+    (``reembed``: recomputed with the store's embedder, as
+    :meth:`HelaMemory.reindex`); ``RepairReport.vectors`` is 0 without it.
 
     Raises:
         StorageError: SQLite or the vector index failed; the transaction was
@@ -709,4 +713,4 @@ def repair_derived(core: Core, *, reembed: bool = False) -> RepairReport:
             " (SELECT 1 FROM memories m WHERE m.n = scopes.last_episode)"
         )
         store._fts_writes += 1  # the term statistics cache is stale
-    return RepairReport(rows, int(dropped), core.reindex(reembed))
+    return RepairReport(rows, int(dropped), core.reindex(reembed) if vectors else 0)

@@ -5,9 +5,9 @@ SQLite's ``meta`` table records the embedder every stored vector belongs to
 first records its target (key ``embedder.switch``: ``{"name", "dimension",
 "done_n"}``), then re-embeds the memories in key order, one transaction per
 batch that rewrites the batch's vectors and advances ``done_n`` together.
-When every vector is rewritten, the derived vector index is emptied (it is
-rebuilt from SQLite on open), and one last transaction records the new
-embedder and drops the switch record.
+When every vector is rewritten, the derived vector index is rebuilt from
+them, and one last transaction records the new embedder and drops the switch
+record.
 
 A process killed (or an embedder failing) half-way leaves the switch record:
 the store then opens only to finish the switch (same target: it resumes
@@ -205,21 +205,22 @@ def _switch(
         if total and done / total >= next_log:
             logger.info("re-embedded %d of %d memories", done, total)
             next_log = done / total + 0.1
-    # the old vectors (possibly of another dimension) leave the derived index;
-    # it is rebuilt from SQLite when the store opens
+    # the derived index drops the old vectors (possibly of another dimension) and
+    # takes the new ones; a kill here leaves the switch recorded: it runs again
+    logger.info("rebuilding the vector index with the new vectors")
     core.index.open(target["dimension"])
     try:
-        core.index.reset()
+        indexed = core.reindex(False)
     finally:
         core.index.close()
     with store.tx() as db:
-        db.execute("UPDATE memories SET indexed = 0")
         store.set_meta(db, EMBEDDER_KEY, json.dumps(target))
         db.execute("DELETE FROM meta WHERE key = ?", (SWITCH_KEY,))
     logger.warning(
-        "embedder of %s switched to %r (%d memories re-embedded); rebuilding the vector index",
+        "embedder of %s switched to %r (%d memories re-embedded, %d indexed)",
         core.config.path,
         target["name"],
         count,
+        indexed,
     )
     return count

@@ -641,14 +641,20 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
         mem = _open_store(args, reembed=args.reembed)
     with mem:
         switched = mem.reembedded
-        report = mem._call(lambda c: repair_derived(c, reembed=args.reembed and switched is None))
-        name = mem.stats().embedder
+        # a switch has just rebuilt the vector index with the new vectors
+        report = mem._call(
+            lambda c: repair_derived(
+                c, reembed=args.reembed and switched is None, vectors=switched is None
+            )
+        )
+        st = mem.stats()
     if switched is not None:
-        print(f"switched the embedder to {name}: {switched} memories re-embedded")
+        print(f"switched the embedder to {st.embedder}: {switched} memories re-embedded")
     elif args.reembed:
-        print(f"re-embedded {report.vectors} memories with {name}")
+        print(f"re-embedded {report.vectors} memories with {st.embedder}")
+    vectors = report.vectors if switched is None else st.vectors
     print(
-        f"reindexed {args.path}: {report.vectors} vectors, {report.fts_rows} full-text rows"
+        f"reindexed {args.path}: {vectors} vectors, {report.fts_rows} full-text rows"
         f", {report.edges_dropped} edges of missing memories dropped"
     )
     return 0
