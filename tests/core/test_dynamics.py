@@ -114,6 +114,19 @@ def test_select_returns_topk_plus_bounded_associations(
         assert len(few) <= k // 2 and len(half) >= min(len(base_top), k - k // 2)
         if mode == "base":
             assert half[: k - k // 2] == base_top[: k - k // 2]  # the best base hits stay
+        # gate 0: an association never displaces a more relevant base hit
+        rel = {i: (i * 7919 % 101) / 100 for i in final}
+        gated, through = dynamics.select(base, final, k, flips, mode=mode, relevance=rel, gate=0.0)
+        assert set(through) <= set(assoc) and len(gated) + len(through) <= k
+        free = k - len(base_top)
+        if mode == "final":
+            order = sorted(base_top, key=lambda i: (final.get(i, base[i]), -base[i], -i))
+        else:
+            order = base_top[::-1]
+        gone = [i for i in base_top if i not in gated]
+        assert set(gone) == set(order[: len(gone)])  # the first to go went first
+        for a, victim in zip(through[free:], order, strict=False):
+            assert rel[a] >= rel[victim]
         assert len(kept) + len(lifted) == min(k, len(base_top) + len(assoc))  # within k slots
         assert set(kept) <= set(base_top) and not set(kept) & set(lifted)
         assert kept == [i for i in base_top if i in kept]  # base order kept

@@ -722,7 +722,7 @@ class Core:
             return None
         pool = self._pool(rows, qv, lex)
         ref = retrieval.reference_time(pool, ref_given)
-        ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref)
+        ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref, lexical_mass=mass)
         prunable: list[tuple[int, int]] = []
         if spread and cfg.activation_alpha > 0 and cfg.max_flipped > 0:
             seeds = retrieval.seeds(ranking.base, cfg)
@@ -742,8 +742,9 @@ class Core:
                     ref_time=ref,
                     edges=triples,
                     neighbours=self._pool(extra, qv, {}),
+                    lexical_mass=mass,
                 )
-        return ranking, rows, self._hits(ranking, rows, pool, qv, lex, mass), prunable
+        return ranking, rows, self._hits(ranking, rows, pool, qv, lex), prunable
 
     def _pool(
         self, rows: dict[int, RankRow], qv: np.ndarray, lex: dict[int, float]
@@ -835,15 +836,10 @@ class Core:
         pool: retrieval.Pool,
         qv: np.ndarray,
         lex: dict[int, float],
-        mass: float,
     ) -> list[Hit]:
         dense = dict(zip(pool.ns, pool.dense.tolist(), strict=True))
         full = self.store.rows_by_n([*ranking.base_top, *ranking.associations])
         hits = []
-
-        def own(n: int) -> float:
-            d = np.array([dense.get(n, 0.0)])
-            return float(retrieval.relevance(d, np.array([lex.get(n, 0.0)]), mass)[0])
 
         for prov, ns in (("base", ranking.base_top), ("association", ranking.associations)):
             for n in ns:
@@ -855,11 +851,10 @@ class Core:
                     dense[n] = float(v @ qv) if v is not None and v.shape == qv.shape else 0.0
                 b = ranking.boost.get(n, 0.0)
                 base = ranking.base[n]
-                paths = [(own(s), w) for s, w in ranking.via.get(n, [])]
                 hits.append(
                     Hit(
                         memory=self._memory(full[n]),
-                        score=retrieval.propagated_relevance(own(n), paths),
+                        score=ranking.relevance.get(n, 0.0),
                         activation=base + b,
                         base=base,
                         boost=b,

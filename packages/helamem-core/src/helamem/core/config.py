@@ -99,6 +99,9 @@ class RetrievalConfig(_Frozen):
         association_share: Within k (``selection`` "final" or "base"),
             association hits take at most this share of the k slots, so the
             best base hits always stay.
+        association_gate: Within k, an association hit displaces a base hit
+            only if its relevance is at least the base hit's minus this margin
+            (0: never a more relevant memory; 1: no gate).
         learn_top: With ``learn=True``, only the best this many returned
             memories co-activate (0: every returned memory).
         default_k: ``k`` when the caller gives none.
@@ -124,6 +127,7 @@ class RetrievalConfig(_Frozen):
     max_flipped: int = Field(5, ge=0)
     selection: Literal["final", "base", "append"] = "final"
     association_share: float = Field(0.5, ge=0.0, le=1.0)
+    association_gate: float = Field(1.0, ge=0.0, le=1.0)
     learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)

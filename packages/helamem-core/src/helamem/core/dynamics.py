@@ -180,6 +180,8 @@ def select(
     max_flipped: int,
     mode: str = "final",
     share: float = 1.0,
+    relevance: Mapping[int, float] | None = None,
+    gate: float = 1.0,
 ) -> tuple[list[int], list[int]]:
     r"""Choose the returned memories: base hits and association hits.
 
@@ -201,6 +203,9 @@ def select(
     In the two modes within k, association hits take at most
     :math:`\lfloor \text{share} \cdot k \rfloor` slots, so the best base hits
     always stay (with ``share`` 0.5, ``k = 1`` returns the best base hit).
+    With ``relevance`` given, an association hit displaces a base hit only if
+    :math:`r_a \ge r_b - \text{gate}` (``gate`` 0: never a more relevant
+    memory; 1: always); one that may not is skipped.
 
     Returns:
         ``(base_top, associations)``, disjoint; ``base_top`` in base order,
@@ -221,12 +226,27 @@ def select(
     chosen = set(base_top)
     final_top = sorted(final, key=lambda i: (-final[i], i))[:k]
     cap = max_flipped if mode == "append" else min(max_flipped, int(share * k + 1e-9))
-    assoc = [i for i in final_top if i not in chosen][:cap]
-    if assoc and mode != "append":
-        room = k - len(assoc)
-        if mode == "final":
-            keep = set(sorted(base_top, key=lambda i: (-final.get(i, base[i]), i))[:room])
-            base_top = [i for i in base_top if i in keep]
-        else:
-            base_top = base_top[:room]
-    return base_top, assoc
+    lifted = [i for i in final_top if i not in chosen]
+    if mode == "append":
+        return base_top, lifted[:cap]
+    # the base hits that may make room, the first to go first
+    if mode == "final":
+        order = sorted(base_top, key=lambda i: (final.get(i, base[i]), -base[i], -i))
+    else:
+        order = base_top[::-1]
+    free = k - len(base_top)  # empty slots (a pool smaller than k) take no displacement
+    assoc: list[int] = []
+    dropped: set[int] = set()
+    for a in lifted:
+        if len(assoc) == cap:
+            break
+        if free > 0:
+            free -= 1
+            assoc.append(a)
+            continue
+        victim = order[len(dropped)]
+        if relevance is not None and relevance.get(a, 0.0) < relevance.get(victim, 0.0) - gate:
+            continue
+        dropped.add(victim)
+        assoc.append(a)
+    return [i for i in base_top if i not in dropped], assoc

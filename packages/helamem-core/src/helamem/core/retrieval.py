@@ -58,6 +58,8 @@ class Ranking:
     base: dict[int, float]
     boost: dict[int, float]
     via: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
+    relevance: dict[int, float] = field(default_factory=dict)
+    """Absolute relevance in [0, 1] of every ranked memory (see :func:`relevance`)."""
 
     @property
     def returned(self) -> list[int]:
@@ -181,8 +183,14 @@ def rank(
     ref_time: float,
     edges: Sequence[tuple[int, int, float]] = (),
     neighbours: Pool | None = None,
+    lexical_mass: float = 0.0,
 ) -> Ranking:
     """Rank a candidate pool, spreading activation over ``edges``.
+
+    Besides the activations that rank, every memory gets its absolute
+    :func:`relevance` (spread memories :func:`propagated_relevance`), which
+    orders the hits and, with ``config.association_gate``, decides whether an
+    association hit may displace a base hit.
 
     Args:
         pool: The candidates (dense ∪ lexical).
@@ -193,10 +201,15 @@ def rank(
             edges; empty disables spreading.
         neighbours: Neighbours outside the pool (their lexical score is 0);
             they are scored against the pool's statistics.
+        lexical_mass: The sum of BM25 idf over the query's words (0: no
+            lexical evidence), for :func:`relevance`.
     """
     norm = _norm(pool)
     a = base_activation(pool.dense, pool.lexical, pool.event_times, norm, ref_time, config)
     base = {n: float(v) for n, v in zip(pool.ns, a, strict=True)}
+    rel = dict(
+        zip(pool.ns, relevance(pool.dense, pool.lexical, lexical_mass).tolist(), strict=True)
+    )
     boost: dict[int, float] = {}
     via: dict[int, list[tuple[int, float]]] = {}
     final = dict(base)
@@ -211,6 +224,8 @@ def rank(
                 config,
             )
             final.update({n: float(v) for n, v in zip(neighbours.ns, extra, strict=True)})
+            own = relevance(neighbours.dense, neighbours.lexical, lexical_mass).tolist()
+            rel.update(zip(neighbours.ns, own, strict=True))
         known = {n for n in final}
         edges = [e for e in edges if e[1] in known]
         boost, via = dynamics.spread(
@@ -218,6 +233,9 @@ def rank(
         )
         for n, b in boost.items():
             final[n] = final[n] + b
+        seed_rel = dict(rel)  # an association's relevance comes from its seeds' own
+        for n, paths in via.items():
+            rel[n] = propagated_relevance(rel.get(n, 0.0), [(seed_rel[s], w) for s, w in paths])
     base_top, assoc = dynamics.select(
         {n: base[n] for n in pool.ns},
         final,
@@ -225,9 +243,11 @@ def rank(
         config.max_flipped if edges else 0,
         config.selection,
         config.association_share,
+        rel,
+        config.association_gate,
     )
     base_all = dict(base)
     if neighbours is not None:
         for n in assoc:
             base_all.setdefault(n, final[n] - boost.get(n, 0.0))
-    return Ranking(base_top, assoc, base_all, boost, via)
+    return Ranking(base_top, assoc, base_all, boost, via, rel)
