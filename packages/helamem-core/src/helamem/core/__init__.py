@@ -5,6 +5,7 @@ Examples:
     >>> mem = HelaMemory.from_path("./helamem-data")  # opens on first use
 """
 
+from ._check import CheckReport, Defect, check_store
 from ._maintenance import ConsolidationReport, ForgetReport
 from ._portable import ExportFormatError, ExportReport, ImportConflictError, ImportReport
 from .config import (
@@ -48,6 +49,7 @@ from .llm import LLMClient, LLMUsage
 from .types import Hit, Kind, Memory, NewMemory, NewTurn, Provenance, Scope, SearchResult
 
 __all__ = [
+    "CheckReport",
     "ChromaConfig",
     "ConsolidationConfig",
     "ConsolidationReport",
@@ -65,6 +67,7 @@ __all__ = [
     "LLMUsage",
     "ConfigError",
     "CorruptStoreError",
+    "Defect",
     "DiskFullError",
     "DynamicsConfig",
     "Embedder",
@@ -94,6 +97,7 @@ __all__ = [
     "SearchResult",
     "Stats",
     "StorageError",
+    "check_store",
     "StoreClosedError",
     "TurnContext",
     "TurnFailure",

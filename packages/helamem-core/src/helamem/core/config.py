@@ -126,8 +126,8 @@ class RetrievalConfig(_Frozen):
     max_boost: float = Field(1.0, ge=0.0)
     max_flipped: int = Field(5, ge=0)
     selection: Literal["final", "base", "append"] = "final"
-    association_share: float = Field(0.5, ge=0.0, le=1.0)
-    association_gate: float = Field(1.0, ge=0.0, le=1.0)
+    association_share: float = Field(0.2, ge=0.0, le=1.0)
+    association_gate: float = Field(0.2, ge=0.0, le=1.0)
     learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)

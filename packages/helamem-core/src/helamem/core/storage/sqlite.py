@@ -412,7 +412,10 @@ class SQLiteStore:
     def scope_of(self, scope_id: int) -> tuple[str, ...]:
         r = self.db.execute("SELECT path FROM scopes WHERE id = ?", (scope_id,)).fetchone()
         if r is None:
-            raise StorageError(f"scope node {scope_id} is missing; run `helamem check`")
+            raise CorruptStoreError(
+                f"scope node {scope_id} is missing from {self._path}; run "
+                f"`helamem check {self._path.parent}` and `helamem reindex {self._path.parent}`"
+            )
         return tuple(json.loads(r[0]))
 
     def scope_state(self, scope_id: int) -> tuple[int, int | None]:
