@@ -1,0 +1,202 @@
+"""Three processes write and search one store through a Chroma server (issue 14, case 2).
+
+Embedded Chroma is single-process (``test_multiprocess_index.py``); several
+processes share a store's large scopes through a Chroma server. This test
+starts a real one (``chroma run`` on 127.0.0.1, a free port, a bounded wait
+for its heartbeat, always stopped), then runs 3 processes
+(``mp_server_child.py``) for ``SECONDS`` at once on ONE store opened with
+``ChromaConfig(mode="http", exact_below=50)``: they add (single, batches,
+turns), delete some of their own memories, search, and look up memories the
+other processes acknowledged by their own vectors while those still write. The
+shared scopes pass 50 vectors within the first second, so they live in HNSW
+collections on the server, promoted while three processes write to them.
+
+Afterwards:
+
+* each process, still open, finds every acknowledged, not deleted memory of
+  every process by its own vector (the index's ``K`` nearest to the embedded
+  content, in its scope) and on a sample by a full ``search(content, scope,
+  k=K, learn=False)``; never returns a deleted one (dense or full search),
+  and cannot ``get`` it;
+* SQLite holds exactly the acknowledged, not deleted memories, with their
+  contents and scopes (nothing lost, nothing extra);
+* the integrity check (``check_store``, what ``helamem check`` runs, given
+  the server config) reports no defect, with every memory indexed and the
+  index's ids equal to the memories' ids.
+
+The default run takes ``SECONDS=10``; ``HELAMEM_SOAK=1`` runs
+``HELAMEM_SOAK_SECONDS`` (default 60), as the issue asks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from mp_server_child import DIMENSION, LARGE, config, read_logs
+
+from helamem.core import HashingEmbedder, HelaMemory
+from helamem.core._check import check_store
+
+CHILD = Path(__file__).with_name("mp_server_child.py")
+CHROMA = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+NPROCS = 3
+SOAK = os.environ.get("HELAMEM_SOAK") == "1"
+SOAK_SECONDS = float(os.environ.get("HELAMEM_SOAK_SECONDS", "60"))
+STARTUP_S = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[int]:
+    """A Chroma server on 127.0.0.1 for this test; yields its port."""
+    if not Path(CHROMA).exists():
+        pytest.skip("the chroma CLI is not installed")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            CHROMA,
+            "run",
+            "--path",
+            str(tmp_path / "chroma"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if proc.poll() is not None:
+                    pytest.fail(f"the Chroma server exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the Chroma server did not answer within {STARTUP_S} s")
+                time.sleep(0.2)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _run(tmp_path: Path, port: int, seconds: float, seed: int) -> dict[str, object]:
+    store, logs = tmp_path / "store", tmp_path / "logs"
+    logs.mkdir()
+    with HelaMemory(config(store, port), embedder=HashingEmbedder(DIMENSION)):
+        pass  # create the store once, so the children do not race to create its schema
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(CHILD),
+                str(store),
+                str(port),
+                f"p{i}",
+                str(seed + i),
+                str(seconds),
+                str(logs),
+                str(NPROCS),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(NPROCS)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((logs / f"p{i}.ready").exists() for i in range(NPROCS)):
+            dead = [p for p in procs if p.poll() is not None]
+            assert not dead, dead[0].communicate()[0][-4000:]
+            assert time.monotonic() < deadline, "the children did not open the store in 120 s"
+            time.sleep(0.05)
+        (logs / "go").touch()
+        outputs = [p.communicate(timeout=seconds + 400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-4000:]
+    summaries = [json.loads((logs / f"p{i}.json").read_text("utf-8")) for i in range(NPROCS)]
+    for s in summaries:
+        assert s["errors"] == [], s["errors"]
+
+    log = read_logs(logs)
+    live = {i: e for i, e in log.added.items() if i not in log.deleted}
+    assert log.deleting == log.deleted
+    # the numbers each process verified are the whole union of the logs
+    for s in summaries:
+        assert (s["verified_live"], s["verified_deleted"]) == (len(live), len(log.deleted))
+        assert s["missed_dense"] == [], f"{s['name']} cannot find {len(s['missed_dense'])}"
+        assert s["missed_search"] == [], f"{s['name']}: search misses {s['missed_search'][:5]}"
+        assert s["deleted_returned"] == [] and s["deleted_gettable"] == []
+        assert s["live_missed"] == [], f"{s['name']} missed while writing: {s['live_missed']}"
+    assert sum(int(s["acked"]) for s in summaries) == len(log.added)
+    assert all(int(s["deleted"]) > 0 for s in summaries)
+
+    # SQLite holds exactly the acknowledged, not deleted memories
+    with closing(sqlite3.connect(store / "helamem.sqlite3")) as db:
+        rows = {str(i): str(c) for i, c in db.execute("SELECT id, content FROM memories")}
+    assert rows == {i: e.content for i, e in live.items()}
+
+    with HelaMemory(config(store, port), embedder=HashingEmbedder(DIMENSION)) as m:
+        stats = m.stats()
+        sizes = {"/".join(sc): m.stats(sc).memories for sc in LARGE}
+    assert stats.memories == len(live) and stats.unindexed == 0
+    assert stats.vectors == len(live)
+    assert all(n >= 50 for n in sizes.values()), sizes  # every shared scope is in HNSW
+
+    report = check_store(store, config(store, port))
+    assert report.defects == (), report.to_text()
+    assert report.vector_ids_checked and report.vectors == len(live)
+    assert (report.memories, report.unindexed, report.tombstones) == (len(live), 0, 0)
+    return {
+        "seconds": seconds,
+        "acked": len(log.added),
+        "deleted": len(log.deleted),
+        "live": len(live),
+        "large_scopes": sizes,
+        "live_checks": sum(int(s["live_checked"]) for s in summaries),
+        "ops": [s["ops"] for s in summaries],
+        "verify_s": [round(float(s["verify_seconds"]), 1) for s in summaries],
+    }
+
+
+def test_three_processes_on_one_server_lose_nothing(tmp_path: Path, chroma_server: int) -> None:
+    out = _run(tmp_path, chroma_server, 10.0, seed=1)
+    print(json.dumps(out))
+
+
+@pytest.mark.skipif(not SOAK, reason="soak: set HELAMEM_SOAK=1 (HELAMEM_SOAK_SECONDS, default 60)")
+def test_soak_three_processes_on_one_server(tmp_path: Path, chroma_server: int) -> None:
+    out = _run(tmp_path, chroma_server, SOAK_SECONDS, seed=int(os.environ.get("HELAMEM_SEED", "7")))
+    print(json.dumps(out))
