@@ -195,7 +195,9 @@ async def test_score_threshold(store: SpyMemory, tmp_path: Path) -> None:
     kept = (await memory.query("cello", score_threshold=cut)).results
     assert [r.metadata["score"] >= cut for r in kept] == [True] * len(kept)  # type: ignore[index]
     assert 0 < len(kept) < 3
-    strict = HelaMemMemory(config(tmp_path, score_threshold=max(scores) + 1.0), memory=store)
+    assert all(0.0 <= s <= 1.0 for s in scores)  # relevance: one absolute scale
+    assert max(scores) < 0.995  # "cello" is not the whole of any memory
+    strict = HelaMemMemory(config(tmp_path, score_threshold=0.995), memory=store)
     assert (await strict.query("cello")).results == []
 
 

@@ -39,9 +39,15 @@ class HelaMemMemoryConfig(BaseModel):
         embedder: ``"minilm"`` (offline default), ``"litellm"`` (needs
             ``embedding_model``) or ``"hashing"`` (deterministic, no model).
         embedding_model: LiteLLM embedding model for ``embedder="litellm"``.
-        k: Memories retrieved per query (association hits may come on top).
-        score_threshold: Drop hits whose score (final activation) is lower.
-        max_tokens: Cap on the memory text injected into the model context.
+        k: At most this many memories per query, episodes and distilled
+            facts together, highest score first.
+        score_threshold: Drop hits whose score is lower. The score is the
+            core's relevance in [0, 1], on one absolute scale for every scope
+            and query (see :attr:`helamem.core.Hit.score`), so one threshold
+            means the same everywhere; ``None`` keeps every hit.
+        max_tokens: Cap on the memory text injected into the model context
+            (whole memories, best first, counted as
+            :meth:`helamem.core.SearchResult.to_text` counts).
         learn: Reinforce retrieved memories together (Hebbian learning).
         llm_model: LiteLLM model string for distillation; ``None``: the
             extractive distiller (no model).
@@ -68,7 +74,7 @@ class HelaMemMemoryConfig(BaseModel):
     embedder: Literal["minilm", "litellm", "hashing"] = "minilm"
     embedding_model: str | None = None
     k: int = Field(5, ge=1)
-    score_threshold: float | None = None
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     learn: bool = True
     llm_model: str | None = None

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+import math
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Self, TypeVar
 
 from autogen_core import CancellationToken, Component
@@ -24,7 +25,14 @@ from autogen_core.memory import (
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, UserMessage
 
-from helamem.core import HelaMemory, Hit, SearchResult, StoreClosedError, TurnRecorder
+from helamem.core import (
+    HelaMemory,
+    Hit,
+    InvalidInputError,
+    SearchResult,
+    StoreClosedError,
+    TurnRecorder,
+)
 
 from .config import HelaMemMemoryConfig
 
@@ -72,6 +80,51 @@ def _last_user(messages: Sequence[LLMMessage]) -> str | None:
         if isinstance(msg, UserMessage) and _text(msg.content):
             return _text(msg.content)
     return None
+
+
+def _best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
+    """At most ``k`` hits with ``score >= threshold``, highest score first.
+
+    Episodes and facts compete on the core's relevance (``Hit.score`` in
+    [0, 1]); ties keep the core's order (episodes before facts).
+    """
+    ranked = sorted(hits, key=lambda h: -h.score)  # stable
+    return [h for h in ranked if threshold is None or h.score >= threshold][:k]
+
+
+def _check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidInputError(f"k must be an int >= 1, got {k!r}; pass e.g. k=5")
+    return k
+
+
+def _check_threshold(threshold: object) -> float | None:
+    if threshold is None:
+        return None
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not math.isfinite(threshold)
+        or not 0.0 <= threshold <= 1.0
+    ):
+        raise InvalidInputError(
+            f"score_threshold must be a relevance in [0, 1] or None, got {threshold!r}; "
+            "pass e.g. score_threshold=0.5"
+        )
+    return float(threshold)
+
+
+def _fitting(query: str, hits: Sequence[Hit], max_tokens: int | None) -> list[Hit]:
+    """The leading hits whose text fits in ``max_tokens`` (core ``to_text`` counting)."""
+    if max_tokens is None:
+        return list(hits)
+    n = 0
+    while n < len(hits):
+        upto = SearchResult(query, tuple(hits[: n + 1]))
+        if upto.to_text(max_tokens) != upto.to_text():
+            break
+        n += 1
+    return list(hits[:n])
 
 
 async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
@@ -175,7 +228,10 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                 message from this memory, which replaces the previous one.
 
         Returns:
-            The memories injected (empty when there is no user message or no hit).
+            The memories injected: at most ``config.k``, highest score first,
+            only those at or above ``config.score_threshold`` and only those
+            whose text fits in ``config.max_tokens`` (empty when there is no
+            user message or no hit).
         """
         messages = await model_context.get_messages()
         await self._record(messages)
@@ -184,10 +240,11 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         if query is None:
             self._injected = ("", ())
             return UpdateContextResult(memories=MemoryQueryResult(results=[]))
-        hits = await self._search(query, self._config.k, self._config.score_threshold)
+        found = await self._search(query, self._config.k, self._config.score_threshold)
+        hits = _fitting(query, found, self._config.max_tokens)
         self._injected = (query, tuple(h.id for h in hits))
         if hits:
-            text = SearchResult(query, tuple(hits)).to_text(self._config.max_tokens)
+            text = SearchResult(query, tuple(hits)).to_text()
             await model_context.add_message(SystemMessage(content=f"{self._header}\n{text}"))
         return UpdateContextResult(memories=MemoryQueryResult(results=[_content(h) for h in hits]))
 
@@ -202,15 +259,22 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         Args:
             query: Text, or a ``MemoryContent`` with text or JSON content.
             cancellation_token: Cancels the wait.
-            **kwargs: ``k`` and ``score_threshold`` override the config.
+            **kwargs: ``k`` (int >= 1) and ``score_threshold`` (a relevance
+                in [0, 1], or ``None``) override the config.
 
         Returns:
-            The hits, best first; each one's metadata holds ``id``, ``score``,
-            ``base``, ``boost``, ``provenance``, ``scope``, ``event_time``
+            At most ``k`` results (episodes and distilled facts together),
+            highest ``score`` first, none below ``score_threshold``. Each
+            one's metadata holds ``id``, ``score`` (the core's relevance in
+            [0, 1], one absolute scale: see :attr:`helamem.core.Hit.score`),
+            ``activation`` (what ranked it among the candidates), ``base``,
+            ``boost``, ``provenance``, ``scope``, ``role``, ``event_time``
             beside the metadata it was added with.
 
         Raises:
             TypeError: On another keyword argument.
+            InvalidInputError: (a ``ValueError``) on a bad ``k`` or
+                ``score_threshold``.
             ValueError: On content that is not text or JSON.
         """
         unknown = set(kwargs) - {"k", "score_threshold"}
@@ -219,8 +283,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                 f"unexpected keyword argument(s) {sorted(unknown)}; use k=, score_threshold="
             )
         text = _encode(query)[0] if isinstance(query, MemoryContent) else query
-        k = kwargs.get("k", self._config.k)
-        threshold = kwargs.get("score_threshold", self._config.score_threshold)
+        k = _check_k(kwargs.get("k", self._config.k))
+        threshold = _check_threshold(kwargs.get("score_threshold", self._config.score_threshold))
         hits = await _linked(self._search(text, k, threshold), cancellation_token)
         return MemoryQueryResult(results=[_content(h) for h in hits])
 
@@ -293,8 +357,13 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
     # -- helpers ---------------------------------------------------------------
 
     async def _search(self, text: str, k: int, threshold: float | None) -> list[Hit]:
-        result = await self.helamem.asearch(text, self.scope, k=k, learn=self._config.learn)
-        return [h for h in result if threshold is None or h.score >= threshold]
+        """At most ``k`` hits, episodes and facts together, highest relevance first."""
+        mem = self.helamem
+        facts = min(mem.config.retrieval.semantic_k, k)
+        result = await mem.asearch(
+            text, self.scope, k=k, semantic_k=facts, learn=self._config.learn
+        )
+        return _best(result, k, threshold)
 
     async def _record(self, messages: Sequence[LLMMessage]) -> None:
         turn = _last_turn(messages)
@@ -366,6 +435,7 @@ def _content(hit: Hit) -> MemoryContent:
         **stored,
         "id": m.id,
         "score": hit.score,
+        "activation": hit.activation,
         "base": hit.base,
         "boost": hit.boost,
         "provenance": hit.provenance,
