@@ -62,7 +62,7 @@ STORY: list[tuple[datetime, str, str]] = [
     ),
 ]
 
-K = 2
+K = 5  # at most 5 hits; association hits compete for these slots (association_share 0.2: one)
 QUERIES = [
     "What music is my kid learning?",
     "How is my race preparation going?",
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    # The defaults (α = 1, 8 seeds, two hops, up to 5 association hits) were
+    # The defaults (α = 1, 8 seeds, two hops, association hits in a fifth of k) were
     # chosen on LoCoMo's 600-turn conversations (README, Benchmarks). In a
     # 16-turn store nearly every memory is a seed or a neighbour of one, so
     # the demo spreads more gently: one hop, α = 0.3, boosts capped at 0.2.

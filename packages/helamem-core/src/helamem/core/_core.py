@@ -33,6 +33,7 @@ from .ids import new_id
 from .storage.base import EdgeRow, IndexLockedError, MemoryRow, RankRow, VectorIndex
 from .storage.sqlite import SQLiteStore, sqlite_errors
 from .text import drop_common, fts_match, fts_terms, is_blank, keywords, safe_text
+from .tokens import TokenCount
 from .types import (
     Hit,
     Kind,
@@ -42,6 +43,7 @@ from .types import (
     SearchResult,
     TimeLike,
     dump_json,
+    fit_tokens,
     normalize_scope,
     to_timestamp,
 )
@@ -575,10 +577,16 @@ class Core:
         reference_time: TimeLike | None = None,
         kind: Kind = "episodic",
         semantic_k: int | None = None,
+        max_tokens: int | None = None,
+        count_tokens: TokenCount | None = None,
     ) -> SearchResult:
         query = _check_content(query, "query")
         prefix = normalize_scope(scope)
         k = _check_k(k)
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
+        ):
+            raise InvalidInputError(f"max_tokens must be an int >= 0 or None, got {max_tokens!r}")
         sem_k = self.config.retrieval.semantic_k if semantic_k is None else semantic_k
         if isinstance(sem_k, bool) or not isinstance(sem_k, int) or sem_k < 0:
             raise InvalidInputError(f"semantic_k must be an int >= 0, got {semantic_k!r}")
@@ -632,6 +640,10 @@ class Core:
             learned.append(self._coactive(ranking))
             rows.update(path_rows)
             prunable.extend(path_prunable)
+        if max_tokens is not None:
+            hits = fit_tokens(hits, max_tokens, count_tokens)
+            kept = {h.id for h in hits}
+            learned = [[n for n in group if rows[n].id in kept] for group in learned]
         if learn and learned:
             self._learn(learned, rows, prunable)
         return SearchResult(query, tuple(hits))

@@ -40,6 +40,7 @@ from .errors import InvalidInputError, StoreClosedError
 from .llm import LLMClient
 from .storage.base import VectorIndex
 from .storage.sqlite import sqlite_errors
+from .tokens import TokenCount
 from .types import (
     Kind,
     Memory,
@@ -353,18 +354,32 @@ class HelaMemory:
         reference_time: TimeLike | None,
         kind: Kind,
         semantic_k: int | None = None,
+        max_tokens: int | None = None,
+        count_tokens: TokenCount | None = None,
     ) -> Callable[[Core], SearchResult]:
         normalize_scope(scope)  # fail fast in the caller's thread
-        return lambda c: c.search(
-            query,
-            scope,
-            c.config.retrieval.default_k if k is None else k,
-            learn=learn,
-            spread=spread,
-            reference_time=reference_time,
-            kind=kind,
-            semantic_k=semantic_k,
-        )
+
+        def run(c: Core) -> SearchResult:
+            if k is not None:
+                kk = k
+            elif max_tokens is not None:  # the budget decides: enough candidates to fill it
+                kk = max(c.config.retrieval.default_k, c.config.retrieval.candidates)
+            else:
+                kk = c.config.retrieval.default_k
+            return c.search(
+                query,
+                scope,
+                kk,
+                learn=learn,
+                spread=spread,
+                reference_time=reference_time,
+                kind=kind,
+                semantic_k=semantic_k,
+                max_tokens=max_tokens,
+                count_tokens=count_tokens,
+            )
+
+        return run
 
     # -- sync API ----------------------------------------------------------
 
@@ -451,6 +466,8 @@ class HelaMemory:
         reference_time: TimeLike | None = None,
         kind: Kind = "episodic",
         semantic_k: int | None = None,
+        max_tokens: int | None = None,
+        count_tokens: TokenCount | None = None,
     ) -> SearchResult:
         """Dual-path retrieval with spreading activation over learned edges.
 
@@ -458,8 +475,11 @@ class HelaMemory:
             query: What to look for.
             scope: A scope or a prefix of scopes (whole segments match:
                 ``("user", "1")`` never matches ``("user", "10")``).
-            k: Top-k by base activation (default ``config.retrieval.default_k``);
-                up to ``max_flipped`` association hits come on top.
+            k: At most this many episodic hits (default
+                ``config.retrieval.default_k``, or ``retrieval.candidates`` when
+                only ``max_tokens`` is given). Association hits compete for
+                these slots (``retrieval.selection``); hits come sorted by
+                ``score``, a relevance in [0, 1].
             learn: Reinforce the returned memories together (Hebbian
                 learning); ``False`` is read-only.
             spread: Spread activation over learned edges.
@@ -467,6 +487,14 @@ class HelaMemory:
             kind: ``"episodic"`` or ``"semantic"``.
             semantic_k: Distilled facts returned after the episodic hits
                 (provenance ``"semantic"``); default ``config.retrieval.semantic_k``.
+            max_tokens: A context budget: whole hits, in order, while
+                :meth:`SearchResult.to_text` stays within this many tokens
+                (what is cut is neither returned nor learned from).
+            count_tokens: The tokenizer for ``max_tokens`` (default:
+                cl100k_base offline, :func:`helamem.core.tokens.default_counter`).
+
+        Raises:
+            InvalidInputError: A bad query, scope, k, semantic_k or max_tokens.
 
         Examples:
             >>> res = mem.search("pets", ("users",), k=5)   # doctest: +SKIP
@@ -474,7 +502,18 @@ class HelaMemory:
             ['base', 'base', 'association']
         """
         result = self._call(
-            self._plan_search(query, scope, k, learn, spread, reference_time, kind, semantic_k)
+            self._plan_search(
+                query,
+                scope,
+                k,
+                learn,
+                spread,
+                reference_time,
+                kind,
+                semantic_k,
+                max_tokens,
+                count_tokens,
+            )
         )
         note_used(result.ids)
         return result
@@ -750,10 +789,23 @@ class HelaMemory:
         reference_time: TimeLike | None = None,
         kind: Kind = "episodic",
         semantic_k: int | None = None,
+        max_tokens: int | None = None,
+        count_tokens: TokenCount | None = None,
     ) -> SearchResult:
         """Async :meth:`search`."""
         result = await self._acall(
-            self._plan_search(query, scope, k, learn, spread, reference_time, kind, semantic_k)
+            self._plan_search(
+                query,
+                scope,
+                k,
+                learn,
+                spread,
+                reference_time,
+                kind,
+                semantic_k,
+                max_tokens,
+                count_tokens,
+            )
         )
         note_used(result.ids)
         return result

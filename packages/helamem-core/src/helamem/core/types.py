@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
@@ -245,29 +245,54 @@ class SearchResult:
         """Hits that only spreading activation surfaced."""
         return [h for h in self.hits if h.provenance == "association"]
 
-    def to_text(self, max_tokens: int | None = None) -> str:
-        """Format the hits compactly for an LLM prompt.
+    def to_text(
+        self, max_tokens: int | None = None, count_tokens: Callable[[str], int] | None = None
+    ) -> str:
+        """Format the hits compactly for an LLM prompt, one line per hit.
 
         Args:
-            max_tokens: Stop before the text would exceed roughly this many
-                tokens (estimated at 4 characters a token).
+            max_tokens: Keep whole hits, in order, while the text stays within
+                this many tokens (the same rule as ``search(max_tokens=)``).
+            count_tokens: The tokenizer (default: cl100k_base, offline; see
+                :mod:`helamem.core.tokens`).
 
         Examples:
             >>> SearchResult("q", ()).to_text()
             ''
         """
-        lines: list[str] = []
-        used = 0
-        for h in self.hits:
-            m = h.memory
-            who = f"{m.role}: " if m.role else ""
-            line = f"- [{m.event_time:%Y-%m-%d}] {who}{m.content}"
-            cost = len(line) // 4 + 1
-            if max_tokens is not None and used + cost > max_tokens:
-                break
-            lines.append(line)
-            used += cost
-        return "\n".join(lines)
+        hits = self.hits if max_tokens is None else fit_tokens(self.hits, max_tokens, count_tokens)
+        return "\n".join(context_line(h) for h in hits)
+
+
+def context_line(hit: Hit) -> str:
+    """One hit as a prompt line: ``- [YYYY-MM-DD] role: content``."""
+    m = hit.memory
+    who = f"{m.role}: " if m.role else ""
+    return f"- [{m.event_time:%Y-%m-%d}] {who}{m.content}"
+
+
+def fit_tokens(
+    hits: Sequence[Hit], max_tokens: int, count_tokens: Callable[[str], int] | None = None
+) -> list[Hit]:
+    """The longest prefix of ``hits`` whose :meth:`SearchResult.to_text` fits ``max_tokens``.
+
+    Whole hits only, in order: a hit that does not fit ends the list (a later,
+    shorter one is not taken, so the result stays a prefix of the ranking).
+    Each hit costs the tokens of its line plus its newline.
+    """
+    if count_tokens is None:
+        from .tokens import default_counter
+
+        count_tokens = default_counter().count
+    out: list[Hit] = []
+    used = 0
+    for h in hits:
+        cost = int(count_tokens(context_line(h) + "\n"))
+        if used + cost > max_tokens:
+            break
+        out.append(h)
+        used += cost
+    return out
 
 
 def dump_json(value: Mapping[str, Any] | Sequence[Any], what: str) -> str:

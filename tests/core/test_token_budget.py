@@ -1,0 +1,93 @@
+"""``search(max_tokens=)`` fills a token budget with whole hits, best first, and
+``to_text(max_tokens=)`` agrees with it (issue 15, item 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import HelaMemory, InvalidInputError
+from helamem.core.tokens import default_counter, estimate_tokens
+from helamem.core.types import context_line
+
+ALICE = ("users", "alice")
+
+
+def _fill(mem: HelaMemory) -> None:
+    for i in range(30):
+        mem.add(f"garden note {i}: " + "tomatoes and basil " * (1 + i % 5), ALICE)
+
+
+def test_default_counter_is_cl100k_offline() -> None:
+    c = default_counter()
+    assert c.exact and "cl100k_base" in c.name
+    assert c.count("Hello world") == 2  # tiktoken's cl100k_base gives [9906, 1917]
+    assert c.count("Emma's violin recital on Saturday! 😀") == 9  # as tiktoken counts it
+
+
+@pytest.mark.parametrize("budget", [0, 1, 40, 100, 256, 512])
+def test_budget_is_filled_with_whole_hits_best_first(mem: HelaMemory, budget: int) -> None:
+    _fill(mem)
+    full = mem.search("garden tomatoes basil", ALICE, k=30, learn=False)
+    res = mem.search("garden tomatoes basil", ALICE, k=30, max_tokens=budget, learn=False)
+    assert res.ids == full.ids[: len(res)]  # a prefix of the ranking
+    count = default_counter().count
+    used = sum(count(context_line(h) + "\n") for h in res)
+    assert used <= budget
+    if len(res) < len(full):  # the next hit would not have fit
+        nxt = full[len(res)]
+        assert used + count(context_line(nxt) + "\n") > budget
+    # to_text with the same budget keeps exactly these hits
+    assert full.to_text(max_tokens=budget) == res.to_text()
+    assert count(res.to_text()) <= budget
+
+
+def test_budget_alone_takes_enough_candidates(mem: HelaMemory) -> None:
+    _fill(mem)
+    res = mem.search("garden tomatoes basil", ALICE, max_tokens=1024, learn=False)
+    assert len(res) > mem.config.retrieval.default_k  # not cut at the default k
+
+
+def test_caller_counter_and_learning_only_what_is_returned(mem: HelaMemory) -> None:
+    _fill(mem)
+    calls: list[str] = []
+
+    def words(text: str) -> int:
+        calls.append(text)
+        return len(text.split())
+
+    res = mem.search("garden tomatoes basil", ALICE, k=10, max_tokens=40, count_tokens=words)
+    assert calls and 1 <= len(res) < 10
+    assert sum(len((context_line(h) + "\n").split()) for h in res) <= 40
+    returned = set(res.ids)
+    touched = {
+        i
+        for i in (h.id for h in mem.search("garden", ALICE, k=30, learn=False))
+        if mem.get(i).access_count > 0
+    }
+    assert touched <= returned  # what was cut was not learned from
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+def test_bad_budget_is_refused(mem: HelaMemory, bad: Any) -> None:
+    mem.add("x", ALICE)
+    with pytest.raises(InvalidInputError, match="max_tokens"):
+        mem.search("x", ALICE, max_tokens=bad)
+
+
+def test_estimate() -> None:
+    assert estimate_tokens("") == 0 and estimate_tokens("abcd") == 1
+
+
+def test_async_budget(tmp_path: Path, make_mem: Any) -> None:
+    import asyncio
+
+    async def go() -> int:
+        async with make_mem(tmp_path / "s") as mem:
+            _fill(mem)
+            res = await mem.asearch("garden", ALICE, max_tokens=50, learn=False)
+            return len(res)
+
+    assert 0 < asyncio.run(go()) < 30
