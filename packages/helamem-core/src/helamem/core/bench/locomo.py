@@ -909,7 +909,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         "R@k: any evidence turn among the hits of `search(k=k)`; recall@k: share of the "
-        "evidence found; hits@k: hits returned (top k plus association hits when spreading).",
+        "evidence found; hits@k: hits returned (at most k; association hits compete for the slots).",
         "",
     ]
     parity = results.get("token_parity")
