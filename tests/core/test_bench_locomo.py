@@ -205,6 +205,13 @@ def test_runner_metrics_and_outputs(data: Path, tmp_path: Path) -> None:
         assert method["categories"]["all"]["tokens@5"] > method["categories"]["all"]["tokens@1"]
         assert method["query_s"] > 0
         assert method["ingest_s"] > 0
+    # equal tokens: whole hits while their contents fit; every turn fits 1024 tokens
+    for method in res["methods"].values():
+        c = method["categories"]["all"]
+        assert c["hits@256t"] <= c["hits@512t"] <= c["hits@1024t"]
+        assert c["r@1024t"] == 1.0 and c["hits@1024t"] >= c["hits@5"]
+        assert c["tokens@256t"] <= 256 and c["tokens@1024t"] <= 1024
+    assert res["config"]["token_budgets"] == [256, 512, 1024]
     assert res["methods"]["helamem"]["learn"] is True
     assert res["methods"]["dense"]["retrieval"]["keyword_weight"] == 0.0
     assert res["methods"]["bm25"]["retrieval"]["keyword_weight"] == 1.0
@@ -218,6 +225,7 @@ def test_runner_metrics_and_outputs(data: Path, tmp_path: Path) -> None:
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "| bm25 |" in md
     assert "R@1" in md
+    assert "## Equal tokens" in md and "R@512 tokens" in md
     assert md == render_markdown(written)
 
 

@@ -100,6 +100,9 @@ CATEGORIES: dict[int, str] = {
 """LoCoMo question categories, numbered as in the official evaluation code."""
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
+BUDGETS: tuple[int, ...] = (256, 512, 1024)
+"""Context budgets (tokens) at which every method is also scored: ``R@256t`` etc."""
+_BUDGET_K = 60  # hits fetched to fill the largest budget (LoCoMo turns: ~36 tokens each)
 
 _EVIDENCE = re.compile(r"D:?(\d+):(\d+)")
 _SEPARATORS = re.compile(r"[;,\s]+")
@@ -402,17 +405,17 @@ class _Tally:
     """Sums over the questions of one (method, category)."""
 
     questions: int = 0
-    hit: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
-    recall: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
-    tokens: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
-    items: defaultdict[int, float] = field(default_factory=lambda: defaultdict(float))
+    hit: defaultdict[int | str, float] = field(default_factory=lambda: defaultdict(float))
+    recall: defaultdict[int | str, float] = field(default_factory=lambda: defaultdict(float))
+    tokens: defaultdict[int | str, float] = field(default_factory=lambda: defaultdict(float))
+    items: defaultdict[int | str, float] = field(default_factory=lambda: defaultdict(float))
 
     def add(
         self,
-        hit: Mapping[int, float],
-        recall: Mapping[int, float],
-        tokens: Mapping[int, int],
-        items: Mapping[int, int],
+        hit: Mapping[int | str, float],
+        recall: Mapping[int | str, float],
+        tokens: Mapping[int | str, int],
+        items: Mapping[int | str, int],
     ) -> None:
         self.questions += 1
         for total, values in (
@@ -424,7 +427,7 @@ class _Tally:
             for k, v in values.items():
                 total[k] += v
 
-    def summary(self, ks: Sequence[int]) -> dict[str, Any]:
+    def summary(self, ks: Sequence[int | str]) -> dict[str, Any]:
         n = self.questions
         out: dict[str, Any] = {"questions": n}
         for key, counter in (
@@ -439,15 +442,26 @@ class _Tally:
 
 
 def _score(
-    retrieved: Mapping[int, list[tuple[str, str]]],
+    retrieved: Mapping[int | str, list[tuple[str, str]]],
     evidence: set[str],
     counter: TokenCounter,
-) -> tuple[dict[int, float], dict[int, float], dict[int, int], dict[int, int]]:
-    hit: dict[int, float] = {}
-    recall: dict[int, float] = {}
-    tokens: dict[int, int] = {}
-    items: dict[int, int] = {}
+) -> tuple[
+    dict[int | str, float], dict[int | str, float], dict[int | str, int], dict[int | str, int]
+]:
+    hit: dict[int | str, float] = {}
+    recall: dict[int | str, float] = {}
+    tokens: dict[int | str, int] = {}
+    items: dict[int | str, int] = {}
     for k, hits in retrieved.items():
+        if isinstance(k, str):  # a token budget "256t": fill it with whole hits, in order
+            budget, used, kept = int(k[:-1]), 0, []
+            for d, c in hits:
+                cost = counter.count(c + "\n")
+                if used + cost > budget:
+                    break
+                used += cost
+                kept.append((d, c))
+            hits = kept
         found = {d for d, _ in hits} & evidence
         hit[k] = 1.0 if found else 0.0
         recall[k] = len(found) / len(evidence)
@@ -550,6 +564,7 @@ def run_locomo(
     qa_runner = QARunner(qa, data, seed) if qa is not None else None
     search_ks = tuple(sorted({*ks, qa.k})) if qa is not None else ks
     counter = token_counter(tokenizer_file)
+    budget_keys = tuple(f"{t}t" for t in BUDGETS)
     cache = CachingEmbedder(embedder if embedder is not None else MiniLMEmbedder())
 
     texts = list(
@@ -612,7 +627,8 @@ def run_locomo(
                         searches[m.name] += n
                         assoc[m.name]["hits"] += len(flipped)
                         assoc[m.name]["evidence"] += len(set(flipped) & evidence)
-                        scored = _score({k: retrieved[k] for k in ks}, evidence, counter)
+                        wanted: list[int | str] = [*ks, *budget_keys]
+                        scored = _score({k: retrieved[k] for k in wanted}, evidence, counter)
                         for key in _bucket(q.category, conv.sample_id):
                             tally[m.name][key].add(*scored)
                         if qa_runner is not None:
@@ -657,8 +673,15 @@ def _ask(
     scope: tuple[str, ...],
     conv: Conversation,
     ks: Sequence[int],
-) -> tuple[dict[int, list[tuple[str, str]]], int, list[str]]:
-    """Ask one question; returns hits per k as (dia_id, content), searches, association dia_ids."""
+) -> tuple[dict[int | str, list[tuple[str, str]]], int, list[str]]:
+    """Ask one question; returns hits per k as (dia_id, content), searches, association dia_ids.
+
+    Besides each k, key ``"{T}t"`` holds the ranked hits from which the token
+    budget T is filled (:func:`_score` keeps the prefix that fits): the
+    method's own order (activation without spreading; the returned order,
+    relevance, with it), as ``search(max_tokens=T)`` fills it.
+    """
+    budget_keys = [f"{t}t" for t in BUDGETS]
 
     def hits(k: int, learn: bool) -> list[tuple[str, str, str]]:
         res = mem.search(
@@ -676,7 +699,7 @@ def _ask(
         res = mem.search(
             query,
             scope,
-            k=max(ks),
+            k=max(*ks, _BUDGET_K),
             learn=method.learn,
             spread=False,
             reference_time=conv.reference_time,
@@ -684,18 +707,24 @@ def _ask(
         )
         ranked = sorted(res, key=lambda h: -h.activation)  # the base top-k of each k
         top = [(str(h.memory.metadata.get("dia_id")), h.content, h.provenance) for h in ranked]
-        return {k: [(d, c) for d, c, _ in top[:k]] for k in ks}, 1, []
+        cut: dict[int | str, list[tuple[str, str]]] = {
+            k: [(d, c) for d, c, _ in top[:k]] for k in ks
+        }
+        cut.update({b: [(d, c) for d, c, _ in top] for b in budget_keys})
+        return cut, 1, []
     # read-only searches first, the learning one last: every k sees the same state
     learn_k = cfg.default_k
     order = [k for k in ks if not (method.learn and k == learn_k)]
-    out: dict[int, list[tuple[str, str]]] = {}
+    out: dict[int | str, list[tuple[str, str]]] = {}
     flipped: list[str] = []
     for k in order:
         found = hits(k, False)
         out[k] = [(d, c) for d, c, _ in found]
         if k == learn_k:
             flipped = [d for d, _, p in found if p == "association"]
-    n = len(order)
+    wide = [(d, c) for d, c, _ in hits(_BUDGET_K, False)]
+    out.update({b: wide for b in budget_keys})
+    n = len(order) + 1
     if method.learn:
         found = hits(learn_k, True)
         n += 1
@@ -726,13 +755,14 @@ def _results(
     assoc: Mapping[str, Counter[str]],
 ) -> dict[str, Any]:
     n_questions = sum(len(c.questions) for c in convs)
+    scored_keys: list[int | str] = [*ks, *(f"{t}t" for t in BUDGETS)]
     keys = [str(c) for c in CATEGORIES] + ["1-4", "all"]
     names = {**{str(c): n for c, n in CATEGORIES.items()}, "1-4": "1-4", "all": "all"}
     methods_out: dict[str, Any] = {}
     for m in chosen:
         cats = {}
         for key in keys:
-            entry = {"name": names[key], **tally[m.name].get(key, _Tally()).summary(ks)}
+            entry = {"name": names[key], **tally[m.name].get(key, _Tally()).summary(scored_keys)}
             cats[key] = entry
         methods_out[m.name] = {
             "description": m.description,
@@ -752,7 +782,7 @@ def _results(
             },
             "categories": cats,
             "conversations": {
-                c.sample_id: tally[m.name].get(f"{c.sample_id}/1-4", _Tally()).summary(ks)
+                c.sample_id: tally[m.name].get(f"{c.sample_id}/1-4", _Tally()).summary(scored_keys)
                 for c in convs
             },
         }
@@ -765,6 +795,7 @@ def _results(
             "questions_per_conversation": limits[1],
             "methods": [m.name for m in chosen],
             "ks": list(ks),
+            "token_budgets": list(BUDGETS),
             "retrieval_overrides": dict(overrides),
             "embedder": cache.name,
             "scope": "one per conversation: ('locomo', sample_id)",
@@ -909,9 +940,24 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         "R@k: any evidence turn among the hits of `search(k=k)`; recall@k: share of the "
-        "evidence found; hits@k: hits returned (at most k; association hits compete for the slots).",
+        "evidence found; hits@k: hits returned (at most k; association hits take some of the k).",
         "",
     ]
+    budgets = results["config"].get("token_budgets") or []
+    if budgets:
+        lines += [
+            "## Equal tokens (categories 1-4)",
+            "",
+            "Each method's ranked hits, whole hits in order, while their contents fit T tokens.",
+            "",
+            "| method | " + " | ".join(f"R@{t} tokens | hits@{t}" for t in budgets) + " |",
+            "|---|" + "---|---|" * len(budgets),
+        ]
+        for name, m in methods.items():
+            c = m["categories"]["1-4"]
+            cells = [f"{_fmt(c[f'r@{t}t'])} | {_fmt(c[f'hits@{t}t'], 1)}" for t in budgets]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
     parity = results.get("token_parity")
     if parity:
         lines += [
