@@ -156,7 +156,8 @@ class _Write:
 class _Search:
     query: str
     prefix: tuple[str, ...] | None  # None: every root scope
-    k: int
+    k: int  # episodic hits (per root scope when prefix is None)
+    semantic_k: int  # distilled facts (likewise)
 
 
 @dataclass(frozen=True)
@@ -277,13 +278,23 @@ class HelaMemStore(BaseStore):
     fields, else the store's ``fields``, else the whole value as JSON;
     ``index=False`` stores the document only: it can be got and listed but
     never matches a query). ``search(ns, query=...)`` runs Hebbian retrieval
-    over the namespace prefix: scores are HeLa-Mem activations, the best
+    over the namespace prefix and returns at most ``limit`` items, highest
+    score first. The score is the core's relevance in [0, 1], on one absolute
+    scale for every namespace and query (see :attr:`helamem.core.Hit.score`),
+    so it can be thresholded. Distilled facts (read-only items) compete for
+    the same ``limit`` slots: the core is asked for ``offset + limit``
+    episodic hits and at most as many facts (``config.retrieval.semantic_k``
+    at most), and the two are merged by score. A prefix spanning several
+    top-level namespaces (``()``) is searched per top-level namespace and
+    merged on that one scale. ``offset=o`` returns the best ``limit`` items of
+    the best ``o + limit`` that ``offset=0, limit=o`` does not return (see
+    :meth:`_query` for when pages cover every item once). The best
     ``config.retrieval.learn_top`` items of the page co-activate (all of them
-    when it is 0), and inside a graph the page's ids are kept for the
-    running thread so :class:`~helamem.langgraph.HelaMemCheckpointer` can
-    record them with the turn. ``search`` without a query is a filtered
-    listing. Memories that are not store documents (e.g. recorded turns)
-    come back from query search keyed by memory id.
+    when it is 0), and inside a graph the page's ids are kept for the running
+    thread so :class:`~helamem.langgraph.HelaMemCheckpointer` can record them
+    with the turn. ``search`` without a query is a filtered listing. Memories that are
+    not store documents (e.g. recorded turns, facts) come back from query
+    search keyed by memory id.
 
     Writes are serialised per memory path (threads, store objects and
     processes) and journaled, so that no interleaving and no kill loses an
@@ -489,7 +500,11 @@ class HelaMemStore(BaseStore):
         if isinstance(req, _Search):
             prefixes = [req.prefix] if req.prefix else m.list_scopes()
             roots = dict.fromkeys(p[:1] if req.prefix is None else p for p in prefixes)
-            return [h for p in roots for h in m.search(req.query, p, k=req.k, learn=False)]
+            return [
+                h
+                for p in roots
+                for h in m.search(req.query, p, k=req.k, semantic_k=req.semantic_k, learn=False)
+            ]
         if isinstance(req, _Learn):
             try:
                 m.reinforce(req.ids)
@@ -512,7 +527,9 @@ class HelaMemStore(BaseStore):
             roots = dict.fromkeys(p[:1] if req.prefix is None else p for p in prefixes)
             hits: list[Hit] = []
             for p in roots:
-                hits.extend(await m.asearch(req.query, p, k=req.k, learn=False))
+                hits.extend(
+                    await m.asearch(req.query, p, k=req.k, semantic_k=req.semantic_k, learn=False)
+                )
             return hits
         if isinstance(req, _Learn):
             try:
@@ -718,12 +735,45 @@ class HelaMemStore(BaseStore):
         return "\n".join(t for t in texts if t.strip())
 
     def _query(self, op: SearchOp) -> _Plan[list[SearchItem]]:
+        """One page of query search: at most ``limit`` items, highest score first.
+
+        ``offset=0``: the core's ``search(k=limit)`` (facts merged in by score,
+        then cut). ``offset=o``: the best ``limit`` items of the core's best
+        ``o + limit`` that are not in the ``offset=0, limit=o`` result, so a
+        page never repeats the items before it even though the core sorts its
+        best k by relevance, not by the activation that chose them. When the
+        core's best-k sets are nested in k (always without association hits,
+        ``max_flipped=0``), successive pages cover the best ``o + limit``
+        exactly once; an association hit that displaces a base hit at one k
+        but not at another can make an item come back or be skipped.
+        """
         assert op.query
-        want = max(op.offset, 0) + max(op.limit, 0)
-        k = want * self.filter_overfetch if op.filter else want
-        if k == 0:
+        offset, limit = max(op.offset, 0), max(op.limit, 0)
+        if limit == 0:
             return []
-        hits: list[Hit] = yield _Search(op.query, op.namespace_prefix or None, k)
+        found, stale = yield from self._ranked(op, offset + limit)
+        if offset:
+            before, more = yield from self._ranked(op, offset)
+            shown = {h.id for _, h in before[:offset]}
+            found = [(item, h) for item, h in found if h.id not in shown]
+            stale += [s for s in more if s not in stale]
+        page = found[:limit]
+        for group in self._coactive([h for _, h in page]):
+            yield _Learn(group)
+        if stale:
+            yield _Forget(stale)
+        self._note_thread([h.id for _, h in page])
+        return [item for item, _ in page]
+
+    def _ranked(
+        self, op: SearchOp, n: int
+    ) -> _Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]]]]:
+        """The live items of the core's best ``n`` (facts included), filtered, highest
+        score first; and the stale memories met."""
+        assert op.query
+        k = n * self.filter_overfetch if op.filter else n
+        facts = min(self.memory.config.retrieval.semantic_k, k)
+        hits: list[Hit] = yield _Search(op.query, op.namespace_prefix or None, k, facts)
         docs_of = [h for h in hits if "langgraph" in h.memory.metadata]
         got: list[Item | None] = (
             (yield _Docs([GetOp(*_address(h), refresh_ttl=op.refresh_ttl) for h in docs_of]))
@@ -751,17 +801,11 @@ class HelaMemStore(BaseStore):
                 item = SearchItem(m.scope, m.id, value, m.created_at, m.created_at, h.score)
             if _matches(item.value, op.filter):
                 found.append((item, h))
-        page = found[op.offset : op.offset + op.limit]
-        for group in self._coactive([h for _, h in page]):
-            yield _Learn(group)
-        if stale:
-            yield _Forget(stale)
-        self._note_thread([h.id for _, h in page])
-        return [item for item, _ in page]
+        return found, stale
 
     def _coactive(self, page: Sequence[Hit]) -> list[list[str]]:
         """The core's learning rule on the page: per kind, the best ``learn_top``
-        (0: all) co-activate; association hits only if they rank among them."""
+        by score (0: all) co-activate; association hits only if they rank among them."""
         top = self.memory.config.retrieval.learn_top
         groups: dict[bool, list[Hit]] = {}
         for h in page:

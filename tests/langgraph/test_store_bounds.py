@@ -1,0 +1,176 @@
+"""HelaMemStore query search: at most ``limit`` items, highest score first, one score
+scale for every namespace, pages that never repeat (issue 15: ``k`` means k)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from langgraph.store.base import SearchItem
+
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, RetrievalConfig
+from helamem.langgraph import HelaMemStore
+
+NS = ("users", "alice")
+WORDS = ["tea", "cat", "violin", "recital", "marathon", "knee", "physio", "garden", "tomato"]
+
+
+@pytest.fixture
+def memory(tmp_path: Path) -> Iterator[HelaMemory]:
+    m = HelaMemory(HelaMemConfig(path=tmp_path / "mem"), embedder=HashingEmbedder(256))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def store(memory: HelaMemory) -> Iterator[HelaMemStore]:
+    s = HelaMemStore(memory)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HelaMemory]:
+    """The offline default embedder, where meaning (not shared letters) decides."""
+    m = HelaMemory(HelaMemConfig(path=tmp_path_factory.mktemp("minilm") / "mem"))
+    yield m
+    m.close()
+
+
+def _scores(items: list[SearchItem]) -> list[float]:
+    out = []
+    for i in items:
+        assert i.score is not None
+        out.append(i.score)
+    return out
+
+
+def _check(items: list[SearchItem], limit: int) -> None:
+    s = _scores(items)
+    assert len(items) <= limit
+    assert s == sorted(s, reverse=True)
+    assert all(0.0 <= x <= 1.0 for x in s)
+    assert len({(i.namespace, i.key) for i in items}) == len(items)
+
+
+def test_limit_returns_the_best_matches(minilm: HelaMemory) -> None:
+    """Issue case: ``query="astronomy", limit=2`` returned the two unrelated documents."""
+    ns = ("astro", "alice")
+    with HelaMemStore(minilm) as store:
+        store.put(ns, "club", {"text": "The astronomy club looks at Jupiter through a telescope"})
+        store.put(ns, "book", {"text": "I am reading an astronomy book about galaxies and stars"})
+        store.put(ns, "errand", {"text": "unrelated errand"})
+        store.put(ns, "milk", {"text": "buy milk and bread"})
+        for _ in range(2):  # twice: learning from the first page must not change the answer
+            got = store.search(ns, query="astronomy", limit=2)
+            assert sorted(i.key for i in got) == ["book", "club"]
+            _check(got, 2)
+        every = store.search(ns, query="astronomy", limit=10)
+        assert len(every) == 4
+        assert {i.key for i in every[:2]} == {"book", "club"}
+        _check(every, 10)
+
+
+def test_prefix_search_ranks_every_namespace_on_one_scale(minilm: HelaMemory) -> None:
+    """Issue case: over two top-level namespaces, "Tax forms are due in April" (1.128)
+    outranked "The violin recital is on Saturday" (1.079) for a violin question."""
+    with HelaMemStore(minilm) as store:
+        store.put(("work", "bob"), "tax", {"text": "Tax forms are due in April"})
+        store.put(("work", "bob"), "meeting", {"text": "The team meeting moved to Monday"})
+        store.put(("music", "bob"), "recital", {"text": "The violin recital is on Saturday"})
+        store.put(("music", "bob"), "strings", {"text": "Buy new strings at the shop"})
+        question = "When is the violin recital?"
+        for limit in (1, 2, 4, 10):
+            got = store.search((), query=question, limit=limit)
+            assert got[0].key == "recital"
+            _check(got, limit)
+        both = store.search((), query=question, limit=10)
+        assert {i.namespace[0] for i in both} >= {"work", "music"}
+        # one absolute scale: an item scores the same searched alone or with the others
+        alone = store.search(("music",), query=question, limit=1)
+        assert alone[0].key == "recital"
+        assert alone[0].score == pytest.approx(both[0].score, abs=1e-6)
+        tax = next(i for i in both if i.key == "tax")
+        assert tax.score is not None and both[0].score is not None
+        assert tax.score < both[0].score - 0.3
+
+
+def test_facts_count_against_the_limit(store: HelaMemStore, memory: HelaMemory) -> None:
+    for i in range(6):
+        memory.add_turn(NS, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
+    assert memory.consolidate(NS).facts_added > 0
+    raw = memory.search("cat miso", NS, k=3, learn=False)
+    assert len(raw) > 3  # 3 episodes and the facts beside them
+    for limit in (1, 3, 5):
+        got = store.search(NS, query="cat miso", limit=limit)
+        assert len(got) == limit
+        _check(got, limit)
+    kinds = {i.value["kind"] for i in store.search(NS, query="cat miso", limit=12)}
+    assert kinds == {"episodic", "semantic"}  # facts compete for the same slots
+
+
+def test_offset_pages_never_repeat(tmp_path: Path) -> None:
+    """Pages of any size are disjoint, sorted, and cover every item once (core top-k
+    nested: no association hits); a plain slice of each call's sorted best
+    ``offset + limit`` repeats items, as relevance reorders what activation chose."""
+    cfg = HelaMemConfig(path=tmp_path / "m", retrieval=RetrievalConfig(max_flipped=0))
+    q = "violin knee garden"
+    with (
+        HelaMemory(cfg, embedder=HashingEmbedder(256)) as mem,
+        HelaMemStore(mem, fields=["text"]) as store,
+    ):
+        rng = random.Random(4)
+        for i in range(12):
+            store.put(NS, f"k{i}", {"text": " ".join(rng.choices(WORDS, k=rng.randint(2, 7)))})
+        for size in (2, 3, 5):
+            pages = [store.search(NS, query=q, limit=size, offset=o) for o in range(0, 12, size)]
+            keys = [i.key for p in pages for i in p]
+            assert len(keys) == len(set(keys)) == 12  # no repeats, every item once
+            for p in pages:
+                _check(p, size)
+        assert store.search(NS, query=q, limit=3, offset=12) == []
+        for size in (2, 3):  # slicing each call's sorted best offset + limit repeats items
+            sliced = [
+                h.id
+                for o in range(0, 12, size)
+                for h in mem.search(q, NS, k=o + size, learn=False)[o : o + size]
+            ]
+            assert len(set(sliced)) < 12
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_stores_queries_and_limits(tmp_path: Path, seed: int) -> None:
+    """Seeded property over random stores, prefixes, limits, offsets and filters."""
+    rng = random.Random(seed)
+    with (
+        HelaMemory(HelaMemConfig(path=tmp_path / "m"), embedder=HashingEmbedder(64)) as mem,
+        HelaMemStore(mem) as store,
+    ):
+        spaces = [(r, str(u)) for r in ("a", "b", "c")[: rng.randint(1, 3)] for u in range(2)]
+        for i in range(rng.randint(3, 30)):
+            ns = rng.choice(spaces)
+            store.put(
+                ns, f"k{i}", {"text": " ".join(rng.choices(WORDS, k=rng.randint(2, 6))), "n": i}
+            )
+        if rng.random() < 0.5:
+            for _ in range(4):
+                mem.add_turn(rng.choice(spaces), " ".join(rng.choices(WORDS, k=4)), "ok")
+            mem.consolidate(spaces[0][:1])
+        for _ in range(6):
+            prefix = rng.choice([(), spaces[0][:1], spaces[-1]])
+            limit, offset = rng.randint(1, 12), rng.choice([0, 0, 1, 3])
+            flt = rng.choice([None, {"n": {"$gte": 5}}])
+            q = " ".join(rng.choices(WORDS, k=rng.randint(1, 3)))
+            if rng.random() < 0.5:
+                got = store.search(prefix, query=q, limit=limit, offset=offset, filter=flt)
+            else:
+                got = asyncio.run(
+                    store.asearch(prefix, query=q, limit=limit, offset=offset, filter=flt)
+                )
+            _check(got, limit)
+            assert all(i.namespace[: len(prefix)] == prefix for i in got)
+            if flt is not None:
+                assert all(i.value["n"] >= 5 for i in got)
