@@ -22,13 +22,13 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
 from llama_index.core.utils import get_tokenizer
 
-from helamem.core import HelaMemConfig, HelaMemory, SearchResult
+from helamem.core import HelaMemConfig, HelaMemory, Hit, Scope, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +126,42 @@ def lazy_tokenizer(text: str) -> list[Any]:
     return list(get_tokenizer()(text))
 
 
-def render_hits(result: SearchResult, max_tokens: int) -> list[tuple[str, str]]:
-    """``(line, memory id)`` for the leading hits that fit in ``max_tokens``, best first."""
+async def retrieve(memory: HelaMemory, query: str, scope: Scope, k: int) -> list[Hit]:
+    """At most ``k`` hits, episodes and distilled facts together, highest score first.
+
+    The core returns up to ``k`` episodes and, beside them, up to ``semantic_k``
+    facts; both carry its relevance (``Hit.score`` in [0, 1], one absolute
+    scale), so they are merged by it and cut at ``k``. Ties keep the core's
+    order (episodes before facts).
+    """
+    facts = min(memory.config.retrieval.semantic_k, k)
+    result = await memory.asearch(query, scope, k=k, semantic_k=facts)
+    return best_hits(result.hits, k)
+
+
+def retrieve_sync(memory: HelaMemory, query: str, scope: Scope, k: int) -> list[Hit]:
+    """Blocking :func:`retrieve`."""
+    facts = min(memory.config.retrieval.semantic_k, k)
+    return best_hits(memory.search(query, scope, k=k, semantic_k=facts).hits, k)
+
+
+def best_hits(hits: Sequence[Hit], k: int) -> list[Hit]:
+    """The ``k`` highest-scoring hits, best first (stable on ties)."""
+    return sorted(hits, key=lambda h: -h.score)[:k]
+
+
+def render_hits(
+    query: str, hits: Sequence[Hit], max_tokens: int, count: Callable[[str], int]
+) -> list[tuple[str, str]]:
+    """``(line, memory id)`` for the leading hits whose lines fit in ``max_tokens``.
+
+    Whole hits, in the given order (best first); ``count`` tokenizes the text
+    as the caller's prompt does, and the joined lines never exceed the budget.
+    """
     lines: list[tuple[str, str]] = []
-    for i, hit in enumerate(result.hits):
-        upto = SearchResult(result.query, result.hits[: i + 1])
-        if upto.to_text(max_tokens=max_tokens) != upto.to_text():
-            break  # formatted by core's to_text, which stops at the budget
-        lines.append((SearchResult(result.query, (hit,)).to_text(), hit.id))
+    for hit in hits:
+        line = SearchResult(query, (hit,)).to_text()
+        if count("\n".join([*(x for x, _ in lines), line])) > max_tokens:
+            break
+        lines.append((line, hit.id))
     return lines

@@ -27,6 +27,7 @@ from ._shared import (
     register_memory,
     render_hits,
     resolve_memory,
+    retrieve,
 )
 
 __all__ = ["HelaMemMemoryBlock"]
@@ -44,10 +45,12 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     each completed turn (user message and final assistant reply) through a
     :class:`~helamem.core.TurnRecorder`, together with the ids of the
     memories this block injected into the prompt for that turn. On every
-    ``Memory.get``, the recent messages are the query and the episodic and
-    semantic hits come back as compact text within ``max_tokens``
-    (``atruncate`` drops the lowest-ranked lines first when ``Memory`` needs
-    room).
+    ``Memory.get``, the recent messages are the query and at most ``k`` hits
+    (episodes and distilled facts together, highest score first: the core's
+    relevance in [0, 1]) come back as compact text, one line per hit, whole
+    lines only while the text fits ``max_tokens`` (counted with LlamaIndex's
+    tokenizer, as ``Memory`` counts); ``atruncate`` drops the lowest-ranked
+    lines first when ``Memory`` needs room.
 
     The HeLa-Mem scope is ``scope`` when given, else ``("llamaindex",
     session_id)`` with ``Memory``'s session id. Only ``config`` and the
@@ -60,9 +63,10 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             ``0`` never truncates.
         config: The HeLa-Mem store's configuration.
         scope: A fixed scope for every session, e.g. ``("users", "alice")``.
-        k: Episodic hits per retrieval (semantic facts come on top, as
-            ``config.retrieval.semantic_k`` says).
-        max_tokens: Budget of the block's text.
+        k: At most this many hits per retrieval, episodes and distilled
+            facts together (facts: at most ``config.retrieval.semantic_k``).
+        max_tokens: Budget of the block's text, in LlamaIndex tokenizer
+            tokens (whole hits, best first).
         query_messages: How many recent user/assistant messages form the query.
 
     Examples:
@@ -168,8 +172,8 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         if self._cache is not None and self._cache[:2] == (query, scope):
             lines = self._cache[2]  # asked again within the turn: no second reinforcement
         else:
-            result = await self.memory.asearch(query, scope, k=self.k)
-            lines = render_hits(result, self.max_tokens)
+            hits = await retrieve(self.memory, query, scope, self.k)
+            lines = render_hits(query, hits, self.max_tokens, count_tokens)
             self._cache = (query, scope, lines)
         users = [m for m in talk if m.role == MessageRole.USER]
         if users:

@@ -22,9 +22,9 @@ from llama_index.core.memory.types import BaseMemory
 from helamem.core import (
     HelaMemConfig,
     HelaMemory,
+    Hit,
     InvalidInputError,
     Scope,
-    SearchResult,
     TurnRecorder,
 )
 
@@ -36,6 +36,8 @@ from ._shared import (
     register_memory,
     render_hits,
     resolve_memory,
+    retrieve,
+    retrieve_sync,
 )
 
 __all__ = ["HelaMemChatMemory"]
@@ -53,8 +55,11 @@ class HelaMemChatMemory(BaseMemory):
     records every completed turn (user message and final assistant reply;
     tool calls and tool results are not stored) through a
     :class:`~helamem.core.TurnRecorder` with the ids of the memories injected
-    for it, and ``get`` puts one system message built from retrieval
-    (episodic hits and distilled facts, within ``memory_tokens``) before the
+    for it, and ``get`` puts one system message built from retrieval (at
+    most ``k`` hits, episodes and distilled facts together, highest score
+    first: the core's relevance in [0, 1]; whole lines only, within
+    ``memory_tokens`` and within what ``token_limit`` leaves, counted with
+    ``tokenizer_fn``) before the
     window. ``reset`` clears the window only; the long-term memory stays.
 
     Serializable (``to_dict``/``from_dict``, workflow ``Context``): the
@@ -215,18 +220,25 @@ class HelaMemChatMemory(BaseMemory):
             known.update(dict.fromkeys(i for _, i in lines))
             self.pending_used_ids = list(known)
 
-    def _compose(self, lines: list[tuple[str, str]], initial_token_count: int) -> list[ChatMessage]:
+    def _compose(
+        self, lines: list[tuple[str, str]], initial_token_count: int
+    ) -> tuple[list[ChatMessage], list[tuple[str, str]]]:
+        """The memory message and the window; and the memory lines actually shown."""
         if initial_token_count > self.token_limit:
             raise InvalidInputError(
                 f"initial_token_count={initial_token_count} exceeds token_limit="
                 f"{self.token_limit}; raise token_limit or shorten the prefix messages"
             )
+        room = self.token_limit - initial_token_count
         head: list[ChatMessage] = []
-        if lines:
+        while lines:
             text = "\n".join([self.memory_header, *(line for line, _ in lines)])
             head = [ChatMessage(role=MessageRole.SYSTEM, content=text)]
-        budget = self.token_limit - initial_token_count - self._tokens(head)
-        return head + self._window(budget)
+            if self._tokens(head) <= room:
+                break
+            lines, head = lines[:-1], []  # the lowest-ranked line goes first
+        budget = room - self._tokens(head)
+        return head + self._window(budget), lines
 
     def _tokens(self, messages: Sequence[ChatMessage]) -> int:
         if not messages:
@@ -246,10 +258,13 @@ class HelaMemChatMemory(BaseMemory):
                 start += 1  # never open the window with a reply or a tool result
         return list(history[start:])
 
-    def _lines(self, query: str, result: SearchResult) -> list[tuple[str, str]]:
-        lines = render_hits(result, self.memory_tokens)
+    def _lines(self, query: str, hits: list[Hit]) -> list[tuple[str, str]]:
+        lines = render_hits(query, hits, self.memory_tokens, self._count)
         self._cache = (query, lines)
         return lines
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer_fn(text))
 
     def _cached(self, query: str) -> list[tuple[str, str]] | None:
         return self._cache[1] if self._cache is not None and self._cache[0] == query else None
@@ -280,10 +295,13 @@ class HelaMemChatMemory(BaseMemory):
         if query:
             cached = self._cached(query)
             if cached is None:
-                cached = self._lines(query, self.memory.search(query, self.memory_scope, k=self.k))
+                hits = retrieve_sync(self.memory, query, self.memory_scope, self.k)
+                cached = self._lines(query, hits)
             lines = cached
-            self._note(input, lines)
-        return self._compose(lines, initial_token_count)
+        messages, shown = self._compose(lines, initial_token_count)
+        if query:
+            self._note(input, shown)
+        return messages
 
     def get_all(self) -> list[ChatMessage]:
         """The whole window (not the long-term memory)."""
@@ -334,11 +352,13 @@ class HelaMemChatMemory(BaseMemory):
         if query:
             cached = self._cached(query)
             if cached is None:
-                result = await self.memory.asearch(query, self.memory_scope, k=self.k)
-                cached = self._lines(query, result)
+                hits = await retrieve(self.memory, query, self.memory_scope, self.k)
+                cached = self._lines(query, hits)
             lines = cached
-            self._note(input, lines)
-        return self._compose(lines, initial_token_count)
+        messages, shown = self._compose(lines, initial_token_count)
+        if query:
+            self._note(input, shown)
+        return messages
 
     async def aget_all(self) -> list[ChatMessage]:
         """Async :meth:`get_all`."""
