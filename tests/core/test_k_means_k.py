@@ -162,3 +162,23 @@ def test_relevance_does_not_depend_on_the_other_candidates(make_mem: Any, tmp_pa
     # the lexical share uses store-wide idf, so both searches see the same value
     assert s1.score == pytest.approx(s2.score, abs=1e-9)
     assert 0.8 < s1.score <= 1.0
+
+
+def test_facts_come_back_only_when_relevant(tmp_path: Path) -> None:
+    """Distilled facts beside the episodes must reach ``semantic_min_relevance``."""
+    from helamem.core import HashingEmbedder
+
+    bob = ("users", "bob")
+    cfg = HelaMemConfig(path=tmp_path / "s")
+    with HelaMemory(cfg, embedder=HashingEmbedder(256)) as mem:
+        for i in range(6):
+            mem.add_turn(bob, f"I walked my dog Rex in the park, day {i}", "Nice walk!")
+        report = mem.consolidate(bob)
+        assert report.facts_added >= 1
+        on_topic = mem.search("dog Rex walk park", bob, k=3, semantic_k=3, learn=False)
+        facts = [h for h in on_topic if h.provenance == "semantic"]
+        assert facts and all(h.score >= 0.5 for h in facts)
+        off_topic = mem.search("quarterly tax forms", bob, k=3, semantic_k=3, learn=False)
+        assert [h for h in off_topic if h.provenance == "semantic"] == []
+        # asked for directly, facts are returned as asked
+        assert len(mem.search("quarterly tax forms", bob, k=3, kind="semantic", learn=False)) >= 1

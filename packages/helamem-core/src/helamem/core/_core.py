@@ -635,7 +635,20 @@ class Core:
                 continue
             ranking, path_rows, path_hits, path_prunable = found
             if path_kind == "semantic":
-                path_hits = [replace(h, provenance="semantic") for h in path_hits]
+                # facts beside episodes only when they match; a semantic search is as asked
+                floor = self.config.retrieval.semantic_min_relevance if kind == "episodic" else 0
+                path_hits = [
+                    replace(h, provenance="semantic") for h in path_hits if h.score >= floor
+                ]
+                if kind == "episodic":  # only the facts returned co-activate
+                    shown = {h.memory.id for h in path_hits}
+                    ranking = replace(
+                        ranking,
+                        base_top=[n for n in ranking.base_top if path_rows[n].id in shown],
+                        associations=[
+                            n for n in ranking.associations if path_rows[n].id in shown
+                        ],
+                    )
             hits.extend(path_hits)
             learned.append(self._coactive(ranking))
             rows.update(path_rows)

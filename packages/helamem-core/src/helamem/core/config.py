@@ -105,7 +105,13 @@ class RetrievalConfig(_Frozen):
         learn_top: With ``learn=True``, only the best this many returned
             memories co-activate (0: every returned memory).
         default_k: ``k`` when the caller gives none.
-        semantic_k: Distilled facts returned beside the episodic hits.
+        semantic_k: At most this many distilled facts returned beside the
+            episodic hits.
+        semantic_min_relevance: Facts come back only at this relevance or
+            more (``hit.score``, in [0, 1]; on LoCoMo the best hit of a
+            nonsense query scores at most 0.40, of a real question 0.41-1.0,
+            median 0.78), so a search never pads its context with facts that
+            do not match.
         lexical_max_df: Query words found in more than this share of the stored
             memories are left out of the BM25 query when a rarer word remains
             (1.0 keeps every word). On LoCoMo-dev, 0.03 keeps fusion R@10 of
@@ -131,6 +137,7 @@ class RetrievalConfig(_Frozen):
     learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)
+    semantic_min_relevance: float = Field(0.5, ge=0.0, le=1.0)
     lexical_max_df: float = Field(0.03, gt=0.0, le=1.0)
     lexical_max_terms: int = Field(0, ge=0)
 
