@@ -182,3 +182,19 @@ def test_facts_come_back_only_when_relevant(tmp_path: Path) -> None:
         assert [h for h in off_topic if h.provenance == "semantic"] == []
         # asked for directly, facts are returned as asked
         assert len(mem.search("quarterly tax forms", bob, k=3, kind="semantic", learn=False)) >= 1
+
+
+def test_empty_prefix_ranks_every_scope_in_one_pool(make_mem: Any, tmp_path: Path) -> None:
+    with make_mem(tmp_path / "s") as mem:
+        violin = mem.add("The violin recital is on Saturday", ("music", "emma")).id
+        for i in range(8):
+            mem.add(f"Tax forms are due in April, reminder {i}", ("admin", "home"))
+        mem.add("Groceries: violin strings are not food", ("admin", "shop"))
+        res = mem.search("when is the violin recital", (), k=3, learn=False)
+        assert res.ids[0] == violin
+        assert len(res) <= 3
+        scopes = {h.memory.scope[0] for h in res}
+        assert "music" in scopes
+        # the same memory scores the same searched alone or with every scope
+        alone = mem.search("when is the violin recital", ("music",), k=1, learn=False)[0]
+        assert alone.score == pytest.approx(res[0].score)

@@ -44,6 +44,7 @@ from .types import (
     TimeLike,
     dump_json,
     fit_tokens,
+    normalize_prefix,
     normalize_scope,
     to_timestamp,
 )
@@ -581,7 +582,7 @@ class Core:
         count_tokens: TokenCount | None = None,
     ) -> SearchResult:
         query = _check_content(query, "query")
-        prefix = normalize_scope(scope)
+        prefix = normalize_prefix(scope)
         k = _check_k(k)
         if max_tokens is not None and (
             isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
@@ -593,10 +594,14 @@ class Core:
         ref_given = None if reference_time is None else to_timestamp(reference_time, default=0.0)
         if self._needs_reconcile:
             self.reconcile()
-        node = self.store.find_scope(prefix)
-        if node is None:
-            return SearchResult(query, ())
-        nodes = self.store.descendants(node)
+        node: int | None
+        if prefix:
+            node = self.store.find_scope(prefix)
+            if node is None:
+                return SearchResult(query, ())
+            nodes = self.store.descendants(node)
+        else:  # (): every scope, one candidate pool
+            node, nodes = None, self.store.all_scope_ids()
         paths: list[tuple[Kind, int]] = [(kind, k)]
         if kind == "episodic" and sem_k > 0:
             paths.append(("semantic", sem_k))
@@ -645,9 +650,7 @@ class Core:
                     ranking = replace(
                         ranking,
                         base_top=[n for n in ranking.base_top if path_rows[n].id in shown],
-                        associations=[
-                            n for n in ranking.associations if path_rows[n].id in shown
-                        ],
+                        associations=[n for n in ranking.associations if path_rows[n].id in shown],
                     )
             hits.extend(path_hits)
             learned.append(self._coactive(ranking))
@@ -694,7 +697,7 @@ class Core:
         return sum(retrieval.bm25_idf(d, rows) for d in df)
 
     def _lexical(
-        self, query: str, node: int, nodes: list[int], kind: Kind, k: int
+        self, query: str, node: int | None, nodes: list[int], kind: Kind, k: int
     ) -> dict[int, float]:
         terms = fts_terms(query)
         max_df = self.config.retrieval.lexical_max_df
@@ -708,7 +711,7 @@ class Core:
         m = max(self.config.retrieval.candidates, k)
         if self._holding is None:
             self._holding = self.store.holding()
-        if self._holding.get(kind, set()) <= set(nodes):
+        if node is None or self._holding.get(kind, set()) <= set(nodes):
             # Everything of this kind lies under the prefix (single-tenant stores):
             # skip the scope filter (an AND with every posting of the scope) and
             # over-fetch; rows of another scope or kind are dropped by the caller.

@@ -49,6 +49,7 @@ from .types import (
     Scope,
     SearchResult,
     TimeLike,
+    normalize_prefix,
     normalize_scope,
 )
 
@@ -357,7 +358,7 @@ class HelaMemory:
         max_tokens: int | None = None,
         count_tokens: TokenCount | None = None,
     ) -> Callable[[Core], SearchResult]:
-        normalize_scope(scope)  # fail fast in the caller's thread
+        normalize_prefix(scope)  # fail fast in the caller's thread
 
         def run(c: Core) -> SearchResult:
             if k is not None:
@@ -474,7 +475,8 @@ class HelaMemory:
         Args:
             query: What to look for.
             scope: A scope or a prefix of scopes (whole segments match:
-                ``("user", "1")`` never matches ``("user", "10")``).
+                ``("user", "1")`` never matches ``("user", "10")``); ``()``
+                searches every scope as one candidate pool.
             k: At most this many episodic hits (default
                 ``config.retrieval.default_k``, or ``retrieval.candidates`` when
                 only ``max_tokens`` is given). Association hits compete for

@@ -36,6 +36,18 @@ _MAX_TIMESTAMP = 253402300799.0  # 9999-12-31T23:59:59Z
 _MIN_TIMESTAMP = -62135596800.0  # 0001-01-01T00:00:00Z
 
 
+def normalize_prefix(scope: object) -> Scope:
+    """A search prefix: a scope as :func:`normalize_scope` checks it, or ``()`` for every scope.
+
+    Examples:
+        >>> normalize_prefix(()), normalize_prefix(["users"])
+        ((), ('users',))
+    """
+    if isinstance(scope, tuple | list) and not scope:
+        return ()
+    return normalize_scope(scope)
+
+
 def normalize_scope(scope: object) -> Scope:
     """Validate a scope and return it as a tuple of strings.
 

@@ -366,6 +366,10 @@ class SQLiteStore:
         assert parent is not None
         return parent
 
+    def all_scope_ids(self) -> list[int]:
+        """Every scope node's id."""
+        return [int(r[0]) for r in self.db.execute("SELECT id FROM scopes ORDER BY id")]
+
     def ancestors(self, scope_id: int) -> list[int]:
         """``scope_id`` and every ancestor node id."""
         rows = self.db.execute(
