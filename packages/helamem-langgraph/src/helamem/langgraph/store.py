@@ -155,9 +155,9 @@ class _Write:
 @dataclass(frozen=True)
 class _Search:
     query: str
-    prefix: tuple[str, ...] | None  # None: every root scope
-    k: int  # episodic hits (per root scope when prefix is None)
-    semantic_k: int  # distilled facts (likewise)
+    prefix: tuple[str, ...] | None  # None: every scope, one candidate pool
+    k: int  # episodic hits
+    semantic_k: int  # distilled facts
 
 
 @dataclass(frozen=True)
@@ -284,9 +284,8 @@ class HelaMemStore(BaseStore):
     so it can be thresholded. Distilled facts (read-only items) compete for
     the same ``limit`` slots: the core is asked for ``offset + limit``
     episodic hits and at most as many facts (``config.retrieval.semantic_k``
-    at most), and the two are merged by score. A prefix spanning several
-    top-level namespaces (``()``) is searched per top-level namespace and
-    merged on that one scale. ``offset=o`` returns the best ``limit`` items of
+    at most), and the two are merged by score. The empty prefix ``()`` is one
+    core search over every namespace (one candidate pool, one scale). ``offset=o`` returns the best ``limit`` items of
     the best ``o + limit`` that ``offset=0, limit=o`` does not return (see
     :meth:`_query` for when pages cover every item once). The best
     ``config.retrieval.learn_top`` items of the page co-activate (all of them
@@ -498,13 +497,8 @@ class HelaMemStore(BaseStore):
         if isinstance(req, _Write):
             return self._write(req.ops)
         if isinstance(req, _Search):
-            prefixes = [req.prefix] if req.prefix else m.list_scopes()
-            roots = dict.fromkeys(p[:1] if req.prefix is None else p for p in prefixes)
-            return [
-                h
-                for p in roots
-                for h in m.search(req.query, p, k=req.k, semantic_k=req.semantic_k, learn=False)
-            ]
+            scope = req.prefix or ()  # (): the core ranks every scope in one pool
+            return list(m.search(req.query, scope, k=req.k, semantic_k=req.semantic_k, learn=False))
         if isinstance(req, _Learn):
             try:
                 m.reinforce(req.ids)
@@ -523,14 +517,9 @@ class HelaMemStore(BaseStore):
         if isinstance(req, _Write):  # blocks on the writer lock: off the event loop
             return await asyncio.to_thread(self._write, req.ops)
         if isinstance(req, _Search):
-            prefixes = [req.prefix] if req.prefix else await m.alist_scopes()
-            roots = dict.fromkeys(p[:1] if req.prefix is None else p for p in prefixes)
-            hits: list[Hit] = []
-            for p in roots:
-                hits.extend(
-                    await m.asearch(req.query, p, k=req.k, semantic_k=req.semantic_k, learn=False)
-                )
-            return hits
+            scope = req.prefix or ()
+            res = await m.asearch(req.query, scope, k=req.k, semantic_k=req.semantic_k, learn=False)
+            return list(res)
         if isinstance(req, _Learn):
             try:
                 await m.areinforce(req.ids)
