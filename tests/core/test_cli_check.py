@@ -218,7 +218,10 @@ def test_vector_swapped_in_the_hnsw_index_is_missing_and_orphan(
             vec = np.zeros((1, 64), dtype=np.float32)
             vec[0, 0] = 1.0
             c.index.delete([(ids[1], sid, "episodic")])
-            c.index.upsert(["stranger"], vec, [sid], ["episodic"])
+            # straight into the collection: the index's upsert drops vectors of no memory
+            c.index._collection((sid, "episodic"), create=False).upsert(
+                ids=["stranger"], embeddings=vec
+            )
 
         m._call(swap)
     code, rep = _check(path, capsys)

@@ -150,7 +150,8 @@ class Summary:
     verified_deleted: int = 0
     missed_dense: list[str] = field(default_factory=list)
     missed_search: list[str] = field(default_factory=list)
-    deleted_returned: list[str] = field(default_factory=list)
+    deleted_returned: list[str] = field(default_factory=list)  # by the index (dense)
+    deleted_searched: list[str] = field(default_factory=list)  # by a full search
     deleted_gettable: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -268,7 +269,7 @@ class Writer:
                 self.s.missed_search.append(e.id)
         for e in dead:
             if e.id in self.m.search(e.content, e.scope, k=K, learn=False).ids:
-                self.s.deleted_returned.append(e.id)
+                self.s.deleted_searched.append(e.id)
             try:
                 self.m.get(e.id)
                 self.s.deleted_gettable.append(e.id)

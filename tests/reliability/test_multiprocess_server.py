@@ -43,11 +43,12 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mp_server_child import DIMENSION, LARGE, config, read_logs
 
-from helamem.core import HashingEmbedder, HelaMemory
+from helamem.core import HashingEmbedder, HelaMemory, NewMemory
 from helamem.core._check import check_store
 
 CHILD = Path(__file__).with_name("mp_server_child.py")
@@ -158,7 +159,9 @@ def _run(tmp_path: Path, port: int, seconds: float, seed: int) -> dict[str, obje
         assert (s["verified_live"], s["verified_deleted"]) == (len(live), len(log.deleted))
         assert s["missed_dense"] == [], f"{s['name']} cannot find {len(s['missed_dense'])}"
         assert s["missed_search"] == [], f"{s['name']}: search misses {s['missed_search'][:5]}"
-        assert s["deleted_returned"] == [] and s["deleted_gettable"] == []
+        assert s["deleted_returned"] == [], f"{s['name']}: the index returns deleted ids"
+        assert s["deleted_searched"] == [], f"{s['name']}: search returns deleted ids"
+        assert s["deleted_gettable"] == [], f"{s['name']}: get returns deleted ids"
         assert s["live_missed"] == [], f"{s['name']} missed while writing: {s['live_missed']}"
     assert sum(int(s["acked"]) for s in summaries) == len(log.added)
     assert all(int(s["deleted"]) > 0 for s in summaries)
@@ -200,3 +203,57 @@ def test_three_processes_on_one_server_lose_nothing(tmp_path: Path, chroma_serve
 def test_soak_three_processes_on_one_server(tmp_path: Path, chroma_server: int) -> None:
     out = _run(tmp_path, chroma_server, SOAK_SECONDS, seed=int(os.environ.get("HELAMEM_SEED", "7")))
     print(json.dumps(out))
+
+
+# -- deterministic interleavings behind the soak's rare failures ---------------
+
+
+def _big(m: HelaMemory, n: int) -> list[str]:
+    return [
+        x.id for x in m.add_many([NewMemory(f"seed {i} garden tea", LARGE[0]) for i in range(n)])
+    ]
+
+
+def _index_ids(m: HelaMemory) -> set[str]:
+    ids: list[str] = m._call(lambda core: core.index.all_ids())
+    return set(ids)
+
+
+def test_a_reconcile_racing_a_delete_leaves_no_vector(tmp_path: Path, chroma_server: int) -> None:
+    """B re-indexes A's not-yet-indexed memory while A deletes it: no vector may survive.
+
+    The window is real: A commits a memory, then upserts it; a search in B
+    between the two meets it unindexed and reconciles (reads the row, then
+    upserts it). If A deletes the memory between B's read and B's upsert, B
+    must not leave its vector behind (seen once in the 60 s soak: a deleted
+    memory returned by its own vector).
+    """
+    store = tmp_path / "store"
+    cfg = config(store, chroma_server)
+    with (
+        HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as a,
+        HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as b,
+    ):
+        _big(a, 60)  # promoted: an HNSW collection on the server
+        y = a.add("the racing memory", LARGE[0]).id
+        with closing(sqlite3.connect(store / "helamem.sqlite3")) as db, db:
+            db.execute("UPDATE memories SET indexed = 0 WHERE id = ?", (y,))  # A's window
+
+        def reconcile_racing_delete(core: Any) -> int:
+            read = core.store.rows_by_n
+
+            def rows_then_delete(ns: Any) -> Any:
+                rows = read(ns)
+                a.delete(y)  # A deletes after B read the row, before B upserts it
+                return rows
+
+            core.store.rows_by_n = rows_then_delete
+            try:
+                return int(core.reconcile())
+            finally:
+                del core.store.rows_by_n
+
+        b._call(reconcile_racing_delete)
+        assert y not in _index_ids(a) and y not in _index_ids(b)
+    report = check_store(store, cfg)
+    assert report.defects == (), report.to_text()

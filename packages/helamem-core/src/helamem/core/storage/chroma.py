@@ -478,8 +478,10 @@ class ChromaIndex:
         col = self._collection(key, create=True)
         done = 0
         try:
-            for _, ids, mat in self._exact.batches(key):
+            for ns, ids, mat in self._exact.batches(key):
                 col.upsert(ids=ids, embeddings=mat)
+                self._drop_vanished(col, ids)
+                self._exact.mark_indexed(ns, ids)
                 done += len(ids)
         except (ChromaError, ValueError) as exc:
             raise StorageError(f"Chroma upsert failed: {exc}") from exc
@@ -518,8 +520,13 @@ class ChromaIndex:
                     for start in range(0, len(rows), 4096):
                         part = rows[start : start + 4096]
                         col.upsert(ids=[ids[i] for i in part], embeddings=vectors[part])
-                elif self._exact.count_upto(key, t) >= t:
-                    self._promote(key)
+                        self._drop_vanished(col, [ids[i] for i in part])
+                elif self._exact.count_upto(key, t) >= t and not self._promote(key):
+                    # promoted meanwhile by another process: its collection exists, and
+                    # these rows, committed before, may or may not be in its load
+                    col = self._collection(key, create=True)
+                    col.upsert(ids=[ids[i] for i in rows], embeddings=vectors[rows])
+                    self._drop_vanished(col, [ids[i] for i in rows])
             except IndexLockedError as exc:
                 locked = exc
             except (ChromaError, ValueError) as exc:
@@ -527,7 +534,21 @@ class ChromaIndex:
         if locked is not None:
             raise locked
 
-    def _promote(self, key: tuple[int, str]) -> None:
+    def _drop_vanished(self, col: Any, ids: Sequence[str]) -> None:
+        """Delete the just-upserted vectors of ``ids`` whose memories are gone.
+
+        Vectors are upserted after their rows were read (by another process or
+        store object too: a reconcile, a promotion). A delete committed in
+        between has already removed its vector, so the upsert would bring it
+        back as an orphan, found by search. Checked after the upsert: a delete
+        committed later removes the vector itself.
+        """
+        gone = set(ids) - self._exact.existing(ids)
+        if gone:
+            col.delete(ids=sorted(gone))
+
+    def _promote(self, key: tuple[int, str]) -> bool:
+        """Move a scope to its own collection; False if another process already did."""
         if self._chroma(required=False) is None:
             if not self._warned_locked:
                 self._warned_locked = True
@@ -540,12 +561,15 @@ class ChromaIndex:
                     self._config.exact_below,
                     self._path,
                 )
-            return
+            return True
         # recorded first: a process that still sees the scope as small has
-        # committed its rows before this, so the load below reads them
-        self._exact.add_promoted(key)
+        # committed its rows before this, so the load below reads them; the rows
+        # stay marked unindexed (searched exactly) until the load has copied them
+        if not self._exact.add_promoted(key):
+            return False
         n = self._load(key, fresh=True)
         logger.info("scope %d (%s) moved to its own HNSW collection (%d vectors)", *key, n)
+        return True
 
     def delete(self, items: Sequence[tuple[str, int, str]]) -> None:
         """Delete ``(id, scope_id, kind)`` entries; unknown ones are ignored.

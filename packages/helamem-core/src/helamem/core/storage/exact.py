@@ -185,8 +185,18 @@ class ExactVectors:
         with self._lock:
             self._write_meta(_PROMOTED_KEY, json.dumps(sorted([s, k] for s, k in keys)))
 
-    def add_promoted(self, key: Key) -> None:
-        """Record ``key`` as promoted (read-modify-write in one transaction)."""
+    def add_promoted(self, key: Key) -> bool:
+        """Record ``key`` as promoted (read-modify-write in one transaction).
+
+        In the same transaction the scope's memories are marked unindexed, so
+        every process searches them exactly (beside the collection) until
+        :meth:`mark_indexed` records them loaded: a collection being built is
+        never the only place a memory is looked for.
+
+        Returns:
+            False when ``key`` was already promoted (by another process or
+            store object): nothing was changed, and its collection exists.
+        """
         with self._lock:
             db = self.db
             try:
@@ -196,11 +206,18 @@ class ExactVectors:
                         "SELECT value FROM meta WHERE key = ?", (_PROMOTED_KEY,)
                     ).fetchone()
                     keys = {(int(s), str(k)) for s, k in json.loads(raw[0])} if raw else set()
+                    if key in keys:
+                        db.execute("ROLLBACK")
+                        return False
                     keys.add(key)
                     db.execute(
                         "INSERT INTO meta(key, value) VALUES (?, ?) "
                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                         (_PROMOTED_KEY, json.dumps(sorted([s, k] for s, k in keys))),
+                    )
+                    db.execute(
+                        "UPDATE memories SET indexed = 0 WHERE scope_id = ? AND kind = ?",
+                        (key[0], key[1]),
                     )
                     db.execute("COMMIT")
                 except BaseException:
@@ -209,6 +226,26 @@ class ExactVectors:
                     raise
             except sqlite3.Error as exc:
                 raise StorageError(f"could not record a promoted scope: {exc}") from exc
+        return True
+
+    def mark_indexed(self, ns: Sequence[int], ids: Sequence[str]) -> None:
+        """Mark the memories ``(n, id)`` indexed (one deleted meanwhile changes nothing)."""
+        db = self.db
+        try:
+            with self._lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(
+                        "UPDATE memories SET indexed = 1 WHERE n = ? AND id = ?",
+                        list(zip(ns, ids, strict=True)),
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not mark vectors indexed in {self._path}: {exc}") from exc
 
     # -- counts and rows ---------------------------------------------------
 
@@ -241,6 +278,20 @@ class ExactVectors:
             [4 * self._dim],
         )
         return [str(i) for i, s, k in rows if (int(s), str(k)) not in skip]
+
+    def existing(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are memories now (read from SQLite, not from a cache)."""
+        out: set[str] = set()
+        ids = list(ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            rows = self._sql(
+                "reading memory ids",
+                f"SELECT id FROM memories WHERE id IN ({_qmarks(len(chunk))})",
+                chunk,
+            )
+            out.update(str(r[0]) for r in rows)
+        return out
 
     def batches(
         self, key: Key, batch: int = 4096
