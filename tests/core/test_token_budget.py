@@ -32,12 +32,14 @@ def test_budget_is_filled_with_whole_hits_best_first(mem: HelaMemory, budget: in
     _fill(mem)
     full = mem.search("garden tomatoes basil", ALICE, k=30, learn=False)
     res = mem.search("garden tomatoes basil", ALICE, k=30, max_tokens=budget, learn=False)
-    assert res.ids == full.ids[: len(res)]  # a prefix of the ranking
+    ranked = sorted(full, key=lambda h: -h.activation)  # the order that chose the hits
+    assert set(res.ids) == {h.id for h in ranked[: len(res)]}  # a prefix of the ranking ...
+    assert res.ids == [i for i in full.ids if i in set(res.ids)]  # ... shown by score
     count = default_counter().count
     used = sum(count(context_line(h) + "\n") for h in res)
     assert used <= budget
     if len(res) < len(full):  # the next hit would not have fit
-        nxt = full[len(res)]
+        nxt = ranked[len(res)]
         assert used + count(context_line(nxt) + "\n") > budget
     # to_text with the same budget keeps exactly these hits
     assert full.to_text(max_tokens=budget) == res.to_text()

@@ -286,25 +286,31 @@ def context_line(hit: Hit) -> str:
 def fit_tokens(
     hits: Sequence[Hit], max_tokens: int, count_tokens: Callable[[str], int] | None = None
 ) -> list[Hit]:
-    """The longest prefix of ``hits`` whose :meth:`SearchResult.to_text` fits ``max_tokens``.
+    """The hits that :meth:`SearchResult.to_text` can show within ``max_tokens``.
 
-    Whole hits only, in order: a hit that does not fit ends the list (a later,
-    shorter one is not taken, so the result stays a prefix of the ranking).
-    Each hit costs the tokens of its line plus its newline.
+    Whole hits, taken in ranking order (episodes by ``activation``, then facts
+    by theirs: the order that chose them, which recalls more than relevance
+    order at equal tokens), until the next one does not fit; they are
+    returned in their given order (by ``score``). Each hit costs the tokens of
+    its line plus its newline.
     """
     if count_tokens is None:
         from .tokens import default_counter
 
         count_tokens = default_counter().count
-    out: list[Hit] = []
+    order = sorted(
+        range(len(hits)),
+        key=lambda i: (hits[i].provenance == "semantic", -hits[i].activation, i),
+    )
+    chosen: set[int] = set()
     used = 0
-    for h in hits:
-        cost = int(count_tokens(context_line(h) + "\n"))
+    for i in order:
+        cost = int(count_tokens(context_line(hits[i]) + "\n"))
         if used + cost > max_tokens:
             break
-        out.append(h)
+        chosen.add(i)
         used += cost
-    return out
+    return [h for i, h in enumerate(hits) if i in chosen]
 
 
 def dump_json(value: Mapping[str, Any] | Sequence[Any], what: str) -> str:

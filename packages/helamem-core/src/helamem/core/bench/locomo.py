@@ -677,9 +677,8 @@ def _ask(
     """Ask one question; returns hits per k as (dia_id, content), searches, association dia_ids.
 
     Besides each k, key ``"{T}t"`` holds the ranked hits from which the token
-    budget T is filled (:func:`_score` keeps the prefix that fits): the
-    method's own order (activation without spreading; the returned order,
-    relevance, with it), as ``search(max_tokens=T)`` fills it.
+    budget T is filled (:func:`_score` keeps the prefix that fits), in the
+    method's ranking order (activation), as ``search(max_tokens=T)`` fills it.
     """
     budget_keys = [f"{t}t" for t in BUDGETS]
 
@@ -722,7 +721,20 @@ def _ask(
         out[k] = [(d, c) for d, c, _ in found]
         if k == learn_k:
             flipped = [d for d, _, p in found if p == "association"]
-    wide = [(d, c) for d, c, _ in hits(_BUDGET_K, False)]
+    wide_res = mem.search(
+        query,
+        scope,
+        k=_BUDGET_K,
+        learn=False,
+        spread=True,
+        reference_time=conv.reference_time,
+        semantic_k=0,
+    )
+    # fill budgets in ranking order, as search(max_tokens=) does (fit_tokens)
+    wide = [
+        (str(h.memory.metadata.get("dia_id")), h.content)
+        for h in sorted(wide_res, key=lambda h: -h.activation)
+    ]
     out.update({b: wide for b in budget_keys})
     n = len(order) + 1
     if method.learn:
