@@ -257,3 +257,29 @@ def test_a_reconcile_racing_a_delete_leaves_no_vector(tmp_path: Path, chroma_ser
         assert y not in _index_ids(a) and y not in _index_ids(b)
     report = check_store(store, cfg)
     assert report.defects == (), report.to_text()
+
+
+def test_a_collection_rebuilt_by_another_process_is_reopened(
+    tmp_path: Path, chroma_server: int
+) -> None:
+    """B's cached handle to a collection A deleted and built again: B's writes still land.
+
+    Seen in the 60 s soak: a promotion raced by a second process rebuilt the
+    collection, and the other process's next upsert (inside a search's
+    reconcile) failed with "Collection [...] does not exist".
+    """
+    store = tmp_path / "store"
+    cfg = config(store, chroma_server)
+    with (
+        HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as a,
+        HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as b,
+    ):
+        _big(a, 60)
+        b.add("b holds a handle now", LARGE[0])
+        a.reindex()  # drops the collection and builds it again: B's handle is stale
+        y = b.add("written through a fresh handle", LARGE[0]).id
+        assert y in _index_ids(a) and b.stats().unindexed == 0
+        assert b.delete(y) == 1
+        assert y not in _index_ids(a) and y not in _index_ids(b)
+    report = check_store(store, cfg)
+    assert report.defects == (), report.to_text()

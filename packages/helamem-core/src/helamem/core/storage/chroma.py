@@ -43,8 +43,9 @@ import logging
 import resource
 import shutil
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -513,26 +514,41 @@ class ChromaIndex:
         promoted = self._exact.promoted()
         locked: IndexLockedError | None = None
         t = self._config.exact_below
+
+        def put(key: tuple[int, str], rows: list[int]) -> None:
+            col = self._collection(key, create=True)
+            for start in range(0, len(rows), 4096):
+                part = rows[start : start + 4096]
+                col.upsert(ids=[ids[i] for i in part], embeddings=vectors[part])
+                self._drop_vanished(col, [ids[i] for i in part])
+
         for key, rows in groups.items():
             try:
                 if key in promoted:
-                    col = self._collection(key, create=True)
-                    for start in range(0, len(rows), 4096):
-                        part = rows[start : start + 4096]
-                        col.upsert(ids=[ids[i] for i in part], embeddings=vectors[part])
-                        self._drop_vanished(col, [ids[i] for i in part])
+                    self._retrying(key, partial(put, key, rows))
                 elif self._exact.count_upto(key, t) >= t and not self._promote(key):
                     # promoted meanwhile by another process: its collection exists, and
                     # these rows, committed before, may or may not be in its load
-                    col = self._collection(key, create=True)
-                    col.upsert(ids=[ids[i] for i in rows], embeddings=vectors[rows])
-                    self._drop_vanished(col, [ids[i] for i in rows])
+                    self._retrying(key, partial(put, key, rows))
             except IndexLockedError as exc:
                 locked = exc
             except (ChromaError, ValueError) as exc:
                 raise StorageError(f"Chroma upsert failed: {exc}") from exc
         if locked is not None:
             raise locked
+
+    def _retrying(self, key: tuple[int, str], op: Callable[[], None]) -> None:
+        """Run ``op`` on the scope's collection; once more if the cached handle went stale.
+
+        A collection this process holds a handle to can be deleted and built
+        again by another process (a promotion it raced, a rebuild on open):
+        the handle then fails with ``NotFoundError``; a fresh one works.
+        """
+        try:
+            op()
+        except NotFoundError:
+            self._cols.pop(self._name(*key), None)
+            op()
 
     def _drop_vanished(self, col: Any, ids: Sequence[str]) -> None:
         """Delete the just-upserted vectors of ``ids`` whose memories are gone.
@@ -589,9 +605,13 @@ class ChromaIndex:
                     continue
                 if key not in promoted and self._name(*key) not in self._cols:
                     continue
-                col = self._collection(key, create=False)
-                if col is not None:
-                    col.delete(ids=ids)
+
+                def drop(key: tuple[int, str] = key, ids: list[str] = ids) -> None:
+                    col = self._collection(key, create=False)
+                    if col is not None:
+                        col.delete(ids=ids)
+
+                self._retrying(key, drop)
         except (ChromaError, ValueError) as exc:
             raise StorageError(f"Chroma delete failed: {exc}") from exc
 
