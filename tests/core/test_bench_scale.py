@@ -118,3 +118,28 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
         run_scale(out=None, sizes=[10], layouts=["nope"], embedder=HashingEmbedder(8))
     with pytest.raises(SystemExit):
         main(["bench", "scale", "--sizes", "0", "--out", str(tmp_path)])
+
+
+def test_tenants_layout_spreads_over_many_scopes(tmp_path: Path) -> None:
+    # the many-tenants cell at tiny size: 300 memories over 60 tenants (5 each)
+    results = run_scale(
+        out=tmp_path / "out",
+        sizes=[300],
+        layouts=["tenants"],
+        embedder=HashingEmbedder(32),
+        queries=8,
+        repeats=1,
+        record_turns=4,
+        tenants=60,
+        workdir=tmp_path,
+    )
+    (cell,) = results["cells"]
+    assert (cell["size"], cell["layout"], cell["scopes"]) == (300, "tenants", 60)
+    assert results["config"]["tenants"] == 60
+    assert cell["ingest"]["chroma_add_failed"] == 0 and cell["chroma_query_failed"] == 0
+    assert cell["nofile_soft_limit"] > 0
+    for m in ("search", "search_learn_false", "search_no_spread", "chroma"):
+        assert 0 < cell["search_ms"][m]["p50"] <= cell["search_ms"][m]["p95"] < 10_000
+    assert "| 300 | 60 scopes |" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(ValueError, match="tenants"):
+        run_scale(out=None, sizes=[10], layouts=["tenants"], embedder=HashingEmbedder(8), tenants=0)

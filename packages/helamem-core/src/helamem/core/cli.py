@@ -157,7 +157,7 @@ def _add_locomo_arguments(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def _add_scale_parser(benches: Any) -> None:
-    from .bench.scale import DEFAULT_SIZES, LAYOUTS
+    from .bench.scale import DEFAULT_LAYOUTS, DEFAULT_SIZES, LAYOUTS, TENANTS
 
     sc = benches.add_parser(
         "scale",
@@ -182,9 +182,10 @@ def _add_scale_parser(benches: Any) -> None:
         "--layouts",
         nargs="+",
         choices=list(LAYOUTS),
-        default=list(LAYOUTS),
+        default=list(DEFAULT_LAYOUTS),
         metavar="LAYOUT",
-        help=f"layouts (default: {' '.join(LAYOUTS)})",
+        help=f"layouts among {', '.join(LAYOUTS)} (default: {' '.join(DEFAULT_LAYOUTS)}); "
+        f"tenants: many tenants (--tenants scopes; run it under `ulimit -n 1024`)",
     )
     sc.add_argument(
         "--out",
@@ -201,6 +202,12 @@ def _add_scale_parser(benches: Any) -> None:
     sc.add_argument("--seed", type=int, default=0, help="seed of the corpus and queries")
     sc.add_argument(
         "--scopes", type=_positive, default=100, help="scopes of the spread layout (100)"
+    )
+    sc.add_argument(
+        "--tenants",
+        type=_positive,
+        default=TENANTS,
+        help=f"scopes of the tenants layout ({TENANTS:,})",
     )
     sc.add_argument(
         "--embedder",
@@ -233,6 +240,7 @@ def _bench_scale(args: argparse.Namespace) -> int:
             k=args.k,
             seed=args.seed,
             scopes=args.scopes,
+            tenants=args.tenants,
             workdir=args.workdir,
             progress=None if args.quiet else sys.stderr,
             profile=args.profile,

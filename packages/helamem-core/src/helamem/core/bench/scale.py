@@ -8,7 +8,13 @@ at each size (default 1k, 10k and 100k; 1M on request) in two layouts:
 - ``one-scope``: every memory in one scope, every query against it;
 - ``spread``: the same memories in contiguous blocks over 100 scopes
   (tenants; ``scopes`` changes the number); each query goes to one scope,
-  in turn.
+  in turn;
+- ``tenants`` (many tenants, on request): the same, over ``tenants`` scopes
+  (default 10,000; 1M memories make 100 per tenant, the issue's cell). Each
+  query goes to another tenant. Plain Chroma gets one collection per tenant,
+  as a naive per-tenant layout would; a query or add it fails (e.g. "Nothing
+  found on disk" once it opens more HNSW indexes than the open-file limit
+  allows) is counted, not fatal. Run it under ``ulimit -n 1024``.
 
 Every text is embedded once per run (queries and recorded turns included)
 and the vectors are reused by every size and layout: HeLa-Mem gets an
@@ -71,8 +77,10 @@ from ..types import NewMemory
 from ._common import Progress, versions
 
 __all__ = [
+    "DEFAULT_LAYOUTS",
     "DEFAULT_SIZES",
     "LAYOUTS",
+    "TENANTS",
     "Corpus",
     "TableEmbedder",
     "render_markdown",
@@ -81,8 +89,10 @@ __all__ = [
 ]
 
 DEFAULT_SIZES = (1_000, 10_000, 100_000)
-LAYOUTS = ("one-scope", "spread")
+LAYOUTS = ("one-scope", "spread", "tenants")
+DEFAULT_LAYOUTS = ("one-scope", "spread")
 SCOPES_SPREAD = 100
+TENANTS = 10_000
 BATCH = 1_000
 _BLOCK = 1_024
 
@@ -338,15 +348,20 @@ def _summary_ms(passes: Sequence[Sequence[float]]) -> dict[str, float]:
     }
 
 
-def _scopes(layout: str, n: int, spread: int = SCOPES_SPREAD) -> list[tuple[str, ...]]:
+def _scopes(
+    layout: str, n: int, spread: int = SCOPES_SPREAD, tenants: int = TENANTS
+) -> list[tuple[str, ...]]:
     if layout == "one-scope":
         return [("scale", "all")] * n
-    return [("scale", f"t{i * spread // n:03d}") for i in range(n)]
+    parts = tenants if layout == "tenants" else spread
+    return [("scale", f"t{i * parts // n:05d}") for i in range(n)]
 
 
 def _plain_collections(
     path: Path, scopes: Sequence[tuple[str, ...]], vectors: Vectors
-) -> tuple[Any, dict[tuple[str, ...], Any], float]:
+) -> tuple[Any, dict[tuple[str, ...], Any], float, int]:
+    """Plain Chroma: a collection per scope; returns (client, collections, seconds,
+    vectors whose ``add`` failed)."""
     import chromadb
     from chromadb.config import Settings
 
@@ -356,7 +371,10 @@ def _plain_collections(
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, s in enumerate(scopes):
         groups.setdefault(s, []).append(i)
+    from chromadb.errors import ChromaError
+
     cols: dict[tuple[str, ...], Any] = {}
+    failed = 0
     start = time.perf_counter()
     for j, (scope, rows) in enumerate(groups.items()):
         col = client.create_collection(
@@ -364,9 +382,12 @@ def _plain_collections(
         )
         for b in range(0, len(rows), BATCH):
             part = rows[b : b + BATCH]
-            col.add(ids=[str(i) for i in part], embeddings=vectors[part])
+            try:
+                col.add(ids=[str(i) for i in part], embeddings=vectors[part])
+            except ChromaError:
+                failed += len(part)
         cols[scope] = col
-    return client, cols, time.perf_counter() - start
+    return client, cols, time.perf_counter() - start, failed
 
 
 # -- one cell of the grid ----------------------------------------------------
@@ -387,9 +408,12 @@ def _run_cell(
     progress: TextIO | None,
     profile: Path | None,
     spread: int,
+    tenants: int = TENANTS,
 ) -> dict[str, Any]:
+    from chromadb.errors import ChromaError
+
     label = f"{size:,} {layout}"
-    scopes = _scopes(layout, size, spread)
+    scopes = _scopes(layout, size, spread, tenants)
     distinct = list(dict.fromkeys(scopes))
     hm_path = workdir / "helamem"
     plain_path = workdir / "plain"
@@ -411,7 +435,9 @@ def _run_cell(
         gc.collect()
         rss1 = rss_bytes()
         disk_hm = disk_bytes(hm_path)
-        _client, cols, plain_s = _plain_collections(plain_path, scopes, vectors[:size])
+        _client, cols, plain_s, plain_add_failed = _plain_collections(
+            plain_path, scopes, vectors[:size]
+        )
         gc.collect()
         rss2 = rss_bytes()
         disk_plain = disk_bytes(plain_path)
@@ -419,8 +445,15 @@ def _run_cell(
         qvecs = [table.vector(q).reshape(1, -1) for q in questions]
         targets = [distinct[i % len(distinct)] for i in range(len(questions))]
 
+        plain_failed = [0]
+
         def plain(i: int) -> None:
-            cols[targets[i]].query(query_embeddings=qvecs[i], n_results=k, include=["distances"])
+            try:
+                cols[targets[i]].query(
+                    query_embeddings=qvecs[i], n_results=k, include=["distances"]
+                )
+            except ChromaError:
+                plain_failed[0] += 1
 
         def full(i: int) -> None:
             mem.search(questions[i], targets[i], k=k)
@@ -479,7 +512,10 @@ def _run_cell(
             "turns_per_s": round(size / ingest_s, 1),
             "chroma_seconds": round(plain_s, 3),
             "chroma_turns_per_s": round(size / plain_s, 1),
+            "chroma_add_failed": plain_add_failed,
         },
+        "chroma_query_failed": plain_failed[0],
+        "nofile_soft_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "search_ms": search,
         "ratio_p50": {
             m: round(search[m]["p50"] / chroma_p50, 3) if chroma_p50 > 0 else None
@@ -558,7 +594,7 @@ def run_scale(
     *,
     out: Path | None,
     sizes: Sequence[int] = DEFAULT_SIZES,
-    layouts: Sequence[str] = LAYOUTS,
+    layouts: Sequence[str] = DEFAULT_LAYOUTS,
     embedder: Embedder,
     queries: int = 100,
     repeats: int = 3,
@@ -566,6 +602,7 @@ def run_scale(
     k: int = 10,
     seed: int = 0,
     scopes: int = SCOPES_SPREAD,
+    tenants: int = TENANTS,
     workdir: Path | None = None,
     progress: TextIO | None = None,
     profile: bool = False,
@@ -585,6 +622,7 @@ def run_scale(
         k: Top-k of every search and of the plain Chroma query.
         seed: Seed of the corpus, the questions and the recorded turns.
         scopes: Number of scopes of the ``spread`` layout.
+        tenants: Number of scopes of the ``tenants`` layout.
         workdir: Where the stores are built (a temporary directory by
             default; each cell's stores are removed after it).
         progress: Stream for progress lines (``None``: silent).
@@ -604,8 +642,8 @@ def run_scale(
     bad = [x for x in layouts if x not in LAYOUTS]
     if bad or not layouts:
         raise ValueError(f"unknown layout {bad[0] if bad else None!r}; choose from {LAYOUTS}")
-    if min(queries, repeats, record_turns, k, scopes) < 1:
-        raise ValueError("queries, repeats, record_turns, k and scopes must be >= 1")
+    if min(queries, repeats, record_turns, k, scopes, tenants) < 1:
+        raise ValueError("queries, repeats, record_turns, k, scopes and tenants must be >= 1")
     corpus = Corpus(seed)
     turns = corpus.turns(max(sizes))
     questions = corpus.questions(queries)
@@ -641,6 +679,7 @@ def run_scale(
                         progress=progress,
                         profile=out if profile else None,
                         spread=scopes,
+                        tenants=tenants,
                     )
                 )
                 shutil.rmtree(cell_dir, ignore_errors=True)
@@ -651,6 +690,7 @@ def run_scale(
             "sizes": sizes,
             "layouts": list(layouts),
             "scopes_spread": scopes,
+            "tenants": tenants,
             "queries": queries,
             "repeats": repeats,
             "record_turns": record_turns,
@@ -748,6 +788,19 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"| {c['size']:,} | {_layout(c)} | {_f(r['background_turns_per_s'])} "
             f"| {_f(r['add_turn_direct_ms']['p50'], 2)} / {_f(r['add_turn_direct_ms']['p95'], 2)} |"
         )
+    failures = [
+        c
+        for c in results["cells"]
+        if c.get("chroma_query_failed") or c["ingest"].get("chroma_add_failed")
+    ]
+    for c in failures:
+        lines += [
+            "",
+            f"Plain Chroma at {c['size']:,} memories over {c['scopes']:,} collections "
+            f"(open-file limit {c.get('nofile_soft_limit')}): "
+            f"{c['ingest'].get('chroma_add_failed', 0):,} vectors failed to add and "
+            f"{c.get('chroma_query_failed', 0):,} queries failed (its timings include them).",
+        ]
     lines += [
         "",
         "RSS per memory: growth of the process's resident memory while building each store, "
