@@ -10,7 +10,7 @@ import pytest
 
 from helamem.core import HelaMemory, InvalidInputError
 from helamem.core.tokens import default_counter, estimate_tokens
-from helamem.core.types import context_line
+from helamem.core.types import context_line, ranking_order
 
 ALICE = ("users", "alice")
 
@@ -32,7 +32,7 @@ def test_budget_is_filled_with_whole_hits_best_first(mem: HelaMemory, budget: in
     _fill(mem)
     full = mem.search("garden tomatoes basil", ALICE, k=30, learn=False)
     res = mem.search("garden tomatoes basil", ALICE, k=30, max_tokens=budget, learn=False)
-    ranked = sorted(full, key=lambda h: -h.activation)  # the order that chose the hits
+    ranked = ranking_order(list(full))  # the order that chose the hits
     assert set(res.ids) == {h.id for h in ranked[: len(res)]}  # a prefix of the ranking ...
     assert res.ids == [i for i in full.ids if i in set(res.ids)]  # ... shown by score
     count = default_counter().count
@@ -93,3 +93,28 @@ def test_async_budget(tmp_path: Path, make_mem: Any) -> None:
             return len(res)
 
     assert 0 < asyncio.run(go()) < 30
+
+
+def _hit(i: int, activation: float, provenance: str) -> Any:
+    from datetime import UTC, datetime
+
+    from helamem.core import Hit, Memory
+
+    t = datetime(2024, 1, 1, tzinfo=UTC)
+    m = Memory(f"m{i}", ("s",), "episodic", f"memory {i}", None, t, t, (), 0, None, {}, ())
+    return Hit(m, 0.5, activation, activation, 0.0, 0.0, 0.0, provenance)  # type: ignore[arg-type]
+
+
+def test_ranking_order_keeps_associations_within_their_share() -> None:
+    # associations with the highest activation still wait for their share of the slots
+    hits = [_hit(i, 2.0 - i / 10, "association") for i in range(3)] + [
+        _hit(10 + i, 1.0 - i / 10, "base") for i in range(7)
+    ]
+    order = [h.memory.id for h in ranking_order(hits, 0.2)]
+    assert order[:4] == ["m10", "m11", "m12", "m13"]  # 4 base hits before the first
+    assert order[4] == "m0"
+    for n in range(1, len(order) + 1):  # never more than a fifth of the first n
+        assert sum(o in ("m0", "m1", "m2") for o in order[:n]) <= max(int(0.2 * n), 0) or (
+            n > 7  # only associations were left
+        )
+    assert [h.memory.id for h in ranking_order(hits, 1.0)][:3] == ["m0", "m1", "m2"]

@@ -657,7 +657,9 @@ class Core:
             rows.update(path_rows)
             prunable.extend(path_prunable)
         if max_tokens is not None:
-            hits = fit_tokens(hits, max_tokens, count_tokens)
+            hits = fit_tokens(
+                hits, max_tokens, count_tokens, self.config.retrieval.association_share
+            )
             kept = {h.id for h in hits}
             learned = [[n for n in group if rows[n].id in kept] for group in learned]
         if learn and learned:

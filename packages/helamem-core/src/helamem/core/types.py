@@ -258,7 +258,10 @@ class SearchResult:
         return [h for h in self.hits if h.provenance == "association"]
 
     def to_text(
-        self, max_tokens: int | None = None, count_tokens: Callable[[str], int] | None = None
+        self,
+        max_tokens: int | None = None,
+        count_tokens: Callable[[str], int] | None = None,
+        association_share: float = 0.2,
     ) -> str:
         """Format the hits compactly for an LLM prompt, one line per hit.
 
@@ -267,12 +270,18 @@ class SearchResult:
                 this many tokens (the same rule as ``search(max_tokens=)``).
             count_tokens: The tokenizer (default: cl100k_base, offline; see
                 :mod:`helamem.core.tokens`).
+            association_share: As ``RetrievalConfig.association_share`` (pass
+                the store's value when it is not the default).
 
         Examples:
             >>> SearchResult("q", ()).to_text()
             ''
         """
-        hits = self.hits if max_tokens is None else fit_tokens(self.hits, max_tokens, count_tokens)
+        hits = (
+            self.hits
+            if max_tokens is None
+            else fit_tokens(self.hits, max_tokens, count_tokens, association_share)
+        )
         return "\n".join(context_line(h) for h in hits)
 
 
@@ -283,34 +292,63 @@ def context_line(hit: Hit) -> str:
     return f"- [{m.event_time:%Y-%m-%d}] {who}{m.content}"
 
 
+def ranking_order(hits: Sequence[Hit], association_share: float = 0.2) -> list[Hit]:
+    """``hits`` in the order that ranked them, for filling a context budget.
+
+    Episodes by ``activation``, except that association hits stay within
+    ``association_share`` of the hits taken so far (as
+    ``RetrievalConfig.association_share`` bounds them within k: the best base
+    hits come first); then facts by activation.
+
+    Examples:
+        >>> ranking_order([])
+        []
+    """
+    by_act = sorted(range(len(hits)), key=lambda i: (-hits[i].activation, i))
+    base = [i for i in by_act if hits[i].provenance == "base"]
+    assoc = [i for i in by_act if hits[i].provenance == "association"]
+    facts = [i for i in by_act if hits[i].provenance == "semantic"]
+    out: list[int] = []
+    taken = 0
+    while base or assoc:
+        room = int(association_share * (len(out) + 1) + 1e-9) > taken
+        if assoc and room and (not base or hits[assoc[0]].activation > hits[base[0]].activation):
+            out.append(assoc.pop(0))
+            taken += 1
+        elif base:
+            out.append(base.pop(0))
+        else:  # only association hits are left: the share no longer displaces anything
+            out.append(assoc.pop(0))
+            taken += 1
+    return [hits[i] for i in [*out, *facts]]
+
+
 def fit_tokens(
-    hits: Sequence[Hit], max_tokens: int, count_tokens: Callable[[str], int] | None = None
+    hits: Sequence[Hit],
+    max_tokens: int,
+    count_tokens: Callable[[str], int] | None = None,
+    association_share: float = 0.2,
 ) -> list[Hit]:
     """The hits that :meth:`SearchResult.to_text` can show within ``max_tokens``.
 
-    Whole hits, taken in ranking order (episodes by ``activation``, then facts
-    by theirs: the order that chose them, which recalls more than relevance
-    order at equal tokens), until the next one does not fit; they are
-    returned in their given order (by ``score``). Each hit costs the tokens of
-    its line plus its newline.
+    Whole hits, taken in :func:`ranking_order` (the order that chose them,
+    which recalls more than score order at equal tokens) until the next one
+    does not fit; returned in their given order (by ``score``). Each hit
+    costs the tokens of its line plus its newline.
     """
     if count_tokens is None:
         from .tokens import default_counter
 
         count_tokens = default_counter().count
-    order = sorted(
-        range(len(hits)),
-        key=lambda i: (hits[i].provenance == "semantic", -hits[i].activation, i),
-    )
     chosen: set[int] = set()
     used = 0
-    for i in order:
-        cost = int(count_tokens(context_line(hits[i]) + "\n"))
+    for h in ranking_order(hits, association_share):
+        cost = int(count_tokens(context_line(h) + "\n"))
         if used + cost > max_tokens:
             break
-        chosen.add(i)
+        chosen.add(id(h))
         used += cost
-    return [h for i, h in enumerate(hits) if i in chosen]
+    return [h for h in hits if id(h) in chosen]
 
 
 def dump_json(value: Mapping[str, Any] | Sequence[Any], what: str) -> str:
