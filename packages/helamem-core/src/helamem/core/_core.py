@@ -405,6 +405,7 @@ class Core:
                 }
                 edges: list[EdgeRow] = []
                 group_ns: dict[int, list[int]] = defaultdict(list)
+                reply: dict[int, np.ndarray] = {}
                 ticked: set[int] = set()
                 for p in group:
                     sid = self.store.ensure_scope(db, p.scope)
@@ -443,15 +444,16 @@ class Core:
                     if self._holding is not None:
                         self._holding.setdefault(p.kind, set()).add(sid)
                     group_ns[sid].append(n)
+                    reply[sid] = vecs[i]  # the group's last message in the scope: the reply
                     i += 1
                 self.store.upsert_edges(db, edges)
                 foreign = [r.id for r in used.values() if r.scope_id not in group_ns]
                 if foreign:  # edges never cross scopes
                     logger.debug("ignoring %d used_ids of other scopes", len(foreign))
                 for sid, ns in group_ns.items():
-                    extra = [r.n for r in used.values() if r.scope_id == sid]
+                    extra = [r for r in used.values() if r.scope_id == sid]
                     if extra:
-                        self._reinforce_tx(db, ns + extra, sid, self._now_tick(state[sid][0]))
+                        self._learn_turn(db, sid, ns, extra, reply[sid], state[sid][0])
             for sid, (tick, last) in state.items():
                 self.store.set_scope_state(db, sid, tick, last)
             # read back inside the transaction, by id: after the commit another
@@ -509,12 +511,97 @@ class Core:
             embedding=vec.astype(np.float32).tobytes(),
         )
 
-    def _reinforce_tx(self, db: Any, ns: Sequence[int], scope_id: int, tick_now: int) -> None:
+    def _learn_turn(
+        self,
+        db: Any,
+        scope_id: int,
+        new: Sequence[int],
+        used: Sequence[MemoryRow],
+        reply: np.ndarray,
+        tick: int,
+    ) -> None:
+        """What one recorded turn learns: the one place that decides "what was used".
+
+        Of the memories the caller passed as used, the ones the turn's reply
+        (its last message in the scope) is close to co-activate with its new
+        messages (:func:`dynamics.attributed`, ``attribution_margin`` and
+        ``attribution_floor``; a used memory without a vector of this
+        embedder counts as close); the pairs are ``used_pairs``
+        (:func:`dynamics.recorded_pairs`); edges between the used memories
+        the reply did not draw on and those it did are weakened
+        (``unused_weakening``); then the strength of every memory touched is
+        bounded (``strength_budget``).
+        """
+        d = self.config.dynamics
+        tick_now = self._now_tick(tick)
+        dim = reply.shape[0]
+        sims = []
+        for r in used:
+            v = r.vector()
+            sims.append(float(v @ reply) if v is not None and v.shape[0] == dim else 1.0)
+        keep = dynamics.attributed(sims, d.attribution_margin, d.attribution_floor)
+        chosen = [used[i].n for i in keep]
+        if not chosen:
+            return
+        pairs = dynamics.recorded_pairs(new, chosen, d.used_pairs)
+        self._reinforce_tx(db, [*new, *chosen], scope_id, tick_now, pairs)
+        unused = [r.n for r in used if r.n not in set(chosen)]
+        if d.unused_weakening > 0 and unused:
+            among = self.store.edges_among(sorted({*unused, *chosen}))
+            weak = [
+                EdgeRow(
+                    e.a,
+                    e.b,
+                    e.scope_id,
+                    dynamics.weakened(self._decayed(e, tick_now), d.unused_weakening),
+                    tick_now,
+                )
+                for (a, b), e in among.items()
+                if (a in unused) != (b in unused)
+            ]
+            self._keep_or_prune(db, weak)
+        if d.strength_budget > 0:
+            touched = sorted({*new, *chosen})
+            edges = [e for e in self.store.edges_of(touched) if e.scope_id == scope_id]
+            w = {(e.a, e.b): self._decayed(e, tick_now) for e in edges}
+            strength = dynamics.strengths((a, b, x) for (a, b), x in w.items())
+            scaled = dynamics.scaled_to_budget(w, strength, d.strength_budget)
+            self._keep_or_prune(
+                db,
+                [
+                    EdgeRow(a, b, scope_id, x, tick_now)
+                    for (a, b), x in scaled.items()
+                    if x < w[(a, b)]
+                ],
+            )
+
+    def _keep_or_prune(self, db: Any, edges: Sequence[EdgeRow]) -> None:
+        """Write weakened edges; drop those under ``prune_below``."""
+        floor = self.config.dynamics.prune_below
+        keep = [e for e in edges if dynamics.survives(e.weight, floor)]
+        drop = [(e.a, e.b) for e in edges if not dynamics.survives(e.weight, floor)]
+        if drop:
+            self.store.delete_edges(db, drop)
+        if keep:
+            self.store.upsert_edges(db, keep)
+
+    def _reinforce_tx(
+        self,
+        db: Any,
+        ns: Sequence[int],
+        scope_id: int,
+        tick_now: int,
+        pairs: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        """Reinforce ``pairs`` (default: every pair of ``ns``) among the live memories."""
         d = self.config.dynamics
         # memories deleted since they were read (by another process or object)
         # get no edges: an edge to a missing memory would be an orphan
         alive = self.store.existing(db, ns)
-        pairs = dynamics.co_activation_pairs([n for n in ns if n in alive])
+        if pairs is None:
+            pairs = dynamics.co_activation_pairs([n for n in ns if n in alive])
+        else:
+            pairs = [(a, b) for a, b in pairs if a in alive and b in alive]
         if not pairs:
             return
         existing = self.store.edges_among(sorted(set(ns)))
@@ -813,7 +900,30 @@ class Core:
         triples = [(s, j, w) for s, lst in self._strongest(seeds, prunable).items() for w, j in lst]
         if self.config.retrieval.spread_hops > 1 and triples:
             triples.extend(self._second_hop(seeds, triples, prunable))
+        cfg = self.config.retrieval
+        if cfg.fan_power > 0 and triples:  # hub-resistant: scale by both ends' strength
+            strength = self._strength({n for s, j, _ in triples for n in (s, j)})
+            triples = [
+                (
+                    s,
+                    j,
+                    dynamics.fan_scaled(
+                        w,
+                        strength.get(s, 0.0),
+                        strength.get(j, 0.0),
+                        cfg.fan_reference,
+                        cfg.fan_power,
+                    ),
+                )
+                for s, j, w in triples
+            ]
         return triples, prunable
+
+    def _strength(self, nodes: Collection[int]) -> dict[int, float]:
+        """Each node's strength: the sum of its edges' decayed weights."""
+        edges = self.store.edges_of(list(nodes))
+        ticks = self._ticks([e.scope_id for e in edges])
+        return dynamics.strengths((e.a, e.b, self._decayed(e, ticks[e.scope_id])) for e in edges)
 
     def _strongest(
         self,

@@ -153,6 +153,15 @@ def _add_locomo_arguments(p: argparse.ArgumentParser, out: str) -> None:
         default="minilm",
         help="minilm (default, offline) or hashing (no model: smoke runs only)",
     )
+    p.add_argument(
+        "--ingest",
+        choices=["plain", "agent-loop"],
+        default="plain",
+        help="plain (default): add_many, one memory per turn; agent-loop: replay each "
+        "conversation as an agent does (search each turn pair's first message with k=5, then "
+        "add_turns with those hits as used_ids), learning on beside learning off and plain "
+        "ingest, questions read-only, plus the graph's shape (--methods is ignored)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -354,6 +363,7 @@ def _bench_locomo(args: argparse.Namespace) -> int:
             tokenizer_file=args.tokenizer_file,
             progress=None if args.quiet else sys.stderr,
             qa=qa,
+            ingest=args.ingest,
         )
     except (LocomoFormatError, ValueError, LLMError) as exc:
         print(f"helamem: error: {exc}", file=sys.stderr)

@@ -50,6 +50,23 @@ class DynamicsConfig(_Frozen):
             one ``add_many`` item) in the scope; ``"wall"``: a tick is
             ``tick_seconds`` of wall-clock time.
         tick_seconds: Length of a tick when ``clock="wall"``.
+        used_pairs: What a recorded turn (``add_turn(..., used_ids=)``)
+            co-activates: ``"all"``, every pair among its new messages and
+            the used memories (the reference clique); ``"new"``, each new
+            message with each used memory only (a star; memories retrieved
+            together are not linked to each other, so generic ones do not
+            become hubs). See :func:`helamem.core.dynamics.recorded_pairs`.
+        attribution_margin: μ: of the used memories, only those whose cosine
+            to the turn's reply is within μ of the closest one co-activate
+            (2 keeps them all). See :func:`helamem.core.dynamics.attributed`.
+        attribution_floor: θ: ... and only those at this cosine or more
+            (-1 keeps them all).
+        unused_weakening: κ: the edges between a used memory the reply did
+            not draw on and the ones it did are multiplied by ``1 - κ``
+            (anti-Hebbian; 0: off).
+        strength_budget: B: after a recorded turn, edges of the memories it
+            touched are scaled so that none has a total edge weight above B
+            (synaptic scaling; 0: off).
     """
 
     temporal_weight: float = Field(0.5, gt=0.0, le=1.0)
@@ -58,6 +75,11 @@ class DynamicsConfig(_Frozen):
     prune_below: float = Field(0.01, ge=0.0, lt=1.0)
     clock: Literal["turns", "wall"] = "turns"
     tick_seconds: float = Field(3600.0, gt=0.0)
+    used_pairs: Literal["all", "new"] = "all"
+    attribution_margin: float = Field(2.0, ge=0.0, le=2.0)
+    attribution_floor: float = Field(-1.0, ge=-1.0, le=1.0)
+    unused_weakening: float = Field(0.0, ge=0.0, le=1.0)
+    strength_budget: float = Field(0.0, ge=0.0)
 
 
 class RetrievalConfig(_Frozen):
@@ -102,6 +124,12 @@ class RetrievalConfig(_Frozen):
         association_gate: Within k, an association hit displaces a base hit
             only if its relevance is at least the base hit's minus this margin
             (0: never a more relevant memory; 1: no gate).
+        fan_power: p of hub-resistant spreading: every edge followed is
+            scaled by ``min(1, R/S_i)^p · min(1, R/S_j)^p`` for its two ends'
+            total edge weights S (0: off). See
+            :func:`helamem.core.dynamics.fan_scaled`.
+        fan_reference: R: memories with a total edge weight up to R (a plain
+            episode with its two temporal edges has 1.0) spread unscaled.
         learn_top: With ``learn=True``, only the best this many returned
             memories co-activate (0: every returned memory).
         default_k: ``k`` when the caller gives none.
@@ -134,6 +162,8 @@ class RetrievalConfig(_Frozen):
     selection: Literal["final", "base", "append"] = "final"
     association_share: float = Field(0.2, ge=0.0, le=1.0)
     association_gate: float = Field(0.2, ge=0.0, le=1.0)
+    fan_power: float = Field(0.0, ge=0.0, le=2.0)
+    fan_reference: float = Field(1.0, gt=0.0)
     learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)
     semantic_k: int = Field(3, ge=0)

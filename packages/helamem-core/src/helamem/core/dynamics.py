@@ -18,6 +18,13 @@ Spreading (one hop):
     for seeds *i* (top ``spread_seeds`` with :math:`a_i > \theta`),
     :math:`b_j = \min(\beta,\; \sum_i \alpha\, a_i\, w_{ij})`;
     final score :math:`f_j = a_j + b_j`.
+
+Learning in the agent loop (what a recorded turn co-activates):
+    use attribution (:func:`attributed`), which pairs form
+    (:func:`recorded_pairs`), anti-Hebbian weakening of what was retrieved but
+    not used (:func:`weakened`), a bound on a node's total strength
+    (:func:`scaled_to_budget`) and hub-resistant spreading
+    (:func:`fan_scaled`).
 """
 
 from __future__ import annotations
@@ -31,15 +38,21 @@ import numpy.typing as npt
 __all__ = [
     "EdgeKey",
     "activation",
+    "attributed",
     "co_activation_pairs",
     "decayed",
     "edge_key",
+    "fan_scaled",
     "fuse",
+    "recorded_pairs",
     "recency",
     "reinforced",
+    "scaled_to_budget",
     "select",
     "spread",
+    "strengths",
     "survives",
+    "weakened",
     "zscore",
 ]
 
@@ -250,3 +263,158 @@ def select(
         dropped.add(victim)
         assoc.append(a)
     return [i for i in base_top if i not in dropped], assoc
+
+
+def attributed(similarities: Sequence[float], margin: float, floor: float) -> list[int]:
+    r"""Which retrieved memories a turn drew on: positions, best first.
+
+    Use attribution by closeness: with :math:`s_i` the cosine between the
+    turn (its reply, or its messages) and retrieved memory *i*,
+
+    .. math:: U = \{\, i : s_i \ge \max_j s_j - \mu \ \wedge\ s_i \ge \theta \,\}
+
+    with μ ``margin`` (relative to the other hits; μ ≥ 2 keeps every hit) and
+    θ ``floor`` (a relevance gate: a memory the turn is not close to never
+    co-activates; θ = -1 keeps every hit). This is the post-hoc citation of
+    retrieved passages by similarity to the generated text (Gao et al.,
+    2023, "Enabling LLMs to generate text with citations", score each
+    passage against the answer; the cosine of the same embedder is the
+    cheap proxy here), with the relevance gate of learning rules that only
+    strengthen synapses of sufficiently active inputs (BCM threshold,
+    Bienenstock, Cooper & Munro, 1982).
+
+    Examples:
+        >>> attributed([0.9, 0.2, 0.85, 0.5], margin=0.1, floor=0.0)
+        [0, 2]
+        >>> attributed([0.3, 0.2], margin=1.0, floor=0.25)
+        [0]
+        >>> attributed([], margin=0.1, floor=0.0)
+        []
+    """
+    if not similarities:
+        return []
+    top = max(similarities)
+    keep = [
+        i for i, s in enumerate(similarities) if s >= top - margin - 1e-12 and s >= floor - 1e-12
+    ]
+    return sorted(keep, key=lambda i: (-similarities[i], i))
+
+
+def recorded_pairs(new: Sequence[int], used: Sequence[int], mode: str) -> list[EdgeKey]:
+    """The pairs a recorded turn co-activates, each once.
+
+    ``mode`` ``"all"``: every pair among the turn's new memories and the used
+    ones (a clique: the reference behaviour; memories retrieved together get
+    linked to each other, which is how generic ones become hubs);
+    ``"new"``: every pair among the new memories plus each new memory with
+    each used one (a star: a used memory is linked to the turn it served,
+    never to the other memories retrieved beside it).
+
+    Raises:
+        ValueError: ``mode`` is not ``"all"`` or ``"new"``.
+
+    Examples:
+        >>> recorded_pairs([10, 11], [1, 2], "new")
+        [(1, 10), (1, 11), (2, 10), (2, 11), (10, 11)]
+        >>> len(recorded_pairs([10, 11], [1, 2], "all"))
+        6
+    """
+    if mode == "all":
+        return co_activation_pairs([*new, *used])
+    if mode != "new":
+        raise ValueError(f"unknown pairing {mode!r}; use 'all' or 'new'")
+    out = set(co_activation_pairs(new))
+    out.update(edge_key(a, u) for a in set(new) for u in set(used) if a != u)
+    return sorted(out)
+
+
+def weakened(weight: float, rate: float) -> float:
+    r"""Anti-Hebbian weakening :math:`w' = (1 - \kappa)\, w`, κ = ``rate`` in [0, 1].
+
+    Applied to the edges between a memory that was retrieved but not used
+    and the memories that were used with it: the covariance rule's
+    depression when one side is active and the other is not (Sejnowski,
+    1977; Dayan & Abbott, 2001, ch. 8). It never increases a weight and
+    keeps it in [0, w].
+
+    Examples:
+        >>> weakened(0.5, 0.2)
+        0.4
+    """
+    return max(0.0, weight * (1.0 - rate))
+
+
+def strengths(edges: Iterable[tuple[int, int, float]]) -> dict[int, float]:
+    r"""Node strength :math:`S_i = \sum_j w_{ij}` over undirected ``(a, b, w)`` edges.
+
+    Examples:
+        >>> strengths([(1, 2, 0.5), (2, 3, 0.25)])
+        {1: 0.5, 2: 0.75, 3: 0.25}
+    """
+    out: dict[int, float] = {}
+    for a, b, w in edges:
+        out[a] = out.get(a, 0.0) + w
+        out[b] = out.get(b, 0.0) + w
+    return out
+
+
+def scaled_to_budget(
+    weights: Mapping[EdgeKey, float], strength: Mapping[int, float], budget: float
+) -> dict[EdgeKey, float]:
+    r"""Synaptic scaling: bound every node's total strength by ``budget`` (B).
+
+    With :math:`S_i` the strength of node *i* over *all* its edges
+    (``strength``; at least the sum of the given edges of *i*),
+    :math:`f_i = \min(1, B / S_i)` and every given edge becomes
+
+    .. math:: w'_{ij} = w_{ij} \cdot \min(f_i, f_j)
+
+    so no weight grows, weights stay in [0, 1], and a node whose edges are
+    all given ends with :math:`S'_i \le B`. Multiplicative scaling of all of
+    a neuron's synapses towards a target total is homeostatic synaptic
+    scaling (Turrigiano, 2008, Cell 135:422); bounding the total is what
+    Oja's rule does for the weight norm (Oja, 1982). ``budget`` ≤ 0: off.
+
+    Examples:
+        >>> scaled_to_budget({(1, 2): 0.8, (1, 3): 0.8}, {1: 1.6, 2: 0.8, 3: 0.8}, 1.0)
+        {(1, 2): 0.5, (1, 3): 0.5}
+    """
+    if budget <= 0:
+        return dict(weights)
+    factor = {n: min(1.0, budget / s) if s > budget else 1.0 for n, s in strength.items()}
+    return {
+        (a, b): w * min(factor.get(a, 1.0), factor.get(b, 1.0)) for (a, b), w in weights.items()
+    }
+
+
+def fan_scaled(
+    weight: float, strength_i: float, strength_j: float, reference: float, power: float
+) -> float:
+    r"""Hub-resistant spreading weight: the fan effect on an edge.
+
+    .. math::
+        \tilde w_{ij} = w_{ij}\,
+        \min\!\Big(1, \frac{R}{S_i}\Big)^{p}\, \min\!\Big(1, \frac{R}{S_j}\Big)^{p}
+
+    with :math:`S` node strengths, R ``reference`` (a node at or under R,
+    such as a plain episode with its two temporal edges, spreads as before)
+    and p ``power`` (0: off; 0.5 with both ends is the symmetric
+    normalisation :math:`D^{-1/2} W D^{-1/2}` of spectral graph methods;
+    p = 1 on the source is the random walk's :math:`D^{-1} W`). In ACT-R the
+    associative strength from a source falls with its fan,
+    :math:`S_{ji} = S - \ln(\mathrm{fan}_j)` (Anderson & Reder, 1999); here
+    the fan is the node's total learned strength, on both ends, so a hub
+    neither floods its neighbours nor collects from every seed. Never more
+    than :math:`w_{ij}`.
+
+    Examples:
+        >>> fan_scaled(0.5, 1.0, 4.0, reference=1.0, power=0.5)
+        0.25
+        >>> fan_scaled(0.5, 0.9, 1.0, reference=1.0, power=1.0)
+        0.5
+    """
+    if power <= 0:
+        return weight
+    fi = min(1.0, reference / strength_i) if strength_i > 0 else 1.0
+    fj = min(1.0, reference / strength_j) if strength_j > 0 else 1.0
+    return float(weight * (fi * fj) ** power)

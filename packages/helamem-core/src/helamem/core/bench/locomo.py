@@ -50,11 +50,13 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
 import random
 import re
+import sqlite3
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -65,28 +67,36 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..config import DynamicsConfig, HelaMemConfig, RetrievalConfig
+from ..dynamics import decayed
 from ..embeddings import Embedder, MiniLMEmbedder
 from ..engine import HelaMemory
-from ..types import NewMemory
+from ..types import Hit, NewMemory, NewTurn, ranking_order
 from ._common import CachingEmbedder, Progress, TokenCounter, token_counter, versions
 from .qa import QARunner, QASettings, render_qa_markdown
 
 __all__ = [
     "CATEGORIES",
     "DEFAULT_KS",
+    "INGESTS",
+    "LOOP_K",
     "METHODS",
+    "REPLAYS",
     "Conversation",
     "EvidenceReport",
     "LocomoFormatError",
     "Method",
     "Question",
     "Turn",
+    "gini",
+    "graph_shape",
     "load_locomo",
     "parse_evidence",
     "parse_session_date",
     "render_markdown",
+    "replay_agent_loop",
     "run_locomo",
     "token_parity",
+    "turn_pairs",
     "write_results",
 ]
 
@@ -124,6 +134,9 @@ class Method:
         spread: ``search(spread=...)``.
         learn: ``search(learn=...)``.
         description: One line for the report.
+        ingest: How its store is filled: ``"plain"`` (``add_many``, one memory
+            per turn), ``"loop-learn"`` or ``"loop-off"`` (the agent loop,
+            see :func:`replay_agent_loop`).
     """
 
     name: str
@@ -131,6 +144,7 @@ class Method:
     spread: bool
     learn: bool
     description: str
+    ingest: str = "plain"
 
 
 METHODS: dict[str, Method] = {
@@ -145,6 +159,36 @@ METHODS: dict[str, Method] = {
     )
 }
 """The methods, by name, in report order."""
+
+INGESTS: tuple[str, ...] = ("plain", "agent-loop")
+"""``run_locomo(ingest=...)``: ``"agent-loop"`` runs :data:`REPLAYS` instead of the methods."""
+
+LOOP_K = 5
+"""``k`` of the agent loop's search for each turn pair's first message."""
+
+REPLAYS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "loop-learn",
+            {},
+            True,
+            False,
+            f"agent loop, learning on: search(a, k={LOOP_K}), add_turns(a, b, used_ids=hits)",
+            "loop-learn",
+        ),
+        Method(
+            "loop-off",
+            {},
+            True,
+            False,
+            "agent loop, learning off: add_turns(a, b), no used_ids",
+            "loop-off",
+        ),
+        Method("plain", {}, True, False, "plain add_many ingest (one memory per turn)", "plain"),
+    )
+}
+"""The replays of ``--ingest agent-loop``: helamem's defaults, questions read-only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +538,136 @@ def _bucket(category: int, sample_id: str) -> list[str]:
     return keys
 
 
+def _dia(hit: Hit) -> str:
+    """The LoCoMo turn id of a hit (a turn pair's reply keeps its own in ``reply_dia_id``)."""
+    meta = hit.memory.metadata
+    if hit.memory.role == "assistant" and "reply_dia_id" in meta:
+        return str(meta["reply_dia_id"])
+    return str(meta.get("dia_id"))
+
+
+def turn_pairs(turns: Sequence[Turn]) -> list[tuple[Turn, Turn | None]]:
+    """The conversation as an agent sees it: consecutive turns of one session, in pairs.
+
+    A session with an odd number of turns ends with a turn alone (``None`` reply).
+
+    Examples:
+        >>> t = lambda d, day: Turn(d, d, datetime(2023, 1, day, tzinfo=UTC))
+        >>> [(a.dia_id, b and b.dia_id) for a, b in turn_pairs([t("1", 1), t("2", 1), t("3", 1),
+        ...     t("4", 2), t("5", 2)])]
+        [('1', '2'), ('3', None), ('4', '5')]
+    """
+    out: list[tuple[Turn, Turn | None]] = []
+    i = 0
+    while i < len(turns):
+        a = turns[i]
+        b = turns[i + 1] if i + 1 < len(turns) else None
+        if b is not None and b.event_time == a.event_time:
+            out.append((a, b))
+            i += 2
+        else:
+            out.append((a, None))
+            i += 1
+    return out
+
+
+def replay_agent_loop(
+    mem: HelaMemory, conv: Conversation, scope: tuple[str, ...], learn: bool, k: int = LOOP_K
+) -> int:
+    """Replay one conversation as an agent runs it; returns the searches made.
+
+    For each turn pair ``(a, b)`` (:func:`turn_pairs`): with ``learn``, the
+    agent first calls ``search(a, k=k)`` with the defaults (learning on), then
+    ``add_turns([NewTurn(a, b, used_ids=<those hits>)])``, the call
+    :class:`~helamem.core.TurnRecorder` makes for every recorded turn (and so
+    every adapter); without ``learn`` it records the pair with no used ids. A
+    turn alone is stored with ``add``. Each memory keeps its LoCoMo id
+    (``dia_id``; the reply's in ``reply_dia_id``).
+    """
+    searches = 0
+    for a, b in turn_pairs(conv.turns):
+        if b is None:
+            mem.add(a.content, scope, event_time=a.event_time, metadata={"dia_id": a.dia_id})
+            continue
+        used: list[str] = []
+        if learn:
+            used = mem.search(a.content, scope, k=k).ids
+            searches += 1
+        meta = {"dia_id": a.dia_id, "reply_dia_id": b.dia_id}
+        mem.add_turns([NewTurn(scope, a.content, b.content, a.event_time, meta, tuple(used))])
+    return searches
+
+
+def gini(values: Sequence[float]) -> float:
+    r"""Gini coefficient of non-negative values (0: all equal; near 1: one holds all).
+
+    :math:`G = \frac{2 \sum_i i\, x_{(i)}}{n \sum_i x_i} - \frac{n+1}{n}` over the
+    values sorted ascending (:math:`i = 1..n`); 0 when they sum to 0.
+
+    Examples:
+        >>> gini([1.0, 1.0, 1.0, 1.0])
+        0.0
+        >>> gini([0.0, 0.0, 0.0, 4.0])
+        0.75
+    """
+    xs = sorted(values)
+    n, total = len(xs), sum(xs)
+    if n == 0 or total <= 0:
+        return 0.0
+    weighted = sum((i + 1) * x for i, x in enumerate(xs))
+    return round(2 * weighted / (n * total) - (n + 1) / n, 6)
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    return float(xs[min(len(xs) - 1, math.ceil(q * len(xs)) - 1 if q > 0 else 0)])
+
+
+def graph_shape(path: Path, decay_rate: float) -> dict[str, Any]:
+    """The shape of a store's association graph, read from its SQLite file.
+
+    Weights are decayed to their scope's current tick (``clock="turns"``).
+    A node's strength is the sum of its edges' weights; every episodic
+    memory counts, with or without edges.
+
+    Args:
+        path: The store directory (``HelaMemConfig.path``).
+        decay_rate: δ of the store's :class:`~helamem.core.DynamicsConfig`.
+
+    Returns:
+        ``nodes``, ``edges``, ``mean_weight``, ``strength_p50``,
+        ``strength_p99``, ``strength_max``, ``strength_gini`` and ``degree_max``.
+    """
+    uri = f"file:{path / 'helamem.sqlite3'}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        nodes = [int(r[0]) for r in db.execute("SELECT n FROM memories WHERE kind = 'episodic'")]
+        rows = db.execute(
+            "SELECT e.a, e.b, e.weight, e.tick, s.tick FROM edges e "
+            "JOIN scopes s ON s.id = e.scope_id"
+        ).fetchall()
+    strength = dict.fromkeys(nodes, 0.0)
+    degree = dict.fromkeys(nodes, 0)
+    weights = []
+    for a, b, w, t, now in rows:
+        w = decayed(float(w), int(now) - int(t), decay_rate)
+        weights.append(w)
+        for n in (int(a), int(b)):
+            strength[n] = strength.get(n, 0.0) + w
+            degree[n] = degree.get(n, 0) + 1
+    xs = sorted(strength.values())
+    return {
+        "nodes": len(xs),
+        "edges": len(weights),
+        "mean_weight": round(sum(weights) / len(weights), 4) if weights else 0.0,
+        "strength_p50": round(_quantile(xs, 0.5), 4),
+        "strength_p99": round(_quantile(xs, 0.99), 4),
+        "strength_max": round(xs[-1], 4) if xs else 0.0,
+        "strength_gini": gini(xs),
+        "degree_max": max(degree.values(), default=0),
+    }
+
+
 def run_locomo(
     data: Path,
     *,
@@ -509,6 +683,7 @@ def run_locomo(
     progress: TextIO | None = None,
     work_dir: Path | None = None,
     qa: QASettings | None = None,
+    ingest: str = "plain",
 ) -> dict[str, Any]:
     """Run the LoCoMo retrieval benchmark and (optionally) write its results.
 
@@ -536,14 +711,23 @@ def run_locomo(
         qa: QA mode (:mod:`~helamem.core.bench.qa`): every question is also
             answered by an LLM from each method's top ``qa.k`` hits and
             scored (F1, BLEU-1, judge); results under ``qa``.
+        ingest: ``"plain"`` (default): every method's store is filled with
+            ``add_many`` and questions are asked as the method says.
+            ``"agent-loop"``: ``methods`` is ignored and the three
+            :data:`REPLAYS` of helamem run side by side (agent loop with
+            learning on, off, and plain ingest; see
+            :func:`replay_agent_loop`), every question asked read-only; the
+            results add each store's :func:`graph_shape` under ``graph``.
 
     Returns:
         The results (as written to ``results.json``).
 
     Raises:
-        ValueError: On an unknown method or a bad k or override.
+        ValueError: On an unknown method, ingest, or a bad k or override.
         LocomoFormatError: When ``data`` is not LoCoMo-shaped.
     """
+    if ingest not in INGESTS:
+        raise ValueError(f"unknown ingest {ingest!r}; choose from {list(INGESTS)}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
@@ -556,7 +740,11 @@ def run_locomo(
         **{k: v for k, v in overrides.items() if not k.startswith("dynamics.")}
     )
     dynamics = DynamicsConfig(**dyn)
-    chosen = [METHODS[m] for m in METHODS if m in set(methods)]
+    chosen = (
+        list(REPLAYS.values())
+        if ingest == "agent-loop"
+        else [METHODS[m] for m in METHODS if m in set(methods)]
+    )
     configs = {m.name: RetrievalConfig(**{**base_cfg.model_dump(), **m.retrieval}) for m in chosen}
 
     loaded, report = load_locomo(data)
@@ -585,6 +773,8 @@ def run_locomo(
     query_s: dict[str, float] = dict.fromkeys(configs, 0.0)
     searches: dict[str, int] = dict.fromkeys(configs, 0)
     assoc = {m.name: Counter[str]() for m in chosen}
+    loop_searches: dict[str, int] = dict.fromkeys(configs, 0)
+    graph: dict[str, dict[str, Any]] = {}
 
     with tempfile.TemporaryDirectory(prefix="helamem-locomo-", dir=work_dir) as tmp:
         stores = {
@@ -609,10 +799,19 @@ def run_locomo(
                 ]
                 for m in chosen:
                     start = time.perf_counter()
-                    stores[m.name].add_many(items)
+                    if m.ingest == "plain":
+                        stores[m.name].add_many(items)
+                    else:
+                        loop_searches[m.name] += replay_agent_loop(
+                            stores[m.name], conv, scope, learn=m.ingest == "loop-learn"
+                        )
                     ingest_s[m.name] += time.perf_counter() - start
                     ingest_bar.update()
             ingest_bar.close()
+            if ingest == "agent-loop":
+                graph = {
+                    m.name: graph_shape(Path(tmp) / m.name, dynamics.decay_rate) for m in chosen
+                }
             query_bar = Progress("questions", n_questions, progress)
             for conv in convs:
                 scope = ("locomo", conv.sample_id)
@@ -658,6 +857,12 @@ def run_locomo(
         searches=searches,
         assoc=assoc,
     )
+    results["config"]["ingest"] = ingest
+    if ingest == "agent-loop":
+        results["config"]["loop_k"] = LOOP_K
+        results["graph"] = graph
+        for name, n in loop_searches.items():
+            results["methods"][name]["ingest_searches"] = n
     if qa_runner is not None:
         results["qa"] = qa_runner.results()
     if out is not None:
@@ -692,7 +897,7 @@ def _ask(
             reference_time=conv.reference_time,
             semantic_k=0,
         )
-        return [(str(h.memory.metadata.get("dia_id")), h.content, h.provenance) for h in res]
+        return [(_dia(h), h.content, h.provenance) for h in res]
 
     if not method.spread:
         res = mem.search(
@@ -705,7 +910,7 @@ def _ask(
             semantic_k=0,
         )
         ranked = sorted(res, key=lambda h: -h.activation)  # the base top-k of each k
-        top = [(str(h.memory.metadata.get("dia_id")), h.content, h.provenance) for h in ranked]
+        top = [(_dia(h), h.content, h.provenance) for h in ranked]
         cut: dict[int | str, list[tuple[str, str]]] = {
             k: [(d, c) for d, c, _ in top[:k]] for k in ks
         }
@@ -731,10 +936,7 @@ def _ask(
         semantic_k=0,
     )
     # fill budgets in ranking order, as search(max_tokens=) does (fit_tokens)
-    wide = [
-        (str(h.memory.metadata.get("dia_id")), h.content)
-        for h in sorted(wide_res, key=lambda h: -h.activation)
-    ]
+    wide = [(_dia(h), h.content) for h in ranking_order(list(wide_res), cfg.association_share)]
     out.update({b: wide for b in budget_keys})
     n = len(order) + 1
     if method.learn:
@@ -955,6 +1157,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "evidence found; hits@k: hits returned (at most k; association hits take some of the k).",
         "",
     ]
+    if results.get("graph"):
+        lines += _render_loop(results)
     budgets = results["config"].get("token_budgets") or []
     if budgets:
         lines += [
@@ -991,6 +1195,45 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if results.get("qa"):
         lines += render_qa_markdown(results["qa"])
     return "\n".join(lines)
+
+
+def _render_loop(results: Mapping[str, Any]) -> list[str]:
+    """The agent-loop section: recall per category and the graph's shape per replay."""
+    ks = results["config"]["ks"]
+    methods = results["methods"]
+    k = 10 if 10 in ks else ks[-1]
+    first = next(iter(methods.values()))["categories"]
+    cats = [key for key in first if key in ("1", "2", "3", "4")]
+    lines = [
+        f"## Agent loop (search(a, k={results['config'].get('loop_k', LOOP_K)}) then "
+        "add_turns(a, b, used_ids=hits); questions read-only)",
+        "",
+        "| replay | "
+        + " | ".join(f"R@{x} | recall@{x}" for x in ks)
+        + " | "
+        + " | ".join(f"R@{k} / recall@{k} {first[c]['name']}" for c in cats)
+        + " |",
+        "|---|" + "---|---|" * len(ks) + "---|" * len(cats),
+    ]
+    for name, m in methods.items():
+        c = m["categories"]
+        cells = [f"{_fmt(c['1-4'][f'r@{x}'])} | {_fmt(c['1-4'][f'recall@{x}'])}" for x in ks]
+        cells += [f"{_fmt(c[key][f'r@{k}'])} / {_fmt(c[key][f'recall@{k}'])}" for key in cats]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Graph shape after ingest (node strength: the sum of a memory's edge weights):",
+        "",
+        "| replay | edges | mean weight | strength p50 | p99 | max | Gini | max degree |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, g in results["graph"].items():
+        lines.append(
+            f"| {name} | {g['edges']} | {_fmt(g['mean_weight'])} | {_fmt(g['strength_p50'])} | "
+            f"{_fmt(g['strength_p99'])} | {_fmt(g['strength_max'])} | "
+            f"{_fmt(g['strength_gini'])} | {g['degree_max']} |"
+        )
+    return [*lines, ""]
 
 
 def _plot(results: Mapping[str, Any], path: Path) -> dict[str, Any]:
