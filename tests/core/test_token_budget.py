@@ -102,7 +102,8 @@ def _hit(i: int, activation: float, provenance: str) -> Any:
 
     t = datetime(2024, 1, 1, tzinfo=UTC)
     m = Memory(f"m{i}", ("s",), "episodic", f"memory {i}", None, t, t, (), 0, None, {}, ())
-    return Hit(m, 0.5, activation, activation, 0.0, 0.0, 0.0, provenance)  # type: ignore[arg-type]
+    base = activation if provenance == "base" else activation / 4
+    return Hit(m, 0.5, activation, base, 0.0, 0.0, 0.0, provenance)  # type: ignore[arg-type]
 
 
 def test_ranking_order_keeps_associations_within_their_share() -> None:
@@ -118,3 +119,15 @@ def test_ranking_order_keeps_associations_within_their_share() -> None:
             n > 7  # only associations were left
         )
     assert [h.memory.id for h in ranking_order(hits, 1.0)][:3] == ["m0", "m1", "m2"]
+    # base hits in base order (the fused ranking), whatever their boosts
+    boosted = [_hit(1, 0.5, "base"), _hit(2, 0.9, "base")]
+    boosted[0] = type(boosted[0])(
+        *[getattr(boosted[0], f) for f in ("memory", "score")],
+        activation=3.0,
+        base=0.5,
+        boost=2.5,
+        dense=0.0,
+        lexical=0.0,
+        provenance="base",
+    )
+    assert [h.memory.id for h in ranking_order(boosted)] == ["m2", "m1"]

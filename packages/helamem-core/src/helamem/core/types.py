@@ -295,31 +295,30 @@ def context_line(hit: Hit) -> str:
 def ranking_order(hits: Sequence[Hit], association_share: float = 0.2) -> list[Hit]:
     """``hits`` in the order that ranked them, for filling a context budget.
 
-    Episodes by ``activation``, except that association hits stay within
-    ``association_share`` of the hits taken so far (as
-    ``RetrievalConfig.association_share`` bounds them within k: the best base
-    hits come first); then facts by activation.
+    As ``search(k)`` chooses for every k: base hits by ``base`` activation
+    (the fused ranking), and association hits, by ``activation``, in every
+    slot their share allows (``RetrievalConfig.association_share``: with 0.2
+    the 5th, 10th, ... hit); then facts by activation.
 
     Examples:
         >>> ranking_order([])
         []
     """
     by_act = sorted(range(len(hits)), key=lambda i: (-hits[i].activation, i))
-    base = [i for i in by_act if hits[i].provenance == "base"]
+    base = sorted(
+        (i for i in by_act if hits[i].provenance == "base"), key=lambda i: (-hits[i].base, i)
+    )
     assoc = [i for i in by_act if hits[i].provenance == "association"]
     facts = [i for i in by_act if hits[i].provenance == "semantic"]
     out: list[int] = []
     taken = 0
     while base or assoc:
         room = int(association_share * (len(out) + 1) + 1e-9) > taken
-        if assoc and room and (not base or hits[assoc[0]].activation > hits[base[0]].activation):
+        if assoc and (room or not base):  # only associations left: nothing to displace
             out.append(assoc.pop(0))
             taken += 1
-        elif base:
+        else:
             out.append(base.pop(0))
-        else:  # only association hits are left: the share no longer displaces anything
-            out.append(assoc.pop(0))
-            taken += 1
     return [hits[i] for i in [*out, *facts]]
 
 
