@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             "recall@k and context tokens per method and category. Progress goes to stderr."
         ),
     )
-    _add_locomo_arguments(loc, "bench-results/locomo")
+    _add_locomo_arguments(loc, "bench-results/locomo", ingest=True)
     loc.add_argument(
         "--methods",
         nargs="+",
@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_locomo_arguments(p: argparse.ArgumentParser, out: str) -> None:
-    """The arguments ``bench locomo`` and ``bench sweep`` share."""
+def _add_locomo_arguments(p: argparse.ArgumentParser, out: str, ingest: bool = False) -> None:
+    """The arguments ``bench locomo`` and ``bench sweep`` share (``--ingest``: locomo only)."""
     p.add_argument("--data", type=Path, required=True, help="LoCoMo JSON file (locomo10 schema)")
     p.add_argument("--out", type=Path, default=Path(out), help=f"output directory (default: {out})")
     p.add_argument("--conversations", type=_positive, help="use the first N conversations")
@@ -153,15 +153,16 @@ def _add_locomo_arguments(p: argparse.ArgumentParser, out: str) -> None:
         default="minilm",
         help="minilm (default, offline) or hashing (no model: smoke runs only)",
     )
-    p.add_argument(
-        "--ingest",
-        choices=["plain", "agent-loop"],
-        default="plain",
-        help="plain (default): add_many, one memory per turn; agent-loop: replay each "
-        "conversation as an agent does (search each turn pair's first message with k=5, then "
-        "add_turns with those hits as used_ids), learning on beside learning off and plain "
-        "ingest, questions read-only, plus the graph's shape (--methods is ignored)",
-    )
+    if ingest:
+        p.add_argument(
+            "--ingest",
+            choices=["plain", "agent-loop"],
+            default="plain",
+            help="plain (default): add_many, one memory per turn; agent-loop: replay each "
+            "conversation as an agent does (search each turn pair's first message with k=5, then "
+            "add_turns with those hits as used_ids), learning on beside learning off and plain "
+            "ingest, questions read-only, plus the graph's shape (--methods is ignored)",
+        )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
