@@ -28,21 +28,23 @@ def test_default_counter_is_cl100k_offline() -> None:
 
 
 @pytest.mark.parametrize("budget", [0, 1, 40, 100, 256, 512])
-def test_budget_is_filled_with_whole_hits_best_first(mem: HelaMemory, budget: int) -> None:
+def test_budget_means_the_largest_k_that_fits(mem: HelaMemory, budget: int) -> None:
     _fill(mem)
-    full = mem.search("garden tomatoes basil", ALICE, k=30, learn=False)
-    res = mem.search("garden tomatoes basil", ALICE, k=30, max_tokens=budget, learn=False)
-    ranked = ranking_order(list(full))  # the order that chose the hits
-    assert set(res.ids) == {h.id for h in ranked[: len(res)]}  # a prefix of the ranking ...
-    assert res.ids == [i for i in full.ids if i in set(res.ids)]  # ... shown by score
+    q = "garden tomatoes basil"
+    res = mem.search(q, ALICE, k=30, max_tokens=budget, learn=False)
     count = default_counter().count
-    used = sum(count(context_line(h) + "\n") for h in res)
-    assert used <= budget
-    if len(res) < len(full):  # the next hit would not have fit
-        nxt = ranked[len(res)]
-        assert used + count(context_line(nxt) + "\n") > budget
-    # to_text with the same budget keeps exactly these hits
-    assert full.to_text(max_tokens=budget) == res.to_text()
+
+    def cost(hits: Any) -> int:
+        return sum(count(context_line(h) + "\n") for h in hits)
+
+    assert cost(res) <= budget
+    n = len(res)
+    if n:  # exactly the hits of search(k=n) ...
+        assert res.ids == mem.search(q, ALICE, k=n, learn=False).ids
+    if n < 30:  # ... and search(k=n+1) would not fit
+        assert cost(mem.search(q, ALICE, k=n + 1, learn=False)) > budget
+    # to_text counts the same way: the budget's own result shows whole
+    assert res.to_text(max_tokens=budget) == res.to_text()
     assert count(res.to_text()) <= budget
 
 

@@ -675,6 +675,19 @@ class Core:
             isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
         ):
             raise InvalidInputError(f"max_tokens must be an int >= 0 or None, got {max_tokens!r}")
+        if max_tokens is not None:
+            return self._search_budget(
+                query,
+                scope,
+                k,
+                max_tokens,
+                count_tokens,
+                learn=learn,
+                spread=spread,
+                reference_time=reference_time,
+                kind=kind,
+                semantic_k=semantic_k,
+            )
         sem_k = self.config.retrieval.semantic_k if semantic_k is None else semantic_k
         if isinstance(sem_k, bool) or not isinstance(sem_k, int) or sem_k < 0:
             raise InvalidInputError(f"semantic_k must be an int >= 0, got {semantic_k!r}")
@@ -743,15 +756,57 @@ class Core:
             learned.append(self._coactive(ranking))
             rows.update(path_rows)
             prunable.extend(path_prunable)
-        if max_tokens is not None:
-            hits = fit_tokens(
-                hits, max_tokens, count_tokens, self.config.retrieval.association_share
-            )
-            kept = {h.id for h in hits}
-            learned = [[n for n in group if rows[n].id in kept] for group in learned]
         if learn and learned:
             self._learn(learned, rows, prunable)
         return SearchResult(query, tuple(hits))
+
+    def _search_budget(
+        self,
+        query: str,
+        scope: Sequence[str],
+        k: int,
+        max_tokens: int,
+        count_tokens: TokenCount | None,
+        **opts: Any,
+    ) -> SearchResult:
+        """``search(k*)`` for the largest ``k* <= k`` whose hits fit ``max_tokens``.
+
+        A budget means what ``k`` means: the hits of one ``search(k*)`` (the
+        same base and association hits), never a longer ranking cut short. The
+        first pass (read-only, ``k``) estimates ``k*`` from whole hits in
+        :func:`~helamem.core.types.ranking_order`; ``k*`` then shrinks until its
+        hits fit, or grows while the next one's do (so a budget costs about
+        three to four searches); the final search learns (when asked) from
+        exactly what is returned. Facts then fill what is left, in their order.
+        """
+        share = self.config.retrieval.association_share
+        learn = bool(opts.pop("learn", True))
+        wide = self.search(query, scope, k, learn=False, **opts)
+        episodes = [h for h in wide if h.provenance != "semantic"]
+        n = len(fit_tokens(episodes, max_tokens, count_tokens, share))
+
+        def fits(m: int) -> SearchResult | None:
+            res = self.search(query, scope, m, learn=False, **opts)
+            eps = [h for h in res if h.provenance != "semantic"]
+            kept = fit_tokens(eps, max_tokens, count_tokens, share)
+            return res if len(kept) == len(eps) else None
+
+        found = fits(n) if n else None
+        while n > 0 and found is None:  # the estimate was too long: shrink
+            n -= 1
+            found = fits(n) if n else None
+        while found is not None and n < min(k, len(episodes)):  # or too short: grow
+            bigger = fits(n + 1)
+            if bigger is None:
+                break
+            n, found = n + 1, bigger
+        res = found if found is not None else wide
+        if n == 0:
+            facts = [h for h in wide if h.provenance == "semantic"]
+            return SearchResult(query, tuple(fit_tokens(facts, max_tokens, count_tokens, share)))
+        if learn:
+            res = self.search(query, scope, n, learn=True, **opts)
+        return SearchResult(query, tuple(fit_tokens(list(res), max_tokens, count_tokens, share)))
 
     def _coactive(self, ranking: retrieval.Ranking) -> list[int]:
         """The returned memories that co-activate: all, or the best ``learn_top``."""
