@@ -820,7 +820,14 @@ def run_locomo(
                     for m in chosen:
                         start = time.perf_counter()
                         retrieved, n, flipped = _ask(
-                            stores[m.name], m, configs[m.name], q.text, scope, conv, search_ks
+                            stores[m.name],
+                            m,
+                            configs[m.name],
+                            q.text,
+                            scope,
+                            conv,
+                            search_ks,
+                            counter,
                         )
                         query_s[m.name] += time.perf_counter() - start
                         searches[m.name] += n
@@ -878,12 +885,14 @@ def _ask(
     scope: tuple[str, ...],
     conv: Conversation,
     ks: Sequence[int],
+    counter: TokenCounter | None = None,
 ) -> tuple[dict[int | str, list[tuple[str, str]]], int, list[str]]:
     """Ask one question; returns hits per k as (dia_id, content), searches, association dia_ids.
 
-    Besides each k, key ``"{T}t"`` holds the ranked hits from which the token
-    budget T is filled (:func:`_score` keeps the prefix that fits), in the
-    method's ranking order (activation), as ``search(max_tokens=T)`` fills it.
+    Besides each k, key ``"{T}t"`` holds the hits for the token budget T
+    (:func:`_score` keeps the prefix that fits): without spreading the base
+    ranking; with it ``search(max_tokens=T)``, every hit costing its content's
+    tokens (as :func:`_score` counts them) so that all methods pay alike.
     """
     budget_keys = [f"{t}t" for t in BUDGETS]
 
@@ -926,19 +935,25 @@ def _ask(
         out[k] = [(d, c) for d, c, _ in found]
         if k == learn_k:
             flipped = [d for d, _, p in found if p == "association"]
-    wide_res = mem.search(
-        query,
-        scope,
-        k=_BUDGET_K,
-        learn=False,
-        spread=True,
-        reference_time=conv.reference_time,
-        semantic_k=0,
-    )
-    # fill budgets in ranking order, as search(max_tokens=) does (fit_tokens)
-    wide = [(_dia(h), h.content) for h in ranking_order(list(wide_res), cfg.association_share)]
-    out.update({b: wide for b in budget_keys})
-    n = len(order) + 1
+    count = (counter or token_counter()).count
+
+    def content_cost(line: str) -> int:  # "- [date] content\n": the content and its newline
+        return count(line.split("] ", 1)[-1])
+
+    for t, b in zip(BUDGETS, budget_keys, strict=True):
+        res = mem.search(
+            query,
+            scope,
+            k=_BUDGET_K,
+            max_tokens=t,
+            count_tokens=content_cost,
+            learn=False,
+            spread=True,
+            reference_time=conv.reference_time,
+            semantic_k=0,
+        )
+        out[b] = [(_dia(h), h.content) for h in ranking_order(list(res), cfg.association_share)]
+    n = len(order) + len(BUDGETS)
     if method.learn:
         found = hits(learn_k, True)
         n += 1
