@@ -29,7 +29,10 @@ TOPICS = ["cat miso chased a mouse", "hiking trip to the alps", "pizza recipe wi
 # Few seeds, one hop: in these 20-memory scopes the default 8 seeds and two
 # hops reach nearly every memory, every boost hits the cap and nothing is
 # lifted; the isolation checks need association hits to inspect.
-RETRIEVAL = RetrievalConfig(spread_seeds=2, spread_hops=1, max_boost=0.3)
+# k=4 searches: half the slots open to association hits, so isolation is checked on them too
+RETRIEVAL = RetrievalConfig(
+    spread_seeds=2, spread_hops=1, max_boost=0.3, association_share=0.5, association_gate=1.0
+)
 
 
 def _open(path: Path, llm: Any = None) -> HelaMemory:
