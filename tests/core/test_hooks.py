@@ -101,7 +101,8 @@ def exact_memory(
     """
     cfg = HelaMemConfig(
         path=path,
-        dynamics=DynamicsConfig(decay_rate=1.0),
+        # the reference clique (every used memory co-activates), which EdgeModel implies
+        dynamics=DynamicsConfig(decay_rate=1.0, used_pairs="all", attribution_margin=2.0),
         retrieval=RetrievalConfig(learn_top=0),
     )
     index = DictIndex() if fast else None

@@ -145,9 +145,32 @@ def _memory(tmp_path: Path, **dyn: object) -> HelaMemory:
     return HelaMemory(cfg, embedder=embedder)
 
 
-def test_default_turn_links_every_used_memory_in_a_clique(tmp_path: Path) -> None:
+def test_defaults_are_the_measured_rule() -> None:
+    d, r = DynamicsConfig(), RetrievalConfig()
+    assert (d.used_pairs, d.attribution_margin, d.attribution_floor) == ("new", 0.1, -1.0)
+    assert (d.unused_weakening, d.strength_budget, r.fan_power, r.fan_reference) == (
+        0.0,
+        0.0,
+        0.5,
+        1.0,
+    )
+
+
+def test_default_turn_links_the_reply_to_what_it_drew_on_only(tmp_path: Path) -> None:
     s = ("u",)
     with _memory(tmp_path) as mem:
+        a, b, c = (mem.add(t, s).id for t in ("cats one", "weather two", "generic three"))
+        u, r = mem.add_turn(s, "tax question", "kitten reply", used_ids=[a, b, c])
+    e = _edges(tmp_path)
+    assert e[frozenset((r.id, a))] == pytest.approx(0.1)
+    assert e[frozenset((u.id, a))] == pytest.approx(0.1)
+    assert e[frozenset((a, b))] == pytest.approx(0.5)  # used memories are not linked together
+    assert frozenset((a, c)) not in e and frozenset((r.id, b)) not in e
+
+
+def test_reference_clique_links_every_used_memory(tmp_path: Path) -> None:
+    s = ("u",)
+    with _memory(tmp_path, used_pairs="all", attribution_margin=2.0) as mem:
         a, b, c = (mem.add(t, s).id for t in ("cats one", "weather two", "generic three"))
         _u, r = mem.add_turn(s, "tax question", "kitten reply", used_ids=[a, b, c])
     e = _edges(tmp_path)
@@ -180,7 +203,7 @@ def test_attribution_star_and_weakening_in_one_turn(tmp_path: Path) -> None:
 
 def test_strength_budget_bounds_the_touched_memories(tmp_path: Path) -> None:
     s = ("u",)
-    with _memory(tmp_path, strength_budget=0.6) as mem:
+    with _memory(tmp_path, strength_budget=0.6, used_pairs="all", attribution_margin=2.0) as mem:
         a, b, c = (mem.add(t, s).id for t in ("cats one", "weather two", "generic three"))
         for _ in range(5):
             u, r = mem.add_turn(s, "tax question", "kitten reply", used_ids=[a, b, c])

@@ -67,6 +67,14 @@ class DynamicsConfig(_Frozen):
         strength_budget: B: after a recorded turn, edges of the memories it
             touched are scaled so that none has a total edge weight above B
             (synaptic scaling; 0: off).
+
+    ``used_pairs`` "new", ``attribution_margin`` 0.1 (and
+    ``RetrievalConfig.fan_power`` 0.5) were chosen by leave-one-conversation-out
+    in the agent loop on the LoCoMo dev split (``helamem bench locomo --ingest
+    agent-loop``; README "What learning buys"): the reference clique of every
+    used memory lowered R@10 from 0.744 (learning off) to 0.729 and made
+    hubs (max node strength 14.6); the weakening, gating and budget rules
+    measured no better and stay off.
     """
 
     temporal_weight: float = Field(0.5, gt=0.0, le=1.0)
@@ -75,8 +83,8 @@ class DynamicsConfig(_Frozen):
     prune_below: float = Field(0.01, ge=0.0, lt=1.0)
     clock: Literal["turns", "wall"] = "turns"
     tick_seconds: float = Field(3600.0, gt=0.0)
-    used_pairs: Literal["all", "new"] = "all"
-    attribution_margin: float = Field(2.0, ge=0.0, le=2.0)
+    used_pairs: Literal["all", "new"] = "new"
+    attribution_margin: float = Field(0.1, ge=0.0, le=2.0)
     attribution_floor: float = Field(-1.0, ge=-1.0, le=1.0)
     unused_weakening: float = Field(0.0, ge=0.0, le=1.0)
     strength_budget: float = Field(0.0, ge=0.0)
@@ -162,7 +170,7 @@ class RetrievalConfig(_Frozen):
     selection: Literal["final", "base", "append"] = "final"
     association_share: float = Field(0.2, ge=0.0, le=1.0)
     association_gate: float = Field(0.2, ge=0.0, le=1.0)
-    fan_power: float = Field(0.0, ge=0.0, le=2.0)
+    fan_power: float = Field(0.5, ge=0.0, le=2.0)
     fan_reference: float = Field(1.0, gt=0.0)
     learn_top: int = Field(2, ge=0)
     default_k: int = Field(10, ge=1)

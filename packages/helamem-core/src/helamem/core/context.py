@@ -5,6 +5,17 @@ Adapters open a :func:`collect_used` block around one agent turn; every
 this context or tasks it spawns) adds the ids it returned, so the turn can
 be recorded with "the memories used for it" without bookkeeping of its own.
 
+What "used" means is decided in one place, when the turn is stored
+(``add_turn``/``add_turns``, which :class:`~helamem.core.TurnRecorder` and
+every adapter call): the ids passed as ``used_ids`` are what the turn
+*retrieved or showed*; of those, only the memories the turn's reply (its
+last message) is close to co-activate with the turn, and how they are linked
+follows :class:`~helamem.core.DynamicsConfig` (``attribution_margin``,
+``attribution_floor``, ``used_pairs``, ``unused_weakening``,
+``strength_budget``; see :func:`helamem.core.dynamics.attributed`). So a
+caller passes everything the turn saw; it never has to guess what the reply
+drew on.
+
 Examples:
     >>> with collect_used() as used:
     ...     note_used(["a", "b"])
