@@ -440,6 +440,17 @@ class ChromaIndex:
 
     # -- collections ---------------------------------------------------------
 
+    def _hnsw_config(self) -> dict[str, Any]:
+        """HNSW settings: cosine, persisted no later than a promoted scope's first load.
+
+        Chroma writes a collection's HNSW files after ``sync_threshold`` (default
+        1,000) vectors; a collection promoted with fewer (``exact_below`` below
+        that) and then evicted from Chroma's cache was lost ("Nothing found on
+        disk"), so the threshold never exceeds ``exact_below``.
+        """
+        sync = max(2, min(1000, self._config.exact_below))
+        return {"space": "cosine", "sync_threshold": sync, "batch_size": min(100, sync)}
+
     def _collection(self, key: tuple[int, str], create: bool) -> Any:
         name = self._name(*key)
         col = self._cols.get(name)
@@ -452,7 +463,7 @@ class ChromaIndex:
                 ef = HelaMemMiniLMEmbeddingFunction() if self._attach_minilm else None
                 col = client.get_or_create_collection(
                     name,
-                    configuration={"hnsw": {"space": "cosine"}},
+                    configuration={"hnsw": self._hnsw_config()},
                     embedding_function=cast(Any, ef),
                     metadata={"helamem:dimension": self._dimension},
                 )
