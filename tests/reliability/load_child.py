@@ -50,7 +50,9 @@ HASHING_DIMENSION = 64  # as crash_child.py, so its integrity checks reopen the 
 SHARED: tuple[tuple[str, str], ...] = (("shared", "s0"), ("shared", "s1"), ("shared", "s2"))
 SHARED_PREFIX = ("shared",)
 # no decay: a weight depends only on how many co-activations a pair had, not on when
-DYNAMICS = DynamicsConfig(decay_rate=1.0)
+# the test checks every edge weight against the logged co-activations, so it pins
+# the rule that links a turn with all its used memories and them with each other
+DYNAMICS = DynamicsConfig(decay_rate=1.0, used_pairs="all", attribution_margin=2.0)
 READY_TIMEOUT_S = 120.0
 
 
