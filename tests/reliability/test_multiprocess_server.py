@@ -182,6 +182,13 @@ def _run(tmp_path: Path, port: int, seconds: float, seed: int) -> dict[str, obje
     assert report.defects == (), report.to_text()
     assert report.vector_ids_checked and report.vectors == len(live)
     assert (report.memories, report.unindexed, report.tombstones) == (len(live), 0, 0)
+    # the same check from the command line, against the server (not an embedded copy)
+    from helamem.core import cli
+
+    assert not (store / "chroma").exists()
+    argv = ["check", str(store), "--chroma-host", "127.0.0.1", "--chroma-port", str(port)]
+    assert cli.main(argv) == 0
+    assert not (store / "chroma").exists()
     return {
         "seconds": seconds,
         "acked": len(log.added),

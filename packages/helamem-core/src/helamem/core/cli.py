@@ -456,6 +456,21 @@ class _UsageError(Exception):
 
 def _store_path(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, metavar="PATH", help="the store directory")
+    g = p.add_argument_group(
+        "vector index", "default: the embedded Chroma under PATH/chroma; a server with these"
+    )
+    g.add_argument(
+        "--chroma-host", metavar="HOST", help="a Chroma server (`chroma run`) holding the vectors"
+    )
+    g.add_argument("--chroma-port", type=_positive, default=8000, help="its port (default 8000)")
+
+
+def _chroma_config(args: argparse.Namespace) -> Any:
+    from .config import ChromaConfig
+
+    if getattr(args, "chroma_host", None):
+        return ChromaConfig(mode="http", host=args.chroma_host, port=args.chroma_port)
+    return ChromaConfig()
 
 
 def _scope_option(p: argparse.ArgumentParser, required: bool, what: str) -> None:
@@ -617,7 +632,9 @@ def _open_store(args: argparse.Namespace, reembed: bool = False) -> HelaMemory:
     from .config import HelaMemConfig
     from .engine import HelaMemory
 
-    cfg = HelaMemConfig(path=args.path, embedder=_embedder_config(args, reembed))
+    cfg = HelaMemConfig(
+        path=args.path, embedder=_embedder_config(args, reembed), chroma=_chroma_config(args)
+    )
     return HelaMemory(cfg, reembed=reembed).open()
 
 
@@ -631,9 +648,10 @@ def _scope_arg(args: argparse.Namespace) -> tuple[str, ...] | None:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from ._check import check_store
+    from .config import HelaMemConfig
 
     _need_store(args.path)
-    report = check_store(args.path)
+    report = check_store(args.path, HelaMemConfig(path=args.path, chroma=_chroma_config(args)))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 
