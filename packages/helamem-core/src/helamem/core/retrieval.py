@@ -238,9 +238,11 @@ def rank(
         )
         for n, b in boost.items():
             final[n] = final[n] + b
-        seed_rel = dict(rel)  # an association's relevance comes from its seeds' own
-        for n, paths in via.items():
-            rel[n] = propagated_relevance(rel.get(n, 0.0), [(seed_rel[s], w) for s, w in paths])
+    # an association hit's relevance comes from its seeds' own; a base hit keeps its own
+    lifted_rel = dict(rel)
+    for n, paths in via.items():
+        lifted_rel[n] = propagated_relevance(rel.get(n, 0.0), [(rel[s], w) for s, w in paths])
+    top_by_base = sorted(pool.ns, key=lambda n: (-base[n], n))[:k]
     base_top, assoc = dynamics.select(
         {n: base[n] for n in pool.ns},
         final,
@@ -248,9 +250,11 @@ def rank(
         config.max_flipped if edges else 0,
         config.selection,
         config.association_share,
-        rel,
+        {**lifted_rel, **{n: rel[n] for n in top_by_base}},  # victims: their own
         config.association_gate,
     )
+    for n in assoc:
+        rel[n] = lifted_rel.get(n, rel.get(n, 0.0))
     base_all = dict(base)
     if neighbours is not None:
         for n in assoc:
