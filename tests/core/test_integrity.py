@@ -323,3 +323,11 @@ def test_real_full_disk_is_typed_and_loses_nothing(tiny_fs: Path) -> None:
         for i in acked[:-5]:
             assert mem.get(i).content.startswith("note ")
         assert mem.stats().memories == len(acked) - 5
+
+
+def test_a_store_path_that_is_a_file_is_a_storage_error(tmp_path: Path, make_mem: Any) -> None:
+    f = tmp_path / "not-a-dir"
+    f.write_text("x")
+    with pytest.raises(StorageError, match="cannot create the store directory"):
+        make_mem(f).open()
+    assert f.read_text() == "x"

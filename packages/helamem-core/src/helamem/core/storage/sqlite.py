@@ -236,7 +236,13 @@ class SQLiteStore:
 
     def open(self) -> None:
         """Connect, set pragmas and apply pending migrations."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only disk
+            raise StorageError(
+                f"cannot create the store directory {self._path.parent}: {exc}; pass the path "
+                f"of a directory (new or existing) that this process may write"
+            ) from exc
         try:
             db = sqlite3.connect(
                 self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
