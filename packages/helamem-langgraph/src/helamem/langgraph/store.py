@@ -285,7 +285,8 @@ class HelaMemStore(BaseStore):
     the same ``limit`` slots: the core is asked for ``offset + limit``
     episodic hits and at most as many facts (``config.retrieval.semantic_k``
     at most), and the two are merged by score. The empty prefix ``()`` is one
-    core search over every namespace (one candidate pool, one scale). ``offset=o`` returns the best ``limit`` items of
+    core search over every namespace (one candidate pool, one scale).
+    ``offset=o`` returns the best ``limit`` items of
     the best ``o + limit`` that ``offset=0, limit=o`` does not return (see
     :meth:`_query` for when pages cover every item once). The best
     ``config.retrieval.learn_top`` items of the page co-activate (all of them
