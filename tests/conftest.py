@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -29,3 +30,9 @@ def mem(tmp_path: Path) -> Iterator[HelaMemory]:
 def make_mem() -> object:
     """Factory: ``make_mem(path, **retrieval_overrides)`` → an unopened HelaMemory."""
     return make_memory
+
+# Property tests are derandomized by default so that CI is reproducible; explore
+# new examples locally with ``pytest --hypothesis-profile=explore``.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile("ci")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from helamem.core import dynamics
@@ -86,6 +86,7 @@ def test_zscore_is_centred(xs: list[float]) -> None:
     assert np.isfinite(z).all()
 
 
+@example({0: 0.0, 1: 0.0}, {3: 0.5, 2: 0.25}, 2, 1)  # a gated hit's slot goes to the next
 @given(
     st.dictionaries(st.integers(0, 30), st.floats(0, 1), min_size=1, max_size=30),
     st.dictionaries(st.integers(0, 40), st.floats(0, 0.5), max_size=30),
@@ -117,7 +118,11 @@ def test_select_returns_topk_plus_bounded_associations(
         # gate 0: an association never displaces a more relevant base hit
         rel = {i: (i * 7919 % 101) / 100 for i in final}
         gated, through = dynamics.select(base, final, k, flips, mode=mode, relevance=rel, gate=0.0)
-        assert set(through) <= set(assoc) and len(gated) + len(through) <= k
+        # a skipped association hit leaves its slot to the next one, still from the final top-k
+        lifted_all = [i for i in final_top if i not in base_top]
+        assert set(through) <= set(lifted_all) and len(through) <= len(assoc)
+        assert through == [i for i in lifted_all if i in through]  # final order kept
+        assert len(gated) + len(through) <= k
         free = k - len(base_top)
         if mode == "final":
             order = sorted(base_top, key=lambda i: (final.get(i, base[i]), -base[i], -i))

@@ -218,7 +218,8 @@ def select(
     always stay (with ``share`` 0.5, ``k = 1`` returns the best base hit).
     With ``relevance`` given, an association hit displaces a base hit only if
     :math:`r_a \ge r_b - \text{gate}` (``gate`` 0: never a more relevant
-    memory; 1: always); one that may not is skipped.
+    memory; 1: always); one that may not is skipped, and its slot goes to
+    the next association hit of the final top-k that passes.
 
     Returns:
         ``(base_top, associations)``, disjoint; ``base_top`` in base order,
