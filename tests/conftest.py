@@ -31,6 +31,7 @@ def make_mem() -> object:
     """Factory: ``make_mem(path, **retrieval_overrides)`` → an unopened HelaMemory."""
     return make_memory
 
+
 # Property tests are derandomized by default so that CI is reproducible; explore
 # new examples locally with ``pytest --hypothesis-profile=explore``.
 settings.register_profile("ci", derandomize=True, database=None, deadline=None)
