@@ -305,3 +305,19 @@ def test_add_turns_batches_turns_with_their_own_used_ids(mem: HelaMemory) -> Non
     assert mem.stats(ALICE).edges == 5
     assert mem.stats(bob).edges == 1
     assert mem.stats(ALICE).episodic == 5
+
+
+def test_standalone_documents_get_no_temporal_edges(mem: HelaMemory) -> None:
+    """``NewMemory(linked=False)``: a document, not a turn; no edge to its neighbours."""
+    from helamem.core import NewMemory
+
+    mem.add("the first conversation message", ("s",))
+    mem.add_many(
+        [NewMemory(f"standalone document number {i}", ("s",), linked=False) for i in range(3)]
+    )
+    assert mem.stats(("s",)).edges == 0
+    mem.add("the next conversation message", ("s",))
+    # the conversation's own chain skips the documents: one edge, first -> next
+    assert mem.stats(("s",)).edges == 1
+    mem.add_many([NewMemory("linked by default", ("t",)), NewMemory("second", ("t",))])
+    assert mem.stats(("t",)).edges == 1

@@ -94,6 +94,7 @@ class _Prepared:
     metadata: str
     keywords: str
     provenance: str
+    linked: bool = True
 
 
 def _check_content(content: object, what: str = "content") -> str:
@@ -161,6 +162,7 @@ def prepare(
         metadata=dump_json(meta, "metadata"),
         keywords=dump_json(kws, "keywords"),
         provenance=dump_json(list(provenance), "provenance"),
+        linked=bool(item.linked),
     )
 
 
@@ -433,7 +435,7 @@ class Core:
                         provenance=p.provenance,
                         embedding=vecs[i].tobytes(),
                     )
-                    if p.kind == "episodic":
+                    if p.kind == "episodic" and p.linked:
                         if last is not None:
                             a, b = dynamics.edge_key(last, n)
                             edges.append(EdgeRow(a, b, sid, d.temporal_weight, tick_now))

@@ -142,6 +142,11 @@ class NewMemory:
     """A caller-chosen memory id (1-128 printable ASCII characters, unique in the
     store); ``None`` draws a new time-sortable id. Adding an id that exists raises
     :class:`~helamem.core.errors.InvalidInputError` and writes nothing."""
+    linked: bool = True
+    """``True`` (default): a conversation message, linked by a temporal edge to the
+    scope's previous episode (and the next one to it). ``False``: a standalone
+    document (a key-value item, a note): no temporal edge either way, so its
+    neighbours in insertion order never lift it, or it them, at search."""
 
     def __repr__(self) -> str:
         return (
