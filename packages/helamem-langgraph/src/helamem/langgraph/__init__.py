@@ -10,6 +10,8 @@ Examples:
 """
 
 from .checkpoint import (
+    CheckpointerClosedError,
+    CheckpointerModeError,
     CheckpointerNotOpenError,
     HelaMemCheckpointer,
     Turn,
@@ -20,6 +22,8 @@ from .store import ID_FIELD, HelaMemStore
 
 __all__ = [
     "ID_FIELD",
+    "CheckpointerClosedError",
+    "CheckpointerModeError",
     "CheckpointerNotOpenError",
     "HelaMemCheckpointer",
     "HelaMemStore",

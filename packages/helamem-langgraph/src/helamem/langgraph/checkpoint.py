@@ -23,7 +23,7 @@ from typing import Any, Self
 
 from langchain_core.runnables import RunnableConfig
 
-from helamem.core import HelaMemError, TurnRecorder
+from helamem.core import HelaMemError, StoreClosedError, TurnRecorder
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
     ChannelVersions,
@@ -38,6 +38,8 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from .store import HelaMemStore
 
 __all__ = [
+    "CheckpointerClosedError",
+    "CheckpointerModeError",
     "CheckpointerNotOpenError",
     "HelaMemCheckpointer",
     "Turn",
@@ -55,6 +57,14 @@ _ROLES = {"human": "human", "user": "human", "ai": "ai", "assistant": "ai"}
 
 class CheckpointerNotOpenError(HelaMemError, RuntimeError):
     """The default saver is used before the checkpointer was entered."""
+
+
+class CheckpointerClosedError(StoreClosedError):
+    """The checkpointer's own saver is used after its ``with`` block ended."""
+
+
+class CheckpointerModeError(HelaMemError, RuntimeError):
+    """An async call on the sync default saver (or the reverse)."""
 
 
 def default_scope(config: RunnableConfig) -> tuple[str, ...] | None:
@@ -176,12 +186,24 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._astack = AsyncExitStack()
         self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
         self._max_threads = max_threads
+        self._mode: str | None = None  # "sync"/"async": the default saver this opened
+        self._closed = False
 
     # -- lifecycle --------------------------------------------------------------
 
     @property
     def saver(self) -> BaseCheckpointSaver[Any]:
-        """The wrapped saver."""
+        """The wrapped saver.
+
+        Raises:
+            CheckpointerNotOpenError: no saver was passed and the checkpointer was not entered.
+            CheckpointerClosedError: the checkpointer's own saver was closed with its block.
+        """
+        if self._closed:
+            raise CheckpointerClosedError(
+                "the checkpointer was closed when its `with` block ended; run the graph "
+                "inside the block, or enter a new HelaMemCheckpointer"
+            )
         if self._saver is None:
             raise CheckpointerNotOpenError(
                 "no saver: pass saver=... or enter the checkpointer "
@@ -194,25 +216,43 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         base.mkdir(parents=True, exist_ok=True)
         return str(base / "checkpoints.sqlite")
 
-    def _opened(self, saver: BaseCheckpointSaver[Any]) -> None:
+    def _opened(self, saver: BaseCheckpointSaver[Any], mode: str) -> None:
         self._saver = saver
         self.serde = saver.serde
+        self._mode = mode
+        self._closed = False
+
+    def _async_saver(self) -> BaseCheckpointSaver[Any]:
+        """The saver for an async call; refuses the sync default saver with the fix."""
+        saver = self.saver
+        if self._mode == "sync":
+            raise CheckpointerModeError(
+                "this checkpointer opened a sync SqliteSaver (`with HelaMemCheckpointer(...)`), "
+                "which has no async methods; for ainvoke/astream use `async with "
+                "HelaMemCheckpointer(...)` (AsyncSqliteSaver), or pass an async-capable saver"
+            )
+        return saver
 
     def __enter__(self) -> Self:
-        if self._saver is None:
-            self._opened(self._stack.enter_context(SqliteSaver.from_conn_string(self._db_file())))
+        if self._saver is None or self._closed:
+            self._opened(
+                self._stack.enter_context(SqliteSaver.from_conn_string(self._db_file())), "sync"
+            )
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stack.close()
+        if self._mode is not None:
+            self._closed = True
 
     async def __aenter__(self) -> Self:
-        if self._saver is None:
+        if self._saver is None or self._closed:
             db = await asyncio.to_thread(self._db_file)
             self._opened(
-                await self._astack.enter_async_context(AsyncSqliteSaver.from_conn_string(db))
+                await self._astack.enter_async_context(AsyncSqliteSaver.from_conn_string(db)),
+                "async",
             )
         return self
 
@@ -220,6 +260,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._astack.aclose()
+        if self._mode is not None:
+            self._closed = True
 
     # -- turn recording -----------------------------------------------------------
 
@@ -321,7 +363,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     # -- forwarding (async) ------------------------------------------------------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await self.saver.aget_tuple(config)
+        return await self._async_saver().aget_tuple(config)
 
     async def alist(
         self,
@@ -331,7 +373,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        async for item in self.saver.alist(config, filter=filter, before=before, limit=limit):
+        saver = self._async_saver()
+        async for item in saver.alist(config, filter=filter, before=before, limit=limit):
             yield item
 
     async def aput(
@@ -341,7 +384,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        saved = await self.saver.aput(config, checkpoint, metadata, new_versions)
+        saved = await self._async_saver().aput(config, checkpoint, metadata, new_versions)
         await self._record(config, checkpoint, metadata)
         return saved
 
@@ -352,21 +395,22 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await self.saver.aput_writes(config, writes, task_id, task_path)
+        await self._async_saver().aput_writes(config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await self.saver.adelete_thread(thread_id)
+        await self._async_saver().adelete_thread(thread_id)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await self.saver.adelete_for_runs(run_ids)
+        await self._async_saver().adelete_for_runs(run_ids)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        await self.saver.acopy_thread(source_thread_id, target_thread_id)
+        await self._async_saver().acopy_thread(source_thread_id, target_thread_id)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await self.saver.aprune(thread_ids, strategy=strategy)
+        await self._async_saver().aprune(thread_ids, strategy=strategy)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
-        return await self.saver.aget_delta_channel_history(config=config, channels=channels)
+        saver = self._async_saver()
+        return await saver.aget_delta_channel_history(config=config, channels=channels)
