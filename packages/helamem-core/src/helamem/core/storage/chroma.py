@@ -113,12 +113,32 @@ class HelaMemMiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
         return {"batch_size": self._batch_size, "max_length": self._max_length}
 
 
+def _derived_name(function: object) -> str:
+    """A stable name for an embedding function that does not name itself."""
+    qualname = getattr(function, "__qualname__", None)  # a plain function or a class
+    return qualname if isinstance(qualname, str) and qualname else type(function).__name__
+
+
 class ChromaEmbedder:
     """Any Chroma embedding function used as a HeLa-Mem :class:`Embedder`.
 
+    Any callable mapping a list of texts to vectors works: one without a
+    usable ``name()`` (missing, not callable, raising, or not returning a
+    non-empty string, as with a plain class or an older Chroma function)
+    gets a name derived from its class (or function) name. The name is
+    recorded in the store, which refuses to open with a differently named
+    embedder.
+
     Args:
-        function: A Chroma ``EmbeddingFunction``.
+        function: A Chroma ``EmbeddingFunction``, or any such callable.
         dimension: Its vector size (probed with one call when not given).
+
+    Examples:
+        >>> class Plain:
+        ...     def __call__(self, input):
+        ...         return [[1.0, 0.0] for _ in input]
+        >>> ChromaEmbedder(Plain()).name
+        'chroma:Plain'
     """
 
     def __init__(
@@ -126,13 +146,19 @@ class ChromaEmbedder:
     ) -> None:
         self._fn = function
         self._dim = dimension
+        self._name: str | None = None
 
     @property
     def name(self) -> str:
-        try:
-            return f"chroma:{self._fn.name()}"
-        except NotImplementedError:
-            return f"chroma:{type(self._fn).__name__}"
+        if self._name is None:
+            named = getattr(self._fn, "name", None)
+            try:
+                own = named() if callable(named) else named
+            except Exception:  # noqa: BLE001 (NotImplementedError, or a name() needing args)
+                own = None
+            base = own if isinstance(own, str) and own.strip() else _derived_name(self._fn)
+            self._name = f"chroma:{base}"
+        return self._name
 
     @property
     def dimension(self) -> int:
