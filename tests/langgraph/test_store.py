@@ -77,7 +77,8 @@ def test_index_false_and_index_fields(store: HelaMemStore, memory: HelaMemory) -
     store.put(NS, "raw", {"text": "zebra crossing"}, index=False)
     assert store.get(NS, "raw") is not None
     assert [i.key for i in store.search(NS)] == ["raw"]
-    assert store.search(NS, query="zebra crossing") == []
+    # like LangGraph's stores: returned after the ranked items, with score None
+    assert [(i.key, i.score) for i in store.search(NS, query="zebra crossing")] == [("raw", None)]
     assert _count(memory) == 0  # stored, not embedded
     store.put(NS, "doc", {"title": "giraffe facts", "body": "okapi"}, index=["title"])
     store.put(NS, "other", {"title": "okapi herd", "body": "giraffe"}, index=["title"])
@@ -85,7 +86,9 @@ def test_index_false_and_index_fields(store: HelaMemStore, memory: HelaMemory) -
     assert next(i.key for i in store.search(NS, query="okapi")) == "other"
     store.put(NS, "whole", {"body": "lion", "nested": {"x": "walrus"}})  # whole value: JSON
     assert next(i.key for i in store.search(NS, query="walrus")) == "whole"
-    assert "raw" not in {i.key for i in store.search(NS, query="zebra crossing", limit=10)}
+    ranked = store.search(NS, query="zebra crossing", limit=10)
+    assert ranked[-1].key == "raw" and ranked[-1].score is None
+    assert all(i.score is not None for i in ranked[:-1])
 
 
 def test_field_default_from_store(memory: HelaMemory) -> None:
@@ -103,6 +106,10 @@ def test_field_default_from_store(memory: HelaMemory) -> None:
 def test_namespace_validation(store: HelaMemStore, namespace: Any) -> None:
     with pytest.raises(InvalidNamespaceError):
         store.put(namespace, "k", {"v": 1})
+    if namespace == ("langgraph", "x"):  # reserved in put/aput only, as in LangGraph
+        store.batch([PutOp(namespace, "k", {"v": 1})])
+        assert store.get(namespace, "k") is not None
+        return
     with pytest.raises(InvalidNamespaceError):
         store.batch([PutOp(namespace, "k", {"v": 1})])
     with pytest.raises(InvalidNamespaceError):
@@ -190,6 +197,7 @@ def test_list_namespaces(store: HelaMemStore) -> None:
 
 
 def test_batch_answers_in_order(store: HelaMemStore) -> None:
+    # reads see the state before the batch, as in InMemoryStore and SqliteStore
     results = store.batch(
         [
             PutOp(NS, "k", {"text": "heron by the lake"}),
@@ -201,11 +209,23 @@ def test_batch_answers_in_order(store: HelaMemStore) -> None:
             SearchOp(NS),
         ]
     )
-    assert results[0] is None and results[3] is None
-    assert results[1].value == {"text": "heron by the lake"}  # type: ignore[union-attr]
-    assert [i.key for i in results[2]] == ["k"]  # type: ignore[union-attr]
-    assert results[4] is None
-    assert results[5] == [] and results[6] == []
+    assert results == [None, None, [], None, None, [], []]
+    assert store.get(NS, "k") is None  # the last write of the key won
+    store.put(NS, "k", {"text": "heron by the lake"})
+    results = store.batch(
+        [
+            GetOp(NS, "k"),
+            PutOp(NS, "k", {"text": "egret in the reeds"}),
+            GetOp(NS, "k"),
+            SearchOp(NS, query="egret"),
+            ListNamespacesOp(),
+        ]
+    )
+    assert results[0].value == results[2].value == {"text": "heron by the lake"}  # type: ignore[union-attr]
+    assert [i.value for i in results[3]] == [{"text": "heron by the lake"}]  # type: ignore[union-attr]
+    assert results[4] == [NS]
+    got = store.get(NS, "k")
+    assert got is not None and got.value == {"text": "egret in the reeds"}
 
 
 async def test_async_twins(store: HelaMemStore, memory: HelaMemory) -> None:
@@ -213,7 +233,8 @@ async def test_async_twins(store: HelaMemStore, memory: HelaMemory) -> None:
     await store.aput(NS, "b", {"text": "a quiet harbour", "n": 2}, index=False)
     got = await store.aget(NS, "a")
     assert got is not None and got.value["n"] == 1
-    assert [i.key for i in await store.asearch(NS, query="lighthouse")] == ["a"]
+    found = await store.asearch(NS, query="lighthouse")
+    assert [i.key for i in found] == ["a", "b"] and found[1].score is None
     assert {i.key for i in await store.asearch(NS, filter={"n": {"$gte": 1}})} == {"a", "b"}
     assert await store.alist_namespaces() == [NS]
     await store.adelete(NS, "a")

@@ -4,101 +4,41 @@ Each item lives twice, by role:
 
 * the **document** (namespace, key, JSON value, timestamps, TTL) is kept in a
   LangGraph document store, by default LangGraph's ``SqliteStore`` in the
-  memory's data directory. It is the source of truth: it answers gets,
-  listings, filters, namespaces and TTL exactly as LangGraph documents them,
-  and it names, in a reserved field (never returned), the one memory that
-  indexes it;
+  memory's data directory. It is the source of truth for gets, listings,
+  namespaces and TTL, and it names, in a reserved field (never returned), the
+  one memory that indexes it;
 * the **memory** (the indexed text, in the HeLa-Mem scope equal to the
-  namespace, with ``{"langgraph": {"namespace", "key"}}`` metadata) answers
-  natural-language search: dense + lexical retrieval, spreading activation
-  over learned edges, and Hebbian learning among the best items returned
-  (``config.retrieval.learn_top`` of them, the core's own rule).
+  namespace) answers natural-language search.
 
-A memory is *live* when its document names it and *stale* otherwise. Memories
-that are not documents (turns recorded by
-:class:`~helamem.langgraph.HelaMemCheckpointer` or any other HeLa-Mem writer)
-are returned by query search as read-only items keyed by memory id with value
-``{"content", "role", "kind", "event_time"}``.
-
-Why no interleaving loses or orphans an item
---------------------------------------------
-
-The two stores cannot share a transaction, so the protocol makes every
-intermediate state harmless and every interrupted one repairable:
-
-1. **Fresh ids.** Each put that indexes a value draws a new memory id and
-   passes it to the core (``NewMemory(id=...)``). A document names id ``X``
-   only if the put that drew ``X`` wrote it; no later write ever names ``X``
-   again. So once a document stops naming ``X``, ``X`` is stale for good.
-2. **One writer at a time.** Every document write and every memory write or
-   delete of the store runs under one lock: a thread lock per store object,
-   then ``flock`` on ``<memory path>/langgraph-store.journal``, which
-   serialises threads, store objects and processes on one path (the OS drops
-   the lock of a killed process). ``sweep_ttl`` and TTL expiry only ever
-   remove documents, which can only make a memory stale (rule 1).
-3. **Intent first, memory before document.** Under the lock a put reads the
-   current documents, appends ``{ns, key, new, old}`` per item to the journal
-   (flushed to the OS), then (a) adds the new memories, (b) writes the
-   documents naming them, (c) deletes the memories the old documents named,
-   and truncates the journal. A delete is the same with no (a). Before (b)
-   every reader still sees the old document and its live old memory; after
-   (b) the new one. A put is acknowledged only after all three.
-4. **Settling.** If a step fails, the writer settles its own intents at once
-   and raises; if it is killed (or settling fails), its intents stay in the
-   journal and the next lock holder settles them before it writes anything
-   (also the first use of a store object and :meth:`HelaMemStore.repair`).
-   Settling reads each intent's document as it is now and keeps exactly the
-   memory it names (re-adding it from the document if it is missing) and
-   deletes the other of ``new``/``old``. This is idempotent, so a kill during
-   settling is settled again by the next holder. Whatever step the kill or
-   failure hit, the result is one of: the old item with its old memory, or
-   the new item with its new memory; never a document without its memory, or
-   a memory without its document.
-5. **Searches never delete on sight.** Searches take no lock. A memory met
-   whose document does not name it (a put in flight between (a) and (b), a
-   replacement or delete between (b) and (c), an expired document) is
-   skipped. It is deleted only under the lock, after re-reading its document
-   (searches try the lock without waiting and leave it when a writer holds
-   it); under the lock no put is in flight, so a memory whose document does
-   not name it is stale (rule 1).
-
-Hence an acknowledged item keeps its document and its live memory until a
-later put or delete of its key: only writers under the lock delete memories,
-and only stale ones (their own ``old``, or what settling or a re-read under
-the lock proves stale). And no memory stays orphaned: a writer deletes the
-memory it replaces; an interrupted writer leaves a journal that the next
-holder settles; what TTL leaves stale goes at the next search that meets it
-(or :meth:`HelaMemStore.repair`). These hold for any number of threads, store
-objects and processes on one path, as long as they all keep their documents
-in the same document store (the default). Without ``fcntl`` (Windows) only
-one process may write a path.
+This module translates LangGraph operations into plans over the two; how
+writes keep them in agreement under any interleaving or kill is in
+:mod:`helamem.langgraph._writes`, filters and paging in
+:mod:`helamem.langgraph._filters`, recorded memories (turns, facts) as items
+in :mod:`helamem.langgraph._recorded`, and the TTL sweeper in
+:mod:`helamem.langgraph._ttl`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import operator
-import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from helamem.core import (
-    HelaMemError,
     HelaMemory,
     Hit,
     InvalidInputError,
     MemoryNotFoundError,
-    NewMemory,
+    StoreClosedError,
 )
-from helamem.core.ids import new_id
 from langgraph.config import get_config
 from langgraph.store.base import (
     BaseStore,
@@ -112,31 +52,30 @@ from langgraph.store.base import (
     SearchItem,
     SearchOp,
     TTLConfig,
-    get_text_at_path,
     validate_op_namespace,
 )
 from langgraph.store.sqlite import SqliteStore
 
-from ._journal import Intent, Journal
+from ._filters import check_filter, check_paging, matches, select_namespaces
+from ._index import index_fields
+from ._journal import Journal
+from ._recorded import (
+    is_store_memory,
+    item_of,
+    recorded_at,
+    recorded_items,
+    recorded_namespaces,
+)
+from ._ttl import TTLSweeper
+from ._writes import ID_FIELD, JOURNAL, JournaledWrites, RepairReport, doc_meta, named_id
 
-__all__ = ["HelaMemStore", "RepairReport"]
+__all__ = ["ID_FIELD", "HelaMemStore", "RepairReport"]
 
 logger = logging.getLogger(__name__)
 
-ID_FIELD = "__helamem__"
-"""Reserved value field, kept in the document store only: ``{"id", "index",
-"created_at"}`` (the item's memory id or ``None``, the JSON paths its text was
-taken from, and its creation time once it has been replaced)."""
-JOURNAL = "langgraph-store.journal"
-"""The writer lock and intent journal, in the memory's data directory."""
-
-_ORDER: dict[str, Callable[[Any, Any], bool]] = {
-    "$gt": operator.gt,
-    "$gte": operator.ge,
-    "$lt": operator.lt,
-    "$lte": operator.le,
-}
 T = TypeVar("T")
+_CHUNK = 256  # documents read per page while filtering a listing
+_ALL = 2**62  # "no limit" for the document store's listings
 
 
 # -- requests a plan makes of its executor (sync or async) ------------------
@@ -170,158 +109,111 @@ class _Learn:
     ids: list[str]
 
 
-_Req = _Docs | _Write | _Search | _Forget | _Learn
+@dataclass(frozen=True)
+class _Call:
+    """A blocking call on the memory (run off the event loop by ``abatch``)."""
+
+    fn: Callable[[], Any]
+
+
+_Req = _Docs | _Write | _Search | _Forget | _Learn | _Call
 _Plan = Generator[_Req, Any, T]
 
 
-def _check_namespace(op: Op) -> None:
+def _check_op(op: Op, supports_ttl: bool, documents: BaseStore | None) -> None:
+    if not isinstance(op, GetOp | PutOp | SearchOp | ListNamespacesOp):
+        raise InvalidInputError(f"unknown store operation {type(op).__name__}")
     validate_op_namespace(op)  # labels: strings, non-empty, no "." or NUL
-    if isinstance(op, PutOp):
+    if isinstance(op, SearchOp):
+        check_paging(op.limit, op.offset)
+        check_filter(op.filter)
+    elif isinstance(op, ListNamespacesOp):
+        check_paging(op.limit, op.offset, "list_namespaces")
+    elif isinstance(op, PutOp):
         if not op.namespace:
             raise InvalidNamespaceError("Namespace cannot be empty.")
-        if op.namespace[0] == "langgraph":
-            raise InvalidNamespaceError(
-                f'Root label for namespace cannot be "langgraph". Got: {op.namespace}'
-            )
         if op.value is not None and ID_FIELD in op.value:
             raise InvalidInputError(f"{ID_FIELD!r} is reserved by HelaMemStore; rename that field")
+        if op.ttl is not None and not supports_ttl:
+            raise NotImplementedError(
+                f"TTL is not supported by {type(documents).__name__}; "
+                "use the default SqliteStore documents or ttl=None"
+            )
 
 
-def _compare(actual: Any, expected: Any) -> bool:
-    if isinstance(expected, dict):
-        if any(str(k).startswith("$") for k in expected):
-            return all(_apply(actual, op, v) for op, v in expected.items())
-        return isinstance(actual, dict) and all(
-            _compare(actual.get(k), v) for k, v in expected.items()
-        )
-    return bool(actual == expected)
-
-
-def _apply(actual: Any, op: str, value: Any) -> bool:
-    if op == "$eq":
-        return bool(actual == value)
-    if op == "$ne":
-        return bool(actual != value)
-    if op not in _ORDER:
-        raise InvalidInputError(
-            f"unsupported filter operator {op!r}; use $eq, $ne, $gt, $gte, $lt or $lte"
-        )
-    try:
-        return _ORDER[op](actual, value)
-    except TypeError:  # None or mismatched types never match an order comparison
-        return False
-
-
-def _lookup(value: Any, key: str) -> Any:
-    """``value[key]``, else the dotted path ``a.b`` (as SqliteStore filters read it)."""
-    if not isinstance(value, Mapping):
-        return None
-    if key in value or "." not in key:
-        return value.get(key)
-    head, _, rest = key.partition(".")
-    return _lookup(value.get(head), rest)
-
-
-def _matches(value: Mapping[str, Any], flt: Mapping[str, Any] | None) -> bool:
-    return not flt or all(_compare(_lookup(value, k), v) for k, v in flt.items())
-
-
-def _meta(item: Item | None) -> dict[str, Any]:
-    meta = item.value.get(ID_FIELD) if item is not None else None
-    return meta if isinstance(meta, dict) else {}
-
-
-def _public(result: Any, score: float | None = None) -> Any:
-    """Copies of the document store's items without the reserved field."""
-    if isinstance(result, list):
-        return [_public(r) for r in result]
-    if not isinstance(result, Item) or ID_FIELD not in result.value:
-        return result
-    value = {k: v for k, v in result.value.items() if k != ID_FIELD}
-    created = _meta(result).get("created_at") or result.created_at
-    if isinstance(result, SearchItem):
-        score = result.score if score is None else score
-    if isinstance(result, SearchItem) or score is not None:
-        return SearchItem(result.namespace, result.key, value, created, result.updated_at, score)
+def _public(item: Item, score: float | None = None, scored: bool = False) -> Any:
+    """A document store item without the reserved field (a ``SearchItem`` if ``scored``)."""
+    value = {k: v for k, v in item.value.items() if k != ID_FIELD}
+    created = doc_meta(item).get("created_at") or item.created_at
+    if scored:
+        return SearchItem(item.namespace, item.key, value, created, item.updated_at, score)
     return Item(
         value=value,
-        key=result.key,
-        namespace=result.namespace,
+        key=item.key,
+        namespace=item.namespace,
         created_at=created,
-        updated_at=result.updated_at,
+        updated_at=item.updated_at,
     )
 
 
-@dataclass(frozen=True)
-class RepairReport:
-    """What :meth:`HelaMemStore.repair` did.
-
-    Attributes:
-        settled: Journal intents of an interrupted writer that it settled.
-        stale_deleted: Memories with store metadata that their document did
-            not name (expired, or left by a failure), deleted.
-        readded: Documents naming a memory that was missing, re-indexed.
-        unindexed: Documents whose memory could not be re-added (their text
-            no longer embeds); they stay gettable and are marked unindexed.
-    """
-
-    settled: int
-    stale_deleted: int
-    readded: int
-    unindexed: int
+def _searched(item: Item, score: float | None = None) -> SearchItem:
+    return SearchItem(item.namespace, item.key, item.value, item.created_at, item.updated_at, score)
 
 
-class HelaMemStore(BaseStore):
+class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
     """LangGraph long-term memory store backed by HeLa-Mem.
 
-    Namespaces are HeLa-Mem scopes. ``put`` embeds the value (the ``index``
-    fields, else the store's ``fields``, else the whole value as JSON;
-    ``index=False`` stores the document only: it can be got and listed but
-    never matches a query). ``search(ns, query=...)`` runs Hebbian retrieval
-    over the namespace prefix and returns at most ``limit`` items, highest
-    score first. The score is the core's relevance in [0, 1], on one absolute
-    scale for every namespace and query (see :attr:`helamem.core.Hit.score`),
-    so it can be thresholded. Distilled facts (read-only items) compete for
-    the same ``limit`` slots: the core is asked for ``offset + limit``
-    episodic hits and at most as many facts (``config.retrieval.semantic_k``
-    at most), and the two are merged by score. The empty prefix ``()`` is one
-    core search over every namespace (one candidate pool, one scale).
-    ``offset=o`` returns the best ``limit`` items of
-    the best ``o + limit`` that ``offset=0, limit=o`` does not return (see
-    :meth:`_query` for when pages cover every item once). The best
-    ``config.retrieval.learn_top`` items of the page co-activate (all of them
-    when it is 0), and inside a graph the page's ids are kept for the running
-    thread so :class:`~helamem.langgraph.HelaMemCheckpointer` can record them
-    with the turn. ``search`` without a query is a filtered listing. Memories that are
-    not store documents (e.g. recorded turns, facts) come back from query
-    search keyed by memory id.
+    Namespaces are HeLa-Mem scopes. ``put`` embeds the values at the item's
+    ``index`` paths, else the store's (``index={"fields": [...]}`` or
+    ``fields=``, default ``["$"]``: every value of the item, not its JSON);
+    ``index=False`` stores the document only. ``search(ns, query=...)``
+    returns, like LangGraph's stores, the items under the prefix that match
+    the filter, best first: the indexed ones ranked by Hebbian retrieval with
+    their relevance as ``score`` (in [0, 1], one absolute scale; see
+    :attr:`helamem.core.Hit.score`), then the unindexed ones with
+    ``score=None``; ``offset``/``limit`` page that sequence. Filters mean
+    the same with and without a query (``InMemoryStore``'s semantics; see
+    :mod:`helamem.langgraph._filters`). Puts create no temporal edges; the
+    best ``config.retrieval.learn_top`` items of a page co-activate, and
+    inside a graph the page's ids are kept for the running thread so
+    :class:`~helamem.langgraph.HelaMemCheckpointer` records them with the
+    turn.
 
-    Writes are serialised per memory path (threads, store objects and
-    processes) and journaled, so that no interleaving and no kill loses an
-    acknowledged item or leaves an orphan memory; see the module docstring.
+    ``batch`` answers every read from the state before the batch and then
+    applies its writes as one journaled write (the last write of a key wins),
+    as LangGraph's stores do. With ``recorded=True`` (default), memories that
+    are not documents (recorded turns, distilled facts) are items too: keyed
+    by memory id in their scope, gettable, deletable and listed (see
+    :mod:`helamem.langgraph._recorded`); ``recorded=False`` leaves them out of
+    every read.
 
-    The constructor does no I/O; the default document store (a
-    ``SqliteStore`` at ``<memory path>/langgraph-store.sqlite``) opens on
-    first use, and the first operation settles what a killed writer left.
-    :meth:`close` releases the document store and the journal (the memory
-    stays open: you own it).
+    Writes are serialised per memory path and journaled, so that no
+    interleaving and no kill loses an acknowledged item or leaves an orphan
+    memory (see :mod:`helamem.langgraph._writes`). The constructor does no
+    I/O. After :meth:`close` every call raises ``StoreClosedError``.
 
     Args:
         memory: The HeLa-Mem memory holding the searchable memories.
         documents: Any LangGraph store to keep documents in (e.g.
-            ``InMemoryStore()``); default the SQLite store described above.
-            Every store object on one memory path must use the same one.
-        fields: Default JSON paths to embed (``None``/``["$"]``: the whole value).
+            ``InMemoryStore()``); default a ``SqliteStore`` at
+            ``<memory path>/langgraph-store.sqlite``. Every store object on
+            one memory path must use the same one.
+        index: LangGraph's index configuration; its ``fields`` (or
+            ``text_fields``) are the default paths. ``embed``/``dims`` are
+            not used: the memory's embedder embeds.
+        fields: Default paths to embed (same as ``index={"fields": ...}``).
         ttl: LangGraph ``TTLConfig`` for the default document store.
         filter_overfetch: With a query and a ``filter``, how many times
-            ``offset + limit`` memories to retrieve before filtering.
+            ``offset + limit`` memories to retrieve first (more are fetched
+            until the page is full or the prefix is exhausted).
+        recorded: Whether recorded memories are items (see above).
+        spread: Whether query search spreads activation over learned edges.
 
     Examples:
         >>> store = HelaMemStore(HelaMemory.from_path("./helamem-data"))  # doctest: +SKIP
         >>> store.put(("users", "alice"), "pet", {"text": "Alice has a cat"})  # doctest: +SKIP
         >>> [i.key for i in store.search(("users",), query="alice's pet")]  # doctest: +SKIP
         ['pet']
-        >>> graph = builder.compile(store=store, checkpointer=saver)  # doctest: +SKIP
     """
 
     def __init__(
@@ -329,23 +221,30 @@ class HelaMemStore(BaseStore):
         memory: HelaMemory,
         *,
         documents: BaseStore | None = None,
+        index: Mapping[str, Any] | None = None,
         fields: Sequence[str] | None = None,
         ttl: TTLConfig | None = None,
         filter_overfetch: int = 4,
         max_threads: int = 1024,
+        recorded: bool = True,
+        spread: bool = True,
     ) -> None:
         if documents is not None and ttl is not None:
             raise InvalidInputError("pass ttl to your documents store, not to HelaMemStore")
         if filter_overfetch < 1:
             raise InvalidInputError(f"filter_overfetch must be >= 1, got {filter_overfetch}")
         self.memory = memory
-        self.fields = list(fields) if fields else ["$"]
+        self.fields = index_fields(fields, index)
+        self.index_config = dict(index) if index else None
         self.filter_overfetch = filter_overfetch
+        self.recorded = recorded
+        self.spread = spread
         self._documents = documents
         self._stack = ExitStack()
         self._lock = threading.Lock()
         self._journal = Journal(Path(memory.config.path) / JOURNAL)
         self._settled_once = False
+        self._closed = False
         self._used: OrderedDict[str, dict[str, None]] = OrderedDict()
         self._max_threads = max_threads
         self.ttl_config = documents.ttl_config if documents is not None else ttl
@@ -355,7 +254,12 @@ class HelaMemStore(BaseStore):
 
     @property
     def documents(self) -> BaseStore:
-        """The document store (opened now if it is the default one)."""
+        """The document store (opened now if it is the default one).
+
+        Raises:
+            StoreClosedError: After :meth:`close`.
+        """
+        self._check_open()
         with self._lock:
             if self._documents is not None:
                 return self._documents
@@ -374,8 +278,18 @@ class HelaMemStore(BaseStore):
                 self._documents = docs
             return self._documents
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(
+                "this HelaMemStore is closed; use the store inside its `with` block, or open "
+                "a new one: HelaMemStore(memory) (compile the graph with it again)"
+            )
+
     def close(self) -> None:
-        """Close the default document store and the journal (idempotent); the memory stays open."""
+        """Stop the TTL sweeper, close the default document store and the journal
+        (idempotent); the memory stays open. Later calls raise ``StoreClosedError``."""
+        self._closed = True
+        self.stop_ttl_sweeper()
         self._stack.close()
         self._journal.close()
 
@@ -395,6 +309,7 @@ class HelaMemStore(BaseStore):
 
         Raises:
             NotImplementedError: If the document store has no ``sweep_ttl``.
+            StoreClosedError: After :meth:`close`.
         """
         sweep = getattr(self.documents, "sweep_ttl", None)
         if sweep is None:
@@ -402,42 +317,6 @@ class HelaMemStore(BaseStore):
                 f"{type(self.documents).__name__} cannot sweep TTLs; use the default SqliteStore"
             )
         return int(sweep())
-
-    def repair(self) -> RepairReport:
-        """Settle the journal and make documents and memories agree, in full.
-
-        Waits for the writer lock, settles what an interrupted writer left,
-        deletes every memory with store metadata that its document does not
-        name, and re-adds the memory of every document that names a missing
-        one. Runs in time linear in the documents and store memories; normal
-        operation never needs it (the journal is settled by the next write),
-        it is for checks, after ``sweep_ttl`` or after deleting memories by
-        hand.
-
-        Raises:
-            StorageError: If the memory store cannot be read or written.
-        """
-        docs = self.documents
-        with self._journal.held() as pending:
-            assert pending is not None
-            if pending:
-                self._settle(pending)
-                self._journal.clear()
-            mems = _store_memories(self.memory)
-            got = self._docs_at([(ns, key) for _, ns, key in mems])
-            stale = [mid for (mid, _, _), d in zip(mems, got, strict=True) if _id(d) != mid]
-            self._drop(stale)
-            have = {mid for mid, _, _ in mems}
-            named: list[tuple[Item, str]] = []
-            offset = 0
-            while True:
-                page = docs.search((), limit=500, offset=offset, refresh_ttl=False)
-                named += [(d, mid) for d in page if (mid := _id(d)) and mid not in have]
-                if len(page) < 500:
-                    break
-                offset += 500
-            readded, unindexed = self._ensure(named, known_missing=True)
-            return RepairReport(len(pending), len(stale), readded, unindexed)
 
     # -- thread attribution ---------------------------------------------------
 
@@ -466,7 +345,14 @@ class HelaMemStore(BaseStore):
     # -- batch ------------------------------------------------------------------
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        """Run ops in order; results line up with ``ops``."""
+        """Answer the reads from the state before the batch, then apply its writes.
+
+        Results line up with ``ops``.
+
+        Raises:
+            StoreClosedError: After :meth:`close`.
+        """
+        self._check_open()
         plan = self._plan(list(ops))
         if not self._settled_once:
             self._settle_pending()
@@ -480,6 +366,7 @@ class HelaMemStore(BaseStore):
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         """Async :meth:`batch`: never blocks the event loop."""
+        self._check_open()
         plan = self._plan(list(ops))
         if not self._settled_once:
             await asyncio.to_thread(self._settle_pending)
@@ -497,9 +384,19 @@ class HelaMemStore(BaseStore):
             return self.documents.batch(req.ops)
         if isinstance(req, _Write):
             return self._write(req.ops)
+        if isinstance(req, _Call):
+            return req.fn()
         if isinstance(req, _Search):
             scope = req.prefix or ()  # (): the core ranks every scope in one pool
-            return list(m.search(req.query, scope, k=req.k, semantic_k=req.semantic_k, learn=False))
+            res = m.search(
+                req.query,
+                scope,
+                k=req.k,
+                semantic_k=req.semantic_k,
+                learn=False,
+                spread=self.spread,
+            )
+            return list(res)
         if isinstance(req, _Learn):
             try:
                 m.reinforce(req.ids)
@@ -517,9 +414,18 @@ class HelaMemStore(BaseStore):
             return await self._documents.abatch(req.ops)
         if isinstance(req, _Write):  # blocks on the writer lock: off the event loop
             return await asyncio.to_thread(self._write, req.ops)
+        if isinstance(req, _Call):
+            return await asyncio.to_thread(req.fn)
         if isinstance(req, _Search):
             scope = req.prefix or ()
-            res = await m.asearch(req.query, scope, k=req.k, semantic_k=req.semantic_k, learn=False)
+            res = await m.asearch(
+                req.query,
+                scope,
+                k=req.k,
+                semantic_k=req.semantic_k,
+                learn=False,
+                spread=self.spread,
+            )
             return list(res)
         if isinstance(req, _Learn):
             try:
@@ -529,221 +435,110 @@ class HelaMemStore(BaseStore):
             return None
         return await asyncio.to_thread(self._forget_stale, req.stale)
 
-    # -- writes (under the writer lock; see the module docstring) -----------------
-
-    def _write(self, ops: list[PutOp]) -> None:
-        """Puts and deletes: journal, add memories, write documents, drop old memories."""
-        last = {(op.namespace, op.key): op for op in ops}  # the last put of a key wins
-        docs = self.documents
-        with self._journal.held() as pending:
-            assert pending is not None
-            if pending:  # a writer was killed or failed to settle: settle it first
-                self._settle(pending)
-                self._journal.clear()
-            olds = self._docs_at(list(last))
-            intents: list[Intent] = []
-            embed: list[NewMemory] = []
-            writes: list[Op] = []
-            for ((ns, key), op), old in zip(last.items(), olds, strict=True):
-                new: str | None = None
-                value = None if op.value is None else dict(op.value)
-                if value is not None and op.value is not None:
-                    meta: dict[str, Any] = {"id": None}
-                    fields = op.index or self.fields
-                    text = self._text(op.value, fields) if op.index is not False else ""
-                    if text:
-                        new = new_id()
-                        embed.append(NewMemory(text, ns, metadata=_where(ns, key), id=new))
-                        meta = {"id": new, "index": fields}
-                    if old is not None:  # a replacement keeps the item's creation time
-                        meta["created_at"] = (
-                            _meta(old).get("created_at") or old.created_at.isoformat()
-                        )
-                    value[ID_FIELD] = meta
-                intents.append(Intent(ns, key, new, _id(old)))
-                writes.append(PutOp(ns, key, value, index=False, ttl=op.ttl))
-            self._journal.log(intents)
-            done = False
-            try:
-                if embed:
-                    self.memory.add_many(embed)
-                docs.batch(writes)
-                self._drop([i.old for i in intents if i.old])
-                done = True
-            finally:
-                if done:
-                    self._journal.clear()
-                else:
-                    self._settle_after_failure(intents)
-
-    def _docs_at(self, addresses: Sequence[tuple[tuple[str, ...], str]]) -> list[Item | None]:
-        """The documents at ``(namespace, key)`` addresses (``None`` where there is none)."""
-        if not addresses:
-            return []
-        got = self.documents.batch([GetOp(ns, k, refresh_ttl=False) for ns, k in addresses])
-        return [d if isinstance(d, Item) else None for d in got]
-
-    def _settle(self, intents: Sequence[Intent]) -> None:
-        """Keep the memory each intent's document names now; delete the other one."""
-        got = self._docs_at([(i.ns, i.key) for i in intents])
-        drop: list[str] = []
-        named: list[tuple[Item, str]] = []
-        for intent, d in zip(intents, got, strict=True):
-            current = _id(d)
-            drop += [m for m in (intent.new, intent.old) if m and m != current]
-            if d is not None and current and current in (intent.new, intent.old):
-                named.append((d, current))
-        self._drop(drop)
-        self._ensure(named)
-
-    def _settle_after_failure(self, intents: Sequence[Intent]) -> None:
-        try:
-            self._settle(intents)
-            self._journal.clear()
-        except (HelaMemError, OSError, sqlite3.Error) as exc:  # the next holder settles them
-            logger.warning(
-                "could not settle a failed store write now (%s); the next write or "
-                "HelaMemStore.repair() settles it",
-                exc,
-            )
-
-    def _ensure(
-        self, named: Sequence[tuple[Item, str]], known_missing: bool = False
-    ) -> tuple[int, int]:
-        """Re-add the memory each document names where it is missing: ``(readded, unindexed)``.
-
-        ``known_missing``: the caller knows they are missing; else each is looked up.
-        """
-        todo: list[tuple[Item, str]] = []
-        for d, mid in named:
-            if known_missing or not _exists(self.memory, mid):
-                todo.append((d, mid))
-        readded = unindexed = 0
-        for d, mid in todo:
-            meta = _meta(d)
-            value = {k: v for k, v in d.value.items() if k != ID_FIELD}
-            fields = meta.get("index") or self.fields
-            text = self._text(value, list(fields))
-            try:
-                if not text:
-                    raise InvalidInputError("the document has no text to index")
-                self.memory.add_many(
-                    [NewMemory(text, d.namespace, metadata=_where(d.namespace, d.key), id=mid)]
-                )
-                readded += 1
-            except InvalidInputError as exc:
-                if _exists(self.memory, mid):  # added meanwhile by another writer
-                    continue
-                logger.warning(
-                    "document %s/%s cannot be re-indexed (%s); it stays gettable, unindexed",
-                    "/".join(d.namespace),
-                    d.key,
-                    exc,
-                )
-                kept = dict(d.value)
-                kept[ID_FIELD] = {**meta, "id": None}
-                self.documents.batch([PutOp(d.namespace, d.key, kept, index=False)])
-                unindexed += 1
-        if readded:
-            logger.warning("re-indexed %d store documents whose memory was missing", readded)
-        return readded, unindexed
-
-    def _drop(self, ids: Sequence[str]) -> None:
-        """Delete memories, skipping the ones that are gone already."""
-        if not ids:
-            return
-        try:
-            self.memory.delete(ids)
-        except MemoryNotFoundError:  # some went already: delete the rest one by one
-            for i in ids:
-                with suppress(MemoryNotFoundError):
-                    self.memory.delete(i)
-
-    def _settle_pending(self) -> None:
-        """First use: settle what a killed writer left, unless a writer holds the lock
-        (it settled the journal when it took the lock)."""
-        self.documents  # noqa: B018 - opened first: it takes the lock itself
-        try:
-            with self._journal.held(wait=False) as pending:
-                if pending:
-                    self._settle(pending)
-                    self._journal.clear()
-        except (HelaMemError, OSError, sqlite3.Error) as exc:  # reads must not fail on it
-            logger.warning(
-                "could not settle an interrupted store write now (%s); the next write or "
-                "HelaMemStore.repair() settles it",
-                exc,
-            )
-            return
-        self._settled_once = True
-
-    def _forget_stale(self, stale: Sequence[tuple[str, tuple[str, ...], str]]) -> None:
-        """Delete memories a search skipped if, under the lock, their document still
-        does not name them; leave them when a writer holds the lock."""
-        self.documents  # noqa: B018 - opened first: it takes the lock itself
-        with self._journal.held(wait=False) as pending:
-            if pending is None:
-                return
-            if pending:
-                self._settle(pending)
-                self._journal.clear()
-            got = self._docs_at([(ns, k) for _, ns, k in stale])
-            self._drop([mid for (mid, _, _), d in zip(stale, got, strict=True) if _id(d) != mid])
-
     # -- planning (pure translation; executors above do the I/O) -----------------
 
     def _plan(self, ops: list[Op]) -> _Plan[list[Result]]:
+        """Every read against the state before the batch, in order; then one write."""
         for op in ops:
-            if not isinstance(op, GetOp | PutOp | SearchOp | ListNamespacesOp):
-                raise InvalidInputError(f"unknown store operation {type(op).__name__}")
-            _check_namespace(op)
-            if isinstance(op, PutOp) and op.ttl is not None and not self.supports_ttl:
-                raise NotImplementedError(
-                    f"TTL is not supported by {type(self._documents).__name__}; "
-                    "use the default SqliteStore documents or ttl=None"
-                )
+            _check_op(op, self.supports_ttl, self._documents)
         results: list[Result] = [None] * len(ops)
-        i = 0
-        while i < len(ops):
-            j = i + 1
-            op = ops[i]
-            if isinstance(op, SearchOp) and op.query:
-                results[i] = yield from self._query(op)
-            elif isinstance(op, PutOp):
-                while j < len(ops) and isinstance(ops[j], PutOp):
-                    j += 1
-                yield _Write([o for o in ops[i:j] if isinstance(o, PutOp)])
-            else:
-                while j < len(ops) and _is_read(ops[j]):
-                    j += 1
-                results[i:j] = _public((yield _Docs(ops[i:j])))
-            i = j
+        gets = [(i, op) for i, op in enumerate(ops) if isinstance(op, GetOp)]
+        if gets:
+            got = yield from self._get([op for _, op in gets])
+            for (i, _), item in zip(gets, got, strict=True):
+                results[i] = item
+        for i, op in enumerate(ops):
+            if isinstance(op, SearchOp):
+                results[i] = yield from (self._query(op) if op.query else self._listing(op))
+            elif isinstance(op, ListNamespacesOp):
+                results[i] = yield from self._namespaces(op)
+        puts = [op for op in ops if isinstance(op, PutOp)]
+        if puts:
+            yield _Write(puts)
         return results
 
-    def _text(self, value: Mapping[str, Any], index: Sequence[str] | None) -> str:
-        texts = [t for path in (index or self.fields) for t in get_text_at_path(value, path)]
-        return "\n".join(t for t in texts if t.strip())
+    def _get(self, ops: list[GetOp]) -> _Plan[list[Item | None]]:
+        got = yield _Docs(list(ops))
+        out: list[Item | None] = [_public(d) if isinstance(d, Item) else None for d in got]
+        if self.recorded:
+            for n, op in enumerate(ops):
+                if out[n] is None:
+                    out[n] = yield _Call(partial(recorded_at, self.memory, op.namespace, op.key))
+        return out
+
+    def _namespaces(self, op: ListNamespacesOp) -> _Plan[list[tuple[str, ...]]]:
+        if not self.recorded:
+            listed: list[tuple[str, ...]] = (yield _Docs([op]))[0]
+            return listed
+        everything = ListNamespacesOp(match_conditions=op.match_conditions, limit=_ALL)
+        docs: list[tuple[str, ...]] = (yield _Docs([everything]))[0]
+        mine: set[tuple[str, ...]] = yield _Call(lambda: recorded_namespaces(self.memory))
+        return select_namespaces(
+            set(docs) | mine, op.match_conditions, op.max_depth, op.limit, op.offset
+        )
+
+    def _matching_docs(
+        self, prefix: tuple[str, ...], flt: Mapping[str, Any] | None, n: int, scoreless: bool
+    ) -> _Plan[tuple[list[Item], bool]]:
+        """The first ``n`` documents under ``prefix`` (the document store's order) that
+        match ``flt`` (only unindexed ones if ``scoreless``), and whether those were all."""
+        out: list[Item] = []
+        offset = 0
+        plain = not flt and not scoreless
+        while len(out) < n:
+            size = n - len(out) if plain else max(_CHUNK, n)
+            op = SearchOp(prefix, None, limit=size, offset=offset, refresh_ttl=False)
+            page: list[Item] = (yield _Docs([op]))[0]
+            offset += len(page)
+            for d in page:
+                if (not scoreless or named_id(d) is None) and matches(_public(d).value, flt):
+                    out.append(d)
+            if len(page) < size:
+                return out[:n], True
+        return out[:n], False
+
+    def _listing(self, op: SearchOp) -> _Plan[list[SearchItem]]:
+        """Search without a query: documents (the document store's order), then
+        recorded memories (newest first), filtered, paged."""
+        want = op.offset + op.limit
+        if op.limit == 0:
+            return []
+        docs, complete = yield from self._matching_docs(op.namespace_prefix, op.filter, want, False)
+        items: list[Item] = [_public(d) for d in docs]
+        if complete and len(items) < want and self.recorded:
+            prefix = op.namespace_prefix
+            mine: list[Item] = yield _Call(lambda: recorded_items(self.memory, prefix))
+            items += [r for r in mine if matches(r.value, op.filter)][: want - len(items)]
+        page = items[op.offset : want]
+        yield from self._refresh(page, op.refresh_ttl)
+        return [_searched(i) for i in page]
+
+    def _refresh(self, items: Sequence[Item], refresh: bool) -> _Plan[None]:
+        """Refresh the TTL of items a read returned, when the store refreshes on read."""
+        if refresh and items and (self.ttl_config or {}).get("refresh_on_read"):
+            yield _Docs([GetOp(i.namespace, i.key, refresh_ttl=True) for i in items])
 
     def _query(self, op: SearchOp) -> _Plan[list[SearchItem]]:
-        """One page of query search: at most ``limit`` items, highest score first.
+        """One page of query search: the ranked items, then the unindexed ones.
 
         ``offset=0``: the core's ``search(k=limit)`` (facts merged in by score,
         then cut). ``offset=o``: the best ``limit`` items of the core's best
         ``o + limit`` that are not in the ``offset=0, limit=o`` result, so a
         page never repeats the items before it even though the core sorts its
         best k by relevance, not by the activation that chose them. When the
-        core's best-k sets are nested in k (always without association hits,
-        ``max_flipped=0``), successive pages cover the best ``o + limit``
-        exactly once; an association hit that displaces a base hit at one k
-        but not at another can make an item come back or be skipped.
+        core's best-k sets are nested in k (always without association hits),
+        successive pages cover the best ``o + limit`` exactly once. Once the
+        ranked items are exhausted, the page goes on with the unindexed
+        documents that match (``score=None``), as LangGraph's stores do.
         """
         assert op.query
-        offset, limit = max(op.offset, 0), max(op.limit, 0)
+        offset, limit = op.offset, op.limit
         if limit == 0:
             return []
-        found, stale = yield from self._ranked(op, offset + limit)
+        found, stale, exhausted = yield from self._ranked(op, offset + limit)
+        ranked = len(found)
         if offset:
-            before, more = yield from self._ranked(op, offset)
+            before, more, _ = yield from self._ranked(op, offset)
             shown = {h.id for _, h in before[:offset]}
             found = [(item, h) for item, h in found if h.id not in shown]
             stale += [s for s in more if s not in stale]
@@ -753,43 +548,64 @@ class HelaMemStore(BaseStore):
         if stale:
             yield _Forget(stale)
         self._note_thread([h.id for _, h in page])
-        return [item for item, _ in page]
+        items = [item for item, _ in page]
+        if exhausted and len(items) < limit:
+            skip = max(0, offset - ranked)
+            rest, _ = yield from self._matching_docs(
+                op.namespace_prefix, op.filter, skip + limit - len(items), True
+            )
+            unscored = [_public(d, None, scored=True) for d in rest[skip:]]
+            yield from self._refresh(unscored, op.refresh_ttl)
+            items += unscored
+        return items
 
     def _ranked(
         self, op: SearchOp, n: int
-    ) -> _Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]]]]:
-        """The live items of the core's best ``n`` (facts included), filtered, highest
-        score first; and the stale memories met."""
+    ) -> _Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]], bool]]:
+        """The live items among the core's best (facts included) that match the
+        filter, highest score first, at least ``n`` of them unless the prefix
+        holds fewer; the stale memories met; and whether every memory was seen."""
         assert op.query
         k = n * self.filter_overfetch if op.filter else n
-        facts = min(self.memory.config.retrieval.semantic_k, k)
-        hits: list[Hit] = yield _Search(op.query, op.namespace_prefix or None, k, facts)
-        docs_of = [h for h in hits if "langgraph" in h.memory.metadata]
+        while True:
+            facts = min(self.memory.config.retrieval.semantic_k, k)
+            hits: list[Hit] = yield _Search(op.query, op.namespace_prefix or None, k, facts)
+            found, stale = yield from self._live(op, hits)
+            episodic = sum(h.provenance != "semantic" for h in hits)
+            exhausted = episodic < k
+            if len(found) >= n or exhausted:
+                return found, stale, exhausted
+            k *= 4
+
+    def _live(
+        self, op: SearchOp, hits: list[Hit]
+    ) -> _Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]]]]:
+        """The hits as items: documents that still name them, and recorded memories
+        (unless ``recorded=False``, or a document shadows their address)."""
+        docs_of = [h for h in hits if is_store_memory(h.memory)]
+        mine = [h for h in hits if not is_store_memory(h.memory)] if self.recorded else []
+        addresses = [_address(h) for h in docs_of] + [(h.memory.scope, h.id) for h in mine]
         got: list[Item | None] = (
-            (yield _Docs([GetOp(*_address(h), refresh_ttl=op.refresh_ttl) for h in docs_of]))
-            if docs_of
+            (yield _Docs([GetOp(*a, refresh_ttl=op.refresh_ttl) for a in addresses]))
+            if addresses
             else []
         )
-        doc = {h.id: d for h, d in zip(docs_of, got, strict=True)}
+        doc = {h.id: d for h, d in zip(docs_of, got, strict=False)}
+        shadowed = {h.id for h, d in zip(mine, got[len(docs_of) :], strict=True) if d is not None}
         found: list[tuple[SearchItem, Hit]] = []
         stale: list[tuple[str, tuple[str, ...], str]] = []
         for h in sorted(hits, key=lambda h: -h.score):
-            m = h.memory
             if h.id in doc:
                 d = doc[h.id]
-                if _id(d) != h.id:  # a write in flight, or stale: skip, never delete here
+                if d is None or named_id(d) != h.id:  # in flight, or stale: never deleted here
                     stale.append((h.id, *_address(h)))
                     continue
-                item = _public(d, h.score)
+                item = _public(d, h.score, scored=True)
+            elif self.recorded and h.id not in shadowed and not is_store_memory(h.memory):
+                item = _searched(item_of(h.memory), h.score)
             else:
-                value = {
-                    "content": m.content,
-                    "role": m.role,
-                    "kind": m.kind,
-                    "event_time": m.event_time.isoformat(),
-                }
-                item = SearchItem(m.scope, m.id, value, m.created_at, m.created_at, h.score)
-            if _matches(item.value, op.filter):
+                continue
+            if matches(item.value, op.filter):
                 found.append((item, h))
         return found, stale
 
@@ -809,46 +625,6 @@ class HelaMemStore(BaseStore):
         return out
 
 
-def _id(item: Item | None) -> str | None:
-    """The memory id a document names (``None``: no document, or not indexed)."""
-    mid = _meta(item).get("id")
-    return str(mid) if mid else None
-
-
-def _exists(memory: HelaMemory, mid: str) -> bool:
-    try:
-        memory.get(mid)
-    except MemoryNotFoundError:
-        return False
-    return True
-
-
-def _where(ns: Sequence[str], key: str) -> dict[str, Any]:
-    return {"langgraph": {"namespace": list(ns), "key": key}}
-
-
-def _store_memories(memory: HelaMemory) -> list[tuple[str, tuple[str, ...], str]]:
-    """``(id, namespace, key)`` of every memory with store metadata."""
-
-    def rows(core: Any) -> list[tuple[str, str]]:
-        return list(
-            core.store.db.execute(
-                "SELECT id, metadata FROM memories WHERE metadata LIKE ?", ('%"langgraph"%',)
-            )
-        )
-
-    out = []
-    for mid, raw in memory._call(rows):
-        where = json.loads(raw).get("langgraph")
-        if isinstance(where, dict) and "namespace" in where and "key" in where:
-            out.append((str(mid), tuple(where["namespace"]), str(where["key"])))
-    return out
-
-
-def _address(hit: Any) -> tuple[tuple[str, ...], str]:
+def _address(hit: Hit) -> tuple[tuple[str, ...], str]:
     meta = hit.memory.metadata["langgraph"]
     return tuple(meta["namespace"]), str(meta["key"])
-
-
-def _is_read(op: Op) -> bool:
-    return isinstance(op, GetOp | ListNamespacesOp) or (isinstance(op, SearchOp) and not op.query)

@@ -1,0 +1,81 @@
+"""What :class:`~helamem.langgraph.HelaMemStore` embeds of an item's value.
+
+The store's fields come from ``fields=`` or from LangGraph's own index
+configuration, ``index={"fields": [...]}`` (``InMemoryStore``,
+``PostgresStore``) or ``index={"text_fields": [...]}`` (``SqliteStore``).
+A path selects parts of the value as LangGraph's ``get_text_at_path`` does
+(``"$"`` is the whole value, ``"a.b"``, ``"a[*].b"``, ...), and what it
+selects is embedded as its **values**: strings as they are, numbers and
+booleans as text, objects and arrays as their values in order (never their
+keys or JSON syntax), so ``{"text": "Alice has a cat"}`` embeds
+``Alice has a cat``, not ``{"text": "Alice has a cat"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from helamem.core import InvalidInputError
+from langgraph.store.base import get_text_at_path
+
+__all__ = ["index_fields", "value_text"]
+
+logger = logging.getLogger(__name__)
+
+
+def index_fields(fields: Sequence[str] | None, index: Mapping[str, Any] | None) -> list[str]:
+    """The store's default paths from ``fields=`` and/or LangGraph's ``index=`` config.
+
+    Raises:
+        InvalidInputError: If both name fields and they differ, or a path is not a string.
+    """
+    from_index: Any = None
+    if index:
+        from_index = index.get("fields") or index.get("text_fields")
+        if index.get("embed") is not None:
+            logger.info(
+                "HelaMemStore embeds with its HelaMemory's embedder; index['embed'] is "
+                "not used (pass HelaMemory(..., embedder=...) to change it)"
+            )
+    if fields and from_index and list(fields) != list(from_index):
+        raise InvalidInputError(
+            f"fields={list(fields)!r} and index fields {list(from_index)!r} differ; pass one"
+        )
+    chosen = list(fields or from_index or ["$"])
+    if not all(isinstance(p, str) and p for p in chosen):
+        raise InvalidInputError(f"index fields must be non-empty strings, got {chosen!r}")
+    return chosen
+
+
+def value_text(value: Mapping[str, Any], paths: Sequence[str]) -> str:
+    """The text to embed: the values at ``paths``, one per line, blank ones left out."""
+    out: list[str] = []
+    for path in paths:
+        if path == "$":
+            _leaves(value, out)
+            continue
+        for t in get_text_at_path(value, path):
+            if t[:1] in "{[":  # an object or array: its values, not its JSON
+                try:
+                    _leaves(json.loads(t), out)
+                    continue
+                except ValueError:
+                    pass
+            out.append(t)
+    return "\n".join(t for t in out if t.strip())
+
+
+def _leaves(obj: Any, out: list[str]) -> None:
+    if isinstance(obj, str):
+        out.append(obj)
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            _leaves(v, out)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            _leaves(v, out)
+    elif obj is not None:
+        out.append(json.dumps(obj))

@@ -1,0 +1,121 @@
+"""Recorded memories as store items: turns and facts that are not store documents.
+
+Memories written by other HeLa-Mem writers (turns recorded by
+:class:`~helamem.langgraph.HelaMemCheckpointer` or a ``TurnRecorder``,
+``memory.add``, distilled facts) live in a scope = namespace. With
+``HelaMemStore(recorded=True)`` (the default) they are first-class items:
+namespace = their scope, key = their memory id, value ``{"content", "role",
+"kind", "event_time"}``, ``created_at = updated_at`` = when they were stored.
+``get`` and ``delete`` address them, listings and ``list_namespaces``
+include them (after the documents, newest first), and a ``put`` to their
+address replaces them with a document. A *store* memory is one whose
+metadata has a ``"langgraph"`` key (it indexes a document); every other
+memory is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from helamem.core import HelaMemory, InvalidInputError, Memory, MemoryNotFoundError
+from langgraph.store.base import Item
+
+__all__ = ["is_store_memory", "recorded_at", "recorded_items", "recorded_namespaces"]
+
+_RECORDED = "json_extract(m.metadata, '$.langgraph') IS NULL"
+
+
+def is_store_memory(memory: Memory) -> bool:
+    """Whether ``memory`` indexes a store document (else it is a recorded memory)."""
+    return "langgraph" in memory.metadata
+
+
+def item_of(memory: Memory) -> Item:
+    """A recorded memory as a LangGraph item."""
+    value = {
+        "content": memory.content,
+        "role": memory.role,
+        "kind": memory.kind,
+        "event_time": memory.event_time.isoformat(),
+    }
+    return Item(
+        value=value,
+        key=memory.id,
+        namespace=tuple(memory.scope),
+        created_at=memory.created_at,
+        updated_at=memory.created_at,
+    )
+
+
+def recorded_at(memory: HelaMemory, ns: tuple[str, ...], key: str) -> Item | None:
+    """The recorded memory at ``(ns, key)``, or ``None``."""
+    try:
+        m = memory.get(key)
+    except (MemoryNotFoundError, InvalidInputError):
+        return None
+    if tuple(m.scope) != tuple(ns) or is_store_memory(m):
+        return None
+    return item_of(m)
+
+
+def _scope_ids(core: Any, prefix: Sequence[str]) -> list[int] | None:
+    """Scope node ids under ``prefix`` (``None``: every scope; ``[]``: none)."""
+    if not prefix:
+        return None
+    node = core.store.find_scope(list(prefix))
+    return [] if node is None else list(core.store.descendants(node))
+
+
+def recorded_items(memory: HelaMemory, prefix: Sequence[str]) -> list[Item]:
+    """Every recorded memory under ``prefix`` (whole segments), newest first."""
+
+    def rows(core: Any) -> list[tuple[Any, ...]]:
+        ids = _scope_ids(core, prefix)
+        if ids == []:
+            return []
+        sql = (
+            "SELECT m.id, s.path, m.kind, m.content, m.role, m.event_time, m.created_at"
+            f" FROM memories m JOIN scopes s ON s.id = m.scope_id WHERE {_RECORDED}"
+        )
+        params: tuple[int, ...] = ()
+        if ids is not None:
+            sql += f" AND m.scope_id IN ({','.join('?' * len(ids))})"
+            params = tuple(ids)
+        return list(core.store.db.execute(sql + " ORDER BY m.n DESC", params))
+
+    out = []
+    for mid, path, kind, content, role, event, created in memory._call(rows):
+        when = datetime.fromtimestamp(created, UTC)
+        value = {
+            "content": content,
+            "role": role,
+            "kind": kind,
+            "event_time": datetime.fromtimestamp(event, UTC).isoformat(),
+        }
+        out.append(
+            Item(
+                value=value,
+                key=mid,
+                namespace=tuple(json.loads(path)),
+                created_at=when,
+                updated_at=when,
+            )
+        )
+    return out
+
+
+def recorded_namespaces(memory: HelaMemory) -> set[tuple[str, ...]]:
+    """The scopes that hold recorded memories."""
+
+    def rows(core: Any) -> list[tuple[str]]:
+        return list(
+            core.store.db.execute(
+                "SELECT DISTINCT s.path FROM memories m JOIN scopes s ON s.id = m.scope_id"
+                f" WHERE {_RECORDED}"
+            )
+        )
+
+    return {tuple(json.loads(p)) for (p,) in memory._call(rows)}

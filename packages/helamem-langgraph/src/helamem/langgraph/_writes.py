@@ -1,0 +1,392 @@
+"""The write protocol of :class:`~helamem.langgraph.HelaMemStore`: documents and memories agree.
+
+Each item lives twice, by role:
+
+* the **document** (namespace, key, JSON value, timestamps, TTL) is kept in a
+  LangGraph document store, by default LangGraph's ``SqliteStore`` in the
+  memory's data directory. It is the source of truth: it answers gets,
+  listings, filters, namespaces and TTL exactly as LangGraph documents them,
+  and it names, in a reserved field (never returned), the one memory that
+  indexes it;
+* the **memory** (the indexed text, in the HeLa-Mem scope equal to the
+  namespace, with ``{"langgraph": {"namespace", "key"}}`` metadata) answers
+  natural-language search: dense + lexical retrieval, spreading activation
+  over learned edges, and Hebbian learning among the best items returned
+  (``config.retrieval.learn_top`` of them, the core's own rule).
+
+A memory is *live* when its document names it and *stale* otherwise. Memories
+that are not documents (turns recorded by
+:class:`~helamem.langgraph.HelaMemCheckpointer` or any other HeLa-Mem writer)
+are returned by query search as read-only items keyed by memory id with value
+``{"content", "role", "kind", "event_time"}``.
+
+Why no interleaving loses or orphans an item
+--------------------------------------------
+
+The two stores cannot share a transaction, so the protocol makes every
+intermediate state harmless and every interrupted one repairable:
+
+1. **Fresh ids.** Each put that indexes a value draws a new memory id and
+   passes it to the core (``NewMemory(id=...)``). A document names id ``X``
+   only if the put that drew ``X`` wrote it; no later write ever names ``X``
+   again. So once a document stops naming ``X``, ``X`` is stale for good.
+2. **One writer at a time.** Every document write and every memory write or
+   delete of the store runs under one lock: a thread lock per store object,
+   then ``flock`` on ``<memory path>/langgraph-store.journal``, which
+   serialises threads, store objects and processes on one path (the OS drops
+   the lock of a killed process). ``sweep_ttl`` and TTL expiry only ever
+   remove documents, which can only make a memory stale (rule 1).
+3. **Intent first, memory before document.** Under the lock a put reads the
+   current documents, appends ``{ns, key, new, old}`` per item to the journal
+   (flushed to the OS), then (a) adds the new memories, (b) writes the
+   documents naming them, (c) deletes the memories the old documents named,
+   and truncates the journal. A delete is the same with no (a). Before (b)
+   every reader still sees the old document and its live old memory; after
+   (b) the new one. A put is acknowledged only after all three.
+4. **Settling.** If a step fails, the writer settles its own intents at once
+   and raises; if it is killed (or settling fails), its intents stay in the
+   journal and the next lock holder settles them before it writes anything
+   (also the first use of a store object and :meth:`HelaMemStore.repair`).
+   Settling reads each intent's document as it is now and keeps exactly the
+   memory it names (re-adding it from the document if it is missing) and
+   deletes the other of ``new``/``old``. This is idempotent, so a kill during
+   settling is settled again by the next holder. Whatever step the kill or
+   failure hit, the result is one of: the old item with its old memory, or
+   the new item with its new memory; never a document without its memory, or
+   a memory without its document.
+5. **Searches never delete on sight.** Searches take no lock. A memory met
+   whose document does not name it (a put in flight between (a) and (b), a
+   replacement or delete between (b) and (c), an expired document) is
+   skipped. It is deleted only under the lock, after re-reading its document
+   (searches try the lock without waiting and leave it when a writer holds
+   it); under the lock no put is in flight, so a memory whose document does
+   not name it is stale (rule 1).
+
+Hence an acknowledged item keeps its document and its live memory until a
+later put or delete of its key: only writers under the lock delete memories,
+and only stale ones (their own ``old``, or what settling or a re-read under
+the lock proves stale). And no memory stays orphaned: a writer deletes the
+memory it replaces; an interrupted writer leaves a journal that the next
+holder settles; what TTL leaves stale goes at the next search that meets it
+(or :meth:`HelaMemStore.repair`). These hold for any number of threads, store
+objects and processes on one path, as long as they all keep their documents
+in the same document store (the default). Without ``fcntl`` (Windows) only
+one process may write a path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from helamem.core import (
+    HelaMemError,
+    HelaMemory,
+    InvalidInputError,
+    MemoryNotFoundError,
+    NewMemory,
+)
+from helamem.core.ids import new_id
+from langgraph.store.base import BaseStore, GetOp, Item, Op, PutOp
+
+from ._index import value_text
+from ._journal import Intent, Journal
+from ._recorded import recorded_at
+
+__all__ = ["ID_FIELD", "JOURNAL", "JournaledWrites", "RepairReport", "doc_meta", "named_id"]
+
+logger = logging.getLogger(__name__)
+
+ID_FIELD = "__helamem__"
+"""Reserved value field, kept in the document store only: ``{"id", "index",
+"created_at"}`` (the item's memory id or ``None``, the JSON paths its text was
+taken from, and its creation time once it has been replaced)."""
+JOURNAL = "langgraph-store.journal"
+"""The writer lock and intent journal, in the memory's data directory."""
+
+
+def doc_meta(item: Item | None) -> dict[str, Any]:
+    meta = item.value.get(ID_FIELD) if item is not None else None
+    return meta if isinstance(meta, dict) else {}
+
+
+@dataclass(frozen=True)
+class RepairReport:
+    """What :meth:`HelaMemStore.repair` did.
+
+    Attributes:
+        settled: Journal intents of an interrupted writer that it settled.
+        stale_deleted: Memories with store metadata that their document did
+            not name (expired, or left by a failure), deleted.
+        readded: Documents naming a memory that was missing, re-indexed.
+        unindexed: Documents whose memory could not be re-added (their text
+            no longer embeds); they stay gettable and are marked unindexed.
+    """
+
+    settled: int
+    stale_deleted: int
+    readded: int
+    unindexed: int
+
+
+class JournaledWrites:
+    """The writer side of :class:`~helamem.langgraph.HelaMemStore` (see the module docstring)."""
+
+    memory: HelaMemory
+    fields: list[str]
+    recorded: bool
+    _journal: Journal
+    _settled_once: bool
+
+    @property
+    def documents(self) -> BaseStore:  # provided by the store
+        raise NotImplementedError
+
+    def repair(self) -> RepairReport:
+        """Settle the journal and make documents and memories agree, in full.
+
+        Waits for the writer lock, settles what an interrupted writer left,
+        deletes every memory with store metadata that its document does not
+        name, and re-adds the memory of every document that names a missing
+        one. Runs in time linear in the documents and store memories; normal
+        operation never needs it (the journal is settled by the next write),
+        it is for checks, after ``sweep_ttl`` or after deleting memories by
+        hand.
+
+        Raises:
+            StorageError: If the memory store cannot be read or written.
+        """
+        docs = self.documents
+        with self._journal.held() as pending:
+            assert pending is not None
+            if pending:
+                self._settle(pending)
+                self._journal.clear()
+            mems = _store_memories(self.memory)
+            got = self._docs_at([(ns, key) for _, ns, key in mems])
+            stale = [mid for (mid, _, _), d in zip(mems, got, strict=True) if named_id(d) != mid]
+            self._drop(stale)
+            have = {mid for mid, _, _ in mems}
+            named: list[tuple[Item, str]] = []
+            offset = 0
+            while True:
+                page = docs.search((), limit=500, offset=offset, refresh_ttl=False)
+                named += [(d, mid) for d in page if (mid := named_id(d)) and mid not in have]
+                if len(page) < 500:
+                    break
+                offset += 500
+            readded, unindexed = self._ensure(named, known_missing=True)
+            return RepairReport(len(pending), len(stale), readded, unindexed)
+
+    # -- writes (under the writer lock; see the module docstring) -----------------
+
+    def _write(self, ops: list[PutOp]) -> None:
+        """Puts and deletes: journal, add memories, write documents, drop old memories."""
+        last = {(op.namespace, op.key): op for op in ops}  # the last put of a key wins
+        docs = self.documents
+        with self._journal.held() as pending:
+            assert pending is not None
+            if pending:  # a writer was killed or failed to settle: settle it first
+                self._settle(pending)
+                self._journal.clear()
+            olds = self._docs_at(list(last))
+            intents: list[Intent] = []
+            embed: list[NewMemory] = []
+            writes: list[Op] = []
+            for ((ns, key), op), old in zip(last.items(), olds, strict=True):
+                new: str | None = None
+                value = None if op.value is None else dict(op.value)
+                if value is not None and op.value is not None:
+                    meta: dict[str, Any] = {"id": None}
+                    fields = list(op.index or self.fields)
+                    text = value_text(op.value, fields) if op.index is not False else ""
+                    if text:
+                        new = new_id()
+                        embed.append(_document_memory(text, ns, key, new))
+                        meta = {"id": new, "index": fields}
+                    if old is not None:  # a replacement keeps the item's creation time
+                        meta["created_at"] = (
+                            doc_meta(old).get("created_at") or old.created_at.isoformat()
+                        )
+                    value[ID_FIELD] = meta
+                intents.append(Intent(ns, key, new, named_id(old)))
+                writes.append(PutOp(ns, key, value, index=False, ttl=op.ttl))
+            self._journal.log(intents)
+            done = False
+            try:
+                if embed:
+                    self.memory.add_many(embed)
+                docs.batch(writes)
+                self._drop([i.old for i in intents if i.old])
+                done = True
+                if self.recorded:  # a write to a recorded memory's address replaces it
+                    self._drop(
+                        [
+                            i.key
+                            for i, d in zip(intents, olds, strict=True)
+                            if d is None and recorded_at(self.memory, i.ns, i.key)
+                        ]
+                    )
+            finally:
+                if done:
+                    self._journal.clear()
+                else:
+                    self._settle_after_failure(intents)
+
+    def _docs_at(self, addresses: Sequence[tuple[tuple[str, ...], str]]) -> list[Item | None]:
+        """The documents at ``(namespace, key)`` addresses (``None`` where there is none)."""
+        if not addresses:
+            return []
+        got = self.documents.batch([GetOp(ns, k, refresh_ttl=False) for ns, k in addresses])
+        return [d if isinstance(d, Item) else None for d in got]
+
+    def _settle(self, intents: Sequence[Intent]) -> None:
+        """Keep the memory each intent's document names now; delete the other one."""
+        got = self._docs_at([(i.ns, i.key) for i in intents])
+        drop: list[str] = []
+        named: list[tuple[Item, str]] = []
+        for intent, d in zip(intents, got, strict=True):
+            current = named_id(d)
+            drop += [m for m in (intent.new, intent.old) if m and m != current]
+            if d is not None and current and current in (intent.new, intent.old):
+                named.append((d, current))
+        self._drop(drop)
+        self._ensure(named)
+
+    def _settle_after_failure(self, intents: Sequence[Intent]) -> None:
+        try:
+            self._settle(intents)
+            self._journal.clear()
+        except (HelaMemError, OSError, sqlite3.Error) as exc:  # the next holder settles them
+            logger.warning(
+                "could not settle a failed store write now (%s); the next write or "
+                "HelaMemStore.repair() settles it",
+                exc,
+            )
+
+    def _ensure(
+        self, named: Sequence[tuple[Item, str]], known_missing: bool = False
+    ) -> tuple[int, int]:
+        """Re-add the memory each document names where it is missing: ``(readded, unindexed)``.
+
+        ``known_missing``: the caller knows they are missing; else each is looked up.
+        """
+        todo: list[tuple[Item, str]] = []
+        for d, mid in named:
+            if known_missing or not _exists(self.memory, mid):
+                todo.append((d, mid))
+        readded = unindexed = 0
+        for d, mid in todo:
+            meta = doc_meta(d)
+            value = {k: v for k, v in d.value.items() if k != ID_FIELD}
+            fields = meta.get("index") or self.fields
+            text = value_text(value, list(fields))
+            try:
+                if not text:
+                    raise InvalidInputError("the document has no text to index")
+                self.memory.add_many([_document_memory(text, d.namespace, d.key, mid)])
+                readded += 1
+            except InvalidInputError as exc:
+                if _exists(self.memory, mid):  # added meanwhile by another writer
+                    continue
+                logger.warning(
+                    "document %s/%s cannot be re-indexed (%s); it stays gettable, unindexed",
+                    "/".join(d.namespace),
+                    d.key,
+                    exc,
+                )
+                kept = dict(d.value)
+                kept[ID_FIELD] = {**meta, "id": None}
+                self.documents.batch([PutOp(d.namespace, d.key, kept, index=False)])
+                unindexed += 1
+        if readded:
+            logger.warning("re-indexed %d store documents whose memory was missing", readded)
+        return readded, unindexed
+
+    def _drop(self, ids: Sequence[str]) -> None:
+        """Delete memories, skipping the ones that are gone already."""
+        if not ids:
+            return
+        try:
+            self.memory.delete(ids)
+        except MemoryNotFoundError:  # some went already: delete the rest one by one
+            for i in ids:
+                with suppress(MemoryNotFoundError):
+                    self.memory.delete(i)
+
+    def _settle_pending(self) -> None:
+        """First use: settle what a killed writer left, unless a writer holds the lock
+        (it settled the journal when it took the lock)."""
+        self.documents  # noqa: B018 - opened first: it takes the lock itself
+        try:
+            with self._journal.held(wait=False) as pending:
+                if pending:
+                    self._settle(pending)
+                    self._journal.clear()
+        except (HelaMemError, OSError, sqlite3.Error) as exc:  # reads must not fail on it
+            logger.warning(
+                "could not settle an interrupted store write now (%s); the next write or "
+                "HelaMemStore.repair() settles it",
+                exc,
+            )
+            return
+        self._settled_once = True
+
+    def _forget_stale(self, stale: Sequence[tuple[str, tuple[str, ...], str]]) -> None:
+        """Delete memories a search skipped if, under the lock, their document still
+        does not name them; leave them when a writer holds the lock."""
+        self.documents  # noqa: B018 - opened first: it takes the lock itself
+        with self._journal.held(wait=False) as pending:
+            if pending is None:
+                return
+            if pending:
+                self._settle(pending)
+                self._journal.clear()
+            got = self._docs_at([(ns, k) for _, ns, k in stale])
+            self._drop(
+                [mid for (mid, _, _), d in zip(stale, got, strict=True) if named_id(d) != mid]
+            )
+
+
+def named_id(item: Item | None) -> str | None:
+    """The memory id a document names (``None``: no document, or not indexed)."""
+    mid = doc_meta(item).get("id")
+    return str(mid) if mid else None
+
+
+def _exists(memory: HelaMemory, mid: str) -> bool:
+    try:
+        memory.get(mid)
+    except MemoryNotFoundError:
+        return False
+    return True
+
+
+def _document_memory(text: str, ns: Sequence[str], key: str, mid: str) -> NewMemory:
+    """The memory indexing a document: standalone (``linked=False``), so a put
+    creates no temporal edge; documents are not a conversation."""
+    meta = {"langgraph": {"namespace": list(ns), "key": key}}
+    return NewMemory(text, tuple(ns), metadata=meta, id=mid, linked=False)
+
+
+def _store_memories(memory: HelaMemory) -> list[tuple[str, tuple[str, ...], str]]:
+    """``(id, namespace, key)`` of every memory with store metadata."""
+
+    def rows(core: Any) -> list[tuple[str, str]]:
+        return list(
+            core.store.db.execute(
+                "SELECT id, metadata FROM memories WHERE metadata LIKE ?", ('%"langgraph"%',)
+            )
+        )
+
+    out = []
+    for mid, raw in memory._call(rows):
+        where = json.loads(raw).get("langgraph")
+        if isinstance(where, dict) and "namespace" in where and "key" in where:
+            out.append((str(mid), tuple(where["namespace"]), str(where["key"])))
+    return out
