@@ -133,7 +133,9 @@ async def test_round_trip_through_a_reused_context(tmp_path: Path) -> None:
         "My cat is called Miso",
         "ok: My cat is called Miso",
     ]
-    assert "Miso" in seen[-1]
+    assert seen[-1] == ""  # the window holds the Miso turn: the memory leaves it out
+    await again.areset()  # the window goes, the long-term memory stays
+    assert "Miso" in _system(await again.aget("What is my cat called?"))
     await again.aclose()
     assert (await store.astats(("llamaindex", "ctx"))).episodic == 4
     await store.aclose()

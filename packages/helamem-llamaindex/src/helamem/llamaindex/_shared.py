@@ -23,7 +23,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
 from llama_index.core.utils import get_tokenizer
@@ -126,23 +126,62 @@ def lazy_tokenizer(text: str) -> list[Any]:
     return list(get_tokenizer()(text))
 
 
-async def retrieve(memory: HelaMemory, query: str, scope: Scope, k: int) -> list[Hit]:
-    """At most ``k`` hits, episodes and distilled facts together, highest score first.
+class Line(NamedTuple):
+    """One memory as a prompt line, with the id and text it came from."""
 
-    The core returns up to ``k`` episodes and, beside them, up to ``semantic_k``
-    facts; both carry its relevance (``Hit.score`` in [0, 1], one absolute
-    scale), so they are merged by it and cut at ``k``. Ties keep the core's
-    order (episodes before facts).
+    text: str
+    id: str
+    content: str
+
+
+def held_by(window_text: str, content: str) -> bool:
+    """Whether the chat window already holds ``content`` word for word."""
+    return content.strip() in window_text
+
+
+def window_text(messages: Sequence[ChatMessage]) -> str:
+    """The text of ``messages``, joined: what :func:`held_by` looks in."""
+    return "\n".join(message_text(m) for m in messages)
+
+
+def _search_args(memory: HelaMemory, k: int) -> dict[str, Any]:
+    return {"k": k, "semantic_k": min(memory.config.retrieval.semantic_k, k)}
+
+
+def _refill(hits: list[Hit], k: int, held: str) -> int:
+    """How many of the best ``k`` hits the window already holds (0: no second search)."""
+    return sum(held_by(held, h.content) for h in hits[:k])
+
+
+async def candidates(
+    memory: HelaMemory, query: str, scope: Scope, k: int, held: str = ""
+) -> list[Line]:
+    """The best hits as lines, highest score first: enough for ``k`` not held by ``held``.
+
+    The core returns up to ``k`` episodes and, beside them, up to
+    ``min(semantic_k, k)`` facts; both carry its relevance (``Hit.score`` in
+    [0, 1], one absolute scale), so they are merged by it (ties keep the core's
+    order: episodes before facts). When the window text ``held`` already holds
+    ``n`` of the best ``k``, a second, read-only search asks for ``k + n`` so
+    that ``k`` others can take their slots (the first search learned).
     """
-    facts = min(memory.config.retrieval.semantic_k, k)
-    result = await memory.asearch(query, scope, k=k, semantic_k=facts)
-    return best_hits(result.hits, k)
+    res = await memory.asearch(query, scope, **_search_args(memory, k))
+    hits = best_hits(res.hits, k)
+    if n := _refill(hits, k, held):
+        more = await memory.asearch(query, scope, learn=False, **_search_args(memory, k + n))
+        hits = best_hits(more.hits, k + n)
+    return render_lines(query, hits)
 
 
-def retrieve_sync(memory: HelaMemory, query: str, scope: Scope, k: int) -> list[Hit]:
-    """Blocking :func:`retrieve`."""
-    facts = min(memory.config.retrieval.semantic_k, k)
-    return best_hits(memory.search(query, scope, k=k, semantic_k=facts).hits, k)
+def candidates_sync(
+    memory: HelaMemory, query: str, scope: Scope, k: int, held: str = ""
+) -> list[Line]:
+    """Blocking :func:`candidates`."""
+    hits = best_hits(memory.search(query, scope, **_search_args(memory, k)).hits, k)
+    if n := _refill(hits, k, held):
+        more = memory.search(query, scope, learn=False, **_search_args(memory, k + n))
+        hits = best_hits(more.hits, k + n)
+    return render_lines(query, hits)
 
 
 def best_hits(hits: Sequence[Hit], k: int) -> list[Hit]:
@@ -150,18 +189,21 @@ def best_hits(hits: Sequence[Hit], k: int) -> list[Hit]:
     return sorted(hits, key=lambda h: -h.score)[:k]
 
 
-def render_hits(
-    query: str, hits: Sequence[Hit], max_tokens: int, count: Callable[[str], int]
-) -> list[tuple[str, str]]:
-    """``(line, memory id)`` for the leading hits whose lines fit in ``max_tokens``.
+def render_lines(query: str, hits: Sequence[Hit]) -> list[Line]:
+    """One prompt line per hit, in the given order."""
+    return [Line(SearchResult(query, (h,)).to_text(), h.id, h.content) for h in hits]
 
-    Whole hits, in the given order (best first); ``count`` tokenizes the text
-    as the caller's prompt does, and the joined lines never exceed the budget.
-    """
-    lines: list[tuple[str, str]] = []
-    for hit in hits:
-        line = SearchResult(query, (hit,)).to_text()
-        if count("\n".join([*(x for x, _ in lines), line])) > max_tokens:
+
+def select_lines(lines: Sequence[Line], k: int, held: str) -> list[Line]:
+    """The first ``k`` lines whose memory the window text ``held`` does not hold."""
+    return [line for line in lines if not held_by(held, line.content)][:k]
+
+
+def fit_lines(lines: Sequence[Line], max_tokens: int, count: Callable[[str], int]) -> list[Line]:
+    """The leading whole lines whose joined text fits in ``max_tokens`` (by ``count``)."""
+    kept: list[Line] = []
+    for line in lines:
+        if count("\n".join([*(x.text for x in kept), line.text])) > max_tokens:
             break
-        lines.append((line, hit.id))
-    return lines
+        kept.append(line)
+    return kept

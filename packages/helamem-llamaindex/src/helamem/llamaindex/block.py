@@ -8,6 +8,7 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -20,14 +21,17 @@ from llama_index.core.memory.memory import BaseMemoryBlock
 from helamem.core import HelaMemConfig, HelaMemory, InvalidScopeError, Scope, TurnRecorder
 
 from ._shared import (
+    Line,
+    candidates,
     count_tokens,
     dump_config,
+    fit_lines,
     message_text,
     pair_turns,
     register_memory,
-    render_hits,
     resolve_memory,
-    retrieve,
+    select_lines,
+    window_text,
 )
 
 __all__ = ["HelaMemMemoryBlock"]
@@ -85,12 +89,14 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     k: int = Field(default=5, ge=1)
     max_tokens: int = Field(default=400, ge=1)
     query_messages: int = Field(default=3, ge=1)
+    read_timeout: float = Field(default=5.0, ge=0)
 
     _memory: HelaMemory | None = PrivateAttr(default=None)
     _owned: bool = PrivateAttr(default=False)
     _recorder: TurnRecorder | None = PrivateAttr(default=None)
     _own_recorder: bool = PrivateAttr(default=False)
-    _cache: tuple[str, Scope, list[tuple[str, str]]] | None = PrivateAttr(default=None)
+    _cache: tuple[str, Scope, list[Line]] | None = PrivateAttr(default=None)
+    _shown: list[Line] = PrivateAttr(default_factory=list)
     # user message text -> ids injected while it was the latest user message
     _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
     _dangling: dict[Scope, str] = PrivateAttr(default_factory=dict)
@@ -169,16 +175,27 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         if not query:
             return ""
         scope = self._scope(session_id)
+        held = window_text(messages or [])
         if self._cache is not None and self._cache[:2] == (query, scope):
             lines = self._cache[2]  # asked again within the turn: no second reinforcement
         else:
-            hits = await retrieve(self.memory, query, scope, self.k)
-            lines = render_hits(query, hits, self.max_tokens, count_tokens)
+            await self._settle()  # read your writes: turns put before this call are searched
+            lines = await candidates(self.memory, query, scope, self.k, held)
             self._cache = (query, scope, lines)
+        shown = fit_lines(select_lines(lines, self.k, held), self.max_tokens, count_tokens)
+        self._shown = shown
         users = [m for m in talk if m.role == MessageRole.USER]
         if users:
-            self._note_injected(message_text(users[-1]), [i for _, i in lines])
-        return "\n".join(line for line, _ in lines)
+            self._note_injected(message_text(users[-1]), [line.id for line in shown])
+        return "\n".join(line.text for line in shown)
+
+    async def _settle(self) -> None:
+        """Wait, at most ``read_timeout`` s, for the turns this block is still storing."""
+        if self._recorder is not None and self._recorder.pending:
+            try:
+                await asyncio.wait_for(self._recorder.flush(), self.read_timeout)
+            except TimeoutError:
+                logger.warning("turns not stored within %s s: not searched", self.read_timeout)
 
     def _note_injected(self, user: str, ids: list[str]) -> None:
         seen = self._injected.setdefault(user, {})
@@ -187,19 +204,27 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         while len(self._injected) > _MAX_TRACKED_TURNS:
             self._injected.popitem(last=False)
 
-    async def atruncate(self, content: str, tokens_to_truncate: int) -> str | None:
-        """Drop the lowest-ranked lines until about ``tokens_to_truncate`` tokens are gone."""
+    async def atruncate(self, content: Any, tokens_to_truncate: int) -> str | None:
+        """Drop the lowest-ranked lines until about ``tokens_to_truncate`` tokens are gone.
+
+        ``content`` is what :meth:`aget` returned; anything else this block did not
+        produce (``Memory`` passes ``[]`` for a block that returned nothing, and
+        ``None`` may come) truncates to ``None``, as the base class does.
+        """
+        if not isinstance(content, str) or not content:
+            return None
+        shown = self._shown
         lines = (
-            list(self._cache[2])
-            if self._cache is not None and "\n".join(x for x, _ in self._cache[2]) == content
-            else [(line, "") for line in content.split("\n")]
+            list(shown)
+            if "\n".join(x.text for x in shown) == content
+            else [Line(text, "", "") for text in content.split("\n")]
         )
         while lines and tokens_to_truncate > 0:
-            line, dropped = lines.pop()
-            tokens_to_truncate -= count_tokens(line)
+            dropped = lines.pop()
+            tokens_to_truncate -= count_tokens(dropped.text)
             for ids in self._injected.values():  # it did not reach the prompt after all
-                ids.pop(dropped, None)
-        return "\n".join(line for line, _ in lines) or None
+                ids.pop(dropped.id, None)
+        return "\n".join(line.text for line in lines) or None
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
         """Record the completed turns among the messages ``Memory`` flushed."""
@@ -212,9 +237,13 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         for user, assistant in turns:
             used = list(self._injected.pop(user, {}))
             await self.recorder.record_turn(scope, user, assistant, used_ids=used)
+        if turns:
+            self._cache = None  # the next aget searches what was just written
+
 
     async def aflush(self) -> None:
         """Wait until every recorded turn is stored (raises what failed in the background)."""
+        self._cache = None
         if self._recorder is not None:
             await self._recorder.flush()
 

@@ -8,6 +8,7 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,22 +23,23 @@ from llama_index.core.memory.types import BaseMemory
 from helamem.core import (
     HelaMemConfig,
     HelaMemory,
-    Hit,
     InvalidInputError,
     Scope,
     TurnRecorder,
 )
 
+from ._prompt import compose, drops_first_system_message
 from ._shared import (
+    Line,
+    candidates,
+    candidates_sync,
     dump_config,
     lazy_tokenizer,
     message_text,
     pair_turns,
     register_memory,
-    render_hits,
     resolve_memory,
-    retrieve,
-    retrieve_sync,
+    window_text,
 )
 
 __all__ = ["HelaMemChatMemory"]
@@ -88,18 +90,34 @@ class HelaMemChatMemory(BaseMemory):
     chat_history: list[ChatMessage] = Field(default_factory=list)
     pending_user: str | None = None
     pending_used_ids: list[str] = Field(default_factory=list)
+    read_timeout: float = Field(default=5.0, ge=0)
     tokenizer_fn: Callable[[str], list[Any]] = Field(default=lazy_tokenizer, exclude=True)
 
     _memory: HelaMemory | None = PrivateAttr(default=None)
     _owned: bool = PrivateAttr(default=False)
     _recorder: TurnRecorder | None = PrivateAttr(default=None)
     _own_recorder: bool = PrivateAttr(default=False)
-    _cache: tuple[str, list[tuple[str, str]]] | None = PrivateAttr(default=None)
+    _cache: tuple[str, list[Line]] | None = PrivateAttr(default=None)
+    _shown: list[Line] = PrivateAttr(default_factory=list)
+    _warned: bool = PrivateAttr(default=False)
 
     @classmethod
     def class_name(cls) -> str:
         """The LlamaIndex component name."""
         return "HelaMemChatMemory"
+
+    def to_string(self) -> str:
+        """This memory as JSON, as ``ChatMemoryBuffer.to_string`` (no connection, no secrets)."""
+        return self.to_json()
+
+    @classmethod
+    def from_string(cls, json_str: str) -> Self:
+        """Load what :meth:`to_string` wrote, as ``ChatMemoryBuffer.from_string``.
+
+        Examples:
+            >>> again = HelaMemChatMemory.from_string(memory.to_string())  # doctest: +SKIP
+        """
+        return cls.from_json(json_str)
 
     @field_serializer("config")
     def _dump_config(self, config: HelaMemConfig) -> dict[str, Any]:
@@ -206,78 +224,98 @@ class HelaMemChatMemory(BaseMemory):
                 self.pending_used_ids = []
         return jobs
 
-    def _query(self, input: str | None) -> str | None:
-        if input:
+    def _query(self, input: object) -> str | None:
+        if isinstance(input, str) and input:
             return input
         if self.pending_user:
             return self.pending_user
         users = [m for m in self.chat_history if m.role == MessageRole.USER and message_text(m)]
         return message_text(users[-1]) if users else None
 
-    def _note(self, input: str | None, lines: list[tuple[str, str]]) -> None:
+    def _note(self, input: str | None, lines: list[Line]) -> None:
         if input or self.pending_user is not None:  # ids used for the turn in progress
             known = dict.fromkeys(self.pending_used_ids)
-            known.update(dict.fromkeys(i for _, i in lines))
+            known.update(dict.fromkeys(line.id for line in lines))
             self.pending_used_ids = list(known)
 
-    def _compose(
-        self, lines: list[tuple[str, str]], initial_token_count: int
-    ) -> tuple[list[ChatMessage], list[tuple[str, str]]]:
-        """The memory message and the window; and the memory lines actually shown."""
+    def _room(self, initial_token_count: int) -> int:
         if initial_token_count > self.token_limit:
             raise InvalidInputError(
-                f"initial_token_count={initial_token_count} exceeds token_limit="
-                f"{self.token_limit}; raise token_limit or shorten the prefix messages"
+                f"Initial token count exceeds token limit ({initial_token_count} > "
+                f"{self.token_limit}): raise token_limit or shorten the prefix messages"
             )
-        room = self.token_limit - initial_token_count
-        head: list[ChatMessage] = []
-        while lines:
-            text = "\n".join([self.memory_header, *(line for line, _ in lines)])
-            head = [ChatMessage(role=MessageRole.SYSTEM, content=text)]
-            if self._tokens(head) <= room:
-                break
-            lines, head = lines[:-1], []  # the lowest-ranked line goes first
-        budget = room - self._tokens(head)
-        return head + self._window(budget), lines
-
-    def _tokens(self, messages: Sequence[ChatMessage]) -> int:
-        if not messages:
-            return 0
-        return len(self.tokenizer_fn(" ".join(str(m.content) for m in messages)))
-
-    def _window(self, budget: int) -> list[ChatMessage]:
-        """The newest messages within ``budget``, starting at a user turn (as the buffer)."""
-        history = self.chat_history
-        start = 0
-        while start < len(history) - 1 and self._tokens(history[start:]) > budget:
-            start += 1
-            while start < len(history) - 1 and history[start].role in (
-                MessageRole.ASSISTANT,
-                MessageRole.TOOL,
-            ):
-                start += 1  # never open the window with a reply or a tool result
-        return list(history[start:])
-
-    def _lines(self, query: str, hits: list[Hit]) -> list[tuple[str, str]]:
-        lines = render_hits(query, hits, self.memory_tokens, self._count)
-        self._cache = (query, lines)
-        return lines
+        return self.token_limit - initial_token_count
 
     def _count(self, text: str) -> int:
         return len(self.tokenizer_fn(text))
 
-    def _cached(self, query: str) -> list[tuple[str, str]] | None:
+    def _cached(self, query: str | None) -> list[Line] | None:
+        if query is None:
+            return []
         return self._cache[1] if self._cache is not None and self._cache[0] == query else None
+
+    def _finish(
+        self, input: object, query: str | None, lines: list[Line], room: int, drops: bool | None
+    ) -> list[ChatMessage]:
+        """Compose within ``room``; deliver past an agent that drops the first system message."""
+        if query is not None:
+            self._cache = (query, lines)
+        messages, shown = compose(
+            self.chat_history,
+            lines,
+            k=self.k,
+            header=self.memory_header,
+            memory_tokens=self.memory_tokens,
+            room=room,
+            count=self._count,
+        )
+        self._shown = shown
+        if shown and drops:  # ReActAgent without a system_prompt drops this placeholder
+            messages.insert(0, ChatMessage(role=MessageRole.SYSTEM, content=""))
+        elif shown and drops is None:
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "an AgentWorkflow with a ReActAgent that has no system_prompt drops the "
+                    "first system message, where HelaMemChatMemory puts its memories: give "
+                    "every ReActAgent a system_prompt; meanwhile they are not counted as used"
+                )
+            return messages
+        if query is not None:
+            self._note(input if isinstance(input, str) else None, shown)
+        return messages
+
+    def _settle_sync(self) -> None:
+        """Wait, at most ``read_timeout`` s, for this memory's turns still being stored."""
+        if self._recorder is not None and self._recorder.pending:
+            try:
+                self._recorder.flush_sync(self.read_timeout)
+            except TimeoutError:
+                logger.warning("turns not stored within %s s: not searched", self.read_timeout)
+
+    async def _settle(self) -> None:
+        """Async :meth:`_settle_sync`."""
+        if self._recorder is not None and self._recorder.pending:
+            try:
+                await asyncio.wait_for(self._recorder.flush(), self.read_timeout)
+            except TimeoutError:
+                logger.warning("turns not stored within %s s: not searched", self.read_timeout)
 
     # -- BaseMemory: sync ----------------------------------------------------
 
     def get(
-        self, input: str | None = None, initial_token_count: int = 0, **kwargs: Any
+        self, input: object = None, initial_token_count: int = 0, **kwargs: Any
     ) -> list[ChatMessage]:
         """The memory message (when anything is relevant) and the recent window.
 
+        Everything returned fits ``token_limit - initial_token_count`` together
+        (text, and tool calls with their arguments), except a newest message
+        that alone exceeds it: that one comes back alone, as ``ChatMemoryBuffer``
+        returns it. Memories the returned window already holds are left out.
+
         Args:
-            input: The query; default: the latest user message.
+            input: The query; default (and when it is not a string, which
+                ``ChatMemoryBuffer`` ignores too): the latest user message.
             initial_token_count: Tokens the caller puts before these messages.
             **kwargs: Accepted and ignored (chat engines pass extra arguments).
 
@@ -285,23 +323,21 @@ class HelaMemChatMemory(BaseMemory):
             A system message built from retrieval, then the window.
 
         Raises:
-            InvalidInputError: If ``initial_token_count`` exceeds ``token_limit``.
+            InvalidInputError: If ``initial_token_count`` exceeds ``token_limit``
+                (a ``ValueError``, as ``ChatMemoryBuffer`` raises).
 
         Examples:
             >>> memory.get(initial_token_count=12)  # doctest: +SKIP
         """
+        room = self._room(initial_token_count)
+        drops = drops_first_system_message()
         query = self._query(input)
-        lines: list[tuple[str, str]] = []
-        if query:
-            cached = self._cached(query)
-            if cached is None:
-                hits = retrieve_sync(self.memory, query, self.memory_scope, self.k)
-                cached = self._lines(query, hits)
-            lines = cached
-        messages, shown = self._compose(lines, initial_token_count)
-        if query:
-            self._note(input, shown)
-        return messages
+        lines = self._cached(query)
+        if lines is None and query is not None:
+            self._settle_sync()
+            held = window_text(self.chat_history)
+            lines = candidates_sync(self.memory, query, self.memory_scope, self.k, held)
+        return self._finish(input, query, lines or [], room, drops)
 
     def get_all(self) -> list[ChatMessage]:
         """The whole window (not the long-term memory)."""
@@ -344,21 +380,18 @@ class HelaMemChatMemory(BaseMemory):
     # -- BaseMemory: async ---------------------------------------------------
 
     async def aget(
-        self, input: str | None = None, initial_token_count: int = 0, **kwargs: Any
+        self, input: object = None, initial_token_count: int = 0, **kwargs: Any
     ) -> list[ChatMessage]:
         """Async :meth:`get` (retrieval runs off the event loop)."""
+        room = self._room(initial_token_count)
+        drops = drops_first_system_message()
         query = self._query(input)
-        lines: list[tuple[str, str]] = []
-        if query:
-            cached = self._cached(query)
-            if cached is None:
-                hits = await retrieve(self.memory, query, self.memory_scope, self.k)
-                cached = self._lines(query, hits)
-            lines = cached
-        messages, shown = self._compose(lines, initial_token_count)
-        if query:
-            self._note(input, shown)
-        return messages
+        lines = self._cached(query)
+        if lines is None and query is not None:
+            await self._settle()
+            held = window_text(self.chat_history)
+            lines = await candidates(self.memory, query, self.memory_scope, self.k, held)
+        return self._finish(input, query, lines or [], room, drops)
 
     async def aget_all(self) -> list[ChatMessage]:
         """Async :meth:`get_all`."""
