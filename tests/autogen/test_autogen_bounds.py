@@ -156,7 +156,8 @@ async def test_update_context_reports_only_what_it_injected(
     assert all(str(r.content) in line for r, line in zip(shown, body, strict=True))
     s = scores(shown)
     assert s == sorted(s, reverse=True)
-    assert memory._injected[1] == tuple(r.metadata["id"] for r in shown)  # type: ignore[index]
+    served = memory._served[context]  # what it will record as used for this turn
+    assert served.ids == tuple(r.metadata["id"] for r in shown)  # type: ignore[index]
 
 
 async def test_bad_k_and_threshold_are_rejected(store: HelaMemory, tmp_path: Path) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from helamem.core import (
     ChromaConfig,
@@ -19,6 +19,28 @@ from helamem.core import (
 
 __all__ = ["HelaMemMemoryConfig"]
 
+# ChromaDBVectorMemoryConfig's names for settings HeLa-Mem has too (accepted on input).
+_ALIASES = {
+    "collection_name": "collection",
+    "persistence_path": "path",
+    "host": "chroma_host",
+    "port": "chroma_port",
+    "ssl": "chroma_ssl",
+}
+# ChromaDBVectorMemoryConfig settings HeLa-Mem has no equivalent for, and what to do instead.
+_CHROMA_ONLY = {
+    "client_type": "set chroma_host for a Chroma server; leave it out for the embedded store",
+    "distance_metric": "HeLa-Mem always compares vectors by cosine; remove it",
+    "allow_reset": "HelaMemMemory has no reset(); clear() deletes this scope; remove it",
+    "tenant": "use a scope per tenant, e.g. scope=('tenant', 'user'); remove it",
+    "database": "use path (or collection) to separate stores; remove it",
+    "headers": "HeLa-Mem's Chroma client sends no custom headers; remove it",
+    "embedding_function_config": (
+        "pass the embedding function itself as HelaMemMemory(config, embedder=fn), or set "
+        "embedder='minilm' | 'litellm' | 'hashing'"
+    ),
+}
+
 
 class HelaMemMemoryConfig(BaseModel):
     """Everything needed to rebuild a :class:`~helamem.autogen.HelaMemMemory`.
@@ -31,11 +53,14 @@ class HelaMemMemoryConfig(BaseModel):
         scope: This memory's namespace, e.g. ``("users", "alice")``. Queries
             cover the scope and the scopes under it; ``clear()`` deletes them.
         name: Identifier of this memory (default ``"helamem:<scope>"``).
-        path: Data directory (SQLite file and embedded Chroma).
-        chroma_host: A Chroma server to use instead of the embedded one.
-        chroma_port: Its port.
-        chroma_ssl: Whether to reach it over HTTPS.
-        collection: Chroma collection name.
+        path: Data directory (SQLite file and embedded Chroma);
+            ``persistence_path`` is accepted on input.
+        chroma_host: A Chroma server to use instead of the embedded one
+            (``host`` accepted on input).
+        chroma_port: Its port (``port`` accepted on input).
+        chroma_ssl: Whether to reach it over HTTPS (``ssl`` accepted on input).
+        collection: Chroma collection name (``collection_name``, as
+            ``ChromaDBVectorMemoryConfig`` calls it, is accepted on input).
         embedder: ``"minilm"`` (offline default), ``"litellm"`` (needs
             ``embedding_model``) or ``"hashing"`` (deterministic, no model).
         embedding_model: LiteLLM embedding model for ``embedder="litellm"``.
@@ -49,6 +74,10 @@ class HelaMemMemoryConfig(BaseModel):
             (whole memories, best first, counted as
             :meth:`helamem.core.SearchResult.to_text` counts).
         learn: Reinforce retrieved memories together (Hebbian learning).
+        wait_recorded_s: Before each read (``update_context``, ``query``),
+            wait at most this long for the turns of this scope still being
+            recorded, so a read sees every turn recorded before it; past the
+            bound it reads without them and logs a WARNING. ``0``: never wait.
         llm_model: LiteLLM model string for distillation; ``None``: the
             extractive distiller (no model).
         llm_api_base: API base passed to LiteLLM.
@@ -56,32 +85,70 @@ class HelaMemMemoryConfig(BaseModel):
         dynamics: Hebbian edge dynamics (learning rate, decay...).
         retrieval: Retrieval tuning (spreading, recency...).
 
+    ``ChromaDBVectorMemoryConfig``'s names for the same settings
+    (``collection_name``, ``persistence_path``, ``host``, ``port``, ``ssl``)
+    are accepted on input; a dump always uses the names above. Its settings
+    without a HeLa-Mem equivalent (``client_type``, ``distance_metric``,
+    ``allow_reset``, ``tenant``, ``database``, ``headers``,
+    ``embedding_function_config``) raise a ``ValueError`` naming what to do
+    instead.
+
     Examples:
         >>> cfg = HelaMemMemoryConfig(scope=("users", "alice"), path="./data", k=3)
         >>> HelaMemMemoryConfig.model_validate(cfg.model_dump(mode="json")) == cfg
         True
+        >>> HelaMemMemoryConfig(scope=("u",), collection_name="notes").collection
+        'notes'
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     scope: tuple[str, ...] = Field(min_length=1)
     name: str | None = None
-    path: str = "./helamem-data"
-    chroma_host: str | None = None
-    chroma_port: int = Field(8000, ge=1, le=65535)
-    chroma_ssl: bool = False
-    collection: str = "helamem"
+    path: str = Field("./helamem-data", validation_alias=AliasChoices("path", "persistence_path"))
+    chroma_host: str | None = Field(None, validation_alias=AliasChoices("chroma_host", "host"))
+    chroma_port: int = Field(
+        8000, ge=1, le=65535, validation_alias=AliasChoices("chroma_port", "port")
+    )
+    chroma_ssl: bool = Field(False, validation_alias=AliasChoices("chroma_ssl", "ssl"))
+    collection: str = Field(
+        "helamem", validation_alias=AliasChoices("collection", "collection_name")
+    )
     embedder: Literal["minilm", "litellm", "hashing"] = "minilm"
     embedding_model: str | None = None
     k: int = Field(5, ge=1)
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     learn: bool = True
+    wait_recorded_s: float = Field(10.0, ge=0.0, allow_inf_nan=False)
     llm_model: str | None = None
     llm_api_base: str | None = None
     consolidate_every: int = Field(20, ge=1)
     dynamics: DynamicsConfig = DynamicsConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chroma_names(cls, data: Any) -> Any:
+        """Accept ChromaDBVectorMemoryConfig's names; refuse its settings HeLa-Mem lacks."""
+        if not isinstance(data, dict):
+            return data
+        for key, fix in _CHROMA_ONLY.items():
+            if key in data:
+                raise ValueError(
+                    f"{key!r} is a ChromaDBVectorMemoryConfig setting HelaMemMemoryConfig does "
+                    f"not have: {fix}"
+                )
+        data = dict(data)
+        for alias, name in _ALIASES.items():
+            if alias in data and name in data:
+                if data[alias] != data[name]:
+                    raise ValueError(
+                        f"both {name}={data[name]!r} and its alias {alias}={data[alias]!r} were "
+                        f"given; pass only {name}"
+                    )
+                del data[alias]
+        return data
 
     @field_validator("scope")
     @classmethod

@@ -8,32 +8,35 @@ searches and writes, and completed turns go through a
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from autogen_core import CancellationToken, Component
 from autogen_core.memory import (
     Memory,
     MemoryContent,
-    MemoryMimeType,
     MemoryQueryResult,
     UpdateContextResult,
 )
 from autogen_core.model_context import ChatCompletionContext
-from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, UserMessage
+from autogen_core.models import LLMMessage, SystemMessage
 
 from helamem.core import (
+    Embedder,
     HelaMemory,
     Hit,
     InvalidInputError,
     SearchResult,
     StoreClosedError,
     TurnRecorder,
+    TurnRecordingError,
 )
 
+from ._convert import content_of, encode, last_text, last_turn, last_user
 from .config import HelaMemMemoryConfig
 
 __all__ = ["HelaMemMemory"]
@@ -42,44 +45,20 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_TEXT_TYPES = {MemoryMimeType.TEXT, MemoryMimeType.MARKDOWN}
+# The live HelaMemMemory instances of each store: a read waits for the turns that any
+# of them is still recording in its scope (or a scope under it).
+_PEERS: weakref.WeakKeyDictionary[HelaMemory, weakref.WeakSet[HelaMemMemory]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _mime(value: MemoryMimeType | str) -> MemoryMimeType | None:
-    if isinstance(value, MemoryMimeType):
-        return value
-    try:
-        return MemoryMimeType(value)
-    except ValueError:
-        return None
+@dataclass(slots=True)
+class _Served:
+    """What this memory did for one model context."""
 
-
-def _text(content: object) -> str:
-    """The text of a message's content (strings of a multimodal list joined)."""
-    if isinstance(content, str):
-        return content.strip()
-    if isinstance(content, list):
-        return "\n".join(p for p in content if isinstance(p, str)).strip()
-    return ""
-
-
-def _last_turn(messages: Sequence[LLMMessage]) -> tuple[str, str] | None:
-    """The last (user, assistant) pair: the last text reply and the user message before it."""
-    for i in range(len(messages) - 1, -1, -1):
-        reply = messages[i]
-        if isinstance(reply, AssistantMessage) and _text(reply.content):
-            for msg in reversed(messages[:i]):
-                if isinstance(msg, UserMessage) and _text(msg.content):
-                    return _text(msg.content), _text(reply.content)
-            return None
-    return None
-
-
-def _last_user(messages: Sequence[LLMMessage]) -> str | None:
-    for msg in reversed(messages):
-        if isinstance(msg, UserMessage) and _text(msg.content):
-            return _text(msg.content)
-    return None
+    query: str = ""  # the query of the memories last injected
+    ids: tuple[str, ...] = ()  # their ids
+    recorded: tuple[str, str] | None = None  # the last turn recorded from it
 
 
 def _best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
@@ -136,20 +115,28 @@ async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
     return await fut
 
 
+def _combined(errors: Sequence[TurnRecordingError]) -> TurnRecordingError:
+    """One error for several ``TurnRecordingError``s (their failures in order)."""
+    failures = [f for err in errors for f in err.failures]
+    return TurnRecordingError(failures, sum(err.total for err in errors))
+
+
 class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
     """Hebbian long-term memory for AutoGen agents.
 
-    Before each model call, :meth:`update_context` searches the memory with
-    the latest user message, injects the hits as one system message
-    (replacing the one it injected on the previous turn) and records the
-    last completed user/assistant turn of the context, together with the ids
-    of the memories it injected for that turn, so they co-activate with it.
-    The final turn of a conversation is recorded by the next call, or by
-    :meth:`record_last_turn`.
+    Before each model call, :meth:`update_context` records the last
+    completed user/assistant turn of the context (with the ids of the
+    memories injected for it, so they co-activate with it), waits (at most
+    ``config.wait_recorded_s``) until every turn of this scope recorded
+    before it is stored, searches with the latest user message and injects
+    the hits as one system message (replacing the one it injected on the
+    previous turn). The final turn of a conversation is recorded by the next
+    call, by :meth:`record_last_turn`, or by :meth:`close`.
 
     The constructor does no I/O; the store opens on first use. Use one
     instance per agent (it remembers what it injected into that agent's
-    context). Call :meth:`close` when done: it drains the turn recorder.
+    context). Call :meth:`close` when done: it records the final turn of
+    every model context it served and stores every queued turn.
 
     Args:
         config: Store, scope and retrieval settings (serializable).
@@ -157,6 +144,15 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             instead of building one from ``config`` (e.g. to share one store
             between several agents); ``config``'s store fields are then not
             used, and :meth:`close` leaves that memory open.
+        embedder: For the store built from ``config``: a
+            :class:`~helamem.core.embeddings.Embedder` or any Chroma
+            embedding function (one without ``name()`` gets a name derived
+            from its class), instead of ``config.embedder``. It is not part of
+            the serialized config: pass it again to a memory loaded from a
+            dump, since the store refuses another embedder.
+
+    Raises:
+        InvalidInputError: When both ``memory`` and ``embedder`` are given.
 
     Examples:
         >>> from autogen_agentchat.agents import AssistantAgent   # doctest: +SKIP
@@ -170,14 +166,28 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
     component_provider_override = "helamem.autogen.HelaMemMemory"
     component_config_schema = HelaMemMemoryConfig
 
-    def __init__(self, config: HelaMemMemoryConfig, *, memory: HelaMemory | None = None) -> None:
+    def __init__(
+        self,
+        config: HelaMemMemoryConfig,
+        *,
+        memory: HelaMemory | None = None,
+        embedder: Embedder | Any | None = None,
+    ) -> None:
+        if memory is not None and embedder is not None:
+            raise InvalidInputError(
+                "pass embedder= or memory=, not both: a shared store keeps the embedder it was "
+                "built with; build it as HelaMemory(config, embedder=...)"
+            )
         self._config = config
         self._memory = memory
+        self._embedder = embedder
         self._owns_memory = memory is None
         self._recorder: TurnRecorder | None = None
         self._header = f"[helamem:{'/'.join(config.scope)}] Relevant memories:"
-        self._injected: tuple[str, tuple[str, ...]] = ("", ())  # (query, ids) last injected
-        self._recorded: tuple[str, str] | None = None
+        self._served: weakref.WeakKeyDictionary[ChatCompletionContext, _Served] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._failures: list[TurnRecordingError] = []  # raised at flush() / close()
         self._closed = False
 
     # -- properties ------------------------------------------------------
@@ -198,18 +208,25 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         return self._config.scope
 
     @property
+    def collection_name(self) -> str:
+        """The Chroma collection name (``config.collection``), as ChromaDBVectorMemory names it."""
+        return self._config.collection
+
+    @property
     def helamem(self) -> HelaMemory:
         """The underlying :class:`~helamem.core.HelaMemory` (created on first access, no I/O)."""
         self._check_open()
         if self._memory is None:
-            self._memory = HelaMemory(self._config.to_helamem_config())
+            self._memory = HelaMemory(self._config.to_helamem_config(), embedder=self._embedder)
         return self._memory
 
     @property
     def recorder(self) -> TurnRecorder:
         """The :class:`~helamem.core.TurnRecorder` completed turns go through."""
         if self._recorder is None:
-            self._recorder = TurnRecorder(self.helamem)
+            store = self.helamem
+            self._recorder = TurnRecorder(store)
+            _PEERS.setdefault(store, weakref.WeakSet()).add(self)
         return self._recorder
 
     def _check_open(self) -> None:
@@ -221,7 +238,12 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
     # -- the Memory interface ----------------------------------------------
 
     async def update_context(self, model_context: ChatCompletionContext) -> UpdateContextResult:
-        """Record the last completed turn, then inject memories for the latest user message.
+        """Record the last completed turn, then inject the memories relevant to the context.
+
+        The query is the latest user message; without one, the newest
+        message with text of any kind (a system prompt, an assistant reply,
+        a tool result), memory messages left out. A context without any text
+        gets nothing: there is nothing to rank memories by.
 
         Args:
             model_context: The agent's model context; gains at most one system
@@ -231,22 +253,25 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             The memories injected: at most ``config.k``, highest score first,
             only those at or above ``config.score_threshold`` and only those
             whose text fits in ``config.max_tokens`` (empty when there is no
-            user message or no hit).
+            text to search with or no hit).
         """
         messages = await model_context.get_messages()
-        await self._record(messages)
+        served = self._served_for(model_context)
+        await self._record(served, messages)
         await self._remove_injected(model_context)
-        query = _last_user(messages)
+        query = last_user(messages) or last_text(messages)
         if query is None:
-            self._injected = ("", ())
+            served.query, served.ids = "", ()
             return UpdateContextResult(memories=MemoryQueryResult(results=[]))
         found = await self._search(query, self._config.k, self._config.score_threshold)
         hits = _fitting(query, found, self._config.max_tokens)
-        self._injected = (query, tuple(h.id for h in hits))
+        served.query, served.ids = query, tuple(h.id for h in hits)
         if hits:
             text = SearchResult(query, tuple(hits)).to_text()
             await model_context.add_message(SystemMessage(content=f"{self._header}\n{text}"))
-        return UpdateContextResult(memories=MemoryQueryResult(results=[_content(h) for h in hits]))
+        return UpdateContextResult(
+            memories=MemoryQueryResult(results=[content_of(h) for h in hits])
+        )
 
     async def query(
         self,
@@ -254,7 +279,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         cancellation_token: CancellationToken | None = None,
         **kwargs: Any,
     ) -> MemoryQueryResult:
-        """Search this memory's scope.
+        """Search this memory's scope (after the turns recorded before this call are stored).
 
         Args:
             query: Text, or a ``MemoryContent`` with text or JSON content.
@@ -275,33 +300,34 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             TypeError: On another keyword argument.
             InvalidInputError: (a ``ValueError``) on a bad ``k`` or
                 ``score_threshold``.
-            ValueError: On content that is not text or JSON.
+            ValueError: On content that is not text or a JSON object.
         """
         unknown = set(kwargs) - {"k", "score_threshold"}
         if unknown:
             raise TypeError(
                 f"unexpected keyword argument(s) {sorted(unknown)}; use k=, score_threshold="
             )
-        text = _encode(query)[0] if isinstance(query, MemoryContent) else query
+        text = encode(query)[0] if isinstance(query, MemoryContent) else query
         k = _check_k(kwargs.get("k", self._config.k))
         threshold = _check_threshold(kwargs.get("score_threshold", self._config.score_threshold))
         hits = await _linked(self._search(text, k, threshold), cancellation_token)
-        return MemoryQueryResult(results=[_content(h) for h in hits])
+        return MemoryQueryResult(results=[content_of(h) for h in hits])
 
     async def add(
         self, content: MemoryContent, cancellation_token: CancellationToken | None = None
     ) -> None:
-        """Store one memory in this memory's scope.
+        """Store one memory in this memory's scope (stored when this returns).
 
         Args:
             content: TEXT or MARKDOWN (a string) or JSON (a dict, or a string
-                holding JSON); its metadata is kept with the memory.
+                holding a JSON object); its metadata is kept with the memory.
             cancellation_token: Cancels the wait.
 
         Raises:
-            ValueError: On another MIME type or content that does not match it.
+            ValueError: On another MIME type ("Unsupported content type") or
+                JSON that is not an object ("JSON content must be a dict").
         """
-        text, mime = _encode(content)
+        text, mime = encode(content)
         metadata = {**(content.metadata or {}), "mime_type": mime.value}
         await _linked(self.helamem.aadd(text, self.scope, metadata=metadata), cancellation_token)
 
@@ -309,45 +335,69 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         """Delete every memory of this scope (and of the scopes under it), after pending turns."""
         await self.flush()
         await self.helamem.adelete_scope(self.scope)
-        self._injected = ("", ())
+        for served in list(self._served.values()):
+            served.query, served.ids = "", ()
 
     async def close(self) -> None:
-        """Drain the turn recorder, then close the store if this memory created it.
+        """Record the final turns, store every queued turn, then close the store if it is ours.
+
+        The final turn of every model context this memory served (and that
+        is still alive) is recorded first, unless already recorded; then the
+        recorder is drained and closed. A shared store (``memory=``) stays
+        open; if it was closed already, nothing more is recorded.
 
         Raises:
-            TurnRecordingError: If recording some turns failed.
+            TurnRecordingError: If storing some turns failed (since the last
+                :meth:`flush`).
         """
         if self._closed:
             return
-        self._closed = True
         try:
-            if self._recorder is not None:
-                await self._recorder.close()
+            if self._memory is not None and not self._memory.closed:
+                for context, served in list(self._served.items()):
+                    await self._record(served, await context.get_messages())
         finally:
-            if self._owns_memory and self._memory is not None:
-                await self._memory.aclose()
+            self._closed = True
+            try:
+                if self._recorder is not None:
+                    try:
+                        await self._recorder.close()
+                    except TurnRecordingError as err:
+                        self._failures.append(err)
+            finally:
+                if self._owns_memory and self._memory is not None:
+                    await self._memory.aclose()
+        self._raise_failures()
 
     # -- beyond the interface ----------------------------------------------
 
     async def record_last_turn(self, model_context: ChatCompletionContext) -> None:
         """Record the last completed turn of ``model_context`` now (e.g. after the final turn).
 
-        A turn already recorded by :meth:`update_context` is not recorded twice.
+        A turn already recorded (by :meth:`update_context` or an earlier
+        call) is not recorded twice. :meth:`close` does this too.
         """
-        await self._record(await model_context.get_messages())
+        await self._record(self._served_for(model_context), await model_context.get_messages())
 
     async def flush(self) -> None:
         """Wait until the recorded turns are stored.
 
         Raises:
-            TurnRecordingError: If recording some turns failed.
+            TurnRecordingError: If storing some turns failed (each failure is
+                raised once, here or at :meth:`close`).
         """
-        if self._recorder is not None:
-            await self._recorder.flush()
+        await self._settle()
+        self._raise_failures()
 
     # -- component -----------------------------------------------------------
 
     def _to_config(self) -> HelaMemMemoryConfig:
+        if self._embedder is not None:
+            logger.warning(
+                "HelaMemMemory %r: the embedder passed to the constructor is not part of the "
+                "dumped config; pass it again (HelaMemMemory(config, embedder=...)) when loading",
+                self.name,
+            )
         return self._config
 
     @classmethod
@@ -356,23 +406,73 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
 
     # -- helpers ---------------------------------------------------------------
 
+    def _served_for(self, model_context: ChatCompletionContext) -> _Served:
+        served = self._served.get(model_context)
+        if served is None:
+            served = self._served[model_context] = _Served()
+        return served
+
     async def _search(self, text: str, k: int, threshold: float | None) -> list[Hit]:
         """At most ``k`` hits, episodes and facts together, highest relevance first."""
         mem = self.helamem
+        await self._await_recorded()
         facts = min(mem.config.retrieval.semantic_k, k)
         result = await mem.asearch(
             text, self.scope, k=k, semantic_k=facts, learn=self._config.learn
         )
         return _best(result, k, threshold)
 
-    async def _record(self, messages: Sequence[LLMMessage]) -> None:
-        turn = _last_turn(messages)
-        if turn is None or turn == self._recorded:
+    async def _await_recorded(self) -> None:
+        """Wait, bounded, until the turns queued so far in this scope (or under it) are stored.
+
+        Covers every live HelaMemMemory on the same store, so a memory also
+        sees the turns another agent's memory recorded in its scope.
+        """
+        bound = self._config.wait_recorded_s
+        store = self._memory
+        if bound <= 0 or store is None:
             return
-        query, ids = self._injected
-        used = ids if query == turn[0] else ()
+        n = len(self.scope)
+        peers = [
+            p
+            for p in list(_PEERS.get(store, ()))
+            if p._recorder is not None and not p._closed and p.scope[:n] == self.scope
+        ]
+        if not peers:
+            return
+        try:
+            async with asyncio.timeout(bound):
+                for peer in peers:
+                    await peer._settle()
+        except TimeoutError:
+            logger.warning(
+                "HelaMemMemory %r: turns still being recorded after wait_recorded_s=%g s; "
+                "reading without them (raise wait_recorded_s to wait longer)",
+                self.name,
+                bound,
+            )
+
+    async def _settle(self) -> None:
+        """Wait for this memory's recorder; keep its failures for flush()/close()."""
+        if self._recorder is None:
+            return
+        try:
+            await self._recorder.flush()
+        except TurnRecordingError as err:
+            self._failures.append(err)
+
+    def _raise_failures(self) -> None:
+        errors, self._failures = self._failures, []
+        if errors:
+            raise _combined(errors)
+
+    async def _record(self, served: _Served, messages: Sequence[LLMMessage]) -> None:
+        turn = last_turn(messages)
+        if turn is None or turn == served.recorded:
+            return
+        used = served.ids if served.query == turn[0] else ()
         await self.recorder.record_turn(self.scope, turn[0], turn[1], used_ids=used)
-        self._recorded = turn
+        served.recorded = turn
         logger.debug("queued turn for scope %r with %d used memories", self.scope, len(used))
 
     async def _remove_injected(self, model_context: ChatCompletionContext) -> None:
@@ -394,53 +494,3 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         else:
             return False
         return isinstance(content, str) and content.startswith(self._header)
-
-
-def _encode(content: MemoryContent) -> tuple[str, MemoryMimeType]:
-    """The text stored for ``content`` and its type; a clear ValueError for anything else."""
-    mime = _mime(content.mime_type)
-    value = content.content
-    if mime is not None and mime in _TEXT_TYPES and isinstance(value, str):
-        return value, mime
-    if mime is MemoryMimeType.JSON:
-        if isinstance(value, dict):
-            return json.dumps(value, ensure_ascii=False, sort_keys=True), mime
-        if isinstance(value, str):
-            try:
-                json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"JSON memory content does not parse: {exc}; pass a dict") from exc
-            return value, mime
-    raise ValueError(
-        f"HelaMemMemory stores text: MIME type {content.mime_type!r} with "
-        f"{type(value).__name__} content is not supported; pass TEXT or MARKDOWN with a str, "
-        f"or JSON with a dict"
-    )
-
-
-def _content(hit: Hit) -> MemoryContent:
-    """A hit as AutoGen ``MemoryContent``; JSON memories come back as dicts."""
-    m = hit.memory
-    stored = dict(m.metadata)
-    mime = _mime(str(stored.get("mime_type", ""))) or MemoryMimeType.TEXT
-    value: str | dict[str, Any] = m.content
-    if mime is MemoryMimeType.JSON:
-        try:
-            parsed = json.loads(m.content)
-        except json.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict):
-            value = parsed
-    metadata = {
-        **stored,
-        "id": m.id,
-        "score": hit.score,
-        "activation": hit.activation,
-        "base": hit.base,
-        "boost": hit.boost,
-        "provenance": hit.provenance,
-        "scope": list(m.scope),
-        "role": m.role,
-        "event_time": m.event_time.isoformat(),
-    }
-    return MemoryContent(content=value, mime_type=mime, metadata=metadata)
