@@ -1,0 +1,295 @@
+"""HelaMemStore keeps LangGraph's store contract: issue 17's cases, each with its right value."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.store.base import BaseStore, PutOp, SearchOp
+
+from helamem.core import (
+    EmbeddingError,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    InvalidInputError,
+    StoreClosedError,
+)
+from helamem.langgraph import HelaMemStore
+
+NS = ("users", "alice")
+
+
+@pytest.fixture
+def memory(tmp_path: Path) -> Iterator[HelaMemory]:
+    m = HelaMemory(HelaMemConfig(path=tmp_path / "mem"), embedder=HashingEmbedder(256))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def store(memory: HelaMemory) -> Iterator[HelaMemStore]:
+    with HelaMemStore(memory) as s:
+        yield s
+
+
+def _keys(items: list[Any]) -> list[str]:
+    return sorted(i.key for i in items)
+
+
+# -- 1. filters mean one thing, with or without a query -------------------------
+
+
+def test_filters_agree_with_and_without_a_query(store: HelaMemStore) -> None:
+    people = {
+        "t1": {"text": "note one", "age": 30, "done": True, "meta": {"prio": 10}},
+        "t2": {"text": "note two", "age": 30, "meta": {"prio": 5}},
+        "t3": {"text": "note three", "age": 30, "done": False},
+        "t4": {"text": "note four", "age": 31, "meta": {"prio": 10, "x": 1}},
+        "t5": {"text": "note five"},
+    }
+    for k, v in people.items():
+        store.put(NS, k, v)
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"age": {"$ne": 30}}, ["t4", "t5"]),  # a missing field is not 30
+        ({"done": {"$ne": True}}, ["t2", "t3", "t4", "t5"]),  # kept, as in InMemoryStore
+        ({"meta": {"prio": 10}}, ["t1", "t4"]),  # nested: field by field
+        ({"meta": {"prio": {"$gte": 6}}}, ["t1", "t4"]),
+        ({"age": {"$gt": 30}}, ["t4"]),  # an order comparison never matches a missing field
+        ({"age": 30, "done": True}, ["t1"]),
+    ]
+    for flt, want in cases:
+        assert _keys(store.search(NS, filter=flt, limit=20)) == want, flt
+        assert _keys(store.search(NS, query="note", filter=flt, limit=20)) == want, flt
+    for query in (None, "note"):
+        with pytest.raises(InvalidInputError, match=r"\$in"):
+            store.search(NS, query=query, filter={"age": {"$in": [30]}})
+        with pytest.raises(InvalidInputError, match=r"\$bad"):
+            store.search(NS, query=query, filter={"meta": {"prio": {"$bad": 1}}})
+
+
+def test_a_rare_filter_match_is_found_past_the_overfetch(memory: HelaMemory) -> None:
+    with HelaMemStore(memory, filter_overfetch=1) as s:
+        for i in range(40):
+            s.put(NS, f"k{i}", {"text": f"walrus colony {i}", "rare": i == 39})
+        hits = s.search(NS, query="walrus colony", filter={"rare": True}, limit=2)
+        assert [h.key for h in hits] == ["k39"]
+
+
+# -- 2. recorded memories are first-class items (or left out) ---------------------
+
+
+def test_recorded_turns_are_items(store: HelaMemStore, memory: HelaMemory) -> None:
+    store.put(NS, "doc", {"text": "the garage is on level 2"})
+    u, a = memory.add_turn(("users", "bob"), "I parked on level 4B", "Noted: level 4B.")
+    hits = store.search(("users",), query="parked level 4B", limit=5)
+    turn = next(h for h in hits if h.key == u.id)
+    assert turn.namespace == ("users", "bob") and turn.value["content"] == "I parked on level 4B"
+    got = store.get(("users", "bob"), u.id)
+    assert got is not None and got.value == turn.value
+    assert store.get(NS, u.id) is None  # addressed by its own namespace only
+    assert ("users", "bob") in store.list_namespaces()  # a namespace holding only turns
+    listed = store.search(("users", "bob"))
+    assert _keys(listed) == sorted([u.id, a.id])
+    assert next(i.key for i in store.search(("users",))) == "doc"  # documents first
+    assert _keys(store.search(("users", "bob"), filter={"role": "user"})) == [u.id]
+    store.delete(("users", "bob"), u.id)
+    assert store.get(("users", "bob"), u.id) is None
+    assert u.id not in {h.key for h in store.search(("users",), query="parked level 4B")}
+    store.put(("users", "bob"), a.id, {"text": "replaced by a document"})  # a put replaces it
+    got = store.get(("users", "bob"), a.id)
+    assert got is not None and got.value == {"text": "replaced by a document"}
+    assert memory.stats(("users", "bob")).memories == 1
+
+
+async def test_recorded_turns_async(store: HelaMemStore, memory: HelaMemory) -> None:
+    u, _ = await memory.aadd_turn(NS, "my locker code is 1234", "Got it.")
+    got = await store.aget(NS, u.id)
+    assert got is not None and got.value["role"] == "user"
+    await store.adelete(NS, u.id)
+    assert await store.aget(NS, u.id) is None
+
+
+def test_recorded_false_leaves_them_out(memory: HelaMemory) -> None:
+    u, _ = memory.add_turn(NS, "I parked on level 4B", "Noted: level 4B.")
+    with HelaMemStore(memory, recorded=False) as s:
+        s.put(NS, "doc", {"text": "parking rules"})
+        assert [h.key for h in s.search(NS, query="parked level 4B")] == ["doc"]
+        assert s.get(NS, u.id) is None
+        assert [i.key for i in s.search(NS)] == ["doc"]
+        assert s.list_namespaces() == [NS]
+
+
+# -- 3. batch: reads see the state before the batch; writes are one transaction ----
+
+
+async def test_abatch_reads_before_writes(store: HelaMemStore) -> None:
+    store.put(NS, "k", {"text": "old heron"})
+    res = await store.abatch(
+        [
+            PutOp(NS, "k", {"text": "new egret"}),
+            SearchOp(NS, query="egret"),
+            PutOp(NS, "k", None),
+            PutOp(NS, "j", {"text": "kingfisher"}),
+        ]
+    )
+    assert [i.value for i in res[1]] == [{"text": "old heron"}]  # type: ignore[union-attr]
+    assert await store.aget(NS, "k") is None and await store.aget(NS, "j") is not None
+
+
+def test_failed_batch_writes_nothing(
+    store: HelaMemStore, memory: HelaMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put(NS, "a", {"text": "kept"})
+    store.put(NS, "z", {"text": "also kept"})
+
+    def fail(*_: Any, **__: Any) -> Any:
+        raise EmbeddingError("embedder down")
+
+    monkeypatch.setattr(memory, "add_many", fail)
+    with pytest.raises(EmbeddingError):
+        store.batch(
+            [
+                PutOp(NS, "a", {"text": "changed"}),
+                PutOp(NS, "z", None),
+                PutOp(NS, "b", {"text": "new"}),
+            ]
+        )
+    monkeypatch.undo()
+    got = store.get(NS, "a")
+    assert got is not None and got.value == {"text": "kept"}
+    assert store.get(NS, "z") is not None and store.get(NS, "b") is None
+    assert memory.stats().memories == 2
+
+
+# -- 4. use after close -----------------------------------------------------------
+
+
+def test_use_after_close_raises_a_typed_error(memory: HelaMemory) -> None:
+    with HelaMemStore(memory) as s:
+        s.put(NS, "k", {"text": "a heron"})
+        b = StateGraph(MessagesState)
+
+        def node(state: MessagesState, store: BaseStore) -> dict[str, Any]:
+            hits = store.search(NS, query="heron")
+            return {"messages": [AIMessage(str(len(hits)))]}
+
+        b.add_node("bot", node)  # type: ignore[arg-type]
+        b.add_edge(START, "bot")
+        b.add_edge("bot", END)
+        graph = b.compile(store=s)
+        assert graph.invoke({"messages": [HumanMessage("hi")]})["messages"][-1].content == "1"
+    calls = [
+        lambda: s.get(NS, "k"),
+        lambda: s.search(NS, query="heron"),
+        lambda: s.search(NS),
+        lambda: s.put(NS, "k", {"text": "x"}),
+        lambda: s.list_namespaces(),
+        lambda: asyncio.run(s.aget(NS, "k")),
+        lambda: graph.invoke({"messages": [HumanMessage("hi")]}),
+    ]
+    for call in calls:
+        with pytest.raises(StoreClosedError, match=r"HelaMemStore\(memory\)"):
+            call()
+
+
+# -- 5. one paging rule ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("limit", "offset"), [(-1, 0), (2, -1), (-5, -5)])
+def test_negative_paging_is_refused_with_and_without_a_query(
+    store: HelaMemStore, limit: int, offset: int
+) -> None:
+    store.put(NS, "k", {"text": "otter"})
+    for query in (None, "otter"):
+        with pytest.raises(InvalidInputError, match="must be an int >= 0"):
+            store.search(NS, query=query, limit=limit, offset=offset)
+    with pytest.raises(InvalidInputError, match="must be an int >= 0"):
+        store.list_namespaces(limit=limit, offset=offset)
+    assert store.search(NS, limit=0) == store.search(NS, query="otter", limit=0) == []
+
+
+# -- 6. configuration and defaults ----------------------------------------------
+
+
+def test_langgraph_index_config(memory: HelaMemory) -> None:
+    for index in ({"fields": ["title"], "dims": 256}, {"text_fields": ["title"], "dims": 256}):
+        with HelaMemStore(memory, index=index) as s:
+            assert s.fields == ["title"] and s.index_config == index
+            s.put(NS, "d", {"title": "heron", "body": "pelican"})
+            s.put(NS, "e", {"title": "pelican", "body": "heron"})
+            assert [i.key for i in s.search(NS, query="heron", limit=1)] == ["d"]
+            s.delete(NS, "d")
+            s.delete(NS, "e")
+    with pytest.raises(InvalidInputError, match="differ"):
+        HelaMemStore(memory, index={"fields": ["a"]}, fields=["b"])
+
+
+def test_default_embeds_values_not_json(store: HelaMemStore, memory: HelaMemory) -> None:
+    store.put(NS, "k", {"text": "Alice has a cat", "n": 3, "tags": ["pets"], "x": None})
+    store.put(NS, "j", {"info": {"text": "Bob rides a bike"}}, index=["info"])
+    contents = sorted(h.content for h in memory.search("Alice Bob", NS, k=5, learn=False))
+    assert contents == ["Alice has a cat\n3\npets", "Bob rides a bike"]
+
+
+def test_per_item_index_whole_value(store: HelaMemStore) -> None:
+    store.put(NS, "k", {"a": "lighthouse", "b": {"c": "keeper"}}, index=["$"])
+    assert [i.key for i in store.search(NS, query="keeper")] == ["k"]
+
+
+# -- 8. ranking, unindexed items, the reserved root, TTL -----------------------------
+
+
+def test_puts_create_no_temporal_edges(store: HelaMemStore, memory: HelaMemory) -> None:
+    for i, text in enumerate(["apple pie", "red sports car", "apple tart", "red apple"]):
+        store.put(NS, f"d{i}", {"text": text, "color": "red" if "red" in text else "none"})
+    assert memory.stats().edges == 0
+    for _ in range(5):  # searches learn, but the exact match stays first
+        hits = store.search(NS, query="red apple", limit=4)
+        assert hits[0].key == "d3"
+        hits = store.search(NS, query="apple", filter={"color": "red"}, limit=2)
+        assert hits[0].key == "d3"
+
+
+def test_unindexed_items_come_back_with_score_none(store: HelaMemStore) -> None:
+    store.put(NS, "a", {"text": "zebra"})
+    store.put(NS, "b", {"text": "zebra stripes"}, index=False)
+    store.put(NS, "c", {"other": 1}, index=["text"])  # nothing to embed
+    hits = store.search(NS, query="zebra", limit=10)
+    assert next(h.key for h in hits) == "a" and hits[0].score is not None
+    assert {(h.key, h.score) for h in hits[1:]} == {("b", None), ("c", None)}
+    assert [h.key for h in store.search(NS, query="zebra", limit=1, offset=1)] in (["b"], ["c"])
+    assert len(store.search(NS, query="zebra", limit=10, offset=2)) == 1
+
+
+def test_reserved_root_only_in_put(store: HelaMemStore) -> None:
+    from langgraph.store.base import InvalidNamespaceError
+
+    with pytest.raises(InvalidNamespaceError):
+        store.put(("langgraph", "x"), "k", {"v": 1})
+    with pytest.raises(InvalidNamespaceError):
+        asyncio.run(store.aput(("langgraph", "x"), "k", {"v": 1}))
+    assert store.batch([PutOp(("langgraph", "x"), "k", {"v": 1})]) == [None]
+    assert asyncio.run(store.abatch([PutOp(("langgraph", "y"), "k", {"v": 1})])) == [None]
+
+
+def test_ttl_sweeper(memory: HelaMemory) -> None:
+    ttl: Any = {"default_ttl": 1 / 60, "sweep_interval_minutes": 0.5 / 60}
+    with HelaMemStore(memory, ttl=ttl) as s:
+        future = s.start_ttl_sweeper()
+        s.put(NS, "k", {"text": "brief note"})
+        assert s.get(NS, "k") is not None
+        deadline = time.monotonic() + 10
+        while s.get(NS, "k", refresh_ttl=False) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert s.get(NS, "k") is None
+        assert s.stop_ttl_sweeper(timeout=5)
+        assert future.done()
+    with HelaMemStore(memory) as s:  # no TTL config: nothing to sweep
+        assert s.start_ttl_sweeper().done()
