@@ -26,9 +26,9 @@ def _story(store: HelaMemory, scope: tuple[str, ...] = ALICE) -> None:
 
 def _expected(store: HelaMemory, query: str, scope: tuple[str, ...], k: int) -> list[Hit]:
     """What the adapters must return, before the token budget: the best k of the
-    core's k episodes and min(semantic_k, k) facts, by score."""
+    core's k episodes and min(semantic_k, k) facts, by score, those of relevance 0 left out."""
     res = store.search(query, scope, k=k, semantic_k=min(3, k), learn=False)
-    return sorted(res, key=lambda h: -h.score)[:k]
+    return [h for h in sorted(res, key=lambda h: -h.score)[:k] if h.score > 0]
 
 
 async def test_block_returns_at_most_k_in_score_order(store: HelaMemory) -> None:

@@ -8,8 +8,10 @@ Examples:
     >>> from llama_index.core.llms import ChatMessage
     >>> count = lambda text: len(text.split())
     >>> history = [ChatMessage(role="user", content="one two"), ChatMessage(role="assistant", content="three")]
-    >>> [m.content for m in window(history, 1, count)]
-    ['three']
+    >>> [m.content for m in window(history, 3, count)]
+    ['one two', 'three']
+    >>> window(history, 2, count)  # it never opens with the reply
+    []
     >>> message_tokens(history[0], count)
     2
 """
@@ -69,12 +71,13 @@ def window(history: Sequence[ChatMessage], budget: int, count: Count) -> list[Ch
     """The longest recent suffix of ``history`` within ``budget`` tokens, or ``[]``.
 
     As ``ChatMemoryBuffer``: the window never opens with an assistant reply or
-    a tool result, unless it is the newest message alone.
+    a tool result (unless the whole history does). Unlike it, when nothing
+    fits, nothing is returned: the list always fits the budget.
     """
     sizes = [message_tokens(m, count) for m in history]
     used = sum(sizes)
     for start in range(len(history)):
-        if start == 0 or start == len(history) - 1 or history[start].role not in _OPENERS_SKIPPED:
+        if start == 0 or history[start].role not in _OPENERS_SKIPPED:
             if used <= budget:
                 return list(history[start:])
         used -= sizes[start]
@@ -112,13 +115,12 @@ def compose(
     The current turn (:func:`current_turn`) comes first; the memory message
     takes at most ``k`` lines whose memory the returned window does not hold,
     best first, whole lines within ``memory_tokens`` and within what the turn
-    leaves; older messages fill the rest. When not even the newest message
-    fits, it is returned alone and no memory is shown (as ``ChatMemoryBuffer``
-    does, so that the LLM reports the overflow).
+    leaves; older messages fill the rest. When no window fits, nothing is
+    returned (``ChatMemoryBuffer`` 0.14 returns the newest message anyway).
     """
     turn = current_turn(history, room, count)
     if history and not turn:
-        return list(history[-1:]), []
+        return [], []
     spare = room - total_tokens(turn, count)
     held = window_text(turn)
     while True:  # every pass excludes at least one more memory: it ends

@@ -154,7 +154,7 @@ def _refill(hits: list[Hit], k: int, held: str) -> int:
 
 
 async def candidates(
-    memory: HelaMemory, query: str, scope: Scope, k: int, held: str = ""
+    memory: HelaMemory, query: str, scope: Scope, k: int, held: str = "", min_score: float = 0.0
 ) -> list[Line]:
     """The best hits as lines, highest score first: enough for ``k`` not held by ``held``.
 
@@ -163,25 +163,27 @@ async def candidates(
     [0, 1], one absolute scale), so they are merged by it (ties keep the core's
     order: episodes before facts). When the window text ``held`` already holds
     ``n`` of the best ``k``, a second, read-only search asks for ``k + n`` so
-    that ``k`` others can take their slots (the first search learned).
+    that ``k`` others can take their slots (the first search learned). Only
+    hits scoring above ``min_score`` are kept (by default, a hit of relevance 0,
+    which shares neither meaning nor a word with the query, is left out).
     """
     res = await memory.asearch(query, scope, **_search_args(memory, k))
     hits = best_hits(res.hits, k)
     if n := _refill(hits, k, held):
         more = await memory.asearch(query, scope, learn=False, **_search_args(memory, k + n))
         hits = best_hits(more.hits, k + n)
-    return render_lines(query, hits)
+    return render_lines(query, [h for h in hits if h.score > min_score])
 
 
 def candidates_sync(
-    memory: HelaMemory, query: str, scope: Scope, k: int, held: str = ""
+    memory: HelaMemory, query: str, scope: Scope, k: int, held: str = "", min_score: float = 0.0
 ) -> list[Line]:
     """Blocking :func:`candidates`."""
     hits = best_hits(memory.search(query, scope, **_search_args(memory, k)).hits, k)
     if n := _refill(hits, k, held):
         more = memory.search(query, scope, learn=False, **_search_args(memory, k + n))
         hits = best_hits(more.hits, k + n)
-    return render_lines(query, hits)
+    return render_lines(query, [h for h in hits if h.score > min_score])
 
 
 def best_hits(hits: Sequence[Hit], k: int) -> list[Hit]:

@@ -90,6 +90,7 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     max_tokens: int = Field(default=400, ge=1)
     query_messages: int = Field(default=3, ge=1)
     read_timeout: float = Field(default=5.0, ge=0)
+    min_score: float = Field(default=0.0, ge=0, le=1)
 
     _memory: HelaMemory | None = PrivateAttr(default=None)
     _owned: bool = PrivateAttr(default=False)
@@ -180,7 +181,7 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             lines = self._cache[2]  # asked again within the turn: no second reinforcement
         else:
             await self._settle()  # read your writes: turns put before this call are searched
-            lines = await candidates(self.memory, query, scope, self.k, held)
+            lines = await candidates(self.memory, query, scope, self.k, held, self.min_score)
             self._cache = (query, scope, lines)
         shown = fit_lines(select_lines(lines, self.k, held), self.max_tokens, count_tokens)
         self._shown = shown

@@ -91,6 +91,7 @@ class HelaMemChatMemory(BaseMemory):
     pending_user: str | None = None
     pending_used_ids: list[str] = Field(default_factory=list)
     read_timeout: float = Field(default=5.0, ge=0)
+    min_score: float = Field(default=0.0, ge=0, le=1)
     tokenizer_fn: Callable[[str], list[Any]] = Field(default=lazy_tokenizer, exclude=True)
 
     _memory: HelaMemory | None = PrivateAttr(default=None)
@@ -309,9 +310,11 @@ class HelaMemChatMemory(BaseMemory):
         """The memory message (when anything is relevant) and the recent window.
 
         Everything returned fits ``token_limit - initial_token_count`` together
-        (text, and tool calls with their arguments), except a newest message
-        that alone exceeds it: that one comes back alone, as ``ChatMemoryBuffer``
-        returns it. Memories the returned window already holds are left out.
+        (text, and tool calls with their arguments, counted with
+        ``tokenizer_fn``); the newest turn comes first, then the memories, then
+        older messages. When not even the newest user message (with what
+        follows it) fits, the list is empty. Memories the returned window
+        already holds are left out.
 
         Args:
             input: The query; default (and when it is not a string, which
@@ -336,7 +339,9 @@ class HelaMemChatMemory(BaseMemory):
         if lines is None and query is not None:
             self._settle_sync()
             held = window_text(self.chat_history)
-            lines = candidates_sync(self.memory, query, self.memory_scope, self.k, held)
+            lines = candidates_sync(
+                self.memory, query, self.memory_scope, self.k, held, self.min_score
+            )
         return self._finish(input, query, lines or [], room, drops)
 
     def get_all(self) -> list[ChatMessage]:
@@ -390,7 +395,9 @@ class HelaMemChatMemory(BaseMemory):
         if lines is None and query is not None:
             await self._settle()
             held = window_text(self.chat_history)
-            lines = await candidates(self.memory, query, self.memory_scope, self.k, held)
+            lines = await candidates(
+                self.memory, query, self.memory_scope, self.k, held, self.min_score
+            )
         return self._finish(input, query, lines or [], room, drops)
 
     async def aget_all(self) -> list[ChatMessage]:
