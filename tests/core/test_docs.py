@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helamem.core import config, context, dynamics, hooks, ids, prompts, text, types
+from helamem.core import config, context, dynamics, hooks, ids, prompts, retrieval, text, types
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +31,9 @@ def test_readme_python_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert (tmp_path / "helamem-data" / "helamem.sqlite3").is_file()
 
 
-@pytest.mark.parametrize("module", [dynamics, text, ids, types, config, context, hooks, prompts])
+@pytest.mark.parametrize(
+    "module", [dynamics, retrieval, text, ids, types, config, context, hooks, prompts]
+)
 def test_module_doctests(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0

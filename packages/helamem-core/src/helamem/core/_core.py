@@ -22,7 +22,7 @@ import numpy as np
 
 from . import dynamics, retrieval
 from .config import HelaMemConfig
-from .embeddings import Embedder
+from .embeddings import Embedder, check_vectors, token_embedder
 from .errors import (
     EmbeddingError,
     InvalidInputError,
@@ -182,6 +182,8 @@ class Core:
         self.reembed = reembed
         self.reembedded: int | None = None
         self.embedder = embedder
+        # late interaction (MaxSim) when configured and the embedder gives token vectors
+        self._tokens = token_embedder(embedder) if config.retrieval.late_weight > 0 else None
         self.index = index
         self.store = SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
         self._scopes: dict[int, Scope] = {}
@@ -323,8 +325,24 @@ class Core:
     # -- helpers ---------------------------------------------------------
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed_tokens(texts, tokens=False)[0]
+
+    def _embed_tokens(
+        self, texts: Sequence[str], tokens: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Pooled vectors, and token vectors when late interaction is on (one model pass)."""
         try:
-            return self.embedder.embed(texts)
+            if tokens and self._tokens is not None:
+                vecs, toks = self._tokens.embed_with_tokens(texts)
+                if len(toks) != len(texts) or any(t.ndim != 2 or not len(t) for t in toks):
+                    raise EmbeddingError(
+                        f"embedder {self.embedder.name!r} gave malformed token vectors; "
+                        f"check the embedder or set RetrievalConfig(late_weight=0)"
+                    )
+                return check_vectors(
+                    vecs, len(texts), self.embedder.dimension, self.embedder.name
+                ), list(toks)
+            return self.embedder.embed(texts), None
         except EmbeddingError:
             raise
         except Exception as exc:  # the embedder is caller code: any failure of it is its error
@@ -332,6 +350,29 @@ class Core:
                 f"embedder {self.embedder.name!r} failed: {type(exc).__name__}: {exc}; "
                 f"check the embedder"
             ) from exc
+
+    def _late(self, qtok: np.ndarray | None, ns: Sequence[int]) -> np.ndarray | None:
+        """MaxSim of each memory to the query's tokens; token vectors a memory lacks
+        (older stores, facts, imports) are computed now and stored."""
+        if qtok is None or not ns:
+            return None
+        dim = self.embedder.dimension
+        stored = self.store.token_vectors(list(ns))
+        lacking = [n for n in ns if n not in stored or len(stored[n]) % (4 + dim)]
+        docs = {n: retrieval.unpack_tokens(stored[n], dim) for n in ns if n not in lacking}
+        if lacking:
+            rows = self.store.rows_by_n(lacking)
+            todo = [n for n in lacking if n in rows]
+            if todo:
+                _, toks = self._embed_tokens([rows[n].content for n in todo])
+                assert toks is not None
+                packed = [(n, retrieval.pack_tokens(t)) for n, t in zip(todo, toks, strict=True)]
+                with self.store.tx() as db:
+                    self.store.put_token_vectors(db, packed)
+                docs.update((n, retrieval.unpack_tokens(b, dim)) for n, b in packed)
+        if len(docs) < len(ns):
+            return None  # a memory vanished mid-search: rank this pool without MaxSim
+        return retrieval.maxsim(qtok, [docs[n] for n in ns])
 
     def _now_tick(self, stored: int) -> int:
         if self.config.dynamics.clock == "wall":
@@ -389,7 +430,7 @@ class Core:
         chosen = [p.id for p in flat if p.id is not None]
         if chosen:
             self._check_new_ids(chosen)
-        vecs = self._embed([p.search_text for p in flat])
+        vecs, toks = self._embed_tokens([p.search_text for p in flat])
         now = time.time()
         d = self.config.dynamics
         rows_n: list[int] = []
@@ -398,6 +439,7 @@ class Core:
         known = self.store.rows_by_id(wanted) if wanted else {}
         if len(known) < len(wanted):
             logger.debug("ignoring %d unknown used_ids", len(wanted) - len(known))
+        packed: list[tuple[int, bytes]] = []
         with self.store.tx() as db:
             state: dict[int, tuple[int, int | None]] = {}
             i = 0
@@ -435,6 +477,8 @@ class Core:
                         provenance=p.provenance,
                         embedding=vecs[i].tobytes(),
                     )
+                    if toks is not None:
+                        packed.append((n, retrieval.pack_tokens(toks[i])))
                     if p.kind == "episodic" and p.linked:
                         if last is not None:
                             a, b = dynamics.edge_key(last, n)
@@ -458,6 +502,8 @@ class Core:
                         self._learn_turn(db, sid, ns, extra, reply[sid], state[sid][0])
             for sid, (tick, last) in state.items():
                 self.store.set_scope_state(db, sid, tick, last)
+            if packed:
+                self.store.put_token_vectors(db, packed)
             # read back inside the transaction, by id: after the commit another
             # process may already have deleted a row
             rows = self.store.rows_by_id(ids)
@@ -722,12 +768,13 @@ class Core:
         mass = self._lexical_mass(query)
         # while the dense query runs: the ranking columns of the lexical candidates
         known = {pk: self.store.rank_rows((), lex) if lex else {} for pk, lex in lexical.items()}
-        qv, dense = pending.result()
+        qv, qtok, dense = pending.result()
         for path_kind, path_k in paths:
             if not holding[path_kind]:
                 continue
             found = self._search_kind(
                 qv,
+                qtok,
                 dense[path_kind],
                 nodes,
                 path_kind,
@@ -820,9 +867,11 @@ class Core:
 
     def _dense(
         self, query: str, paths: list[tuple[Kind, int]], holding: dict[Kind, list[int]]
-    ) -> tuple[np.ndarray, dict[Kind, list[tuple[str, float]]]]:
-        """The query vector and each path's dense candidates (runs on the aux thread)."""
-        qv = self._embed([query])[0]
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[Kind, list[tuple[str, float]]]]:
+        """The query vector, its token vectors (late interaction on) and each path's
+        dense candidates (runs on the aux thread)."""
+        vecs, toks = self._embed_tokens([query])
+        qv, qtok = vecs[0], (toks[0] if toks else None)
         m = self.config.retrieval.candidates
         dense = {
             pk: self.index.query(qv, max(m, pkk), holding[pk], pk)
@@ -832,7 +881,7 @@ class Core:
         if getattr(self.index, "wants_reconcile", False):
             # the index met vectors not yet in HNSW (another process's): fold them in
             self._needs_reconcile = True
-        return qv, dense
+        return qv, qtok, dense
 
     def _lexical_mass(self, query: str) -> float:
         """The sum of BM25 idf over the query's words (see :func:`retrieval.relevance`)."""
@@ -872,6 +921,7 @@ class Core:
     def _search_kind(
         self,
         qv: np.ndarray,
+        qtok: np.ndarray | None,
         dense_ids: list[tuple[str, float]],
         nodes: list[int],
         kind: Kind,
@@ -894,7 +944,7 @@ class Core:
         }
         if not rows:
             return None
-        pool = self._pool(rows, qv, lex)
+        pool = self._pool(rows, qv, lex, qtok)
         ref = retrieval.reference_time(pool, ref_given)
         ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref, lexical_mass=mass)
         prunable: list[tuple[int, int]] = []
@@ -915,13 +965,17 @@ class Core:
                     config=cfg,
                     ref_time=ref,
                     edges=triples,
-                    neighbours=self._pool(extra, qv, {}),
+                    neighbours=self._pool(extra, qv, {}, qtok),
                     lexical_mass=mass,
                 )
         return ranking, rows, self._hits(ranking, rows, pool, qv, lex), prunable
 
     def _pool(
-        self, rows: dict[int, RankRow], qv: np.ndarray, lex: dict[int, float]
+        self,
+        rows: dict[int, RankRow],
+        qv: np.ndarray,
+        lex: dict[int, float],
+        qtok: np.ndarray | None = None,
     ) -> retrieval.Pool:
         ns = tuple(sorted(rows))
         if not ns:
@@ -946,6 +1000,7 @@ class Core:
             np.asarray(mat @ qv, dtype=np.float64),
             np.array([lex.get(n, 0.0) for n in ns], dtype=np.float64),
             np.array([rows[n].event_time for n in ns], dtype=np.float64),
+            self._late(qtok, ns),
         )
 
     def _seed_edges(

@@ -199,6 +199,8 @@ def _switch(
                 "UPDATE memories SET embedding = ?, indexed = 0 WHERE n = ?",
                 [(v.tobytes(), int(r[0])) for r, v in zip(rows, vecs, strict=True)],
             )
+            # token vectors of the old model: dropped, refilled lazily by searches
+            db.executemany("DELETE FROM token_vectors WHERE n = ?", [(int(r[0]),) for r in rows])
             store.set_meta(db, SWITCH_KEY, json.dumps({**target, "done_n": done_n}))
         count += len(rows)
         done += len(rows)

@@ -102,7 +102,15 @@ class RetrievalConfig(_Frozen):
         candidates: M, candidates taken from each of the dense and lexical
             paths.
         keyword_weight: Weight of the lexical (BM25) z-score in the fused base
-            score; the dense z-score gets ``1 - keyword_weight``.
+            score; the semantic z-score gets ``1 - keyword_weight``.
+        late_weight: λ, the share of the semantic z-score taken from late
+            interaction (MaxSim over token vectors, see
+            :func:`helamem.core.retrieval.maxsim`) instead of the pooled
+            cosine, when the embedder gives token vectors (MiniLM does; see
+            :class:`helamem.core.embeddings.TokenEmbedder`); 0 turns it off
+            (no token vectors are stored or read then). Costs about 400 bytes
+            of SQLite per token of each memory (int8) and one extra read per
+            search. Chosen with ``keyword_weight`` by leave-one-conversation-out.
         recency_tau: τ in seconds; recency is ``exp(-(t_ref - t) / τ)`` where
             ``t_ref`` is the query's reference time (default: the newest
             event among the candidates, never the wall clock).
@@ -158,6 +166,7 @@ class RetrievalConfig(_Frozen):
 
     candidates: int = Field(50, ge=1, le=10_000)
     keyword_weight: float = Field(0.7, ge=0.0, le=1.0)
+    late_weight: float = Field(1.0, ge=0.0, le=1.0)
     recency_tau: float = Field(1e7, gt=0.0)
     recency_weight: float = Field(0.2, ge=0.0, le=1.0)
     activation_alpha: float = Field(1.0, ge=0.0)

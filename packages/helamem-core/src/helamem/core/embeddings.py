@@ -27,8 +27,10 @@ __all__ = [
     "Embedder",
     "HashingEmbedder",
     "MiniLMEmbedder",
+    "TokenEmbedder",
     "check_vectors",
     "create_embedder",
+    "token_embedder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,30 @@ class Embedder(Protocol):
     def dimension(self) -> int: ...
 
     def embed(self, texts: Sequence[str]) -> Vectors: ...
+
+
+TokenVectors = list[npt.NDArray[np.float32]]
+
+
+@runtime_checkable
+class TokenEmbedder(Protocol):
+    """An embedder that also gives one vector per token, for late interaction.
+
+    ``embed_with_tokens(texts)`` returns the pooled vectors (as ``embed``) and,
+    per text, a float32 array of shape ``(tokens, dimension)`` whose rows are
+    L2-normalised contextual token vectors (special tokens left out; at least
+    one row). The engine scores candidates with ColBERT's MaxSim over them
+    (Khattab & Zaharia, 2020; see :func:`helamem.core.retrieval.maxsim`).
+    """
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Vectors, TokenVectors]: ...
+
+
+def token_embedder(embedder: object) -> TokenEmbedder | None:
+    """``embedder`` if it gives token vectors (and says so), else ``None``."""
+    if isinstance(embedder, TokenEmbedder) and getattr(embedder, "gives_tokens", True):
+        return embedder
+    return None
 
 
 def check_vectors(vectors: Any, n: int, dimension: int, name: str) -> Vectors:
@@ -82,12 +108,33 @@ class HashingEmbedder:
         True
     """
 
-    def __init__(self, dimension: int = 384) -> None:
+    def __init__(self, dimension: int = 384, *, token_vectors: bool = False) -> None:
         self._dim = dimension
+        self.gives_tokens = token_vectors
+        """With ``token_vectors=True`` it is a :class:`TokenEmbedder` (a word's
+        hashed vector per word), so tests exercise late interaction without a model."""
 
     @property
     def name(self) -> str:
         return f"hashing-{self._dim}"
+
+    def _word(self, tok: str) -> tuple[int, float]:
+        h = hashlib.blake2b(tok.encode(), digest_size=8).digest()
+        return int.from_bytes(h[:4], "little") % self._dim, 1.0 if h[4] & 1 else -1.0
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Vectors, list[Vectors]]:
+        """Pooled vectors and one hashed unit vector per word (see :class:`TokenEmbedder`)."""
+        out: list[Vectors] = []
+        for text in texts:
+            words = [t for t in tokens(safe_text(text)) if t not in STOPWORDS]
+            mat = np.zeros((max(1, len(words)), self._dim), dtype=np.float32)
+            for row, tok in enumerate(words):
+                idx, sign = self._word(tok)
+                mat[row, idx] = sign
+            if not words:
+                mat[0, 0] = 1.0
+            out.append(mat)
+        return self.embed(texts), out
 
     @property
     def dimension(self) -> int:
@@ -99,9 +146,8 @@ class HashingEmbedder:
             for tok in tokens(safe_text(text)):
                 if tok in STOPWORDS:
                     continue
-                h = hashlib.blake2b(tok.encode(), digest_size=8).digest()
-                idx = int.from_bytes(h[:4], "little") % self._dim
-                out[row, idx] += 1.0 if h[4] & 1 else -1.0
+                idx, sign = self._word(tok)
+                out[row, idx] += sign
             if not out[row].any():
                 out[row, 0] = 1.0
         return check_vectors(out, len(texts), self._dim, self.name)
@@ -181,7 +227,7 @@ class MiniLMEmbedder:
             self._session = session
             logger.debug("loaded %s from %s", self.NAME, model)
 
-    def _run(self, texts: list[str]) -> Vectors:
+    def _run(self, texts: list[str], tokens: TokenVectors | None = None) -> Vectors:
         encs = self._tokenizer.encode_batch(texts)
         width = max(len(e.ids) for e in encs)
         ids = np.zeros((len(encs), width), dtype=np.int64)
@@ -195,18 +241,38 @@ class MiniLMEmbedder:
         hidden = self._session.run(None, feeds)[0]
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        if tokens is not None:
+            for row, enc in enumerate(encs):
+                n = len(enc.ids)
+                h = hidden[row, 1 : n - 1] if n > 2 else hidden[row, :n]  # no [CLS]/[SEP]
+                norms = np.linalg.norm(h, axis=1, keepdims=True)
+                tokens.append(np.asarray(h / np.clip(norms, 1e-9, None), dtype=np.float32))
         return np.asarray(pooled, dtype=np.float32)
 
     def embed(self, texts: Sequence[str]) -> Vectors:
+        return self._embed(texts, None)
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Vectors, TokenVectors]:
+        """Pooled vectors and per-token vectors from one model pass (see :class:`TokenEmbedder`)."""
+        tokens: TokenVectors = []
+        return self._embed(texts, tokens), tokens
+
+    def _embed(self, texts: Sequence[str], tokens: TokenVectors | None) -> Vectors:
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         self._load()
         clean = [safe_text(t) for t in texts]
         order = sorted(range(len(clean)), key=lambda i: len(clean[i]))
         out = np.zeros((len(clean), 384), dtype=np.float32)
+        sorted_tokens: TokenVectors = []
         for start in range(0, len(order), self._batch_size):
             idx = order[start : start + self._batch_size]
-            out[idx] = self._run([clean[i] for i in idx])
+            out[idx] = self._run([clean[i] for i in idx], None if tokens is None else sorted_tokens)
+        if tokens is not None:
+            back: list[npt.NDArray[np.float32] | None] = [None] * len(clean)
+            for pos, i in enumerate(order):
+                back[i] = sorted_tokens[pos]
+            tokens.extend(t for t in back if t is not None)
         return check_vectors(out, len(clean), 384, self.NAME)
 
 

@@ -17,7 +17,7 @@ from typing import TextIO
 
 import numpy as np
 
-from ..embeddings import Embedder, Vectors
+from ..embeddings import Embedder, Vectors, token_embedder
 
 __all__ = ["CachingEmbedder", "Progress", "TokenCounter", "token_counter", "versions"]
 
@@ -42,6 +42,7 @@ class CachingEmbedder:
     def __init__(self, inner: Embedder) -> None:
         self._inner = inner
         self._cache: dict[str, Vectors] = {}
+        self._tokens: dict[str, Vectors] = {}
         self._lock = threading.Lock()
         self.computed = 0
         """Texts the inner embedder was asked to embed so far."""
@@ -79,6 +80,32 @@ class CachingEmbedder:
             if not texts:
                 return np.zeros((0, self.dimension), dtype=np.float32)
             return np.stack([self._cache[t] for t in texts]).astype(np.float32)
+
+    @property
+    def gives_tokens(self) -> bool:
+        """Whether the inner embedder gives token vectors (late interaction)."""
+        return token_embedder(self._inner) is not None
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Vectors, list[Vectors]]:
+        """Pooled and token vectors of ``texts``, computing only those not seen before.
+
+        Raises:
+            TypeError: the inner embedder gives no token vectors.
+        """
+        inner = token_embedder(self._inner)
+        if inner is None:
+            raise TypeError(f"{self._inner.name} gives no token vectors")
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._tokens))
+            if missing:
+                start = time.perf_counter()
+                vectors, toks = inner.embed_with_tokens(missing)
+                self.seconds += time.perf_counter() - start
+                self.computed += len(missing)
+                for text, vec, tok in zip(missing, vectors, toks, strict=True):
+                    self._cache[text] = np.array(vec, dtype=np.float32)
+                    self._tokens[text] = tok
+        return self.embed(texts), [self._tokens[t] for t in texts]
 
 
 # cl100k_base as tiktoken defines it (tiktoken_ext.openai_public), rebuilt here

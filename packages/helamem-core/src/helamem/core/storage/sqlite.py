@@ -122,6 +122,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX memories_scope ON memories(scope_id, kind, event_time);
     CREATE INDEX memories_unindexed ON memories(indexed) WHERE indexed = 0;
     """,
+    # 5: per-token vectors for late interaction (MaxSim), a derived cache by
+    # memory key: written at ingest, filled lazily for older memories, dropped
+    # with the memory and when the embedder changes
+    """
+    CREATE TABLE token_vectors (n INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -589,15 +595,39 @@ class SQLiteStore:
             )
 
     def set_embeddings(self, items: Sequence[tuple[int, bytes]]) -> None:
+        """Replace memories' vectors (their token vectors go too: they are refilled lazily)."""
         with self.tx() as db:
             db.executemany(
                 "UPDATE memories SET embedding = ?, indexed = 0 WHERE n = ?",
                 [(e, n) for n, e in items],
             )
+            db.executemany("DELETE FROM token_vectors WHERE n = ?", [(n,) for n, _ in items])
+
+    def put_token_vectors(self, db: sqlite3.Connection, items: Sequence[tuple[int, bytes]]) -> None:
+        """Store memories' token vectors (see :func:`~helamem.core.retrieval.pack_tokens`)."""
+        db.executemany("INSERT OR REPLACE INTO token_vectors(n, data) VALUES (?, ?)", items)
+
+    def token_vectors(self, ns: Sequence[int]) -> dict[int, bytes]:
+        """The stored token vectors of these memory keys (those that have them)."""
+        out: dict[int, bytes] = {}
+        for i in range(0, len(ns), 500):
+            chunk = list(ns[i : i + 500])
+            out.update(
+                self.db.execute(
+                    f"SELECT n, data FROM token_vectors WHERE n IN ({_qmarks(len(chunk))})", chunk
+                ).fetchall()
+            )
+        return out
+
+    def clear_token_vectors(self) -> None:
+        """Drop every token vector (the embedder changed; they are refilled lazily)."""
+        with self.tx() as db:
+            db.execute("DELETE FROM token_vectors")
 
     def delete_memories(self, db: sqlite3.Connection, rows: Sequence[MemoryRow]) -> None:
         """Delete memories, their FTS rows and edges; leave tombstones for the index."""
         ns = [(r.n,) for r in rows]
+        db.executemany("DELETE FROM token_vectors WHERE n = ?", ns)
         db.executemany("DELETE FROM edges WHERE a = ? OR b = ?", [(n, n) for (n,) in ns])
         self._fts_writes += 1
         db.executemany("DELETE FROM memories_fts WHERE rowid = ?", ns)
@@ -683,6 +713,7 @@ class SQLiteStore:
             (search_text, raw, provenance, event_time, embedding, row.n),
         )
         self._fts_writes += 1
+        db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
         db.execute("DELETE FROM memories_fts WHERE rowid = ?", (row.n,))
         db.execute(
             "INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)",
