@@ -102,7 +102,7 @@ def maxsim(query: npt.NDArray[np.float32], docs: Sequence[npt.NDArray[np.float32
     Examples:
         >>> q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
         >>> maxsim(q, [q, q[:1], -q]).round(2)
-        array([ 1. ,  0.5, -0. ])
+        array([1. , 0.5, 0. ])
     """
     if not docs:
         return np.zeros(0)
