@@ -1,0 +1,314 @@
+"""Issue 17, LlamaIndex cases: token_limit over the whole list (9), ReActAgent delivery (10),
+no repetition of the window (11), and the contracts LlamaIndex's own memory tests check (12)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import pytest
+from li_fakes import SpyRecorder
+from llama_index.core.agent.workflow import AgentWorkflow, ReActAgent
+from llama_index.core.base.llms.types import ToolCallBlock
+from llama_index.core.llms import ChatMessage
+from llama_index.core.llms.mock import MockFunctionCallingLLMWithChatMemoryOfLastCall
+from llama_index.core.memory import ChatMemoryBuffer, Memory
+from llama_index.core.utils import get_tokenizer
+
+from helamem.core import HelaMemory, InvalidInputError
+from helamem.llamaindex import HelaMemChatMemory, HelaMemMemoryBlock
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:inspect")
+
+ALICE = ("users", "alice")
+CAT = ("My cat is called Miso", "Miso is a lovely name for a cat!")
+
+
+def _tokens(message: ChatMessage) -> int:
+    """An independent count: the text, and every tool call's arguments."""
+    tok = get_tokenizer()
+    text = "\n".join(b.text for b in message.blocks if hasattr(b, "text") and b.text)
+    args = [json.dumps(b.tool_kwargs) for b in message.blocks if hasattr(b, "tool_kwargs")]
+    return len(tok(text)) + sum(len(tok(a)) for a in args)
+
+
+def _system(messages: list[ChatMessage]) -> str:
+    return "\n".join(m.content or "" for m in messages if m.role == "system")
+
+
+def _seed(store: HelaMemory, scope: tuple[str, ...] = ALICE) -> None:
+    for i in range(6):
+        store.add_turn(
+            scope,
+            f"my cat miso chased a mouse in the garden on day {i}, it was very funny to watch",
+            f"miso the cat is fast, and the mouse got away on day {i}",
+        )
+
+
+# -- 9: token_limit bounds the whole returned list ----------------------------------------
+
+
+@pytest.mark.parametrize(("limit", "lines"), [(40, 0), (60, 1), (120, 3)])
+def test_the_memory_message_and_the_window_fit_token_limit_together(
+    store: HelaMemory, limit: int, lines: int
+) -> None:
+    _seed(store)
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE, token_limit=limit)
+    memory.put(ChatMessage(role="user", content="tell me about my cat miso and the mouse"))
+    got = memory.get()
+    assert sum(_tokens(m) for m in got) <= limit
+    assert got[-1].content == "tell me about my cat miso and the mouse"  # the turn stays
+    assert len(memory._shown) == lines  # and whole memory lines fill what it leaves
+    assert len(_system(got).splitlines()[1:]) == lines
+
+
+def test_tool_call_arguments_count_toward_token_limit(store: HelaMemory) -> None:
+    _seed(store)
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE, token_limit=500)
+    args = {"text": "word " * 3000}
+    call = ChatMessage(
+        role="assistant",
+        blocks=[ToolCallBlock(tool_call_id="c1", tool_name="write", tool_kwargs=args)],
+    )
+    memory.set(
+        [
+            ChatMessage(role="user", content="write a long essay about miso"),
+            call,
+            ChatMessage(role="tool", content="written"),
+            ChatMessage(role="assistant", content="Done: the essay is written."),
+            ChatMessage(role="user", content="what is my cat called?"),
+        ]
+    )
+    got = memory.get(initial_token_count=20)
+    assert sum(_tokens(m) for m in got) <= 480
+    assert call not in got and got[-1].content == "what is my cat called?"
+
+
+def test_nothing_fits_returns_nothing(store: HelaMemory) -> None:
+    _seed(store)
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE, token_limit=5)
+    memory.put(ChatMessage(role="user", content="tell me everything about my cat miso please"))
+    assert memory.get() == []  # over the limit even alone: no memory without the question
+    assert memory.pending_used_ids == []
+    with pytest.raises(ValueError, match="^Initial token count exceeds token limit .*token_limit"):
+        memory.get(initial_token_count=6)
+    with pytest.raises(InvalidInputError):
+        memory.get(initial_token_count=6)
+
+
+def test_without_memories_the_window_is_chat_memory_buffers(store: HelaMemory) -> None:
+    """Differential: an empty long-term memory returns what ChatMemoryBuffer returns, whenever
+    that fits (with a word tokenizer the two counts agree)."""
+
+    def words(text: str) -> list[str]:
+        return text.split()
+
+    rng = random.Random(17)
+    roles = ["user", "assistant", "tool", "user", "assistant"]
+    for trial in range(200):
+        history = [
+            ChatMessage(role=rng.choice(roles), content=" ".join(["w"] * rng.randint(1, 9)))
+            for _ in range(rng.randint(1, 9))
+        ]
+        limit, initial = rng.randint(1, 40), rng.randint(0, 10)
+        initial = min(initial, limit)
+        buffer = ChatMemoryBuffer.from_defaults(
+            chat_history=history, token_limit=limit, tokenizer_fn=words
+        )
+        ours = HelaMemChatMemory.from_defaults(
+            memory=store,
+            scope=("empty", str(trial)),
+            chat_history=history,
+            token_limit=limit,
+            tokenizer_fn=words,
+        )
+        want = buffer.get(initial_token_count=initial)
+        got = ours.get(initial_token_count=initial)
+        assert sum(len(words(m.content or "")) for m in got) <= limit - initial
+        if sum(len(words(m.content or "")) for m in want) <= limit - initial:
+            fits_a_user_start = want and (want[0].role == "user" or want == history)
+            assert got == (want if fits_a_user_start else [])
+
+
+async def test_seeded_histories_stay_within_the_limit_and_keep_the_turn(
+    store: HelaMemory,
+) -> None:
+    _seed(store)
+    rng = random.Random(9)
+    texts = ["my cat miso", "the mouse ran", "garden day", "fast cat", "what about miso?"]
+    for _ in range(60):
+        history = [
+            ChatMessage(role=r, content=rng.choice(texts))
+            for r in rng.choices(["user", "assistant", "tool"], k=rng.randint(1, 8))
+        ]
+        limit = rng.randint(5, 200)
+        memory = HelaMemChatMemory.from_defaults(
+            memory=store, scope=ALICE, token_limit=limit, chat_history=history, k=3
+        )
+        initial = rng.randint(0, limit)
+        got = await memory.aget(initial_token_count=initial)
+        assert sum(_tokens(m) for m in got) <= limit - initial
+        window = [m for m in got if m.role != "system"]
+        assert window == history[len(history) - len(window) :]  # a suffix, in order
+        users = [i for i, m in enumerate(history) if m.role == "user"]
+        turn = history[users[-1] :] if users else history[-1:]
+        if sum(_tokens(m) for m in turn) <= limit - initial:
+            assert window[-len(turn) :] == turn  # memories never displace the current turn
+
+
+# -- 10: ReActAgent without a system_prompt -----------------------------------------------
+
+
+def _react_llm(seen: list[list[ChatMessage]]) -> MockFunctionCallingLLMWithChatMemoryOfLastCall:
+    def answer(messages: list[ChatMessage], **kwargs: object) -> ChatMessage:
+        seen.append(list(messages))
+        return ChatMessage(role="assistant", content="Thought: I can answer.\nAnswer: Miso.")
+
+    return MockFunctionCallingLLMWithChatMemoryOfLastCall(response_generator=answer)
+
+
+@pytest.mark.parametrize("system_prompt", [None, "You are helpful."])
+async def test_react_agent_receives_the_memories_it_counts_as_used(
+    store: HelaMemory, spy: SpyRecorder, system_prompt: str | None
+) -> None:
+    seeded = await store.aadd_turn(("llamaindex", "react"), *CAT)
+    seen: list[list[ChatMessage]] = []
+    agent = ReActAgent(llm=_react_llm(seen), tools=[], system_prompt=system_prompt)
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="react", recorder=spy)
+    await agent.run(user_msg="What is my cat called?", memory=memory)
+    delivered = "\n".join(m.content or "" for m in seen[-1])
+    assert "My cat is called Miso" in delivered  # the LLM got the memory
+    assert [ids for *_, ids in spy.turns] == [[m.id for m in seeded]]  # and it counts as used
+    assert all(m.content for m in seen[-1])  # the placeholder never reaches the LLM
+
+
+async def test_other_callers_get_no_placeholder(store: HelaMemory) -> None:
+    await store.aadd_turn(ALICE, *CAT)
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE)
+    got = await memory.aget("what is my cat called?")
+    assert got[0].role == "system" and "Miso" in (got[0].content or "")
+
+
+async def test_agent_workflow_with_a_bare_react_agent_warns_once_and_counts_nothing(
+    store: HelaMemory, spy: SpyRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.aadd_turn(("llamaindex", "wf"), *CAT)
+    seen: list[list[ChatMessage]] = []
+    agent = ReActAgent(name="helper", description="answers", llm=_react_llm(seen), tools=[])
+    workflow = AgentWorkflow(agents=[agent], root_agent="helper")
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="wf", recorder=spy)
+    with caplog.at_level(logging.WARNING, logger="helamem.llamaindex.chat_memory"):
+        await workflow.run(user_msg="What is my cat called?", memory=memory)
+        await workflow.run(user_msg="And what is my cat called again?", memory=memory)
+    warnings = [r for r in caplog.records if "system_prompt" in r.getMessage()]
+    assert len(warnings) == 1
+    assert [ids for *_, ids in spy.turns] == [[], []]  # undelivered: never used, never learned
+
+
+# -- 11: the memory message leaves out what the window holds ------------------------------
+
+
+async def test_memory_message_leaves_out_the_window_and_refills_its_slots(
+    store: HelaMemory,
+) -> None:
+    older = await store.aadd_turn(ALICE, "my cat Miso hates the vet", "poor Miso!")
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE, k=2)
+    await memory.aput_messages(
+        [
+            ChatMessage(role="user", content="my cat Miso loves tuna"),
+            ChatMessage(role="assistant", content="Miso has good taste"),
+        ]
+    )
+    await memory.aput(ChatMessage(role="user", content="what does my cat Miso love?"))
+    got = await memory.aget()
+    system = _system(got)
+    assert "loves tuna" not in system and "good taste" not in system  # in the window
+    assert {line.id for line in memory._shown} == {m.id for m in older}  # slots refilled
+    assert [m.content for m in got[1:]] == [m.content for m in memory.get_all()]
+
+
+async def test_memories_of_messages_trimmed_from_the_window_come_back(store: HelaMemory) -> None:
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE, token_limit=40, k=3)
+    await memory.aput_messages(
+        [
+            ChatMessage(role="user", content="my cat Miso loves tuna"),
+            ChatMessage(role="assistant", content="Miso has good taste, " + "indeed " * 40),
+        ]
+    )
+    await memory.aput(ChatMessage(role="user", content="what does Miso love? tuna?"))
+    got = await memory.aget()
+    assert [m.content for m in got if m.role != "system"] == ["what does Miso love? tuna?"]
+    assert "my cat Miso loves tuna" in _system(got)  # trimmed from the window: remembered
+
+
+async def test_block_leaves_out_what_the_messages_hold(store: HelaMemory) -> None:
+    await store.aadd_turn(ALICE, *CAT)
+    block = HelaMemMemoryBlock.from_memory(store, scope=ALICE)
+    text = await block.aget(
+        [
+            ChatMessage(role="user", content=CAT[0]),
+            ChatMessage(role="user", content="what is my cat called?"),
+        ]
+    )
+    assert CAT[0] not in text and CAT[1] in text
+
+
+# -- 12: what LlamaIndex's own memory tests check ------------------------------------------
+
+
+async def test_block_reads_its_own_writes(store: HelaMemory) -> None:
+    block = HelaMemMemoryBlock.from_memory(store, scope=ALICE)
+    question = [ChatMessage(role="user", content="What is the capital of France?")]
+    assert await block.aget(question) == ""  # nothing yet; the answer is cached per query
+    await block.aput(
+        [
+            ChatMessage(role="user", content="What's the capital of France?"),
+            ChatMessage(role="assistant", content="The capital of France is Paris."),
+        ]
+    )
+    assert "capital of France is Paris" in await block.aget(question)  # no aflush needed
+    await block.aflush()
+    assert "capital of France is Paris" in await block.aget(question)
+    await block.aclose()
+
+
+@pytest.mark.parametrize("content", [[], None, ""])
+async def test_atruncate_accepts_any_content(store: HelaMemory, content: object) -> None:
+    block = HelaMemMemoryBlock.from_memory(store, scope=ALICE)
+    assert await block.atruncate(content, 10) is None
+
+
+async def test_memory_with_a_chat_history_over_the_limit_truncates_an_empty_block(
+    store: HelaMemory,
+) -> None:
+    block = HelaMemMemoryBlock.from_memory(store, priority=1)
+    memory = Memory.from_defaults(session_id="big", token_limit=30, memory_blocks=[block])
+    await memory.aput(ChatMessage(role="user", content="tell me " + "more " * 60))
+    got = await memory.aget()  # Memory calls block.atruncate([], n): no AttributeError
+    assert got[-1].role == "user"
+
+
+def test_to_string_and_from_string_round_trip(store: HelaMemory) -> None:
+    memory = HelaMemChatMemory.from_defaults(
+        memory=store, scope=ALICE, token_limit=77, chat_history=[ChatMessage(content="hi")]
+    )
+    again = HelaMemChatMemory.from_string(memory.to_string())
+    assert (again.token_limit, again.scope, again.get_all()) == (77, ALICE, memory.get_all())
+    assert again.memory is store
+
+
+async def test_non_string_input_is_ignored_as_chat_memory_buffer_does(store: HelaMemory) -> None:
+    await store.aadd_turn(ALICE, *CAT)
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE)
+    memory.put(ChatMessage(role="user", content="what is my cat called?"))
+    plain = memory.get()
+    for odd in (ChatMessage(role="user", content="ignored"), 5, ["x"]):
+        assert memory.get(input=odd) == plain
+        assert await memory.aget(input=odd) == plain
+
+
+def test_irrelevant_memories_are_left_out(store: HelaMemory) -> None:
+    store.add_turn(ALICE, "a " * 20, "b " * 20)
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE)
+    assert _system(memory.get("c c c d d d")) == ""  # relevance 0: not shown
