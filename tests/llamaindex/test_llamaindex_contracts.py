@@ -19,7 +19,10 @@ from llama_index.core.utils import get_tokenizer
 from helamem.core import HelaMemory, InvalidInputError
 from helamem.llamaindex import HelaMemChatMemory, HelaMemMemoryBlock
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:inspect")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:inspect"),
+    pytest.mark.filterwarnings("ignore:is_running called:DeprecationWarning"),  # ReActAgent
+]
 
 ALICE = ("users", "alice")
 CAT = ("My cat is called Miso", "Miso is a lovely name for a cat!")
@@ -91,7 +94,7 @@ def test_nothing_fits_returns_nothing(store: HelaMemory) -> None:
     memory.put(ChatMessage(role="user", content="tell me everything about my cat miso please"))
     assert memory.get() == []  # over the limit even alone: no memory without the question
     assert memory.pending_used_ids == []
-    with pytest.raises(ValueError, match="^Initial token count exceeds token limit .*token_limit"):
+    with pytest.raises(ValueError, match=r"^Initial token count exceeds token limit .*token_limit"):
         memory.get(initial_token_count=6)
     with pytest.raises(InvalidInputError):
         memory.get(initial_token_count=6)

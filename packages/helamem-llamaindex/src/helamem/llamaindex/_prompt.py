@@ -7,7 +7,10 @@ beside it, and whether the agent asking drops the first system message.
 Examples:
     >>> from llama_index.core.llms import ChatMessage
     >>> count = lambda text: len(text.split())
-    >>> history = [ChatMessage(role="user", content="one two"), ChatMessage(role="assistant", content="three")]
+    >>> history = [
+    ...     ChatMessage(role="user", content="one two"),
+    ...     ChatMessage(role="assistant", content="three"),
+    ... ]
     >>> [m.content for m in window(history, 3, count)]
     ['one two', 'three']
     >>> window(history, 2, count)  # it never opens with the reply
@@ -77,9 +80,9 @@ def window(history: Sequence[ChatMessage], budget: int, count: Count) -> list[Ch
     sizes = [message_tokens(m, count) for m in history]
     used = sum(sizes)
     for start in range(len(history)):
-        if start == 0 or history[start].role not in _OPENERS_SKIPPED:
-            if used <= budget:
-                return list(history[start:])
+        opens = start == 0 or history[start].role not in _OPENERS_SKIPPED
+        if opens and used <= budget:
+            return list(history[start:])
         used -= sizes[start]
     return []
 

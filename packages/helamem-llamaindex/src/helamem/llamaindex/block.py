@@ -54,7 +54,11 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     relevance in [0, 1]) come back as compact text, one line per hit, whole
     lines only while the text fits ``max_tokens`` (counted with LlamaIndex's
     tokenizer, as ``Memory`` counts); ``atruncate`` drops the lowest-ranked
-    lines first when ``Memory`` needs room.
+    lines first when ``Memory`` needs room. Memories whose text the messages
+    passed in already hold are left out, and the next best take their slots;
+    hits of relevance ``min_score`` or less (default: 0) are never shown.
+    Reads see the block's own writes: a turn put before ``aget`` is searched
+    (``aget`` waits, at most ``read_timeout`` s, for it to be stored).
 
     The HeLa-Mem scope is ``scope`` when given, else ``("llamaindex",
     session_id)`` with ``Memory``'s session id. Only ``config`` and the
@@ -72,6 +76,8 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         max_tokens: Budget of the block's text, in LlamaIndex tokenizer
             tokens (whole hits, best first).
         query_messages: How many recent user/assistant messages form the query.
+        read_timeout: Most seconds ``aget`` waits for turns still being stored.
+        min_score: Only hits scoring above it are shown (relevance in [0, 1]).
 
     Examples:
         >>> from helamem.core import HashingEmbedder, HelaMemory
@@ -240,7 +246,6 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             await self.recorder.record_turn(scope, user, assistant, used_ids=used)
         if turns:
             self._cache = None  # the next aget searches what was just written
-
 
     async def aflush(self) -> None:
         """Wait until every recorded turn is stored (raises what failed in the background)."""

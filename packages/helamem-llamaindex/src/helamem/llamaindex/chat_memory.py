@@ -53,16 +53,19 @@ DEFAULT_TOKEN_LIMIT_RATIO = 0.75
 class HelaMemChatMemory(BaseMemory):
     """``ChatMemoryBuffer`` with long-term Hebbian memory behind it.
 
-    Keeps the recent chat window within ``token_limit`` like the buffer does,
-    records every completed turn (user message and final assistant reply;
-    tool calls and tool results are not stored) through a
-    :class:`~helamem.core.TurnRecorder` with the ids of the memories injected
-    for it, and ``get`` puts one system message built from retrieval (at
-    most ``k`` hits, episodes and distilled facts together, highest score
-    first: the core's relevance in [0, 1]; whole lines only, within
-    ``memory_tokens`` and within what ``token_limit`` leaves, counted with
-    ``tokenizer_fn``) before the
-    window. ``reset`` clears the window only; the long-term memory stays.
+    Keeps the recent chat window like the buffer does and records every
+    completed turn (user message and final assistant reply; tool calls and
+    tool results are not stored) through a :class:`~helamem.core.TurnRecorder`
+    with the ids of the memories shown for it. ``get`` returns one system
+    message built from retrieval, then the window, all of it within
+    ``token_limit`` (text and tool-call arguments, counted with
+    ``tokenizer_fn``): the current turn first, then at most ``k`` memory
+    lines (episodes and distilled facts together, highest score first: the
+    core's relevance in [0, 1]; whole lines within ``memory_tokens``; none
+    the window already holds; none of relevance ``min_score`` or less), then
+    older messages. Only the lines shown count as used, and none when the
+    agent would drop them (see the README on ``ReActAgent``). ``reset``
+    clears the window only; the long-term memory stays.
 
     Serializable (``to_dict``/``from_dict``, workflow ``Context``): the
     window, the pending turn and the settings are; the connection is not.
