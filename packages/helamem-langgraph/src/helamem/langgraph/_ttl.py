@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import sqlite3
 import threading
 
 from helamem.core import HelaMemError
@@ -31,7 +32,7 @@ class TTLSweeper:
     _sweeper: threading.Thread | None = None
     _sweeper_stop: threading.Event | None = None
 
-    def sweep_ttl(self) -> int:  # provided by the store
+    def _sweep_now(self) -> int:  # provided by the store
         raise NotImplementedError
 
     def start_ttl_sweeper(
@@ -42,6 +43,25 @@ class TTLSweeper:
         Returns:
             A future that completes when the sweeper stops; cancel it to stop it.
         """
+        return self._start_sweeper(sweep_interval_minutes)
+
+    def stop_ttl_sweeper(self, timeout: float | None = None) -> bool:
+        """Stop the sweeper thread; ``True`` if it stopped (or none was running)."""
+        return self._stop_sweeper(timeout)
+
+    async def astart_ttl_sweeper(
+        self, sweep_interval_minutes: float | None = None
+    ) -> concurrent.futures.Future[None]:
+        """Async :meth:`start_ttl_sweeper` (the sweeping runs in its own thread)."""
+        return self._start_sweeper(sweep_interval_minutes)
+
+    async def astop_ttl_sweeper(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Async :meth:`stop_ttl_sweeper` (``timeout`` as there): waits off the event loop."""
+        return await asyncio.to_thread(self._stop_sweeper, timeout)
+
+    def _start_sweeper(
+        self, sweep_interval_minutes: float | None
+    ) -> concurrent.futures.Future[None]:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         if not self.ttl_config:
             future.set_result(None)
@@ -59,8 +79,8 @@ class TTLSweeper:
         def loop() -> None:
             while not stop_event.wait(interval * 60):
                 try:
-                    swept = self.sweep_ttl()
-                except (HelaMemError, OSError, RuntimeError, ValueError) as exc:
+                    swept = self._sweep_now()
+                except (HelaMemError, OSError, RuntimeError, ValueError, sqlite3.Error) as exc:
                     logger.warning("TTL sweep failed (%s); retrying at the next interval", exc)
                     continue
                 if swept:
@@ -74,8 +94,7 @@ class TTLSweeper:
         thread.start()
         return future
 
-    def stop_ttl_sweeper(self, timeout: float | None = None) -> bool:
-        """Stop the sweeper thread; ``True`` if it stopped (or none was running)."""
+    def _stop_sweeper(self, timeout: float | None) -> bool:
         thread, stop = self._sweeper, self._sweeper_stop
         if thread is None or stop is None:
             return True
@@ -85,13 +104,3 @@ class TTLSweeper:
             return False
         self._sweeper = self._sweeper_stop = None
         return True
-
-    async def astart_ttl_sweeper(
-        self, sweep_interval_minutes: float | None = None
-    ) -> concurrent.futures.Future[None]:
-        """Async :meth:`start_ttl_sweeper` (the sweeping runs in its own thread)."""
-        return self.start_ttl_sweeper(sweep_interval_minutes)
-
-    async def astop_ttl_sweeper(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
-        """Async :meth:`stop_ttl_sweeper` (``timeout`` as there): waits off the event loop."""
-        return await asyncio.to_thread(self.stop_ttl_sweeper, timeout)

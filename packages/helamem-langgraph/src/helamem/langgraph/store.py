@@ -289,7 +289,7 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         """Stop the TTL sweeper, close the default document store and the journal
         (idempotent); the memory stays open. Later calls raise ``StoreClosedError``."""
         self._closed = True
-        self.stop_ttl_sweeper()
+        self._stop_sweeper(None)
         self._stack.close()
         self._journal.close()
 
@@ -311,6 +311,13 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             NotImplementedError: If the document store has no ``sweep_ttl``.
             StoreClosedError: After :meth:`close`.
         """
+        return self._sweep_now()
+
+    async def asweep_ttl(self) -> int:
+        """Async :meth:`sweep_ttl` (``AsyncSqliteStore.sweep_ttl``)."""
+        return await asyncio.to_thread(self._sweep_now)
+
+    def _sweep_now(self) -> int:
         sweep = getattr(self.documents, "sweep_ttl", None)
         if sweep is None:
             raise NotImplementedError(
