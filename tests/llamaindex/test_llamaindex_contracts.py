@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
 
 import pytest
@@ -315,3 +316,28 @@ def test_irrelevant_memories_are_left_out(store: HelaMemory) -> None:
     store.add_turn(ALICE, "a " * 20, "b " * 20)
     memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE)
     assert _system(memory.get("c c c d d d")) == ""  # relevance 0: not shown
+
+
+async def test_chat_memory_reads_its_own_writes(store: HelaMemory) -> None:
+    memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE)
+    await memory.aput_messages([ChatMessage(role="user", content=CAT[0])])
+    await memory.aput_messages([ChatMessage(role="assistant", content=CAT[1])])
+    await memory.areset()  # the window goes: only the long-term memory can answer
+    assert "Miso" in _system(await memory.aget("what is my cat called?"))  # no aflush
+    await memory.aclose()
+
+
+def test_both_adapters_pickle_without_their_connection(store: HelaMemory) -> None:
+    memory = HelaMemChatMemory.from_defaults(
+        memory=store, scope=ALICE, tokenizer_fn=lambda text: text.split()
+    )
+    memory.put_messages(
+        [ChatMessage(role="user", content="hi"), ChatMessage(role="assistant", content="hello")]
+    )
+    memory.flush()  # the recorder's thread is running: it must not travel
+    again = pickle.loads(pickle.dumps(memory))
+    assert again.get_all() == memory.get_all() and again.memory is store
+    assert again.tokenizer_fn("a b") == get_tokenizer()("a b")  # the lambda: the default
+    block = pickle.loads(pickle.dumps(HelaMemMemoryBlock.from_memory(store, scope=ALICE, k=3)))
+    assert (block.k, block.memory) == (3, store)
+    memory.close()

@@ -71,6 +71,20 @@ def resolve_memory(config: HelaMemConfig) -> tuple[HelaMemory, bool]:
         return memory, True
 
 
+_CONNECTION = {"_memory": None, "_owned": False, "_recorder": None, "_own_recorder": False}
+
+
+def without_connection(state: dict[Any, Any]) -> dict[Any, Any]:
+    """A pydantic pickle ``state`` with the connection and recorder left out.
+
+    The unpickled adapter finds the live memory for its ``config.path`` again
+    (or opens one), as after ``from_dict``.
+    """
+    private = dict(state.get("__pydantic_private__") or {})
+    private.update(_CONNECTION)
+    return {**state, "__pydantic_private__": private}
+
+
 def dump_config(config: HelaMemConfig) -> dict[str, Any]:
     """``config`` as JSON-safe data, with API keys left out (they are never serialized)."""
     data = config.model_dump(mode="json")

@@ -32,6 +32,7 @@ from ._shared import (
     resolve_memory,
     select_lines,
     window_text,
+    without_connection,
 )
 
 __all__ = ["HelaMemMemoryBlock"]
@@ -107,6 +108,10 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     # user message text -> ids injected while it was the latest user message
     _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
     _dangling: dict[Scope, str] = PrivateAttr(default_factory=dict)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle without the connection (it is found again, as after ``from_dict``)."""
+        return without_connection(super().__getstate__())
 
     @field_serializer("config")
     def _dump_config(self, config: HelaMemConfig) -> dict[str, Any]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer
+from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr, field_serializer
 from llama_index.core.llms.llm import LLM
 from llama_index.core.memory.types import BaseMemory
 
@@ -40,6 +41,7 @@ from ._shared import (
     register_memory,
     resolve_memory,
     window_text,
+    without_connection,
 )
 
 __all__ = ["HelaMemChatMemory"]
@@ -109,6 +111,19 @@ class HelaMemChatMemory(BaseMemory):
     def class_name(cls) -> str:
         """The LlamaIndex component name."""
         return "HelaMemChatMemory"
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle without the connection (it is found again, as after ``from_dict``).
+
+        A ``tokenizer_fn`` that cannot be pickled (a tiktoken encoder) comes
+        back as LlamaIndex's global tokenizer.
+        """
+        state = without_connection(BaseModel.__getstate__(self))
+        try:
+            pickle.dumps(self.tokenizer_fn)
+        except Exception:  # noqa: BLE001 - whatever pickle raises, the default replaces it
+            state["__dict__"] = {**state["__dict__"], "tokenizer_fn": lazy_tokenizer}
+        return state
 
     def to_string(self) -> str:
         """This memory as JSON, as ``ChatMemoryBuffer.to_string`` (no connection, no secrets)."""
