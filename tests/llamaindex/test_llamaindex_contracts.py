@@ -10,7 +10,7 @@ import random
 
 import pytest
 from li_fakes import SpyRecorder
-from llama_index.core.agent.workflow import AgentWorkflow, ReActAgent
+from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ReActAgent
 from llama_index.core.base.llms.types import ToolCallBlock
 from llama_index.core.llms import ChatMessage
 from llama_index.core.llms.mock import MockFunctionCallingLLMWithChatMemoryOfLastCall
@@ -197,13 +197,29 @@ async def test_other_callers_get_no_placeholder(store: HelaMemory) -> None:
     assert got[0].role == "system" and "Miso" in (got[0].content or "")
 
 
-async def test_agent_workflow_with_a_bare_react_agent_warns_once_and_counts_nothing(
+async def test_agent_workflow_of_bare_react_agents_receives_the_memories(
+    store: HelaMemory, spy: SpyRecorder
+) -> None:
+    seeded = await store.aadd_turn(("llamaindex", "wf1"), *CAT)
+    seen: list[list[ChatMessage]] = []
+    agent = ReActAgent(name="helper", description="answers", llm=_react_llm(seen), tools=[])
+    workflow = AgentWorkflow(agents=[agent], root_agent="helper")
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="wf1", recorder=spy)
+    await workflow.run(user_msg="What is my cat called?", memory=memory)
+    assert "My cat is called Miso" in "\n".join(m.content or "" for m in seen[-1])
+    assert [ids for *_, ids in spy.turns] == [[m.id for m in seeded]]
+
+
+async def test_agent_workflow_mixing_a_bare_react_agent_warns_once_and_counts_nothing(
     store: HelaMemory, spy: SpyRecorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     await store.aadd_turn(("llamaindex", "wf"), *CAT)
     seen: list[list[ChatMessage]] = []
     agent = ReActAgent(name="helper", description="answers", llm=_react_llm(seen), tools=[])
-    workflow = AgentWorkflow(agents=[agent], root_agent="helper")
+    other = FunctionAgent(
+        name="other", description="unused", llm=_react_llm([]), tools=[], system_prompt="Hi."
+    )
+    workflow = AgentWorkflow(agents=[agent, other], root_agent="helper")
     memory = HelaMemChatMemory.from_defaults(memory=store, session_id="wf", recorder=spy)
     with caplog.at_level(logging.WARNING, logger="helamem.llamaindex.chat_memory"):
         await workflow.run(user_msg="What is my cat called?", memory=memory)

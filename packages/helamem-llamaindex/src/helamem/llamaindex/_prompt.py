@@ -146,10 +146,10 @@ def drops_first_system_message() -> bool | None:
 
     ``ReActAgent`` (llama-index-core 0.14) drops ``llm_input[0]`` when it is a
     system message, meant for its own ``system_prompt``; without one, it would
-    drop the memory message. ``True`` for such an agent, ``False`` for another
-    agent, ``None`` when the caller is not a workflow agent or an
-    ``AgentWorkflow`` holding such a ReAct agent (which agent runs next is not
-    known here).
+    drop the memory message. ``True`` for such an agent (or an
+    ``AgentWorkflow`` of only such agents), ``False`` for any other caller,
+    ``None`` for an ``AgentWorkflow`` that mixes them (which agent runs next is
+    not known here).
     """
     from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent, ReActAgent
 
@@ -164,7 +164,7 @@ def drops_first_system_message() -> bool | None:
         if isinstance(caller, BaseWorkflowAgent):
             return False
         if isinstance(caller, AgentWorkflow):
-            agents = caller.agents.values()
-            risky = any(isinstance(a, ReActAgent) and not a.system_prompt for a in agents)
-            return None if risky else False
+            agents = list(caller.agents.values())
+            bare = [a for a in agents if isinstance(a, ReActAgent) and not a.system_prompt]
+            return len(bare) == len(agents) if len(bare) in (0, len(agents)) else None
     return False
