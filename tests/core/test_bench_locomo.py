@@ -387,3 +387,31 @@ def test_learning_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
         assert r["questions"] == 6  # categories 1-4 of the tiny file
         assert r["missed"] == round((1 - r["r@10"]) * r["questions"])
         assert 0 <= r["missed_sharing_earlier_evidence"] <= r["missed"]
+
+
+def test_a_fact_counts_as_its_source_turns() -> None:
+    from helamem.core.bench import locomo
+
+    hits: dict[int | str, list[tuple[str, str]]] = {
+        10: [("D1:1", "a turn"), (locomo.FACT + "D1:2|D2:7", "a fact")]
+    }
+    hit, recall, _, items = locomo._score(hits, {"D2:7", "D3:1"}, locomo.token_counter())
+    assert hit[10] == 1.0 and recall[10] == 0.5 and items[10] == 2
+    assert locomo._fact_dias(locomo.FACT + "D1:2|D2:7") == ["D1:2", "D2:7"]
+    assert locomo._fact_dias("D1:2") == ["D1:2"]
+
+
+def test_facts_method_consolidates_and_reports_citing_rate(data: Path, tmp_path: Path) -> None:
+    res = run_locomo(
+        data,
+        methods=["helamem", "helamem-facts"],
+        ks=[1, 5],
+        embedder=HashingEmbedder(256),
+        work_dir=tmp_path,
+    )
+    plain, facts = res["methods"]["helamem"], res["methods"]["helamem-facts"]
+    assert plain["facts"]["512t"]["returned"] == 0  # semantic_k=0: no facts asked for
+    assert facts["retrieval"] == plain["retrieval"]
+    for f in facts["facts"].values():
+        assert 0 <= f["citing_evidence"] <= f["returned"]
+        assert f["citing_rate"] is None or 0.0 <= f["citing_rate"] <= 1.0

@@ -124,6 +124,10 @@ class LocomoFormatError(ValueError):
     """The file is not in the LoCoMo (``locomo10.json``) schema."""
 
 
+FACTS_EVERY = 20
+"""The ``helamem-facts`` method consolidates its scope after every this many turns."""
+
+
 @dataclass(frozen=True, slots=True)
 class Method:
     """One benchmarked retrieval method.
@@ -136,7 +140,9 @@ class Method:
         description: One line for the report.
         ingest: How its store is filled: ``"plain"`` (``add_many``, one memory
             per turn), ``"loop-learn"`` or ``"loop-off"`` (the agent loop,
-            see :func:`replay_agent_loop`).
+            see :func:`replay_agent_loop`), or ``"facts"`` (``add_many`` in
+            chunks of :data:`FACTS_EVERY` turns, each followed by
+            ``consolidate``; searches return facts as the defaults do).
     """
 
     name: str
@@ -150,12 +156,41 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("dense", {"keyword_weight": 0.0}, False, False, "dense (MiniLM) only"),
+        Method(
+            "dense",
+            {"keyword_weight": 0.0, "late_weight": 0.0},
+            False,
+            False,
+            "dense (MiniLM pooled cosine) only",
+        ),
+        Method(
+            "maxsim",
+            {"keyword_weight": 0.0, "late_weight": 1.0},
+            False,
+            False,
+            "late interaction (MiniLM token MaxSim) only",
+        ),
         Method("bm25", {"keyword_weight": 1.0}, False, False, "lexical (FTS5 BM25) only"),
-        Method("fusion", {}, False, False, "z-score fusion, no spreading, no learning"),
+        Method(
+            "hybrid",
+            {"late_weight": 0.0, "keyword_weight": 0.7},
+            False,
+            False,
+            "the usual hybrid: z-score fusion of pooled cosine and BM25",
+        ),
+        Method("fusion", {}, False, False, "HeLa-Mem's base ranking: no spreading, no learning"),
         Method("helamem", {}, True, True, "fusion + spreading + Hebbian learning"),
         Method("helamem-no-spread", {}, False, True, "ablation: learning, no spreading"),
         Method("helamem-no-learn", {}, True, False, "ablation: spreading, no learning"),
+        Method(
+            "helamem-facts",
+            {},
+            True,
+            True,
+            f"helamem plus distilled facts (extractive, consolidating every {FACTS_EVERY} "
+            f"turns; a fact's hits are its source turns)",
+            "facts",
+        ),
     )
 }
 """The methods, by name, in report order."""
@@ -506,7 +541,7 @@ def _score(
                 used += cost
                 kept.append((d, c))
             hits = kept
-        found = {d for d, _ in hits} & evidence
+        found = {x for d, _ in hits for x in _fact_dias(d)} & evidence
         hit[k] = 1.0 if found else 0.0
         recall[k] = len(found) / len(evidence)
         tokens[k] = counter.count("\n".join(c for _, c in hits)) if hits else 0
@@ -538,8 +573,21 @@ def _bucket(category: int, sample_id: str) -> list[str]:
     return keys
 
 
-def _dia(hit: Hit) -> str:
-    """The LoCoMo turn id of a hit (a turn pair's reply keeps its own in ``reply_dia_id``)."""
+FACT = "fact:"
+"""Prefix of a fact's pseudo turn id: ``"fact:D1:3|D2:5"`` names its source turns."""
+
+
+def _fact_dias(dia: str) -> list[str]:
+    return dia[len(FACT) :].split("|") if dia.startswith(FACT) else [dia]
+
+
+def _dia(hit: Hit, sources: Mapping[str, str] | None = None) -> str:
+    """The LoCoMo turn id of a hit (a turn pair's reply keeps its own in ``reply_dia_id``;
+    a fact's is :data:`FACT` and its source turns, found in ``sources``)."""
+    if hit.provenance == "semantic":
+        known = sources or {}
+        cited = sorted({known[i] for i in hit.memory.provenance if i in known})
+        return FACT + "|".join(cited)
     meta = hit.memory.metadata
     if hit.memory.role == "assistant" and "reply_dia_id" in meta:
         return str(meta["reply_dia_id"])
@@ -775,6 +823,7 @@ def run_locomo(
     assoc = {m.name: Counter[str]() for m in chosen}
     loop_searches: dict[str, int] = dict.fromkeys(configs, 0)
     graph: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}  # memory id -> dia_id, for facts' source turns
 
     with tempfile.TemporaryDirectory(prefix="helamem-locomo-", dir=work_dir) as tmp:
         stores = {
@@ -801,6 +850,11 @@ def run_locomo(
                     start = time.perf_counter()
                     if m.ingest == "plain":
                         stores[m.name].add_many(items)
+                    elif m.ingest == "facts":
+                        for first in range(0, len(items), FACTS_EVERY):
+                            added = stores[m.name].add_many(items[first : first + FACTS_EVERY])
+                            sources.update((a.id, str(a.metadata["dia_id"])) for a in added)
+                            stores[m.name].consolidate(scope)
                     else:
                         loop_searches[m.name] += replay_agent_loop(
                             stores[m.name], conv, scope, learn=m.ingest == "loop-learn"
@@ -828,11 +882,18 @@ def run_locomo(
                             conv,
                             search_ks,
                             counter,
+                            sources,
                         )
                         query_s[m.name] += time.perf_counter() - start
                         searches[m.name] += n
                         assoc[m.name]["hits"] += len(flipped)
                         assoc[m.name]["evidence"] += len(set(flipped) & evidence)
+                        for key in (configs[m.name].default_k, "512t"):
+                            facts = [d for d, _ in retrieved.get(key, []) if d.startswith(FACT)]
+                            assoc[m.name][f"facts@{key}"] += len(facts)
+                            assoc[m.name][f"facts_citing@{key}"] += sum(
+                                bool(set(_fact_dias(d)) & evidence) for d in facts
+                            )
                         wanted: list[int | str] = [*ks, *budget_keys]
                         scored = _score({k: retrieved[k] for k in wanted}, evidence, counter)
                         for key in _bucket(q.category, conv.sample_id):
@@ -886,6 +947,7 @@ def _ask(
     conv: Conversation,
     ks: Sequence[int],
     counter: TokenCounter | None = None,
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[dict[int | str, list[tuple[str, str]]], int, list[str]]:
     """Ask one question; returns hits per k as (dia_id, content), searches, association dia_ids.
 
@@ -895,6 +957,7 @@ def _ask(
     tokens (as :func:`_score` counts them) so that all methods pay alike.
     """
     budget_keys = [f"{t}t" for t in BUDGETS]
+    sem_k = None if method.ingest == "facts" else 0  # facts as the defaults give them
 
     def hits(k: int, learn: bool) -> list[tuple[str, str, str]]:
         res = mem.search(
@@ -904,9 +967,9 @@ def _ask(
             learn=learn,
             spread=method.spread,
             reference_time=conv.reference_time,
-            semantic_k=0,
+            semantic_k=sem_k,
         )
-        return [(_dia(h), h.content, h.provenance) for h in res]
+        return [(_dia(h, sources), h.content, h.provenance) for h in res]
 
     if not method.spread:
         res = mem.search(
@@ -950,9 +1013,11 @@ def _ask(
             learn=False,
             spread=True,
             reference_time=conv.reference_time,
-            semantic_k=0,
+            semantic_k=sem_k,
         )
-        out[b] = [(_dia(h), h.content) for h in ranking_order(list(res), cfg.association_share)]
+        out[b] = [
+            (_dia(h, sources), h.content) for h in ranking_order(list(res), cfg.association_share)
+        ]
     n = len(order) + len(BUDGETS)
     if method.learn:
         found = hits(learn_k, True)
@@ -1008,6 +1073,21 @@ def _results(
                 "at_k": configs[m.name].default_k,
                 "total": assoc[m.name]["hits"],
                 "evidence": assoc[m.name]["evidence"],
+            },
+            "facts": {
+                str(key): {
+                    "returned": assoc[m.name][f"facts@{key}"],
+                    "citing_evidence": assoc[m.name][f"facts_citing@{key}"],
+                    "citing_rate": (
+                        round(
+                            assoc[m.name][f"facts_citing@{key}"] / assoc[m.name][f"facts@{key}"],
+                            4,
+                        )
+                        if assoc[m.name][f"facts@{key}"]
+                        else None
+                    ),
+                }
+                for key in (configs[m.name].default_k, "512t")
             },
             "categories": cats,
             "conversations": {
@@ -1188,6 +1268,27 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             c = m["categories"]["1-4"]
             cells = [f"{_fmt(c[f'r@{t}t'])} | {_fmt(c[f'hits@{t}t'], 1)}" for t in budgets]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    with_facts = {
+        n: m for n, m in methods.items() if any(f["returned"] for f in m["facts"].values())
+    }
+    if with_facts:
+        lines += [
+            "## Distilled facts",
+            "",
+            "Facts returned beside the episodes, and how many cite an evidence turn among "
+            "their sources (a fact counts as hitting its source turns in every R above).",
+            "",
+            "| method | at | facts/question | citing evidence |",
+            "|---|---|---|---|",
+        ]
+        n_q = next(iter(methods.values()))["categories"]["1-4"]["questions"] or 1
+        for name, m in with_facts.items():
+            for key, f in m["facts"].items():
+                at = f"{key[:-1]} tokens" if key.endswith("t") else f"k={key}"
+                lines.append(
+                    f"| {name} | {at} | {_fmt(f['returned'] / n_q, 2)} | {_fmt(f['citing_rate'])} |"
+                )
         lines.append("")
     parity = results.get("token_parity")
     if parity:
