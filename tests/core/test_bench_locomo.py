@@ -390,12 +390,12 @@ def test_learning_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
 
 
 def test_a_fact_counts_as_its_source_turns() -> None:
-    from helamem.core.bench import locomo
+    from helamem.core.bench import locomo, token_counter
 
     hits: dict[int | str, list[tuple[str, str]]] = {
         10: [("D1:1", "a turn"), (locomo.FACT + "D1:2|D2:7", "a fact")]
     }
-    hit, recall, _, items = locomo._score(hits, {"D2:7", "D3:1"}, locomo.token_counter())
+    hit, recall, _, items = locomo._score(hits, {"D2:7", "D3:1"}, token_counter())
     assert hit[10] == 1.0 and recall[10] == 0.5 and items[10] == 2
     assert locomo._fact_dias(locomo.FACT + "D1:2|D2:7") == ["D1:2", "D2:7"]
     assert locomo._fact_dias("D1:2") == ["D1:2"]
