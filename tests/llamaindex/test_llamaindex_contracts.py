@@ -159,7 +159,7 @@ async def test_seeded_histories_stay_within_the_limit_and_keep_the_turn(
         turn = history[users[-1] :] if users else history[-1:]
         if sum(_tokens(m) for m in turn) <= limit - initial:
             assert window[-len(turn) :] == turn  # memories never displace the current turn
-        held = "\n".join(m.content or "" for m in window)
+        held = [m.content for m in window]
         assert not any(line.content in held for line in memory._shown)  # no repetition
         assert len(memory._shown) <= 3
 

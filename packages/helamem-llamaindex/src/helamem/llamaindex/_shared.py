@@ -149,8 +149,17 @@ class Line(NamedTuple):
 
 
 def held_by(window_text: str, content: str) -> bool:
-    """Whether the chat window already holds ``content`` word for word."""
-    return content.strip() in window_text
+    r"""Whether the chat window already holds ``content`` word for word, as whole lines.
+
+    A recorded episode is a message's text (or consecutive user messages'
+    texts, joined), so it matches whole lines of :func:`window_text`; a short
+    memory such as ``"ok"`` is not held by a window that says ``"look"``.
+
+    Examples:
+        >>> held_by("hi\nMiso is a cat\nbye", "Miso is a cat"), held_by("look", "ok")
+        (True, False)
+    """
+    return f"\n{content.strip()}\n" in f"\n{window_text}\n"
 
 
 def window_text(messages: Sequence[ChatMessage]) -> str:
