@@ -21,7 +21,7 @@ from helamem.core import (
     InvalidInputError,
     StoreClosedError,
 )
-from helamem.langgraph import HelaMemStore
+from helamem.langgraph import ID_FIELD, HelaMemStore
 
 NS = ("users", "alice")
 
@@ -293,3 +293,16 @@ def test_ttl_sweeper(memory: HelaMemory) -> None:
         assert future.done()
     with HelaMemStore(memory) as s:  # no TTL config: nothing to sweep
         assert s.start_ttl_sweeper().done()
+
+
+def test_a_document_shadows_a_recorded_memory_at_its_address(
+    store: HelaMemStore, memory: HelaMemory
+) -> None:
+    # what a put replacing a recorded memory leaves when killed before it deleted it
+    u, a = memory.add_turn(NS, "my bike is a blue Brompton", "Nice bike.")
+    store.documents.put(NS, u.id, {"text": "a document", ID_FIELD: {"id": None}}, index=False)
+    got = store.get(NS, u.id)
+    assert got is not None and got.value == {"text": "a document"}
+    assert sorted(i.key for i in store.search(NS, limit=10)) == sorted([u.id, a.id])
+    hits = store.search(NS, query="blue Brompton bike", limit=10)
+    assert [(h.key, h.score) for h in hits if h.key == u.id] == [(u.id, None)]

@@ -24,9 +24,8 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -43,7 +42,6 @@ from langgraph.config import get_config
 from langgraph.store.base import (
     BaseStore,
     GetOp,
-    InvalidNamespaceError,
     Item,
     ListNamespacesOp,
     Op,
@@ -52,13 +50,13 @@ from langgraph.store.base import (
     SearchItem,
     SearchOp,
     TTLConfig,
-    validate_op_namespace,
 )
 from langgraph.store.sqlite import SqliteStore
 
-from ._filters import check_filter, check_paging, matches, select_namespaces
+from ._filters import matches, select_namespaces
 from ._index import index_fields
 from ._journal import Journal
+from ._ops import Call, Docs, Forget, Learn, Plan, Req, Search, Write, check_op, public, searched
 from ._recorded import (
     is_store_memory,
     item_of,
@@ -67,7 +65,7 @@ from ._recorded import (
     recorded_namespaces,
 )
 from ._ttl import TTLSweeper
-from ._writes import ID_FIELD, JOURNAL, JournaledWrites, RepairReport, doc_meta, named_id
+from ._writes import ID_FIELD, JOURNAL, JournaledWrites, RepairReport, named_id
 
 __all__ = ["ID_FIELD", "HelaMemStore", "RepairReport"]
 
@@ -76,88 +74,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _CHUNK = 256  # documents read per page while filtering a listing
 _ALL = 2**62  # "no limit" for the document store's listings
-
-
-# -- requests a plan makes of its executor (sync or async) ------------------
-
-
-@dataclass(frozen=True)
-class _Docs:
-    ops: list[Op]
-
-
-@dataclass(frozen=True)
-class _Write:
-    ops: list[PutOp]
-
-
-@dataclass(frozen=True)
-class _Search:
-    query: str
-    prefix: tuple[str, ...] | None  # None: every scope, one candidate pool
-    k: int  # episodic hits
-    semantic_k: int  # distilled facts
-
-
-@dataclass(frozen=True)
-class _Forget:
-    stale: list[tuple[str, tuple[str, ...], str]]  # (memory id, namespace, key)
-
-
-@dataclass(frozen=True)
-class _Learn:
-    ids: list[str]
-
-
-@dataclass(frozen=True)
-class _Call:
-    """A blocking call on the memory (run off the event loop by ``abatch``)."""
-
-    fn: Callable[[], Any]
-
-
-_Req = _Docs | _Write | _Search | _Forget | _Learn | _Call
-_Plan = Generator[_Req, Any, T]
-
-
-def _check_op(op: Op, supports_ttl: bool, documents: BaseStore | None) -> None:
-    if not isinstance(op, GetOp | PutOp | SearchOp | ListNamespacesOp):
-        raise InvalidInputError(f"unknown store operation {type(op).__name__}")
-    validate_op_namespace(op)  # labels: strings, non-empty, no "." or NUL
-    if isinstance(op, SearchOp):
-        check_paging(op.limit, op.offset)
-        check_filter(op.filter)
-    elif isinstance(op, ListNamespacesOp):
-        check_paging(op.limit, op.offset, "list_namespaces")
-    elif isinstance(op, PutOp):
-        if not op.namespace:
-            raise InvalidNamespaceError("Namespace cannot be empty.")
-        if op.value is not None and ID_FIELD in op.value:
-            raise InvalidInputError(f"{ID_FIELD!r} is reserved by HelaMemStore; rename that field")
-        if op.ttl is not None and not supports_ttl:
-            raise NotImplementedError(
-                f"TTL is not supported by {type(documents).__name__}; "
-                "use the default SqliteStore documents or ttl=None"
-            )
-
-
-def _public(item: Item, score: float | None = None, scored: bool = False) -> Any:
-    """A document store item without the reserved field (a ``SearchItem`` if ``scored``)."""
-    value = {k: v for k, v in item.value.items() if k != ID_FIELD}
-    created = doc_meta(item).get("created_at") or item.created_at
-    if scored:
-        return SearchItem(item.namespace, item.key, value, created, item.updated_at, score)
-    return Item(
-        value=value,
-        key=item.key,
-        namespace=item.namespace,
-        created_at=created,
-        updated_at=item.updated_at,
-    )
-
-
-def _searched(item: Item, score: float | None = None) -> SearchItem:
-    return SearchItem(item.namespace, item.key, item.value, item.created_at, item.updated_at, score)
 
 
 class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
@@ -385,15 +301,15 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             result: list[Result] = done.value
             return result
 
-    def _run(self, req: _Req) -> Any:
+    def _run(self, req: Req) -> Any:
         m = self.memory
-        if isinstance(req, _Docs):
+        if isinstance(req, Docs):
             return self.documents.batch(req.ops)
-        if isinstance(req, _Write):
+        if isinstance(req, Write):
             return self._write(req.ops)
-        if isinstance(req, _Call):
+        if isinstance(req, Call):
             return req.fn()
-        if isinstance(req, _Search):
+        if isinstance(req, Search):
             scope = req.prefix or ()  # (): the core ranks every scope in one pool
             res = m.search(
                 req.query,
@@ -404,7 +320,7 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
                 spread=self.spread,
             )
             return list(res)
-        if isinstance(req, _Learn):
+        if isinstance(req, Learn):
             try:
                 m.reinforce(req.ids)
             except MemoryNotFoundError:
@@ -412,18 +328,18 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             return None
         return self._forget_stale(req.stale)
 
-    async def _arun(self, req: _Req) -> Any:
+    async def _arun(self, req: Req) -> Any:
         m = self.memory
-        if isinstance(req, _Docs):
+        if isinstance(req, Docs):
             if self._documents is None or isinstance(self._documents, SqliteStore):
                 docs = await asyncio.to_thread(lambda: self.documents)
                 return await asyncio.to_thread(docs.batch, req.ops)  # SqliteStore is sync-only
             return await self._documents.abatch(req.ops)
-        if isinstance(req, _Write):  # blocks on the writer lock: off the event loop
+        if isinstance(req, Write):  # blocks on the writer lock: off the event loop
             return await asyncio.to_thread(self._write, req.ops)
-        if isinstance(req, _Call):
+        if isinstance(req, Call):
             return await asyncio.to_thread(req.fn)
-        if isinstance(req, _Search):
+        if isinstance(req, Search):
             scope = req.prefix or ()
             res = await m.asearch(
                 req.query,
@@ -434,7 +350,7 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
                 spread=self.spread,
             )
             return list(res)
-        if isinstance(req, _Learn):
+        if isinstance(req, Learn):
             try:
                 await m.areinforce(req.ids)
             except MemoryNotFoundError:
@@ -444,10 +360,10 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
 
     # -- planning (pure translation; executors above do the I/O) -----------------
 
-    def _plan(self, ops: list[Op]) -> _Plan[list[Result]]:
+    def _plan(self, ops: list[Op]) -> Plan[list[Result]]:
         """Every read against the state before the batch, in order; then one write."""
         for op in ops:
-            _check_op(op, self.supports_ttl, self._documents)
+            check_op(op, self.supports_ttl, self._documents)
         results: list[Result] = [None] * len(ops)
         gets = [(i, op) for i, op in enumerate(ops) if isinstance(op, GetOp)]
         if gets:
@@ -461,32 +377,32 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
                 results[i] = yield from self._namespaces(op)
         puts = [op for op in ops if isinstance(op, PutOp)]
         if puts:
-            yield _Write(puts)
+            yield Write(puts)
         return results
 
-    def _get(self, ops: list[GetOp]) -> _Plan[list[Item | None]]:
-        got = yield _Docs(list(ops))
-        out: list[Item | None] = [_public(d) if isinstance(d, Item) else None for d in got]
+    def _get(self, ops: list[GetOp]) -> Plan[list[Item | None]]:
+        got = yield Docs(list(ops))
+        out: list[Item | None] = [public(d) if isinstance(d, Item) else None for d in got]
         if self.recorded:
             for n, op in enumerate(ops):
                 if out[n] is None:
-                    out[n] = yield _Call(partial(recorded_at, self.memory, op.namespace, op.key))
+                    out[n] = yield Call(partial(recorded_at, self.memory, op.namespace, op.key))
         return out
 
-    def _namespaces(self, op: ListNamespacesOp) -> _Plan[list[tuple[str, ...]]]:
+    def _namespaces(self, op: ListNamespacesOp) -> Plan[list[tuple[str, ...]]]:
         if not self.recorded:
-            listed: list[tuple[str, ...]] = (yield _Docs([op]))[0]
+            listed: list[tuple[str, ...]] = (yield Docs([op]))[0]
             return listed
         everything = ListNamespacesOp(match_conditions=op.match_conditions, limit=_ALL)
-        docs: list[tuple[str, ...]] = (yield _Docs([everything]))[0]
-        mine: set[tuple[str, ...]] = yield _Call(lambda: recorded_namespaces(self.memory))
+        docs: list[tuple[str, ...]] = (yield Docs([everything]))[0]
+        mine: set[tuple[str, ...]] = yield Call(lambda: recorded_namespaces(self.memory))
         return select_namespaces(
             set(docs) | mine, op.match_conditions, op.max_depth, op.limit, op.offset
         )
 
     def _matching_docs(
         self, prefix: tuple[str, ...], flt: Mapping[str, Any] | None, n: int, scoreless: bool
-    ) -> _Plan[tuple[list[Item], bool]]:
+    ) -> Plan[tuple[list[Item], bool]]:
         """The first ``n`` documents under ``prefix`` (the document store's order) that
         match ``flt`` (only unindexed ones if ``scoreless``), and whether those were all."""
         out: list[Item] = []
@@ -495,37 +411,42 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         while len(out) < n:
             size = n - len(out) if plain else max(_CHUNK, n)
             op = SearchOp(prefix, None, limit=size, offset=offset, refresh_ttl=False)
-            page: list[Item] = (yield _Docs([op]))[0]
+            page: list[Item] = (yield Docs([op]))[0]
             offset += len(page)
             for d in page:
-                if (not scoreless or named_id(d) is None) and matches(_public(d).value, flt):
+                if (not scoreless or named_id(d) is None) and matches(public(d).value, flt):
                     out.append(d)
             if len(page) < size:
                 return out[:n], True
         return out[:n], False
 
-    def _listing(self, op: SearchOp) -> _Plan[list[SearchItem]]:
+    def _listing(self, op: SearchOp) -> Plan[list[SearchItem]]:
         """Search without a query: documents (the document store's order), then
         recorded memories (newest first), filtered, paged."""
         want = op.offset + op.limit
         if op.limit == 0:
             return []
         docs, complete = yield from self._matching_docs(op.namespace_prefix, op.filter, want, False)
-        items: list[Item] = [_public(d) for d in docs]
+        items: list[Item] = [public(d) for d in docs]
         if complete and len(items) < want and self.recorded:
             prefix = op.namespace_prefix
-            mine: list[Item] = yield _Call(lambda: recorded_items(self.memory, prefix))
-            items += [r for r in mine if matches(r.value, op.filter)][: want - len(items)]
+            mine: list[Item] = yield Call(lambda: recorded_items(self.memory, prefix))
+            mine = [r for r in mine if matches(r.value, op.filter)]
+            while len(items) < want and mine:
+                chunk, mine = mine[: want - len(items)], mine[want - len(items) :]
+                got = yield Docs([GetOp(r.namespace, r.key, refresh_ttl=False) for r in chunk])
+                # a document at its address (a replacing put killed mid-way) shadows it
+                items += [r for r, d in zip(chunk, got, strict=True) if d is None]
         page = items[op.offset : want]
         yield from self._refresh(page, op.refresh_ttl)
-        return [_searched(i) for i in page]
+        return [searched(i) for i in page]
 
-    def _refresh(self, items: Sequence[Item], refresh: bool) -> _Plan[None]:
+    def _refresh(self, items: Sequence[Item], refresh: bool) -> Plan[None]:
         """Refresh the TTL of items a read returned, when the store refreshes on read."""
         if refresh and items and (self.ttl_config or {}).get("refresh_on_read"):
-            yield _Docs([GetOp(i.namespace, i.key, refresh_ttl=True) for i in items])
+            yield Docs([GetOp(i.namespace, i.key, refresh_ttl=True) for i in items])
 
-    def _query(self, op: SearchOp) -> _Plan[list[SearchItem]]:
+    def _query(self, op: SearchOp) -> Plan[list[SearchItem]]:
         """One page of query search: the ranked items, then the unindexed ones.
 
         ``offset=0``: the core's ``search(k=limit)`` (facts merged in by score,
@@ -551,9 +472,9 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             stale += [s for s in more if s not in stale]
         page = found[:limit]
         for group in self._coactive([h for _, h in page]):
-            yield _Learn(group)
+            yield Learn(group)
         if stale:
-            yield _Forget(stale)
+            yield Forget(stale)
         self._note_thread([h.id for _, h in page])
         items = [item for item, _ in page]
         if exhausted and len(items) < limit:
@@ -561,14 +482,14 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             rest, _ = yield from self._matching_docs(
                 op.namespace_prefix, op.filter, skip + limit - len(items), True
             )
-            unscored = [_public(d, None, scored=True) for d in rest[skip:]]
+            unscored = [public(d, None, scored=True) for d in rest[skip:]]
             yield from self._refresh(unscored, op.refresh_ttl)
             items += unscored
         return items
 
     def _ranked(
         self, op: SearchOp, n: int
-    ) -> _Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]], bool]]:
+    ) -> Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]], bool]]:
         """The live items among the core's best (facts included) that match the
         filter, highest score first, at least ``n`` of them unless the prefix
         holds fewer; the stale memories met; and whether every memory was seen."""
@@ -576,7 +497,7 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         k = n * self.filter_overfetch if op.filter else n
         while True:
             facts = min(self.memory.config.retrieval.semantic_k, k)
-            hits: list[Hit] = yield _Search(op.query, op.namespace_prefix or None, k, facts)
+            hits: list[Hit] = yield Search(op.query, op.namespace_prefix or None, k, facts)
             found, stale = yield from self._live(op, hits)
             episodic = sum(h.provenance != "semantic" for h in hits)
             exhausted = episodic < k
@@ -586,14 +507,14 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
 
     def _live(
         self, op: SearchOp, hits: list[Hit]
-    ) -> _Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]]]]:
+    ) -> Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]]]]:
         """The hits as items: documents that still name them, and recorded memories
         (unless ``recorded=False``, or a document shadows their address)."""
         docs_of = [h for h in hits if is_store_memory(h.memory)]
         mine = [h for h in hits if not is_store_memory(h.memory)] if self.recorded else []
         addresses = [_address(h) for h in docs_of] + [(h.memory.scope, h.id) for h in mine]
         got: list[Item | None] = (
-            (yield _Docs([GetOp(*a, refresh_ttl=op.refresh_ttl) for a in addresses]))
+            (yield Docs([GetOp(*a, refresh_ttl=op.refresh_ttl) for a in addresses]))
             if addresses
             else []
         )
@@ -607,9 +528,9 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
                 if d is None or named_id(d) != h.id:  # in flight, or stale: never deleted here
                     stale.append((h.id, *_address(h)))
                     continue
-                item = _public(d, h.score, scored=True)
+                item = public(d, h.score, scored=True)
             elif self.recorded and h.id not in shadowed and not is_store_memory(h.memory):
-                item = _searched(item_of(h.memory), h.score)
+                item = searched(item_of(h.memory), h.score)
             else:
                 continue
             if matches(item.value, op.filter):
