@@ -69,8 +69,11 @@ def _scope_ids(core: Any, prefix: Sequence[str]) -> list[int] | None:
     return [] if node is None else list(core.store.descendants(node))
 
 
-def recorded_items(memory: HelaMemory, prefix: Sequence[str]) -> list[Item]:
-    """Every recorded memory under ``prefix`` (whole segments), newest first."""
+def recorded_items(
+    memory: HelaMemory, prefix: Sequence[str], limit: int | None = None
+) -> list[Item]:
+    """The recorded memories under ``prefix`` (whole segments), newest first
+    (at most ``limit``; ``None``: all)."""
 
     def rows(core: Any) -> list[tuple[Any, ...]]:
         ids = _scope_ids(core, prefix)
@@ -84,7 +87,10 @@ def recorded_items(memory: HelaMemory, prefix: Sequence[str]) -> list[Item]:
         if ids is not None:
             sql += f" AND m.scope_id IN ({','.join('?' * len(ids))})"
             params = tuple(ids)
-        return list(core.store.db.execute(sql + " ORDER BY m.n DESC", params))
+        sql += " ORDER BY m.n DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return list(core.store.db.execute(sql, params))
 
     out = []
     for mid, path, kind, content, role, event, created in memory._call(rows):

@@ -430,7 +430,8 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         items: list[Item] = [public(d) for d in docs]
         if complete and len(items) < want and self.recorded:
             prefix = op.namespace_prefix
-            mine: list[Item] = yield Call(lambda: recorded_items(self.memory, prefix))
+            most = None if op.filter else want - len(items)
+            mine: list[Item] = yield Call(lambda: recorded_items(self.memory, prefix, most))
             mine = [r for r in mine if matches(r.value, op.filter)]
             while len(items) < want and mine:
                 chunk, mine = mine[: want - len(items)], mine[want - len(items) :]
