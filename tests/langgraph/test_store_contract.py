@@ -306,3 +306,38 @@ def test_a_document_shadows_a_recorded_memory_at_its_address(
     assert sorted(i.key for i in store.search(NS, limit=10)) == sorted([u.id, a.id])
     hits = store.search(NS, query="blue Brompton bike", limit=10)
     assert [(h.key, h.score) for h in hits if h.key == u.id] == [(u.id, None)]
+
+
+# -- 8. fields: each embedded separately, an item scores by its best field ---------
+
+
+def test_each_field_is_embedded_separately(store: HelaMemStore, memory: HelaMemory) -> None:
+    fields = ["title", "body"]
+    store.put(NS, "a", {"title": "heron", "body": "boats sails harbour ropes"}, index=fields)
+    store.put(NS, "b", {"title": "heron"}, index=fields)
+    hits = {h.key: h.score for h in store.search(NS, query="heron", limit=5)}
+    assert set(hits) == {"a", "b"} and hits["a"] == pytest.approx(hits["b"])
+    assert memory.stats().memories == 3  # a: two fields, b: one
+    store.put(NS, "a", {"title": "egret", "body": "x", "notes": "y"}, index=[*fields, "notes"])
+    assert memory.stats().memories == 4  # a's old fields replaced by its three new ones
+    store.put(
+        NS, "c", {"chapters": [{"t": "owls hunt"}, {"t": "owls sleep"}]}, index=["chapters[*].t"]
+    )
+    assert [h.key for h in store.search(NS, query="owls sleep", limit=1)] == ["c"]
+    assert memory.stats().memories == 6
+    store.delete(NS, "a")
+    store.delete(NS, "c")
+    assert memory.stats().memories == 1
+
+
+def test_repair_restores_a_partly_deleted_field_family(
+    store: HelaMemStore, memory: HelaMemory
+) -> None:
+    store.put(NS, "a", {"title": "heron", "body": "pelican"}, index=["title", "body"])
+    ids = sorted(h.id for h in memory.search("heron pelican", NS, k=5, learn=False))
+    assert len(ids) == 2
+    memory.delete(ids[0])  # the primary memory, behind the store's back
+    report = store.repair()
+    assert report.readded == 1 and report.unindexed == 0
+    assert memory.stats().memories == 2
+    assert [h.key for h in store.search(NS, query="pelican")] == ["a"]

@@ -8,7 +8,9 @@ A path selects parts of the value as LangGraph's ``get_text_at_path`` does
 selects is embedded as its **values**: strings as they are, numbers and
 booleans as text, objects and arrays as their values in order (never their
 keys or JSON syntax), so ``{"text": "Alice has a cat"}`` embeds
-``Alice has a cat``, not ``{"text": "Alice has a cat"}``.
+``Alice has a cat``, not ``{"text": "Alice has a cat"}``. Each selected part
+is embedded separately (one memory each) and an item scores by its best
+part, as LangGraph's stores do.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from helamem.core import InvalidInputError
 from langgraph.store.base import get_text_at_path
 
-__all__ = ["index_fields", "value_text"]
+__all__ = ["index_fields", "value_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +52,30 @@ def index_fields(fields: Sequence[str] | None, index: Mapping[str, Any] | None) 
     return chosen
 
 
-def value_text(value: Mapping[str, Any], paths: Sequence[str]) -> str:
-    """The text to embed: the values at ``paths``, one per line, blank ones left out."""
+def value_texts(value: Mapping[str, Any], paths: Sequence[str]) -> list[str]:
+    """The texts to embed, one per selected part (as LangGraph embeds each field
+    separately): ``"$"`` is one text of every value; a path selecting several
+    parts (``"a[*].b"``) gives one text each. Blank and repeated texts are left out."""
     out: list[str] = []
     for path in paths:
         if path == "$":
-            _leaves(value, out)
+            out.append(_join(value))
             continue
         for t in get_text_at_path(value, path):
             if t[:1] in "{[":  # an object or array: its values, not its JSON
                 try:
-                    _leaves(json.loads(t), out)
+                    out.append(_join(json.loads(t)))
                     continue
                 except ValueError:
                     pass
             out.append(t)
-    return "\n".join(t for t in out if t.strip())
+    return list(dict.fromkeys(t for t in out if t.strip()))
+
+
+def _join(obj: Any) -> str:
+    leaves: list[str] = []
+    _leaves(obj, leaves)
+    return "\n".join(t for t in leaves if t.strip())
 
 
 def _leaves(obj: Any, out: list[str]) -> None:

@@ -94,11 +94,19 @@ from helamem.core import (
 from helamem.core.ids import new_id
 from langgraph.store.base import BaseStore, GetOp, Item, Op, PutOp
 
-from ._index import value_text
+from ._index import value_texts
 from ._journal import Intent, Journal
 from ._recorded import recorded_at
 
-__all__ = ["ID_FIELD", "JOURNAL", "JournaledWrites", "RepairReport", "doc_meta", "named_id"]
+__all__ = [
+    "ID_FIELD",
+    "JOURNAL",
+    "JournaledWrites",
+    "RepairReport",
+    "doc_meta",
+    "family_base",
+    "named_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -169,9 +177,13 @@ class JournaledWrites:
                 self._journal.clear()
             mems = _store_memories(self.memory)
             got = self._docs_at([(ns, key) for _, ns, key in mems])
-            stale = [mid for (mid, _, _), d in zip(mems, got, strict=True) if named_id(d) != mid]
-            self._drop(stale)
-            have = {mid for mid, _, _ in mems}
+            stale = [
+                mid
+                for (mid, _, _), d in zip(mems, got, strict=True)
+                if named_id(d) != family_base(mid)
+            ]
+            self._drop(stale, family=False)
+            have = {mid for mid, _, _ in mems if family_base(mid) == mid}  # primaries
             named: list[tuple[Item, str]] = []
             offset = 0
             while True:
@@ -204,10 +216,10 @@ class JournaledWrites:
                 if value is not None and op.value is not None:
                     meta: dict[str, Any] = {"id": None}
                     fields = list(op.index or self.fields)
-                    text = value_text(op.value, fields) if op.index is not False else ""
-                    if text:
+                    texts = value_texts(op.value, fields) if op.index is not False else []
+                    if texts:
                         new = new_id()
-                        embed.append(_document_memory(text, ns, key, new))
+                        embed += _document_memories(texts, ns, key, new)
                         meta = {"id": new, "index": fields}
                     if old is not None:  # a replacement keeps the item's creation time
                         meta["created_at"] = (
@@ -226,11 +238,12 @@ class JournaledWrites:
                 done = True
                 if self.recorded:  # a write to a recorded memory's address replaces it
                     self._drop(
-                        [
+                        family=False,
+                        ids=[
                             i.key
                             for i, d in zip(intents, olds, strict=True)
                             if d is None and recorded_at(self.memory, i.ns, i.key)
-                        ]
+                        ],
                     )
             finally:
                 if done:
@@ -285,11 +298,12 @@ class JournaledWrites:
             meta = doc_meta(d)
             value = {k: v for k, v in d.value.items() if k != ID_FIELD}
             fields = meta.get("index") or self.fields
-            text = value_text(value, list(fields))
+            texts = value_texts(value, list(fields))
             try:
-                if not text:
+                if not texts:
                     raise InvalidInputError("the document has no text to index")
-                self.memory.add_many([_document_memory(text, d.namespace, d.key, mid)])
+                self._drop([mid])  # field memories left of a partly deleted family
+                self.memory.add_many(_document_memories(texts, d.namespace, d.key, mid))
                 readded += 1
             except InvalidInputError as exc:
                 if _exists(self.memory, mid):  # added meanwhile by another writer
@@ -308,8 +322,11 @@ class JournaledWrites:
             logger.warning("re-indexed %d store documents whose memory was missing", readded)
         return readded, unindexed
 
-    def _drop(self, ids: Sequence[str]) -> None:
-        """Delete memories, skipping the ones that are gone already."""
+    def _drop(self, ids: Sequence[str], family: bool = True) -> None:
+        """Delete memories (with ``family``: each with its field memories), skipping
+        the ones that are gone already."""
+        if family and ids:
+            ids = _families(self.memory, ids)
         if not ids:
             return
         try:
@@ -349,7 +366,11 @@ class JournaledWrites:
                 self._journal.clear()
             got = self._docs_at([(ns, k) for _, ns, k in stale])
             self._drop(
-                [mid for (mid, _, _), d in zip(stale, got, strict=True) if named_id(d) != mid]
+                [
+                    family_base(mid)
+                    for (mid, _, _), d in zip(stale, got, strict=True)
+                    if named_id(d) != family_base(mid)
+                ]
             )
 
 
@@ -367,11 +388,38 @@ def _exists(memory: HelaMemory, mid: str) -> bool:
     return True
 
 
-def _document_memory(text: str, ns: Sequence[str], key: str, mid: str) -> NewMemory:
-    """The memory indexing a document: standalone (``linked=False``), so a put
-    creates no temporal edge; documents are not a conversation."""
+def _document_memories(
+    texts: Sequence[str], ns: Sequence[str], key: str, mid: str
+) -> list[NewMemory]:
+    """The memories indexing a document: one per text (field), ids ``mid``,
+    ``mid.1``, ``mid.2``, ...; standalone (``linked=False``), so a put creates no
+    temporal edge: documents are not a conversation."""
     meta = {"langgraph": {"namespace": list(ns), "key": key}}
-    return NewMemory(text, tuple(ns), metadata=meta, id=mid, linked=False)
+    ids = [mid] + [f"{mid}.{i}" for i in range(1, len(texts))]
+    return [
+        NewMemory(t, tuple(ns), metadata=meta, id=i, linked=False)
+        for t, i in zip(texts, ids, strict=True)
+    ]
+
+
+def family_base(mid: str) -> str:
+    """The id a document names for one of its field memories (``X.2`` -> ``X``)."""
+    return mid.split(".", 1)[0]
+
+
+def _families(memory: HelaMemory, ids: Sequence[str]) -> list[str]:
+    """``ids`` with every field memory of theirs that exists (``X`` -> ``X``, ``X.1``, ...)."""
+
+    def rows(core: Any) -> list[str]:
+        out: list[str] = []
+        for n in range(0, len(ids), 200):
+            part = list(ids[n : n + 200])
+            where = " OR ".join(["id GLOB ?"] * len(part))
+            sql = f"SELECT id FROM memories WHERE {where}"
+            out += [str(r[0]) for r in core.store.db.execute(sql, [f"{i}.*" for i in part])]
+        return out
+
+    return list(dict.fromkeys([*ids, *memory._call(rows)]))
 
 
 def _store_memories(memory: HelaMemory) -> list[tuple[str, tuple[str, ...], str]]:

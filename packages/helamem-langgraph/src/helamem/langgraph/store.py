@@ -65,7 +65,7 @@ from ._recorded import (
     recorded_namespaces,
 )
 from ._ttl import TTLSweeper
-from ._writes import ID_FIELD, JOURNAL, JournaledWrites, RepairReport, named_id
+from ._writes import ID_FIELD, JOURNAL, JournaledWrites, RepairReport, family_base, named_id
 
 __all__ = ["ID_FIELD", "HelaMemStore", "RepairReport"]
 
@@ -468,8 +468,8 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         ranked = len(found)
         if offset:
             before, more, _ = yield from self._ranked(op, offset)
-            shown = {h.id for _, h in before[:offset]}
-            found = [(item, h) for item, h in found if h.id not in shown]
+            shown = {_at(item) for item, _ in before[:offset]}
+            found = [(item, h) for item, h in found if _at(item) not in shown]
             stale += [s for s in more if s not in stale]
         page = found[:limit]
         for group in self._coactive([h for _, h in page]):
@@ -523,10 +523,11 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         shadowed = {h.id for h, d in zip(mine, got[len(docs_of) :], strict=True) if d is not None}
         found: list[tuple[SearchItem, Hit]] = []
         stale: list[tuple[str, tuple[str, ...], str]] = []
+        seen: set[tuple[tuple[str, ...], str]] = set()
         for h in sorted(hits, key=lambda h: -h.score):
             if h.id in doc:
                 d = doc[h.id]
-                if d is None or named_id(d) != h.id:  # in flight, or stale: never deleted here
+                if d is None or named_id(d) != family_base(h.id):  # in flight, or stale: kept
                     stale.append((h.id, *_address(h)))
                     continue
                 item = public(d, h.score, scored=True)
@@ -534,7 +535,8 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
                 item = searched(item_of(h.memory), h.score)
             else:
                 continue
-            if matches(item.value, op.filter):
+            if _at(item) not in seen and matches(item.value, op.filter):
+                seen.add(_at(item))  # an item scores by its best field
                 found.append((item, h))
         return found, stale
 
@@ -552,6 +554,10 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             if len(ids) > 1:
                 out.append(ids)
         return out
+
+
+def _at(item: Item) -> tuple[tuple[str, ...], str]:
+    return tuple(item.namespace), item.key
 
 
 def _address(hit: Hit) -> tuple[tuple[str, ...], str]:
