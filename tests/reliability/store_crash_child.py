@@ -58,9 +58,10 @@ def integrity(path: Path, docs: BaseStore) -> tuple[int, int]:
     orphans = 0
     for mid, where in mems.items():
         d = docs.get(tuple(where["namespace"]), where["key"], refresh_ttl=False)
-        orphans += d is None or d.value[ID_FIELD]["id"] != mid
+        orphans += d is None or d.value[ID_FIELD]["id"] != mid.split(".", 1)[0]  # X.1: X's field
     listed = docs.search((), limit=100_000, refresh_ttl=False)
-    dangling = sum(1 for d in listed if d.value[ID_FIELD]["id"] not in (None, *mems))
+    primaries = {mid for mid in mems if "." not in mid}
+    dangling = sum(1 for d in listed if d.value[ID_FIELD]["id"] not in (None, *primaries))
     return orphans, dangling
 
 
