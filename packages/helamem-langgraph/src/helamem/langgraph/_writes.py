@@ -6,19 +6,21 @@ Each item lives twice, by role:
   LangGraph document store, by default LangGraph's ``SqliteStore`` in the
   memory's data directory. It is the source of truth: it answers gets,
   listings, filters, namespaces and TTL exactly as LangGraph documents them,
-  and it names, in a reserved field (never returned), the one memory that
-  indexes it;
-* the **memory** (the indexed text, in the HeLa-Mem scope equal to the
-  namespace, with ``{"langgraph": {"namespace", "key"}}`` metadata) answers
-  natural-language search: dense + lexical retrieval, spreading activation
-  over learned edges, and Hebbian learning among the best items returned
-  (``config.retrieval.learn_top`` of them, the core's own rule).
+  and it names, in a reserved field (never returned), the memory id ``X``
+  that indexes it;
+* the **memories** (the indexed text, one per indexed field, ids ``X``,
+  ``X.1``, ``X.2``, ...: a *family*, added in one transaction and deleted in
+  one; in the HeLa-Mem scope equal to the namespace, with
+  ``{"langgraph": {"namespace", "key"}}`` metadata) answer natural-language
+  search.
 
-A memory is *live* when its document names it and *stale* otherwise. Memories
-that are not documents (turns recorded by
+A family is *live* when its document names ``X`` and *stale* otherwise; every
+step below that adds, keeps or deletes "the memory ``X``" acts on its whole
+family. Memories that are not documents (turns recorded by
 :class:`~helamem.langgraph.HelaMemCheckpointer` or any other HeLa-Mem writer)
-are returned by query search as read-only items keyed by memory id with value
-``{"content", "role", "kind", "event_time"}``.
+are items of their own (see :mod:`helamem.langgraph._recorded`); a put to
+one's address deletes it after writing its document (no journal: a failed
+put never loses it; a kill in between leaves the document shadowing it).
 
 Why no interleaving loses or orphans an item
 --------------------------------------------
