@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ def _keys(items: list[Any]) -> list[str]:
 
 
 def test_filters_agree_with_and_without_a_query(store: HelaMemStore) -> None:
-    people = {
+    people: dict[str, dict[str, Any]] = {
         "t1": {"text": "note one", "age": 30, "done": True, "meta": {"prio": 10}},
         "t2": {"text": "note two", "age": 30, "meta": {"prio": 5}},
         "t3": {"text": "note three", "age": 30, "done": False},
@@ -180,12 +180,12 @@ def test_use_after_close_raises_a_typed_error(memory: HelaMemory) -> None:
             hits = store.search(NS, query="heron")
             return {"messages": [AIMessage(str(len(hits)))]}
 
-        b.add_node("bot", node)  # type: ignore[arg-type]
+        b.add_node("bot", node)
         b.add_edge(START, "bot")
         b.add_edge("bot", END)
         graph = b.compile(store=s)
         assert graph.invoke({"messages": [HumanMessage("hi")]})["messages"][-1].content == "1"
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: s.get(NS, "k"),
         lambda: s.search(NS, query="heron"),
         lambda: s.search(NS),

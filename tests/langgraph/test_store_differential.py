@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langgraph.store.base import GetOp, Item, ListNamespacesOp, MatchCondition, PutOp, SearchOp
+from langgraph.store.base import (
+    GetOp,
+    Item,
+    ListNamespacesOp,
+    MatchCondition,
+    Op,
+    PutOp,
+    SearchOp,
+)
 from langgraph.store.memory import InMemoryStore
 
 from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
@@ -95,7 +103,8 @@ class Pair:
 
     def __init__(self, ours: HelaMemStore, rng: random.Random) -> None:
         self.ours = ours
-        self.ref = InMemoryStore(index={"dims": 16, "embed": _embed, "fields": ["text"]})
+        index: Any = {"dims": 16, "embed": _embed, "fields": ["text"]}
+        self.ref = InMemoryStore(index=index)
         self.rng = rng
         self.keys: list[tuple[tuple[str, ...], str]] = []
         self.unindexed: set[tuple[tuple[str, ...], str]] = set()
@@ -189,7 +198,7 @@ class Pair:
         ns = self.rng.choice(NAMESPACES)
         key = f"k{self.rng.randrange(40)}"
         value = _value(self.rng)
-        ops = [
+        ops: list[Op] = [
             GetOp(ns, key),
             PutOp(ns, key, value),
             GetOp(ns, key),
@@ -200,7 +209,7 @@ class Pair:
         a, b = self.ours.batch(ops), self.ref.batch(ops)
         for x, y in zip(a, b, strict=True):
             if isinstance(x, list):
-                assert sorted(_flat(x)) == sorted(_flat(y))
+                assert isinstance(y, list) and sorted(_flat(x)) == sorted(_flat(y))
             else:
                 assert (x.value if isinstance(x, Item) else x) == (
                     y.value if isinstance(y, Item) else y
