@@ -33,6 +33,8 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from helamem.bench import CachingEmbedder
+from helamem.bench.locomo import Conversation, load_locomo
 from helamem.core import (
     DynamicsConfig,
     HashingEmbedder,
@@ -41,8 +43,6 @@ from helamem.core import (
     MiniLMEmbedder,
     NewMemory,
 )
-from helamem.core.bench import CachingEmbedder
-from helamem.core.bench.locomo import Conversation, load_locomo
 
 MODES = ("read-only", "learn", "oracle")
 

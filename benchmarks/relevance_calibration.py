@@ -30,9 +30,9 @@ import numpy as np
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from helamem.bench import CachingEmbedder
+from helamem.bench.locomo import load_locomo
 from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, MiniLMEmbedder, NewMemory
-from helamem.core.bench import CachingEmbedder
-from helamem.core.bench.locomo import load_locomo
 
 
 def _nonsense(rng: random.Random) -> str:

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from helamem.core import HashingEmbedder
-from helamem.core.bench.locomo import (
+from helamem.bench.locomo import (
     REPLAYS,
     Turn,
     gini,
@@ -19,6 +18,7 @@ from helamem.core.bench.locomo import (
     run_locomo,
     turn_pairs,
 )
+from helamem.core import HashingEmbedder
 from helamem.core.cli import main
 
 _TOPICS = [

@@ -9,17 +9,17 @@ from typing import Any
 
 import pytest
 
-from helamem.core import HashingEmbedder
-from helamem.core.bench import _common
-from helamem.core.bench import locomo as locomo_module
-from helamem.core.bench import sweep as sweep_module
-from helamem.core.bench.locomo import (
+from helamem.bench import _common
+from helamem.bench import locomo as locomo_module
+from helamem.bench import sweep as sweep_module
+from helamem.bench.locomo import (
     load_locomo,
     parse_evidence,
     parse_session_date,
     render_markdown,
     run_locomo,
 )
+from helamem.core import HashingEmbedder
 from helamem.core.cli import main
 
 
@@ -390,15 +390,15 @@ def test_learning_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
 
 
 def test_a_fact_counts_as_its_source_turns() -> None:
-    from helamem.core.bench import locomo, token_counter
+    from helamem.bench import locomo_score, token_counter
 
     hits: dict[int | str, list[tuple[str, str]]] = {
-        10: [("D1:1", "a turn"), (locomo.FACT + "D1:2|D2:7", "a fact")]
+        10: [("D1:1", "a turn"), (locomo_score.FACT + "D1:2|D2:7", "a fact")]
     }
-    hit, recall, _, items = locomo._score(hits, {"D2:7", "D3:1"}, token_counter())
+    hit, recall, _, items = locomo_score.score(hits, {"D2:7", "D3:1"}, token_counter())
     assert hit[10] == 1.0 and recall[10] == 0.5 and items[10] == 2
-    assert locomo._fact_dias(locomo.FACT + "D1:2|D2:7") == ["D1:2", "D2:7"]
-    assert locomo._fact_dias("D1:2") == ["D1:2"]
+    assert locomo_score.fact_dias(locomo_score.FACT + "D1:2|D2:7") == ["D1:2", "D2:7"]
+    assert locomo_score.fact_dias("D1:2") == ["D1:2"]
 
 
 def test_facts_method_consolidates_and_reports_citing_rate(data: Path, tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from test_bench_locomo import _sample
 
+from helamem.bench import cli as cli_module
+from helamem.bench import qa as qa_module
+from helamem.bench.locomo import load_locomo, render_markdown, run_locomo
+from helamem.bench.qa import QASettings, pick_choice
 from helamem.core import HashingEmbedder, LLMClient, LLMConfig
-from helamem.core import cli as cli_module
-from helamem.core.bench import qa as qa_module
-from helamem.core.bench.locomo import load_locomo, render_markdown, run_locomo
-from helamem.core.bench.qa import QASettings, pick_choice
 from helamem.core.cli import build_parser, main
 from helamem.core.prompts import NOT_MENTIONED, salvage_answer
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helamem.bench import scale as scale_module
+from helamem.bench.scale import Corpus, TableEmbedder, run_scale
 from helamem.core import HashingEmbedder
-from helamem.core.bench import scale as scale_module
-from helamem.core.bench.scale import Corpus, TableEmbedder, run_scale
 from helamem.core.cli import main
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from helamem.core.bench import locomo_eval
-from helamem.core.bench.locomo_eval import (
+from helamem.bench import locomo_eval
+from helamem.bench.locomo_eval import (
     PorterStemmer,
     bleu1,
     f1_multi,

@@ -17,7 +17,7 @@ from typing import TextIO
 
 import numpy as np
 
-from ..embeddings import Embedder, Vectors, token_embedder
+from helamem.core.embeddings import Embedder, Vectors, token_embedder
 
 __all__ = ["CachingEmbedder", "Progress", "TokenCounter", "token_counter", "versions"]
 
@@ -274,7 +274,7 @@ class Progress:
 
 def versions() -> dict[str, str]:
     """Versions of Python, the platform and the packages a benchmark depends on."""
-    from .. import __version__
+    from helamem.core import __version__
 
     out = {
         "helamem-core": __version__,

@@ -1,8 +1,8 @@
 """Benchmarks of HeLa-Mem (run them with ``helamem bench ...``).
 
-- :mod:`helamem.core.bench.locomo`: LoCoMo retrieval, HeLa-Mem beside dense,
+- :mod:`helamem.bench.locomo`: LoCoMo retrieval, HeLa-Mem beside dense,
   BM25 and fusion baselines and its own ablations.
-- :mod:`helamem.core.bench.scale`: ingest, search, ``record_turn``, RSS and
+- :mod:`helamem.bench.scale`: ingest, search, ``record_turn``, RSS and
   disk at 1k-100k synthetic memories, beside a plain Chroma query.
 """
 

@@ -43,7 +43,7 @@ each pass asks every query once per method, methods interleaved):
   memory (SQLite with its WAL, plus Chroma), each beside plain Chroma's.
 
 Examples:
-    >>> from helamem.core.bench.scale import Corpus
+    >>> from helamem.bench.scale import Corpus
     >>> c = Corpus(seed=1)
     >>> turns = c.turns(4)
     >>> len(turns), turns[0][1]
@@ -69,11 +69,12 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from ..config import HelaMemConfig
-from ..embeddings import Embedder, Vectors
-from ..engine import HelaMemory
-from ..hooks import TurnRecorder
-from ..types import NewMemory
+from helamem.core.config import HelaMemConfig
+from helamem.core.embeddings import Embedder, Vectors
+from helamem.core.engine import HelaMemory
+from helamem.core.hooks import TurnRecorder
+from helamem.core.types import NewMemory
+
 from ._common import Progress, versions
 
 __all__ = [

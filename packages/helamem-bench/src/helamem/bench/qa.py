@@ -9,7 +9,7 @@ asked as the official LoCoMo evaluation asks them: temporal ones (category 2)
 with its date hint, adversarial ones (category 5) as a choice between the
 trap answer and "Not mentioned in the conversation", in an order drawn per
 question from the run's seed (the same for every method). Answers are scored
-with :mod:`~helamem.core.bench.locomo_eval` (official F1, BLEU-1) and, with a
+with :mod:`~helamem.bench.locomo_eval` (official F1, BLEU-1) and, with a
 judge model, labelled CORRECT or WRONG by
 :data:`~helamem.core.prompts.JUDGE_ANSWER`.
 
@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
-from ..config import LLMConfig
-from ..errors import LLMResponseError
-from ..llm import LLMClient
-from ..prompts import (
+from helamem.core.config import LLMConfig
+from helamem.core.errors import LLMResponseError
+from helamem.core.llm import LLMClient
+from helamem.core.prompts import (
     ANSWER_INSTRUCTION,
     ANSWER_INSTRUCTION_CHOICE,
     ANSWER_QUESTION,
@@ -50,10 +50,11 @@ from ..prompts import (
     render_excerpts,
     render_question,
 )
+
 from .locomo_eval import gold_answer, score_answer
 
 if TYPE_CHECKING:
-    from .locomo import Conversation, Question
+    from .locomo_data import Conversation, Question
 
 __all__ = [
     "DEFAULT_QA_K",

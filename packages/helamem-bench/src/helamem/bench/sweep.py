@@ -30,7 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..embeddings import Embedder, MiniLMEmbedder
+from helamem.core.embeddings import Embedder, MiniLMEmbedder
+
 from ._common import CachingEmbedder, Progress, versions
 from .locomo import run_locomo
 
