@@ -672,7 +672,7 @@ def repair_derived(core: Core, *, reembed: bool = False, vectors: bool = True) -
         StorageError: SQLite or the vector index failed; the transaction was
             rolled back (the vector index is rebuilt on the next reindex).
     """
-    from ._core import _tag
+    from ._base import scope_tag
 
     store = core.store
     with store.tx() as db:
@@ -697,7 +697,7 @@ def repair_derived(core: Core, *, reembed: bool = False, vectors: bool = True) -
             for n, sid, kind, content in batch:
                 key = (int(sid), str(kind))
                 if key not in tags:
-                    tags[key] = " ".join(_tag(a, key[1]) for a in store.ancestors(key[0]))
+                    tags[key] = " ".join(scope_tag(a, key[1]) for a in store.ancestors(key[0]))
                 out.append((int(n), str(content), tags[key]))
             db.executemany("INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)", out)
             rows += len(out)

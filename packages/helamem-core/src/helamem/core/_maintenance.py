@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import dynamics
-from ._core import Core, _tag, prepare
+from ._core import Core, prepare, scope_tag
 from .distill import ClusterPlan, FactDraft, build_cluster, find_hubs, signature, similarity_edges
 from .storage.base import EdgeRow, MemoryRow
 from .text import safe_text
@@ -203,7 +203,7 @@ def apply_consolidation(
             if best >= 0 and float(mat[best] @ vec) >= cfg.dedup_cos:
                 old = facts[best]
                 prov = list(dict.fromkeys([*json.loads(old.provenance), *src]))
-                tags = " ".join(_tag(a, "semantic") for a in store.ancestors(sid))
+                tags = " ".join(scope_tag(a, "semantic") for a in store.ancestors(sid))
                 store.update_fact(
                     db,
                     old,

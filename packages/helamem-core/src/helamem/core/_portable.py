@@ -48,7 +48,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import dynamics
-from ._core import Core, _tag
+from ._core import Core, scope_tag
 from ._maintenance import _mark_key
 from .errors import InvalidInputError, StorageError
 from .storage.base import EdgeRow, MemoryRow
@@ -310,7 +310,7 @@ class _Importer:
     def tags(self, sid: int, kind: str) -> str:
         key = (kind, sid)
         if key not in self._tags:
-            self._tags[key] = " ".join(_tag(a, kind) for a in self.store.ancestors(sid))
+            self._tags[key] = " ".join(scope_tag(a, kind) for a in self.store.ancestors(sid))
         return self._tags[key]
 
     def run(self, lines: Iterator[dict[str, Any]]) -> None:

@@ -31,7 +31,7 @@ from .embeddings import MiniLMEmbedder
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from ._core import Core
+    from ._base import CoreBase
 
 __all__ = [
     "EMBEDDER_KEY",
@@ -60,12 +60,12 @@ def _info(raw: str | None) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
-def read_embedder(core: Core) -> dict[str, Any] | None:
+def read_embedder(core: CoreBase) -> dict[str, Any] | None:
     """``{"name", "dimension"}`` of the embedder the stored vectors belong to."""
     return _info(core.store.get_meta(EMBEDDER_KEY))
 
 
-def read_switch(core: Core) -> dict[str, Any] | None:
+def read_switch(core: CoreBase) -> dict[str, Any] | None:
     """``{"name", "dimension", "done_n"}`` of an unfinished switch, or ``None``."""
     return _info(core.store.get_meta(SWITCH_KEY))
 
@@ -99,7 +99,7 @@ def cli_flags(name: str, dimension: int) -> str | None:
     return f"--embedder litellm --model {cfg.model} --dimension {dimension}"
 
 
-def _fix(core: Core, name: str, dimension: int) -> str:
+def _fix(core: CoreBase, name: str, dimension: int) -> str:
     flags = cli_flags(name, dimension)
     where = shlex.quote(str(core.config.path))
     cli = f"`helamem reindex --reembed {flags} {where}` or " if flags else ""
@@ -109,7 +109,7 @@ def _fix(core: Core, name: str, dimension: int) -> str:
     )
 
 
-def ensure_embedder(core: Core, reembed: bool) -> int | None:
+def ensure_embedder(core: CoreBase, reembed: bool) -> int | None:
     """Check (or, with ``reembed``, switch to) the store's embedder, on open.
 
     Returns:
@@ -157,7 +157,7 @@ def ensure_embedder(core: Core, reembed: bool) -> int | None:
 
 
 def _switch(
-    core: Core,
+    core: CoreBase,
     stored: dict[str, Any],
     switch: dict[str, Any] | None,
     target: dict[str, Any],

@@ -20,22 +20,22 @@ import numpy as np
 import numpy.typing as npt
 
 from .config import EmbedderConfig
-from .errors import ConfigError, EmbeddingError
+from .errors import ConfigError
 from .text import STOPWORDS, safe_text, tokens
+from .vectors import Vectors, check_vectors
 
 __all__ = [
     "Embedder",
     "HashingEmbedder",
     "MiniLMEmbedder",
     "TokenEmbedder",
+    "Vectors",
     "check_vectors",
     "create_embedder",
     "token_embedder",
 ]
 
 logger = logging.getLogger(__name__)
-
-Vectors = npt.NDArray[np.float32]
 
 
 @runtime_checkable
@@ -75,24 +75,6 @@ def token_embedder(embedder: object) -> TokenEmbedder | None:
     if isinstance(embedder, TokenEmbedder) and getattr(embedder, "gives_tokens", True):
         return embedder
     return None
-
-
-def check_vectors(vectors: Any, n: int, dimension: int, name: str) -> Vectors:
-    """Validate an embedder's output and L2-normalise it.
-
-    Raises:
-        EmbeddingError: On a wrong shape or non-finite values.
-    """
-    arr = np.asarray(vectors, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[0] != n or arr.shape[1] != dimension:
-        raise EmbeddingError(
-            f"embedder {name!r} returned shape {arr.shape}, expected ({n}, {dimension}); "
-            f"check its dimension setting"
-        )
-    if not np.isfinite(arr).all():
-        raise EmbeddingError(f"embedder {name!r} returned NaN or inf values")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    return np.asarray(arr / np.clip(norms, 1e-12, None), dtype=np.float32)
 
 
 class HashingEmbedder:

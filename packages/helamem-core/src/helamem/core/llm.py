@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .config import LLMConfig
-from .embeddings import Vectors, check_vectors
 from .errors import ConfigError, EmbeddingError, LLMResponseError, LLMUnavailableError
 from .prompts import REPAIR_JSON, Prompt
+from .vectors import Vectors, check_vectors
 
 __all__ = ["LLMClient", "LLMUsage", "LiteLLMEmbedder", "import_litellm", "parse_json"]
 

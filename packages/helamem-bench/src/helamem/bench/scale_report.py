@@ -1,0 +1,106 @@
+"""The scale benchmark's report: the markdown table and the written results files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _layout(cell: Mapping[str, Any]) -> str:
+    return "1 scope" if cell["scopes"] == 1 else f"{cell['scopes']} scopes"
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """The results as a markdown report (one row per size and layout)."""
+    cfg = results["config"]
+    lines = [
+        "# Scale benchmark",
+        "",
+        f"Embedder `{cfg['embedder']}`, k={cfg['k']}, {cfg['queries']} queries x "
+        f"{cfg['repeats']} passes (medians of per-pass p50/p95), seed {results['seed']}, "
+        f"{cfg['cpus']} CPUs. Vectors are precomputed: neither side pays for the query "
+        f"embedding, and ingest is the store's throughput (the embedder alone: "
+        f"{_f(results['embedding']['texts_per_s'])} texts/s).",
+        "",
+        "`search` is `search()` with its defaults (spreading and learning on); `read-only` "
+        "adds `learn=False`; `no spread` adds `spread=False` too. Ratio = HeLa-Mem p50 / "
+        "plain Chroma p50 (same vectors, same query vector, same k, same run).",
+        "",
+        "| memories | layout | ingest turns/s (Chroma add) | search p50 / p95 ms "
+        "| read-only p50 / p95 | no spread p50 / p95 | Chroma p50 / p95 "
+        "| ratio search / read-only / no spread | record_turn p50 / p95 µs "
+        "| RSS B/memory (Chroma) | disk B/memory (Chroma) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in results["cells"]:
+        s = c["search_ms"]
+        ratio = c["ratio_p50"]
+        rt = c["record_turn"]["record_turn_sync_us"]
+
+        def pair(m: str, s: Mapping[str, Any] = s) -> str:
+            return f"{_f(s[m]['p50'], 2)} / {_f(s[m]['p95'], 2)}"
+
+        lines.append(
+            f"| {c['size']:,} | {_layout(c)} "
+            f"| {_f(c['ingest']['turns_per_s'], 0)} ({_f(c['ingest']['chroma_turns_per_s'], 0)}) "
+            f"| {pair('search')} | {pair('search_learn_false')} | {pair('search_no_spread')} "
+            f"| {pair('chroma')} "
+            f"| **{_f(ratio['search'], 2)}x** / {_f(ratio['search_learn_false'], 2)}x"
+            f" / {_f(ratio['search_no_spread'], 2)}x "
+            f"| {_f(rt['p50'], 0)} / {_f(rt['p95'], 0)} "
+            f"| {_f(c['rss']['helamem_bytes_per_memory'], 0)}"
+            f" ({_f(c['rss']['chroma_bytes_per_memory'], 0)}) "
+            f"| {_f(c['disk']['helamem_bytes_per_memory'], 0)}"
+            f" ({_f(c['disk']['chroma_bytes_per_memory'], 0)}) |"
+        )
+    lines += [
+        "",
+        "record_turn: agent-visible latency of `TurnRecorder.record_turn_sync` (stored in the "
+        "background, consolidation off); beside it, per cell: background turns/s and a direct "
+        "`add_turn` p50.",
+        "",
+        "| memories | layout | background turns/s | add_turn p50 / p95 ms |",
+        "|---:|---|---:|---:|",
+    ]
+    for c in results["cells"]:
+        r = c["record_turn"]
+        lines.append(
+            f"| {c['size']:,} | {_layout(c)} | {_f(r['background_turns_per_s'])} "
+            f"| {_f(r['add_turn_direct_ms']['p50'], 2)} / {_f(r['add_turn_direct_ms']['p95'], 2)} |"
+        )
+    failures = [
+        c
+        for c in results["cells"]
+        if c.get("chroma_query_failed") or c["ingest"].get("chroma_add_failed")
+    ]
+    for c in failures:
+        lines += [
+            "",
+            f"Plain Chroma at {c['size']:,} memories over {c['scopes']:,} collections "
+            f"(open-file limit {c.get('nofile_soft_limit')}): "
+            f"{c['ingest'].get('chroma_add_failed', 0):,} vectors failed to add and "
+            f"{c.get('chroma_query_failed', 0):,} queries failed (its timings include them).",
+        ]
+    lines += [
+        "",
+        "RSS per memory: growth of the process's resident memory while building each store, "
+        "divided by its memories (approximate: allocators reuse freed memory). Disk: every "
+        "file of the store (SQLite with WAL, and Chroma) per memory. "
+        f"Peak RSS of the run: {_f(results['peak_rss_mb'])} MB.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write ``results.json`` and ``results.md`` under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    paths["markdown"].write_text(render_markdown(results), encoding="utf-8")
+    return paths

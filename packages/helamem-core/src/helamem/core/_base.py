@@ -1,0 +1,341 @@
+"""The engine's shared storage: the stores, their lifecycle, reconciliation and embedding.
+
+:class:`CoreBase` owns the SQLite store and the vector index of one memory
+and everything the operations share (row conversions, edge decay at the
+scope's tick, input checks); the operations themselves live over it in
+:mod:`._ingest`, :mod:`._search` and :mod:`._learning`, and
+:class:`helamem.core._core.Core` puts them together. Only the store's owner
+thread calls any of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from . import dynamics, retrieval
+from .config import HelaMemConfig
+from .embeddings import Embedder, check_vectors, token_embedder
+from .errors import (
+    EmbeddingError,
+    InvalidInputError,
+)
+from .storage.base import EdgeRow, IndexLockedError, MemoryRow, VectorIndex
+from .storage.sqlite import SQLiteStore, sqlite_errors
+from .text import is_blank
+from .types import (
+    Memory,
+    Scope,
+    normalize_scope,
+)
+
+__all__ = ["MAX_CONTENT_CHARS", "CoreBase", "Stats", "check_content", "check_k", "scope_tag"]
+
+logger = logging.getLogger(__name__)
+
+_KIND_CODE = {"episodic": 1, "semantic": 2}
+MAX_CONTENT_CHARS = 16_000_000
+
+
+def scope_tag(node: int, kind: str) -> str:
+    return f"s{node}k{_KIND_CODE[kind]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts for the whole store or one scope prefix."""
+
+    memories: int
+    episodic: int
+    semantic: int
+    edges: int
+    mean_edge_weight: float
+    scopes: int
+    unindexed: int
+    vectors: int
+    embedder: str
+    schema_version: int
+    llm_calls: int = 0
+    llm_failed_calls: int = 0
+    llm_prompt_tokens: int = 0
+    llm_completion_tokens: int = 0
+    llm_cost_usd: float = 0.0
+
+
+def check_content(content: object, what: str = "content") -> str:
+    if not isinstance(content, str):
+        raise InvalidInputError(f"{what} must be a str, got {type(content).__name__}")
+    if is_blank(content):
+        raise InvalidInputError(
+            f"{what} is empty or holds only whitespace, control or zero-width characters; "
+            f"pass some visible text"
+        )
+    if len(content) > MAX_CONTENT_CHARS:
+        raise InvalidInputError(
+            f"{what} has {len(content)} characters, over the {MAX_CONTENT_CHARS} limit; split it"
+        )
+    return content
+
+
+def check_k(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise InvalidInputError(f"k must be a positive int, got {k!r}")
+    return k
+
+
+class CoreBase:
+    """Storage-owning state every operation shares (one thread at a time)."""
+
+    def __init__(
+        self,
+        config: HelaMemConfig,
+        embedder: Embedder,
+        index: VectorIndex,
+        *,
+        reembed: bool = False,
+    ) -> None:
+        self.config = config
+        # on open, switch a store built with another embedder to this one (see _reembed)
+        self.reembed = reembed
+        self.reembedded: int | None = None
+        self.embedder = embedder
+        # late interaction (MaxSim) when configured and the embedder gives token vectors
+        self._tokens = token_embedder(embedder) if config.retrieval.late_weight > 0 else None
+        self.index = index
+        self.store = SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
+        self._scopes: dict[int, Scope] = {}
+        self._needs_reconcile = False
+        self._aux_pool: ThreadPoolExecutor | None = None
+        # kind -> scope nodes holding it, to skip the lexical scope filter when a
+        # prefix covers them all; only grows (a stale entry keeps the filter on;
+        # another process's new scope only costs recall: rows are filtered anyway)
+        self._holding: dict[str, set[int]] | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def open(self) -> None:
+        self.store.open()
+        try:
+            self._check_embedder()
+            self.index.open(self.embedder.dimension)
+            self.reconcile()
+        except BaseException:
+            self.store.close()
+            raise
+
+    def close(self) -> None:
+        if self._aux_pool is not None:
+            self._aux_pool.shutdown(wait=True)
+            self._aux_pool = None
+        self.index.close()
+        self.store.close()
+
+    def _check_embedder(self) -> None:
+        """Refuse vectors of another embedder, or switch to this one (see :class:`Core`)."""
+        raise NotImplementedError
+
+    def reconcile(self) -> int:
+        """Bring the vector index up to date with SQLite; returns rows re-indexed.
+
+        What the index cannot take now (a large scope's HNSW collection while
+        another process holds the embedded index) stays pending: those rows stay
+        unindexed and the tombstones stay, for the process holding the index.
+        """
+        if hasattr(self.index, "wants_reconcile"):
+            self.index.wants_reconcile = False
+        gone = self.store.tombstones()
+        if gone:
+            try:
+                self.index.delete(gone)
+                self.store.clear_tombstones([g[0] for g in gone])
+            except IndexLockedError as exc:
+                logger.debug("vector deletes left for the index's holder: %s", exc)
+        total = after = 0
+        while True:
+            with sqlite_errors(self.config.path / "helamem.sqlite3", "reading unindexed failed"):
+                ns = [
+                    int(r[0])
+                    for r in self.store.db.execute(
+                        "SELECT n FROM memories WHERE indexed = 0 AND n > ? ORDER BY n LIMIT 2048",
+                        (after,),
+                    )
+                ]
+            if not ns:
+                break
+            after = ns[-1]
+            rows = self.store.rows_by_n(ns)
+            total += self._index_rows([rows[n] for n in ns if n in rows])
+        if total:
+            logger.info("re-indexed %d memories that had not reached the vector index", total)
+        self._needs_reconcile = False
+        return total
+
+    def _index_rows(self, rows: Sequence[MemoryRow], reembed: bool = False) -> int:
+        """Embed rows that lack a vector, index them, mark them; returns rows indexed
+        (a scope whose index another process holds is skipped, its rows stay unindexed)."""
+        if not rows:
+            return 0
+        dim = self.embedder.dimension
+        missing = [r for r in rows if reembed or r.embedding is None or len(r.embedding) != 4 * dim]
+        fresh: dict[int, np.ndarray] = {}
+        if missing:
+            vecs = self._embed([r.content for r in missing])
+            fresh = {r.n: v for r, v in zip(missing, vecs, strict=True)}
+            self.store.set_embeddings([(n, v.tobytes()) for n, v in fresh.items()])
+        groups: dict[tuple[int, str], list[MemoryRow]] = defaultdict(list)
+        for r in rows:
+            groups[(r.scope_id, r.kind)].append(r)
+        done: list[MemoryRow] = []
+        for (scope_id, kind), part in groups.items():
+            vectors = np.stack(
+                [fresh[r.n] if r.n in fresh else r.vector() for r in part]  # type: ignore[misc]
+            ).astype(np.float32)
+            try:
+                self.index.upsert(
+                    [r.id for r in part], vectors, [scope_id] * len(part), [kind] * len(part)
+                )
+            except IndexLockedError as exc:
+                logger.debug("scope %d left unindexed for the index's holder: %s", scope_id, exc)
+                continue
+            done.extend(part)
+        if done:
+            self.store.mark_indexed([(r.n, r.id) for r in done])
+        return len(done)
+
+    def reindex(self, reembed: bool = False) -> int:
+        """Rebuild the vector index from SQLite (re-embedding when asked); returns rows.
+
+        Raises:
+            IndexLockedError: Another process holds the embedded index.
+        """
+        dim = self.embedder.dimension
+        if reembed:
+            with self.store.tx() as db:
+                self.store.set_meta(
+                    db, "embedder", json.dumps({"name": self.embedder.name, "dimension": dim})
+                )
+            for rows in self.store.all_rows():
+                vecs = self._embed([r.content for r in rows])
+                self.store.set_embeddings(
+                    [(r.n, v.astype(np.float32).tobytes()) for r, v in zip(rows, vecs, strict=True)]
+                )
+        rebuild = getattr(self.index, "rebuild", None)
+        total = 0
+        if rebuild is None:  # a custom VectorIndex: reset, then upsert everything
+            self.index.reset()
+            for rows in self.store.all_rows():
+                self._index_rows(rows)
+                total += len(rows)
+            return total
+        rebuild()  # small scopes need nothing; large ones are copied from SQLite
+        for rows in self.store.all_rows():
+            bad = [r for r in rows if r.embedding is None or len(r.embedding) != 4 * dim]
+            if bad:
+                self._index_rows(bad)
+            skip = {r.n for r in bad}
+            self.store.mark_indexed([(r.n, r.id) for r in rows if r.n not in skip])
+            total += len(rows)
+        return total
+
+    # -- helpers ---------------------------------------------------------
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed_tokens(texts, tokens=False)[0]
+
+    def _embed_tokens(
+        self, texts: Sequence[str], tokens: bool = True
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Pooled vectors, and token vectors when late interaction is on (one model pass)."""
+        try:
+            if tokens and self._tokens is not None:
+                vecs, toks = self._tokens.embed_with_tokens(texts)
+                if len(toks) != len(texts) or any(t.ndim != 2 or not len(t) for t in toks):
+                    raise EmbeddingError(
+                        f"embedder {self.embedder.name!r} gave malformed token vectors; "
+                        f"check the embedder or set RetrievalConfig(late_weight=0)"
+                    )
+                return check_vectors(
+                    vecs, len(texts), self.embedder.dimension, self.embedder.name
+                ), list(toks)
+            return self.embedder.embed(texts), None
+        except EmbeddingError:
+            raise
+        except Exception as exc:  # the embedder is caller code: any failure of it is its error
+            raise EmbeddingError(
+                f"embedder {self.embedder.name!r} failed: {type(exc).__name__}: {exc}; "
+                f"check the embedder"
+            ) from exc
+
+    def _late(self, qtok: np.ndarray | None, ns: Sequence[int]) -> np.ndarray | None:
+        """MaxSim of each memory to the query's tokens; token vectors a memory lacks
+        (older stores, facts, imports) are computed now and stored."""
+        if qtok is None or not ns:
+            return None
+        dim = self.embedder.dimension
+        stored = self.store.token_vectors(list(ns))
+        lacking = [n for n in ns if n not in stored or len(stored[n]) % (4 + dim)]
+        docs = {n: retrieval.unpack_tokens(stored[n], dim) for n in ns if n not in lacking}
+        if lacking:
+            rows = self.store.rows_by_n(lacking)
+            todo = [n for n in lacking if n in rows]
+            if todo:
+                _, toks = self._embed_tokens([rows[n].content for n in todo])
+                assert toks is not None
+                packed = [(n, retrieval.pack_tokens(t)) for n, t in zip(todo, toks, strict=True)]
+                with self.store.tx() as db:
+                    self.store.put_token_vectors(db, packed)
+                docs.update((n, retrieval.unpack_tokens(b, dim)) for n, b in packed)
+        if len(docs) < len(ns):
+            return None  # a memory vanished mid-search: rank this pool without MaxSim
+        return retrieval.maxsim(qtok, [docs[n] for n in ns])
+
+    def _now_tick(self, stored: int) -> int:
+        if self.config.dynamics.clock == "wall":
+            return int(time.time() // self.config.dynamics.tick_seconds)
+        return stored
+
+    def _scope(self, scope_id: int) -> Scope:
+        s = self._scopes.get(scope_id)
+        if s is None:
+            s = self._scopes[scope_id] = self.store.scope_of(scope_id)
+        return s
+
+    def _memory(self, r: MemoryRow) -> Memory:
+        return Memory(
+            id=r.id,
+            scope=self._scope(r.scope_id),
+            kind="semantic" if r.kind == "semantic" else "episodic",
+            content=r.content,
+            role=r.role,
+            event_time=datetime.fromtimestamp(r.event_time, tz=UTC),
+            created_at=datetime.fromtimestamp(r.created_at, tz=UTC),
+            keywords=tuple(json.loads(r.keywords)),
+            access_count=r.access_count,
+            last_access=(
+                None if r.last_access is None else datetime.fromtimestamp(r.last_access, tz=UTC)
+            ),
+            metadata=json.loads(r.metadata),
+            provenance=tuple(json.loads(r.provenance)),
+        )
+
+    def _decayed(self, e: EdgeRow, tick_now: int) -> float:
+        d = self.config.dynamics
+        return dynamics.decayed(e.weight, tick_now - e.tick, d.decay_rate)
+
+    def _ticks(self, scope_ids: Sequence[int]) -> dict[int, int]:
+        return {s: self._now_tick(self.store.scope_state(s)[0]) for s in set(scope_ids)}
+
+    # -- writes ----------------------------------------------------------
+    def _nodes(self, scope: Sequence[str] | None) -> list[int] | None:
+        if scope is None:
+            return None
+        node = self.store.find_scope(normalize_scope(scope))
+        return [] if node is None else self.store.descendants(node)

@@ -1,0 +1,250 @@
+"""Ingest: validation of new memories, and their insertion with vectors and a turn's edges."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import dynamics, retrieval
+from ._base import check_content, scope_tag
+from ._learning import LearningOps
+from .errors import (
+    InvalidInputError,
+    StorageError,
+)
+from .ids import new_id
+from .storage.base import EdgeRow
+from .text import keywords, safe_text
+from .types import (
+    Kind,
+    Memory,
+    NewMemory,
+    Scope,
+    dump_json,
+    normalize_scope,
+    to_timestamp,
+)
+
+__all__ = ["IngestOps", "Prepared", "prepare"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    id: str | None
+    content: str
+    search_text: str
+    scope: Scope
+    kind: Kind
+    role: str | None
+    event_time: float
+    metadata: str
+    keywords: str
+    provenance: str
+    linked: bool = True
+
+
+def _check_id(id: object) -> str | None:
+    """A caller-chosen memory id: 1-128 printable ASCII characters (or ``None``)."""
+    if id is None:
+        return None
+    if (
+        not isinstance(id, str)
+        or not 0 < len(id) <= 128
+        or not id.isascii()
+        or not id.isprintable()
+        or id != id.strip()
+    ):
+        raise InvalidInputError(
+            f"id must be 1-128 printable ASCII characters without surrounding spaces, "
+            f"got {id!r}; or pass id=None for a generated one"
+        )
+    return id
+
+
+def prepare(
+    item: NewMemory, *, now: float, kind: Kind = "episodic", provenance: Sequence[str] = ()
+) -> Prepared:
+    """Validate one new memory (pure; raises before anything is written)."""
+    content = check_content(item.content)
+    scope = normalize_scope(item.scope)
+    if item.role is not None and not isinstance(item.role, str):
+        raise InvalidInputError(f"role must be a str or None, got {type(item.role).__name__}")
+    meta = item.metadata if item.metadata is not None else {}
+    if not isinstance(meta, dict):
+        raise InvalidInputError(f"metadata must be a dict, got {type(meta).__name__}")
+    search_text = safe_text(content)
+    kws = list(item.keywords) if item.keywords is not None else keywords(search_text)
+    if not all(isinstance(w, str) for w in kws):
+        raise InvalidInputError("keywords must be strings")
+    return Prepared(
+        id=_check_id(item.id),
+        content=content,
+        search_text=search_text,
+        scope=scope,
+        kind=kind,
+        role=item.role,
+        event_time=to_timestamp(item.event_time, default=now),
+        metadata=dump_json(meta, "metadata"),
+        keywords=dump_json(kws, "keywords"),
+        provenance=dump_json(list(provenance), "provenance"),
+        linked=bool(item.linked),
+    )
+
+
+class IngestOps(LearningOps):
+    """Writes: insert new memories (with vectors, full-text rows and a turn's edges)."""
+
+    def ingest(
+        self,
+        groups: Sequence[Sequence[Prepared]],
+        used_ids: Sequence[Sequence[str]] = (),
+    ) -> list[Memory]:
+        """Store groups of memories; each group is one tick of its scope.
+
+        Inside a group, memories are linked in order to the scope's previous
+        episode (temporal edges); ``used_ids[i]`` co-activate with group
+        ``i``'s memories (same scope only; unknown ids are ignored).
+        """
+        flat = [p for g in groups for p in g]
+        if not flat:
+            return []
+        ids = [p.id or new_id() for p in flat]
+        chosen = [p.id for p in flat if p.id is not None]
+        if chosen:
+            self._check_new_ids(chosen)
+        vecs, toks = self._embed_tokens([p.search_text for p in flat])
+        now = time.time()
+        d = self.config.dynamics
+        rows_n: list[int] = []
+        scope_ids: list[int] = []
+        wanted = {i for ids_ in used_ids for i in ids_}
+        known = self.store.rows_by_id(wanted) if wanted else {}
+        if len(known) < len(wanted):
+            logger.debug("ignoring %d unknown used_ids", len(wanted) - len(known))
+        packed: list[tuple[int, bytes]] = []
+        with self.store.tx() as db:
+            state: dict[int, tuple[int, int | None]] = {}
+            i = 0
+            for gi, group in enumerate(groups):
+                used = {
+                    i: known[i] for i in (used_ids[gi] if gi < len(used_ids) else ()) if i in known
+                }
+                edges: list[EdgeRow] = []
+                group_ns: dict[int, list[int]] = defaultdict(list)
+                reply: dict[int, np.ndarray] = {}
+                ticked: set[int] = set()
+                for p in group:
+                    sid = self.store.ensure_scope(db, p.scope)
+                    if sid not in state:
+                        state[sid] = self.store.scope_state(sid)
+                    tick, last = state[sid]
+                    if sid not in ticked:
+                        tick += 1
+                        ticked.add(sid)
+                    tick_now = self._now_tick(tick)
+                    tags = " ".join(scope_tag(a, p.kind) for a in self.store.ancestors(sid))
+                    n = self.store.insert_memory(
+                        db,
+                        id=ids[i],
+                        scope_id=sid,
+                        tags=tags,
+                        kind=p.kind,
+                        content=p.content,
+                        search_text=p.search_text,
+                        role=p.role,
+                        event_time=p.event_time,
+                        created_at=now,
+                        keywords=p.keywords,
+                        metadata=p.metadata,
+                        provenance=p.provenance,
+                        embedding=vecs[i].tobytes(),
+                    )
+                    if toks is not None:
+                        packed.append((n, retrieval.pack_tokens(toks[i])))
+                    if p.kind == "episodic" and p.linked:
+                        if last is not None:
+                            a, b = dynamics.edge_key(last, n)
+                            edges.append(EdgeRow(a, b, sid, d.temporal_weight, tick_now))
+                        last = n
+                    state[sid] = (tick, last)
+                    rows_n.append(n)
+                    scope_ids.append(sid)
+                    if self._holding is not None:
+                        self._holding.setdefault(p.kind, set()).add(sid)
+                    group_ns[sid].append(n)
+                    reply[sid] = vecs[i]  # the group's last message in the scope: the reply
+                    i += 1
+                self.store.upsert_edges(db, edges)
+                foreign = [r.id for r in used.values() if r.scope_id not in group_ns]
+                if foreign:  # edges never cross scopes
+                    logger.debug("ignoring %d used_ids of other scopes", len(foreign))
+                for sid, ns in group_ns.items():
+                    extra = [r for r in used.values() if r.scope_id == sid]
+                    if extra:
+                        self._learn_turn(db, sid, ns, extra, reply[sid], state[sid][0])
+            for sid, (tick, last) in state.items():
+                self.store.set_scope_state(db, sid, tick, last)
+            if packed:
+                self.store.put_token_vectors(db, packed)
+            # read back inside the transaction, by id: after the commit another
+            # process may already have deleted a row
+            rows = self.store.rows_by_id(ids)
+        try:
+            self.index.upsert(ids, vecs, scope_ids, [p.kind for p in flat])
+            self.store.mark_indexed(list(zip(rows_n, ids, strict=True)))
+        except StorageError as exc:
+            self._needs_reconcile = True
+            logger.warning("vector index update failed, will re-index on next use: %s", exc)
+        return [self._memory(rows[i]) for i in ids]
+
+    def _check_new_ids(self, chosen: Sequence[str]) -> None:
+        """Refuse caller-chosen ids that repeat or exist; settle their pending tombstones.
+
+        Raises:
+            InvalidInputError: an id appears twice in the batch or names a stored memory.
+        """
+        if len(set(chosen)) < len(chosen):
+            dup = next(i for i in chosen if chosen.count(i) > 1)
+            raise InvalidInputError(f"id {dup!r} appears twice in one add; ids must be unique")
+        taken = self.store.rows_by_id(chosen)
+        if taken:
+            raise InvalidInputError(
+                f"a memory with id {next(iter(taken))!r} exists; delete it first or choose "
+                f"another id"
+            )
+        # a deleted memory of the same id may still have its vector in the index:
+        # remove it now, so the tombstone cannot later delete the new vector
+        gone = [t for t in self.store.tombstones(chosen)]
+        if gone:
+            self.index.delete(gone)
+            self.store.clear_tombstones([g[0] for g in gone])
+
+    def _insert_fact(self, db: Any, scope_id: int, p: Prepared, vec: np.ndarray) -> int:
+        """Insert one semantic memory (no tick, no temporal edge); indexed on reconcile."""
+        tags = " ".join(scope_tag(a, "semantic") for a in self.store.ancestors(scope_id))
+        if self._holding is not None:
+            self._holding.setdefault("semantic", set()).add(scope_id)
+        return self.store.insert_memory(
+            db,
+            id=new_id(),
+            scope_id=scope_id,
+            tags=tags,
+            kind="semantic",
+            content=p.content,
+            search_text=p.search_text,
+            role=p.role,
+            event_time=p.event_time,
+            created_at=time.time(),
+            keywords=p.keywords,
+            metadata=p.metadata,
+            provenance=p.provenance,
+            embedding=vec.astype(np.float32).tobytes(),
+        )

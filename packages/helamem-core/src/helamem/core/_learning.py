@@ -1,0 +1,189 @@
+"""Learning and maintenance: a turn's Hebbian edges, reinforcement, search learning, decay."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import dynamics
+from ._base import CoreBase
+from .errors import (
+    MemoryNotFoundError,
+)
+from .storage.base import EdgeRow, MemoryRow, RankRow
+
+__all__ = ["LearningOps"]
+
+logger = logging.getLogger(__name__)
+
+
+class LearningOps(CoreBase):
+    """Operations that change edge weights: learn a turn, reinforce, learn a search, decay."""
+
+    def _learn_turn(
+        self,
+        db: Any,
+        scope_id: int,
+        new: Sequence[int],
+        used: Sequence[MemoryRow],
+        reply: np.ndarray,
+        tick: int,
+    ) -> None:
+        """What one recorded turn learns: the one place that decides "what was used".
+
+        Of the memories the caller passed as used, the ones the turn's reply
+        (its last message in the scope) is close to co-activate with its new
+        messages (:func:`dynamics.attributed`, ``attribution_margin`` and
+        ``attribution_floor``; a used memory without a vector of this
+        embedder counts as close); the pairs are ``used_pairs``
+        (:func:`dynamics.recorded_pairs`); edges between the used memories
+        the reply did not draw on and those it did are weakened
+        (``unused_weakening``); then the strength of every memory touched is
+        bounded (``strength_budget``).
+        """
+        d = self.config.dynamics
+        tick_now = self._now_tick(tick)
+        dim = reply.shape[0]
+        sims = []
+        for r in used:
+            v = r.vector()
+            sims.append(float(v @ reply) if v is not None and v.shape[0] == dim else 1.0)
+        keep = dynamics.attributed(sims, d.attribution_margin, d.attribution_floor)
+        chosen = [used[i].n for i in keep]
+        if not chosen:
+            return
+        pairs = dynamics.recorded_pairs(new, chosen, d.used_pairs)
+        self._reinforce_tx(db, [*new, *chosen], scope_id, tick_now, pairs)
+        unused = [r.n for r in used if r.n not in set(chosen)]
+        if d.unused_weakening > 0 and unused:
+            among = self.store.edges_among(sorted({*unused, *chosen}))
+            weak = [
+                EdgeRow(
+                    e.a,
+                    e.b,
+                    e.scope_id,
+                    dynamics.weakened(self._decayed(e, tick_now), d.unused_weakening),
+                    tick_now,
+                )
+                for (a, b), e in among.items()
+                if (a in unused) != (b in unused)
+            ]
+            self._keep_or_prune(db, weak)
+        if d.strength_budget > 0:
+            touched = sorted({*new, *chosen})
+            edges = [e for e in self.store.edges_of(touched) if e.scope_id == scope_id]
+            w = {(e.a, e.b): self._decayed(e, tick_now) for e in edges}
+            strength = dynamics.strengths((a, b, x) for (a, b), x in w.items())
+            scaled = dynamics.scaled_to_budget(w, strength, d.strength_budget)
+            self._keep_or_prune(
+                db,
+                [
+                    EdgeRow(a, b, scope_id, x, tick_now)
+                    for (a, b), x in scaled.items()
+                    if x < w[(a, b)]
+                ],
+            )
+
+    def _keep_or_prune(self, db: Any, edges: Sequence[EdgeRow]) -> None:
+        """Write weakened edges; drop those under ``prune_below``."""
+        floor = self.config.dynamics.prune_below
+        keep = [e for e in edges if dynamics.survives(e.weight, floor)]
+        drop = [(e.a, e.b) for e in edges if not dynamics.survives(e.weight, floor)]
+        if drop:
+            self.store.delete_edges(db, drop)
+        if keep:
+            self.store.upsert_edges(db, keep)
+
+    def _reinforce_tx(
+        self,
+        db: Any,
+        ns: Sequence[int],
+        scope_id: int,
+        tick_now: int,
+        pairs: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        """Reinforce ``pairs`` (default: every pair of ``ns``) among the live memories."""
+        d = self.config.dynamics
+        # memories deleted since they were read (by another process or object)
+        # get no edges: an edge to a missing memory would be an orphan
+        alive = self.store.existing(db, ns)
+        if pairs is None:
+            pairs = dynamics.co_activation_pairs([n for n in ns if n in alive])
+        else:
+            pairs = [(a, b) for a, b in pairs if a in alive and b in alive]
+        if not pairs:
+            return
+        existing = self.store.edges_among(sorted(set(ns)))
+        updated = []
+        for a, b in pairs:
+            e = existing.get((a, b))
+            w = 0.0 if e is None else self._decayed(e, tick_now)
+            updated.append(
+                EdgeRow(a, b, scope_id, dynamics.reinforced(w, d.learning_rate), tick_now)
+            )
+        self.store.upsert_edges(db, updated)
+
+    def reinforce(self, ids: Sequence[str]) -> int:
+        """Co-activate memories (pairs within one scope); returns pairs updated."""
+        rows = self.store.rows_by_id(ids)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise MemoryNotFoundError(f"no memory with id {missing[0]!r}")
+        by_scope: dict[int, list[int]] = defaultdict(list)
+        for r in rows.values():
+            by_scope[r.scope_id].append(r.n)
+        ticks = self._ticks(list(by_scope))
+        with self.store.tx() as db:
+            for sid, ns in by_scope.items():
+                self._reinforce_tx(db, ns, sid, ticks[sid])
+        return sum(len(dynamics.co_activation_pairs(ns)) for ns in by_scope.values())
+
+    def _learn(
+        self,
+        groups: Sequence[Sequence[int]],
+        rows: dict[int, RankRow],
+        prunable: Sequence[tuple[int, int]],
+    ) -> None:
+        """Co-activate each group's memories (per scope), count the accesses: one tx."""
+        by_scope: list[tuple[int, list[int]]] = []
+        for group in groups:
+            per: dict[int, list[int]] = defaultdict(list)
+            for n in group:
+                per[rows[n].scope_id].append(n)
+            by_scope.extend(per.items())
+        ticks = self._ticks([sid for sid, _ in by_scope])
+        with self.store.tx() as db:
+            if prunable:
+                self.store.delete_edges(db, prunable)
+            for sid, ns in by_scope:
+                self._reinforce_tx(db, ns, sid, ticks[sid])
+            self.store.touch(db, [n for g in groups for n in g], time.time())
+
+    # -- maintenance -----------------------------------------------------
+    def decay(self, scope: Sequence[str] | None) -> dict[str, int]:
+        """Apply lazy decay to every edge now; prune those under the threshold."""
+        nodes = self._nodes(scope)
+        if nodes == []:
+            return {"pruned": 0, "edges": 0}
+        if nodes is None:
+            nodes = [int(r[0]) for r in self.store.db.execute("SELECT id FROM scopes")]
+        edges = self.store.edges_in_scopes(nodes) if nodes else []
+        ticks = self._ticks([e.scope_id for e in edges])
+        d = self.config.dynamics
+        keep, drop = [], []
+        for e in edges:
+            t = ticks[e.scope_id]
+            w = self._decayed(e, t)
+            if dynamics.survives(w, d.prune_below):
+                keep.append(EdgeRow(e.a, e.b, e.scope_id, w, max(t, e.tick)))
+            else:
+                drop.append((e.a, e.b))
+        with self.store.tx() as db:
+            self.store.delete_edges(db, drop)
+            self.store.upsert_edges(db, keep)
+        return {"pruned": len(drop), "edges": len(keep)}

@@ -1,0 +1,460 @@
+"""Search: candidates (dense, lexical), the pool, spreading from seeds, selection and hits."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from . import dynamics, retrieval
+from ._base import check_content, check_k, scope_tag
+from ._learning import LearningOps
+from .errors import (
+    InvalidInputError,
+)
+from .storage.base import RankRow
+from .text import drop_common, fts_match, fts_terms
+from .tokens import TokenCount
+from .types import (
+    Hit,
+    Kind,
+    SearchResult,
+    TimeLike,
+    fit_tokens,
+    normalize_prefix,
+    to_timestamp,
+)
+
+__all__ = ["SearchOps"]
+
+logger = logging.getLogger(__name__)
+
+
+class SearchOps(LearningOps):
+    """Reads: a query's candidates, pool, spreading and hits (and its learning step)."""
+
+    def search(
+        self,
+        query: str,
+        scope: Sequence[str],
+        k: int,
+        *,
+        learn: bool = True,
+        spread: bool = True,
+        reference_time: TimeLike | None = None,
+        kind: Kind = "episodic",
+        semantic_k: int | None = None,
+        max_tokens: int | None = None,
+        count_tokens: TokenCount | None = None,
+    ) -> SearchResult:
+        query = check_content(query, "query")
+        prefix = normalize_prefix(scope)
+        k = check_k(k)
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
+        ):
+            raise InvalidInputError(f"max_tokens must be an int >= 0 or None, got {max_tokens!r}")
+        if max_tokens is not None:
+            return self._search_budget(
+                query,
+                scope,
+                k,
+                max_tokens,
+                count_tokens,
+                learn=learn,
+                spread=spread,
+                reference_time=reference_time,
+                kind=kind,
+                semantic_k=semantic_k,
+            )
+        sem_k = self.config.retrieval.semantic_k if semantic_k is None else semantic_k
+        if isinstance(sem_k, bool) or not isinstance(sem_k, int) or sem_k < 0:
+            raise InvalidInputError(f"semantic_k must be an int >= 0, got {semantic_k!r}")
+        ref_given = None if reference_time is None else to_timestamp(reference_time, default=0.0)
+        if self._needs_reconcile:
+            self.reconcile()
+        node: int | None
+        if prefix:
+            node = self.store.find_scope(prefix)
+            if node is None:
+                return SearchResult(query, ())
+            nodes = self.store.descendants(node)
+        else:  # (): every scope, one candidate pool
+            node, nodes = None, self.store.all_scope_ids()
+        paths: list[tuple[Kind, int]] = [(kind, k)]
+        if kind == "episodic" and sem_k > 0:
+            paths.append(("semantic", sem_k))
+        hits: list[Hit] = []
+        learned: list[list[int]] = []
+        rows: dict[int, RankRow] = {}
+        prunable: list[tuple[int, int]] = []
+        holding = {pk: self.store.nodes_holding(nodes, pk) for pk, _ in paths}
+        # the query embedding (ONNX) and the dense queries (GIL released) overlap
+        # the FTS5 queries below
+        pending = self._aux().submit(self._dense, query, paths, holding)
+        lexical = {
+            pk: self._lexical(query, node, nodes, pk, pkk) if holding[pk] else {}
+            for pk, pkk in paths
+        }
+        mass = self._lexical_mass(query)
+        # while the dense query runs: the ranking columns of the lexical candidates
+        known = {pk: self.store.rank_rows((), lex) if lex else {} for pk, lex in lexical.items()}
+        qv, qtok, dense = pending.result()
+        for path_kind, path_k in paths:
+            if not holding[path_kind]:
+                continue
+            found = self._search_kind(
+                qv,
+                qtok,
+                dense[path_kind],
+                nodes,
+                path_kind,
+                path_k,
+                spread,
+                ref_given,
+                lexical[path_kind],
+                known[path_kind],
+                mass,
+            )
+            if found is None:
+                continue
+            ranking, path_rows, path_hits, path_prunable = found
+            if path_kind == "semantic":
+                # facts beside episodes only when they match; a semantic search is as asked
+                floor = self.config.retrieval.semantic_min_relevance if kind == "episodic" else 0
+                path_hits = [
+                    replace(h, provenance="semantic") for h in path_hits if h.score >= floor
+                ]
+                if kind == "episodic":  # only the facts returned co-activate
+                    shown = {h.memory.id for h in path_hits}
+                    ranking = replace(
+                        ranking,
+                        base_top=[n for n in ranking.base_top if path_rows[n].id in shown],
+                        associations=[n for n in ranking.associations if path_rows[n].id in shown],
+                    )
+            hits.extend(path_hits)
+            learned.append(self._coactive(ranking))
+            rows.update(path_rows)
+            prunable.extend(path_prunable)
+        if learn and learned:
+            self._learn(learned, rows, prunable)
+        return SearchResult(query, tuple(hits))
+
+    def _search_budget(
+        self,
+        query: str,
+        scope: Sequence[str],
+        k: int,
+        max_tokens: int,
+        count_tokens: TokenCount | None,
+        **opts: Any,
+    ) -> SearchResult:
+        """``search(k*)`` for the largest ``k* <= k`` whose hits fit ``max_tokens``.
+
+        A budget means what ``k`` means: the hits of one ``search(k*)`` (the
+        same base and association hits), never a longer ranking cut short. The
+        first pass (read-only, ``k``) estimates ``k*`` from whole hits in
+        :func:`~helamem.core.types.ranking_order`; ``k*`` then shrinks until its
+        hits fit, or grows while the next one's do (so a budget costs about
+        three to four searches); the final search learns (when asked) from
+        exactly what is returned. Facts then fill what is left, in their order.
+        """
+        share = self.config.retrieval.association_share
+        learn = bool(opts.pop("learn", True))
+        wide = self.search(query, scope, k, learn=False, **opts)
+        episodes = [h for h in wide if h.provenance != "semantic"]
+        n = len(fit_tokens(episodes, max_tokens, count_tokens, share))
+
+        def fits(m: int) -> SearchResult | None:
+            res = self.search(query, scope, m, learn=False, **opts)
+            eps = [h for h in res if h.provenance != "semantic"]
+            kept = fit_tokens(eps, max_tokens, count_tokens, share)
+            return res if len(kept) == len(eps) else None
+
+        found = fits(n) if n else None
+        while n > 0 and found is None:  # the estimate was too long: shrink
+            n -= 1
+            found = fits(n) if n else None
+        while found is not None and n < min(k, len(episodes)):  # or too short: grow
+            bigger = fits(n + 1)
+            if bigger is None:
+                break
+            n, found = n + 1, bigger
+        res = found if found is not None else wide
+        if n == 0:
+            facts = [h for h in wide if h.provenance == "semantic"]
+            return SearchResult(query, tuple(fit_tokens(facts, max_tokens, count_tokens, share)))
+        if learn:
+            res = self.search(query, scope, n, learn=True, **opts)
+        return SearchResult(query, tuple(fit_tokens(list(res), max_tokens, count_tokens, share)))
+
+    def _coactive(self, ranking: retrieval.Ranking) -> list[int]:
+        """The returned memories that co-activate: all, or the best ``learn_top``."""
+        top = self.config.retrieval.learn_top
+        if not top:
+            return ranking.returned
+        final = {n: ranking.base[n] + ranking.boost.get(n, 0.0) for n in ranking.returned}
+        return sorted(final, key=lambda n: (-final[n], n))[:top]
+
+    def _dense(
+        self, query: str, paths: list[tuple[Kind, int]], holding: dict[Kind, list[int]]
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[Kind, list[tuple[str, float]]]]:
+        """The query vector, its token vectors (late interaction on) and each path's
+        dense candidates (runs on the aux thread)."""
+        vecs, toks = self._embed_tokens([query])
+        qv, qtok = vecs[0], (toks[0] if toks else None)
+        m = self.config.retrieval.candidates
+        dense = {
+            pk: self.index.query(qv, max(m, pkk), holding[pk], pk)
+            for pk, pkk in paths
+            if holding[pk]
+        }
+        if getattr(self.index, "wants_reconcile", False):
+            # the index met vectors not yet in HNSW (another process's): fold them in
+            self._needs_reconcile = True
+        return qv, qtok, dense
+
+    def _lexical_mass(self, query: str) -> float:
+        """The sum of BM25 idf over the query's words (see :func:`retrieval.relevance`)."""
+        terms = fts_terms(query)
+        if not terms:
+            return 0.0
+        rows, df = self.store.term_stats(terms)
+        return sum(retrieval.bm25_idf(d, rows) for d in df)
+
+    def _lexical(
+        self, query: str, node: int | None, nodes: list[int], kind: Kind, k: int
+    ) -> dict[int, float]:
+        terms = fts_terms(query)
+        max_df = self.config.retrieval.lexical_max_df
+        max_terms = self.config.retrieval.lexical_max_terms
+        if len(terms) > 1 and (max_df < 1.0 or 0 < max_terms < len(terms)):
+            rows, df = self.store.term_stats(terms)
+            terms = drop_common(terms, df, rows, max_df, max_terms=max_terms)
+        match = fts_match(terms)
+        if not match:
+            return {}
+        m = max(self.config.retrieval.candidates, k)
+        if self._holding is None:
+            self._holding = self.store.holding()
+        if node is None or self._holding.get(kind, set()) <= set(nodes):
+            # Everything of this kind lies under the prefix (single-tenant stores):
+            # skip the scope filter (an AND with every posting of the scope) and
+            # over-fetch; rows of another scope or kind are dropped by the caller.
+            return dict(self.store.lexical(match, None, 2 * m))
+        return dict(self.store.lexical(match, scope_tag(node, kind), m))
+
+    def _aux(self) -> ThreadPoolExecutor:
+        if self._aux_pool is None:
+            self._aux_pool = ThreadPoolExecutor(1, thread_name_prefix="helamem-embed")
+        return self._aux_pool
+
+    def _search_kind(
+        self,
+        qv: np.ndarray,
+        qtok: np.ndarray | None,
+        dense_ids: list[tuple[str, float]],
+        nodes: list[int],
+        kind: Kind,
+        k: int,
+        spread: bool,
+        ref_given: float | None,
+        lex: dict[int, float],
+        lex_rows: dict[int, RankRow],
+        mass: float,
+    ) -> tuple[retrieval.Ranking, dict[int, RankRow], list[Hit], list[tuple[int, int]]] | None:
+        cfg = self.config.retrieval
+        allowed = set(nodes)
+        # ranking columns only; _hits loads the full rows of the returned memories
+        have = {r.id for r in lex_rows.values()}
+        fetched = self.store.rank_rows([i for i, _ in dense_ids if i not in have], ())
+        rows = {
+            n: r
+            for n, r in (lex_rows | fetched).items()
+            if r.scope_id in allowed and r.kind == kind
+        }
+        if not rows:
+            return None
+        pool = self._pool(rows, qv, lex, qtok)
+        ref = retrieval.reference_time(pool, ref_given)
+        ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref, lexical_mass=mass)
+        prunable: list[tuple[int, int]] = []
+        if spread and cfg.activation_alpha > 0 and cfg.max_flipped > 0:
+            seeds = retrieval.seeds(ranking.base, cfg)
+            triples, prunable = self._seed_edges(seeds, rows)
+            if triples:
+                extra_ns = {j for _, j, _ in triples if j not in rows}
+                extra = {
+                    n: r
+                    for n, r in self.store.rank_rows((), extra_ns).items()
+                    if r.scope_id in allowed and r.kind == kind
+                }
+                rows.update(extra)
+                ranking = retrieval.rank(
+                    pool,
+                    k=k,
+                    config=cfg,
+                    ref_time=ref,
+                    edges=triples,
+                    neighbours=self._pool(extra, qv, {}, qtok),
+                    lexical_mass=mass,
+                )
+        return ranking, rows, self._hits(ranking, rows, pool, qv, lex), prunable
+
+    def _pool(
+        self,
+        rows: dict[int, RankRow],
+        qv: np.ndarray,
+        lex: dict[int, float],
+        qtok: np.ndarray | None = None,
+    ) -> retrieval.Pool:
+        ns = tuple(sorted(rows))
+        if not ns:
+            return retrieval.Pool((), np.zeros(0), np.zeros(0), np.zeros(0))
+        dim = qv.shape[0]
+        embs = [rows[n].embedding for n in ns]
+        size = 4 * dim
+        if all(e is not None and len(e) == size for e in embs):
+            # one buffer, one float32 matrix (the same values np.stack gives)
+            mat = np.frombuffer(b"".join(embs), dtype=np.float32).reshape(len(ns), dim)  # type: ignore[arg-type]
+        else:
+            mat = np.stack(
+                [
+                    v
+                    if (v := rows[n].vector()) is not None and v.shape[0] == dim
+                    else np.zeros(dim)
+                    for n in ns
+                ]
+            )
+        return retrieval.Pool(
+            ns,
+            np.asarray(mat @ qv, dtype=np.float64),
+            np.array([lex.get(n, 0.0) for n in ns], dtype=np.float64),
+            np.array([rows[n].event_time for n in ns], dtype=np.float64),
+            self._late(qtok, ns),
+        )
+
+    def _seed_edges(
+        self, seeds: dict[int, float], rows: dict[int, RankRow]
+    ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int]]]:
+        if not seeds:
+            return [], []
+        prunable: list[tuple[int, int]] = []
+        triples = [(s, j, w) for s, lst in self._strongest(seeds, prunable).items() for w, j in lst]
+        if self.config.retrieval.spread_hops > 1 and triples:
+            triples.extend(self._second_hop(seeds, triples, prunable))
+        cfg = self.config.retrieval
+        if cfg.fan_power > 0 and triples:  # hub-resistant: scale by both ends' strength
+            strength = self._strength({n for s, j, _ in triples for n in (s, j)})
+            triples = [
+                (
+                    s,
+                    j,
+                    dynamics.fan_scaled(
+                        w,
+                        strength.get(s, 0.0),
+                        strength.get(j, 0.0),
+                        cfg.fan_reference,
+                        cfg.fan_power,
+                    ),
+                )
+                for s, j, w in triples
+            ]
+        return triples, prunable
+
+    def _strength(self, nodes: Collection[int]) -> dict[int, float]:
+        """Each node's strength: the sum of its edges' decayed weights."""
+        edges = self.store.edges_of(list(nodes))
+        ticks = self._ticks([e.scope_id for e in edges])
+        return dynamics.strengths((e.a, e.b, self._decayed(e, ticks[e.scope_id])) for e in edges)
+
+    def _strongest(
+        self,
+        nodes: Collection[int],
+        prunable: list[tuple[int, int]],
+        exclude: Collection[int] = (),
+    ) -> dict[int, list[tuple[float, int]]]:
+        """Each node's strongest surviving neighbours ``(decayed weight, n)``, best
+        first, at most ``neighbors_per_seed``; edges that decayed away go to ``prunable``."""
+        edges = self.store.edges_of(list(nodes))
+        ticks = self._ticks([e.scope_id for e in edges])
+        floor = self.config.dynamics.prune_below
+        per: dict[int, list[tuple[float, int]]] = defaultdict(list)
+        for e in edges:
+            w = self._decayed(e, ticks[e.scope_id])
+            if not dynamics.survives(w, floor):
+                prunable.append((e.a, e.b))
+                continue
+            for a, b in ((e.a, e.b), (e.b, e.a)):
+                if a in nodes and b not in exclude:
+                    per[a].append((w, b))
+        limit = self.config.retrieval.neighbors_per_seed
+        for lst in per.values():
+            lst.sort(key=lambda p: (-p[0], p[1]))
+            del lst[limit:]
+        return per
+
+    def _second_hop(
+        self,
+        seeds: dict[int, float],
+        first: Sequence[tuple[int, int, float]],
+        prunable: list[tuple[int, int]],
+    ) -> list[tuple[int, int, float]]:
+        """``(seed, k, w_sj * w_jk)`` for the first-hop neighbours' strongest edges."""
+        via: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for s, j, w in first:
+            via[j].append((s, w))
+        best: dict[tuple[int, int], float] = {}
+        for j, lst in self._strongest(via, prunable, exclude=seeds).items():
+            for w_jk, k in lst:
+                for s, w_sj in via[j]:
+                    if k != s:
+                        best[(s, k)] = max(best.get((s, k), 0.0), w_sj * w_jk)
+        return [(s, k, w) for (s, k), w in sorted(best.items())]
+
+    def _hits(
+        self,
+        ranking: retrieval.Ranking,
+        rows: dict[int, RankRow],
+        pool: retrieval.Pool,
+        qv: np.ndarray,
+        lex: dict[int, float],
+    ) -> list[Hit]:
+        dense = dict(zip(pool.ns, pool.dense.tolist(), strict=True))
+        full = self.store.rows_by_n([*ranking.base_top, *ranking.associations])
+        hits = []
+
+        for prov, ns in (("base", ranking.base_top), ("association", ranking.associations)):
+            for n in ns:
+                if n not in full:  # deleted by another process or object during the search
+                    continue
+                r = rows[n]
+                if n not in dense:
+                    v = r.vector()
+                    dense[n] = float(v @ qv) if v is not None and v.shape == qv.shape else 0.0
+                b = ranking.boost.get(n, 0.0)
+                base = ranking.base[n]
+                hits.append(
+                    Hit(
+                        memory=self._memory(full[n]),
+                        score=ranking.relevance.get(n, 0.0),
+                        activation=base + b,
+                        base=base,
+                        boost=b,
+                        dense=dense[n],
+                        lexical=lex.get(n, 0.0),
+                        provenance=prov,  # type: ignore[arg-type]
+                        via=tuple(
+                            (rows[s].id, round(w, 6))
+                            for s, w in ranking.via.get(n, [])
+                            if s in rows
+                        ),
+                    )
+                )
+        hits.sort(key=lambda h: -h.score)  # best first (stable: base before association on ties)
+        return hits
