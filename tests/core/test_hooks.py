@@ -31,6 +31,7 @@ from helamem.core import (
     NewTurn,
     RetrievalConfig,
     Scope,
+    _recorder_worker,
     hooks,
 )
 from helamem.core.hooks import (
@@ -559,7 +560,7 @@ async def test_close_wakes_producers_waiting_for_room() -> None:
 async def test_idle_worker_exits_and_the_next_turn_restarts_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(hooks, "_IDLE_EXIT_S", 0.05)
+    monkeypatch.setattr(_recorder_worker, "_IDLE_EXIT_S", 0.05)
 
     def workers() -> int:
         return sum(t.name == "helamem-turn-recorder" for t in threading.enumerate())

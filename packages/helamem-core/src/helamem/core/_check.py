@@ -47,17 +47,23 @@ import shlex
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from ._check_report import (
+    DB_NAME,
+    DEFECT_KINDS,
+    EXAMPLES,
+    REINDEX_FIX,
+    RESTORE_FIX,
+    CheckReport,
+    Defect,
+)
+from ._repair import RepairReport, repair_derived
 from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, InvalidInputError, StorageError
 from .storage.base import IndexLockedError, VectorIndex
-
-if TYPE_CHECKING:
-    from ._core import Core
 
 __all__ = [
     "DEFECT_KINDS",
@@ -68,137 +74,6 @@ __all__ = [
     "repair_derived",
     "stored_embedder",
 ]
-
-DB_NAME = "helamem.sqlite3"
-EXAMPLES = 5
-
-DEFECT_KINDS: tuple[str, ...] = (
-    "sqlite_integrity",
-    "sqlite_schema",
-    "fts_integrity",
-    "fts_missing",
-    "fts_orphan",
-    "fts_stale",
-    "vector_missing",
-    "vector_orphan",
-    "vector_count",
-    "index_unavailable",
-    "edge_orphan",
-    "edge_scope",
-    "scope_orphan",
-    "embedding_missing",
-    "embedder_switch",
-)
-
-_REINDEX = (
-    "run `helamem reindex {path}` (it rebuilds the vector and full-text indexes from the "
-    "memories and drops edges of missing memories)"
-)
-_RESTORE = (
-    "restore helamem.sqlite3 from a backup, or export what still reads with "
-    "`helamem export {path} --scope ... --out FILE` and import it into a new store"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Defect:
-    """One kind of damage: how many items, a few of them, and the fix.
-
-    Attributes:
-        kind: One of :data:`DEFECT_KINDS`.
-        count: Items affected.
-        message: What is wrong, in words.
-        examples: Up to 5 affected items (memory ids, ``a-b`` edge keys...).
-        fix: What to do about it.
-    """
-
-    kind: str
-    count: int
-    message: str
-    examples: tuple[str, ...] = ()
-    fix: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckReport:
-    """The result of :func:`check_store`.
-
-    Attributes:
-        path: The store directory.
-        schema_version: SQLite schema version (``None`` if unreadable).
-        embedder: ``name (dimension)`` of the stored vectors' embedder.
-        memories: Memories in SQLite.
-        fts_rows: Rows of the full-text index.
-        edges: Edges in SQLite.
-        scopes: Scopes holding memories.
-        scope_nodes: Scope nodes (every prefix of every scope).
-        vectors: The index's ``count()`` (``None`` when not read).
-        unindexed: Memories not yet in the vector index (indexed on open).
-        tombstones: Deletions not yet applied to the vector index (on open).
-        vector_ids_checked: Whether the index listed its ids (``all_ids()``).
-        defects: One entry per kind of damage found (empty when clean).
-        notes: What could not be checked, and why.
-    """
-
-    path: Path
-    schema_version: int | None = None
-    embedder: str | None = None
-    memories: int = 0
-    fts_rows: int = 0
-    edges: int = 0
-    scopes: int = 0
-    scope_nodes: int = 0
-    vectors: int | None = None
-    unindexed: int = 0
-    tombstones: int = 0
-    vector_ids_checked: bool = False
-    defects: tuple[Defect, ...] = field(default_factory=tuple)
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def ok(self) -> bool:
-        """No defect found."""
-        return not self.defects
-
-    @property
-    def kinds(self) -> set[str]:
-        """The kinds of the defects found."""
-        return {d.kind for d in self.defects}
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (``path`` as a string, ``ok`` added)."""
-        out = asdict(self)
-        out["path"] = str(self.path)
-        out["ok"] = self.ok
-        return out
-
-    def to_text(self) -> str:
-        """A readable multi-line report."""
-        vectors = "not read" if self.vectors is None else str(self.vectors)
-        lines = [
-            f"store      {self.path}",
-            f"schema     {self.schema_version}",
-            f"embedder   {self.embedder}",
-            f"memories   {self.memories}",
-            f"fts rows   {self.fts_rows}",
-            f"vectors    {vectors}" + ("" if self.vector_ids_checked else " (ids not checked)"),
-            f"edges      {self.edges}",
-            f"scopes     {self.scopes} ({self.scope_nodes} scope nodes)",
-            f"pending    {self.unindexed} memories to index, "
-            f"{self.tombstones} vector deletions (done when the store opens)",
-        ]
-        lines += [f"note       {n}" for n in self.notes]
-        if self.ok:
-            lines.append("OK: no defect found")
-            return "\n".join(lines)
-        lines.append(f"DEFECTS: {len(self.defects)} kind(s)")
-        for d in self.defects:
-            lines.append(f"  [{d.kind}] {d.message} ({d.count})")
-            if d.examples:
-                lines.append(f"      e.g. {', '.join(d.examples)}")
-            if d.fix:
-                lines.append(f"      fix: {d.fix}")
-        return "\n".join(lines)
 
 
 @runtime_checkable
@@ -295,14 +170,14 @@ class _Checker:
         try:
             problems = [str(r[0]) for r in self.db.execute("PRAGMA integrity_check")]
         except sqlite3.DatabaseError as exc:
-            self.add("sqlite_integrity", [str(exc)], "the SQLite file cannot be read", _RESTORE)
+            self.add("sqlite_integrity", [str(exc)], "the SQLite file cannot be read", RESTORE_FIX)
             return False
         if problems != ["ok"]:
             self.add(
                 "sqlite_integrity",
                 problems,
                 "PRAGMA integrity_check found damage in helamem.sqlite3",
-                _RESTORE,
+                RESTORE_FIX,
             )
         tables = set(self.col("SELECT name FROM sqlite_master WHERE type = 'table'"))
         needed = {"meta", "scopes", "memories", "memories_fts", "edges", "tombstones"}
@@ -312,7 +187,7 @@ class _Checker:
                 "sqlite_schema",
                 missing,
                 "the database lacks HeLa-Mem tables (an empty or foreign file)",
-                _RESTORE,
+                RESTORE_FIX,
             )
             self.facts["empty"] = True
             return False
@@ -349,7 +224,7 @@ class _Checker:
                 "fts_integrity",
                 [str(exc)],
                 "FTS5 integrity-check failed: the full-text index is damaged",
-                _REINDEX,
+                REINDEX_FIX,
             )
         missing = self.col(
             "SELECT m.id FROM memories m WHERE NOT EXISTS"
@@ -359,7 +234,7 @@ class _Checker:
             "fts_missing",
             missing,
             "memories without a full-text row (lexical search cannot find them)",
-            _REINDEX,
+            REINDEX_FIX,
         )
         orphans = self.col(
             "SELECT f.rowid FROM memories_fts f WHERE NOT EXISTS"
@@ -369,7 +244,7 @@ class _Checker:
             "fts_orphan",
             [f"fts row {r}" for r in orphans],
             "full-text rows of no memory",
-            _REINDEX,
+            REINDEX_FIX,
         )
         stale = self.col(
             "SELECT m.id FROM memories m JOIN memories_fts f ON f.rowid = m.n"
@@ -379,7 +254,7 @@ class _Checker:
             "fts_stale",
             stale,
             "full-text rows whose text differs from their memory's",
-            _REINDEX,
+            REINDEX_FIX,
         )
 
     def edges(self) -> None:
@@ -392,7 +267,7 @@ class _Checker:
             "edge_orphan",
             [f"edge {a}-{b}" for a, b in orphans],
             "edges whose end memory does not exist",
-            _REINDEX,
+            REINDEX_FIX,
         )
         crossed = self.db.execute(
             "SELECT e.a, e.b FROM edges e JOIN memories ma ON ma.n = e.a"
@@ -403,7 +278,7 @@ class _Checker:
             "edge_scope",
             [f"edge {a}-{b}" for a, b in crossed],
             "edges whose scope differs from an end memory's (edges never cross scopes)",
-            _REINDEX,
+            REINDEX_FIX,
         )
 
     def scopes(self) -> None:
@@ -422,7 +297,7 @@ class _Checker:
             "scope_orphan",
             lost,
             "memories or scope nodes whose scope node is missing",
-            _RESTORE,
+            RESTORE_FIX,
         )
 
     def embeddings(self, dim: int | None, switch: dict[str, Any] | None) -> None:
@@ -446,7 +321,7 @@ class _Checker:
             "embedding_missing",
             bad,
             f"memories whose stored vector is missing or not of dimension {dim}",
-            _REINDEX,
+            REINDEX_FIX,
         )
 
     # -- vector index ------------------------------------------------------
@@ -467,7 +342,7 @@ class _Checker:
                 "index_unavailable",
                 [str(exc)],
                 "the vector index cannot be read",
-                _REINDEX,
+                REINDEX_FIX,
             )
             return
         self.facts["vector_ids_checked"] = True
@@ -477,7 +352,7 @@ class _Checker:
                 "vector_count",
                 [f"count() {count}, ids {len(ids)}"],
                 "the vector index's count disagrees with the ids it lists",
-                _REINDEX,
+                REINDEX_FIX,
                 count=abs(count - len(ids)) or 1,
             )
         indexed = self.col("SELECT id FROM memories WHERE indexed = 1 ORDER BY n")
@@ -488,7 +363,7 @@ class _Checker:
             "vector_missing",
             missing,
             "memories marked indexed that have no vector (dense search misses them)",
-            _REINDEX,
+            REINDEX_FIX,
         )
         known = set(self.col("SELECT id FROM memories"))
         known.update(self.col("SELECT id FROM tombstones"))
@@ -499,7 +374,7 @@ class _Checker:
             "vector_orphan",
             orphans,
             "vectors in the index of memories SQLite does not hold",
-            _REINDEX,
+            REINDEX_FIX,
         )
 
     def _still(self, ids: Sequence[str], sql: str) -> list[str]:
@@ -560,7 +435,9 @@ def check_store(
         return CheckReport(
             root,
             defects=(
-                Defect("sqlite_integrity", 1, f"cannot open helamem.sqlite3: {exc}", (), _RESTORE),
+                Defect(
+                    "sqlite_integrity", 1, f"cannot open helamem.sqlite3: {exc}", (), RESTORE_FIX
+                ),
             ),
         )
     chk = _Checker(root, db)
@@ -581,7 +458,7 @@ def check_store(
                 chk.embeddings(dim, switch)
                 readable = True
         except sqlite3.DatabaseError as exc:
-            chk.add("sqlite_integrity", [str(exc)], "reading helamem.sqlite3 failed", _RESTORE)
+            chk.add("sqlite_integrity", [str(exc)], "reading helamem.sqlite3 failed", RESTORE_FIX)
         index_dim = dim or (embedder.dimension if embedder is not None else cfg.embedder.dimension)
         index = vector_index
         if index is None:
@@ -598,11 +475,13 @@ def check_store(
                         "vector_orphan",
                         [f"{n} vectors"],
                         "the vector index holds vectors while the database holds no memories",
-                        _RESTORE,
+                        RESTORE_FIX,
                         count=n,
                     )
         except HelaMemError as exc:
-            chk.add("index_unavailable", [str(exc)], "the vector index cannot be opened", _REINDEX)
+            chk.add(
+                "index_unavailable", [str(exc)], "the vector index cannot be opened", REINDEX_FIX
+            )
     finally:
         db.close()
     f = chk.facts
@@ -641,76 +520,3 @@ def _stand_in(
     if ecfg is not None and ecfg.provider == "minilm":
         return create_embedder(ecfg)
     return HashingEmbedder(dim)
-
-
-@dataclass(frozen=True, slots=True)
-class RepairReport:
-    """What :func:`repair_derived` rebuilt or dropped.
-
-    Attributes:
-        fts_rows: Full-text rows written (one per memory).
-        edges_dropped: Edges of missing memories, or crossing scopes, deleted.
-        vectors: Memories indexed into the rebuilt vector index.
-    """
-
-    fts_rows: int
-    edges_dropped: int
-    vectors: int
-
-
-def repair_derived(core: Core, *, reembed: bool = False, vectors: bool = True) -> RepairReport:
-    """Rebuild what is derived from the ``memories`` table (runs on the owner thread).
-
-    In one transaction: the full-text index is dropped and rebuilt from the
-    memories (so a damaged FTS5 index is replaced, not read), and edges whose
-    end memory is missing or whose scope differs from an end's are deleted.
-    Then (``vectors``) the vector index is rebuilt from the stored vectors
-    (``reembed``: recomputed with the store's embedder, as
-    :meth:`HelaMemory.reindex`); ``RepairReport.vectors`` is 0 without it.
-
-    Raises:
-        StorageError: SQLite or the vector index failed; the transaction was
-            rolled back (the vector index is rebuilt on the next reindex).
-    """
-    from ._base import scope_tag
-
-    store = core.store
-    with store.tx() as db:
-        sql = db.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'memories_fts'"
-        ).fetchone()
-        if sql is None:
-            raise StorageError(
-                f"{core.config.path}: the full-text table definition is missing; restore "
-                f"helamem.sqlite3 from a backup"
-            )
-        db.execute("DROP TABLE memories_fts")
-        db.execute(str(sql[0]))
-        tags: dict[tuple[int, str], str] = {}
-        rows = 0
-        last = 0
-        while batch := db.execute(
-            "SELECT n, scope_id, kind, content FROM memories WHERE n > ? ORDER BY n LIMIT 2048",
-            (last,),
-        ).fetchall():
-            out = []
-            for n, sid, kind, content in batch:
-                key = (int(sid), str(kind))
-                if key not in tags:
-                    tags[key] = " ".join(scope_tag(a, key[1]) for a in store.ancestors(key[0]))
-                out.append((int(n), str(content), tags[key]))
-            db.executemany("INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)", out)
-            rows += len(out)
-            last = int(batch[-1][0])
-        dropped = db.execute(
-            "DELETE FROM edges WHERE NOT EXISTS (SELECT 1 FROM memories m"
-            " WHERE m.n = edges.a AND m.scope_id = edges.scope_id)"
-            " OR NOT EXISTS (SELECT 1 FROM memories m"
-            " WHERE m.n = edges.b AND m.scope_id = edges.scope_id)"
-        ).rowcount
-        db.execute(
-            "UPDATE scopes SET last_episode = NULL WHERE last_episode IS NOT NULL AND NOT EXISTS"
-            " (SELECT 1 FROM memories m WHERE m.n = scopes.last_episode)"
-        )
-        store._fts_writes += 1  # the term statistics cache is stale
-    return RepairReport(rows, int(dropped), core.reindex(reembed) if vectors else 0)

@@ -307,7 +307,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_reindex(args: argparse.Namespace) -> int:
-    from ._check import repair_derived
+    from ._repair import repair_derived
 
     _need_store(args.path)
     try:

@@ -1,6 +1,7 @@
 """The vector index: exact scans for small scopes, Chroma HNSW for large ones.
 
-This is the only module that imports chromadb. The index is derived: SQLite
+This module and :mod:`.chroma_connect` (connection, collections,
+verification) are the only ones that import chromadb. The index is derived: SQLite
 holds every memory and its embedding, and ``helamem reindex`` rebuilds it.
 
 Layout (decided by measurement; see the README's scale section)
@@ -37,32 +38,22 @@ Layout (decided by measurement; see the README's scale section)
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
-import resource
 import shutil
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
 
-import chromadb
 import numpy as np
 import numpy.typing as npt
-from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
-from chromadb.config import Settings
+from chromadb.api.types import Documents, EmbeddingFunction
 from chromadb.errors import ChromaError, NotFoundError
-from chromadb.utils.embedding_functions import register_embedding_function
 
 from ..config import ChromaConfig
 from ..embeddings import Embedder, MiniLMEmbedder, Vectors, check_vectors
-from ..errors import CorruptStoreError, StorageError
+from ..errors import StorageError
 from .base import IndexLockedError
-from .exact import ExactVectors
-from .lock import ProcessLock
+from .chroma_connect import ChromaConnection, HelaMemMiniLMEmbeddingFunction, forget_system
 
 __all__ = [
     "ChromaEmbedder",
@@ -73,44 +64,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@register_embedding_function
-class HelaMemMiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
-    """HeLa-Mem's offline all-MiniLM-L6-v2 as a registered Chroma embedding function.
-
-    Examples:
-        >>> ef = HelaMemMiniLMEmbeddingFunction()
-        >>> len(ef(["hello"])[0])
-        384
-    """
-
-    def __init__(self, batch_size: int = 32, max_length: int = 256) -> None:
-        self._batch_size = batch_size
-        self._max_length = max_length
-        self._embedder = MiniLMEmbedder(batch_size, max_length)
-
-    def __call__(self, input: Documents) -> Embeddings:
-        return [row for row in self._embedder.embed(list(input))]
-
-    @staticmethod
-    def name() -> str:
-        return "helamem-minilm-onnx"
-
-    def default_space(self) -> Any:
-        return "cosine"
-
-    def supported_spaces(self) -> list[Any]:
-        return ["cosine", "l2", "ip"]
-
-    @staticmethod
-    def build_from_config(config: dict[str, Any]) -> HelaMemMiniLMEmbeddingFunction:
-        return HelaMemMiniLMEmbeddingFunction(
-            int(config.get("batch_size", 32)), int(config.get("max_length", 256))
-        )
-
-    def get_config(self) -> dict[str, Any]:
-        return {"batch_size": self._batch_size, "max_length": self._max_length}
 
 
 def _derived_name(function: object) -> str:
@@ -170,11 +123,7 @@ class ChromaEmbedder:
         return check_vectors(self._fn(list(texts)), len(texts), self.dimension, self.name)
 
 
-_MARKER = "helamem-index.json"
-_LEGACY = "-s"  # collection names of the layout before tiers: one per scope, every scope
-
-
-class ChromaIndex:
+class ChromaIndex(ChromaConnection):
     """The tiered vector index: exact scans for small scopes, HNSW for large ones.
 
     A (scope node, kind) with fewer than ``config.exact_below`` vectors is
@@ -192,340 +141,6 @@ class ChromaIndex:
             ``<data dir>/helamem.sqlite3`` beside it.
         attach_minilm: Attach HeLa-Mem's MiniLM embedding function to collections.
     """
-
-    def __init__(self, config: ChromaConfig, path: Path, attach_minilm: bool) -> None:
-        self._config = config
-        self._path = path
-        self._attach_minilm = attach_minilm
-        self._client: Any = None
-        self._dimension = 0
-        self._cols: OrderedDict[str, Any] = OrderedDict()
-        self._exact = ExactVectors(
-            path.parent / "helamem.sqlite3", config.exact_cache_mb * 1024 * 1024
-        )
-        self._lock = ProcessLock(path.parent / "chroma.lock")
-        self._verified = False
-        self._warned_locked = False
-        self._failed: set[tuple[int, str]] = set()  # collections whose search failed (warned)
-        self.wants_reconcile = False
-        """Set when a search met vectors not yet in HNSW (the owner reconciles)."""
-
-    # -- naming ------------------------------------------------------------
-
-    def _name(self, scope_id: int, kind: str) -> str:
-        return f"{self._config.collection}-h{int(scope_id)}-{kind[0]}"
-
-    def _ours(self, name: str) -> bool:
-        c = self._config.collection
-        return name.startswith(f"{c}-h") or name.startswith(f"{c}{_LEGACY}")
-
-    # -- lifecycle -----------------------------------------------------------
-
-    def open(self, dimension: int) -> None:
-        """Connect; check the index belongs to this database; repair it if damaged.
-
-        Raises:
-            CorruptStoreError: The index holds another database's vectors (the
-                database was replaced, emptied or is corrupt).
-            StorageError: Chroma cannot be reached (``mode="http"``).
-        """
-        self._dimension = dimension
-        self._exact.open(dimension)
-        try:
-            if self._config.mode == "persistent":
-                self._check_marker()
-                if self._exact.promoted() or (self._path / "chroma.sqlite3").exists():
-                    # opens and verifies when this process can hold the index
-                    self._chroma(required=False)
-            else:
-                self._chroma(required=True)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Release every Chroma file, the process lock and the SQLite connection."""
-        self._cols.clear()
-        client, self._client = self._client, None
-        if client is not None:
-            with suppress(ChromaError, AttributeError):
-                client.close()
-        gc.collect()  # collection handles hold the Rust bindings (and their files)
-        self._lock.release()
-        self._exact.close()
-        self._verified = False
-
-    def _check_marker(self) -> None:
-        marker = self._path / _MARKER
-        if not marker.exists():
-            return
-        try:
-            owner = json.loads(marker.read_text("utf-8")).get("store_id")
-        except (OSError, ValueError, AttributeError):
-            logger.warning("unreadable %s; the vector index will be verified", marker)
-            return
-        if owner != self._exact.store_id():
-            raise CorruptStoreError(
-                f"the vector index in {self._path} belongs to another database: "
-                f"{self._path.parent / 'helamem.sqlite3'} looks replaced, emptied or corrupt. "
-                f"Restore helamem.sqlite3 from a backup, or run `helamem reindex "
-                f"{self._path.parent}` to discard the index and rebuild it from this database"
-            )
-
-    def _write_marker(self) -> None:
-        if self._config.mode != "persistent":
-            return
-        self._path.mkdir(parents=True, exist_ok=True)
-        tmp = self._path / f".{_MARKER}.tmp"
-        tmp.write_text(json.dumps({"store_id": self._exact.store_id()}), "utf-8")
-        tmp.replace(self._path / _MARKER)
-
-    def _settings(self) -> Settings:
-        return Settings(anonymized_telemetry=False, allow_reset=True)
-
-    def _connect(self) -> Any:
-        cfg = self._config
-        settings = self._settings()
-        if cfg.mode == "http":
-            return chromadb.HttpClient(
-                host=cfg.host,
-                port=cfg.port,
-                ssl=cfg.ssl,
-                headers=dict(cfg.headers or {}),
-                settings=settings,
-            )
-        if cfg.mode == "ephemeral":
-            return chromadb.EphemeralClient(settings=settings)
-        self._path.mkdir(parents=True, exist_ok=True)
-        return _bounded_persistent_client(self._path, settings, self._cache_size())
-
-    def _cache_size(self) -> int:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        cap = self._config.max_open_indexes
-        if soft > 0:
-            cap = min(cap, max(1, soft // 16))
-        return cap
-
-    def _chroma(self, required: bool = True, verify: bool = True) -> Any:
-        """The Chroma client, opened (and the index verified) on first need.
-
-        Raises:
-            IndexLockedError: Another process holds the embedded index (``required``).
-        """
-        if self._client is not None:
-            return self._client
-        if self._config.mode == "persistent" and not self._lock.try_acquire():
-            if not required:
-                logger.info(
-                    "another process holds the embedded vector index in %s; this process "
-                    "searches small scopes exactly and leaves large ones to it",
-                    self._path,
-                )
-                return None
-            raise IndexLockedError(
-                f"another process holds the embedded Chroma index in {self._path}, and this "
-                f"operation needs a scope's HNSW collection; embedded Chroma is single-process. "
-                f"To share the store between processes, run a Chroma server (`chroma run "
-                f"--path {self._path} --host 127.0.0.1 --port 8000`) and open every process "
-                f'with ChromaConfig(mode="http", host="127.0.0.1", port=8000)'
-            )
-        try:
-            self._client = self._open_client()
-            if verify:
-                self._verify()
-        except BaseException:
-            client, self._client = self._client, None
-            if client is not None:
-                with suppress(ChromaError, AttributeError):
-                    client.close()
-            self._cols.clear()
-            self._lock.release()
-            raise
-        return self._client
-
-    def _open_client(self) -> Any:
-        try:
-            client = self._connect()
-            client.heartbeat()
-            return client
-        except (ChromaError, ValueError, OSError, AttributeError) as exc:
-            if self._config.mode != "persistent":
-                raise StorageError(
-                    f"could not connect to Chroma ({self._config.mode}): {exc}; check "
-                    f"ChromaConfig (host/port for mode='http')"
-                ) from exc
-            logger.warning(
-                "the vector index in %s is damaged (%s: %s); rebuilding it from "
-                "helamem.sqlite3 (the index is derived: nothing is lost)",
-                self._path,
-                type(exc).__name__,
-                exc,
-            )
-        _forget_system(self._path)
-        shutil.rmtree(self._path, ignore_errors=True)
-        try:
-            client = self._connect()
-            client.heartbeat()
-            return client
-        except (ChromaError, ValueError, OSError, AttributeError) as exc:
-            _forget_system(self._path)
-            raise StorageError(
-                f"could not open a new vector index in {self._path}: {exc}; check that the "
-                f"directory is writable and the disk has space"
-            ) from exc
-
-    def _names(self) -> list[str]:
-        client = self._client
-        out = []
-        for c in client.list_collections():
-            name = c.name if hasattr(c, "name") else str(c)
-            if self._ours(name):
-                out.append(str(name))
-        return out
-
-    def _verify(self) -> None:
-        """Bring the HNSW tier in line with SQLite: migrate, rebuild what is missing."""
-        if self._verified:
-            return
-        self._verified = True
-        names = self._names()
-        marker = self._path / _MARKER
-        legacy = [n for n in names if n.startswith(f"{self._config.collection}{_LEGACY}")]
-        if self._config.mode == "persistent" and not marker.exists() and names:
-            self._refuse_unknown(names)
-        if legacy:
-            logger.warning(
-                "dropping %d collections of the previous vector-index layout in %s "
-                "(small scopes are now searched exactly from SQLite)",
-                len(legacy),
-                self._path,
-            )
-            for n in legacy:
-                with suppress(NotFoundError):
-                    self._client.delete_collection(n)
-            self._promote_large()
-        have = set(self._names())
-        indexed = self._exact.counts(indexed_only=True)
-        todo = []
-        for key in sorted(self._exact.promoted()):
-            name = self._name(*key)
-            if name not in have:
-                todo.append((key, "missing"))
-                continue
-            col = self._client.get_collection(name, embedding_function=None)
-            got = int(col.count())
-            if got < indexed.get(key, 0):
-                todo.append((key, f"{got} of {indexed.get(key, 0)} vectors"))
-        if todo:
-            total = sum(self._exact.count_upto(k, 1 << 62) for k, _ in todo)
-            logger.warning(
-                "the vector index lacks vectors of %d large scopes (%s); rebuilding %d "
-                "vectors from helamem.sqlite3",
-                len(todo),
-                ", ".join(f"scope {k[0]}/{k[1]}: {why}" for k, why in todo[:5]),
-                total,
-            )
-            done = 0
-            for key, _ in todo:
-                done += self._load(key, fresh=True)
-                logger.info("vector index rebuild: %d/%d vectors", done, total)
-        self._write_marker()
-
-    def _refuse_unknown(self, names: list[str]) -> None:
-        """An index without this database's marker: refuse if it holds unknown ids."""
-        known = set(self._exact.ids(set()))
-        for name in names:
-            col = self._client.get_collection(name, embedding_function=None)
-            ids = [str(i) for i in col.get(include=[])["ids"]]
-            unknown = [i for i in ids if i not in known]
-            if unknown:
-                raise CorruptStoreError(
-                    f"the vector index in {self._path} holds {len(unknown)} vectors whose "
-                    f"memories {self._path.parent / 'helamem.sqlite3'} does not know (e.g. "
-                    f"{unknown[0]!r}): the database looks replaced, emptied or corrupt. "
-                    f"Restore helamem.sqlite3 from a backup, or run `helamem reindex "
-                    f"{self._path.parent}` to discard the index and rebuild it from this database"
-                )
-
-    def _promote_large(self) -> int:
-        """Promote every (scope, kind) at or over the threshold; returns vectors loaded."""
-        t = self._config.exact_below
-        counts = self._exact.counts()
-        big = sorted(k for k, c in counts.items() if c >= t)
-        total = sum(counts[k] for k in big)
-        if big:
-            logger.warning(
-                "building HNSW collections for %d large scopes (%d vectors)", len(big), total
-            )
-        done = 0
-        for key in big:
-            self._exact.add_promoted(key)
-            done += self._load(key, fresh=True)
-            logger.info("vector index build: %d/%d vectors", done, total)
-        return done
-
-    # -- collections ---------------------------------------------------------
-
-    def _hnsw_config(self) -> dict[str, Any]:
-        """HNSW settings: cosine, persisted no later than a promoted scope's first load.
-
-        Chroma writes a collection's HNSW files after ``sync_threshold`` (default
-        1,000) vectors; a collection promoted with fewer (``exact_below`` below
-        that) and then evicted from Chroma's cache was lost ("Nothing found on
-        disk"), so the threshold never exceeds ``exact_below``.
-        """
-        sync = max(2, min(1000, self._config.exact_below))
-        return {"space": "cosine", "sync_threshold": sync, "batch_size": min(100, sync)}
-
-    def _collection(self, key: tuple[int, str], create: bool) -> Any:
-        name = self._name(*key)
-        col = self._cols.get(name)
-        if col is not None:
-            self._cols.move_to_end(name)
-            return col
-        client = self._chroma()
-        try:
-            if create:
-                ef = HelaMemMiniLMEmbeddingFunction() if self._attach_minilm else None
-                col = client.get_or_create_collection(
-                    name,
-                    configuration={"hnsw": self._hnsw_config()},
-                    embedding_function=cast(Any, ef),
-                    metadata={"helamem:dimension": self._dimension},
-                )
-            else:
-                col = client.get_collection(name, embedding_function=None)
-        except NotFoundError:
-            return None
-        except (ChromaError, ValueError) as exc:
-            if not create and "does not exist" in str(exc):
-                return None
-            raise StorageError(f"could not open Chroma collection {name!r}: {exc}") from exc
-        self._cols[name] = col
-        while len(self._cols) > 4 * self._cache_size():
-            self._cols.popitem(last=False)
-        return col
-
-    def _load(self, key: tuple[int, str], fresh: bool) -> int:
-        """Copy a scope's vectors from SQLite into its collection; returns vectors copied."""
-        if fresh:
-            name = self._name(*key)
-            self._cols.pop(name, None)
-            with suppress(NotFoundError, ValueError):
-                self._chroma().delete_collection(name)
-        col = self._collection(key, create=True)
-        done = 0
-        try:
-            for ns, ids, mat in self._exact.batches(key):
-                col.upsert(ids=ids, embeddings=mat)
-                self._drop_vanished(col, ids)
-                self._exact.mark_indexed(ns, ids)
-                done += len(ids)
-        except (ChromaError, ValueError) as exc:
-            raise StorageError(f"Chroma upsert failed: {exc}") from exc
-        return done
-
-    # -- the VectorIndex protocol ------------------------------------------
 
     def upsert(
         self,
@@ -586,19 +201,6 @@ class ChromaIndex:
         except NotFoundError:
             self._cols.pop(self._name(*key), None)
             op()
-
-    def _drop_vanished(self, col: Any, ids: Sequence[str]) -> None:
-        """Delete the just-upserted vectors of ``ids`` whose memories are gone.
-
-        Vectors are upserted after their rows were read (by another process or
-        store object too: a reconcile, a promotion). A delete committed in
-        between has already removed its vector, so the upsert would bring it
-        back as an orphan, found by search. Checked after the upsert: a delete
-        committed later removes the vector itself.
-        """
-        gone = set(ids) - self._exact.existing(ids)
-        if gone:
-            col.delete(ids=sorted(gone))
 
     def _promote(self, key: tuple[int, str]) -> bool:
         """Move a scope to its own collection; False if another process already did."""
@@ -746,21 +348,6 @@ class ChromaIndex:
                 out.extend(str(i) for i in col.get(include=[])["ids"])
         return out
 
-    def reset(self) -> None:
-        """Drop every collection of this index and every promotion (before a full reindex)."""
-        if self._config.mode != "persistent" or self._exact.promoted() or self._path.exists():
-            client = self._chroma(verify=False)
-            try:
-                for name in self._names():
-                    client.delete_collection(name)
-            except (ChromaError, ValueError) as exc:
-                raise StorageError(f"Chroma reset failed: {exc}") from exc
-            self._verified = True  # nothing left to check against SQLite
-            self._write_marker()
-        self._cols.clear()
-        self._exact.set_promoted(set())
-        self._exact.forget([])
-
     def rebuild(self) -> int:
         """Reset, then build an HNSW collection for every scope at the threshold.
 
@@ -775,47 +362,6 @@ class ChromaIndex:
         return self._promote_large()
 
 
-def _forget_system(path: Path) -> None:
-    """Drop Chroma's cached in-process system for ``path`` (after a failed open)."""
-    from chromadb.api.shared_system_client import SharedSystemClient
-
-    SharedSystemClient._identifier_to_system.pop(str(path), None)
-    SharedSystemClient._identifier_to_refcount.pop(str(path), None)
-
-
-def _bounded_persistent_client(path: Path, settings: Settings, cache_size: int) -> Any:
-    """A ``PersistentClient`` whose HNSW cache holds at most ``cache_size`` indexes.
-
-    Chroma sizes its cache of loaded HNSW indexes at a fifth of the open-file
-    limit (5 files each), which leaves nothing for anything else. The system
-    is built here, the size set before it starts, and then shared as
-    ``PersistentClient(path)`` would share it.
-    """
-    from chromadb.api import ServerAPI
-    from chromadb.api.client import Client
-    from chromadb.api.shared_system_client import SharedSystemClient
-    from chromadb.config import System
-    from chromadb.telemetry.product import ProductTelemetryClient
-
-    full = Settings(
-        **{**settings.model_dump(), "is_persistent": True, "persist_directory": str(path)}
-    )
-    if str(path) not in SharedSystemClient._identifier_to_system:
-        system = System(full)
-        system.instance(ProductTelemetryClient)  # type: ignore[type-abstract]
-        api = system.instance(ServerAPI)  # type: ignore[type-abstract]
-        if hasattr(api, "hnsw_cache_size"):
-            api.hnsw_cache_size = cache_size
-        try:
-            system.start()
-        except BaseException:
-            with suppress(AttributeError, ChromaError):
-                system.stop()
-            raise
-        SharedSystemClient._identifier_to_system[str(path)] = system
-    return Client(settings=full)
-
-
 def make_index(config: ChromaConfig, data_dir: Path, embedder: Embedder) -> ChromaIndex:
     """The vector index for ``config`` (Chroma files under ``data_dir/chroma``)."""
     return ChromaIndex(config, data_dir / "chroma", isinstance(embedder, MiniLMEmbedder))
@@ -828,5 +374,5 @@ def discard_index(data_dir: Path) -> None:
     the store and running :meth:`~helamem.core.HelaMemory.reindex` rebuilds it.
     Do not call it while any process has the store open.
     """
-    _forget_system(data_dir / "chroma")
+    forget_system(data_dir / "chroma")
     shutil.rmtree(data_dir / "chroma", ignore_errors=True)

@@ -1,0 +1,149 @@
+"""What ``helamem check`` reports: the kinds of defect, one defect, and the report."""
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "DB_NAME",
+    "DEFECT_KINDS",
+    "EXAMPLES",
+    "CheckReport",
+    "Defect",
+    "REINDEX_FIX",
+    "RESTORE_FIX",
+]
+
+DB_NAME = "helamem.sqlite3"
+EXAMPLES = 5
+
+DEFECT_KINDS: tuple[str, ...] = (
+    "sqlite_integrity",
+    "sqlite_schema",
+    "fts_integrity",
+    "fts_missing",
+    "fts_orphan",
+    "fts_stale",
+    "vector_missing",
+    "vector_orphan",
+    "vector_count",
+    "index_unavailable",
+    "edge_orphan",
+    "edge_scope",
+    "scope_orphan",
+    "embedding_missing",
+    "embedder_switch",
+)
+
+REINDEX_FIX = (
+    "run `helamem reindex {path}` (it rebuilds the vector and full-text indexes from the "
+    "memories and drops edges of missing memories)"
+)
+RESTORE_FIX = (
+    "restore helamem.sqlite3 from a backup, or export what still reads with "
+    "`helamem export {path} --scope ... --out FILE` and import it into a new store"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Defect:
+    """One kind of damage: how many items, a few of them, and the fix.
+
+    Attributes:
+        kind: One of :data:`DEFECT_KINDS`.
+        count: Items affected.
+        message: What is wrong, in words.
+        examples: Up to 5 affected items (memory ids, ``a-b`` edge keys...).
+        fix: What to do about it.
+    """
+
+    kind: str
+    count: int
+    message: str
+    examples: tuple[str, ...] = ()
+    fix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """The result of :func:`check_store`.
+
+    Attributes:
+        path: The store directory.
+        schema_version: SQLite schema version (``None`` if unreadable).
+        embedder: ``name (dimension)`` of the stored vectors' embedder.
+        memories: Memories in SQLite.
+        fts_rows: Rows of the full-text index.
+        edges: Edges in SQLite.
+        scopes: Scopes holding memories.
+        scope_nodes: Scope nodes (every prefix of every scope).
+        vectors: The index's ``count()`` (``None`` when not read).
+        unindexed: Memories not yet in the vector index (indexed on open).
+        tombstones: Deletions not yet applied to the vector index (on open).
+        vector_ids_checked: Whether the index listed its ids (``all_ids()``).
+        defects: One entry per kind of damage found (empty when clean).
+        notes: What could not be checked, and why.
+    """
+
+    path: Path
+    schema_version: int | None = None
+    embedder: str | None = None
+    memories: int = 0
+    fts_rows: int = 0
+    edges: int = 0
+    scopes: int = 0
+    scope_nodes: int = 0
+    vectors: int | None = None
+    unindexed: int = 0
+    tombstones: int = 0
+    vector_ids_checked: bool = False
+    defects: tuple[Defect, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        """No defect found."""
+        return not self.defects
+
+    @property
+    def kinds(self) -> set[str]:
+        """The kinds of the defects found."""
+        return {d.kind for d in self.defects}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (``path`` as a string, ``ok`` added)."""
+        out = asdict(self)
+        out["path"] = str(self.path)
+        out["ok"] = self.ok
+        return out
+
+    def to_text(self) -> str:
+        """A readable multi-line report."""
+        vectors = "not read" if self.vectors is None else str(self.vectors)
+        lines = [
+            f"store      {self.path}",
+            f"schema     {self.schema_version}",
+            f"embedder   {self.embedder}",
+            f"memories   {self.memories}",
+            f"fts rows   {self.fts_rows}",
+            f"vectors    {vectors}" + ("" if self.vector_ids_checked else " (ids not checked)"),
+            f"edges      {self.edges}",
+            f"scopes     {self.scopes} ({self.scope_nodes} scope nodes)",
+            f"pending    {self.unindexed} memories to index, "
+            f"{self.tombstones} vector deletions (done when the store opens)",
+        ]
+        lines += [f"note       {n}" for n in self.notes]
+        if self.ok:
+            lines.append("OK: no defect found")
+            return "\n".join(lines)
+        lines.append(f"DEFECTS: {len(self.defects)} kind(s)")
+        for d in self.defects:
+            lines.append(f"  [{d.kind}] {d.message} ({d.count})")
+            if d.examples:
+                lines.append(f"      e.g. {', '.join(d.examples)}")
+            if d.fix:
+                lines.append(f"      fix: {d.fix}")
+        return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""The memory's upkeep: consolidation, forgetting, scope deletion, export and import, reindex."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+
+from ._core import Stats
+from ._maintenance import (
+    ConsolidationReport,
+    ForgetReport,
+    apply_consolidation,
+    delete_scope,
+    forget,
+    plan_consolidation,
+)
+from ._owner import OwnedCore
+from ._portable import ExportReport, ImportReport, export_scope, import_scope
+from .distill import Distiller, ExtractiveDistiller, LLMDistiller
+from .llm import LLMClient
+from .types import (
+    normalize_scope,
+)
+
+__all__ = ["UpkeepMethods"]
+
+
+class UpkeepMethods(OwnedCore):
+    """Upkeep operations of :class:`~helamem.core.HelaMemory` (sync and async twins)."""
+
+    def _with_usage(self, st: Stats) -> Stats:
+        if self._llm is None:
+            return st
+        u = self._llm.usage
+        return replace(
+            st,
+            llm_calls=u.calls,
+            llm_failed_calls=u.failed_calls,
+            llm_prompt_tokens=u.prompt_tokens,
+            llm_completion_tokens=u.completion_tokens,
+            llm_cost_usd=u.cost_usd,
+        )
+
+    def _get_distiller(self) -> Distiller:
+        if self._distiller is None:
+            if self._llm is None and self.config.llm.model:
+                self._llm = LLMClient(self.config.llm)
+            self._distiller = (
+                LLMDistiller(self._llm)
+                if self._llm is not None
+                else ExtractiveDistiller(self.config.consolidation.extractive_facts)
+            )
+        return self._distiller
+
+    def consolidate(self, scope: Sequence[str]) -> ConsolidationReport:
+        """Hebbian distillation of ``scope`` (and scopes under it) into semantic facts.
+
+        Adds similarity edges for new episodes, finds densely connected hubs,
+        distils each undistilled cluster (one LLM call in all, or extractive
+        without an LLM), de-duplicates against existing facts and stores the
+        rest with provenance. The store is not held during the LLM call.
+
+        Raises:
+            LLMUnavailableError, LLMResponseError: The LLM failed; no fact was
+                written.
+
+        Examples:
+            >>> report = mem.consolidate(("users", "alice"))   # doctest: +SKIP
+            >>> report.facts_added                              # doctest: +SKIP
+            3
+        """
+        normalize_scope(scope)
+        plan = self._call(lambda c: plan_consolidation(c, scope))
+        drafts = self._get_distiller().distill(plan.clusters) if plan.clusters else []
+        return self._call(lambda c: apply_consolidation(c, plan, drafts))
+
+    def forget(
+        self,
+        scope: Sequence[str],
+        *,
+        dry_run: bool = True,
+        older_than_s: float | None = None,
+        below: float | None = None,
+        limit: int = 1000,
+    ) -> ForgetReport:
+        """Adaptive forgetting: weak, old, never-used episodes that no fact cites.
+
+        Dry run by default: returns the candidates; ``dry_run=False`` deletes
+        them. Age is relative to the scope's newest event.
+        """
+        normalize_scope(scope)
+        return self._call(
+            lambda c: forget(
+                c, scope, dry_run=dry_run, older_than_s=older_than_s, below=below, limit=limit
+            )
+        )
+
+    def delete_scope(self, scope: Sequence[str]) -> int:
+        """Delete everything of ``scope`` and the scopes under it; returns memories deleted."""
+        normalize_scope(scope)
+        return self._call(lambda c: delete_scope(c, scope))
+
+    async def aconsolidate(self, scope: Sequence[str]) -> ConsolidationReport:
+        """Async :meth:`consolidate` (the LLM call is awaited on the event loop)."""
+        normalize_scope(scope)
+        plan = await self._acall(lambda c: plan_consolidation(c, scope))
+        drafts = await self._get_distiller().adistill(plan.clusters) if plan.clusters else []
+        return await self._acall(lambda c: apply_consolidation(c, plan, drafts))
+
+    async def aforget(
+        self,
+        scope: Sequence[str],
+        *,
+        dry_run: bool = True,
+        older_than_s: float | None = None,
+        below: float | None = None,
+        limit: int = 1000,
+    ) -> ForgetReport:
+        """Async :meth:`forget`."""
+        normalize_scope(scope)
+        return await self._acall(
+            lambda c: forget(
+                c, scope, dry_run=dry_run, older_than_s=older_than_s, below=below, limit=limit
+            )
+        )
+
+    async def adelete_scope(self, scope: Sequence[str]) -> int:
+        """Async :meth:`delete_scope`."""
+        normalize_scope(scope)
+        return await self._acall(lambda c: delete_scope(c, scope))
+
+    def export_scope(self, scope: Sequence[str], path: str | os.PathLike[str]) -> ExportReport:
+        """Write ``scope`` and the scopes under it to a JSON-lines file (a backup).
+
+        One consistent snapshot, streamed row by row: a header (format,
+        schema version, embedder, scope), then memories (ids, exact content,
+        times, access counts, metadata, provenance, float32 vectors), edges,
+        per-scope state and distilled clusters, then an ``end`` line. Scopes
+        in the file are relative to ``scope``. The file appears atomically.
+        See :mod:`helamem.core._portable` for the format.
+
+        Args:
+            scope: The scope (prefix) to export.
+            path: The file to write (replaced if it exists).
+
+        Returns:
+            What was written (counts of memories, edges, scopes, clusters).
+
+        Raises:
+            InvalidInputError: The scope is malformed or the path not writable.
+
+        Examples:
+            >>> mem.export_scope(("users", "alice"), "alice.jsonl")  # doctest: +SKIP
+            ExportReport(path=PosixPath('alice.jsonl'), scope=('users', 'alice'), memories=42, ...)
+        """
+        normalize_scope(scope)
+        return self._call(lambda c: export_scope(c, scope, path))
+
+    async def aexport_scope(
+        self, scope: Sequence[str], path: str | os.PathLike[str]
+    ) -> ExportReport:
+        """Async :meth:`export_scope`."""
+        normalize_scope(scope)
+        return await self._acall(lambda c: export_scope(c, scope, path))
+
+    def import_scope(
+        self, path: str | os.PathLike[str], *, scope: Sequence[str] | None = None
+    ) -> ImportReport:
+        """Load a file written by :meth:`export_scope`, in one transaction.
+
+        Ids, times, access counts, edges, scope ticks and distilled clusters
+        are kept, so export, :meth:`delete_scope` and import give back the
+        same memory. Vectors are reused when the file's embedder (name and
+        dimension) is this store's, else recomputed; then they are indexed.
+
+        Args:
+            path: A file written by :meth:`export_scope`.
+            scope: Where to put the exported scope; default: where it came from.
+
+        Returns:
+            What was written (counts, and how many vectors were recomputed).
+
+        Raises:
+            ImportConflictError: The target scope holds memories, or an id of
+                the file exists already; nothing was written.
+            ExportFormatError: The file is not a complete export this version
+                reads; nothing was written.
+            InvalidInputError: The path cannot be read or the scope is malformed.
+
+        Examples:
+            >>> mem.delete_scope(("users", "alice"))                 # doctest: +SKIP
+            >>> mem.import_scope("alice.jsonl").memories             # doctest: +SKIP
+            42
+        """
+        if scope is not None:
+            normalize_scope(scope)
+        return self._call(lambda c: import_scope(c, path, scope))
+
+    async def aimport_scope(
+        self, path: str | os.PathLike[str], *, scope: Sequence[str] | None = None
+    ) -> ImportReport:
+        """Async :meth:`import_scope`."""
+        if scope is not None:
+            normalize_scope(scope)
+        return await self._acall(lambda c: import_scope(c, path, scope))
+
+    def reindex(self, *, reembed: bool = False) -> int:
+        """Rebuild the vector index from SQLite; ``reembed`` recomputes every vector.
+
+        Both use this store's own embedder; to switch to another embedder open
+        the store with it and ``reembed=True`` (see the constructor).
+
+        Returns:
+            The memories indexed.
+        """
+        return self._call(lambda c: c.reindex(reembed))
+
+    @property
+    def reembedded(self) -> int | None:
+        """Memories re-embedded when this store opened with ``reembed=True`` and
+        switched embedders; ``None`` when nothing was switched (or not open yet)."""
+        core = self._core
+        return None if core is None else core.reembedded

@@ -1,0 +1,174 @@
+"""The turn recorder's shared state: the bounded queue, waiters and failures, under one condition.
+
+Callers' threads and event loops and the worker (:mod:`._recorder_worker`)
+meet here; every field is guarded by ``_cond`` unless noted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from .types import Scope
+
+if TYPE_CHECKING:
+    from .engine import HelaMemory
+from ._recorder_types import Job, Stage, TurnFailure, TurnRecordingError, Waiter, resolve
+
+__all__ = ["RecorderState"]
+
+logger = logging.getLogger("helamem.core.hooks")
+
+_MAX_KEPT_FAILURES = 1000
+
+
+class RecorderState:
+    """The queue (``max_pending`` turns queued or in progress), its waiters and failures.
+
+    Args:
+        memory: Where turns are stored.
+        max_pending: Most turns queued or in progress (validated).
+        consolidate_every: Turns of a scope between consolidations, or ``None``.
+        concurrency: Most scopes processed at once.
+        exit_timeout: Seconds spent storing queued turns at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        memory: HelaMemory,
+        max_pending: int,
+        consolidate_every: int | None,
+        concurrency: int,
+        exit_timeout: float,
+    ) -> None:
+        self.memory = memory
+        self.max_pending = max_pending
+        self.consolidate_every: int | None = consolidate_every
+        self.concurrency = concurrency
+        self.exit_timeout = float(exit_timeout)
+        # Everything below is guarded by _cond, except where noted.
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()  # not yet taken by the worker
+        self._outstanding: dict[int, Job] = {}  # queued or in progress, by seq (in order)
+        self._next_seq = 0
+        self._waiters: list[Waiter] = []
+        self._failures: list[TurnFailure] = []
+        self._failed_total = 0
+        self._recorded = 0
+        self._closing = False  # no new turns accepted
+        self._stop = False  # tells the worker to exit once idle
+        self._thread: threading.Thread | None = None
+        self._retired: threading.Thread | None = None  # the last worker that exited
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._idle = False
+        self._unstored = 0  # turns failed (not stored) since failures were last raised
+        self._exiting = False  # flushing at interpreter exit: no consolidation
+        self._abandoned = False  # exit bound reached: lanes drop what they still hold
+        self._dropped = 0  # turns dropped at exit
+        self._storing = 0  # turns in batches being stored now
+        self._exit_token: int | None = None  # registered with _exit while not closed
+        # Worker-thread only:
+        self._counts: dict[Scope, int] = {}
+
+    def _has_room_locked(self) -> bool:
+        return self._closing or len(self._outstanding) < self.max_pending
+
+    def _done_before_locked(self, target: int) -> bool:
+        return not self._outstanding or next(iter(self._outstanding)) >= target
+
+    def _drained_locked(self) -> bool:
+        return not self._outstanding
+
+    def _full_message(self) -> str:
+        return (
+            f"the turn recorder already has max_pending={self.max_pending} turns pending; "
+            f"await record_turn() to wait for room, or raise max_pending"
+        )
+
+    def _wake_waiters_locked(self) -> None:
+        self._cond.notify_all()
+        if not self._waiters:
+            return
+        keep: list[Waiter] = []
+        for w in self._waiters:
+            if not w.ready():
+                keep.append(w)
+                continue
+            with suppress(RuntimeError):  # that loop is closed: nobody waits there any more
+                w.loop.call_soon_threadsafe(resolve, w.future)
+        self._waiters = keep
+
+    async def _await_waiter(self, waiter: Waiter) -> None:
+        try:
+            await waiter.future
+        finally:
+            with self._cond:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    async def _wait_async(self, ready: Callable[[], bool]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._cond:
+                if ready():
+                    return
+                waiter = Waiter(ready, loop, loop.create_future())
+                self._waiters.append(waiter)
+            await self._await_waiter(waiter)
+
+    def _raise_failures(self) -> None:
+        with self._cond:
+            if not self._failed_total:
+                return
+            failures, total = self._failures, self._failed_total
+            self._failures, self._failed_total, self._unstored = [], 0, 0
+        raise TurnRecordingError(failures, total) from (failures[0].error if failures else None)
+
+    def _on_worker(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _check_not_worker(self, what: str) -> None:
+        if self._on_worker():
+            raise RuntimeError(
+                f"{what}() called from the turn recorder's own worker would wait for itself; "
+                f"call it from another thread"
+            )
+
+    def _begin_close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._wake_waiters_locked()  # producers waiting for room now raise
+
+    def _fail(self, job: Job, stage: Stage, exc: Exception) -> None:
+        logger.error(
+            "turn recorder: %s failed for scope %r (raised at the next flush/close): %s: %s",
+            stage,
+            job.scope,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        with self._cond:
+            self._fail_locked(job, stage, exc)
+
+    def _fail_locked(self, job: Job, stage: Stage, exc: Exception) -> None:
+        self._failed_total += 1
+        if stage != "consolidate":  # "worker" may or may not have stored it: counted as lost
+            self._unstored += 1
+        if len(self._failures) < _MAX_KEPT_FAILURES:
+            self._failures.append(
+                TurnFailure(
+                    stage, job.scope, job.user, job.assistant, job.used_ids, job.event_time, exc
+                )
+            )
+
+    def _finish(self, job: Job) -> None:
+        with self._cond:
+            self._outstanding.pop(job.seq, None)
+            self._wake_waiters_locked()

@@ -1,0 +1,364 @@
+"""The SQLite store's schema and migrations, its connection, transactions and error mapping.
+
+SQLite is the source of truth. WAL journal, ``BEGIN IMMEDIATE`` write
+transactions, a busy timeout so several processes can share a file, and
+append-only migrations recorded in ``schema_version``. The queries live in
+:mod:`.sqlite` (memories, scopes, edges, full text) and
+:mod:`.sqlite_upkeep` (facts, clusters, forgetting, export and import).
+
+Every method runs on the store's single owner thread (see
+:class:`helamem.core.engine.HelaMemory`); nothing here is thread-safe by
+itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptStoreError, DiskFullError, StorageError
+from .base import MemoryRow
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SQLiteConnection",
+    "MEMORY_COLS",
+    "SUBTREE",
+    "memory_row",
+    "qmarks",
+    "scope_path",
+    "sqlite_errors",
+    "storage_error",
+]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE scopes (
+        id INTEGER PRIMARY KEY,
+        parent INTEGER REFERENCES scopes(id),
+        name TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        depth INTEGER NOT NULL,
+        tick INTEGER NOT NULL DEFAULT 0,
+        last_episode INTEGER
+    );
+    CREATE INDEX scopes_parent ON scopes(parent);
+    CREATE TABLE memories (
+        n INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        scope_id INTEGER NOT NULL REFERENCES scopes(id),
+        kind TEXT NOT NULL,
+        content TEXT NOT NULL,
+        content_raw BLOB,
+        role TEXT,
+        event_time REAL NOT NULL,
+        created_at REAL NOT NULL,
+        keywords TEXT NOT NULL DEFAULT '[]',
+        access_count INTEGER NOT NULL DEFAULT 0,
+        last_access REAL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        provenance TEXT NOT NULL DEFAULT '[]',
+        embedding BLOB,
+        indexed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX memories_scope ON memories(scope_id, kind, event_time);
+    CREATE INDEX memories_unindexed ON memories(indexed) WHERE indexed = 0;
+    CREATE VIRTUAL TABLE memories_fts USING fts5(
+        content, tags, tokenize = 'porter unicode61 remove_diacritics 2'
+    );
+    CREATE TABLE edges (
+        a INTEGER NOT NULL,
+        b INTEGER NOT NULL,
+        scope_id INTEGER NOT NULL,
+        weight REAL NOT NULL,
+        tick INTEGER NOT NULL,
+        PRIMARY KEY (a, b),
+        CHECK (a < b)
+    ) WITHOUT ROWID;
+    CREATE INDEX edges_b ON edges(b);
+    CREATE INDEX edges_scope ON edges(scope_id);
+    CREATE TABLE tombstones (id TEXT PRIMARY KEY, scope_id INTEGER NOT NULL, kind TEXT NOT NULL);
+    """,
+    # 2: Hebbian distillation bookkeeping
+    """
+    CREATE TABLE clusters (
+        scope_id INTEGER NOT NULL,
+        signature TEXT NOT NULL,
+        hub TEXT NOT NULL,
+        facts INTEGER NOT NULL,
+        distilled_at REAL NOT NULL,
+        PRIMARY KEY (scope_id, signature)
+    );
+    """,
+    # 3: per-term document frequencies (a read-only view of the FTS index), used to
+    # leave very common words out of lexical queries
+    """
+    CREATE VIRTUAL TABLE memories_fts_vocab USING fts5vocab(memories_fts, 'col');
+    """,
+    # 4: memory keys (n) are never reused (AUTOINCREMENT): with plain rowids a
+    # key freed by a delete could be handed to another process's new memory
+    # while edges, searches or read-backs still referred to the old one
+    """
+    CREATE TABLE memories_v4 (
+        n INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        scope_id INTEGER NOT NULL REFERENCES scopes(id),
+        kind TEXT NOT NULL,
+        content TEXT NOT NULL,
+        content_raw BLOB,
+        role TEXT,
+        event_time REAL NOT NULL,
+        created_at REAL NOT NULL,
+        keywords TEXT NOT NULL DEFAULT '[]',
+        access_count INTEGER NOT NULL DEFAULT 0,
+        last_access REAL,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        provenance TEXT NOT NULL DEFAULT '[]',
+        embedding BLOB,
+        indexed INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO memories_v4 SELECT n, id, scope_id, kind, content, content_raw, role,
+        event_time, created_at, keywords, access_count, last_access, metadata, provenance,
+        embedding, indexed FROM memories ORDER BY n;
+    DROP TABLE memories;
+    ALTER TABLE memories_v4 RENAME TO memories;
+    CREATE INDEX memories_scope ON memories(scope_id, kind, event_time);
+    CREATE INDEX memories_unindexed ON memories(indexed) WHERE indexed = 0;
+    """,
+    # 5: per-token vectors for late interaction (MaxSim), a derived cache by
+    # memory key: written at ingest, filled lazily for older memories, dropped
+    # with the memory and when the embedder changes
+    """
+    CREATE TABLE token_vectors (n INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+MEMORY_COLS = (
+    "n, id, scope_id, kind, content, content_raw, role, event_time, created_at, keywords, "
+    "access_count, last_access, metadata, provenance, embedding"
+)
+
+# the node bound to the first parameter and every node under it, as CTE ``down``
+SUBTREE = (
+    "WITH RECURSIVE down(id) AS ("
+    "SELECT ? UNION ALL SELECT s.id FROM scopes s JOIN down ON s.parent = down.id)"
+)
+
+
+def scope_path(scope: Sequence[str]) -> str:
+    """Unambiguous key of a scope (JSON array; surrogates escaped)."""
+    return json.dumps(list(scope))
+
+
+def memory_row(r: Any) -> MemoryRow:
+    raw = r[5]
+    content = bytes(raw).decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else str(r[4])
+    return MemoryRow(
+        n=int(r[0]),
+        id=str(r[1]),
+        scope_id=int(r[2]),
+        kind=str(r[3]),
+        content=content,
+        role=None if r[6] is None else str(r[6]),
+        event_time=float(r[7]),
+        created_at=float(r[8]),
+        keywords=str(r[9]),
+        access_count=int(r[10]),
+        last_access=None if r[11] is None else float(r[11]),
+        metadata=str(r[12]),
+        provenance=str(r[13]),
+        embedding=None if r[14] is None else bytes(r[14]),
+    )
+
+
+_CORRUPT = ("malformed", "not a database", "corrupt")
+
+
+def _io_error(low: str, code: str) -> bool:
+    return "disk i/o error" in low or code.startswith("SQLITE_IOERR")
+
+
+def _full(path: Path, floor: int = 1 << 20) -> bool:
+    """Whether the filesystem holding ``path`` has less than ``floor`` bytes free
+    (a full disk often surfaces as SQLITE_IOERR when the WAL or its index cannot grow)."""
+    try:
+        return shutil.disk_usage(path.parent).free < floor
+    except OSError:
+        return False
+
+
+def storage_error(exc: sqlite3.Error, path: Path, what: str) -> StorageError:
+    """The typed HeLa-Mem error for an SQLite failure, naming its cause and the fix.
+
+    Returns :class:`DiskFullError` for a full disk, :class:`CorruptStoreError` for a
+    damaged file, :class:`StorageError` otherwise (the caller raises it ``from exc``).
+    """
+    text = str(exc)
+    low = text.lower()
+    code = getattr(exc, "sqlite_errorname", "")
+    if "disk is full" in low or code == "SQLITE_FULL" or (_io_error(low, code) and _full(path)):
+        return DiskFullError(
+            f"{what}: the disk holding {path} is full ({text}); free space and retry "
+            f"(SQLite rolled the transaction back: nothing was lost)"
+        )
+    if any(w in low for w in _CORRUPT) or code in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return CorruptStoreError(
+            f"{what}: the SQLite store {path} is corrupt ({text}); run `helamem check "
+            f"{path.parent}` to see what is damaged, and restore helamem.sqlite3 from a "
+            f"backup (the vector index is derived: `helamem reindex {path.parent}` rebuilds it)"
+        )
+    return StorageError(f"{what}: {text} ({path})")
+
+
+@contextmanager
+def sqlite_errors(path: Path, what: str = "storage operation failed") -> Iterator[None]:
+    """Turn any :class:`sqlite3.Error` raised inside into a typed :class:`StorageError`."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise storage_error(exc, path, what) from exc
+
+
+def qmarks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLiteConnection:
+    """One SQLite file: its connection, schema migrations, transactions and meta table."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        self._path = path
+        self._timeout = busy_timeout_s
+        self._db: sqlite3.Connection | None = None
+        self._stems: dict[str, tuple[str, ...]] = {}  # word -> its FTS5 tokens
+        self._stemmer = False  # the temp tokenizing tables exist on this connection
+        # document frequencies read from fts5vocab (which walks whole posting
+        # lists), valid while neither this store (_fts_writes) nor another
+        # connection (PRAGMA data_version) has changed the index since
+        self._df: dict[str, int] = {}
+        self._df_rows = 0
+        self._df_token: tuple[int, int] | None = None
+        self._fts_writes = 0
+
+    def open(self) -> None:
+        """Connect, set pragmas and apply pending migrations."""
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only disk
+            raise StorageError(
+                f"cannot create the store directory {self._path.parent}: {exc}; pass the path "
+                f"of a directory (new or existing) that this process may write"
+            ) from exc
+        try:
+            db = sqlite3.connect(
+                self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+            # a damaged file often opens fine and fails on the first read
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            err = storage_error(exc, self._path, "cannot open the SQLite store")
+            if type(err) is StorageError:
+                err = StorageError(
+                    f"cannot open SQLite store {self._path}: {exc}; check that the path is a "
+                    f"writable directory"
+                )
+            with suppress(UnboundLocalError, sqlite3.Error):
+                db.close()
+            raise err from exc
+        self._db = db
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StorageError("the SQLite store is not open")
+        return self._db
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: the writer lock up front)."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self._path, "could not start a write transaction") from exc
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            self._rollback(db)
+            raise storage_error(exc, self._path, "write failed, nothing was written") from exc
+        except BaseException:
+            self._rollback(db)
+            raise
+        else:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(db)
+                raise storage_error(exc, self._path, "commit failed, nothing was written") from exc
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        """Roll back, unless SQLite already did (disk full, I/O errors roll back themselves)."""
+        if db.in_transaction:
+            with suppress(sqlite3.Error):  # the original error is what the caller needs
+                db.execute("ROLLBACK")
+
+    def _migrate(self) -> None:
+        db = self.db
+        with self.tx():
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            )
+            current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+            if current > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self._path} has schema version {current}, newer than this "
+                    f"helamem-core ({SCHEMA_VERSION}); upgrade helamem-core"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[version - 1].split(";"):
+                    if stmt.strip():
+                        db.execute(stmt)
+                db.execute(
+                    "INSERT INTO schema_version(version, applied_at) VALUES (?, ?)",
+                    (version, time.time()),
+                )
+
+    def schema_version(self) -> int:
+        return int(self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+
+    def get_meta(self, key: str) -> str | None:
+        r = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if r is None else str(r[0])
+
+    def set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )

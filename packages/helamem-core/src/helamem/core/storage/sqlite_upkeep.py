@@ -1,0 +1,215 @@
+"""The SQLite store's upkeep queries: facts and clusters, forgetting, export and import reads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from ..errors import StorageError
+from .base import MemoryRow
+from .sqlite_schema import (
+    MEMORY_COLS,
+    SUBTREE,
+    SQLiteConnection,
+    memory_row,
+    qmarks,
+)
+
+__all__ = ["SQLiteUpkeep"]
+
+
+class SQLiteUpkeep(SQLiteConnection):
+    """Queries of consolidation (facts, clusters), forgetting, export and import."""
+
+    def update_fact(
+        self,
+        db: sqlite3.Connection,
+        row: MemoryRow,
+        *,
+        content: str,
+        search_text: str,
+        tags: str,
+        provenance: str,
+        event_time: float,
+        embedding: bytes,
+    ) -> None:
+        """Rewrite a fact's text, provenance and vector (FTS kept in step; re-index pending)."""
+        raw = None if content == search_text else content.encode("utf-8", "surrogatepass")
+        db.execute(
+            "UPDATE memories SET content = ?, content_raw = ?, provenance = ?, event_time = ?,"
+            " embedding = ?, indexed = 0 WHERE n = ?",
+            (search_text, raw, provenance, event_time, embedding, row.n),
+        )
+        self._fts_writes += 1
+        db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
+        db.execute("DELETE FROM memories_fts WHERE rowid = ?", (row.n,))
+        db.execute(
+            "INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)",
+            (row.n, search_text, tags),
+        )
+
+    def cluster_known(self, scope_id: int, signature: str) -> bool:
+        r = self.db.execute(
+            "SELECT 1 FROM clusters WHERE scope_id = ? AND signature = ?", (scope_id, signature)
+        ).fetchone()
+        return r is not None
+
+    def record_cluster(
+        self, db: sqlite3.Connection, scope_id: int, signature: str, hub: str, facts: int
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO clusters(scope_id, signature, hub, facts, distilled_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (scope_id, signature, hub, facts, time.time()),
+        )
+
+    def cited_ids(self, scope_ids: Sequence[int]) -> set[str]:
+        """Episode ids that some fact of these scopes cites."""
+        out: set[str] = set()
+        for i in range(0, len(scope_ids), 500):
+            chunk = list(scope_ids[i : i + 500])
+            for (prov,) in self.db.execute(
+                f"SELECT provenance FROM memories WHERE kind = 'semantic'"
+                f" AND scope_id IN ({qmarks(len(chunk))})",
+                chunk,
+            ):
+                out.update(json.loads(prov))
+        return out
+
+    def forget_candidates(
+        self, scope_ids: Sequence[int], cutoff: float, limit: int
+    ) -> list[MemoryRow]:
+        """Never-accessed episodes with event time before ``cutoff``."""
+        q = qmarks(len(scope_ids))
+        return [
+            memory_row(r)
+            for r in self.db.execute(
+                f"SELECT {MEMORY_COLS} FROM memories WHERE kind = 'episodic'"
+                f" AND access_count = 0 AND event_time < ? AND scope_id IN ({q})"
+                f" ORDER BY event_time LIMIT ?",
+                (cutoff, *scope_ids, limit),
+            )
+        ]
+
+    def rows_in_scopes(self, scope_ids: Sequence[int]) -> list[MemoryRow]:
+        q = qmarks(len(scope_ids))
+        return [
+            memory_row(r)
+            for r in self.db.execute(
+                f"SELECT {MEMORY_COLS} FROM memories WHERE scope_id IN ({q})", tuple(scope_ids)
+            )
+        ]
+
+    def newest_event(self, scope_ids: Sequence[int]) -> float | None:
+        q = qmarks(len(scope_ids))
+        r = self.db.execute(
+            f"SELECT MAX(event_time) FROM memories WHERE scope_id IN ({q})", tuple(scope_ids)
+        ).fetchone()
+        return None if r[0] is None else float(r[0])
+
+    def delete_clusters(self, db: sqlite3.Connection, scope_ids: Sequence[int]) -> None:
+        db.executemany("DELETE FROM clusters WHERE scope_id = ?", [(s,) for s in scope_ids])
+
+    @contextmanager
+    def read_tx(self) -> Iterator[None]:
+        """A read transaction: every query inside sees one snapshot (WAL readers never block)."""
+        db = self.db
+        try:
+            db.execute("BEGIN DEFERRED")
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not start a read transaction: {exc}") from exc
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")  # read-only: releases the snapshot
+
+    def iter_memories_under(self, node: int, batch: int = 1024) -> Iterator[list[MemoryRow]]:
+        """Memories of ``node`` and its descendants in ``n`` order, streamed in batches."""
+        cur = self.db.execute(
+            f"{SUBTREE} SELECT {MEMORY_COLS} FROM memories"
+            " WHERE scope_id IN (SELECT id FROM down) ORDER BY n",
+            (node,),
+        )
+        while rows := cur.fetchmany(batch):
+            yield [memory_row(r) for r in rows]
+
+    def iter_edges_under(
+        self, node: int, batch: int = 4096
+    ) -> Iterator[list[tuple[str, str, float, int]]]:
+        """``(id_a, id_b, weight, tick)`` of edges under ``node`` in ``(a, b)`` order, batched."""
+        cur = self.db.execute(
+            f"{SUBTREE} SELECT ma.id, mb.id, e.weight, e.tick FROM edges e"
+            " JOIN memories ma ON ma.n = e.a JOIN memories mb ON mb.n = e.b"
+            " WHERE e.scope_id IN (SELECT id FROM down) ORDER BY e.a, e.b",
+            (node,),
+        )
+        while rows := cur.fetchmany(batch):
+            yield [(str(a), str(b), float(w), int(t)) for a, b, w, t in rows]
+
+    def locate(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``id -> (n, scope_id)`` of the memories among ``ids`` that exist."""
+        out: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            for mid, n, sid in self.db.execute(
+                f"SELECT id, n, scope_id FROM memories WHERE id IN ({qmarks(len(chunk))})", chunk
+            ):
+                out[str(mid)] = (int(n), int(sid))
+        return out
+
+    def id_of(self, n: int) -> str | None:
+        r = self.db.execute("SELECT id FROM memories WHERE n = ?", (n,)).fetchone()
+        return None if r is None else str(r[0])
+
+    def last_episode_upto(self, scope_id: int, n: int) -> str | None:
+        """Id of the newest episode of node ``scope_id`` with ``n`` at most ``n``."""
+        r = self.db.execute(
+            "SELECT id FROM memories WHERE scope_id = ? AND kind = 'episodic' AND n <= ?"
+            " ORDER BY n DESC LIMIT 1",
+            (scope_id, n),
+        ).fetchone()
+        return None if r is None else str(r[0])
+
+    def has_memories_under(self, node: int) -> bool:
+        r = self.db.execute(
+            f"{SUBTREE} SELECT 1 FROM memories WHERE scope_id IN (SELECT id FROM down) LIMIT 1",
+            (node,),
+        ).fetchone()
+        return r is not None
+
+    def set_access(
+        self, db: sqlite3.Connection, n: int, access_count: int, last_access: float | None
+    ) -> None:
+        db.execute(
+            "UPDATE memories SET access_count = ?, last_access = ? WHERE n = ?",
+            (access_count, last_access, n),
+        )
+
+    def clusters_of(self, scope_id: int) -> list[tuple[str, str, int, float]]:
+        """``(signature, hub, facts, distilled_at)`` of a node's distilled clusters."""
+        return [
+            (str(s), str(h), int(f), float(t))
+            for s, h, f, t in self.db.execute(
+                "SELECT signature, hub, facts, distilled_at FROM clusters WHERE scope_id = ?"
+                " ORDER BY signature",
+                (scope_id,),
+            )
+        ]
+
+    def put_cluster(
+        self,
+        db: sqlite3.Connection,
+        scope_id: int,
+        signature: str,
+        hub: str,
+        facts: int,
+        distilled_at: float,
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO clusters(scope_id, signature, hub, facts, distilled_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (scope_id, signature, hub, facts, distilled_at),
+        )
