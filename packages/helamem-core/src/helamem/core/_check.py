@@ -1,5 +1,7 @@
-"""Integrity check of a store directory (``helamem check``), and the repair of
-what derives from the memories (``helamem reindex``).
+"""Integrity check of a store directory (``helamem check``), read without opening the store.
+
+The repair of what derives from the memories (``helamem reindex``) is in
+:mod:`._repair`; the report types are in :mod:`._check_report`.
 
 :func:`check_store` reads ``helamem.sqlite3`` through its own connection and
 the vector index through :meth:`VectorIndex.count` and ``all_ids()``,
@@ -59,7 +61,6 @@ from ._check_report import (
     CheckReport,
     Defect,
 )
-from ._repair import RepairReport, repair_derived
 from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, InvalidInputError, StorageError
@@ -69,9 +70,7 @@ __all__ = [
     "DEFECT_KINDS",
     "CheckReport",
     "Defect",
-    "RepairReport",
     "check_store",
-    "repair_derived",
     "stored_embedder",
 ]
 
