@@ -204,3 +204,16 @@ def test_reindex_replaces_a_foreign_vector_index(
     assert main(["check", str(path)]) == 0
     with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
         assert m.search("second store", ALICE, k=1, learn=False).ids == [kept]
+
+
+def test_bench_commands_come_from_the_bench_package(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helamem.core import cli
+
+    assert "helamem.bench.cli" in {
+        ep.value.partition(":")[0] for ep in cli.entry_points(group=cli.COMMANDS_GROUP)
+    }
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])  # helamem-bench not installed
+    assert main(["bench", "locomo", "--data", "x.json"]) == 2
+    assert "pip install helamem-bench" in capsys.readouterr().err

@@ -21,7 +21,11 @@ Design:
   Turns of one scope run strictly in order; different scopes proceed
   concurrently (at most ``concurrency`` at a time). The caller's event loop
   only does queue bookkeeping; storage and embedding run on the memory's
-  owner thread.
+  owner thread. (The worker keeps its own loop because the recorder drives
+  any memory's async ``aadd_turns``/``aconsolidate``, which may be
+  overridden or duck-typed and need a loop to run; see
+  :mod:`._recorder_worker`. The queue and its bookkeeping are in
+  :mod:`._recorder_state`, the turn and error types in :mod:`._recorder_types`.)
 * Failures are logged (``logging.getLogger(__name__)``) and raised once, as
   one :class:`TurnRecordingError`, at the next :meth:`TurnRecorder.flush`
   or :meth:`TurnRecorder.close`; later turns are still processed.
