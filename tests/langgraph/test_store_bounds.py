@@ -116,7 +116,11 @@ def test_offset_pages_never_repeat(tmp_path: Path) -> None:
     """Pages of any size are disjoint, sorted, and cover every item once (core top-k
     nested: no association hits); a plain slice of each call's sorted best
     ``offset + limit`` repeats items, as relevance reorders what activation chose."""
-    cfg = HelaMemConfig(path=tmp_path / "m", retrieval=RetrievalConfig(max_flipped=0))
+    # keyword_weight pinned: the control below needs a ranking where relevance
+    # and activation disagree, which depends on the fusion weights
+    cfg = HelaMemConfig(
+        path=tmp_path / "m", retrieval=RetrievalConfig(max_flipped=0, keyword_weight=0.7)
+    )
     q = "violin knee garden"
     with (
         HelaMemory(cfg, embedder=HashingEmbedder(256)) as mem,
