@@ -74,7 +74,7 @@ class HelaMemory(UpkeepMethods):
         >>> with HelaMemory.from_path(tmp_path) as mem:   # doctest: +SKIP
         ...     mem.add_turn(("users", "alice"), "I adopted a cat named Miso",
         ...                  "Congratulations on Miso!")
-        ...     hits = mem.search("what pet does alice have?", ("users", "alice"), k=3)
+        ...     hits = mem.search("what is the name of alice's kitten?", ("users", "alice"), k=3)
         ...     print(hits.to_text())
 
         Switch a store to another embedder (re-embeds every memory once)::
