@@ -10,14 +10,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
 from helamem.core.embeddings import Embedder, Vectors, token_embedder
+from helamem.core.tokens import TokenCounter
 
 __all__ = ["CachingEmbedder", "Progress", "TokenCounter", "token_counter", "versions"]
 
@@ -129,24 +129,6 @@ _CL100K_PACKAGED = (
     "llama_index/core/_static/tiktoken_cache",
     "litellm/litellm_core_utils/tokenizers",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCounter:
-    """Counts tokens of a text, exactly (tiktoken) or by estimate.
-
-    Attributes:
-        name: What counts, e.g. ``"tiktoken cl100k_base"`` or
-            ``"estimate: 4 characters per token"``.
-        exact: ``True`` for a real tokenizer.
-        detail: Where the tokenizer came from, or why it is unavailable.
-        count: The counting function.
-    """
-
-    name: str
-    exact: bool
-    detail: str
-    count: Callable[[str], int]
 
 
 def _estimate(text: str) -> int:
