@@ -31,7 +31,6 @@ from helamem.core import (
     NewTurn,
     RetrievalConfig,
     Scope,
-    _recorder_worker,
     hooks,
 )
 from helamem.core.hooks import (
@@ -200,13 +199,24 @@ class ConsolidatingMemory(HelaMemory):
 
 
 class FakeMemory:
-    """Only ``aadd_turn``/``aadd_turns`` (no ``aconsolidate``); each call waits for ``gate``."""
+    """Only ``aadd_turn``/``aadd_turns`` (no ``aconsolidate``); each call waits for ``gate``.
+
+    Like a HelaMemory, it owns one thread with an event loop (``_call_soon``
+    runs a callback there), where the recorder's lanes run.
+    """
 
     def __init__(self, *, fail_on: str | None = None) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.gate = threading.Event()
         self.gate.set()
         self.calls: list[dict[str, Any]] = []
         self.fail_on = fail_on
+
+    def _call_soon(self, callback: Any) -> None:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="fake-owner", daemon=True).start()
+        self._loop.call_soon_threadsafe(callback)
 
     async def aadd_turn(
         self,
@@ -557,27 +567,22 @@ async def test_close_wakes_producers_waiting_for_room() -> None:
     assert [c["user"] for c in m.calls] == ["q0"]
 
 
-async def test_idle_worker_exits_and_the_next_turn_restarts_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(_recorder_worker, "_IDLE_EXIT_S", 0.05)
-
-    def workers() -> int:
-        return sum(t.name == "helamem-turn-recorder" for t in threading.enumerate())
-
-    m = FakeMemory()
-    rec = TurnRecorder(fake(m))
-    await rec.record_turn(("s",), "q0", "a0")
-    await rec.flush()
-    for _ in range(1000):  # the worker retires after 0.05 s idle
-        if not workers():
-            break
-        await asyncio.sleep(0.01)
-    assert workers() == 0
-    await rec.record_turn(("s",), "q1", "a1")
-    await rec.close()
-    assert [c["user"] for c in m.calls] == ["q0", "q1"]
-    assert workers() == 0
+async def test_the_recorder_has_no_thread_of_its_own(tmp_path: Path) -> None:
+    """Turns are stored on the memory's owner thread; recording starts no other thread."""
+    mem = exact_memory(tmp_path / "store", fast=True)
+    await mem.aopen()
+    before = {t.ident for t in threading.enumerate()}
+    seen: set[str] = set()
+    async with TurnRecorder(mem, consolidate_every=None) as rec:
+        for j in range(40):
+            await rec.record_turn(SCOPES[j % 3], f"q{j}", f"a{j}")
+        await rec.flush()
+        seen = {t.name for t in threading.enumerate() if t.ident not in before}
+    assert seen == set()
+    assert mem.stats().episodic == 80
+    owner = mem._owner
+    await mem.aclose()
+    assert owner is not None and not owner.is_alive()  # close() stops the owner thread
 
 
 async def test_waiting_on_the_recorder_from_its_own_worker_fails_fast() -> None:

@@ -3,15 +3,22 @@
 :class:`OwnedCore` builds the :class:`~helamem.core._core.Core` on first use,
 runs each call on its single owner thread (sync callers wait on a future,
 async callers await it) and closes it, also at interpreter exit.
+
+The owner thread runs an event loop. Storage calls are plain callbacks on it,
+one at a time and in submission order, so they never overlap; the loop also
+hosts the background work that feeds them (the turn recorders' per-scope
+lanes, :mod:`._recorder_worker`), so recording needs no thread of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -31,6 +38,34 @@ __all__ = ["OwnedCore"]
 logger = logging.getLogger("helamem.core.engine")
 
 T = TypeVar("T")
+
+
+def _run_owner(loop: asyncio.AbstractEventLoop) -> None:
+    """The owner thread: run ``loop`` until the memory closes, then end what is left on it.
+
+    Work still awaiting on the loop when it stops (the lanes of a turn
+    recorder nobody closed) is cancelled and run to its end, so that it
+    counts its turns as failed rather than vanishing.
+    """
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+        while asyncio.all_tasks(loop):
+            loop.run_until_complete(asyncio.sleep(0))  # every task has taken its first step
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """A memory collected without ``close()``: stop its owner loop (no-op once closed)."""
+    if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(loop.stop)
 
 
 def _close_at_exit(mem: OwnedCore, started: float) -> None:
@@ -58,7 +93,7 @@ class OwnedCore:
         self._llm = llm
         self._distiller = distiller
         self._core: Core | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False  # no new work accepted
@@ -111,17 +146,36 @@ class OwnedCore:
             self._core = self._build_core()
         return self._core
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _call_soon(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` on the owner thread's event loop (started on first use), in order.
+
+        Nothing is accepted once :meth:`close` began, so everything accepted
+        runs before the store closes.
+
+        Raises:
+            StoreClosedError: After :meth:`close` began.
+        """
         with self._lock:
             if self._closed:
                 raise StoreClosedError(
                     "this HelaMemory is closed; open a new one with HelaMemory.from_path()"
                 )
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="helamem-store")
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                # The thread holds the loop, never the memory: a memory nobody
+                # closed can still be collected, and its loop stops with it.
+                thread = threading.Thread(
+                    target=_run_owner, args=(loop,), name="helamem-store", daemon=True
+                )
+                thread.start()
+                self._loop, self._owner = loop, thread
+                weakref.finalize(self, _stop_loop, loop)
                 # after turn recorders flush, before Python stops thread pools
                 self._exit_token = _exit.register(self, _close_at_exit, phase=_exit.CLOSE)
-            return self._pool
+            self._loop.call_soon_threadsafe(callback)
+
+    def _on_owner_thread(self) -> bool:
+        return self._owner is not None and threading.current_thread() is self._owner
 
     def _run(self, fn: Callable[[Core], T]) -> T:
         # every SQLite failure leaves as a typed StorageError (disk full, corrupt, ...)
@@ -129,14 +183,23 @@ class OwnedCore:
             return fn(self._on_owner())
 
     def _submit(self, fn: Callable[[Core], T]) -> Future[T]:
-        def job() -> T:
-            self._owner = threading.current_thread()
-            return self._run(fn)
+        fut: Future[T] = Future()
 
-        return self._executor().submit(job)
+        def job() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                result = self._run(fn)
+            except BaseException as exc:  # noqa: BLE001 (handed to the caller, as a pool does)
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        self._call_soon(job)
+        return fut
 
     def _call(self, fn: Callable[[Core], T]) -> T:
-        if threading.current_thread() is self._owner:
+        if self._on_owner_thread():
             return self._run(fn)
         return self._submit(fn).result()
 
@@ -154,26 +217,28 @@ class OwnedCore:
 
     def close(self) -> None:
         """Flush and release the store. Idempotent; later calls raise StoreClosedError."""
-        pool = self._close_pool()
-        if pool is not None:
-            pool.shutdown(wait=True)
+        thread = self._begin_close()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     async def aclose(self) -> None:
-        pool = self._close_pool()
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True)
+        thread = self._begin_close()
+        if thread is not None and thread is not threading.current_thread():
+            await asyncio.to_thread(thread.join)
 
-    def _close_pool(self) -> ThreadPoolExecutor | None:
+    def _begin_close(self) -> threading.Thread | None:
+        """Refuse new work; the owner runs what was submitted before, then closes and stops."""
         with self._lock:
             if self._closed:
                 return None
-            pool = self._pool
-            if pool is not None:
-                pool.submit(self._close_core)
             self._closed = True
             if self._exit_token is not None:
                 _exit.unregister(self._exit_token)
-            return pool
+            if self._loop is None:
+                return None
+            self._loop.call_soon_threadsafe(self._close_core)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            return self._owner
 
     def _close_core(self) -> None:
         self._finished = True

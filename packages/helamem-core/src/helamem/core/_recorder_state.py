@@ -1,7 +1,8 @@
 """The turn recorder's shared state: the bounded queue, waiters and failures, under one condition.
 
-Callers' threads and event loops and the worker (:mod:`._recorder_worker`)
-meet here; every field is guarded by ``_cond`` unless noted.
+Callers' threads and event loops and the lanes on the memory's owner loop
+(:mod:`._recorder_worker`) meet here; every field is guarded by ``_cond``
+unless noted.
 """
 
 from __future__ import annotations
@@ -61,20 +62,19 @@ class RecorderState:
         self._failed_total = 0
         self._recorded = 0
         self._closing = False  # no new turns accepted
-        self._stop = False  # tells the worker to exit once idle
-        self._thread: threading.Thread | None = None
-        self._retired: threading.Thread | None = None  # the last worker that exited
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._idle = False
+        self._scheduled = False  # the owner loop will take the queue soon
+        self._loop: asyncio.AbstractEventLoop | None = None  # the memory's owner loop, once known
         self._unstored = 0  # turns failed (not stored) since failures were last raised
         self._exiting = False  # flushing at interpreter exit: no consolidation
         self._abandoned = False  # exit bound reached: lanes drop what they still hold
         self._dropped = 0  # turns dropped at exit
         self._storing = 0  # turns in batches being stored now
         self._exit_token: int | None = None  # registered with _exit while not closed
-        # Worker-thread only:
+        # Owner-loop only:
         self._counts: dict[Scope, int] = {}
+        self._lanes: dict[Scope, deque[Job]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
 
     def _has_room_locked(self) -> bool:
         return self._closing or len(self._outstanding) < self.max_pending
@@ -131,13 +131,19 @@ class RecorderState:
         raise TurnRecordingError(failures, total) from (failures[0].error if failures else None)
 
     def _on_worker(self) -> bool:
-        return threading.current_thread() is self._thread
+        """Whether this runs on the memory's owner loop, where the recorder's lanes run."""
+        if self._loop is None:
+            return False
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
 
     def _check_not_worker(self, what: str) -> None:
         if self._on_worker():
             raise RuntimeError(
-                f"{what}() called from the turn recorder's own worker would wait for itself; "
-                f"call it from another thread"
+                f"{what}() called from the turn recorder's own worker (the memory's owner "
+                f"loop) would wait for itself; call it from another thread or event loop"
             )
 
     def _begin_close(self) -> None:

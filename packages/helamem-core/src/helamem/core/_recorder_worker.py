@@ -1,41 +1,38 @@
-"""The turn recorder's worker: its own thread and event loop, per-scope lanes, batches, exit flush.
+"""The turn recorder's worker: per-scope lanes, run as tasks on the memory's owner loop; exit flush.
 
-The worker starts with the first queued turn and exits after
-:data:`_IDLE_EXIT_S` idle seconds (the next turn starts a new one). Turns of
-one scope run strictly in order, up to :data:`_BATCH` per ``aadd_turns``
-call; different scopes proceed concurrently (at most ``concurrency`` at a
-time). Storage and embedding run on the memory's owner thread.
+The recorder has no thread or event loop of its own. Queued turns are handed
+to the memory's owner thread (:mod:`._owner`), whose event loop runs one
+lane per scope with turns pending: turns of one scope run strictly in order,
+up to :data:`_BATCH` per ``aadd_turns`` call, and different scopes interleave
+(at most ``concurrency`` lanes at a time). The memory's storage calls run on
+that same thread, so a lane waits for them without blocking anything, and a
+consolidation's LLM call is awaited there without holding up storage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from . import _exit
-from .types import Scope
-
-if TYPE_CHECKING:
-    pass
 from ._recorder_state import RecorderState
 from ._recorder_types import Job, RecorderClosedError
+from .errors import StoreClosedError
+from .types import Scope
 
 __all__ = ["RecorderWorker"]
 
 logger = logging.getLogger("helamem.core.hooks")
 
-_IDLE_EXIT_S = 5.0  # an idle worker thread exits; the next turn starts a new one
 _BATCH = 32  # queued turns of one scope stored in one add_turns call
 _EXIT_GRACE_S = 2.0  # after the exit bound: most extra seconds for batches being stored
 
 
 class RecorderWorker(RecorderState):
-    """Queue admission and the background worker of :class:`~helamem.core.TurnRecorder`."""
+    """Queue admission and the lanes of :class:`~helamem.core.TurnRecorder`."""
 
     def _try_put_locked(self, job: Job) -> bool:
         """Queue ``job`` if there is room (sets its seq); raise if closing."""
@@ -50,23 +47,55 @@ class RecorderWorker(RecorderState):
         job.seq = seq
         self._outstanding[seq] = job
         self._queue.append(job)
-        if self._thread is None:
-            self._start_worker_locked()
-        else:
-            self._kick_locked()
+        if not self._scheduled:
+            self._schedule_locked()
         return True
 
-    def _kick_locked(self) -> None:
-        if self._idle and self._loop is not None and self._wakeup is not None:
-            self._idle = False
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+    def _schedule_locked(self) -> None:
+        """Have the memory's owner loop take the queue (once per batch of puts)."""
+        if self._exit_token is None:
+            self._exit_token = _exit.register(
+                self, RecorderWorker._flush_at_exit, phase=_exit.FLUSH
+            )
+        try:
+            self.memory._call_soon(self._dispatch)
+        except StoreClosedError as err:  # the memory is closed: nothing can be stored
+            jobs = list(self._queue)
+            self._queue.clear()
+            for queued in jobs:
+                self._outstanding.pop(queued.seq, None)
+                self._fail_locked(queued, "add_turn", err)
+            self._wake_waiters_locked()
+            logger.error("turn recorder: %d turn(s) not stored: %s", len(jobs), err)
+            return
+        self._scheduled = True
 
-    def _stop_worker(self) -> threading.Thread | None:
+    def _fail_unstored(self, jobs: list[Job], why: str) -> None:
+        """Fail ``jobs`` (not stored) with one log line; their lane ends."""
+        err = StoreClosedError(f"{why}; close the TurnRecorder before its memory")
+        logger.error("turn recorder: %d turn(s) not stored: %s", len(jobs), err)
         with self._cond:
-            thread = self._thread or self._retired
-            self._stop = True
-            self._kick_locked()
-            return thread
+            for job in jobs:
+                self._fail_locked(job, "add_turn", err)
+
+    def _dispatch(self) -> None:
+        """On the owner loop: move queued turns into their scopes' lanes, start idle lanes."""
+        with self._cond:
+            self._loop = asyncio.get_running_loop()
+            self._scheduled = False
+            jobs = list(self._queue)
+            self._queue.clear()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        for job in jobs:
+            lane = self._lanes.get(job.scope)
+            if lane is not None:
+                lane.append(job)
+                continue
+            self._lanes[job.scope] = deque([job])
+            task = asyncio.get_running_loop().create_task(self._run_lane(job.scope, self._slots))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _unregister_exit(self) -> None:
         with self._cond:
@@ -104,9 +133,6 @@ class RecorderWorker(RecorderState):
             unsure = self._storing
             dropped = self._dropped + len(self._outstanding) - unsure
             failed = self._unstored
-        thread = self._stop_worker()
-        if thread is not None and not unsure:
-            thread.join(_EXIT_GRACE_S)  # a daemon: never waited for beyond this
         self._unregister_exit()
         lost = dropped + failed
         if not lost and not unsure:
@@ -134,111 +160,37 @@ class RecorderWorker(RecorderState):
             "; ".join(why),
         )
 
-    def _start_worker_locked(self) -> None:
-        self._idle = False
-        self._stop = False
-        if self._exit_token is None:
-            self._exit_token = _exit.register(
-                self, RecorderWorker._flush_at_exit, phase=_exit.FLUSH
-            )
-        self._thread = threading.Thread(
-            target=self._run_worker, name="helamem-turn-recorder", daemon=True
-        )
-        self._thread.start()
-
-    def _run_worker(self) -> None:
+    async def _run_lane(self, scope: Scope, slots: asyncio.Semaphore) -> None:
+        lane = self._lanes[scope]
         try:
-            asyncio.run(self._worker())
-        finally:
-            self._after_worker()
-
-    def _retire_locked(self) -> None:
-        """Detach the current worker; the next turn starts a new one (unless closing)."""
-        self._retired = self._thread
-        self._thread = None
-        self._loop = None
-        self._wakeup = None
-        self._idle = False
-
-    def _after_worker(self) -> None:
-        """Fail whatever a worker that died left behind (only after a bug)."""
-        with self._cond:
-            if self._thread is not threading.current_thread():
-                return  # it retired cleanly
-            self._retire_locked()
-            self._queue.clear()
-            if not self._outstanding:
-                return
-            err = RuntimeError("the turn recorder's worker stopped unexpectedly")
-            for job in self._outstanding.values():
-                self._fail_locked(job, "worker", err)
-            self._outstanding.clear()
-            self._wake_waiters_locked()
-        logger.error("the turn recorder's worker stopped unexpectedly; pending turns failed")
-
-    async def _worker(self) -> None:
-        wakeup = asyncio.Event()
-        with self._cond:
-            self._loop = asyncio.get_running_loop()
-            self._wakeup = wakeup
-        lanes: dict[Scope, deque[Job]] = {}
-        tasks: set[asyncio.Task[None]] = set()
-        slots = asyncio.Semaphore(self.concurrency)
-        while True:
-            with self._cond:
-                jobs = list(self._queue)
-                self._queue.clear()
-                if not jobs:
-                    if self._stop:
-                        self._retire_locked()
-                        break
-                    self._idle = True
-                    wakeup.clear()
-            if not jobs:
+            while lane:
+                batch = [lane.popleft() for _ in range(min(_BATCH, len(lane)))]
                 try:
-                    await asyncio.wait_for(wakeup.wait(), _IDLE_EXIT_S)
-                except TimeoutError:
-                    with self._cond:
-                        if self._idle and not self._outstanding:  # no lane is busy either
-                            self._retire_locked()  # the next turn starts a new worker
-                            return
-                continue
-            for job in jobs:
-                lane = lanes.get(job.scope)
-                if lane is not None:
-                    lane.append(job)
-                    continue
-                lanes[job.scope] = deque([job])
-                task = asyncio.create_task(self._run_lane(job.scope, lanes, slots))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        if tasks:
-            await asyncio.gather(*tasks)
-
-    async def _run_lane(
-        self, scope: Scope, lanes: dict[Scope, deque[Job]], slots: asyncio.Semaphore
-    ) -> None:
-        lane = lanes[scope]
-        while lane:
-            batch = [lane.popleft() for _ in range(min(_BATCH, len(lane)))]
-            try:
-                async with slots:
-                    with self._cond:
-                        if self._abandoned:  # the exit bound was reached: drop the rest
-                            batch.extend(lane)
-                            lane.clear()
-                            self._dropped += len(batch)
-                            continue
-                        self._storing += len(batch)
-                    try:
-                        await self._process(batch)
-                    finally:
+                    async with slots:
                         with self._cond:
-                            self._storing -= len(batch)
-            finally:
-                for job in batch:
-                    self._finish(job)
-        del lanes[scope]
+                            if self._abandoned:  # the exit bound was reached: drop the rest
+                                batch.extend(lane)
+                                lane.clear()
+                                self._dropped += len(batch)
+                                continue
+                            self._storing += len(batch)
+                        try:
+                            await self._process(batch)
+                        finally:
+                            with self._cond:
+                                self._storing -= len(batch)
+                except (StoreClosedError, asyncio.CancelledError):
+                    # The memory closed under a recorder that was not closed first:
+                    # what this lane still holds was not stored, and says so.
+                    batch.extend(lane)
+                    lane.clear()
+                    self._fail_unstored(batch, "the memory was closed before they were stored")
+                    return
+                finally:
+                    for job in batch:
+                        self._finish(job)
+        finally:
+            del self._lanes[scope]
 
     async def _process(self, batch: list[Job]) -> None:
         """Store a batch of one scope's turns in one call; one by one if that fails."""
@@ -246,6 +198,8 @@ class RecorderWorker(RecorderState):
         try:
             await self.memory.aadd_turns([j.turn() for j in batch])
             stored = batch
+        except StoreClosedError:
+            raise  # no retry can succeed: the lane fails what it holds
         # Any failure (a custom embedder may raise anything) must not kill the
         # worker: the turns are retried alone, so only the failing ones are kept
         # and re-raised at the next flush()/close().

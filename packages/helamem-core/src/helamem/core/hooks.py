@@ -15,17 +15,14 @@ Design:
   blocking the event loop, :meth:`TurnRecorder.record_turn_sync` blocks its
   thread, :meth:`TurnRecorder.record_turn_nowait` raises
   :class:`RecorderFullError`.
-* One worker thread per recorder runs its own event loop; it starts with
-  the first turn and exits after a few idle seconds (the next turn starts a
-  new one), so a recorder never closed does not hold a thread forever.
-  Turns of one scope run strictly in order; different scopes proceed
-  concurrently (at most ``concurrency`` at a time). The caller's event loop
-  only does queue bookkeeping; storage and embedding run on the memory's
-  owner thread. (The worker keeps its own loop because the recorder drives
-  any memory's async ``aadd_turns``/``aconsolidate``, which may be
-  overridden or duck-typed and need a loop to run; see
-  :mod:`._recorder_worker`. The queue and its bookkeeping are in
-  :mod:`._recorder_state`, the turn and error types in :mod:`._recorder_types`.)
+* No thread of its own: the queue feeds the memory's owner thread (the one
+  thread that runs every storage call), whose event loop runs one lane per
+  scope with turns pending. Turns of one scope run strictly in order, in
+  batches; different scopes interleave (at most ``concurrency`` lanes at a
+  time). The caller's event loop only does queue bookkeeping. (Lanes are in
+  :mod:`._recorder_worker`, the queue and its bookkeeping in
+  :mod:`._recorder_state`, the turn and error types in
+  :mod:`._recorder_types`.)
 * Failures are logged (``logging.getLogger(__name__)``) and raised once, as
   one :class:`TurnRecordingError`, at the next :meth:`TurnRecorder.flush`
   or :meth:`TurnRecorder.close`; later turns are still processed.
@@ -103,8 +100,8 @@ logger = logging.getLogger(__name__)
 class TurnRecorder(RecorderWorker):
     """Records agent turns into a :class:`~helamem.core.HelaMemory` in the background.
 
-    The constructor does no I/O and starts no thread; the worker thread
-    starts with the first turn. Use it as a context manager (``async with``
+    The constructor does no I/O and starts no thread; turns are stored on the
+    memory's own owner thread. Use it as a context manager (``async with``
     or ``with``) or call :meth:`close` / :meth:`close_sync`. One recorder may
     be used from several coroutines, event loops and threads at once, and
     several recorders may share one memory. Closing the recorder does not
@@ -363,9 +360,6 @@ class TurnRecorder(RecorderWorker):
         self._check_not_worker("close")
         self._begin_close()
         await self._wait_async(self._drained_locked)
-        thread = self._stop_worker()
-        if thread is not None:
-            await asyncio.to_thread(thread.join)
         self._unregister_exit()
         self._raise_failures()
 
@@ -385,9 +379,6 @@ class TurnRecorder(RecorderWorker):
         with self._cond:
             if not self._cond.wait_for(self._drained_locked, timeout):
                 raise TimeoutError(f"turns still pending after {timeout} s; close again later")
-        thread = self._stop_worker()
-        if thread is not None:
-            thread.join()
         self._unregister_exit()
         self._raise_failures()
 
