@@ -12,6 +12,7 @@ import pytest
 from helamem.bench import scale as scale_module
 from helamem.bench.scale import Corpus, TableEmbedder, run_scale
 from helamem.core import HashingEmbedder
+from helamem.core.embeddings import token_embedder
 from helamem.core.cli import main
 
 
@@ -47,6 +48,23 @@ def test_table_embedder_looks_up_and_falls_back() -> None:
     assert table.misses == 1
     assert np.allclose(mixed, inner.embed(["unknown words here", texts[0]]))
     assert table.name == inner.name and table.dimension == 32
+    assert token_embedder(table) is None  # the inner embedder gives no token vectors
+
+
+def test_table_embedder_gives_the_inner_token_vectors_unless_told_not_to() -> None:
+    inner = HashingEmbedder(32, token_vectors=True)
+    texts = ["tea with alice", "bob rides a bike"]
+    table = TableEmbedder(inner, texts, inner.embed(texts))
+    assert token_embedder(table) is table  # so stores keep token vectors (late interaction)
+    pooled, toks = table.embed_with_tokens(texts)
+    want_pooled, want_toks = inner.embed_with_tokens(texts)
+    assert np.allclose(pooled, want_pooled) and table.misses == 0
+    assert [t.shape for t in toks] == [t.shape for t in want_toks] == [(2, 32), (3, 32)]
+    assert all(np.allclose(a, b) for a, b in zip(toks, want_toks, strict=True))
+    off = TableEmbedder(inner, texts, inner.embed(texts), tokens=False)
+    assert token_embedder(off) is None
+    with pytest.raises(TypeError, match="gives no token vectors"):
+        off.embed_with_tokens(texts)
 
 
 def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,6 +98,7 @@ def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixt
     assert results["seed"] == 0
     assert results["config"]["sizes"] == [200]
     assert results["config"]["embedder"] == "hashing-384"
+    assert results["config"]["late_interaction"] is True  # the default retrieval's MaxSim leg
     assert {"helamem-core", "chromadb", "numpy"} <= set(results["versions"])
     assert results["embedding"]["table_misses"] == 0
     cells = results["cells"]
@@ -126,13 +145,15 @@ def test_tenants_layout_spreads_over_many_scopes(tmp_path: Path) -> None:
         out=tmp_path / "out",
         sizes=[300],
         layouts=["tenants"],
-        embedder=HashingEmbedder(32),
+        embedder=HashingEmbedder(32, token_vectors=True),
+        late=False,  # no token vectors stored: searches skip the MaxSim leg
         queries=8,
         repeats=1,
         record_turns=4,
         tenants=60,
         workdir=tmp_path,
     )
+    assert results["config"]["late_interaction"] is False
     (cell,) = results["cells"]
     assert (cell["size"], cell["layout"], cell["scopes"]) == (300, "tenants", 60)
     assert results["config"]["tenants"] == 60

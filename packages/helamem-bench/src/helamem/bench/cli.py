@@ -204,6 +204,13 @@ def _add_scale_parser(benches: Any) -> None:
         default="minilm",
         help="minilm (default, offline; ~6 min per 100k texts on 2 cores) or hashing (no model)",
     )
+    sc.add_argument(
+        "--no-late",
+        action="store_true",
+        help="store no token vectors, so searches skip the late-interaction (MaxSim) leg that "
+        "the default retrieval uses (by default hashing stores one hashed vector per word and "
+        "minilm its token vectors)",
+    )
     sc.add_argument("--workdir", type=Path, help="where stores are built (default: a temp dir)")
     sc.add_argument(
         "--profile", action="store_true", help="write a cProfile of the searches per cell to --out"
@@ -217,11 +224,14 @@ def _bench_scale(args: argparse.Namespace) -> int:
 
     from .scale import render_markdown, run_scale
 
-    embedder: Embedder = HashingEmbedder(384) if args.embedder == "hashing" else MiniLMEmbedder()
+    embedder: Embedder = (
+        HashingEmbedder(384, token_vectors=True) if args.embedder == "hashing" else MiniLMEmbedder()
+    )
     sizes = list(args.sizes) + ([1_000_000] if args.include_1m else [])
     try:
         results = run_scale(
             out=args.out,
+            late=not args.no_late,
             sizes=sizes,
             layouts=args.layouts,
             embedder=embedder,

@@ -23,7 +23,10 @@ baseline (a ``chromadb.PersistentClient`` collection per scope holding the
 same vectors, cosine space, queried with ``n_results = k``) gets the same
 query vector. So neither side pays for the query embedding, and ingest
 throughput is that of the store (the embedder's own throughput is reported
-beside it).
+beside it). The one exception is token vectors: when the embedder gives them
+(MiniLM; the hashing embedder gives one hashed vector per word) HeLa-Mem
+computes and stores them at ingest, as the default retrieval's
+late-interaction leg needs them; ``late=False`` stores none.
 
 Measured per size and layout (timings are medians over ``repeats`` passes;
 each pass asks every query once per method, methods interleaved):
@@ -390,6 +393,7 @@ def run_scale(
     workdir: Path | None = None,
     progress: TextIO | None = None,
     profile: bool = False,
+    late: bool = True,
 ) -> dict[str, Any]:
     """Run the scale benchmark and (when ``out`` is given) write its results.
 
@@ -412,6 +416,10 @@ def run_scale(
         progress: Stream for progress lines (``None``: silent).
         profile: Write a cProfile summary of HeLa-Mem's searches per cell
             to ``out`` (``profile-SIZE-LAYOUT.txt``).
+        late: Store token vectors when ``embedder`` gives them, so searches
+            include the late-interaction (MaxSim) leg of the default
+            retrieval (``RetrievalConfig.late_weight``); ``False`` stores
+            none and searches skip it.
 
     Returns:
         The results (as written to ``results.json``).
@@ -442,7 +450,7 @@ def run_scale(
     bar.close()
     embed_s = time.perf_counter() - start
     vectors = np.concatenate(parts).astype(np.float32)
-    table = TableEmbedder(embedder, texts, vectors)
+    table = TableEmbedder(embedder, texts, vectors, tokens=late)
     cells = []
     with tempfile.TemporaryDirectory(prefix="helamem-scale-", dir=workdir) as tmp:
         for size in sizes:
@@ -481,6 +489,7 @@ def run_scale(
             "k": k,
             "ingest_batch": BATCH,
             "embedder": embedder.name,
+            "late_interaction": table.gives_tokens,
             "retrieval": HelaMemConfig().retrieval.model_dump(),
             "cpus": os.cpu_count(),
         },

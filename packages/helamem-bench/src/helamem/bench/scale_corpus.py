@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from helamem.core.embeddings import Embedder, Vectors
+from helamem.core.embeddings import Embedder, TokenVectors, Vectors, token_embedder
 
 _BLOCK = 1_024
 
@@ -194,10 +194,15 @@ class TableEmbedder:
         inner: The embedder that computed the table (and computes misses).
         texts: The texts of the table, one per row of ``vectors``.
         vectors: Their vectors.
+        tokens: Give the inner embedder's token vectors (when it has them),
+            so stores keep them for late interaction.
     """
 
-    def __init__(self, inner: Embedder, texts: Sequence[str], vectors: Vectors) -> None:
+    def __init__(
+        self, inner: Embedder, texts: Sequence[str], vectors: Vectors, *, tokens: bool = True
+    ) -> None:
         self._inner = inner
+        self._tokens = tokens
         self._row = {t: i for i, t in enumerate(texts)}
         self._vectors = vectors
         self.misses = 0
@@ -210,6 +215,23 @@ class TableEmbedder:
     @property
     def dimension(self) -> int:
         return self._inner.dimension
+
+    @property
+    def gives_tokens(self) -> bool:
+        """Whether the inner embedder gives token vectors (then so does this one)."""
+        return self._tokens and token_embedder(self._inner) is not None
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Vectors, TokenVectors]:
+        """The table's vectors, and the inner embedder's token vectors (computed here).
+
+        Raises:
+            TypeError: If the inner embedder gives no token vectors.
+        """
+        inner = token_embedder(self._inner) if self._tokens else None
+        if inner is None:
+            raise TypeError(f"this table embedder ({self._inner.name}) gives no token vectors")
+        _, toks = inner.embed_with_tokens(texts)
+        return self.embed(texts), toks
 
     def vector(self, text: str) -> npt.NDArray[np.float32]:
         """The table's vector of ``text`` (a ``KeyError`` when absent)."""

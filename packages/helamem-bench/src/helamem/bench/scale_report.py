@@ -26,7 +26,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"{cfg['repeats']} passes (medians of per-pass p50/p95), seed {results['seed']}, "
         f"{cfg['cpus']} CPUs. Vectors are precomputed: neither side pays for the query "
         f"embedding, and ingest is the store's throughput (the embedder alone: "
-        f"{_f(results['embedding']['texts_per_s'])} texts/s).",
+        f"{_f(results['embedding']['texts_per_s'])} texts/s). Late interaction (MaxSim over "
+        f"stored token vectors, the default retrieval's third leg): "
+        f"{'on' if cfg.get('late_interaction') else 'off (no token vectors stored)'}; HeLa-Mem "
+        f"computes the token vectors at ingest, so its ingest includes that work.",
         "",
         "`search` is `search()` with its defaults (spreading and learning on); `read-only` "
         "adds `learn=False`; `no spread` adds `spread=False` too. Ratio = HeLa-Mem p50 / "
