@@ -12,8 +12,8 @@ import pytest
 from helamem.bench import scale as scale_module
 from helamem.bench.scale import Corpus, TableEmbedder, run_scale
 from helamem.core import HashingEmbedder
-from helamem.core.embeddings import token_embedder
 from helamem.core.cli import main
+from helamem.core.embeddings import token_embedder
 
 
 def test_doctests() -> None:

@@ -31,6 +31,7 @@ from helamem.core import (
     NewTurn,
     RetrievalConfig,
     Scope,
+    StoreClosedError,
     hooks,
 )
 from helamem.core.hooks import (
@@ -583,6 +584,38 @@ async def test_the_recorder_has_no_thread_of_its_own(tmp_path: Path) -> None:
     owner = mem._owner
     await mem.aclose()
     assert owner is not None and not owner.is_alive()  # close() stops the owner thread
+
+
+async def test_closing_the_memory_under_a_recorder_fails_its_unstored_turns_loudly(
+    tmp_path: Path,
+) -> None:
+    class SlowEmbedder(HashingEmbedder):
+        def embed(self, texts: Sequence[str]) -> Any:
+            time.sleep(0.05)  # 4 batches: at least 0.2 s to store all 100 turns
+            return super().embed(texts)
+
+    mem = exact_memory(tmp_path / "store", SlowEmbedder(64), fast=True)
+    rec = TurnRecorder(mem, consolidate_every=None)
+    for j in range(100):
+        rec.record_turn_nowait(SCOPES[j % 2], f"q{j}", f"a{j}")
+    await mem.aclose()  # the recorder was not closed first
+    assert rec.pending == 0  # nothing left hanging: every turn is stored or failed
+    with pytest.raises(TurnRecordingError) as ei:
+        await rec.flush()
+    failed = ei.value.total
+    assert 0 < failed <= 100
+    assert all(f.stage == "add_turn" for f in ei.value.failures)
+    assert all(isinstance(e, StoreClosedError) for e in ei.value.errors)
+    assert "close the TurnRecorder before its memory" in str(ei.value.errors[0])
+    # a turn recorded afterwards fails at once, and is raised at the next flush too
+    rec.record_turn_nowait(SCOPES[0], "late", "turn")
+    with pytest.raises(TurnRecordingError) as late:
+        await rec.flush()
+    assert late.value.total == 1 and isinstance(late.value.errors[0], StoreClosedError)
+    await rec.close()
+    with exact_memory(tmp_path / "store", HashingEmbedder(64), fast=True) as reopened:
+        stored = sum(reopened.stats(s).episodic for s in SCOPES[:2]) // 2
+    assert stored + failed == 100  # each turn either stored or reported, never both
 
 
 async def test_waiting_on_the_recorder_from_its_own_worker_fails_fast() -> None:
