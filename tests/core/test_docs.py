@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from helamem.core import config, context, dynamics, hooks, ids, prompts, retrieval, text, types
 
@@ -48,3 +49,35 @@ def test_demo_runs_twice_and_persists(tmp_path: Path) -> None:
     assert "association" in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=300)
     assert "persisted from an earlier run" in second.stdout
+
+
+def _config_table() -> list[tuple[str, str]]:
+    """(dotted name, default) of each row of the README's configuration table."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Configuration", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)`[^|]*\| ([^|]+) \|", section, flags=re.M)
+    return [(name, default.strip()) for name, default in rows]
+
+
+def test_readme_configuration_table_matches_the_code() -> None:
+    rows = _config_table()
+    assert len(rows) >= 30
+    defaults = config.HelaMemConfig()
+    for name, written in rows:
+        section, field = name.split(".")
+        value = getattr(getattr(defaults, section), field)  # AttributeError: no such field
+        if written == "`None`":
+            assert value is None, name
+        elif written.startswith('`"'):
+            assert written.strip('`"') == value, name
+        else:
+            assert float(written.removesuffix(" s")) == pytest.approx(float(value)), name
+    # and it names every section the configuration has
+    sections = [
+        name
+        for name in config.HelaMemConfig.model_fields
+        if isinstance(getattr(defaults, name), BaseModel)
+    ]
+    assert len(sections) >= 6
+    intro = (ROOT / "README.md").read_text().split("### Configuration", 1)[1][:400]
+    assert all(f"`{s}`" in intro for s in sections), intro
