@@ -208,6 +208,7 @@ class FakeMemory:
 
     def __init__(self, *, fail_on: str | None = None) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._owner: threading.Thread | None = None
         self.gate = threading.Event()
         self.gate.set()
         self.calls: list[dict[str, Any]] = []
@@ -216,7 +217,10 @@ class FakeMemory:
     def _call_soon(self, callback: Any) -> None:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, name="fake-owner", daemon=True).start()
+            self._owner = threading.Thread(
+                target=self._loop.run_forever, name="fake-owner", daemon=True
+            )
+            self._owner.start()
         self._loop.call_soon_threadsafe(callback)
 
     async def aadd_turn(
@@ -616,6 +620,126 @@ async def test_closing_the_memory_under_a_recorder_fails_its_unstored_turns_loud
     with exact_memory(tmp_path / "store", HashingEmbedder(64), fast=True) as reopened:
         stored = sum(reopened.stats(s).episodic for s in SCOPES[:2]) // 2
     assert stored + failed == 100  # each turn either stored or reported, never both
+
+
+async def test_closing_the_memory_during_a_consolidation_keeps_stored_turns_stored(
+    tmp_path: Path,
+) -> None:
+    class SlowConsolidation(HelaMemory):
+        async def aconsolidate(self, scope: Sequence[str]) -> None:
+            await asyncio.sleep(30)  # an LLM call, cut short by close()
+
+    mem = exact_memory(tmp_path / "store", cls=SlowConsolidation, fast=True)
+    rec = TurnRecorder(mem, consolidate_every=1)
+    await rec.record_turn(SCOPES[0], "q0", "a0")
+    for _ in range(500):
+        if rec.recorded:
+            break
+        await asyncio.sleep(0.01)
+    assert rec.recorded == 1  # stored; consolidating now
+    await mem.aclose()
+    with pytest.raises(TurnRecordingError) as ei:
+        await rec.flush()
+    assert [f.stage for f in ei.value.failures] == ["consolidate"]  # not "add_turn"
+    await rec.close()
+    with exact_memory(tmp_path / "store", fast=True) as reopened:
+        assert reopened.stats(SCOPES[0]).episodic == 2
+
+
+def test_an_embedder_running_its_own_event_loop_works_on_the_owner_thread(
+    tmp_path: Path,
+) -> None:
+    class LoopEmbedder(HashingEmbedder):  # a sync API over an async client, as SDKs do
+        def embed(self, texts: Sequence[str]) -> Any:
+            async def call() -> Any:
+                await asyncio.sleep(0)
+                return HashingEmbedder.embed(self, texts)
+
+            return asyncio.run(call())
+
+    mem = exact_memory(tmp_path / "store", LoopEmbedder(64), fast=True)
+    mem.add_turn(SCOPES[0], "I adopted a cat named Miso", "Congratulations!")
+    with TurnRecorder(mem, consolidate_every=None) as rec:
+        rec.record_turn_sync(SCOPES[0], "Miso likes tuna", "Noted.")
+    assert mem.stats(SCOPES[0]).episodic == 4
+    assert mem.search("Miso tuna", SCOPES[0], learn=False).hits
+    mem.close()
+
+
+def test_the_recorder_needs_a_helamemory_and_never_keeps_a_turn_it_refused() -> None:
+    with pytest.raises(InvalidInputError, match="HelaMemory"):
+        TurnRecorder(cast(HelaMemory, object()))
+
+    class Broken(FakeMemory):
+        def _call_soon(self, callback: Any) -> None:
+            raise RuntimeError("no owner thread")
+
+    rec = TurnRecorder(fake(Broken()))
+    with pytest.raises(RuntimeError, match="no owner thread"):
+        rec.record_turn_nowait(("s",), "q", "a")
+    assert rec.pending == 0  # refused, so nothing waits for it
+    rec.flush_sync(timeout=5)
+    rec.close_sync(timeout=5)
+
+
+async def test_system_exit_from_user_code_keeps_the_owner_thread_serving(
+    tmp_path: Path,
+) -> None:
+    class Exiting(HelaMemory):
+        async def aconsolidate(self, scope: Sequence[str]) -> None:
+            raise SystemExit(3)
+
+    mem = exact_memory(tmp_path / "store", cls=Exiting, fast=True)
+    rec = TurnRecorder(mem, consolidate_every=1)
+    await rec.record_turn(SCOPES[0], "q0", "a0")
+    with pytest.raises(TurnRecordingError) as ei:
+        await asyncio.wait_for(rec.flush(), 30)
+    assert [f.stage for f in ei.value.failures] == ["consolidate"]
+    assert "SystemExit" in str(ei.value.errors[0])
+    await rec.record_turn(SCOPES[0], "q1", "a1")  # the lanes and the store still serve
+    with pytest.raises(TurnRecordingError):
+        await asyncio.wait_for(rec.flush(), 30)
+    await rec.close()
+    assert (await asyncio.wait_for(mem.astats(SCOPES[0]), 30)).episodic == 4
+    await mem.aclose()
+
+
+async def test_waiting_on_any_recorder_from_the_owner_thread_fails_fast(tmp_path: Path) -> None:
+    """Even a recorder that never ran a turn: the guard knows the memory's owner thread."""
+
+    class Auditing(HelaMemory):
+        audit: TurnRecorder
+
+        async def aconsolidate(self, scope: Sequence[str]) -> None:
+            self.audit.record_turn_nowait(("audit",), "consolidated", str(scope))
+            self.audit.flush_sync()  # would block the owner thread: refused
+
+    mem = exact_memory(tmp_path / "store", cls=Auditing, fast=True)
+    mem.audit = audit = TurnRecorder(mem, consolidate_every=None, max_pending=1)
+    rec = TurnRecorder(mem, consolidate_every=1)
+    await rec.record_turn(SCOPES[0], "q", "a")
+    with pytest.raises(TurnRecordingError) as ei:
+        await asyncio.wait_for(rec.flush(), 30)
+    assert "own worker" in str(ei.value.errors[0])
+    await asyncio.wait_for(audit.flush(), 30)  # from another thread it may wait, and does
+    assert (await asyncio.wait_for(mem.astats(), 30)).episodic == 4  # q, a and the audit turn
+
+    class Recording(HelaMemory):  # async record_turn on the owner thread, recorder full
+        async def aconsolidate(self, scope: Sequence[str]) -> None:
+            await audit.record_turn(("audit",), "one", "more")
+            await audit.record_turn(("audit",), "and", "another")
+
+    mem2 = exact_memory(tmp_path / "store2", cls=Recording, fast=True)
+    audit = TurnRecorder(mem2, consolidate_every=None, max_pending=1)
+    rec2 = TurnRecorder(mem2, consolidate_every=1)
+    await rec2.record_turn(SCOPES[0], "q", "a")
+    with pytest.raises(TurnRecordingError) as full:
+        await asyncio.wait_for(rec2.flush(), 30)
+    assert isinstance(full.value.errors[0], RecorderFullError)
+    for r in (audit, rec2, rec, mem.audit):
+        await r.close()
+    await mem2.aclose()
+    await mem.aclose()
 
 
 async def test_waiting_on_the_recorder_from_its_own_worker_fails_fast() -> None:

@@ -49,7 +49,13 @@ def _run_owner(loop: asyncio.AbstractEventLoop) -> None:
     """
     asyncio.set_event_loop(loop)
     try:
-        loop.run_forever()
+        while True:
+            try:
+                loop.run_forever()
+                break  # stopped by close()
+            except BaseException as exc:  # SystemExit & co. from a task
+                # The owner must outlive any one task: its callers would hang.
+                logger.error("the store's owner loop went on after %r", exc, exc_info=exc)
         while asyncio.all_tasks(loop):
             loop.run_until_complete(asyncio.sleep(0))  # every task has taken its first step
             tasks = asyncio.all_tasks(loop)
@@ -178,9 +184,16 @@ class OwnedCore:
         return self._owner is not None and threading.current_thread() is self._owner
 
     def _run(self, fn: Callable[[Core], T]) -> T:
-        # every SQLite failure leaves as a typed StorageError (disk full, corrupt, ...)
-        with sqlite_errors(self.config.path / "helamem.sqlite3"):
-            return fn(self._on_owner())
+        # Storage runs as plain code, not inside the owner's loop: an embedder or
+        # index whose sync API runs an event loop of its own (asyncio.run) works.
+        loop = asyncio.events._get_running_loop()
+        asyncio.events._set_running_loop(None)
+        try:
+            # every SQLite failure leaves as a typed StorageError (disk full, corrupt, ...)
+            with sqlite_errors(self.config.path / "helamem.sqlite3"):
+                return fn(self._on_owner())
+        finally:
+            asyncio.events._set_running_loop(loop)
 
     def _submit(self, fn: Callable[[Core], T]) -> Future[T]:
         fut: Future[T] = Future()

@@ -63,7 +63,6 @@ class RecorderState:
         self._recorded = 0
         self._closing = False  # no new turns accepted
         self._scheduled = False  # the owner loop will take the queue soon
-        self._loop: asyncio.AbstractEventLoop | None = None  # the memory's owner loop, once known
         self._unstored = 0  # turns failed (not stored) since failures were last raised
         self._exiting = False  # flushing at interpreter exit: no consolidation
         self._abandoned = False  # exit bound reached: lanes drop what they still hold
@@ -131,13 +130,9 @@ class RecorderState:
         raise TurnRecordingError(failures, total) from (failures[0].error if failures else None)
 
     def _on_worker(self) -> bool:
-        """Whether this runs on the memory's owner loop, where the recorder's lanes run."""
-        if self._loop is None:
-            return False
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
+        """Whether this runs on the memory's owner thread, where the recorder's lanes run."""
+        owner = getattr(self.memory, "_owner", None)
+        return owner is not None and threading.current_thread() is owner
 
     def _check_not_worker(self, what: str) -> None:
         if self._on_worker():

@@ -106,6 +106,7 @@ class Job:
     event_time: float
     metadata: dict[str, Any] | None
     seq: int = -1
+    stored: bool = False  # committed by the memory (set on the owner loop)
 
     def turn(self) -> NewTurn:
         return NewTurn(
@@ -181,6 +182,11 @@ def check_options(
         InvalidInputError: On a bad ``max_pending``, ``consolidate_every``,
             ``concurrency`` or ``exit_timeout``.
     """
+    if not callable(getattr(memory, "_call_soon", None)):
+        raise InvalidInputError(
+            f"TurnRecorder records into a HelaMemory (or a subclass: override aadd_turns / "
+            f"aconsolidate to change what is stored), got {type(memory).__name__}"
+        )
     for name, value in (("max_pending", max_pending), ("concurrency", concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidInputError(f"{name} must be a positive int, got {value!r}")

@@ -48,7 +48,12 @@ class RecorderWorker(RecorderState):
         self._outstanding[seq] = job
         self._queue.append(job)
         if not self._scheduled:
-            self._schedule_locked()
+            try:
+                self._schedule_locked()
+            except BaseException:  # not accepted after all: nothing may wait for it
+                self._queue.remove(job)
+                del self._outstanding[seq]
+                raise
         return True
 
     def _schedule_locked(self) -> None:
@@ -71,17 +76,19 @@ class RecorderWorker(RecorderState):
         self._scheduled = True
 
     def _fail_unstored(self, jobs: list[Job], why: str) -> None:
-        """Fail ``jobs`` (not stored) with one log line; their lane ends."""
+        """Fail those of ``jobs`` not stored, with one log line; their lane ends."""
+        unstored = [job for job in jobs if not job.stored]
+        if not unstored:
+            return
         err = StoreClosedError(f"{why}; close the TurnRecorder before its memory")
-        logger.error("turn recorder: %d turn(s) not stored: %s", len(jobs), err)
+        logger.error("turn recorder: %d turn(s) not stored: %s", len(unstored), err)
         with self._cond:
-            for job in jobs:
+            for job in unstored:
                 self._fail_locked(job, "add_turn", err)
 
     def _dispatch(self) -> None:
         """On the owner loop: move queued turns into their scopes' lanes, start idle lanes."""
         with self._cond:
-            self._loop = asyncio.get_running_loop()
             self._scheduled = False
             jobs = list(self._queue)
             self._queue.clear()
@@ -181,10 +188,21 @@ class RecorderWorker(RecorderState):
                                 self._storing -= len(batch)
                 except (StoreClosedError, asyncio.CancelledError):
                     # The memory closed under a recorder that was not closed first:
-                    # what this lane still holds was not stored, and says so.
+                    # what this lane still holds and did not store is failed, and says so.
                     batch.extend(lane)
                     lane.clear()
                     self._fail_unstored(batch, "the memory was closed before they were stored")
+                    return
+                except BaseException as exc:  # SystemExit & co. from user code
+                    # Must not end the owner loop; these turns may or may not be stored.
+                    batch.extend(lane)
+                    lane.clear()
+                    logger.error("turn recorder: a lane stopped on %r", exc, exc_info=exc)
+                    err = RuntimeError(f"the turn recorder's lane stopped on {exc!r}")
+                    with self._cond:
+                        for job in batch:
+                            if not job.stored:
+                                self._fail_locked(job, "worker", err)
                     return
                 finally:
                     for job in batch:
@@ -198,6 +216,8 @@ class RecorderWorker(RecorderState):
         try:
             await self.memory.aadd_turns([j.turn() for j in batch])
             stored = batch
+            for job in batch:
+                job.stored = True
         except StoreClosedError:
             raise  # no retry can succeed: the lane fails what it holds
         # Any failure (a custom embedder may raise anything) must not kill the
@@ -210,6 +230,7 @@ class RecorderWorker(RecorderState):
                 for job in batch:
                     try:
                         await self.memory.aadd_turns([job.turn()])
+                        job.stored = True
                         stored.append(job)
                     except Exception as one:  # noqa: BLE001 (as above)
                         self._fail(job, "add_turn", one)
@@ -236,5 +257,9 @@ class RecorderWorker(RecorderState):
         try:
             await consolidate(job.scope)
         # As above: kept and re-raised at the next flush()/close().
-        except Exception as exc:  # noqa: BLE001
-            self._fail(job, "consolidate", exc)
+        except asyncio.CancelledError:  # the memory closed meanwhile: the turns are stored
+            self._fail(job, "consolidate", StoreClosedError("the memory closed meanwhile"))
+            raise
+        except BaseException as exc:  # noqa: BLE001 (SystemExit & co. too: the lane goes on)
+            err = exc if isinstance(exc, Exception) else RuntimeError(f"consolidate: {exc!r}")
+            self._fail(job, "consolidate", err)

@@ -127,7 +127,9 @@ class TurnRecorder(RecorderWorker):
 
     Raises:
         InvalidInputError: On a bad ``max_pending``, ``consolidate_every``,
-            ``concurrency`` or ``exit_timeout``.
+            ``concurrency`` or ``exit_timeout``, or a ``memory`` that is not a
+            :class:`~helamem.core.HelaMemory` (subclasses may override
+            ``aadd_turns``/``aconsolidate``).
 
     Examples:
         >>> async def agent_loop(mem, turns):               # doctest: +SKIP
@@ -199,16 +201,22 @@ class TurnRecorder(RecorderWorker):
         Raises:
             InvalidInputError: On a bad scope, message, id list or time.
             RecorderClosedError: After :meth:`close` began.
+            RecorderFullError: Only when called from the recorder's own worker
+                (the memory's owner thread, e.g. an overridden ``aconsolidate``)
+                while it is full: waiting there would wait for itself.
 
         Examples:
             >>> await rec.record_turn(("users", "alice"), "hi", "hello!")  # doctest: +SKIP
         """
         job = make_job(scope, user, assistant, used_ids, event_time, metadata)
         loop = asyncio.get_running_loop()
+        on_worker = self._on_worker()
         while True:
             with self._cond:
                 if self._try_put_locked(job):
                     return
+                if on_worker:  # waiting would deadlock: the worker makes the room
+                    raise RecorderFullError(self._full_message())
                 waiter = Waiter(self._has_room_locked, loop, loop.create_future())
                 self._waiters.append(waiter)
             await self._await_waiter(waiter)
