@@ -26,6 +26,7 @@ from helamem.core import (
     HelaMemConfig,
     HelaMemory,
     InvalidInputError,
+    StoreClosedError,
     _exit,
 )
 from helamem.core.hooks import TurnRecorder
@@ -212,3 +213,34 @@ def test_forked_child_does_not_flush_its_parents_recorders() -> None:
         assert token in _exit._hooks  # the parent keeps its own
     finally:
         _exit.unregister(token)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_memory_used_in_a_forked_child_raises_instead_of_hanging(tmp_path: Path) -> None:
+    mem = HelaMemory(
+        HelaMemConfig(path=tmp_path / "store", chroma=ChromaConfig(exact_below=2000)),
+        embedder=HashingEmbedder(64),
+    )
+    mem.add_turn(SCOPE, "I adopted a cat named Miso", "Congratulations!")
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's owner thread did not come along
+        try:
+            mem.stats(SCOPE)
+        except StoreClosedError as exc:
+            os._exit(0 if "forked" in str(exc) else 2)
+        except BaseException:  # noqa: BLE001 (the child must exit, whatever it raised)
+            os._exit(3)
+        os._exit(1)
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child hung on the parent's memory")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert mem.stats(SCOPE).episodic == 2  # the parent's memory is untouched
+    mem.close()

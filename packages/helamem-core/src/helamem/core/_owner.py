@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -101,6 +102,7 @@ class OwnedCore:
         self._core: Core | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._owner: threading.Thread | None = None
+        self._pid: int | None = None  # the process whose thread owns the store
         self._lock = threading.Lock()
         self._closed = False  # no new work accepted
         self._finished = False  # storage released (owner thread only)
@@ -159,14 +161,22 @@ class OwnedCore:
         runs before the store closes.
 
         Raises:
-            StoreClosedError: After :meth:`close` began.
+            StoreClosedError: After :meth:`close` began, or in a forked child of
+                the process that started the owner thread.
         """
         with self._lock:
             if self._closed:
                 raise StoreClosedError(
                     "this HelaMemory is closed; open a new one with HelaMemory.from_path()"
                 )
+            if self._pid is not None and self._pid != os.getpid():
+                raise StoreClosedError(
+                    "this HelaMemory was opened by the parent of this forked process and its "
+                    "owner thread did not survive the fork; open a new one here with "
+                    "HelaMemory.from_path()"
+                )
             if self._loop is None:
+                self._pid = os.getpid()
                 loop = asyncio.new_event_loop()
                 # The thread holds the loop, never the memory: a memory nobody
                 # closed can still be collected, and its loop stops with it.
