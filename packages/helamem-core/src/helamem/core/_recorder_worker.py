@@ -162,7 +162,8 @@ class RecorderWorker(RecorderState):
             )
         logger.warning(
             "turn recorder at interpreter exit: %d turn(s) lost, not stored (%s); call "
-            "rec.close() or rec.flush() before the process exits, or raise exit_timeout",
+            "(await) rec.close() or rec.flush() (close_sync()/flush_sync() from sync code) before "
+            "the process exits, or raise exit_timeout",
             lost,
             "; ".join(why),
         )
