@@ -223,6 +223,9 @@ class FakeMemory:
             self._owner.start()
         self._loop.call_soon_threadsafe(callback)
 
+    def _on_owner_thread(self) -> bool:
+        return self._owner is not None and threading.current_thread() is self._owner
+
     async def aadd_turn(
         self,
         scope: Sequence[str],

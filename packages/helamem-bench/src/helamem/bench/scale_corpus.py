@@ -202,7 +202,7 @@ class TableEmbedder:
         self, inner: Embedder, texts: Sequence[str], vectors: Vectors, *, tokens: bool = True
     ) -> None:
         self._inner = inner
-        self._tokens = tokens
+        self._token_inner = token_embedder(inner) if tokens else None
         self._row = {t: i for i, t in enumerate(texts)}
         self._vectors = vectors
         self.misses = 0
@@ -219,7 +219,7 @@ class TableEmbedder:
     @property
     def gives_tokens(self) -> bool:
         """Whether the inner embedder gives token vectors (then so does this one)."""
-        return self._tokens and token_embedder(self._inner) is not None
+        return self._token_inner is not None
 
     def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Vectors, TokenVectors]:
         """The table's vectors, and the inner embedder's token vectors (computed here).
@@ -227,10 +227,9 @@ class TableEmbedder:
         Raises:
             TypeError: If the inner embedder gives no token vectors.
         """
-        inner = token_embedder(self._inner) if self._tokens else None
-        if inner is None:
+        if self._token_inner is None:
             raise TypeError(f"this table embedder ({self._inner.name}) gives no token vectors")
-        _, toks = inner.embed_with_tokens(texts)
+        _, toks = self._token_inner.embed_with_tokens(texts)
         return self.embed(texts), toks
 
     def vector(self, text: str) -> npt.NDArray[np.float32]:

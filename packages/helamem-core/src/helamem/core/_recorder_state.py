@@ -131,8 +131,7 @@ class RecorderState:
 
     def _on_worker(self) -> bool:
         """Whether this runs on the memory's owner thread, where the recorder's lanes run."""
-        owner = getattr(self.memory, "_owner", None)
-        return owner is not None and threading.current_thread() is owner
+        return self.memory._on_owner_thread()
 
     def _check_not_worker(self, what: str) -> None:
         if self._on_worker():

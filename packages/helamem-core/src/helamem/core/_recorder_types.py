@@ -182,7 +182,7 @@ def check_options(
         InvalidInputError: On a bad ``max_pending``, ``consolidate_every``,
             ``concurrency`` or ``exit_timeout``.
     """
-    if not callable(getattr(memory, "_call_soon", None)):
+    if not all(callable(getattr(memory, m, None)) for m in ("_call_soon", "_on_owner_thread")):
         raise InvalidInputError(
             f"TurnRecorder records into a HelaMemory (or a subclass: override aadd_turns / "
             f"aconsolidate to change what is stored), got {type(memory).__name__}"

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from . import _exit
 from ._recorder_state import RecorderState
-from ._recorder_types import Job, RecorderClosedError
+from ._recorder_types import Job, RecorderClosedError, Stage
 from .errors import StoreClosedError
 from .types import Scope
 
@@ -29,6 +29,12 @@ logger = logging.getLogger("helamem.core.hooks")
 
 _BATCH = 32  # queued turns of one scope stored in one add_turns call
 _EXIT_GRACE_S = 2.0  # after the exit bound: most extra seconds for batches being stored
+
+
+def _closed_error() -> StoreClosedError:
+    return StoreClosedError(
+        "the memory was closed before they were stored; close the TurnRecorder before its memory"
+    )
 
 
 class RecorderWorker(RecorderState):
@@ -64,27 +70,24 @@ class RecorderWorker(RecorderState):
             )
         try:
             self.memory._call_soon(self._dispatch)
-        except StoreClosedError as err:  # the memory is closed: nothing can be stored
+        except StoreClosedError:  # the memory is closed: nothing queued can be stored
             jobs = list(self._queue)
             self._queue.clear()
+            self._fail_unstored(jobs, "add_turn", _closed_error())
             for queued in jobs:
-                self._outstanding.pop(queued.seq, None)
-                self._fail_locked(queued, "add_turn", err)
-            self._wake_waiters_locked()
-            logger.error("turn recorder: %d turn(s) not stored: %s", len(jobs), err)
+                self._finish(queued)
             return
         self._scheduled = True
 
-    def _fail_unstored(self, jobs: list[Job], why: str) -> None:
-        """Fail those of ``jobs`` not stored, with one log line; their lane ends."""
+    def _fail_unstored(self, jobs: list[Job], stage: Stage, err: Exception) -> None:
+        """Fail those of ``jobs`` not stored (``_cond`` is re-entrant), with one log line."""
         unstored = [job for job in jobs if not job.stored]
         if not unstored:
             return
-        err = StoreClosedError(f"{why}; close the TurnRecorder before its memory")
         logger.error("turn recorder: %d turn(s) not stored: %s", len(unstored), err)
         with self._cond:
             for job in unstored:
-                self._fail_locked(job, "add_turn", err)
+                self._fail_locked(job, stage, err)
 
     def _dispatch(self) -> None:
         """On the owner loop: move queued turns into their scopes' lanes, start idle lanes."""
@@ -187,23 +190,18 @@ class RecorderWorker(RecorderState):
                         finally:
                             with self._cond:
                                 self._storing -= len(batch)
-                except (StoreClosedError, asyncio.CancelledError):
-                    # The memory closed under a recorder that was not closed first:
-                    # what this lane still holds and did not store is failed, and says so.
+                except BaseException as exc:
+                    # The memory closed under a recorder that was not closed first, or
+                    # user code raised SystemExit & co. (which must not end the owner
+                    # loop): what the lane holds and did not store is failed, and says so.
                     batch.extend(lane)
                     lane.clear()
-                    self._fail_unstored(batch, "the memory was closed before they were stored")
-                    return
-                except BaseException as exc:  # SystemExit & co. from user code
-                    # Must not end the owner loop; these turns may or may not be stored.
-                    batch.extend(lane)
-                    lane.clear()
-                    logger.error("turn recorder: a lane stopped on %r", exc, exc_info=exc)
-                    err = RuntimeError(f"the turn recorder's lane stopped on {exc!r}")
-                    with self._cond:
-                        for job in batch:
-                            if not job.stored:
-                                self._fail_locked(job, "worker", err)
+                    if isinstance(exc, StoreClosedError | asyncio.CancelledError):
+                        self._fail_unstored(batch, "add_turn", _closed_error())
+                    else:
+                        logger.error("turn recorder: a lane stopped on %r", exc, exc_info=exc)
+                        err = RuntimeError(f"the turn recorder's lane stopped on {exc!r}")
+                        self._fail_unstored(batch, "worker", err)  # may or may not be stored
                     return
                 finally:
                     for job in batch:
@@ -213,10 +211,8 @@ class RecorderWorker(RecorderState):
 
     async def _process(self, batch: list[Job]) -> None:
         """Store a batch of one scope's turns in one call; one by one if that fails."""
-        stored: list[Job] = []
         try:
             await self.memory.aadd_turns([j.turn() for j in batch])
-            stored = batch
             for job in batch:
                 job.stored = True
         except StoreClosedError:
@@ -232,9 +228,9 @@ class RecorderWorker(RecorderState):
                     try:
                         await self.memory.aadd_turns([job.turn()])
                         job.stored = True
-                        stored.append(job)
                     except Exception as one:  # noqa: BLE001 (as above)
                         self._fail(job, "add_turn", one)
+        stored = [job for job in batch if job.stored]
         if stored:
             await self._after_store(stored)
 

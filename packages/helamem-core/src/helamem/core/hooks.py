@@ -210,12 +210,11 @@ class TurnRecorder(RecorderWorker):
         """
         job = make_job(scope, user, assistant, used_ids, event_time, metadata)
         loop = asyncio.get_running_loop()
-        on_worker = self._on_worker()
         while True:
             with self._cond:
                 if self._try_put_locked(job):
                     return
-                if on_worker:  # waiting would deadlock: the worker makes the room
+                if self._on_worker():  # waiting would deadlock: the worker makes the room
                     raise RecorderFullError(self._full_message())
                 waiter = Waiter(self._has_room_locked, loop, loop.create_future())
                 self._waiters.append(waiter)
@@ -282,11 +281,9 @@ class TurnRecorder(RecorderWorker):
             >>> rec.record_turn_sync(("users", "alice"), "hi", "hello!")  # doctest: +SKIP
         """
         job = make_job(scope, user, assistant, used_ids, event_time, metadata)
-        on_worker = self._on_worker()
         with self._cond:
-            if on_worker:  # waiting would deadlock: the worker makes the room
-                done = self._try_put_locked(job)
-            else:
+            done = self._try_put_locked(job)
+            if not done and not self._on_worker():  # on the worker, waiting would deadlock
                 done = self._cond.wait_for(lambda: self._try_put_locked(job), timeout)
             if not done:
                 raise RecorderFullError(self._full_message())
