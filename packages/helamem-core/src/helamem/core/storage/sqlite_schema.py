@@ -197,6 +197,12 @@ def _full(path: Path, floor: int = 1 << 20) -> bool:
         return False
 
 
+def _locked(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` says another connection holds a lock (``SQLITE_BUSY``/``LOCKED``)."""
+    low = str(exc).lower()
+    return "locked" in low or "busy" in low
+
+
 def storage_error(exc: sqlite3.Error, path: Path, what: str) -> StorageError:
     """The typed HeLa-Mem error for an SQLite failure, naming its cause and the fix.
 
@@ -216,6 +222,12 @@ def storage_error(exc: sqlite3.Error, path: Path, what: str) -> StorageError:
             f"{what}: the SQLite store {path} is corrupt ({text}); run `helamem check "
             f"{path.parent}` to see what is damaged, and restore helamem.sqlite3 from a "
             f"backup (the vector index is derived: `helamem reindex {path.parent}` rebuilds it)"
+        )
+    if _locked(exc):
+        return StorageError(
+            f"{what}: {text} ({path}): another connection held the write lock past the busy "
+            f"timeout; raise HelaMemConfig.busy_timeout_s, or find the process that holds "
+            f"{path.name} open in a long transaction"
         )
     return StorageError(f"{what}: {text} ({path})")
 
@@ -263,15 +275,10 @@ class SQLiteConnection:
             db = sqlite3.connect(
                 self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
-            # a damaged file often opens fine and fails on the first read
-            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            self._set_up(db)
         except sqlite3.Error as exc:
             err = storage_error(exc, self._path, "cannot open the SQLite store")
-            if type(err) is StorageError:
+            if type(err) is StorageError and not _locked(exc):
                 err = StorageError(
                     f"cannot open SQLite store {self._path}: {exc}; check that the path is a "
                     f"writable directory"
@@ -285,6 +292,37 @@ class SQLiteConnection:
         except BaseException:
             self.close()
             raise
+
+    def _set_up(self, db: sqlite3.Connection) -> None:
+        """Set the connection's pragmas, retrying while another connection holds a lock.
+
+        Switching a new file to WAL needs its exclusive lock, and SQLite answers
+        ``SQLITE_BUSY`` at once, without calling the busy handler, when another
+        connection holds the write lock (its deadlock avoidance): two processes
+        opening one new directory meet this. So a lock error is retried here
+        until the busy timeout has passed; any other error is raised at once.
+
+        Raises:
+            sqlite3.OperationalError: still locked after ``busy_timeout_s``, or
+                any other SQLite error.
+        """
+        deadline = time.monotonic() + self._timeout
+        pause = 0.001
+        while True:
+            try:
+                db.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA foreign_keys=ON")
+                # a damaged file often opens fine and fails on the first read
+                db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def close(self) -> None:
         if self._db is not None:
