@@ -131,3 +131,26 @@ def test_maxsim_is_bounded_and_exact_match_scores_1(q: np.ndarray, docs: list[np
     # int8 packing keeps every score within 0.02
     packed = [retrieval.unpack_tokens(retrieval.pack_tokens(d), 8) for d in docs]
     assert np.abs(retrieval.maxsim(q, packed) - s).max() < 0.02
+
+
+@settings(max_examples=60, deadline=None)
+@given(unit_rows, st.lists(unit_rows, min_size=1, max_size=5))
+def test_maxsim_packed_equals_maxsim_of_the_unpacked_vectors(
+    q: np.ndarray, docs: list[np.ndarray]
+) -> None:
+    q, docs = _unit(q), [_unit(d) for d in docs]
+    packed = [retrieval.pack_tokens(d) for d in docs]
+    want = retrieval.maxsim(q, [retrieval.unpack_tokens(b, 8) for b in packed])
+    got = retrieval.maxsim_packed(q, packed, 8)
+    assert got.shape == (len(docs),)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_maxsim_packed_edges() -> None:
+    q = np.eye(2, dtype=np.float32)
+    assert retrieval.maxsim_packed(q, [], 2).shape == (0,)
+    # a document without tokens scores 0, and the others keep their scores
+    got = retrieval.maxsim_packed(q, [b"", retrieval.pack_tokens(q), b""], 2)
+    np.testing.assert_allclose(got, [0.0, 1.0, 0.0], atol=1e-6)
+    with pytest.raises(ValueError, match="whole tokens of dimension 2"):
+        retrieval.maxsim_packed(q, [retrieval.pack_tokens(q) + b"x"], 2)

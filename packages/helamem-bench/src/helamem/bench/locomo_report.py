@@ -56,7 +56,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         + [f"R@{k}" for k in ks]
         + [f"recall@{k}" for k in ks]
         + [f"tokens@{k}" for k in ks]
-        + [f"hits@{ks[-1]}", "ingest s", "query ms/q"]
+        + [f"hits@{ks[-1]}", "ingest s", "query ms/q", "searches/q", "ms/search"]
     )
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in methods.items():
@@ -68,6 +68,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             + [_fmt(c[f"tokens@{k}"], 0) for k in ks]
             + [_fmt(c[f"hits@{ks[-1]}"], 1), _fmt(m["ingest_s"], 1)]
             + [_fmt(m["query_ms_per_question"], 1)]
+            + [_fmt(m.get("searches_per_question"), 1), _fmt(m.get("query_ms_per_search"), 1)]
         )
         lines.append("| " + " | ".join(row) + " |")
     for k in ks:
@@ -84,7 +85,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         "R@k: any evidence turn among the hits of `search(k=k)`; recall@k: share of the "
-        "evidence found; hits@k: hits returned (at most k; association hits take some of the k).",
+        "evidence found; hits@k: hits returned (at most k; association hits take some of the k). "
+        "query ms/q: wall time per question, over searches/q calls (a spreading method runs one "
+        "search per k and per token budget, the others one for all); ms/search: per call.",
         "",
     ]
     if results.get("graph"):

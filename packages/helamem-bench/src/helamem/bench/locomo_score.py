@@ -161,6 +161,12 @@ def assemble_results(
             "query_ms_per_question": (
                 round(1000 * query_s[m.name] / n_questions, 2) if n_questions else None
             ),
+            "searches_per_question": (
+                round(searches[m.name] / n_questions, 2) if n_questions else None
+            ),
+            "query_ms_per_search": (
+                round(1000 * query_s[m.name] / searches[m.name], 2) if searches[m.name] else None
+            ),
             "association_hits": {
                 "at_k": configs[m.name].default_k,
                 "total": assoc[m.name]["hits"],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -114,6 +114,8 @@ class CoreBase:
         self._scopes: dict[int, Scope] = {}
         self._needs_reconcile = False
         self._aux_pool: ThreadPoolExecutor | None = None
+        # query text -> (pooled vector, token vectors): the last query_cache queries
+        self._queries: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         # kind -> scope nodes holding it, to skip the lexical scope filter when a
         # prefix covers them all; only grows (a stale entry keeps the filter on;
         # another process's new scope only costs recall: rows are filtered anyway)
@@ -282,7 +284,6 @@ class CoreBase:
         dim = self.embedder.dimension
         stored = self.store.token_vectors(list(ns))
         lacking = [n for n in ns if n not in stored or len(stored[n]) % (4 + dim)]
-        docs = {n: retrieval.unpack_tokens(stored[n], dim) for n in ns if n not in lacking}
         if lacking:
             rows = self.store.rows_by_n(lacking)
             todo = [n for n in lacking if n in rows]
@@ -292,10 +293,10 @@ class CoreBase:
                 packed = [(n, retrieval.pack_tokens(t)) for n, t in zip(todo, toks, strict=True)]
                 with self.store.tx() as db:
                     self.store.put_token_vectors(db, packed)
-                docs.update((n, retrieval.unpack_tokens(b, dim)) for n, b in packed)
-        if len(docs) < len(ns):
+                stored = {n: b for n, b in stored.items() if n not in lacking} | dict(packed)
+        if any(n not in stored for n in ns):
             return None  # a memory vanished mid-search: rank this pool without MaxSim
-        return retrieval.maxsim(qtok, [docs[n] for n in ns])
+        return retrieval.maxsim_packed(qtok, [stored[n] for n in ns], dim)
 
     def _now_tick(self, stored: int) -> int:
         if self.config.dynamics.clock == "wall":

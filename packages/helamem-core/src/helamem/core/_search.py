@@ -206,8 +206,7 @@ class SearchOps(LearningOps):
     ) -> tuple[np.ndarray, np.ndarray | None, dict[Kind, list[tuple[str, float]]]]:
         """The query vector, its token vectors (late interaction on) and each path's
         dense candidates (runs on the aux thread)."""
-        vecs, toks = self._embed_tokens([query])
-        qv, qtok = vecs[0], (toks[0] if toks else None)
+        qv, qtok = self._embed_query(query)
         m = self.config.retrieval.candidates
         dense = {
             pk: self.index.query(qv, max(m, pkk), holding[pk], pk)
@@ -218,6 +217,24 @@ class SearchOps(LearningOps):
             # the index met vectors not yet in HNSW (another process's): fold them in
             self._needs_reconcile = True
         return qv, qtok, dense
+
+    def _embed_query(self, query: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query's pooled and token vectors, from the ``query_cache`` when there."""
+        size = self.config.retrieval.query_cache
+        got = self._queries.get(query) if size else None
+        if got is not None:
+            self._queries.move_to_end(query)
+            return got
+        vecs, toks = self._embed_tokens([query])
+        got = (vecs[0], toks[0] if toks else None)
+        for arr in got:
+            if arr is not None:
+                arr.setflags(write=False)  # shared by later searches of the same text
+        if size:
+            self._queries[query] = got
+            while len(self._queries) > size:
+                self._queries.popitem(last=False)
+        return got
 
     def _lexical_mass(self, query: str) -> float:
         """The sum of BM25 idf over the query's words (see :func:`retrieval.relevance`)."""

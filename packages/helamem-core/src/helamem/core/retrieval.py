@@ -45,6 +45,61 @@ class Pool:
     """MaxSim late-interaction scores (:func:`maxsim`), or ``None`` without them."""
 
 
+def maxsim_packed(
+    query: npt.NDArray[np.float32], packed: Sequence[bytes], dimension: int
+) -> FloatArray:
+    r""":func:`maxsim` over token vectors as :func:`pack_tokens` stored them.
+
+    With per-token scale :math:`s_j` and int8 row :math:`z_j` (:math:`d_j = s_j z_j`),
+
+    .. math:: q_i \cdot d_j = s_j \, (q_i \cdot z_j)
+
+    so all documents' int8 rows are joined into one matrix, multiplied once and
+    scaled per column: no per-document dequantisation (about half the time of
+    unpacking each document and calling :func:`maxsim`; equal up to float32
+    rounding).
+
+    Args:
+        query: ``(m, dimension)`` query token vectors.
+        packed: Per document, its :func:`pack_tokens` bytes; a document without
+            tokens scores 0.
+        dimension: ``d``, the token vectors' width.
+
+    Returns:
+        Shape ``(len(packed),)``.
+
+    Raises:
+        ValueError: a document's bytes are not whole tokens of ``dimension``.
+
+    Examples:
+        >>> q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+        >>> maxsim_packed(q, [pack_tokens(q), pack_tokens(q[:1])], 2).round(2)
+        array([1. , 0.5])
+    """
+    width = 4 + dimension
+    lengths = [len(b) // width for b in packed]
+    if any(t * width != len(b) for t, b in zip(lengths, packed, strict=True)):
+        raise ValueError(f"packed token vectors are not whole tokens of dimension {dimension}")
+    if 0 in lengths:  # no token to match: 0, the score of an orthogonal document
+        out = np.zeros(len(packed))
+        some = [i for i, t in enumerate(lengths) if t]
+        if some:
+            out[some] = maxsim_packed(query, [packed[i] for i in some], dimension)
+        return out
+    if not packed:
+        return np.zeros(0)
+    scales = np.frombuffer(
+        b"".join(b[: 4 * t] for b, t in zip(packed, lengths, strict=True)), dtype=np.float32
+    )
+    rows = np.frombuffer(
+        b"".join(b[4 * t :] for b, t in zip(packed, lengths, strict=True)), dtype=np.int8
+    ).reshape(-1, dimension)
+    sims = (np.asarray(query, dtype=np.float32) @ rows.astype(np.float32).T) * scales
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    best = np.maximum.reduceat(sims, starts, axis=1)  # (m, n)
+    return np.asarray(best.mean(axis=0), dtype=np.float64)
+
+
 @dataclass(frozen=True, slots=True)
 class _Norm:
     dense_mean: float
