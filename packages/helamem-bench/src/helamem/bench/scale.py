@@ -411,7 +411,7 @@ def run_scale(
         seed: Seed of the corpus, the questions and the recorded turns.
         scopes: Number of scopes of the ``spread`` layout.
         tenants: Number of scopes of the ``tenants`` layout.
-        workdir: Where the stores are built (a temporary directory by
+        workdir: Where the stores are built, created when missing (a temporary directory by
             default; each cell's stores are removed after it).
         progress: Stream for progress lines (``None``: silent).
         profile: Write a cProfile summary of HeLa-Mem's searches per cell
@@ -452,6 +452,8 @@ def run_scale(
     vectors = np.concatenate(parts).astype(np.float32)
     table = TableEmbedder(embedder, texts, vectors, tokens=late)
     cells = []
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="helamem-scale-", dir=workdir) as tmp:
         for size in sizes:
             for layout in layouts:
