@@ -88,7 +88,7 @@ def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixt
             "--out",
             str(out),
             "--workdir",
-            str(tmp_path),
+            str(tmp_path / "work"),  # created when missing
             "--quiet",
         ]
     )
@@ -108,6 +108,13 @@ def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixt
         assert c["ingest"]["turns_per_s"] > 0 and c["ingest"]["chroma_turns_per_s"] > 0
         for m in ("search", "search_learn_false", "search_no_spread", "chroma"):
             assert 0 < c["search_ms"][m]["p50"] <= c["search_ms"][m]["p95"] < 10_000
+        # per search: engine time >= each leg's, and the call >= the engine (so the p50s too)
+        legs = c["search_legs_ms"]
+        assert set(legs) == {"dense", "lexical", "late", "rest", "engine"}
+        assert legs["late"]["p50"] > 0  # token vectors stored: the MaxSim leg ran
+        for leg in ("dense", "lexical", "late", "rest"):
+            assert 0 <= legs[leg]["p50"] <= legs["engine"]["p50"]
+        assert legs["engine"]["p50"] <= c["search_ms"]["search"]["p50"]
         ratio = c["ratio_p50"]["search"]
         assert ratio == pytest.approx(
             c["search_ms"]["search"]["p50"] / c["search_ms"]["chroma"]["p50"], rel=0.01
@@ -128,8 +135,10 @@ def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "| 200 | 1 scope |" in md and "| 200 | 10 scopes |" in md
     assert f"**{cells[0]['ratio_p50']['search']:,.2f}x**" in md
     assert "# Scale benchmark" in capsys.readouterr().out
+    assert "| dense | lexical | late (MaxSim) | rest | engine | search |" in md
     # every store was built under --workdir and removed afterwards
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "work"]
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_bad_input_is_refused(tmp_path: Path) -> None:

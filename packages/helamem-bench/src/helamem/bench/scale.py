@@ -97,6 +97,7 @@ LAYOUTS = ("one-scope", "spread", "tenants")
 DEFAULT_LAYOUTS = ("one-scope", "spread")
 SCOPES_SPREAD = 100
 TENANTS = 10_000
+LEGS = ("dense", "lexical", "late", "rest", "engine")  # see _legs
 BATCH = 1_000
 
 
@@ -125,6 +126,20 @@ def disk_bytes(path: Path) -> int:
 
 def _pct(xs: Sequence[float], p: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), p))
+
+
+def _legs(mem: HelaMemory) -> dict[str, float]:
+    """The last search's time per leg, in seconds (engine side, owner thread)."""
+    t = mem._call(lambda core: core.last_search_timing)
+    if t is None:
+        return {}
+    return {
+        "dense": t.dense_s,
+        "lexical": t.lexical_s,
+        "late": t.late_s,
+        "rest": t.rest_s,
+        "engine": t.total_s,
+    }
 
 
 def _summary_ms(passes: Sequence[Sequence[float]]) -> dict[str, float]:
@@ -261,10 +276,13 @@ def _run_cell(
             for fn in methods.values():
                 fn(i)
         passes: dict[str, list[list[float]]] = {m: [] for m in methods}
+        # per pass, per leg of the default search: seconds (see helamem.core._base.SearchTiming)
+        legs: dict[str, list[list[float]]] = {leg: [] for leg in LEGS}
         names = list(methods)
         bar = Progress(f"search {label}", repeats * len(questions), progress)
         for r in range(repeats):
             times: dict[str, list[float]] = {m: [] for m in methods}
+            parts: dict[str, list[float]] = {leg: [] for leg in LEGS}
             for i in range(len(questions)):
                 shift = (i + r) % len(names)  # rotate which method goes first
                 for name in names[shift:] + names[:shift]:
@@ -272,9 +290,14 @@ def _run_cell(
                     t = time.perf_counter()
                     fn(i)
                     times[name].append(time.perf_counter() - t)
+                    if name == "search":  # read after the clock stopped
+                        for leg, sec in _legs(mem).items():
+                            parts[leg].append(sec)
                 bar.update()
             for m in methods:
                 passes[m].append(times[m])
+            for leg in LEGS:
+                legs[leg].append(parts[leg])
         bar.close()
         if profile is not None:
             _profile(
@@ -284,6 +307,7 @@ def _run_cell(
                 profile / f"profile-{size}-{layout}.txt",
             )
         search = {m: _summary_ms(p) for m, p in passes.items()}
+        search_legs = {leg: _summary_ms(p) for leg, p in legs.items() if all(p)}
 
         record = _record_turns(mem, exchanges, distinct)
     finally:
@@ -304,6 +328,7 @@ def _run_cell(
         "chroma_query_failed": plain_failed[0],
         "nofile_soft_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "search_ms": search,
+        "search_legs_ms": search_legs,
         "ratio_p50": {
             m: round(search[m]["p50"] / chroma_p50, 3) if chroma_p50 > 0 else None
             for m in ("search", "search_learn_false", "search_no_spread")

@@ -62,6 +62,32 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"| {_f(c['disk']['helamem_bytes_per_memory'], 0)}"
             f" ({_f(c['disk']['chroma_bytes_per_memory'], 0)}) |"
         )
+    timed = [c for c in results["cells"] if c.get("search_legs_ms")]
+    if timed:
+        lines += [
+            "",
+            "Where the default `search` spends its time (p50 / p95 ms, engine side): the dense "
+            "leg (query embedding, here a table lookup, and the ANN query) runs on a second "
+            "thread beside the lexical leg (BM25 over FTS5 and its candidates' rows); late is "
+            "MaxSim (token vectors read and scored); rest is the pool, fusion, spreading, hits "
+            "and the learning write; engine is their sum as the owner thread saw it (the call "
+            "adds its hop to that thread).",
+            "",
+            "| memories | layout | dense | lexical | late (MaxSim) | rest | engine | search |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in timed:
+            g = c["search_legs_ms"]
+            cols = [
+                f"{_f(g[leg]['p50'], 2)} / {_f(g[leg]['p95'], 2)}" if leg in g else "–"
+                for leg in ("dense", "lexical", "late", "rest", "engine")
+            ]
+            s = c["search_ms"]["search"]
+            lines.append(
+                f"| {c['size']:,} | {_layout(c)} | "
+                + " | ".join(cols)
+                + f" | {_f(s['p50'], 2)} / {_f(s['p95'], 2)} |"
+            )
     lines += [
         "",
         "record_turn: agent-visible latency of `TurnRecorder.record_turn_sync` (stored in the "

@@ -50,6 +50,28 @@ def scope_tag(node: int, kind: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchTiming:
+    """Where the last search's wall time went, in seconds (for ``bench scale``).
+
+    The dense leg (query embedding and ANN query, on the aux thread) runs beside
+    the lexical leg (BM25 over FTS5 and its candidates' rows, on the owner
+    thread); ``legs_s`` is the time until both were done. ``late_s`` is the
+    MaxSim leg (token vectors read and scored), ``rest_s`` everything else
+    (pool, fusion, spreading, hits, the learning write).
+    """
+
+    dense_s: float
+    lexical_s: float
+    legs_s: float
+    late_s: float
+    total_s: float
+
+    @property
+    def rest_s(self) -> float:
+        return max(0.0, self.total_s - self.legs_s - self.late_s)
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """Counts for the whole store or one scope prefix."""
 
@@ -116,6 +138,8 @@ class CoreBase:
         self._aux_pool: ThreadPoolExecutor | None = None
         # query text -> (pooled vector, token vectors): the last query_cache queries
         self._queries: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        self._late_s = 0.0  # MaxSim time of the current search
+        self.last_search_timing: SearchTiming | None = None
         # kind -> scope nodes holding it, to skip the lexical scope filter when a
         # prefix covers them all; only grows (a stale entry keeps the filter on;
         # another process's new scope only costs recall: rows are filtered anyway)
@@ -281,6 +305,13 @@ class CoreBase:
         (older stores, facts, imports) are computed now and stored."""
         if qtok is None or not ns:
             return None
+        started = time.perf_counter()
+        try:
+            return self._late_scores(qtok, ns)
+        finally:
+            self._late_s += time.perf_counter() - started
+
+    def _late_scores(self, qtok: np.ndarray, ns: Sequence[int]) -> np.ndarray | None:
         dim = self.embedder.dimension
         stored = self.store.token_vectors(list(ns))
         lacking = [n for n in ns if n not in stored or len(stored[n]) % (4 + dim)]

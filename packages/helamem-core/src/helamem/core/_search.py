@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import dynamics, retrieval
-from ._base import check_content, check_k, scope_tag
+from ._base import SearchTiming, check_content, check_k, scope_tag
 from ._learning import LearningOps
 from .errors import (
     InvalidInputError,
@@ -52,6 +53,7 @@ class SearchOps(LearningOps):
         max_tokens: int | None = None,
         count_tokens: TokenCount | None = None,
     ) -> SearchResult:
+        started = time.perf_counter()
         query = check_content(query, "query")
         prefix = normalize_prefix(scope)
         k = check_k(k)
@@ -96,7 +98,9 @@ class SearchOps(LearningOps):
         holding = {pk: self.store.nodes_holding(nodes, pk) for pk, _ in paths}
         # the query embedding (ONNX) and the dense queries (GIL released) overlap
         # the FTS5 queries below
+        self._late_s = 0.0
         pending = self._aux().submit(self._dense, query, paths, holding)
+        lexical_start = time.perf_counter()
         lexical = {
             pk: self._lexical(query, node, nodes, pk, pkk) if holding[pk] else {}
             for pk, pkk in paths
@@ -104,7 +108,9 @@ class SearchOps(LearningOps):
         mass = self._lexical_mass(query)
         # while the dense query runs: the ranking columns of the lexical candidates
         known = {pk: self.store.rank_rows((), lex) if lex else {} for pk, lex in lexical.items()}
-        qv, qtok, dense = pending.result()
+        lexical_s = time.perf_counter() - lexical_start
+        qv, qtok, dense, dense_s = pending.result()
+        legs_s = time.perf_counter() - started
         for path_kind, path_k in paths:
             if not holding[path_kind]:
                 continue
@@ -143,6 +149,9 @@ class SearchOps(LearningOps):
             prunable.extend(path_prunable)
         if learn and learned:
             self._learn(learned, rows, prunable)
+        self.last_search_timing = SearchTiming(
+            dense_s, lexical_s, legs_s, self._late_s, time.perf_counter() - started
+        )
         return SearchResult(query, tuple(hits))
 
     def _search_budget(
@@ -203,9 +212,10 @@ class SearchOps(LearningOps):
 
     def _dense(
         self, query: str, paths: list[tuple[Kind, int]], holding: dict[Kind, list[int]]
-    ) -> tuple[np.ndarray, np.ndarray | None, dict[Kind, list[tuple[str, float]]]]:
-        """The query vector, its token vectors (late interaction on) and each path's
-        dense candidates (runs on the aux thread)."""
+    ) -> tuple[np.ndarray, np.ndarray | None, dict[Kind, list[tuple[str, float]]], float]:
+        """The query vector, its token vectors (late interaction on), each path's
+        dense candidates and the seconds this took (runs on the aux thread)."""
+        started = time.perf_counter()
         qv, qtok = self._embed_query(query)
         m = self.config.retrieval.candidates
         dense = {
@@ -216,7 +226,7 @@ class SearchOps(LearningOps):
         if getattr(self.index, "wants_reconcile", False):
             # the index met vectors not yet in HNSW (another process's): fold them in
             self._needs_reconcile = True
-        return qv, qtok, dense
+        return qv, qtok, dense, time.perf_counter() - started
 
     def _embed_query(self, query: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The query's pooled and token vectors, from the ``query_cache`` when there."""
