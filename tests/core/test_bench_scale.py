@@ -146,6 +146,28 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
         run_scale(out=None, sizes=[10], layouts=["nope"], embedder=HashingEmbedder(8))
     with pytest.raises(SystemExit):
         main(["bench", "scale", "--sizes", "0", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="invalid retrieval override"):
+        run_scale(out=None, sizes=[10], embedder=HashingEmbedder(8), retrieval={"k_typo": 1})
+    args = ["bench", "scale", "--sizes", "10", "--set", "lexical_max_postings=-1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+
+
+def test_retrieval_overrides_reach_the_store(tmp_path: Path) -> None:
+    res = run_scale(
+        out=None,
+        sizes=[60],
+        layouts=["one-scope"],
+        embedder=HashingEmbedder(64, token_vectors=True),
+        queries=3,
+        repeats=1,
+        record_turns=2,
+        retrieval={"lexical_max_postings": 7, "late_weight": 0.0},
+        workdir=tmp_path,
+    )
+    assert res["config"]["retrieval_overrides"] == {"lexical_max_postings": 7, "late_weight": 0.0}
+    assert res["config"]["retrieval"]["lexical_max_postings"] == 7
+    # late_weight 0: the store reads no token vectors, so the MaxSim leg took no time
+    assert res["cells"][0]["search_legs_ms"]["late"]["p50"] == 0
 
 
 def test_tenants_layout_spreads_over_many_scopes(tmp_path: Path) -> None:

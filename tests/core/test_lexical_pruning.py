@@ -33,6 +33,19 @@ def test_drop_common_keeps_the_rarest_when_every_term_is_common() -> None:
     assert drop_common(["a1", "b2", "c3"], [90, 20, 40], 100, 0.1, keep=1) == ["b2"]
 
 
+def test_max_postings_keeps_the_rarest_terms_within_the_budget() -> None:
+    terms, df = ["a1", "b2", "c3", "d4"], [500, 20, 300, 40]
+    # rarest first: b2 (20), d4 (+40 = 60), c3 (+300 = 360), a1 (+500 = 860)
+    assert drop_common(terms, df, 10**6, 1.0, max_postings=360) == ["b2", "c3", "d4"]
+    assert drop_common(terms, df, 10**6, 1.0, max_postings=359) == ["b2", "d4"]
+    assert drop_common(terms, df, 10**6, 1.0, max_postings=860) == terms
+    # the rarest term stays even when it alone is over the budget
+    assert drop_common(terms, df, 10**6, 1.0, max_postings=5) == ["b2"]
+    # 0: no budget; it composes with max_df (applied first)
+    assert drop_common(terms, df, 10**6, 1.0, max_postings=0) == terms
+    assert drop_common(terms, df, 1000, 0.1, max_postings=50) == ["b2"]
+
+
 def test_drop_common_disabled() -> None:
     terms, df = ["week", "miso"], [90, 1]
     assert drop_common(terms, df, 100, 1.0) == terms  # lexical_max_df = 1 keeps all

@@ -211,6 +211,15 @@ def _add_scale_parser(benches: Any) -> None:
         "the default retrieval uses (by default hashing stores one hashed vector per word and "
         "minilm its token vectors)",
     )
+    sc.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="RetrievalConfig override for HeLa-Mem's stores, e.g. --set lexical_max_postings=8000",
+    )
     sc.add_argument("--workdir", type=Path, help="where stores are built (default: a temp dir)")
     sc.add_argument(
         "--profile", action="store_true", help="write a cProfile of the searches per cell to --out"
@@ -245,6 +254,7 @@ def _bench_scale(args: argparse.Namespace) -> int:
             workdir=args.workdir,
             progress=None if args.quiet else sys.stderr,
             profile=args.profile,
+            retrieval=dict(args.overrides),
         )
     except ValueError as exc:
         print(f"helamem: error: {exc}", file=sys.stderr)

@@ -64,13 +64,14 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from pydantic import ValidationError as PydanticValidationError
 
-from helamem.core.config import HelaMemConfig
+from helamem.core.config import HelaMemConfig, RetrievalConfig
 from helamem.core.embeddings import Embedder, Vectors
 from helamem.core.engine import HelaMemory
 from helamem.core.hooks import TurnRecorder
@@ -211,6 +212,7 @@ def _run_cell(
     profile: Path | None,
     spread: int,
     tenants: int = TENANTS,
+    config: HelaMemConfig | None = None,
 ) -> dict[str, Any]:
     from chromadb.errors import ChromaError
 
@@ -221,7 +223,8 @@ def _run_cell(
     plain_path = workdir / "plain"
     gc.collect()
     rss0 = rss_bytes()
-    mem = HelaMemory(HelaMemConfig(path=hm_path), embedder=table)
+    base = config or HelaMemConfig()
+    mem = HelaMemory(base.model_copy(update={"path": hm_path}), embedder=table)
     mem.open()
     try:
         bar = Progress(f"ingest {label}", size, progress)
@@ -419,6 +422,7 @@ def run_scale(
     progress: TextIO | None = None,
     profile: bool = False,
     late: bool = True,
+    retrieval: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the scale benchmark and (when ``out`` is given) write its results.
 
@@ -445,14 +449,20 @@ def run_scale(
             include the late-interaction (MaxSim) leg of the default
             retrieval (``RetrievalConfig.late_weight``); ``False`` stores
             none and searches skip it.
+        retrieval: :class:`~helamem.core.RetrievalConfig` overrides for
+            HeLa-Mem's store (e.g. ``{"lexical_max_postings": 8000}``).
 
     Returns:
         The results (as written to ``results.json``).
 
     Raises:
         ValueError: On an unknown layout or a size, query or turn count
-            below 1.
+            below 1, or an invalid retrieval override.
     """
+    try:
+        config = HelaMemConfig(retrieval=RetrievalConfig(**dict(retrieval or {})))
+    except PydanticValidationError as exc:
+        raise ValueError(f"invalid retrieval override: {exc}") from exc
     sizes = sorted(set(sizes))
     if not sizes or min(sizes) < 1:
         raise ValueError("sizes must be positive")
@@ -499,6 +509,7 @@ def run_scale(
                         profile=out if profile else None,
                         spread=scopes,
                         tenants=tenants,
+                        config=config,
                     )
                 )
                 shutil.rmtree(cell_dir, ignore_errors=True)
@@ -517,7 +528,8 @@ def run_scale(
             "ingest_batch": BATCH,
             "embedder": embedder.name,
             "late_interaction": table.gives_tokens,
-            "retrieval": HelaMemConfig().retrieval.model_dump(),
+            "retrieval": config.retrieval.model_dump(),
+            "retrieval_overrides": dict(retrieval or {}),
             "cpus": os.cpu_count(),
         },
         "seed": seed,

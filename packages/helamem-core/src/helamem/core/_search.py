@@ -260,9 +260,12 @@ class SearchOps(LearningOps):
         terms = fts_terms(query)
         max_df = self.config.retrieval.lexical_max_df
         max_terms = self.config.retrieval.lexical_max_terms
-        if len(terms) > 1 and (max_df < 1.0 or 0 < max_terms < len(terms)):
+        max_postings = self.config.retrieval.lexical_max_postings
+        if len(terms) > 1 and (max_df < 1.0 or 0 < max_terms < len(terms) or max_postings):
             rows, df = self.store.term_stats(terms)
-            terms = drop_common(terms, df, rows, max_df, max_terms=max_terms)
+            terms = drop_common(
+                terms, df, rows, max_df, max_terms=max_terms, max_postings=max_postings
+            )
         match = fts_match(terms)
         if not match:
             return {}

@@ -166,6 +166,10 @@ class RetrievalConfig(_Frozen):
             0.1 and raises HeLa-Mem's; 0.02 lowers both.
         lexical_max_terms: At most this many query words (the rarest, by
             document frequency) go into the BM25 query; 0 keeps them all.
+        lexical_max_postings: The rarest query words go into the BM25 query
+            while their document frequencies sum to at most this (the rarest
+            always goes), so one query's FTS5 work is bounded whatever the
+            store's size; 0: no bound. See :func:`helamem.core.text.drop_common`.
         query_cache: The embeddings (pooled and token vectors) of this many
             recent query texts are kept, so repeating a query, and the three
             to four searches of one ``max_tokens`` budget, embed it once (a
@@ -196,6 +200,7 @@ class RetrievalConfig(_Frozen):
     semantic_min_relevance: float = Field(0.5, ge=0.0, le=1.0)
     lexical_max_df: float = Field(0.03, gt=0.0, le=1.0)
     lexical_max_terms: int = Field(0, ge=0)
+    lexical_max_postings: int = Field(0, ge=0)
     query_cache: int = Field(64, ge=0)
 
 

@@ -273,6 +273,7 @@ def drop_common(
     max_df: float,
     keep: int = 2,
     max_terms: int = 0,
+    max_postings: int = 0,
 ) -> list[str]:
     """``terms`` without those whose document frequency exceeds ``max_df · rows``.
 
@@ -284,6 +285,14 @@ def drop_common(
     (frequency 0) are left out first: they match nothing, so they never count
     as the rarer word that lets the common ones go.
 
+    ``max_postings > 0`` bounds the work in absolute terms, whatever the
+    store's size: the rarest terms stay while their frequencies sum to at
+    most ``max_postings`` (the rarest one always stays). FTS5 scores every
+    posting of every term it is given, so this caps a query's lexical cost
+    where the relative ``max_df`` grows with the store (Elasticsearch's
+    ``cutoff_frequency`` is the same idea). The terms it leaves out are the
+    most common, which carry the least BM25 weight (idf).
+
     Examples:
         >>> drop_common(["tea", "alice", "week"], [900, 3, 400], 1000, 0.1)
         ['alice']
@@ -291,19 +300,32 @@ def drop_common(
         ['week', 'day']
         >>> drop_common(["x7q2", "pls"], [1, 0], 30, 0.03)
         ['x7q2']
+        >>> drop_common(["tea", "week", "day"], [900, 400, 500], 1000, 0.1, max_postings=800)
+        ['week']
     """
     # a word in no memory matches nothing: it is never "a rarer word that remains"
     known = [i for i, d in enumerate(df) if d > 0]
     if len(known) < len(terms):
         terms, df = [terms[i] for i in known], [df[i] for i in known]
     if max_df >= 1.0 or rows <= 0 or len(terms) <= 1:
-        return rarest(terms, df, max_terms)
-    limit = max_df * rows
-    rare = [i for i, d in enumerate(df) if d <= limit]
-    if rare:
-        return rarest([terms[i] for i in rare], [df[i] for i in rare], max_terms)
-    order = sorted(range(len(terms)), key=lambda i: (df[i], i))[:keep]
-    return [terms[i] for i in sorted(order)]
+        chosen = list(range(len(terms)))
+    else:
+        limit = max_df * rows
+        chosen = [i for i, d in enumerate(df) if d <= limit]
+        if not chosen:
+            chosen = sorted(range(len(terms)), key=lambda i: (df[i], i))[:keep]
+    by_rarity = sorted(chosen, key=lambda i: (df[i], i))
+    if max_terms > 0:
+        by_rarity = by_rarity[:max_terms]
+    if max_postings > 0:
+        total, kept = 0, list[int]()
+        for i in by_rarity:
+            total += df[i]
+            if kept and total > max_postings:
+                break
+            kept.append(i)
+        by_rarity = kept
+    return [terms[i] for i in sorted(by_rarity)]
 
 
 def rarest(terms: Sequence[str], df: Sequence[int], n: int) -> list[str]:
