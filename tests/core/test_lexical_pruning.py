@@ -186,3 +186,29 @@ def test_an_unknown_word_never_switches_the_lexical_leg_off(tmp_path: Path, make
         assert found == 60
         # only unknown words: the lexical leg is empty, the dense leg still answers
         assert mem.search("pls thx", ALICE, k=1, learn=False)[0].lexical == 0.0
+
+
+def test_lexical_budget_script_runs() -> None:
+    """benchmarks/lexical_budget.py (README): no budget agrees with itself, a tiny one not."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[2] / "benchmarks" / "lexical_budget.py"
+    args = ["--size", "400", "--queries", "12", "--budgets", "100000", "1"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in done.stdout.splitlines()
+        if line.startswith("| ") and line[2].isdigit()
+    }
+    assert set(rows) == {"0", "100,000", "1"}
+    assert rows["0"][2:] == ["1.000", "1.000"]  # the reference agrees with itself
+    assert rows["100,000"][2:] == ["1.000", "1.000"]  # a budget that never binds changes nothing
+    assert float(rows["1"][2]) < 1.0  # one posting: only the rarest word is searched

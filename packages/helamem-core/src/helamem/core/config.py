@@ -170,6 +170,11 @@ class RetrievalConfig(_Frozen):
             while their document frequencies sum to at most this (the rarest
             always goes), so one query's FTS5 work is bounded whatever the
             store's size; 0: no bound. See :func:`helamem.core.text.drop_common`.
+            20,000 never binds on LoCoMo (its questions' BM25 terms hold at
+            most 733 postings, so its rankings are unchanged); at 100k
+            memories in one scope it
+            cut the lexical leg's p95 from 25 to 14 ms and kept 0.98 of the
+            unbudgeted top-10 hits (``benchmarks/lexical_budget.py``).
         query_cache: The embeddings (pooled and token vectors) of this many
             recent query texts are kept, so repeating a query, and the three
             to four searches of one ``max_tokens`` budget, embed it once (a
@@ -200,7 +205,7 @@ class RetrievalConfig(_Frozen):
     semantic_min_relevance: float = Field(0.5, ge=0.0, le=1.0)
     lexical_max_df: float = Field(0.03, gt=0.0, le=1.0)
     lexical_max_terms: int = Field(0, ge=0)
-    lexical_max_postings: int = Field(0, ge=0)
+    lexical_max_postings: int = Field(20_000, ge=0)
     query_cache: int = Field(64, ge=0)
 
 
