@@ -231,7 +231,7 @@ def test_runner_metrics_and_outputs(data: Path, tmp_path: Path) -> None:
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "| bm25 |" in md
     assert "R@1" in md
-    assert "ms/search" in md and "searches/q" in md
+    assert "ms/call" in md and "calls/q" in md
     assert "## Equal tokens" in md and "R@512 tokens" in md
     assert md == render_markdown(written)
 

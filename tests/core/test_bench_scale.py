@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helamem.bench import scale as scale_module
-from helamem.bench.scale import Corpus, TableEmbedder, run_scale
+from helamem.bench.scale import Corpus, TableEmbedder, render_markdown, run_scale
 from helamem.core import HashingEmbedder
 from helamem.core.cli import main
 from helamem.core.embeddings import token_embedder
@@ -146,8 +146,12 @@ def test_bad_input_is_refused(tmp_path: Path) -> None:
         run_scale(out=None, sizes=[10], layouts=["nope"], embedder=HashingEmbedder(8))
     with pytest.raises(SystemExit):
         main(["bench", "scale", "--sizes", "0", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="invalid retrieval override"):
+    with pytest.raises(ValueError, match="unknown setting 'k_typo' \\(known: candidates, "):
         run_scale(out=None, sizes=[10], embedder=HashingEmbedder(8), retrieval={"k_typo": 1})
+    with pytest.raises(ValueError, match=r"dynamics.decay_rate: .* \(got 5\)"):
+        run_scale(
+            out=None, sizes=[10], embedder=HashingEmbedder(8), retrieval={"dynamics.decay_rate": 5}
+        )
     args = ["bench", "scale", "--sizes", "10", "--set", "lexical_max_postings=-1", "--quiet"]
     assert main([*args, "--out", str(tmp_path)]) == 2
 
@@ -168,6 +172,10 @@ def test_retrieval_overrides_reach_the_store(tmp_path: Path) -> None:
     assert res["config"]["retrieval"]["lexical_max_postings"] == 7
     # late_weight 0: the store reads no token vectors, so the MaxSim leg took no time
     assert res["cells"][0]["search_legs_ms"]["late"]["p50"] == 0
+    assert res["config"]["late_interaction"] is False
+    md = render_markdown(res)
+    assert "Retrieval overrides (`--set`): `lexical_max_postings=7`, `late_weight=0.0`" in md
+    assert "): off (no token vectors stored)" in md
 
 
 def test_tenants_layout_spreads_over_many_scopes(tmp_path: Path) -> None:

@@ -220,7 +220,12 @@ def _add_scale_parser(benches: Any) -> None:
         metavar="KEY=VALUE",
         help="RetrievalConfig override for HeLa-Mem's stores, e.g. --set lexical_max_postings=8000",
     )
-    sc.add_argument("--workdir", type=Path, help="where stores are built (default: a temp dir)")
+    sc.add_argument(
+        "--workdir",
+        type=Path,
+        help="where stores are built, in a temporary subdirectory removed with its stores "
+        "after each run (default: the system's temp dir)",
+    )
     sc.add_argument(
         "--profile", action="store_true", help="write a cProfile of the searches per cell to --out"
     )

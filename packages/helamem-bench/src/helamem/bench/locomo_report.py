@@ -56,7 +56,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         + [f"R@{k}" for k in ks]
         + [f"recall@{k}" for k in ks]
         + [f"tokens@{k}" for k in ks]
-        + [f"hits@{ks[-1]}", "ingest s", "query ms/q", "searches/q", "ms/search"]
+        + [f"hits@{ks[-1]}", "ingest s", "query ms/q", "calls/q", "ms/call"]
     )
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in methods.items():
@@ -86,8 +86,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         "R@k: any evidence turn among the hits of `search(k=k)`; recall@k: share of the "
         "evidence found; hits@k: hits returned (at most k; association hits take some of the k). "
-        "query ms/q: wall time per question, over searches/q calls (a spreading method runs one "
-        "search per k and per token budget, the others one for all); ms/search: per call.",
+        "query ms/q: wall time per question, over calls/q search calls (a spreading method makes "
+        "one per k and per token budget, a budget call running several searches inside; the "
+        "others one for all); ms/call: per call.",
         "",
     ]
     if results.get("graph"):

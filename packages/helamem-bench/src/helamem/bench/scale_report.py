@@ -31,6 +31,14 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"{'on' if cfg.get('late_interaction') else 'off (no token vectors stored)'}; HeLa-Mem "
         f"computes the token vectors at ingest, so its ingest includes that work.",
         "",
+        (
+            "Retrieval overrides (`--set`): "
+            + ", ".join(f"`{k}={v}`" for k, v in cfg["retrieval_overrides"].items())
+            + "; every other setting at its default."
+            if cfg.get("retrieval_overrides")
+            else "Every retrieval setting at its default."
+        ),
+        "",
         "`search` is `search()` with its defaults (spreading and learning on); `read-only` "
         "adds `learn=False`; `no spread` adds `spread=False` too. Ratio = HeLa-Mem p50 / "
         "plain Chroma p50 (same vectors, same query vector, same k, same run).",
@@ -70,8 +78,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             "leg (query embedding, here a table lookup, and the ANN query) runs on a second "
             "thread beside the lexical leg (BM25 over FTS5 and its candidates' rows); late is "
             "MaxSim (token vectors read and scored); rest is the pool, fusion, spreading, hits "
-            "and the learning write; engine is their sum as the owner thread saw it (the call "
-            "adds its hop to that thread).",
+            "and the learning write. Engine = the time until both parallel legs were done, plus "
+            "late, plus rest (so not dense + lexical + late + rest), as the owner thread saw it; "
+            "search, the caller's time, adds the hop to that thread.",
             "",
             "| memories | layout | dense | lexical | late (MaxSim) | rest | engine | search |",
             "|---:|---|---:|---:|---:|---:|---:|---:|",

@@ -174,7 +174,10 @@ class RetrievalConfig(_Frozen):
             most 733 postings, so its rankings are unchanged); at 100k
             memories in one scope it
             cut the lexical leg's p95 from 25 to 14 ms and kept 0.98 of the
-            unbudgeted top-10 hits (``benchmarks/lexical_budget.py``).
+            unbudgeted top-10 hits (``benchmarks/lexical_budget.py``). Words
+            left out still count in :func:`helamem.core.retrieval.relevance`'s
+            lexical mass (as with ``lexical_max_df``), so where the budget
+            binds a hit's relevance can only be lower, never higher.
         query_cache: The embeddings (pooled and token vectors) of this many
             recent query texts are kept, so repeating a query, and the three
             to four searches of one ``max_tokens`` budget, embed it once (a
