@@ -146,6 +146,21 @@ def test_maxsim_packed_equals_maxsim_of_the_unpacked_vectors(
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(unit_rows, min_size=0, max_size=5))
+def test_pack_tokens_many_equals_pack_tokens_of_each(docs: list[np.ndarray]) -> None:
+    docs = [_unit(d) for d in docs]
+    assert retrieval.pack_tokens_many(docs) == [retrieval.pack_tokens(d) for d in docs]
+
+
+def test_hashing_pooled_vector_is_the_same_with_or_without_tokens() -> None:
+    e = HashingEmbedder(64, token_vectors=True)
+    texts = ["tea with alice", "", "the and of", "Alice alice ALICE drinks tea"]
+    pooled, toks = e.embed_with_tokens(texts)
+    np.testing.assert_array_equal(pooled, e.embed(texts))
+    assert [len(t) for t in toks] == [2, 1, 1, 5]
+
+
 def test_maxsim_packed_edges() -> None:
     q = np.eye(2, dtype=np.float32)
     assert retrieval.maxsim_packed(q, [], 2).shape == (0,)

@@ -20,7 +20,11 @@ class CountingEmbedder(HashingEmbedder):
         super().__init__(64, token_vectors=True)
         self.seen: Counter[str] = Counter()
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:  # embed_with_tokens calls it too
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.seen.update(texts)
+        return super().embed_with_tokens(texts)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.seen.update(texts)
         return super().embed(texts)
 

@@ -129,9 +129,12 @@ class IngestOps(LearningOps):
         known = self.store.rows_by_id(wanted) if wanted else {}
         if len(known) < len(wanted):
             logger.debug("ignoring %d unknown used_ids", len(wanted) - len(known))
-        packed: list[tuple[int, bytes]] = []
+        token_ns: list[int] = []
         with self.store.tx() as db:
             state: dict[int, tuple[int, int | None]] = {}
+            # per batch: a scope's node, and its tags per kind (one lookup each)
+            sids: dict[tuple[str, ...], int] = {}
+            tags_of: dict[tuple[int, str], str] = {}
             i = 0
             for gi, group in enumerate(groups):
                 used = {
@@ -142,7 +145,9 @@ class IngestOps(LearningOps):
                 reply: dict[int, np.ndarray] = {}
                 ticked: set[int] = set()
                 for p in group:
-                    sid = self.store.ensure_scope(db, p.scope)
+                    sid = sids.get(tuple(p.scope), -1)
+                    if sid < 0:
+                        sid = sids[tuple(p.scope)] = self.store.ensure_scope(db, p.scope)
                     if sid not in state:
                         state[sid] = self.store.scope_state(sid)
                     tick, last = state[sid]
@@ -150,7 +155,11 @@ class IngestOps(LearningOps):
                         tick += 1
                         ticked.add(sid)
                     tick_now = self._now_tick(tick)
-                    tags = " ".join(scope_tag(a, p.kind) for a in self.store.ancestors(sid))
+                    tags = tags_of.get((sid, p.kind), "")
+                    if not tags:
+                        tags = tags_of[(sid, p.kind)] = " ".join(
+                            scope_tag(a, p.kind) for a in self.store.ancestors(sid)
+                        )
                     n = self.store.insert_memory(
                         db,
                         id=ids[i],
@@ -167,8 +176,7 @@ class IngestOps(LearningOps):
                         provenance=p.provenance,
                         embedding=vecs[i].tobytes(),
                     )
-                    if toks is not None:
-                        packed.append((n, retrieval.pack_tokens(toks[i])))
+                    token_ns.append(n)
                     if p.kind == "episodic" and p.linked:
                         if last is not None:
                             a, b = dynamics.edge_key(last, n)
@@ -192,8 +200,9 @@ class IngestOps(LearningOps):
                         self._learn_turn(db, sid, ns, extra, reply[sid], state[sid][0])
             for sid, (tick, last) in state.items():
                 self.store.set_scope_state(db, sid, tick, last)
-            if packed:
-                self.store.put_token_vectors(db, packed)
+            if toks is not None:
+                packed = retrieval.pack_tokens_many(toks)
+                self.store.put_token_vectors(db, list(zip(token_ns, packed, strict=True)))
             # read back inside the transaction, by id: after the commit another
             # process may already have deleted a row
             rows = self.store.rows_by_id(ids)

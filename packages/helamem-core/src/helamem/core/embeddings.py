@@ -116,7 +116,9 @@ class HashingEmbedder:
             if not words:
                 mat[0, 0] = 1.0
             out.append(mat)
-        return self.embed(texts), out
+        # the pooled vector is the sum of the word vectors (what embed() adds up)
+        pooled = np.stack([m.sum(axis=0) for m in out]) if out else np.zeros((0, self._dim))
+        return check_vectors(pooled, len(texts), self._dim, self.name), out
 
     @property
     def dimension(self) -> int:

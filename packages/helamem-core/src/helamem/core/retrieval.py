@@ -127,6 +127,29 @@ def pack_tokens(tokens: npt.NDArray[np.float32]) -> bytes:
     return bytes(scale.astype(np.float32).tobytes() + q.tobytes())
 
 
+def pack_tokens_many(tokens: Sequence[npt.NDArray[np.float32]]) -> list[bytes]:
+    """:func:`pack_tokens` of each ``(t_i, d)`` matrix, quantised in one pass.
+
+    Examples:
+        >>> x = [np.array([[0.6, -0.8]], dtype=np.float32), np.eye(2, dtype=np.float32)]
+        >>> pack_tokens_many(x) == [pack_tokens(t) for t in x]
+        True
+    """
+    if not tokens:
+        return []
+    lengths = [len(t) for t in tokens]
+    x = np.concatenate([np.asarray(t, dtype=np.float32) for t in tokens])
+    scale = (np.maximum(np.abs(x).max(axis=1), 1e-12) / 127.0).astype(np.float32)
+    q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+    scale_bytes, q_bytes, row = scale.tobytes(), q.tobytes(), q.shape[1]
+    out, start = [], 0
+    for t in lengths:
+        end = start + t
+        out.append(scale_bytes[4 * start : 4 * end] + q_bytes[row * start : row * end])
+        start = end
+    return out
+
+
 def unpack_tokens(data: bytes, dimension: int) -> npt.NDArray[np.float32]:
     """The ``(t, dimension)`` float32 token vectors that :func:`pack_tokens` stored."""
     t = len(data) // (4 + dimension)
