@@ -174,7 +174,7 @@ def test_retrieval_overrides_reach_the_store(tmp_path: Path) -> None:
     assert res["cells"][0]["search_legs_ms"]["late"]["p50"] == 0
     assert res["config"]["late_interaction"] is False
     md = render_markdown(res)
-    assert "Retrieval overrides (`--set`): `lexical_max_postings=7`, `late_weight=0.0`" in md
+    assert "Config overrides (`--set`): `lexical_max_postings=7`, `late_weight=0.0`" in md
     assert "): off (no token vectors stored)" in md
 
 

@@ -218,7 +218,8 @@ def _add_scale_parser(benches: Any) -> None:
         type=_override,
         default=[],
         metavar="KEY=VALUE",
-        help="RetrievalConfig override for HeLa-Mem's stores, e.g. --set lexical_max_postings=8000",
+        help="RetrievalConfig override for HeLa-Mem's stores, e.g. --set lexical_max_postings=8000;"
+        " dynamics.KEY=VALUE overrides DynamicsConfig",
     )
     sc.add_argument(
         "--workdir",

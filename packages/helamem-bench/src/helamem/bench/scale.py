@@ -479,7 +479,8 @@ def run_scale(
             retrieval (``RetrievalConfig.late_weight``); ``False`` stores
             none and searches skip it.
         retrieval: :class:`~helamem.core.RetrievalConfig` overrides for
-            HeLa-Mem's store (e.g. ``{"lexical_max_postings": 8000}``).
+            HeLa-Mem's store (e.g. ``{"lexical_max_postings": 8000}``);
+            ``dynamics.KEY`` keys override :class:`~helamem.core.DynamicsConfig`.
 
     Returns:
         The results (as written to ``results.json``).

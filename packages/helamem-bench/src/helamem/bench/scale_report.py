@@ -32,11 +32,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"computes the token vectors at ingest, so its ingest includes that work.",
         "",
         (
-            "Retrieval overrides (`--set`): "
+            "Config overrides (`--set`): "
             + ", ".join(f"`{k}={v}`" for k, v in cfg["retrieval_overrides"].items())
             + "; every other setting at its default."
             if cfg.get("retrieval_overrides")
-            else "Every retrieval setting at its default."
+            else "Every setting at its default."
         ),
         "",
         "`search` is `search()` with its defaults (spreading and learning on); `read-only` "
