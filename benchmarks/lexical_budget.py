@@ -32,7 +32,6 @@ import numpy as np
 
 from helamem.bench.scale_corpus import Corpus, TableEmbedder
 from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory, RetrievalConfig
-from helamem.core.text import drop_common, fts_match, fts_terms
 
 SCOPE = ("scale", "all")
 
@@ -41,15 +40,10 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1e3, q))
 
 
-def _lexical_top(core: Any, query: str, budget: int) -> tuple[list[int], list[str]]:
-    """The BM25 candidates the lexical leg takes (no scope filter: one scope), and its terms."""
-    cfg = core.config.retrieval
-    terms = fts_terms(query)
-    rows, df = core.store.term_stats(terms)
-    terms = drop_common(terms, df, rows, cfg.lexical_max_df, max_postings=budget)
-    match = fts_match(terms)
-    top = [n for n, _ in core.store.lexical(match, None, 2 * cfg.candidates)] if match else []
-    return top, terms
+def _lexical_top(core: Any, query: str) -> tuple[list[int], list[str]]:
+    """The BM25 candidates the lexical leg takes (one scope: no scope filter), and its words."""
+    top = core._lexical(query, None, [], "episodic", core.config.retrieval.default_k)
+    return list(top), core._lexical_terms(query)
 
 
 def run(size: int, queries: int, budgets: list[int], k: int, seed: int) -> dict[str, Any]:
@@ -79,7 +73,7 @@ def run(size: int, queries: int, budgets: list[int], k: int, seed: int) -> dict[
             mem._call(lambda core: setattr(core, "config", configs[budget]))
             hits = [h.memory.id for h in mem.search(q, SCOPE, k=k, learn=False)]
             timing = mem._call(lambda core: core.last_search_timing)
-            lex, terms = mem._call(lambda core: _lexical_top(core, q, budget))
+            lex, terms = mem._call(lambda core: _lexical_top(core, q))
             return hits, timing, lex, terms
 
         for q in questions[: min(10, queries)]:  # warm-up

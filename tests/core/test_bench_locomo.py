@@ -206,11 +206,11 @@ def test_runner_metrics_and_outputs(data: Path, tmp_path: Path) -> None:
         assert method["query_s"] > 0
         assert method["ingest_s"] > 0
         # per question = per search x searches per question (7 questions in all)
-        per_q = method["searches_per_question"]
+        per_q = method["calls_per_question"]
         assert per_q == round(method["searches"] / 7, 2)
         assert (per_q > 1) == method["spread"]  # spreading: one search per k and budget
         ms = 1000 * method["query_s"] / method["searches"]  # query_s is rounded to 1 ms
-        assert method["query_ms_per_search"] == pytest.approx(ms, abs=1.0 / method["searches"])
+        assert method["query_ms_per_call"] == pytest.approx(ms, abs=1.0 / method["searches"])
     # equal tokens: whole hits while their contents fit; every turn fits 1024 tokens
     for method in res["methods"].values():
         c = method["categories"]["all"]

@@ -10,16 +10,47 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
+from helamem.core.config import DynamicsConfig, RetrievalConfig
 from helamem.core.embeddings import Embedder, Vectors, token_embedder
 from helamem.core.tokens import TokenCounter
 
 __all__ = ["CachingEmbedder", "Progress", "TokenCounter", "token_counter", "versions"]
+
+
+def config_overrides(overrides: Mapping[str, Any]) -> tuple[RetrievalConfig, DynamicsConfig]:
+    """The configs that ``--set KEY=VALUE`` overrides give (``dynamics.KEY``: DynamicsConfig).
+
+    Raises:
+        ValueError: one clause per invalid override, naming the known keys for an unknown one.
+    """
+    dyn = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("dynamics.")}
+    ret = {k: v for k, v in overrides.items() if not k.startswith("dynamics.")}
+    problems: list[str] = []
+
+    def build(model: type[BaseModel], values: dict[str, Any], prefix: str) -> Any:
+        try:
+            return model(**values)
+        except ValidationError as exc:
+            for e in exc.errors():
+                key = prefix + ".".join(str(x) for x in e["loc"])
+                if e["type"] == "extra_forbidden":
+                    known = ", ".join(prefix + f for f in model.model_fields)
+                    problems.append(f"unknown setting {key!r} (known: {known})")
+                else:
+                    problems.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+            return None
+
+    retrieval, dynamics = build(RetrievalConfig, ret, ""), build(DynamicsConfig, dyn, "dynamics.")
+    if problems:
+        raise ValueError("invalid --set override: " + "; ".join(problems))
+    return retrieval, dynamics
 
 
 class CachingEmbedder:

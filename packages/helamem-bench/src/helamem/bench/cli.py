@@ -107,6 +107,20 @@ def register(commands: Any) -> None:
     loc.set_defaults(run=_bench_locomo)
 
 
+def _add_set_argument(p: argparse.ArgumentParser, target: str, example: str) -> None:
+    """``--set KEY=VALUE``, repeatable (read by :func:`._common.config_overrides`)."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_override,
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"RetrievalConfig override for {target}, e.g. --set {example};"
+        " dynamics.KEY=VALUE overrides DynamicsConfig (e.g. dynamics.decay_rate=0.9995)",
+    )
+
+
 def _add_locomo_arguments(p: argparse.ArgumentParser, out: str, ingest: bool = False) -> None:
     """The arguments ``bench locomo`` and ``bench sweep`` share (``--ingest``: locomo only)."""
     p.add_argument("--data", type=Path, required=True, help="LoCoMo JSON file (locomo10 schema)")
@@ -116,16 +130,7 @@ def _add_locomo_arguments(p: argparse.ArgumentParser, out: str, ingest: bool = F
         "--questions", type=_positive, help="ask at most N questions per conversation (seeded)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the question sample")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="RetrievalConfig override for every method, e.g. --set activation_alpha=0.3;"
-        " dynamics.KEY=VALUE overrides DynamicsConfig (e.g. dynamics.decay_rate=0.9995)",
-    )
+    _add_set_argument(p, "every method", "activation_alpha=0.3")
     p.add_argument(
         "--embedder",
         choices=["minilm", "hashing"],
@@ -211,16 +216,7 @@ def _add_scale_parser(benches: Any) -> None:
         "the default retrieval uses (by default hashing stores one hashed vector per word and "
         "minilm its token vectors)",
     )
-    sc.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        type=_override,
-        default=[],
-        metavar="KEY=VALUE",
-        help="RetrievalConfig override for HeLa-Mem's stores, e.g. --set lexical_max_postings=8000;"
-        " dynamics.KEY=VALUE overrides DynamicsConfig",
-    )
+    _add_set_argument(sc, "HeLa-Mem's stores", "lexical_max_postings=8000")
     sc.add_argument(
         "--workdir",
         type=Path,

@@ -58,12 +58,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from helamem.core.config import DynamicsConfig, HelaMemConfig, RetrievalConfig
+from helamem.core.config import HelaMemConfig, RetrievalConfig
 from helamem.core.embeddings import Embedder, MiniLMEmbedder
 from helamem.core.engine import HelaMemory
 from helamem.core.types import NewMemory, ranking_order
 
-from ._common import CachingEmbedder, Progress, TokenCounter, token_counter
+from ._common import CachingEmbedder, Progress, TokenCounter, config_overrides, token_counter
 from .locomo_agent import gini, graph_shape, replay_agent_loop, turn_pairs
 from .locomo_data import (
     _BUDGET_K,
@@ -205,11 +205,7 @@ def run_locomo(
     if not ks or ks[0] < 1:
         raise ValueError(f"k must be >= 1, got {ks}")
     overrides = dict(retrieval or {})
-    dyn = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("dynamics.")}
-    base_cfg = RetrievalConfig(  # validates the overrides
-        **{k: v for k, v in overrides.items() if not k.startswith("dynamics.")}
-    )
-    dynamics = DynamicsConfig(**dyn)
+    base_cfg, dynamics = config_overrides(overrides)
     chosen = (
         list(REPLAYS.values())
         if ingest == "agent-loop"

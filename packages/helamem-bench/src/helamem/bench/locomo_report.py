@@ -68,7 +68,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             + [_fmt(c[f"tokens@{k}"], 0) for k in ks]
             + [_fmt(c[f"hits@{ks[-1]}"], 1), _fmt(m["ingest_s"], 1)]
             + [_fmt(m["query_ms_per_question"], 1)]
-            + [_fmt(m.get("searches_per_question"), 1), _fmt(m.get("query_ms_per_search"), 1)]
+            + [_fmt(m.get("calls_per_question"), 1), _fmt(m.get("query_ms_per_call"), 1)]
         )
         lines.append("| " + " | ".join(row) + " |")
     for k in ks:

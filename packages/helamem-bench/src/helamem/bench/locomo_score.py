@@ -161,10 +161,10 @@ def assemble_results(
             "query_ms_per_question": (
                 round(1000 * query_s[m.name] / n_questions, 2) if n_questions else None
             ),
-            "searches_per_question": (
+            "calls_per_question": (
                 round(searches[m.name] / n_questions, 2) if n_questions else None
             ),
-            "query_ms_per_search": (
+            "query_ms_per_call": (
                 round(1000 * query_s[m.name] / searches[m.name], 2) if searches[m.name] else None
             ),
             "association_hits": {

@@ -69,15 +69,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
-from pydantic import ValidationError as PydanticValidationError
 
-from helamem.core.config import DynamicsConfig, HelaMemConfig, RetrievalConfig
+from helamem.core.config import HelaMemConfig
 from helamem.core.embeddings import Embedder, Vectors
 from helamem.core.engine import HelaMemory
 from helamem.core.hooks import TurnRecorder
 from helamem.core.types import NewMemory
 
-from ._common import Progress, versions
+from ._common import Progress, config_overrides, versions
 from .scale_corpus import Corpus, TableEmbedder
 from .scale_report import render_markdown, write_results
 
@@ -127,35 +126,6 @@ def disk_bytes(path: Path) -> int:
 
 def _pct(xs: Sequence[float], p: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), p))
-
-
-def _config(overrides: Mapping[str, Any]) -> HelaMemConfig:
-    """HeLa-Mem's config with ``--set`` overrides (``dynamics.KEY`` for DynamicsConfig).
-
-    Raises:
-        ValueError: one line per invalid override, naming the valid keys for an unknown one.
-    """
-    dyn = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("dynamics.")}
-    ret = {k: v for k, v in overrides.items() if not k.startswith("dynamics.")}
-    parts: dict[str, Any] = {}
-    problems = []
-    for name, model, values, prefix in (
-        ("retrieval", RetrievalConfig, ret, ""),
-        ("dynamics", DynamicsConfig, dyn, "dynamics."),
-    ):
-        try:
-            parts[name] = model(**values)
-        except PydanticValidationError as exc:
-            for e in exc.errors():
-                key = prefix + ".".join(str(x) for x in e["loc"])
-                if e["type"] == "extra_forbidden":
-                    known = ", ".join(prefix + f for f in model.model_fields)
-                    problems.append(f"unknown setting {key!r} (known: {known})")
-                else:
-                    problems.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
-    if problems:
-        raise ValueError("invalid --set override: " + "; ".join(problems))
-    return HelaMemConfig(**parts)
 
 
 def _legs(mem: HelaMemory) -> dict[str, float]:
@@ -489,7 +459,8 @@ def run_scale(
         ValueError: On an unknown layout or a size, query or turn count
             below 1, or an invalid retrieval override.
     """
-    config = _config(retrieval or {})
+    ret, dyn = config_overrides(retrieval or {})
+    config = HelaMemConfig(retrieval=ret, dynamics=dyn)
     sizes = sorted(set(sizes))
     if not sizes or min(sizes) < 1:
         raise ValueError("sizes must be positive")

@@ -65,6 +65,7 @@ from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, InvalidInputError, StorageError
 from .storage.base import IndexLockedError, VectorIndex
+from .storage.sqlite_schema import is_locked
 
 __all__ = [
     "DEFECT_KINDS",
@@ -212,7 +213,7 @@ class _Checker:
             finally:
                 self.db.execute("ROLLBACK")
         except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
+            if is_locked(exc):
                 raise StorageError(
                     f"helamem check: the store {self.path} stayed locked by a writer for 30 s "
                     f"({exc}); retry when it is idle"

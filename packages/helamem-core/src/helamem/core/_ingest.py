@@ -145,9 +145,10 @@ class IngestOps(LearningOps):
                 reply: dict[int, np.ndarray] = {}
                 ticked: set[int] = set()
                 for p in group:
-                    sid = sids.get(tuple(p.scope), -1)
-                    if sid < 0:
-                        sid = sids[tuple(p.scope)] = self.store.ensure_scope(db, p.scope)
+                    key = tuple(p.scope)
+                    if key not in sids:
+                        sids[key] = self.store.ensure_scope(db, p.scope)
+                    sid = sids[key]
                     if sid not in state:
                         state[sid] = self.store.scope_state(sid)
                     tick, last = state[sid]
@@ -155,11 +156,11 @@ class IngestOps(LearningOps):
                         tick += 1
                         ticked.add(sid)
                     tick_now = self._now_tick(tick)
-                    tags = tags_of.get((sid, p.kind), "")
-                    if not tags:
-                        tags = tags_of[(sid, p.kind)] = " ".join(
+                    if (sid, p.kind) not in tags_of:
+                        tags_of[(sid, p.kind)] = " ".join(
                             scope_tag(a, p.kind) for a in self.store.ancestors(sid)
                         )
+                    tags = tags_of[(sid, p.kind)]
                     n = self.store.insert_memory(
                         db,
                         id=ids[i],

@@ -254,19 +254,31 @@ class SearchOps(LearningOps):
         rows, df = self.store.term_stats(terms)
         return sum(retrieval.bm25_idf(d, rows) for d in df)
 
+    def _lexical_terms(self, query: str) -> list[str]:
+        """The query's words that go into BM25 (``lexical_max_df``, ``_max_terms``,
+        ``_max_postings`` applied; see :func:`~helamem.core.text.drop_common`)."""
+        cfg = self.config.retrieval
+        terms = fts_terms(query)
+        if len(terms) > 1 and (
+            cfg.lexical_max_df < 1.0
+            or 0 < cfg.lexical_max_terms < len(terms)
+            or cfg.lexical_max_postings
+        ):
+            rows, df = self.store.term_stats(terms)
+            terms = drop_common(
+                terms,
+                df,
+                rows,
+                cfg.lexical_max_df,
+                max_terms=cfg.lexical_max_terms,
+                max_postings=cfg.lexical_max_postings,
+            )
+        return terms
+
     def _lexical(
         self, query: str, node: int | None, nodes: list[int], kind: Kind, k: int
     ) -> dict[int, float]:
-        terms = fts_terms(query)
-        max_df = self.config.retrieval.lexical_max_df
-        max_terms = self.config.retrieval.lexical_max_terms
-        max_postings = self.config.retrieval.lexical_max_postings
-        if len(terms) > 1 and (max_df < 1.0 or 0 < max_terms < len(terms) or max_postings):
-            rows, df = self.store.term_stats(terms)
-            terms = drop_common(
-                terms, df, rows, max_df, max_terms=max_terms, max_postings=max_postings
-            )
-        match = fts_match(terms)
+        match = fts_match(self._lexical_terms(query))
         if not match:
             return {}
         m = max(self.config.retrieval.candidates, k)

@@ -80,24 +80,21 @@ def maxsim_packed(
     lengths = [len(b) // width for b in packed]
     if any(t * width != len(b) for t, b in zip(lengths, packed, strict=True)):
         raise ValueError(f"packed token vectors are not whole tokens of dimension {dimension}")
-    if 0 in lengths:  # no token to match: 0, the score of an orthogonal document
-        out = np.zeros(len(packed))
-        some = [i for i, t in enumerate(lengths) if t]
-        if some:
-            out[some] = maxsim_packed(query, [packed[i] for i in some], dimension)
+    out = np.zeros(len(packed))  # a document without tokens: 0, as an orthogonal one
+    some = [i for i, t in enumerate(lengths) if t]
+    if not some:
         return out
-    if not packed:
-        return np.zeros(0)
+    docs, counts = [packed[i] for i in some], [lengths[i] for i in some]
     scales = np.frombuffer(
-        b"".join(b[: 4 * t] for b, t in zip(packed, lengths, strict=True)), dtype=np.float32
+        b"".join(b[: 4 * t] for b, t in zip(docs, counts, strict=True)), dtype=np.float32
     )
     rows = np.frombuffer(
-        b"".join(b[4 * t :] for b, t in zip(packed, lengths, strict=True)), dtype=np.int8
+        b"".join(b[4 * t :] for b, t in zip(docs, counts, strict=True)), dtype=np.int8
     ).reshape(-1, dimension)
     sims = (np.asarray(query, dtype=np.float32) @ rows.astype(np.float32).T) * scales
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    best = np.maximum.reduceat(sims, starts, axis=1)  # (m, n)
-    return np.asarray(best.mean(axis=0), dtype=np.float64)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out[some] = np.maximum.reduceat(sims, starts, axis=1).mean(axis=0)  # (m, n) -> (n,)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +118,13 @@ def pack_tokens(tokens: npt.NDArray[np.float32]) -> bytes:
         >>> np.abs(unpack_tokens(pack_tokens(x), 2) - x).max() < 0.01
         np.True_
     """
-    x = np.asarray(tokens, dtype=np.float32)
-    scale = np.maximum(np.abs(x).max(axis=1), 1e-12) / 127.0
-    q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
-    return bytes(scale.astype(np.float32).tobytes() + q.tobytes())
+    return pack_tokens_many([tokens])[0]
 
 
 def pack_tokens_many(tokens: Sequence[npt.NDArray[np.float32]]) -> list[bytes]:
     """:func:`pack_tokens` of each ``(t_i, d)`` matrix, quantised in one pass.
+
+    Layout per matrix: its ``t_i`` float32 scales, then its ``(t_i, d)`` int8 rows.
 
     Examples:
         >>> x = [np.array([[0.6, -0.8]], dtype=np.float32), np.eye(2, dtype=np.float32)]
@@ -142,7 +138,8 @@ def pack_tokens_many(tokens: Sequence[npt.NDArray[np.float32]]) -> list[bytes]:
     scale = (np.maximum(np.abs(x).max(axis=1), 1e-12) / 127.0).astype(np.float32)
     q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
     scale_bytes, q_bytes, row = scale.tobytes(), q.tobytes(), q.shape[1]
-    out, start = [], 0
+    out: list[bytes] = []
+    start = 0
     for t in lengths:
         end = start + t
         out.append(scale_bytes[4 * start : 4 * end] + q_bytes[row * start : row * end])

@@ -318,7 +318,8 @@ def drop_common(
     if max_terms > 0:
         by_rarity = by_rarity[:max_terms]
     if max_postings > 0:
-        total, kept = 0, list[int]()
+        total = 0
+        kept: list[int] = []
         for i in by_rarity:
             total += df[i]
             if kept and total > max_postings:

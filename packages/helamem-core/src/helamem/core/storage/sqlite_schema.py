@@ -197,7 +197,7 @@ def _full(path: Path, floor: int = 1 << 20) -> bool:
         return False
 
 
-def _locked(exc: sqlite3.Error) -> bool:
+def is_locked(exc: sqlite3.Error) -> bool:
     """Whether ``exc`` says another connection holds a lock (``SQLITE_BUSY``/``LOCKED``)."""
     low = str(exc).lower()
     return "locked" in low or "busy" in low
@@ -223,7 +223,7 @@ def storage_error(exc: sqlite3.Error, path: Path, what: str) -> StorageError:
             f"{path.parent}` to see what is damaged, and restore helamem.sqlite3 from a "
             f"backup (the vector index is derived: `helamem reindex {path.parent}` rebuilds it)"
         )
-    if _locked(exc):
+    if is_locked(exc):
         return StorageError(
             f"{what}: {text} ({path}): another connection held the write lock past the busy "
             f"timeout; raise HelaMemConfig.busy_timeout_s, or find the process that holds "
@@ -278,7 +278,7 @@ class SQLiteConnection:
             self._set_up(db)
         except sqlite3.Error as exc:
             err = storage_error(exc, self._path, "cannot open the SQLite store")
-            if type(err) is StorageError and not _locked(exc):
+            if type(err) is StorageError and not is_locked(exc):
                 err = StorageError(
                     f"cannot open SQLite store {self._path}: {exc}; check that the path is a "
                     f"writable directory"
@@ -319,7 +319,7 @@ class SQLiteConnection:
                 db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
                 return
             except sqlite3.OperationalError as exc:
-                if not _locked(exc) or time.monotonic() + pause > deadline:
+                if not is_locked(exc) or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
