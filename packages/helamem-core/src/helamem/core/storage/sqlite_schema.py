@@ -198,7 +198,14 @@ def _full(path: Path, floor: int = 1 << 20) -> bool:
 
 
 def is_locked(exc: sqlite3.Error) -> bool:
-    """Whether ``exc`` says another connection holds a lock (``SQLITE_BUSY``/``LOCKED``)."""
+    """Whether ``exc`` says another connection holds a lock (``SQLITE_BUSY``/``LOCKED``).
+
+    By its primary result code (5, 6; extended codes keep it in the low byte),
+    by its message when the error carries no code.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     low = str(exc).lower()
     return "locked" in low or "busy" in low
 
