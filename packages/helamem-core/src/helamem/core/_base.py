@@ -29,6 +29,7 @@ from .errors import (
     InvalidInputError,
 )
 from .storage.base import EdgeRow, IndexLockedError, MemoryRow, VectorIndex
+from .storage.lexical import LexicalIndex
 from .storage.sqlite import SQLiteStore, sqlite_errors
 from .text import is_blank
 from .types import (
@@ -133,6 +134,15 @@ class CoreBase:
         self._tokens = token_embedder(embedder) if config.retrieval.late_weight > 0 else None
         self.index = index
         self.store = SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
+        rc = config.retrieval
+        # large stores' BM25 (tantivy, derived from FTS5); None: FTS5 always
+        self.lexical_index = (
+            LexicalIndex(
+                config.path / "lexical", min_rows=rc.lexical_index_min, tail=rc.lexical_index_tail
+            )
+            if rc.lexical_index == "auto"
+            else None
+        )
         self._scopes: dict[int, Scope] = {}
         self._needs_reconcile = False
         self._aux_pool: ThreadPoolExecutor | None = None
@@ -162,6 +172,8 @@ class CoreBase:
             self._aux_pool.shutdown(wait=True)
             self._aux_pool = None
         self.index.close()
+        if self.lexical_index is not None:
+            self.lexical_index.close()
         self.store.close()
 
     def _check_embedder(self) -> None:
@@ -243,6 +255,8 @@ class CoreBase:
             IndexLockedError: Another process holds the embedded index.
         """
         dim = self.embedder.dimension
+        if self.lexical_index is not None:  # derived from FTS5 too: rebuilt when next needed
+            self.lexical_index.drop()
         if reembed:
             with self.store.tx() as db:
                 self.store.set_meta(

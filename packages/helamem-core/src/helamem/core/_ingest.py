@@ -213,6 +213,11 @@ class IngestOps(LearningOps):
         except StorageError as exc:
             self._needs_reconcile = True
             logger.warning("vector index update failed, will re-index on next use: %s", exc)
+        if self.lexical_index is not None:  # keep a large store's BM25 index near the head
+            try:
+                self.lexical_index.prepare(self.store, self.store.fts_rows())
+            except StorageError as exc:  # derived: the next search tries again
+                logger.warning("lexical index update failed, FTS5 serves meanwhile: %s", exc)
         return [self._memory(rows[i]) for i in ids]
 
     def _check_new_ids(self, chosen: Sequence[str]) -> None:

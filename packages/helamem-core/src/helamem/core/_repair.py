@@ -82,4 +82,6 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
             " (SELECT 1 FROM memories m WHERE m.n = scopes.last_episode)"
         )
         store._fts_writes += 1  # the term statistics cache is stale
+    if not vectors and core.lexical_index is not None:  # core.reindex drops it otherwise
+        core.lexical_index.drop()
     return RepairReport(rows, int(dropped), core.reindex(reembed) if vectors else 0)

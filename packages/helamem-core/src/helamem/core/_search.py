@@ -15,9 +15,7 @@ import numpy as np
 from . import dynamics, retrieval
 from ._base import SearchTiming, check_content, check_k, scope_tag
 from ._learning import LearningOps
-from .errors import (
-    InvalidInputError,
-)
+from .errors import InvalidInputError, StorageError
 from .storage.base import RankRow
 from .text import drop_common, fts_match, fts_terms
 from .tokens import TokenCount
@@ -278,18 +276,34 @@ class SearchOps(LearningOps):
     def _lexical(
         self, query: str, node: int | None, nodes: list[int], kind: Kind, k: int
     ) -> dict[int, float]:
-        match = fts_match(self._lexical_terms(query))
+        terms = self._lexical_terms(query)
+        match = fts_match(terms)
         if not match:
             return {}
         m = max(self.config.retrieval.candidates, k)
+        tag = None if node is None else scope_tag(node, kind)
+        lx = self.lexical_index
+        if lx is not None:
+            try:
+                mark = lx.prepare(self.store, self.store.fts_rows())
+                if mark is not None:
+                    # tantivy up to its mark (its scope filter costs little, so no
+                    # over-fetch), FTS5 above it (the newest few): the best of both
+                    limit = m if tag is not None else 2 * m
+                    found = lx.search(terms, tag, limit)
+                    found += self.store.lexical(match, tag, limit, after=mark)
+                    found.sort(key=lambda p: (-p[1], p[0]))
+                    return dict(found[:limit])
+            except StorageError as exc:  # derived: FTS5 answers, the next search tries again
+                logger.warning("lexical index failed, FTS5 answers: %s", exc)
         if self._holding is None:
             self._holding = self.store.holding()
-        if node is None or self._holding.get(kind, set()) <= set(nodes):
+        if tag is None or self._holding.get(kind, set()) <= set(nodes):
             # Everything of this kind lies under the prefix (single-tenant stores):
-            # skip the scope filter (an AND with every posting of the scope) and
+            # skip FTS5's scope filter (an AND with every posting of the scope) and
             # over-fetch; rows of another scope or kind are dropped by the caller.
             return dict(self.store.lexical(match, None, 2 * m))
-        return dict(self.store.lexical(match, scope_tag(node, kind), m))
+        return dict(self.store.lexical(match, tag, m))
 
     def _aux(self) -> ThreadPoolExecutor:
         if self._aux_pool is None:

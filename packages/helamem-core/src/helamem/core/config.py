@@ -178,6 +178,18 @@ class RetrievalConfig(_Frozen):
             left out still count in :func:`helamem.core.retrieval.relevance`'s
             lexical mass (as with ``lexical_max_df``), so where the budget
             binds a hit's relevance can only be lower, never higher.
+        lexical_index: ``"auto"``: above ``lexical_index_min`` memories the
+            BM25 leg asks a tantivy index (block-max WAND: it skips postings
+            that cannot reach the top, so its cost grows far slower than the
+            store's) kept beside FTS5 in the data directory's ``lexical/``,
+            derived from SQLite and rebuilt from it when lost (see
+            :mod:`helamem.core.storage.lexical`); ``"fts5"``: FTS5 always.
+        lexical_index_min: FTS5 rows from which ``"auto"`` builds and uses the
+            tantivy index. Below it FTS5 is fast (a few ms at 50,000) and its
+            BM25 is exact; LoCoMo's stores (4,000 turns) stay below it.
+        lexical_index_tail: Newest memories searched in FTS5 before the
+            tantivy index takes them (a tantivy commit syncs to disk, about
+            16 ms, so it is paid once per this many new memories).
         query_cache: The embeddings (pooled and token vectors) of this many
             recent query texts are kept, so repeating a query, and the three
             to four searches of one ``max_tokens`` budget, embed it once (a
@@ -210,6 +222,9 @@ class RetrievalConfig(_Frozen):
     lexical_max_terms: int = Field(0, ge=0)
     lexical_max_postings: int = Field(20_000, ge=0)
     query_cache: int = Field(64, ge=0)
+    lexical_index: Literal["auto", "fts5"] = "auto"
+    lexical_index_min: int = Field(50_000, ge=1)
+    lexical_index_tail: int = Field(2_000, ge=0, le=100_000)
 
 
 class EmbedderConfig(_Frozen):

@@ -368,8 +368,11 @@ class SQLiteStore(SQLiteUpkeep):
             [None if r[2] is None else bytes(r[2]) for r in rows],
         )
 
-    def lexical(self, match: str, tag: str | None, limit: int) -> list[tuple[int, float]]:
-        """BM25 top ``limit`` for ``match`` among rows carrying ``tag`` (all rows if None).
+    def lexical(
+        self, match: str, tag: str | None, limit: int, after: int = 0
+    ) -> list[tuple[int, float]]:
+        """BM25 top ``limit`` for ``match`` among rows carrying ``tag`` (all rows if
+        None) whose key is above ``after``.
 
         Returns ``(n, score)`` with score = -bm25 (higher is better).
         """
@@ -377,8 +380,9 @@ class SQLiteStore(SQLiteUpkeep):
         try:
             rows = self.db.execute(
                 "SELECT rowid, bm25(memories_fts, 1.0, 0.0) AS r FROM memories_fts "
-                "WHERE memories_fts MATCH ? ORDER BY r LIMIT ?",
-                (q, limit),
+                f"WHERE memories_fts MATCH ?{' AND rowid > ?' if after else ''} "
+                "ORDER BY r LIMIT ?",
+                (q, after, limit) if after else (q, limit),
             ).fetchall()
         except sqlite3.OperationalError as exc:
             raise StorageError(f"lexical search failed for {match!r}: {exc}") from exc
@@ -402,7 +406,7 @@ class SQLiteStore(SQLiteUpkeep):
             token = (self._fts_writes, int(self.db.execute("PRAGMA data_version").fetchone()[0]))
             if token != self._df_token or len(self._df) > 65_536:
                 self._df.clear()
-                self._df_rows = self._fts_rows()
+                self._df_rows = self.fts_rows()
                 self._df_token = token
             stems = {t for w in words for t in self._stems[w]} - self._df.keys()
             if stems:
@@ -443,7 +447,7 @@ class SQLiteStore(SQLiteUpkeep):
         for i, w in enumerate(words):
             self._stems[w] = tuple(found.get(i, ()))
 
-    def _fts_rows(self) -> int:
+    def fts_rows(self) -> int:
         """Rows in ``memories_fts``, read from FTS5's averages record (O(1)).
 
         The record (``id = 1`` of the ``_data`` table, part of FTS5's stable file

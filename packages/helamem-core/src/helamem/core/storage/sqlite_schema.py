@@ -140,6 +140,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE token_vectors (n INTEGER PRIMARY KEY, data BLOB NOT NULL);
     """,
+    # 6: the keys of deleted and rewritten memories, for the tantivy BM25 index
+    # of large stores (storage/lexical.py); logged by every process, in the
+    # writing transaction, once that index exists (meta 'lexical_index'), and
+    # emptied by the index's holder as it applies them
+    """
+    CREATE TABLE lexical_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL);
+    CREATE TRIGGER lexical_log_delete AFTER DELETE ON memories
+    WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'lexical_index')
+    BEGIN INSERT INTO lexical_log(n) VALUES (old.n); END;
+    CREATE TRIGGER lexical_log_update AFTER UPDATE OF content, scope_id, kind ON memories
+    WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'lexical_index')
+    BEGIN INSERT INTO lexical_log(n) VALUES (old.n); END;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -246,6 +259,25 @@ def sqlite_errors(path: Path, what: str = "storage operation failed") -> Iterato
         yield
     except sqlite3.Error as exc:
         raise storage_error(exc, path, what) from exc
+
+
+def statements(script: str) -> list[str]:
+    """A script's SQL statements, one each (a trigger's body keeps its ``;``).
+
+    Examples:
+        >>> statements("CREATE TABLE t (a); CREATE TRIGGER x AFTER DELETE ON t BEGIN "
+        ...            "DELETE FROM t; END;")  # doctest: +NORMALIZE_WHITESPACE
+        ['CREATE TABLE t (a);', 'CREATE TRIGGER x AFTER DELETE ON t BEGIN DELETE FROM t; END;']
+    """
+    out: list[str] = []
+    part = ""
+    for piece in script.split(";"):
+        part += piece + ";"
+        if sqlite3.complete_statement(part):
+            if part.strip(" \n;"):
+                out.append(part.strip())
+            part = ""
+    return out
 
 
 def qmarks(n: int) -> str:
@@ -386,9 +418,8 @@ class SQLiteConnection:
                     f"helamem-core ({SCHEMA_VERSION}); upgrade helamem-core"
                 )
             for version in range(current + 1, SCHEMA_VERSION + 1):
-                for stmt in MIGRATIONS[version - 1].split(";"):
-                    if stmt.strip():
-                        db.execute(stmt)
+                for stmt in statements(MIGRATIONS[version - 1]):
+                    db.execute(stmt)
                 db.execute(
                     "INSERT INTO schema_version(version, applied_at) VALUES (?, ?)",
                     (version, time.time()),

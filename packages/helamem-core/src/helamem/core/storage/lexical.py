@@ -1,0 +1,370 @@
+"""The BM25 index of large stores: tantivy beside FTS5, derived from SQLite.
+
+FTS5 scores every posting of every query word, so its cost grows with the
+store (about 2 µs a posting). Above :attr:`RetrievalConfig.lexical_index_min
+<helamem.core.config.RetrievalConfig>` rows the lexical leg asks this index
+instead: tantivy's BM25 top-k skips postings that cannot reach the top
+(block-max WAND), so its cost grows far slower than the store.
+
+SQLite stays the source of truth and FTS5 stays complete; this index is
+derived from it, like the vector index:
+
+* **What it holds.** Every FTS5 row up to a high-water key ``n`` (memory keys
+  only grow, and SQLite's single writer commits them in order, so the rows
+  above the mark are exactly the ones not yet here), minus what changed since:
+  every delete or rewrite of a memory appends its key to ``lexical_log``
+  (an SQLite trigger, so every process logs, in the same transaction).
+* **Freshness.** A search first applies the log and, when more than
+  ``lexical_index_tail`` rows lie above the mark, adds them (at most
+  ``chunk`` a search; while more are missing FTS5 answers instead). The few
+  rows above the mark are searched in FTS5 (``rowid > mark``), so a memory is
+  found lexically as soon as its ``add`` returns, and a tantivy commit (about
+  16 ms, it syncs to disk) is paid once per ``lexical_index_tail`` rows.
+* **Crashes.** The mark and the log position are stored *in* the index (a
+  document with key 0) and commit with it atomically. A killed process leaves
+  the last commit; the next holder carries on from its mark. An index that
+  does not open (deleted, damaged, another version) is rebuilt from FTS5.
+* **Processes.** One process holds the index (``lexical.lock`` beside it, an
+  OS file lock released if the process dies; tantivy's own writer lock
+  besides). The first process to need the index holds it; the others search
+  FTS5, exactly as before, never wait, and try to take it over every
+  ``RETRY_S`` seconds (so when the holder exits, another one carries on).
+
+Scores are tantivy's BM25 (k1 1.2, b 0.75, Lucene's idf
+:math:`\\ln(1 + (N - n + 0.5)/(n + 0.5))`, the idf of
+:func:`helamem.core.retrieval.bm25_idf`), over content folded to ASCII,
+lower-cased and stemmed with Snowball's English stemmer; FTS5's differ only
+in its idf for common words and Porter's original stemmer.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tantivy
+
+from ..errors import StorageError
+from .lock import ProcessLock
+from .sqlite_schema import SQLiteConnection
+
+__all__ = ["LexicalIndex"]
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1
+"""Bumped when the schema or analysis changes: an index of another version is rebuilt."""
+
+RETRY_S = 30.0
+"""While another process holds the index, how often (seconds) to try to take it over."""
+
+_STATE = 0  # the key of the document holding the mark (memory keys start at 1)
+
+
+def _schema() -> Any:
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("content", stored=False, tokenizer_name="helamem")
+    sb.add_text_field("tags", stored=False, tokenizer_name="default")
+    sb.add_unsigned_field("n", stored=False, indexed=True, fast=True)
+    sb.add_unsigned_field("mark", stored=False, indexed=False, fast=True)
+    sb.add_unsigned_field("seq", stored=False, indexed=False, fast=True)
+    sb.add_unsigned_field("version", stored=False, indexed=False, fast=True)
+    return sb.build()
+
+
+def _analyzer() -> Any:
+    """FTS5's ``porter unicode61 remove_diacritics 2``, as near as tantivy goes."""
+    return (
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+        .filter(tantivy.Filter.remove_long(64))
+        .filter(tantivy.Filter.lowercase())
+        .filter(tantivy.Filter.ascii_fold())
+        .filter(tantivy.Filter.stemmer("english"))
+        .build()
+    )
+
+
+class LexicalIndex:
+    """A tantivy BM25 index of one store's FTS5 rows (see the module).
+
+    Runs on the memory's owner thread only. The constructor does no I/O.
+
+    Args:
+        path: The index's directory (created when needed).
+        min_rows: Below this many FTS5 rows the index is not built and
+            :meth:`prepare` returns None (FTS5 is fast there).
+        tail: Rows above the mark that FTS5 serves before they are added.
+        chunk: Rows added per :meth:`prepare` while catching up.
+        heap_bytes: Tantivy's indexing memory (at least 15 MB).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        min_rows: int = 50_000,
+        tail: int = 2_000,
+        chunk: int = 50_000,
+        heap_bytes: int = 32_000_000,
+    ) -> None:
+        self.path = path
+        self.min_rows = min_rows
+        self.tail = tail
+        self.chunk = chunk
+        self.heap_bytes = heap_bytes
+        self._index: Any = None
+        self._writer: Any = None
+        self._searcher: Any = None
+        self._analyzer: Any = None
+        self._schema: Any = None
+        self._mark = 0  # every FTS5 row with n <= mark is here (log applied to seq)
+        self._seq = 0
+        self._caught_up = False
+        self._lock = ProcessLock(path.parent / "lexical.lock")
+        self._retry_at = 0.0  # while another process holds it: when to try again
+        self.held_elsewhere = False  # another process (or store) holds the index
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _open(self) -> bool:
+        """Take the index (its lock, then tantivy's writer), opening, creating or
+        rebuilding it; False while another process (or store) holds it."""
+        if self._writer is not None:
+            return True
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        # our lock first: only its holder may delete or rebuild the directory
+        if not self._lock.try_acquire():
+            self.held_elsewhere, self._retry_at = True, now + RETRY_S
+            return False
+        try:
+            self._schema = _schema()
+            self._analyzer = _analyzer()
+            try:
+                index = self._load()
+            except ValueError as exc:  # damaged or foreign: derived, so rebuilt
+                logger.warning("lexical index at %s unreadable (%s); rebuilding", self.path, exc)
+                index = None
+            if index is None:
+                index = self._create()
+            try:
+                writer = index.writer(heap_size=self.heap_bytes, num_threads=1)
+            except ValueError as exc:
+                if "lock" not in str(exc).lower():
+                    raise StorageError(
+                        f"cannot open the lexical index at {self.path}: {exc}; delete the "
+                        f"directory (it is rebuilt from the store) or set "
+                        f"RetrievalConfig(lexical_index='fts5')"
+                    ) from exc
+                # another store of this process holds it (the lock is shared in-process)
+                self.held_elsewhere, self._retry_at = True, now + RETRY_S
+                self._lock.release()
+                return False
+        except BaseException:
+            self._lock.release()
+            raise
+        self.held_elsewhere = False
+        self._index, self._writer = index, writer
+        self._read_state()
+        return True
+
+    def _load(self) -> Any:
+        if not (self.path / "meta.json").exists():
+            return None
+        index = tantivy.Index(self._schema, path=str(self.path), reuse=True)
+        index.register_tokenizer("helamem", self._analyzer)
+        searcher = index.searcher()
+        version = self._state_field(searcher, "version")
+        if version != VERSION:
+            logger.info("lexical index version %s, not %s; rebuilding", version, VERSION)
+            return None
+        return index
+
+    def _create(self) -> Any:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        index = tantivy.Index(self._schema, path=str(self.path), reuse=False)
+        index.register_tokenizer("helamem", self._analyzer)
+        return index
+
+    def close(self) -> None:
+        """Release the writer and the lock; committed work stays."""
+        writer, self._writer = self._writer, None
+        self._index = self._searcher = None
+        self._caught_up = False
+        if writer is None:
+            return
+        try:
+            writer.wait_merging_threads()  # consumes the writer, releasing tantivy's lock
+        except ValueError as exc:  # a failed merge: the committed segments stand
+            logger.warning("lexical index %s: merging failed at close: %s", self.path, exc)
+        finally:
+            self._lock.release()
+
+    def drop(self) -> None:
+        """Forget everything (``helamem reindex``): rebuilt from FTS5 when next needed.
+
+        A no-op where no index exists, or while another process holds it.
+        """
+        if self._writer is None and not (self.path / "meta.json").exists():
+            return
+        if not self._open():
+            return
+        self._writer.delete_all_documents()
+        self._mark = self._seq = 0
+        self._commit()
+
+    # -- state -------------------------------------------------------------
+
+    def _state_field(self, searcher: Any, field: str) -> int | None:
+        q = tantivy.Query.term_query(self._schema, "n", _STATE)
+        hits = searcher.search(q, 1, count=False).hits
+        if not hits:
+            return None
+        value = searcher.fast_field_values(field, [hits[0][1]])[0]
+        return None if value is None else int(value)
+
+    def _read_state(self) -> None:
+        searcher = self._index.searcher()
+        self._mark = self._state_field(searcher, "mark") or 0
+        self._seq = self._state_field(searcher, "seq") or 0
+        self._searcher = searcher
+
+    def _commit(self) -> None:
+        """Commit the added rows with the new mark, in one atomic tantivy commit."""
+        w = self._writer
+        w.delete_documents_by_query(tantivy.Query.term_query(self._schema, "n", _STATE))
+        doc = tantivy.Document()
+        doc.add_unsigned("n", _STATE)
+        doc.add_unsigned("mark", self._mark)
+        doc.add_unsigned("seq", self._seq)
+        doc.add_unsigned("version", VERSION)
+        w.add_document(doc)
+        w.commit()
+        self._index.reload()
+        self._searcher = self._index.searcher()
+
+    # -- keeping up with SQLite ---------------------------------------------
+
+    def prepare(self, store: SQLiteConnection, fts_rows: int) -> int | None:
+        """Bring the index up to date enough to serve; the mark, or None for FTS5.
+
+        Applies logged deletes and rewrites, then adds rows above the mark when
+        more than ``tail`` wait (at most ``chunk`` now). Returns the mark (rows
+        above it are FTS5's to search), or None when this index does not serve:
+        fewer than ``min_rows`` rows, another process holds it, or it is still
+        catching up.
+
+        Raises:
+            StorageError: The index or the store could not be read or written.
+        """
+        if fts_rows < self.min_rows and self._writer is None:
+            return None
+        try:
+            if not self._open():
+                return None
+            return self._catch_up(store)
+        except (ValueError, OSError) as exc:
+            raise StorageError(f"lexical index at {self.path} failed: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"lexical index: reading the store failed: {exc}") from exc
+
+    def _catch_up(self, store: SQLiteConnection) -> int | None:
+        if not self._caught_up:
+            # from now on every process logs deletes and rewrites (the trigger's
+            # condition); the log and the rows are then read in one snapshot
+            with store.tx() as db:
+                db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('lexical_index', '1')")
+        db = store.db
+        changed = partial = False
+        db.execute("BEGIN")  # a read snapshot: the log and the rows agree
+        try:
+            top = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM lexical_log").fetchone()[0])
+            if top > self._seq:
+                ns = [
+                    int(r[0])
+                    for r in db.execute(
+                        "SELECT DISTINCT n FROM lexical_log WHERE seq > ? AND n <= ?",
+                        (self._seq, self._mark),
+                    )
+                ]
+                if ns:  # rows above the mark are read whole when added
+                    self._writer.delete_documents_by_query(
+                        tantivy.Query.term_set_query(self._schema, "n", ns)
+                    )
+                for i in range(0, len(ns), 500):
+                    part = ns[i : i + 500]
+                    self._add(
+                        db.execute(
+                            "SELECT rowid, content, tags FROM memories_fts WHERE rowid IN "
+                            f"({','.join('?' * len(part))})",
+                            part,
+                        )
+                    )
+                self._seq, changed = top, True
+            above = db.execute(
+                "SELECT COUNT(*) FROM (SELECT n FROM memories WHERE n > ? LIMIT ?)",
+                (self._mark, self.tail + 1),
+            ).fetchone()[0]
+            if above > self.tail:
+                rows = db.execute(
+                    "SELECT rowid, content, tags FROM memories_fts WHERE rowid > ? "
+                    "ORDER BY rowid LIMIT ?",
+                    (self._mark, self.chunk),
+                ).fetchall()
+                if rows:
+                    self._add(rows)
+                    self._mark, changed = int(rows[-1][0]), True
+                partial = len(rows) == self.chunk  # more to come: FTS5 serves meanwhile
+        finally:
+            db.execute("COMMIT")
+        if changed:
+            self._commit()
+            with store.tx() as wdb:  # applied and committed: the log is not needed
+                wdb.execute("DELETE FROM lexical_log WHERE seq <= ?", (self._seq,))
+        self._caught_up = not partial
+        return None if partial else self._mark
+
+    def _add(self, rows: Any) -> None:
+        w = self._writer
+        for n, content, tags in rows:
+            doc = tantivy.Document()
+            doc.add_unsigned("n", int(n))
+            doc.add_text("content", str(content))
+            doc.add_text("tags", str(tags))
+            w.add_document(doc)
+
+    # -- search ------------------------------------------------------------------
+
+    def search(self, terms: Sequence[str], tag: str | None, limit: int) -> list[tuple[int, float]]:
+        """BM25 top ``limit`` ``(n, score)`` for any of ``terms``, among rows tagged
+        ``tag`` (all rows if None); rows above the mark are not searched here.
+
+        Raises:
+            StorageError: The index could not be read.
+        """
+        schema = self._schema
+        tokens = dict.fromkeys(t for term in terms for t in self._analyzer.analyze(term))
+        if not tokens or self._searcher is None:
+            return []
+        words = [
+            (tantivy.Occur.Should, tantivy.Query.term_query(schema, "content", t)) for t in tokens
+        ]
+        q = tantivy.Query.boolean_query(words)
+        if tag is not None:
+            scope = tantivy.Query.const_score_query(
+                tantivy.Query.term_query(schema, "tags", tag.lower()), 0.0
+            )
+            q = tantivy.Query.boolean_query([(tantivy.Occur.Must, scope), (tantivy.Occur.Must, q)])
+        try:
+            hits = self._searcher.search(q, limit, count=False).hits
+            ns = self._searcher.fast_field_values("n", [a for _, a in hits])
+        except ValueError as exc:
+            raise StorageError(f"lexical index search failed: {exc}") from exc
+        return [(int(n), float(s)) for (s, _), n in zip(hits, ns, strict=True) if n]

@@ -1,0 +1,298 @@
+"""The tantivy BM25 index of large stores: the same candidates as FTS5, kept in
+step with SQLite through writes, deletes, rewrites, other processes, kills and
+a lost or damaged directory."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import HelaMemory, NewMemory
+from helamem.core._core import Core
+from helamem.core.storage.lexical import LexicalIndex
+
+SCOPE = ("u",)
+WORDS = [f"w{i}" for i in range(60)]
+
+# a tiny threshold and tail so that a few dozen memories exercise every path
+SMALL = {"lexical_index_min": 20, "lexical_index_tail": 3}
+
+
+def _texts(rng: random.Random, n: int) -> list[str]:
+    return [" ".join(rng.sample(WORDS, 4)) + f" unique{rng.randrange(10**9)}" for _ in range(n)]
+
+
+def _lexical(mem: HelaMemory, query: str, k: int = 500) -> dict[str, float]:
+    """The lexical leg's candidates (content -> BM25), as the search sees them."""
+
+    def run(c: Core) -> dict[str, float]:
+        node = c.store.find_scope(SCOPE)
+        assert node is not None
+        found = c._lexical(query, node, c.store.descendants(node), "episodic", k)
+        rows = c.store.rows_by_n(list(found))
+        assert set(found) <= set(rows), "a deleted memory is still a candidate"
+        return {rows[n].content: s for n, s in found.items() if n in rows}
+
+    return mem._call(run)
+
+
+def _index(mem: HelaMemory) -> LexicalIndex:
+    lx = mem._call(lambda c: c.lexical_index)
+    assert lx is not None
+    return lx
+
+
+def _serving(mem: HelaMemory) -> bool:
+    """Whether the last lexical query was answered by tantivy (it holds the writer)."""
+    return mem._call(lambda c: c.lexical_index is not None and c.lexical_index._writer is not None)
+
+
+def test_same_candidates_as_fts5_through_random_writes(tmp_path: Path, make_mem: Any) -> None:
+    rng = random.Random(7)
+    with (
+        make_mem(tmp_path / "t", **SMALL) as tv,
+        make_mem(tmp_path / "f", lexical_index="fts5") as ft,
+    ):
+        ids: list[tuple[str, str]] = []
+        for step in range(40):
+            op = rng.random()
+            if op < 0.6 or len(ids) < 5:
+                batch = _texts(rng, rng.randrange(1, 8))
+                a = tv.add_many([NewMemory(t, SCOPE) for t in batch])
+                b = ft.add_many([NewMemory(t, SCOPE) for t in batch])
+                ids.extend((x.id, y.id) for x, y in zip(a, b, strict=True))
+            else:
+                gone = rng.sample(ids, rng.randrange(1, 4))
+                tv.delete([x for x, _ in gone])
+                ft.delete([y for _, y in gone])
+                ids = [p for p in ids if p not in gone]
+            query = " ".join(rng.sample(WORDS, 2))
+            got, want = _lexical(tv, query), _lexical(ft, query)
+            # every matching memory is a candidate (limit above the matches), both ways
+            assert set(got) == set(want), step
+        assert _serving(tv), "the index never took over"
+        # scores are BM25 in both (idf aside, which only scales a one-word query's
+        # scores): the same order, once tantivy holds every row
+        _index(tv).tail = 0
+        for word in WORDS[:10]:
+            got, want = _lexical(tv, word), _lexical(ft, word)
+            assert sorted(got, key=lambda c: (-round(got[c], 4), c)) == sorted(
+                want, key=lambda c: (-round(want[c], 4), c)
+            )
+
+
+def test_a_new_memory_is_found_at_once(tmp_path: Path, make_mem: Any) -> None:
+    with make_mem(tmp_path / "t", **SMALL, keyword_weight=1.0, late_weight=0.0) as mem:
+        mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(1), 40)])
+        assert _lexical(mem, "w1")  # builds the index
+        assert _serving(mem)
+        mem.add("the zeppelin landed", SCOPE)
+        # above the mark: FTS5 answers for it until the tail is indexed
+        assert "the zeppelin landed" in _lexical(mem, "zeppelin")
+        top = mem.search("zeppelin", SCOPE, k=1, learn=False, spread=False)
+        assert top[0].content == "the zeppelin landed"
+
+
+def test_a_deleted_memory_is_gone_and_a_rewritten_one_matches_its_new_text(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    with make_mem(tmp_path / "t", **SMALL) as mem:
+        mems = mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(2), 40)])
+        mem.add_many([NewMemory(f"filler {i} w1", SCOPE) for i in range(10)])
+        old = mem.add("the quokka smiled", SCOPE)
+        mem.add_many([NewMemory(f"filler more {i}", SCOPE) for i in range(10)])
+        assert "the quokka smiled" in _lexical(mem, "quokka")
+        assert old.content == "the quokka smiled"
+        mem.delete(mems[0].id)
+        first = mems[0].content.split()[-1]
+        assert _lexical(mem, first) == {}
+
+        # a rewrite in place (consolidation's update_fact): logged by the trigger
+        def rewrite(c: Core) -> None:
+            n = c.store.db.execute("SELECT n FROM memories WHERE id = ?", (old.id,)).fetchone()[0]
+            row = c.store.rows_by_n([n])[n]
+            tags = c.store.db.execute(
+                "SELECT tags FROM memories_fts WHERE rowid = ?", (n,)
+            ).fetchone()[0]
+            with c.store.tx() as db:
+                c.store.update_fact(
+                    db,
+                    row,
+                    content="the wombat slept",
+                    search_text="the wombat slept",
+                    tags=tags,
+                    provenance="[]",
+                    event_time=row.event_time,
+                    embedding=row.embedding or b"",
+                )
+
+        mem._call(rewrite)
+        assert _lexical(mem, "quokka") == {}
+        assert set(_lexical(mem, "wombat")) == {"the wombat slept"}
+        assert (
+            mem._call(
+                lambda c: c.store.db.execute("SELECT COUNT(*) FROM lexical_log").fetchone()[0]
+            )
+            == 0
+        )
+
+
+def test_small_stores_never_build_it(mem: HelaMemory, tmp_path: Path) -> None:
+    mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(3), 30)])
+    assert mem.search("w1 w2", SCOPE, k=3)
+    assert not (tmp_path / "store" / "lexical").exists()
+    # nor log anything: the trigger waits for the index
+    assert (
+        mem._call(lambda c: c.store.db.execute("SELECT COUNT(*) FROM lexical_log").fetchone()[0])
+        == 0
+    )
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "other-version"])
+def test_a_lost_or_damaged_index_is_rebuilt(tmp_path: Path, make_mem: Any, damage: str) -> None:
+    path = tmp_path / "t"
+    texts = _texts(random.Random(4), 40)
+    with make_mem(path, **SMALL) as mem:
+        mem.add_many([NewMemory(t, SCOPE) for t in texts])
+        before = _lexical(mem, "w3 w4")
+        assert _serving(mem) and before
+    lx_dir = path / "lexical"
+    if damage == "deleted":
+        import shutil
+
+        shutil.rmtree(lx_dir)
+    elif damage == "garbage":
+        (lx_dir / "meta.json").write_text("{ not json")
+    else:
+        meta = json.loads((lx_dir / "meta.json").read_text())
+        meta["schema"] = meta["schema"][:1]  # an index another version wrote
+        (lx_dir / "meta.json").write_text(json.dumps(meta))
+    with make_mem(path, **SMALL) as mem:
+        assert _lexical(mem, "w3 w4") == pytest.approx(before)
+        assert _serving(mem)
+
+
+def _child(path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        from conftest import make_memory
+        from helamem.core import NewMemory
+        mem = make_memory(__import__("pathlib").Path({str(path)!r}),
+                          lexical_index_min=20, lexical_index_tail=3)
+        """
+    ) + textwrap.dedent(body)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_a_killed_holder_leaves_a_usable_index(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "t"
+    out = _child(
+        path,
+        """
+        mem.add_many([NewMemory(f"w1 killed {i}", ("u",)) for i in range(40)])
+        mem.search("w1", ("u",), k=3)               # builds and commits the index
+        mem.add_many([NewMemory(f"w1 after {i}", ("u",)) for i in range(5)])
+        gone = mem.search("killed", ("u",), k=1)[0].memory.id
+        mem.delete(gone)                            # logged, applied at the next search
+        print(gone, flush=True)
+        os._exit(0)                                 # no close: as a SIGKILL would
+        """,
+    )
+    assert out.returncode == 0, out.stderr
+    gone = out.stdout.strip()
+    with make_mem(path, **SMALL) as mem:
+        got = _lexical(mem, "w1 killed after")
+        assert _serving(mem)
+        assert (
+            gone not in {m.id for m in mem.get_many([]) or []} if hasattr(mem, "get_many") else True
+        )
+    with make_mem(path, lexical_index="fts5") as plain:  # FTS5 on the same file
+        want = _lexical(plain, "w1 killed after")
+    assert set(got) == set(want) and len(got) == 44
+
+
+def test_another_process_holding_the_index_costs_nothing_but_speed(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    path = tmp_path / "t"
+    with make_mem(path, **SMALL) as holder:
+        holder.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(5), 40)])
+        assert _lexical(holder, "w5")
+        assert _serving(holder)
+        # a second process writes, deletes and searches meanwhile (FTS5 for it)
+        out = _child(
+            path,
+            """
+            mem.add_many([NewMemory(f"w5 from the child {i}", ("u",)) for i in range(5)])
+            hits = [h for h in mem.search("child", ("u",), k=10, learn=False)
+                    if "from the child" in h.content]
+            assert len(hits) == 5, len(hits)
+            mem.delete([h.memory.id for h in hits][:2])
+            lx = mem._call(lambda c: c.lexical_index)
+            print(lx.held_elsewhere, flush=True)
+            mem.close()
+            """,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "True"
+        # the holder sees the child's writes and deletes
+        child = {c for c in _lexical(holder, "child") if "from the child" in c}
+        assert len(child) == 3
+    with make_mem(path, lexical_index="fts5") as plain:
+        want = _lexical(plain, "w5 child")
+    with make_mem(path, **SMALL) as again:
+        assert set(_lexical(again, "w5 child")) == set(want)
+
+
+def test_reindex_rebuilds_it(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "t"
+    with make_mem(path, **SMALL) as mem:
+        mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(6), 40)])
+        before = _lexical(mem, "w7 w8")
+        mem.reindex()
+        assert _lexical(mem, "w7 w8") == pytest.approx(before)
+        assert _serving(mem)
+
+
+def test_a_second_store_waits_its_turn_then_takes_over(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "t"
+    first = make_mem(path, **SMALL)
+    first.open()
+    first.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(8), 40)])
+    want = _lexical(first, "w9 w10")
+    assert _serving(first)
+    with make_mem(path, **SMALL) as second:  # same directory, same process
+        assert set(_lexical(second, "w9 w10")) == set(want)
+        assert _index(second).held_elsewhere and not _serving(second)
+        first.close()
+        _index(second)._retry_at = 0.0  # instead of waiting RETRY_S
+        assert set(_lexical(second, "w9 w10")) == set(want)
+        assert _serving(second) and not _index(second).held_elsewhere
+
+
+class _BrokenSearcher:
+    """Tantivy failing as it does (ValueError), e.g. a segment file gone from disk."""
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Failed to open file for read: segment gone")
+
+
+def test_a_failing_index_falls_back_to_fts5(tmp_path: Path, make_mem: Any) -> None:
+    with make_mem(tmp_path / "t", **SMALL) as mem:
+        mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(9), 40)])
+        want = _lexical(mem, "w11 w12")
+        assert _serving(mem)
+        _index(mem)._searcher = _BrokenSearcher()
+        assert _lexical(mem, "w11 w12").keys() == want.keys()
+        assert mem.search("w11 w12", SCOPE, k=3, learn=False)
