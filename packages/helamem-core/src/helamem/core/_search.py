@@ -281,27 +281,28 @@ class SearchOps(LearningOps):
         if not match:
             return {}
         m = max(self.config.retrieval.candidates, k)
+        if self._holding is None:
+            self._holding = self.store.holding()
         tag = None if node is None else scope_tag(node, kind)
+        # Everything of this kind lies under the prefix (single-tenant stores): FTS5
+        # skips the scope filter (an AND with every posting of the scope) and
+        # over-fetches; rows of another scope or kind are dropped by the caller.
+        covers = tag is None or self._holding.get(kind, set()) <= set(nodes)
         lx = self.lexical_index
         if lx is not None:
             try:
                 mark = lx.prepare(self.store, self.store.fts_rows())
                 if mark is not None:
-                    # tantivy up to its mark (its scope filter costs little, so no
+                    # tantivy up to its mark (its scope filter costs little: no
                     # over-fetch), FTS5 above it (the newest few): the best of both
                     limit = m if tag is not None else 2 * m
                     found = lx.search(terms, tag, limit)
-                    found += self.store.lexical(match, tag, limit, after=mark)
+                    found += self.store.lexical(match, None if covers else tag, limit, after=mark)
                     found.sort(key=lambda p: (-p[1], p[0]))
                     return dict(found[:limit])
             except StorageError as exc:  # derived: FTS5 answers, the next search tries again
                 logger.warning("lexical index failed, FTS5 answers: %s", exc)
-        if self._holding is None:
-            self._holding = self.store.holding()
-        if tag is None or self._holding.get(kind, set()) <= set(nodes):
-            # Everything of this kind lies under the prefix (single-tenant stores):
-            # skip FTS5's scope filter (an AND with every posting of the scope) and
-            # over-fetch; rows of another scope or kind are dropped by the caller.
+        if covers:
             return dict(self.store.lexical(match, None, 2 * m))
         return dict(self.store.lexical(match, tag, m))
 

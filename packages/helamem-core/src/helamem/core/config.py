@@ -224,7 +224,7 @@ class RetrievalConfig(_Frozen):
     query_cache: int = Field(64, ge=0)
     lexical_index: Literal["auto", "fts5"] = "auto"
     lexical_index_min: int = Field(50_000, ge=1)
-    lexical_index_tail: int = Field(2_000, ge=0, le=100_000)
+    lexical_index_tail: int = Field(1_000, ge=0, le=100_000)
 
 
 class EmbedderConfig(_Frozen):

@@ -108,7 +108,7 @@ class LexicalIndex:
         path: Path,
         *,
         min_rows: int = 50_000,
-        tail: int = 2_000,
+        tail: int = 1_000,
         chunk: int = 50_000,
         heap_bytes: int = 32_000_000,
     ) -> None:
@@ -308,11 +308,10 @@ class LexicalIndex:
                         )
                     )
                 self._seq, changed = top, True
-            above = db.execute(
-                "SELECT COUNT(*) FROM (SELECT n FROM memories WHERE n > ? LIMIT ?)",
-                (self._mark, self.tail + 1),
-            ).fetchone()[0]
-            if above > self.tail:
+            # an upper bound on the rows above the mark (deleted keys leave gaps),
+            # read from the key's b-tree in O(log n)
+            head = db.execute("SELECT COALESCE(MAX(n), 0) FROM memories").fetchone()[0]
+            if head - self._mark > self.tail:
                 rows = db.execute(
                     "SELECT rowid, content, tags FROM memories_fts WHERE rowid > ? "
                     "ORDER BY rowid LIMIT ?",
