@@ -339,10 +339,11 @@ class SearchOps(LearningOps):
             return None
         pool = self._pool(rows, qv, lex, qtok)
         ref = retrieval.reference_time(pool, ref_given)
-        ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref, lexical_mass=mass)
+        ranking: retrieval.Ranking | None = None
         prunable: list[tuple[int, int]] = []
         if spread and cfg.activation_alpha > 0 and cfg.max_flipped > 0:
-            seeds = retrieval.seeds(ranking.base, cfg)
+            # the seeds need only base activations; the pool is ranked once, below
+            seeds = retrieval.seeds(retrieval.base_activations(pool, cfg, ref), cfg)
             triples, prunable = self._seed_edges(seeds, rows)
             if triples:
                 extra_ns = {j for _, j, _ in triples if j not in rows}
@@ -361,6 +362,8 @@ class SearchOps(LearningOps):
                     neighbours=self._pool(extra, qv, {}, qtok),
                     lexical_mass=mass,
                 )
+        if ranking is None:  # no spreading, or no edge from a seed
+            ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref, lexical_mass=mass)
         return ranking, rows, self._hits(ranking, rows, pool, qv, lex), prunable
 
     def _pool(

@@ -185,8 +185,10 @@ class RetrievalConfig(_Frozen):
             derived from SQLite and rebuilt from it when lost (see
             :mod:`helamem.core.storage.lexical`); ``"fts5"``: FTS5 always.
         lexical_index_min: FTS5 rows from which ``"auto"`` builds and uses the
-            tantivy index. Below it FTS5 is fast (a few ms at 50,000) and its
-            BM25 is exact; LoCoMo's stores (4,000 turns) stay below it.
+            tantivy index (the add or search that crosses it builds it, about
+            a second per 50,000 memories). Below it FTS5 is fast (a few ms at
+            50,000) and its BM25 is exact; LoCoMo's stores (4,000 turns) stay
+            below it.
         lexical_index_tail: Newest memories searched in FTS5 before the
             tantivy index takes them (a tantivy commit syncs to disk, about
             16 ms, so it is paid once per this many new memories).

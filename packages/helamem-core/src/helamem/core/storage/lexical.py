@@ -14,12 +14,13 @@ derived from it, like the vector index:
   above the mark are exactly the ones not yet here), minus what changed since:
   every delete or rewrite of a memory appends its key to ``lexical_log``
   (an SQLite trigger, so every process logs, in the same transaction).
-* **Freshness.** A search first applies the log and, when more than
-  ``lexical_index_tail`` rows lie above the mark, adds them (at most
-  ``chunk`` a search; while more are missing FTS5 answers instead). The few
-  rows above the mark are searched in FTS5 (``rowid > mark``), so a memory is
-  found lexically as soon as its ``add`` returns, and a tantivy commit (about
-  16 ms, it syncs to disk) is paid once per ``lexical_index_tail`` rows.
+* **Freshness.** Every add and search of the holder first applies the log
+  and, when more than ``lexical_index_tail`` rows lie above the mark, adds
+  them (at most ``chunk`` at a time, about a second per 50,000; while more
+  are missing FTS5 answers instead). The few rows above the mark are
+  searched in FTS5 (``rowid > mark``), so a memory is found lexically as
+  soon as its ``add`` returns, and a tantivy commit (about 16 ms, it syncs
+  to disk) is paid once per ``lexical_index_tail`` rows.
 * **Crashes.** The mark and the log position are stored *in* the index (a
   document with key 0) and commit with it atomically. A killed process leaves
   the last commit; the next holder carries on from its mark. An index that
