@@ -296,3 +296,74 @@ def test_a_failing_index_falls_back_to_fts5(tmp_path: Path, make_mem: Any) -> No
         _index(mem)._searcher = _BrokenSearcher()
         assert _lexical(mem, "w11 w12").keys() == want.keys()
         assert mem.search("w11 w12", SCOPE, k=3, learn=False)
+
+
+def test_an_older_copy_of_the_store_file_gets_a_rebuilt_index(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    """A backup restored under a newer index reuses keys the index holds: rebuilt."""
+    import shutil
+
+    path = tmp_path / "t"
+    with make_mem(path, **SMALL) as mem:
+        mem.add_many([NewMemory(f"alpha w1 early {i}", SCOPE) for i in range(40)])
+    backup = tmp_path / "backup.sqlite3"
+    shutil.copy(path / "helamem.sqlite3", backup)
+    with make_mem(path, **SMALL) as mem:
+        mem.add_many([NewMemory(f"gamma w1 later {i}", SCOPE) for i in range(30)])
+        assert len(_lexical(mem, "gamma")) == 30 and _serving(mem)
+    for suffix in ("", "-wal", "-shm"):
+        (path / f"helamem.sqlite3{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, path / "helamem.sqlite3")
+    with make_mem(path, **SMALL) as mem:
+        mem.add_many([NewMemory(f"beta w1 restored {i}", SCOPE) for i in range(12)])
+        assert len(_lexical(mem, "beta")) == 12  # keys the old index held
+        assert _lexical(mem, "gamma") == {}  # rows this file never had
+        assert _serving(mem)
+
+
+def test_an_index_beside_another_stores_file_is_rebuilt(tmp_path: Path, make_mem: Any) -> None:
+    import shutil
+
+    with make_mem(tmp_path / "a", **SMALL) as a:
+        a.add_many([NewMemory(f"apple w2 {i}", SCOPE) for i in range(40)])
+        assert _lexical(a, "apple") and _serving(a)
+    with make_mem(tmp_path / "b", **SMALL) as b:
+        b.add_many([NewMemory(f"banana w2 {i}", SCOPE) for i in range(50)])
+    shutil.rmtree(tmp_path / "b" / "lexical", ignore_errors=True)
+    shutil.copytree(tmp_path / "a" / "lexical", tmp_path / "b" / "lexical")
+    with make_mem(tmp_path / "b", **SMALL) as b:
+        assert _lexical(b, "apple") == {}
+        assert len(_lexical(b, "banana")) == 50
+        assert _serving(b)
+
+
+class _FailingCommits:
+    """A tantivy writer whose next commit fails (as on a full disk), then works."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.fail = inner, True
+
+    def commit(self) -> Any:
+        if self.fail:
+            self.fail = False
+            raise ValueError("An IO error occurred: No space left on device")
+        return self.inner.commit()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_failed_commit_loses_no_row(tmp_path: Path, make_mem: Any) -> None:
+    with make_mem(tmp_path / "t", **SMALL) as mem:
+        mem.add_many([NewMemory(f"first w3 {i}", SCOPE) for i in range(40)])
+        assert len(_lexical(mem, "first")) == 40 and _serving(mem)
+        lx = _index(mem)
+        lx._writer = _FailingCommits(lx._writer)
+        before = lx._mark
+        # the add's catch-up fails: logged, the add stands, the mark stays
+        mem.add_many([NewMemory(f"second w3 {i}", SCOPE) for i in range(10)])
+        assert lx._mark == before
+        assert len(_lexical(mem, "second")) == 10  # retried at the search, or FTS5's tail
+        assert len(_lexical(mem, "first second")) == 50
+        assert lx._mark > before

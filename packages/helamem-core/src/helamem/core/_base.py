@@ -171,10 +171,14 @@ class CoreBase:
         if self._aux_pool is not None:
             self._aux_pool.shutdown(wait=True)
             self._aux_pool = None
-        self.index.close()
-        if self.lexical_index is not None:
-            self.lexical_index.close()
-        self.store.close()
+        try:
+            self.index.close()
+        finally:
+            try:
+                if self.lexical_index is not None:
+                    self.lexical_index.close()
+            finally:
+                self.store.close()
 
     def _check_embedder(self) -> None:
         """Refuse vectors of another embedder, or switch to this one (see :class:`Core`)."""

@@ -295,11 +295,14 @@ class SearchOps(LearningOps):
                 if mark is not None:
                     # tantivy up to its mark (its scope filter costs little: no
                     # over-fetch), FTS5 above it (the newest few): the best of both
+                    # (the tail, unfiltered where the prefix covers every scope, may
+                    # hold rows the caller drops: it is kept whole, not cut to m)
                     limit = m if tag is not None else 2 * m
-                    found = lx.search(terms, tag, limit)
-                    found += self.store.lexical(match, None if covers else tag, limit, after=mark)
-                    found.sort(key=lambda p: (-p[1], p[0]))
-                    return dict(found[:limit])
+                    found = dict(
+                        self.store.lexical(match, None if covers else tag, limit, after=mark)
+                    )
+                    found.update(lx.search(terms, tag, limit))
+                    return found
             except StorageError as exc:  # derived: FTS5 answers, the next search tries again
                 logger.warning("lexical index failed, FTS5 answers: %s", exc)
         if covers:

@@ -22,14 +22,23 @@ derived from it, like the vector index:
   soon as its ``add`` returns, and a tantivy commit (about 16 ms, it syncs
   to disk) is paid once per ``lexical_index_tail`` rows.
 * **Crashes.** The mark and the log position are stored *in* the index (a
-  document with key 0) and commit with it atomically. A killed process leaves
-  the last commit; the next holder carries on from its mark. An index that
-  does not open (deleted, damaged, another version) is rebuilt from FTS5.
-* **Processes.** One process holds the index (``lexical.lock`` beside it, an
-  OS file lock released if the process dies; tantivy's own writer lock
-  besides). The first process to need the index holds it; the others search
-  FTS5, exactly as before, never wait, and try to take it over every
-  ``RETRY_S`` seconds (so when the holder exits, another one carries on).
+  document with key 0) and commit with it atomically; they advance only once
+  that commit succeeded (a failed commit is rolled back). A killed process
+  leaves the last commit; the next holder carries on from its mark. An index
+  that does not open (deleted, damaged, another version) is rebuilt from FTS5.
+* **Another SQLite file.** The state document also holds the store's key
+  (a random number in its ``meta`` table, written when the index is first
+  built): an index met beside another store's file, or beside a backup older
+  than the index (a mark above the store's highest key ever given, a log
+  position above its log's), is rebuilt, never served.
+* **Processes.** One store holds the index: one per process (a claim in
+  this module) and one per machine (``lexical.lock`` beside it, an OS file
+  lock released if the process dies; tantivy's own writer lock besides).
+  The first store to need the index holds it; the others search FTS5,
+  exactly as before, never wait, and try to take it over every ``RETRY_S``
+  seconds (so when the holder closes or exits, another one carries on).
+  Only the holder applies and empties the log; while no store holds the
+  index, each delete or rewrite leaves one small row in it.
 
 Scores are tantivy's BM25 (k1 1.2, b 0.75, Lucene's idf
 :math:`\\ln(1 + (N - n + 0.5)/(n + 0.5))`, the idf of
@@ -41,8 +50,10 @@ in its idf for common words and Porter's original stemmer.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,9 +73,12 @@ VERSION = 1
 """Bumped when the schema or analysis changes: an index of another version is rebuilt."""
 
 RETRY_S = 30.0
-"""While another process holds the index, how often (seconds) to try to take it over."""
+"""While another store holds the index, how often (seconds) to try to take it over."""
 
 _STATE = 0  # the key of the document holding the mark (memory keys start at 1)
+
+_claims_guard = threading.Lock()
+_claimed: set[str] = set()  # index directories held by a store of this process
 
 
 def _schema() -> Any:
@@ -72,9 +86,8 @@ def _schema() -> Any:
     sb.add_text_field("content", stored=False, tokenizer_name="helamem")
     sb.add_text_field("tags", stored=False, tokenizer_name="default")
     sb.add_unsigned_field("n", stored=False, indexed=True, fast=True)
-    sb.add_unsigned_field("mark", stored=False, indexed=False, fast=True)
-    sb.add_unsigned_field("seq", stored=False, indexed=False, fast=True)
-    sb.add_unsigned_field("version", stored=False, indexed=False, fast=True)
+    for state in ("mark", "seq", "version", "store"):
+        sb.add_unsigned_field(state, stored=False, indexed=False, fast=True)
     return sb.build()
 
 
@@ -97,8 +110,8 @@ class LexicalIndex:
 
     Args:
         path: The index's directory (created when needed).
-        min_rows: Below this many FTS5 rows the index is not built and
-            :meth:`prepare` returns None (FTS5 is fast there).
+        min_rows: Below this many FTS5 rows no index is built and :meth:`prepare`
+            returns None (FTS5 is fast there); once held, an index keeps serving.
         tail: Rows above the mark that FTS5 serves before they are added.
         chunk: Rows added per :meth:`prepare` while catching up.
         heap_bytes: Tantivy's indexing memory (at least 15 MB).
@@ -118,35 +131,40 @@ class LexicalIndex:
         self.tail = tail
         self.chunk = chunk
         self.heap_bytes = heap_bytes
+        self._key = str(path.absolute())
         self._index: Any = None
         self._writer: Any = None
         self._searcher: Any = None
-        self._analyzer: Any = None
-        self._schema: Any = None
+        self._analyzer = _analyzer()
+        self._schema = _schema()
         self._mark = 0  # every FTS5 row with n <= mark is here (log applied to seq)
         self._seq = 0
-        self._caught_up = False
+        self._store_id = 0  # the store whose rows these are (0: none yet)
+        self._checked = False  # the state was checked against the store since opening
         self._lock = ProcessLock(path.parent / "lexical.lock")
-        self._retry_at = 0.0  # while another process holds it: when to try again
+        self._retry_at = 0.0  # while another store holds it: when to try again
         self.held_elsewhere = False  # another process (or store) holds the index
 
     # -- lifecycle -------------------------------------------------------
 
     def _open(self) -> bool:
-        """Take the index (its lock, then tantivy's writer), opening, creating or
-        rebuilding it; False while another process (or store) holds it."""
+        """Take the index (this process's claim, the machine's lock, tantivy's
+        writer), opening, creating or rebuilding it; False while another store
+        holds it."""
         if self._writer is not None:
             return True
         now = time.monotonic()
         if now < self._retry_at:
             return False
-        # our lock first: only its holder may delete or rebuild the directory
-        if not self._lock.try_acquire():
+        with _claims_guard:
+            claimed = self._key not in _claimed and self._lock.try_acquire()
+            if claimed:
+                _claimed.add(self._key)
+        if not claimed:
             self.held_elsewhere, self._retry_at = True, now + RETRY_S
             return False
         try:
-            self._schema = _schema()
-            self._analyzer = _analyzer()
+            # only the holder gets here, so only it may delete or rebuild the directory
             try:
                 index = self._load()
             except ValueError as exc:  # damaged or foreign: derived, so rebuilt
@@ -157,31 +175,30 @@ class LexicalIndex:
             try:
                 writer = index.writer(heap_size=self.heap_bytes, num_threads=1)
             except ValueError as exc:
-                if "lock" not in str(exc).lower():
-                    raise StorageError(
-                        f"cannot open the lexical index at {self.path}: {exc}; delete the "
-                        f"directory (it is rebuilt from the store) or set "
-                        f"RetrievalConfig(lexical_index='fts5')"
-                    ) from exc
-                # another store of this process holds it (the lock is shared in-process)
-                self.held_elsewhere, self._retry_at = True, now + RETRY_S
-                self._lock.release()
-                return False
+                raise StorageError(
+                    f"cannot open the lexical index at {self.path}: {exc}; delete the "
+                    f"directory (it is rebuilt from the store) or set "
+                    f"RetrievalConfig(lexical_index='fts5')"
+                ) from exc
         except BaseException:
-            self._lock.release()
+            self._release()
             raise
         self.held_elsewhere = False
         self._index, self._writer = index, writer
         self._read_state()
         return True
 
+    def _release(self) -> None:
+        with _claims_guard:
+            _claimed.discard(self._key)
+            self._lock.release()
+
     def _load(self) -> Any:
         if not (self.path / "meta.json").exists():
             return None
         index = tantivy.Index(self._schema, path=str(self.path), reuse=True)
         index.register_tokenizer("helamem", self._analyzer)
-        searcher = index.searcher()
-        version = self._state_field(searcher, "version")
+        version = self._state_field(index.searcher(), "version")
         if version != VERSION:
             logger.info("lexical index version %s, not %s; rebuilding", version, VERSION)
             return None
@@ -195,10 +212,10 @@ class LexicalIndex:
         return index
 
     def close(self) -> None:
-        """Release the writer and the lock; committed work stays."""
+        """Release the writer, the claim and the lock; committed work stays."""
         writer, self._writer = self._writer, None
         self._index = self._searcher = None
-        self._caught_up = False
+        self._checked = False
         if writer is None:
             return
         try:
@@ -206,20 +223,26 @@ class LexicalIndex:
         except ValueError as exc:  # a failed merge: the committed segments stand
             logger.warning("lexical index %s: merging failed at close: %s", self.path, exc)
         finally:
-            self._lock.release()
+            self._release()
 
     def drop(self) -> None:
         """Forget everything (``helamem reindex``): rebuilt from FTS5 when next needed.
 
-        A no-op where no index exists, or while another process holds it.
+        A no-op where no index exists, or while another store holds it.
+
+        Raises:
+            StorageError: The index could not be emptied.
         """
         if self._writer is None and not (self.path / "meta.json").exists():
             return
-        if not self._open():
-            return
-        self._writer.delete_all_documents()
-        self._mark = self._seq = 0
-        self._commit()
+        try:
+            if not self._open():
+                return
+            self._writer.delete_all_documents()
+            self._commit(0, 0, self._store_id)
+        except (ValueError, OSError) as exc:
+            self._abandon()
+            raise StorageError(f"lexical index at {self.path}: emptying failed: {exc}") from exc
 
     # -- state -------------------------------------------------------------
 
@@ -235,21 +258,35 @@ class LexicalIndex:
         searcher = self._index.searcher()
         self._mark = self._state_field(searcher, "mark") or 0
         self._seq = self._state_field(searcher, "seq") or 0
+        self._store_id = self._state_field(searcher, "store") or 0
         self._searcher = searcher
 
-    def _commit(self) -> None:
-        """Commit the added rows with the new mark, in one atomic tantivy commit."""
+    def _commit(self, mark: int, seq: int, store_id: int) -> None:
+        """Commit what was added with the new state, in one atomic tantivy commit;
+        the state in memory follows only once it succeeded."""
         w = self._writer
         w.delete_documents_by_query(tantivy.Query.term_query(self._schema, "n", _STATE))
         doc = tantivy.Document()
         doc.add_unsigned("n", _STATE)
-        doc.add_unsigned("mark", self._mark)
-        doc.add_unsigned("seq", self._seq)
+        doc.add_unsigned("mark", mark)
+        doc.add_unsigned("seq", seq)
         doc.add_unsigned("version", VERSION)
+        doc.add_unsigned("store", store_id)
         w.add_document(doc)
         w.commit()
+        self._mark, self._seq, self._store_id = mark, seq, store_id
         self._index.reload()
         self._searcher = self._index.searcher()
+
+    def _abandon(self) -> None:
+        """After a failure: drop what was staged and go back to the last commit."""
+        try:
+            self._writer.rollback()
+            self._read_state()
+        except (ValueError, OSError, AttributeError) as exc:  # the writer is gone: start over
+            logger.warning("lexical index %s: closing after a failure: %s", self.path, exc)
+            self.close()
+        self._checked = False
 
     # -- keeping up with SQLite ---------------------------------------------
 
@@ -259,11 +296,12 @@ class LexicalIndex:
         Applies logged deletes and rewrites, then adds rows above the mark when
         more than ``tail`` wait (at most ``chunk`` now). Returns the mark (rows
         above it are FTS5's to search), or None when this index does not serve:
-        fewer than ``min_rows`` rows, another process holds it, or it is still
-        catching up.
+        fewer than ``min_rows`` rows and none held, another store holds it, or
+        it is still catching up.
 
         Raises:
-            StorageError: The index or the store could not be read or written.
+            StorageError: The index or the store could not be read or written
+                (what was staged is rolled back; the last commit stands).
         """
         if fts_rows < self.min_rows and self._writer is None:
             return None
@@ -272,27 +310,61 @@ class LexicalIndex:
                 return None
             return self._catch_up(store)
         except (ValueError, OSError) as exc:
+            self._abandon()
             raise StorageError(f"lexical index at {self.path} failed: {exc}") from exc
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError) as exc:
+            self._abandon()
+            if isinstance(exc, StorageError):
+                raise
             raise StorageError(f"lexical index: reading the store failed: {exc}") from exc
 
-    def _catch_up(self, store: SQLiteConnection) -> int | None:
-        if not self._caught_up:
-            # from now on every process logs deletes and rewrites (the trigger's
-            # condition); the log and the rows are then read in one snapshot
-            with store.tx() as db:
-                db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('lexical_index', '1')")
+    def _check(self, store: SQLiteConnection) -> int:
+        """The store's key (made on first use); an index of another store, or of a
+        later state than this file's, is emptied (rebuilt from here)."""
         db = store.db
-        changed = partial = False
+        row = db.execute("SELECT value FROM meta WHERE key = 'lexical_index'").fetchone()
+        if row is None or not str(row[0]).isdigit() or int(row[0]) == 0:
+            # from now on every process logs deletes and rewrites (the triggers'
+            # condition); the rows are read later, in a snapshot that follows it
+            with store.tx() as wdb:
+                wdb.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('lexical_index', ?)",
+                    (str(secrets.randbits(62) + 1),),
+                )
+            row = db.execute("SELECT value FROM meta WHERE key = 'lexical_index'").fetchone()
+        store_id = int(row[0])
+        given = dict(db.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+        stale = (
+            (self._store_id not in (0, store_id))
+            or self._mark > int(given.get("memories", 0))
+            or self._seq > int(given.get("lexical_log", 0))
+        )
+        if stale:
+            logger.warning(
+                "lexical index at %s belongs to another or a later store file; rebuilding",
+                self.path,
+            )
+            self._writer.delete_all_documents()
+            self._commit(0, 0, store_id)
+        elif self._store_id == 0 and self._mark == 0:
+            self._store_id = store_id
+        return store_id
+
+    def _catch_up(self, store: SQLiteConnection) -> int | None:
+        if not self._checked:
+            self._check(store)
+            self._checked = True
+        db = store.db
+        mark, seq, changed = self._mark, self._seq, False
         db.execute("BEGIN")  # a read snapshot: the log and the rows agree
         try:
             top = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM lexical_log").fetchone()[0])
-            if top > self._seq:
+            if top > seq:
                 ns = [
                     int(r[0])
                     for r in db.execute(
                         "SELECT DISTINCT n FROM lexical_log WHERE seq > ? AND n <= ?",
-                        (self._seq, self._mark),
+                        (seq, mark),
                     )
                 ]
                 if ns:  # rows above the mark are read whole when added
@@ -308,27 +380,28 @@ class LexicalIndex:
                             part,
                         )
                     )
-                self._seq, changed = top, True
+                seq, changed = top, True
             # an upper bound on the rows above the mark (deleted keys leave gaps),
             # read from the key's b-tree in O(log n)
             head = db.execute("SELECT COALESCE(MAX(n), 0) FROM memories").fetchone()[0]
-            if head - self._mark > self.tail:
+            partial = False
+            if head - mark > self.tail:
                 rows = db.execute(
                     "SELECT rowid, content, tags FROM memories_fts WHERE rowid > ? "
                     "ORDER BY rowid LIMIT ?",
-                    (self._mark, self.chunk),
+                    (mark, self.chunk),
                 ).fetchall()
                 if rows:
                     self._add(rows)
-                    self._mark, changed = int(rows[-1][0]), True
+                    mark, changed = int(rows[-1][0]), True
                 partial = len(rows) == self.chunk  # more to come: FTS5 serves meanwhile
         finally:
             db.execute("COMMIT")
         if changed:
-            self._commit()
-            with store.tx() as wdb:  # applied and committed: the log is not needed
-                wdb.execute("DELETE FROM lexical_log WHERE seq <= ?", (self._seq,))
-        self._caught_up = not partial
+            self._commit(mark, seq, self._store_id)
+            if top > 0:
+                with store.tx() as wdb:  # applied and committed: the log is not needed
+                    wdb.execute("DELETE FROM lexical_log WHERE seq <= ?", (seq,))
         return None if partial else self._mark
 
     def _add(self, rows: Any) -> None:

@@ -277,6 +277,8 @@ def statements(script: str) -> list[str]:
             if part.strip(" \n;"):
                 out.append(part.strip())
             part = ""
+    if part.strip(" \n;"):
+        raise ValueError(f"an unfinished SQL statement: {part.strip()[:80]!r}")
     return out
 
 
