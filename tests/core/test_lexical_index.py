@@ -367,3 +367,24 @@ def test_a_failed_commit_loses_no_row(tmp_path: Path, make_mem: Any) -> None:
         assert len(_lexical(mem, "second")) == 10  # retried at the search, or FTS5's tail
         assert len(_lexical(mem, "first second")) == 50
         assert lx._mark > before
+
+
+def test_an_unwritable_index_directory_costs_one_warning_not_a_flood(
+    tmp_path: Path, make_mem: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "t"
+    path.mkdir()
+    (path / "lexical").write_text("a file where the index's directory should be")
+    with make_mem(path, **SMALL) as mem, make_mem(tmp_path / "f", lexical_index="fts5") as ft:
+        texts = _texts(random.Random(10), 40)
+        mem.add_many([NewMemory(t, SCOPE) for t in texts])
+        ft.add_many([NewMemory(t, SCOPE) for t in texts])
+        with caplog.at_level("WARNING", logger="helamem"):
+            for q in ("w13 w14", "w15", "w16 w17", "w18"):
+                assert set(_lexical(mem, q)) == set(_lexical(ft, q))
+                mem.add("w13 one more", SCOPE)
+                ft.add("w13 one more", SCOPE)
+        assert not _serving(mem)
+        failures = [r for r in caplog.records if "lexical index" in r.getMessage()]
+        assert 1 <= len(failures) <= 2, [r.getMessage() for r in failures]
+        assert "lexical_index='fts5'" in failures[-1].getMessage()

@@ -178,13 +178,14 @@ class RetrievalConfig(_Frozen):
             left out still count in :func:`helamem.core.retrieval.relevance`'s
             lexical mass (as with ``lexical_max_df``), so where the budget
             binds a hit's relevance can only be lower, never higher.
-        lexical_index: ``"auto"``: above ``lexical_index_min`` memories the
+        lexical_index: ``"auto"``: from ``lexical_index_min`` memories the
             BM25 leg asks a tantivy index (block-max WAND: it skips postings
             that cannot reach the top, so its cost grows far slower than the
             store's) kept beside FTS5 in the data directory's ``lexical/``,
             derived from SQLite and rebuilt from it when lost (see
             :mod:`helamem.core.storage.lexical`); ``"fts5"``: FTS5 always.
-        lexical_index_min: FTS5 rows from which ``"auto"`` builds and uses the
+        lexical_index_min: Memories in the whole store (FTS5 rows: every
+            scope, facts too) from which ``"auto"`` builds and uses the
             tantivy index (the add or search that crosses it builds it, about
             a second per 50,000 memories). Below it FTS5 is fast (a few ms at
             50,000) and its BM25 is exact; LoCoMo's stores (4,000 turns) stay
