@@ -388,3 +388,15 @@ def test_an_unwritable_index_directory_costs_one_warning_not_a_flood(
         failures = [r for r in caplog.records if "lexical index" in r.getMessage()]
         assert 1 <= len(failures) <= 2, [r.getMessage() for r in failures]
         assert "lexical_index='fts5'" in failures[-1].getMessage()
+
+
+def test_reindex_goes_on_when_the_lexical_index_cannot_be_emptied(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    with make_mem(tmp_path / "t", **SMALL) as mem:
+        mem.add_many([NewMemory(f"kiwi w4 {i}", SCOPE) for i in range(40)])
+        assert len(_lexical(mem, "kiwi")) == 40 and _serving(mem)
+        lx = _index(mem)
+        lx._writer = _FailingCommits(lx._writer)
+        assert mem.reindex() == 40  # the vector index is rebuilt all the same
+        assert len(_lexical(mem, "kiwi")) == 40

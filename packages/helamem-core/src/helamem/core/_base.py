@@ -27,6 +27,7 @@ from .embeddings import Embedder, check_vectors, token_embedder
 from .errors import (
     EmbeddingError,
     InvalidInputError,
+    StorageError,
 )
 from .storage.base import EdgeRow, IndexLockedError, MemoryRow, VectorIndex
 from .storage.lexical import LexicalIndex
@@ -260,7 +261,10 @@ class CoreBase:
         """
         dim = self.embedder.dimension
         if self.lexical_index is not None:  # derived from FTS5 too: rebuilt when next needed
-            self.lexical_index.drop()
+            try:
+                self.lexical_index.drop()
+            except StorageError as exc:  # it must not stop the repair of the vector index
+                logger.warning("lexical index left as it is (rebuilt when it fails): %s", exc)
         if reembed:
             with self.store.tx() as db:
                 self.store.set_meta(

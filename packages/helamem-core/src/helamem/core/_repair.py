@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,8 @@ if TYPE_CHECKING:
     from ._base import CoreBase
 
 __all__ = ["RepairReport", "repair_derived"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,5 +86,8 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
         )
         store._fts_writes += 1  # the term statistics cache is stale
     if not vectors and core.lexical_index is not None:  # core.reindex drops it otherwise
-        core.lexical_index.drop()
+        try:
+            core.lexical_index.drop()
+        except StorageError as exc:  # derived: it must not stop the repair
+            logger.warning("lexical index left as it is (rebuilt when it fails): %s", exc)
     return RepairReport(rows, int(dropped), core.reindex(reembed) if vectors else 0)
