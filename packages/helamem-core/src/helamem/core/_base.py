@@ -253,6 +253,16 @@ class CoreBase:
             self.store.mark_indexed([(r.n, r.id) for r in done])
         return len(done)
 
+    def drop_lexical(self) -> None:
+        """Empty the tantivy BM25 index (derived from FTS5: rebuilt when next needed); a
+        failure is logged, never raised, so it cannot stop a repair."""
+        if self.lexical_index is None:
+            return
+        try:
+            self.lexical_index.drop()
+        except StorageError as exc:
+            logger.warning("lexical index left as it is (rebuilt when it fails): %s", exc)
+
     def reindex(self, reembed: bool = False) -> int:
         """Rebuild the vector index from SQLite (re-embedding when asked); returns rows.
 
@@ -260,11 +270,7 @@ class CoreBase:
             IndexLockedError: Another process holds the embedded index.
         """
         dim = self.embedder.dimension
-        if self.lexical_index is not None:  # derived from FTS5 too: rebuilt when next needed
-            try:
-                self.lexical_index.drop()
-            except StorageError as exc:  # it must not stop the repair of the vector index
-                logger.warning("lexical index left as it is (rebuilt when it fails): %s", exc)
+        self.drop_lexical()
         if reembed:
             with self.store.tx() as db:
                 self.store.set_meta(

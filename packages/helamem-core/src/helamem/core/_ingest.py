@@ -20,7 +20,6 @@ from .errors import (
 )
 from .ids import new_id
 from .storage.base import EdgeRow
-from .storage.sqlite import sqlite_errors
 from .text import keywords, safe_text
 from .types import (
     Kind,
@@ -216,9 +215,7 @@ class IngestOps(LearningOps):
             logger.warning("vector index update failed, will re-index on next use: %s", exc)
         if self.lexical_index is not None:  # keep a large store's BM25 index near the head
             try:
-                with sqlite_errors(self.config.path / "helamem.sqlite3", "counting rows failed"):
-                    rows_now = self.store.fts_rows()
-                self.lexical_index.prepare(self.store, rows_now)
+                self.lexical_index.prepare(self.store)
             except StorageError as exc:  # derived: the next search tries again
                 logger.warning("lexical index update failed, FTS5 serves meanwhile: %s", exc)
         return [self._memory(rows[i]) for i in ids]

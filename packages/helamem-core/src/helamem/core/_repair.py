@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,8 +12,6 @@ if TYPE_CHECKING:
     from ._base import CoreBase
 
 __all__ = ["RepairReport", "repair_derived"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +82,6 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
             " (SELECT 1 FROM memories m WHERE m.n = scopes.last_episode)"
         )
         store._fts_writes += 1  # the term statistics cache is stale
-    if not vectors and core.lexical_index is not None:  # core.reindex drops it otherwise
-        try:
-            core.lexical_index.drop()
-        except StorageError as exc:  # derived: it must not stop the repair
-            logger.warning("lexical index left as it is (rebuilt when it fails): %s", exc)
+    if not vectors:  # core.reindex drops it otherwise
+        core.drop_lexical()
     return RepairReport(rows, int(dropped), core.reindex(reembed) if vectors else 0)

@@ -291,7 +291,7 @@ class SearchOps(LearningOps):
         lx = self.lexical_index
         if lx is not None:
             try:
-                mark = lx.prepare(self.store, self.store.fts_rows())
+                mark = lx.prepare(self.store)
                 if mark is not None:
                     # tantivy up to its mark (its scope filter costs little: no
                     # over-fetch), FTS5 above it (the newest few): the best of both

@@ -256,7 +256,9 @@ def base_activation(
     return dynamics.activation(fused, rec, config.recency_weight)
 
 
-def base_activations(pool: Pool, config: RetrievalConfig, ref_time: float) -> dict[int, float]:
+def base_activations(
+    pool: Pool, config: RetrievalConfig, ref_time: float, norm: _Norm | None = None
+) -> dict[int, float]:
     """Every pool member's :func:`base_activation` (z-scored within the pool), by key:
     the ``base`` of :func:`rank` over the same pool, without ranking it.
 
@@ -267,7 +269,13 @@ def base_activations(pool: Pool, config: RetrievalConfig, ref_time: float) -> di
         True
     """
     a = base_activation(
-        pool.dense, pool.lexical, pool.event_times, _norm(pool), ref_time, config, pool.late
+        pool.dense,
+        pool.lexical,
+        pool.event_times,
+        _norm(pool) if norm is None else norm,
+        ref_time,
+        config,
+        pool.late,
     )
     return {n: float(v) for n, v in zip(pool.ns, a, strict=True)}
 
@@ -383,7 +391,7 @@ def rank(
             lexical evidence), for :func:`relevance`.
     """
     norm = _norm(pool)
-    base = base_activations(pool, config, ref_time)
+    base = base_activations(pool, config, ref_time, norm)
     rel = dict(
         zip(pool.ns, relevance(pool.dense, pool.lexical, lexical_mass).tolist(), strict=True)
     )

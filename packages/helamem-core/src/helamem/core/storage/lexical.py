@@ -67,7 +67,7 @@ import tantivy
 
 from ..errors import StorageError
 from .lock import ProcessLock
-from .sqlite_schema import SQLiteConnection
+from .sqlite import SQLiteStore
 
 __all__ = ["LexicalIndex"]
 
@@ -298,7 +298,7 @@ class LexicalIndex:
 
     # -- keeping up with SQLite ---------------------------------------------
 
-    def prepare(self, store: SQLiteConnection, fts_rows: int) -> int | None:
+    def prepare(self, store: SQLiteStore) -> int | None:
         """Bring the index up to date enough to serve; the mark, or None for FTS5.
 
         Applies logged deletes and rewrites, then adds rows above the mark when
@@ -311,9 +311,11 @@ class LexicalIndex:
             StorageError: The index or the store could not be read or written
                 (what was staged is rolled back; the last commit stands).
         """
-        if self._writer is None and (fts_rows < self.min_rows or time.monotonic() < self._retry_at):
-            return None
         try:
+            if self._writer is None and (
+                time.monotonic() < self._retry_at or store.fts_rows() < self.min_rows
+            ):
+                return None
             if not self._open():
                 return None
             return self._catch_up(store)
@@ -331,7 +333,7 @@ class LexicalIndex:
                 raise
             raise StorageError(f"lexical index: reading the store failed: {exc}") from exc
 
-    def _check(self, store: SQLiteConnection) -> int:
+    def _check(self, store: SQLiteStore) -> int:
         """The store's key (made on first use); an index of another store, or of a
         later state than this file's, is emptied (rebuilt from here)."""
         db = store.db
@@ -363,7 +365,7 @@ class LexicalIndex:
             self._store_id = store_id
         return store_id
 
-    def _catch_up(self, store: SQLiteConnection) -> int | None:
+    def _catch_up(self, store: SQLiteStore) -> int | None:
         if not self._checked:
             self._check(store)
             self._checked = True
