@@ -42,8 +42,9 @@ def _pct(xs: list[float], q: float) -> float:
 
 def _lexical_top(core: Any, query: str) -> tuple[list[int], list[str]]:
     """The BM25 candidates the lexical leg takes (one scope: no scope filter), and its words."""
-    top = core._lexical(query, None, [], "episodic", core.config.retrieval.default_k)
-    return list(top), core._lexical_terms(query)
+    stats = core._term_stats(query)
+    top = core._lexical(query, None, [], "episodic", core.config.retrieval.default_k, stats)
+    return list(top), core._lexical_terms(stats)
 
 
 def run(size: int, queries: int, budgets: list[int], k: int, seed: int) -> dict[str, Any]:

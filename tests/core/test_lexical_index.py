@@ -35,7 +35,8 @@ def _lexical(mem: HelaMemory, query: str, k: int = 500) -> dict[str, float]:
     def run(c: Core) -> dict[str, float]:
         node = c.store.find_scope(SCOPE)
         assert node is not None
-        found = c._lexical(query, node, c.store.descendants(node), "episodic", k)
+        stats = c._term_stats(query)
+        found = c._lexical(query, node, c.store.descendants(node), "episodic", k, stats)
         rows = c.store.rows_by_n(list(found))
         assert set(found) <= set(rows), "a deleted memory is still a candidate"
         return {rows[n].content: s for n, s in found.items() if n in rows}

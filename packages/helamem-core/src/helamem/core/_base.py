@@ -55,11 +55,13 @@ def scope_tag(node: int, kind: str) -> str:
 class SearchTiming:
     """Where the last search's wall time went, in seconds (for ``bench scale``).
 
-    The dense leg (query embedding and ANN query, on the aux thread) runs beside
-    the lexical leg (BM25 over FTS5 and its candidates' rows, on the owner
-    thread); ``legs_s`` is the time until both were done. ``late_s`` is the
+    The query embedding (on the aux thread: ONNX releases the GIL) runs beside
+    the lexical leg (BM25 candidates, on the owner thread); the dense leg is the
+    wait for the embedding plus the ANN query, run after the lexical leg on the
+    owner thread (Chroma's query holds the GIL: beside Python work it only slowed
+    both). ``legs_s`` is the time until both were done. ``late_s`` is the
     MaxSim leg (token vectors read and scored), ``rest_s`` everything else
-    (pool, fusion, spreading, hits, the learning write).
+    (candidate rows, pool, fusion, spreading, hits, the learning write).
     """
 
     dense_s: float

@@ -94,20 +94,24 @@ class SearchOps(LearningOps):
         rows: dict[int, RankRow] = {}
         prunable: list[tuple[int, int]] = []
         holding = {pk: self.store.nodes_holding(nodes, pk) for pk, _ in paths}
-        # the query embedding (ONNX) and the dense queries (GIL released) overlap
-        # the FTS5 queries below
+        # the query embedding (ONNX, GIL released) overlaps the lexical leg; the ANN
+        # query runs after it on this thread: Chroma's query holds the GIL, so beside
+        # the lexical leg's Python it only slowed both (measured at 100k memories)
         self._late_s = 0.0
-        pending = self._aux().submit(self._dense, query, paths, holding)
+        cached = self._cached_query(query)
+        pending = None if cached is not None else self._aux().submit(self._embed_query, query)
         lexical_start = time.perf_counter()
+        stats = self._term_stats(query)
         lexical = {
-            pk: self._lexical(query, node, nodes, pk, pkk) if holding[pk] else {}
+            pk: self._lexical(query, node, nodes, pk, pkk, stats) if holding[pk] else {}
             for pk, pkk in paths
         }
-        mass = self._lexical_mass(query)
-        # while the dense query runs: the ranking columns of the lexical candidates
-        known = {pk: self.store.rank_rows((), lex) if lex else {} for pk, lex in lexical.items()}
+        mass = self._lexical_mass(stats)
         lexical_s = time.perf_counter() - lexical_start
-        qv, qtok, dense, dense_s = pending.result()
+        dense_start = time.perf_counter()
+        qv, qtok = cached if cached is not None else pending.result()  # type: ignore[union-attr]
+        dense = self._dense(qv, paths, holding)
+        dense_s = time.perf_counter() - dense_start
         legs_s = time.perf_counter() - started
         for path_kind, path_k in paths:
             if not holding[path_kind]:
@@ -122,7 +126,6 @@ class SearchOps(LearningOps):
                 spread,
                 ref_given,
                 lexical[path_kind],
-                known[path_kind],
                 mass,
             )
             if found is None:
@@ -209,12 +212,9 @@ class SearchOps(LearningOps):
         return sorted(final, key=lambda n: (-final[n], n))[:top]
 
     def _dense(
-        self, query: str, paths: list[tuple[Kind, int]], holding: dict[Kind, list[int]]
-    ) -> tuple[np.ndarray, np.ndarray | None, dict[Kind, list[tuple[str, float]]], float]:
-        """The query vector, its token vectors (late interaction on), each path's
-        dense candidates and the seconds this took (runs on the aux thread)."""
-        started = time.perf_counter()
-        qv, qtok = self._embed_query(query)
+        self, qv: np.ndarray, paths: list[tuple[Kind, int]], holding: dict[Kind, list[int]]
+    ) -> dict[Kind, list[tuple[str, float]]]:
+        """Each path's dense candidates ``(id, cosine distance)``."""
         m = self.config.retrieval.candidates
         dense = {
             pk: self.index.query(qv, max(m, pkk), holding[pk], pk)
@@ -224,45 +224,55 @@ class SearchOps(LearningOps):
         if getattr(self.index, "wants_reconcile", False):
             # the index met vectors not yet in HNSW (another process's): fold them in
             self._needs_reconcile = True
-        return qv, qtok, dense, time.perf_counter() - started
+        return dense
 
-    def _embed_query(self, query: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """The query's pooled and token vectors, from the ``query_cache`` when there."""
-        size = self.config.retrieval.query_cache
-        got = self._queries.get(query) if size else None
+    def _cached_query(self, query: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The query's vectors from the ``query_cache``, or ``None``."""
+        got = self._queries.get(query) if self.config.retrieval.query_cache else None
         if got is not None:
             self._queries.move_to_end(query)
-            return got
+        return got
+
+    def _embed_query(self, query: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query's pooled and token vectors, kept in the ``query_cache`` (run on
+        the aux thread while the owner thread does not read the cache)."""
         vecs, toks = self._embed_tokens([query])
         got = (vecs[0], toks[0] if toks else None)
         for arr in got:
             if arr is not None:
                 arr.setflags(write=False)  # shared by later searches of the same text
+        size = self.config.retrieval.query_cache
         if size:
             self._queries[query] = got
             while len(self._queries) > size:
                 self._queries.popitem(last=False)
         return got
 
-    def _lexical_mass(self, query: str) -> float:
-        """The sum of BM25 idf over the query's words (see :func:`retrieval.relevance`)."""
+    def _term_stats(self, query: str) -> tuple[list[str], int, list[int]]:
+        """The query's words, the rows of the FTS index and each word's document
+        frequency (read once per search: both the word filter and the mass use them)."""
         terms = fts_terms(query)
         if not terms:
-            return 0.0
+            return terms, 0, []
         rows, df = self.store.term_stats(terms)
+        return terms, rows, df
+
+    @staticmethod
+    def _lexical_mass(stats: tuple[list[str], int, list[int]]) -> float:
+        """The sum of BM25 idf over the query's words (see :func:`retrieval.relevance`)."""
+        _, rows, df = stats
         return sum(retrieval.bm25_idf(d, rows) for d in df)
 
-    def _lexical_terms(self, query: str) -> list[str]:
+    def _lexical_terms(self, stats: tuple[list[str], int, list[int]]) -> list[str]:
         """The query's words that go into BM25 (``lexical_max_df``, ``_max_terms``,
         ``_max_postings`` applied; see :func:`~helamem.core.text.drop_common`)."""
         cfg = self.config.retrieval
-        terms = fts_terms(query)
+        terms, rows, df = stats
         if len(terms) > 1 and (
             cfg.lexical_max_df < 1.0
             or 0 < cfg.lexical_max_terms < len(terms)
             or cfg.lexical_max_postings
         ):
-            rows, df = self.store.term_stats(terms)
             terms = drop_common(
                 terms,
                 df,
@@ -274,9 +284,15 @@ class SearchOps(LearningOps):
         return terms
 
     def _lexical(
-        self, query: str, node: int | None, nodes: list[int], kind: Kind, k: int
+        self,
+        query: str,
+        node: int | None,
+        nodes: list[int],
+        kind: Kind,
+        k: int,
+        stats: tuple[list[str], int, list[int]],
     ) -> dict[int, float]:
-        terms = self._lexical_terms(query)
+        terms = self._lexical_terms(stats)
         match = fts_match(terms)
         if not match:
             return {}
@@ -325,17 +341,15 @@ class SearchOps(LearningOps):
         spread: bool,
         ref_given: float | None,
         lex: dict[int, float],
-        lex_rows: dict[int, RankRow],
         mass: float,
     ) -> tuple[retrieval.Ranking, dict[int, RankRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
-        # ranking columns only; _hits loads the full rows of the returned memories
-        have = {r.id for r in lex_rows.values()}
-        fetched = self.store.rank_rows([i for i, _ in dense_ids if i not in have], ())
+        # ranking columns only, one query for both legs; _hits loads the full rows
+        # of the returned memories
         rows = {
             n: r
-            for n, r in (lex_rows | fetched).items()
+            for n, r in self.store.rank_rows([i for i, _ in dense_ids], lex).items()
             if r.scope_id in allowed and r.kind == kind
         }
         if not rows:
