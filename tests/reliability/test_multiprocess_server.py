@@ -283,8 +283,10 @@ def test_a_collection_rebuilt_by_another_process_is_reopened(
     ):
         _big(a, 60)
         b.add("b holds a handle now", LARGE[0])
+        assert b.flush() == 1  # its vector written: B holds the collection's handle
         a.reindex()  # drops the collection and builds it again: B's handle is stale
         y = b.add("written through a fresh handle", LARGE[0]).id
+        assert b.flush() == 1  # the add's vector waited for a batched write
         assert y in _index_ids(a) and b.stats().unindexed == 0
         assert b.delete(y) == 1
         assert y not in _index_ids(a) and y not in _index_ids(b)

@@ -148,6 +148,11 @@ class CoreBase:
         )
         self._scopes: dict[int, Scope] = {}
         self._needs_reconcile = False
+        # adds may leave their vectors here for one batched index write (the
+        # owner of a HelaMemory sets defer_index; see ChromaConfig.upsert_batch):
+        # (n, id, scope_id, kind, vector), rows committed with indexed = 0
+        self.defer_index = False
+        self._pending_index: list[tuple[int, str, int, str, np.ndarray]] = []
         self._aux_pool: ThreadPoolExecutor | None = None
         # query text -> (pooled vector, token vectors): the last query_cache queries
         self._queries: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
@@ -171,17 +176,20 @@ class CoreBase:
             raise
 
     def close(self) -> None:
-        if self._aux_pool is not None:
-            self._aux_pool.shutdown(wait=True)
-            self._aux_pool = None
         try:
-            self.index.close()
+            self.flush_index()  # what fails stays unindexed: re-indexed on the next open
         finally:
+            if self._aux_pool is not None:
+                self._aux_pool.shutdown(wait=True)
+                self._aux_pool = None
             try:
-                if self.lexical_index is not None:
-                    self.lexical_index.close()
+                self.index.close()
             finally:
-                self.store.close()
+                try:
+                    if self.lexical_index is not None:
+                        self.lexical_index.close()
+                finally:
+                    self.store.close()
 
     def _check_embedder(self) -> None:
         """Refuse vectors of another embedder, or switch to this one (see :class:`Core`)."""
@@ -196,6 +204,7 @@ class CoreBase:
         """
         if hasattr(self.index, "wants_reconcile"):
             self.index.wants_reconcile = False
+        self._set_pending([])  # indexed below with every other unindexed row
         gone = self.store.tombstones()
         if gone:
             try:
@@ -222,6 +231,77 @@ class CoreBase:
             logger.info("re-indexed %d memories that had not reached the vector index", total)
         self._needs_reconcile = False
         return total
+
+    @property
+    def pending_index(self) -> int:
+        """Vectors of adds waiting for the batched index write (see :meth:`flush_index`)."""
+        return len(self._pending_index)
+
+    def index_new(
+        self,
+        ns: Sequence[int],
+        ids: Sequence[str],
+        vecs: np.ndarray,
+        scope_ids: Sequence[int],
+        kinds: Sequence[str],
+    ) -> None:
+        """Index the vectors of rows just committed (``indexed = 0``).
+
+        With ``defer_index`` on, the vectors the index would write to a slow
+        structure (``deferrable``: a promoted scope's HNSW collection) wait for
+        one batched write (:meth:`flush_index`, at ``ChromaConfig.upsert_batch``
+        or called by the owner); the rest are indexed now.
+        """
+        rows = list(zip(ns, ids, scope_ids, kinds, vecs, strict=True))
+        deferrable = getattr(self.index, "deferrable", None)
+        if self.defer_index and callable(deferrable):
+            later = deferrable([(s, k) for _, _, s, k, _ in rows])
+            now = [r for r, d in zip(rows, later, strict=True) if not d]
+            self._set_pending(
+                [*self._pending_index, *(r for r, d in zip(rows, later, strict=True) if d)]
+            )
+        else:
+            now = rows
+        if now:
+            self._write_index(now)
+        if len(self._pending_index) >= self.config.chroma.upsert_batch:
+            self.flush_index()
+
+    def flush_index(self) -> None:
+        """Write the pending vectors into the index (one upsert) and mark their rows.
+
+        A failed index write is logged, not raised: the rows stay unindexed
+        (searched exactly meanwhile) and the next search or open re-indexes them.
+
+        Raises:
+            StorageError: SQLite failed marking the rows (they stay unindexed).
+        """
+        batch = self._pending_index
+        if batch:
+            self._set_pending([])
+            self._write_index(batch)
+
+    def _write_index(self, rows: Sequence[tuple[int, str, int, str, np.ndarray]]) -> None:
+        ns, ids, sids, kinds, vecs = zip(*rows, strict=True)
+        done = False
+        try:
+            self.index.upsert(list(ids), np.stack(vecs), list(sids), list(kinds))
+            self.store.mark_indexed(list(zip(ns, ids, strict=True)))
+            done = True
+        except StorageError as exc:
+            logger.warning("vector index update failed, will re-index on next use: %s", exc)
+        finally:
+            if not done:  # the rows stay unindexed: the next search re-indexes them
+                self._needs_reconcile = True
+
+    def _set_pending(self, pending: list[tuple[int, str, int, str, np.ndarray]]) -> None:
+        """Replace the pending vectors, and tell the index which unindexed rows it may
+        meet in a search without a re-index (``deferred``, where the index has it)."""
+        self._pending_index = pending
+        deferred = getattr(self.index, "deferred", None)
+        if isinstance(deferred, set):
+            deferred.clear()
+            deferred.update(p[1] for p in pending)
 
     def _index_rows(self, rows: Sequence[MemoryRow], reembed: bool = False) -> int:
         """Embed rows that lack a vector, index them, mark them; returns rows indexed

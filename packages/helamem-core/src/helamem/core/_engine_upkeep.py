@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ._core import Stats
+from ._core import Core, Stats
 from ._maintenance import (
     ConsolidationReport,
     ForgetReport,
@@ -15,7 +15,7 @@ from ._maintenance import (
     forget,
     plan_consolidation,
 )
-from ._owner import OwnedCore
+from ._owner import KeepsPending, OwnedCore
 from ._portable import ExportReport, ImportReport, export_scope, import_scope
 from .distill import Distiller, ExtractiveDistiller, LLMDistiller
 from .llm import LLMClient
@@ -24,6 +24,12 @@ from .types import (
 )
 
 __all__ = ["UpkeepMethods"]
+
+
+def _flush(core: Core) -> int:
+    n = core.pending_index
+    core.flush_index()
+    return n
 
 
 class UpkeepMethods(OwnedCore):
@@ -215,6 +221,23 @@ class UpkeepMethods(OwnedCore):
             The memories indexed.
         """
         return self._call(lambda c: c.reindex(reembed))
+
+    def flush(self) -> int:
+        """Write the vectors that adds left for a batched index write now.
+
+        Adds to large scopes return once SQLite holds them; their vectors reach
+        Chroma in batches (``ChromaConfig.upsert_batch``, ``upsert_delay_s``),
+        and every call other than an add or a search writes them first, as
+        :meth:`close` does. Searches find them meanwhile. Call this to hand a
+        fully indexed store to another process or tool at once.
+
+        Returns:
+            The vectors written.
+        """
+        return self._call(KeepsPending(_flush))
+
+    async def aflush(self) -> int:
+        return await self._acall(KeepsPending(_flush))
 
     @property
     def reembedded(self) -> int | None:

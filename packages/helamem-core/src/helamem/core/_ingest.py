@@ -207,12 +207,7 @@ class IngestOps(LearningOps):
             # read back inside the transaction, by id: after the commit another
             # process may already have deleted a row
             rows = self.store.rows_by_id(ids)
-        try:
-            self.index.upsert(ids, vecs, scope_ids, [p.kind for p in flat])
-            self.store.mark_indexed(list(zip(rows_n, ids, strict=True)))
-        except StorageError as exc:
-            self._needs_reconcile = True
-            logger.warning("vector index update failed, will re-index on next use: %s", exc)
+        self.index_new(rows_n, ids, vecs, scope_ids, [p.kind for p in flat])
         if self.lexical_index is not None:  # keep a large store's BM25 index near the head
             try:
                 self.lexical_index.prepare(self.store)

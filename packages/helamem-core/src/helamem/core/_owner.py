@@ -22,23 +22,37 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from . import _exit
 from ._core import Core
 from .config import HelaMemConfig
 from .distill import Distiller
 from .embeddings import Embedder, create_embedder
-from .errors import InvalidInputError, StoreClosedError
+from .errors import InvalidInputError, StorageError, StoreClosedError
 from .llm import LLMClient
 from .storage.base import VectorIndex
 from .storage.sqlite import sqlite_errors
 
-__all__ = ["OwnedCore"]
+__all__ = ["KeepsPending", "OwnedCore"]
 
 logger = logging.getLogger("helamem.core.engine")
 
 T = TypeVar("T")
+
+
+class KeepsPending(Generic[T]):
+    """A planned call that may run while added vectors wait for their batched index
+    write (adds and searches, see ``ChromaConfig.upsert_batch``); every other call
+    writes them first."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Core], T]) -> None:
+        self.fn = fn
+
+    def __call__(self, core: Core) -> T:
+        return self.fn(core)
 
 
 def _run_owner(loop: asyncio.AbstractEventLoop) -> None:
@@ -107,6 +121,7 @@ class OwnedCore:
         self._closed = False  # no new work accepted
         self._finished = False  # storage released (owner thread only)
         self._exit_token: int | None = None  # closed at interpreter exit unless closed before
+        self._flush_timer: asyncio.TimerHandle | None = None  # writes pending vectors
 
     @classmethod
     def from_path(
@@ -145,6 +160,7 @@ class OwnedCore:
             index = make_index(self.config.chroma, self.config.path, embedder)
         core = Core(self.config, embedder, index, reembed=self._reembed)
         core.open()
+        core.defer_index = self.config.chroma.upsert_batch > 1
         return core
 
     def _on_owner(self) -> Core:
@@ -201,9 +217,28 @@ class OwnedCore:
         try:
             # every SQLite failure leaves as a typed StorageError (disk full, corrupt, ...)
             with sqlite_errors(self.config.path / "helamem.sqlite3"):
-                return fn(self._on_owner())
+                core = self._on_owner()
+                if core.pending_index and not isinstance(fn, KeepsPending):
+                    core.flush_index()  # a delete, a check, an export... sees every vector
+                return fn(core)
         finally:
             asyncio.events._set_running_loop(loop)
+
+    def _schedule_flush(self) -> None:
+        """After a call left vectors pending: write them ``upsert_delay_s`` later (owner)."""
+        core = self._core
+        if core is None or not core.pending_index or self._flush_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._flush_timer = loop.call_later(self.config.chroma.upsert_delay_s, self._flush_due)
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
+        if not self._finished and self._core is not None:
+            try:
+                self._run(lambda core: core.flush_index())
+            except StorageError as exc:  # SQLite failed marking them: re-indexed later
+                logger.warning("pending vectors not written, will re-index on next use: %s", exc)
 
     def _submit(self, fn: Callable[[Core], T]) -> Future[T]:
         fut: Future[T] = Future()
@@ -217,6 +252,7 @@ class OwnedCore:
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
+            self._schedule_flush()
 
         self._call_soon(job)
         return fut

@@ -17,6 +17,7 @@ from typing import Any
 
 from ._core import Core, Stats, prepare
 from ._engine_upkeep import UpkeepMethods
+from ._owner import KeepsPending
 from .context import note_used
 from .errors import InvalidInputError
 from .tokens import TokenCount
@@ -96,7 +97,7 @@ class HelaMemory(UpkeepMethods):
         p = prepare(
             NewMemory(content, scope, role, event_time, metadata, keywords), now=time.time()
         )
-        return lambda c: c.ingest([[p]])[0]
+        return KeepsPending(lambda c: c.ingest([[p]])[0])
 
     @staticmethod
     def _plan_add_many(items: Iterable[NewMemory]) -> Callable[[Core], list[Memory]]:
@@ -108,7 +109,7 @@ class HelaMemory(UpkeepMethods):
                     f"add_many item {i} must be a NewMemory, got {type(item).__name__}"
                 )
             prepared.append([prepare(item, now=now)])
-        return lambda c: c.ingest(prepared)
+        return KeepsPending(lambda c: c.ingest(prepared))
 
     @staticmethod
     def _plan_add_turn(
@@ -122,7 +123,7 @@ class HelaMemory(UpkeepMethods):
         many = HelaMemory._plan_add_turns(
             [NewTurn(scope, user, assistant, event_time, metadata, _ids(used_ids, "used_ids"))]
         )
-        return lambda c: many(c)[0]
+        return KeepsPending(lambda c: many(c)[0])
 
     @staticmethod
     def _plan_add_turns(
@@ -150,7 +151,7 @@ class HelaMemory(UpkeepMethods):
             m = c.ingest(groups, used_ids=used)
             return [(m[i], m[i + 1]) for i in range(0, len(m), 2)]
 
-        return run
+        return KeepsPending(run)
 
     @staticmethod
     def _plan_search(
@@ -187,7 +188,7 @@ class HelaMemory(UpkeepMethods):
                 count_tokens=count_tokens,
             )
 
-        return run
+        return KeepsPending(run)
 
     def add(
         self,

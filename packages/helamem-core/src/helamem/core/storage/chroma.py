@@ -189,6 +189,12 @@ class ChromaIndex(ChromaConnection):
         if locked is not None:
             raise locked
 
+    def deferrable(self, keys: Sequence[tuple[int, str]]) -> list[bool]:
+        """Per ``(scope node, kind)``: whether its vectors go to an HNSW collection
+        (a promoted scope), the write worth batching; small scopes need none."""
+        promoted = self._exact.promoted()
+        return [(int(s), str(k)) in promoted for s, k in keys]
+
     def _retrying(self, key: tuple[int, str], op: Callable[[], None]) -> None:
         """Run ``op`` on the scope's collection; once more if the cached handle went stale.
 
@@ -307,8 +313,11 @@ class ChromaIndex(ChromaConnection):
                 self.wants_reconcile = True
                 out.extend(self._exact.search(vector, n, fallback))
             tail_ids, tail = self._exact.unindexed(large)
-            if tail_ids:  # another process's or a failed write's vectors, not in HNSW yet
-                self.wants_reconcile = True
+            if tail_ids:  # vectors not in HNSW yet: searched exactly
+                if not self.deferred.issuperset(tail_ids):
+                    # another process's or a failed write's: the owner re-indexes them
+                    # (this process's deferred ones reach HNSW with their batch)
+                    self.wants_reconcile = True
                 q = np.asarray(vector, dtype=np.float32).reshape(-1)
                 q = q / max(float(np.linalg.norm(q)), 1e-12)
                 out.extend(zip(tail_ids, (1.0 - tail @ q).tolist(), strict=True))

@@ -105,6 +105,9 @@ class ChromaConnection:
         self._failed: set[tuple[int, str]] = set()  # collections whose search failed (warned)
         self.wants_reconcile = False
         """Set when a search met vectors not yet in HNSW (the owner reconciles)."""
+        self.deferred: set[str] = set()
+        """Ids whose vectors the owner holds for a batched upsert: a search meets
+        them unindexed (and scans them exactly) without asking for a re-index."""
 
     def _name(self, scope_id: int, kind: str) -> str:
         return f"{self._config.collection}-h{int(scope_id)}-{kind[0]}"

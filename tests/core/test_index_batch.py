@@ -1,0 +1,189 @@
+"""Batched vector writes: adds to a large scope return once SQLite holds them, and
+their vectors reach Chroma in one write per batch (``ChromaConfig.upsert_batch``,
+``upsert_delay_s``), with nothing lost or unfindable meanwhile."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+from helamem.core._check import check_store
+from helamem.core._owner import KeepsPending
+from helamem.core.errors import StorageError
+
+DIM = 64
+SCOPE = ("big",)
+
+
+def _config(path: Path, **chroma: Any) -> HelaMemConfig:
+    # a scope of 10 vectors gets its own HNSW collection: the write worth batching
+    return HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=10, **chroma))
+
+
+def _open(path: Path, **chroma: Any) -> HelaMemory:
+    mem = HelaMemory(_config(path, **chroma), embedder=HashingEmbedder(DIM))
+    mem.open()
+    mem.add_many([NewMemory(f"seed {i} garden tea", SCOPE) for i in range(12)])  # promoted
+    assert mem.flush() == 0  # a promoting add writes at once
+    return mem
+
+
+def _pending(mem: HelaMemory) -> int:
+    return mem._call(KeepsPending(lambda c: c.pending_index))
+
+
+def _index_ids(mem: HelaMemory) -> set[str]:
+    return set(mem._call(lambda c: c.index.all_ids()))
+
+
+def _spy_upserts(mem: HelaMemory) -> list[int]:
+    """Record the size of every index write from now on."""
+    sizes: list[int] = []
+
+    def install(core: Any) -> None:
+        real = core.index.upsert
+
+        def upsert(ids: Sequence[str], *args: Any) -> None:
+            sizes.append(len(ids))
+            real(ids, *args)
+
+        core.index.upsert = upsert
+
+    mem._call(KeepsPending(install))
+    return sizes
+
+
+def test_turns_wait_for_one_write_and_are_found_meanwhile(tmp_path: Path) -> None:
+    mem = _open(tmp_path / "s", upsert_batch=6, upsert_delay_s=60)
+    try:
+        writes = _spy_upserts(mem)
+        u, a = mem.add_turn(SCOPE, "my zebra is called Quill", "Quill is a fine name")
+        assert _pending(mem) == 2 and writes == []
+        # found at once, by its vector (dense only) and without a re-index in the search
+        for _ in range(2):  # a re-index would start the second search
+            hit = mem.search("zebra called Quill", SCOPE, k=1, learn=False, spread=False)
+            assert hit.ids == [u.id]
+        assert writes == [] and _pending(mem) == 2
+        mem.add_turn(SCOPE, "second", "turn")
+        assert writes == []
+        mem.add_turn(SCOPE, "third", "turn")  # the sixth vector: one write of six
+        assert writes == [6] and _pending(mem) == 0
+        assert {u.id, a.id} <= _index_ids(mem)
+    finally:
+        mem.close()
+
+
+def test_pending_vectors_are_written_after_the_delay(tmp_path: Path) -> None:
+    mem = _open(tmp_path / "s", upsert_batch=64, upsert_delay_s=0.05)
+    try:
+        u, _ = mem.add_turn(SCOPE, "the kettle whistles", "time for tea")
+        deadline = time.monotonic() + 10
+        while _pending(mem) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _pending(mem) == 0
+        assert u.id in _index_ids(mem)
+        assert mem.stats().unindexed == 0
+    finally:
+        mem.close()
+
+
+def test_any_other_call_writes_them_first(tmp_path: Path) -> None:
+    """A delete of a memory whose vector still waits leaves no vector behind."""
+    path = tmp_path / "s"
+    mem = _open(path, upsert_delay_s=60)
+    try:
+        u, a = mem.add_turn(SCOPE, "delete me soon", "gone")
+        assert _pending(mem) == 2
+        assert mem.delete([u.id]) == 1
+        assert _pending(mem) == 0
+        assert a.id in _index_ids(mem) and u.id not in _index_ids(mem)
+    finally:
+        mem.close()
+    report = check_store(path, _config(path))
+    assert report.defects == (), report.to_text()
+    assert report.unindexed == 0
+
+
+def test_close_writes_them_and_one_write_per_add_is_available(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    mem = _open(path, upsert_delay_s=60)
+    u, _ = mem.add_turn(SCOPE, "written at close", "yes")
+    assert _pending(mem) == 2
+    mem.close()
+    report = check_store(path, _config(path))
+    assert report.defects == () and report.unindexed == 0, report.to_text()
+    with _open(path, upsert_batch=1) as now:
+        v, _ = now.add_turn(SCOPE, "written before add returns", "yes")
+        assert _pending(now) == 0 and v.id in _index_ids(now) and u.id in _index_ids(now)
+
+
+def test_a_failed_batch_loses_nothing(tmp_path: Path) -> None:
+    mem = _open(tmp_path / "s", upsert_batch=2, upsert_delay_s=60)
+    try:
+
+        def broken(core: Any) -> Any:
+            real = core.index.upsert
+
+            def fail(*args: Any) -> None:
+                raise StorageError("disk full (simulated)")
+
+            core.index.upsert = fail
+            return real
+
+        real = mem._call(KeepsPending(broken))
+        u, _ = mem.add_turn(SCOPE, "a write that fails", "still stored")  # batch of 2: fails
+        assert _pending(mem) == 0
+        mem._call(KeepsPending(lambda c: setattr(c.index, "upsert", real)))
+        assert mem.stats().unindexed == 2  # in SQLite, not yet in the index
+        mem.search("write that fails", SCOPE, k=1, learn=False)  # re-indexes them
+        assert mem.stats().unindexed == 0 and u.id in _index_ids(mem)
+    finally:
+        mem.close()
+
+
+def test_a_kill_with_vectors_pending_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    _open(path).close()
+    child = textwrap.dedent(
+        f"""
+        import os, sys
+        from pathlib import Path
+        from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+        from helamem.core._owner import KeepsPending
+        cfg = HelaMemConfig(path=Path({str(path)!r}),
+                            chroma=ChromaConfig(exact_below=10, upsert_delay_s=60))
+        mem = HelaMemory(cfg, embedder=HashingEmbedder({DIM}))
+        ids = []
+        for i in range(5):
+            u, a = mem.add_turn({SCOPE!r}, f"killed turn {{i}}", f"answer {{i}}")
+            ids += [u.id, a.id]
+        assert mem._call(KeepsPending(lambda c: c.pending_index)) == 10
+        print(" ".join(ids), flush=True)
+        os._exit(0)  # no close: the vectors never reached Chroma
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=True
+    )
+    acked = out.stdout.split()
+    assert len(acked) == 10
+    with HelaMemory(_config(path), embedder=HashingEmbedder(DIM)) as mem:  # re-indexes on open
+        assert {m.id for m in (mem.get(i) for i in acked)} == set(acked)
+        assert set(acked) <= _index_ids(mem)
+        assert mem.stats().unindexed == 0
+    report = check_store(path, _config(path))
+    assert report.defects == (), report.to_text()
+
+
+@pytest.mark.parametrize("batch", [0, 4097])
+def test_batch_out_of_range_is_refused(batch: int) -> None:
+    with pytest.raises(ValueError, match="upsert_batch"):
+        ChromaConfig(upsert_batch=batch)
