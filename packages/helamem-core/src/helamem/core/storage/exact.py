@@ -15,9 +15,9 @@ the scope. A row rewritten in place by this process passes through
 fact merged with a near-duplicate, cosine >= ``dedup_cos``) keeps its old
 vector here until its scope gains or loses a memory.
 
-This module owns a second, read-mostly SQLite connection, so exact scans run
-on the search's helper thread while the owner thread's connection serves the
-lexical query.
+This module owns a second, read-mostly SQLite connection of its own (the
+store's connection stays the store's; either may be mid-read when the other
+is used).
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ class ExactVectors:
         cache_bytes: Most bytes of cached matrices (0 caches nothing).
         busy_timeout_s: SQLite busy timeout for the few writes (index metadata).
 
-    Thread-safe (one internal lock): the owner thread writes, the search's
-    helper thread reads.
+    Thread-safe (one internal lock); the store's owner thread both writes and
+    reads it.
     """
 
     def __init__(self, path: Path, cache_bytes: int, busy_timeout_s: float = 30.0) -> None:
