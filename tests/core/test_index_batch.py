@@ -143,7 +143,7 @@ def test_a_failed_batch_loses_nothing(tmp_path: Path) -> None:
         assert _pending(mem) == 0
         mem._call(KeepsPending(lambda c: setattr(c.index, "upsert", real)))
         assert mem.stats().unindexed == 2  # in SQLite, not yet in the index
-        mem.search("write that fails", SCOPE, k=1, learn=False)  # re-indexes them
+        assert mem.flush() == 2  # re-indexes them
         assert mem.stats().unindexed == 0 and u.id in _index_ids(mem)
     finally:
         mem.close()
@@ -187,3 +187,106 @@ def test_a_kill_with_vectors_pending_loses_nothing(tmp_path: Path) -> None:
 def test_batch_out_of_range_is_refused(batch: int) -> None:
     with pytest.raises(ValueError, match="upsert_batch"):
         ChromaConfig(upsert_batch=batch)
+
+
+def test_an_add_made_on_the_owner_thread_is_written_after_the_delay(tmp_path: Path) -> None:
+    mem = _open(tmp_path / "s", upsert_delay_s=0.05)
+    try:
+        mem._call(KeepsPending(lambda c: mem.add_turn(SCOPE, "from the owner", "thread")))
+        deadline = time.monotonic() + 10
+        while _pending(mem) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _pending(mem) == 0
+    finally:
+        mem.close()
+
+
+def _chroma_vector(mem: HelaMemory, id_: str) -> Any:
+    def read(core: Any) -> Any:
+        (sid,) = core.store.db.execute(
+            "SELECT scope_id FROM memories WHERE id = ?", (id_,)
+        ).fetchone()
+        got = core.index._collection((sid, "episodic"), create=False).get(
+            ids=[id_], include=["embeddings"]
+        )
+        return got["embeddings"][0]
+
+    return mem._call(read)
+
+
+def _sqlite_vector(mem: HelaMemory, id_: str) -> Any:
+    import numpy as np
+
+    (blob,) = mem._call(
+        lambda c: c.store.db.execute("SELECT embedding FROM memories WHERE id = ?", (id_,))
+    ).fetchone()
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+def _same_direction(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return bool(abs(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) - 1.0) < 1e-5)
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_an_id_reused_by_another_writer_keeps_its_own_vector(tmp_path: Path, when: str) -> None:
+    """A holds memory X's vector for its batch; B deletes X and adds a new X (a
+    caller-chosen id) before or while A writes: the index keeps the new X's vector."""
+    path = tmp_path / "s"
+    a = _open(path, upsert_delay_s=60)
+    b = HelaMemory(_config(path, upsert_batch=1), embedder=HashingEmbedder(DIM))
+    try:
+        a.add_many([NewMemory("my zebra is called Quill", SCOPE, id="X")])
+        assert _pending(a) == 1
+
+        def replace_x() -> None:
+            assert b.delete(["X"]) == 1
+            b.add_many([NewMemory("the kettle whistles at dawn", SCOPE, id="X")])
+
+        if when == "before":
+            replace_x()
+        else:
+
+            def racing(core: Any) -> None:
+                real = core.index.upsert
+
+                def upsert(ids: Sequence[str], *args: Any) -> None:
+                    replace_x()  # between A's check and A's write
+                    core.index.upsert = real
+                    real(ids, *args)
+
+                core.index.upsert = upsert
+
+            a._call(KeepsPending(racing))
+        a.flush()
+        a.flush()  # re-indexes what the race left unmarked
+        assert _same_direction(_chroma_vector(a, "X"), _sqlite_vector(a, "X"))
+        hit = a.search("kettle whistles dawn", SCOPE, k=1, learn=False, spread=False)
+        assert hit.ids == ["X"] and hit[0].content == "the kettle whistles at dawn"
+    finally:
+        b.close()
+        a.close()
+    report = check_store(path, _config(path))
+    assert report.defects == () and report.unindexed == 0, report.to_text()
+
+
+def test_another_writers_fresh_rows_are_left_to_its_batch(tmp_path: Path) -> None:
+    """B's searches find A's rows that wait for A's batched write, without writing
+    them into the index themselves (A does, once)."""
+    path = tmp_path / "s"
+    a = _open(path, upsert_delay_s=60)
+    b = HelaMemory(_config(path), embedder=HashingEmbedder(DIM))
+    try:
+        b.open()
+        writes = _spy_upserts(b)
+        u, _ = a.add_turn(SCOPE, "a wombat named Pip", "hello Pip")
+        for _ in range(3):
+            hit = b.search("wombat named Pip", SCOPE, k=1, learn=False, spread=False)
+            assert hit.ids == [u.id]
+        assert writes == [] and _pending(a) == 2
+        assert a.flush() == 2
+    finally:
+        b.close()
+        a.close()

@@ -252,7 +252,11 @@ class CoreBase:
         one batched write (:meth:`flush_index`, at ``ChromaConfig.upsert_batch``
         or called by the owner); the rest are indexed now.
         """
-        rows = list(zip(ns, ids, scope_ids, kinds, vecs, strict=True))
+        # copies: the rows may wait, and an embedder may reuse its output buffer
+        rows = [
+            (n, i, s, k, np.array(v, dtype=np.float32))
+            for n, i, s, k, v in zip(ns, ids, scope_ids, kinds, vecs, strict=True)
+        ]
         deferrable = getattr(self.index, "deferrable", None)
         if self.defer_index and callable(deferrable):
             later = deferrable([(s, k) for _, _, s, k, _ in rows])
@@ -267,32 +271,50 @@ class CoreBase:
         if len(self._pending_index) >= self.config.chroma.upsert_batch:
             self.flush_index()
 
-    def flush_index(self) -> None:
+    def flush_index(self) -> int:
         """Write the pending vectors into the index (one upsert) and mark their rows.
 
-        A failed index write is logged, not raised: the rows stay unindexed
-        (searched exactly meanwhile) and the next search or open re-indexes them.
+        A failed write is logged, not raised: the rows stay unindexed (searched
+        exactly meanwhile) and the next search or open re-indexes them.
 
-        Raises:
-            StorageError: SQLite failed marking the rows (they stay unindexed).
+        Returns:
+            The vectors written.
         """
         batch = self._pending_index
-        if batch:
-            self._set_pending([])
-            self._write_index(batch)
+        if not batch:
+            return 0
+        self._set_pending([])
+        return self._write_index(batch)
 
-    def _write_index(self, rows: Sequence[tuple[int, str, int, str, np.ndarray]]) -> None:
-        ns, ids, sids, kinds, vecs = zip(*rows, strict=True)
+    def _write_index(self, rows: Sequence[tuple[int, str, int, str, np.ndarray]]) -> int:
+        """Upsert ``(n, id, scope_id, kind, vector)`` rows and mark them indexed; returns
+        the vectors written (0 on a failure: logged, the rows re-indexed later)."""
         done = False
         try:
-            self.index.upsert(list(ids), np.stack(vecs), list(sids), list(kinds))
-            self.store.mark_indexed(list(zip(ns, ids, strict=True)))
+            # an id deleted and added again meanwhile (a caller-chosen id, by this or
+            # another writer) names a new row with its own vector: never write ours
+            now = self.store.keys_of([r[1] for r in rows])
+            rows = [r for r in rows if now.get(r[1]) == r[0]]
+            if rows:
+                ns, ids, sids, kinds, vecs = zip(*rows, strict=True)
+                self.index.upsert(list(ids), np.stack(vecs), list(sids), list(kinds))
+                self.store.mark_indexed(list(zip(ns, ids, strict=True)))
+                # ... checked again after the write: a new row that took an id during
+                # it may now have our vector; unmarked, the re-index writes its own
+                after = self.store.keys_of(ids)
+                moved = [
+                    (after[i], i) for n, i in zip(ns, ids, strict=True) if after.get(i, n) != n
+                ]
+                if moved:
+                    self.store.mark_indexed(moved, 0)
+                    self._needs_reconcile = True
             done = True
         except StorageError as exc:
             logger.warning("vector index update failed, will re-index on next use: %s", exc)
         finally:
             if not done:  # the rows stay unindexed: the next search re-indexes them
                 self._needs_reconcile = True
+        return len(rows) if done else 0
 
     def _set_pending(self, pending: list[tuple[int, str, int, str, np.ndarray]]) -> None:
         """Replace the pending vectors, and tell the index which unindexed rows it may

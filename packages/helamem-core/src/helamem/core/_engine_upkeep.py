@@ -27,9 +27,8 @@ __all__ = ["UpkeepMethods"]
 
 
 def _flush(core: Core) -> int:
-    n = core.pending_index
-    core.flush_index()
-    return n
+    n = core.flush_index()
+    return n + core.reconcile()  # a failed write's rows, another process's
 
 
 class UpkeepMethods(OwnedCore):
@@ -230,6 +229,9 @@ class UpkeepMethods(OwnedCore):
         and every call other than an add or a search writes them first, as
         :meth:`close` does. Searches find them meanwhile. Call this to hand a
         fully indexed store to another process or tool at once.
+
+        Rows a failed write left unindexed, and another process's rows this
+        process's index can take, are re-indexed too.
 
         Returns:
             The vectors written.

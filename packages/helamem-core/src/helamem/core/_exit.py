@@ -3,9 +3,9 @@
 Python stops every ``concurrent.futures`` thread pool *before* it runs
 :mod:`atexit` handlers (``threading._shutdown`` runs the pools' own exit hook,
 then joins non-daemon threads; ``atexit`` comes after). A
-:class:`~helamem.core.HelaMemory` embeds a search's query and queries the
-vector index on a one-thread pool while its owner thread runs the lexical
-queries, so after that an ``atexit`` handler could no longer search or store
+:class:`~helamem.core.HelaMemory` embeds a search's query on a one-thread
+pool while its owner thread runs the lexical queries, so after that an
+``atexit`` handler could no longer search or store
 ("cannot schedule new futures after interpreter shutdown"). This module
 therefore registers one
 hook with ``threading._register_atexit`` (the hook the pools themselves use;

@@ -43,8 +43,8 @@ T = TypeVar("T")
 
 class KeepsPending(Generic[T]):
     """A planned call that may run while added vectors wait for their batched index
-    write (adds and searches, see ``ChromaConfig.upsert_batch``); every other call
-    writes them first."""
+    write (adds, searches and calls that never touch the vector index, see
+    ``ChromaConfig.upsert_batch``); every other call writes them first."""
 
     __slots__ = ("fn",)
 
@@ -226,18 +226,17 @@ class OwnedCore:
 
     def _schedule_flush(self) -> None:
         """After a call left vectors pending: write them ``upsert_delay_s`` later (owner)."""
-        core = self._core
-        if core is None or not core.pending_index or self._flush_timer is not None:
+        core, loop = self._core, self._loop
+        if core is None or loop is None or not core.pending_index or self._flush_timer:
             return
-        loop = asyncio.get_running_loop()
         self._flush_timer = loop.call_later(self.config.chroma.upsert_delay_s, self._flush_due)
 
     def _flush_due(self) -> None:
         self._flush_timer = None
         if not self._finished and self._core is not None:
             try:
-                self._run(lambda core: core.flush_index())
-            except StorageError as exc:  # SQLite failed marking them: re-indexed later
+                self._run(KeepsPending(lambda core: core.flush_index()))
+            except StorageError as exc:  # SQLite failed reading or marking them
                 logger.warning("pending vectors not written, will re-index on next use: %s", exc)
 
     def _submit(self, fn: Callable[[Core], T]) -> Future[T]:
@@ -259,7 +258,10 @@ class OwnedCore:
 
     def _call(self, fn: Callable[[Core], T]) -> T:
         if self._on_owner_thread():
-            return self._run(fn)
+            try:
+                return self._run(fn)
+            finally:
+                self._schedule_flush()
         return self._submit(fn).result()
 
     async def _acall(self, fn: Callable[[Core], T]) -> T:

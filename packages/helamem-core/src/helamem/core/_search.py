@@ -6,7 +6,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
@@ -101,11 +101,17 @@ class SearchOps(LearningOps):
         cached = self._cached_query(query)
         pending = None if cached is not None else self._aux().submit(self._embed_query, query)
         lexical_start = time.perf_counter()
-        stats = self._term_stats(query)
-        lexical = {
-            pk: self._lexical(query, node, nodes, pk, pkk, stats) if holding[pk] else {}
-            for pk, pkk in paths
-        }
+        done = False
+        try:
+            stats = self._term_stats(query)
+            lexical = {
+                pk: self._lexical(query, node, nodes, pk, pkk, stats) if holding[pk] else {}
+                for pk, pkk in paths
+            }
+            done = True
+        finally:
+            if not done and pending is not None:
+                wait([pending])  # the embedding writes the query cache: never left running
         mass = self._lexical_mass(stats)
         lexical_s = time.perf_counter() - lexical_start
         dense_start = time.perf_counter()

@@ -354,7 +354,8 @@ class ChromaConfig(_Frozen):
             :class:`~helamem.core.HelaMemory` only). Such an add commits to
             SQLite and returns; its vectors reach Chroma with the batch: when
             ``upsert_batch`` wait, ``upsert_delay_s`` after the add, or before
-            any call other than an add or a search (``close`` too). Meanwhile
+            any call other than an add, a search, ``get``, ``reinforce`` or
+            ``list_scopes`` (``flush`` and ``close`` too). Meanwhile
             searches scan them exactly (as rows not yet indexed), and a kill
             leaves them to the re-index on the next open. Chroma's write costs
             about as much for 2 vectors as for 64 (about 13 ms per call on 2

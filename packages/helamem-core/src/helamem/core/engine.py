@@ -255,7 +255,7 @@ class HelaMemory(UpkeepMethods):
 
     def get(self, id: str) -> Memory:
         """The memory with ``id``; raises MemoryNotFoundError if there is none."""
-        return self._call(lambda c: c.get(id))
+        return self._call(KeepsPending(lambda c: c.get(id)))
 
     def delete(self, ids: str | Iterable[str]) -> int:
         """Delete memories with their edges and vectors; all or nothing."""
@@ -329,11 +329,11 @@ class HelaMemory(UpkeepMethods):
     def reinforce(self, ids: Iterable[str]) -> int:
         """Co-activate memories explicitly (e.g. the ones an agent used)."""
         ids_ = _ids(ids)
-        return self._call(lambda c: c.reinforce(ids_))
+        return self._call(KeepsPending(lambda c: c.reinforce(ids_)))
 
     def list_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:
         """Scopes that hold memories, optionally under ``prefix``."""
-        return self._call(lambda c: c.list_scopes(prefix))
+        return self._call(KeepsPending(lambda c: c.list_scopes(prefix)))
 
     def decay(self, scope: Sequence[str] | None = None) -> dict[str, int]:
         """Materialise lazy decay now and prune weak edges; returns counts."""
@@ -383,7 +383,7 @@ class HelaMemory(UpkeepMethods):
 
     async def aget(self, id: str) -> Memory:
         """Async :meth:`get`."""
-        return await self._acall(lambda c: c.get(id))
+        return await self._acall(KeepsPending(lambda c: c.get(id)))
 
     async def adelete(self, ids: str | Iterable[str]) -> int:
         """Async :meth:`delete`."""
@@ -425,11 +425,11 @@ class HelaMemory(UpkeepMethods):
     async def areinforce(self, ids: Iterable[str]) -> int:
         """Async :meth:`reinforce`."""
         ids_ = _ids(ids)
-        return await self._acall(lambda c: c.reinforce(ids_))
+        return await self._acall(KeepsPending(lambda c: c.reinforce(ids_)))
 
     async def alist_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:
         """Async :meth:`list_scopes`."""
-        return await self._acall(lambda c: c.list_scopes(prefix))
+        return await self._acall(KeepsPending(lambda c: c.list_scopes(prefix)))
 
     async def adecay(self, scope: Sequence[str] | None = None) -> dict[str, int]:
         """Async :meth:`decay`."""

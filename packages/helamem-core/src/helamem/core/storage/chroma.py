@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -54,6 +55,10 @@ from ..embeddings import Embedder, MiniLMEmbedder, Vectors, check_vectors
 from ..errors import StorageError
 from .base import IndexLockedError
 from .chroma_connect import ChromaConnection, HelaMemMiniLMEmbeddingFunction, forget_system
+
+BATCH_GRACE_S = 5.0
+"""Seconds beyond ``ChromaConfig.upsert_delay_s`` that another process's unindexed
+row may wait for its writer's batched write before a search here re-indexes it."""
 
 __all__ = [
     "ChromaEmbedder",
@@ -312,11 +317,17 @@ class ChromaIndex(ChromaConnection):
             if fallback:
                 self.wants_reconcile = True
                 out.extend(self._exact.search(vector, n, fallback))
-            tail_ids, tail = self._exact.unindexed(large)
+            tail_ids, tail, created = self._exact.unindexed(large)
             if tail_ids:  # vectors not in HNSW yet: searched exactly
-                if not self.deferred.issuperset(tail_ids):
-                    # another process's or a failed write's: the owner re-indexes them
-                    # (this process's deferred ones reach HNSW with their batch)
+                # a failed write's, or another process's that its batched write should
+                # have taken by now: the owner re-indexes them (this process's
+                # deferred ones, and another's younger ones, reach HNSW with their batch)
+                due = time.time() - self._config.upsert_delay_s - BATCH_GRACE_S
+                if any(
+                    c < due
+                    for i, c in zip(tail_ids, created, strict=True)
+                    if i not in self.deferred
+                ):
                     self.wants_reconcile = True
                 q = np.asarray(vector, dtype=np.float32).reshape(-1)
                 q = q / max(float(np.linalg.norm(q)), 1e-12)

@@ -312,16 +312,19 @@ class ExactVectors:
             yield [int(r[0]) for r in rows], [str(r[1]) for r in rows], mat
             last = int(rows[-1][0])
 
-    def unindexed(self, keys: Sequence[Key]) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Memories of ``keys`` not yet marked indexed (another process's, or a failed
-        write's), as ``(ids, normalised vectors)``; read through the partial index."""
+    def unindexed(
+        self, keys: Sequence[Key]
+    ) -> tuple[list[str], npt.NDArray[np.float32], list[float]]:
+        """Memories of ``keys`` not yet marked indexed (waiting for a batched write,
+        another process's, or a failed write's), as ``(ids, normalised vectors,
+        created_at)``; read through the partial index."""
         if not keys:
-            return [], np.zeros((0, self._dim), dtype=np.float32)
+            return [], np.zeros((0, self._dim), dtype=np.float32), []
         want = set(keys)
         rows = self._sql(
             "reading unindexed vectors",
-            "SELECT id, scope_id, kind, embedding FROM memories INDEXED BY memories_unindexed"
-            " WHERE indexed = 0",
+            "SELECT id, scope_id, kind, embedding, created_at FROM memories"
+            " INDEXED BY memories_unindexed WHERE indexed = 0",
         )
         keep = [
             r
@@ -330,7 +333,11 @@ class ExactVectors:
             and isinstance(r[3], bytes)
             and len(r[3]) == 4 * self._dim
         ]
-        return [str(r[0]) for r in keep], _normalised([bytes(r[3]) for r in keep], self._dim)
+        return (
+            [str(r[0]) for r in keep],
+            _normalised([bytes(r[3]) for r in keep], self._dim),
+            [float(r[4]) for r in keep],
+        )
 
     # -- search ------------------------------------------------------------
 

@@ -261,6 +261,20 @@ class SQLiteStore(SQLiteUpkeep):
             yield rows
             last = rows[-1].n
 
+    def keys_of(self, ids: Iterable[str]) -> dict[str, int]:
+        """The key ``n`` of each memory id that exists."""
+        ids = list(ids)
+        out: dict[str, int] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            out.update(
+                (str(r[0]), int(r[1]))
+                for r in self.db.execute(
+                    f"SELECT id, n FROM memories WHERE id IN ({qmarks(len(chunk))})", chunk
+                )
+            )
+        return out
+
     def mark_indexed(self, keys: Sequence[tuple[int, str]], value: int = 1) -> None:
         """Set ``indexed`` of the memories ``(n, id)`` (a key and id that no longer
         match, because the memory was deleted meanwhile, change nothing)."""
