@@ -95,8 +95,8 @@ class SearchOps(LearningOps):
         prunable: list[tuple[int, int]] = []
         holding = {pk: self.store.nodes_holding(nodes, pk) for pk, _ in paths}
         # the query embedding (ONNX, GIL released) overlaps the lexical leg; the ANN
-        # query runs after it on this thread: Chroma's query holds the GIL, so beside
-        # the lexical leg's Python it only slowed both (measured at 100k memories)
+        # query runs after it on this thread: beside the lexical leg on a second
+        # thread it only slowed both (measured at 100k memories on 2 cores)
         self._late_s = 0.0
         cached = self._cached_query(query)
         pending = None if cached is not None else self._aux().submit(self._embed_query, query)
