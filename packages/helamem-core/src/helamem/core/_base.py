@@ -60,8 +60,9 @@ class SearchTiming:
     wait for the embedding plus the ANN query, run after the lexical leg on the
     owner thread (on 2 cores, both legs on two threads took 4.5-5.5 ms at 100k
     memories, one after the other 3.4-4.0 ms). ``legs_s`` is the time until
-    both were done. ``late_s`` is the MaxSim leg (token vectors read and scored), ``rest_s`` everything else
-    (candidate rows, pool, fusion, spreading, hits, the learning write).
+    both were done. ``late_s`` is the MaxSim leg (token vectors read and
+    scored), ``rest_s`` everything else (candidate rows, pool, fusion,
+    spreading, hits, the learning write).
     """
 
     dense_s: float
