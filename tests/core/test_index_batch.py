@@ -290,3 +290,27 @@ def test_another_writers_fresh_rows_are_left_to_its_batch(tmp_path: Path) -> Non
     finally:
         b.close()
         a.close()
+
+
+def test_searches_scan_exactly_while_the_index_keeps_failing(tmp_path: Path) -> None:
+    mem = _open(tmp_path / "s", upsert_batch=2, upsert_delay_s=60)
+    try:
+
+        def broken(core: Any) -> Any:
+            real = core.index.upsert
+
+            def fail(*args: Any) -> None:
+                raise StorageError("disk full (simulated)")
+
+            core.index.upsert = fail
+            return real
+
+        real = mem._call(KeepsPending(broken))
+        u, _ = mem.add_turn(SCOPE, "an okapi named Dot", "hello Dot")  # its batch fails
+        for _ in range(2):  # each search's re-index fails too: the rows are scanned exactly
+            hit = mem.search("okapi named Dot", SCOPE, k=1, learn=False, spread=False)
+            assert hit.ids == [u.id]
+        mem._call(KeepsPending(lambda c: setattr(c.index, "upsert", real)))
+        assert mem.flush() == 2 and u.id in _index_ids(mem)
+    finally:
+        mem.close()

@@ -98,3 +98,18 @@ def test_the_lock_is_released_on_close(tmp_path: Path) -> None:
         m.add_many([NewMemory(f"parent {i}", BIG) for i in range(25)])
     _, err = _run(_big_searcher, path)  # the holder closed: this one takes the index
     assert err == "no error"
+
+
+def test_the_lock_is_released_when_two_stores_close_in_either_order(tmp_path: Path) -> None:
+    """Two stores on one directory share the lock: whichever closes last releases it,
+    although the other store's owner thread took it."""
+    for first in (0, 1):
+        path = tmp_path / f"s{first}"
+        a = HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64))
+        b = HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64))
+        a.add_many([NewMemory(f"parent {i}", BIG) for i in range(25)])  # a takes the lock
+        assert b.search("parent 3", BIG, k=1, learn=False).hits  # b shares it
+        for m in (a, b) if first == 0 else (b, a):
+            m.close()
+        _, err = _run(_big_searcher, path)  # another process can take the index now
+        assert err == "no error", (first, err)

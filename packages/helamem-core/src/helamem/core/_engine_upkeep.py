@@ -226,12 +226,15 @@ class UpkeepMethods(OwnedCore):
 
         Adds to large scopes return once SQLite holds them; their vectors reach
         Chroma in batches (``ChromaConfig.upsert_batch``, ``upsert_delay_s``),
-        and every call other than an add or a search writes them first, as
-        :meth:`close` does. Searches find them meanwhile. Call this to hand a
-        fully indexed store to another process or tool at once.
+        and every call other than an add, a search, ``get``, ``reinforce`` or
+        ``list_scopes`` writes them first, as :meth:`close` does. Searches find
+        them meanwhile. Call this to hand a fully indexed store to another
+        process or tool at once.
 
         Rows a failed write left unindexed, and another process's rows this
-        process's index can take, are re-indexed too.
+        process's index can take, are re-indexed too. With embedded Chroma only
+        the process holding the index writes to it: elsewhere this writes
+        nothing (0) and the holder indexes the rows.
 
         Returns:
             The vectors written.

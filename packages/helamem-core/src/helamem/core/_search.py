@@ -77,7 +77,10 @@ class SearchOps(LearningOps):
             raise InvalidInputError(f"semantic_k must be an int >= 0, got {semantic_k!r}")
         ref_given = None if reference_time is None else to_timestamp(reference_time, default=0.0)
         if self._needs_reconcile:
-            self.reconcile()
+            try:
+                self.reconcile()
+            except StorageError as exc:  # the rows stay unindexed: scanned exactly below
+                logger.warning("re-index failed, searching unindexed rows exactly: %s", exc)
         node: int | None
         if prefix:
             node = self.store.find_scope(prefix)

@@ -42,7 +42,9 @@ class ProcessLock:
             entry = _held.get(self._key)
             if entry is None:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
-                lock = filelock.FileLock(str(self._path), timeout=0)
+                # not thread-local: a store takes it on its owner thread, and the
+                # last store on the path (another owner thread) releases it
+                lock = filelock.FileLock(str(self._path), timeout=0, thread_local=False)
                 try:
                     lock.acquire()
                 except filelock.Timeout:
