@@ -310,6 +310,8 @@ class CoreBase:
                     self.store.mark_indexed(moved, 0)
                     self._needs_reconcile = True
             done = True
+        except IndexLockedError as exc:  # embedded Chroma held by another process: its job
+            logger.debug("vectors left unindexed for the index's holder: %s", exc)
         except StorageError as exc:
             logger.warning("vector index update failed, will re-index on next use: %s", exc)
         finally:
