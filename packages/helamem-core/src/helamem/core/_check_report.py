@@ -133,7 +133,8 @@ class CheckReport:
             f"edges      {self.edges}",
             f"scopes     {self.scopes} ({self.scope_nodes} scope nodes)",
             f"pending    {self.unindexed} memories to index, "
-            f"{self.tombstones} vector deletions (done when the store opens)",
+            f"{self.tombstones} vector deletions (done by the process holding the index "
+            "within seconds, or when the store opens)",
         ]
         lines += [f"note       {n}" for n in self.notes]
         if self.ok:
