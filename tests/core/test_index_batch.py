@@ -61,6 +61,21 @@ def _spy_upserts(mem: HelaMemory) -> list[int]:
     return sizes
 
 
+def _break_upserts(mem: HelaMemory) -> Any:
+    """Make every index write fail (a full disk); returns the real write to restore."""
+
+    def broken(core: Any) -> Any:
+        real = core.index.upsert
+
+        def fail(*args: Any) -> None:
+            raise StorageError("disk full (simulated)")
+
+        core.index.upsert = fail
+        return real
+
+    return mem._call(KeepsPending(broken))
+
+
 def test_turns_wait_for_one_write_and_are_found_meanwhile(tmp_path: Path) -> None:
     mem = _open(tmp_path / "s", upsert_batch=6, upsert_delay_s=60)
     try:
@@ -128,17 +143,7 @@ def test_close_writes_them_and_one_write_per_add_is_available(tmp_path: Path) ->
 def test_a_failed_batch_loses_nothing(tmp_path: Path) -> None:
     mem = _open(tmp_path / "s", upsert_batch=2, upsert_delay_s=60)
     try:
-
-        def broken(core: Any) -> Any:
-            real = core.index.upsert
-
-            def fail(*args: Any) -> None:
-                raise StorageError("disk full (simulated)")
-
-            core.index.upsert = fail
-            return real
-
-        real = mem._call(KeepsPending(broken))
+        real = _break_upserts(mem)
         u, _ = mem.add_turn(SCOPE, "a write that fails", "still stored")  # batch of 2: fails
         assert _pending(mem) == 0
         mem._call(KeepsPending(lambda c: setattr(c.index, "upsert", real)))
@@ -295,17 +300,7 @@ def test_another_writers_fresh_rows_are_left_to_its_batch(tmp_path: Path) -> Non
 def test_searches_scan_exactly_while_the_index_keeps_failing(tmp_path: Path) -> None:
     mem = _open(tmp_path / "s", upsert_batch=2, upsert_delay_s=60)
     try:
-
-        def broken(core: Any) -> Any:
-            real = core.index.upsert
-
-            def fail(*args: Any) -> None:
-                raise StorageError("disk full (simulated)")
-
-            core.index.upsert = fail
-            return real
-
-        real = mem._call(KeepsPending(broken))
+        real = _break_upserts(mem)
         u, _ = mem.add_turn(SCOPE, "an okapi named Dot", "hello Dot")  # its batch fails
         for _ in range(2):  # each search's re-index fails too: the rows are scanned exactly
             hit = mem.search("okapi named Dot", SCOPE, k=1, learn=False, spread=False)

@@ -253,22 +253,22 @@ class CoreBase:
         one batched write (:meth:`flush_index`, at ``ChromaConfig.upsert_batch``
         or called by the owner); the rest are indexed now.
         """
-        # copies: the rows may wait, and an embedder may reuse its output buffer
-        rows = [
-            (n, i, s, k, np.array(v, dtype=np.float32))
-            for n, i, s, k, v in zip(ns, ids, scope_ids, kinds, vecs, strict=True)
-        ]
+        rows = list(zip(ns, ids, scope_ids, kinds, vecs, strict=True))
         deferrable = getattr(self.index, "deferrable", None)
         if self.defer_index and callable(deferrable):
             later = deferrable([(s, k) for _, _, s, k, _ in rows])
             now = [r for r, d in zip(rows, later, strict=True) if not d]
-            self._set_pending(
-                [*self._pending_index, *(r for r, d in zip(rows, later, strict=True) if d)]
-            )
+            # copies: the rows wait, and an embedder may reuse its output buffer
+            waiting = [
+                (n, i, s, k, np.array(v, dtype=np.float32))
+                for (n, i, s, k, v), d in zip(rows, later, strict=True)
+                if d
+            ]
+            self._set_pending([*self._pending_index, *waiting])
         else:
             now = rows
-        if now:
-            self._write_index(now)
+        if now:  # just committed: written as the add's own step
+            self._write_index(now, recheck=False)
         if len(self._pending_index) >= self.config.chroma.upsert_batch:
             self.flush_index()
 
@@ -285,24 +285,29 @@ class CoreBase:
         if not batch:
             return 0
         self._set_pending([])
-        return self._write_index(batch)
+        return self._write_index(batch, recheck=True)
 
-    def _write_index(self, rows: Sequence[tuple[int, str, int, str, np.ndarray]]) -> int:
+    def _write_index(
+        self, rows: Sequence[tuple[int, str, int, str, np.ndarray]], *, recheck: bool
+    ) -> int:
         """Upsert ``(n, id, scope_id, kind, vector)`` rows and mark them indexed; returns
-        the vectors written (0 on a failure: logged, the rows re-indexed later)."""
+        the vectors written (0 on a failure: logged, the rows re-indexed later).
+
+        ``recheck`` (rows that waited for a batch): an id deleted and added again
+        meanwhile (a caller-chosen id, by this or another writer) names a new row
+        with its own vector, so it is skipped before the write, and unmarked after
+        it when the new row came during the write (the re-index writes its own).
+        """
         done = False
         try:
-            # an id deleted and added again meanwhile (a caller-chosen id, by this or
-            # another writer) names a new row with its own vector: never write ours
-            now = self.store.keys_of([r[1] for r in rows])
-            rows = [r for r in rows if now.get(r[1]) == r[0]]
+            if recheck:
+                now = self.store.keys_of([r[1] for r in rows])
+                rows = [r for r in rows if now.get(r[1]) == r[0]]
             if rows:
                 ns, ids, sids, kinds, vecs = zip(*rows, strict=True)
                 self.index.upsert(list(ids), np.stack(vecs), list(sids), list(kinds))
                 self.store.mark_indexed(list(zip(ns, ids, strict=True)))
-                # ... checked again after the write: a new row that took an id during
-                # it may now have our vector; unmarked, the re-index writes its own
-                after = self.store.keys_of(ids)
+                after = self.store.keys_of(ids) if recheck else {}
                 moved = [
                     (after[i], i) for n, i in zip(ns, ids, strict=True) if after.get(i, n) != n
                 ]
