@@ -3,33 +3,111 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, RetrievalConfig
+from helamem.core import (
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    PostgresConfig,
+    RetrievalConfig,
+)
+from pg_server import PgServer, schema_for
+
+BACKENDS = ("sqlite", "postgres")
+"""The graph stores every test of the ``mem`` / ``make_mem`` / ``store_config`` fixtures runs on."""
 
 
-def make_memory(path: Path, **retrieval: object) -> HelaMemory:
-    cfg = HelaMemConfig(path=path, retrieval=RetrievalConfig(**retrieval))  # type: ignore[arg-type]
+def make_memory(path: Path, *, pg_dsn: str | None = None, **retrieval: object) -> HelaMemory:
+    """An unopened HelaMemory at ``path`` (its graph in PostgreSQL when ``pg_dsn`` is given:
+    a schema of its own per path, so reopening ``path`` finds the same memories)."""
+    cfg = HelaMemConfig(
+        path=path,
+        retrieval=RetrievalConfig(**retrieval),  # type: ignore[arg-type]
+        store=None if pg_dsn is None else pg_config(pg_dsn, path),
+    )
     return HelaMemory(cfg, embedder=HashingEmbedder(256))
 
 
+def pg_config(dsn: str, path: Path) -> PostgresConfig:
+    return PostgresConfig(dsn=dsn, schema_name=schema_for(path))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL on 127.0.0.1 per test process (started on first use)."""
+    srv = PgServer.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def mem(tmp_path: Path) -> Iterator[HelaMemory]:
-    m = make_memory(tmp_path / "store")
+def pg_dsn(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The test PostgreSQL's DSN on the postgres backend, None on SQLite."""
+    if backend == "sqlite":
+        return None
+    return str(request.getfixturevalue("pg_server").dsn)
+
+
+@pytest.fixture
+def store_config(pg_dsn: str | None) -> Callable[[Path], PostgresConfig | None]:
+    """``store_config(path)`` → the ``HelaMemConfig.store`` of this backend for ``path``."""
+    return lambda path: None if pg_dsn is None else pg_config(pg_dsn, path)
+
+
+@pytest.fixture
+def store_db(pg_dsn: str | None) -> Callable[[Path], Any]:
+    """``store_db(path)`` → a connection to the graph store of the memory at ``path``
+    (``execute``/``close``; the store's portable SQL with ``?`` runs on both backends)."""
+
+    def connect(path: Path) -> Any:
+        if pg_dsn is None:
+            return sqlite3.connect(path / "helamem.sqlite3", isolation_level=None)
+        from helamem.core.storage.postgres import connect_reader
+
+        return connect_reader(pg_config(pg_dsn, path))
+
+    return connect
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Leave out the PostgreSQL run of tests marked ``sqlite_only`` (SQLite's file,
+    FTS5 or the tantivy index it derives)."""
+    items[:] = [
+        it
+        for it in items
+        if not (
+            it.get_closest_marker("sqlite_only")
+            and getattr(getattr(it, "callspec", None), "params", {}).get("backend") == "postgres"
+        )
+    ]
+
+
+@pytest.fixture
+def mem(tmp_path: Path, pg_dsn: str | None) -> Iterator[HelaMemory]:
+    m = make_memory(tmp_path / "store", pg_dsn=pg_dsn)
     yield m
     m.close()
 
 
 @pytest.fixture
-def make_mem() -> object:
+def make_mem(pg_dsn: str | None) -> Callable[..., HelaMemory]:
     """Factory: ``make_mem(path, **retrieval_overrides)`` → an unopened HelaMemory."""
-    return make_memory
+    return partial(make_memory, pg_dsn=pg_dsn)
 
 
 # Property tests are derandomized by default so that CI is reproducible; explore

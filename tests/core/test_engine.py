@@ -167,6 +167,7 @@ def test_decay_is_lazy_and_prunes(tmp_path: Path) -> None:
         assert m.stats(ALICE).edges == before - report["pruned"]
 
 
+@pytest.mark.sqlite_only  # writes SQLite's FTS5 table directly
 def test_reconcile_reindexes_rows_that_missed_the_vector_index(
     tmp_path: Path, make_mem: Any
 ) -> None:
@@ -211,10 +212,11 @@ def test_failed_index_write_loses_nothing(tmp_path: Path) -> None:
         assert m.stats().unindexed == 0
 
 
-def test_embedder_mismatch_is_refused(tmp_path: Path, make_mem: Any) -> None:
+def test_embedder_mismatch_is_refused(tmp_path: Path, make_mem: Any, store_config: Any) -> None:
     with make_mem(tmp_path / "s") as m:
         m.add("x marks the spot", ALICE)
-    other = HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64))
+    cfg = HelaMemConfig(path=tmp_path / "s", store=store_config(tmp_path / "s"))
+    other = HelaMemory(cfg, embedder=HashingEmbedder(64))
     with pytest.raises(ConfigError, match="reindex --reembed"):
         other.open()
     other.close()

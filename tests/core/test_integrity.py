@@ -3,7 +3,6 @@ corrupt files, failing embedders, caller-chosen ids (issue 14, cases 1, 3, 6, 9,
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -28,12 +27,7 @@ A = ("users", "a")
 B = ("users", "b")
 
 
-def _db(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(path / "helamem.sqlite3")
-
-
-def _orphan_edges(path: Path) -> int:
-    db = _db(path)
+def _orphan_edges(db: Any) -> int:
     try:
         return int(
             db.execute(
@@ -48,19 +42,32 @@ def _orphan_edges(path: Path) -> int:
 # -- case 1: a new memory is read back by its own id; keys are never reused ----
 
 
-def test_memory_keys_are_never_reused(tmp_path: Path, make_mem: Any) -> None:
+def test_memory_keys_are_never_reused(
+    tmp_path: Path, make_mem: Any, store_db: Any, backend: str
+) -> None:
     with make_mem(tmp_path / "s") as mem:
         first = mem.add("alpha one", A)
         mem.delete(first.id)
         second = mem.add("beta two", A)
-    db = _db(tmp_path / "s")
+        third = mem.add("gamma three", A)
+        mem.delete(third.id)
+    db = store_db(tmp_path / "s")
     try:
         (n2,) = db.execute("SELECT n FROM memories WHERE id = ?", (second.id,)).fetchone()
-        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memories'").fetchone()
+        if backend == "sqlite":
+            seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'memories'").fetchone()
+            assert seq == (3,)
     finally:
         db.close()
     assert n2 == 2  # the deleted memory's key 1 was not handed out again
-    assert seq == (2,)
+    with make_mem(tmp_path / "s") as mem:  # nor the last one's, after a reopen
+        fourth = mem.add("delta four", A)
+    db = store_db(tmp_path / "s")
+    try:
+        (n4,) = db.execute("SELECT n FROM memories WHERE id = ?", (fourth.id,)).fetchone()
+    finally:
+        db.close()
+    assert n4 == 4
 
 
 def test_add_returns_its_own_memory_when_another_writer_deletes_and_adds(
@@ -118,7 +125,9 @@ def test_caller_chosen_ids(mem: HelaMemory) -> None:
 # -- case 3: a candidate deleted during a search is skipped --------------------
 
 
-def test_candidate_deleted_during_search_is_skipped(tmp_path: Path, make_mem: Any) -> None:
+def test_candidate_deleted_during_search_is_skipped(
+    tmp_path: Path, make_mem: Any, store_db: Any
+) -> None:
     path = tmp_path / "s"
     with make_mem(path) as one, make_mem(path) as two:
         ids = [one.add(f"garden note {i} about tomatoes", A).id for i in range(6)]
@@ -141,10 +150,10 @@ def test_candidate_deleted_during_search_is_skipped(tmp_path: Path, make_mem: An
         core.store.rows_by_n = rows_by_n  # type: ignore[method-assign]
         assert gone and gone[0] not in res.ids
         assert len(res.ids) >= 3 and set(res.ids) <= set(ids)
-    assert _orphan_edges(path) == 0  # learning wrote no edge to the deleted memory
+    assert _orphan_edges(store_db(path)) == 0  # learning wrote no edge to the deleted memory
 
 
-def test_searches_racing_deletes_never_fail(tmp_path: Path, make_mem: Any) -> None:
+def test_searches_racing_deletes_never_fail(tmp_path: Path, make_mem: Any, store_db: Any) -> None:
     path = tmp_path / "s"
     errors: list[BaseException] = []
     with make_mem(path) as one, make_mem(path) as two:
@@ -172,12 +181,13 @@ def test_searches_racing_deletes_never_fail(tmp_path: Path, make_mem: Any) -> No
         t.join()
     assert errors == []
     assert searches > 10
-    assert _orphan_edges(path) == 0
+    assert _orphan_edges(store_db(path)) == 0
 
 
 # -- case 6: a full disk raises a typed error; nothing is lost -------------------
 
 
+@pytest.mark.sqlite_only  # SQLite's own file
 def test_full_disk_raises_disk_full_error_and_loses_nothing(mem: HelaMemory) -> None:
     kept = [mem.add(f"before the disk filled {i}", A).id for i in range(5)]
     core = mem._core
@@ -219,6 +229,7 @@ def _damaged(path: Path, make_mem: Any, offset: int) -> Path:
     return path
 
 
+@pytest.mark.sqlite_only  # SQLite's own file
 @pytest.mark.parametrize("offset", [0, 4096 * 3])
 def test_garbage_pages_raise_corrupt_store_error(
     tmp_path: Path, make_mem: Any, offset: int
@@ -325,6 +336,7 @@ def test_real_full_disk_is_typed_and_loses_nothing(tiny_fs: Path) -> None:
         assert mem.stats().memories == len(acked) - 5
 
 
+@pytest.mark.sqlite_only  # SQLite's own file
 def test_a_store_path_that_is_a_file_is_a_storage_error(tmp_path: Path, make_mem: Any) -> None:
     f = tmp_path / "not-a-dir"
     f.write_text("x")

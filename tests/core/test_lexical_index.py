@@ -24,6 +24,8 @@ WORDS = [f"w{i}" for i in range(60)]
 # a tiny threshold and tail so that a few dozen memories exercise every path
 SMALL = {"lexical_index_min": 20, "lexical_index_tail": 3}
 
+pytestmark = pytest.mark.sqlite_only  # tantivy, derived from SQLite's FTS5
+
 
 def _texts(rng: random.Random, n: int) -> list[str]:
     return [" ".join(rng.sample(WORDS, 4)) + f" unique{rng.randrange(10**9)}" for _ in range(n)]

@@ -69,6 +69,7 @@ def _vocab_exists(path: Path) -> bool:
     return r is not None
 
 
+@pytest.mark.sqlite_only  # SQLite's FTS5 vocabulary and migrations
 def test_term_stats_counts_documents_with_fts_stemming(mem: HelaMemory, tmp_path: Path) -> None:
     for i in range(10):
         mem.add(f"note {i}: the cats were painting this week", ALICE)
@@ -109,6 +110,7 @@ def test_term_stats_follow_every_write_to_the_index(
     assert stats() == (2, [2, 1])
 
 
+@pytest.mark.sqlite_only  # SQLite's FTS5 vocabulary and migrations
 def test_v1_store_gains_the_vocab_table(tmp_path: Path, make_mem: Any) -> None:
     path = tmp_path / "old"
     path.mkdir()

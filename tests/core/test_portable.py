@@ -20,6 +20,7 @@ from helamem.core import (
     ImportConflictError,
     Memory,
 )
+from helamem.core.storage.postgres import PG_SCHEMA_VERSION
 from helamem.core.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
 
 ALICE = ("users", "alice")
@@ -134,7 +135,8 @@ def test_file_format(mem: HelaMemory, tmp_path: Path) -> None:
     lines = [json.loads(s) for s in path.read_text().splitlines()]
     head, body, end = lines[0], lines[1], lines[-1]
     assert head["format"] == "helamem.scope" and head["version"] == 1
-    assert head["schema_version"] == SCHEMA_VERSION
+    want = SCHEMA_VERSION if mem.config.store is None else PG_SCHEMA_VERSION
+    assert head["schema_version"] == want
     assert head["embedder"] == {"name": "hashing-256", "dimension": 256}
     assert head["scope"] == list(ALICE) and head["exported_at"].endswith("+00:00")
     assert body["type"] == "memory" and body["id"] == m.id and body["scope"] == []
@@ -289,6 +291,7 @@ def test_v1_fixture_is_the_shipped_v1_schema(tmp_path: Path) -> None:
     assert old.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
 
 
+@pytest.mark.sqlite_only  # SQLite's migrations
 def test_v1_store_migrates_on_open_and_works(tmp_path: Path, make_mem: Any) -> None:
     path = tmp_path / "old"
     _load_v1(path)

@@ -15,6 +15,7 @@ from .config import (
     EmbedderConfig,
     HelaMemConfig,
     LLMConfig,
+    PostgresConfig,
     RetrievalConfig,
 )
 from .context import UsedMemories, collect_used, note_used
@@ -51,6 +52,7 @@ from .types import Hit, Kind, Memory, NewMemory, NewTurn, Provenance, Scope, Sea
 __all__ = [
     "CheckReport",
     "ChromaConfig",
+    "PostgresConfig",
     "ConsolidationConfig",
     "ConsolidationReport",
     "ExportFormatError",

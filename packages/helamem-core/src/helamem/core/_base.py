@@ -47,6 +47,16 @@ _KIND_CODE = {"episodic": 1, "semantic": 2}
 MAX_CONTENT_CHARS = 16_000_000
 
 
+def make_store(config: HelaMemConfig) -> SQLiteStore:
+    """The graph store ``config`` names (no I/O): SQLite at ``<path>/helamem.sqlite3``,
+    or PostgreSQL for a :class:`~helamem.core.config.PostgresConfig` ``store``."""
+    if config.store is not None:
+        from .storage.postgres import PostgresStore
+
+        return PostgresStore(config.store)
+    return SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
+
+
 def scope_tag(node: int, kind: str) -> str:
     return f"s{node}k{_KIND_CODE[kind]}"
 
@@ -137,14 +147,14 @@ class CoreBase:
         # late interaction (MaxSim) when configured and the embedder gives token vectors
         self._tokens = token_embedder(embedder) if config.retrieval.late_weight > 0 else None
         self.index = index
-        self.store = SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
+        self.store = make_store(config)
         rc = config.retrieval
-        # large stores' BM25 (tantivy, derived from FTS5); None: FTS5 always
+        # large SQLite stores' BM25 (tantivy, derived from FTS5); None: the store's own
         self.lexical_index = (
             LexicalIndex(
                 config.path / "lexical", min_rows=rc.lexical_index_min, tail=rc.lexical_index_tail
             )
-            if rc.lexical_index == "auto"
+            if rc.lexical_index == "auto" and config.store is None
             else None
         )
         self._scopes: dict[int, Scope] = {}

@@ -118,15 +118,9 @@ class LearningOps(CoreBase):
             pairs = [(a, b) for a, b in pairs if a in alive and b in alive]
         if not pairs:
             return
-        existing = self.store.edges_among(sorted(set(ns)))
-        updated = []
-        for a, b in pairs:
-            e = existing.get((a, b))
-            w = 0.0 if e is None else self._decayed(e, tick_now)
-            updated.append(
-                EdgeRow(a, b, scope_id, dynamics.reinforced(w, d.learning_rate), tick_now)
-            )
-        self.store.upsert_edges(db, updated)
+        # one atomic upsert per edge (decay to now, add the learning rate, cap):
+        # concurrent writers of one edge never lose a co-activation
+        self.store.co_activate(db, pairs, scope_id, tick_now, d.learning_rate, d.decay_rate)
 
     def reinforce(self, ids: Sequence[str]) -> int:
         """Co-activate memories (pairs within one scope); returns pairs updated."""

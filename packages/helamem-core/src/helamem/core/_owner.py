@@ -157,7 +157,9 @@ class OwnedCore:
         else:
             from .storage.chroma import make_index
 
-            index = make_index(self.config.chroma, self.config.path, embedder)
+            index = make_index(
+                self.config.chroma, self.config.path, embedder, store=self.config.store
+            )
         core = Core(self.config, embedder, index, reembed=self._reembed)
         core.open()
         core.defer_index = self.config.chroma.upsert_batch > 1

@@ -17,6 +17,7 @@ __all__ = [
     "ChromaConfig",
     "ConsolidationConfig",
     "LLMConfig",
+    "PostgresConfig",
     "DynamicsConfig",
     "EmbedderConfig",
     "HelaMemConfig",
@@ -377,6 +378,32 @@ class ChromaConfig(_Frozen):
     upsert_delay_s: float = Field(0.5, gt=0.0, le=60.0)
 
 
+class PostgresConfig(_Frozen):
+    """A graph store in PostgreSQL instead of ``<path>/helamem.sqlite3``.
+
+    Memories, edges, scope clocks, the BM25 statistics and distilled facts live
+    in the tables of ``schema`` (created on first open; append-only
+    migrations), so processes on several machines can share one memory. Pair
+    it with a Chroma server (``ChromaConfig(mode="http")``) for vectors; the
+    local ``path`` then only holds lock files.
+
+    Attributes:
+        dsn: A libpq connection string or ``postgresql://`` URL
+            (``postgresql://user:secret@db.internal:5432/agents``).
+        schema_name: The PostgreSQL schema holding this memory's tables (one memory
+            per schema; several may share a database). Lower-case letters,
+            digits and ``_``.
+        pool_size: Most connections one memory holds open (at least 2: the
+            store's and the exact vector scan's).
+        connect_timeout_s: Seconds to wait for a connection.
+    """
+
+    dsn: SecretStr
+    schema_name: str = Field("helamem", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    pool_size: int = Field(4, ge=2, le=64)
+    connect_timeout_s: float = Field(10.0, gt=0.0)
+
+
 class HelaMemConfig(_Frozen):
     """Configuration of a :class:`~helamem.core.HelaMemory`.
 
@@ -396,6 +423,9 @@ class HelaMemConfig(_Frozen):
     llm: LLMConfig = LLMConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
     busy_timeout_s: float = Field(30.0, gt=0.0)
+    # None: the graph store is the SQLite file <path>/helamem.sqlite3 (the default);
+    # a PostgresConfig: PostgreSQL tables, shared by processes on several machines
+    store: PostgresConfig | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> HelaMemConfig:
@@ -404,7 +434,9 @@ class HelaMemConfig(_Frozen):
         Recognised: ``HELAMEM_PATH``, ``HELAMEM_EMBEDDER`` (provider),
         ``HELAMEM_EMBEDDING_MODEL``, ``HELAMEM_CHROMA_HOST`` (switches to
         ``mode="http"``), ``HELAMEM_CHROMA_PORT``, ``HELAMEM_CHROMA_SSL``,
-        ``HELAMEM_COLLECTION``, ``HELAMEM_LLM_MODEL``, ``HELAMEM_LLM_API_BASE``.
+        ``HELAMEM_COLLECTION``, ``HELAMEM_LLM_MODEL``, ``HELAMEM_LLM_API_BASE``,
+        ``HELAMEM_POSTGRES_DSN`` (a :class:`PostgresConfig` store) and
+        ``HELAMEM_POSTGRES_SCHEMA``.
 
         Args:
             environ: Mapping to read instead of ``os.environ``.
@@ -439,5 +471,10 @@ class HelaMemConfig(_Frozen):
             llm["api_base"] = env["HELAMEM_LLM_API_BASE"]
         if llm:
             data["llm"] = LLMConfig(**llm)
+        if "HELAMEM_POSTGRES_DSN" in env:
+            pg: dict[str, Any] = {"dsn": env["HELAMEM_POSTGRES_DSN"]}
+            if "HELAMEM_POSTGRES_SCHEMA" in env:
+                pg["schema_name"] = env["HELAMEM_POSTGRES_SCHEMA"]
+            data["store"] = PostgresConfig(**pg)
         data.update(overrides)
         return cls(**data)

@@ -50,7 +50,7 @@ import numpy.typing as npt
 from chromadb.api.types import Documents, EmbeddingFunction
 from chromadb.errors import ChromaError, NotFoundError
 
-from ..config import ChromaConfig
+from ..config import ChromaConfig, PostgresConfig
 from ..embeddings import Embedder, MiniLMEmbedder, Vectors, check_vectors
 from ..errors import StorageError
 from .base import IndexLockedError
@@ -382,9 +382,25 @@ class ChromaIndex(ChromaConnection):
         return self._promote_large()
 
 
-def make_index(config: ChromaConfig, data_dir: Path, embedder: Embedder) -> ChromaIndex:
-    """The vector index for ``config`` (Chroma files under ``data_dir/chroma``)."""
-    return ChromaIndex(config, data_dir / "chroma", isinstance(embedder, MiniLMEmbedder))
+def make_index(
+    config: ChromaConfig,
+    data_dir: Path,
+    embedder: Embedder,
+    store: PostgresConfig | None = None,
+) -> ChromaIndex:
+    """The vector index for ``config`` (Chroma files under ``data_dir/chroma``).
+
+    ``store``: the PostgreSQL graph store whose embeddings small scopes scan
+    (default: the SQLite file ``data_dir/helamem.sqlite3``).
+    """
+    connect = None
+    if store is not None:
+        from .postgres import connect_reader
+
+        connect = partial(connect_reader, store)
+    return ChromaIndex(
+        config, data_dir / "chroma", isinstance(embedder, MiniLMEmbedder), connect=connect
+    )
 
 
 def discard_index(data_dir: Path) -> None:

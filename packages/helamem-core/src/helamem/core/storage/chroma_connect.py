@@ -15,7 +15,7 @@ import logging
 import resource
 import shutil
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, cast
@@ -87,9 +87,18 @@ class ChromaConnection:
         config: Where Chroma lives and the tier threshold.
         path: The Chroma directory (``<data dir>/chroma``).
         attach_minilm: Attach HeLa-Mem's MiniLM embedding function to collections.
+        connect: Opens the exact scan's connection to the graph store (default:
+            SQLite's ``helamem.sqlite3`` beside ``path``; PostgreSQL's for a
+            :class:`~helamem.core.config.PostgresConfig` store).
     """
 
-    def __init__(self, config: ChromaConfig, path: Path, attach_minilm: bool) -> None:
+    def __init__(
+        self,
+        config: ChromaConfig,
+        path: Path,
+        attach_minilm: bool,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
         self._config = config
         self._path = path
         self._attach_minilm = attach_minilm
@@ -97,7 +106,7 @@ class ChromaConnection:
         self._dimension = 0
         self._cols: OrderedDict[str, Any] = OrderedDict()
         self._exact = ExactVectors(
-            path.parent / "helamem.sqlite3", config.exact_cache_mb * 1024 * 1024
+            path.parent / "helamem.sqlite3", config.exact_cache_mb * 1024 * 1024, connect=connect
         )
         self._lock = ProcessLock(path.parent / "chroma.lock")
         self._verified = False

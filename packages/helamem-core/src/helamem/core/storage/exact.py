@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,13 +79,23 @@ class ExactVectors:
         path: ``helamem.sqlite3`` (opened by the store first, so it exists).
         cache_bytes: Most bytes of cached matrices (0 caches nothing).
         busy_timeout_s: SQLite busy timeout for the few writes (index metadata).
+        connect: Opens the connection instead (an object with ``sqlite3.Connection``'s
+            ``execute``/``executemany``/``in_transaction``/``close``, such as
+            :class:`~helamem.core.storage.pg_conn.PgConnection`).
 
     Thread-safe (one internal lock); the store's owner thread both writes and
     reads it.
     """
 
-    def __init__(self, path: Path, cache_bytes: int, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cache_bytes: int,
+        busy_timeout_s: float = 30.0,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
         self._path = path
+        self._connect = connect
         self._budget = cache_bytes
         self._timeout = busy_timeout_s
         self._db: sqlite3.Connection | None = None
@@ -98,6 +108,9 @@ class ExactVectors:
 
     def open(self, dimension: int) -> None:
         self._dim = dimension
+        if self._connect is not None:  # another engine's connection (PostgreSQL)
+            self._db = self._connect()
+            return
         try:
             db = sqlite3.connect(
                 self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False

@@ -31,6 +31,13 @@ from .sqlite_upkeep import SQLiteUpkeep
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore", "sqlite_errors", "storage_error"]
 
+# an existing edge's weight decayed to the new tick plus the learning rate (parameters
+# decay_rate, learning_rate); CASE, not MIN/MAX or LEAST/GREATEST: both engines run it
+_DECAYED_PLUS = (
+    "(edges.weight * POWER(?, CASE WHEN excluded.tick > edges.tick"
+    " THEN excluded.tick - edges.tick ELSE 0 END) + ?)"
+)
+
 
 class SQLiteStore(SQLiteUpkeep):
     """Memories, edges and scopes in one SQLite file."""
@@ -75,7 +82,8 @@ class SQLiteStore(SQLiteUpkeep):
         """``scope_id`` and every descendant node id."""
         rows = self.db.execute(
             "WITH RECURSIVE down(id) AS ("
-            " SELECT ? UNION ALL SELECT s.id FROM scopes s JOIN down ON s.parent = down.id)"
+            " SELECT CAST(? AS BIGINT)"
+            " UNION ALL SELECT s.id FROM scopes s JOIN down ON s.parent = down.id)"
             " SELECT id FROM down",
             (scope_id,),
         ).fetchall()
@@ -295,7 +303,11 @@ class SQLiteStore(SQLiteUpkeep):
 
     def put_token_vectors(self, db: sqlite3.Connection, items: Sequence[tuple[int, bytes]]) -> None:
         """Store memories' token vectors (see :func:`~helamem.core.retrieval.pack_tokens`)."""
-        db.executemany("INSERT OR REPLACE INTO token_vectors(n, data) VALUES (?, ?)", items)
+        db.executemany(
+            "INSERT INTO token_vectors(n, data) VALUES (?, ?) "
+            "ON CONFLICT(n) DO UPDATE SET data = excluded.data",
+            items,
+        )
 
     def token_vectors(self, ns: Sequence[int]) -> dict[int, bytes]:
         """The stored token vectors of these memory keys (those that have them)."""
@@ -519,6 +531,34 @@ class SQLiteStore(SQLiteUpkeep):
             "INSERT INTO edges(a, b, scope_id, weight, tick) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(a, b) DO UPDATE SET weight = excluded.weight, tick = excluded.tick",
             [(e.a, e.b, e.scope_id, e.weight, e.tick) for e in edges],
+        )
+
+    def co_activate(
+        self,
+        db: sqlite3.Connection,
+        pairs: Sequence[tuple[int, int]],
+        scope_id: int,
+        tick: int,
+        learning_rate: float,
+        decay_rate: float,
+    ) -> None:
+        r"""Co-activate edges ``pairs`` (``a < b``) at ``tick``: one atomic SQL upsert each.
+
+        An existing edge decays to ``tick``, gains :math:`\eta` and is capped at 1
+        (:func:`~helamem.core.dynamics.decayed`, :func:`~helamem.core.dynamics.reinforced`:
+        :math:`w' = \min(1, w\,\delta^{\max(0,\,t - t_0)} + \eta)`) and keeps the
+        later tick; a new one starts at :math:`\min(1, \eta)`. The update reads and
+        writes the row in one statement, so concurrent writers never lose one.
+        """
+        db.executemany(
+            "INSERT INTO edges(a, b, scope_id, weight, tick) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(a, b) DO UPDATE SET weight = CASE WHEN "
+            f"{_DECAYED_PLUS} > 1.0 THEN 1.0 ELSE {_DECAYED_PLUS} END, "
+            "tick = CASE WHEN excluded.tick > edges.tick THEN excluded.tick ELSE edges.tick END",
+            [
+                (a, b, scope_id, min(1.0, learning_rate), tick, *(decay_rate, learning_rate) * 2)
+                for a, b in pairs
+            ],
         )
 
     def delete_edges(self, db: sqlite3.Connection, keys: Iterable[tuple[int, int]]) -> None:

