@@ -1,8 +1,9 @@
 """A writer-searcher process of the multi-process Chroma-server test.
 
-Run as ``python mp_server_child.py STORE PORT NAME SEED SECONDS LOG_DIR NPROCS``.
+Run as ``python mp_server_child.py STORE PORT NAME SEED SECONDS LOG_DIR NPROCS [DSN]``.
 The child opens the store with ``ChromaConfig(mode="http", exact_below=EXACT_BELOW)``
-(large scopes in HNSW collections on the server), writes ``NAME.ready`` to
+(large scopes in HNSW collections on the server) and, given ``DSN``, its graph in
+PostgreSQL (one schema per store path), writes ``NAME.ready`` to
 ``LOG_DIR`` and waits for ``LOG_DIR/go`` (the start barrier). Then, for
 ``SECONDS``, it loops over random operations:
 
@@ -14,13 +15,17 @@ The child opens the store with ``ChromaConfig(mode="http", exact_below=EXACT_BEL
   (read from that process's log) is searched by its own vector (the content
   embedded again, the vector index queried over its scope, ``K`` results);
 * a full ``search`` (lexical + dense + spreading) of a scope or of the
-  ``("mp",)`` prefix, learning or not.
+  ``("mp",)`` prefix, learning or not;
+* ``reinforce`` of two of the ``HEBB`` scope's memories (written by the test
+  before the start; nothing else learns there, and edges do not decay: every
+  edge's weight there is exactly what the logged co-activations imply).
 
 Acknowledged operations are appended to ``LOG_DIR/NAME.log`` after the call
 returned, one line each, flushed to the OS:
 
 * ``A<TAB>id<TAB>scope (``/``-joined)<TAB>content``: a memory was stored;
-* ``D<TAB>id``: a memory was deleted (``d<TAB>id`` is written before the call).
+* ``D<TAB>id``: a memory was deleted (``d<TAB>id`` is written before the call);
+* ``R<TAB>id<TAB>id``: a ``reinforce`` of the two returned.
 
 Then the child writes ``NAME.done`` and waits (bounded) until every one of the
 ``NPROCS`` processes is done, and verifies the union of all logs from its own,
@@ -38,6 +43,7 @@ import random
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -47,27 +53,40 @@ from crash_child import WORDS  # the crash child's vocabulary
 
 from helamem.core import (
     ChromaConfig,
+    DynamicsConfig,
     HashingEmbedder,
     HelaMemConfig,
     HelaMemory,
     MemoryNotFoundError,
     NewMemory,
+    PostgresConfig,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the schema's name
+from pg_server import schema_for
 
 DIMENSION = 128
 EXACT_BELOW = 50  # small: the shared scopes are promoted to HNSW collections early
 K = 5
 LARGE: tuple[tuple[str, str], ...] = (("mp", "big0"), ("mp", "big1"), ("mp", "big2"))
 PREFIX = ("mp",)
+HEBB = ("hebb",)  # only reinforce() learns here (not under PREFIX: searches never learn here)
+LEARNING_RATE = 0.05
 WAIT_S = 180.0
 
 
-def config(path: Path, port: int) -> HelaMemConfig:
-    """The store as every process of the test opens it."""
+def config(path: Path, port: int, dsn: str | None = None) -> HelaMemConfig:
+    """The store as every process of the test opens it (its graph in PostgreSQL given ``dsn``).
+
+    Edges do not decay (``decay_rate=1``), so a co-activated edge's weight is
+    ``min(1, count · learning_rate)`` whatever the interleaving of processes.
+    """
     chroma = ChromaConfig(
         mode="http", host="127.0.0.1", port=port, collection="mp-test", exact_below=EXACT_BELOW
     )
-    return HelaMemConfig(path=path, chroma=chroma)
+    store = None if dsn is None else PostgresConfig(dsn=dsn, schema_name=schema_for(path))  # type: ignore[arg-type]
+    dyn = DynamicsConfig(decay_rate=1.0, learning_rate=LEARNING_RATE)
+    return HelaMemConfig(path=path, chroma=chroma, store=store, dynamics=dyn)
 
 
 def small_scopes(name: str) -> list[tuple[str, ...]]:
@@ -88,6 +107,7 @@ class Log:
     added: dict[str, Entry] = field(default_factory=dict)
     deleting: set[str] = field(default_factory=set)  # a delete started (may have committed)
     deleted: set[str] = field(default_factory=set)  # a delete returned
+    reinforced: Counter[tuple[str, str]] = field(default_factory=Counter)  # pair -> times
 
 
 def read_log(path: Path) -> Log:
@@ -105,6 +125,9 @@ def read_log(path: Path) -> Log:
             out.deleting.add(parts[1])
         elif parts[0] == "D":
             out.deleted.add(parts[1])
+        elif parts[0] == "R":
+            a, b = sorted(parts[1:3])
+            out.reinforced[(a, b)] += 1
     return out
 
 
@@ -115,6 +138,7 @@ def read_logs(log_dir: Path) -> Log:
         out.added.update(one.added)
         out.deleting |= one.deleting
         out.deleted |= one.deleted
+        out.reinforced += one.reinforced
     return out
 
 
@@ -160,6 +184,7 @@ class Summary:
 
 class Writer:
     def __init__(self, m: HelaMemory, name: str, seed: int, log: TextIO, log_dir: Path) -> None:
+        self.hebb: list[str] = json.loads((log_dir / "hebb.json").read_text("utf-8"))
         self.m = m
         self.name = name
         self.rng = random.Random(seed)
@@ -222,9 +247,15 @@ class Writer:
         elif r < 0.85:
             self._live_check()
             self._count("dense_check")
+        elif r < 0.90:
+            a, b = self.rng.sample(self.hebb, 2)
+            self.m.reinforce([a, b])
+            self.log.write(f"R\t{a}\t{b}\n")
+            self.log.flush()
+            self._count("reinforce")
         else:
             scope = PREFIX if self.rng.random() < 0.3 else self._scope()
-            self.m.search(" ".join(self.rng.sample(WORDS, 3)), scope, k=K, learn=r < 0.93)
+            self.m.search(" ".join(self.rng.sample(WORDS, 3)), scope, k=K, learn=r < 0.96)
             self._count("search")
 
     def _live_check(self) -> None:
@@ -288,12 +319,13 @@ def _wait(path: Path, what: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    store, port, name, seed, seconds, log_dir, nprocs = argv
+    store, port, name, seed, seconds, log_dir, nprocs = argv[:7]
+    dsn = argv[7] if len(argv) > 7 else None
     log_dir_p = Path(log_dir)
     summary = Summary(name)
     with (
         open(log_dir_p / f"{name}.log", "a", encoding="utf-8") as log,
-        HelaMemory(config(Path(store), int(port)), embedder=HashingEmbedder(DIMENSION)) as m,
+        HelaMemory(config(Path(store), int(port), dsn), embedder=HashingEmbedder(DIMENSION)) as m,
     ):
         m.open()
         w = Writer(m, name, int(seed), log, log_dir_p)

@@ -1,13 +1,18 @@
-"""Three processes write and search one store through a Chroma server (issue 14, case 2).
+"""Four processes write, search and learn on one store through a Chroma server.
+
+Issue 14 (case 2) with SQLite; issue 20 with the graph in PostgreSQL (the
+``backend`` fixture runs the test on both).
 
 Embedded Chroma is single-process (``test_multiprocess_index.py``); several
 processes share a store's large scopes through a Chroma server. This test
 starts a real one (``chroma run`` on 127.0.0.1, a free port, a bounded wait
-for its heartbeat, always stopped), then runs 3 processes
+for its heartbeat, always stopped), then runs 4 processes
 (``mp_server_child.py``) for ``SECONDS`` at once on ONE store opened with
-``ChromaConfig(mode="http", exact_below=50)``: they add (single, batches,
-turns), delete some of their own memories, search, and look up memories the
-other processes acknowledged by their own vectors while those still write. The
+``ChromaConfig(mode="http", exact_below=50)`` (and, on PostgreSQL, one schema
+of the test's server): they add (single, batches, turns), delete some of their
+own memories, search (learning or not), co-activate pairs of one scope's
+memories (``reinforce``), and look up memories the other processes
+acknowledged by their own vectors while those still write. The
 shared scopes pass 50 vectors within the first second, so they live in HNSW
 collections on the server, promoted while three processes write to them.
 
@@ -18,11 +23,13 @@ Afterwards:
   content, in its scope) and on a sample by a full ``search(content, scope,
   k=K, learn=False)``; never returns a deleted one (dense or full search),
   and cannot ``get`` it;
-* SQLite holds exactly the acknowledged, not deleted memories, with their
-  contents and scopes (nothing lost, nothing extra);
-* the integrity check (``check_store``, what ``helamem check`` runs, given
-  the server config) reports no defect, with every memory indexed and the
-  index's ids equal to the memories' ids.
+* the graph store holds exactly the acknowledged, not deleted memories, with
+  their contents (nothing lost, nothing extra);
+* every memory is indexed, and the index's ids are the memories' ids (on
+  SQLite the integrity check, ``check_store``, what ``helamem check`` runs);
+* every edge of the co-activated scope weighs exactly what the logged
+  ``reinforce`` calls imply (edges do not decay in this test): no
+  co-activation of one process overwrote another's.
 
 The default run takes ``SECONDS=10``; ``HELAMEM_SOAK=1`` runs
 ``HELAMEM_SOAK_SECONDS`` (default 60), as the issue asks.
@@ -46,14 +53,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mp_server_child import DIMENSION, LARGE, config, read_logs
+from mp_server_child import DIMENSION, HEBB, LARGE, LEARNING_RATE, config, read_logs
 
 from helamem.core import HashingEmbedder, HelaMemory, NewMemory
 from helamem.core._check import check_store
 
 CHILD = Path(__file__).with_name("mp_server_child.py")
 CHROMA = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-NPROCS = 3
+NPROCS = 4
 SOAK = os.environ.get("HELAMEM_SOAK") == "1"
 SOAK_SECONDS = float(os.environ.get("HELAMEM_SOAK_SECONDS", "60"))
 STARTUP_S = 60.0
@@ -107,11 +114,18 @@ def chroma_server(tmp_path: Path) -> Iterator[int]:
             proc.wait(timeout=10)
 
 
-def _run(tmp_path: Path, port: int, seconds: float, seed: int) -> dict[str, object]:
+def _run(
+    tmp_path: Path, port: int, seconds: float, seed: int, dsn: str | None, store_db: Any
+) -> dict[str, object]:
     store, logs = tmp_path / "store", tmp_path / "logs"
     logs.mkdir()
-    with HelaMemory(config(store, port), embedder=HashingEmbedder(DIMENSION)):
-        pass  # create the store once, so the children do not race to create its schema
+    cfg = config(store, port, dsn)
+    with HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as m:
+        # created once, so the children do not race to create its schema; the
+        # co-activated scope's memories, standalone (no temporal edges)
+        hebb = m.add_many([NewMemory(f"hebbian note {i}", HEBB, linked=False) for i in range(12)])
+        assert m.stats(HEBB).edges == 0
+    (logs / "hebb.json").write_text(json.dumps([h.id for h in hebb]), "utf-8")
     procs = [
         subprocess.Popen(
             [
@@ -124,6 +138,7 @@ def _run(tmp_path: Path, port: int, seconds: float, seed: int) -> dict[str, obje
                 str(seconds),
                 str(logs),
                 str(NPROCS),
+                *([dsn] if dsn else []),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -166,22 +181,46 @@ def _run(tmp_path: Path, port: int, seconds: float, seed: int) -> dict[str, obje
     assert sum(int(s["acked"]) for s in summaries) == len(log.added)
     assert all(int(s["deleted"]) > 0 for s in summaries)
 
-    # SQLite holds exactly the acknowledged, not deleted memories
-    with closing(sqlite3.connect(store / "helamem.sqlite3")) as db:
+    # the graph store holds exactly the acknowledged, not deleted memories
+    hebb_ids = {h.id: h.content for h in hebb}
+    db = store_db(store)
+    try:
         rows = {str(i): str(c) for i, c in db.execute("SELECT id, content FROM memories")}
-    assert rows == {i: e.content for i, e in live.items()}
+        edges = {
+            tuple(sorted((str(a), str(b)))): float(w)
+            for a, b, w in db.execute(
+                "SELECT ma.id, mb.id, e.weight FROM edges e JOIN memories ma ON ma.n = e.a"
+                " JOIN memories mb ON mb.n = e.b JOIN scopes s ON s.id = e.scope_id"
+                " WHERE s.path = ?",
+                (json.dumps(list(HEBB)),),
+            )
+        }
+    finally:
+        db.close()
+    assert rows == {**{i: e.content for i, e in live.items()}, **hebb_ids}
 
-    with HelaMemory(config(store, port), embedder=HashingEmbedder(DIMENSION)) as m:
+    # every co-activation counted: weight = min(1, n·η), edge by edge (none lost, none extra)
+    assert log.reinforced, "no process co-activated anything"
+    want = {pair: min(1.0, n * LEARNING_RATE) for pair, n in log.reinforced.items()}
+    assert edges.keys() == want.keys()
+    wrong = {p: (edges[p], w) for p, w in want.items() if abs(edges[p] - w) > 1e-9}
+    assert wrong == {}, f"{len(wrong)} edges differ from their co-activations: {wrong}"
+
+    with HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as m:
         stats = m.stats()
         sizes = {"/".join(sc): m.stats(sc).memories for sc in LARGE}
-    assert stats.memories == len(live) and stats.unindexed == 0
-    assert stats.vectors == len(live)
+        index_ids = _index_ids(m)
+    assert stats.memories == len(live) + len(hebb) and stats.unindexed == 0
+    assert stats.vectors == stats.memories
+    assert index_ids == set(rows)  # every memory's vector, and no other
     assert all(n >= 50 for n in sizes.values()), sizes  # every shared scope is in HNSW
+    if dsn is not None:  # the integrity check below reads SQLite's file
+        return _summary(seconds, log, live, sizes, summaries, len(edges))
 
-    report = check_store(store, config(store, port))
+    report = check_store(store, cfg)
     assert report.defects == (), report.to_text()
-    assert report.vector_ids_checked and report.vectors == len(live)
-    assert (report.memories, report.unindexed, report.tombstones) == (len(live), 0, 0)
+    assert report.vector_ids_checked and report.vectors == stats.memories
+    assert (report.memories, report.unindexed, report.tombstones) == (stats.memories, 0, 0)
     # the same check from the command line, against the server (not an embedded copy)
     from helamem.core import cli
 
@@ -189,26 +228,39 @@ def _run(tmp_path: Path, port: int, seconds: float, seed: int) -> dict[str, obje
     argv = ["check", str(store), "--chroma-host", "127.0.0.1", "--chroma-port", str(port)]
     assert cli.main(argv) == 0
     assert not (store / "chroma").exists()
+    return _summary(seconds, log, live, sizes, summaries, len(edges))
+
+
+def _summary(
+    seconds: float, log: Any, live: Any, sizes: Any, summaries: Any, edges: int
+) -> dict[str, object]:
     return {
         "seconds": seconds,
         "acked": len(log.added),
         "deleted": len(log.deleted),
         "live": len(live),
         "large_scopes": sizes,
+        "co_activations": sum(log.reinforced.values()),
+        "edges_checked": edges,
         "live_checks": sum(int(s["live_checked"]) for s in summaries),
         "ops": [s["ops"] for s in summaries],
         "verify_s": [round(float(s["verify_seconds"]), 1) for s in summaries],
     }
 
 
-def test_three_processes_on_one_server_lose_nothing(tmp_path: Path, chroma_server: int) -> None:
-    out = _run(tmp_path, chroma_server, 10.0, seed=1)
+def test_four_processes_on_one_server_lose_nothing(
+    tmp_path: Path, chroma_server: int, pg_dsn: str | None, store_db: Any
+) -> None:
+    out = _run(tmp_path, chroma_server, 10.0, seed=1, dsn=pg_dsn, store_db=store_db)
     print(json.dumps(out))
 
 
 @pytest.mark.skipif(not SOAK, reason="soak: set HELAMEM_SOAK=1 (HELAMEM_SOAK_SECONDS, default 60)")
-def test_soak_three_processes_on_one_server(tmp_path: Path, chroma_server: int) -> None:
-    out = _run(tmp_path, chroma_server, SOAK_SECONDS, seed=int(os.environ.get("HELAMEM_SEED", "7")))
+def test_soak_four_processes_on_one_server(
+    tmp_path: Path, chroma_server: int, pg_dsn: str | None, store_db: Any
+) -> None:
+    seed = int(os.environ.get("HELAMEM_SEED", "7"))
+    out = _run(tmp_path, chroma_server, SOAK_SECONDS, seed=seed, dsn=pg_dsn, store_db=store_db)
     print(json.dumps(out))
 
 
