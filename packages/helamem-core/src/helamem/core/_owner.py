@@ -41,6 +41,9 @@ logger = logging.getLogger("helamem.core.engine")
 T = TypeVar("T")
 
 
+_PG_SCHEMES = ("postgresql://", "postgres://")
+
+
 class KeepsPending(Generic[T]):
     """A planned call that may run while added vectors wait for their batched index
     write (adds, searches and calls that never touch the vector index, see
@@ -130,13 +133,58 @@ class OwnedCore:
         """A memory stored in directory ``path`` (opened on first use or ``with``).
 
         ``kwargs`` are the constructor's (``embedder``, ``vector_index``, ``llm``,
-        ``distiller``, ``reembed``).
+        ``distiller``, ``reembed``). A ``postgresql://`` URL is :meth:`from_url`'s.
 
         Examples:
             >>> mem = HelaMemory.from_path("./helamem-data")   # no I/O yet
         """
+        if isinstance(path, str) and path.startswith(_PG_SCHEMES):
+            return cls.from_url(path, config, **kwargs)
         base = config or HelaMemConfig()
         return cls(base.model_copy(update={"path": Path(path)}), **kwargs)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        config: HelaMemConfig | None = None,
+        *,
+        schema: str | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """A memory at ``url`` (opened on first use or ``with``).
+
+        ``postgresql://`` (or ``postgres://``): the graph store is that
+        PostgreSQL database, in ``schema`` (default: ``config.store``'s, else
+        ``"helamem"``); ``config.path`` still holds local files (embedded
+        Chroma, locks). ``file://`` or a plain path: :meth:`from_path`.
+
+        Examples:
+            >>> mem = HelaMemory.from_url("postgresql://app@db.internal/agents")  # no I/O yet
+            >>> mem.config.store.schema_name
+            'helamem'
+
+        Raises:
+            InvalidInputError: another URL scheme.
+        """
+        base = config or HelaMemConfig()
+        if url.startswith(_PG_SCHEMES):
+            from .config import PostgresConfig
+
+            fields = {} if base.store is None else base.store.model_dump()
+            fields["dsn"] = url
+            if schema is not None:
+                fields["schema_name"] = schema
+            store = PostgresConfig(**fields)  # validated: a bad schema name is refused here
+            return cls(base.model_copy(update={"store": store}), **kwargs)
+        if url.startswith("file://"):
+            return cls.from_path(url.removeprefix("file://"), config, **kwargs)
+        if "://" in url:
+            raise InvalidInputError(
+                f"cannot open {url.split('://')[0]}:// URLs; pass postgresql://..., "
+                f"file://... or a directory path"
+            )
+        return cls.from_path(url, config, **kwargs)
 
     def _build_core(self) -> Core:
         emb = self._embedder_arg

@@ -357,18 +357,24 @@ class PostgresStore(SQLiteStore):
         assert parent is not None
         return parent
 
-    def _index_text(self, db: Any, items: Sequence[tuple[int, str]]) -> None:
-        """Postings, document frequencies and totals of new texts ``(n, text)``."""
+    def _index_text(self, db: Any, items: Sequence[tuple[int, str, str]]) -> None:
+        """Postings, document frequencies and totals of new texts ``(n, text, tags)``.
+
+        A row's length ``dl`` counts its tags too: FTS5's ``bm25()`` takes the
+        row's and the average length over all columns (``xColumnSize(-1)``),
+        the tags column included, though that column's weight is 0.
+        """
         assert self._tok is not None
-        toks = self._tok.tokens([t for _, t in items])
+        toks = self._tok.tokens([t for _, t, _ in items])
         postings: list[tuple[str, int, int, int]] = []
         df: Counter[str] = Counter()
         total = 0
-        for (n, _), words in zip(items, toks, strict=True):
+        for (n, _, tags), words in zip(items, toks, strict=True):
             counts = Counter(words)
-            total += len(words)
+            dl = len(words) + len(tags.split())
+            total += dl
             df.update(counts.keys())
-            postings.extend((t, n, c, len(words)) for t, c in counts.items())
+            postings.extend((t, n, c, dl) for t, c in counts.items())
         db.executemany("INSERT INTO postings(term, n, tf, dl) VALUES (?, ?, ?, ?)", postings)
         db.executemany(
             "INSERT INTO terms(term, df) VALUES (?, ?) "
@@ -382,20 +388,26 @@ class PostgresStore(SQLiteStore):
 
     def _unindex_text(self, db: Any, ns: Sequence[int]) -> None:
         """Remove memories' postings (their terms' frequencies and the totals follow)."""
-        if not ns:
+        # only rows that still exist count (another writer may have deleted one
+        # since it was read); one with no token in its text has only its tags' length
+        lengths = {
+            int(n): len(t)
+            for n, t in db.execute("SELECT n, tags FROM memories WHERE n = ANY(?)", (list(ns),))
+        }
+        if not lengths:
             return
         rows = db.execute(
-            "DELETE FROM postings WHERE n = ANY(?) RETURNING term, n, dl", (list(ns),)
+            "DELETE FROM postings WHERE n = ANY(?) RETURNING term, n, dl", (list(lengths),)
         ).fetchall()
         df = Counter(str(r[0]) for r in rows)
-        lengths = {int(r[1]): int(r[2]) for r in rows}
+        lengths.update((int(r[1]), int(r[2])) for r in rows)
         db.executemany(
             "UPDATE terms SET df = df - ? WHERE term = ?", [(c, t) for t, c in sorted(df.items())]
         )
         db.execute("DELETE FROM terms WHERE df <= 0")
         db.execute(
             "UPDATE lexical_totals SET docs = docs - ?, tokens = tokens - ?",
-            (len(ns), sum(lengths.values())),
+            (len(lengths), sum(lengths.values())),
         )
 
     def insert_memory(
@@ -443,7 +455,7 @@ class PostgresStore(SQLiteStore):
             ),
         ).fetchone()
         n = int(r[0])
-        self._index_text(db, [(n, search_text)])
+        self._index_text(db, [(n, search_text, tags)])
         return n
 
     def delete_memories(self, db: Any, rows: Sequence[MemoryRow]) -> None:
@@ -483,7 +495,7 @@ class PostgresStore(SQLiteStore):
         )
         db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
         self._unindex_text(db, [row.n])
-        self._index_text(db, [(row.n, search_text)])
+        self._index_text(db, [(row.n, search_text, tags)])
 
     # -- BM25 --------------------------------------------------------------
 
@@ -540,8 +552,9 @@ class PostgresStore(SQLiteStore):
         words = [w.replace('""', '"') for w in _quoted(match)]
         toks = self._word_tokens(words)
         df = self._freqs({t for ts in toks for t in ts})
-        # a phrase (several tokens) counts as its rarest token
-        chosen = sorted({min(ts, key=lambda t: (df[t], t)) for ts in toks if ts})
+        # a phrase (several tokens) counts as its rarest token; as in FTS5, two
+        # words of one stem ("running", "runs") are two phrases, each scored
+        chosen = [min(ts, key=lambda t: (df[t], t)) for ts in toks if ts]
         chosen = [t for t in chosen if df[t] > 0]
         if not chosen:
             return []

@@ -1,0 +1,187 @@
+"""What only the PostgreSQL graph store has: URLs, BM25 in SQL, sharing, errors (issue 20).
+
+The engine's own tests run on both backends through the ``mem``/``make_mem``
+fixtures; these test the PostgreSQL store's parts against a real server.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from helamem.core import (
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    InvalidInputError,
+    PostgresConfig,
+    StorageError,
+)
+from helamem.core.storage.postgres import PostgresStore, _quoted
+from helamem.core.storage.sqlite import SQLiteStore
+from helamem.core.text import fts_match
+from pg_server import PgServer, schema_for
+
+A = ("users", "alice")
+WORDS = [
+    "tea",
+    "garden",
+    "violin",
+    "recital",
+    "paris",
+    "tomato",
+    "orchid",
+    "river",
+    "bread",
+    "milk",
+    "train",
+    "ticket",
+    "piano",
+    "lesson",
+    "doctor",
+    "visit",
+    "birthday",
+    "cake",
+    "running",
+    "shoes",
+    "museum",
+    "painting",
+    "harbor",
+    "lighthouse",
+    "storm",
+    "winter",
+    "cabin",
+    "letters",
+    "grandmother",
+    "recipe",
+    "soup",
+    "market",
+    "fishing",
+]
+
+
+def _pg(server: PgServer, path: Path) -> PostgresConfig:
+    return PostgresConfig(dsn=server.dsn, schema_name=schema_for(path))  # type: ignore[arg-type]
+
+
+def test_from_url_opens_the_postgres_store_and_another_object_sees_it(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    url = pg_server.dsn
+    with HelaMemory.from_url(url, schema="url_test", embedder=HashingEmbedder(64)) as one:
+        assert one.config.store is not None and one.config.store.schema_name == "url_test"
+        a = one.add("the harbor lighthouse keeps a logbook", A)
+        b = one.add("storms come in winter", A)
+        one.reinforce([a.id, b.id])
+        with HelaMemory.from_path(url, one.config, embedder=HashingEmbedder(64)) as two:
+            assert two.get(a.id).content == "the harbor lighthouse keeps a logbook"
+            # the temporal edge (0.5), co-activated once (+0.05), seen from the other object
+            assert (two.stats(A).edges, two.stats(A).mean_edge_weight) == (1, pytest.approx(0.55))
+            assert two.search("lighthouse logbook", A, k=1, learn=False).ids == [a.id]
+    # nothing was written beside the store's directory: the graph is on the server
+    assert not (Path(one.config.path) / "helamem.sqlite3").exists()
+
+
+def test_other_url_schemes_are_refused() -> None:
+    with pytest.raises(InvalidInputError, match=r"postgresql://\.\.\."):
+        HelaMemory.from_url("mysql://db/agents")
+
+
+def test_bm25_scores_equal_sqlite_fts5(tmp_path: Path, pg_server: PgServer) -> None:
+    """The same memories, the same queries: PostgreSQL's SQL BM25 gives FTS5's scores."""
+    rng = random.Random(5)
+    texts = [
+        " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 14)))
+        + ("" if i % 7 else " running runs ran")  # stemming: porter, as FTS5
+        for i in range(300)
+    ]
+    lite = SQLiteStore(tmp_path / "lite.sqlite3")
+    pg = PostgresStore(_pg(pg_server, tmp_path / "bm25"))
+    lite.open()
+    pg.open()
+    try:
+        tags: dict[int, str] = {}
+        for store in (lite, pg):
+            with store.tx() as db:
+                sid = store.ensure_scope(db, A)
+                tags[id(store)] = f"s{sid}k1"
+                for i, t in enumerate(texts):
+                    store.insert_memory(
+                        db,
+                        id=f"m{i:04d}",
+                        scope_id=sid,
+                        tags=tags[id(store)],
+                        kind="episodic",
+                        content=t,
+                        search_text=t,
+                        role=None,
+                        event_time=float(i),
+                        created_at=float(i),
+                        keywords="[]",
+                        metadata="{}",
+                        provenance="[]",
+                        embedding=b"",
+                    )
+        # delete some, so document frequencies and lengths must follow deletes
+        for store in (lite, pg):
+            gone = list(store.rows_by_id([f"m{i:04d}" for i in range(0, 300, 9)]).values())
+            with store.tx() as db:
+                store.delete_memories(db, gone)
+        for _ in range(40):
+            words = rng.sample([*WORDS, "running", "nosuchword"], rng.randint(1, 4))
+            match = fts_match(words)
+            assert match is not None
+            want = lite.lexical(match, None, 20)
+            got = pg.lexical(match, None, 20)
+            assert [round(s, 9) for _, s in got] == [round(s, 9) for _, s in want], words
+            assert {n for n, _ in got} == {n for n, _ in want} or _ties(want, got)
+            assert pg.term_stats(words) == lite.term_stats(words)
+            tag = pg.lexical(match, tags[id(pg)], 5)
+            assert [round(s, 9) for _, s in tag] == [round(s, 9) for _, s in want[:5]]
+            assert pg.lexical(match, "s99k1", 5) == []  # another scope's tag: nothing
+    finally:
+        lite.close()
+        pg.close()
+
+
+def _ties(want: list[tuple[int, float]], got: list[tuple[int, float]]) -> bool:
+    """Only rows tied on score (order among equals is unspecified in FTS5) differ."""
+    score = {n: round(s, 9) for n, s in want}
+    last = round(want[-1][1], 9) if want else None
+    return all(score.get(n, last) == round(s, 9) for n, s in got)
+
+
+def test_quoted_terms_of_an_fts_match() -> None:
+    assert _quoted('"tea" OR "say ""hi"""') == ["tea", 'say "hi"']
+
+
+def test_an_unreachable_server_is_a_storage_error_naming_the_fix(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    cfg = HelaMemConfig(
+        path=tmp_path / "s",
+        store=PostgresConfig(
+            dsn=f"postgresql://nobody@127.0.0.1:{port}/x",  # type: ignore[arg-type]
+            connect_timeout_s=2,
+        ),
+    )
+    with pytest.raises(StorageError, match=r"PostgresConfig\.dsn"):
+        HelaMemory(cfg, embedder=HashingEmbedder(64)).open()
+
+
+def test_a_schema_from_a_newer_release_is_refused(tmp_path: Path, pg_server: PgServer) -> None:
+    cfg = HelaMemConfig(path=tmp_path / "s", store=_pg(pg_server, tmp_path / "newer"))
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        m.add("x", A)
+        m._call(lambda core: core.store.db.execute("INSERT INTO schema_version VALUES (99, 0)"))
+    with pytest.raises(StorageError, match="upgrade helamem-core"):
+        HelaMemory(cfg, embedder=HashingEmbedder(64)).open()
+
+
+def test_secrets_in_the_dsn_are_not_shown(tmp_path: Path) -> None:
+    cfg = PostgresConfig(dsn="postgresql://app:hunter2@db/agents")  # type: ignore[arg-type]
+    assert "hunter2" not in repr(cfg) and "hunter2" not in repr(HelaMemConfig(store=cfg))
