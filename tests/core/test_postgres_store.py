@@ -185,3 +185,24 @@ def test_a_schema_from_a_newer_release_is_refused(tmp_path: Path, pg_server: PgS
 def test_secrets_in_the_dsn_are_not_shown(tmp_path: Path) -> None:
     cfg = PostgresConfig(dsn="postgresql://app:hunter2@db/agents")  # type: ignore[arg-type]
     assert "hunter2" not in repr(cfg) and "hunter2" not in repr(HelaMemConfig(store=cfg))
+
+
+def test_a_server_restart_costs_no_call(tmp_path: Path) -> None:
+    """Every connection is dropped (a restart, a failover): the next calls reconnect.
+
+    Its own server: a restart drops every other test's connections too.
+    """
+    srv = PgServer.start()
+    try:
+        cfg = HelaMemConfig(path=tmp_path / "s", store=_pg(srv, tmp_path / "restart"))
+        with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+            a = m.add("the cabin by the river", A)
+            assert m.search("cabin river", A, k=1).ids == [a.id]
+            srv.restart()
+            b = m.add("letters from grandmother", A)  # a write first: its BEGIN runs again
+            srv.restart()
+            assert m.search("grandmother letters", A, k=1).ids == [b.id]  # a read first
+            assert m.get(a.id).content == "the cabin by the river"
+            assert m.stats(A).memories == 2
+    finally:
+        srv.stop()

@@ -393,15 +393,18 @@ class PostgresConfig(_Frozen):
         schema_name: The PostgreSQL schema holding this memory's tables (one memory
             per schema; several may share a database). Lower-case letters,
             digits and ``_``.
-        pool_size: Most connections one memory holds open (at least 2: the
-            store's and the exact vector scan's).
+        pool_size: Most connections one memory's pool holds open.
         connect_timeout_s: Seconds to wait for a connection.
+        lock_timeout_s: Seconds a write waits for this memory's write lock
+            (another process's write transaction) before it fails with
+            :class:`~helamem.core.errors.StorageError` (SQLite's ``busy_timeout_s``).
     """
 
     dsn: SecretStr
     schema_name: str = Field("helamem", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
-    pool_size: int = Field(4, ge=2, le=64)
+    pool_size: int = Field(4, ge=1, le=64)
     connect_timeout_s: float = Field(10.0, gt=0.0)
+    lock_timeout_s: float = Field(30.0, gt=0.0)
 
 
 class HelaMemConfig(_Frozen):

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
+from psycopg_pool import PoolTimeout
 
 from ..errors import DiskFullError, StorageError
 
@@ -81,6 +83,12 @@ def pg_error(exc: psycopg.Error, what: str) -> StorageError:
             f"{what}: the PostgreSQL server's disk is full ({text}); free space on the server "
             f"and retry (the transaction was rolled back: nothing was written)"
         )
+    if isinstance(exc, pg_errors.LockNotAvailable | pg_errors.QueryCanceled):
+        return StorageError(
+            f"{what}: another process held this memory's write lock past "
+            f"PostgresConfig.lock_timeout_s ({text}); raise it, or find the client that holds a "
+            f"transaction open (pg_stat_activity)"
+        )
     if isinstance(exc, psycopg.OperationalError):
         return StorageError(
             f"{what}: PostgreSQL is unreachable or refused the connection ({text}); check "
@@ -93,17 +101,59 @@ class PgConnection:
     """The slice of :class:`sqlite3.Connection` the store uses, over one psycopg connection.
 
     The connection is in autocommit mode: a statement outside ``BEGIN`` …
-    ``COMMIT`` commits by itself, as in SQLite's autocommit mode.
+    ``COMMIT`` commits by itself, as in SQLite's autocommit mode. A connection
+    the server dropped (a restart, a failover, an idle timeout) is replaced by a
+    new one before the next statement outside a transaction; the statement that
+    met the drop raised :class:`StorageError`, and its transaction rolled back.
 
     Args:
-        conn: An open psycopg connection (autocommit, ``search_path`` set).
+        connect: Returns an open psycopg connection (autocommit, ``search_path``
+            set): from the store's pool, or a plain one.
         lock_key: The advisory lock of ``BEGIN IMMEDIATE`` (:func:`advisory_key`).
+        release: Takes back a connection this object is done with (the pool's
+            ``putconn``, which discards a broken one); default: close it.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], lock_key: int) -> None:
-        self.conn = conn
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        lock_key: int,
+        release: Callable[[psycopg.Connection[Any]], None] | None = None,
+    ) -> None:
+        self._connect = connect
+        self._release = release
+        self._conn: psycopg.Connection[Any] | None = None
         self._key = lock_key
         self._sql: dict[str, str] = {}
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """The live connection (a new one when the last was dropped).
+
+        Raises:
+            StorageError: no connection to PostgreSQL could be made.
+        """
+        c = self._conn
+        if c is not None and not c.closed and not c.broken:
+            return c
+        self._conn = None
+        if c is not None:
+            self._give_back(c)
+        try:
+            self._conn = self._connect()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise StorageError(
+                f"cannot reach PostgreSQL ({exc}); check that the server runs and that "
+                f"PostgresConfig.dsn names it"
+            ) from exc
+        return self._conn
+
+    def _give_back(self, c: psycopg.Connection[Any]) -> None:
+        with suppress(psycopg.Error):
+            if self._release is not None:
+                self._release(c)
+            else:
+                c.close()
 
     def _translated(self, sql: str) -> str:
         out = self._sql.get(sql)
@@ -114,20 +164,38 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         """Run one statement; returns its cursor (``fetchone``, ``fetchall``, iteration).
 
+        A ``BEGIN`` or a read outside a transaction that meets a connection the
+        server dropped (seen only when it is used) runs again, once, on a new
+        one: nothing had happened yet. Anything else raises.
+
         Raises:
             StorageError: PostgreSQL refused it (see :func:`pg_error`).
         """
-        head = sql.strip().upper()
+        head = sql.lstrip()[:16].upper()
+        retry = not self.in_transaction and head.startswith(("BEGIN", "SELECT", "WITH"))
         try:
-            if head == "BEGIN IMMEDIATE":
-                cur = self.conn.execute("BEGIN")
-                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
-                return cur
-            if head in ("BEGIN", "BEGIN DEFERRED"):
-                return self.conn.execute(_READ)
-            return self.conn.execute(self._translated(sql), tuple(params) or None)
+            return self._execute(sql, params, head)
+        except psycopg.OperationalError as exc:
+            c = self._conn
+            if not (retry and (c is None or c.closed or c.broken)):
+                raise pg_error(exc, "a PostgreSQL statement failed") from exc
         except psycopg.Error as exc:
             raise pg_error(exc, "a PostgreSQL statement failed") from exc
+        try:
+            return self._execute(sql, params, head)
+        except psycopg.Error as exc:
+            raise pg_error(exc, "a PostgreSQL statement failed") from exc
+
+    def _execute(self, sql: str, params: Sequence[Any], head: str) -> psycopg.Cursor[Any]:
+        head = head.rstrip()
+        if head == "BEGIN IMMEDIATE":
+            conn = self.conn
+            cur = conn.execute("BEGIN")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
+            return cur
+        if head in ("BEGIN", "BEGIN DEFERRED"):
+            return self.conn.execute(_READ)
+        return self.conn.execute(self._translated(sql), tuple(params) or None)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row (pipelined by psycopg)."""
@@ -143,11 +211,25 @@ class PgConnection:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open (also one a failed statement aborted)."""
-        return self.conn.info.transaction_status in (
+        c = self._conn
+        if c is None or c.closed or c.broken:
+            return False
+        return c.info.transaction_status in (
             TransactionStatus.INTRANS,
             TransactionStatus.INERROR,
             TransactionStatus.ACTIVE,
         )
 
     def close(self) -> None:
-        self.conn.close()
+        """Give the connection back (rolled back first if a transaction is open)."""
+        c, self._conn = self._conn, None
+        if c is None:
+            return
+        with suppress(psycopg.Error):
+            if (
+                not c.closed
+                and not c.broken
+                and c.info.transaction_status != TransactionStatus.IDLE
+            ):
+                c.rollback()
+        self._give_back(c)

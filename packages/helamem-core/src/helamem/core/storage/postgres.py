@@ -32,8 +32,9 @@ import math
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..config import PostgresConfig
 from ..errors import InvalidInputError, StorageError
 from .base import MemoryRow
-from .pg_conn import PgConnection, advisory_key, pg_error
+from .pg_conn import PgConnection, advisory_key
 from .sqlite import SQLiteStore
 
 __all__ = ["PG_MIGRATIONS", "PostgresStore", "Fts5Tokenizer", "connect_reader"]
@@ -161,29 +162,42 @@ class Fts5Tokenizer:
         self._db.close()
 
 
-def _configure(schema: str) -> Any:
+def _configure(config: PostgresConfig) -> Callable[[psycopg.Connection[Any]], None]:
+    """Set a new connection's ``search_path`` (the schema) and ``lock_timeout``."""
+
     def configure(conn: psycopg.Connection[Any]) -> None:
-        conn.execute(pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(schema)))
+        conn.execute(
+            pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(config.schema_name))
+        )
+        conn.execute(
+            pgsql.SQL("SET lock_timeout = {}").format(
+                pgsql.Literal(f"{int(config.lock_timeout_s * 1000)}ms")
+            )
+        )
 
     return configure
 
 
+def _connect(config: PostgresConfig) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(
+        config.dsn.get_secret_value(),
+        autocommit=True,
+        connect_timeout=max(1, math.ceil(config.connect_timeout_s)),
+    )
+    _configure(config)(conn)
+    return conn
+
+
 def connect_reader(config: PostgresConfig) -> PgConnection:
-    """One more connection to ``config``'s schema (the exact vector scan's own).
+    """One more connection to ``config``'s schema (the exact vector scan's own; made
+    again after the server dropped it).
 
     Raises:
         StorageError: PostgreSQL cannot be reached.
     """
-    try:
-        conn = psycopg.connect(
-            config.dsn.get_secret_value(),
-            autocommit=True,
-            connect_timeout=max(1, int(config.connect_timeout_s)),
-        )
-        _configure(config.schema_name)(conn)
-    except psycopg.Error as exc:
-        raise pg_error(exc, "cannot connect to PostgreSQL for vector search") from exc
-    return PgConnection(conn, advisory_key(config.schema_name))
+    conn = PgConnection(partial(_connect, config), advisory_key(config.schema_name))
+    _ = conn.conn  # connect now: a wrong DSN fails at open
+    return conn
 
 
 class PostgresStore(SQLiteStore):
@@ -199,7 +213,6 @@ class PostgresStore(SQLiteStore):
         self.config = config
         self._pool: ConnectionPool[Any] | None = None
         self._pg: PgConnection | None = None
-        self._raw: psycopg.Connection[Any] | None = None
         self._tok: Fts5Tokenizer | None = None
         self._lock_key = advisory_key(config.schema_name)
 
@@ -223,21 +236,22 @@ class PostgresStore(SQLiteStore):
                 min_size=1,
                 max_size=cfg.pool_size,
                 kwargs={"autocommit": True},
-                configure=_configure(cfg.schema_name),
+                configure=_configure(cfg),
+                check=ConnectionPool.check_connection,
                 timeout=cfg.connect_timeout_s,
                 open=False,
                 name=f"helamem-{cfg.schema_name}",
             )
             pool.open(wait=True, timeout=cfg.connect_timeout_s)
             self._pool = pool
-            self._raw = pool.getconn()
         except (psycopg.Error, PoolTimeout) as exc:
             self.close()
             raise StorageError(
                 f"cannot open the PostgreSQL store ({exc}); check that the server runs and "
                 f"that PostgresConfig.dsn names it"
             ) from exc
-        self._pg = PgConnection(self._raw, self._lock_key)
+        getconn = partial(pool.getconn, timeout=cfg.connect_timeout_s)
+        self._pg = PgConnection(getconn, self._lock_key, release=pool.putconn)
         self._db = self._pg  # type: ignore[assignment]  # the shared queries' connection
         self._tok = Fts5Tokenizer()
         try:
@@ -264,15 +278,11 @@ class PostgresStore(SQLiteStore):
         if self._tok is not None:
             self._tok.close()
             self._tok = None
+        if self._pg is not None:
+            self._pg.close()  # back to the pool
         if self._pool is not None:
-            if self._raw is not None:
-                with suppress(psycopg.Error):
-                    if self._pg is not None and self._pg.in_transaction:
-                        self._raw.rollback()
-                self._pool.putconn(self._raw)
             self._pool.close()
         self._pool = None
-        self._raw = None
         self._pg = None
 
     @property
