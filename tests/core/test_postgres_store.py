@@ -206,3 +206,24 @@ def test_a_server_restart_costs_no_call(tmp_path: Path) -> None:
             assert m.stats(A).memories == 2
     finally:
         srv.stop()
+
+
+def test_a_write_lock_held_too_long_is_a_storage_error_naming_the_setting(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    import psycopg
+
+    from helamem.core.storage.pg_conn import advisory_key
+
+    pg = _pg(pg_server, tmp_path / "locked").model_copy(update={"lock_timeout_s": 0.5})
+    cfg = HelaMemConfig(path=tmp_path / "s", store=pg)
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        m.add("before the lock", A)
+        with psycopg.connect(pg_server.dsn, autocommit=True) as other:
+            other.execute("BEGIN")  # another client's write transaction, left open
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(pg.schema_name),))
+            with pytest.raises(StorageError, match=r"PostgresConfig\.lock_timeout_s"):
+                m.add("waits for the lock", A)
+            other.execute("ROLLBACK")
+        m.add("after the lock", A)  # nothing was left half done
+        assert m.stats(A).memories == 2

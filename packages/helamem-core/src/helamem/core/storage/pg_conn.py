@@ -191,7 +191,12 @@ class PgConnection:
         if head == "BEGIN IMMEDIATE":
             conn = self.conn
             cur = conn.execute("BEGIN")
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
+            except psycopg.Error:  # no lock (lock_timeout): no transaction either
+                with suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+                raise
             return cur
         if head in ("BEGIN", "BEGIN DEFERRED"):
             return self.conn.execute(_READ)
