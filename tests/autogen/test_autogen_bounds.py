@@ -15,7 +15,7 @@ from autogen_core.models import SystemMessage, UserMessage
 from pydantic import ValidationError
 
 from helamem.autogen import HelaMemMemory, HelaMemMemoryConfig
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, InvalidInputError
+from helamem.core import HashingEmbedder, HelaMemory, InvalidInputError
 
 ALICE = ("users", "alice")
 WORDS = [
@@ -47,8 +47,8 @@ def scores(results: list[MemoryContent]) -> list[float]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[HelaMemory]:
-    mem = HelaMemory(HelaMemConfig(path=tmp_path / "store"), embedder=HashingEmbedder(256))
+async def store(tmp_path: Path, hela_config: Any) -> AsyncIterator[HelaMemory]:
+    mem = HelaMemory(hela_config(tmp_path / "store"), embedder=HashingEmbedder(256))
     yield mem
     await mem.aclose()
 
@@ -84,13 +84,15 @@ async def test_query_k3_returns_at_most_three_in_score_order(
         assert len(s) == k and s == sorted(s, reverse=True)
 
 
-async def test_threshold_filters_nonsense_and_keeps_an_exact_match(tmp_path: Path) -> None:
+async def test_threshold_filters_nonsense_and_keeps_an_exact_match(
+    tmp_path: Path, hela_config: Any
+) -> None:
     """Issue case: a nonsense query scored 0.68-1.33, so 0.99 filtered nothing.
 
     With the real (offline MiniLM) embedder: nonsense returns nothing at 0.99, the
     exact content of a memory still returns it.
     """
-    async with HelaMemory(HelaMemConfig(path=tmp_path / "m")) as mem:
+    async with HelaMemory(hela_config(tmp_path / "m")) as mem:
         memory = HelaMemMemory(config(tmp_path, learn=False), memory=mem)
         facts = [
             "The violin recital is on Saturday",

@@ -40,8 +40,10 @@ BOB = ("users", "bob")
 class SlowStore(HelaMemory):
     """A real HelaMemory whose turn writes take ``delay`` seconds (per scope), or fail."""
 
-    def __init__(self, path: Path, delay: dict[tuple[str, ...], float], fail: bool = False):
-        super().__init__(HelaMemConfig(path=path), embedder=HashingEmbedder(256))
+    def __init__(
+        self, config: HelaMemConfig, delay: dict[tuple[str, ...], float], fail: bool = False
+    ):
+        super().__init__(config, embedder=HashingEmbedder(256))
         self.delay = delay
         self.fail = fail
 
@@ -66,8 +68,8 @@ def contents(results: Sequence[MemoryContent]) -> list[object]:
 
 
 @pytest.fixture
-async def slow(tmp_path: Path) -> AsyncIterator[SlowStore]:
-    store = SlowStore(tmp_path / "store", {ALICE: 0.5, BOB: 0.5})
+async def slow(tmp_path: Path, hela_config: Any) -> AsyncIterator[SlowStore]:
+    store = SlowStore(hela_config(tmp_path / "store"), {ALICE: 0.5, BOB: 0.5})
     yield store
     await store.aclose()
 
@@ -164,7 +166,9 @@ async def test_the_wait_is_bounded(slow: SlowStore, caplog: pytest.LogCaptureFix
     await memory.close()
 
 
-async def test_close_stores_the_final_turn_of_every_context_it_served(tmp_path: Path) -> None:
+async def test_close_stores_the_final_turn_of_every_context_it_served(
+    tmp_path: Path, own_store: str, hela_config: Any
+) -> None:
     memory = HelaMemMemory(config(tmp_path / "data"))
     agents = [
         AssistantAgent(f"a{i}", model_client=ReplayChatCompletionClient([reply]), memory=[memory])
@@ -174,14 +178,16 @@ async def test_close_stores_the_final_turn_of_every_context_it_served(tmp_path: 
     await agents[1].run(task="I prefer tea")
     await memory.close()  # no record_last_turn: close records both final turns
 
-    with HelaMemory(HelaMemConfig(path=tmp_path / "data"), embedder=HashingEmbedder(384)) as m:
+    with HelaMemory(hela_config(tmp_path / "data"), embedder=HashingEmbedder(384)) as m:
         assert m.stats(ALICE).episodic == 4
         got = {h.content for h in m.search("Lyon tea", ALICE, k=10, learn=False)}
     assert got == {"I moved to Lyon", "Lyon is lovely!", "I prefer tea", "Tea it is."}
 
 
-async def test_close_with_an_already_closed_shared_store_records_nothing(tmp_path: Path) -> None:
-    store = SlowStore(tmp_path / "s", {})
+async def test_close_with_an_already_closed_shared_store_records_nothing(
+    tmp_path: Path, hela_config: Any
+) -> None:
+    store = SlowStore(hela_config(tmp_path / "s"), {})
     memory = HelaMemMemory(config(tmp_path), memory=store)
     context = UnboundedChatCompletionContext([UserMessage(content="hi", source="u")])
     await memory.update_context(context)
@@ -190,8 +196,10 @@ async def test_close_with_an_already_closed_shared_store_records_nothing(tmp_pat
     await memory.close()  # nothing to store it in: no error
 
 
-async def test_failures_while_waiting_are_raised_at_close_not_swallowed(tmp_path: Path) -> None:
-    store = SlowStore(tmp_path / "s", {}, fail=True)
+async def test_failures_while_waiting_are_raised_at_close_not_swallowed(
+    tmp_path: Path, hela_config: Any
+) -> None:
+    store = SlowStore(hela_config(tmp_path / "s"), {}, fail=True)
     memory = HelaMemMemory(config(tmp_path), memory=store)
     context = UnboundedChatCompletionContext(
         [
@@ -210,7 +218,9 @@ async def test_failures_while_waiting_are_raised_at_close_not_swallowed(tmp_path
 # -- 14: update_context without a user message ---------------------------------------
 
 
-async def test_without_a_user_message_the_newest_text_is_the_query(tmp_path: Path) -> None:
+async def test_without_a_user_message_the_newest_text_is_the_query(
+    tmp_path: Path, own_store: str
+) -> None:
     memory = HelaMemMemory(config(tmp_path, k=1))
     await memory.add(text("Alice's cat is called Miso"))
     await memory.add(text("Alice's bike is green"))
@@ -229,7 +239,7 @@ async def test_without_a_user_message_the_newest_text_is_the_query(tmp_path: Pat
     await memory.close()
 
 
-async def test_an_empty_context_gets_nothing(tmp_path: Path) -> None:
+async def test_an_empty_context_gets_nothing(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path))
     await memory.add(text("Alice's cat is called Miso"))
     context = BufferedChatCompletionContext(buffer_size=3)
@@ -252,7 +262,7 @@ class PlainEmbeddingFunction:
         return list(self.inner.embed(list(input)))
 
 
-async def test_an_embedding_function_without_name_works(tmp_path: Path) -> None:
+async def test_an_embedding_function_without_name_works(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path), embedder=PlainEmbeddingFunction())
     await memory.add(text("Custom embedding function test content"))
     found = contents((await memory.query("custom embedding test")).results)
@@ -338,7 +348,7 @@ def test_chroma_settings_without_an_equivalent_name_the_fix(
     ],
 )
 async def test_json_that_is_not_an_object_is_rejected(
-    tmp_path: Path, value: str, kind: str
+    tmp_path: Path, value: str, kind: str, own_store: str
 ) -> None:
     memory = HelaMemMemory(config(tmp_path))
     with pytest.raises(ValueError, match=f"JSON content must be a dict.*{kind}"):
@@ -351,7 +361,7 @@ async def test_json_that_is_not_an_object_is_rejected(
     await memory.close()
 
 
-async def test_binary_is_an_unsupported_content_type(tmp_path: Path) -> None:
+async def test_binary_is_an_unsupported_content_type(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path))
     with pytest.raises(ValueError, match="Unsupported content type"):
         await memory.add(MemoryContent(content=b"binary", mime_type=MemoryMimeType.BINARY))
@@ -361,13 +371,13 @@ async def test_binary_is_an_unsupported_content_type(tmp_path: Path) -> None:
 # -- the contracts AutoGen's ListMemory / ChromaDBVectorMemory tests check ---------------------
 
 
-async def test_name_and_protocol(tmp_path: Path) -> None:
+async def test_name_and_protocol(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path, name="test_memory"))
     assert memory.name == "test_memory" and isinstance(memory, Memory)
     await memory.close()
 
 
-async def test_an_empty_memory_injects_and_finds_nothing(tmp_path: Path) -> None:
+async def test_an_empty_memory_injects_and_finds_nothing(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path))
     context = BufferedChatCompletionContext(buffer_size=3)
     await context.add_message(UserMessage(content="hello", source="user"))
@@ -377,7 +387,7 @@ async def test_an_empty_memory_injects_and_finds_nothing(tmp_path: Path) -> None
     await memory.close()
 
 
-async def test_k_memories_come_back_when_there_are_k(tmp_path: Path) -> None:
+async def test_k_memories_come_back_when_there_are_k(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path, k=5))
     for i in range(7):
         await memory.add(text(f"test{i}"))
@@ -385,7 +395,9 @@ async def test_k_memories_come_back_when_there_are_k(tmp_path: Path) -> None:
     await memory.close()
 
 
-async def test_metadata_keeps_its_types_and_score_is_a_float(tmp_path: Path) -> None:
+async def test_metadata_keeps_its_types_and_score_is_a_float(
+    tmp_path: Path, own_store: str
+) -> None:
     memory = HelaMemMemory(config(tmp_path))
     meta = {"category": "test", "priority": 1, "weight": 0.5, "verified": True}
     await memory.add(text("Test content with specific metadata", **meta))
@@ -399,7 +411,7 @@ async def test_metadata_keeps_its_types_and_score_is_a_float(tmp_path: Path) -> 
 
 
 async def test_a_strict_threshold_keeps_an_exact_match_and_drops_the_unrelated(
-    tmp_path: Path,
+    tmp_path: Path, own_store: str
 ) -> None:
     memory = HelaMemMemory(config(tmp_path, k=3, score_threshold=0.8))
     await memory.add(text("Specific technical details about quantum computing"))
@@ -412,7 +424,7 @@ async def test_a_strict_threshold_keeps_an_exact_match_and_drops_the_unrelated(
     await memory.close()
 
 
-async def test_a_json_dict_is_found_by_its_values(tmp_path: Path) -> None:
+async def test_a_json_dict_is_found_by_its_values(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path, score_threshold=0.0))
     await memory.add(text("Simple text content for testing"))
     await memory.add(

@@ -22,7 +22,7 @@ import helamem.autogen
 from helamem.autogen import HelaMemMemory, HelaMemMemoryConfig
 from helamem.autogen import config as config_module
 from helamem.autogen import memory as memory_module
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewTurn, StoreClosedError
+from helamem.core import HashingEmbedder, HelaMemory, NewTurn, StoreClosedError
 
 ALICE = ("users", "alice")
 BOB = ("users", "bob")
@@ -52,8 +52,8 @@ def config(path: Path, scope: tuple[str, ...] = ALICE, **kw: Any) -> HelaMemMemo
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SpyMemory]:
-    mem = SpyMemory(HelaMemConfig(path=tmp_path / "store"), embedder=HashingEmbedder(256))
+async def store(tmp_path: Path, hela_config: Any) -> AsyncIterator[SpyMemory]:
+    mem = SpyMemory(hela_config(tmp_path / "store"), embedder=HashingEmbedder(256))
     yield mem
     await mem.aclose()
 
@@ -80,7 +80,7 @@ def memory_messages(messages: Iterable[LLMMessage]) -> list[SystemMessage]:
 # -- construction and config ---------------------------------------------------
 
 
-def test_constructor_and_dump_do_no_io(tmp_path: Path) -> None:
+def test_constructor_and_dump_do_no_io(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path / "data"))
     dumped = memory.dump_component()
     assert dumped.provider == "helamem.autogen.HelaMemMemory"
@@ -221,7 +221,7 @@ async def test_two_memories_on_one_store_are_isolated(store: SpyMemory, tmp_path
     assert not store.closed  # a shared store stays open
 
 
-async def test_close_drains_turns_and_closes_its_own_store(tmp_path: Path) -> None:
+async def test_close_drains_turns_and_closes_its_own_store(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path))
     context = UnboundedChatCompletionContext()
     for msg in (
@@ -364,7 +364,7 @@ async def test_turns_are_recorded_through_assistant_agent_run(
     assert any("Lyon" in str(h.content) for h in hits)
 
 
-async def test_agent_dump_and_load_component_round_trip(tmp_path: Path) -> None:
+async def test_agent_dump_and_load_component_round_trip(tmp_path: Path, own_store: str) -> None:
     memory = HelaMemMemory(config(tmp_path / "data", k=4, score_threshold=0.0, learn=False))
     await memory.add(text("Alice's cat is called Miso"))
     agent = AssistantAgent(

@@ -16,7 +16,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.store.base import BaseStore
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, TurnRecorder
+from helamem.core import HelaMemory, TurnRecorder
 from helamem.langgraph import (
     CheckpointerNotOpenError,
     HelaMemCheckpointer,
@@ -26,12 +26,9 @@ from helamem.langgraph import (
 )
 
 
-def _memory(path: Path) -> HelaMemory:
-    return HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(256))
-
-
-async def _conformance(tmp_path: Path, inner: type[BaseCheckpointSaver[Any]] | None) -> None:
-    mem = _memory(tmp_path / "mem")
+async def _conformance(
+    mem: HelaMemory, tmp_path: Path, inner: type[BaseCheckpointSaver[Any]] | None
+) -> None:
     rec = TurnRecorder(mem)
     counter = itertools.count()
 
@@ -56,16 +53,16 @@ async def _conformance(tmp_path: Path, inner: type[BaseCheckpointSaver[Any]] | N
     await mem.aclose()
 
 
-async def test_conformance_default_sqlite_saver(tmp_path: Path) -> None:
-    await _conformance(tmp_path, None)
+async def test_conformance_default_sqlite_saver(tmp_path: Path, new_memory: Any) -> None:
+    await _conformance(new_memory(tmp_path / "mem"), tmp_path, None)
 
 
-async def test_conformance_in_memory_saver(tmp_path: Path) -> None:
-    await _conformance(tmp_path, InMemorySaver)
+async def test_conformance_in_memory_saver(tmp_path: Path, new_memory: Any) -> None:
+    await _conformance(new_memory(tmp_path / "mem"), tmp_path, InMemorySaver)
 
 
-def test_saver_needed_before_use(tmp_path: Path) -> None:
-    cp = HelaMemCheckpointer(TurnRecorder(_memory(tmp_path)))
+def test_saver_needed_before_use(tmp_path: Path, new_memory: Any) -> None:
+    cp = HelaMemCheckpointer(TurnRecorder(new_memory(tmp_path)))
     with pytest.raises(CheckpointerNotOpenError, match="enter the checkpointer"):
         cp.get_tuple({"configurable": {"thread_id": "t"}})
     assert not (tmp_path / "checkpoints.sqlite").exists()  # the constructor did no I/O
@@ -132,8 +129,8 @@ class SpyRecorder(TurnRecorder):
         super().record_turn_sync(scope, user, assistant, used_ids, *a, **kw)
 
 
-def test_sync_graph_records_each_turn_once_with_used_ids(tmp_path: Path) -> None:
-    mem = _memory(tmp_path / "mem")
+def test_sync_graph_records_each_turn_once_with_used_ids(tmp_path: Path, new_memory: Any) -> None:
+    mem = new_memory(tmp_path / "mem")
     store = HelaMemStore(mem)
     store.put(("users", "alice"), "pet", {"text": "alice has a cat named Miso"})
     store.put(("users", "alice"), "job", {"text": "alice is a nurse at night"})
@@ -159,8 +156,10 @@ def test_sync_graph_records_each_turn_once_with_used_ids(tmp_path: Path) -> None
     mem.close()
 
 
-async def test_async_graph_records_turns_and_other_threads_recall_them(tmp_path: Path) -> None:
-    mem = _memory(tmp_path / "mem")
+async def test_async_graph_records_turns_and_other_threads_recall_them(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    mem = new_memory(tmp_path / "mem")
     store = HelaMemStore(mem)
     async with TurnRecorder(mem) as rec, HelaMemCheckpointer(rec, store=store) as cp:
         graph = _graph(store, cp)

@@ -10,7 +10,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemError, HelaMemory, TurnRecorder
+from helamem.core import HelaMemError, HelaMemory, TurnRecorder
 from helamem.langgraph import (
     CheckpointerClosedError,
     CheckpointerModeError,
@@ -32,8 +32,8 @@ def _graph(cp: HelaMemCheckpointer) -> Any:
 
 
 @pytest.fixture
-def memory(tmp_path: Path) -> Any:
-    mem = HelaMemory(HelaMemConfig(path=tmp_path / "mem"), embedder=HashingEmbedder(64))
+def memory(tmp_path: Path, new_memory: Any) -> Any:
+    mem = new_memory(tmp_path / "mem", dim=64)
     yield mem
     mem.close()
 

@@ -23,15 +23,15 @@ from langgraph.store.base import (
 )
 from langgraph.store.memory import InMemoryStore
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, InvalidInputError
+from helamem.core import HelaMemory, InvalidInputError
 from helamem.langgraph import ID_FIELD, HelaMemStore
 
 NS = ("users", "alice")
 
 
 @pytest.fixture
-def memory(tmp_path: Path) -> Iterator[HelaMemory]:
-    m = HelaMemory(HelaMemConfig(path=tmp_path / "mem"), embedder=HashingEmbedder(256))
+def memory(tmp_path: Path, new_memory: Any) -> Iterator[HelaMemory]:
+    m = new_memory(tmp_path / "mem")
     yield m
     m.close()
 
@@ -47,8 +47,8 @@ def _count(memory: HelaMemory) -> int:
     return memory.stats().memories
 
 
-def test_constructor_does_no_io(tmp_path: Path) -> None:
-    m = HelaMemory(HelaMemConfig(path=tmp_path / "x"), embedder=HashingEmbedder(256))
+def test_constructor_does_no_io(tmp_path: Path, new_memory: Any) -> None:
+    m = new_memory(tmp_path / "x")
     HelaMemStore(m)
     assert not (tmp_path / "x").exists()
 

@@ -7,20 +7,23 @@ import asyncio
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langgraph.store.base import SearchItem
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, RetrievalConfig
+from helamem.core import HelaMemConfig, HelaMemory, PostgresConfig, RetrievalConfig
 from helamem.langgraph import HelaMemStore
+from pg_server import schema_for
 
 NS = ("users", "alice")
+BACKENDS = ("sqlite", "postgres")
 WORDS = ["tea", "cat", "violin", "recital", "marathon", "knee", "physio", "garden", "tomato"]
 
 
 @pytest.fixture
-def memory(tmp_path: Path) -> Iterator[HelaMemory]:
-    m = HelaMemory(HelaMemConfig(path=tmp_path / "mem"), embedder=HashingEmbedder(256))
+def memory(tmp_path: Path, new_memory: Any) -> Iterator[HelaMemory]:
+    m = new_memory(tmp_path / "mem")
     yield m
     m.close()
 
@@ -32,10 +35,18 @@ def store(memory: HelaMemory) -> Iterator[HelaMemStore]:
     s.close()
 
 
-@pytest.fixture(scope="module")
-def minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HelaMemory]:
-    """The offline default embedder, where meaning (not shared letters) decides."""
-    m = HelaMemory(HelaMemConfig(path=tmp_path_factory.mktemp("minilm") / "mem"))
+@pytest.fixture(scope="module", params=BACKENDS)
+def minilm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HelaMemory]:
+    """The offline default embedder, where meaning (not shared letters) decides; one store
+    per module and graph store (the ``backend`` fixture is per test)."""
+    path = tmp_path_factory.mktemp("minilm") / "mem"
+    store = None
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("pg_server").dsn
+        store = PostgresConfig(dsn=dsn, schema_name=schema_for(path))
+    m = HelaMemory(HelaMemConfig(path=path, store=store))
     yield m
     m.close()
 
@@ -112,18 +123,16 @@ def test_facts_count_against_the_limit(store: HelaMemStore, memory: HelaMemory) 
     assert kinds == {"episodic", "semantic"}  # facts compete for the same slots
 
 
-def test_offset_pages_never_repeat(tmp_path: Path) -> None:
+def test_offset_pages_never_repeat(tmp_path: Path, new_memory: Any) -> None:
     """Pages of any size are disjoint, sorted, and cover every item once (core top-k
     nested: no association hits); a plain slice of each call's sorted best
     ``offset + limit`` repeats items, as relevance reorders what activation chose."""
     # keyword_weight pinned: the control below needs a ranking where relevance
     # and activation disagree, which depends on the fusion weights
-    cfg = HelaMemConfig(
-        path=tmp_path / "m", retrieval=RetrievalConfig(max_flipped=0, keyword_weight=0.7)
-    )
+    retrieval = RetrievalConfig(max_flipped=0, keyword_weight=0.7)
     q = "violin knee garden"
     with (
-        HelaMemory(cfg, embedder=HashingEmbedder(256)) as mem,
+        new_memory(tmp_path / "m", retrieval=retrieval) as mem,
         HelaMemStore(mem, fields=["text"]) as store,
     ):
         rng = random.Random(4)
@@ -146,11 +155,11 @@ def test_offset_pages_never_repeat(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_random_stores_queries_and_limits(tmp_path: Path, seed: int) -> None:
+def test_random_stores_queries_and_limits(tmp_path: Path, new_memory: Any, seed: int) -> None:
     """Seeded property over random stores, prefixes, limits, offsets and filters."""
     rng = random.Random(seed)
     with (
-        HelaMemory(HelaMemConfig(path=tmp_path / "m"), embedder=HashingEmbedder(64)) as mem,
+        new_memory(tmp_path / "m", dim=64) as mem,
         HelaMemStore(mem) as store,
     ):
         spaces = [(r, str(u)) for r in ("a", "b", "c")[: rng.randint(1, 3)] for u in range(2)]

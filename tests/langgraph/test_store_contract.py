@@ -15,8 +15,6 @@ from langgraph.store.base import BaseStore, PutOp, SearchOp
 
 from helamem.core import (
     EmbeddingError,
-    HashingEmbedder,
-    HelaMemConfig,
     HelaMemory,
     InvalidInputError,
     StoreClosedError,
@@ -27,8 +25,8 @@ NS = ("users", "alice")
 
 
 @pytest.fixture
-def memory(tmp_path: Path) -> Iterator[HelaMemory]:
-    m = HelaMemory(HelaMemConfig(path=tmp_path / "mem"), embedder=HashingEmbedder(256))
+def memory(tmp_path: Path, new_memory: Any) -> Iterator[HelaMemory]:
+    m = new_memory(tmp_path / "mem")
     yield m
     m.close()
 

@@ -40,7 +40,6 @@ from langgraph.store.base import (
 )
 from langgraph.store.memory import InMemoryStore
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
 from helamem.langgraph import HelaMemStore
 
 WORDS = [
@@ -225,8 +224,8 @@ class Pair:
 
 
 @pytest.fixture
-def ours(tmp_path: Path) -> Iterator[HelaMemStore]:
-    m = HelaMemory(HelaMemConfig(path=tmp_path / "mem"), embedder=HashingEmbedder(64))
+def ours(tmp_path: Path, new_memory: Any) -> Iterator[HelaMemStore]:
+    m = new_memory(tmp_path / "mem", dim=64)
     with HelaMemStore(m, index={"fields": ["text"]}) as s:
         yield s
     m.close()

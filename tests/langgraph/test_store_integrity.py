@@ -16,15 +16,14 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langgraph.store.base import BaseStore, Op, PutOp, Result
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, InvalidInputError
+from helamem.core import HelaMemory, InvalidInputError
 from helamem.langgraph import ID_FIELD, HelaMemStore
 from helamem.langgraph.store import JOURNAL, RepairReport
 
@@ -45,12 +44,23 @@ WORDS: tuple[str, ...] = (
 WORDS += ("book", "movie", "soccer", "chess", "bread", "cheese", "rain", "snow", "train", "bike")
 
 
-def integrity(path: Path, docs: BaseStore) -> tuple[int, int]:
+Integrity = Callable[[Path, BaseStore], tuple[int, int]]
+
+
+@pytest.fixture
+def integrity(store_db: Callable[[Path], Any]) -> Integrity:
+    """``integrity(path, docs)``: ``(orphans, dangling)`` of the memory at ``path``
+    (read from its graph store, SQLite or PostgreSQL) and its document store."""
+    return lambda path, docs: _integrity(store_db(path), docs)
+
+
+def _integrity(db: Any, docs: BaseStore) -> tuple[int, int]:
     """``(orphans, dangling)``: memories with store metadata that their document
     does not name, and documents naming a memory that does not exist."""
-    uri = f"file:{path / 'helamem.sqlite3'}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True)) as db:
+    try:
         rows = db.execute("SELECT id, metadata FROM memories").fetchall()
+    finally:
+        db.close()
     mems = {str(mid): json.loads(raw)["langgraph"] for mid, raw in rows if "langgraph" in raw}
     orphans = 0
     for mid, where in mems.items():
@@ -61,18 +71,14 @@ def integrity(path: Path, docs: BaseStore) -> tuple[int, int]:
     return orphans, dangling
 
 
-def _memory(path: Path) -> HelaMemory:
-    return HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(256))
-
-
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "mem"
 
 
 @pytest.fixture
-def memory(path: Path) -> Iterator[HelaMemory]:
-    m = _memory(path)
+def memory(path: Path, new_memory: Any) -> Iterator[HelaMemory]:
+    m = new_memory(path)
     yield m
     m.close()
 
@@ -110,7 +116,11 @@ def _in_thread(fn: Any, *args: Any) -> threading.Thread:
 
 
 def test_put_racing_query_search_keeps_its_memory(
-    store: HelaMemStore, memory: HelaMemory, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: HelaMemStore,
+    memory: HelaMemory,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    integrity: Integrity,
 ) -> None:
     gate = Gate(store.documents)
     monkeypatch.setattr(store.documents, "batch", gate)
@@ -131,7 +141,11 @@ def test_put_racing_query_search_keeps_its_memory(
 
 
 def test_replacement_in_flight_shows_the_old_value(
-    store: HelaMemStore, memory: HelaMemory, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: HelaMemStore,
+    memory: HelaMemory,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    integrity: Integrity,
 ) -> None:
     store.put(NS, "pet", {"text": "the walrus sings", "v": 1})
     gate = Gate(store.documents)
@@ -152,7 +166,11 @@ def test_replacement_in_flight_shows_the_old_value(
 
 
 def test_search_meeting_a_stale_memory_deletes_it_only_when_no_writer_holds_the_lock(
-    store: HelaMemStore, memory: HelaMemory, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: HelaMemStore,
+    memory: HelaMemory,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    integrity: Integrity,
 ) -> None:
     store.put(NS, "a", {"text": "heron by the lake"})
     store.documents.delete(NS, "a")  # behind the store's back: the memory is stale
@@ -186,7 +204,11 @@ def _failing_writes(docs: BaseStore, *, reads_too: bool = False) -> Any:
 
 
 def test_failing_document_write_leaves_no_orphan(
-    store: HelaMemStore, memory: HelaMemory, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: HelaMemStore,
+    memory: HelaMemory,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    integrity: Integrity,
 ) -> None:
     store.put(NS, "kept", {"text": "the otter swims", "v": 1})
     monkeypatch.setattr(store.documents, "batch", _failing_writes(store.documents))
@@ -210,7 +232,7 @@ def test_failing_document_write_leaves_no_orphan(
 
 
 def test_failing_memory_add_changes_nothing(
-    store: HelaMemStore, memory: HelaMemory, path: Path
+    store: HelaMemStore, memory: HelaMemory, path: Path, integrity: Integrity
 ) -> None:
     store.put(NS, "k", {"text": "a quiet harbour"})
     with pytest.raises(InvalidInputError):
@@ -224,7 +246,11 @@ def test_failing_memory_add_changes_nothing(
 
 
 def test_unsettled_failure_is_settled_by_the_next_writer(
-    store: HelaMemStore, memory: HelaMemory, path: Path, monkeypatch: pytest.MonkeyPatch
+    store: HelaMemStore,
+    memory: HelaMemory,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    integrity: Integrity,
 ) -> None:
     store.put(NS, "old", {"text": "a red kite"})
     # the document write fails, and so does every read after it: the put cannot settle
@@ -259,7 +285,7 @@ def _flaky(docs: BaseStore) -> Any:
 
 
 def test_repair_deletes_stale_and_reindexes_missing(
-    store: HelaMemStore, memory: HelaMemory, path: Path
+    store: HelaMemStore, memory: HelaMemory, path: Path, integrity: Integrity
 ) -> None:
     for i in range(4):
         store.put(NS, f"k{i}", {"text": f"puffin number {i}"})
@@ -277,11 +303,13 @@ def test_repair_deletes_stale_and_reindexes_missing(
 # -- a randomized interleaving ----------------------------------------------------
 
 
-def test_random_interleaving_loses_and_orphans_nothing(path: Path) -> None:
+def test_random_interleaving_loses_and_orphans_nothing(
+    path: Path, new_memory: Any, integrity: Integrity
+) -> None:
     """4 threads on 2 store objects (one path): 240 puts/replacements/deletes of
     their own keys and of 4 shared keys, and query searches between them."""
     rng = random.Random(1414)
-    memory = _memory(path)
+    memory = new_memory(path)
     stores = [HelaMemStore(memory), HelaMemStore(memory)]
     n_threads, n_ops = 4, 60
     final: dict[str, dict[str, Any] | None] = {}  # owned keys: the last acknowledged value

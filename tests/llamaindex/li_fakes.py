@@ -6,12 +6,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from helamem.core import EmbedderConfig, HelaMemConfig, HelaMemory, TurnRecorder
+from helamem.core import EmbedderConfig, HelaMemConfig, HelaMemory, PostgresConfig, TurnRecorder
 
 
-def hashing_config(path: Path) -> HelaMemConfig:
-    """A config that rebuilds the same deterministic embedder after a round trip."""
-    return HelaMemConfig(path=path, embedder=EmbedderConfig(provider="hashing", dimension=256))
+def hashing_config(path: Path, store: PostgresConfig | None = None) -> HelaMemConfig:
+    """A config that rebuilds the same deterministic embedder after a round trip (its graph
+    in ``store``: the ``store_config(path)`` of the test's backend)."""
+    return HelaMemConfig(
+        path=path, embedder=EmbedderConfig(provider="hashing", dimension=256), store=store
+    )
 
 
 class SpyRecorder(TurnRecorder):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import doctest
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from li_fakes import SpyRecorder, hashing_config
+from li_fakes import SpyRecorder
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.chat_engine import SimpleChatEngine
 from llama_index.core.llms import ChatMessage
@@ -20,8 +21,8 @@ from llama_index.core.workflow import Context
 from pydantic import SecretStr
 from workflows.context.serializers import JsonSerializer
 
-from helamem.core import EmbedderConfig, HelaMemory, InvalidInputError
-from helamem.llamaindex import HelaMemChatMemory
+from helamem.core import EmbedderConfig, HelaMemConfig, HelaMemory, InvalidInputError
+from helamem.llamaindex import HelaMemChatMemory, register_memory
 
 # inspect.getmembers() on pydantic models (workflows' step discovery, doctest) touches
 # deprecated pydantic attributes: framework noise, not ours
@@ -106,14 +107,16 @@ async def test_function_agent_records_only_the_final_reply(
     assert spy.turns[0][3]  # the injected memories are the turn's used ids
 
 
-async def test_round_trip_through_a_reused_context(tmp_path: Path) -> None:
+async def test_round_trip_through_a_reused_context(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+) -> None:
     seen: list[str] = []
 
     def answer(messages: list[ChatMessage], **kwargs: object) -> ChatMessage:
         seen.append(_system(messages))
         return ChatMessage(role="assistant", content=f"ok: {messages[-1].content}")
 
-    store = HelaMemory(hashing_config(tmp_path / "store"))
+    store = HelaMemory(config_at(tmp_path / "store"))
     agent = FunctionAgent(
         llm=MockFunctionCallingLLMWithChatMemoryOfLastCall(response_generator=answer), tools=[]
     )
@@ -141,8 +144,10 @@ async def test_round_trip_through_a_reused_context(tmp_path: Path) -> None:
     await store.aclose()
 
 
-def test_serialized_state_has_no_connection_and_no_secrets(tmp_path: Path) -> None:
-    cfg = hashing_config(tmp_path / "s").model_copy(
+def test_serialized_state_has_no_connection_and_no_secrets(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+) -> None:
+    cfg = config_at(tmp_path / "s").model_copy(
         update={
             "embedder": EmbedderConfig(provider="hashing", dimension=256, api_key=SecretStr("k"))
         }
@@ -153,12 +158,21 @@ def test_serialized_state_has_no_connection_and_no_secrets(tmp_path: Path) -> No
     assert {"memory", "recorder", "tokenizer_fn"}.isdisjoint(data)
     assert data["config"]["embedder"]["api_key"] is None
     assert data["class_name"] == "HelaMemChatMemory"
-    loaded = HelaMemChatMemory.from_json(memory.to_json())
+    text = memory.to_json()
+    live = None
+    if cfg.store is not None:  # the PostgreSQL DSN is a secret too: never serialized, so
+        assert cfg.store.dsn.get_secret_value() not in text  # the loader registers a memory
+        register_memory(live := HelaMemory(cfg))  # built with it (register_memory's docs)
+    loaded = HelaMemChatMemory.from_json(text)
     assert loaded.get_all() == memory.get_all() and loaded.pending_user == "hello there"
     assert loaded.memory_scope == ("users", "x")
     loaded.put(ChatMessage(role="assistant", content="hi!"))  # completes the pending turn
-    loaded.close()  # it opened the store itself, so it closes it
-    with HelaMemory(hashing_config(tmp_path / "s")) as check:
+    if live is not None:
+        assert loaded.memory is live
+    loaded.close()  # SQLite: it opened the store itself, so it closes it
+    if live is not None:
+        live.close()
+    with HelaMemory(config_at(tmp_path / "s")) as check:
         assert check.stats(("users", "x")).episodic == 2
 
 
