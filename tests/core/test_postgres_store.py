@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from helamem.core import (
     HelaMemConfig,
     HelaMemory,
     InvalidInputError,
+    NewMemory,
     PostgresConfig,
     StorageError,
 )
@@ -227,3 +229,28 @@ def test_a_write_lock_held_too_long_is_a_storage_error_naming_the_setting(
             other.execute("ROLLBACK")
         m.add("after the lock", A)  # nothing was left half done
         assert m.stats(A).memories == 2
+
+
+def test_ids_under_a_base_match_bytewise_on_both_stores(mem: HelaMemory) -> None:
+    """The prefix match LangGraph's field memories use: no wildcard, no collation."""
+    ids = ["a[1]", "a[1].1", "a[1].z", "a_1.1", "a%1.1", "a[1]x", "A[1].1", "a[1]/1", "a[1]-1"]
+    mem.add_many([NewMemory(f"memory {i}", A, id=i) for i in ids])
+    got = mem._call(lambda core: sorted(core.store.ids_under(["a[1]", "a_1"])))
+    assert got == ["a[1].1", "a[1].z", "a_1.1"]
+
+
+def test_json_field_reads_metadata_on_both_stores(mem: HelaMemory) -> None:
+    mem.add("tagged", A, metadata={"langgraph": {"key": "k"}})
+    mem.add("null", A, metadata={"langgraph": None})
+    mem.add("plain", A)
+
+    def untagged(core: Any) -> list[str]:
+        cond = core.store.json_field("metadata", "langgraph")
+        return sorted(
+            str(r[0])
+            for r in core.store.db.execute(f"SELECT content FROM memories WHERE {cond} IS NULL")
+        )
+
+    assert mem._call(untagged) == ["null", "plain"]
+    with pytest.raises(ValueError, match="plain JSON key"):
+        mem._call(lambda core: core.store.json_field("metadata", "x') OR ('1"))

@@ -25,15 +25,11 @@ from langgraph.store.base import Item
 
 __all__ = ["is_store_memory", "recorded_at", "recorded_items", "recorded_namespaces"]
 
-# a recorded memory: its metadata has no "langgraph" value (JSON null counts as none, as
-# SQLite's json_extract reads it), in each graph store's SQL
-_RECORDED_SQLITE = "json_extract(m.metadata, '$.langgraph') IS NULL"
-_RECORDED_PG = "(m.metadata::json ->> 'langgraph') IS NULL"
 
-
-def _recorded(memory: HelaMemory) -> str:
-    """The SQL condition "``m`` is a recorded memory" for ``memory``'s graph store."""
-    return _RECORDED_SQLITE if memory.config.store is None else _RECORDED_PG
+def _recorded(core: Any) -> str:
+    """The SQL condition "``m`` is a recorded memory" (its metadata has no "langgraph"
+    value; JSON null counts as none), in ``core``'s graph store's SQL."""
+    return f"{core.store.json_field('m.metadata', 'langgraph')} IS NULL"
 
 
 def is_store_memory(memory: Memory) -> bool:
@@ -89,7 +85,7 @@ def recorded_items(
             return []
         sql = (
             "SELECT m.id, s.path, m.kind, m.content, m.role, m.event_time, m.created_at"
-            f" FROM memories m JOIN scopes s ON s.id = m.scope_id WHERE {_recorded(memory)}"
+            f" FROM memories m JOIN scopes s ON s.id = m.scope_id WHERE {_recorded(core)}"
         )
         params: tuple[int, ...] = ()
         if ids is not None:
@@ -128,7 +124,7 @@ def recorded_namespaces(memory: HelaMemory) -> set[tuple[str, ...]]:
         return list(
             core.store.db.execute(
                 "SELECT DISTINCT s.path FROM memories m JOIN scopes s ON s.id = m.scope_id"
-                f" WHERE {_recorded(memory)}"
+                f" WHERE {_recorded(core)}"
             )
         )
 

@@ -412,20 +412,9 @@ def family_base(mid: str) -> str:
 def _families(memory: HelaMemory, ids: Sequence[str]) -> list[str]:
     """``ids`` with every field memory of theirs that exists (``X`` -> ``X``, ``X.1``, ...)."""
 
-    # a case-sensitive prefix match: GLOB on SQLite (its index serves it), starts_with on
-    # PostgreSQL (no GLOB there; its LIKE would read "_" and "%" in an id as wildcards)
-    sqlite = memory.config.store is None
-    match, pattern = ("id GLOB ?", "{}.*") if sqlite else ("starts_with(id, ?)", "{}.")
-
     def rows(core: Any) -> list[str]:
-        out: list[str] = []
-        for n in range(0, len(ids), 200):
-            part = list(ids[n : n + 200])
-            where = " OR ".join([match] * len(part))
-            sql = f"SELECT id FROM memories WHERE {where}"
-            params = [pattern.format(i) for i in part]
-            out += [str(r[0]) for r in core.store.db.execute(sql, params)]
-        return out
+        found: list[str] = core.store.ids_under(list(ids))
+        return found
 
     return list(dict.fromkeys([*ids, *memory._call(rows)]))
 

@@ -122,6 +122,10 @@ PG_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE token_vectors (n BIGINT PRIMARY KEY, data BYTEA NOT NULL);
     """,
+    # 2: ids in bytewise order, for prefix ranges (SQLiteStore.ids_under)
+    """
+    CREATE INDEX memories_id_c ON memories (id COLLATE "C");
+    """,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
@@ -506,6 +510,25 @@ class PostgresStore(SQLiteStore):
         db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
         self._unindex_text(db, [row.n])
         self._index_text(db, [(row.n, search_text, tags)])
+
+    # -- dialect -------------------------------------------------------------
+
+    @staticmethod
+    def json_field(column: str, key: str) -> str:
+        """SQL for JSON field ``key`` of ``column`` as text (NULL when absent or JSON null).
+
+        Raises:
+            ValueError: ``key`` is not a plain identifier.
+        """
+        if not key.isidentifier():
+            raise ValueError(f"not a plain JSON key: {key!r}")
+        return f"(CAST({column} AS JSON) ->> '{key}')"
+
+    @staticmethod
+    def _ids_sql(where: str) -> str:
+        # bytewise order (the database's collation may not be), as SQLite's; the
+        # index memories_id_c serves it
+        return f'SELECT id FROM (SELECT id COLLATE "C" AS id FROM memories) m WHERE {where}'
 
     # -- BM25 --------------------------------------------------------------
 
