@@ -394,3 +394,36 @@ async def test_agent_dump_and_load_component_round_trip(tmp_path: Path, own_stor
     # close() stored the loaded agent's final turn beside the memory added before
     assert {"Alice's cat is called Miso", "What is my cat called?", "Miso"} <= set(found)
     await reloaded.close()
+
+
+# -- PostgreSQL from the component config -----------------------------------------
+
+
+async def test_a_postgres_config_round_trips_and_shares_the_memory(
+    tmp_path: Path, pg_server: Any
+) -> None:
+    """postgres_dsn (no password) survives dump/load; two components share one graph."""
+    cfg = HelaMemMemoryConfig(
+        scope=("users", "alice"),
+        path=str(tmp_path / "a"),
+        embedder="hashing",
+        postgres_dsn=pg_server.dsn,
+        postgres_schema="autogen_pg",
+    )
+    writer = HelaMemMemory(cfg)
+    await writer.add(text("Alice's cat is called Miso"))
+    dumped = writer.dump_component()
+    assert dumped.config["postgres_dsn"] == pg_server.dsn
+    await writer.close()
+    # another process's copy: its own local directory, the same PostgreSQL schema
+    other = dumped.model_copy(update={"config": {**dumped.config, "path": str(tmp_path / "b")}})
+    reader = HelaMemMemory.load_component(other)
+    found = await reader.query("cat Miso")
+    assert [r.content for r in found.results] == ["Alice's cat is called Miso"]
+    assert not (tmp_path / "b" / "helamem.sqlite3").exists()
+    await reader.close()
+
+
+def test_a_postgres_password_is_refused_in_the_serialized_config() -> None:
+    with pytest.raises(ValidationError, match="PGPASSWORD"):
+        HelaMemMemoryConfig(scope=("u",), postgres_dsn="postgresql://app:secret@db/agents")

@@ -14,6 +14,7 @@ from helamem.core import (
     EmbedderConfig,
     HelaMemConfig,
     LLMConfig,
+    PostgresConfig,
     RetrievalConfig,
 )
 
@@ -42,6 +43,28 @@ _CHROMA_ONLY = {
 }
 
 
+def _has_password(dsn: str) -> bool:
+    """Whether a libpq DSN (URL or ``key=value`` form) carries a password.
+
+    Examples:
+        >>> _has_password("postgresql://app:secret@db/agents"), _has_password("postgresql://app@db/x")
+        (True, False)
+        >>> _has_password("host=db user=app password=secret")
+        True
+    """
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError as exc:
+        raise ValueError(
+            "postgres_dsn needs PostgreSQL support: pip install 'helamem-core[postgres]'"
+        ) from exc
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except psycopg.Error as exc:
+        raise ValueError(f"postgres_dsn is not a PostgreSQL connection string: {exc}") from exc
+
+
 class HelaMemMemoryConfig(BaseModel):
     """Everything needed to rebuild a :class:`~helamem.autogen.HelaMemMemory`.
 
@@ -59,6 +82,12 @@ class HelaMemMemoryConfig(BaseModel):
             (``host`` accepted on input).
         chroma_port: Its port (``port`` accepted on input).
         chroma_ssl: Whether to reach it over HTTPS (``ssl`` accepted on input).
+        postgres_dsn: Keep the graph (memories, edges, BM25 statistics) in this
+            PostgreSQL database instead of ``<path>/helamem.sqlite3``, so agents on
+            several machines share it (pair it with ``chroma_host``). Without a
+            password: this config is serialized, and libpq reads the password
+            from ``PGPASSWORD`` or ``~/.pgpass``.
+        postgres_schema: The PostgreSQL schema of this memory's tables.
         collection: Chroma collection name (``collection_name``, as
             ``ChromaDBVectorMemoryConfig`` calls it, is accepted on input).
         embedder: ``"minilm"`` (offline default), ``"litellm"`` (needs
@@ -111,6 +140,8 @@ class HelaMemMemoryConfig(BaseModel):
         8000, ge=1, le=65535, validation_alias=AliasChoices("chroma_port", "port")
     )
     chroma_ssl: bool = Field(False, validation_alias=AliasChoices("chroma_ssl", "ssl"))
+    postgres_dsn: str | None = None
+    postgres_schema: str = "helamem"
     collection: str = Field(
         "helamem", validation_alias=AliasChoices("collection", "collection_name")
     )
@@ -180,7 +211,19 @@ class HelaMemMemoryConfig(BaseModel):
             )
         else:
             chroma = ChromaConfig(collection=self.collection)
+        store = None
+        if self.postgres_dsn is not None:
+            if _has_password(self.postgres_dsn):
+                raise ValueError(
+                    "postgres_dsn holds a password, and this config is serialized with the "
+                    "agent; leave it out of the DSN and set PGPASSWORD (or ~/.pgpass) instead"
+                )
+            store = PostgresConfig(
+                dsn=self.postgres_dsn,
+                schema_name=self.postgres_schema,
+            )
         return HelaMemConfig(
+            store=store,
             path=Path(self.path),
             dynamics=self.dynamics,
             retrieval=self.retrieval,

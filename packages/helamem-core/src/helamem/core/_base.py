@@ -25,6 +25,7 @@ from . import dynamics, retrieval
 from .config import HelaMemConfig
 from .embeddings import Embedder, check_vectors, token_embedder
 from .errors import (
+    ConfigError,
     EmbeddingError,
     InvalidInputError,
     StorageError,
@@ -51,8 +52,13 @@ def make_store(config: HelaMemConfig) -> SQLiteStore:
     """The graph store ``config`` names (no I/O): SQLite at ``<path>/helamem.sqlite3``,
     or PostgreSQL for a :class:`~helamem.core.config.PostgresConfig` ``store``."""
     if config.store is not None:
-        from .storage.postgres import PostgresStore
-
+        try:
+            from .storage.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"HelaMemConfig.store is a PostgresConfig, but PostgreSQL support is not "
+                f"installed ({exc}); pip install 'helamem-core[postgres]'"
+            ) from exc
         return PostgresStore(config.store)
     return SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
 
