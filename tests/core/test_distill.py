@@ -19,12 +19,14 @@ from helamem.core import (
     LLMConfig,
     LLMResponseError,
     LLMUnavailableError,
+    PostgresConfig,
 )
 
 litellm = pytest.importorskip("litellm")
 
 S = ("users", "alice")
 Answer = str | Callable[[list[dict[str, str]]], str]
+StoreConfig = Callable[[Path], PostgresConfig | None]
 
 
 class ScriptedLLM:
@@ -59,9 +61,10 @@ def facts_citing_first_labels(messages: list[dict[str, str]]) -> str:
     return json.dumps({"facts": facts})
 
 
-def _mem(tmp_path: Path, llm: ScriptedLLM | None, **llm_cfg: Any) -> HelaMemory:
+def _mem(tmp_path: Path, store: StoreConfig, llm: ScriptedLLM | None, **llm_cfg: Any) -> HelaMemory:
     cfg = HelaMemConfig(
         path=tmp_path / "s",
+        store=store(tmp_path / "s"),
         llm=LLMConfig(model="gpt-4o-mini", backoff_s=0.0, **llm_cfg),
         consolidation=ConsolidationConfig(max_clusters=2),
     )
@@ -79,9 +82,11 @@ def _story(mem: HelaMemory) -> list[str]:
     return ids
 
 
-def test_distillation_stores_facts_with_provenance(tmp_path: Path) -> None:
+def test_distillation_stores_facts_with_provenance(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     llm = ScriptedLLM(facts_citing_first_labels)
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         episodes = set(_story(mem))
         report = mem.consolidate(S)
         assert len(llm.calls) == 1
@@ -102,9 +107,11 @@ def test_distillation_stores_facts_with_provenance(tmp_path: Path) -> None:
         assert st.llm_completion_tokens > 0
 
 
-def test_unchanged_cluster_is_not_distilled_twice(tmp_path: Path) -> None:
+def test_unchanged_cluster_is_not_distilled_twice(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     llm = ScriptedLLM(*[facts_citing_first_labels] * 10)
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         for _ in range(6):
             mem.consolidate(S)
@@ -114,10 +121,10 @@ def test_unchanged_cluster_is_not_distilled_twice(tmp_path: Path) -> None:
         assert again.clusters == 0
 
 
-def test_malformed_json_is_repaired_once(tmp_path: Path) -> None:
+def test_malformed_json_is_repaired_once(tmp_path: Path, store_config: StoreConfig) -> None:
     fixed = '{"facts": [{"text": "Alice has a cat named Miso", "sources": ["E1"]}]}'
     llm = ScriptedLLM("Sure! here are facts: {facts: oops", fixed)
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         report = mem.consolidate(S)
         assert report.facts_added >= 1
@@ -125,13 +132,15 @@ def test_malformed_json_is_repaired_once(tmp_path: Path) -> None:
         assert "failed validation" in llm.calls[1]["messages"][-1]["content"]
 
 
-def test_truncated_answer_is_salvaged_without_another_call(tmp_path: Path) -> None:
+def test_truncated_answer_is_salvaged_without_another_call(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     truncated = (
         '{"facts": [{"text": "Alice has a cat named Miso", "sources": ["E1"]}, '
         '{"text": "Miso chases mice", "sources": ["E2"'
     )
     llm = ScriptedLLM(truncated)
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         report = mem.consolidate(S)
         assert len(llm.calls) == 1
@@ -139,9 +148,11 @@ def test_truncated_answer_is_salvaged_without_another_call(tmp_path: Path) -> No
         assert mem.get(report.fact_ids[0]).content == "Alice has a cat named Miso"
 
 
-def test_malformed_twice_raises_and_writes_nothing(tmp_path: Path) -> None:
+def test_malformed_twice_raises_and_writes_nothing(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     llm = ScriptedLLM("not json", '{"facts": [{"text": ""}]}', facts_citing_first_labels)
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         before = mem.stats()
         with pytest.raises(LLMResponseError, match="after one repair"):
@@ -153,16 +164,20 @@ def test_malformed_twice_raises_and_writes_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("failure", ["litellm.RateLimitError", "litellm.InternalServerError"])
-def test_transient_errors_are_retried(tmp_path: Path, failure: str) -> None:
+def test_transient_errors_are_retried(
+    tmp_path: Path, failure: str, store_config: StoreConfig
+) -> None:
     llm = ScriptedLLM(failure, failure, facts_citing_first_labels)
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         assert mem.consolidate(S).facts_added >= 1
         assert len(llm.calls) == 3
         assert mem.stats().llm_failed_calls == 2
 
 
-def test_timeouts_exhaust_retries_then_typed_error(tmp_path: Path) -> None:
+def test_timeouts_exhaust_retries_then_typed_error(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     def timeout(**kwargs: Any) -> Any:
         timeout.calls += 1  # type: ignore[attr-defined]
         return litellm.completion(
@@ -170,7 +185,11 @@ def test_timeouts_exhaust_retries_then_typed_error(tmp_path: Path) -> None:
         )
 
     timeout.calls = 0  # type: ignore[attr-defined]
-    cfg = HelaMemConfig(path=tmp_path / "s", llm=LLMConfig(model="gpt-4o-mini", max_retries=2))
+    cfg = HelaMemConfig(
+        path=tmp_path / "s",
+        llm=LLMConfig(model="gpt-4o-mini", max_retries=2),
+        store=store_config(tmp_path / "s"),
+    )
     client = LLMClient(cfg.llm, completion=timeout, sleep=lambda s: None)
     with HelaMemory(cfg, embedder=HashingEmbedder(64), llm=client) as mem:
         ids = _story(mem)
@@ -183,13 +202,13 @@ def test_timeouts_exhaust_retries_then_typed_error(tmp_path: Path) -> None:
         assert all(mem.get(i).content for i in ids)  # episodes untouched
 
 
-def test_fallback_model_is_used_when_first_fails(tmp_path: Path) -> None:
+def test_fallback_model_is_used_when_first_fails(tmp_path: Path, store_config: StoreConfig) -> None:
     def route(messages: list[dict[str, str]]) -> str:
         return facts_citing_first_labels(messages)
 
     llm = ScriptedLLM("litellm.RateLimitError", route)
     with _mem(
-        tmp_path, llm, max_retries=0, fallbacks=("anthropic/claude-3-haiku-20240307",)
+        tmp_path, store_config, llm, max_retries=0, fallbacks=("anthropic/claude-3-haiku-20240307",)
     ) as mem:
         _story(mem)
         assert mem.consolidate(S).facts_added >= 1
@@ -200,7 +219,9 @@ def test_fallback_model_is_used_when_first_fails(tmp_path: Path) -> None:
         assert mem.stats().llm_calls == 1
 
 
-def test_near_identical_facts_update_instead_of_duplicating(tmp_path: Path) -> None:
+def test_near_identical_facts_update_instead_of_duplicating(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     def same_fact(messages: list[dict[str, str]]) -> str:
         labels = re.findall(r"\[(E\d+)\]", messages[-1]["content"])
         return json.dumps(
@@ -208,7 +229,7 @@ def test_near_identical_facts_update_instead_of_duplicating(tmp_path: Path) -> N
         )
 
     llm = ScriptedLLM(*[same_fact] * 5)
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         first = mem.consolidate(S)
         second = mem.consolidate(S)
@@ -220,7 +241,9 @@ def test_near_identical_facts_update_instead_of_duplicating(tmp_path: Path) -> N
         assert len(fact.provenance) >= 2  # provenance grew, no second copy
 
 
-def test_facts_citing_unknown_or_foreign_episodes_are_dropped(tmp_path: Path) -> None:
+def test_facts_citing_unknown_or_foreign_episodes_are_dropped(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     answer = json.dumps(
         {
             "facts": [
@@ -233,7 +256,7 @@ def test_facts_citing_unknown_or_foreign_episodes_are_dropped(tmp_path: Path) ->
         }
     )
     llm = ScriptedLLM(answer)
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         mem.add("bob's secret diary", ("users", "bob"))
         report = mem.consolidate(S)
@@ -242,9 +265,9 @@ def test_facts_citing_unknown_or_foreign_episodes_are_dropped(tmp_path: Path) ->
         assert mem.stats().semantic == 0
 
 
-async def test_async_consolidation(tmp_path: Path) -> None:
+async def test_async_consolidation(tmp_path: Path, store_config: StoreConfig) -> None:
     llm = ScriptedLLM(facts_citing_first_labels)
-    async with _mem(tmp_path, llm) as mem:
+    async with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         report = await mem.aconsolidate(S)
         assert report.facts_added >= 1
@@ -263,9 +286,9 @@ def test_extractive_distillation_needs_no_model(mem: HelaMemory) -> None:
     assert rounds[-1] == 0  # every cluster distilled once, then nothing left to do
 
 
-def test_no_llm_calls_on_add_and_search_hot_path(tmp_path: Path) -> None:
+def test_no_llm_calls_on_add_and_search_hot_path(tmp_path: Path, store_config: StoreConfig) -> None:
     llm = ScriptedLLM()
-    with _mem(tmp_path, llm) as mem:
+    with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         mem.search("cat", S, k=3)
         assert llm.calls == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +153,13 @@ def test_delete_removes_memory_edges_and_vector(mem: HelaMemory) -> None:
     assert mem.stats().edges == 1
 
 
-def test_decay_is_lazy_and_prunes(tmp_path: Path) -> None:
+def test_decay_is_lazy_and_prunes(tmp_path: Path, store_config: Any) -> None:
     from helamem.core import DynamicsConfig
 
-    cfg = HelaMemConfig(path=tmp_path / "s", dynamics=DynamicsConfig(decay_rate=0.5))
+    path = tmp_path / "s"
+    cfg = HelaMemConfig(
+        path=path, dynamics=DynamicsConfig(decay_rate=0.5), store=store_config(path)
+    )
     with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
         m.add("first", ALICE)
         m.add("second", ALICE)  # edge 0.5 at tick 2
@@ -192,6 +196,24 @@ def test_reconcile_reindexes_rows_that_missed_the_vector_index(
         assert m.search("sleeping dog", ALICE, k=1, learn=False).ids == ["01LOST"]
 
 
+def test_reconcile_reindexes_rows_marked_unindexed(
+    tmp_path: Path, make_mem: Any, store_db: Any
+) -> None:
+    """The portable half of the crash above: a committed row the index never took."""
+    path = tmp_path / "store"
+    with make_mem(path) as m:
+        ids = [m.add(f"note {i} on the quick brown fox", ALICE).id for i in range(3)]
+    db = store_db(path)
+    try:
+        db.execute("UPDATE memories SET indexed = 0 WHERE id = ?", (ids[1],))
+    finally:
+        db.close()
+    with make_mem(path) as m:
+        st = m.stats()
+        assert (st.unindexed, st.vectors, st.memories) == (0, 3, 3)
+        assert m.search("note 1 quick fox", ALICE, k=1, learn=False).ids == [ids[1]]
+
+
 class _FlakyIndex(ChromaIndex):
     fail = True
 
@@ -202,9 +224,16 @@ class _FlakyIndex(ChromaIndex):
         super().upsert(*args, **kwargs)  # type: ignore[arg-type]
 
 
-def test_failed_index_write_loses_nothing(tmp_path: Path) -> None:
-    cfg = HelaMemConfig(path=tmp_path / "s")
-    index = _FlakyIndex(cfg.chroma, cfg.path / "chroma", attach_minilm=False)
+def test_failed_index_write_loses_nothing(tmp_path: Path, store_config: Any) -> None:
+    cfg = HelaMemConfig(path=tmp_path / "s", store=store_config(tmp_path / "s"))
+    # a custom index scans small scopes from the graph store it is given (SQLite's file
+    # beside its directory by default)
+    reader = None
+    if cfg.store is not None:
+        from helamem.core.storage.postgres import connect_reader
+
+        reader = partial(connect_reader, cfg.store)
+    index = _FlakyIndex(cfg.chroma, cfg.path / "chroma", attach_minilm=False, connect=reader)
     with HelaMemory(cfg, embedder=HashingEmbedder(64), vector_index=index) as m:
         mid = m.add("orchids need little water", ALICE).id
         assert m.stats().unindexed == 1
@@ -267,7 +296,9 @@ async def test_async_twins(tmp_path: Path, make_mem: Any) -> None:
     assert m.closed
 
 
-def test_any_chroma_embedding_function_can_replace_the_embedder(tmp_path: Path) -> None:
+def test_any_chroma_embedding_function_can_replace_the_embedder(
+    tmp_path: Path, store_config: Any
+) -> None:
     from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 
     inner = HashingEmbedder(32)
@@ -283,7 +314,8 @@ def test_any_chroma_embedding_function_can_replace_the_embedder(tmp_path: Path) 
         def name() -> str:
             return "my-ef"
 
-    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=MyEF()) as m:
+    cfg = HelaMemConfig(path=tmp_path / "s", store=store_config(tmp_path / "s"))
+    with HelaMemory(cfg, embedder=MyEF()) as m:
         mid = m.add("sunflowers in the garden", ALICE).id
         assert m.search("garden sunflowers", ALICE, k=1).ids == [mid]
         assert m.stats().embedder == "chroma:my-ef"

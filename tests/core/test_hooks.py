@@ -8,11 +8,10 @@ import itertools
 import json
 import logging
 import pickle
-import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -29,6 +28,7 @@ from helamem.core import (
     InvalidInputError,
     InvalidScopeError,
     NewTurn,
+    PostgresConfig,
     RetrievalConfig,
     Scope,
     StoreClosedError,
@@ -45,6 +45,7 @@ from helamem.core.hooks import (
 ETA = DynamicsConfig().learning_rate
 TEMPORAL = 0.5  # DynamicsConfig().temporal_weight
 SCOPES: list[Scope] = [("users", f"u{i}") for i in range(5)]
+StoreConfig = Callable[[Path], PostgresConfig | None]
 
 
 class DictIndex:
@@ -93,15 +94,21 @@ class DictIndex:
 
 
 def exact_memory(
-    path: Path, embedder: Any = None, cls: type[HelaMemory] = HelaMemory, *, fast: bool = False
+    path: Path,
+    embedder: Any = None,
+    cls: type[HelaMemory] = HelaMemory,
+    *,
+    fast: bool = False,
+    store: StoreConfig | None = None,
 ) -> Any:
     """A store without decay (δ = 1), so edge weights are exact sums.
 
     Every hit of a learning search co-activates (``learn_top=0``), as the
-    edge model assumes.
+    edge model assumes. ``store``: the ``store_config`` fixture (default: SQLite).
     """
     cfg = HelaMemConfig(
         path=path,
+        store=None if store is None else store(path),
         # the reference clique (every used memory co-activates), which EdgeModel implies
         dynamics=DynamicsConfig(decay_rate=1.0, used_pairs="all", attribution_margin=2.0),
         retrieval=RetrievalConfig(learn_top=0),
@@ -112,15 +119,15 @@ def exact_memory(
 
 @dataclass
 class Snapshot:
-    """What SQLite holds, read through a read-only connection."""
+    """What the graph store holds (read through a connection of its own)."""
 
     episodes: dict[Scope, list[tuple[str | None, str]]]  # (role, content) in insertion order
     edges: dict[frozenset[str], float]  # by the contents of both ends
     edges_in: dict[Scope, int]
 
 
-def read_store(path: Path) -> Snapshot:
-    con = sqlite3.connect(f"file:{path / 'helamem.sqlite3'}?mode=ro", uri=True)
+def read_store(con: Any) -> Snapshot:
+    """The snapshot of the graph store ``con`` (from ``store_db``); closes it."""
     try:
         scopes = {
             int(i): tuple(json.loads(p)) for i, p in con.execute("SELECT id, path FROM scopes")
@@ -278,9 +285,11 @@ def fake(m: FakeMemory) -> HelaMemory:
 # -- concurrency, ordering, reinforcement -------------------------------------
 
 
-async def test_concurrent_coroutines_store_every_turn_once_in_order(tmp_path: Path) -> None:
+async def test_concurrent_coroutines_store_every_turn_once_in_order(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "store"
-    mem = exact_memory(path, fast=True)
+    mem = exact_memory(path, fast=True, store=store_config)
     model = EdgeModel()
     seeds: dict[Scope, list[str]] = {}
     for s in SCOPES:
@@ -317,7 +326,7 @@ async def test_concurrent_coroutines_store_every_turn_once_in_order(tmp_path: Pa
         assert rec.pending == 0
         assert rec.recorded == 1000
 
-    snap = read_store(path)
+    snap = read_store(store_db(path))
     total = 0
     for s in SCOPES:
         expected: list[tuple[str | None, str]] = [(None, f"seed {s[1]} {k}") for k in range(2)]
@@ -336,9 +345,11 @@ async def test_concurrent_coroutines_store_every_turn_once_in_order(tmp_path: Pa
     mem.close()
 
 
-async def test_many_recorders_share_one_memory(tmp_path: Path) -> None:
+async def test_many_recorders_share_one_memory(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "store"
-    mem = exact_memory(path, fast=True)
+    mem = exact_memory(path, fast=True, store=store_config)
     recs = [TurnRecorder(mem, max_pending=8, consolidate_every=None) for _ in range(3)]
 
     async def agent(r: int) -> None:
@@ -348,7 +359,7 @@ async def test_many_recorders_share_one_memory(tmp_path: Path) -> None:
     await asyncio.gather(*(agent(r) for r in range(3)))
     for rec in recs:
         await rec.close()
-    snap = read_store(path)
+    snap = read_store(store_db(path))
     for s in SCOPES[:2]:
         eps = snap.episodes[s]
         assert len(eps) == 3 * 40
@@ -366,9 +377,11 @@ async def test_many_recorders_share_one_memory(tmp_path: Path) -> None:
     mem.close()
 
 
-async def test_sync_and_async_callers_share_one_recorder(tmp_path: Path) -> None:
+async def test_sync_and_async_callers_share_one_recorder(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "store"
-    mem = exact_memory(path, fast=True)
+    mem = exact_memory(path, fast=True, store=store_config)
     rec = TurnRecorder(mem, max_pending=16, consolidate_every=None)
 
     def thread_producer(s: Scope) -> None:
@@ -386,7 +399,7 @@ async def test_sync_and_async_callers_share_one_recorder(tmp_path: Path) -> None
         coro_producer(SCOPES[3]),
     )
     await rec.close()
-    snap = read_store(path)
+    snap = read_store(store_db(path))
     for i, kind in ((0, "sync"), (1, "sync"), (2, "async"), (3, "async")):
         s = SCOPES[i]
         assert [t for _, t in snap.episodes[s]] == [
@@ -395,8 +408,10 @@ async def test_sync_and_async_callers_share_one_recorder(tmp_path: Path) -> None
     mem.close()
 
 
-def test_sync_only_use_from_threads_without_a_loop(tmp_path: Path) -> None:
-    mem = exact_memory(tmp_path / "store", fast=True)
+def test_sync_only_use_from_threads_without_a_loop(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    mem = exact_memory(tmp_path / "store", fast=True, store=store_config)
     with TurnRecorder(mem, max_pending=4, consolidate_every=None) as rec:
 
         def produce(s: Scope) -> None:
@@ -421,10 +436,10 @@ def test_sync_only_use_from_threads_without_a_loop(tmp_path: Path) -> None:
 
 
 async def test_failing_embedder_surfaces_at_flush_and_later_turns_land(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, store_config: StoreConfig, store_db: Any
 ) -> None:
     path = tmp_path / "store"
-    mem = exact_memory(path, MarkerFailingEmbedder(256))
+    mem = exact_memory(path, MarkerFailingEmbedder(256), store=store_config)
     s = SCOPES[0]
     async with TurnRecorder(mem, consolidate_every=None) as rec:
         for i in range(10):
@@ -450,7 +465,7 @@ async def test_failing_embedder_surfaces_at_flush_and_later_turns_land(
         for i in range(10, 15):
             await rec.record_turn(s, f"question {i}", f"answer {i}")
         await rec.flush()  # each failure is raised once; the later turns landed
-    snap = read_store(path)
+    snap = read_store(store_db(path))
     kept = [i for i in range(15) if i not in (3, 6)]
     assert [t for _, t in snap.episodes[s]] == [
         x for i in kept for x in (f"question {i}", f"answer {i}")
@@ -521,8 +536,10 @@ def test_constructor_does_no_io_and_starts_no_thread(tmp_path: Path) -> None:
 # -- lifecycle and backpressure -------------------------------------------------
 
 
-async def test_close_with_pending_work_loses_nothing(tmp_path: Path) -> None:
-    mem = exact_memory(tmp_path / "store", SlowEmbedder(256), fast=True)
+async def test_close_with_pending_work_loses_nothing(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    mem = exact_memory(tmp_path / "store", SlowEmbedder(256), fast=True, store=store_config)
     rec = TurnRecorder(mem, consolidate_every=None)
     for j in range(120):
         rec.record_turn_nowait(SCOPES[j % 3], f"q{j}", f"a{j}")
@@ -575,9 +592,11 @@ async def test_close_wakes_producers_waiting_for_room() -> None:
     assert [c["user"] for c in m.calls] == ["q0"]
 
 
-async def test_the_recorder_has_no_thread_of_its_own(tmp_path: Path) -> None:
+async def test_the_recorder_has_no_thread_of_its_own(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     """Turns are stored on the memory's owner thread; recording starts no other thread."""
-    mem = exact_memory(tmp_path / "store", fast=True)
+    mem = exact_memory(tmp_path / "store", fast=True, store=store_config)
     await mem.aopen()
     before = {t.ident for t in threading.enumerate()}
     seen: set[str] = set()
@@ -594,14 +613,14 @@ async def test_the_recorder_has_no_thread_of_its_own(tmp_path: Path) -> None:
 
 
 async def test_closing_the_memory_under_a_recorder_fails_its_unstored_turns_loudly(
-    tmp_path: Path,
+    tmp_path: Path, store_config: StoreConfig
 ) -> None:
     class SlowEmbedder(HashingEmbedder):
         def embed(self, texts: Sequence[str]) -> Any:
             time.sleep(0.05)  # 4 batches: at least 0.2 s to store all 100 turns
             return super().embed(texts)
 
-    mem = exact_memory(tmp_path / "store", SlowEmbedder(64), fast=True)
+    mem = exact_memory(tmp_path / "store", SlowEmbedder(64), fast=True, store=store_config)
     rec = TurnRecorder(mem, consolidate_every=None)
     for j in range(100):
         rec.record_turn_nowait(SCOPES[j % 2], f"q{j}", f"a{j}")
@@ -620,19 +639,21 @@ async def test_closing_the_memory_under_a_recorder_fails_its_unstored_turns_loud
         await rec.flush()
     assert late.value.total == 1 and isinstance(late.value.errors[0], StoreClosedError)
     await rec.close()
-    with exact_memory(tmp_path / "store", HashingEmbedder(64), fast=True) as reopened:
+    with exact_memory(
+        tmp_path / "store", HashingEmbedder(64), fast=True, store=store_config
+    ) as reopened:
         stored = sum(reopened.stats(s).episodic for s in SCOPES[:2]) // 2
     assert stored + failed == 100  # each turn either stored or reported, never both
 
 
 async def test_closing_the_memory_during_a_consolidation_keeps_stored_turns_stored(
-    tmp_path: Path,
+    tmp_path: Path, store_config: StoreConfig
 ) -> None:
     class SlowConsolidation(HelaMemory):
         async def aconsolidate(self, scope: Sequence[str]) -> None:
             await asyncio.sleep(30)  # an LLM call, cut short by close()
 
-    mem = exact_memory(tmp_path / "store", cls=SlowConsolidation, fast=True)
+    mem = exact_memory(tmp_path / "store", cls=SlowConsolidation, fast=True, store=store_config)
     rec = TurnRecorder(mem, consolidate_every=1)
     await rec.record_turn(SCOPES[0], "q0", "a0")
     for _ in range(500):
@@ -645,12 +666,12 @@ async def test_closing_the_memory_during_a_consolidation_keeps_stored_turns_stor
         await rec.flush()
     assert [f.stage for f in ei.value.failures] == ["consolidate"]  # not "add_turn"
     await rec.close()
-    with exact_memory(tmp_path / "store", fast=True) as reopened:
+    with exact_memory(tmp_path / "store", fast=True, store=store_config) as reopened:
         assert reopened.stats(SCOPES[0]).episodic == 2
 
 
 def test_an_embedder_running_its_own_event_loop_works_on_the_owner_thread(
-    tmp_path: Path,
+    tmp_path: Path, store_config: StoreConfig
 ) -> None:
     class LoopEmbedder(HashingEmbedder):  # a sync API over an async client, as SDKs do
         def embed(self, texts: Sequence[str]) -> Any:
@@ -660,7 +681,7 @@ def test_an_embedder_running_its_own_event_loop_works_on_the_owner_thread(
 
             return asyncio.run(call())
 
-    mem = exact_memory(tmp_path / "store", LoopEmbedder(64), fast=True)
+    mem = exact_memory(tmp_path / "store", LoopEmbedder(64), fast=True, store=store_config)
     mem.add_turn(SCOPES[0], "I adopted a cat named Miso", "Congratulations!")
     with TurnRecorder(mem, consolidate_every=None) as rec:
         rec.record_turn_sync(SCOPES[0], "Miso likes tuna", "Noted.")
@@ -686,13 +707,13 @@ def test_the_recorder_needs_a_helamemory_and_never_keeps_a_turn_it_refused() -> 
 
 
 async def test_system_exit_from_user_code_keeps_the_owner_thread_serving(
-    tmp_path: Path,
+    tmp_path: Path, store_config: StoreConfig
 ) -> None:
     class Exiting(HelaMemory):
         async def aconsolidate(self, scope: Sequence[str]) -> None:
             raise SystemExit(3)
 
-    mem = exact_memory(tmp_path / "store", cls=Exiting, fast=True)
+    mem = exact_memory(tmp_path / "store", cls=Exiting, fast=True, store=store_config)
     rec = TurnRecorder(mem, consolidate_every=1)
     await rec.record_turn(SCOPES[0], "q0", "a0")
     with pytest.raises(TurnRecordingError) as ei:
@@ -707,7 +728,9 @@ async def test_system_exit_from_user_code_keeps_the_owner_thread_serving(
     await mem.aclose()
 
 
-async def test_waiting_on_any_recorder_from_the_owner_thread_fails_fast(tmp_path: Path) -> None:
+async def test_waiting_on_any_recorder_from_the_owner_thread_fails_fast(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     """Even a recorder that never ran a turn: the guard knows the memory's owner thread."""
 
     class Auditing(HelaMemory):
@@ -717,7 +740,7 @@ async def test_waiting_on_any_recorder_from_the_owner_thread_fails_fast(tmp_path
             self.audit.record_turn_nowait(("audit",), "consolidated", str(scope))
             self.audit.flush_sync()  # would block the owner thread: refused
 
-    mem = exact_memory(tmp_path / "store", cls=Auditing, fast=True)
+    mem = exact_memory(tmp_path / "store", cls=Auditing, fast=True, store=store_config)
     mem.audit = audit = TurnRecorder(mem, consolidate_every=None, max_pending=1)
     rec = TurnRecorder(mem, consolidate_every=1)
     await rec.record_turn(SCOPES[0], "q", "a")
@@ -732,7 +755,7 @@ async def test_waiting_on_any_recorder_from_the_owner_thread_fails_fast(tmp_path
             await audit.record_turn(("audit",), "one", "more")
             await audit.record_turn(("audit",), "and", "another")
 
-    mem2 = exact_memory(tmp_path / "store2", cls=Recording, fast=True)
+    mem2 = exact_memory(tmp_path / "store2", cls=Recording, fast=True, store=store_config)
     audit = TurnRecorder(mem2, consolidate_every=None, max_pending=1)
     rec2 = TurnRecorder(mem2, consolidate_every=1)
     await rec2.record_turn(SCOPES[0], "q", "a")
@@ -778,8 +801,8 @@ async def test_event_time_is_taken_when_the_turn_is_recorded() -> None:
     assert (second["event_time"], second["used_ids"]) == (1_700_000_000.0, ("m1",))
 
 
-async def test_event_loop_stays_responsive(tmp_path: Path) -> None:
-    mem = exact_memory(tmp_path / "store", fast=True)
+async def test_event_loop_stays_responsive(tmp_path: Path, store_config: StoreConfig) -> None:
+    mem = exact_memory(tmp_path / "store", fast=True, store=store_config)
     await mem.aopen()
     worst = 0.0
     stop = asyncio.Event()
@@ -806,8 +829,10 @@ async def test_event_loop_stays_responsive(tmp_path: Path) -> None:
 # -- consolidation --------------------------------------------------------------
 
 
-async def test_consolidation_every_n_turns_per_scope(tmp_path: Path) -> None:
-    mem = exact_memory(tmp_path / "store", cls=ConsolidatingMemory, fast=True)
+async def test_consolidation_every_n_turns_per_scope(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    mem = exact_memory(tmp_path / "store", cls=ConsolidatingMemory, fast=True, store=store_config)
     mem.calls = []
     a, b = SCOPES[0], SCOPES[1]
     async with TurnRecorder(mem, consolidate_every=3) as rec:
@@ -844,8 +869,10 @@ async def test_consolidation_every_n_turns_per_scope(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(HelaMemory, "aconsolidate"), reason="no aconsolidate yet")
-async def test_real_consolidation_runs_in_the_background(tmp_path: Path) -> None:
-    mem = exact_memory(tmp_path / "store", fast=True)
+async def test_real_consolidation_runs_in_the_background(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    mem = exact_memory(tmp_path / "store", fast=True, store=store_config)
     s = SCOPES[0]
     topics = ["tea", "hiking", "violin"]
     async with TurnRecorder(mem, consolidate_every=5) as rec:
@@ -882,9 +909,11 @@ async def test_memory_without_aconsolidate_is_fine() -> None:
 # -- the turn context ------------------------------------------------------------
 
 
-async def test_turn_context_records_the_ids_searches_returned(tmp_path: Path) -> None:
+async def test_turn_context_records_the_ids_searches_returned(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "store"
-    mem = exact_memory(path)
+    mem = exact_memory(path, store=store_config)
     s = SCOPES[0]
     for text in ["green tea in kyoto", "black tea with milk", "coffee at noon"]:
         await mem.aadd(text, s)
@@ -920,7 +949,7 @@ async def test_turn_context_records_the_ids_searches_returned(tmp_path: Path) ->
         with pytest.raises(InvalidInputError):
             await record_twice()
         await rec.flush()
-    snap = read_store(path)
+    snap = read_store(store_db(path))
     assert [t for _, t in snap.episodes[s]][3:] == ["which tea?", "green tea"]
     used = {(await mem.aget(i)).content for i in turn.used_ids}
     assert used == {"green tea in kyoto", "black tea with milk", "coffee at noon"}
@@ -932,9 +961,9 @@ async def test_turn_context_records_the_ids_searches_returned(tmp_path: Path) ->
     mem.close()
 
 
-def test_turn_context_sync(tmp_path: Path) -> None:
+def test_turn_context_sync(tmp_path: Path, store_config: StoreConfig, store_db: Any) -> None:
     path = tmp_path / "store"
-    mem = exact_memory(path)
+    mem = exact_memory(path, store=store_config)
     s = SCOPES[0]
     first = mem.add("alice adopted a cat named miso", s)
     mem.add("the weather was rainy", s)
@@ -944,9 +973,9 @@ def test_turn_context_sync(tmp_path: Path) -> None:
             turn.record("what is my cat called?", "Miso", used_ids=["extra-id"])
         assert res.ids == [first.id]
         assert turn.used_ids == [first.id, "extra-id"]
-    snap = read_store(path)
+    snap = read_store(store_db(path))
     assert snap.edges[frozenset((first.content, "Miso"))] == pytest.approx(ETA)
-    con = sqlite3.connect(f"file:{path / 'helamem.sqlite3'}?mode=ro", uri=True)
+    con = store_db(path)
     meta = con.execute("SELECT metadata FROM memories WHERE content = 'Miso'").fetchone()[0]
     con.close()
     assert json.loads(meta) == {"thread": "t"}

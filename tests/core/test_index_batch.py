@@ -1,4 +1,4 @@
-"""Batched vector writes: adds to a large scope return once SQLite holds them, and
+"""Batched vector writes: adds to a large scope return once the graph store holds them, and
 their vectors reach Chroma in one write per batch (``ChromaConfig.upsert_batch``,
 ``upsert_delay_s``), with nothing lost or unfindable meanwhile."""
 
@@ -8,32 +8,73 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+from helamem.core import (
+    ChromaConfig,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    NewMemory,
+    PostgresConfig,
+)
 from helamem.core._check import check_store
 from helamem.core._owner import KeepsPending
 from helamem.core.errors import StorageError
+from helamem.core.storage.chroma import make_index
 
 DIM = 64
 SCOPE = ("big",)
+StoreConfig = Callable[[Path], PostgresConfig | None]
 
 
-def _config(path: Path, **chroma: Any) -> HelaMemConfig:
+def _config(path: Path, store: StoreConfig, **chroma: Any) -> HelaMemConfig:
     # a scope of 10 vectors gets its own HNSW collection: the write worth batching
-    return HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=10, **chroma))
+    return HelaMemConfig(
+        path=path, chroma=ChromaConfig(exact_below=10, **chroma), store=store(path)
+    )
 
 
-def _open(path: Path, **chroma: Any) -> HelaMemory:
-    mem = HelaMemory(_config(path, **chroma), embedder=HashingEmbedder(DIM))
+def _open(path: Path, store: StoreConfig, **chroma: Any) -> HelaMemory:
+    mem = HelaMemory(_config(path, store, **chroma), embedder=HashingEmbedder(DIM))
     mem.open()
     mem.add_many([NewMemory(f"seed {i} garden tea", SCOPE) for i in range(12)])  # promoted
     assert mem.flush() == 0  # a promoting add writes at once
     return mem
+
+
+def _check(path: Path, store: StoreConfig, store_db: Any) -> None:
+    """The closed store at ``path`` has no defect and nothing left unindexed: ``helamem
+    check`` on SQLite; on PostgreSQL (which it does not read) its comparison of the
+    index's ids with the memories, through the graph store's own connection."""
+    cfg = _config(path, store)
+    if cfg.store is None:
+        report = check_store(path, cfg)
+        assert report.defects == () and report.unindexed == 0, report.to_text()
+        return
+    index = make_index(cfg.chroma, path, HashingEmbedder(DIM), store=cfg.store)
+    index.open(DIM)
+    try:
+        listed, count = index.all_ids(), index.count()
+    finally:
+        index.close()
+    db = store_db(path)
+    try:
+        ids = {str(i) for (i,) in db.execute("SELECT id FROM memories").fetchall()}
+        indexed = {
+            str(i) for (i,) in db.execute("SELECT id FROM memories WHERE indexed = 1").fetchall()
+        }
+        tombstones = {str(i) for (i,) in db.execute("SELECT id FROM tombstones").fetchall()}
+    finally:
+        db.close()
+    assert count == len(listed)  # vector_count
+    assert indexed == ids  # unindexed == 0
+    assert ids <= set(listed)  # vector_missing
+    assert set(listed) <= ids | tombstones  # vector_orphan
 
 
 def _pending(mem: HelaMemory) -> int:
@@ -76,8 +117,10 @@ def _break_upserts(mem: HelaMemory) -> Any:
     return mem._call(KeepsPending(broken))
 
 
-def test_turns_wait_for_one_write_and_are_found_meanwhile(tmp_path: Path) -> None:
-    mem = _open(tmp_path / "s", upsert_batch=6, upsert_delay_s=60)
+def test_turns_wait_for_one_write_and_are_found_meanwhile(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    mem = _open(tmp_path / "s", store_config, upsert_batch=6, upsert_delay_s=60)
     try:
         writes = _spy_upserts(mem)
         u, a = mem.add_turn(SCOPE, "my zebra is called Quill", "Quill is a fine name")
@@ -96,8 +139,10 @@ def test_turns_wait_for_one_write_and_are_found_meanwhile(tmp_path: Path) -> Non
         mem.close()
 
 
-def test_pending_vectors_are_written_after_the_delay(tmp_path: Path) -> None:
-    mem = _open(tmp_path / "s", upsert_batch=64, upsert_delay_s=0.05)
+def test_pending_vectors_are_written_after_the_delay(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    mem = _open(tmp_path / "s", store_config, upsert_batch=64, upsert_delay_s=0.05)
     try:
         u, _ = mem.add_turn(SCOPE, "the kettle whistles", "time for tea")
         deadline = time.monotonic() + 10
@@ -110,10 +155,12 @@ def test_pending_vectors_are_written_after_the_delay(tmp_path: Path) -> None:
         mem.close()
 
 
-def test_any_other_call_writes_them_first(tmp_path: Path) -> None:
+def test_any_other_call_writes_them_first(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     """A delete of a memory whose vector still waits leaves no vector behind."""
     path = tmp_path / "s"
-    mem = _open(path, upsert_delay_s=60)
+    mem = _open(path, store_config, upsert_delay_s=60)
     try:
         u, a = mem.add_turn(SCOPE, "delete me soon", "gone")
         assert _pending(mem) == 2
@@ -122,26 +169,25 @@ def test_any_other_call_writes_them_first(tmp_path: Path) -> None:
         assert a.id in _index_ids(mem) and u.id not in _index_ids(mem)
     finally:
         mem.close()
-    report = check_store(path, _config(path))
-    assert report.defects == (), report.to_text()
-    assert report.unindexed == 0
+    _check(path, store_config, store_db)
 
 
-def test_close_writes_them_and_one_write_per_add_is_available(tmp_path: Path) -> None:
+def test_close_writes_them_and_one_write_per_add_is_available(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "s"
-    mem = _open(path, upsert_delay_s=60)
+    mem = _open(path, store_config, upsert_delay_s=60)
     u, _ = mem.add_turn(SCOPE, "written at close", "yes")
     assert _pending(mem) == 2
     mem.close()
-    report = check_store(path, _config(path))
-    assert report.defects == () and report.unindexed == 0, report.to_text()
-    with _open(path, upsert_batch=1) as now:
+    _check(path, store_config, store_db)
+    with _open(path, store_config, upsert_batch=1) as now:
         v, _ = now.add_turn(SCOPE, "written before add returns", "yes")
         assert _pending(now) == 0 and v.id in _index_ids(now) and u.id in _index_ids(now)
 
 
-def test_a_failed_batch_loses_nothing(tmp_path: Path) -> None:
-    mem = _open(tmp_path / "s", upsert_batch=2, upsert_delay_s=60)
+def test_a_failed_batch_loses_nothing(tmp_path: Path, store_config: StoreConfig) -> None:
+    mem = _open(tmp_path / "s", store_config, upsert_batch=2, upsert_delay_s=60)
     try:
         real = _break_upserts(mem)
         u, _ = mem.add_turn(SCOPE, "a write that fails", "still stored")  # batch of 2: fails
@@ -154,16 +200,24 @@ def test_a_failed_batch_loses_nothing(tmp_path: Path) -> None:
         mem.close()
 
 
-def test_a_kill_with_vectors_pending_loses_nothing(tmp_path: Path) -> None:
+def test_a_kill_with_vectors_pending_loses_nothing(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "s"
-    _open(path).close()
+    _open(path, store_config).close()
+    pg = store_config(path)  # the child builds the same store from the DSN and schema
+    store = None if pg is None else (pg.dsn.get_secret_value(), pg.schema_name)
     child = textwrap.dedent(
         f"""
         import os, sys
         from pathlib import Path
-        from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+        from helamem.core import (
+            ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, PostgresConfig
+        )
         from helamem.core._owner import KeepsPending
-        cfg = HelaMemConfig(path=Path({str(path)!r}),
+        store = {store!r}
+        pg = None if store is None else PostgresConfig(dsn=store[0], schema_name=store[1])
+        cfg = HelaMemConfig(path=Path({str(path)!r}), store=pg,
                             chroma=ChromaConfig(exact_below=10, upsert_delay_s=60))
         mem = HelaMemory(cfg, embedder=HashingEmbedder({DIM}))
         ids = []
@@ -180,12 +234,12 @@ def test_a_kill_with_vectors_pending_loses_nothing(tmp_path: Path) -> None:
     )
     acked = out.stdout.split()
     assert len(acked) == 10
-    with HelaMemory(_config(path), embedder=HashingEmbedder(DIM)) as mem:  # re-indexes on open
+    # the reopened store re-indexes them on open
+    with HelaMemory(_config(path, store_config), embedder=HashingEmbedder(DIM)) as mem:
         assert {m.id for m in (mem.get(i) for i in acked)} == set(acked)
         assert set(acked) <= _index_ids(mem)
         assert mem.stats().unindexed == 0
-    report = check_store(path, _config(path))
-    assert report.defects == (), report.to_text()
+    _check(path, store_config, store_db)
 
 
 @pytest.mark.parametrize("batch", [0, 4097])
@@ -194,8 +248,10 @@ def test_batch_out_of_range_is_refused(batch: int) -> None:
         ChromaConfig(upsert_batch=batch)
 
 
-def test_an_add_made_on_the_owner_thread_is_written_after_the_delay(tmp_path: Path) -> None:
-    mem = _open(tmp_path / "s", upsert_delay_s=0.05)
+def test_an_add_made_on_the_owner_thread_is_written_after_the_delay(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    mem = _open(tmp_path / "s", store_config, upsert_delay_s=0.05)
     try:
         mem._call(KeepsPending(lambda c: mem.add_turn(SCOPE, "from the owner", "thread")))
         deadline = time.monotonic() + 10
@@ -236,12 +292,14 @@ def _same_direction(a: Any, b: Any) -> bool:
 
 
 @pytest.mark.parametrize("when", ["before", "during"])
-def test_an_id_reused_by_another_writer_keeps_its_own_vector(tmp_path: Path, when: str) -> None:
+def test_an_id_reused_by_another_writer_keeps_its_own_vector(
+    tmp_path: Path, when: str, store_config: StoreConfig, store_db: Any
+) -> None:
     """A holds memory X's vector for its batch; B deletes X and adds a new X (a
     caller-chosen id) before or while A writes: the index keeps the new X's vector."""
     path = tmp_path / "s"
-    a = _open(path, upsert_delay_s=60)
-    b = HelaMemory(_config(path, upsert_batch=1), embedder=HashingEmbedder(DIM))
+    a = _open(path, store_config, upsert_delay_s=60)
+    b = HelaMemory(_config(path, store_config, upsert_batch=1), embedder=HashingEmbedder(DIM))
     try:
         a.add_many([NewMemory("my zebra is called Quill", SCOPE, id="X")])
         assert _pending(a) == 1
@@ -273,16 +331,17 @@ def test_an_id_reused_by_another_writer_keeps_its_own_vector(tmp_path: Path, whe
     finally:
         b.close()
         a.close()
-    report = check_store(path, _config(path))
-    assert report.defects == () and report.unindexed == 0, report.to_text()
+    _check(path, store_config, store_db)
 
 
-def test_another_writers_fresh_rows_are_left_to_its_batch(tmp_path: Path) -> None:
+def test_another_writers_fresh_rows_are_left_to_its_batch(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     """B's searches find A's rows that wait for A's batched write, without writing
     them into the index themselves (A does, once)."""
     path = tmp_path / "s"
-    a = _open(path, upsert_delay_s=60)
-    b = HelaMemory(_config(path), embedder=HashingEmbedder(DIM))
+    a = _open(path, store_config, upsert_delay_s=60)
+    b = HelaMemory(_config(path, store_config), embedder=HashingEmbedder(DIM))
     try:
         b.open()
         writes = _spy_upserts(b)
@@ -297,8 +356,10 @@ def test_another_writers_fresh_rows_are_left_to_its_batch(tmp_path: Path) -> Non
         a.close()
 
 
-def test_searches_scan_exactly_while_the_index_keeps_failing(tmp_path: Path) -> None:
-    mem = _open(tmp_path / "s", upsert_batch=2, upsert_delay_s=60)
+def test_searches_scan_exactly_while_the_index_keeps_failing(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    mem = _open(tmp_path / "s", store_config, upsert_batch=2, upsert_delay_s=60)
     try:
         real = _break_upserts(mem)
         u, _ = mem.add_turn(SCOPE, "an okapi named Dot", "hello Dot")  # its batch fails

@@ -266,11 +266,14 @@ class _Broken(HashingEmbedder):
 @pytest.mark.parametrize(
     "exc", [KeyError("vocab"), IndexError("x"), TypeError("y"), ZeroDivisionError()]
 )
-def test_any_embedder_failure_is_an_embedding_error(tmp_path: Path, exc: BaseException) -> None:
+def test_any_embedder_failure_is_an_embedding_error(
+    tmp_path: Path, exc: BaseException, store_config: Any
+) -> None:
     from helamem.core import HelaMemConfig
 
     emb = _Broken(exc)
-    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=emb) as mem:
+    cfg = HelaMemConfig(path=tmp_path / "s", store=store_config(tmp_path / "s"))
+    with HelaMemory(cfg, embedder=emb) as mem:
         mem.add("fine", A)
         emb.armed = True
         with pytest.raises(EmbeddingError, match=type(exc).__name__) as info:
@@ -308,6 +311,7 @@ def tiny_fs(tmp_path: Path) -> Any:
         subprocess.run(["umount", str(mnt)], capture_output=True, check=True)
 
 
+@pytest.mark.sqlite_only  # fills the filesystem under SQLite's file (PostgreSQL's is elsewhere)
 def test_real_full_disk_is_typed_and_loses_nothing(tiny_fs: Path) -> None:
     from helamem.core import HelaMemConfig
 

@@ -132,11 +132,17 @@ NONSENSE = [
 
 
 @pytest.mark.parametrize("embedder", ["hashing", "minilm"])
-def test_relevance_separates_nonsense_from_exact_matches(tmp_path: Path, embedder: str) -> None:
+def test_relevance_separates_nonsense_from_exact_matches(
+    tmp_path: Path, embedder: str, store_config: Any
+) -> None:
     """On the demo story: nonsense queries score below 0.5, exact matches above 0.8."""
     from helamem.core import EmbedderConfig
 
-    cfg = HelaMemConfig(path=tmp_path / "s", embedder=EmbedderConfig(provider=embedder))  # type: ignore[arg-type]
+    cfg = HelaMemConfig(
+        path=tmp_path / "s",
+        embedder=EmbedderConfig(provider=embedder),  # type: ignore[arg-type]
+        store=store_config(tmp_path / "s"),
+    )
     story = _demo_story()
     with HelaMemory(cfg) as mem:
         scope = ("users", "dana")
@@ -164,12 +170,12 @@ def test_relevance_does_not_depend_on_the_other_candidates(make_mem: Any, tmp_pa
     assert 0.8 < s1.score <= 1.0
 
 
-def test_facts_come_back_only_when_relevant(tmp_path: Path) -> None:
+def test_facts_come_back_only_when_relevant(tmp_path: Path, store_config: Any) -> None:
     """Distilled facts beside the episodes must reach ``semantic_min_relevance``."""
     from helamem.core import HashingEmbedder
 
     bob = ("users", "bob")
-    cfg = HelaMemConfig(path=tmp_path / "s")
+    cfg = HelaMemConfig(path=tmp_path / "s", store=store_config(tmp_path / "s"))
     with HelaMemory(cfg, embedder=HashingEmbedder(256)) as mem:
         for i in range(6):
             mem.add_turn(bob, f"I walked my dog Rex in the park, day {i}", "Nice walk!")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,89 +17,106 @@ from helamem.core import (
     HelaMemConfig,
     HelaMemory,
     NewMemory,
+    PostgresConfig,
     RetrievalConfig,
     retrieval,
 )
 
 FILLER = " ".join(f"filler{i}" for i in range(40))
+StoreConfig = Callable[[Path], PostgresConfig | None]
 
 
-def _mem(path: Path, *, tokens: bool = True, **retrieval_cfg: object) -> HelaMemory:
-    cfg = HelaMemConfig(path=path, retrieval=RetrievalConfig(**retrieval_cfg))
+def _mem(
+    path: Path, store: StoreConfig, *, tokens: bool = True, **retrieval_cfg: object
+) -> HelaMemory:
+    cfg = HelaMemConfig(
+        path=path,
+        retrieval=RetrievalConfig(**retrieval_cfg),  # type: ignore[arg-type]
+        store=store(path),
+    )
     return HelaMemory(cfg, embedder=HashingEmbedder(256, token_vectors=tokens))
 
 
-def _token_rows(path: Path) -> int:
-    db = sqlite3.connect(path / "helamem.sqlite3")
+def _token_rows(db: Any) -> int:
     try:
         return int(db.execute("SELECT COUNT(*) FROM token_vectors").fetchone()[0])
     finally:
         db.close()
 
 
-def test_maxsim_finds_the_long_memory_that_pooled_cosine_dilutes(tmp_path: Path) -> None:
+def test_maxsim_finds_the_long_memory_that_pooled_cosine_dilutes(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     # pooled cosine: the long memory matches 2 of 3 query words among 42 (cos 0.18),
     # the short one 1 of 3 among 3 (cos 0.33); MaxSim: 2/3 against 1/3
     docs = [f"quokka wallaby {FILLER}", "island trip planned"]
     query = "quokka wallaby island"
     for late, first in ((1.0, docs[0]), (0.0, docs[1])):
-        with _mem(tmp_path / str(late), keyword_weight=0.0, late_weight=late) as mem:
+        with _mem(tmp_path / str(late), store_config, keyword_weight=0.0, late_weight=late) as mem:
             mem.add_many(NewMemory(d, ("s",), linked=False) for d in docs)
             hits = mem.search(query, ("s",), k=2, learn=False, spread=False)
             order = sorted(hits, key=lambda h: -h.activation)
             assert order[0].memory.content == first
 
 
-def test_token_vectors_stored_at_ingest_and_dropped_with_the_memory(tmp_path: Path) -> None:
-    with _mem(tmp_path / "m") as mem:
+def test_token_vectors_stored_at_ingest_and_dropped_with_the_memory(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
+    with _mem(tmp_path / "m", store_config) as mem:
         a = mem.add("alice adopted a cat named miso", ("s",))
         mem.add("bob plays the violin on saturdays", ("s",))
-        assert _token_rows(tmp_path / "m") == 2
+        assert _token_rows(store_db(tmp_path / "m")) == 2
         mem.delete(a.id)
-        assert _token_rows(tmp_path / "m") == 1
+        assert _token_rows(store_db(tmp_path / "m")) == 1
 
 
 @pytest.mark.parametrize(("tokens", "weight"), [(False, 1.0), (True, 0.0)])
 def test_nothing_stored_without_token_vectors_or_with_late_weight_0(
-    tmp_path: Path, tokens: bool, weight: float
+    tmp_path: Path, tokens: bool, weight: float, store_config: StoreConfig, store_db: Any
 ) -> None:
-    with _mem(tmp_path / "m", tokens=tokens, late_weight=weight) as mem:
+    with _mem(tmp_path / "m", store_config, tokens=tokens, late_weight=weight) as mem:
         mem.add("alice adopted a cat named miso", ("s",))
         assert mem.search("cat", ("s",), k=1, learn=False)
-    assert _token_rows(tmp_path / "m") == 0
+    assert _token_rows(store_db(tmp_path / "m")) == 0
 
 
-def test_memories_without_token_vectors_are_filled_lazily_by_search(tmp_path: Path) -> None:
+def test_memories_without_token_vectors_are_filled_lazily_by_search(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "m"
-    with _mem(path, tokens=False) as mem:  # an older store: no token vectors
+    with _mem(path, store_config, tokens=False) as mem:  # an older store: no token vectors
         for i in range(5):
             mem.add(f"memory {i} about the cat miso", ("s",))
-    with _mem(path) as mem:
+    with _mem(path, store_config) as mem:
         before = mem.search("cat miso", ("s",), k=3, learn=False, spread=False)
-        assert _token_rows(path) == 5  # every candidate got its token vectors
+        assert _token_rows(store_db(path)) == 5  # every candidate got its token vectors
         again = mem.search("cat miso", ("s",), k=3, learn=False, spread=False)
         assert [h.memory.id for h in again] == [h.memory.id for h in before]
 
 
-def test_reembedding_drops_the_old_token_vectors(tmp_path: Path) -> None:
+def test_reembedding_drops_the_old_token_vectors(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "m"
-    with _mem(path) as mem:
+    with _mem(path, store_config) as mem:
         mem.add("alice adopted a cat named miso", ("s",))
-        assert _token_rows(path) == 1
+        assert _token_rows(store_db(path)) == 1
         mem.reindex(reembed=True)
-        assert _token_rows(path) == 0  # refilled by the next search that meets it
+        assert _token_rows(store_db(path)) == 0  # refilled by the next search that meets it
         mem.search("cat", ("s",), k=1, learn=False)
-        assert _token_rows(path) == 1
+        assert _token_rows(store_db(path)) == 1
 
 
-def test_a_malformed_token_embedder_fails_as_an_embedding_error(tmp_path: Path) -> None:
+def test_a_malformed_token_embedder_fails_as_an_embedding_error(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     from helamem.core import EmbeddingError
 
     class Broken(HashingEmbedder):
         def embed_with_tokens(self, texts):  # type: ignore[no-untyped-def]
             return self.embed(texts), []
 
-    cfg = HelaMemConfig(path=tmp_path / "m")
+    cfg = HelaMemConfig(path=tmp_path / "m", store=store_config(tmp_path / "m"))
     with (
         HelaMemory(cfg, embedder=Broken(64, token_vectors=True)) as mem,
         pytest.raises(EmbeddingError, match="late_weight=0"),

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helamem.core import DynamicsConfig, HelaMemConfig, HelaMemory, RetrievalConfig, dynamics
+from helamem.core import (
+    DynamicsConfig,
+    HelaMemConfig,
+    HelaMemory,
+    PostgresConfig,
+    RetrievalConfig,
+    dynamics,
+)
 from helamem.core.embeddings import Embedder
 
 weights = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
@@ -127,17 +133,22 @@ class _Table:
         return np.asarray(out, dtype=np.float32)
 
 
-def _edges(path: Path) -> dict[frozenset[str], float]:
-    """The learned graph, read from the closed store's SQLite file (white-box)."""
-    with contextlib.closing(sqlite3.connect(path / "helamem.sqlite3")) as db:
+def _edges(db: Any) -> dict[frozenset[str], float]:
+    """The learned graph, read from the closed store's graph store (white-box)."""
+    try:
         rows = db.execute("SELECT a, b, weight FROM edges").fetchall()
-        ids = {int(n): str(i) for n, i in db.execute("SELECT n, id FROM memories")}
-    return {frozenset((ids[a], ids[b])): float(w) for a, b, w in rows}
+        ids = {int(n): str(i) for n, i in db.execute("SELECT n, id FROM memories").fetchall()}
+    finally:
+        db.close()
+    return {frozenset((ids[int(a)], ids[int(b)])): float(w) for a, b, w in rows}
 
 
-def _memory(tmp_path: Path, **dyn: object) -> HelaMemory:
+def _memory(
+    tmp_path: Path, store: Callable[[Path], PostgresConfig | None], **dyn: object
+) -> HelaMemory:
     cfg = HelaMemConfig(
         path=tmp_path,
+        store=store(tmp_path),
         dynamics=DynamicsConfig(temporal_weight=0.5, learning_rate=0.1, decay_rate=1.0, **dyn),
         retrieval=RetrievalConfig(),
     )
@@ -156,30 +167,36 @@ def test_defaults_are_the_measured_rule() -> None:
     )
 
 
-def test_default_turn_links_the_reply_to_what_it_drew_on_only(tmp_path: Path) -> None:
+def test_default_turn_links_the_reply_to_what_it_drew_on_only(
+    tmp_path: Path, store_config: Any, store_db: Any
+) -> None:
     s = ("u",)
-    with _memory(tmp_path) as mem:
+    with _memory(tmp_path, store_config) as mem:
         a, b, c = (mem.add(t, s).id for t in ("cats one", "weather two", "generic three"))
         u, r = mem.add_turn(s, "tax question", "kitten reply", used_ids=[a, b, c])
-    e = _edges(tmp_path)
+    e = _edges(store_db(tmp_path))
     assert e[frozenset((r.id, a))] == pytest.approx(0.1)
     assert e[frozenset((u.id, a))] == pytest.approx(0.1)
     assert e[frozenset((a, b))] == pytest.approx(0.5)  # used memories are not linked together
     assert frozenset((a, c)) not in e and frozenset((r.id, b)) not in e
 
 
-def test_reference_clique_links_every_used_memory(tmp_path: Path) -> None:
+def test_reference_clique_links_every_used_memory(
+    tmp_path: Path, store_config: Any, store_db: Any
+) -> None:
     s = ("u",)
-    with _memory(tmp_path, used_pairs="all", attribution_margin=2.0) as mem:
+    with _memory(tmp_path, store_config, used_pairs="all", attribution_margin=2.0) as mem:
         a, b, c = (mem.add(t, s).id for t in ("cats one", "weather two", "generic three"))
         _u, r = mem.add_turn(s, "tax question", "kitten reply", used_ids=[a, b, c])
-    e = _edges(tmp_path)
+    e = _edges(store_db(tmp_path))
     assert e[frozenset((a, b))] == pytest.approx(0.5 + 0.1)  # temporal + co-activation
     assert e[frozenset((a, c))] == pytest.approx(0.1)
     assert e[frozenset((r.id, a))] == pytest.approx(0.1)
 
 
-def test_attribution_star_and_weakening_in_one_turn(tmp_path: Path) -> None:
+def test_attribution_star_and_weakening_in_one_turn(
+    tmp_path: Path, store_config: Any, store_db: Any
+) -> None:
     s = ("u",)
     rules = {
         "used_pairs": "new",
@@ -187,10 +204,10 @@ def test_attribution_star_and_weakening_in_one_turn(tmp_path: Path) -> None:
         "attribution_floor": 0.5,
         "unused_weakening": 0.5,
     }
-    with _memory(tmp_path, **rules) as mem:
+    with _memory(tmp_path, store_config, **rules) as mem:
         a, b, c = (mem.add(t, s).id for t in ("cats one", "weather two", "generic three"))
         u, r = mem.add_turn(s, "tax question", "kitten reply", used_ids=[a, b, c])
-    e = _edges(tmp_path)
+    e = _edges(store_db(tmp_path))
     # the reply (kitten) is close to cats only: only cats co-activates, with both messages
     assert e[frozenset((r.id, a))] == pytest.approx(0.1)
     assert e[frozenset((u.id, a))] == pytest.approx(0.1)
@@ -201,13 +218,17 @@ def test_attribution_star_and_weakening_in_one_turn(tmp_path: Path) -> None:
     assert e[frozenset((b, c))] == pytest.approx(0.5)
 
 
-def test_strength_budget_bounds_the_touched_memories(tmp_path: Path) -> None:
+def test_strength_budget_bounds_the_touched_memories(
+    tmp_path: Path, store_config: Any, store_db: Any
+) -> None:
     s = ("u",)
-    with _memory(tmp_path, strength_budget=0.6, used_pairs="all", attribution_margin=2.0) as mem:
+    with _memory(
+        tmp_path, store_config, strength_budget=0.6, used_pairs="all", attribution_margin=2.0
+    ) as mem:
         a, b, c = (mem.add(t, s).id for t in ("cats one", "weather two", "generic three"))
         for _ in range(5):
             u, r = mem.add_turn(s, "tax question", "kitten reply", used_ids=[a, b, c])
-    e = _edges(tmp_path)
+    e = _edges(store_db(tmp_path))
     strength: dict[str, float] = {}
     for pair, w in e.items():
         for i in pair:

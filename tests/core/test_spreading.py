@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,16 +11,20 @@ from helamem.core import (
     HashingEmbedder,
     HelaMemConfig,
     HelaMemory,
+    PostgresConfig,
     RetrievalConfig,
 )
+
+StoreConfig = Callable[[Path], PostgresConfig | None]
 
 ALICE = ("users", "alice")
 T = datetime(2024, 5, 1, tzinfo=UTC)
 
 
-def _open(path: Path, **retrieval: object) -> HelaMemory:
+def _open(path: Path, store: StoreConfig, **retrieval: object) -> HelaMemory:
     cfg = HelaMemConfig(
         path=path,
+        store=store(path),
         retrieval=RetrievalConfig(**retrieval),  # type: ignore[arg-type]
         dynamics=DynamicsConfig(decay_rate=1.0),
     )
@@ -40,7 +45,7 @@ def _chain(mem: HelaMemory) -> tuple[str, str, str]:
     return cat, weather, vet
 
 
-def test_two_hops_reach_the_neighbours_neighbour(tmp_path: Path) -> None:
+def test_two_hops_reach_the_neighbours_neighbour(tmp_path: Path, store_config: StoreConfig) -> None:
     params = {
         "activation_alpha": 2.0,
         "spreading_threshold": 0.0,
@@ -48,7 +53,7 @@ def test_two_hops_reach_the_neighbours_neighbour(tmp_path: Path) -> None:
         "max_boost": 1.0,
         "association_share": 1.0,  # k=3: room for both lifted memories
     }
-    with _open(tmp_path / "one", spread_hops=1, **params) as one:
+    with _open(tmp_path / "one", store_config, spread_hops=1, **params) as one:
         cat, weather, vet = _chain(one)
         plain = one.search("cat miso", ALICE, k=3, learn=False, spread=False)
         assert plain.ids[0] == cat
@@ -56,7 +61,7 @@ def test_two_hops_reach_the_neighbours_neighbour(tmp_path: Path) -> None:
         res = one.search("cat miso", ALICE, k=3, learn=False)
         assert weather in res.ids
         assert vet not in res.ids  # two steps away: one hop cannot reach it
-    with _open(tmp_path / "two", spread_hops=2, **params) as two:
+    with _open(tmp_path / "two", store_config, spread_hops=2, **params) as two:
         cat, weather, vet = _chain(two)
         res = two.search("cat miso", ALICE, k=3, learn=False)
         assert res.ids[0] == cat
@@ -67,9 +72,9 @@ def test_two_hops_reach_the_neighbours_neighbour(tmp_path: Path) -> None:
         assert hit.lexical == 0.0
 
 
-def test_learn_top_limits_which_hits_co_activate(tmp_path: Path) -> None:
+def test_learn_top_limits_which_hits_co_activate(tmp_path: Path, store_config: StoreConfig) -> None:
     def edges_after_search(path: Path, learn_top: int) -> int:
-        with _open(path, learn_top=learn_top) as mem:
+        with _open(path, store_config, learn_top=learn_top) as mem:
             for i in range(4):  # relevant memories never adjacent: fillers between
                 mem.add(f"garden tomato harvest report {i}", ALICE, event_time=T)
                 mem.add(f"unrelated filler about trains {i}", ALICE, event_time=T)

@@ -16,17 +16,36 @@ from typing import Any
 
 import pytest
 
+from pg_server import schema_for
+
 SMALL_LIMIT = 256
 
 
-def _tenants(path: str, nofile: int, scopes: int, large: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def _tenants(
+    path: str,
+    store: tuple[str, str] | None,
+    nofile: int,
+    scopes: int,
+    large: int,
+    out: mp.Queue,  # type: ignore[type-arg]
+) -> None:
     import numpy as np
 
-    from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+    from helamem.core import (
+        ChromaConfig,
+        HashingEmbedder,
+        HelaMemConfig,
+        HelaMemory,
+        NewMemory,
+        PostgresConfig,
+    )
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
-    cfg = HelaMemConfig(path=Path(path), chroma=ChromaConfig(exact_below=12))
+    pg = None
+    if store is not None:  # the PostgreSQL graph store, rebuilt from its DSN and schema
+        pg = PostgresConfig(dsn=store[0], schema_name=store[1])  # type: ignore[arg-type]
+    cfg = HelaMemConfig(path=Path(path), chroma=ChromaConfig(exact_below=12), store=pg)
     problems: list[str] = []
     import logging
 
@@ -71,12 +90,17 @@ def _tenants(path: str, nofile: int, scopes: int, large: int, out: mp.Queue) -> 
     out.put(problems)
 
 
-def _run(tmp_path: Path, nofile: int, scopes: int, large: int, timeout: float) -> list[str]:
+def _run(
+    tmp_path: Path, pg_dsn: str | None, nofile: int, scopes: int, large: int, timeout: float
+) -> list[str]:
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < nofile:
         pytest.skip("the hard open-file limit is below the test's")
+    path = tmp_path / "s"
+    # the spawned child gets plain values: the DSN and this path's schema
+    store = None if pg_dsn is None else (pg_dsn, schema_for(path))
     ctx = mp.get_context("spawn")
     q: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    p = ctx.Process(target=_tenants, args=(str(tmp_path / "s"), nofile, scopes, large, q))
+    p = ctx.Process(target=_tenants, args=(str(path), store, nofile, scopes, large, q))
     p.start()
     try:
         problems: list[str] = q.get(timeout=timeout)
@@ -88,10 +112,10 @@ def _run(tmp_path: Path, nofile: int, scopes: int, large: int, timeout: float) -
     return problems
 
 
-def test_300_scopes_under_256_open_files(tmp_path: Path) -> None:
+def test_300_scopes_under_256_open_files(tmp_path: Path, pg_dsn: str | None) -> None:
     # 60 HNSW collections (5 files each when loaded) would need 300 files
-    assert _run(tmp_path, SMALL_LIMIT, scopes=300, large=60, timeout=240) == []
+    assert _run(tmp_path, pg_dsn, SMALL_LIMIT, scopes=300, large=60, timeout=240) == []
 
 
-def test_1200_scopes_under_1024_open_files(tmp_path: Path) -> None:
-    assert _run(tmp_path, 1024, scopes=1200, large=40, timeout=300) == []
+def test_1200_scopes_under_1024_open_files(tmp_path: Path, pg_dsn: str | None) -> None:
+    assert _run(tmp_path, pg_dsn, 1024, scopes=1200, large=40, timeout=300) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +15,24 @@ import numpy as np
 import pytest
 from chromadb.config import Settings
 
-from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, PostgresConfig
 from helamem.core.errors import CorruptStoreError
 from helamem.core.storage.chroma import discard_index
 
 SCOPE = ("tenants", "acme")
+StoreConfig = Callable[[Path], PostgresConfig | None]
 
 
-def _cfg(path: Path, exact_below: int = 2000) -> HelaMemConfig:
-    return HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=exact_below))
+def _cfg(path: Path, store: StoreConfig, exact_below: int = 2000) -> HelaMemConfig:
+    return HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=exact_below), store=store(path))
 
 
 def _idx(core: Any) -> Any:
     return core.index
 
 
-def _open(path: Path, exact_below: int = 2000) -> HelaMemory:
-    m = HelaMemory(_cfg(path, exact_below), embedder=HashingEmbedder(64))
+def _open(path: Path, store: StoreConfig, exact_below: int = 2000) -> HelaMemory:
+    m = HelaMemory(_cfg(path, store, exact_below), embedder=HashingEmbedder(64))
     m.open()
     return m
 
@@ -68,8 +70,8 @@ def _open_files(under: Path) -> list[str]:
     return out
 
 
-def test_small_scopes_need_no_chroma_files(tmp_path: Path) -> None:
-    with _open(tmp_path / "s") as m:
+def test_small_scopes_need_no_chroma_files(tmp_path: Path, store_config: StoreConfig) -> None:
+    with _open(tmp_path / "s", store_config) as m:
         ids = _fill(m, 30)
         assert _lost(m) == []
         assert m.stats().vectors == 30
@@ -78,8 +80,10 @@ def test_small_scopes_need_no_chroma_files(tmp_path: Path) -> None:
     assert not (tmp_path / "s" / "chroma" / "chroma.sqlite3").exists()
 
 
-def test_large_scope_moves_to_hnsw_and_stays_exact_in_results(tmp_path: Path) -> None:
-    with _open(tmp_path / "s", exact_below=20) as m:
+def test_large_scope_moves_to_hnsw_and_stays_exact_in_results(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    with _open(tmp_path / "s", store_config, exact_below=20) as m:
         big = _fill(m, 30)
         small = _fill(m, 5, ("tenants", "tiny"))
         assert _lost(m) == []
@@ -93,15 +97,17 @@ def test_large_scope_moves_to_hnsw_and_stays_exact_in_results(tmp_path: Path) ->
     assert (tmp_path / "s" / "chroma" / "chroma.sqlite3").exists()
 
 
-def test_close_releases_every_file_and_chroma_can_be_deleted(tmp_path: Path) -> None:
+def test_close_releases_every_file_and_chroma_can_be_deleted(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     path = tmp_path / "s"
-    m = _open(path, exact_below=5)
+    m = _open(path, store_config, exact_below=5)
     _fill(m, 12)
     assert _open_files(path / "chroma")
     m.close()
     assert _open_files(path) == []
     shutil.rmtree(path / "chroma")
-    with _open(path, exact_below=5) as again:  # same process: no "readonly database"
+    with _open(path, store_config, exact_below=5) as again:  # same process: no "readonly database"
         _fill(again, 3, ("tenants", "other"))
         again.add("one more in the big scope", SCOPE)
         assert _lost(again) == []
@@ -109,15 +115,15 @@ def test_close_releases_every_file_and_chroma_can_be_deleted(tmp_path: Path) -> 
 
 
 def test_deleted_index_is_rebuilt_on_open_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, store_config: StoreConfig
 ) -> None:
     path = tmp_path / "s"
-    with _open(path, exact_below=10) as m:
+    with _open(path, store_config, exact_below=10) as m:
         _fill(m, 40)
         _fill(m, 4, ("tenants", "tiny"))
     shutil.rmtree(path / "chroma")
     with caplog.at_level(logging.INFO, logger="helamem.core.storage.chroma"):
-        m = _open(path, exact_below=10)
+        m = _open(path, store_config, exact_below=10)
     with m:
         assert _lost(m) == []
         assert m.stats().vectors == 44
@@ -128,10 +134,10 @@ def test_deleted_index_is_rebuilt_on_open_with_a_warning(
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_damaged_index_is_rebuilt_on_open(
-    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture, store_config: StoreConfig
 ) -> None:
     path = tmp_path / "s"
-    with _open(path, exact_below=10) as m:
+    with _open(path, store_config, exact_below=10) as m:
         _fill(m, 25)
     db = path / "chroma" / "chroma.sqlite3"
     if damage == "truncate":
@@ -140,7 +146,7 @@ def test_damaged_index_is_rebuilt_on_open(
     else:
         db.write_bytes(b"not a database " * 500)
     with caplog.at_level(logging.WARNING, logger="helamem.core.storage.chroma"):
-        m = _open(path, exact_below=10)
+        m = _open(path, store_config, exact_below=10)
     with m:
         assert _lost(m) == []
         assert m.stats().vectors == 25
@@ -148,9 +154,9 @@ def test_damaged_index_is_rebuilt_on_open(
     assert "is damaged" in caplog.text
 
 
-def test_index_short_of_vectors_is_rebuilt(tmp_path: Path) -> None:
+def test_index_short_of_vectors_is_rebuilt(tmp_path: Path, store_config: StoreConfig) -> None:
     path = tmp_path / "s"
-    with _open(path, exact_below=10) as m:
+    with _open(path, store_config, exact_below=10) as m:
         ids = _fill(m, 25)
         name = next(iter(m._call(lambda c: _idx(c)._names())))
     client = chromadb.PersistentClient(
@@ -159,35 +165,47 @@ def test_index_short_of_vectors_is_rebuilt(tmp_path: Path) -> None:
     client.get_collection(name).delete(ids=ids[:7])
     assert client.get_collection(name).count() == 18
     client.close()  # type: ignore[attr-defined]
-    with _open(path, exact_below=10) as m:
+    with _open(path, store_config, exact_below=10) as m:
         assert _lost(m) == []
         assert m.stats().vectors == 25
 
 
-def test_replaced_database_beside_an_old_index_is_refused(tmp_path: Path) -> None:
+def test_replaced_database_beside_an_old_index_is_refused(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
     path = tmp_path / "s"
-    with _open(path, exact_below=10) as m:
+    with _open(path, store_config, exact_below=10) as m:
         _fill(m, 20)
-    for suffix in ("", "-wal", "-shm"):
-        f = path / f"helamem.sqlite3{suffix}"
-        if f.exists():
-            f.unlink()
-    (path / "helamem.sqlite3").write_bytes(b"")  # a 0-byte database
-    m = HelaMemory(_cfg(path, 10), embedder=HashingEmbedder(64))
+    pg = store_config(path)
+    if pg is None:
+        for suffix in ("", "-wal", "-shm"):
+            f = path / f"helamem.sqlite3{suffix}"
+            if f.exists():
+                f.unlink()
+        (path / "helamem.sqlite3").write_bytes(b"")  # a 0-byte database
+    else:  # PostgreSQL's twin: the schema is dropped (open creates it again, empty)
+        db = store_db(path)
+        try:
+            db.execute(f"DROP SCHEMA {pg.schema_name} CASCADE")
+        finally:
+            db.close()
+    m = HelaMemory(_cfg(path, store_config, 10), embedder=HashingEmbedder(64))
     with pytest.raises(CorruptStoreError, match="looks replaced") as info:
         m.open()
     assert "helamem reindex" in str(info.value)
     m.close()
     discard_index(path)  # what `helamem reindex` does first: the index is derived
-    with _open(path, exact_below=10) as again:
+    with _open(path, store_config, exact_below=10) as again:
         assert again.stats().memories == 0
         assert again.stats().vectors == 0
 
 
-def test_two_stores_on_one_path_in_one_process_share_the_index(tmp_path: Path) -> None:
+def test_two_stores_on_one_path_in_one_process_share_the_index(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     path = tmp_path / "s"
-    a = _open(path, exact_below=10)
-    b = _open(path, exact_below=10)
+    a = _open(path, store_config, exact_below=10)
+    b = _open(path, store_config, exact_below=10)
     try:
         _fill(a, 15)
         b.add("written by the second object", SCOPE)
@@ -199,9 +217,9 @@ def test_two_stores_on_one_path_in_one_process_share_the_index(tmp_path: Path) -
 
 
 def test_a_failing_hnsw_scope_falls_back_to_exact_and_fails_no_other(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, store_config: StoreConfig
 ) -> None:
-    with _open(tmp_path / "s", exact_below=5) as m:
+    with _open(tmp_path / "s", store_config, exact_below=5) as m:
         _fill(m, 10, ("t", "a"))
         _fill(m, 10, ("t", "b"))
 
