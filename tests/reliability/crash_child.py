@@ -1,9 +1,10 @@
 """Child process for the crash test: ingest, search and reinforce until killed.
 
-Run as ``python crash_child.py STORE_DIR LOG_FILE SEED MAX_OPS MAX_SECONDS``.
-It opens the store, writes ``READY`` to the log, then loops over random
-operations. After a call has *returned* (the memory is acknowledged to the
-caller) it appends one line per id and flushes to the OS:
+Run as ``python crash_child.py STORE_DIR LOG_FILE SEED MAX_OPS MAX_SECONDS [DSN]``.
+It opens the store (given ``DSN``, its graph in that PostgreSQL server, in the
+schema of ``STORE_DIR``: :func:`store_for`), writes ``READY`` to the log, then
+loops over random operations. After a call has *returned* (the memory is
+acknowledged to the caller) it appends one line per id and flushes to the OS:
 
 * ``A <id>``: the memory was added;
 * ``d <id>``: a delete is about to start (it may or may not commit before a kill);
@@ -23,7 +24,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory, PostgresConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the schema's name
+from pg_server import schema_for
 
 DIMENSION = 64
 SCOPES: tuple[tuple[str, str], ...] = (("users", "u1"), ("users", "u2"), ("users", "u10"))
@@ -64,9 +68,18 @@ WORDS = (
 )
 
 
-def open_memory(path: Path) -> HelaMemory:
+def store_for(path: Path, dsn: str | None) -> PostgresConfig | None:
+    """The graph store of the memory at ``path``: SQLite's file (``dsn`` None), or the
+    schema of ``path`` on the PostgreSQL server ``dsn`` (as the tests' ``store_config``)."""
+    if dsn is None:
+        return None
+    return PostgresConfig(dsn=dsn, schema_name=schema_for(path))  # type: ignore[arg-type]
+
+
+def open_memory(path: Path, dsn: str | None = None) -> HelaMemory:
     """The store exactly as the test reopens it (same config and embedder)."""
-    return HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(DIMENSION)).open()
+    cfg = HelaMemConfig(path=path, store=store_for(path, dsn))
+    return HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)).open()
 
 
 def _text(rng: random.Random, tag: str) -> str:
@@ -78,9 +91,11 @@ def _ack(log: TextIO, lines: list[str]) -> None:
     log.flush()  # to the OS: survives SIGKILL of this process
 
 
-def run(path: Path, log: TextIO, seed: int, max_ops: int, max_seconds: float) -> None:
+def run(
+    path: Path, log: TextIO, seed: int, max_ops: int, max_seconds: float, dsn: str | None = None
+) -> None:
     rng = random.Random(seed)
-    mem = open_memory(path)
+    mem = open_memory(path, dsn)
     _ack(log, ["READY"])
     known: dict[tuple[str, str], list[str]] = {s: [] for s in SCOPES}
     deadline = time.monotonic() + max_seconds
@@ -121,9 +136,9 @@ def run(path: Path, log: TextIO, seed: int, max_ops: int, max_seconds: float) ->
 
 
 def main(argv: list[str]) -> None:
-    path, log_file, seed, max_ops, max_seconds = argv
+    path, log_file, seed, max_ops, max_seconds, *dsn = argv
     with open(log_file, "a", encoding="utf-8") as log:
-        run(Path(path), log, int(seed), int(max_ops), float(max_seconds))
+        run(Path(path), log, int(seed), int(max_ops), float(max_seconds), *dsn)
 
 
 if __name__ == "__main__":

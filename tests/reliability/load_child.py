@@ -1,7 +1,8 @@
 """Load agents: the coroutines of the load test, in the test process and in child processes.
 
 Run as a child: ``python load_child.py STORE OUT_JSON NAME AGENTS SEED MAX_OPS SECONDS
-EMBEDDER GO_FILE``. The child opens the store, touches ``OUT_JSON.ready``,
+EMBEDDER GO_FILE [DSN]``. The child opens the store (given ``DSN``, its graph in
+that PostgreSQL server, in the schema of ``STORE``), touches ``OUT_JSON.ready``,
 waits for ``GO_FILE`` (the start barrier, so every process loads the store at
 once), runs ``AGENTS`` agents for at most ``MAX_OPS`` operations each and at
 most ``SECONDS``, closes the store and writes its log as JSON to ``OUT_JSON``.
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crash_child import WORDS  # the same vocabulary as the crash child
+from crash_child import WORDS, store_for  # the same vocabulary as the crash child
 
 from helamem.core import (
     DynamicsConfig,
@@ -62,9 +63,14 @@ def make_embedder(name: str) -> Any:
     return HashingEmbedder(HASHING_DIMENSION)
 
 
-def open_memory(path: Path, embedder: str = "hashing") -> HelaMemory:
+def open_memory(path: Path, embedder: str = "hashing", dsn: str | None = None) -> HelaMemory:
     # every hit of a learning search co-activates (learn_top=0), as the agents log them
-    cfg = HelaMemConfig(path=path, dynamics=DYNAMICS, retrieval=RetrievalConfig(learn_top=0))
+    cfg = HelaMemConfig(
+        path=path,
+        store=store_for(path, dsn),
+        dynamics=DYNAMICS,
+        retrieval=RetrievalConfig(learn_top=0),
+    )
     return HelaMemory(cfg, embedder=make_embedder(embedder))
 
 
@@ -214,8 +220,8 @@ async def run_agents(
 
 
 def main(argv: list[str]) -> None:
-    store, out, name, agents, seed, max_ops, seconds, embedder, go = argv
-    mem = open_memory(Path(store), embedder).open()
+    store, out, name, agents, seed, max_ops, seconds, embedder, go, *dsn = argv
+    mem = open_memory(Path(store), embedder, *dsn).open()
     try:
         Path(out + ".ready").touch()
         start = time.monotonic()

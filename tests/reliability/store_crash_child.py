@@ -1,7 +1,8 @@
 """Child process for the HelaMemStore crash test: put, replace, delete and search until killed.
 
-Run as ``python store_crash_child.py STORE_DIR LOG_FILE SEED MAX_OPS MAX_SECONDS CHILD``.
-It opens a ``HelaMemory`` and a ``HelaMemStore`` on it, writes ``READY`` to
+Run as ``python store_crash_child.py STORE_DIR LOG_FILE SEED MAX_OPS MAX_SECONDS CHILD [DSN]``.
+It opens a ``HelaMemory`` (given ``DSN``, its graph in that PostgreSQL server,
+in the schema of ``STORE_DIR``) and a ``HelaMemStore`` on it, writes ``READY`` to
 the log, then loops over random operations on its own keys (``c<CHILD>k<i>``,
 so several children may share one store), logging one line per key:
 
@@ -19,13 +20,12 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import sys
 import time
-from contextlib import closing
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
+from crash_child import store_for
 from langgraph.store.base import BaseStore, PutOp
 
 from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
@@ -38,9 +38,10 @@ WORDS: tuple[str, ...] = ("cat", "dog", "tea", "coffee", "garden", "piano", "par
 WORDS += ("river", "mountain", "book", "movie", "soccer", "chess", "bread", "cheese")
 
 
-def open_memory(path: Path) -> HelaMemory:
+def open_memory(path: Path, dsn: str | None = None) -> HelaMemory:
     """The memory exactly as the test reopens it (same config and embedder)."""
-    return HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(DIMENSION)).open()
+    cfg = HelaMemConfig(path=path, store=store_for(path, dsn))
+    return HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)).open()
 
 
 def namespace(key: str) -> tuple[str, str]:
@@ -48,12 +49,11 @@ def namespace(key: str) -> tuple[str, str]:
     return NAMESPACES[int(key.rsplit("k", 1)[1]) % len(NAMESPACES)]
 
 
-def integrity(path: Path, docs: BaseStore) -> tuple[int, int]:
+def integrity(db: Any, docs: BaseStore) -> tuple[int, int]:
     """``(orphans, dangling)``: memories with store metadata that their document
-    does not name, and documents naming a memory that does not exist."""
-    uri = f"file:{path / 'helamem.sqlite3'}?mode=ro"
-    with closing(sqlite3.connect(uri, uri=True)) as db:
-        rows = db.execute("SELECT id, metadata FROM memories").fetchall()
+    does not name, and documents naming a memory that does not exist (``db``: a
+    connection to the memory's graph store, SQLite or PostgreSQL)."""
+    rows = db.execute("SELECT id, metadata FROM memories").fetchall()
     mems = {str(mid): json.loads(raw)["langgraph"] for mid, raw in rows if "langgraph" in raw}
     orphans = 0
     for mid, where in mems.items():
@@ -74,9 +74,17 @@ def _value(rng: random.Random, tag: str) -> dict[str, str]:
     return {"text": f"{tag} " + " ".join(rng.sample(WORDS, rng.randint(3, 6))), "tag": tag}
 
 
-def run(path: Path, log: TextIO, seed: int, max_ops: int, max_seconds: float, child: int) -> None:
+def run(
+    path: Path,
+    log: TextIO,
+    seed: int,
+    max_ops: int,
+    max_seconds: float,
+    child: int,
+    dsn: str | None = None,
+) -> None:
     rng = random.Random(seed)
-    mem = open_memory(path)
+    mem = open_memory(path, dsn)
     store = HelaMemStore(mem)
     store.search(NAMESPACES[0], limit=1)  # first use: settles a killed writer's journal
     _ack(log, ["READY"])
@@ -114,9 +122,9 @@ def run(path: Path, log: TextIO, seed: int, max_ops: int, max_seconds: float, ch
 
 
 def main(argv: list[str]) -> None:
-    path, log_file, seed, max_ops, max_seconds, child = argv
+    path, log_file, seed, max_ops, max_seconds, child, *dsn = argv
     with open(log_file, "a", encoding="utf-8") as log:
-        run(Path(path), log, int(seed), int(max_ops), float(max_seconds), int(child))
+        run(Path(path), log, int(seed), int(max_ops), float(max_seconds), int(child), *dsn)
 
 
 if __name__ == "__main__":

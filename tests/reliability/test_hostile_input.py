@@ -1,4 +1,12 @@
-"""Hostile input: a typed error or a correct result, never a crash or corrupted state."""
+"""Hostile input: a typed error or a correct result, never a crash or corrupted state.
+
+Every test runs on both graph stores (the ``backend`` fixture): the queries,
+scope segments, metadata, timestamps and texts reach SQLite's FTS5 and
+``json``/``REAL`` columns on one, PostgreSQL's ``TEXT``/``BYTEA`` columns and
+the BM25 statistics kept in SQL on the other. The integrity check after each
+is SQLite's ``integrity_check`` and FTS5's, or on PostgreSQL the BM25
+statistics against the memory rows (:func:`test_crash.lexical_defects`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import contextlib
 import datetime as dt
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langgraph.store.base import InvalidNamespaceError
+from test_crash import lexical_defects
 
 from helamem.core import (
     HashingEmbedder,
@@ -21,6 +30,7 @@ from helamem.core import (
     HelaMemError,
     HelaMemory,
     InvalidScopeError,
+    PostgresConfig,
 )
 from helamem.core.text import safe_text
 from helamem.langgraph import HelaMemStore
@@ -65,25 +75,43 @@ ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_catego
 HOSTILE_TEXT = st.lists(
     st.one_of(st.text(ANY_CHAR, max_size=12), st.sampled_from(FTS_BITS)), max_size=8
 ).map(" ".join)
-
-
-def _open(path: Path) -> HelaMemory:
-    return HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(256))
-
-
-def _integrity_ok(path: Path) -> None:
-    db = sqlite3.connect(path / "helamem.sqlite3")
-    try:
-        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
-    finally:
-        db.close()
+Open = Callable[[Path], HelaMemory]  # ``open_mem``
+Check = Callable[[Path], None]  # ``integrity_ok``
 
 
 @pytest.fixture
-def two(tmp_path: Path) -> Iterator[tuple[HelaMemory, dict[str, tuple[str, ...]]]]:
+def open_mem(store_config: Callable[[Path], PostgresConfig | None]) -> Open:
+    """``open_mem(path)`` → an unopened memory at ``path`` on this test's backend."""
+
+    def make(path: Path) -> HelaMemory:
+        cfg = HelaMemConfig(path=path, store=store_config(path))
+        return HelaMemory(cfg, embedder=HashingEmbedder(256))
+
+    return make
+
+
+@pytest.fixture
+def integrity_ok(store_db: Callable[[Path], Any]) -> Check:
+    """``integrity_ok(path)`` asserts that the graph store at ``path`` is undamaged."""
+
+    def check(path: Path) -> None:
+        db = store_db(path)
+        try:
+            if isinstance(db, sqlite3.Connection):
+                assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
+            else:
+                assert lexical_defects(db) == []
+        finally:
+            db.close()
+
+    return check
+
+
+@pytest.fixture
+def two(tmp_path: Path, open_mem: Open) -> Iterator[tuple[HelaMemory, dict[str, tuple[str, ...]]]]:
     """Two prefix-neighbour tenants with the same words; ``owner`` maps id → scope."""
-    mem = _open(tmp_path / "s")
+    mem = open_mem(tmp_path / "s")
     owner: dict[str, tuple[str, ...]] = {}
     for scope, who in ((A, "one"), (B, "ten")):
         for i in range(4):
@@ -148,8 +176,10 @@ WHERE_LIKE = [
 ]
 
 
-def test_lone_surrogate_scope_segment_is_a_typed_error(tmp_path: Path) -> None:
-    with _open(tmp_path / "s") as mem:
+def test_lone_surrogate_scope_segment_is_a_typed_error(
+    tmp_path: Path, open_mem: Open, integrity_ok: Check
+) -> None:
+    with open_mem(tmp_path / "s") as mem:
         mem.add("the shared secret", ("t", "victim"))
         before = mem.stats()
         for call in (
@@ -160,12 +190,14 @@ def test_lone_surrogate_scope_segment_is_a_typed_error(tmp_path: Path) -> None:
             with pytest.raises(InvalidScopeError, match="lone surrogate"):
                 call()
         assert mem.stats() == before
-    _integrity_ok(tmp_path / "s")
+    integrity_ok(tmp_path / "s")
 
 
 @pytest.mark.parametrize("seg", WHERE_LIKE)
-def test_where_like_scope_segments_are_plain_labels(tmp_path: Path, seg: str) -> None:
-    with _open(tmp_path / "s") as mem:
+def test_where_like_scope_segments_are_plain_labels(
+    tmp_path: Path, open_mem: Open, integrity_ok: Check, seg: str
+) -> None:
+    with open_mem(tmp_path / "s") as mem:
         other = mem.add("the shared secret", ("t", "victim")).id
         before = mem.stats()
         scope = ("t", seg)
@@ -180,7 +212,7 @@ def test_where_like_scope_segments_are_plain_labels(tmp_path: Path, seg: str) ->
             assert other not in ids and mine in ids
             assert mine not in mem.search("shared secret", ("t", "victim"), k=10).ids
         assert scope in mem.list_scopes(("t",))
-    _integrity_ok(tmp_path / "s")
+    integrity_ok(tmp_path / "s")
 
 
 def _nested(depth: int, leaf: Any) -> Any:
@@ -190,10 +222,16 @@ def _nested(depth: int, leaf: Any) -> Any:
     return value
 
 
-@pytest.mark.parametrize("depth", [1, 50, 500, 5_000, 50_000])
+# PostgreSQL runs the shallowest and the deepest (the JSON text differs only in size)
+MIDDLE = [pytest.param(d, marks=pytest.mark.sqlite_only) for d in (50, 500, 5_000)]
+
+
+@pytest.mark.parametrize("depth", [1, *MIDDLE, 50_000])
 @pytest.mark.parametrize("leaf", [1, "x", None, math.nan, math.inf])
-def test_deeply_nested_metadata(tmp_path: Path, depth: int, leaf: Any) -> None:
-    with _open(tmp_path / "s") as mem:
+def test_deeply_nested_metadata(
+    tmp_path: Path, open_mem: Open, integrity_ok: Check, depth: int, leaf: Any
+) -> None:
+    with open_mem(tmp_path / "s") as mem:
         mem.add("seed", A)
         before = mem.stats()
         meta = {"deep": _nested(depth, leaf)}
@@ -204,7 +242,7 @@ def test_deeply_nested_metadata(tmp_path: Path, depth: int, leaf: Any) -> None:
         else:
             assert not (isinstance(leaf, float) and not math.isfinite(leaf))
             assert mem.get(m.id).metadata == meta
-    _integrity_ok(tmp_path / "s")
+    integrity_ok(tmp_path / "s")
 
 
 TIMES = st.one_of(
@@ -239,9 +277,9 @@ def test_any_timestamp_is_typed_error_or_roundtrips(
     _check_result(mem, owner, list(res.ids))
 
 
-def test_ten_megabyte_content(tmp_path: Path) -> None:
+def test_ten_megabyte_content(tmp_path: Path, open_mem: Open, integrity_ok: Check) -> None:
     big = ("lorem ipsum 🌍 \x00 \ud800 " * 600_000)[:10_000_000]
-    with _open(tmp_path / "s") as mem:
+    with open_mem(tmp_path / "s") as mem:
         mem.add("small neighbour", B)
         m = mem.add(big, A)
         assert mem.get(m.id).content == big
@@ -251,12 +289,14 @@ def test_ten_megabyte_content(tmp_path: Path) -> None:
         with pytest.raises(HelaMemError):
             mem.add("x" * 16_000_001, A)
         assert mem.stats() == before
-    _integrity_ok(tmp_path / "s")
+    integrity_ok(tmp_path / "s")
 
 
-def test_store_stays_consistent_after_hostile_traffic(tmp_path: Path) -> None:
+def test_store_stays_consistent_after_hostile_traffic(
+    tmp_path: Path, open_mem: Open, integrity_ok: Check
+) -> None:
     bits = [*FTS_BITS, "", "   "]
-    with _open(tmp_path / "s") as mem:
+    with open_mem(tmp_path / "s") as mem:
         for i, b in enumerate(bits):
             calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
                 # lone surrogates in scope segments are refused (typed error)
@@ -270,8 +310,8 @@ def test_store_stays_consistent_after_hostile_traffic(tmp_path: Path) -> None:
                     fn(*args, **kwargs)
         st_ = mem.stats()
         assert st_.unindexed == 0 and st_.vectors == st_.memories
-    _integrity_ok(tmp_path / "s")
-    with _open(tmp_path / "s") as again:
+    integrity_ok(tmp_path / "s")
+    with open_mem(tmp_path / "s") as again:
         assert again.stats().memories == st_.memories
 
 
@@ -281,8 +321,8 @@ BAD_LABELS = ["a.b", ".", "..", "", "a.", ".a", "\x00", "a\x00b"]
 
 
 @pytest.fixture
-def lg(tmp_path: Path) -> Iterator[HelaMemStore]:
-    mem = _open(tmp_path / "lg")
+def lg(tmp_path: Path, open_mem: Open) -> Iterator[HelaMemStore]:
+    mem = open_mem(tmp_path / "lg")
     s = HelaMemStore(mem)
     yield s
     s.close()

@@ -1,10 +1,14 @@
-"""Tenant isolation: no search, spreading step, distilled fact or adapter call crosses tenants."""
+"""Tenant isolation: no search, spreading step, distilled fact or adapter call crosses tenants.
+
+Every test runs on both graph stores (the ``backend`` fixture): scope filters,
+spreading and distillation are the engine's SQL, run by SQLite or PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,11 @@ from helamem.core import (
     HelaMemory,
     LLMClient,
     LLMConfig,
+    PostgresConfig,
     RetrievalConfig,
 )
+
+StoreConfig = Callable[[Path], PostgresConfig | None]
 
 A = ("u", "1")
 B = ("u", "10")
@@ -35,13 +42,17 @@ RETRIEVAL = RetrievalConfig(
 )
 
 
-def _open(path: Path, llm: Any = None) -> HelaMemory:
-    consolidation = ConsolidationConfig(max_clusters=8)
+def _open(path: Path, store: PostgresConfig | None, llm: Any = None) -> HelaMemory:
+    """The memory at ``path``, its graph in ``store`` (``store_config(path)``)."""
+    kw: dict[str, Any] = {
+        "path": path,
+        "store": store,
+        "consolidation": ConsolidationConfig(max_clusters=8),
+        "retrieval": RETRIEVAL,
+    }
     if llm is None:  # no model configured: the extractive distiller
-        cfg = HelaMemConfig(path=path, consolidation=consolidation, retrieval=RETRIEVAL)
-        return HelaMemory(cfg, embedder=HashingEmbedder(256))
-    llm_cfg = LLMConfig(model="gpt-4o-mini", backoff_s=0.0)
-    cfg = HelaMemConfig(path=path, llm=llm_cfg, consolidation=consolidation, retrieval=RETRIEVAL)
+        return HelaMemory(HelaMemConfig(**kw), embedder=HashingEmbedder(256))
+    cfg = HelaMemConfig(**kw, llm=LLMConfig(model="gpt-4o-mini", backoff_s=0.0))
     client = LLMClient(cfg.llm, completion=llm, sleep=lambda s: None)
     return HelaMemory(cfg, embedder=HashingEmbedder(256), llm=client)
 
@@ -62,8 +73,8 @@ def _assert_only(hits: Any, scope: tuple[str, ...]) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[HelaMemory]:
-    mem = _open(tmp_path / "s")
+def store(tmp_path: Path, store_config: StoreConfig) -> Iterator[HelaMemory]:
+    mem = _open(tmp_path / "s", store_config(tmp_path / "s"))
     yield mem
     mem.close()
 
@@ -130,9 +141,11 @@ class CrossCitingLLM:
         return litellm.completion(mock_response=json.dumps({"facts": facts}), **kwargs)
 
 
-def test_llm_facts_citing_the_other_tenant_never_cross(tmp_path: Path) -> None:
+def test_llm_facts_citing_the_other_tenant_never_cross(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     llm = CrossCitingLLM()
-    with _open(tmp_path / "s", llm) as mem:
+    with _open(tmp_path / "s", store_config(tmp_path / "s"), llm) as mem:
         owner = _seed(mem, A, B)
         mem.consolidate(("u",))
         assert llm.calls == 1
@@ -145,10 +158,10 @@ def test_llm_facts_citing_the_other_tenant_never_cross(tmp_path: Path) -> None:
                     assert {owner[i] for i in h.memory.provenance} == {scope}
 
 
-def test_langgraph_store_namespaces_are_isolated(tmp_path: Path) -> None:
+def test_langgraph_store_namespaces_are_isolated(tmp_path: Path, store_config: StoreConfig) -> None:
     from helamem.langgraph import HelaMemStore
 
-    with _open(tmp_path / "s") as mem:
+    with _open(tmp_path / "s", store_config(tmp_path / "s")) as mem:
         lg = HelaMemStore(mem)
         try:
             for ns in (A, B, ("u", "1", "x")):
@@ -166,12 +179,14 @@ def test_langgraph_store_namespaces_are_isolated(tmp_path: Path) -> None:
             lg.close()
 
 
-async def test_autogen_memories_of_prefix_neighbours_are_isolated(tmp_path: Path) -> None:
+async def test_autogen_memories_of_prefix_neighbours_are_isolated(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     from autogen_core.memory import MemoryContent, MemoryMimeType
 
     from helamem.autogen import HelaMemMemory, HelaMemMemoryConfig
 
-    async with _open(tmp_path / "s") as mem:
+    async with _open(tmp_path / "s", store_config(tmp_path / "s")) as mem:
         one = HelaMemMemory(
             HelaMemMemoryConfig(scope=A, path=str(tmp_path), embedder="hashing"), memory=mem
         )
@@ -191,12 +206,14 @@ async def test_autogen_memories_of_prefix_neighbours_are_isolated(tmp_path: Path
         await ten.close()
 
 
-async def test_llamaindex_blocks_of_prefix_neighbours_are_isolated(tmp_path: Path) -> None:
+async def test_llamaindex_blocks_of_prefix_neighbours_are_isolated(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
     from llama_index.core.llms import ChatMessage
 
     from helamem.llamaindex import HelaMemMemoryBlock
 
-    async with _open(tmp_path / "s") as mem:
+    async with _open(tmp_path / "s", store_config(tmp_path / "s")) as mem:
         _seed(mem, ("llamaindex", "1"), ("llamaindex", "10"))
         mem.add("only for ten: the vault code is 4242", ("llamaindex", "10"))
         mem.add("only for one: the vault code is 1111", ("llamaindex", "1"))

@@ -14,8 +14,8 @@ operations and a bounded time. Then, with every process closed:
 * every acknowledged turn is stored, once, with its scope, role and text,
   and nothing else is; the ids ``aadd_turn`` returned are those rows;
 * the store passes the crash test's integrity checks after a reopen
-  (``integrity_check``, SQLite ids == Chroma ids, every vector in its
-  collection, ``stats().unindexed == 0``);
+  (``integrity_check`` or PostgreSQL's BM25 statistics, graph ids == Chroma
+  ids, every vector in its collection, ``stats().unindexed == 0``);
 * every edge weight is what the logged co-activations imply, exactly
   (tolerance 1e-9), and there is no other edge.
 
@@ -34,9 +34,15 @@ are no deletes), form a chain whose consecutive pairs start at
 co-activations. This checks the chain (each turn linked to the scope's
 previous episode, whichever process wrote it) as well as the learned weights.
 
-The default run takes about 25 s on 2 cores. ``HELAMEM_SOAK=1`` runs the soak variant
-for ``HELAMEM_SOAK_SECONDS`` (default 60) with the real MiniLM embedder
-(``HELAMEM_LOAD_EMBEDDER=hashing`` for the fast one) and reports
+On PostgreSQL (the ``backend`` fixture) every process's graph is the test
+server's schema of the store's path (the vectors stay in the directory's
+embedded index); the write lock is the schema's advisory lock, the row
+numbers its identity column (taken inside the locked transaction: commit
+order too), and the same exact weights must come out.
+
+The default run takes about 25 s on 2 cores (on each backend). ``HELAMEM_SOAK=1``
+runs the soak variant for ``HELAMEM_SOAK_SECONDS`` (default 60) with the real
+MiniLM embedder (``HELAMEM_LOAD_EMBEDDER=hashing`` for the fast one) and reports
 throughput and p95 latencies (printed; written as JSON to
 ``HELAMEM_LOAD_REPORT`` when set).
 """
@@ -87,8 +93,9 @@ def _tail(path: Path, n: int = 3000) -> str:
     return path.read_text(encoding="utf-8", errors="replace")[-n:] if path.exists() else ""
 
 
-def run_load(tmp_path: Path, load: Load) -> list[Results]:
-    """Start the children, release everyone at once, return every process's log."""
+def run_load(tmp_path: Path, load: Load, dsn: str | None = None) -> list[Results]:
+    """Start the children, release everyone at once, return every process's log
+    (with ``dsn``, the graph in that PostgreSQL server)."""
     store = tmp_path / "store"
     go = tmp_path / "GO"
     launched = time.monotonic()
@@ -98,6 +105,7 @@ def run_load(tmp_path: Path, load: Load) -> list[Results]:
         err = tmp_path / f"p{p}.err"
         args = [str(store), str(out), f"p{p}", str(PROCESS_AGENTS), str(load.seed * 10 + p)]
         args += [str(load.child_max_ops), str(load.seconds), load.embedder, str(go)]
+        args += [dsn] if dsn else []
         with open(err, "wb") as err_f:
             proc = subprocess.Popen(
                 [sys.executable, str(CHILD), *args],
@@ -107,7 +115,7 @@ def run_load(tmp_path: Path, load: Load) -> list[Results]:
             )
         procs.append((proc, out, err))
     try:
-        mem = open_memory(store, load.embedder).open()
+        mem = open_memory(store, load.embedder, dsn).open()
         try:
             start = time.monotonic()
             for proc, out, err in procs:
@@ -151,9 +159,10 @@ def _chain(w: float, times: int) -> float:
     return w
 
 
-def verify(store: Path, results: list[Results]) -> dict[str, int]:
-    """Turns, edge weights (from the files as the writers left them); numbers for the report."""
-    with closing(_ro(store / "helamem.sqlite3")) as db:
+def verify(store: Path, results: list[Results], graph: Any = None) -> dict[str, int]:
+    """Turns, edge weights (from the graph store as the writers left it: SQLite's file,
+    or with ``graph``, the ``store_db`` fixture, PostgreSQL); numbers for the report."""
+    with closing(_ro(store / "helamem.sqlite3") if graph is None else graph(store)) as db:
         scope_path = {
             int(i): tuple(json.loads(p)) for i, p in db.execute("SELECT id, path FROM scopes")
         }
@@ -262,9 +271,14 @@ def report(load: Load, results: list[Results], checked: dict[str, int]) -> dict[
     return out
 
 
-def load_test(tmp_path: Path, load: Load) -> dict[str, Any]:
+def load_test(
+    tmp_path: Path, load: Load, dsn: str | None = None, graph: Any = None
+) -> dict[str, Any]:
+    """Run ``load`` (with ``dsn`` and ``graph``, the ``store_db`` fixture: on PostgreSQL)
+    and check everything; returns the report."""
+    graph = graph if dsn else None
     t0 = time.monotonic()
-    results = run_load(tmp_path, load)
+    results = run_load(tmp_path, load, dsn)
     t1 = time.monotonic()
     errors = [f"{r.name}: {e}" for r in results for e in r.errors]
     warnings = [f"{r.name}: {w}" for r in results for w in r.warnings]
@@ -273,10 +287,14 @@ def load_test(tmp_path: Path, load: Load) -> dict[str, Any]:
     assert not locked, "lock errors in the log:\n" + "\n".join(locked[:10])
     assert not warnings, f"{len(warnings)} warnings under load:\n" + "\n".join(warnings[:10])
 
-    checked = verify(tmp_path / "store", results)
+    checked = verify(tmp_path / "store", results, graph)
     acked = {i for r in results for t in r.turns for i in t.get("ids", ())}
     info = check_store(
-        tmp_path / "store", acked, set(), opener=lambda p: open_memory(p, load.embedder)
+        tmp_path / "store",
+        acked,
+        set(),
+        opener=lambda p: open_memory(p, load.embedder, dsn),
+        graph=graph,
     )
     assert info["memories"] == checked["memories"]
     out = report(load, results, checked)
@@ -296,16 +314,15 @@ def load_test(tmp_path: Path, load: Load) -> dict[str, Any]:
     return out
 
 
-def test_load_many_agents_and_processes(tmp_path: Path) -> None:
-    out = load_test(
-        tmp_path, Load(seconds=4.0, max_ops=8, child_max_ops=30, embedder="hashing", seed=9)
-    )
+def test_load_many_agents_and_processes(tmp_path: Path, pg_dsn: str | None, store_db: Any) -> None:
+    load = Load(seconds=4.0, max_ops=8, child_max_ops=30, embedder="hashing", seed=9)
+    out = load_test(tmp_path, load, pg_dsn, store_db)
     assert out["turns_verified"] > 100
     assert out["learned_edges"] > 0 and out["temporal_edges"] > 0
 
 
 @pytest.mark.skipif(not SOAK, reason="soak: set HELAMEM_SOAK=1 (HELAMEM_SOAK_SECONDS, default 60)")
-def test_load_soak(tmp_path: Path) -> None:
+def test_load_soak(tmp_path: Path, pg_dsn: str | None, store_db: Any) -> None:
     embedder = os.environ.get("HELAMEM_LOAD_EMBEDDER", "minilm")
     seed = int(os.environ.get("HELAMEM_SOAK_SEED", "2024"))
     load_test(
@@ -317,4 +334,6 @@ def test_load_soak(tmp_path: Path) -> None:
             embedder=embedder,
             seed=seed,
         ),
+        pg_dsn,
+        store_db,
     )

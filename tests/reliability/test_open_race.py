@@ -5,10 +5,17 @@ answers ``database is locked`` at once (its deadlock avoidance, no busy
 handler) while another connection holds the write lock, for instance while it
 creates the schema. Two processes opening one new directory met this in CI
 (``test_store_crash``). Opening now waits for the lock up to the busy timeout.
+
+The SQLite WAL-switch tests are about SQLite's own file and run on SQLite
+only. :func:`open_race` runs the multi-process case; given a PostgreSQL DSN
+the processes open one NEW schema at once (its ``CREATE SCHEMA``, the
+migrations under the schema's advisory lock), beside the embedded vector
+index they share in the one new directory.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import sqlite3
 import threading
@@ -18,9 +25,10 @@ from typing import Any
 
 import pytest
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory, PostgresConfig
 from helamem.core.errors import StorageError
 from helamem.core.storage.sqlite import SQLiteStore
+from pg_server import schema_for
 
 PROCESSES = 4
 
@@ -86,28 +94,47 @@ def test_open_gives_up_after_the_busy_timeout_with_a_typed_error(tmp_path: Path)
     st.close()
 
 
-def _open_and_add(path: str, n: int, start: Any, out: Any) -> None:
+def _config(path: Path, dsn: str | None) -> HelaMemConfig:
+    """The store at ``path``: SQLite's file, or given ``dsn`` the schema of ``path``."""
+    if dsn is None:
+        return HelaMemConfig(path=path)
+    pg = PostgresConfig(dsn=dsn, schema_name=schema_for(path))  # type: ignore[arg-type]
+    return HelaMemConfig(path=path, store=pg)
+
+
+def _open_and_add(
+    path: str, n: int, ready: Any, start: Any, out: Any, dsn: str | None = None
+) -> None:
+    # what an open imports (Chroma, psycopg), imported first, so the opens meet
+    for module in ("helamem.core.storage.chroma", "helamem.core.storage.postgres"):
+        importlib.import_module(module)
+
+    ready.put(n)
     start.wait(60)
     try:
-        with HelaMemory(HelaMemConfig(path=Path(path)), embedder=HashingEmbedder(32)) as m:
+        with HelaMemory(_config(Path(path), dsn), embedder=HashingEmbedder(32)) as m:
             ids = [x.id for x in m.add_many([NewMemory(f"p{n} m{i}", ("s",)) for i in range(5)])]
         out.put((n, ids))
-    except (OSError, ValueError, RuntimeError) as exc:  # reported to the parent, which fails
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails
         out.put((n, repr(exc)))
 
 
-def test_several_processes_open_one_new_directory_at_once(tmp_path: Path) -> None:
+def open_race(tmp_path: Path, pg_dsn: str | None) -> None:
+    """``PROCESSES`` processes open one new store at once (its graph in PostgreSQL
+    given ``pg_dsn``) and add; each must succeed and all their memories be there."""
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
+    ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    store = str(tmp_path / "store")
     procs = [
-        ctx.Process(target=_open_and_add, args=(str(tmp_path / "store"), n, start, out))
+        ctx.Process(target=_open_and_add, args=(store, n, ready, start, out, pg_dsn))
         for n in range(PROCESSES)
     ]
     for p in procs:
         p.start()
-    time.sleep(1.0)  # let each import, so the opens meet
-    start.set()
     try:
+        for _ in procs:  # each imported, so the opens meet
+            ready.get(timeout=120)
+        start.set()
         got = dict(out.get(timeout=120) for _ in procs)
     finally:
         for p in procs:
@@ -115,7 +142,11 @@ def test_several_processes_open_one_new_directory_at_once(tmp_path: Path) -> Non
             if p.is_alive():
                 p.kill()
     assert all(isinstance(v, list) for v in got.values()), got
-    with HelaMemory(HelaMemConfig(path=tmp_path / "store"), embedder=HashingEmbedder(32)) as m:
+    with HelaMemory(_config(tmp_path / "store", pg_dsn), embedder=HashingEmbedder(32)) as m:
         ids = [i for v in got.values() for i in v]
         assert len(set(ids)) == 5 * PROCESSES
         assert [m.get(i).id for i in ids] == ids
+
+
+def test_several_processes_open_one_new_directory_at_once(tmp_path: Path) -> None:
+    open_race(tmp_path, None)

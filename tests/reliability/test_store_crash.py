@@ -17,8 +17,13 @@ the store and checks that:
 * there is no orphan memory (one whose document does not name it) and no
   document naming a missing memory, and the journal is empty.
 
-The default run does a few trials; ``HELAMEM_SOAK=1`` runs the soak
-(``HELAMEM_SOAK_TRIALS``, default 24) on top.
+On PostgreSQL (the ``backend`` fixture) the memory's graph is the test
+server's schema of the store's path; the document store and the journal stay
+LangGraph's SQLite file and HeLa-Mem's file in the directory, so a kill may
+fall between a commit in PostgreSQL and one in SQLite.
+
+The default run does a few trials (two on PostgreSQL); ``HELAMEM_SOAK=1`` runs
+the soak (``HELAMEM_SOAK_TRIALS``, default 24) on top.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langgraph.store.sqlite import SqliteStore
@@ -94,9 +103,11 @@ def run_children(
     delays: list[float],
     *,
     from_spawn: bool = False,
+    dsn: str | None = None,
 ) -> list[bool]:
-    """Start one child per log at once, SIGKILL each after its delay (from READY,
-    or with ``from_spawn`` from its start); returns which were killed."""
+    """Start one child per log at once (with ``dsn``, the memory's graph in that
+    PostgreSQL server), SIGKILL each after its delay (from READY, or with
+    ``from_spawn`` from its start); returns which were killed."""
     procs = []
     for log, seed, child in zip(logs, seeds, ids, strict=True):
         log.unlink(missing_ok=True)
@@ -105,7 +116,7 @@ def run_children(
         procs.append(
             (
                 subprocess.Popen(
-                    [sys.executable, str(CHILD), *args, str(child)],
+                    [sys.executable, str(CHILD), *args, str(child), *([dsn] if dsn else [])],
                     stdout=subprocess.DEVNULL,
                     stderr=err,
                     cwd=str(CHILD.parent),
@@ -146,26 +157,43 @@ def run_children(
     return killed
 
 
-def crash_state(store: Path) -> tuple[int, int, int]:
+Connect = Callable[[Path], Any]  # the graph store's connection of a memory's path
+
+
+def _ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path / 'helamem.sqlite3'}?mode=ro", uri=True)
+
+
+def crash_state(store: Path, connect: Connect = _ro) -> tuple[int, int, int]:
     """``(journal lines, orphans, dangling)`` exactly as the crash left them."""
     journal = store / JOURNAL
     lines = journal.read_bytes().count(b"\n") if journal.exists() else 0
-    if not (store / "helamem.sqlite3").exists():
+    if connect is _ro and not (store / "helamem.sqlite3").exists():
         return lines, 0, 0
-    with SqliteStore.from_conn_string(str(store / "langgraph-store.sqlite")) as docs:
-        orphans, dangling = integrity(store, docs)
+    with (
+        SqliteStore.from_conn_string(str(store / "langgraph-store.sqlite")) as docs,
+        closing(connect(store)) as db,
+    ):
+        orphans, dangling = integrity(db, docs)
     return lines, orphans, dangling
 
 
-def check_store(store: Path, keys: Keys) -> tuple[int, int]:
+def check_store(
+    store: Path, keys: Keys, dsn: str | None = None, connect: Connect = _ro
+) -> tuple[int, int]:
     """Every post-crash invariant; returns how many items the store holds, and how
     many of them a query for their own word did not rank in the top 5."""
-    mem = open_memory(store)
+    mem = open_memory(store, dsn)
+
+    def ok(docs: Any) -> tuple[int, int]:
+        with closing(connect(store)) as db:
+            return integrity(db, docs)
+
     try:
         with HelaMemStore(mem) as s:
             s.search(("users",), limit=1)  # the first call settles the journal
             assert (store / JOURNAL).read_bytes() == b""
-            assert integrity(store, s.documents) == (0, 0)
+            assert ok(s.documents) == (0, 0)
             items = missed_top5 = 0
             for key in sorted(set(keys.acked) | set(keys.pending)):
                 got = s.get(namespace(key), key)
@@ -185,13 +213,18 @@ def check_store(store: Path, keys: Keys) -> tuple[int, int]:
             # still usable
             s.put(namespace("k0"), "after", {"text": "after the crash", "tag": "after"})
             assert "after" in [i.key for i in s.search(namespace("k0"), query="after", limit=200)]
-            assert integrity(store, s.documents) == (0, 0)
+            assert ok(s.documents) == (0, 0)
     finally:
         mem.close()
     return items, missed_top5
 
 
-def run_trials(tmp_path: Path, trials: int, seed: int) -> tuple[list[str], int, int]:
+def run_trials(
+    tmp_path: Path, trials: int, seed: int, dsn: str | None = None, graph: Connect | None = None
+) -> tuple[list[str], int, int]:
+    """``trials`` fresh stores; with ``dsn`` (and ``graph``, the ``store_db`` fixture)
+    the memory's graph lives in that PostgreSQL server."""
+    connect: Connect = graph if dsn and graph else _ro
     rng = random.Random(seed)
     report = []
     at_crash_orphans = at_crash_trials = missed_top5 = 0
@@ -207,16 +240,16 @@ def run_trials(tmp_path: Path, trials: int, seed: int) -> tuple[list[str], int, 
             lo, hi = DELAY_S
             delays = [rng.uniform(lo, hi + (SPAWN_S if from_spawn else 0.0)) for _ in ids]
             seeds = [seed * 1000 + t * 10 + c for c in ids]
-            killed = run_children(store, logs, seeds, ids, delays, from_spawn=from_spawn)
+            killed = run_children(store, logs, seeds, ids, delays, from_spawn=from_spawn, dsn=dsn)
             for log in logs:
                 keys.read(_read_log(log))
             kills += [
                 f"{d:.2f}s{'' if k else ' (finished)'}" for d, k in zip(delays, killed, strict=True)
             ]
-        journal, orphans, dangling = crash_state(store)
+        journal, orphans, dangling = crash_state(store, connect)
         at_crash_orphans += orphans
         at_crash_trials += orphans > 0
-        items, missed = check_store(store, keys)
+        items, missed = check_store(store, keys, dsn, connect)
         missed_top5 += missed
         report.append(
             f"trial {t}: kills at {', '.join(kills)}; acked puts {keys.puts}, "
@@ -231,13 +264,17 @@ def run_trials(tmp_path: Path, trials: int, seed: int) -> tuple[list[str], int, 
     return report, at_crash_orphans, at_crash_trials
 
 
-def test_sigkill_store_loses_and_orphans_nothing(tmp_path: Path) -> None:
-    report, _, _ = run_trials(tmp_path, trials=3, seed=14)
+def test_sigkill_store_loses_and_orphans_nothing(
+    tmp_path: Path, pg_dsn: str | None, store_db: Connect
+) -> None:
+    # PostgreSQL: two trials (one child, then two at once), to keep the run short
+    trials = 3 if pg_dsn is None else 2
+    report, _, _ = run_trials(tmp_path, trials=trials, seed=14, dsn=pg_dsn, graph=store_db)
     print("\n".join(report))
 
 
 @pytest.mark.skipif(not SOAK, reason="soak: set HELAMEM_SOAK=1 (HELAMEM_SOAK_TRIALS, default 24)")
-def test_sigkill_store_soak(tmp_path: Path) -> None:
+def test_sigkill_store_soak(tmp_path: Path, pg_dsn: str | None, store_db: Connect) -> None:
     seed = int(os.environ.get("HELAMEM_SOAK_SEED", "2024"))
-    report, _, _ = run_trials(tmp_path, trials=SOAK_TRIALS, seed=seed)
+    report, _, _ = run_trials(tmp_path, trials=SOAK_TRIALS, seed=seed, dsn=pg_dsn, graph=store_db)
     print("\n".join(report))
