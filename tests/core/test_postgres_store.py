@@ -254,3 +254,25 @@ def test_json_field_reads_metadata_on_both_stores(mem: HelaMemory) -> None:
     assert mem._call(untagged) == ["null", "plain"]
     with pytest.raises(ValueError, match="plain JSON key"):
         mem._call(lambda core: core.store.json_field("metadata", "x') OR ('1"))
+
+
+def test_lexical_statistics_come_from_one_snapshot(tmp_path: Path, pg_server: PgServer) -> None:
+    """Frequencies and the row count are read in one statement (a delete between two
+    reads once made a word seem in more rows than exist: a negative log's argument);
+    a frequency above the count still gives the floor idf, never an error."""
+    cfg = HelaMemConfig(path=tmp_path / "s", store=_pg(pg_server, tmp_path / "snap"))
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        ids = [m.add(f"tea garden note {i}", A).id for i in range(5)]
+
+        def skewed(core: Any) -> list[tuple[int, float]]:
+            real = core.store._stats
+            core.store._stats = lambda toks: (1, 3, dict.fromkeys(real(toks)[2], 5))
+            try:
+                out: list[tuple[int, float]] = core.store.lexical('"tea"', None, 10)
+                return out
+            finally:
+                del core.store._stats
+
+        got = m._call(skewed)
+        assert len(got) == 5 and all(s > 0 for _, s in got)
+        assert m.search("tea garden", A, k=5, learn=False).ids[0] in ids

@@ -549,23 +549,26 @@ class PostgresStore(SQLiteStore):
             raise StorageError(f"{self.describe()} has no lexical_totals row; it was altered")
         return int(r[0]), int(r[1])
 
-    def _freqs(self, tokens: set[str]) -> dict[str, int]:
+    def _stats(self, tokens: set[str]) -> tuple[int, int, dict[str, int]]:
+        """``(memories, tokens, token -> document frequency)``, read in ONE statement:
+        one snapshot, so no frequency exceeds the memories counted (a writer deleting
+        rows between two reads made the idf's logarithm negative)."""
         out = dict.fromkeys(tokens, 0)
-        if tokens:
-            out.update(
-                (str(t), int(d))
-                for t, d in self.pg.execute(
-                    "SELECT term, df FROM terms WHERE term = ANY(?)", (sorted(tokens),)
-                )
-            )
-        return out
+        rows = self.pg.execute(
+            "SELECT t.docs, t.tokens, x.term, x.df FROM lexical_totals t"
+            " LEFT JOIN terms x ON x.term = ANY(?)",
+            (sorted(tokens),),
+        ).fetchall()
+        if not rows:
+            raise StorageError(f"{self.describe()} has no lexical_totals row; it was altered")
+        out.update((str(r[2]), int(r[3])) for r in rows if r[2] is not None)
+        return int(rows[0][0]), int(rows[0][1]), out
 
     def term_stats(self, words: Sequence[str]) -> tuple[int, list[int]]:
         """Memories indexed, and each word's document frequency (its rarest token's; 0
         when it has none), read from the ``terms`` table (exact, no cache)."""
         toks = self._word_tokens(words)
-        df = self._freqs({t for ts in toks for t in ts})
-        rows, _ = self._totals()
+        rows, _, df = self._stats({t for ts in toks for t in ts})
         return rows, [min((df[t] for t in ts), default=0) for ts in toks]
 
     def fts_rows(self) -> int:
@@ -584,16 +587,15 @@ class PostgresStore(SQLiteStore):
         """
         words = [w.replace('""', '"') for w in _quoted(match)]
         toks = self._word_tokens(words)
-        df = self._freqs({t for ts in toks for t in ts})
+        docs, tokens, df = self._stats({t for ts in toks for t in ts})
         # a phrase (several tokens) counts as its rarest token; as in FTS5, two
         # words of one stem ("running", "runs") are two phrases, each scored
         chosen = [min(ts, key=lambda t: (df[t], t)) for ts in toks if ts]
         chosen = [t for t in chosen if df[t] > 0]
         if not chosen:
             return []
-        docs, tokens = self._totals()
         avgdl = tokens / docs if docs else 1.0
-        idf = [max(math.log((docs - df[t] + 0.5) / (df[t] + 0.5)), 1e-6) for t in chosen]
+        idf = [max(math.log((max(docs - df[t], 0) + 0.5) / (df[t] + 0.5)), 1e-6) for t in chosen]
         where, params = "", [chosen, idf]
         join = ""
         if tag is not None:
