@@ -233,7 +233,7 @@ class Writer:
             mu, ma = self.m.add_turn(scope, u, a)
             self._ack([Entry(mu.id, scope, u), Entry(ma.id, scope, a)])
             self._count("add_turn")
-        elif r < 0.62 and len(self.mine) > 20:
+        elif r < 0.62 and len(self.mine) > 10:
             victim = self.rng.choice(sorted(self.mine))
             self.log.write(f"d\t{victim}\n")
             self.log.flush()

@@ -148,5 +148,7 @@ def open_race(tmp_path: Path, pg_dsn: str | None) -> None:
         assert [m.get(i).id for i in ids] == ids
 
 
-def test_several_processes_open_one_new_directory_at_once(tmp_path: Path) -> None:
-    open_race(tmp_path, None)
+def test_several_processes_open_one_new_directory_at_once(
+    tmp_path: Path, pg_dsn: str | None
+) -> None:
+    open_race(tmp_path, pg_dsn)  # on PostgreSQL: one NEW schema

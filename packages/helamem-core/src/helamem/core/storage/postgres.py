@@ -265,12 +265,18 @@ class PostgresStore(SQLiteStore):
             raise
 
     def _create_schema(self) -> None:
+        """Create the schema once, under its advisory lock: ``IF NOT EXISTS`` alone
+        lets two sessions creating it at once fail on a unique violation."""
         cfg = self.config
-        with psycopg.connect(
-            cfg.dsn.get_secret_value(),
-            autocommit=True,
-            connect_timeout=max(1, int(cfg.connect_timeout_s)),
-        ) as conn:
+        with (
+            psycopg.connect(
+                cfg.dsn.get_secret_value(),
+                autocommit=True,
+                connect_timeout=max(1, math.ceil(cfg.connect_timeout_s)),
+            ) as conn,
+            conn.transaction(),
+        ):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
             conn.execute(
                 pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                     pgsql.Identifier(cfg.schema_name)
