@@ -192,7 +192,11 @@ def test_replaced_database_beside_an_old_index_is_refused(
     m = HelaMemory(_cfg(path, store_config, 10), embedder=HashingEmbedder(64))
     with pytest.raises(CorruptStoreError, match="looks replaced") as info:
         m.open()
-    assert "helamem reindex" in str(info.value)
+    if pg is None:
+        assert "helamem reindex" in str(info.value)
+    else:  # no SQLite file to name, nor a CLI for it: the fix given is the index's deletion
+        assert "PostgreSQL" in str(info.value) and "helamem.sqlite3" not in str(info.value)
+        assert f"delete {path / 'chroma'}" in str(info.value)
     m.close()
     discard_index(path)  # what `helamem reindex` does first: the index is derived
     with _open(path, store_config, exact_below=10) as again:

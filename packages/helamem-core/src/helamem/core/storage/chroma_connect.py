@@ -108,6 +108,19 @@ class ChromaConnection:
         self._exact = ExactVectors(
             path.parent / "helamem.sqlite3", config.exact_cache_mb * 1024 * 1024, connect=connect
         )
+        # what a replaced database's error names, and its fix
+        if connect is None:
+            self._db_name = str(path.parent / "helamem.sqlite3")
+            self._db_fix = (
+                f"Restore helamem.sqlite3 from a backup, or run `helamem reindex "
+                f"{path.parent}` to discard the index and rebuild it from this database"
+            )
+        else:
+            self._db_name = "the PostgreSQL graph store"
+            self._db_fix = (
+                f"Restore the database from a backup, or delete {path} (it is derived) and "
+                f"open again: the index is rebuilt from this database"
+            )
         self._lock = ProcessLock(path.parent / "chroma.lock")
         self._verified = False
         self._warned_locked = False
@@ -171,9 +184,7 @@ class ChromaConnection:
         if owner != self._exact.store_id():
             raise CorruptStoreError(
                 f"the vector index in {self._path} belongs to another database: "
-                f"{self._path.parent / 'helamem.sqlite3'} looks replaced, emptied or corrupt. "
-                f"Restore helamem.sqlite3 from a backup, or run `helamem reindex "
-                f"{self._path.parent}` to discard the index and rebuild it from this database"
+                f"{self._db_name} looks replaced, emptied or corrupt. {self._db_fix}"
             )
 
     def _write_marker(self) -> None:
@@ -345,10 +356,9 @@ class ChromaConnection:
             if unknown:
                 raise CorruptStoreError(
                     f"the vector index in {self._path} holds {len(unknown)} vectors whose "
-                    f"memories {self._path.parent / 'helamem.sqlite3'} does not know (e.g. "
+                    f"memories {self._db_name} does not know (e.g. "
                     f"{unknown[0]!r}): the database looks replaced, emptied or corrupt. "
-                    f"Restore helamem.sqlite3 from a backup, or run `helamem reindex "
-                    f"{self._path.parent}` to discard the index and rebuild it from this database"
+                    f"{self._db_fix}"
                 )
 
     def _promote_large(self) -> int:
