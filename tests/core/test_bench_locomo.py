@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from helamem.bench import _common
+from helamem.bench import _common, _stores, locomo_report
 from helamem.bench import locomo as locomo_module
 from helamem.bench import sweep as sweep_module
 from helamem.bench.locomo import (
@@ -298,7 +298,7 @@ def test_cli_bench_locomo(data: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["bench", "locomo", "--data", str(bad), "--out", str(out), "--quiet"]) == 2
 
 
-@pytest.mark.parametrize("module", [locomo_module, _common, sweep_module])
+@pytest.mark.parametrize("module", [locomo_module, _common, sweep_module, _stores, locomo_report])
 def test_bench_doctests(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0
@@ -422,3 +422,82 @@ def test_facts_method_consolidates_and_reports_citing_rate(data: Path, tmp_path:
     for f in facts["facts"].values():
         assert 0 <= f["citing_evidence"] <= f["returned"]
         assert f["citing_rate"] is None or 0.0 <= f["citing_rate"] <= 1.0
+
+
+def _bench_schemas(dsn: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench%'")
+        return [str(r[0]) for r in rows]
+
+
+def test_backend_flags_parse_and_a_missing_dsn_is_an_argparse_error(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench", "locomo", "--data", str(data), "--out", str(tmp_path), "--quiet"]
+    for extra, message in [
+        (["--backend", "postgres"], "--backend postgres needs --postgres-dsn DSN"),
+        (["--postgres-dsn", "postgresql://x@h/db"], "--postgres-dsn is only read with"),
+        (["--backend", "mysql"], "invalid choice: 'mysql'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, *extra])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "usage: helamem bench locomo" in err and message in err
+    with pytest.raises(SystemExit):  # bench sweep shares the options
+        main(["bench", "sweep", "--data", str(data), "--grid", "a=1", "--backend", "postgres"])
+
+
+def test_cli_bench_locomo_on_postgres_ranks_as_on_sqlite(
+    data: Path, tmp_path: Path, pg_server: Any
+) -> None:
+    """--backend postgres: every store in a fresh schema (dropped after), same recall."""
+    argv = ["bench", "locomo", "--data", str(data), "--embedder", "hashing", "--quiet"]
+    argv += ["--methods", "fusion", "helamem", "--k", "1", "2", "5"]
+    pg_out, lite_out = tmp_path / "pg", tmp_path / "sqlite"
+    assert main([*argv, "--out", str(lite_out)]) == 0
+    pg_argv = [*argv, "--backend", "postgres", "--postgres-dsn", pg_server.dsn]
+    assert main([*pg_argv, "--out", str(pg_out)]) == 0
+    pg = json.loads((pg_out / "results.json").read_text(encoding="utf-8"))
+    lite = json.loads((lite_out / "results.json").read_text(encoding="utf-8"))
+    port = pg_server.dsn.rsplit(":", 1)[1].split("/")[0]
+    assert pg["config"]["backend"] == {
+        "backend": "postgres",
+        "postgres": f"127.0.0.1:{port}/postgres",  # where, never who or a password
+        "chroma": "embedded",
+    }
+    assert lite["config"]["backend"] == {"backend": "sqlite", "chroma": "embedded"}
+    for name in ("fusion", "helamem"):
+        for cat in ("1-4", "all"):
+            a, b = pg["methods"][name]["categories"][cat], lite["methods"][name]["categories"][cat]
+            assert {k: a[k] for k in a if k.startswith(("r@", "recall@", "hits@"))} == {
+                k: b[k] for k in b if k.startswith(("r@", "recall@", "hits@"))
+            }, (name, cat)
+    md = (pg_out / "results.md").read_text(encoding="utf-8")
+    assert f"- stores: graph in PostgreSQL (127.0.0.1:{port}/postgres" in md
+    assert "- stores: graph in SQLite, vectors in embedded Chroma" in (
+        lite_out / "results.md"
+    ).read_text(encoding="utf-8")
+    assert _bench_schemas(pg_server.dsn) == []  # every store's schema dropped
+
+
+def test_agent_loop_graph_shape_reads_postgres(data: Path, tmp_path: Path, pg_server: Any) -> None:
+    from helamem.bench._stores import BenchStores
+
+    def run(stores: BenchStores | None) -> dict[str, Any]:
+        return run_locomo(
+            data,
+            ks=[1, 5],
+            embedder=HashingEmbedder(128),
+            ingest="agent-loop",
+            conversations=1,
+            work_dir=tmp_path,
+            stores=stores,
+        )
+
+    pg = run(BenchStores("postgres", pg_server.dsn))
+    assert pg["graph"] == run(None)["graph"]
+    assert pg["graph"]["loop-learn"]["edges"] > 0
+    assert _bench_schemas(pg_server.dsn) == []

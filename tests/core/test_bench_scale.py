@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -203,3 +204,59 @@ def test_tenants_layout_spreads_over_many_scopes(tmp_path: Path) -> None:
     assert "| 300 | 60 scopes |" in (tmp_path / "out" / "results.md").read_text()
     with pytest.raises(ValueError, match="tenants"):
         run_scale(out=None, sizes=[10], layouts=["tenants"], embedder=HashingEmbedder(8), tenants=0)
+
+
+def test_backend_flags_parse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helamem.bench.cli import _stores
+    from helamem.core.cli import build_parser
+
+    base = ["bench", "scale", "--sizes", "10", "--out", str(tmp_path)]
+    args = build_parser().parse_args(base)
+    assert (args.backend, args.postgres_dsn, args.chroma_host) == ("sqlite", None, None)
+    default = _stores(args)
+    assert default.store() is None and default.chroma().mode == "persistent"
+    pg = ["--backend", "postgres", "--postgres-dsn", "postgresql://u:secret@db:5433/x"]
+    chroma = ["--chroma-host", "chroma.internal", "--chroma-port", "8123"]
+    args = build_parser().parse_args([*base, *pg, *chroma])
+    stores = _stores(args)
+    one, two = stores.store(), stores.store()
+    assert one is not None and two is not None and one.schema_name != two.schema_name
+    assert one.schema_name.startswith("bench_")
+    a, b = stores.chroma(), stores.chroma()
+    assert (a.mode, a.host, a.port) == ("http", "chroma.internal", 8123)
+    assert a.collection != b.collection  # a fresh prefix per store: runs never collide
+    assert stores.describe() == {
+        "backend": "postgres",
+        "postgres": "db:5433/x",  # no user, no password
+        "chroma": "http chroma.internal:8123",
+    }
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--backend", "postgres"])
+    assert exit_.value.code == 2
+    assert "--backend postgres needs --postgres-dsn" in capsys.readouterr().err
+
+
+def test_cli_scale_on_postgres(tmp_path: Path, pg_server: Any) -> None:
+    import psycopg
+
+    out = tmp_path / "out"
+    tiny = ["--sizes", "60", "--layouts", "one-scope", "--embedder", "hashing", "--quiet"]
+    tiny += ["--queries", "3", "--repeats", "1", "--record-turns", "2"]
+    where = ["--out", str(out), "--workdir", str(tmp_path / "work")]
+    pg = ["--backend", "postgres", "--postgres-dsn", pg_server.dsn]
+    code = main(["bench", "scale", *tiny, *where, *pg])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["backend"]["backend"] == "postgres"
+    assert results["config"]["backend"]["chroma"] == "embedded"
+    (cell,) = results["cells"]
+    assert cell["search_ms"]["search"]["p50"] > 0
+    assert cell["record_turn"]["turns"] == 2
+    # the graph's disk is PostgreSQL's tables; no SQLite file was made
+    assert cell["disk"]["helamem_postgres_bytes"] > 0
+    # + Chroma's files (none below exact_below vectors: they are scanned from PostgreSQL)
+    assert cell["disk"]["helamem_bytes"] >= cell["disk"]["helamem_postgres_bytes"]
+    assert "Stores: graph in PostgreSQL (127.0.0.1:" in (out / "results.md").read_text()
+    with psycopg.connect(pg_server.dsn) as conn:  # the cell's schema was dropped after it
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench%'")
+        assert rows.fetchall() == []

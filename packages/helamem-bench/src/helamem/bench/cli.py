@@ -10,9 +10,17 @@ Examples:
         helamem bench locomo --data locomo.json --conversations 1 --questions 20 \\
             --methods fusion helamem --embedder hashing --out /tmp/smoke
 
+    The same with the graph in PostgreSQL (a fresh schema per store, dropped
+    after the run)::
+
+        helamem bench locomo --data locomo.json --methods fusion helamem \\
+            --backend postgres --postgres-dsn postgresql://user@db:5432/bench
+
     Run the scale benchmark (1k, 10k, 100k memories beside plain Chroma)::
 
         helamem bench scale --embedder hashing --sizes 1000 10000 100000
+        helamem bench scale --embedder hashing --sizes 1000 --backend postgres \\
+            --postgres-dsn postgresql://user@db:5432/bench --chroma-host 127.0.0.1
 
     Sweep spreading parameters with leave-one-conversation-out selection::
 
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from helamem.core.llm import LLMClient
 
+    from ._stores import BenchStores
     from .qa import QASettings
 
 __all__ = ["register"]
@@ -55,6 +64,74 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def _add_backend_arguments(p: argparse.ArgumentParser, chroma: bool = False) -> None:
+    """``--backend {sqlite,postgres}`` and ``--postgres-dsn`` (``--chroma-host/-port``:
+    ``bench scale``); :func:`_stores` reads them (and reports a missing DSN through
+    ``p``, kept as the ``bench_parser`` default)."""
+    p.set_defaults(bench_parser=p)
+    g = p.add_argument_group(
+        "stores",
+        "where the benchmark's stores keep their graph"
+        + (" and vectors" if chroma else "")
+        + " (default: SQLite and the embedded Chroma in a temporary directory)",
+    )
+    g.add_argument(
+        "--backend",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="graph store: sqlite (default, <store>/helamem.sqlite3) or postgres (a fresh "
+        "schema per store in --postgres-dsn, dropped when the run ends)",
+    )
+    g.add_argument(
+        "--postgres-dsn",
+        metavar="DSN",
+        help="the PostgreSQL server of --backend postgres, e.g. postgresql://user@host:5432/db "
+        "(needs psycopg: pip install 'helamem-core[postgres]')",
+    )
+    if chroma:
+        g.add_argument(
+            "--chroma-host",
+            metavar="HOST",
+            help="a Chroma server (`chroma run`) for the vectors, HeLa-Mem's and plain "
+            "Chroma's (a fresh collection prefix per store, deleted after it); default: "
+            "embedded Chroma",
+        )
+        g.add_argument(
+            "--chroma-port", type=_positive, default=8000, help="its port (default 8000)"
+        )
+
+
+def _stores(args: argparse.Namespace) -> BenchStores:
+    """The :class:`~._stores.BenchStores` of the parsed backend options.
+
+    Raises:
+        SystemExit: (status 2, argparse's usage error) ``--backend postgres``
+            without ``--postgres-dsn``, or ``--postgres-dsn`` without it.
+    """
+    from ._stores import BenchStores
+
+    p: argparse.ArgumentParser = args.bench_parser
+    if args.backend == "postgres" and not args.postgres_dsn:
+        p.error(
+            "--backend postgres needs --postgres-dsn DSN (a PostgreSQL server to hold the "
+            "benchmark's stores, e.g. postgresql://user@localhost:5432/postgres)"
+        )
+    if args.backend != "postgres" and args.postgres_dsn:
+        p.error("--postgres-dsn is only read with --backend postgres")
+    if args.backend == "postgres":
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            p.error("--backend postgres needs psycopg: pip install 'helamem-core[postgres]'")
+    return BenchStores(
+        backend=args.backend,
+        postgres_dsn=args.postgres_dsn,
+        chroma_host=getattr(args, "chroma_host", None),
+        chroma_port=getattr(args, "chroma_port", 8000),
+    )
 
 
 def register(commands: Any) -> None:
@@ -104,6 +181,7 @@ def register(commands: Any) -> None:
         help="local cl100k_base.tiktoken file (or tiktoken cache dir) for token counts",
     )
     _add_qa_arguments(loc)
+    _add_backend_arguments(loc)
     loc.set_defaults(run=_bench_locomo)
 
 
@@ -227,14 +305,17 @@ def _add_scale_parser(benches: Any) -> None:
         "--profile", action="store_true", help="write a cProfile of the searches per cell to --out"
     )
     sc.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_backend_arguments(sc, chroma=True)
     sc.set_defaults(run=_bench_scale)
 
 
 def _bench_scale(args: argparse.Namespace) -> int:
     from helamem.core.embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
+    from helamem.core.errors import StorageError
 
     from .scale import render_markdown, run_scale
 
+    stores = _stores(args)  # a usage error before any model loads
     embedder: Embedder = (
         HashingEmbedder(384, token_vectors=True) if args.embedder == "hashing" else MiniLMEmbedder()
     )
@@ -257,10 +338,14 @@ def _bench_scale(args: argparse.Namespace) -> int:
             progress=None if args.quiet else sys.stderr,
             profile=args.profile,
             retrieval=dict(args.overrides),
+            stores=stores,
         )
     except ValueError as exc:
         print(f"helamem: error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # e.g. PostgreSQL or a Chroma server out of reach
+        print(f"helamem: error: {exc}", file=sys.stderr)
+        return 1
     print(render_markdown(results))
     print(f"results written to {args.out}/ (results.json, results.md)", file=sys.stderr)
     return 0
@@ -345,10 +430,11 @@ def _qa_settings(args: argparse.Namespace) -> QASettings | None:
 
 def _bench_locomo(args: argparse.Namespace) -> int:
     from helamem.core.embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
-    from helamem.core.errors import LLMError
+    from helamem.core.errors import LLMError, StorageError
 
     from .locomo import LocomoFormatError, render_markdown, run_locomo
 
+    stores = _stores(args)
     if not args.data.is_file():
         print(f"helamem: error: no such file: {args.data}", file=sys.stderr)
         return 2
@@ -369,10 +455,14 @@ def _bench_locomo(args: argparse.Namespace) -> int:
             progress=None if args.quiet else sys.stderr,
             qa=qa,
             ingest=args.ingest,
+            stores=stores,
         )
     except (LocomoFormatError, ValueError, LLMError) as exc:
         print(f"helamem: error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # e.g. PostgreSQL out of reach
+        print(f"helamem: error: {exc}", file=sys.stderr)
+        return 1
     print(render_markdown(results))
     print(f"results written to {args.out}/ (results.json, results.md)", file=sys.stderr)
     if not results["plot"]["written"]:
@@ -414,15 +504,18 @@ def _add_sweep_parser(benches: Any) -> None:
         help="values to sweep, e.g. --grid activation_alpha=0.3,1,2 (repeat per key)",
     )
     sw.add_argument("--k", type=_positive, default=10, help="the cut-off scored (default 10)")
+    _add_backend_arguments(sw)
     sw.set_defaults(run=_bench_sweep)
 
 
 def _bench_sweep(args: argparse.Namespace) -> int:
     from helamem.core.embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
+    from helamem.core.errors import StorageError
 
     from .locomo import LocomoFormatError
     from .sweep import render_sweep, run_sweep
 
+    stores = _stores(args)
     if not args.data.is_file():
         print(f"helamem: error: no such file: {args.data}", file=sys.stderr)
         return 2
@@ -442,10 +535,14 @@ def _bench_sweep(args: argparse.Namespace) -> int:
             embedder=embedder,
             progress=None if args.quiet else sys.stderr,
             out=args.out,
+            stores=stores,
         )
     except (LocomoFormatError, ValueError) as exc:
         print(f"helamem: error: {exc}", file=sys.stderr)
         return 2
+    except StorageError as exc:  # e.g. PostgreSQL out of reach
+        print(f"helamem: error: {exc}", file=sys.stderr)
+        return 1
     print(render_sweep(results))
     print(f"results written to {args.out}/ (sweep.json, sweep.md)", file=sys.stderr)
     return 0

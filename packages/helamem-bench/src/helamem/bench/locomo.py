@@ -64,6 +64,7 @@ from helamem.core.engine import HelaMemory
 from helamem.core.types import NewMemory, ranking_order
 
 from ._common import CachingEmbedder, Progress, TokenCounter, config_overrides, token_counter
+from ._stores import BenchStores
 from .locomo_agent import gini, graph_shape, replay_agent_loop, turn_pairs
 from .locomo_data import (
     _BUDGET_K,
@@ -154,6 +155,7 @@ def run_locomo(
     work_dir: Path | None = None,
     qa: QASettings | None = None,
     ingest: str = "plain",
+    stores: BenchStores | None = None,
 ) -> dict[str, Any]:
     """Run the LoCoMo retrieval benchmark and (optionally) write its results.
 
@@ -188,6 +190,10 @@ def run_locomo(
             learning on, off, and plain ingest; see
             :func:`replay_agent_loop`), every question asked read-only; the
             results add each store's :func:`graph_shape` under ``graph``.
+        stores: Where the stores keep their graph (default: SQLite under
+            ``work_dir``; :class:`~._stores.BenchStores` with ``"postgres"``
+            gives each store a fresh schema, dropped when the run ends). The
+            results record it under ``config.backend``.
 
     Returns:
         The results (as written to ``results.json``).
@@ -243,11 +249,17 @@ def run_locomo(
     graph: dict[str, dict[str, Any]] = {}
     sources: dict[str, str] = {}  # memory id -> dia_id, for facts' source turns
 
+    where = stores if stores is not None else BenchStores()
+    backend = where.describe()
+    graph_configs = {m.name: where.store() for m in chosen}
     with tempfile.TemporaryDirectory(prefix="helamem-locomo-", dir=work_dir) as tmp:
-        stores = {
+        mems = {
             m.name: HelaMemory(
                 HelaMemConfig(
-                    path=Path(tmp) / m.name, retrieval=configs[m.name], dynamics=dynamics
+                    path=Path(tmp) / m.name,
+                    retrieval=configs[m.name],
+                    dynamics=dynamics,
+                    store=graph_configs[m.name],
                 ),
                 embedder=cache,
             )
@@ -267,22 +279,25 @@ def run_locomo(
                 for m in chosen:
                     start = time.perf_counter()
                     if m.ingest == "plain":
-                        stores[m.name].add_many(items)
+                        mems[m.name].add_many(items)
                     elif m.ingest == "facts":
                         for first in range(0, len(items), FACTS_EVERY):
-                            added = stores[m.name].add_many(items[first : first + FACTS_EVERY])
+                            added = mems[m.name].add_many(items[first : first + FACTS_EVERY])
                             sources.update((a.id, str(a.metadata["dia_id"])) for a in added)
-                            stores[m.name].consolidate(scope)
+                            mems[m.name].consolidate(scope)
                     else:
                         loop_searches[m.name] += replay_agent_loop(
-                            stores[m.name], conv, scope, learn=m.ingest == "loop-learn"
+                            mems[m.name], conv, scope, learn=m.ingest == "loop-learn"
                         )
                     ingest_s[m.name] += time.perf_counter() - start
                     ingest_bar.update()
             ingest_bar.close()
             if ingest == "agent-loop":
                 graph = {
-                    m.name: graph_shape(Path(tmp) / m.name, dynamics.decay_rate) for m in chosen
+                    m.name: graph_shape(
+                        Path(tmp) / m.name, dynamics.decay_rate, graph_configs[m.name]
+                    )
+                    for m in chosen
                 }
             query_bar = Progress("questions", n_questions, progress)
             for conv in convs:
@@ -292,7 +307,7 @@ def run_locomo(
                     for m in chosen:
                         start = time.perf_counter()
                         retrieved, n, flipped = _ask(
-                            stores[m.name],
+                            mems[m.name],
                             m,
                             configs[m.name],
                             q.text,
@@ -321,8 +336,9 @@ def run_locomo(
                     query_bar.update()
             query_bar.close()
         finally:
-            for store in stores.values():
+            for store in mems.values():
                 store.close()
+            where.drop_schemas([c.schema_name for c in graph_configs.values() if c is not None])
 
     results = assemble_results(
         data=data,
@@ -344,6 +360,7 @@ def run_locomo(
         assoc=assoc,
     )
     results["config"]["ingest"] = ingest
+    results["config"]["backend"] = backend
     if ingest == "agent-loop":
         results["config"]["loop_k"] = LOOP_K
         results["graph"] = graph

@@ -7,13 +7,16 @@ import math
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from helamem.core.dynamics import decayed
 from helamem.core.engine import HelaMemory
 from helamem.core.types import NewTurn
 
 from .locomo_data import LOOP_K, Conversation, Turn
+
+if TYPE_CHECKING:
+    from helamem.core.config import PostgresConfig
 
 
 def turn_pairs(turns: Sequence[Turn]) -> list[tuple[Turn, Turn | None]]:
@@ -94,8 +97,11 @@ def _quantile(xs: Sequence[float], q: float) -> float:
     return float(xs[min(len(xs) - 1, math.ceil(q * len(xs)) - 1 if q > 0 else 0)])
 
 
-def graph_shape(path: Path, decay_rate: float) -> dict[str, Any]:
-    """The shape of a store's association graph, read from its SQLite file.
+def graph_shape(
+    path: Path, decay_rate: float, store: PostgresConfig | None = None
+) -> dict[str, Any]:
+    """The shape of a store's association graph, read from its SQLite file (or its
+    PostgreSQL schema).
 
     Weights are decayed to their scope's current tick (``clock="turns"``).
     A node's strength is the sum of its edges' weights; every episodic
@@ -104,18 +110,31 @@ def graph_shape(path: Path, decay_rate: float) -> dict[str, Any]:
     Args:
         path: The store directory (``HelaMemConfig.path``).
         decay_rate: δ of the store's :class:`~helamem.core.DynamicsConfig`.
+        store: The store's ``HelaMemConfig.store``: ``None`` reads
+            ``path/helamem.sqlite3``; a PostgreSQL config reads its schema.
 
     Returns:
         ``nodes``, ``edges``, ``mean_weight``, ``strength_p50``,
         ``strength_p99``, ``strength_max``, ``strength_gini`` and ``degree_max``.
     """
-    uri = f"file:{path / 'helamem.sqlite3'}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        nodes = [int(r[0]) for r in db.execute("SELECT n FROM memories WHERE kind = 'episodic'")]
-        rows = db.execute(
-            "SELECT e.a, e.b, e.weight, e.tick, s.tick FROM edges e "
-            "JOIN scopes s ON s.id = e.scope_id"
-        ).fetchall()
+    nodes_sql = "SELECT n FROM memories WHERE kind = 'episodic'"
+    edges_sql = (
+        "SELECT e.a, e.b, e.weight, e.tick, s.tick FROM edges e JOIN scopes s ON s.id = e.scope_id"
+    )
+    if store is not None:
+        from helamem.core.storage.postgres import connect_reader
+
+        pg = connect_reader(store)
+        try:
+            nodes = [int(r[0]) for r in pg.execute(nodes_sql).fetchall()]
+            rows = pg.execute(edges_sql).fetchall()
+        finally:
+            pg.conn.close()
+    else:
+        uri = f"file:{path / 'helamem.sqlite3'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            nodes = [int(r[0]) for r in db.execute(nodes_sql)]
+            rows = db.execute(edges_sql).fetchall()
     strength = dict.fromkeys(nodes, 0.0)
     degree = dict.fromkeys(nodes, 0)
     weights = []

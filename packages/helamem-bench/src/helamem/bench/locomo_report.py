@@ -21,6 +21,26 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def backend_line(backend: Mapping[str, Any] | None) -> str:
+    """Where the benchmark's stores kept their graph and vectors, in words.
+
+    Examples:
+        >>> backend_line({"backend": "postgres", "postgres": "db:5432/x", "chroma": "embedded"})
+        'graph in PostgreSQL (db:5432/x, a schema per store), vectors in embedded Chroma'
+        >>> backend_line(None)
+        'graph in SQLite, vectors in embedded Chroma'
+    """
+    b = dict(backend or {"backend": "sqlite", "chroma": "embedded"})
+    graph = (
+        f"PostgreSQL ({b.get('postgres', '?')}, a schema per store)"
+        if b.get("backend") == "postgres"
+        else "SQLite"
+    )
+    chroma = str(b.get("chroma", "embedded"))
+    where = "embedded Chroma" if chroma == "embedded" else f"a Chroma server ({chroma[5:]})"
+    return f"graph in {graph}, vectors in {where}"
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The results as markdown tables.
 
@@ -41,6 +61,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"- data: `{Path(results['data']).name}`, conversations: {', '.join(ds['conversations'])}"
         f" ({ds['turns']} turns, {ds['questions']} scored questions)",
         f"- embedder: {results['config']['embedder']}; tokens: {tok}",
+        f"- stores: {backend_line(results['config'].get('backend'))}",
         f"- evidence in the file: {ev['entries']} entries, {ev['split']} split, "
         f"{ev['repaired']} repaired, "
         f"{ev['skipped_unparseable']} unparseable and {ev['skipped_unknown']} unknown skipped; "

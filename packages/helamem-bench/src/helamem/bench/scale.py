@@ -45,6 +45,14 @@ each pass asks every query once per method, methods interleaved):
   while building the store, divided by the memories, and bytes on disk per
   memory (SQLite with its WAL, plus Chroma), each beside plain Chroma's.
 
+The stores are embedded by default (SQLite, Chroma's files). With
+:class:`~._stores.BenchStores` the graph goes to PostgreSQL (a fresh schema
+per cell, dropped after it; its tables' size counts as HeLa-Mem's disk) and
+the vectors to a Chroma server (a fresh collection prefix per cell, deleted
+after it), plain Chroma's collections too, so both sides pay the same network
+hop; a server's files are not measured (disk then counts only what lies
+here, and PostgreSQL's tables).
+
 Examples:
     >>> from helamem.bench.scale import Corpus
     >>> c = Corpus(seed=1)
@@ -77,6 +85,7 @@ from helamem.core.hooks import TurnRecorder
 from helamem.core.types import NewMemory
 
 from ._common import Progress, config_overrides, versions
+from ._stores import BenchStores
 from .scale_corpus import Corpus, TableEmbedder
 from .scale_report import render_markdown, write_results
 
@@ -160,16 +169,25 @@ def _scopes(
 
 
 def _plain_collections(
-    path: Path, scopes: Sequence[tuple[str, ...]], vectors: Vectors
+    path: Path,
+    scopes: Sequence[tuple[str, ...]],
+    vectors: Vectors,
+    stores: BenchStores | None = None,
 ) -> tuple[Any, dict[tuple[str, ...], Any], float, int]:
-    """Plain Chroma: a collection per scope; returns (client, collections, seconds,
+    """Plain Chroma: a collection per scope (on the Chroma server of ``stores`` if it
+    names one, else embedded at ``path``); returns (client, collections, seconds,
     vectors whose ``add`` failed)."""
     import chromadb
     from chromadb.config import Settings
 
-    client = chromadb.PersistentClient(
-        path=str(path), settings=Settings(anonymized_telemetry=False)
-    )
+    prefix = "plain"
+    if stores is not None and stores.chroma_host is not None:
+        client = stores.chroma_client()
+        prefix = f"{stores.collection_prefix()}-plain"
+    else:
+        client = chromadb.PersistentClient(
+            path=str(path), settings=Settings(anonymized_telemetry=False)
+        )
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, s in enumerate(scopes):
         groups.setdefault(s, []).append(i)
@@ -180,7 +198,7 @@ def _plain_collections(
     start = time.perf_counter()
     for j, (scope, rows) in enumerate(groups.items()):
         col = client.create_collection(
-            f"plain-{j}", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            f"{prefix}-{j}", configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
         )
         for b in range(0, len(rows), BATCH):
             part = rows[b : b + BATCH]
@@ -212,6 +230,7 @@ def _run_cell(
     spread: int,
     tenants: int = TENANTS,
     config: HelaMemConfig | None = None,
+    stores: BenchStores | None = None,
 ) -> dict[str, Any]:
     from chromadb.errors import ChromaError
 
@@ -239,12 +258,13 @@ def _run_cell(
         gc.collect()
         rss1 = rss_bytes()
         disk_hm = disk_bytes(hm_path)
+        disk_pg = stores.schema_bytes(base.store.schema_name) if stores and base.store else None
         _client, cols, plain_s, plain_add_failed = _plain_collections(
-            plain_path, scopes, vectors[:size]
+            plain_path, scopes, vectors[:size], stores
         )
         gc.collect()
         rss2 = rss_bytes()
-        disk_plain = disk_bytes(plain_path)
+        disk_plain = None if stores and stores.chroma_host else disk_bytes(plain_path)
 
         qvecs = [table.vector(q).reshape(1, -1) for q in questions]
         targets = [distinct[i % len(distinct)] for i in range(len(questions))]
@@ -342,10 +362,12 @@ def _run_cell(
             "process_mb_after_build": round(rss2 / 2**20, 1),
         },
         "disk": {
-            "helamem_bytes_per_memory": round(disk_hm / size, 1),
-            "chroma_bytes_per_memory": round(disk_plain / size, 1),
-            "helamem_bytes": disk_hm,
+            "helamem_bytes_per_memory": round((disk_hm + (disk_pg or 0)) / size, 1),
+            "chroma_bytes_per_memory": None if disk_plain is None else round(disk_plain / size, 1),
+            "helamem_bytes": disk_hm + (disk_pg or 0),
             "chroma_bytes": disk_plain,
+            # of helamem_bytes: PostgreSQL's tables (None: the graph is in SQLite, counted above)
+            "helamem_postgres_bytes": disk_pg,
         },
     }
 
@@ -422,6 +444,7 @@ def run_scale(
     profile: bool = False,
     late: bool = True,
     retrieval: Mapping[str, Any] | None = None,
+    stores: BenchStores | None = None,
 ) -> dict[str, Any]:
     """Run the scale benchmark and (when ``out`` is given) write its results.
 
@@ -451,6 +474,9 @@ def run_scale(
         retrieval: :class:`~helamem.core.RetrievalConfig` overrides for
             HeLa-Mem's store (e.g. ``{"lexical_max_postings": 8000}``);
             ``dynamics.KEY`` keys override :class:`~helamem.core.DynamicsConfig`.
+        stores: Where the stores keep their graph and vectors (default:
+            SQLite and embedded Chroma under ``workdir``); see
+            :class:`~._stores.BenchStores`. Recorded under ``config.backend``.
 
     Returns:
         The results (as written to ``results.json``).
@@ -487,30 +513,39 @@ def run_scale(
     cells = []
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
+    where = stores if stores is not None else BenchStores()
     with tempfile.TemporaryDirectory(prefix="helamem-scale-", dir=workdir) as tmp:
         for size in sizes:
             for layout in layouts:
                 cell_dir = Path(tmp) / f"{size}-{layout}"
-                cells.append(
-                    _run_cell(
-                        size=size,
-                        layout=layout,
-                        turns=turns,
-                        questions=questions,
-                        exchanges=exchanges,
-                        table=table,
-                        vectors=vectors,
-                        workdir=cell_dir,
-                        repeats=repeats,
-                        k=k,
-                        progress=progress,
-                        profile=out if profile else None,
-                        spread=scopes,
-                        tenants=tenants,
-                        config=config,
-                    )
+                # a fresh schema and collection prefix per cell, dropped after it
+                cell_config = config.model_copy(
+                    update={"store": where.store(), "chroma": where.chroma(config.chroma)}
                 )
-                shutil.rmtree(cell_dir, ignore_errors=True)
+                try:
+                    cells.append(
+                        _run_cell(
+                            size=size,
+                            layout=layout,
+                            turns=turns,
+                            questions=questions,
+                            exchanges=exchanges,
+                            table=table,
+                            vectors=vectors,
+                            workdir=cell_dir,
+                            repeats=repeats,
+                            k=k,
+                            progress=progress,
+                            profile=out if profile else None,
+                            spread=scopes,
+                            tenants=tenants,
+                            config=cell_config,
+                            stores=where,
+                        )
+                    )
+                finally:
+                    where.cleanup()
+                    shutil.rmtree(cell_dir, ignore_errors=True)
     words = [len(t.split()) for t, _ in turns]
     results: dict[str, Any] = {
         "benchmark": "scale",
@@ -530,6 +565,7 @@ def run_scale(
             "retrieval": config.retrieval.model_dump(),
             "retrieval_overrides": dict(retrieval or {}),
             "cpus": os.cpu_count(),
+            "backend": where.describe(),
         },
         "seed": seed,
         "versions": versions(),

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .locomo_report import backend_line
+
 
 def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
@@ -30,6 +32,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"stored token vectors, the default retrieval's third leg): "
         f"{'on' if cfg.get('late_interaction') else 'off (no token vectors stored)'}; HeLa-Mem "
         f"computes the token vectors at ingest, so its ingest includes that work.",
+        "",
+        f"Stores: {backend_line(cfg.get('backend'))}.",
         "",
         (
             "Config overrides (`--set`): "
@@ -71,12 +75,14 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f" ({_f(c['disk']['chroma_bytes_per_memory'], 0)}) |"
         )
     timed = [c for c in results["cells"] if c.get("search_legs_ms")]
+    on_pg = (cfg.get("backend") or {}).get("backend") == "postgres"
+    bm25 = "PostgreSQL's postings table" if on_pg else "FTS5"
     if timed:
         lines += [
             "",
             "Where the default `search` spends its time (p50 / p95 ms, engine side): the dense "
             "leg (query embedding, here a table lookup, and the ANN query) runs on a second "
-            "thread beside the lexical leg (BM25 over FTS5 and its candidates' rows); late is "
+            f"thread beside the lexical leg (BM25 over {bm25} and its candidates' rows); late is "
             "MaxSim (token vectors read and scored); rest is the pool, fusion, spreading, hits "
             "and the learning write. Engine = the time until both parallel legs were done, plus "
             "late, plus rest (so not dense + lexical + late + rest), as the owner thread saw it; "
@@ -125,11 +131,27 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             f"{c['ingest'].get('chroma_add_failed', 0):,} vectors failed to add and "
             f"{c.get('chroma_query_failed', 0):,} queries failed (its timings include them).",
         ]
+    backend = cfg.get("backend") or {}
+    graph = (
+        "its PostgreSQL schema's tables with their indexes"
+        if backend.get("backend") == "postgres"
+        else "SQLite with WAL"
+    )
+    vectors = (
+        "; the Chroma server's files are not counted, so plain Chroma's show as -"
+        if backend.get("chroma", "embedded") != "embedded"
+        else ", and Chroma"
+    )
+    servers = (
+        "; this process only, not the servers'"
+        if backend.get("backend") == "postgres" or backend.get("chroma", "embedded") != "embedded"
+        else ""
+    )
     lines += [
         "",
         "RSS per memory: growth of the process's resident memory while building each store, "
-        "divided by its memories (approximate: allocators reuse freed memory). Disk: every "
-        "file of the store (SQLite with WAL, and Chroma) per memory. "
+        f"divided by its memories (approximate: allocators reuse freed memory{servers}). Disk: "
+        f"every file of the store ({graph}{vectors}) per memory. "
         f"Peak RSS of the run: {_f(results['peak_rss_mb'])} MB.",
     ]
     return "\n".join(lines) + "\n"

@@ -33,7 +33,9 @@ from typing import Any, TextIO
 from helamem.core.embeddings import Embedder, MiniLMEmbedder
 
 from ._common import CachingEmbedder, Progress, versions
+from ._stores import BenchStores
 from .locomo import run_locomo
+from .locomo_report import backend_line
 
 __all__ = ["FUSION_INVARIANT", "grid_points", "leave_one_out", "render_sweep", "run_sweep"]
 
@@ -156,6 +158,7 @@ def run_sweep(
     tokenizer_file: Path | None = None,
     progress: TextIO | None = None,
     out: Path | None = None,
+    stores: BenchStores | None = None,
 ) -> dict[str, Any]:
     """Run ``helamem`` at every grid point, ``fusion`` as reference, and choose by LOO.
 
@@ -172,6 +175,8 @@ def run_sweep(
         tokenizer_file: Local ``cl100k_base`` file for token counts.
         progress: Stream for progress lines.
         out: Directory for ``sweep.json`` and ``sweep.md``.
+        stores: Where the stores keep their graph (default: SQLite); see
+            :class:`~._stores.BenchStores`. Recorded under ``config.backend``.
 
     Returns:
         The sweep results (as written to ``sweep.json``).
@@ -197,6 +202,7 @@ def run_sweep(
             retrieval={**base, **point},
             embedder=cache,
             tokenizer_file=tokenizer_file,
+            stores=stores,
         )
         hm = res["methods"]["helamem"]
         if "fusion" in res["methods"]:
@@ -242,6 +248,7 @@ def run_sweep(
             "questions_per_conversation": questions,
             "embedder": cache.name,
             "metric": f"R@{k}, categories 1-4, method helamem (fusion as reference)",
+            "backend": (stores or BenchStores()).describe(),
         },
         "seed": seed,
         "versions": versions(),
@@ -279,6 +286,7 @@ def render_sweep(results: Mapping[str, Any]) -> str:
         "# LoCoMo parameter sweep (helamem)",
         "",
         f"- data: `{Path(results['data']).name}`; metric: {results['config']['metric']}",
+        f"- stores: {backend_line(results['config'].get('backend'))}",
         f"- base overrides: {results['config']['base'] or 'none'}; fusion R@{k} = "
         f"{results['fusion']['r']:.3f} ({results['fusion']['tokens']:.0f} tokens)",
         "",
