@@ -22,7 +22,8 @@ from helamem.core import (
     PostgresConfig,
     StorageError,
 )
-from helamem.core.storage.postgres import PostgresStore, _quoted
+from helamem.core.storage.pg_schema import quoted
+from helamem.core.storage.postgres import PostgresStore
 from helamem.core.storage.sqlite import SQLiteStore
 from helamem.core.text import fts_match
 from pg_server import PgServer, schema_for
@@ -157,7 +158,7 @@ def _ties(want: list[tuple[int, float]], got: list[tuple[int, float]]) -> bool:
 
 
 def test_quoted_terms_of_an_fts_match() -> None:
-    assert _quoted('"tea" OR "say ""hi"""') == ["tea", 'say "hi"']
+    assert quoted('"tea" OR "say ""hi"""') == ["tea", 'say "hi"']
 
 
 def test_an_unreachable_server_is_a_storage_error_naming_the_fix(tmp_path: Path) -> None:

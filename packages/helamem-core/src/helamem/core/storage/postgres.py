@@ -29,8 +29,6 @@ both engines share; see :mod:`.pg_conn`) over a psycopg connection from a
 from __future__ import annotations
 
 import math
-import sqlite3
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -46,124 +44,12 @@ from ..config import PostgresConfig
 from ..errors import InvalidInputError, StorageError
 from .base import MemoryRow
 from .pg_conn import PgConnection, advisory_key
+from .pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, Fts5Tokenizer, pg_text, quoted
 from .sqlite import SQLiteStore
 
-__all__ = ["PG_MIGRATIONS", "PostgresStore", "Fts5Tokenizer", "connect_reader"]
-
-PG_MIGRATIONS: tuple[str, ...] = (
-    # 1: initial schema (the SQLite store's, version 6, with BM25 statistics for FTS5)
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE scopes (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        parent BIGINT REFERENCES scopes(id),
-        name TEXT NOT NULL,
-        path TEXT NOT NULL UNIQUE,
-        depth INTEGER NOT NULL,
-        tick BIGINT NOT NULL DEFAULT 0,
-        last_episode BIGINT
-    );
-    CREATE INDEX scopes_parent ON scopes(parent);
-    CREATE TABLE memories (
-        n BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        scope_id BIGINT NOT NULL REFERENCES scopes(id),
-        kind TEXT NOT NULL,
-        content TEXT NOT NULL,
-        content_raw BYTEA,
-        role TEXT,
-        event_time DOUBLE PRECISION NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        keywords TEXT NOT NULL DEFAULT '[]',
-        access_count BIGINT NOT NULL DEFAULT 0,
-        last_access DOUBLE PRECISION,
-        metadata TEXT NOT NULL DEFAULT '{}',
-        provenance TEXT NOT NULL DEFAULT '[]',
-        embedding BYTEA,
-        indexed INTEGER NOT NULL DEFAULT 0,
-        tags TEXT[] NOT NULL DEFAULT '{}'
-    );
-    CREATE INDEX memories_scope ON memories(scope_id, kind, event_time);
-    CREATE INDEX memories_unindexed ON memories(indexed) WHERE indexed = 0;
-    CREATE TABLE postings (
-        term TEXT NOT NULL,
-        n BIGINT NOT NULL,
-        tf INTEGER NOT NULL,
-        dl INTEGER NOT NULL,
-        PRIMARY KEY (term, n)
-    );
-    CREATE INDEX postings_n ON postings(n);
-    CREATE TABLE terms (term TEXT PRIMARY KEY, df BIGINT NOT NULL);
-    CREATE TABLE lexical_totals (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        docs BIGINT NOT NULL,
-        tokens BIGINT NOT NULL
-    );
-    INSERT INTO lexical_totals VALUES (1, 0, 0);
-    CREATE TABLE edges (
-        a BIGINT NOT NULL,
-        b BIGINT NOT NULL,
-        scope_id BIGINT NOT NULL,
-        weight DOUBLE PRECISION NOT NULL,
-        tick BIGINT NOT NULL,
-        PRIMARY KEY (a, b),
-        CHECK (a < b)
-    );
-    CREATE INDEX edges_b ON edges(b);
-    CREATE INDEX edges_scope ON edges(scope_id);
-    CREATE TABLE tombstones (id TEXT PRIMARY KEY, scope_id BIGINT NOT NULL, kind TEXT NOT NULL);
-    CREATE TABLE clusters (
-        scope_id BIGINT NOT NULL,
-        signature TEXT NOT NULL,
-        hub TEXT NOT NULL,
-        facts INTEGER NOT NULL,
-        distilled_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (scope_id, signature)
-    );
-    CREATE TABLE token_vectors (n BIGINT PRIMARY KEY, data BYTEA NOT NULL);
-    """,
-    # 2: ids in bytewise order, for prefix ranges (SQLiteStore.ids_under)
-    """
-    CREATE INDEX memories_id_c ON memories (id COLLATE "C");
-    """,
-)
-PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
+__all__ = ["PG_MIGRATIONS", "PG_SCHEMA_VERSION", "PostgresStore", "connect_reader"]
 
 _K1, _B = 1.2, 0.75  # FTS5's bm25() constants
-
-
-class Fts5Tokenizer:
-    """Tokens exactly as the SQLite store's FTS5 index makes them, from SQLite itself.
-
-    An in-memory SQLite database with an FTS5 table of the same tokenizer
-    (``porter unicode61 remove_diacritics 2``) and its ``fts5vocab`` instance
-    view. Thread-safe (one lock).
-    """
-
-    def __init__(self) -> None:
-        self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        self._db.execute(
-            "CREATE VIRTUAL TABLE t USING fts5("
-            "w, tokenize = 'porter unicode61 remove_diacritics 2')"
-        )
-        self._db.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
-        self._lock = threading.Lock()
-
-    def tokens(self, texts: Sequence[str]) -> list[list[str]]:
-        """Each text's tokens in order (stemmed, folded), as FTS5 indexes them."""
-        with self._lock:
-            self._db.execute("DELETE FROM t")
-            self._db.executemany(
-                "INSERT INTO t(rowid, w) VALUES (?, ?)", [(i, t) for i, t in enumerate(texts)]
-            )
-            found: list[list[tuple[int, str]]] = [[] for _ in texts]
-            for doc, term, offset in self._db.execute("SELECT doc, term, offset FROM v"):
-                found[int(doc)].append((int(offset), str(term)))
-            self._db.execute("DELETE FROM t")
-        return [[t for _, t in sorted(f)] for f in found]
-
-    def close(self) -> None:
-        self._db.close()
 
 
 def _configure(config: PostgresConfig) -> Callable[[psycopg.Connection[Any]], None]:
@@ -448,7 +334,7 @@ class PostgresStore(SQLiteStore):
         provenance: str,
         embedding: bytes,
     ) -> int:
-        stored = _text(search_text)
+        stored = pg_text(search_text)
         raw = None if content == stored else content.encode("utf-8", "surrogatepass")
         if db.execute("SELECT 1 FROM memories WHERE id = ?", (id,)).fetchone() is not None:
             raise InvalidInputError(
@@ -506,7 +392,7 @@ class PostgresStore(SQLiteStore):
         embedding: bytes,
     ) -> None:
         """Rewrite a fact's text, provenance and vector (postings kept in step)."""
-        stored = _text(search_text)
+        stored = pg_text(search_text)
         raw = None if content == stored else content.encode("utf-8", "surrogatepass")
         db.execute(
             "UPDATE memories SET content = ?, content_raw = ?, provenance = ?, event_time = ?,"
@@ -591,7 +477,7 @@ class PostgresStore(SQLiteStore):
 
         Returns ``(n, score)``, best first (ties: lower key first).
         """
-        words = [w.replace('""', '"') for w in _quoted(match)]
+        words = [w.replace('""', '"') for w in quoted(match)]
         toks = self._word_tokens(words)
         docs, tokens, df = self._stats({t for ts in toks for t in ts})
         # a phrase (several tokens) counts as its rarest token; as in FTS5, two
@@ -620,38 +506,3 @@ class PostgresStore(SQLiteStore):
             (_K1 + 1, _K1, 1 - _B, _B, avgdl, *params),
         ).fetchall()
         return [(int(r[0]), float(r[1])) for r in rows]
-
-
-def _quoted(match: str) -> list[str]:
-    """The quoted strings of an FTS5 OR query (``"a" OR "b"`` → ``['a', 'b']``)."""
-    out: list[str] = []
-    i = 0
-    while True:
-        start = match.find('"', i)
-        if start < 0:
-            return out
-        j = start + 1
-        buf = []
-        while j < len(match):
-            if match[j] == '"':
-                if match[j + 1 : j + 2] == '"':
-                    buf.append('"')
-                    j += 2
-                    continue
-                break
-            buf.append(match[j])
-            j += 1
-        out.append("".join(buf))
-        i = j + 1
-
-
-def _text(s: str) -> str:
-    """Text PostgreSQL's ``TEXT`` accepts (no NUL, valid UTF-8: a lone surrogate
-    becomes U+FFFD); the exact text is kept in ``content_raw``."""
-    if "\x00" in s:
-        s = s.replace("\x00", " ")
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        s = s.encode("utf-8", "replace").decode("utf-8")
-    return s

@@ -215,3 +215,31 @@ class SQLiteUpkeep(SQLiteConnection):
             " hub = excluded.hub, facts = excluded.facts, distilled_at = excluded.distilled_at",
             (scope_id, signature, hub, facts, distilled_at),
         )
+
+    # -- for adapters: SQL pieces that differ between the graph stores ------------
+
+    @staticmethod
+    def json_field(column: str, key: str) -> str:
+        """SQL for JSON field ``key`` of ``column`` (NULL when absent or JSON null).
+
+        Raises:
+            ValueError: ``key`` is not a plain identifier.
+        """
+        if not key.isidentifier():
+            raise ValueError(f"not a plain JSON key: {key!r}")
+        return f"json_extract({column}, '$.{key}')"
+
+    def ids_under(self, bases: Sequence[str]) -> list[str]:
+        """Ids that start with ``base + "."`` for some ``base`` (an index range per base:
+        ids are printable ASCII, compared bytewise, and ``"/"`` follows ``"."``)."""
+        out: list[str] = []
+        for i in range(0, len(bases), 200):
+            part = list(bases[i : i + 200])
+            where = " OR ".join(["(id >= ? AND id < ?)"] * len(part))
+            params = [x for b in part for x in (f"{b}.", f"{b}/")]
+            out += [str(r[0]) for r in self.db.execute(self._ids_sql(where), params)]
+        return out
+
+    @staticmethod
+    def _ids_sql(where: str) -> str:
+        return f"SELECT id FROM memories WHERE {where}"
