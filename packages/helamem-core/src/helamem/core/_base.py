@@ -30,7 +30,7 @@ from .errors import (
     InvalidInputError,
     StorageError,
 )
-from .storage.base import EdgeRow, IndexLockedError, MemoryRow, VectorIndex
+from .storage.base import EdgeRow, GraphStore, IndexLockedError, MemoryRow, VectorIndex
 from .storage.lexical import LexicalIndex
 from .storage.sqlite import SQLiteStore, sqlite_errors
 from .text import is_blank
@@ -48,7 +48,7 @@ _KIND_CODE = {"episodic": 1, "semantic": 2}
 MAX_CONTENT_CHARS = 16_000_000
 
 
-def make_store(config: HelaMemConfig) -> SQLiteStore:
+def make_store(config: HelaMemConfig) -> GraphStore:
     """The graph store ``config`` names (no I/O): SQLite at ``<path>/helamem.sqlite3``,
     or PostgreSQL for a :class:`~helamem.core.config.PostgresConfig` ``store``."""
     if config.store is not None:
@@ -153,7 +153,7 @@ class CoreBase:
         # late interaction (MaxSim) when configured and the embedder gives token vectors
         self._tokens = token_embedder(embedder) if config.retrieval.late_weight > 0 else None
         self.index = index
-        self.store = make_store(config)
+        self.store: GraphStore = make_store(config)
         rc = config.retrieval
         # large SQLite stores' BM25 (tantivy, derived from FTS5); None: the store's own
         self.lexical_index = (
@@ -207,6 +207,18 @@ class CoreBase:
                         self.lexical_index.close()
                 finally:
                     self.store.close()
+
+    @property
+    def sqlite_store(self) -> SQLiteStore:
+        """The store as the SQLite store, for what reads its FTS5 (the tantivy index,
+        ``helamem reindex``'s repair), which only exists beside one.
+
+        Raises:
+            StorageError: the graph store is PostgreSQL.
+        """
+        if self.config.store is not None or not isinstance(self.store, SQLiteStore):
+            raise StorageError("this needs the SQLite graph store; the memory is in PostgreSQL")
+        return self.store
 
     def _check_embedder(self) -> None:
         """Refuse vectors of another embedder, or switch to this one (see :class:`Core`)."""

@@ -210,7 +210,7 @@ class IngestOps(LearningOps):
         self.index_new(rows_n, ids, vecs, scope_ids, [p.kind for p in flat])
         if self.lexical_index is not None:  # keep a large store's BM25 index near the head
             try:
-                self.lexical_index.prepare(self.store)
+                self.lexical_index.prepare(self.sqlite_store)
             except StorageError as exc:  # derived: the next search tries again
                 logger.warning("lexical index update failed, FTS5 serves meanwhile: %s", exc)
         return [self._memory(rows[i]) for i in ids]

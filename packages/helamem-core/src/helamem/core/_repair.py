@@ -43,7 +43,7 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
         StorageError: SQLite or the vector index failed; the transaction was
             rolled back (the vector index is rebuilt on the next reindex).
     """
-    store = core.store
+    store = core.sqlite_store
     with store.tx() as db:
         sql = db.execute(
             "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'memories_fts'"

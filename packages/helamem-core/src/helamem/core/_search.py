@@ -316,7 +316,7 @@ class SearchOps(LearningOps):
         lx = self.lexical_index
         if lx is not None:
             try:
-                mark = lx.prepare(self.store)
+                mark = lx.prepare(self.sqlite_store)
                 if mark is not None:
                     # tantivy up to its mark (its scope filter costs little: no
                     # over-fetch), FTS5 above it (the newest few): the best of both
