@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,22 @@ def test_bm25_scores_equal_sqlite_fts5(tmp_path: Path, pg_server: PgServer) -> N
             gone = list(store.rows_by_id([f"m{i:04d}" for i in range(0, 300, 9)]).values())
             with store.tx() as db:
                 store.delete_memories(db, gone)
+        # rewrite some (as a fact merge does), with another tag: lengths count tags
+        for store in (lite, pg):
+            rows = store.rows_by_id([f"m{i:04d}" for i in range(1, 300, 23)])
+            with store.tx() as db:
+                for r in rows.values():
+                    text = f"{r.content} recipe soup"
+                    store.update_fact(
+                        db,
+                        r,
+                        content=text,
+                        search_text=text,
+                        tags=f"{tags[id(store)]} s99k1",
+                        provenance="[]",
+                        event_time=r.event_time,
+                        embedding=b"",
+                    )
         for _ in range(40):
             words = rng.sample([*WORDS, "running", "nosuchword"], rng.randint(1, 4))
             match = fts_match(words)
@@ -144,7 +161,7 @@ def test_bm25_scores_equal_sqlite_fts5(tmp_path: Path, pg_server: PgServer) -> N
             assert pg.term_stats(words) == lite.term_stats(words)
             tag = pg.lexical(match, tags[id(pg)], 5)
             assert [round(s, 9) for _, s in tag] == [round(s, 9) for _, s in want[:5]]
-            assert pg.lexical(match, "s99k1", 5) == []  # another scope's tag: nothing
+            assert pg.lexical(match, "s98k1", 5) == []  # another scope's tag: nothing
     finally:
         lite.close()
         pg.close()
@@ -277,3 +294,96 @@ def test_lexical_statistics_come_from_one_snapshot(tmp_path: Path, pg_server: Pg
         got = m._call(skewed)
         assert len(got) == 5 and all(s > 0 for _, s in got)
         assert m.search("tea garden", A, k=5, learn=False).ids[0] in ids
+
+
+def test_write_transactions_are_read_committed_whatever_the_database_default(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    """A database defaulting to REPEATABLE READ: its snapshot would predate the write
+    lock, and checks inside it (an id taken, a scope created) read stale rows."""
+    import psycopg
+
+    with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS rr_default")
+        admin.execute("CREATE DATABASE rr_default")
+        admin.execute(
+            "ALTER DATABASE rr_default SET default_transaction_isolation = 'repeatable read'"
+        )
+    dsn = pg_server.dsn.rsplit("/", 1)[0] + "/rr_default"
+    cfg = HelaMemConfig(
+        path=tmp_path / "s",
+        store=PostgresConfig(dsn=dsn, schema_name="rr"),  # type: ignore[arg-type]
+    )
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)):
+        pass  # the schema exists before the writers race
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+                for j in range(15):
+                    a = m.add(f"writer {i} note {j}", (f"team{j % 3}", "shared"))
+                    m.add_turn(("shared",), f"w{i} asks {j}", f"w{i} answers {j}", used_ids=[a.id])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        assert m.stats().memories == 4 * 15 * 3
+
+
+def test_a_connection_lost_inside_a_transaction_never_goes_on_without_it(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from helamem.core.storage.postgres import connect_reader
+
+    pg = _pg(pg_server, tmp_path / "lost")
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s", store=pg), embedder=HashingEmbedder(64)):
+        pass
+    db = connect_reader(pg)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        pid = db.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with psycopg.connect(pg_server.dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StorageError):
+            db.execute("INSERT INTO meta(key, value) VALUES ('a', '1')")
+        # not on a new connection, outside the lock: the transaction is gone
+        with pytest.raises(StorageError, match="lost inside a transaction"):
+            db.execute("INSERT INTO meta(key, value) VALUES ('b', '1')")
+        with pytest.raises(StorageError, match="lost inside a write transaction"):
+            db.execute("COMMIT")
+        assert db.execute("SELECT COUNT(*) FROM meta WHERE key IN ('a', 'b')").fetchone()[0] == 0
+    finally:
+        db.close()
+
+
+def test_a_password_never_reaches_an_error_message(tmp_path: Path) -> None:
+    mem = HelaMemory.from_url(
+        "postgresql://app:hun%zzter2@127.0.0.1:1/db", HelaMemConfig(path=tmp_path / "s")
+    )
+    with pytest.raises(StorageError) as info:
+        mem.open()
+    assert "hun" not in str(info.value) and "zzter2" not in str(info.value)
+    assert "not a valid connection string" in str(info.value)
+
+
+def test_schemas_sharing_a_chroma_server_get_collections_of_their_own(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    names = []
+    for schema in ("tenant_a", "tenant_b"):
+        pg = PostgresConfig(dsn=pg_server.dsn, schema_name=schema)  # type: ignore[arg-type]
+        with HelaMemory(
+            HelaMemConfig(path=tmp_path / schema, store=pg), embedder=HashingEmbedder(64)
+        ) as m:
+            m.add("x", A)
+            names.append(m._call(lambda core: core.index._config.collection))
+    assert names == ["helamem.tenant_a", "helamem.tenant_b"]

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -24,12 +25,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from pydantic import ValidationError
+
 from . import _exit
 from ._core import Core
 from .config import HelaMemConfig
 from .distill import Distiller
 from .embeddings import Embedder, create_embedder
-from .errors import InvalidInputError, StorageError, StoreClosedError
+from .errors import ConfigError, InvalidInputError, StorageError, StoreClosedError
 from .llm import LLMClient
 from .storage.base import VectorIndex
 from .storage.sqlite import sqlite_errors
@@ -165,7 +168,8 @@ class OwnedCore:
             'helamem'
 
         Raises:
-            InvalidInputError: another URL scheme.
+            InvalidInputError: another URL scheme, or a key=value DSN.
+            ConfigError: ``schema`` is not a valid schema name.
         """
         base = config or HelaMemConfig()
         if url.startswith(_PG_SCHEMES):
@@ -175,7 +179,14 @@ class OwnedCore:
             fields["dsn"] = url
             if schema is not None:
                 fields["schema_name"] = schema
-            store = PostgresConfig(**fields)  # validated: a bad schema name is refused here
+            try:
+                store = PostgresConfig(**fields)
+            except ValidationError as exc:  # the schema name (the URL is not parsed here)
+                raise ConfigError(
+                    f"schema {fields.get('schema_name')!r} is not a schema name HeLa-Mem "
+                    f"creates: use 1-63 lower-case letters, digits and _, starting with a "
+                    f"letter or _"
+                ) from exc
             return cls(base.model_copy(update={"store": store}), **kwargs)
         if url.startswith("file://"):
             return cls.from_path(url.removeprefix("file://"), config, **kwargs)
@@ -183,6 +194,11 @@ class OwnedCore:
             raise InvalidInputError(
                 f"cannot open {url.split('://')[0]}:// URLs; pass postgresql://..., "
                 f"file://... or a directory path"
+            )
+        if re.search(r"\b(host|dbname|user|port)\s*=", url):
+            raise InvalidInputError(
+                "from_url takes a postgresql:// URL or a path; pass a key=value DSN as "
+                "HelaMemConfig(store=PostgresConfig(dsn=...))"
             )
         return cls.from_path(url, config, **kwargs)
 

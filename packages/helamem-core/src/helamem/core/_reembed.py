@@ -100,6 +100,8 @@ def cli_flags(name: str, dimension: int) -> str | None:
 
 
 def _fix(core: CoreBase, name: str, dimension: int) -> str:
+    if core.config.store is not None:  # no CLI for a PostgreSQL store
+        return f"HelaMemory(config, embedder=<the {name!r} embedder>, reembed=True)"
     flags = cli_flags(name, dimension)
     where = shlex.quote(str(core.config.path))
     cli = f"`helamem reindex --reembed {flags} {where}` or " if flags else ""

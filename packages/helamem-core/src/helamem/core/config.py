@@ -342,7 +342,9 @@ class ChromaConfig(_Frozen):
             ``<path>/chroma``; ``"http"``: a Chroma server through
             ``chromadb.HttpClient``; ``"ephemeral"``: in memory (tests).
         host, port, ssl, headers: For ``mode="http"``.
-        collection: Collection name prefix (3-512 of ``[a-zA-Z0-9._-]``).
+        collection: Collection name prefix (3-512 of ``[a-zA-Z0-9._-]``). With a
+            :class:`PostgresConfig` store, ``.<schema_name>`` is appended: memories
+            of several schemas can share one Chroma server.
         exact_below: A (scope node, kind) with fewer vectors than this is
             searched by an exact cosine scan of the embeddings SQLite stores
             (correct across processes, no Chroma files); at this size it moves
@@ -393,7 +395,9 @@ class PostgresConfig(_Frozen):
         schema_name: The PostgreSQL schema holding this memory's tables (one memory
             per schema; several may share a database). Lower-case letters,
             digits and ``_``.
-        pool_size: Most connections one memory's pool holds open.
+        pool_size: Most connections one memory's pool holds open: the store uses
+            one at a time and takes a fresh one when the server dropped it (the
+            exact vector scan holds one more of its own).
         connect_timeout_s: Seconds to wait for a connection.
         lock_timeout_s: Seconds a write waits for this memory's write lock
             (another process's write transaction) before it fails with

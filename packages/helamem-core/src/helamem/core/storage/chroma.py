@@ -398,6 +398,11 @@ def make_index(
         from .postgres import connect_reader
 
         connect = partial(connect_reader, store)
+        # scope ids restart at 1 in every schema: on a shared Chroma server, two
+        # schemas' collections must not meet
+        config = config.model_copy(
+            update={"collection": f"{config.collection}.{store.schema_name}"}
+        )
     return ChromaIndex(
         config, data_dir / "chroma", isinstance(embedder, MiniLMEmbedder), connect=connect
     )

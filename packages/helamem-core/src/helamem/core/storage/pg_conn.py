@@ -43,6 +43,9 @@ __all__ = ["PgConnection", "advisory_key", "pg_error", "translate"]
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
 _OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
 _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ"
+# a write transaction's statements each see what committed before them (the lock
+# is taken first): whatever default_transaction_isolation the database or role sets
+_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
 
 def advisory_key(schema: str) -> int:
@@ -70,26 +73,74 @@ def translate(sql: str) -> str:
     return out
 
 
+_PASSWORD = (
+    re.compile(r"(?P<head>://[^:/@\s]*:)(?P<secret>[^@\s]*)@"),  # a URL's user:password@
+    re.compile(r"(?P<head>password\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE),
+)
+
+
+def redacted(text: str, dsn: str | None = None) -> str:
+    """``text`` with any DSN password in it replaced by ``***``: libpq echoes the
+    token it could not parse, which may be the password alone (so the passwords
+    written in ``dsn`` go too).
+
+    Examples:
+        >>> redacted('invalid token: "postgresql://app:hun%zz@db/x"')
+        'invalid token: "postgresql://app:***@db/x"'
+        >>> redacted("host=db password='s e' user=app")
+        'host=db password=*** user=app'
+        >>> redacted('invalid percent-encoded token: "hun%zz"', "postgresql://a:hun%zz@db/x")
+        'invalid percent-encoded token: "***"'
+    """
+    for secret in _secrets(dsn or ""):
+        text = text.replace(secret, "***")
+    for pattern in _PASSWORD:
+        text = pattern.sub(
+            lambda m: f"{m.group('head')}***" + ("@" if m.group(0).endswith("@") else ""), text
+        )
+    return text
+
+
+def _secrets(dsn: str) -> list[str]:
+    """The password spellings written in ``dsn`` (longest first)."""
+    found = [m.group("secret").strip("'") for p in _PASSWORD for m in p.finditer(dsn)]
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
 def pg_error(exc: psycopg.Error, what: str) -> StorageError:
     """The typed HeLa-Mem error for a PostgreSQL failure, naming its cause and the fix.
 
-    Returns :class:`DiskFullError` for a full disk (SQLSTATE 53100), a
-    :class:`StorageError` naming the server for a lost or refused connection,
-    :class:`StorageError` otherwise (the caller raises it ``from exc``).
+    By SQLSTATE: :class:`DiskFullError` for a full disk (53100); a lost or
+    refused connection (class 08, or a broken connection); a serialization
+    failure or deadlock (class 40: retry); the write lock's timeout (55P03);
+    a statement timeout (57014); otherwise :class:`StorageError` with the
+    server's message (the caller raises it ``from exc``). A password in the
+    message is redacted.
     """
-    text = str(exc).strip() or type(exc).__name__
+    text = redacted(str(exc).strip() or type(exc).__name__)
+    state = exc.sqlstate or ""
     if isinstance(exc, pg_errors.DiskFull):
         return DiskFullError(
             f"{what}: the PostgreSQL server's disk is full ({text}); free space on the server "
             f"and retry (the transaction was rolled back: nothing was written)"
         )
-    if isinstance(exc, pg_errors.LockNotAvailable | pg_errors.QueryCanceled):
+    if isinstance(exc, pg_errors.LockNotAvailable):
         return StorageError(
             f"{what}: another process held this memory's write lock past "
             f"PostgresConfig.lock_timeout_s ({text}); raise it, or find the client that holds a "
             f"transaction open (pg_stat_activity)"
         )
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, pg_errors.QueryCanceled):
+        return StorageError(
+            f"{what}: the server cancelled the statement ({text}); a statement_timeout set on "
+            f"the database or role is shorter than this call needs: raise it"
+        )
+    if state.startswith("40"):
+        return StorageError(
+            f"{what}: PostgreSQL aborted the transaction to keep concurrent ones consistent "
+            f"({text}); nothing was written: retry the call"
+        )
+    if state.startswith("08") or (isinstance(exc, psycopg.OperationalError) and not state):
         return StorageError(
             f"{what}: PostgreSQL is unreachable or refused the connection ({text}); check "
             f"that the server runs and that PostgresConfig.dsn names it"
@@ -125,6 +176,8 @@ class PgConnection:
         self._conn: psycopg.Connection[Any] | None = None
         self._key = lock_key
         self._sql: dict[str, str] = {}
+        # "read" or "write" from a BEGIN until its COMMIT or ROLLBACK, else None
+        self._in_tx: str | None = None
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -136,6 +189,11 @@ class PgConnection:
         c = self._conn
         if c is not None and not c.closed and not c.broken:
             return c
+        if self._in_tx:  # the transaction went with the connection: never go on without it
+            raise StorageError(
+                "the connection to PostgreSQL was lost inside a transaction; the server rolled "
+                "it back (nothing of it was written); retry the call"
+            )
         self._conn = None
         if c is not None:
             self._give_back(c)
@@ -143,8 +201,8 @@ class PgConnection:
             self._conn = self._connect()
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(
-                f"cannot reach PostgreSQL ({exc}); check that the server runs and that "
-                f"PostgresConfig.dsn names it"
+                f"cannot reach PostgreSQL ({redacted(str(exc))}); check that the server runs "
+                f"and that PostgresConfig.dsn names it"
             ) from exc
         return self._conn
 
@@ -188,18 +246,46 @@ class PgConnection:
 
     def _execute(self, sql: str, params: Sequence[Any], head: str) -> psycopg.Cursor[Any]:
         head = head.rstrip()
-        if head == "BEGIN IMMEDIATE":
+        if head.startswith("BEGIN"):
+            if self._in_tx:
+                raise StorageError("a transaction is already open on this connection")
             conn = self.conn
-            cur = conn.execute("BEGIN")
-            try:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
-            except psycopg.Error:  # no lock (lock_timeout): no transaction either
-                with suppress(psycopg.Error):
-                    conn.execute("ROLLBACK")
-                raise
+            if head == "BEGIN IMMEDIATE":
+                cur = conn.execute(_WRITE)
+                try:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
+                except psycopg.Error:  # no lock (lock_timeout): no transaction either
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                    raise
+            else:
+                cur = conn.execute(_READ)
+            self._in_tx = "write" if head == "BEGIN IMMEDIATE" else "read"
             return cur
-        if head in ("BEGIN", "BEGIN DEFERRED"):
-            return self.conn.execute(_READ)
+        if head in ("COMMIT", "ROLLBACK"):
+            kind, self._in_tx = self._in_tx, None
+            c = self._conn
+            lost = c is None or c.closed or c.broken
+            if kind is not None and lost:  # the server rolled it back when it went
+                if head == "COMMIT" and kind == "write":
+                    raise StorageError(
+                        "the connection to PostgreSQL was lost inside a write transaction; "
+                        "the server rolled it back (nothing of it was written); retry the call"
+                    )
+                return self.conn.cursor()  # nothing to end
+            try:
+                return self.conn.execute(head)
+            except psycopg.OperationalError as exc:
+                if (
+                    head == "COMMIT"
+                    and kind == "write"
+                    and (self._conn is None or self._conn.broken)
+                ):
+                    raise StorageError(
+                        "the connection to PostgreSQL was lost during COMMIT: the write may or "
+                        "may not have been saved; read before writing it again"
+                    ) from exc
+                raise
         return self.conn.execute(self._translated(sql), tuple(params) or None)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -215,7 +301,10 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
-        """Whether a transaction is open (also one a failed statement aborted)."""
+        """Whether a transaction is open (also one a failed statement aborted, or one
+        whose connection was lost: its COMMIT or ROLLBACK is still due)."""
+        if self._in_tx is not None:
+            return True
         c = self._conn
         if c is None or c.closed or c.broken:
             return False
@@ -227,6 +316,7 @@ class PgConnection:
 
     def close(self) -> None:
         """Give the connection back (rolled back first if a transaction is open)."""
+        self._in_tx = None
         c, self._conn = self._conn, None
         if c is None:
             return

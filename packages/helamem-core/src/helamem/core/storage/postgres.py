@@ -43,7 +43,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from ..config import PostgresConfig
 from ..errors import InvalidInputError, StorageError
 from .base import MemoryRow
-from .pg_conn import PgConnection, advisory_key
+from .pg_conn import PgConnection, advisory_key, redacted
 from .pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, Fts5Tokenizer, pg_text, quoted
 from .sqlite import SQLiteStore
 
@@ -109,6 +109,12 @@ class PostgresStore(SQLiteStore):
     def describe(self) -> str:
         return f"PostgreSQL schema {self.config.schema_name!r}"
 
+    def repair_hint(self) -> str:
+        return (
+            f"restore {self.describe()} from a backup, or export what is readable "
+            f"(HelaMemory.export_scope) and import it into a new schema"
+        )
+
     # -- connection ------------------------------------------------------
 
     def open(self) -> None:
@@ -134,11 +140,20 @@ class PostgresStore(SQLiteStore):
             )
             pool.open(wait=True, timeout=cfg.connect_timeout_s)
             self._pool = pool
+        except psycopg.ProgrammingError as exc:  # libpq could not parse the DSN
+            self.close()
+            why = redacted(str(exc), cfg.dsn.get_secret_value())
+            raise StorageError(
+                f"PostgresConfig.dsn is not a valid connection string ({why}); "
+                f"pass postgresql://user@host:port/database or host=... dbname=... (a "
+                f"password with special characters must be percent-encoded in a URL)"
+            ) from exc
         except (psycopg.Error, PoolTimeout) as exc:
             self.close()
+            why = redacted(str(exc), cfg.dsn.get_secret_value())
             raise StorageError(
-                f"cannot open the PostgreSQL store ({exc}); check that the server runs and "
-                f"that PostgresConfig.dsn names it"
+                f"cannot open the PostgreSQL store ({why}); check that the "
+                f"server runs and that PostgresConfig.dsn names it"
             ) from exc
         getconn = partial(pool.getconn, timeout=cfg.connect_timeout_s)
         self._pg = PgConnection(getconn, self._lock_key, release=pool.putconn)
@@ -394,13 +409,13 @@ class PostgresStore(SQLiteStore):
         """Rewrite a fact's text, provenance and vector (postings kept in step)."""
         stored = pg_text(search_text)
         raw = None if content == stored else content.encode("utf-8", "surrogatepass")
+        self._unindex_text(db, [row.n])  # first: it reads the row's old tags
         db.execute(
             "UPDATE memories SET content = ?, content_raw = ?, provenance = ?, event_time = ?,"
             " embedding = ?, indexed = 0, tags = ? WHERE n = ?",
             (stored, raw, provenance, event_time, embedding, tags.split(), row.n),
         )
         db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
-        self._unindex_text(db, [row.n])
         self._index_text(db, [(row.n, search_text, tags)])
 
     # -- dialect -------------------------------------------------------------

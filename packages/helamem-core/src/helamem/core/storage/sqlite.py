@@ -114,10 +114,7 @@ class SQLiteStore(SQLiteUpkeep):
     def scope_of(self, scope_id: int) -> tuple[str, ...]:
         r = self.db.execute("SELECT path FROM scopes WHERE id = ?", (scope_id,)).fetchone()
         if r is None:
-            raise CorruptStoreError(
-                f"scope node {scope_id} is missing from {self._path}; run "
-                f"`helamem check {self._path.parent}` and `helamem reindex {self._path.parent}`"
-            )
+            raise CorruptStoreError(f"scope node {scope_id} is missing; {self.repair_hint()}")
         return tuple(json.loads(r[0]))
 
     def scope_state(self, scope_id: int) -> tuple[int, int | None]:

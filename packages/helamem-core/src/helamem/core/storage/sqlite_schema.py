@@ -370,6 +370,11 @@ class SQLiteConnection:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
+    def repair_hint(self) -> str:
+        """What to run when the store holds something it should not."""
+        d = self._path.parent
+        return f"run `helamem check {d}` and `helamem reindex {d}` ({self._path})"
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
