@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from helamem.core import (
+    CommitUnknownError,
     DynamicsConfig,
     EmbeddingError,
     HashingEmbedder,
@@ -493,6 +494,30 @@ async def test_errors_are_raised_at_close_and_noted_on_a_body_error() -> None:
     with pytest.raises(KeyError) as body:
         await agent_crashes(TurnRecorder(fake(FakeMemory(fail_on="bad"))))
     assert any("turn recorder" in n for n in body.value.__notes__)
+
+
+async def test_a_commit_of_unknown_outcome_is_reported_not_retried() -> None:
+    """A batch whose COMMIT was lost may be stored: retrying its turns one by one
+    could store them twice, so they are failed (raised at close) as they are."""
+
+    class LostCommit(FakeMemory):
+        async def aadd_turns(self, turns: Sequence[NewTurn]) -> None:
+            if not self.gate.is_set():
+                await asyncio.to_thread(self.gate.wait)
+            self.calls.append({"batch": len(turns)})
+            raise CommitUnknownError("the connection was lost during COMMIT")
+
+    m = LostCommit()
+    m.gate.clear()  # hold the worker so that both turns go in one batch
+    rec = TurnRecorder(fake(m))
+    rec.record_turn_nowait(("s",), "one", "x")
+    rec.record_turn_nowait(("s",), "two", "y")
+    m.gate.set()
+    with pytest.raises(TurnRecordingError) as ei:
+        await rec.close()
+    assert m.calls == [{"batch": 2}]  # one try, no turn-by-turn retry
+    assert all(isinstance(e, CommitUnknownError) for e in ei.value.errors)
+    assert len(ei.value.errors) == 2
 
 
 def test_turn_recording_error_pickles() -> None:

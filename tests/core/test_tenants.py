@@ -117,5 +117,6 @@ def test_300_scopes_under_256_open_files(tmp_path: Path, pg_dsn: str | None) -> 
     assert _run(tmp_path, pg_dsn, SMALL_LIMIT, scopes=300, large=60, timeout=240) == []
 
 
+@pytest.mark.sqlite_only  # the 300-scope case runs on both; this one adds files, not SQL
 def test_1200_scopes_under_1024_open_files(tmp_path: Path, pg_dsn: str | None) -> None:
     assert _run(tmp_path, pg_dsn, 1024, scopes=1200, large=40, timeout=300) == []

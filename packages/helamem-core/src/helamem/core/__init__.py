@@ -23,6 +23,7 @@ from .distill import ExtractiveDistiller, FactDraft, LLMDistiller
 from .embeddings import Embedder, HashingEmbedder, MiniLMEmbedder
 from .engine import HelaMemory, Stats
 from .errors import (
+    CommitUnknownError,
     ConfigError,
     CorruptStoreError,
     DiskFullError,
@@ -99,6 +100,7 @@ __all__ = [
     "SearchResult",
     "Stats",
     "StorageError",
+    "CommitUnknownError",
     "check_store",
     "StoreClosedError",
     "TurnContext",

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from . import _exit
 from ._recorder_state import RecorderState
 from ._recorder_types import Job, RecorderClosedError, Stage
-from .errors import StoreClosedError
+from .errors import CommitUnknownError, StoreClosedError
 from .types import Scope
 
 __all__ = ["RecorderWorker"]
@@ -217,6 +217,9 @@ class RecorderWorker(RecorderState):
                 job.stored = True
         except StoreClosedError:
             raise  # no retry can succeed: the lane fails what it holds
+        except CommitUnknownError as exc:  # maybe stored: a retry could store it twice
+            for job in batch:
+                self._fail(job, "add_turn", exc)
         # Any failure (a custom embedder may raise anything) must not kill the
         # worker: the turns are retried alone, so only the failing ones are kept
         # and re-raised at the next flush()/close().

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "CommitUnknownError",
     "ConfigError",
     "CorruptStoreError",
     "DiskFullError",
@@ -52,7 +53,13 @@ class EmbeddingError(HelaMemError, RuntimeError):
 
 
 class StorageError(HelaMemError, RuntimeError):
-    """The SQLite store or the vector index failed."""
+    """The graph store (SQLite or PostgreSQL) or the vector index failed."""
+
+
+class CommitUnknownError(StorageError):
+    """The connection to PostgreSQL was lost during a write's ``COMMIT``: the write may
+    or may not be saved. Read it back (``get``, ``search``) before writing it again:
+    a blind retry may store it twice."""
 
 
 class DiskFullError(StorageError):

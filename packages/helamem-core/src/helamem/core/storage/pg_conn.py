@@ -36,7 +36,7 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 from psycopg_pool import PoolTimeout
 
-from ..errors import DiskFullError, StorageError
+from ..errors import CommitUnknownError, DiskFullError, StorageError
 
 __all__ = ["PgConnection", "advisory_key", "pg_error", "translate"]
 
@@ -281,7 +281,7 @@ class PgConnection:
                     and kind == "write"
                     and (self._conn is None or self._conn.broken)
                 ):
-                    raise StorageError(
+                    raise CommitUnknownError(
                         "the connection to PostgreSQL was lost during COMMIT: the write may or "
                         "may not have been saved; read before writing it again"
                     ) from exc
