@@ -246,7 +246,9 @@ def test_embedder_mismatch_is_refused(tmp_path: Path, make_mem: Any, store_confi
         m.add("x marks the spot", ALICE)
     cfg = HelaMemConfig(path=tmp_path / "s", store=store_config(tmp_path / "s"))
     other = HelaMemory(cfg, embedder=HashingEmbedder(64))
-    with pytest.raises(ConfigError, match="reindex --reembed"):
+    # the fix named: the CLI for a SQLite directory, reembed=True for PostgreSQL (no CLI)
+    fix = "reindex --reembed" if store_config(tmp_path / "s") is None else "reembed=True"
+    with pytest.raises(ConfigError, match=fix):
         other.open()
     other.close()
 

@@ -112,11 +112,12 @@ def _run(
     return problems
 
 
+@pytest.mark.sqlite_only  # open files: SQLite's and Chroma's (PostgreSQL's are the server's)
 def test_300_scopes_under_256_open_files(tmp_path: Path, pg_dsn: str | None) -> None:
     # 60 HNSW collections (5 files each when loaded) would need 300 files
     assert _run(tmp_path, pg_dsn, SMALL_LIMIT, scopes=300, large=60, timeout=240) == []
 
 
-@pytest.mark.sqlite_only  # the 300-scope case runs on both; this one adds files, not SQL
+@pytest.mark.sqlite_only  # as above
 def test_1200_scopes_under_1024_open_files(tmp_path: Path, pg_dsn: str | None) -> None:
     assert _run(tmp_path, pg_dsn, 1024, scopes=1200, large=40, timeout=300) == []

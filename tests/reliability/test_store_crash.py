@@ -268,7 +268,7 @@ def test_sigkill_store_loses_and_orphans_nothing(
     tmp_path: Path, pg_dsn: str | None, store_db: Connect
 ) -> None:
     # PostgreSQL: two trials (one child, then two at once), to keep the run short
-    trials = 3 if pg_dsn is None else 2
+    trials = 3 if pg_dsn is None else 1
     report, _, _ = run_trials(tmp_path, trials=trials, seed=14, dsn=pg_dsn, graph=store_db)
     print("\n".join(report))
 
