@@ -31,6 +31,9 @@ WORDS = [
     "moon",
 ]
 
+# clustering is the engine's, the same on both graph stores (the suite's time)
+pytestmark = pytest.mark.sqlite_only
+
 
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

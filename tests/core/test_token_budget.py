@@ -14,6 +14,9 @@ from helamem.core.types import context_line, ranking_order
 
 ALICE = ("users", "alice")
 
+# token budgets are the engine's, the same on both graph stores (the suite's time)
+pytestmark = pytest.mark.sqlite_only
+
 
 def _fill(mem: HelaMemory) -> None:
     for i in range(30):

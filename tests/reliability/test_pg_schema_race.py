@@ -20,7 +20,7 @@ from helamem.core.storage.postgres import PostgresStore
 from pg_server import PgServer, schema_for
 
 STORES = 6
-ROUNDS = 3
+ROUNDS = 2
 
 
 def _together(n: int, work: Callable[[int], None]) -> list[str]:
