@@ -39,14 +39,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -55,21 +51,15 @@ from typing import Any
 import pytest
 from mp_server_child import DIMENSION, HEBB, LARGE, LEARNING_RATE, config, read_logs
 
+from chroma_server import CHROMA
+from chroma_server import chroma_server as start_chroma
 from helamem.core import HashingEmbedder, HelaMemory, NewMemory
 from helamem.core._check import check_store
 
 CHILD = Path(__file__).with_name("mp_server_child.py")
-CHROMA = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
 NPROCS = 4
 SOAK = os.environ.get("HELAMEM_SOAK") == "1"
 SOAK_SECONDS = float(os.environ.get("HELAMEM_SOAK_SECONDS", "60"))
-STARTUP_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -77,41 +67,11 @@ def chroma_server(tmp_path: Path) -> Iterator[int]:
     """A Chroma server on 127.0.0.1 for this test; yields its port."""
     if not Path(CHROMA).exists():
         pytest.skip("the chroma CLI is not installed")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            CHROMA,
-            "run",
-            "--path",
-            str(tmp_path / "chroma"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if proc.poll() is not None:
-                    pytest.fail(f"the Chroma server exited with {proc.returncode}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the Chroma server did not answer within {STARTUP_S} s")
-                time.sleep(0.2)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        with start_chroma(tmp_path / "chroma") as port:
+            yield port
+    except RuntimeError as exc:  # it exited or never answered
+        pytest.fail(str(exc))
 
 
 def _run(
