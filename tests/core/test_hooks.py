@@ -508,11 +508,12 @@ async def test_a_commit_of_unknown_outcome_is_reported_not_retried() -> None:
             raise CommitUnknownError("the connection was lost during COMMIT")
 
     m = LostCommit()
-    m.gate.clear()  # hold the worker so that both turns go in one batch
+    hold = threading.Event()
+    m._call_soon(hold.wait)  # the owner loop waits: both turns are queued before a lane runs
     rec = TurnRecorder(fake(m))
     rec.record_turn_nowait(("s",), "one", "x")
     rec.record_turn_nowait(("s",), "two", "y")
-    m.gate.set()
+    hold.set()
     with pytest.raises(TurnRecordingError) as ei:
         await rec.close()
     assert m.calls == [{"batch": 2}]  # one try, no turn-by-turn retry

@@ -167,7 +167,7 @@ class ChromaConnection:
         if client is not None:
             with suppress(ChromaError, AttributeError):
                 client.close()
-        gc.collect()  # collection handles hold the Rust bindings (and their files)
+            gc.collect()  # collection handles hold the Rust bindings (and their files)
         self._lock.release()
         self._exact.close()
         self._verified = False
