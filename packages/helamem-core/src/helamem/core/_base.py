@@ -30,7 +30,14 @@ from .errors import (
     InvalidInputError,
     StorageError,
 )
-from .storage.base import EdgeRow, GraphStore, IndexLockedError, MemoryRow, VectorIndex
+from .storage.base import (
+    EdgeRow,
+    GraphStore,
+    IndexLockedError,
+    MemoryRow,
+    RankRow,
+    VectorIndex,
+)
 from .storage.lexical import LexicalIndex
 from .storage.sqlite import SQLiteStore, sqlite_errors
 from .text import is_blank
@@ -170,6 +177,12 @@ class CoreBase:
         # (n, id, scope_id, kind, vector), rows committed with indexed = 0
         self.defer_index = False
         self._pending_index: list[tuple[int, str, int, str, np.ndarray]] = []
+        # a search's learning write, run after its results return (the owner of a
+        # HelaMemory sets defer_learning and calls apply_learning before its next call)
+        self.defer_learning = False
+        self._pending_learning: list[
+            tuple[list[list[int]], dict[int, RankRow], list[tuple[int, int]]]
+        ] = []
         self._aux_pool: ThreadPoolExecutor | None = None
         # query text -> (pooled vector, token vectors): the last query_cache queries
         self._queries: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()

@@ -14,8 +14,10 @@ from . import dynamics
 from ._base import CoreBase
 from .errors import (
     MemoryNotFoundError,
+    StorageError,
 )
 from .storage.base import EdgeRow, MemoryRow, RankRow
+from .storage.sqlite import sqlite_errors
 
 __all__ = ["LearningOps"]
 
@@ -136,6 +138,51 @@ class LearningOps(CoreBase):
             for sid, ns in by_scope.items():
                 self._reinforce_tx(db, ns, sid, ticks[sid])
         return sum(len(dynamics.co_activation_pairs(ns)) for ns in by_scope.values())
+
+    def close(self) -> None:
+        try:
+            self.apply_learning()
+        finally:
+            super().close()
+
+    def learn_later(
+        self,
+        groups: list[list[int]],
+        rows: dict[int, RankRow],
+        prunable: list[tuple[int, int]],
+    ) -> None:
+        """A search's learning step: now, or (``defer_learning``) at :meth:`apply_learning`."""
+        if not self.defer_learning:
+            self._learn(groups, rows, prunable)
+            return
+        needed = {n for g in groups for n in g}
+        self._pending_learning.append((groups, {n: rows[n] for n in needed}, prunable))
+
+    @property
+    def pending_learning(self) -> int:
+        """Searches whose learning write waits for :meth:`apply_learning`."""
+        return len(self._pending_learning)
+
+    def apply_learning(self) -> int:
+        """Write the learning steps that searches left (the owner runs this right after
+        each call, before the next one, and on close); returns the steps written.
+
+        A step whose write fails (a full disk, a lock held past ``busy_timeout``)
+        is dropped and logged at WARNING: the search it came from has already
+        returned, and the memories themselves are untouched.
+        """
+        todo, self._pending_learning = self._pending_learning, []
+        done = 0
+        for groups, rows, prunable in todo:
+            try:
+                with sqlite_errors(self.config.path / "helamem.sqlite3"):
+                    self._learn(groups, rows, prunable)
+                done += 1
+            except StorageError as exc:
+                logger.warning(
+                    "a search's co-activation was not stored (%s): %s", type(exc).__name__, exc
+                )
+        return done
 
     def _learn(
         self,

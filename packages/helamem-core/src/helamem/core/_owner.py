@@ -227,6 +227,7 @@ class OwnedCore:
         core = Core(self.config, embedder, index, reembed=self._reembed)
         core.open()
         core.defer_index = self.config.chroma.upsert_batch > 1
+        core.defer_learning = True  # written by _learn_after, before the next call
         return core
 
     def _on_owner(self) -> Core:
@@ -317,16 +318,25 @@ class OwnedCore:
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
+            self._learn_after()
             self._schedule_flush()
 
         self._call_soon(job)
         return fut
+
+    def _learn_after(self) -> None:
+        """A search's learning write, once its caller has the results: here on the
+        owner thread, before any later call (so every later call sees it)."""
+        core = self._core
+        if core is not None and core.pending_learning and not self._finished:
+            self._run(KeepsPending(lambda c: c.apply_learning()))
 
     def _call(self, fn: Callable[[Core], T]) -> T:
         if self._on_owner_thread():
             try:
                 return self._run(fn)
             finally:
+                self._learn_after()
                 self._schedule_flush()
         return self._submit(fn).result()
 

@@ -158,7 +158,7 @@ class SearchOps(LearningOps):
             rows.update(path_rows)
             prunable.extend(path_prunable)
         if learn and learned:
-            self._learn(learned, rows, prunable)
+            self.learn_later(learned, rows, prunable)
         self.last_search_timing = SearchTiming(
             dense_s, lexical_s, legs_s, self._late_s, time.perf_counter() - started
         )

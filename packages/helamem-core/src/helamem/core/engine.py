@@ -289,7 +289,12 @@ class HelaMemory(UpkeepMethods):
                 these slots (``retrieval.selection``); hits come sorted by
                 ``score``, a relevance in [0, 1].
             learn: Reinforce the returned memories together (Hebbian
-                learning); ``False`` is read-only.
+                learning); ``False`` is read-only. The write runs on the
+                store's owner thread right after the hits are handed back,
+                before any later call on this memory runs (each sees it;
+                ``close()`` writes one still pending). A write that fails
+                (a full disk, a lock timeout) is logged at WARNING and
+                dropped: it never fails the search it came from.
             spread: Spread activation over learned edges.
             reference_time: "Now" for recency; default: the newest candidate.
             kind: ``"episodic"`` or ``"semantic"``.

@@ -1,0 +1,115 @@
+"""A search's learning write runs after its results return, before the next call.
+
+Issue 18 (item 2): the co-activation a ``search(learn=True)`` writes is off the
+request path. These tests pin what that must keep: the write is never lost
+while the memory is open (every later call sees it, ``close`` writes it), it
+runs after the caller has its hits, and a failing write never fails the
+search that came before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import DiskFullError, HelaMemory
+
+A = ("users", "a")
+
+
+def _fill(mem: HelaMemory) -> list[str]:
+    return [
+        mem.add(text, A).id
+        for text in (
+            "alice plays the violin on sundays",
+            "bob fixes bicycles in his garage",
+            "tea with milk and honey",
+            "the violin recital is on saturday",  # not next to the first: no temporal edge
+        )
+    ]
+
+
+def _edges(mem: HelaMemory) -> int:
+    return mem.stats(A).edges
+
+
+def test_every_later_call_sees_the_learning_of_a_search(mem: HelaMemory) -> None:
+    _fill(mem)
+    before = _edges(mem)
+    hits = mem.search("violin", A, k=2)
+    assert len(hits) == 2
+    # the very next call, whatever it is, runs after the write: the pair is an edge now
+    assert _edges(mem) == before + 1
+    assert all(mem.get(h.memory.id).access_count == 1 for h in hits)
+
+
+def test_the_search_returns_before_its_learning_write(mem: HelaMemory) -> None:
+    _fill(mem)
+    core = mem._call(lambda c: c)
+    real = core.store.co_activate
+    release, writing, written = threading.Event(), threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> None:
+        writing.set()
+        release.wait(10)  # a synchronous write would hold the search this long
+        real(*args, **kwargs)
+        written.set()
+
+    core.store.co_activate = held  # type: ignore[method-assign]
+    before = _edges(mem)
+    hits = mem.search("violin", A, k=2)
+    assert len(hits) == 2
+    assert not written.is_set()  # the caller has its hits while the write still waits
+    release.set()
+    assert writing.wait(10)
+    assert _edges(mem) == before + 1  # and the next call comes after it
+    assert written.is_set()
+
+
+def test_a_failed_learning_write_never_fails_the_search(
+    mem: HelaMemory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fill(mem)
+    core = mem._call(lambda c: c)
+    real = core.store.co_activate
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise DiskFullError("the disk is full")
+
+    core.store.co_activate = full  # type: ignore[method-assign]
+    before = _edges(mem)
+    with caplog.at_level(logging.WARNING, logger="helamem.core._learning"):
+        hits = mem.search("violin", A, k=2)
+        assert {h.memory.content for h in hits} == {
+            "alice plays the violin on sundays",
+            "the violin recital is on saturday",
+        }
+        assert _edges(mem) == before  # dropped (the transaction rolled back), the store usable
+    assert "co-activation was not stored" in caplog.text
+    assert all(mem.get(h.memory.id).access_count == 0 for h in hits)
+    core.store.co_activate = real  # type: ignore[method-assign]
+    mem.search("violin", A, k=2)
+    assert _edges(mem) == before + 1
+
+
+def test_close_writes_a_learning_step_still_pending(tmp_path: Path, make_mem: Any) -> None:
+    path = tmp_path / "s"
+    mem = make_mem(path)
+    _fill(mem)
+    before = _edges(mem)
+    core = mem._call(lambda c: c)
+    pending: list[int] = []
+
+    def bare_search() -> None:  # on the owner loop, outside a call: nothing writes after it
+        core.search("violin", A, 2)
+        pending.append(core.pending_learning)
+
+    mem._call_soon(bare_search)
+    mem.close()  # queued behind it
+    assert pending == [1]
+    with make_mem(path) as again:
+        assert _edges(again) == before + 1
