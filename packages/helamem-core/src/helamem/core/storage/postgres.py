@@ -41,11 +41,12 @@ from psycopg import sql as pgsql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import PostgresConfig
-from ..errors import InvalidInputError, StorageError
+from ..errors import StorageError
 from .base import MemoryRow
 from .pg_conn import PgConnection, advisory_key, redacted
 from .pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, Fts5Tokenizer, pg_text, quoted
 from .sqlite import SQLiteStore
+from .sqlite_schema import qmarks
 
 __all__ = ["PG_MIGRATIONS", "PG_SCHEMA_VERSION", "PostgresStore", "connect_reader"]
 
@@ -97,6 +98,9 @@ class PostgresStore(SQLiteStore):
     its tables. Every method runs on the store's owner thread, as the SQLite
     store's.
     """
+
+    _MIGRATIONS: tuple[tuple[str, ...], ...] = tuple((m,) for m in PG_MIGRATIONS)
+    _SECONDS_TYPE = "DOUBLE PRECISION"
 
     def __init__(self, config: PostgresConfig) -> None:
         super().__init__(Path(f"postgresql-schema-{config.schema_name}"), config.connect_timeout_s)
@@ -236,28 +240,6 @@ class PostgresStore(SQLiteStore):
             with suppress(StorageError):
                 db.execute("COMMIT")
 
-    def _migrate(self) -> None:
-        db = self.pg
-        with self.tx():
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version "
-                "(version INTEGER PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)"
-            )
-            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = int(row[0] or 0) if row is not None else 0
-            if current > PG_SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self.describe()} has schema version {current}, newer than this "
-                    f"helamem-core ({PG_SCHEMA_VERSION}); upgrade helamem-core"
-                )
-            for version in range(current + 1, PG_SCHEMA_VERSION + 1):
-                db.execute(PG_MIGRATIONS[version - 1])
-                db.execute(
-                    "INSERT INTO schema_version(version, applied_at) VALUES (?, extract(epoch "
-                    "from now()))",
-                    (version,),
-                )
-
     # -- scopes and memories ---------------------------------------------
 
     def ensure_scope(self, db: Any, scope: Sequence[str]) -> int:
@@ -278,7 +260,7 @@ class PostgresStore(SQLiteStore):
         assert parent is not None
         return parent
 
-    def _index_text(self, db: Any, items: Sequence[tuple[int, str, str]]) -> None:
+    def _index_texts(self, db: Any, items: Sequence[tuple[int, str, str]]) -> None:
         """Postings, document frequencies and totals of new texts ``(n, text, tags)``.
 
         A row's length ``dl`` counts its tags too: FTS5's ``bm25()`` takes the
@@ -307,7 +289,7 @@ class PostgresStore(SQLiteStore):
             (len(items), total),
         )
 
-    def _unindex_text(self, db: Any, ns: Sequence[int]) -> None:
+    def _unindex_texts(self, db: Any, ns: Sequence[int]) -> None:
         """Remove memories' postings (their terms' frequencies and the totals follow)."""
         # only rows that still exist count (another writer may have deleted one
         # since it was read); one with no token in its text has only its tags' length
@@ -331,53 +313,21 @@ class PostgresStore(SQLiteStore):
             (len(lengths), sum(lengths.values())),
         )
 
-    def insert_memory(
-        self,
-        db: Any,
-        *,
-        id: str,
-        scope_id: int,
-        tags: str,
-        kind: str,
-        content: str,
-        search_text: str,
-        role: str | None,
-        event_time: float,
-        created_at: float,
-        keywords: str,
-        metadata: str,
-        provenance: str,
-        embedding: bytes,
-    ) -> int:
-        stored = pg_text(search_text)
-        raw = None if content == stored else content.encode("utf-8", "surrogatepass")
-        if db.execute("SELECT 1 FROM memories WHERE id = ?", (id,)).fetchone() is not None:
-            raise InvalidInputError(
-                f"a memory with id {id!r} exists; delete it first or choose another id"
-            )
+    @staticmethod
+    def _stored_text(search_text: str) -> str:
+        return pg_text(search_text)  # PostgreSQL's text holds no NUL and no lone surrogate
+
+    @staticmethod
+    def _tag_columns(tags: str) -> dict[str, object]:
+        return {"tags": tags.split()}  # _unindex_texts reads them back for the row length
+
+    def _insert_row(self, db: Any, columns: dict[str, object]) -> int:
         r = db.execute(
-            "INSERT INTO memories(id, scope_id, kind, content, content_raw, role, event_time,"
-            " created_at, keywords, metadata, provenance, embedding, tags)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING n",
-            (
-                id,
-                scope_id,
-                kind,
-                stored,
-                raw,
-                role,
-                event_time,
-                created_at,
-                keywords,
-                metadata,
-                provenance,
-                embedding,
-                tags.split(),
-            ),
+            f"INSERT INTO memories({', '.join(columns)}) VALUES ({qmarks(len(columns))})"
+            " RETURNING n",
+            tuple(columns.values()),
         ).fetchone()
-        n = int(r[0])
-        self._index_text(db, [(n, search_text, tags)])
-        return n
+        return int(r[0])
 
     def delete_memories(self, db: Any, rows: Sequence[MemoryRow]) -> None:
         """Delete memories, their postings and edges; leave tombstones for the index."""
@@ -386,37 +336,13 @@ class PostgresStore(SQLiteStore):
             return
         db.execute("DELETE FROM token_vectors WHERE n = ANY(?)", (ns,))
         db.execute("DELETE FROM edges WHERE a = ANY(?) OR b = ANY(?)", (ns, ns))
-        self._unindex_text(db, ns)
+        self._unindex_texts(db, ns)
         db.execute("DELETE FROM memories WHERE n = ANY(?)", (ns,))
         db.execute("UPDATE scopes SET last_episode = NULL WHERE last_episode = ANY(?)", (ns,))
         db.executemany(
             "INSERT INTO tombstones(id, scope_id, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             [(r.id, r.scope_id, r.kind) for r in rows],
         )
-
-    def update_fact(
-        self,
-        db: Any,
-        row: MemoryRow,
-        *,
-        content: str,
-        search_text: str,
-        tags: str,
-        provenance: str,
-        event_time: float,
-        embedding: bytes,
-    ) -> None:
-        """Rewrite a fact's text, provenance and vector (postings kept in step)."""
-        stored = pg_text(search_text)
-        raw = None if content == stored else content.encode("utf-8", "surrogatepass")
-        self._unindex_text(db, [row.n])  # first: it reads the row's old tags
-        db.execute(
-            "UPDATE memories SET content = ?, content_raw = ?, provenance = ?, event_time = ?,"
-            " embedding = ?, indexed = 0, tags = ? WHERE n = ?",
-            (stored, raw, provenance, event_time, embedding, tags.split(), row.n),
-        )
-        db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
-        self._index_text(db, [(row.n, search_text, tags)])
 
     # -- dialect -------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from .sqlite_schema import (
     SCHEMA_VERSION,
     memory_row,
     qmarks,
+    raw_content,
     scope_path,
     sqlite_errors,
     storage_error,
@@ -161,37 +162,31 @@ class SQLiteStore(SQLiteUpkeep):
         provenance: str,
         embedding: bytes,
     ) -> int:
-        raw = None if content == search_text else content.encode("utf-8", "surrogatepass")
         if db.execute("SELECT 1 FROM memories WHERE id = ?", (id,)).fetchone() is not None:
             # another writer took this caller-chosen id first (checked inside the tx)
             raise InvalidInputError(
                 f"a memory with id {id!r} exists; delete it first or choose another id"
             )
-        cur = db.execute(
-            "INSERT INTO memories(id, scope_id, kind, content, content_raw, role, event_time,"
-            " created_at, keywords, metadata, provenance, embedding)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                id,
-                scope_id,
-                kind,
-                search_text,
-                raw,
-                role,
-                event_time,
-                created_at,
-                keywords,
-                metadata,
-                provenance,
-                embedding,
-            ),
+        stored = self._stored_text(search_text)
+        n = self._insert_row(
+            db,
+            {
+                "id": id,
+                "scope_id": scope_id,
+                "kind": kind,
+                "content": stored,
+                "content_raw": raw_content(content, stored),
+                "role": role,
+                "event_time": event_time,
+                "created_at": created_at,
+                "keywords": keywords,
+                "metadata": metadata,
+                "provenance": provenance,
+                "embedding": embedding,
+                **self._tag_columns(tags),
+            },
         )
-        n = int(cur.lastrowid or 0)
-        self._fts_writes += 1
-        db.execute(
-            "INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)",
-            (n, search_text, tags),
-        )
+        self._index_texts(db, [(n, search_text, tags)])
         return n
 
     def rows_by_n(self, ns: Iterable[int]) -> dict[int, MemoryRow]:
@@ -328,8 +323,7 @@ class SQLiteStore(SQLiteUpkeep):
         ns = [(r.n,) for r in rows]
         db.executemany("DELETE FROM token_vectors WHERE n = ?", ns)
         db.executemany("DELETE FROM edges WHERE a = ? OR b = ?", [(n, n) for (n,) in ns])
-        self._fts_writes += 1
-        db.executemany("DELETE FROM memories_fts WHERE rowid = ?", ns)
+        self._unindex_texts(db, [n for (n,) in ns])
         db.executemany("DELETE FROM memories WHERE n = ?", ns)
         db.executemany("UPDATE scopes SET last_episode = NULL WHERE last_episode = ?", ns)
         db.executemany(

@@ -283,12 +283,23 @@ def statements(script: str) -> list[str]:
     return out
 
 
+def raw_content(content: str, stored: str) -> bytes | None:
+    """The ``content_raw`` column: the caller's exact text (UTF-8, lone surrogates
+    kept) when the searchable ``content`` column holds another spelling, else NULL."""
+    return None if content == stored else content.encode("utf-8", "surrogatepass")
+
+
 def qmarks(n: int) -> str:
     return ",".join("?" * n)
 
 
 class SQLiteConnection:
     """One SQLite file: its connection, schema migrations, transactions and meta table."""
+
+    #: The append-only migrations, each as its statements (``PostgresStore``: its own).
+    _MIGRATIONS: tuple[tuple[str, ...], ...] = tuple(tuple(statements(m)) for m in MIGRATIONS)
+    #: The SQL type of ``schema_version.applied_at`` (Unix seconds).
+    _SECONDS_TYPE = "REAL"
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self._path = path
@@ -416,21 +427,28 @@ class SQLiteConnection:
             with suppress(sqlite3.Error):  # the original error is what the caller needs
                 db.execute("ROLLBACK")
 
+    def describe(self) -> str:
+        """The store, for messages: its database file."""
+        return str(self._path)
+
     def _migrate(self) -> None:
-        db = self.db
-        with self.tx():
+        """Apply the migrations the store lacks, in order, in one write transaction;
+        a store newer than this code is refused."""
+        latest = len(self._MIGRATIONS)
+        with self.tx() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version "
-                "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+                f"(version INTEGER PRIMARY KEY, applied_at {self._SECONDS_TYPE} NOT NULL)"
             )
-            current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-            if current > SCHEMA_VERSION:
+            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = int(row[0] or 0) if row is not None else 0
+            if current > latest:
                 raise StorageError(
-                    f"{self._path} has schema version {current}, newer than this "
-                    f"helamem-core ({SCHEMA_VERSION}); upgrade helamem-core"
+                    f"{self.describe()} has schema version {current}, newer than this "
+                    f"helamem-core ({latest}); upgrade helamem-core"
                 )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for stmt in statements(MIGRATIONS[version - 1]):
+            for version in range(current + 1, latest + 1):
+                for stmt in self._MIGRATIONS[version - 1]:
                     db.execute(stmt)
                 db.execute(
                     "INSERT INTO schema_version(version, applied_at) VALUES (?, ?)",

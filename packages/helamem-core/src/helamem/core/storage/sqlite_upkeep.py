@@ -16,6 +16,7 @@ from .sqlite_schema import (
     SQLiteConnection,
     memory_row,
     qmarks,
+    raw_content,
 )
 
 __all__ = ["SQLiteUpkeep"]
@@ -23,6 +24,38 @@ __all__ = ["SQLiteUpkeep"]
 
 class SQLiteUpkeep(SQLiteConnection):
     """Queries of consolidation (facts, clusters), forgetting, export and import."""
+
+    # -- what the engines spell differently (PostgresStore overrides these) --
+
+    @staticmethod
+    def _stored_text(search_text: str) -> str:
+        """The ``content`` column's value for this text (SQLite keeps any str)."""
+        return search_text
+
+    @staticmethod
+    def _tag_columns(tags: str) -> dict[str, object]:
+        """Extra ``memories`` columns holding a row's scope tags (SQLite: in FTS5 only)."""
+        return {}
+
+    def _insert_row(self, db: sqlite3.Connection, columns: dict[str, object]) -> int:
+        """``INSERT`` one ``memories`` row; returns its key ``n``."""
+        cur = db.execute(
+            f"INSERT INTO memories({', '.join(columns)}) VALUES ({qmarks(len(columns))})",
+            tuple(columns.values()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _index_texts(self, db: sqlite3.Connection, items: Sequence[tuple[int, str, str]]) -> None:
+        """Make new texts ``(n, search_text, tags)`` findable by BM25 (FTS5 rows)."""
+        self._fts_writes += 1
+        db.executemany("INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)", items)
+
+    def _unindex_texts(self, db: sqlite3.Connection, ns: Sequence[int]) -> None:
+        """Remove memories' texts from BM25 (their FTS5 rows); run before the rows change."""
+        self._fts_writes += 1
+        db.executemany("DELETE FROM memories_fts WHERE rowid = ?", [(n,) for n in ns])
+
+    # -- writes shared by both engines ---------------------------------------
 
     def update_fact(
         self,
@@ -36,20 +69,24 @@ class SQLiteUpkeep(SQLiteConnection):
         event_time: float,
         embedding: bytes,
     ) -> None:
-        """Rewrite a fact's text, provenance and vector (FTS kept in step; re-index pending)."""
-        raw = None if content == search_text else content.encode("utf-8", "surrogatepass")
+        """Rewrite a fact's text, provenance and vector (BM25 kept in step; re-index pending)."""
+        stored = self._stored_text(search_text)
+        self._unindex_texts(db, [row.n])  # first: PostgreSQL's reads the row's old tags
+        sets: dict[str, object] = {
+            "content": stored,
+            "content_raw": raw_content(content, stored),
+            "provenance": provenance,
+            "event_time": event_time,
+            "embedding": embedding,
+            "indexed": 0,
+            **self._tag_columns(tags),
+        }
         db.execute(
-            "UPDATE memories SET content = ?, content_raw = ?, provenance = ?, event_time = ?,"
-            " embedding = ?, indexed = 0 WHERE n = ?",
-            (search_text, raw, provenance, event_time, embedding, row.n),
+            f"UPDATE memories SET {', '.join(f'{c} = ?' for c in sets)} WHERE n = ?",
+            (*sets.values(), row.n),
         )
-        self._fts_writes += 1
         db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
-        db.execute("DELETE FROM memories_fts WHERE rowid = ?", (row.n,))
-        db.execute(
-            "INSERT INTO memories_fts(rowid, content, tags) VALUES (?, ?, ?)",
-            (row.n, search_text, tags),
-        )
+        self._index_texts(db, [(row.n, search_text, tags)])
 
     def cluster_known(self, scope_id: int, signature: str) -> bool:
         r = self.db.execute(
