@@ -80,12 +80,14 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if timed:
         lines += [
             "",
-            "Where the default `search` spends its time (p50 / p95 ms, engine side): the dense "
-            "leg (query embedding, here a table lookup, and the ANN query) runs on a second "
-            f"thread beside the lexical leg (BM25 over {bm25} and its candidates' rows); late is "
-            "MaxSim (token vectors read and scored); rest is the pool, fusion, spreading, hits "
-            "and the learning write. Engine = the time until both parallel legs were done, plus "
-            "late, plus rest (so not dense + lexical + late + rest), as the owner thread saw it; "
+            "Where the default `search` spends its time (p50 / p95 ms, engine side): the "
+            f"lexical leg (BM25 over {bm25}) runs while the query embedding (here a table "
+            "lookup) is computed on a second thread; the dense leg is the wait for it plus the "
+            "ANN query; late is MaxSim (token vectors read and scored); rest is the candidate "
+            "rows, the pool, fusion, spreading and the hits. The learning write runs after the "
+            "hits are handed back (before the store's next call), so neither engine nor search "
+            "includes it. Engine = the time until both legs were done (the scope lookup, lexical, "
+            "dense), plus late, plus rest, as the owner thread saw it; "
             "search, the caller's time, adds the hop to that thread.",
             "",
             "| memories | layout | dense | lexical | late (MaxSim) | rest | engine | search |",

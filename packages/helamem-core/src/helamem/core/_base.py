@@ -85,7 +85,8 @@ class SearchTiming:
     memories, one after the other 3.4-4.0 ms). ``legs_s`` is the time until
     both were done. ``late_s`` is the MaxSim leg (token vectors read and
     scored), ``rest_s`` everything else (candidate rows, pool, fusion,
-    spreading, hits, the learning write).
+    spreading, hits). The learning write runs after the search returns
+    (:meth:`LearningOps.apply_learning`), outside these times.
     """
 
     dense_s: float
