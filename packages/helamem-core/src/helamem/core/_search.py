@@ -16,7 +16,7 @@ from . import dynamics, retrieval
 from ._base import SearchTiming, check_content, check_k, scope_tag
 from ._learning import LearningOps
 from .errors import InvalidInputError, StorageError
-from .storage.base import RankRow
+from .storage.base import EdgeRow, RankRow
 from .text import drop_common, fts_match, fts_terms
 from .tokens import TokenCount
 from .types import (
@@ -431,12 +431,15 @@ class SearchOps(LearningOps):
         if not seeds:
             return [], []
         prunable: list[tuple[int, int]] = []
-        triples = [(s, j, w) for s, lst in self._strongest(seeds, prunable).items() for w, j in lst]
+        edges = _EdgeReader(self)  # each node's edges and each scope's tick read once
+        triples = [
+            (s, j, w) for s, lst in self._strongest(seeds, prunable, edges).items() for w, j in lst
+        ]
         if self.config.retrieval.spread_hops > 1 and triples:
-            triples.extend(self._second_hop(seeds, triples, prunable))
+            triples.extend(self._second_hop(seeds, triples, prunable, edges))
         cfg = self.config.retrieval
         if cfg.fan_power > 0 and triples:  # hub-resistant: scale by both ends' strength
-            strength = self._strength({n for s, j, _ in triples for n in (s, j)})
+            strength = self._strength({n for s, j, _ in triples for n in (s, j)}, edges)
             triples = [
                 (
                     s,
@@ -453,26 +456,22 @@ class SearchOps(LearningOps):
             ]
         return triples, prunable
 
-    def _strength(self, nodes: Collection[int]) -> dict[int, float]:
+    def _strength(self, nodes: Collection[int], edges: _EdgeReader) -> dict[int, float]:
         """Each node's strength: the sum of its edges' decayed weights."""
-        edges = self.store.edges_of(list(nodes))
-        ticks = self._ticks([e.scope_id for e in edges])
-        return dynamics.strengths((e.a, e.b, self._decayed(e, ticks[e.scope_id])) for e in edges)
+        return dynamics.strengths((e.a, e.b, w) for e, w in edges.decayed(nodes))
 
     def _strongest(
         self,
         nodes: Collection[int],
         prunable: list[tuple[int, int]],
+        edges: _EdgeReader,
         exclude: Collection[int] = (),
     ) -> dict[int, list[tuple[float, int]]]:
         """Each node's strongest surviving neighbours ``(decayed weight, n)``, best
         first, at most ``neighbors_per_seed``; edges that decayed away go to ``prunable``."""
-        edges = self.store.edges_of(list(nodes))
-        ticks = self._ticks([e.scope_id for e in edges])
         floor = self.config.dynamics.prune_below
         per: dict[int, list[tuple[float, int]]] = defaultdict(list)
-        for e in edges:
-            w = self._decayed(e, ticks[e.scope_id])
+        for e, w in edges.decayed(nodes):
             if not dynamics.survives(w, floor):
                 prunable.append((e.a, e.b))
                 continue
@@ -490,13 +489,14 @@ class SearchOps(LearningOps):
         seeds: dict[int, float],
         first: Sequence[tuple[int, int, float]],
         prunable: list[tuple[int, int]],
+        edges: _EdgeReader,
     ) -> list[tuple[int, int, float]]:
         """``(seed, k, w_sj * w_jk)`` for the first-hop neighbours' strongest edges."""
         via: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for s, j, w in first:
             via[j].append((s, w))
         best: dict[tuple[int, int], float] = {}
-        for j, lst in self._strongest(via, prunable, exclude=seeds).items():
+        for j, lst in self._strongest(via, prunable, edges, exclude=seeds).items():
             for w_jk, k in lst:
                 for s, w_sj in via[j]:
                     if k != s:
@@ -544,3 +544,31 @@ class SearchOps(LearningOps):
                 )
         hits.sort(key=lambda h: -h.score)  # best first (stable: base before association on ties)
         return hits
+
+
+class _EdgeReader:
+    """The edges spreading reads in one search: each node's edges and each scope's
+    tick are read from the store once (the seeds', then the hops' and the fan's)."""
+
+    def __init__(self, ops: SearchOps) -> None:
+        self._ops = ops
+        self._by_node: dict[int, dict[tuple[int, int], EdgeRow]] = {}
+        self._ticks: dict[int, int] = {}
+
+    def decayed(self, nodes: Collection[int]) -> list[tuple[EdgeRow, float]]:
+        """Every edge touching ``nodes`` (once each), with its weight decayed to now."""
+        todo = [n for n in nodes if n not in self._by_node]
+        if todo:
+            for n in todo:
+                self._by_node[n] = {}
+            for e in self._ops.store.edges_of(todo):
+                for end in (e.a, e.b):
+                    if end in self._by_node:
+                        self._by_node[end][(e.a, e.b)] = e
+        found: dict[tuple[int, int], EdgeRow] = {}
+        for n in nodes:
+            found.update(self._by_node[n])
+        new = {e.scope_id for e in found.values()} - self._ticks.keys()
+        if new:
+            self._ticks.update(self._ops._ticks(list(new)))
+        return [(e, self._ops._decayed(e, self._ticks[e.scope_id])) for e in found.values()]
