@@ -113,3 +113,40 @@ def test_close_writes_a_learning_step_still_pending(tmp_path: Path, make_mem: An
     assert pending == [1]
     with make_mem(path) as again:
         assert _edges(again) == before + 1
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
+mem = HelaMemory(HelaMemConfig(path=Path(sys.argv[1])), embedder=HashingEmbedder(256))
+mem.search("violin", ("users", "a"), k=2)  # learn=True
+mem.stats()  # any later call returns after the learning write committed
+print("ACK", flush=True)
+time.sleep(60)  # killed here, never closed
+"""
+
+
+@pytest.mark.sqlite_only  # a child process on the store's file
+def test_a_learning_write_survives_sigkill_once_a_later_call_returned(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from helamem.core import HashingEmbedder, HelaMemConfig
+
+    path = tmp_path / "s"
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(256)) as mem:
+        _fill(mem)
+        before = _edges(mem)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ACK"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(256)) as again:
+        assert _edges(again) == before + 1
