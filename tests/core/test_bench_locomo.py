@@ -396,6 +396,31 @@ def test_learning_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
         assert 0 <= r["missed_sharing_earlier_evidence"] <= r["missed"]
 
 
+def test_association_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
+    """benchmarks/association_ceiling.py (README): the oracle bounds what it should."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[2] / "benchmarks" / "association_ceiling.py"
+    out = tmp_path / "ceiling.json"
+    args = [sys.executable, str(script), "--data", str(data), "--embedder", "hashing"]
+    done = subprocess.run(
+        [*args, "--out", str(out)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| oracle: seeds |" in done.stdout
+    res = json.loads(out.read_text())
+    assert res["questions"] == 6  # categories 1-4 of the tiny file
+    cells = {(o["seeds"], o["window"], o["slots"]): o["r@10"] for o in res["oracle"]}
+    assert len(cells) == 8
+    for (s, w, a), r in cells.items():
+        assert 0 <= r <= 1
+        if w == 1:  # a wider window, or more seeds, only adds candidates
+            assert cells[(s, 2, a)] >= r
+        if s == 3:
+            assert cells[(8, w, a)] >= r
+
+
 def test_a_fact_counts_as_its_source_turns() -> None:
     from helamem.bench import locomo_score, token_counter
 
