@@ -70,20 +70,25 @@ def test_the_search_returns_before_its_learning_write(mem: HelaMemory) -> None:
     assert written.is_set()
 
 
+@pytest.mark.parametrize("error", [DiskFullError("the disk is full"), TypeError("a bug")])
+@pytest.mark.parametrize("on_owner", [False, True])
 def test_a_failed_learning_write_never_fails_the_search(
-    mem: HelaMemory, caplog: pytest.LogCaptureFixture
+    mem: HelaMemory, caplog: pytest.LogCaptureFixture, error: Exception, on_owner: bool
 ) -> None:
     _fill(mem)
     core = mem._call(lambda c: c)
     real = core.store.co_activate
 
     def full(*args: Any, **kwargs: Any) -> None:
-        raise DiskFullError("the disk is full")
+        raise error
 
     core.store.co_activate = full  # type: ignore[method-assign]
     before = _edges(mem)
     with caplog.at_level(logging.WARNING, logger="helamem.core._learning"):
-        hits = mem.search("violin", A, k=2)
+        if on_owner:  # a call made on the owner thread (as a recorder lane's) runs inline
+            hits = mem._call(lambda c: mem.search("violin", A, k=2))
+        else:
+            hits = mem.search("violin", A, k=2)
         assert {h.memory.content for h in hits} == {
             "alice plays the violin on sundays",
             "the violin recital is on saturday",

@@ -502,18 +502,18 @@ async def test_a_commit_of_unknown_outcome_is_reported_not_retried() -> None:
 
     class LostCommit(FakeMemory):
         async def aadd_turns(self, turns: Sequence[NewTurn]) -> None:
-            if not self.gate.is_set():
-                await asyncio.to_thread(self.gate.wait)
             self.calls.append({"batch": len(turns)})
             raise CommitUnknownError("the connection was lost during COMMIT")
 
     m = LostCommit()
     hold = threading.Event()
-    m._call_soon(hold.wait)  # the owner loop waits: both turns are queued before a lane runs
-    rec = TurnRecorder(fake(m))
-    rec.record_turn_nowait(("s",), "one", "x")
-    rec.record_turn_nowait(("s",), "two", "y")
-    hold.set()
+    m._call_soon(lambda: hold.wait(30))  # the owner loop waits: both turns queue before a lane
+    try:
+        rec = TurnRecorder(fake(m))
+        rec.record_turn_nowait(("s",), "one", "x")
+        rec.record_turn_nowait(("s",), "two", "y")
+    finally:
+        hold.set()
     with pytest.raises(TurnRecordingError) as ei:
         await rec.close()
     assert m.calls == [{"batch": 2}]  # one try, no turn-by-turn retry

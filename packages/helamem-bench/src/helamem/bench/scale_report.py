@@ -86,8 +86,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
             "ANN query; late is MaxSim (token vectors read and scored); rest is the candidate "
             "rows, the pool, fusion, spreading and the hits. The learning write runs after the "
             "hits are handed back (before the store's next call), so neither engine nor search "
-            "includes it. Engine = the time until both legs were done (the scope lookup, lexical, "
-            "dense), plus late, plus rest, as the owner thread saw it; "
+            "includes it: the leg times are read from the store after search's clock stopped, "
+            "which waits for it. Engine = the time until both legs were done (the scope "
+            "lookup, lexical, dense), plus late, plus rest, as the owner thread saw it; "
             "search, the caller's time, adds the hop to that thread.",
             "",
             "| memories | layout | dense | lexical | late (MaxSim) | rest | engine | search |",

@@ -85,8 +85,10 @@ class SearchTiming:
     memories, one after the other 3.4-4.0 ms). ``legs_s`` is the time until
     both were done. ``late_s`` is the MaxSim leg (token vectors read and
     scored), ``rest_s`` everything else (candidate rows, pool, fusion,
-    spreading, hits). The learning write runs after the search returns
-    (:meth:`LearningOps.apply_learning`), outside these times.
+    spreading, hits). In a :class:`~helamem.core.HelaMemory` the learning
+    write runs after the search returns (``LearningOps.apply_learning``),
+    outside these times; a bare engine without ``defer_learning`` writes it
+    inline, inside ``rest_s``.
     """
 
     dense_s: float

@@ -167,9 +167,10 @@ class LearningOps(CoreBase):
         """Write the learning steps that searches left (the owner runs this right after
         each call, before the next one, and on close); returns the steps written.
 
-        A step whose write fails (a full disk, a lock held past ``busy_timeout``)
-        is dropped and logged at WARNING: the search it came from has already
-        returned, and the memories themselves are untouched.
+        A step whose write fails (a full disk, a lock held past ``busy_timeout`` or
+        ``lock_timeout_s``, a scope another process deleted meanwhile) is dropped and
+        logged: the search it came from has already returned, and the memories
+        themselves are untouched. Never raises.
         """
         todo, self._pending_learning = self._pending_learning, []
         done = 0
@@ -182,6 +183,10 @@ class LearningOps(CoreBase):
                 logger.warning(
                     "a search's co-activation was not stored (%s): %s", type(exc).__name__, exc
                 )
+            # the search returned already: nothing can reach its caller, and the
+            # owner's loop must go on; a bug shows here with its traceback
+            except Exception:
+                logger.exception("a search's co-activation was not stored")
         return done
 
     def _learn(

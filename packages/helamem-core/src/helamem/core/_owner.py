@@ -318,8 +318,10 @@ class OwnedCore:
                 fut.set_exception(exc)
             else:
                 fut.set_result(result)
-            self._learn_after()
-            self._schedule_flush()
+            try:
+                self._learn_after()
+            finally:
+                self._schedule_flush()
 
         self._call_soon(job)
         return fut

@@ -571,4 +571,7 @@ class _EdgeReader:
         new = {e.scope_id for e in found.values()} - self._ticks.keys()
         if new:
             self._ticks.update(self._ops._ticks(list(new)))
-        return [(e, self._ops._decayed(e, self._ticks[e.scope_id])) for e in found.values()]
+        # in (a, b) order, as the store's UNION returned them: the same float sums
+        return [
+            (e, self._ops._decayed(e, self._ticks[e.scope_id])) for _, e in sorted(found.items())
+        ]

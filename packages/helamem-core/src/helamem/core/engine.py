@@ -292,9 +292,11 @@ class HelaMemory(UpkeepMethods):
                 learning); ``False`` is read-only. The write runs on the
                 store's owner thread right after the hits are handed back,
                 before any later call on this memory runs (each sees it;
-                ``close()`` writes one still pending). A write that fails
-                (a full disk, a lock timeout) is logged at WARNING and
-                dropped: it never fails the search it came from.
+                ``close()`` writes one still pending): a caller whose next
+                call comes at once waits for it there. Another
+                ``HelaMemory`` or process sees it once written. A write that
+                fails (a full disk, a lock timeout) is logged and dropped,
+                not retried: it never fails the search it came from.
             spread: Spread activation over learned edges.
             reference_time: "Now" for recency; default: the newest candidate.
             kind: ``"episodic"`` or ``"semantic"``.
