@@ -94,7 +94,7 @@ def test_a_failed_learning_write_never_fails_the_search(
             "the violin recital is on saturday",
         }
         assert _edges(mem) == before  # dropped (the transaction rolled back), the store usable
-    assert "co-activation was not stored" in caplog.text
+    assert "co-activation was dropped, not stored" in caplog.text
     assert all(mem.get(h.memory.id).access_count == 0 for h in hits)
     core.store.co_activate = real  # type: ignore[method-assign]
     mem.search("violin", A, k=2)

@@ -181,12 +181,15 @@ class LearningOps(CoreBase):
                 done += 1
             except StorageError as exc:
                 logger.warning(
-                    "a search's co-activation was not stored (%s): %s", type(exc).__name__, exc
+                    "a search's co-activation was dropped, not stored (the memories are "
+                    "unchanged; later searches learn as usual): %s: %s",
+                    type(exc).__name__,
+                    exc,
                 )
             # the search returned already: nothing can reach its caller, and the
             # owner's loop must go on; a bug shows here with its traceback
             except Exception:
-                logger.exception("a search's co-activation was not stored")
+                logger.exception("a search's co-activation was dropped, not stored")
         return done
 
     def _learn(

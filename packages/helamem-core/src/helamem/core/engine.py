@@ -288,15 +288,18 @@ class HelaMemory(UpkeepMethods):
                 only ``max_tokens`` is given). Association hits compete for
                 these slots (``retrieval.selection``); hits come sorted by
                 ``score``, a relevance in [0, 1].
-            learn: Reinforce the returned memories together (Hebbian
-                learning); ``False`` is read-only. The write runs on the
-                store's owner thread right after the hits are handed back,
-                before any later call on this memory runs (each sees it;
-                ``close()`` writes one still pending): a caller whose next
-                call comes at once waits for it there. Another
-                ``HelaMemory`` or process sees it once written. A write that
-                fails (a full disk, a lock timeout) is logged and dropped,
-                not retried: it never fails the search it came from.
+            learn: Reinforce the best ``retrieval.learn_top`` returned
+                memories together (all of them when 0) and count their
+                accesses (Hebbian learning); ``False`` is read-only. The
+                write runs on the store's owner thread right after the hits
+                are handed back, before any later call on this memory runs
+                (each sees it; ``close()`` writes one still pending): a
+                caller whose next call comes at once waits for it there (up
+                to ``busy_timeout_s`` while another writer holds the store).
+                Another ``HelaMemory`` or process sees it once written, a few
+                milliseconds after the search returned. A write that fails (a
+                full disk, a lock timeout) is logged and dropped, not
+                retried: it never fails the search it came from.
             spread: Spread activation over learned edges.
             reference_time: "Now" for recency; default: the newest candidate.
             kind: ``"episodic"`` or ``"semantic"``.
@@ -310,6 +313,9 @@ class HelaMemory(UpkeepMethods):
 
         Raises:
             InvalidInputError: A bad query, scope, k, semantic_k or max_tokens.
+            StorageError: The store could not be read (``CorruptStoreError``,
+                ``IndexLockedError``, ... name their fix).
+            StoreClosedError: After :meth:`close`.
 
         Examples:
             >>> res = mem.search("pets", ("users",), k=5)   # doctest: +SKIP
