@@ -371,6 +371,13 @@ class LexicalIndex:
             self._checked = True
         db = store.db
         mark, seq, changed = self._mark, self._seq, False
+        # the common case, nothing to apply: one statement (one snapshot) says so
+        top, head = db.execute(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM lexical_log),"
+            " (SELECT COALESCE(MAX(n), 0) FROM memories)"
+        ).fetchone()
+        if int(top) <= seq and int(head) - mark <= self.tail:
+            return self._mark
         db.execute("BEGIN")  # a read snapshot: the log and the rows agree
         try:
             top = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM lexical_log").fetchone()[0])
