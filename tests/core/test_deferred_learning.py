@@ -155,3 +155,40 @@ def test_a_learning_write_survives_sigkill_once_a_later_call_returned(tmp_path: 
         child.wait(30)
     with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(256)) as again:
         assert _edges(again) == before + 1
+
+
+async def test_a_cancelled_asearch_learns_only_if_it_had_started(mem: HelaMemory) -> None:
+    import asyncio
+
+    _fill(mem)
+    before = _edges(mem)
+    hold = threading.Event()
+    mem._call_soon(lambda: hold.wait(30))  # the owner is busy: the search cannot start
+    try:
+        task = asyncio.ensure_future(mem.asearch("violin", A, k=2))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        hold.set()
+    assert _edges(mem) == before  # never started: nothing learned
+
+    core = mem._call(lambda c: c)
+    real = core.store.rank_rows
+    started, go = threading.Event(), threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        go.wait(30)
+        return real(*args, **kwargs)
+
+    core.store.rank_rows = slow  # type: ignore[method-assign]
+    task = asyncio.ensure_future(mem.asearch("violin", A, k=2))
+    assert await asyncio.to_thread(started.wait, 30)
+    task.cancel()
+    go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    core.store.rank_rows = real  # type: ignore[method-assign]
+    assert _edges(mem) == before + 1  # started: it ran to the end and learned

@@ -417,7 +417,13 @@ class HelaMemory(UpkeepMethods):
         max_tokens: int | None = None,
         count_tokens: TokenCount | None = None,
     ) -> SearchResult:
-        """Async :meth:`search`."""
+        """Async :meth:`search`.
+
+        Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
+        thread starts the search cancels it; once started, the search runs to
+        the end on the owner thread, and with ``learn=True`` it learns, though
+        the caller never sees its hits.
+        """
         result = await self._acall(
             self._plan_search(
                 query,
