@@ -375,20 +375,26 @@ def test_token_parity_is_reported_against_dense(data: Path, tmp_path: Path) -> N
     assert no_dense["token_parity"] is None
 
 
-def test_learning_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
-    """benchmarks/learning_ceiling.py (README): three passes, consistent counts."""
+def _run_benchmark(script: str, data: Path, tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """Run ``benchmarks/<script>`` on ``data`` with the hashing embedder: (stdout, its JSON)."""
     import subprocess
     import sys
 
-    script = Path(__file__).parents[2] / "benchmarks" / "learning_ceiling.py"
-    out = tmp_path / "ceiling.json"
-    args = [sys.executable, str(script), "--data", str(data), "--embedder", "hashing"]
+    path = Path(__file__).parents[2] / "benchmarks" / script
+    out = tmp_path / "result.json"
+    args = [sys.executable, str(path), "--data", str(data), "--embedder", "hashing"]
     done = subprocess.run(
         [*args, "--out", str(out)], capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert "| oracle |" in done.stdout
-    modes = json.loads(out.read_text())["modes"]
+    return done.stdout, json.loads(out.read_text())
+
+
+def test_learning_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
+    """benchmarks/learning_ceiling.py (README): three passes, consistent counts."""
+    stdout, res = _run_benchmark("learning_ceiling.py", data, tmp_path)
+    assert "| oracle |" in stdout
+    modes = res["modes"]
     assert list(modes) == ["read-only", "learn", "oracle"]
     for r in modes.values():
         assert r["questions"] == 6  # categories 1-4 of the tiny file
@@ -398,18 +404,8 @@ def test_learning_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
 
 def test_association_ceiling_script_runs(data: Path, tmp_path: Path) -> None:
     """benchmarks/association_ceiling.py (README): the oracle bounds what it should."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).parents[2] / "benchmarks" / "association_ceiling.py"
-    out = tmp_path / "ceiling.json"
-    args = [sys.executable, str(script), "--data", str(data), "--embedder", "hashing"]
-    done = subprocess.run(
-        [*args, "--out", str(out)], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert "| oracle: seeds |" in done.stdout
-    res = json.loads(out.read_text())
+    stdout, res = _run_benchmark("association_ceiling.py", data, tmp_path)
+    assert "| oracle: seeds |" in stdout
     assert res["questions"] == 6  # categories 1-4 of the tiny file
     cells = {(o["seeds"], o["window"], o["slots"]): o["r@10"] for o in res["oracle"]}
     assert len(cells) == 8

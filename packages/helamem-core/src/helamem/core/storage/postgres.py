@@ -42,7 +42,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import PostgresConfig
 from ..errors import StorageError
-from .base import MemoryRow
 from .pg_conn import PgConnection, advisory_key, redacted
 from .pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, Fts5Tokenizer, pg_text, quoted
 from .sqlite import SQLiteStore
@@ -329,33 +328,9 @@ class PostgresStore(SQLiteStore):
         ).fetchone()
         return int(r[0])
 
-    def delete_memories(self, db: Any, rows: Sequence[MemoryRow]) -> None:
-        """Delete memories, their postings and edges; leave tombstones for the index."""
-        ns = [r.n for r in rows]
-        if not ns:
-            return
-        db.execute("DELETE FROM token_vectors WHERE n = ANY(?)", (ns,))
-        db.execute("DELETE FROM edges WHERE a = ANY(?) OR b = ANY(?)", (ns, ns))
-        self._unindex_texts(db, ns)
-        db.execute("DELETE FROM memories WHERE n = ANY(?)", (ns,))
-        db.execute("UPDATE scopes SET last_episode = NULL WHERE last_episode = ANY(?)", (ns,))
-        db.executemany(
-            "INSERT INTO tombstones(id, scope_id, kind) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            [(r.id, r.scope_id, r.kind) for r in rows],
-        )
-
     # -- dialect -------------------------------------------------------------
 
-    @staticmethod
-    def json_field(column: str, key: str) -> str:
-        """SQL for JSON field ``key`` of ``column`` as text (NULL when absent or JSON null).
-
-        Raises:
-            ValueError: ``key`` is not a plain identifier.
-        """
-        if not key.isidentifier():
-            raise ValueError(f"not a plain JSON key: {key!r}")
-        return f"(CAST({column} AS JSON) ->> '{key}')"
+    _JSON_FIELD = "(CAST({column} AS JSON) ->> '{key}')"  # as text, as SQLite's
 
     @staticmethod
     def _ids_sql(where: str) -> str:

@@ -319,13 +319,16 @@ class SQLiteStore(SQLiteUpkeep):
             db.execute("DELETE FROM token_vectors")
 
     def delete_memories(self, db: sqlite3.Connection, rows: Sequence[MemoryRow]) -> None:
-        """Delete memories, their FTS rows and edges; leave tombstones for the index."""
-        ns = [(r.n,) for r in rows]
-        db.executemany("DELETE FROM token_vectors WHERE n = ?", ns)
-        db.executemany("DELETE FROM edges WHERE a = ? OR b = ?", [(n, n) for (n,) in ns])
-        self._unindex_texts(db, [n for (n,) in ns])
-        db.executemany("DELETE FROM memories WHERE n = ?", ns)
-        db.executemany("UPDATE scopes SET last_episode = NULL WHERE last_episode = ?", ns)
+        """Delete memories, their BM25 entries, token vectors and edges; leave tombstones
+        for the index (both engines: one statement per table per 500 memories)."""
+        for i in range(0, len(rows), 500):
+            ns = [r.n for r in rows[i : i + 500]]
+            q = qmarks(len(ns))
+            db.execute(f"DELETE FROM token_vectors WHERE n IN ({q})", ns)
+            db.execute(f"DELETE FROM edges WHERE a IN ({q}) OR b IN ({q})", [*ns, *ns])
+            self._unindex_texts(db, ns)
+            db.execute(f"DELETE FROM memories WHERE n IN ({q})", ns)
+            db.execute(f"UPDATE scopes SET last_episode = NULL WHERE last_episode IN ({q})", ns)
         db.executemany(
             "INSERT OR IGNORE INTO tombstones(id, scope_id, kind) VALUES (?, ?, ?)",
             [(r.id, r.scope_id, r.kind) for r in rows],

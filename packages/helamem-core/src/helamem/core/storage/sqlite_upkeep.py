@@ -255,8 +255,11 @@ class SQLiteUpkeep(SQLiteConnection):
 
     # -- for adapters: SQL pieces that differ between the graph stores ------------
 
-    @staticmethod
-    def json_field(column: str, key: str) -> str:
+    #: The SQL of :meth:`json_field` (``PostgresStore``: its own spelling).
+    _JSON_FIELD = "json_extract({column}, '$.{key}')"
+
+    @classmethod
+    def json_field(cls, column: str, key: str) -> str:
         """SQL for JSON field ``key`` of ``column`` (NULL when absent or JSON null).
 
         Raises:
@@ -264,7 +267,7 @@ class SQLiteUpkeep(SQLiteConnection):
         """
         if not key.isidentifier():
             raise ValueError(f"not a plain JSON key: {key!r}")
-        return f"json_extract({column}, '$.{key}')"
+        return cls._JSON_FIELD.format(column=column, key=key)
 
     def ids_under(self, bases: Sequence[str]) -> list[str]:
         """Ids that start with ``base + "."`` for some ``base`` (an index range per base:
