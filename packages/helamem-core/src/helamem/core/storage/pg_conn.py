@@ -25,6 +25,7 @@ that use them.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -58,6 +59,7 @@ def advisory_key(schema: str) -> int:
     return (zlib.crc32(f"helamem:{schema}".encode()) << 16) | 0x4D45
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: IN lists of every length are distinct texts
 def translate(sql: str) -> str:
     """``sql`` (the store's portable SQLite spelling) in PostgreSQL's.
 
@@ -175,7 +177,6 @@ class PgConnection:
         self._release = release
         self._conn: psycopg.Connection[Any] | None = None
         self._key = lock_key
-        self._sql: dict[str, str] = {}
         # "read" or "write" from a BEGIN until its COMMIT or ROLLBACK, else None
         self._in_tx: str | None = None
 
@@ -212,12 +213,6 @@ class PgConnection:
                 self._release(c)
             else:
                 c.close()
-
-    def _translated(self, sql: str) -> str:
-        out = self._sql.get(sql)
-        if out is None:
-            out = self._sql[sql] = translate(sql)
-        return out
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         """Run one statement; returns its cursor (``fetchone``, ``fetchall``, iteration).
@@ -286,7 +281,7 @@ class PgConnection:
                         "may not have been saved; read before writing it again"
                     ) from exc
                 raise
-        return self.conn.execute(self._translated(sql), tuple(params) or None)
+        return self.conn.execute(translate(sql), tuple(params) or None)
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run one statement once per parameter row (pipelined by psycopg)."""
@@ -295,7 +290,7 @@ class PgConnection:
             return
         try:
             with self.conn.cursor() as cur:
-                cur.executemany(self._translated(sql), rows)
+                cur.executemany(translate(sql), rows)
         except psycopg.Error as exc:
             raise pg_error(exc, "a PostgreSQL statement failed") from exc
 
