@@ -33,6 +33,8 @@ from helamem.core import HelaMemConfig, HelaMemory, Hit, Scope, SearchResult
 logger = logging.getLogger(__name__)
 
 _live: weakref.WeakValueDictionary[str, HelaMemory] = weakref.WeakValueDictionary()
+_leases: weakref.WeakKeyDictionary[HelaMemory, int] = weakref.WeakKeyDictionary()
+"""Adapters holding each memory :func:`resolve_memory` opened (a caller's own: none)."""
 _live_lock = threading.Lock()
 
 
@@ -60,15 +62,38 @@ def register_memory(memory: HelaMemory) -> None:
 
 
 def resolve_memory(config: HelaMemConfig) -> tuple[HelaMemory, bool]:
-    """The live memory for ``config.path``, else a new one; and whether it is new (owned)."""
+    """The live memory for ``config.path``, else a new one; and whether this adapter holds
+    a lease on it (then it must :func:`release_memory` it when it closes).
+
+    A memory the caller registered (:func:`register_memory`, ``memory=``) is
+    the caller's to close: no lease. One this function opened is shared by
+    every adapter on that path in this process and closes with the last lease,
+    so one session's ``close()`` never closes the store under another.
+    """
     key = _store_key(config)
     with _live_lock:
         found = _live.get(key)
         if found is not None and not found.closed:
-            return found, False
+            if found not in _leases:
+                return found, False
+            _leases[found] += 1
+            return found, True
         memory = HelaMemory(config)  # no I/O: it opens on first use
         _live[key] = memory
+        _leases[memory] = 1
         return memory, True
+
+
+def release_memory(memory: HelaMemory) -> bool:
+    """Give back one lease :func:`resolve_memory` handed out; True when it was the last
+    (the caller then closes ``memory``)."""
+    with _live_lock:
+        held = _leases.get(memory, 0) - 1
+        if held > 0:
+            _leases[memory] = held
+            return False
+        _leases.pop(memory, None)
+        return held == 0
 
 
 _CONNECTION = {"_memory": None, "_owned": False, "_recorder": None, "_own_recorder": False}

@@ -29,6 +29,7 @@ from ._shared import (
     message_text,
     pair_turns,
     register_memory,
+    release_memory,
     resolve_memory,
     select_lines,
     window_text,
@@ -157,8 +158,11 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     @property
     def recorder(self) -> TurnRecorder:
         """The turn recorder this block records flushed turns with."""
-        if self._recorder is None:
-            self._recorder, self._own_recorder = TurnRecorder(self.memory), True
+        memory = self.memory
+        if self._recorder is None or (self._own_recorder and self._recorder.memory is not memory):
+            # its own recorder follows the memory when that was reopened (a closed one
+            # accepts nothing); a shared recorder is its owner's
+            self._recorder, self._own_recorder = TurnRecorder(memory), True
         return self._recorder
 
     def _scope(self, session_id: str | None) -> Scope:
@@ -263,6 +267,6 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
             await (recorder.close() if self._own_recorder else recorder.flush())
-        if self._owned and self._memory is not None:
+        if self._owned and self._memory is not None and release_memory(self._memory):
             await self._memory.aclose()
         self._memory, self._owned = None, False

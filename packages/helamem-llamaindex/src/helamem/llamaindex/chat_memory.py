@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any, Self
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.core.bridge.pydantic import BaseModel, Field, PrivateAttr, field_serializer
+from llama_index.core.bridge.pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+)
 from llama_index.core.llms.llm import LLM
 from llama_index.core.memory.types import BaseMemory
 
@@ -39,6 +45,7 @@ from ._shared import (
     message_text,
     pair_turns,
     register_memory,
+    release_memory,
     resolve_memory,
     window_text,
     without_connection,
@@ -84,6 +91,8 @@ class HelaMemChatMemory(BaseMemory):
         >>> memory.get_all()
         []
     """
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt option fails, never ignored
 
     session_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     scope: tuple[str, ...] | None = None
@@ -160,7 +169,8 @@ class HelaMemChatMemory(BaseMemory):
         """Build one like ``ChatMemoryBuffer.from_defaults``.
 
         Args:
-            chat_history: Initial window (not recorded: it is history).
+            chat_history: Initial window, as :meth:`set` (completed turns are history,
+                not recorded).
             llm: Sets ``token_limit`` to 75% of its context window when
                 ``token_limit`` is not given.
             memory: An existing memory (its embedder is kept; the caller
@@ -168,6 +178,7 @@ class HelaMemChatMemory(BaseMemory):
             path: The store directory (overrides ``config.path``).
             config: The HeLa-Mem configuration.
             session_id: This conversation's id (default: a new one).
+                ``chat_store_key``, ``ChatMemoryBuffer``'s name for it, is taken too.
             scope: Where turns are stored and searched; default
                 ``("llamaindex", session_id)``.
             token_limit: Budget of the window plus the memory message.
@@ -177,11 +188,34 @@ class HelaMemChatMemory(BaseMemory):
                 ``tokenizer_fn``).
 
         Raises:
-            InvalidInputError: If both ``memory`` and ``config``/``path`` are given.
+            InvalidInputError: If both ``memory`` and ``config``/``path`` are given, an
+                option is unknown (a misspelling), ``chat_store`` is given (there is
+                none: serialize the memory instead), or ``chat_store_key`` and
+                ``session_id`` differ.
 
         Examples:
             >>> m = HelaMemChatMemory.from_defaults(memory=mem, session_id="s1")  # doctest: +SKIP
         """
+        if "chat_store" in kwargs:
+            raise InvalidInputError(
+                "HelaMemChatMemory has no chat_store: it keeps its window itself (serialize "
+                "it with to_dict/to_string) and long-term memory in its store; pass "
+                "session_id= (or chat_store_key=) to name the conversation"
+            )
+        key = kwargs.pop("chat_store_key", None)
+        if key is not None:  # ChatMemoryBuffer's name for the conversation
+            if session_id is not None and session_id != key:
+                raise InvalidInputError(
+                    f"chat_store_key={key!r} and session_id={session_id!r} differ: they name "
+                    "the same thing (the conversation); pass one"
+                )
+            session_id = str(key)
+        unknown = sorted(set(kwargs) - set(cls.model_fields))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown option(s) {', '.join(unknown)}: HelaMemChatMemory takes "
+                f"{', '.join(sorted(cls.model_fields))}"
+            )
         if memory is not None and (config is not None or path is not None):
             raise InvalidInputError(
                 "pass either memory= or config=/path=, not both: the memory has its own config"
@@ -200,9 +234,9 @@ class HelaMemChatMemory(BaseMemory):
             fields["session_id"] = session_id
         if scope is not None:
             fields["scope"] = tuple(scope)
-        if chat_history is not None:
-            fields["chat_history"] = list(chat_history)
         made = cls(**fields)
+        if chat_history is not None:
+            made.set(list(chat_history))  # the same rule as set(): history is not recorded
         made._memory = memory
         made._recorder = recorder
         return made
@@ -219,8 +253,11 @@ class HelaMemChatMemory(BaseMemory):
     @property
     def recorder(self) -> TurnRecorder:
         """The turn recorder completed turns go through."""
-        if self._recorder is None:
-            self._recorder, self._own_recorder = TurnRecorder(self.memory), True
+        memory = self.memory
+        if self._recorder is None or (self._own_recorder and self._recorder.memory is not memory):
+            # its own recorder follows the memory when that was reopened (a closed one
+            # accepts nothing); a shared recorder is its owner's
+            self._recorder, self._own_recorder = TurnRecorder(memory), True
         return self._recorder
 
     @property
@@ -378,9 +415,12 @@ class HelaMemChatMemory(BaseMemory):
             )
 
     def set(self, messages: list[ChatMessage]) -> None:
-        """Replace the window (given history is not recorded again)."""
+        """Replace the window. Its completed turns are history, not recorded again; user
+        messages after its last reply are the turn in progress, recorded with the reply
+        that answers them (``FunctionAgent.run(chat_history=[..., question])``)."""
         self.chat_history = list(messages)
-        self.pending_user, self.pending_used_ids, self._cache = None, [], None
+        _, pending = pair_turns(self.chat_history)
+        self.pending_user, self.pending_used_ids, self._cache = pending, [], None
 
     def reset(self) -> None:
         """Clear the window; the long-term memory stays (``memory.delete_scope`` forgets)."""
@@ -396,7 +436,7 @@ class HelaMemChatMemory(BaseMemory):
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
             recorder.close_sync() if self._own_recorder else recorder.flush_sync()
-        if self._owned and self._memory is not None:
+        if self._owned and self._memory is not None and release_memory(self._memory):
             self._memory.close()
         self._memory, self._owned = None, False
 
@@ -451,7 +491,7 @@ class HelaMemChatMemory(BaseMemory):
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
             await (recorder.close() if self._own_recorder else recorder.flush())
-        if self._owned and self._memory is not None:
+        if self._owned and self._memory is not None and release_memory(self._memory):
             await self._memory.aclose()
         self._memory, self._owned = None, False
 

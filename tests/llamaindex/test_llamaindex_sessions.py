@@ -1,0 +1,132 @@
+"""Several adapters on one store path, and history handed in by the framework: nothing lost.
+
+Each case is a turn that used to be lost: one session's ``close()`` closed the
+store shared by the others (the other's later turns failed with
+``StoreClosedError``), and ``FunctionAgent.run(chat_history=[..., question])``
+never recorded its question with the reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.llms import ChatMessage
+from llama_index.core.llms.mock import MockFunctionCallingLLMWithChatMemoryOfLastCall
+from llama_index.core.storage.chat_store import SimpleChatStore
+
+from helamem.core import HelaMemConfig, HelaMemory, InvalidInputError
+from helamem.llamaindex import HelaMemChatMemory, HelaMemMemoryBlock
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:inspect")
+
+
+def _turn(user: str, reply: str) -> list[ChatMessage]:
+    return [ChatMessage(role="user", content=user), ChatMessage(role="assistant", content=reply)]
+
+
+def _contents(memory: HelaMemory, scope: tuple[str, ...]) -> list[str]:
+    """Every episode in ``scope`` (a small store: the dense leg returns them all)."""
+    res = memory.search("x", scope, k=50, learn=False, spread=False, semantic_k=0)
+    assert len(res) == memory.stats(scope).episodic
+    return sorted(h.content for h in res)
+
+
+def _stored(config: HelaMemConfig, scope: tuple[str, ...]) -> list[str]:
+    with HelaMemory(config) as check:
+        return _contents(check, scope)
+
+
+async def test_closing_one_chat_memory_leaves_the_shared_store_to_the_others(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+) -> None:
+    config = config_at(tmp_path / "s")
+    a = HelaMemChatMemory.from_defaults(config=config, session_id="a")
+    b = HelaMemChatMemory.from_defaults(config=config, session_id="b")
+    a.put_messages(_turn("hi", "hello"))
+    b.put_messages(_turn("warmup", "ok"))  # still in b's recorder when a closes
+    shared = a.memory
+    assert shared is b.memory  # one connection per path in a process
+    a.close()  # session a ends; b goes on
+    assert not shared.closed
+    b.put_messages(_turn("bob likes cake", "noted: cake"))
+    b.flush()
+    assert b.memory is shared
+    b.close()
+    assert shared.closed  # the last session closes what the adapters opened
+    assert _stored(config, ("llamaindex", "b")) == ["bob likes cake", "noted: cake", "ok", "warmup"]
+    assert _stored(config, ("llamaindex", "a")) == ["hello", "hi"]
+
+
+async def test_closing_one_block_leaves_the_shared_store_to_the_others(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+) -> None:
+    config = config_at(tmp_path / "s")
+    one = HelaMemMemoryBlock(config=config, scope=("a",))
+    two = HelaMemMemoryBlock(config=config, scope=("b",))
+    await one._aput(_turn("a q", "a r"))
+    await two._aput(_turn("b q", "b r"))
+    shared = one.memory
+    await one.aclose()
+    assert not shared.closed
+    await two._aput(_turn("bob likes cake", "noted cake"))
+    await two.aflush()
+    await two.aclose()
+    assert _stored(config, ("b",)) == ["b q", "b r", "bob likes cake", "noted cake"]
+
+
+async def test_a_callers_memory_is_never_closed_by_an_adapter(store: HelaMemory) -> None:
+    chat = HelaMemChatMemory.from_defaults(memory=store, session_id="x")
+    block = HelaMemMemoryBlock.from_memory(store, scope=("x",))
+    again = HelaMemChatMemory.from_defaults(config=store.config, session_id="y")
+    assert again.memory is store  # the registered memory is found, not leased
+    for adapter in (chat, again):
+        await adapter.aclose()
+    await block.aclose()
+    assert not store.closed
+
+
+async def test_a_reopened_store_gets_a_fresh_recorder(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+) -> None:
+    config = config_at(tmp_path / "s")
+    chat = HelaMemChatMemory.from_defaults(config=config, session_id="a")
+    chat.put_messages(_turn("one", "first"))
+    chat.flush()
+    chat.memory.close()  # closed under the adapter (by hand, or by another owner)
+    chat.put_messages(_turn("two", "second"))
+    chat.flush()
+    chat.close()
+    assert _stored(config, ("llamaindex", "a")) == ["first", "one", "second", "two"]
+
+
+async def test_a_question_in_chat_history_is_recorded_with_its_reply(store: HelaMemory) -> None:
+    agent = FunctionAgent(llm=MockFunctionCallingLLMWithChatMemoryOfLastCall(), tools=[])
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="a")
+    history = [*_turn("earlier question", "earlier answer"), ChatMessage(role="user", content="Rex")]
+    await agent.run(chat_history=history, memory=memory)
+    await memory.aflush()
+    # the completed turn was history (not recorded again); the open question is this turn
+    assert _contents(store, ("llamaindex", "a")) == ["Rex", "Rex"]
+    seeded = HelaMemChatMemory.from_defaults(memory=store, session_id="b", chat_history=history)
+    seeded.put(ChatMessage(role="assistant", content="a dog's name"))
+    seeded.flush()
+    assert _contents(store, ("llamaindex", "b")) == ["Rex", "a dog's name"]
+
+
+def test_chat_store_key_names_the_conversation_and_other_options_are_checked(
+    store: HelaMemory,
+) -> None:
+    memory = HelaMemChatMemory.from_defaults(memory=store, chat_store_key="alice")
+    assert memory.session_id == "alice"
+    assert memory.memory_scope == ("llamaindex", "alice")
+    with pytest.raises(InvalidInputError, match="token_limt"):
+        HelaMemChatMemory.from_defaults(memory=store, token_limt=50)
+    with pytest.raises(InvalidInputError, match="chat_store"):
+        HelaMemChatMemory.from_defaults(memory=store, chat_store=SimpleChatStore())
+    with pytest.raises(InvalidInputError, match="differ"):
+        HelaMemChatMemory.from_defaults(memory=store, chat_store_key="a", session_id="b")
+    with pytest.raises(ValueError, match="token_limt"):  # the constructor checks too
+        HelaMemChatMemory(token_limt=50)  # type: ignore[call-arg]
