@@ -105,7 +105,10 @@ async def test_a_reopened_store_gets_a_fresh_recorder(
 async def test_a_question_in_chat_history_is_recorded_with_its_reply(store: HelaMemory) -> None:
     agent = FunctionAgent(llm=MockFunctionCallingLLMWithChatMemoryOfLastCall(), tools=[])
     memory = HelaMemChatMemory.from_defaults(memory=store, session_id="a")
-    history = [*_turn("earlier question", "earlier answer"), ChatMessage(role="user", content="Rex")]
+    history = [
+        *_turn("earlier question", "earlier answer"),
+        ChatMessage(role="user", content="Rex"),
+    ]
     await agent.run(chat_history=history, memory=memory)
     await memory.aflush()
     # the completed turn was history (not recorded again); the open question is this turn
