@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from autogen_core.memory import MemoryContent, MemoryMimeType
 from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, UserMessage
@@ -12,6 +12,8 @@ from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, Use
 from helamem.core import Hit
 
 __all__ = [
+    "MIME_KEY",
+    "Turn",
     "content_of",
     "encode",
     "is_memory_message",
@@ -22,6 +24,9 @@ __all__ = [
 ]
 
 _TEXT_TYPES = {MemoryMimeType.TEXT, MemoryMimeType.MARKDOWN}
+MIME_KEY = "_helamem_mime_type"
+"""The stored metadata key of a memory's MIME type (the caller's own keys are left as given;
+memories stored before it was used hold the type under ``mime_type``)."""
 # Headers of the messages memories inject (HeLa-Mem's own, and AutoGen's ListMemory and
 # ChromaDBVectorMemory): they are not conversation, so never a query.
 _MEMORY_HEADERS = ("[helamem:", "\nRelevant memory content")
@@ -71,14 +76,24 @@ def is_memory_message(message: object) -> bool:
     return isinstance(content, str) and content.startswith(_MEMORY_HEADERS)
 
 
-def last_turn(messages: Sequence[LLMMessage]) -> tuple[str, str] | None:
+class Turn(NamedTuple):
+    """A completed turn and where it is: ``at`` counts the conversation's messages (memory
+    messages left out) before its reply, so a repeated turn is told from the one before it."""
+
+    at: int
+    user: str
+    assistant: str
+
+
+def last_turn(messages: Sequence[LLMMessage]) -> Turn | None:
     """The last (user, assistant) pair: the last text reply and the user message before it."""
-    for i in range(len(messages) - 1, -1, -1):
-        reply = messages[i]
+    spoken = [m for m in messages if not is_memory_message(m)]
+    for i in range(len(spoken) - 1, -1, -1):
+        reply = spoken[i]
         if isinstance(reply, AssistantMessage) and text_of(reply.content):
-            for msg in reversed(messages[:i]):
+            for msg in reversed(spoken[:i]):
                 if isinstance(msg, UserMessage) and text_of(msg.content):
-                    return text_of(msg.content), text_of(reply.content)
+                    return Turn(i, text_of(msg.content), text_of(reply.content))
             return None
     return None
 
@@ -146,10 +161,20 @@ def _json_text(value: object) -> str:
 
 
 def content_of(hit: Hit) -> MemoryContent:
-    """A hit as AutoGen ``MemoryContent``; JSON memories come back as dicts."""
+    """A hit as AutoGen ``MemoryContent``; JSON memories come back as dicts.
+
+    The metadata is what the memory was added with, as given (``ListMemory``
+    returns it so too), plus HeLa-Mem's fields (``id``, ``score``,
+    ``activation``, ``base``, ``boost``, ``provenance``, ``scope``, ``role``,
+    ``event_time``): all of them under ``"helamem"``, and each also at the top
+    level where the caller's metadata does not use that key.
+    """
     m = hit.memory
     stored = dict(m.metadata)
-    mime = _mime(str(stored.get("mime_type", ""))) or MemoryMimeType.TEXT
+    kind = stored.pop(MIME_KEY, None)
+    if kind is None:  # stored before MIME_KEY: the type is under mime_type
+        kind = stored.pop("mime_type", None)
+    mime = _mime(str(kind or "")) or MemoryMimeType.TEXT
     value: str | dict[str, Any] = m.content
     if mime is MemoryMimeType.JSON:
         try:
@@ -158,8 +183,7 @@ def content_of(hit: Hit) -> MemoryContent:
             parsed = None
         if isinstance(parsed, dict):
             value = parsed
-    metadata = {
-        **stored,
+    ours: dict[str, Any] = {
         "id": m.id,
         "score": hit.score,
         "activation": hit.activation,
@@ -170,4 +194,6 @@ def content_of(hit: Hit) -> MemoryContent:
         "role": m.role,
         "event_time": m.event_time.isoformat(),
     }
+    metadata = {**ours, **stored}
+    metadata.setdefault("helamem", ours)
     return MemoryContent(content=value, mime_type=mime, metadata=metadata)

@@ -24,6 +24,7 @@ from autogen_core.memory import (
 )
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import LLMMessage, SystemMessage
+from pydantic import TypeAdapter, ValidationError
 
 from helamem.core import (
     Embedder,
@@ -36,7 +37,7 @@ from helamem.core import (
     TurnRecordingError,
 )
 
-from ._convert import content_of, encode, last_text, last_turn, last_user
+from ._convert import MIME_KEY, Turn, content_of, encode, last_text, last_turn, last_user
 from .config import HelaMemMemoryConfig
 
 __all__ = ["HelaMemMemory"]
@@ -44,6 +45,7 @@ __all__ = ["HelaMemMemory"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_MESSAGES: TypeAdapter[list[LLMMessage]] = TypeAdapter(list[LLMMessage])
 
 # The live HelaMemMemory instances of each store: a read waits for the turns that any
 # of them is still recording in its scope (or a scope under it).
@@ -58,7 +60,7 @@ class _Served:
 
     query: str = ""  # the query of the memories last injected
     ids: tuple[str, ...] = ()  # their ids
-    recorded: tuple[str, str] | None = None  # the last turn recorded from it
+    recorded: Turn | None = None  # the last turn recorded from it
 
 
 def _best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
@@ -113,6 +115,25 @@ async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
     fut = asyncio.ensure_future(aw)
     token.link_future(fut)
     return await fut
+
+
+async def _history(model_context: ChatCompletionContext) -> list[LLMMessage]:
+    """The context's whole history, which turns are recorded from.
+
+    A windowed context's ``get_messages()`` shows only part of it
+    (``BufferedChatCompletionContext`` the last n, so a turn's user message
+    may have left the view; ``HeadAndTailChatCompletionContext`` a
+    "Skipped n messages." placeholder, which is no user's words); its saved
+    state holds every message. A context whose state has no message list
+    (a custom one) gives its ``get_messages()``.
+    """
+    saved = (await model_context.save_state()).get("messages")
+    if isinstance(saved, list):
+        try:
+            return _MESSAGES.validate_python(saved)
+        except ValidationError:  # not LLMMessages: a custom state; its view is all there is
+            logger.debug("model context state holds no LLMMessage list; using get_messages()")
+    return list(await model_context.get_messages())
 
 
 def _combined(errors: Sequence[TurnRecordingError]) -> TurnRecordingError:
@@ -255,7 +276,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             whose text fits in ``config.max_tokens`` (empty when there is no
             text to search with or no hit).
         """
-        messages = await model_context.get_messages()
+        messages = await _history(model_context)
         served = self._served_for(model_context)
         await self._record(served, messages)
         await self._remove_injected(model_context)
@@ -328,7 +349,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                 JSON that is not an object ("JSON content must be a dict").
         """
         text, mime = encode(content)
-        metadata = {**(content.metadata or {}), "mime_type": mime.value}
+        metadata = {**(content.metadata or {}), MIME_KEY: mime.value}  # the caller's keys kept
         await _linked(self.helamem.aadd(text, self.scope, metadata=metadata), cancellation_token)
 
     async def clear(self) -> None:
@@ -355,7 +376,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         try:
             if self._memory is not None and not self._memory.closed:
                 for context, served in list(self._served.items()):
-                    await self._record(served, await context.get_messages())
+                    await self._record(served, await _history(context))
         finally:
             self._closed = True
             try:
@@ -377,7 +398,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         A turn already recorded (by :meth:`update_context` or an earlier
         call) is not recorded twice. :meth:`close` does this too.
         """
-        await self._record(self._served_for(model_context), await model_context.get_messages())
+        await self._record(self._served_for(model_context), await _history(model_context))
 
     async def flush(self) -> None:
         """Wait until the recorded turns are stored.
@@ -470,8 +491,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         turn = last_turn(messages)
         if turn is None or turn == served.recorded:
             return
-        used = served.ids if served.query == turn[0] else ()
-        await self.recorder.record_turn(self.scope, turn[0], turn[1], used_ids=used)
+        used = served.ids if served.query == turn.user else ()
+        await self.recorder.record_turn(self.scope, turn.user, turn.assistant, used_ids=used)
         served.recorded = turn
         logger.debug("queued turn for scope %r with %d used memories", self.scope, len(used))
 

@@ -1,0 +1,134 @@
+"""Turns and metadata that used to be lost or overwritten, each against what it should be.
+
+* A windowed model context (``BufferedChatCompletionContext``,
+  ``HeadAndTailChatCompletionContext``) showed only part of the history, so a
+  turn whose user message had left the view was never recorded, and
+  HeadAndTail's "Skipped n messages." placeholder was stored as the user's words.
+* A turn equal to the one before it ("yes" / "Done." twice) was taken for the
+  same turn and dropped.
+* Metadata keys the caller added (``id``, ``score``, ``mime_type``...) came back
+  overwritten; ``ListMemory`` returns them as added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autogen_agentchat.agents import AssistantAgent
+from autogen_core.memory import ListMemory, MemoryContent, MemoryMimeType
+from autogen_core.model_context import (
+    BufferedChatCompletionContext,
+    ChatCompletionContext,
+    HeadAndTailChatCompletionContext,
+    TokenLimitedChatCompletionContext,
+    UnboundedChatCompletionContext,
+)
+from autogen_replay_client import ReplayChatCompletionClient
+from test_autogen_memory import SpyMemory, config
+
+from helamem.autogen import HelaMemMemory
+from helamem.core import HashingEmbedder
+
+TASKS = ["My cat is called Miso", "My dog is called Rex", "I live in Lyon"]
+REPLIES = ["Noted, Miso.", "Noted, Rex.", "Noted, Lyon."]
+
+
+@pytest.fixture
+async def store(tmp_path: Path, hela_config: Any) -> AsyncIterator[SpyMemory]:
+    mem = SpyMemory(hela_config(tmp_path / "store"), embedder=HashingEmbedder(256))
+    yield mem
+    await mem.aclose()
+
+
+def _contexts() -> list[ChatCompletionContext]:
+    return [
+        UnboundedChatCompletionContext(),
+        BufferedChatCompletionContext(buffer_size=3),
+        HeadAndTailChatCompletionContext(head_size=1, tail_size=2),
+    ]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["unbounded", "buffered-3", "head-and-tail"])
+async def test_every_turn_is_recorded_whatever_the_context_window(
+    store: SpyMemory, tmp_path: Path, which: int
+) -> None:
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    agent = AssistantAgent(
+        "a",
+        model_client=ReplayChatCompletionClient(REPLIES),
+        memory=[memory],
+        model_context=_contexts()[which],
+    )
+    for task in TASKS:
+        await agent.run(task=task)
+    await memory.close()  # records the final turn
+    assert [(u, a) for u, a, _ in store.turns] == list(zip(TASKS, REPLIES, strict=True))
+
+
+async def test_a_token_limited_context_records_from_its_whole_history(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    from autogen_core.models import AssistantMessage, UserMessage
+
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    client = ReplayChatCompletionClient(["unused"])
+    context = TokenLimitedChatCompletionContext(client, token_limit=12)
+    for user, reply in zip(TASKS, REPLIES, strict=True):
+        await context.add_message(UserMessage(content=user, source="user"))
+        await memory.update_context(context)
+        await context.add_message(AssistantMessage(content=reply, source="a"))
+    await memory.close()
+    assert [(u, a) for u, a, _ in store.turns] == list(zip(TASKS, REPLIES, strict=True))
+
+
+async def test_a_turn_equal_to_the_one_before_is_recorded_again(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    agent = AssistantAgent(
+        "a", model_client=ReplayChatCompletionClient(["Done."] * 3), memory=[memory]
+    )
+    for _ in range(3):
+        await agent.run(task="yes")
+    await memory.record_last_turn(agent.model_context)
+    await memory.record_last_turn(agent.model_context)  # seen again: not recorded twice
+    await memory.close()
+    assert [(u, a) for u, a, _ in store.turns] == [("yes", "Done.")] * 3
+    assert store.stats(memory.scope).episodic == 6
+
+
+async def test_metadata_comes_back_as_added_like_list_memory(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    given = {
+        "id": "doc-42",
+        "score": 5,
+        "scope": "team-a",
+        "role": "admin",
+        "mime_type": "text/csv",
+        "event_time": "1999-01-01",
+        "tags": ["a", 1],
+    }
+    ours = HelaMemMemory(config(tmp_path), memory=store)
+    theirs = ListMemory()
+    for mem in (ours, theirs):
+        await mem.add(
+            MemoryContent(content="quarterly report", mime_type=MemoryMimeType.TEXT, metadata=given)
+        )
+    got = (await ours.query("quarterly report")).results[0]
+    want = (await theirs.query("quarterly report")).results[0]
+    assert got.mime_type == want.mime_type == MemoryMimeType.TEXT
+    assert got.metadata is not None and want.metadata is not None
+    assert {k: got.metadata[k] for k in given} == want.metadata == given
+    helamem = got.metadata["helamem"]  # HeLa-Mem's own fields, whatever the caller's keys
+    assert helamem["scope"] == list(ours.scope) and 0.0 <= helamem["score"] <= 1.0
+    await ours.add(MemoryContent(content={"k": 1}, mime_type=MemoryMimeType.JSON))
+    plain = (await ours.query("k")).results
+    doc = next(r for r in plain if r.mime_type == MemoryMimeType.JSON)
+    assert doc.content == {"k": 1}
+    assert doc.metadata is not None and doc.metadata["scope"] == list(ours.scope)  # free keys
+    assert "_helamem_mime_type" not in doc.metadata and "mime_type" not in doc.metadata
+    await ours.close()
