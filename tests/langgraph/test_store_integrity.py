@@ -232,12 +232,21 @@ def test_failing_document_write_leaves_no_orphan(
 
 
 def test_failing_memory_add_changes_nothing(
-    store: HelaMemStore, memory: HelaMemory, path: Path, integrity: Integrity
+    store: HelaMemStore,
+    memory: HelaMemory,
+    path: Path,
+    integrity: Integrity,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     store.put(NS, "k", {"text": "a quiet harbour"})
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise InvalidInputError("the core refuses the text")
+
+    monkeypatch.setattr(memory, "add_many", refuse)
     with pytest.raises(InvalidInputError):
-        # invisible characters only: the core refuses the text
-        store.put(NS, "k", {"text": "\u200b\u200b"}, index=["text"])
+        store.put(NS, "k", {"text": "a loud harbour"}, index=["text"])
+    monkeypatch.undo()
     got = store.get(NS, "k")
     assert got is not None and got.value == {"text": "a quiet harbour"}
     assert [i.key for i in store.search(NS, query="harbour")] == ["k"]

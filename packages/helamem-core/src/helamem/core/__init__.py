@@ -5,6 +5,7 @@ Examples:
     >>> mem = HelaMemory.from_path("./helamem-data")  # opens on first use
 """
 
+from ._base import MAX_CONTENT_CHARS
 from ._check import CheckReport, Defect, check_store
 from ._maintenance import ConsolidationReport, ForgetReport
 from ._portable import ExportFormatError, ExportReport, ImportConflictError, ImportReport
@@ -48,6 +49,7 @@ from .hooks import (
     TurnRecordingError,
 )
 from .llm import LLMClient, LLMUsage
+from .text import is_blank
 from .types import Hit, Kind, Memory, NewMemory, NewTurn, Provenance, Scope, SearchResult
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "LLMResponseError",
     "LLMUnavailableError",
     "LLMUsage",
+    "MAX_CONTENT_CHARS",
     "ConfigError",
     "CorruptStoreError",
     "Defect",
@@ -109,6 +112,7 @@ __all__ = [
     "TurnRecordingError",
     "UsedMemories",
     "collect_used",
+    "is_blank",
     "note_used",
 ]
 

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from helamem.core import InvalidInputError
+from helamem.core import MAX_CONTENT_CHARS, InvalidInputError, is_blank
 from langgraph.store.base import get_text_at_path
 
 __all__ = ["index_fields", "value_texts"]
@@ -55,7 +55,11 @@ def index_fields(fields: Sequence[str] | None, index: Mapping[str, Any] | None) 
 def value_texts(value: Mapping[str, Any], paths: Sequence[str]) -> list[str]:
     """The texts to embed, one per selected part (as LangGraph embeds each field
     separately): ``"$"`` is one text of every value; a path selecting several
-    parts (``"a[*].b"``) gives one text each. Blank and repeated texts are left out."""
+    parts (``"a[*].b"``) gives one text each. Blank texts (by the core's rule,
+    :func:`helamem.core.is_blank`: whitespace, control and zero-width characters
+    only) and repeated ones are left out, so a value with nothing to index is
+    stored unindexed; a text over the core's :data:`~helamem.core.MAX_CONTENT_CHARS`
+    is indexed as consecutive parts of at most that length."""
     out: list[str] = []
     for path in paths:
         if path == "$":
@@ -69,13 +73,14 @@ def value_texts(value: Mapping[str, Any], paths: Sequence[str]) -> list[str]:
                 except ValueError:
                     pass
             out.append(t)
-    return list(dict.fromkeys(t for t in out if t.strip()))
+    parts = (t[i : i + MAX_CONTENT_CHARS] for t in out for i in range(0, len(t), MAX_CONTENT_CHARS))
+    return list(dict.fromkeys(t for t in parts if not is_blank(t)))
 
 
 def _join(obj: Any) -> str:
     leaves: list[str] = []
     _leaves(obj, leaves)
-    return "\n".join(t for t in leaves if t.strip())
+    return "\n".join(t for t in leaves if not is_blank(t))
 
 
 def _leaves(obj: Any, out: list[str]) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +23,7 @@ from typing import Any, Self
 
 from langchain_core.runnables import RunnableConfig
 
-from helamem.core import HelaMemError, StoreClosedError, TurnRecorder
+from helamem.core import HelaMemError, StoreClosedError, TurnRecorder, is_blank
 from langgraph.checkpoint.base import (
     BaseCheckpointSaver,
     ChannelVersions,
@@ -132,7 +132,7 @@ def completed_turn(
         return None
     human = messages[humans[-1]]
     user, answer = _text(human), _text(last)
-    if not user.strip() or not answer.strip():
+    if is_blank(user) or is_blank(answer):  # the core stores no blank text
         return None
     key = str(_field(human, "id") or f"{humans[-1]}:{hash(user)}")
     return str(thread), key, user, answer
@@ -188,6 +188,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._max_threads = max_threads
         self._mode: str | None = None  # "sync"/"async": the default saver this opened
         self._closed = False
+        self._allowlist: frozenset[tuple[str, ...]] = frozenset()  # strict msgpack types
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -216,7 +217,26 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         base.mkdir(parents=True, exist_ok=True)
         return str(base / "checkpoints.sqlite")
 
-    def _opened(self, saver: BaseCheckpointSaver[Any], mode: str) -> None:
+    def with_allowlist(self, extra_allowlist: Collection[tuple[str, ...]]) -> Self:
+        """Let the wrapped saver deserialize the graph's own state types under strict
+        msgpack (``LANGGRAPH_STRICT_MSGPACK``); ``compile()`` calls this.
+
+        LangGraph's default clones the checkpointer with a new ``serde``, which a
+        wrapper never uses: every call goes to the wrapped saver, which would
+        return custom types as plain dicts. Here the allowlist goes to the wrapped
+        saver, now or when the ``with`` block opens the default one, and this
+        checkpointer is returned (so a graph compiled before the block uses the
+        saver the block opens). Graphs sharing one checkpointer share the union of
+        their types.
+        """
+        self._allowlist |= frozenset(tuple(entry) for entry in extra_allowlist)
+        if self._saver is not None and not self._closed:
+            self._opened(self._saver, self._mode)
+        return self
+
+    def _opened(self, saver: BaseCheckpointSaver[Any], mode: str | None) -> None:
+        if self._allowlist:
+            saver = saver.with_allowlist(self._allowlist)
         self._saver = saver
         self.serde = saver.serde
         self._mode = mode

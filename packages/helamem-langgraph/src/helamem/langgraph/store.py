@@ -37,6 +37,7 @@ from helamem.core import (
     InvalidInputError,
     MemoryNotFoundError,
     StoreClosedError,
+    is_blank,
 )
 from langgraph.config import get_config
 from langgraph.store.base import (
@@ -372,7 +373,9 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
                 results[i] = item
         for i, op in enumerate(ops):
             if isinstance(op, SearchOp):
-                results[i] = yield from (self._query(op) if op.query else self._listing(op))
+                # a query with nothing to search by (blank) lists, as no query does
+                ranked = bool(op.query) and not is_blank(op.query or "")
+                results[i] = yield from (self._query(op) if ranked else self._listing(op))
             elif isinstance(op, ListNamespacesOp):
                 results[i] = yield from self._namespaces(op)
         puts = [op for op in ops if isinstance(op, PutOp)]
@@ -435,9 +438,11 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             mine = [r for r in mine if matches(r.value, op.filter)]
             while len(items) < want and mine:
                 chunk, mine = mine[: want - len(items)], mine[want - len(items) :]
-                got = yield Docs([GetOp(r.namespace, r.key, refresh_ttl=False) for r in chunk])
+                where = [r for r in chunk if _addressable(r.namespace)]
+                got = yield Docs([GetOp(r.namespace, r.key, refresh_ttl=False) for r in where])
                 # a document at its address (a replacing put killed mid-way) shadows it
-                items += [r for r, d in zip(chunk, got, strict=True) if d is None]
+                shadowed = {_at(r) for r, d in zip(where, got, strict=True) if d is not None}
+                items += [r for r in chunk if _at(r) not in shadowed]
         page = items[op.offset : want]
         yield from self._refresh(page, op.refresh_ttl)
         return [searched(i) for i in page]
@@ -445,7 +450,9 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
     def _refresh(self, items: Sequence[Item], refresh: bool) -> Plan[None]:
         """Refresh the TTL of items a read returned, when the store refreshes on read."""
         if refresh and items and (self.ttl_config or {}).get("refresh_on_read"):
-            yield Docs([GetOp(i.namespace, i.key, refresh_ttl=True) for i in items])
+            at = [i for i in items if _addressable(i.namespace)]  # only there can a TTL be
+            if at:
+                yield Docs([GetOp(i.namespace, i.key, refresh_ttl=True) for i in at])
 
     def _query(self, op: SearchOp) -> Plan[list[SearchItem]]:
         """One page of query search: the ranked items, then the unindexed ones.
@@ -478,6 +485,7 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             yield Forget(stale)
         self._note_thread([h.id for _, h in page])
         items = [item for item, _ in page]
+        yield from self._refresh(items, op.refresh_ttl)  # only what the page returns
         if exhausted and len(items) < limit:
             skip = max(0, offset - ranked)
             rest, _ = yield from self._matching_docs(
@@ -504,23 +512,30 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             exhausted = episodic < k
             if len(found) >= n or exhausted:
                 return found, stale, exhausted
-            k *= 4
+            # fill the usual candidate pool first: within it the core's best-k sets are
+            # nested in k, so offset pages stay exact (see _query)
+            cap = self.memory.config.retrieval.candidates
+            k = cap if k < cap < 4 * k else 4 * k
 
     def _live(
         self, op: SearchOp, hits: list[Hit]
     ) -> Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]]]]:
         """The hits as items: documents that still name them, and recorded memories
-        (unless ``recorded=False``, or a document shadows their address)."""
+        (unless ``recorded=False``, or a document shadows their address). Read without
+        refreshing TTLs: only the items a page returns are refreshed."""
         docs_of = [h for h in hits if is_store_memory(h.memory)]
         mine = [h for h in hits if not is_store_memory(h.memory)] if self.recorded else []
-        addresses = [_address(h) for h in docs_of] + [(h.memory.scope, h.id) for h in mine]
+        # a recorded scope LangGraph refuses as a namespace (a user_id with ".") holds no
+        # document: nothing to look up there (the document store would refuse the lookup)
+        mine_at = [h for h in mine if _addressable(h.memory.scope)]
+        addresses = [_address(h) for h in docs_of] + [(h.memory.scope, h.id) for h in mine_at]
         got: list[Item | None] = (
-            (yield Docs([GetOp(*a, refresh_ttl=op.refresh_ttl) for a in addresses]))
-            if addresses
-            else []
+            (yield Docs([GetOp(*a, refresh_ttl=False) for a in addresses])) if addresses else []
         )
         doc = {h.id: d for h, d in zip(docs_of, got, strict=False)}
-        shadowed = {h.id for h, d in zip(mine, got[len(docs_of) :], strict=True) if d is not None}
+        shadowed = {
+            h.id for h, d in zip(mine_at, got[len(docs_of) :], strict=True) if d is not None
+        }
         found: list[tuple[SearchItem, Hit]] = []
         stale: list[tuple[str, tuple[str, ...], str]] = []
         seen: set[tuple[tuple[str, ...], str]] = set()
@@ -554,6 +569,13 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             if len(ids) > 1:
                 out.append(ids)
         return out
+
+
+def _addressable(namespace: Sequence[str]) -> bool:
+    """Whether LangGraph accepts ``namespace`` as an address (no label empty, none with
+    "." or NUL): only there can a document be. A recorded memory's scope is any core
+    scope (a ``user_id`` with "." in it)."""
+    return all(label and "." not in label and "\x00" not in label for label in namespace)
 
 
 def _at(item: Item) -> tuple[tuple[str, ...], str]:

@@ -463,8 +463,11 @@ class ExactVectors:
         sims = np.concatenate([e.mat @ q for e in entries])
         ids = [i for e in entries for i in e.ids] if len(entries) > 1 else entries[0].ids
         if len(sims) > n:
-            top = np.argpartition(-sims, n - 1)[:n]
-            top = top[np.argsort(-sims[top], kind="stable")]
+            # every vector tied with the n-th nearest, then the first n in stored order:
+            # ties go the same way for every n, so the top n is a prefix of the top n + 1
+            nth = -np.partition(-sims, n - 1)[n - 1]
+            top = np.flatnonzero(sims >= nth)
+            top = top[np.argsort(-sims[top], kind="stable")][:n]
         else:
             top = np.argsort(-sims, kind="stable")
         return [(ids[int(i)], float(1.0 - sims[int(i)])) for i in top]

@@ -1,0 +1,193 @@
+"""Cases a differential review found wrong, each asserted against what LangGraph's own
+stores do (``InMemoryStore``, ``SqliteStore``, ``InMemorySaver``).
+
+* A recorded scope that is no LangGraph namespace (the checkpointer's ``("users",
+  user_id)`` for an e-mail ``user_id``) made every listing and query search over
+  its prefix raise, hiding every other user's items too.
+* A query search refreshed the TTL of every candidate it looked at, not only of
+  the items it returned.
+* Values whose indexed text is blank by the core's rule (zero-width, NUL) were
+  refused, and one such put failed a whole batch.
+* Under ``LANGGRAPH_STRICT_MSGPACK`` the graph's state types came back as dicts.
+* Offset pages over items indexed on several fields repeated and skipped items.
+* A blank query raised instead of searching.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.store.base import PutOp
+from langgraph.store.memory import InMemoryStore
+
+from helamem.core import HelaMemory, TurnRecorder
+from helamem.langgraph import HelaMemCheckpointer, HelaMemStore
+
+NS = ("docs",)
+
+
+@pytest.fixture
+def memory(tmp_path: Path, new_memory: Any) -> Iterator[HelaMemory]:
+    mem = new_memory(tmp_path / "mem")
+    yield mem
+    mem.close()
+
+
+def _bot(state: MessagesState) -> dict[str, Any]:
+    return {"messages": [AIMessage("Noted!")]}
+
+
+def test_a_recorded_scope_that_is_no_namespace_hides_nothing(memory: HelaMemory) -> None:
+    builder = StateGraph(MessagesState).add_node(_bot).add_edge(START, "_bot")
+    with HelaMemStore(memory) as store, TurnRecorder(memory) as rec:
+        store.put(("users", "bob"), "pref", {"text": "bob likes tea"})
+        saver = HelaMemCheckpointer(rec, InMemorySaver(), store=store)
+        graph = builder.compile(store=store, checkpointer=saver)
+        for uid in ("carol", "alice@example.com"):
+            run = {"configurable": {"thread_id": uid, "user_id": uid}}
+            graph.invoke({"messages": [("user", "I like tea")]}, run)
+        rec.flush_sync()
+        assert ("users", "alice@example.com") in store.list_namespaces()
+        for prefix in (("users",), ()):
+            listed = store.search(prefix, limit=20)
+            found = store.search(prefix, query="tea", limit=20)
+            for items in (listed, found):
+                spaces = {tuple(i.namespace) for i in items}
+                assert spaces == {
+                    ("users", "bob"),
+                    ("users", "carol"),
+                    ("users", "alice@example.com"),
+                }
+                assert len(items) == 5  # bob's document and two turns of two memories
+        ttl = HelaMemStore(memory, ttl={"default_ttl": 60, "refresh_on_read": True})
+        assert len(ttl.search(("users",), query="tea", limit=20)) == 5  # refreshing skips them
+        assert len(ttl.search(("users",), limit=20)) == 5
+        ttl.close()
+
+
+def test_a_query_search_refreshes_only_the_items_it_returns(memory: HelaMemory) -> None:
+    with HelaMemStore(memory, ttl={"default_ttl": None, "refresh_on_read": True}) as store:
+        store.put(NS, "wanted", {"text": "tea with lemon", "keep": 1}, ttl=1 / 60)  # 1 s
+        store.put(NS, "other", {"text": "tea with milk", "keep": 0}, ttl=1 / 60)
+        for _ in range(3):
+            time.sleep(0.5)
+            got = store.search(NS, query="tea", filter={"keep": 1})
+            assert [i.key for i in got] == ["wanted"]
+        time.sleep(1.1)  # "other" was only a candidate: its TTL ran out
+        assert store.sweep_ttl() == 1
+        assert store.get(NS, "other") is None and store.get(NS, "wanted") is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "index"),
+    [
+        ({"text": "\u200b"}, None),
+        ({"text": "\x00"}, None),
+        ({"text": " \u2060\ufeff\n"}, None),
+        ({"title": "\ufeff", "body": "real body text"}, ["title", "body"]),
+    ],
+)
+def test_a_value_with_blank_text_is_stored_as_in_memory_store(
+    memory: HelaMemory, value: dict[str, Any], index: list[str] | None
+) -> None:
+    theirs = InMemoryStore()
+    with HelaMemStore(memory) as ours:
+        for store in (ours, theirs):
+            store.batch([PutOp(NS, "good", {"text": "hello"}), PutOp(NS, "odd", value, index)])
+            for key in ("good", "odd"):
+                item = store.get(NS, key)
+                assert item is not None
+            assert store.get(NS, "odd").value == value  # type: ignore[union-attr]
+        indexed = memory.stats(NS).memories
+        assert indexed == (2 if "body" in value else 1)  # only visible text is indexed
+        assert [i.key for i in ours.search(NS, query="hello")][:1] == ["good"]
+
+
+_STRICT = """
+import dataclasses, enum, sys
+from typing import TypedDict
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, TurnRecorder
+from helamem.langgraph import HelaMemCheckpointer
+
+class Color(enum.Enum):
+    RED = "red"
+
+@dataclasses.dataclass
+class Pet:
+    name: str
+    color: Color
+
+class PetState(TypedDict):
+    pet: Pet
+
+def rename(state: PetState) -> dict:
+    return {"pet": Pet(state["pet"].name + "!", Color.RED)}
+
+builder = StateGraph(PetState).add_node(rename).add_edge(START, "rename")
+run = {"configurable": {"thread_id": "t"}}
+mem = HelaMemory(HelaMemConfig(path=sys.argv[1]), embedder=HashingEmbedder(64))
+with TurnRecorder(mem) as rec:
+    for saver in (None, InMemorySaver()):
+        checkpointer = HelaMemCheckpointer(rec, saver)
+        graph = builder.compile(checkpointer=checkpointer)  # before the block opens it
+        with checkpointer:
+            graph.invoke({"pet": Pet("rex", Color.RED)}, run)
+            pet = graph.get_state(run).values["pet"]
+            graph.invoke({"pet": pet}, run)  # the next turn reads the restored state
+            print(repr(pet), repr(graph.get_state(run).values["pet"]))
+mem.close()
+"""
+
+
+def test_strict_msgpack_state_types_come_back_as_themselves(tmp_path: Path) -> None:
+    env = {**os.environ, "LANGGRAPH_STRICT_MSGPACK": "true", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    done = subprocess.run(
+        [sys.executable, "-c", _STRICT, str(tmp_path / "mem")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    want = "Pet(name='rex!', color=<Color.RED: 'red'>) Pet(name='rex!!', color=<Color.RED: 'red'>)"
+    assert done.stdout.splitlines() == [want, want]  # the default saver, then InMemorySaver
+
+
+def test_offset_pages_over_several_fields_cover_each_item_once(memory: HelaMemory) -> None:
+    words = ["stone", "cloud", "maple", "tiger", "ocean", "violet", "candle", "harbor"]
+    rnd = random.Random(2)
+    with HelaMemStore(memory, index={"fields": ["title", "parts[*].t"]}, spread=False) as s:
+        for i in range(40):  # 80 memories: more than the core's candidate pool (50)
+            value = {
+                "title": " ".join(rnd.sample(words, 2)),
+                "parts": [{"t": " ".join(rnd.sample(words, 2))}],
+            }
+            s.put(NS, f"k{i:02d}", value)
+        for query in ("apple river", "maple ocean"):  # every score tied, and not
+            pages = [s.search(NS, query=query, limit=1, offset=o) for o in range(24)]
+            keys = [p[0].key for p in pages]
+            assert len(set(keys)) == 24, keys  # no repeat within the candidate pool
+            first = [i.key for i in s.search(NS, query=query, limit=24)]
+            assert sorted(keys) == sorted(first)  # the pages are the best 24
+
+
+def test_a_blank_query_lists_instead_of_raising(memory: HelaMemory) -> None:
+    with HelaMemStore(memory) as store:
+        store.put(NS, "a", {"text": "hello"})
+        for query in (" ", "\u200b"):
+            got = store.search(NS, query=query)
+            assert [(i.key, i.score) for i in got] == [("a", None)]
