@@ -170,6 +170,30 @@ def test_index_short_of_vectors_is_rebuilt(tmp_path: Path, store_config: StoreCo
         assert m.stats().vectors == 25
 
 
+def test_an_older_copy_of_the_index_is_rebuilt(
+    tmp_path: Path, store_config: StoreConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copy of ``chroma/`` taken before the last writes (a backup restored, a snapshot
+    that copied the index before the database) holding as many vectors as the database
+    lacks the newest memories': it is rebuilt on open, not served."""
+    path = tmp_path / "s"
+    with _open(path, store_config, exact_below=10) as m:
+        ids = _fill(m, 30)
+    shutil.copytree(path / "chroma", tmp_path / "backup")
+    with _open(path, store_config, exact_below=10) as m:
+        m.delete(ids[:5])
+        new = [m.add(f"new note {i}", SCOPE).id for i in range(5)]
+        assert m.stats().vectors == 30  # as many as the copy holds
+    shutil.rmtree(path / "chroma")
+    shutil.copytree(tmp_path / "backup", path / "chroma")
+    with caplog.at_level(logging.WARNING), _open(path, store_config, exact_below=10) as m:
+        assert _lost(m) == []  # the new memories' vectors are found by their own vector
+        assert m.stats().vectors == 30
+        live = set(m._call(lambda c: c.store.db.execute("SELECT id FROM memories").fetchall()))
+        assert {r[0] for r in live} == set(ids[5:]) | set(new)
+    assert "an older copy" in caplog.text
+
+
 def test_replaced_database_beside_an_old_index_is_refused(
     tmp_path: Path, store_config: StoreConfig, store_db: Any
 ) -> None:

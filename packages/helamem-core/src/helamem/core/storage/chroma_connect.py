@@ -77,6 +77,9 @@ class HelaMemMiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
 
 
 _MARKER = "helamem-index.json"
+_NEWEST_CHECKED = 16
+"""On open, each large scope's newest this many indexed memories must have vectors in its
+collection, else the collection is an older copy and is rebuilt from SQLite."""
 _LEGACY = "-s"  # collection names of the layout before tiers: one per scope, every scope
 
 
@@ -331,6 +334,12 @@ class ChromaConnection:
             got = int(col.count())
             if got < indexed.get(key, 0):
                 todo.append((key, f"{got} of {indexed.get(key, 0)} vectors"))
+                continue
+            # an older copy of the index (a backup restored, a snapshot taken before the
+            # database) can hold as many vectors and still lack the newest memories'
+            newest = self._exact.newest_indexed(key, _NEWEST_CHECKED)
+            if newest and len(col.get(ids=newest, include=[])["ids"]) < len(newest):
+                todo.append((key, "an older copy: it lacks the newest memories' vectors"))
         if todo:
             total = sum(self._exact.count_upto(k, 1 << 62) for k, _ in todo)
             logger.warning(

@@ -272,6 +272,16 @@ class ExactVectors:
         )
         return int(rows[0][0])
 
+    def newest_indexed(self, key: Key, limit: int) -> list[str]:
+        """Ids of the newest ``limit`` memories of ``key`` marked indexed (newest first)."""
+        rows = self._sql(
+            "reading the newest indexed vectors",
+            "SELECT id FROM memories WHERE scope_id = ? AND kind = ? AND indexed = 1"
+            " AND length(embedding) = ? ORDER BY n DESC LIMIT ?",
+            [key[0], key[1], 4 * self._dim, limit],
+        )
+        return [str(r[0]) for r in rows]
+
     def counts(self, indexed_only: bool = False) -> dict[Key, int]:
         """Vectors per (scope node, kind) (``indexed_only``: marked indexed)."""
         extra = " AND indexed = 1" if indexed_only else ""
