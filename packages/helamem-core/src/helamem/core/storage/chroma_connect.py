@@ -77,9 +77,11 @@ class HelaMemMiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
 
 
 _MARKER = "helamem-index.json"
-_NEWEST_CHECKED = 16
-"""On open, each large scope's newest this many indexed memories must have vectors in its
-collection, else the collection is an older copy and is rebuilt from SQLite."""
+_NEWEST_CHECKED = 1
+"""On open, each large scope's newest indexed memory must have its vector in the scope's
+collection, else the collection is an older copy and is rebuilt from SQLite. One is
+enough: a copy taken before that memory was added lacks it, and a copy taken after it
+holds every memory still in the database (what was added later was deleted since)."""
 _LEGACY = "-s"  # collection names of the layout before tiers: one per scope, every scope
 
 
