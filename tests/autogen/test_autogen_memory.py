@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 import helamem.autogen
 from helamem.autogen import HelaMemMemory, HelaMemMemoryConfig
+from helamem.autogen import _convert as convert_module
 from helamem.autogen import config as config_module
 from helamem.autogen import memory as memory_module
 from helamem.core import HashingEmbedder, HelaMemory, NewTurn, StoreClosedError
@@ -89,7 +90,7 @@ def test_constructor_and_dump_do_no_io(tmp_path: Path, own_store: str) -> None:
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("module", [helamem.autogen, config_module, memory_module])
+@pytest.mark.parametrize("module", [helamem.autogen, config_module, memory_module, convert_module])
 def test_module_doctests(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]
     assert result.failed == 0

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from autogen_core.model_context import (
     TokenLimitedChatCompletionContext,
     UnboundedChatCompletionContext,
 )
+from autogen_core.models import AssistantMessage, LLMMessage, UserMessage
 from autogen_replay_client import ReplayChatCompletionClient
 from test_autogen_memory import SpyMemory, config
 
@@ -71,8 +72,6 @@ async def test_every_turn_is_recorded_whatever_the_context_window(
 async def test_a_token_limited_context_records_from_its_whole_history(
     store: SpyMemory, tmp_path: Path
 ) -> None:
-    from autogen_core.models import AssistantMessage, UserMessage
-
     memory = HelaMemMemory(config(tmp_path), memory=store)
     client = ReplayChatCompletionClient(["unused"])
     context = TokenLimitedChatCompletionContext(client, token_limit=12)
@@ -132,3 +131,65 @@ async def test_metadata_comes_back_as_added_like_list_memory(
     assert doc.metadata is not None and doc.metadata["scope"] == list(ours.scope)  # free keys
     assert "_helamem_mime_type" not in doc.metadata and "mime_type" not in doc.metadata
     await ours.close()
+
+
+class _LastFour(ChatCompletionContext):
+    """A custom windowed context whose saved state holds no message list."""
+
+    async def get_messages(self) -> list[LLMMessage]:
+        return self._messages[-4:]
+
+    async def save_state(self) -> Mapping[str, Any]:
+        return {"n": len(self._messages)}
+
+    async def load_state(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+async def _converse(
+    memory: HelaMemMemory, context: ChatCompletionContext, turns: list[tuple[str, str]]
+) -> None:
+    for user, reply in turns:
+        await context.add_message(UserMessage(content=user, source="user"))
+        await memory.update_context(context)
+        await context.add_message(AssistantMessage(content=reply, source="a"))
+        await memory.record_last_turn(context)  # an app recording each reply as it comes
+
+
+async def test_a_context_without_a_saved_history_records_each_turn_once(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    turns = [("q1", "a1"), ("q2", "a2"), ("q3", "a3")]
+    await _converse(memory, _LastFour(), turns)
+    await memory.close()
+    assert [(u, a) for u, a, _ in store.turns] == turns
+
+
+async def test_a_cleared_context_records_its_turns_again(store: SpyMemory, tmp_path: Path) -> None:
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    context = UnboundedChatCompletionContext()
+    await _converse(memory, context, [("hi", "Hello!")])
+    await context.clear()  # agent.on_reset()
+    await _converse(memory, context, [("hi", "Hello!")])
+    await memory.close()
+    assert [(u, a) for u, a, _ in store.turns] == [("hi", "Hello!")] * 2
+
+
+async def test_a_query_result_added_elsewhere_keeps_none_of_the_old_memorys_fields(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    first = HelaMemMemory(config(tmp_path, scope=("a",)), memory=store)
+    second = HelaMemMemory(config(tmp_path, scope=("b",)), memory=store)
+    await first.add(
+        MemoryContent(content="the kiln is hot", mime_type=MemoryMimeType.TEXT, metadata={"t": 1})
+    )
+    result = (await first.query("the kiln is hot")).results[0]
+    await second.add(result)
+    copied = (await second.query("the kiln is hot")).results[0]
+    assert copied.metadata is not None and result.metadata is not None
+    assert copied.metadata["t"] == 1  # the caller's own key travels
+    for meta in (copied.metadata, copied.metadata["helamem"]):
+        assert meta["scope"] == ["b"] and meta["id"] != result.metadata["id"]
+    await first.close()
+    await second.close()

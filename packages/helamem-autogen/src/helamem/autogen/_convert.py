@@ -20,6 +20,7 @@ __all__ = [
     "last_text",
     "last_turn",
     "last_user",
+    "own_metadata",
     "text_of",
 ]
 
@@ -167,7 +168,8 @@ def content_of(hit: Hit) -> MemoryContent:
     returns it so too), plus HeLa-Mem's fields (``id``, ``score``,
     ``activation``, ``base``, ``boost``, ``provenance``, ``scope``, ``role``,
     ``event_time``): all of them under ``"helamem"``, and each also at the top
-    level where the caller's metadata does not use that key.
+    level where the caller's metadata does not use that key (``"helamem"`` is
+    reserved: always HeLa-Mem's own).
     """
     m = hit.memory
     stored = dict(m.metadata)
@@ -194,6 +196,27 @@ def content_of(hit: Hit) -> MemoryContent:
         "role": m.role,
         "event_time": m.event_time.isoformat(),
     }
-    metadata = {**ours, **stored}
-    metadata.setdefault("helamem", ours)
-    return MemoryContent(content=value, mime_type=mime, metadata=metadata)
+    return MemoryContent(
+        content=value, mime_type=mime, metadata={**ours, **stored, "helamem": ours}
+    )
+
+
+def own_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's part of ``metadata``, as ``add`` stores it.
+
+    ``"helamem"`` is HeLa-Mem's (a query result's own fields, see
+    :func:`content_of`): it is left out, and so is each top-level field equal
+    to its value there, so adding a query result to another memory stores
+    none of the first memory's id, scope or score as the caller's.
+
+    Examples:
+        >>> own_metadata({"tag": "a", "id": "x", "helamem": {"id": "x", "score": 0.5}})
+        {'tag': 'a'}
+    """
+    given = dict(metadata or {})
+    ours = given.pop("helamem", None)
+    if isinstance(ours, Mapping):
+        for key, value in ours.items():
+            if key in given and given[key] == value:
+                del given[key]
+    return given

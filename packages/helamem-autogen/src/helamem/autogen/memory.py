@@ -37,7 +37,17 @@ from helamem.core import (
     TurnRecordingError,
 )
 
-from ._convert import MIME_KEY, Turn, content_of, encode, last_text, last_turn, last_user
+from ._convert import (
+    MIME_KEY,
+    Turn,
+    content_of,
+    encode,
+    is_memory_message,
+    last_text,
+    last_turn,
+    last_user,
+    own_metadata,
+)
 from .config import HelaMemMemoryConfig
 
 __all__ = ["HelaMemMemory"]
@@ -61,6 +71,7 @@ class _Served:
     query: str = ""  # the query of the memories last injected
     ids: tuple[str, ...] = ()  # their ids
     recorded: Turn | None = None  # the last turn recorded from it
+    seen: int = 0  # conversation messages in its history then (fewer later: it was cleared)
 
 
 def _best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
@@ -117,23 +128,23 @@ async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
     return await fut
 
 
-async def _history(model_context: ChatCompletionContext) -> list[LLMMessage]:
-    """The context's whole history, which turns are recorded from.
+async def _history(model_context: ChatCompletionContext) -> tuple[list[LLMMessage], bool]:
+    """The context's whole history, which turns are recorded from, and whether it is whole.
 
     A windowed context's ``get_messages()`` shows only part of it
     (``BufferedChatCompletionContext`` the last n, so a turn's user message
     may have left the view; ``HeadAndTailChatCompletionContext`` a
     "Skipped n messages." placeholder, which is no user's words); its saved
     state holds every message. A context whose state has no message list
-    (a custom one) gives its ``get_messages()``.
+    (a custom one) gives its ``get_messages()``, which may be a window: not whole.
     """
     saved = (await model_context.save_state()).get("messages")
     if isinstance(saved, list):
         try:
-            return _MESSAGES.validate_python(saved)
+            return _MESSAGES.validate_python(saved), True
         except ValidationError:  # not LLMMessages: a custom state; its view is all there is
             logger.debug("model context state holds no LLMMessage list; using get_messages()")
-    return list(await model_context.get_messages())
+    return list(await model_context.get_messages()), False
 
 
 def _combined(errors: Sequence[TurnRecordingError]) -> TurnRecordingError:
@@ -276,9 +287,9 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             whose text fits in ``config.max_tokens`` (empty when there is no
             text to search with or no hit).
         """
-        messages = await _history(model_context)
+        messages, whole = await _history(model_context)
         served = self._served_for(model_context)
-        await self._record(served, messages)
+        await self._record(served, messages, whole)
         await self._remove_injected(model_context)
         query = last_user(messages) or last_text(messages)
         if query is None:
@@ -349,7 +360,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                 JSON that is not an object ("JSON content must be a dict").
         """
         text, mime = encode(content)
-        metadata = {**(content.metadata or {}), MIME_KEY: mime.value}  # the caller's keys kept
+        metadata = {**own_metadata(content.metadata), MIME_KEY: mime.value}
         await _linked(self.helamem.aadd(text, self.scope, metadata=metadata), cancellation_token)
 
     async def clear(self) -> None:
@@ -376,7 +387,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         try:
             if self._memory is not None and not self._memory.closed:
                 for context, served in list(self._served.items()):
-                    await self._record(served, await _history(context))
+                    await self._record(served, *await _history(context))
         finally:
             self._closed = True
             try:
@@ -398,7 +409,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         A turn already recorded (by :meth:`update_context` or an earlier
         call) is not recorded twice. :meth:`close` does this too.
         """
-        await self._record(self._served_for(model_context), await _history(model_context))
+        await self._record(self._served_for(model_context), *await _history(model_context))
 
     async def flush(self) -> None:
         """Wait until the recorded turns are stored.
@@ -487,8 +498,24 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         if errors:
             raise _combined(errors)
 
-    async def _record(self, served: _Served, messages: Sequence[LLMMessage]) -> None:
+    async def _record(
+        self, served: _Served, messages: Sequence[LLMMessage], whole: bool = True
+    ) -> None:
+        """Queue the last completed turn of ``messages`` unless it was recorded already.
+
+        A turn is told from the one recorded before by its position in the
+        whole history, so a repeated "yes" / "Done." is a new turn; a history
+        with fewer conversation messages than last time was cleared, so its
+        turns are new. A view that may be a window (``whole`` false) shifts
+        positions: there a turn is told apart by its text only.
+        """
         turn = last_turn(messages)
+        spoken = sum(not is_memory_message(m) for m in messages)
+        if whole and spoken < served.seen:
+            served.recorded = None  # cleared (agent.on_reset(), load_state)
+        served.seen = spoken
+        if turn is not None and not whole:
+            turn = turn._replace(at=-1)
         if turn is None or turn == served.recorded:
             return
         used = served.ids if served.query == turn.user else ()
