@@ -133,3 +133,51 @@ def test_chat_store_key_names_the_conversation_and_other_options_are_checked(
         HelaMemChatMemory.from_defaults(memory=store, chat_store_key="a", session_id="b")
     with pytest.raises(ValueError, match="token_limt"):  # the constructor checks too
         HelaMemChatMemory(token_limt=50)  # type: ignore[call-arg]
+
+
+async def test_a_copy_of_an_adapter_holds_no_lease_of_the_original(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+) -> None:
+    import copy
+
+    config = config_at(tmp_path / "s")
+    original = HelaMemChatMemory.from_defaults(config=config, session_id="a")
+    block = HelaMemMemoryBlock(config=config, scope=("b",))
+    shared = original.memory
+    assert block.memory is shared
+    for made in (original.model_copy(), copy.copy(original), copy.deepcopy(original)):
+        assert made.session_id == "a" and made.memory is shared  # found again, not leased
+        made.put_messages(_turn("from a copy", "noted"))
+        made.close()
+        assert not shared.closed
+    for made_block in (block.model_copy(), copy.deepcopy(block)):
+        assert made_block.memory is shared
+        await made_block.aclose()
+        assert not shared.closed
+    original.put_messages(_turn("from the original", "noted too"))
+    original.close()
+    assert not shared.closed  # the block still holds its lease
+    await block.aclose()
+    assert shared.closed
+    assert "from the original" in _stored(config, ("llamaindex", "a"))
+
+
+async def test_a_leased_memory_registered_by_the_caller_is_the_callers(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+) -> None:
+    config = config_at(tmp_path / "s")
+    first = HelaMemChatMemory.from_defaults(config=config, session_id="a")
+    mine = first.memory
+    second = HelaMemChatMemory.from_defaults(memory=mine, session_id="c")  # now the caller's
+    first.close()
+    second.close()
+    assert not mine.closed
+    mine.close()
+
+
+def test_an_unknown_option_names_the_nearest(store: HelaMemory) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        HelaMemChatMemory.from_defaults(memory=store, token_limt=50)
+    text = str(err.value)
+    assert "did you mean token_limit?" in text and "recorder" in text
+    assert "pending_user" not in text

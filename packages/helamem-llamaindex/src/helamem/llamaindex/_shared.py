@@ -18,19 +18,23 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
+from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.utils import get_tokenizer
 
 from helamem.core import HelaMemConfig, HelaMemory, Hit, Scope, SearchResult
 
 logger = logging.getLogger(__name__)
+
+_M = TypeVar("_M", bound=BaseModel)
 
 _live: weakref.WeakValueDictionary[str, HelaMemory] = weakref.WeakValueDictionary()
 _leases: weakref.WeakKeyDictionary[HelaMemory, int] = weakref.WeakKeyDictionary()
@@ -45,10 +49,11 @@ def _store_key(config: HelaMemConfig) -> str:
 def register_memory(memory: HelaMemory) -> None:
     """Make ``memory`` the connection adapters use for its store directory.
 
-    Adapters given ``memory=`` register it themselves. Call this in a new
-    process before loading a serialized adapter (``from_dict``, a workflow
-    ``Context``) whose memory needs a custom embedder or secrets, which are
-    never serialized.
+    Adapters given ``memory=`` register it themselves. A memory registered so is
+    the caller's to close, even one that adapters opened (no adapter's
+    ``close()`` closes it). Call this in a new process before loading a
+    serialized adapter (``from_dict``, a workflow ``Context``) whose memory
+    needs a custom embedder or secrets, which are never serialized.
 
     Args:
         memory: An open or unopened memory; it stays registered while it is
@@ -59,6 +64,7 @@ def register_memory(memory: HelaMemory) -> None:
     """
     with _live_lock:
         _live[_store_key(memory.config)] = memory
+        _leases.pop(memory, None)  # the caller's now: no adapter's close() closes it
 
 
 def resolve_memory(config: HelaMemConfig) -> tuple[HelaMemory, bool]:
@@ -108,6 +114,21 @@ def without_connection(state: dict[Any, Any]) -> dict[Any, Any]:
     private = dict(state.get("__pydantic_private__") or {})
     private.update(_CONNECTION)
     return {**state, "__pydantic_private__": private}
+
+
+def copy_without_connection(model: _M, memo: dict[int, Any] | None = None) -> _M:
+    """A copy of an adapter (``copy.copy``, ``copy.deepcopy``, ``model_copy``) that, like
+    an unpickled one, finds the live memory for its ``config.path`` again: it holds no
+    lease and no recorder of the original's, so its ``close()`` never closes the store
+    under the original. ``memo``: deep (``copy.deepcopy``'s memo), else shallow."""
+    state = model.__getstate__()
+    if memo is not None:
+        state = copy.deepcopy(state, memo)
+    else:
+        state = {**state, "__dict__": dict(state["__dict__"])}
+    made = object.__new__(type(model))
+    made.__setstate__(state)
+    return made
 
 
 def dump_config(config: HelaMemConfig) -> dict[str, Any]:

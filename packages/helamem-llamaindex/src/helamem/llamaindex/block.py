@@ -23,6 +23,7 @@ from helamem.core import HelaMemConfig, HelaMemory, InvalidScopeError, Scope, Tu
 from ._shared import (
     Line,
     candidates,
+    copy_without_connection,
     count_tokens,
     dump_config,
     fit_lines,
@@ -109,6 +110,14 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     # user message text -> ids injected while it was the latest user message
     _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
     _dangling: dict[Scope, str] = PrivateAttr(default_factory=dict)
+
+    def __copy__(self) -> Self:
+        """A copy without the connection (see :func:`copy_without_connection`)."""
+        return copy_without_connection(self)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        """A deep copy without the connection (see :func:`copy_without_connection`)."""
+        return copy_without_connection(self, {} if memo is None else memo)
 
     def __getstate__(self) -> dict[Any, Any]:
         """Pickle without the connection (it is found again, as after ``from_dict``)."""

@@ -13,6 +13,7 @@ import logging
 import pickle
 import uuid
 from collections.abc import Callable, Sequence
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Self
 
@@ -40,6 +41,7 @@ from ._shared import (
     Line,
     candidates,
     candidates_sync,
+    copy_without_connection,
     dump_config,
     lazy_tokenizer,
     message_text,
@@ -57,6 +59,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_LIMIT = 3000
 DEFAULT_TOKEN_LIMIT_RATIO = 0.75
+
+
+_FROM_DEFAULTS = ("memory", "path", "llm", "recorder", "chat_store_key")
+"""Options of :meth:`HelaMemChatMemory.from_defaults` beside its fields."""
 
 
 class HelaMemChatMemory(BaseMemory):
@@ -120,6 +126,14 @@ class HelaMemChatMemory(BaseMemory):
     def class_name(cls) -> str:
         """The LlamaIndex component name."""
         return "HelaMemChatMemory"
+
+    def __copy__(self) -> Self:
+        """A copy without the connection (see :func:`copy_without_connection`)."""
+        return copy_without_connection(self)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        """A deep copy without the connection (see :func:`copy_without_connection`)."""
+        return copy_without_connection(self, {} if memo is None else memo)
 
     def __getstate__(self) -> dict[Any, Any]:
         """Pickle without the connection (it is found again, as after ``from_dict``).
@@ -210,11 +224,19 @@ class HelaMemChatMemory(BaseMemory):
                     "the same thing (the conversation); pass one"
                 )
             session_id = str(key)
+        options = sorted(
+            {*cls.model_fields, *_FROM_DEFAULTS} - {"pending_user", "pending_used_ids"}
+        )
         unknown = sorted(set(kwargs) - set(cls.model_fields))
         if unknown:
+            hints = [
+                f"{u} (did you mean {close[0]}?)"
+                if (close := get_close_matches(u, options, 1))
+                else u
+                for u in unknown
+            ]
             raise InvalidInputError(
-                f"unknown option(s) {', '.join(unknown)}: HelaMemChatMemory takes "
-                f"{', '.join(sorted(cls.model_fields))}"
+                f"unknown option(s) {', '.join(hints)}: from_defaults takes {', '.join(options)}"
             )
         if memory is not None and (config is not None or path is not None):
             raise InvalidInputError(
