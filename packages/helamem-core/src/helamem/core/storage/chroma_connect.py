@@ -79,9 +79,11 @@ class HelaMemMiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
 _MARKER = "helamem-index.json"
 _NEWEST_CHECKED = 1
 """On open, each large scope's newest indexed memory must have its vector in the scope's
-collection, else the collection is an older copy and is rebuilt from SQLite. One is
-enough: a copy taken before that memory was added lacks it, and a copy taken after it
-holds every memory still in the database (what was added later was deleted since)."""
+collection, else the collection is an older copy and is rebuilt from SQLite. A copy
+taken before that memory was added lacks it; a copy taken after it holds every memory
+added before it. Not seen this way: a copy that holds a memory's id with an older
+vector (the memory deleted and added again under the same caller-chosen id since, or
+re-embedded); ``helamem check`` reports those and ``helamem reindex`` rebuilds them."""
 _LEGACY = "-s"  # collection names of the layout before tiers: one per scope, every scope
 
 
