@@ -522,3 +522,19 @@ def test_agent_loop_graph_shape_reads_postgres(data: Path, tmp_path: Path, pg_se
     assert pg["graph"] == run(None)["graph"]
     assert pg["graph"]["loop-learn"]["edges"] > 0
     assert _bench_schemas(pg_server.dsn) == []
+
+
+def test_association_reranker_script_runs(data: Path, tmp_path: Path) -> None:
+    """benchmarks/association_reranker.py (README): every model scored, on 10 hits."""
+    stdout, res = _run_benchmark("association_reranker.py", data, tmp_path)
+    assert "| learned rerank |" in stdout
+    assert res["questions"] == 6  # categories 1-4 of the tiny file
+    assert list(res["rerank"]) == [
+        "own only",
+        "own + association",
+        "own + association + speaker",
+    ]
+    for r in res["rerank"].values():
+        assert set(r) == {"all", *(k for k in r if k != "all")} and 0 <= r["all"] <= 1
+        hits = round(r["all"] * res["questions"])
+        assert abs(r["all"] - hits / res["questions"]) < 1e-3  # whole questions
