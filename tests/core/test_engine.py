@@ -127,6 +127,9 @@ def test_scope_isolation_and_segment_prefixes(mem: HelaMemory) -> None:
     assert set(mem.search("secret code", ("user",), k=10).ids) == {a, b, c}
     assert mem.search("secret code", ("user", "100"), k=10).ids == []
     assert mem.list_scopes(("user", "1")) == [("user", "1"), ("user", "1", "sub")]
+    every = [("user", "1"), ("user", "1", "sub"), ("user", "10")]
+    assert sorted(mem.list_scopes(())) == sorted(mem.list_scopes()) == every  # () as in search
+    assert mem.stats(()).memories == mem.stats().memories == 3
     # Edges never cross scopes, even when asked to.
     assert mem.reinforce([a, b]) == 0
     assert mem.stats(("user", "10")).edges == 0

@@ -44,6 +44,7 @@ from .text import is_blank
 from .types import (
     Memory,
     Scope,
+    normalize_prefix,
     normalize_scope,
 )
 
@@ -551,7 +552,8 @@ class CoreBase:
 
     # -- writes ----------------------------------------------------------
     def _nodes(self, scope: Sequence[str] | None) -> list[int] | None:
-        if scope is None:
+        """Scope nodes under ``scope``; ``None`` (or ``()``, as in search): every scope."""
+        if scope is None or normalize_prefix(scope) == ():
             return None
         node = self.store.find_scope(normalize_scope(scope))
         return [] if node is None else self.store.descendants(node)

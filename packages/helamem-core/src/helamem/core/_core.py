@@ -25,6 +25,7 @@ from .errors import (
 from .types import (
     Memory,
     Scope,
+    normalize_prefix,
     normalize_scope,
 )
 
@@ -65,7 +66,7 @@ class Core(IngestOps, SearchOps):
 
     # -- search ----------------------------------------------------------
     def list_scopes(self, prefix: Sequence[str] | None) -> list[Scope]:
-        if prefix is None:
+        if prefix is None or normalize_prefix(prefix) == ():  # () is every scope, as in search
             return self.store.scopes_with_memories(None)
         node = self.store.find_scope(normalize_scope(prefix))
         if node is None:

@@ -345,15 +345,18 @@ class HelaMemory(UpkeepMethods):
         return self._call(KeepsPending(lambda c: c.reinforce(ids_)))
 
     def list_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:
-        """Scopes that hold memories, optionally under ``prefix``."""
+        """Scopes that hold memories, optionally under ``prefix`` (``None`` or ``()``:
+        every scope, as ``()`` is in :meth:`search`)."""
         return self._call(KeepsPending(lambda c: c.list_scopes(prefix)))
 
     def decay(self, scope: Sequence[str] | None = None) -> dict[str, int]:
-        """Materialise lazy decay now and prune weak edges; returns counts."""
+        """Materialise lazy decay now and prune weak edges (of ``scope`` and the scopes
+        under it; ``None`` or ``()``: every scope); returns counts."""
         return self._call(lambda c: c.decay(scope))
 
     def stats(self, scope: Sequence[str] | None = None) -> Stats:
-        """Counts of memories, edges, scopes and index state, and LLM usage."""
+        """Counts of memories, edges, scopes and index state, and LLM usage (of ``scope``
+        and the scopes under it; ``None`` or ``()``: the whole store)."""
         return self._with_usage(self._call(lambda c: c.stats(scope)))
 
     async def aadd(
