@@ -181,3 +181,24 @@ def test_an_unknown_option_names_the_nearest(store: HelaMemory) -> None:
     text = str(err.value)
     assert "did you mean token_limit?" in text and "recorder" in text
     assert "pending_user" not in text
+
+
+async def test_an_adapter_used_after_close_reopens_and_stores(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+) -> None:
+    config = config_at(tmp_path / "s")
+    chat = HelaMemChatMemory.from_defaults(config=config, session_id="a")
+    chat.put_messages(_turn("before close", "ok"))
+    first = chat.memory
+    chat.close()
+    assert first.closed  # its only lease
+    chat.put_messages(_turn("after close", "still stored"))
+    chat.flush()
+    assert chat.memory is not first and not chat.memory.closed
+    chat.close()
+    assert _stored(config, ("llamaindex", "a")) == [
+        "after close",
+        "before close",
+        "ok",
+        "still stored",
+    ]
