@@ -15,6 +15,7 @@ stores do (``InMemoryStore``, ``SqliteStore``, ``InMemorySaver``).
 
 from __future__ import annotations
 
+import operator
 import os
 import random
 import subprocess
@@ -22,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from langchain_core.messages import AIMessage
@@ -30,6 +31,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.store.base import PutOp
 from langgraph.store.memory import InMemoryStore
+from langgraph.types import Send
 
 from helamem.core import HelaMemory, TurnRecorder
 from helamem.langgraph import HelaMemCheckpointer, HelaMemStore
@@ -191,3 +193,51 @@ def test_a_blank_query_lists_instead_of_raising(memory: HelaMemory) -> None:
         for query in (" ", "\u200b"):
             got = store.search(NS, query=query)
             assert [(i.key, i.score) for i in got] == [("a", None)]
+
+
+class Fan(MessagesState):
+    results: Annotated[list[int], operator.add]
+
+
+def _fan_out_graph() -> Any:
+    def plan(state: Fan) -> dict[str, Any]:
+        return {"messages": [AIMessage("planning, wait")]}
+
+    def final(state: Fan) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"final answer {sorted(state['results'])}")]}
+
+    def workers(state: Fan) -> list[Send]:
+        return [Send("worker", {"i": i}) for i in range(3)]
+
+    g = StateGraph(Fan).add_node("plan", plan).add_node("final", final)
+    g.add_node("worker", lambda s: {"results": [s["i"]]})
+    g.add_edge(START, "plan").add_conditional_edges("plan", workers, ["worker"])
+    return g.add_edge("worker", "final")
+
+
+def _join_graph() -> Any:
+    g = StateGraph(MessagesState)
+    g.add_node("a", lambda s: {"messages": [AIMessage("partial from a")]})
+    g.add_node("b", lambda s: {}).add_node("b2", lambda s: {})
+    g.add_node("c", lambda s: {"messages": [AIMessage("joined final answer")]})
+    return (
+        g.add_edge(START, "a").add_edge(START, "b").add_edge("b", "b2").add_edge(["a", "b2"], "c")
+    )
+
+
+@pytest.mark.parametrize(
+    ("build", "answer"),
+    [(_fan_out_graph, "final answer [0, 1, 2]"), (_join_graph, "joined final answer")],
+    ids=["send-fan-out", "join-edge"],
+)
+def test_a_turn_is_recorded_with_the_final_answer_not_an_interim_one(
+    memory: HelaMemory, build: Any, answer: str
+) -> None:
+    with TurnRecorder(memory) as rec:
+        graph = build().compile(checkpointer=HelaMemCheckpointer(rec, InMemorySaver()))
+        run = {"configurable": {"thread_id": "t", "user_id": "u"}}
+        out = graph.invoke({"messages": [("user", "the question")]}, run)
+        assert out["messages"][-1].content == answer
+        rec.flush_sync()
+    found = memory.search("the question", ("users", "u"), k=10, learn=False)
+    assert sorted(h.content for h in found) == sorted(["the question", answer])

@@ -102,6 +102,33 @@ def _text(message: Any) -> str:
     return "".join(parts)
 
 
+_SENDS = "__pregel_tasks"  # LangGraph's channel of pending Send packets
+
+
+def _triggers(channel: str, value: Any) -> bool:
+    """Whether a checkpoint's ``channel`` holding ``value`` triggers another node.
+
+    An edge's ``branch:to:<node>`` channel; pending ``Send`` packets (the
+    fan-out's workers run next); a join's ``join:<a>+<b>:<node>`` barrier that
+    every source has reached (its node runs next; a barrier still waiting, or
+    consumed, triggers nothing).
+
+    Examples:
+        >>> _triggers("branch:to:final", None), _triggers("__pregel_tasks", [])
+        (True, False)
+        >>> _triggers("join:a+b:c", {"a", "b"}), _triggers("join:a+b:c", {"a"})
+        (True, False)
+    """
+    if channel.startswith("branch:to:"):
+        return True
+    if channel == _SENDS:
+        return bool(value)
+    if channel.startswith("join:") and isinstance(value, set | frozenset | list | tuple):
+        sources = channel[len("join:") :].rsplit(":", 1)[0].split("+")
+        return bool(value) and set(sources) <= set(value)
+    return False
+
+
 def completed_turn(
     config: RunnableConfig,
     checkpoint: Checkpoint,
@@ -119,7 +146,7 @@ def completed_turn(
     values = checkpoint.get("channel_values") or {}
     if metadata.get("source") != "loop" or conf.get("checkpoint_ns") or thread is None:
         return None
-    if any(str(ch).startswith("branch:to:") for ch in values):
+    if any(_triggers(str(ch), v) for ch, v in values.items()):
         return None  # more nodes are triggered: the run goes on
     messages = values.get(messages_key)
     if not isinstance(messages, list) or not messages:
