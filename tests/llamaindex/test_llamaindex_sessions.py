@@ -202,3 +202,81 @@ async def test_an_adapter_used_after_close_reopens_and_stores(
         "ok",
         "still stored",
     ]
+
+
+_PAD = " pad" * 30
+
+
+async def _through_memory(
+    block: HelaMemMemoryBlock, steps: list[tuple[str, list[ChatMessage] | str]]
+) -> None:
+    """Messages through LlamaIndex ``Memory`` with a small queue: it flushes the oldest
+    to the block, splitting a turn when its question alone fills a flush."""
+    from llama_index.core.memory import Memory
+
+    memories: dict[str, Memory] = {}
+    for session, messages in steps:
+        memory = memories.setdefault(
+            session,
+            Memory.from_defaults(
+                session_id=session,
+                token_limit=60,
+                chat_history_token_ratio=0.5,
+                token_flush_size=20,
+                memory_blocks=[block],
+            ),
+        )
+        if messages == "reset":
+            await memory.areset()
+            continue
+        for m in messages:
+            await memory.aput(m)
+
+
+def _u(text: str) -> ChatMessage:
+    return ChatMessage(role="user", content=text)
+
+
+def _a(text: str) -> ChatMessage:
+    return ChatMessage(role="assistant", content=text)
+
+
+async def test_a_question_whose_reply_never_comes_is_stored_alone(store: HelaMemory) -> None:
+    block = HelaMemMemoryBlock.from_memory(store)
+    await _through_memory(
+        block,
+        [
+            ("s1", [_u("alpha question" + _PAD), _u("alpha follow-up"), _a("alpha answer")]),
+            ("s1", "reset"),  # the queue (follow-up and answer) is gone
+            ("s1", [_u("beta question" + _PAD), _a("beta answer" + _PAD[:60]), _u("g"), _a("h")]),
+        ],
+    )
+    await block.aclose()
+    stored = _contents(store, ("llamaindex", "s1"))
+    assert "alpha question" + _PAD in stored  # not lost
+    assert "beta question" + _PAD in stored  # and not joined to it
+    assert not any(c.startswith("alpha question") and "beta" in c for c in stored)
+
+
+async def test_sessions_sharing_a_block_and_a_scope_do_not_mix(store: HelaMemory) -> None:
+    block = HelaMemMemoryBlock.from_memory(store, scope=("users", "alice"))
+    await _through_memory(
+        block,
+        [
+            ("s1", [_u("s1 question" + _PAD), _u("s1 follow-up"), _a("s1 answer")]),
+            ("s2", [_u("s2 question" + _PAD), _a("s2 answer" + _PAD[:60]), _u("n"), _a("m")]),
+        ],
+    )
+    await block.aflush()
+    assert _contents(store, ("users", "alice")) == sorted(
+        ["s2 question" + _PAD, "s2 answer" + _PAD[:60]]
+    )
+    await block.aclose()  # s1's question still waits for its reply: stored alone, not lost
+    assert "s1 question" + _PAD in _contents(store, ("users", "alice"))
+
+
+async def test_a_second_reply_to_one_question_joins_its_answer(store: HelaMemory) -> None:
+    block = HelaMemMemoryBlock.from_memory(store, scope=("u",))
+    await block._aput([_u("q"), _a("agent1 says"), _a("agent2 final answer")])
+    await block.aclose()
+    assert _contents(store, ("u",)) == ["agent1 says\nagent2 final answer", "q"]

@@ -159,7 +159,16 @@ def pair_turns(
     """Completed ``(user, assistant)`` turns in ``messages``, and the user text still waiting.
 
     Consecutive user messages join into one; tool calls and tool results are
-    skipped; a reply with no user message before it starts no turn.
+    skipped; a reply right after a turn's reply in ``messages`` (a second
+    agent answering the same question) joins that turn's answer; any other
+    reply with no user message before it starts no turn.
+
+    Examples:
+        >>> msgs = [ChatMessage(role=r, content=t) for r, t in
+        ...         [("user", "q"), ("assistant", "one"), ("assistant", "two")]]
+        >>> turns, pending = pair_turns(msgs)
+        >>> turns[0][0], turns[0][1].splitlines(), pending
+        ('q', ['one', 'two'], None)
     """
     turns: list[tuple[str, str]] = []
     for message in messages:
@@ -169,7 +178,11 @@ def pair_turns(
                 pending_user = f"{pending_user}\n{text}" if pending_user else text
         elif is_final_reply(message):
             if pending_user is None:
-                logger.debug("assistant message with no user message before it: not recorded")
+                if turns:  # another reply to the question just answered
+                    user, answer = turns[-1]
+                    turns[-1] = (user, f"{answer}\n{message_text(message)}")
+                else:
+                    logger.debug("assistant message with no user message before it: not recorded")
                 continue
             turns.append((pending_user, message_text(message)))
             pending_user = None

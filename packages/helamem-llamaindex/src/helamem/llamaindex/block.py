@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -42,6 +43,14 @@ __all__ = ["HelaMemMemoryBlock"]
 logger = logging.getLogger(__name__)
 
 _MAX_TRACKED_TURNS = 256
+
+
+def _opens_with_a_question(messages: Sequence[ChatMessage]) -> bool:
+    """Whether the first message with text is a user's: no reply to an earlier question."""
+    for m in messages:
+        if message_text(m) or m.role != MessageRole.USER:
+            return m.role == MessageRole.USER and bool(message_text(m))
+    return False
 
 
 class HelaMemMemoryBlock(BaseMemoryBlock[str]):
@@ -109,7 +118,7 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     _shown: list[Line] = PrivateAttr(default_factory=list)
     # user message text -> ids injected while it was the latest user message
     _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
-    _dangling: dict[Scope, str] = PrivateAttr(default_factory=dict)
+    _dangling: dict[tuple[Scope, str | None], str] = PrivateAttr(default_factory=dict)
 
     def __copy__(self) -> Self:
         """A copy without the connection (see :func:`copy_without_connection`)."""
@@ -256,9 +265,16 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         sessions = [m.additional_kwargs.get("session_id") for m in messages]
         session = next((s for s in sessions if isinstance(s, str)), None)
         scope = self._scope(session)
-        turns, dangling = pair_turns(messages, self._dangling.pop(scope, None))
+        key = (scope, session)  # one conversation: a shared scope holds several
+        held = self._dangling.pop(key, None)
+        if held is not None and _opens_with_a_question(messages):
+            # the reply it waited for never came (Memory.reset() dropped it): stored alone,
+            # never joined to an unrelated question
+            await self._store_alone(scope, held)
+            held = None
+        turns, dangling = pair_turns(messages, held)
         if dangling is not None:  # its reply comes with the next flush
-            self._dangling[scope] = dangling
+            self._dangling[key] = dangling
         for user, assistant in turns:
             used = list(self._injected.pop(user, {}))
             await self.recorder.record_turn(scope, user, assistant, used_ids=used)
@@ -271,8 +287,19 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         if self._recorder is not None:
             await self._recorder.flush()
 
+    async def _store_alone(self, scope: Scope, text: str) -> None:
+        """Store a flushed user message whose reply will not come, after the turns queued
+        before it (so the scope's order, and its temporal edges, follow the conversation)."""
+        if self._recorder is not None:
+            await self._recorder.flush()
+        await self.memory.aadd(text, scope, role="user", metadata={"source": "llamaindex"})
+
     async def aclose(self) -> None:
-        """Drain the recorder (close it if it is this block's own); close an owned memory."""
+        """Store user messages still waiting for their reply (alone), drain the recorder
+        (close it if it is this block's own), close an owned memory."""
+        held, self._dangling = self._dangling, {}
+        for (scope, _), text in held.items():
+            await self._store_alone(scope, text)
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
             await (recorder.close() if self._own_recorder else recorder.flush())
