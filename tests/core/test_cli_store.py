@@ -74,6 +74,24 @@ def test_export_then_import_into_a_new_store(
     assert main(["check", str(other)]) == 0
 
 
+def test_import_into_a_new_store_takes_the_files_embedder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, other, third = tmp_path / "s", tmp_path / "t", tmp_path / "u"
+    _build(path)
+    out = tmp_path / "alice.jsonl"
+    assert main(["export", str(path), "--scope", "users", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["import", str(other), str(out)]) == 0  # no --embedder: the file's, not MiniLM
+    assert "(0 vectors recomputed)" in capsys.readouterr().out
+    assert main(["stats", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedder"] == "hashing-64"
+    assert main(["import", str(third), str(out), "--embedder", "hashing", "--dimension", "32"]) == 0
+    assert "(8 vectors recomputed)" in capsys.readouterr().out  # --embedder still decides
+    assert main(["stats", str(third), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedder"] == "hashing-32"
+
+
 def test_import_under_another_scope(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "s"
     ids = _build(path)

@@ -483,6 +483,19 @@ def _header(reader: _Reader, lines: Iterator[dict[str, Any]]) -> dict[str, Any]:
     return head
 
 
+def export_embedder(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """The embedder (name, dimension) an export file's header records.
+
+    Raises:
+        ExportFormatError: The file does not start with an export header.
+    """
+    p = Path(path)
+    with p.open(encoding="utf-8") as f:
+        reader = _Reader(p, f)
+        emb = _header(reader, iter(reader))["embedder"]
+        return str(reader.get(emb, "name", str)), int(reader.get(emb, "dimension", int))
+
+
 def import_scope(
     core: Core, path: str | os.PathLike[str], scope: Sequence[str] | None = None
 ) -> ImportReport:

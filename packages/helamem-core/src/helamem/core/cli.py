@@ -218,8 +218,9 @@ def _add_store_parsers(commands: Any) -> None:
         help="load a file written by export into a store",
         description=(
             "Load a file written by `helamem export` in one transaction (into a new store "
-            "too); the target scope must hold no memories. Vectors are reused when the file's "
-            "embedder is the store's, else recomputed."
+            "too: it takes the file's embedder unless --embedder says otherwise); the target "
+            "scope must hold no memories. Vectors are reused when the file's embedder is the "
+            "store's, else recomputed."
         ),
     )
     _store_path(im)
@@ -245,8 +246,9 @@ def _embedder_config(args: argparse.Namespace, reembed: bool = False) -> Embedde
             if model is not None or dim is not None:
                 raise _UsageError("--model and --dimension need --embedder")
             info = stored_embedder(args.path) if (args.path / "helamem.sqlite3").is_file() else None
-            if info is None:
-                return EmbedderConfig(api_base=api_base)
+            if info is None:  # a new store: an import takes the file's embedder when it can
+                made = getattr(args, "file_embedder", None)
+                return (made or EmbedderConfig()).model_copy(update={"api_base": api_base})
             name, stored_dim, switch = info
             if reembed and switch is not None:  # finish the interrupted switch
                 name, stored_dim = str(switch.get("name")), int(switch.get("dimension", 0))
@@ -395,9 +397,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from ._portable import export_embedder
+    from ._reembed import embedder_config
+
     if not args.file.is_file():
         raise _UsageError(f"no such file: {args.file}")
     scope = _scope_arg(args)
+    # into a new store without --embedder: the file's own embedder, so its vectors are
+    # reused rather than recomputed with the default one
+    args.file_embedder = embedder_config(*export_embedder(args.file))
     with _open_store(args) as mem:
         r = mem.import_scope(args.file, scope=scope)
     print(
