@@ -265,6 +265,39 @@ def test_facts_citing_unknown_or_foreign_episodes_are_dropped(
         assert mem.stats().semantic == 0
 
 
+def _same_fact_each_cluster(bracketed: bool) -> Callable[[list[dict[str, str]]], str]:
+    """A model writing one generic fact per cluster, citing labels as ``E1`` or ``[E1]``."""
+
+    def answer(messages: list[dict[str, str]]) -> str:
+        facts = []
+        for block in messages[-1]["content"].split("Cluster ")[1:]:
+            labels = re.findall(r"\[(E\d+)\]", block)[:2]
+            cited = [f"[{x}]" for x in labels] if bracketed else [x.lower() for x in labels]
+            facts.append({"text": "The user walks a dog every morning", "sources": cited})
+        return json.dumps({"facts": facts})
+
+    return answer
+
+
+@pytest.mark.parametrize("bracketed", [True, False], ids=["[E1]", "e1"])
+def test_two_tenants_earning_the_same_fact_each_keep_it(
+    tmp_path: Path, store_config: StoreConfig, bracketed: bool
+) -> None:
+    llm = ScriptedLLM(_same_fact_each_cluster(bracketed))
+    alice, bob = ("users", "alice"), ("users", "bob")
+    with _mem(tmp_path, store_config, llm) as mem:
+        for scope in (alice, bob):
+            for i in range(4):
+                mem.add(f"I walked my dog Rex in the park, day {i}", scope)
+        report = mem.consolidate(("users",))  # both tenants' clusters in one call
+        assert len(llm.calls) == 1 and report.clusters == 2
+        assert report.facts_added == 2  # labels as the prompt shows them, or bare
+        assert mem.stats(alice).semantic == mem.stats(bob).semantic == 1
+        facts = mem.search("walks a dog", bob, k=5, kind="semantic", learn=False)
+        assert [h.content for h in facts] == ["The user walks a dog every morning"]
+        assert all(mem.get(i).scope == bob for i in facts[0].memory.provenance)
+
+
 async def test_async_consolidation(tmp_path: Path, store_config: StoreConfig) -> None:
     llm = ScriptedLLM(facts_citing_first_labels)
     async with _mem(tmp_path, store_config, llm) as mem:

@@ -136,3 +136,26 @@ def test_ranking_order_keeps_associations_within_their_share() -> None:
         provenance="base",
     )
     assert [h.memory.id for h in ranking_order(boosted)] == ["m2", "m1"]
+
+
+def test_a_fact_the_budget_cuts_is_not_learned_from(mem: HelaMemory) -> None:
+    """What a budget cuts is neither returned nor learned from: facts too (the final,
+    learning search asks only for the facts that fit)."""
+    scope = ("users", "bob")
+    for i in range(4):
+        mem.add_turn(scope, f"I walked my dog Rex in the park, day {i}", "Nice walk!")
+    mem.consolidate(scope)
+    query = "walked my dog Rex in the park"
+    full = mem.search(query, scope, k=2, learn=False)
+    episodes = [h for h in full if h.provenance != "semantic"]
+    facts = [h for h in full if h.provenance == "semantic"]
+    assert len(episodes) == 2 and facts  # the case: facts that would come back
+    counter = default_counter()
+    room = sum(counter.count(context_line(h) + "\n") for h in episodes)  # none for a fact
+    before = {h.id: mem.get(h.id).access_count for h in full}
+    got = mem.search(query, scope, k=2, max_tokens=room)
+    assert [h.id for h in got] == [h.id for h in episodes]
+    mem.flush()  # the learning step is written
+    for h in facts:
+        assert mem.get(h.id).access_count == before[h.id]  # cut: not learned from
+    assert all(mem.get(h.id).access_count == before[h.id] + 1 for h in episodes)

@@ -208,9 +208,13 @@ class SearchOps(LearningOps):
         if n == 0:
             facts = [h for h in wide if h.provenance == "semantic"]
             return SearchResult(query, tuple(fit_tokens(facts, max_tokens, count_tokens, share)))
-        if learn:
-            res = self.search(query, scope, n, learn=True, **opts)
-        return SearchResult(query, tuple(fit_tokens(list(res), max_tokens, count_tokens, share)))
+        kept = fit_tokens(list(res), max_tokens, count_tokens, share)
+        if learn:  # the same search learning, asking only for the facts that fit: what is
+            # cut is neither returned nor learned from
+            fitting = sum(h.provenance == "semantic" for h in kept)
+            res = self.search(query, scope, n, learn=True, **{**opts, "semantic_k": fitting})
+            kept = fit_tokens(list(res), max_tokens, count_tokens, share)
+        return SearchResult(query, tuple(kept))
 
     def _coactive(self, ranking: retrieval.Ranking) -> list[int]:
         """The returned memories that co-activate: all, or the best ``learn_top``."""

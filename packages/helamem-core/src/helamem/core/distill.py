@@ -149,6 +149,11 @@ class Distiller(Protocol):
 _LABELS = re.compile(r"(?:\[?E\d+\]?[\s,.;]*)+")
 
 
+def _source_label(source: str) -> str:
+    """A cited label as the prompt wrote it: ``"[E1]"``, ``" e1 "`` -> ``"E1"``."""
+    return source.strip().strip("[]()").strip().upper()
+
+
 class ExtractiveDistiller:
     """No model: each cluster's most central sentences become facts.
 
@@ -200,16 +205,31 @@ class LLMDistiller:
 
     @staticmethod
     def _drafts(
-        facts: Sequence[tuple[str, Sequence[str]]], refs: dict[str, str]
+        facts: Sequence[tuple[str, Sequence[str]]],
+        refs: dict[str, str],
+        clusters: Sequence[ClusterPlan] = (),
     ) -> list[FactDraft]:
-        """Map labels back to ids; drop facts citing nothing known, bare labels, repeats."""
-        out: dict[str, FactDraft] = {}
+        """Map labels back to ids; drop facts citing nothing known, bare labels, repeats.
+
+        A label is read as the prompt shows it or bare (``"[E1]"``, ``"E1"``,
+        ``"e1"``). A repeat is the same text for the same scope: two tenants'
+        clusters may each earn the same fact ("The user walks a dog every
+        morning"), and each keeps its own.
+
+        Examples:
+            >>> LLMDistiller._drafts([("Alice has a cat named Miso", ["[E1]", "e2"])],
+            ...                      {"E1": "m1", "E2": "m2"})
+            [FactDraft(text='Alice has a cat named Miso', source_ids=('m1', 'm2'))]
+        """
+        scope_of = {mid: c.scope_id for c in clusters for mid in c.ids}
+        out: dict[tuple[int | None, str], FactDraft] = {}
         for text, sources in facts:
-            ids = tuple(dict.fromkeys(refs[s.strip()] for s in sources if s.strip() in refs))
+            labels = (_source_label(s) for s in sources)
+            ids = tuple(dict.fromkeys(refs[s] for s in labels if s in refs))
             clean = " ".join(text.split())
-            if not ids or len(clean) < 8 or _LABELS.fullmatch(clean) or clean.lower() in out:
+            if not ids or len(clean) < 8 or _LABELS.fullmatch(clean):
                 continue
-            out[clean.lower()] = FactDraft(clean, ids)
+            out.setdefault((scope_of.get(ids[0]), clean.lower()), FactDraft(clean, ids))
         return list(out.values())
 
     def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
@@ -217,11 +237,11 @@ class LLMDistiller:
             return []
         refs, variables = self._request(clusters)
         answer = self.client.complete_json(DISTILL_FACTS, **variables)
-        return self._drafts([(f.text, f.sources) for f in answer.facts], refs)
+        return self._drafts([(f.text, f.sources) for f in answer.facts], refs, clusters)
 
     async def adistill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
         if not clusters:
             return []
         refs, variables = self._request(clusters)
         answer = await self.client.acomplete_json(DISTILL_FACTS, **variables)
-        return self._drafts([(f.text, f.sources) for f in answer.facts], refs)
+        return self._drafts([(f.text, f.sources) for f in answer.facts], refs, clusters)
