@@ -340,6 +340,18 @@ def test_forget_is_a_dry_run_by_default(mem: HelaMemory) -> None:
     assert old not in [h.id for h in mem.search("forgettable note", S, k=5)]
 
 
+def test_forget_over_a_prefix_ages_each_tenant_by_its_own_clock(mem: HelaMemory) -> None:
+    day, t0 = 86400, 1_600_000_000
+    bob_old = mem.add("bob's old note", ("users", "bob"), event_time=t0).id
+    bob_new = mem.add("bob's last note", ("users", "bob"), event_time=t0 + 40 * day).id
+    alice = mem.add("alice's note", ("users", "alice"), event_time=t0 + 400 * day).id
+    for scope in (("users",), ("users", "bob")):  # the same answer for bob either way
+        found = {m.id for m in mem.forget(scope, below=1.1).candidates}
+        assert bob_old in found  # 40 days older than bob's newest (over 30)
+        assert bob_new not in found and alice not in found  # dormant is not old
+    assert mem.forget(("users",), below=1.1, limit=0).candidates == ()
+
+
 def test_delete_scope_removes_everything_of_that_scope_only(mem: HelaMemory) -> None:
     _story(mem)
     mem.consolidate(S)

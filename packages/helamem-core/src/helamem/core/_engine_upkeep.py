@@ -92,7 +92,8 @@ class UpkeepMethods(OwnedCore):
         """Adaptive forgetting: weak, old, never-used episodes that no fact cites.
 
         Dry run by default: returns the candidates; ``dry_run=False`` deletes
-        them. Age is relative to the scope's newest event.
+        them. Age is relative to each scope's own newest event (under a prefix, every
+        tenant by its own clock).
         """
         normalize_scope(scope)
         return self._call(
