@@ -37,3 +37,37 @@ def test_http_chroma_is_a_drop_in_vector_index(tmp_path: Path, chroma_port: int)
         assert mem.stats().vectors == 1
     with HelaMemory(cfg, embedder=HashingEmbedder(64)) as again:  # persisted on the server
         assert again.stats().vectors == 1
+
+
+class _Alias(HashingEmbedder):
+    """The hashing embedder with "kitty" embedded as "apples": a match only the vector
+    index can find (no shared word for BM25)."""
+
+    def embed(self, texts):  # type: ignore[no-untyped-def]
+        return super().embed([t.replace("kitty", "apples") for t in texts])
+
+
+def test_two_stores_on_one_server_never_share_a_collection(
+    tmp_path: Path, chroma_port: int
+) -> None:
+    """Every SQLite file numbers its scopes from 1: on one server, two stores' large
+    scopes (HNSW collections) must stay apart (one used to overwrite the other's)."""
+
+    def config(name: str) -> HelaMemConfig:
+        chroma = ChromaConfig(mode="http", host="127.0.0.1", port=chroma_port, exact_below=5)
+        return HelaMemConfig(path=tmp_path / name, chroma=chroma)
+
+    scope = ("u",)
+    with HelaMemory(config("a"), embedder=_Alias(64)) as a:
+        mine = [a.add(f"apples from grandma {i}", scope).id for i in range(6)]
+        before = a.search("kitty", scope, k=3, learn=False, spread=False).ids
+        assert set(before) <= set(mine) and len(before) == 3
+        with HelaMemory(config("b"), embedder=_Alias(64)) as b:
+            for i in range(40):
+                b.add(f"bravo note {i}", scope)
+            assert b.stats().vectors == 40
+        assert a.search("kitty", scope, k=3, learn=False, spread=False).ids == before
+        assert a.stats().vectors == 6
+    with HelaMemory(config("a"), embedder=_Alias(64)) as again:
+        assert again.stats().vectors == 6
+        assert again.search("kitty", scope, k=3, learn=False, spread=False).ids == before

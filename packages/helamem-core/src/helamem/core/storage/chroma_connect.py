@@ -130,6 +130,7 @@ class ChromaConnection:
             )
         self._lock = ProcessLock(path.parent / "chroma.lock")
         self._verified = False
+        self._stem_cache: str | None = None
         self._warned_locked = False
         self._failed: set[tuple[int, str]] = set()  # collections whose search failed (warned)
         self.wants_reconcile = False
@@ -138,11 +139,25 @@ class ChromaConnection:
         """Ids whose vectors the owner holds for a batched upsert: a search meets
         them unindexed (and scans them exactly) without asking for a re-index."""
 
+    def _stem(self) -> str:
+        """Collection names start with this: ``config.collection``, and on a Chroma
+        server (``mode="http"``) of an SQLite store also this database's id, since every
+        SQLite file numbers its scopes from 1: two stores sharing one server must never
+        meet in a collection (a PostgreSQL store's ``collection`` already names its
+        schema). A server's collections of an older layout are not this stem's: the
+        next open rebuilds them from the database."""
+        if self._stem_cache is None:
+            c = self._config.collection
+            if self._config.mode == "http" and self._exact.own_database:
+                c = f"{c}.{self._exact.store_id()[:16]}"
+            self._stem_cache = c
+        return self._stem_cache
+
     def _name(self, scope_id: int, kind: str) -> str:
-        return f"{self._config.collection}-h{int(scope_id)}-{kind[0]}"
+        return f"{self._stem()}-h{int(scope_id)}-{kind[0]}"
 
     def _ours(self, name: str) -> bool:
-        c = self._config.collection
+        c = self._stem()
         return name.startswith(f"{c}-h") or name.startswith(f"{c}{_LEGACY}")
 
     def open(self, dimension: int) -> None:
@@ -312,7 +327,7 @@ class ChromaConnection:
         self._verified = True
         names = self._names()
         marker = self._path / _MARKER
-        legacy = [n for n in names if n.startswith(f"{self._config.collection}{_LEGACY}")]
+        legacy = [n for n in names if n.startswith(f"{self._stem()}{_LEGACY}")]
         if self._config.mode == "persistent" and not marker.exists() and names:
             self._refuse_unknown(names)
         if legacy:

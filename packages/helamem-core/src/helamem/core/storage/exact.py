@@ -106,6 +106,11 @@ class ExactVectors:
 
     # -- lifecycle -------------------------------------------------------
 
+    @property
+    def own_database(self) -> bool:
+        """Whether it reads its own SQLite file (not another engine's connection)."""
+        return self._connect is None
+
     def open(self, dimension: int) -> None:
         self._dim = dimension
         if self._connect is not None:  # another engine's connection (PostgreSQL)
