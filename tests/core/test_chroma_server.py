@@ -71,3 +71,31 @@ def test_two_stores_on_one_server_never_share_a_collection(
     with HelaMemory(config("a"), embedder=_Alias(64)) as again:
         assert again.stats().vectors == 6
         assert again.search("kitty", scope, k=3, learn=False, spread=False).ids == before
+
+
+def test_a_collection_lost_on_the_server_is_refilled_not_restarted_empty(
+    tmp_path: Path, chroma_port: int
+) -> None:
+    """The server loses a large scope's collection (restarted empty, deleted by hand)
+    under an open store: the next write recreates it with every vector of the scope,
+    not only its own (the older memories dropped out of the dense leg until reopened)."""
+    import chromadb
+    from chromadb.config import Settings
+
+    chroma = ChromaConfig(mode="http", host="127.0.0.1", port=chroma_port, exact_below=5)
+    scope = ("u",)
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64)) as m:
+        apple = m.add("grandma grows apples", scope).id
+        for i in range(10):
+            m.add(f"filler w{i}x note{i}", scope)
+        assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
+        server = chromadb.HttpClient(
+            host="127.0.0.1", port=chroma_port, settings=Settings(anonymized_telemetry=False)
+        )
+        for c in server.list_collections():
+            name = c.name if hasattr(c, "name") else str(c)
+            if name.startswith("helamem.") and name.endswith("-e"):
+                server.delete_collection(name)
+        m.add("filler new note", scope)  # recreates the collection
+        assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
+        assert m.stats().vectors == 12

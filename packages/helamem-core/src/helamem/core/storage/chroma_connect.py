@@ -417,7 +417,14 @@ class ChromaConnection:
         sync = max(2, min(1000, self._config.exact_below))
         return {"space": "cosine", "sync_threshold": sync, "batch_size": min(100, sync)}
 
-    def _collection(self, key: tuple[int, str], create: bool) -> Any:
+    def _collection(self, key: tuple[int, str], create: bool, refill: bool = True) -> Any:
+        """The scope's collection (``None`` if missing and not ``create``).
+
+        One created for a promoted scope, whose vectors should be there (a Chroma
+        server restarted empty, a collection deleted under this process), is
+        refilled from the database at once (``refill``; :meth:`_load` fills its
+        own), so its older memories never drop out of the dense leg.
+        """
         name = self._name(*key)
         col = self._cols.get(name)
         if col is not None:
@@ -425,7 +432,17 @@ class ChromaConnection:
             return col
         client = self._chroma()
         try:
-            if create:
+            try:
+                col = client.get_collection(name, embedding_function=None)
+            except NotFoundError:
+                col = None
+            except (ChromaError, ValueError) as exc:
+                if "does not exist" not in str(exc):
+                    raise
+                col = None
+            if col is None:
+                if not create:
+                    return None
                 ef = HelaMemMiniLMEmbeddingFunction() if self._attach_minilm else None
                 col = client.get_or_create_collection(
                     name,
@@ -433,13 +450,15 @@ class ChromaConnection:
                     embedding_function=cast(Any, ef),
                     metadata={"helamem:dimension": self._dimension},
                 )
-            else:
-                col = client.get_collection(name, embedding_function=None)
-        except NotFoundError:
-            return None
+                if refill and key in self._exact.promoted():
+                    logger.warning(
+                        "the vector index lacked the collection of scope %d/%s (a Chroma "
+                        "server restarted empty?); rebuilding it from the database",
+                        *key,
+                    )
+                    for _, ids, mat in self._exact.batches(key):
+                        col.upsert(ids=ids, embeddings=mat)
         except (ChromaError, ValueError) as exc:
-            if not create and "does not exist" in str(exc):
-                return None
             raise StorageError(f"could not open Chroma collection {name!r}: {exc}") from exc
         self._cols[name] = col
         while len(self._cols) > 4 * self._cache_size():
@@ -453,7 +472,7 @@ class ChromaConnection:
             self._cols.pop(name, None)
             with suppress(NotFoundError, ValueError):
                 self._chroma().delete_collection(name)
-        col = self._collection(key, create=True)
+        col = self._collection(key, create=True, refill=False)
         done = 0
         try:
             for ns, ids, mat in self._exact.batches(key):
