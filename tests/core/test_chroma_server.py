@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from chroma_server import CHROMA, chroma_server
-from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, StorageError
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,31 @@ def test_a_collection_lost_on_the_server_is_refilled_not_restarted_empty(
         m.add("filler new note", scope)  # recreates the collection
         assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
         assert m.stats().vectors == 12
+
+
+def test_a_server_gone_mid_session_loses_no_write_and_raises_nothing_untyped(
+    tmp_path: Path,
+) -> None:
+    """The server stops under an open store: an add is stored (its vector waits for the
+    re-index), a search falls back to an exact scan; no raw HTTP error escapes."""
+    from contextlib import ExitStack
+
+    if not Path(CHROMA).exists():
+        pytest.skip("the chroma CLI is not installed")
+    scope = ("u",)
+    with ExitStack() as server:
+        port = server.enter_context(chroma_server(tmp_path / "server"))
+        chroma = ChromaConfig(mode="http", host="127.0.0.1", port=port, exact_below=5)
+        mem = HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64))
+        mem.open()
+        apple = mem.add("grandma grows apples", scope).id
+        for i in range(8):
+            mem.add(f"filler w{i}x note{i}", scope)
+    try:  # the server is gone
+        late = mem.add("kitty late note", scope).id  # stored, not raised
+        found = mem.search("kitty", scope, k=3, learn=False, spread=False).ids
+        assert apple in found and late in found  # exactly scanned meanwhile
+        with pytest.raises(StorageError, match="Connection refused"):  # typed: counting
+            mem.stats()  # vectors needs the server
+    finally:
+        mem.close()

@@ -48,13 +48,20 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from chromadb.api.types import Documents, EmbeddingFunction
-from chromadb.errors import ChromaError, NotFoundError
+from chromadb.errors import NotFoundError
 
 from ..config import ChromaConfig, PostgresConfig
 from ..embeddings import Embedder, MiniLMEmbedder, Vectors, check_vectors
 from ..errors import StorageError
 from .base import IndexLockedError
-from .chroma_connect import ChromaConnection, HelaMemMiniLMEmbeddingFunction, forget_system
+from .chroma_connect import (
+    CHROMA_FAILURES,
+    ChromaConnection,
+    HelaMemMiniLMEmbeddingFunction,
+    forget_system,
+)
+
+_SEARCH_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, StorageError)
 
 BATCH_GRACE_S = 5.0
 """Seconds beyond ``ChromaConfig.upsert_delay_s`` that another process's unindexed
@@ -189,7 +196,7 @@ class ChromaIndex(ChromaConnection):
                     self._retrying(key, partial(put, key, rows))
             except IndexLockedError as exc:
                 locked = exc
-            except (ChromaError, ValueError) as exc:
+            except CHROMA_FAILURES as exc:
                 raise StorageError(f"Chroma upsert failed: {exc}") from exc
         if locked is not None:
             raise locked
@@ -262,7 +269,7 @@ class ChromaIndex(ChromaConnection):
                         col.delete(ids=ids)
 
                 self._retrying(key, drop)
-        except (ChromaError, ValueError) as exc:
+        except CHROMA_FAILURES as exc:
             raise StorageError(f"Chroma delete failed: {exc}") from exc
 
     def query(
@@ -296,7 +303,7 @@ class ChromaIndex(ChromaConnection):
                         fallback.append(key)
                         continue
                     res = col.query(query_embeddings=emb, n_results=n, include=["distances"])
-                except (ChromaError, ValueError, StorageError) as exc:
+                except _SEARCH_FAILURES as exc:
                     if isinstance(exc, IndexLockedError):
                         raise
                     log = logger.debug if key in self._failed else logger.warning

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import chromadb
+import httpx
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.config import Settings
 from chromadb.errors import ChromaError, NotFoundError
@@ -75,6 +76,11 @@ class HelaMemMiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
     def get_config(self) -> dict[str, Any]:
         return {"batch_size": self._batch_size, "max_length": self._max_length}
 
+
+CHROMA_FAILURES: tuple[type[Exception], ...] = (ChromaError, ValueError, httpx.HTTPError)
+"""What a failing Chroma call raises: its own errors, bad input, and, from a server
+(``mode="http"``), the HTTP client's transport errors (refused, reset, timed out)."""
+_CONNECT_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, OSError, AttributeError)
 
 _MARKER = "helamem-index.json"
 _NEWEST_CHECKED = 1
@@ -285,7 +291,7 @@ class ChromaConnection:
             client = self._connect()
             client.heartbeat()
             return client
-        except (ChromaError, ValueError, OSError, AttributeError) as exc:
+        except _CONNECT_FAILURES as exc:
             if self._config.mode != "persistent":
                 raise StorageError(
                     f"could not connect to Chroma ({self._config.mode}): {exc}; check "
@@ -304,7 +310,7 @@ class ChromaConnection:
             client = self._connect()
             client.heartbeat()
             return client
-        except (ChromaError, ValueError, OSError, AttributeError) as exc:
+        except _CONNECT_FAILURES as exc:
             forget_system(self._path)
             raise StorageError(
                 f"could not open a new vector index in {self._path}: {exc}; check that the "
@@ -436,7 +442,7 @@ class ChromaConnection:
                 col = client.get_collection(name, embedding_function=None)
             except NotFoundError:
                 col = None
-            except (ChromaError, ValueError) as exc:
+            except CHROMA_FAILURES as exc:
                 if "does not exist" not in str(exc):
                     raise
                 col = None
@@ -458,7 +464,7 @@ class ChromaConnection:
                     )
                     for _, ids, mat in self._exact.batches(key):
                         col.upsert(ids=ids, embeddings=mat)
-        except (ChromaError, ValueError) as exc:
+        except CHROMA_FAILURES as exc:
             raise StorageError(f"could not open Chroma collection {name!r}: {exc}") from exc
         self._cols[name] = col
         while len(self._cols) > 4 * self._cache_size():
@@ -480,7 +486,7 @@ class ChromaConnection:
                 self._drop_vanished(col, ids)
                 self._exact.mark_indexed(ns, ids)
                 done += len(ids)
-        except (ChromaError, ValueError) as exc:
+        except CHROMA_FAILURES as exc:
             raise StorageError(f"Chroma upsert failed: {exc}") from exc
         return done
 
@@ -504,7 +510,7 @@ class ChromaConnection:
             try:
                 for name in self._names():
                     client.delete_collection(name)
-            except (ChromaError, ValueError) as exc:
+            except CHROMA_FAILURES as exc:
                 raise StorageError(f"Chroma reset failed: {exc}") from exc
             self._verified = True  # nothing left to check against SQLite
             self._write_marker()
