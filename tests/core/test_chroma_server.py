@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,45 @@ def test_a_server_gone_mid_session_loses_no_write_and_raises_nothing_untyped(
             mem.stats()  # vectors needs the server
     finally:
         mem.close()
+
+
+def test_an_id_deleted_and_added_again_meanwhile_keeps_its_own_vector(
+    tmp_path: Path, chroma_port: int
+) -> None:
+    """A deletes caller-chosen id X; B adds X again while A's vector delete is still on
+    its way (a slow network): A's delete must not leave the new X without a vector."""
+    import threading
+    import time
+
+    from helamem.core import NewMemory
+
+    chroma = ChromaConfig(mode="http", host="127.0.0.1", port=chroma_port, exact_below=5)
+    cfg = HelaMemConfig(path=tmp_path / "s", chroma=chroma)
+    scope = ("u",)
+    a = HelaMemory(cfg, embedder=_Alias(64)).open()
+    b = HelaMemory(cfg, embedder=_Alias(64)).open()
+    try:
+        for i in range(8):
+            a.add(f"filler w{i}x note{i}", scope)
+        a.add_many([NewMemory("old text about pears", scope, id="X")])
+        index = a._call(lambda c: c.index)
+        real = index.delete
+
+        def slow_delete(items: Any) -> Any:
+            time.sleep(1.0)  # the delete lands after B's new vector
+            return real(items)
+
+        index.delete = slow_delete
+        worker = threading.Thread(target=lambda: a.delete(["X"]))
+        worker.start()
+        time.sleep(0.3)  # A's row delete has committed; its vector delete is in flight
+        b.add_many([NewMemory("grandma grows apples", scope, id="X")])
+        worker.join(timeout=30)
+        assert b.get("X").content == "grandma grows apples"
+        for mem in (a, b):  # found by its vector alone (no word shared with the query)
+            assert "X" in mem.search("kitty", scope, k=3, learn=False, spread=False).ids
+    finally:
+        a.close()
+        b.close()
+    with HelaMemory(cfg, embedder=_Alias(64)) as again:
+        assert "X" in again.search("kitty", scope, k=3, learn=False, spread=False).ids

@@ -241,6 +241,15 @@ class CoreBase:
         """Refuse vectors of another embedder, or switch to this one (see :class:`Core`)."""
         raise NotImplementedError
 
+    def _readd_vectors(self, ids: Sequence[str]) -> None:
+        """After deleting ``ids``' vectors: an id added again meanwhile (a caller-chosen
+        id, by another writer) may have had its new vector written before the delete
+        landed, so its row is marked unindexed and re-indexed: it keeps its own vector."""
+        back = self.store.rows_by_id(ids)
+        if back:
+            self.store.mark_indexed([(r.n, r.id) for r in back.values()], 0)
+            self._needs_reconcile = True
+
     def reconcile(self) -> int:
         """Bring the vector index up to date with SQLite; returns rows re-indexed.
 
@@ -256,6 +265,7 @@ class CoreBase:
             try:
                 self.index.delete(gone)
                 self.store.clear_tombstones([g[0] for g in gone])
+                self._readd_vectors([g[0] for g in gone])
             except IndexLockedError as exc:
                 logger.debug("vector deletes left for the index's holder: %s", exc)
         total = after = 0

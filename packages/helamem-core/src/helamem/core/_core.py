@@ -59,6 +59,7 @@ class Core(IngestOps, SearchOps):
         try:
             self.index.delete([(r.id, r.scope_id, r.kind) for r in rows.values()])
             self.store.clear_tombstones(list(rows))
+            self._readd_vectors(list(rows))
         except StorageError as exc:
             self._needs_reconcile = True
             logger.warning("vector delete failed, will retry on next use: %s", exc)
