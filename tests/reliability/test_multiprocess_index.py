@@ -92,6 +92,29 @@ def test_a_second_process_is_told_to_use_a_chroma_server_for_large_scopes(
         assert m.search("parent 3", BIG, k=1, learn=False).hits  # the holder still serves it
 
 
+def _readder(path: str, out: Any) -> None:
+    with HelaMemory(_cfg(path), embedder=HashingEmbedder(64)) as m:
+        m.add_many([NewMemory("old pears", BIG, id="X")])
+        m.delete(["X"])
+        m.add_many([NewMemory("new apples", BIG, id="X")])  # the holder has the index
+        out.put(m.get("X").content)
+
+
+def test_a_process_without_the_index_can_add_a_deleted_id_again(tmp_path: Path) -> None:
+    """Deleting and re-adding a caller-chosen id in a large scope from a process that
+    does not hold the index: stored (it raised IndexLockedError), and the holder
+    indexes the new vector, not the old one."""
+    path = tmp_path / "s"
+    with HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64)) as m:
+        m.add_many([NewMemory(f"parent {i}", BIG) for i in range(25)])  # promoted: HNSW
+        assert _run(_readder, path) == "new apples"
+        assert m.get("X").content == "new apples"
+        m.flush()
+        assert m.search("new apples", BIG, k=1, learn=False).ids == ["X"]
+    with HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64)) as again:
+        assert _lost(again, ["X"]) == []  # its own vector is in the index
+
+
 def test_the_lock_is_released_on_close(tmp_path: Path) -> None:
     path = tmp_path / "s"
     with HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64)) as m:

@@ -15,6 +15,7 @@ from . import dynamics, retrieval
 from ._base import check_content, scope_tag
 from ._learning import LearningOps
 from .errors import (
+    IndexLockedError,
     InvalidInputError,
     StorageError,
 )
@@ -231,11 +232,17 @@ class IngestOps(LearningOps):
                 f"another id"
             )
         # a deleted memory of the same id may still have its vector in the index:
-        # remove it now, so the tombstone cannot later delete the new vector
+        # remove it now. A process that does not hold the index leaves the tombstone
+        # to the holder, whose delete re-indexes an id that was added again (the new
+        # row is stored all the same)
         gone = [t for t in self.store.tombstones(chosen)]
         if gone:
-            self.index.delete(gone)
-            self.store.clear_tombstones([g[0] for g in gone])
+            try:
+                self.index.delete(gone)
+            except IndexLockedError as exc:
+                logger.debug("re-added ids' old vectors left for the index's holder: %s", exc)
+            else:
+                self.store.clear_tombstones([g[0] for g in gone])
 
     def _insert_fact(self, db: Any, scope_id: int, p: Prepared, vec: np.ndarray) -> int:
         """Insert one semantic memory (no tick, no temporal edge); indexed on reconcile."""
