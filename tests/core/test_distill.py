@@ -272,14 +272,14 @@ def _same_fact_each_cluster(bracketed: bool) -> Callable[[list[dict[str, str]]],
         facts = []
         for block in messages[-1]["content"].split("Cluster ")[1:]:
             labels = re.findall(r"\[(E\d+)\]", block)[:2]
-            cited = [f"[{x}]" for x in labels] if bracketed else [x.lower() for x in labels]
+            cited = [f"[{x}]" for x in labels] if bracketed else labels
             facts.append({"text": "The user walks a dog every morning", "sources": cited})
         return json.dumps({"facts": facts})
 
     return answer
 
 
-@pytest.mark.parametrize("bracketed", [True, False], ids=["[E1]", "e1"])
+@pytest.mark.parametrize("bracketed", [True, False], ids=["[E1]", "E1"])
 def test_two_tenants_earning_the_same_fact_each_keep_it(
     tmp_path: Path, store_config: StoreConfig, bracketed: bool
 ) -> None:

@@ -271,14 +271,8 @@ def forget(
     threshold = cfg.forget_below if below is None else below
     # each scope's age is against its own newest event: a prefix (every tenant) never
     # measures a dormant tenant against an active one's clock
-    found: list[MemoryRow] = []
-    for sid in nodes:
-        newest = store.newest_event([sid])
-        if newest is not None:
-            found += store.forget_candidates([sid], newest - age, limit)
-    found.sort(key=lambda r: (r.event_time, r.n))
     cited = store.cited_ids(nodes)
-    rows = [r for r in found[:limit] if r.id not in cited]
+    rows = [r for r in store.forget_candidates(nodes, age, limit) if r.id not in cited]
     strongest: dict[int, float] = {r.n: 0.0 for r in rows}
     edges = store.edges_of([r.n for r in rows])
     ticks = core._ticks([e.scope_id for e in edges])

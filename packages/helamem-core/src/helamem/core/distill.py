@@ -150,8 +150,12 @@ _LABELS = re.compile(r"(?:\[?E\d+\]?[\s,.;]*)+")
 
 
 def _source_label(source: str) -> str:
-    """A cited label as the prompt wrote it: ``"[E1]"``, ``" e1 "`` -> ``"E1"``."""
-    return source.strip().strip("[]()").strip().upper()
+    """A cited label, bare or as the prompt shows it: ``"[E1]"`` and ``" E1 "`` are
+    ``"E1"``; anything else (``"e1"``, ``"../E1"``) stays as it is and matches nothing."""
+    label = source.strip()
+    if label.startswith("[") and label.endswith("]"):
+        label = label[1:-1].strip()
+    return label
 
 
 class ExtractiveDistiller:
@@ -211,13 +215,13 @@ class LLMDistiller:
     ) -> list[FactDraft]:
         """Map labels back to ids; drop facts citing nothing known, bare labels, repeats.
 
-        A label is read as the prompt shows it or bare (``"[E1]"``, ``"E1"``,
-        ``"e1"``). A repeat is the same text for the same scope: two tenants'
-        clusters may each earn the same fact ("The user walks a dog every
-        morning"), and each keeps its own.
+        A label is read as the prompt shows it or bare (``"[E1]"``, ``"E1"``).
+        A repeat is the same text for the same scope: two tenants' clusters may
+        each earn the same fact ("The user walks a dog every morning"), and each
+        keeps its own.
 
         Examples:
-            >>> LLMDistiller._drafts([("Alice has a cat named Miso", ["[E1]", "e2"])],
+            >>> LLMDistiller._drafts([("Alice has a cat named Miso", ["[E1]", "E2"])],
             ...                      {"E1": "m1", "E2": "m2"})
             [FactDraft(text='Alice has a cat named Miso', source_ids=('m1', 'm2'))]
         """

@@ -118,17 +118,22 @@ class SQLiteUpkeep(SQLiteConnection):
         return out
 
     def forget_candidates(
-        self, scope_ids: Sequence[int], cutoff: float, limit: int
+        self, scope_ids: Sequence[int], older_than_s: float, limit: int
     ) -> list[MemoryRow]:
-        """Never-accessed episodes with event time before ``cutoff``."""
+        """Never-accessed episodes older than ``older_than_s`` before their own scope's
+        newest event (each scope by its own clock), oldest first, at most ``limit``: one
+        query (each scope's newest in one grouped pass) whatever the number of scopes."""
         q = qmarks(len(scope_ids))
+        cols = ", ".join(f"m.{c.strip()}" for c in MEMORY_COLS.split(","))
         return [
             memory_row(r)
             for r in self.db.execute(
-                f"SELECT {MEMORY_COLS} FROM memories WHERE kind = 'episodic'"
-                f" AND access_count = 0 AND event_time < ? AND scope_id IN ({q})"
-                f" ORDER BY event_time LIMIT ?",
-                (cutoff, *scope_ids, limit),
+                f"SELECT {cols} FROM memories m JOIN (SELECT scope_id, MAX(event_time) AS"
+                f" newest FROM memories WHERE scope_id IN ({q}) GROUP BY scope_id) t"
+                f" ON m.scope_id = t.scope_id WHERE m.kind = 'episodic'"
+                f" AND m.access_count = 0 AND m.event_time < t.newest - ?"
+                f" ORDER BY m.event_time, m.n LIMIT ?",
+                (*scope_ids, older_than_s, limit),
             )
         ]
 
