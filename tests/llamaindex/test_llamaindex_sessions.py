@@ -268,11 +268,30 @@ async def test_sessions_sharing_a_block_and_a_scope_do_not_mix(store: HelaMemory
         ],
     )
     await block.aflush()
-    assert _contents(store, ("users", "alice")) == sorted(
-        ["s2 question" + _PAD, "s2 answer" + _PAD[:60]]
+    stored = _contents(store, ("users", "alice"))
+    assert "s1 question" + _PAD in stored  # split from its turn by a flush: on its own
+    assert "s2 question" + _PAD in stored and "s2 answer" + _PAD[:60] in stored
+    assert not any("s1" in c and "s2" in c for c in stored)  # never joined across sessions
+    await block.aclose()
+
+
+async def test_a_reply_split_from_its_question_is_stored_and_the_block_holds_nothing(
+    store: HelaMemory,
+) -> None:
+    import copy
+    import pickle
+
+    block = HelaMemMemoryBlock.from_memory(store, scope=("u",))
+    await block._aput([_u("q1"), _a("a1"), _u("q2 waits")])  # q2's reply: a later flush
+    await block._aput([_a("a2 comes later"), _u("q3"), _a("a3")])
+    again = pickle.loads(pickle.dumps(block))
+    twin = copy.copy(block)
+    for made in (again, twin):
+        await made.aclose()  # nothing held: a copy stores nothing twice
+    await block.aclose()
+    assert _contents(store, ("u",)) == sorted(
+        ["q1", "a1", "q2 waits", "a2 comes later", "q3", "a3"]
     )
-    await block.aclose()  # s1's question still waits for its reply: stored alone, not lost
-    assert "s1 question" + _PAD in _contents(store, ("users", "alice"))
 
 
 async def test_a_second_reply_to_one_question_joins_its_answer(store: HelaMemory) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -28,6 +27,7 @@ from ._shared import (
     count_tokens,
     dump_config,
     fit_lines,
+    is_final_reply,
     message_text,
     pair_turns,
     register_memory,
@@ -43,14 +43,6 @@ __all__ = ["HelaMemMemoryBlock"]
 logger = logging.getLogger(__name__)
 
 _MAX_TRACKED_TURNS = 256
-
-
-def _opens_with_a_question(messages: Sequence[ChatMessage]) -> bool:
-    """Whether the first message with text is a user's: no reply to an earlier question."""
-    for m in messages:
-        if message_text(m) or m.role != MessageRole.USER:
-            return m.role == MessageRole.USER and bool(message_text(m))
-    return False
 
 
 class HelaMemMemoryBlock(BaseMemoryBlock[str]):
@@ -118,7 +110,6 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     _shown: list[Line] = PrivateAttr(default_factory=list)
     # user message text -> ids injected while it was the latest user message
     _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
-    _dangling: dict[tuple[Scope, str | None], str] = PrivateAttr(default_factory=dict)
 
     def __copy__(self) -> Self:
         """A copy without the connection (see :func:`copy_without_connection`)."""
@@ -261,24 +252,31 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         return "\n".join(line.text for line in lines) or None
 
     async def _aput(self, messages: list[ChatMessage]) -> None:
-        """Record the completed turns among the messages ``Memory`` flushed."""
+        """Record what ``Memory`` flushed: its completed turns whole, and a user message
+        or reply a flush split from its turn on its own, in conversation order.
+
+        Nothing waits in the block for a later flush (which a ``Memory.reset()``
+        drops, and a close or a pickle would lose): a piece stored alone stays next
+        to the rest of its turn, as consecutive memories of a scope are linked.
+        """
         sessions = [m.additional_kwargs.get("session_id") for m in messages]
         session = next((s for s in sessions if isinstance(s, str)), None)
         scope = self._scope(session)
-        key = (scope, session)  # one conversation: a shared scope holds several
-        held = self._dangling.pop(key, None)
-        if held is not None and _opens_with_a_question(messages):
-            # the reply it waited for never came (Memory.reset() dropped it): stored alone,
-            # never joined to an unrelated question
-            await self._store_alone(scope, held)
-            held = None
-        turns, dangling = pair_turns(messages, held)
-        if dangling is not None:  # its reply comes with the next flush
-            self._dangling[key] = dangling
+        lead = []  # replies before any user message: their question came in an earlier flush
+        for m in messages:
+            if m.role == MessageRole.USER and message_text(m):
+                break
+            if is_final_reply(m):
+                lead.append(message_text(m))
+        for text in lead:
+            await self._store_alone(scope, text, "assistant")
+        turns, dangling = pair_turns(messages)
         for user, assistant in turns:
             used = list(self._injected.pop(user, {}))
             await self.recorder.record_turn(scope, user, assistant, used_ids=used)
-        if turns:
+        if dangling is not None:  # its reply stays in Memory's queue for a later flush
+            await self._store_alone(scope, dangling, "user")
+        if turns or lead or dangling is not None:
             self._cache = None  # the next aget searches what was just written
 
     async def aflush(self) -> None:
@@ -287,19 +285,15 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         if self._recorder is not None:
             await self._recorder.flush()
 
-    async def _store_alone(self, scope: Scope, text: str) -> None:
-        """Store a flushed user message whose reply will not come, after the turns queued
-        before it (so the scope's order, and its temporal edges, follow the conversation)."""
+    async def _store_alone(self, scope: Scope, text: str, role: str) -> None:
+        """Store one message on its own, after the turns queued before it (so the scope's
+        order, and its temporal edges, follow the conversation)."""
         if self._recorder is not None:
             await self._recorder.flush()
-        await self.memory.aadd(text, scope, role="user", metadata={"source": "llamaindex"})
+        await self.memory.aadd(text, scope, role=role, metadata={"source": "llamaindex"})
 
     async def aclose(self) -> None:
-        """Store user messages still waiting for their reply (alone), drain the recorder
-        (close it if it is this block's own), close an owned memory."""
-        held, self._dangling = self._dangling, {}
-        for (scope, _), text in held.items():
-            await self._store_alone(scope, text)
+        """Drain the recorder (close it if it is this block's own); close an owned memory."""
         recorder, self._recorder = self._recorder, None
         if recorder is not None:
             await (recorder.close() if self._own_recorder else recorder.flush())
