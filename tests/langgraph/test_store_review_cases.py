@@ -215,11 +215,11 @@ def _fan_out_graph() -> Any:
     return g.add_edge("worker", "final")
 
 
-def _join_graph() -> Any:
+def _join_graph(defer: bool = False) -> Any:
     g = StateGraph(MessagesState)
     g.add_node("a", lambda s: {"messages": [AIMessage("partial from a")]})
     g.add_node("b", lambda s: {}).add_node("b2", lambda s: {})
-    g.add_node("c", lambda s: {"messages": [AIMessage("joined final answer")]})
+    g.add_node("c", lambda s: {"messages": [AIMessage("joined final answer")]}, defer=defer)
     return (
         g.add_edge(START, "a").add_edge(START, "b").add_edge("b", "b2").add_edge(["a", "b2"], "c")
     )
@@ -227,8 +227,12 @@ def _join_graph() -> Any:
 
 @pytest.mark.parametrize(
     ("build", "answer"),
-    [(_fan_out_graph, "final answer [0, 1, 2]"), (_join_graph, "joined final answer")],
-    ids=["send-fan-out", "join-edge"],
+    [
+        (_fan_out_graph, "final answer [0, 1, 2]"),
+        (_join_graph, "joined final answer"),
+        (lambda: _join_graph(defer=True), "joined final answer"),
+    ],
+    ids=["send-fan-out", "join-edge", "deferred-join"],
 )
 def test_a_turn_is_recorded_with_the_final_answer_not_an_interim_one(
     memory: HelaMemory, build: Any, answer: str

@@ -111,21 +111,29 @@ def _triggers(channel: str, value: Any) -> bool:
     An edge's ``branch:to:<node>`` channel; pending ``Send`` packets (the
     fan-out's workers run next); a join's ``join:<a>+<b>:<node>`` barrier that
     every source has reached (its node runs next; a barrier still waiting, or
-    consumed, triggers nothing).
+    consumed, triggers nothing; a deferred node's barrier holds ``(seen,
+    finished)``).
 
     Examples:
         >>> _triggers("branch:to:final", None), _triggers("__pregel_tasks", [])
         (True, False)
         >>> _triggers("join:a+b:c", {"a", "b"}), _triggers("join:a+b:c", {"a"})
         (True, False)
+        >>> _triggers("join:a+b:c", ({"a", "b"}, False)), _triggers("join:a+b:c", (set(), False))
+        (True, False)
     """
     if channel.startswith("branch:to:"):
         return True
     if channel == _SENDS:
         return bool(value)
-    if channel.startswith("join:") and isinstance(value, set | frozenset | list | tuple):
+    if channel.startswith("join:"):
+        seen = value
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], bool):
+            seen = value[0]  # a deferred node's barrier: (sources seen, finished)
+        if not isinstance(seen, set | frozenset | list):
+            return False
         sources = channel[len("join:") :].rsplit(":", 1)[0].split("+")
-        return bool(value) and set(sources) <= set(value)
+        return bool(seen) and set(sources) <= {str(x) for x in seen}
     return False
 
 
