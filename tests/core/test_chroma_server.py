@@ -170,3 +170,27 @@ def test_an_id_deleted_and_added_again_meanwhile_keeps_its_own_vector(
         b.close()
     with HelaMemory(cfg, embedder=_Alias(64)) as again:
         assert "X" in again.search("kitty", scope, k=3, learn=False, spread=False).ids
+
+
+def test_collections_of_the_earlier_shared_naming_are_named_in_a_warning(
+    tmp_path: Path, chroma_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import chromadb
+    from chromadb.config import Settings
+
+    server = chromadb.HttpClient(
+        host="127.0.0.1", port=chroma_port, settings=Settings(anonymized_telemetry=False)
+    )
+    server.get_or_create_collection("old-stem-h1-e")  # what an earlier version wrote
+    chroma = ChromaConfig(
+        mode="http", host="127.0.0.1", port=chroma_port, exact_below=5, collection="old-stem"
+    )
+    with (
+        caplog.at_level(logging.WARNING),
+        HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64)) as m,
+    ):
+        ids = [m.add(f"apples {i}", ("u",)).id for i in range(6)]
+        assert set(m.search("kitty", ("u",), k=6, learn=False, spread=False).ids) == set(ids)
+    assert "earlier naming (old-stem-h1-e" in caplog.text

@@ -347,6 +347,7 @@ class ChromaConnection:
                 with suppress(NotFoundError):
                     self._client.delete_collection(n)
             self._promote_large()
+        self._warn_old_names()
         have = set(self._names())
         indexed = self._exact.counts(indexed_only=True)
         todo = []
@@ -379,6 +380,30 @@ class ChromaConnection:
                 done += self._load(key, fresh=True)
                 logger.info("vector index rebuild: %d/%d vectors", done, total)
         self._write_marker()
+
+    def _warn_old_names(self) -> None:
+        """On a server: name the collections of the naming before store ids (one
+        ``collection``-wide stem that every SQLite store shared), which this store no
+        longer reads (it rebuilds its own under :meth:`_stem`)."""
+        stem = self._stem()
+        old = f"{self._config.collection}-h"
+        if stem == self._config.collection:
+            return
+        found = []
+        for c in self._client.list_collections():
+            name = str(c.name if hasattr(c, "name") else c)
+            if name.startswith(old):
+                found.append(name)
+        if found:
+            logger.warning(
+                "the Chroma server holds %d collections of the earlier naming (%s...), "
+                "shared by every store on it; this store uses its own (%s-h...) and rebuilds "
+                "them from its database. Delete the old ones once no store of an earlier "
+                "helamem version uses this server (chromadb.HttpClient(...).delete_collection)",
+                len(found),
+                found[0],
+                stem,
+            )
 
     def _refuse_unknown(self, names: list[str]) -> None:
         """An index without this database's marker: refuse if it holds unknown ids."""
