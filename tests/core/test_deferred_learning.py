@@ -192,3 +192,41 @@ async def test_a_cancelled_asearch_learns_only_if_it_had_started(mem: HelaMemory
         await task
     core.store.rank_rows = real  # type: ignore[method-assign]
     assert _edges(mem) == before + 1  # started: it ran to the end and learned
+
+
+async def test_a_cancelled_aadd_is_stored_only_if_it_had_started(mem: HelaMemory) -> None:
+    """The documented semantics of a cancelled async write: not started, nothing stored;
+    started, stored to the end (the caller still sees CancelledError)."""
+    import asyncio
+
+    hold = threading.Event()
+    mem._call_soon(lambda: hold.wait(30))  # the owner is busy: the add cannot start
+    try:
+        task = asyncio.ensure_future(mem.aadd("never stored", A))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        hold.set()
+    assert "never stored" not in [h.content for h in mem.search("never stored", A, k=5)]
+
+    core = mem._call(lambda c: c)
+    real = core._embed_tokens
+    started, go = threading.Event(), threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        go.wait(30)
+        return real(*args, **kwargs)
+
+    core._embed_tokens = slow
+    task = asyncio.ensure_future(mem.aadd("stored anyway", A))
+    assert await asyncio.to_thread(started.wait, 30)
+    task.cancel()
+    go.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    core._embed_tokens = real
+    found = [h.content for h in mem.search("stored anyway", A, k=5, learn=False)]
+    assert "stored anyway" in found  # started: it ran to the end

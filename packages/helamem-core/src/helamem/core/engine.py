@@ -369,13 +369,29 @@ class HelaMemory(UpkeepMethods):
         metadata: dict[str, Any] | None = None,
         keywords: Sequence[str] | None = None,
     ) -> Memory:
-        """Async :meth:`add`."""
+        """Async :meth:`add`.
+
+        Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
+        thread starts the write stores nothing; once started, the write runs to
+        the end and is stored, though the caller gets ``CancelledError`` (or
+        ``TimeoutError``). To retry such a call safely, give memories their own
+        ids (``NewMemory(id=...)``): a retry of a stored one raises
+        ``InvalidInputError`` instead of storing it twice.
+        """
         return await self._acall(
             self._plan_add(content, scope, role, event_time, metadata, keywords)
         )
 
     async def aadd_many(self, items: Iterable[NewMemory]) -> list[Memory]:
-        """Async :meth:`add_many`."""
+        """Async :meth:`add_many`.
+
+        Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
+        thread starts the write stores nothing; once started, the write runs to
+        the end and is stored, though the caller gets ``CancelledError`` (or
+        ``TimeoutError``). To retry such a call safely, give memories their own
+        ids (``NewMemory(id=...)``): a retry of a stored one raises
+        ``InvalidInputError`` instead of storing it twice.
+        """
         return await self._acall(self._plan_add_many(items))
 
     async def aadd_turn(
@@ -388,13 +404,29 @@ class HelaMemory(UpkeepMethods):
         metadata: dict[str, Any] | None = None,
         used_ids: Iterable[str] = (),
     ) -> tuple[Memory, Memory]:
-        """Async :meth:`add_turn`."""
+        """Async :meth:`add_turn`.
+
+        Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
+        thread starts the write stores nothing; once started, the write runs to
+        the end and is stored, though the caller gets ``CancelledError`` (or
+        ``TimeoutError``). To retry such a call safely, give memories their own
+        ids (``NewMemory(id=...)``): a retry of a stored one raises
+        ``InvalidInputError`` instead of storing it twice.
+        """
         return await self._acall(
             self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
         )
 
     async def aadd_turns(self, turns: Iterable[NewTurn]) -> list[tuple[Memory, Memory]]:
-        """Async :meth:`add_turns`."""
+        """Async :meth:`add_turns`.
+
+        Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
+        thread starts the write stores nothing; once started, the write runs to
+        the end and is stored, though the caller gets ``CancelledError`` (or
+        ``TimeoutError``). To retry such a call safely, give memories their own
+        ids (``NewMemory(id=...)``): a retry of a stored one raises
+        ``InvalidInputError`` instead of storing it twice.
+        """
         return await self._acall(self._plan_add_turns(turns))
 
     async def aget(self, id: str) -> Memory:
