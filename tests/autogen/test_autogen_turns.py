@@ -193,3 +193,44 @@ async def test_a_query_result_added_elsewhere_keeps_none_of_the_old_memorys_fiel
         assert meta["scope"] == ["b"] and meta["id"] != result.metadata["id"]
     await first.close()
     await second.close()
+
+
+async def test_resetting_an_agent_records_its_final_turn_first(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    """agent.on_reset() (a team's reset() calls it for every agent) clears the context:
+    its final turn is recorded before, never lost."""
+    from autogen_core import CancellationToken
+
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    agent = AssistantAgent(
+        "a", model_client=ReplayChatCompletionClient(["r1", "r2"]), memory=[memory]
+    )
+    await agent.run(task="q1")
+    await agent.on_reset(CancellationToken())
+    await agent.run(task="q2")
+    await memory.close()
+    assert [(u, a) for u, a, _ in store.turns] == [("q1", "r1"), ("q2", "r2")]
+
+
+async def test_a_team_reset_between_runs_loses_no_turn(store: SpyMemory, tmp_path: Path) -> None:
+    from autogen_agentchat.conditions import MaxMessageTermination
+    from autogen_agentchat.teams import RoundRobinGroupChat
+
+    memories = [HelaMemMemory(config(tmp_path, scope=(n,)), memory=store) for n in ("A", "B")]
+    agents = [
+        AssistantAgent(
+            n,
+            model_client=ReplayChatCompletionClient([f"{n} says {i}" for i in range(4)]),
+            memory=[m],
+        )
+        for n, m in zip(("A", "B"), memories, strict=True)
+    ]
+    team = RoundRobinGroupChat(agents, termination_condition=MaxMessageTermination(3))
+    await team.run(task="start")
+    await team.reset()
+    await team.run(task="again")
+    for m in memories:
+        await m.close()
+    answers = sorted(a for _, a, _ in store.turns)
+    assert answers == ["A says 0", "A says 1", "B says 0", "B says 1"]  # each once

@@ -442,7 +442,28 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         served = self._served.get(model_context)
         if served is None:
             served = self._served[model_context] = _Served()
+            self._record_before_clear(model_context)
         return served
+
+    def _record_before_clear(self, model_context: ChatCompletionContext) -> None:
+        """Make the context's ``clear()`` (``agent.on_reset()``, a team's ``reset()``)
+        record its last completed turn first: cleared, its final turn could never be
+        recorded by a later call or by :meth:`close`."""
+        clear = model_context.clear
+        memory = weakref.ref(self)
+
+        async def recording_clear() -> None:
+            me = memory()
+            if me is not None and not me._closed:
+                served = me._served.get(model_context)
+                if served is not None:
+                    await me._record(served, *await _history(model_context))
+            await clear()
+
+        try:
+            model_context.clear = recording_clear  # type: ignore[method-assign]
+        except (AttributeError, TypeError):  # a context that takes no attribute
+            logger.debug("cannot record the final turn before %r clears", model_context)
 
     async def _search(self, text: str, k: int, threshold: float | None) -> list[Hit]:
         """At most ``k`` hits, episodes and facts together, highest relevance first."""
