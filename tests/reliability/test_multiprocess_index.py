@@ -112,7 +112,16 @@ def test_a_process_without_the_index_can_add_a_deleted_id_again(tmp_path: Path) 
         m.flush()
         assert m.search("new apples", BIG, k=1, learn=False).ids == ["X"]
     with HelaMemory(_cfg(str(path)), embedder=HashingEmbedder(64)) as again:
-        assert _lost(again, ["X"]) == []  # its own vector is in the index
+        assert _lost(again, ["X"]) == []  # found by its own vector
+
+        def indexed_vector(core: Any) -> Any:
+            row = core.store.rows_by_id(["X"])["X"]
+            col = core.index._collection((row.scope_id, row.kind), create=False)
+            got = col.get(ids=["X"], include=["embeddings"])["embeddings"][0]
+            return np.asarray(got), np.frombuffer(row.embedding, dtype=np.float32)
+
+        held, stored = again._call(indexed_vector)
+        assert np.allclose(held, stored, atol=1e-5)  # the new text's vector, not the old one
 
 
 def test_the_lock_is_released_on_close(tmp_path: Path) -> None:
