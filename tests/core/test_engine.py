@@ -156,6 +156,29 @@ def test_delete_removes_memory_edges_and_vector(mem: HelaMemory) -> None:
     assert mem.stats().edges == 1
 
 
+def _edge_pairs(mem: HelaMemory, scope: tuple[str, ...], path: Path) -> set[frozenset[str]]:
+    import json
+
+    mem.export_scope(scope, path)
+    lines = [json.loads(x) for x in path.read_text("utf-8").splitlines()]
+    return {frozenset((o["a"], o["b"])) for o in lines if o["type"] == "edge"}
+
+
+def test_deleting_the_newest_episode_keeps_the_chain(mem: HelaMemory, tmp_path: Path) -> None:
+    """The next add links to the newest episode left, not to nothing."""
+    first, second = mem.add("first", ALICE).id, mem.add("second", ALICE).id
+    mem.delete(second)
+    third = mem.add("third", ALICE).id
+    assert _edge_pairs(mem, ALICE, tmp_path / "a.jsonl") == {frozenset((first, third))}
+    fourth, fifth = mem.add("fourth", ALICE).id, mem.add("fifth", ALICE).id
+    mem.delete([fourth, fifth])  # deleted together: past both, to the one before
+    sixth = mem.add("sixth", ALICE).id
+    assert _edge_pairs(mem, ALICE, tmp_path / "b.jsonl") == {
+        frozenset((first, third)),
+        frozenset((third, sixth)),
+    }
+
+
 def test_decay_is_lazy_and_prunes(tmp_path: Path, store_config: Any) -> None:
     from helamem.core import DynamicsConfig
 

@@ -320,7 +320,13 @@ class SQLiteStore(SQLiteUpkeep):
 
     def delete_memories(self, db: sqlite3.Connection, rows: Sequence[MemoryRow]) -> None:
         """Delete memories, their BM25 entries, token vectors and edges; leave tombstones
-        for the index (both engines: one statement per table per 500 memories)."""
+        for the index (both engines: one statement per table per 500 memories).
+
+        A scope whose newest episode goes gets the one before it as its newest (the
+        episode its temporal edge came from, past any deleted with it), so the next
+        add still links to the conversation before it.
+        """
+        heads = self._heads_after(db, rows)
         for i in range(0, len(rows), 500):
             ns = [r.n for r in rows[i : i + 500]]
             q = qmarks(len(ns))
@@ -329,10 +335,41 @@ class SQLiteStore(SQLiteUpkeep):
             self._unindex_texts(db, ns)
             db.execute(f"DELETE FROM memories WHERE n IN ({q})", ns)
             db.execute(f"UPDATE scopes SET last_episode = NULL WHERE last_episode IN ({q})", ns)
+        for scope_id, head in heads.items():
+            db.execute("UPDATE scopes SET last_episode = ? WHERE id = ?", (head, scope_id))
         db.executemany(
             "INSERT OR IGNORE INTO tombstones(id, scope_id, kind) VALUES (?, ?, ?)",
             [(r.id, r.scope_id, r.kind) for r in rows],
         )
+
+    @staticmethod
+    def _heads_after(db: sqlite3.Connection, rows: Sequence[MemoryRow]) -> dict[int, int | None]:
+        """Per scope whose newest episode is among ``rows``: its newest after the delete,
+        the temporal predecessor (the older end of its edges in its scope) that survives."""
+        gone = {r.n for r in rows}
+        heads: dict[int, int | None] = {}
+        ns = sorted(gone)
+        for i in range(0, len(ns), 500):
+            part = ns[i : i + 500]
+            found = db.execute(
+                f"SELECT id, last_episode FROM scopes WHERE last_episode IN ({qmarks(len(part))})",
+                part,
+            ).fetchall()
+            for scope_id, n in found:
+                head: int | None = int(n)
+                for _ in range(len(gone) + 1):  # walk back past episodes deleted with it
+                    if head is None or head not in gone:
+                        break
+                    before = db.execute(
+                        "SELECT MAX(m.n) FROM edges e JOIN memories m"
+                        " ON m.n = CASE WHEN e.a = ? THEN e.b ELSE e.a END"
+                        " WHERE (e.a = ? OR e.b = ?) AND m.n < ? AND m.scope_id = ?"
+                        " AND m.kind = 'episodic'",
+                        (head, head, head, head, scope_id),
+                    ).fetchone()
+                    head = None if before is None or before[0] is None else int(before[0])
+                heads[int(scope_id)] = head
+        return heads
 
     def tombstones(self, ids: Sequence[str] | None = None) -> list[tuple[str, int, str]]:
         """``(id, scope_id, kind)`` of deleted memories whose vectors may remain
