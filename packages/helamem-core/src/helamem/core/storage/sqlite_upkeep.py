@@ -137,6 +137,35 @@ class SQLiteUpkeep(SQLiteConnection):
             )
         ]
 
+    @staticmethod
+    def _heads_after(db: sqlite3.Connection, rows: Sequence[MemoryRow]) -> dict[int, int | None]:
+        """Per scope whose newest episode is among ``rows``: its newest after the delete,
+        the temporal predecessor (the older end of its edges in its scope) that survives."""
+        gone = {r.n for r in rows}
+        heads: dict[int, int | None] = {}
+        ns = sorted(gone)
+        for i in range(0, len(ns), 500):
+            part = ns[i : i + 500]
+            found = db.execute(
+                f"SELECT id, last_episode FROM scopes WHERE last_episode IN ({qmarks(len(part))})",
+                part,
+            ).fetchall()
+            for scope_id, n in found:
+                head: int | None = int(n)
+                for _ in range(len(gone) + 1):  # walk back past episodes deleted with it
+                    if head is None or head not in gone:
+                        break
+                    before = db.execute(
+                        "SELECT MAX(m.n) FROM edges e JOIN memories m"
+                        " ON m.n = CASE WHEN e.a = ? THEN e.b ELSE e.a END"
+                        " WHERE (e.a = ? OR e.b = ?) AND m.n < ? AND m.scope_id = ?"
+                        " AND m.kind = 'episodic'",
+                        (head, head, head, head, scope_id),
+                    ).fetchone()
+                    head = None if before is None or before[0] is None else int(before[0])
+                heads[int(scope_id)] = head
+        return heads
+
     def rows_in_scopes(self, scope_ids: Sequence[int]) -> list[MemoryRow]:
         q = qmarks(len(scope_ids))
         return [
