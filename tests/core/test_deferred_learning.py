@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,25 +158,27 @@ def test_a_learning_write_survives_sigkill_once_a_later_call_returned(tmp_path: 
         assert _edges(again) == before + 1
 
 
-async def test_a_cancelled_asearch_learns_only_if_it_had_started(mem: HelaMemory) -> None:
+async def _cancel_before_start(mem: HelaMemory, call: Callable[[], Awaitable[Any]]) -> None:
+    """Cancel ``call()`` while the owner thread is busy, so it never starts."""
     import asyncio
 
-    _fill(mem)
-    before = _edges(mem)
     hold = threading.Event()
-    mem._call_soon(lambda: hold.wait(30))  # the owner is busy: the search cannot start
+    mem._call_soon(lambda: hold.wait(30))  # the owner is busy: the call cannot start
     try:
-        task = asyncio.ensure_future(mem.asearch("violin", A, k=2))
+        task = asyncio.ensure_future(call())
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
     finally:
         hold.set()
-    assert _edges(mem) == before  # never started: nothing learned
 
-    core = mem._call(lambda c: c)
-    real = core.store.rank_rows
+
+async def _cancel_once_started(holder: Any, name: str, call: Callable[[], Awaitable[Any]]) -> None:
+    """Cancel ``call()`` once it is inside ``holder.<name>`` on the owner thread."""
+    import asyncio
+
+    real = getattr(holder, name)
     started, go = threading.Event(), threading.Event()
 
     def slow(*args: Any, **kwargs: Any) -> Any:
@@ -183,50 +186,34 @@ async def test_a_cancelled_asearch_learns_only_if_it_had_started(mem: HelaMemory
         go.wait(30)
         return real(*args, **kwargs)
 
-    core.store.rank_rows = slow  # type: ignore[method-assign]
-    task = asyncio.ensure_future(mem.asearch("violin", A, k=2))
-    assert await asyncio.to_thread(started.wait, 30)
-    task.cancel()
-    go.set()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    core.store.rank_rows = real  # type: ignore[method-assign]
+    setattr(holder, name, slow)
+    try:
+        task = asyncio.ensure_future(call())
+        assert await asyncio.to_thread(started.wait, 30)
+        task.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        setattr(holder, name, real)
+
+
+async def test_a_cancelled_asearch_learns_only_if_it_had_started(mem: HelaMemory) -> None:
+    _fill(mem)
+    before = _edges(mem)
+    await _cancel_before_start(mem, lambda: mem.asearch("violin", A, k=2))
+    assert _edges(mem) == before  # never started: nothing learned
+    core = mem._call(lambda c: c)
+    await _cancel_once_started(core.store, "rank_rows", lambda: mem.asearch("violin", A, k=2))
     assert _edges(mem) == before + 1  # started: it ran to the end and learned
 
 
 async def test_a_cancelled_aadd_is_stored_only_if_it_had_started(mem: HelaMemory) -> None:
     """The documented semantics of a cancelled async write: not started, nothing stored;
     started, stored to the end (the caller still sees CancelledError)."""
-    import asyncio
-
-    hold = threading.Event()
-    mem._call_soon(lambda: hold.wait(30))  # the owner is busy: the add cannot start
-    try:
-        task = asyncio.ensure_future(mem.aadd("never stored", A))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    finally:
-        hold.set()
+    await _cancel_before_start(mem, lambda: mem.aadd("never stored", A))
     assert "never stored" not in [h.content for h in mem.search("never stored", A, k=5)]
-
     core = mem._call(lambda c: c)
-    real = core._embed_tokens
-    started, go = threading.Event(), threading.Event()
-
-    def slow(*args: Any, **kwargs: Any) -> Any:
-        started.set()
-        go.wait(30)
-        return real(*args, **kwargs)
-
-    core._embed_tokens = slow
-    task = asyncio.ensure_future(mem.aadd("stored anyway", A))
-    assert await asyncio.to_thread(started.wait, 30)
-    task.cancel()
-    go.set()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    core._embed_tokens = real
+    await _cancel_once_started(core, "_embed_tokens", lambda: mem.aadd("stored anyway", A))
     found = [h.content for h in mem.search("stored anyway", A, k=5, learn=False)]
     assert "stored anyway" in found  # started: it ran to the end

@@ -88,18 +88,29 @@ async def test_a_callers_memory_is_never_closed_by_an_adapter(store: HelaMemory)
     assert not store.closed
 
 
-async def test_a_reopened_store_gets_a_fresh_recorder(
-    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+@pytest.mark.parametrize("closed", ["the memory under it", "the adapter"])
+async def test_a_closed_store_reopens_with_a_fresh_recorder_and_stores(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig], closed: str
 ) -> None:
+    """Closed by hand or by another owner (the memory), or the adapter's own close():
+    the next turn reopens the connection, goes through a fresh recorder, is stored."""
     config = config_at(tmp_path / "s")
     chat = HelaMemChatMemory.from_defaults(config=config, session_id="a")
-    chat.put_messages(_turn("one", "first"))
+    chat.put_messages(_turn("before close", "ok"))
     chat.flush()
-    chat.memory.close()  # closed under the adapter (by hand, or by another owner)
-    chat.put_messages(_turn("two", "second"))
+    first = chat.memory
+    first.close() if closed == "the memory under it" else chat.close()
+    assert first.closed  # the adapter's only lease
+    chat.put_messages(_turn("after close", "still stored"))
     chat.flush()
+    assert chat.memory is not first and not chat.memory.closed
     chat.close()
-    assert _stored(config, ("llamaindex", "a")) == ["first", "one", "second", "two"]
+    assert _stored(config, ("llamaindex", "a")) == [
+        "after close",
+        "before close",
+        "ok",
+        "still stored",
+    ]
 
 
 async def test_a_question_in_chat_history_is_recorded_with_its_reply(store: HelaMemory) -> None:
@@ -181,27 +192,6 @@ def test_an_unknown_option_names_the_nearest(store: HelaMemory) -> None:
     text = str(err.value)
     assert "did you mean token_limit?" in text and "recorder" in text
     assert "pending_user" not in text
-
-
-async def test_an_adapter_used_after_close_reopens_and_stores(
-    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
-) -> None:
-    config = config_at(tmp_path / "s")
-    chat = HelaMemChatMemory.from_defaults(config=config, session_id="a")
-    chat.put_messages(_turn("before close", "ok"))
-    first = chat.memory
-    chat.close()
-    assert first.closed  # its only lease
-    chat.put_messages(_turn("after close", "still stored"))
-    chat.flush()
-    assert chat.memory is not first and not chat.memory.closed
-    chat.close()
-    assert _stored(config, ("llamaindex", "a")) == [
-        "after close",
-        "before close",
-        "ok",
-        "still stored",
-    ]
 
 
 _PAD = " pad" * 30

@@ -385,12 +385,7 @@ class HelaMemory(UpkeepMethods):
     async def aadd_many(self, items: Iterable[NewMemory]) -> list[Memory]:
         """Async :meth:`add_many`.
 
-        Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
-        thread starts the write stores nothing; once started, the write runs to
-        the end and is stored, though the caller gets ``CancelledError`` (or
-        ``TimeoutError``). To retry such a call safely, give memories their own
-        ids (``NewMemory(id=...)``): a retry of a stored one raises
-        ``InvalidInputError`` instead of storing it twice.
+        Cancelled: as :meth:`aadd` (stored once the owner thread started it).
         """
         return await self._acall(self._plan_add_many(items))
 
@@ -406,12 +401,7 @@ class HelaMemory(UpkeepMethods):
     ) -> tuple[Memory, Memory]:
         """Async :meth:`add_turn`.
 
-        Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
-        thread starts the write stores nothing; once started, the write runs to
-        the end and is stored, though the caller gets ``CancelledError`` (or
-        ``TimeoutError``). To retry such a call safely, give memories their own
-        ids (``NewMemory(id=...)``): a retry of a stored one raises
-        ``InvalidInputError`` instead of storing it twice.
+        Cancelled: as :meth:`aadd` (stored once the owner thread started it).
         """
         return await self._acall(
             self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
@@ -420,12 +410,7 @@ class HelaMemory(UpkeepMethods):
     async def aadd_turns(self, turns: Iterable[NewTurn]) -> list[tuple[Memory, Memory]]:
         """Async :meth:`add_turns`.
 
-        Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
-        thread starts the write stores nothing; once started, the write runs to
-        the end and is stored, though the caller gets ``CancelledError`` (or
-        ``TimeoutError``). To retry such a call safely, give memories their own
-        ids (``NewMemory(id=...)``): a retry of a stored one raises
-        ``InvalidInputError`` instead of storing it twice.
+        Cancelled: as :meth:`aadd` (stored once the owner thread started it).
         """
         return await self._acall(self._plan_add_turns(turns))
 
