@@ -80,13 +80,16 @@ def test_a_recorded_scope_that_is_no_namespace_hides_nothing(memory: HelaMemory)
 
 def test_a_query_search_refreshes_only_the_items_it_returns(memory: HelaMemory) -> None:
     with HelaMemStore(memory, ttl={"default_ttl": None, "refresh_on_read": True}) as store:
-        store.put(NS, "wanted", {"text": "tea with lemon", "keep": 1}, ttl=1 / 60)  # 1 s
-        store.put(NS, "other", {"text": "tea with milk", "keep": 0}, ttl=1 / 60)
-        for _ in range(3):
-            time.sleep(0.5)
+        # SqliteStore refreshes to CURRENT_TIMESTAMP (whole seconds) + ttl, so the
+        # timings keep a second of margin either way.
+        store.put(NS, "wanted", {"text": "tea with lemon", "keep": 1}, ttl=2 / 60)  # 2 s
+        store.put(NS, "other", {"text": "tea with milk", "keep": 0}, ttl=2 / 60)
+        for _ in range(4):
+            time.sleep(0.75)
             got = store.search(NS, query="tea", filter={"keep": 1})
             assert [i.key for i in got] == ["wanted"]
-        time.sleep(1.1)  # "other" was only a candidate: its TTL ran out
+        # 3 s on: "other" was only a candidate, so its 2 s ran out; "wanted" was
+        # refreshed just now
         assert store.sweep_ttl() == 1
         assert store.get(NS, "other") is None and store.get(NS, "wanted") is not None
 
