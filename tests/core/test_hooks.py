@@ -1011,3 +1011,24 @@ def test_turn_context_sync(tmp_path: Path, store_config: StoreConfig, store_db: 
 def test_module_doctests() -> None:
     result = doctest.testmod(hooks, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+async def test_recorded_metadata_is_what_was_passed_at_the_call() -> None:
+    """A caller reusing (and changing) one metadata dict gets each turn's own values
+    stored, as ``add_turn`` does; bad metadata is refused at the call, not at flush."""
+    m = FakeMemory()
+    m.gate.clear()
+    meta: dict[str, Any] = {"session": {"id": "s-0"}, "tags": ["a"]}
+    async with TurnRecorder(fake(m)) as rec:
+        for i in range(3):
+            meta["session"]["id"] = f"s-{i}"
+            meta["tags"].append(f"t{i}")
+            await rec.record_turn(("s",), f"q{i}", f"a{i}", metadata=meta)
+        meta["session"]["id"] = "changed after"
+        with pytest.raises(InvalidInputError, match="metadata"):
+            await rec.record_turn(("s",), "q", "a", metadata={"bad": {1, 2}})
+        m.gate.set()
+    assert [c["metadata"] for c in m.calls] == [
+        {"session": {"id": f"s-{i}"}, "tags": ["a", *(f"t{j}" for j in range(i + 1))]}
+        for i in range(3)
+    ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import HelaMemError, InvalidInputError
-from .types import NewTurn, Scope, TimeLike, normalize_scope, to_timestamp
+from .types import NewTurn, Scope, TimeLike, dump_json, normalize_scope, to_timestamp
 
 if TYPE_CHECKING:
     pass
@@ -152,7 +153,9 @@ def make_job(
         used_ids=ids,
         # "now" is when the turn happened, not when the worker gets to it
         event_time=to_timestamp(event_time, default=time.time()),
-        metadata=None if metadata is None else dict(metadata),
+        # a snapshot, checked now: the caller may reuse or change its dict (nested
+        # values too) before the owner thread stores the turn
+        metadata=None if metadata is None else json.loads(dump_json(metadata, "metadata")),
     )
 
 
