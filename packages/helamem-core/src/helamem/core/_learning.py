@@ -215,24 +215,30 @@ class LearningOps(CoreBase):
 
     # -- maintenance -----------------------------------------------------
     def decay(self, scope: Sequence[str] | None) -> dict[str, int]:
-        """Apply lazy decay to every edge now; prune those under the threshold."""
+        """Apply lazy decay to every edge now; prune those under the threshold.
+
+        The edges are read inside the write transaction that rewrites them (the
+        store's single writer), so whatever another writer committed before it
+        holds: an edge deleted with its memory stays deleted, and a co-activation
+        is decayed from its new weight, never overwritten by an older one.
+        """
         nodes = self._nodes(scope)
         if nodes == []:
             return {"pruned": 0, "edges": 0}
-        if nodes is None:
-            nodes = [int(r[0]) for r in self.store.db.execute("SELECT id FROM scopes")]
-        edges = self.store.edges_in_scopes(nodes) if nodes else []
-        ticks = self._ticks([e.scope_id for e in edges])
         d = self.config.dynamics
         keep, drop = [], []
-        for e in edges:
-            t = ticks[e.scope_id]
-            w = self._decayed(e, t)
-            if dynamics.survives(w, d.prune_below):
-                keep.append(EdgeRow(e.a, e.b, e.scope_id, w, max(t, e.tick)))
-            else:
-                drop.append((e.a, e.b))
         with self.store.tx() as db:
+            if nodes is None:
+                nodes = [int(r[0]) for r in db.execute("SELECT id FROM scopes")]
+            edges = self.store.edges_in_scopes(nodes) if nodes else []
+            ticks = self._ticks([e.scope_id for e in edges])
+            for e in edges:
+                t = ticks[e.scope_id]
+                w = self._decayed(e, t)
+                if dynamics.survives(w, d.prune_below):
+                    keep.append(EdgeRow(e.a, e.b, e.scope_id, w, max(t, e.tick)))
+                else:
+                    drop.append((e.a, e.b))
             self.store.delete_edges(db, drop)
             self.store.upsert_edges(db, keep)
         return {"pruned": len(drop), "edges": len(keep)}
