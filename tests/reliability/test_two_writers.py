@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, PostgresConfig
+from helamem.core import DynamicsConfig, HashingEmbedder, HelaMemConfig, HelaMemory, PostgresConfig
 
 S = ("t", "1")
 
@@ -94,3 +94,30 @@ def test_decay_never_resurrects_a_deleted_edge_nor_loses_a_reinforce(two: Any) -
     # same tick: decay keeps the weight B wrote; the deleted memory's edges stay gone
     assert _edges(a_mem) == pytest.approx(seen)
     assert _edges(b_mem) == pytest.approx(seen)
+
+
+def test_a_searchs_pruning_keeps_an_edge_another_writer_reinforced(two: Any) -> None:
+    d = DynamicsConfig(decay_rate=0.5)
+    a_mem, b_mem = two(dynamics=d)
+    x = a_mem.add("zebra xylophone quartz", S).id
+    y = a_mem.add("unrelated banana note", S).id
+    for i in range(8):  # eight ticks: x-y decays to 0.5 * 0.5**8, under prune_below
+        a_mem.add(f"filler {i} kettle", S)
+    core = a_mem._call(lambda c: c)
+    keys = a_mem._call(lambda c: c.store.keys_of([x, y]))
+    pair = (min(keys.values()), max(keys.values()))
+    seen: dict[frozenset[str], float] = {}
+    pruned: list[tuple[int, int]] = []
+
+    def other_writer(groups: Any, rows: Any, prunable: list[tuple[int, int]]) -> None:
+        pruned.extend(prunable)  # what the search read as decayed away
+        assert b_mem.reinforce([x, y]) == 1  # acknowledged before the learning write
+        seen.update(_edges(b_mem))
+
+    _first_call_after(core, "_learn", other_writer)
+    a_mem.search("zebra xylophone", S, k=1)
+    after = _edges(a_mem)  # a later call: the search's learning step is written
+    assert pair in pruned
+    w = d.temporal_weight * d.decay_rate**8 + d.learning_rate
+    assert seen[frozenset((x, y))] == pytest.approx(w)
+    assert after[frozenset((x, y))] == pytest.approx(w)

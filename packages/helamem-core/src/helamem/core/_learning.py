@@ -198,7 +198,12 @@ class LearningOps(CoreBase):
         rows: dict[int, RankRow],
         prunable: Sequence[tuple[int, int]],
     ) -> None:
-        """Co-activate each group's memories (per scope), count the accesses: one tx."""
+        """Co-activate each group's memories (per scope), count the accesses: one tx.
+
+        The edges the search saw decayed away (``prunable``) are read again inside
+        the transaction, and only those still under ``prune_below`` are deleted: an
+        edge another writer reinforced since the search read it keeps that weight.
+        """
         by_scope: list[tuple[int, list[int]]] = []
         for group in groups:
             per: dict[int, list[int]] = defaultdict(list)
@@ -208,10 +213,27 @@ class LearningOps(CoreBase):
         ticks = self._ticks([sid for sid, _ in by_scope])
         with self.store.tx() as db:
             if prunable:
-                self.store.delete_edges(db, prunable)
+                self.store.delete_edges(db, self._still_prunable(prunable))
             for sid, ns in by_scope:
                 self._reinforce_tx(db, ns, sid, ticks[sid])
             self.store.touch(db, [n for g in groups for n in g], time.time())
+
+    def _still_prunable(self, keys: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Of edges ``keys``, those that exist and are under ``prune_below`` now: read
+        (with their scopes' ticks) inside the caller's write transaction."""
+        wanted = sorted(set(keys))
+        edges: list[EdgeRow] = []
+        for i in range(0, len(wanted), 500):  # at most 1000 ends (2000 parameters) a query
+            part = set(wanted[i : i + 500])
+            among = self.store.edges_among(sorted({n for k in part for n in k}))
+            edges += [e for k, e in among.items() if k in part]
+        ticks = self._ticks([e.scope_id for e in edges])
+        floor = self.config.dynamics.prune_below
+        return [
+            (e.a, e.b)
+            for e in edges
+            if not dynamics.survives(self._decayed(e, ticks[e.scope_id]), floor)
+        ]
 
     # -- maintenance -----------------------------------------------------
     def decay(self, scope: Sequence[str] | None) -> dict[str, int]:
