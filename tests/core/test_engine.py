@@ -179,6 +179,27 @@ def test_deleting_the_newest_episode_keeps_the_chain(mem: HelaMemory, tmp_path: 
     }
 
 
+def test_deleting_the_newest_episode_after_its_predecessor_keeps_the_chain(
+    mem: HelaMemory, tmp_path: Path
+) -> None:
+    """Deleted one call at a time, as together: the next add links to the newest left."""
+    first, second = mem.add("first", ALICE).id, mem.add("second", ALICE).id
+    third = mem.add("third", ALICE).id
+    mem.delete(second)  # takes the edge third came from
+    mem.delete(third)  # the newest goes in a later call: no edge left to walk back on
+    fourth = mem.add("fourth", ALICE).id
+    assert _edge_pairs(mem, ALICE, tmp_path / "a.jsonl") == {frozenset((first, fourth))}
+    fifth, sixth = mem.add("fifth", ALICE).id, mem.add("sixth", ALICE).id
+    seventh = mem.add("seventh", ALICE).id
+    mem.delete(fifth)
+    mem.delete([sixth, seventh])  # back past sixth by its edge, then to the newest left
+    eighth = mem.add("eighth", ALICE).id
+    assert _edge_pairs(mem, ALICE, tmp_path / "b.jsonl") == {
+        frozenset((first, fourth)),
+        frozenset((fourth, eighth)),
+    }
+
+
 def test_decay_is_lazy_and_prunes(tmp_path: Path, store_config: Any) -> None:
     from helamem.core import DynamicsConfig
 

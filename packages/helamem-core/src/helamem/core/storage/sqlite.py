@@ -323,8 +323,9 @@ class SQLiteStore(SQLiteUpkeep):
         for the index (both engines: one statement per table per 500 memories).
 
         A scope whose newest episode goes gets the one before it as its newest (the
-        episode its temporal edge came from, past any deleted with it), so the next
-        add still links to the conversation before it.
+        episode its temporal edge came from, past any deleted with it; else, when an
+        earlier delete took that edge, the newest episode before it that is left), so
+        the next add still links to the conversation before it.
         """
         heads = self._heads_after(db, rows)
         for i in range(0, len(rows), 500):

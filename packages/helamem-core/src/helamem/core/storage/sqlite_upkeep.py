@@ -137,10 +137,18 @@ class SQLiteUpkeep(SQLiteConnection):
             )
         ]
 
-    @staticmethod
-    def _heads_after(db: sqlite3.Connection, rows: Sequence[MemoryRow]) -> dict[int, int | None]:
-        """Per scope whose newest episode is among ``rows``: its newest after the delete,
-        the temporal predecessor (the older end of its edges in its scope) that survives."""
+    @classmethod
+    def _heads_after(
+        cls, db: sqlite3.Connection, rows: Sequence[MemoryRow]
+    ) -> dict[int, int | None]:
+        """Per scope whose newest episode is among ``rows``: its newest after the delete.
+
+        That is the temporal predecessor (the older end of its edges in its scope)
+        that survives, walking back past episodes deleted with it; where that walk
+        finds none (the edge went with an episode deleted in an earlier call), the
+        scope's newest surviving episode before it in the chain's order (key ``n``,
+        insertion order). ``None`` only when no older episode of the scope is left.
+        """
         gone = {r.n for r in rows}
         heads: dict[int, int | None] = {}
         ns = sorted(gone)
@@ -162,9 +170,31 @@ class SQLiteUpkeep(SQLiteConnection):
                         " AND m.kind = 'episodic'",
                         (head, head, head, head, scope_id),
                     ).fetchone()
-                    head = None if before is None or before[0] is None else int(before[0])
+                    if before is None or before[0] is None:
+                        head = cls._newest_left(db, int(scope_id), head, gone)
+                    else:
+                        head = int(before[0])
                 heads[int(scope_id)] = head
         return heads
+
+    @staticmethod
+    def _newest_left(
+        db: sqlite3.Connection, scope_id: int, below: int, gone: set[int]
+    ) -> int | None:
+        """The newest episode of ``scope_id`` with key under ``below`` not in ``gone``."""
+        while True:
+            found = [
+                int(r[0])
+                for r in db.execute(
+                    "SELECT n FROM memories WHERE scope_id = ? AND kind = 'episodic' AND n < ?"
+                    " ORDER BY n DESC LIMIT 256",
+                    (scope_id, below),
+                ).fetchall()
+            ]
+            left = [n for n in found if n not in gone]
+            if left or len(found) < 256:
+                return left[0] if left else None
+            below = found[-1]
 
     def rows_in_scopes(self, scope_ids: Sequence[int]) -> list[MemoryRow]:
         q = qmarks(len(scope_ids))
