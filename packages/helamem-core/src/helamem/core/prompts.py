@@ -48,11 +48,17 @@ class FactOut(BaseModel):
 
 
 class FactsResponse(BaseModel):
-    """Answer schema of :data:`DISTILL_FACTS`."""
+    """Answer schema of :data:`DISTILL_FACTS`.
+
+    ``facts`` is required: ``{"facts": []}`` is a valid "nothing to distil", but an
+    answer without it (``{}``, ``{"error": "overloaded"}``) is not the schema's and
+    goes the way of malformed JSON (one repair, then ``LLMResponseError``), so
+    its clusters are not marked distilled and are sent again later.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
-    facts: list[FactOut] = Field(default_factory=list, max_length=12)
+    facts: list[FactOut] = Field(max_length=12)
 
 
 @dataclass(frozen=True)
