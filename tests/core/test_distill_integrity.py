@@ -3,14 +3,13 @@ overlapping consolidations (interleavings forced by the mock LLM, no sleeps)."""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_distill import S, ScriptedLLM, StoreConfig, _mem, _story, facts_citing_first_labels
 
-from helamem.core import LLMResponseError
+from helamem.core import HelaMemory, LLMResponseError
 
 
 @pytest.mark.parametrize("off_schema", ['{"error": "upstream overloaded"}', "{}"])
@@ -40,3 +39,38 @@ def test_an_empty_facts_list_is_nothing_to_distil(
         mem.consolidate(S)
         # the clusters it saw were recorded: never sent again
         assert all(c["messages"] != llm.calls[0]["messages"] for c in llm.calls[1:])
+
+
+def _edges_and_rows(mem: HelaMemory, scope: tuple[str, ...]) -> tuple[set[int], set[int]]:
+    """The keys of ``scope``'s memories, and the keys its edges touch."""
+
+    def read(core: Any) -> tuple[set[int], set[int]]:
+        store = core.store
+        nodes = store.descendants(store.find_scope(scope))
+        rows = {r.n for r in store.rows_in_scopes(nodes)}
+        return rows, {n for e in store.edges_in_scopes(nodes) for n in (e.a, e.b)}
+
+    return mem._call(read)  # type: ignore[no-any-return]
+
+
+def test_an_episode_deleted_while_planning_gets_no_edges(mem: HelaMemory) -> None:
+    scope = ("t", "1")
+    ms = [mem.add(f"I walked my dog Rex in the park today number {i}", scope) for i in range(5)]
+    store = mem._call(lambda core: core.store)
+    read = store.vectors_of
+
+    def read_then_deleted(*args: Any, **kwargs: Any) -> Any:
+        out = read(*args, **kwargs)
+        store.vectors_of = read
+        with store.tx() as db:  # another writer deletes the newest episode, read above
+            store.delete_memories(db, [store.rows_by_id([ms[4].id])[ms[4].id]])
+        return out
+
+    store.vectors_of = read_then_deleted
+    report = mem.consolidate(scope)  # no KeyError
+    rows, touched = _edges_and_rows(mem, scope)
+    assert len(rows) == 4 + report.facts_added
+    assert touched and touched <= rows  # no edge to the deleted episode
+    assert ms[4].id not in {i for f in report.fact_ids for i in mem.get(f).provenance}
+    mem.consolidate(scope)
+    assert _edges_and_rows(mem, scope)[1] <= _edges_and_rows(mem, scope)[0]

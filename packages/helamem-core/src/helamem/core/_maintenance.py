@@ -116,6 +116,10 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
                     cfg.similarity_min_cos,
                     cfg.similarity_weight,
                 )
+                # ns was read before this transaction: another writer may have deleted
+                # some since, and they get no edge (checked under the writer lock)
+                alive = store.existing(db, {n for a, b, _ in sims for n in (a, b)})
+                sims = [t for t in sims if t[0] in alive and t[1] in alive]
                 existing = store.edges_among(sorted({n for a, b, _ in sims for n in (a, b)}))
                 upd = []
                 for a, b, w in sims:
@@ -134,9 +138,12 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
         position = {n: i for i, n in enumerate(ns)}
         live = [t for t in live if t[0] in position and t[1] in position]
         hubs = find_hubs(live, cfg.hub_min_degree)
+        rows = store.rows_by_n(ns) if hubs else {}
+        if len(rows) < len(ns) and hubs:  # deleted since ns was read: never a member
+            live = [t for t in live if t[0] in rows and t[1] in rows]
+            hubs = find_hubs(live, cfg.hub_min_degree)
         hubs_total += len(hubs)
         taken: set[int] = set()
-        rows = store.rows_by_n(ns) if hubs else {}
         for hub in hubs:
             if len(clusters) >= cfg.max_clusters:
                 break
