@@ -3,6 +3,8 @@ overlapping consolidations (interleavings forced by the mock LLM, no sleeps)."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +76,52 @@ def test_an_episode_deleted_while_planning_gets_no_edges(mem: HelaMemory) -> Non
     assert ms[4].id not in {i for f in report.fact_ids for i in mem.get(f).provenance}
     mem.consolidate(scope)
     assert _edges_and_rows(mem, scope)[1] <= _edges_and_rows(mem, scope)[0]
+
+
+def _secret_story(mem: HelaMemory) -> str:
+    """Four turns about a cat and one telling a secret: the user episode's id."""
+    for i in range(4):
+        mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
+    secret, _ = mem.add_turn(
+        S, "my bank PIN is 4921 and my cat miso chased a mouse", "miso the cat is fast"
+    )
+    return secret.id
+
+
+def _labels(messages: list[dict[str, str]]) -> dict[str, str]:
+    """``label -> text`` of the episodes a distillation prompt shows."""
+    found = re.finditer(r"\[(E\d+)\] (?:\w+: )?(.*)", messages[-1]["content"])
+    return {m.group(1): m.group(2) for m in found}
+
+
+def test_an_episode_deleted_while_the_llm_distils_leaves_no_fact(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    secret: list[str] = []
+
+    def delete_while_thinking(messages: list[dict[str, str]]) -> str:
+        assert mem.delete(secret) == 1  # the user deletes it while the call is in flight
+        labels = _labels(messages)
+        pin = [k for k, t in labels.items() if "PIN" in t]
+        other = [k for k, t in labels.items() if "PIN" not in t]
+        assert pin and other  # the model was shown the secret
+        return json.dumps(
+            {"facts": [{"text": "Alice's bank PIN is 4921", "sources": [*other[:1], *pin]}]}
+        )
+
+    llm = ScriptedLLM(delete_while_thinking, facts_citing_first_labels)
+    with _mem(tmp_path, store_config, llm) as mem:
+        secret.append(_secret_story(mem))
+        report = mem.consolidate(S)
+        assert (report.facts_added, report.facts_updated) == (0, 0)
+        assert report.facts_dropped == 1
+        assert mem.stats(S).semantic == 0
+        hits = mem.search("bank PIN 4921", S, k=5, kind="semantic", learn=False)
+        assert [h.content for h in hits] == []
+        # its cluster was not recorded: the survivors are distilled by the next run
+        again = mem.consolidate(S)
+        assert again.facts_added >= 1
+        shown = _labels(llm.calls[1]["messages"]).values()
+        assert shown and all("PIN" not in t for t in shown)
+        cited = {i for f in again.fact_ids for i in mem.get(f).provenance}
+        assert secret[0] not in cited

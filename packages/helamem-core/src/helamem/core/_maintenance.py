@@ -177,11 +177,19 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
 def apply_consolidation(
     core: Core, plan: ConsolidationPlan, drafts: Sequence[FactDraft]
 ) -> ConsolidationReport:
-    """De-duplicate and store facts with provenance; mark the clusters distilled."""
+    """De-duplicate and store facts with provenance; mark the clusters distilled.
+
+    A cluster one of whose members is gone by the write (deleted while the
+    distiller read it) contributes no fact and is not recorded: a fact must not
+    repeat a deleted episode; the survivors are distilled again later.
+    """
     cfg = core.config.consolidation
     store = core.store
-    allowed: dict[str, int] = {i: c.scope_id for c in plan.clusters for i in c.ids}
-    present = store.rows_by_id(list(allowed))
+    owners: dict[str, list[tuple[int, str]]] = {}  # episode id -> its clusters' keys
+    for c in plan.clusters:
+        for i in c.ids:
+            owners.setdefault(i, []).append((c.scope_id, c.signature))
+    present = store.rows_by_id(list(owners))
     kept: list[tuple[FactDraft, int, tuple[str, ...]]] = []
     dropped = 0
     for d in drafts:
@@ -199,7 +207,13 @@ def apply_consolidation(
     fact_ids: list[str] = []
     now = time.time()
     with store.tx() as db:
+        # under the writer lock: which clusters lost a member since the distiller saw it
+        alive = store.existing(db, {n for c in plan.clusters for n in c.members})
+        stale = {(c.scope_id, c.signature) for c in plan.clusters if not alive >= set(c.members)}
         for (draft, sid, src), vec in zip(kept, vecs, strict=True):
+            if any(k in stale for i in draft.source_ids for k in owners.get(i, ())):
+                dropped += 1  # its cluster showed the distiller an episode now deleted
+                continue
             if sid not in existing:
                 fns, _, fembs = store.vectors_of(sid, "semantic")
                 frows = store.rows_by_n(fns)
@@ -243,7 +257,8 @@ def apply_consolidation(
         for sid, ns in by_scope.items():
             core._reinforce_tx(db, ns, sid, core._ticks([sid])[sid])
         for c in plan.clusters:
-            store.record_cluster(db, c.scope_id, c.signature, c.ids[0], len(kept))
+            if (c.scope_id, c.signature) not in stale:
+                store.record_cluster(db, c.scope_id, c.signature, c.ids[0], len(kept))
     core.reconcile()  # index new and updated facts
     return ConsolidationReport(
         scopes=len({c.scope_id for c in plan.clusters}),
