@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_distill import S, ScriptedLLM, StoreConfig, _mem, _story, facts_citing_first_labels
 
-from helamem.core import HelaMemory, LLMResponseError
+from helamem.core import ConsolidationReport, HelaMemory, LLMResponseError
 
 
 @pytest.mark.parametrize("off_schema", ['{"error": "upstream overloaded"}', "{}"])
@@ -125,3 +126,37 @@ def test_an_episode_deleted_while_the_llm_distils_leaves_no_fact(
         assert shown and all("PIN" not in t for t in shown)
         cited = {i for f in again.fact_ids for i in mem.get(f).provenance}
         assert secret[0] not in cited
+
+
+def _one_fact(wording: str) -> Callable[[list[dict[str, str]]], str]:
+    def answer(messages: list[dict[str, str]]) -> str:
+        labels = list(_labels(messages))
+        return json.dumps({"facts": [{"text": wording, "sources": labels[:2]}]})
+
+    return answer
+
+
+@pytest.mark.parametrize("inner_scope", [S, ("users",)], ids=["same scope", "prefix"])
+def test_overlapping_consolidations_store_a_cluster_s_facts_once(
+    tmp_path: Path, store_config: StoreConfig, inner_scope: tuple[str, ...]
+) -> None:
+    inner: list[ConsolidationReport] = []
+    first = _one_fact("Miso is the fast, mouse-hunting pet cat of Alice")
+
+    def consolidate_meanwhile(messages: list[dict[str, str]]) -> str:
+        inner.append(mem.consolidate(inner_scope))  # another consolidation overtakes this one
+        return first(messages)
+
+    second = _one_fact("Alice owns a cat called Miso that hunts mice")
+    llm = ScriptedLLM(consolidate_meanwhile, second)
+    with _mem(tmp_path, store_config, llm) as mem:
+        for i in range(3):
+            mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
+        outer = mem.consolidate(S)
+        prompts = [c["messages"] for c in llm.calls]
+        assert len(prompts) == 2 and prompts[0] == prompts[1]  # both planned the same clusters
+        assert inner[0].facts_added == 1
+        assert (outer.facts_added, outer.facts_updated, outer.fact_ids) == (0, 0, ())
+        facts = mem.search("Miso cat mice", S, k=5, kind="semantic", learn=False)
+        assert [h.content for h in facts] == ["Alice owns a cat called Miso that hunts mice"]
+        assert mem.stats(S).semantic == 1

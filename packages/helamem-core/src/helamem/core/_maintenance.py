@@ -181,7 +181,9 @@ def apply_consolidation(
 
     A cluster one of whose members is gone by the write (deleted while the
     distiller read it) contributes no fact and is not recorded: a fact must not
-    repeat a deleted episode; the survivors are distilled again later.
+    repeat a deleted episode; the survivors are distilled again later. A cluster
+    another consolidation recorded meanwhile (two over one scope at once)
+    contributes no fact either: its facts are stored once.
     """
     cfg = core.config.consolidation
     store = core.store
@@ -207,12 +209,17 @@ def apply_consolidation(
     fact_ids: list[str] = []
     now = time.time()
     with store.tx() as db:
-        # under the writer lock: which clusters lost a member since the distiller saw it
+        # under the writer lock: which clusters lost a member since the distiller saw
+        # it, and which another consolidation distilled (and recorded) meanwhile
         alive = store.existing(db, {n for c in plan.clusters for n in c.members})
-        stale = {(c.scope_id, c.signature) for c in plan.clusters if not alive >= set(c.members)}
+        stale = {
+            (c.scope_id, c.signature)
+            for c in plan.clusters
+            if not alive >= set(c.members) or store.cluster_known(c.scope_id, c.signature)
+        }
         for (draft, sid, src), vec in zip(kept, vecs, strict=True):
             if any(k in stale for i in draft.source_ids for k in owners.get(i, ())):
-                dropped += 1  # its cluster showed the distiller an episode now deleted
+                dropped += 1  # its cluster lost an episode, or was distilled meanwhile
                 continue
             if sid not in existing:
                 fns, _, fembs = store.vectors_of(sid, "semantic")
