@@ -257,6 +257,27 @@ def test_orphan_edge_row_is_edge_orphan(tmp_path: Path, capsys: pytest.CaptureFi
     assert rep["defects"][0]["examples"] == [f"edge {n}-999999"]  # type: ignore[index]
 
 
+def test_fact_citing_a_deleted_episode_is_fact_orphan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s"
+    _store(path)
+    with HelaMemory(_config(path, False), embedder=HashingEmbedder(64)) as m:
+        fact = m.get(m.consolidate(A).fact_ids[0])  # extractive: no model
+    n = _n(path, fact.provenance[0])  # deleted as before deletes took its facts along
+    _sql(
+        path,
+        ("DELETE FROM edges WHERE a = ? OR b = ?", (n, n)),
+        ("DELETE FROM memories_fts WHERE rowid = ?", (n,)),
+        ("UPDATE scopes SET last_episode = NULL WHERE last_episode = ?", (n,)),
+        ("DELETE FROM memories WHERE n = ?", (n,)),
+    )
+    code, rep = _check(path, capsys)
+    assert code == 1
+    assert _kinds(rep) == {"fact_orphan"}
+    assert rep["defects"][0]["examples"] == [fact.id]  # type: ignore[index]
+
+
 def test_edge_across_scopes_is_edge_scope(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from test_distill import S, ScriptedLLM, StoreConfig, _mem, _story, facts_citing_first_labels
 
-from helamem.core import ConsolidationReport, HelaMemory, LLMResponseError
+from helamem.core import ConsolidationReport, HelaMemory, LLMResponseError, MemoryNotFoundError
 
 
 @pytest.mark.parametrize("off_schema", ['{"error": "upstream overloaded"}', "{}"])
@@ -160,3 +160,34 @@ def test_overlapping_consolidations_store_a_cluster_s_facts_once(
         facts = mem.search("Miso cat mice", S, k=5, kind="semantic", learn=False)
         assert [h.content for h in facts] == ["Alice owns a cat called Miso that hunts mice"]
         assert mem.stats(S).semantic == 1
+
+
+def test_deleting_an_episode_deletes_the_facts_citing_it(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    llm = ScriptedLLM(*[facts_citing_first_labels] * 4)
+    with _mem(tmp_path, store_config, llm) as mem:
+        episodes = _story(mem)
+        report = mem.consolidate(S)
+        facts = {f: set(mem.get(f).provenance) for f in report.fact_ids}
+        assert facts
+        doomed = min(next(iter(facts.values())))
+        citing = {f for f, prov in facts.items() if doomed in prov}
+        assert mem.delete([doomed]) == 1
+        left = mem.search("cat named miso", S, k=10, kind="semantic", learn=False)
+        left_ids = {h.id for h in left}
+        assert citing and not citing & left_ids  # gone from search, and from the store:
+        for f in citing:
+            with pytest.raises(MemoryNotFoundError):
+                mem.get(f)
+        assert all(doomed not in h.memory.provenance for h in left)
+        assert mem.stats(S).semantic == len(facts) - len(citing)
+        assert mem.stats().vectors == len(episodes) - 1 + len(facts) - len(citing)
+        # the survivors' clusters are not blocked: the next run distils them again
+        again = mem.consolidate(S)
+        assert again.facts_added >= 1
+        assert all(doomed not in mem.get(f).provenance for f in again.fact_ids)
+        # deleting every episode leaves no fact repeating them
+        mem.delete([e for e in episodes if e != doomed])
+        assert mem.stats(S).memories == 0
+        assert len(mem.search("cat named miso", S, k=5, kind="semantic", learn=False)) == 0

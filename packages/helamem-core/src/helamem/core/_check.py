@@ -28,6 +28,8 @@ kind                   meaning
 ``index_unavailable``  the vector index cannot be opened or listed
 ``edge_orphan``        an edge whose end memory does not exist
 ``edge_scope``         an edge whose scope differs from an end memory's
+``fact_orphan``        a fact citing an episode that does not exist (it may
+                       repeat deleted content)
 ``scope_orphan``       a memory or scope node whose scope node is missing
 ``embedding_missing``  a memory whose stored vector is missing or of the wrong
                        size for the store's embedder
@@ -56,6 +58,7 @@ from ._check_report import (
     DB_NAME,
     DEFECT_KINDS,
     EXAMPLES,
+    FACT_FIX,
     REINDEX_FIX,
     RESTORE_FIX,
     CheckReport,
@@ -281,6 +284,27 @@ class _Checker:
             REINDEX_FIX,
         )
 
+    def facts_cited(self) -> None:
+        """Facts whose provenance cites an episode that no longer exists."""
+        citing: dict[str, list[str]] = {}
+        for fact, prov in self.db.execute(
+            "SELECT id, provenance FROM memories WHERE kind = 'semantic' ORDER BY n"
+        ):
+            try:
+                cited = json.loads(prov)
+            except (TypeError, ValueError):
+                cited = []
+            for i in cited if isinstance(cited, list) else []:
+                citing.setdefault(str(i), []).append(str(fact))
+        known = set(self._still(list(citing), _KNOWN_IDS))
+        orphans = dict.fromkeys(f for i, fs in citing.items() if i not in known for f in fs)
+        self.add(
+            "fact_orphan",
+            list(orphans),
+            "facts citing an episode that does not exist (they may repeat deleted content)",
+            FACT_FIX,
+        )
+
     def scopes(self) -> None:
         lost = self.col(
             "SELECT m.id FROM memories m WHERE NOT EXISTS"
@@ -454,6 +478,7 @@ def check_store(
                     name, dim = str(info.get("name")), int(info.get("dimension", 0))
                 chk.fts()
                 chk.edges()
+                chk.facts_cited()
                 chk.scopes()
                 chk.embeddings(dim, switch)
                 readable = True

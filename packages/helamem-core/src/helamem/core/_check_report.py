@@ -11,6 +11,7 @@ __all__ = [
     "DB_NAME",
     "DEFECT_KINDS",
     "EXAMPLES",
+    "FACT_FIX",
     "CheckReport",
     "Defect",
     "REINDEX_FIX",
@@ -33,6 +34,7 @@ DEFECT_KINDS: tuple[str, ...] = (
     "index_unavailable",
     "edge_orphan",
     "edge_scope",
+    "fact_orphan",
     "scope_orphan",
     "embedding_missing",
     "embedder_switch",
@@ -41,6 +43,11 @@ DEFECT_KINDS: tuple[str, ...] = (
 REINDEX_FIX = (
     "run `helamem reindex {path}` (it rebuilds the vector and full-text indexes from the "
     "memories and drops edges of missing memories)"
+)
+FACT_FIX = (
+    "delete those facts with `HelaMemory.delete(ids)`: they may repeat episodes that were "
+    "deleted (before deletes took the facts citing them along); the next consolidation "
+    "distils the surviving episodes again"
 )
 RESTORE_FIX = (
     "restore helamem.sqlite3 from a backup, or export what still reads with "

@@ -55,11 +55,15 @@ class Core(IngestOps, SearchOps):
         if missing:
             raise MemoryNotFoundError(f"no memory with id {missing[0]!r}; nothing was deleted")
         with self.store.tx() as db:
-            self.store.delete_memories(db, list(rows.values()))
+            # facts citing a deleted episode repeat its content: they go with it
+            episodes = [i for i, r in rows.items() if r.kind == "episodic"]
+            cited = self.store.facts_citing({r.scope_id for r in rows.values()}, episodes)
+            gone = [*rows.values(), *(f for f in cited if f.id not in rows)]
+            self.store.delete_memories(db, gone)
         try:
-            self.index.delete([(r.id, r.scope_id, r.kind) for r in rows.values()])
-            self.store.clear_tombstones(list(rows))
-            self._readd_vectors(list(rows))
+            self.index.delete([(r.id, r.scope_id, r.kind) for r in gone])
+            self.store.clear_tombstones([r.id for r in gone])
+            self._readd_vectors([r.id for r in gone])
         except StorageError as exc:
             self._needs_reconcile = True
             logger.warning("vector delete failed, will retry on next use: %s", exc)

@@ -325,8 +325,9 @@ def delete_scope(core: Core, scope: Sequence[str]) -> int:
     if node is None:
         return 0
     nodes = store.descendants(node)
-    rows = store.rows_in_scopes(nodes)
     with store.tx() as db:
+        # read under the writer lock: a fact another writer just distilled goes too
+        rows = store.rows_in_scopes(nodes)
         store.delete_memories(db, rows)
         store.delete_clusters(db, nodes)
         for sid in nodes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from ..errors import StorageError
@@ -116,6 +116,33 @@ class SQLiteUpkeep(SQLiteConnection):
             ):
                 out.update(json.loads(prov))
         return out
+
+    def facts_citing(self, scope_ids: Iterable[int], ids: Iterable[str]) -> list[MemoryRow]:
+        """Facts of these scopes whose provenance cites any of ``ids`` (run inside the
+        deleting transaction: a fact written by another writer before it is seen)."""
+        wanted, scopes = set(ids), sorted(set(scope_ids))
+        hits: list[int] = []
+        for i in range(0, len(scopes) if wanted else 0, 500):
+            chunk = scopes[i : i + 500]
+            hits += [
+                int(n)
+                for n, prov in self.db.execute(
+                    f"SELECT n, provenance FROM memories WHERE kind = 'semantic'"
+                    f" AND scope_id IN ({qmarks(len(chunk))})",
+                    chunk,
+                )
+                if not wanted.isdisjoint(json.loads(prov))
+            ]
+        rows: list[MemoryRow] = []
+        for i in range(0, len(hits), 500):
+            chunk = hits[i : i + 500]
+            rows += [
+                memory_row(r)
+                for r in self.db.execute(
+                    f"SELECT {MEMORY_COLS} FROM memories WHERE n IN ({qmarks(len(chunk))})", chunk
+                )
+            ]
+        return rows
 
     def forget_candidates(
         self, scope_ids: Sequence[int], older_than_s: float, limit: int
