@@ -257,7 +257,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         """The :class:`~helamem.core.TurnRecorder` completed turns go through."""
         if self._recorder is None:
             store = self.helamem
-            self._recorder = TurnRecorder(store)
+            # searches of the store wait for its turns as long as reads here do
+            self._recorder = TurnRecorder(store, search_wait_timeout=self._config.wait_recorded_s)
             _PEERS.setdefault(store, weakref.WeakSet()).add(self)
         return self._recorder
 

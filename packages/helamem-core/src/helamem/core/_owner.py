@@ -8,6 +8,8 @@ The owner thread runs an event loop. Storage calls are plain callbacks on it,
 one at a time and in submission order, so they never overlap; the loop also
 hosts the background work that feeds them (the turn recorders' per-scope
 lanes, :mod:`._recorder_worker`), so recording needs no thread of its own.
+The memory knows those recorders (weakly), so that a search can first wait
+for the turns they accepted before it (:meth:`OwnedCore._wait_recorded`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import logging
 import os
 import re
 import threading
+import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from pydantic import ValidationError
 
@@ -36,6 +39,7 @@ from .errors import ConfigError, InvalidInputError, StorageError, StoreClosedErr
 from .llm import LLMClient
 from .storage.base import VectorIndex
 from .storage.sqlite import sqlite_errors
+from .types import normalize_prefix
 
 __all__ = ["KeepsPending", "OwnedCore"]
 
@@ -45,6 +49,14 @@ T = TypeVar("T")
 
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+class _Recorder(Protocol):
+    """What a search needs of a turn recorder (:mod:`._recorder_state`)."""
+
+    def _wait_settled_sync(self, prefix: tuple[str, ...], started: float) -> None: ...
+
+    async def _wait_settled(self, prefix: tuple[str, ...], started: float) -> None: ...
 
 
 class KeepsPending(Generic[T]):
@@ -128,6 +140,8 @@ class OwnedCore:
         self._finished = False  # storage released (owner thread only)
         self._exit_token: int | None = None  # closed at interpreter exit unless closed before
         self._flush_timer: asyncio.TimerHandle | None = None  # writes pending vectors
+        # turn recorders with turns not yet stored (or failed): searches wait for them
+        self._recorders: weakref.WeakSet[_Recorder] = weakref.WeakSet()  # under _lock
 
     @classmethod
     def from_path(
@@ -272,6 +286,42 @@ class OwnedCore:
                 # after turn recorders flush, before Python stops thread pools
                 self._exit_token = _exit.register(self, _close_at_exit, phase=_exit.CLOSE)
             self._loop.call_soon_threadsafe(callback)
+
+    def _add_recorder(self, recorder: _Recorder) -> None:
+        """A turn recorder has turns for this memory not yet stored: searches wait."""
+        with self._lock:
+            self._recorders.add(recorder)
+
+    def _remove_recorder(self, recorder: _Recorder) -> None:
+        """It has none (any more)."""
+        with self._lock:
+            self._recorders.discard(recorder)
+
+    def _recorders_to_wait_for(self) -> list[_Recorder]:
+        """The recorders a search must wait for: none on the owner thread (where their
+        lanes run: waiting would wait for itself) or once closed (the search raises)."""
+        if not self._recorders or self._closed or self._on_owner_thread():
+            return []
+        with self._lock:
+            return list(self._recorders)
+
+    def _wait_recorded(self, scope: Sequence[str]) -> None:
+        """Before a search of ``scope`` (a prefix): block until the turns every recorder
+        accepted before it, in scopes under it, are stored or failed (each recorder's
+        ``search_wait_timeout`` at most; it logs a WARNING past that)."""
+        recorders = self._recorders_to_wait_for()
+        if recorders:
+            prefix, started = normalize_prefix(scope), time.monotonic()
+            for rec in recorders:
+                rec._wait_settled_sync(prefix, started)
+
+    async def _await_recorded(self, scope: Sequence[str]) -> None:
+        """:meth:`_wait_recorded` without blocking the running event loop."""
+        recorders = self._recorders_to_wait_for()
+        if recorders:
+            prefix, started = normalize_prefix(scope), time.monotonic()
+            for rec in recorders:
+                await rec._wait_settled(prefix, started)
 
     def _on_owner_thread(self) -> bool:
         return self._owner is not None and threading.current_thread() is self._owner

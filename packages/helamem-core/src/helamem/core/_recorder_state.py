@@ -2,7 +2,9 @@
 
 Callers' threads and event loops and the lanes on the memory's owner loop
 (:mod:`._recorder_worker`) meet here; every field is guarded by ``_cond``
-unless noted.
+unless noted. Searches of the memory meet here too: before it searches, the
+memory has each of its recorders wait (bounded) until the turns it accepted
+in the searched scopes are stored or failed (:meth:`RecorderState._wait_settled`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
@@ -37,6 +40,8 @@ class RecorderState:
         consolidate_every: Turns of a scope between consolidations, or ``None``.
         concurrency: Most scopes processed at once.
         exit_timeout: Seconds spent storing queued turns at interpreter exit.
+        search_wait_timeout: Most seconds a search of the memory waits for this
+            recorder's earlier turns in its scopes.
     """
 
     def __init__(
@@ -46,16 +51,21 @@ class RecorderState:
         consolidate_every: int | None,
         concurrency: int,
         exit_timeout: float,
+        search_wait_timeout: float = 10.0,
     ) -> None:
         self.memory = memory
         self.max_pending = max_pending
         self.consolidate_every: int | None = consolidate_every
         self.concurrency = concurrency
         self.exit_timeout = float(exit_timeout)
+        self.search_wait_timeout = float(search_wait_timeout)
         # Everything below is guarded by _cond, except where noted.
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()  # not yet taken by the worker
         self._outstanding: dict[int, Job] = {}  # queued or in progress, by seq (in order)
+        # accepted and neither stored nor failed yet: what a search waits for (a
+        # turn leaves it before any consolidation it triggers runs)
+        self._unsettled: dict[int, Job] = {}
         self._next_seq = 0
         self._waiters: list[Waiter] = []
         self._failures: list[TurnFailure] = []
@@ -74,6 +84,7 @@ class RecorderState:
         self._lanes: dict[Scope, deque[Job]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
+        self._tracked = False  # the memory has this recorder among those searches wait for
 
     def _has_room_locked(self) -> bool:
         return self._closing or len(self._outstanding) < self.max_pending
@@ -171,4 +182,75 @@ class RecorderState:
     def _finish(self, job: Job) -> None:
         with self._cond:
             self._outstanding.pop(job.seq, None)
+            self._unsettled.pop(job.seq, None)
+            self._track_locked()
             self._wake_waiters_locked()
+
+    def _settle(self, jobs: list[Job]) -> None:
+        """``jobs`` are stored or failed: searches waiting for them may run."""
+        with self._cond:
+            for job in jobs:
+                self._unsettled.pop(job.seq, None)
+            self._track_locked()
+            self._wake_waiters_locked()
+
+    def _track_locked(self, busy: bool | None = None) -> None:
+        """Keep the memory's set of recorders with unsettled turns (held weakly there)
+        in step, so a search with nothing pending anywhere checks one empty set."""
+        busy = bool(self._unsettled) if busy is None else busy
+        if busy == self._tracked:
+            return
+        self._tracked = busy
+        track = getattr(self.memory, "_add_recorder" if busy else "_remove_recorder", None)
+        if callable(track):  # a stand-in memory without searches may lack them
+            track(self)
+
+    # -- searches wait for the turns recorded before them ---------------------
+
+    def _unsettled_under_locked(self, prefix: Scope) -> set[int] | None:
+        """Seqs of the turns not yet stored or failed in scopes under ``prefix``."""
+        if not self._unsettled:
+            return None
+        n = len(prefix)
+        return {seq for seq, job in self._unsettled.items() if job.scope[:n] == prefix} or None
+
+    def _warn_unsettled(self, prefix: Scope, left: int) -> None:
+        logger.warning(
+            "search in %r: %d turn(s) recorded before it in that scope were still not stored "
+            "after search_wait_timeout=%g s (the recorder is busy: a slow store, or a slow "
+            "consolidation before them); searching without them",
+            prefix,
+            left,
+            self.search_wait_timeout,
+        )
+
+    def _wait_settled_sync(self, prefix: Scope, started: float) -> None:
+        """Block until this recorder's turns accepted so far in scopes under ``prefix``
+        are stored or failed, at most until ``started + search_wait_timeout`` (then log
+        one WARNING). Never on the memory's owner thread: the memory checks that."""
+        with self._cond:
+            needed = self._unsettled_under_locked(prefix)
+            if needed is None:
+                return
+            remaining = started + self.search_wait_timeout - time.monotonic()
+            if self._cond.wait_for(lambda: self._unsettled.keys().isdisjoint(needed), remaining):
+                return
+            left = len(needed.intersection(self._unsettled))
+        self._warn_unsettled(prefix, left)
+
+    async def _wait_settled(self, prefix: Scope, started: float) -> None:
+        """:meth:`_wait_settled_sync` without blocking the running event loop."""
+        with self._cond:
+            needed = self._unsettled_under_locked(prefix)
+            if needed is None:
+                return
+        remaining = started + self.search_wait_timeout - time.monotonic()
+        try:
+            async with asyncio.timeout(max(0.0, remaining)):
+                await self._wait_async(lambda: self._unsettled.keys().isdisjoint(needed))
+            return
+        except TimeoutError:
+            with self._cond:
+                left = len(needed.intersection(self._unsettled))
+        if left:
+            self._warn_unsettled(prefix, left)

@@ -178,12 +178,13 @@ def check_options(
     consolidate_every: object,
     concurrency: object,
     exit_timeout: object,
+    search_wait_timeout: object = 10.0,
 ) -> int | None:
     """Validate the recorder's options; returns ``consolidate_every`` resolved.
 
     Raises:
         InvalidInputError: On a bad ``max_pending``, ``consolidate_every``,
-            ``concurrency`` or ``exit_timeout``.
+            ``concurrency``, ``exit_timeout`` or ``search_wait_timeout``.
     """
     if not all(callable(getattr(memory, m, None)) for m in ("_call_soon", "_on_owner_thread")):
         raise InvalidInputError(
@@ -193,14 +194,18 @@ def check_options(
     for name, value in (("max_pending", max_pending), ("concurrency", concurrency)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
-    if (
-        isinstance(exit_timeout, bool)
-        or not isinstance(exit_timeout, int | float)
-        or not 0 <= exit_timeout < float("inf")
+    for name, value in (
+        ("exit_timeout", exit_timeout),
+        ("search_wait_timeout", search_wait_timeout),
     ):
-        raise InvalidInputError(
-            f"exit_timeout must be a finite number of seconds >= 0, got {exit_timeout!r}"
-        )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value < float("inf")
+        ):
+            raise InvalidInputError(
+                f"{name} must be a finite number of seconds >= 0, got {value!r}"
+            )
     every: object = (
         _configured_every(memory) if consolidate_every == "config" else consolidate_every
     )

@@ -52,6 +52,8 @@ class RecorderWorker(RecorderState):
         self._next_seq += 1
         job.seq = seq
         self._outstanding[seq] = job
+        self._unsettled[seq] = job
+        self._track_locked()
         self._queue.append(job)
         if not self._scheduled:
             try:
@@ -59,6 +61,8 @@ class RecorderWorker(RecorderState):
             except BaseException:  # not accepted after all: nothing may wait for it
                 self._queue.remove(job)
                 del self._outstanding[seq]
+                del self._unsettled[seq]
+                self._track_locked()
                 raise
         return True
 
@@ -108,8 +112,10 @@ class RecorderWorker(RecorderState):
             task.add_done_callback(self._tasks.discard)
 
     def _unregister_exit(self) -> None:
+        """Closed and drained: nothing left to flush at exit, nothing for searches to wait for."""
         with self._cond:
             token, self._exit_token = self._exit_token, None
+            self._track_locked(busy=False)  # at exit, turns still being stored: not waited for
         if token is not None:
             _exit.unregister(token)
 
@@ -135,6 +141,8 @@ class RecorderWorker(RecorderState):
                 self._dropped += len(self._queue)
                 for job in self._queue:
                     self._outstanding.pop(job.seq, None)
+                    self._unsettled.pop(job.seq, None)
+                self._track_locked()
                 self._queue.clear()
                 self._wake_waiters_locked()
                 self._cond.wait_for(self._drained_locked, _EXIT_GRACE_S)
@@ -233,6 +241,7 @@ class RecorderWorker(RecorderState):
                         job.stored = True
                     except Exception as one:  # noqa: BLE001 (as above)
                         self._fail(job, "add_turn", one)
+        self._settle(batch)  # searches waiting for them go on; a consolidation comes after
         stored = [job for job in batch if job.stored]
         if stored:
             await self._after_store(stored)

@@ -278,6 +278,16 @@ class HelaMemory(UpkeepMethods):
     ) -> SearchResult:
         """Dual-path retrieval with spreading activation over learned edges.
 
+        It sees every turn a :class:`~helamem.core.hooks.TurnRecorder` of
+        this memory accepted before the call in the scopes it searches (the
+        scope, or every scope under the prefix): it first waits, in the
+        calling thread, until those turns are stored or failed (not for the
+        consolidations they trigger, nor for turns of other scopes; with
+        none pending it does not wait at all). The wait is bounded by each
+        recorder's ``search_wait_timeout`` (default 10 s); past it the
+        search runs without them and logs a WARNING. On the memory's owner
+        thread (inside an overridden ``aconsolidate``, say) it never waits.
+
         Args:
             query: What to look for.
             scope: A scope or a prefix of scopes (whole segments match:
@@ -322,20 +332,20 @@ class HelaMemory(UpkeepMethods):
             >>> [h.provenance for h in res]                 # doctest: +SKIP
             ['base', 'base', 'association']
         """
-        result = self._call(
-            self._plan_search(
-                query,
-                scope,
-                k,
-                learn,
-                spread,
-                reference_time,
-                kind,
-                semantic_k,
-                max_tokens,
-                count_tokens,
-            )
+        plan = self._plan_search(
+            query,
+            scope,
+            k,
+            learn,
+            spread,
+            reference_time,
+            kind,
+            semantic_k,
+            max_tokens,
+            count_tokens,
         )
+        self._wait_recorded(scope)  # sees every turn a TurnRecorder accepted before it
+        result = self._call(plan)
         note_used(result.ids)
         return result
 
@@ -439,25 +449,28 @@ class HelaMemory(UpkeepMethods):
     ) -> SearchResult:
         """Async :meth:`search`.
 
+        Sees the turns recorded before it as :meth:`search` does; it waits
+        for them without blocking the event loop.
+
         Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
         thread starts the search cancels it; once started, the search runs to
         the end on the owner thread, and with ``learn=True`` it learns, though
         the caller never sees its hits.
         """
-        result = await self._acall(
-            self._plan_search(
-                query,
-                scope,
-                k,
-                learn,
-                spread,
-                reference_time,
-                kind,
-                semantic_k,
-                max_tokens,
-                count_tokens,
-            )
+        plan = self._plan_search(
+            query,
+            scope,
+            k,
+            learn,
+            spread,
+            reference_time,
+            kind,
+            semantic_k,
+            max_tokens,
+            count_tokens,
         )
+        await self._await_recorded(scope)  # without blocking the event loop
+        result = await self._acall(plan)
         note_used(result.ids)
         return result
 

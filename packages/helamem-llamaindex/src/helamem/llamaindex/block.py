@@ -171,7 +171,10 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         if self._recorder is None or (self._own_recorder and self._recorder.memory is not memory):
             # its own recorder follows the memory when that was reopened (a closed one
             # accepts nothing); a shared recorder is its owner's
-            self._recorder, self._own_recorder = TurnRecorder(memory), True
+            self._recorder, self._own_recorder = (
+                TurnRecorder(memory, search_wait_timeout=min(self.read_timeout, 1e6)),  # finite
+                True,
+            )
         return self._recorder
 
     def _scope(self, session_id: str | None) -> Scope:
