@@ -387,3 +387,55 @@ def test_schemas_sharing_a_chroma_server_get_collections_of_their_own(
             m.add("x", A)
             names.append(m._call(lambda core: core.index._config.collection))
     assert names == ["helamem.tenant_a", "helamem.tenant_b"]
+
+
+def test_a_prefix_over_more_scope_nodes_than_postgresql_binds(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    """66,000 tenants under one prefix: more ids than a statement's 65,535 parameters."""
+    cfg = HelaMemConfig(path=tmp_path / "s", store=_pg(pg_server, tmp_path / "many"))
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        m.add_many(
+            [NewMemory(f"tenant {t} likes cats", ("users", str(t)), event_time=t) for t in (1, 2)]
+        )
+
+        def tenants(core: Any) -> None:  # empty tenants, in one statement (adding is slow)
+            users = core.store.find_scope(["users"])
+            with core.store.tx() as db:
+                db.execute(
+                    "INSERT INTO scopes(parent, name, path, depth) SELECT ?, CAST(g AS TEXT),"
+                    " '[\"users\", \"' || g || '\"]', 2 FROM generate_series(3, 66000) g",
+                    (users,),
+                )
+
+        m._call(tenants)
+        assert m._call(lambda c: len(c.store.descendants(c.store.find_scope(["users"])))) == 66_001
+        st = m.stats(("users",))
+        assert (st.memories, st.scopes, st.edges) == (2, 2, 0)
+        assert m.list_scopes(("users",)) == [("users", "1"), ("users", "2")]
+        assert m.search("cats", ("users",), k=5, learn=False).ids != []
+        assert m.decay(("users",)) == {"pruned": 0, "edges": 0}
+        assert [c.content for c in m.forget(("users",), older_than_s=0).candidates] == []
+        assert m.delete_scope(("users",)) == 2
+        assert m.stats(("users",)).memories == 0
+
+
+def test_a_statement_the_client_library_refuses_is_not_called_an_outage(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    from helamem.core.storage.postgres import connect_reader
+
+    pg = _pg(pg_server, tmp_path / "refused")
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s", store=pg), embedder=HashingEmbedder(64)):
+        pass
+    db = connect_reader(pg)
+    try:
+        too_many = list(range(65_536))  # libpq's limit is 65,535: nothing reaches the server
+        with pytest.raises(StorageError) as err:
+            db.execute(f"SELECT 1 WHERE 1 IN ({','.join('?' * len(too_many))})", too_many)
+        assert "number of parameters" in str(err.value)
+        assert "unreachable" not in str(err.value) and "PostgresConfig.dsn" not in str(err.value)
+        assert "client library" in str(err.value)
+        assert db.execute("SELECT 2").fetchone()[0] == 2  # the connection was intact
+    finally:
+        db.close()

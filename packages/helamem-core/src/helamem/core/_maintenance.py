@@ -330,7 +330,6 @@ def delete_scope(core: Core, scope: Sequence[str]) -> int:
         rows = store.rows_in_scopes(nodes)
         store.delete_memories(db, rows)
         store.delete_clusters(db, nodes)
-        for sid in nodes:
-            db.execute("DELETE FROM meta WHERE key = ?", (_mark_key(sid),))
+        store.delete_meta(db, [_mark_key(sid) for sid in nodes])
     core.reconcile()  # removes the vectors (tombstones)
     return len(rows)

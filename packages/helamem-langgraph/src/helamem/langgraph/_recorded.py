@@ -87,10 +87,10 @@ def recorded_items(
             "SELECT m.id, s.path, m.kind, m.content, m.role, m.event_time, m.created_at"
             f" FROM memories m JOIN scopes s ON s.id = m.scope_id WHERE {_recorded(core)}"
         )
-        params: tuple[int, ...] = ()
-        if ids is not None:
-            sql += f" AND m.scope_id IN ({','.join('?' * len(ids))})"
-            params = tuple(ids)
+        params: list[object] = []
+        if ids is not None:  # any number of scopes in one statement
+            among, params = core.store.ids_in("m.scope_id", ids)
+            sql += f" AND {among}"
         sql += " ORDER BY m.n DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"

@@ -109,15 +109,20 @@ def _secrets(dsn: str) -> list[str]:
     return sorted({s for s in found if s}, key=len, reverse=True)
 
 
-def pg_error(exc: psycopg.Error, what: str) -> StorageError:
+def pg_error(
+    exc: psycopg.Error, what: str, conn: psycopg.Connection[Any] | None = None
+) -> StorageError:
     """The typed HeLa-Mem error for a PostgreSQL failure, naming its cause and the fix.
 
     By SQLSTATE: :class:`DiskFullError` for a full disk (53100); a lost or
-    refused connection (class 08, or a broken connection); a serialization
-    failure or deadlock (class 40: retry); the write lock's timeout (55P03);
-    a statement timeout (57014); otherwise :class:`StorageError` with the
-    server's message (the caller raises it ``from exc``). A password in the
-    message is redacted.
+    refused connection (class 08, or an error without SQLSTATE that left
+    ``conn``, the connection it came from, closed or broken: unknown when not
+    given); a serialization failure or deadlock (class 40: retry); the write
+    lock's timeout (55P03); a statement timeout (57014); an error without
+    SQLSTATE on a connection still intact is the client library's own (libpq
+    refused the statement, e.g. too many parameters); otherwise
+    :class:`StorageError` with the server's message (the caller raises it
+    ``from exc``). A password in the message is redacted.
     """
     text = redacted(str(exc).strip() or type(exc).__name__)
     state = exc.sqlstate or ""
@@ -142,10 +147,17 @@ def pg_error(exc: psycopg.Error, what: str) -> StorageError:
             f"{what}: PostgreSQL aborted the transaction to keep concurrent ones consistent "
             f"({text}); nothing was written: retry the call"
         )
-    if state.startswith("08") or (isinstance(exc, psycopg.OperationalError) and not state):
+    client_side = isinstance(exc, psycopg.OperationalError) and not state
+    lost = conn is None or conn.closed or conn.broken
+    if state.startswith("08") or (client_side and lost):
         return StorageError(
             f"{what}: PostgreSQL is unreachable or refused the connection ({text}); check "
             f"that the server runs and that PostgresConfig.dsn names it"
+        )
+    if client_side:
+        return StorageError(
+            f"{what}: the PostgreSQL client library (libpq) refused the statement ({text}); "
+            f"the connection is intact: this is no outage"
         )
     return StorageError(f"{what}: {text}")
 
@@ -231,13 +243,13 @@ class PgConnection:
         except psycopg.OperationalError as exc:
             c = self._conn
             if not (retry and (c is None or c.closed or c.broken)):
-                raise pg_error(exc, "a PostgreSQL statement failed") from exc
+                raise pg_error(exc, "a PostgreSQL statement failed", self._conn) from exc
         except psycopg.Error as exc:
-            raise pg_error(exc, "a PostgreSQL statement failed") from exc
+            raise pg_error(exc, "a PostgreSQL statement failed", self._conn) from exc
         try:
             return self._execute(sql, params, head)
         except psycopg.Error as exc:
-            raise pg_error(exc, "a PostgreSQL statement failed") from exc
+            raise pg_error(exc, "a PostgreSQL statement failed", self._conn) from exc
 
     def _execute(self, sql: str, params: Sequence[Any], head: str) -> psycopg.Cursor[Any]:
         head = head.rstrip()
@@ -292,7 +304,7 @@ class PgConnection:
             with self.conn.cursor() as cur:
                 cur.executemany(translate(sql), rows)
         except psycopg.Error as exc:
-            raise pg_error(exc, "a PostgreSQL statement failed") from exc
+            raise pg_error(exc, "a PostgreSQL statement failed", self._conn) from exc
 
     @property
     def in_transaction(self) -> bool:

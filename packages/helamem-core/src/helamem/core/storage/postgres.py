@@ -331,6 +331,11 @@ class PostgresStore(SQLiteStore):
     # -- dialect -------------------------------------------------------------
 
     _JSON_FIELD = "(CAST({column} AS JSON) ->> '{key}')"  # as text, as SQLite's
+    _IDS_IN = "{column} = ANY(CAST(? AS BIGINT[]))"
+
+    @staticmethod
+    def _id_list(ids: list[int]) -> object:
+        return ids  # an array parameter
 
     @staticmethod
     def _ids_sql(where: str) -> str:

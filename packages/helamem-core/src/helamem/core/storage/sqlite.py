@@ -99,18 +99,16 @@ class SQLiteStore(SQLiteUpkeep):
 
     def nodes_holding(self, node_ids: Sequence[int], kind: str) -> list[int]:
         """The nodes among ``node_ids`` that hold memories of ``kind`` (index probes only)."""
-        out: list[int] = []
-        for i in range(0, len(node_ids), 500):
-            chunk = list(node_ids[i : i + 500])
-            out.extend(
-                int(r[0])
-                for r in self.db.execute(
-                    f"SELECT s.id FROM scopes s WHERE s.id IN ({qmarks(len(chunk))})"
-                    " AND EXISTS (SELECT 1 FROM memories m WHERE m.scope_id = s.id AND m.kind = ?)",
-                    (*chunk, kind),
-                )
+        among, params = self.ids_in("s.id", node_ids)
+        return [
+            int(r[0])
+            for r in self.db.execute(
+                f"SELECT s.id FROM scopes s WHERE {among}"
+                " AND EXISTS (SELECT 1 FROM memories m WHERE m.scope_id = s.id AND m.kind = ?)"
+                " ORDER BY s.id",
+                (*params, kind),
             )
-        return out
+        ]
 
     def scope_of(self, scope_id: int) -> tuple[str, ...]:
         r = self.db.execute("SELECT path FROM scopes WHERE id = ?", (scope_id,)).fetchone()
@@ -138,10 +136,10 @@ class SQLiteStore(SQLiteUpkeep):
             "SELECT path FROM scopes s"
             " WHERE EXISTS (SELECT 1 FROM memories m WHERE m.scope_id = s.id)"
         )
-        params: tuple[int, ...] = ()
+        params: list[object] = []
         if node_ids is not None:
-            sql += f" AND s.id IN ({qmarks(len(node_ids))})"
-            params = tuple(node_ids)
+            among, params = self.ids_in("s.id", node_ids)
+            sql += f" AND {among}"
         return sorted(tuple(json.loads(r[0])) for r in self.db.execute(sql, params))
 
     def insert_memory(
@@ -499,11 +497,11 @@ class SQLiteStore(SQLiteUpkeep):
         """Every edge touching any of ``ns``."""
         if not ns:
             return []
-        q = qmarks(len(ns))
+        (at_a, pa), (at_b, pb) = self.ids_in("a", ns), self.ids_in("b", ns)
         rows = self.db.execute(
-            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE a IN ({q}) "
-            f"UNION SELECT a, b, scope_id, weight, tick FROM edges WHERE b IN ({q})",
-            (*ns, *ns),
+            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE {at_a} "
+            f"UNION SELECT a, b, scope_id, weight, tick FROM edges WHERE {at_b}",
+            (*pa, *pb),
         ).fetchall()
         return [EdgeRow(int(a), int(b), int(s), float(w), int(t)) for a, b, s, w, t in rows]
 
@@ -511,10 +509,10 @@ class SQLiteStore(SQLiteUpkeep):
         """Edges with both ends in ``ns``."""
         if len(ns) < 2:
             return {}
-        q = qmarks(len(ns))
+        (at_a, pa), (at_b, pb) = self.ids_in("a", ns), self.ids_in("b", ns)
         rows = self.db.execute(
-            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE a IN ({q}) AND b IN ({q})",
-            (*ns, *ns),
+            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE {at_a} AND {at_b}",
+            (*pa, *pb),
         ).fetchall()
         return {
             (int(a), int(b)): EdgeRow(int(a), int(b), int(s), float(w), int(t))
@@ -522,10 +520,9 @@ class SQLiteStore(SQLiteUpkeep):
         }
 
     def edges_in_scopes(self, scope_ids: Sequence[int]) -> list[EdgeRow]:
-        q = qmarks(len(scope_ids))
+        among, params = self.ids_in("scope_id", scope_ids)
         rows = self.db.execute(
-            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE scope_id IN ({q})",
-            tuple(scope_ids),
+            f"SELECT a, b, scope_id, weight, tick FROM edges WHERE {among}", params
         ).fetchall()
         return [EdgeRow(int(a), int(b), int(s), float(w), int(t)) for a, b, s, w, t in rows]
 
@@ -568,10 +565,10 @@ class SQLiteStore(SQLiteUpkeep):
         db.executemany("DELETE FROM edges WHERE a = ? AND b = ?", list(keys))
 
     def counts(self, scope_ids: Sequence[int] | None) -> dict[str, float]:
-        where, params = "", tuple[int, ...]()
+        where, params = "", list[object]()
         if scope_ids is not None:
-            where = f" WHERE scope_id IN ({qmarks(len(scope_ids))})"
-            params = tuple(scope_ids)
+            among, params = self.ids_in("scope_id", scope_ids)
+            where = f" WHERE {among}"
         out: dict[str, float] = {"episodic": 0, "semantic": 0}
         for kind, count in self.db.execute(
             f"SELECT kind, COUNT(*) FROM memories{where} GROUP BY kind", params

@@ -462,6 +462,12 @@ class SQLiteConnection:
         r = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if r is None else str(r[0])
 
+    def delete_meta(self, db: sqlite3.Connection, keys: Sequence[str]) -> None:
+        """Delete these meta keys (those that exist), 500 to a statement."""
+        for i in range(0, len(keys), 500):
+            part = list(keys[i : i + 500])
+            db.execute(f"DELETE FROM meta WHERE key IN ({qmarks(len(part))})", part)
+
     def set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
         db.execute(
             "INSERT INTO meta(key, value) VALUES (?, ?) "

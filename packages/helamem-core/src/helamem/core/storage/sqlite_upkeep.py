@@ -19,7 +19,15 @@ from .sqlite_schema import (
     raw_content,
 )
 
-__all__ = ["SQLiteUpkeep"]
+__all__ = ["INLINE_IDS", "SQLiteUpkeep"]
+
+#: The longest id list a query binds as ``IN (?, ?, …)``, one parameter per id (so
+#: the planner sees each value); a longer one is bound as ONE parameter
+#: (:meth:`SQLiteUpkeep.ids_in`). A statement so never nears the engines' caps on
+#: parameters (SQLite's ``SQLITE_MAX_VARIABLE_NUMBER``: 999 before 3.32, 32,766 since;
+#: PostgreSQL's 65,535), however many scope nodes a prefix holds; 400 keeps a
+#: statement naming one list twice under SQLite's old 999.
+INLINE_IDS = 400
 
 
 class SQLiteUpkeep(SQLiteConnection):
@@ -54,6 +62,26 @@ class SQLiteUpkeep(SQLiteConnection):
         """Remove memories' texts from BM25 (their FTS5 rows); run before the rows change."""
         self._fts_writes += 1
         db.executemany("DELETE FROM memories_fts WHERE rowid = ?", [(n,) for n in ns])
+
+    #: ``column`` among ONE bound list of ids (:meth:`ids_in`; PostgresStore: its own).
+    _IDS_IN = "{column} IN (SELECT value FROM json_each(?))"
+
+    @staticmethod
+    def _id_list(ids: list[int]) -> object:
+        """The parameter of :attr:`_IDS_IN` (SQLite: a JSON array)."""
+        return json.dumps(ids)
+
+    @classmethod
+    def ids_in(cls, column: str, ids: Sequence[int]) -> tuple[str, list[object]]:
+        """SQL true where ``column`` is among the integer ``ids``, and its parameters: one
+        per id up to :data:`INLINE_IDS`, else one in all, so any number of ids fits one
+        statement on both engines (``1 = 0`` for none)."""
+        keys = [int(i) for i in ids]
+        if not keys:
+            return "1 = 0", []
+        if len(keys) <= INLINE_IDS:
+            return f"{column} IN ({qmarks(len(keys))})", list(keys)
+        return cls._IDS_IN.format(column=column), [cls._id_list(keys)]
 
     # -- writes shared by both engines ---------------------------------------
 
@@ -107,14 +135,11 @@ class SQLiteUpkeep(SQLiteConnection):
     def cited_ids(self, scope_ids: Sequence[int]) -> set[str]:
         """Episode ids that some fact of these scopes cites."""
         out: set[str] = set()
-        for i in range(0, len(scope_ids), 500):
-            chunk = list(scope_ids[i : i + 500])
-            for (prov,) in self.db.execute(
-                f"SELECT provenance FROM memories WHERE kind = 'semantic'"
-                f" AND scope_id IN ({qmarks(len(chunk))})",
-                chunk,
-            ):
-                out.update(json.loads(prov))
+        among, params = self.ids_in("scope_id", scope_ids)
+        for (prov,) in self.db.execute(
+            f"SELECT provenance FROM memories WHERE kind = 'semantic' AND {among}", params
+        ):
+            out.update(json.loads(prov))
         return out
 
     def facts_citing(self, scope_ids: Iterable[int], ids: Iterable[str]) -> list[MemoryRow]:
@@ -150,17 +175,17 @@ class SQLiteUpkeep(SQLiteConnection):
         """Never-accessed episodes older than ``older_than_s`` before their own scope's
         newest event (each scope by its own clock), oldest first, at most ``limit``: one
         query (each scope's newest in one grouped pass) whatever the number of scopes."""
-        q = qmarks(len(scope_ids))
+        among, params = self.ids_in("scope_id", scope_ids)
         cols = ", ".join(f"m.{c.strip()}" for c in MEMORY_COLS.split(","))
         return [
             memory_row(r)
             for r in self.db.execute(
                 f"SELECT {cols} FROM memories m JOIN (SELECT scope_id, MAX(event_time) AS"
-                f" newest FROM memories WHERE scope_id IN ({q}) GROUP BY scope_id) t"
+                f" newest FROM memories WHERE {among} GROUP BY scope_id) t"
                 f" ON m.scope_id = t.scope_id WHERE m.kind = 'episodic'"
                 f" AND m.access_count = 0 AND m.event_time < t.newest - ?"
                 f" ORDER BY m.event_time, m.n LIMIT ?",
-                (*scope_ids, older_than_s, limit),
+                (*params, older_than_s, limit),
             )
         ]
 
@@ -224,23 +249,22 @@ class SQLiteUpkeep(SQLiteConnection):
             below = found[-1]
 
     def rows_in_scopes(self, scope_ids: Sequence[int]) -> list[MemoryRow]:
-        q = qmarks(len(scope_ids))
+        among, params = self.ids_in("scope_id", scope_ids)
         return [
             memory_row(r)
-            for r in self.db.execute(
-                f"SELECT {MEMORY_COLS} FROM memories WHERE scope_id IN ({q})", tuple(scope_ids)
-            )
+            for r in self.db.execute(f"SELECT {MEMORY_COLS} FROM memories WHERE {among}", params)
         ]
 
     def newest_event(self, scope_ids: Sequence[int]) -> float | None:
-        q = qmarks(len(scope_ids))
+        among, params = self.ids_in("scope_id", scope_ids)
         r = self.db.execute(
-            f"SELECT MAX(event_time) FROM memories WHERE scope_id IN ({q})", tuple(scope_ids)
+            f"SELECT MAX(event_time) FROM memories WHERE {among}", params
         ).fetchone()
         return None if r[0] is None else float(r[0])
 
     def delete_clusters(self, db: sqlite3.Connection, scope_ids: Sequence[int]) -> None:
-        db.executemany("DELETE FROM clusters WHERE scope_id = ?", [(s,) for s in scope_ids])
+        among, params = self.ids_in("scope_id", scope_ids)
+        db.execute(f"DELETE FROM clusters WHERE {among}", params)
 
     @contextmanager
     def read_tx(self) -> Iterator[None]:
