@@ -23,7 +23,10 @@ from helamem.core.text import is_blank
 S = ("users", "alice")
 
 BAD_CONTENT = ["", "   ", "\n\t ", None, 42, b"bytes", ["list"]]
-BAD_SCOPES: list[Any] = [(), [], ("",), ("users", ""), ("users", 1), "users", None, ("a", None)]
+BAD_SCOPES: list[Any] = [
+    *[(), [], ("",), ("users", ""), ("users", 1), "users", None, ("a", None)],
+    *[("a\x00b",), ("users", "\x00")],  # NUL: PostgreSQL's text cannot hold it, so neither store
+]
 
 
 @pytest.fixture
@@ -63,6 +66,21 @@ def test_bad_scopes_are_rejected(seeded: HelaMemory, scope: Any) -> None:
     with pytest.raises(InvalidScopeError):
         seeded.add_turn(scope, "hi", "hello")
     _unchanged(seeded, before)
+
+
+def test_nul_in_a_scope_or_role_is_refused_alike_on_both_stores(seeded: HelaMemory) -> None:
+    before = seeded.stats()
+    with pytest.raises(InvalidScopeError, match=r"NUL .*replace\('\\x00', ''\)"):
+        seeded.add("hello", ("users", "a\x00b"))
+    for role in ["us\x00er", "\x00"]:
+        with pytest.raises(InvalidInputError, match=r"role .* contains NUL"):
+            seeded.add("hello", S, role=role)
+        with pytest.raises(InvalidInputError, match="NUL"):
+            seeded.add_many([NewMemory("fine", S), NewMemory("hello", S, role=role)])
+    with pytest.raises(InvalidInputError, match="lone surrogate"):  # was UnicodeEncodeError
+        seeded.add("hello", S, role="us\ud800er")
+    _unchanged(seeded, before)
+    assert seeded.add("hello", S, role="us er").role == "us er"  # anything else is kept
 
 
 def test_string_scope_error_names_the_fix(mem: HelaMemory) -> None:
@@ -211,7 +229,13 @@ def test_zero_width_space_alone_is_refused(mem: HelaMemory) -> None:
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=20),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_any_segments_make_a_valid_isolated_scope(mem: HelaMemory, segs: list[str]) -> None:
     scope = ("t", *segs)
     m = mem.add("scoped note", scope)

@@ -18,6 +18,7 @@ from helamem.core import (
     HelaMemConfig,
     HelaMemory,
     ImportConflictError,
+    InvalidInputError,
     Memory,
 )
 from helamem.core.storage.postgres import PG_SCHEMA_VERSION
@@ -240,6 +241,31 @@ def test_bad_files_are_refused_whole(
         mem.import_scope(path)
     st = mem.stats()
     assert (st.memories, st.edges, st.vectors) == (0, 0, 0)
+
+
+def test_an_export_holding_nul_is_refused_naming_the_line_then_imports_once_fixed(
+    mem: HelaMemory, tmp_path: Path
+) -> None:
+    """An export of an older SQLite store (which took NUL in a role or scope segment):
+    refused whole on both stores, naming the line and the fix; once fixed, imported."""
+    mem.add("standup at nine", (*ALICE, "work"), role="user")
+    mem.add("the deploy broke", ALICE, role="user")
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    mem.delete_scope(ALICE)
+    good = path.read_text()
+    for old, new in [('"role":"user"', '"role":"us\\u0000er"'), ('"work"', '"wo\\u0000rk"')]:
+        assert old in good
+        path.write_text(good.replace(old, new))
+        with pytest.raises(InvalidInputError, match=r"a\.jsonl line \d+: .*NUL.*\\u0000"):
+            mem.import_scope(path)
+        st = mem.stats()
+        assert (st.memories, st.edges, st.vectors, st.scopes) == (0, 0, 0, 0)
+        path.write_text(good.replace(old, new).replace("\\u0000", ""))  # the fix it names
+        assert mem.import_scope(path).memories == 2
+        assert sorted(m.role or "" for m in _all(mem, path)) == ["user", "user"]
+        assert mem.list_scopes(ALICE) == [ALICE, (*ALICE, "work")]
+        mem.delete_scope(ALICE)
 
 
 def test_export_of_unknown_scope_is_empty(mem: HelaMemory, tmp_path: Path) -> None:

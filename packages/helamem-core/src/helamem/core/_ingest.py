@@ -27,6 +27,7 @@ from .types import (
     Memory,
     NewMemory,
     Scope,
+    check_role,
     dump_json,
     normalize_scope,
     to_timestamp,
@@ -76,8 +77,7 @@ def prepare(
     """Validate one new memory (pure; raises before anything is written)."""
     content = check_content(item.content)
     scope = normalize_scope(item.scope)
-    if item.role is not None and not isinstance(item.role, str):
-        raise InvalidInputError(f"role must be a str or None, got {type(item.role).__name__}")
+    role = check_role(item.role)
     meta = item.metadata if item.metadata is not None else {}
     if not isinstance(meta, dict):
         raise InvalidInputError(f"metadata must be a dict, got {type(meta).__name__}")
@@ -91,7 +91,7 @@ def prepare(
         search_text=search_text,
         scope=scope,
         kind=kind,
-        role=item.role,
+        role=role,
         event_time=to_timestamp(item.event_time, default=now),
         metadata=dump_json(meta, "metadata"),
         keywords=dump_json(kws, "keywords"),

@@ -50,10 +50,10 @@ import numpy as np
 from . import dynamics
 from ._core import Core, scope_tag
 from ._maintenance import _mark_key
-from .errors import InvalidInputError, StorageError
+from .errors import InvalidInputError, InvalidScopeError, StorageError
 from .storage.base import EdgeRow, MemoryRow
 from .text import safe_text
-from .types import Scope, dump_json, normalize_scope
+from .types import Scope, check_role, dump_json, normalize_scope
 
 __all__ = [
     "FORMAT",
@@ -273,7 +273,23 @@ class _Reader:
         rel = self.get(obj, "scope", list)
         if not all(isinstance(s, str) and s for s in rel):
             raise self.error(f"scope {rel!r} is not a list of non-empty strings")
-        return tuple(rel)
+        try:
+            return normalize_scope(rel) if rel else ()
+        except InvalidScopeError as exc:  # NUL: an export of an older SQLite store
+            raise self.refused(exc) from exc
+
+    def role(self, obj: dict[str, Any]) -> str | None:
+        try:
+            return check_role(self.get(obj, "role", str, null=True))
+        except InvalidInputError as exc:
+            raise self.refused(exc) from exc
+
+    def refused(self, exc: InvalidInputError) -> InvalidInputError:
+        """``exc`` (a value no store accepts now) at this line, with the fix."""
+        return type(exc)(
+            f"{self.path} line {self.lineno}: {exc}; nothing was imported: replace it in the "
+            f"file (there NUL is written \\u0000) and import again"
+        )
 
     def json_text(self, obj: dict[str, Any], key: str, kind: type) -> str:
         value = self.get(obj, key, kind)
@@ -402,7 +418,7 @@ class _Importer:
                 kind=kind,
                 content=content,
                 search_text=safe_text(content),
-                role=r.get(o, "role", str, null=True),
+                role=r.role(o),
                 event_time=float(r.get(o, "event_time", float, int)),
                 created_at=float(r.get(o, "created_at", float, int)),
                 keywords=r.json_text(o, "keywords", list),

@@ -21,6 +21,7 @@ __all__ = [
     "Scope",
     "SearchResult",
     "TimeLike",
+    "check_role",
     "normalize_scope",
     "to_timestamp",
 ]
@@ -56,7 +57,8 @@ def normalize_scope(scope: object) -> Scope:
 
     Raises:
         InvalidScopeError: If the scope is not a non-empty sequence of
-            non-empty strings.
+            non-empty strings of valid Unicode without NUL (no backend can
+            hold NUL: PostgreSQL's text refuses it, so SQLite does too).
 
     Examples:
         >>> normalize_scope(["users", "alice"])
@@ -82,6 +84,12 @@ def normalize_scope(scope: object) -> Scope:
             )
         if not seg:
             raise InvalidScopeError(f"scope segment {i} is empty; every segment needs a name")
+        if "\x00" in seg:
+            raise InvalidScopeError(
+                f"scope segment {i} ({seg!r}) contains NUL (\\x00), which no backend stores "
+                f"(PostgreSQL's text cannot hold it); remove or replace it, e.g. "
+                f"seg.replace('\\x00', '')"
+            )
         try:
             seg.encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -90,6 +98,36 @@ def normalize_scope(scope: object) -> Scope:
                 f"be valid Unicode: decode bytes with errors='replace' first"
             ) from exc
     return tuple(scope)
+
+
+def check_role(role: object) -> str | None:
+    """A memory's role as given: ``None``, or a string of valid Unicode without NUL
+    (as a scope segment: no backend can hold NUL).
+
+    Raises:
+        InvalidInputError: ``role`` is not a str, or holds NUL or a lone surrogate.
+
+    Examples:
+        >>> check_role("user"), check_role(None)
+        ('user', None)
+    """
+    if role is None:
+        return None
+    if not isinstance(role, str):
+        raise InvalidInputError(f"role must be a str or None, got {type(role).__name__}")
+    if "\x00" in role:
+        raise InvalidInputError(
+            f"role {role!r} contains NUL (\\x00), which no backend stores (PostgreSQL's text "
+            f"cannot hold it); remove or replace it, e.g. role.replace('\\x00', '')"
+        )
+    try:
+        role.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"role {role!r} contains a lone surrogate ({exc.reason}); a role must be valid "
+            f"Unicode: decode bytes with errors='replace' first"
+        ) from exc
+    return role
 
 
 def to_timestamp(value: TimeLike | None, *, default: float) -> float:
