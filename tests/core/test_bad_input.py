@@ -97,7 +97,11 @@ def test_bad_k_is_rejected(seeded: HelaMemory, k: Any) -> None:
         seeded.search("first", S, k=k)
 
 
-@pytest.mark.parametrize("when", [math.nan, math.inf, -math.inf, 1e20, -1e20, "2023-01-01", True])
+@pytest.mark.parametrize(
+    "when",
+    [math.nan, math.inf, -math.inf, 1e20, -1e20, "2023-01-01", True]
+    + [pytest.param(n * 10**400, id=f"int{n:+}e400") for n in (1, -1)],
+)
 def test_bad_event_times_are_rejected(seeded: HelaMemory, when: Any) -> None:
     before = seeded.stats()
     with pytest.raises(InvalidInputError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,72 @@ def test_an_export_holding_nul_is_refused_naming_the_line_then_imports_once_fixe
         assert sorted(m.role or "" for m in _all(mem, path)) == ["user", "user"]
         assert mem.list_scopes(ALICE) == [ALICE, (*ALICE, "work")]
         mem.delete_scope(ALICE)
+
+
+def _set(kind: str, nth: int, **fields: Any) -> Any:
+    """An edit of an export's parsed lines: set ``fields`` on the ``nth`` line of ``kind``."""
+
+    def edit(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        [o for o in objs if o["type"] == kind][nth].update(fields)
+        return objs
+
+    return edit
+
+
+def _with_cluster(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cluster = {"type": "cluster", "scope": [], "signature": "s", "hub": "h", "facts": 1}
+    objs[-1]["clusters"] = 1
+    return [*objs[:-1], {**cluster, "distilled_at": 1e20}, objs[-1]]
+
+
+_NAN_VECTOR = base64.b64encode(np.full(256, np.nan, dtype="<f4").tobytes()).decode()
+_SHORT_VECTOR = base64.b64encode(np.ones(255, dtype="<f4").tobytes()).decode()
+
+
+@pytest.mark.parametrize(
+    ("edit", "raw", "line", "match"),
+    [  # a header, two memories (lines 2, 3), an edge (4), the scope (5), the end
+        (_set("memory", 0, event_time=1e20), None, 2, "'event_time' .* outside years"),
+        (_set("memory", 0, event_time=10**30), None, 2, "'event_time' .* outside years"),
+        (_set("memory", 1, created_at=-1e15), None, 3, "'created_at' .* outside years"),
+        (_set("memory", 0, last_access=1e20), None, 2, "'last_access' .* outside years"),
+        (_set("memory", 0, created_at=math.inf), None, 2, "not JSON .*Infinity"),
+        (_set("memory", 0, event_time=math.nan), None, 2, "not JSON .*NaN"),
+        (_set("memory", 1, event_time=7.25), ("7.25", "1e400"), 3, "not JSON .*1e400"),
+        (_set("memory", 1, content=" \u200b\t "), None, 3, "only whitespace"),
+        (_set("memory", 0, access_count=-1), None, 2, "'access_count' .* not in 0"),
+        (_set("memory", 0, access_count=2**64), None, 2, "'access_count' .* not in 0"),
+        (_set("memory", 0, id=" padded "), None, 2, "id must be"),
+        (_set("memory", 0, keywords=["ok", 7]), None, 2, "non-string"),
+        (_set("memory", 1, scope=["bad\ud800"]), None, 3, "lone surrogate"),
+        (_set("memory", 0, embedding=_NAN_VECTOR), None, 2, "NaN or infinite"),
+        (_set("memory", 0, embedding=_SHORT_VECTOR), None, 2, "1020 bytes"),
+        (_set("edge", 0, weight=50.0), None, 4, "'weight' .* not in \\[0, 1\\]"),
+        (_set("edge", 0, weight=-0.5), None, 4, "'weight'"),
+        (_set("edge", 0, tick=-1), None, 4, "'tick' .* not in 0"),
+        (_set("scope", 0, tick=-3), None, 5, "'tick' .* not in 0"),
+        (_with_cluster, None, 6, "'distilled_at' .* outside years"),
+    ],
+)
+def test_out_of_range_values_are_refused_whole(
+    mem: HelaMemory, tmp_path: Path, edit: Any, raw: tuple[str, str] | None, line: int, match: str
+) -> None:
+    """A hand-edited export with values add() refuses is refused, naming its line; the
+    store is unchanged and reads of every scope still work."""
+    mem.add_turn(ALICE, "hello there", "hi")
+    bob = mem.add("bob keeps bees", ("users", "bob"))
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    mem.delete_scope(ALICE)
+    objs = edit([json.loads(x) for x in path.read_text().splitlines()])
+    text = "".join(json.dumps(o) + "\n" for o in objs)
+    path.write_text(text if raw is None else text.replace(*raw))
+    with pytest.raises(ExportFormatError, match=f"line {line}: .*{match}"):
+        mem.import_scope(path)
+    st = mem.stats()
+    assert (st.memories, st.edges, st.vectors) == (1, 0, 1)
+    assert mem.search("bees", (), k=3, learn=False).ids == [bob.id]
+    assert mem.get(bob.id).content == "bob keeps bees"
 
 
 def test_export_of_unknown_scope_is_empty(mem: HelaMemory, tmp_path: Path) -> None:

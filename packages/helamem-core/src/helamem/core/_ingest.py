@@ -27,6 +27,7 @@ from .types import (
     Memory,
     NewMemory,
     Scope,
+    check_id,
     check_role,
     dump_json,
     normalize_scope,
@@ -53,24 +54,6 @@ class Prepared:
     linked: bool = True
 
 
-def _check_id(id: object) -> str | None:
-    """A caller-chosen memory id: 1-128 printable ASCII characters (or ``None``)."""
-    if id is None:
-        return None
-    if (
-        not isinstance(id, str)
-        or not 0 < len(id) <= 128
-        or not id.isascii()
-        or not id.isprintable()
-        or id != id.strip()
-    ):
-        raise InvalidInputError(
-            f"id must be 1-128 printable ASCII characters without surrounding spaces, "
-            f"got {id!r}; or pass id=None for a generated one"
-        )
-    return id
-
-
 def prepare(
     item: NewMemory, *, now: float, kind: Kind = "episodic", provenance: Sequence[str] = ()
 ) -> Prepared:
@@ -86,7 +69,7 @@ def prepare(
     if not all(isinstance(w, str) for w in kws):
         raise InvalidInputError("keywords must be strings")
     return Prepared(
-        id=_check_id(item.id),
+        id=check_id(item.id),
         content=content,
         search_text=search_text,
         scope=scope,

@@ -35,7 +35,6 @@ So any content, lone surrogates and NUL included, round-trips exactly.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import os
@@ -50,10 +49,11 @@ import numpy as np
 from . import dynamics
 from ._core import Core, scope_tag
 from ._maintenance import _mark_key
-from .errors import InvalidInputError, InvalidScopeError, StorageError
+from ._portable_read import ExportFormatError, MemoryLine, Reader
+from .errors import InvalidInputError, StorageError
 from .storage.base import EdgeRow, MemoryRow
 from .text import safe_text
-from .types import Scope, check_role, dump_json, normalize_scope
+from .types import Scope, normalize_scope
 
 __all__ = [
     "FORMAT",
@@ -71,10 +71,6 @@ logger = logging.getLogger(__name__)
 FORMAT = "helamem.scope"
 FORMAT_VERSION = 1
 _BATCH = 512
-
-
-class ExportFormatError(InvalidInputError):
-    """The file is not a complete HeLa-Mem scope export this version can read."""
 
 
 class ImportConflictError(InvalidInputError):
@@ -235,74 +231,10 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
 # -- import -----------------------------------------------------------------
 
 
-class _Reader:
-    """The lines of an export, parsed and checked one at a time."""
-
-    def __init__(self, path: Path, f: IO[str]) -> None:
-        self.path = path
-        self._f = f
-        self.lineno = 0
-
-    def error(self, why: str) -> ExportFormatError:
-        return ExportFormatError(
-            f"{self.path} line {self.lineno}: {why}; pass an unmodified file written by "
-            f"HelaMemory.export_scope()"
-        )
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for raw in self._f:
-            self.lineno += 1
-            try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                raise self.error(f"not JSON ({exc})") from exc
-            if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-                raise self.error("not an object with a 'type'")
-            yield obj
-
-    def get(self, obj: dict[str, Any], key: str, *types: type, null: bool = False) -> Any:
-        value = obj.get(key)
-        if value is None and null:
-            return None
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok:
-            raise self.error(f"field {key!r} of a {obj['type']} line is {value!r}")
-        return value
-
-    def rel(self, obj: dict[str, Any]) -> Scope:
-        rel = self.get(obj, "scope", list)
-        if not all(isinstance(s, str) and s for s in rel):
-            raise self.error(f"scope {rel!r} is not a list of non-empty strings")
-        try:
-            return normalize_scope(rel) if rel else ()
-        except InvalidScopeError as exc:  # NUL: an export of an older SQLite store
-            raise self.refused(exc) from exc
-
-    def role(self, obj: dict[str, Any]) -> str | None:
-        try:
-            return check_role(self.get(obj, "role", str, null=True))
-        except InvalidInputError as exc:
-            raise self.refused(exc) from exc
-
-    def refused(self, exc: InvalidInputError) -> InvalidInputError:
-        """``exc`` (a value no store accepts now) at this line, with the fix."""
-        return type(exc)(
-            f"{self.path} line {self.lineno}: {exc}; nothing was imported: replace it in the "
-            f"file (there NUL is written \\u0000) and import again"
-        )
-
-    def json_text(self, obj: dict[str, Any], key: str, kind: type) -> str:
-        value = self.get(obj, key, kind)
-        try:
-            return dump_json(value, key)
-        except InvalidInputError as exc:
-            raise self.error(str(exc)) from exc
-
-
 class _Importer:
     """One import, inside one write transaction."""
 
-    def __init__(self, core: Core, reader: _Reader, target: Scope, same_embedder: bool) -> None:
+    def __init__(self, core: Core, reader: Reader, target: Scope, same_embedder: bool) -> None:
         self.core = core
         self.store = core.store
         self.r = reader
@@ -314,8 +246,8 @@ class _Importer:
         self._tags: dict[tuple[str, int], str] = {}
         self.counts = {"memories": 0, "edges": 0, "scopes": 0, "clusters": 0}
         self.reembedded = 0
-        self._memories: list[dict[str, Any]] = []
-        self._edges: list[dict[str, Any]] = []
+        self._memories: list[MemoryLine] = []
+        self._edges: list[tuple[int, str, str, float, int]] = []  # line, a, b, weight, tick
 
     def node(self, rel: Scope) -> int:
         sid = self.nodes.get(rel)
@@ -330,6 +262,7 @@ class _Importer:
         return self._tags[key]
 
     def run(self, lines: Iterator[dict[str, Any]]) -> None:
+        dim = self.core.embedder.dimension
         for obj in lines:
             kind = obj["type"]
             if kind != "memory":
@@ -337,11 +270,13 @@ class _Importer:
             if kind != "edge":
                 self.flush_edges()
             if kind == "memory":
-                self._memories.append(obj)
+                self._memories.append(self.r.memory(obj, dim, self.same_embedder))
                 if len(self._memories) >= _BATCH:
                     self.flush_memories()
             elif kind == "edge":
-                self._edges.append(obj)
+                r = self.r
+                ends = (r.get(obj, "a", str), r.get(obj, "b", str))
+                self._edges.append((r.lineno, *ends, r.weight(obj), r.count(obj, "tick")))
                 if len(self._edges) >= _BATCH:
                     self.flush_edges()
             elif kind == "scope":
@@ -365,73 +300,47 @@ class _Importer:
         if not batch:
             return
         r = self.r
-        dim = self.core.embedder.dimension
-        ids = [r.get(o, "id", str) for o in batch]
-        if len(set(ids)) < len(ids):
-            raise r.error("a memory id appears twice")
-        clash = self.store.locate(ids)
+        seen: set[str] = set()
+        for m in batch:
+            if m.id in seen:
+                raise r.error(f"memory id {m.id!r} appears twice", m.line)
+            seen.add(m.id)
+        clash = self.store.locate(list(seen))
         if clash:
             mid, (_, sid) = next(iter(clash.items()))
             raise ImportConflictError(
                 f"memory {mid!r} already exists (scope {self.core._scope(sid)!r}); nothing was "
                 f"imported. Delete it (HelaMemory.delete_scope) or import into another store"
             )
-        contents: list[str] = []
-        vectors: list[bytes | None] = []
-        for o in batch:
-            content = r.get(o, "content", str)
-            raw = r.get(o, "content_raw", str, null=True)
-            if raw is not None:
-                try:
-                    content = base64.b64decode(raw, validate=True).decode("utf-8", "surrogatepass")
-                except (binascii.Error, ValueError) as exc:
-                    raise r.error(f"content_raw of {o['id']!r} is not base64 of UTF-8") from exc
-            contents.append(content)
-            vec = None
-            b64 = r.get(o, "embedding", str, null=True)
-            if b64 is not None and self.same_embedder:
-                try:
-                    packed = base64.b64decode(b64, validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    raise r.error(f"embedding of {o['id']!r} is not base64") from exc
-                if len(packed) == 4 * dim:
-                    vec = np.frombuffer(packed, dtype="<f4").astype(np.float32).tobytes()
-            vectors.append(vec)
+        vectors = [m.vector for m in batch]
         todo = [i for i, v in enumerate(vectors) if v is None]
         if todo:
-            fresh = self.core._embed([safe_text(contents[i]) for i in todo])
+            fresh = self.core._embed([safe_text(batch[i].content) for i in todo])
             for i, v in zip(todo, fresh, strict=True):
                 vectors[i] = np.asarray(v, dtype=np.float32).tobytes()
             self.reembedded += len(todo)
-        for o, content, vec in zip(batch, contents, vectors, strict=True):
-            kind = r.get(o, "kind", str)
-            if kind not in ("episodic", "semantic"):
-                raise r.error(f"kind {kind!r} is neither 'episodic' nor 'semantic'")
-            sid = self.node(r.rel(o))
-            last_access = r.get(o, "last_access", float, int, null=True)
+        for m, vec in zip(batch, vectors, strict=True):
+            sid = self.node(m.rel)
             assert vec is not None
             n = self.store.insert_memory(
                 self.db,
-                id=o["id"],
+                id=m.id,
                 scope_id=sid,
-                tags=self.tags(sid, kind),
-                kind=kind,
-                content=content,
-                search_text=safe_text(content),
-                role=r.role(o),
-                event_time=float(r.get(o, "event_time", float, int)),
-                created_at=float(r.get(o, "created_at", float, int)),
-                keywords=r.json_text(o, "keywords", list),
-                metadata=r.json_text(o, "metadata", dict),
-                provenance=r.json_text(o, "provenance", list),
+                tags=self.tags(sid, m.kind),
+                kind=m.kind,
+                content=m.content,
+                search_text=safe_text(m.content),
+                role=m.role,
+                event_time=m.event_time,
+                created_at=m.created_at,
+                keywords=m.keywords,
+                metadata=m.metadata,
+                provenance=m.provenance,
                 embedding=vec,
             )
-            count = r.get(o, "access_count", int)
-            if count or last_access is not None:
-                self.store.set_access(
-                    self.db, n, count, None if last_access is None else float(last_access)
-                )
-            self.kinds.add((kind, sid))
+            if m.access_count or m.last_access is not None:
+                self.store.set_access(self.db, n, m.access_count, m.last_access)
+            self.kinds.add((m.kind, sid))
         self.counts["memories"] += len(batch)
 
     def flush_edges(self) -> None:
@@ -439,19 +348,17 @@ class _Importer:
         if not batch:
             return
         r = self.r
-        ends = [(r.get(o, "a", str), r.get(o, "b", str)) for o in batch]
-        where = self.store.locate([i for pair in ends for i in pair])
+        where = self.store.locate([i for _, a, b, _, _ in batch for i in (a, b)])
         ours = set(self.nodes.values())
         rows: list[EdgeRow] = []
-        for o, (a, b) in zip(batch, ends, strict=True):
+        for line, a, b, weight, tick in batch:
             if a not in where or b not in where:
-                raise r.error(f"edge {a!r}-{b!r} refers to a memory not in the file")
+                raise r.error(f"edge {a!r}-{b!r} refers to a memory not in the file", line)
             (na, sa), (nb, sb) = where[a], where[b]
             if sa != sb or sa not in ours or na == nb:
-                raise r.error(f"edge {a!r}-{b!r} joins memories of different scopes")
+                raise r.error(f"edge {a!r}-{b!r} joins memories of different scopes", line)
             ka, kb = dynamics.edge_key(na, nb)
-            weight = float(r.get(o, "weight", float, int))
-            rows.append(EdgeRow(ka, kb, sa, weight, r.get(o, "tick", int)))
+            rows.append(EdgeRow(ka, kb, sa, weight, tick))
         self.store.upsert_edges(self.db, rows)
         self.counts["edges"] += len(batch)
 
@@ -467,7 +374,7 @@ class _Importer:
     def scope(self, obj: dict[str, Any]) -> None:
         sid = self.node(self.r.rel(obj))
         last = self._episode_n(obj, "last_episode", sid)
-        self.store.set_scope_state(self.db, sid, self.r.get(obj, "tick", int), last)
+        self.store.set_scope_state(self.db, sid, self.r.count(obj, "tick"), last)
         mark = self._episode_n(obj, "consolidated_upto", sid)
         self.store.set_meta(self.db, _mark_key(sid), str(mark or 0))
         self.counts["scopes"] += 1
@@ -479,13 +386,13 @@ class _Importer:
             self.node(r.rel(obj)),
             r.get(obj, "signature", str),
             r.get(obj, "hub", str),
-            r.get(obj, "facts", int),
-            float(r.get(obj, "distilled_at", float, int)),
+            r.count(obj, "facts", 2**31 - 1),
+            r.time(obj, "distilled_at"),
         )
         self.counts["clusters"] += 1
 
 
-def _header(reader: _Reader, lines: Iterator[dict[str, Any]]) -> dict[str, Any]:
+def _header(reader: Reader, lines: Iterator[dict[str, Any]]) -> dict[str, Any]:
     head = next(lines, None)
     if head is None or head.get("type") != "header" or head.get("format") != FORMAT:
         raise reader.error(f"the first line is not a {FORMAT!r} header")
@@ -507,7 +414,7 @@ def export_embedder(path: str | os.PathLike[str]) -> tuple[str, int]:
     """
     p = Path(path)
     with p.open(encoding="utf-8") as f:
-        reader = _Reader(p, f)
+        reader = Reader(p, f)
         emb = _header(reader, iter(reader))["embedder"]
         return str(reader.get(emb, "name", str)), int(reader.get(emb, "dimension", int))
 
@@ -531,7 +438,7 @@ def import_scope(
             f"cannot read {source}: {exc}; pass the path of a file written by export_scope()"
         ) from exc
     with f:
-        reader = _Reader(source, f)
+        reader = Reader(source, f)
         lines = iter(reader)
         head = _header(reader, lines)
         target = normalize_scope(reader.rel(head) if scope is None else scope)

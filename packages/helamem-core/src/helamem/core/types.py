@@ -147,7 +147,7 @@ def to_timestamp(value: TimeLike | None, *, default: float) -> float:
             value = value.replace(tzinfo=UTC)
         ts = value.timestamp()
     elif isinstance(value, int | float):
-        ts = float(value)
+        ts = float(value) if isinstance(value, float) or abs(value) < 2**62 else math.inf
     else:
         raise InvalidInputError(
             f"event_time must be a datetime or POSIX seconds, got {type(value).__name__}"
@@ -155,6 +155,24 @@ def to_timestamp(value: TimeLike | None, *, default: float) -> float:
     if not math.isfinite(ts) or not _MIN_TIMESTAMP <= ts <= _MAX_TIMESTAMP:
         raise InvalidInputError(f"event_time {value!r} is outside years 1..9999; pass a real date")
     return ts
+
+
+def check_id(id: object) -> str | None:
+    """A caller-chosen memory id: 1-128 printable ASCII characters (or ``None``)."""
+    if id is None:
+        return None
+    if (
+        not isinstance(id, str)
+        or not 0 < len(id) <= 128
+        or not id.isascii()
+        or not id.isprintable()
+        or id != id.strip()
+    ):
+        raise InvalidInputError(
+            f"id must be 1-128 printable ASCII characters without surrounding spaces, "
+            f"got {id!r}; or pass id=None for a generated one"
+        )
+    return id
 
 
 def _dt(ts: float | None) -> datetime | None:
