@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 import subprocess
 import sys
 import textwrap
@@ -180,6 +181,47 @@ def test_a_lost_or_damaged_index_is_rebuilt(tmp_path: Path, make_mem: Any, damag
     with make_mem(path, **SMALL) as mem:
         assert _lexical(mem, "w3 w4") == pytest.approx(before)
         assert _serving(mem)
+
+
+def _damage_positions(lx_dir: Path) -> None:
+    """Overwrite the body of every segment's positions file in place (its footer kept,
+    so tantivy opens it and panics reading it; an open index sees it through mmap)."""
+    files = list(lx_dir.glob("*.pos"))
+    assert files
+    for f in files:
+        data = f.read_bytes()
+        footer = 8 + struct.unpack("<I", data[-8:-4])[0]
+        with f.open("r+b") as out:
+            out.write(b"\xff" * (len(data) - footer))
+
+
+@pytest.mark.parametrize("when", ["while-open", "before-open"])
+def test_a_panicking_index_falls_back_to_fts5_and_is_rebuilt(
+    tmp_path: Path, make_mem: Any, when: str
+) -> None:
+    """Damaged segment files make tantivy panic (pyo3's PanicException, a BaseException):
+    FTS5 answers instead, and the index is rebuilt from the store."""
+    path = tmp_path / "t"
+    texts = _texts(random.Random(4), 40)
+    with make_mem(path, **SMALL) as mem:
+        mem.add_many([NewMemory(t, SCOPE) for t in texts])
+        before = _lexical(mem, "w3 w4")
+        assert _serving(mem) and before
+        if when == "while-open":
+            _damage_positions(path / "lexical")
+            assert _lexical(mem, "w3 w4").keys() == before.keys()  # FTS5's answer
+            assert mem.search("w3 w4", SCOPE, k=3, learn=False)
+            lx = _index(mem)
+            assert lx._damaged and not _serving(mem)
+            lx._retry_at = 0.0  # instead of waiting RETRY_S
+            assert _lexical(mem, "w3 w4") == pytest.approx(before)
+            assert _serving(mem) and not lx._damaged
+    if when == "before-open":
+        _damage_positions(path / "lexical")
+    with make_mem(path, **SMALL) as mem:
+        assert _lexical(mem, "w3 w4") == pytest.approx(before)
+        assert _serving(mem)
+        assert mem.search("w3 w4", SCOPE, k=3, learn=False)
 
 
 def _child(path: Path, body: str) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,10 @@ derived from it, like the vector index:
   document with key 0) and commit with it atomically; they advance only once
   that commit succeeded (a failed commit is rolled back). A killed process
   leaves the last commit; the next holder carries on from its mark. An index
-  that does not open (deleted, damaged, another version) is rebuilt from FTS5.
+  that does not open (deleted, damaged, another version) is rebuilt from FTS5;
+  so is one whose files turn out damaged later: tantivy then panics (a
+  ``pyo3_runtime.PanicException``, a ``BaseException``), which becomes a
+  :class:`StorageError` (FTS5 answers) and marks the index for rebuilding.
 * **Another SQLite file.** The state document also holds the store's key
   (a random number in its ``meta`` table, written when the index is first
   built): an index met beside another store's file, or beside a backup older
@@ -59,7 +62,8 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +87,28 @@ _STATE = 0  # the key of the document holding the mark (memory keys start at 1)
 
 _claims_guard = threading.Lock()
 _claimed: set[str] = set()  # index directories held by a store of this process
+
+
+class _PanicError(ValueError):
+    """Tantivy panicked (the index's files are damaged): rebuild the index."""
+
+
+def _is_panic(exc: BaseException) -> bool:
+    # pyo3 names the type pyo3_runtime.PanicException but makes no module to import it from
+    kind = type(exc)
+    return kind.__module__ == "pyo3_runtime" and kind.__name__ == "PanicException"
+
+
+@contextmanager
+def _panics_as_errors() -> Iterator[None]:
+    """Turn a tantivy panic into :class:`_PanicError` (a ``ValueError``, which every
+    caller handles); anything else passes unchanged."""
+    try:
+        yield
+    except BaseException as exc:
+        if not _is_panic(exc):
+            raise
+        raise _PanicError(f"tantivy panicked, the index's files are damaged: {exc}") from exc
 
 
 def _schema() -> Any:
@@ -145,6 +171,7 @@ class LexicalIndex:
         self._seq = 0
         self._store_id = 0  # the store whose rows these are (0: none yet)
         self._checked = False  # the state was checked against the store since opening
+        self._damaged = False  # tantivy panicked: rebuild on the next open
         self._lock = ProcessLock(path.parent / "lexical.lock")
         self._retry_at = 0.0  # while another store holds it: when to try again
         self.held_elsewhere = False  # another process (or store) holds the index
@@ -170,15 +197,19 @@ class LexicalIndex:
         try:
             # only the holder gets here, so only it may delete or rebuild the directory
             try:
-                index = self._load()
+                with _panics_as_errors():
+                    index = None if self._damaged else self._load()
             except ValueError as exc:  # damaged or foreign: derived, so rebuilt
                 logger.warning("lexical index at %s unreadable (%s); rebuilding it", self.path, exc)
                 index = None
             if index is None:
                 index = self._create()
+                self._damaged = False
             try:
-                writer = index.writer(heap_size=self.heap_bytes, num_threads=1)
+                with _panics_as_errors():
+                    writer = index.writer(heap_size=self.heap_bytes, num_threads=1)
             except ValueError as exc:
+                self._damaged = isinstance(exc, _PanicError)
                 raise StorageError(
                     f"cannot open the lexical index at {self.path}: {exc}; delete the "
                     f"directory (it is rebuilt from the store) or set "
@@ -189,7 +220,8 @@ class LexicalIndex:
             raise
         self.held_elsewhere = False
         self._index, self._writer = index, writer
-        self._read_state()
+        with _panics_as_errors():
+            self._read_state()
         return True
 
     def _release(self) -> None:
@@ -223,7 +255,8 @@ class LexicalIndex:
         if writer is None:
             return
         try:
-            writer.wait_merging_threads()  # consumes the writer, releasing tantivy's lock
+            with _panics_as_errors():
+                writer.wait_merging_threads()  # consumes the writer, releasing tantivy's lock
         except ValueError as exc:  # a failed merge: the committed segments stand
             logger.warning("lexical index %s: merging failed at close: %s", self.path, exc)
         finally:
@@ -242,10 +275,11 @@ class LexicalIndex:
         try:
             if not self._open():
                 return
-            self._writer.delete_all_documents()
-            self._commit(0, 0, self._store_id)
+            with _panics_as_errors():
+                self._writer.delete_all_documents()
+                self._commit(0, 0, self._store_id)
         except (ValueError, OSError) as exc:
-            self._abandon()
+            self._abandon(exc)
             raise StorageError(f"lexical index at {self.path}: emptying failed: {exc}") from exc
 
     # -- state -------------------------------------------------------------
@@ -282,16 +316,27 @@ class LexicalIndex:
         self._index.reload()
         self._searcher = self._index.searcher()
 
-    def _abandon(self) -> None:
+    def _abandon(self, exc: BaseException | None = None) -> None:
         """After a failure: drop what was staged and go back to the last commit (or,
-        when that fails too, let go of the index); FTS5 serves for ``RETRY_S``."""
+        when that fails too, let go of the index); FTS5 serves for ``RETRY_S``.
+        After a panic (``exc``), let go of the index and rebuild it then."""
         self._checked = False
         self._retry_at = time.monotonic() + RETRY_S
+        if isinstance(exc, _PanicError):
+            logger.warning(
+                "lexical index %s is damaged; FTS5 answers, it is rebuilt from the store in %.0f s",
+                self.path,
+                RETRY_S,
+            )
+            self._damaged = True
+            self.close()
+            return
         if self._writer is None:  # it never opened: nothing staged
             return
         try:
-            self._writer.rollback()
-            self._read_state()
+            with _panics_as_errors():
+                self._writer.rollback()
+                self._read_state()
         except (ValueError, OSError) as exc:
             logger.warning("lexical index %s: let go after a failure: %s", self.path, exc)
             self.close()
@@ -318,9 +363,10 @@ class LexicalIndex:
                 return None
             if not self._open():
                 return None
-            return self._catch_up(store)
+            with _panics_as_errors():
+                return self._catch_up(store)
         except (ValueError, OSError) as exc:
-            self._abandon()
+            self._abandon(exc)
             raise StorageError(
                 f"lexical index at {self.path} failed: {exc}; FTS5 answers meanwhile (retried "
                 f"in {RETRY_S:.0f} s). If the directory cannot be written, free or fix it, "
@@ -458,8 +504,11 @@ class LexicalIndex:
             )
             q = tantivy.Query.boolean_query([(tantivy.Occur.Must, scope), (tantivy.Occur.Must, q)])
         try:
-            hits = self._searcher.search(q, limit, count=False).hits
-            ns = self._searcher.fast_field_values("n", [a for _, a in hits])
+            with _panics_as_errors():
+                hits = self._searcher.search(q, limit, count=False).hits
+                ns = self._searcher.fast_field_values("n", [a for _, a in hits])
         except ValueError as exc:
+            if isinstance(exc, _PanicError):
+                self._abandon(exc)
             raise StorageError(f"lexical index search failed: {exc}") from exc
         return [(int(n), float(s)) for (s, _), n in zip(hits, ns, strict=True) if n]
