@@ -248,6 +248,28 @@ def test_garbage_pages_raise_corrupt_store_error(
     assert "writable" not in str(info.value)
 
 
+@pytest.mark.sqlite_only  # SQLite's own file
+@pytest.mark.parametrize("at", [0.2, 0.5, 0.8])
+def test_a_damaged_page_met_on_open_is_a_corrupt_store_error(
+    tmp_path: Path, make_mem: Any, at: float
+) -> None:
+    """The first read after opening (the vector index counting its vectors) meets the
+    damage: CorruptStoreError naming `helamem check PATH`, not a bare StorageError."""
+    path = tmp_path / "s"
+    with make_mem(path) as mem:
+        mem.add_many(
+            [NewMemory(f"memory {i} " + "pad " * 20, (*A, str(i % 3))) for i in range(900)]
+        )
+    f = path / "helamem.sqlite3"
+    data = bytearray(f.read_bytes())
+    page = 4096 * int(len(data) // 4096 * at)
+    data[page : page + 4096] = b"\xff" * 4096
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="corrupt") as info, make_mem(path) as mem:
+        mem.stats()
+    assert f"helamem check {path}" in str(info.value)
+
+
 # -- case 11: any embedder failure is an EmbeddingError -------------------------
 
 

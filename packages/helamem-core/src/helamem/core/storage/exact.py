@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import StorageError
+from .sqlite_schema import storage_error
 
 __all__ = ["ExactVectors"]
 
@@ -122,7 +123,7 @@ class ExactVectors:
             )
             db.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot open {self._path} for vector search: {exc}") from exc
+            raise storage_error(exc, self._path, "cannot open the store for vector search") from exc
         self._db = db
 
     def close(self) -> None:
@@ -143,7 +144,7 @@ class ExactVectors:
         try:
             return list(self.db.execute(sql, tuple(params)).fetchall())
         except sqlite3.Error as exc:
-            raise StorageError(f"{what} failed on {self._path}: {exc}") from exc
+            raise storage_error(exc, self._path, f"{what} failed") from exc
 
     # -- index metadata (kept in SQLite's meta table) ----------------------
 
@@ -163,7 +164,7 @@ class ExactVectors:
                     db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StorageError(f"could not record {key!r} in {self._path}: {exc}") from exc
+            raise storage_error(exc, self._path, f"could not record {key!r}") from exc
 
     def _read_meta(self, key: str) -> str | None:
         rows = self._sql("reading index metadata", "SELECT value FROM meta WHERE key = ?", [key])
@@ -189,7 +190,7 @@ class ExactVectors:
                         db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise StorageError(f"could not record the store id in {self._path}: {exc}") from exc
+                raise storage_error(exc, self._path, "could not record the store id") from exc
             return self._read_meta(_STORE_ID_KEY) or sid
 
     def promoted(self) -> set[Key]:
@@ -243,7 +244,7 @@ class ExactVectors:
                         db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise StorageError(f"could not record a promoted scope: {exc}") from exc
+                raise storage_error(exc, self._path, "could not record a promoted scope") from exc
         return True
 
     def mark_indexed(self, ns: Sequence[int], ids: Sequence[str]) -> None:
@@ -263,7 +264,7 @@ class ExactVectors:
                         db.execute("ROLLBACK")
                     raise
         except sqlite3.Error as exc:
-            raise StorageError(f"could not mark vectors indexed in {self._path}: {exc}") from exc
+            raise storage_error(exc, self._path, "could not mark vectors indexed") from exc
 
     # -- counts and rows ---------------------------------------------------
 
@@ -465,7 +466,7 @@ class ExactVectors:
             try:
                 self.db.execute("BEGIN")  # one snapshot for fingerprints and rows
             except sqlite3.Error as exc:
-                raise StorageError(f"vector search could not read {self._path}: {exc}") from exc
+                raise storage_error(exc, self._path, "vector search: reading failed") from exc
             try:
                 fps = self._fingerprints(keys)
                 entries = [self._entry(key, fp) for key, fp in fps.items()]

@@ -72,6 +72,7 @@ import tantivy
 from ..errors import StorageError
 from .lock import ProcessLock
 from .sqlite import SQLiteStore
+from .sqlite_schema import storage_error
 
 __all__ = ["LexicalIndex"]
 
@@ -377,7 +378,7 @@ class LexicalIndex:
             self._abandon()
             if isinstance(exc, StorageError):
                 raise
-            raise StorageError(f"lexical index: reading the store failed: {exc}") from exc
+            raise storage_error(exc, store._path, "lexical index: reading failed") from exc
 
     def _check(self, store: SQLiteStore) -> int:
         """The store's key (made on first use); an index of another store, or of a

@@ -15,7 +15,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 
-from ..errors import CorruptStoreError, InvalidInputError, StorageError
+from ..errors import CorruptStoreError, InvalidInputError
 from .base import EdgeRow, MemoryRow, RankRow
 from .sqlite_schema import (
     MEMORY_COLS,
@@ -411,8 +411,8 @@ class SQLiteStore(SQLiteUpkeep):
                 "ORDER BY r LIMIT ?",
                 (q, after, limit) if after else (q, limit),
             ).fetchall()
-        except sqlite3.OperationalError as exc:
-            raise StorageError(f"lexical search failed for {match!r}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self._path, f"lexical search failed for {match!r}") from exc
         return [(int(r[0]), -float(r[1])) for r in rows]
 
     def term_stats(self, words: Sequence[str]) -> tuple[int, list[int]]:
@@ -447,7 +447,7 @@ class SQLiteStore(SQLiteUpkeep):
                     )
                 )
         except sqlite3.Error as exc:
-            raise StorageError(f"term statistics failed: {exc}") from exc
+            raise storage_error(exc, self._path, "term statistics failed") from exc
         df = self._df
         return self._df_rows, [min((df[t] for t in self._stems[w]), default=0) for w in words]
 

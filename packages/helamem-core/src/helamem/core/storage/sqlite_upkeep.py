@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-from ..errors import StorageError
 from .base import MemoryRow
 from .sqlite_schema import (
     MEMORY_COLS,
@@ -17,6 +16,7 @@ from .sqlite_schema import (
     memory_row,
     qmarks,
     raw_content,
+    storage_error,
 )
 
 __all__ = ["INLINE_IDS", "SQLiteUpkeep"]
@@ -273,7 +273,7 @@ class SQLiteUpkeep(SQLiteConnection):
         try:
             db.execute("BEGIN DEFERRED")
         except sqlite3.Error as exc:
-            raise StorageError(f"could not start a read transaction: {exc}") from exc
+            raise storage_error(exc, self._path, "could not start a read transaction") from exc
         try:
             yield
         finally:
