@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from .errors import ConfigError
+
 __all__ = [
     "ChromaConfig",
     "ConsolidationConfig",
@@ -448,6 +450,11 @@ class HelaMemConfig(_Frozen):
         Args:
             environ: Mapping to read instead of ``os.environ``.
             **overrides: Fields that win over the environment.
+
+        Raises:
+            ConfigError: ``HELAMEM_CHROMA_HOST`` is empty, ``HELAMEM_CHROMA_PORT``
+                is not a port (1-65535) or ``HELAMEM_CHROMA_SSL`` not a boolean
+                (``1``/``true``/``yes``/``on``, ``0``/``false``/``no``/``off``).
         """
         env = os.environ if environ is None else environ
         data: dict[str, Any] = {}
@@ -462,11 +469,11 @@ class HelaMemConfig(_Frozen):
             data["embedder"] = EmbedderConfig(**emb)
         chroma: dict[str, Any] = {}
         if "HELAMEM_CHROMA_HOST" in env:
-            chroma.update(mode="http", host=env["HELAMEM_CHROMA_HOST"])
+            chroma.update(mode="http", host=_env_host(env, "HELAMEM_CHROMA_HOST"))
         if "HELAMEM_CHROMA_PORT" in env:
-            chroma["port"] = int(env["HELAMEM_CHROMA_PORT"])
+            chroma["port"] = _env_port(env, "HELAMEM_CHROMA_PORT")
         if "HELAMEM_CHROMA_SSL" in env:
-            chroma["ssl"] = env["HELAMEM_CHROMA_SSL"].lower() in {"1", "true", "yes"}
+            chroma["ssl"] = _env_bool(env, "HELAMEM_CHROMA_SSL")
         if "HELAMEM_COLLECTION" in env:
             chroma["collection"] = env["HELAMEM_COLLECTION"]
         if chroma:
@@ -485,3 +492,36 @@ class HelaMemConfig(_Frozen):
             data["store"] = PostgresConfig(**pg)
         data.update(overrides)
         return cls(**data)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env[name]
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ConfigError(
+        f"{name}={raw!r} is not a boolean; set it to one of {', '.join(_TRUE)} (on) or "
+        f"{', '.join(_FALSE)} (off)"
+    )
+
+
+def _env_port(env: Mapping[str, str], name: str) -> int:
+    raw = env[name]
+    value = raw.strip()
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
+        raise ConfigError(f"{name}={raw!r} is not a TCP port; set it to a number from 1 to 65535")
+    return int(value)
+
+
+def _env_host(env: Mapping[str, str], name: str) -> str:
+    raw = env[name]
+    if not raw.strip() or raw != raw.strip():
+        raise ConfigError(
+            f"{name}={raw!r} is not a host name; set it to the Chroma server's host name or "
+            f"address (e.g. localhost or 10.0.0.5), or unset it for the embedded store"
+        )
+    return raw
