@@ -22,7 +22,12 @@ MAX_LINES = 600
 #: Modules that stay pure (no I/O, no storage): the helamem modules each may import.
 PURE = {
     "helamem.core.dynamics": set(),
-    "helamem.core.retrieval": {"helamem.core.dynamics", "helamem.core.config"},
+    "helamem.core.association": set(),
+    "helamem.core.retrieval": {
+        "helamem.core.dynamics",
+        "helamem.core.config",
+        "helamem.core.association",
+    },
 }
 #: The packages that sit on top of the engine and may use only its public modules.
 ON_TOP = ("helamem.langgraph", "helamem.llamaindex", "helamem.autogen", "helamem.bench")

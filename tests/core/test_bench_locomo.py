@@ -19,7 +19,7 @@ from helamem.bench.locomo import (
     render_markdown,
     run_locomo,
 )
-from helamem.core import HashingEmbedder
+from helamem.core import HashingEmbedder, RetrievalConfig
 from helamem.core.cli import main
 
 
@@ -525,16 +525,17 @@ def test_agent_loop_graph_shape_reads_postgres(data: Path, tmp_path: Path, pg_se
 
 
 def test_association_reranker_script_runs(data: Path, tmp_path: Path) -> None:
-    """benchmarks/association_reranker.py (README): every model scored, on 10 hits."""
+    """benchmarks/association_reranker.py (README): every variant scored on 10 hits, the
+    variant chosen per conversation, a model fitted on all that the config accepts."""
     stdout, res = _run_benchmark("association_reranker.py", data, tmp_path)
-    assert "| learned rerank |" in stdout
-    assert res["questions"] == 6  # categories 1-4 of the tiny file
-    assert list(res["rerank"]) == [
-        "own only",
-        "own + association",
-        "own + association + speaker",
-    ]
-    for r in res["rerank"].values():
-        assert set(r) == {"all", *(k for k in r if k != "all")} and 0 <= r["all"] <= 1
-        hits = round(r["all"] * res["questions"])
-        assert abs(r["all"] - hits / res["questions"]) < 1e-3  # whole questions
+    assert "| selection='learned', leave-one-conversation-out |" in stdout
+    n = res["questions"]
+    assert n == 6  # categories 1-4 of the tiny file
+    figures = [res["fusion"], res["final"], res["shipped (in sample)"]]
+    figures += [r["all"] for r in res["learned"].values()]
+    figures.append(res["learned, variant chosen leave-one-out"])
+    for r in figures:
+        assert 0 <= r <= 1 and abs(r * n - round(r * n)) < 1e-3  # whole questions
+    assert set(res["chosen"].values()) <= set(res["learned"])
+    model = tuple(tuple(p) for p in res["fit on all"]["model"])
+    RetrievalConfig(association_model=model)  # names the config accepts

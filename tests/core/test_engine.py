@@ -93,8 +93,9 @@ def _story(mem: HelaMemory) -> tuple[str, str]:
 
 
 def test_spreading_surfaces_memory_with_no_shared_word(make_mem: Any, tmp_path: Path) -> None:
-    # k=2 with half the slots open to association hits (the default share, 0.2, opens none)
-    with make_mem(tmp_path / "s", association_share=0.5) as mem:
+    # k=2 with half the slots open to association hits; the spread activation picks them
+    # ("final": the learned model is fitted on long conversations, not a 12-memory story)
+    with make_mem(tmp_path / "s", association_share=0.5, selection="final") as mem:
         _spreading_surfaces(mem)
 
 

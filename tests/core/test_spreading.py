@@ -52,6 +52,7 @@ def test_two_hops_reach_the_neighbours_neighbour(tmp_path: Path, store_config: S
         "spread_seeds": 1,
         "max_boost": 1.0,
         "association_share": 1.0,  # k=3: room for both lifted memories
+        "selection": "final",  # the spread activation lifts them
     }
     with _open(tmp_path / "one", store_config, spread_hops=1, **params) as one:
         cat, weather, vet = _chain(one)

@@ -37,8 +37,15 @@ TOPICS = ["cat miso chased a mouse", "hiking trip to the alps", "pizza recipe wi
 # hops reach nearly every memory, every boost hits the cap and nothing is
 # lifted; the isolation checks need association hits to inspect.
 # k=4 searches: half the slots open to association hits, so isolation is checked on them too
+# The spread activation picks them ("final"): the learned selection reads the same
+# candidates, so what isolation holds for these holds for it too.
 RETRIEVAL = RetrievalConfig(
-    spread_seeds=2, spread_hops=1, max_boost=0.3, association_share=0.5, association_gate=1.0
+    spread_seeds=2,
+    spread_hops=1,
+    max_boost=0.3,
+    association_share=0.5,
+    association_gate=1.0,
+    selection="final",
 )
 
 

@@ -374,7 +374,7 @@ class SearchOps(LearningOps):
         if spread and cfg.activation_alpha > 0 and cfg.max_flipped > 0:
             # the seeds need only base activations; the pool is ranked once, below
             seeds = retrieval.seeds(retrieval.base_activations(pool, cfg, ref), cfg)
-            triples, prunable = self._seed_edges(seeds, rows)
+            triples, prunable, first = self._seed_edges(seeds, rows)
             if triples:
                 extra_ns = {j for _, j, _ in triples if j not in rows}
                 extra = {
@@ -391,6 +391,8 @@ class SearchOps(LearningOps):
                     edges=triples,
                     neighbours=self._pool(extra, qv, {}, qtok),
                     lexical_mass=mass,
+                    first_hop=first,
+                    learned=kind == "episodic",
                 )
         if ranking is None:  # no spreading, or no edge from a seed
             ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref, lexical_mass=mass)
@@ -427,18 +429,23 @@ class SearchOps(LearningOps):
             np.array([lex.get(n, 0.0) for n in ns], dtype=np.float64),
             np.array([rows[n].event_time for n in ns], dtype=np.float64),
             self._late(qtok, ns),
+            np.array([rows[n].chars for n in ns], dtype=np.float64),
+            np.array([rows[n].question for n in ns], dtype=np.float64),
         )
 
     def _seed_edges(
         self, seeds: dict[int, float], rows: dict[int, RankRow]
-    ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int]]]:
+    ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int]], set[tuple[int, int]]]:
+        """``(seed, neighbour, weight)`` to spread over, the edges to prune and the
+        ``(seed, neighbour)`` pairs one edge apart."""
         if not seeds:
-            return [], []
+            return [], [], set()
         prunable: list[tuple[int, int]] = []
         edges = _EdgeReader(self)  # each node's edges and each scope's tick read once
         triples = [
             (s, j, w) for s, lst in self._strongest(seeds, prunable, edges).items() for w, j in lst
         ]
+        first = {(s, j) for s, j, _ in triples}
         if self.config.retrieval.spread_hops > 1 and triples:
             triples.extend(self._second_hop(seeds, triples, prunable, edges))
         cfg = self.config.retrieval
@@ -458,7 +465,7 @@ class SearchOps(LearningOps):
                 )
                 for s, j, w in triples
             ]
-        return triples, prunable
+        return triples, prunable, first
 
     def _strength(self, nodes: Collection[int], edges: _EdgeReader) -> dict[int, float]:
         """Each node's strength: the sum of its edges' decayed weights."""

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from .association import FEATURES
 from .errors import ConfigError
 
 __all__ = [
@@ -29,6 +30,35 @@ __all__ = [
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+ASSOCIATION_MODEL: tuple[tuple[str, float], ...] = (
+    ("bias", -5.0775),
+    ("maxsim", 1.3009),
+    ("cosine", -0.3113),
+    ("bm25_share", 2.592),
+    ("bm25_match", -0.5611),
+    ("question", -0.9448),
+    ("base", -2.1038),
+    ("base_rank", 0.3578),
+    ("top_k", 0.4055),
+    ("length", 0.7743),
+    ("neighbour", -1.5821),
+    ("seed_maxsim", -0.1729),
+    ("seed_base", 4.1667),
+    ("seed_rank", 1.0913),
+    ("before_2", -0.7531),
+    ("before_1", -1.5192),
+    ("after_1", -1.8355),
+    ("after_2", -0.4456),
+    ("answer", 2.2405),
+)
+"""The default ``RetrievalConfig.association_model``: logistic weights over
+:data:`helamem.core.association.FEATURES` (raw feature units), fitted on all
+seven conversations of the LoCoMo dev split with MiniLM
+(``benchmarks/association_reranker.py --fit``). Held out, each conversation
+scored by weights fitted on the other six, R@10 at 10 hits is 0.827 against
+0.788 for ``selection="final"`` and 0.749 for fusion (README, Benchmarks)."""
 
 
 class DynamicsConfig(_Frozen):
@@ -135,18 +165,33 @@ class RetrievalConfig(_Frozen):
             what a hub collects).
         max_flipped: At most this many association hits (memories that
             spreading lifted into the top-k) per search.
-        selection: Where association hits go. ``"final"`` (default): within
+        selection: Where association hits go. ``"learned"`` (default): as
+            ``"final"``, but the ranking that association hits climb is
+            ``association_model``'s score of every candidate instead of the
+            spread activation (see :mod:`helamem.core.association`); for
+            facts, and without edges to spread over, it is ``"final"``.
+            ``"final"``: within
             the k slots, each displacing the base hit with the lowest final
             score, so a search returns at most k episodic hits; ``"base"``:
             within the k slots, displacing the lowest base hits; ``"append"``:
             the reference implementation's top-k plus the association hits
             (up to ``k + max_flipped``). See :func:`helamem.core.dynamics.select`.
-        association_share: Within k (``selection`` "final" or "base"),
+        association_model: ``(feature, weight)`` pairs (and ``"bias"``) of
+            the logistic model that ``selection="learned"`` scores candidates
+            with; the default was fitted on the LoCoMo dev split (see the
+            README's Benchmarks section for its leave-one-conversation-out
+            figures).
+        association_share: Within k (``selection`` "learned", "final" or "base"),
             association hits take at most this share of the k slots, so the
             best base hits always stay.
         association_gate: Within k, an association hit displaces a base hit
             only if its relevance is at least the base hit's minus this margin
-            (0: never a more relevant memory; 1: no gate).
+            (0: never a more relevant memory; 1: no gate). 0.5 and
+            ``association_share`` 0.5 were chosen with ``selection="learned"``
+            by leave-one-conversation-out on the LoCoMo dev split (7 of 7
+            folds; held-out R@10 0.827, the same as no gate; gate 0.2 gave
+            0.809, share 0.2 0.820); ``selection="final"`` was chosen at
+            share 0.2 and gate 0.2.
         fan_power: p of hub-resistant spreading: every edge followed is
             scaled by ``min(1, R/S_i)^p · min(1, R/S_j)^p`` for its two ends'
             total edge weights S (0: off). See
@@ -215,9 +260,10 @@ class RetrievalConfig(_Frozen):
     spread_hops: int = Field(2, ge=1, le=2)
     max_boost: float = Field(1.0, ge=0.0)
     max_flipped: int = Field(5, ge=0)
-    selection: Literal["final", "base", "append"] = "final"
-    association_share: float = Field(0.2, ge=0.0, le=1.0)
-    association_gate: float = Field(0.2, ge=0.0, le=1.0)
+    selection: Literal["learned", "final", "base", "append"] = "learned"
+    association_model: tuple[tuple[str, float], ...] = ASSOCIATION_MODEL
+    association_share: float = Field(0.5, ge=0.0, le=1.0)
+    association_gate: float = Field(0.5, ge=0.0, le=1.0)
     fan_power: float = Field(0.5, ge=0.0, le=2.0)
     fan_reference: float = Field(1.0, gt=0.0)
     learn_top: int = Field(2, ge=0)
@@ -231,6 +277,16 @@ class RetrievalConfig(_Frozen):
     lexical_index: Literal["auto", "fts5"] = "auto"
     lexical_index_min: int = Field(50_000, ge=1)
     lexical_index_tail: int = Field(1_000, ge=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _check_model(self) -> RetrievalConfig:
+        unknown = [f for f, _ in self.association_model if f != "bias" and f not in FEATURES]
+        if unknown:
+            raise ValueError(
+                f"association_model names unknown features {unknown}; use 'bias' or one of "
+                f"helamem.core.association.FEATURES: {', '.join(FEATURES)}"
+            )
+        return self
 
 
 class EmbedderConfig(_Frozen):

@@ -8,13 +8,13 @@ ranking is the same whichever executor (sync or async) runs it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from . import dynamics
+from . import association, dynamics
 from .config import RetrievalConfig
 
 __all__ = [
@@ -43,6 +43,10 @@ class Pool:
     event_times: FloatArray
     late: FloatArray | None = None
     """MaxSim late-interaction scores (:func:`maxsim`), or ``None`` without them."""
+    chars: FloatArray | None = None
+    """Each memory's length in characters (``None``: unknown, read as 0)."""
+    question: FloatArray | None = None
+    """1 where a memory's text ends with "?" (``None``: unknown, read as 0)."""
 
 
 def maxsim_packed(
@@ -200,6 +204,9 @@ class Ranking:
     via: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     relevance: dict[int, float] = field(default_factory=dict)
     """Absolute relevance in [0, 1] of every ranked memory (see :func:`relevance`)."""
+    candidates: association.Candidates | None = None
+    """With ``selection="learned"``, the features the model scored (for explanation
+    and for fitting it: ``benchmarks/association_reranker.py``)."""
 
     @property
     def returned(self) -> list[int]:
@@ -370,6 +377,8 @@ def rank(
     edges: Sequence[tuple[int, int, float]] = (),
     neighbours: Pool | None = None,
     lexical_mass: float = 0.0,
+    first_hop: Collection[tuple[int, int]] = (),
+    learned: bool = True,
 ) -> Ranking:
     """Rank a candidate pool, spreading activation over ``edges``.
 
@@ -389,6 +398,11 @@ def rank(
             they are scored against the pool's statistics.
         lexical_mass: The sum of BM25 idf over the query's words (0: no
             lexical evidence), for :func:`relevance`.
+        first_hop: The ``(seed, neighbour)`` pairs of ``edges`` that are one
+            edge (the others took two hops), for ``selection="learned"``.
+        learned: ``False`` ranks as ``selection="final"`` even when the
+            config says ``"learned"`` (the model is fitted on episodes; facts
+            use the final rule).
     """
     norm = _norm(pool)
     base = base_activations(pool, config, ref_time, norm)
@@ -398,6 +412,7 @@ def rank(
     boost: dict[int, float] = {}
     via: dict[int, list[tuple[int, float]]] = {}
     final = dict(base)
+    own_activation = final  # before boosts: pool and reached neighbours
     if edges:
         if neighbours is not None and neighbours.ns:
             extra = base_activation(
@@ -417,19 +432,28 @@ def rank(
         boost, via = dynamics.spread(
             seeds(base, config), edges, config.activation_alpha, config.max_boost
         )
+        own_activation = dict(final)
         for n, b in boost.items():
             final[n] = final[n] + b
     # an association hit's relevance comes from its seeds' own; a base hit keeps its own
     lifted_rel = dict(rel)
     for n, paths in via.items():
         lifted_rel[n] = propagated_relevance(rel.get(n, 0.0), [(rel[s], w) for s, w in paths])
-    top_by_base = sorted(pool.ns, key=lambda n: (-base[n], n))[:k]
+    order = sorted(pool.ns, key=lambda n: (-base[n], n))
+    top_by_base = order[:k]
+    mode = config.selection
+    candidates = None
+    if mode == "learned":
+        mode = "final"
+        if edges and learned:
+            candidates = _candidates(pool, neighbours, own_activation, order, k, via, first_hop)
+            final = association.scores(candidates, config.association_model)
     base_top, assoc = dynamics.select(
         {n: base[n] for n in pool.ns},
         final,
         k,
         config.max_flipped if edges else 0,
-        config.selection,
+        mode,
         config.association_share,
         {**lifted_rel, **{n: rel[n] for n in top_by_base}},  # victims: their own
         config.association_gate,
@@ -439,5 +463,43 @@ def rank(
     base_all = dict(base)
     if neighbours is not None:
         for n in assoc:
-            base_all.setdefault(n, final[n] - boost.get(n, 0.0))
-    return Ranking(base_top, assoc, base_all, boost, via, rel)
+            base_all.setdefault(n, own_activation[n])
+    return Ranking(base_top, assoc, base_all, boost, via, rel, candidates)
+
+
+def _candidates(
+    pool: Pool,
+    neighbours: Pool | None,
+    activation: Mapping[int, float],
+    order: Sequence[int],
+    k: int,
+    via: Mapping[int, Sequence[tuple[int, float]]],
+    first_hop: Collection[tuple[int, int]],
+) -> association.Candidates:
+    """The pool's and the reached neighbours' :func:`association.features`."""
+    parts = [pool] if neighbours is None or not neighbours.ns else [pool, neighbours]
+
+    def column(name: str) -> FloatArray:
+        return np.concatenate(
+            [
+                np.zeros(len(p.ns)) if (v := getattr(p, name)) is None else np.asarray(v)
+                for p in parts
+            ]
+        )
+
+    ns = [n for p in parts for n in p.ns]
+    times = np.concatenate([p.event_times for p in parts]).tolist()
+    norm = _norm(pool)
+    cosine = _z(column("dense"), norm.dense_mean, norm.dense_sd)
+    # without token vectors the pooled cosine stands in for MaxSim, as in the base
+    # activation, so a model fitted with late interaction still ranks sensibly
+    late = cosine if pool.late is None else _z(column("late"), norm.late_mean, norm.late_sd)
+    own = {
+        "maxsim": late,
+        "cosine": cosine,
+        "bm25": column("lexical"),
+        "question": column("question"),
+        "chars": column("chars"),
+    }
+    order_key = {n: (t, n) for n, t in zip(ns, times, strict=True)}
+    return association.features(own, ns, activation, order, k, via, first_hop, order_key)

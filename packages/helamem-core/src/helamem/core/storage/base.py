@@ -51,6 +51,10 @@ class RankRow:
     kind: str
     event_time: float
     embedding: bytes | None
+    chars: int = 0
+    """Length of the content in characters."""
+    question: bool = False
+    """The content ends with "?" (trailing whitespace aside)."""
 
     def vector(self) -> npt.NDArray[np.float32] | None:
         if self.embedding is None:

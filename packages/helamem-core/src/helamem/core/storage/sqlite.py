@@ -230,10 +230,11 @@ class SQLiteStore(SQLiteUpkeep):
                 if keys
             )
             for r in self.db.execute(
-                f"SELECT n, id, scope_id, kind, event_time, embedding FROM memories WHERE {where}",
-                [*chunk_ids, *chunk_ns],
+                "SELECT n, id, scope_id, kind, event_time, embedding, length(content),"
+                f" rtrim(content, ?) LIKE ? FROM memories WHERE {where}",
+                [" \t\r\n", "%?", *chunk_ids, *chunk_ns],
             ):
-                out[r[0]] = RankRow(r[0], r[1], r[2], r[3], r[4], r[5])
+                out[r[0]] = RankRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
         return out
 
     def unindexed(self, limit: int = 10_000) -> list[MemoryRow]:

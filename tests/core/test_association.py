@@ -1,0 +1,161 @@
+"""``selection="learned"``: the association model's features and what it may select."""
+
+from __future__ import annotations
+
+import doctest
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from helamem.core import HelaMemConfig, HelaMemory, MiniLMEmbedder, RetrievalConfig, association
+from helamem.core.config import ASSOCIATION_MODEL
+from helamem.core.retrieval import Pool, rank
+
+F = {f: i for i, f in enumerate(association.FEATURES)}
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(association).failed == 0
+
+
+def _own(n: int) -> dict[str, list[float]]:
+    return {
+        "maxsim": [0.1 * i for i in range(n)],
+        "cosine": [0.0] * n,
+        "bm25": [float(i % 2) for i in range(n)],
+        "question": [float(i == 0) for i in range(n)],
+        "chars": [200.0] * n,
+    }
+
+
+def test_features_of_a_seed_and_its_neighbours() -> None:
+    # pool 1 (a question), 2, 3; 4 one edge after 1, 5 two hops before 1, 6 unreached
+    ns = [1, 2, 3, 4, 5, 6]
+    base = {1: 0.9, 2: 0.5, 3: 0.4, 4: 0.2, 5: 0.1, 6: 0.0}
+    times = {1: (10.0, 1), 2: (20.0, 2), 3: (30.0, 3), 4: (11.0, 4), 5: (5.0, 5), 6: (1.0, 6)}
+    c = association.features(
+        _own(6), ns, base, [1, 2, 3], 2, {4: [(1, 0.5)], 5: [(1, 0.25)]}, {(1, 4)}, times
+    )
+    row = dict(zip(c.ns, c.x, strict=True))
+    assert row[1][F["base_rank"]] == 1.0 and row[1][F["top_k"]] == 1.0
+    assert row[3][F["base_rank"]] == pytest.approx(1 / 3) and row[3][F["top_k"]] == 0.0
+    assert row[2][F["bm25_share"]] == 1.0 and row[3][F["bm25_match"]] == 0.0
+    assert row[1][F["length"]] == 1.0 and row[1][F["question"]] == 1.0
+    four, five, six = row[4], row[5], row[6]
+    assert four[F["neighbour"]] == 1.0 and four[F["after_1"]] == 1.0
+    assert four[F["answer"]] == 1.0  # one edge after a question
+    assert four[F["seed_base"]] == 0.9 and four[F["seed_rank"]] == 1.0
+    assert four[F["seed_maxsim"]] == 0.0
+    assert four[F["base_rank"]] == 0.0 and four[F["base"]] == 0.2  # outside the pool
+    assert five[F["before_2"]] == 1.0 and five[F["answer"]] == 0.0
+    assert five[F["after_1"]] == five[F["before_1"]] == 0.0
+    assert not six[F["neighbour"] :].any()  # unreached: no association features
+
+
+def test_the_best_ranked_seed_describes_a_neighbour_reached_twice() -> None:
+    times = {n: (float(n), n) for n in range(1, 5)}
+    c = association.features(
+        _own(4), [1, 2, 3, 4], {1: 0.9, 2: 0.8, 3: 0.1, 4: 0.0}, [1, 2, 3], 3,
+        {4: [(2, 0.9), (1, 0.1)]}, {(2, 4)}, times,
+    )  # fmt: skip
+    x = c.x[3]
+    assert x[F["seed_rank"]] == 1.0 and x[F["seed_base"]] == 0.9  # seed 1, two hops
+    assert x[F["after_2"]] == 1.0 and x[F["after_1"]] == 0.0
+
+
+def test_scores_and_unknown_features() -> None:
+    c = association.Candidates((5,), np.ones((1, len(association.FEATURES))))
+    assert association.scores(c, [("bias", -1.0), ("base", 2.0)]) == {5: 1.0}
+    with pytest.raises(ValueError, match="unknown association feature 'nope'"):
+        association.scores(c, [("nope", 1.0)])
+    with pytest.raises(ValidationError, match="association_model names unknown features"):
+        RetrievalConfig(association_model=(("nope", 1.0),))
+    assert {f for f, _ in ASSOCIATION_MODEL} <= {"bias", *association.FEATURES}
+
+
+def _pool(n: int, seed: int) -> Pool:
+    rng = np.random.default_rng(seed)
+    return Pool(
+        tuple(range(n)),
+        rng.uniform(-0.2, 0.9, n),
+        np.where(rng.random(n) < 0.5, rng.uniform(0, 8, n), 0.0),
+        np.arange(n, dtype=np.float64),
+        rng.uniform(0, 0.9, n),
+        rng.uniform(10, 300, n),
+        (rng.random(n) < 0.2).astype(np.float64),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.integers(1, 12),
+    max_flipped=st.integers(0, 6),
+    share=st.sampled_from([0.0, 0.2, 0.5, 1.0]),
+)
+def test_learned_selection_keeps_k_and_the_caps(
+    seed: int, k: int, max_flipped: int, share: float
+) -> None:
+    """At most k hits, at most min(max_flipped, share * k) outside the base top-k,
+    and the base hits kept are the best of the base top-k by the model."""
+    pool = _pool(20, seed)
+    extra = Pool(
+        (100, 101, 102), np.full(3, 0.1), np.zeros(3), np.array([0.5, 1.5, 2.5]),
+        np.full(3, 0.1), np.full(3, 50.0), np.zeros(3),
+    )  # fmt: skip
+    rng = np.random.default_rng(seed + 1)
+    model = tuple((f, float(rng.normal(0, 3))) for f in association.FEATURES)
+    cfg = RetrievalConfig(
+        spreading_threshold=0.0,
+        max_flipped=max_flipped,
+        association_share=share,
+        association_gate=1.0,
+        association_model=model,
+    )
+    edges = [(s, j, 0.5) for s in range(4) for j in (100, 101, 102)]
+    r = rank(pool, k=k, config=cfg, ref_time=20.0, edges=edges, neighbours=extra,
+             first_hop={(s, 100) for s in range(4)})  # fmt: skip
+    assert r.candidates is not None and set(r.candidates.ns) == {*pool.ns, *extra.ns}
+    base_top = sorted(pool.ns, key=lambda n: (-r.base[n], n))[:k]
+    assert len(r.returned) == len(set(r.returned)) <= k
+    assert set(r.base_top) <= set(base_top)
+    assert len(r.associations) <= min(max_flipped, int(share * k + 1e-9))
+    assert not set(r.associations) & set(base_top)
+    score = association.scores(r.candidates, model)
+    dropped = set(base_top) - set(r.base_top)
+    if dropped and r.base_top:  # the lowest-scored base hits made room
+        assert max(score[n] for n in dropped) <= min(score[n] for n in r.base_top) + 1e-12
+
+
+def test_without_edges_or_for_facts_the_final_rule_ranks() -> None:
+    pool = _pool(12, 3)
+    cfg = RetrievalConfig(spreading_threshold=0.0)
+    plain = rank(pool, k=5, config=cfg, ref_time=12.0)
+    assert plain.candidates is None and plain.associations == []
+    edges = [(0, 5, 0.5)]
+    final = rank(pool, k=5, config=cfg.model_copy(update={"selection": "final"}), ref_time=12.0,
+                 edges=edges)  # fmt: skip
+    facts = rank(pool, k=5, config=cfg, ref_time=12.0, edges=edges, learned=False)
+    assert facts.candidates is None
+    assert (facts.base_top, facts.associations) == (final.base_top, final.associations)
+
+
+def test_a_search_answers_with_the_reply_to_the_question_it_matches(tmp_path: Path) -> None:
+    """End to end: the question a query matches and the turn after it that answers
+    (linked by the temporal chain), with the default model and embedder."""
+    with HelaMemory(HelaMemConfig(path=tmp_path), embedder=MiniLMEmbedder()) as mem:
+        scope = ("users", "ann")
+        for i in range(30):
+            mem.add(f"filler remark number {i} about the garden hose", scope)
+        q = mem.add("What breed is the new puppy Pixel?", scope).id
+        a = mem.add("A beagle, three months old.", scope).id
+        for i in range(30):
+            mem.add(f"puppy toys list entry {i}", scope)
+        res = mem.search("Pixel puppy breed", scope, k=5, learn=False)
+        assert len(res) <= 5 and res.ids[0] == q
+        assert a in res.ids  # no query word in it: only the association finds it
+        assert next(h for h in res if h.id == a).provenance == "association"
