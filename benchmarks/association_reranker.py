@@ -9,7 +9,8 @@ are kept and replayed with other settings, so every figure is what
 
 * ``fusion``: the base top 10 (no spreading);
 * ``final``: ``selection="final"``, association hits climbing by spread
-  activation (the previous default);
+  activation, at the share and gate chosen for it (0.2, 0.2: the previous
+  defaults);
 * ``learned``: ``selection="learned"`` with a model fitted on the other six
   conversations only, per variant (features, ``association_share``,
   ``association_gate``), and the variant chosen per conversation by its
@@ -57,6 +58,8 @@ from helamem.core import (
 )
 
 K = 10
+# the spread-activation rule at the share and gate chosen for it (the previous defaults)
+FINAL = RetrievalConfig(selection="final", association_share=0.2, association_gate=0.2)
 TEXT = ("question", "answer", "length")  # features that read the memory's text
 VARIANTS: dict[str, tuple[tuple[str, ...], float, float]] = {
     # name: (features, association_share, association_gate)
@@ -229,7 +232,7 @@ def evaluate(qs: list[Question]) -> dict[str, Any]:
         "questions": n,
         "conversations": len(convs),
         "fusion": round(_overall(recall(qs, None), qs), 4),
-        "final": round(_overall(recall(qs, RetrievalConfig(selection="final")), qs), 4),
+        "final": round(_overall(recall(qs, FINAL), qs), 4),
         "learned": {
             name: {"all": round(_overall(p, qs), 4), **{c: round(v, 4) for c, v in p.items()}}
             for name, p in per.items()

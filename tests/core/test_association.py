@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from helamem.core import HelaMemConfig, HelaMemory, MiniLMEmbedder, RetrievalConfig, association
+from helamem.core import (
+    HelaMemConfig,
+    HelaMemory,
+    MiniLMEmbedder,
+    NewMemory,
+    RetrievalConfig,
+    association,
+    dynamics,
+)
 from helamem.core.config import ASSOCIATION_MODEL
 from helamem.core.retrieval import Pool, rank
 
@@ -159,3 +167,62 @@ def test_a_search_answers_with_the_reply_to_the_question_it_matches(tmp_path: Pa
         assert len(res) <= 5 and res.ids[0] == q
         assert a in res.ids  # no query word in it: only the association finds it
         assert next(h for h in res if h.id == a).provenance == "association"
+
+
+def test_an_exact_match_is_never_displaced() -> None:
+    """A short memory holding every query word (relevance 1.0), then long ones: the
+    model's length signal is capped, and a base hit at ``association_keep`` stays
+    even under a model that only likes long memories."""
+    pool = Pool(
+        tuple(range(6)),
+        np.array([0.8, 0.5, 0.45, 0.4, 0.35, 0.4]),
+        np.array([6.0, 3.0, 1.5, 1.0, 0.5, 2.0]),
+        np.arange(6, dtype=np.float64),
+        None,
+        np.array([40, 3000, 60, 60, 60, 30_000.0]),
+        np.zeros(6),
+    )
+    x = association.features(
+        {"maxsim": [0.0] * 6, "cosine": [0.0] * 6, "bm25": [1.0] * 6, "question": [0.0] * 6,
+         "chars": pool.chars}, pool.ns, {}, pool.ns, 2, {}, (), {n: (0.0, n) for n in pool.ns},
+    ).x  # fmt: skip
+    assert x[5, F["length"]] == x[1, F["length"]] == association.LENGTH_CAP / 200
+    spread = {"ref_time": 6.0, "edges": [(0, 2, 0.5)], "first_hop": {(0, 2)}, "lexical_mass": 6.0}
+    r = rank(pool, k=2, config=RetrievalConfig(), **spread)  # type: ignore[arg-type]
+    assert r.relevance[0] == 1.0 and 0 in r.returned  # base rank 0
+    hostile = (("bias", 0.0), ("length", 100.0))
+    cfg = RetrievalConfig(association_model=hostile, association_gate=1.0)
+    kept = rank(pool, k=2, config=cfg, **spread)  # type: ignore[arg-type]
+    assert 0 in kept.returned and kept.associations  # something else made room
+    assert kept.candidates is not None
+    scores = association.scores(kept.candidates, hostile)
+    base = {n: kept.base[n] for n in pool.ns}
+    rel = {n: kept.relevance[n] for n in kept.returned} | {0: 1.0, 1: 0.75}
+    unkept = dynamics.select(base, scores, 2, 5, "final", 0.5, rel, 1.0)  # no keep
+    assert 0 not in unkept[0]  # without it the exact match would have gone
+
+
+def test_a_pool_member_spreading_did_not_reach_comes_back_as_base(tmp_path: Path) -> None:
+    """With a model that prefers a long pool member outside the base top-k and no edge
+    to it, that member is returned as ``"base"`` (a reranked base candidate); every
+    association hit came by spreading."""
+    model = (("bias", 0.0), ("length", 10.0), ("top_k", -1.0))
+    retrieval = RetrievalConfig(
+        association_model=model,
+        association_keep=1.0,
+        association_gate=1.0,
+        spreading_threshold=0.0,
+    )
+    cfg = HelaMemConfig(path=tmp_path, retrieval=retrieval)
+    with HelaMemory(cfg, embedder=MiniLMEmbedder()) as mem:
+        scope = ("users", "ann")
+        for i in range(12):
+            mem.add(f"note {i} about the tram timetable", scope)
+        text = "tram " + "and then we talked about many other things " * 20
+        # no temporal edge: spreading cannot reach it
+        (long,) = [m.id for m in mem.add_many([NewMemory(text, scope, linked=False)])]
+        res = mem.search("tram timetable", scope, k=4, learn=False)
+        assert len(res) <= 4
+        for h in res:
+            assert h.provenance == "base" or h.via, h  # association hits came by spreading
+        assert long in res.ids and next(h for h in res if h.id == long).provenance == "base"

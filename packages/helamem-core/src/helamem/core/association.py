@@ -27,6 +27,11 @@ __all__ = ["FEATURES", "Candidates", "features", "scores"]
 
 FloatArray = npt.NDArray[np.float64]
 
+LENGTH_CAP = 600.0
+"""Characters beyond this add nothing to ``length`` (LoCoMo's turns, which the
+default model was fitted on, are shorter; a longer memory must not outrank an
+exact match on its length alone)."""
+
 FEATURES: tuple[str, ...] = (
     "maxsim",
     "cosine",
@@ -129,7 +134,7 @@ def features(
     x[:, col["bm25_share"]] = bm25 / best if best > 0 else 0.0
     x[:, col["bm25_match"]] = bm25 > 0
     x[:, col["question"]] = np.asarray(own["question"], dtype=np.float64)
-    x[:, col["length"]] = np.asarray(own["chars"], dtype=np.float64) / 200.0
+    x[:, col["length"]] = np.minimum(np.asarray(own["chars"], dtype=np.float64), LENGTH_CAP) / 200.0
     rank = {m: r for r, m in enumerate(pool_order)}
     row = {m: i for i, m in enumerate(ns)}
     for i, m in enumerate(ns):

@@ -195,6 +195,7 @@ def select(
     share: float = 1.0,
     relevance: Mapping[int, float] | None = None,
     gate: float = 1.0,
+    keep: float = math.inf,
 ) -> tuple[list[int], list[int]]:
     r"""Choose the returned memories: base hits and association hits.
 
@@ -219,7 +220,8 @@ def select(
     With ``relevance`` given, an association hit displaces a base hit only if
     :math:`r_a \ge r_b - \text{gate}` (``gate`` 0: never a more relevant
     memory; 1: always); one that may not is skipped, and its slot goes to
-    the next association hit of the final top-k that passes.
+    the next association hit of the final top-k that passes. A base hit whose
+    relevance is ``keep`` or more (an exact match) is never displaced.
 
     Returns:
         ``(base_top, associations)``, disjoint; ``base_top`` in base order,
@@ -248,6 +250,8 @@ def select(
         order = sorted(base_top, key=lambda i: (final.get(i, base[i]), -base[i], -i))
     else:
         order = base_top[::-1]
+    if relevance is not None:
+        order = [i for i in order if relevance.get(i, 0.0) < keep]
     free = k - len(base_top)  # empty slots (a pool smaller than k) take no displacement
     assoc: list[int] = []
     dropped: set[int] = set()
@@ -258,6 +262,8 @@ def select(
             free -= 1
             assoc.append(a)
             continue
+        if len(dropped) == len(order):  # every base hit left is kept
+            break
         victim = order[len(dropped)]
         if relevance is not None and relevance.get(a, 0.0) < relevance.get(victim, 0.0) - gate:
             continue

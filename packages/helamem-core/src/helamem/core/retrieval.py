@@ -457,6 +457,7 @@ def rank(
         config.association_share,
         {**lifted_rel, **{n: rel[n] for n in top_by_base}},  # victims: their own
         config.association_gate,
+        config.association_keep,
     )
     for n in assoc:
         rel[n] = lifted_rel.get(n, rel.get(n, 0.0))

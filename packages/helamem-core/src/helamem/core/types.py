@@ -265,9 +265,11 @@ class Hit:
         boost: What spreading activation added.
         dense: Cosine similarity of the query and the memory.
         lexical: BM25 score (0 when no query term matched).
-        provenance: ``"base"`` for top-k by base activation, ``"association"``
-            for memories that spreading lifted into the top-k, ``"semantic"``
-            for distilled facts.
+        provenance: ``"base"`` for a candidate of the base ranking (its
+            top-k, or with ``selection="learned"`` a pool member the model
+            ranked in), ``"association"`` for a memory spreading reached and
+            the selection lifted into the top-k, ``"semantic"`` for distilled
+            facts.
         via: The seeds whose activation spread to this memory, each with the
             (decayed) weight of the learned edge it came through.
     """
