@@ -24,6 +24,7 @@ from helamem.core import (
 )
 from helamem.core.storage.postgres import PG_SCHEMA_VERSION
 from helamem.core.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
+from helamem.core.storage.sqlite_schema import text_shape
 
 ALICE = ("users", "alice")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -388,9 +389,14 @@ def test_v1_fixture_is_the_shipped_v1_schema(tmp_path: Path) -> None:
 def test_v1_store_migrates_on_open_and_works(tmp_path: Path, make_mem: Any) -> None:
     path = tmp_path / "old"
     _load_v1(path)
+    with sqlite3.connect(path / "helamem.sqlite3") as v1:  # one old row asks a question
+        v1.execute(
+            "UPDATE memories SET content = content || '?  ' || char(10) WHERE id = ?",
+            ("01HZX0A0000000000000000002",),
+        )
     with make_mem(path) as mem:
         st = mem.stats()
-        assert st.schema_version == SCHEMA_VERSION == 6
+        assert st.schema_version == SCHEMA_VERSION == 7
         assert (st.episodic, st.semantic, st.edges) == (7, 1, 6)
         assert st.unindexed == 0 and st.vectors == 8  # embedded and indexed on open
         first = mem.get("01HZX0A0000000000000000001")
@@ -409,4 +415,8 @@ def test_v1_store_migrates_on_open_and_works(tmp_path: Path, make_mem: Any) -> N
     versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
     assert versions == list(range(1, SCHEMA_VERSION + 1))
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    # migration 7 wrote every old row's text shape as an insert writes a new one's
+    rows = db.execute("SELECT content, shape FROM memories").fetchall()
+    assert len(rows) >= 9 and all(shape == text_shape(text) for text, shape in rows)
+    assert [shape & 1 for _, shape in rows].count(1) == 1
     db.close()

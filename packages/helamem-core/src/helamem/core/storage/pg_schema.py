@@ -90,6 +90,12 @@ PG_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX memories_id_c ON memories (id COLLATE "C");
     """,
+    # 3: each memory's text shape for the learned selection (the SQLite store's 7)
+    """
+    ALTER TABLE memories ADD COLUMN shape BIGINT NOT NULL DEFAULT 0;
+    UPDATE memories SET shape = LEAST(length(content), 1000000) * 2
+        + CASE WHEN right(rtrim(content, E' \t\r\n'), 1) = chr(63) THEN 1 ELSE 0 END;
+    """,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 

@@ -27,6 +27,7 @@ from .sqlite_schema import (
     scope_path,
     sqlite_errors,
     storage_error,
+    text_shape,
 )
 from .sqlite_upkeep import SQLiteUpkeep
 
@@ -181,6 +182,7 @@ class SQLiteStore(SQLiteUpkeep):
                 "metadata": metadata,
                 "provenance": provenance,
                 "embedding": embedding,
+                "shape": text_shape(content),
                 **self._tag_columns(tags),
             },
         )
@@ -230,11 +232,11 @@ class SQLiteStore(SQLiteUpkeep):
                 if keys
             )
             for r in self.db.execute(
-                "SELECT n, id, scope_id, kind, event_time, embedding, length(content),"
-                f" rtrim(content, ?) LIKE ? FROM memories WHERE {where}",
-                [" \t\r\n", "%?", *chunk_ids, *chunk_ns],
+                "SELECT n, id, scope_id, kind, event_time, embedding, shape"
+                f" FROM memories WHERE {where}",
+                [*chunk_ids, *chunk_ns],
             ):
-                out[r[0]] = RankRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+                out[r[0]] = RankRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6] >> 1, bool(r[6] & 1))
         return out
 
     def unindexed(self, limit: int = 10_000) -> list[MemoryRow]:

@@ -34,6 +34,7 @@ __all__ = [
     "SUBTREE",
     "memory_row",
     "qmarks",
+    "text_shape",
     "scope_path",
     "sqlite_errors",
     "storage_error",
@@ -154,6 +155,14 @@ MIGRATIONS: tuple[str, ...] = (
     WHEN EXISTS (SELECT 1 FROM meta WHERE key = 'lexical_index')
     BEGIN INSERT INTO lexical_log(n) VALUES (old.n); END;
     """,
+    # 7: each memory's text shape for the learned selection (retrieval.py), written
+    # at insert so a search reads no content: length in characters (capped at
+    # 1,000,000) times 2, plus 1 when the text ends with a question mark
+    """
+    ALTER TABLE memories ADD COLUMN shape INTEGER NOT NULL DEFAULT 0;
+    UPDATE memories SET shape = min(length(content), 1000000) * 2
+        + (substr(rtrim(content, ' ' || char(9) || char(10) || char(13)), -1) = char(63));
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -260,6 +269,17 @@ def sqlite_errors(path: Path, what: str = "storage operation failed") -> Iterato
         yield
     except sqlite3.Error as exc:
         raise storage_error(exc, path, what) from exc
+
+
+def text_shape(content: str) -> int:
+    """The ``shape`` column (migration 7) of a memory's text.
+
+    Examples:
+        >>> text_shape("Where to? "), text_shape("Here.")
+        (21, 10)
+    """
+    asks = content.rstrip(" \t\r\n").endswith("?")
+    return min(len(content), 1_000_000) * 2 + int(asks)
 
 
 def statements(script: str) -> list[str]:
