@@ -87,7 +87,12 @@ class Question:
     y: npt.NDArray[np.float64]  # 1 for an evidence turn
 
 
-def collect(data: Path, embedder: CachingEmbedder, work: Path) -> list[Question]:
+def collect(
+    data: Path,
+    embedder: CachingEmbedder,
+    work: Path,
+    retrieval_config: RetrievalConfig | None = None,
+) -> list[Question]:
     """Every category 1-4 question's ranking inputs and candidate features."""
     convs, _ = load_locomo(data)
     out: list[Question] = []
@@ -100,7 +105,8 @@ def collect(data: Path, embedder: CachingEmbedder, work: Path) -> list[Question]
 
     retrieval.rank = keep  # type: ignore[assignment]  # the product calls it by module
     try:
-        with HelaMemory(HelaMemConfig(path=work / "m"), embedder=embedder) as mem:
+        cfg = HelaMemConfig(path=work / "m", retrieval=retrieval_config or RetrievalConfig())
+        with HelaMemory(cfg, embedder=embedder) as mem:
             for conv in convs:
                 scope = ("locomo", conv.sample_id)
                 added = mem.add_many(

@@ -62,10 +62,10 @@ STORY: list[tuple[datetime, str, str]] = [
     ),
 ]
 
-K = 5  # at most 5 hits; association hits compete for these slots (association_share 0.2: one)
+K = 5  # at most 5 hits; association hits compete for these slots (association_share 0.5: two)
 QUERIES = [
     "What music is my kid learning?",
-    "How is my race preparation going?",
+    "Any advice about running?",
 ]
 
 
@@ -77,7 +77,7 @@ def _explain(hit: Hit, mem: HelaMemory) -> str:
     )
     for seed_id, weight in hit.via[:2]:
         seed = mem.get(seed_id)
-        line += f"\n      <- spread via edge w={weight:.2f} from: {seed.content!r}"
+        line += f"\n      <- spread via path w={weight:.2f} from: {seed.content!r}"
     return line
 
 
@@ -87,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    # The defaults (α = 1, 8 seeds, two hops, association hits in a fifth of k) were
+    # The defaults (α = 1, 8 seeds, two hops, association hits in half of k) were
     # chosen on LoCoMo's 600-turn conversations (README, Benchmarks). In a
     # 16-turn store nearly every memory is a seed or a neighbour of one, so
     # the demo spreads more gently: one hop, α = 0.3, boosts capped at 0.2.

@@ -116,6 +116,16 @@ def test_store_errors_exit_1_with_the_message(
     assert main(["import", str(path), str(bad)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("helamem import: error: ") and "Traceback" not in err
+    # a scope no store takes, inside the file (not on the command line): exit 1 too
+    export = tmp_path / "bob.jsonl"
+    argv = ["export", str(path), "--scope", "users", "--scope", "bob", "--out", str(export)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    nul = tmp_path / "nul.jsonl"
+    nul.write_text(export.read_text().replace('"bob"', '"b\\u0000ob"'))
+    assert '"b\\u0000ob"' in nul.read_text()
+    assert main(["import", str(tmp_path / "fresh"), str(nul)]) == 1
+    assert "NUL" in capsys.readouterr().err
     # another embedder: refused, and the message names the command that switches
     assert main(["stats", str(path), "--embedder", "hashing", "--dimension", "32"]) == 1
     err = capsys.readouterr().err

@@ -291,11 +291,15 @@ def _open_store(args: argparse.Namespace, reembed: bool = False) -> HelaMemory:
 
 
 def _scope_arg(args: argparse.Namespace) -> tuple[str, ...] | None:
+    from .errors import InvalidScopeError
     from .types import normalize_scope
 
     if not args.scope:
         return None
-    return normalize_scope(list(args.scope))
+    try:
+        return normalize_scope(list(args.scope))
+    except InvalidScopeError as exc:  # the command line's: bad usage (exit 2)
+        raise _UsageError(str(exc)) from exc
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -433,7 +437,7 @@ def _progress_to_stderr(quiet: bool) -> Iterator[None]:
 
 
 def _run_store_command(args: argparse.Namespace) -> int:
-    from .errors import HelaMemError, InvalidScopeError
+    from .errors import HelaMemError
 
     handlers = {
         "check": _cmd_check,
@@ -445,7 +449,7 @@ def _run_store_command(args: argparse.Namespace) -> int:
     try:
         with _progress_to_stderr(getattr(args, "quiet", False)):
             return handlers[args.command](args)
-    except (_UsageError, InvalidScopeError) as exc:
+    except _UsageError as exc:  # a bad scope in a file is the store's error: exit 1
         print(f"helamem {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except HelaMemError as exc:

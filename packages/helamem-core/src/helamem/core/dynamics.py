@@ -196,6 +196,7 @@ def select(
     relevance: Mapping[int, float] | None = None,
     gate: float = 1.0,
     keep: float = math.inf,
+    floor: float = 0.0,
 ) -> tuple[list[int], list[int]]:
     r"""Choose the returned memories: base hits and association hits.
 
@@ -221,7 +222,9 @@ def select(
     :math:`r_a \ge r_b - \text{gate}` (``gate`` 0: never a more relevant
     memory; 1: always); one that may not is skipped, and its slot goes to
     the next association hit of the final top-k that passes. A base hit whose
-    relevance is ``keep`` or more (an exact match) is never displaced.
+    relevance is ``keep`` or more (an exact match) is never displaced, and a
+    memory below ``floor`` relevance never becomes an association hit (its
+    slot goes to the next of the final ranking).
 
     Returns:
         ``(base_top, associations)``, disjoint; ``base_top`` in base order,
@@ -240,7 +243,10 @@ def select(
         raise ValueError(f"unknown selection mode {mode!r}; use 'final', 'base' or 'append'")
     base_top = sorted(base, key=lambda i: (-base[i], i))[:k]
     chosen = set(base_top)
-    final_top = sorted(final, key=lambda i: (-final[i], i))[:k]
+    eligible = [
+        i for i in final if i in chosen or relevance is None or relevance.get(i, 0.0) >= floor
+    ]
+    final_top = sorted(eligible, key=lambda i: (-final[i], i))[:k]
     cap = max_flipped if mode == "append" else min(max_flipped, int(share * k + 1e-9))
     lifted = [i for i in final_top if i not in chosen]
     if mode == "append":

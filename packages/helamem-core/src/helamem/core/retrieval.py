@@ -458,6 +458,7 @@ def rank(
         {**lifted_rel, **{n: rel[n] for n in top_by_base}},  # victims: their own
         config.association_gate,
         config.association_keep,
+        config.association_min_relevance,
     )
     for n in assoc:
         rel[n] = lifted_rel.get(n, rel.get(n, 0.0))

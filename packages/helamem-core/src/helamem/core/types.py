@@ -271,7 +271,8 @@ class Hit:
             the selection lifted into the top-k, ``"semantic"`` for distilled
             facts.
         via: The seeds whose activation spread to this memory, each with the
-            (decayed) weight of the learned edge it came through.
+            (decayed) weight of the path it came through: an edge's weight w,
+            or w·w over two hops.
     """
 
     memory: Memory
