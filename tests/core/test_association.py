@@ -226,3 +226,23 @@ def test_a_pool_member_spreading_did_not_reach_comes_back_as_base(tmp_path: Path
         for h in res:
             assert h.provenance == "base" or h.via, h  # association hits came by spreading
         assert long in res.ids and next(h for h in res if h.id == long).provenance == "base"
+
+
+def test_a_weak_learned_path_gives_no_association_signals() -> None:
+    """A memory reached only over an edge learned from co-retrieval (weight under
+    ``association_min_path``) is no chain step to the model: no association features;
+    the same memory reached over a temporal-strength edge has them."""
+    pool = _pool(12, 5)
+    extra = Pool(
+        (100,), np.full(1, 0.1), np.zeros(1), np.array([3.5]), np.full(1, 0.1),
+        np.full(1, 50.0), np.zeros(1),
+    )  # fmt: skip
+    cfg = RetrievalConfig(spreading_threshold=0.0)
+    seed = max(pool.ns, key=lambda n: rank(pool, k=3, config=cfg, ref_time=12.0).base[n])
+    for weight, reached in ((0.05, False), (0.5, True)):
+        r = rank(pool, k=3, config=cfg, ref_time=12.0, edges=[(seed, 100, weight)],
+                 neighbours=extra, first_hop={(seed, 100)})  # fmt: skip
+        assert r.candidates is not None and 100 in r.via
+        x = dict(zip(r.candidates.ns, r.candidates.x, strict=True))[100]
+        assert bool(x[F["neighbour"]]) == reached
+        assert bool(x[F["before_1"]] or x[F["after_1"]]) == reached

@@ -446,7 +446,14 @@ def rank(
     if mode == "learned":
         mode = "final"
         if edges and learned:
-            candidates = _candidates(pool, neighbours, own_activation, order, k, via, first_hop)
+            # a weak path is an edge learned from co-retrieval (η per co-activation),
+            # not a step along the temporal chain the model was fitted on
+            chain = {
+                n: strong
+                for n, paths in via.items()
+                if (strong := [p for p in paths if p[1] >= config.association_min_path])
+            }
+            candidates = _candidates(pool, neighbours, own_activation, order, k, chain, first_hop)
             final = association.scores(candidates, config.association_model)
     base_top, assoc = dynamics.select(
         {n: base[n] for n in pool.ns},
