@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from .association import FEATURES
+from .association import ASSOCIATION_MODEL, FEATURES
 from .errors import ConfigError
 
 __all__ = [
@@ -30,35 +30,6 @@ __all__ = [
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-ASSOCIATION_MODEL: tuple[tuple[str, float], ...] = (
-    ("bias", -5.0775),
-    ("maxsim", 1.3009),
-    ("cosine", -0.3113),
-    ("bm25_share", 2.592),
-    ("bm25_match", -0.5611),
-    ("question", -0.9448),
-    ("base", -2.1038),
-    ("base_rank", 0.3578),
-    ("top_k", 0.4055),
-    ("length", 0.7743),
-    ("neighbour", -1.5821),
-    ("seed_maxsim", -0.1729),
-    ("seed_base", 4.1667),
-    ("seed_rank", 1.0913),
-    ("before_2", -0.7531),
-    ("before_1", -1.5192),
-    ("after_1", -1.8355),
-    ("after_2", -0.4456),
-    ("answer", 2.2405),
-)
-"""The default ``RetrievalConfig.association_model``: logistic weights over
-:data:`helamem.core.association.FEATURES` (raw feature units), fitted on all
-seven conversations of the LoCoMo dev split with MiniLM
-(``benchmarks/association_reranker.py --fit``). Held out, each conversation
-scored by weights fitted on the other six, R@10 at 10 hits is 0.827 against
-0.788 for ``selection="final"`` and 0.749 for fusion (README, Benchmarks)."""
 
 
 class DynamicsConfig(_Frozen):
