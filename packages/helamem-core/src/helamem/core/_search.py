@@ -526,11 +526,8 @@ class SearchOps(LearningOps):
         full = self.store.rows_by_n([*ranking.base_top, *ranking.associations])
         hits = []
 
-        for group, ns in (("base", ranking.base_top), ("association", ranking.associations)):
+        for prov, ns in (("base", ranking.base_top), ("association", ranking.associations)):
             for n in ns:
-                # the learned selection may lift a pool member spreading did not reach:
-                # a base candidate, reranked
-                prov = group if group == "base" or n in ranking.via else "base"
                 if n not in full:  # deleted by another process or object during the search
                     continue
                 r = rows[n]

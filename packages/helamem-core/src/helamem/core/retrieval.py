@@ -469,6 +469,10 @@ def rank(
     )
     for n in assoc:
         rel[n] = lifted_rel.get(n, rel.get(n, 0.0))
+    # the learned selection may rank in a pool member spreading did not reach: a
+    # base candidate, reranked, not an association
+    base_top += [n for n in assoc if n not in via]
+    assoc = [n for n in assoc if n in via]
     base_all = dict(base)
     if neighbours is not None:
         for n in assoc:
