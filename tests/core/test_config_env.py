@@ -47,3 +47,49 @@ def test_a_bad_value_names_its_variable(name: str, raw: str, accepted: str) -> N
     assert str(info.value).startswith(f"{name}={raw!r} ")
     assert accepted in str(info.value)
     assert isinstance(info.value, ValueError)  # as before: callers catching ValueError still do
+
+
+@pytest.mark.parametrize(
+    ("env", "named", "says"),
+    [
+        ({"HELAMEM_EMBEDDER": "bogus"}, "HELAMEM_EMBEDDER='bogus'", "'minilm', 'litellm'"),
+        ({"HELAMEM_COLLECTION": "a b"}, "HELAMEM_COLLECTION='a b'", "pattern"),
+        (
+            {"HELAMEM_POSTGRES_DSN": "postgresql://db/x", "HELAMEM_POSTGRES_SCHEMA": "Bad name"},
+            "HELAMEM_POSTGRES_SCHEMA='Bad name'",
+            "pattern",
+        ),
+        ({"HELAMEM_PATH": ""}, "HELAMEM_PATH=''", "is empty"),
+        ({"HELAMEM_LLM_MODEL": " "}, "HELAMEM_LLM_MODEL=' '", "is empty"),
+        ({"HELAMEM_POSTGRES_DSN": ""}, "HELAMEM_POSTGRES_DSN=''", "is empty"),
+        ({"HELAMEM_EMBEDDING_MODEL": ""}, "HELAMEM_EMBEDDING_MODEL=''", "is empty"),
+        ({"HELAMEM_POSTGRES_SCHEMA": "mem"}, "HELAMEM_POSTGRES_SCHEMA is set without", "DSN"),
+    ],
+)
+def test_every_variable_refused_is_a_config_error_naming_it(
+    env: dict[str, str], named: str, says: str
+) -> None:
+    """Not a pydantic ValidationError about a field the user never wrote, and not a
+    blank value silently read as the working directory or an empty model name."""
+    with pytest.raises(ConfigError) as info:
+        HelaMemConfig.from_env(env)
+    assert str(info.value).startswith(named)
+    assert says in str(info.value)
+    assert "unset" in str(info.value)  # the fix: a valid value, or the default
+
+
+def test_the_other_variables_are_read() -> None:
+    env = {
+        "HELAMEM_PATH": "/tmp/mem",
+        "HELAMEM_EMBEDDER": "hashing",
+        "HELAMEM_COLLECTION": "notes",
+        "HELAMEM_LLM_MODEL": "ollama/llama3",
+        "HELAMEM_LLM_API_BASE": "http://127.0.0.1:11434",
+        "HELAMEM_POSTGRES_DSN": "postgresql://db/x",
+        "HELAMEM_POSTGRES_SCHEMA": "mem",
+    }
+    c = HelaMemConfig.from_env(env, chroma={"collection": "override"})
+    assert str(c.path) == "/tmp/mem" and c.embedder.provider == "hashing"
+    assert (c.llm.model, c.llm.api_base) == ("ollama/llama3", "http://127.0.0.1:11434")
+    assert c.chroma.collection == "override"  # overrides win over the environment
+    assert c.store.schema_name == "mem"  # type: ignore[union-attr]

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from . import _config_env
 from .association import ASSOCIATION_MODEL, FEATURES
-from .errors import ConfigError
 
 __all__ = [
     "ChromaConfig",
@@ -501,76 +501,22 @@ class HelaMemConfig(_Frozen):
             **overrides: Fields that win over the environment.
 
         Raises:
-            ConfigError: ``HELAMEM_CHROMA_HOST`` is empty, ``HELAMEM_CHROMA_PORT``
-                is not a port (1-65535) or ``HELAMEM_CHROMA_SSL`` not a boolean
-                (``1``/``true``/``yes``/``on``, ``0``/``false``/``no``/``off``).
+            ConfigError: A variable is set but empty or holds a value its field
+                refuses (the message names the variable): ``HELAMEM_CHROMA_PORT``
+                not a port (1-65535), ``HELAMEM_CHROMA_SSL`` not a boolean
+                (``1``/``true``/``yes``/``on``, ``0``/``false``/``no``/``off``),
+                ``HELAMEM_EMBEDDER`` not a provider, and so on; or
+                ``HELAMEM_POSTGRES_SCHEMA`` is set without ``HELAMEM_POSTGRES_DSN``.
         """
         env = os.environ if environ is None else environ
-        data: dict[str, Any] = {}
-        if "HELAMEM_PATH" in env:
-            data["path"] = Path(env["HELAMEM_PATH"])
-        emb: dict[str, Any] = {}
-        if "HELAMEM_EMBEDDER" in env:
-            emb["provider"] = env["HELAMEM_EMBEDDER"]
-        if "HELAMEM_EMBEDDING_MODEL" in env:
-            emb["model"] = env["HELAMEM_EMBEDDING_MODEL"]
-        if emb:
-            data["embedder"] = EmbedderConfig(**emb)
-        chroma: dict[str, Any] = {}
-        if "HELAMEM_CHROMA_HOST" in env:
-            chroma.update(mode="http", host=_env_host(env, "HELAMEM_CHROMA_HOST"))
-        if "HELAMEM_CHROMA_PORT" in env:
-            chroma["port"] = _env_port(env, "HELAMEM_CHROMA_PORT")
-        if "HELAMEM_CHROMA_SSL" in env:
-            chroma["ssl"] = _env_bool(env, "HELAMEM_CHROMA_SSL")
-        if "HELAMEM_COLLECTION" in env:
-            chroma["collection"] = env["HELAMEM_COLLECTION"]
-        if chroma:
-            data["chroma"] = ChromaConfig(**chroma)
-        llm: dict[str, Any] = {}
-        if "HELAMEM_LLM_MODEL" in env:
-            llm["model"] = env["HELAMEM_LLM_MODEL"]
-        if "HELAMEM_LLM_API_BASE" in env:
-            llm["api_base"] = env["HELAMEM_LLM_API_BASE"]
-        if llm:
-            data["llm"] = LLMConfig(**llm)
-        if "HELAMEM_POSTGRES_DSN" in env:
-            pg: dict[str, Any] = {"dsn": env["HELAMEM_POSTGRES_DSN"]}
-            if "HELAMEM_POSTGRES_SCHEMA" in env:
-                pg["schema_name"] = env["HELAMEM_POSTGRES_SCHEMA"]
-            data["store"] = PostgresConfig(**pg)
+        data = _config_env.read(
+            env,
+            {
+                "embedder": EmbedderConfig,
+                "chroma": ChromaConfig,
+                "llm": LLMConfig,
+                "postgres": PostgresConfig,
+            },
+        )
         data.update(overrides)
         return cls(**data)
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _env_bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env[name]
-    value = raw.strip().lower()
-    if value in _TRUE or value in _FALSE:
-        return value in _TRUE
-    raise ConfigError(
-        f"{name}={raw!r} is not a boolean; set it to one of {', '.join(_TRUE)} (on) or "
-        f"{', '.join(_FALSE)} (off)"
-    )
-
-
-def _env_port(env: Mapping[str, str], name: str) -> int:
-    raw = env[name]
-    value = raw.strip()
-    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
-        raise ConfigError(f"{name}={raw!r} is not a TCP port; set it to a number from 1 to 65535")
-    return int(value)
-
-
-def _env_host(env: Mapping[str, str], name: str) -> str:
-    raw = env[name]
-    if not raw.strip() or raw != raw.strip():
-        raise ConfigError(
-            f"{name}={raw!r} is not a host name; set it to the Chroma server's host name or "
-            f"address (e.g. localhost or 10.0.0.5), or unset it for the embedded store"
-        )
-    return raw

@@ -1,0 +1,131 @@
+"""Reading :class:`~helamem.core.config.HelaMemConfig` from ``HELAMEM_*`` variables.
+
+The only place the library reads the environment, and only when a caller
+invokes :meth:`HelaMemConfig.from_env`. A value the config cannot take is a
+:class:`~helamem.core.errors.ConfigError` that names the variable, what it
+accepts and that unsetting it restores the default; never a bare pydantic
+``ValidationError`` about a field the user never wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import ConfigError
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dict[str, Any]:
+    """``HelaMemConfig`` keyword arguments from ``env`` (see ``HelaMemConfig.from_env``).
+
+    Args:
+        env: The variables (``os.environ`` or a caller's mapping).
+        sections: The config classes by role: ``"embedder"``, ``"chroma"``,
+            ``"llm"``, ``"postgres"``.
+
+    Raises:
+        ConfigError: A variable is set but empty, or holds a value its field
+            refuses, or ``HELAMEM_POSTGRES_SCHEMA`` is set without
+            ``HELAMEM_POSTGRES_DSN``.
+    """
+    data: dict[str, Any] = {}
+    if (path := _text(env, "HELAMEM_PATH")) is not None:
+        data["path"] = Path(path)
+    emb = _fields(env, provider="HELAMEM_EMBEDDER", model="HELAMEM_EMBEDDING_MODEL")
+    if emb:
+        data["embedder"] = _build(sections["embedder"], emb)
+    chroma: dict[str, tuple[str, Any]] = {}
+    if "HELAMEM_CHROMA_HOST" in env:
+        chroma["mode"] = ("HELAMEM_CHROMA_HOST", "http")
+        chroma["host"] = ("HELAMEM_CHROMA_HOST", _host(env, "HELAMEM_CHROMA_HOST"))
+    if "HELAMEM_CHROMA_PORT" in env:
+        chroma["port"] = ("HELAMEM_CHROMA_PORT", _port(env, "HELAMEM_CHROMA_PORT"))
+    if "HELAMEM_CHROMA_SSL" in env:
+        chroma["ssl"] = ("HELAMEM_CHROMA_SSL", _bool(env, "HELAMEM_CHROMA_SSL"))
+    chroma.update(_fields(env, collection="HELAMEM_COLLECTION"))
+    if chroma:
+        data["chroma"] = _build(sections["chroma"], chroma)
+    llm = _fields(env, model="HELAMEM_LLM_MODEL", api_base="HELAMEM_LLM_API_BASE")
+    if llm:
+        data["llm"] = _build(sections["llm"], llm)
+    pg = _fields(env, dsn="HELAMEM_POSTGRES_DSN", schema_name="HELAMEM_POSTGRES_SCHEMA")
+    if "schema_name" in pg and "dsn" not in pg:
+        raise ConfigError(
+            "HELAMEM_POSTGRES_SCHEMA is set without HELAMEM_POSTGRES_DSN, so no PostgreSQL "
+            "store would use it; set HELAMEM_POSTGRES_DSN too, or unset HELAMEM_POSTGRES_SCHEMA"
+        )
+    if pg:
+        data["store"] = _build(sections["postgres"], pg)
+    return data
+
+
+def _text(env: Mapping[str, str], name: str) -> str | None:
+    """The variable's value; ``None`` when unset. Set but blank is a mistake, not a default."""
+    if name not in env:
+        return None
+    raw = env[name]
+    if not raw.strip():
+        raise ConfigError(
+            f"{name}={raw!r} is empty; set it to a value, or unset it for the default"
+        )
+    return raw
+
+
+def _fields(env: Mapping[str, str], **names: str) -> dict[str, tuple[str, Any]]:
+    """``{field: (variable, value)}`` for each of ``names`` (field=variable) that is set."""
+    return {f: (v, raw) for f, v in names.items() if (raw := _text(env, v)) is not None}
+
+
+def _build(cls: type[BaseModel], fields: Mapping[str, tuple[str, Any]]) -> BaseModel:
+    """``cls`` from the variables' values; a refused value names its variable."""
+    try:
+        return cls(**{f: value for f, (_, value) in fields.items()})
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name, value = fields.get(field, ("HELAMEM_* variables", None))
+            problems.append(f"{name}={value!r} {_lower(err['msg'])}")
+        raise ConfigError(
+            f"{'; '.join(problems)} (field {cls.__name__}); set a value it accepts, "
+            f"or unset the variable for the default"
+        ) from None
+
+
+def _lower(msg: str) -> str:
+    return msg[:1].lower() + msg[1:] if msg else "is refused"
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env[name]
+    value = raw.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ConfigError(
+        f"{name}={raw!r} is not a boolean; set it to one of {', '.join(_TRUE)} (on) or "
+        f"{', '.join(_FALSE)} (off)"
+    )
+
+
+def _port(env: Mapping[str, str], name: str) -> int:
+    raw = env[name]
+    value = raw.strip()
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 65535):
+        raise ConfigError(f"{name}={raw!r} is not a TCP port; set it to a number from 1 to 65535")
+    return int(value)
+
+
+def _host(env: Mapping[str, str], name: str) -> str:
+    raw = env[name]
+    if not raw.strip() or raw != raw.strip():
+        raise ConfigError(
+            f"{name}={raw!r} is not a host name; set it to the Chroma server's host name or "
+            f"address (e.g. localhost or 10.0.0.5), or unset it for the embedded store"
+        )
+    return raw
