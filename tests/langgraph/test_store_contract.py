@@ -266,6 +266,16 @@ def test_unindexed_items_come_back_with_score_none(store: HelaMemStore) -> None:
     assert len(store.search(NS, query="zebra", limit=10, offset=2)) == 1
 
 
+def test_put_with_an_empty_index_list_is_unindexed(store: HelaMemStore) -> None:
+    # LangGraph's stores read index=[] as "index no path": the item is stored unindexed
+    # (score None in a query search), not indexed on the store's default fields
+    store.put(NS, "a", {"text": "zebra stripes"}, index=[])
+    store.put(NS, "b", {"text": "zebra"})
+    hits = store.search(NS, query="zebra stripes", limit=10)
+    assert [(h.key, h.score is None) for h in hits] == [("b", False), ("a", True)]
+    assert store.get(NS, "a").value == {"text": "zebra stripes"}  # type: ignore[union-attr]
+
+
 def test_reserved_root_only_in_put(store: HelaMemStore) -> None:
     from langgraph.store.base import InvalidNamespaceError
 

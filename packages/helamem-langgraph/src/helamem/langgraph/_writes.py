@@ -217,7 +217,9 @@ class JournaledWrites:
                 value = None if op.value is None else dict(op.value)
                 if value is not None and op.value is not None:
                     meta: dict[str, Any] = {"id": None}
-                    fields = list(op.index or self.fields)
+                    # index=None: the store's fields; a list (even []) names the paths
+                    paths = op.index if isinstance(op.index, list | tuple) else self.fields
+                    fields = list(paths)
                     texts = value_texts(op.value, fields) if op.index is not False else []
                     if texts:
                         new = new_id()
