@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from datetime import UTC, datetime
 from functools import partial
@@ -245,7 +246,7 @@ def test_reconcile_reindexes_rows_that_missed_the_vector_index(
 
 
 def test_reconcile_reindexes_rows_marked_unindexed(
-    tmp_path: Path, make_mem: Any, store_db: Any
+    tmp_path: Path, make_mem: Any, store_db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The portable half of the crash above: a committed row the index never took."""
     path = tmp_path / "store"
@@ -256,7 +257,8 @@ def test_reconcile_reindexes_rows_marked_unindexed(
         db.execute("UPDATE memories SET indexed = 0 WHERE id = ?", (ids[1],))
     finally:
         db.close()
-    with make_mem(path) as m:
+    with caplog.at_level(logging.INFO, logger="helamem"), make_mem(path) as m:
+        assert "re-indexed 1 memories" in caplog.text  # a recovery is reported
         st = m.stats()
         assert (st.unindexed, st.vectors, st.memories) == (0, 3, 3)
         assert m.search("note 1 quick fox", ALICE, k=1, learn=False).ids == [ids[1]]

@@ -250,8 +250,12 @@ class CoreBase:
             self.store.mark_indexed([(r.n, r.id) for r in back.values()], 0)
             self._needs_reconcile = True
 
-    def reconcile(self) -> int:
+    def reconcile(self, *, expected: bool = False) -> int:
         """Bring the vector index up to date with SQLite; returns rows re-indexed.
+
+        Rows indexed here are logged at INFO as a recovery (they had not reached
+        the index); ``expected=True`` (an import indexing the rows it just
+        wrote) logs them at DEBUG.
 
         What the index cannot take now (a large scope's HNSW collection while
         another process holds the embedded index) stays pending: those rows stay
@@ -284,7 +288,11 @@ class CoreBase:
             rows = self.store.rows_by_n(ns)
             total += self._index_rows([rows[n] for n in ns if n in rows])
         if total:
-            logger.info("re-indexed %d memories that had not reached the vector index", total)
+            logger.log(
+                logging.DEBUG if expected else logging.INFO,
+                "re-indexed %d memories that had not reached the vector index",
+                total,
+            )
         self._needs_reconcile = False
         return total
 

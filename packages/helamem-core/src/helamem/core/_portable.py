@@ -463,7 +463,7 @@ def import_scope(
         for kind, sid in imp.kinds:
             core._holding.setdefault(kind, set()).add(sid)
     try:
-        core.reconcile()  # index the imported vectors
+        core.reconcile(expected=True)  # index the imported vectors: no recovery to report
     except StorageError as exc:
         core._needs_reconcile = True
         logger.warning("vector index update failed, will re-index on next use: %s", exc)
