@@ -11,7 +11,7 @@ search in :mod:`._search`, learning and maintenance in :mod:`._learning`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ._base import Stats, scope_tag
 from ._ingest import IngestOps, prepare
@@ -77,6 +77,12 @@ class Core(IngestOps, SearchOps):
         if node is None:
             return []
         return self.store.scopes_with_memories(self.store.descendants(node))
+
+    def find_ids(
+        self, scope: Sequence[str], fields: Mapping[str, str], limit: int | None
+    ) -> list[str]:
+        nodes = self._nodes(scope)
+        return [] if nodes == [] else self.store.ids_with_metadata(nodes, fields, limit)
 
     def stats(self, scope: Sequence[str] | None) -> Stats:
         nodes = self._nodes(scope)

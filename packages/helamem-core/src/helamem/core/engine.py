@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ._core import Core, Stats, prepare
@@ -44,6 +44,33 @@ def _ids(ids: str | Iterable[str], what: str = "ids") -> list[str]:
     if not all(isinstance(i, str) for i in out):
         raise InvalidInputError(f"{what} must be strings")
     return out
+
+
+def _fields(metadata: object) -> dict[str, str]:
+    """``find_ids``'s ``metadata``: at least one plain-identifier key, each with a str."""
+    if not isinstance(metadata, Mapping) or not metadata:
+        raise InvalidInputError(
+            f"metadata must be a non-empty dict of str keys to str values, got {metadata!r}; "
+            "pass e.g. metadata={'session': 's1'}"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise InvalidInputError(
+                f"metadata key {key!r} is not a plain identifier (letters, digits, _); "
+                "find_ids matches top-level keys such as 'session_id'"
+            )
+        if not isinstance(value, str):
+            raise InvalidInputError(
+                f"metadata[{key!r}] must be a str, got {type(value).__name__}; find_ids "
+                "matches string values exactly (store the value as a string to find it)"
+            )
+    return dict(metadata)
+
+
+def _limit(limit: object) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInputError(f"limit must be an int >= 1 or None, got {limit!r}")
+    return limit
 
 
 class HelaMemory(UpkeepMethods):
@@ -349,6 +376,50 @@ class HelaMemory(UpkeepMethods):
         note_used(result.ids)
         return result
 
+    @staticmethod
+    def _plan_find_ids(
+        scope: Sequence[str], metadata: Mapping[str, str], limit: int | None
+    ) -> Callable[[Core], list[str]]:
+        normalize_prefix(scope)  # fail fast in the caller's thread
+        fields, lim = _fields(metadata), _limit(limit)
+        return KeepsPending(lambda c: c.find_ids(scope, fields, lim))
+
+    def find_ids(
+        self, scope: Sequence[str], *, metadata: Mapping[str, str], limit: int | None = None
+    ) -> list[str]:
+        """Ids of the memories whose metadata holds every given key with that value.
+
+        An exact match on top-level metadata keys (string values only: a
+        number, boolean or nested value never equals a string), over episodes
+        and facts alike. Like :meth:`search`, it first waits (bounded) for the
+        turns a :class:`~helamem.core.hooks.TurnRecorder` of this memory
+        accepted before the call in these scopes, so it sees them.
+
+        Args:
+            scope: A scope or a prefix of scopes (whole segments; ``()``: every
+                scope).
+            metadata: At least one ``key: value`` pair; each key a plain
+                identifier (letters, digits, ``_``), each value a ``str``.
+            limit: At most this many ids (an int >= 1); ``None``: all.
+
+        Returns:
+            The matching ids, oldest first (insertion order); ``[]`` when
+            none match or the scope holds nothing.
+
+        Raises:
+            InvalidInputError: A bad scope, metadata or limit.
+            StorageError: The store could not be read.
+            StoreClosedError: After :meth:`close`.
+
+        Examples:
+            >>> mem.add("hi", ("u",), metadata={"session": "s1"})   # doctest: +SKIP
+            >>> mem.find_ids(("u",), metadata={"session": "s1"})    # doctest: +SKIP
+            ['01J...']
+        """
+        plan = self._plan_find_ids(scope, metadata, limit)
+        self._wait_recorded(scope)
+        return self._call(plan)
+
     def reinforce(self, ids: Iterable[str]) -> int:
         """Co-activate memories explicitly (e.g. the ones an agent used)."""
         ids_ = _ids(ids)
@@ -473,6 +544,14 @@ class HelaMemory(UpkeepMethods):
         result = await self._acall(plan)
         note_used(result.ids)
         return result
+
+    async def afind_ids(
+        self, scope: Sequence[str], *, metadata: Mapping[str, str], limit: int | None = None
+    ) -> list[str]:
+        """Async :meth:`find_ids` (waits for recorded turns without blocking the event loop)."""
+        plan = self._plan_find_ids(scope, metadata, limit)
+        await self._await_recorded(scope)
+        return await self._acall(plan)
 
     async def areinforce(self, ids: Iterable[str]) -> int:
         """Async :meth:`reinforce`."""

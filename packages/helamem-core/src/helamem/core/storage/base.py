@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -198,6 +198,10 @@ class GraphStore(Protocol):
     def ids_in(self, column: str, ids: Sequence[int]) -> tuple[str, list[object]]: ...
 
     def ids_under(self, bases: Sequence[str]) -> list[str]: ...
+
+    def ids_with_metadata(
+        self, scope_ids: Sequence[int] | None, fields: Mapping[str, str], limit: int | None
+    ) -> list[str]: ...
 
     def insert_memory(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from .base import MemoryRow
@@ -28,6 +28,10 @@ __all__ = ["INLINE_IDS", "SQLiteUpkeep"]
 #: PostgreSQL's 65,535), however many scope nodes a prefix holds; 400 keeps a
 #: statement naming one list twice under SQLite's old 999.
 INLINE_IDS = 400
+
+
+def _is_str(value: object, want: str) -> bool:
+    return isinstance(value, str) and value == want
 
 
 class SQLiteUpkeep(SQLiteConnection):
@@ -383,6 +387,36 @@ class SQLiteUpkeep(SQLiteConnection):
         if not key.isidentifier():
             raise ValueError(f"not a plain JSON key: {key!r}")
         return cls._JSON_FIELD.format(column=column, key=key)
+
+    def ids_with_metadata(
+        self, scope_ids: Sequence[int] | None, fields: Mapping[str, str], limit: int | None
+    ) -> list[str]:
+        """Ids of the memories of nodes ``scope_ids`` (``None``: every scope) whose metadata
+        holds every ``fields`` key (a plain identifier) with that string value, oldest
+        first, at most ``limit`` (``None``: all). SQL narrows by :meth:`json_field` (text on
+        both engines: PostgreSQL's also equals a number or boolean spelled so); the JSON
+        itself then decides, so only a string value matches."""
+        where: list[str] = []
+        params: list[object] = []
+        if scope_ids is not None:
+            among, params = self.ids_in("scope_id", scope_ids)
+            where.append(among)
+        for key, value in fields.items():
+            where.append(f"{self.json_field('metadata', key)} = ?")
+            params.append(value)
+        cur = self.db.execute(
+            f"SELECT id, metadata FROM memories WHERE {' AND '.join(where)} ORDER BY n", params
+        )
+        out: list[str] = []
+        try:
+            while (limit is None or len(out) < limit) and (rows := cur.fetchmany(256)):
+                for mid, raw in rows:
+                    meta = json.loads(raw)
+                    if all(_is_str(meta.get(k), v) for k, v in fields.items()):
+                        out.append(str(mid))
+        finally:
+            cur.close()
+        return out if limit is None else out[:limit]
 
     def ids_under(self, bases: Sequence[str]) -> list[str]:
         """Ids that start with ``base + "."`` for some ``base`` (an index range per base:
