@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -13,6 +14,7 @@ from helamem.core import Hit
 
 __all__ = [
     "MIME_KEY",
+    "TURN_KEY",
     "Turn",
     "content_of",
     "encode",
@@ -22,12 +24,16 @@ __all__ = [
     "last_user",
     "own_metadata",
     "text_of",
+    "turn_key",
 ]
 
 _TEXT_TYPES = {MemoryMimeType.TEXT, MemoryMimeType.MARKDOWN}
 MIME_KEY = "_helamem_mime_type"
 """The stored metadata key of a memory's MIME type (the caller's own keys are left as given;
 memories stored before it was used hold the type under ``mime_type``)."""
+TURN_KEY = "_helamem_turn"
+"""The stored metadata key of a recorded turn's identity (:func:`turn_key`); internal, as
+:data:`MIME_KEY`: query results leave it out."""
 # Headers of the messages memories inject (HeLa-Mem's own, and AutoGen's ListMemory and
 # ChromaDBVectorMemory): they are not conversation, so never a query.
 _MEMORY_HEADERS = ("[helamem:", "\nRelevant memory content")
@@ -97,6 +103,20 @@ def last_turn(messages: Sequence[LLMMessage]) -> Turn | None:
                     return Turn(i, text_of(msg.content), text_of(reply.content))
             return None
     return None
+
+
+def turn_key(scope: Sequence[str], messages: Sequence[LLMMessage], turn: Turn) -> str:
+    """The identity of ``turn`` of a whole history: a hash of the scope and of every user
+    and assistant message up to its reply (memory messages left out), so the same
+    exchange at another place in a conversation, or in another one, has another key."""
+    spoken = [m for m in messages if not is_memory_message(m)][: turn.at + 1]
+    said = [
+        [type(m).__name__, text_of(m.content)]
+        for m in spoken
+        if isinstance(m, UserMessage | AssistantMessage)
+    ]
+    text = json.dumps([list(scope), said], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def last_user(messages: Sequence[LLMMessage]) -> str | None:
@@ -173,6 +193,7 @@ def content_of(hit: Hit) -> MemoryContent:
     """
     m = hit.memory
     stored = dict(m.metadata)
+    stored.pop(TURN_KEY, None)
     kind = stored.pop(MIME_KEY, None)
     if kind is None:  # stored before MIME_KEY: the type is under mime_type
         kind = stored.pop("mime_type", None)

@@ -39,6 +39,7 @@ from helamem.core import (
 
 from ._convert import (
     MIME_KEY,
+    TURN_KEY,
     Turn,
     content_of,
     encode,
@@ -47,6 +48,7 @@ from ._convert import (
     last_turn,
     last_user,
     own_metadata,
+    turn_key,
 )
 from .config import HelaMemMemoryConfig
 
@@ -72,6 +74,7 @@ class _Served:
     ids: tuple[str, ...] = ()  # their ids
     recorded: Turn | None = None  # the last turn recorded from it
     seen: int = 0  # conversation messages in its history then (fewer later: it was cleared)
+    fresh: bool = True  # not read yet: its history may come from load_state
 
 
 def _best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
@@ -530,18 +533,34 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         with fewer conversation messages than last time was cleared, so its
         turns are new. A view that may be a window (``whole`` false) shifts
         positions: there a turn is told apart by its text only.
+
+        A turn of a whole history is stored with its identity (:func:`turn_key`,
+        under ``TURN_KEY``). The first time a context is read, its history may
+        be one loaded from a saved state (``agent.load_state``) whose last turn
+        an earlier process or memory recorded already: it is skipped when the
+        store holds that identity in this scope.
         """
         turn = last_turn(messages)
         spoken = sum(not is_memory_message(m) for m in messages)
         if whole and spoken < served.seen:
             served.recorded = None  # cleared (agent.on_reset(), load_state)
         served.seen = spoken
+        first, served.fresh = served.fresh, False
         if turn is not None and not whole:
             turn = turn._replace(at=-1)
         if turn is None or turn == served.recorded:
             return
+        key = turn_key(self.scope, messages, turn) if whole else None
+        if first and key is not None:
+            found = await self.helamem.afind_ids(self.scope, metadata={TURN_KEY: key}, limit=1)
+            if found:
+                served.recorded = turn
+                return
         used = served.ids if served.query == turn.user else ()
-        await self.recorder.record_turn(self.scope, turn.user, turn.assistant, used_ids=used)
+        meta = None if key is None else {TURN_KEY: key}
+        await self.recorder.record_turn(
+            self.scope, turn.user, turn.assistant, used_ids=used, metadata=meta
+        )
         served.recorded = turn
         logger.debug("queued turn for scope %r with %d used memories", self.scope, len(used))
 

@@ -1,0 +1,196 @@
+"""Turns of a history loaded from a saved state (``agent.load_state``), each stored once.
+
+An agent ran two tasks, saved its state and closed its memory (``close()``
+records the context's last turn). A new memory and agent on the same store
+loaded that state and ran one more task: the loaded history's last turn,
+which the first memory had recorded at close, was stored a second time (the
+new memory had never seen the context, so it took that turn for a new one).
+A recorded turn now carries its identity (a hash of the conversation up to
+it) and a memory asks the store for it the first time it reads a context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autogen_agentchat.agents import AssistantAgent
+from autogen_core import CancellationToken
+from autogen_core.model_context import UnboundedChatCompletionContext
+from autogen_core.models import AssistantMessage, UserMessage
+from autogen_replay_client import ReplayChatCompletionClient
+from test_autogen_memory import ALICE, SpyMemory, config
+
+from helamem.autogen import HelaMemMemory
+from helamem.autogen._convert import TURN_KEY
+from helamem.core import HashingEmbedder, HelaMemory
+
+
+@pytest.fixture
+async def store(tmp_path: Path, hela_config: Any) -> AsyncIterator[SpyMemory]:
+    mem = SpyMemory(hela_config(tmp_path / "store"), embedder=HashingEmbedder(256))
+    yield mem
+    await mem.aclose()
+
+
+def _episodes(store_db: Any, path: Path) -> list[str]:
+    """The episodes stored at ``path``, in the order they were stored."""
+    db = store_db(path)
+    try:
+        rows = db.execute("SELECT content FROM memories WHERE kind = 'episodic' ORDER BY n")
+        return [str(r[0]) for r in rows.fetchall()]
+    finally:
+        db.close()
+
+
+async def _first_process(
+    path: Path, tasks: list[str], replies: list[str], *, reset_after: int | None = None
+) -> Mapping[str, Any]:
+    memory = HelaMemMemory(config(path))
+    agent = AssistantAgent("a", model_client=ReplayChatCompletionClient(replies), memory=[memory])
+    for i, task in enumerate(tasks):
+        await agent.run(task=task)
+        if i == reset_after:
+            await agent.on_reset(CancellationToken())
+    state = await agent.save_state()
+    await memory.close()  # records the context's last turn
+    return state
+
+
+async def _second_process(
+    path: Path, state: Mapping[str, Any], tasks: list[str], replies: list[str]
+) -> ReplayChatCompletionClient:
+    memory = HelaMemMemory(config(path))
+    client = ReplayChatCompletionClient(replies)
+    agent = AssistantAgent("a", model_client=client, memory=[memory])
+    await agent.load_state(state)
+    for task in tasks:
+        await agent.run(task=task)
+    await memory.close()
+    return client
+
+
+async def test_a_reloaded_agent_stores_each_turn_once(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    path = tmp_path / "data"
+    state = await _first_process(path, ["question 0", "question 1"], ["answer 0", "answer 1"])
+    assert _episodes(store_db, path) == ["question 0", "answer 0", "question 1", "answer 1"]
+
+    client = await _second_process(path, state, ["question 2"], ["answer 2"])
+
+    assert _episodes(store_db, path) == [
+        "question 0",
+        "answer 0",
+        "question 1",
+        "answer 1",  # once: the first memory recorded it at close
+        "question 2",
+        "answer 2",
+    ]
+    # the reloaded history reached the model, and the earlier turns were found as memories
+    prompt = client.calls[-1]
+    assert [m.content for m in prompt if isinstance(m, UserMessage)] == [
+        "question 0",
+        "question 1",
+        "question 2",
+    ]
+    memories = "\n".join(str(m.content) for m in prompt if type(m).__name__ == "SystemMessage")
+    assert "answer 1" in memories
+
+
+async def test_a_turn_never_recorded_is_recorded_after_the_reload(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """The first process stopped before recording its last turn (a crash: here its store
+    closed under it, so its close() records nothing more); the reload records that turn."""
+    path = tmp_path / "data"
+    cfg = config(path)
+    store = HelaMemory(cfg.to_helamem_config())
+    memory = HelaMemMemory(cfg, memory=store)
+    agent = AssistantAgent(
+        "a", model_client=ReplayChatCompletionClient(["answer 0", "answer 1"]), memory=[memory]
+    )
+    await agent.run(task="question 0")
+    await agent.run(task="question 1")
+    state = await agent.save_state()
+    await memory.flush()  # the first turn is stored
+    await store.aclose()  # "crash": the last turn is never recorded
+    await memory.close()
+    assert _episodes(store_db, path) == ["question 0", "answer 0"]
+
+    await _second_process(path, state, ["question 2"], ["answer 2"])
+
+    assert _episodes(store_db, path) == [
+        "question 0",
+        "answer 0",
+        "question 1",  # recorded by the second process: nobody had
+        "answer 1",
+        "question 2",
+        "answer 2",
+    ]
+
+
+async def test_the_same_exchange_after_on_reset_is_stored_again_and_once_more_only(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    path = tmp_path / "data"
+    state = await _first_process(path, ["hi", "hi"], ["Hello!", "Hello!"], reset_after=0)
+    assert _episodes(store_db, path) == ["hi", "Hello!"] * 2  # a new conversation, a new turn
+
+    await _second_process(path, state, ["bye"], ["Bye!"])
+
+    assert _episodes(store_db, path) == ["hi", "Hello!", "hi", "Hello!", "bye", "Bye!"]
+
+
+async def test_a_repeated_exchange_is_a_new_turn_across_a_reload(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    path = tmp_path / "data"
+    state = await _first_process(path, ["yes", "yes"], ["Done.", "Done."])
+
+    await _second_process(path, state, ["yes"], ["Done."])
+
+    assert _episodes(store_db, path) == ["yes", "Done."] * 3
+
+
+async def test_a_second_memory_on_a_shared_store_sees_the_turn_the_first_queued(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    """The first memory queued the turn (not yet stored, not closed); a second memory of
+    the same store reading the loaded history waits for it, finds it, and skips it."""
+    first = HelaMemMemory(config(tmp_path), memory=store)
+    context = UnboundedChatCompletionContext()
+    await context.add_message(UserMessage(content="I adopted a cat", source="user"))
+    await first.update_context(context)
+    await context.add_message(AssistantMessage(content="Congratulations!", source="a"))
+    await first.record_last_turn(context)  # queued
+
+    second = HelaMemMemory(config(tmp_path), memory=store)
+    loaded = UnboundedChatCompletionContext()
+    await loaded.load_state(await context.save_state())
+    await second.update_context(loaded)  # reads the loaded history
+    await loaded.add_message(UserMessage(content="Her name is Miso", source="user"))
+    await second.update_context(loaded)
+    await loaded.add_message(AssistantMessage(content="Hello Miso!", source="a"))
+    await second.close()
+    await first.close()
+
+    assert [(u, a) for u, a, _ in store.turns] == [
+        ("I adopted a cat", "Congratulations!"),
+        ("Her name is Miso", "Hello Miso!"),
+    ]
+    stored = store.find_ids(ALICE, metadata={TURN_KEY: _key_of(store, "Hello Miso!")})
+    assert len(stored) == 2  # the turn's two messages carry its identity
+    reader = HelaMemMemory(config(tmp_path), memory=store)
+    results = (await reader.query("Miso")).results
+    assert results and all(TURN_KEY not in (r.metadata or {}) for r in results)  # internal
+    await reader.close()
+
+
+def _key_of(store: SpyMemory, content: str) -> str:
+    """The turn identity stored with the episode ``content``."""
+    hits = store.search(content, ALICE, k=10, learn=False)
+    hit = next(h for h in hits if h.memory.content == content)
+    return str(hit.memory.metadata[TURN_KEY])
