@@ -187,3 +187,108 @@ def test_random_stores_queries_and_limits(tmp_path: Path, new_memory: Any, seed:
             assert all(i.namespace[: len(prefix)] == prefix for i in got)
             if flt is not None:
                 assert all(i.value["n"] >= 5 for i in got)
+
+
+TOPICS = [
+    "my cat miso chased a mouse",
+    "the violin recital is on saturday",
+    "my knee needs physio after the marathon",
+    "tomato plants in the garden",
+    "green tea every morning",
+    "the tax forms are due in april",
+]
+
+
+def _facts_store(store: HelaMemStore, memory: HelaMemory) -> int:
+    """Turns on six topics, distilled into more facts than ``semantic_k``, beside
+    documents (one unindexed); returns how many facts."""
+    for t in TOPICS:
+        for i in range(3):
+            memory.add_turn(NS, f"{t} {i}", f"noted: {t} {i}")
+    facts = memory.consolidate(NS).facts_added
+    assert facts > memory.config.retrieval.semantic_k
+    store.put(NS, "pet", {"text": "Miso is a grey cat"})
+    store.put(NS, "bike", {"text": "the bike needs new brakes"})
+    store.put(NS, "raw", {"text": "cat miso, unindexed"}, index=False)
+    return facts
+
+
+def _at(items: list[SearchItem]) -> list[tuple[tuple[str, ...], str]]:
+    return [(i.namespace, i.key) for i in items]
+
+
+def test_query_search_returns_every_fact(store: HelaMemStore, memory: HelaMemory) -> None:
+    """A query search returns every matching item, facts included: the core's episodic
+    search brings at most ``semantic_k`` facts beside its episodes, none below
+    ``semantic_min_relevance``, and none of those may go missing from the store."""
+    facts = _facts_store(store, memory)
+    q = "cat miso"
+    beside = [h for h in memory.search(q, NS, k=100, learn=False) if h.provenance == "semantic"]
+    assert len(beside) < facts  # what the core's default search would have dropped
+    listed = store.search(NS, limit=1000)
+    for got in (
+        store.search(NS, query=q, limit=1000),
+        asyncio.run(store.asearch(NS, query=q, limit=1000)),
+        store.search(NS[:1], query=q, limit=1000),
+    ):
+        assert len(got) == len(listed)
+        assert set(_at(got)) == set(_at(listed))  # every item once
+        scored = [i for i in got if i.score is not None]
+        assert _at(got[len(scored) :]) == [(NS, "raw")]  # ranked first, unindexed last
+        _check(scored, 1000)
+        mine = [i for i in scored if i.value.get("kind") == "semantic"]
+        assert len(mine) == facts
+        floor = memory.config.retrieval.semantic_min_relevance
+        assert any(i.score is not None and i.score < floor for i in mine)  # low ones too
+    # a filter means the same: the best facts, and every one of them
+    ranked = [i for i in got if i.value.get("kind") == "semantic"]
+    for limit in (1, 3, facts, 100):
+        only = store.search(NS, query=q, limit=limit, filter={"kind": "semantic"})
+        assert _at(only) == _at(ranked[:limit])
+    with HelaMemStore(memory, recorded=False) as docs_only:  # facts are not items there
+        got = docs_only.search(NS, query=q, limit=1000)
+        assert sorted(i.key for i in got) == ["bike", "pet", "raw"]
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 7])
+def test_query_pages_cover_facts_once(store: HelaMemStore, memory: HelaMemory, size: int) -> None:
+    """Successive query pages hold ``min(limit, matching - offset)`` items and cover
+    every item (episodes, facts, documents, the unindexed one) exactly once."""
+    _facts_store(store, memory)
+    total = len(store.search(NS, limit=1000))
+    assert total < memory.config.retrieval.candidates  # within the pool: pages are exact
+    keys: list[tuple[tuple[str, ...], str]] = []
+    for offset in range(0, total + size, size):
+        page = store.search(NS, query="violin recital", limit=size, offset=offset)
+        assert len(page) == max(0, min(size, total - offset))
+        _check([i for i in page if i.score is not None], size)
+        keys += _at(page)
+    assert len(keys) == len(set(keys)) == total
+
+
+def test_a_page_learns_per_kind(
+    store: HelaMemStore, memory: HelaMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the core learns: the best ``learn_top`` facts of a page co-activate among
+    themselves, the best ``learn_top`` episodes and documents among themselves."""
+    _facts_store(store, memory)
+    groups: list[list[str]] = []
+    real = memory.reinforce
+
+    def spy(ids: Any) -> int:
+        groups.append(list(ids))
+        return real(ids)
+
+    monkeypatch.setattr(memory, "reinforce", spy)
+    page = store.search(NS, query="cat miso", limit=100)
+    top = memory.config.retrieval.learn_top
+    facts = [i for i in page if i.value.get("kind") == "semantic"]
+    assert len(facts) > top
+    kinds = [{memory.get(i).kind for i in g} for g in groups]
+    assert sorted(map(sorted, kinds)) == [["episodic"], ["semantic"]]
+    (learned,) = [set(g) for g, k in zip(groups, kinds, strict=True) if k == {"semantic"}]
+    assert len(learned) == top
+    assert learned <= {i.key for i in facts}
+    assert min(i.score or 0 for i in facts if i.key in learned) >= max(
+        i.score or 0 for i in facts if i.key not in learned
+    )

@@ -1,5 +1,5 @@
 """What a :class:`~helamem.langgraph.HelaMemStore` plan asks of its executor, op
-validation, and document items as LangGraph items.
+validation, document items as LangGraph items, and the addresses of items and hits.
 
 A plan (a generator) is pure translation: it yields these requests, and the
 sync or async executor does the I/O and sends the answers back, so both
@@ -8,11 +8,11 @@ sync or async executor does the I/O and sends the answers back, so both
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from helamem.core import InvalidInputError
+from helamem.core import Hit, InvalidInputError, Kind
 from langgraph.store.base import (
     BaseStore,
     GetOp,
@@ -46,8 +46,8 @@ class Write:
 class Search:
     query: str
     prefix: tuple[str, ...] | None  # None: every scope, one candidate pool
-    k: int  # episodic hits
-    semantic_k: int  # distilled facts
+    k: int  # hits of this kind
+    kind: Kind  # episodic: turns, documents (no facts beside them); semantic: facts
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,19 @@ def public(item: Item, score: float | None = None, scored: bool = False) -> Any:
 
 def searched(item: Item, score: float | None = None) -> SearchItem:
     return SearchItem(item.namespace, item.key, item.value, item.created_at, item.updated_at, score)
+
+
+def addressable(namespace: Sequence[str]) -> bool:
+    """Whether LangGraph accepts ``namespace`` as an address (no label empty, none with
+    "." or NUL): only there can a document be. A recorded memory's scope is any core
+    scope (a ``user_id`` with "." in it)."""
+    return all(label and "." not in label and "\x00" not in label for label in namespace)
+
+
+def item_at(item: Item) -> tuple[tuple[str, ...], str]:
+    return tuple(item.namespace), item.key
+
+
+def hit_address(hit: Hit) -> tuple[tuple[str, ...], str]:
+    meta = hit.memory.metadata["langgraph"]
+    return tuple(meta["namespace"]), str(meta["key"])

@@ -14,7 +14,8 @@ This module translates LangGraph operations into plans over the two; how
 writes keep them in agreement under any interleaving or kill is in
 :mod:`helamem.langgraph._writes`, filters and paging in
 :mod:`helamem.langgraph._filters`, recorded memories (turns, facts) as items
-in :mod:`helamem.langgraph._recorded`, and the TTL sweeper in
+in :mod:`helamem.langgraph._recorded`, the ranked items of a query search in
+:mod:`helamem.langgraph._ranking`, and the TTL sweeper in
 :mod:`helamem.langgraph._ttl`.
 """
 
@@ -33,7 +34,6 @@ from typing import Any, Self, TypeVar
 
 from helamem.core import (
     HelaMemory,
-    Hit,
     InvalidInputError,
     MemoryNotFoundError,
     StoreClosedError,
@@ -57,16 +57,25 @@ from langgraph.store.sqlite import SqliteStore
 from ._filters import matches, select_namespaces
 from ._index import index_fields
 from ._journal import Journal
-from ._ops import Call, Docs, Forget, Learn, Plan, Req, Search, Write, check_op, public, searched
-from ._recorded import (
-    is_store_memory,
-    item_of,
-    recorded_at,
-    recorded_items,
-    recorded_namespaces,
+from ._ops import (
+    Call,
+    Docs,
+    Forget,
+    Learn,
+    Plan,
+    Req,
+    Search,
+    Write,
+    addressable,
+    check_op,
+    item_at,
+    public,
+    searched,
 )
+from ._ranking import RankedSearch
+from ._recorded import recorded_at, recorded_items, recorded_namespaces
 from ._ttl import TTLSweeper
-from ._writes import ID_FIELD, JOURNAL, JournaledWrites, RepairReport, family_base, named_id
+from ._writes import ID_FIELD, JOURNAL, JournaledWrites, RepairReport, named_id
 
 __all__ = ["ID_FIELD", "HelaMemStore", "RepairReport"]
 
@@ -77,7 +86,7 @@ _CHUNK = 256  # documents read per page while filtering a listing
 _ALL = 2**62  # "no limit" for the document store's listings
 
 
-class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
+class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
     """LangGraph long-term memory store backed by HeLa-Mem.
 
     Namespaces are HeLa-Mem scopes. ``put`` embeds the values at the item's
@@ -311,16 +320,7 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         if isinstance(req, Call):
             return req.fn()
         if isinstance(req, Search):
-            scope = req.prefix or ()  # (): the core ranks every scope in one pool
-            res = m.search(
-                req.query,
-                scope,
-                k=req.k,
-                semantic_k=req.semantic_k,
-                learn=False,
-                spread=self.spread,
-            )
-            return list(res)
+            return list(m.search(req.query, req.prefix or (), **self._search_args(req)))
         if isinstance(req, Learn):
             try:
                 m.reinforce(req.ids)
@@ -328,6 +328,18 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
                 logger.debug("skipped learning: a returned memory was deleted meanwhile")
             return None
         return self._forget_stale(req.stale)
+
+    def _search_args(self, req: Search) -> dict[str, Any]:
+        """The core search of one kind, read-only (the page learns); a prefix of ``()``
+        ranks every scope in one pool. Facts are asked for on their own
+        (``kind="semantic"``: as many as asked, no relevance floor), never beside episodes."""
+        return {
+            "k": req.k,
+            "kind": req.kind,
+            "semantic_k": 0,
+            "learn": False,
+            "spread": self.spread,
+        }
 
     async def _arun(self, req: Req) -> Any:
         m = self.memory
@@ -341,16 +353,7 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         if isinstance(req, Call):
             return await asyncio.to_thread(req.fn)
         if isinstance(req, Search):
-            scope = req.prefix or ()
-            res = await m.asearch(
-                req.query,
-                scope,
-                k=req.k,
-                semantic_k=req.semantic_k,
-                learn=False,
-                spread=self.spread,
-            )
-            return list(res)
+            return list(await m.asearch(req.query, req.prefix or (), **self._search_args(req)))
         if isinstance(req, Learn):
             try:
                 await m.areinforce(req.ids)
@@ -438,11 +441,11 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             mine = [r for r in mine if matches(r.value, op.filter)]
             while len(items) < want and mine:
                 chunk, mine = mine[: want - len(items)], mine[want - len(items) :]
-                where = [r for r in chunk if _addressable(r.namespace)]
+                where = [r for r in chunk if addressable(r.namespace)]
                 got = yield Docs([GetOp(r.namespace, r.key, refresh_ttl=False) for r in where])
                 # a document at its address (a replacing put killed mid-way) shadows it
-                shadowed = {_at(r) for r, d in zip(where, got, strict=True) if d is not None}
-                items += [r for r in chunk if _at(r) not in shadowed]
+                shadowed = {item_at(r) for r, d in zip(where, got, strict=True) if d is not None}
+                items += [r for r in chunk if item_at(r) not in shadowed]
         page = items[op.offset : want]
         yield from self._refresh(page, op.refresh_ttl)
         return [searched(i) for i in page]
@@ -450,16 +453,17 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
     def _refresh(self, items: Sequence[Item], refresh: bool) -> Plan[None]:
         """Refresh the TTL of items a read returned, when the store refreshes on read."""
         if refresh and items and (self.ttl_config or {}).get("refresh_on_read"):
-            at = [i for i in items if _addressable(i.namespace)]  # only there can a TTL be
+            at = [i for i in items if addressable(i.namespace)]  # only there can a TTL be
             if at:
                 yield Docs([GetOp(i.namespace, i.key, refresh_ttl=True) for i in at])
 
     def _query(self, op: SearchOp) -> Plan[list[SearchItem]]:
         """One page of query search: the ranked items, then the unindexed ones.
 
-        ``offset=0``: the core's ``search(k=limit)`` (facts merged in by score,
-        then cut). ``offset=o``: the best ``limit`` items of the core's best
-        ``o + limit`` that are not in the ``offset=0, limit=o`` result, so a
+        ``offset=0``: the best ``limit`` of the core's best ``limit`` episodes and
+        best ``limit`` facts, merged by score (see :meth:`_ranked`). ``offset=o``:
+        the best ``limit`` items of the core's best ``o + limit`` (of each kind)
+        that are not in the ``offset=0, limit=o`` result, so a
         page never repeats the items before it even though the core sorts its
         best k by relevance, not by the activation that chose them. When the
         core's best-k sets are nested in k (always without association hits),
@@ -475,8 +479,8 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
         ranked = len(found)
         if offset:
             before, more, _ = yield from self._ranked(op, offset)
-            shown = {_at(item) for item, _ in before[:offset]}
-            found = [(item, h) for item, h in found if _at(item) not in shown]
+            shown = {item_at(item) for item, _ in before[:offset]}
+            found = [(item, h) for item, h in found if item_at(item) not in shown]
             stale += [s for s in more if s not in stale]
         page = found[:limit]
         for group in self._coactive([h for _, h in page]):
@@ -495,93 +499,3 @@ class HelaMemStore(JournaledWrites, TTLSweeper, BaseStore):
             yield from self._refresh(unscored, op.refresh_ttl)
             items += unscored
         return items
-
-    def _ranked(
-        self, op: SearchOp, n: int
-    ) -> Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]], bool]]:
-        """The live items among the core's best (facts included) that match the
-        filter, highest score first, at least ``n`` of them unless the prefix
-        holds fewer; the stale memories met; and whether every memory was seen."""
-        assert op.query
-        k = n * self.filter_overfetch if op.filter else n
-        while True:
-            facts = min(self.memory.config.retrieval.semantic_k, k)
-            hits: list[Hit] = yield Search(op.query, op.namespace_prefix or None, k, facts)
-            found, stale = yield from self._live(op, hits)
-            episodic = sum(h.provenance != "semantic" for h in hits)
-            exhausted = episodic < k
-            if len(found) >= n or exhausted:
-                return found, stale, exhausted
-            # fill the usual candidate pool first: within it the core's best-k sets are
-            # nested in k, so offset pages stay exact (see _query)
-            cap = self.memory.config.retrieval.candidates
-            k = cap if k < cap < 4 * k else 4 * k
-
-    def _live(
-        self, op: SearchOp, hits: list[Hit]
-    ) -> Plan[tuple[list[tuple[SearchItem, Hit]], list[tuple[str, tuple[str, ...], str]]]]:
-        """The hits as items: documents that still name them, and recorded memories
-        (unless ``recorded=False``, or a document shadows their address). Read without
-        refreshing TTLs: only the items a page returns are refreshed."""
-        docs_of = [h for h in hits if is_store_memory(h.memory)]
-        mine = [h for h in hits if not is_store_memory(h.memory)] if self.recorded else []
-        # a recorded scope LangGraph refuses as a namespace (a user_id with ".") holds no
-        # document: nothing to look up there (the document store would refuse the lookup)
-        mine_at = [h for h in mine if _addressable(h.memory.scope)]
-        addresses = [_address(h) for h in docs_of] + [(h.memory.scope, h.id) for h in mine_at]
-        got: list[Item | None] = (
-            (yield Docs([GetOp(*a, refresh_ttl=False) for a in addresses])) if addresses else []
-        )
-        doc = {h.id: d for h, d in zip(docs_of, got, strict=False)}
-        shadowed = {
-            h.id for h, d in zip(mine_at, got[len(docs_of) :], strict=True) if d is not None
-        }
-        found: list[tuple[SearchItem, Hit]] = []
-        stale: list[tuple[str, tuple[str, ...], str]] = []
-        seen: set[tuple[tuple[str, ...], str]] = set()
-        for h in sorted(hits, key=lambda h: -h.score):
-            if h.id in doc:
-                d = doc[h.id]
-                if d is None or named_id(d) != family_base(h.id):  # in flight, or stale: kept
-                    stale.append((h.id, *_address(h)))
-                    continue
-                item = public(d, h.score, scored=True)
-            elif self.recorded and h.id not in shadowed and not is_store_memory(h.memory):
-                item = searched(item_of(h.memory), h.score)
-            else:
-                continue
-            if _at(item) not in seen and matches(item.value, op.filter):
-                seen.add(_at(item))  # an item scores by its best field
-                found.append((item, h))
-        return found, stale
-
-    def _coactive(self, page: Sequence[Hit]) -> list[list[str]]:
-        """The core's learning rule on the page: per kind, the best ``learn_top``
-        by score (0: all) co-activate; association hits only if they rank among them."""
-        top = self.memory.config.retrieval.learn_top
-        groups: dict[bool, list[Hit]] = {}
-        for h in page:
-            groups.setdefault(h.provenance == "semantic", []).append(h)
-        out = []
-        for g in groups.values():
-            best = sorted(g, key=lambda h: -h.score)
-            ids = [h.id for h in (best[:top] if top else best)]
-            if len(ids) > 1:
-                out.append(ids)
-        return out
-
-
-def _addressable(namespace: Sequence[str]) -> bool:
-    """Whether LangGraph accepts ``namespace`` as an address (no label empty, none with
-    "." or NUL): only there can a document be. A recorded memory's scope is any core
-    scope (a ``user_id`` with "." in it)."""
-    return all(label and "." not in label and "\x00" not in label for label in namespace)
-
-
-def _at(item: Item) -> tuple[tuple[str, ...], str]:
-    return tuple(item.namespace), item.key
-
-
-def _address(hit: Hit) -> tuple[tuple[str, ...], str]:
-    meta = hit.memory.metadata["langgraph"]
-    return tuple(meta["namespace"]), str(meta["key"])
