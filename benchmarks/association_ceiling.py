@@ -34,7 +34,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from helamem.bench import CachingEmbedder
 from helamem.bench.locomo import load_locomo
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, MiniLMEmbedder, NewMemory
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, MiniLMEmbedder
 
 SEEDS = (3, 8)
 WINDOWS = (1, 2)
@@ -49,10 +49,7 @@ def measure(data: Path, embedder: CachingEmbedder, work: Path) -> dict[str, Any]
     with HelaMemory(HelaMemConfig(path=work), embedder=embedder) as mem:
         for conv in convs:
             scope = ("locomo", conv.sample_id)
-            mem.add_many(
-                NewMemory(t.content, scope, event_time=t.event_time, metadata={"dia_id": t.dia_id})
-                for t in conv.turns
-            )
+            mem.add_many(t.memory(scope) for t in conv.turns)
             turns = [t.dia_id for t in conv.turns]
             where = {d: i for i, d in enumerate(turns)}
             for q in conv.questions:

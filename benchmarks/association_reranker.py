@@ -51,7 +51,6 @@ from helamem.core import (
     HelaMemConfig,
     HelaMemory,
     MiniLMEmbedder,
-    NewMemory,
     RetrievalConfig,
     association,
     retrieval,
@@ -109,9 +108,7 @@ def collect(
         with HelaMemory(cfg, embedder=embedder) as mem:
             for conv in convs:
                 scope = ("locomo", conv.sample_id)
-                added = mem.add_many(
-                    NewMemory(t.content, scope, event_time=t.event_time) for t in conv.turns
-                )
+                added = mem.add_many(t.memory(scope) for t in conv.turns)
                 dia_of = {m.id: t.dia_id for m, t in zip(added, conv.turns, strict=True)}
                 keys = mem._call(lambda c: c.store.rows_by_id(list(dia_of)))  # noqa: B023
                 dia = {r.n: dia_of[i] for i, r in keys.items()}

@@ -41,7 +41,6 @@ from helamem.core import (
     HelaMemConfig,
     HelaMemory,
     MiniLMEmbedder,
-    NewMemory,
 )
 
 MODES = ("read-only", "learn", "oracle")
@@ -59,10 +58,7 @@ def run_mode(
         ids: dict[str, dict[str, str]] = {}
         for conv in convs:
             scope = ("locomo", conv.sample_id)
-            stored = mem.add_many(
-                NewMemory(t.content, scope, event_time=t.event_time, metadata={"dia_id": t.dia_id})
-                for t in conv.turns
-            )
+            stored = mem.add_many(t.memory(scope) for t in conv.turns)
             ids[conv.sample_id] = {str(m.metadata["dia_id"]): m.id for m in stored}
         for conv in convs:
             scope = ("locomo", conv.sample_id)

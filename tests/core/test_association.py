@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,3 +250,63 @@ def test_a_weak_learned_path_gives_no_association_signals() -> None:
         x = dict(zip(r.candidates.ns, r.candidates.x, strict=True))[100]
         assert bool(x[F["neighbour"]]) == reached
         assert bool(x[F["before_1"]] or x[F["after_1"]]) == reached
+
+
+def test_named_marks_candidates_whose_role_the_query_names() -> None:
+    own = {**_own(3), "named": [1.0, 0.0, 1.0]}
+    c = association.features(own, [1, 2, 3], {1: 0.5, 2: 0.4, 3: 0.3}, [1, 2, 3], 2, {}, (), {})
+    assert c.x[:, F["named"]].tolist() == [1.0, 0.0, 1.0]
+    # without the signal (a pool built by hand, an older caller) it reads 0
+    assert association.features(_own(2), [1, 2], {}, [1, 2], 2, {}, (), {}).x[
+        :, F["named"]
+    ].tolist() == [0.0, 0.0]
+
+
+def test_a_search_tells_the_model_which_memories_the_query_names(
+    tmp_path: Path, store_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The role is read with the ranking columns and compared with the query's
+    words, case-insensitively and word by word ("Sam" is not "Samantha")."""
+    from helamem.core import HashingEmbedder, retrieval
+
+    cfg = HelaMemConfig(path=tmp_path, store=store_config(tmp_path))
+    seen: list[Pool] = []
+    real = retrieval.rank
+
+    def keep(pool: Pool, **kw: object) -> retrieval.Ranking:
+        seen.append(pool)
+        return real(pool, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(retrieval, "rank", keep)
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
+        scope = ("chat", "1")
+        ids = {
+            who: mem.add(f"{who}: I tried seltzer water instead of soda", scope, role=who).id
+            for who in ("Sam", "Evan", "Samantha")
+        }
+        mem.add("no speaker given: seltzer water instead of soda", scope)
+        res = mem.search("what did SAM try instead of soda?", scope, k=4, learn=False)
+        assert set(ids.values()) <= set(res.ids)
+        pool = seen[-1]
+        assert pool.named is not None
+        named = dict(zip(pool.ns, pool.named.tolist(), strict=True))
+        assert sum(named.values()) == 1.0  # Sam only: not Evan, Samantha or no role
+        keys = mem._call(lambda c: c.store.rows_by_id([ids["Sam"]]))
+        assert named[keys[ids["Sam"]].n] == 1.0
+
+
+def test_a_transcript_line_is_not_prefixed_with_its_role_twice() -> None:
+    from datetime import UTC, datetime
+
+    from helamem.core import Hit, Memory
+    from helamem.core.types import context_line
+
+    def line(content: str, role: str | None) -> str:
+        when = datetime(2024, 5, 1, tzinfo=UTC)
+        m = Memory("01X", ("s",), "episodic", content, role, when, when)
+        return context_line(Hit(m, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, "base"))
+
+    assert line("Sam: I'll give it a try.", "Sam") == "- [2024-05-01] Sam: I'll give it a try."
+    assert line("I'll give it a try.", "Sam") == "- [2024-05-01] Sam: I'll give it a try."
+    assert line("Samantha: hi", "Sam") == "- [2024-05-01] Sam: Samantha: hi"
+    assert line("hi", None) == "- [2024-05-01] hi"

@@ -61,7 +61,7 @@ from typing import Any, TextIO
 from helamem.core.config import HelaMemConfig, RetrievalConfig
 from helamem.core.embeddings import Embedder, MiniLMEmbedder
 from helamem.core.engine import HelaMemory
-from helamem.core.types import NewMemory, ranking_order
+from helamem.core.types import ranking_order
 
 from ._common import CachingEmbedder, Progress, TokenCounter, config_overrides, token_counter
 from ._stores import BenchStores
@@ -270,12 +270,7 @@ def run_locomo(
             ingest_bar = Progress("ingest", len(convs) * len(chosen), progress)
             for conv in convs:
                 scope = ("locomo", conv.sample_id)
-                items = [
-                    NewMemory(
-                        t.content, scope, event_time=t.event_time, metadata={"dia_id": t.dia_id}
-                    )
-                    for t in conv.turns
-                ]
+                items = [t.memory(scope) for t in conv.turns]
                 for m in chosen:
                     start = time.perf_counter()
                     if m.ingest == "plain":

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from helamem.core import NewMemory
+
 CATEGORIES: dict[int, str] = {
     1: "multi-hop",
     2: "temporal",
@@ -50,11 +52,25 @@ class Turn:
         dia_id: LoCoMo's turn id, e.g. ``"D1:3"``.
         content: ``"speaker: text"`` plus ``" [image: caption]"``.
         event_time: The date of the turn's session.
+        speaker: Who spoke it (``""``: not given).
     """
 
     dia_id: str
     content: str
     event_time: datetime
+    speaker: str = ""
+
+    def memory(self, scope: tuple[str, ...]) -> NewMemory:
+        """The turn as the benchmarks store it: its content, with the speaker as
+        ``role`` (so ``selection="learned"`` sees who a question names) and the
+        LoCoMo turn id as ``metadata["dia_id"]``."""
+        return NewMemory(
+            self.content,
+            scope,
+            role=self.speaker or None,
+            event_time=self.event_time,
+            metadata={"dia_id": self.dia_id},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +251,15 @@ def _conversation(sample: Any, report: EvidenceReport) -> Conversation:
         for turn in conv[key]:
             if not isinstance(turn, dict) or "dia_id" not in turn:
                 raise LocomoFormatError(f"{sample_id} {key}: a turn without 'dia_id'")
-            turns.append(Turn(str(turn["dia_id"]), _turn_content(turn), when))
+            speaker = turn.get("speaker")
+            turns.append(
+                Turn(
+                    str(turn["dia_id"]),
+                    _turn_content(turn),
+                    when,
+                    speaker.strip() if isinstance(speaker, str) else "",
+                )
+            )
     if not turns:
         raise LocomoFormatError(f"{sample_id}: no sessions with turns")
     known = {t.dia_id for t in turns}

@@ -17,7 +17,7 @@ from ._base import SearchTiming, check_content, check_k, scope_tag
 from ._learning import LearningOps
 from .errors import InvalidInputError, StorageError
 from .storage.base import EdgeRow, RankRow
-from .text import drop_common, fts_match, fts_terms
+from .text import drop_common, fts_match, fts_terms, named, tokens
 from .tokens import TokenCount
 from .types import (
     Hit,
@@ -116,6 +116,7 @@ class SearchOps(LearningOps):
             if not done and pending is not None:
                 wait([pending])  # the embedding writes the query cache: never left running
         mass = self._lexical_mass(stats)
+        words = frozenset(tokens(query))  # for the learned selection's ``named``
         lexical_s = time.perf_counter() - lexical_start
         dense_start = time.perf_counter()
         qv, qtok = cached if cached is not None else pending.result()  # type: ignore[union-attr]
@@ -136,6 +137,7 @@ class SearchOps(LearningOps):
                 ref_given,
                 lexical[path_kind],
                 mass,
+                words,
             )
             if found is None:
                 continue
@@ -355,6 +357,7 @@ class SearchOps(LearningOps):
         ref_given: float | None,
         lex: dict[int, float],
         mass: float,
+        words: frozenset[str] = frozenset(),
     ) -> tuple[retrieval.Ranking, dict[int, RankRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
@@ -367,7 +370,7 @@ class SearchOps(LearningOps):
         }
         if not rows:
             return None
-        pool = self._pool(rows, qv, lex, qtok)
+        pool = self._pool(rows, qv, lex, qtok, words)
         ref = retrieval.reference_time(pool, ref_given)
         ranking: retrieval.Ranking | None = None
         prunable: list[tuple[int, int]] = []
@@ -389,7 +392,7 @@ class SearchOps(LearningOps):
                     config=cfg,
                     ref_time=ref,
                     edges=triples,
-                    neighbours=self._pool(extra, qv, {}, qtok),
+                    neighbours=self._pool(extra, qv, {}, qtok, words),
                     lexical_mass=mass,
                     first_hop=first,
                     learned=kind == "episodic",
@@ -404,6 +407,7 @@ class SearchOps(LearningOps):
         qv: np.ndarray,
         lex: dict[int, float],
         qtok: np.ndarray | None = None,
+        words: frozenset[str] = frozenset(),
     ) -> retrieval.Pool:
         ns = tuple(sorted(rows))
         if not ns:
@@ -431,6 +435,7 @@ class SearchOps(LearningOps):
             self._late(qtok, ns),
             np.array([rows[n].chars for n in ns], dtype=np.float64),
             np.array([rows[n].question for n in ns], dtype=np.float64),
+            np.array([named(rows[n].role, words) for n in ns], dtype=np.float64),
         )
 
     def _seed_edges(

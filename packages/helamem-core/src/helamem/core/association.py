@@ -51,6 +51,7 @@ FEATURES: tuple[str, ...] = (
     "after_1",
     "after_2",
     "answer",
+    "named",
 )
 """A candidate's features, in the model's column order.
 
@@ -60,7 +61,9 @@ MaxSim without token vectors, as in the base activation), ``bm25_share``
 (its BM25 over the pool's best), ``bm25_match`` (1 if BM25 matched it),
 ``question`` (1 if its text ends with "?"), ``base`` (its base activation),
 ``base_rank`` (``1 / (1 + rank)`` in the base ranking, 0 outside the pool),
-``top_k`` (1 in the base top-k), ``length`` (characters / 200).
+``top_k`` (1 in the base top-k), ``length`` (characters / 200),
+``named`` (1 if the query names the memory's role, its speaker: "What did
+Sam try?" for a memory of role ``"Sam"``; see :func:`helamem.core.text.named`).
 Association, from the best-ranked seed that reaches it (all 0 for a memory
 spreading did not reach): ``neighbour`` (1),
 ``seed_maxsim``, ``seed_base``, ``seed_rank`` (the seed's ``base_rank``),
@@ -73,32 +76,34 @@ make an edge that learning strengthened count against its memory.
 
 
 ASSOCIATION_MODEL: tuple[tuple[str, float], ...] = (
-    ("bias", -5.0775),
-    ("maxsim", 1.3009),
-    ("cosine", -0.3113),
-    ("bm25_share", 2.592),
-    ("bm25_match", -0.5611),
-    ("question", -0.9448),
-    ("base", -2.1038),
-    ("base_rank", 0.3578),
-    ("top_k", 0.4055),
-    ("length", 0.7743),
-    ("neighbour", -1.5821),
-    ("seed_maxsim", -0.1729),
-    ("seed_base", 4.1667),
-    ("seed_rank", 1.0913),
-    ("before_2", -0.7531),
-    ("before_1", -1.5192),
-    ("after_1", -1.8355),
-    ("after_2", -0.4456),
-    ("answer", 2.2405),
+    ("bias", -6.783),
+    ("maxsim", 1.1954),
+    ("cosine", -0.2812),
+    ("bm25_share", 2.8304),
+    ("bm25_match", -0.5564),
+    ("question", -0.7507),
+    ("base", -2.3918),
+    ("base_rank", 0.3769),
+    ("top_k", 0.4119),
+    ("length", 0.8435),
+    ("neighbour", -1.4174),
+    ("seed_maxsim", 0.017),
+    ("seed_base", 3.6162),
+    ("seed_rank", 1.1247),
+    ("before_2", -0.9881),
+    ("before_1", -1.3048),
+    ("after_1", -1.155),
+    ("after_2", -0.6843),
+    ("answer", 1.7428),
+    ("named", 1.9275),
 )
 """The default ``RetrievalConfig.association_model``: logistic weights over
 :data:`FEATURES` (raw feature units), fitted on all
 seven conversations of the LoCoMo dev split with MiniLM
-(``benchmarks/association_reranker.py --fit``). Held out, each conversation
-scored by weights fitted on the other six, R@10 at 10 hits is 0.827 against
-0.788 for ``selection="final"`` and 0.749 for fusion (README, Benchmarks)."""
+(``benchmarks/association_reranker.py --fit``; the benchmarks store each
+turn with its speaker as ``role``). Held out, each conversation scored by
+weights fitted on the other six, R@10 at 10 hits is 0.834 against 0.783 for
+``selection="final"`` and 0.749 for fusion (README, Benchmarks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +134,8 @@ def features(
     Args:
         own: Per-candidate arrays aligned with ``ns``: ``"maxsim"``,
             ``"cosine"`` (as the model takes them: pool z-scores),
-            ``"bm25"``, ``"question"`` (0/1), ``"chars"``.
+            ``"bm25"``, ``"question"`` (0/1), ``"chars"``, and optionally
+            ``"named"`` (0/1; absent: 0).
         ns: Candidate keys (the pool, then the memories spreading reached).
         base: Base activation of every candidate (outside the pool: scored
             against the pool's statistics, with BM25 0).
@@ -164,6 +170,8 @@ def features(
     x[:, col["bm25_match"]] = bm25 > 0
     x[:, col["question"]] = np.asarray(own["question"], dtype=np.float64)
     x[:, col["length"]] = np.minimum(np.asarray(own["chars"], dtype=np.float64), LENGTH_CAP) / 200.0
+    if "named" in own:
+        x[:, col["named"]] = np.asarray(own["named"], dtype=np.float64)
     rank = {m: r for r, m in enumerate(pool_order)}
     row = {m: i for i, m in enumerate(ns)}
     for i, m in enumerate(ns):

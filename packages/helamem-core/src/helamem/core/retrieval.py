@@ -47,6 +47,9 @@ class Pool:
     """Each memory's length in characters (``None``: unknown, read as 0)."""
     question: FloatArray | None = None
     """1 where a memory's text ends with "?" (``None``: unknown, read as 0)."""
+    named: FloatArray | None = None
+    """1 where the query names a memory's role (:func:`helamem.core.text.named`;
+    ``None``: unknown, read as 0)."""
 
 
 def maxsim_packed(
@@ -513,6 +516,7 @@ def _candidates(
         "bm25": column("lexical"),
         "question": column("question"),
         "chars": column("chars"),
+        "named": column("named"),
     }
     order_key = {n: (t, n) for n, t in zip(ns, times, strict=True)}
     return association.features(own, ns, activation, order, k, via, first_hop, order_key)

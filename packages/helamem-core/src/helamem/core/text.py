@@ -14,6 +14,7 @@ __all__ = [
     "fts_query",
     "fts_terms",
     "keywords",
+    "named",
     "safe_text",
     "tokens",
 ]
@@ -212,6 +213,21 @@ def tokens(text: str) -> list[str]:
         ['hello', 'wörld', '42']
     """
     return [t.lower() for t in _WORD.findall(text)]
+
+
+def named(role: str | None, query_words: frozenset[str]) -> bool:
+    """Whether a memory's role (its speaker: ``"Sam"``, ``"user"``) is named in a query.
+
+    Every word of the role must be a word of the query, case-insensitively
+    (``query_words``: ``frozenset(tokens(query))``).
+
+    Examples:
+        >>> q = frozenset(tokens("What did Sam try instead of soda?"))
+        >>> named("Sam", q), named("sam", q), named("Evan", q), named(None, q)
+        (True, True, False, False)
+    """
+    words = tokens(role) if role else []
+    return bool(words) and all(w in query_words for w in words)
 
 
 def keywords(text: str, n: int = 8) -> list[str]:

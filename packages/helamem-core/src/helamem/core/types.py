@@ -350,9 +350,13 @@ class SearchResult:
 
 
 def context_line(hit: Hit) -> str:
-    """One hit as a prompt line: ``- [YYYY-MM-DD] role: content``."""
+    """One hit as a prompt line: ``- [YYYY-MM-DD] role: content``.
+
+    A content that already opens with ``"role:"`` (a transcript line ``"Sam: ..."``
+    stored with ``role="Sam"``) is not prefixed twice.
+    """
     m = hit.memory
-    who = f"{m.role}: " if m.role else ""
+    who = f"{m.role}: " if m.role and not m.content.startswith(f"{m.role}:") else ""
     return f"- [{m.event_time:%Y-%m-%d}] {who}{m.content}"
 
 

@@ -55,6 +55,8 @@ class RankRow:
     """Length of the content in characters."""
     question: bool = False
     """The content ends with "?" (trailing whitespace aside)."""
+    role: str | None = None
+    """The memory's role (its speaker), as stored."""
 
     def vector(self) -> npt.NDArray[np.float32] | None:
         if self.embedding is None:

@@ -232,11 +232,13 @@ class SQLiteStore(SQLiteUpkeep):
                 if keys
             )
             for r in self.db.execute(
-                "SELECT n, id, scope_id, kind, event_time, embedding, shape"
+                "SELECT n, id, scope_id, kind, event_time, embedding, shape, role"
                 f" FROM memories WHERE {where}",
                 [*chunk_ids, *chunk_ns],
             ):
-                out[r[0]] = RankRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6] >> 1, bool(r[6] & 1))
+                out[r[0]] = RankRow(
+                    r[0], r[1], r[2], r[3], r[4], r[5], r[6] >> 1, bool(r[6] & 1), r[7]
+                )
         return out
 
     def unindexed(self, limit: int = 10_000) -> list[MemoryRow]:
