@@ -241,6 +241,33 @@ def test_near_identical_facts_update_instead_of_duplicating(
         assert len(fact.provenance) >= 2  # provenance grew, no second copy
 
 
+def test_a_rewritten_fact_gets_the_new_texts_shape_and_keywords(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """update_fact rewrote content but kept the old text's ``shape`` (length, question
+    mark: the learned selection's signals) and keywords."""
+    new = "Miso is the cat Alice has, named so?"  # the same words: an update
+    texts = iter(["Alice has a cat named Miso", new])
+
+    def next_fact(messages: list[dict[str, str]]) -> str:
+        labels = re.findall(r"\[(E\d+)\]", messages[-1]["content"])
+        return json.dumps({"facts": [{"text": next(texts), "sources": labels[:1]}]})
+
+    llm = ScriptedLLM(*[next_fact] * 2)
+    with _mem(tmp_path, store_config, llm) as mem:
+        _story(mem)
+        first = mem.consolidate(S)
+        assert mem.consolidate(S).facts_updated == 1
+        fid = first.fact_ids[0]
+        fact = mem.get(fid)
+        assert fact.content == new
+        assert fact.keywords == ("miso", "cat", "alice", "named")  # the old: alice first
+        core = mem._core
+        assert core is not None
+        row = next(iter(core.store.rank_rows([fid], []).values()))
+        assert (row.chars, row.question) == (len(new), True)
+
+
 def test_facts_citing_unknown_or_foreign_episodes_are_dropped(
     tmp_path: Path, store_config: StoreConfig
 ) -> None:

@@ -132,6 +132,7 @@ def test_a_deleted_memory_is_gone_and_a_rewritten_one_matches_its_new_text(
                     content="the wombat slept",
                     search_text="the wombat slept",
                     tags=tags,
+                    keywords="[]",
                     provenance="[]",
                     event_time=row.event_time,
                     embedding=row.embedding or b"",

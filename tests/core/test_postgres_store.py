@@ -146,6 +146,7 @@ def test_bm25_scores_equal_sqlite_fts5(tmp_path: Path, pg_server: PgServer) -> N
                         content=text,
                         search_text=text,
                         tags=f"{tags[id(store)]} s99k1",
+                        keywords="[]",
                         provenance="[]",
                         event_time=r.event_time,
                         embedding=b"",

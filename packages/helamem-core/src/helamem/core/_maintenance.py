@@ -21,7 +21,7 @@ from . import dynamics
 from ._core import Core, prepare, scope_tag
 from .distill import ClusterPlan, FactDraft, build_cluster, find_hubs, signature, similarity_edges
 from .storage.base import EdgeRow, MemoryRow
-from .text import safe_text
+from .text import keywords, safe_text
 from .types import Memory, NewMemory, dump_json, normalize_scope
 
 __all__ = [
@@ -238,6 +238,7 @@ def apply_consolidation(
                     content=draft.text,
                     search_text=safe_text(draft.text),
                     tags=tags,
+                    keywords=dump_json(keywords(safe_text(draft.text)), "keywords"),
                     provenance=dump_json(prov, "provenance"),
                     event_time=max(event_time, old.event_time),
                     embedding=vec.tobytes(),

@@ -314,6 +314,7 @@ class GraphStore(Protocol):
         content: str,
         search_text: str,
         tags: str,
+        keywords: str,
         provenance: str,
         event_time: float,
         embedding: bytes,

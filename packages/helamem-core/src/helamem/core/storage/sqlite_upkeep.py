@@ -17,6 +17,7 @@ from .sqlite_schema import (
     qmarks,
     raw_content,
     storage_error,
+    text_shape,
 )
 
 __all__ = ["INLINE_IDS", "SQLiteUpkeep"]
@@ -97,16 +98,20 @@ class SQLiteUpkeep(SQLiteConnection):
         content: str,
         search_text: str,
         tags: str,
+        keywords: str,
         provenance: str,
         event_time: float,
         embedding: bytes,
     ) -> None:
-        """Rewrite a fact's text, provenance and vector (BM25 kept in step; re-index pending)."""
+        """Rewrite a fact's text, provenance and vector (BM25 kept in step; re-index pending);
+        what derives from the text (keywords, the ``shape`` column) is rewritten with it."""
         stored = self._stored_text(search_text)
         self._unindex_texts(db, [row.n])  # first: PostgreSQL's reads the row's old tags
         sets: dict[str, object] = {
             "content": stored,
             "content_raw": raw_content(content, stored),
+            "keywords": keywords,
+            "shape": text_shape(content),
             "provenance": provenance,
             "event_time": event_time,
             "embedding": embedding,
