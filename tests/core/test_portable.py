@@ -394,9 +394,23 @@ def test_v1_store_migrates_on_open_and_works(tmp_path: Path, make_mem: Any) -> N
             "UPDATE memories SET content = content || '?  ' || char(10) WHERE id = ?",
             ("01HZX0A0000000000000000002",),
         )
+        # one holds a NUL (SQL's length() and rtrim() stop there), one a lone surrogate
+        # (its exact text in content_raw, U+FFFD replacements in content)
+        v1.execute(
+            "UPDATE memories SET content = content || char(0) || ' with friends?' WHERE id = ?",
+            ("01HZX0A0000000000000000005",),
+        )
+        v1.execute(
+            "UPDATE memories SET content = ?, content_raw = ? WHERE id = ?",
+            (
+                "Enjoy hiking in the Alps!\ufffd\ufffd\ufffd",
+                "Enjoy hiking in the Alps!\ud800".encode("utf-8", "surrogatepass"),
+                "01HZX0A0000000000000000006",
+            ),
+        )
     with make_mem(path) as mem:
         st = mem.stats()
-        assert st.schema_version == SCHEMA_VERSION == 7
+        assert st.schema_version == SCHEMA_VERSION == 8
         assert (st.episodic, st.semantic, st.edges) == (7, 1, 6)
         assert st.unindexed == 0 and st.vectors == 8  # embedded and indexed on open
         first = mem.get("01HZX0A0000000000000000001")
@@ -415,8 +429,13 @@ def test_v1_store_migrates_on_open_and_works(tmp_path: Path, make_mem: Any) -> N
     versions = [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")]
     assert versions == list(range(1, SCHEMA_VERSION + 1))
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    # migration 7 wrote every old row's text shape as an insert writes a new one's
-    rows = db.execute("SELECT content, shape FROM memories").fetchall()
-    assert len(rows) >= 9 and all(shape == text_shape(text) for text, shape in rows)
-    assert [shape & 1 for _, shape in rows].count(1) == 1
+    # migrations 7 and 8 wrote every old row's text shape as an insert writes a new one's
+    rows = db.execute("SELECT id, content, content_raw, shape FROM memories").fetchall()
+    texts = {
+        i: (c if raw is None else bytes(raw).decode("utf-8", "surrogatepass"), shape)
+        for i, c, raw, shape in rows
+    }
+    assert len(rows) >= 9 and all(shape == text_shape(text) for text, shape in texts.values())
+    assert texts["01HZX0A0000000000000000005"][1] % 2 == 1  # the NUL row asks a question
+    assert [shape & 1 for _, shape in texts.values()].count(1) == 2
     db.close()

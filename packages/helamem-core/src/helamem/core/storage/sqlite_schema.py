@@ -163,6 +163,16 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE memories SET shape = min(length(content), 1000000) * 2
         + (substr(rtrim(content, ' ' || char(9) || char(10) || char(13)), -1) = char(63));
     """,
+    # 8: 7's backfill again where SQL's text functions read another text than the
+    # caller's: SQLite's length() and rtrim() stop at a NUL (a memory "a\0 long
+    # text?" got length 1 and no question mark), and a lone surrogate's text is in
+    # content_raw (content holds U+FFFD replacements, up to 3 per character); the
+    # rows' shape is now what an insert writes (text_shape, registered on every
+    # connection as helamem_shape)
+    """
+    UPDATE memories SET shape = helamem_shape(content, content_raw)
+        WHERE content_raw IS NOT NULL OR instr(CAST(content AS BLOB), x'00') > 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -282,6 +292,11 @@ def text_shape(content: str) -> int:
     return min(len(content), 1_000_000) * 2 + int(asks)
 
 
+def _row_shape(content: str, raw: bytes | None) -> int:
+    """:func:`text_shape` of a row's text (``content_raw`` when set: the caller's exact text)."""
+    return text_shape(bytes(raw).decode("utf-8", "surrogatepass") if raw is not None else content)
+
+
 def statements(script: str) -> list[str]:
     """A script's SQL statements, one each (a trigger's body keeps its ``;``).
 
@@ -392,6 +407,7 @@ class SQLiteConnection:
                     db.execute("SELECT POWER(2.0, 2)").fetchone()
                 except sqlite3.OperationalError:
                     db.create_function("POWER", 2, math.pow, deterministic=True)
+                db.create_function("helamem_shape", 2, _row_shape, deterministic=True)
                 # a damaged file often opens fine and fails on the first read
                 db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
                 return
