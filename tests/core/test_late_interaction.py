@@ -94,6 +94,71 @@ def test_memories_without_token_vectors_are_filled_lazily_by_search(
         assert [h.memory.id for h in again] == [h.memory.id for h in before]
 
 
+def test_a_text_rewritten_or_deleted_while_a_search_embeds_it_keeps_no_token_vectors(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
+    """A search fills missing token vectors from the texts it read; another writer
+    rewrote one (a fact's update) and deleted another meanwhile: the search stored the
+    old text's token vectors after the rewrite had dropped them (MaxSim then scored the
+    memory by a text it no longer held, for good) and a row for the deleted memory."""
+    from helamem.core._base import scope_tag
+
+    path = tmp_path / "m"
+    with _mem(path, store_config, tokens=False) as old:  # stored without token vectors
+        kept = old.add("alice adopted a cat named miso", ("s",))
+        gone = old.add("alice adopted a dog named rex", ("s",))
+    new_text = "alice adopted a violin named miso"
+    emb = HashingEmbedder(256, token_vectors=True)
+    cfg = HelaMemConfig(path=path, store=store_config(path))
+    with HelaMemory(cfg, embedder=emb) as mem, _mem(path, store_config) as other:
+
+        def rewrite(core: Any) -> None:
+            row = core.store.rows_by_id([kept.id])[kept.id]
+            tags = " ".join(scope_tag(a, "episodic") for a in core.store.ancestors(row.scope_id))
+            with core.store.tx() as db:
+                core.store.update_fact(
+                    db,
+                    row,
+                    content=new_text,
+                    search_text=new_text,
+                    tags=tags,
+                    keywords="[]",
+                    provenance="[]",
+                    event_time=row.event_time,
+                    embedding=emb.embed([new_text])[0].tobytes(),
+                )
+
+        embed = emb.embed_with_tokens
+
+        def racing(texts: list[str]) -> Any:
+            out = embed(texts)
+            if kept.content in texts:  # the search read the texts: the other writer acts
+                other._call(rewrite)
+                other.delete(gone.id)
+            return out
+
+        emb.embed_with_tokens = racing  # type: ignore[method-assign]
+        mem.search("alice adopted", ("s",), k=2, learn=False)
+        emb.embed_with_tokens = embed  # type: ignore[method-assign]
+        db = store_db(path)
+        try:
+            n_kept = db.execute("SELECT n FROM memories WHERE id = ?", (kept.id,)).fetchone()
+            rows = dict(db.execute("SELECT n, data FROM token_vectors").fetchall())
+            keys = {int(r[0]) for r in db.execute("SELECT n FROM memories").fetchall()}
+        finally:
+            db.close()
+        assert set(rows) <= keys  # none of the deleted memory
+        want = retrieval.pack_tokens(emb.embed_with_tokens([new_text])[1][0])
+        assert bytes(rows.get(n_kept[0], want)) == want  # absent, or of the text it holds
+        mem.search("alice adopted", ("s",), k=2, learn=False)  # refilled from the new text
+        db = store_db(path)
+        try:
+            data = db.execute("SELECT data FROM token_vectors WHERE n = ?", n_kept).fetchone()
+        finally:
+            db.close()
+        assert bytes(data[0]) == want
+
+
 def test_reembedding_drops_the_old_token_vectors(
     tmp_path: Path, store_config: StoreConfig, store_db: Any
 ) -> None:

@@ -526,7 +526,13 @@ class CoreBase:
                 assert toks is not None
                 packed = [(n, retrieval.pack_tokens(t)) for n, t in zip(todo, toks, strict=True)]
                 with self.store.tx() as db:
-                    self.store.put_token_vectors(db, packed)
+                    # under the writer lock: a text another writer rewrote (or a memory it
+                    # deleted) since it was read here keeps no token vectors of the old text
+                    now = self.store.rows_by_n(todo)
+                    same = [
+                        (n, b) for n, b in packed if n in now and now[n].content == rows[n].content
+                    ]
+                    self.store.put_token_vectors(db, same)
                 stored = {n: b for n, b in stored.items() if n not in lacking} | dict(packed)
         if any(n not in stored for n in ns):
             return None  # a memory vanished mid-search: rank this pool without MaxSim
