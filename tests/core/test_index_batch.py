@@ -334,6 +334,66 @@ def test_an_id_reused_by_another_writer_keeps_its_own_vector(
     _check(path, store_config, store_db)
 
 
+def test_a_vector_read_before_another_writer_rewrote_the_memory_is_not_kept(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
+    """A's reconcile reads a rewritten fact's vector; B rewrites it again and indexes its
+    new vector before A's write lands. A's write (the old vector) overwrote B's in HNSW
+    and A marked the row indexed (by key and id only): the index kept the old text's
+    vector for good and `helamem check` (ids only) said OK. Now the row is left
+    unindexed, and the next reconcile writes the vector SQLite holds."""
+    from helamem.core._base import scope_tag
+
+    path = tmp_path / "s"
+    a = _open(path, store_config)
+    b = HelaMemory(_config(path, store_config), embedder=HashingEmbedder(DIM)).open()
+    try:
+        (x,) = a.add_many([NewMemory("alice adopted a cat", SCOPE)])
+
+        def rewrite(text: str, reconcile: bool) -> Callable[[Any], None]:
+            def run(core: Any) -> None:  # as a consolidation updating a fact does
+                row = core.store.rows_by_id([x.id])[x.id]
+                nodes = core.store.ancestors(row.scope_id)
+                with core.store.tx() as db:
+                    core.store.update_fact(
+                        db,
+                        row,
+                        content=text,
+                        search_text=text,
+                        tags=" ".join(scope_tag(s, row.kind) for s in nodes),
+                        keywords="[]",
+                        provenance="[]",
+                        event_time=row.event_time,
+                        embedding=core.embedder.embed([text])[0].tobytes(),
+                    )
+                if reconcile:
+                    core.reconcile()
+
+            return run
+
+        a._call(rewrite("alice keeps a cat named miso", reconcile=False))
+
+        def racing(core: Any) -> None:
+            real = core.index.upsert
+
+            def upsert(ids: Sequence[str], *args: Any) -> None:
+                if x.id in ids:  # A read the vector; B rewrites and indexes the memory
+                    core.index.upsert = real
+                    b._call(rewrite("bob plays the violin on sundays", reconcile=True))
+                real(ids, *args)
+
+            core.index.upsert = upsert
+
+        a._call(racing)
+        a._call(lambda c: c.reconcile())
+        a._call(lambda c: c.reconcile())  # what the race left unindexed
+        assert _same_direction(_chroma_vector(a, x.id), _sqlite_vector(a, x.id))
+    finally:
+        b.close()
+        a.close()
+    _check(path, store_config, store_db)
+
+
 def test_another_writers_fresh_rows_are_left_to_its_batch(
     tmp_path: Path, store_config: StoreConfig
 ) -> None:

@@ -368,8 +368,11 @@ class CoreBase:
                 rows = [r for r in rows if now.get(r[1]) == r[0]]
             if rows:
                 ns, ids, sids, kinds, vecs = zip(*rows, strict=True)
-                self.index.upsert(list(ids), np.stack(vecs), list(sids), list(kinds))
-                self.store.mark_indexed(list(zip(ns, ids, strict=True)))
+                mat = np.stack(vecs).astype(np.float32)
+                self.index.upsert(list(ids), mat, list(sids), list(kinds))
+                self.store.mark_indexed(
+                    list(zip(ns, ids, strict=True)), 1, [v.tobytes() for v in mat]
+                )
                 after = self.store.keys_of(ids) if recheck else {}
                 moved = [
                     (after[i], i) for n, i in zip(ns, ids, strict=True) if after.get(i, n) != n
@@ -412,6 +415,7 @@ class CoreBase:
         for r in rows:
             groups[(r.scope_id, r.kind)].append(r)
         done: list[MemoryRow] = []
+        written: list[bytes] = []  # the vectors the index took: a row changed since is not done
         for (scope_id, kind), part in groups.items():
             vectors = np.stack(
                 [fresh[r.n] if r.n in fresh else r.vector() for r in part]  # type: ignore[misc]
@@ -424,8 +428,9 @@ class CoreBase:
                 logger.debug("scope %d left unindexed for the index's holder: %s", scope_id, exc)
                 continue
             done.extend(part)
+            written.extend(v.tobytes() for v in vectors)
         if done:
-            self.store.mark_indexed([(r.n, r.id) for r in done])
+            self.store.mark_indexed([(r.n, r.id) for r in done], 1, written)
         return len(done)
 
     def drop_lexical(self) -> None:

@@ -278,13 +278,17 @@ class SQLiteStore(SQLiteUpkeep):
             )
         return out
 
-    def mark_indexed(self, keys: Sequence[tuple[int, str]], value: int = 1) -> None:
-        """Set ``indexed`` of the memories ``(n, id)`` (a key and id that no longer
-        match, because the memory was deleted meanwhile, change nothing)."""
+    def mark_indexed(
+        self, keys: Sequence[tuple[int, str]], value: int = 1, written: Sequence[bytes] = ()
+    ) -> None:
+        """Set ``indexed`` of the memories ``(n, id)`` (a key and id that no longer match,
+        the memory deleted meanwhile, change nothing); given the vectors ``written`` to the
+        index, a row whose vector changed since (a fact another writer rewrote) gets 0."""
+        same = "CASE WHEN embedding = ? THEN ? ELSE 0 END" if written else "?"
         with self.tx() as db:
             db.executemany(
-                "UPDATE memories SET indexed = ? WHERE n = ? AND id = ?",
-                [(value, n, i) for n, i in keys],
+                f"UPDATE memories SET indexed = {same} WHERE n = ? AND id = ?",
+                [(*written[j : j + 1], value, n, i) for j, (n, i) in enumerate(keys)],
             )
 
     def set_embeddings(self, items: Sequence[tuple[int, bytes]]) -> None:
