@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,31 @@ def test_an_id_reused_by_another_writer_keeps_its_own_vector(
     _check(path, store_config, store_db)
 
 
+def _rewrite(id_: str, text: str, reconcile: bool) -> Callable[[Any], None]:
+    """Rewrite memory ``id_``'s text and vector, as a consolidation updating a fact does."""
+    from helamem.core._base import scope_tag
+
+    def run(core: Any) -> None:
+        row = core.store.rows_by_id([id_])[id_]
+        nodes = core.store.ancestors(row.scope_id)
+        with core.store.tx() as db:
+            core.store.update_fact(
+                db,
+                row,
+                content=text,
+                search_text=text,
+                tags=" ".join(scope_tag(s, row.kind) for s in nodes),
+                keywords="[]",
+                provenance="[]",
+                event_time=row.event_time,
+                embedding=core.embedder.embed([text])[0].tobytes(),
+            )
+        if reconcile:
+            core.reconcile()
+
+    return run
+
+
 def test_a_vector_read_before_another_writer_rewrote_the_memory_is_not_kept(
     tmp_path: Path, store_config: StoreConfig, store_db: Any
 ) -> None:
@@ -342,35 +368,12 @@ def test_a_vector_read_before_another_writer_rewrote_the_memory_is_not_kept(
     and A marked the row indexed (by key and id only): the index kept the old text's
     vector for good and `helamem check` (ids only) said OK. Now the row is left
     unindexed, and the next reconcile writes the vector SQLite holds."""
-    from helamem.core._base import scope_tag
-
     path = tmp_path / "s"
     a = _open(path, store_config)
     b = HelaMemory(_config(path, store_config), embedder=HashingEmbedder(DIM)).open()
     try:
         (x,) = a.add_many([NewMemory("alice adopted a cat", SCOPE)])
-
-        def rewrite(text: str, reconcile: bool) -> Callable[[Any], None]:
-            def run(core: Any) -> None:  # as a consolidation updating a fact does
-                row = core.store.rows_by_id([x.id])[x.id]
-                nodes = core.store.ancestors(row.scope_id)
-                with core.store.tx() as db:
-                    core.store.update_fact(
-                        db,
-                        row,
-                        content=text,
-                        search_text=text,
-                        tags=" ".join(scope_tag(s, row.kind) for s in nodes),
-                        keywords="[]",
-                        provenance="[]",
-                        event_time=row.event_time,
-                        embedding=core.embedder.embed([text])[0].tobytes(),
-                    )
-                if reconcile:
-                    core.reconcile()
-
-            return run
-
+        rewrite = partial(_rewrite, x.id)
         a._call(rewrite("alice keeps a cat named miso", reconcile=False))
 
         def racing(core: Any) -> None:
@@ -386,6 +389,44 @@ def test_a_vector_read_before_another_writer_rewrote_the_memory_is_not_kept(
 
         a._call(racing)
         a._call(lambda c: c.reconcile())
+        a._call(lambda c: c.reconcile())  # what the race left unindexed
+        assert _same_direction(_chroma_vector(a, x.id), _sqlite_vector(a, x.id))
+    finally:
+        b.close()
+        a.close()
+    _check(path, store_config, store_db)
+
+
+def test_a_promotion_keeps_no_vector_rewritten_while_it_loads(
+    tmp_path: Path, store_config: StoreConfig, store_db: Any
+) -> None:
+    """A scope's promotion copies its vectors from the graph store into the new
+    collection; B rewrites (and indexes) a memory between A's read and A's write: A's
+    old vector replaced B's and A marked the row indexed, for good."""
+    path = tmp_path / "s"
+    cfg = _config(path, store_config)
+    a = HelaMemory(cfg, embedder=HashingEmbedder(DIM)).open()
+    b = HelaMemory(cfg, embedder=HashingEmbedder(DIM)).open()
+    try:
+        (x,) = a.add_many([NewMemory("alice adopted a cat", SCOPE)])
+        a.add_many([NewMemory(f"seed {i} garden tea", SCOPE) for i in range(7)])
+        rewrite = partial(_rewrite, x.id)
+
+        def racing(core: Any) -> None:
+            exact = core.index._exact
+            real = exact.batches
+
+            def batches(key: Any, *args: Any) -> Any:
+                for ns, ids, mat in real(key, *args):
+                    if x.id in ids:  # read: B rewrites and indexes it before A writes
+                        exact.batches = real
+                        b._call(rewrite("bob plays the violin on sundays", reconcile=True))
+                    yield ns, ids, mat
+
+            exact.batches = batches
+
+        a._call(racing)
+        a.add_many([NewMemory(f"more {i} garden tea", SCOPE) for i in range(3)])  # promotes
         a._call(lambda c: c.reconcile())  # what the race left unindexed
         assert _same_direction(_chroma_vector(a, x.id), _sqlite_vector(a, x.id))
     finally:

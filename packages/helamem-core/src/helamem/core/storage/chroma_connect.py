@@ -509,7 +509,7 @@ class ChromaConnection:
             for ns, ids, mat in self._exact.batches(key):
                 col.upsert(ids=ids, embeddings=mat)
                 self._drop_vanished(col, ids)
-                self._exact.mark_indexed(ns, ids)
+                self._exact.mark_indexed(ns, ids, [v.tobytes() for v in mat])
                 done += len(ids)
         except CHROMA_FAILURES as exc:
             raise StorageError(f"Chroma upsert failed: {exc}") from exc

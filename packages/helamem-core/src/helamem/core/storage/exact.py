@@ -247,16 +247,19 @@ class ExactVectors:
                 raise storage_error(exc, self._path, "could not record a promoted scope") from exc
         return True
 
-    def mark_indexed(self, ns: Sequence[int], ids: Sequence[str]) -> None:
-        """Mark the memories ``(n, id)`` indexed (one deleted meanwhile changes nothing)."""
+    def mark_indexed(self, ns: Sequence[int], ids: Sequence[str], written: Sequence[bytes]) -> None:
+        """Mark the memories ``(n, id)`` indexed (one deleted meanwhile changes nothing)
+        whose vector is still the one ``written`` to the collection; one another writer
+        rewrote since it was read (a fact's update) is marked unindexed: re-indexed."""
         db = self.db
         try:
             with self._lock:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     db.executemany(
-                        "UPDATE memories SET indexed = 1 WHERE n = ? AND id = ?",
-                        list(zip(ns, ids, strict=True)),
+                        "UPDATE memories SET indexed = CASE WHEN embedding = ? THEN 1 ELSE 0 END"
+                        " WHERE n = ? AND id = ?",
+                        list(zip(written, ns, ids, strict=True)),
                     )
                     db.execute("COMMIT")
                 except BaseException:
