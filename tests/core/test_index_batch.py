@@ -435,6 +435,37 @@ def test_a_promotion_keeps_no_vector_rewritten_while_it_loads(
     _check(path, store_config, store_db)
 
 
+def test_a_small_scopes_cached_vectors_follow_another_writers_rewrite(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """The exact tier caches a small scope's matrix, validated by (COUNT, MAX(n)); a
+    fact B rewrote in place changed neither, so A's dense leg kept ranking it by the
+    text it no longer held (until the scope gained or lost a memory)."""
+    path = tmp_path / "s"
+    cfg = HelaMemConfig(path=path, store=store_config(path))  # exact_below 2,000
+    a = HelaMemory(cfg, embedder=HashingEmbedder(DIM)).open()
+    b = HelaMemory(cfg, embedder=HashingEmbedder(DIM)).open()
+    try:
+        notes = [NewMemory(f"note {i} on garden tea", SCOPE, linked=False) for i in range(20)]
+        x = a.add_many(notes)[0]
+        new = "bob plays the violin on sundays"
+
+        def nearest(core: Any) -> list[tuple[str, float]]:
+            sid = core.store.rows_by_id([x.id])[x.id].scope_id
+            got: list[tuple[str, float]] = core.index.query(
+                core.embedder.embed([new])[0], 1, [sid], "episodic"
+            )
+            return got
+
+        assert a._call(nearest)[0][1] > 0.5  # cached: x is far from the new text
+        b._call(_rewrite(x.id, new, reconcile=True))
+        ((top, distance),) = a._call(nearest)
+        assert top == x.id and distance < 1e-5
+    finally:
+        b.close()
+        a.close()
+
+
 def test_another_writers_fresh_rows_are_left_to_its_batch(
     tmp_path: Path, store_config: StoreConfig
 ) -> None:

@@ -203,6 +203,7 @@ def _switch(
             )
             # token vectors of the old model: dropped, refilled lazily by searches
             db.executemany("DELETE FROM token_vectors WHERE n = ?", [(int(r[0]),) for r in rows])
+            store.vectors_rewritten(db)
             store.set_meta(db, SWITCH_KEY, json.dumps({**target, "done_n": done_n}))
         count += len(rows)
         done += len(rows)

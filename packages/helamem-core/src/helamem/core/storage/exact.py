@@ -10,10 +10,10 @@ bytes) and validated before every use by a fingerprint read from the covering
 index ``memories_scope``: ``(COUNT(*), MAX(n))``. Keys ``n`` are never reused
 (``AUTOINCREMENT``), so a grown maximum with a count grown by as many rows
 means appends only (read just those rows); anything else (a delete) reloads
-the scope. A row rewritten in place by this process passes through
-:meth:`ExactVectors.forget`; one rewritten by another process (a distilled
-fact merged with a near-duplicate, cosine >= ``dedup_cos``) keeps its old
-vector here until its scope gains or loses a memory.
+the scope. A vector rewritten in place (a distilled fact merged with a
+near-duplicate, a re-embedding), which the fingerprint cannot see, changes
+meta :data:`REWRITTEN_KEY` in its transaction, in any process: every search
+reads it in its snapshot and, when it changed, empties the cache.
 
 This module owns a second, read-mostly SQLite connection of its own (the
 store's connection stays the store's; either may be mid-read when the other
@@ -38,9 +38,11 @@ import numpy.typing as npt
 from ..errors import StorageError
 from .sqlite_schema import storage_error
 
-__all__ = ["ExactVectors"]
+__all__ = ["REWRITTEN_KEY", "ExactVectors"]
 
 _PROMOTED_KEY = "vector_index.hnsw"
+REWRITTEN_KEY = "vectors.rewritten"
+"""Meta key changed (a new random value) by every in-place rewrite of stored vectors."""
 _STORE_ID_KEY = "store_id"
 
 Key = tuple[int, str]
@@ -103,6 +105,7 @@ class ExactVectors:
         self._dim = 0
         self._cache: OrderedDict[Key, _Entry] = OrderedDict()
         self._bytes = 0
+        self._rewritten: str | None = None  # meta REWRITTEN_KEY the cache was read under
         self._lock = threading.RLock()
 
     # -- lifecycle -------------------------------------------------------
@@ -471,6 +474,11 @@ class ExactVectors:
             except sqlite3.Error as exc:
                 raise storage_error(exc, self._path, "vector search: reading failed") from exc
             try:
+                rewritten = self._read_meta(REWRITTEN_KEY)
+                if rewritten != self._rewritten:  # vectors rewritten in place somewhere
+                    self._cache.clear()
+                    self._bytes = 0
+                    self._rewritten = rewritten
                 fps = self._fingerprints(keys)
                 entries = [self._entry(key, fp) for key, fp in fps.items()]
             finally:

@@ -299,6 +299,7 @@ class SQLiteStore(SQLiteUpkeep):
                 [(e, n) for n, e in items],
             )
             db.executemany("DELETE FROM token_vectors WHERE n = ?", [(n,) for n, _ in items])
+            self.vectors_rewritten(db)
 
     def put_token_vectors(self, db: sqlite3.Connection, items: Sequence[tuple[int, bytes]]) -> None:
         """Store memories' token vectors (see :func:`~helamem.core.retrieval.pack_tokens`)."""

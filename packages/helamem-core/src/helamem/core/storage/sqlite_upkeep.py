@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from .base import MemoryRow
+from .exact import REWRITTEN_KEY
 from .sqlite_schema import (
     MEMORY_COLS,
     SUBTREE,
@@ -123,7 +125,13 @@ class SQLiteUpkeep(SQLiteConnection):
             (*sets.values(), row.n),
         )
         db.execute("DELETE FROM token_vectors WHERE n = ?", (row.n,))
+        self.vectors_rewritten(db)
         self._index_texts(db, [(row.n, search_text, tags)])
+
+    def vectors_rewritten(self, db: sqlite3.Connection) -> None:
+        """Tell every process's exact-tier cache (storage/exact.py) that stored vectors
+        changed in place, which its fingerprint of a scope cannot see."""
+        self.set_meta(db, REWRITTEN_KEY, secrets.token_hex(8))
 
     def cluster_known(self, scope_id: int, signature: str) -> bool:
         r = self.db.execute(
