@@ -9,6 +9,11 @@ conversation, the best hit's score is recorded for three kinds of query:
   reported with whether the best hit is an evidence turn);
 * ``nonsense``: strings of random letters, 2-4 "words" each (seeded).
 
+The same for the demo's story (``examples/core_demo.py``, ``./dev demo``): its
+every user and assistant message as ``demo exact`` and as many nonsense
+queries as a conversation gets as ``demo nonsense``; without ``--data`` only
+the demo runs.
+
 It prints p5/p50/p95/max of the best score per kind. The README quotes it.
 
     .venv/bin/python benchmarks/relevance_calibration.py \
@@ -18,6 +23,7 @@ It prints p5/p50/p95/max of the best score per kind. The README quotes it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -42,6 +48,16 @@ def _nonsense(rng: random.Random) -> str:
     )
 
 
+def _demo_story() -> list[tuple[Any, str, str]]:
+    """``examples/core_demo.py``'s STORY: (event time, user message, assistant message)."""
+    path = Path(__file__).parents[1] / "examples" / "core_demo.py"
+    spec = importlib.util.spec_from_file_location("_helamem_demo", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return list(mod.STORY)
+
+
 def _dist(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs, dtype=np.float64)
     return {
@@ -56,17 +72,18 @@ def _dist(xs: list[float]) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="LoCoMo JSON (locomo10 schema)")
+    p.add_argument("--data", type=Path, help="LoCoMo JSON (locomo10 schema); omitted: demo only")
     p.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
     p.add_argument("--every", type=int, default=10, help="every n-th turn is an exact query")
     p.add_argument("--nonsense", type=int, default=100, help="nonsense queries per conversation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args()
-    convs, _ = load_locomo(args.data)
+    convs = load_locomo(args.data)[0] if args.data is not None else []
     inner = MiniLMEmbedder() if args.embedder == "minilm" else HashingEmbedder()
     rng = random.Random(args.seed)
     best: dict[str, list[float]] = {"exact": [], "question": [], "nonsense": []}
+    best.update({"demo exact": [], "demo nonsense": []})
     evidence_top = 0
     with tempfile.TemporaryDirectory(prefix="helamem-relevance-") as tmp:
         cfg = HelaMemConfig(path=Path(tmp))
@@ -92,10 +109,24 @@ def main() -> None:
                         evidence_top += h.memory.metadata.get("d") in set(q.evidence)
                 for _ in range(args.nonsense):
                     best["nonsense"].append(top(_nonsense(rng)).score)
+            demo = ("users", "dana")
+            story = _demo_story()
+            for when, user, assistant in story:
+                mem.add_turn(demo, user, assistant, event_time=when)
+            for _, user, assistant in story:
+                for text in (user, assistant):
+                    best["demo exact"].append(
+                        mem.search(text, demo, k=10, learn=False, semantic_k=0)[0].score
+                    )
+            for _ in range(args.nonsense):
+                q = _nonsense(rng)
+                best["demo nonsense"].append(
+                    mem.search(q, demo, k=10, learn=False, semantic_k=0)[0].score
+                )
     results: dict[str, Any] = {
-        "data": str(args.data),
+        "data": None if args.data is None else str(args.data),
         "embedder": inner.name,
-        "best_score": {kind: _dist(xs) for kind, xs in best.items()},
+        "best_score": {kind: _dist(xs) for kind, xs in best.items() if xs},
         "questions_with_evidence_first": evidence_top,
     }
     print("| queries | n | p5 | p50 | p95 | min | max |")
