@@ -375,8 +375,9 @@ class SearchOps(LearningOps):
         ranking: retrieval.Ranking | None = None
         prunable: list[tuple[int, int]] = []
         if spread and cfg.activation_alpha > 0 and cfg.max_flipped > 0:
-            # the seeds need only base activations; the pool is ranked once, below
-            seeds = retrieval.seeds(retrieval.base_activations(pool, cfg, ref), cfg)
+            # the seeds need only base activations (rank takes them: computed once)
+            base = retrieval.base_activations(pool, cfg, ref)
+            seeds = retrieval.seeds(base, cfg)
             triples, prunable, first = self._seed_edges(seeds, rows)
             if triples:
                 extra_ns = {j for _, j, _ in triples if j not in rows}
@@ -396,6 +397,7 @@ class SearchOps(LearningOps):
                     lexical_mass=mass,
                     first_hop=first,
                     learned=kind == "episodic",
+                    base=base,
                 )
         if ranking is None:  # no spreading, or no edge from a seed
             ranking = retrieval.rank(pool, k=k, config=cfg, ref_time=ref, lexical_mass=mass)

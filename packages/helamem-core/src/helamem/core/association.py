@@ -74,6 +74,7 @@ LoCoMo it changed held-out R@10 by +0.002 with a negative weight, which would
 make an edge that learning strengthened count against its memory.
 """
 
+_COL = {f: i for i, f in enumerate(FEATURES)}
 
 ASSOCIATION_MODEL: tuple[tuple[str, float], ...] = (
     ("bias", -6.783),
@@ -161,42 +162,40 @@ def features(
     """
     n = len(ns)
     x = np.zeros((n, len(FEATURES)))
-    col = {f: i for i, f in enumerate(FEATURES)}
     bm25 = np.asarray(own["bm25"], dtype=np.float64)
     best = float(bm25.max()) if n else 0.0
-    x[:, col["maxsim"]] = np.asarray(own["maxsim"], dtype=np.float64)
-    x[:, col["cosine"]] = np.asarray(own["cosine"], dtype=np.float64)
-    x[:, col["bm25_share"]] = bm25 / best if best > 0 else 0.0
-    x[:, col["bm25_match"]] = bm25 > 0
-    x[:, col["question"]] = np.asarray(own["question"], dtype=np.float64)
-    x[:, col["length"]] = np.minimum(np.asarray(own["chars"], dtype=np.float64), LENGTH_CAP) / 200.0
+    x[:, _COL["maxsim"]] = np.asarray(own["maxsim"], dtype=np.float64)
+    x[:, _COL["cosine"]] = np.asarray(own["cosine"], dtype=np.float64)
+    x[:, _COL["bm25_share"]] = bm25 / best if best > 0 else 0.0
+    x[:, _COL["bm25_match"]] = bm25 > 0
+    x[:, _COL["question"]] = np.asarray(own["question"], dtype=np.float64)
+    chars = np.asarray(own["chars"], dtype=np.float64)
+    x[:, _COL["length"]] = np.minimum(chars, LENGTH_CAP) / 200.0
     if "named" in own:
-        x[:, col["named"]] = np.asarray(own["named"], dtype=np.float64)
+        x[:, _COL["named"]] = np.asarray(own["named"], dtype=np.float64)
     rank = {m: r for r, m in enumerate(pool_order)}
-    row = {m: i for i, m in enumerate(ns)}
-    for i, m in enumerate(ns):
-        x[i, col["base"]] = base.get(m, 0.0)
-        at = rank.get(m)
-        if at is not None:
-            x[i, col["base_rank"]] = 1.0 / (1 + at)
-            x[i, col["top_k"]] = float(at < k)
+    x[:, _COL["base"]] = np.fromiter((base.get(m, 0.0) for m in ns), dtype=np.float64, count=n)
+    at = np.fromiter((rank.get(m, -1) for m in ns), dtype=np.int64, count=n)
+    inside = np.flatnonzero(at >= 0)
+    x[inside, _COL["base_rank"]] = 1.0 / (1 + at[inside])
+    x[inside, _COL["top_k"]] = at[inside] < k
+    row = {m: i for i, m in enumerate(ns)} if via else {}
     for m, paths in via.items():
-        j = row.get(m)
+        i = row.get(m)
         reaching = [(rank[s], s) for s, _ in paths if s in rank and s != m]
-        if j is None or not reaching:
+        if i is None or not reaching:
             continue
-        i = j
         r, s = min(reaching)
         later = order_key[m] > order_key[s]
         hop1 = (s, m) in first_hop
-        x[i, col["neighbour"]] = 1.0
-        x[i, col["seed_maxsim"]] = x[row[s], col["maxsim"]] if s in row else 0.0
-        x[i, col["seed_base"]] = base.get(s, 0.0)
-        x[i, col["seed_rank"]] = 1.0 / (1 + r)
-        name = ("after_" if later else "before_") + ("1" if hop1 else "2")
-        x[i, col[name]] = 1.0
-        seed_asks = s in row and x[row[s], col["question"]] > 0
-        x[i, col["answer"]] = float(hop1 and later and seed_asks)
+        j = row.get(s)
+        x[i, _COL["neighbour"]] = 1.0
+        x[i, _COL["seed_maxsim"]] = x[j, _COL["maxsim"]] if j is not None else 0.0
+        x[i, _COL["seed_base"]] = base.get(s, 0.0)
+        x[i, _COL["seed_rank"]] = 1.0 / (1 + r)
+        x[i, _COL[("after_" if later else "before_") + ("1" if hop1 else "2")]] = 1.0
+        seed_asks = j is not None and x[j, _COL["question"]] > 0
+        x[i, _COL["answer"]] = float(hop1 and later and seed_asks)
     return Candidates(tuple(ns), x)
 
 
@@ -218,12 +217,11 @@ def scores(candidates: Candidates, model: Sequence[tuple[str, float]]) -> dict[i
     """
     w = np.zeros(len(FEATURES))
     bias = 0.0
-    col = {f: i for i, f in enumerate(FEATURES)}
     for name, value in model:
         if name == "bias":
             bias = float(value)
-        elif name in col:
-            w[col[name]] = float(value)
+        elif name in _COL:
+            w[_COL[name]] = float(value)
         else:
             raise ValueError(f"unknown association feature {name!r}; use one of {FEATURES}")
     logit = candidates.x @ w + bias

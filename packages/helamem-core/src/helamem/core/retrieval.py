@@ -360,7 +360,14 @@ def propagated_relevance(own: float, via: Sequence[tuple[float, float]]) -> floa
 
 def seeds(base: Mapping[int, float], config: RetrievalConfig) -> dict[int, float]:
     """The few query-dependent seeds: top ``spread_seeds`` with activation above θ."""
-    top = sorted(base, key=lambda n: (-base[n], n))[: config.spread_seeds]
+    return _seeds_of(sorted(base, key=lambda n: (-base[n], n)), base, config)
+
+
+def _seeds_of(
+    order: Sequence[int], base: Mapping[int, float], config: RetrievalConfig
+) -> dict[int, float]:
+    """:func:`seeds` from ``base``'s keys already in order (best first, then key)."""
+    top = order[: config.spread_seeds]
     return {n: base[n] for n in top if base[n] > config.spreading_threshold}
 
 
@@ -382,6 +389,7 @@ def rank(
     lexical_mass: float = 0.0,
     first_hop: Collection[tuple[int, int]] = (),
     learned: bool = True,
+    base: Mapping[int, float] | None = None,
 ) -> Ranking:
     """Rank a candidate pool, spreading activation over ``edges``.
 
@@ -406,9 +414,14 @@ def rank(
         learned: ``False`` ranks as ``selection="final"`` even when the
             config says ``"learned"`` (the model is fitted on episodes; facts
             use the final rule).
+        base: The pool's :func:`base_activations` (same ``config`` and
+            ``ref_time``) when the caller has them already (its seeds came
+            from them); computed here otherwise.
     """
     norm = _norm(pool)
-    base = base_activations(pool, config, ref_time, norm)
+    if base is None:
+        base = base_activations(pool, config, ref_time, norm)
+    order = sorted(pool.ns, key=lambda n: (-base[n], n))
     rel = dict(
         zip(pool.ns, relevance(pool.dense, pool.lexical, lexical_mass).tolist(), strict=True)
     )
@@ -430,10 +443,9 @@ def rank(
             final.update({n: float(v) for n, v in zip(neighbours.ns, extra, strict=True)})
             own = relevance(neighbours.dense, neighbours.lexical, lexical_mass).tolist()
             rel.update(zip(neighbours.ns, own, strict=True))
-        known = {n for n in final}
-        edges = [e for e in edges if e[1] in known]
+        edges = [e for e in edges if e[1] in final]
         boost, via = dynamics.spread(
-            seeds(base, config), edges, config.activation_alpha, config.max_boost
+            _seeds_of(order, base, config), edges, config.activation_alpha, config.max_boost
         )
         own_activation = dict(final)
         for n, b in boost.items():
@@ -442,7 +454,6 @@ def rank(
     lifted_rel = dict(rel)
     for n, paths in via.items():
         lifted_rel[n] = propagated_relevance(rel.get(n, 0.0), [(rel[s], w) for s, w in paths])
-    order = sorted(pool.ns, key=lambda n: (-base[n], n))
     top_by_base = order[:k]
     mode = config.selection
     candidates = None
@@ -456,7 +467,9 @@ def rank(
                 for n, paths in via.items()
                 if (strong := [p for p in paths if p[1] >= config.association_min_path])
             }
-            candidates = _candidates(pool, neighbours, own_activation, order, k, chain, first_hop)
+            candidates = _candidates(
+                pool, neighbours, own_activation, order, k, chain, first_hop, norm
+            )
             final = association.scores(candidates, config.association_model)
     base_top, assoc = dynamics.select(
         {n: base[n] for n in pool.ns},
@@ -491,6 +504,7 @@ def _candidates(
     k: int,
     via: Mapping[int, Sequence[tuple[int, float]]],
     first_hop: Collection[tuple[int, int]],
+    norm: _Norm,
 ) -> association.Candidates:
     """The pool's and the reached neighbours' :func:`association.features`."""
     parts = [pool] if neighbours is None or not neighbours.ns else [pool, neighbours]
@@ -505,7 +519,6 @@ def _candidates(
 
     ns = [n for p in parts for n in p.ns]
     times = np.concatenate([p.event_times for p in parts]).tolist()
-    norm = _norm(pool)
     cosine = _z(column("dense"), norm.dense_mean, norm.dense_sd)
     # without token vectors the pooled cosine stands in for MaxSim, as in the base
     # activation, so a model fitted with late interaction still ranks sensibly
