@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helamem.core import RetrievalConfig, association, retrieval
+from helamem.core import RetrievalConfig, association, dynamics, retrieval
 from helamem.core.association import FEATURES, LENGTH_CAP
 from helamem.core.retrieval import Pool
 
@@ -172,3 +172,19 @@ def test_rank_with_the_callers_base_activations_is_the_same_ranking(seed: int) -
     if slow.candidates is not None:
         assert fast.candidates is not None and fast.candidates.ns == slow.candidates.ns
         assert np.array_equal(fast.candidates.x, slow.candidates.x)
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_best_first_is_the_sort_by_score_then_key(seed: int) -> None:
+    """Two stable sorts order as one by ``(-score, key)``, ties (frequent here:
+    scores from a few values, signed zeros, infinities) included."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 200))
+    keys = [int(v) for v in rng.choice(100_000, size=n, replace=False)]
+    values = [0.0, -0.0, 0.5, -1.0, float("inf"), float("-inf"), 1e-300]
+    scores = {
+        m: float(rng.choice(values)) if rng.random() < 0.5 else float(rng.normal()) for m in keys
+    }
+    assert dynamics.best_first(scores) == sorted(scores, key=lambda m: (-scores[m], m))
+    some = keys[: n // 2]
+    assert dynamics.best_first(scores, some) == sorted(some, key=lambda m: (-scores[m], m))

@@ -224,7 +224,7 @@ class SearchOps(LearningOps):
         if not top:
             return ranking.returned
         final = {n: ranking.base[n] + ranking.boost.get(n, 0.0) for n in ranking.returned}
-        return sorted(final, key=lambda n: (-final[n], n))[:top]
+        return dynamics.best_first(final)[:top]
 
     def _dense(
         self, qv: np.ndarray, paths: list[tuple[Kind, int]], holding: dict[Kind, list[int]]
@@ -572,6 +572,7 @@ class _EdgeReader:
         self._ops = ops
         self._by_node: dict[int, dict[tuple[int, int], EdgeRow]] = {}
         self._ticks: dict[int, int] = {}
+        self._weights: dict[EdgeRow, float] = {}  # decayed once per search, not per call
 
     def decayed(self, nodes: Collection[int]) -> list[tuple[EdgeRow, float]]:
         """Every edge touching ``nodes`` (once each), with its weight decayed to now."""
@@ -590,6 +591,12 @@ class _EdgeReader:
         if new:
             self._ticks.update(self._ops._ticks(list(new)))
         # in (a, b) order, as the store's UNION returned them: the same float sums
-        return [
-            (e, self._ops._decayed(e, self._ticks[e.scope_id])) for _, e in sorted(found.items())
-        ]
+        out = []
+        weights = self._weights
+        for key in sorted(found):
+            e = found[key]
+            w = weights.get(e)
+            if w is None:
+                w = weights[e] = self._ops._decayed(e, self._ticks[e.scope_id])
+            out.append((e, w))
+        return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import numpy.typing as npt
@@ -173,13 +174,13 @@ def features(
     x[:, _COL["length"]] = np.minimum(chars, LENGTH_CAP) / 200.0
     if "named" in own:
         x[:, _COL["named"]] = np.asarray(own["named"], dtype=np.float64)
-    rank = {m: r for r, m in enumerate(pool_order)}
-    x[:, _COL["base"]] = np.fromiter((base.get(m, 0.0) for m in ns), dtype=np.float64, count=n)
-    at = np.fromiter((rank.get(m, -1) for m in ns), dtype=np.int64, count=n)
+    rank = dict(zip(pool_order, range(len(pool_order)), strict=True))
+    x[:, _COL["base"]] = list(map(base.get, ns, repeat(0.0, n)))
+    at = np.array(list(map(rank.get, ns, repeat(-1, n))), dtype=np.int64)
     inside = np.flatnonzero(at >= 0)
     x[inside, _COL["base_rank"]] = 1.0 / (1 + at[inside])
     x[inside, _COL["top_k"]] = at[inside] < k
-    row = {m: i for i, m in enumerate(ns)} if via else {}
+    row = dict(zip(ns, range(n), strict=True)) if via else {}
     for m, paths in via.items():
         i = row.get(m)
         reaching = [(rank[s], s) for s, _ in paths if s in rank and s != m]

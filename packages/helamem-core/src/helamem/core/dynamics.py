@@ -39,6 +39,7 @@ __all__ = [
     "EdgeKey",
     "activation",
     "attributed",
+    "best_first",
     "co_activation_pairs",
     "decayed",
     "edge_key",
@@ -186,6 +187,18 @@ def spread(
     return boost, via
 
 
+def best_first(scores: Mapping[int, float], keys: Iterable[int] | None = None) -> list[int]:
+    """``keys`` (default: every key of ``scores``) by score, best first, ties by key:
+    ``sorted(keys, key=lambda n: (-scores[n], n))`` without a tuple per key (two
+    stable sorts: by key, then by score in reverse, which keeps ties in key order).
+
+    Examples:
+        >>> best_first({3: 0.5, 1: 0.5, 2: 0.9})
+        [2, 1, 3]
+    """
+    return sorted(sorted(scores if keys is None else keys), key=scores.__getitem__, reverse=True)
+
+
 def select(
     base: Mapping[int, float],
     final: Mapping[int, float],
@@ -241,12 +254,12 @@ def select(
     """
     if mode not in ("final", "base", "append"):
         raise ValueError(f"unknown selection mode {mode!r}; use 'final', 'base' or 'append'")
-    base_top = sorted(base, key=lambda i: (-base[i], i))[:k]
+    base_top = best_first(base)[:k]
     chosen = set(base_top)
     eligible = [
         i for i in final if i in chosen or relevance is None or relevance.get(i, 0.0) >= floor
     ]
-    final_top = sorted(eligible, key=lambda i: (-final[i], i))[:k]
+    final_top = best_first(final, eligible)[:k]
     cap = max_flipped if mode == "append" else min(max_flipped, int(share * k + 1e-9))
     lifted = [i for i in final_top if i not in chosen]
     if mode == "append":

@@ -360,7 +360,7 @@ def propagated_relevance(own: float, via: Sequence[tuple[float, float]]) -> floa
 
 def seeds(base: Mapping[int, float], config: RetrievalConfig) -> dict[int, float]:
     """The few query-dependent seeds: top ``spread_seeds`` with activation above θ."""
-    return _seeds_of(sorted(base, key=lambda n: (-base[n], n)), base, config)
+    return _seeds_of(dynamics.best_first(base), base, config)
 
 
 def _seeds_of(
@@ -421,7 +421,7 @@ def rank(
     norm = _norm(pool)
     if base is None:
         base = base_activations(pool, config, ref_time, norm)
-    order = sorted(pool.ns, key=lambda n: (-base[n], n))
+    order = dynamics.best_first(base, pool.ns)
     rel = dict(
         zip(pool.ns, relevance(pool.dense, pool.lexical, lexical_mass).tolist(), strict=True)
     )
