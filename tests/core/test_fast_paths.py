@@ -188,3 +188,17 @@ def test_best_first_is_the_sort_by_score_then_key(seed: int) -> None:
     assert dynamics.best_first(scores) == sorted(scores, key=lambda m: (-scores[m], m))
     some = keys[: n // 2]
     assert dynamics.best_first(scores, some) == sorted(some, key=lambda m: (-scores[m], m))
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_pool_statistics_are_numpys_mean_and_std(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for n in (0, 1, 2, 7, 8, 9, 127, 128, 129, 150, 513):
+        for x in (
+            rng.normal(size=n) * 10 ** rng.uniform(-5, 5),
+            rng.exponential(3.0, n) * (rng.random(n) < 0.5),
+            np.full(n, rng.normal()),
+            rng.normal(size=n).astype(np.float32),  # not float64: numpy's own
+        ):
+            want = (float(x.mean()), float(x.std())) if n else (0.0, 0.0)
+            assert retrieval._mean_sd(x) == want

@@ -415,7 +415,8 @@ class SearchOps(LearningOps):
         if not ns:
             return retrieval.Pool((), np.zeros(0), np.zeros(0), np.zeros(0))
         dim = qv.shape[0]
-        embs = [rows[n].embedding for n in ns]
+        got = [rows[n] for n in ns]
+        embs = [r.embedding for r in got]
         size = 4 * dim
         if all(e is not None and len(e) == size for e in embs):
             # one buffer, one float32 matrix (the same values np.stack gives)
@@ -423,21 +424,19 @@ class SearchOps(LearningOps):
         else:
             mat = np.stack(
                 [
-                    v
-                    if (v := rows[n].vector()) is not None and v.shape[0] == dim
-                    else np.zeros(dim)
-                    for n in ns
+                    v if (v := r.vector()) is not None and v.shape[0] == dim else np.zeros(dim)
+                    for r in got
                 ]
             )
         return retrieval.Pool(
             ns,
             np.asarray(mat @ qv, dtype=np.float64),
             np.array([lex.get(n, 0.0) for n in ns], dtype=np.float64),
-            np.array([rows[n].event_time for n in ns], dtype=np.float64),
+            np.array([r.event_time for r in got], dtype=np.float64),
             self._late(qtok, ns),
-            np.array([rows[n].chars for n in ns], dtype=np.float64),
-            np.array([rows[n].question for n in ns], dtype=np.float64),
-            np.array([named(rows[n].role, words) for n in ns], dtype=np.float64),
+            np.array([r.chars for r in got], dtype=np.float64),
+            np.array([r.question for r in got], dtype=np.float64),
+            np.array([named(r.role, words) for r in got], dtype=np.float64),
         )
 
     def _seed_edges(

@@ -216,17 +216,25 @@ class Ranking:
         return self.base_top + self.associations
 
 
-def _norm(pool: Pool) -> _Norm:
-    def ms(x: FloatArray) -> tuple[float, float]:
-        if x.size == 0:
-            return 0.0, 0.0
+def _mean_sd(x: FloatArray) -> tuple[float, float]:
+    """``(x.mean(), x.std())`` of a float64 vector, as numpy computes them (the same
+    pairwise sums, bit for bit) without its generic reduction's overhead (about a
+    quarter of the time on a pool)."""
+    if x.size == 0:
+        return 0.0, 0.0
+    if x.dtype != np.float64 or x.ndim != 1:
         return float(x.mean()), float(x.std())
+    mean = np.add.reduce(x) / x.size
+    d = x - mean
+    return float(mean), float(np.sqrt(np.add.reduce(d * d) / x.size))
 
-    dm, ds = ms(pool.dense)
-    lm, ls = ms(pool.lexical)
+
+def _norm(pool: Pool) -> _Norm:
+    dm, ds = _mean_sd(pool.dense)
+    lm, ls = _mean_sd(pool.lexical)
     if pool.late is None:
         return _Norm(dm, ds, lm, ls)
-    tm, ts = ms(pool.late)
+    tm, ts = _mean_sd(pool.late)
     return _Norm(dm, ds, lm, ls, tm, ts)
 
 
