@@ -202,3 +202,44 @@ def test_pool_statistics_are_numpys_mean_and_std(seed: int) -> None:
         ):
             want = (float(x.mean()), float(x.std())) if n else (0.0, 0.0)
             assert retrieval._mean_sd(x) == want
+
+
+def _maxsim_packed_reference(
+    query: np.ndarray, packed: Sequence[bytes], dimension: int
+) -> np.ndarray:
+    """``retrieval.maxsim_packed`` as it was (each document's bytes sliced twice)."""
+    width = 4 + dimension
+    lengths = [len(b) // width for b in packed]
+    if any(t * width != len(b) for t, b in zip(lengths, packed, strict=True)):
+        raise ValueError(f"packed token vectors are not whole tokens of dimension {dimension}")
+    out = np.zeros(len(packed))
+    some = [i for i, t in enumerate(lengths) if t]
+    if not some:
+        return out
+    docs, counts = [packed[i] for i in some], [lengths[i] for i in some]
+    scales = np.frombuffer(
+        b"".join(b[: 4 * t] for b, t in zip(docs, counts, strict=True)), dtype=np.float32
+    )
+    rows = np.frombuffer(
+        b"".join(b[4 * t :] for b, t in zip(docs, counts, strict=True)), dtype=np.int8
+    ).reshape(-1, dimension)
+    sims = (rows.astype(np.float32) @ np.asarray(query, dtype=np.float32).T) * scales[:, None]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out[some] = np.maximum.reduceat(sims, starts, axis=0).mean(axis=1)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_maxsim_packed_matches_the_former_slicing(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    d = int(rng.choice([2, 8, 384]))
+    query = rng.normal(size=(int(rng.integers(1, 20)), d)).astype(np.float32)
+    docs = [
+        retrieval.pack_tokens(rng.normal(size=(t, d)).astype(np.float32)) if t else b""
+        for t in rng.integers(0, 30, int(rng.integers(0, 80)))
+    ]
+    fast = retrieval.maxsim_packed(query, docs, d)
+    assert np.array_equal(fast, _maxsim_packed_reference(query, docs, d))
+    if docs:
+        with pytest.raises(ValueError, match="whole tokens"):
+            retrieval.maxsim_packed(query, [*docs, b"\x00"], d)

@@ -539,7 +539,7 @@ class CoreBase:
                     ]
                     self.store.put_token_vectors(db, same)
                 stored = {n: b for n, b in stored.items() if n not in lacking} | dict(packed)
-        if any(n not in stored for n in ns):
+        if not stored.keys() >= set(ns):
             return None  # a memory vanished mid-search: rank this pool without MaxSim
         return retrieval.maxsim_packed(qtok, [stored[n] for n in ns], dim)
 
@@ -563,13 +563,13 @@ class CoreBase:
             role=r.role,
             event_time=datetime.fromtimestamp(r.event_time, tz=UTC),
             created_at=datetime.fromtimestamp(r.created_at, tz=UTC),
-            keywords=tuple(json.loads(r.keywords)),
+            keywords=() if r.keywords == "[]" else tuple(json.loads(r.keywords)),
             access_count=r.access_count,
             last_access=(
                 None if r.last_access is None else datetime.fromtimestamp(r.last_access, tz=UTC)
             ),
-            metadata=json.loads(r.metadata),
-            provenance=tuple(json.loads(r.provenance)),
+            metadata={} if r.metadata == "{}" else json.loads(r.metadata),  # (most: no parse)
+            provenance=() if r.provenance == "[]" else tuple(json.loads(r.provenance)),
         )
 
     def _decayed(self, e: EdgeRow, tick_now: int) -> float:

@@ -418,7 +418,7 @@ class SearchOps(LearningOps):
         got = [rows[n] for n in ns]
         embs = [r.embedding for r in got]
         size = 4 * dim
-        if all(e is not None and len(e) == size for e in embs):
+        if None not in embs and set(map(len, embs)) == {size}:  # type: ignore[arg-type]
             # one buffer, one float32 matrix (the same values np.stack gives)
             mat = np.frombuffer(b"".join(embs), dtype=np.float32).reshape(len(ns), dim)  # type: ignore[arg-type]
         else:

@@ -84,20 +84,20 @@ def maxsim_packed(
         array([1. , 0.5])
     """
     width = 4 + dimension
-    lengths = [len(b) // width for b in packed]
-    if any(t * width != len(b) for t, b in zip(lengths, packed, strict=True)):
+    sizes = np.fromiter(map(len, packed), dtype=np.int64, count=len(packed))
+    if (sizes % width).any():
         raise ValueError(f"packed token vectors are not whole tokens of dimension {dimension}")
     out = np.zeros(len(packed))  # a document without tokens: 0, as an orthogonal one
-    some = [i for i, t in enumerate(lengths) if t]
+    some = np.flatnonzero(sizes).tolist()
     if not some:
         return out
-    docs, counts = [packed[i] for i in some], [lengths[i] for i in some]
-    scales = np.frombuffer(
-        b"".join(b[: 4 * t] for b, t in zip(docs, counts, strict=True)), dtype=np.float32
+    docs, counts = [packed[i] for i in some], (sizes[some] // width).tolist()
+    # slices of a memoryview copy nothing: each byte is copied once, by join
+    pairs = [(memoryview(b), t) for b, t in zip(docs, counts, strict=True)]
+    scales = np.frombuffer(b"".join([v[: 4 * t] for v, t in pairs]), dtype=np.float32)
+    rows = np.frombuffer(b"".join([v[4 * t :] for v, t in pairs]), dtype=np.int8).reshape(
+        -1, dimension
     )
-    rows = np.frombuffer(
-        b"".join(b[4 * t :] for b, t in zip(docs, counts, strict=True)), dtype=np.int8
-    ).reshape(-1, dimension)
     # (tokens, d) @ (d, m): the tall product is about a third faster than (m, d) @ (d, tokens)
     sims = (rows.astype(np.float32) @ np.asarray(query, dtype=np.float32).T) * scales[:, None]
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
