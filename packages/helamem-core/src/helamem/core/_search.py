@@ -116,7 +116,6 @@ class SearchOps(LearningOps):
             if not done and pending is not None:
                 wait([pending])  # the embedding writes the query cache: never left running
         mass = self._lexical_mass(stats)
-        words = frozenset(tokens(query))  # for the learned selection's ``named``
         lexical_s = time.perf_counter() - lexical_start
         dense_start = time.perf_counter()
         qv, qtok = cached if cached is not None else pending.result()  # type: ignore[union-attr]
@@ -137,7 +136,7 @@ class SearchOps(LearningOps):
                 ref_given,
                 lexical[path_kind],
                 mass,
-                words,
+                frozenset(tokens(query)),  # the learned selection's ``named``
             )
             if found is None:
                 continue

@@ -230,9 +230,25 @@ def _search_args(memory: HelaMemory, k: int) -> dict[str, Any]:
     return {"k": k, "semantic_k": min(memory.config.retrieval.semantic_k, k)}
 
 
-def _refill(hits: list[Hit], k: int, held: str) -> int:
-    """How many of the best ``k`` hits the window already holds (0: no second search)."""
-    return sum(held_by(held, h.content) for h in hits[:k])
+_REFILL_ROUNDS = 8
+"""At most this many read-only searches refill the slots the window holds."""
+
+
+def _next_k(hits: Sequence[Hit], asked: int, k: int, held: str) -> int | None:
+    """The k of the next read-only search, or ``None`` when ``hits`` (a search for
+    ``asked``) already hold ``k`` the window does not, or the scope has no more.
+
+    The next search asks for ``k`` plus as many as the window holds of these
+    hits, so it grows every round. A larger k is not a superset of a smaller
+    one (association hits compete for the k slots), so "ask for k + n once" could
+    still come back with fewer than k free hits.
+    """
+    best = best_hits(hits, asked)
+    taken = sum(held_by(held, h.content) for h in best)
+    episodes = sum(h.provenance != "semantic" for h in hits)
+    if len(best) - taken >= k or episodes < asked:
+        return None
+    return k + taken
 
 
 async def candidates(
@@ -244,28 +260,32 @@ async def candidates(
     ``min(semantic_k, k)`` facts; both carry its relevance (``Hit.score`` in
     [0, 1], one absolute scale), so they are merged by it (ties keep the core's
     order: episodes before facts). When the window text ``held`` already holds
-    ``n`` of the best ``k``, a second, read-only search asks for ``k + n`` so
-    that ``k`` others can take their slots (the first search learned). Only
-    hits scoring above ``min_score`` are kept (by default, a hit of relevance 0,
-    which shares neither meaning nor a word with the query, is left out).
+    some of the best ``k``, read-only searches (at most
+    :data:`_REFILL_ROUNDS`) ask for more until ``k`` others can take their slots
+    or the scope has no more (the first search learned). Only hits scoring above
+    ``min_score`` are kept (by default, a hit of relevance 0, which shares
+    neither meaning nor a word with the query, is left out).
     """
-    res = await memory.asearch(query, scope, **_search_args(memory, k))
-    hits = best_hits(res.hits, k)
-    if n := _refill(hits, k, held):
-        more = await memory.asearch(query, scope, learn=False, **_search_args(memory, k + n))
-        hits = best_hits(more.hits, k + n)
-    return render_lines(query, [h for h in hits if h.score > min_score])
+    asked, res = k, (await memory.asearch(query, scope, **_search_args(memory, k))).hits
+    for _ in range(_REFILL_ROUNDS):
+        if (nxt := _next_k(res, asked, k, held)) is None:
+            break
+        asked = nxt
+        res = (await memory.asearch(query, scope, learn=False, **_search_args(memory, asked))).hits
+    return render_lines(query, [h for h in best_hits(res, asked) if h.score > min_score])
 
 
 def candidates_sync(
     memory: HelaMemory, query: str, scope: Scope, k: int, held: str = "", min_score: float = 0.0
 ) -> list[Line]:
     """Blocking :func:`candidates`."""
-    hits = best_hits(memory.search(query, scope, **_search_args(memory, k)).hits, k)
-    if n := _refill(hits, k, held):
-        more = memory.search(query, scope, learn=False, **_search_args(memory, k + n))
-        hits = best_hits(more.hits, k + n)
-    return render_lines(query, [h for h in hits if h.score > min_score])
+    asked, res = k, memory.search(query, scope, **_search_args(memory, k)).hits
+    for _ in range(_REFILL_ROUNDS):
+        if (nxt := _next_k(res, asked, k, held)) is None:
+            break
+        asked = nxt
+        res = memory.search(query, scope, learn=False, **_search_args(memory, asked)).hits
+    return render_lines(query, [h for h in best_hits(res, asked) if h.score > min_score])
 
 
 def best_hits(hits: Sequence[Hit], k: int) -> list[Hit]:
