@@ -58,6 +58,7 @@ from .chroma_connect import (
     CHROMA_FAILURES,
     ChromaConnection,
     HelaMemMiniLMEmbeddingFunction,
+    chroma_error,
     forget_system,
 )
 
@@ -197,7 +198,7 @@ class ChromaIndex(ChromaConnection):
             except IndexLockedError as exc:
                 locked = exc
             except CHROMA_FAILURES as exc:
-                raise StorageError(f"Chroma upsert failed: {exc}") from exc
+                raise chroma_error(exc, "Chroma upsert failed", self._where) from exc
         if locked is not None:
             raise locked
 
@@ -270,7 +271,7 @@ class ChromaIndex(ChromaConnection):
 
                 self._retrying(key, drop)
         except CHROMA_FAILURES as exc:
-            raise StorageError(f"Chroma delete failed: {exc}") from exc
+            raise chroma_error(exc, "Chroma delete failed", self._where) from exc
 
     def query(
         self,

@@ -29,7 +29,7 @@ from chromadb.utils.embedding_functions import register_embedding_function
 
 from ..config import ChromaConfig
 from ..embeddings import MiniLMEmbedder
-from ..errors import CorruptStoreError, StorageError
+from ..errors import CorruptStoreError, DiskFullError, StorageError
 from .base import IndexLockedError
 from .exact import ExactVectors
 from .lock import ProcessLock
@@ -81,6 +81,16 @@ CHROMA_FAILURES: tuple[type[Exception], ...] = (ChromaError, ValueError, httpx.H
 """What a failing Chroma call raises: its own errors, bad input, and, from a server
 (``mode="http"``), the HTTP client's transport errors (refused, reset, timed out)."""
 _CONNECT_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, OSError, AttributeError)
+_FULL = ("disk is full", "no space left", "storagefull", "errno 28", "disk quota")
+
+
+def chroma_error(exc: Exception, what: str, where: object) -> StorageError:
+    """A failed Chroma call as a typed error: :class:`DiskFullError` when its disk is full."""
+    if not any(w in str(exc).lower() for w in _FULL):
+        return StorageError(f"{what}: {exc}")
+    msg = f"the disk holding the vector index ({where}) is full ({exc}); free space and retry"
+    return DiskFullError(f"{what}: {msg} (the memories are kept: the index catches up later)")
+
 
 _MARKER = "helamem-index.json"
 _NEWEST_CHECKED = 1
@@ -135,6 +145,7 @@ class ChromaConnection:
                 f"open again: the index is rebuilt from this database"
             )
         self._lock = ProcessLock(path.parent / "chroma.lock")
+        self._where = f"server {config.host}:{config.port}" if config.mode == "http" else path
         self._verified = False
         self._stem_cache: str | None = None
         self._warned_locked = False
@@ -292,6 +303,8 @@ class ChromaConnection:
             client.heartbeat()
             return client
         except _CONNECT_FAILURES as exc:
+            if any(w in str(exc).lower() for w in _FULL):  # not damage: keep the index
+                raise chroma_error(exc, "could not open the vector index", self._where) from exc
             if self._config.mode != "persistent":
                 raise StorageError(
                     f"could not connect to Chroma ({self._config.mode}): {exc}; check "
@@ -490,7 +503,9 @@ class ChromaConnection:
                     for _, ids, mat in self._exact.batches(key):
                         col.upsert(ids=ids, embeddings=mat)
         except CHROMA_FAILURES as exc:
-            raise StorageError(f"could not open Chroma collection {name!r}: {exc}") from exc
+            raise chroma_error(
+                exc, f"could not open Chroma collection {name!r}", self._where
+            ) from exc
         self._cols[name] = col
         while len(self._cols) > 4 * self._cache_size():
             self._cols.popitem(last=False)
@@ -512,7 +527,7 @@ class ChromaConnection:
                 self._exact.mark_indexed(ns, ids, [v.tobytes() for v in mat])
                 done += len(ids)
         except CHROMA_FAILURES as exc:
-            raise StorageError(f"Chroma upsert failed: {exc}") from exc
+            raise chroma_error(exc, "Chroma upsert failed", self._where) from exc
         return done
 
     def _drop_vanished(self, col: Any, ids: Sequence[str]) -> None:
@@ -536,7 +551,7 @@ class ChromaConnection:
                 for name in self._names():
                     client.delete_collection(name)
             except CHROMA_FAILURES as exc:
-                raise StorageError(f"Chroma reset failed: {exc}") from exc
+                raise chroma_error(exc, "Chroma reset failed", self._where) from exc
             self._verified = True  # nothing left to check against SQLite
             self._write_marker()
         self._cols.clear()

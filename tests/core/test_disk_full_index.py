@@ -1,0 +1,70 @@
+"""A full disk under the vector index (embedded Chroma, or a Chroma server's): typed
+``DiskFullError`` naming the fix, and the index is kept, not taken for damage and deleted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from chromadb.errors import InternalError
+
+from helamem.core import (
+    ChromaConfig,
+    DiskFullError,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    NewMemory,
+)
+from helamem.core.storage import chroma_connect
+
+SCOPE = ("u",)
+FULL = "error returned from database: (code: 13) database or disk is full"
+
+
+def _config(path: Path) -> HelaMemConfig:
+    return HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=5, upsert_batch=1))
+
+
+@pytest.mark.sqlite_only  # the embedded index beside SQLite's file
+def test_a_full_disk_on_open_keeps_the_index_and_names_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HelaMemory(_config(tmp_path), embedder=HashingEmbedder(64)) as mem:
+        ids = [m.id for m in mem.add_many([NewMemory(f"note {i}", SCOPE) for i in range(12)])]
+    chroma_dir = tmp_path / "chroma"
+    files = sorted(p.relative_to(chroma_dir) for p in chroma_dir.rglob("*"))
+    real = chroma_connect.ChromaConnection._connect
+
+    def full(self: chroma_connect.ChromaConnection) -> object:
+        raise InternalError(FULL)  # what Chroma raises opening its files on a full disk
+
+    monkeypatch.setattr(chroma_connect.ChromaConnection, "_connect", full)
+    with pytest.raises(DiskFullError, match=r"is full .* free space and retry"):
+        HelaMemory(_config(tmp_path), embedder=HashingEmbedder(64)).open()
+    # not taken for damage: the index was not deleted to be rebuilt
+    assert sorted(p.relative_to(chroma_dir) for p in chroma_dir.rglob("*")) == files
+    monkeypatch.setattr(chroma_connect.ChromaConnection, "_connect", real)
+    with HelaMemory(_config(tmp_path), embedder=HashingEmbedder(64)) as mem:
+        assert mem.stats().vectors == 12
+        assert mem.search("note 3", SCOPE, k=1, learn=False, spread=False).ids == [ids[3]]
+
+
+def test_a_full_disk_under_a_chroma_write_is_a_disk_full_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HelaMemory(_config(tmp_path), embedder=HashingEmbedder(64)) as mem:
+        mem.add_many([NewMemory(f"note {i}", SCOPE) for i in range(12)])
+        col = mem._call(lambda c: c.index._collection((1, "episodic"), create=False))
+        assert col is not None
+
+        def upsert(*_: object, **__: object) -> None:
+            raise InternalError(FULL)
+
+        monkeypatch.setattr(type(col), "upsert", upsert)
+        mem.add("stored while the index's disk is full", SCOPE)  # kept, indexed later
+        with pytest.raises(DiskFullError, match=r"vector index .* is full"):
+            mem.flush()
+        monkeypatch.undo()
+        assert mem.flush() == 1  # the kept vector, written once there is room
+        assert mem.stats().vectors == 13
