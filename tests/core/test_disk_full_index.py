@@ -68,3 +68,29 @@ def test_a_full_disk_under_a_chroma_write_is_a_disk_full_error(
         monkeypatch.undo()
         assert mem.flush() == 1  # the kept vector, written once there is room
         assert mem.stats().vectors == 13
+
+
+def test_an_export_that_fills_the_disk_is_a_disk_full_error_leaving_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while an export streams used to be an ``InvalidInputError`` telling the
+    caller to "pass a path in a writable directory": the directory was writable."""
+    import errno
+
+    from helamem.core import _portable
+
+    real = _portable._write
+
+    def fills(core: object, prefix: object, f: object) -> object:
+        real(core, prefix, f)  # type: ignore[arg-type]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with HelaMemory(_config(tmp_path / "s"), embedder=HashingEmbedder(64)) as mem:
+        mem.add("one note", SCOPE)
+        monkeypatch.setattr(_portable, "_write", fills)
+        target = tmp_path / "out.jsonl"
+        with pytest.raises(DiskFullError, match="disk is full"):
+            mem.export_scope(SCOPE, target)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+        monkeypatch.undo()
+        assert mem.export_scope(SCOPE, target).memories == 1

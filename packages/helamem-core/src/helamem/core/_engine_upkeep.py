@@ -155,6 +155,7 @@ class UpkeepMethods(OwnedCore):
 
         Raises:
             InvalidInputError: The scope is malformed or the path not writable.
+            DiskFullError: The disk filled up while writing (nothing is left behind).
 
         Examples:
             >>> mem.export_scope(("users", "alice"), "alice.jsonl")  # doctest: +SKIP

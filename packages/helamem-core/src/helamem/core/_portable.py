@@ -35,6 +35,7 @@ So any content, lone surrogates and NUL included, round-trips exactly.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ from . import dynamics
 from ._core import Core, scope_tag
 from ._maintenance import _mark_key
 from ._portable_read import ExportFormatError, MemoryLine, Reader
-from .errors import InvalidInputError, StorageError
+from .errors import DiskFullError, InvalidInputError, StorageError
 from .storage.base import EdgeRow, MemoryRow
 from .text import safe_text
 from .types import Scope, normalize_scope
@@ -219,6 +220,11 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
         os.replace(partial, target)
     except OSError as exc:
         partial.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is no bad argument
+            raise DiskFullError(
+                f"cannot write the export to {target}: the disk is full ({exc}); free space "
+                f"and export again (nothing was written; the store is unchanged)"
+            ) from exc
         raise InvalidInputError(
             f"cannot write the export to {target}: {exc}; pass a path in a writable directory"
         ) from exc
