@@ -94,3 +94,25 @@ def test_an_export_that_fills_the_disk_is_a_disk_full_error_leaving_no_file(
         assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
         monkeypatch.undo()
         assert mem.export_scope(SCOPE, target).memories == 1
+
+
+def test_a_failing_chroma_count_is_typed_not_a_raw_chromadb_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stats()`` counted a large scope's vectors with a bare ``col.count()``: a Chroma
+    failure (seen on a disk that filled again: "Failed to apply logs to the hnsw segment
+    writer") escaped as ``chromadb.errors.InternalError``."""
+    from helamem.core import StorageError
+
+    with HelaMemory(_config(tmp_path), embedder=HashingEmbedder(64)) as mem:
+        mem.add_many([NewMemory(f"note {i}", SCOPE) for i in range(12)])
+        col = mem._call(lambda c: c.index._collection((1, "episodic"), create=False))
+
+        def count(*_: object, **__: object) -> int:
+            raise InternalError("Failed to apply logs to the hnsw segment writer")
+
+        monkeypatch.setattr(type(col), "count", count)
+        with pytest.raises(StorageError, match="Chroma count failed"):
+            mem.stats()
+        monkeypatch.undo()
+        assert mem.stats().vectors == 12

@@ -356,9 +356,12 @@ class ChromaIndex(ChromaConnection):
         if self._chroma(required=False) is None:  # the holder's: as SQLite records them
             indexed = self._exact.counts(indexed_only=True)
             return total + sum(indexed.get(k, 0) for k in promoted)
-        for key in promoted:
-            col = self._collection(key, create=False)
-            total += 0 if col is None else int(col.count())
+        try:
+            for key in promoted:
+                col = self._collection(key, create=False)
+                total += 0 if col is None else int(col.count())
+        except CHROMA_FAILURES as exc:  # a raw chromadb error escaped stats()
+            raise chroma_error(exc, "Chroma count failed", self._where) from exc
         return total
 
     def all_ids(self) -> list[str]:
@@ -371,9 +374,12 @@ class ChromaIndex(ChromaConnection):
         out = self._exact.ids(promoted)
         if promoted:
             self._chroma()
-            for name in self._names():
-                col = self._client.get_collection(name, embedding_function=None)
-                out.extend(str(i) for i in col.get(include=[])["ids"])
+            try:
+                for name in self._names():
+                    col = self._client.get_collection(name, embedding_function=None)
+                    out.extend(str(i) for i in col.get(include=[])["ids"])
+            except CHROMA_FAILURES as exc:
+                raise chroma_error(exc, "Chroma read failed", self._where) from exc
         return out
 
     def rebuild(self) -> int:
