@@ -64,6 +64,7 @@ def test_a_bad_value_names_its_variable(name: str, raw: str, accepted: str) -> N
         ({"HELAMEM_POSTGRES_DSN": ""}, "HELAMEM_POSTGRES_DSN=''", "is empty"),
         ({"HELAMEM_EMBEDDING_MODEL": ""}, "HELAMEM_EMBEDDING_MODEL=''", "is empty"),
         ({"HELAMEM_POSTGRES_SCHEMA": "mem"}, "HELAMEM_POSTGRES_SCHEMA is set without", "DSN"),
+        ({"HELAMEM_EMBEDDER": "litellm"}, "HELAMEM_EMBEDDER='litellm' needs", "EMBEDDING_MODEL"),
     ],
 )
 def test_every_variable_refused_is_a_config_error_naming_it(
@@ -93,3 +94,31 @@ def test_the_other_variables_are_read() -> None:
     assert (c.llm.model, c.llm.api_base) == ("ollama/llama3", "http://127.0.0.1:11434")
     assert c.chroma.collection == "override"  # overrides win over the environment
     assert c.store.schema_name == "mem"  # type: ignore[union-attr]
+
+
+def test_a_refused_combination_names_every_variable_given() -> None:
+    """No single field at fault (a cross-field check): the message names what was set."""
+    env = {"HELAMEM_CHROMA_HOST": "db.local", "HELAMEM_COLLECTION": "notes"}
+    HelaMemConfig.from_env(env)  # a valid combination
+    from pydantic import BaseModel, model_validator
+
+    from helamem.core import _config_env
+
+    class Strict(BaseModel):
+        mode: str = "persistent"
+        host: str = "localhost"
+        port: int = 8000
+        ssl: bool = False
+        collection: str = "c"
+
+        @model_validator(mode="after")
+        def _no_notes_remotely(self) -> Strict:
+            if self.collection == "notes" and self.mode == "http":
+                raise ValueError("no notes on a server")
+            return self
+
+    with pytest.raises(ConfigError) as info:
+        _config_env.read(env, {"chroma": Strict})
+    msg = str(info.value)
+    assert "HELAMEM_CHROMA_HOST='db.local'" in msg and "HELAMEM_COLLECTION='notes'" in msg
+    assert "no notes on a server" in msg and "unset" in msg

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from helamem.core import HelaMemConfig, HelaMemory, MiniLMEmbedder, NewMemory
+from helamem.core import (
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    MiniLMEmbedder,
+    NewMemory,
+    RetrievalConfig,
+)
 
 pytestmark = pytest.mark.embedder
 
@@ -55,3 +64,29 @@ def test_default_store_uses_minilm_end_to_end(tmp_path: Path) -> None:
         res = mem.search("what pet do I have?", scope, k=1)
         assert "kitten" in res[0].content
         assert mem.stats().embedder == "all-MiniLM-L6-v2-onnx-int8"
+
+
+class _Float64(HashingEmbedder):
+    """A custom embedder that returns float64 (numpy's default), unnormalised."""
+
+    def embed(self, texts: Sequence[str]) -> Any:  # type: ignore[override]
+        return np.asarray(super().embed(texts), dtype=np.float64) * 3.0
+
+
+def test_a_float64_custom_embedder_is_stored_and_indexed_as_float32(
+    tmp_path: Path, store_config: Any
+) -> None:
+    """Its vectors pass the check every embedder output passes (float32, unit length),
+    so the index takes them: none stays unindexed (mark_indexed compares the bytes it
+    wrote with the bytes stored)."""
+    cfg = HelaMemConfig(
+        path=tmp_path,
+        store=store_config(tmp_path),
+        retrieval=RetrievalConfig(late_weight=0.0),  # the pooled-only path
+    )
+    with HelaMemory(cfg, embedder=_Float64(64)) as mem:
+        a = mem.add("the violin recital is on saturday", ("u",)).id
+        mem.add("buy milk and bread", ("u",))
+        assert mem.search("violin recital", ("u",), k=1, learn=False).ids == [a]
+        st = mem.stats()
+        assert (st.unindexed, st.memories) == (0, 2)

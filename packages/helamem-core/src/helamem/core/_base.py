@@ -499,7 +499,12 @@ class CoreBase:
                 return check_vectors(
                     vecs, len(texts), self.embedder.dimension, self.embedder.name
                 ), list(toks)
-            return self.embedder.embed(texts), None
+            # a custom embedder's output is checked as every other: float32 (the bytes
+            # mark_indexed compares with what it stored), the shape, finite values
+            vecs = self.embedder.embed(texts)
+            return check_vectors(
+                vecs, len(texts), self.embedder.dimension, self.embedder.name
+            ), None
         except EmbeddingError:
             raise
         except Exception as exc:  # the embedder is caller code: any failure of it is its error

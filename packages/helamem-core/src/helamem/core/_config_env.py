@@ -38,6 +38,11 @@ def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dic
     if (path := _text(env, "HELAMEM_PATH")) is not None:
         data["path"] = Path(path)
     emb = _fields(env, provider="HELAMEM_EMBEDDER", model="HELAMEM_EMBEDDING_MODEL")
+    if emb.get("provider", ("", ""))[1].strip() == "litellm" and "model" not in emb:
+        raise ConfigError(
+            "HELAMEM_EMBEDDER='litellm' needs HELAMEM_EMBEDDING_MODEL (a LiteLLM embedding "
+            "model, e.g. text-embedding-3-small); set it, or unset HELAMEM_EMBEDDER"
+        )
     if emb:
         data["embedder"] = _build(sections["embedder"], emb)
     chroma: dict[str, tuple[str, Any]] = {}
@@ -83,18 +88,24 @@ def _fields(env: Mapping[str, str], **names: str) -> dict[str, tuple[str, Any]]:
 
 
 def _build(cls: type[BaseModel], fields: Mapping[str, tuple[str, Any]]) -> BaseModel:
-    """``cls`` from the variables' values; a refused value names its variable."""
+    """``cls`` from the variables' values; a refused value names its variable, and a
+    refused combination (no single field at fault) names every variable given."""
     try:
         return cls(**{f: value for f, (_, value) in fields.items()})
     except ValidationError as e:
         problems = []
         for err in e.errors():
             field = str(err["loc"][0]) if err["loc"] else ""
-            name, value = fields.get(field, ("HELAMEM_* variables", None))
-            problems.append(f"{name}={value!r} {_lower(err['msg'])}")
+            msg = _lower(err["msg"]).removeprefix("value error, ")
+            if field in fields:
+                name, value = fields[field]
+                problems.append(f"{name}={value!r} {msg}")
+            else:
+                given = ", ".join(sorted({f"{n}={v!r}" for n, v in fields.values()}))
+                problems.append(f"{given}: together they are refused ({msg})")
         raise ConfigError(
-            f"{'; '.join(problems)} (field {cls.__name__}); set a value it accepts, "
-            f"or unset the variable for the default"
+            f"{'; '.join(problems)} (field {cls.__name__}); set values it accepts (the "
+            f"variables are listed in HelaMemConfig.from_env), or unset them for the default"
         ) from None
 
 

@@ -160,9 +160,9 @@ class RetrievalConfig(_Frozen):
             (0: never a more relevant memory; 1: no gate). 0.5 and
             ``association_share`` 0.5 were chosen with ``selection="learned"``
             by leave-one-conversation-out on the LoCoMo dev split (7 of 7
-            folds; held-out R@10 0.827, the same as no gate; gate 0.2 gave
-            0.809, share 0.2 0.820); ``selection="final"`` was chosen at
-            share 0.2 and gate 0.2.
+            folds; held-out R@10 0.834, the same as no gate; gate 0.2 gave
+            0.817, share 0.2 0.824: README, "The learned selection");
+            ``selection="final"`` was chosen at share 0.2 and gate 0.2.
         association_keep: A base hit whose relevance is this or more (an
             exact match: on LoCoMo a stored turn's own text scores 1.0) is
             never displaced by an association hit, whatever the model or

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 __all__ = [
+    "GENERIC_ROLES",
     "STOPWORDS",
     "drop_common",
     "fts_match",
@@ -215,19 +216,30 @@ def tokens(text: str) -> list[str]:
     return [t.lower() for t in _WORD.findall(text)]
 
 
+GENERIC_ROLES = frozenset(["user", "assistant", "system", "tool", "function", "human", "ai"])
+"""Roles that name a part in a dialogue, not a person: :func:`named` never matches
+them (the learned selection's ``named`` was fitted on speakers' names; a query
+saying "user" is no question about one speaker)."""
+
+
 def named(role: str | None, query_words: frozenset[str]) -> bool:
-    """Whether a memory's role (its speaker: ``"Sam"``, ``"user"``) is named in a query.
+    """Whether a memory's role (its speaker: ``"Sam"``) is named in a query.
 
     Every word of the role must be a word of the query, case-insensitively
-    (``query_words``: ``frozenset(tokens(query))``).
+    (``query_words``: ``frozenset(tokens(query))``). A role of
+    :data:`GENERIC_ROLES` (``"user"``, ``"assistant"``...) is never named.
 
     Examples:
-        >>> q = frozenset(tokens("What did Sam try instead of soda?"))
+        >>> q = frozenset(tokens("What did Sam tell the user about soda?"))
         >>> named("Sam", q), named("sam", q), named("Evan", q), named(None, q)
         (True, True, False, False)
+        >>> named("user", q)
+        False
     """
     words = tokens(role) if role else []
-    return bool(words) and all(w in query_words for w in words)
+    if not words or role is None or role.strip().lower() in GENERIC_ROLES:
+        return False
+    return all(w in query_words for w in words)
 
 
 def keywords(text: str, n: int = 8) -> list[str]:

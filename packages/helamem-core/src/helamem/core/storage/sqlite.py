@@ -285,10 +285,11 @@ class SQLiteStore(SQLiteUpkeep):
         the memory deleted meanwhile, change nothing); given the vectors ``written`` to the
         index, a row whose vector changed since (a fact another writer rewrote) gets 0."""
         same = "CASE WHEN embedding = ? THEN ? ELSE 0 END" if written else "?"
+        vecs: Sequence[tuple[bytes, ...]] = [(w,) for w in written] if written else [()] * len(keys)
         with self.tx() as db:
             db.executemany(
                 f"UPDATE memories SET indexed = {same} WHERE n = ? AND id = ?",
-                [(*written[j : j + 1], value, n, i) for j, (n, i) in enumerate(keys)],
+                [(*w, value, n, i) for w, (n, i) in zip(vecs, keys, strict=True)],
             )
 
     def set_embeddings(self, items: Sequence[tuple[int, bytes]]) -> None:
