@@ -157,7 +157,15 @@ def _fit(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float = 1.0
 
 
 def fit(questions: Sequence[Question], names: Sequence[str]) -> tuple[tuple[str, float], ...]:
-    """Raw-feature weights (and bias) fitted on ``questions`` over ``names``."""
+    """Raw-feature weights (and bias) fitted on ``questions`` over ``names``.
+
+    ``named`` is fitted last, alone, with every other weight frozen at the fit
+    without it (:func:`_fit_named`): fitted jointly, the other weights leaned on
+    it, and a store whose roles no query names (agents' "user"/"assistant")
+    ranked worse than without the feature (held out 0.821 against 0.827).
+    """
+    if "named" in names:
+        return _fit_named(questions, fit(questions, [n for n in names if n != "named"]))
     cols = [association.FEATURES.index(n) for n in names]
     rows = [q.x[:, cols] for q in questions if len(q.y)]
     if not rows:
@@ -173,6 +181,31 @@ def fit(questions: Sequence[Question], names: Sequence[str]) -> tuple[tuple[str,
         ("bias", round(bias, 4)),
         *((n, round(float(v), 4)) for n, v in zip(names, raw, strict=True)),
     )
+
+
+def _fit_named(
+    questions: Sequence[Question], plain: tuple[tuple[str, float], ...], l2: float = 1.0
+) -> tuple[tuple[str, float], ...]:
+    """``plain`` plus the ``named`` weight (and a bias shift) of a logistic regression
+    whose other terms are ``plain``'s logit, held fixed (Newton's method)."""
+    rows = [q for q in questions if len(q.y)]
+    if not rows:
+        return (*plain, ("named", 0.0))
+    x = np.concatenate([q.x for q in rows])
+    y = np.concatenate([q.y for q in rows])
+    weights = dict(plain)
+    w = np.array([weights.get(f, 0.0) for f in association.FEATURES])
+    w[association.FEATURES.index("named")] = 0.0
+    offset = x @ w + weights.get("bias", 0.0)
+    z = np.stack([x[:, association.FEATURES.index("named")], np.ones(len(x))], axis=1)
+    theta = np.zeros(2)
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(offset + z @ theta)))
+        grad = z.T @ (p - y) + l2 * np.array([theta[0], 0.0])
+        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag([l2, 1e-9])
+        theta -= np.linalg.solve(hess, grad)
+    # the bias shift moves every candidate alike: the ranking ignores it
+    return (*plain, ("named", round(float(theta[0]), 4)))
 
 
 def recall(questions: Sequence[Question], config: RetrievalConfig | None) -> dict[str, float]:

@@ -23,7 +23,8 @@ def test_chroma_variables_are_read() -> None:
     ],
 )
 def test_ssl_takes_the_usual_booleans(raw: str, want: bool) -> None:
-    assert HelaMemConfig.from_env({"HELAMEM_CHROMA_SSL": raw}).chroma.ssl is want
+    env = {"HELAMEM_CHROMA_HOST": "db.local", "HELAMEM_CHROMA_SSL": raw}
+    assert HelaMemConfig.from_env(env).chroma.ssl is want
 
 
 @pytest.mark.parametrize(
@@ -65,6 +66,10 @@ def test_a_bad_value_names_its_variable(name: str, raw: str, accepted: str) -> N
         ({"HELAMEM_EMBEDDING_MODEL": ""}, "HELAMEM_EMBEDDING_MODEL=''", "is empty"),
         ({"HELAMEM_POSTGRES_SCHEMA": "mem"}, "HELAMEM_POSTGRES_SCHEMA is set without", "DSN"),
         ({"HELAMEM_EMBEDDER": "litellm"}, "HELAMEM_EMBEDDER='litellm' needs", "EMBEDDING_MODEL"),
+        ({"HELAMEM_EMBEDDING_MODEL": "m"}, "HELAMEM_EMBEDDING_MODEL is set without", "=litellm"),
+        ({"HELAMEM_CHROMA_PORT": "8000"}, "HELAMEM_CHROMA_PORT is set without", "CHROMA_HOST"),
+        ({"HELAMEM_CHROMA_SSL": "on"}, "HELAMEM_CHROMA_SSL is set without", "CHROMA_HOST"),
+        ({"HELAMEM_LLM_API_BASE": "http://h"}, "HELAMEM_LLM_API_BASE is set without", "LLM_MODEL"),
     ],
 )
 def test_every_variable_refused_is_a_config_error_naming_it(

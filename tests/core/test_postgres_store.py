@@ -72,8 +72,10 @@ def _pg(server: PgServer, path: Path) -> PostgresConfig:
 
 
 def test_from_url_opens_the_postgres_store_and_another_object_sees_it(
-    tmp_path: Path, pg_server: PgServer
+    tmp_path: Path, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # the default path is relative: run where no earlier store (./dev demo's) lies
+    monkeypatch.chdir(tmp_path)
     url = pg_server.dsn
     with HelaMemory.from_url(url, schema="url_test", embedder=HashingEmbedder(64)) as one:
         assert one.config.store is not None and one.config.store.schema_name == "url_test"

@@ -31,14 +31,18 @@ def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dic
 
     Raises:
         ConfigError: A variable is set but empty, or holds a value its field
-            refuses, or ``HELAMEM_POSTGRES_SCHEMA`` is set without
-            ``HELAMEM_POSTGRES_DSN``.
+            refuses, or is set without the one that makes it count (it would be
+            ignored): ``HELAMEM_POSTGRES_SCHEMA`` without ``HELAMEM_POSTGRES_DSN``,
+            ``HELAMEM_CHROMA_PORT``/``_SSL`` without ``HELAMEM_CHROMA_HOST``,
+            ``HELAMEM_LLM_API_BASE`` without ``HELAMEM_LLM_MODEL``,
+            ``HELAMEM_EMBEDDING_MODEL`` without ``HELAMEM_EMBEDDER=litellm``.
     """
     data: dict[str, Any] = {}
     if (path := _text(env, "HELAMEM_PATH")) is not None:
         data["path"] = Path(path)
     emb = _fields(env, provider="HELAMEM_EMBEDDER", model="HELAMEM_EMBEDDING_MODEL")
-    if emb.get("provider", ("", ""))[1].strip() == "litellm" and "model" not in emb:
+    litellm = emb.get("provider", ("", ""))[1].strip() == "litellm"
+    if litellm and "model" not in emb:
         raise ConfigError(
             "HELAMEM_EMBEDDER='litellm' needs HELAMEM_EMBEDDING_MODEL (a LiteLLM embedding "
             "model, e.g. text-embedding-3-small); set it, or unset HELAMEM_EMBEDDER"
@@ -59,6 +63,12 @@ def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dic
     llm = _fields(env, model="HELAMEM_LLM_MODEL", api_base="HELAMEM_LLM_API_BASE")
     if llm:
         data["llm"] = _build(sections["llm"], llm)
+    _needs(
+        env, "HELAMEM_EMBEDDING_MODEL", "HELAMEM_EMBEDDER=litellm", "model" not in emb or litellm
+    )
+    _needs(env, "HELAMEM_CHROMA_PORT", "HELAMEM_CHROMA_HOST", "HELAMEM_CHROMA_HOST" in env)
+    _needs(env, "HELAMEM_CHROMA_SSL", "HELAMEM_CHROMA_HOST", "HELAMEM_CHROMA_HOST" in env)
+    _needs(env, "HELAMEM_LLM_API_BASE", "HELAMEM_LLM_MODEL", "HELAMEM_LLM_MODEL" in env)
     pg = _fields(env, dsn="HELAMEM_POSTGRES_DSN", schema_name="HELAMEM_POSTGRES_SCHEMA")
     if "schema_name" in pg and "dsn" not in pg:
         raise ConfigError(
@@ -68,6 +78,15 @@ def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dic
     if pg:
         data["store"] = _build(sections["postgres"], pg)
     return data
+
+
+def _needs(env: Mapping[str, str], name: str, other: str, present: bool) -> None:
+    """``name`` is read only beside ``other``: alone it would be ignored, silently."""
+    if name in env and not present:
+        raise ConfigError(
+            f"{name} is set without {other}, so nothing would read it; set {other} too, "
+            f"or unset {name}"
+        )
 
 
 def _text(env: Mapping[str, str], name: str) -> str | None:

@@ -78,34 +78,36 @@ make an edge that learning strengthened count against its memory.
 _COL = {f: i for i, f in enumerate(FEATURES)}
 
 ASSOCIATION_MODEL: tuple[tuple[str, float], ...] = (
-    ("bias", -6.783),
-    ("maxsim", 1.1954),
-    ("cosine", -0.2812),
-    ("bm25_share", 2.8304),
-    ("bm25_match", -0.5564),
-    ("question", -0.7507),
-    ("base", -2.3918),
-    ("base_rank", 0.3769),
-    ("top_k", 0.4119),
-    ("length", 0.8435),
-    ("neighbour", -1.4174),
-    ("seed_maxsim", 0.017),
-    ("seed_base", 3.6162),
-    ("seed_rank", 1.1247),
-    ("before_2", -0.9881),
-    ("before_1", -1.3048),
-    ("after_1", -1.155),
-    ("after_2", -0.6843),
-    ("answer", 1.7428),
-    ("named", 1.9275),
+    ("bias", -5.0775),
+    ("maxsim", 1.3009),
+    ("cosine", -0.3113),
+    ("bm25_share", 2.592),
+    ("bm25_match", -0.5611),
+    ("question", -0.9448),
+    ("base", -2.1038),
+    ("base_rank", 0.3578),
+    ("top_k", 0.4055),
+    ("length", 0.7743),
+    ("neighbour", -1.5821),
+    ("seed_maxsim", -0.1729),
+    ("seed_base", 4.1667),
+    ("seed_rank", 1.0913),
+    ("before_2", -0.7531),
+    ("before_1", -1.5192),
+    ("after_1", -1.8355),
+    ("after_2", -0.4456),
+    ("answer", 2.2405),
+    ("named", 1.5402),
 )
 """The default ``RetrievalConfig.association_model``: logistic weights over
 :data:`FEATURES` (raw feature units), fitted on all
 seven conversations of the LoCoMo dev split with MiniLM
 (``benchmarks/association_reranker.py --fit``; the benchmarks store each
-turn with its speaker as ``role``). Held out, each conversation scored by
-weights fitted on the other six, R@10 at 10 hits is 0.834 against 0.783 for
-``selection="final"`` and 0.749 for fusion (README, Benchmarks)."""
+turn with its speaker as ``role``). ``named`` is fitted last with the other
+weights frozen at their fit without it, so a store whose roles no query
+names ranks exactly as without the feature. Held out, each conversation
+scored by weights fitted on the other six, R@10 at 10 hits is 0.833 against
+0.783 for ``selection="final"`` and 0.749 for fusion (README, Benchmarks)."""
 
 
 @dataclass(frozen=True, slots=True)

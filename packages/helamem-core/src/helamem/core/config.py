@@ -160,8 +160,8 @@ class RetrievalConfig(_Frozen):
             (0: never a more relevant memory; 1: no gate). 0.5 and
             ``association_share`` 0.5 were chosen with ``selection="learned"``
             by leave-one-conversation-out on the LoCoMo dev split (7 of 7
-            folds; held-out R@10 0.834, the same as no gate; gate 0.2 gave
-            0.817, share 0.2 0.824: README, "The learned selection");
+            folds; held-out R@10 0.833, the same as no gate; gate 0.2 gave
+            0.814, share 0.2 0.823: README, "The learned selection");
             ``selection="final"`` was chosen at share 0.2 and gate 0.2.
         association_keep: A base hit whose relevance is this or more (an
             exact match: on LoCoMo a stored turn's own text scores 1.0) is

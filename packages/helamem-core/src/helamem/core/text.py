@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -236,10 +237,16 @@ def named(role: str | None, query_words: frozenset[str]) -> bool:
         >>> named("user", q)
         False
     """
-    words = tokens(role) if role else []
-    if not words or role is None or role.strip().lower() in GENERIC_ROLES:
+    if not role:
         return False
-    return all(w in query_words for w in words)
+    words = _role_words(role)
+    return bool(words) and all(w in query_words for w in words)
+
+
+@functools.lru_cache(maxsize=4096)
+def _role_words(role: str) -> tuple[str, ...]:
+    """A role's words (none for a generic role), cached: a search asks once per candidate."""
+    return () if role.strip().lower() in GENERIC_ROLES else tuple(tokens(role))
 
 
 def keywords(text: str, n: int = 8) -> list[str]:
