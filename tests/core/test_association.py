@@ -310,3 +310,15 @@ def test_a_transcript_line_is_not_prefixed_with_its_role_twice() -> None:
     assert line("I'll give it a try.", "Sam") == "- [2024-05-01] Sam: I'll give it a try."
     assert line("Samantha: hi", "Sam") == "- [2024-05-01] Sam: Samantha: hi"
     assert line("hi", None) == "- [2024-05-01] hi"
+
+
+def test_context_budget_helpers_default_to_the_configs_association_share() -> None:
+    """to_text(max_tokens=) and search(max_tokens=) fill a budget alike by default."""
+    import inspect
+
+    from helamem.core import SearchResult
+    from helamem.core.types import fit_tokens, ranking_order
+
+    want = RetrievalConfig().association_share
+    for fn in (SearchResult.to_text, fit_tokens, ranking_order):
+        assert inspect.signature(fn).parameters["association_share"].default == want

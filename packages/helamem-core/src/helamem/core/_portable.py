@@ -456,8 +456,10 @@ def import_scope(
         node = store.find_scope(target)
         if node is not None and store.has_memories_under(node):
             raise ImportConflictError(
-                f"scope {target!r} already holds memories; nothing was imported. Import into an "
-                f"empty scope (pass scope=...) or delete it first with HelaMemory.delete_scope()"
+                f"scope {target!r} already holds memories; nothing was imported. Import into "
+                f"another store, or into an empty scope of one that lacks the file's ids "
+                f"(import_scope(scope=...); CLI: --scope), or delete the scope first with "
+                f"HelaMemory.delete_scope()"
             )
         imp = _Importer(core, reader, target, same)
         with store.tx() as db:

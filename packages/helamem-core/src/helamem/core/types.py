@@ -325,7 +325,7 @@ class SearchResult:
         self,
         max_tokens: int | None = None,
         count_tokens: Callable[[str], int] | None = None,
-        association_share: float = 0.2,
+        association_share: float = 0.5,
     ) -> str:
         """Format the hits compactly for an LLM prompt, one line per hit.
 
@@ -334,8 +334,8 @@ class SearchResult:
                 this many tokens (the same rule as ``search(max_tokens=)``).
             count_tokens: The tokenizer (default: cl100k_base, offline; see
                 :mod:`helamem.core.tokens`).
-            association_share: As ``RetrievalConfig.association_share`` (pass
-                the store's value when it is not the default).
+            association_share: As ``RetrievalConfig.association_share``, whose
+                default (0.5) it takes (pass the store's value when it differs).
 
         Examples:
             >>> SearchResult("q", ()).to_text()
@@ -360,7 +360,7 @@ def context_line(hit: Hit) -> str:
     return f"- [{m.event_time:%Y-%m-%d}] {who}{m.content}"
 
 
-def ranking_order(hits: Sequence[Hit], association_share: float = 0.2) -> list[Hit]:
+def ranking_order(hits: Sequence[Hit], association_share: float = 0.5) -> list[Hit]:
     """``hits`` in the order that ranked them, for filling a context budget.
 
     As ``search(k)`` chooses for every k: base hits by ``base`` activation
@@ -394,7 +394,7 @@ def fit_tokens(
     hits: Sequence[Hit],
     max_tokens: int,
     count_tokens: Callable[[str], int] | None = None,
-    association_share: float = 0.2,
+    association_share: float = 0.5,
 ) -> list[Hit]:
     """The hits that :meth:`SearchResult.to_text` can show within ``max_tokens``.
 
