@@ -40,8 +40,10 @@ class RankedSearch:
         Episodes (turns, documents) and facts are one search of ``k`` each (facts only
         when recorded memories are items), merged by score; a kind is exhausted when
         it returns fewer than ``k``. ``k`` grows until ``n`` items match and the
-        ``n``-th scores no lower than the last hit of every kind not exhausted (what
-        that kind did not return ranks below it), or every kind is exhausted.
+        ``n``-th scores no lower than the last hit of every kind not exhausted, or
+        every kind is exhausted. The stop is a heuristic: the core chooses its best
+        k by activation (or the learned model) and only then sorts them by score, so
+        a memory a kind did not return can outscore one it did.
         """
         assert op.query
         k = n * self.filter_overfetch if op.filter else n
@@ -57,7 +59,7 @@ class RankedSearch:
             found, stale = yield from self._live(op, [h for kind in kinds for h in got[kind]])
             if not more:
                 return found, stale, True
-            last = max(min(h.score for h in got[c]) for c in more)  # the unseen rank below
+            last = max(min(h.score for h in got[c]) for c in more)  # the unseen: mostly below
             if len(found) >= n and found[n - 1][1].score >= last:
                 return found, stale, False
             # fill the usual candidate pool first: within it the core's best-k sets are
