@@ -310,6 +310,9 @@ def test_a_transcript_line_is_not_prefixed_with_its_role_twice() -> None:
     assert line("I'll give it a try.", "Sam") == "- [2024-05-01] Sam: I'll give it a try."
     assert line("Samantha: hi", "Sam") == "- [2024-05-01] Sam: Samantha: hi"
     assert line("hi", None) == "- [2024-05-01] hi"
+    assert line("sam: hi", "Sam") == "- [2024-05-01] sam: hi"  # case aside
+    assert line("hi", " Sam ") == "- [2024-05-01] Sam: hi"
+    assert line("hi", "  ") == "- [2024-05-01] hi"
 
 
 def test_context_budget_helpers_default_to_the_configs_association_share() -> None:

@@ -353,10 +353,13 @@ def context_line(hit: Hit) -> str:
     """One hit as a prompt line: ``- [YYYY-MM-DD] role: content``.
 
     A content that already opens with ``"role:"`` (a transcript line ``"Sam: ..."``
-    stored with ``role="Sam"``) is not prefixed twice.
+    stored with ``role="Sam"``; case aside) is not prefixed twice; the role is
+    shown without surrounding spaces.
     """
     m = hit.memory
-    who = f"{m.role}: " if m.role and not m.content.startswith(f"{m.role}:") else ""
+    role = (m.role or "").strip()
+    said = m.content[: len(role) + 1].casefold() == f"{role}:".casefold()
+    who = f"{role}: " if role and not said else ""
     return f"- [{m.event_time:%Y-%m-%d}] {who}{m.content}"
 
 
