@@ -8,7 +8,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -360,6 +361,19 @@ def _rewrite(id_: str, text: str, reconcile: bool) -> Callable[[Any], None]:
     return run
 
 
+@contextmanager
+def _two_writers(path: Path, store_config: StoreConfig) -> Iterator[tuple[HelaMemory, HelaMemory]]:
+    """A and B: two objects on the store at ``path``, as two processes would be."""
+    cfg = _config(path, store_config)
+    a = HelaMemory(cfg, embedder=HashingEmbedder(DIM)).open()
+    b = HelaMemory(cfg, embedder=HashingEmbedder(DIM)).open()
+    try:
+        yield a, b
+    finally:
+        b.close()
+        a.close()
+
+
 def test_a_vector_read_before_another_writer_rewrote_the_memory_is_not_kept(
     tmp_path: Path, store_config: StoreConfig, store_db: Any
 ) -> None:
@@ -369,9 +383,9 @@ def test_a_vector_read_before_another_writer_rewrote_the_memory_is_not_kept(
     vector for good and `helamem check` (ids only) said OK. Now the row is left
     unindexed, and the next reconcile writes the vector SQLite holds."""
     path = tmp_path / "s"
-    a = _open(path, store_config)
-    b = HelaMemory(_config(path, store_config), embedder=HashingEmbedder(DIM)).open()
-    try:
+    with _two_writers(path, store_config) as (a, b):
+        a.add_many([NewMemory(f"seed {i} garden tea", SCOPE) for i in range(12)])  # promoted
+        assert a.flush() == 0  # a promoting add writes at once
         (x,) = a.add_many([NewMemory("alice adopted a cat", SCOPE)])
         rewrite = partial(_rewrite, x.id)
         a._call(rewrite("alice keeps a cat named miso", reconcile=False))
@@ -391,9 +405,6 @@ def test_a_vector_read_before_another_writer_rewrote_the_memory_is_not_kept(
         a._call(lambda c: c.reconcile())
         a._call(lambda c: c.reconcile())  # what the race left unindexed
         assert _same_direction(_chroma_vector(a, x.id), _sqlite_vector(a, x.id))
-    finally:
-        b.close()
-        a.close()
     _check(path, store_config, store_db)
 
 
@@ -404,10 +415,7 @@ def test_a_promotion_keeps_no_vector_rewritten_while_it_loads(
     collection; B rewrites (and indexes) a memory between A's read and A's write: A's
     old vector replaced B's and A marked the row indexed, for good."""
     path = tmp_path / "s"
-    cfg = _config(path, store_config)
-    a = HelaMemory(cfg, embedder=HashingEmbedder(DIM)).open()
-    b = HelaMemory(cfg, embedder=HashingEmbedder(DIM)).open()
-    try:
+    with _two_writers(path, store_config) as (a, b):
         (x,) = a.add_many([NewMemory("alice adopted a cat", SCOPE)])
         a.add_many([NewMemory(f"seed {i} garden tea", SCOPE) for i in range(7)])
         rewrite = partial(_rewrite, x.id)
@@ -429,9 +437,6 @@ def test_a_promotion_keeps_no_vector_rewritten_while_it_loads(
         a.add_many([NewMemory(f"more {i} garden tea", SCOPE) for i in range(3)])  # promotes
         a._call(lambda c: c.reconcile())  # what the race left unindexed
         assert _same_direction(_chroma_vector(a, x.id), _sqlite_vector(a, x.id))
-    finally:
-        b.close()
-        a.close()
     _check(path, store_config, store_db)
 
 
