@@ -47,9 +47,10 @@ def measure(data: Path, embedder: CachingEmbedder, work: Path) -> dict[str, Any]
     n = fusion = helamem = 0
     oracle = {(s, w, a): 0 for s in SEEDS for w in WINDOWS for a in SLOTS}
     with HelaMemory(HelaMemConfig(path=work), embedder=embedder) as mem:
+        for conv in convs:  # every conversation first, as `bench locomo` stores them
+            mem.add_many(t.memory(("locomo", conv.sample_id)) for t in conv.turns)
         for conv in convs:
             scope = ("locomo", conv.sample_id)
-            mem.add_many(t.memory(scope) for t in conv.turns)
             turns = [t.dia_id for t in conv.turns]
             where = {d: i for i, d in enumerate(turns)}
             for q in conv.questions:

@@ -2,7 +2,8 @@
 
 One run on the LoCoMo dev split (MiniLM, or ``--embedder hashing``), every
 store setting at its default, every search read-only, categories 1-4, at
-exactly 10 hits. Each question is searched once with the product's own
+exactly 10 hits, every conversation stored before any question is asked (as
+``bench locomo`` asks them). Each question is searched once with the product's own
 pipeline; the arguments of its ranking (:func:`helamem.core.retrieval.rank`)
 are kept and replayed with other settings, so every figure is what
 ``search(k=10)`` returns with those settings:
@@ -106,12 +107,17 @@ def collect(
     try:
         cfg = HelaMemConfig(path=work / "m", retrieval=retrieval_config or RetrievalConfig())
         with HelaMemory(cfg, embedder=embedder) as mem:
+            # every conversation first, then the questions, as `bench locomo` does: BM25's
+            # statistics are the store's, so a scope's ranking depends on the whole store
+            dias: list[dict[int, str]] = []
             for conv in convs:
                 scope = ("locomo", conv.sample_id)
                 added = mem.add_many(t.memory(scope) for t in conv.turns)
                 dia_of = {m.id: t.dia_id for m, t in zip(added, conv.turns, strict=True)}
                 keys = mem._call(lambda c: c.store.rows_by_id(list(dia_of)))  # noqa: B023
-                dia = {r.n: dia_of[i] for i, r in keys.items()}
+                dias.append({r.n: dia_of[i] for i, r in keys.items()})
+            for conv, dia in zip(convs, dias, strict=True):
+                scope = ("locomo", conv.sample_id)
                 for q in conv.questions:
                     if not 1 <= q.category <= 4:
                         continue
@@ -133,7 +139,7 @@ def collect(
                         x = cands.x
                         y = np.array([dia.get(n) in q.evidence for n in cands.ns], dtype=float)
                     assert {dia[n] for n in [*ranking.base_top, *ranking.associations]} == {
-                        dia_of[h.memory.id] for h in got
+                        str(h.memory.metadata["dia_id"]) for h in got
                     }  # the replay is the search
                     out.append(
                         Question(

@@ -539,3 +539,59 @@ def test_association_reranker_script_runs(data: Path, tmp_path: Path) -> None:
     assert set(res["chosen"].values()) <= set(res["learned"])
     model = tuple(tuple(p) for p in res["fit on all"]["model"])
     RetrievalConfig(association_model=model)  # names the config accepts
+
+
+def test_association_reranker_replays_the_store_bench_locomo_fills(
+    data: Path, tmp_path: Path
+) -> None:
+    """The replay's questions are asked with every conversation stored, as `bench locomo`
+    asks them: BM25's statistics are the store's, so the first conversation's rankings
+    would differ if its questions came before the second conversation was stored."""
+    import importlib.util
+    import sys
+
+    from helamem.bench import CachingEmbedder
+    from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, retrieval
+
+    path = Path(__file__).parents[2] / "benchmarks" / "association_reranker.py"
+    spec = importlib.util.spec_from_file_location("association_reranker_under_test", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        embedder = CachingEmbedder(HashingEmbedder(token_vectors=True))
+        questions = mod.collect(data, embedder, tmp_path / "replay")
+    finally:
+        del sys.modules[spec.name]
+    convs, _ = load_locomo(data)
+    assert [q.conv for q in questions] == ["conv-a"] * 5 + ["conv-b"]
+    seen: list[float] = []
+    real = retrieval.rank
+
+    def keep(pool: retrieval.Pool, **kw: Any) -> retrieval.Ranking:
+        seen.append(kw["lexical_mass"])
+        return real(pool, **kw)
+
+    cfg = HelaMemConfig(path=tmp_path / "full")
+    with HelaMemory(cfg, embedder=embedder) as mem:
+        for conv in convs:
+            mem.add_many(t.memory(("locomo", conv.sample_id)) for t in conv.turns)
+        first = convs[0]
+        asked = [q for q in first.questions if 1 <= q.category <= 4]
+        retrieval.rank = keep
+        try:
+            for q in asked:
+                mem.search(
+                    q.text,
+                    ("locomo", first.sample_id),
+                    k=10,
+                    learn=False,
+                    reference_time=first.reference_time,
+                    semantic_k=0,
+                )
+        finally:
+            retrieval.rank = real
+    replayed = [q.args["lexical_mass"] for q in questions[: len(asked)]]
+    assert replayed == pytest.approx(seen[-len(asked) :], abs=0.0)
+    assert len(seen) >= len(asked) and any(m > 0 for m in replayed)
