@@ -96,6 +96,22 @@ PG_MIGRATIONS: tuple[str, ...] = (
     UPDATE memories SET shape = LEAST(length(content), 1000000) * 2
         + CASE WHEN right(rtrim(content, E' \t\r\n'), 1) = chr(63) THEN 1 ELSE 0 END;
     """,
+    # 4: 3's backfill again where content is not the caller's text (the SQLite
+    # store's 8): a NUL is a space there ("Why?\0" got a question mark) and a lone
+    # surrogate three U+FFFD (two characters too many). The caller's exact text is
+    # content_raw (UTF-8, surrogates as three bytes), read here byte by byte in hex:
+    # its characters are its bytes but continuation bytes (80-bf), and it asks a
+    # question when its last byte, past trailing 20 09 0a 0d, is 3f: what
+    # text_shape gives, as inserts write it. No question mark in the SQL (the
+    # connection reads it as a parameter).
+    """
+    UPDATE memories SET shape = LEAST(length(regexp_replace(
+            encode(content_raw, 'hex'), '([0-7c-f][0-9a-f])|[89ab][0-9a-f]', E'\\\\1', 'g')) / 2,
+            1000000) * 2
+        + CASE WHEN encode(content_raw, 'hex') ~ '^([0-9a-f][0-9a-f])*3f(20|09|0a|0d)*$'
+            THEN 1 ELSE 0 END
+        WHERE content_raw IS NOT NULL;
+    """,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 
@@ -158,8 +174,9 @@ def quoted(match: str) -> list[str]:
 
 
 def pg_text(s: str) -> str:
-    """Text PostgreSQL's ``TEXT`` accepts (no NUL, valid UTF-8: a lone surrogate
-    becomes U+FFFD); the exact text is kept in ``content_raw``."""
+    """Text PostgreSQL's ``TEXT`` accepts (a NUL becomes a space; a lone surrogate,
+    which :func:`~helamem.core.text.safe_text` already made U+FFFD in the texts the
+    store writes, becomes ``?``); the exact text is kept in ``content_raw``."""
     if "\x00" in s:
         s = s.replace("\x00", " ")
     try:
