@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from helamem.core import (
     HashingEmbedder,
     HelaMemory,
     InvalidInputError,
+    MemoryNotFoundError,
     NewMemory,
     StorageError,
 )
@@ -101,6 +103,58 @@ def test_add_returns_its_own_memory_when_another_writer_deletes_and_adds(
         # the other writer's memory is findable by its own vector, from both objects
         for m in (one, two):
             assert m.search("beta other writer", B, k=1, learn=False).ids == [beta.id]
+
+
+def _racing_delete(one: HelaMemory, race: Any) -> None:
+    """Run ``race`` in ``one``'s next write transaction, just before it begins (the
+    moment another writer's commit lands first)."""
+    core = one._core
+    assert core is not None
+    store = core.store
+    real = store.tx
+
+    @contextmanager
+    def tx() -> Iterator[Any]:
+        store.tx = real  # type: ignore[method-assign]
+        race()
+        with real() as db:
+            yield db
+
+    store.tx = tx  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("readd", [True, False], ids=["deleted-and-added-again", "deleted"])
+def test_delete_racing_another_writers_delete_of_the_same_id(
+    tmp_path: Path, make_mem: Any, readd: bool
+) -> None:
+    """One deletes ``doc-1`` while two deletes it (and adds ``doc-1`` again) just before
+    one's transaction: one read the rows before its transaction, deleted the old key
+    (nothing) and returned 1 while two's new ``doc-1`` survived. Now one deletes what
+    ``doc-1`` is when it writes: the new memory (1), or nothing (not found)."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add_many([NewMemory("the old text about tea", A, id="doc-1")])
+        one.add("another memory", A)
+        one.flush()
+
+        def race() -> None:
+            two.delete("doc-1")
+            if readd:
+                two.add_many([NewMemory("new words on violins", B, id="doc-1")])
+
+        _racing_delete(one, race)
+        if readd:
+            assert one.delete("doc-1") == 1
+        else:
+            with pytest.raises(MemoryNotFoundError, match="nothing was deleted"):
+                one.delete("doc-1")
+        for m in (one, two):
+            with pytest.raises(MemoryNotFoundError):
+                m.get("doc-1")
+            assert m.search("violins", B, k=3, learn=False).ids == []
+            assert m.stats().memories == 1
+        st = one.stats()
+        assert (st.vectors, st.unindexed) == (1, 0)
 
 
 def test_caller_chosen_ids(mem: HelaMemory) -> None:

@@ -50,11 +50,14 @@ class Core(IngestOps, SearchOps):
         return self._memory(row)
 
     def delete(self, ids: Sequence[str]) -> int:
-        rows = self.store.rows_by_id(ids)
-        missing = [i for i in ids if i not in rows]
-        if missing:
-            raise MemoryNotFoundError(f"no memory with id {missing[0]!r}; nothing was deleted")
         with self.store.tx() as db:
+            # read under the write lock: a row read before it may have been deleted (and
+            # its caller-chosen id added again) by another writer meanwhile, and deleting
+            # that row's key would delete nothing while saying it did
+            rows = self.store.rows_by_id(ids)
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                raise MemoryNotFoundError(f"no memory with id {missing[0]!r}; nothing was deleted")
             # facts citing a deleted episode repeat its content: they go with it
             episodes = [i for i, r in rows.items() if r.kind == "episodic"]
             cited = self.store.facts_citing({r.scope_id for r in rows.values()}, episodes)
