@@ -90,6 +90,7 @@ def test_a_collection_lost_on_the_server_is_refilled_not_restarted_empty(
         for i in range(10):
             m.add(f"filler w{i}x note{i}", scope)
         assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
+        m.flush()  # no batched write left to recreate the collection
         server = chromadb.HttpClient(
             host="127.0.0.1", port=chroma_port, settings=Settings(anonymized_telemetry=False)
         )
@@ -97,9 +98,13 @@ def test_a_collection_lost_on_the_server_is_refilled_not_restarted_empty(
             name = c.name if hasattr(c, "name") else str(c)
             if name.startswith("helamem.") and name.endswith("-e"):
                 server.delete_collection(name)
+        for _ in range(2):  # the scope's memories are in no collection: unindexed
+            st = m.stats()
+            assert (st.memories, st.vectors, st.unindexed) == (11, 0, 11)
+            assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
         m.add("filler new note", scope)  # recreates the collection
         assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
-        assert m.stats().vectors == 12
+        assert (m.stats().vectors, m.stats().unindexed) == (12, 0)
 
 
 def test_a_server_gone_mid_session_loses_no_write_and_raises_nothing_untyped(

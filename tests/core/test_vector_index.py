@@ -268,3 +268,38 @@ def test_a_failing_hnsw_scope_falls_back_to_exact_and_fails_no_other(
             assert _lost(m) == []
             assert m.search("note 3 about", ("t",), k=5, learn=False).hits
         assert "searching it exactly" in caplog.text
+
+
+@pytest.mark.parametrize("first", ["stats", "search"])
+def test_a_collection_deleted_behind_the_store_counts_its_memories_unindexed(
+    tmp_path: Path, store_config: StoreConfig, first: str
+) -> None:
+    """A large scope's collection is deleted behind the open store: its searches scan
+    exactly (correct), and stats said ``vectors`` without them but ``unindexed=0`` (or
+    failed on the stale handle) until a write or a reopen. Now they count as unindexed,
+    ``vectors`` is what the index lists (as ``helamem check`` compares them), and a
+    write to the scope rebuilds the collection."""
+    small = ("tenants", "tiny")
+    with _open(tmp_path / "s", store_config, exact_below=10) as m:
+        ids = _fill(m, 12)
+        _fill(m, 3, small)
+        assert (m.stats().vectors, m.stats().unindexed) == (15, 0)
+
+        def drop(core: Any) -> None:  # as another client of the directory would
+            client = _idx(core)._client
+            for col in client.list_collections():
+                client.delete_collection(col.name if hasattr(col, "name") else str(col))
+
+        m._call(drop)
+        if first == "search":
+            assert _lost(m) == []  # searched exactly
+        for _ in range(2):  # before and after a search met the missing collection
+            st = m.stats()
+            assert (st.memories, st.vectors, st.unindexed) == (15, 3, 12)
+            assert len(m._call(lambda c: _idx(c).all_ids())) == st.vectors
+            assert (m.stats(SCOPE).unindexed, m.stats(small).unindexed) == (12, 0)
+            assert _lost(m) == []  # searched exactly meanwhile
+        assert set(m.search("note 5 about topic", SCOPE, k=12, learn=False).ids) <= set(ids)
+        m.add("one more note", SCOPE)  # the write rebuilds the scope's collection
+        st = m.stats()
+        assert (st.memories, st.vectors, st.unindexed) == (16, 16, 0)

@@ -92,6 +92,12 @@ class Core(IngestOps, SearchOps):
         empty = nodes == []
         c = self.store.counts(nodes) if not empty else {}
         ep, se = int(c.get("episodic", 0)), int(c.get("semantic", 0))
+        vectors = self.index.count()
+        # memories marked indexed in a promoted scope whose collection is gone (deleted
+        # behind this process): not in the index (count() has none of them), so unindexed
+        lost: dict[tuple[int, str], int] = getattr(self.index, "lost_vectors", dict)()
+        inside = None if nodes is None else set(nodes)
+        gone = sum(n for (s, _), n in lost.items() if inside is None or s in inside)
         return Stats(
             memories=ep + se,
             episodic=ep,
@@ -99,8 +105,8 @@ class Core(IngestOps, SearchOps):
             edges=int(c.get("edges", 0)),
             mean_edge_weight=float(c.get("mean_edge_weight", 0.0)),
             scopes=0 if empty else len(self.store.scopes_with_memories(nodes)),
-            unindexed=int(c.get("unindexed", 0)),
-            vectors=self.index.count(),
+            unindexed=int(c.get("unindexed", 0)) + gone,
+            vectors=vectors,
             embedder=self.embedder.name,
             schema_version=self.store.schema_version(),
         )

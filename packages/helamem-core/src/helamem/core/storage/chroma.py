@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -154,6 +155,27 @@ class ChromaIndex(ChromaConnection):
             ``<data dir>/helamem.sqlite3`` beside it.
         attach_minilm: Attach HeLa-Mem's MiniLM embedding function to collections.
     """
+
+    lost: set[tuple[int, str]]
+    """Promoted scopes whose collection :meth:`count` or a search found gone (deleted
+    on a server or in the directory behind this process): their memories are in no
+    collection (searched exactly) until a write to the scope or a reopen rebuilds it."""
+
+    def __init__(
+        self,
+        config: ChromaConfig,
+        path: Path,
+        attach_minilm: bool,
+        connect: Callable[[], Any] | None = None,
+    ) -> None:
+        super().__init__(config, path, attach_minilm, connect)
+        self.lost = set()
+
+    def _collection(self, key: tuple[int, str], create: bool, refill: bool = True) -> Any:
+        col = super()._collection(key, create, refill)
+        if col is not None:
+            self.lost.discard(key)
+        return col
 
     def upsert(
         self,
@@ -301,6 +323,7 @@ class ChromaIndex(ChromaConnection):
                 try:
                     col = self._collection(key, create=False)
                     if col is None:
+                        self.lost.add(key)
                         fallback.append(key)
                         continue
                     res = col.query(query_embeddings=emb, n_results=n, include=["distances"])
@@ -347,7 +370,11 @@ class ChromaIndex(ChromaConnection):
         return sorted(best.items(), key=lambda p: p[1])[:n]
 
     def count(self) -> int:
-        """Vectors searchable: exact-tier rows plus the promoted collections' vectors."""
+        """Vectors in the index: exact-tier rows plus the promoted collections' vectors.
+
+        A promoted scope whose collection is gone counts none (as :meth:`all_ids`
+        lists none) and is recorded in :attr:`lost` (see :meth:`lost_vectors`).
+        """
         promoted = self._exact.promoted()
         counts = self._exact.counts()
         total = sum(c for k, c in counts.items() if k not in promoted)
@@ -357,12 +384,43 @@ class ChromaIndex(ChromaConnection):
             indexed = self._exact.counts(indexed_only=True)
             return total + sum(indexed.get(k, 0) for k in promoted)
         try:
+            # which collections exist now, by id: a cached handle can outlive its
+            # collection (deleted behind this process; a server may even go on
+            # counting a deleted collection's vectors through it)
+            present = {str(c.name): c.id for c in self._client.list_collections()}
             for key in promoted:
-                col = self._collection(key, create=False)
-                total += 0 if col is None else int(col.count())
+                total += self._count_of(key, present)
         except CHROMA_FAILURES as exc:  # a raw chromadb error escaped stats()
             raise chroma_error(exc, "Chroma count failed", self._where) from exc
         return total
+
+    def _count_of(self, key: tuple[int, str], present: dict[str, object]) -> int:
+        """Vectors in a promoted scope's collection; 0, recorded in :attr:`lost`, when
+        ``present`` (name to id) lacks it or it went after that list was read."""
+        name = self._name(*key)
+        cached = self._cols.get(name)
+        if cached is not None and cached.id != present.get(name):
+            self._cols.pop(name, None)  # a handle to a collection deleted since
+        try:
+            col = self._collection(key, create=False) if name in present else None
+            n = None if col is None else int(col.count())
+        except CHROMA_FAILURES as exc:
+            if not (isinstance(exc, NotFoundError) or "does not exist" in str(exc)):
+                raise
+            self._cols.pop(name, None)
+            n = None
+        if n is None:
+            self.lost.add(key)
+        return n or 0
+
+    def lost_vectors(self) -> dict[tuple[int, str], int]:
+        """Per :attr:`lost` scope (as :meth:`count` or a search last found it): its
+        memories marked indexed, whose vectors the index does not hold."""
+        keys = self.lost & self._exact.promoted()
+        if not keys:
+            return {}
+        indexed = self._exact.counts(indexed_only=True)
+        return {k: indexed.get(k, 0) for k in sorted(keys)}
 
     def all_ids(self) -> list[str]:
         """Every id in the index (for integrity checks).
