@@ -194,3 +194,60 @@ def _key_of(store: SpyMemory, content: str) -> str:
     hits = store.search(content, ALICE, k=10, learn=False)
     hit = next(h for h in hits if h.memory.content == content)
     return str(hit.memory.metadata[TURN_KEY])
+
+
+async def test_a_state_loaded_into_a_context_already_served_stores_each_turn_once(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """The agent goes back to a state it saved (``agent.load_state``) after two more turns:
+    the memory, which had served that context, took the loaded history for one cleared and
+    stored its last turn (recorded before) again, and the replaced history's final turn,
+    not yet recorded, was never stored. Now that turn is recorded before the load, and the
+    loaded history's last turn is looked up in the store, as on a first read."""
+    path = tmp_path / "data"
+    memory = HelaMemMemory(config(path))
+    replies = [f"answer {i}" for i in range(5)]
+    agent = AssistantAgent("a", model_client=ReplayChatCompletionClient(replies), memory=[memory])
+    await agent.run(task="question 0")
+    await agent.run(task="question 1")
+    state = await agent.save_state()
+    await agent.run(task="question 2")  # records turn 1
+    await agent.run(task="question 3")  # records turn 2; turn 3 is not recorded yet
+    await agent.load_state(state)  # back to turns 0 and 1
+    await agent.run(task="question 4")
+    await memory.close()
+
+    assert _episodes(store_db, path) == [
+        text for i in range(5) for text in (f"question {i}", f"answer {i}")
+    ]
+
+
+async def test_a_state_of_unrecorded_turns_loaded_into_a_served_context_is_recorded(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """A state whose last turn no memory recorded (another agent's, unstored) loaded into
+    a context this memory served: that turn is stored (once), the context's own final
+    turn too."""
+    other = UnboundedChatCompletionContext()
+    await other.add_message(UserMessage(content="where is the key", source="user"))
+    await other.add_message(AssistantMessage(content="under the mat", source="a"))
+    path = tmp_path / "data"
+    memory = HelaMemMemory(config(path))
+    client = ReplayChatCompletionClient(["answer 0", "answer 1", "answer 2"])
+    agent = AssistantAgent("a", model_client=client, memory=[memory])
+    await agent.run(task="question 0")
+    await agent.run(task="question 1")
+    await agent.load_state({"llm_context": await other.save_state()})
+    await agent.run(task="question 2")
+    await memory.close()
+
+    assert _episodes(store_db, path) == [
+        "question 0",
+        "answer 0",
+        "question 1",  # recorded before the load replaced it
+        "answer 1",
+        "where is the key",
+        "under the mat",
+        "question 2",
+        "answer 2",
+    ]

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import math
 import weakref
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -64,6 +65,7 @@ _MESSAGES: TypeAdapter[list[LLMMessage]] = TypeAdapter(list[LLMMessage])
 _PEERS: weakref.WeakKeyDictionary[HelaMemory, weakref.WeakSet[HelaMemMemory]] = (
     weakref.WeakKeyDictionary()
 )
+_OWN_LOAD: ContextVar[bool] = ContextVar("helamem_autogen_own_load", default=False)
 
 
 @dataclass(slots=True)
@@ -450,22 +452,29 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         return served
 
     def _record_before_clear(self, model_context: ChatCompletionContext) -> None:
-        """Make the context's ``clear()`` (``agent.on_reset()``, a team's ``reset()``)
-        record its last completed turn first: cleared, its final turn could never be
-        recorded by a later call or by :meth:`close`."""
-        clear = model_context.clear
+        """Make the context's ``clear()`` (``agent.on_reset()``, a team's ``reset()``) and
+        ``load_state()`` (``agent.load_state``) record its last completed turn first: its
+        history gone, that turn could never be recorded by a later call or by :meth:`close`.
+        A loaded history's last turn may be stored already (recorded before its state was
+        saved): the next read looks it up, as a context's first read does."""
         memory = weakref.ref(self)
 
-        async def recording_clear() -> None:
-            me = memory()
-            if me is not None and not me._closed:
-                served = me._served.get(model_context)
-                if served is not None:
+        def recording(method: Callable[..., Awaitable[None]], loads: bool) -> Any:
+            async def run(*args: Any, **kwargs: Any) -> None:
+                me = memory()
+                ours = me is not None and not me._closed and not _OWN_LOAD.get()
+                served = me._served.get(model_context) if me is not None and ours else None
+                if me is not None and served is not None:
                     await me._record(served, *await _history(model_context))
-            await clear()
+                await method(*args, **kwargs)
+                if loads and served is not None:  # not a continuation: as never read
+                    served.recorded, served.seen, served.fresh = None, 0, True
+
+            return run
 
         try:
-            model_context.clear = recording_clear  # type: ignore[method-assign]
+            model_context.clear = recording(model_context.clear, False)  # type: ignore[method-assign]
+            model_context.load_state = recording(model_context.load_state, True)  # type: ignore[method-assign]
         except (AttributeError, TypeError):  # a context that takes no attribute
             logger.debug("cannot record the final turn before %r clears", model_context)
 
@@ -573,7 +582,11 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         kept = [m for m in messages if not self._is_injected(m)]
         if len(kept) != len(messages):
             state["messages"] = kept
-            await model_context.load_state(state)
+            own = _OWN_LOAD.set(True)  # the same conversation: no memory's load_state hook
+            try:
+                await model_context.load_state(state)
+            finally:
+                _OWN_LOAD.reset(own)
 
     def _is_injected(self, message: object) -> bool:
         if isinstance(message, SystemMessage):
