@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ._base import Stats, scope_tag
 from ._ingest import IngestOps, prepare
@@ -22,6 +23,7 @@ from .errors import (
     MemoryNotFoundError,
     StorageError,
 )
+from .storage.base import MemoryRow
 from .types import (
     Memory,
     Scope,
@@ -51,18 +53,33 @@ class Core(IngestOps, SearchOps):
 
     def delete(self, ids: Sequence[str]) -> int:
         with self.store.tx() as db:
-            # read under the write lock: a row read before it may have been deleted (and
-            # its caller-chosen id added again) by another writer meanwhile, and deleting
-            # that row's key would delete nothing while saying it did
-            rows = self.store.rows_by_id(ids)
-            missing = [i for i in ids if i not in rows]
-            if missing:
-                raise MemoryNotFoundError(f"no memory with id {missing[0]!r}; nothing was deleted")
-            # facts citing a deleted episode repeat its content: they go with it
-            episodes = [i for i, r in rows.items() if r.kind == "episodic"]
-            cited = self.store.facts_citing({r.scope_id for r in rows.values()}, episodes)
-            gone = [*rows.values(), *(f for f in cited if f.id not in rows)]
-            self.store.delete_memories(db, gone)
+            gone = self._delete_tx(db, ids)
+        self._drop_vectors(gone)
+        return len(set(ids))
+
+    def _delete_tx(self, db: Any, ids: Sequence[str]) -> list[MemoryRow]:
+        """Delete memories ``ids`` (and the facts citing a deleted episode) in the caller's
+        write transaction; returns every row deleted, for :meth:`_drop_vectors` after it.
+
+        Raises:
+            MemoryNotFoundError: An id is not a memory (nothing was deleted).
+        """
+        # read under the write lock: a row read before it may have been deleted (and
+        # its caller-chosen id added again) by another writer meanwhile, and deleting
+        # that row's key would delete nothing while saying it did
+        rows = self.store.rows_by_id(ids)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise MemoryNotFoundError(f"no memory with id {missing[0]!r}; nothing was deleted")
+        # facts citing a deleted episode repeat its content: they go with it
+        episodes = [i for i, r in rows.items() if r.kind == "episodic"]
+        cited = self.store.facts_citing({r.scope_id for r in rows.values()}, episodes)
+        gone = [*rows.values(), *(f for f in cited if f.id not in rows)]
+        self.store.delete_memories(db, gone)
+        return gone
+
+    def _drop_vectors(self, gone: Sequence[MemoryRow]) -> None:
+        """After the transaction that deleted ``gone``: their vectors (retried on failure)."""
         try:
             self.index.delete([(r.id, r.scope_id, r.kind) for r in gone])
             self.store.clear_tombstones([r.id for r in gone])
@@ -70,7 +87,6 @@ class Core(IngestOps, SearchOps):
         except StorageError as exc:
             self._needs_reconcile = True
             logger.warning("vector delete failed, will retry on next use: %s", exc)
-        return len(rows)
 
     # -- search ----------------------------------------------------------
     def list_scopes(self, prefix: Sequence[str] | None) -> list[Scope]:

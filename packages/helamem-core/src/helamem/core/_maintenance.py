@@ -290,12 +290,36 @@ def forget(
     below: float | None,
     limit: int,
 ) -> ForgetReport:
-    """Weak, old, never-used episodes (not cited by any fact); delete unless ``dry_run``."""
+    """Weak, old, never-used episodes (not cited by any fact); delete unless ``dry_run``.
+
+    The candidates are chosen inside the transaction that deletes them (under the
+    store's writer lock): an episode another writer deleted, used, reinforced or
+    cited in a fact just before is judged as it is then, and a caller-chosen id
+    added again since names the new memory, never deleted by the old one's judgement.
+    """
+    if dry_run:
+        return ForgetReport(_forgettable(core, scope, older_than_s, below, limit), 0, True)
+    with core.store.tx() as db:
+        memories = _forgettable(core, scope, older_than_s, below, limit)
+        gone = core._delete_tx(db, [m.id for m in memories]) if memories else []
+    if gone:
+        core._drop_vectors(gone)
+    return ForgetReport(memories, len(memories), False)
+
+
+def _forgettable(
+    core: Core,
+    scope: Sequence[str],
+    older_than_s: float | None,
+    below: float | None,
+    limit: int,
+) -> tuple[Memory, ...]:
+    """The episodes :func:`forget` deletes now (read in the caller's transaction)."""
     cfg = core.config.consolidation
     store = core.store
     node = store.find_scope(normalize_scope(scope))
     if node is None:
-        return ForgetReport(dry_run=dry_run)
+        return ()
     nodes = store.descendants(node)
     age = cfg.forget_after_s if older_than_s is None else older_than_s
     threshold = cfg.forget_below if below is None else below
@@ -311,12 +335,7 @@ def forget(
         for n in (e.a, e.b):
             if n in strongest:
                 strongest[n] = max(strongest[n], w)
-    doomed = [r for r in rows if strongest[r.n] < threshold]
-    memories = tuple(core._memory(r) for r in doomed)
-    if dry_run or not doomed:
-        return ForgetReport(memories, 0, dry_run)
-    deleted = core.delete([r.id for r in doomed])
-    return ForgetReport(memories, deleted, False)
+    return tuple(core._memory(r) for r in rows if strongest[r.n] < threshold)
 
 
 def delete_scope(core: Core, scope: Sequence[str]) -> int:

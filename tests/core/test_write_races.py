@@ -1,0 +1,101 @@
+"""Bulk writes that choose their rows under the writer lock: another writer's commit
+landing just before one's transaction (two store objects on one store) is what the
+operation sees, never a selection made before it (forget, delete_scope)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import HelaMemory, MemoryNotFoundError, NewMemory
+from helamem.core._check import check_store
+
+A = ("users", "a")
+DAY, T0 = 86400, 1_600_000_000
+
+
+def _racing_tx(one: HelaMemory, race: Callable[[], object]) -> None:
+    """Run ``race`` in ``one``'s next write transaction, just before it begins (the
+    moment another writer's commit lands first)."""
+    core = one._core
+    assert core is not None
+    store = core.store
+    real = store.tx
+
+    @contextmanager
+    def tx() -> Iterator[Any]:
+        store.tx = real  # type: ignore[method-assign]
+        race()
+        with real() as db:
+            yield db
+
+    store.tx = tx  # type: ignore[method-assign]
+
+
+def _survivors(m: HelaMemory, ids: list[str]) -> dict[str, str]:
+    out = {}
+    for i in ids:
+        with contextlib.suppress(MemoryNotFoundError):
+            out[i] = m.get(i).content
+    return out
+
+
+def _check_clean(path: Path, backend: str) -> None:
+    if backend == "sqlite":  # check_store reads SQLite's file
+        report = check_store(path)
+        assert report.defects == (), report.to_text()
+
+
+@pytest.mark.parametrize("race", ["deleted", "deleted-and-added-again", "reinforced"])
+def test_forget_racing_another_writer(
+    tmp_path: Path, make_mem: Any, backend: str, race: str
+) -> None:
+    """One forgets ``doc-1`` and ``doc-2`` (old, never used, no edge) while two, just
+    before one's transaction, deletes ``doc-1`` (forget raised MemoryNotFoundError and
+    forgot nothing), deletes it and adds a new ``doc-1`` (forget deleted the new
+    memory), or reinforces it (forget deleted a memory no longer weak). Now forget
+    judges the episodes as they are when it writes: it forgets ``doc-2`` only."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add_many(
+            [
+                NewMemory("the old text about tea", A, event_time=T0, id="doc-1", linked=False),
+                NewMemory("an old note on kettles", A, event_time=T0 + 1, id="doc-2", linked=False),
+                NewMemory("a recent note", A, event_time=T0 + 100 * DAY, id="doc-3", linked=False),
+            ]
+        )
+        one.flush()
+        dry = one.forget(A, below=0.01)
+        assert [m.id for m in dry.candidates] == ["doc-1", "doc-2"]
+
+        def act() -> None:
+            if race == "reinforced":
+                two.reinforce(["doc-1", "doc-3"])
+                return
+            two.delete("doc-1")
+            if race == "deleted-and-added-again":
+                new = NewMemory("new words on violins", A, event_time=T0 + 100 * DAY, id="doc-1")
+                two.add_many([new])
+
+        _racing_tx(one, act)
+        report = one.forget(A, below=0.01, dry_run=False)
+        assert (report.deleted, report.dry_run) == (1, False)
+        assert [m.id for m in report.candidates] == ["doc-2"]
+        want = {"doc-3": "a recent note"}
+        if race == "deleted-and-added-again":
+            want["doc-1"] = "new words on violins"
+        elif race == "reinforced":
+            want["doc-1"] = "the old text about tea"
+        for m in (one, two):
+            assert _survivors(m, ["doc-1", "doc-2", "doc-3"]) == want
+            assert m.stats().memories == len(want)
+        if race == "deleted-and-added-again":
+            assert one.search("violins", A, k=1, learn=False).ids == ["doc-1"]
+        st = one.stats()
+        assert (st.vectors, st.unindexed) == (len(want), 0)
+    _check_clean(path, backend)
