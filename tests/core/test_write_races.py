@@ -99,3 +99,29 @@ def test_forget_racing_another_writer(
         st = one.stats()
         assert (st.vectors, st.unindexed) == (len(want), 0)
     _check_clean(path, backend)
+
+
+@pytest.mark.parametrize("under", [("users", "a", "c"), ("users", "a", "c", "d")])
+def test_delete_scope_racing_another_writers_new_child_scope(
+    tmp_path: Path, make_mem: Any, backend: str, under: tuple[str, ...]
+) -> None:
+    """Two adds a memory in a new scope under ``users/a`` just before one's
+    ``delete_scope(users/a)`` transaction: one read the scopes under it before its
+    transaction, so the new scope's memory survived the deletion of its parent. Now
+    the scopes are read under the writer lock: it goes too."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add_many([NewMemory("tea in the garden", A), NewMemory("a second note", A)])
+        other = one.add("bob keeps bees", ("users", "b")).id
+        one.flush()
+        _racing_tx(one, lambda: two.add("violins in the attic", under))
+        assert one.delete_scope(A) == 3
+        for m in (one, two):
+            assert m.list_scopes(A) == []
+            assert m.stats(A).memories == 0
+            assert m.list_scopes() == [("users", "b")]
+            assert m.get(other).content == "bob keeps bees"
+            assert m.search("violins attic", under, k=3, learn=False).ids == []
+        st = one.stats()
+        assert (st.memories, st.vectors, st.unindexed) == (1, 1, 0)
+    _check_clean(path, backend)

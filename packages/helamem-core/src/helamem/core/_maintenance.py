@@ -344,9 +344,11 @@ def delete_scope(core: Core, scope: Sequence[str]) -> int:
     node = store.find_scope(normalize_scope(scope))
     if node is None:
         return 0
-    nodes = store.descendants(node)
     with store.tx() as db:
-        # read under the writer lock: a fact another writer just distilled goes too
+        # read under the writer lock: a fact another writer just distilled goes too, and
+        # so does a scope it just made under this one (nodes are never deleted: ``node``
+        # read before the lock is still this scope's)
+        nodes = store.descendants(node)
         rows = store.rows_in_scopes(nodes)
         store.delete_memories(db, rows)
         store.delete_clusters(db, nodes)
