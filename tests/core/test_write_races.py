@@ -1,6 +1,6 @@
 """Bulk writes that choose their rows under the writer lock: another writer's commit
 landing just before one's transaction (two store objects on one store) is what the
-operation sees, never a selection made before it (forget, delete_scope)."""
+operation sees, never a selection made before it (forget, delete_scope, reinforce)."""
 
 from __future__ import annotations
 
@@ -124,4 +124,40 @@ def test_delete_scope_racing_another_writers_new_child_scope(
             assert m.search("violins attic", under, k=3, learn=False).ids == []
         st = one.stats()
         assert (st.memories, st.vectors, st.unindexed) == (1, 1, 0)
+    _check_clean(path, backend)
+
+
+@pytest.mark.parametrize("readd", [True, False], ids=["deleted-and-added-again", "deleted"])
+def test_reinforce_racing_another_writers_delete_of_the_same_id(
+    tmp_path: Path, make_mem: Any, backend: str, readd: bool
+) -> None:
+    """One reinforces ``doc-1`` with ``doc-2`` while two deletes ``doc-1`` (and adds a
+    new ``doc-1``) just before one's transaction: one read the ids before it, so it
+    returned 1 having written no edge (the old key was gone), and never said that
+    ``doc-1`` was missing. Now it reinforces what ``doc-1`` is when it writes: the new
+    memory (an edge), or raises MemoryNotFoundError."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add_many(
+            [
+                NewMemory("the old text about tea", A, id="doc-1", linked=False),
+                NewMemory("a note on kettles", A, id="doc-2", linked=False),
+            ]
+        )
+        one.flush()
+
+        def act() -> None:
+            two.delete("doc-1")
+            if readd:
+                two.add_many([NewMemory("new words on violins", A, id="doc-1", linked=False)])
+
+        _racing_tx(one, act)
+        if readd:
+            assert one.reinforce(["doc-1", "doc-2"]) == 1
+        else:
+            with pytest.raises(MemoryNotFoundError, match="doc-1"):
+                one.reinforce(["doc-1", "doc-2"])
+        for m in (one, two):
+            assert m.stats(A).edges == (1 if readd else 0)
+            assert m.stats(A).memories == (2 if readd else 1)
     _check_clean(path, backend)

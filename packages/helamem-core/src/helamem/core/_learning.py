@@ -126,15 +126,17 @@ class LearningOps(CoreBase):
 
     def reinforce(self, ids: Sequence[str]) -> int:
         """Co-activate memories (pairs within one scope); returns pairs updated."""
-        rows = self.store.rows_by_id(ids)
-        missing = [i for i in ids if i not in rows]
-        if missing:
-            raise MemoryNotFoundError(f"no memory with id {missing[0]!r}")
-        by_scope: dict[int, list[int]] = defaultdict(list)
-        for r in rows.values():
-            by_scope[r.scope_id].append(r.n)
-        ticks = self._ticks(list(by_scope))
         with self.store.tx() as db:
+            # read under the writer lock: a memory another writer deleted meanwhile (its
+            # caller-chosen id perhaps added again) is missing, or the new memory
+            rows = self.store.rows_by_id(ids)
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                raise MemoryNotFoundError(f"no memory with id {missing[0]!r}")
+            by_scope: dict[int, list[int]] = defaultdict(list)
+            for r in rows.values():
+                by_scope[r.scope_id].append(r.n)
+            ticks = self._ticks(list(by_scope))
             for sid, ns in by_scope.items():
                 self._reinforce_tx(db, ns, sid, ticks[sid])
         return sum(len(dynamics.co_activation_pairs(ns)) for ns in by_scope.values())
