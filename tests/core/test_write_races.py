@@ -1,6 +1,6 @@
 """Bulk writes that choose their rows under the writer lock: another writer's commit
 landing just before one's transaction (two store objects on one store) is what the
-operation sees, never a selection made before it (forget, delete_scope, reinforce)."""
+operation sees, never a selection made before it (forget, delete_scope, reinforce, re-embedding)."""
 
 from __future__ import annotations
 
@@ -160,4 +160,62 @@ def test_reinforce_racing_another_writers_delete_of_the_same_id(
         for m in (one, two):
             assert m.stats(A).edges == (1 if readd else 0)
             assert m.stats(A).memories == (2 if readd else 1)
+    _check_clean(path, backend)
+
+
+def _rewrite(m: HelaMemory, id_: str, text: str) -> None:
+    """Rewrite memory ``id_``'s text and vector as a consolidation updating a fact does."""
+    from helamem.core._base import scope_tag
+
+    def run(core: Any) -> None:
+        row = core.store.rows_by_id([id_])[id_]
+        with core.store.tx() as db:
+            core.store.update_fact(
+                db,
+                row,
+                content=text,
+                search_text=text,
+                tags=" ".join(scope_tag(s, row.kind) for s in core.store.ancestors(row.scope_id)),
+                keywords="[]",
+                provenance="[]",
+                event_time=row.event_time,
+                embedding=core.embedder.embed([text])[0].tobytes(),
+            )
+
+    m._call(run)
+
+
+def test_reembed_racing_another_writers_rewrite_of_a_memory(
+    tmp_path: Path, make_mem: Any, backend: str
+) -> None:
+    """Two rewrites ``doc-1``'s text (and vector), as a consolidation updating a fact
+    does, just before one's ``reindex(reembed=True)`` writes the vectors it computed
+    from the texts it read before: the old text's vector replaced the new one's, so
+    ``doc-1`` was found by words it no longer has. Now a vector is written only where
+    the memory's text is still the one it was computed from."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add_many([NewMemory("the old text about tea", A, id="doc-1"), NewMemory("x y", A)])
+        one.flush()
+        core = one._core
+        assert core is not None
+        real = core.store.tx
+
+        @contextmanager
+        def second_tx() -> Iterator[Any]:  # the first records the embedder; then vectors
+            core.store.tx = real  # type: ignore[method-assign]
+            _racing_tx(one, lambda: _rewrite(two, "doc-1", "new words on violins"))
+            with real() as db:
+                yield db
+
+        core.store.tx = second_tx  # type: ignore[method-assign]
+        assert one.reindex(reembed=True) == 2
+        new = core.embedder.embed(["new words on violins"])[0].tobytes()
+        for m in (one, two):
+            assert m.get("doc-1").content == "new words on violins"
+            inner = m._core
+            assert inner is not None
+            assert inner.store.rows_by_id(["doc-1"])["doc-1"].embedding == new
+        st = one.stats()
+        assert (st.memories, st.vectors, st.unindexed) == (2, 2, 0)
     _check_clean(path, backend)

@@ -410,7 +410,7 @@ class CoreBase:
         if missing:
             vecs = self._embed([r.content for r in missing])
             fresh = {r.n: v for r, v in zip(missing, vecs, strict=True)}
-            self.store.set_embeddings([(n, v.tobytes()) for n, v in fresh.items()])
+            self.store.set_embeddings([(r.n, r.content, fresh[r.n].tobytes()) for r in missing])
         groups: dict[tuple[int, str], list[MemoryRow]] = defaultdict(list)
         for r in rows:
             groups[(r.scope_id, r.kind)].append(r)
@@ -457,9 +457,11 @@ class CoreBase:
                     db, "embedder", json.dumps({"name": self.embedder.name, "dimension": dim})
                 )
             for rows in self.store.all_rows():
-                vecs = self._embed([r.content for r in rows])
+                vecs = self._embed([r.content for r in rows]).astype(np.float32)
+                # each with the text it was computed from: one another writer rewrote
+                # since it was read here keeps its new text's vector
                 self.store.set_embeddings(
-                    [(r.n, v.astype(np.float32).tobytes()) for r, v in zip(rows, vecs, strict=True)]
+                    [(r.n, r.content, v.tobytes()) for r, v in zip(rows, vecs, strict=True)]
                 )
         rebuild = getattr(self.index, "rebuild", None)
         total = 0

@@ -292,16 +292,6 @@ class SQLiteStore(SQLiteUpkeep):
                 [(*w, value, n, i) for w, (n, i) in zip(vecs, keys, strict=True)],
             )
 
-    def set_embeddings(self, items: Sequence[tuple[int, bytes]]) -> None:
-        """Replace memories' vectors (their token vectors go too: they are refilled lazily)."""
-        with self.tx() as db:
-            db.executemany(
-                "UPDATE memories SET embedding = ?, indexed = 0 WHERE n = ?",
-                [(e, n) for n, e in items],
-            )
-            db.executemany("DELETE FROM token_vectors WHERE n = ?", [(n,) for n, _ in items])
-            self.vectors_rewritten(db)
-
     def put_token_vectors(self, db: sqlite3.Connection, items: Sequence[tuple[int, bytes]]) -> None:
         """Store memories' token vectors (see :func:`~helamem.core.retrieval.pack_tokens`)."""
         db.executemany(

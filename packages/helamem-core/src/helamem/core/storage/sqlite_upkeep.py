@@ -128,6 +128,31 @@ class SQLiteUpkeep(SQLiteConnection):
         self.vectors_rewritten(db)
         self._index_texts(db, [(row.n, search_text, tags)])
 
+    def set_embeddings(self, items: Sequence[tuple[int, str, bytes]]) -> None:
+        """Replace memories' vectors ``(n, text, vector)`` computed from ``text`` (their
+        token vectors go too: they are refilled lazily), in one write transaction.
+
+        A memory whose text is no longer ``text`` (another writer rewrote it since it
+        was read, as a consolidation updating a fact does) keeps the vector written
+        with its new text; one deleted meanwhile changes nothing.
+        """
+        with self.tx() as db:
+            now: dict[int, str] = {}
+            ns = sorted({n for n, _, _ in items})
+            for i in range(0, len(ns), 500):
+                chunk = ns[i : i + 500]
+                for r in db.execute(
+                    f"SELECT {MEMORY_COLS} FROM memories WHERE n IN ({qmarks(len(chunk))})", chunk
+                ):
+                    now[int(r[0])] = memory_row(r).content
+            same = [(n, e) for n, text, e in items if now.get(n) == text]
+            db.executemany(
+                "UPDATE memories SET embedding = ?, indexed = 0 WHERE n = ?",
+                [(e, n) for n, e in same],
+            )
+            db.executemany("DELETE FROM token_vectors WHERE n = ?", [(n,) for n, _ in same])
+            self.vectors_rewritten(db)
+
     def vectors_rewritten(self, db: sqlite3.Connection) -> None:
         """Tell every process's exact-tier cache (storage/exact.py) that stored vectors
         changed in place, which its fingerprint of a scope cannot see."""
