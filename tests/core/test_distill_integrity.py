@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from test_distill import S, ScriptedLLM, StoreConfig, _mem, _story, facts_citing_first_labels
 
-from helamem.core import ConsolidationReport, HelaMemory, LLMResponseError, MemoryNotFoundError
+from helamem.core import (
+    ConsolidationReport,
+    HelaMemory,
+    LLMResponseError,
+    MemoryNotFoundError,
+    NewMemory,
+)
 
 
 @pytest.mark.parametrize("off_schema", ['{"error": "upstream overloaded"}', "{}"])
@@ -191,3 +197,30 @@ def test_deleting_an_episode_deletes_the_facts_citing_it(
         mem.delete([e for e in episodes if e != doomed])
         assert mem.stats(S).memories == 0
         assert len(mem.search("cat named miso", S, k=5, kind="semantic", learn=False)) == 0
+
+
+@pytest.mark.parametrize("again", ["same text", "new text"])
+def test_an_episode_added_again_under_its_id_is_distilled_again(
+    tmp_path: Path, store_config: StoreConfig, again: str
+) -> None:
+    llm = ScriptedLLM(*[_every_label] * 4)
+    with _mem(tmp_path, store_config, llm) as mem:
+        ids = [f"ep-{i}" for i in range(5)]
+        mem.add_many([NewMemory(f"my cat miso chased a mouse {i}", S, id=i) for i in ids])
+        first = mem.consolidate(S)
+        assert first.facts_added == 1 and set(mem.get(first.fact_ids[0]).provenance) == set(ids)
+        mem.delete([ids[0]])  # its fact goes with it
+        assert mem.stats(S).semantic == 0
+        text = "my cat miso chased a mouse ep-0" if again == "same text" else "miso caught a rat"
+        mem.add_many([NewMemory(text, S, id=ids[0])])
+        # the same ids, but not the memories distilled before: the cluster is new
+        report = mem.consolidate(S)
+        assert (report.clusters, report.facts_added) == (1, 1)
+        assert ids[0] in mem.get(report.fact_ids[0]).provenance
+        mem.consolidate(S)  # and now that cluster is known: never sent again
+        assert all(c["messages"] != llm.calls[1]["messages"] for c in llm.calls[2:])
+
+
+def _every_label(messages: list[dict[str, str]]) -> str:
+    labels = list(_labels(messages))
+    return json.dumps({"facts": [{"text": "Alice's cat Miso hunts mice", "sources": labels}]})

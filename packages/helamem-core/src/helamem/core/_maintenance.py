@@ -152,7 +152,7 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
             members = build_cluster(hub, live, cfg.cluster_size)
             member_ids = [ids[position[n]] for n in members]
             sig = signature(member_ids)
-            if store.cluster_known(sid, sig):
+            if store.cluster_known(sid, sig, max(rows[n].created_at for n in members)):
                 skipped += 1
                 continue
             taken.update(members)
@@ -212,10 +212,16 @@ def apply_consolidation(
         # under the writer lock: which clusters lost a member since the distiller saw
         # it, and which another consolidation distilled (and recorded) meanwhile
         alive = store.existing(db, {n for c in plan.clusters for n in c.members})
+        newest = {
+            (c.scope_id, c.signature): max(present[i].created_at for i in c.ids if i in present)
+            for c in plan.clusters
+            if any(i in present for i in c.ids)
+        }
         stale = {
             (c.scope_id, c.signature)
             for c in plan.clusters
-            if not alive >= set(c.members) or store.cluster_known(c.scope_id, c.signature)
+            if not alive >= set(c.members)
+            or store.cluster_known(c.scope_id, c.signature, newest[c.scope_id, c.signature])
         }
         for (draft, sid, src), vec in zip(kept, vecs, strict=True):
             if any(k in stale for i in draft.source_ids for k in owners.get(i, ())):
@@ -266,7 +272,8 @@ def apply_consolidation(
             core._reinforce_tx(db, ns, sid, core._ticks([sid])[sid])
         for c in plan.clusters:
             if (c.scope_id, c.signature) not in stale:
-                store.record_cluster(db, c.scope_id, c.signature, c.ids[0], len(kept))
+                key = (c.scope_id, c.signature)
+                store.record_cluster(db, *key, c.ids[0], len(kept), newest[key])
     core.reconcile()  # index new and updated facts
     return ConsolidationReport(
         scopes=len({c.scope_id for c in plan.clusters}),

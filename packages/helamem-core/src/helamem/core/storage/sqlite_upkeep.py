@@ -158,21 +158,28 @@ class SQLiteUpkeep(SQLiteConnection):
         changed in place, which its fingerprint of a scope cannot see."""
         self.set_meta(db, REWRITTEN_KEY, secrets.token_hex(8))
 
-    def cluster_known(self, scope_id: int, signature: str) -> bool:
+    def cluster_known(self, scope_id: int, signature: str, newest: float) -> bool:
+        """Whether these members were distilled together: the cluster is recorded, after
+        ``newest`` (its newest member's ``created_at``). A member deleted and added again
+        under its id since is another memory, so its cluster is not known."""
         r = self.db.execute(
-            "SELECT 1 FROM clusters WHERE scope_id = ? AND signature = ?", (scope_id, signature)
+            "SELECT 1 FROM clusters WHERE scope_id = ? AND signature = ? AND distilled_at >= ?",
+            (scope_id, signature, newest),
         ).fetchone()
         return r is not None
 
     def record_cluster(
-        self, db: sqlite3.Connection, scope_id: int, signature: str, hub: str, facts: int
+        self,
+        db: sqlite3.Connection,
+        scope_id: int,
+        signature: str,
+        hub: str,
+        facts: int,
+        newest: float,
     ) -> None:
-        db.execute(
-            "INSERT INTO clusters(scope_id, signature, hub, facts, distilled_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(scope_id, signature) DO UPDATE SET"
-            " hub = excluded.hub, facts = excluded.facts, distilled_at = excluded.distilled_at",
-            (scope_id, signature, hub, facts, time.time()),
-        )
+        """Record a distilled cluster whose newest member was created at ``newest``
+        (never stamped before it, whatever the clocks: see :meth:`cluster_known`)."""
+        self.put_cluster(db, scope_id, signature, hub, facts, max(time.time(), newest))
 
     def cited_ids(self, scope_ids: Sequence[int]) -> set[str]:
         """Episode ids that some fact of these scopes cites."""
