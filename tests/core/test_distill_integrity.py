@@ -224,3 +224,20 @@ def test_an_episode_added_again_under_its_id_is_distilled_again(
 def _every_label(messages: list[dict[str, str]]) -> str:
     labels = list(_labels(messages))
     return json.dumps({"facts": [{"text": "Alice's cat Miso hunts mice", "sources": labels}]})
+
+
+def test_a_backup_restored_after_its_episodes_were_deleted_is_distilled_again(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    llm = ScriptedLLM(*[_every_label] * 3)
+    with _mem(tmp_path, store_config, llm) as mem:
+        ids = [mem.add(f"my cat miso chased a mouse {i}", S).id for i in range(5)]
+        mem.export_scope(S, tmp_path / "backup.jsonl")  # before any consolidation
+        assert mem.consolidate(S).facts_added == 1
+        mem.delete(ids)  # one by one, not delete_scope: the fact goes with them
+        assert mem.stats(S).memories == 0
+        assert mem.import_scope(tmp_path / "backup.jsonl").memories == 5
+        # the restored episodes (their ids and times as before) have no fact yet
+        report = mem.consolidate(S)
+        assert (report.clusters, report.facts_added) == (1, 1)
+        assert set(mem.get(report.fact_ids[0]).provenance) == set(ids)

@@ -464,6 +464,8 @@ def import_scope(
         imp = _Importer(core, reader, target, same)
         with store.tx() as db:
             imp.db = db
+            if node is not None:  # its clusters name memories gone: the file's replace them
+                store.delete_clusters(db, store.descendants(node))
             imp.run(lines)
             if next(lines, None) is not None:
                 raise reader.error("there are lines after the 'end' line")
