@@ -284,3 +284,36 @@ def test_a_search_on_the_owner_loop_does_not_wait_for_itself(
     assert "heron 2" in texts(mem.search("heron 2", ALICE, k=100, learn=False))
     rec.close_sync()
     mem.close()
+
+
+# -- so do delete_scope and export_scope ---------------------------------------
+
+
+def test_delete_scope_and_export_see_the_turns_recorded_just_before_them(tmp_path: Path) -> None:
+    mem = gated(tmp_path / "store", ALICE, BOB)
+    mem.add("warm up the store", ("other",))
+    with TurnRecorder(mem, consolidate_every=None, search_wait_timeout=WAIT) as rec:
+        rec.record_turn_sync(ALICE, "my passport number is 991", "noted")
+        threading.Timer(0.2, mem.gate.set).start()  # stored a moment later
+        assert mem.delete_scope(ALICE) == 2  # the turn went too, not stored after it
+        rec.flush_sync()
+        assert mem.list_scopes(("users",)) == []
+        mem.gate.clear()
+        rec.record_turn_sync(BOB, "okapi bob", "ok")
+        threading.Timer(0.2, mem.gate.set).start()
+        assert mem.export_scope(BOB, tmp_path / "bob.jsonl").memories == 2
+
+        async def after_recording() -> tuple[int, int]:
+            mem.gate.clear()
+            await rec.record_turn(BOB, "yak bob", "ok")
+            threading.Timer(0.2, mem.gate.set).start()
+            exported = await mem.aexport_scope(BOB, tmp_path / "bob2.jsonl")
+            mem.gate.clear()
+            await rec.record_turn(BOB, "gnu bob", "ok")
+            threading.Timer(0.2, mem.gate.set).start()
+            return exported.memories, await mem.adelete_scope(BOB)
+
+        assert asyncio.run(after_recording()) == (4, 6)
+        rec.flush_sync()
+        assert mem.list_scopes(("users",)) == []
+    mem.close()

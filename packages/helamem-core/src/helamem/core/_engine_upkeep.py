@@ -103,8 +103,14 @@ class UpkeepMethods(OwnedCore):
         )
 
     def delete_scope(self, scope: Sequence[str]) -> int:
-        """Delete everything of ``scope`` and the scopes under it; returns memories deleted."""
+        """Delete everything of ``scope`` and the scopes under it; returns memories deleted.
+
+        Like :meth:`search`, it first waits (bounded) for the turns a
+        :class:`~helamem.core.hooks.TurnRecorder` of this memory accepted
+        before the call in these scopes: they are deleted too, not stored after.
+        """
         normalize_scope(scope)
+        self._wait_recorded(scope, "delete_scope")
         return self._call(lambda c: delete_scope(c, scope))
 
     async def aconsolidate(self, scope: Sequence[str]) -> ConsolidationReport:
@@ -132,8 +138,9 @@ class UpkeepMethods(OwnedCore):
         )
 
     async def adelete_scope(self, scope: Sequence[str]) -> int:
-        """Async :meth:`delete_scope`."""
+        """Async :meth:`delete_scope` (waits for recorded turns without blocking the loop)."""
         normalize_scope(scope)
+        await self._await_recorded(scope, "delete_scope")
         return await self._acall(lambda c: delete_scope(c, scope))
 
     def export_scope(self, scope: Sequence[str], path: str | os.PathLike[str]) -> ExportReport:
@@ -162,13 +169,15 @@ class UpkeepMethods(OwnedCore):
             ExportReport(path=PosixPath('alice.jsonl'), scope=('users', 'alice'), memories=42, ...)
         """
         normalize_scope(scope)
+        self._wait_recorded(scope, "export_scope")  # the turns recorded before it are in
         return self._call(lambda c: export_scope(c, scope, path))
 
     async def aexport_scope(
         self, scope: Sequence[str], path: str | os.PathLike[str]
     ) -> ExportReport:
-        """Async :meth:`export_scope`."""
+        """Async :meth:`export_scope` (waits for recorded turns without blocking the loop)."""
         normalize_scope(scope)
+        await self._await_recorded(scope, "export_scope")
         return await self._acall(lambda c: export_scope(c, scope, path))
 
     def import_scope(

@@ -54,9 +54,13 @@ _PG_SCHEMES = ("postgresql://", "postgres://")
 class _Recorder(Protocol):
     """What a search needs of a turn recorder (:mod:`._recorder_state`)."""
 
-    def _wait_settled_sync(self, prefix: tuple[str, ...], started: float) -> None: ...
+    def _wait_settled_sync(
+        self, prefix: tuple[str, ...], started: float, what: str = "search"
+    ) -> None: ...
 
-    async def _wait_settled(self, prefix: tuple[str, ...], started: float) -> None: ...
+    async def _wait_settled(
+        self, prefix: tuple[str, ...], started: float, what: str = "search"
+    ) -> None: ...
 
 
 class KeepsPending(Generic[T]):
@@ -305,23 +309,24 @@ class OwnedCore:
         with self._lock:
             return list(self._recorders)
 
-    def _wait_recorded(self, scope: Sequence[str]) -> None:
-        """Before a search of ``scope`` (a prefix): block until the turns every recorder
-        accepted before it, in scopes under it, are stored or failed (each recorder's
+    def _wait_recorded(self, scope: Sequence[str], what: str = "search") -> None:
+        """Before a search (or ``what`` else reads or deletes a scope's memories) of
+        ``scope`` (a prefix): block until the turns every recorder accepted before it,
+        in scopes under it, are stored or failed (each recorder's
         ``search_wait_timeout`` at most; it logs a WARNING past that)."""
         recorders = self._recorders_to_wait_for()
         if recorders:
             prefix, started = normalize_prefix(scope), time.monotonic()
             for rec in recorders:
-                rec._wait_settled_sync(prefix, started)
+                rec._wait_settled_sync(prefix, started, what)
 
-    async def _await_recorded(self, scope: Sequence[str]) -> None:
+    async def _await_recorded(self, scope: Sequence[str], what: str = "search") -> None:
         """:meth:`_wait_recorded` without blocking the running event loop."""
         recorders = self._recorders_to_wait_for()
         if recorders:
             prefix, started = normalize_prefix(scope), time.monotonic()
             for rec in recorders:
-                await rec._wait_settled(prefix, started)
+                await rec._wait_settled(prefix, started, what)
 
     def _on_owner_thread(self) -> bool:
         return self._owner is not None and threading.current_thread() is self._owner

@@ -214,20 +214,22 @@ class RecorderState:
         n = len(prefix)
         return {seq for seq, job in self._unsettled.items() if job.scope[:n] == prefix} or None
 
-    def _warn_unsettled(self, prefix: Scope, left: int) -> None:
+    def _warn_unsettled(self, prefix: Scope, left: int, what: str) -> None:
         logger.warning(
-            "search in %r: %d turn(s) recorded before it in that scope were still not stored "
+            "%s of %r: %d turn(s) recorded before it in that scope were still not stored "
             "after search_wait_timeout=%g s (the recorder is busy: a slow store, or a slow "
-            "consolidation before them); searching without them",
+            "consolidation before them); going on without them",
+            what,
             prefix,
             left,
             self.search_wait_timeout,
         )
 
-    def _wait_settled_sync(self, prefix: Scope, started: float) -> None:
+    def _wait_settled_sync(self, prefix: Scope, started: float, what: str = "search") -> None:
         """Block until this recorder's turns accepted so far in scopes under ``prefix``
         are stored or failed, at most until ``started + search_wait_timeout`` (then log
-        one WARNING). Never on the memory's owner thread: the memory checks that."""
+        one WARNING naming ``what`` waited). Never on the memory's owner thread: the
+        memory checks that."""
         with self._cond:
             needed = self._unsettled_under_locked(prefix)
             if needed is None:
@@ -236,9 +238,9 @@ class RecorderState:
             if self._cond.wait_for(lambda: self._unsettled.keys().isdisjoint(needed), remaining):
                 return
             left = len(needed.intersection(self._unsettled))
-        self._warn_unsettled(prefix, left)
+        self._warn_unsettled(prefix, left, what)
 
-    async def _wait_settled(self, prefix: Scope, started: float) -> None:
+    async def _wait_settled(self, prefix: Scope, started: float, what: str = "search") -> None:
         """:meth:`_wait_settled_sync` without blocking the running event loop."""
         with self._cond:
             needed = self._unsettled_under_locked(prefix)
@@ -253,4 +255,4 @@ class RecorderState:
             with self._cond:
                 left = len(needed.intersection(self._unsettled))
         if left:
-            self._warn_unsettled(prefix, left)
+            self._warn_unsettled(prefix, left, what)
