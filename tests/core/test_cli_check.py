@@ -118,7 +118,7 @@ class DictIndex:
         ]
         return sorted(hits, key=lambda h: h[1])[:n]
 
-    def count(self) -> int:
+    def count(self, scope_ids: Any = None) -> int:
         return len(self.vecs)
 
     def all_ids(self) -> list[str]:
@@ -173,7 +173,7 @@ def test_index_count_disagreeing_with_its_ids_is_vector_count(tmp_path: Path) ->
     _, index = _dict_store(path)
 
     class Miscounting(DictIndex):
-        def count(self) -> int:
+        def count(self, scope_ids: Any = None) -> int:
             return len(self.vecs) + 2
 
     bad = Miscounting()
@@ -196,7 +196,7 @@ def test_an_index_without_all_ids_is_noted_not_failed(tmp_path: Path) -> None:
         def close(self) -> None:
             pass
 
-        def count(self) -> int:
+        def count(self, scope_ids: Any = None) -> int:
             return self.inner.count()
 
     report = check_store(path, vector_index=Unlisted(index))  # type: ignore[arg-type]

@@ -87,7 +87,7 @@ class DictIndex:
         ]
         return sorted(found, key=lambda p: p[1])[:n]
 
-    def count(self) -> int:
+    def count(self, scope_ids: Any = None) -> int:
         return len(self.rows)
 
     def reset(self) -> None:

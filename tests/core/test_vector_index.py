@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 from chromadb.config import Settings
 
-from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, PostgresConfig
+from helamem.core import (
+    ChromaConfig,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    NewMemory,
+    PostgresConfig,
+)
 from helamem.core.errors import CorruptStoreError
 from helamem.core.storage.chroma import discard_index
 
@@ -303,3 +310,22 @@ def test_a_collection_deleted_behind_the_store_counts_its_memories_unindexed(
         m.add("one more note", SCOPE)  # the write rebuilds the scope's collection
         st = m.stats()
         assert (st.memories, st.vectors, st.unindexed) == (16, 16, 0)
+
+
+@pytest.mark.parametrize("exact_below", [2000, 5])  # exact tier; HNSW collections
+def test_stats_of_a_scope_counts_that_scopes_vectors(
+    tmp_path: Path, store_config: StoreConfig, exact_below: int
+) -> None:
+    """``stats(scope).vectors`` is the scope's (and its sub-scopes'), not the store's."""
+    with _open(tmp_path / "s", store_config, exact_below=exact_below) as m:
+        m.add_many([NewMemory(f"alice note {i}", ("u", "alice")) for i in range(7)])
+        m.add_many([NewMemory(f"bob note {i}", ("u", "bob")) for i in range(9)])
+        m.add("carol note", ("v", "carol"))
+        m.flush()
+        got = {s: m.stats(s).vectors for s in [("u", "alice"), ("u", "bob"), ("u",), ("v",)]}
+        assert got == {("u", "alice"): 7, ("u", "bob"): 9, ("u",): 16, ("v",): 1}
+        assert m.stats().vectors == 17 and m.stats(("nobody",)).vectors == 0
+        m.delete_scope(("u", "bob"))
+        m.flush()
+        assert m.stats(("u", "bob")).vectors == 0 and m.stats(("u",)).vectors == 7
+        assert m.stats().vectors == 8

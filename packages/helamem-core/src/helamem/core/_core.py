@@ -108,7 +108,7 @@ class Core(IngestOps, SearchOps):
         empty = nodes == []
         c = self.store.counts(nodes) if not empty else {}
         ep, se = int(c.get("episodic", 0)), int(c.get("semantic", 0))
-        vectors = self.index.count()
+        vectors = 0 if empty else self.index.count(nodes)  # the scope's own
         # memories marked indexed in a promoted scope whose collection is gone (deleted
         # behind this process): not in the index (count() has none of them), so unindexed
         lost: dict[tuple[int, str], int] = getattr(self.index, "lost_vectors", dict)()

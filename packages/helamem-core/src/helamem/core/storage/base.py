@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -108,8 +108,8 @@ class VectorIndex(Protocol):
         """Nearest ids with cosine distance, restricted to scopes and kind."""
         ...
 
-    def count(self) -> int:
-        """Vectors the index can return."""
+    def count(self, scope_ids: Collection[int] | None = None) -> int:
+        """Vectors the index can return (of ``scope_ids`` only; ``None``: every scope)."""
         ...
 
     def reset(self) -> None:

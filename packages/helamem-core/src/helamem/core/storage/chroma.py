@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -369,15 +369,20 @@ class ChromaIndex(ChromaConnection):
                 best[i] = d
         return sorted(best.items(), key=lambda p: p[1])[:n]
 
-    def count(self) -> int:
-        """Vectors in the index: exact-tier rows plus the promoted collections' vectors.
+    def count(self, scope_ids: Collection[int] | None = None) -> int:
+        """Vectors in the index: exact-tier rows plus the promoted collections' vectors,
+        of the scope nodes ``scope_ids`` only (``None``: every scope).
 
         A promoted scope whose collection is gone counts none (as :meth:`all_ids`
         lists none) and is recorded in :attr:`lost` (see :meth:`lost_vectors`).
         """
-        promoted = self._exact.promoted()
+        inside = None if scope_ids is None else set(scope_ids)
+        every = self._exact.promoted()
         counts = self._exact.counts()
-        total = sum(c for k, c in counts.items() if k not in promoted)
+        total = sum(
+            c for k, c in counts.items() if k not in every and (inside is None or k[0] in inside)
+        )
+        promoted = {k for k in every if inside is None or k[0] in inside}
         if not promoted:
             return total
         if self._chroma(required=False) is None:  # the holder's: as SQLite records them
