@@ -1,6 +1,7 @@
 """Bulk writes that choose their rows under the writer lock: another writer's commit
 landing just before one's transaction (two store objects on one store) is what the
-operation sees, never a selection made before it (forget, delete_scope, reinforce, re-embedding)."""
+operation sees, never a selection made before it (forget, delete_scope, reinforce,
+re-embedding, import_scope)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from helamem.core import HelaMemory, MemoryNotFoundError, NewMemory
+from helamem.core import HelaMemory, ImportConflictError, MemoryNotFoundError, NewMemory
 from helamem.core._check import check_store
 
 A = ("users", "a")
@@ -218,4 +219,33 @@ def test_reembed_racing_another_writers_rewrite_of_a_memory(
             assert inner.store.rows_by_id(["doc-1"])["doc-1"].embedding == new
         st = one.stats()
         assert (st.memories, st.vectors, st.unindexed) == (2, 2, 0)
+    _check_clean(path, backend)
+
+
+@pytest.mark.parametrize("into", [("restore",), ("restore", "c")], ids=["target", "under"])
+def test_import_scope_racing_another_writers_add_to_its_target(
+    tmp_path: Path, make_mem: Any, backend: str, into: tuple[str, ...]
+) -> None:
+    """Two adds a memory to the empty target scope (or a scope under it) just before
+    one's ``import_scope`` transaction: one checked that the target held no memories
+    before it, so the import landed in a non-empty scope (and dropped its cluster
+    records). Now the check is made under the writer lock: ImportConflictError, and
+    nothing is imported."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add_many([NewMemory("tea in the garden", A, id="doc-1"), NewMemory("x y", A)])
+        one.export_scope(A, tmp_path / "a.jsonl")
+        assert one.delete_scope(A) == 2
+        _racing_tx(one, lambda: two.add("violins in the attic", into))
+        with pytest.raises(ImportConflictError, match="already holds memories"):
+            one.import_scope(tmp_path / "a.jsonl", scope=("restore",))
+        for m in (one, two):
+            assert m.stats(("restore",)).memories == 1
+            assert [h.memory.content for h in m.search("violins tea", ("restore",), k=5)] == [
+                "violins in the attic"
+            ]
+            with pytest.raises(MemoryNotFoundError):
+                m.get("doc-1")
+        st = one.stats()
+        assert (st.memories, st.vectors, st.unindexed) == (1, 1, 0)
     _check_clean(path, backend)

@@ -453,16 +453,18 @@ def import_scope(
             core.embedder.dimension
         )
         store = core.store
-        node = store.find_scope(target)
-        if node is not None and store.has_memories_under(node):
-            raise ImportConflictError(
-                f"scope {target!r} already holds memories; nothing was imported. Import into "
-                f"another store, or into an empty scope of one that lacks the file's ids "
-                f"(import_scope(scope=...); CLI: --scope), or delete the scope first with "
-                f"HelaMemory.delete_scope()"
-            )
         imp = _Importer(core, reader, target, same)
         with store.tx() as db:
+            # read under the writer lock: memories another writer just added to the
+            # target (or a scope under it) make it non-empty, and its clusters stay
+            node = store.find_scope(target)
+            if node is not None and store.has_memories_under(node):
+                raise ImportConflictError(
+                    f"scope {target!r} already holds memories; nothing was imported. Import "
+                    f"into another store, or into an empty scope of one that lacks the file's "
+                    f"ids (import_scope(scope=...); CLI: --scope), or delete the scope first "
+                    f"with HelaMemory.delete_scope()"
+                )
             imp.db = db
             if node is not None:  # its clusters name memories gone: the file's replace them
                 store.delete_clusters(db, store.descendants(node))
