@@ -1,7 +1,7 @@
 """Bulk writes that choose their rows under the writer lock: another writer's commit
 landing just before one's transaction (two store objects on one store) is what the
 operation sees, never a selection made before it (forget, delete_scope, reinforce,
-re-embedding, import_scope)."""
+re-embedding, import_scope, a turn's used_ids)."""
 
 from __future__ import annotations
 
@@ -248,4 +248,45 @@ def test_import_scope_racing_another_writers_add_to_its_target(
                 m.get("doc-1")
         st = one.stats()
         assert (st.memories, st.vectors, st.unindexed) == (1, 1, 0)
+    _check_clean(path, backend)
+
+
+def _edge_ends(m: HelaMemory, id_: str) -> set[str]:
+    """The ids of the memories memory ``id_`` has an edge to."""
+    core = m._core
+    assert core is not None
+    n = core.store.rows_by_id([id_])[id_].n
+    ends = {e.a if e.b == n else e.b for e in core.store.edges_of([n])}
+    return {i for i in (core.store.id_of(x) for x in ends) if i is not None}
+
+
+@pytest.mark.parametrize("readd", [True, False], ids=["deleted-and-added-again", "deleted"])
+def test_add_turn_racing_another_writers_delete_of_a_used_id(
+    tmp_path: Path, make_mem: Any, backend: str, readd: bool
+) -> None:
+    """One records a turn that used ``doc-1`` while two deletes ``doc-1`` (and adds a
+    new ``doc-1``) just before one's transaction: one read the used ids before it, so
+    the new ``doc-1`` got no edge to the turn (the old key was gone). Now the used ids
+    are read under the writer lock: the new memory co-activates with the turn, and a
+    used id that is gone is ignored, as an unknown one always was."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add_many([NewMemory("the old text about tea", A, id="doc-1", linked=False)])
+        one.flush()
+
+        def act() -> None:
+            two.delete("doc-1")
+            if readd:
+                two.add_many([NewMemory("violins in the attic", A, id="doc-1", linked=False)])
+
+        _racing_tx(one, act)
+        user, reply = one.add_turn(A, "where are the violins?", "in the attic", used_ids=["doc-1"])
+        for m in (one, two):
+            assert _edge_ends(m, user.id) == ({reply.id, "doc-1"} if readd else {reply.id})
+            assert _edge_ends(m, reply.id) == ({user.id, "doc-1"} if readd else {user.id})
+            if readd:
+                assert _edge_ends(m, "doc-1") == {user.id, reply.id}
+                assert m.get("doc-1").content == "violins in the attic"
+            st = m.stats(A)
+            assert (st.memories, st.edges) == ((3, 3) if readd else (2, 1))
     _check_clean(path, backend)

@@ -110,11 +110,13 @@ class IngestOps(LearningOps):
         rows_n: list[int] = []
         scope_ids: list[int] = []
         wanted = {i for ids_ in used_ids for i in ids_}
-        known = self.store.rows_by_id(wanted) if wanted else {}
-        if len(known) < len(wanted):
-            logger.debug("ignoring %d unknown used_ids", len(wanted) - len(known))
         token_ns: list[int] = []
         with self.store.tx() as db:
+            # read under the writer lock: a used id another writer deleted meanwhile is
+            # unknown (ignored), one it deleted and added again is the new memory
+            known = self.store.rows_by_id(wanted) if wanted else {}
+            if len(known) < len(wanted):
+                logger.debug("ignoring %d unknown used_ids", len(wanted) - len(known))
             state: dict[int, tuple[int, int | None]] = {}
             # per batch: a scope's node, and its tags per kind (one lookup each)
             sids: dict[tuple[str, ...], int] = {}
