@@ -1,7 +1,7 @@
 """Bulk writes that choose their rows under the writer lock: another writer's commit
 landing just before one's transaction (two store objects on one store) is what the
 operation sees, never a selection made before it (forget, delete_scope, reinforce,
-re-embedding, import_scope, a turn's used_ids)."""
+re-embedding, import_scope, a turn's used_ids, decay)."""
 
 from __future__ import annotations
 
@@ -289,4 +289,27 @@ def test_add_turn_racing_another_writers_delete_of_a_used_id(
                 assert m.get("doc-1").content == "violins in the attic"
             st = m.stats(A)
             assert (st.memories, st.edges) == ((3, 3) if readd else (2, 1))
+    _check_clean(path, backend)
+
+
+@pytest.mark.parametrize("made", ["child-scope", "scope"])
+def test_decay_racing_another_writers_new_scope(
+    tmp_path: Path, make_mem: Any, backend: str, made: str
+) -> None:
+    """Two adds a turn (one edge) in a new scope under ``users/a`` (or makes
+    ``users/a`` itself) just before one's ``decay(users/a)`` transaction: one read the
+    scopes before it, so the new scope's edge was not decayed (nor counted), and a
+    scope missing before returned at once. Now the scopes are read under the writer
+    lock: the edge is decayed and counted."""
+    path = tmp_path / "s"
+    under = (*A, "c") if made == "child-scope" else A
+    with make_mem(path) as one, make_mem(path) as two:
+        one.add_turn(("users", "b"), "bees?", "in the hive")
+        if made == "child-scope":
+            one.add_turn(A, "tea?", "in the garden")
+        _racing_tx(one, lambda: two.add_turn(under, "violins?", "in the attic"))
+        assert one.decay(A) == {"pruned": 0, "edges": 2 if made == "child-scope" else 1}
+        for m in (one, two):
+            assert m.stats(under).edges == 1
+            assert m.stats().edges == (3 if made == "child-scope" else 2)
     _check_clean(path, backend)

@@ -246,12 +246,12 @@ class LearningOps(CoreBase):
         holds: an edge deleted with its memory stays deleted, and a co-activation
         is decayed from its new weight, never overwritten by an older one.
         """
-        nodes = self._nodes(scope)
-        if nodes == []:
-            return {"pruned": 0, "edges": 0}
         d = self.config.dynamics
         keep, drop = [], []
         with self.store.tx() as db:
+            # read under the writer lock: a scope another writer just made under
+            # ``scope`` (adding memories there) has its edges decayed too
+            nodes = self._nodes(scope)
             if nodes is None:
                 nodes = [int(r[0]) for r in db.execute("SELECT id FROM scopes")]
             edges = self.store.edges_in_scopes(nodes) if nodes else []
