@@ -407,3 +407,16 @@ def test_standalone_documents_get_no_temporal_edges(mem: HelaMemory) -> None:
     assert mem.stats(("s",)).edges == 1
     mem.add_many([NewMemory("linked by default", ("t",)), NewMemory("second", ("t",))])
     assert mem.stats(("t",)).edges == 1
+
+
+def test_reinforce_with_an_unknown_id_names_it_and_changes_nothing(mem: HelaMemory) -> None:
+    from helamem.core.errors import MemoryNotFoundError
+
+    a, b = (mem.add(t, ALICE).id for t in ("tea with Bob", "coffee with Ann"))
+    before = mem.stats(ALICE)
+    with pytest.raises(MemoryNotFoundError, match=r"'ghost' \(1 of 3 ids unknown\).*never added"):
+        mem.reinforce([a, "ghost", b])
+    after = mem.stats(ALICE)
+    assert (after.edges, after.mean_edge_weight) == (before.edges, before.mean_edge_weight)
+    assert mem.reinforce([a, b]) == 1
+    assert mem.reinforce([a, mem.add("other scope", ("users", "bob")).id]) == 0  # never linked

@@ -132,7 +132,10 @@ class LearningOps(CoreBase):
             rows = self.store.rows_by_id(ids)
             missing = [i for i in ids if i not in rows]
             if missing:
-                raise MemoryNotFoundError(f"no memory with id {missing[0]!r}")
+                raise MemoryNotFoundError(
+                    f"no memory with id {missing[0]!r} ({len(missing)} of {len(ids)} ids "
+                    "unknown); it was deleted or never added; nothing was reinforced"
+                )
             by_scope: dict[int, list[int]] = defaultdict(list)
             for r in rows.values():
                 by_scope[r.scope_id].append(r.n)

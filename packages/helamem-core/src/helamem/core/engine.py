@@ -421,7 +421,16 @@ class HelaMemory(UpkeepMethods):
         return self._call(plan)
 
     def reinforce(self, ids: Iterable[str]) -> int:
-        """Co-activate memories explicitly (e.g. the ones an agent used)."""
+        """Co-activate memories explicitly (e.g. the ones an agent used): every pair of
+        ``ids`` within one scope; memories of different scopes are never linked.
+
+        Returns:
+            The number of pairs updated (0 when no two ids share a scope).
+
+        Raises:
+            MemoryNotFoundError: An id names no memory (deleted or never added);
+                nothing is reinforced.
+        """
         ids_ = _ids(ids)
         return self._call(KeepsPending(lambda c: c.reinforce(ids_)))
 
