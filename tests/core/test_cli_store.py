@@ -247,3 +247,32 @@ def test_bench_commands_come_from_the_bench_package(
     monkeypatch.setattr(cli, "entry_points", lambda group: [])  # helamem-bench not installed
     assert main(["bench", "locomo", "--data", "x.json"]) == 2
     assert "pip install helamem-bench" in capsys.readouterr().err
+
+
+def test_delete_scope_dry_run_then_yes_and_the_import_it_unblocks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`helamem delete-scope`: without --yes it deletes nothing and prints the count; with
+    it the scope and its sub-scopes go, and the import an ImportConflictError named the
+    command for then succeeds."""
+    path = tmp_path / "s"
+    ids = _build(path)
+    out = tmp_path / "users.jsonl"
+    assert main(["export", str(path), "--scope", "users", "--out", str(out)]) == 0
+    assert main(["import", str(path), str(out)]) == 1  # the scope holds memories
+    assert "helamem delete-scope" in capsys.readouterr().err
+    assert main(["delete-scope", str(path), "--scope", "users"]) == 0
+    assert capsys.readouterr().out.strip() == 'would delete ["users"]: 8 memories (pass --yes)'
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        assert m.stats(("users",)).memories == 8
+    assert main(["delete-scope", str(path), "--scope", "users", "--yes"]) == 0
+    assert capsys.readouterr().out.strip() == 'deleted ["users"]: 8 memories'
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        assert m.list_scopes() == [("team", "a/b")] and m.stats().memories == 1
+    assert main(["import", str(path), str(out)]) == 0
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        assert sorted(m.list_scopes()) == [("team", "a/b"), ALICE, BOB]
+        assert [m.get(i).content for i in ids["bob"]] == [
+            f"bob note {i} about dogs" for i in range(3)
+        ]
+    assert main(["delete-scope", str(tmp_path / "nowhere"), "--scope", "users"]) == 2

@@ -316,7 +316,8 @@ class _Importer:
             mid, (_, sid) = next(iter(clash.items()))
             raise ImportConflictError(
                 f"memory {mid!r} already exists (scope {self.core._scope(sid)!r}); nothing was "
-                f"imported. Delete it (HelaMemory.delete_scope) or import into another store"
+                f"imported. Delete it (HelaMemory.delete_scope; CLI: helamem delete-scope) or "
+                f"import into another store"
             )
         vectors = [m.vector for m in batch]
         todo = [i for i, v in enumerate(vectors) if v is None]
@@ -463,7 +464,7 @@ def import_scope(
                     f"scope {target!r} already holds memories; nothing was imported. Import "
                     f"into another store, or into an empty scope of one that lacks the file's "
                     f"ids (import_scope(scope=...); CLI: --scope), or delete the scope first "
-                    f"with HelaMemory.delete_scope()"
+                    f"with HelaMemory.delete_scope() (CLI: helamem delete-scope)"
                 )
             imp.db = db
             if node is not None:  # its clusters name memories gone: the file's replace them

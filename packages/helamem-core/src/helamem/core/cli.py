@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Returns:
         A parser with the store commands (``check``, ``reindex``, ``stats``,
-        ``export``, ``import``) and the commands of the installed
+        ``export``, ``import``, ``delete-scope``) and the commands of the installed
         ``helamem.commands`` entry points (``bench`` from ``helamem-bench``;
         a stub that explains how to install it when it is missing).
     """
@@ -95,9 +95,9 @@ def _no_bench(args: argparse.Namespace) -> int:
     return 2
 
 
-# -- store commands: check, reindex, stats, export, import ---------------------
+# -- store commands: check, reindex, stats, export, import, delete-scope -------
 
-_STORE_COMMANDS = ("check", "reindex", "stats", "export", "import")
+_STORE_COMMANDS = ("check", "reindex", "stats", "export", "import", "delete-scope")
 
 
 class _UsageError(Exception):
@@ -212,6 +212,20 @@ def _add_store_parsers(commands: Any) -> None:
     _scope_option(ex, True, "the scope to export")
     ex.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write")
     _embedder_options(ex)
+
+    ds = commands.add_parser(
+        "delete-scope",
+        help="delete a scope and the scopes under it (memories, edges, facts)",
+        description=(
+            "Delete a scope and every scope under it: memories, their vectors, edges, "
+            "distilled facts and clocks (HelaMemory.delete_scope). Pass --yes; without it "
+            "nothing is deleted and the count that would be is printed."
+        ),
+    )
+    _store_path(ds)
+    _scope_option(ds, True, "the scope to delete")
+    ds.add_argument("--yes", action="store_true", help="delete (without it: a dry run)")
+    _embedder_options(ds)
 
     im = commands.add_parser(
         "import",
@@ -400,6 +414,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_delete_scope(args: argparse.Namespace) -> int:
+    _need_store(args.path)
+    scope = _scope_arg(args)
+    assert scope is not None  # --scope is required
+    with _open_store(args) as mem:
+        if not args.yes:
+            n = mem.stats(scope).memories
+            print(f"would delete {json.dumps(list(scope))}: {n} memories (pass --yes)")
+            return 0
+        n = mem.delete_scope(scope)
+    print(f"deleted {json.dumps(list(scope))}: {n} memories")
+    return 0
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from ._portable import export_embedder
     from ._reembed import embedder_config
@@ -445,6 +473,7 @@ def _run_store_command(args: argparse.Namespace) -> int:
         "stats": _cmd_stats,
         "export": _cmd_export,
         "import": _cmd_import,
+        "delete-scope": _cmd_delete_scope,
     }
     try:
         with _progress_to_stderr(getattr(args, "quiet", False)):
