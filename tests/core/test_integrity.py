@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from helamem.core import (
     NewMemory,
     StorageError,
 )
+from races import racing_tx
 
 A = ("users", "a")
 B = ("users", "b")
@@ -105,24 +105,6 @@ def test_add_returns_its_own_memory_when_another_writer_deletes_and_adds(
             assert m.search("beta other writer", B, k=1, learn=False).ids == [beta.id]
 
 
-def _racing_delete(one: HelaMemory, race: Any) -> None:
-    """Run ``race`` in ``one``'s next write transaction, just before it begins (the
-    moment another writer's commit lands first)."""
-    core = one._core
-    assert core is not None
-    store = core.store
-    real = store.tx
-
-    @contextmanager
-    def tx() -> Iterator[Any]:
-        store.tx = real  # type: ignore[method-assign]
-        race()
-        with real() as db:
-            yield db
-
-    store.tx = tx  # type: ignore[method-assign]
-
-
 @pytest.mark.parametrize("readd", [True, False], ids=["deleted-and-added-again", "deleted"])
 def test_delete_racing_another_writers_delete_of_the_same_id(
     tmp_path: Path, make_mem: Any, readd: bool
@@ -142,7 +124,7 @@ def test_delete_racing_another_writers_delete_of_the_same_id(
             if readd:
                 two.add_many([NewMemory("new words on violins", B, id="doc-1")])
 
-        _racing_delete(one, race)
+        racing_tx(one, race)
         if readd:
             assert one.delete("doc-1") == 1
         else:

@@ -6,7 +6,7 @@ re-embedding, import_scope, a turn's used_ids, decay)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -15,27 +15,10 @@ import pytest
 
 from helamem.core import HelaMemory, ImportConflictError, MemoryNotFoundError, NewMemory
 from helamem.core._check import check_store
+from races import racing_tx
 
 A = ("users", "a")
 DAY, T0 = 86400, 1_600_000_000
-
-
-def _racing_tx(one: HelaMemory, race: Callable[[], object]) -> None:
-    """Run ``race`` in ``one``'s next write transaction, just before it begins (the
-    moment another writer's commit lands first)."""
-    core = one._core
-    assert core is not None
-    store = core.store
-    real = store.tx
-
-    @contextmanager
-    def tx() -> Iterator[Any]:
-        store.tx = real  # type: ignore[method-assign]
-        race()
-        with real() as db:
-            yield db
-
-    store.tx = tx  # type: ignore[method-assign]
 
 
 def _survivors(m: HelaMemory, ids: list[str]) -> dict[str, str]:
@@ -83,7 +66,7 @@ def test_forget_racing_another_writer(
                 new = NewMemory("new words on violins", A, event_time=T0 + 100 * DAY, id="doc-1")
                 two.add_many([new])
 
-        _racing_tx(one, act)
+        racing_tx(one, act)
         report = one.forget(A, below=0.01, dry_run=False)
         assert (report.deleted, report.dry_run) == (1, False)
         assert [m.id for m in report.candidates] == ["doc-2"]
@@ -115,7 +98,7 @@ def test_delete_scope_racing_another_writers_new_child_scope(
         one.add_many([NewMemory("tea in the garden", A), NewMemory("a second note", A)])
         other = one.add("bob keeps bees", ("users", "b")).id
         one.flush()
-        _racing_tx(one, lambda: two.add("violins in the attic", under))
+        racing_tx(one, lambda: two.add("violins in the attic", under))
         assert one.delete_scope(A) == 3
         for m in (one, two):
             assert m.list_scopes(A) == []
@@ -152,7 +135,7 @@ def test_reinforce_racing_another_writers_delete_of_the_same_id(
             if readd:
                 two.add_many([NewMemory("new words on violins", A, id="doc-1", linked=False)])
 
-        _racing_tx(one, act)
+        racing_tx(one, act)
         if readd:
             assert one.reinforce(["doc-1", "doc-2"]) == 1
         else:
@@ -205,7 +188,7 @@ def test_reembed_racing_another_writers_rewrite_of_a_memory(
         @contextmanager
         def second_tx() -> Iterator[Any]:  # the first records the embedder; then vectors
             core.store.tx = real  # type: ignore[method-assign]
-            _racing_tx(one, lambda: _rewrite(two, "doc-1", "new words on violins"))
+            racing_tx(one, lambda: _rewrite(two, "doc-1", "new words on violins"))
             with real() as db:
                 yield db
 
@@ -236,7 +219,7 @@ def test_import_scope_racing_another_writers_add_to_its_target(
         one.add_many([NewMemory("tea in the garden", A, id="doc-1"), NewMemory("x y", A)])
         one.export_scope(A, tmp_path / "a.jsonl")
         assert one.delete_scope(A) == 2
-        _racing_tx(one, lambda: two.add("violins in the attic", into))
+        racing_tx(one, lambda: two.add("violins in the attic", into))
         with pytest.raises(ImportConflictError, match="already holds memories"):
             one.import_scope(tmp_path / "a.jsonl", scope=("restore",))
         for m in (one, two):
@@ -279,7 +262,7 @@ def test_add_turn_racing_another_writers_delete_of_a_used_id(
             if readd:
                 two.add_many([NewMemory("violins in the attic", A, id="doc-1", linked=False)])
 
-        _racing_tx(one, act)
+        racing_tx(one, act)
         user, reply = one.add_turn(A, "where are the violins?", "in the attic", used_ids=["doc-1"])
         for m in (one, two):
             assert _edge_ends(m, user.id) == ({reply.id, "doc-1"} if readd else {reply.id})
@@ -307,7 +290,7 @@ def test_decay_racing_another_writers_new_scope(
         one.add_turn(("users", "b"), "bees?", "in the hive")
         if made == "child-scope":
             one.add_turn(A, "tea?", "in the garden")
-        _racing_tx(one, lambda: two.add_turn(under, "violins?", "in the attic"))
+        racing_tx(one, lambda: two.add_turn(under, "violins?", "in the attic"))
         assert one.decay(A) == {"pruned": 0, "edges": 2 if made == "child-scope" else 1}
         for m in (one, two):
             assert m.stats(under).edges == 1
