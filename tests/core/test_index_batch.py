@@ -28,6 +28,7 @@ from helamem.core._check import check_store
 from helamem.core._owner import KeepsPending
 from helamem.core.errors import StorageError
 from helamem.core.storage.chroma import make_index
+from races import rewrite as rewrite_memory
 
 DIM = 64
 SCOPE = ("big",)
@@ -336,31 +337,6 @@ def test_an_id_reused_by_another_writer_keeps_its_own_vector(
     _check(path, store_config, store_db)
 
 
-def _rewrite(id_: str, text: str, reconcile: bool) -> Callable[[Any], None]:
-    """Rewrite memory ``id_``'s text and vector, as a consolidation updating a fact does."""
-    from helamem.core._base import scope_tag
-
-    def run(core: Any) -> None:
-        row = core.store.rows_by_id([id_])[id_]
-        nodes = core.store.ancestors(row.scope_id)
-        with core.store.tx() as db:
-            core.store.update_fact(
-                db,
-                row,
-                content=text,
-                search_text=text,
-                tags=" ".join(scope_tag(s, row.kind) for s in nodes),
-                keywords="[]",
-                provenance="[]",
-                event_time=row.event_time,
-                embedding=core.embedder.embed([text])[0].tobytes(),
-            )
-        if reconcile:
-            core.reconcile()
-
-    return run
-
-
 @contextmanager
 def _two_writers(path: Path, store_config: StoreConfig) -> Iterator[tuple[HelaMemory, HelaMemory]]:
     """A and B: two objects on the store at ``path``, as two processes would be."""
@@ -387,7 +363,7 @@ def test_a_vector_read_before_another_writer_rewrote_the_memory_is_not_kept(
         a.add_many([NewMemory(f"seed {i} garden tea", SCOPE) for i in range(12)])  # promoted
         assert a.flush() == 0  # a promoting add writes at once
         (x,) = a.add_many([NewMemory("alice adopted a cat", SCOPE)])
-        rewrite = partial(_rewrite, x.id)
+        rewrite = partial(rewrite_memory, x.id)
         a._call(rewrite("alice keeps a cat named miso", reconcile=False))
 
         def racing(core: Any) -> None:
@@ -418,7 +394,7 @@ def test_a_promotion_keeps_no_vector_rewritten_while_it_loads(
     with _two_writers(path, store_config) as (a, b):
         (x,) = a.add_many([NewMemory("alice adopted a cat", SCOPE)])
         a.add_many([NewMemory(f"seed {i} garden tea", SCOPE) for i in range(7)])
-        rewrite = partial(_rewrite, x.id)
+        rewrite = partial(rewrite_memory, x.id)
 
         def racing(core: Any) -> None:
             exact = core.index._exact
@@ -463,7 +439,7 @@ def test_a_small_scopes_cached_vectors_follow_another_writers_rewrite(
             return got
 
         assert a._call(nearest)[0][1] > 0.5  # cached: x is far from the new text
-        b._call(_rewrite(x.id, new, reconcile=True))
+        b._call(rewrite_memory(x.id, new, reconcile=True))
         ((top, distance),) = a._call(nearest)
         assert top == x.id and distance < 1e-5
     finally:

@@ -15,7 +15,7 @@ import pytest
 
 from helamem.core import HelaMemory, ImportConflictError, MemoryNotFoundError, NewMemory
 from helamem.core._check import check_store
-from races import racing_tx
+from races import racing_tx, rewrite
 
 A = ("users", "a")
 DAY, T0 = 86400, 1_600_000_000
@@ -147,28 +147,6 @@ def test_reinforce_racing_another_writers_delete_of_the_same_id(
     _check_clean(path, backend)
 
 
-def _rewrite(m: HelaMemory, id_: str, text: str) -> None:
-    """Rewrite memory ``id_``'s text and vector as a consolidation updating a fact does."""
-    from helamem.core._base import scope_tag
-
-    def run(core: Any) -> None:
-        row = core.store.rows_by_id([id_])[id_]
-        with core.store.tx() as db:
-            core.store.update_fact(
-                db,
-                row,
-                content=text,
-                search_text=text,
-                tags=" ".join(scope_tag(s, row.kind) for s in core.store.ancestors(row.scope_id)),
-                keywords="[]",
-                provenance="[]",
-                event_time=row.event_time,
-                embedding=core.embedder.embed([text])[0].tobytes(),
-            )
-
-    m._call(run)
-
-
 def test_reembed_racing_another_writers_rewrite_of_a_memory(
     tmp_path: Path, make_mem: Any, backend: str
 ) -> None:
@@ -188,7 +166,7 @@ def test_reembed_racing_another_writers_rewrite_of_a_memory(
         @contextmanager
         def second_tx() -> Iterator[Any]:  # the first records the embedder; then vectors
             core.store.tx = real  # type: ignore[method-assign]
-            racing_tx(one, lambda: _rewrite(two, "doc-1", "new words on violins"))
+            racing_tx(one, lambda: two._call(rewrite("doc-1", "new words on violins")))
             with real() as db:
                 yield db
 
