@@ -72,6 +72,33 @@ def test_filters_agree_with_and_without_a_query(store: HelaMemStore) -> None:
             store.search(NS, query=query, filter={"meta": {"prio": {"$bad": 1}}})
 
 
+def test_order_filters_compare_strings_and_booleans_as_langgraph_stores_do(
+    store: HelaMemStore,
+) -> None:
+    """``$gt``/``$gte``/``$lt``/``$lte`` on strings (ISO dates) compare them as strings, as
+    ``SqliteStore`` (the default document store) and ``PostgresStore`` do, and booleans as
+    0/1, as both ``InMemoryStore`` and ``SqliteStore`` do: they never silently match nothing."""
+    events: dict[str, dict[str, Any]] = {
+        "e1": {"text": "event one", "date": "2023-05-01", "ok": True},
+        "e2": {"text": "event two", "date": "2024-05-01", "ok": False},
+        "e3": {"text": "event three", "date": "2024-12-31"},
+        "e4": {"text": "event four", "date": 20240101},  # a number is no date string
+    }
+    for k, v in events.items():
+        store.put(NS, k, v)
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"date": {"$gt": "2024-01-01"}}, ["e2", "e3"]),
+        ({"date": {"$gte": "2023-05-01", "$lt": "2024-06-01"}}, ["e1", "e2"]),
+        ({"date": {"$lte": "2024-05-01"}}, ["e1", "e2"]),
+        ({"ok": {"$gt": 0}}, ["e1"]),
+        ({"ok": {"$lte": 0}}, ["e2"]),
+        ({"date": {"$gt": 1}}, ["e4"]),  # numbers still compare as numbers
+    ]
+    for flt, want in cases:
+        assert _keys(store.search(NS, filter=flt, limit=20)) == want, flt
+        assert _keys(store.search(NS, query="event", filter=flt, limit=20)) == want, flt
+
+
 def test_a_rare_filter_match_is_found_past_the_overfetch(memory: HelaMemory) -> None:
     with HelaMemStore(memory, filter_overfetch=1) as s:
         for i in range(40):

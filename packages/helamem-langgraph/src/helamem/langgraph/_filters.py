@@ -9,9 +9,12 @@ store. A filter ``{field: condition}`` matches when every condition holds:
   (``{"meta": {"prio": 10}}`` matches ``{"meta": {"prio": 10, "x": 1}}``);
 * an object of operators (``$eq $ne $gt $gte $lt $lte``) applies each one.
   ``$ne`` holds for an item that lacks the field (``None != 1``), as in
-  ``InMemoryStore``; the order operators compare numbers (``float``) and
-  never match a missing or non-numeric value (``InMemoryStore`` raises
-  ``TypeError`` there).
+  ``InMemoryStore``; the order operators compare numbers (``float``;
+  booleans as 0/1, as every LangGraph store), two strings that are not
+  numbers as strings (ISO dates: ``{"date": {"$gte": "2024-01-01"}}``, as
+  ``SqliteStore`` and ``PostgresStore``; ``InMemoryStore`` raises there), and
+  never match a missing value, an object, a list, or a string against a
+  number (``InMemoryStore`` raises ``TypeError`` there).
 
 A field name is looked up as written; when the value has no such key and the
 name contains dots, it is read as a path (``"a.b"`` is ``value["a"]["b"]``),
@@ -29,7 +32,7 @@ from langgraph.store.base import MatchCondition
 
 __all__ = ["check_paging", "matches", "namespace_matches", "select_namespaces"]
 
-_ORDER: dict[str, Callable[[float, float], bool]] = {
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {
     "$gt": operator.gt,
     "$gte": operator.ge,
     "$lt": operator.lt,
@@ -101,12 +104,15 @@ def _apply(actual: Any, op: str, value: Any) -> bool:
         return bool(actual != value)
     if op not in _ORDER:
         raise InvalidInputError(f"unsupported filter operator {op!r}; use {', '.join(OPERATORS)}")
-    if actual is None or isinstance(actual, bool | Mapping | list):
+    if actual is None or isinstance(actual, Mapping | list):
         return False
-    try:
+    try:  # numbers (booleans as 0/1, numeric strings too), as InMemoryStore compares them
         return _ORDER[op](float(actual), float(value))
-    except (TypeError, ValueError):  # not a number: never matches an order comparison
-        return False
+    except (TypeError, ValueError):
+        pass
+    if isinstance(actual, str) and isinstance(value, str):  # ISO dates: as SqliteStore
+        return _ORDER[op](actual, value)
+    return False  # a string against a number: never matches an order comparison
 
 
 def _lookup(value: Any, key: str) -> Any:
