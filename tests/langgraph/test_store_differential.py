@@ -93,6 +93,17 @@ def _value(rng: random.Random) -> dict[str, Any]:
     return value
 
 
+INDEXES: list[Any] = [None, False, ["text"], ["meta.x"], ["text", "meta.x"], []]
+
+
+def _indexed(value: dict[str, Any], index: Any) -> bool:
+    """Whether a put of ``value`` with ``index`` embeds anything (fields: ``["text"]``)."""
+    if index is False:
+        return False
+    paths = ["text"] if index is None else index
+    return any(p.split(".")[0] in value for p in paths)
+
+
 def _flat(items: list[Any]) -> list[tuple[tuple[str, ...], str]]:
     return [(tuple(i.namespace), i.key) for i in items]
 
@@ -193,6 +204,59 @@ class Pair:
         self.prune()
         assert self.ours.batch([op]) == self.ref.batch([op])
 
+    def mixed_batch(self) -> None:
+        """A batch of 2-8 random ops over a few keys: puts (per-item ``index`` lists,
+        ``index=False``), deletes, gets, searches with and without a query and
+        ``list_namespaces``, in any order; reads see the state before the batch and
+        the last write of a key wins."""
+        self.prune()
+        ops: list[Op] = []
+        for _ in range(self.rng.randrange(2, 9)):
+            ns = self.rng.choice(NAMESPACES[:3])
+            key = f"k{self.rng.randrange(4)}"
+            kind = self.rng.randrange(6)
+            if kind == 0:
+                ops.append(PutOp(ns, key, _value(self.rng), index=self.rng.choice(INDEXES)))
+            elif kind == 1:
+                ops.append(PutOp(ns, key, None))
+            elif kind == 2:
+                ops.append(GetOp(ns, key))
+            elif kind == 3:
+                ops.append(SearchOp(("a",), filter=self.rng.choice(FILTERS), limit=100))
+            elif kind == 4:
+                q = " ".join(self.rng.sample(WORDS, 2))
+                ops.append(SearchOp(("a",), query=q, filter=self.rng.choice(FILTERS), limit=100))
+            else:
+                ops.append(ListNamespacesOp(match_conditions=None, limit=100))
+        # InMemoryStore's gets and searches create the namespaces they look at (listed,
+        # though empty): namespaces are compared with its listing before the batch
+        before = self.ref.list_namespaces(limit=100)
+        a, b = self.ours.batch(ops), self.ref.batch(ops)
+        for op, x, y in zip(ops, a, b, strict=True):
+            if isinstance(op, SearchOp):
+                assert isinstance(x, list) and isinstance(y, list)
+                assert sorted(_flat(x)) == sorted(_flat(y)), op
+                values = {(tuple(i.namespace), i.key): i.value for i in y}
+                for item in x:
+                    assert item.value == values[(tuple(item.namespace), item.key)], op
+            elif isinstance(op, ListNamespacesOp):
+                assert x == before, op
+            elif isinstance(op, GetOp):
+                assert (x.value if isinstance(x, Item) else x) == (
+                    y.value if isinstance(y, Item) else y
+                ), op
+        last: dict[tuple[tuple[str, ...], str], PutOp] = {}
+        for op in ops:
+            if isinstance(op, PutOp):
+                last[(op.namespace, op.key)] = op
+        for address, put in last.items():
+            self.keys.append(address)
+            if put.value is None or _indexed(put.value, put.index):
+                self.unindexed.discard(address)
+            else:
+                self.unindexed.add(address)
+        self.prune()
+
     def batch(self) -> None:
         ns = self.rng.choice(NAMESPACES)
         key = f"k{self.rng.randrange(40)}"
@@ -245,6 +309,7 @@ def test_random_ops_agree_with_in_memory_store(ours: HelaMemStore, seed: int) ->
         (pair.query, 3),
         (pair.namespaces, 2),
         (pair.batch, 1),
+        (pair.mixed_batch, 2),
     ]
     funcs, weights = zip(*actions, strict=True)
     for _ in range(320):
