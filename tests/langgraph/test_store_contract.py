@@ -376,3 +376,30 @@ def test_repair_restores_a_partly_deleted_field_family(
     assert report.readded == 1 and report.unindexed == 0
     assert memory.stats().memories == 2
     assert [h.key for h in store.search(NS, query="pelican")] == ["a"]
+
+
+def test_a_document_that_cannot_be_reindexed_keeps_its_ttl(
+    store: HelaMemStore, memory: HelaMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # repair() rewrites a document whose memory is missing and cannot be re-added as
+    # unindexed: it must still expire (it was rewritten without its TTL: kept forever)
+    store.put(NS, "short", {"text": "a heron on the pier"}, ttl=0.5 / 60)
+    store.put(NS, "kept", {"text": "a pelican on the pier"})
+    for key in ("short", "kept"):
+        doc = store.documents.get(NS, key)
+        assert doc is not None
+        memory.delete(doc.value[ID_FIELD]["id"])  # behind the store's back
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise InvalidInputError("the text no longer embeds")
+
+    monkeypatch.setattr(memory, "add_many", refuse)
+    report = store.repair()
+    assert (report.readded, report.unindexed) == (0, 2)
+    deadline = time.monotonic() + 10
+    while store.get(NS, "short", refresh_ttl=False) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        store.sweep_ttl()
+    assert store.get(NS, "short", refresh_ttl=False) is None  # expired, as put
+    kept = store.get(NS, "kept", refresh_ttl=False)
+    assert kept is not None and kept.value == {"text": "a pelican on the pier"}

@@ -114,8 +114,9 @@ logger = logging.getLogger(__name__)
 
 ID_FIELD = "__helamem__"
 """Reserved value field, kept in the document store only: ``{"id", "index",
-"created_at"}`` (the item's memory id or ``None``, the JSON paths its text was
-taken from, and its creation time once it has been replaced)."""
+"created_at", "ttl"}`` (the item's memory id or ``None``, the JSON paths its
+text was taken from, its creation time once it has been replaced, and the TTL
+in minutes it was put with, if any)."""
 JOURNAL = "langgraph-store.journal"
 """The writer lock and intent journal, in the memory's data directory."""
 
@@ -229,6 +230,8 @@ class JournaledWrites:
                         meta["created_at"] = (
                             doc_meta(old).get("created_at") or old.created_at.isoformat()
                         )
+                    if op.ttl is not None:  # kept by a rewrite of the document (_ensure)
+                        meta["ttl"] = op.ttl
                     value[ID_FIELD] = meta
                 intents.append(Intent(ns, key, new, named_id(old)))
                 writes.append(PutOp(ns, key, value, index=False, ttl=op.ttl))
@@ -320,7 +323,10 @@ class JournaledWrites:
                 )
                 kept = dict(d.value)
                 kept[ID_FIELD] = {**meta, "id": None}
-                self.documents.batch([PutOp(d.namespace, d.key, kept, index=False)])
+                # its TTL as put (the clock restarts, as a refresh on read restarts it)
+                ttl = meta.get("ttl")
+                ttl = float(ttl) if isinstance(ttl, int | float) and ttl > 0 else None
+                self.documents.batch([PutOp(d.namespace, d.key, kept, index=False, ttl=ttl)])
                 unindexed += 1
         if readded:
             logger.warning("re-indexed %d store documents whose memory was missing", readded)
