@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.store.base import BaseStore
 
-from helamem.core import HelaMemory, TurnRecorder
+from helamem.core import HashingEmbedder, HelaMemory, TurnRecorder
 from helamem.langgraph import (
     CheckpointerNotOpenError,
     HelaMemCheckpointer,
@@ -175,6 +177,38 @@ async def test_async_graph_records_turns_and_other_threads_recall_them(
         assert len(state.values["messages"]) == 2
     store.close()
     await mem.aclose()
+
+
+class GatedMemory(HelaMemory):
+    """Stores a recorded turn only once ``gate`` is set (the owner loop stays free)."""
+
+    gate = threading.Event()
+
+    async def aadd_turns(self, turns: Any) -> Any:
+        await asyncio.to_thread(self.gate.wait, 30)
+        return await super().aadd_turns(turns)
+
+
+def test_store_reads_see_the_turn_recorded_just_before_them(
+    tmp_path: Path, hela_config: Any
+) -> None:
+    """Listing a namespace or the namespaces right after a turn was recorded shows it
+    (before, those reads ran while the recorder was still storing the turn)."""
+    mem = GatedMemory(hela_config(tmp_path / "mem"), embedder=HashingEmbedder(64))
+    mem.gate = threading.Event()
+    store = HelaMemStore(mem)
+    alice, bob = ("users", "alice"), ("users", "bob")
+    with TurnRecorder(mem, consolidate_every=None, search_wait_timeout=30) as rec:
+        rec.record_turn_sync(alice, "my sister lives in Lisbon", "noted")
+        threading.Timer(0.3, mem.gate.set).start()
+        listed = store.search(alice, limit=10)
+        assert "my sister lives in Lisbon" in {i.value["content"] for i in listed}
+        mem.gate.clear()
+        rec.record_turn_sync(bob, "bob plays chess", "noted")
+        threading.Timer(0.3, mem.gate.set).start()
+        assert bob in store.list_namespaces(prefix=("users",))
+    store.close()
+    mem.close()
 
 
 @pytest.mark.parametrize("module", ["helamem.langgraph", "helamem.langgraph.checkpoint"])

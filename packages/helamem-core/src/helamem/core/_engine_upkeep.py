@@ -76,9 +76,9 @@ class UpkeepMethods(OwnedCore):
             3
         """
         normalize_scope(scope)
-        plan = self._call(lambda c: plan_consolidation(c, scope))
+        plan = self._call(lambda c: plan_consolidation(c, scope), (scope,), "consolidate")
         drafts = self._get_distiller().distill(plan.clusters) if plan.clusters else []
-        return self._call(lambda c: apply_consolidation(c, plan, drafts))
+        return self._call(lambda c: apply_consolidation(c, plan, drafts), None)
 
     def forget(
         self,
@@ -99,26 +99,27 @@ class UpkeepMethods(OwnedCore):
         return self._call(
             lambda c: forget(
                 c, scope, dry_run=dry_run, older_than_s=older_than_s, below=below, limit=limit
-            )
+            ),
+            (scope,),
+            "forget",
         )
 
     def delete_scope(self, scope: Sequence[str]) -> int:
         """Delete everything of ``scope`` and the scopes under it; returns memories deleted.
 
-        Like :meth:`search`, it first waits (bounded) for the turns a
+        As every call does, it first waits (bounded) for the turns a
         :class:`~helamem.core.hooks.TurnRecorder` of this memory accepted
         before the call in these scopes: they are deleted too, not stored after.
         """
         normalize_scope(scope)
-        self._wait_recorded(scope, "delete_scope")
-        return self._call(lambda c: delete_scope(c, scope))
+        return self._call(lambda c: delete_scope(c, scope), (scope,), "delete_scope")
 
     async def aconsolidate(self, scope: Sequence[str]) -> ConsolidationReport:
         """Async :meth:`consolidate` (the LLM call is awaited on the event loop)."""
         normalize_scope(scope)
-        plan = await self._acall(lambda c: plan_consolidation(c, scope))
+        plan = await self._acall(lambda c: plan_consolidation(c, scope), (scope,), "aconsolidate")
         drafts = await self._get_distiller().adistill(plan.clusters) if plan.clusters else []
-        return await self._acall(lambda c: apply_consolidation(c, plan, drafts))
+        return await self._acall(lambda c: apply_consolidation(c, plan, drafts), None)
 
     async def aforget(
         self,
@@ -134,14 +135,15 @@ class UpkeepMethods(OwnedCore):
         return await self._acall(
             lambda c: forget(
                 c, scope, dry_run=dry_run, older_than_s=older_than_s, below=below, limit=limit
-            )
+            ),
+            (scope,),
+            "aforget",
         )
 
     async def adelete_scope(self, scope: Sequence[str]) -> int:
         """Async :meth:`delete_scope` (waits for recorded turns without blocking the loop)."""
         normalize_scope(scope)
-        await self._await_recorded(scope, "delete_scope")
-        return await self._acall(lambda c: delete_scope(c, scope))
+        return await self._acall(lambda c: delete_scope(c, scope), (scope,), "adelete_scope")
 
     def export_scope(self, scope: Sequence[str], path: str | os.PathLike[str]) -> ExportReport:
         """Write ``scope`` and the scopes under it to a JSON-lines file (a backup).
@@ -169,16 +171,14 @@ class UpkeepMethods(OwnedCore):
             ExportReport(path=PosixPath('alice.jsonl'), scope=('users', 'alice'), memories=42, ...)
         """
         normalize_scope(scope)
-        self._wait_recorded(scope, "export_scope")  # the turns recorded before it are in
-        return self._call(lambda c: export_scope(c, scope, path))
+        return self._call(lambda c: export_scope(c, scope, path), (scope,), "export_scope")
 
     async def aexport_scope(
         self, scope: Sequence[str], path: str | os.PathLike[str]
     ) -> ExportReport:
         """Async :meth:`export_scope` (waits for recorded turns without blocking the loop)."""
         normalize_scope(scope)
-        await self._await_recorded(scope, "export_scope")
-        return await self._acall(lambda c: export_scope(c, scope, path))
+        return await self._acall(lambda c: export_scope(c, scope, path), (scope,), "aexport_scope")
 
     def import_scope(
         self, path: str | os.PathLike[str], *, scope: Sequence[str] | None = None
@@ -211,7 +211,7 @@ class UpkeepMethods(OwnedCore):
         """
         if scope is not None:
             normalize_scope(scope)
-        return self._call(lambda c: import_scope(c, path, scope))
+        return self._call(lambda c: import_scope(c, path, scope), what="import_scope")
 
     async def aimport_scope(
         self, path: str | os.PathLike[str], *, scope: Sequence[str] | None = None
@@ -219,7 +219,7 @@ class UpkeepMethods(OwnedCore):
         """Async :meth:`import_scope`."""
         if scope is not None:
             normalize_scope(scope)
-        return await self._acall(lambda c: import_scope(c, path, scope))
+        return await self._acall(lambda c: import_scope(c, path, scope), what="aimport_scope")
 
     def reindex(self, *, reembed: bool = False) -> int:
         """Rebuild the vector index from SQLite; ``reembed`` recomputes every vector.
@@ -230,7 +230,7 @@ class UpkeepMethods(OwnedCore):
         Returns:
             The memories indexed.
         """
-        return self._call(lambda c: c.reindex(reembed))
+        return self._call(lambda c: c.reindex(reembed), what="reindex")
 
     def flush(self) -> int:
         """Write the vectors that adds left for a batched index write now.
@@ -250,10 +250,11 @@ class UpkeepMethods(OwnedCore):
         Returns:
             The vectors written.
         """
-        return self._call(KeepsPending(_flush))
+        return self._call(KeepsPending(_flush), what="flush")
 
     async def aflush(self) -> int:
-        return await self._acall(KeepsPending(_flush))
+        """Async :meth:`flush`."""
+        return await self._acall(KeepsPending(_flush), what="aflush")
 
     @property
     def reembedded(self) -> int | None:

@@ -8,8 +8,9 @@ The owner thread runs an event loop. Storage calls are plain callbacks on it,
 one at a time and in submission order, so they never overlap; the loop also
 hosts the background work that feeds them (the turn recorders' per-scope
 lanes, :mod:`._recorder_worker`), so recording needs no thread of its own.
-The memory knows those recorders (weakly), so that a search can first wait
-for the turns they accepted before it (:meth:`OwnedCore._wait_recorded`).
+The memory knows those recorders (weakly), so that every call first waits
+for the turns they accepted before it in the scopes it reads
+(:meth:`OwnedCore._call`'s ``sees``, :meth:`OwnedCore._wait_recorded`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .storage.base import VectorIndex
 from .storage.sqlite import sqlite_errors
 from .types import normalize_prefix
 
-__all__ = ["KeepsPending", "OwnedCore"]
+__all__ = ["EVERY_SCOPE", "KeepsPending", "OwnedCore"]
 
 logger = logging.getLogger("helamem.core.engine")
 
@@ -50,16 +51,19 @@ T = TypeVar("T")
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
 
+EVERY_SCOPE: tuple[Sequence[str], ...] = ((),)
+"""A call's ``sees`` by default: the turns recorded in every scope."""
+
 
 class _Recorder(Protocol):
-    """What a search needs of a turn recorder (:mod:`._recorder_state`)."""
+    """What a read needs of a turn recorder (:mod:`._recorder_state`)."""
 
     def _wait_settled_sync(
-        self, prefix: tuple[str, ...], started: float, what: str = "search"
+        self, prefixes: tuple[tuple[str, ...], ...], started: float, what: str = "search"
     ) -> None: ...
 
     async def _wait_settled(
-        self, prefix: tuple[str, ...], started: float, what: str = "search"
+        self, prefixes: tuple[tuple[str, ...], ...], started: float, what: str = "search"
     ) -> None: ...
 
 
@@ -144,7 +148,7 @@ class OwnedCore:
         self._finished = False  # storage released (owner thread only)
         self._exit_token: int | None = None  # closed at interpreter exit unless closed before
         self._flush_timer: asyncio.TimerHandle | None = None  # writes pending vectors
-        # turn recorders with turns not yet stored (or failed): searches wait for them
+        # turn recorders with turns not yet stored (or failed): every call waits for them
         self._recorders: weakref.WeakSet[_Recorder] = weakref.WeakSet()  # under _lock
 
     @classmethod
@@ -292,7 +296,7 @@ class OwnedCore:
             self._loop.call_soon_threadsafe(callback)
 
     def _add_recorder(self, recorder: _Recorder) -> None:
-        """A turn recorder has turns for this memory not yet stored: searches wait."""
+        """A turn recorder has turns for this memory not yet stored: calls wait."""
         with self._lock:
             self._recorders.add(recorder)
 
@@ -301,32 +305,36 @@ class OwnedCore:
         with self._lock:
             self._recorders.discard(recorder)
 
-    def _recorders_to_wait_for(self) -> list[_Recorder]:
-        """The recorders a search must wait for: none on the owner thread (where their
-        lanes run: waiting would wait for itself) or once closed (the search raises)."""
-        if not self._recorders or self._closed or self._on_owner_thread():
-            return []
+    def _recorders_to_wait_for(
+        self, sees: Sequence[Sequence[str]] | None
+    ) -> tuple[list[_Recorder], tuple[tuple[str, ...], ...]]:
+        """The recorders a call seeing ``sees`` must wait for, and the prefixes: none on
+        the owner thread (where their lanes run: waiting would wait for itself), once
+        closed (the call raises), or for ``sees=None``."""
+        if sees is None or not self._recorders or self._closed or self._on_owner_thread():
+            return [], ()
+        prefixes = tuple(dict.fromkeys(normalize_prefix(s) for s in sees))
+        if () in prefixes:
+            prefixes = ((),)
         with self._lock:
-            return list(self._recorders)
+            return list(self._recorders), prefixes
 
-    def _wait_recorded(self, scope: Sequence[str], what: str = "search") -> None:
-        """Before a search (or ``what`` else reads or deletes a scope's memories) of
-        ``scope`` (a prefix): block until the turns every recorder accepted before it,
-        in scopes under it, are stored or failed (each recorder's
-        ``search_wait_timeout`` at most; it logs a WARNING past that)."""
-        recorders = self._recorders_to_wait_for()
-        if recorders:
-            prefix, started = normalize_prefix(scope), time.monotonic()
-            for rec in recorders:
-                rec._wait_settled_sync(prefix, started, what)
+    def _wait_recorded(self, sees: Sequence[Sequence[str]] | None, what: str) -> None:
+        """Before a call that reads the memories of the scopes ``sees`` (prefixes; ``()``:
+        every scope): block until the turns every recorder accepted before it, in scopes
+        under them, are stored or failed (each recorder's ``search_wait_timeout`` at most;
+        it logs a WARNING naming ``what`` past that)."""
+        recorders, prefixes = self._recorders_to_wait_for(sees)
+        started = time.monotonic()
+        for rec in recorders:
+            rec._wait_settled_sync(prefixes, started, what)
 
-    async def _await_recorded(self, scope: Sequence[str], what: str = "search") -> None:
+    async def _await_recorded(self, sees: Sequence[Sequence[str]] | None, what: str) -> None:
         """:meth:`_wait_recorded` without blocking the running event loop."""
-        recorders = self._recorders_to_wait_for()
-        if recorders:
-            prefix, started = normalize_prefix(scope), time.monotonic()
-            for rec in recorders:
-                await rec._wait_settled(prefix, started, what)
+        recorders, prefixes = self._recorders_to_wait_for(sees)
+        started = time.monotonic()
+        for rec in recorders:
+            await rec._wait_settled(prefixes, started, what)
 
     def _on_owner_thread(self) -> bool:
         return self._owner is not None and threading.current_thread() is self._owner
@@ -388,25 +396,46 @@ class OwnedCore:
         if core is not None and core.pending_learning and not self._finished:
             self._run(KeepsPending(lambda c: c.apply_learning()))
 
-    def _call(self, fn: Callable[[Core], T]) -> T:
+    def _call(
+        self,
+        fn: Callable[[Core], T],
+        sees: Sequence[Sequence[str]] | None = EVERY_SCOPE,
+        what: str = "call",
+    ) -> T:
+        """Run ``fn`` on the owner thread once it sees what it must (read your writes).
+
+        Every call first waits (:meth:`_wait_recorded`) for the turns the memory's
+        turn recorders accepted before it in the scopes under ``sees`` (prefixes:
+        by default every scope; ``None``: no wait, for calls that read no memory),
+        so whatever it reads or changes includes them. ``what`` names the call in
+        the WARNING logged when that wait reaches its bound.
+        """
         if self._on_owner_thread():
             try:
                 return self._run(fn)
             finally:
                 self._learn_after()
                 self._schedule_flush()
+        self._wait_recorded(sees, what)
         return self._submit(fn).result()
 
-    async def _acall(self, fn: Callable[[Core], T]) -> T:
+    async def _acall(
+        self,
+        fn: Callable[[Core], T],
+        sees: Sequence[Sequence[str]] | None = EVERY_SCOPE,
+        what: str = "call",
+    ) -> T:
+        """:meth:`_call` awaited: it waits without blocking the running event loop."""
+        await self._await_recorded(sees, what)
         return await asyncio.wrap_future(self._submit(fn))
 
     def open(self) -> Self:
         """Open the store now (otherwise it opens on first use)."""
-        self._call(lambda c: None)
+        self._call(lambda c: None, None)
         return self
 
     async def aopen(self) -> Self:
-        await self._acall(lambda c: None)
+        await self._acall(lambda c: None, None)
         return self
 
     def close(self) -> None:

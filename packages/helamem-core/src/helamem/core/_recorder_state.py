@@ -2,9 +2,10 @@
 
 Callers' threads and event loops and the lanes on the memory's owner loop
 (:mod:`._recorder_worker`) meet here; every field is guarded by ``_cond``
-unless noted. Searches of the memory meet here too: before it searches, the
-memory has each of its recorders wait (bounded) until the turns it accepted
-in the searched scopes are stored or failed (:meth:`RecorderState._wait_settled`).
+unless noted. Every read of the memory meets here too: before a search, a
+``get``, ``stats``... the memory has each of its recorders wait (bounded)
+until the turns it accepted in the scopes read are stored or failed
+(:meth:`RecorderState._wait_settled`).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class RecorderState:
         consolidate_every: Turns of a scope between consolidations, or ``None``.
         concurrency: Most scopes processed at once.
         exit_timeout: Seconds spent storing queued turns at interpreter exit.
-        search_wait_timeout: Most seconds a search of the memory waits for this
-            recorder's earlier turns in its scopes.
+        search_wait_timeout: Most seconds a read of the memory (a search, ``get``,
+            ``stats``...) waits for this recorder's earlier turns in its scopes.
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class RecorderState:
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()  # not yet taken by the worker
         self._outstanding: dict[int, Job] = {}  # queued or in progress, by seq (in order)
-        # accepted and neither stored nor failed yet: what a search waits for (a
+        # accepted and neither stored nor failed yet: what a read waits for (a
         # turn leaves it before any consolidation it triggers runs)
         self._unsettled: dict[int, Job] = {}
         self._next_seq = 0
@@ -84,7 +85,7 @@ class RecorderState:
         self._lanes: dict[Scope, deque[Job]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None
-        self._tracked = False  # the memory has this recorder among those searches wait for
+        self._tracked = False  # the memory has this recorder among those reads wait for
 
     def _has_room_locked(self) -> bool:
         return self._closing or len(self._outstanding) < self.max_pending
@@ -187,7 +188,7 @@ class RecorderState:
             self._wake_waiters_locked()
 
     def _settle(self, jobs: list[Job]) -> None:
-        """``jobs`` are stored or failed: searches waiting for them may run."""
+        """``jobs`` are stored or failed: reads waiting for them may run."""
         with self._cond:
             for job in jobs:
                 self._unsettled.pop(job.seq, None)
@@ -196,7 +197,7 @@ class RecorderState:
 
     def _track_locked(self, busy: bool | None = None) -> None:
         """Keep the memory's set of recorders with unsettled turns (held weakly there)
-        in step, so a search with nothing pending anywhere checks one empty set."""
+        in step, so a read with nothing pending anywhere checks one empty set."""
         busy = bool(self._unsettled) if busy is None else busy
         if busy == self._tracked:
             return
@@ -205,45 +206,52 @@ class RecorderState:
         if callable(track):  # a stand-in memory without searches may lack them
             track(self)
 
-    # -- searches wait for the turns recorded before them ---------------------
+    # -- reads wait for the turns recorded before them ----------------------
 
-    def _unsettled_under_locked(self, prefix: Scope) -> set[int] | None:
-        """Seqs of the turns not yet stored or failed in scopes under ``prefix``."""
+    def _unsettled_under_locked(self, prefixes: tuple[Scope, ...]) -> set[int] | None:
+        """Seqs of the turns not yet stored or failed in scopes under any of ``prefixes``."""
         if not self._unsettled:
             return None
-        n = len(prefix)
-        return {seq for seq, job in self._unsettled.items() if job.scope[:n] == prefix} or None
+        return {
+            seq
+            for seq, job in self._unsettled.items()
+            if any(job.scope[: len(p)] == p for p in prefixes)
+        } or None
 
-    def _warn_unsettled(self, prefix: Scope, left: int, what: str) -> None:
+    def _warn_unsettled(self, prefixes: tuple[Scope, ...], left: int, what: str) -> None:
         logger.warning(
-            "%s of %r: %d turn(s) recorded before it in that scope were still not stored "
+            "%s of %s: %d turn(s) recorded before it in that scope were still not stored "
             "after search_wait_timeout=%g s (the recorder is busy: a slow store, or a slow "
             "consolidation before them); going on without them",
             what,
-            prefix,
+            " and ".join(repr(p) for p in prefixes),
             left,
             self.search_wait_timeout,
         )
 
-    def _wait_settled_sync(self, prefix: Scope, started: float, what: str = "search") -> None:
-        """Block until this recorder's turns accepted so far in scopes under ``prefix``
+    def _wait_settled_sync(
+        self, prefixes: tuple[Scope, ...], started: float, what: str = "search"
+    ) -> None:
+        """Block until this recorder's turns accepted so far in scopes under ``prefixes``
         are stored or failed, at most until ``started + search_wait_timeout`` (then log
         one WARNING naming ``what`` waited). Never on the memory's owner thread: the
         memory checks that."""
         with self._cond:
-            needed = self._unsettled_under_locked(prefix)
+            needed = self._unsettled_under_locked(prefixes)
             if needed is None:
                 return
             remaining = started + self.search_wait_timeout - time.monotonic()
             if self._cond.wait_for(lambda: self._unsettled.keys().isdisjoint(needed), remaining):
                 return
             left = len(needed.intersection(self._unsettled))
-        self._warn_unsettled(prefix, left, what)
+        self._warn_unsettled(prefixes, left, what)
 
-    async def _wait_settled(self, prefix: Scope, started: float, what: str = "search") -> None:
+    async def _wait_settled(
+        self, prefixes: tuple[Scope, ...], started: float, what: str = "search"
+    ) -> None:
         """:meth:`_wait_settled_sync` without blocking the running event loop."""
         with self._cond:
-            needed = self._unsettled_under_locked(prefix)
+            needed = self._unsettled_under_locked(prefixes)
             if needed is None:
                 return
         remaining = started + self.search_wait_timeout - time.monotonic()
@@ -255,4 +263,4 @@ class RecorderState:
             with self._cond:
                 left = len(needed.intersection(self._unsettled))
         if left:
-            self._warn_unsettled(prefix, left, what)
+            self._warn_unsettled(prefixes, left, what)

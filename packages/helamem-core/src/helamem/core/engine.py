@@ -67,6 +67,11 @@ def _fields(metadata: object) -> dict[str, str]:
     return dict(metadata)
 
 
+def _under(scope: Sequence[str] | None) -> tuple[Sequence[str]]:
+    """What a call of ``scope`` (``None`` or ``()``: every scope) sees of the recorded turns."""
+    return (() if scope is None else scope,)
+
+
 def _limit(limit: object) -> int | None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidInputError(f"limit must be an int >= 1 or None, got {limit!r}")
@@ -79,6 +84,14 @@ class HelaMemory(UpkeepMethods):
     The constructor does no I/O. The store opens on first use, on
     :meth:`open`, or when entered as a (sync or async) context manager;
     :meth:`close` releases it.
+
+    Every call (reads, adds, deletes, upkeep; sync or async) sees the turns a
+    :class:`~helamem.core.hooks.TurnRecorder` of this memory accepted before
+    it in the scopes it touches (under a prefix; every scope for a call by
+    id): it first waits until they are stored or failed (not for their
+    consolidations), at most each recorder's ``search_wait_timeout``
+    (default 10 s; past it, it logs a WARNING and goes on). A call on the
+    owner thread (an overridden ``aconsolidate``) never waits.
 
     Args:
         config: Every setting; defaults work offline (``./helamem-data``,
@@ -244,11 +257,14 @@ class HelaMemory(UpkeepMethods):
         Examples:
             >>> m = mem.add("Alice adopted a cat", ("users", "alice"))  # doctest: +SKIP
         """
-        return self._call(self._plan_add(content, scope, role, event_time, metadata, keywords))
+        plan = self._plan_add(content, scope, role, event_time, metadata, keywords)
+        return self._call(plan, (scope,), "add")
 
     def add_many(self, items: Iterable[NewMemory]) -> list[Memory]:
         """Store many memories in one batch (one embedding pass, one transaction)."""
-        return self._call(self._plan_add_many(items))
+        items = list(items)
+        plan = self._plan_add_many(items)
+        return self._call(plan, [i.scope for i in items], "add_many")
 
     def add_turn(
         self,
@@ -265,9 +281,8 @@ class HelaMemory(UpkeepMethods):
         ``used_ids``: memories used to produce this turn; they co-activate with
         the new episodes (same scope only).
         """
-        return self._call(
-            self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
-        )
+        plan = self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
+        return self._call(plan, (scope,), "add_turn")
 
     def add_turns(self, turns: Iterable[NewTurn]) -> list[tuple[Memory, Memory]]:
         """Store many turns in one batch (one embedding pass, one transaction).
@@ -278,16 +293,18 @@ class HelaMemory(UpkeepMethods):
         Examples:
             >>> mem.add_turns([NewTurn(("u", "1"), "hi", "hello")])  # doctest: +SKIP
         """
-        return self._call(self._plan_add_turns(turns))
+        turns = list(turns)
+        plan = self._plan_add_turns(turns)
+        return self._call(plan, [t.scope for t in turns], "add_turns")
 
     def get(self, id: str) -> Memory:
         """The memory with ``id``; raises MemoryNotFoundError if there is none."""
-        return self._call(KeepsPending(lambda c: c.get(id)))
+        return self._call(KeepsPending(lambda c: c.get(id)), what="get")
 
     def delete(self, ids: str | Iterable[str]) -> int:
         """Delete memories with their edges and vectors; all or nothing."""
         ids_ = _ids(ids)
-        return self._call(lambda c: c.delete(ids_))
+        return self._call(lambda c: c.delete(ids_), what="delete")
 
     def search(
         self,
@@ -305,15 +322,9 @@ class HelaMemory(UpkeepMethods):
     ) -> SearchResult:
         """Dual-path retrieval with spreading activation over learned edges.
 
-        It sees every turn a :class:`~helamem.core.hooks.TurnRecorder` of
-        this memory accepted before the call in the scopes it searches (the
-        scope, or every scope under the prefix): it first waits, in the
-        calling thread, until those turns are stored or failed (not for the
-        consolidations they trigger, nor for turns of other scopes; with
-        none pending it does not wait at all). The wait is bounded by each
-        recorder's ``search_wait_timeout`` (default 10 s); past it the
-        search runs without them and logs a WARNING. On the memory's owner
-        thread (inside an overridden ``aconsolidate``, say) it never waits.
+        It sees every turn a :class:`~helamem.core.hooks.TurnRecorder`
+        accepted before the call in the scopes it searches (the scope, or
+        every scope under the prefix), as every call does (see the class).
 
         Args:
             query: What to look for.
@@ -371,8 +382,7 @@ class HelaMemory(UpkeepMethods):
             max_tokens,
             count_tokens,
         )
-        self._wait_recorded(scope)  # sees every turn a TurnRecorder accepted before it
-        result = self._call(plan)
+        result = self._call(plan, (scope,), "search")
         note_used(result.ids)
         return result
 
@@ -391,9 +401,7 @@ class HelaMemory(UpkeepMethods):
 
         An exact match on top-level metadata keys (string values only: a
         number, boolean or nested value never equals a string), over episodes
-        and facts alike. Like :meth:`search`, it first waits (bounded) for the
-        turns a :class:`~helamem.core.hooks.TurnRecorder` of this memory
-        accepted before the call in these scopes, so it sees them.
+        and facts alike. It sees the turns recorded before it (see the class).
 
         Args:
             scope: A scope or a prefix of scopes (whole segments; ``()``: every
@@ -416,9 +424,7 @@ class HelaMemory(UpkeepMethods):
             >>> mem.find_ids(("u",), metadata={"session": "s1"})    # doctest: +SKIP
             ['01J...']
         """
-        plan = self._plan_find_ids(scope, metadata, limit)
-        self._wait_recorded(scope)
-        return self._call(plan)
+        return self._call(self._plan_find_ids(scope, metadata, limit), (scope,), "find_ids")
 
     def reinforce(self, ids: Iterable[str]) -> int:
         """Co-activate memories explicitly (e.g. the ones an agent used): every pair of
@@ -432,22 +438,24 @@ class HelaMemory(UpkeepMethods):
                 nothing is reinforced.
         """
         ids_ = _ids(ids)
-        return self._call(KeepsPending(lambda c: c.reinforce(ids_)))
+        return self._call(KeepsPending(lambda c: c.reinforce(ids_)), what="reinforce")
 
     def list_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:
         """Scopes that hold memories, optionally under ``prefix`` (``None`` or ``()``:
         every scope, as ``()`` is in :meth:`search`)."""
-        return self._call(KeepsPending(lambda c: c.list_scopes(prefix)))
+        return self._call(
+            KeepsPending(lambda c: c.list_scopes(prefix)), _under(prefix), "list_scopes"
+        )
 
     def decay(self, scope: Sequence[str] | None = None) -> dict[str, int]:
         """Materialise lazy decay now and prune weak edges (of ``scope`` and the scopes
         under it; ``None`` or ``()``: every scope); returns counts."""
-        return self._call(lambda c: c.decay(scope))
+        return self._call(lambda c: c.decay(scope), _under(scope), "decay")
 
     def stats(self, scope: Sequence[str] | None = None) -> Stats:
         """Counts of memories, edges, scopes and index state, and LLM usage (of ``scope``
         and the scopes under it; ``None`` or ``()``: the whole store)."""
-        return self._with_usage(self._call(lambda c: c.stats(scope)))
+        return self._with_usage(self._call(lambda c: c.stats(scope), _under(scope), "stats"))
 
     async def aadd(
         self,
@@ -468,16 +476,17 @@ class HelaMemory(UpkeepMethods):
         ids (``NewMemory(id=...)``): a retry of a stored one raises
         ``InvalidInputError`` instead of storing it twice.
         """
-        return await self._acall(
-            self._plan_add(content, scope, role, event_time, metadata, keywords)
-        )
+        plan = self._plan_add(content, scope, role, event_time, metadata, keywords)
+        return await self._acall(plan, (scope,), "aadd")
 
     async def aadd_many(self, items: Iterable[NewMemory]) -> list[Memory]:
         """Async :meth:`add_many`.
 
         Cancelled: as :meth:`aadd` (stored once the owner thread started it).
         """
-        return await self._acall(self._plan_add_many(items))
+        items = list(items)
+        plan = self._plan_add_many(items)
+        return await self._acall(plan, [i.scope for i in items], "aadd_many")
 
     async def aadd_turn(
         self,
@@ -493,25 +502,26 @@ class HelaMemory(UpkeepMethods):
 
         Cancelled: as :meth:`aadd` (stored once the owner thread started it).
         """
-        return await self._acall(
-            self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
-        )
+        plan = self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
+        return await self._acall(plan, (scope,), "aadd_turn")
 
     async def aadd_turns(self, turns: Iterable[NewTurn]) -> list[tuple[Memory, Memory]]:
         """Async :meth:`add_turns`.
 
         Cancelled: as :meth:`aadd` (stored once the owner thread started it).
         """
-        return await self._acall(self._plan_add_turns(turns))
+        turns = list(turns)
+        plan = self._plan_add_turns(turns)
+        return await self._acall(plan, [t.scope for t in turns], "aadd_turns")
 
     async def aget(self, id: str) -> Memory:
         """Async :meth:`get`."""
-        return await self._acall(KeepsPending(lambda c: c.get(id)))
+        return await self._acall(KeepsPending(lambda c: c.get(id)), what="aget")
 
     async def adelete(self, ids: str | Iterable[str]) -> int:
         """Async :meth:`delete`."""
         ids_ = _ids(ids)
-        return await self._acall(lambda c: c.delete(ids_))
+        return await self._acall(lambda c: c.delete(ids_), what="adelete")
 
     async def asearch(
         self,
@@ -529,8 +539,8 @@ class HelaMemory(UpkeepMethods):
     ) -> SearchResult:
         """Async :meth:`search`.
 
-        Sees the turns recorded before it as :meth:`search` does; it waits
-        for them without blocking the event loop.
+        Sees the turns recorded before it as :meth:`search` does, waiting
+        for them without blocking the event loop (as every async twin does).
 
         Cancelling it (``asyncio.wait_for``, a cancelled task) before the owner
         thread starts the search cancels it; once started, the search runs to
@@ -549,8 +559,7 @@ class HelaMemory(UpkeepMethods):
             max_tokens,
             count_tokens,
         )
-        await self._await_recorded(scope)  # without blocking the event loop
-        result = await self._acall(plan)
+        result = await self._acall(plan, (scope,), "asearch")
         note_used(result.ids)
         return result
 
@@ -559,26 +568,28 @@ class HelaMemory(UpkeepMethods):
     ) -> list[str]:
         """Async :meth:`find_ids` (waits for recorded turns without blocking the event loop)."""
         plan = self._plan_find_ids(scope, metadata, limit)
-        await self._await_recorded(scope)
-        return await self._acall(plan)
+        return await self._acall(plan, (scope,), "afind_ids")
 
     async def areinforce(self, ids: Iterable[str]) -> int:
         """Async :meth:`reinforce`."""
         ids_ = _ids(ids)
-        return await self._acall(KeepsPending(lambda c: c.reinforce(ids_)))
+        return await self._acall(KeepsPending(lambda c: c.reinforce(ids_)), what="areinforce")
 
     async def alist_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:
         """Async :meth:`list_scopes`."""
-        return await self._acall(KeepsPending(lambda c: c.list_scopes(prefix)))
+        plan = KeepsPending(lambda c: c.list_scopes(prefix))
+        return await self._acall(plan, _under(prefix), "alist_scopes")
 
     async def adecay(self, scope: Sequence[str] | None = None) -> dict[str, int]:
         """Async :meth:`decay`."""
-        return await self._acall(lambda c: c.decay(scope))
+        return await self._acall(lambda c: c.decay(scope), _under(scope), "adecay")
 
     async def astats(self, scope: Sequence[str] | None = None) -> Stats:
         """Async :meth:`stats`."""
-        return self._with_usage(await self._acall(lambda c: c.stats(scope)))
+        return self._with_usage(
+            await self._acall(lambda c: c.stats(scope), _under(scope), "astats")
+        )
 
     async def areindex(self, *, reembed: bool = False) -> int:
         """Async :meth:`reindex`."""
-        return await self._acall(lambda c: c.reindex(reembed))
+        return await self._acall(lambda c: c.reindex(reembed), what="areindex")

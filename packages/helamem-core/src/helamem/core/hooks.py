@@ -29,17 +29,21 @@ Design:
 * :meth:`TurnRecorder.turn` opens a turn context that notes the ids of every
   search made inside it (see :func:`helamem.core.context.collect_used`) and
   records the turn with them as ``used_ids`` on exit.
-* A search sees every turn recorded before it: the memory knows (weakly)
-  its recorders that have turns not yet stored, and each :meth:`~helamem.core.HelaMemory.search` /
-  ``asearch`` (with or without ``max_tokens``) first waits until the turns
-  they accepted before it, in the scopes it searches (the scope or every
-  scope under the prefix), are stored or failed; ``search`` waits in its
-  caller's thread, ``asearch`` without blocking the event loop. It does not
-  wait for consolidations, nor for turns of other scopes or recorded after
-  it began; with none pending anywhere it checks one empty set. The wait
-  is bounded by ``search_wait_timeout`` (a stuck store, or a lane still in
-  the consolidation its earlier turns triggered): then the search runs
-  anyway and logs one WARNING. A search on the memory's owner thread (an
+* Every call of the memory sees every turn recorded before it: the memory
+  knows (weakly) its recorders that have turns not yet stored, and each
+  read (:meth:`~helamem.core.HelaMemory.search`, ``get``, ``stats``,
+  ``list_scopes``, ``find_ids``, ``export_scope``...) or write that depends
+  on what is stored (``delete``, ``reinforce``, adds, ``consolidate``,
+  ``forget``, ``delete_scope``, ``import_scope``...), sync or async, first
+  waits until the turns they accepted before it, in the scopes it touches
+  (the scope or every scope under the prefix; every scope for a call by
+  id), are stored or failed; a sync call waits in its caller's thread, an
+  async twin without blocking the event loop. It does not wait for
+  consolidations, nor for turns of other scopes or recorded after it
+  began; with none pending anywhere it checks one empty set. The wait is
+  bounded by ``search_wait_timeout`` (a stuck store, or a lane still in
+  the consolidation its earlier turns triggered): then the call runs
+  anyway and logs one WARNING. A call on the memory's owner thread (an
   overridden ``aconsolidate``, say) never waits: it would wait for itself.
 
 The recorder never closes the memory it writes to; close the recorder first.
@@ -136,10 +140,11 @@ class TurnRecorder(RecorderWorker):
             one WARNING log line. A batch already being stored gets up to 2 s
             more, so that count is exact. Consolidations that would fall due
             meanwhile are skipped (the next one covers their turns).
-        search_wait_timeout: Most seconds a search of ``memory`` (``search``,
-            ``asearch``) waits for this recorder's turns accepted before it
-            in the scopes it searches to be stored (or fail); past that it
-            searches without them and logs one WARNING. ``0``: never wait.
+        search_wait_timeout: Most seconds a call of ``memory`` (a search,
+            ``get``, ``stats``, ``delete``...) waits for this recorder's turns
+            accepted before it in the scopes it reads to be stored (or
+            fail); past that it runs without them and logs one WARNING.
+            ``0``: never wait.
 
     Raises:
         InvalidInputError: On a bad ``max_pending``, ``consolidate_every``,

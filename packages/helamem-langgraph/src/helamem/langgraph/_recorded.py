@@ -97,7 +97,8 @@ def recorded_items(
         return list(core.store.db.execute(sql, params))
 
     out = []
-    for mid, path, kind, content, role, event, created in memory._call(rows):
+    # after the turns a TurnRecorder accepted before this call under ``prefix``
+    for mid, path, kind, content, role, event, created in memory._call(rows, (prefix,)):
         when = datetime.fromtimestamp(created, UTC)
         value = {
             "content": content,
