@@ -82,6 +82,12 @@ def _story(mem: HelaMemory) -> list[str]:
     return ids
 
 
+def _more(mem: HelaMemory) -> None:
+    """Episodes that change the story's clusters (a consolidation has new ones to distil)."""
+    for i in range(5, 8):
+        mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
+
+
 def test_distillation_stores_facts_with_provenance(
     tmp_path: Path, store_config: StoreConfig
 ) -> None:
@@ -223,15 +229,16 @@ def test_near_identical_facts_update_instead_of_duplicating(
     tmp_path: Path, store_config: StoreConfig
 ) -> None:
     def same_fact(messages: list[dict[str, str]]) -> str:
-        labels = re.findall(r"\[(E\d+)\]", messages[-1]["content"])
-        return json.dumps(
-            {"facts": [{"text": "Alice has a cat named Miso", "sources": labels[:1]}]}
-        )
+        shown = re.findall(r"\[(E\d+)\] (?:\w+: )?(.*)", messages[-1]["content"])
+        new = [label for label, text in shown if text.strip()[-1] in "567"]  # from _more
+        sources = (new or [label for label, _ in shown])[:8]
+        return json.dumps({"facts": [{"text": "Alice has a cat named Miso", "sources": sources}]})
 
     llm = ScriptedLLM(*[same_fact] * 5)
     with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         first = mem.consolidate(S)
+        _more(mem)  # new episodes: new clusters to distil
         second = mem.consolidate(S)
         assert first.facts_added == 1
         assert second.facts_added == 0
@@ -257,6 +264,7 @@ def test_a_rewritten_fact_gets_the_new_texts_shape_and_keywords(
     with _mem(tmp_path, store_config, llm) as mem:
         _story(mem)
         first = mem.consolidate(S)
+        _more(mem)
         assert mem.consolidate(S).facts_updated == 1
         fid = first.fact_ids[0]
         fact = mem.get(fid)

@@ -38,7 +38,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ConsolidationReport:
-    """What one consolidation did."""
+    """What one consolidation changed (a consolidation with nothing new changes nothing
+    and reports zeros, except ``hubs`` and ``skipped_unchanged``, what it examined).
+
+    Attributes:
+        scopes: Scopes whose clusters it distilled.
+        similarity_edges: Similarity edges it added or strengthened.
+        hubs: Hubs it found in the scopes' graphs (examined, changed or not).
+        clusters: Clusters it distilled (and recorded as distilled).
+        skipped_unchanged: Clusters it met already distilled, left alone.
+        facts_added: Facts it stored.
+        facts_updated: Facts stored before that it changed (a near-identical new
+            fact rewrote their text, provenance or time); each counts once.
+        facts_dropped: Drafts not stored (citing nothing known, mixing scopes,
+            or of a cluster that changed or was distilled meanwhile).
+        fact_ids: The facts it added or changed, each once.
+    """
 
     scopes: int = 0
     similarity_edges: int = 0
@@ -152,10 +167,12 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
             members = build_cluster(hub, live, cfg.cluster_size)
             member_ids = [ids[position[n]] for n in members]
             sig = signature(member_ids)
+            # a known cluster takes its members as it did when it was distilled, so the
+            # hubs inside it never seed overlapping clusters of the same episodes
+            taken.update(members)
             if store.cluster_known(sid, sig, max(rows[n].created_at for n in members)):
                 skipped += 1
                 continue
-            taken.update(members)
             clusters.append(
                 ClusterPlan(
                     scope_id=sid,
@@ -205,8 +222,8 @@ def apply_consolidation(
     dim = core.embedder.dimension
     existing: dict[int, tuple[list[MemoryRow], np.ndarray]] = {}
     added: list[tuple[int, str]] = []
-    updated: list[MemoryRow] = []
-    fact_ids: list[str] = []
+    updated: set[str] = set()  # facts this run changed that it did not add
+    fact_ids: list[str] = []  # facts added or changed
     now = time.time()
     with store.tx() as db:
         # under the writer lock: which clusters lost a member since the distiller saw
@@ -237,6 +254,10 @@ def apply_consolidation(
             if best >= 0 and float(mat[best] @ vec) >= cfg.dedup_cos:
                 old = facts[best]
                 prov = list(dict.fromkeys([*json.loads(old.provenance), *src]))
+                when = max(event_time, old.event_time)
+                same = draft.text == old.content and prov == json.loads(old.provenance)
+                if same and when == old.event_time:
+                    continue  # it restates the fact with what it cites already: no change
                 tags = " ".join(scope_tag(a, "semantic") for a in store.ancestors(sid))
                 store.update_fact(
                     db,
@@ -246,12 +267,14 @@ def apply_consolidation(
                     tags=tags,
                     keywords=dump_json(keywords(safe_text(draft.text)), "keywords"),
                     provenance=dump_json(prov, "provenance"),
-                    event_time=max(event_time, old.event_time),
+                    event_time=when,
                     embedding=vec.tobytes(),
                 )
                 mat[best] = vec
-                updated.append(old)
-                fact_ids.append(old.id)
+                facts[best] = store.rows_by_n([old.n])[old.n]  # a later draft merges into this
+                if old.id not in fact_ids:  # one fact added or updated counts once
+                    updated.add(old.id)
+                    fact_ids.append(old.id)
                 continue
             p = prepare(
                 NewMemory(draft.text, core._scope(sid), None, event_time),
@@ -270,21 +293,21 @@ def apply_consolidation(
             by_scope.setdefault(store.rows_by_n([n])[n].scope_id, []).append(n)
         for sid, ns in by_scope.items():
             core._reinforce_tx(db, ns, sid, core._ticks([sid])[sid])
-        for c in plan.clusters:
-            if (c.scope_id, c.signature) not in stale:
-                key = (c.scope_id, c.signature)
-                store.record_cluster(db, *key, c.ids[0], len(kept), newest[key])
+        recorded = [c for c in plan.clusters if (c.scope_id, c.signature) not in stale]
+        for c in recorded:
+            key = (c.scope_id, c.signature)
+            store.record_cluster(db, *key, c.ids[0], len(kept), newest[key])
     core.reconcile()  # index new and updated facts
     return ConsolidationReport(
-        scopes=len({c.scope_id for c in plan.clusters}),
+        scopes=len({c.scope_id for c in recorded}),
         similarity_edges=plan.similarity_edges,
         hubs=plan.hubs,
-        clusters=len(plan.clusters),
+        clusters=len(recorded),
         skipped_unchanged=plan.skipped_unchanged,
         facts_added=len(added),
         facts_updated=len(updated),
         facts_dropped=dropped,
-        fact_ids=tuple(dict.fromkeys(fact_ids)),
+        fact_ids=tuple(fact_ids),
     )
 
 
