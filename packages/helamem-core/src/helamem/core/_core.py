@@ -18,6 +18,7 @@ from ._base import Stats, scope_tag
 from ._ingest import IngestOps, prepare
 from ._reembed import ensure_embedder
 from ._search import SearchOps
+from .distill import distilled_from
 from .errors import (
     InvalidInputError,
     MemoryNotFoundError,
@@ -58,8 +59,9 @@ class Core(IngestOps, SearchOps):
         return len(set(ids))
 
     def _delete_tx(self, db: Any, ids: Sequence[str]) -> list[MemoryRow]:
-        """Delete memories ``ids`` (and the facts citing a deleted episode) in the caller's
-        write transaction; returns every row deleted, for :meth:`_drop_vectors` after it.
+        """Delete memories ``ids`` (and the facts citing a deleted episode, whose clusters
+        then count as never distilled) in the caller's write transaction; returns every
+        row deleted, for :meth:`_drop_vectors` after it.
 
         Raises:
             MemoryNotFoundError: An id is not a memory (nothing was deleted).
@@ -76,6 +78,8 @@ class Core(IngestOps, SearchOps):
         cited = self.store.facts_citing({r.scope_id for r in rows.values()}, episodes)
         gone = [*rows.values(), *(f for f in cited if f.id not in rows)]
         self.store.delete_memories(db, gone)
+        for f in cited:  # its clusters' other episodes rest on no fact now: distil them again
+            self.store.forget_clusters(db, f.scope_id, distilled_from(f.metadata))
         return gone
 
     def _drop_vectors(self, gone: Sequence[MemoryRow]) -> None:

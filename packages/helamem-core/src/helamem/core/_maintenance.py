@@ -19,7 +19,16 @@ import numpy as np
 
 from . import dynamics
 from ._core import Core, prepare, scope_tag
-from .distill import ClusterPlan, FactDraft, build_cluster, find_hubs, signature, similarity_edges
+from .distill import (
+    DISTILLED_FROM,
+    ClusterPlan,
+    FactDraft,
+    build_cluster,
+    distilled_from,
+    find_hubs,
+    signature,
+    similarity_edges,
+)
 from .storage.base import EdgeRow, MemoryRow
 from .text import keywords, safe_text
 from .types import Memory, NewMemory, dump_json, normalize_scope
@@ -223,6 +232,7 @@ def apply_consolidation(
     existing: dict[int, tuple[list[MemoryRow], np.ndarray]] = {}
     added: list[tuple[int, str]] = []
     updated: set[str] = set()  # facts this run changed that it did not add
+    produced: dict[tuple[int, str], int] = {}  # cluster -> drafts stored (added or merged)
     fact_ids: list[str] = []  # facts added or changed
     now = time.time()
     with store.tx() as db:
@@ -250,14 +260,25 @@ def apply_consolidation(
                 existing[sid] = ([frows[n] for n in fns], _matrix(fembs, dim))
             facts, mat = existing[sid]
             event_time = max(present[i].event_time for i in src)
+            mine = {k for i in src for k in owners.get(i, ())}  # the clusters it comes from
+            for k in mine:
+                produced[k] = produced.get(k, 0) + 1
+            # recorded on its fact: distilled again if the fact goes (see Core._delete_tx)
+            came = {sig for s, sig in mine if s == sid}
             best = int(np.argmax(mat @ vec)) if len(facts) else -1
             if best >= 0 and float(mat[best] @ vec) >= cfg.dedup_cos:
                 old = facts[best]
                 prov = list(dict.fromkeys([*json.loads(old.provenance), *src]))
                 when = max(event_time, old.event_time)
+                meta = json.loads(old.metadata)
+                clusters = sorted(came.union(distilled_from(old.metadata)))
+                meta_json = dump_json({**meta, DISTILLED_FROM: clusters}, "metadata")
                 same = draft.text == old.content and prov == json.loads(old.provenance)
-                if same and when == old.event_time:
-                    continue  # it restates the fact with what it cites already: no change
+                if same and when == old.event_time:  # it restates the fact: no change
+                    if clusters != distilled_from(old.metadata):  # bookkeeping only
+                        store.set_metadata(db, old.n, meta_json)
+                        facts[best] = store.rows_by_n([old.n])[old.n]
+                    continue
                 tags = " ".join(scope_tag(a, "semantic") for a in store.ancestors(sid))
                 store.update_fact(
                     db,
@@ -269,6 +290,7 @@ def apply_consolidation(
                     provenance=dump_json(prov, "provenance"),
                     event_time=when,
                     embedding=vec.tobytes(),
+                    metadata=meta_json,
                 )
                 mat[best] = vec
                 facts[best] = store.rows_by_n([old.n])[old.n]  # a later draft merges into this
@@ -277,7 +299,9 @@ def apply_consolidation(
                     fact_ids.append(old.id)
                 continue
             p = prepare(
-                NewMemory(draft.text, core._scope(sid), None, event_time),
+                NewMemory(
+                    draft.text, core._scope(sid), None, event_time, {DISTILLED_FROM: sorted(came)}
+                ),
                 now=now,
                 kind="semantic",
                 provenance=src,
@@ -296,7 +320,7 @@ def apply_consolidation(
         recorded = [c for c in plan.clusters if (c.scope_id, c.signature) not in stale]
         for c in recorded:
             key = (c.scope_id, c.signature)
-            store.record_cluster(db, *key, c.ids[0], len(kept), newest[key])
+            store.record_cluster(db, *key, c.ids[0], produced.get(key, 0), newest[key])
     core.reconcile()  # index new and updated facts
     return ConsolidationReport(
         scopes=len({c.scope_id for c in recorded}),

@@ -8,6 +8,7 @@ LiteLLM model, one call per consolidation) and :class:`ExtractiveDistiller`
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -56,6 +57,26 @@ class FactDraft:
 
     text: str
     source_ids: tuple[str, ...]
+
+
+DISTILLED_FROM = "_helamem_clusters"
+"""A fact's metadata key: the signatures of the clusters distilled into it (a near-identical
+fact merged into it adds its clusters'), so that the clusters are distilled again when the
+fact goes with one of its episodes (:meth:`helamem.core._core.Core._delete_tx`)."""
+
+
+def distilled_from(metadata: str) -> list[str]:
+    """The cluster signatures a fact's metadata (JSON text) names; ``[]`` for none.
+
+    Examples:
+        >>> distilled_from('{"_helamem_clusters": ["ab", "cd"]}'), distilled_from("{}")
+        (['ab', 'cd'], [])
+    """
+    try:
+        found = json.loads(metadata).get(DISTILLED_FROM, [])
+    except (ValueError, AttributeError):  # not a JSON object: a fact of another writer
+        return []
+    return [s for s in found if isinstance(s, str)] if isinstance(found, list) else []
 
 
 def signature(ids: Sequence[str]) -> str:
@@ -213,12 +234,14 @@ class LLMDistiller:
         refs: dict[str, str],
         clusters: Sequence[ClusterPlan] = (),
     ) -> list[FactDraft]:
-        """Map labels back to ids; drop facts citing nothing known, bare labels, repeats.
+        """Map labels back to ids; drop facts citing nothing known and bare labels; fold
+        repeats into the first.
 
         A label is read as the prompt shows it or bare (``"[E1]"``, ``"E1"``).
-        A repeat is the same text for the same scope: two tenants' clusters may
-        each earn the same fact ("The user walks a dog every morning"), and each
-        keeps its own.
+        A repeat is the same text for the same scope (two tenants' clusters may
+        each earn the same fact, "The user walks a dog every morning", and each
+        keeps its own); the first keeps its text and takes the repeat's sources,
+        so the fact rests on every episode cited for it.
 
         Examples:
             >>> LLMDistiller._drafts([("Alice has a cat named Miso", ["[E1]", "E2"])],
@@ -233,7 +256,10 @@ class LLMDistiller:
             clean = " ".join(text.split())
             if not ids or len(clean) < 8 or _LABELS.fullmatch(clean):
                 continue
-            out.setdefault((scope_of.get(ids[0]), clean.lower()), FactDraft(clean, ids))
+            key = (scope_of.get(ids[0]), clean.lower())
+            first = out.get(key)  # a repeat adds its sources: it rests on them too
+            merged = ids if first is None else tuple(dict.fromkeys([*first.source_ids, *ids]))
+            out[key] = FactDraft(clean if first is None else first.text, merged)
         return list(out.values())
 
     def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:

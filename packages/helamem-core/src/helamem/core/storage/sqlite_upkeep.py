@@ -104,9 +104,10 @@ class SQLiteUpkeep(SQLiteConnection):
         provenance: str,
         event_time: float,
         embedding: bytes,
+        metadata: str | None = None,
     ) -> None:
-        """Rewrite a fact's text, provenance and vector (BM25 kept in step; re-index pending);
-        what derives from the text (keywords, the ``shape`` column) is rewritten with it."""
+        """Rewrite a fact's text, provenance, vector and (given) metadata (BM25 kept in step;
+        re-index pending); what derives from the text (keywords, ``shape``) is rewritten too."""
         stored = self._stored_text(search_text)
         self._unindex_texts(db, [row.n])  # first: PostgreSQL's reads the row's old tags
         sets: dict[str, object] = {
@@ -119,6 +120,7 @@ class SQLiteUpkeep(SQLiteConnection):
             "embedding": embedding,
             "indexed": 0,
             **self._tag_columns(tags),
+            **({} if metadata is None else {"metadata": metadata}),
         }
         db.execute(
             f"UPDATE memories SET {', '.join(f'{c} = ?' for c in sets)} WHERE n = ?",
@@ -314,6 +316,20 @@ class SQLiteUpkeep(SQLiteConnection):
     def delete_clusters(self, db: sqlite3.Connection, scope_ids: Sequence[int]) -> None:
         among, params = self.ids_in("scope_id", scope_ids)
         db.execute(f"DELETE FROM clusters WHERE {among}", params)
+
+    def forget_clusters(
+        self, db: sqlite3.Connection, scope_id: int, signatures: Sequence[str]
+    ) -> None:
+        """These clusters of a node count as never distilled (the next consolidation
+        distils them again)."""
+        db.executemany(
+            "DELETE FROM clusters WHERE scope_id = ? AND signature = ?",
+            [(scope_id, sig) for sig in signatures],
+        )
+
+    def set_metadata(self, db: sqlite3.Connection, n: int, metadata: str) -> None:
+        """Rewrite one memory's metadata (JSON text) alone."""
+        db.execute("UPDATE memories SET metadata = ? WHERE n = ?", (metadata, n))
 
     @contextmanager
     def read_tx(self) -> Iterator[None]:
