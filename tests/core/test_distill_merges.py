@@ -66,6 +66,7 @@ def test_a_fact_merged_from_two_clusters_and_deleted_has_both_distilled_again(
         assert (first.facts_added, second.facts_added, second.facts_updated) == (1, 0, 1)
         fact = mem.get(first.fact_ids[0])
         assert {mem.get(i).content for i in fact.provenance} == c1 | c2  # merged
+        assert fact.metadata == {}  # its clusters are the store's bookkeeping, not the user's
         assert c2 - c1
         mem.delete(ids[sorted(c2 - c1)[0]])  # the fact goes with it
         assert mem.stats(S).semantic == 0

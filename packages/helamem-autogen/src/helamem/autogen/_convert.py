@@ -11,7 +11,6 @@ from autogen_core.memory import MemoryContent, MemoryMimeType
 from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, UserMessage
 
 from helamem.core import Hit
-from helamem.core.distill import DISTILLED_FROM
 
 __all__ = [
     "MIME_KEY",
@@ -195,7 +194,6 @@ def content_of(hit: Hit) -> MemoryContent:
     m = hit.memory
     stored = dict(m.metadata)
     stored.pop(TURN_KEY, None)
-    stored.pop(DISTILLED_FROM, None)  # a fact's bookkeeping (the clusters it came from)
     kind = stored.pop(MIME_KEY, None)
     if kind is None:  # stored before MIME_KEY: the type is under mime_type
         kind = stored.pop("mime_type", None)

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import dynamics, retrieval
 from .config import HelaMemConfig
+from .distill import user_metadata
 from .embeddings import Embedder, check_vectors, token_embedder
 from .errors import (
     ConfigError,
@@ -575,7 +576,7 @@ class CoreBase:
             last_access=(
                 None if r.last_access is None else datetime.fromtimestamp(r.last_access, tz=UTC)
             ),
-            metadata={} if r.metadata == "{}" else json.loads(r.metadata),  # (most: no parse)
+            metadata=user_metadata(r.metadata),  # a fact's bookkeeping stays inside
             provenance=() if r.provenance == "[]" else tuple(json.loads(r.provenance)),
         )
 

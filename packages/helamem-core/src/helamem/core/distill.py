@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -77,6 +77,20 @@ def distilled_from(metadata: str) -> list[str]:
     except (ValueError, AttributeError):  # not a JSON object: a fact of another writer
         return []
     return [s for s in found if isinstance(s, str)] if isinstance(found, list) else []
+
+
+def user_metadata(metadata: str) -> dict[str, Any]:
+    """A memory's metadata (JSON text) as its owner sees it: without :data:`DISTILLED_FROM`.
+
+    Examples:
+        >>> user_metadata('{"_helamem_clusters": ["ab"], "topic": "tea"}'), user_metadata("{}")
+        ({'topic': 'tea'}, {})
+    """
+    if metadata == "{}":  # most memories: no parse
+        return {}
+    meta: dict[str, Any] = json.loads(metadata)
+    meta.pop(DISTILLED_FROM, None)
+    return meta
 
 
 def signature(ids: Sequence[str]) -> str:
