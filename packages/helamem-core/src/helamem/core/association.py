@@ -6,10 +6,11 @@ deserves a slot depends on more than its boost: how strongly the query
 matches the seed it came from, how far it lies from that seed and in which
 direction, whether the seed asks a question it answers. This module scores
 every candidate (the pool and the memories spreading reached) with a
-logistic model over those signals, fitted on the LoCoMo dev split by
-leave-one-conversation-out (``benchmarks/association_reranker.py``), and the
-usual :func:`helamem.core.dynamics.select` then keeps the base top-k except
-for at most ``max_flipped`` (and ``association_share``) candidates the model
+linear model over those signals (a logit), fitted pairwise on the LoCoMo dev
+split and chosen by leave-one-conversation-out
+(``benchmarks/association_reranker.py``), and the usual
+:func:`helamem.core.dynamics.select` then keeps the base top-k except for
+at most ``max_flipped`` (and ``association_share``) candidates the model
 ranks above base hits, each passing ``association_gate``.
 
 Everything here is a pure function of the arrays the engine already read.
@@ -78,36 +79,38 @@ make an edge that learning strengthened count against its memory.
 _COL = {f: i for i, f in enumerate(FEATURES)}
 
 ASSOCIATION_MODEL: tuple[tuple[str, float], ...] = (
-    ("bias", -5.0775),
-    ("maxsim", 1.3009),
-    ("cosine", -0.3113),
-    ("bm25_share", 2.592),
-    ("bm25_match", -0.5611),
-    ("question", -0.9448),
-    ("base", -2.1038),
-    ("base_rank", 0.3578),
-    ("top_k", 0.4055),
-    ("length", 0.7743),
-    ("neighbour", -1.5821),
-    ("seed_maxsim", -0.1729),
-    ("seed_base", 4.1667),
-    ("seed_rank", 1.0913),
-    ("before_2", -0.7531),
-    ("before_1", -1.5192),
-    ("after_1", -1.8355),
-    ("after_2", -0.4456),
-    ("answer", 2.2405),
-    ("named", 1.5402),
+    ("bias", 0.0),
+    ("maxsim", 1.7562),
+    ("cosine", -0.279),
+    ("bm25_share", 3.0164),
+    ("bm25_match", -0.3917),
+    ("question", -1.0425),
+    ("base", -4.7566),
+    ("base_rank", 0.048),
+    ("top_k", 0.3123),
+    ("length", 0.8272),
+    ("neighbour", -3.9187),
+    ("seed_maxsim", 0.036),
+    ("seed_base", 10.501),
+    ("seed_rank", -0.0373),
+    ("before_2", -2.7576),
+    ("before_1", -2.9963),
+    ("after_1", -3.0466),
+    ("after_2", -2.1568),
+    ("answer", 1.5348),
+    ("named", 1.4095),
 )
-"""The default ``RetrievalConfig.association_model``: logistic weights over
-:data:`FEATURES` (raw feature units), fitted on all
-seven conversations of the LoCoMo dev split with MiniLM
-(``benchmarks/association_reranker.py --fit``; the benchmarks store each
-turn with its speaker as ``role``). ``named`` is fitted last with the other
-weights frozen at their fit without it, so a store whose roles no query
-names ranks exactly as without the feature. Held out, each conversation
-scored by weights fitted on the other six, R@10 at 10 hits is 0.833 against
-0.783 for ``selection="final"`` and 0.749 for fusion (README, Benchmarks)."""
+"""The default ``RetrievalConfig.association_model``: weights over
+:data:`FEATURES` (raw feature units), fitted on all seven conversations of
+the LoCoMo dev split with MiniLM (``benchmarks/association_reranker.py
+--fit``; the benchmarks store each turn with its speaker as ``role``) by a
+pairwise objective: every evidence turn should outscore every other candidate
+of its question (the selection only compares candidates of one search, so the
+bias is 0 and plays no part). ``named`` is fitted last with the other weights
+frozen at their fit without it, so a store whose roles no query names ranks
+exactly as without the feature. Held out, each conversation scored by weights
+fitted on the other six, R@10 at 10 hits is 0.835 against 0.785 for
+``selection="final"`` and 0.750 for fusion (README, Benchmarks)."""
 
 
 @dataclass(frozen=True, slots=True)
