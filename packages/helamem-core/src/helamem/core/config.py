@@ -148,8 +148,8 @@ class RetrievalConfig(_Frozen):
             the reference implementation's top-k plus the association hits
             (up to ``k + max_flipped``). See :func:`helamem.core.dynamics.select`.
         association_model: ``(feature, weight)`` pairs (and ``"bias"``) of
-            the logistic model that ``selection="learned"`` scores candidates
-            with; the default was fitted on the LoCoMo dev split (see the
+            the linear model (a logit) that ``selection="learned"`` scores
+            candidates with; the default was fitted pairwise on the LoCoMo dev split (see the
             README's Benchmarks section for its leave-one-conversation-out
             figures).
         association_share: Within k (``selection`` "learned", "final" or "base"),
@@ -159,10 +159,10 @@ class RetrievalConfig(_Frozen):
             only if its relevance is at least the base hit's minus this margin
             (0: never a more relevant memory; 1: no gate). 0.5 and
             ``association_share`` 0.5 were chosen with ``selection="learned"``
-            by leave-one-conversation-out on the LoCoMo dev split (7 of 7
-            folds; held-out R@10 0.833, the same as no gate; gate 0.2 gave
-            0.814, share 0.2 0.823: README, "The learned selection");
-            ``selection="final"`` was chosen at share 0.2 and gate 0.2.
+            by leave-one-conversation-out on the LoCoMo dev split (held-out
+            R@10 0.835 with the pairwise weights, the same as no gate;
+            README, "The learned selection"); ``selection="final"`` was
+            chosen at share 0.2 and gate 0.2.
         association_keep: A base hit whose relevance is this or more (an
             exact match: on LoCoMo a stored turn's own text scores 1.0) is
             never displaced by an association hit, whatever the model or
