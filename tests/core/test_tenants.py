@@ -12,10 +12,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import resource
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from own_vectors import lost
 from pg_server import schema_for
 
 SMALL_LIMIT = 256
@@ -29,8 +29,6 @@ def _tenants(
     large: int,
     out: mp.Queue,  # type: ignore[type-arg]
 ) -> None:
-    import numpy as np
-
     from helamem.core import (
         ChromaConfig,
         HashingEmbedder,
@@ -68,17 +66,7 @@ def _tenants(
             problems.append(f"unindexed={st.unindexed} vectors={st.vectors} of {st.memories}")
         assert m.search("tenant note", ("t",), k=10, learn=False).hits  # the whole prefix
 
-        def lost(core: Any) -> int:
-            db = core.store.db
-            rows = db.execute("SELECT id, scope_id, kind, embedding FROM memories").fetchall()
-            bad = 0
-            for mid, sid, kind, emb in rows:
-                vec = np.frombuffer(emb, dtype=np.float32)
-                found = [i for i, _ in core.index.query(vec, 3, [int(sid)], str(kind))]
-                bad += mid not in found
-            return bad
-
-        if (n_lost := m._call(lost)) != 0:
+        if (n_lost := len(m._call(lambda core: lost(core, k=3)))) != 0:
             problems.append(f"{n_lost} memories not found by their own vector")
         for s in range(scopes):
             got = m.search(f"word{s}x1", ("t", str(s)), k=1, learn=False).ids
