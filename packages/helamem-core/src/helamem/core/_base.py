@@ -472,14 +472,15 @@ class CoreBase:
                 self._index_rows(rows)
                 total += len(rows)
             return total
-        rebuild()  # small scopes need nothing; large ones are copied from SQLite
+        rebuild()  # small scopes need nothing; large ones are copied (and marked) from SQLite
         for rows in self.store.all_rows():
             bad = [r for r in rows if r.embedding is None or len(r.embedding) != 4 * dim]
             if bad:
                 self._index_rows(bad)
-            skip = {r.n for r in bad}
-            self.store.mark_indexed([(r.n, r.id) for r in rows if r.n not in skip])
             total += len(rows)
+        # never marked blindly: a row another writer added or rewrote after the rebuild
+        # read its scope is not in HNSW; unindexed rows are upserted, then marked
+        self.reconcile(expected=True)
         return total
 
     # -- helpers ---------------------------------------------------------
