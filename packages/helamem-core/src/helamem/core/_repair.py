@@ -82,6 +82,12 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
             " (SELECT 1 FROM memories m WHERE m.n = scopes.last_episode)"
         )
         store._fts_writes += 1  # the term statistics cache is stale
+        # the tantivy index (derived from FTS5) is rebuilt by whichever store holds it,
+        # in this process or another (key 0 in its log: everything changed)
+        db.execute(
+            "INSERT INTO lexical_log(n) SELECT 0"
+            " WHERE EXISTS (SELECT 1 FROM meta WHERE key = 'lexical_index')"
+        )
     if not vectors:  # core.reindex drops it otherwise
         core.drop_lexical()
     return RepairReport(rows, int(dropped), core.reindex(reembed) if vectors else 0)

@@ -13,7 +13,9 @@ derived from it, like the vector index:
   only grow, and SQLite's single writer commits them in order, so the rows
   above the mark are exactly the ones not yet here), minus what changed since:
   every delete or rewrite of a memory appends its key to ``lexical_log``
-  (an SQLite trigger, so every process logs, in the same transaction).
+  (an SQLite trigger, so every process logs, in the same transaction); a
+  repair that rebuilds FTS5 (``helamem reindex``, in any process) logs key 0,
+  and the holder then rebuilds the index from FTS5.
 * **Freshness.** Every add and search of the holder first applies the log
   and, when more than ``lexical_index_tail`` rows lie above the mark, adds
   them (at most ``chunk`` at a time, about a second per 50,000; while more
@@ -436,6 +438,9 @@ class LexicalIndex:
                         (seq, mark),
                     )
                 ]
+                if _STATE in ns:  # FTS5 rebuilt whole (a repair): so is this index
+                    self._writer.delete_all_documents()
+                    ns, mark = [], 0
                 if ns:  # rows above the mark are read whole when added
                     self._writer.delete_documents_by_query(
                         tantivy.Query.term_set_query(self._schema, "n", ns)
