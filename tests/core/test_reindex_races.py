@@ -125,3 +125,41 @@ def test_a_write_during_a_rebuild_is_not_lost(
     finally:
         a.close()
         b.close()
+
+
+def test_a_delete_while_a_lost_collection_is_refilled_does_not_come_back(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    path = tmp_path / "s"
+    a = _open(path, store_config)
+    b = _open(path, store_config)
+    try:
+        ids = [a.add(f"note {i} about topic {i * 7919 % 1000}", SCOPE).id for i in range(12)]
+        target = ids[4]
+        done: list[bool] = []
+
+        def patch(c: Any) -> None:
+            # the collection deleted behind the store (a Chroma server restarted empty)
+            key = next(iter(c.index._exact.promoted()))
+            c.index._client.delete_collection(c.index._name(*key))
+            c.index._cols.clear()
+            real = c.index._exact.batches
+
+            def batches(*args: Any, **kwargs: Any) -> Any:
+                for part in real(*args, **kwargs):
+                    if not done:  # the second object deletes after the refill read its rows
+                        done.append(True)
+                        b.delete(target)
+                    yield part
+
+            c.index._exact.batches = batches
+
+        a._call(patch)
+        a.add("a write to the scope refills its collection", SCOPE)
+        a.flush()  # the batched write of the add: it meets the collection gone
+        assert done, "the refill never ran"
+        assert target not in set(a._call(lambda c: c.index.all_ids()))
+        assert _stale(a) == []
+    finally:
+        a.close()
+        b.close()
