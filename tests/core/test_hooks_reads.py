@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from test_hooks import DictIndex
 
 from helamem.core import (
+    ConsolidationReport,
     HashingEmbedder,
     HelaMemConfig,
     HelaMemory,
@@ -190,4 +192,47 @@ def test_each_operation_sees_the_turn_recorded_just_before_it(
             asyncio.run(run())
         # the turn was stored before the operation returned (or stored a turn): it waited
         assert mem.stored[:1] == ["recorded just before"], name
+    mem.close()
+
+
+# -- the recorder's own work never waits for itself ----------------------------------
+
+
+class OffloadingMemory(HelaMemory):
+    """Overrides the recorder's async hooks the way the docs allow, handing the sync
+    calls (and a read) to a thread: those calls run inside the lane's own work."""
+
+    reads: list[int]
+
+    async def aadd_turns(self, turns: Iterable[NewTurn]) -> list[Any]:
+        stored = await asyncio.to_thread(self.add_turns, list(turns))
+        self.reads.append((await asyncio.to_thread(self.stats, ALICE)).episodic)
+        return stored
+
+    async def aconsolidate(self, scope: Sequence[str]) -> ConsolidationReport:
+        return await asyncio.to_thread(self.consolidate, scope)
+
+
+def test_calls_a_lane_hands_to_a_thread_do_not_wait_for_its_own_turns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, ``add_turns`` called from an overridden ``aadd_turns`` through
+    ``asyncio.to_thread`` waited ``search_wait_timeout`` for the very turn it was
+    storing (then stored it, with a WARNING), every batch."""
+    mem = OffloadingMemory(
+        HelaMemConfig(path=tmp_path / "store"),
+        embedder=HashingEmbedder(64),
+        vector_index=DictIndex(),
+    )
+    mem.reads = []
+    with TurnRecorder(mem, consolidate_every=2, search_wait_timeout=WAIT) as rec:
+        started = time.monotonic()
+        rec.record_turn_sync(ALICE, "alice likes tea", "noted")
+        rec.record_turn_sync(ALICE, "alice likes jazz", "noted")
+        rec.flush_sync()
+        took = time.monotonic() - started
+    assert took < WAIT / 2  # no self-wait (WAIT is 30 s)
+    assert mem.stats(ALICE).episodic == 4
+    assert mem.reads and mem.reads[-1] == 4  # the lane's own read sees what it stored
+    assert not [r for r in caplog.records if "still not stored" in r.getMessage()]
     mem.close()

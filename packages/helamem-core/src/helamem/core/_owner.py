@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from . import _exit
 from ._core import Core
+from ._recorder_types import IN_RECORDER_LANE
 from .config import HelaMemConfig
 from .distill import Distiller
 from .embeddings import Embedder, create_embedder
@@ -309,9 +310,17 @@ class OwnedCore:
         self, sees: Sequence[Sequence[str]] | None
     ) -> tuple[list[_Recorder], tuple[tuple[str, ...], ...]]:
         """The recorders a call seeing ``sees`` must wait for, and the prefixes: none on
-        the owner thread (where their lanes run: waiting would wait for itself), once
-        closed (the call raises), or for ``sees=None``."""
-        if sees is None or not self._recorders or self._closed or self._on_owner_thread():
+        the owner thread or inside a recorder's lane (a thread its ``aadd_turns`` or
+        ``aconsolidate`` started: waiting would wait for itself), once closed (the call
+        raises), in a forked child (the recorders are the parent's), or for ``sees=None``."""
+        if (
+            sees is None
+            or not self._recorders
+            or self._closed
+            or self._on_owner_thread()
+            or IN_RECORDER_LANE.get()
+            or self._pid not in (None, os.getpid())
+        ):
             return [], ()
         prefixes = tuple(dict.fromkeys(normalize_prefix(s) for s in sees))
         if () in prefixes:

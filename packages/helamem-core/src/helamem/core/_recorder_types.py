@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
+    "IN_RECORDER_LANE",
     "Job",
     "RecorderClosedError",
     "RecorderFullError",
@@ -27,6 +29,12 @@ __all__ = [
     "make_job",
     "resolve",
 ]
+
+IN_RECORDER_LANE: ContextVar[bool] = ContextVar("helamem_in_recorder_lane", default=False)
+"""True inside a turn recorder's lane (its ``aadd_turns`` and ``aconsolidate``, and
+whatever they hand to a thread: ``asyncio.to_thread`` copies the context). A memory
+call made there does not wait for recorded turns: it would wait for the very turns
+the lane is storing (:meth:`helamem.core._owner.OwnedCore._call`)."""
 
 Stage = Literal["add_turn", "consolidate", "worker"]
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from . import _exit
 from ._recorder_state import RecorderState
-from ._recorder_types import Job, RecorderClosedError, Stage
+from ._recorder_types import IN_RECORDER_LANE, Job, RecorderClosedError, Stage
 from .errors import CommitUnknownError, StoreClosedError
 from .types import Scope
 
@@ -180,6 +180,7 @@ class RecorderWorker(RecorderState):
         )
 
     async def _run_lane(self, scope: Scope, slots: asyncio.Semaphore) -> None:
+        IN_RECORDER_LANE.set(True)  # this task's context (and threads it starts) only
         lane = self._lanes[scope]
         try:
             while lane:

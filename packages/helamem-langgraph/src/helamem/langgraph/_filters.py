@@ -13,8 +13,9 @@ store. A filter ``{field: condition}`` matches when every condition holds:
   booleans as 0/1, as every LangGraph store), two strings that are not
   numbers as strings (ISO dates: ``{"date": {"$gte": "2024-01-01"}}``, as
   ``SqliteStore`` and ``PostgresStore``; ``InMemoryStore`` raises there), and
-  never match a missing value, an object, a list, or a string against a
-  number (``InMemoryStore`` raises ``TypeError`` there).
+  never match a missing value, an object, a list, or a string that is not a
+  number against a number (``InMemoryStore`` raises ``TypeError`` there;
+  ``"10"`` against ``5`` compares as numbers).
 
 A field name is looked up as written; when the value has no such key and the
 name contains dots, it is read as a path (``"a.b"`` is ``value["a"]["b"]``),
@@ -112,7 +113,7 @@ def _apply(actual: Any, op: str, value: Any) -> bool:
         pass
     if isinstance(actual, str) and isinstance(value, str):  # ISO dates: as SqliteStore
         return _ORDER[op](actual, value)
-    return False  # a string against a number: never matches an order comparison
+    return False  # a non-numeric string against a number: never matches
 
 
 def _lookup(value: Any, key: str) -> Any:
