@@ -11,7 +11,8 @@ vector. Chroma alone does the same with those 40 vectors (2 to 6 builds in 300);
 then. That miss is Chroma's recall, not a memory the index lost, and it is the
 only miss excused here: :func:`lost` still reports a memory missing from its
 collection, one held there with another vector, one the collection's search can
-reach but the dense path did not return, and every miss of a scope scanned exactly.
+reach but the dense path did not return, every miss of a scope scanned exactly,
+and every unreachable one once there are more than two (or 5 % of the memories).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def lost(core: Any, ids: Collection[str] | None = None, k: int = 5) -> list[str]
         "SELECT id, scope_id, kind, embedding, indexed FROM memories"
     ).fetchall()
     out = sorted(set(ids or ()) - {str(r[0]) for r in rows})  # no memory at all
+    excused: list[str] = []
     for mid, sid, kind, emb, indexed in rows:
         if ids is not None and mid not in ids:
             continue
@@ -40,9 +42,13 @@ def lost(core: Any, ids: Collection[str] | None = None, k: int = 5) -> list[str]
         if mid in found:
             continue
         # an unindexed memory is scanned exactly beside HNSW: a miss is always lost
-        if not (int(indexed) == 1 and unreachable(core.index, (int(sid), str(kind)), mid, vec)):
+        if int(indexed) == 1 and unreachable(core.index, (int(sid), str(kind)), mid, vec):
+            excused.append(str(mid))
+        else:
             out.append(str(mid))
-    return out
+    # one or two outliers per build, not a graph that lost its edges (a smaller M,
+    # updates in place): more than that counts as lost
+    return out + excused if len(excused) > max(2, len(rows) // 20) else out
 
 
 def unreachable(index: Any, key: tuple[int, str], mid: str, vec: npt.NDArray[np.float32]) -> bool:
