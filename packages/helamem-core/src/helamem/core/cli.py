@@ -233,8 +233,10 @@ def _add_store_parsers(commands: Any) -> None:
         description=(
             "Load a file written by `helamem export` in one transaction (into a new store "
             "too: it takes the file's embedder unless --embedder says otherwise); the target "
-            "scope must hold no memories. Vectors are reused when the file's embedder is the "
-            "store's, else recomputed."
+            "scope must hold no memories, and the file's memory ids must not be in the store "
+            "(ids are kept: import into another store, or into the same one once the exported "
+            "scope is deleted). Vectors are reused when the file's embedder is the store's, "
+            "else recomputed."
         ),
     )
     _store_path(im)
