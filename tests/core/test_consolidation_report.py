@@ -47,15 +47,20 @@ def _labels(messages: list[dict[str, str]]) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in found}
 
 
-def test_a_consolidation_with_nothing_new_changes_and_reports_nothing(
-    tmp_path: Path, store_config: StoreConfig
-) -> None:
+def _extractive(tmp_path: Path, store_config: StoreConfig, max_clusters: int) -> HelaMemory:
+    """A store with the extractive distiller (no model)."""
     cfg = HelaMemConfig(
         path=tmp_path / "s",
         store=store_config(tmp_path / "s"),
-        consolidation=ConsolidationConfig(max_clusters=100),
+        consolidation=ConsolidationConfig(max_clusters=max_clusters),
     )
-    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:  # extractive: no model
+    return HelaMemory(cfg, embedder=HashingEmbedder(64))
+
+
+def test_a_consolidation_with_nothing_new_changes_and_reports_nothing(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    with _extractive(tmp_path, store_config, max_clusters=100) as mem:
         for i in range(12):
             mem.add_turn(S, f"I love my cat Miso, she is {i} and sleeps", f"Miso is lovely {i}")
             mem.add(f"I walk my dog Rex every morning {i}", S)
@@ -73,12 +78,7 @@ def test_a_consolidation_with_nothing_new_changes_and_reports_nothing(
 def test_with_a_small_max_clusters_runs_distil_the_rest_then_nothing(
     tmp_path: Path, store_config: StoreConfig
 ) -> None:
-    cfg = HelaMemConfig(
-        path=tmp_path / "s",
-        store=store_config(tmp_path / "s"),
-        consolidation=ConsolidationConfig(max_clusters=2),
-    )
-    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
+    with _extractive(tmp_path, store_config, max_clusters=2) as mem:
         for i in range(12):
             mem.add_turn(S, f"I love my cat Miso, she is {i} and sleeps", f"Miso is lovely {i}")
         runs = [mem.consolidate(S) for _ in range(30)]

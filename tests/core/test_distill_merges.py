@@ -35,6 +35,18 @@ def _blocks(messages: list[dict[str, str]]) -> list[frozenset[str]]:
     ]
 
 
+def _memory(tmp_path: Path, store_config: StoreConfig, llm: ScriptedLLM) -> HelaMemory:
+    """A store whose distiller is ``llm``, one cluster per consolidation."""
+    cfg = HelaMemConfig(
+        path=tmp_path / "s",
+        store=store_config(tmp_path / "s"),
+        llm=LLMConfig(model="gpt-4o-mini", backoff_s=0.0),
+        consolidation=ConsolidationConfig(max_clusters=1),
+    )
+    client = LLMClient(cfg.llm, completion=llm, acompletion=llm.acall, sleep=lambda s: None)
+    return HelaMemory(cfg, embedder=HashingEmbedder(64), llm=client)
+
+
 def test_a_fact_merged_from_two_clusters_and_deleted_has_both_distilled_again(
     tmp_path: Path, store_config: StoreConfig
 ) -> None:
@@ -48,14 +60,7 @@ def test_a_fact_merged_from_two_clusters_and_deleted_has_both_distilled_again(
         return json.dumps({"facts": [{"text": CAT, "sources": list(_labels(messages))}]})
 
     llm = ScriptedLLM(*[cite_all] * 40)
-    cfg = HelaMemConfig(
-        path=tmp_path / "s",
-        store=store_config(tmp_path / "s"),
-        llm=LLMConfig(model="gpt-4o-mini", backoff_s=0.0),
-        consolidation=ConsolidationConfig(max_clusters=1),
-    )
-    client = LLMClient(cfg.llm, completion=llm, acompletion=llm.acall, sleep=lambda s: None)
-    with HelaMemory(cfg, embedder=HashingEmbedder(64), llm=client) as mem:
+    with _memory(tmp_path, store_config, llm) as mem:
         ids: dict[str, str] = {}
         for i in range(10):
             u, a = mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
@@ -97,14 +102,7 @@ def test_a_fact_stated_twice_rests_on_the_sources_of_both(
         )
 
     llm = ScriptedLLM(twice)
-    cfg = HelaMemConfig(
-        path=tmp_path / "s",
-        store=store_config(tmp_path / "s"),
-        llm=LLMConfig(model="gpt-4o-mini", backoff_s=0.0),
-        consolidation=ConsolidationConfig(max_clusters=1),
-    )
-    client = LLMClient(cfg.llm, completion=llm, acompletion=llm.acall, sleep=lambda s: None)
-    with HelaMemory(cfg, embedder=HashingEmbedder(64), llm=client) as mem:
+    with _memory(tmp_path, store_config, llm) as mem:
         for i in range(5):
             mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
         report = mem.consolidate(S)
