@@ -4,7 +4,7 @@ without its vector in HNSW, never keeps a stale vector, never comes back."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,80 +86,81 @@ def _unindexed(m: HelaMemory) -> set[str]:
     )
 
 
-@pytest.mark.parametrize("change", ["add", "rewrite", "delete"])
-def test_a_write_during_a_rebuild_is_not_lost(
-    tmp_path: Path, store_config: StoreConfig, change: str
-) -> None:
-    path = tmp_path / "s"
-    a = _open(path, store_config)
-    b = _open(path, store_config)
+@pytest.fixture
+def pair(
+    tmp_path: Path, store_config: StoreConfig
+) -> Iterator[tuple[HelaMemory, HelaMemory, list[str]]]:
+    """Two store objects on one path (``b`` will act as another process) and the ids
+    of 12 notes ``a`` added."""
+    a = _open(tmp_path / "s", store_config)
+    b = _open(tmp_path / "s", store_config)
     try:
-        ids = [a.add(f"note {i} about topic {i * 7919 % 1000}", SCOPE).id for i in range(12)]
-        _as_another_process(b)
-        target = ids[3]
-        new: list[str] = []
-
-        def race() -> None:
-            if change == "add":
-                new.append(b.add("a note written during the rebuild", SCOPE).id)
-            elif change == "rewrite":
-                b._call(rewrite(target, "a text rewritten during the rebuild"))
-            else:
-                b.delete(target)
-
-        _race_after_rebuild(a, race)
-        a.reindex()
-        # whatever the rebuild did not copy stays unindexed (searched exactly) or is
-        # copied by the next reconcile: every memory is found by its own vector
-        assert _stale(a) == []
-        assert a._call(lost) == []
-        a._call(lambda c: c.reconcile())
-        assert _stale(a) == []
-        assert a._call(lost) == []
-        assert _unindexed(a) == set()
-        if change == "add":
-            hits = a.search("a note written during the rebuild", SCOPE, k=1, learn=False)
-            assert hits and hits[0].id == new[0]
-        if change == "delete":
-            assert target not in set(a._call(lambda c: c.index.all_ids()))
+        yield a, b, [a.add(f"note {i} about topic {i * 7919 % 1000}", SCOPE).id for i in range(12)]
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("change", ["add", "rewrite", "delete"])
+def test_a_write_during_a_rebuild_is_not_lost(
+    pair: tuple[HelaMemory, HelaMemory, list[str]], change: str
+) -> None:
+    a, b, ids = pair
+    _as_another_process(b)
+    target = ids[3]
+    new: list[str] = []
+
+    def race() -> None:
+        if change == "add":
+            new.append(b.add("a note written during the rebuild", SCOPE).id)
+        elif change == "rewrite":
+            b._call(rewrite(target, "a text rewritten during the rebuild"))
+        else:
+            b.delete(target)
+
+    _race_after_rebuild(a, race)
+    a.reindex()
+    # whatever the rebuild did not copy stays unindexed (searched exactly) or is
+    # copied by the next reconcile: every memory is found by its own vector
+    assert _stale(a) == []
+    assert a._call(lost) == []
+    a._call(lambda c: c.reconcile())
+    assert _stale(a) == []
+    assert a._call(lost) == []
+    assert _unindexed(a) == set()
+    if change == "add":
+        hits = a.search("a note written during the rebuild", SCOPE, k=1, learn=False)
+        assert hits and hits[0].id == new[0]
+    if change == "delete":
+        assert target not in set(a._call(lambda c: c.index.all_ids()))
 
 
 def test_a_delete_while_a_lost_collection_is_refilled_does_not_come_back(
-    tmp_path: Path, store_config: StoreConfig
+    pair: tuple[HelaMemory, HelaMemory, list[str]],
 ) -> None:
-    path = tmp_path / "s"
-    a = _open(path, store_config)
-    b = _open(path, store_config)
-    try:
-        ids = [a.add(f"note {i} about topic {i * 7919 % 1000}", SCOPE).id for i in range(12)]
-        target = ids[4]
-        done: list[bool] = []
+    a, b, ids = pair
+    target = ids[4]
+    done: list[bool] = []
 
-        def patch(c: Any) -> None:
-            # the collection deleted behind the store (a Chroma server restarted empty)
-            key = next(iter(c.index._exact.promoted()))
-            c.index._client.delete_collection(c.index._name(*key))
-            c.index._cols.clear()
-            real = c.index._exact.batches
+    def patch(c: Any) -> None:
+        # the collection deleted behind the store (a Chroma server restarted empty)
+        key = next(iter(c.index._exact.promoted()))
+        c.index._client.delete_collection(c.index._name(*key))
+        c.index._cols.clear()
+        real = c.index._exact.batches
 
-            def batches(*args: Any, **kwargs: Any) -> Any:
-                for part in real(*args, **kwargs):
-                    if not done:  # the second object deletes after the refill read its rows
-                        done.append(True)
-                        b.delete(target)
-                    yield part
+        def batches(*args: Any, **kwargs: Any) -> Any:
+            for part in real(*args, **kwargs):
+                if not done:  # the second object deletes after the refill read its rows
+                    done.append(True)
+                    b.delete(target)
+                yield part
 
-            c.index._exact.batches = batches
+        c.index._exact.batches = batches
 
-        a._call(patch)
-        a.add("a write to the scope refills its collection", SCOPE)
-        a.flush()  # the batched write of the add: it meets the collection gone
-        assert done, "the refill never ran"
-        assert target not in set(a._call(lambda c: c.index.all_ids()))
-        assert _stale(a) == []
-    finally:
-        a.close()
-        b.close()
+    a._call(patch)
+    a.add("a write to the scope refills its collection", SCOPE)
+    a.flush()  # the batched write of the add: it meets the collection gone
+    assert done, "the refill never ran"
+    assert target not in set(a._call(lambda c: c.index.all_ids()))
+    assert _stale(a) == []
