@@ -69,7 +69,9 @@ def make_store(config: HelaMemConfig) -> GraphStore:
                 f"installed ({exc}); pip install 'helamem-core[postgres]'"
             ) from exc
         return PostgresStore(config.store)
-    return SQLiteStore(config.path / "helamem.sqlite3", config.busy_timeout_s)
+    return SQLiteStore(
+        config.path / "helamem.sqlite3", config.busy_timeout_s, config.sqlite_mmap_mb
+    )
 
 
 def scope_tag(node: int, kind: str) -> str:

@@ -481,6 +481,10 @@ class HelaMemConfig(_Frozen):
     llm: LLMConfig = LLMConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
     busy_timeout_s: float = Field(30.0, gt=0.0)
+    # PRAGMA mmap_size of the SQLite store, in MiB: reads map the file instead of a
+    # read() per page (search's row reads about twice as fast at 100k memories,
+    # measured in bench scale); 0: off. Writes are unchanged.
+    sqlite_mmap_mb: int = Field(1024, ge=0, le=1_000_000)
     # None: the graph store is the SQLite file <path>/helamem.sqlite3 (the default);
     # a PostgresConfig: PostgreSQL tables, shared by processes on several machines
     store: PostgresConfig | None = None

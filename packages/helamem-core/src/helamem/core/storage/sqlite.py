@@ -21,6 +21,7 @@ from .sqlite_schema import (
     MEMORY_COLS,
     MIGRATIONS,
     SCHEMA_VERSION,
+    in_list,
     memory_row,
     qmarks,
     raw_content,
@@ -193,9 +194,9 @@ class SQLiteStore(SQLiteUpkeep):
         ns = list(ns)
         out: dict[int, MemoryRow] = {}
         for i in range(0, len(ns), 500):
-            chunk = ns[i : i + 500]
+            q, params = in_list(ns[i : i + 500])
             for r in self.db.execute(
-                f"SELECT {MEMORY_COLS} FROM memories WHERE n IN ({qmarks(len(chunk))})", chunk
+                f"SELECT {MEMORY_COLS} FROM memories WHERE n IN ({q})", params
             ):
                 row = memory_row(r)
                 out[row.n] = row
@@ -205,9 +206,9 @@ class SQLiteStore(SQLiteUpkeep):
         ids = list(ids)
         out: dict[str, MemoryRow] = {}
         for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
+            q, params = in_list(ids[i : i + 500])
             for r in self.db.execute(
-                f"SELECT {MEMORY_COLS} FROM memories WHERE id IN ({qmarks(len(chunk))})", chunk
+                f"SELECT {MEMORY_COLS} FROM memories WHERE id IN ({q})", params
             ):
                 row = memory_row(r)
                 out[row.id] = row
@@ -226,15 +227,12 @@ class SQLiteStore(SQLiteUpkeep):
             chunk_ids = id_list[i : i + 500]
             chunk_ns = n_list[j : j + 500 - len(chunk_ids)]
             i, j = i + len(chunk_ids), j + len(chunk_ns)
-            where = " OR ".join(
-                f"{col} IN ({qmarks(len(keys))})"
-                for col, keys in (("id", chunk_ids), ("n", chunk_ns))
-                if keys
-            )
+            lists = [(col, in_list(keys)) for col, keys in (("id", chunk_ids), ("n", chunk_ns))]
+            where = " OR ".join(f"{col} IN ({q})" for col, (q, p) in lists if p)
             for r in self.db.execute(
                 "SELECT n, id, scope_id, kind, event_time, embedding, shape, role"
                 f" FROM memories WHERE {where}",
-                [*chunk_ids, *chunk_ns],
+                [x for _, (_, p) in lists for x in p],
             ):
                 out[r[0]] = RankRow(
                     r[0], r[1], r[2], r[3], r[4], r[5], r[6] >> 1, bool(r[6] & 1), r[7]
@@ -269,12 +267,10 @@ class SQLiteStore(SQLiteUpkeep):
         ids = list(ids)
         out: dict[str, int] = {}
         for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
+            q, params = in_list(ids[i : i + 500])
             out.update(
                 (str(r[0]), int(r[1]))
-                for r in self.db.execute(
-                    f"SELECT id, n FROM memories WHERE id IN ({qmarks(len(chunk))})", chunk
-                )
+                for r in self.db.execute(f"SELECT id, n FROM memories WHERE id IN ({q})", params)
             )
         return out
 
@@ -304,10 +300,10 @@ class SQLiteStore(SQLiteUpkeep):
         """The stored token vectors of these memory keys (those that have them)."""
         out: dict[int, bytes] = {}
         for i in range(0, len(ns), 500):
-            chunk = list(ns[i : i + 500])
+            q, params = in_list(list(ns[i : i + 500]))
             out.update(
                 self.db.execute(
-                    f"SELECT n, data FROM token_vectors WHERE n IN ({qmarks(len(chunk))})", chunk
+                    f"SELECT n, data FROM token_vectors WHERE n IN ({q})", params
                 ).fetchall()
             )
         return out
@@ -439,12 +435,13 @@ class SQLiteStore(SQLiteUpkeep):
             stems = {t for w in words for t in self._stems[w]} - self._df.keys()
             if stems:
                 self._df.update(dict.fromkeys(stems, 0))
+                q, params = in_list(sorted(stems))
                 self._df.update(
                     (str(t), int(d))
                     for t, d in self.db.execute(
-                        f"SELECT term, doc FROM memories_fts_vocab WHERE term IN "
-                        f"({qmarks(len(stems))}) AND col = 'content'",
-                        tuple(stems),
+                        f"SELECT term, doc FROM memories_fts_vocab WHERE term IN ({q})"
+                        " AND col = 'content'",
+                        params,
                     )
                 )
         except sqlite3.Error as exc:

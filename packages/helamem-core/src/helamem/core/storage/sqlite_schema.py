@@ -33,6 +33,7 @@ __all__ = [
     "MEMORY_COLS",
     "SUBTREE",
     "memory_row",
+    "in_list",
     "qmarks",
     "text_shape",
     "scope_path",
@@ -328,6 +329,28 @@ def qmarks(n: int) -> str:
     return ",".join("?" * n)
 
 
+#: The lengths an ``IN (…)`` list is padded to (see :func:`in_list`).
+IN_SIZES = (8, 16, 32, 64, 128, 256, 512)
+
+
+def in_list(keys: Sequence[object]) -> tuple[str, list[object]]:
+    """The placeholders of an ``IN (…)`` list of ``keys`` and its parameters, padded
+    with NULL (which equals no row) to the next of :data:`IN_SIZES`.
+
+    So a statement's text repeats from call to call whatever the number of keys,
+    and the connection's statement cache reuses its compiled plan: compiling one
+    anew took about a third of a 90-row lookup at 100k memories (0.9 against
+    0.55 ms). Only for ``IN``: under ``NOT IN`` a NULL would match nothing.
+
+    Examples:
+        >>> in_list([3, 1])
+        ('?,?,?,?,?,?,?,?', [3, 1, None, None, None, None, None, None])
+    """
+    n = len(keys)
+    size = next((s for s in IN_SIZES if s >= n), n)
+    return qmarks(size), [*keys, *([None] * (size - n))]
+
+
 class SQLiteConnection:
     """One SQLite file: its connection, schema migrations, transactions and meta table."""
 
@@ -336,9 +359,10 @@ class SQLiteConnection:
     #: The SQL type of ``schema_version.applied_at`` (Unix seconds).
     _SECONDS_TYPE = "REAL"
 
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0, mmap_mb: int = 0) -> None:
         self._path = path
         self._timeout = busy_timeout_s
+        self._mmap_bytes = mmap_mb * 1024 * 1024  # PRAGMA mmap_size: reads only
         self._db: sqlite3.Connection | None = None
         self._stems: dict[str, tuple[str, ...]] = {}  # word -> its FTS5 tokens
         self._stemmer = False  # the temp tokenizing tables exist on this connection
@@ -403,6 +427,9 @@ class SQLiteConnection:
                     db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA foreign_keys=ON")
+                # reads through a memory map instead of a read() per page (writes still
+                # go through write(), so a full disk fails a write as before)
+                db.execute(f"PRAGMA mmap_size={self._mmap_bytes}")
                 try:  # SQLite built without its math functions: the co-activation update's
                     db.execute("SELECT POWER(2.0, 2)").fetchone()
                 except sqlite3.OperationalError:

@@ -15,6 +15,7 @@ from .sqlite_schema import (
     MEMORY_COLS,
     SUBTREE,
     SQLiteConnection,
+    in_list,
     memory_row,
     qmarks,
     raw_content,
@@ -87,7 +88,8 @@ class SQLiteUpkeep(SQLiteConnection):
         if not keys:
             return "1 = 0", []
         if len(keys) <= INLINE_IDS:
-            return f"{column} IN ({qmarks(len(keys))})", list(keys)
+            q, params = in_list(keys)
+            return f"{column} IN ({q})", params
         return cls._IDS_IN.format(column=column), [cls._id_list(keys)]
 
     # -- writes shared by both engines ---------------------------------------
