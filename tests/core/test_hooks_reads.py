@@ -13,17 +13,15 @@ import asyncio
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_hooks import DictIndex
+from test_hooks_search import _open_gates, gated, memory  # noqa: F401 (autouse: gates opened)
 
 from helamem.core import (
     ConsolidationReport,
-    HashingEmbedder,
-    HelaMemConfig,
     HelaMemory,
     NewMemory,
     NewTurn,
@@ -36,39 +34,11 @@ WAIT = 30.0  # search_wait_timeout: the waits in these tests end by themselves
 GATE_S = 0.3  # the recorded turn is stored this long after the call began
 
 
-class LoggedMemory(HelaMemory):
-    """Stores a recorded turn only once ``gate`` is set (the owner loop stays free
-    meanwhile) and notes, in ``stored``, the user message of every turn stored."""
-
-    gate: threading.Event
-    stored: list[str]
-
-    async def aadd_turns(self, turns: Iterable[NewTurn]) -> list[Any]:
-        turns = list(turns)
-        if not self.gate.is_set():
-            await asyncio.to_thread(self.gate.wait)
-        out = await super().aadd_turns(turns)
-        self.stored.extend(t.user for t in turns)
-        return out
-
-
-_GATES: list[threading.Event] = []
-
-
-@pytest.fixture(autouse=True)
-def _open_gates() -> Iterator[None]:
-    yield
-    while _GATES:
-        _GATES.pop().set()
-
-
 def logged(path: Path) -> Any:
-    mem = LoggedMemory(
-        HelaMemConfig(path=path), embedder=HashingEmbedder(64), vector_index=DictIndex()
-    )
-    mem.gate, mem.stored = threading.Event(), []
+    """A memory that stores every recorded turn only once its gate is set (open
+    until a test closes it) and notes each stored turn's user message in ``stored``."""
+    mem = gated(path)
     mem.gate.set()
-    _GATES.append(mem.gate)
     return mem
 
 
@@ -219,11 +189,7 @@ def test_calls_a_lane_hands_to_a_thread_do_not_wait_for_its_own_turns(
     """Before, ``add_turns`` called from an overridden ``aadd_turns`` through
     ``asyncio.to_thread`` waited ``search_wait_timeout`` for the very turn it was
     storing (then stored it, with a WARNING), every batch."""
-    mem = OffloadingMemory(
-        HelaMemConfig(path=tmp_path / "store"),
-        embedder=HashingEmbedder(64),
-        vector_index=DictIndex(),
-    )
+    mem = memory(tmp_path / "store", OffloadingMemory)
     mem.reads = []
     with TurnRecorder(mem, consolidate_every=2, search_wait_timeout=WAIT) as rec:
         started = time.monotonic()

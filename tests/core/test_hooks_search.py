@@ -37,17 +37,22 @@ WAIT = 30.0  # search_wait_timeout where a test expects the wait to end by itsel
 
 
 class GatedMemory(HelaMemory):
-    """Turns of a scope in ``gated`` are stored only once ``gate`` is set (the owner
-    loop stays free meanwhile: the wait runs in a worker thread)."""
+    """Turns of a scope in ``gated`` (of every scope when it is ``None``) are stored
+    only once ``gate`` is set (the owner loop stays free meanwhile: the wait runs in a
+    worker thread); ``stored`` notes the user message of every turn stored."""
 
     gate: threading.Event
-    gated: set[Scope]
+    gated: set[Scope] | None
+    stored: list[str]
 
     async def aadd_turns(self, turns: Iterable[NewTurn]) -> list[Any]:
         turns = list(turns)
-        if any(tuple(t.scope) in self.gated for t in turns) and not self.gate.is_set():
+        held = self.gated is None or any(tuple(t.scope) in self.gated for t in turns)
+        if held and not self.gate.is_set():
             await asyncio.to_thread(self.gate.wait)
-        return await super().aadd_turns(turns)
+        out = await super().aadd_turns(turns)
+        self.stored.extend(t.user for t in turns)
+        return out
 
 
 def memory(path: Path, cls: type[HelaMemory] = HelaMemory) -> Any:
@@ -66,8 +71,10 @@ def _open_gates() -> Iterator[None]:
 
 
 def gated(path: Path, *scopes: Scope) -> Any:
+    """A :class:`GatedMemory` holding the turns of ``scopes`` (no scopes: of all),
+    its gate closed."""
     mem = memory(path, GatedMemory)
-    mem.gate, mem.gated = threading.Event(), set(scopes)
+    mem.gate, mem.gated, mem.stored = threading.Event(), set(scopes) or None, []
     _GATES.append(mem.gate)
     return mem
 

@@ -18,6 +18,7 @@ import pytest
 from helamem.core import HelaMemory, NewMemory
 from helamem.core._core import Core
 from helamem.core.storage.lexical import LexicalIndex
+from lexical_probe import lexical, serving
 
 SCOPE = ("u",)
 WORDS = [f"w{i}" for i in range(60)]
@@ -33,29 +34,13 @@ def _texts(rng: random.Random, n: int) -> list[str]:
 
 
 def _lexical(mem: HelaMemory, query: str, k: int = 500) -> dict[str, float]:
-    """The lexical leg's candidates (content -> BM25), as the search sees them."""
-
-    def run(c: Core) -> dict[str, float]:
-        node = c.store.find_scope(SCOPE)
-        assert node is not None
-        stats = c._term_stats(query)
-        found = c._lexical(query, node, c.store.descendants(node), "episodic", k, stats)
-        rows = c.store.rows_by_n(list(found))
-        assert set(found) <= set(rows), "a deleted memory is still a candidate"
-        return {rows[n].content: s for n, s in found.items() if n in rows}
-
-    return mem._call(run)
+    return lexical(mem, SCOPE, query, k)
 
 
 def _index(mem: HelaMemory) -> LexicalIndex:
     lx = mem._call(lambda c: c.lexical_index)
     assert lx is not None
     return lx
-
-
-def _serving(mem: HelaMemory) -> bool:
-    """Whether the last lexical query was answered by tantivy (it holds the writer)."""
-    return mem._call(lambda c: c.lexical_index is not None and c.lexical_index._writer is not None)
 
 
 def test_same_candidates_as_fts5_through_random_writes(tmp_path: Path, make_mem: Any) -> None:
@@ -81,7 +66,7 @@ def test_same_candidates_as_fts5_through_random_writes(tmp_path: Path, make_mem:
             got, want = _lexical(tv, query), _lexical(ft, query)
             # every matching memory is a candidate (limit above the matches), both ways
             assert set(got) == set(want), step
-        assert _serving(tv), "the index never took over"
+        assert serving(tv), "the index never took over"
         # scores are BM25 in both (idf aside, which only scales a one-word query's
         # scores): the same order, once tantivy holds every row
         _index(tv).tail = 0
@@ -96,7 +81,7 @@ def test_a_new_memory_is_found_at_once(tmp_path: Path, make_mem: Any) -> None:
     with make_mem(tmp_path / "t", **SMALL, keyword_weight=1.0, late_weight=0.0) as mem:
         mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(1), 40)])
         assert _lexical(mem, "w1")  # builds the index
-        assert _serving(mem)
+        assert serving(mem)
         mem.add("the zeppelin landed", SCOPE)
         # above the mark: FTS5 answers for it until the tail is indexed
         assert "the zeppelin landed" in _lexical(mem, "zeppelin")
@@ -167,7 +152,7 @@ def test_a_lost_or_damaged_index_is_rebuilt(tmp_path: Path, make_mem: Any, damag
     with make_mem(path, **SMALL) as mem:
         mem.add_many([NewMemory(t, SCOPE) for t in texts])
         before = _lexical(mem, "w3 w4")
-        assert _serving(mem) and before
+        assert serving(mem) and before
     lx_dir = path / "lexical"
     if damage == "deleted":
         import shutil
@@ -181,7 +166,7 @@ def test_a_lost_or_damaged_index_is_rebuilt(tmp_path: Path, make_mem: Any, damag
         (lx_dir / "meta.json").write_text(json.dumps(meta))
     with make_mem(path, **SMALL) as mem:
         assert _lexical(mem, "w3 w4") == pytest.approx(before)
-        assert _serving(mem)
+        assert serving(mem)
 
 
 def _damage_positions(lx_dir: Path) -> None:
@@ -207,21 +192,21 @@ def test_a_panicking_index_falls_back_to_fts5_and_is_rebuilt(
     with make_mem(path, **SMALL) as mem:
         mem.add_many([NewMemory(t, SCOPE) for t in texts])
         before = _lexical(mem, "w3 w4")
-        assert _serving(mem) and before
+        assert serving(mem) and before
         if when == "while-open":
             _damage_positions(path / "lexical")
             assert _lexical(mem, "w3 w4").keys() == before.keys()  # FTS5's answer
             assert mem.search("w3 w4", SCOPE, k=3, learn=False)
             lx = _index(mem)
-            assert lx._damaged and not _serving(mem)
+            assert lx._damaged and not serving(mem)
             lx._retry_at = 0.0  # instead of waiting RETRY_S
             assert _lexical(mem, "w3 w4") == pytest.approx(before)
-            assert _serving(mem) and not lx._damaged
+            assert serving(mem) and not lx._damaged
     if when == "before-open":
         _damage_positions(path / "lexical")
     with make_mem(path, **SMALL) as mem:
         assert _lexical(mem, "w3 w4") == pytest.approx(before)
-        assert _serving(mem)
+        assert serving(mem)
         assert mem.search("w3 w4", SCOPE, k=3, learn=False)
 
 
@@ -259,7 +244,7 @@ def test_a_killed_holder_leaves_a_usable_index(tmp_path: Path, make_mem: Any) ->
     gone = out.stdout.strip()
     with make_mem(path, **SMALL) as mem:
         got = _lexical(mem, "w1 killed after")
-        assert _serving(mem)
+        assert serving(mem)
         assert (
             gone not in {m.id for m in mem.get_many([]) or []} if hasattr(mem, "get_many") else True
         )
@@ -275,7 +260,7 @@ def test_another_process_holding_the_index_costs_nothing_but_speed(
     with make_mem(path, **SMALL) as holder:
         holder.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(5), 40)])
         assert _lexical(holder, "w5")
-        assert _serving(holder)
+        assert serving(holder)
         # a second process writes, deletes and searches meanwhile (FTS5 for it)
         out = _child(
             path,
@@ -308,7 +293,7 @@ def test_reindex_rebuilds_it(tmp_path: Path, make_mem: Any) -> None:
         before = _lexical(mem, "w7 w8")
         mem.reindex()
         assert _lexical(mem, "w7 w8") == pytest.approx(before)
-        assert _serving(mem)
+        assert serving(mem)
 
 
 def test_a_second_store_waits_its_turn_then_takes_over(tmp_path: Path, make_mem: Any) -> None:
@@ -317,14 +302,14 @@ def test_a_second_store_waits_its_turn_then_takes_over(tmp_path: Path, make_mem:
     first.open()
     first.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(8), 40)])
     want = _lexical(first, "w9 w10")
-    assert _serving(first)
+    assert serving(first)
     with make_mem(path, **SMALL) as second:  # same directory, same process
         assert set(_lexical(second, "w9 w10")) == set(want)
-        assert _index(second).held_elsewhere and not _serving(second)
+        assert _index(second).held_elsewhere and not serving(second)
         first.close()
         _index(second)._retry_at = 0.0  # instead of waiting RETRY_S
         assert set(_lexical(second, "w9 w10")) == set(want)
-        assert _serving(second) and not _index(second).held_elsewhere
+        assert serving(second) and not _index(second).held_elsewhere
 
 
 class _BrokenSearcher:
@@ -338,7 +323,7 @@ def test_a_failing_index_falls_back_to_fts5(tmp_path: Path, make_mem: Any) -> No
     with make_mem(tmp_path / "t", **SMALL) as mem:
         mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(9), 40)])
         want = _lexical(mem, "w11 w12")
-        assert _serving(mem)
+        assert serving(mem)
         _index(mem)._searcher = _BrokenSearcher()
         assert _lexical(mem, "w11 w12").keys() == want.keys()
         assert mem.search("w11 w12", SCOPE, k=3, learn=False)
@@ -357,7 +342,7 @@ def test_an_older_copy_of_the_store_file_gets_a_rebuilt_index(
     shutil.copy(path / "helamem.sqlite3", backup)
     with make_mem(path, **SMALL) as mem:
         mem.add_many([NewMemory(f"gamma w1 later {i}", SCOPE) for i in range(30)])
-        assert len(_lexical(mem, "gamma")) == 30 and _serving(mem)
+        assert len(_lexical(mem, "gamma")) == 30 and serving(mem)
     for suffix in ("", "-wal", "-shm"):
         (path / f"helamem.sqlite3{suffix}").unlink(missing_ok=True)
     shutil.copy(backup, path / "helamem.sqlite3")
@@ -365,7 +350,7 @@ def test_an_older_copy_of_the_store_file_gets_a_rebuilt_index(
         mem.add_many([NewMemory(f"beta w1 restored {i}", SCOPE) for i in range(12)])
         assert len(_lexical(mem, "beta")) == 12  # keys the old index held
         assert _lexical(mem, "gamma") == {}  # rows this file never had
-        assert _serving(mem)
+        assert serving(mem)
 
 
 def test_an_index_beside_another_stores_file_is_rebuilt(tmp_path: Path, make_mem: Any) -> None:
@@ -373,7 +358,7 @@ def test_an_index_beside_another_stores_file_is_rebuilt(tmp_path: Path, make_mem
 
     with make_mem(tmp_path / "a", **SMALL) as a:
         a.add_many([NewMemory(f"apple w2 {i}", SCOPE) for i in range(40)])
-        assert _lexical(a, "apple") and _serving(a)
+        assert _lexical(a, "apple") and serving(a)
     with make_mem(tmp_path / "b", **SMALL) as b:
         b.add_many([NewMemory(f"banana w2 {i}", SCOPE) for i in range(50)])
     shutil.rmtree(tmp_path / "b" / "lexical", ignore_errors=True)
@@ -381,7 +366,7 @@ def test_an_index_beside_another_stores_file_is_rebuilt(tmp_path: Path, make_mem
     with make_mem(tmp_path / "b", **SMALL) as b:
         assert _lexical(b, "apple") == {}
         assert len(_lexical(b, "banana")) == 50
-        assert _serving(b)
+        assert serving(b)
 
 
 class _FailingCommits:
@@ -403,7 +388,7 @@ class _FailingCommits:
 def test_a_failed_commit_loses_no_row(tmp_path: Path, make_mem: Any) -> None:
     with make_mem(tmp_path / "t", **SMALL) as mem:
         mem.add_many([NewMemory(f"first w3 {i}", SCOPE) for i in range(40)])
-        assert len(_lexical(mem, "first")) == 40 and _serving(mem)
+        assert len(_lexical(mem, "first")) == 40 and serving(mem)
         lx = _index(mem)
         lx._writer = _FailingCommits(lx._writer)
         before = lx._mark
@@ -430,7 +415,7 @@ def test_an_unwritable_index_directory_costs_one_warning_not_a_flood(
                 assert set(_lexical(mem, q)) == set(_lexical(ft, q))
                 mem.add("w13 one more", SCOPE)
                 ft.add("w13 one more", SCOPE)
-        assert not _serving(mem)
+        assert not serving(mem)
         failures = [r for r in caplog.records if "lexical index" in r.getMessage()]
         assert 1 <= len(failures) <= 2, [r.getMessage() for r in failures]
         assert "lexical_index='fts5'" in failures[-1].getMessage()
@@ -441,7 +426,7 @@ def test_reindex_goes_on_when_the_lexical_index_cannot_be_emptied(
 ) -> None:
     with make_mem(tmp_path / "t", **SMALL) as mem:
         mem.add_many([NewMemory(f"kiwi w4 {i}", SCOPE) for i in range(40)])
-        assert len(_lexical(mem, "kiwi")) == 40 and _serving(mem)
+        assert len(_lexical(mem, "kiwi")) == 40 and serving(mem)
         lx = _index(mem)
         lx._writer = _FailingCommits(lx._writer)
         assert mem.reindex() == 40  # the vector index is rebuilt all the same

@@ -14,6 +14,7 @@ import pytest
 from helamem.core import HelaMemory, NewMemory
 from helamem.core._core import Core
 from helamem.core._repair import repair_derived
+from lexical_probe import lexical, serving
 from races import rewrite
 
 SCOPE = ("u",)
@@ -28,22 +29,7 @@ def _texts(rng: random.Random, n: int) -> list[str]:
 
 
 def _lexical(mem: HelaMemory, query: str, k: int = 500) -> set[str]:
-    """The lexical leg's candidates (contents), as the search sees them."""
-
-    def run(c: Core) -> set[str]:
-        node = c.store.find_scope(SCOPE)
-        assert node is not None
-        stats = c._term_stats(query)
-        found = c._lexical(query, node, c.store.descendants(node), "episodic", k, stats)
-        rows = c.store.rows_by_n(list(found))
-        assert set(found) <= set(rows), "a deleted memory is still a candidate"
-        return {rows[n].content for n in found}
-
-    return mem._call(run)
-
-
-def _serving(mem: HelaMemory) -> bool:
-    return mem._call(lambda c: c.lexical_index is not None and c.lexical_index._writer is not None)
+    return set(lexical(mem, SCOPE, query, k))
 
 
 def _same(holder: HelaMemory, plain: HelaMemory, queries: list[str]) -> None:
@@ -64,11 +50,11 @@ def test_writes_of_another_store_object_reach_the_holders_index(
     ):
         mems = holder.add_many([NewMemory(t, SCOPE) for t in _texts(rng, 40)])
         _same(holder, plain, queries)
-        assert _serving(holder)
+        assert serving(holder)
         for step in range(12):
             # the other object searches FTS5 (the holder has the index) and writes
             assert _lexical(other, queries[step % len(queries)]) is not None
-            assert not _serving(other)
+            assert not serving(other)
             if step % 3 == 0:
                 other.add_many([NewMemory(t, SCOPE) for t in _texts(rng, 4)])
             elif step % 3 == 1:
@@ -78,7 +64,7 @@ def test_writes_of_another_store_object_reach_the_holders_index(
                 text = f"quokka wombat {step} " + " ".join(rng.sample(WORDS, 2))
                 other._call(rewrite(victim.id, text))
             _same(holder, plain, queries)
-        assert _serving(holder)
+        assert serving(holder)
 
 
 def test_a_repair_by_another_store_reaches_the_holders_index(tmp_path: Path, make_mem: Any) -> None:
@@ -101,7 +87,7 @@ def test_a_repair_by_another_store_reaches_the_holders_index(tmp_path: Path, mak
     ):
         word = lost.content.split()[-1]
         assert _lexical(holder, word) == set()  # built from FTS5, which lacks it
-        assert _serving(holder)
+        assert serving(holder)
         report = other._call(lambda c: repair_derived(c, vectors=False))
         assert report.fts_rows == 40
         assert _lexical(plain, word) == {lost.content}
@@ -114,7 +100,7 @@ def test_the_index_directory_deleted_under_its_holder(tmp_path: Path, make_mem: 
     with make_mem(path, **SMALL) as holder, make_mem(path, lexical_index="fts5") as plain:
         mems = holder.add_many([NewMemory(t, SCOPE) for t in _texts(rng, 40)])
         assert _lexical(holder, "w1")
-        assert _serving(holder)
+        assert serving(holder)
         shutil.rmtree(path / "lexical")
         holder.delete(mems[0].id)
         holder.add_many([NewMemory(t, SCOPE) for t in _texts(rng, 10)])
