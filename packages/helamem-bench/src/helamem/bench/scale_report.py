@@ -153,7 +153,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         "RSS per memory: growth of the process's resident memory while building each store, "
-        f"divided by its memories (approximate: allocators reuse freed memory{servers}). Disk: "
+        f"divided by its memories (approximate: allocators reuse freed memory{servers}; it "
+        "counts the pages of the SQLite file read through its memory map, `sqlite_mmap_mb`, "
+        "which the OS reclaims under pressure). Disk: "
         f"every file of the store ({graph}{vectors}) per memory. "
         f"Peak RSS of the run: {_f(results['peak_rss_mb'])} MB.",
     ]

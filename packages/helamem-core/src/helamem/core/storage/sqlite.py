@@ -227,8 +227,11 @@ class SQLiteStore(SQLiteUpkeep):
             chunk_ids = id_list[i : i + 500]
             chunk_ns = n_list[j : j + 500 - len(chunk_ids)]
             i, j = i + len(chunk_ids), j + len(chunk_ns)
-            lists = [(col, in_list(keys)) for col, keys in (("id", chunk_ids), ("n", chunk_ns))]
-            where = " OR ".join(f"{col} IN ({q})" for col, (q, p) in lists if p)
+            # both lists padded: at most 992 parameters for 500 keys (under SQLite's old 999)
+            lists = [
+                (col, in_list(keys)) for col, keys in (("id", chunk_ids), ("n", chunk_ns)) if keys
+            ]
+            where = " OR ".join(f"{col} IN ({q})" for col, (q, _) in lists)
             for r in self.db.execute(
                 "SELECT n, id, scope_id, kind, event_time, embedding, shape, role"
                 f" FROM memories WHERE {where}",

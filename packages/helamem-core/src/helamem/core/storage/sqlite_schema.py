@@ -333,9 +333,10 @@ def qmarks(n: int) -> str:
 IN_SIZES = (8, 16, 32, 64, 128, 256, 512)
 
 
-def in_list(keys: Sequence[object]) -> tuple[str, list[object]]:
+def in_list(keys: Sequence[object], limit: int = IN_SIZES[-1]) -> tuple[str, list[object]]:
     """The placeholders of an ``IN (…)`` list of ``keys`` and its parameters, padded
-    with NULL (which equals no row) to the next of :data:`IN_SIZES`.
+    with NULL (which equals no row) to the next of :data:`IN_SIZES` up to ``limit``
+    (a longer list keeps its length).
 
     So a statement's text repeats from call to call whatever the number of keys,
     and the connection's statement cache reuses its compiled plan: compiling one
@@ -347,7 +348,7 @@ def in_list(keys: Sequence[object]) -> tuple[str, list[object]]:
         ('?,?,?,?,?,?,?,?', [3, 1, None, None, None, None, None, None])
     """
     n = len(keys)
-    size = next((s for s in IN_SIZES if s >= n), n)
+    size = next((s for s in IN_SIZES if n <= s <= limit), n)
     return qmarks(size), [*keys, *([None] * (size - n))]
 
 
@@ -385,7 +386,11 @@ class SQLiteConnection:
             ) from exc
         try:
             db = sqlite3.connect(
-                self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+                self._path,
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,  # the padded IN lists' texts (in_list) stay cached
             )
             self._set_up(db)
         except sqlite3.Error as exc:

@@ -30,7 +30,8 @@ __all__ = ["INLINE_IDS", "SQLiteUpkeep"]
 #: (:meth:`SQLiteUpkeep.ids_in`). A statement so never nears the engines' caps on
 #: parameters (SQLite's ``SQLITE_MAX_VARIABLE_NUMBER``: 999 before 3.32, 32,766 since;
 #: PostgreSQL's 65,535), however many scope nodes a prefix holds; 400 keeps a
-#: statement naming one list twice under SQLite's old 999.
+#: statement naming one list twice under SQLite's old 999 (so lists are padded
+#: by :func:`~helamem.core.storage.sqlite_schema.in_list` only up to 400).
 INLINE_IDS = 400
 
 
@@ -82,13 +83,13 @@ class SQLiteUpkeep(SQLiteConnection):
     @classmethod
     def ids_in(cls, column: str, ids: Sequence[int]) -> tuple[str, list[object]]:
         """SQL true where ``column`` is among the integer ``ids``, and its parameters: one
-        per id up to :data:`INLINE_IDS`, else one in all, so any number of ids fits one
-        statement on both engines (``1 = 0`` for none)."""
+        per id (padded with NULL, see ``in_list``) up to :data:`INLINE_IDS`, else one in
+        all, so any number of ids fits one statement on both engines (``1 = 0`` for none)."""
         keys = [int(i) for i in ids]
         if not keys:
             return "1 = 0", []
         if len(keys) <= INLINE_IDS:
-            q, params = in_list(keys)
+            q, params = in_list(keys, INLINE_IDS)
             return f"{column} IN ({q})", params
         return cls._IDS_IN.format(column=column), [cls._id_list(keys)]
 
