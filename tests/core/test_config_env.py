@@ -40,6 +40,10 @@ def test_ssl_takes_the_usual_booleans(raw: str, want: bool) -> None:
         ("HELAMEM_CHROMA_HOST", "", "host name or address"),
         ("HELAMEM_CHROMA_HOST", "   ", "host name or address"),
         ("HELAMEM_CHROMA_HOST", " db.local", "host name or address"),
+        ("HELAMEM_SQLITE_MMAP_MB", "-1", "whole number of MiB from 0 to 2047"),
+        ("HELAMEM_SQLITE_MMAP_MB", "2048", "whole number of MiB from 0 to 2047"),
+        ("HELAMEM_SQLITE_MMAP_MB", "1.5", "whole number of MiB from 0 to 2047"),
+        ("HELAMEM_SQLITE_MMAP_MB", "", "set it to a value"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, raw: str, accepted: str) -> None:
@@ -93,8 +97,11 @@ def test_the_other_variables_are_read() -> None:
         "HELAMEM_LLM_API_BASE": "http://127.0.0.1:11434",
         "HELAMEM_POSTGRES_DSN": "postgresql://db/x",
         "HELAMEM_POSTGRES_SCHEMA": "mem",
+        "HELAMEM_SQLITE_MMAP_MB": " 0 ",
     }
+    assert HelaMemConfig.from_env({}).sqlite_mmap_mb == 1024
     c = HelaMemConfig.from_env(env, chroma={"collection": "override"})
+    assert c.sqlite_mmap_mb == 0
     assert str(c.path) == "/tmp/mem" and c.embedder.provider == "hashing"
     assert (c.llm.model, c.llm.api_base) == ("ollama/llama3", "http://127.0.0.1:11434")
     assert c.chroma.collection == "override"  # overrides win over the environment

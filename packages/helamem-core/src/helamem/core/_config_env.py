@@ -40,6 +40,14 @@ def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dic
     data: dict[str, Any] = {}
     if (path := _text(env, "HELAMEM_PATH")) is not None:
         data["path"] = Path(path)
+    if (mmap := _text(env, "HELAMEM_SQLITE_MMAP_MB")) is not None:
+        value = mmap.strip()
+        if not value.isdigit() or int(value) > 2047:
+            raise ConfigError(
+                f"HELAMEM_SQLITE_MMAP_MB={mmap!r} is not a whole number of MiB from 0 to "
+                f"2047 (0: reads without a memory map); set one, or unset it for 1024"
+            )
+        data["sqlite_mmap_mb"] = int(value)
     emb = _fields(env, provider="HELAMEM_EMBEDDER", model="HELAMEM_EMBEDDING_MODEL")
     litellm = emb.get("provider", ("", ""))[1].strip() == "litellm"
     if litellm and "model" not in emb:
