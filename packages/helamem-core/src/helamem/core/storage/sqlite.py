@@ -191,16 +191,12 @@ class SQLiteStore(SQLiteUpkeep):
         return n
 
     def rows_by_n(self, ns: Iterable[int]) -> dict[int, MemoryRow]:
-        ns = list(ns)
-        out: dict[int, MemoryRow] = {}
-        for i in range(0, len(ns), 500):
-            q, params = in_list(ns[i : i + 500])
-            for r in self.db.execute(
-                f"SELECT {MEMORY_COLS} FROM memories WHERE n IN ({q})", params
-            ):
-                row = memory_row(r)
-                out[row.n] = row
-        return out
+        where, params = self.ids_in("n", list(ns))  # any number of keys, one statement
+        rows = (
+            memory_row(r)
+            for r in self.db.execute(f"SELECT {MEMORY_COLS} FROM memories WHERE {where}", params)
+        )
+        return {row.n: row for row in rows}
 
     def rows_by_id(self, ids: Iterable[str]) -> dict[str, MemoryRow]:
         ids = list(ids)
@@ -301,15 +297,8 @@ class SQLiteStore(SQLiteUpkeep):
 
     def token_vectors(self, ns: Sequence[int]) -> dict[int, bytes]:
         """The stored token vectors of these memory keys (those that have them)."""
-        out: dict[int, bytes] = {}
-        for i in range(0, len(ns), 500):
-            q, params = in_list(list(ns[i : i + 500]))
-            out.update(
-                self.db.execute(
-                    f"SELECT n, data FROM token_vectors WHERE n IN ({q})", params
-                ).fetchall()
-            )
-        return out
+        where, params = self.ids_in("n", ns)
+        return dict(self.db.execute(f"SELECT n, data FROM token_vectors WHERE {where}", params))
 
     def clear_token_vectors(self) -> None:
         """Drop every token vector (the embedder changed; they are refilled lazily)."""
@@ -438,7 +427,7 @@ class SQLiteStore(SQLiteUpkeep):
             stems = {t for w in words for t in self._stems[w]} - self._df.keys()
             if stems:
                 self._df.update(dict.fromkeys(stems, 0))
-                q, params = in_list(sorted(stems))
+                q, params = in_list(list(stems))
                 self._df.update(
                     (str(t), int(d))
                     for t, d in self.db.execute(
