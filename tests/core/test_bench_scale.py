@@ -68,6 +68,30 @@ def test_table_embedder_gives_the_inner_token_vectors_unless_told_not_to() -> No
         off.embed_with_tokens(texts)
 
 
+def test_table_embedder_precomputes_the_queries_token_vectors() -> None:
+    """The queries' token vectors are computed once, up front: a search pays for none
+    of its embeddings (as plain Chroma pays for none); stored turns' are computed."""
+    inner = HashingEmbedder(32, token_vectors=True)
+    texts, queries = ["tea with alice", "bob rides a bike"], ["who rides a bike?"]
+    table = TableEmbedder(inner, texts + queries, inner.embed(texts + queries), token_texts=queries)
+    calls: list[list[str]] = []
+    real = inner.embed_with_tokens
+
+    def counted(batch: list[str]) -> tuple[object, list[np.ndarray]]:
+        calls.append(list(batch))
+        return real(batch)
+
+    inner.embed_with_tokens = counted  # type: ignore[method-assign,assignment]
+    pooled, toks = table.embed_with_tokens(queries)
+    assert calls == []  # looked up, not computed
+    want_pooled, want_toks = real(queries)
+    assert np.allclose(pooled, want_pooled)
+    assert all(np.array_equal(a, b) for a, b in zip(toks, want_toks, strict=True))
+    _, turn_toks = table.embed_with_tokens([texts[1], queries[0]])  # a turn among them
+    assert calls == [[texts[1], queries[0]]]
+    assert np.array_equal(turn_toks[1], want_toks[0])
+
+
 def test_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     code = main(

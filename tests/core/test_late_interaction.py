@@ -94,6 +94,33 @@ def test_memories_without_token_vectors_are_filled_lazily_by_search(
         assert [h.memory.id for h in again] == [h.memory.id for h in before]
 
 
+def test_rank_rows_read_the_token_vectors_with_the_rows(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """``rank_rows(..., tokens=True)``: the same rows, each with exactly its stored
+    token vectors (``None`` for a memory without), in the one statement."""
+    path = tmp_path / "m"
+    with _mem(path, store_config, tokens=False) as mem:  # an older memory: none stored
+        old = mem.add("memory without token vectors", ("s",))
+    with _mem(path, store_config) as mem:
+        new = [mem.add(f"memory {i} about the cat miso", ("s",)) for i in range(3)]
+
+        def read(core: Any) -> tuple[Any, Any, Any, dict[int, bytes]]:
+            keys = core.store.keys_of([m.id for m in [old, *new]])
+            ids, ns = [old.id, new[0].id], [keys[new[1].id], keys[new[2].id], keys[new[0].id]]
+            plain = core.store.rank_rows(ids, ns)
+            withtok = core.store.rank_rows(ids, ns, tokens=True)
+            return keys, plain, withtok, core.store.token_vectors(list(keys.values()))
+
+        keys, plain, withtok, stored = mem._call(read)
+    assert set(plain) == set(withtok) == set(keys.values())  # each row once
+    assert {n: r._replace(tokens=None) for n, r in withtok.items()} == plain
+    assert all(r.tokens is None for r in plain.values())
+    assert {n: r.tokens for n, r in withtok.items()} == {n: stored.get(n) for n in keys.values()}
+    assert withtok[keys[old.id]].tokens is None
+    assert all(withtok[keys[m.id]].tokens for m in new)
+
+
 def test_a_text_rewritten_or_deleted_while_a_search_embeds_it_keeps_no_token_vectors(
     tmp_path: Path, store_config: StoreConfig, store_db: Any
 ) -> None:
@@ -257,5 +284,10 @@ def test_maxsim_packed_edges() -> None:
     # a document without tokens scores 0, and the others keep their scores
     got = retrieval.maxsim_packed(q, [b"", retrieval.pack_tokens(q), b""], 2)
     np.testing.assert_allclose(got, [0.0, 1.0, 0.0], atol=1e-6)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(retrieval.maxsim_packed(q, [b"", b""], 2), [0.0, 0.0])
+    full = retrieval.maxsim_packed(q, [retrieval.pack_tokens(q), retrieval.pack_tokens(q[:1])], 2)
+    assert full.dtype == np.float64  # every document with tokens: the same float64 scores
+    np.testing.assert_allclose(full, [1.0, 0.5], atol=1e-6)
     with pytest.raises(ValueError, match="whole tokens of dimension 2"):
         retrieval.maxsim_packed(q, [retrieval.pack_tokens(q) + b"x"], 2)

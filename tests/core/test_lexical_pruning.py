@@ -1,17 +1,21 @@
-"""Document-frequency pruning of lexical queries, its vocab table, the overlapped dense query."""
+"""Document-frequency pruning of lexical queries, its vocab table, the overlapped dense
+query and where the query embedding runs."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helamem.core import HelaMemory
+from helamem.core import HelaMemConfig, HelaMemory, _search
 from helamem.core._core import Core
+from helamem.core.embeddings import HashingEmbedder
 from helamem.core.storage.sqlite import SCHEMA_VERSION, SQLiteStore
 from helamem.core.text import drop_common, fts_match, fts_query, fts_terms
 
@@ -163,6 +167,7 @@ def test_overlapped_dense_query_gives_the_same_hits(
     tmp_path: Path, make_mem: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queries = ["miso week", "what did we adopt?", "meetings and notes", "laser"]
+    monkeypatch.setattr(_search, "INLINE_EMBED_S", 0.0)  # every embedding on the aux thread
     with make_mem(tmp_path / "store") as mem:
         _fill(mem)
         overlapped = [mem.search(q, ALICE, k=5, learn=False) for q in queries]
@@ -172,6 +177,38 @@ def test_overlapped_dense_query_gives_the_same_hits(
         [(h.memory.id, h.score) for h in r] for r in serial
     ]
     assert all(len(r) for r in overlapped)
+
+
+class _Where(HashingEmbedder):
+    """A hashing embedder that notes the thread of each call, optionally slowed."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(256)
+        self.delay_s = delay_s
+        self.threads: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Any:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        return super().embed(texts)
+
+
+@pytest.mark.parametrize(("delay_s", "thread"), [(0.0, "helamem-store"), (0.005, "helamem-embed")])
+def test_a_fast_embedder_embeds_queries_on_the_store_thread(
+    tmp_path: Path, delay_s: float, thread: str
+) -> None:
+    """A query embedding faster than INLINE_EMBED_S (on average) skips the hop to the
+    aux thread; a slow one (ONNX: milliseconds) keeps overlapping the lexical leg."""
+    embedder = _Where(delay_s)
+    cfg = HelaMemConfig(path=tmp_path / "store")
+    with HelaMemory(cfg, embedder=embedder) as mem:
+        mem.add("Miso the cat chased a laser", ALICE)
+        queries = [f"laser {i}" for i in range(6)]  # distinct: no query cache hits
+        embedder.threads.clear()
+        found = [mem.search(q, ALICE, k=1, learn=False) for q in queries]
+    assert all(r[0].content == "Miso the cat chased a laser" for r in found)
+    assert embedder.threads[0].startswith("helamem-embed")  # no timing yet: overlapped
+    assert all(t.startswith(thread) for t in embedder.threads[2:]), embedder.threads
 
 
 def test_an_unknown_word_never_switches_the_lexical_leg_off(tmp_path: Path, make_mem: Any) -> None:

@@ -509,7 +509,7 @@ def run_scale(
     bar.close()
     embed_s = time.perf_counter() - start
     vectors = np.concatenate(parts).astype(np.float32)
-    table = TableEmbedder(embedder, texts, vectors, tokens=late)
+    table = TableEmbedder(embedder, texts, vectors, tokens=late, token_texts=questions)
     cells = []
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)

@@ -196,15 +196,30 @@ class TableEmbedder:
         vectors: Their vectors.
         tokens: Give the inner embedder's token vectors (when it has them),
             so stores keep them for late interaction.
+        token_texts: Texts whose token vectors are computed now and looked up
+            later (the queries: a search then pays for neither of its
+            embeddings, as plain Chroma pays for none); the token vectors of
+            other texts (the turns stored) are computed when asked for.
     """
 
     def __init__(
-        self, inner: Embedder, texts: Sequence[str], vectors: Vectors, *, tokens: bool = True
+        self,
+        inner: Embedder,
+        texts: Sequence[str],
+        vectors: Vectors,
+        *,
+        tokens: bool = True,
+        token_texts: Sequence[str] = (),
     ) -> None:
         self._inner = inner
         self._token_inner = token_embedder(inner) if tokens else None
         self._row = {t: i for i, t in enumerate(texts)}
         self._vectors = vectors
+        self._tokens: dict[str, npt.NDArray[np.float32]] = {}
+        if self._token_inner is not None and token_texts:
+            unique = list(dict.fromkeys(token_texts))
+            _, toks = self._token_inner.embed_with_tokens(unique)
+            self._tokens = dict(zip(unique, toks, strict=True))
         self.misses = 0
         """Texts not in the table (computed by the inner embedder)."""
 
@@ -229,6 +244,8 @@ class TableEmbedder:
         """
         if self._token_inner is None:
             raise TypeError(f"this table embedder ({self._inner.name}) gives no token vectors")
+        if all(t in self._tokens for t in texts):  # the queries: precomputed
+            return self.embed(texts), [self._tokens[t] for t in texts]
         _, toks = self._token_inner.embed_with_tokens(texts)
         return self.embed(texts), toks
 

@@ -31,7 +31,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"{_f(results['embedding']['texts_per_s'])} texts/s). Late interaction (MaxSim over "
         f"stored token vectors, the default retrieval's third leg): "
         f"{'on' if cfg.get('late_interaction') else 'off (no token vectors stored)'}; HeLa-Mem "
-        f"computes the token vectors at ingest, so its ingest includes that work.",
+        f"computes the token vectors at ingest, so its ingest includes that work (the "
+        f"queries' token vectors are precomputed, as their vectors).",
         "",
         f"Stores: {backend_line(cfg.get('backend'))}.",
         "",
@@ -81,10 +82,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines += [
             "",
             "Where the default `search` spends its time (p50 / p95 ms, engine side): the "
-            f"lexical leg (BM25 over {bm25}) runs while the query embedding (here a table "
-            "lookup) is computed on a second thread; the dense leg is the wait for it plus the "
-            "ANN query; late is MaxSim (token vectors read and scored); rest is the candidate "
-            "rows, the pool, fusion, spreading and the hits. The learning write runs after the "
+            f"lexical leg (BM25 over {bm25}) runs after the query embedding (here a table "
+            "lookup: a fast embedder runs on the store's thread, a slow one beside the lexical "
+            "leg on a second thread); the dense leg is the ANN query (and any wait for the "
+            "embedding); late is MaxSim scoring (the token vectors come with the candidate "
+            "rows); rest is the candidate rows, the pool, fusion, spreading and the hits. The learning write runs after the "
             "hits are handed back (before the store's next call), so neither engine nor search "
             "includes it: the leg times are read from the store after search's clock stopped, "
             "which waits for it. Engine = the time until both legs were done (the scope "

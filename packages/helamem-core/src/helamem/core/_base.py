@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,10 +87,12 @@ class SearchTiming:
     the lexical leg (BM25 candidates, on the owner thread); the dense leg is the
     wait for the embedding plus the ANN query, run after the lexical leg on the
     owner thread (on 2 cores, both legs on two threads took 4.5-5.5 ms at 100k
-    memories, one after the other 3.4-4.0 ms). ``legs_s`` is the time until
-    both were done. ``late_s`` is the MaxSim leg (token vectors read and
-    scored), ``rest_s`` everything else (candidate rows, pool, fusion,
-    spreading, hits). In a :class:`~helamem.core.HelaMemory` the learning
+    memories, one after the other 3.4-4.0 ms). An embedder faster than
+    ``_search.INLINE_EMBED_S`` (hashing, a table) embeds first, on the owner
+    thread, inside ``legs_s`` only. ``legs_s`` is the time until both were
+    done. ``late_s`` is the MaxSim leg (scoring; the token vectors come with
+    the candidate rows), ``rest_s`` everything else (candidate rows, pool,
+    fusion, spreading, hits). In a :class:`~helamem.core.HelaMemory` the learning
     write runs after the search returns (``LearningOps.apply_learning``),
     outside these times; a bare engine without ``defer_learning`` writes it
     inline, inside ``rest_s``.
@@ -194,6 +197,9 @@ class CoreBase:
         # query text -> (pooled vector, token vectors): the last query_cache queries
         self._queries: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._late_s = 0.0  # MaxSim time of the current search
+        # a query embedding's typical time (an exponential moving average, seconds):
+        # below INLINE_EMBED_S a search embeds on its own thread (see SearchOps.search)
+        self._embed_s = math.inf
         self.last_search_timing: SearchTiming | None = None
         # kind -> scope nodes holding it, to skip the lexical scope filter when a
         # prefix covers them all; only grows (a stale entry keeps the filter on;
@@ -519,20 +525,28 @@ class CoreBase:
                 f"check the embedder"
             ) from exc
 
-    def _late(self, qtok: np.ndarray | None, ns: Sequence[int]) -> np.ndarray | None:
+    def _late(
+        self, qtok: np.ndarray | None, ns: Sequence[int], read: Mapping[int, bytes] | None = None
+    ) -> np.ndarray | None:
         """MaxSim of each memory to the query's tokens; token vectors a memory lacks
-        (older stores, facts, imports) are computed now and stored."""
+        (older stores, facts, imports) are computed now and stored. ``read``: the
+        token vectors the caller read already (``rank_rows(..., tokens=True)``: those
+        of ``ns`` missing from it have none stored); ``None`` reads them here."""
         if qtok is None or not ns:
             return None
         started = time.perf_counter()
         try:
-            return self._late_scores(qtok, ns)
+            return self._late_scores(qtok, ns, read)
         finally:
             self._late_s += time.perf_counter() - started
 
-    def _late_scores(self, qtok: np.ndarray, ns: Sequence[int]) -> np.ndarray | None:
+    def _late_scores(
+        self, qtok: np.ndarray, ns: Sequence[int], read: Mapping[int, bytes] | None = None
+    ) -> np.ndarray | None:
         dim = self.embedder.dimension
-        stored = self.store.token_vectors(list(ns))
+        stored: Mapping[int, bytes] = (
+            read if read is not None else self.store.token_vectors(list(ns))
+        )
         lacking = [n for n in ns if n not in stored or len(stored[n]) % (4 + dim)]
         if lacking:
             rows = self.store.rows_by_n(lacking)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Collection, Sequence
@@ -32,6 +33,12 @@ from .types import (
 __all__ = ["SearchOps"]
 
 logger = logging.getLogger(__name__)
+
+INLINE_EMBED_S = 0.0005
+"""A query embedding faster than this (its moving average, seconds) runs on the
+search's own thread, not beside the lexical leg on the aux thread: a thread hop
+and back cost about 0.1-0.2 ms at 100k memories on 2 cores (measured), while
+ONNX MiniLM takes milliseconds, overlapped. Hashing and table embedders fall below."""
 
 
 class SearchOps(LearningOps):
@@ -102,6 +109,10 @@ class SearchOps(LearningOps):
         # thread it only slowed both (measured at 100k memories on 2 cores)
         self._late_s = 0.0
         cached = self._cached_query(query)
+        if cached is None and self._embed_s < INLINE_EMBED_S:
+            # a fast embedder (hashing, a table): handing it to the aux thread and
+            # back costs more than the lexical leg's overlap saves
+            cached = self._embed_query(query)
         pending = None if cached is not None else self._aux().submit(self._embed_query, query)
         lexical_start = time.perf_counter()
         done = False
@@ -250,7 +261,10 @@ class SearchOps(LearningOps):
     def _embed_query(self, query: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The query's pooled and token vectors, kept in the ``query_cache`` (run on
         the aux thread while the owner thread does not read the cache)."""
+        started = time.perf_counter()
         vecs, toks = self._embed_tokens([query])
+        took = time.perf_counter() - started
+        self._embed_s = took if math.isinf(self._embed_s) else 0.8 * self._embed_s + 0.2 * took
         got = (vecs[0], toks[0] if toks else None)
         for arr in got:
             if arr is not None:
@@ -364,7 +378,9 @@ class SearchOps(LearningOps):
         # of the returned memories
         rows = {
             n: r
-            for n, r in self.store.rank_rows([i for i, _ in dense_ids], lex).items()
+            for n, r in self.store.rank_rows(
+                [i for i, _ in dense_ids], lex, tokens=qtok is not None
+            ).items()
             if r.scope_id in allowed and r.kind == kind
         }
         if not rows:
@@ -382,7 +398,7 @@ class SearchOps(LearningOps):
                 extra_ns = {j for _, j, _ in triples if j not in rows}
                 extra = {
                     n: r
-                    for n, r in self.store.rank_rows((), extra_ns).items()
+                    for n, r in self.store.rank_rows((), extra_ns, tokens=qtok is not None).items()
                     if r.scope_id in allowed and r.kind == kind
                 }
                 rows.update(extra)
@@ -432,7 +448,8 @@ class SearchOps(LearningOps):
             np.asarray(mat @ qv, dtype=np.float64),
             np.array([lex.get(n, 0.0) for n in ns], dtype=np.float64),
             np.array([r.event_time for r in got], dtype=np.float64),
-            self._late(qtok, ns),
+            # the token vectors came with the rows (rank_rows(..., tokens=True))
+            self._late(qtok, ns, {r.n: r.tokens for r in got if r.tokens is not None}),
             np.array([r.chars for r in got], dtype=np.float64),
             np.array([r.question for r in got], dtype=np.float64),
             np.array([named(r.role, words) for r in got], dtype=np.float64),

@@ -61,6 +61,9 @@ class RankRow(NamedTuple):
     """The content ends with "?" (trailing whitespace aside)."""
     role: str | None = None
     """The memory's role (its speaker), as stored."""
+    tokens: bytes | None = None
+    """Its token vectors as :func:`~helamem.core.retrieval.pack_tokens` stored them,
+    when ``rank_rows(..., tokens=True)`` read them and it has some (else ``None``)."""
 
     def vector(self) -> npt.NDArray[np.float32] | None:
         if self.embedding is None:
@@ -272,7 +275,9 @@ class GraphStore(Protocol):
 
     def put_token_vectors(self, db: Any, items: Sequence[tuple[int, bytes]]) -> None: ...
 
-    def rank_rows(self, ids: Iterable[str], ns: Iterable[int]) -> dict[int, RankRow]: ...
+    def rank_rows(
+        self, ids: Iterable[str], ns: Iterable[int], *, tokens: bool = False
+    ) -> dict[int, RankRow]: ...
 
     def read_tx(self) -> AbstractContextManager[None]: ...
 

@@ -210,14 +210,26 @@ class SQLiteStore(SQLiteUpkeep):
                 out[row.id] = row
         return out
 
-    def rank_rows(self, ids: Iterable[str], ns: Iterable[int]) -> dict[int, RankRow]:
+    def rank_rows(
+        self, ids: Iterable[str], ns: Iterable[int], *, tokens: bool = False
+    ) -> dict[int, RankRow]:
         """The ranking columns of the memories with these ids or keys, by key.
 
         One query per 500 keys: ``id IN (…) OR n IN (…)`` reads each row once
-        even when it is named both ways.
+        even when it is named both ways. With ``tokens``, the same statement
+        also reads each memory's token vectors (:attr:`RankRow.tokens`): a
+        search's MaxSim needs no second query for them.
         """
         out: dict[int, RankRow] = {}
         id_list, n_list = list(ids), list(ns)
+        select = (
+            "SELECT m.n, m.id, m.scope_id, m.kind, m.event_time, m.embedding, m.shape, m.role"
+            + (
+                ", t.data FROM memories m LEFT JOIN token_vectors t ON t.n = m.n"
+                if tokens
+                else " FROM memories m"
+            )
+        )
         i = j = 0
         while i < len(id_list) or j < len(n_list):
             chunk_ids = id_list[i : i + 500]
@@ -227,14 +239,21 @@ class SQLiteStore(SQLiteUpkeep):
             lists = [
                 (col, in_list(keys)) for col, keys in (("id", chunk_ids), ("n", chunk_ns)) if keys
             ]
-            where = " OR ".join(f"{col} IN ({q})" for col, (q, _) in lists)
+            where = " OR ".join(f"m.{col} IN ({q})" for col, (q, _) in lists)
             for r in self.db.execute(
-                "SELECT n, id, scope_id, kind, event_time, embedding, shape, role"
-                f" FROM memories WHERE {where}",
-                [x for _, (_, p) in lists for x in p],
+                f"{select} WHERE {where}", [x for _, (_, p) in lists for x in p]
             ):
                 out[r[0]] = RankRow(
-                    r[0], r[1], r[2], r[3], r[4], r[5], r[6] >> 1, bool(r[6] & 1), r[7]
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6] >> 1,
+                    bool(r[6] & 1),
+                    r[7],
+                    r[8] if tokens else None,
                 )
         return out
 
