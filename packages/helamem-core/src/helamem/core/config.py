@@ -27,6 +27,10 @@ __all__ = [
     "RetrievalConfig",
 ]
 
+SQLITE_MMAP_MAX_MB = 2047
+"""The largest ``HelaMemConfig.sqlite_mmap_mb``: SQLite caps ``PRAGMA mmap_size``
+near 2 GiB (``SQLITE_MAX_MMAP_SIZE``, 0x7fff0000 bytes)."""
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -488,7 +492,7 @@ class HelaMemConfig(_Frozen):
     # Writes are unchanged. With the map on, a read error of the disk stops the
     # process (SIGBUS) instead of raising StorageError: set 0 on removable disks
     # (from the environment: HELAMEM_SQLITE_MMAP_MB=0 with from_env()).
-    sqlite_mmap_mb: int = Field(1024, ge=0, le=2047)
+    sqlite_mmap_mb: int = Field(1024, ge=0, le=SQLITE_MMAP_MAX_MB)
     # None: the graph store is the SQLite file <path>/helamem.sqlite3 (the default);
     # a PostgresConfig: PostgreSQL tables, shared by processes on several machines
     store: PostgresConfig | None = None
