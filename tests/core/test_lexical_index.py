@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -431,3 +432,75 @@ def test_reindex_goes_on_when_the_lexical_index_cannot_be_emptied(
         lx._writer = _FailingCommits(lx._writer)
         assert mem.reindex() == 40  # the vector index is rebuilt all the same
         assert len(_lexical(mem, "kiwi")) == 40
+
+
+def _fts5_tail_queries(mem: HelaMemory, query: str) -> int:
+    """FTS5 MATCH statements one search issues (the tail's query)."""
+    seen: list[str] = []
+
+    def run(c: Core) -> None:
+        c.store.db.set_trace_callback(seen.append)
+        try:
+            c.search(query, SCOPE, 3, learn=False)
+        finally:
+            c.store.db.set_trace_callback(None)
+
+    mem._call(run)
+    return sum(s.startswith("SELECT rowid, bm25(memories_fts") for s in seen)
+
+
+def test_the_tail_is_folded_in_once_no_memory_came(tmp_path: Path, make_mem: Any) -> None:
+    """``lexical_index_fold_s`` after the newest memory the store's thread folds the
+    tail (the rows above the mark, FTS5's) into tantivy: searches then skip FTS5's
+    query, and still find every tail memory; the next add is found at once again."""
+    opts = {"lexical_index_min": 20, "lexical_index_tail": 5, "lexical_index_fold_s": 0.3}
+    with make_mem(tmp_path / "t", **opts) as mem:
+        mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(3), 30)])
+        assert _lexical(mem, "w1")  # builds the index
+        mem.add_many([NewMemory(f"the zeppelin number {i} landed", SCOPE) for i in range(3)])
+        assert _index(mem).tail_rows == 3  # above the mark: FTS5's
+        assert _fts5_tail_queries(mem, "zeppelin") == 1
+        time.sleep(0.6)
+        mem.stats()  # a call: the owner's loop ran the fold between calls
+        assert _index(mem).tail_rows == 0
+        assert _fts5_tail_queries(mem, "zeppelin") == 0
+        found = _lexical(mem, "zeppelin")
+        assert {f"the zeppelin number {i} landed" for i in range(3)} <= set(found)
+        mem.add("a blimp over the zeppelin field", SCOPE)  # a new tail: FTS5 at once
+        assert "a blimp over the zeppelin field" in _lexical(mem, "blimp")
+        assert _fts5_tail_queries(mem, "blimp") == 1
+    with make_mem(tmp_path / "t", **opts) as mem:  # the fold was committed: reopened, found
+        assert {f"the zeppelin number {i} landed" for i in range(3)} <= set(
+            _lexical(mem, "zeppelin")
+        )
+
+
+@pytest.mark.parametrize("fold_s", [0.0, 30.0])
+def test_no_fold_when_off_or_before_its_time(tmp_path: Path, make_mem: Any, fold_s: float) -> None:
+    opts = {"lexical_index_min": 20, "lexical_index_tail": 5, "lexical_index_fold_s": fold_s}
+    with make_mem(tmp_path / "t", **opts) as mem:
+        mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(4), 30)])
+        assert _lexical(mem, "w1")
+        mem.add("the zeppelin landed", SCOPE)
+        time.sleep(0.4)
+        mem.stats()
+        assert _index(mem).tail_rows == 1
+        assert _fts5_tail_queries(mem, "zeppelin") == 1
+
+
+def test_a_tail_of_deleted_memories_is_folded_to_nothing(tmp_path: Path, make_mem: Any) -> None:
+    """Keys above the mark whose memories were deleted (gaps): the fold moves the mark
+    past them, so searches skip FTS5 (the timer does not fire again for nothing)."""
+    opts = {"lexical_index_min": 20, "lexical_index_tail": 5, "lexical_index_fold_s": 0.3}
+    with make_mem(tmp_path / "t", **opts) as mem:
+        mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(5), 30)])
+        assert _lexical(mem, "w1")
+        gone = mem.add_many([NewMemory(f"zeppelin {i}", SCOPE) for i in range(2)])
+        mem.delete([m.id for m in gone])
+        assert _index(mem).tail_rows == 2
+        time.sleep(0.6)
+        mem.stats()
+        assert _index(mem).tail_rows == 0
+        assert mem._call(lambda c: c.lexical_fold_in()) is None
+        assert _fts5_tail_queries(mem, "zeppelin") == 0
+        assert not _lexical(mem, "zeppelin")

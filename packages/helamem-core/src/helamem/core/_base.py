@@ -15,14 +15,14 @@ import logging
 import math
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 
-from . import dynamics, retrieval
+from . import dynamics
 from .config import HelaMemConfig
 from .distill import user_metadata
 from .embeddings import Embedder, check_vectors, token_embedder
@@ -524,49 +524,6 @@ class CoreBase:
                 f"embedder {self.embedder.name!r} failed: {type(exc).__name__}: {exc}; "
                 f"check the embedder"
             ) from exc
-
-    def _late(
-        self, qtok: np.ndarray | None, ns: Sequence[int], read: Mapping[int, bytes] | None = None
-    ) -> np.ndarray | None:
-        """MaxSim of each memory to the query's tokens; token vectors a memory lacks
-        (older stores, facts, imports) are computed now and stored. ``read``: the
-        token vectors the caller read already (``rank_rows(..., tokens=True)``: those
-        of ``ns`` missing from it have none stored); ``None`` reads them here."""
-        if qtok is None or not ns:
-            return None
-        started = time.perf_counter()
-        try:
-            return self._late_scores(qtok, ns, read)
-        finally:
-            self._late_s += time.perf_counter() - started
-
-    def _late_scores(
-        self, qtok: np.ndarray, ns: Sequence[int], read: Mapping[int, bytes] | None = None
-    ) -> np.ndarray | None:
-        dim = self.embedder.dimension
-        stored: Mapping[int, bytes] = (
-            read if read is not None else self.store.token_vectors(list(ns))
-        )
-        lacking = [n for n in ns if n not in stored or len(stored[n]) % (4 + dim)]
-        if lacking:
-            rows = self.store.rows_by_n(lacking)
-            todo = [n for n in lacking if n in rows]
-            if todo:
-                _, toks = self._embed_tokens([rows[n].content for n in todo])
-                assert toks is not None
-                packed = [(n, retrieval.pack_tokens(t)) for n, t in zip(todo, toks, strict=True)]
-                with self.store.tx() as db:
-                    # under the writer lock: a text another writer rewrote (or a memory it
-                    # deleted) since it was read here keeps no token vectors of the old text
-                    now = self.store.rows_by_n(todo)
-                    same = [
-                        (n, b) for n, b in packed if n in now and now[n].content == rows[n].content
-                    ]
-                    self.store.put_token_vectors(db, same)
-                stored = {n: b for n, b in stored.items() if n not in lacking} | dict(packed)
-        if not stored.keys() >= set(ns):
-            return None  # a memory vanished mid-search: rank this pool without MaxSim
-        return retrieval.maxsim_packed(qtok, [stored[n] for n in ns], dim)
 
     def _now_tick(self, stored: int) -> int:
         if self.config.dynamics.clock == "wall":

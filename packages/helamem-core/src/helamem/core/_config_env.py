@@ -17,6 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError
 
+SQLITE_MMAP_MAX_MB = 2047
+"""The largest ``HelaMemConfig.sqlite_mmap_mb``: SQLite caps ``PRAGMA mmap_size``
+near 2 GiB (``SQLITE_MAX_MMAP_SIZE``, 0x7fff0000 bytes)."""
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -41,8 +45,6 @@ def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dic
     if (path := _text(env, "HELAMEM_PATH")) is not None:
         data["path"] = Path(path)
     if (mmap := _text(env, "HELAMEM_SQLITE_MMAP_MB")) is not None:
-        from .config import SQLITE_MMAP_MAX_MB  # config imports this module: not at its top
-
         value = mmap.strip()
         if not value.isdigit() or int(value) > SQLITE_MMAP_MAX_MB:
             raise ConfigError(

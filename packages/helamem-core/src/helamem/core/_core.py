@@ -11,6 +11,7 @@ search in :mod:`._search`, learning and maintenance in :mod:`._learning`.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -43,6 +44,26 @@ class Core(IngestOps, SearchOps):
     def _check_embedder(self) -> None:
         """Refuse vectors of another embedder, or (``reembed``) switch to this one."""
         self.reembedded = ensure_embedder(self, self.reembed)
+
+    def lexical_fold_in(self) -> float | None:
+        """Seconds until the lexical index's tail is due to be folded in (<= 0: now;
+        ``lexical_index_fold_s`` after the newest memory was seen), or ``None``:
+        nothing to fold (no index held, no tail, or folding off)."""
+        lx, wait = self.lexical_index, self.config.retrieval.lexical_index_fold_s
+        if lx is None or wait <= 0 or not lx.tail_rows:
+            return None
+        return lx.head_changed_at + wait - time.monotonic()
+
+    def fold_lexical(self) -> None:
+        """Fold the newest memories (FTS5 serves them meanwhile) into the lexical index:
+        one tantivy commit, after which searches skip FTS5's query of them. A failure
+        is logged, never raised: FTS5 keeps serving them (the index is derived)."""
+        if self.lexical_index is None:
+            return
+        try:
+            self.lexical_index.fold(self.sqlite_store)
+        except StorageError as exc:
+            logger.warning("lexical index: the newest memories not folded in: %s", exc)
 
     def get(self, id: str) -> Memory:
         if not isinstance(id, str):

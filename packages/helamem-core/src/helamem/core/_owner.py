@@ -149,6 +149,7 @@ class OwnedCore:
         self._finished = False  # storage released (owner thread only)
         self._exit_token: int | None = None  # closed at interpreter exit unless closed before
         self._flush_timer: asyncio.TimerHandle | None = None  # writes pending vectors
+        self._fold_timer: asyncio.TimerHandle | None = None  # folds the lexical tail
         # turn recorders with turns not yet stored (or failed): every call waits for them
         self._recorders: weakref.WeakSet[_Recorder] = weakref.WeakSet()  # under _lock
 
@@ -370,6 +371,30 @@ class OwnedCore:
             return
         self._flush_timer = loop.call_later(self.config.chroma.upsert_delay_s, self._flush_due)
 
+    def _schedule_fold(self) -> None:
+        """Once no memory came for ``lexical_index_fold_s``: fold the newest memories
+        into the lexical index (owner, between calls; see ``Core.fold_lexical``)."""
+        core, loop = self._core, self._loop
+        if core is None or loop is None or self._fold_timer or self._finished:
+            return
+        due = core.lexical_fold_in()
+        if due is not None:
+            self._fold_timer = loop.call_later(max(due, 0.0), self._fold_due)
+
+    def _fold_due(self) -> None:
+        self._fold_timer = None
+        core = self._core
+        if self._finished or core is None:
+            return
+        due = core.lexical_fold_in()
+        if due is not None and due > 0:  # a memory came meanwhile: wait on
+            self._schedule_fold()
+        elif due is not None:
+            try:
+                self._run(KeepsPending(lambda c: c.fold_lexical()))
+            except StorageError as exc:  # SQLite failed: FTS5 keeps serving the tail
+                logger.warning("lexical index: the newest memories not folded in: %s", exc)
+
     def _flush_due(self) -> None:
         self._flush_timer = None
         if not self._finished and self._core is not None:
@@ -394,6 +419,7 @@ class OwnedCore:
                 self._learn_after()
             finally:
                 self._schedule_flush()
+                self._schedule_fold()
 
         self._call_soon(job)
         return fut
@@ -425,6 +451,7 @@ class OwnedCore:
             finally:
                 self._learn_after()
                 self._schedule_flush()
+                self._schedule_fold()
         self._wait_recorded(sees, what)
         return self._submit(fn).result()
 

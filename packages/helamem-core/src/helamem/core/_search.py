@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
@@ -15,9 +15,11 @@ import numpy as np
 
 from . import dynamics, retrieval
 from ._base import SearchTiming, check_content, check_k, scope_tag
+from ._edges import EdgeReader
+from ._late import late_scores
 from ._learning import LearningOps
 from .errors import InvalidInputError, StorageError
-from .storage.base import EdgeRow, RankRow
+from .storage.base import RankRow
 from .text import drop_common, fts_match, fts_terms, named, tokens
 from .tokens import TokenCount
 from .types import (
@@ -342,8 +344,10 @@ class SearchOps(LearningOps):
                     # (the tail, unfiltered where the prefix covers every scope, may
                     # hold rows the caller drops: it is kept whole, not cut to m)
                     limit = m if tag is not None else 2 * m
-                    found = dict(
-                        self.store.lexical(match, None if covers else tag, limit, after=mark)
+                    found = (
+                        dict(self.store.lexical(match, None if covers else tag, limit, after=mark))
+                        if lx.head > mark  # else no row above the mark (the tail folded in)
+                        else {}
                     )
                     found.update(lx.search(terms, tag, limit))
                     return found
@@ -455,6 +459,18 @@ class SearchOps(LearningOps):
             np.array([named(r.role, words) for r in got], dtype=np.float64),
         )
 
+    def _late(
+        self, qtok: np.ndarray | None, ns: Sequence[int], read: Mapping[int, bytes] | None = None
+    ) -> np.ndarray | None:
+        """:func:`~helamem.core._late.late_scores`, timed (``SearchTiming.late_s``)."""
+        if qtok is None or not ns:
+            return None
+        started = time.perf_counter()
+        try:
+            return late_scores(self, qtok, ns, read)
+        finally:
+            self._late_s += time.perf_counter() - started
+
     def _seed_edges(
         self, seeds: dict[int, float], rows: dict[int, RankRow]
     ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int]], set[tuple[int, int]]]:
@@ -463,7 +479,7 @@ class SearchOps(LearningOps):
         if not seeds:
             return [], [], set()
         prunable: list[tuple[int, int]] = []
-        edges = _EdgeReader(self)  # each node's edges and each scope's tick read once
+        edges = EdgeReader(self)  # each node's edges and each scope's tick read once
         triples = [
             (s, j, w) for s, lst in self._strongest(seeds, prunable, edges).items() for w, j in lst
         ]
@@ -489,7 +505,7 @@ class SearchOps(LearningOps):
             ]
         return triples, prunable, first
 
-    def _strength(self, nodes: Collection[int], edges: _EdgeReader) -> dict[int, float]:
+    def _strength(self, nodes: Collection[int], edges: EdgeReader) -> dict[int, float]:
         """Each node's strength: the sum of its edges' decayed weights."""
         return dynamics.strengths((e.a, e.b, w) for e, w in edges.decayed(nodes))
 
@@ -497,7 +513,7 @@ class SearchOps(LearningOps):
         self,
         nodes: Collection[int],
         prunable: list[tuple[int, int]],
-        edges: _EdgeReader,
+        edges: EdgeReader,
         exclude: Collection[int] = (),
     ) -> dict[int, list[tuple[float, int]]]:
         """Each node's strongest surviving neighbours ``(decayed weight, n)``, best
@@ -522,7 +538,7 @@ class SearchOps(LearningOps):
         seeds: dict[int, float],
         first: Sequence[tuple[int, int, float]],
         prunable: list[tuple[int, int]],
-        edges: _EdgeReader,
+        edges: EdgeReader,
     ) -> list[tuple[int, int, float]]:
         """``(seed, k, w_sj * w_jk)`` for the first-hop neighbours' strongest edges."""
         via: dict[int, list[tuple[int, float]]] = defaultdict(list)
@@ -577,41 +593,3 @@ class SearchOps(LearningOps):
                 )
         hits.sort(key=lambda h: -h.score)  # best first (stable: base before association on ties)
         return hits
-
-
-class _EdgeReader:
-    """The edges spreading reads in one search: each node's edges and each scope's
-    tick are read from the store once (the seeds', then the hops' and the fan's)."""
-
-    def __init__(self, ops: SearchOps) -> None:
-        self._ops = ops
-        self._by_node: dict[int, dict[tuple[int, int], EdgeRow]] = {}
-        self._ticks: dict[int, int] = {}
-        self._weights: dict[EdgeRow, float] = {}  # decayed once per search, not per call
-
-    def decayed(self, nodes: Collection[int]) -> list[tuple[EdgeRow, float]]:
-        """Every edge touching ``nodes`` (once each), with its weight decayed to now."""
-        todo = [n for n in nodes if n not in self._by_node]
-        if todo:
-            for n in todo:
-                self._by_node[n] = {}
-            for e in self._ops.store.edges_of(todo):
-                for end in (e.a, e.b):
-                    if end in self._by_node:
-                        self._by_node[end][(e.a, e.b)] = e
-        found: dict[tuple[int, int], EdgeRow] = {}
-        for n in nodes:
-            found.update(self._by_node[n])
-        new = {e.scope_id for e in found.values()} - self._ticks.keys()
-        if new:
-            self._ticks.update(self._ops._ticks(list(new)))
-        # in (a, b) order, as the store's UNION returned them: the same float sums
-        out = []
-        weights = self._weights
-        for key in sorted(found):
-            e = found[key]
-            w = weights.get(e)
-            if w is None:
-                w = weights[e] = self._ops._decayed(e, self._ticks[e.scope_id])
-            out.append((e, w))
-        return out

@@ -22,7 +22,10 @@ derived from it, like the vector index:
   are missing FTS5 answers instead). The few rows above the mark are
   searched in FTS5 (``rowid > mark``), so a memory is found lexically as
   soon as its ``add`` returns, and a tantivy commit (about 16 ms, it syncs
-  to disk) is paid once per ``lexical_index_tail`` rows.
+  to disk) is paid once per ``lexical_index_tail`` rows. Once no row was
+  added for ``lexical_index_fold_s``, the owner folds the tail in
+  (:meth:`LexicalIndex.fold`, one commit between calls): searches then skip
+  FTS5's query until the next add.
 * **Crashes.** The mark and the log position are stored *in* the index (a
   document with key 0) and commit with it atomically; they advance only once
   that commit succeeded (a failed commit is rolled back). A killed process
@@ -178,6 +181,12 @@ class LexicalIndex:
         self._lock = ProcessLock(path.parent / "lexical.lock")
         self._retry_at = 0.0  # while another store holds it: when to try again
         self.held_elsewhere = False  # another process (or store) holds the index
+        self.head = 0
+        """The store's highest key at the last :meth:`prepare` (deleted keys leave
+        gaps, so an upper bound): at most the mark, FTS5 holds no row above it."""
+        self.head_changed_at = 0.0
+        """``time.monotonic()`` when :attr:`head` last grew (this store's or another
+        process's add), for :meth:`fold`'s caller."""
 
     # -- lifecycle -------------------------------------------------------
 
@@ -346,7 +355,24 @@ class LexicalIndex:
 
     # -- keeping up with SQLite ---------------------------------------------
 
-    def prepare(self, store: SQLiteStore) -> int | None:
+    @property
+    def tail_rows(self) -> int:
+        """At most this many rows lay above the mark at the last :meth:`prepare` (0
+        when none did, or when this index does not serve)."""
+        return max(0, self.head - self._mark) if self._writer is not None else 0
+
+    def fold(self, store: SQLiteStore) -> int | None:
+        """:meth:`prepare`, adding every row above the mark now (at most ``chunk``),
+        however few: the caller folds the tail in once no memory came for a while
+        (``RetrievalConfig.lexical_index_fold_s``), so searches skip FTS5's query
+        of the tail until the next add. One tantivy commit (about 16 ms).
+
+        Raises:
+            StorageError: As :meth:`prepare`.
+        """
+        return self.prepare(store, tail=0)
+
+    def prepare(self, store: SQLiteStore, *, tail: int | None = None) -> int | None:
         """Bring the index up to date enough to serve; the mark, or None for FTS5.
 
         Applies logged deletes and rewrites, then adds rows above the mark when
@@ -367,7 +393,7 @@ class LexicalIndex:
             if not self._open():
                 return None
             with _panics_as_errors():
-                return self._catch_up(store)
+                return self._catch_up(store, self.tail if tail is None else tail)
         except (ValueError, OSError) as exc:
             self._abandon(exc)
             raise StorageError(
@@ -414,7 +440,11 @@ class LexicalIndex:
             self._store_id = store_id
         return store_id
 
-    def _catch_up(self, store: SQLiteStore) -> int | None:
+    def _see_head(self, head: int) -> None:
+        if head != self.head:
+            self.head, self.head_changed_at = head, time.monotonic()
+
+    def _catch_up(self, store: SQLiteStore, tail: int) -> int | None:
         if not self._checked:
             self._check(store)
             self._checked = True
@@ -425,7 +455,8 @@ class LexicalIndex:
             "SELECT (SELECT COALESCE(MAX(seq), 0) FROM lexical_log),"
             " (SELECT COALESCE(MAX(n), 0) FROM memories)"
         ).fetchone()
-        if int(top) <= seq and int(head) - mark <= self.tail:
+        self._see_head(int(head))
+        if int(top) <= seq and int(head) - mark <= tail:
             return self._mark
         db.execute("BEGIN")  # a read snapshot: the log and the rows agree
         try:
@@ -458,8 +489,9 @@ class LexicalIndex:
             # an upper bound on the rows above the mark (deleted keys leave gaps),
             # read from the key's b-tree in O(log n)
             head = db.execute("SELECT COALESCE(MAX(n), 0) FROM memories").fetchone()[0]
+            self._see_head(int(head))
             partial = False
-            if head - mark > self.tail:
+            if head - mark > tail:
                 rows = db.execute(
                     "SELECT rowid, content, tags FROM memories_fts WHERE rowid > ? "
                     "ORDER BY rowid LIMIT ?",
@@ -468,6 +500,8 @@ class LexicalIndex:
                 if rows:
                     self._add(rows)
                     mark, changed = int(rows[-1][0]), True
+                elif head > mark:  # no row above the mark: the keys up to head were deleted
+                    mark, changed = int(head), True
                 partial = len(rows) == self.chunk  # more to come: FTS5 serves meanwhile
         finally:
             db.execute("COMMIT")
