@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -291,3 +293,53 @@ def test_maxsim_packed_edges() -> None:
     np.testing.assert_allclose(full, [1.0, 0.5], atol=1e-6)
     with pytest.raises(ValueError, match="whole tokens of dimension 2"):
         retrieval.maxsim_packed(q, [retrieval.pack_tokens(q) + b"x"], 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 900), st.integers(1, 48), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_the_blocked_maxsim_product_is_one_product(
+    rows_n: int, dim: int, m: int, seed: int
+) -> None:
+    """Blocks give one product's values up to float32 rounding (a block of another
+    height may take another BLAS kernel; at a search's sizes they were bitwise equal)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(-127, 128, size=(rows_n, dim), dtype=np.int8)
+    right = rng.normal(size=(dim, m)).astype(np.float32)
+    got = retrieval._single_threaded_product(rows, right)
+    assert got.dtype == np.float32 and got.shape == (rows_n, m)
+    np.testing.assert_allclose(got, rows.astype(np.float32) @ right, rtol=1e-5, atol=1e-3)
+
+
+_SPIN_PROBE = """
+import os, threading, time
+import numpy as np
+from helamem.core import retrieval
+rng = np.random.default_rng(0)
+q = rng.normal(size=(3, 384)).astype(np.float32)
+docs = [retrieval.pack_tokens(rng.normal(size=(6, 384)).astype(np.float32)) for _ in range(100)]
+def others():
+    me, total = str(threading.get_native_id()), 0
+    for t in os.listdir("/proc/self/task"):
+        if t != me:
+            f = open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+    return total
+retrieval.maxsim_packed(q, docs, 384)
+before, start = others(), time.monotonic()
+while time.monotonic() - start < 1.0:  # a search's MaxSim every 2 ms
+    retrieval.maxsim_packed(q, docs, 384)
+    time.sleep(0.002)
+print((others() - before) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - start))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_maxsim_leaves_no_blas_thread_spinning() -> None:
+    """A threaded BLAS product leaves OpenBLAS's workers spinning after it: searching
+    every few milliseconds kept a whole core busy (1.0 of a core measured before the
+    products were blocked). Measured in a fresh interpreter (no other threads)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SPIN_PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    busy = float(out.stdout.strip())  # CPU of the other threads, in cores
+    assert busy < 0.3, f"other threads used {busy:.2f} of a core beside MaxSim"

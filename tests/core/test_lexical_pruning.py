@@ -3,6 +3,7 @@ query and where the query embedding runs."""
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -166,11 +167,27 @@ class _Inline:
 def test_overlapped_dense_query_gives_the_same_hits(
     tmp_path: Path, make_mem: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The ANN query on the aux thread beside the lexical leg and the lexical
+    candidates' rows (the query's vectors known: a fast embedder's, or cached) gives
+    exactly the hits of everything run one after the other on one thread."""
     queries = ["miso week", "what did we adopt?", "meetings and notes", "laser"]
-    monkeypatch.setattr(_search, "INLINE_EMBED_S", 0.0)  # every embedding on the aux thread
+    where: list[str] = []
+    real_dense = Core._dense
+
+    def dense(self: Core, *args: Any) -> Any:
+        where.append(threading.current_thread().name)
+        return real_dense(self, *args)
+
+    monkeypatch.setattr(Core, "_dense", dense)
+    # every query embedded first on the store's thread (the hashing embedder is fast;
+    # the bound only keeps a loaded machine's slow moment from sending one away)
+    monkeypatch.setattr(_search, "INLINE_EMBED_S", math.inf)
     with make_mem(tmp_path / "store") as mem:
         _fill(mem)
+        mem.search("warm the embedder's timing", ALICE, k=1, learn=False)
+        where.clear()
         overlapped = [mem.search(q, ALICE, k=5, learn=False) for q in queries]
+        assert where and all(w.startswith("helamem-embed") for w in where), where
         monkeypatch.setattr(Core, "_aux", lambda self: _Inline())
         serial = [mem.search(q, ALICE, k=5, learn=False) for q in queries]
     assert [[(h.memory.id, h.score) for h in r] for r in overlapped] == [
@@ -195,10 +212,11 @@ class _Where(HashingEmbedder):
 
 @pytest.mark.parametrize(("delay_s", "thread"), [(0.0, "helamem-store"), (0.005, "helamem-embed")])
 def test_a_fast_embedder_embeds_queries_on_the_store_thread(
-    tmp_path: Path, delay_s: float, thread: str
+    tmp_path: Path, delay_s: float, thread: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A query embedding faster than INLINE_EMBED_S (on average) skips the hop to the
     aux thread; a slow one (ONNX: milliseconds) keeps overlapping the lexical leg."""
+    monkeypatch.setattr(_search, "INLINE_EMBED_S", 0.004)  # between 0 and 5 ms, under load too
     embedder = _Where(delay_s)
     cfg = HelaMemConfig(path=tmp_path / "store")
     with HelaMemory(cfg, embedder=embedder) as mem:

@@ -82,11 +82,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines += [
             "",
             "Where the default `search` spends its time (p50 / p95 ms, engine side): the "
-            f"lexical leg (BM25 over {bm25}) runs after the query embedding (here a table "
-            "lookup: a fast embedder runs on the store's thread, a slow one beside the lexical "
-            "leg on a second thread); the dense leg is the ANN query (and any wait for the "
-            "embedding); late is MaxSim scoring (the token vectors come with the candidate "
-            "rows); rest is the candidate rows, the pool, fusion, spreading and the hits. The "
+            f"lexical leg (BM25 over {bm25}) and the lexical candidates' rows run on the "
+            "store's thread while the ANN query runs on a second one (the query embedding, "
+            "here a table lookup, first); the dense leg is the wait for the ANN query after "
+            "them; late is MaxSim scoring (the token vectors come with the candidate rows); "
+            "rest is the candidate rows, the pool, fusion, spreading and the hits. The "
             "learning write runs after the hits are handed back (before the store's next "
             "call), so neither engine nor search "
             "includes it: the leg times are read from the store after search's clock stopped, "

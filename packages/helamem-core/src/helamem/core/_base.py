@@ -83,19 +83,20 @@ def scope_tag(node: int, kind: str) -> str:
 class SearchTiming:
     """Where the last search's wall time went, in seconds (for ``bench scale``).
 
-    The query embedding (on the aux thread: ONNX releases the GIL) runs beside
-    the lexical leg (BM25 candidates, on the owner thread); the dense leg is the
-    wait for the embedding plus the ANN query, run after the lexical leg on the
-    owner thread (on 2 cores, both legs on two threads took 4.5-5.5 ms at 100k
-    memories, one after the other 3.4-4.0 ms). An embedder faster than
-    ``_search.INLINE_EMBED_S`` (hashing, a table) embeds first, on the owner
-    thread, inside ``legs_s`` only. ``legs_s`` is the time until both were
-    done. ``late_s`` is the MaxSim leg (scoring; the token vectors come with
-    the candidate rows), ``rest_s`` everything else (candidate rows, pool,
-    fusion, spreading, hits). In a :class:`~helamem.core.HelaMemory` the learning
-    write runs after the search returns (``LearningOps.apply_learning``),
-    outside these times; a bare engine without ``defer_learning`` writes it
-    inline, inside ``rest_s``.
+    When the query's vectors are known (the query cache, or an embedder faster
+    than ``_search.INLINE_EMBED_S``, run first on the owner thread), the ANN
+    query runs on the aux thread beside the lexical leg (BM25 candidates) and
+    the lexical candidates' rows, on the owner thread; the dense leg is then
+    the wait for it (at 100k memories on 2 cores 0.4-0.8 ms faster than one
+    after the other, once MaxSim's products stopped leaving OpenBLAS threads
+    spinning). Otherwise the query embedding runs there (ONNX releases the
+    GIL) and the dense leg is the wait for it plus the ANN query. ``legs_s``
+    is the time until both were done. ``late_s`` is the MaxSim leg (scoring;
+    the token vectors come with the candidate rows), ``rest_s`` everything
+    else (candidate rows, pool, fusion, spreading, hits). In a
+    :class:`~helamem.core.HelaMemory` the learning write runs after the search
+    returns (``LearningOps.apply_learning``), outside these times; a bare
+    engine without ``defer_learning`` writes it inline, inside ``rest_s``.
     """
 
     dense_s: float

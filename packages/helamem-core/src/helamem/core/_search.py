@@ -7,20 +7,21 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from . import dynamics, retrieval
-from ._base import SearchTiming, check_content, check_k, scope_tag
+from ._base import SearchTiming, check_content, check_k
 from ._edges import EdgeReader
 from ._late import late_scores
 from ._learning import LearningOps
+from ._lexical_leg import LexicalLegOps
 from .errors import InvalidInputError, StorageError
 from .storage.base import RankRow
-from .text import drop_common, fts_match, fts_terms, named, tokens
+from .text import named, tokens
 from .tokens import TokenCount
 from .types import (
     Hit,
@@ -43,7 +44,7 @@ and back cost about 0.1-0.2 ms at 100k memories on 2 cores (measured), while
 ONNX MiniLM takes milliseconds, overlapped. Hashing and table embedders fall below."""
 
 
-class SearchOps(LearningOps):
+class SearchOps(LexicalLegOps, LearningOps):
     """Reads: a query's candidates, pool, spreading and hits (and its learning step)."""
 
     def search(
@@ -106,16 +107,21 @@ class SearchOps(LearningOps):
         rows: dict[int, RankRow] = {}
         prunable: list[tuple[int, int]] = []
         holding = {pk: self.store.nodes_holding(nodes, pk) for pk, _ in paths}
-        # the query embedding (ONNX, GIL released) overlaps the lexical leg; the ANN
-        # query runs after it on this thread: beside the lexical leg on a second
-        # thread it only slowed both (measured at 100k memories on 2 cores)
         self._late_s = 0.0
         cached = self._cached_query(query)
         if cached is None and self._embed_s < INLINE_EMBED_S:
             # a fast embedder (hashing, a table): handing it to the aux thread and
             # back costs more than the lexical leg's overlap saves
             cached = self._embed_query(query)
-        pending = None if cached is not None else self._aux().submit(self._embed_query, query)
+        # Beside the lexical leg (and the lexical candidates' rows), on the aux thread:
+        # the ANN query when the query's vectors are known (Chroma's query releases the
+        # GIL; the index is this thread's again once the future is done), else the
+        # query embedding (ONNX releases it too), the ANN query then following here.
+        ahead = pending = None
+        if cached is not None:
+            ahead = self._aux().submit(self._dense, cached[0], paths, holding)
+        elif cached is None:
+            pending = self._aux().submit(self._embed_query, query)
         lexical_start = time.perf_counter()
         done = False
         try:
@@ -124,15 +130,29 @@ class SearchOps(LearningOps):
                 pk: self._lexical(query, node, nodes, pk, pkk, stats) if holding[pk] else {}
                 for pk, pkk in paths
             }
+            # while the ANN query runs: the lexical candidates' ranking rows
+            known = (
+                {
+                    pk: self.store.rank_rows((), lex, tokens=self._tokens is not None)
+                    if lex
+                    else {}
+                    for pk, lex in lexical.items()
+                }
+                if ahead is not None
+                else {}
+            )
             done = True
         finally:
-            if not done and pending is not None:
-                wait([pending])  # the embedding writes the query cache: never left running
+            # neither is ever left running: the embedding writes the query cache,
+            # the ANN query uses the index
+            if not done and (ahead is not None or pending is not None):
+                running: list[Future[Any]] = [f for f in (ahead, pending) if f is not None]
+                wait(running)
         mass = self._lexical_mass(stats)
         lexical_s = time.perf_counter() - lexical_start
         dense_start = time.perf_counter()
         qv, qtok = cached if cached is not None else pending.result()  # type: ignore[union-attr]
-        dense = self._dense(qv, paths, holding)
+        dense = ahead.result() if ahead is not None else self._dense(qv, paths, holding)
         dense_s = time.perf_counter() - dense_start
         legs_s = time.perf_counter() - started
         for path_kind, path_k in paths:
@@ -150,6 +170,7 @@ class SearchOps(LearningOps):
                 lexical[path_kind],
                 mass,
                 frozenset(tokens(query)),  # the learned selection's ``named``
+                known.get(path_kind),
             )
             if found is None:
                 continue
@@ -278,85 +299,6 @@ class SearchOps(LearningOps):
                 self._queries.popitem(last=False)
         return got
 
-    def _term_stats(self, query: str) -> tuple[list[str], int, list[int]]:
-        """The query's words, the rows of the FTS index and each word's document
-        frequency (read once per search: both the word filter and the mass use them)."""
-        terms = fts_terms(query)
-        if not terms:
-            return terms, 0, []
-        rows, df = self.store.term_stats(terms)
-        return terms, rows, df
-
-    @staticmethod
-    def _lexical_mass(stats: tuple[list[str], int, list[int]]) -> float:
-        """The sum of BM25 idf over the query's words (see :func:`retrieval.relevance`)."""
-        _, rows, df = stats
-        return sum(retrieval.bm25_idf(d, rows) for d in df)
-
-    def _lexical_terms(self, stats: tuple[list[str], int, list[int]]) -> list[str]:
-        """The query's words that go into BM25 (``lexical_max_df``, ``_max_terms``,
-        ``_max_postings`` applied; see :func:`~helamem.core.text.drop_common`)."""
-        cfg = self.config.retrieval
-        terms, rows, df = stats
-        if len(terms) > 1 and (
-            cfg.lexical_max_df < 1.0
-            or 0 < cfg.lexical_max_terms < len(terms)
-            or cfg.lexical_max_postings
-        ):
-            terms = drop_common(
-                terms,
-                df,
-                rows,
-                cfg.lexical_max_df,
-                max_terms=cfg.lexical_max_terms,
-                max_postings=cfg.lexical_max_postings,
-            )
-        return terms
-
-    def _lexical(
-        self,
-        query: str,
-        node: int | None,
-        nodes: list[int],
-        kind: Kind,
-        k: int,
-        stats: tuple[list[str], int, list[int]],
-    ) -> dict[int, float]:
-        terms = self._lexical_terms(stats)
-        match = fts_match(terms)
-        if not match:
-            return {}
-        m = max(self.config.retrieval.candidates, k)
-        if self._holding is None:
-            self._holding = self.store.holding()
-        tag = None if node is None else scope_tag(node, kind)
-        # Everything of this kind lies under the prefix (single-tenant stores): FTS5
-        # skips the scope filter (an AND with every posting of the scope) and
-        # over-fetches; rows of another scope or kind are dropped by the caller.
-        covers = tag is None or self._holding.get(kind, set()) <= set(nodes)
-        lx = self.lexical_index
-        if lx is not None:
-            try:
-                mark = lx.prepare(self.sqlite_store)
-                if mark is not None:
-                    # tantivy up to its mark (its scope filter costs little: no
-                    # over-fetch), FTS5 above it (the newest few): the best of both
-                    # (the tail, unfiltered where the prefix covers every scope, may
-                    # hold rows the caller drops: it is kept whole, not cut to m)
-                    limit = m if tag is not None else 2 * m
-                    found = (
-                        dict(self.store.lexical(match, None if covers else tag, limit, after=mark))
-                        if lx.head > mark  # else no row above the mark (the tail folded in)
-                        else {}
-                    )
-                    found.update(lx.search(terms, tag, limit))
-                    return found
-            except StorageError as exc:  # derived: FTS5 answers, the next search tries again
-                logger.warning("lexical index failed, FTS5 answers: %s", exc)
-        if covers:
-            return dict(self.store.lexical(match, None, 2 * m))
-        return dict(self.store.lexical(match, tag, m))
-
     def _aux(self) -> ThreadPoolExecutor:
         if self._aux_pool is None:
             self._aux_pool = ThreadPoolExecutor(1, thread_name_prefix="helamem-embed")
@@ -375,18 +317,21 @@ class SearchOps(LearningOps):
         lex: dict[int, float],
         mass: float,
         words: frozenset[str] = frozenset(),
+        known: dict[int, RankRow] | None = None,
     ) -> tuple[retrieval.Ranking, dict[int, RankRow], list[Hit], list[tuple[int, int]]] | None:
         cfg = self.config.retrieval
         allowed = set(nodes)
-        # ranking columns only, one query for both legs; _hits loads the full rows
-        # of the returned memories
-        rows = {
-            n: r
-            for n, r in self.store.rank_rows(
-                [i for i, _ in dense_ids], lex, tokens=qtok is not None
-            ).items()
-            if r.scope_id in allowed and r.kind == kind
-        }
+        late = self._tokens is not None  # token vectors come with the rows (MaxSim)
+        # ranking columns only (the lexical candidates' read already when ``known``),
+        # one query for the rest; _hits loads the full rows of the returned memories
+        if known is None:
+            got = self.store.rank_rows([i for i, _ in dense_ids], lex, tokens=late)
+        else:
+            have = {r.id for r in known.values()}
+            got = known | self.store.rank_rows(
+                [i for i, _ in dense_ids if i not in have], (), tokens=late
+            )
+        rows = {n: r for n, r in got.items() if r.scope_id in allowed and r.kind == kind}
         if not rows:
             return None
         pool = self._pool(rows, qv, lex, qtok, words)
@@ -402,7 +347,7 @@ class SearchOps(LearningOps):
                 extra_ns = {j for _, j, _ in triples if j not in rows}
                 extra = {
                     n: r
-                    for n, r in self.store.rank_rows((), extra_ns, tokens=qtok is not None).items()
+                    for n, r in self.store.rank_rows((), extra_ns, tokens=late).items()
                     if r.scope_id in allowed and r.kind == kind
                 }
                 rows.update(extra)
