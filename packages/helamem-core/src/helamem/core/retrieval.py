@@ -130,14 +130,19 @@ def _single_threaded_product(
     computes each on this thread: a threaded product leaves its worker threads
     spinning after it, a whole core busy between searches (measured: a search's
     600 x 384 x 3 product kept one of 2 cores at 100 %), which the ANN query beside
-    the lexical leg needs. The same values up to float32 rounding (a block of
-    another height may take another kernel; at a search's sizes, 192 of 192
-    products on the 100k benchmark store were bitwise equal)."""
-    step = max(1, _PRODUCT_BUDGET // max(1, rows.shape[1] * right.shape[1]))
-    if rows.shape[0] <= step:
+    the lexical leg needs. The same values as one product up to float32 rounding
+    (a block's height can change which kernel sums an element; the 192 products
+    of 100 searches on the 100k benchmark store were bitwise equal)."""
+    n = rows.shape[0]
+    # at least 16 rows a block (a one-row product is numpy's matrix-vector path, whose
+    # sums round differently), and blocks of equal height
+    step = max(16, _PRODUCT_BUDGET // max(1, rows.shape[1] * right.shape[1]))
+    if n <= step:
         return rows.astype(np.float32) @ right
+    blocks = -(-n // step)
+    height = -(-n // blocks)
     return np.concatenate(
-        [rows[i : i + step].astype(np.float32) @ right for i in range(0, rows.shape[0], step)]
+        [rows[i : i + height].astype(np.float32) @ right for i in range(0, n, height)]
     )
 
 
