@@ -43,6 +43,8 @@ def test_ssl_takes_the_usual_booleans(raw: str, want: bool) -> None:
         ("HELAMEM_SQLITE_MMAP_MB", "-1", "whole number of MiB from 0 to 2047"),
         ("HELAMEM_SQLITE_MMAP_MB", "2048", "whole number of MiB from 0 to 2047"),
         ("HELAMEM_SQLITE_MMAP_MB", "1.5", "whole number of MiB from 0 to 2047"),
+        ("HELAMEM_SQLITE_MMAP_MB", "\u00b2", "whole number of MiB from 0 to 2047"),
+        ("HELAMEM_SQLITE_MMAP_MB", "\u0663", "whole number of MiB from 0 to 2047"),
         ("HELAMEM_SQLITE_MMAP_MB", "", "set it to a value"),
     ],
 )

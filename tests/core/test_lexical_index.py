@@ -504,3 +504,16 @@ def test_a_tail_of_deleted_memories_is_folded_to_nothing(tmp_path: Path, make_me
         assert mem._call(lambda c: c.lexical_fold_in()) is None
         assert _fts5_tail_queries(mem, "zeppelin") == 0
         assert not _lexical(mem, "zeppelin")
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("inf"), float("nan")])
+def test_fold_seconds_must_be_a_finite_time(bad: float) -> None:
+    """0 means never; infinity is refused (a config saved as JSON could not be read back)."""
+    from pydantic import ValidationError
+
+    from helamem.core import RetrievalConfig
+
+    with pytest.raises(ValidationError, match="lexical_index_fold_s"):
+        RetrievalConfig(lexical_index_fold_s=bad)
+    cfg = RetrievalConfig(lexical_index_fold_s=0.0)
+    assert RetrievalConfig.model_validate_json(cfg.model_dump_json()) == cfg

@@ -46,11 +46,11 @@ def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dic
         data["path"] = Path(path)
     if (mmap := _text(env, "HELAMEM_SQLITE_MMAP_MB")) is not None:
         value = mmap.strip()
-        if not value.isdigit() or int(value) > SQLITE_MMAP_MAX_MB:
+        if not (value.isascii() and value.isdigit()) or int(value) > SQLITE_MMAP_MAX_MB:
             raise ConfigError(
                 f"HELAMEM_SQLITE_MMAP_MB={mmap!r} is not a whole number of MiB from 0 to "
-                f"{SQLITE_MMAP_MAX_MB} (0: reads without a memory map); set one, or unset it "
-                f"for 1024"
+                f"{SQLITE_MMAP_MAX_MB} (0: reads without a memory map); set it to one, or unset "
+                f"it for the default 1024"
             )
         data["sqlite_mmap_mb"] = int(value)
     emb = _fields(env, provider="HELAMEM_EMBEDDER", model="HELAMEM_EMBEDDING_MODEL")

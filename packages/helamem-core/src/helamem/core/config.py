@@ -235,7 +235,12 @@ class RetrievalConfig(_Frozen):
             the store's thread folds those newest memories into the tantivy
             index between calls (one commit), and searches skip FTS5's query
             of them (about 0.14 ms of a 5 ms search at 100k memories) until
-            the next add. 0: never (the tail waits for ``lexical_index_tail``).
+            the next add (deletes and rewrites do not restart the wait). 0:
+            never (the newest memories wait until more than
+            ``lexical_index_tail`` of them are there). Folded memories are
+            scored by tantivy's BM25 instead of FTS5's, which differ by a few
+            per cent (see :mod:`helamem.core.storage.lexical`), so a hit's
+            ``lexical`` and, rarely, the order of close hits can change.
         query_cache: The embeddings (pooled and token vectors) of this many
             recent query texts are kept, so repeating a query, and the three
             to four searches of one ``max_tokens`` budget, embed it once (a
@@ -275,7 +280,7 @@ class RetrievalConfig(_Frozen):
     lexical_index: Literal["auto", "fts5"] = "auto"
     lexical_index_min: int = Field(50_000, ge=1)
     lexical_index_tail: int = Field(1_000, ge=0, le=100_000)
-    lexical_index_fold_s: float = Field(2.0, ge=0.0)
+    lexical_index_fold_s: float = Field(2.0, ge=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _check_model(self) -> RetrievalConfig:
