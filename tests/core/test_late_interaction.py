@@ -312,11 +312,11 @@ def test_the_blocked_maxsim_product_is_one_product(
 
 
 _SPIN_PROBE = """
-import os, threading, time
+import os, sys, threading, time
 import numpy as np
 from helamem.core import retrieval
 rng = np.random.default_rng(0)
-q = rng.normal(size=(3, 384)).astype(np.float32)
+q = rng.normal(size=(int(sys.argv[1]), 384)).astype(np.float32)
 docs = [retrieval.pack_tokens(rng.normal(size=(6, 384)).astype(np.float32)) for _ in range(100)]
 def others():
     me, total = str(threading.get_native_id()), 0
@@ -335,12 +335,17 @@ print((others() - before) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - start
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
-def test_maxsim_leaves_no_blas_thread_spinning() -> None:
+@pytest.mark.parametrize("query_tokens", [3, 120])  # a short query and a whole message
+def test_maxsim_leaves_no_blas_thread_spinning(query_tokens: int) -> None:
     """A threaded BLAS product leaves OpenBLAS's workers spinning after it: searching
     every few milliseconds kept a whole core busy (1.0 of a core measured before the
     products were blocked). Measured in a fresh interpreter (no other threads)."""
     out = subprocess.run(
-        [sys.executable, "-c", _SPIN_PROBE], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", _SPIN_PROBE, str(query_tokens)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     busy = float(out.stdout.strip())  # CPU of the other threads, in cores
     assert busy < 0.3, f"other threads used {busy:.2f} of a core beside MaxSim"

@@ -453,14 +453,19 @@ def test_the_tail_is_folded_in_once_no_memory_came(tmp_path: Path, make_mem: Any
     """``lexical_index_fold_s`` after the newest memory the store's thread folds the
     tail (the rows above the mark, FTS5's) into tantivy: searches then skip FTS5's
     query, and still find every tail memory; the next add is found at once again."""
-    opts = {"lexical_index_min": 20, "lexical_index_tail": 5, "lexical_index_fold_s": 0.3}
+    opts = {
+        "lexical_index_min": 20,
+        "lexical_index_tail": 5,
+        "lexical_index_fold_s": 1.0,  # the asserts before the wait fit well within it
+        "lexical_index_fold_searches": 1,
+    }
     with make_mem(tmp_path / "t", **opts) as mem:
         mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(3), 30)])
         assert _lexical(mem, "w1")  # builds the index
         mem.add_many([NewMemory(f"the zeppelin number {i} landed", SCOPE) for i in range(3)])
         assert _index(mem).tail_rows == 3  # above the mark: FTS5's
         assert _fts5_tail_queries(mem, "zeppelin") == 1
-        time.sleep(0.6)
+        time.sleep(1.6)
         mem.stats()  # a call: the owner's loop ran the fold between calls
         assert _index(mem).tail_rows == 0
         assert _fts5_tail_queries(mem, "zeppelin") == 0
@@ -475,34 +480,44 @@ def test_the_tail_is_folded_in_once_no_memory_came(tmp_path: Path, make_mem: Any
         )
 
 
-@pytest.mark.parametrize("fold_s", [0.0, 30.0])
-def test_no_fold_when_off_or_before_its_time(tmp_path: Path, make_mem: Any, fold_s: float) -> None:
-    opts = {"lexical_index_min": 20, "lexical_index_tail": 5, "lexical_index_fold_s": fold_s}
+@pytest.mark.parametrize(("fold_s", "searches"), [(0.0, 1), (30.0, 1), (0.3, 64)])
+def test_no_fold_when_off_before_its_time_or_rarely_searched(
+    tmp_path: Path, make_mem: Any, fold_s: float, searches: int
+) -> None:
+    """Off (0), before its time, or when the tail was searched fewer than
+    ``lexical_index_fold_searches`` times since the add (a chat: a commit per turn
+    would cost more than the searches save): the tail stays FTS5's."""
+    opts = {
+        "lexical_index_min": 20,
+        "lexical_index_tail": 5,
+        "lexical_index_fold_s": fold_s,
+        "lexical_index_fold_searches": searches,
+    }
     with make_mem(tmp_path / "t", **opts) as mem:
         mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(4), 30)])
         assert _lexical(mem, "w1")
         mem.add("the zeppelin landed", SCOPE)
-        time.sleep(0.4)
+        for _ in range(3):
+            assert _fts5_tail_queries(mem, "zeppelin") == 1
+        time.sleep(0.8)
         mem.stats()
         assert _index(mem).tail_rows == 1
         assert _fts5_tail_queries(mem, "zeppelin") == 1
 
 
-def test_a_tail_of_deleted_memories_is_folded_to_nothing(tmp_path: Path, make_mem: Any) -> None:
-    """Keys above the mark whose memories were deleted (gaps): the fold moves the mark
-    past them, so searches skip FTS5 (the timer does not fire again for nothing)."""
-    opts = {"lexical_index_min": 20, "lexical_index_tail": 5, "lexical_index_fold_s": 0.3}
+def test_deleting_the_newest_memories_leaves_no_tail(tmp_path: Path, make_mem: Any) -> None:
+    """Deleting the memories above the mark lowers the store's highest key to it:
+    nothing is left for FTS5 (its query is skipped) and nothing to fold."""
+    opts = {"lexical_index_min": 20, "lexical_index_tail": 5, "lexical_index_fold_searches": 1}
     with make_mem(tmp_path / "t", **opts) as mem:
         mem.add_many([NewMemory(t, SCOPE) for t in _texts(random.Random(5), 30)])
         assert _lexical(mem, "w1")
         gone = mem.add_many([NewMemory(f"zeppelin {i}", SCOPE) for i in range(2)])
-        mem.delete([m.id for m in gone])
         assert _index(mem).tail_rows == 2
-        time.sleep(0.6)
-        mem.stats()
+        mem.delete([m.id for m in gone])
+        assert _fts5_tail_queries(mem, "zeppelin") == 0
         assert _index(mem).tail_rows == 0
         assert mem._call(lambda c: c.lexical_fold_in()) is None
-        assert _fts5_tail_queries(mem, "zeppelin") == 0
         assert not _lexical(mem, "zeppelin")
 
 

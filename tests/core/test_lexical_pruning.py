@@ -12,7 +12,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from test_hooks import DictIndex
 
 from helamem.core import HelaMemConfig, HelaMemory, _search
 from helamem.core._core import Core
@@ -169,7 +171,8 @@ def test_overlapped_dense_query_gives_the_same_hits(
 ) -> None:
     """The ANN query on the aux thread beside the lexical leg and the lexical
     candidates' rows (the query's vectors known: a fast embedder's, or cached) gives
-    exactly the hits of everything run one after the other on one thread."""
+    exactly the hits of the path without it (the query embedded on the aux thread,
+    the ANN query after the lexical leg, one statement for every candidate's row)."""
     queries = ["miso week", "what did we adopt?", "meetings and notes", "laser"]
     where: list[str] = []
     real_dense = Core._dense
@@ -184,16 +187,44 @@ def test_overlapped_dense_query_gives_the_same_hits(
     monkeypatch.setattr(_search, "INLINE_EMBED_S", math.inf)
     with make_mem(tmp_path / "store") as mem:
         _fill(mem)
-        mem.search("warm the embedder's timing", ALICE, k=1, learn=False)
+        mem.search("warm the embedder's timing", ALICE, k=1, learn=False)  # its first: unknown
         where.clear()
         overlapped = [mem.search(q, ALICE, k=5, learn=False) for q in queries]
         assert where and all(w.startswith("helamem-embed") for w in where), where
-        monkeypatch.setattr(Core, "_aux", lambda self: _Inline())
+    where.clear()
+    monkeypatch.setattr(_search, "INLINE_EMBED_S", 0.0)  # no vectors known up front
+    with make_mem(tmp_path / "store", query_cache=0) as mem:
         serial = [mem.search(q, ALICE, k=5, learn=False) for q in queries]
+        assert where and all(w.startswith("helamem-store") for w in where), where
     assert [[(h.memory.id, h.score) for h in r] for r in overlapped] == [
         [(h.memory.id, h.score) for h in r] for r in serial
     ]
     assert all(len(r) for r in overlapped)
+
+
+class _ThreadBoundIndex(DictIndex):
+    """A vector index bound to the thread that made it (as one on a plain ``sqlite3``
+    connection): it never says ``queries_from_any_thread``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def query(
+        self, vector: np.ndarray, n: int, scope_ids: Sequence[int], kind: str
+    ) -> list[tuple[str, float]]:
+        self.threads.add(threading.current_thread().name)
+        return super().query(vector, n, scope_ids, kind)
+
+
+def test_an_index_bound_to_its_thread_is_queried_on_the_store_thread(tmp_path: Path) -> None:
+    index = _ThreadBoundIndex()
+    cfg = HelaMemConfig(path=tmp_path / "store")
+    with HelaMemory(cfg, embedder=HashingEmbedder(256), vector_index=index) as mem:
+        mem.add("Miso the cat chased a laser", ALICE)
+        for _ in range(3):  # cached after the first: the vectors are known up front
+            assert mem.search("laser", ALICE, k=1, learn=False)[0].content.startswith("Miso")
+    assert index.threads == {"helamem-store"}
 
 
 class _Where(HashingEmbedder):

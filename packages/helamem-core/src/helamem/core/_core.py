@@ -48,9 +48,16 @@ class Core(IngestOps, SearchOps):
     def lexical_fold_in(self) -> float | None:
         """Seconds until the lexical index's tail is due to be folded in (<= 0: now;
         ``lexical_index_fold_s`` after the newest memory was seen), or ``None``:
-        nothing to fold (no index held, no tail, or folding off)."""
-        lx, wait = self.lexical_index, self.config.retrieval.lexical_index_fold_s
-        if lx is None or wait <= 0 or not lx.tail_rows:
+        nothing to fold (no index held, no tail, fewer than
+        ``lexical_index_fold_searches`` searches of it, or folding off)."""
+        rc = self.config.retrieval
+        lx, wait = self.lexical_index, rc.lexical_index_fold_s
+        if (
+            lx is None
+            or wait <= 0
+            or not lx.tail_rows
+            or lx.tail_searches < rc.lexical_index_fold_searches
+        ):
             return None
         return lx.head_changed_at + wait - time.monotonic()
 

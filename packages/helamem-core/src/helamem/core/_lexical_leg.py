@@ -90,6 +90,8 @@ class LexicalLegOps(CoreBase):
                         if lx.head > mark  # else no row above the mark (the tail folded in)
                         else {}
                     )
+                    if lx.head > mark:
+                        lx.note_tail_search()
                     found.update(lx.search(terms, tag, limit))
                     return found
             except StorageError as exc:  # derived: FTS5 answers, the next search tries again

@@ -114,16 +114,17 @@ class SearchOps(LexicalLegOps, LearningOps):
             # back costs more than the lexical leg's overlap saves
             cached = self._embed_query(query)
         # Beside the lexical leg (and the lexical candidates' rows), on the aux thread:
-        # the ANN query when the query's vectors are known (Chroma's query releases the
-        # GIL; the index is this thread's again once the future is done), else the
-        # query embedding (ONNX releases it too), the ANN query then following here.
+        # the ANN query when the query's vectors are known and the index may be
+        # queried from another thread (Chroma's query releases the GIL; the index is
+        # this thread's again once the future is done), else the query embedding
+        # (ONNX releases it too), the ANN query then following here.
         ahead = pending = None
-        if cached is not None:
+        if cached is not None and getattr(self.index, "queries_from_any_thread", False):
             ahead = self._aux().submit(self._dense, cached[0], paths, holding)
         elif cached is None:
             pending = self._aux().submit(self._embed_query, query)
+        running: list[Future[Any]] = [f for f in (ahead, pending) if f is not None]
         lexical_start = time.perf_counter()
-        done = False
         try:
             stats = self._term_stats(query)
             lexical = {
@@ -131,26 +132,22 @@ class SearchOps(LexicalLegOps, LearningOps):
                 for pk, pkk in paths
             }
             # while the ANN query runs: the lexical candidates' ranking rows
+            late = self._tokens is not None
             known = (
                 {
-                    pk: self.store.rank_rows((), lex, tokens=self._tokens is not None)
-                    if lex
-                    else {}
+                    pk: self.store.rank_rows((), lex, tokens=late) if lex else {}
                     for pk, lex in lexical.items()
                 }
                 if ahead is not None
                 else {}
             )
-            done = True
+            lexical_s = time.perf_counter() - lexical_start
         finally:
-            # neither is ever left running: the embedding writes the query cache,
-            # the ANN query uses the index
-            if not done and (ahead is not None or pending is not None):
-                running: list[Future[Any]] = [f for f in (ahead, pending) if f is not None]
-                wait(running)
+            # neither is ever left running, whatever happens: the embedding writes the
+            # query cache, the ANN query uses the index
+            dense_start = time.perf_counter()
+            wait(running)
         mass = self._lexical_mass(stats)
-        lexical_s = time.perf_counter() - lexical_start
-        dense_start = time.perf_counter()
         qv, qtok = cached if cached is not None else pending.result()  # type: ignore[union-attr]
         dense = ahead.result() if ahead is not None else self._dense(qv, paths, holding)
         dense_s = time.perf_counter() - dense_start
@@ -283,7 +280,7 @@ class SearchOps(LexicalLegOps, LearningOps):
 
     def _embed_query(self, query: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The query's pooled and token vectors, kept in the ``query_cache`` (run on
-        the aux thread while the owner thread does not read the cache)."""
+        the owner thread, or on the aux thread while the owner does not read the cache)."""
         started = time.perf_counter()
         vecs, toks = self._embed_tokens([query])
         took = time.perf_counter() - started

@@ -231,16 +231,22 @@ class RetrievalConfig(_Frozen):
         lexical_index_tail: Newest memories searched in FTS5 before the
             tantivy index takes them (a tantivy commit syncs to disk, about
             16 ms, so it is paid once per this many new memories).
-        lexical_index_fold_s: Once no memory was added for this many seconds,
-            the store's thread folds those newest memories into the tantivy
+        lexical_index_fold_s: Once no memory was added for this many seconds
+            (and ``lexical_index_fold_searches`` searches queried them), the
+            store's thread folds those newest memories into the tantivy
             index between calls (one commit), and searches skip FTS5's query
             of them (about 0.14 ms of a 5 ms search at 100k memories) until
-            the next add (deletes and rewrites do not restart the wait). 0:
+            the next add (or delete of the newest memory). 0:
             never (the newest memories wait until more than
             ``lexical_index_tail`` of them are there). Folded memories are
             scored by tantivy's BM25 instead of FTS5's, which differ by a few
             per cent (see :mod:`helamem.core.storage.lexical`), so a hit's
             ``lexical`` and, rarely, the order of close hits can change.
+        lexical_index_fold_searches: Searches of those newest memories since
+            the last add before a fold: a commit (about 16 ms) pays for itself
+            only over about a hundred searches (0.14 ms each), so a chat that
+            searches once or twice per turn never folds; a store searched
+            far more often than written does.
         query_cache: The embeddings (pooled and token vectors) of this many
             recent query texts are kept, so repeating a query, and the three
             to four searches of one ``max_tokens`` budget, embed it once (a
@@ -281,6 +287,7 @@ class RetrievalConfig(_Frozen):
     lexical_index_min: int = Field(50_000, ge=1)
     lexical_index_tail: int = Field(1_000, ge=0, le=100_000)
     lexical_index_fold_s: float = Field(2.0, ge=0.0, allow_inf_nan=False)
+    lexical_index_fold_searches: int = Field(64, ge=1)
 
     @model_validator(mode="after")
     def _check_model(self) -> RetrievalConfig:

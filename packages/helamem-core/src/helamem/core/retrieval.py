@@ -133,6 +133,14 @@ def _single_threaded_product(
     the lexical leg needs. The same values as one product up to float32 rounding
     (a block's height can change which kernel sums an element; the 192 products
     of 100 searches on the 100k benchmark store were bitwise equal)."""
+    width = max(1, _PRODUCT_BUDGET // (16 * max(1, rows.shape[1])))
+    if right.shape[1] > width:  # a long query: its tokens in column blocks too
+        return np.hstack(
+            [
+                _single_threaded_product(rows, right[:, j : j + width])
+                for j in range(0, right.shape[1], width)
+            ]
+        )
     n = rows.shape[0]
     # at least 16 rows a block (a one-row product is numpy's matrix-vector path, whose
     # sums round differently), and blocks of equal height

@@ -83,7 +83,15 @@ class EdgeRow(NamedTuple):
 
 
 class VectorIndex(Protocol):
-    """A derived index of embeddings keyed by memory id."""
+    """A derived index of embeddings keyed by memory id.
+
+    Every method runs on the memory's owner thread, one call at a time, unless
+    the index has a true attribute ``queries_from_any_thread``: a search then
+    runs :meth:`query` on its second (aux) thread, beside the lexical leg, and
+    nothing else calls the index until that query returned (HeLa-Mem's own
+    :class:`~helamem.core.storage.chroma.ChromaIndex` says so; an index bound to
+    its thread, such as one on a plain ``sqlite3`` connection, must not).
+    """
 
     def open(self, dimension: int) -> None: ...
 

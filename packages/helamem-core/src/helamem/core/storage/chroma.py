@@ -156,6 +156,11 @@ class ChromaIndex(ChromaConnection):
         attach_minilm: Attach HeLa-Mem's MiniLM embedding function to collections.
     """
 
+    queries_from_any_thread = True
+    """:meth:`query` may run on a search's aux thread (see
+    :class:`~helamem.core.storage.base.VectorIndex`): Chroma's clients and the
+    exact scan's own connection (with its lock) are not bound to a thread."""
+
     lost: set[tuple[int, str]]
     """Promoted scopes whose collection :meth:`count` or a search found gone (deleted
     on a server or in the directory behind this process): their memories are in no

@@ -182,11 +182,14 @@ class LexicalIndex:
         self._retry_at = 0.0  # while another store holds it: when to try again
         self.held_elsewhere = False  # another process (or store) holds the index
         self.head = 0
-        """The store's highest key at the last :meth:`prepare` (deleted keys leave
-        gaps, so an upper bound): at most the mark, FTS5 holds no row above it."""
+        """The store's highest memory key at the last :meth:`prepare`. When it is at
+        most the mark, FTS5 holds no row the index lacks: searches skip its query."""
         self.head_changed_at = 0.0
-        """``time.monotonic()`` when :attr:`head` last grew (this store's or another
-        process's add), for :meth:`fold`'s caller."""
+        """``time.monotonic()`` when :attr:`head` last changed (an add, or a delete of
+        the newest memory, by any process), for :meth:`fold`'s caller."""
+        self.tail_searches = 0
+        """Searches that queried FTS5 for the rows above the mark since :attr:`head`
+        last changed (:meth:`note_tail_search`), for :meth:`fold`'s caller."""
 
     # -- lifecycle -------------------------------------------------------
 
@@ -442,7 +445,11 @@ class LexicalIndex:
 
     def _see_head(self, head: int) -> None:
         if head != self.head:
-            self.head, self.head_changed_at = head, time.monotonic()
+            self.head, self.head_changed_at, self.tail_searches = head, time.monotonic(), 0
+
+    def note_tail_search(self) -> None:
+        """A search queried FTS5 for the rows above the mark (see :attr:`tail_searches`)."""
+        self.tail_searches += 1
 
     def _catch_up(self, store: SQLiteStore, tail: int) -> int | None:
         if not self._checked:
@@ -500,8 +507,6 @@ class LexicalIndex:
                 if rows:
                     self._add(rows)
                     mark, changed = int(rows[-1][0]), True
-                elif head > mark:  # no row above the mark: the keys up to head were deleted
-                    mark, changed = int(head), True
                 partial = len(rows) == self.chunk  # more to come: FTS5 serves meanwhile
         finally:
             db.execute("COMMIT")
