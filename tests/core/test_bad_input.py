@@ -18,6 +18,7 @@ from helamem.core import (
     NewMemory,
     StoreClosedError,
 )
+from helamem.core.embeddings import HashingEmbedder
 from helamem.core.text import is_blank
 
 S = ("users", "alice")
@@ -142,8 +143,21 @@ def test_closed_store(seeded: HelaMemory) -> None:
         lambda: seeded.stats(),
         lambda: seeded.get("x"),
     ):
-        with pytest.raises(StoreClosedError, match="from_path"):
+        with pytest.raises(StoreClosedError, match=r"HelaMemory\(old\.config, embedder="):
             call()
+
+
+def test_the_closed_store_message_names_a_way_back_that_works(mem: HelaMemory) -> None:
+    """The message's fix exists for a memory made with ``HelaMemory(config, embedder=...)``
+    (not only ``from_path``): a new one made that way finds the same memories."""
+    kept = mem.add("the violin recital is on Saturday", S)
+    mem.close()
+    with pytest.raises(StoreClosedError) as err:
+        mem.search("violin", S)
+    assert "HelaMemory(old.config, embedder=..., ...)" in str(err.value)
+    with HelaMemory(mem.config, embedder=HashingEmbedder(256)) as again:
+        assert again.get(kept.id).content == kept.content
+        assert again.search("violin recital", S, k=1).ids == [kept.id]
 
 
 async def test_closed_store_async(seeded: HelaMemory) -> None:

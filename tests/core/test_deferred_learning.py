@@ -217,3 +217,60 @@ async def test_a_cancelled_aadd_is_stored_only_if_it_had_started(mem: HelaMemory
     await _cancel_once_started(core, "_embed_tokens", lambda: mem.aadd("stored anyway", A))
     found = [h.content for h in mem.search("stored anyway", A, k=5, learn=False)]
     assert "stored anyway" in found  # started: it ran to the end
+
+
+QUERIES = ["violin", "bicycles garage", "tea honey", "violin recital saturday", "bob", "milk"]
+
+
+def _race(fn: Callable[[str], None], rounds: int = 3) -> None:
+    start = threading.Barrier(len(QUERIES))
+
+    def run(q: str) -> None:
+        start.wait(10)
+        for _ in range(rounds):
+            fn(q)
+
+    threads = [threading.Thread(target=run, args=(q,)) for q in QUERIES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_racing_learning_searches_lose_no_write(mem: HelaMemory) -> None:
+    """Learning searches racing from threads are served one at a time and each one's
+    write is kept: every hit returned is counted once (README: "Learning and order")."""
+    ids = _fill(mem)
+    returned: list[int] = []
+    lock = threading.Lock()
+
+    def search(q: str) -> None:
+        n = len(mem.search(q, A, k=2))
+        with lock:
+            returned.append(n)
+
+    _race(search)
+    assert len(returned) == 3 * len(QUERIES)
+    assert sum(mem.get(i).access_count for i in ids) == sum(returned) > 0
+
+
+def test_racing_read_only_searches_answer_as_one_after_another(mem: HelaMemory) -> None:
+    """With ``learn=False`` the order racing calls are served in does not matter: each
+    answer is the one the same search gives alone (README: "Learning and order")."""
+    _fill(mem)
+    mem.search("violin", A, k=2)  # some learning first: edges beyond the temporal chain
+    alone = {q: mem.search(q, A, k=2, learn=False) for q in QUERIES}
+    got: list[tuple[str, list[str], list[float]]] = []
+    lock = threading.Lock()
+
+    def search(q: str) -> None:
+        res = mem.search(q, A, k=2, learn=False)
+        with lock:
+            got.append((q, res.ids, [h.score for h in res]))
+
+    _race(search)
+    assert len(got) == 3 * len(QUERIES)
+    for q, ids, scores in got:
+        assert ids == alone[q].ids
+        assert scores == [h.score for h in alone[q]]

@@ -121,6 +121,15 @@ def _close_at_exit(mem: OwnedCore, started: float) -> None:
     mem.close()
 
 
+def _reopen_hint(what: str, here: str = "") -> str:
+    """``what`` and how to go on: a new memory on the same store, made as this one was."""
+    return (
+        f"{what}; make a new one{here} on the same store the way this one was made: "
+        "HelaMemory(old.config, embedder=..., ...) with the same arguments, or "
+        "HelaMemory.from_path(path) / from_url(url) for a store opened that way"
+    )
+
+
 class OwnedCore:
     """The store behind a :class:`~helamem.core.HelaMemory`, owned by one thread (see there)."""
 
@@ -256,7 +265,7 @@ class OwnedCore:
 
     def _on_owner(self) -> Core:
         if self._finished:
-            raise StoreClosedError("this HelaMemory is closed; open a new one with from_path()")
+            raise StoreClosedError(_reopen_hint("this HelaMemory is closed"))
         if self._core is None:
             self._core = self._build_core()
         return self._core
@@ -273,14 +282,14 @@ class OwnedCore:
         """
         with self._lock:
             if self._closed:
-                raise StoreClosedError(
-                    "this HelaMemory is closed; open a new one with HelaMemory.from_path()"
-                )
+                raise StoreClosedError(_reopen_hint("this HelaMemory is closed"))
             if self._pid is not None and self._pid != os.getpid():
                 raise StoreClosedError(
-                    "this HelaMemory was opened by the parent of this forked process and its "
-                    "owner thread did not survive the fork; open a new one here with "
-                    "HelaMemory.from_path()"
+                    _reopen_hint(
+                        "this HelaMemory was opened by the parent of this forked process and "
+                        "its owner thread did not survive the fork",
+                        here=" in this process",
+                    )
                 )
             if self._loop is None:
                 self._pid = os.getpid()

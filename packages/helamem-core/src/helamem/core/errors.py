@@ -41,7 +41,9 @@ class MemoryNotFoundError(HelaMemError, KeyError):
 
 
 class StoreClosedError(HelaMemError, RuntimeError):
-    """The store was closed; open a new one with ``HelaMemory.from_path(...)``."""
+    """The store was closed; make a new ``HelaMemory`` on the same store the way the
+    closed one was made (``HelaMemory(old.config, embedder=...)`` with the same
+    arguments, or ``HelaMemory.from_path``/``from_url``)."""
 
 
 class ConfigError(HelaMemError, ValueError):
