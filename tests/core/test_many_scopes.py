@@ -103,3 +103,39 @@ def test_prefix_calls_give_the_same_answers_over_more_nodes_than_bind_inline(
         _cap_sqlite(mem, 32_766)  # deleting batches memories 500 at a time
         assert mem.delete_scope(USERS) == 36
         assert mem.stats(USERS).memories == 0 and mem.list_scopes(USERS) == []
+
+
+def test_long_id_lists_answer_in_one_statement_on_both_engines(mem: HelaMemory) -> None:
+    """Lookups by memory id (text) bind up to ``INLINE_IDS`` ids one parameter each and
+    a longer list as one parameter (a JSON array in SQLite, a ``TEXT[]`` in
+    PostgreSQL): the answers are the same either side of that length."""
+    added = mem.add_many(NewMemory(f"note {i} about cats", ("users", "t0")) for i in range(450))
+    ids = [m.id for m in added]
+    gone = ids[390:420]  # deleted across the inline/one-parameter line
+    mem.delete(gone)
+
+    def run(core: Any) -> None:
+        s = core.store
+        keys = s.keys_of(ids)
+        assert set(keys) == set(ids) - set(gone)
+        ns = [keys[i] for i in ids if i in keys]
+        with s.tx() as db:  # known tombstones: the deleted ids
+            db.execute("DELETE FROM tombstones")
+            db.executemany(
+                "INSERT INTO tombstones(id, scope_id, kind) VALUES (?, 1, 'episodic')",
+                [(i,) for i in gone],
+            )
+        for size in (1, 395, 400, 401, 450):  # inline, padded, one parameter
+            want = ids[:size]
+            live = [i for i in want if i not in gone]
+            assert set(s.keys_of([*want, "no-such-id"])) == set(live)
+            assert {r.id for r in s.rows_by_id([*want, "no-such-id"]).values()} == set(live)
+            assert {t[0] for t in s.tombstones([*want, "x"])} == set(want) & set(gone)
+            assert {r.id for r in s.rank_rows(want, ()).values()} == set(live)
+        for a, b in ((401, 0), (0, 401), (401, 19), (200, 220)):  # ids and keys both ways
+            got = s.rank_rows(ids[:a], ns[-b:] if b else ())
+            want_ns = {keys[i] for i in ids[:a] if i in keys} | set(ns[-b:] if b else ())
+            assert set(got) == want_ns
+        assert s.existing(s.db, [*ns, max(ns) + 10_000]) == set(ns)
+
+    mem._call(run)

@@ -337,6 +337,12 @@ class PostgresStore(SQLiteStore):
     def _id_list(ids: list[int]) -> object:
         return ids  # an array parameter
 
+    _TEXTS_IN = "{column} = ANY(CAST(? AS TEXT[]))"
+
+    @staticmethod
+    def _text_list(values: list[str]) -> object:
+        return values  # an array parameter
+
     @staticmethod
     def _ids_sql(where: str) -> str:
         # bytewise order (the database's collation may not be), as SQLite's; the

@@ -199,24 +199,20 @@ class SQLiteStore(SQLiteUpkeep):
         return {row.n: row for row in rows}
 
     def rows_by_id(self, ids: Iterable[str]) -> dict[str, MemoryRow]:
-        ids = list(ids)
-        out: dict[str, MemoryRow] = {}
-        for i in range(0, len(ids), 500):
-            q, params = in_list(ids[i : i + 500])
-            for r in self.db.execute(
-                f"SELECT {MEMORY_COLS} FROM memories WHERE id IN ({q})", params
-            ):
-                row = memory_row(r)
-                out[row.id] = row
-        return out
+        where, params = self.texts_in("id", list(ids))  # any number of ids, one statement
+        rows = (
+            memory_row(r)
+            for r in self.db.execute(f"SELECT {MEMORY_COLS} FROM memories WHERE {where}", params)
+        )
+        return {row.id: row for row in rows}
 
     def rank_rows(
         self, ids: Iterable[str], ns: Iterable[int], *, tokens: bool = False
     ) -> dict[int, RankRow]:
         """The ranking columns of the memories with these ids or keys, by key.
 
-        One query per 500 keys: ``id IN (…) OR n IN (…)`` reads each row once
-        even when it is named both ways. With ``tokens``, the same statement
+        One statement for any number of keys: ``id IN (…) OR n IN (…)`` reads
+        each row once even when it is named both ways. With ``tokens``, the same statement
         also reads each memory's token vectors (:attr:`RankRow.tokens`): a
         search's MaxSim needs no second query for them.
         """
@@ -230,31 +226,27 @@ class SQLiteStore(SQLiteUpkeep):
                 else " FROM memories m"
             )
         )
-        i = j = 0
-        while i < len(id_list) or j < len(n_list):
-            chunk_ids = id_list[i : i + 500]
-            chunk_ns = n_list[j : j + 500 - len(chunk_ids)]
-            i, j = i + len(chunk_ids), j + len(chunk_ns)
-            # both lists padded: at most 992 parameters for 500 keys (under SQLite's old 999)
-            lists = [
-                (col, in_list(keys)) for col, keys in (("id", chunk_ids), ("n", chunk_ns)) if keys
-            ]
-            where = " OR ".join(f"m.{col} IN ({q})" for col, (q, _) in lists)
-            for r in self.db.execute(
-                f"{select} WHERE {where}", [x for _, (_, p) in lists for x in p]
-            ):
-                out[r[0]] = RankRow(
-                    r[0],
-                    r[1],
-                    r[2],
-                    r[3],
-                    r[4],
-                    r[5],
-                    r[6] >> 1,
-                    bool(r[6] & 1),
-                    r[7],
-                    r[8] if tokens else None,
-                )
+        if not id_list and not n_list:
+            return out
+        # each list inline up to INLINE_IDS (400, padded) or one parameter: at most
+        # 800 parameters (under SQLite's old 999)
+        parts = ([self.texts_in("m.id", id_list)] if id_list else []) + (
+            [self.ids_in("m.n", n_list)] if n_list else []
+        )
+        where = " OR ".join(w for w, _ in parts)
+        for r in self.db.execute(f"{select} WHERE {where}", [x for _, p in parts for x in p]):
+            out[r[0]] = RankRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6] >> 1,
+                bool(r[6] & 1),
+                r[7],
+                r[8] if tokens else None,
+            )
         return out
 
     def unindexed(self, limit: int = 10_000) -> list[MemoryRow]:
@@ -282,15 +274,11 @@ class SQLiteStore(SQLiteUpkeep):
 
     def keys_of(self, ids: Iterable[str]) -> dict[str, int]:
         """The key ``n`` of each memory id that exists."""
-        ids = list(ids)
-        out: dict[str, int] = {}
-        for i in range(0, len(ids), 500):
-            q, params = in_list(ids[i : i + 500])
-            out.update(
-                (str(r[0]), int(r[1]))
-                for r in self.db.execute(f"SELECT id, n FROM memories WHERE id IN ({q})", params)
-            )
-        return out
+        where, params = self.texts_in("id", list(ids))
+        return {
+            str(r[0]): int(r[1])
+            for r in self.db.execute(f"SELECT id, n FROM memories WHERE {where}", params)
+        }
 
     def mark_indexed(
         self, keys: Sequence[tuple[int, str]], value: int = 1, written: Sequence[bytes] = ()
@@ -355,28 +343,16 @@ class SQLiteStore(SQLiteUpkeep):
         if ids is None:
             rows = self.db.execute("SELECT id, scope_id, kind FROM tombstones").fetchall()
         else:
-            rows = []
-            for i in range(0, len(ids), 500):
-                chunk = list(ids[i : i + 500])
-                rows += self.db.execute(
-                    f"SELECT id, scope_id, kind FROM tombstones WHERE id IN ({qmarks(len(chunk))})",
-                    chunk,
-                ).fetchall()
+            where, params = self.texts_in("id", list(ids))
+            rows = self.db.execute(
+                f"SELECT id, scope_id, kind FROM tombstones WHERE {where}", params
+            ).fetchall()
         return [(str(i), int(s), str(k)) for i, s, k in rows]
 
     def existing(self, db: sqlite3.Connection, ns: Iterable[int]) -> set[int]:
         """The keys among ``ns`` whose memories exist (read inside a write transaction)."""
-        ns = list(ns)
-        out: set[int] = set()
-        for i in range(0, len(ns), 500):
-            chunk = ns[i : i + 500]
-            out.update(
-                int(r[0])
-                for r in db.execute(
-                    f"SELECT n FROM memories WHERE n IN ({qmarks(len(chunk))})", chunk
-                )
-            )
-        return out
+        where, params = self.ids_in("n", list(ns))
+        return {int(r[0]) for r in db.execute(f"SELECT n FROM memories WHERE {where}", params)}
 
     def clear_tombstones(self, ids: Sequence[str]) -> None:
         with self.tx() as db:

@@ -80,6 +80,27 @@ class SQLiteUpkeep(SQLiteConnection):
         """The parameter of :attr:`_IDS_IN` (SQLite: a JSON array)."""
         return json.dumps(ids)
 
+    #: ``column`` among ONE bound list of texts (:meth:`texts_in`; PostgresStore: its own).
+    _TEXTS_IN = "{column} IN (SELECT value FROM json_each(?))"
+
+    @staticmethod
+    def _text_list(values: list[str]) -> object:
+        """The parameter of :attr:`_TEXTS_IN` (SQLite: a JSON array; a lone surrogate
+        fails to encode as it does bound inline)."""
+        return json.dumps(values, ensure_ascii=False)
+
+    @classmethod
+    def texts_in(cls, column: str, values: Sequence[str]) -> tuple[str, list[object]]:
+        """:meth:`ids_in` for a text column (memory ids, keys): SQL true where ``column``
+        is among ``values``, one statement for any number of them."""
+        vals = [str(v) for v in values]
+        if not vals:
+            return "1 = 0", []
+        if len(vals) <= INLINE_IDS:
+            q, params = in_list(vals, INLINE_IDS)
+            return f"{column} IN ({q})", params
+        return cls._TEXTS_IN.format(column=column), [cls._text_list(vals)]
+
     @classmethod
     def ids_in(cls, column: str, ids: Sequence[int]) -> tuple[str, list[object]]:
         """SQL true where ``column`` is among the integer ``ids``, and its parameters: one
