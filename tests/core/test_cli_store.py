@@ -276,3 +276,41 @@ def test_delete_scope_dry_run_then_yes_and_the_import_it_unblocks(
             f"bob note {i} about dogs" for i in range(3)
         ]
     assert main(["delete-scope", str(tmp_path / "nowhere"), "--scope", "users"]) == 2
+
+
+@pytest.mark.parametrize("mb", [0, 2047])
+def test_store_commands_set_the_memory_map(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, mb: int
+) -> None:
+    """``--sqlite-mmap-mb`` reaches the store's connection (0: off, for removable disks)."""
+    path = tmp_path / "s"
+    _build(path)
+    from helamem.core.storage import sqlite_schema
+
+    seen: list[int] = []
+    real = sqlite_schema.SQLiteConnection.__init__
+
+    def spy(self: object, *args: object, **kwargs: object) -> None:
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+        seen.append(self._mmap_bytes)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(sqlite_schema.SQLiteConnection, "__init__", spy)
+    assert main(["stats", str(path), "--json", "--sqlite-mmap-mb", str(mb)]) == 0
+    assert json.loads(capsys.readouterr().out)["memories"] == 9
+    assert seen and set(seen) == {mb * 1024 * 1024}
+    seen.clear()
+    assert main(["stats", str(path), "--json"]) == 0  # the config's default
+    capsys.readouterr()
+    assert set(seen) == {HelaMemConfig().sqlite_mmap_mb * 1024 * 1024}
+
+
+@pytest.mark.parametrize("bad", ["-1", "2048", "x", "\u00b2", "1.5"])
+def test_a_bad_memory_map_size_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    path = tmp_path / "s"
+    _build(path)
+    with pytest.raises(SystemExit) as exc:
+        main(["stats", str(path), "--sqlite-mmap-mb", bad])
+    assert exc.value.code == 2
+    assert "0-2047" in capsys.readouterr().err

@@ -104,7 +104,7 @@ class _UsageError(Exception):
     """Bad command-line input (exit status 2)."""
 
 
-def _store_path(p: argparse.ArgumentParser) -> None:
+def _store_path(p: argparse.ArgumentParser, mmap: bool = True) -> None:
     p.add_argument("path", type=Path, metavar="PATH", help="the store directory")
     g = p.add_argument_group(
         "vector index", "default: the embedded Chroma under PATH/chroma; a server with these"
@@ -113,6 +113,39 @@ def _store_path(p: argparse.ArgumentParser) -> None:
         "--chroma-host", metavar="HOST", help="a Chroma server (`chroma run`) holding the vectors"
     )
     g.add_argument("--chroma-port", type=_positive, default=8000, help="its port (default 8000)")
+    if not mmap:  # the command reads SQLite without a map
+        return
+    p.add_argument(
+        "--sqlite-mmap-mb",
+        type=_mmap_mb,
+        default=None,
+        metavar="MB",
+        help="read the SQLite file through a memory map of up to MB MiB, 0-2047 (0: off, "
+        "for a removable disk, where a read error under the map stops the process with "
+        "SIGBUS; default: sqlite_mmap_mb's default)",
+    )
+
+
+def _mmap_mb(text: str) -> int:
+    from ._config_env import SQLITE_MMAP_MAX_MB
+
+    try:
+        value = int(text) if text.isascii() else -1
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SQLITE_MMAP_MAX_MB:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer 0-{SQLITE_MMAP_MAX_MB} (MiB; 0 turns the map off), got {text!r}"
+        )
+    return value
+
+
+def _store_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the store options set: the vector index, the memory map."""
+    fields: dict[str, Any] = {"path": args.path, "chroma": _chroma_config(args)}
+    if getattr(args, "sqlite_mmap_mb", None) is not None:
+        fields["sqlite_mmap_mb"] = args.sqlite_mmap_mb
+    return fields
 
 
 def _chroma_config(args: argparse.Namespace) -> Any:
@@ -167,7 +200,7 @@ def _add_store_parsers(commands: Any) -> None:
             "defect is printed with its fix. Exit status: 0 clean, 1 a defect, 2 bad usage."
         ),
     )
-    _store_path(ck)
+    _store_path(ck, mmap=False)  # reads with read(): a disk error is a defect
     ck.add_argument("--json", action="store_true", help="print the report as JSON")
 
     ri = commands.add_parser(
@@ -300,9 +333,7 @@ def _open_store(args: argparse.Namespace, reembed: bool = False) -> HelaMemory:
     from .config import HelaMemConfig
     from .engine import HelaMemory
 
-    cfg = HelaMemConfig(
-        path=args.path, embedder=_embedder_config(args, reembed), chroma=_chroma_config(args)
-    )
+    cfg = HelaMemConfig(embedder=_embedder_config(args, reembed), **_store_options(args))
     return HelaMemory(cfg, reembed=reembed).open()
 
 
@@ -323,7 +354,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from .config import HelaMemConfig
 
     _need_store(args.path)
-    report = check_store(args.path, HelaMemConfig(path=args.path, chroma=_chroma_config(args)))
+    report = check_store(args.path, HelaMemConfig(**_store_options(args)))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 
