@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from . import retrieval
 from ._base import CoreBase, scope_tag
@@ -71,9 +72,11 @@ class LexicalLegOps(CoreBase):
         if self._holding is None:
             self._holding = self.store.holding()
         tag = None if node is None else scope_tag(node, kind)
-        # Everything of this kind lies under the prefix (single-tenant stores): FTS5
-        # skips the scope filter (an AND with every posting of the scope) and
-        # over-fetches; rows of another scope or kind are dropped by the caller.
+        scopes = None if node is None else nodes
+        # Everything of this kind lies under the prefix (single-tenant stores, as this
+        # process last saw them): FTS5 skips the scope filter (an AND with every
+        # posting of the scope) and over-fetches. An unfiltered query is checked
+        # (_kept): rows of another kind or scope never crowd out the best m.
         covers = tag is None or self._holding.get(kind, set()) <= set(nodes)
         lx = self.lexical_index
         if lx is not None:
@@ -82,20 +85,54 @@ class LexicalLegOps(CoreBase):
                 if mark is not None:
                     # tantivy up to its mark (its scope filter costs little: no
                     # over-fetch), FTS5 above it (the newest few): the best of both
-                    # (the tail, unfiltered where the prefix covers every scope, may
-                    # hold rows the caller drops: it is kept whole, not cut to m)
                     limit = m if tag is not None else 2 * m
-                    found = (
-                        dict(self.store.lexical(match, None if covers else tag, limit, after=mark))
-                        if lx.head > mark  # else no row above the mark (the tail folded in)
-                        else {}
-                    )
-                    if lx.head > mark:
+                    found: dict[int, float] = {}
+                    if lx.head > mark:  # else no row above the mark (the tail folded in)
+                        if covers:
+                            found = self._kept(
+                                lambda lim: self.store.lexical(match, None, lim, after=mark),
+                                limit, m, kind, scopes,
+                            )  # fmt: skip
+                        else:
+                            found = dict(self.store.lexical(match, tag, limit, after=mark))
                         lx.note_tail_search()
-                    found.update(lx.search(terms, tag, limit))
+                    if tag is None:  # no scope, so no kind filter either: checked
+                        found.update(
+                            self._kept(
+                                lambda lim: lx.search(terms, None, lim), limit, m, kind, None
+                            )
+                        )
+                    else:
+                        found.update(lx.search(terms, tag, limit))
                     return found
             except StorageError as exc:  # derived: FTS5 answers, the next search tries again
                 logger.warning("lexical index failed, FTS5 answers: %s", exc)
         if covers:
-            return dict(self.store.lexical(match, None, 2 * m))
+            return self._kept(
+                lambda lim: self.store.lexical(match, None, lim), 2 * m, m, kind, scopes
+            )
         return dict(self.store.lexical(match, tag, m))
+
+    def _kept(
+        self,
+        search: Callable[[int], list[tuple[int, float]]],
+        limit: int,
+        m: int,
+        kind: Kind,
+        scopes: list[int] | None,
+    ) -> dict[int, float]:
+        """The rows of ``kind`` in ``scopes`` (any scope if None) of an unfiltered BM25
+        top-``limit`` ``search``, which holds the best ``m`` of them.
+
+        While the cut top (``limit`` rows returned) holds fewer than ``m`` such rows,
+        rows of another kind or scope (facts beside episodes, another tenant added
+        by another process) may have crowded better ones out: searched again with
+        4 times the limit, until ``m`` are found or every match was returned. Rows
+        the caller would drop are dropped here (their ranking rows are not read).
+        """
+        while True:
+            rows = search(limit)
+            keep = self.store.of_kind([n for n, _ in rows], kind, scopes)
+            if len(keep) >= m or len(rows) < limit:
+                return {n: s for n, s in rows if n in keep}
+            limit *= 4

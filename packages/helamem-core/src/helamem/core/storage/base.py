@@ -269,6 +269,10 @@ class GraphStore(Protocol):
 
     def nodes_holding(self, node_ids: Sequence[int], kind: str) -> list[int]: ...
 
+    def of_kind(
+        self, ns: Sequence[int], kind: str, scope_ids: Sequence[int] | None
+    ) -> set[int]: ...
+
     def open(self) -> None: ...
 
     def put_cluster(

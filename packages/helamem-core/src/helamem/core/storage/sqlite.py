@@ -99,6 +99,19 @@ class SQLiteStore(SQLiteUpkeep):
             out.setdefault(str(kind), set()).add(int(sid))
         return out
 
+    def of_kind(self, ns: Sequence[int], kind: str, scope_ids: Sequence[int] | None) -> set[int]:
+        """The keys among ``ns`` of memories of ``kind`` in ``scope_ids`` (any scope if None)."""
+        where, params = self.ids_in("n", ns)
+        if scope_ids is not None:
+            among, more = self.ids_in("scope_id", scope_ids)
+            where, params = f"{where} AND {among}", [*params, *more]
+        return {
+            int(r[0])
+            for r in self.db.execute(
+                f"SELECT n FROM memories WHERE {where} AND kind = ?", (*params, kind)
+            )
+        }
+
     def nodes_holding(self, node_ids: Sequence[int], kind: str) -> list[int]:
         """The nodes among ``node_ids`` that hold memories of ``kind`` (index probes only)."""
         among, params = self.ids_in("s.id", node_ids)

@@ -1,0 +1,107 @@
+"""The lexical leg keeps the best BM25 rows of the kind and scope searched.
+
+Where every memory of the searched kind lies under the prefix (as this process
+last saw the store), the lexical query runs without the scope filter and
+over-fetches. Rows of another kind (facts beside episodes) or of a scope
+another process added since must never crowd the best rows of the searched
+kind and scope out of it: a probe found an episode missing from the candidates
+of an episodic search when 120 matching facts sat under the same prefix, and
+when another process had added 150 matching memories to another scope.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory, RetrievalConfig
+from helamem.core._core import Core
+
+MODES = {
+    "fts5": {"lexical_index": "fts5"},
+    "tantivy-tail": {
+        "lexical_index_min": 20,
+        "lexical_index_tail": 1000,
+        "lexical_index_fold_s": 0,
+    },
+    "tantivy-folded": {"lexical_index_min": 20, "lexical_index_tail": 0, "lexical_index_fold_s": 0},
+}
+ZEBRA = "the zebra crossed the long road at dawn near the river"
+
+
+def _candidates(mem: HelaMemory, scope: Sequence[str], query: str, k: int = 5) -> set[str]:
+    """Ids of the episodic lexical candidates under ``scope`` (``()``: every scope)."""
+
+    def run(c: Core) -> set[str]:
+        if scope:
+            node = c.store.find_scope(scope)
+            assert node is not None
+            nodes = c.store.descendants(node)
+        else:
+            node, nodes = None, c.store.all_scope_ids()
+        found = c._lexical(query, node, nodes, "episodic", k, c._term_stats(query))
+        rows = c.store.rows_by_n(list(found))
+        assert all(r.kind == "episodic" and r.scope_id in nodes for r in rows.values())
+        return {r.id for r in rows.values()}
+
+    return mem._call(run)
+
+
+def _add_facts(mem: HelaMemory, tmp: Path, scope: tuple[str, ...], text: str, n: int) -> None:
+    """``n`` semantic memories ``text`` under ``scope``, as an import of facts brings them."""
+    mem.add_many(NewMemory(text, ("scratch",), linked=False) for _ in range(n))
+    mem.export_scope(("scratch",), tmp / "x.jsonl")
+    mem.delete_scope(("scratch",))
+    lines = []
+    for line in (tmp / "x.jsonl").read_text().splitlines():
+        o = json.loads(line)
+        if o["type"] == "memory":
+            o["kind"], o["id"] = "semantic", "f" + o["id"]
+        lines.append(json.dumps(o))
+    (tmp / "facts.jsonl").write_text("\n".join(lines) + "\n")
+    mem.import_scope(tmp / "facts.jsonl", scope=scope)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_facts_under_the_prefix_never_crowd_out_an_episode(
+    make_mem: Any, tmp_path: Path, mode: str
+) -> None:
+    with make_mem(tmp_path / "s", **MODES[mode]) as mem:
+        mem.add_many(NewMemory(f"filler {i} words here", ("a",)) for i in range(30))
+        episode = mem.add(ZEBRA, ("a",)).id
+        _add_facts(mem, tmp_path, ("a", "facts"), "zebra zebra", 120)
+        assert mem.stats().semantic == 120
+        assert episode in _candidates(mem, ("a",), "zebra")
+        assert episode in _candidates(mem, (), "zebra")  # every scope: no scope filter at all
+        hits = mem.search("zebra", ("a",), k=5, semantic_k=0, learn=False)
+        assert hits.ids[0] == episode
+
+
+def _other_tenant(path: Path, mode: str) -> None:
+    cfg = HelaMemConfig(path=path, retrieval=RetrievalConfig(**MODES[mode]))  # type: ignore[arg-type]
+    with HelaMemory(cfg, embedder=HashingEmbedder(256)) as mem:
+        mem.add_many(NewMemory("zebra zebra", ("b",), linked=False) for _ in range(150))
+
+
+@pytest.mark.parametrize("mode", ["fts5", "tantivy-tail"])
+def test_another_processs_new_scope_never_crowds_out_this_scopes_memory(
+    tmp_path: Path, mode: str
+) -> None:
+    path = tmp_path / "s"
+    cfg = HelaMemConfig(path=path, retrieval=RetrievalConfig(**MODES[mode]))  # type: ignore[arg-type]
+    with HelaMemory(cfg, embedder=HashingEmbedder(256)) as mem:
+        mem.add_many(NewMemory(f"filler {i} words here", ("a",)) for i in range(30))
+        mem.search("filler", ("a",), k=3, learn=False)  # this process sees one scope
+        mine = mem.add(ZEBRA, ("a",)).id
+        child = mp.get_context("spawn").Process(target=_other_tenant, args=(path, mode))
+        child.start()
+        child.join(120)
+        assert child.exitcode == 0
+        assert mem.stats().memories == 181
+        assert mine in _candidates(mem, ("a",), "zebra")
+        assert mem.search("zebra", ("a",), k=5, learn=False).ids[0] == mine
