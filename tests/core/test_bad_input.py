@@ -155,6 +155,7 @@ def test_the_closed_store_message_names_a_way_back_that_works(mem: HelaMemory) -
     with pytest.raises(StoreClosedError) as err:
         mem.search("violin", S)
     assert "HelaMemory(old.config, embedder=..., ...)" in str(err.value)
+    assert "from_path(path, embedder=..., ...)" in str(err.value)
     with HelaMemory(mem.config, embedder=HashingEmbedder(256)) as again:
         assert again.get(kept.id).content == kept.content
         assert again.search("violin recital", S, k=1).ids == [kept.id]

@@ -304,7 +304,13 @@ def test_store_commands_set_the_memory_map(
     assert set(seen) == {HelaMemConfig().sqlite_mmap_mb * 1024 * 1024}
 
 
-@pytest.mark.parametrize("bad", ["-1", "2048", "x", "\u00b2", "1.5"])
+def test_the_memory_map_help_names_the_configs_default() -> None:
+    from helamem.core import cli
+
+    assert HelaMemConfig().sqlite_mmap_mb == cli._MMAP_DEFAULT
+
+
+@pytest.mark.parametrize("bad", ["-1", "2048", "x", "\u00b2", "1.5", "5_0", " 7", "+3", "-0"])
 def test_a_bad_memory_map_size_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
 ) -> None:

@@ -105,3 +105,46 @@ def test_another_processs_new_scope_never_crowds_out_this_scopes_memory(
         assert mem.stats().memories == 181
         assert mine in _candidates(mem, ("a",), "zebra")
         assert mem.search("zebra", ("a",), k=5, learn=False).ids[0] == mine
+
+
+def test_a_kind_with_few_matches_costs_one_filtered_query_not_every_match(
+    make_mem: Any, tmp_path: Path
+) -> None:
+    """Fewer than m facts match among many matching episodes (the semantic leg of
+    most searches): the shortfall is settled by the scope's filtered query (at most
+    m rows), never by reading every match; over every scope, by at most
+    ``DEEPEN_ROUNDS`` larger queries."""
+    from helamem.core._lexical_leg import DEEPEN_ROUNDS
+
+    with make_mem(tmp_path / "s", lexical_index="fts5") as mem:
+        mem.add_many(NewMemory(f"my cats number {i}", ("a",)) for i in range(1700))
+        _add_facts(mem, tmp_path, ("a", "facts"), "cats like warm sunny windows", 1)
+        core = mem._call(lambda c: c)
+        m = core.config.retrieval.candidates
+        limits: list[tuple[str | None, int]] = []
+        real = core.store.lexical
+
+        def spy(match: str, tag: str | None, limit: int, after: int = 0) -> Any:
+            limits.append((tag, limit))
+            return real(match, tag, limit, after)
+
+        def facts(scope: tuple[str, ...]) -> set[str]:
+            def run(c: Core) -> set[str]:
+                node = c.store.find_scope(scope) if scope else None
+                nodes = c.store.descendants(node) if node else c.store.all_scope_ids()
+                c.store.lexical = spy  # type: ignore[method-assign]
+                try:
+                    got = c._lexical("cats", node, nodes, "semantic", 3, c._term_stats("cats"))
+                finally:
+                    del c.store.lexical
+                return {r.content for r in c.store.rows_by_n(list(got)).values()}
+
+            return mem._call(run)
+
+        assert facts(("a",)) == {"cats like warm sunny windows"}
+        assert [t is None for t, _ in limits] == [True, False]  # unfiltered, then the tag
+        assert max(limit for _, limit in limits) == 2 * m  # not the 1,701 matches
+        limits.clear()
+        assert facts(()) == set()  # the fact ranks below 32m = 1,600 episodes: bounded
+        assert len(limits) == DEEPEN_ROUNDS + 1
+        assert max(limit for _, limit in limits) == 2 * m * 4**DEEPEN_ROUNDS

@@ -16,6 +16,10 @@ __all__ = ["LexicalLegOps"]
 
 logger = logging.getLogger("helamem.core._search")
 
+#: Over every scope (no tag to filter on), how many times a lexical query whose
+#: rows of the searched kind fall short is repeated with 4 times the limit.
+DEEPEN_ROUNDS = 2
+
 
 class LexicalLegOps(CoreBase):
     """The lexical leg of :class:`~helamem.core._search.SearchOps`."""
@@ -92,6 +96,8 @@ class LexicalLegOps(CoreBase):
                             found = self._kept(
                                 lambda lim: self.store.lexical(match, None, lim, after=mark),
                                 limit, m, kind, scopes,
+                                None if tag is None
+                                else lambda: self.store.lexical(match, tag, m, after=mark),
                             )  # fmt: skip
                         else:
                             found = dict(self.store.lexical(match, tag, limit, after=mark))
@@ -99,7 +105,7 @@ class LexicalLegOps(CoreBase):
                     if tag is None:  # no scope, so no kind filter either: checked
                         found.update(
                             self._kept(
-                                lambda lim: lx.search(terms, None, lim), limit, m, kind, None
+                                lambda lim: lx.search(terms, None, lim), limit, m, kind, None, None
                             )
                         )
                     else:
@@ -109,8 +115,9 @@ class LexicalLegOps(CoreBase):
                 logger.warning("lexical index failed, FTS5 answers: %s", exc)
         if covers:
             return self._kept(
-                lambda lim: self.store.lexical(match, None, lim), 2 * m, m, kind, scopes
-            )
+                lambda lim: self.store.lexical(match, None, lim), 2 * m, m, kind, scopes,
+                None if tag is None else lambda: self.store.lexical(match, tag, m),
+            )  # fmt: skip
         return dict(self.store.lexical(match, tag, m))
 
     def _kept(
@@ -120,19 +127,29 @@ class LexicalLegOps(CoreBase):
         m: int,
         kind: Kind,
         scopes: list[int] | None,
+        filtered: Callable[[], list[tuple[int, float]]] | None,
     ) -> dict[int, float]:
         """The rows of ``kind`` in ``scopes`` (any scope if None) of an unfiltered BM25
-        top-``limit`` ``search``, which holds the best ``m`` of them.
+        top-``limit`` ``search``, with the best ``m`` of them.
 
-        While the cut top (``limit`` rows returned) holds fewer than ``m`` such rows,
-        rows of another kind or scope (facts beside episodes, another tenant added
-        by another process) may have crowded better ones out: searched again with
-        4 times the limit, until ``m`` are found or every match was returned. Rows
+        When the cut top (``limit`` rows returned) holds fewer than ``m`` such rows,
+        rows of another kind or scope (facts beside episodes, a tenant another
+        process added) may have crowded better ones out, or there are fewer than
+        ``m``: the ``filtered`` query (the scope's tag: exact, at most ``m`` rows)
+        adds them. Over every scope there is no tag to filter on: searched again
+        with 4 times the limit, at most :data:`DEEPEN_ROUNDS` times (so a kind rare
+        among the matches of a large store can still miss candidates there). Rows
         the caller would drop are dropped here (their ranking rows are not read).
         """
-        while True:
+        for round_ in range(DEEPEN_ROUNDS + 1):
             rows = search(limit)
             keep = self.store.of_kind([n for n, _ in rows], kind, scopes)
+            found = {n: s for n, s in rows if n in keep}
             if len(keep) >= m or len(rows) < limit:
-                return {n: s for n, s in rows if n in keep}
-            limit *= 4
+                break
+            if filtered is not None:
+                found.update(filtered())
+                break
+            if round_ < DEEPEN_ROUNDS:
+                limit *= 4
+        return found

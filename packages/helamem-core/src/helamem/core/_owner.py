@@ -124,9 +124,10 @@ def _close_at_exit(mem: OwnedCore, started: float) -> None:
 def _reopen_hint(what: str, here: str = "") -> str:
     """``what`` and how to go on: a new memory on the same store, made as this one was."""
     return (
-        f"{what}; make a new one{here} on the same store the way this one was made: "
-        "HelaMemory(old.config, embedder=..., ...) with the same arguments, or "
-        "HelaMemory.from_path(path) / from_url(url) for a store opened that way"
+        f"{what}; make a new one{here} on the same store the way this one was made, with "
+        "the same arguments: HelaMemory(old.config, embedder=..., ...), or "
+        "HelaMemory.from_path(path, embedder=..., ...) / from_url(url, ...) for a store "
+        "opened that way"
     )
 
 

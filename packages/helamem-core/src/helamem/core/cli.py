@@ -120,19 +120,19 @@ def _store_path(p: argparse.ArgumentParser, mmap: bool = True) -> None:
         type=_mmap_mb,
         default=None,
         metavar="MB",
-        help="read the SQLite file through a memory map of up to MB MiB, 0-2047 (0: off, "
+        help="map at most MB MiB of the SQLite file into memory for reads, 0-2047 (0: off, "
         "for a removable disk, where a read error under the map stops the process with "
-        "SIGBUS; default: sqlite_mmap_mb's default)",
+        f"SIGBUS; default {_MMAP_DEFAULT})",
     )
+
+
+_MMAP_DEFAULT = 1024  # HelaMemConfig.sqlite_mmap_mb's (tests/core/test_cli_store.py checks)
 
 
 def _mmap_mb(text: str) -> int:
     from ._config_env import SQLITE_MMAP_MAX_MB
 
-    try:
-        value = int(text) if text.isascii() else -1
-    except ValueError:
-        value = -1
+    value = int(text) if text.isascii() and text.isdigit() else -1  # as HELAMEM_SQLITE_MMAP_MB
     if not 0 <= value <= SQLITE_MMAP_MAX_MB:
         raise argparse.ArgumentTypeError(
             f"expected an integer 0-{SQLITE_MMAP_MAX_MB} (MiB; 0 turns the map off), got {text!r}"

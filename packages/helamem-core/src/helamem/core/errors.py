@@ -42,8 +42,8 @@ class MemoryNotFoundError(HelaMemError, KeyError):
 
 class StoreClosedError(HelaMemError, RuntimeError):
     """The store was closed; make a new ``HelaMemory`` on the same store the way the
-    closed one was made (``HelaMemory(old.config, embedder=...)`` with the same
-    arguments, or ``HelaMemory.from_path``/``from_url``)."""
+    closed one was made, with the same arguments (``HelaMemory(old.config,
+    embedder=...)``, or ``HelaMemory.from_path(path, embedder=...)``/``from_url``)."""
 
 
 class ConfigError(HelaMemError, ValueError):
