@@ -92,7 +92,10 @@ class SQLiteUpkeep(SQLiteConnection):
     @classmethod
     def texts_in(cls, column: str, values: Sequence[str]) -> tuple[str, list[object]]:
         """:meth:`ids_in` for a text column (memory ids, keys): SQL true where ``column``
-        is among ``values``, one statement for any number of them."""
+        is among ``values``, one statement for any number of them. Beyond
+        :data:`INLINE_IDS` values SQLite's JSON path ends a value at a NUL, so a
+        value holding one matches nothing there (stored memory ids are printable
+        ASCII, :func:`~helamem.core.types.check_id`)."""
         vals = [str(v) for v in values]
         if not vals:
             return "1 = 0", []
