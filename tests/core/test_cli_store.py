@@ -304,10 +304,13 @@ def test_store_commands_set_the_memory_map(
     assert set(seen) == {HelaMemConfig().sqlite_mmap_mb * 1024 * 1024}
 
 
-def test_the_memory_map_help_names_the_configs_default() -> None:
-    from helamem.core import cli
-
-    assert HelaMemConfig().sqlite_mmap_mb == cli._MMAP_DEFAULT
+def test_the_memory_map_help_names_the_configs_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["stats", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"default {HelaMemConfig().sqlite_mmap_mb})" in help_text
 
 
 @pytest.mark.parametrize("bad", ["-1", "2048", "x", "\u00b2", "1.5", "5_0", " 7", "+3", "-0"])

@@ -21,6 +21,15 @@ SQLITE_MMAP_MAX_MB = 2047
 """The largest ``HelaMemConfig.sqlite_mmap_mb``: SQLite caps ``PRAGMA mmap_size``
 near 2 GiB (``SQLITE_MAX_MMAP_SIZE``, 0x7fff0000 bytes)."""
 
+
+def mmap_mb(text: str) -> int | None:
+    """``text`` as a ``sqlite_mmap_mb``: ASCII digits, 0 to :data:`SQLITE_MMAP_MAX_MB`
+    (``None`` otherwise; the environment and the command line word their own error)."""
+    if not (text.isascii() and text.isdigit()) or int(text) > SQLITE_MMAP_MAX_MB:
+        return None
+    return int(text)
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -45,14 +54,13 @@ def read(env: Mapping[str, str], sections: Mapping[str, type[BaseModel]]) -> dic
     if (path := _text(env, "HELAMEM_PATH")) is not None:
         data["path"] = Path(path)
     if (mmap := _text(env, "HELAMEM_SQLITE_MMAP_MB")) is not None:
-        value = mmap.strip()
-        if not (value.isascii() and value.isdigit()) or int(value) > SQLITE_MMAP_MAX_MB:
+        if (value := mmap_mb(mmap.strip())) is None:
             raise ConfigError(
                 f"HELAMEM_SQLITE_MMAP_MB={mmap!r} is not a whole number of MiB from 0 to "
                 f"{SQLITE_MMAP_MAX_MB} (0: reads without a memory map); set it to one, or unset "
                 f"it for the default 1024"
             )
-        data["sqlite_mmap_mb"] = int(value)
+        data["sqlite_mmap_mb"] = value
     emb = _fields(env, provider="HELAMEM_EMBEDDER", model="HELAMEM_EMBEDDING_MODEL")
     litellm = emb.get("provider", ("", ""))[1].strip() == "litellm"
     if litellm and "model" not in emb:

@@ -115,6 +115,9 @@ def _store_path(p: argparse.ArgumentParser, mmap: bool = True) -> None:
     g.add_argument("--chroma-port", type=_positive, default=8000, help="its port (default 8000)")
     if not mmap:  # the command reads SQLite without a map
         return
+    from .config import HelaMemConfig
+
+    default = HelaMemConfig.model_fields["sqlite_mmap_mb"].default
     p.add_argument(
         "--sqlite-mmap-mb",
         type=_mmap_mb,
@@ -122,18 +125,14 @@ def _store_path(p: argparse.ArgumentParser, mmap: bool = True) -> None:
         metavar="MB",
         help="map at most MB MiB of the SQLite file into memory for reads, 0-2047 (0: off, "
         "for a removable disk, where a read error under the map stops the process with "
-        f"SIGBUS; default {_MMAP_DEFAULT})",
+        f"SIGBUS; default {default})",
     )
 
 
-_MMAP_DEFAULT = 1024  # HelaMemConfig.sqlite_mmap_mb's (tests/core/test_cli_store.py checks)
-
-
 def _mmap_mb(text: str) -> int:
-    from ._config_env import SQLITE_MMAP_MAX_MB
+    from ._config_env import SQLITE_MMAP_MAX_MB, mmap_mb
 
-    value = int(text) if text.isascii() and text.isdigit() else -1  # as HELAMEM_SQLITE_MMAP_MB
-    if not 0 <= value <= SQLITE_MMAP_MAX_MB:
+    if (value := mmap_mb(text)) is None:  # the rule of HELAMEM_SQLITE_MMAP_MB
         raise argparse.ArgumentTypeError(
             f"expected an integer 0-{SQLITE_MMAP_MAX_MB} (MiB; 0 turns the map off), got {text!r}"
         )

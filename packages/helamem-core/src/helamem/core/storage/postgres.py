@@ -331,16 +331,10 @@ class PostgresStore(SQLiteStore):
     # -- dialect -------------------------------------------------------------
 
     _JSON_FIELD = "(CAST({column} AS JSON) ->> '{key}')"  # as text, as SQLite's
-    _IDS_IN = "{column} = ANY(CAST(? AS BIGINT[]))"
+    _LIST_IN = "{column} = ANY(CAST(? AS {type}[]))"
 
     @staticmethod
-    def _id_list(ids: list[int]) -> object:
-        return ids  # an array parameter
-
-    _TEXTS_IN = "{column} = ANY(CAST(? AS TEXT[]))"
-
-    @staticmethod
-    def _text_list(values: list[str]) -> object:
+    def _list_param(values: list[int] | list[str]) -> object:
         return values  # an array parameter
 
     @staticmethod

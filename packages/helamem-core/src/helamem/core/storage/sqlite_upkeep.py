@@ -72,50 +72,42 @@ class SQLiteUpkeep(SQLiteConnection):
         self._fts_writes += 1
         db.executemany("DELETE FROM memories_fts WHERE rowid = ?", [(n,) for n in ns])
 
-    #: ``column`` among ONE bound list of ids (:meth:`ids_in`; PostgresStore: its own).
-    _IDS_IN = "{column} IN (SELECT value FROM json_each(?))"
+    #: ``column`` among ONE bound list of values of SQL type ``{type}`` (:meth:`ids_in`,
+    #: :meth:`texts_in`; PostgresStore: its own, which needs the type).
+    _LIST_IN = "{column} IN (SELECT value FROM json_each(?))"
 
     @staticmethod
-    def _id_list(ids: list[int]) -> object:
-        """The parameter of :attr:`_IDS_IN` (SQLite: a JSON array)."""
-        return json.dumps(ids)
-
-    #: ``column`` among ONE bound list of texts (:meth:`texts_in`; PostgresStore: its own).
-    _TEXTS_IN = "{column} IN (SELECT value FROM json_each(?))"
-
-    @staticmethod
-    def _text_list(values: list[str]) -> object:
-        """The parameter of :attr:`_TEXTS_IN` (SQLite: a JSON array; a lone surrogate
+    def _list_param(values: list[int] | list[str]) -> object:
+        """The parameter of :attr:`_LIST_IN` (SQLite: a JSON array; a lone surrogate
         fails to encode as it does bound inline)."""
         return json.dumps(values, ensure_ascii=False)
 
     @classmethod
-    def texts_in(cls, column: str, values: Sequence[str]) -> tuple[str, list[object]]:
-        """:meth:`ids_in` for a text column (memory ids, keys): SQL true where ``column``
-        is among ``values``, one statement for any number of them. Beyond
-        :data:`INLINE_IDS` values SQLite's JSON path ends a value at a NUL, so a
-        value holding one matches nothing there (stored memory ids are printable
-        ASCII, :func:`~helamem.core.types.check_id`)."""
-        vals = [str(v) for v in values]
-        if not vals:
+    def _values_in(
+        cls, column: str, values: list[int] | list[str], sql_type: str
+    ) -> tuple[str, list[object]]:
+        """SQL true where ``column`` is among ``values``, and its parameters: one per
+        value (padded with NULL, see ``in_list``) up to :data:`INLINE_IDS`, else one in
+        all, so any number fits one statement on both engines (``1 = 0`` for none)."""
+        if not values:
             return "1 = 0", []
-        if len(vals) <= INLINE_IDS:
-            q, params = in_list(vals, INLINE_IDS)
+        if len(values) <= INLINE_IDS:
+            q, params = in_list(values, INLINE_IDS)
             return f"{column} IN ({q})", params
-        return cls._TEXTS_IN.format(column=column), [cls._text_list(vals)]
+        return cls._LIST_IN.format(column=column, type=sql_type), [cls._list_param(values)]
 
     @classmethod
     def ids_in(cls, column: str, ids: Sequence[int]) -> tuple[str, list[object]]:
-        """SQL true where ``column`` is among the integer ``ids``, and its parameters: one
-        per id (padded with NULL, see ``in_list``) up to :data:`INLINE_IDS`, else one in
-        all, so any number of ids fits one statement on both engines (``1 = 0`` for none)."""
-        keys = [int(i) for i in ids]
-        if not keys:
-            return "1 = 0", []
-        if len(keys) <= INLINE_IDS:
-            q, params = in_list(keys, INLINE_IDS)
-            return f"{column} IN ({q})", params
-        return cls._IDS_IN.format(column=column), [cls._id_list(keys)]
+        """:meth:`_values_in` for an integer column (keys ``n``, scope ids)."""
+        return cls._values_in(column, [int(i) for i in ids], "BIGINT")
+
+    @classmethod
+    def texts_in(cls, column: str, values: Sequence[str]) -> tuple[str, list[object]]:
+        """:meth:`_values_in` for a text column (memory ids). Beyond :data:`INLINE_IDS`
+        values SQLite's JSON path ends a value at a NUL, so a value holding one
+        matches nothing there (stored memory ids are printable ASCII,
+        :func:`~helamem.core.types.check_id`)."""
+        return cls._values_in(column, [str(v) for v in values], "TEXT")
 
     # -- writes shared by both engines ---------------------------------------
 
