@@ -229,8 +229,9 @@ class SQLiteStore(SQLiteUpkeep):
         also reads each memory's token vectors (:attr:`RankRow.tokens`): a
         search's MaxSim needs no second query for them.
         """
-        out: dict[int, RankRow] = {}
         id_list, n_list = list(ids), list(ns)
+        if not id_list and not n_list:
+            return {}
         select = (
             "SELECT m.n, m.id, m.scope_id, m.kind, m.event_time, m.embedding, m.shape, m.role"
             + (
@@ -239,16 +240,16 @@ class SQLiteStore(SQLiteUpkeep):
                 else " FROM memories m"
             )
         )
-        if not id_list and not n_list:
-            return out
         # each list inline up to INLINE_IDS (400, padded) or one parameter: at most
-        # 800 parameters (under SQLite's old 999)
+        # 800 parameters (under SQLite's old 999). An empty list is left out, not
+        # ``1 = 0``: ``… OR 1 = 0`` makes SQLite scan the whole table
         parts = ([self.texts_in("m.id", id_list)] if id_list else []) + (
             [self.ids_in("m.n", n_list)] if n_list else []
         )
         where = " OR ".join(w for w, _ in parts)
-        for r in self.db.execute(f"{select} WHERE {where}", [x for _, p in parts for x in p]):
-            out[r[0]] = RankRow(
+        rows = self.db.execute(f"{select} WHERE {where}", [x for _, p in parts for x in p])
+        return {
+            r[0]: RankRow(
                 r[0],
                 r[1],
                 r[2],
@@ -260,7 +261,8 @@ class SQLiteStore(SQLiteUpkeep):
                 r[7],
                 r[8] if tokens else None,
             )
-        return out
+            for r in rows
+        }
 
     def unindexed(self, limit: int = 10_000) -> list[MemoryRow]:
         return [
