@@ -420,3 +420,27 @@ def test_reinforce_with_an_unknown_id_names_it_and_changes_nothing(mem: HelaMemo
     assert (after.edges, after.mean_edge_weight) == (before.edges, before.mean_edge_weight)
     assert mem.reinforce([a, b]) == 1
     assert mem.reinforce([a, mem.add("other scope", ("users", "bob")).id]) == 0  # never linked
+
+
+def test_add_returns_as_stored(mem: HelaMemory) -> None:
+    """What ``add``, ``add_many`` and ``add_turn`` return is what a later ``get``
+    reads (the returned memories are built from what was inserted, not read back):
+    awkward text (NUL, a lone surrogate, newlines, non-BMP), chosen and generated
+    ids, roles, times, metadata, keywords of both kinds, and a turn with used ids."""
+    t = datetime(2023, 5, 8, 13, 56, 7, 123456, tzinfo=UTC)
+    made = [
+        mem.add("plain text about tea", ALICE),
+        mem.add("nul\x00inside and a lone \ud800 surrogate", ALICE, role="user", event_time=t),
+        mem.add("emoji \U0001f375 line\nbreak", ("users", "bob"), metadata={"a": [1, 2.5, None]}),
+    ]
+    made += mem.add_many(
+        [
+            NewMemory("chosen id memory", ALICE, id="chosen-1", keywords=["Kw", "two"]),
+            NewMemory("far past", ALICE, role="assistant", event_time=1.5),
+            NewMemory("unlinked note", ALICE, linked=False, metadata={"k": {"n": "v"}}),
+        ]
+    )
+    made += list(mem.add_turn(ALICE, "what tea?", "green \x00 tea", used_ids=[made[0].id]))
+    for m in made:
+        assert mem.get(m.id) == m
+    assert made[0].access_count == 0 and made[0].last_access is None

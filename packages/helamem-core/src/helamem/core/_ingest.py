@@ -20,7 +20,7 @@ from .errors import (
     StorageError,
 )
 from .ids import new_id
-from .storage.base import EdgeRow
+from .storage.base import EdgeRow, MemoryRow
 from .text import keywords, safe_text
 from .types import (
     Kind,
@@ -111,6 +111,7 @@ class IngestOps(LearningOps):
         scope_ids: list[int] = []
         wanted = {i for ids_ in used_ids for i in ids_}
         token_ns: list[int] = []
+        made: list[MemoryRow] = []  # the rows as inserted (nothing in the tx changes them)
         with self.store.tx() as db:
             # read under the writer lock: a used id another writer deleted meanwhile is
             # unknown (ignored), one it deleted and added again is the new memory
@@ -147,6 +148,7 @@ class IngestOps(LearningOps):
                             scope_tag(a, p.kind) for a in self.store.ancestors(sid)
                         )
                     tags = tags_of[(sid, p.kind)]
+                    blob = vecs[i].tobytes()
                     n = self.store.insert_memory(
                         db,
                         id=ids[i],
@@ -161,8 +163,14 @@ class IngestOps(LearningOps):
                         keywords=p.keywords,
                         metadata=p.metadata,
                         provenance=p.provenance,
-                        embedding=vecs[i].tobytes(),
+                        embedding=blob,
                     )
+                    made.append(
+                        MemoryRow(
+                            n, ids[i], sid, p.kind, p.content, p.role, p.event_time, now,
+                            p.keywords, 0, None, p.metadata, p.provenance, blob,
+                        )
+                    )  # fmt: skip
                     token_ns.append(n)
                     if p.kind == "episodic" and p.linked:
                         if last is not None:
@@ -190,16 +198,15 @@ class IngestOps(LearningOps):
             if toks is not None:
                 packed = retrieval.pack_tokens_many(toks)
                 self.store.put_token_vectors(db, list(zip(token_ns, packed, strict=True)))
-            # read back inside the transaction, by id: after the commit another
-            # process may already have deleted a row
-            rows = self.store.rows_by_id(ids)
         self.index_new(rows_n, ids, vecs, scope_ids, [p.kind for p in flat])
         if self.lexical_index is not None:  # keep a large store's BM25 index near the head
             try:
                 self.lexical_index.prepare(self.sqlite_store)
             except StorageError as exc:  # derived: the next search tries again
                 logger.warning("lexical index update failed, FTS5 serves meanwhile: %s", exc)
-        return [self._memory(rows[i]) for i in ids]
+        # as inserted, not read back: after the commit another process may already have
+        # deleted a row, and nothing in the transaction changed them (test_add_returns_as_stored)
+        return [self._memory(r) for r in made]
 
     def _check_new_ids(self, chosen: Sequence[str]) -> None:
         """Refuse caller-chosen ids that repeat or exist; settle their pending tombstones.
