@@ -110,7 +110,6 @@ class IngestOps(LearningOps):
         rows_n: list[int] = []
         scope_ids: list[int] = []
         wanted = {i for ids_ in used_ids for i in ids_}
-        token_ns: list[int] = []
         made: list[MemoryRow] = []  # the rows as inserted (nothing in the tx changes them)
         with self.store.tx() as db:
             # read under the writer lock: a used id another writer deleted meanwhile is
@@ -171,7 +170,6 @@ class IngestOps(LearningOps):
                             p.keywords, 0, None, p.metadata, p.provenance, blob,
                         )
                     )  # fmt: skip
-                    token_ns.append(n)
                     if p.kind == "episodic" and p.linked:
                         if last is not None:
                             a, b = dynamics.edge_key(last, n)
@@ -197,7 +195,7 @@ class IngestOps(LearningOps):
                 self.store.set_scope_state(db, sid, tick, last)
             if toks is not None:
                 packed = retrieval.pack_tokens_many(toks)
-                self.store.put_token_vectors(db, list(zip(token_ns, packed, strict=True)))
+                self.store.put_token_vectors(db, list(zip(rows_n, packed, strict=True)))
         self.index_new(rows_n, ids, vecs, scope_ids, [p.kind for p in flat])
         if self.lexical_index is not None:  # keep a large store's BM25 index near the head
             try:
