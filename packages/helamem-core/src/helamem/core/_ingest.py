@@ -163,6 +163,7 @@ class IngestOps(LearningOps):
                         metadata=p.metadata,
                         provenance=p.provenance,
                         embedding=blob,
+                        generated_id=p.id is None,
                     )
                     made.append(
                         MemoryRow(
@@ -254,4 +255,5 @@ class IngestOps(LearningOps):
             metadata=p.metadata,
             provenance=p.provenance,
             embedding=vec.astype(np.float32).tobytes(),
+            generated_id=True,
         )

@@ -256,10 +256,9 @@ def keywords(text: str, n: int = 8) -> list[str]:
         >>> keywords("Tea, tea and more tea with Alice")
         ['tea', 'alice']
     """
-    toks = [t for t in tokens(text) if t not in STOPWORDS and len(t) > 1]
-    counts = Counter(toks)
-    order = {t: i for i, t in reversed(list(enumerate(toks)))}
-    return sorted(counts, key=lambda t: (-counts[t], order[t]))[:n]
+    # a Counter keeps first occurrences in order, and most_common sorts stably
+    counts = Counter(t for t in tokens(text) if len(t) > 1 and t not in STOPWORDS)
+    return [t for t, _ in counts.most_common(n)]
 
 
 def fts_terms(text: str, max_terms: int = 32) -> list[str]:

@@ -241,6 +241,7 @@ class GraphStore(Protocol):
         metadata: str,
         provenance: str,
         embedding: bytes,
+        generated_id: bool = False,
     ) -> int: ...
 
     def iter_edges_under(

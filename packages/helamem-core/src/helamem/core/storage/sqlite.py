@@ -174,8 +174,15 @@ class SQLiteStore(SQLiteUpkeep):
         metadata: str,
         provenance: str,
         embedding: bytes,
+        generated_id: bool = False,
     ) -> int:
-        if db.execute("SELECT 1 FROM memories WHERE id = ?", (id,)).fetchone() is not None:
+        """Insert one memory and its BM25 entry; returns its key ``n``. A ``generated_id``
+        (``new_id()``, just now) skips the check that raises InvalidInputError
+        when a caller-chosen id names a stored memory (``UNIQUE`` still holds)."""
+        if (
+            not generated_id
+            and db.execute("SELECT 1 FROM memories WHERE id = ?", (id,)).fetchone() is not None
+        ):
             # another writer took this caller-chosen id first (checked inside the tx)
             raise InvalidInputError(
                 f"a memory with id {id!r} exists; delete it first or choose another id"

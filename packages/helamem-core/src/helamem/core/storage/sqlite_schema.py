@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import CorruptStoreError, DiskFullError, StorageError
 from .base import MemoryRow
+from .sqlite_checkpoint import BACKSTOP_PAGES, WalCheckpointer
 
 __all__ = [
     "MIGRATIONS",
@@ -374,6 +375,7 @@ class SQLiteConnection:
         self._df_rows = 0
         self._df_token: tuple[int, int] | None = None
         self._fts_writes = 0
+        self._checkpointer = WalCheckpointer(path, busy_timeout_s)
 
     def open(self) -> None:
         """Connect, set pragmas and apply pending migrations."""
@@ -431,6 +433,8 @@ class SQLiteConnection:
                 if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
+                # routine checkpoints run beside this connection (sqlite_checkpoint)
+                db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
                 db.execute("PRAGMA foreign_keys=ON")
                 # reads through a memory map instead of a read() per page (writes still
                 # go through write(), so a full disk fails a write as before)
@@ -455,6 +459,7 @@ class SQLiteConnection:
         return f"run `helamem check {d}` and `helamem reindex {d}` ({self._path})"
 
     def close(self) -> None:
+        self._checkpointer.close()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -469,6 +474,7 @@ class SQLiteConnection:
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``: the writer lock up front)."""
         db = self.db
+        changes = db.total_changes
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -487,6 +493,8 @@ class SQLiteConnection:
             except sqlite3.Error as exc:
                 self._rollback(db)
                 raise storage_error(exc, self._path, "commit failed, nothing was written") from exc
+            if db.total_changes != changes:  # pages went to the WAL: checkpoint them soon
+                self._checkpointer.wrote()
 
     @staticmethod
     def _rollback(db: sqlite3.Connection) -> None:
