@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,7 +73,7 @@ def test_a_bulk_commit_leaves_its_checkpoint_to_the_thread(
         monkeypatch.undo()
         cp = _checkpointer(m)
         cp.wrote()
-        _until(lambda: cp.checkpoints >= 1)
+        _until(lambda: cp.checkpoints >= 1)  # counted once it has returned
         assert cp.failures == 0
         assert file.stat().st_size > before + 1000 * 4096  # the thread copied the pages
         assert m.stats(SCOPE).memories == 1500
@@ -84,6 +86,8 @@ def test_the_writer_still_checkpoints_past_the_backstop(
     monkeypatch.setattr(sqlite_schema, "BACKSTOP_PAGES", 300)
     monkeypatch.setattr(WalCheckpointer, "wrote", lambda self: None)  # a stalled thread
     with _open(tmp_path) as m:
+        db = m._call(lambda c: c.store.db)
+        assert m._call(lambda c: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 300
         before = file.stat().st_size
         _bulk(m)
         assert file.stat().st_size > before + 1000 * 4096  # the writer did it itself
@@ -110,8 +114,10 @@ def test_a_failed_checkpoint_is_logged_and_loses_nothing(
         cp = _checkpointer(m)
         _until(lambda: cp.failures >= 1)
         _bulk(m, 600, "second")  # writes go on
+        _until(lambda: cp.failures >= 2)
         assert m.stats(SCOPE).memories == 1200
-    assert "background WAL checkpoint" in caplog.text and "disk is full" in caplog.text
+    assert "disk is full" in caplog.text
+    assert caplog.text.count("background WAL checkpoint of") == 1  # once until one succeeds
     monkeypatch.undo()
     with _open(tmp_path) as m:
         assert m.stats(SCOPE).memories == 1200
@@ -133,6 +139,33 @@ def test_an_unopenable_file_leaves_checkpoints_to_the_writer(
         _bulk(m, 300, "more")
         assert m.stats(SCOPE).memories == 600
     assert "cannot open" in caplog.text
+
+
+def test_a_thread_that_cannot_start_fails_no_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At interpreter shutdown (or a thread limit) ``Thread.start`` raises: the commit
+    before it is done, so the write returns normally and the writer checkpoints."""
+
+    start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        if self.name == "helamem-checkpoint":
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start(self)
+
+    file = tmp_path / "helamem.sqlite3"
+    caplog.set_level(logging.WARNING, logger="helamem.core.storage.sqlite_checkpoint")
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    monkeypatch.setattr(sqlite_schema, "BACKSTOP_PAGES", 300)
+    with _open(tmp_path) as m:  # its migrations are the first commit
+        before = file.stat().st_size
+        stored = m.add_many(NewMemory(f"t {i} {FILLER}", SCOPE) for i in range(1500))
+        m.add("one more", SCOPE)
+        assert not _checkpointer(m).running
+        assert len(stored) == 1500 and m.stats(SCOPE).memories == 1501
+        assert file.stat().st_size > before + 1000 * 4096  # the writer's backstop did
+    assert caplog.text.count("cannot start the checkpoint thread") == 1
 
 
 def test_reads_start_no_thread_and_close_stops_it(tmp_path: Path) -> None:
@@ -166,25 +199,56 @@ for b in range(200):
 
 def test_a_process_killed_mid_ingest_keeps_every_committed_memory(tmp_path: Path) -> None:
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    file = tmp_path / "helamem.sqlite3"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
     )
     assert child.stdout is not None
-    done = 0
-    deadline = time.monotonic() + 120
+    done, grown = 0, False
+    deadline = time.monotonic() + 300
     try:
-        while done < 3000 and time.monotonic() < deadline:  # past a few checkpoints
+        # past a few batches, and until the thread has copied pages into the file
+        while (done < 3000 or not grown) and time.monotonic() < deadline:
+            ready, _, _ = select.select([child.stdout], [], [], 1.0)
+            if not ready:
+                continue
             line = child.stdout.readline()
             if not line:
                 break
             done = int(line)
+            grown = file.stat().st_size > 4 * 1000 * 4096
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(30)
-    assert done >= 3000, "the child stopped early"
+    assert done >= 3000 and grown, f"the child stopped early ({done} memories)"
     db = sqlite3.connect(tmp_path / "helamem.sqlite3")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
     with _open(tmp_path) as m:
         assert m.stats(SCOPE).memories >= done
         assert m.stats(SCOPE).memories % 200 == 0  # whole batches: a batch is one transaction
+
+
+def test_the_checkpointer_restarts_after_close_and_closes_from_two_threads(
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "f.sqlite3"
+    db = sqlite3.connect(file, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x)")
+    cp = WalCheckpointer(file)
+    for round_ in (1, 2):
+        db.execute("INSERT INTO t VALUES (?)", (round_,))
+        cp.wrote()
+        _until(lambda r=round_: cp.checkpoints >= r)
+        first = cp._thread
+        assert first is not None and first.is_alive()
+        closers = [threading.Thread(target=cp.close) for _ in range(2)]
+        for t in closers:
+            t.start()
+        for t in closers:
+            t.join(20)
+            assert not t.is_alive()
+        assert not first.is_alive() and not cp.running
+    assert cp.failures == 0
+    db.close()

@@ -5,8 +5,8 @@ them into the database file and syncs it. By default SQLite runs one inside
 the commit that takes the WAL past 1,000 pages, on the writer's thread: a bulk
 ``add_many`` of 1,000 turns (about 6 MB with embeddings, token vectors and
 full-text rows) paid one per batch, about half of HeLa-Mem's own ingest time at
-100k memories (150 of ~300 µs per memory; README, Scale). Here the writer's
-connection checkpoints only far behind (:data:`BACKSTOP_PAGES`), and the routine
+100k memories (150 of ~300 µs per memory; README, Scale). Here the store's
+connections checkpoint only far behind (:data:`BACKSTOP_PAGES`), and the routine
 checkpoint runs on a thread with its own connection, where ``sqlite3`` releases
 the GIL: it overlaps the next work (the Chroma upsert that follows a commit)
 instead of lengthening the commit. It moves no row and reads none: the writer's
@@ -17,23 +17,31 @@ to it (a checkpoint is atomic and SQLite replays the WAL on the next open).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
-__all__ = ["BACKSTOP_PAGES", "MIN_INTERVAL_S", "WalCheckpointer"]
+__all__ = ["BACKSTOP_PAGES", "CONNECT_TIMEOUT_S", "MIN_INTERVAL_S", "WalCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
 BACKSTOP_PAGES = 10_000
-"""The writer connection's own ``PRAGMA wal_autocheckpoint`` (pages; ~40 MiB at
-SQLite's 4 KiB page): it checkpoints itself only when the thread falls this far
-behind (or is gone), so the WAL stays bounded whatever happens to the thread."""
+"""The store's own connections' ``PRAGMA wal_autocheckpoint`` (WAL frames since
+its last restart; ~40 MiB at SQLite's 4 KiB page): they checkpoint inside a commit
+only when the thread falls this far behind (or is gone), so the WAL stays
+bounded whatever happens to the thread."""
 
 MIN_INTERVAL_S = 0.2
 """At most one checkpoint per this many seconds: a burst of small commits
 (``add_turn`` after every turn) costs one checkpoint and its syncs, not one each."""
+
+CONNECT_TIMEOUT_S = 1.0
+"""The checkpoint connection's busy timeout: reading the schema is all it may
+wait for (a checkpoint in PASSIVE mode waits for nothing), and :meth:`close`
+waits for the thread, so it must not wait long; a checkpoint that meets a lock
+is skipped until the next commit."""
 
 
 class WalCheckpointer:
@@ -41,80 +49,127 @@ class WalCheckpointer:
 
     :meth:`wrote` (after each commit) wakes the thread, started on first use;
     it runs ``PRAGMA wal_checkpoint(PASSIVE)``, which waits for no reader or
-    writer (frames a reader still needs are copied by a later one). A failed
-    checkpoint is logged, never raised: the WAL keeps every commit, and the
-    writer's :data:`BACKSTOP_PAGES` still bounds it. :meth:`close` stops and
-    joins the thread (after the checkpoint in progress) and closes its connection.
-    No I/O before the first :meth:`wrote`.
+    writer (frames a reader still needs are copied by a later one; another
+    process's checkpoint in progress makes this one a no-op). Nothing here
+    raises into the writer: a thread that cannot start, a file that cannot be
+    opened or a checkpoint that fails is logged (a failure once, until one
+    succeeds again) and the writer's :data:`BACKSTOP_PAGES` takes over; the
+    WAL keeps every commit. :meth:`close` stops and joins the thread (after the
+    checkpoint in progress) and closes its connection. No I/O before the first
+    :meth:`wrote`. A forked child starts a thread of its own.
     """
 
-    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
-        self._path = path
-        self._timeout = busy_timeout_s
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
+    def __init__(self, path: Path, busy_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        self._path = path.absolute()  # the thread opens it later, maybe after a chdir
+        self._timeout = min(busy_timeout_s, CONNECT_TIMEOUT_S)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._gave_up = False  # the thread could not start or open the file: backstop only
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failing = False
         self.checkpoints = 0
         """Checkpoints run (those that failed included)."""
         self.failures = 0
-        """Checkpoints that failed (logged)."""
+        """Checkpoints that failed, and a failed start or open."""
 
     @property
     def running(self) -> bool:
         """Whether the thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def wrote(self) -> None:
-        """A commit happened: checkpoint soon (at most once per :data:`MIN_INTERVAL_S`)."""
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None and not self._stopping.is_set():
-                    thread = threading.Thread(
-                        target=self._run, name="helamem-checkpoint", daemon=True
-                    )
-                    thread.start()
-                    self._thread = thread
+        """A commit happened: checkpoint soon (at most once per :data:`MIN_INTERVAL_S`).
+
+        Never raises: the commit it follows is done whatever happens here.
+        """
+        if self._pid != os.getpid():  # a forked child: the parent's thread is not here
+            self._lock, self._pid, self._thread = threading.Lock(), os.getpid(), None
+            self._wake, self._stop, self._gave_up = threading.Event(), threading.Event(), False
+        if self._thread is None and not self._gave_up:
+            with self._lock:
+                if self._thread is None and not self._gave_up:
+                    self._start()
         self._wake.set()
+
+    def _start(self) -> None:
+        wake, stop = threading.Event(), threading.Event()
+        thread = threading.Thread(
+            target=self._run, args=(wake, stop), name="helamem-checkpoint", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread can start (a limit, interpreter shutdown)
+            self._gave_up = True
+            self.failures += 1
+            logger.warning(
+                "cannot start the checkpoint thread of %s, the writer checkpoints: %s",
+                self._path,
+                exc,
+            )
+            return
+        self._wake, self._stop, self._thread = wake, stop, thread
 
     def close(self) -> None:
         """Stop the thread and close its connection; a later :meth:`wrote` starts anew."""
-        with self._start_lock:
-            self._stopping.set()
-            self._wake.set()
+        with self._lock:
             thread, self._thread = self._thread, None
-        if thread is not None:
+            self._stop.set()  # this thread's own events: a later start gets new ones
+            self._wake.set()
+            self._gave_up = False
+        if thread is not None and thread is not threading.current_thread():
             thread.join()
-        self._stopping.clear()
-        self._wake.clear()
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
 
-    def _run(self) -> None:
+    def _run(self, wake: threading.Event, stop: threading.Event) -> None:
         try:
             db = self._connect()
-        except sqlite3.Error as exc:  # the writer's backstop checkpoints instead
+        except sqlite3.Error as exc:
+            self._gave_up = True
             self.failures += 1
-            logger.warning("cannot open %s for background checkpoints: %s", self._path, exc)
+            logger.warning(
+                "cannot open %s for background checkpoints, the writer checkpoints: %s",
+                self._path,
+                exc,
+            )
             return
         try:
             last = -MIN_INTERVAL_S
             while True:
-                self._wake.wait()
-                # cleared before stopping is read: close() sets stopping, then wakes
-                self._wake.clear()
-                if self._stopping.is_set():
+                wake.wait()
+                wake.clear()  # before stop is read: close() sets stop, then wakes
+                if stop.is_set():
                     return
                 pause = last + MIN_INTERVAL_S - time.monotonic()
-                if pause > 0 and self._stopping.wait(pause):
+                if pause > 0 and stop.wait(pause):
                     return
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as exc:  # a full disk, an I/O error: the WAL keeps all
-                    self.failures += 1
-                    logger.warning("background WAL checkpoint of %s failed: %s", self._path, exc)
-                self.checkpoints += 1
+                self._checkpoint(db)
                 last = time.monotonic()
         finally:
             db.close()
+
+    def _checkpoint(self, db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # a full disk, an I/O error: the WAL keeps every commit
+            self.failures += 1
+            self.checkpoints += 1
+            if not self._failing:
+                self._failing = True
+                logger.warning(
+                    "background WAL checkpoint of %s failed (logged once until one "
+                    "succeeds; the WAL keeps every commit): %s",
+                    self._path,
+                    exc,
+                )
+            else:
+                logger.debug("background WAL checkpoint of %s failed again: %s", self._path, exc)
+            return
+        self.checkpoints += 1
+        if self._failing:
+            self._failing = False
+            logger.info("background WAL checkpoints of %s succeed again", self._path)
