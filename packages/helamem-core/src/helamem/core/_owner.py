@@ -144,7 +144,12 @@ class OwnedCore:
         distiller: Distiller | None = None,
         reembed: bool = False,
     ) -> None:
-        self.config = config or HelaMemConfig()
+        cfg = config or HelaMemConfig()
+        # every file of the store (SQLite, Chroma, tantivy, locks) under one directory,
+        # whatever the working directory when each is first opened
+        self.config = (
+            cfg if cfg.path.is_absolute() else cfg.model_copy(update={"path": cfg.path.absolute()})
+        )
         self._reembed = reembed
         self._embedder_arg = embedder
         self._index_arg = vector_index

@@ -83,7 +83,9 @@ class HelaMemory(UpkeepMethods):
 
     The constructor does no I/O. The store opens on first use, on
     :meth:`open`, or when entered as a (sync or async) context manager;
-    :meth:`close` releases it.
+    :meth:`close` releases it. A relative ``config.path`` is taken against
+    the working directory at construction (``config.path`` then holds it made
+    absolute): a later ``os.chdir`` moves no part of the store.
 
     Every call (reads, adds, deletes, upkeep; sync or async) sees the turns a
     :class:`~helamem.core.hooks.TurnRecorder` of this memory accepted before
