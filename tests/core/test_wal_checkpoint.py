@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
-from helamem.core.storage import sqlite_schema
+from helamem.core.storage import sqlite_checkpoint
 from helamem.core.storage.sqlite_checkpoint import WalCheckpointer
 
 pytestmark = pytest.mark.sqlite_only
@@ -83,7 +83,7 @@ def test_the_writer_still_checkpoints_past_the_backstop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     file = tmp_path / "helamem.sqlite3"
-    monkeypatch.setattr(sqlite_schema, "BACKSTOP_PAGES", 300)
+    monkeypatch.setattr(sqlite_checkpoint, "BACKSTOP_PAGES", 300)
     monkeypatch.setattr(WalCheckpointer, "wrote", lambda self: None)  # a stalled thread
     with _open(tmp_path) as m:
         db = m._call(lambda c: c.store.db)
@@ -157,7 +157,7 @@ def test_a_thread_that_cannot_start_fails_no_write(
     file = tmp_path / "helamem.sqlite3"
     caplog.set_level(logging.WARNING, logger="helamem.core.storage.sqlite_checkpoint")
     monkeypatch.setattr(threading.Thread, "start", refuse)
-    monkeypatch.setattr(sqlite_schema, "BACKSTOP_PAGES", 300)
+    monkeypatch.setattr(sqlite_checkpoint, "BACKSTOP_PAGES", 300)
     with _open(tmp_path) as m:  # its migrations are the first commit
         before = file.stat().st_size
         stored = m.add_many(NewMemory(f"t {i} {FILLER}", SCOPE) for i in range(1500))
@@ -252,3 +252,40 @@ def test_the_checkpointer_restarts_after_close_and_closes_from_two_threads(
         assert not first.is_alive() and not cp.running
     assert cp.failures == 0
     db.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_forked_child_checkpoints_with_a_thread_of_its_own(tmp_path: Path) -> None:
+    """The parent's thread does not survive a fork: the child's first commit starts
+    its own (``os.register_at_fork``), which checkpoints the child's writes."""
+    file = tmp_path / "f.sqlite3"
+    db = sqlite3.connect(file, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x)")
+    db.close()
+    cp = WalCheckpointer(file)
+    cp.wrote()
+    _until(lambda: cp.checkpoints >= 1)
+    parent_thread = cp._thread
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit status only, never return into pytest
+        code = 1
+        try:
+            forgot = cp._thread is None and cp.checkpoints >= 1
+            before = cp.checkpoints
+            child = sqlite3.connect(file, isolation_level=None)
+            child.execute("INSERT INTO t VALUES (1)")
+            cp.wrote()
+            deadline = time.monotonic() + 20
+            while cp.checkpoints == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            started = cp._thread is not None and cp._thread is not parent_thread
+            if forgot and started and cp.checkpoints > before and cp.failures == 0:
+                code = 0
+            cp.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert cp._thread is parent_thread and cp.running  # the parent's thread is untouched
+    cp.close()

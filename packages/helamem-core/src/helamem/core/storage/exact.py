@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import StorageError
-from .sqlite_checkpoint import BACKSTOP_PAGES
+from .sqlite_checkpoint import set_backstop
 from .sqlite_schema import storage_error
 
 __all__ = ["REWRITTEN_KEY", "ExactVectors"]
@@ -126,8 +126,9 @@ class ExactVectors:
                 self._path, timeout=self._timeout, isolation_level=None, check_same_thread=False
             )
             db.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
-            # its commits (a promoted scope's rows) leave checkpoints to the store's thread
-            db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            # its few commits (index metadata, a promotion's marks) are checkpointed by the
+            # store's thread after the store's next commit, or by this backstop
+            set_backstop(db)
         except sqlite3.Error as exc:
             raise storage_error(exc, self._path, "cannot open the store for vector search") from exc
         self._db = db

@@ -21,9 +21,16 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 
-__all__ = ["BACKSTOP_PAGES", "CONNECT_TIMEOUT_S", "MIN_INTERVAL_S", "WalCheckpointer"]
+__all__ = [
+    "BACKSTOP_PAGES",
+    "CONNECT_TIMEOUT_S",
+    "MIN_INTERVAL_S",
+    "WalCheckpointer",
+    "set_backstop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,32 @@ waits for the thread, so it must not wait long; a checkpoint that meets a lock
 is skipped until the next commit."""
 
 
+def set_backstop(db: sqlite3.Connection) -> None:
+    """Set :data:`BACKSTOP_PAGES` on a connection to the store's file: every connection
+    the store opens (its own, the exact index's) leaves routine checkpoints to the thread.
+
+    Raises:
+        sqlite3.Error: The pragma failed (the caller maps it).
+    """
+    db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+
+
+_LIVE: weakref.WeakSet[WalCheckpointer] = weakref.WeakSet()
+"""Every checkpointer of this process, reset in a forked child (:func:`_after_fork`)."""
+
+
+def _after_fork() -> None:
+    """In a forked child: the parent's threads are not here, so each checkpointer
+    forgets its thread (and its lock, which a parent's thread may have held); the
+    child's first commit starts a thread of its own."""
+    for cp in list(_LIVE):
+        cp._forget_thread()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 class WalCheckpointer:
     """Checkpoints one SQLite file's WAL on a daemon thread and connection of its own.
 
@@ -57,15 +90,23 @@ class WalCheckpointer:
     WAL keeps every commit. :meth:`close` stops and joins the thread (after the
     checkpoint in progress) and closes its connection. No I/O before the first
     :meth:`wrote`. A forked child starts a thread of its own.
+
+    Args:
+        path: The database file, absolute (the thread opens it later, maybe after
+            an ``os.chdir``; :class:`~.sqlite_schema.SQLiteConnection` makes it so).
+        busy_timeout_s: The store's busy timeout; the thread waits at most
+            :data:`CONNECT_TIMEOUT_S`.
     """
 
     def __init__(self, path: Path, busy_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-        self._path = path.absolute()  # the thread opens it later, maybe after a chdir
+        self._path = path
         self._timeout = min(busy_timeout_s, CONNECT_TIMEOUT_S)
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._thread: threading.Thread | None = None
-        self._gave_up = False  # the thread could not start or open the file: backstop only
+        # the thread could not start or open the file: backstop only. Written by the
+        # thread without the lock (a bool: read under the lock, or as a hint that at
+        # worst starts one more thread, which gives up the same way)
+        self._gave_up = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failing = False
@@ -73,6 +114,12 @@ class WalCheckpointer:
         """Checkpoints run (those that failed included)."""
         self.failures = 0
         """Checkpoints that failed, and a failed start or open."""
+        _LIVE.add(self)
+
+    def _forget_thread(self) -> None:
+        """After a fork, in the child: no thread, a fresh lock and events."""
+        self._lock, self._thread, self._gave_up = threading.Lock(), None, False
+        self._wake, self._stop = threading.Event(), threading.Event()
 
     @property
     def running(self) -> bool:
@@ -85,9 +132,6 @@ class WalCheckpointer:
 
         Never raises: the commit it follows is done whatever happens here.
         """
-        if self._pid != os.getpid():  # a forked child: the parent's thread is not here
-            self._lock, self._pid, self._thread = threading.Lock(), os.getpid(), None
-            self._wake, self._stop, self._gave_up = threading.Event(), threading.Event(), False
         if self._thread is None and not self._gave_up:
             with self._lock:
                 if self._thread is None and not self._gave_up:

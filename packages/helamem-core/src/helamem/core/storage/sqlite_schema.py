@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import CorruptStoreError, DiskFullError, StorageError
 from .base import MemoryRow
-from .sqlite_checkpoint import BACKSTOP_PAGES, WalCheckpointer
+from .sqlite_checkpoint import WalCheckpointer, set_backstop
 
 __all__ = [
     "MIGRATIONS",
@@ -362,7 +362,9 @@ class SQLiteConnection:
     _SECONDS_TYPE = "REAL"
 
     def __init__(self, path: Path, busy_timeout_s: float = 30.0, mmap_mb: int = 0) -> None:
-        self._path = path
+        # absolute once, here (no I/O): a later os.chdir moves neither this connection's
+        # file nor its checkpoint thread's
+        self._path = path.absolute()
         self._timeout = busy_timeout_s
         self._mmap_bytes = mmap_mb * 1024 * 1024  # PRAGMA mmap_size: reads only
         self._db: sqlite3.Connection | None = None
@@ -375,7 +377,7 @@ class SQLiteConnection:
         self._df_rows = 0
         self._df_token: tuple[int, int] | None = None
         self._fts_writes = 0
-        self._checkpointer = WalCheckpointer(path, busy_timeout_s)
+        self._checkpointer = WalCheckpointer(self._path, busy_timeout_s)
 
     def open(self) -> None:
         """Connect, set pragmas and apply pending migrations."""
@@ -434,7 +436,7 @@ class SQLiteConnection:
                     db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 # routine checkpoints run beside this connection (sqlite_checkpoint)
-                db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+                set_backstop(db)
                 db.execute("PRAGMA foreign_keys=ON")
                 # reads through a memory map instead of a read() per page (writes still
                 # go through write(), so a full disk fails a write as before)
