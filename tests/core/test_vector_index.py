@@ -126,6 +126,8 @@ def test_deleted_index_is_rebuilt_on_open_with_a_warning(
     text = caplog.text
     assert "rebuilding 40 vectors" in text
     assert "vector index rebuild: 40/40 vectors" in text
+    # the scope as the caller named it, not its internal node number
+    assert 'lacks vectors of 1 large scope(s) (scope ["tenants", "acme"] (episodic): ' in text
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -318,3 +320,22 @@ def test_stats_of_a_scope_counts_that_scopes_vectors(
         m.flush()
         assert m.stats(("u", "bob")).vectors == 0 and m.stats(("u",)).vectors == 7
         assert m.stats().vectors == 8
+
+
+def test_index_messages_name_the_scope_as_the_caller_did(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, store_config: StoreConfig
+) -> None:
+    """Logs about a scope's collection name it by the caller's tuple and kind, never by
+    the store's internal node number (which a user cannot map back)."""
+    with (
+        caplog.at_level(logging.INFO, logger="helamem.core.storage.chroma"),
+        _open(tmp_path / "s", store_config, exact_below=10) as m,
+    ):
+        _fill(m, 12)
+        exact = m._call(lambda c: _idx(c)._exact)
+        node = sorted(m._call(lambda c: _idx(c)._exact.promoted()))[0][0]
+        assert exact.scope_name((node, "semantic")) == 'scope ["tenants", "acme"] (semantic)'
+        # a node the store does not hold (deleted meanwhile): its number, no error
+        assert exact.scope_name((10**9, "episodic")) == f"scope node {10**9} (episodic)"
+    assert 'scope ["tenants", "acme"] (episodic) moved to its own HNSW collection' in caplog.text
+    assert f"scope {node} " not in caplog.text

@@ -254,11 +254,10 @@ class ChromaIndex(ChromaConnection):
             if not self._warned_locked:
                 self._warned_locked = True
                 logger.warning(
-                    "scope %d (%s) reached %d vectors, but another process holds the embedded "
+                    "%s reached %d vectors, but another process holds the embedded "
                     "index in %s: it stays an exact scan here (correct, slower) until that "
                     "process promotes it",
-                    key[0],
-                    key[1],
+                    self._exact.scope_name(key),
                     self._config.exact_below,
                     self._path,
                 )
@@ -269,7 +268,9 @@ class ChromaIndex(ChromaConnection):
         if not self._exact.add_promoted(key):
             return False
         n = self._load(key, fresh=True)
-        logger.info("scope %d (%s) moved to its own HNSW collection (%d vectors)", *key, n)
+        logger.info(
+            "%s moved to its own HNSW collection (%d vectors)", self._exact.scope_name(key), n
+        )
         return True
 
     def delete(self, items: Sequence[tuple[str, int, str]]) -> None:
@@ -338,9 +339,9 @@ class ChromaIndex(ChromaConnection):
                     log = logger.debug if key in self._failed else logger.warning
                     self._failed.add(key)
                     log(
-                        "HNSW search of scope %d (%s) failed (%s); searching it exactly "
+                        "HNSW search of %s failed (%s); searching it exactly "
                         "(`helamem reindex` rebuilds its collection)",
-                        *key,
+                        self._exact.scope_name(key),
                         exc,
                     )
                     self._cols.pop(self._name(*key), None)

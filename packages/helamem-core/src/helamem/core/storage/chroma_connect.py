@@ -382,10 +382,10 @@ class ChromaConnection:
         if todo:
             total = sum(self._exact.count_upto(k, 1 << 62) for k, _ in todo)
             logger.warning(
-                "the vector index lacks vectors of %d large scopes (%s); rebuilding %d "
+                "the vector index lacks vectors of %d large scope(s) (%s); rebuilding %d "
                 "vectors from helamem.sqlite3",
                 len(todo),
-                ", ".join(f"scope {k[0]}/{k[1]}: {why}" for k, why in todo[:5]),
+                ", ".join(f"{self._exact.scope_name(k)}: {why}" for k, why in todo[:5]),
                 total,
             )
             done = 0
@@ -441,7 +441,7 @@ class ChromaConnection:
         total = sum(counts[k] for k in big)
         if big:
             logger.warning(
-                "building HNSW collections for %d large scopes (%d vectors)", len(big), total
+                "building HNSW collections for %d large scope(s) (%d vectors)", len(big), total
             )
         done = 0
         for key in big:
@@ -496,9 +496,9 @@ class ChromaConnection:
                 )
                 if refill and key in self._exact.promoted():
                     logger.warning(
-                        "the vector index lacked the collection of scope %d/%s (a Chroma "
+                        "the vector index lacked the collection of %s (a Chroma "
                         "server restarted empty?); rebuilding it from the database",
-                        *key,
+                        self._exact.scope_name(key),
                     )
                     for _, ids, mat in self._exact.batches(key):
                         col.upsert(ids=ids, embeddings=mat)

@@ -200,6 +200,17 @@ class ExactVectors:
                 raise storage_error(exc, self._path, "could not record the store id") from exc
             return self._read_meta(_STORE_ID_KEY) or sid
 
+    def scope_name(self, key: Key) -> str:
+        """``key`` for messages, as the caller named the scope: e.g.
+        ``scope ["users", "alice"] (episodic)``; its node number when the store
+        cannot say (the row gone, the store failing)."""
+        try:
+            with self._lock:
+                row = self.db.execute("SELECT path FROM scopes WHERE id = ?", (key[0],)).fetchone()
+        except (sqlite3.Error, StorageError):  # a message must not fail its caller
+            row = None
+        return f"scope {row[0] if row is not None else f'node {key[0]}'} ({key[1]})"
+
     def promoted(self) -> set[Key]:
         """The (scope node, kind) pairs served by their own HNSW collection."""
         raw = self._read_meta(_PROMOTED_KEY)
