@@ -60,8 +60,8 @@ from .chroma_connect import (
     ChromaConnection,
     HelaMemMiniLMEmbeddingFunction,
     chroma_error,
-    forget_system,
 )
+from .chroma_embedded import forget_system
 
 _SEARCH_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, StorageError)
 

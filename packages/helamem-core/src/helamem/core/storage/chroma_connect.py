@@ -31,10 +31,17 @@ from ..config import ChromaConfig
 from ..embeddings import MiniLMEmbedder
 from ..errors import CorruptStoreError, DiskFullError, StorageError
 from .base import IndexLockedError
+from .chroma_embedded import (
+    bounded_persistent_client,
+    engine_inherited,
+    forget_system,
+    inherited_engine_error,
+    note_engine_started,
+)
 from .exact import ExactVectors
 from .lock import ProcessLock
 
-__all__ = ["ChromaConnection", "HelaMemMiniLMEmbeddingFunction", "forget_system"]
+__all__ = ["ChromaConnection", "HelaMemMiniLMEmbeddingFunction"]
 
 logger = logging.getLogger("helamem.core.storage.chroma")
 
@@ -248,10 +255,11 @@ class ChromaConnection:
                 headers=dict(cfg.headers or {}),
                 settings=settings,
             )
+        note_engine_started()
         if cfg.mode == "ephemeral":
             return chromadb.EphemeralClient(settings=settings)
         self._path.mkdir(parents=True, exist_ok=True)
-        return _bounded_persistent_client(self._path, settings, self._cache_size())
+        return bounded_persistent_client(self._path, settings, self._cache_size())
 
     def _cache_size(self) -> int:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -264,10 +272,18 @@ class ChromaConnection:
         """The Chroma client, opened (and the index verified) on first need.
 
         Raises:
-            IndexLockedError: Another process holds the embedded index (``required``).
+            IndexLockedError: Another process holds the embedded index, or this one
+                was forked from one whose embedded engine had started (``required``).
         """
         if self._client is not None:
             return self._client
+        if self._config.mode != "http" and engine_inherited():  # a new client would hang
+            if not required:
+                logger.info(
+                    "%s; small scopes are searched exactly", inherited_engine_error(self._path)
+                )
+                return None
+            raise inherited_engine_error(self._path)
         if self._config.mode == "persistent" and not self._lock.try_acquire():
             if not required:
                 logger.info(
@@ -557,44 +573,3 @@ class ChromaConnection:
         self._cols.clear()
         self._exact.set_promoted(set())
         self._exact.forget([])
-
-
-def forget_system(path: Path) -> None:
-    """Drop Chroma's cached in-process system for ``path`` (after a failed open)."""
-    from chromadb.api.shared_system_client import SharedSystemClient
-
-    SharedSystemClient._identifier_to_system.pop(str(path), None)
-    SharedSystemClient._identifier_to_refcount.pop(str(path), None)
-
-
-def _bounded_persistent_client(path: Path, settings: Settings, cache_size: int) -> Any:
-    """A ``PersistentClient`` whose HNSW cache holds at most ``cache_size`` indexes.
-
-    Chroma sizes its cache of loaded HNSW indexes at a fifth of the open-file
-    limit (5 files each), which leaves nothing for anything else. The system
-    is built here, the size set before it starts, and then shared as
-    ``PersistentClient(path)`` would share it.
-    """
-    from chromadb.api import ServerAPI
-    from chromadb.api.client import Client
-    from chromadb.api.shared_system_client import SharedSystemClient
-    from chromadb.config import System
-    from chromadb.telemetry.product import ProductTelemetryClient
-
-    full = Settings(
-        **{**settings.model_dump(), "is_persistent": True, "persist_directory": str(path)}
-    )
-    if str(path) not in SharedSystemClient._identifier_to_system:
-        system = System(full)
-        system.instance(ProductTelemetryClient)  # type: ignore[type-abstract]
-        api = system.instance(ServerAPI)  # type: ignore[type-abstract]
-        if hasattr(api, "hnsw_cache_size"):
-            api.hnsw_cache_size = cache_size
-        try:
-            system.start()
-        except BaseException:
-            with suppress(AttributeError, ChromaError):
-                system.stop()
-            raise
-        SharedSystemClient._identifier_to_system[str(path)] = system
-    return Client(settings=full)

@@ -11,6 +11,7 @@ one path share it, as they share Chroma's client for that path.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -20,6 +21,24 @@ __all__ = ["ProcessLock"]
 
 _guard = threading.Lock()
 _held: dict[str, tuple[filelock.BaseFileLock, int]] = {}
+_inherited: list[filelock.BaseFileLock] = []
+"""A forked child's copies of its parent's locks: kept, never released. An OS file
+lock belongs to the open file, which the child shares with its parent: releasing it
+here would unlock the parent's index (it is dropped when both have closed it)."""
+
+
+def _after_fork() -> None:
+    """In a forked child: the parent's locks are not this process's to share or give
+    back (its stores need their own: another process, for the file lock), and the
+    guard may have been held by a thread that is not here."""
+    global _guard
+    _guard = threading.Lock()
+    _inherited.extend(lock for lock, _ in _held.values())
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 class ProcessLock:
@@ -61,6 +80,8 @@ class ProcessLock:
             return
         self.held = False
         with _guard:
+            if self._key not in _held:  # taken before a fork, in the parent: not ours
+                return
             lock, count = _held[self._key]
             if count > 1:
                 _held[self._key] = (lock, count - 1)

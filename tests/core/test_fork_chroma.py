@@ -1,0 +1,94 @@
+"""A forked child of a process whose embedded Chroma engine started opens the store
+without hanging (the engine's threads do not survive ``fork()``; a new client in the
+child waited forever): it stores and searches small scopes, leaves large scopes'
+vectors to the parent, and a search of a large scope raises ``IndexLockedError``
+naming the fix. Nothing the child writes is lost: the parent indexes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from helamem.core import (
+    ChromaConfig,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    IndexLockedError,
+    NewMemory,
+)
+
+pytestmark = [
+    pytest.mark.sqlite_only,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork"),
+]
+
+BIG, SMALL = ("users", "alice"), ("users", "child")
+
+
+def _open(path: Path) -> HelaMemory:
+    cfg = HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=20))
+    return HelaMemory(cfg, embedder=HashingEmbedder(64)).open()
+
+
+def _child(path: Path) -> int:
+    """The child's checks; its exit status (0: all held)."""
+    signal.alarm(60)  # a hang ends the child (the parent sees the signal), not the test run
+    m = _open(path)
+    m.add_many(NewMemory(f"child note {i} kiwi{i}", SMALL) for i in range(3))
+    if [h.memory.content for h in m.search("kiwi1", SMALL, k=1)] != ["child note 1 kiwi1"]:
+        return 2
+    m.add_many(NewMemory(f"late alice note {i} mango{i}", BIG) for i in range(5))
+    try:
+        m.search("mango2", BIG, k=3)
+    except IndexLockedError as exc:
+        if "forked" not in str(exc) or "spawn" not in str(exc):
+            return 3
+    else:
+        return 4
+    m.close()
+    return 0
+
+
+@pytest.mark.parametrize("close_before_fork", [False, True])
+def test_a_forked_child_opens_the_store_without_hanging(
+    tmp_path: Path, close_before_fork: bool
+) -> None:
+    path = tmp_path / "s"
+    parent = _open(path)
+    parent.add_many(NewMemory(f"alice note {i} apple{i}", BIG) for i in range(40))  # HNSW
+    assert parent.search("apple7", BIG, k=1)[0].memory.content == "alice note 7 apple7"
+    if close_before_fork:
+        parent.close()
+    else:  # idle at the fork: its search's learning write done (README, Reliability)
+        assert parent.stats().memories == 40
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = _child(path)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 90
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    status = done[1]
+    assert os.WIFEXITED(status), f"the child ended by signal {os.WTERMSIG(status)}"
+    assert os.WEXITSTATUS(status) == 0
+    if close_before_fork:
+        parent = _open(path)
+    with parent:
+        assert parent.stats().memories == 48
+        # the child's rows of the large scope, unindexed there, are indexed here
+        assert parent.search("mango2", BIG, k=1)[0].memory.content == "late alice note 2 mango2"
+        assert parent.search("kiwi0", SMALL, k=1)[0].memory.content == "child note 0 kiwi0"
+    with _open(path) as again:
+        assert again.stats().memories == 48 and again.stats().unindexed == 0
