@@ -41,6 +41,7 @@ from .errors import ConfigError, InvalidInputError, StorageError, StoreClosedErr
 from .llm import LLMClient
 from .storage.base import VectorIndex
 from .storage.sqlite import sqlite_errors
+from .storage.sqlite_fork import ForkGate
 from .types import normalize_prefix
 
 __all__ = ["EVERY_SCOPE", "KeepsPending", "OwnedCore"]
@@ -151,6 +152,8 @@ class OwnedCore:
             cfg if cfg.path.is_absolute() else cfg.model_copy(update={"path": cfg.path.absolute()})
         )
         self._reembed = reembed
+        # fork() waits for the job in progress: a child copies no SQLite call half done
+        self._fork_gate = ForkGate(self.config.busy_timeout_s, str(self.config.path))
         self._embedder_arg = embedder
         self._index_arg = vector_index
         self._llm = llm
@@ -371,7 +374,7 @@ class OwnedCore:
         asyncio.events._set_running_loop(None)
         try:
             # every SQLite failure leaves as a typed StorageError (disk full, corrupt, ...)
-            with sqlite_errors(self.config.path / "helamem.sqlite3"):
+            with self._fork_gate, sqlite_errors(self.config.path / "helamem.sqlite3"):
                 core = self._on_owner()
                 if core.pending_index and not isinstance(fn, KeepsPending):
                     core.flush_index()  # a delete, a check, an export... sees every vector
@@ -517,7 +520,8 @@ class OwnedCore:
     def _close_core(self) -> None:
         self._finished = True
         if self._core is not None:
-            self._core.close()
+            with self._fork_gate:
+                self._core.close()
             self._core = None
 
     @property

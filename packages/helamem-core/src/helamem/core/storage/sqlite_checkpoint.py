@@ -24,6 +24,8 @@ import time
 import weakref
 from pathlib import Path
 
+from .sqlite_fork import ForkGate
+
 __all__ = [
     "BACKSTOP_PAGES",
     "CONNECT_TIMEOUT_S",
@@ -101,6 +103,7 @@ class WalCheckpointer:
     def __init__(self, path: Path, busy_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self._path = path
         self._timeout = min(busy_timeout_s, CONNECT_TIMEOUT_S)
+        self._gate = ForkGate(10.0, str(path))  # fork() waits for a checkpoint in progress
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         # the thread could not start or open the file: backstop only. Written by the
@@ -167,7 +170,8 @@ class WalCheckpointer:
             thread.join()
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+        with self._gate:
+            return sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
 
     def _run(self, wake: threading.Event, stop: threading.Event) -> None:
         try:
@@ -194,11 +198,13 @@ class WalCheckpointer:
                 self._checkpoint(db)
                 last = time.monotonic()
         finally:
-            db.close()
+            with self._gate:
+                db.close()
 
     def _checkpoint(self, db: sqlite3.Connection) -> None:
         try:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            with self._gate:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:  # a full disk, an I/O error: the WAL keeps every commit
             self.failures += 1
             self.checkpoints += 1
