@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -115,3 +117,34 @@ def make_mem(pg_dsn: str | None) -> Callable[..., HelaMemory]:
 settings.register_profile("ci", derandomize=True, database=None, deadline=None)
 settings.register_profile("explore", deadline=None)
 settings.load_profile("ci")
+
+
+def _run_forked(child: Callable[[], int], limit_s: float = 90.0) -> int:
+    """Run ``child`` in a forked process and return its exit status. The child ends by
+    its own alarm (60 s) and the parent kills it at ``limit_s``: a hang fails the test
+    instead of hanging the run. The child never returns into pytest."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(60)
+            code = child()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + limit_s
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.WIFEXITED(done[1]), f"the child ended by signal {os.WTERMSIG(done[1])}"
+    return os.WEXITSTATUS(done[1])
+
+
+@pytest.fixture
+def run_forked() -> Callable[[Callable[[], int]], int]:
+    """:func:`_run_forked`: a child process's checks, bounded in time (POSIX only)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("POSIX fork")
+    return _run_forked

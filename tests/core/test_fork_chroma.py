@@ -7,8 +7,7 @@ naming the fix. Nothing the child writes is lost: the parent indexes it."""
 from __future__ import annotations
 
 import os
-import signal
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,6 @@ def _open(path: Path) -> HelaMemory:
 
 def _child(path: Path) -> int:
     """The child's checks; its exit status (0: all held)."""
-    signal.alarm(60)  # a hang ends the child (the parent sees the signal), not the test run
     m = _open(path)
     m.add_many(NewMemory(f"child note {i} kiwi{i}", SMALL) for i in range(3))
     if [h.memory.content for h in m.search("kiwi1", SMALL, k=1)] != ["child note 1 kiwi1"]:
@@ -56,7 +54,7 @@ def _child(path: Path) -> int:
 
 @pytest.mark.parametrize("close_before_fork", [False, True])
 def test_a_forked_child_opens_the_store_without_hanging(
-    tmp_path: Path, close_before_fork: bool
+    tmp_path: Path, close_before_fork: bool, run_forked: Callable[[Callable[[], int]], int]
 ) -> None:
     path = tmp_path / "s"
     parent = _open(path)
@@ -66,23 +64,7 @@ def test_a_forked_child_opens_the_store_without_hanging(
         parent.close()
     else:  # idle at the fork: its search's learning write done (README, Reliability)
         assert parent.stats().memories == 40
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            code = _child(path)
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 90
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung")
-    status = done[1]
-    assert os.WIFEXITED(status), f"the child ended by signal {os.WTERMSIG(status)}"
-    assert os.WEXITSTATUS(status) == 0
+    assert run_forked(lambda: _child(path)) == 0
     if close_before_fork:
         parent = _open(path)
     with parent:

@@ -9,9 +9,9 @@ the store's calls in flight (``sqlite_fork.ForkGate``); without it this test fai
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,26 +34,15 @@ def _open(path: Path) -> HelaMemory:
 
 
 def _child(path: Path, k: int) -> int:
-    signal.alarm(60)
     with _open(path) as m:
         m.add_many(NewMemory(f"child {k} note {i}", CHILD) for i in range(20))
         m.add(f"child {k} last", CHILD)
         return 0 if m.stats(CHILD).memories >= 21 else 2
 
 
-def _wait(pid: int) -> int:
-    deadline = time.monotonic() + 90
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if done[0] == 0:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung")
-    assert os.WIFEXITED(done[1]), f"the child ended by signal {os.WTERMSIG(done[1])}"
-    return os.WEXITSTATUS(done[1])
-
-
-def test_a_child_forked_mid_write_writes_its_own_store(tmp_path: Path) -> None:
+def test_a_child_forked_mid_write_writes_its_own_store(
+    tmp_path: Path, run_forked: Callable[[Callable[[], int]], int]
+) -> None:
     path = tmp_path / "s"
     stop = threading.Event()
     written = [0]
@@ -72,14 +61,7 @@ def test_a_child_forked_mid_write_writes_its_own_store(tmp_path: Path) -> None:
             codes = []
             for k in range(12):  # without the gate, some fork lands mid-transaction (checked)
                 time.sleep(0.05)
-                pid = os.fork()
-                if pid == 0:
-                    code = 1
-                    try:
-                        code = _child(path, k)
-                    finally:
-                        os._exit(code)
-                codes.append(_wait(pid))
+                codes.append(run_forked(lambda k=k: _child(path, k)))
         finally:
             stop.set()
             writer.join()

@@ -254,8 +254,9 @@ def test_the_checkpointer_restarts_after_close_and_closes_from_two_threads(
     db.close()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
-def test_a_forked_child_checkpoints_with_a_thread_of_its_own(tmp_path: Path) -> None:
+def test_a_forked_child_checkpoints_with_a_thread_of_its_own(
+    tmp_path: Path, run_forked: Callable[[Callable[[], int]], int]
+) -> None:
     """The parent's thread does not survive a fork: the child's first commit starts
     its own (``os.register_at_fork``), which checkpoints the child's writes."""
     file = tmp_path / "f.sqlite3"
@@ -267,25 +268,20 @@ def test_a_forked_child_checkpoints_with_a_thread_of_its_own(tmp_path: Path) -> 
     cp.wrote()
     _until(lambda: cp.checkpoints >= 1)
     parent_thread = cp._thread
-    pid = os.fork()
-    if pid == 0:  # the child: report by exit status only, never return into pytest
-        code = 1
-        try:
-            forgot = cp._thread is None and cp.checkpoints >= 1
-            before = cp.checkpoints
-            child = sqlite3.connect(file, isolation_level=None)
-            child.execute("INSERT INTO t VALUES (1)")
-            cp.wrote()
-            deadline = time.monotonic() + 20
-            while cp.checkpoints == before and time.monotonic() < deadline:
-                time.sleep(0.01)
-            started = cp._thread is not None and cp._thread is not parent_thread
-            if forgot and started and cp.checkpoints > before and cp.failures == 0:
-                code = 0
-            cp.close()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+    def child() -> int:
+        forgot = cp._thread is None and cp.checkpoints >= 1
+        before = cp.checkpoints
+        sqlite3.connect(file, isolation_level=None).execute("INSERT INTO t VALUES (1)")
+        cp.wrote()
+        deadline = time.monotonic() + 20
+        while cp.checkpoints == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = cp._thread is not None and cp._thread is not parent_thread
+        ok = forgot and started and cp.checkpoints > before and cp.failures == 0
+        cp.close()
+        return 0 if ok else 1
+
+    assert run_forked(child) == 0
     assert cp._thread is parent_thread and cp.running  # the parent's thread is untouched
     cp.close()
