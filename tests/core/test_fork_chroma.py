@@ -74,3 +74,26 @@ def test_a_forked_child_opens_the_store_without_hanging(
         assert parent.search("kiwi0", SMALL, k=1)[0].memory.content == "child note 0 kiwi0"
     with _open(path) as again:
         assert again.stats().memories == 48 and again.stats().unindexed == 0
+
+
+def _child_elsewhere(path: Path) -> int:
+    """A store of its own, on another path: no lock or client of the parent's on it,
+    yet a new embedded client would still hang (the engine is per process). Its scope
+    stays exact here (not moved to HNSW): searched, and found."""
+    with _open(path) as m:
+        m.add_many(NewMemory(f"own note {i} plum{i}", BIG) for i in range(30))
+        hits = m.search("plum3", BIG, k=1)
+        return 0 if [h.memory.content for h in hits] == ["own note 3 plum3"] else 4
+
+
+def test_a_forked_child_opens_another_path_without_hanging(
+    tmp_path: Path, run_forked: Callable[[Callable[[], int]], int]
+) -> None:
+    with _open(tmp_path / "parent") as parent:
+        parent.add_many(NewMemory(f"alice note {i} apple{i}", BIG) for i in range(40))  # HNSW
+        assert parent.search("apple7", BIG, k=1)[0].memory.content == "alice note 7 apple7"
+        assert run_forked(lambda: _child_elsewhere(tmp_path / "child")) == 0
+    with _open(tmp_path / "child") as again:  # the child's memories, indexed here
+        assert again.stats().memories == 30
+        assert again.search("plum3", BIG, k=1)[0].memory.content == "own note 3 plum3"
+        assert again.stats().unindexed == 0
