@@ -176,6 +176,33 @@ async def test_a_cleared_context_records_its_turns_again(store: SpyMemory, tmp_p
     assert [(u, a) for u, a, _ in store.turns] == [("hi", "Hello!")] * 2
 
 
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["unbounded", "buffered-3", "head-and-tail"])
+async def test_clear_forgets_the_turn_not_recorded_yet(
+    store: SpyMemory, tmp_path: Path, which: int
+) -> None:
+    """``clear()`` ("forget everything") deleted the stored memories, but the agent's
+    last turn, recorded only at its next model call, was stored after it: "my bank PIN
+    is 4321" came back. Now the turns completed before ``clear()`` are never stored."""
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    agent = AssistantAgent(
+        "a",
+        model_client=ReplayChatCompletionClient(["Noted, 4321.", "Sunny.", "Rainy."]),
+        memory=[memory],
+        model_context=_contexts()[which],
+    )
+    await agent.run(task="my bank PIN is 4321")
+    await memory.clear()
+    await agent.run(task="what is the weather?")
+    await agent.run(task="and tomorrow?")
+    await memory.close()  # records the final turn
+    assert [(u, a) for u, a, _ in store.turns] == [
+        ("what is the weather?", "Sunny."),
+        ("and tomorrow?", "Rainy."),
+    ]
+    found = await HelaMemMemory(config(tmp_path), memory=store).query("bank PIN 4321", k=10)
+    assert [r.content for r in found.results if "4321" in str(r.content)] == []
+
+
 async def test_a_query_result_added_elsewhere_keeps_none_of_the_old_memorys_fields(
     store: SpyMemory, tmp_path: Path
 ) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
@@ -51,6 +50,10 @@ from ._convert import (
     own_metadata,
     turn_key,
 )
+from ._hits import best as _best
+from ._hits import check_k as _check_k
+from ._hits import check_threshold as _check_threshold
+from ._hits import fitting as _fitting
 from .config import HelaMemMemoryConfig
 
 __all__ = ["HelaMemMemory"]
@@ -77,51 +80,6 @@ class _Served:
     recorded: Turn | None = None  # the last turn recorded from it
     seen: int = 0  # conversation messages in its history then (fewer later: it was cleared)
     fresh: bool = True  # not read yet: its history may come from load_state
-
-
-def _best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
-    """At most ``k`` hits with ``score >= threshold``, highest score first.
-
-    Episodes and facts compete on the core's relevance (``Hit.score`` in
-    [0, 1]); ties keep the core's order (episodes before facts).
-    """
-    ranked = sorted(hits, key=lambda h: -h.score)  # stable
-    return [h for h in ranked if threshold is None or h.score >= threshold][:k]
-
-
-def _check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidInputError(f"k must be an int >= 1, got {k!r}; pass e.g. k=5")
-    return k
-
-
-def _check_threshold(threshold: object) -> float | None:
-    if threshold is None:
-        return None
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, int | float)
-        or not math.isfinite(threshold)
-        or not 0.0 <= threshold <= 1.0
-    ):
-        raise InvalidInputError(
-            f"score_threshold must be a relevance in [0, 1] or None, got {threshold!r}; "
-            "pass e.g. score_threshold=0.5"
-        )
-    return float(threshold)
-
-
-def _fitting(query: str, hits: Sequence[Hit], max_tokens: int | None) -> list[Hit]:
-    """The leading hits whose text fits in ``max_tokens`` (core ``to_text`` counting)."""
-    if max_tokens is None:
-        return list(hits)
-    n = 0
-    while n < len(hits):
-        upto = SearchResult(query, tuple(hits[: n + 1]))
-        if upto.to_text(max_tokens) != upto.to_text():
-            break
-        n += 1
-    return list(hits[:n])
 
 
 async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
@@ -370,7 +328,14 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         await _linked(self.helamem.aadd(text, self.scope, metadata=metadata), cancellation_token)
 
     async def clear(self) -> None:
-        """Delete every memory of this scope (and of the scopes under it), after pending turns."""
+        """Delete every memory of this scope (and of the scopes under it), after pending turns.
+
+        Everything said before the call is forgotten, the turns the agents' contexts
+        completed but this memory had not recorded yet included (it records a turn
+        at the next model call): those are never recorded afterwards.
+        """
+        for context, served in list(self._served.items()):
+            await self._record(served, *await _history(context), forget=True)
         await self.flush()
         await self.helamem.adelete_scope(self.scope)
         for served in list(self._served.values()):
@@ -533,9 +498,15 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             raise _combined(errors)
 
     async def _record(
-        self, served: _Served, messages: Sequence[LLMMessage], whole: bool = True
+        self,
+        served: _Served,
+        messages: Sequence[LLMMessage],
+        whole: bool = True,
+        *,
+        forget: bool = False,
     ) -> None:
-        """Queue the last completed turn of ``messages`` unless it was recorded already.
+        """Queue the last completed turn of ``messages`` unless it was recorded already
+        (``forget``: mark it as recorded without storing it, as :meth:`clear` does).
 
         A turn is told from the one recorded before by its position in the
         whole history, so a repeated "yes" / "Done." is a new turn; a history
@@ -558,6 +529,9 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         if turn is not None and not whole:
             turn = turn._replace(at=-1)
         if turn is None or turn == served.recorded:
+            return
+        if forget:
+            served.recorded = turn
             return
         key = turn_key(self.scope, messages, turn) if whole else None
         if first and key is not None:
