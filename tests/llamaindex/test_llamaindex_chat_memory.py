@@ -212,3 +212,32 @@ def test_from_defaults_rejects_memory_and_config_together(store: HelaMemory) -> 
 def test_module_doctests(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+async def test_a_memory_deleted_within_the_turn_is_not_shown_again(store: HelaMemory) -> None:
+    """Retrieval was cached per user message: after a tool deleted a memory ("forget my
+    address"), the turn's next model call was still shown it (new-user trial). Now the
+    same question is searched again within the turn (without learning twice)."""
+    from llama_index.core.memory import Memory
+
+    from helamem.llamaindex import HelaMemMemoryBlock
+
+    scope = ("users", "alice")
+    address = store.add("my home address is 12 Elm Street", scope).id
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="s1", scope=scope)
+    memory.put(ChatMessage(role="user", content="please forget my home address"))
+    assert "12 Elm Street" in _system(memory.get())
+    store.delete([address])  # the agent's tool
+    memory.put(ChatMessage(role="tool", content="forgotten"))
+    assert "12 Elm Street" not in _system(memory.get())
+    assert "12 Elm Street" not in _system(await memory.aget())
+
+    phone = store.add("my phone number is 555-0100", scope).id
+    block = HelaMemMemoryBlock.from_memory(store, scope=scope, priority=1)
+    chat = Memory.from_defaults(session_id="s2", memory_blocks=[block], token_limit=4000)
+    await chat.aput(ChatMessage(role="user", content="please forget my phone number"))
+    assert "555-0100" in _system(await chat.aget())
+    store.delete([phone])
+    await chat.aput(ChatMessage(role="tool", content="forgotten"))
+    assert "555-0100" not in _system(await chat.aget())
+    memory.close()

@@ -252,7 +252,13 @@ def _next_k(hits: Sequence[Hit], asked: int, k: int, held: str) -> int | None:
 
 
 async def candidates(
-    memory: HelaMemory, query: str, scope: Scope, k: int, held: str = "", min_score: float = 0.0
+    memory: HelaMemory,
+    query: str,
+    scope: Scope,
+    k: int,
+    held: str = "",
+    min_score: float = 0.0,
+    learn: bool = True,
 ) -> list[Line]:
     """The best hits as lines, highest score first: enough for ``k`` not held by ``held``.
 
@@ -264,9 +270,11 @@ async def candidates(
     :data:`_REFILL_ROUNDS`) ask for more until ``k`` others can take their slots
     or the scope has no more (the first search learned). Only hits scoring above
     ``min_score`` are kept (by default, a hit of relevance 0, which shares
-    neither meaning nor a word with the query, is left out).
+    neither meaning nor a word with the query, is left out). ``learn=False``: no
+    search learns (the same question asked again within a turn).
     """
-    asked, res = k, (await memory.asearch(query, scope, **_search_args(memory, k))).hits
+    args = _search_args(memory, k)
+    asked, res = k, (await memory.asearch(query, scope, learn=learn, **args)).hits
     for _ in range(_REFILL_ROUNDS):
         if (nxt := _next_k(res, asked, k, held)) is None:
             break
@@ -276,10 +284,16 @@ async def candidates(
 
 
 def candidates_sync(
-    memory: HelaMemory, query: str, scope: Scope, k: int, held: str = "", min_score: float = 0.0
+    memory: HelaMemory,
+    query: str,
+    scope: Scope,
+    k: int,
+    held: str = "",
+    min_score: float = 0.0,
+    learn: bool = True,
 ) -> list[Line]:
     """Blocking :func:`candidates`."""
-    asked, res = k, memory.search(query, scope, **_search_args(memory, k)).hits
+    asked, res = k, memory.search(query, scope, learn=learn, **_search_args(memory, k)).hits
     for _ in range(_REFILL_ROUNDS):
         if (nxt := _next_k(res, asked, k, held)) is None:
             break

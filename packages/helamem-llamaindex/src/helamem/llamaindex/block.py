@@ -204,12 +204,14 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             return ""
         scope = self._scope(session_id)
         held = window_text(messages or [])
-        if self._cache is not None and self._cache[:2] == (query, scope):
-            lines = self._cache[2]  # asked again within the turn: no second reinforcement
-        else:
-            await self._settle()  # read your writes: turns put before this call are searched
-            lines = await candidates(self.memory, query, scope, self.k, held, self.min_score)
-            self._cache = (query, scope, lines)
+        # asked again within the turn: searched again (a memory deleted or changed since
+        # is shown as it is now), without a second reinforcement
+        again = self._cache is not None and self._cache[:2] == (query, scope)
+        await self._settle()  # read your writes: turns put before this call are searched
+        lines = await candidates(
+            self.memory, query, scope, self.k, held, self.min_score, learn=not again
+        )
+        self._cache = (query, scope, lines)
         shown = fit_lines(select_lines(lines, self.k, held), self.max_tokens, count_tokens)
         self._shown = shown
         users = [m for m in talk if m.role == MessageRole.USER]

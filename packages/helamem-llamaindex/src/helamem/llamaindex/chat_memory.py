@@ -330,10 +330,10 @@ class HelaMemChatMemory(BaseMemory):
     def _count(self, text: str) -> int:
         return len(self.tokenizer_fn(text))
 
-    def _cached(self, query: str | None) -> list[Line] | None:
-        if query is None:
-            return []
-        return self._cache[1] if self._cache is not None and self._cache[0] == query else None
+    def _asked(self, query: str) -> bool:
+        """Whether this question was searched already in the turn in progress: searched
+        again (a memory deleted or changed since is shown as it is now), not learned twice."""
+        return self._cache is not None and self._cache[0] == query
 
     def _finish(
         self, input: object, query: str | None, lines: list[Line], room: int, drops: bool | None
@@ -415,14 +415,15 @@ class HelaMemChatMemory(BaseMemory):
         room = self._room(initial_token_count)
         drops = drops_first_system_message()
         query = self._query(input)
-        lines = self._cached(query)
-        if lines is None and query is not None:
+        lines: list[Line] = []
+        if query is not None:
             self._settle_sync()
             held = window_text(self.chat_history)
+            learn = not self._asked(query)
             lines = candidates_sync(
-                self.memory, query, self.memory_scope, self.k, held, self.min_score
+                self.memory, query, self.memory_scope, self.k, held, self.min_score, learn
             )
-        return self._finish(input, query, lines or [], room, drops)
+        return self._finish(input, query, lines, room, drops)
 
     def get_all(self) -> list[ChatMessage]:
         """The whole window (not the long-term memory)."""
@@ -474,14 +475,15 @@ class HelaMemChatMemory(BaseMemory):
         room = self._room(initial_token_count)
         drops = drops_first_system_message()
         query = self._query(input)
-        lines = self._cached(query)
-        if lines is None and query is not None:
+        lines: list[Line] = []
+        if query is not None:
             await self._settle()
             held = window_text(self.chat_history)
+            learn = not self._asked(query)
             lines = await candidates(
-                self.memory, query, self.memory_scope, self.k, held, self.min_score
+                self.memory, query, self.memory_scope, self.k, held, self.min_score, learn
             )
-        return self._finish(input, query, lines or [], room, drops)
+        return self._finish(input, query, lines, room, drops)
 
     async def aget_all(self) -> list[ChatMessage]:
         """Async :meth:`get_all`."""
