@@ -1,10 +1,12 @@
-"""``fork()`` while the parent's store is writing: the child's own store on the same
-file neither hangs nor stays locked. SQLite keeps its lock state, and the mutexes
-guarding it, in process memory; a call in flight at the fork used to stay "in
-progress" in the child's copy, so the child's ``connect`` hung or every write there
-waited its busy timeout and failed (``database is locked``). Now ``fork()`` waits for
-the store's calls in flight (``sqlite_fork.ForkGate``); without it this test fails
-(checked: 3 of 3 runs, two of them a hung child)."""
+"""``fork()`` and the SQLite store.
+
+* A child must not open a store file its parent had open at the fork: SQLite's lock
+  state, copied by ``fork()``, let the parent (closing its store) reset the WAL under
+  the child's writes (10 of 100 lost; review). It raises ``ForkedStoreError`` now.
+* A child forked while the parent's store is writing opens other stores without
+  hanging: a SQLite call in flight at the fork used to stay "in progress" in the
+  child's copy (``sqlite_fork.ForkGate``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+from helamem.core import (
+    ChromaConfig,
+    ForkedStoreError,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    NewMemory,
+)
 from helamem.core.storage import sqlite_fork
 
 pytestmark = [
@@ -43,9 +52,19 @@ def _child(path: Path, k: int) -> int:
         return 0 if m.stats(CHILD).memories >= 21 else 2
 
 
-def test_a_child_forked_mid_write_writes_its_own_store(
+def _refused(path: Path) -> int:
+    try:
+        _open(path)
+    except ForkedStoreError as exc:
+        return 0 if "spawn" in str(exc) and "before forking" in str(exc) else 3
+    return 4
+
+
+def test_a_child_forked_mid_write_opens_its_own_stores(
     tmp_path: Path, run_forked: Callable[[Callable[[], int]], int]
 ) -> None:
+    """Forks while the parent writes without pause: each child opens a store of its
+    own and writes it, and is refused the parent's file."""
     path = tmp_path / "s"
     stop = threading.Event()
     written = [0]
@@ -62,63 +81,136 @@ def test_a_child_forked_mid_write_writes_its_own_store(
         writer.start()
         try:
             codes = []
-            for k in range(12):  # without the gate, some fork lands mid-transaction (checked)
+            for k in range(12):
                 time.sleep(0.05)
-                codes.append(run_forked(lambda k=k: _child(path, k)))
+                codes.append(run_forked(lambda k=k: _child(tmp_path / f"child{k}", k)))
+                codes.append(run_forked(lambda: _refused(path)))
         finally:
             stop.set()
             writer.join()
-        assert codes == [0] * 12
+        assert codes == [0] * 24
         assert parent.stats(PARENT).memories == written[0]
-        assert parent.stats(CHILD).memories == 12 * 21
+    for k in range(12):
+        with _open(tmp_path / f"child{k}") as m:
+            assert m.stats(CHILD).memories == 21
 
 
-# --- the gates themselves (sqlite_fork's hooks, called as fork() calls them) ---------
-
-
-def _close(
-    first: sqlite_fork.ForkGate,
-    second: sqlite_fork.ForkGate,
-    holding: threading.Event,
-    done: threading.Event,
+def test_a_child_writes_the_parents_file_only_if_it_was_closed_before_the_fork(
+    tmp_path: Path, run_forked: Callable[[Callable[[], int]], int]
 ) -> None:
-    """As a store's close: holds one gate, then needs the other to let it go."""
-    with first:
-        holding.set()
-        time.sleep(0.3)  # the fork is waiting by now
-        with second:
-            pass
-    done.set()
+    """The review's case: the parent's store open (idle) at the fork, the child's own
+    store on the same file wrote 100 memories and saw them, the parent closed its store
+    meanwhile, and 10 of the 100 were gone on reopening. Now the child is refused; with
+    the parent's store closed before the fork, the child's 100 are all kept."""
+    path = tmp_path / "s"
+    parent = _open(path)
+    parent.add("before the fork", PARENT)
+    assert run_forked(lambda: _refused(path)) == 0
+    parent.close()
+
+    def child() -> int:
+        with _open(path) as m:
+            for i in range(100):
+                m.add(f"child note {i}", CHILD)
+            return 0 if m.stats(CHILD).memories == 100 else 2
+
+    assert run_forked(child) == 0
+    with _open(path) as again:
+        assert again.stats(CHILD).memories == 100
+        assert again.stats(PARENT).memories == 1
+
+
+def test_a_grandchild_opens_a_store_of_its_own(
+    tmp_path: Path, run_forked: Callable[[Callable[[], int]], int]
+) -> None:
+    """A child forks again (its hooks' state was reset at its own fork): the grandchild
+    opens a new store, and is refused the file its parent (the child) had open."""
+    parent_path, child_path = tmp_path / "p", tmp_path / "c"
+    with _open(parent_path) as parent:
+        parent.add("p", PARENT)
+
+        def child() -> int:
+            with _open(child_path) as m:
+                m.add("c", CHILD)
+                refused = _run_child(lambda: _refused(child_path))
+                own = _run_child(lambda: _child(tmp_path / "g", 0))
+                return refused * 10 + own
+
+        assert run_forked(child) == 0
+    with _open(tmp_path / "g") as g:
+        assert g.stats(CHILD).memories == 21
+
+
+def _run_child(fn: Callable[[], int]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = fn()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+class _Waited:
+    """A gate's lock that tells when a fork starts waiting for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.waited = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        self.waited.set()
+        return self._lock.acquire(blocking, timeout) if blocking else False
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined,no-any-return]
 
 
 def test_fork_never_holds_a_gate_while_it_waits_for_another(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A store closing holds its gate and waits for its checkpoint thread, which needs
-    the checkpoint's gate. A fork that took the checkpoint's gate and then waited for the
-    store's stalled both for the whole wait (then forked without the gate, logged).
-    Both orders on the same two gates: one of them is the order a fork tries them in."""
-    gates = [sqlite_fork.ForkGate(3.0, "store"), sqlite_fork.ForkGate(3.0, "checkpoint")]
-    for first, second in (gates, gates[::-1]):
-        holding, done = threading.Event(), threading.Event()
+    the checkpoint's gate. A fork that took the checkpoint's gate and then waited for
+    the store's stalled both for the whole wait (then forked without the gate, logged).
+    Store gates are taken first now. Deterministic: the closer asks for the second gate
+    only once the fork waits for the first."""
+    store = sqlite_fork.ForkGate(3.0, "store", sqlite_fork.STORE)
+    checkpoint = sqlite_fork.ForkGate(3.0, "checkpoint", sqlite_fork.CHECKPOINT)
+    waited = _Waited()
+    store._lock = waited  # type: ignore[assignment]
+    holding, done = threading.Event(), threading.Event()
 
-        closer = threading.Thread(target=_close, args=(first, second, holding, done))
-        closer.start()
-        assert holding.wait(10)
-        started = time.monotonic()
-        sqlite_fork._before_fork()
-        try:
-            took = time.monotonic() - started
-            finished_first = done.is_set()  # the fork did not block the closer
-            taken = sorted(g._name for g in sqlite_fork._taken if g in gates)
-        finally:
-            sqlite_fork._after_fork_in_parent()
-        closer.join()
-        assert finished_first
-        assert taken == ["checkpoint", "store"]
-        assert "did not wait longer" not in caplog.text
-        assert took < 3.0  # it did not run out its wait either
-        assert all(_free(g) for g in gates)
+    def close() -> None:
+        with store:
+            holding.set()
+            assert waited.waited.wait(10)  # the fork waits for the store's gate now
+            with checkpoint:
+                pass
+        done.set()
+
+    closer = threading.Thread(target=close)
+    closer.start()
+    assert holding.wait(10)
+    started = time.monotonic()
+    sqlite_fork._before_fork()
+    try:
+        took = time.monotonic() - started
+        finished_first = done.is_set()
+        taken = {g._name for g in sqlite_fork._mine.held if g in (store, checkpoint)}
+    finally:
+        sqlite_fork._after_fork_in_parent()
+    closer.join()
+    assert finished_first  # the fork did not block the closer
+    assert taken == {"store", "checkpoint"}
+    assert "did not wait longer" not in caplog.text
+    assert took < 3.0  # it did not run out its wait
+    assert _free(store) and _free(checkpoint)
 
 
 def _free(gate: sqlite_fork.ForkGate) -> bool:

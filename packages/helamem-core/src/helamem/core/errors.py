@@ -8,6 +8,7 @@ __all__ = [
     "CorruptStoreError",
     "DiskFullError",
     "EmbeddingError",
+    "ForkedStoreError",
     "HelaMemError",
     "IndexLockedError",
     "InvalidInputError",
@@ -83,6 +84,13 @@ class IndexLockedError(StorageError):
     (``chroma run --path DIR --host 127.0.0.1 --port 8000``) and open every
     process with ``ChromaConfig(mode="http", host="127.0.0.1", port=8000)``.
     """
+
+
+class ForkedStoreError(StorageError):
+    """This process was forked from one that had this SQLite store open: SQLite's lock
+    state, copied by ``fork()``, would let this process's writes be lost. Close the
+    store in the parent before forking, or start worker processes with
+    multiprocessing's ``spawn`` or ``forkserver`` method."""
 
 
 class LLMError(HelaMemError, RuntimeError):

@@ -24,7 +24,7 @@ import time
 import weakref
 from pathlib import Path
 
-from .sqlite_fork import ForkGate
+from .sqlite_fork import CHECKPOINT, ForkGate
 
 __all__ = [
     "BACKSTOP_PAGES",
@@ -103,7 +103,8 @@ class WalCheckpointer:
     def __init__(self, path: Path, busy_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         self._path = path
         self._timeout = min(busy_timeout_s, CONNECT_TIMEOUT_S)
-        self._gate = ForkGate(10.0, str(path))  # fork() waits for a checkpoint in progress
+        # fork() waits for a checkpoint in progress (after the store's own gates)
+        self._gate = ForkGate(10.0, str(path), CHECKPOINT)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         # the thread could not start or open the file: backstop only. Written by the

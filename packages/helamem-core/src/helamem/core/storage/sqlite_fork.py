@@ -1,22 +1,26 @@
-"""SQLite across ``fork()``: the store's SQLite calls in flight are waited for.
+"""SQLite across ``fork()``.
 
 SQLite keeps the state of its file locks, and the mutexes that guard it, in the
-process's memory. ``fork()`` copies that memory but not the threads: a call
-running on another thread at the fork stays "in progress" in the child's copy.
-The child's own connection to the same file then hangs in ``connect`` (a mutex
-held forever) or waits its busy timeout on every write and fails (``database is
-locked``; both seen). So the store's calls hold a :class:`ForkGate` (each job of
-a memory's owner thread, the checkpoint thread's checkpoints), and ``fork()``,
-through ``os.register_at_fork``, first takes every gate of the process; the
-parent's threads wait meanwhile, and both sides get the gates back once the
-fork is done.
+process's memory, keyed by file. ``fork()`` copies that memory but not the
+threads. Two consequences, each handled here:
 
-The gates are taken all or none (:func:`_take_all`): ``fork()`` never holds one
-gate while it waits for another, since the holder of the second may be waiting
-for the first (a store closing waits for its checkpoint thread, which needs the
-checkpoint's gate). It waits for at most the largest ``wait_s`` of the gates in
-all, then forks holding those that are free and logs the others (a child that
-opens those files may find them locked). Forks from several threads take turns.
+* A child must not open a store file its parent had open at the fork: its new
+  connection reuses the copied lock state, believes it holds locks it never took
+  from the OS, and the parent (or another process), seeing no lock, may check-
+  point or reset the WAL under it: the child's writes are lost or the file is
+  damaged (seen: 10 of 100 rows lost; "file is not a database"). So the store's
+  files are registered while open (:func:`opened`, :func:`closed`), and in a
+  forked child :func:`check_not_inherited` refuses such a file with
+  :class:`~helamem.core.errors.ForkedStoreError` naming the fix.
+* A SQLite call running on another thread at the fork stays "in progress" in the
+  child's copy, and the child's connections to other files could hang on a
+  mutex it held. So the store's calls hold a :class:`ForkGate` (each job of a
+  memory's owner thread, the checkpoint thread's checkpoints), and ``fork()``,
+  through ``os.register_at_fork``, first takes every gate of the process, store
+  gates before checkpoint gates (the order a closing store nests them in, so it
+  never waits on a holder that waits on it), each waited for at most until the
+  largest ``wait_s`` of them has passed in all; a gate still busy then is left
+  (logged after the fork). Each forking thread gives back exactly the gates it took.
 """
 
 from __future__ import annotations
@@ -26,11 +30,18 @@ import os
 import threading
 import time
 import weakref
+from collections import Counter
+from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ForkGate"]
+from ..errors import ForkedStoreError
+
+__all__ = ["ForkGate", "check_not_inherited", "closed", "opened"]
 
 logger = logging.getLogger(__name__)
+
+STORE, CHECKPOINT = 0, 1
+"""Gate ranks: ``fork()`` takes every store gate, then every checkpoint gate."""
 
 
 class ForkGate:
@@ -41,14 +52,17 @@ class ForkGate:
         wait_s: The most ``fork()`` waits for work in flight (seconds); with several
             gates, the largest ``wait_s`` bounds the whole wait.
         name: The file, for the message when that wait runs out.
+        rank: :data:`STORE` or :data:`CHECKPOINT`: work holding a store gate may
+            wait for a checkpoint gate, never the other way.
     """
 
-    def __init__(self, wait_s: float, name: str) -> None:
+    def __init__(self, wait_s: float, name: str, rank: int = STORE) -> None:
         # re-entrant: a nested transaction fails in SQLite (as before), not here; a
         # fork from inside a job does not wait for itself
         self._lock = threading.RLock()
         self._wait_s = wait_s
         self._name = name
+        self._rank = rank
         with _registry:
             _GATES.add(self)
 
@@ -62,87 +76,122 @@ class ForkGate:
 
 
 _GATES: weakref.WeakSet[ForkGate] = weakref.WeakSet()
+_OPEN: Counter[tuple[int, int]] = Counter()
+"""The store files open in this process, by ``(st_dev, st_ino)``: connections per file."""
+_INHERITED: frozenset[tuple[int, int]] = frozenset()
+"""The files a parent (or an earlier ancestor) had open when this process was forked."""
 _registry = threading.Lock()
-"""Guards :data:`_GATES` (a gate built on one thread while another forks)."""
-_forking = threading.Lock()
-"""Held from before a fork to after it, in the parent: forks from two threads take
-turns, so each gives back exactly the gates it took."""
-_taken: list[ForkGate] = []
-"""The gates the fork in progress holds (guarded by :data:`_forking`)."""
+"""Guards :data:`_GATES` and :data:`_OPEN` (a store opened on one thread while another
+forks; held only briefly, never while waiting)."""
+_mine = threading.local()
+"""``held``: the gates this thread's fork took; ``busy``: those it left (only while it
+forks; the after-fork hooks act only where the before-fork hook finished)."""
 
 
-def _gates() -> list[ForkGate]:
-    with _registry:
-        return list(_GATES)
+def _key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:  # not created yet: nobody can have it open
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_not_inherited(path: Path) -> None:
+    """Refuse, in a forked child, a store file the parent had open at the fork.
+
+    Raises:
+        ForkedStoreError: It had (its copied lock state would let the child's
+            writes be lost).
+    """
+    if _INHERITED and (key := _key(path)) is not None and key in _INHERITED:
+        raise ForkedStoreError(
+            f"this process was forked from one that had the SQLite store {path} open: "
+            f"SQLite's lock state, copied by fork(), would let this process's writes be "
+            f"lost. Close the store in the parent before forking, or start workers with "
+            f"multiprocessing's 'spawn' or 'forkserver' method "
+            f"(multiprocessing.get_context('spawn'))"
+        )
+
+
+def opened(path: Path) -> tuple[int, int] | None:
+    """Register a connection to the store file ``path`` (just opened); its key."""
+    key = _key(path)
+    if key is not None:
+        with _registry:
+            _OPEN[key] += 1
+    return key
+
+
+def closed(key: tuple[int, int] | None) -> None:
+    """Unregister a connection :func:`opened` registered (once closed)."""
+    if key is not None:
+        with _registry:
+            _OPEN[key] -= 1
+            if _OPEN[key] <= 0:
+                del _OPEN[key]
 
 
 def _take_all(deadline: float) -> tuple[list[ForkGate], list[ForkGate]]:
-    """Take every gate, or none: returns (taken, not taken); the latter is empty
-    unless ``deadline`` (``time.monotonic()``) passed.
-
-    Each round holds at most the one gate it blocked on last and tries the rest
-    without blocking; when one is busy it gives all back and next blocks on that
-    one. So a holder that needs a second gate to finish (and let go of the first)
-    always can.
-    """
-    first: ForkGate | None = None
-    while True:
-        taken: list[ForkGate] = []
-        busy: list[ForkGate] = []
-        if first is not None:
+    """Take every gate, by rank; returns (taken, left busy at ``deadline``)."""
+    with _registry:
+        gates = sorted(_GATES, key=lambda g: g._rank)
+    taken: list[ForkGate] = []
+    busy: list[ForkGate] = []
+    try:
+        for gate in gates:
             wait_s = max(deadline - time.monotonic(), 0.0)
-            (taken if first._lock.acquire(timeout=wait_s) else busy).append(first)
-        for gate in _gates():
-            if gate is first:
-                continue
-            (taken if gate._lock.acquire(blocking=False) else busy).append(gate)
-        if not busy or time.monotonic() >= deadline:
-            return taken, busy
+            (taken if gate._lock.acquire(timeout=wait_s) else busy).append(gate)
+    except BaseException:  # a signal's exception: give back what this fork took
         for gate in taken:
             gate._lock.release()
-        first = busy[0]
+        raise
+    return taken, busy
 
 
 def _before_fork() -> None:
-    """In the parent: take every gate (:func:`_take_all`), waiting at most the largest
-    ``wait_s`` of them."""
-    global _taken
-    _forking.acquire()
-    wait_s = max((g._wait_s for g in _gates()), default=0.0)
-    _taken, busy = _take_all(time.monotonic() + wait_s)
-    for gate in busy:  # very long work, or work that waits for this thread
+    """In the parent: take every gate, waiting at most the largest ``wait_s`` of them."""
+    with _registry:
+        wait_s = max((g._wait_s for g in _GATES), default=0.0)
+    _mine.held, _mine.busy = _take_all(time.monotonic() + wait_s)
+
+
+def _give_back() -> list[ForkGate] | None:
+    """Release the gates this thread's fork took (the forking thread owns them on both
+    sides: one it held before, in a job of its own, stays held); the gates it left
+    busy, or ``None`` when this thread's before-fork hook did not finish."""
+    held: list[ForkGate] | None = getattr(_mine, "held", None)
+    if held is None:
+        return None
+    busy: list[ForkGate] = _mine.busy
+    _mine.held = _mine.busy = None
+    for gate in held:
+        gate._lock.release()
+    return busy
+
+
+def _after_fork_in_parent() -> None:
+    for gate in _give_back() or ():  # logged here, not while every gate is held
         logger.warning(
             "fork() did not wait longer for work on %s (%.0f s): a child that opens it "
             "may find it locked",
             gate._name,
-            wait_s,
+            gate._wait_s,
         )
 
 
-def _give_back() -> None:
-    """Release the gates the fork took (the forking thread owns them on both sides:
-    one it held before, in a job of its own, stays held)."""
-    global _taken
-    taken, _taken = _taken, []
-    for gate in taken:
-        gate._lock.release()
-
-
-def _after_fork_in_parent() -> None:
-    _give_back()
-    _forking.release()
-
-
 def _after_fork_in_child() -> None:
-    """In the child, whose one thread is the forking one: every gate it does not hold
-    (one held by a thread of the parent, which is not here) gets a fresh lock, as do
-    the module's; the parent's stores are unusable here, but never stuck."""
-    global _registry, _forking
+    """In the child, whose one thread is the forking one: the files open in the parent
+    are refused here; every gate it does not hold (one held by a thread of the parent,
+    which is not here) gets a fresh lock, as does the registry's; the parent's stores are
+    unusable here, but never stuck."""
+    global _registry, _INHERITED
     _give_back()
+    _INHERITED = _INHERITED | frozenset(_OPEN)
+    _OPEN.clear()
     for gate in list(_GATES):
         if not gate._lock._is_owned():  # type: ignore[attr-defined]
             gate._lock = threading.RLock()
-    _registry, _forking = threading.Lock(), threading.Lock()
+    _registry = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX

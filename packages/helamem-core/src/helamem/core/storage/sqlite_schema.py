@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import CorruptStoreError, DiskFullError, StorageError
 from .base import MemoryRow
 from .sqlite_checkpoint import WalCheckpointer, set_backstop
+from .sqlite_fork import check_not_inherited, closed, opened
 
 __all__ = [
     "MIGRATIONS",
@@ -378,6 +379,7 @@ class SQLiteConnection:
         self._df_token: tuple[int, int] | None = None
         self._fts_writes = 0
         self._checkpointer = WalCheckpointer(self._path, busy_timeout_s)
+        self._open_key: tuple[int, int] | None = None
 
     def open(self) -> None:
         """Connect, set pragmas and apply pending migrations."""
@@ -388,6 +390,7 @@ class SQLiteConnection:
                 f"cannot create the store directory {self._path.parent}: {exc}; pass the path "
                 f"of a directory (new or existing) that this process may write"
             ) from exc
+        check_not_inherited(self._path)
         try:
             db = sqlite3.connect(
                 self._path,
@@ -408,6 +411,7 @@ class SQLiteConnection:
                 db.close()
             raise err from exc
         self._db = db
+        self._open_key = opened(self._path)  # a forked child refuses it (sqlite_fork)
         try:
             self._migrate()
         except BaseException:
@@ -465,6 +469,8 @@ class SQLiteConnection:
         if self._db is not None:
             self._db.close()
             self._db = None
+            closed(self._open_key)
+            self._open_key = None
 
     @property
     def db(self) -> sqlite3.Connection:
