@@ -261,3 +261,26 @@ async def test_a_team_reset_between_runs_loses_no_turn(store: SpyMemory, tmp_pat
         await m.close()
     answers = sorted(a for _, a, _ in store.turns)
     assert answers == ["A says 0", "A says 1", "B says 0", "B says 1"]  # each once
+
+
+@pytest.mark.parametrize("blank", ["\u200b", "\x00", "\ufeff", " \u200c\t"])
+async def test_an_invisible_user_message_is_no_query_and_no_turn(
+    store: SpyMemory, tmp_path: Path, blank: str
+) -> None:
+    """A user message of only zero-width, control or BOM characters made the agent's run
+    raise ``InvalidInputError`` (the core refuses it as a query); ``ListMemory`` takes
+    it. Now it is no query and starts no turn; the turns around it are recorded."""
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    agent = AssistantAgent(
+        "a",
+        model_client=ReplayChatCompletionClient(["Noted, Miso.", "Hello?", "Rex it is."]),
+        memory=[memory],
+    )
+    await agent.run(task="My cat is called Miso")
+    result = await agent.run(task=blank)
+    assert result.messages[-1].content == "Hello?"
+    await agent.run(task="My dog is called Rex")
+    await memory.close()
+    users = [u for u, _, _ in store.turns]
+    assert users[0] == "My cat is called Miso" and users[-1] == "My dog is called Rex"
+    assert all(u.strip(" \t\u200b\u200c\ufeff\x00") for u in users)

@@ -241,3 +241,28 @@ async def test_a_memory_deleted_within_the_turn_is_not_shown_again(store: HelaMe
     await chat.aput(ChatMessage(role="tool", content="forgotten"))
     assert "555-0100" not in _system(await chat.aget())
     memory.close()
+
+
+@pytest.mark.parametrize("blank", ["\u200b", "\x00", "\ufeff", " \u200c\t"])
+async def test_an_invisible_user_message_is_no_query(store: HelaMemory, blank: str) -> None:
+    """A user message of only zero-width, control or BOM characters made ``get`` raise
+    ``InvalidInputError``; ``ChatMemoryBuffer`` takes it. Now it is no query (the
+    latest visible user message is), in every read path."""
+    from llama_index.core.memory import Memory
+
+    from helamem.llamaindex import HelaMemMemoryBlock
+
+    scope = ("users", "alice")
+    store.add("my cat is called Miso", scope)
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="s", scope=scope)
+    memory.put(ChatMessage(role="user", content="what is my cat called?"))
+    memory.put(ChatMessage(role="assistant", content="Miso."))
+    memory.put(ChatMessage(role="user", content=blank))
+    assert "Miso" in _system(memory.get())
+    assert "Miso" in _system(await memory.aget())
+    assert "Miso" in _system(memory.get(input=blank))
+    block = HelaMemMemoryBlock.from_memory(store, scope=scope)
+    chat = Memory.from_defaults(session_id="b", memory_blocks=[block])
+    await chat.aput(ChatMessage(role="user", content=blank))
+    await chat.aget()  # nothing to search with: no error
+    memory.close()

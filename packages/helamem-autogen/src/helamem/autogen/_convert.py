@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from autogen_core.memory import MemoryContent, MemoryMimeType
 from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, UserMessage
 
-from helamem.core import Hit
+from helamem.core import Hit, is_blank
 
 __all__ = [
     "MIME_KEY",
@@ -63,13 +63,16 @@ def text_of(content: object) -> str:
 
     A string as is; of a list (multimodal content, tool results), its strings
     and the ``content`` strings of its items joined by newlines; else ``""``.
+    Text the core would refuse as blank (only whitespace, control or zero-width
+    characters: :func:`helamem.core.is_blank`) is ``""``: no query, no turn.
     """
+    text = ""
     if isinstance(content, str):
-        return content.strip()
-    if isinstance(content, list):
+        text = content.strip()
+    elif isinstance(content, list):
         parts = (p if isinstance(p, str) else getattr(p, "content", None) for p in content)
-        return "\n".join(p for p in parts if isinstance(p, str)).strip()
-    return ""
+        text = "\n".join(p for p in parts if isinstance(p, str)).strip()
+    return "" if is_blank(text) else text
 
 
 def is_memory_message(message: object) -> bool:

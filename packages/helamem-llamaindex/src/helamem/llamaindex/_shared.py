@@ -30,7 +30,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock
 from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.utils import get_tokenizer
 
-from helamem.core import HelaMemConfig, HelaMemory, Hit, Scope, SearchResult
+from helamem.core import HelaMemConfig, HelaMemory, Hit, Scope, SearchResult, is_blank
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +140,11 @@ def dump_config(config: HelaMemConfig) -> dict[str, Any]:
 
 
 def message_text(message: ChatMessage) -> str:
-    """The text blocks of ``message``, joined."""
-    return "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock)).strip()
+    """The text blocks of ``message``, joined; ``""`` for text the core would refuse as
+    blank (only whitespace, control or zero-width characters: ``is_blank``): no query,
+    no turn."""
+    text = "\n".join(b.text for b in message.blocks if isinstance(b, TextBlock)).strip()
+    return "" if is_blank(text) else text
 
 
 def is_final_reply(message: ChatMessage) -> bool:

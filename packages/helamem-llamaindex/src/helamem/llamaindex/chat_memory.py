@@ -34,6 +34,7 @@ from helamem.core import (
     InvalidInputError,
     Scope,
     TurnRecorder,
+    is_blank,
 )
 
 from ._prompt import compose, drops_first_system_message
@@ -306,7 +307,7 @@ class HelaMemChatMemory(BaseMemory):
         return jobs
 
     def _query(self, input: object) -> str | None:
-        if isinstance(input, str) and input:
+        if isinstance(input, str) and not is_blank(input):
             return input
         if self.pending_user:
             return self.pending_user
