@@ -334,3 +334,40 @@ def test_a_fork_from_inside_a_job_keeps_that_job_whole_in_the_child(
         code = run_forked(child)
     assert code == 0
     assert _free(gate)
+
+
+def test_a_store_opened_while_the_fork_waits_is_waited_for_too() -> None:
+    """The fork took the gates it saw when it began; a store opened while it waited
+    (a new gate, its owner thread already connecting) was copied mid-call, and a child
+    then hung in ``connect`` (review's stress: 1 child in about 500 forks). Now gates
+    built meanwhile are taken too, and none can be built until the fork is done."""
+    old = sqlite_fork.ForkGate(3.0, "old")
+    waited = _Waited()
+    old._lock = waited  # type: ignore[assignment]
+    made: list[sqlite_fork.ForkGate] = []
+    holding, done = threading.Event(), threading.Event()
+
+    def work() -> None:
+        with old:
+            holding.set()
+            assert waited.waited.wait(10)  # the fork waits for the old gate
+            new = sqlite_fork.ForkGate(3.0, "new")  # another store opens meanwhile
+            made.append(new)
+            new.__enter__()  # and starts its first job
+        time.sleep(0.3)  # the old gate is free; the new store is still connecting
+        new.__exit__(None, None, None)
+        done.set()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert holding.wait(10)
+    sqlite_fork._before_fork()
+    try:
+        finished_first = done.is_set()
+        taken = {g._name for g in sqlite_fork._mine.held if g in (old, *made)}
+    finally:
+        sqlite_fork._after_fork_in_parent()
+    worker.join()
+    assert taken == {"old", "new"}
+    assert finished_first  # the fork waited for the new store's job
+    assert all(_free(g) for g in (old, *made))

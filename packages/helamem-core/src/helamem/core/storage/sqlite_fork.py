@@ -20,7 +20,8 @@ threads. Two consequences, each handled here:
   gates before checkpoint gates (the order a closing store nests them in, so it
   never waits on a holder that waits on it), each waited for at most until the
   largest ``wait_s`` of them has passed in all; a gate still busy then is left
-  (logged after the fork). Each forking thread gives back exactly the gates it took.
+  (logged after the fork). Gates built while it waits (a store opened on another
+  thread) are taken too, and none can be built until the fork is done. Each forking thread gives back exactly the gates it took.
 """
 
 from __future__ import annotations
@@ -132,20 +133,32 @@ def closed(key: tuple[int, int] | None) -> None:
 
 
 def _take_all(deadline: float) -> tuple[list[ForkGate], list[ForkGate]]:
-    """Take every gate, by rank; returns (taken, left busy at ``deadline``)."""
-    with _registry:
-        gates = sorted(_GATES, key=lambda g: g._rank)
+    """Take every gate, by rank; returns (taken, left busy at ``deadline``), with
+    :data:`_registry` held: a store built meanwhile waits for the fork before its
+    gate exists, so no SQLite work starts under a gate the fork did not take.
+
+    Gates built while it waits (another thread opening a store) are taken in a
+    further round, until a look under the registry's lock finds none new.
+    """
     taken: list[ForkGate] = []
     busy: list[ForkGate] = []
+    seen: set[ForkGate] = set()
     try:
-        for gate in gates:
-            wait_s = max(deadline - time.monotonic(), 0.0)
-            (taken if gate._lock.acquire(timeout=wait_s) else busy).append(gate)
+        while True:
+            with _registry:
+                new = sorted((g for g in _GATES if g not in seen), key=lambda g: g._rank)
+            for gate in new:
+                seen.add(gate)
+                wait_s = max(deadline - time.monotonic(), 0.0)
+                (taken if gate._lock.acquire(timeout=wait_s) else busy).append(gate)
+            _registry.acquire()
+            if all(g in seen for g in _GATES):
+                return taken, busy
+            _registry.release()
     except BaseException:  # a signal's exception: give back what this fork took
         for gate in taken:
             gate._lock.release()
         raise
-    return taken, busy
 
 
 def _before_fork() -> None:
@@ -170,7 +183,11 @@ def _give_back() -> list[ForkGate] | None:
 
 
 def _after_fork_in_parent() -> None:
-    for gate in _give_back() or ():  # logged here, not while every gate is held
+    busy = _give_back()
+    if busy is None:
+        return
+    _registry.release()  # held since _take_all returned
+    for gate in busy:  # logged here, not while every gate is held
         logger.warning(
             "fork() did not wait longer for work on %s (%.0f s): a child that opens it "
             "may find it locked",
