@@ -371,3 +371,48 @@ def test_a_store_opened_while_the_fork_waits_is_waited_for_too() -> None:
     assert taken == {"old", "new"}
     assert finished_first  # the fork waited for the new store's job
     assert all(_free(g) for g in (old, *made))
+
+
+class _Interrupted:
+    """A gate's lock where a signal's exception (``KeyboardInterrupt``) lands once: in
+    the fork's wait for it, or right after it is given back."""
+
+    def __init__(self, where: str) -> None:
+        self._lock = threading.RLock()
+        self.where = where
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self.where == "acquire":
+            self.where = ""
+            raise KeyboardInterrupt
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+        if self.where == "release":
+            self.where = ""
+            raise KeyboardInterrupt
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined,no-any-return]
+
+
+@pytest.mark.parametrize("where", ["acquire", "release"])
+def test_a_signal_in_the_fork_hooks_leaves_nothing_held(where: str) -> None:
+    """An exception raised by a signal handler inside the hooks (which the fork only
+    prints) left the registry held, so every later store construction, open and fork
+    waited forever (review), or left the remaining gates held."""
+    gates = [sqlite_fork.ForkGate(1.0, f"g{i}") for i in range(3)]
+    gates[1]._lock = _Interrupted(where)  # type: ignore[assignment]
+    raised = False
+    try:
+        sqlite_fork._before_fork()
+        sqlite_fork._after_fork_in_parent()
+    except KeyboardInterrupt:
+        raised = True
+    assert raised
+    sqlite_fork._after_fork_in_parent()  # as fork() calls it even after a failed hook
+    assert sqlite_fork._registry.acquire(timeout=2)
+    sqlite_fork._registry.release()
+    assert all(_free(g) for g in gates)
+    sqlite_fork.ForkGate(1.0, "after")  # construction does not wait

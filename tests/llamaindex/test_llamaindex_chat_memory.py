@@ -265,4 +265,18 @@ async def test_an_invisible_user_message_is_no_query(store: HelaMemory, blank: s
     chat = Memory.from_defaults(session_id="b", memory_blocks=[block])
     await chat.aput(ChatMessage(role="user", content=blank))
     await chat.aget()  # nothing to search with: no error
+    # the reply to it joins no turn (it was appended to the previous answer)
+    await block.aput(
+        [
+            ChatMessage(role="user", content="my dog is Rex"),
+            ChatMessage(role="assistant", content="Noted, Rex."),
+            ChatMessage(role="user", content=blank),
+            ChatMessage(role="assistant", content="Did you mean to send something?"),
+        ]
+    )
+    await block.aflush()
+    hits = store.search("did you mean to send something Rex", scope, k=20, learn=False)
+    stored = {h.memory.content for h in hits}
+    assert {"my dog is Rex", "Noted, Rex."} <= stored
+    assert not [t for t in stored if "Did you mean" in t]
     memory.close()

@@ -96,7 +96,9 @@ class Turn(NamedTuple):
 
 
 def last_turn(messages: Sequence[LLMMessage]) -> Turn | None:
-    """The last (user, assistant) pair: the last text reply and the user message before it."""
+    """The last (user, assistant) pair: the last text reply and the newest user message
+    with text since the reply before it; ``None`` when the user said nothing with text
+    since then (a blank message is not answered by the reply to an older question)."""
     spoken = [m for m in messages if not is_memory_message(m)]
     for i in range(len(spoken) - 1, -1, -1):
         reply = spoken[i]
@@ -104,6 +106,8 @@ def last_turn(messages: Sequence[LLMMessage]) -> Turn | None:
             for msg in reversed(spoken[:i]):
                 if isinstance(msg, UserMessage) and text_of(msg.content):
                     return Turn(i, text_of(msg.content), text_of(reply.content))
+                if isinstance(msg, AssistantMessage) and text_of(msg.content):
+                    return None  # answered already: nothing with text asked since
             return None
     return None
 

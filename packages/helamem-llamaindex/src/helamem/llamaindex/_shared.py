@@ -164,7 +164,8 @@ def pair_turns(
     Consecutive user messages join into one; tool calls and tool results are
     skipped; a reply right after a turn's reply in ``messages`` (a second
     agent answering the same question) joins that turn's answer; any other
-    reply with no user message before it starts no turn.
+    reply with no user message before it, or one answering a user message
+    without text (``message_text`` gives ``""``), starts no turn.
 
     Examples:
         >>> msgs = [ChatMessage(role=r, content=t) for r, t in
@@ -174,21 +175,27 @@ def pair_turns(
         ('q', ['one', 'two'], None)
     """
     turns: list[tuple[str, str]] = []
+    asked = False  # a user message without text since the last reply
     for message in messages:
         if message.role == MessageRole.USER:
             text = message_text(message)
             if text:
                 pending_user = f"{pending_user}\n{text}" if pending_user else text
+            else:
+                asked = True
         elif is_final_reply(message):
             if pending_user is None:
-                if turns:  # another reply to the question just answered
+                if asked:  # the reply to a message without text: no turn
+                    asked = False
+                    logger.debug("reply to a user message without text: not recorded")
+                elif turns:  # another reply to the question just answered
                     user, answer = turns[-1]
                     turns[-1] = (user, f"{answer}\n{message_text(message)}")
                 else:
                     logger.debug("assistant message with no user message before it: not recorded")
                 continue
             turns.append((pending_user, message_text(message)))
-            pending_user = None
+            pending_user, asked = None, False
     return turns, pending_user
 
 

@@ -21,7 +21,8 @@ threads. Two consequences, each handled here:
   never waits on a holder that waits on it), each waited for at most until the
   largest ``wait_s`` of them has passed in all; a gate still busy then is left
   (logged after the fork). Gates built while it waits (a store opened on another
-  thread) are taken too, and none can be built until the fork is done. Each forking thread gives back exactly the gates it took.
+  thread) are taken too, and none can be built until the fork is done. Each
+  forking thread gives back exactly the gates it took.
 """
 
 from __future__ import annotations
@@ -132,10 +133,12 @@ def closed(key: tuple[int, int] | None) -> None:
                 del _OPEN[key]
 
 
-def _take_all(deadline: float) -> tuple[list[ForkGate], list[ForkGate]]:
-    """Take every gate, by rank; returns (taken, left busy at ``deadline``), with
-    :data:`_registry` held: a store built meanwhile waits for the fork before its
-    gate exists, so no SQLite work starts under a gate the fork did not take.
+def _take_all(deadline: float) -> None:
+    """Take every gate, by rank, into ``_mine.held`` (those left busy at ``deadline``:
+    ``_mine.busy``), and then :data:`_registry` (``_mine.registry``): a store built
+    meanwhile waits for the fork before its gate exists, so no SQLite work starts
+    under a gate the fork did not take. What it takes is recorded as it goes, so an
+    exception (a signal's) anywhere gives all of it back (:func:`_give_back`).
 
     Gates built while it waits (another thread opening a store) are taken in a
     further round, until a look under the registry's lock finds none new.
@@ -143,6 +146,7 @@ def _take_all(deadline: float) -> tuple[list[ForkGate], list[ForkGate]]:
     taken: list[ForkGate] = []
     busy: list[ForkGate] = []
     seen: set[ForkGate] = set()
+    _mine.held, _mine.busy, _mine.registry = taken, busy, False
     try:
         while True:
             with _registry:
@@ -152,12 +156,13 @@ def _take_all(deadline: float) -> tuple[list[ForkGate], list[ForkGate]]:
                 wait_s = max(deadline - time.monotonic(), 0.0)
                 (taken if gate._lock.acquire(timeout=wait_s) else busy).append(gate)
             _registry.acquire()
+            _mine.registry = True
             if all(g in seen for g in _GATES):
-                return taken, busy
+                return
+            _mine.registry = False
             _registry.release()
-    except BaseException:  # a signal's exception: give back what this fork took
-        for gate in taken:
-            gate._lock.release()
+    except BaseException:
+        _give_back()
         raise
 
 
@@ -165,29 +170,34 @@ def _before_fork() -> None:
     """In the parent: take every gate, waiting at most the largest ``wait_s`` of them."""
     with _registry:
         wait_s = max((g._wait_s for g in _GATES), default=0.0)
-    _mine.held, _mine.busy = _take_all(time.monotonic() + wait_s)
+    _take_all(time.monotonic() + wait_s)
 
 
 def _give_back() -> list[ForkGate] | None:
-    """Release the gates this thread's fork took (the forking thread owns them on both
-    sides: one it held before, in a job of its own, stays held); the gates it left
-    busy, or ``None`` when this thread's before-fork hook did not finish."""
+    """Release what this thread's fork took: its gates (the forking thread owns them on
+    both sides: one it held before, in a job of its own, stays held) and the registry;
+    the gates it left busy, or ``None`` when this thread took nothing. Every release is
+    attempted even if an exception (a signal's) interrupts one."""
     held: list[ForkGate] | None = getattr(_mine, "held", None)
     if held is None:
         return None
     busy: list[ForkGate] = _mine.busy
+    registry: bool = _mine.registry
     _mine.held = _mine.busy = None
-    for gate in held:
-        gate._lock.release()
+    _mine.registry = False
+    try:
+        while held:
+            held.pop()._lock.release()
+    finally:
+        while held:
+            held.pop()._lock.release()
+        if registry:
+            _registry.release()
     return busy
 
 
 def _after_fork_in_parent() -> None:
-    busy = _give_back()
-    if busy is None:
-        return
-    _registry.release()  # held since _take_all returned
-    for gate in busy:  # logged here, not while every gate is held
+    for gate in _give_back() or ():  # logged here, not while every gate is held
         logger.warning(
             "fork() did not wait longer for work on %s (%.0f s): a child that opens it "
             "may find it locked",
