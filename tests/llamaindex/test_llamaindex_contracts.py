@@ -283,7 +283,7 @@ async def test_block_leaves_out_what_the_messages_hold(store: HelaMemory) -> Non
 async def test_block_reads_its_own_writes(store: HelaMemory) -> None:
     block = HelaMemMemoryBlock.from_memory(store, scope=ALICE)
     question = [ChatMessage(role="user", content="What is the capital of France?")]
-    assert await block.aget(question) == ""  # nothing yet; the answer is cached per query
+    assert await block.aget(question) == ""  # nothing yet
     await block.aput(
         [
             ChatMessage(role="user", content="What's the capital of France?"),

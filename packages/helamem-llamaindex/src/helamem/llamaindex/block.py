@@ -106,7 +106,8 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     _owned: bool = PrivateAttr(default=False)
     _recorder: TurnRecorder | None = PrivateAttr(default=None)
     _own_recorder: bool = PrivateAttr(default=False)
-    _cache: tuple[str, Scope, list[Line]] | None = PrivateAttr(default=None)
+    # the question last searched, and where: asked again, it is searched without learning
+    _cache: tuple[str, Scope] | None = PrivateAttr(default=None)
     _shown: list[Line] = PrivateAttr(default_factory=list)
     # user message text -> ids injected while it was the latest user message
     _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
@@ -206,12 +207,12 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         held = window_text(messages or [])
         # asked again within the turn: searched again (a memory deleted or changed since
         # is shown as it is now), without a second reinforcement
-        again = self._cache is not None and self._cache[:2] == (query, scope)
+        again = self._cache == (query, scope)
         await self._settle()  # read your writes: turns put before this call are searched
         lines = await candidates(
             self.memory, query, scope, self.k, held, self.min_score, learn=not again
         )
-        self._cache = (query, scope, lines)
+        self._cache = (query, scope)
         shown = fit_lines(select_lines(lines, self.k, held), self.max_tokens, count_tokens)
         self._shown = shown
         users = [m for m in talk if m.role == MessageRole.USER]
@@ -282,7 +283,7 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         if dangling is not None:  # its reply stays in Memory's queue for a later flush
             await self._store_alone(scope, dangling, "user")
         if turns or lead or dangling is not None:
-            self._cache = None  # the next aget searches what was just written
+            self._cache = None  # a new turn: its first search learns
 
     async def aflush(self) -> None:
         """Wait until every recorded turn is stored (raises what failed in the background)."""
