@@ -286,3 +286,24 @@ async def test_an_invisible_user_message_is_no_query_and_no_turn(
         ("My cat is called Miso", "Noted, Miso."),
         ("My dog is called Rex", "Rex it is."),
     ]
+
+
+async def test_a_lone_surrogate_in_a_message_does_not_break_the_conversation(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    """A lone surrogate ("\\ud800") in a user message made every later call and close()
+    raise ``UnicodeEncodeError`` (the turn's identity hashed the history with strict
+    UTF-8): nothing was stored again (new-user trial). The core keeps it as given."""
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    agent = AssistantAgent(
+        "a",
+        model_client=ReplayChatCompletionClient(["Odd.", "Rex it is."]),
+        memory=[memory],
+    )
+    await agent.run(task="U1 \ud800 weird")
+    await agent.run(task="My dog is called Rex")
+    await memory.close()
+    assert [(u, a) for u, a, _ in store.turns] == [
+        ("U1 \ud800 weird", "Odd."),
+        ("My dog is called Rex", "Rex it is."),
+    ]

@@ -123,7 +123,9 @@ def turn_key(scope: Sequence[str], messages: Sequence[LLMMessage], turn: Turn) -
         if isinstance(m, UserMessage | AssistantMessage)
     ]
     text = json.dumps([list(scope), said], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    # surrogatepass: a lone surrogate in a message (the core stores it as given) hashes
+    # instead of raising on every later call
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def last_user(messages: Sequence[LLMMessage]) -> str | None:

@@ -122,10 +122,10 @@ def _close_at_exit(mem: OwnedCore, started: float) -> None:
     mem.close()
 
 
-def _reopen_hint(what: str, here: str = "") -> str:
+def _reopen_hint(what: str) -> str:
     """``what`` and how to go on: a new memory on the same store, made as this one was."""
     return (
-        f"{what}; make a new one{here} on the same store the way this one was made, with "
+        f"{what}; make a new one on the same store the way this one was made, with "
         "the same arguments: HelaMemory(old.config, embedder=..., ...), or "
         "HelaMemory.from_path(path, embedder=..., ...) / from_url(url, ...) for a store "
         "opened that way"
@@ -294,11 +294,12 @@ class OwnedCore:
                 raise StoreClosedError(_reopen_hint("this HelaMemory is closed"))
             if self._pid is not None and self._pid != os.getpid():
                 raise StoreClosedError(
-                    _reopen_hint(
-                        "this HelaMemory was opened by the parent of this forked process and "
-                        "its owner thread did not survive the fork",
-                        here=" in this process",
-                    )
+                    "this HelaMemory was opened by the parent of this forked process and "
+                    "its owner thread did not survive the fork; a SQLite store the parent "
+                    "has open cannot be opened here either (ForkedStoreError): close it in "
+                    "the parent before forking and open it anew here, or start workers "
+                    "with multiprocessing's 'spawn' method "
+                    "(multiprocessing.get_context('spawn')) and open the store in each"
                 )
             if self._loop is None:
                 self._pid = os.getpid()

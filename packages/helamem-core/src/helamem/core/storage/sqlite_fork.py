@@ -110,8 +110,9 @@ def check_not_inherited(path: Path) -> None:
             f"this process was forked from one that had the SQLite store {path} open: "
             f"SQLite's lock state, copied by fork(), would let this process's writes be "
             f"lost. Close the store in the parent before forking, or start workers with "
-            f"multiprocessing's 'spawn' or 'forkserver' method "
-            f"(multiprocessing.get_context('spawn'))"
+            f"multiprocessing's 'spawn' method (multiprocessing.get_context('spawn')), "
+            f"or 'forkserver' without preloading a module that opens the store (the fork "
+            f"server is then the parent)"
         )
 
 
