@@ -71,6 +71,23 @@ _PEERS: weakref.WeakKeyDictionary[HelaMemory, weakref.WeakSet[HelaMemMemory]] = 
 _OWN_LOAD: ContextVar[bool] = ContextVar("helamem_autogen_own_load", default=False)
 
 
+_FIRST_READS: weakref.WeakKeyDictionary[
+    HelaMemory, dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Lock]
+] = weakref.WeakKeyDictionary()
+
+
+def _first_read_lock(store: HelaMemory, key: str) -> asyncio.Lock:
+    """The lock of a loaded turn's identity in ``store`` (per event loop: an
+    ``asyncio.Lock`` belongs to one); dropped with the store."""
+    locks = _FIRST_READS.setdefault(store, {})
+    loop = asyncio.get_running_loop()
+    # keep the identities being read now (a lock neither held nor awaited: a released
+    # lock's next holder may not have run yet)
+    for stale in [k for k, v in locks.items() if not (v.locked() or getattr(v, "_waiters", 0))]:
+        del locks[stale]
+    return locks.setdefault((loop, key), asyncio.Lock())
+
+
 @dataclass(slots=True)
 class _Served:
     """What this memory did for one model context."""
@@ -535,10 +552,18 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             return
         key = turn_key(self.scope, messages, turn) if whole else None
         if first and key is not None:
-            found = await self.helamem.afind_ids(self.scope, metadata={TURN_KEY: key}, limit=1)
-            if found:
-                served.recorded = turn
-                return
+            # memories of this process loading one saved state at once take turns: each
+            # waits for the turns queued before it (a peer's copy of this one), then looks
+            async with _first_read_lock(self.helamem, key):
+                await self._await_recorded()
+                found = await self.helamem.afind_ids(self.scope, metadata={TURN_KEY: key}, limit=1)
+                if not found:
+                    await self._queue(served, turn, key)
+            served.recorded = turn
+            return
+        await self._queue(served, turn, key)
+
+    async def _queue(self, served: _Served, turn: Turn, key: str | None) -> None:
         used = served.ids if served.query == turn.user else ()
         meta = None if key is None else {TURN_KEY: key}
         await self.recorder.record_turn(
