@@ -83,7 +83,7 @@ def _first_read_lock(store: HelaMemory, key: str) -> asyncio.Lock:
     loop = asyncio.get_running_loop()
     # keep the identities being read now (a lock neither held nor awaited: a released
     # lock's next holder may not have run yet)
-    for stale in [k for k, v in locks.items() if not (v.locked() or getattr(v, "_waiters", 0))]:
+    for stale in [k for k, v in locks.items() if not (v.locked() or getattr(v, "_waiters", None))]:
         del locks[stale]
     return locks.setdefault((loop, key), asyncio.Lock())
 
