@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock, ToolCallBlock
@@ -261,6 +261,22 @@ def _next_k(hits: Sequence[Hit], asked: int, k: int, held: str) -> int | None:
     return k + taken
 
 
+# The refill search, written once: :func:`_refill` yields each search's keyword arguments
+# and is sent its hits; :func:`candidates` and :func:`candidates_sync` run the searches.
+_Searches = Generator[dict[str, Any], Sequence[Hit], list[Hit]]
+
+
+def _refill(memory: HelaMemory, k: int, held: str, min_score: float, learn: bool) -> _Searches:
+    asked = k
+    res = yield {"learn": learn, **_search_args(memory, k)}
+    for _ in range(_REFILL_ROUNDS):
+        if (nxt := _next_k(res, asked, k, held)) is None:
+            break
+        asked = nxt
+        res = yield {"learn": False, **_search_args(memory, asked)}
+    return [h for h in best_hits(res, asked) if h.score > min_score]
+
+
 async def candidates(
     memory: HelaMemory,
     query: str,
@@ -283,14 +299,13 @@ async def candidates(
     neither meaning nor a word with the query, is left out). ``learn=False``: no
     search learns (the same question asked again within a turn).
     """
-    args = _search_args(memory, k)
-    asked, res = k, (await memory.asearch(query, scope, learn=learn, **args)).hits
-    for _ in range(_REFILL_ROUNDS):
-        if (nxt := _next_k(res, asked, k, held)) is None:
-            break
-        asked = nxt
-        res = (await memory.asearch(query, scope, learn=False, **_search_args(memory, asked))).hits
-    return render_lines(query, [h for h in best_hits(res, asked) if h.score > min_score])
+    plan = _refill(memory, k, held, min_score, learn)
+    args = next(plan)
+    try:
+        while True:
+            args = plan.send((await memory.asearch(query, scope, **args)).hits)
+    except StopIteration as done:
+        return render_lines(query, done.value)
 
 
 def candidates_sync(
@@ -303,13 +318,13 @@ def candidates_sync(
     learn: bool = True,
 ) -> list[Line]:
     """Blocking :func:`candidates`."""
-    asked, res = k, memory.search(query, scope, learn=learn, **_search_args(memory, k)).hits
-    for _ in range(_REFILL_ROUNDS):
-        if (nxt := _next_k(res, asked, k, held)) is None:
-            break
-        asked = nxt
-        res = memory.search(query, scope, learn=False, **_search_args(memory, asked)).hits
-    return render_lines(query, [h for h in best_hits(res, asked) if h.score > min_score])
+    plan = _refill(memory, k, held, min_score, learn)
+    args = next(plan)
+    try:
+        while True:
+            args = plan.send(memory.search(query, scope, **args).hits)
+    except StopIteration as done:
+        return render_lines(query, done.value)
 
 
 def best_hits(hits: Sequence[Hit], k: int) -> list[Hit]:
