@@ -160,7 +160,8 @@ async def test_a_second_memory_on_a_shared_store_sees_the_turn_the_first_queued(
     store: SpyMemory, tmp_path: Path
 ) -> None:
     """The first memory queued the turn (not yet stored, not closed); a second memory of
-    the same store reading the loaded history waits for it, finds it, and skips it."""
+    the same store reading the loaded history queues it too, with ``unique_on``: the
+    store keeps the first copy only."""
     first = HelaMemMemory(config(tmp_path), memory=store)
     context = UnboundedChatCompletionContext()
     await context.add_message(UserMessage(content="I adopted a cat", source="user"))
@@ -178,10 +179,9 @@ async def test_a_second_memory_on_a_shared_store_sees_the_turn_the_first_queued(
     await second.close()
     await first.close()
 
-    assert [(u, a) for u, a, _ in store.turns] == [
-        ("I adopted a cat", "Congratulations!"),
-        ("Her name is Miso", "Hello Miso!"),
-    ]
+    assert store.stats(ALICE).episodic == 4  # each turn once
+    first_turn = store.find_ids(ALICE, metadata={TURN_KEY: _key_of(store, "Congratulations!")})
+    assert len(first_turn) == 2
     stored = store.find_ids(ALICE, metadata={TURN_KEY: _key_of(store, "Hello Miso!")})
     assert len(stored) == 2  # the turn's two messages carry its identity
     reader = HelaMemMemory(config(tmp_path), memory=store)
@@ -280,6 +280,40 @@ async def test_two_agents_loading_one_state_at_once_store_its_turn_once(
             await memory.close()
 
         await asyncio.gather(worker("A"), worker("B"))
+    episodes = _episodes(store_db, path)
+    assert episodes.count("question 0") == 1 and episodes.count("answer 0") == 1
+    assert sorted(episodes) == sorted(
+        ["question 0", "answer 0", "question A", "answer A", "question B", "answer B"]
+    )
+
+
+async def test_two_processes_loading_one_state_at_once_store_its_turn_once(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """As above, but each agent's memory has a store object of its own on the one store
+    (two processes): a per-process lock cannot order them, and each looked up the turn
+    before the other's copy was committed. Now the turn is queued with ``unique_on``:
+    the store checks its identity in the write transaction, so one copy is stored."""
+    path = tmp_path / "data"
+    cfg = config(path)
+    async with HelaMemory(cfg.to_helamem_config()) as store:
+        first = HelaMemMemory(cfg, memory=store)
+        agent = AssistantAgent(
+            "a", model_client=ReplayChatCompletionClient(["answer 0"]), memory=[first]
+        )
+        await agent.run(task="question 0")
+        state = await agent.save_state()  # no close: turn 0 is not recorded
+
+    async def worker(tag: str) -> None:
+        async with HelaMemory(cfg.to_helamem_config()) as own:
+            memory = HelaMemMemory(cfg, memory=own)
+            client = ReplayChatCompletionClient([f"answer {tag}"])
+            other = AssistantAgent("a", model_client=client, memory=[memory])
+            await other.load_state(state)
+            await other.run(task=f"question {tag}")
+            await memory.close()
+
+    await asyncio.gather(worker("A"), worker("B"))
     episodes = _episodes(store_db, path)
     assert episodes.count("question 0") == 1 and episodes.count("answer 0") == 1
     assert sorted(episodes) == sorted(

@@ -71,23 +71,6 @@ _PEERS: weakref.WeakKeyDictionary[HelaMemory, weakref.WeakSet[HelaMemMemory]] = 
 _OWN_LOAD: ContextVar[bool] = ContextVar("helamem_autogen_own_load", default=False)
 
 
-_FIRST_READS: weakref.WeakKeyDictionary[
-    HelaMemory, dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Lock]
-] = weakref.WeakKeyDictionary()
-
-
-def _first_read_lock(store: HelaMemory, key: str) -> asyncio.Lock:
-    """The lock of a loaded turn's identity in ``store`` (per event loop: an
-    ``asyncio.Lock`` belongs to one); dropped with the store."""
-    locks = _FIRST_READS.setdefault(store, {})
-    loop = asyncio.get_running_loop()
-    # keep the identities being read now (a lock neither held nor awaited: a released
-    # lock's next holder may not have run yet)
-    for stale in [k for k, v in locks.items() if not (v.locked() or getattr(v, "_waiters", None))]:
-        del locks[stale]
-    return locks.setdefault((loop, key), asyncio.Lock())
-
-
 @dataclass(slots=True)
 class _Served:
     """What this memory did for one model context."""
@@ -551,23 +534,21 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             served.recorded = turn
             return
         key = turn_key(self.scope, messages, turn) if whole else None
-        if first and key is not None:
-            # memories of this process loading one saved state at once take turns: each
-            # waits for the turns queued before it (a peer's copy of this one), then looks
-            async with _first_read_lock(self.helamem, key):
-                await self._await_recorded()
-                found = await self.helamem.afind_ids(self.scope, metadata={TURN_KEY: key}, limit=1)
-                if not found:
-                    await self._queue(served, turn, key)
-            served.recorded = turn
-            return
-        await self._queue(served, turn, key)
+        # a first read's turn may be stored already: the store skips it in its write
+        # transaction when this scope holds its identity (memories and processes loading
+        # one saved state at once store it once)
+        await self._queue(served, turn, key, once=first)
 
-    async def _queue(self, served: _Served, turn: Turn, key: str | None) -> None:
+    async def _queue(self, served: _Served, turn: Turn, key: str | None, once: bool) -> None:
         used = served.ids if served.query == turn.user else ()
         meta = None if key is None else {TURN_KEY: key}
         await self.recorder.record_turn(
-            self.scope, turn.user, turn.assistant, used_ids=used, metadata=meta
+            self.scope,
+            turn.user,
+            turn.assistant,
+            used_ids=used,
+            metadata=meta,
+            unique_on=(TURN_KEY,) if once and key is not None else (),
         )
         served.recorded = turn
         logger.debug("queued turn for scope %r with %d used memories", self.scope, len(used))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,22 @@ from .types import (
 )
 
 __all__ = ["IngestOps", "Prepared", "prepare"]
+
+
+def _stored_in_place(group: Sequence[Prepared], rows: Sequence[MemoryRow]) -> list[MemoryRow]:
+    """For each memory of a skipped ``group``, a stored one of ``rows`` (oldest first):
+    the oldest not yet taken with the same role, else the oldest of the same role,
+    else the oldest (a turn's user and assistant messages map to the stored pair)."""
+    taken: set[int] = set()
+    out: list[MemoryRow] = []
+    for p in group:
+        same = [r for r in rows if r.role == p.role]
+        fresh = [r for r in same if r.n not in taken]
+        pick = fresh[0] if fresh else same[0] if same else rows[0]
+        taken.add(pick.n)
+        out.append(pick)
+    return out
+
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +106,19 @@ class IngestOps(LearningOps):
         self,
         groups: Sequence[Sequence[Prepared]],
         used_ids: Sequence[Sequence[str]] = (),
+        unique: Sequence[Mapping[str, str] | None] = (),
     ) -> list[Memory]:
         """Store groups of memories; each group is one tick of its scope.
 
         Inside a group, memories are linked in order to the scope's previous
         episode (temporal edges); ``used_ids[i]`` co-activate with group
         ``i``'s memories (same scope only; unknown ids are ignored).
+        ``unique[i]`` (metadata ``key: value`` pairs): group ``i`` is not stored
+        when a memory of its first memory's scope node already holds them all (a
+        group before it in this call included); the check and the insert share the
+        write transaction, so of processes racing with one group, one stores it.
+        The skipped group's place in the result holds the stored memories
+        (:func:`_stored_in_place`).
         """
         flat = [p for g in groups for p in g]
         if not flat:
@@ -122,7 +145,20 @@ class IngestOps(LearningOps):
             sids: dict[tuple[str, ...], int] = {}
             tags_of: dict[tuple[int, str], str] = {}
             i = 0
+            found: dict[int, list[MemoryRow]] = {}  # skipped group -> its stored memories
+            keep: list[int] = []  # flat positions inserted
             for gi, group in enumerate(groups):
+                fields = unique[gi] if gi < len(unique) else None
+                if fields and group:
+                    key = tuple(group[0].scope)
+                    if key not in sids:
+                        sids[key] = self.store.ensure_scope(db, group[0].scope)
+                    stored = self.store.ids_with_metadata([sids[key]], fields, None)
+                    if stored:
+                        rows = self.store.rows_by_id(stored)
+                        found[gi] = sorted(rows.values(), key=lambda r: r.n)
+                        i += len(group)
+                        continue
                 used = {
                     i: known[i] for i in (used_ids[gi] if gi < len(used_ids) else ()) if i in known
                 }
@@ -178,6 +214,7 @@ class IngestOps(LearningOps):
                         last = n
                     state[sid] = (tick, last)
                     rows_n.append(n)
+                    keep.append(i)
                     scope_ids.append(sid)
                     if self._holding is not None:
                         self._holding.setdefault(p.kind, set()).add(sid)
@@ -194,10 +231,16 @@ class IngestOps(LearningOps):
                         self._learn_turn(db, sid, ns, extra, reply[sid], state[sid][0])
             for sid, (tick, last) in state.items():
                 self.store.set_scope_state(db, sid, tick, last)
-            if toks is not None:
-                packed = retrieval.pack_tokens_many(toks)
+            if toks is not None and keep:
+                packed = retrieval.pack_tokens_many(
+                    toks if len(keep) == len(flat) else [toks[j] for j in keep]
+                )
                 self.store.put_token_vectors(db, list(zip(rows_n, packed, strict=True)))
-        self.index_new(rows_n, ids, vecs, scope_ids, [p.kind for p in flat])
+        if len(keep) == len(flat):
+            self.index_new(rows_n, ids, vecs, scope_ids, [p.kind for p in flat])
+        elif keep:  # some groups were stored already (``unique``)
+            kinds = [flat[j].kind for j in keep]
+            self.index_new(rows_n, [ids[j] for j in keep], vecs[keep], scope_ids, kinds)
         if self.lexical_index is not None:  # keep a large store's BM25 index near the head
             try:
                 self.lexical_index.prepare(self.sqlite_store)
@@ -205,7 +248,16 @@ class IngestOps(LearningOps):
                 logger.warning("lexical index update failed, FTS5 serves meanwhile: %s", exc)
         # as inserted, not read back: after the commit another process may already have
         # deleted a row, and nothing in the transaction changed them (test_add_returns_as_stored)
-        return [self._memory(r) for r in made]
+        if not found:
+            return [self._memory(r) for r in made]
+        out: list[Memory] = []
+        inserted = iter(made)
+        for gi, group in enumerate(groups):
+            if gi in found:
+                out += [self._memory(r) for r in _stored_in_place(group, found[gi])]
+            else:
+                out += [self._memory(next(inserted)) for _ in group]
+        return out
 
     def _check_new_ids(self, chosen: Sequence[str]) -> None:
         """Refuse caller-chosen ids that repeat or exist; settle their pending tombstones.

@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._args import unique_fields
 from .errors import HelaMemError, InvalidInputError
 from .types import NewTurn, Scope, TimeLike, dump_json, normalize_scope, to_timestamp
 
@@ -116,10 +117,17 @@ class Job:
     metadata: dict[str, Any] | None
     seq: int = -1
     stored: bool = False  # committed by the memory (set on the owner loop)
+    unique_on: tuple[str, ...] = ()
 
     def turn(self) -> NewTurn:
         return NewTurn(
-            self.scope, self.user, self.assistant, self.event_time, self.metadata, self.used_ids
+            self.scope,
+            self.user,
+            self.assistant,
+            self.event_time,
+            self.metadata,
+            self.used_ids,
+            self.unique_on,
         )
 
 
@@ -147,8 +155,11 @@ def make_job(
     used_ids: Iterable[str],
     event_time: TimeLike | None,
     metadata: Mapping[str, Any] | None,
+    unique_on: Sequence[str] = (),
 ) -> Job:
     """Cheap validation in the caller's thread; the memory checks the rest."""
+    unique_fields(unique_on, metadata)
+    unique = tuple(unique_on)
     ids = (used_ids,) if isinstance(used_ids, str) else tuple(used_ids)
     if not all(isinstance(i, str) for i in ids):
         raise InvalidInputError("used_ids must be strings (memory ids)")
@@ -164,6 +175,7 @@ def make_job(
         # a snapshot, checked now: the caller may reuse or change its dict (nested
         # values too) before the owner thread stores the turn
         metadata=None if metadata is None else json.loads(dump_json(metadata, "metadata")),
+        unique_on=unique,
     )
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ._args import ids_arg, limit_arg, metadata_fields, unique_fields
 from ._core import Core, Stats, prepare
 from ._engine_upkeep import UpkeepMethods
 from ._owner import KeepsPending
@@ -37,45 +38,9 @@ __all__ = ["HelaMemory", "Stats"]
 logger = logging.getLogger(__name__)
 
 
-def _ids(ids: str | Iterable[str], what: str = "ids") -> list[str]:
-    if isinstance(ids, str):
-        return [ids]
-    out = list(ids)
-    if not all(isinstance(i, str) for i in out):
-        raise InvalidInputError(f"{what} must be strings")
-    return out
-
-
-def _fields(metadata: object) -> dict[str, str]:
-    """``find_ids``'s ``metadata``: at least one plain-identifier key, each with a str."""
-    if not isinstance(metadata, Mapping) or not metadata:
-        raise InvalidInputError(
-            f"metadata must be a non-empty dict of str keys to str values, got {metadata!r}; "
-            "pass e.g. metadata={'session': 's1'}"
-        )
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            raise InvalidInputError(
-                f"metadata key {key!r} is not a plain identifier (letters, digits, _); "
-                "find_ids matches top-level keys such as 'session_id'"
-            )
-        if not isinstance(value, str):
-            raise InvalidInputError(
-                f"metadata[{key!r}] must be a str, got {type(value).__name__}; find_ids "
-                "matches string values exactly (store the value as a string to find it)"
-            )
-    return dict(metadata)
-
-
 def _under(scope: Sequence[str] | None) -> tuple[Sequence[str]]:
     """What a call of ``scope`` (``None`` or ``()``: every scope) sees of the recorded turns."""
     return (() if scope is None else scope,)
-
-
-def _limit(limit: object) -> int | None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidInputError(f"limit must be an int >= 1 or None, got {limit!r}")
-    return limit
 
 
 class HelaMemory(UpkeepMethods):
@@ -161,9 +126,11 @@ class HelaMemory(UpkeepMethods):
         event_time: TimeLike | None,
         metadata: dict[str, Any] | None,
         used_ids: Iterable[str],
+        unique_on: Sequence[str] = (),
     ) -> Callable[[Core], tuple[Memory, Memory]]:
+        ids = ids_arg(used_ids, "used_ids")
         many = HelaMemory._plan_add_turns(
-            [NewTurn(scope, user, assistant, event_time, metadata, _ids(used_ids, "used_ids"))]
+            [NewTurn(scope, user, assistant, event_time, metadata, ids, unique_on)]
         )
         return KeepsPending(lambda c: many(c)[0])
 
@@ -173,12 +140,14 @@ class HelaMemory(UpkeepMethods):
     ) -> Callable[[Core], list[tuple[Memory, Memory]]]:
         now = time.time()
         groups, used = [], []
+        unique: list[dict[str, str] | None] = []
         for i, t in enumerate(turns):
             if not isinstance(t, NewTurn):
                 raise InvalidInputError(
                     f"add_turns item {i} must be a NewTurn, got {type(t).__name__}"
                 )
             meta = dict(t.metadata) if t.metadata is not None else None
+            unique.append(unique_fields(t.unique_on, meta))
             groups.append(
                 [
                     prepare(NewMemory(t.user, t.scope, "user", t.event_time, meta), now=now),
@@ -187,10 +156,10 @@ class HelaMemory(UpkeepMethods):
                     ),
                 ]
             )
-            used.append(_ids(t.used_ids, "used_ids"))
+            used.append(ids_arg(t.used_ids, "used_ids"))
 
         def run(c: Core) -> list[tuple[Memory, Memory]]:
-            m = c.ingest(groups, used_ids=used)
+            m = c.ingest(groups, used_ids=used, unique=unique)
             return [(m[i], m[i + 1]) for i in range(0, len(m), 2)]
 
         return KeepsPending(run)
@@ -277,13 +246,28 @@ class HelaMemory(UpkeepMethods):
         event_time: TimeLike | None = None,
         metadata: dict[str, Any] | None = None,
         used_ids: Iterable[str] = (),
+        unique_on: Sequence[str] = (),
     ) -> tuple[Memory, Memory]:
         """Store one turn (user then assistant message) as one tick of its scope.
 
         ``used_ids``: memories used to produce this turn; they co-activate with
         the new episodes (same scope only).
+
+        ``unique_on``: keys of ``metadata`` (plain identifiers with str values)
+        that identify the turn, as an idempotency key: when a memory of this
+        scope (not a sub-scope) already holds the same values, nothing is stored
+        and the stored pair is returned (user, assistant by role, oldest first).
+        The check runs in the write transaction, so processes racing with one
+        turn store it once. It scans the scope's memories: use it for retries and
+        reloads, not every turn.
+
+        Raises:
+            InvalidInputError: bad text, scope, time or metadata, or a
+                ``unique_on`` key missing from ``metadata`` or without a str value.
         """
-        plan = self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
+        plan = self._plan_add_turn(
+            scope, user, assistant, event_time, metadata, used_ids, unique_on
+        )
         return self._call(plan, (scope,), "add_turn")
 
     def add_turns(self, turns: Iterable[NewTurn]) -> list[tuple[Memory, Memory]]:
@@ -305,7 +289,7 @@ class HelaMemory(UpkeepMethods):
 
     def delete(self, ids: str | Iterable[str]) -> int:
         """Delete memories with their edges and vectors; all or nothing."""
-        ids_ = _ids(ids)
+        ids_ = ids_arg(ids)
         return self._call(lambda c: c.delete(ids_), what="delete")
 
     def search(
@@ -393,7 +377,7 @@ class HelaMemory(UpkeepMethods):
         scope: Sequence[str], metadata: Mapping[str, str], limit: int | None
     ) -> Callable[[Core], list[str]]:
         normalize_prefix(scope)  # fail fast in the caller's thread
-        fields, lim = _fields(metadata), _limit(limit)
+        fields, lim = metadata_fields(metadata), limit_arg(limit)
         return KeepsPending(lambda c: c.find_ids(scope, fields, lim))
 
     def find_ids(
@@ -439,7 +423,7 @@ class HelaMemory(UpkeepMethods):
             MemoryNotFoundError: An id names no memory (deleted or never added);
                 nothing is reinforced.
         """
-        ids_ = _ids(ids)
+        ids_ = ids_arg(ids)
         return self._call(KeepsPending(lambda c: c.reinforce(ids_)), what="reinforce")
 
     def list_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:
@@ -499,12 +483,15 @@ class HelaMemory(UpkeepMethods):
         event_time: TimeLike | None = None,
         metadata: dict[str, Any] | None = None,
         used_ids: Iterable[str] = (),
+        unique_on: Sequence[str] = (),
     ) -> tuple[Memory, Memory]:
         """Async :meth:`add_turn`.
 
         Cancelled: as :meth:`aadd` (stored once the owner thread started it).
         """
-        plan = self._plan_add_turn(scope, user, assistant, event_time, metadata, used_ids)
+        plan = self._plan_add_turn(
+            scope, user, assistant, event_time, metadata, used_ids, unique_on
+        )
         return await self._acall(plan, (scope,), "aadd_turn")
 
     async def aadd_turns(self, turns: Iterable[NewTurn]) -> list[tuple[Memory, Memory]]:
@@ -522,7 +509,7 @@ class HelaMemory(UpkeepMethods):
 
     async def adelete(self, ids: str | Iterable[str]) -> int:
         """Async :meth:`delete`."""
-        ids_ = _ids(ids)
+        ids_ = ids_arg(ids)
         return await self._acall(lambda c: c.delete(ids_), what="adelete")
 
     async def asearch(
@@ -574,7 +561,7 @@ class HelaMemory(UpkeepMethods):
 
     async def areinforce(self, ids: Iterable[str]) -> int:
         """Async :meth:`reinforce`."""
-        ids_ = _ids(ids)
+        ids_ = ids_arg(ids)
         return await self._acall(KeepsPending(lambda c: c.reinforce(ids_)), what="areinforce")
 
     async def alist_scopes(self, prefix: Sequence[str] | None = None) -> list[Scope]:

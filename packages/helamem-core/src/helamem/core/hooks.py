@@ -206,6 +206,7 @@ class TurnRecorder(RecorderWorker):
         event_time: TimeLike | None = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        unique_on: Sequence[str] = (),
     ) -> None:
         """Queue one turn; returns once it is queued.
 
@@ -221,6 +222,9 @@ class TurnRecorder(RecorderWorker):
             event_time: When the turn happened (datetime or POSIX seconds);
                 default: now (the time of this call).
             metadata: JSON-serialisable dict kept with both messages.
+            unique_on: Keys of ``metadata`` that identify the turn: it is not
+                stored when a memory of ``scope`` holds the same values (an
+                idempotency key; see :meth:`HelaMemory.add_turn`).
 
         Raises:
             InvalidInputError: On a bad scope, message, id list or time.
@@ -232,7 +236,7 @@ class TurnRecorder(RecorderWorker):
         Examples:
             >>> await rec.record_turn(("users", "alice"), "hi", "hello!")  # doctest: +SKIP
         """
-        job = make_job(scope, user, assistant, used_ids, event_time, metadata)
+        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on)
         loop = asyncio.get_running_loop()
         while True:
             with self._cond:
@@ -253,6 +257,7 @@ class TurnRecorder(RecorderWorker):
         event_time: TimeLike | None = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        unique_on: Sequence[str] = (),
     ) -> None:
         """Queue one turn or raise at once; never blocks (any thread, any loop).
 
@@ -266,7 +271,7 @@ class TurnRecorder(RecorderWorker):
         Examples:
             >>> rec.record_turn_nowait(("users", "alice"), "hi", "hello!")  # doctest: +SKIP
         """
-        job = make_job(scope, user, assistant, used_ids, event_time, metadata)
+        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on)
         with self._cond:
             if not self._try_put_locked(job):
                 raise RecorderFullError(self._full_message())
@@ -280,6 +285,7 @@ class TurnRecorder(RecorderWorker):
         event_time: TimeLike | None = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        unique_on: Sequence[str] = (),
         timeout: float | None = None,
     ) -> None:
         """Queue one turn from synchronous code; returns once it is queued.
@@ -290,8 +296,8 @@ class TurnRecorder(RecorderWorker):
         :meth:`record_turn_nowait`.
 
         Args:
-            scope, user, assistant, used_ids, event_time, metadata: As for
-                :meth:`record_turn`.
+            scope, user, assistant, used_ids, event_time, metadata, unique_on: As
+                for :meth:`record_turn`.
             timeout: Most seconds to wait for room; ``None`` waits as long as
                 it takes.
 
@@ -304,7 +310,7 @@ class TurnRecorder(RecorderWorker):
         Examples:
             >>> rec.record_turn_sync(("users", "alice"), "hi", "hello!")  # doctest: +SKIP
         """
-        job = make_job(scope, user, assistant, used_ids, event_time, metadata)
+        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on)
         with self._cond:
             done = self._try_put_locked(job)
             if not done and not self._on_worker():  # on the worker, waiting would deadlock

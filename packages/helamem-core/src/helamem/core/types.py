@@ -226,6 +226,8 @@ class NewTurn:
     event_time: TimeLike | None = None
     metadata: Mapping[str, Any] | None = None
     used_ids: Sequence[str] = ()
+    unique_on: Sequence[str] = ()
+    """Keys of ``metadata`` that identify the turn (see :meth:`HelaMemory.add_turn`)."""
 
 
 @dataclass(frozen=True, slots=True)

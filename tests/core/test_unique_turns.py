@@ -1,0 +1,125 @@
+"""``add_turn(..., unique_on=...)``: a turn identified by metadata values (an idempotency
+key) is stored once per scope, checked in the write transaction, on both graph stores
+(the ``mem`` / ``make_mem`` fixtures run each test on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helamem.core import HelaMemory, InvalidInputError, NewTurn, TurnRecorder
+from races import racing_tx
+
+ALICE = ("users", "alice")
+KEY = {"request": "r1"}
+
+
+def test_a_repeated_turn_is_stored_once_and_returns_the_stored_pair(mem: HelaMemory) -> None:
+    first = mem.add_turn(
+        ALICE, "I adopted a cat", "Congratulations!", metadata=KEY, unique_on=("request",)
+    )
+    again = mem.add_turn(
+        ALICE, "I adopted a cat", "Congratulations!", metadata=KEY, unique_on=("request",)
+    )
+
+    assert [m.id for m in again] == [m.id for m in first]
+    assert (again[0].role, again[1].role) == ("user", "assistant")
+    st = mem.stats(ALICE)
+    assert (st.memories, st.edges) == (2, 1)
+    assert mem.find_ids(ALICE, metadata=KEY) == [first[0].id, first[1].id]
+
+
+def test_another_value_another_scope_or_no_unique_on_stores_again(mem: HelaMemory) -> None:
+    mem.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+    mem.add_turn(ALICE, "hi", "hello", metadata={"request": "r2"}, unique_on=("request",))
+    mem.add_turn((*ALICE, "sub"), "hi", "hello", metadata=KEY, unique_on=("request",))
+    mem.add_turn(ALICE, "hi", "hello", metadata=KEY)  # not asked: stored
+
+    assert mem.stats(ALICE).memories == 8  # the sub-scope's pair included
+    assert len(mem.find_ids(ALICE, metadata=KEY)) == 6
+
+
+def test_every_unique_on_key_must_match(mem: HelaMemory) -> None:
+    mem.add_turn(ALICE, "a", "b", metadata={"x": "1", "y": "1"}, unique_on=("x", "y"))
+    mem.add_turn(ALICE, "a", "b", metadata={"x": "1", "y": "2"}, unique_on=("x", "y"))
+    mem.add_turn(ALICE, "a", "b", metadata={"x": "1", "y": "2"}, unique_on=("x", "y"))
+
+    assert mem.stats(ALICE).memories == 4
+
+
+def test_one_batch_stores_a_repeated_turn_once_and_links_the_rest(mem: HelaMemory) -> None:
+    turns = [
+        NewTurn(ALICE, "one", "1", metadata=KEY, unique_on=("request",)),
+        NewTurn(ALICE, "one again", "1 again", metadata=KEY, unique_on=("request",)),
+        NewTurn(ALICE, "two", "2", metadata={"request": "r2"}, unique_on=("request",)),
+    ]
+    out = mem.add_turns(turns)
+
+    assert [m.id for m in out[1]] == [m.id for m in out[0]]
+    assert out[1][0].content == "one"  # the stored pair, not the skipped text
+    assert out[2][0].content == "two"
+    st = mem.stats(ALICE)
+    assert (st.memories, st.edges) == (4, 3)  # two turns, linked in order
+    hits = mem.search("two", ALICE, k=4, learn=False)
+    assert "two" in [h.memory.content for h in hits.hits]  # the kept turn is indexed
+    assert "one again" not in [h.memory.content for h in hits.hits]
+
+
+def test_the_check_sees_another_writers_commit_just_before_its_transaction(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    """Two processes recording one loaded turn: two's copy lands between one's call and
+    its write transaction (a lookup before the transaction would have missed it)."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        theirs: list[Any] = []
+        racing_tx(
+            one,
+            lambda: theirs.append(
+                two.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+            ),
+        )
+        mine = one.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+
+        assert [m.id for m in mine] == [m.id for m in theirs[0]]
+        for m in (one, two):
+            assert m.stats(ALICE).memories == 2
+
+
+@pytest.mark.parametrize(
+    ("metadata", "unique_on", "says"),
+    [
+        (KEY, ("missing",), "'missing' is not in the turn's metadata"),
+        (None, ("request",), "'request' is not in the turn's metadata"),
+        ({"request": 5}, ("request",), "must be a str"),
+        (KEY, "request", "must be a tuple of metadata keys"),
+        ({"a-b": "x"}, ("a-b",), "not a plain identifier"),
+    ],
+)
+def test_a_bad_unique_on_raises_before_anything_is_stored(
+    mem: HelaMemory, metadata: Any, unique_on: Any, says: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=says):
+        mem.add_turn(ALICE, "hi", "hello", metadata=metadata, unique_on=unique_on)
+    with pytest.raises(InvalidInputError, match=says):
+        TurnRecorder(mem).record_turn_nowait(
+            ALICE, "hi", "hello", metadata=metadata, unique_on=unique_on
+        )
+    assert mem.stats(ALICE).memories == 0
+
+
+def test_the_recorder_passes_unique_on(mem: HelaMemory) -> None:
+    async def run() -> None:
+        async with TurnRecorder(mem) as rec:
+            for _ in range(3):
+                await rec.record_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+            rec.record_turn_nowait(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+            await rec.flush()
+
+    asyncio.run(run())
+    assert mem.stats(ALICE).memories == 2
+    mem.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+    assert mem.stats(ALICE).memories == 2
