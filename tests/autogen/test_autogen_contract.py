@@ -432,3 +432,25 @@ async def test_a_json_dict_is_found_by_its_values(tmp_path: Path, own_store: str
     )
     assert {"key": "value", "number": 42} in contents((await memory.query("value")).results)
     await memory.close()
+
+
+@pytest.mark.parametrize("blank", ["", " \t\n", "\u200b", "\x00", "\ufeff\u2060"])
+async def test_a_blank_query_returns_no_results_as_a_blank_context_injects_none(
+    tmp_path: Path, blank: str
+) -> None:
+    """A query of only whitespace, control or zero-width characters raised
+    ``InvalidInputError``: AutoGen's memories answer every query (``ListMemory`` with
+    all it holds). There is nothing to rank by, so no result (as ``update_context``
+    of a blank context injects nothing); a bad ``k`` still raises."""
+    memory = HelaMemMemory(config(tmp_path))
+    try:
+        await memory.add(MemoryContent(content="hello there", mime_type=MemoryMimeType.TEXT))
+        assert (await memory.query(blank)).results == []
+        assert (
+            await memory.query(MemoryContent(content=blank, mime_type="text/plain"))
+        ).results == []
+        assert len((await memory.query("hello")).results) == 1
+        with pytest.raises(InvalidInputError, match="k"):
+            await memory.query(blank, k=0)
+    finally:
+        await memory.close()

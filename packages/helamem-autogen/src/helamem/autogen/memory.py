@@ -35,6 +35,7 @@ from helamem.core import (
     StoreClosedError,
     TurnRecorder,
     TurnRecordingError,
+    is_blank,
 )
 
 from ._convert import (
@@ -285,7 +286,9 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
 
         Returns:
             At most ``k`` results (episodes and distilled facts together),
-            highest ``score`` first, none below ``score_threshold``. Each
+            highest ``score`` first, none below ``score_threshold``; none for
+            a blank query (only whitespace, control or zero-width characters:
+            nothing to rank by, as ``update_context`` of a blank context). Each
             one's metadata holds ``id``, ``score`` (the core's relevance in
             [0, 1], one absolute scale: see :attr:`helamem.core.Hit.score`),
             ``activation`` (what ranked it among the candidates), ``base``,
@@ -306,6 +309,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         text = encode(query)[0] if isinstance(query, MemoryContent) else query
         k = _check_k(kwargs.get("k", self._config.k))
         threshold = _check_threshold(kwargs.get("score_threshold", self._config.score_threshold))
+        if isinstance(text, str) and is_blank(text):
+            return MemoryQueryResult(results=[])
         hits = await _linked(self._search(text, k, threshold), cancellation_token)
         return MemoryQueryResult(results=[content_of(h) for h in hits])
 
