@@ -403,3 +403,55 @@ def test_a_document_that_cannot_be_reindexed_keeps_its_ttl(
     assert store.get(NS, "short", refresh_ttl=False) is None  # expired, as put
     kept = store.get(NS, "kept", refresh_ttl=False)
     assert kept is not None and kept.value == {"text": "a pelican on the pier"}
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "says"),
+    [
+        ({"text": "a\ud800b"}, TypeError, "surrogates not allowed"),
+        ({"\udc00": 1}, TypeError, "surrogates not allowed"),
+        ({"n": 2**70}, TypeError, "64-bit"),
+        ({"b": b"raw"}, TypeError, "base64"),
+        ({"s": {1, 2}}, TypeError, "a set as a list"),
+        ({"x": float("nan")}, ValueError, "NaN or infinity"),
+        ({"deep": [1, {"x": float("-inf")}]}, ValueError, "NaN or infinity"),
+    ],
+)
+def test_a_value_json_cannot_hold_raises_a_named_error_and_writes_nothing(
+    store: HelaMemStore, value: dict[str, Any], error: type[Exception], says: str
+) -> None:
+    """A value orjson cannot encode raised orjson's bare ``TypeError`` from inside the
+    document write (after the memories were added and then settled away), and a NaN
+    was stored as ``null`` (read back as ``None``: wrong data). Now both are refused
+    before anything is written, with the put's address and the fix named; the store's
+    earlier item stays."""
+    store.put(NS, "k", {"text": "kept"})
+    with pytest.raises(error, match=says) as err:
+        store.put(NS, "k", value)
+    assert "('users', 'alice')/'k'" in str(err.value)
+    with pytest.raises(error, match=says):
+        asyncio.run(store.abatch([PutOp(NS, "other", {"text": "fine"}), PutOp(NS, "k", value)]))
+    item = store.get(NS, "k")
+    assert item is not None and item.value == {"text": "kept"}
+    assert store.get(NS, "other") is None  # the batch wrote nothing
+    assert [h.key for h in store.search(NS, query="kept")] == ["k"]
+
+
+@pytest.mark.parametrize("where", ["namespace", "key"])
+def test_a_lone_surrogate_in_an_address_is_refused_by_name(store: HelaMemStore, where: str) -> None:
+    """It raised ``ValueError: Error executing GET query`` with SQL text from the
+    document store (``SqliteStore``), or passed a ``get`` unnoticed."""
+    from langgraph.store.base import InvalidNamespaceError
+
+    ns, key = ((*NS, "x\ud800"), "k") if where == "namespace" else (NS, "k\udfff")
+    error = InvalidNamespaceError if where == "namespace" else InvalidInputError
+    for call in (
+        lambda: store.put(ns, key, {"text": "t"}),
+        lambda: store.get(ns, key),
+        lambda: asyncio.run(store.aget(ns, key)),
+    ):
+        with pytest.raises(error, match="lone surrogate"):
+            call()
+    if where == "namespace":
+        with pytest.raises(InvalidNamespaceError, match="lone surrogate"):
+            store.search(ns, query="t")

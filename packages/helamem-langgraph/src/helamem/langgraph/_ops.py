@@ -8,9 +8,12 @@ sync or async executor does the I/O and sends the answers back, so both
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+import math
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import orjson
 
 from helamem.core import Hit, InvalidInputError, Kind
 from langgraph.store.base import (
@@ -71,10 +74,63 @@ Req = Docs | Write | Search | Forget | Learn | Call
 Plan = Generator[Req, Any, T]
 
 
+def _valid_text(text: str, what: str, error: type[ValueError] = InvalidInputError) -> None:
+    """Refuse a str the document store cannot hold: one with a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(
+            f"{what} {text!r} holds a lone surrogate (U+D800..U+DFFF), which is not valid "
+            f"Unicode text; pass a valid str (e.g. bytes decoded with errors='replace')"
+        ) from exc
+
+
+def _nonfinite(value: object) -> bool:
+    """Whether a NaN or infinity is anywhere in ``value`` (dicts, lists, tuples)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, Mapping):
+        return any(_nonfinite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_nonfinite(v) for v in value)
+    return False
+
+
+def check_value(namespace: tuple[str, ...], key: str, value: Mapping[str, Any]) -> None:
+    """Refuse, before anything is written, a value that the document store's JSON
+    (orjson, as LangGraph's ``SqliteStore``) cannot hold as given.
+
+    Raises:
+        TypeError: A part JSON cannot encode (bytes, a set, an int beyond 64 bits,
+            a str with a lone surrogate), as ``SqliteStore`` raises, with the part named.
+        ValueError: A NaN or infinity (``SqliteStore`` would store ``null``).
+    """
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(
+            f"the value put at {namespace!r}/{key!r} cannot be stored as JSON ({exc}); store "
+            f"dicts, lists, str, int (within 64 bits), float, bool and None (bytes as "
+            f"base64 text, a set as a list)"
+        ) from exc
+    if _nonfinite(value):
+        raise ValueError(
+            f"the value put at {namespace!r}/{key!r} holds a NaN or infinity, which JSON "
+            f"cannot hold (it would read back as None); store None or a string instead"
+        )
+
+
 def check_op(op: Op, supports_ttl: bool, documents: BaseStore | None) -> None:
     if not isinstance(op, GetOp | PutOp | SearchOp | ListNamespacesOp):
         raise InvalidInputError(f"unknown store operation {type(op).__name__}")
     validate_op_namespace(op)  # labels: strings, non-empty, no "." or NUL
+    labels = op.namespace_prefix if isinstance(op, SearchOp) else getattr(op, "namespace", ())
+    for label in labels:
+        _valid_text(label, "namespace label", InvalidNamespaceError)
+    if isinstance(op, GetOp | PutOp):
+        if not isinstance(op.key, str):
+            raise InvalidInputError(f"key must be a str, got {type(op.key).__name__}")
+        _valid_text(op.key, "key")
     if isinstance(op, SearchOp):
         check_paging(op.limit, op.offset)
         check_filter(op.filter)
@@ -85,6 +141,8 @@ def check_op(op: Op, supports_ttl: bool, documents: BaseStore | None) -> None:
             raise InvalidNamespaceError("Namespace cannot be empty.")
         if op.value is not None and ID_FIELD in op.value:
             raise InvalidInputError(f"{ID_FIELD!r} is reserved by HelaMemStore; rename that field")
+        if op.value is not None:
+            check_value(tuple(op.namespace), op.key, op.value)
         if op.ttl is not None and not supports_ttl:
             raise NotImplementedError(
                 f"TTL is not supported by {type(documents).__name__}; "
