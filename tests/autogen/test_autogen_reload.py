@@ -133,16 +133,59 @@ async def test_a_turn_never_recorded_is_recorded_after_the_reload(
     ]
 
 
-async def test_the_same_exchange_after_on_reset_is_stored_again_and_once_more_only(
+async def test_a_conversation_repeated_word_for_word_after_on_reset_is_stored_once(
     tmp_path: Path, own_store: str, store_db: Any
 ) -> None:
+    """A turn's identity is its conversation up to it: after ``on_reset`` the same
+    first exchange has the same identity, so the store keeps its first copy (every
+    recorded turn is checked, so a turn the saving process records after another
+    process loaded its state is stored once too). A different exchange is new."""
     path = tmp_path / "data"
-    state = await _first_process(path, ["hi", "hi"], ["Hello!", "Hello!"], reset_after=0)
-    assert _episodes(store_db, path) == ["hi", "Hello!"] * 2  # a new conversation, a new turn
+    state = await _first_process(
+        path, ["hi", "hi", "and you?"], ["Hello!", "Hello!", "Fine."], reset_after=0
+    )
+    assert _episodes(store_db, path) == ["hi", "Hello!", "and you?", "Fine."]
 
     await _second_process(path, state, ["bye"], ["Bye!"])
 
-    assert _episodes(store_db, path) == ["hi", "Hello!", "hi", "Hello!", "bye", "Bye!"]
+    assert _episodes(store_db, path) == ["hi", "Hello!", "and you?", "Fine.", "bye", "Bye!"]
+
+
+async def test_the_saving_process_recording_the_turn_after_another_loaded_it_stores_it_once(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """Process A saves its state without closing; B loads it and runs a turn; then A
+    closes (which records its last turn). A's turn carried no ``unique_on`` before, so
+    it was stored a second time (review; new-user trial: with a fork, a reset, or a
+    second memory in one process as well)."""
+    path = tmp_path / "data"
+    cfg = config(path)
+    async with HelaMemory(cfg.to_helamem_config()) as store_a:
+        memory_a = HelaMemMemory(cfg, memory=store_a)
+        agent = AssistantAgent(
+            "a",
+            model_client=ReplayChatCompletionClient(["answer 0", "answer 1"]),
+            memory=[memory_a],
+        )
+        await agent.run(task="question 0")
+        state = await agent.save_state()  # A stays alive: turn 0 not recorded yet
+
+        async with HelaMemory(cfg.to_helamem_config()) as store_b:
+            memory_b = HelaMemMemory(cfg, memory=store_b)
+            other = AssistantAgent(
+                "a", model_client=ReplayChatCompletionClient(["answer B"]), memory=[memory_b]
+            )
+            await other.load_state(state)
+            await other.run(task="question B")
+            await memory_b.close()
+
+        await agent.run(task="question 1")  # A goes on: records turn 0 now
+        await memory_a.close()
+    episodes = _episodes(store_db, path)
+    assert episodes.count("question 0") == 1 and episodes.count("answer 0") == 1
+    assert sorted(episodes) == sorted(
+        ["question 0", "answer 0", "question B", "answer B", "question 1", "answer 1"]
+    )
 
 
 async def test_a_repeated_exchange_is_a_new_turn_across_a_reload(
@@ -259,8 +302,8 @@ async def test_two_agents_loading_one_state_at_once_store_its_turn_once(
 ) -> None:
     """Two agents of one process load the same saved state (its last turn never
     recorded) and run at once: each looked for the turn before the other's copy was
-    stored, and both recorded it (new-user trial). Now a process's memories take turns
-    over a loaded turn's identity. (Across processes this stays a known limit: README.)"""
+    stored, and both recorded it (new-user trial). Now each turn is recorded with its
+    identity as ``unique_on``, checked by the store in its write transaction."""
     path = tmp_path / "data"
     cfg = config(path)
     async with HelaMemory(cfg.to_helamem_config()) as store:

@@ -1,6 +1,7 @@
 """``add_turn(..., unique_on=...)``: a turn identified by metadata values (an idempotency
-key) is stored once per scope, checked in the write transaction, on both graph stores
-(the ``mem`` / ``make_mem`` fixtures run each test on SQLite and PostgreSQL)."""
+key, stored with the turn and found through an index) is stored once per scope, checked
+in the write transaction, on both graph stores (the ``mem`` / ``make_mem`` fixtures run
+each test on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -123,3 +124,104 @@ def test_the_recorder_passes_unique_on(mem: HelaMemory) -> None:
     assert mem.stats(ALICE).memories == 2
     mem.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
     assert mem.stats(ALICE).memories == 2
+
+
+def test_only_a_turn_stored_with_unique_on_counts_not_other_memories(mem: HelaMemory) -> None:
+    """A memory of ``add()`` (or a turn without ``unique_on``) with the same metadata
+    made the turn return ``(note, note)`` and store nothing (review)."""
+    note = mem.add("a note", ALICE, metadata=KEY)
+    mem.add_turn(ALICE, "hi", "hello", metadata=KEY)
+    u, a = mem.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+
+    assert (u.role, a.role) == ("user", "assistant") and note.id not in (u.id, a.id)
+    assert mem.stats(ALICE).memories == 5
+
+
+def test_a_turn_missing_a_half_is_stored_again_and_returns_the_new_pair(mem: HelaMemory) -> None:
+    """A retry after the user half was deleted returned ``(assistant, assistant)`` and
+    never stored the user message again (review)."""
+    u, a = mem.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+    mem.delete([u.id])
+    u2, a2 = mem.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+
+    assert (u2.role, a2.role) == ("user", "assistant")
+    assert u2.id != u.id and a2.id != a.id  # the pair stored now
+    u3, a3 = mem.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+    assert (u3.id, a3.id) == (u2.id, a2.id)
+    assert mem.stats(ALICE).memories == 3
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"request": "a\x00b"},  # a NUL: PostgreSQL's JSON refused it, SQLite cut it off
+        {"clé": "v"},  # a non-ASCII key: SQLite's json_extract never matched it
+        {"request": 'ü \ud800 "quoted" \\'},  # non-ASCII, a lone surrogate, escapes
+    ],
+)
+def test_any_text_value_and_key_match_alike_on_both_stores(
+    mem: HelaMemory, metadata: dict[str, str]
+) -> None:
+    mem.add("x", ALICE, metadata={"other": "a\x00b"})  # a NUL elsewhere stopped PostgreSQL
+    keys = tuple(metadata)
+    first = mem.add_turn(ALICE, "hi", "hello", metadata=metadata, unique_on=keys)
+    again = mem.add_turn(ALICE, "hi", "hello", metadata=metadata, unique_on=keys)
+
+    assert [m.id for m in again] == [m.id for m in first]
+    assert mem.stats(ALICE).memories == 3
+
+
+def test_the_recorder_takes_a_generator_and_checks_the_metadata_first(mem: HelaMemory) -> None:
+    """A generator was used up by the check and stored as no key (duplicates); a str
+    metadata with ``unique_on`` raised a bare ``TypeError`` (review)."""
+    rec = TurnRecorder(mem)
+    for _ in range(2):
+        rec.record_turn_nowait(
+            ALICE, "hi", "hello", metadata=KEY, unique_on=(k for k in ["request"])
+        )
+    with pytest.raises(InvalidInputError, match="metadata must be a dict"):
+        rec.record_turn_nowait(ALICE, "hi", "hello", metadata="request", unique_on=("request",))  # type: ignore[arg-type]
+    rec.close_sync()
+    assert mem.stats(ALICE).memories == 2
+
+
+def test_a_store_of_before_unique_keys_finds_the_autogen_turns_it_holds(
+    tmp_path: Path, make_mem: Any, store_db: Any, backend: str
+) -> None:
+    """Migration 9 (PostgreSQL: 5) gives the AutoGen adapter's turns, recorded with
+    their identity in metadata ``_helamem_turn`` before unique keys existed, that key."""
+    path = tmp_path / "s"
+    turn = {"_helamem_turn": "ab" * 32}
+    with make_mem(path) as m:
+        m.add_turn(ALICE, "hi", "hello", metadata=turn)  # as the adapter stored it then
+        m.add("a note", ALICE, metadata={"_helamem_turn": 5})  # not a str: no key
+    before = 8 if backend == "sqlite" else 4
+    db = store_db(path)
+    try:
+        db.execute("DROP INDEX memories_unique")
+        db.execute("ALTER TABLE memories DROP COLUMN unique_key")
+        db.execute("DELETE FROM schema_version WHERE version > ?", (before,))
+        if backend == "sqlite":
+            db.commit() if db.in_transaction else None
+    finally:
+        db.close()
+    with make_mem(path) as m:  # opening migrates
+        again = m.add_turn(ALICE, "hi", "hello", metadata=turn, unique_on=("_helamem_turn",))
+        assert m.stats(ALICE).memories == 3
+        assert [x.content for x in again] == ["hi", "hello"]
+
+
+def test_an_exported_and_imported_turn_keeps_its_key(tmp_path: Path, make_mem: Any) -> None:
+    """The key travels in the export (``unique_key``), so a retry after a move between
+    stores finds the turn."""
+    with make_mem(tmp_path / "a") as a:
+        first = a.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+        a.add_turn(ALICE, "plain", "turn")
+        a.export_scope(ALICE, tmp_path / "alice.jsonl")
+    lines = (tmp_path / "alice.jsonl").read_text().splitlines()
+    assert sum('"unique_key"' in line for line in lines) == 2  # the keyed turn's two memories
+    with make_mem(tmp_path / "b") as b:
+        b.import_scope(tmp_path / "alice.jsonl")
+        again = b.add_turn(ALICE, "hi", "hello", metadata=KEY, unique_on=("request",))
+        assert [m.id for m in again] == [m.id for m in first]
+        assert b.stats(ALICE).memories == 4

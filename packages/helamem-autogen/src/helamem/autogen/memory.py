@@ -80,7 +80,6 @@ class _Served:
     ids: tuple[str, ...] = ()  # their ids
     recorded: Turn | None = None  # the last turn recorded from it
     seen: int = 0  # conversation messages in its history then (fewer later: it was cleared)
-    fresh: bool = True  # not read yet: its history may come from load_state
 
 
 async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
@@ -426,7 +425,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         ``load_state()`` (``agent.load_state``) record its last completed turn first: its
         history gone, that turn could never be recorded by a later call or by :meth:`close`.
         A loaded history's last turn may be stored already (recorded before its state was
-        saved): the next read looks it up, as a context's first read does."""
+        saved): recording it again is skipped by the store (its identity, ``unique_on``)."""
         memory = weakref.ref(self)
 
         def recording(method: Callable[..., Awaitable[None]], loads: bool) -> Any:
@@ -438,7 +437,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                     await me._record(served, *await _history(model_context))
                 await method(*args, **kwargs)
                 if loads and served is not None:  # not a continuation: as never read
-                    served.recorded, served.seen, served.fresh = None, 0, True
+                    served.recorded, served.seen = None, 0
 
             return run
 
@@ -520,17 +519,16 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         positions: there a turn is told apart by its text only.
 
         A turn of a whole history is stored with its identity (:func:`turn_key`,
-        under ``TURN_KEY``). The first time a context is read, its history may
-        be one loaded from a saved state (``agent.load_state``) whose last turn
-        an earlier process or memory recorded already: it is skipped when the
-        store holds that identity in this scope.
+        under ``TURN_KEY``) as its ``unique_on`` key: a history loaded from a
+        saved state (``agent.load_state``) may end in a turn that another process
+        or memory recorded (before or after this one reads it); the store skips
+        it, in its write transaction, when this scope holds that identity.
         """
         turn = last_turn(messages)
         spoken = sum(not is_memory_message(m) for m in messages)
         if whole and spoken < served.seen:
             served.recorded = None  # cleared (agent.on_reset(), load_state)
         served.seen = spoken
-        first, served.fresh = served.fresh, False
         if turn is not None and not whole:
             turn = turn._replace(at=-1)
         if turn is None or turn == served.recorded:
@@ -539,12 +537,12 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             served.recorded = turn
             return
         key = turn_key(self.scope, messages, turn) if whole else None
-        # a first read's turn may be stored already: the store skips it in its write
-        # transaction when this scope holds its identity (memories and processes loading
-        # one saved state at once store it once)
-        await self._queue(served, turn, key, once=first)
+        # the turn may be stored already (a loaded history's last turn, recorded by the
+        # process that saved the state, before or after this read): the store skips it
+        # in its write transaction when this scope holds its identity (an index lookup)
+        await self._queue(served, turn, key)
 
-    async def _queue(self, served: _Served, turn: Turn, key: str | None, once: bool) -> None:
+    async def _queue(self, served: _Served, turn: Turn, key: str | None) -> None:
         used = served.ids if served.query == turn.user else ()
         meta = None if key is None else {TURN_KEY: key}
         await self.recorder.record_turn(
@@ -553,7 +551,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             turn.assistant,
             used_ids=used,
             metadata=meta,
-            unique_on=(TURN_KEY,) if once and key is not None else (),
+            unique_on=() if key is None else (TURN_KEY,),
         )
         served.recorded = turn
         logger.debug("queued turn for scope %r with %d used memories", self.scope, len(used))

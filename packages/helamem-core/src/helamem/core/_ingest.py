@@ -21,6 +21,7 @@ from .errors import (
 )
 from .ids import new_id
 from .storage.base import EdgeRow, MemoryRow
+from .storage.sqlite_schema import unique_key
 from .text import keywords, safe_text
 from .types import (
     Kind,
@@ -37,19 +38,27 @@ from .types import (
 __all__ = ["IngestOps", "Prepared", "prepare"]
 
 
+def _complete(group: Sequence[Prepared], rows: Sequence[MemoryRow]) -> bool:
+    """Whether ``rows`` (stored with ``group``'s idempotency key) hold a memory of each
+    role of ``group``: only then is it stored already (a deleted half is stored again)."""
+    roles = [r.role for r in rows]
+    return bool(rows) and all(
+        roles.count(p.role) >= [q.role for q in group].count(p.role) for p in group
+    )
+
+
 def _stored_in_place(group: Sequence[Prepared], rows: Sequence[MemoryRow]) -> list[MemoryRow]:
-    """For each memory of a skipped ``group``, a stored one of ``rows`` (oldest first):
-    the oldest not yet taken with the same role, else the oldest of the same role,
-    else the oldest (a turn's user and assistant messages map to the stored pair)."""
-    taken: set[int] = set()
+    """For each memory of a skipped ``group``, the stored one of ``rows`` (oldest first)
+    that takes its place: of its role, the newest copy's (a turn's user and assistant
+    messages map to the pair stored last, so a turn stored again after a half of it
+    was deleted answers with the new pair)."""
     out: list[MemoryRow] = []
-    for p in group:
-        same = [r for r in rows if r.role == p.role]
-        fresh = [r for r in same if r.n not in taken]
-        pick = fresh[0] if fresh else same[0] if same else rows[0]
+    taken: set[int] = set()
+    for p in reversed(group):  # the group's last memory of a role takes the newest
+        pick = next(r for r in reversed(rows) if r.role == p.role and r.n not in taken)
         taken.add(pick.n)
         out.append(pick)
-    return out
+    return out[::-1]
 
 
 logger = logging.getLogger(__name__)
@@ -114,9 +123,11 @@ class IngestOps(LearningOps):
         episode (temporal edges); ``used_ids[i]`` co-activate with group
         ``i``'s memories (same scope only; unknown ids are ignored).
         ``unique[i]`` (metadata ``key: value`` pairs): group ``i`` is not stored
-        when a memory of its first memory's scope node already holds them all (a
-        group before it in this call included); the check and the insert share the
-        write transaction, so of processes racing with one group, one stores it.
+        when a memory of its first memory's scope node was stored with the same pairs
+        as its ``unique_on`` (a group before it in this call included: the stored
+        idempotency key, :func:`~.storage.sqlite_schema.unique_key`, found through an
+        index); the check and the insert share the write transaction, so of processes
+        racing with one group, one stores it.
         The skipped group's place in the result holds the stored memories
         (:func:`_stored_in_place`).
         """
@@ -149,14 +160,15 @@ class IngestOps(LearningOps):
             keep: list[int] = []  # flat positions inserted
             for gi, group in enumerate(groups):
                 fields = unique[gi] if gi < len(unique) else None
-                if fields and group:
+                ukey = unique_key(fields) if fields else None
+                if ukey is not None and group:
                     key = tuple(group[0].scope)
                     if key not in sids:
                         sids[key] = self.store.ensure_scope(db, group[0].scope)
-                    stored = self.store.ids_with_metadata([sids[key]], fields, None)
-                    if stored:
-                        rows = self.store.rows_by_id(stored)
-                        found[gi] = sorted(rows.values(), key=lambda r: r.n)
+                    stored = self.store.ids_with_unique_key(sids[key], ukey)
+                    rows = sorted(self.store.rows_by_id(stored).values(), key=lambda r: r.n)
+                    if _complete(group, rows):
+                        found[gi] = rows
                         i += len(group)
                         continue
                 used = {
@@ -200,6 +212,7 @@ class IngestOps(LearningOps):
                         provenance=p.provenance,
                         embedding=blob,
                         generated_id=p.id is None,
+                        unique_key=ukey,
                     )
                     made.append(
                         MemoryRow(

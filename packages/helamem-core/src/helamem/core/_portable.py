@@ -12,7 +12,8 @@ with a ``"type"``, in this order:
    ``kind``, ``content``, ``content_raw``, ``role``, ``event_time``, ``created_at``,
    ``keywords``, ``access_count``, ``last_access``, ``metadata``,
    ``provenance`` and ``embedding`` (base64 of float32 little-endian, or
-   null).
+   null); ``unique_key`` too where the memory has one (its turn's idempotency
+   key, ``add_turn``'s ``unique_on``; a reader that predates it ignores it).
 3. ``edge``: ``a`` and ``b`` (memory ids), ``weight`` (as of ``tick``), ``tick``.
 4. ``scope`` (one per scope node under the prefix, the prefix included):
    ``scope``, ``tick``, ``last_episode`` (the id temporal edges continue
@@ -163,8 +164,12 @@ def _write(core: Core, prefix: Scope, f: IO[str]) -> dict[str, int]:
     if node is not None:
         cut = len(prefix)
         for batch in store.iter_memories_under(node):
+            keys = store.unique_keys([r.n for r in batch])
             for r in batch:
-                f.write(_line(_memory_line(r, core._scope(r.scope_id)[cut:])))
+                line = _memory_line(r, core._scope(r.scope_id)[cut:])
+                if r.n in keys:  # a turn's idempotency key (add_turn's unique_on)
+                    line["unique_key"] = keys[r.n]
+                f.write(_line(line))
             counts["memories"] += len(batch)
         for edges in store.iter_edges_under(node):
             for a, b, w, t in edges:
@@ -344,6 +349,7 @@ class _Importer:
                 metadata=m.metadata,
                 provenance=m.provenance,
                 embedding=vec,
+                unique_key=m.unique_key,
             )
             if m.access_count or m.last_access is not None:
                 self.store.set_access(self.db, n, m.access_count, m.last_access)

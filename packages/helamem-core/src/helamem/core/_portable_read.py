@@ -63,6 +63,7 @@ class MemoryLine:
     access_count: int
     last_access: float | None
     vector: bytes | None
+    unique_key: str | None = None
 
 
 class Reader:
@@ -191,6 +192,7 @@ class Reader:
             access_count=self.count(obj, "access_count"),
             last_access=None if obj.get("last_access") is None else self.time(obj, "last_access"),
             vector=self._vector(obj, mid, dim) if reuse else None,
+            unique_key=self.get(obj, "unique_key", str, null=True),
         )
 
     def _vector(self, obj: dict[str, Any], mid: str, dim: int) -> bytes | None:

@@ -158,13 +158,14 @@ def make_job(
     unique_on: Sequence[str] = (),
 ) -> Job:
     """Cheap validation in the caller's thread; the memory checks the rest."""
-    unique_fields(unique_on, metadata)
-    unique = tuple(unique_on)
     ids = (used_ids,) if isinstance(used_ids, str) else tuple(used_ids)
     if not all(isinstance(i, str) for i in ids):
         raise InvalidInputError("used_ids must be strings (memory ids)")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidInputError(f"metadata must be a dict, got {type(metadata).__name__}")
+    # one pass over an iterable (a generator once consumed would be empty)
+    unique = unique_on if isinstance(unique_on, str) else tuple(unique_on)
+    unique_fields(unique, metadata)
     return Job(
         scope=normalize_scope(scope),
         user=_check_text(user, "user"),
@@ -175,7 +176,7 @@ def make_job(
         # a snapshot, checked now: the caller may reuse or change its dict (nested
         # values too) before the owner thread stores the turn
         metadata=None if metadata is None else json.loads(dump_json(metadata, "metadata")),
-        unique_on=unique,
+        unique_on=tuple(unique),
     )
 
 

@@ -254,12 +254,12 @@ class HelaMemory(UpkeepMethods):
         the new episodes (same scope only).
 
         ``unique_on``: keys of ``metadata`` (plain identifiers with str values)
-        that identify the turn, as an idempotency key: when a memory of this
-        scope (not a sub-scope) already holds the same values, nothing is stored
-        and the stored pair is returned (user, assistant by role, oldest first).
-        The check runs in the write transaction, so processes racing with one
-        turn store it once. It scans the scope's memories: use it for retries and
-        reloads, not every turn.
+        that identify the turn, as an idempotency key stored with it: when a turn
+        of this scope (not a sub-scope) was stored with the same ``unique_on``
+        values, nothing is stored or learned and the stored pair is returned (the
+        newest copy's user and assistant memories; a turn missing a half is
+        stored again). The check is an index lookup in the write transaction, so
+        processes racing with one turn store it once.
 
         Raises:
             InvalidInputError: bad text, scope, time or metadata, or a

@@ -185,7 +185,8 @@ class TurnRecorder(RecorderWorker):
 
     @property
     def recorded(self) -> int:
-        """Turns stored so far by this recorder."""
+        """Turns stored so far by this recorder (one skipped as stored already,
+        ``unique_on``, counts too, as it does toward ``consolidate_every``)."""
         with self._cond:
             return self._recorded
 

@@ -224,6 +224,10 @@ class GraphStore(Protocol):
         self, scope_ids: Sequence[int] | None, fields: Mapping[str, str], limit: int | None
     ) -> list[str]: ...
 
+    def ids_with_unique_key(self, scope_id: int, key: str) -> list[str]: ...
+
+    def unique_keys(self, ns: Sequence[int]) -> dict[int, str]: ...
+
     def insert_memory(
         self,
         db: Any,
@@ -242,6 +246,7 @@ class GraphStore(Protocol):
         provenance: str,
         embedding: bytes,
         generated_id: bool = False,
+        unique_key: str | None = None,
     ) -> int: ...
 
     def iter_edges_under(

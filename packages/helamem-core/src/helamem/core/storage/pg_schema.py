@@ -112,6 +112,17 @@ PG_MIGRATIONS: tuple[str, ...] = (
             THEN 1 ELSE 0 END
         WHERE content_raw IS NOT NULL;
     """,
+    # 5: a turn's idempotency key (the SQLite store's 9; the backfill writes what
+    # unique_key() gives for the AutoGen adapter's hex turn identity)
+    """
+    ALTER TABLE memories ADD COLUMN unique_key TEXT;
+    CREATE INDEX memories_unique ON memories(scope_id, unique_key) WHERE unique_key IS NOT NULL;
+    UPDATE memories
+        SET unique_key = '{"_helamem_turn":'
+            || CAST(to_json(CAST(metadata AS JSON) ->> '_helamem_turn') AS TEXT) || '}'
+        WHERE strpos(metadata, '_helamem_turn') > 0
+            AND json_typeof(CAST(metadata AS JSON) -> '_helamem_turn') = 'string';
+    """,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)
 

@@ -175,10 +175,12 @@ class SQLiteStore(SQLiteUpkeep):
         provenance: str,
         embedding: bytes,
         generated_id: bool = False,
+        unique_key: str | None = None,
     ) -> int:
         """Insert one memory and its BM25 entry; returns its key ``n``. A ``generated_id``
         (``new_id()``, just now) skips the check that raises InvalidInputError
-        when a caller-chosen id names a stored memory (``UNIQUE`` still holds)."""
+        when a caller-chosen id names a stored memory (``UNIQUE`` still holds).
+        ``unique_key``: its turn's idempotency key (:meth:`ids_with_unique_key`)."""
         if (
             not generated_id
             and db.execute("SELECT 1 FROM memories WHERE id = ?", (id,)).fetchone() is not None
@@ -204,6 +206,7 @@ class SQLiteStore(SQLiteUpkeep):
                 "provenance": provenance,
                 "embedding": embedding,
                 "shape": text_shape(content),
+                "unique_key": unique_key,
                 **self._tag_columns(tags),
             },
         )

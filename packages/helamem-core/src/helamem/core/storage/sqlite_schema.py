@@ -18,7 +18,7 @@ import math
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "qmarks",
     "text_shape",
     "scope_path",
+    "unique_key",
     "sqlite_errors",
     "storage_error",
 ]
@@ -176,8 +177,32 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE memories SET shape = helamem_shape(content, content_raw)
         WHERE content_raw IS NOT NULL OR instr(CAST(content AS BLOB), x'00') > 0;
     """,
+    # 9: a turn's idempotency key (``add_turn``'s ``unique_on``: its metadata pairs as
+    # ASCII JSON, keys sorted, no spaces: :func:`unique_key`), found by scope through an
+    # index in the write transaction. Backfilled for the AutoGen adapter's turn
+    # identity (metadata "_helamem_turn", hex), which it looked up by metadata before
+    """
+    ALTER TABLE memories ADD COLUMN unique_key TEXT;
+    CREATE INDEX memories_unique ON memories(scope_id, unique_key) WHERE unique_key IS NOT NULL;
+    UPDATE memories
+        SET unique_key = '{"_helamem_turn":'
+            || json_quote(json_extract(metadata, '$._helamem_turn')) || '}'
+        WHERE instr(metadata, '_helamem_turn') > 0
+            AND json_type(metadata, '$._helamem_turn') = 'text';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def unique_key(fields: Mapping[str, str]) -> str:
+    """The stored idempotency key of a turn's ``unique_on`` pairs (migration 9).
+
+    Examples:
+        >>> unique_key({"b": "2", "a": "é"})
+        '{"a":"\\u00e9","b":"2"}'
+    """
+    return json.dumps(dict(sorted(fields.items())), ensure_ascii=True, separators=(",", ":"))
+
 
 MEMORY_COLS = (
     "n, id, scope_id, kind, content, content_raw, role, event_time, created_at, keywords, "

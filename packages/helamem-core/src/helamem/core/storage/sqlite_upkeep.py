@@ -498,6 +498,23 @@ class SQLiteUpkeep(SQLiteConnection):
             cur.close()
         return out if limit is None else out[:limit]
 
+    def ids_with_unique_key(self, scope_id: int, key: str) -> list[str]:
+        """Ids of scope node ``scope_id``'s memories stored with idempotency key ``key``
+        (:func:`~.sqlite_schema.unique_key`), oldest first (an index lookup)."""
+        rows = self.db.execute(
+            "SELECT id FROM memories WHERE scope_id = ? AND unique_key = ? ORDER BY n",
+            (scope_id, key),
+        )
+        return [str(r[0]) for r in rows]
+
+    def unique_keys(self, ns: Sequence[int]) -> dict[int, str]:
+        """The idempotency keys of those of memories ``ns`` that have one."""
+        where, params = self.ids_in("n", ns)
+        rows = self.db.execute(
+            f"SELECT n, unique_key FROM memories WHERE {where} AND unique_key IS NOT NULL", params
+        )
+        return {int(n): str(k) for n, k in rows}
+
     def ids_under(self, bases: Sequence[str]) -> list[str]:
         """Ids that start with ``base + "."`` for some ``base`` (an index range per base:
         ids are printable ASCII, compared bytewise, and ``"/"`` follows ``"."``)."""
