@@ -218,3 +218,62 @@ def test_module_doctests(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def _counting_graph(cp: HelaMemCheckpointer) -> Any:
+    answers = itertools.count()
+
+    def bot(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"answer {next(answers)}")]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("bot", bot)
+    g.add_edge(START, "bot")
+    g.add_edge("bot", END)
+    return g.compile(checkpointer=cp)
+
+
+def _turn_texts(mem: HelaMemory, scope: tuple[str, ...]) -> list[str]:
+    hits = mem.search("question answer", scope, k=20, learn=False).hits
+    return sorted(h.memory.content for h in hits)
+
+
+def test_a_turn_replayed_from_an_earlier_checkpoint_is_not_recorded_again(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Time travel: ``invoke(None, config of the checkpoint before A's answer)`` answers
+    question A again; its turn was recorded a second time (with the new answer), as
+    the checkpointer remembered only the thread's last recorded message. Now the turn
+    goes with ``unique_on`` (thread and human message id), so the store keeps the turn
+    as first answered, as the README says of an answer regenerated for a message; a
+    new checkpointer (another process) replaying the last turn records nothing too."""
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    cfg: Any = {"configurable": {"thread_id": "t1"}}
+    with TurnRecorder(mem) as rec:
+        graph = _counting_graph(HelaMemCheckpointer(rec, saver))
+        graph.invoke({"messages": [HumanMessage("question A", id="h1")]}, cfg)
+        graph.invoke({"messages": [HumanMessage("question B", id="h2")]}, cfg)
+        before_a = next(
+            s
+            for s in graph.get_state_history(cfg)
+            if s.next == ("bot",) and s.values["messages"][-1].content == "question A"
+        )
+        graph.invoke(None, before_a.config)  # answers A again: "answer 2"
+        again = _counting_graph(HelaMemCheckpointer(rec, saver))  # a fresh checkpointer
+        before_b = next(
+            s
+            for s in again.get_state_history(cfg)
+            if s.next == ("bot",) and s.values["messages"][-1].content == "question B"
+        )
+        again.invoke(None, before_b.config)
+        rec.flush_sync()
+    assert _turn_texts(mem, ("threads", "t1")) == [
+        "answer 0",
+        "answer 1",
+        "question A",
+        "question B",
+    ]
+    found = mem.find_ids(("threads", "t1"), metadata={"thread_id": "t1", "message_id": "h1"})
+    assert len(found) == 2
+    mem.close()

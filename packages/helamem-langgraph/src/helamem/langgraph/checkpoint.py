@@ -13,6 +13,7 @@ memories co-activate with the new episode.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
@@ -169,8 +170,24 @@ def completed_turn(
     user, answer = _text(human), _text(last)
     if is_blank(user) or is_blank(answer):  # the core stores no blank text
         return None
-    key = str(_field(human, "id") or f"{humans[-1]}:{hash(user)}")
+    # the human message's id, else its place and text (stable across processes)
+    key = str(_field(human, "id") or f"{humans[-1]}:{hashlib.sha256(_utf8(user)).hexdigest()}")
     return str(thread), key, user, answer
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # a lone surrogate hashes too
+
+
+def _identity(thread: str, key: str) -> dict[str, Any]:
+    """A turn's metadata (its thread and human message) and that pair as its
+    ``unique_on`` key: the store records a turn once however often a checkpoint
+    completes it (a replay from an earlier checkpoint, another process, an answer
+    regenerated for the same message)."""
+    return {
+        "metadata": {"thread_id": thread, "message_id": key},
+        "unique_on": ("thread_id", "message_id"),
+    }
 
 
 class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
@@ -341,9 +358,9 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> None:
         found = self._turn(config, checkpoint, metadata)
         if found is not None:
-            scope, (thread, _, user, answer), used = found
+            scope, (thread, key, user, answer), used = found
             self.recorder.record_turn_sync(
-                scope, user, answer, used_ids=used, metadata={"thread_id": thread}
+                scope, user, answer, used_ids=used, **_identity(thread, key)
             )
 
     async def _record(
@@ -351,9 +368,9 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> None:
         found = self._turn(config, checkpoint, metadata)
         if found is not None:
-            scope, (thread, _, user, answer), used = found
+            scope, (thread, key, user, answer), used = found
             await self.recorder.record_turn(
-                scope, user, answer, used_ids=used, metadata={"thread_id": thread}
+                scope, user, answer, used_ids=used, **_identity(thread, key)
             )
 
     # -- forwarding (sync) ---------------------------------------------------------
