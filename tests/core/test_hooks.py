@@ -521,6 +521,32 @@ async def test_a_commit_of_unknown_outcome_is_reported_not_retried() -> None:
     assert len(ei.value.errors) == 2
 
 
+async def test_a_commit_of_unknown_outcome_retries_the_turns_with_unique_on() -> None:
+    """A turn recorded with ``unique_on`` is safe to retry after a lost COMMIT (the
+    store skips it if the COMMIT had landed): it is retried alone; the other is failed."""
+
+    class LostCommit(FakeMemory):
+        async def aadd_turns(self, turns: Sequence[NewTurn]) -> None:
+            self.calls.append({"batch": len(turns), "unique": [t.unique_on for t in turns]})
+            if len(self.calls) == 1:
+                raise CommitUnknownError("the connection was lost during COMMIT")
+
+    m = LostCommit()
+    hold = threading.Event()
+    m._call_soon(lambda: hold.wait(30))  # the owner loop waits: both turns queue before a lane
+    try:
+        rec = TurnRecorder(fake(m))
+        rec.record_turn_nowait(("s",), "one", "x", metadata={"r": "1"}, unique_on=("r",))
+        rec.record_turn_nowait(("s",), "two", "y")
+    finally:
+        hold.set()
+    with pytest.raises(TurnRecordingError) as ei:
+        await rec.close()
+    assert m.calls == [{"batch": 2, "unique": [("r",), ()]}, {"batch": 1, "unique": [("r",)]}]
+    assert [f.user for f in ei.value.failures] == ["two"]
+    assert isinstance(ei.value.errors[0], CommitUnknownError)
+
+
 def test_turn_recording_error_pickles() -> None:
     f = TurnFailure("add_turn", ("s",), "u", "a", (), 0.0, ValueError("x"))
     err = pickle.loads(pickle.dumps(TurnRecordingError([f], 3)))

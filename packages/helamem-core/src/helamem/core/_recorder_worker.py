@@ -227,8 +227,15 @@ class RecorderWorker(RecorderState):
         except StoreClosedError:
             raise  # no retry can succeed: the lane fails what it holds
         except CommitUnknownError as exc:  # maybe stored: a retry could store it twice
-            for job in batch:
-                self._fail(job, "add_turn", exc)
+            for job in batch:  # but not one with unique_on: the store skips it if stored
+                if not job.unique_on:
+                    self._fail(job, "add_turn", exc)
+                    continue
+                try:
+                    await self.memory.aadd_turns([job.turn()])
+                    job.stored = True
+                except Exception as one:  # noqa: BLE001 (as below)
+                    self._fail(job, "add_turn", one)
         # Any failure (a custom embedder may raise anything) must not kill the
         # worker: the turns are retried alone, so only the failing ones are kept
         # and re-raised at the next flush()/close().

@@ -62,7 +62,8 @@ class StorageError(HelaMemError, RuntimeError):
 class CommitUnknownError(StorageError):
     """The connection to PostgreSQL was lost during a write's ``COMMIT``: the write may
     or may not be saved. Read it back (``get``, ``search``) before writing it again:
-    a blind retry may store it twice."""
+    a blind retry may store it twice (a turn with ``unique_on`` may be retried: the
+    store skips it if it was saved; ``TurnRecorder`` retries such turns itself)."""
 
 
 class DiskFullError(StorageError):
