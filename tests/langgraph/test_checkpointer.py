@@ -7,7 +7,7 @@ import itertools
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
@@ -276,4 +276,33 @@ def test_a_turn_replayed_from_an_earlier_checkpoint_is_not_recorded_again(
     ]
     found = mem.find_ids(("threads", "t1"), metadata={"thread_id": "t1", "message_id": "h1"})
     assert len(found) == 2
+    mem.close()
+
+
+def test_human_messages_without_ids_and_without_a_reducer_are_each_a_turn(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Without ``add_messages`` each input replaces the list: "yes" again is at the same
+    place with the same text, and its turn was dropped as stored already (review)."""
+
+    class State(TypedDict):
+        messages: list[Any]
+
+    answers = itertools.count()
+
+    def bot(state: State) -> dict[str, Any]:
+        return {"messages": [*state["messages"], AIMessage(f"answer {next(answers)}")]}
+
+    g = StateGraph(State)
+    g.add_node("bot", bot)
+    g.add_edge(START, "bot")
+    g.add_edge("bot", END)
+    mem = new_memory(tmp_path / "mem")
+    cfg: Any = {"configurable": {"thread_id": "t1"}}
+    with TurnRecorder(mem) as rec:
+        graph = g.compile(checkpointer=HelaMemCheckpointer(rec, InMemorySaver()))
+        for text in ("yes", "no", "yes"):
+            graph.invoke({"messages": [HumanMessage(text)]}, cfg)
+        rec.flush_sync()
+    assert mem.stats(("threads", "t1")).memories == 6
     mem.close()

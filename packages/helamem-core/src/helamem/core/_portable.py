@@ -54,6 +54,7 @@ from ._maintenance import _mark_key
 from ._portable_read import ExportFormatError, MemoryLine, Reader
 from .errors import DiskFullError, InvalidInputError, StorageError
 from .storage.base import EdgeRow, MemoryRow
+from .storage.sqlite_schema import legacy_unique_key
 from .text import safe_text
 from .types import Scope, normalize_scope
 
@@ -349,7 +350,8 @@ class _Importer:
                 metadata=m.metadata,
                 provenance=m.provenance,
                 embedding=vec,
-                unique_key=m.unique_key,
+                # an export of before unique keys: the AutoGen turn identity's (migration 9)
+                unique_key=m.unique_key or legacy_unique_key(m.metadata),
             )
             if m.access_count or m.last_access is not None:
                 self.store.set_access(self.db, n, m.access_count, m.last_access)

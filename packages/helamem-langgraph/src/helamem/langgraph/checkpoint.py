@@ -13,7 +13,6 @@ memories co-activate with the new episode.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
@@ -170,20 +169,25 @@ def completed_turn(
     user, answer = _text(human), _text(last)
     if is_blank(user) or is_blank(answer):  # the core stores no blank text
         return None
-    # the human message's id, else its place and text (stable across processes)
-    key = str(_field(human, "id") or f"{humans[-1]}:{hashlib.sha256(_utf8(user)).hexdigest()}")
+    # the human message's id, else its place and text (NO_ID: not an identity, a
+    # messages channel without a reducer repeats it)
+    key = str(_field(human, "id") or f"{NO_ID}{humans[-1]}:{hash(user)}")
     return str(thread), key, user, answer
 
 
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")  # a lone surrogate hashes too
+NO_ID = "no-id:"
+"""The prefix of a turn key made for a human message without an id."""
 
 
 def _identity(thread: str, key: str) -> dict[str, Any]:
-    """A turn's metadata (its thread and human message) and that pair as its
+    """A turn's metadata (its thread and human message id) and that pair as its
     ``unique_on`` key: the store records a turn once however often a checkpoint
     completes it (a replay from an earlier checkpoint, another process, an answer
-    regenerated for the same message)."""
+    regenerated for the same message). A human message without an id has no
+    identity (without a reducer, "yes" at the same place of a new input is a new
+    turn): only the checkpointer's own last-turn check applies."""
+    if key.startswith(NO_ID):
+        return {"metadata": {"thread_id": thread}}
     return {
         "metadata": {"thread_id": thread, "message_id": key},
         "unique_on": ("thread_id", "message_id"),

@@ -113,15 +113,15 @@ PG_MIGRATIONS: tuple[str, ...] = (
         WHERE content_raw IS NOT NULL;
     """,
     # 5: a turn's idempotency key (the SQLite store's 9; the backfill writes what
-    # unique_key() gives for the AutoGen adapter's hex turn identity)
+    # legacy_unique_key() gives, matching the metadata's text by the same pattern: a
+    # JSON cast would decode a row's NUL or lone surrogate escapes, which PostgreSQL
+    # refuses)
     """
     ALTER TABLE memories ADD COLUMN unique_key TEXT;
     CREATE INDEX memories_unique ON memories(scope_id, unique_key) WHERE unique_key IS NOT NULL;
     UPDATE memories
-        SET unique_key = '{"_helamem_turn":'
-            || CAST(to_json(CAST(metadata AS JSON) ->> '_helamem_turn') AS TEXT) || '}'
-        WHERE strpos(metadata, '_helamem_turn') > 0
-            AND json_typeof(CAST(metadata AS JSON) -> '_helamem_turn') = 'string';
+        SET unique_key = '{"_helamem_turn":"' || substr(metadata, 20, 64) || '"}'
+        WHERE metadata ~ '^[{]"_helamem_turn": "[0-9a-f]{64}"[}]$';
     """,
 )
 PG_SCHEMA_VERSION = len(PG_MIGRATIONS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sqlite3
 import time
@@ -40,6 +41,8 @@ __all__ = [
     "text_shape",
     "scope_path",
     "unique_key",
+    "legacy_unique_key",
+    "LEGACY_TURN_KEY",
     "sqlite_errors",
     "storage_error",
 ]
@@ -180,18 +183,42 @@ MIGRATIONS: tuple[str, ...] = (
     # 9: a turn's idempotency key (``add_turn``'s ``unique_on``: its metadata pairs as
     # ASCII JSON, keys sorted, no spaces: :func:`unique_key`), found by scope through an
     # index in the write transaction. Backfilled for the AutoGen adapter's turn
-    # identity (metadata "_helamem_turn", hex), which it looked up by metadata before
+    # identity, which it looked up by metadata before (:func:`legacy_unique_key`: its
+    # turns' metadata is exactly {"_helamem_turn": <64 hex digits>}, as dump_json
+    # writes it; matched as text, so no row's other JSON is decoded)
     """
     ALTER TABLE memories ADD COLUMN unique_key TEXT;
     CREATE INDEX memories_unique ON memories(scope_id, unique_key) WHERE unique_key IS NOT NULL;
-    UPDATE memories
-        SET unique_key = '{"_helamem_turn":'
-            || json_quote(json_extract(metadata, '$._helamem_turn')) || '}'
-        WHERE instr(metadata, '_helamem_turn') > 0
-            AND json_type(metadata, '$._helamem_turn') = 'text';
+    UPDATE memories SET unique_key = helamem_legacy_unique_key(metadata)
+        WHERE metadata LIKE '{"_helamem_turn": "%"}' AND length(metadata) = 85;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+LEGACY_TURN_KEY = "_helamem_turn"
+"""The metadata key of the AutoGen adapter's turn identity (a sha256, hex), which it
+looked up by metadata before turns stored their ``unique_key``."""
+
+_LEGACY = re.compile(r'\{"_helamem_turn": "([0-9a-f]{64})"\}')
+
+
+def legacy_unique_key(metadata: str) -> str | None:
+    """The ``unique_key`` of a memory stored before idempotency keys existed, from its
+    metadata as :func:`~helamem.core.types.dump_json` wrote it: that of
+    ``{"_helamem_turn": <hex>}`` when the metadata is exactly an AutoGen turn's
+    identity (64 hex digits; migration 9, and an import of an older export), else
+    ``None``.
+
+    Examples:
+        >>> legacy_unique_key('{"_helamem_turn": "' + "ab" * 32 + '"}') == unique_key(
+        ...     {"_helamem_turn": "ab" * 32})
+        True
+        >>> legacy_unique_key('{"other": "x"}') is None
+        True
+    """
+    found = _LEGACY.fullmatch(metadata) if LEGACY_TURN_KEY in metadata else None
+    return None if found is None else unique_key({LEGACY_TURN_KEY: found.group(1)})
 
 
 def unique_key(fields: Mapping[str, str]) -> str:
@@ -475,6 +502,9 @@ class SQLiteConnection:
                 except sqlite3.OperationalError:
                     db.create_function("POWER", 2, math.pow, deterministic=True)
                 db.create_function("helamem_shape", 2, _row_shape, deterministic=True)
+                db.create_function(
+                    "helamem_legacy_unique_key", 1, legacy_unique_key, deterministic=True
+                )
                 # a damaged file often opens fine and fails on the first read
                 db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
                 return
