@@ -81,7 +81,29 @@ def test_completed_turn_needs_a_final_answer() -> None:
     human = HumanMessage("hi", id="h1")
     done: Any = {"channel_values": {"messages": [human, AIMessage("hello")]}}
     assert completed_turn(cfg, done, {"source": "loop"}) == ("t", "h1", "hi", "hello")
-    assert completed_turn(cfg, done, {"source": "update"}) is None
+    # an answer written with update_state (human in the loop) completes a turn too
+    assert completed_turn(cfg, done, {"source": "update"}) == ("t", "h1", "hi", "hello")
+    assert completed_turn(cfg, done, {"source": "fork"}) is None
+    assert completed_turn(cfg, done, {"source": "input"}) is None
+    # every question since the answer before: two sent at once, one never answered
+    two: Any = {
+        "channel_values": {
+            "messages": [
+                HumanMessage("old", id="h0"),
+                AIMessage("old answer"),
+                HumanMessage("my bike is red", id="h1"),
+                AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "1"}]),
+                HumanMessage("my car is blue", id="h2"),
+                AIMessage("noted"),
+            ]
+        }
+    }
+    assert completed_turn(cfg, two, {"source": "loop"}) == (
+        "t",
+        "h2",
+        "my bike is red\nmy car is blue",
+        "noted",
+    )
     running: Any = {"channel_values": {"messages": [human, AIMessage("x")], "branch:to:b": None}}
     assert completed_turn(cfg, running, {"source": "loop"}) is None
     tools: Any = {
@@ -305,4 +327,97 @@ def test_human_messages_without_ids_and_without_a_reducer_are_each_a_turn(
             graph.invoke({"messages": [HumanMessage(text)]}, cfg)
         rec.flush_sync()
     assert mem.stats(("threads", "t1")).memories == 6
+    mem.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_time_travel_with_a_history_config_keeps_the_users_scope(
+    tmp_path: Path, new_memory: Any, mode: str
+) -> None:
+    """Configs from ``get_state_history`` hold only LangGraph's keys: a replay or fork
+    from one recorded its turn under ``("threads", id)``, not the run's ``("users",
+    user_id)`` (new-user trial), so the replayed turn was stored twice and the fork
+    was out of the user's searches. The run keys now come from the checkpoints'
+    metadata, also for a fresh checkpointer (another process)."""
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
+
+    def run(graph: Any, value: Any, config: Any) -> None:
+        if mode == "sync":
+            graph.invoke(value, config)
+        else:
+            asyncio.run(graph.ainvoke(value, config))
+
+    with TurnRecorder(mem) as rec:
+        graph = _counting_graph(HelaMemCheckpointer(rec, saver))
+        run(graph, {"messages": [HumanMessage("question A", id="h1")]}, cfg)
+        run(graph, {"messages": [HumanMessage("question B", id="h2")]}, cfg)
+        history = list(graph.get_state_history(cfg))
+        before_a = next(
+            s
+            for s in history
+            if s.next == ("bot",) and s.values["messages"][-1].content == "question A"
+        )
+        after_a = next(
+            s for s in history if s.next == () and s.values["messages"][-1].content == "answer 0"
+        )
+        assert set(before_a.config["configurable"]) == {
+            "thread_id",
+            "checkpoint_ns",
+            "checkpoint_id",
+        }
+        run(graph, None, before_a.config)  # replays A: "answer 2", not recorded
+        fresh = _counting_graph(HelaMemCheckpointer(rec, saver))
+        run(fresh, {"messages": [HumanMessage("question C", id="h3")]}, after_a.config)
+        rec.flush_sync()
+    assert _turn_texts(mem, ("users", "alice")) == [
+        "answer 0",
+        "answer 0",  # the fresh graph's counter: its first answer
+        "answer 1",
+        "question A",
+        "question B",
+        "question C",
+    ]
+    assert mem.stats(("threads", "t1")).memories == 0
+    mem.close()
+
+
+def test_an_answer_written_with_update_state_and_a_failed_turns_question_are_kept(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """New-user trial: a human-in-the-loop answer written with ``update_state(...,
+    as_node="bot")`` completed the thread but was never recorded (only "loop"
+    checkpoints were); a question whose run failed, then another answered, kept only
+    the last (the first was lost)."""
+    fail = {"on": False}
+
+    def bot(state: MessagesState) -> dict[str, Any]:
+        if fail["on"]:
+            fail["on"] = False
+            raise RuntimeError("model down")
+        return {"messages": [AIMessage(f"answer to {state['messages'][-1].content}")]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("bot", bot)
+    g.add_edge(START, "bot")
+    g.add_edge("bot", END)
+    mem = new_memory(tmp_path / "mem")
+    with TurnRecorder(mem) as rec:
+        cp = HelaMemCheckpointer(rec, InMemorySaver())
+        hitl = g.compile(checkpointer=cp, interrupt_before=["bot"])
+        c1: Any = {"configurable": {"thread_id": "h", "user_id": "alice"}}
+        hitl.invoke({"messages": [HumanMessage("what is my pin?", id="q1")]}, c1)
+        hitl.update_state(c1, {"messages": [AIMessage("a human wrote: 1234")]}, as_node="bot")
+        graph = g.compile(checkpointer=cp)
+        c2: Any = {"configurable": {"thread_id": "f", "user_id": "alice"}}
+        fail["on"] = True
+        with pytest.raises(RuntimeError, match="model down"):
+            graph.invoke({"messages": [HumanMessage("my bike is red", id="q2")]}, c2)
+        graph.invoke({"messages": [HumanMessage("my car is blue", id="q3")]}, c2)
+        rec.flush_sync()
+    texts = _turn_texts(mem, ("users", "alice"))
+    assert "what is my pin?" in texts and "a human wrote: 1234" in texts
+    assert "my bike is red\nmy car is blue" in texts
+    assert mem.stats(("users", "alice")).memories == 4
     mem.close()

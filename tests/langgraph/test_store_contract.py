@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -455,3 +456,19 @@ def test_a_lone_surrogate_in_an_address_is_refused_by_name(store: HelaMemStore, 
     if where == "namespace":
         with pytest.raises(InvalidNamespaceError, match="lone surrogate"):
             store.search(ns, query="t")
+
+
+def test_times_are_aware_utc_so_documents_and_turns_sort_together(
+    store: HelaMemStore, memory: HelaMemory
+) -> None:
+    """``SqliteStore``'s documents had naive times, recorded turns aware ones: sorting a
+    search by ``updated_at`` raised ``TypeError`` (new-user trial). ``InMemoryStore``
+    gives aware UTC times; so does every item now."""
+    memory.add_turn(NS, "I like green tea", "noted")
+    store.put(NS, "k", {"text": "green tea is good"})
+    items = [*store.search(NS, query="green tea"), store.get(NS, "k")]
+    assert len(items) == 4  # the turn's two messages, the document, its get
+    for item in items:
+        assert item is not None
+        assert item.created_at.utcoffset() == item.updated_at.utcoffset() == timedelta(0)
+    assert len(sorted(items, key=lambda i: i.updated_at)) == 4  # type: ignore[union-attr]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -150,23 +151,41 @@ def check_op(op: Op, supports_ttl: bool, documents: BaseStore | None) -> None:
             )
 
 
+def _utc(when: datetime | str) -> datetime:
+    """``when`` as an aware UTC datetime: ``SqliteStore`` gives naive UTC times (SQLite's
+    ``CURRENT_TIMESTAMP``), recorded memories and ``InMemoryStore`` aware ones; one
+    listing must compare (sorting a mix raised ``TypeError``)."""
+    if isinstance(when, str):
+        when = datetime.fromisoformat(when)
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
 def public(item: Item, score: float | None = None, scored: bool = False) -> Any:
-    """A document store item without the reserved field (a ``SearchItem`` if ``scored``)."""
+    """A document store item without the reserved field (a ``SearchItem`` if ``scored``),
+    its times aware UTC datetimes."""
     value = {k: v for k, v in item.value.items() if k != ID_FIELD}
-    created = doc_meta(item).get("created_at") or item.created_at
+    created = _utc(doc_meta(item).get("created_at") or item.created_at)
+    updated = _utc(item.updated_at)
     if scored:
-        return SearchItem(item.namespace, item.key, value, created, item.updated_at, score)
+        return SearchItem(item.namespace, item.key, value, created, updated, score)
     return Item(
         value=value,
         key=item.key,
         namespace=item.namespace,
         created_at=created,
-        updated_at=item.updated_at,
+        updated_at=updated,
     )
 
 
 def searched(item: Item, score: float | None = None) -> SearchItem:
-    return SearchItem(item.namespace, item.key, item.value, item.created_at, item.updated_at, score)
+    return SearchItem(
+        item.namespace,
+        item.key,
+        item.value,
+        _utc(item.created_at),
+        _utc(item.updated_at),
+        score,
+    )
 
 
 def addressable(namespace: Sequence[str]) -> bool:

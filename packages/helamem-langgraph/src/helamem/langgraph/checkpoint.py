@@ -152,7 +152,10 @@ def completed_turn(
     conf = config.get("configurable", {})
     thread = conf.get("thread_id")
     values = checkpoint.get("channel_values") or {}
-    if metadata.get("source") != "loop" or conf.get("checkpoint_ns") or thread is None:
+    # a step of the graph, or an answer written with update_state (human in the loop)
+    if metadata.get("source") not in ("loop", "update") or conf.get("checkpoint_ns"):
+        return None
+    if thread is None:
         return None
     if any(_triggers(str(ch), v) for ch, v in values.items()):
         return None  # more nodes are triggered: the run goes on
@@ -165,8 +168,22 @@ def completed_turn(
     humans = [i for i, m in enumerate(messages) if _role(m) == "human"]
     if not humans:
         return None
+    # and every human message before it since the answer to the turn before (two sent
+    # at once, or one whose run failed before it was answered): the turn's question
+    start = next(
+        (
+            i + 1
+            for i in range(humans[-1] - 1, -1, -1)
+            if _role(messages[i]) == "ai"
+            and not _field(messages[i], "tool_calls")
+            and not is_blank(_text(messages[i]))
+        ),
+        0,
+    )
+    humans = [i for i in humans if i >= start]
     human = messages[humans[-1]]
-    user, answer = _text(human), _text(last)
+    user = "\n".join(t for i in humans if not is_blank(t := _text(messages[i])))
+    answer = _text(last)
     if is_blank(user) or is_blank(answer):  # the core stores no blank text
         return None
     # the human message's id, else its place and text (NO_ID: not an identity, a
@@ -177,6 +194,22 @@ def completed_turn(
 
 NO_ID = "no-id:"
 """The prefix of a turn key made for a human message without an id."""
+
+
+_LANGGRAPH_KEYS = frozenset({"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map"})
+_METADATA_KEYS = frozenset({"source", "step", "parents", "writes", "run_id"})
+_ANCESTORS = 8
+"""Checkpoints looked at, newest first, for a bare config's run keys (a replay's
+fork checkpoints lack them; the original run's have them)."""
+
+
+def _run_keys(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's configurable keys a saver kept in a checkpoint's metadata."""
+    return {
+        k: v
+        for k, v in (metadata or {}).items()
+        if k not in _METADATA_KEYS and k not in _LANGGRAPH_KEYS and not k.startswith("__")
+    }
 
 
 def _identity(thread: str, key: str) -> dict[str, Any]:
@@ -241,6 +274,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._stack = ExitStack()
         self._astack = AsyncExitStack()
         self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
+        # thread -> its runs' configurable keys (user_id, ...), read for a bare config
+        self._run_keys: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._max_threads = max_threads
         self._mode: str | None = None  # "sync"/"async": the default saver this opened
         self._closed = False
@@ -341,12 +376,40 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
 
     # -- turn recording -----------------------------------------------------------
 
-    def _turn(
+    def _completed(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
-    ) -> tuple[Sequence[str], Turn, list[str]] | None:
+    ) -> Turn | None:
         turn = completed_turn(config, checkpoint, metadata, self.messages_key)
-        if turn is None or self._recorded.get(turn[0]) == turn[1]:
-            return None
+        return None if turn is None or self._recorded.get(turn[0]) == turn[1] else turn
+
+    def _known_run_keys(self, config: RunnableConfig) -> dict[str, Any] | None:
+        """The run's own configurable keys a bare config lacks (``{}``: none needed),
+        or ``None`` when they must be read from the checkpoint's ancestors.
+
+        A config from ``get_state_history`` (time travel) holds only LangGraph's keys:
+        its ``user_id`` and the like are in the metadata of the checkpoints the run
+        that made them wrote (savers keep a run's configurable keys there)."""
+        conf = config.get("configurable", {})
+        thread = conf.get("thread_id")
+        if any(k not in _LANGGRAPH_KEYS and not k.startswith("__") for k in conf):
+            return {}  # the run's own config: the scope reads it
+        if thread is None or "checkpoint_id" not in conf:
+            return {}
+        return self._run_keys.get(str(thread))
+
+    def _remember_run_keys(self, config: RunnableConfig, found: dict[str, Any]) -> None:
+        thread = str(config.get("configurable", {}).get("thread_id"))
+        self._run_keys[thread] = found
+        self._run_keys.move_to_end(thread)
+        while len(self._run_keys) > self._max_threads:
+            self._run_keys.popitem(last=False)
+
+    def _turn(
+        self, config: RunnableConfig, turn: Turn, run_keys: Mapping[str, Any]
+    ) -> tuple[Sequence[str], Turn, list[str]] | None:
+        if run_keys:
+            conf = dict(config.get("configurable", {}))
+            config = {**config, "configurable": {**run_keys, **conf}}
         scope = self.scope(config)
         if scope is None:
             return None
@@ -360,7 +423,20 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     def _record_sync(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
     ) -> None:
-        found = self._turn(config, checkpoint, metadata)
+        turn = self._completed(config, checkpoint, metadata)
+        if turn is None:
+            return
+        keys = self._known_run_keys(config)
+        if keys is None:
+            parent: RunnableConfig | None = config
+            keys = {}
+            for _ in range(_ANCESTORS):
+                tup = self.saver.get_tuple(parent) if parent is not None else None
+                if tup is None or (keys := _run_keys(tup.metadata)):
+                    break
+                parent = tup.parent_config
+            self._remember_run_keys(config, keys)
+        found = self._turn(config, turn, keys)
         if found is not None:
             scope, (thread, key, user, answer), used = found
             self.recorder.record_turn_sync(
@@ -370,7 +446,20 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     async def _record(
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
     ) -> None:
-        found = self._turn(config, checkpoint, metadata)
+        turn = self._completed(config, checkpoint, metadata)
+        if turn is None:
+            return
+        keys = self._known_run_keys(config)
+        if keys is None:  # as _record_sync
+            parent: RunnableConfig | None = config
+            keys = {}
+            for _ in range(_ANCESTORS):
+                tup = await self.saver.aget_tuple(parent) if parent is not None else None
+                if tup is None or (keys := _run_keys(tup.metadata)):
+                    break
+                parent = tup.parent_config
+            self._remember_run_keys(config, keys)
+        found = self._turn(config, turn, keys)
         if found is not None:
             scope, (thread, key, user, answer), used = found
             await self.recorder.record_turn(
