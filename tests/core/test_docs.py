@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from helamem.core import config, context, dynamics, hooks, ids, prompts, retrieval, text, types
+from helamem.core.storage import unique
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +34,7 @@ def test_readme_python_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.parametrize(
-    "module", [dynamics, retrieval, text, ids, types, config, context, hooks, prompts]
+    "module", [dynamics, retrieval, text, ids, types, config, context, hooks, prompts, unique]
 )
 def test_module_doctests(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from helamem.core import HelaMemory, InvalidInputError, NewTurn, TurnRecorder
-from helamem.core.storage.sqlite_schema import unique_key
+from helamem.core.storage.unique import unique_key
 from races import racing_tx
 
 ALICE = ("users", "alice")

@@ -21,7 +21,7 @@ from .errors import (
 )
 from .ids import new_id
 from .storage.base import EdgeRow, MemoryRow
-from .storage.sqlite_schema import unique_key
+from .storage.unique import unique_key
 from .text import keywords, safe_text
 from .types import (
     Kind,
@@ -125,7 +125,7 @@ class IngestOps(LearningOps):
         ``unique[i]`` (metadata ``key: value`` pairs): group ``i`` is not stored
         when a memory of its first memory's scope node was stored with the same pairs
         as its ``unique_on`` (a group before it in this call included: the stored
-        idempotency key, :func:`~.storage.sqlite_schema.unique_key`, found through an
+        idempotency key, :func:`~.storage.unique.unique_key`, found through an
         index); the check and the insert share the write transaction, so of processes
         racing with one group, one stores it.
         The skipped group's place in the result holds the stored memories

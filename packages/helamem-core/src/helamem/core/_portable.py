@@ -54,7 +54,7 @@ from ._maintenance import _mark_key
 from ._portable_read import ExportFormatError, MemoryLine, Reader
 from .errors import DiskFullError, InvalidInputError, StorageError
 from .storage.base import EdgeRow, MemoryRow
-from .storage.sqlite_schema import legacy_unique_key
+from .storage.unique import legacy_unique_key
 from .text import safe_text
 from .types import Scope, normalize_scope
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from ..errors import CorruptStoreError, DiskFullError, StorageError
 from .base import MemoryRow
 from .sqlite_checkpoint import WalCheckpointer, set_backstop
 from .sqlite_fork import check_not_inherited, closed, opened
+from .unique import legacy_unique_key
 
 __all__ = [
     "MIGRATIONS",
@@ -40,9 +40,6 @@ __all__ = [
     "qmarks",
     "text_shape",
     "scope_path",
-    "unique_key",
-    "legacy_unique_key",
-    "LEGACY_TURN_KEY",
     "sqlite_errors",
     "storage_error",
 ]
@@ -181,9 +178,9 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE content_raw IS NOT NULL OR instr(CAST(content AS BLOB), x'00') > 0;
     """,
     # 9: a turn's idempotency key (``add_turn``'s ``unique_on``: its metadata pairs as
-    # ASCII JSON, keys sorted, no spaces: :func:`unique_key`), found by scope through an
+    # ASCII JSON, keys sorted, no spaces: :func:`.unique.unique_key`), found by scope through an
     # index in the write transaction. Backfilled for the AutoGen adapter's turn
-    # identity, which it looked up by metadata before (:func:`legacy_unique_key`: its
+    # identity, which it looked up by metadata before (:func:`.unique.legacy_unique_key`: its
     # turns' metadata is exactly {"_helamem_turn": <64 hex digits>}, as dump_json
     # writes it; matched as text, so no row's other JSON is decoded)
     """
@@ -194,41 +191,6 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-LEGACY_TURN_KEY = "_helamem_turn"
-"""The metadata key of the AutoGen adapter's turn identity (a sha256, hex), which it
-looked up by metadata before turns stored their ``unique_key``."""
-
-_LEGACY = re.compile(r'\{"_helamem_turn": "([0-9a-f]{64})"\}')
-
-
-def legacy_unique_key(metadata: str) -> str | None:
-    """The ``unique_key`` of a memory stored before idempotency keys existed, from its
-    metadata as :func:`~helamem.core.types.dump_json` wrote it: that of
-    ``{"_helamem_turn": <hex>}`` when the metadata is exactly an AutoGen turn's
-    identity (64 hex digits; migration 9, and an import of an older export), else
-    ``None``.
-
-    Examples:
-        >>> legacy_unique_key('{"_helamem_turn": "' + "ab" * 32 + '"}') == unique_key(
-        ...     {"_helamem_turn": "ab" * 32})
-        True
-        >>> legacy_unique_key('{"other": "x"}') is None
-        True
-    """
-    found = _LEGACY.fullmatch(metadata) if LEGACY_TURN_KEY in metadata else None
-    return None if found is None else unique_key({LEGACY_TURN_KEY: found.group(1)})
-
-
-def unique_key(fields: Mapping[str, str]) -> str:
-    """The stored idempotency key of a turn's ``unique_on`` pairs (migration 9).
-
-    Examples:
-        >>> unique_key({"b": "2", "a": "é"})
-        '{"a":"\\u00e9","b":"2"}'
-    """
-    return json.dumps(dict(sorted(fields.items())), ensure_ascii=True, separators=(",", ":"))
 
 
 MEMORY_COLS = (

@@ -500,7 +500,7 @@ class SQLiteUpkeep(SQLiteConnection):
 
     def ids_with_unique_key(self, scope_id: int, key: str) -> list[str]:
         """Ids of scope node ``scope_id``'s memories stored with idempotency key ``key``
-        (:func:`~.sqlite_schema.unique_key`), oldest first (an index lookup)."""
+        (:func:`~.unique.unique_key`), oldest first (an index lookup)."""
         rows = self.db.execute(
             "SELECT id FROM memories WHERE scope_id = ? AND unique_key = ? ORDER BY n",
             (scope_id, key),
