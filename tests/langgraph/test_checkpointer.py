@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from langgraph.store.base import BaseStore
 
 from helamem.core import HashingEmbedder, HelaMemory, TurnRecorder
 from helamem.langgraph import (
+    SCOPE_KEY,
     CheckpointerNotOpenError,
     HelaMemCheckpointer,
     HelaMemStore,
@@ -420,4 +422,106 @@ def test_an_answer_written_with_update_state_and_a_failed_turns_question_are_kep
     assert "what is my pin?" in texts and "a human wrote: 1234" in texts
     assert "my bike is red\nmy car is blue" in texts
     assert mem.stats(("users", "alice")).memories == 4
+    mem.close()
+
+
+def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Review of the ancestor walk: continuing from ``get_state(cfg).config`` turn after
+    turn, each time with a fresh checkpointer (a new process), ran out of the walk's
+    depth and went to ``("threads", id)``; a config's own ``metadata`` stopped the walk
+    or named another user; an anonymous first turn kept a stale per-thread cache. Now
+    every put stamps its scope in the checkpoint's metadata (``SCOPE_KEY``) and a bare
+    config takes its parent's."""
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    with TurnRecorder(mem) as rec:
+        anon: Any = {"configurable": {"thread_id": "t1"}}
+        _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(
+            {"messages": [HumanMessage("q0", id="m0")]}, anon
+        )  # before login: ("threads", "t1")
+        login: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
+        graph = _counting_graph(HelaMemCheckpointer(rec, saver))
+        graph.invoke({"messages": [HumanMessage("q1", id="m1")]}, login)
+        for i in range(2, 8):  # a UI that goes on from the last state, a new process each turn
+            fresh = _counting_graph(HelaMemCheckpointer(rec, saver))
+            bare = fresh.get_state(login).config
+            assert set(bare["configurable"]) == {"thread_id", "checkpoint_ns", "checkpoint_id"}
+            if i == 5:  # request metadata, even one naming another user, is no run key
+                bare = {**bare, "metadata": {"request_id": "r1", "user_id": "mallory"}}
+            fresh.invoke({"messages": [HumanMessage(f"q{i}", id=f"m{i}")]}, bare)
+        rec.flush_sync()
+    assert mem.stats(("threads", "t1")).memories == 2  # q0's turn only
+    assert mem.stats(("users", "alice")).memories == 14  # q1..q7, each once
+    assert mem.stats(("users", "mallory")).memories == 0
+    meta = next(iter(saver.list(login))).metadata
+    assert meta is not None and meta[SCOPE_KEY] == ["users", "alice"]  # type: ignore[literal-required]
+    mem.close()
+
+
+def test_a_failing_parent_read_neither_fails_the_run_nor_loses_the_turn(
+    tmp_path: Path, new_memory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Flaky(InMemorySaver):
+        armed = False
+
+        def get_tuple(self, config: Any) -> Any:
+            # the checkpointer's read of a put's parent (the graph's own reads succeed)
+            if self.armed and sys._getframe(1).f_code.co_name == "put":
+                raise ConnectionError("network down")
+            return super().get_tuple(config)
+
+    mem = new_memory(tmp_path / "mem")
+    saver = Flaky()
+    cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
+    with TurnRecorder(mem) as rec:
+        _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(
+            {"messages": [HumanMessage("q1", id="m1")]}, cfg
+        )
+        last = InMemorySaver.get_tuple(saver, cfg)
+        assert last is not None
+        saver.armed = True
+        with caplog.at_level("WARNING"):
+            _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(
+                {"messages": [HumanMessage("q2", id="m2")]}, last.config
+            )
+        rec.flush_sync()
+    assert "network down" in caplog.text
+    assert mem.stats(("threads", "t1")).memories == 2  # the config's scope, recorded
+    mem.close()
+
+
+def test_id_less_turns_repeat_and_updates_of_other_channels_record_nothing(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Review: "yes" then "yes" (no ids, no reducer) kept one turn; an ``update_state``
+    of another channel re-recorded the last id-less turn from a fresh checkpointer."""
+
+    class State(TypedDict):
+        messages: list[Any]
+        title: str
+
+    answers = itertools.count()
+
+    def bot(state: State) -> dict[str, Any]:
+        return {"messages": [*state["messages"], AIMessage(f"answer {next(answers)}")]}
+
+    g = StateGraph(State)
+    g.add_node("bot", bot)
+    g.add_edge(START, "bot")
+    g.add_edge("bot", END)
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    cfg: Any = {"configurable": {"thread_id": "t1"}}
+    with TurnRecorder(mem) as rec:
+        graph = g.compile(checkpointer=HelaMemCheckpointer(rec, saver))
+        for _ in range(2):
+            graph.invoke({"messages": [HumanMessage("yes")]}, cfg)
+        for title in ("a", "b"):
+            g.compile(checkpointer=HelaMemCheckpointer(rec, saver)).update_state(
+                cfg, {"title": title}
+            )
+        rec.flush_sync()
+    assert mem.stats(("threads", "t1")).memories == 4
     mem.close()

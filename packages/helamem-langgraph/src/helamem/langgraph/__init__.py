@@ -10,6 +10,7 @@ Examples:
 """
 
 from .checkpoint import (
+    SCOPE_KEY,
     CheckpointerClosedError,
     CheckpointerModeError,
     CheckpointerNotOpenError,
@@ -22,6 +23,7 @@ from .store import ID_FIELD, HelaMemStore
 
 __all__ = [
     "ID_FIELD",
+    "SCOPE_KEY",
     "CheckpointerClosedError",
     "CheckpointerModeError",
     "CheckpointerNotOpenError",

@@ -188,7 +188,7 @@ def completed_turn(
         return None
     # the human message's id, else its place and text (NO_ID: not an identity, a
     # messages channel without a reducer repeats it)
-    key = str(_field(human, "id") or f"{NO_ID}{humans[-1]}:{hash(user)}")
+    key = str(_field(human, "id") or f"{NO_ID}{humans[-1]}:{hash(user)}:{hash(answer)}")
     return str(thread), key, user, answer
 
 
@@ -198,13 +198,29 @@ NO_ID = "no-id:"
 
 _LANGGRAPH_KEYS = frozenset({"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map"})
 _METADATA_KEYS = frozenset({"source", "step", "parents", "writes", "run_id"})
-_ANCESTORS = 8
-"""Checkpoints looked at, newest first, for a bare config's run keys (a replay's
-fork checkpoints lack them; the original run's have them)."""
+
+SCOPE_KEY = "helamem_scope"
+"""The checkpoint metadata key that holds the HeLa-Mem scope of the run that wrote the
+checkpoint (a list of str), so a run from a config without the run's keys (one from
+``get_state_history``: time travel) records in the same scope as the run it continues."""
+
+
+def _has_run_keys(config: RunnableConfig) -> bool:
+    """Whether ``config`` holds keys of its own (``user_id``, ...), not only LangGraph's."""
+    conf = config.get("configurable", {})
+    return any(k not in _LANGGRAPH_KEYS and not k.startswith("__") for k in conf)
+
+
+def _stamped(metadata: Mapping[str, Any] | None) -> tuple[str, ...] | None:
+    scope = (metadata or {}).get(SCOPE_KEY)
+    if isinstance(scope, list | tuple) and scope and all(isinstance(x, str) for x in scope):
+        return tuple(scope)
+    return None
 
 
 def _run_keys(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The run's configurable keys a saver kept in a checkpoint's metadata."""
+    """The run's configurable keys a saver kept in a checkpoint's metadata (checkpoints
+    written before :data:`SCOPE_KEY`)."""
     return {
         k: v
         for k, v in (metadata or {}).items()
@@ -274,8 +290,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._stack = ExitStack()
         self._astack = AsyncExitStack()
         self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
-        # thread -> its runs' configurable keys (user_id, ...), read for a bare config
-        self._run_keys: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # checkpoint id -> the scope stamped on it (this checkpointer's recent puts)
+        self._scopes: OrderedDict[str, tuple[str, ...] | None] = OrderedDict()
         self._max_threads = max_threads
         self._mode: str | None = None  # "sync"/"async": the default saver this opened
         self._closed = False
@@ -377,40 +393,60 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     # -- turn recording -----------------------------------------------------------
 
     def _completed(
-        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
     ) -> Turn | None:
+        if metadata.get("source") == "update" and self.messages_key not in new_versions:
+            return None  # an update_state of other channels answers nothing
         turn = completed_turn(config, checkpoint, metadata, self.messages_key)
         return None if turn is None or self._recorded.get(turn[0]) == turn[1] else turn
 
-    def _known_run_keys(self, config: RunnableConfig) -> dict[str, Any] | None:
-        """The run's own configurable keys a bare config lacks (``{}``: none needed),
-        or ``None`` when they must be read from the checkpoint's ancestors.
+    def _known_scope(self, config: RunnableConfig) -> tuple[bool, Sequence[str] | None]:
+        """``(True, scope)`` when ``config`` decides the scope (it holds the run's keys,
+        or starts a thread) or this checkpointer wrote its parent, else ``(False, None)``:
+        the parent checkpoint's :data:`SCOPE_KEY` decides."""
+        parent = config.get("configurable", {}).get("checkpoint_id")
+        if _has_run_keys(config) or parent is None:
+            return True, self.scope(config)
+        if parent in self._scopes:
+            return True, self._scopes[parent]
+        return False, None
 
-        A config from ``get_state_history`` (time travel) holds only LangGraph's keys:
-        its ``user_id`` and the like are in the metadata of the checkpoints the run
-        that made them wrote (savers keep a run's configurable keys there)."""
-        conf = config.get("configurable", {})
-        thread = conf.get("thread_id")
-        if any(k not in _LANGGRAPH_KEYS and not k.startswith("__") for k in conf):
-            return {}  # the run's own config: the scope reads it
-        if thread is None or "checkpoint_id" not in conf:
-            return {}
-        return self._run_keys.get(str(thread))
+    def _parent_scope(self, config: RunnableConfig, tup: CheckpointTuple | None) -> Any:
+        """The scope the parent checkpoint ``tup`` was written in (its run's keys for a
+        checkpoint written before :data:`SCOPE_KEY`), else the config's."""
+        if tup is None:
+            return self.scope(config)
+        stamped = _stamped(tup.metadata)
+        if stamped is not None:
+            return stamped
+        conf = {**_run_keys(tup.metadata), **config.get("configurable", {})}
+        return self.scope({**config, "configurable": conf})
 
-    def _remember_run_keys(self, config: RunnableConfig, found: dict[str, Any]) -> None:
-        thread = str(config.get("configurable", {}).get("thread_id"))
-        self._run_keys[thread] = found
-        self._run_keys.move_to_end(thread)
-        while len(self._run_keys) > self._max_threads:
-            self._run_keys.popitem(last=False)
+    def _stamp(
+        self, metadata: CheckpointMetadata, scope: Sequence[str] | None
+    ) -> CheckpointMetadata:
+        if scope is None:
+            return metadata
+        stamped: dict[str, Any] = {**metadata, SCOPE_KEY: list(scope)}
+        return stamped  # type: ignore[return-value]
+
+    def _saved(self, saved: RunnableConfig, scope: Sequence[str] | None) -> None:
+        """Remember the scope of the checkpoint just written: its child's put reads no parent."""
+        cid = saved.get("configurable", {}).get("checkpoint_id")
+        if cid is None:
+            return
+        self._scopes[cid] = None if scope is None else tuple(scope)
+        self._scopes.move_to_end(cid)
+        while len(self._scopes) > self._max_threads:
+            self._scopes.popitem(last=False)
 
     def _turn(
-        self, config: RunnableConfig, turn: Turn, run_keys: Mapping[str, Any]
+        self, scope: Sequence[str] | None, turn: Turn
     ) -> tuple[Sequence[str], Turn, list[str]] | None:
-        if run_keys:
-            conf = dict(config.get("configurable", {}))
-            config = {**config, "configurable": {**run_keys, **conf}}
-        scope = self.scope(config)
         if scope is None:
             return None
         self._recorded[turn[0]] = turn[1]
@@ -419,52 +455,6 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             self._recorded.popitem(last=False)
         used = self.store.take_used(turn[0]) if self.store is not None else []
         return scope, turn, used
-
-    def _record_sync(
-        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
-    ) -> None:
-        turn = self._completed(config, checkpoint, metadata)
-        if turn is None:
-            return
-        keys = self._known_run_keys(config)
-        if keys is None:
-            parent: RunnableConfig | None = config
-            keys = {}
-            for _ in range(_ANCESTORS):
-                tup = self.saver.get_tuple(parent) if parent is not None else None
-                if tup is None or (keys := _run_keys(tup.metadata)):
-                    break
-                parent = tup.parent_config
-            self._remember_run_keys(config, keys)
-        found = self._turn(config, turn, keys)
-        if found is not None:
-            scope, (thread, key, user, answer), used = found
-            self.recorder.record_turn_sync(
-                scope, user, answer, used_ids=used, **_identity(thread, key)
-            )
-
-    async def _record(
-        self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata
-    ) -> None:
-        turn = self._completed(config, checkpoint, metadata)
-        if turn is None:
-            return
-        keys = self._known_run_keys(config)
-        if keys is None:  # as _record_sync
-            parent: RunnableConfig | None = config
-            keys = {}
-            for _ in range(_ANCESTORS):
-                tup = await self.saver.aget_tuple(parent) if parent is not None else None
-                if tup is None or (keys := _run_keys(tup.metadata)):
-                    break
-                parent = tup.parent_config
-            self._remember_run_keys(config, keys)
-        found = self._turn(config, turn, keys)
-        if found is not None:
-            scope, (thread, key, user, answer), used = found
-            await self.recorder.record_turn(
-                scope, user, answer, used_ids=used, **_identity(thread, key)
-            )
 
     # -- forwarding (sync) ---------------------------------------------------------
 
@@ -492,8 +482,22 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        saved = self.saver.put(config, checkpoint, metadata, new_versions)
-        self._record_sync(config, checkpoint, metadata)
+        known, scope = self._known_scope(config)
+        if not known:
+            try:
+                scope = self._parent_scope(config, self.saver.get_tuple(config))
+            except Exception as exc:  # noqa: BLE001 (any saver's error: the put goes on)
+                logger.warning("reading the parent checkpoint's scope failed: %r", exc)
+                scope = self.scope(config)
+        saved = self.saver.put(config, checkpoint, self._stamp(metadata, scope), new_versions)
+        self._saved(saved, scope)
+        turn = self._completed(config, checkpoint, metadata, new_versions)
+        found = None if turn is None else self._turn(scope, turn)
+        if found is not None:
+            where, (thread, key, user, answer), used = found
+            self.recorder.record_turn_sync(
+                where, user, answer, used_ids=used, **_identity(thread, key)
+            )
         return saved
 
     def put_writes(
@@ -549,8 +553,23 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        saved = await self._async_saver().aput(config, checkpoint, metadata, new_versions)
-        await self._record(config, checkpoint, metadata)
+        saver = self._async_saver()
+        known, scope = self._known_scope(config)
+        if not known:  # as put
+            try:
+                scope = self._parent_scope(config, await saver.aget_tuple(config))
+            except Exception as exc:  # noqa: BLE001 (any saver's error: the put goes on)
+                logger.warning("reading the parent checkpoint's scope failed: %r", exc)
+                scope = self.scope(config)
+        saved = await saver.aput(config, checkpoint, self._stamp(metadata, scope), new_versions)
+        self._saved(saved, scope)
+        turn = self._completed(config, checkpoint, metadata, new_versions)
+        found = None if turn is None else self._turn(scope, turn)
+        if found is not None:
+            where, (thread, key, user, answer), used = found
+            await self.recorder.record_turn(
+                where, user, answer, used_ids=used, **_identity(thread, key)
+            )
         return saved
 
     async def aput_writes(
