@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import sys
 import threading
@@ -456,7 +457,8 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
     assert mem.stats(("users", "alice")).memories == 14  # q1..q7, each once
     assert mem.stats(("users", "mallory")).memories == 0
     meta = next(iter(saver.list(login))).metadata
-    assert meta is not None and meta[SCOPE_KEY] == ["users", "alice"]  # type: ignore[literal-required]
+    assert meta is not None
+    assert meta[SCOPE_KEY] == {"thread": "t1", "scope": ["users", "alice"]}  # type: ignore[literal-required]
     mem.close()
 
 
@@ -468,7 +470,7 @@ def test_a_failing_parent_read_neither_fails_the_run_nor_loses_the_turn(
 
         def get_tuple(self, config: Any) -> Any:
             # the checkpointer's read of a put's parent (the graph's own reads succeed)
-            if self.armed and sys._getframe(1).f_code.co_name == "put":
+            if self.armed and sys._getframe(1).f_code.co_name == "_scope_sync":
                 raise ConnectionError("network down")
             return super().get_tuple(config)
 
@@ -524,4 +526,95 @@ def test_id_less_turns_repeat_and_updates_of_other_channels_record_nothing(
             )
         rec.flush_sync()
     assert mem.stats(("threads", "t1")).memories == 4
+    mem.close()
+
+
+class _Copying(InMemorySaver):
+    """An InMemorySaver with ``copy_thread`` (ids and metadata copied, as the spec says)."""
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        self.storage[target_thread_id] = copy.deepcopy(self.storage[source_thread_id])
+        for (thread, ns, cid), writes in list(self.writes.items()):
+            if thread == source_thread_id:
+                self.writes[(target_thread_id, ns, cid)] = copy.deepcopy(writes)
+        for (thread, ns, ch, v), blob in list(self.blobs.items()):
+            if thread == source_thread_id:
+                self.blobs[(target_thread_id, ns, ch, v)] = blob
+
+
+def test_scopes_of_approvals_subgraphs_old_checkpoints_opt_outs_and_copies(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Review of the stamp (each failed on its first version): an approval written with
+    ``update_state`` of another channel completed the turn but was skipped; a ``scope=``
+    that needs ``user_id`` raised for a subgraph's bare put; checkpoints written before
+    the stamp lost the user's scope; a ``None`` scope was not stamped, so another
+    process recorded an opted-out user's turn; ``copy_thread`` carried the source
+    thread's scope to the copy."""
+
+    class State(MessagesState):
+        approved: bool
+
+    answers = itertools.count()
+
+    def bot(state: State) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"answer {next(answers)}")]}
+
+    inner = StateGraph(State)
+    inner.add_node("bot", bot)
+    inner.add_edge(START, "bot")
+    inner.add_edge("bot", END)
+    g = StateGraph(State)
+    g.add_node("sub", inner.compile())
+    g.add_node("review", lambda s: {})
+    g.add_edge(START, "sub")
+    g.add_edge("sub", "review")
+    g.add_edge("review", END)
+
+    def by_user(config: Any) -> tuple[str, ...] | None:
+        user = config["configurable"]["user_id"]  # a bare config has none: KeyError
+        return None if user == "ghost" else ("users", user)
+
+    mem = new_memory(tmp_path / "mem")
+    saver = _Copying()
+    alice: Any = {"configurable": {"thread_id": "a", "user_id": "alice"}}
+    ghost: Any = {"configurable": {"thread_id": "g", "user_id": "ghost"}}
+    with TurnRecorder(mem) as rec:
+
+        def graph(**kw: Any) -> Any:
+            cp = HelaMemCheckpointer(rec, saver, scope=by_user)
+            return g.compile(checkpointer=cp, **kw)
+
+        approving = graph(interrupt_before=["review"])
+        approving.invoke({"messages": [HumanMessage("q1", id="m1")]}, alice)
+        approving.update_state(alice, {"approved": True}, as_node="review")
+        bare = graph().get_state(alice).config
+        graph().invoke({"messages": [HumanMessage("q2", id="m2")]}, bare)  # subgraph, bare
+        # an opted-out user's turn, continued from a bare config by another process
+        graph().invoke({"messages": [HumanMessage("secret 1", id="s1")]}, ghost)
+        graph().invoke(
+            {"messages": [HumanMessage("secret 2", id="s2")]}, graph().get_state(ghost).config
+        )
+        # a thread written before the stamp: a run with user_id, then one from a bare config
+        plain = g.compile(checkpointer=saver)
+        old: Any = {"configurable": {"thread_id": "o", "user_id": "bob"}}
+        plain.invoke({"messages": [HumanMessage("old 1", id="o1")]}, old)
+        plain.invoke({"messages": [HumanMessage("old 2", id="o2")]}, plain.get_state(old).config)
+        graph().invoke(
+            {"messages": [HumanMessage("new 3", id="o3")]}, graph().get_state(old).config
+        )
+        # an anonymous thread (default scope) copied, the copy continued by another process
+        anon = g.compile(checkpointer=HelaMemCheckpointer(rec, saver))
+        x: Any = {"configurable": {"thread_id": "x"}}
+        anon.invoke({"messages": [HumanMessage("x 1", id="x1")]}, x)
+        saver.copy_thread("x", "y")
+        copied = g.compile(checkpointer=HelaMemCheckpointer(rec, saver))
+        y = copied.get_state({"configurable": {"thread_id": "y"}}).config
+        copied.invoke({"messages": [HumanMessage("y 2", id="y2")]}, y)
+        rec.flush_sync()
+    assert sorted(_turn_texts(mem, ("users", "alice"))) == ["answer 0", "answer 1", "q1", "q2"]
+    assert mem.stats(("users", "ghost")).memories == 0
+    assert _turn_texts(mem, ("users", "bob")) == ["answer 6", "new 3"]  # 4, 5: unrecorded
+    assert _turn_texts(mem, ("threads", "x")) == ["answer 7", "x 1"]
+    assert _turn_texts(mem, ("threads", "y")) == ["answer 8", "y 2"]
     mem.close()

@@ -9,8 +9,8 @@ Examples:
     ...     graph = builder.compile(checkpointer=saver, store=store)   # doctest: +SKIP
 """
 
+from ._scopes import SCOPE_KEY
 from .checkpoint import (
-    SCOPE_KEY,
     CheckpointerClosedError,
     CheckpointerModeError,
     CheckpointerNotOpenError,

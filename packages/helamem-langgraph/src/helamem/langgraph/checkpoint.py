@@ -35,6 +35,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from ._scopes import ReadFailed, Resolved, ScopeBook
 from .store import HelaMemStore
 
 __all__ = [
@@ -196,38 +197,6 @@ NO_ID = "no-id:"
 """The prefix of a turn key made for a human message without an id."""
 
 
-_LANGGRAPH_KEYS = frozenset({"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map"})
-_METADATA_KEYS = frozenset({"source", "step", "parents", "writes", "run_id"})
-
-SCOPE_KEY = "helamem_scope"
-"""The checkpoint metadata key that holds the HeLa-Mem scope of the run that wrote the
-checkpoint (a list of str), so a run from a config without the run's keys (one from
-``get_state_history``: time travel) records in the same scope as the run it continues."""
-
-
-def _has_run_keys(config: RunnableConfig) -> bool:
-    """Whether ``config`` holds keys of its own (``user_id``, ...), not only LangGraph's."""
-    conf = config.get("configurable", {})
-    return any(k not in _LANGGRAPH_KEYS and not k.startswith("__") for k in conf)
-
-
-def _stamped(metadata: Mapping[str, Any] | None) -> tuple[str, ...] | None:
-    scope = (metadata or {}).get(SCOPE_KEY)
-    if isinstance(scope, list | tuple) and scope and all(isinstance(x, str) for x in scope):
-        return tuple(scope)
-    return None
-
-
-def _run_keys(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The run's configurable keys a saver kept in a checkpoint's metadata (checkpoints
-    written before :data:`SCOPE_KEY`)."""
-    return {
-        k: v
-        for k, v in (metadata or {}).items()
-        if k not in _METADATA_KEYS and k not in _LANGGRAPH_KEYS and not k.startswith("__")
-    }
-
-
 def _identity(thread: str, key: str) -> dict[str, Any]:
     """A turn's metadata (its thread and human message id) and that pair as its
     ``unique_on`` key: the store records a turn once however often a checkpoint
@@ -290,8 +259,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._stack = ExitStack()
         self._astack = AsyncExitStack()
         self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
-        # checkpoint id -> the scope stamped on it (this checkpointer's recent puts)
-        self._scopes: OrderedDict[str, tuple[str, ...] | None] = OrderedDict()
+        self._scopes = ScopeBook(scope, max_threads)  # the scopes stamped on checkpoints
         self._max_threads = max_threads
         self._mode: str | None = None  # "sync"/"async": the default saver this opened
         self._closed = False
@@ -399,54 +367,51 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Turn | None:
-        if metadata.get("source") == "update" and self.messages_key not in new_versions:
-            return None  # an update_state of other channels answers nothing
         turn = completed_turn(config, checkpoint, metadata, self.messages_key)
-        return None if turn is None or self._recorded.get(turn[0]) == turn[1] else turn
+        if turn is None or self._recorded.get(turn[0]) == turn[1]:
+            return None
+        if (
+            turn[1].startswith(NO_ID)
+            and metadata.get("source") == "update"
+            and self.messages_key not in new_versions
+        ):
+            return None  # an update of other channels: an id-less turn has no unique_on
+        return turn
 
-    def _known_scope(self, config: RunnableConfig) -> tuple[bool, Sequence[str] | None]:
-        """``(True, scope)`` when ``config`` decides the scope (it holds the run's keys,
-        or starts a thread) or this checkpointer wrote its parent, else ``(False, None)``:
-        the parent checkpoint's :data:`SCOPE_KEY` decides."""
-        parent = config.get("configurable", {}).get("checkpoint_id")
-        if _has_run_keys(config) or parent is None:
-            return True, self.scope(config)
-        if parent in self._scopes:
-            return True, self._scopes[parent]
-        return False, None
+    def _scope_sync(self, config: RunnableConfig) -> Resolved:
+        """:meth:`ScopeBook.resolve` driven with the saver's ``get_tuple``."""
+        plan = self._scopes.resolve(config)
+        try:
+            want = next(plan)
+            while True:
+                try:
+                    tup = self.saver.get_tuple(want)
+                except Exception as exc:  # noqa: BLE001 (any saver's error: the put goes on)
+                    want = plan.throw(ReadFailed(repr(exc)))
+                else:
+                    want = plan.send(tup)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
-    def _parent_scope(self, config: RunnableConfig, tup: CheckpointTuple | None) -> Any:
-        """The scope the parent checkpoint ``tup`` was written in (its run's keys for a
-        checkpoint written before :data:`SCOPE_KEY`), else the config's."""
-        if tup is None:
-            return self.scope(config)
-        stamped = _stamped(tup.metadata)
-        if stamped is not None:
-            return stamped
-        conf = {**_run_keys(tup.metadata), **config.get("configurable", {})}
-        return self.scope({**config, "configurable": conf})
+    async def _scope(self, config: RunnableConfig) -> Resolved:
+        """:meth:`_scope_sync` with ``aget_tuple``."""
+        plan = self._scopes.resolve(config)
+        try:
+            want = next(plan)
+            while True:
+                try:
+                    tup = await self._async_saver().aget_tuple(want)
+                except Exception as exc:  # noqa: BLE001 (as above)
+                    want = plan.throw(ReadFailed(repr(exc)))
+                else:
+                    want = plan.send(tup)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
-    def _stamp(
-        self, metadata: CheckpointMetadata, scope: Sequence[str] | None
-    ) -> CheckpointMetadata:
-        if scope is None:
-            return metadata
-        stamped: dict[str, Any] = {**metadata, SCOPE_KEY: list(scope)}
-        return stamped  # type: ignore[return-value]
-
-    def _saved(self, saved: RunnableConfig, scope: Sequence[str] | None) -> None:
-        """Remember the scope of the checkpoint just written: its child's put reads no parent."""
-        cid = saved.get("configurable", {}).get("checkpoint_id")
-        if cid is None:
-            return
-        self._scopes[cid] = None if scope is None else tuple(scope)
-        self._scopes.move_to_end(cid)
-        while len(self._scopes) > self._max_threads:
-            self._scopes.popitem(last=False)
-
-    def _turn(
-        self, scope: Sequence[str] | None, turn: Turn
-    ) -> tuple[Sequence[str], Turn, list[str]] | None:
+    def _turn(self, got: Resolved, turn: Turn) -> tuple[Sequence[str], Turn, list[str]] | None:
+        if got.error is not None:
+            raise got.error  # the scope function failed for this turn's config
+        scope = got.scope
         if scope is None:
             return None
         self._recorded[turn[0]] = turn[1]
@@ -482,17 +447,12 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        known, scope = self._known_scope(config)
-        if not known:
-            try:
-                scope = self._parent_scope(config, self.saver.get_tuple(config))
-            except Exception as exc:  # noqa: BLE001 (any saver's error: the put goes on)
-                logger.warning("reading the parent checkpoint's scope failed: %r", exc)
-                scope = self.scope(config)
-        saved = self.saver.put(config, checkpoint, self._stamp(metadata, scope), new_versions)
-        self._saved(saved, scope)
+        got = self._scope_sync(config)
+        stamped = self._scopes.stamp(metadata, config, got)
+        saved = self.saver.put(config, checkpoint, stamped, new_versions)
+        self._scopes.remember(saved, got)
         turn = self._completed(config, checkpoint, metadata, new_versions)
-        found = None if turn is None else self._turn(scope, turn)
+        found = None if turn is None else self._turn(got, turn)
         if found is not None:
             where, (thread, key, user, answer), used = found
             self.recorder.record_turn_sync(
@@ -511,6 +471,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
 
     def delete_thread(self, thread_id: str) -> None:
         self.saver.delete_thread(thread_id)
+        self._recorded.pop(str(thread_id), None)  # a new thread of that id starts afresh
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         self.saver.delete_for_runs(run_ids)
@@ -553,18 +514,12 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        saver = self._async_saver()
-        known, scope = self._known_scope(config)
-        if not known:  # as put
-            try:
-                scope = self._parent_scope(config, await saver.aget_tuple(config))
-            except Exception as exc:  # noqa: BLE001 (any saver's error: the put goes on)
-                logger.warning("reading the parent checkpoint's scope failed: %r", exc)
-                scope = self.scope(config)
-        saved = await saver.aput(config, checkpoint, self._stamp(metadata, scope), new_versions)
-        self._saved(saved, scope)
+        got = await self._scope(config)
+        stamped = self._scopes.stamp(metadata, config, got)
+        saved = await self._async_saver().aput(config, checkpoint, stamped, new_versions)
+        self._scopes.remember(saved, got)
         turn = self._completed(config, checkpoint, metadata, new_versions)
-        found = None if turn is None else self._turn(scope, turn)
+        found = None if turn is None else self._turn(got, turn)
         if found is not None:
             where, (thread, key, user, answer), used = found
             await self.recorder.record_turn(
@@ -583,6 +538,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._async_saver().adelete_thread(thread_id)
+        self._recorded.pop(str(thread_id), None)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         await self._async_saver().adelete_for_runs(run_ids)

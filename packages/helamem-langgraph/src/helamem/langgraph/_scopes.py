@@ -1,0 +1,161 @@
+"""The scope a checkpoint's turn goes to, written into the checkpoint's metadata.
+
+A run's config names its scope (``("users", user_id)`` by default); a config from
+``get_state_history`` or ``get_state`` (time travel, or a UI going on from the last
+state) holds only LangGraph's keys. So every root checkpoint carries the scope it was
+written in (:data:`SCOPE_KEY`: ``{"thread": thread_id, "scope": [...] or None}``), and a
+put whose config holds only LangGraph's keys takes its parent's: from the checkpointer's
+recent puts, else read from the saver. A parent written before the stamp (or by another
+thread: ``copy_thread`` copies metadata) is looked up the old way: the run's keys that
+savers copy into checkpoint metadata, walking up at most :data:`LEGACY_ANCESTORS`
+checkpoints.
+
+:meth:`ScopeBook.resolve` is the algorithm once, as a generator that yields the configs
+of the checkpoints it must read and is sent their tuples; the checkpointer's ``put``
+and ``aput`` drive it with the saver's ``get_tuple`` and ``aget_tuple``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from langgraph.checkpoint.base import CheckpointMetadata, CheckpointTuple
+
+__all__ = ["LEGACY_ANCESTORS", "SCOPE_KEY", "ReadFailed", "Resolved", "ScopeBook"]
+
+logger = logging.getLogger(__name__)
+
+SCOPE_KEY = "helamem_scope"
+"""The checkpoint metadata key that holds ``{"thread": thread_id, "scope": [...]}`` (or
+``"scope": None``: the scope function gave none) of the run that wrote the checkpoint."""
+
+LEGACY_ANCESTORS = 16
+"""Checkpoints looked at, newest first, above a parent without a stamp of its thread."""
+
+_LANGGRAPH_KEYS = frozenset({"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map"})
+_METADATA_KEYS = frozenset({"source", "step", "parents", "writes", "run_id", SCOPE_KEY})
+
+Scope = tuple[str, ...] | None
+
+
+class ReadFailed(Exception):  # noqa: N818 (a signal into the plan, not raised to callers)
+    """The saver could not read a checkpoint the plan asked for (thrown into it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A put's scope (``None``: record nothing), whether to stamp it, and the error the
+    scope function raised (re-raised if the put completes a turn)."""
+
+    scope: Scope
+    stamp: bool = True
+    error: Exception | None = None
+
+
+def has_run_keys(config: RunnableConfig) -> bool:
+    """Whether ``config`` holds keys of its own (``user_id``, ...), not only LangGraph's."""
+    conf = config.get("configurable", {})
+    return any(k not in _LANGGRAPH_KEYS and not k.startswith("__") for k in conf)
+
+
+def _run_keys(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The run's configurable keys a saver copied into a checkpoint's metadata."""
+    return {
+        k: v
+        for k, v in (metadata or {}).items()
+        if k not in _METADATA_KEYS and k not in _LANGGRAPH_KEYS and not k.startswith("__")
+    }
+
+
+def _stamp_of(metadata: Mapping[str, Any] | None, thread: str) -> tuple[bool, Scope]:
+    """``(True, scope)`` when ``metadata`` holds a stamp of ``thread``."""
+    stamp = (metadata or {}).get(SCOPE_KEY)
+    if not isinstance(stamp, Mapping) or stamp.get("thread") != thread:
+        return False, None
+    scope = stamp.get("scope")
+    if scope is None:
+        return True, None
+    if isinstance(scope, list | tuple) and scope and all(isinstance(x, str) for x in scope):
+        return True, tuple(scope)
+    return False, None
+
+
+class ScopeBook:
+    """The scopes of this checkpointer's recent puts (bounded), and the resolution of a
+    put's scope. Thread-safe: ``put`` may run on several threads at once."""
+
+    def __init__(self, scope: Callable[[RunnableConfig], Sequence[str] | None], limit: int):
+        self._scope = scope
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[tuple[str, str, str], Scope] = OrderedDict()
+
+    def _call(self, config: RunnableConfig) -> Resolved:
+        try:
+            got = self._scope(config)
+        except Exception as exc:  # noqa: BLE001 (the user's function: raised with a turn)
+            logger.debug("the scope function raised for %r: %r", config, exc)
+            return Resolved(None, stamp=False, error=exc)
+        return Resolved(None if got is None else tuple(got))
+
+    def resolve(
+        self, config: RunnableConfig
+    ) -> Generator[RunnableConfig, CheckpointTuple | None, Resolved]:
+        """The scope of a put of ``config`` (the parent's config): yields the configs of
+        the checkpoints to read, is sent each one's tuple (``None``: none) or thrown
+        :class:`ReadFailed`."""
+        conf = config.get("configurable", {})
+        if conf.get("checkpoint_ns"):
+            return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
+        thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
+        if has_run_keys(config) or parent is None:
+            return self._call(config)
+        with self._lock:
+            if (thread, "", parent) in self._recent:
+                return Resolved(self._recent[(thread, "", parent)])
+        want: RunnableConfig | None = config
+        try:
+            for _ in range(LEGACY_ANCESTORS):
+                if want is None:
+                    break
+                tup = yield want
+                if tup is None:
+                    break
+                decided, scope = _stamp_of(tup.metadata, thread)
+                if decided:
+                    return Resolved(scope)
+                keys = _run_keys(tup.metadata)
+                if keys:  # written before the stamp: its run's keys
+                    return self._call({**config, "configurable": {**keys, **conf}})
+                want = tup.parent_config
+        except ReadFailed as exc:
+            logger.warning("reading a checkpoint for the scope of a turn failed: %r", exc)
+        return self._call(config)
+
+    def stamp(self, metadata: CheckpointMetadata, config: RunnableConfig, got: Resolved) -> Any:
+        """``metadata`` with the put's stamp (unchanged when it takes none)."""
+        if not got.stamp:
+            return metadata
+        thread = str(config.get("configurable", {}).get("thread_id"))
+        scope = None if got.scope is None else list(got.scope)
+        return {**metadata, SCOPE_KEY: {"thread": thread, "scope": scope}}
+
+    def remember(self, saved: RunnableConfig, got: Resolved) -> None:
+        """The scope of the checkpoint just written: its child's put reads no parent."""
+        conf = saved.get("configurable", {})
+        cid = conf.get("checkpoint_id")
+        if not got.stamp or cid is None or conf.get("checkpoint_ns"):
+            return
+        key = (str(conf.get("thread_id")), "", str(cid))
+        with self._lock:
+            self._recent[key] = got.scope
+            self._recent.move_to_end(key)
+            while len(self._recent) > self._limit:
+                self._recent.popitem(last=False)
