@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import json
 import sys
 import threading
 from collections.abc import AsyncIterator
@@ -458,7 +459,8 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
     assert mem.stats(("users", "mallory")).memories == 0
     meta = next(iter(saver.list(login))).metadata
     assert meta is not None
-    assert meta[SCOPE_KEY] == {"thread": "t1", "scope": ["users", "alice"]}  # type: ignore[literal-required]
+    stamp = json.loads(meta[SCOPE_KEY])  # type: ignore[literal-required]
+    assert stamp == {"thread": "t1", "scope": ["users", "alice"], "keys": {"user_id": "alice"}}
     mem.close()
 
 
@@ -488,9 +490,13 @@ def test_a_failing_parent_read_neither_fails_the_run_nor_loses_the_turn(
             _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(
                 {"messages": [HumanMessage("q2", id="m2")]}, last.config
             )
+        saver.armed = False  # the network is back: a bare run finds alice's scope again
+        again = _counting_graph(HelaMemCheckpointer(rec, saver))
+        again.invoke({"messages": [HumanMessage("q3", id="m3")]}, again.get_state(cfg).config)
         rec.flush_sync()
     assert "network down" in caplog.text
     assert mem.stats(("threads", "t1")).memories == 2  # the config's scope, recorded
+    assert mem.stats(("users", "alice")).memories == 4  # q1, q3: the failure moved nothing
     mem.close()
 
 
@@ -617,4 +623,78 @@ def test_scopes_of_approvals_subgraphs_old_checkpoints_opt_outs_and_copies(
     assert _turn_texts(mem, ("users", "bob")) == ["answer 6", "new 3"]  # 4, 5: unrecorded
     assert _turn_texts(mem, ("threads", "x")) == ["answer 7", "x 1"]
     assert _turn_texts(mem, ("threads", "y")) == ["answer 8", "y 2"]
+    mem.close()
+
+
+class _Scalars(InMemorySaver):
+    """A saver that keeps only scalar metadata values (as some do), counting reads."""
+
+    reads = 0
+
+    def put(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        kept = {k: v for k, v in metadata.items() if isinstance(v, str | int | float | bool)}
+        return super().put(config, checkpoint, kept, new_versions)
+
+    def get_tuple(self, config: Any) -> Any:
+        self.reads += 1
+        return super().get_tuple(config)
+
+
+def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Third review: a scope function failing on the turn's put raised after the
+    checkpoint was saved, so a retry found the turn complete and it was never recorded;
+    one failed parent read stamped the fallback scope, moving the thread for good; a
+    config's own ``metadata`` decided a copy's scope; a saver keeping only scalar
+    metadata dropped the stamp (16 reads per put)."""
+    fail = {"in": 0}  # fail at the n-th scope call from now (one per put)
+
+    def scope(config: Any) -> tuple[str, ...]:
+        fail["in"] -= 1
+        if fail["in"] == 0:
+            raise RuntimeError("directory down")
+        return default_scope(config)  # type: ignore[return-value]
+
+    mem = new_memory(tmp_path / "mem")
+    saver = _Scalars()
+    cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
+    with TurnRecorder(mem) as rec:
+        graph = _counting_graph(HelaMemCheckpointer(rec, saver, scope=scope))
+        graph.invoke({"messages": [HumanMessage("q1", id="m1")]}, cfg)
+        fail["in"] = 1  # fails for the first put of q2's run (its input): no turn
+        graph.invoke({"messages": [HumanMessage("q2", id="m2")]}, cfg)
+        fail["in"] = 3  # now on the put that completes q3's turn (input, start, bot)
+        with pytest.raises(RuntimeError, match="directory down"):
+            graph.invoke({"messages": [HumanMessage("q3", id="m3")]}, {**cfg})
+        graph.invoke(None, cfg)  # the retry completes and records q3
+        # a fresh process going on from a bare config reads one parent, no walk
+        plain = StateGraph(MessagesState)
+        plain.add_node("bot", lambda s: {"messages": [AIMessage("plain")]})
+        plain.add_edge(START, "bot")
+        plain.add_edge("bot", END)
+        bare_graph = plain.compile(checkpointer=saver)
+        other: Any = {"configurable": {"thread_id": "t2", "user_id": "bob"}}
+        bare_graph.invoke({"messages": [HumanMessage("b", id="b1")]}, other)
+        saver.reads = 0
+        bare_graph.invoke({"messages": [HumanMessage("b2")]}, bare_graph.get_state(other).config)
+        graphs_own = saver.reads
+        saver.reads = 0
+        fresh = _counting_graph(HelaMemCheckpointer(rec, saver))
+        fresh.invoke({"messages": [HumanMessage("q4", id="m4")]}, fresh.get_state(cfg).config)
+        assert saver.reads == graphs_own + 1  # and the parent's, once
+        # an anonymous thread with request metadata naming a user, copied
+        copying = _Copying()
+        anon = _counting_graph(HelaMemCheckpointer(rec, copying))
+        x: Any = {"configurable": {"thread_id": "x"}, "metadata": {"user_id": "alice"}}
+        anon.invoke({"messages": [HumanMessage("x1", id="x1")]}, x)
+        copying.copy_thread("x", "y")
+        copy = _counting_graph(HelaMemCheckpointer(rec, copying))
+        y = copy.get_state({"configurable": {"thread_id": "y"}}).config
+        copy.invoke({"messages": [HumanMessage("y2", id="y2")]}, y)
+        rec.flush_sync()
+    texts = _turn_texts(mem, ("users", "alice"))
+    assert [t for t in texts if t.startswith("q")] == ["q1", "q2", "q3", "q4"]
+    assert _turn_texts(mem, ("threads", "x")) == ["answer 0", "x1"]
+    assert _turn_texts(mem, ("threads", "y")) == ["answer 0", "y2"]  # not alice's
     mem.close()

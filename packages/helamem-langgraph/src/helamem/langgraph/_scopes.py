@@ -17,11 +17,12 @@ and ``aput`` drive it with the saver's ``get_tuple`` and ``aget_tuple``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -33,8 +34,11 @@ __all__ = ["LEGACY_ANCESTORS", "SCOPE_KEY", "ReadFailed", "Resolved", "ScopeBook
 logger = logging.getLogger(__name__)
 
 SCOPE_KEY = "helamem_scope"
-"""The checkpoint metadata key that holds ``{"thread": thread_id, "scope": [...]}`` (or
-``"scope": None``: the scope function gave none) of the run that wrote the checkpoint."""
+"""The checkpoint metadata key that holds, as a JSON string (savers that keep only
+scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...}}``:
+the scope of the run that wrote the checkpoint (``None``: the scope function gave none)
+and that run's own configurable keys (str, int, float or bool values), which decide the
+scope of a copy of the thread (``copy_thread``)."""
 
 LEGACY_ANCESTORS = 16
 """Checkpoints looked at, newest first, above a parent without a stamp of its thread."""
@@ -57,6 +61,8 @@ class Resolved:
     scope: Scope
     stamp: bool = True
     error: Exception | None = None
+    keys: Mapping[str, Any] = field(default_factory=dict)
+    """The run keys the scope came from (the stamp passes them on to copies)."""
 
 
 def has_run_keys(config: RunnableConfig) -> bool:
@@ -74,17 +80,34 @@ def _run_keys(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _stamp_of(metadata: Mapping[str, Any] | None, thread: str) -> tuple[bool, Scope]:
-    """``(True, scope)`` when ``metadata`` holds a stamp of ``thread``."""
-    stamp = (metadata or {}).get(SCOPE_KEY)
-    if not isinstance(stamp, Mapping) or stamp.get("thread") != thread:
-        return False, None
+def _own_keys(config: RunnableConfig) -> dict[str, Any]:
+    """``config``'s own configurable keys with a JSON scalar value."""
+    return {
+        k: v
+        for k, v in config.get("configurable", {}).items()
+        if k not in _LANGGRAPH_KEYS
+        and not k.startswith("__")
+        and isinstance(v, str | int | float | bool)
+    }
+
+
+def _stamp_of(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The stamp in ``metadata`` (``None``: none, or not one of ours)."""
+    raw = (metadata or {}).get(SCOPE_KEY)
+    try:
+        stamp = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    if not isinstance(stamp, dict) or not isinstance(stamp.get("thread"), str):
+        return None
     scope = stamp.get("scope")
-    if scope is None:
-        return True, None
-    if isinstance(scope, list | tuple) and scope and all(isinstance(x, str) for x in scope):
-        return True, tuple(scope)
-    return False, None
+    if scope is not None and not (
+        isinstance(scope, list) and all(isinstance(x, str) for x in scope)
+    ):
+        return None
+    keys = stamp.get("keys")
+    stamp["keys"] = keys if isinstance(keys, dict) else {}
+    return stamp
 
 
 class ScopeBook:
@@ -95,7 +118,7 @@ class ScopeBook:
         self._scope = scope
         self._limit = limit
         self._lock = threading.Lock()
-        self._recent: OrderedDict[tuple[str, str, str], Scope] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str, str], Resolved] = OrderedDict()
 
     def _call(self, config: RunnableConfig) -> Resolved:
         try:
@@ -103,7 +126,7 @@ class ScopeBook:
         except Exception as exc:  # noqa: BLE001 (the user's function: raised with a turn)
             logger.debug("the scope function raised for %r: %r", config, exc)
             return Resolved(None, stamp=False, error=exc)
-        return Resolved(None if got is None else tuple(got))
+        return Resolved(None if got is None else tuple(got), keys=_own_keys(config))
 
     def resolve(
         self, config: RunnableConfig
@@ -118,8 +141,9 @@ class ScopeBook:
         if has_run_keys(config) or parent is None:
             return self._call(config)
         with self._lock:
-            if (thread, "", parent) in self._recent:
-                return Resolved(self._recent[(thread, "", parent)])
+            known = self._recent.get((thread, "", parent))
+        if known is not None:
+            return known
         want: RunnableConfig | None = config
         try:
             for _ in range(LEGACY_ANCESTORS):
@@ -128,15 +152,21 @@ class ScopeBook:
                 tup = yield want
                 if tup is None:
                     break
-                decided, scope = _stamp_of(tup.metadata, thread)
-                if decided:
-                    return Resolved(scope)
-                keys = _run_keys(tup.metadata)
-                if keys:  # written before the stamp: its run's keys
+                stamp = _stamp_of(tup.metadata)
+                if stamp is not None and stamp["thread"] == thread:
+                    scope = stamp["scope"]
+                    return Resolved(None if scope is None else tuple(scope), keys=stamp["keys"])
+                # another thread's (copy_thread): the scope of its run's keys here;
+                # else written before the stamp: the run keys savers copy to metadata
+                keys = stamp["keys"] if stamp is not None else _run_keys(tup.metadata)
+                if keys or stamp is not None:
                     return self._call({**config, "configurable": {**keys, **conf}})
                 want = tup.parent_config
         except ReadFailed as exc:
             logger.warning("reading a checkpoint for the scope of a turn failed: %r", exc)
+            # this put's scope only: stamped, it would move the thread for good
+            got = self._call(config)
+            return Resolved(got.scope, stamp=False, error=got.error)
         return self._call(config)
 
     def stamp(self, metadata: CheckpointMetadata, config: RunnableConfig, got: Resolved) -> Any:
@@ -145,7 +175,8 @@ class ScopeBook:
             return metadata
         thread = str(config.get("configurable", {}).get("thread_id"))
         scope = None if got.scope is None else list(got.scope)
-        return {**metadata, SCOPE_KEY: {"thread": thread, "scope": scope}}
+        stamp = {"thread": thread, "scope": scope, "keys": dict(got.keys)}
+        return {**metadata, SCOPE_KEY: json.dumps(stamp, sort_keys=True)}
 
     def remember(self, saved: RunnableConfig, got: Resolved) -> None:
         """The scope of the checkpoint just written: its child's put reads no parent."""
@@ -155,7 +186,7 @@ class ScopeBook:
             return
         key = (str(conf.get("thread_id")), "", str(cid))
         with self._lock:
-            self._recent[key] = got.scope
+            self._recent[key] = got
             self._recent.move_to_end(key)
             while len(self._recent) > self._limit:
                 self._recent.popitem(last=False)

@@ -409,8 +409,6 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             return done.value  # type: ignore[no-any-return]
 
     def _turn(self, got: Resolved, turn: Turn) -> tuple[Sequence[str], Turn, list[str]] | None:
-        if got.error is not None:
-            raise got.error  # the scope function failed for this turn's config
         scope = got.scope
         if scope is None:
             return None
@@ -448,10 +446,12 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         got = self._scope_sync(config)
+        turn = self._completed(config, checkpoint, metadata, new_versions)
+        if turn is not None and got.error is not None:
+            raise got.error  # before the put: a retry completes the turn again
         stamped = self._scopes.stamp(metadata, config, got)
         saved = self.saver.put(config, checkpoint, stamped, new_versions)
         self._scopes.remember(saved, got)
-        turn = self._completed(config, checkpoint, metadata, new_versions)
         found = None if turn is None else self._turn(got, turn)
         if found is not None:
             where, (thread, key, user, answer), used = found
@@ -515,10 +515,12 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         got = await self._scope(config)
+        turn = self._completed(config, checkpoint, metadata, new_versions)
+        if turn is not None and got.error is not None:
+            raise got.error  # as put
         stamped = self._scopes.stamp(metadata, config, got)
         saved = await self._async_saver().aput(config, checkpoint, stamped, new_versions)
         self._scopes.remember(saved, got)
-        turn = self._completed(config, checkpoint, metadata, new_versions)
         found = None if turn is None else self._turn(got, turn)
         if found is not None:
             where, (thread, key, user, answer), used = found
