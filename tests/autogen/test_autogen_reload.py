@@ -362,3 +362,37 @@ async def test_two_processes_loading_one_state_at_once_store_its_turn_once(
     assert sorted(episodes) == sorted(
         ["question 0", "answer 0", "question A", "answer A", "question B", "answer B"]
     )
+
+
+async def test_one_request_answered_by_two_workers_with_other_replies_is_stored_once(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """New-user trial: two workers load one saved state and run the same task (a retry);
+    the model's replies differ, and a turn's identity held its reply, so both turns
+    were stored. The identity is now the conversation before the reply: the first
+    answer stored is kept."""
+    path = tmp_path / "data"
+    cfg = config(path)
+    async with HelaMemory(cfg.to_helamem_config()) as store:
+        first = HelaMemMemory(cfg, memory=store)
+        agent = AssistantAgent(
+            "a", model_client=ReplayChatCompletionClient(["hi!"]), memory=[first]
+        )
+        await agent.run(task="hello")
+        state = await agent.save_state()
+        await first.close()
+
+    async def worker(reply: str) -> None:
+        async with HelaMemory(cfg.to_helamem_config()) as own:
+            memory = HelaMemMemory(cfg, memory=own)
+            other = AssistantAgent(
+                "a", model_client=ReplayChatCompletionClient([reply]), memory=[memory]
+            )
+            await other.load_state(state)
+            await other.run(task="Book me the 9am flight to Oslo")
+            await memory.close()
+
+    await worker("Booked flight LH123.")
+    await worker("Done - your flight LH123 is booked!")
+    episodes = _episodes(store_db, path)
+    assert episodes == ["hello", "hi!", "Book me the 9am flight to Oslo", "Booked flight LH123."]

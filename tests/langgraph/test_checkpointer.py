@@ -108,6 +108,22 @@ def test_completed_turn_needs_a_final_answer() -> None:
         "my bike is red\nmy car is blue",
         "noted",
     )
+    # the same question sent again after a failed run (new message ids): asked once
+    again: Any = {
+        "channel_values": {
+            "messages": [
+                HumanMessage("what is my flight?", id="r1"),
+                HumanMessage("what is my flight?", id="r2"),
+                AIMessage("LH123"),
+            ]
+        }
+    }
+    assert completed_turn(cfg, again, {"source": "loop"}) == (
+        "t",
+        "r2",
+        "what is my flight?",
+        "LH123",
+    )
     running: Any = {"channel_values": {"messages": [human, AIMessage("x")], "branch:to:b": None}}
     assert completed_turn(cfg, running, {"source": "loop"}) is None
     tools: Any = {

@@ -280,3 +280,30 @@ async def test_an_invisible_user_message_is_no_query(store: HelaMemory, blank: s
     assert {"my dog is Rex", "Noted, Rex."} <= stored
     assert not [t for t in stored if "Did you mean" in t]
     memory.close()
+
+
+async def test_a_turn_put_again_from_a_restored_state_is_stored_once(store: HelaMemory) -> None:
+    """New-user trial: a memory saved (``to_dict``) after the question, restored by a
+    second worker that puts the reply too (the same or another), stored the turn twice;
+    a question sent again after a failed model call was stored as "X\\nX"."""
+    one = HelaMemChatMemory.from_defaults(memory=store, session_id="s", scope=("users", "u"))
+    await one.aput(ChatMessage(role="user", content="Book the 9am flight to Oslo"))
+    saved = one.to_dict()
+    await one.aput(ChatMessage(role="assistant", content="Booked LH123."))
+    for reply in ("Booked LH123.", "Done - LH123 is booked!"):
+        other = HelaMemChatMemory.from_dict(saved)
+        await other.aput(ChatMessage(role="assistant", content=reply))
+        await other.aflush()
+    retry = HelaMemChatMemory.from_defaults(memory=store, session_id="s2", scope=("users", "u"))
+    for _ in range(2):  # the first model call failed: the agent puts the question again
+        await retry.aput(ChatMessage(role="user", content="What is my flight?"))
+    await retry.aput(ChatMessage(role="assistant", content="LH123."))
+    await retry.aflush()
+    await one.aflush()
+    contents = [
+        h.memory.content
+        for h in (await store.asearch("flight Oslo LH123", ("users", "u"), k=20, learn=False))
+    ]
+    assert sorted(contents) == sorted(
+        ["Book the 9am flight to Oslo", "Booked LH123.", "What is my flight?", "LH123."]
+    )

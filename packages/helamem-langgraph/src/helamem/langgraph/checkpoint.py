@@ -183,7 +183,12 @@ def completed_turn(
     )
     humans = [i for i in humans if i >= start]
     human = messages[humans[-1]]
-    user = "\n".join(t for i in humans if not is_blank(t := _text(messages[i])))
+    asked: list[str] = []  # the same question sent again (a retry after a failure): once
+    for i in humans:
+        text = _text(messages[i])
+        if not is_blank(text) and (not asked or asked[-1] != text):
+            asked.append(text)
+    user = "\n".join(asked)
     answer = _text(last)
     if is_blank(user) or is_blank(answer):  # the core stores no blank text
         return None

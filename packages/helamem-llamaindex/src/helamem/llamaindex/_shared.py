@@ -179,10 +179,13 @@ def pair_turns(
     for message in messages:
         if message.role == MessageRole.USER:
             text = message_text(message)
-            if text:
-                pending_user = f"{pending_user}\n{text}" if pending_user else text
-            else:
+            if not text:
                 asked = True
+            elif not pending_user:
+                pending_user = text
+            elif pending_user != text and not pending_user.endswith(f"\n{text}"):
+                pending_user = f"{pending_user}\n{text}"
+            # else: the same question again (a retry after a failed call): once
         elif is_final_reply(message):
             if pending_user is None:
                 if asked:  # the reply to a message without text: no turn

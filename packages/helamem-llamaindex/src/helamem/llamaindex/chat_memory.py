@@ -9,6 +9,8 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import pickle
 import uuid
@@ -54,7 +56,10 @@ from ._shared import (
     without_connection,
 )
 
-__all__ = ["HelaMemChatMemory"]
+__all__ = ["TURN_ID", "HelaMemChatMemory"]
+
+TURN_ID = "turn_id"
+"""The metadata key of a recorded turn's identity (:meth:`HelaMemChatMemory._identity`)."""
 
 logger = logging.getLogger(__name__)
 
@@ -293,18 +298,37 @@ class HelaMemChatMemory(BaseMemory):
 
     # -- planning (pure) -----------------------------------------------------
 
-    def _take_turns(self, messages: Sequence[ChatMessage]) -> list[tuple[str, str, list[str]]]:
-        """Add ``messages`` to the window; the turns they complete, with their used ids."""
-        jobs: list[tuple[str, str, list[str]]] = []
+    def _take_turns(self, messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+        """Add ``messages`` to the window; the turns they complete, as ``record_turn``'s
+        arguments (with their used ids and their identity: :meth:`_identity`)."""
+        jobs: list[dict[str, Any]] = []
         for message in messages:
             self.chat_history.append(message)
             if message.role == MessageRole.USER:
                 self._cache = None  # a new question: retrieve afresh
             turns, self.pending_user = pair_turns([message], self.pending_user)
             for user, assistant in turns:
-                jobs.append((user, assistant, self.pending_used_ids))
+                jobs.append(
+                    {
+                        "scope": self.memory_scope,
+                        "user": user,
+                        "assistant": assistant,
+                        "used_ids": self.pending_used_ids,
+                        **self._identity(self.chat_history[:-1]),
+                    }
+                )
                 self.pending_used_ids = []
         return jobs
+
+    def _identity(self, before: Sequence[ChatMessage]) -> dict[str, Any]:
+        """A turn's metadata and ``unique_on``: its identity is a hash of the scope, the
+        session and the conversation before its reply, so the same turn put again (a
+        memory restored from ``to_dict``/a pickle, another worker answering the same
+        request, with the same or another reply) is stored once."""
+        said = [[str(m.role), message_text(m)] for m in before if message_text(m)]
+        text = json.dumps([list(self.memory_scope), self.session_id, said], ensure_ascii=False)
+        key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        return {"metadata": {**self._metadata(), TURN_ID: key}, "unique_on": (TURN_ID,)}
 
     def _query(self, input: object) -> str | None:
         if isinstance(input, str) and not is_blank(input):
@@ -436,10 +460,8 @@ class HelaMemChatMemory(BaseMemory):
 
     def put_messages(self, messages: list[ChatMessage]) -> None:
         """Append several messages (e.g. an agent's tool calls and reply)."""
-        for user, assistant, used in self._take_turns(messages):
-            self.recorder.record_turn_sync(
-                self.memory_scope, user, assistant, used_ids=used, metadata=self._metadata()
-            )
+        for job in self._take_turns(messages):
+            self.recorder.record_turn_sync(**job)
 
     def set(self, messages: list[ChatMessage]) -> None:
         """Replace the window. Its completed turns are history, not recorded again; user
@@ -496,10 +518,8 @@ class HelaMemChatMemory(BaseMemory):
 
     async def aput_messages(self, messages: list[ChatMessage]) -> None:
         """Async :meth:`put_messages`."""
-        for user, assistant, used in self._take_turns(messages):
-            await self.recorder.record_turn(
-                self.memory_scope, user, assistant, used_ids=used, metadata=self._metadata()
-            )
+        for job in self._take_turns(messages):
+            await self.recorder.record_turn(**job)
 
     async def aset(self, messages: list[ChatMessage]) -> None:
         """Async :meth:`set`."""
