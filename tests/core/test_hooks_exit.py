@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -64,6 +65,12 @@ CHILD = textwrap.dedent(
     if opts["close_memory"]:
         mem.close()
     print(json.dumps({"pending": rec.pending, "exiting_at": time.time()}), flush=True)
+    if opts["sigterm"]:  # stopped as Kubernetes stops a pod
+        import os, signal
+        if opts["sigterm"] == "handler":  # the README's advice
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
     # atexit handlers run after helamem's exit work: what state did it leave?
     atexit.register(
         lambda: print(json.dumps({"memory_closed": mem.closed, "recorder_closed": rec.closed}))
@@ -85,6 +92,7 @@ def run_child(tmp_path: Path, **opts: Any) -> tuple[dict[str, Any], float, str]:
         "close_memory": False,
         "exact_below": 2000,  # ChromaConfig's default; 0: every scope in Chroma's HNSW
         "open_first": False,  # else the store opens in the exit flush (as the first turn's work)
+        "sigterm": None,  # "default" or "handler": the child sends itself SIGTERM
     }
     full.update(opts)
     script = tmp_path / "child.py"
@@ -97,7 +105,8 @@ def run_child(tmp_path: Path, **opts: Any) -> tuple[dict[str, Any], float, str]:
         check=False,
     )
     ended = time.time()
-    assert proc.returncode == 0, proc.stderr
+    want = -signal.SIGTERM if full["sigterm"] == "default" else 0
+    assert proc.returncode == want, proc.stderr
     printed: dict[str, Any] = {}
     for line in proc.stdout.strip().splitlines():
         printed.update(json.loads(line))
@@ -128,6 +137,15 @@ def test_queued_turns_are_stored_at_exit(tmp_path: Path, exact_below: int) -> No
     assert "lost" not in stderr and "Traceback" not in stderr, stderr
     # then the recorder and the memory were closed, before Python's atexit handlers
     assert printed["recorder_closed"] is True and printed["memory_closed"] is True
+
+
+@pytest.mark.parametrize("how", ["default", "handler"])
+def test_sigterm_loses_the_queue_unless_a_handler_exits(tmp_path: Path, how: str) -> None:
+    """The README's Reliability advice: SIGTERM's default action runs no exit hook, so
+    the queued turns are lost; a handler that calls ``sys.exit`` stores them all."""
+    printed, _, _ = run_child(tmp_path, sigterm=how, sleep_s=0.002, open_first=True)
+    assert printed["pending"] > 0
+    assert (stored_turns(tmp_path) < 200) if how == "default" else stored_turns(tmp_path) == 200
 
 
 def test_exit_bound_reached_logs_exact_loss(tmp_path: Path) -> None:
