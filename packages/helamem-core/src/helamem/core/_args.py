@@ -20,8 +20,9 @@ def ids_arg(ids: str | Iterable[str], what: str = "ids") -> list[str]:
     return out
 
 
-def metadata_fields(metadata: object) -> dict[str, str]:
-    """``find_ids``'s ``metadata``: at least one plain-identifier key, each with a str."""
+def metadata_fields(metadata: object, what: str = "find_ids") -> dict[str, str]:
+    """``find_ids``'s ``metadata`` (or, ``what``, ``unique_on``'s pairs): at least one
+    plain-identifier key, each with a str."""
     if not isinstance(metadata, Mapping) or not metadata:
         raise InvalidInputError(
             f"metadata must be a non-empty dict of str keys to str values, got {metadata!r}; "
@@ -31,12 +32,12 @@ def metadata_fields(metadata: object) -> dict[str, str]:
         if not isinstance(key, str) or not key.isidentifier():
             raise InvalidInputError(
                 f"metadata key {key!r} is not a plain identifier (letters, digits, _); "
-                "find_ids matches top-level keys such as 'session_id'"
+                f"{what} matches top-level keys such as 'session_id'"
             )
         if not isinstance(value, str):
             raise InvalidInputError(
-                f"metadata[{key!r}] must be a str, got {type(value).__name__}; find_ids "
-                "matches string values exactly (store the value as a string to find it)"
+                f"metadata[{key!r}] must be a str, got {type(value).__name__}; {what} "
+                "matches string values exactly (store the value as a string)"
             )
     return dict(metadata)
 
@@ -58,7 +59,7 @@ def unique_fields(keys: object, metadata: Mapping[str, Any] | None) -> dict[str,
             f"unique_on key {missing[0]!r} is not in the turn's metadata; add it, e.g. "
             f"metadata={{{missing[0]!r}: 'r1'}}"
         )
-    return metadata_fields({k: meta[k] for k in keys})
+    return metadata_fields({k: meta[k] for k in keys}, "unique_on")
 
 
 def limit_arg(limit: object) -> int | None:

@@ -284,8 +284,9 @@ class IngestOps(LearningOps):
         taken = self.store.rows_by_id(chosen)
         if taken:
             raise InvalidInputError(
-                f"a memory with id {next(iter(taken))!r} exists; delete it first or choose "
-                f"another id"
+                f"a memory with id {next(iter(taken))!r} exists (a retry of an add that "
+                f"was stored needs nothing more: get({next(iter(taken))!r}) reads it); "
+                f"delete it first or choose another id"
             )
         # a deleted memory of the same id may still have its vector in the index:
         # remove it now. A process that does not hold the index leaves the tombstone
