@@ -364,13 +364,14 @@ async def test_two_processes_loading_one_state_at_once_store_its_turn_once(
     )
 
 
-async def test_one_request_answered_by_two_workers_with_other_replies_is_stored_once(
+async def test_a_request_answered_again_is_stored_once_a_new_answer_is_new(
     tmp_path: Path, own_store: str, store_db: Any
 ) -> None:
-    """New-user trial: two workers load one saved state and run the same task (a retry);
-    the model's replies differ, and a turn's identity held its reply, so both turns
-    were stored. The identity is now the conversation before the reply: the first
-    answer stored is kept."""
+    """Two workers load one saved state and run the same task: with the same reply the
+    turn is stored once. A turn's identity holds its reply: an identity without it
+    (tried: the conversation before the reply) dropped real turns (review: a recurring
+    task after ``on_reset`` answered otherwise, two agents answering one question), so
+    a retry answered otherwise is stored as another turn (README)."""
     path = tmp_path / "data"
     cfg = config(path)
     async with HelaMemory(cfg.to_helamem_config()) as store:
@@ -393,6 +394,18 @@ async def test_one_request_answered_by_two_workers_with_other_replies_is_stored_
             await memory.close()
 
     await worker("Booked flight LH123.")
-    await worker("Done - your flight LH123 is booked!")
-    episodes = _episodes(store_db, path)
-    assert episodes == ["hello", "hi!", "Book me the 9am flight to Oslo", "Booked flight LH123."]
+    await worker("Booked flight LH123.")
+    assert _episodes(store_db, path) == [
+        "hello",
+        "hi!",
+        "Book me the 9am flight to Oslo",
+        "Booked flight LH123.",
+    ]
+    await _first_process(path, ["Summarize the news"], ["Markets up."])
+    await _first_process(path, ["Summarize the news"], ["Markets down."])  # a new conversation
+    assert _episodes(store_db, path)[-4:] == [
+        "Summarize the news",
+        "Markets up.",
+        "Summarize the news",
+        "Markets down.",
+    ]

@@ -307,3 +307,28 @@ async def test_a_turn_put_again_from_a_restored_state_is_stored_once(store: Hela
     assert sorted(contents) == sorted(
         ["Book the 9am flight to Oslo", "Booked LH123.", "What is my flight?", "LH123."]
     )
+
+
+async def test_another_conversation_alike_is_new_however_it_begins(store: HelaMemory) -> None:
+    """Review: an identity of the session and the window before the reply dropped real
+    turns: a stateless server's fresh memory per request (same ``session_id``, the same
+    question, another answer) and a conversation after ``reset`` beginning as before.
+    The identity holds the conversation's own id (new at ``reset`` and for a new memory,
+    kept by ``to_dict``)."""
+    for answer in ("Dentist at 9.", "Board meeting at 3."):
+        request = HelaMemChatMemory.from_defaults(
+            memory=store, session_id="alice", scope=("users", "v")
+        )
+        await request.aput(ChatMessage(role="user", content="What is on my calendar today?"))
+        await request.aput(ChatMessage(role="assistant", content=answer))
+        await request.aflush()
+    engine_memory = HelaMemChatMemory.from_defaults(
+        memory=store, session_id="s", scope=("users", "w")
+    )
+    for reply in ("Sunny.", "Rain."):
+        await engine_memory.aput(ChatMessage(role="user", content="Weather?"))
+        await engine_memory.aput(ChatMessage(role="assistant", content=reply))
+        await engine_memory.areset()
+    await engine_memory.aflush()
+    assert (await store.astats(("users", "v"))).episodic == 4
+    assert (await store.astats(("users", "w"))).episodic == 4

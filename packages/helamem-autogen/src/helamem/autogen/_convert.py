@@ -114,11 +114,9 @@ def last_turn(messages: Sequence[LLMMessage]) -> Turn | None:
 
 def turn_key(scope: Sequence[str], messages: Sequence[LLMMessage], turn: Turn) -> str:
     """The identity of ``turn`` of a whole history: a hash of the scope and of every user
-    and assistant message before its reply (memory messages left out), so the same
-    question at another place in a conversation, or in another one, has another key,
-    and the same request answered again (a retry, another worker: the same or another
-    reply) has the same one."""
-    spoken = [m for m in messages if not is_memory_message(m)][: turn.at]
+    and assistant message up to its reply (memory messages left out), so the same
+    exchange at another place in a conversation, or in another one, has another key."""
+    spoken = [m for m in messages if not is_memory_message(m)][: turn.at + 1]
     said = [
         [type(m).__name__, text_of(m.content)]
         for m in spoken

@@ -183,7 +183,7 @@ def pair_turns(
                 asked = True
             elif not pending_user:
                 pending_user = text
-            elif pending_user != text and not pending_user.endswith(f"\n{text}"):
+            elif pending_user != text:
                 pending_user = f"{pending_user}\n{text}"
             # else: the same question again (a retry after a failed call): once
         elif is_final_reply(message):

@@ -58,6 +58,18 @@ from ._shared import (
 
 __all__ = ["TURN_ID", "HelaMemChatMemory"]
 
+
+def _chain(before: str, message: ChatMessage) -> str:
+    """The conversation hash after ``message``: ``sha256(before, role, text)`` for a
+    message with text, ``before`` for one without (one step per message, not the
+    whole window per turn)."""
+    text = message_text(message)
+    if not text:
+        return before
+    raw = json.dumps([before, str(message.role.value), text], ensure_ascii=False)
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 TURN_ID = "turn_id"
 """The metadata key of a recorded turn's identity (:meth:`HelaMemChatMemory._identity`)."""
 
@@ -116,6 +128,11 @@ class HelaMemChatMemory(BaseMemory):
     chat_history: list[ChatMessage] = Field(default_factory=list)
     pending_user: str | None = None
     pending_used_ids: list[str] = Field(default_factory=list)
+    conversation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    """This conversation (new for a new memory and at ``reset``; kept by ``to_dict``
+    and pickles): a turn's identity holds it (:meth:`_identity`)."""
+    conversation_hash: str = ""
+    """A chained hash of the window's messages with text (:func:`_chain`)."""
     read_timeout: float = Field(default=5.0, ge=0)
     min_score: float = Field(default=0.0, ge=0, le=1)
     tokenizer_fn: Callable[[str], list[Any]] = Field(default=lazy_tokenizer, exclude=True)
@@ -303,7 +320,9 @@ class HelaMemChatMemory(BaseMemory):
         arguments (with their used ids and their identity: :meth:`_identity`)."""
         jobs: list[dict[str, Any]] = []
         for message in messages:
+            before = self.conversation_hash
             self.chat_history.append(message)
+            self.conversation_hash = _chain(before, message)
             if message.role == MessageRole.USER:
                 self._cache = None  # a new question: retrieve afresh
             turns, self.pending_user = pair_turns([message], self.pending_user)
@@ -314,20 +333,21 @@ class HelaMemChatMemory(BaseMemory):
                         "user": user,
                         "assistant": assistant,
                         "used_ids": self.pending_used_ids,
-                        **self._identity(self.chat_history[:-1]),
+                        **self._identity(before),
                     }
                 )
                 self.pending_used_ids = []
         return jobs
 
-    def _identity(self, before: Sequence[ChatMessage]) -> dict[str, Any]:
+    def _identity(self, before: str) -> dict[str, Any]:
         """A turn's metadata and ``unique_on``: its identity is a hash of the scope, the
-        session and the conversation before its reply, so the same turn put again (a
-        memory restored from ``to_dict``/a pickle, another worker answering the same
-        request, with the same or another reply) is stored once."""
-        said = [[str(m.role), message_text(m)] for m in before if message_text(m)]
-        text = json.dumps([list(self.memory_scope), self.session_id, said], ensure_ascii=False)
-        key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        session, the conversation (:attr:`conversation_id`) and its messages before the
+        reply (``before``, :func:`_chain`), so the same turn put again by a copy of this
+        memory (restored with ``from_dict`` or a pickle by another worker, answered with
+        the same or another reply) is stored once, while another conversation's turns,
+        however alike, are new."""
+        text = json.dumps([list(self.memory_scope), self.session_id, self.conversation_id, before])
+        key = hashlib.sha256(text.encode()).hexdigest()
         return {"metadata": {**self._metadata(), TURN_ID: key}, "unique_on": (TURN_ID,)}
 
     def _query(self, input: object) -> str | None:
@@ -470,6 +490,12 @@ class HelaMemChatMemory(BaseMemory):
         self.chat_history = list(messages)
         _, pending = pair_turns(self.chat_history)
         self.pending_user, self.pending_used_ids, self._cache = pending, [], None
+        chain = ""
+        for message in self.chat_history:
+            chain = _chain(chain, message)
+        self.conversation_hash = chain
+        if not messages:  # a new conversation
+            self.conversation_id = uuid.uuid4().hex
 
     def reset(self) -> None:
         """Clear the window; the long-term memory stays (``memory.delete_scope`` forgets)."""
