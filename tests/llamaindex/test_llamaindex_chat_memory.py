@@ -332,3 +332,38 @@ async def test_another_conversation_alike_is_new_however_it_begins(store: HelaMe
     await engine_memory.aflush()
     assert (await store.astats(("users", "v"))).episodic == 4
     assert (await store.astats(("users", "w"))).episodic == 4
+
+
+async def test_set_starts_another_conversation_unless_it_goes_on_and_ids_can_be_given(
+    store: HelaMemory,
+) -> None:
+    """Review: ``set`` with a non-empty window kept the conversation's id, so a memory
+    reused for another conversation (``FunctionAgent.run(chat_history=...)``) dropped a
+    new answer to the same question; ``from_defaults(chat_history=[],
+    conversation_id=X)`` threw ``X`` away, and servers rebuilding a memory from the
+    client's history per request had no way to make a retry the same conversation."""
+    reused = HelaMemChatMemory.from_defaults(memory=store, session_id="s", scope=("users", "r"))
+    for answer in ("9:00", "17:30"):
+        await reused.aset([ChatMessage(role="system", content="be brief")])
+        await reused.aput(ChatMessage(role="user", content="What time is it?"))
+        await reused.aput(ChatMessage(role="assistant", content=answer))
+    # a window that goes on from the current one is the same conversation
+    await reused.aset([*reused.get_all(), ChatMessage(role="user", content="Thanks")])
+    same = reused.conversation_id
+    await reused.aput(ChatMessage(role="assistant", content="You are welcome."))
+    assert reused.conversation_id == same
+    history = [ChatMessage(role="user", content="What is my flight?")]
+    for _ in range(2):  # a client's retry, rebuilt from its history with its id
+        request = HelaMemChatMemory.from_defaults(
+            memory=store,
+            session_id="s",
+            scope=("users", "q"),
+            chat_history=history,
+            conversation_id="req-42",
+        )
+        assert request.conversation_id == "req-42"
+        await request.aput(ChatMessage(role="assistant", content="LH123."))
+        await request.aflush()
+    await reused.aflush()
+    assert (await store.astats(("users", "r"))).episodic == 6
+    assert (await store.astats(("users", "q"))).episodic == 2

@@ -59,6 +59,13 @@ from ._shared import (
 __all__ = ["TURN_ID", "HelaMemChatMemory"]
 
 
+def _chain_all(messages: Sequence[ChatMessage]) -> str:
+    chain = ""
+    for message in messages:
+        chain = _chain(chain, message)
+    return chain
+
+
 def _chain(before: str, message: ChatMessage) -> str:
     """The conversation hash after ``message``: ``sha256(before, role, text)`` for a
     message with text, ``before`` for one without (one step per message, not the
@@ -101,7 +108,7 @@ class HelaMemChatMemory(BaseMemory):
     clears the window only; the long-term memory stays.
 
     Serializable (``to_dict``/``from_dict``, workflow ``Context``): the
-    window, the pending turn and the settings are; the connection is not.
+    window, the pending turn, the conversation id and the settings are; the connection is not.
     After loading, the memory is the live one for ``config.path`` in this
     process (see :func:`~helamem.llamaindex.register_memory`), else a new one
     built from ``config`` (API keys are never serialized). The long-term
@@ -129,10 +136,10 @@ class HelaMemChatMemory(BaseMemory):
     pending_user: str | None = None
     pending_used_ids: list[str] = Field(default_factory=list)
     conversation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
-    """This conversation (new for a new memory and at ``reset``; kept by ``to_dict``
-    and pickles): a turn's identity holds it (:meth:`_identity`)."""
-    conversation_hash: str = ""
-    """A chained hash of the window's messages with text (:func:`_chain`)."""
+    """This conversation, which a turn's identity holds (:meth:`_identity`): new for a new
+    memory, at ``reset`` and when ``set`` gives a window that does not go on from this
+    one; kept by ``to_dict``/``from_dict`` and pickles. Pass your own (e.g. a request's
+    conversation id) to make copies rebuilt from the same history share it."""
     read_timeout: float = Field(default=5.0, ge=0)
     min_score: float = Field(default=0.0, ge=0, le=1)
     tokenizer_fn: Callable[[str], list[Any]] = Field(default=lazy_tokenizer, exclude=True)
@@ -144,6 +151,11 @@ class HelaMemChatMemory(BaseMemory):
     _cache: tuple[str, list[Line]] | None = PrivateAttr(default=None)
     _shown: list[Line] = PrivateAttr(default_factory=list)
     _warned: bool = PrivateAttr(default=False)
+    _chain: str = PrivateAttr(default="")  # :func:`_chain` over the window (not serialized)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Rebuild the window's chained hash (a restored copy gets the one it had)."""
+        self._chain = _chain_all(self.chat_history)
 
     @classmethod
     def class_name(cls) -> str:
@@ -282,6 +294,8 @@ class HelaMemChatMemory(BaseMemory):
         made = cls(**fields)
         if chat_history is not None:
             made.set(list(chat_history))  # the same rule as set(): history is not recorded
+            if "conversation_id" in kwargs:  # the caller's id, not set()'s new one
+                made.conversation_id = kwargs["conversation_id"]
         made._memory = memory
         made._recorder = recorder
         return made
@@ -320,9 +334,9 @@ class HelaMemChatMemory(BaseMemory):
         arguments (with their used ids and their identity: :meth:`_identity`)."""
         jobs: list[dict[str, Any]] = []
         for message in messages:
-            before = self.conversation_hash
+            before = self._chain
             self.chat_history.append(message)
-            self.conversation_hash = _chain(before, message)
+            self._chain = _chain(before, message)
             if message.role == MessageRole.USER:
                 self._cache = None  # a new question: retrieve afresh
             turns, self.pending_user = pair_turns([message], self.pending_user)
@@ -342,7 +356,7 @@ class HelaMemChatMemory(BaseMemory):
     def _identity(self, before: str) -> dict[str, Any]:
         """A turn's metadata and ``unique_on``: its identity is a hash of the scope, the
         session, the conversation (:attr:`conversation_id`) and its messages before the
-        reply (``before``, :func:`_chain`), so the same turn put again by a copy of this
+        reply (``before``: :func:`_chain`), so the same turn put again by a copy of this
         memory (restored with ``from_dict`` or a pickle by another worker, answered with
         the same or another reply) is stored once, while another conversation's turns,
         however alike, are new."""
@@ -487,14 +501,14 @@ class HelaMemChatMemory(BaseMemory):
         """Replace the window. Its completed turns are history, not recorded again; user
         messages after its last reply are the turn in progress, recorded with the reply
         that answers them (``FunctionAgent.run(chat_history=[..., question])``)."""
+        goes_on = bool(self.chat_history) and messages[: len(self.chat_history)] == list(
+            self.chat_history
+        )
         self.chat_history = list(messages)
         _, pending = pair_turns(self.chat_history)
         self.pending_user, self.pending_used_ids, self._cache = pending, [], None
-        chain = ""
-        for message in self.chat_history:
-            chain = _chain(chain, message)
-        self.conversation_hash = chain
-        if not messages:  # a new conversation
+        self._chain = _chain_all(self.chat_history)
+        if not goes_on:  # another conversation (or a new one): its turns are new
             self.conversation_id = uuid.uuid4().hex
 
     def reset(self) -> None:
