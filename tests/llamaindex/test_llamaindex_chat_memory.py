@@ -367,3 +367,34 @@ async def test_set_starts_another_conversation_unless_it_goes_on_and_ids_can_be_
     await reused.aflush()
     assert (await store.astats(("users", "r"))).episodic == 6
     assert (await store.astats(("users", "q"))).episodic == 2
+
+
+async def test_a_given_id_survives_set_and_a_rewritten_window_keeps_its_identity(
+    store: HelaMemory,
+) -> None:
+    """Review of d80d78b: ``from_defaults(conversation_id=X)`` then ``aset(history)`` (as
+    ``FunctionAgent.run(chat_history=...)`` does) replaced X, so a retry was stored
+    twice; a window message rewritten in place (``FunctionAgent`` with
+    ``initial_state``) changed the identity a restored copy computed."""
+    history = [ChatMessage(role="user", content="What is my flight?")]
+    for _ in range(2):
+        request = HelaMemChatMemory.from_defaults(
+            memory=store, session_id="s", scope=("users", "p"), conversation_id="req-7"
+        )
+        await request.aset(history)
+        assert request.conversation_id == "req-7"
+        await request.aput(ChatMessage(role="assistant", content="LH123."))
+        await request.aflush()
+    live = HelaMemChatMemory.from_defaults(memory=store, session_id="s", scope=("users", "z"))
+    await live.aput(ChatMessage(role="user", content="hello"))
+    await live.aput(ChatMessage(role="assistant", content="hi"))
+    await live.aput(ChatMessage(role="user", content="Book it"))
+    live.chat_history[-1].content = "Current state: {} Current message: Book it"  # in place
+    copy = HelaMemChatMemory.from_json(live.to_json())
+    for memory in (live, copy):
+        await memory.aput(ChatMessage(role="assistant", content="Booked."))
+        await memory.aflush()
+    await request.aset([])  # reset: a new conversation, not the given id
+    assert request.conversation_id != "req-7"
+    assert (await store.astats(("users", "p"))).episodic == 2
+    assert (await store.astats(("users", "z"))).episodic == 4

@@ -108,7 +108,8 @@ class HelaMemChatMemory(BaseMemory):
     clears the window only; the long-term memory stays.
 
     Serializable (``to_dict``/``from_dict``, workflow ``Context``): the
-    window, the pending turn, the conversation id and the settings are; the connection is not.
+    window, the pending turn, the conversation id and hash and the settings are; the
+    connection is not.
     After loading, the memory is the live one for ``config.path`` in this
     process (see :func:`~helamem.llamaindex.register_memory`), else a new one
     built from ``config`` (API keys are never serialized). The long-term
@@ -138,8 +139,13 @@ class HelaMemChatMemory(BaseMemory):
     conversation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     """This conversation, which a turn's identity holds (:meth:`_identity`): new for a new
     memory, at ``reset`` and when ``set`` gives a window that does not go on from this
-    one; kept by ``to_dict``/``from_dict`` and pickles. Pass your own (e.g. a request's
-    conversation id) to make copies rebuilt from the same history share it."""
+    one; kept by ``to_dict``/``from_dict`` and pickles. Pass your own to
+    ``from_defaults`` (e.g. a request's conversation id) to make copies rebuilt from
+    the same history share it: ``set`` then keeps it (``reset`` does not)."""
+    conversation_hash: str | None = None
+    """The chained hash of the window's messages as they were put (:func:`_chain`;
+    serialized, since an agent may rewrite a message of the window in place);
+    ``None``: rebuilt from the window."""
     read_timeout: float = Field(default=5.0, ge=0)
     min_score: float = Field(default=0.0, ge=0, le=1)
     tokenizer_fn: Callable[[str], list[Any]] = Field(default=lazy_tokenizer, exclude=True)
@@ -151,11 +157,12 @@ class HelaMemChatMemory(BaseMemory):
     _cache: tuple[str, list[Line]] | None = PrivateAttr(default=None)
     _shown: list[Line] = PrivateAttr(default_factory=list)
     _warned: bool = PrivateAttr(default=False)
-    _chain: str = PrivateAttr(default="")  # :func:`_chain` over the window (not serialized)
+    _pinned: bool = PrivateAttr(default=False)  # conversation_id given to from_defaults
 
     def model_post_init(self, context: Any, /) -> None:
-        """Rebuild the window's chained hash (a restored copy gets the one it had)."""
-        self._chain = _chain_all(self.chat_history)
+        """The window's chained hash, when the state holds none (saved before it existed)."""
+        if self.conversation_hash is None:
+            self.conversation_hash = _chain_all(self.chat_history)
 
     @classmethod
     def class_name(cls) -> str:
@@ -260,9 +267,10 @@ class HelaMemChatMemory(BaseMemory):
                 )
             session_id = str(key)
         options = sorted(
-            {*cls.model_fields, *_FROM_DEFAULTS} - {"pending_user", "pending_used_ids"}
+            {*cls.model_fields, *_FROM_DEFAULTS}
+            - {"pending_user", "pending_used_ids", "conversation_hash"}
         )
-        unknown = sorted(set(kwargs) - set(cls.model_fields))
+        unknown = sorted(set(kwargs) - (set(cls.model_fields) - {"conversation_hash"}))
         if unknown:
             hints = [
                 f"{u} (did you mean {close[0]}?)"
@@ -292,10 +300,9 @@ class HelaMemChatMemory(BaseMemory):
         if scope is not None:
             fields["scope"] = tuple(scope)
         made = cls(**fields)
-        if chat_history is not None:
+        made._pinned = "conversation_id" in kwargs  # the caller's: set() keeps it
+        if chat_history:
             made.set(list(chat_history))  # the same rule as set(): history is not recorded
-            if "conversation_id" in kwargs:  # the caller's id, not set()'s new one
-                made.conversation_id = kwargs["conversation_id"]
         made._memory = memory
         made._recorder = recorder
         return made
@@ -334,9 +341,9 @@ class HelaMemChatMemory(BaseMemory):
         arguments (with their used ids and their identity: :meth:`_identity`)."""
         jobs: list[dict[str, Any]] = []
         for message in messages:
-            before = self._chain
+            before = self.conversation_hash or ""
             self.chat_history.append(message)
-            self._chain = _chain(before, message)
+            self.conversation_hash = _chain(before, message)
             if message.role == MessageRole.USER:
                 self._cache = None  # a new question: retrieve afresh
             turns, self.pending_user = pair_turns([message], self.pending_user)
@@ -501,15 +508,18 @@ class HelaMemChatMemory(BaseMemory):
         """Replace the window. Its completed turns are history, not recorded again; user
         messages after its last reply are the turn in progress, recorded with the reply
         that answers them (``FunctionAgent.run(chat_history=[..., question])``)."""
-        goes_on = bool(self.chat_history) and messages[: len(self.chat_history)] == list(
-            self.chat_history
+        # the same conversation: the caller's id, a first window, or one going on from it
+        goes_on = bool(messages) and (
+            self._pinned
+            or not self.chat_history
+            or messages[: len(self.chat_history)] == list(self.chat_history)
         )
         self.chat_history = list(messages)
         _, pending = pair_turns(self.chat_history)
         self.pending_user, self.pending_used_ids, self._cache = pending, [], None
-        self._chain = _chain_all(self.chat_history)
-        if not goes_on:  # another conversation (or a new one): its turns are new
-            self.conversation_id = uuid.uuid4().hex
+        self.conversation_hash = _chain_all(self.chat_history)
+        if not goes_on:  # another conversation (or a new one: reset): its turns are new
+            self.conversation_id, self._pinned = uuid.uuid4().hex, False
 
     def reset(self) -> None:
         """Clear the window; the long-term memory stays (``memory.delete_scope`` forgets)."""
