@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -394,6 +395,16 @@ async def test_a_given_id_survives_set_and_a_rewritten_window_keeps_its_identity
     for memory in (live, copy):
         await memory.aput(ChatMessage(role="assistant", content="Booked."))
         await memory.aflush()
+    # restored copies (to_dict, pickle) keep the caller's id through a set() too
+    await request.aset([*history, ChatMessage(role="assistant", content="LH123.")])
+    for restored in (
+        HelaMemChatMemory.from_dict(request.to_dict()),
+        pickle.loads(pickle.dumps(request)),
+    ):
+        await restored.aset(history)  # shorter than its window: the given id decides
+        assert restored.conversation_id == "req-7"
+        await restored.aput(ChatMessage(role="assistant", content="LH123, seat 4A."))
+        await restored.aflush()
     await request.aset([])  # reset: a new conversation, not the given id
     assert request.conversation_id != "req-7"
     assert (await store.astats(("users", "p"))).episodic == 2

@@ -59,6 +59,10 @@ from ._shared import (
 __all__ = ["TURN_ID", "HelaMemChatMemory"]
 
 
+_INTERNAL = frozenset({"conversation_hash", "conversation_pinned"})
+"""Serialized state that ``from_defaults`` does not take (``conversation_id`` it does)."""
+
+
 def _chain_all(messages: Sequence[ChatMessage]) -> str:
     chain = ""
     for message in messages:
@@ -139,9 +143,12 @@ class HelaMemChatMemory(BaseMemory):
     conversation_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     """This conversation, which a turn's identity holds (:meth:`_identity`): new for a new
     memory, at ``reset`` and when ``set`` gives a window that does not go on from this
-    one; kept by ``to_dict``/``from_dict`` and pickles. Pass your own to
-    ``from_defaults`` (e.g. a request's conversation id) to make copies rebuilt from
-    the same history share it: ``set`` then keeps it (``reset`` does not)."""
+    one (unless the window was empty, or the id is the caller's); kept by
+    ``to_dict``/``from_dict`` and pickles. Pass your own to ``from_defaults`` (e.g. a
+    request's conversation id) to make copies rebuilt from the same history share it:
+    ``set`` then keeps it (``reset`` does not)."""
+    conversation_pinned: bool = False
+    """Whether :attr:`conversation_id` is the caller's (``set`` keeps it); serialized."""
     conversation_hash: str | None = None
     """The chained hash of the window's messages as they were put (:func:`_chain`;
     serialized, since an agent may rewrite a message of the window in place);
@@ -157,7 +164,6 @@ class HelaMemChatMemory(BaseMemory):
     _cache: tuple[str, list[Line]] | None = PrivateAttr(default=None)
     _shown: list[Line] = PrivateAttr(default_factory=list)
     _warned: bool = PrivateAttr(default=False)
-    _pinned: bool = PrivateAttr(default=False)  # conversation_id given to from_defaults
 
     def model_post_init(self, context: Any, /) -> None:
         """The window's chained hash, when the state holds none (saved before it existed)."""
@@ -267,10 +273,9 @@ class HelaMemChatMemory(BaseMemory):
                 )
             session_id = str(key)
         options = sorted(
-            {*cls.model_fields, *_FROM_DEFAULTS}
-            - {"pending_user", "pending_used_ids", "conversation_hash"}
+            {*cls.model_fields, *_FROM_DEFAULTS} - {"pending_user", "pending_used_ids", *_INTERNAL}
         )
-        unknown = sorted(set(kwargs) - (set(cls.model_fields) - {"conversation_hash"}))
+        unknown = sorted(set(kwargs) - (set(cls.model_fields) - _INTERNAL))
         if unknown:
             hints = [
                 f"{u} (did you mean {close[0]}?)"
@@ -300,7 +305,7 @@ class HelaMemChatMemory(BaseMemory):
         if scope is not None:
             fields["scope"] = tuple(scope)
         made = cls(**fields)
-        made._pinned = "conversation_id" in kwargs  # the caller's: set() keeps it
+        made.conversation_pinned = "conversation_id" in kwargs  # the caller's: set() keeps it
         if chat_history:
             made.set(list(chat_history))  # the same rule as set(): history is not recorded
         made._memory = memory
@@ -510,7 +515,7 @@ class HelaMemChatMemory(BaseMemory):
         that answers them (``FunctionAgent.run(chat_history=[..., question])``)."""
         # the same conversation: the caller's id, a first window, or one going on from it
         goes_on = bool(messages) and (
-            self._pinned
+            self.conversation_pinned
             or not self.chat_history
             or messages[: len(self.chat_history)] == list(self.chat_history)
         )
@@ -519,7 +524,7 @@ class HelaMemChatMemory(BaseMemory):
         self.pending_user, self.pending_used_ids, self._cache = pending, [], None
         self.conversation_hash = _chain_all(self.chat_history)
         if not goes_on:  # another conversation (or a new one: reset): its turns are new
-            self.conversation_id, self._pinned = uuid.uuid4().hex, False
+            self.conversation_id, self.conversation_pinned = uuid.uuid4().hex, False
 
     def reset(self) -> None:
         """Clear the window; the long-term memory stays (``memory.delete_scope`` forgets)."""
