@@ -19,6 +19,8 @@ Examples:
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -353,3 +355,22 @@ def fit_lines(lines: Sequence[Line], max_tokens: int, count: Callable[[str], int
             break
         kept.append(line)
     return kept
+
+
+def chain_all(messages: Sequence[ChatMessage]) -> str:
+    """:func:`chain_message` over ``messages``, from ``""``."""
+    chain = ""
+    for message in messages:
+        chain = chain_message(chain, message)
+    return chain
+
+
+def chain_message(before: str, message: ChatMessage) -> str:
+    """The conversation hash after ``message``: ``sha256(before, role, text)`` for a
+    message with text, ``before`` for one without (one step per message, not the
+    whole window per turn)."""
+    text = message_text(message)
+    if not text:
+        return before
+    raw = json.dumps([before, str(message.role.value), text], ensure_ascii=False)
+    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()

@@ -44,6 +44,8 @@ from ._shared import (
     Line,
     candidates,
     candidates_sync,
+    chain_all,
+    chain_message,
     copy_without_connection,
     dump_config,
     lazy_tokenizer,
@@ -61,24 +63,6 @@ __all__ = ["TURN_ID", "HelaMemChatMemory"]
 
 _INTERNAL = frozenset({"conversation_hash", "conversation_pinned"})
 """Serialized state that ``from_defaults`` does not take (``conversation_id`` it does)."""
-
-
-def _chain_all(messages: Sequence[ChatMessage]) -> str:
-    chain = ""
-    for message in messages:
-        chain = _chain(chain, message)
-    return chain
-
-
-def _chain(before: str, message: ChatMessage) -> str:
-    """The conversation hash after ``message``: ``sha256(before, role, text)`` for a
-    message with text, ``before`` for one without (one step per message, not the
-    whole window per turn)."""
-    text = message_text(message)
-    if not text:
-        return before
-    raw = json.dumps([before, str(message.role.value), text], ensure_ascii=False)
-    return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 TURN_ID = "turn_id"
@@ -150,7 +134,7 @@ class HelaMemChatMemory(BaseMemory):
     conversation_pinned: bool = False
     """Whether :attr:`conversation_id` is the caller's (``set`` keeps it); serialized."""
     conversation_hash: str | None = None
-    """The chained hash of the window's messages as they were put (:func:`_chain`;
+    """The chained hash of the window's messages as they were put (:func:`~._shared.chain_message`;
     serialized, since an agent may rewrite a message of the window in place);
     ``None``: rebuilt from the window."""
     read_timeout: float = Field(default=5.0, ge=0)
@@ -168,7 +152,7 @@ class HelaMemChatMemory(BaseMemory):
     def model_post_init(self, context: Any, /) -> None:
         """The window's chained hash, when the state holds none (saved before it existed)."""
         if self.conversation_hash is None:
-            self.conversation_hash = _chain_all(self.chat_history)
+            self.conversation_hash = chain_all(self.chat_history)
 
     @classmethod
     def class_name(cls) -> str:
@@ -348,7 +332,7 @@ class HelaMemChatMemory(BaseMemory):
         for message in messages:
             before = self.conversation_hash or ""
             self.chat_history.append(message)
-            self.conversation_hash = _chain(before, message)
+            self.conversation_hash = chain_message(before, message)
             if message.role == MessageRole.USER:
                 self._cache = None  # a new question: retrieve afresh
             turns, self.pending_user = pair_turns([message], self.pending_user)
@@ -368,8 +352,9 @@ class HelaMemChatMemory(BaseMemory):
     def _identity(self, before: str) -> dict[str, Any]:
         """A turn's metadata and ``unique_on``: its identity is a hash of the scope, the
         session, the conversation (:attr:`conversation_id`) and its messages before the
-        reply (``before``: :func:`_chain`), so the same turn put again by a copy of this
-        memory (restored with ``from_dict`` or a pickle by another worker, answered with
+        reply (``before``: :func:`~._shared.chain_message`), so the same turn put again
+        by a copy of this memory (restored with ``from_dict`` or a pickle by another
+        worker, answered with
         the same or another reply) is stored once, while another conversation's turns,
         however alike, are new."""
         text = json.dumps([list(self.memory_scope), self.session_id, self.conversation_id, before])
@@ -522,7 +507,7 @@ class HelaMemChatMemory(BaseMemory):
         self.chat_history = list(messages)
         _, pending = pair_turns(self.chat_history)
         self.pending_user, self.pending_used_ids, self._cache = pending, [], None
-        self.conversation_hash = _chain_all(self.chat_history)
+        self.conversation_hash = chain_all(self.chat_history)
         if not goes_on:  # another conversation (or a new one: reset): its turns are new
             self.conversation_id, self.conversation_pinned = uuid.uuid4().hex, False
 
