@@ -12,6 +12,7 @@ it) and a memory asks the store for it the first time it reads a context.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -297,13 +298,31 @@ async def test_a_state_of_unrecorded_turns_loaded_into_a_served_context_is_recor
     ]
 
 
-async def test_two_agents_loading_one_state_at_once_store_its_turn_once(
-    tmp_path: Path, own_store: str, store_db: Any
+async def _run_loaded(
+    cfg: Any, state: Mapping[str, Any], task: str, reply: str, store: HelaMemory | None
 ) -> None:
-    """Two agents of one process load the same saved state (its last turn never
-    recorded) and run at once: each looked for the turn before the other's copy was
-    stored, and both recorded it (new-user trial). Now each turn is recorded with its
-    identity as ``unique_on``, checked by the store in its write transaction."""
+    """An agent loads ``state`` and runs ``task``; its memory uses ``store`` (``None``: a
+    store object of its own on the same store, as another process has)."""
+    async with contextlib.AsyncExitStack() as stack:
+        own = store or await stack.enter_async_context(HelaMemory(cfg.to_helamem_config()))
+        memory = HelaMemMemory(cfg, memory=own)
+        agent = AssistantAgent(
+            "a", model_client=ReplayChatCompletionClient([reply]), memory=[memory]
+        )
+        await agent.load_state(state)
+        await agent.run(task=task)
+        await memory.close()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_agents_loading_one_state_at_once_store_its_turn_once(
+    tmp_path: Path, own_store: str, store_db: Any, processes: int
+) -> None:
+    """Two agents load the same saved state (its last turn never recorded) and run at
+    once: each looked for the turn before the other's copy was stored, and both
+    recorded it (new-user trial); with a store object each (two processes) no
+    per-process lock could order them. Now each turn is recorded with its identity as
+    ``unique_on``, checked by the store in its write transaction."""
     path = tmp_path / "data"
     cfg = config(path)
     async with HelaMemory(cfg.to_helamem_config()) as store:
@@ -313,50 +332,10 @@ async def test_two_agents_loading_one_state_at_once_store_its_turn_once(
         )
         await agent.run(task="question 0")
         state = await agent.save_state()  # no close: turn 0 is not recorded
-
-        async def worker(tag: str) -> None:
-            memory = HelaMemMemory(cfg, memory=store)
-            client = ReplayChatCompletionClient([f"answer {tag}"])
-            other = AssistantAgent("a", model_client=client, memory=[memory])
-            await other.load_state(state)
-            await other.run(task=f"question {tag}")
-            await memory.close()
-
-        await asyncio.gather(worker("A"), worker("B"))
-    episodes = _episodes(store_db, path)
-    assert episodes.count("question 0") == 1 and episodes.count("answer 0") == 1
-    assert sorted(episodes) == sorted(
-        ["question 0", "answer 0", "question A", "answer A", "question B", "answer B"]
-    )
-
-
-async def test_two_processes_loading_one_state_at_once_store_its_turn_once(
-    tmp_path: Path, own_store: str, store_db: Any
-) -> None:
-    """As above, but each agent's memory has a store object of its own on the one store
-    (two processes): a per-process lock cannot order them, and each looked up the turn
-    before the other's copy was committed. Now the turn is queued with ``unique_on``:
-    the store checks its identity in the write transaction, so one copy is stored."""
-    path = tmp_path / "data"
-    cfg = config(path)
-    async with HelaMemory(cfg.to_helamem_config()) as store:
-        first = HelaMemMemory(cfg, memory=store)
-        agent = AssistantAgent(
-            "a", model_client=ReplayChatCompletionClient(["answer 0"]), memory=[first]
+        shared = store if processes == 1 else None
+        await asyncio.gather(
+            *(_run_loaded(cfg, state, f"question {t}", f"answer {t}", shared) for t in "AB")
         )
-        await agent.run(task="question 0")
-        state = await agent.save_state()  # no close: turn 0 is not recorded
-
-    async def worker(tag: str) -> None:
-        async with HelaMemory(cfg.to_helamem_config()) as own:
-            memory = HelaMemMemory(cfg, memory=own)
-            client = ReplayChatCompletionClient([f"answer {tag}"])
-            other = AssistantAgent("a", model_client=client, memory=[memory])
-            await other.load_state(state)
-            await other.run(task=f"question {tag}")
-            await memory.close()
-
-    await asyncio.gather(worker("A"), worker("B"))
     episodes = _episodes(store_db, path)
     assert episodes.count("question 0") == 1 and episodes.count("answer 0") == 1
     assert sorted(episodes) == sorted(
@@ -383,18 +362,10 @@ async def test_a_request_answered_again_is_stored_once_a_new_answer_is_new(
         state = await agent.save_state()
         await first.close()
 
-    async def worker(reply: str) -> None:
-        async with HelaMemory(cfg.to_helamem_config()) as own:
-            memory = HelaMemMemory(cfg, memory=own)
-            other = AssistantAgent(
-                "a", model_client=ReplayChatCompletionClient([reply]), memory=[memory]
-            )
-            await other.load_state(state)
-            await other.run(task="Book me the 9am flight to Oslo")
-            await memory.close()
-
-    await worker("Booked flight LH123.")
-    await worker("Booked flight LH123.")
+    for _ in range(2):
+        await _run_loaded(
+            cfg, state, "Book me the 9am flight to Oslo", "Booked flight LH123.", None
+        )
     assert _episodes(store_db, path) == [
         "hello",
         "hi!",

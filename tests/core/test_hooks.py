@@ -496,6 +496,20 @@ async def test_errors_are_raised_at_close_and_noted_on_a_body_error() -> None:
     assert any("turn recorder" in n for n in body.value.__notes__)
 
 
+def _two_queued(m: FakeMemory, **first: Any) -> TurnRecorder:
+    """A recorder on ``m`` with turns "one" (``first``: its options) and "two" queued
+    before the owner loop takes either (so they form one batch)."""
+    hold = threading.Event()
+    m._call_soon(lambda: hold.wait(30))  # the owner loop waits: both turns queue before a lane
+    try:
+        rec = TurnRecorder(fake(m))
+        rec.record_turn_nowait(("s",), "one", "x", **first)
+        rec.record_turn_nowait(("s",), "two", "y")
+    finally:
+        hold.set()
+    return rec
+
+
 async def test_a_commit_of_unknown_outcome_is_reported_not_retried() -> None:
     """A batch whose COMMIT was lost may be stored: retrying its turns one by one
     could store them twice, so they are failed (raised at close) as they are."""
@@ -506,14 +520,7 @@ async def test_a_commit_of_unknown_outcome_is_reported_not_retried() -> None:
             raise CommitUnknownError("the connection was lost during COMMIT")
 
     m = LostCommit()
-    hold = threading.Event()
-    m._call_soon(lambda: hold.wait(30))  # the owner loop waits: both turns queue before a lane
-    try:
-        rec = TurnRecorder(fake(m))
-        rec.record_turn_nowait(("s",), "one", "x")
-        rec.record_turn_nowait(("s",), "two", "y")
-    finally:
-        hold.set()
+    rec = _two_queued(m)
     with pytest.raises(TurnRecordingError) as ei:
         await rec.close()
     assert m.calls == [{"batch": 2}]  # one try, no turn-by-turn retry
@@ -532,14 +539,7 @@ async def test_a_commit_of_unknown_outcome_retries_the_turns_with_unique_on() ->
                 raise CommitUnknownError("the connection was lost during COMMIT")
 
     m = LostCommit()
-    hold = threading.Event()
-    m._call_soon(lambda: hold.wait(30))  # the owner loop waits: both turns queue before a lane
-    try:
-        rec = TurnRecorder(fake(m))
-        rec.record_turn_nowait(("s",), "one", "x", metadata={"r": "1"}, unique_on=("r",))
-        rec.record_turn_nowait(("s",), "two", "y")
-    finally:
-        hold.set()
+    rec = _two_queued(m, metadata={"r": "1"}, unique_on=("r",))
     with pytest.raises(TurnRecordingError) as ei:
         await rec.close()
     assert m.calls == [{"batch": 2, "unique": [("r",), ()]}, {"batch": 1, "unique": [("r",)]}]

@@ -321,24 +321,32 @@ def test_a_turn_replayed_from_an_earlier_checkpoint_is_not_recorded_again(
     mem.close()
 
 
+class _NoReducer(TypedDict):
+    messages: list[Any]  # no add_messages: each input replaces the list
+    title: str
+
+
+def _no_reducer_graph() -> Any:
+    """A graph whose messages channel has no reducer; its bot appends a counted answer."""
+    answers = itertools.count()
+
+    def bot(state: _NoReducer) -> dict[str, Any]:
+        return {"messages": [*state["messages"], AIMessage(f"answer {next(answers)}")]}
+
+    g = StateGraph(_NoReducer)
+    g.add_node("bot", bot)
+    g.add_edge(START, "bot")
+    g.add_edge("bot", END)
+    return g
+
+
 def test_human_messages_without_ids_and_without_a_reducer_are_each_a_turn(
     tmp_path: Path, new_memory: Any
 ) -> None:
     """Without ``add_messages`` each input replaces the list: "yes" again is at the same
     place with the same text, and its turn was dropped as stored already (review)."""
 
-    class State(TypedDict):
-        messages: list[Any]
-
-    answers = itertools.count()
-
-    def bot(state: State) -> dict[str, Any]:
-        return {"messages": [*state["messages"], AIMessage(f"answer {next(answers)}")]}
-
-    g = StateGraph(State)
-    g.add_node("bot", bot)
-    g.add_edge(START, "bot")
-    g.add_edge("bot", END)
+    g = _no_reducer_graph()
     mem = new_memory(tmp_path / "mem")
     cfg: Any = {"configurable": {"thread_id": "t1"}}
     with TurnRecorder(mem) as rec:
@@ -522,19 +530,7 @@ def test_id_less_turns_repeat_and_updates_of_other_channels_record_nothing(
     """Review: "yes" then "yes" (no ids, no reducer) kept one turn; an ``update_state``
     of another channel re-recorded the last id-less turn from a fresh checkpointer."""
 
-    class State(TypedDict):
-        messages: list[Any]
-        title: str
-
-    answers = itertools.count()
-
-    def bot(state: State) -> dict[str, Any]:
-        return {"messages": [*state["messages"], AIMessage(f"answer {next(answers)}")]}
-
-    g = StateGraph(State)
-    g.add_node("bot", bot)
-    g.add_edge(START, "bot")
-    g.add_edge("bot", END)
+    g = _no_reducer_graph()
     mem = new_memory(tmp_path / "mem")
     saver = InMemorySaver()
     cfg: Any = {"configurable": {"thread_id": "t1"}}

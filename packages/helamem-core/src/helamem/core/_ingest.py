@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +41,8 @@ __all__ = ["IngestOps", "Prepared", "prepare"]
 def _complete(group: Sequence[Prepared], rows: Sequence[MemoryRow]) -> bool:
     """Whether ``rows`` (stored with ``group``'s idempotency key) hold a memory of each
     role of ``group``: only then is it stored already (a deleted half is stored again)."""
-    roles = [r.role for r in rows]
-    return bool(rows) and all(
-        roles.count(p.role) >= [q.role for q in group].count(p.role) for p in group
-    )
+    have = Counter(r.role for r in rows)
+    return bool(rows) and all(have[role] >= n for role, n in Counter(p.role for p in group).items())
 
 
 def _stored_in_place(group: Sequence[Prepared], rows: Sequence[MemoryRow]) -> list[MemoryRow]:

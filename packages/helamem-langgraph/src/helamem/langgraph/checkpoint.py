@@ -413,16 +413,24 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    def _turn(self, got: Resolved, turn: Turn) -> tuple[Sequence[str], Turn, list[str]] | None:
-        scope = got.scope
-        if scope is None:
+    def _job(self, got: Resolved, turn: Turn | None) -> dict[str, Any] | None:
+        """The ``record_turn`` arguments of the turn a saved put completed (``None``:
+        none, or no scope); marks it recorded for its thread."""
+        if turn is None or got.scope is None:
             return None
-        self._recorded[turn[0]] = turn[1]
-        self._recorded.move_to_end(turn[0])
+        thread, key, user, answer = turn
+        self._recorded[thread] = key
+        self._recorded.move_to_end(thread)
         while len(self._recorded) > self._max_threads:
             self._recorded.popitem(last=False)
-        used = self.store.take_used(turn[0]) if self.store is not None else []
-        return scope, turn, used
+        used = self.store.take_used(thread) if self.store is not None else []
+        return {
+            "scope": got.scope,
+            "user": user,
+            "assistant": answer,
+            "used_ids": used,
+            **_identity(thread, key),
+        }
 
     # -- forwarding (sync) ---------------------------------------------------------
 
@@ -457,12 +465,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         stamped = self._scopes.stamp(metadata, config, got)
         saved = self.saver.put(config, checkpoint, stamped, new_versions)
         self._scopes.remember(saved, got)
-        found = None if turn is None else self._turn(got, turn)
-        if found is not None:
-            where, (thread, key, user, answer), used = found
-            self.recorder.record_turn_sync(
-                where, user, answer, used_ids=used, **_identity(thread, key)
-            )
+        if (job := self._job(got, turn)) is not None:
+            self.recorder.record_turn_sync(**job)
         return saved
 
     def put_writes(
@@ -526,12 +530,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         stamped = self._scopes.stamp(metadata, config, got)
         saved = await self._async_saver().aput(config, checkpoint, stamped, new_versions)
         self._scopes.remember(saved, got)
-        found = None if turn is None else self._turn(got, turn)
-        if found is not None:
-            where, (thread, key, user, answer), used = found
-            await self.recorder.record_turn(
-                where, user, answer, used_ids=used, **_identity(thread, key)
-            )
+        if (job := self._job(got, turn)) is not None:
+            await self.recorder.record_turn(**job)
         return saved
 
     async def aput_writes(
