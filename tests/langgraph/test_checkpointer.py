@@ -20,6 +20,7 @@ from langgraph.checkpoint.conformance.capabilities import DetectedCapabilities
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.store.base import BaseStore
+from langgraph.types import Command, interrupt
 
 from helamem.core import HashingEmbedder, HelaMemory, TurnRecorder
 from helamem.langgraph import (
@@ -484,7 +485,12 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
     meta = next(iter(saver.list(login))).metadata
     assert meta is not None
     stamp = json.loads(meta[SCOPE_KEY])  # type: ignore[literal-required]
-    assert stamp == {"thread": "t1", "scope": ["users", "alice"], "keys": {"user_id": "alice"}}
+    assert stamp == {
+        "thread": "t1",
+        "scope": ["users", "alice"],
+        "keys": {"user_id": "alice"},
+        "asked": "m7",
+    }
     mem.close()
 
 
@@ -660,11 +666,13 @@ def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
     one failed parent read stamped the fallback scope, moving the thread for good; a
     config's own ``metadata`` decided a copy's scope; a saver keeping only scalar
     metadata dropped the stamp (16 reads per put)."""
-    fail = {"in": 0}  # fail at the n-th scope call from now (one per put)
+    # fail from the n-th scope call from now, ``times`` calls (a put that asks a question
+    # calls it; one that writes none takes its parent's stamp, or calls it without one)
+    fail = {"in": 0, "times": 1}
 
     def scope(config: Any) -> tuple[str, ...]:
         fail["in"] -= 1
-        if fail["in"] == 0:
+        if fail["in"] <= 0 < fail["in"] + fail["times"]:
             raise RuntimeError("directory down")
         return default_scope(config)  # type: ignore[return-value]
 
@@ -674,9 +682,9 @@ def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
     with TurnRecorder(mem) as rec:
         graph = _counting_graph(HelaMemCheckpointer(rec, saver, scope=scope))
         graph.invoke({"messages": [HumanMessage("q1", id="m1")]}, cfg)
-        fail["in"] = 1  # fails for the first put of q2's run (its input): no turn
-        graph.invoke({"messages": [HumanMessage("q2", id="m2")]}, cfg)
-        fail["in"] = 3  # now on the put that completes q3's turn (input, start, bot)
+        fail["in"] = 1  # fails for the put that asks q2 (no turn): stamped with nothing,
+        graph.invoke({"messages": [HumanMessage("q2", id="m2")]}, cfg)  # the answer's asks
+        fail["in"], fail["times"] = 1, 2  # and now for that put too, which completes q3
         with pytest.raises(RuntimeError, match="directory down"):
             graph.invoke({"messages": [HumanMessage("q3", id="m3")]}, {**cfg})
         graph.invoke(None, cfg)  # the retry completes and records q3
@@ -709,4 +717,76 @@ def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
     assert [t for t in texts if t.startswith("q")] == ["q1", "q2", "q3", "q4"]
     assert _turn_texts(mem, ("threads", "x")) == ["answer 0", "x1"]
     assert _turn_texts(mem, ("threads", "y")) == ["answer 0", "y2"]  # not alice's
+    mem.close()
+
+
+@pytest.mark.parametrize("approver", ["same checkpointer", "another process"])
+def test_an_approvers_own_user_id_leaves_the_askers_turn_in_the_askers_scope(
+    tmp_path: Path, new_memory: Any, approver: str
+) -> None:
+    """Review: alice's question, approved with ``update_state`` or resumed with
+    ``Command(resume=...)`` under the approver's config (his own ``user_id``), was
+    recorded in bob's scope (alice's private turn readable in his memory), and the
+    stamp moved the thread: her later turns from bare configs went to bob too. A turn
+    now belongs to the run that asked it; bob's own question on the thread is his."""
+
+    class State(MessagesState):
+        approved: bool
+
+    def gate(state: State) -> dict[str, Any]:
+        return {"approved": interrupt("approve?") == "yes"}
+
+    answers = itertools.count()
+    g = StateGraph(State)
+    g.add_node("draft", lambda s: {"messages": [AIMessage(f"answer {next(answers)}")]})
+    g.add_node("review", lambda s: {})
+    g.add_edge(START, "draft")
+    g.add_edge("draft", "review")
+    g.add_edge("review", END)
+    h = StateGraph(State)
+    h.add_node("gate", gate)
+    h.add_node("bot", lambda s: {"messages": [AIMessage(f"answer {next(answers)}")]})
+    h.add_edge(START, "gate")
+    h.add_edge("gate", "bot")
+    h.add_edge("bot", END)
+
+    def cfg(thread: str, user: str) -> Any:
+        return {"configurable": {"thread_id": thread, "user_id": user}}
+
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    with TurnRecorder(mem) as rec:
+        own = HelaMemCheckpointer(rec, saver)
+
+        def cp() -> HelaMemCheckpointer:  # the approver's: this one, or a fresh one
+            return own if approver == "same checkpointer" else HelaMemCheckpointer(rec, saver)
+
+        review = g.compile(checkpointer=own, interrupt_before=["review"])
+        review.invoke({"messages": [HumanMessage("a1 balance?", id="a1")]}, cfg("a", "alice"))
+        approving = g.compile(checkpointer=cp(), interrupt_before=["review"])
+        approving.update_state(cfg("a", "bob"), {"approved": True}, as_node="review")
+        gated = h.compile(checkpointer=own)
+        gated.invoke({"messages": [HumanMessage("b1 private", id="b1")]}, cfg("b", "alice"))
+        asyncio.run(h.compile(checkpointer=cp()).ainvoke(Command(resume="yes"), cfg("b", "bob")))
+        # alice's UI goes on from the last state (a bare config)
+        gated.invoke(
+            {"messages": [HumanMessage("b2 again", id="b2")]}, gated.get_state(cfg("b", "x")).config
+        )
+        gated.invoke(Command(resume="yes"), gated.get_state(cfg("b", "x")).config)
+        # bob asks his own question on the thread: his turn
+        resuming = h.compile(checkpointer=cp())
+        resuming.invoke({"messages": [HumanMessage("b3 bob asks", id="b3")]}, cfg("b", "bob"))
+        resuming.invoke(Command(resume="yes"), cfg("b", "bob"))
+        rec.flush_sync()
+        stamp = json.loads(gated.get_state(cfg("b", "x")).metadata[SCOPE_KEY])
+    assert _turn_texts(mem, ("users", "alice")) == [
+        "a1 balance?",
+        "answer 0",
+        "answer 1",
+        "answer 2",
+        "b1 private",
+        "b2 again",
+    ]
+    assert _turn_texts(mem, ("users", "bob")) == ["answer 3", "b3 bob asks"]
+    assert stamp["scope"] == ["users", "bob"] and stamp["asked"] == "b3"
     mem.close()

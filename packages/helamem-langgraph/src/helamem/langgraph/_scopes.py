@@ -3,12 +3,18 @@
 A run's config names its scope (``("users", user_id)`` by default); a config from
 ``get_state_history`` or ``get_state`` (time travel, or a UI going on from the last
 state) holds only LangGraph's keys. So every root checkpoint carries the scope it was
-written in (:data:`SCOPE_KEY`: ``{"thread": thread_id, "scope": [...] or None}``), and a
-put whose config holds only LangGraph's keys takes its parent's: from the checkpointer's
-recent puts, else read from the saver. A parent written before the stamp (or by another
-thread: ``copy_thread`` copies metadata) is looked up the old way: the run's keys that
-savers copy into checkpoint metadata, walking up at most :data:`LEGACY_ANCESTORS`
-checkpoints.
+written in (:data:`SCOPE_KEY`: ``{"thread": thread_id, "scope": [...] or None, "asked":
+...}``), and a put whose config holds only LangGraph's keys takes its parent's: from the
+checkpointer's recent puts, else read from the saver. A parent written before the stamp
+(or by another thread: ``copy_thread`` copies metadata) is looked up the old way: the
+run's keys that savers copy into checkpoint metadata, walking up at most
+:data:`LEGACY_ANCESTORS` checkpoints.
+
+A turn belongs to whoever asked its question: the stamp also names the thread's latest
+human message (``asked``), and a put that writes no new one keeps its parent's scope
+whatever its config says (an approver's ``update_state`` or ``Command(resume=...)``
+with the approver's own ``user_id`` completes the asker's turn in the asker's scope,
+and the thread stays there).
 
 :meth:`ScopeBook.resolve` is the algorithm once, as a generator that yields the configs
 of the checkpoints it must read and is sent their tuples; the checkpointer's ``put``
@@ -22,7 +28,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -35,10 +41,11 @@ logger = logging.getLogger(__name__)
 
 SCOPE_KEY = "helamem_scope"
 """The checkpoint metadata key that holds, as a JSON string (savers that keep only
-scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...}}``:
-the scope of the run that wrote the checkpoint (``None``: the scope function gave none)
-and that run's own configurable keys (str, int, float or bool values), which decide the
-scope of a copy of the thread (``copy_thread``)."""
+scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...},
+"asked": str or None}``: the scope of the thread's turns when the checkpoint was written
+(``None``: the scope function gave none), the configurable keys (str, int, float or bool
+values) of the run it came from, which decide the scope of a copy of the thread
+(``copy_thread``), and the key of the thread's latest human message then."""
 
 LEGACY_ANCESTORS = 16
 """Checkpoints looked at, newest first, above a parent without a stamp of its thread."""
@@ -63,6 +70,9 @@ class Resolved:
     error: Exception | None = None
     keys: Mapping[str, Any] = field(default_factory=dict)
     """The run keys the scope came from (the stamp passes them on to copies)."""
+    asked: str | None = None
+    """The key of the thread's latest human message when the put was written (see
+    :func:`~helamem.langgraph._turns.question_key`); ``None``: none."""
 
 
 def has_run_keys(config: RunnableConfig) -> bool:
@@ -107,6 +117,8 @@ def _stamp_of(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = stamp.get("keys")
     stamp["keys"] = keys if isinstance(keys, dict) else {}
+    asked = stamp.get("asked")
+    stamp["asked"] = asked if isinstance(asked, str) else None
     return stamp
 
 
@@ -129,21 +141,34 @@ class ScopeBook:
         return Resolved(None if got is None else tuple(got), keys=_own_keys(config))
 
     def resolve(
-        self, config: RunnableConfig
+        self, config: RunnableConfig, asked: str | None = None, new_question: bool = False
     ) -> Generator[RunnableConfig, CheckpointTuple | None, Resolved]:
-        """The scope of a put of ``config`` (the parent's config): yields the configs of
-        the checkpoints to read, is sent each one's tuple (``None``: none) or thrown
-        :class:`ReadFailed`."""
+        """The scope of a put of ``config`` (the parent's config) whose checkpoint's
+        latest human message has key ``asked`` (``new_question``: this put wrote it):
+        yields the configs of the checkpoints to read, is sent each one's tuple
+        (``None``: none) or thrown :class:`ReadFailed`.
+
+        A config with keys of its own gives its scope to a put that asks a new
+        question (or has none, or starts the thread); a put that writes no new
+        question keeps the parent's stamped scope.
+        """
+        got = yield from self._resolve(config, asked, new_question)
+        return replace(got, asked=asked)
+
+    def _resolve(
+        self, config: RunnableConfig, asked: str | None, new_question: bool
+    ) -> Generator[RunnableConfig, CheckpointTuple | None, Resolved]:
         conf = config.get("configurable", {})
         if conf.get("checkpoint_ns"):
             return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
-        if has_run_keys(config) or parent is None:
+        own = has_run_keys(config)
+        if parent is None or (own and (new_question or asked is None)):
             return self._call(config)
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:
-            return known
+            return self._call(config) if own and known.asked != asked else known
         want: RunnableConfig | None = config
         try:
             for _ in range(LEGACY_ANCESTORS):
@@ -154,8 +179,16 @@ class ScopeBook:
                     break
                 stamp = _stamp_of(tup.metadata)
                 if stamp is not None and stamp["thread"] == thread:
+                    if own and stamp["asked"] != asked:  # a question asked in this run
+                        return self._call(config)
                     scope = stamp["scope"]
-                    return Resolved(None if scope is None else tuple(scope), keys=stamp["keys"])
+                    return Resolved(
+                        None if scope is None else tuple(scope),
+                        keys=stamp["keys"],
+                        asked=stamp["asked"],
+                    )
+                if own:  # written before the stamp, or another thread's: the config's
+                    return self._call(config)
                 # another thread's (copy_thread): the scope of its run's keys here;
                 # else written before the stamp: the run keys savers copy to metadata
                 keys = stamp["keys"] if stamp is not None else _run_keys(tup.metadata)
@@ -175,7 +208,7 @@ class ScopeBook:
             return metadata
         thread = str(config.get("configurable", {}).get("thread_id"))
         scope = None if got.scope is None else list(got.scope)
-        stamp = {"thread": thread, "scope": scope, "keys": dict(got.keys)}
+        stamp = {"thread": thread, "scope": scope, "keys": dict(got.keys), "asked": got.asked}
         return {**metadata, SCOPE_KEY: json.dumps(stamp, sort_keys=True)}
 
     def remember(self, saved: RunnableConfig, got: Resolved) -> None:

@@ -1,0 +1,187 @@
+"""A checkpoint's turn, read from its ``messages`` channel (pure; no I/O): whether it
+completes one (:func:`completed_turn`), its question's key (:func:`question_key`) and the
+turn's identity in the store (:func:`identity`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+
+from helamem.core import is_blank
+from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
+
+__all__ = ["NO_ID", "Turn", "asks", "completed_turn", "identity", "question_key"]
+
+Turn = tuple[str, str, str, str]
+"""``(thread_id, turn key, user message, assistant message)``."""
+
+_ROLES = {"human": "human", "user": "human", "ai": "ai", "assistant": "ai"}
+
+
+def _field(message: Any, name: str) -> Any:
+    return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
+
+
+def _role(message: Any) -> str | None:
+    return _ROLES.get(str(_field(message, "type") or _field(message, "role")))
+
+
+def _text(message: Any) -> str:
+    content = _field(message, "content")
+    if isinstance(content, str):
+        return content
+    parts = [
+        p if isinstance(p, str) else str(p.get("text", ""))
+        for p in content or []
+        if isinstance(p, str) or (isinstance(p, Mapping) and p.get("type") == "text")
+    ]
+    return "".join(parts)
+
+
+_SENDS = "__pregel_tasks"  # LangGraph's channel of pending Send packets
+
+
+def _triggers(channel: str, value: Any) -> bool:
+    """Whether a checkpoint's ``channel`` holding ``value`` triggers another node.
+
+    An edge's ``branch:to:<node>`` channel; pending ``Send`` packets (the
+    fan-out's workers run next); a join's ``join:<a>+<b>:<node>`` barrier that
+    every source has reached (its node runs next; a barrier still waiting, or
+    consumed, triggers nothing; a deferred node's barrier holds ``(seen,
+    finished)``).
+
+    Examples:
+        >>> _triggers("branch:to:final", None), _triggers("__pregel_tasks", [])
+        (True, False)
+        >>> _triggers("join:a+b:c", {"a", "b"}), _triggers("join:a+b:c", {"a"})
+        (True, False)
+        >>> _triggers("join:a+b:c", ({"a", "b"}, False)), _triggers("join:a+b:c", (set(), False))
+        (True, False)
+    """
+    if channel.startswith("branch:to:"):
+        return True
+    if channel == _SENDS:
+        return bool(value)
+    if channel.startswith("join:"):
+        seen = value
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], bool):
+            seen = value[0]  # a deferred node's barrier: (sources seen, finished)
+        if not isinstance(seen, set | frozenset | list):
+            return False
+        sources = channel[len("join:") :].rsplit(":", 1)[0].split("+")
+        return bool(seen) and set(sources) <= {str(x) for x in seen}
+    return False
+
+
+def completed_turn(
+    config: RunnableConfig,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    messages_key: str = "messages",
+) -> Turn | None:
+    """The turn a checkpoint completes, if it completes one (pure; no I/O).
+
+    Examples:
+        >>> completed_turn(cfg, checkpoint, {"source": "loop"})   # doctest: +SKIP
+        ('t1', 'msg-1', 'hi', 'hello!')
+    """
+    conf = config.get("configurable", {})
+    thread = conf.get("thread_id")
+    values = checkpoint.get("channel_values") or {}
+    # a step of the graph, or an answer written with update_state (human in the loop)
+    if metadata.get("source") not in ("loop", "update") or conf.get("checkpoint_ns"):
+        return None
+    if thread is None:
+        return None
+    if any(_triggers(str(ch), v) for ch, v in values.items()):
+        return None  # more nodes are triggered: the run goes on
+    messages = values.get(messages_key)
+    if not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    if _role(last) != "ai" or _field(last, "tool_calls"):
+        return None
+    humans = [i for i, m in enumerate(messages) if _role(m) == "human"]
+    if not humans:
+        return None
+    # and every human message before it since the answer to the turn before (two sent
+    # at once, or one whose run failed before it was answered): the turn's question
+    start = next(
+        (
+            i + 1
+            for i in range(humans[-1] - 1, -1, -1)
+            if _role(messages[i]) == "ai"
+            and not _field(messages[i], "tool_calls")
+            and not is_blank(_text(messages[i]))
+        ),
+        0,
+    )
+    humans = [i for i in humans if i >= start]
+    human = messages[humans[-1]]
+    asked: list[str] = []  # the same question sent again (a retry after a failure): once
+    for i in humans:
+        text = _text(messages[i])
+        if not is_blank(text) and (not asked or asked[-1] != text):
+            asked.append(text)
+    user = "\n".join(asked)
+    answer = _text(last)
+    if is_blank(user) or is_blank(answer):  # the core stores no blank text
+        return None
+    # the human message's id, else its place and text (NO_ID: not an identity, a
+    # messages channel without a reducer repeats it)
+    key = str(_field(human, "id") or f"{NO_ID}{humans[-1]}:{hash(user)}:{hash(answer)}")
+    return str(thread), key, user, answer
+
+
+NO_ID = "no-id:"
+"""The prefix of a turn key made for a human message without an id."""
+
+
+def question_key(checkpoint: Checkpoint, messages_key: str = "messages") -> str | None:
+    """The key of the checkpoint's latest human message (``None``: it has none): its id,
+    else its place and a hash of its text (stable across processes).
+
+    Examples:
+        >>> question_key({"channel_values": {"messages": [{"type": "human", "id": "m1"}]}})
+        'm1'
+    """
+    messages = (checkpoint.get("channel_values") or {}).get(messages_key)
+    if not isinstance(messages, list):
+        return None
+    for i in range(len(messages) - 1, -1, -1):
+        if _role(messages[i]) == "human":
+            got = _field(messages[i], "id")
+            if got:
+                return str(got)
+            digest = hashlib.sha256(_text(messages[i]).encode("utf-8", "surrogatepass"))
+            return f"{NO_ID}{i}:{digest.hexdigest()[:32]}"
+    return None
+
+
+def asks(checkpoint: Checkpoint, new_versions: ChannelVersions, messages_key: str) -> bool:
+    """Whether the put writes a question: its messages changed and end with a human one."""
+    messages = (checkpoint.get("channel_values") or {}).get(messages_key)
+    return (
+        messages_key in new_versions
+        and isinstance(messages, list)
+        and bool(messages)
+        and _role(messages[-1]) == "human"
+    )
+
+
+def identity(thread: str, key: str) -> dict[str, Any]:
+    """A turn's metadata (its thread and human message id) and that pair as its
+    ``unique_on`` key: the store records a turn once however often a checkpoint
+    completes it (a replay from an earlier checkpoint, another process, an answer
+    regenerated for the same message). A human message without an id has no
+    identity (without a reducer, "yes" at the same place of a new input is a new
+    turn): only the checkpointer's own last-turn check applies."""
+    if key.startswith(NO_ID):
+        return {"metadata": {"thread_id": thread}}
+    return {
+        "metadata": {"thread_id": thread, "message_id": key},
+        "unique_on": ("thread_id", "message_id"),
+    }
