@@ -489,7 +489,6 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
         "thread": "t1",
         "scope": ["users", "alice"],
         "keys": {"user_id": "alice"},
-        "asked": "m7",
     }
     mem.close()
 
@@ -682,9 +681,10 @@ def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
     with TurnRecorder(mem) as rec:
         graph = _counting_graph(HelaMemCheckpointer(rec, saver, scope=scope))
         graph.invoke({"messages": [HumanMessage("q1", id="m1")]}, cfg)
-        fail["in"] = 1  # fails for the put that asks q2 (no turn): stamped with nothing,
-        graph.invoke({"messages": [HumanMessage("q2", id="m2")]}, cfg)  # the answer's asks
-        fail["in"], fail["times"] = 1, 2  # and now for that put too, which completes q3
+        fail["in"] = 1  # fails for q2's input put (no turn): stamped with nothing, so
+        graph.invoke({"messages": [HumanMessage("q2", id="m2")]}, cfg)  # the next asks
+        # and now for every put of q3's run up to the answer's, which completes q3
+        fail["in"], fail["times"] = 1, 3
         with pytest.raises(RuntimeError, match="directory down"):
             graph.invoke({"messages": [HumanMessage("q3", id="m3")]}, {**cfg})
         graph.invoke(None, cfg)  # the retry completes and records q3
@@ -788,5 +788,89 @@ def test_an_approvers_own_user_id_leaves_the_askers_turn_in_the_askers_scope(
         "b2 again",
     ]
     assert _turn_texts(mem, ("users", "bob")) == ["answer 3", "b3 bob asks"]
-    assert stamp["scope"] == ["users", "bob"] and stamp["asked"] == "b3"
+    assert stamp["scope"] == ["users", "bob"]
+    mem.close()
+
+
+def test_an_approvers_edits_notes_and_nodes_keep_the_askers_turn(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Second review of the asker's scope (each failed on its first version): an
+    approver's ``update_state`` fixing the pending question (same id) took the turn,
+    even from alice's own resume; a human message written by a node of bob's resumed
+    run (a critique), or merged in by ``Command(resume=..., update=...)``, sent alice's
+    turn and thread to bob; a new process going on with its own config read one
+    checkpoint more per run."""
+
+    class State(MessagesState):
+        approved: bool
+
+    def gate(state: State) -> dict[str, Any]:
+        return {"approved": interrupt("approve?") == "yes"}
+
+    answers = itertools.count()
+
+    def bot(state: State) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"answer {next(answers)}")]}
+
+    def critique(state: State) -> dict[str, Any]:
+        return {"messages": [HumanMessage("critique: shorter")]}
+
+    g = StateGraph(State)
+    g.add_node("gate", gate)
+    g.add_node("bot", bot)
+    g.add_edge(START, "gate")
+    g.add_edge("gate", "bot")
+    g.add_edge("bot", END)
+    r = StateGraph(State)  # reflection: a draft, a critique as a human message, a final
+    r.add_node("draft", bot)
+    r.add_node("gate", gate)
+    r.add_node("critique", critique)
+    r.add_node("final", bot)
+    r.add_edge(START, "draft")
+    r.add_edge("draft", "gate")
+    r.add_edge("gate", "critique")
+    r.add_edge("critique", "final")
+    r.add_edge("final", END)
+
+    def cfg(thread: str, user: str) -> Any:
+        return {"configurable": {"thread_id": thread, "user_id": user}}
+
+    mem = new_memory(tmp_path / "mem")
+    saver = _Scalars()
+    with TurnRecorder(mem) as rec:
+
+        def fresh(graph: Any) -> Any:  # another process: a checkpointer of its own
+            return graph.compile(checkpointer=HelaMemCheckpointer(rec, saver))
+
+        fresh(g).invoke({"messages": [HumanMessage("e1 tax?", id="e1")]}, cfg("e", "alice"))
+        fixed = HumanMessage("e1 tax??", id="e1")  # bob fixes the question in place
+        fresh(g).update_state(cfg("e", "bob"), {"messages": [fixed]})
+        fresh(g).invoke(Command(resume="yes"), cfg("e", "alice"))
+        fresh(r).invoke({"messages": [HumanMessage("r1 draft it", id="r1")]}, cfg("r", "alice"))
+        fresh(r).invoke(Command(resume="yes"), cfg("r", "bob"))
+        fresh(g).invoke({"messages": [HumanMessage("n1 worried", id="n1")]}, cfg("n", "alice"))
+        note = {"messages": [HumanMessage("approved, be kind", id="n2")]}
+        fresh(g).invoke(Command(resume="yes", update=note), cfg("n", "bob"))
+        # a new process per run: a resume reads its parent once, an input nothing more
+        runs: list[Any] = [{"messages": [HumanMessage("c1", id="c1")]}, Command(resume="yes")]
+        runs += [{"messages": [HumanMessage("c2", id="c2")]}, Command(resume="yes")]
+        plain = _Scalars()
+        for run in runs:
+            g.compile(checkpointer=plain).invoke(run, cfg("c", "carol"))
+        saver.reads = 0
+        for run in runs:
+            fresh(g).invoke(run, cfg("c", "carol"))
+        ours = saver.reads
+        rec.flush_sync()
+    assert _turn_texts(mem, ("users", "alice")) == [
+        "answer 0",
+        "answer 2",  # the final answer to the critique (the draft was not an answer)
+        "answer 3",
+        "critique: shorter",
+        "e1 tax??",
+        "n1 worried\napproved, be kind",
+    ]
+    assert mem.stats(("users", "bob")).memories == 0
+    assert ours == plain.reads + 2
     mem.close()

@@ -3,18 +3,20 @@
 A run's config names its scope (``("users", user_id)`` by default); a config from
 ``get_state_history`` or ``get_state`` (time travel, or a UI going on from the last
 state) holds only LangGraph's keys. So every root checkpoint carries the scope it was
-written in (:data:`SCOPE_KEY`: ``{"thread": thread_id, "scope": [...] or None, "asked":
-...}``), and a put whose config holds only LangGraph's keys takes its parent's: from the
+written in (:data:`SCOPE_KEY`: ``{"thread": thread_id, "scope": [...] or None, ...}``),
+and a put whose config holds only LangGraph's keys takes its parent's: from the
 checkpointer's recent puts, else read from the saver. A parent written before the stamp
 (or by another thread: ``copy_thread`` copies metadata) is looked up the old way: the
 run's keys that savers copy into checkpoint metadata, walking up at most
 :data:`LEGACY_ANCESTORS` checkpoints.
 
-A turn belongs to whoever asked its question: the stamp also names the thread's latest
-human message (``asked``), and a put that writes no new one keeps its parent's scope
-whatever its config says (an approver's ``update_state`` or ``Command(resume=...)``
-with the approver's own ``user_id`` completes the asker's turn in the asker's scope,
-and the thread stays there).
+A turn belongs to whoever asked its question: only a put that writes outside input (a
+run's input, an ``update_state``) opening a new turn (the first human message of its
+latest turn is not its parent's) takes its config's scope;
+every other put keeps its parent's whatever its config says (an approver's
+``update_state`` or ``Command(resume=...)`` with his own ``user_id``, a node of his run
+writing a human message, an edit of the pending question: the asker's turn stays in the
+asker's scope, and the thread with it).
 
 :meth:`ScopeBook.resolve` is the algorithm once, as a generator that yields the configs
 of the checkpoints it must read and is sent their tuples; the checkpointer's ``put``
@@ -35,17 +37,18 @@ from langchain_core.runnables import RunnableConfig
 
 from langgraph.checkpoint.base import CheckpointMetadata, CheckpointTuple
 
-__all__ = ["LEGACY_ANCESTORS", "SCOPE_KEY", "ReadFailed", "Resolved", "ScopeBook"]
+from ._turns import question_key
+
+__all__ = ["LEGACY_ANCESTORS", "SCOPE_KEY", "Put", "ReadFailed", "Resolved", "ScopeBook"]
 
 logger = logging.getLogger(__name__)
 
 SCOPE_KEY = "helamem_scope"
 """The checkpoint metadata key that holds, as a JSON string (savers that keep only
-scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...},
-"asked": str or None}``: the scope of the thread's turns when the checkpoint was written
-(``None``: the scope function gave none), the configurable keys (str, int, float or bool
-values) of the run it came from, which decide the scope of a copy of the thread
-(``copy_thread``), and the key of the thread's latest human message then."""
+scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...}}``:
+the scope of the thread's turns when the checkpoint was written (``None``: the scope
+function gave none) and the configurable keys (str, int, float or bool values) of the run
+its scope came from, which decide the scope of a copy of the thread (``copy_thread``)."""
 
 LEGACY_ANCESTORS = 16
 """Checkpoints looked at, newest first, above a parent without a stamp of its thread."""
@@ -71,8 +74,25 @@ class Resolved:
     keys: Mapping[str, Any] = field(default_factory=dict)
     """The run keys the scope came from (the stamp passes them on to copies)."""
     asked: str | None = None
-    """The key of the thread's latest human message when the put was written (see
+    """The key of the first human message of the put's latest turn (see
     :func:`~helamem.langgraph._turns.question_key`); ``None``: none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """What a put's scope depends on in its checkpoint (see :mod:`._turns`)."""
+
+    asked: str | None = None
+    """The key of the first human message of the checkpoint's latest turn."""
+    new_input: bool = False
+    """A run's input holding a human message: a new turn, asked by the run."""
+    outside: bool = False
+    """It writes outside input (a run's input or first step, an ``update_state``)."""
+
+    def opens(self, parent_asked: str | None) -> bool:
+        """Whether the put opens a new turn over a parent whose latest turn's first
+        human message has key ``parent_asked``."""
+        return self.outside and parent_asked != self.asked
 
 
 def has_run_keys(config: RunnableConfig) -> bool:
@@ -117,8 +137,6 @@ def _stamp_of(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = stamp.get("keys")
     stamp["keys"] = keys if isinstance(keys, dict) else {}
-    asked = stamp.get("asked")
-    stamp["asked"] = asked if isinstance(asked, str) else None
     return stamp
 
 
@@ -126,8 +144,14 @@ class ScopeBook:
     """The scopes of this checkpointer's recent puts (bounded), and the resolution of a
     put's scope. Thread-safe: ``put`` may run on several threads at once."""
 
-    def __init__(self, scope: Callable[[RunnableConfig], Sequence[str] | None], limit: int):
+    def __init__(
+        self,
+        scope: Callable[[RunnableConfig], Sequence[str] | None],
+        limit: int,
+        messages_key: str = "messages",
+    ):
         self._scope = scope
+        self._messages_key = messages_key
         self._limit = limit
         self._lock = threading.Lock()
         self._recent: OrderedDict[tuple[str, str, str], Resolved] = OrderedDict()
@@ -141,34 +165,33 @@ class ScopeBook:
         return Resolved(None if got is None else tuple(got), keys=_own_keys(config))
 
     def resolve(
-        self, config: RunnableConfig, asked: str | None = None, new_question: bool = False
+        self, config: RunnableConfig, put: Put = Put()
     ) -> Generator[RunnableConfig, CheckpointTuple | None, Resolved]:
-        """The scope of a put of ``config`` (the parent's config) whose checkpoint's
-        latest human message has key ``asked`` (``new_question``: this put wrote it):
-        yields the configs of the checkpoints to read, is sent each one's tuple
-        (``None``: none) or thrown :class:`ReadFailed`.
+        """The scope of a put of ``config`` (the parent's config): yields the configs of
+        the checkpoints to read, is sent each one's tuple (``None``: none) or thrown
+        :class:`ReadFailed`.
 
-        A config with keys of its own gives its scope to a put that asks a new
-        question (or has none, or starts the thread); a put that writes no new
-        question keeps the parent's stamped scope.
+        A config with keys of its own gives its scope to a put that starts the
+        thread or opens a new turn (:meth:`Put.opens`); every other put keeps the
+        parent's stamped scope (a bare config's always).
         """
-        got = yield from self._resolve(config, asked, new_question)
-        return replace(got, asked=asked)
+        got = yield from self._resolve(config, put)
+        return replace(got, asked=put.asked)
 
     def _resolve(
-        self, config: RunnableConfig, asked: str | None, new_question: bool
+        self, config: RunnableConfig, put: Put
     ) -> Generator[RunnableConfig, CheckpointTuple | None, Resolved]:
         conf = config.get("configurable", {})
         if conf.get("checkpoint_ns"):
             return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
         own = has_run_keys(config)
-        if parent is None or (own and (new_question or asked is None)):
+        if parent is None or (own and (put.new_input or put.asked is None)):
             return self._call(config)
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:
-            return self._call(config) if own and known.asked != asked else known
+            return self._call(config) if own and put.opens(known.asked) else known
         want: RunnableConfig | None = config
         try:
             for _ in range(LEGACY_ANCESTORS):
@@ -179,14 +202,10 @@ class ScopeBook:
                     break
                 stamp = _stamp_of(tup.metadata)
                 if stamp is not None and stamp["thread"] == thread:
-                    if own and stamp["asked"] != asked:  # a question asked in this run
-                        return self._call(config)
+                    if own and put.opens(question_key(tup.checkpoint, self._messages_key)):
+                        return self._call(config)  # a turn this run opened
                     scope = stamp["scope"]
-                    return Resolved(
-                        None if scope is None else tuple(scope),
-                        keys=stamp["keys"],
-                        asked=stamp["asked"],
-                    )
+                    return Resolved(None if scope is None else tuple(scope), keys=stamp["keys"])
                 if own:  # written before the stamp, or another thread's: the config's
                     return self._call(config)
                 # another thread's (copy_thread): the scope of its run's keys here;
@@ -208,7 +227,7 @@ class ScopeBook:
             return metadata
         thread = str(config.get("configurable", {}).get("thread_id"))
         scope = None if got.scope is None else list(got.scope)
-        stamp = {"thread": thread, "scope": scope, "keys": dict(got.keys), "asked": got.asked}
+        stamp = {"thread": thread, "scope": scope, "keys": dict(got.keys)}
         return {**metadata, SCOPE_KEY: json.dumps(stamp, sort_keys=True)}
 
     def remember(self, saved: RunnableConfig, got: Resolved) -> None:

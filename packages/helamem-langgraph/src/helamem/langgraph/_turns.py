@@ -5,7 +5,7 @@ turn's identity in the store (:func:`identity`)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -13,7 +13,15 @@ from langchain_core.runnables import RunnableConfig
 from helamem.core import is_blank
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata
 
-__all__ = ["NO_ID", "Turn", "asks", "completed_turn", "identity", "question_key"]
+__all__ = [
+    "NO_ID",
+    "Turn",
+    "completed_turn",
+    "identity",
+    "input_asks",
+    "outside",
+    "question_key",
+]
 
 Turn = tuple[str, str, str, str]
 """``(thread_id, turn key, user message, assistant message)``."""
@@ -104,22 +112,9 @@ def completed_turn(
     last = messages[-1]
     if _role(last) != "ai" or _field(last, "tool_calls"):
         return None
-    humans = [i for i, m in enumerate(messages) if _role(m) == "human"]
+    humans = _question(messages)
     if not humans:
         return None
-    # and every human message before it since the answer to the turn before (two sent
-    # at once, or one whose run failed before it was answered): the turn's question
-    start = next(
-        (
-            i + 1
-            for i in range(humans[-1] - 1, -1, -1)
-            if _role(messages[i]) == "ai"
-            and not _field(messages[i], "tool_calls")
-            and not is_blank(_text(messages[i]))
-        ),
-        0,
-    )
-    humans = [i for i in humans if i >= start]
     human = messages[humans[-1]]
     asked: list[str] = []  # the same question sent again (a retry after a failure): once
     for i in humans:
@@ -140,9 +135,39 @@ NO_ID = "no-id:"
 """The prefix of a turn key made for a human message without an id."""
 
 
+def _answer(message: Any) -> bool:
+    """Whether ``message`` answers a turn: an AI message with text and no tool calls."""
+    return (
+        _role(message) == "ai"
+        and not _field(message, "tool_calls")
+        and not is_blank(_text(message))
+    )
+
+
+def _question(messages: Sequence[Any]) -> list[int]:
+    """The places of the latest turn's human messages: the last one and every one
+    before it since the answer to the turn before (two sent at once, or one whose run
+    failed before it was answered); ``[]``: none."""
+    humans = [i for i, m in enumerate(messages) if _role(m) == "human"]
+    if not humans:
+        return []
+    start = next((i + 1 for i in range(humans[-1] - 1, -1, -1) if _answer(messages[i])), 0)
+    return [i for i in humans if i >= start]
+
+
+def _key(message: Any, place: int) -> str:
+    """A human message's id, else its place and a hash of its text (stable across
+    processes)."""
+    got = _field(message, "id")
+    if got:
+        return str(got)
+    digest = hashlib.sha256(_text(message).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{NO_ID}{place}:{digest[:32]}"
+
+
 def question_key(checkpoint: Checkpoint, messages_key: str = "messages") -> str | None:
-    """The key of the checkpoint's latest human message (``None``: it has none): its id,
-    else its place and a hash of its text (stable across processes).
+    """The key of the first human message of the checkpoint's latest turn (the turn
+    its ``messages`` end in: answered or not); ``None``: no human message.
 
     Examples:
         >>> question_key({"channel_values": {"messages": [{"type": "human", "id": "m1"}]}})
@@ -151,25 +176,38 @@ def question_key(checkpoint: Checkpoint, messages_key: str = "messages") -> str 
     messages = (checkpoint.get("channel_values") or {}).get(messages_key)
     if not isinstance(messages, list):
         return None
-    for i in range(len(messages) - 1, -1, -1):
-        if _role(messages[i]) == "human":
-            got = _field(messages[i], "id")
-            if got:
-                return str(got)
-            digest = hashlib.sha256(_text(messages[i]).encode("utf-8", "surrogatepass"))
-            return f"{NO_ID}{i}:{digest.hexdigest()[:32]}"
-    return None
+    humans = _question(messages)
+    return _key(messages[humans[0]], humans[0]) if humans else None
 
 
-def asks(checkpoint: Checkpoint, new_versions: ChannelVersions, messages_key: str) -> bool:
-    """Whether the put writes a question: its messages changed and end with a human one."""
-    messages = (checkpoint.get("channel_values") or {}).get(messages_key)
-    return (
-        messages_key in new_versions
-        and isinstance(messages, list)
-        and bool(messages)
-        and _role(messages[-1]) == "human"
-    )
+def _human_input(message: Any) -> bool:
+    """Whether an input entry becomes a human message: a message or dict of that role,
+    a ``("user", text)`` pair, or a bare string (``add_messages`` makes it one)."""
+    if isinstance(message, str):
+        return True
+    if isinstance(message, tuple | list) and len(message) == 2:
+        return str(message[0]) in ("human", "user")
+    return _role(message) == "human"
+
+
+def input_asks(
+    checkpoint: Checkpoint, metadata: CheckpointMetadata, messages_key: str = "messages"
+) -> bool:
+    """Whether the put is a run's input (``source="input"``) holding a human message:
+    a new question, asked by the run."""
+    if metadata.get("source") != "input":
+        return False
+    start = (checkpoint.get("channel_values") or {}).get("__start__")
+    got = start.get(messages_key) if isinstance(start, Mapping) else None
+    entries = got if isinstance(got, list) else [got] if got is not None else []
+    return any(_human_input(m) for m in entries)
+
+
+def outside(metadata: CheckpointMetadata, new_versions: ChannelVersions) -> bool:
+    """Whether the put writes what came from outside the graph: a run's input (its
+    ``input`` put, or the first step's, which consumes ``__start__``) or an
+    ``update_state``; a node's own writes (a resumed run's) are not."""
+    return metadata.get("source") in ("input", "update") or "__start__" in new_versions
 
 
 def identity(thread: str, key: str) -> dict[str, Any]:

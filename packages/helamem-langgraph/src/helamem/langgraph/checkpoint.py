@@ -35,8 +35,16 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from ._scopes import ReadFailed, Resolved, ScopeBook
-from ._turns import NO_ID, Turn, asks, completed_turn, identity, question_key
+from ._scopes import Put, ReadFailed, Resolved, ScopeBook
+from ._turns import (
+    NO_ID,
+    Turn,
+    completed_turn,
+    identity,
+    input_asks,
+    outside,
+    question_key,
+)
 from .store import HelaMemStore
 
 __all__ = [
@@ -126,7 +134,9 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._stack = ExitStack()
         self._astack = AsyncExitStack()
         self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
-        self._scopes = ScopeBook(scope, max_threads)  # the scopes stamped on checkpoints
+        self._scopes = ScopeBook(
+            scope, max_threads, messages_key
+        )  # the scopes stamped on checkpoints
         self._max_threads = max_threads
         self._mode: str | None = None  # "sync"/"async": the default saver this opened
         self._closed = False
@@ -246,20 +256,32 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         return turn
 
     def _plan(
-        self, config: RunnableConfig, checkpoint: Checkpoint, new_versions: ChannelVersions
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
     ) -> Any:
-        """:meth:`ScopeBook.resolve` of this put (its question's key, whether it asks it)."""
+        """:meth:`ScopeBook.resolve` of this put."""
+        key = self.messages_key
         return self._scopes.resolve(
             config,
-            question_key(checkpoint, self.messages_key),
-            asks(checkpoint, new_versions, self.messages_key),
+            Put(
+                question_key(checkpoint, key),
+                input_asks(checkpoint, metadata, key),
+                outside(metadata, new_versions),
+            ),
         )
 
     def _scope_sync(
-        self, config: RunnableConfig, checkpoint: Checkpoint, new_versions: ChannelVersions
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
     ) -> Resolved:
         """:meth:`ScopeBook.resolve` driven with the saver's ``get_tuple``."""
-        plan = self._plan(config, checkpoint, new_versions)
+        plan = self._plan(config, checkpoint, metadata, new_versions)
         try:
             want = next(plan)
             while True:
@@ -273,10 +295,14 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             return done.value  # type: ignore[no-any-return]
 
     async def _scope(
-        self, config: RunnableConfig, checkpoint: Checkpoint, new_versions: ChannelVersions
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
     ) -> Resolved:
         """:meth:`_scope_sync` with ``aget_tuple``."""
-        plan = self._plan(config, checkpoint, new_versions)
+        plan = self._plan(config, checkpoint, metadata, new_versions)
         try:
             want = next(plan)
             while True:
@@ -334,7 +360,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        got = self._scope_sync(config, checkpoint, new_versions)
+        got = self._scope_sync(config, checkpoint, metadata, new_versions)
         turn = self._completed(config, checkpoint, metadata, new_versions)
         if turn is not None and got.error is not None:
             raise got.error  # before the put: a retry completes the turn again
@@ -399,7 +425,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        got = await self._scope(config, checkpoint, new_versions)
+        got = await self._scope(config, checkpoint, metadata, new_versions)
         turn = self._completed(config, checkpoint, metadata, new_versions)
         if turn is not None and got.error is not None:
             raise got.error  # as put
