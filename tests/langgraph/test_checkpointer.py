@@ -10,15 +10,16 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, RemoveMessage, SystemMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import DetectedCapabilities
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.store.base import BaseStore
 from langgraph.types import Command, interrupt
 
@@ -873,4 +874,89 @@ def test_an_approvers_edits_notes_and_nodes_keep_the_askers_turn(
     ]
     assert mem.stats(("users", "bob")).memories == 0
     assert ours == plain.reads + 2
+    mem.close()
+
+
+def _window(old: list[Any], new: Any) -> list[Any]:
+    """A reducer keeping the last 4 messages (no ids given)."""
+    return (list(old) + (new if isinstance(new, list) else [new]))[-4:]
+
+
+class _Windowed(TypedDict):
+    messages: Annotated[list[Any], _window]
+
+
+def test_a_chat_through_interrupt_clears_windows_and_copies_keep_each_askers_turn(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Third review of the asker's scope (each failed on the version before): in a chat
+    through ``interrupt()`` (a node writes the resume value as the human message) the
+    resuming user's turns stayed in the scope of whoever started the thread; a
+    moderator's ``update_state`` clearing the messages, or an approver's note under a
+    window reducer of id-less messages, moved the thread to him; an approver's resume
+    on a ``copy_thread`` copy took the asker's turn."""
+    answers = itertools.count()
+
+    def ask(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [HumanMessage(interrupt("your message?"))]}
+
+    def bot(state: Any) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"answer {next(answers)}")]}
+
+    chat = StateGraph(MessagesState)
+    chat.add_node("ask", ask)
+    chat.add_node("bot", bot)
+    chat.add_edge(START, "ask")
+    chat.add_edge("ask", "bot")
+    chat.add_edge("bot", END)
+
+    def gate(state: Any) -> dict[str, Any]:
+        interrupt("ok?")
+        return {}
+
+    gated = StateGraph(_Windowed)
+    gated.add_node("gate", gate)
+    gated.add_node("bot", bot)
+    gated.add_edge(START, "gate")
+    gated.add_edge("gate", "bot")
+    gated.add_edge("bot", END)
+
+    def cfg(thread: str, user: str | None = None) -> Any:
+        return {"configurable": {"thread_id": thread, **({"user_id": user} if user else {})}}
+
+    mem = new_memory(tmp_path / "mem")
+    saver = _Copying()
+    with TurnRecorder(mem) as rec:
+        talk = chat.compile(checkpointer=HelaMemCheckpointer(rec, saver))
+        talk.invoke({"messages": []}, cfg("a"))  # a session opened before login
+        talk.invoke(Command(resume="alice 1"), cfg("a", "alice"))
+        talk.invoke({"messages": []}, cfg("c", "carol"))
+        talk.invoke(Command(resume="carol 2"), cfg("c", "carol"))
+        talk.invoke({"messages": []}, cfg("c", "bob"))  # bob takes over the kiosk
+        talk.invoke(Command(resume="bob 3"), cfg("c", "bob"))
+        # a moderator clears alice's answered thread; she goes on from the last state
+        talk.invoke({"messages": []}, cfg("m", "alice"))
+        talk.invoke(Command(resume="alice 4"), cfg("m", "alice"))
+        talk.update_state(cfg("m", "mod"), {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES)]})
+        talk.invoke({"messages": []}, talk.get_state(cfg("m")).config)
+        talk.invoke(Command(resume="alice 5"), talk.get_state(cfg("m")).config)
+        # an approver's note slides a window of id-less messages, then he resumes
+        review = gated.compile(checkpointer=HelaMemCheckpointer(rec, saver))
+        first = [HumanMessage("old"), AIMessage("old answer"), AIMessage("more")]
+        review.invoke({"messages": [*first, HumanMessage("alice 6")]}, cfg("w", "alice"))
+        review.update_state(cfg("w", "bob"), {"messages": [SystemMessage("seen by bob")]})
+        review.invoke(Command(resume="yes"), cfg("w", "bob"))
+        # a copy of an interrupted thread, resumed by the approver
+        review.invoke({"messages": [HumanMessage("alice 7", id="a7")]}, cfg("x", "alice"))
+        saver.copy_thread("x", "y")
+        review.invoke(Command(resume="yes"), cfg("y", "bob"))
+        rec.flush_sync()
+    alice = [t for t in _turn_texts(mem, ("users", "alice")) if t.startswith("alice")]
+    assert alice == ["alice 1", "alice 4", "alice 5", "alice 6", "alice 7"]
+    assert [t for t in _turn_texts(mem, ("users", "bob")) if not t.startswith("answer")] == [
+        "bob 3"
+    ]
+    assert [t for t in _turn_texts(mem, ("users", "carol")) if t.startswith("carol")] == ["carol 2"]
+    assert mem.stats(("users", "mod")).memories == 0
+    assert mem.stats(("threads", "a")).memories == 0
     mem.close()

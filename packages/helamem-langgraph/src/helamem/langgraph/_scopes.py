@@ -11,8 +11,9 @@ run's keys that savers copy into checkpoint metadata, walking up at most
 :data:`LEGACY_ANCESTORS` checkpoints.
 
 A turn belongs to whoever asked its question: only a put that writes outside input (a
-run's input, an ``update_state``) opening a new turn (the first human message of its
-latest turn is not its parent's) takes its config's scope;
+run's input, an ``update_state``, or a human message holding the text of the run's
+``Command(resume=...)``: a chat through ``interrupt()``) opening a new turn (the first
+human message of its latest turn is not its parent's) takes its config's scope;
 every other put keeps its parent's whatever its config says (an approver's
 ``update_state`` or ``Command(resume=...)`` with his own ``user_id``, a node of his run
 writing a human message, an edit of the pending question: the asker's turn stays in the
@@ -87,12 +88,13 @@ class Put:
     new_input: bool = False
     """A run's input holding a human message: a new turn, asked by the run."""
     outside: bool = False
-    """It writes outside input (a run's input or first step, an ``update_state``)."""
+    """It writes outside input (a run's input or first step, an ``update_state``, a
+    resume value written as the latest turn's question)."""
 
     def opens(self, parent_asked: str | None) -> bool:
         """Whether the put opens a new turn over a parent whose latest turn's first
         human message has key ``parent_asked``."""
-        return self.outside and parent_asked != self.asked
+        return self.outside and self.asked is not None and parent_asked != self.asked
 
 
 def has_run_keys(config: RunnableConfig) -> bool:
@@ -186,7 +188,7 @@ class ScopeBook:
             return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
         own = has_run_keys(config)
-        if parent is None or (own and (put.new_input or put.asked is None)):
+        if parent is None or (own and put.new_input):
             return self._call(config)
         with self._lock:
             known = self._recent.get((thread, "", parent))
@@ -202,11 +204,15 @@ class ScopeBook:
                     break
                 stamp = _stamp_of(tup.metadata)
                 if stamp is not None and stamp["thread"] == thread:
-                    if own and put.opens(question_key(tup.checkpoint, self._messages_key)):
+                    if own and put.opens(self._asked(tup)):
                         return self._call(config)  # a turn this run opened
                     scope = stamp["scope"]
                     return Resolved(None if scope is None else tuple(scope), keys=stamp["keys"])
-                if own:  # written before the stamp, or another thread's: the config's
+                if stamp is not None and own and put.opens(self._asked(tup)):
+                    return self._call(config)  # a turn this run opened on a copy
+                if stamp is not None and own:  # the copy's scope: its run keys first
+                    return self._call({**config, "configurable": {**conf, **stamp["keys"]}})
+                if own:  # written before the stamp: the config's
                     return self._call(config)
                 # another thread's (copy_thread): the scope of its run's keys here;
                 # else written before the stamp: the run keys savers copy to metadata
@@ -220,6 +226,10 @@ class ScopeBook:
             got = self._call(config)
             return Resolved(got.scope, stamp=False, error=got.error)
         return self._call(config)
+
+    def _asked(self, tup: CheckpointTuple) -> str | None:
+        """The key of the first human message of a read checkpoint's latest turn."""
+        return question_key(tup.checkpoint, self._messages_key)
 
     def stamp(self, metadata: CheckpointMetadata, config: RunnableConfig, got: Resolved) -> Any:
         """``metadata`` with the put's stamp (unchanged when it takes none)."""

@@ -19,8 +19,10 @@ __all__ = [
     "completed_turn",
     "identity",
     "input_asks",
+    "latest_question",
     "outside",
     "question_key",
+    "resume_texts",
 ]
 
 Turn = tuple[str, str, str, str]
@@ -50,6 +52,7 @@ def _text(message: Any) -> str:
 
 
 _SENDS = "__pregel_tasks"  # LangGraph's channel of pending Send packets
+RESUME = "__resume__"  # the pending write of a Command(resume=...)
 
 
 def _triggers(channel: str, value: Any) -> bool:
@@ -155,29 +158,53 @@ def _question(messages: Sequence[Any]) -> list[int]:
     return [i for i in humans if i >= start]
 
 
-def _key(message: Any, place: int) -> str:
-    """A human message's id, else its place and a hash of its text (stable across
-    processes)."""
+def _key(message: Any) -> str:
+    """A human message's id, else a hash of its text (stable across processes; not its
+    place, which a window of the last messages shifts)."""
     got = _field(message, "id")
     if got:
         return str(got)
     digest = hashlib.sha256(_text(message).encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{NO_ID}{place}:{digest[:32]}"
+    return f"{NO_ID}{digest[:32]}"
 
 
-def question_key(checkpoint: Checkpoint, messages_key: str = "messages") -> str | None:
-    """The key of the first human message of the checkpoint's latest turn (the turn
-    its ``messages`` end in: answered or not); ``None``: no human message.
+def latest_question(
+    checkpoint: Checkpoint, messages_key: str = "messages"
+) -> tuple[str, str] | None:
+    """The key and text of the first human message of the checkpoint's latest turn (the
+    turn its ``messages`` end in: answered or not); ``None``: no human message.
 
     Examples:
-        >>> question_key({"channel_values": {"messages": [{"type": "human", "id": "m1"}]}})
-        'm1'
+        >>> latest_question({"channel_values": {"messages": [{"type": "human", "id": "m1",
+        ...     "content": "hi"}]}})
+        ('m1', 'hi')
     """
     messages = (checkpoint.get("channel_values") or {}).get(messages_key)
     if not isinstance(messages, list):
         return None
     humans = _question(messages)
-    return _key(messages[humans[0]], humans[0]) if humans else None
+    if not humans:
+        return None
+    first = messages[humans[0]]
+    return _key(first), _text(first)
+
+
+def question_key(checkpoint: Checkpoint, messages_key: str = "messages") -> str | None:
+    """:func:`latest_question`'s key (``None``: no human message)."""
+    got = latest_question(checkpoint, messages_key)
+    return None if got is None else got[0]
+
+
+def resume_texts(writes: Sequence[tuple[str, Any]]) -> frozenset[str]:
+    """The strings a ``Command(resume=...)`` carries in a task's pending writes (the value,
+    or the values of a mapping of interrupt ids to values); empty without a resume."""
+    out: set[str] = set()
+    for channel, value in writes:
+        if channel != RESUME:
+            continue
+        values = value.values() if isinstance(value, Mapping) else [value]
+        out.update(v for v in values if isinstance(v, str))
+    return frozenset(out)
 
 
 def _human_input(message: Any) -> bool:

@@ -42,8 +42,9 @@ from ._turns import (
     completed_turn,
     identity,
     input_asks,
+    latest_question,
     outside,
-    question_key,
+    resume_texts,
 )
 from .store import HelaMemStore
 
@@ -134,9 +135,10 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._stack = ExitStack()
         self._astack = AsyncExitStack()
         self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
-        self._scopes = ScopeBook(
-            scope, max_threads, messages_key
-        )  # the scopes stamped on checkpoints
+        # the scopes stamped on checkpoints
+        self._scopes = ScopeBook(scope, max_threads, messages_key)
+        # thread -> the strings of its latest Command(resume=...) (a chat through interrupt)
+        self._resumed: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._max_threads = max_threads
         self._mode: str | None = None  # "sync"/"async": the default saver this opened
         self._closed = False
@@ -264,14 +266,32 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> Any:
         """:meth:`ScopeBook.resolve` of this put."""
         key = self.messages_key
+        thread = str(config.get("configurable", {}).get("thread_id"))
+        if metadata.get("source") == "input":
+            self._resumed.pop(thread, None)  # a new run: its resumes are to come
+        asked = latest_question(checkpoint, key)
+        resumed = asked is not None and asked[1] in self._resumed.get(thread, ())
         return self._scopes.resolve(
             config,
             Put(
-                question_key(checkpoint, key),
+                None if asked is None else asked[0],
                 input_asks(checkpoint, metadata, key),
-                outside(metadata, new_versions),
+                outside(metadata, new_versions) or resumed,
             ),
         )
+
+    def _note_resume(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]]) -> None:
+        """A ``Command(resume=...)``'s strings: a human message holding one is asked by
+        the resuming run (its config's scope), not by a node."""
+        conf = config.get("configurable", {})
+        texts = resume_texts(writes)
+        if not texts or conf.get("checkpoint_ns"):
+            return
+        thread = str(conf.get("thread_id"))
+        self._resumed[thread] = texts
+        self._resumed.move_to_end(thread)
+        while len(self._resumed) > self._max_threads:
+            self._resumed.popitem(last=False)
 
     def _scope_sync(
         self,
@@ -379,6 +399,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         task_path: str = "",
     ) -> None:
         self.saver.put_writes(config, writes, task_id, task_path)
+        self._note_resume(config, writes)
 
     def delete_thread(self, thread_id: str) -> None:
         self.saver.delete_thread(thread_id)
@@ -444,6 +465,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         task_path: str = "",
     ) -> None:
         await self._async_saver().aput_writes(config, writes, task_id, task_path)
+        self._note_resume(config, writes)
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._async_saver().adelete_thread(thread_id)
