@@ -19,7 +19,7 @@ from langgraph.checkpoint.conformance import checkpointer_test, validate
 from langgraph.checkpoint.conformance.capabilities import DetectedCapabilities
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.graph.message import REMOVE_ALL_MESSAGES
+from langgraph.graph.message import REMOVE_ALL_MESSAGES, add_messages
 from langgraph.store.base import BaseStore
 from langgraph.types import Command, interrupt
 
@@ -959,4 +959,71 @@ def test_a_chat_through_interrupt_clears_windows_and_copies_keep_each_askers_tur
     assert [t for t in _turn_texts(mem, ("users", "carol")) if t.startswith("carol")] == ["carol 2"]
     assert mem.stats(("users", "mod")).memories == 0
     assert mem.stats(("threads", "a")).memories == 0
+    mem.close()
+
+
+class _Asked(TypedDict, total=False):
+    question: str
+    messages: Annotated[list[Any], add_messages]
+
+
+@pytest.mark.parametrize("durability", ["async", "exit"])
+def test_a_question_written_by_the_first_node_and_exit_durability_keep_the_askers(
+    tmp_path: Path, new_memory: Any, durability: str
+) -> None:
+    """Fourth review of the asker's scope (each failed on the version before): a graph
+    whose input is a ``question`` field that its first node writes as the human
+    message recorded bob's question on carol's thread in carol's scope, and an
+    opted-out run's (``scope=`` gives ``None``) in alice's; under
+    ``durability="exit"`` a chat through ``interrupt()`` recorded bob's resumed
+    question in carol's scope (the run's resume is never handed to the checkpointer
+    there: the run's own input names the asker)."""
+    answers = itertools.count()
+
+    def prep(state: Any) -> dict[str, Any]:
+        return {"messages": [HumanMessage(state["question"])]} if state.get("question") else {}
+
+    def bot(state: Any) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"answer {next(answers)}")]}
+
+    asked = StateGraph(_Asked)
+    asked.add_node("prep", prep)
+    asked.add_node("bot", bot)
+    asked.add_edge(START, "prep")
+    asked.add_edge("prep", "bot")
+    asked.add_edge("bot", END)
+    chat = StateGraph(MessagesState)
+    chat.add_node("ask", lambda s: {"messages": [HumanMessage(interrupt("your message?"))]})
+    chat.add_node("bot", bot)
+    chat.add_edge(START, "ask")
+    chat.add_edge("ask", "bot")
+    chat.add_edge("bot", END)
+
+    def cfg(thread: str, user: str, **more: Any) -> Any:
+        return {"configurable": {"thread_id": thread, "user_id": user, **more}}
+
+    def scope(config: Any) -> tuple[str, ...] | None:
+        return None if config["configurable"].get("incognito") else default_scope(config)
+
+    mem = new_memory(tmp_path / "mem")
+    with TurnRecorder(mem) as rec:
+        cp = HelaMemCheckpointer(rec, InMemorySaver(), scope=scope)
+        field, talk = asked.compile(checkpointer=cp), chat.compile(checkpointer=cp)
+        opts: Any = {"durability": durability}
+        field.invoke({"question": "carol 1"}, cfg("f", "carol"), **opts)
+        field.invoke({"question": "bob 2"}, cfg("f", "bob"), **opts)
+        field.invoke({"question": "alice 3"}, cfg("o", "alice"), **opts)
+        field.invoke({"question": "alice SECRET"}, cfg("o", "alice", incognito=True), **opts)
+        talk.invoke({"messages": []}, cfg("c", "carol"), **opts)
+        talk.invoke(Command(resume="carol 4"), cfg("c", "carol"), **opts)
+        talk.invoke({"messages": []}, cfg("c", "bob"), **opts)  # bob takes over the kiosk
+        talk.invoke(Command(resume="bob 5"), cfg("c", "bob"), **opts)
+        rec.flush_sync()
+
+    def asked_by(user: str) -> list[str]:
+        return [t for t in _turn_texts(mem, ("users", user)) if not t.startswith("answer")]
+
+    assert asked_by("carol") == ["carol 1", "carol 4"]
+    assert asked_by("bob") == ["bob 2", "bob 5"]
+    assert asked_by("alice") == ["alice 3"]
     mem.close()

@@ -10,13 +10,14 @@ checkpointer's recent puts, else read from the saver. A parent written before th
 run's keys that savers copy into checkpoint metadata, walking up at most
 :data:`LEGACY_ANCESTORS` checkpoints.
 
-A turn belongs to whoever asked its question: only a put that writes outside input (a
-run's input, an ``update_state``, or a human message holding the text of the run's
-``Command(resume=...)``: a chat through ``interrupt()``) opening a new turn (the first
-human message of its latest turn is not its parent's) takes its config's scope;
-every other put keeps its parent's whatever its config says (an approver's
-``update_state`` or ``Command(resume=...)`` with his own ``user_id``, a node of his run
-writing a human message, an edit of the pending question: the asker's turn stays in the
+A turn belongs to whoever asked its question: the turn a put opens (the first human
+message of its latest turn is not its parent's) takes the config's scope of the run
+whose input came last on the thread (remembered in this process until a turn opens),
+of an ``update_state`` or a run's first step that writes it, or of a run whose
+``Command(resume=...)`` text it holds (a chat through ``interrupt()``); every other put
+keeps its parent's scope whatever its config says (an approver's ``update_state`` or
+``Command(resume=...)`` with his own ``user_id``, a node of his run writing a human
+message, an edit of the pending question, a clear: the asker's turn stays in the
 asker's scope, and the thread with it).
 
 :meth:`ScopeBook.resolve` is the algorithm once, as a generator that yields the configs
@@ -85,16 +86,21 @@ class Put:
 
     asked: str | None = None
     """The key of the first human message of the checkpoint's latest turn."""
-    new_input: bool = False
-    """A run's input holding a human message: a new turn, asked by the run."""
+    is_input: bool = False
+    """A run's input (``source="input"``): its config asks the run's next question."""
     outside: bool = False
-    """It writes outside input (a run's input or first step, an ``update_state``, a
-    resume value written as the latest turn's question)."""
+    """It writes outside input (a run's first step, an ``update_state``, a resume value
+    written as the latest turn's question)."""
+    has_messages: bool = True
+    """The checkpoint holds the messages channel (else no turn can be recorded)."""
+    starts: bool = False
+    """It is a run's first (its input, or the first step, which consumes ``__start__``:
+    under ``durability="exit"`` a run's only put)."""
 
     def opens(self, parent_asked: str | None) -> bool:
         """Whether the put opens a new turn over a parent whose latest turn's first
         human message has key ``parent_asked``."""
-        return self.outside and self.asked is not None and parent_asked != self.asked
+        return self.asked is not None and parent_asked != self.asked
 
 
 def has_run_keys(config: RunnableConfig) -> bool:
@@ -157,6 +163,8 @@ class ScopeBook:
         self._limit = limit
         self._lock = threading.Lock()
         self._recent: OrderedDict[tuple[str, str, str], Resolved] = OrderedDict()
+        # thread -> the scope of the run whose input came last, until a turn opens
+        self._askers: OrderedDict[str, Resolved] = OrderedDict()
 
     def _call(self, config: RunnableConfig) -> Resolved:
         try:
@@ -173,9 +181,11 @@ class ScopeBook:
         the checkpoints to read, is sent each one's tuple (``None``: none) or thrown
         :class:`ReadFailed`.
 
-        A config with keys of its own gives its scope to a put that starts the
-        thread or opens a new turn (:meth:`Put.opens`); every other put keeps the
-        parent's stamped scope (a bare config's always).
+        A config with keys of its own gives its scope to a put that starts the thread,
+        to a run's input (the turn that run opens next, whichever node writes its
+        question, takes it too) and to a put of outside input that opens a new turn
+        (:meth:`Put.opens`); every other put keeps the parent's stamped scope (a bare
+        config's always).
         """
         got = yield from self._resolve(config, put)
         return replace(got, asked=put.asked)
@@ -188,12 +198,14 @@ class ScopeBook:
             return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
         own = has_run_keys(config)
-        if parent is None or (own and put.new_input):
+        if own and put.is_input:  # the run's asker, for the turn it opens next
+            return self._asker(thread, self._call(config))
+        if parent is None or (own and not put.has_messages):
             return self._call(config)
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:
-            return self._call(config) if own and put.opens(known.asked) else known
+            return self._same_thread(config, own, put, thread, known.asked, known)
         want: RunnableConfig | None = config
         try:
             for _ in range(LEGACY_ANCESTORS):
@@ -204,11 +216,12 @@ class ScopeBook:
                     break
                 stamp = _stamp_of(tup.metadata)
                 if stamp is not None and stamp["thread"] == thread:
-                    if own and put.opens(self._asked(tup)):
-                        return self._call(config)  # a turn this run opened
                     scope = stamp["scope"]
-                    return Resolved(None if scope is None else tuple(scope), keys=stamp["keys"])
-                if stamp is not None and own and put.opens(self._asked(tup)):
+                    inherited = Resolved(
+                        None if scope is None else tuple(scope), keys=stamp["keys"]
+                    )
+                    return self._same_thread(config, own, put, thread, self._asked(tup), inherited)
+                if stamp is not None and own and put.outside and put.opens(self._asked(tup)):
                     return self._call(config)  # a turn this run opened on a copy
                 if stamp is not None and own:  # the copy's scope: its run keys first
                     return self._call({**config, "configurable": {**conf, **stamp["keys"]}})
@@ -226,6 +239,46 @@ class ScopeBook:
             got = self._call(config)
             return Resolved(got.scope, stamp=False, error=got.error)
         return self._call(config)
+
+    def _same_thread(
+        self,
+        config: RunnableConfig,
+        own: bool,
+        put: Put,
+        thread: str,
+        parent_asked: str | None,
+        inherited: Resolved,
+    ) -> Resolved:
+        """A put over a parent of its thread: the run's asker's scope for the turn it
+        opens (its own config's, for outside input), else the parent's."""
+        if not put.opens(parent_asked):
+            if own and put.starts:  # a run that asks nothing yet: its asker, for later
+                self._asker(thread, self._call(config))
+            return inherited
+        with self._lock:
+            asker = self._askers.pop(thread, None)
+        if own and put.outside:
+            return self._call(config)
+        return asker if asker is not None else inherited
+
+    def _asker(self, thread: str, got: Resolved) -> Resolved:
+        """``got``, remembered as the asker of the next turn opened on ``thread`` (a
+        failed scope function forgets the last one)."""
+        with self._lock:
+            if got.stamp:
+                self._askers[thread] = got
+                self._askers.move_to_end(thread)
+                while len(self._askers) > self._limit:
+                    self._askers.popitem(last=False)
+            else:
+                self._askers.pop(thread, None)
+        return got
+
+    def forget_asker(self, thread: str) -> None:
+        """A run resumed the thread: an earlier run's input opened no turn, so its asker
+        asks nothing now."""
+        with self._lock:
+            self._askers.pop(thread, None)
 
     def _asked(self, tup: CheckpointTuple) -> str | None:
         """The key of the first human message of a read checkpoint's latest turn."""

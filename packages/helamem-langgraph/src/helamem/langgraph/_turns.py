@@ -18,7 +18,6 @@ __all__ = [
     "Turn",
     "completed_turn",
     "identity",
-    "input_asks",
     "latest_question",
     "outside",
     "question_key",
@@ -205,29 +204,6 @@ def resume_texts(writes: Sequence[tuple[str, Any]]) -> frozenset[str]:
         values = value.values() if isinstance(value, Mapping) else [value]
         out.update(v for v in values if isinstance(v, str))
     return frozenset(out)
-
-
-def _human_input(message: Any) -> bool:
-    """Whether an input entry becomes a human message: a message or dict of that role,
-    a ``("user", text)`` pair, or a bare string (``add_messages`` makes it one)."""
-    if isinstance(message, str):
-        return True
-    if isinstance(message, tuple | list) and len(message) == 2:
-        return str(message[0]) in ("human", "user")
-    return _role(message) == "human"
-
-
-def input_asks(
-    checkpoint: Checkpoint, metadata: CheckpointMetadata, messages_key: str = "messages"
-) -> bool:
-    """Whether the put is a run's input (``source="input"``) holding a human message:
-    a new question, asked by the run."""
-    if metadata.get("source") != "input":
-        return False
-    start = (checkpoint.get("channel_values") or {}).get("__start__")
-    got = start.get(messages_key) if isinstance(start, Mapping) else None
-    entries = got if isinstance(got, list) else [got] if got is not None else []
-    return any(_human_input(m) for m in entries)
 
 
 def outside(metadata: CheckpointMetadata, new_versions: ChannelVersions) -> bool:

@@ -41,7 +41,6 @@ from ._turns import (
     Turn,
     completed_turn,
     identity,
-    input_asks,
     latest_question,
     outside,
     resume_texts,
@@ -275,8 +274,10 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             config,
             Put(
                 None if asked is None else asked[0],
-                input_asks(checkpoint, metadata, key),
+                metadata.get("source") == "input",
                 outside(metadata, new_versions) or resumed,
+                key in (checkpoint.get("channel_values") or {}),
+                metadata.get("source") == "input" or "__start__" in new_versions,
             ),
         )
 
@@ -288,6 +289,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         if not texts or conf.get("checkpoint_ns"):
             return
         thread = str(conf.get("thread_id"))
+        self._scopes.forget_asker(thread)
         self._resumed[thread] = texts
         self._resumed.move_to_end(thread)
         while len(self._resumed) > self._max_threads:
