@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -323,3 +326,24 @@ def test_a_bad_memory_map_size_is_a_usage_error(
         main(["stats", str(path), "--sqlite-mmap-mb", bad])
     assert exc.value.code == 2
     assert "0-2047" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(tmp_path: Path) -> None:
+    """New-user trial: ``helamem stats PATH | head`` ended in a ``BrokenPipeError``
+    traceback (the README: errors are one line on stderr, exit status 1). Here the
+    reader closes the pipe before the command writes."""
+    path = tmp_path / "s"
+    _build(path)
+    code = "import sys; from helamem.core.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, "stats", str(path), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # the reader is gone before anything is written
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

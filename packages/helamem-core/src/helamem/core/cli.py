@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -529,13 +530,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         ``check`` finds a defect, 2 on bad input.
     """
     args = build_parser().parse_args(argv)
-    if args.command in _STORE_COMMANDS:
-        return _run_store_command(args)
-    run = getattr(args, "run", None)
-    if run is None:  # pragma: no cover - argparse requires a known subcommand
-        return 2
-    status: int = run(args)
-    return status
+    try:
+        if args.command in _STORE_COMMANDS:
+            status = _run_store_command(args)
+        else:
+            run = getattr(args, "run", None)
+            if run is None:  # pragma: no cover - argparse requires a known subcommand
+                return 2
+            status = run(args)
+        sys.stdout.flush()  # a closed pipe fails here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (``helamem stats PATH | head``): no traceback, and
+        # nothing more written to the closed pipe at exit (Python's signal docs)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
