@@ -490,6 +490,7 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
         "thread": "t1",
         "scope": ["users", "alice"],
         "keys": {"user_id": "alice"},
+        "asker": {"user_id": "alice"},
     }
     mem.close()
 
@@ -685,7 +686,7 @@ def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
         fail["in"] = 1  # fails for q2's input put (no turn): stamped with nothing, so
         graph.invoke({"messages": [HumanMessage("q2", id="m2")]}, cfg)  # the next asks
         # and now for every put of q3's run up to the answer's, which completes q3
-        fail["in"], fail["times"] = 1, 3
+        fail["in"], fail["times"] = 1, 2
         with pytest.raises(RuntimeError, match="directory down"):
             graph.invoke({"messages": [HumanMessage("q3", id="m3")]}, {**cfg})
         graph.invoke(None, cfg)  # the retry completes and records q3
@@ -853,7 +854,7 @@ def test_an_approvers_edits_notes_and_nodes_keep_the_askers_turn(
         fresh(g).invoke({"messages": [HumanMessage("n1 worried", id="n1")]}, cfg("n", "alice"))
         note = {"messages": [HumanMessage("approved, be kind", id="n2")]}
         fresh(g).invoke(Command(resume="yes", update=note), cfg("n", "bob"))
-        # a new process per run: a resume reads its parent once, an input nothing more
+        # a new process per run: each run but the thread's first reads its parent once
         runs: list[Any] = [{"messages": [HumanMessage("c1", id="c1")]}, Command(resume="yes")]
         runs += [{"messages": [HumanMessage("c2", id="c2")]}, Command(resume="yes")]
         plain = _Scalars()
@@ -873,7 +874,7 @@ def test_an_approvers_edits_notes_and_nodes_keep_the_askers_turn(
         "n1 worried\napproved, be kind",
     ]
     assert mem.stats(("users", "bob")).memories == 0
-    assert ours == plain.reads + 2
+    assert ours == plain.reads + 3
     mem.close()
 
 
@@ -1026,4 +1027,96 @@ def test_a_question_written_by_the_first_node_and_exit_durability_keep_the_asker
     assert asked_by("carol") == ["carol 1", "carol 4"]
     assert asked_by("bob") == ["bob 2", "bob 5"]
     assert asked_by("alice") == ["alice 3"]
+    mem.close()
+
+
+class _Flagged(TypedDict, total=False):
+    messages: Annotated[list[Any], add_messages]
+    approved: bool
+
+
+class _Text(TypedDict):
+    text: str
+
+
+@pytest.mark.parametrize("durability", ["async", "exit"])
+def test_an_approvers_run_a_failed_run_and_a_subgraph_keep_the_askers(
+    tmp_path: Path, new_memory: Any, durability: str
+) -> None:
+    """Fifth review of the asker's scope (each failed on the version before, which kept
+    the run's asker in memory): an approver's own run (its input a flag) took the
+    asker's pending turn and the thread; a run that failed before writing its question
+    left its user as the asker of the next turn on the thread, even of a fork from an
+    earlier checkpoint; a subgraph's input in a chat through ``interrupt()`` lost the
+    resumer's question. The asker now travels in the stamp, from parent to child."""
+    answers = itertools.count()
+
+    def bot(state: Any) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"answer {next(answers)}")], "approved": False}
+
+    flagged = StateGraph(_Flagged)  # answers once the flag is set
+    flagged.add_node("bot", bot)
+    flagged.add_conditional_edges(START, lambda s: "bot" if s.get("approved") else END)
+    flagged.add_edge("bot", END)
+    fails = {"on": False}
+
+    def prep(state: Any) -> dict[str, Any]:
+        if fails["on"]:
+            raise RuntimeError("prep failed")
+        return {"messages": [HumanMessage(state["question"])]}
+
+    asked = StateGraph(_Asked)
+    asked.add_node("prep", prep)
+    asked.add_node("bot", bot)
+    asked.add_edge(START, "prep")
+    asked.add_edge("prep", "bot")
+    asked.add_edge("bot", END)
+    inner = StateGraph(_Text)
+    inner.add_node("check", lambda s: {"text": s["text"].strip()})
+    inner.add_edge(START, "check")
+    inner.add_edge("check", END)
+    moderate = inner.compile()
+
+    def ask(state: Any) -> dict[str, Any]:
+        text = moderate.invoke({"text": interrupt("your message?")})["text"]
+        return {"messages": [HumanMessage(text)]}
+
+    chat = StateGraph(MessagesState)
+    chat.add_node("ask", ask)
+    chat.add_node("bot", bot)
+    chat.add_edge(START, "ask")
+    chat.add_edge("ask", "bot")
+    chat.add_edge("bot", END)
+
+    def cfg(thread: str, user: str) -> Any:
+        return {"configurable": {"thread_id": thread, "user_id": user}}
+
+    opts: Any = {"durability": durability}
+    mem = new_memory(tmp_path / "mem")
+    with TurnRecorder(mem) as rec:
+        cp = HelaMemCheckpointer(rec, InMemorySaver())
+        flag, field, talk = (g.compile(checkpointer=cp) for g in (flagged, asked, chat))
+        flag.invoke({"messages": [HumanMessage("alice 1", id="a1")]}, cfg("f", "alice"), **opts)
+        flag.invoke({"approved": True}, cfg("f", "bob"), **opts)  # the approver's own run
+        bare = flag.get_state(cfg("f", "x")).config  # alice's UI goes on
+        flag.invoke({"messages": [HumanMessage("alice 2", id="a2")], "approved": True}, bare)
+        field.invoke({"question": "carol 3"}, cfg("u", "carol"), **opts)
+        before = field.get_state(cfg("u", "x")).config
+        fails["on"] = True
+        with pytest.raises(RuntimeError, match="prep failed"):
+            field.invoke({"question": "alice 4"}, cfg("u", "alice"), **opts)
+        fails["on"] = False
+        field.invoke({"question": "carol 5"}, before, **opts)  # carol forks her checkpoint
+        talk.invoke({"messages": []}, cfg("c", "carol"), **opts)
+        talk.invoke(Command(resume="bob 6"), cfg("c", "bob"), **opts)
+        rec.flush_sync()
+
+    def asked_by(user: str) -> list[str]:
+        return [t for t in _turn_texts(mem, ("users", user)) if not t.startswith("answer")]
+
+    # under exit the resume never reaches the checkpointer: bob's question stays carol's
+    bobs = ["bob 6"] if durability == "async" else []
+    assert asked_by("alice") == ["alice 1", "alice 2"]
+    assert asked_by("carol") == sorted(["carol 3", "carol 5", *(["bob 6"] if not bobs else [])])
+    assert asked_by("bob") == bobs
     mem.close()

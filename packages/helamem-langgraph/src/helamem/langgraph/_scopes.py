@@ -11,14 +11,16 @@ run's keys that savers copy into checkpoint metadata, walking up at most
 :data:`LEGACY_ANCESTORS` checkpoints.
 
 A turn belongs to whoever asked its question: the turn a put opens (the first human
-message of its latest turn is not its parent's) takes the config's scope of the run
-whose input came last on the thread (remembered in this process until a turn opens),
-of an ``update_state`` or a run's first step that writes it, or of a run whose
-``Command(resume=...)`` text it holds (a chat through ``interrupt()``); every other put
-keeps its parent's scope whatever its config says (an approver's ``update_state`` or
-``Command(resume=...)`` with his own ``user_id``, a node of his run writing a human
-message, an edit of the pending question, a clear: the asker's turn stays in the
-asker's scope, and the thread with it).
+message of its latest turn is not its parent's) takes its config's scope when the put
+writes it from outside (an ``update_state``, a run's first step, a human message holding
+the text of the run's ``Command(resume=...)``: a chat through ``interrupt()``) or when
+its run is the thread's asker's (the stamp's ``asker``: the keys of the latest run that
+started with keys of its own, carried from parent to child, so a node writing the
+question of a ``question`` field is its run's asker's); every other put keeps its
+parent's scope whatever its config says (a run's input, an approver's ``update_state``
+or ``Command(resume=...)`` with his own ``user_id``, a node of his run writing a human
+message, an edit of the pending question, a clear: the asker's turn stays in the asker's
+scope, and the thread with it).
 
 :meth:`ScopeBook.resolve` is the algorithm once, as a generator that yields the configs
 of the checkpoints it must read and is sent their tuples; the checkpointer's ``put``
@@ -47,10 +49,12 @@ logger = logging.getLogger(__name__)
 
 SCOPE_KEY = "helamem_scope"
 """The checkpoint metadata key that holds, as a JSON string (savers that keep only
-scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...}}``:
-the scope of the thread's turns when the checkpoint was written (``None``: the scope
-function gave none) and the configurable keys (str, int, float or bool values) of the run
-its scope came from, which decide the scope of a copy of the thread (``copy_thread``)."""
+scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...},
+"asker": {...}}``: the scope of the thread's turns when the checkpoint was written
+(``None``: the scope function gave none), the configurable keys (str, int, float or bool
+values) of the run its scope came from, which decide the scope of a copy of the thread
+(``copy_thread``), and those of the latest run that started with keys of its own (absent:
+none)."""
 
 LEGACY_ANCESTORS = 16
 """Checkpoints looked at, newest first, above a parent without a stamp of its thread."""
@@ -78,6 +82,9 @@ class Resolved:
     asked: str | None = None
     """The key of the first human message of the put's latest turn (see
     :func:`~helamem.langgraph._turns.question_key`); ``None``: none."""
+    asker: Mapping[str, Any] | None = None
+    """The run keys of the latest run that started on the thread with keys of its own
+    (its input): a turn a node of a run with these keys opens is asked by that run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +93,6 @@ class Put:
 
     asked: str | None = None
     """The key of the first human message of the checkpoint's latest turn."""
-    is_input: bool = False
-    """A run's input (``source="input"``): its config asks the run's next question."""
     outside: bool = False
     """It writes outside input (a run's first step, an ``update_state``, a resume value
     written as the latest turn's question)."""
@@ -145,6 +150,8 @@ def _stamp_of(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     keys = stamp.get("keys")
     stamp["keys"] = keys if isinstance(keys, dict) else {}
+    asker = stamp.get("asker")
+    stamp["asker"] = asker if isinstance(asker, dict) else None
     return stamp
 
 
@@ -163,8 +170,6 @@ class ScopeBook:
         self._limit = limit
         self._lock = threading.Lock()
         self._recent: OrderedDict[tuple[str, str, str], Resolved] = OrderedDict()
-        # thread -> the scope of the run whose input came last, until a turn opens
-        self._askers: OrderedDict[str, Resolved] = OrderedDict()
 
     def _call(self, config: RunnableConfig) -> Resolved:
         try:
@@ -181,14 +186,16 @@ class ScopeBook:
         the checkpoints to read, is sent each one's tuple (``None``: none) or thrown
         :class:`ReadFailed`.
 
-        A config with keys of its own gives its scope to a put that starts the thread,
-        to a run's input (the turn that run opens next, whichever node writes its
-        question, takes it too) and to a put of outside input that opens a new turn
-        (:meth:`Put.opens`); every other put keeps the parent's stamped scope (a bare
-        config's always).
+        A config with keys of its own gives its scope to a put that starts the thread
+        and to one that opens a new turn (:meth:`Put.opens`) with outside input or
+        within a run of the thread's asker (the keys of the latest run that started with
+        keys, stamped and carried from parent to child); every other put keeps the
+        parent's stamped scope (a bare config's always).
         """
         got = yield from self._resolve(config, put)
-        return replace(got, asked=put.asked)
+        own = _own_keys(config) if has_run_keys(config) else None
+        asker = own if own is not None and put.starts else got.asker
+        return replace(got, asked=put.asked, asker=asker)
 
     def _resolve(
         self, config: RunnableConfig, put: Put
@@ -198,14 +205,12 @@ class ScopeBook:
             return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
         own = has_run_keys(config)
-        if own and put.is_input:  # the run's asker, for the turn it opens next
-            return self._asker(thread, self._call(config))
         if parent is None or (own and not put.has_messages):
             return self._call(config)
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:
-            return self._same_thread(config, own, put, thread, known.asked, known)
+            return self._same_thread(config, own, put, known.asked, known)
         want: RunnableConfig | None = config
         try:
             for _ in range(LEGACY_ANCESTORS):
@@ -216,11 +221,9 @@ class ScopeBook:
                     break
                 stamp = _stamp_of(tup.metadata)
                 if stamp is not None and stamp["thread"] == thread:
-                    scope = stamp["scope"]
-                    inherited = Resolved(
-                        None if scope is None else tuple(scope), keys=stamp["keys"]
-                    )
-                    return self._same_thread(config, own, put, thread, self._asked(tup), inherited)
+                    scope = None if stamp["scope"] is None else tuple(stamp["scope"])
+                    inherited = Resolved(scope, keys=stamp["keys"], asker=stamp["asker"])
+                    return self._same_thread(config, own, put, self._asked(tup), inherited)
                 if stamp is not None and own and put.outside and put.opens(self._asked(tup)):
                     return self._call(config)  # a turn this run opened on a copy
                 if stamp is not None and own:  # the copy's scope: its run keys first
@@ -245,40 +248,18 @@ class ScopeBook:
         config: RunnableConfig,
         own: bool,
         put: Put,
-        thread: str,
         parent_asked: str | None,
         inherited: Resolved,
     ) -> Resolved:
-        """A put over a parent of its thread: the run's asker's scope for the turn it
-        opens (its own config's, for outside input), else the parent's."""
-        if not put.opens(parent_asked):
-            if own and put.starts:  # a run that asks nothing yet: its asker, for later
-                self._asker(thread, self._call(config))
-            return inherited
-        with self._lock:
-            asker = self._askers.pop(thread, None)
-        if own and put.outside:
+        """A put over a parent of its thread: its config's scope for a turn it opens with
+        outside input or in a run of the thread's asker, else the parent's."""
+        if (
+            own
+            and put.opens(parent_asked)
+            and (put.outside or _own_keys(config) == inherited.asker)
+        ):
             return self._call(config)
-        return asker if asker is not None else inherited
-
-    def _asker(self, thread: str, got: Resolved) -> Resolved:
-        """``got``, remembered as the asker of the next turn opened on ``thread`` (a
-        failed scope function forgets the last one)."""
-        with self._lock:
-            if got.stamp:
-                self._askers[thread] = got
-                self._askers.move_to_end(thread)
-                while len(self._askers) > self._limit:
-                    self._askers.popitem(last=False)
-            else:
-                self._askers.pop(thread, None)
-        return got
-
-    def forget_asker(self, thread: str) -> None:
-        """A run resumed the thread: an earlier run's input opened no turn, so its asker
-        asks nothing now."""
-        with self._lock:
-            self._askers.pop(thread, None)
+        return inherited
 
     def _asked(self, tup: CheckpointTuple) -> str | None:
         """The key of the first human message of a read checkpoint's latest turn."""
@@ -290,7 +271,9 @@ class ScopeBook:
             return metadata
         thread = str(config.get("configurable", {}).get("thread_id"))
         scope = None if got.scope is None else list(got.scope)
-        stamp = {"thread": thread, "scope": scope, "keys": dict(got.keys)}
+        stamp: dict[str, Any] = {"thread": thread, "scope": scope, "keys": dict(got.keys)}
+        if got.asker is not None:
+            stamp["asker"] = dict(got.asker)
         return {**metadata, SCOPE_KEY: json.dumps(stamp, sort_keys=True)}
 
     def remember(self, saved: RunnableConfig, got: Resolved) -> None:

@@ -265,8 +265,9 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> Any:
         """:meth:`ScopeBook.resolve` of this put."""
         key = self.messages_key
-        thread = str(config.get("configurable", {}).get("thread_id"))
-        if metadata.get("source") == "input":
+        conf = config.get("configurable", {})
+        thread = str(conf.get("thread_id"))
+        if not conf.get("checkpoint_ns") and metadata.get("source") == "input":
             self._resumed.pop(thread, None)  # a new run: its resumes are to come
         asked = latest_question(checkpoint, key)
         resumed = asked is not None and asked[1] in self._resumed.get(thread, ())
@@ -274,7 +275,6 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             config,
             Put(
                 None if asked is None else asked[0],
-                metadata.get("source") == "input",
                 outside(metadata, new_versions) or resumed,
                 key in (checkpoint.get("channel_values") or {}),
                 metadata.get("source") == "input" or "__start__" in new_versions,
@@ -289,7 +289,6 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         if not texts or conf.get("checkpoint_ns"):
             return
         thread = str(conf.get("thread_id"))
-        self._scopes.forget_asker(thread)
         self._resumed[thread] = texts
         self._resumed.move_to_end(thread)
         while len(self._resumed) > self._max_threads:
