@@ -10,11 +10,18 @@ from typing import Any
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
-from autogen_agentchat.messages import MemoryQueryEvent
-from autogen_core import CancellationToken, ComponentModel
+from autogen_agentchat.messages import MemoryQueryEvent, TextMessage
+from autogen_core import CancellationToken, ComponentModel, FunctionCall
 from autogen_core.memory import Memory, MemoryContent, MemoryMimeType
 from autogen_core.model_context import BufferedChatCompletionContext, UnboundedChatCompletionContext
-from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, UserMessage
+from autogen_core.models import (
+    AssistantMessage,
+    FunctionExecutionResult,
+    FunctionExecutionResultMessage,
+    LLMMessage,
+    SystemMessage,
+    UserMessage,
+)
 from autogen_replay_client import ReplayChatCompletionClient
 from pydantic import ValidationError
 
@@ -428,3 +435,41 @@ async def test_a_postgres_config_round_trips_and_shares_the_memory(
 def test_a_postgres_password_is_refused_in_the_serialized_config() -> None:
     with pytest.raises(ValidationError, match="PGPASSWORD"):
         HelaMemMemoryConfig(scope=("u",), postgres_dsn="postgresql://app:secret@db/agents")
+
+
+async def test_several_user_messages_a_tool_only_turn_and_a_read_only_memory(
+    alice: HelaMemMemory, store: SpyMemory, tmp_path: Path
+) -> None:
+    """New-user trial: two user messages in one request kept only the last ("my passport
+    number is X123" was lost); a turn answered only by a tool call (``AssistantAgent``'s
+    default ``reflect_on_tool_use=False``) was never recorded; a knowledge base attached
+    to every user's agent recorded each user's turns where the others read
+    (``record=False`` now makes it read-only)."""
+    kb = HelaMemMemory(config(tmp_path, scope=("kb",), record=False), memory=store)
+    await kb.add(text("Office wifi rotates monthly"))
+    client = ReplayChatCompletionClient(["Noted both.", "You're welcome."])
+    agent = AssistantAgent("assistant", model_client=client, memory=[alice, kb])
+    await agent.run(
+        task=[
+            TextMessage(content="My passport is X123", source="user"),
+            TextMessage(content="and my flight is on May 3", source="user"),
+        ]
+    )
+    context = agent.model_context  # a turn answered by a tool call only, then "thanks"
+    await context.add_message(UserMessage(content="I am allergic to peanuts", source="user"))
+    call = FunctionCall(id="c1", name="save_note", arguments="{}")
+    await context.add_message(AssistantMessage(content=[call], source="assistant"))
+    await context.add_message(
+        FunctionExecutionResultMessage(
+            content=[FunctionExecutionResult(content="saved", call_id="c1", name="save_note")]
+        )
+    )
+    await agent.run(task="thanks")
+    await alice.record_last_turn(agent.model_context)
+    await alice.flush()
+    assert [(u, a) for u, a, _ in store.turns] == [
+        ("My passport is X123\nand my flight is on May 3", "Noted both."),
+        ("I am allergic to peanuts\nthanks", "You're welcome."),
+    ]
+    assert store.stats(("kb",)).memories == 1  # its own document only
+    await kb.close()

@@ -96,19 +96,25 @@ class Turn(NamedTuple):
 
 
 def last_turn(messages: Sequence[LLMMessage]) -> Turn | None:
-    """The last (user, assistant) pair: the last text reply and the newest user message
-    with text since the reply before it; ``None`` when the user said nothing with text
-    since then (a blank message is not answered by the reply to an older question)."""
+    """The last (user, assistant) pair: the last text reply and every user message with
+    text since the reply before it, joined by newlines (several sent in one request, or
+    one answered only by tool calls; the same text twice in a row once); ``None`` when
+    the user said nothing with text since then (a blank message is not answered by the
+    reply to an older question)."""
     spoken = [m for m in messages if not is_memory_message(m)]
     for i in range(len(spoken) - 1, -1, -1):
         reply = spoken[i]
         if isinstance(reply, AssistantMessage) and text_of(reply.content):
+            asked: list[str] = []
             for msg in reversed(spoken[:i]):
-                if isinstance(msg, UserMessage) and text_of(msg.content):
-                    return Turn(i, text_of(msg.content), text_of(reply.content))
                 if isinstance(msg, AssistantMessage) and text_of(msg.content):
-                    return None  # answered already: nothing with text asked since
-            return None
+                    break  # the reply before: what came before it was answered
+                text = text_of(msg.content) if isinstance(msg, UserMessage) else ""
+                if text and (not asked or asked[-1] != text):
+                    asked.append(text)
+            if not asked:
+                return None  # answered already: nothing with text asked since
+            return Turn(i, "\n".join(reversed(asked)), text_of(reply.content))
     return None
 
 

@@ -103,6 +103,10 @@ class HelaMemMemoryConfig(BaseModel):
             (whole memories, best first, counted as
             :meth:`helamem.core.SearchResult.to_text` counts).
         learn: Reinforce retrieved memories together (Hebbian learning).
+        record: Record the agent's turns in ``scope`` (``update_context``). Every
+            memory attached to an agent records its turns; ``False`` makes one that
+            only injects (a knowledge base shared by several users' agents, which
+            must not hold one user's conversation where the others read).
         wait_recorded_s: Before each read (``update_context``, ``query``),
             wait at most this long for the turns of this scope still being
             recorded, so a read sees every turn recorded before it; past the
@@ -151,6 +155,7 @@ class HelaMemMemoryConfig(BaseModel):
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     learn: bool = True
+    record: bool = True
     wait_recorded_s: float = Field(10.0, ge=0.0, allow_inf_nan=False)
     llm_model: str | None = None
     llm_api_base: str | None = None

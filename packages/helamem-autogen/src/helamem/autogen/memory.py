@@ -234,7 +234,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
     # -- the Memory interface ----------------------------------------------
 
     async def update_context(self, model_context: ChatCompletionContext) -> UpdateContextResult:
-        """Record the last completed turn, then inject the memories relevant to the context.
+        """Record the last completed turn (unless ``config.record`` is false), then inject
+        the memories relevant to the context.
 
         The query is the latest user message; without one, the newest
         message with text of any kind (a system prompt, an assistant reply,
@@ -253,7 +254,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         """
         messages, whole = await _history(model_context)
         served = self._served_for(model_context)
-        await self._record(served, messages, whole)
+        if self._config.record:
+            await self._record(served, messages, whole)
         await self._remove_injected(model_context)
         query = last_user(messages) or last_text(messages)
         if query is None:
