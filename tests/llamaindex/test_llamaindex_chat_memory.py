@@ -409,3 +409,41 @@ async def test_a_given_id_survives_set_and_a_rewritten_window_keeps_its_identity
     assert request.conversation_id != "req-7"
     assert (await store.astats(("users", "p"))).episodic == 2
     assert (await store.astats(("users", "z"))).episodic == 4
+
+
+async def test_a_second_reply_and_a_retry_without_a_session_id_are_kept_once(
+    store: HelaMemory,
+) -> None:
+    """New-user trial: a second reply to the same question (two agents, or two calls at
+    once on one memory) was neither joined nor stored, put one by one or in one batch;
+    a server rebuilding the memory per request with ``conversation_id`` but no
+    ``session_id`` (a new random one each time) stored a retried request twice."""
+    one = HelaMemChatMemory.from_defaults(memory=store, session_id="s", scope=("users", "t"))
+    messages = [
+        ChatMessage(role="user", content="Plan my trip to Rome"),
+        ChatMessage(role="assistant", content="Day 1: Colosseum"),
+        ChatMessage(role="assistant", content="Day 2: Vatican"),
+    ]
+    for message in messages:
+        await one.aput(message)
+    batch = HelaMemChatMemory.from_defaults(memory=store, session_id="b", scope=("users", "b"))
+    await batch.aput_messages(messages)
+    history = [ChatMessage(role="user", content="I moved to Lyon")]
+    for _ in range(2):  # the client retries; the server rebuilds the memory
+        request = HelaMemChatMemory.from_defaults(
+            memory=store, scope=("users", "l"), chat_history=history, conversation_id="c-9"
+        )
+        await request.aput(ChatMessage(role="assistant", content="Noted: Lyon."))
+        await request.aflush()
+    await one.aflush()
+    await batch.aflush()
+    for scope in (("users", "t"), ("users", "b")):
+        found = store.find_ids(scope, metadata={"source": "llamaindex"})
+        said = sorted(store.get(i).content for i in found)
+        assert said == [
+            "Day 1: Colosseum",
+            "Day 2: Vatican",
+            "Plan my trip to Rome",
+            "Plan my trip to Rome",
+        ]
+    assert (await store.astats(("users", "l"))).episodic == 2

@@ -48,6 +48,7 @@ from ._shared import (
     chain_message,
     copy_without_connection,
     dump_config,
+    is_final_reply,
     lazy_tokenizer,
     message_text,
     pair_turns,
@@ -148,6 +149,8 @@ class HelaMemChatMemory(BaseMemory):
     _cache: tuple[str, list[Line]] | None = PrivateAttr(default=None)
     _shown: list[Line] = PrivateAttr(default_factory=list)
     _warned: bool = PrivateAttr(default=False)
+    # the question the last message answered: a second reply (two agents) is a turn of it
+    _answered: str | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
         """The window's chained hash, when the state holds none (saved before it existed)."""
@@ -335,8 +338,13 @@ class HelaMemChatMemory(BaseMemory):
             self.conversation_hash = chain_message(before, message)
             if message.role == MessageRole.USER:
                 self._cache = None  # a new question: retrieve afresh
-            turns, self.pending_user = pair_turns([message], self.pending_user)
+                self._answered = None
+            waiting = self.pending_user
+            turns, self.pending_user = pair_turns([message], waiting)
+            if not turns and waiting is None and self._answered and is_final_reply(message):
+                turns = [(self._answered, message_text(message))]  # a second reply to it
             for user, assistant in turns:
+                self._answered = user
                 jobs.append(
                     {
                         "scope": self.memory_scope,
@@ -357,7 +365,10 @@ class HelaMemChatMemory(BaseMemory):
         worker, answered with
         the same or another reply) is stored once, while another conversation's turns,
         however alike, are new."""
-        text = json.dumps([list(self.memory_scope), self.session_id, self.conversation_id, before])
+        # a conversation id the caller gave names the conversation alone: a server that
+        # rebuilds the memory per request need not keep the session id too
+        session = None if self.conversation_pinned else self.session_id
+        text = json.dumps([list(self.memory_scope), session, self.conversation_id, before])
         key = hashlib.sha256(text.encode()).hexdigest()
         return {"metadata": {**self._metadata(), TURN_ID: key}, "unique_on": (TURN_ID,)}
 
@@ -507,6 +518,7 @@ class HelaMemChatMemory(BaseMemory):
         self.chat_history = list(messages)
         _, pending = pair_turns(self.chat_history)
         self.pending_user, self.pending_used_ids, self._cache = pending, [], None
+        self._answered = None
         self.conversation_hash = chain_all(self.chat_history)
         if not goes_on:  # another conversation (or a new one: reset): its turns are new
             self.conversation_id, self.conversation_pinned = uuid.uuid4().hex, False
