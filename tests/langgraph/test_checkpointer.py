@@ -8,6 +8,7 @@ import itertools
 import json
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
@@ -490,7 +491,7 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
         "thread": "t1",
         "scope": ["users", "alice"],
         "keys": {"user_id": "alice"},
-        "asker": {"user_id": "alice"},
+        "asker": {"scope": ["users", "alice"]},
     }
     mem.close()
 
@@ -683,12 +684,12 @@ def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
     with TurnRecorder(mem) as rec:
         graph = _counting_graph(HelaMemCheckpointer(rec, saver, scope=scope))
         graph.invoke({"messages": [HumanMessage("q1", id="m1")]}, cfg)
-        fail["in"] = 1  # fails for q2's input put (no turn): stamped with nothing, so
-        graph.invoke({"messages": [HumanMessage("q2", id="m2")]}, cfg)  # the next asks
-        # and now for every put of q3's run up to the answer's, which completes q3
-        fail["in"], fail["times"] = 1, 2
+        fail["in"] = 1  # fails once in q2's run (no turn completes there): q2 is kept
+        graph.invoke({"messages": [HumanMessage("q2", id="m2")]}, cfg)
+        fail["in"], fail["times"] = 1, 100  # down for the whole run: the answer's put raises
         with pytest.raises(RuntimeError, match="directory down"):
             graph.invoke({"messages": [HumanMessage("q3", id="m3")]}, {**cfg})
+        fail["times"] = 0  # up again
         graph.invoke(None, cfg)  # the retry completes and records q3
         # a fresh process going on from a bare config reads one parent, no walk
         plain = StateGraph(MessagesState)
@@ -1119,4 +1120,62 @@ def test_an_approvers_run_a_failed_run_and_a_subgraph_keep_the_askers(
     assert asked_by("alice") == ["alice 1", "alice 2"]
     assert asked_by("carol") == sorted(["carol 3", "carol 5", *(["bob 6"] if not bobs else [])])
     assert asked_by("bob") == bobs
+    mem.close()
+
+
+@pytest.mark.parametrize("identity", ["request ids", "uuid user ids"])
+def test_per_request_keys_and_uuid_user_ids_keep_the_askers(
+    tmp_path: Path, new_memory: Any, identity: str
+) -> None:
+    """Sixth review of the asker's scope (each failed on the version before, which
+    compared the asker's run keys): a key that changes per request (a request id, a
+    platform's run id) made a user's own resumed run no asker, so the question it wrote
+    went to the thread's previous user; user ids that are no JSON scalars (a UUID) made
+    every user's keys equal, so an approver's run took the asker's turn."""
+    answers = itertools.count()
+
+    def confirm(state: Any) -> dict[str, Any]:
+        interrupt(f"send {state['question']!r}?")
+        return {}
+
+    def prep(state: Any) -> dict[str, Any]:
+        return {"messages": [HumanMessage(state["question"])]}
+
+    def bot(state: Any) -> dict[str, Any]:
+        return {"messages": [AIMessage(f"answer {next(answers)}")]}
+
+    g = StateGraph(_Asked)
+    g.add_node("confirm", confirm)
+    g.add_node("prep", prep)
+    g.add_node("bot", bot)
+    g.add_edge(START, "confirm")
+    g.add_edge("confirm", "prep")
+    g.add_edge("prep", "bot")
+    g.add_edge("bot", END)
+    users = {name: uuid.uuid5(uuid.NAMESPACE_DNS, name) for name in ("carol", "bob")}
+
+    def cfg(user: str) -> Any:
+        if identity == "request ids":
+            return {
+                "configurable": {"thread_id": "t", "user_id": user, "request_id": uuid.uuid4().hex}
+            }
+        return {"configurable": {"thread_id": "t", "user_id": users[user]}}
+
+    mem = new_memory(tmp_path / "mem")
+    with TurnRecorder(mem) as rec:
+        graph = g.compile(checkpointer=HelaMemCheckpointer(rec, InMemorySaver()))
+        graph.invoke({"question": "carol 1"}, cfg("carol"))
+        graph.invoke(Command(resume=True), cfg("carol"))  # she confirms her question
+        graph.invoke({"question": "carol 2"}, cfg("carol"))
+        graph.invoke(Command(resume=True), cfg("bob"))  # bob approves hers
+        graph.invoke({"question": "bob 3"}, cfg("bob"))
+        graph.invoke(Command(resume=True), cfg("bob"))
+        rec.flush_sync()
+
+    def asked_by(user: str) -> list[str]:
+        name = user if identity == "request ids" else str(users[user])
+        return [t for t in _turn_texts(mem, ("users", name)) if not t.startswith("answer")]
+
+    assert asked_by("carol") == ["carol 1", "carol 2"]
+    assert asked_by("bob") == ["bob 3"]
     mem.close()

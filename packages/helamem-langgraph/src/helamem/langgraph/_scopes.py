@@ -14,9 +14,11 @@ A turn belongs to whoever asked its question: the turn a put opens (the first hu
 message of its latest turn is not its parent's) takes its config's scope when the put
 writes it from outside (an ``update_state``, a run's first step, a human message holding
 the text of the run's ``Command(resume=...)``: a chat through ``interrupt()``) or when
-its run is the thread's asker's (the stamp's ``asker``: the keys of the latest run that
-started with keys of its own, carried from parent to child, so a node writing the
-question of a ``question`` field is its run's asker's); every other put keeps its
+its config's scope is the thread's asker's (the stamp's ``asker``: the scope of the
+latest run that started with keys of its own, carried from parent to child, so a node
+writing the question of a ``question`` field, or of a resumed run of the same user, is
+the asker's; the scope, not the keys: a request id or a platform's run id differ from
+run to run); every other put keeps its
 parent's scope whatever its config says (a run's input, an approver's ``update_state``
 or ``Command(resume=...)`` with his own ``user_id``, a node of his run writing a human
 message, an edit of the pending question, a clear: the asker's turn stays in the asker's
@@ -43,18 +45,18 @@ from langgraph.checkpoint.base import CheckpointMetadata, CheckpointTuple
 
 from ._turns import question_key
 
-__all__ = ["LEGACY_ANCESTORS", "SCOPE_KEY", "Put", "ReadFailed", "Resolved", "ScopeBook"]
+__all__ = ["LEGACY_ANCESTORS", "SCOPE_KEY", "Asker", "Put", "ReadFailed", "Resolved", "ScopeBook"]
 
 logger = logging.getLogger(__name__)
 
 SCOPE_KEY = "helamem_scope"
 """The checkpoint metadata key that holds, as a JSON string (savers that keep only
 scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...},
-"asker": {...}}``: the scope of the thread's turns when the checkpoint was written
-(``None``: the scope function gave none), the configurable keys (str, int, float or bool
-values) of the run its scope came from, which decide the scope of a copy of the thread
-(``copy_thread``), and those of the latest run that started with keys of its own (absent:
-none)."""
+"asker": {"scope": [...] or None}}``: the scope of the thread's turns when the checkpoint
+was written (``None``: the scope function gave none), the configurable keys (str, int,
+float or bool values) of the run its scope came from, which decide the scope of a copy of
+the thread (``copy_thread``), and the scope of the latest run that started with keys of
+its own (absent: none)."""
 
 LEGACY_ANCESTORS = 16
 """Checkpoints looked at, newest first, above a parent without a stamp of its thread."""
@@ -70,6 +72,13 @@ class ReadFailed(Exception):  # noqa: N818 (a signal into the plan, not raised t
 
 
 @dataclass(frozen=True, slots=True)
+class Asker:
+    """The scope of the run that last started on a thread with keys of its own."""
+
+    scope: Scope
+
+
+@dataclass(frozen=True, slots=True)
 class Resolved:
     """A put's scope (``None``: record nothing), whether to stamp it, and the error the
     scope function raised (re-raised if the put completes a turn)."""
@@ -82,9 +91,9 @@ class Resolved:
     asked: str | None = None
     """The key of the first human message of the put's latest turn (see
     :func:`~helamem.langgraph._turns.question_key`); ``None``: none."""
-    asker: Mapping[str, Any] | None = None
-    """The run keys of the latest run that started on the thread with keys of its own
-    (its input): a turn a node of a run with these keys opens is asked by that run."""
+    asker: Asker | None = None
+    """The scope of the latest run that started on the thread with keys of its own: a
+    turn a run of that scope opens is asked by it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +160,11 @@ def _stamp_of(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
     keys = stamp.get("keys")
     stamp["keys"] = keys if isinstance(keys, dict) else {}
     asker = stamp.get("asker")
-    stamp["asker"] = asker if isinstance(asker, dict) else None
+    got = asker.get("scope") if isinstance(asker, dict) else False
+    if got is None or (isinstance(got, list) and all(isinstance(x, str) for x in got)):
+        stamp["asker"] = Asker(None if got is None else tuple(got))
+    else:
+        stamp["asker"] = None
     return stamp
 
 
@@ -188,13 +201,15 @@ class ScopeBook:
 
         A config with keys of its own gives its scope to a put that starts the thread
         and to one that opens a new turn (:meth:`Put.opens`) with outside input or
-        within a run of the thread's asker (the keys of the latest run that started with
+        by a run of the thread's asker (the scope of the latest run that started with
         keys, stamped and carried from parent to child); every other put keeps the
         parent's stamped scope (a bare config's always).
         """
         got = yield from self._resolve(config, put)
-        own = _own_keys(config) if has_run_keys(config) else None
-        asker = own if own is not None and put.starts else got.asker
+        asker = got.asker
+        if put.starts and has_run_keys(config):
+            mine = self._call(config)
+            asker = Asker(mine.scope) if mine.error is None else None
         return replace(got, asked=put.asked, asker=asker)
 
     def _resolve(
@@ -253,12 +268,13 @@ class ScopeBook:
     ) -> Resolved:
         """A put over a parent of its thread: its config's scope for a turn it opens with
         outside input or in a run of the thread's asker, else the parent's."""
-        if (
-            own
-            and put.opens(parent_asked)
-            and (put.outside or _own_keys(config) == inherited.asker)
-        ):
-            return self._call(config)
+        if own and put.opens(parent_asked):
+            mine = self._call(config)
+            asker = inherited.asker
+            if put.outside or (
+                asker is not None and mine.error is None and mine.scope == asker.scope
+            ):
+                return replace(mine, asker=asker)
         return inherited
 
     def _asked(self, tup: CheckpointTuple) -> str | None:
@@ -273,7 +289,8 @@ class ScopeBook:
         scope = None if got.scope is None else list(got.scope)
         stamp: dict[str, Any] = {"thread": thread, "scope": scope, "keys": dict(got.keys)}
         if got.asker is not None:
-            stamp["asker"] = dict(got.asker)
+            asker = got.asker.scope
+            stamp["asker"] = {"scope": None if asker is None else list(asker)}
         return {**metadata, SCOPE_KEY: json.dumps(stamp, sort_keys=True)}
 
     def remember(self, saved: RunnableConfig, got: Resolved) -> None:
