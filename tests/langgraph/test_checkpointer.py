@@ -1131,7 +1131,8 @@ def test_per_request_keys_and_uuid_user_ids_keep_the_askers(
     compared the asker's run keys): a key that changes per request (a request id, a
     platform's run id) made a user's own resumed run no asker, so the question it wrote
     went to the thread's previous user; user ids that are no JSON scalars (a UUID) made
-    every user's keys equal, so an approver's run took the asker's turn."""
+    every user's keys equal, so an approver's run took the asker's turn. Seventh: an
+    approver resuming a thread's first turn (no messages yet) took it, and the thread."""
     answers = itertools.count()
 
     def confirm(state: Any) -> dict[str, Any]:
@@ -1170,12 +1171,23 @@ def test_per_request_keys_and_uuid_user_ids_keep_the_askers(
         graph.invoke(Command(resume=True), cfg("bob"))  # bob approves hers
         graph.invoke({"question": "bob 3"}, cfg("bob"))
         graph.invoke(Command(resume=True), cfg("bob"))
+        # a thread's first turn (no messages yet) approved by bob, then a bare config
+        first = {"configurable": {**cfg("carol")["configurable"], "thread_id": "n"}}
+        graph.invoke({"question": "carol 4"}, first)
+        graph.invoke(
+            Command(resume=True), {"configurable": {**cfg("bob")["configurable"], "thread_id": "n"}}
+        )
+        bare = graph.get_state({"configurable": {"thread_id": "n"}}).config
+        graph.invoke({"question": "carol 5"}, bare)
+        graph.invoke(
+            Command(resume=True), graph.get_state({"configurable": {"thread_id": "n"}}).config
+        )
         rec.flush_sync()
 
     def asked_by(user: str) -> list[str]:
         name = user if identity == "request ids" else str(users[user])
         return [t for t in _turn_texts(mem, ("users", name)) if not t.startswith("answer")]
 
-    assert asked_by("carol") == ["carol 1", "carol 2"]
+    assert asked_by("carol") == ["carol 1", "carol 2", "carol 4", "carol 5"]
     assert asked_by("bob") == ["bob 3"]
     mem.close()

@@ -105,8 +105,6 @@ class Put:
     outside: bool = False
     """It writes outside input (a run's first step, an ``update_state``, a resume value
     written as the latest turn's question)."""
-    has_messages: bool = True
-    """The checkpoint holds the messages channel (else no turn can be recorded)."""
     starts: bool = False
     """It is a run's first (its input, or the first step, which consumes ``__start__``:
     under ``durability="exit"`` a run's only put)."""
@@ -220,7 +218,7 @@ class ScopeBook:
             return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
         own = has_run_keys(config)
-        if parent is None or (own and not put.has_messages):
+        if parent is None:
             return self._call(config)
         with self._lock:
             known = self._recent.get((thread, "", parent))

@@ -276,7 +276,6 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             Put(
                 None if asked is None else asked[0],
                 outside(metadata, new_versions) or resumed,
-                key in (checkpoint.get("channel_values") or {}),
                 metadata.get("source") == "input" or "__start__" in new_versions,
             ),
         )
