@@ -31,6 +31,7 @@ and ``aput`` drive it with the saver's ``get_tuple`` and ``aget_tuple``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -203,15 +204,15 @@ class ScopeBook:
         keys, stamped and carried from parent to child); every other put keeps the
         parent's stamped scope (a bare config's always).
         """
-        got = yield from self._resolve(config, put)
+        mine = functools.cache(lambda: self._call(config))  # the scope function once a put
+        got = yield from self._resolve(config, put, mine)
         asker = got.asker
         if put.starts and has_run_keys(config):
-            mine = self._call(config)
-            asker = Asker(mine.scope) if mine.error is None else None
+            asker = Asker(mine().scope) if mine().error is None else None
         return replace(got, asked=put.asked, asker=asker)
 
     def _resolve(
-        self, config: RunnableConfig, put: Put
+        self, config: RunnableConfig, put: Put, mine: Callable[[], Resolved]
     ) -> Generator[RunnableConfig, CheckpointTuple | None, Resolved]:
         conf = config.get("configurable", {})
         if conf.get("checkpoint_ns"):
@@ -219,11 +220,11 @@ class ScopeBook:
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
         own = has_run_keys(config)
         if parent is None:
-            return self._call(config)
+            return mine()
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:
-            return self._same_thread(config, own, put, known.asked, known)
+            return self._same_thread(mine, own, put, known.asked, known)
         want: RunnableConfig | None = config
         try:
             for _ in range(LEGACY_ANCESTORS):
@@ -236,13 +237,13 @@ class ScopeBook:
                 if stamp is not None and stamp["thread"] == thread:
                     scope = None if stamp["scope"] is None else tuple(stamp["scope"])
                     inherited = Resolved(scope, keys=stamp["keys"], asker=stamp["asker"])
-                    return self._same_thread(config, own, put, self._asked(tup), inherited)
+                    return self._same_thread(mine, own, put, self._asked(tup), inherited)
                 if stamp is not None and own and put.outside and put.opens(self._asked(tup)):
-                    return self._call(config)  # a turn this run opened on a copy
+                    return mine()  # a turn this run opened on a copy
                 if stamp is not None and own:  # the copy's scope: its run keys first
                     return self._call({**config, "configurable": {**conf, **stamp["keys"]}})
                 if own:  # written before the stamp: the config's
-                    return self._call(config)
+                    return mine()
                 # another thread's (copy_thread): the scope of its run's keys here;
                 # else written before the stamp: the run keys savers copy to metadata
                 keys = stamp["keys"] if stamp is not None else _run_keys(tup.metadata)
@@ -252,13 +253,13 @@ class ScopeBook:
         except ReadFailed as exc:
             logger.warning("reading a checkpoint for the scope of a turn failed: %r", exc)
             # this put's scope only: stamped, it would move the thread for good
-            got = self._call(config)
+            got = mine()
             return Resolved(got.scope, stamp=False, error=got.error)
-        return self._call(config)
+        return mine()
 
+    @staticmethod
     def _same_thread(
-        self,
-        config: RunnableConfig,
+        mine: Callable[[], Resolved],
         own: bool,
         put: Put,
         parent_asked: str | None,
@@ -267,12 +268,11 @@ class ScopeBook:
         """A put over a parent of its thread: its config's scope for a turn it opens with
         outside input or in a run of the thread's asker, else the parent's."""
         if own and put.opens(parent_asked):
-            mine = self._call(config)
-            asker = inherited.asker
+            got, asker = mine(), inherited.asker
             if put.outside or (
-                asker is not None and mine.error is None and mine.scope == asker.scope
+                asker is not None and got.error is None and got.scope == asker.scope
             ):
-                return replace(mine, asker=asker)
+                return replace(got, asker=asker)
         return inherited
 
     def _asked(self, tup: CheckpointTuple) -> str | None:
