@@ -155,10 +155,7 @@ def _graph(store: HelaMemStore, cp: HelaMemCheckpointer) -> Any:
         facts = "; ".join(str(h.value.get("content") or h.value.get("text")) for h in hits)
         return {"messages": [AIMessage(f"answer to {question!r} using: {facts}")]}
 
-    b = StateGraph(MessagesState)
-    b.add_node("bot", bot)
-    b.add_edge(START, "bot")
-    b.add_edge("bot", END)
+    b = _linear(MessagesState, ("bot", bot))
     return b.compile(checkpointer=cp, store=store)
 
 
@@ -265,16 +262,24 @@ def test_module_doctests(module: str) -> None:
     assert result.failed == 0
 
 
+def _linear(state: Any, *nodes: tuple[str, Any]) -> Any:
+    """A graph of ``state`` running ``nodes`` (name, function) one after another."""
+    g = StateGraph(state)
+    for name, fn in nodes:
+        g.add_node(name, fn)
+    names = [START, *(name for name, _ in nodes), END]
+    for a, b in itertools.pairwise(names):
+        g.add_edge(a, b)
+    return g
+
+
 def _counting_graph(cp: HelaMemCheckpointer) -> Any:
     answers = itertools.count()
 
     def bot(state: MessagesState) -> dict[str, Any]:
         return {"messages": [AIMessage(f"answer {next(answers)}")]}
 
-    g = StateGraph(MessagesState)
-    g.add_node("bot", bot)
-    g.add_edge(START, "bot")
-    g.add_edge("bot", END)
+    g = _linear(MessagesState, ("bot", bot))
     return g.compile(checkpointer=cp)
 
 
@@ -336,10 +341,7 @@ def _no_reducer_graph() -> Any:
     def bot(state: _NoReducer) -> dict[str, Any]:
         return {"messages": [*state["messages"], AIMessage(f"answer {next(answers)}")]}
 
-    g = StateGraph(_NoReducer)
-    g.add_node("bot", bot)
-    g.add_edge(START, "bot")
-    g.add_edge("bot", END)
+    g = _linear(_NoReducer, ("bot", bot))
     return g
 
 
@@ -429,10 +431,7 @@ def test_an_answer_written_with_update_state_and_a_failed_turns_question_are_kep
             raise RuntimeError("model down")
         return {"messages": [AIMessage(f"answer to {state['messages'][-1].content}")]}
 
-    g = StateGraph(MessagesState)
-    g.add_node("bot", bot)
-    g.add_edge(START, "bot")
-    g.add_edge("bot", END)
+    g = _linear(MessagesState, ("bot", bot))
     mem = new_memory(tmp_path / "mem")
     with TurnRecorder(mem) as rec:
         cp = HelaMemCheckpointer(rec, InMemorySaver())
@@ -586,16 +585,8 @@ def test_scopes_of_approvals_subgraphs_old_checkpoints_opt_outs_and_copies(
     def bot(state: State) -> dict[str, Any]:
         return {"messages": [AIMessage(f"answer {next(answers)}")]}
 
-    inner = StateGraph(State)
-    inner.add_node("bot", bot)
-    inner.add_edge(START, "bot")
-    inner.add_edge("bot", END)
-    g = StateGraph(State)
-    g.add_node("sub", inner.compile())
-    g.add_node("review", lambda s: {})
-    g.add_edge(START, "sub")
-    g.add_edge("sub", "review")
-    g.add_edge("review", END)
+    inner = _linear(State, ("bot", bot))
+    g = _linear(State, ("sub", inner.compile()), ("review", lambda s: {}))
 
     def by_user(config: Any) -> tuple[str, ...] | None:
         user = config["configurable"]["user_id"]  # a bare config has none: KeyError
@@ -692,10 +683,7 @@ def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
         fail["times"] = 0  # up again
         graph.invoke(None, cfg)  # the retry completes and records q3
         # a fresh process going on from a bare config reads one parent, no walk
-        plain = StateGraph(MessagesState)
-        plain.add_node("bot", lambda s: {"messages": [AIMessage("plain")]})
-        plain.add_edge(START, "bot")
-        plain.add_edge("bot", END)
+        plain = _linear(MessagesState, ("bot", lambda s: {"messages": [AIMessage("plain")]}))
         bare_graph = plain.compile(checkpointer=saver)
         other: Any = {"configurable": {"thread_id": "t2", "user_id": "bob"}}
         bare_graph.invoke({"messages": [HumanMessage("b", id="b1")]}, other)
@@ -740,18 +728,16 @@ def test_an_approvers_own_user_id_leaves_the_askers_turn_in_the_askers_scope(
         return {"approved": interrupt("approve?") == "yes"}
 
     answers = itertools.count()
-    g = StateGraph(State)
-    g.add_node("draft", lambda s: {"messages": [AIMessage(f"answer {next(answers)}")]})
-    g.add_node("review", lambda s: {})
-    g.add_edge(START, "draft")
-    g.add_edge("draft", "review")
-    g.add_edge("review", END)
-    h = StateGraph(State)
-    h.add_node("gate", gate)
-    h.add_node("bot", lambda s: {"messages": [AIMessage(f"answer {next(answers)}")]})
-    h.add_edge(START, "gate")
-    h.add_edge("gate", "bot")
-    h.add_edge("bot", END)
+    g = _linear(
+        State,
+        ("draft", lambda s: {"messages": [AIMessage(f"answer {next(answers)}")]}),
+        ("review", lambda s: {}),
+    )
+    h = _linear(
+        State,
+        ("gate", gate),
+        ("bot", lambda s: {"messages": [AIMessage(f"answer {next(answers)}")]}),
+    )
 
     def cfg(thread: str, user: str) -> Any:
         return {"configurable": {"thread_id": thread, "user_id": user}}
@@ -819,12 +805,7 @@ def test_an_approvers_edits_notes_and_nodes_keep_the_askers_turn(
     def critique(state: State) -> dict[str, Any]:
         return {"messages": [HumanMessage("critique: shorter")]}
 
-    g = StateGraph(State)
-    g.add_node("gate", gate)
-    g.add_node("bot", bot)
-    g.add_edge(START, "gate")
-    g.add_edge("gate", "bot")
-    g.add_edge("bot", END)
+    g = _linear(State, ("gate", gate), ("bot", bot))
     r = StateGraph(State)  # reflection: a draft, a critique as a human message, a final
     r.add_node("draft", bot)
     r.add_node("gate", gate)
@@ -905,23 +886,13 @@ def test_a_chat_through_interrupt_clears_windows_and_copies_keep_each_askers_tur
     def bot(state: Any) -> dict[str, Any]:
         return {"messages": [AIMessage(f"answer {next(answers)}")]}
 
-    chat = StateGraph(MessagesState)
-    chat.add_node("ask", ask)
-    chat.add_node("bot", bot)
-    chat.add_edge(START, "ask")
-    chat.add_edge("ask", "bot")
-    chat.add_edge("bot", END)
+    chat = _linear(MessagesState, ("ask", ask), ("bot", bot))
 
     def gate(state: Any) -> dict[str, Any]:
         interrupt("ok?")
         return {}
 
-    gated = StateGraph(_Windowed)
-    gated.add_node("gate", gate)
-    gated.add_node("bot", bot)
-    gated.add_edge(START, "gate")
-    gated.add_edge("gate", "bot")
-    gated.add_edge("bot", END)
+    gated = _linear(_Windowed, ("gate", gate), ("bot", bot))
 
     def cfg(thread: str, user: str | None = None) -> Any:
         return {"configurable": {"thread_id": thread, **({"user_id": user} if user else {})}}
@@ -988,18 +959,12 @@ def test_a_question_written_by_the_first_node_and_exit_durability_keep_the_asker
     def bot(state: Any) -> dict[str, Any]:
         return {"messages": [AIMessage(f"answer {next(answers)}")]}
 
-    asked = StateGraph(_Asked)
-    asked.add_node("prep", prep)
-    asked.add_node("bot", bot)
-    asked.add_edge(START, "prep")
-    asked.add_edge("prep", "bot")
-    asked.add_edge("bot", END)
-    chat = StateGraph(MessagesState)
-    chat.add_node("ask", lambda s: {"messages": [HumanMessage(interrupt("your message?"))]})
-    chat.add_node("bot", bot)
-    chat.add_edge(START, "ask")
-    chat.add_edge("ask", "bot")
-    chat.add_edge("bot", END)
+    asked = _linear(_Asked, ("prep", prep), ("bot", bot))
+    chat = _linear(
+        MessagesState,
+        ("ask", lambda s: {"messages": [HumanMessage(interrupt("your message?"))]}),
+        ("bot", bot),
+    )
 
     def cfg(thread: str, user: str, **more: Any) -> Any:
         return {"configurable": {"thread_id": thread, "user_id": user, **more}}
@@ -1066,28 +1031,15 @@ def test_an_approvers_run_a_failed_run_and_a_subgraph_keep_the_askers(
             raise RuntimeError("prep failed")
         return {"messages": [HumanMessage(state["question"])]}
 
-    asked = StateGraph(_Asked)
-    asked.add_node("prep", prep)
-    asked.add_node("bot", bot)
-    asked.add_edge(START, "prep")
-    asked.add_edge("prep", "bot")
-    asked.add_edge("bot", END)
-    inner = StateGraph(_Text)
-    inner.add_node("check", lambda s: {"text": s["text"].strip()})
-    inner.add_edge(START, "check")
-    inner.add_edge("check", END)
+    asked = _linear(_Asked, ("prep", prep), ("bot", bot))
+    inner = _linear(_Text, ("check", lambda s: {"text": s["text"].strip()}))
     moderate = inner.compile()
 
     def ask(state: Any) -> dict[str, Any]:
         text = moderate.invoke({"text": interrupt("your message?")})["text"]
         return {"messages": [HumanMessage(text)]}
 
-    chat = StateGraph(MessagesState)
-    chat.add_node("ask", ask)
-    chat.add_node("bot", bot)
-    chat.add_edge(START, "ask")
-    chat.add_edge("ask", "bot")
-    chat.add_edge("bot", END)
+    chat = _linear(MessagesState, ("ask", ask), ("bot", bot))
 
     def cfg(thread: str, user: str) -> Any:
         return {"configurable": {"thread_id": thread, "user_id": user}}
@@ -1145,14 +1097,7 @@ def test_per_request_keys_and_uuid_user_ids_keep_the_askers(
     def bot(state: Any) -> dict[str, Any]:
         return {"messages": [AIMessage(f"answer {next(answers)}")]}
 
-    g = StateGraph(_Asked)
-    g.add_node("confirm", confirm)
-    g.add_node("prep", prep)
-    g.add_node("bot", bot)
-    g.add_edge(START, "confirm")
-    g.add_edge("confirm", "prep")
-    g.add_edge("prep", "bot")
-    g.add_edge("bot", END)
+    g = _linear(_Asked, ("confirm", confirm), ("prep", prep), ("bot", bot))
     users = {name: uuid.uuid5(uuid.NAMESPACE_DNS, name) for name in ("carol", "bob")}
 
     def cfg(user: str) -> Any:
