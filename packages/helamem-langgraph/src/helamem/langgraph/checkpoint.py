@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, ExitStack
@@ -139,6 +140,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         # thread -> the strings of its latest Command(resume=...) (a chat through interrupt)
         self._resumed: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._max_threads = max_threads
+        self._lru_lock = threading.Lock()  # puts from several threads update the two LRUs
         self._mode: str | None = None  # "sync"/"async": the default saver this opened
         self._closed = False
         self._allowlist: frozenset[tuple[str, ...]] = frozenset()  # strict msgpack types
@@ -287,11 +289,16 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         texts = resume_texts(writes)
         if not texts or conf.get("checkpoint_ns"):
             return
-        thread = str(conf.get("thread_id"))
-        self._resumed[thread] = texts
-        self._resumed.move_to_end(thread)
-        while len(self._resumed) > self._max_threads:
-            self._resumed.popitem(last=False)
+        self._remember(self._resumed, str(conf.get("thread_id")), texts)
+
+    def _remember(self, lru: OrderedDict[str, Any], thread: str, value: Any) -> None:
+        """``lru[thread] = value``, most recent, at most ``max_threads`` kept; locked
+        (another thread's eviction between the set and the move raised ``KeyError``)."""
+        with self._lru_lock:
+            lru[thread] = value
+            lru.move_to_end(thread)
+            while len(lru) > self._max_threads:
+                lru.popitem(last=False)
 
     def _scope_sync(
         self,
@@ -341,10 +348,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         if turn is None or got.scope is None:
             return None
         thread, key, user, answer = turn
-        self._recorded[thread] = key
-        self._recorded.move_to_end(thread)
-        while len(self._recorded) > self._max_threads:
-            self._recorded.popitem(last=False)
+        self._remember(self._recorded, thread, key)
         used = self.store.take_used(thread) if self.store is not None else []
         return {
             "scope": got.scope,
