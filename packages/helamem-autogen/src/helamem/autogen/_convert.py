@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from autogen_core.memory import MemoryContent, MemoryMimeType
@@ -18,6 +18,7 @@ __all__ = [
     "Turn",
     "content_of",
     "encode",
+    "humans",
     "is_memory_message",
     "last_text",
     "last_turn",
@@ -95,27 +96,69 @@ class Turn(NamedTuple):
     assistant: str
 
 
-def last_turn(messages: Sequence[LLMMessage]) -> Turn | None:
-    """The last (user, assistant) pair: the last text reply and every user message with
-    text since the reply before it, joined by newlines (several sent in one request, or
-    one answered only by tool calls; the same text twice in a row once); ``None`` when
-    the user said nothing with text since then (a blank message is not answered by the
-    reply to an older question)."""
+def humans(
+    messages: Sequence[LLMMessage], user_sources: Collection[str] | None = None
+) -> frozenset[str]:
+    """The sources (AgentChat's ``source``) whose user messages are the user's own words:
+    ``user_sources`` when given, else ``"user"`` (AgentChat's source of ``run(task=...)``)
+    and the source of the conversation's first user message (who gave the task)."""
+    if user_sources is not None:
+        return frozenset(user_sources)
+    first = next((m.source for m in messages if isinstance(m, UserMessage)), "user")
+    return frozenset(("user", first))
+
+
+def last_turn(
+    messages: Sequence[LLMMessage], user_sources: Collection[str] | None = None
+) -> Turn | None:
+    """The last (user, assistant) pair: this agent's last text reply, and every message
+    with text it answered (since its reply before), joined by newlines: several sent in
+    one request, or one answered only by tool calls; the same text twice in a row once.
+
+    In a team, the other agents' messages reach an agent as user messages (a ``Swarm``
+    handoff also carries the sender's assistant messages): they are part of what the
+    reply answered, each prefixed with its speaker (``"[planner] ..."``); only the user's
+    own (:func:`humans`) are taken as said. An assistant message from a source that also
+    spoke as a user message is such a teammate's, never this agent's reply (an agent is
+    never sent its own messages). A reply right after the agent's previous one (nothing
+    said between) is another turn of the question before. ``None`` when there is no
+    reply, or nothing with text was said since the reply before (a blank message is not
+    answered by the reply to an older question)."""
     spoken = [m for m in messages if not is_memory_message(m)]
-    for i in range(len(spoken) - 1, -1, -1):
-        reply = spoken[i]
-        if isinstance(reply, AssistantMessage) and text_of(reply.content):
-            asked: list[str] = []
-            for msg in reversed(spoken[:i]):
-                if isinstance(msg, AssistantMessage) and text_of(msg.content):
-                    break  # the reply before: what came before it was answered
-                text = text_of(msg.content) if isinstance(msg, UserMessage) else ""
-                if text and (not asked or asked[-1] != text):
-                    asked.append(text)
-            if not asked:
-                return None  # answered already: nothing with text asked since
-            return Turn(i, "\n".join(reversed(asked)), text_of(reply.content))
-    return None
+    users = humans(spoken, user_sources)
+    others = frozenset(m.source for m in spoken if isinstance(m, UserMessage)) - users
+
+    def said(m: LLMMessage) -> str | None:
+        """What ``m`` says to this agent (``None``: its own message, or no user/teammate's)."""
+        if isinstance(m, UserMessage):
+            text = text_of(m.content)
+            return text if m.source in users or not text else f"[{m.source}] {text}"
+        if isinstance(m, AssistantMessage) and m.source in others:
+            text = text_of(m.content)
+            return f"[{m.source}] {text}" if text else ""
+        return None
+
+    def replies(m: LLMMessage) -> bool:
+        return isinstance(m, AssistantMessage) and said(m) is None and bool(text_of(m.content))
+
+    at = next((i for i in range(len(spoken) - 1, -1, -1) if replies(spoken[i])), None)
+    if at is None:
+        return None
+    asked: list[str] = []
+    heard = False  # something said to the agent since its reply before (blank too)
+    for msg in reversed(spoken[:at]):
+        if replies(msg):
+            if heard:
+                break  # the reply before: what came before it was answered
+            continue  # a second reply in a row: another turn of the question before
+        text = said(msg)
+        if text is not None:
+            heard = True
+            if text and (not asked or asked[-1] != text):
+                asked.append(text)
+    if not asked:
+        return None  # answered already: nothing with text asked since
+    return Turn(at, "\n".join(reversed(asked)), text_of(spoken[at].content))
 
 
 def turn_key(scope: Sequence[str], messages: Sequence[LLMMessage], turn: Turn) -> str:

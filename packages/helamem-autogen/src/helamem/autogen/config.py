@@ -107,6 +107,11 @@ class HelaMemMemoryConfig(BaseModel):
             memory attached to an agent records its turns; ``False`` makes one that
             only injects (a knowledge base shared by several users' agents, which
             must not hold one user's conversation where the others read).
+        user_sources: The message sources (AgentChat's ``source``: ``"user"``, a
+            ``UserProxyAgent``'s name) whose messages are the user's own words in a
+            recorded turn; the other agents of a team are stored with their name
+            (``"[planner] ..."``). ``None``: ``"user"`` and the source of the
+            conversation's first message (who gave the task).
         wait_recorded_s: Before each read (``update_context``, ``query``),
             wait at most this long for the turns of this scope still being
             recorded, so a read sees every turn recorded before it; past the
@@ -156,6 +161,7 @@ class HelaMemMemoryConfig(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     learn: bool = True
     record: bool = True
+    user_sources: list[str] | None = None
     wait_recorded_s: float = Field(10.0, ge=0.0, allow_inf_nan=False)
     llm_model: str | None = None
     llm_api_base: str | None = None

@@ -407,6 +407,21 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                 "dumped config; pass it again (HelaMemMemory(config, embedder=...)) when loading",
                 self.name,
             )
+        if not self._owns_memory and self._memory is not None:
+            have, said = self._memory.config, self._config.to_helamem_config()
+            fields = ("store", "embedder", "chroma")
+            if have.path.resolve() != said.path.resolve() or any(
+                getattr(have, f) != getattr(said, f) for f in fields
+            ):
+                logger.warning(
+                    "HelaMemMemory %r: the store passed as memory= (%s) is not the one its "
+                    "config describes (%s), and only the config is dumped: a memory loaded "
+                    "from it opens the config's store; build the config with the store's "
+                    "path and embedder",
+                    self.name,
+                    have.path,
+                    said.path,
+                )
         return self._config
 
     @classmethod
@@ -526,7 +541,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         or memory recorded (before or after this one reads it); the store skips
         it, in its write transaction, when this scope holds that identity.
         """
-        turn = last_turn(messages)
+        turn = last_turn(messages, self._config.user_sources)
         spoken = sum(not is_memory_message(m) for m in messages)
         if whole and spoken < served.seen:
             served.recorded = None  # cleared (agent.on_reset(), load_state)
