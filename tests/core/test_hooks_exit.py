@@ -263,3 +263,56 @@ def test_a_memory_used_in_a_forked_child_raises_instead_of_hanging(tmp_path: Pat
     assert os.waitstatus_to_exitcode(status) == 0
     assert mem.stats(SCOPE).episodic == 2  # the parent's memory is untouched
     mem.close()
+
+
+WORKER_CHILD = textwrap.dedent(
+    """
+    import json, sys, threading, time
+    from pathlib import Path
+    from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
+    from helamem.core.hooks import TurnRecorder
+    from concurrent.futures import ThreadPoolExecutor
+
+    mem = HelaMemory(HelaMemConfig(path=Path(sys.argv[1])), embedder=HashingEmbedder(64))
+    mem.open()
+    rec = TurnRecorder(mem)
+    errors = []
+    pool = ThreadPoolExecutor(2)  # an idle pool worker: left to its pool's own exit hook
+    pool.submit(lambda: None).result()
+
+    def worker():
+        for i in range(15):
+            try:
+                rec.record_turn_sync(("users", "alice"), f"recorded {i}", "ok")
+                mem.add_turn(("users", "alice"), f"direct {i}", "ok")
+            except Exception as exc:  # what the store said, counted by the test
+                errors.append(type(exc).__name__)
+            time.sleep(0.02)
+        print(json.dumps({"errors": errors}), flush=True)
+
+    threading.Thread(target=worker).start()  # non-daemon: Python waits for it
+    # the main thread returns while the worker still records and stores
+    """
+)
+
+
+def test_a_worker_thread_still_recording_when_the_main_thread_returns_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Review: Python runs the exit hook before it joins the program's non-daemon
+    threads, so the hook closed the recorder and the store under a worker still
+    recording: 12 to 20 of its 60 turns were stored, the rest raised RecorderClosedError
+    / StoreClosedError. Now the hook waits for such threads first (bounded)."""
+    script = tmp_path / "worker_child.py"
+    script.write_text(WORKER_CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"errors": []}
+    assert stored_turns(tmp_path) == 30
+    assert "lost" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -13,6 +13,12 @@ hooks run last-registered first, and ``concurrent.futures.thread`` is
 imported first so that ours runs before the pools stop). It falls back to
 :func:`atexit.register` on a Python without it.
 
+Python also runs these hooks *before* it joins the program's own non-daemon
+threads, which go on calling the store until they end (a worker thread still
+recording when the main thread returns). So the hook first waits for them, at
+most :data:`THREADS_WAIT_S` (thread-pool workers are left to their pools' hook:
+an idle one ends only when that hook stops it).
+
 At exit the hook runs, in the main thread, every live registration of phase
 :data:`FLUSH` (turn recorders), then every one of phase :data:`CLOSE`
 (stores). Registrations hold weak references: a registered object can still
@@ -23,7 +29,7 @@ starts with no registrations (its parent flushes and closes its own).
 from __future__ import annotations
 
 import atexit
-import concurrent.futures.thread  # noqa: F401  (its exit hook first, so ours runs before it)
+import concurrent.futures.thread  # its exit hook first, so ours runs before it
 import itertools
 import logging
 import os
@@ -36,6 +42,11 @@ from typing import Any, Final
 __all__ = ["CLOSE", "FLUSH", "register", "unregister"]
 
 logger = logging.getLogger(__name__)
+
+THREADS_WAIT_S: Final = 60.0
+"""Most seconds the exit hook waits for the program's non-daemon threads (those Python
+would join after it) before flushing and closing; one still running then meets a closed
+store (``StoreClosedError``, ``RecorderClosedError``), as it would at ``close()``."""
 
 FLUSH: Final = 0  # turn recorders: store what is still queued (bounded)
 CLOSE: Final = 1  # stores: release SQLite and the vector index
@@ -91,7 +102,38 @@ def _install_locked() -> None:
         atexit.register(_run)
 
 
+def _program_threads() -> list[threading.Thread]:
+    """Live non-daemon threads Python joins after the exit hooks, but for this one, the
+    main thread and thread-pool workers (an idle worker ends only at its pool's hook)."""
+    workers = set(getattr(concurrent.futures.thread, "_threads_queues", {}))
+    here, main = threading.current_thread(), threading.main_thread()
+    return [
+        t
+        for t in threading.enumerate()
+        if not t.daemon and t.is_alive() and t not in workers and t is not here and t is not main
+    ]
+
+
+def _wait_for_threads(bound: float) -> None:
+    """Join :func:`_program_threads` for at most ``bound`` seconds in all."""
+    deadline = time.monotonic() + bound
+    for thread in _program_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = [t.name for t in _program_threads()]
+    if late:
+        logger.warning(
+            "helamem: closing stores at exit while threads %s still run (waited %g s); "
+            "their later calls raise StoreClosedError: join them before the main thread ends",
+            late,
+            bound,
+        )
+
+
 def _run() -> None:
+    with _lock:
+        waits = bool(_hooks)
+    if waits:  # the program's threads may still record and store
+        _wait_for_threads(THREADS_WAIT_S)
     started = time.monotonic()
     for phase in (FLUSH, CLOSE):
         with _lock:  # a snapshot per phase: flushing may open (and register) a store
