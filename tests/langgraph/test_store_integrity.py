@@ -421,3 +421,33 @@ def test_learning_reinforces_only_the_best_learn_top(
     page = store.search(NS, query="badger sett", limit=6)
     assert len(page) == 6
     assert memory.stats().edges == 1  # only the best two co-activate
+
+
+def test_a_search_racing_a_rewrite_still_finds_the_item(
+    store: HelaMemStore,
+    memory: HelaMemory,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    integrity: Integrity,
+) -> None:
+    """Trial: the core ranked the item's old memory, then a rewrite replaced it before
+    the documents were read; the hit was dropped as stale and the item left out of the
+    page (348 of 2,851 searches with a writer in another process)."""
+    store.put(NS, "k", {"text": "apple pie", "v": 1})
+    store.put(NS, "other", {"text": "banana bread"})
+    real = memory.search
+    rewrites = iter([None])
+
+    def search_then_rewrite(*args: Any, **kwargs: Any) -> Any:
+        got = real(*args, **kwargs)
+        if next(rewrites, "done") is None:  # once: the write lands between rank and read
+            _in_thread(store.put, NS, "k", {"text": "apple tart", "v": 2}).join(WAIT_S)
+        return got
+
+    monkeypatch.setattr(memory, "search", search_then_rewrite)
+    found = store.search(NS, query="apple", limit=5)  # every memory seen: no second search
+    monkeypatch.undo()
+    assert [(i.key, i.value) for i in found][:1] == [("k", {"text": "apple tart", "v": 2})]
+    assert sorted(i.key for i in found) == ["k", "other"]
+    assert [i.value["v"] for i in store.search(NS, query="apple", limit=1)] == [2]
+    assert integrity(path, store.documents) == (0, 0)

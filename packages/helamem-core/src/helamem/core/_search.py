@@ -44,6 +44,11 @@ and back cost about 0.1-0.2 ms at 100k memories on 2 cores (measured), while
 ONNX MiniLM takes milliseconds, overlapped. Hashing and table embedders fall below."""
 
 
+VANISHED_RETRIES = 3
+"""Most times one search runs when memories it ranked vanish meanwhile (deleted by
+another process or object between their ranking and the read of their rows)."""
+
+
 class SearchOps(LexicalLegOps, LearningOps):
     """Reads: a query's candidates, pool, spreading and hits (and its learning step)."""
 
@@ -91,6 +96,42 @@ class SearchOps(LexicalLegOps, LearningOps):
                 self.reconcile()
             except StorageError as exc:  # the rows stay unindexed: scanned exactly below
                 logger.warning("re-index failed, searching unindexed rows exactly: %s", exc)
+        for attempt in range(1, VANISHED_RETRIES + 1):
+            found = self._search_once(
+                query,
+                prefix,
+                k,
+                learn,
+                spread,
+                ref_given,
+                kind,
+                sem_k,
+                started,
+                last=attempt == VANISHED_RETRIES,
+            )
+            if found is not None:
+                return found
+        raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
+
+    def _search_once(
+        self,
+        query: str,
+        prefix: tuple[str, ...],
+        k: int,
+        learn: bool,
+        spread: bool,
+        ref_given: float | None,
+        kind: Kind,
+        sem_k: int,
+        started: float,
+        *,
+        last: bool,
+    ) -> SearchResult | None:
+        """One search; ``None`` (unless ``last``) when a memory it ranked vanished
+        before its row was read (deleted by another process or object): the hit
+        was skipped and the result would be short of ``k`` (a caller paging by
+        "fewer than k: no more" missed a replaced memory's successor), so the
+        search runs again, nothing learned."""
         node: int | None
         if prefix:
             node = self.store.find_scope(prefix)
@@ -185,6 +226,10 @@ class SearchOps(LexicalLegOps, LearningOps):
                         base_top=[n for n in ranking.base_top if path_rows[n].id in shown],
                         associations=[n for n in ranking.associations if path_rows[n].id in shown],
                     )
+            shown = {h.memory.id for h in path_hits}
+            returned = (*ranking.base_top, *ranking.associations)
+            if not last and any(path_rows[n].id not in shown for n in returned):
+                return None
             hits.extend(path_hits)
             learned.append(self._coactive(ranking))
             rows.update(path_rows)

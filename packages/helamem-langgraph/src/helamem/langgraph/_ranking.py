@@ -92,9 +92,14 @@ class RankedSearch:
         for h in sorted(hits, key=lambda h: -h.score):
             if h.id in doc:
                 d = doc[h.id]
-                if d is None or named_id(d) != family_base(h.id):  # in flight, or stale: kept
+                named = named_id(d)
+                if named != family_base(h.id):  # in flight, or stale: kept
                     stale.append((h.id, *hit_address(h)))
-                    continue
+                if d is None or named is None:
+                    continue  # no document (yet), or one without memories
+                # a document naming another memory was rewritten since the search ranked
+                # this one: the item is there, with its newer value (a search racing a
+                # write shows the old or the new value; skipping it left the item out)
                 item = public(d, h.score, scored=True)
             elif self.recorded and h.id not in shadowed and not is_store_memory(h.memory):
                 item = searched(item_of(h.memory), h.score)
