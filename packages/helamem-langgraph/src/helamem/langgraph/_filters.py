@@ -120,6 +120,8 @@ def _lookup(value: Any, key: str) -> Any:
     """``value[key]``, else the dotted path ``a.b``."""
     if not isinstance(value, Mapping):
         return None
+    if not isinstance(key, str):  # a strange key (an int) matches nothing, as in Python
+        return value.get(key)
     if key in value or "." not in key:
         return value.get(key)
     head, _, rest = key.partition(".")

@@ -97,13 +97,29 @@ def _nonfinite(value: object) -> bool:
     return False
 
 
+def _retyped(value: object, at: str = "") -> str | None:
+    """Where in ``value`` a part JSON would give back as another type (orjson writes a
+    datetime, date, UUID, Enum or dataclass as a string or an object), or ``None``."""
+    if value is None or isinstance(value, str | int | float):  # bool is an int
+        return None
+    if isinstance(value, Mapping):
+        parts: Any = ((f"{at}[{k!r}]", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        parts = ((f"{at}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return f"{type(value).__name__} at {at or 'the top'}"
+    return next((found for path, v in parts if (found := _retyped(v, path)) is not None), None)
+
+
 def check_value(namespace: tuple[str, ...], key: str, value: Mapping[str, Any]) -> None:
     """Refuse, before anything is written, a value that the document store's JSON
     (orjson, as LangGraph's ``SqliteStore``) cannot hold as given.
 
     Raises:
         TypeError: A part JSON cannot encode (bytes, a set, an int beyond 64 bits,
-            a str with a lone surrogate), as ``SqliteStore`` raises, with the part named.
+            a str with a lone surrogate), as ``SqliteStore`` raises, with the part named;
+            or one it would read back as another type (a datetime, date, UUID, Enum or
+            dataclass: ``SqliteStore`` gives back a str or a dict).
         ValueError: A NaN or infinity (``SqliteStore`` would store ``null``).
     """
     try:
@@ -114,6 +130,13 @@ def check_value(namespace: tuple[str, ...], key: str, value: Mapping[str, Any]) 
             f"dicts, lists, str, int (within 64 bits), float, bool and None (bytes as "
             f"base64 text, a set as a list)"
         ) from exc
+    retyped = _retyped(value)
+    if retyped is not None:
+        raise TypeError(
+            f"the value put at {namespace!r}/{key!r} holds a {retyped}, which JSON would "
+            f"read back as a str or a dict; store it as one (a datetime or date as "
+            f".isoformat(), a UUID as str(), an Enum as its .value, a dataclass as asdict())"
+        )
     if _nonfinite(value):
         raise ValueError(
             f"the value put at {namespace!r}/{key!r} holds a NaN or infinity, which JSON "
