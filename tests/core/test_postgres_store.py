@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from helamem.core import (
+    ChromaConfig,
     HashingEmbedder,
     HelaMemConfig,
     HelaMemory,
@@ -442,3 +443,58 @@ def test_a_statement_the_client_library_refuses_is_not_called_an_outage(
         assert db.execute("SELECT 2").fetchone()[0] == 2  # the connection was intact
     finally:
         db.close()
+
+
+def test_databases_with_one_schema_name_on_one_chroma_server_keep_their_vectors(
+    tmp_path: Path, pg_server: PgServer
+) -> None:
+    """Trial: two databases, both with the default schema ``helamem``, shared the
+    collection ``helamem.helamem-h2-e`` on one server; each open took the other's as an
+    older copy and rebuilt it, and a store found none of its memories by their vectors.
+    A server's collections now carry the database's id, as an SQLite store's do."""
+    import chromadb
+    import psycopg
+
+    from chroma_server import chroma_server
+
+    SCOPES = [("u", "alice"), ("u", "bob")]  # noqa: N806 (node 2 in each database)
+    db = f"other_{random.randrange(10**9)}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {db}")
+    dsns = [pg_server.dsn, pg_server.dsn.rsplit("/", 1)[0] + f"/{db}"]
+    schema = schema_for(tmp_path / "shared")  # one schema name in both databases
+    with chroma_server(tmp_path / "chroma") as port:
+        chroma = ChromaConfig(mode="http", host="127.0.0.1", port=port, exact_below=20)
+        mems = [
+            HelaMemory(
+                HelaMemConfig(
+                    path=tmp_path / f"s{i}",
+                    store=PostgresConfig(dsn=dsn, schema_name=schema),  # type: ignore[arg-type]
+                    chroma=chroma,
+                ),
+                embedder=HashingEmbedder(64),
+            )
+            for i, dsn in enumerate(dsns)
+        ]
+        try:
+            own = []
+            for m in mems:
+                m.open()
+            for i, m in enumerate(mems):
+                added = [m.add(f"store {i} note {j}", SCOPES[i]) for j in range(30)]  # HNSW
+                own.append({x.id for x in added})
+                m.flush()
+
+            def indexed(core: Any, scope: tuple[str, ...]) -> set[str]:  # HNSW's answer
+                qv = core.embedder.embed(["store note"])[0]
+                node = core.store.find_scope(scope)
+                return {mid for mid, _ in core.index.query(qv, 50, [node], "episodic")}
+
+            for i, m in enumerate(mems):  # both open: each index holds its own
+                assert m._call(lambda core, i=i: indexed(core, SCOPES[i])) == own[i]
+            server = chromadb.HttpClient(host="127.0.0.1", port=port)
+            counts = sorted(c.count() for c in server.list_collections())
+            assert counts == [30, 30]  # before: one collection of the last store's 30
+        finally:
+            for m in mems:
+                m.close()

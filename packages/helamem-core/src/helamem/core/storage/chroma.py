@@ -340,7 +340,8 @@ class ChromaIndex(ChromaConnection):
                     self._failed.add(key)
                     log(
                         "HNSW search of %s failed (%s); searching it exactly "
-                        "(`helamem reindex` rebuilds its collection)",
+                        "(`HelaMemory.reindex()`, or `helamem reindex` for an SQLite "
+                        "store, rebuilds its collection)",
                         self._exact.scope_name(key),
                         exc,
                     )

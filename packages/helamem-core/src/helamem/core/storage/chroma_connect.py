@@ -165,14 +165,15 @@ class ChromaConnection:
 
     def _stem(self) -> str:
         """Collection names start with this: ``config.collection``, and on a Chroma
-        server (``mode="http"``) of an SQLite store also this database's id, since every
-        SQLite file numbers its scopes from 1: two stores sharing one server must never
-        meet in a collection (a PostgreSQL store's ``collection`` already names its
-        schema). A server's collections of an older layout are not this stem's: the
-        next open rebuilds them from the database."""
+        server (``mode="http"``) also this database's id, since every SQLite file, and
+        every PostgreSQL schema of every database, numbers its scopes from 1: two stores
+        sharing one server must never meet in a collection (a PostgreSQL store's
+        ``collection`` also names its schema; two databases may hold one schema name).
+        A server's collections of an older layout are not this stem's: the next open
+        rebuilds them from the database."""
         if self._stem_cache is None:
             c = self._config.collection
-            if self._config.mode == "http" and self._exact.own_database:
+            if self._config.mode == "http":
                 c = f"{c}.{self._exact.store_id()[:16]}"
             self._stem_cache = c
         return self._stem_cache
@@ -399,10 +400,11 @@ class ChromaConnection:
             total = sum(self._exact.count_upto(k, 1 << 62) for k, _ in todo)
             logger.warning(
                 "the vector index lacks vectors of %d large scope(s) (%s); rebuilding %d "
-                "vectors from helamem.sqlite3",
+                "vectors from %s",
                 len(todo),
                 ", ".join(f"{self._exact.scope_name(k)}: {why}" for k, why in todo[:5]),
                 total,
+                Path(self._db_name).name if self._exact.own_database else self._db_name,
             )
             done = 0
             for key, _ in todo:
