@@ -3,6 +3,7 @@ corrupt files, failing embedders, caller-chosen ids (issue 14, cases 1, 3, 6, 9,
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 
 from helamem.core import (
+    ChromaConfig,
     CorruptStoreError,
     DiskFullError,
     EmbeddingError,
     HashingEmbedder,
+    HelaMemConfig,
     HelaMemory,
     InvalidInputError,
     MemoryNotFoundError,
@@ -406,3 +409,58 @@ def test_a_store_path_that_is_a_file_is_a_storage_error(tmp_path: Path, make_mem
     with pytest.raises(StorageError, match="cannot create the store directory"):
         make_mem(f).open()
     assert f.read_text() == "x"
+
+
+def test_vectors_another_objects_failed_delete_left_are_dropped_by_the_next_searches(
+    tmp_path: Path,
+) -> None:
+    """Trial: a delete whose index delete failed (server down) or was killed after its
+    commit left the deleted memories' vectors in HNSW; every other open store kept them
+    (a dense top 50 held 1-2 live memories) until a fresh open, and the deleting store
+    closed without retrying. Meeting them in a search now clears the tombstones, and
+    ``close()`` retries its own failed deletes."""
+    cfg = HelaMemConfig(path=tmp_path / "s", chroma=ChromaConfig(exact_below=5))
+    one = HelaMemory(cfg, embedder=HashingEmbedder(64))
+    two = HelaMemory(cfg, embedder=HashingEmbedder(64))
+    try:
+        ids = [m.id for m in one.add_many(NewMemory(f"meadow note {i}", A) for i in range(40))]
+        one.flush()
+
+        def index_down(core: Any) -> None:
+            def fail(*_: Any, **__: Any) -> None:
+                raise StorageError("index down")
+
+            core.index.delete = fail
+
+        two._call(index_down)
+        for mid in ids[:30]:
+            two.delete(mid)
+        assert one.stats(A).vectors == 40  # the tombstoned vectors are still in HNSW
+        for _ in range(2):  # the first meets deleted ids among its candidates
+            one.search("meadow note", A, k=5, learn=False)
+        assert (one.stats(A).memories, one.stats(A).vectors) == (10, 10)
+        assert two.stats(A).vectors == 10
+    finally:
+        one.close()
+        two.close()
+
+    # the deleting store's own retry, at close
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as three:
+        gone = three.add("meadow note to delete", A).id
+        three.flush()
+        three._call(index_down)
+        three.delete(gone)
+        three._call(lambda core: delattr(core.index, "delete"))  # the index is back
+    db = sqlite3.connect(tmp_path / "s" / "helamem.sqlite3")
+    try:
+        assert db.execute("SELECT COUNT(*) FROM tombstones").fetchone() == (0,)
+    finally:
+        db.close()
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as four:
+        assert four.stats(A).vectors == four.stats(A).memories == 10
+        # delete_scope with the index down: it deleted, so it says so (it raised
+        # StorageError after its commit, and again when called again)
+        four._call(index_down)
+        assert four.delete_scope(A) == 10
+        assert four.delete_scope(A) == 0
+        assert four.stats(A).memories == 0

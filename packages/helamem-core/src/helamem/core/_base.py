@@ -222,6 +222,11 @@ class CoreBase:
     def close(self) -> None:
         try:
             self.flush_index()  # what fails stays unindexed: re-indexed on the next open
+            if self._needs_reconcile:  # a vector delete that failed: retried once more
+                try:
+                    self.reconcile()
+                except StorageError as exc:  # its tombstones stay, for the next process
+                    logger.warning("vector deletes left for the next open: %s", exc)
         finally:
             if self._aux_pool is not None:
                 self._aux_pool.shutdown(wait=True)

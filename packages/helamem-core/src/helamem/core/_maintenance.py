@@ -29,6 +29,7 @@ from .distill import (
     signature,
     similarity_edges,
 )
+from .errors import StorageError
 from .storage.base import EdgeRow, MemoryRow
 from .text import keywords, safe_text
 from .types import Memory, NewMemory, dump_json, normalize_scope
@@ -407,5 +408,9 @@ def delete_scope(core: Core, scope: Sequence[str]) -> int:
         store.delete_memories(db, rows)
         store.delete_clusters(db, nodes)
         store.delete_meta(db, [_mark_key(sid) for sid in nodes])
-    core.reconcile()  # removes the vectors (tombstones)
+    try:  # removes the vectors (tombstones)
+        core.reconcile()
+    except StorageError as exc:  # deleted already: the vectors go at a later reconcile
+        core._needs_reconcile = True
+        logger.warning("vector delete failed, will retry on next use: %s", exc)
     return len(rows)
