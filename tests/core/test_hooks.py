@@ -1063,3 +1063,29 @@ async def test_recorded_metadata_is_what_was_passed_at_the_call() -> None:
         {"session": {"id": f"s-{i}"}, "tags": ["a", *(f"t{j}" for j in range(i + 1))]}
         for i in range(3)
     ]
+
+
+class _BrokenIndex(DictIndex):
+    """A custom index whose writes fail with its own error type (not StorageError)."""
+
+    def upsert(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("index backend exploded")
+
+
+def test_a_custom_index_failing_after_the_commit_stores_each_turn_once(tmp_path: Path) -> None:
+    """Review: an error of another type than StorageError from a custom index's
+    ``upsert``, raised after the turns' commit, failed the batch; the recorder then
+    stored each of its turns again, one by one: every turn twice."""
+    mem = HelaMemory(
+        HelaMemConfig(path=tmp_path / "m"),
+        embedder=HashingEmbedder(64),
+        vector_index=_BrokenIndex(),
+    )
+    with mem, TurnRecorder(mem) as rec:
+        for i in range(6):
+            rec.record_turn_sync(("users", "alice"), f"question {i}", f"answer {i}")
+        rec.flush_sync()
+        assert mem.stats(("users", "alice")).episodic == 12
+        # unindexed, so scanned exactly: found all the same
+        hits = mem.search("question 4", ("users", "alice"), k=1, learn=False)
+        assert hits[0].memory.content == "question 4"

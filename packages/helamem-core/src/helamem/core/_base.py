@@ -400,6 +400,10 @@ class CoreBase:
             logger.debug("vectors left unindexed for the index's holder: %s", exc)
         except StorageError as exc:
             logger.warning("vector index update failed, will re-index on next use: %s", exc)
+        except Exception:  # a custom index's own error type
+            # after the rows' commit: failing here would report stored memories as not
+            # stored (a retry would store them twice); they stay unindexed instead
+            logger.exception("vector index update failed, will re-index on next use")
         finally:
             if not done:  # the rows stay unindexed: the next search re-indexes them
                 self._needs_reconcile = True
@@ -442,6 +446,10 @@ class CoreBase:
             except IndexLockedError as exc:
                 logger.debug("scope %d left unindexed for the index's holder: %s", scope_id, exc)
                 continue
+            except StorageError:
+                raise
+            except Exception as exc:  # a custom index's own error type
+                raise StorageError(f"the vector index's upsert failed: {exc!r}") from exc
             done.extend(part)
             written.extend(v.tobytes() for v in vectors)
         if done:

@@ -91,6 +91,11 @@ class VectorIndex(Protocol):
     nothing else calls the index until that query returned (HeLa-Mem's own
     :class:`~helamem.core.storage.chroma.ChromaIndex` says so; an index bound to
     its thread, such as one on a plain ``sqlite3`` connection, must not).
+
+    A write (:meth:`upsert`) that fails should raise
+    :class:`~helamem.core.StorageError`; it comes after the memories' commit, so
+    any failure, of any type, leaves them stored and unindexed (scanned exactly,
+    re-indexed by a later search), logged, never raised to the writer.
     """
 
     def open(self, dimension: int) -> None: ...
