@@ -136,3 +136,14 @@ def test_a_refused_combination_names_every_variable_given() -> None:
     msg = str(info.value)
     assert "HELAMEM_CHROMA_HOST='db.local'" in msg and "HELAMEM_COLLECTION='notes'" in msg
     assert "no notes on a server" in msg and "unset" in msg
+
+
+def test_a_learning_rate_under_the_pruning_floor_is_refused_naming_the_fix() -> None:
+    """Trial: η below ``prune_below`` never built an edge by search (each search pruned
+    the edge it met and wrote it again at η); ``learning_rate=0`` still turns it off."""
+    from helamem.core import DynamicsConfig
+
+    with pytest.raises(ValueError, match="raise learning_rate or lower prune_below"):
+        DynamicsConfig(learning_rate=0.005, prune_below=0.01)
+    assert DynamicsConfig(learning_rate=0.0).learning_rate == 0.0
+    assert DynamicsConfig(learning_rate=0.01, prune_below=0.01).prune_below == 0.01

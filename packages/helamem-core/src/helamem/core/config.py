@@ -93,6 +93,18 @@ class DynamicsConfig(_Frozen):
     unused_weakening: float = Field(0.0, ge=0.0, le=1.0)
     strength_budget: float = Field(0.0, ge=0.0)
 
+    @model_validator(mode="after")
+    def _learning_outlives_pruning(self) -> DynamicsConfig:
+        """A learning rate under the pruning floor never builds an edge by search:
+        each search prunes the edge it met and writes it again at η."""
+        if 0 < self.learning_rate < self.prune_below:
+            raise ValueError(
+                f"learning_rate={self.learning_rate} is below prune_below={self.prune_below}: "
+                f"every edge a search learns is pruned before it can grow; raise "
+                f"learning_rate or lower prune_below (learning_rate=0 turns learning off)"
+            )
+        return self
+
 
 class RetrievalConfig(_Frozen):
     """The dual-path retrieval pipeline.
