@@ -285,11 +285,18 @@ WORKER_CHILD = textwrap.dedent(
             try:
                 rec.record_turn_sync(("users", "alice"), f"recorded {i}", "ok")
                 mem.add_turn(("users", "alice"), f"direct {i}", "ok")
+                # its ANN query runs beside the lexical leg on a pool: stopped at exit
+                mem.search(f"recorded {i}", ("users", "alice"), k=2)
             except Exception as exc:  # what the store said, counted by the test
                 errors.append(type(exc).__name__)
             time.sleep(0.02)
         print(json.dumps({"errors": errors}), flush=True)
 
+    def watchdog():  # a common pattern: it ends once the main thread has
+        while threading.main_thread().is_alive():
+            time.sleep(0.05)
+
+    threading.Thread(target=watchdog, name="watchdog").start()
     threading.Thread(target=worker).start()  # non-daemon: Python waits for it
     # the main thread returns while the worker still records and stores
     """
@@ -302,7 +309,10 @@ def test_a_worker_thread_still_recording_when_the_main_thread_returns_loses_noth
     """Review: Python runs the exit hook before it joins the program's non-daemon
     threads, so the hook closed the recorder and the store under a worker still
     recording: 12 to 20 of its 60 turns were stored, the rest raised RecorderClosedError
-    / StoreClosedError. Now the hook waits for such threads first (bounded)."""
+    / StoreClosedError. Now, while such threads run, the work is done after Python
+    joined them (a watchdog that waits for the main thread to end, which a hook waiting
+    for the threads kept for its whole bound, ends at once; the child's timeout bounds
+    the run)."""
     script = tmp_path / "worker_child.py"
     script.write_text(WORKER_CHILD)
     proc = subprocess.run(

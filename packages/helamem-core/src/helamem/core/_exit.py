@@ -14,10 +14,12 @@ imported first so that ours runs before the pools stop). It falls back to
 :func:`atexit.register` on a Python without it.
 
 Python also runs these hooks *before* it joins the program's own non-daemon
-threads, which go on calling the store until they end (a worker thread still
-recording when the main thread returns). So the hook first waits for them, at
-most :data:`THREADS_WAIT_S` (thread-pool workers are left to their pools' hook:
-an idle one ends only when that hook stops it).
+threads, which may go on calling the store until they end (a worker thread still
+recording when the main thread returns). While any such thread runs, the hook
+therefore leaves its work to an :mod:`atexit` handler, which Python runs after
+it joined them (thread-pool workers are not counted: their pools' hook stops
+them); the stores then serve those threads without their thread pools (a
+search embeds its query on its own thread).
 
 At exit the hook runs, in the main thread, every live registration of phase
 :data:`FLUSH` (turn recorders), then every one of phase :data:`CLOSE`
@@ -42,11 +44,6 @@ from typing import Any, Final
 __all__ = ["CLOSE", "FLUSH", "register", "unregister"]
 
 logger = logging.getLogger(__name__)
-
-THREADS_WAIT_S: Final = 60.0
-"""Most seconds the exit hook waits for the program's non-daemon threads (those Python
-would join after it) before flushing and closing; one still running then meets a closed
-store (``StoreClosedError``, ``RecorderClosedError``), as it would at ``close()``."""
 
 FLUSH: Final = 0  # turn recorders: store what is still queued (bounded)
 CLOSE: Final = 1  # stores: release SQLite and the vector index
@@ -114,26 +111,18 @@ def _program_threads() -> list[threading.Thread]:
     ]
 
 
-def _wait_for_threads(bound: float) -> None:
-    """Join :func:`_program_threads` for at most ``bound`` seconds in all."""
-    deadline = time.monotonic() + bound
-    for thread in _program_threads():
-        thread.join(max(0.0, deadline - time.monotonic()))
-    late = [t.name for t in _program_threads()]
-    if late:
-        logger.warning(
-            "helamem: closing stores at exit while threads %s still run (waited %g s); "
-            "their later calls raise StoreClosedError: join them before the main thread ends",
-            late,
-            bound,
-        )
-
-
 def _run() -> None:
+    """The hook Python calls in ``threading._shutdown``: the work now, or, while the
+    program's own threads still run, after Python joined them."""
     with _lock:
-        waits = bool(_hooks)
-    if waits:  # the program's threads may still record and store
-        _wait_for_threads(THREADS_WAIT_S)
+        registered = bool(_hooks)
+    if registered and _program_threads():
+        atexit.register(_run_now)
+        return
+    _run_now()
+
+
+def _run_now() -> None:
     started = time.monotonic()
     for phase in (FLUSH, CLOSE):
         with _lock:  # a snapshot per phase: flushing may open (and register) a store

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
@@ -161,9 +161,9 @@ class SearchOps(LexicalLegOps, LearningOps):
         # (ONNX releases it too), the ANN query then following here.
         ahead = pending = None
         if cached is not None and getattr(self.index, "queries_from_any_thread", False):
-            ahead = self._aux().submit(self._dense, cached[0], paths, holding)
+            ahead = self._beside(self._dense, cached[0], paths, holding)
         elif cached is None:
-            pending = self._aux().submit(self._embed_query, query)
+            pending = self._beside(self._embed_query, query)
         running: list[Future[Any]] = [f for f in (ahead, pending) if f is not None]
         lexical_start = time.perf_counter()
         try:
@@ -341,10 +341,17 @@ class SearchOps(LexicalLegOps, LearningOps):
                 self._queries.popitem(last=False)
         return got
 
-    def _aux(self) -> ThreadPoolExecutor:
+    def _beside(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """``fn(*args)`` on the aux thread; here, at once, once Python stopped its thread
+        pools at exit (a thread of the program still searching: see ``_exit``)."""
         if self._aux_pool is None:
             self._aux_pool = ThreadPoolExecutor(1, thread_name_prefix="helamem-embed")
-        return self._aux_pool
+        try:
+            return self._aux_pool.submit(fn, *args)
+        except RuntimeError:  # "cannot schedule new futures after interpreter shutdown"
+            done: Future[Any] = Future()
+            done.set_result(fn(*args))  # what it raises, the search raises
+            return done
 
     def _search_kind(
         self,
