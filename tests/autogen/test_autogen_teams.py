@@ -58,12 +58,17 @@ async def test_teammates_are_stored_with_their_names_and_every_reply_is_kept(
 ) -> None:
     planner_mem = HelaMemMemory(config(tmp_path, scope=("u", "a", "planner")), memory=store)
     critic_mem = HelaMemMemory(config(tmp_path, scope=("u", "a", "critic")), memory=store)
+    for scope in (("u", "a", "planner"), ("u", "a", "critic")):  # something to inject
+        await store.aadd("notes: Lisbon flights train steak vegetarian critique plan", scope)
     planner = _agent("planner", ["PLAN: flights", "PLAN v2: train"], planner_mem)
     critic = _agent("critic", ["CRITIQUE: you should eat steak", "CRITIQUE: fine"], critic_mem)
     team = RoundRobinGroupChat([planner, critic], termination_condition=MaxMessageTermination(5))
     await team.run(task="Lisbon in May; I am vegetarian")
     await planner_mem.close()
     await critic_mem.close()
+    # what was injected for a teammate's message co-activates with the turn answering it
+    # (review: the prefixed question never equalled the query, so none did)
+    assert all(used for _, _, used in store.turns), store.turns
     assert sorted(_turns(store)) == sorted(
         [
             ("Lisbon in May; I am vegetarian", "PLAN: flights"),

@@ -595,3 +595,11 @@ def test_association_reranker_replays_the_store_bench_locomo_fills(
     replayed = [q.args["lexical_mass"] for q in questions[: len(asked)]]
     assert replayed == pytest.approx(seen[-len(asked) :], abs=0.0)
     assert len(seen) >= len(asked) and any(m > 0 for m in replayed)
+
+
+def test_a_sweep_refuses_an_invalid_grid_point_before_running_any(tmp_path: Path) -> None:
+    """Review: a point the configs refuse (a learning rate under ``prune_below``) failed
+    the sweep only when reached, after the points before it ran, and wrote nothing."""
+    grid = {"dynamics.learning_rate": [0.05, 0.005], "dynamics.prune_below": [0.01]}
+    with pytest.raises(ValueError, match="raise learning_rate or lower prune_below"):
+        sweep_module.run_sweep(tmp_path / "never-read.json", grid=grid)

@@ -3,6 +3,7 @@ corrupt files, failing embedders, caller-chosen ids (issue 14, cases 1, 3, 6, 9,
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -464,3 +465,35 @@ def test_vectors_another_objects_failed_delete_left_are_dropped_by_the_next_sear
         assert four.delete_scope(A) == 10
         assert four.delete_scope(A) == 0
         assert four.stats(A).memories == 0
+
+
+def test_vectors_without_a_memory_or_a_tombstone_do_not_reconcile_every_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: an older database restored beside a newer index leaves vectors with
+    neither a memory nor a tombstone; meeting them set the reconcile flag on every
+    search (a re-index each time, which cannot remove them)."""
+    from helamem.core._base import CoreBase
+
+    root = tmp_path / "m"
+    cfg = HelaMemConfig(path=root, chroma=ChromaConfig(exact_below=10))
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        m.add_many(NewMemory(f"apple banana note {i}", A) for i in range(30))
+    shutil.copy(root / "helamem.sqlite3", tmp_path / "backup.sqlite3")
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        m.add_many(NewMemory(f"apple banana later {i}", A) for i in range(20))
+    shutil.copy(tmp_path / "backup.sqlite3", root / "helamem.sqlite3")  # the backup back
+    for wal in root.glob("helamem.sqlite3-*"):
+        wal.unlink()
+    calls = []
+    real = CoreBase.reconcile
+    monkeypatch.setattr(
+        CoreBase, "reconcile", lambda self, **kw: calls.append(1) or real(self, **kw)
+    )
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as m:
+        m.open()
+        calls.clear()
+        for _ in range(5):
+            hits = m.search("apple banana later", A, k=5, learn=False)
+            assert [h.memory.content.startswith("apple banana note") for h in hits] == [True] * 5
+    assert calls == []

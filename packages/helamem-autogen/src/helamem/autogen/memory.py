@@ -560,7 +560,9 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         await self._queue(served, turn, key)
 
     async def _queue(self, served: _Served, turn: Turn, key: str | None) -> None:
-        used = served.ids if served.query == turn.user else ()
+        q = served.query  # injected for the newest message: the question's last line
+        asked = q and (turn.user == q or turn.user.endswith((f"\n{q}", f"] {q}")))
+        used = served.ids if asked else ()
         meta = None if key is None else {TURN_KEY: key}
         await self.recorder.record_turn(
             self.scope,

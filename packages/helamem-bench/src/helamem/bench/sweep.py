@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 from helamem.core.embeddings import Embedder, MiniLMEmbedder
 
-from ._common import CachingEmbedder, Progress, versions
+from ._common import CachingEmbedder, Progress, config_overrides, versions
 from ._stores import BenchStores
 from .locomo import run_locomo
 from .locomo_report import backend_line
@@ -183,6 +183,8 @@ def run_sweep(
     """
     base = dict(base or {})
     points = grid_points(grid)
+    for point in points:  # every point's config is valid before the first one runs
+        config_overrides({**base, **point})
     cache = CachingEmbedder(embedder if embedder is not None else MiniLMEmbedder())
     fusion_once = all(_fusion_invariant(key) for key in grid)
     rows: list[dict[str, Any]] = []

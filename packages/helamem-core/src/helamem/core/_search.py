@@ -380,9 +380,11 @@ class SearchOps(LexicalLegOps, LearningOps):
             got = known | self.store.rank_rows(
                 [i for i, _ in dense_ids if i not in have], (), tokens=late
             )
-        if {i for i, _ in dense_ids} - {r.id for r in got.values()}:
+        if {i for i, _ in dense_ids} - {r.id for r in got.values()} and self.store.tombstones():
             # the index holds vectors of deleted memories (another process's delete that
             # failed, or was killed before the index's): its tombstones, at the next search
+            # (vectors without a memory or a tombstone, an older database restored beside
+            # a newer index, are only skipped: re-indexing would not remove them)
             self._needs_reconcile = True
         rows = {n: r for n, r in got.items() if r.scope_id in allowed and r.kind == kind}
         if not rows:

@@ -58,8 +58,10 @@ intermediate state harmless and every interrupted one repairable:
    a memory without its document.
 5. **Searches never delete on sight.** Searches take no lock. A memory met
    whose document does not name it (a put in flight between (a) and (b), a
-   replacement or delete between (b) and (c), an expired document) is
-   skipped. It is deleted only under the lock, after re-reading its document
+   replacement or delete between (b) and (c), an expired document) does not
+   stand for its item (a query search shows the item its document holds now, if
+   any, with the score the met memory had: a search racing a write shows the old
+   or the new value). It is deleted only under the lock, after re-reading its document
    (searches try the lock without waiting and leave it when a writer holds
    it); under the lock no put is in flight, so a memory whose document does
    not name it is stale (rule 1).
