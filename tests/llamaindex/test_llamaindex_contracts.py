@@ -15,6 +15,7 @@ from llama_index.core.base.llms.types import ToolCallBlock
 from llama_index.core.llms import ChatMessage
 from llama_index.core.llms.mock import MockFunctionCallingLLMWithChatMemoryOfLastCall
 from llama_index.core.memory import ChatMemoryBuffer, Memory
+from llama_index.core.tools import FunctionTool
 from llama_index.core.utils import get_tokenizer
 
 from helamem.core import HelaMemory, InvalidInputError
@@ -89,12 +90,17 @@ def test_tool_call_arguments_count_toward_token_limit(store: HelaMemory) -> None
     assert call not in got and got[-1].content == "what is my cat called?"
 
 
-def test_nothing_fits_returns_nothing(store: HelaMemory) -> None:
+def test_nothing_fits_returns_the_newest_message_as_chat_memory_buffer(store: HelaMemory) -> None:
+    """Trial: an empty list (the README's rule before) made LlamaIndex's ReActAgent and
+    AgentWorkflow fail with IndexError, and a FunctionAgent answer a question it never saw
+    (that answer then recorded as the question's)."""
     _seed(store)
     memory = HelaMemChatMemory.from_defaults(memory=store, scope=ALICE, token_limit=5)
-    memory.put(ChatMessage(role="user", content="tell me everything about my cat miso please"))
-    assert memory.get() == []  # over the limit even alone: no memory without the question
-    assert memory.pending_used_ids == []
+    question = ChatMessage(role="user", content="tell me everything about my cat miso please")
+    memory.put(question)
+    buffer = ChatMemoryBuffer.from_defaults(chat_history=[question], token_limit=5)
+    assert memory.get() == buffer.get() == [question]  # over the limit even alone
+    assert memory.pending_used_ids == []  # no memory shown
     with pytest.raises(ValueError, match=r"^Initial token count exceeds token limit .*token_limit"):
         memory.get(initial_token_count=6)
     with pytest.raises(InvalidInputError):
@@ -129,10 +135,16 @@ def test_without_memories_the_window_is_chat_memory_buffers(store: HelaMemory) -
         )
         want = buffer.get(initial_token_count=initial)
         got = ours.get(initial_token_count=initial)
-        assert sum(len(words(m.content or "")) for m in got) <= limit - initial
-        if sum(len(words(m.content or "")) for m in want) <= limit - initial:
-            fits_a_user_start = want and (want[0].role == "user" or want == history)
-            assert got == (want if fits_a_user_start else [])
+
+        def fits(messages: list[ChatMessage], limit: int = limit, initial: int = initial) -> bool:
+            return sum(len(words(m.content or "")) for m in messages) <= limit - initial
+
+        # within the limit, or (nothing fits) the newest message alone, as ChatMemoryBuffer
+        assert fits(got) or got == history[-1:]
+        if not fits(want):
+            assert got == want == history[-1:]
+        elif want and (want[0].role == "user" or want == history):
+            assert got == want
 
 
 async def test_seeded_histories_stay_within_the_limit_and_keep_the_turn(
@@ -152,7 +164,8 @@ async def test_seeded_histories_stay_within_the_limit_and_keep_the_turn(
         )
         initial = rng.randint(0, limit)
         got = await memory.aget(initial_token_count=initial)
-        assert sum(_tokens(m) for m in got) <= limit - initial
+        # within the limit, or (nothing fits) the newest message alone, as ChatMemoryBuffer
+        assert sum(_tokens(m) for m in got) <= limit - initial or got == history[-1:]
         window = [m for m in got if m.role != "system"]
         assert window == history[len(history) - len(window) :]  # a suffix, in order
         users = [i for i, m in enumerate(history) if m.role == "user"]
@@ -188,6 +201,38 @@ async def test_react_agent_receives_the_memories_it_counts_as_used(
     assert "My cat is called Miso" in delivered  # the LLM got the memory
     assert [ids for *_, ids in spy.turns] == [[m.id for m in seeded]]  # and it counts as used
     assert all(m.content for m in seen[-1])  # the placeholder never reaches the LLM
+
+
+async def test_a_react_agents_tool_trace_is_not_recorded_as_its_answer(
+    store: HelaMemory, spy: SpyRecorder
+) -> None:
+    """Trial: ``ReActAgent`` puts its whole reasoning (thoughts, tool calls, the tools'
+    output) in memory as one assistant message, recorded as the answer: a back-office
+    tool's "flagged for fraud review" then came back to the user as a memory."""
+
+    def lookup_account() -> str:
+        """Internal account lookup."""
+        return "INTERNAL: account 7731, flagged for fraud review"
+
+    replies = iter(
+        [
+            "Thought: look the account up.\nAction: lookup_account\nAction Input: {}",
+            "Thought: I can answer.\nAnswer: Your refund of 42 EUR was issued.",
+        ]
+    )
+    llm = MockFunctionCallingLLMWithChatMemoryOfLastCall(
+        response_generator=lambda messages, **kw: ChatMessage(
+            role="assistant", content=next(replies)
+        )
+    )
+    agent = ReActAgent(llm=llm, tools=[FunctionTool.from_defaults(lookup_account)])
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="react", recorder=spy)
+    await agent.run(user_msg="Where is my refund?", memory=memory)
+    await memory.aflush()
+    assert [(u, a) for _, u, a, _ in spy.turns] == [
+        ("Where is my refund?", "Your refund of 42 EUR was issued.")
+    ]
+    assert any("fraud" in (m.content or "") for m in memory.get_all())  # the window keeps it
 
 
 async def test_other_callers_get_no_placeholder(store: HelaMemory) -> None:

@@ -118,12 +118,14 @@ def compose(
     The current turn (:func:`current_turn`) comes first; the memory message
     takes at most ``k`` lines whose memory the returned window does not hold,
     best first, whole lines within ``memory_tokens`` and within what the turn
-    leaves; older messages fill the rest. When no window fits, nothing is
-    returned (``ChatMemoryBuffer`` 0.14 returns the newest message anyway).
+    leaves; older messages fill the rest. When no window fits (one message over
+    the budget), the newest message alone, as ``ChatMemoryBuffer`` returns it: the
+    model then says the message is too long (an empty list made LlamaIndex's own
+    agents fail with ``IndexError``, or answer a question they never saw).
     """
     turn = current_turn(history, room, count)
     if history and not turn:
-        return [], []
+        return list(history[-1:]), []
     spare = room - total_tokens(turn, count)
     held = window_text(turn)
     while True:  # every pass excludes at least one more memory: it ends

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable, Generator, Sequence
@@ -149,6 +150,24 @@ def message_text(message: ChatMessage) -> str:
     return "" if is_blank(text) else text
 
 
+_REACT_ANSWER = re.compile(r"^Answer:", re.MULTILINE)
+
+
+def reply_text(message: ChatMessage) -> str:
+    r""":func:`message_text` of a reply; of a ReAct trace (``ReActAgent`` puts its whole
+    reasoning as one assistant message: thoughts, tool calls, tool observations), only
+    its final answer, as the agent returns it (tool output is not the answer).
+
+    Examples:
+        >>> trace = "Thought: look\nAction: lookup\nObservation: 7731\nAnswer: Refunded."
+        >>> reply_text(ChatMessage(role="assistant", content=trace))
+        'Refunded.'
+    """
+    text = message_text(message)
+    answers = list(_REACT_ANSWER.finditer(text)) if text.startswith("Thought:") else []
+    return (text[answers[-1].end() :].strip() or text) if answers else text
+
+
 def is_final_reply(message: ChatMessage) -> bool:
     """An assistant message with text and no tool call: the answer that ends a turn."""
     if message.role != MessageRole.ASSISTANT or not message_text(message):
@@ -195,11 +214,11 @@ def pair_turns(
                     logger.debug("reply to a user message without text: not recorded")
                 elif turns:  # another reply to the question just answered
                     user, answer = turns[-1]
-                    turns[-1] = (user, f"{answer}\n{message_text(message)}")
+                    turns[-1] = (user, f"{answer}\n{reply_text(message)}")
                 else:
                     logger.debug("assistant message with no user message before it: not recorded")
                 continue
-            turns.append((pending_user, message_text(message)))
+            turns.append((pending_user, reply_text(message)))
             pending_user, asked = None, False
     return turns, pending_user
 

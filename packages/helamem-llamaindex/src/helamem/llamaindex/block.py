@@ -32,6 +32,7 @@ from ._shared import (
     pair_turns,
     register_memory,
     release_memory,
+    reply_text,
     resolve_memory,
     select_lines,
     window_text,
@@ -273,7 +274,7 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             if m.role == MessageRole.USER and message_text(m):
                 break
             if is_final_reply(m):
-                lead.append(message_text(m))
+                lead.append(reply_text(m))
         for text in lead:
             await self._store_alone(scope, text, "assistant")
         turns, dangling = pair_turns(messages)

@@ -54,6 +54,7 @@ from ._shared import (
     pair_turns,
     register_memory,
     release_memory,
+    reply_text,
     resolve_memory,
     window_text,
     without_connection,
@@ -342,7 +343,7 @@ class HelaMemChatMemory(BaseMemory):
             waiting = self.pending_user
             turns, self.pending_user = pair_turns([message], waiting)
             if not turns and waiting is None and self._answered and is_final_reply(message):
-                turns = [(self._answered, message_text(message))]  # a second reply to it
+                turns = [(self._answered, reply_text(message))]  # a second reply to it
             for user, assistant in turns:
                 self._answered = user
                 jobs.append(
@@ -460,8 +461,8 @@ class HelaMemChatMemory(BaseMemory):
         (text, and tool calls with their arguments, counted with
         ``tokenizer_fn``); the newest turn comes first, then the memories, then
         older messages. When not even the newest user message (with what
-        follows it) fits, the list is empty. Memories the returned window
-        already holds are left out.
+        follows it) fits, the newest message alone, as ``ChatMemoryBuffer``.
+        Memories the returned window already holds are left out.
 
         Args:
             input: The query; default (and when it is not a string, which
