@@ -118,14 +118,18 @@ def compose(
     The current turn (:func:`current_turn`) comes first; the memory message
     takes at most ``k`` lines whose memory the returned window does not hold,
     best first, whole lines within ``memory_tokens`` and within what the turn
-    leaves; older messages fill the rest. When no window fits (one message over
-    the budget), the newest message alone, as ``ChatMemoryBuffer`` returns it: the
-    model then says the message is too long (an empty list made LlamaIndex's own
-    agents fail with ``IndexError``, or answer a question they never saw).
+    leaves; older messages fill the rest. When the current turn does not fit, no
+    memory message: the longest window that fits, else (one message over the
+    budget) the newest message alone, as ``ChatMemoryBuffer`` returns it: the model
+    then says the message is too long (an empty list made LlamaIndex's own agents
+    fail with ``IndexError``, or answer a question they never saw).
     """
     turn = current_turn(history, room, count)
-    if history and not turn:
-        return list(history[-1:]), []
+    users = [i for i, m in enumerate(history) if m.role == MessageRole.USER]
+    if history and (not turn or (users and history[users[-1]] not in turn)):
+        # the question does not fit: no memories for it (none would be seen with it);
+        # what fits, else the newest message alone, as ChatMemoryBuffer
+        return (turn or list(history[-1:])), []
     spare = room - total_tokens(turn, count)
     held = window_text(turn)
     while True:  # every pass excludes at least one more memory: it ends

@@ -150,22 +150,39 @@ def message_text(message: ChatMessage) -> str:
     return "" if is_blank(text) else text
 
 
-_REACT_ANSWER = re.compile(r"^Answer:", re.MULTILINE)
+def _line(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{prefix}:", re.MULTILINE)
+
+
+_THOUGHT, _OBSERVATION, _ANSWER = _line("Thought"), _line("Observation"), _line("Answer")
 
 
 def reply_text(message: ChatMessage) -> str:
     r""":func:`message_text` of a reply; of a ReAct trace (``ReActAgent`` puts its whole
-    reasoning as one assistant message: thoughts, tool calls, tool observations), only
-    its final answer, as the agent returns it (tool output is not the answer).
+    reasoning as one assistant message, starting with ``Thought:``), only its final answer,
+    as the agent returns it: after the tools' last ``Observation:`` line, the text after
+    the first ``Answer:`` line of the step that follows (an answer holding ``Answer:``
+    lines stays whole); without tools, the text after a second line ``Answer:``. Any other
+    reply is kept whole.
 
     Examples:
-        >>> trace = "Thought: look\nAction: lookup\nObservation: 7731\nAnswer: Refunded."
+        >>> trace = "Thought: look\nAction: lookup\nObservation: 7731\nThought: ok\nAnswer: Done."
         >>> reply_text(ChatMessage(role="assistant", content=trace))
-        'Refunded.'
+        'Done.'
+        >>> reply_text(ChatMessage(role="assistant", content="Thought: easy\nAnswer: Miso."))
+        'Miso.'
     """
     text = message_text(message)
-    answers = list(_REACT_ANSWER.finditer(text)) if text.startswith("Thought:") else []
-    return (text[answers[-1].end() :].strip() or text) if answers else text
+    if not text.startswith("Thought:"):
+        return text
+    observed = [m.end() for m in _OBSERVATION.finditer(text)]
+    if observed:
+        step = _THOUGHT.search(text, observed[-1])
+        answer = _ANSWER.search(text, step.end()) if step else None
+    else:  # a step without tools: "Thought: ...\nAnswer: ..."
+        lines = text.split("\n", 2)
+        answer = _ANSWER.match(text, len(lines[0]) + 1) if len(lines) > 1 else None
+    return (text[answer.end() :].strip() or text) if answer else text
 
 
 def is_final_reply(message: ChatMessage) -> bool:
