@@ -19,7 +19,11 @@ recording when the main thread returns). While any such thread runs, the hook
 therefore leaves its work to an :mod:`atexit` handler, which Python runs after
 it joined them (thread-pool workers are not counted: their pools' hook stops
 them); the stores then serve those threads without their thread pools (a
-search embeds its query on its own thread).
+search embeds its query on its own thread). A thread still running
+:data:`THREADS_WAIT_S` later (one that waits for the store to close) has the
+work done under it, with a warning. A ``multiprocessing`` child ends with
+``os._exit`` right after joining its threads, without :mod:`atexit`: there the
+work is done in the hook, as without such threads.
 
 At exit the hook runs, in the main thread, every live registration of phase
 :data:`FLUSH` (turn recorders), then every one of phase :data:`CLOSE`
@@ -35,16 +39,21 @@ import concurrent.futures.thread  # its exit hook first, so ours runs before it
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["CLOSE", "FLUSH", "register", "unregister"]
+__all__ = ["CLOSE", "FLUSH", "OPEN", "register", "unregister"]
 
 logger = logging.getLogger(__name__)
 
+THREADS_WAIT_S: Final = 30.0
+"""Most seconds the exit work waits for the program's own non-daemon threads."""
+
+OPEN: Final = -1  # stores not open yet: opened while thread pools still run (deferred work)
 FLUSH: Final = 0  # turn recorders: store what is still queued (bounded)
 CLOSE: Final = 1  # stores: release SQLite and the vector index
 
@@ -55,6 +64,8 @@ _lock = threading.RLock()  # re-entrant: a weakref callback may fire while it is
 _hooks: dict[int, tuple[int, weakref.ref[Any], Hook]] = {}
 _tokens = itertools.count()
 _installed = False
+_run_lock = threading.Lock()  # the exit work runs once: from the hook, atexit or the watcher
+_ran = False
 
 
 def register(obj: object, hook: Hook, *, phase: int) -> int:
@@ -113,18 +124,55 @@ def _program_threads() -> list[threading.Thread]:
 
 def _run() -> None:
     """The hook Python calls in ``threading._shutdown``: the work now, or, while the
-    program's own threads still run, after Python joined them."""
+    program's own threads still run, after Python joined them (at most
+    :data:`THREADS_WAIT_S` later)."""
     with _lock:
         registered = bool(_hooks)
-    if registered and _program_threads():
-        atexit.register(_run_now)
+    threads = _program_threads() if registered else []
+    mp = sys.modules.get("multiprocessing")
+    if not threads or (mp is not None and mp.parent_process() is not None):
+        _run_now()
         return
-    _run_now()
+    # opening a store imports and starts what needs thread pools: while they still run
+    _run_phases((OPEN,), time.monotonic())
+    atexit.register(_run_now)
+    watcher = threading.Thread(
+        target=_watch, args=(threads, THREADS_WAIT_S), name="helamem-exit", daemon=True
+    )
+    try:
+        watcher.start()
+    except RuntimeError:  # no new thread at this point of shutdown: atexit alone
+        logger.debug("helamem: exit watcher not started")
+
+
+def _watch(threads: list[threading.Thread], bound: float) -> None:
+    """Run the exit work under the threads still running ``bound`` seconds on."""
+    deadline = time.monotonic() + bound
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = [t.name for t in threads if t.is_alive()]
+    if late:
+        logger.warning(
+            "helamem: flushing and closing stores at exit while threads %s still run "
+            "(%g s after the main thread ended); their later calls raise StoreClosedError: "
+            "join them before the main thread ends",
+            late,
+            bound,
+        )
+        _run_now()
 
 
 def _run_now() -> None:
-    started = time.monotonic()
-    for phase in (FLUSH, CLOSE):
+    global _ran
+    with _run_lock:  # a second caller waits for the first to finish, then returns
+        if _ran:
+            return
+        _ran = True
+        _run_phases((FLUSH, CLOSE), time.monotonic())
+
+
+def _run_phases(phases: tuple[int, ...], started: float) -> None:
+    for phase in phases:
         with _lock:  # a snapshot per phase: flushing may open (and register) a store
             due = [(ref, hook) for p, ref, hook in _hooks.values() if p == phase]
         for ref, hook in due:
@@ -140,8 +188,9 @@ def _run_now() -> None:
 
 
 def _forget_all() -> None:
-    global _lock
+    global _lock, _run_lock, _ran
     _lock = threading.RLock()  # another thread of the parent may have held it at fork
+    _run_lock, _ran = threading.Lock(), False
     _hooks.clear()
 
 

@@ -122,6 +122,13 @@ def _close_at_exit(mem: OwnedCore, started: float) -> None:
     mem.close()
 
 
+def _open_at_exit(mem: OwnedCore, started: float) -> None:
+    """A store not open yet is opened while thread pools still run, when the exit work
+    waits for the program's threads (see :mod:`helamem.core._exit`)."""
+    if not mem.closed:
+        mem.open()
+
+
 def _reopen_hint(what: str) -> str:
     """``what`` and how to go on: a new memory on the same store, made as this one was."""
     return (
@@ -314,6 +321,7 @@ class OwnedCore:
                 weakref.finalize(self, _stop_loop, loop)
                 # after turn recorders flush, before Python stops thread pools
                 self._exit_token = _exit.register(self, _close_at_exit, phase=_exit.CLOSE)
+                _exit.register(self, _open_at_exit, phase=_exit.OPEN)
             self._loop.call_soon_threadsafe(callback)
 
     def _add_recorder(self, recorder: _Recorder) -> None:
