@@ -22,7 +22,7 @@ them); the stores then serve those threads without their thread pools (a
 search embeds its query on its own thread). A thread still running
 :data:`THREADS_WAIT_S` later (one that waits for the store to close) has the
 work done under it, with a warning. A ``multiprocessing`` child ends with
-``os._exit`` right after joining its threads, without :mod:`atexit`: there the
+``os._exit`` right after joining its threads, without :mod:`atexit`: there the hook waits for them (bounded) and
 work is done in the hook, as without such threads.
 
 At exit the hook runs, in the main thread, every live registration of phase
@@ -130,7 +130,14 @@ def _run() -> None:
         registered = bool(_hooks)
     threads = _program_threads() if registered else []
     mp = sys.modules.get("multiprocessing")
-    if not threads or (mp is not None and mp.parent_process() is not None):
+    if threads and mp is not None and mp.parent_process() is not None:
+        # a multiprocessing child may end with os._exit right after joining its
+        # threads (no atexit): wait for them here, bounded, then do the work
+        deadline = time.monotonic() + THREADS_WAIT_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        threads = []
+    if not threads:
         _run_now()
         return
     # opening a store imports and starts what needs thread pools: while they still run
