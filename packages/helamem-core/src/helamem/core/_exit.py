@@ -22,8 +22,8 @@ them); the stores then serve those threads without their thread pools (a
 search embeds its query on its own thread). A thread still running
 :data:`THREADS_WAIT_S` later (one that waits for the store to close) has the
 work done under it, with a warning. A ``multiprocessing`` child ends with
-``os._exit`` right after joining its threads, without :mod:`atexit`: there the hook waits for them (bounded) and
-work is done in the hook, as without such threads.
+``os._exit`` right after joining its threads, without :mod:`atexit`: there the
+hook waits for them (bounded) and then does the work itself.
 
 At exit the hook runs, in the main thread, every live registration of phase
 :data:`FLUSH` (turn recorders), then every one of phase :data:`CLOSE`
