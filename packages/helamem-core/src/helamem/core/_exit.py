@@ -158,7 +158,9 @@ def _watch(threads: list[threading.Thread], bound: float) -> None:
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     late = [t.name for t in threads if t.is_alive()]
-    if late:
+    with _lock:  # a store or recorder still to flush and close (not all closed already)
+        due = any(p != OPEN and ref() is not None for p, ref, _ in _hooks.values())
+    if late and due:
         logger.warning(
             "helamem: flushing and closing stores at exit while threads %s still run "
             "(%g s after the main thread ended); their later calls raise StoreClosedError: "

@@ -173,6 +173,7 @@ class OwnedCore:
         self._closed = False  # no new work accepted
         self._finished = False  # storage released (owner thread only)
         self._exit_token: int | None = None  # closed at interpreter exit unless closed before
+        self._exit_open = -1  # opened at exit while thread pools run (see _exit.OPEN)
         self._flush_timer: asyncio.TimerHandle | None = None  # writes pending vectors
         self._fold_timer: asyncio.TimerHandle | None = None  # folds the lexical tail
         # turn recorders with turns not yet stored (or failed): every call waits for them
@@ -321,7 +322,7 @@ class OwnedCore:
                 weakref.finalize(self, _stop_loop, loop)
                 # after turn recorders flush, before Python stops thread pools
                 self._exit_token = _exit.register(self, _close_at_exit, phase=_exit.CLOSE)
-                _exit.register(self, _open_at_exit, phase=_exit.OPEN)
+                self._exit_open = _exit.register(self, _open_at_exit, phase=_exit.OPEN)
             self._loop.call_soon_threadsafe(callback)
 
     def _add_recorder(self, recorder: _Recorder) -> None:
@@ -520,6 +521,7 @@ class OwnedCore:
             self._closed = True
             if self._exit_token is not None:
                 _exit.unregister(self._exit_token)
+                _exit.unregister(self._exit_open)
             if self._loop is None:
                 return None
             self._loop.call_soon_threadsafe(self._close_core)
