@@ -245,17 +245,58 @@ async def test_a_react_agents_tool_trace_is_not_recorded_as_its_answer(
     ]
     assert any("fraud" in (m.content or "") for m in memory.get_all())  # the window keeps it
     # review: an answer holding "Answer:" lines is whole, as the agent returns it; a reply
-    # that only starts with "Thought:" is no trace
+    # starting with "Thought:" with no Answer step is no trace
     quiz = "Quiz:\nQ1: France?\nAnswer: Paris\nQ2: Italy?\nAnswer: Rome"
     for trace, want in [
         (f"Thought: a\nAction: f\nObservation: x\nThought: b\nAnswer: {quiz}", quiz),
         (f"Thought: make a quiz.\nAnswer: {quiz}", quiz),
-        (
-            "Thought: a sheet.\nQ1: France?\nAnswer: Paris",
-            "Thought: a sheet.\nQ1: France?\nAnswer: Paris",
-        ),
+        ("Thought: a sheet.\nQ1: France?", "Thought: a sheet.\nQ1: France?"),
+        ("Thought: a\nAction: f\nObservation: x", "Thought: a\nAction: f\nObservation: x"),
     ]:
         assert reply_text(ChatMessage(role="assistant", content=trace)) == want
+
+
+def _faq() -> str:
+    """Look up the FAQ."""
+    return "Q: refunds?\nAnswer: within 30 days"
+
+
+_TOOL_STEP = "Thought: use the FAQ.\nAction: _faq\nAction Input: {}"
+_TUTOR = (
+    "Thought: explain it.\nAnswer: Step by step:\nObservation: the legs are 3 and 4.\n"
+    "Thought: use Pythagoras.\nAnswer: the hypotenuse is 5 cm."
+)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "tools"),
+    [
+        (["Thought: I can answer.\nThe user likes soup.\nAnswer: Miso soup."], False),
+        (["Thought: easy.\n\nAnswer: Miso soup."], False),
+        ([_TUTOR], False),
+        ([_TOOL_STEP, _TUTOR], True),
+        ([_TOOL_STEP, "Thought: got it.\nAnswer: 30 days.\nObservation: keep the receipt."], True),
+        ([_TOOL_STEP, "Thought: I have it.\nline two\nAnswer: 30 days."], True),
+        (["The answer is plainly 4."], False),
+    ],
+)
+async def test_a_react_agents_stored_answer_is_the_answer_it_returned(
+    store: HelaMemory, spy: SpyRecorder, outputs: list[str], tools: bool
+) -> None:
+    """Review: an answer holding its own ``Observation:`` line was cut to the text after
+    it, and a multi-line ``Thought:`` kept the whole trace (thought included) as the answer;
+    the tool's output holds an ``Answer:`` line. What is stored is what the agent returns."""
+    replies = iter(outputs)
+    llm = MockFunctionCallingLLMWithChatMemoryOfLastCall(
+        response_generator=lambda messages, **kw: ChatMessage(
+            role="assistant", content=next(replies)
+        )
+    )
+    agent = ReActAgent(llm=llm, tools=[FunctionTool.from_defaults(_faq)] if tools else [])
+    memory = HelaMemChatMemory.from_defaults(memory=store, session_id="react", recorder=spy)
+    returned = str(await agent.run(user_msg="Question?", memory=memory)).strip()
+    await memory.aflush()
+    assert [(u, a) for _, u, a, _ in spy.turns] == [("Question?", returned)]
 
 
 async def test_other_callers_get_no_placeholder(store: HelaMemory) -> None:

@@ -150,39 +150,47 @@ def message_text(message: ChatMessage) -> str:
     return "" if is_blank(text) else text
 
 
-def _line(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"^{prefix}:", re.MULTILINE)
+def _line(*prefixes: str) -> re.Pattern[str]:
+    return re.compile(rf"^({'|'.join(prefixes)}):", re.MULTILINE)
 
 
-_THOUGHT, _OBSERVATION, _ANSWER = _line("Thought"), _line("Observation"), _line("Answer")
+_STEP_END = _line("Action", "Answer")  # a step's Thought ends at its first such line
+_OBSERVATION, _THOUGHT = _line("Observation"), _line("Thought")
 
 
 def reply_text(message: ChatMessage) -> str:
     r""":func:`message_text` of a reply; of a ReAct trace (``ReActAgent`` puts its whole
-    reasoning as one assistant message, starting with ``Thought:``), only its final answer,
-    as the agent returns it: after the tools' last ``Observation:`` line, the text after
-    the first ``Answer:`` line of the step that follows (an answer holding ``Answer:``
-    lines stays whole); without tools, the text after a second line ``Answer:``. Any other
-    reply is kept whole.
+    reasoning as one assistant message), only its final answer, as the agent returns it.
+
+    A trace is read as ``ReActAgent`` writes it (``BaseReasoningStep.get_content``,
+    parsed as its ``ReActOutputParser`` does): steps from the start, each a ``Thought:``
+    (any number of lines) ending at its first ``Action:`` or ``Answer:`` line; a tool
+    step's ``Observation:`` (the tool's output) runs to the next ``Thought:`` line;
+    the answer is everything after the first step's ``Answer:``, so an answer holding
+    ``Observation:``, ``Thought:`` or ``Answer:`` lines stays whole. A reply not
+    starting with ``Thought:``, or with no ``Answer:`` step, is kept whole.
 
     Examples:
         >>> trace = "Thought: look\nAction: lookup\nObservation: 7731\nThought: ok\nAnswer: Done."
         >>> reply_text(ChatMessage(role="assistant", content=trace))
         'Done.'
-        >>> reply_text(ChatMessage(role="assistant", content="Thought: easy\nAnswer: Miso."))
+        >>> reply_text(ChatMessage(role="assistant", content="Thought: easy\nso\nAnswer: Miso."))
         'Miso.'
     """
     text = message_text(message)
-    if not text.startswith("Thought:"):
-        return text
-    observed = [m.end() for m in _OBSERVATION.finditer(text)]
-    if observed:
-        step = _THOUGHT.search(text, observed[-1])
-        answer = _ANSWER.search(text, step.end()) if step else None
-    else:  # a step without tools: "Thought: ...\nAnswer: ..."
-        lines = text.split("\n", 2)
-        answer = _ANSWER.match(text, len(lines[0]) + 1) if len(lines) > 1 else None
-    return (text[answer.end() :].strip() or text) if answer else text
+    pos = 0
+    while text.startswith("Thought:", pos):
+        end = _STEP_END.search(text, pos)
+        if end is None:
+            break
+        if end.group(1) == "Answer":
+            return text[end.end() :].strip() or text
+        observed = _OBSERVATION.search(text, end.end())
+        step = _THOUGHT.search(text, observed.end()) if observed else None
+        if step is None:
+            break
+        pos = step.start()
+    return text
 
 
 def is_final_reply(message: ChatMessage) -> bool:
