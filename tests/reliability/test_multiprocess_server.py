@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -48,7 +49,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from crash_child import WORDS
 from mp_server_child import DIMENSION, HEBB, LARGE, LEARNING_RATE, config, read_logs
 
 from chroma_server import CHROMA
@@ -315,3 +318,61 @@ def test_a_collection_rebuilt_by_another_process_is_reopened(
         assert y not in _index_ids(a) and y not in _index_ids(b)
     report = check_store(store, cfg)
     assert report.defects == (), report.to_text()
+
+
+def test_a_collection_checked_by_another_process_keeps_every_vector_meanwhile(
+    tmp_path: Path, chroma_server: int
+) -> None:
+    """B loads a promoted scope's collection afresh (what a process opening Chroma does
+    for a collection it finds missing or short while A promotes it, or a promotion does)
+    while A searches it: every memory is found by its own vector meanwhile.
+
+    The load dropped the collection and built it again, while A's memories were marked
+    indexed (in the dropped one): until the load reached them they were in neither the
+    new collection nor the unindexed rows searched exactly. CI: one memory of the
+    four-process test found by no dense check (the query returned nothing at all). A
+    vector whose memory is gone (an earlier promotion's) is still deleted.
+    """
+    cfg = config(tmp_path / "store", chroma_server)
+    emb = HashingEmbedder(DIMENSION)
+    with HelaMemory(cfg, embedder=emb) as a, HelaMemory(cfg, embedder=emb) as b:
+        rng = random.Random(5)
+        texts = [" ".join(rng.sample(WORDS, 5)) + f" tag{i}" for i in range(61)]
+        got = a.add_many([NewMemory(t, LARGE[0]) for t in texts[:60]])  # promoted
+        ids = [g.id for g in got] + [a.add(texts[60], LARGE[0]).id]
+        a.flush()
+        vecs = emb.embed(texts)
+        missed: list[list[str]] = []
+
+        def dense_check() -> None:  # in A, while B's load runs
+            def run(core: Any) -> list[str]:
+                sid = core.store.find_scope(LARGE[0])
+                out = []
+                for i, v in zip(ids, vecs, strict=True):
+                    got = core.index.query(np.asarray(v, dtype=np.float32), 5, [sid], "episodic")
+                    if i not in {h for h, _ in got}:
+                        out.append(i)
+                return out
+
+            missed.append(a._call(run))
+
+        def load_afresh(core: Any) -> int:
+            read = core.index._exact.batches
+
+            def batches_after_a_check(key: Any) -> Any:
+                dense_check()
+                yield from read(key)
+
+            key = (core.store.find_scope(LARGE[0]), "episodic")
+            # an earlier promotion's vector of a memory no longer there: deleted by the load
+            core.index._collection(key, create=False).upsert(ids=["stale"], embeddings=vecs[:1])
+            core.index._exact.batches = batches_after_a_check
+            try:
+                return int(core.index._load(key, True))
+            finally:
+                del core.index._exact.batches
+
+        assert b._call(load_afresh) == 61
+        dense_check()
+        assert missed == [[], []]
+        assert set(ids) <= _index_ids(b) and "stale" not in _index_ids(b)

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import chromadb
 import httpx
+import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.config import Settings
 from chromadb.errors import ChromaError, NotFoundError
@@ -506,11 +507,10 @@ class ChromaConnection:
                 if not create:
                     return None
                 ef = HelaMemMiniLMEmbeddingFunction() if self._attach_minilm else None
+                meta = {"helamem:dimension": self._dimension}
+                hnsw = {"hnsw": self._hnsw_config()}
                 col = client.get_or_create_collection(
-                    name,
-                    configuration={"hnsw": self._hnsw_config()},
-                    embedding_function=cast(Any, ef),
-                    metadata={"helamem:dimension": self._dimension},
+                    name, configuration=hnsw, embedding_function=cast(Any, ef), metadata=meta
                 )
                 if refill and key in self._exact.promoted():
                     logger.warning(
@@ -520,6 +520,7 @@ class ChromaConnection:
                     )
                     for _, ids, mat in self._exact.batches(key):
                         col.upsert(ids=ids, embeddings=mat)
+                        self._drop_vanished(col, ids)  # deleted since the read
         except CHROMA_FAILURES as exc:
             raise chroma_error(
                 exc, f"could not open Chroma collection {name!r}", self._where
@@ -530,20 +531,42 @@ class ChromaConnection:
         return col
 
     def _load(self, key: tuple[int, str], fresh: bool) -> int:
-        """Copy a scope's vectors from SQLite into its collection; returns vectors copied."""
-        if fresh:
-            name = self._name(*key)
-            self._cols.pop(name, None)
-            with suppress(NotFoundError, ValueError):
-                self._chroma().delete_collection(name)
-        col = self._collection(key, create=True, refill=False)
+        """Copy a scope's vectors from SQLite into its collection; returns vectors copied.
+
+        ``fresh`` (a promotion, a rebuild): vectors already there whose memories are
+        gone (an earlier promotion's) are deleted after the copy. The collection is
+        not dropped (unless of another dimension): other processes write and query it
+        meanwhile, and a drop lost vectors they had just written and marked indexed.
+        """
+        old = self._collection(key, create=False) if fresh else None
         done = 0
         try:
+            if (getattr(old, "metadata", None) or {}).get("helamem:dimension") not in (
+                None,
+                self._dimension,
+            ):
+                self._cols.pop(self._name(*key), None)
+                self._chroma().delete_collection(self._name(*key))
+            col = self._collection(key, create=True, refill=False)
             for ns, ids, mat in self._exact.batches(key):
-                col.upsert(ids=ids, embeddings=mat)
+                # vectors already there are not written again: an upsert of an unchanged
+                # vector can leave it unreachable by queries (chroma-core/chroma#7758)
+                got: Any = col.get(ids=ids, include=["embeddings"]) if old is not None else {}
+                have = dict(zip(got.get("ids", ()), got.get("embeddings", ()), strict=True))
+                new = [j for j, i in enumerate(ids) if not np.array_equal(have.get(i, ()), mat[j])]
+                if new:
+                    col.upsert(ids=[ids[j] for j in new], embeddings=mat[new])
                 self._drop_vanished(col, ids)
                 self._exact.mark_indexed(ns, ids, [v.tobytes() for v in mat])
                 done += len(ids)
+            offset = 0
+            while fresh:  # vectors of memories not in the database, page by page
+                ids = [str(i) for i in col.get(include=[], limit=8192, offset=offset)["ids"]]
+                gone = set(ids) - self._exact.existing(ids)
+                if gone:
+                    col.delete(ids=sorted(gone))
+                offset += len(ids) - len(gone)
+                fresh = len(ids) == 8192
         except CHROMA_FAILURES as exc:
             raise chroma_error(exc, "Chroma upsert failed", self._where) from exc
         return done
