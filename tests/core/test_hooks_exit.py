@@ -384,3 +384,40 @@ def test_exit_work_runs_in_a_fork_child_and_under_a_thread_that_waits_for_it(
     assert proc.returncode == 0, proc.stderr
     assert stored_turns(tmp_path) == 40
     assert ("['upkeep'] still run" in proc.stderr) == (how == "maintenance-thread"), proc.stderr
+
+
+FAILED_OPEN_CHILD = textwrap.dedent(
+    """
+    import sys, threading, time
+    from pathlib import Path
+    from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, StorageError
+
+    path = Path(sys.argv[1])
+    path.write_text("a file where the store's directory should be")
+    mem = HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64))
+    try:
+        mem.search("hello", ("users", "alice"))
+    except StorageError as exc:
+        print("the program's error:", type(exc).__name__, flush=True)
+    threading.Thread(target=time.sleep, args=(0.5,)).start()  # alive as the main thread returns
+    """
+)
+
+
+def test_a_store_that_failed_to_open_is_not_opened_again_at_exit(tmp_path: Path) -> None:
+    """Review: with a thread of the program alive at exit, the exit hook opened every
+    store not open yet, including one whose open had already failed (the program caught
+    that error): a second traceback at exit, and ``busy_timeout_s`` more for a locked
+    store. A failed open is the program's error, reported once."""
+    script = tmp_path / "failed_open_child.py"
+    script.write_text(FAILED_OPEN_CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "the program's error:" in proc.stdout, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr

@@ -125,7 +125,7 @@ def _close_at_exit(mem: OwnedCore, started: float) -> None:
 def _open_at_exit(mem: OwnedCore, started: float) -> None:
     """A store not open yet is opened while thread pools still run, when the exit work
     waits for the program's threads (see :mod:`helamem.core._exit`)."""
-    if not mem.closed:
+    if not mem.closed and not mem._open_failed:  # a failed open was the program's error
         mem.open()
 
 
@@ -172,6 +172,7 @@ class OwnedCore:
         self._lock = threading.Lock()
         self._closed = False  # no new work accepted
         self._finished = False  # storage released (owner thread only)
+        self._open_failed = False  # the last open raised (not retried at exit)
         self._exit_token: int | None = None  # closed at interpreter exit unless closed before
         self._exit_open = -1  # opened at exit while thread pools run (see _exit.OPEN)
         self._flush_timer: asyncio.TimerHandle | None = None  # writes pending vectors
@@ -284,7 +285,12 @@ class OwnedCore:
         if self._finished:
             raise StoreClosedError(_reopen_hint("this HelaMemory is closed"))
         if self._core is None:
-            self._core = self._build_core()
+            try:
+                self._core = self._build_core()
+            except BaseException:
+                self._open_failed = True
+                raise
+            self._open_failed = False
         return self._core
 
     def _call_soon(self, callback: Callable[[], object]) -> None:
