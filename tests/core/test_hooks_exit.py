@@ -346,7 +346,13 @@ STORE_BOUND_CHILD = textwrap.dedent(
             def upkeep():
                 while not mem.closed:
                     time.sleep(0.05)
-            threading.Thread(target=upkeep, name="upkeep").start()
+            if maintain == "late":  # started by another thread after the main one ended
+                def starter():
+                    time.sleep(0.3)
+                    threading.Thread(target=upkeep, name="upkeep").start()
+                threading.Thread(target=starter, name="starter").start()
+            else:
+                threading.Thread(target=upkeep, name="upkeep").start()
         else:  # a thread that never touches the store
             threading.Thread(target=time.sleep, args=(1.0,)).start()
 
@@ -358,20 +364,21 @@ STORE_BOUND_CHILD = textwrap.dedent(
             child.join(60)
             assert child.exitcode == 0, child.exitcode
         else:
-            record(path, True)
+            record(path, "late" if how == "late-maintenance-thread" else "now")
     """
 )
 
 
-@pytest.mark.parametrize("how", ["fork-child", "maintenance-thread"])
+@pytest.mark.parametrize("how", ["fork-child", "maintenance-thread", "late-maintenance-thread"])
 def test_exit_work_runs_in_a_fork_child_and_under_a_thread_that_waits_for_it(
     tmp_path: Path, how: str
 ) -> None:
     """Review: a multiprocessing fork child ends with ``os._exit`` after joining its
     threads, so exit work left to ``atexit`` never ran (33 of 60 turns stored, no
     warning); a thread that runs until the store closes waited for the exit work,
-    which waited for it (a hang). Now the child does it in the hook, and the work runs
-    under a thread still alive ``THREADS_WAIT_S`` later, with a warning."""
+    which waited for it (a hang), also when another thread started it after the hook
+    (review 114). Now the child does it in the hook, and the work runs under a thread
+    still alive ``THREADS_WAIT_S`` later, with a warning."""
     script = tmp_path / "bound_child.py"
     script.write_text(STORE_BOUND_CHILD)
     proc = subprocess.run(
@@ -383,7 +390,9 @@ def test_exit_work_runs_in_a_fork_child_and_under_a_thread_that_waits_for_it(
     )
     assert proc.returncode == 0, proc.stderr
     assert stored_turns(tmp_path) == 40
-    assert ("['upkeep'] still run" in proc.stderr) == (how == "maintenance-thread"), proc.stderr
+    assert ("['upkeep'] still run" in proc.stderr) == how.endswith("maintenance-thread"), (
+        proc.stderr
+    )
 
 
 FAILED_OPEN_CHILD = textwrap.dedent(

@@ -153,10 +153,13 @@ def _run() -> None:
 
 
 def _watch(threads: list[threading.Thread], bound: float) -> None:
-    """Run the exit work under the threads still running ``bound`` seconds on."""
+    """Run the exit work under the threads still running ``bound`` seconds on (those
+    alive at the hook, and any they started since: Python joins those too)."""
     deadline = time.monotonic() + bound
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+    while threads and time.monotonic() < deadline:
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        threads = _program_threads()
     late = [t.name for t in threads if t.is_alive()]
     with _lock:  # a store or recorder still to flush and close (not all closed already)
         due = any(p != OPEN and ref() is not None for p, ref, _ in _hooks.values())
