@@ -269,34 +269,42 @@ _TUTOR = (
 
 
 @pytest.mark.parametrize(
-    ("outputs", "tools"),
+    ("outputs", "tool"),
     [
-        (["Thought: I can answer.\nThe user likes soup.\nAnswer: Miso soup."], False),
-        (["Thought: easy.\n\nAnswer: Miso soup."], False),
-        ([_TUTOR], False),
-        ([_TOOL_STEP, _TUTOR], True),
-        ([_TOOL_STEP, "Thought: got it.\nAnswer: 30 days.\nObservation: keep the receipt."], True),
-        ([_TOOL_STEP, "Thought: I have it.\nline two\nAnswer: 30 days."], True),
-        (["The answer is plainly 4."], False),
+        (["Thought: I can answer.\nThe user likes soup.\nAnswer: Miso soup."], None),
+        (["Thought: easy.\n\nAnswer: Miso soup."], None),
+        ([_TUTOR], None),
+        ([_TOOL_STEP, _TUTOR], False),
+        ([_TOOL_STEP, "Thought: got it.\nAnswer: 30 days.\nObservation: keep the receipt."], False),
+        ([_TOOL_STEP, "Thought: I have it.\nline two\nAnswer: 30 days."], False),
+        (["The answer is plainly 4."], None),
+        ([_TOOL_STEP], True),  # return_direct: the tool's output is the answer
+        (["Thought: nothing to say.\nAnswer:"], None),  # an empty answer: no reply
+        ([_TOOL_STEP, "Thought: nothing.\nAnswer: "], False),
     ],
 )
 async def test_a_react_agents_stored_answer_is_the_answer_it_returned(
-    store: HelaMemory, spy: SpyRecorder, outputs: list[str], tools: bool
+    store: HelaMemory, spy: SpyRecorder, outputs: list[str], tool: bool | None
 ) -> None:
     """Review: an answer holding its own ``Observation:`` line was cut to the text after
     it, and a multi-line ``Thought:`` kept the whole trace (thought included) as the answer;
-    the tool's output holds an ``Answer:`` line. What is stored is what the agent returns."""
+    the tool's output holds an ``Answer:`` line. Review 115: a ``return_direct`` tool's
+    output holding an ``Answer:`` line, and an empty answer, stored the whole trace.
+    What is stored is what the agent returns (an empty reply: no turn)."""
     replies = iter(outputs)
     llm = MockFunctionCallingLLMWithChatMemoryOfLastCall(
         response_generator=lambda messages, **kw: ChatMessage(
             role="assistant", content=next(replies)
         )
     )
-    agent = ReActAgent(llm=llm, tools=[FunctionTool.from_defaults(_faq)] if tools else [])
+    tools = [] if tool is None else [FunctionTool.from_defaults(_faq, return_direct=tool)]
+    agent = ReActAgent(llm=llm, tools=tools)
     memory = HelaMemChatMemory.from_defaults(memory=store, session_id="react", recorder=spy)
     returned = str(await agent.run(user_msg="Question?", memory=memory)).strip()
     await memory.aflush()
-    assert [(u, a) for _, u, a, _ in spy.turns] == [("Question?", returned)]
+    assert [(u, a) for _, u, a, _ in spy.turns] == ([("Question?", returned)] if returned else [])
+    if tool:
+        assert returned == "within 30 days"
 
 
 async def test_other_callers_get_no_placeholder(store: HelaMemory) -> None:

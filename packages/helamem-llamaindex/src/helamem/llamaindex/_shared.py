@@ -167,7 +167,10 @@ def reply_text(message: ChatMessage) -> str:
     (any number of lines) ending at its first ``Action:`` or ``Answer:`` line; a tool
     step's ``Observation:`` (the tool's output) runs to the next ``Thought:`` line;
     the answer is everything after the first step's ``Answer:``, so an answer holding
-    ``Observation:``, ``Thought:`` or ``Answer:`` lines stays whole. A reply not
+    ``Observation:``, ``Thought:`` or ``Answer:`` lines stays whole. A trace ending
+    with a ``return_direct`` tool's output ``O`` (``Observation: O``, ``Thought: O``,
+    ``Answer: O``) gives ``O`` after its first ``Answer:``, as the agent's ``finalize``
+    does; an empty answer gives ``""`` (no reply: :func:`is_final_reply`). A reply not
     starting with ``Thought:``, or with no ``Answer:`` step, is kept whole.
 
     Examples:
@@ -178,13 +181,18 @@ def reply_text(message: ChatMessage) -> str:
         'Miso.'
     """
     text = message_text(message)
+    for last in re.finditer("\nAnswer: ", text):  # a return_direct tool's output, repeated
+        out = text[last.end() :]
+        head = text[: last.start()]
+        if text.startswith("Thought:") and head.endswith(f"Observation: {out}\nThought: {out}"):
+            return out.partition("Answer:")[2 if "Answer:" in out else 0].strip()
     pos = 0
     while text.startswith("Thought:", pos):
         end = _STEP_END.search(text, pos)
         if end is None:
             break
         if end.group(1) == "Answer":
-            return text[end.end() :].strip() or text
+            return text[end.end() :].strip()
         observed = _OBSERVATION.search(text, end.end())
         step = _THOUGHT.search(text, observed.end()) if observed else None
         if step is None:
@@ -195,7 +203,7 @@ def reply_text(message: ChatMessage) -> str:
 
 def is_final_reply(message: ChatMessage) -> bool:
     """An assistant message with text and no tool call: the answer that ends a turn."""
-    if message.role != MessageRole.ASSISTANT or not message_text(message):
+    if message.role != MessageRole.ASSISTANT or not reply_text(message):
         return False
     if message.additional_kwargs.get("tool_calls"):
         return False
