@@ -376,3 +376,116 @@ def test_a_collection_checked_by_another_process_keeps_every_vector_meanwhile(
         dense_check()
         assert missed == [[], []]
         assert set(ids) <= _index_ids(b) and "stale" not in _index_ids(b)
+
+
+def _key(core: Any) -> tuple[int, str]:
+    return (core.store.find_scope(LARGE[0]), "episodic")
+
+
+def _found(m: HelaMemory, mid: str, text: str) -> bool:
+    v = np.asarray(HashingEmbedder(DIMENSION).embed([text])[0], dtype=np.float32)
+    hits = m._call(lambda core: core.index.query(v, 5, [_key(core)[0]], "episodic"))
+    return mid in {h for h, _ in hits}
+
+
+def test_a_fresh_load_writes_only_what_is_missing_and_deletes_every_stale_vector(
+    tmp_path: Path, chroma_server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 115 of the load above: (1) its check of the vectors already there compared
+    them bit for bit, and Chroma returns them within float rounding, so nearly every
+    vector was upserted again (chroma-core/chroma#7758: that can leave it unreachable);
+    (2) a delete by another process while it paged through the collection's ids shifted
+    the pages: a stale vector (a memory no longer there) survived."""
+    from chromadb.api.models.Collection import Collection
+
+    cfg = config(tmp_path / "store", chroma_server)
+    emb = HashingEmbedder(DIMENSION)
+    with HelaMemory(cfg, embedder=emb) as a, HelaMemory(cfg, embedder=emb) as b:
+        rng = random.Random(3)
+        texts = [" ".join(rng.sample(WORDS, 5)) + f" tag{i}" for i in range(60)]
+        ids = [g.id for g in a.add_many([NewMemory(t, LARGE[0]) for t in texts])]
+        a.flush()
+        stale = [f"stale-{i:05d}" for i in range(8300)]  # vectors of memories gone
+        v = np.tile(np.asarray(emb.embed(["old"])[0], dtype=np.float32), (4150, 1))
+        b._call(
+            lambda core: [
+                core.index._collection(_key(core), False).upsert(
+                    ids=stale[i : i + 4150], embeddings=v
+                )
+                for i in (0, 4150)
+            ]
+        )
+        written: list[str] = []
+        upsert, get = Collection.upsert, Collection.get
+
+        def spy_upsert(self: Any, ids: Any, *args: Any, **kwargs: Any) -> Any:
+            written.extend(ids)
+            return upsert(self, ids, *args, **kwargs)
+
+        def get_then_delete(self: Any, *args: Any, **kwargs: Any) -> Any:
+            got = get(self, *args, **kwargs)
+            if kwargs.get("offset") == 0 and kwargs.get("limit") and ids[0] not in deleted:
+                deleted.append(ids[0])
+                a.delete(ids[0])  # a memory of the first page, as B pages on
+            return got
+
+        deleted: list[str] = []
+        monkeypatch.setattr(Collection, "upsert", spy_upsert)
+        monkeypatch.setattr(Collection, "get", get_then_delete)
+        assert b._call(lambda core: core.index._load(_key(core), True)) == 60
+        monkeypatch.undo()
+        assert written == []  # every memory's vector was there already
+        assert deleted == [ids[0]]
+        left = _index_ids(b)
+        assert left == set(ids[1:]), sorted(left - set(ids[1:]))[:3]
+        assert all(_found(b, i, t) for i, t in zip(ids[1:], texts[1:], strict=True))
+
+
+def test_a_fresh_load_racing_a_delete_and_add_of_one_id_keeps_its_new_vector(
+    tmp_path: Path, chroma_server: int
+) -> None:
+    """Review 115: B's load reads X gone (A deleted it) and deletes X's vector, while A
+    adds X again (a caller-chosen id) and indexes it: X was marked indexed with no vector,
+    found by no dense query. Now a vector deleted as gone whose id is back is re-indexed."""
+    cfg = config(tmp_path / "store", chroma_server)
+    emb = HashingEmbedder(DIMENSION)
+    with HelaMemory(cfg, embedder=emb) as a, HelaMemory(cfg, embedder=emb) as b:
+        rng = random.Random(4)
+        a.add_many(
+            [NewMemory(" ".join(rng.sample(WORDS, 5)) + f" t{i}", LARGE[0]) for i in range(60)]
+        )
+        a.add_many([NewMemory("the original note about tea", LARGE[0], id="X")])
+        a.flush()
+        fired_once: list[bool] = []
+
+        def load(core: Any) -> int:
+            read, batches = core.index._exact.existing, core.index._exact.batches
+            fired = fired_once
+            copied: list[bool] = []
+
+            def copy(key: Any) -> Any:
+                yield from batches(key)
+                copied.append(True)
+
+            def existing(ids: Any) -> Any:  # in the pass over the collection's vectors
+                if "X" not in ids or fired or not copied:
+                    return read(ids)
+                fired.append(True)
+                a.delete("X")
+                out = read(ids)  # X is gone: its vector is deleted
+                a.add_many([NewMemory("a new note about coffee", LARGE[0], id="X")])
+                a.flush()  # X again, indexed by A before B's delete
+                return out
+
+            core.index._exact.existing, core.index._exact.batches = existing, copy
+            try:
+                return int(core.index._load(_key(core), True))
+            finally:
+                del core.index._exact.existing, core.index._exact.batches
+
+        b._call(load)
+        assert fired_once == [True]
+        b.search("coffee", LARGE[0], k=3, learn=False)  # the re-index the load asked for
+        assert _found(a, "X", "a new note about coffee") and _found(
+            b, "X", "a new note about coffee"
+        )

@@ -22,7 +22,6 @@ from typing import Any, cast
 
 import chromadb
 import httpx
-import numpy as np
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.config import Settings
 from chromadb.errors import ChromaError, NotFoundError
@@ -32,6 +31,7 @@ from ..config import ChromaConfig
 from ..embeddings import MiniLMEmbedder
 from ..errors import CorruptStoreError, DiskFullError, StorageError
 from .base import IndexLockedError
+from .chroma_copy import copy_scope, drop_vanished
 from .chroma_embedded import (
     bounded_persistent_client,
     engine_inherited,
@@ -531,58 +531,14 @@ class ChromaConnection:
         return col
 
     def _load(self, key: tuple[int, str], fresh: bool) -> int:
-        """Copy a scope's vectors from SQLite into its collection; returns vectors copied.
-
-        ``fresh`` (a promotion, a rebuild): vectors already there whose memories are
-        gone (an earlier promotion's) are deleted after the copy. The collection is
-        not dropped (unless of another dimension): other processes write and query it
-        meanwhile, and a drop lost vectors they had just written and marked indexed.
-        """
-        old = self._collection(key, create=False) if fresh else None
-        done = 0
+        """Copy a scope's vectors from SQLite into its collection (:func:`.copy_scope`)."""
         try:
-            if (getattr(old, "metadata", None) or {}).get("helamem:dimension") not in (
-                None,
-                self._dimension,
-            ):
-                self._cols.pop(self._name(*key), None)
-                self._chroma().delete_collection(self._name(*key))
-            col = self._collection(key, create=True, refill=False)
-            for ns, ids, mat in self._exact.batches(key):
-                # vectors already there are not written again: an upsert of an unchanged
-                # vector can leave it unreachable by queries (chroma-core/chroma#7758)
-                got: Any = col.get(ids=ids, include=["embeddings"]) if old is not None else {}
-                have = dict(zip(got.get("ids", ()), got.get("embeddings", ()), strict=True))
-                new = [j for j, i in enumerate(ids) if not np.array_equal(have.get(i, ()), mat[j])]
-                if new:
-                    col.upsert(ids=[ids[j] for j in new], embeddings=mat[new])
-                self._drop_vanished(col, ids)
-                self._exact.mark_indexed(ns, ids, [v.tobytes() for v in mat])
-                done += len(ids)
-            offset = 0
-            while fresh:  # vectors of memories not in the database, page by page
-                ids = [str(i) for i in col.get(include=[], limit=8192, offset=offset)["ids"]]
-                gone = set(ids) - self._exact.existing(ids)
-                if gone:
-                    col.delete(ids=sorted(gone))
-                offset += len(ids) - len(gone)
-                fresh = len(ids) == 8192
+            return copy_scope(self, key, fresh)
         except CHROMA_FAILURES as exc:
             raise chroma_error(exc, "Chroma upsert failed", self._where) from exc
-        return done
 
     def _drop_vanished(self, col: Any, ids: Sequence[str]) -> None:
-        """Delete the just-upserted vectors of ``ids`` whose memories are gone.
-
-        Vectors are upserted after their rows were read (by another process or
-        store object too: a reconcile, a promotion). A delete committed in
-        between has already removed its vector, so the upsert would bring it
-        back as an orphan, found by search. Checked after the upsert: a delete
-        committed later removes the vector itself.
-        """
-        gone = set(ids) - self._exact.existing(ids)
-        if gone:
-            col.delete(ids=sorted(gone))
+        drop_vanished(self, col, ids)
 
     def reset(self) -> None:
         """Drop every collection of this index and every promotion (before a full reindex)."""

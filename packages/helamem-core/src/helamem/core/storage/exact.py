@@ -287,6 +287,24 @@ class ExactVectors:
         except sqlite3.Error as exc:
             raise storage_error(exc, self._path, "could not mark vectors indexed") from exc
 
+    def unindex(self, ids: Sequence[str]) -> None:
+        """Mark the memories ``ids`` unindexed: their vectors are written again."""
+        db = self.db
+        try:
+            with self._lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(
+                        "UPDATE memories SET indexed = 0 WHERE id = ?", [(i,) for i in ids]
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self._path, "could not mark vectors unindexed") from exc
+
     # -- counts and rows ---------------------------------------------------
 
     def count_upto(self, key: Key, limit: int) -> int:
