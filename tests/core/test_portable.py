@@ -7,6 +7,8 @@ import base64
 import json
 import math
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from helamem.core import (
     ImportConflictError,
     InvalidInputError,
     Memory,
+    NewMemory,
 )
 from helamem.core.storage.postgres import PG_SCHEMA_VERSION
 from helamem.core.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
@@ -91,7 +94,7 @@ def test_round_trip_is_exact(mem: HelaMemory, tmp_path: Path) -> None:
     before_stats = mem.stats(ALICE)
     before_search = [_fingerprint(mem, q) for q in ("cat miso", "deploy", "surrogates")]
     before_memories = _all(mem, first)
-    assert not (tmp_path / "a.jsonl.partial").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
     text = first.read_text(encoding="ascii")
     assert "\\u0000" in text and "\\ufffd" in text  # escaped; readable text kept
     assert text.count('"content_raw":"') == 2  # exact text of the two with lone surrogates
@@ -340,6 +343,44 @@ def test_export_of_unknown_scope_is_empty(mem: HelaMemory, tmp_path: Path) -> No
     rep = mem.export_scope(("nobody",), tmp_path / "e.jsonl")
     assert rep.memories == 0
     assert mem.import_scope(tmp_path / "e.jsonl").memories == 0
+
+
+def test_two_exports_to_one_path_at_once_leave_one_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 117: two processes exporting to one path wrote one ``<path>.partial``: the
+    winner reported 6,000 memories and left a file import refused ("not JSON"), the
+    other failed with "pass a path in a writable directory". Each export now writes its
+    own file; the last renamed wins, whole. (B's whole export runs inside A's.)"""
+    from helamem.core import _portable
+
+    store, target = tmp_path / "store", tmp_path / "out.jsonl"
+    child = (
+        "import sys; from pathlib import Path; "
+        "from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory; "
+        "m = HelaMemory(HelaMemConfig(path=Path(sys.argv[1])), embedder=HashingEmbedder(256)); "
+        "print(m.export_scope(('users', 'bob'), sys.argv[2]).memories); m.close()"
+    )
+    a = HelaMemory(HelaMemConfig(path=store), embedder=HashingEmbedder(256))
+    a.add_many([NewMemory(f"alice note {i}", ALICE) for i in range(30)])
+    a.add_many([NewMemory(f"bob note {i}", ("users", "bob")) for i in range(20)])
+    write, inner = _portable._write, []
+
+    def write_with_another_export(core: Any, prefix: Any, f: Any) -> Any:
+        if not inner:  # another process exports to the same path while A writes
+            run = [sys.executable, "-c", child, str(store), str(target)]
+            inner.append(subprocess.run(run, capture_output=True, text=True, timeout=120))
+        return write(core, prefix, f)
+
+    monkeypatch.setattr(_portable, "_write", write_with_another_export)
+    rep = a.export_scope(ALICE, target)
+    monkeypatch.undo()
+    assert inner[0].returncode == 0, inner[0].stderr
+    assert (rep.memories, inner[0].stdout.strip()) == (30, "20")
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+    assert a.delete_scope(ALICE) == 30
+    assert a.import_scope(target).memories == 30  # A's, renamed last, whole
+    a.close()
 
 
 def test_async_twins(tmp_path: Path, make_mem: Any) -> None:

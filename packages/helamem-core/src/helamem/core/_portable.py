@@ -40,6 +40,7 @@ import errno
 import json
 import logging
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -215,11 +216,12 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     """Write ``scope`` and the scopes under it to ``path`` (one consistent snapshot).
 
     Rows are streamed; the file appears atomically (written to
-    ``<path>.partial`` first, then renamed).
+    ``<path>.<random>.partial`` first, then renamed): exports to one path at once,
+    from several processes, each write their own file, and the last one renamed wins.
     """
     prefix = normalize_scope(scope)
     target = Path(path)
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
         with core.store.read_tx(), partial.open("w", encoding="ascii", newline="\n") as f:
             counts = _write(core, prefix, f)
