@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from helamem.core import (
@@ -21,6 +22,7 @@ from helamem.core import (
     LLMUnavailableError,
     PostgresConfig,
 )
+from helamem.core.distill import ClusterPlan, FactDraft, LLMDistiller
 
 litellm = pytest.importorskip("litellm")
 
@@ -318,14 +320,14 @@ def _same_fact_each_cluster(bracketed: bool) -> Callable[[list[dict[str, str]]],
 def test_two_tenants_earning_the_same_fact_each_keep_it(
     tmp_path: Path, store_config: StoreConfig, bracketed: bool
 ) -> None:
-    llm = ScriptedLLM(_same_fact_each_cluster(bracketed))
+    llm = ScriptedLLM(_same_fact_each_cluster(bracketed), _same_fact_each_cluster(bracketed))
     alice, bob = ("users", "alice"), ("users", "bob")
     with _mem(tmp_path, store_config, llm) as mem:
         for scope in (alice, bob):
             for i in range(4):
                 mem.add(f"I walked my dog Rex in the park, day {i}", scope)
-        report = mem.consolidate(("users",))  # both tenants' clusters in one call
-        assert len(llm.calls) == 1 and report.clusters == 2
+        report = mem.consolidate(("users",))  # one call per tenant (trial 117)
+        assert len(llm.calls) == 2 and report.clusters == 2
         assert report.facts_added == 2  # labels as the prompt shows them, or bare
         assert mem.stats(alice).semantic == mem.stats(bob).semantic == 1
         facts = mem.search("walks a dog", bob, k=5, kind="semantic", learn=False)
@@ -398,3 +400,57 @@ def test_delete_scope_removes_everything_of_that_scope_only(mem: HelaMemory) -> 
     assert mem.stats().vectors == 1
     assert mem.get(bob)
     assert mem.list_scopes() == [("users", "bob")]
+
+
+def test_each_tenant_is_distilled_in_a_prompt_of_its_own(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Trial 117: ``consolidate(("users",))`` put several tenants' clusters in one prompt;
+    a fact drawn from alice's memories ("The door code is 4321") citing one of bob's
+    episodes was stored in bob's scope and found by bob's search."""
+    llm = ScriptedLLM(facts_citing_first_labels, facts_citing_first_labels)
+    with _mem(tmp_path, store_config, llm) as mem:
+        for i in range(4):
+            mem.add(f"the door code of my flat is 4321, I said on day {i}", ("users", "alice"))
+            mem.add(f"I walked my dog Rex in the park on day {i}", ("users", "bob"))
+        report = mem.consolidate(("users",))
+        assert (len(llm.calls), report.clusters) == (2, 2)
+        prompts = [c["messages"][-1]["content"] for c in llm.calls]
+        assert sorted(("4321" in p, "Rex" in p) for p in prompts) == [(False, True), (True, False)]
+        bob = mem.search("door code", ("users", "bob"), k=5, kind="semantic", learn=False)
+        assert all("4321" not in h.content for h in bob)
+
+
+def test_a_repeat_mixing_tenants_does_not_take_the_fact_down_with_it() -> None:
+    """Trial 117: a valid fact, then the same text citing two tenants' episodes: the
+    repeat was folded into the first before the scope check, and the merged fact (now
+    mixing tenants) was dropped. The repeat alone goes."""
+    plans = [
+        ClusterPlan(sid, 0, (0,), ids, ids, ids, np.zeros((len(ids), 2), np.float32), f"s{sid}")
+        for sid, ids in ((1, ("a1", "a2")), (2, ("b1",)))
+    ]
+    refs = {"E1": "a1", "E2": "a2", "E3": "b1"}
+    drafts = LLMDistiller._drafts(
+        [("The pet chases balls", ["E1"]), ("The pet chases balls", ["E2", "E3"])], refs, plans
+    )
+    assert drafts == [FactDraft("The pet chases balls", ("a1",))]
+
+
+def test_a_cut_answer_leaves_the_clusters_it_gave_no_fact_to_be_distilled_again(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Trial 117: a truncated answer (or one with an invalid fact) was salvaged and every
+    cluster of the call recorded as distilled, those it gave no fact too: never sent
+    again. More facts than the schema allows raised a raw pydantic ValidationError."""
+    cut = '{"facts": [{"text": "A fact citing no episode shown", "sources": ["E99"]}, {"te'
+    many = [{"text": f"Fact number {i} here", "sources": ["E1"]} for i in range(13)]
+    thirteen = json.dumps({"facts": many})
+    llm = ScriptedLLM(cut, thirteen, thirteen, facts_citing_first_labels)
+    with _mem(tmp_path, store_config, llm) as mem:
+        _story(mem)
+        first = mem.consolidate(S)
+        assert (first.clusters, first.facts_added) == (0, 0)  # salvaged, nothing cited
+        with pytest.raises(LLMResponseError, match="after one repair"):
+            mem.consolidate(S)  # 13 facts, twice: a typed error
+        again = mem.consolidate(S)
+        assert again.clusters >= 1 and again.facts_added >= 1

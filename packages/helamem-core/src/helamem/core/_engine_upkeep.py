@@ -62,7 +62,7 @@ class UpkeepMethods(OwnedCore):
         """Hebbian distillation of ``scope`` (and scopes under it) into semantic facts.
 
         Adds similarity edges for new episodes, finds densely connected hubs,
-        distils each undistilled cluster (one LLM call in all, or extractive
+        distils each undistilled cluster (one LLM call per scope, or extractive
         without an LLM), de-duplicates against existing facts and stores the
         rest with provenance. The store is not held during the LLM call.
 

@@ -318,7 +318,14 @@ def apply_consolidation(
             by_scope.setdefault(store.rows_by_n([n])[n].scope_id, []).append(n)
         for sid, ns in by_scope.items():
             core._reinforce_tx(db, ns, sid, core._ticks([sid])[sid])
-        recorded = [c for c in plan.clusters if (c.scope_id, c.signature) not in stale]
+        cited = {i for d in drafts for i in d.source_ids}
+        recorded = [
+            c
+            for c in plan.clusters
+            if (c.scope_id, c.signature) not in stale
+            # an answer cut short: a cluster it gave no fact is distilled again
+            and (getattr(drafts, "complete", True) or cited.intersection(c.ids))
+        ]
         for c in recorded:
             key = (c.scope_id, c.signature)
             store.record_cluster(db, *key, c.ids[0], produced.get(key, 0), newest[key])

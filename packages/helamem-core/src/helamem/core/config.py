@@ -394,7 +394,7 @@ class ConsolidationConfig(_Frozen):
         similarity_weight: ... with weight ``similarity_weight · cos``.
         hub_min_degree: A hub has at least this many edges.
         cluster_size: A cluster is a hub and its strongest neighbours, at most this many.
-        max_clusters: Clusters distilled per consolidation (one LLM call in all).
+        max_clusters: Clusters distilled per consolidation (one LLM call per scope).
         dedup_cos: A new fact this close to an existing one updates it instead.
         extractive_facts: Facts per cluster from the extractive distiller.
         forget_after_s: Forgetting considers episodes older than this,

@@ -1,7 +1,7 @@
 """Hebbian distillation: similarity edges, hubs, clusters, and distillers.
 
 Pure planning (no I/O) plus two distillers: :class:`LLMDistiller` (any
-LiteLLM model, one call per consolidation) and :class:`ExtractiveDistiller`
+LiteLLM model, one call per scope of a consolidation) and :class:`ExtractiveDistiller`
 (no model: the most central sentences of each cluster).
 """
 
@@ -24,6 +24,7 @@ from .prompts import DISTILL_FACTS, render_clusters
 __all__ = [
     "ClusterPlan",
     "Distiller",
+    "Drafts",
     "ExtractiveDistiller",
     "FactDraft",
     "LLMDistiller",
@@ -57,6 +58,16 @@ class FactDraft:
 
     text: str
     source_ids: tuple[str, ...]
+
+
+class Drafts(list[FactDraft]):
+    """A distiller's drafts; ``complete`` is False when the answer was cut (a truncated
+    LLM answer whose complete facts were salvaged): a cluster no draft cites is then
+    not recorded as distilled, and is sent again."""
+
+    def __init__(self, drafts: Sequence[FactDraft] = (), *, complete: bool = True) -> None:
+        super().__init__(drafts)
+        self.complete = complete
 
 
 DISTILLED_FROM = "_helamem_clusters"
@@ -216,7 +227,7 @@ class ExtractiveDistiller:
 
 
 class LLMDistiller:
-    """One :data:`~helamem.core.prompts.DISTILL_FACTS` call for all clusters.
+    """One :data:`~helamem.core.prompts.DISTILL_FACTS` call per scope node of the clusters.
 
     Episodes are shown with short labels (``E1``...) and the answer's labels
     are mapped back; a fact citing no known label is dropped, so a fact can
@@ -270,6 +281,8 @@ class LLMDistiller:
             clean = " ".join(text.split())
             if not ids or len(clean) < 8 or _LABELS.fullmatch(clean):
                 continue
+            if len({scope_of.get(i) for i in ids}) > 1:
+                continue  # mixes scopes: never stored, nor folded into a fact that is
             key = (scope_of.get(ids[0]), clean.lower())
             first = out.get(key)  # a repeat adds its sources: it rests on them too
             merged = ids if first is None else tuple(dict.fromkeys([*first.source_ids, *ids]))
@@ -277,15 +290,28 @@ class LLMDistiller:
         return list(out.values())
 
     def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
-        if not clusters:
-            return []
-        refs, variables = self._request(clusters)
-        answer = self.client.complete_json(DISTILL_FACTS, **variables)
-        return self._drafts([(f.text, f.sources) for f in answer.facts], refs, clusters)
+        out = Drafts()
+        for group in _by_scope(clusters):  # one call per scope: tenants never share a prompt
+            refs, variables = self._request(group)
+            answer = self.client.complete_json(DISTILL_FACTS, **variables)
+            out.extend(self._drafts([(f.text, f.sources) for f in answer.facts], refs, group))
+            out.complete = out.complete and not answer.salvaged
+        return out
 
     async def adistill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
-        if not clusters:
-            return []
-        refs, variables = self._request(clusters)
-        answer = await self.client.acomplete_json(DISTILL_FACTS, **variables)
-        return self._drafts([(f.text, f.sources) for f in answer.facts], refs, clusters)
+        out = Drafts()
+        for group in _by_scope(clusters):
+            refs, variables = self._request(group)
+            answer = await self.client.acomplete_json(DISTILL_FACTS, **variables)
+            out.extend(self._drafts([(f.text, f.sources) for f in answer.facts], refs, group))
+            out.complete = out.complete and not answer.salvaged
+        return out
+
+
+def _by_scope(clusters: Sequence[ClusterPlan]) -> list[list[ClusterPlan]]:
+    """Clusters grouped by scope node, in order: one LLM call per tenant (clusters of
+    several in one prompt let a fact drawn from one tenant's memories cite another's)."""
+    groups: dict[int, list[ClusterPlan]] = {}
+    for c in clusters:
+        groups.setdefault(c.scope_id, []).append(c)
+    return list(groups.values())

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 __all__ = [
     "ANSWER_INSTRUCTION",
@@ -59,6 +59,12 @@ class FactsResponse(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     facts: list[FactOut] = Field(max_length=12)
+    _salvaged: bool = PrivateAttr(default=False)
+
+    @property
+    def salvaged(self) -> bool:
+        """Recovered from a malformed answer (:func:`salvage_facts`): possibly cut."""
+        return self._salvaged
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,14 @@ def salvage_facts(text: str) -> FactsResponse | None:
             facts.append(FactOut.model_validate(item))
         except ValidationError:
             continue
-    return FactsResponse(facts=facts) if facts else None
+    if not facts:
+        return None
+    try:
+        out = FactsResponse(facts=facts)
+    except ValidationError:  # more facts than the schema allows: the repair's turn
+        return None
+    out._salvaged = True
+    return out
 
 
 DISTILL_FACTS: Prompt[FactsResponse] = Prompt(
