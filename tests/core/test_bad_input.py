@@ -110,7 +110,16 @@ def test_bad_event_times_are_rejected(seeded: HelaMemory, when: Any) -> None:
     _unchanged(seeded, before)
 
 
-@pytest.mark.parametrize("meta", [{"x": math.nan}, {"x": object()}, "not a dict"])
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"x": math.nan},
+        {"x": object()},
+        "not a dict",
+        # trial 117: distillation's bookkeeping key, silently dropped from get() and hits
+        {"_helamem_clusters": ["mine"], "y": 1},
+    ],
+)
 def test_bad_metadata_is_rejected(seeded: HelaMemory, meta: Any) -> None:
     before = seeded.stats()
     with pytest.raises(InvalidInputError):

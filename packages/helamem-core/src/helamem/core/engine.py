@@ -218,7 +218,8 @@ class HelaMemory(UpkeepMethods):
             scope: Namespace tuple, e.g. ``("users", "alice")``.
             role: Who said it (``"user"``, ``"assistant"``...).
             event_time: When it happened (datetime or POSIX seconds); default now.
-            metadata: JSON-serialisable dict kept with the memory.
+            metadata: JSON-serialisable dict kept with the memory (the key
+                ``"_helamem_clusters"`` is reserved: InvalidInputError).
             keywords: Keywords; extracted from the content when omitted.
 
         Raises:
