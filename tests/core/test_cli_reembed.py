@@ -110,6 +110,29 @@ def test_switch_embedders_from_python(tmp_path: Path) -> None:
         HelaMemory.from_path(path, embedder=HashingEmbedder(64)).open()
 
 
+def test_a_store_whose_embedder_record_is_lost_is_not_reembedded_with_another(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 117: with the ``embedder`` meta row gone, ``helamem reindex`` (and any open)
+    recorded the embedder it was given (MiniLM by default) and re-embedded every memory
+    silently: 64-d vectors became 384-d, and the app's own embedder was refused. Now the
+    open is refused naming the stored vectors' dimension; the embedder that made them
+    opens it, and is recorded."""
+    path = tmp_path / "s"
+    _build(path)
+    with sqlite3.connect(path / "helamem.sqlite3") as db:
+        db.execute("DELETE FROM meta WHERE key = 'embedder'")
+    assert main(["reindex", str(path)]) == 1
+    assert "vectors of dimension 64" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="dimension 64, not 'hashing-32'"):
+        HelaMemory.from_path(path, embedder=HashingEmbedder(32)).open()
+    assert _all_vectors_of(path, HashingEmbedder(64))  # untouched
+    assert main(["reindex", str(path), "--embedder", "hashing", "--dimension", "64"]) == 0
+    assert _meta(path, "embedder") == {"name": "hashing-64", "dimension": 64}
+    with HelaMemory.from_path(path, embedder=HashingEmbedder(64)) as m:
+        assert m.stats().vectors == N
+
+
 def test_embedder_failing_half_way_leaves_a_resumable_switch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -128,6 +128,18 @@ def ensure_embedder(core: CoreBase, reembed: bool) -> int | None:
     target = {"name": name, "dimension": dim}
     stored = read_embedder(core)
     if stored is None:
+        other = core.store.db.execute(
+            "SELECT length(embedding) FROM memories WHERE embedding IS NOT NULL"
+            " AND length(embedding) <> ? LIMIT 1",
+            (4 * dim,),
+        ).fetchone()
+        if other is not None:  # its record lost: recording this one would re-embed all
+            raise ConfigError(
+                f"this store records no embedder, but its memories hold vectors of "
+                f"dimension {int(other[0]) // 4}, not {name!r}'s {dim}: open it with the "
+                f"embedder that made them (the command line: --embedder hashing/minilm/"
+                f"litellm with --dimension {int(other[0]) // 4}), which is then recorded"
+            )
         with core.store.tx() as db:
             core.store.set_meta(db, EMBEDDER_KEY, json.dumps(target))
         return None
