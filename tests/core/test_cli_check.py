@@ -531,3 +531,20 @@ def test_check_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
         main(["check", "--help"])
     assert info.value.code == 0
     assert "integrity" in capsys.readouterr().out
+
+
+def test_an_unreadable_database_names_no_reindex_for_its_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 117: with helamem.sqlite3 damaged, ``check`` also listed ``index_unavailable``
+    with the fix ``helamem reindex``, which fails on the same database: the index is
+    rebuilt from the database once that is restored."""
+    path = tmp_path / "s"
+    _store(path, hnsw=True)
+    db = path / "helamem.sqlite3"
+    with open(db, "r+b") as fh:
+        fh.truncate(db.stat().st_size // 2)
+    code, rep = _check(path, capsys)
+    fixes = {str(d["kind"]): str(d["fix"]) for d in rep["defects"]}  # type: ignore[attr-defined]
+    assert code == 1 and "sqlite_integrity" in fixes, fixes
+    assert "index_unavailable" in fixes and "reindex" not in fixes["index_unavailable"], fixes

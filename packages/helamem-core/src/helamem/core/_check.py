@@ -503,10 +503,9 @@ def check_store(
                         RESTORE_FIX,
                         count=n,
                     )
-        except HelaMemError as exc:
-            chk.add(
-                "index_unavailable", [str(exc)], "the vector index cannot be opened", REINDEX_FIX
-            )
+        except HelaMemError as exc:  # rebuilt from the database, once that reads again
+            fix = REINDEX_FIX if readable else RESTORE_FIX
+            chk.add("index_unavailable", [str(exc)], "the vector index cannot be opened", fix)
     finally:
         db.close()
     f = chk.facts
