@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core import (
+    ChromaConfig,
+    CorruptStoreError,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+)
 from helamem.core._check import DEFECT_KINDS, check_store
 from helamem.core.cli import main
 
@@ -414,6 +420,11 @@ def test_memory_of_a_missing_scope_node_is_scope_orphan(
     assert code == 1
     assert "scope_orphan" in _kinds(rep)
     assert ids[0] in next(d for d in rep["defects"] if d["kind"] == "scope_orphan")["examples"]  # type: ignore[attr-defined]
+    # trial 117: reading it named `helamem reindex`, which does not mend a scope orphan
+    m = HelaMemory(_config(path, False), embedder=HashingEmbedder(64))
+    with m, pytest.raises(CorruptStoreError) as info:
+        m.get(ids[0])
+    assert "helamem check" in str(info.value) and "reindex" not in str(info.value)
 
 
 def test_reindex_repairs_every_derived_defect(

@@ -479,7 +479,7 @@ class SQLiteConnection:
     def repair_hint(self) -> str:
         """What to run when the store holds something it should not."""
         d = self._path.parent
-        return f"run `helamem check {d}` and `helamem reindex {d}` ({self._path})"
+        return f"run `helamem check {d}`: it names what is damaged and its fix ({self._path})"
 
     def close(self) -> None:
         self._checkpointer.close()
