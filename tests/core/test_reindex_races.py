@@ -164,3 +164,45 @@ def test_a_delete_while_a_lost_collection_is_refilled_does_not_come_back(
     assert done, "the refill never ran"
     assert target not in set(a._call(lambda c: c.index.all_ids()))
     assert _stale(a) == []
+
+
+def test_a_reindex_of_rows_already_in_the_index_writes_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 115: a reconcile upserted every unindexed row, also those whose vector the
+    index held already (another process's write, a rewrite): an upsert over an id in a
+    Chroma HNSW collection can leave records unreachable (chroma-core/chroma#7758;
+    at 20,000 memories ~2,200 of 3,006 sharing a vector with 50+ others dropped out of
+    any top 10). Unchanged vectors are now left alone; a changed one is replaced."""
+    from chromadb.api.models.Collection import Collection
+
+    emb = HashingEmbedder(64)
+    cfg = HelaMemConfig(path=tmp_path / "s", chroma=ChromaConfig(exact_below=20))
+    with HelaMemory(cfg, embedder=emb) as m:
+        ids = [m.add(f"note {i} about the garden and tea {i * 7}", SCOPE).id for i in range(40)]
+        m.flush()
+        new_vec = np.asarray(emb.embed(["a rewritten vector about coffee"])[0], np.float32)
+
+        def unindex_all(core: Any) -> None:
+            with core.store.tx() as db:
+                db.execute("UPDATE memories SET indexed = 0")
+                db.execute(
+                    "UPDATE memories SET embedding = ? WHERE id = ?", (new_vec.tobytes(), ids[3])
+                )
+
+        m._call(unindex_all)
+        written: list[str] = []
+        upsert = Collection.upsert
+
+        def spy(self: Any, ids: Any, *args: Any, **kwargs: Any) -> Any:
+            written.extend(ids)
+            return upsert(self, ids, *args, **kwargs)
+
+        monkeypatch.setattr(Collection, "upsert", spy)
+        assert m._call(lambda core: core.reconcile()) == 40
+        monkeypatch.undo()
+        assert written == [ids[3]]  # only the changed vector
+        assert m.stats().unindexed == 0
+        sid = m._call(lambda core: core.store.find_scope(SCOPE))
+        hits = m._call(lambda core: core.index.query(new_vec, 1, [sid], "episodic"))
+        assert hits[0][0] == ids[3] and hits[0][1] < 1e-5

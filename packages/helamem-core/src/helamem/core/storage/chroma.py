@@ -61,6 +61,7 @@ from .chroma_connect import (
     HelaMemMiniLMEmbeddingFunction,
     chroma_error,
 )
+from .chroma_copy import write_over
 from .chroma_embedded import forget_system
 
 _SEARCH_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, StorageError)
@@ -175,6 +176,7 @@ class ChromaIndex(ChromaConnection):
     ) -> None:
         super().__init__(config, path, attach_minilm, connect)
         self.lost = set()
+        self._rewriting = False  # upsert() is writing vectors that may be there (rewrite)
 
     def _collection(self, key: tuple[int, str], create: bool, refill: bool = True) -> Any:
         col = super()._collection(key, create, refill)
@@ -211,7 +213,10 @@ class ChromaIndex(ChromaConnection):
             col = self._collection(key, create=True)
             for start in range(0, len(rows), 4096):
                 part = rows[start : start + 4096]
-                col.upsert(ids=[ids[i] for i in part], embeddings=vectors[part])
+                if self._rewriting:  # vectors that may be there already
+                    write_over(col, [ids[i] for i in part], vectors[part])
+                else:
+                    col.upsert(ids=[ids[i] for i in part], embeddings=vectors[part])
                 self._drop_vanished(col, [ids[i] for i in part])
 
         for key, rows in groups.items():
@@ -228,6 +233,23 @@ class ChromaIndex(ChromaConnection):
                 raise chroma_error(exc, "Chroma upsert failed", self._where) from exc
         if locked is not None:
             raise locked
+
+    def rewrite(
+        self,
+        ids: Sequence[str],
+        vectors: npt.NDArray[np.float32],
+        scope_ids: Sequence[int],
+        kinds: Sequence[str],
+    ) -> None:
+        """:meth:`upsert` of vectors that may be in the index already (a re-index of
+        unindexed rows, which another process may have written): unchanged ones are not
+        written again, changed ones deleted then added (:func:`.chroma_copy.write_over`).
+        Raises as :meth:`upsert`."""
+        self._rewriting = True
+        try:
+            self.upsert(ids, vectors, scope_ids, kinds)
+        finally:
+            self._rewriting = False
 
     def deferrable(self, keys: Sequence[tuple[int, str]]) -> list[bool]:
         """Per ``(scope node, kind)``: whether its vectors go to an HNSW collection
