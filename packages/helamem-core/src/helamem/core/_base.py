@@ -439,10 +439,10 @@ class CoreBase:
             vectors = np.stack(
                 [fresh[r.n] if r.n in fresh else r.vector() for r in part]  # type: ignore[misc]
             ).astype(np.float32)
-            # rows that may be in the index already (another process's write, a rewrite)
-            write = getattr(self.index, "rewrite", self.index.upsert)
             try:
-                write([r.id for r in part], vectors, [scope_id] * len(part), [kind] * len(part))
+                self.index.upsert(
+                    [r.id for r in part], vectors, [scope_id] * len(part), [kind] * len(part)
+                )
             except IndexLockedError as exc:
                 logger.debug("scope %d left unindexed for the index's holder: %s", scope_id, exc)
                 continue
