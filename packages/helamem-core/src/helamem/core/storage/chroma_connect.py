@@ -31,7 +31,7 @@ from ..config import ChromaConfig
 from ..embeddings import MiniLMEmbedder
 from ..errors import CorruptStoreError, DiskFullError, StorageError
 from .base import IndexLockedError
-from .chroma_copy import copy_scope, drop_vanished
+from .chroma_copy import copy_scope, drop_vanished, write_over
 from .chroma_embedded import (
     bounded_persistent_client,
     engine_inherited,
@@ -519,7 +519,7 @@ class ChromaConnection:
                         self._exact.scope_name(key),
                     )
                     for _, ids, mat in self._exact.batches(key):
-                        col.upsert(ids=ids, embeddings=mat)
+                        write_over(col, ids, mat)  # another process may fill it too
                         self._drop_vanished(col, ids)  # deleted since the read
         except CHROMA_FAILURES as exc:
             raise chroma_error(
