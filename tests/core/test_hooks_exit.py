@@ -340,8 +340,18 @@ STORE_BOUND_CHILD = textwrap.dedent(
     def record(path, maintain):
         mem = HelaMemory(HelaMemConfig(path=Path(path)), embedder=HashingEmbedder(64))
         rec = TurnRecorder(mem)
-        for i in range(40):
-            rec.record_turn_sync(("users", "alice"), f"user {i}", f"answer {i}")
+
+        def write():
+            for i in range(40):
+                rec.record_turn_sync(("users", "alice"), f"user {i}", f"answer {i}")
+
+        if maintain == "late-writer":  # the turns come from a thread started late
+            def starter():
+                time.sleep(0.3)
+                threading.Thread(target=write, name="writer").start()
+            threading.Thread(target=starter, name="starter").start()
+            return
+        write()
         if maintain:  # a thread that runs until the store closes (the exit work closes it)
             def upkeep():
                 while not mem.closed:
@@ -358,8 +368,9 @@ STORE_BOUND_CHILD = textwrap.dedent(
 
     if __name__ == "__main__":
         path, how = sys.argv[1], sys.argv[2]
-        if how == "fork-child":  # multiprocessing ends it with os._exit: no atexit there
-            child = multiprocessing.get_context("fork").Process(target=record, args=(path, False))
+        if how.startswith("fork-child"):  # multiprocessing ends it with os._exit: no atexit
+            late = "late-writer" if how.endswith("late-writer") else False
+            child = multiprocessing.get_context("fork").Process(target=record, args=(path, late))
             child.start()
             child.join(60)
             assert child.exitcode == 0, child.exitcode
@@ -369,7 +380,10 @@ STORE_BOUND_CHILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("how", ["fork-child", "maintenance-thread", "late-maintenance-thread"])
+@pytest.mark.parametrize(
+    "how",
+    ["fork-child", "fork-child-late-writer", "maintenance-thread", "late-maintenance-thread"],
+)
 def test_exit_work_runs_in_a_fork_child_and_under_a_thread_that_waits_for_it(
     tmp_path: Path, how: str
 ) -> None:
@@ -377,8 +391,10 @@ def test_exit_work_runs_in_a_fork_child_and_under_a_thread_that_waits_for_it(
     threads, so exit work left to ``atexit`` never ran (33 of 60 turns stored, no
     warning); a thread that runs until the store closes waited for the exit work,
     which waited for it (a hang), also when another thread started it after the hook
-    (review 114). Now the child does it in the hook, and the work runs under a thread
-    still alive ``THREADS_WAIT_S`` later, with a warning."""
+    (review 114). Review 118: the fork child waited only for the threads alive at the
+    hook, not for one they started later (2 of 21 writes stored). Now the child does it
+    in the hook, and the work runs under a thread still alive ``THREADS_WAIT_S`` later,
+    with a warning."""
     script = tmp_path / "bound_child.py"
     script.write_text(STORE_BOUND_CHILD)
     proc = subprocess.run(

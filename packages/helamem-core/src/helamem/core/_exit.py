@@ -87,6 +87,15 @@ def register(obj: object, hook: Hook, *, phase: int) -> int:
     return token
 
 
+def install() -> None:
+    """Install the exit hook now (a memory made, nothing registered yet): a
+    multiprocessing child whose main thread returns before a thread of its first uses
+    the memory still waits for that thread, then does the work (registering after
+    Python's shutdown began would be too late: the child ends with ``os._exit``)."""
+    with _lock:
+        _install_locked()
+
+
 def unregister(token: int) -> None:
     """Forget a registration (unknown tokens are ignored)."""
     with _lock:
@@ -126,18 +135,17 @@ def _run() -> None:
     """The hook Python calls in ``threading._shutdown``: the work now, or, while the
     program's own threads still run, after Python joined them (at most
     :data:`THREADS_WAIT_S` later)."""
-    with _lock:
-        registered = bool(_hooks)
-    threads = _program_threads() if registered else []
+    threads = _program_threads()
     mp = sys.modules.get("multiprocessing")
     if threads and mp is not None and mp.parent_process() is not None:
         # a multiprocessing child may end with os._exit right after joining its
-        # threads (no atexit): wait for them here, bounded, then do the work
-        deadline = time.monotonic() + THREADS_WAIT_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        # threads (no atexit): wait for them here, bounded (a memory they start using
+        # meanwhile registers its work too), then do the work
+        _join(threads, time.monotonic() + THREADS_WAIT_S)
         threads = []
-    if not threads:
+    with _lock:
+        registered = bool(_hooks)
+    if not threads or not registered:
         _run_now()
         return
     # opening a store imports and starts what needs thread pools: while they still run
@@ -152,15 +160,20 @@ def _run() -> None:
         logger.debug("helamem: exit watcher not started")
 
 
-def _watch(threads: list[threading.Thread], bound: float) -> None:
-    """Run the exit work under the threads still running ``bound`` seconds on (those
-    alive at the hook, and any they started since: Python joins those too)."""
-    deadline = time.monotonic() + bound
+def _join(threads: list[threading.Thread], deadline: float) -> list[threading.Thread]:
+    """Join ``threads`` and any they start meanwhile (Python joins those too) until
+    ``deadline``; returns those still alive."""
     while threads and time.monotonic() < deadline:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         threads = _program_threads()
-    late = [t.name for t in threads if t.is_alive()]
+    return [t for t in threads if t.is_alive()]
+
+
+def _watch(threads: list[threading.Thread], bound: float) -> None:
+    """Run the exit work under the threads still running ``bound`` seconds on (those
+    alive at the hook, and any they started since: Python joins those too)."""
+    late = [t.name for t in _join(threads, time.monotonic() + bound)]
     with _lock:  # a store or recorder still to flush and close (not all closed already)
         due = any(p != OPEN and ref() is not None for p, ref, _ in _hooks.values())
     if late and due:

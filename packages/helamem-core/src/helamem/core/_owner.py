@@ -173,6 +173,7 @@ class OwnedCore:
         self._closed = False  # no new work accepted
         self._finished = False  # storage released (owner thread only)
         self._open_failed = False  # the last open raised (not retried at exit)
+        _exit.install()
         self._exit_token: int | None = None  # closed at interpreter exit unless closed before
         self._exit_open = -1  # opened at exit while thread pools run (see _exit.OPEN)
         self._flush_timer: asyncio.TimerHandle | None = None  # writes pending vectors

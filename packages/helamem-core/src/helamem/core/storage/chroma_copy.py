@@ -78,10 +78,10 @@ def copy_scope(conn: ChromaConnection, key: tuple[int, str], fresh: bool) -> int
 def write_over(col: Any, ids: Sequence[str], mat: npt.NDArray[np.float32]) -> None:
     """Write vectors some of which may be in ``col`` already (every write to a collection:
     another process's write, a re-index, a copy): an unchanged one is not written again,
-    a changed one is deleted, then added. An upsert over an id already there can leave records unreachable by queries
-    (chroma-core/chroma#7758; measured at 20,000 memories: a re-index upserting every
-    row left ~2,200 of 3,006 memories sharing a vector with 50+ others out of any
-    top 10, against none for delete-then-add)."""
+    a changed one is deleted, then added. An upsert over an id already there can leave
+    records unreachable by queries (chroma-core/chroma#7758; measured at 20,000
+    memories: a re-index upserting every row left ~2,200 of 3,006 memories sharing a
+    vector with 50+ others out of any top 10, against none for delete-then-add)."""
     got = col.get(ids=list(ids), include=["embeddings"])
     rows = got.get("embeddings")
     have = dict(zip(got["ids"], [] if rows is None else rows, strict=True))
