@@ -480,3 +480,13 @@ def test_v1_store_migrates_on_open_and_works(tmp_path: Path, make_mem: Any) -> N
     assert texts["01HZX0A0000000000000000005"][1] % 2 == 1  # the NUL row asks a question
     assert [shape & 1 for _, shape in texts.values()].count(1) == 2
     db.close()
+
+
+def test_an_export_to_a_long_file_name_works(mem: HelaMemory, tmp_path: Path) -> None:
+    """Review 118: the export's own partial file took the target's name plus a suffix,
+    past the file system's 255 bytes for a 242-character name: a raw ``OSError`` (the
+    same name exported before)."""
+    mem.add("a note to export", ALICE)
+    target = tmp_path / ("x" * 236 + ".jsonl")
+    assert mem.export_scope(ALICE, target).memories == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []

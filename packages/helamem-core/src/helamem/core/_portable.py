@@ -36,6 +36,7 @@ So any content, lone surrogates and NUL included, round-trips exactly.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import json
 import logging
@@ -216,18 +217,20 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     """Write ``scope`` and the scopes under it to ``path`` (one consistent snapshot).
 
     Rows are streamed; the file appears atomically (written to
-    ``<path>.<random>.partial`` first, then renamed): exports to one path at once,
+    ``.<name>.<random>.partial`` beside it first, then renamed): exports to one path at once,
     from several processes, each write their own file, and the last one renamed wins.
     """
     prefix = normalize_scope(scope)
     target = Path(path)
-    partial = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.partial")
+    # its own name, short whatever the target's (255 bytes at most on most file systems)
+    partial = target.with_name(f".{target.name[:64]}.{uuid.uuid4().hex[:12]}.partial")
     try:
         with core.store.read_tx(), partial.open("w", encoding="ascii", newline="\n") as f:
             counts = _write(core, prefix, f)
         os.replace(partial, target)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is no bad argument
             raise DiskFullError(
                 f"cannot write the export to {target}: the disk is full ({exc}); free space "
@@ -237,7 +240,8 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
             f"cannot write the export to {target}: {exc}; pass a path in a writable directory"
         ) from exc
     except BaseException:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         raise
     return ExportReport(target, prefix, **counts)
 
