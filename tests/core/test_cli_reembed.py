@@ -124,13 +124,20 @@ def test_a_store_whose_embedder_record_is_lost_is_not_reembedded_with_another(
         db.execute("DELETE FROM meta WHERE key = 'embedder'")
     assert main(["reindex", str(path)]) == 1
     assert "vectors of dimension 64" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="dimension 64, not 'hashing-32'"):
+    with pytest.raises(ConfigError, match="dimension 64, not 32 .'hashing-32'."):
         HelaMemory.from_path(path, embedder=HashingEmbedder(32)).open()
     assert _all_vectors_of(path, HashingEmbedder(64))  # untouched
     assert main(["reindex", str(path), "--embedder", "hashing", "--dimension", "64"]) == 0
     assert _meta(path, "embedder") == {"name": "hashing-64", "dimension": 64}
     with HelaMemory.from_path(path, embedder=HashingEmbedder(64)) as m:
         assert m.stats().vectors == N
+    # review 118: asked to re-embed (reembed=True, `reindex --reembed`), it switches
+    with sqlite3.connect(path / "helamem.sqlite3") as db:
+        db.execute("DELETE FROM meta WHERE key = 'embedder'")
+    with HelaMemory.from_path(path, embedder=HashingEmbedder(32), reembed=True) as m:
+        assert m.reembedded == N
+    assert _meta(path, "embedder") == {"name": "hashing-32", "dimension": 32}
+    assert _all_vectors_of(path, HashingEmbedder(32))
 
 
 def test_embedder_failing_half_way_leaves_a_resumable_switch(

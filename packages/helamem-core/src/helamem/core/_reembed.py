@@ -133,12 +133,16 @@ def ensure_embedder(core: CoreBase, reembed: bool) -> int | None:
             " AND length(embedding) <> ? LIMIT 1",
             (4 * dim,),
         ).fetchone()
-        if other is not None:  # its record lost: recording this one would re-embed all
+        if other is not None and reembed:  # asked to re-embed: switch from the unknown
+            unknown = {"name": "an unrecorded embedder", "dimension": int(other[0]) // 4}
+            return _switch(core, unknown, read_switch(core), target)
+        if other is not None:  # its record lost: not this embedder's vectors
             raise ConfigError(
                 f"this store records no embedder, but its memories hold vectors of "
-                f"dimension {int(other[0]) // 4}, not {name!r}'s {dim}: open it with the "
-                f"embedder that made them (the command line: --embedder hashing/minilm/"
-                f"litellm with --dimension {int(other[0]) // 4}), which is then recorded"
+                f"dimension {int(other[0]) // 4}, not {dim} ({name!r}): open it with an "
+                f"embedder of dimension {int(other[0]) // 4} (the one that made them; it is "
+                f"then recorded), or re-embed every memory with this one: reembed=True "
+                f"({_fix(core, name, dim)})"
             )
         with core.store.tx() as db:
             core.store.set_meta(db, EMBEDDER_KEY, json.dumps(target))
