@@ -124,7 +124,7 @@ def test_a_store_whose_embedder_record_is_lost_is_not_reembedded_with_another(
         db.execute("DELETE FROM meta WHERE key = 'embedder'")
     assert main(["reindex", str(path)]) == 1
     assert "vectors of dimension 64" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="dimension 64, not 32 .'hashing-32'."):
+    with pytest.raises(ConfigError, match=r"dimension 64, not 32 \('hashing-32'\)"):
         HelaMemory.from_path(path, embedder=HashingEmbedder(32)).open()
     assert _all_vectors_of(path, HashingEmbedder(64))  # untouched
     assert main(["reindex", str(path), "--embedder", "hashing", "--dimension", "64"]) == 0
