@@ -269,3 +269,18 @@ def test_any_segments_make_a_valid_isolated_scope(mem: HelaMemory, segs: list[st
     m = mem.add("scoped note", scope)
     assert mem.get(m.id).scope == scope
     assert m.id in mem.search("scoped note", scope, k=50).ids
+
+
+def test_a_recorded_turn_with_the_reserved_metadata_key_is_refused_at_the_call(
+    seeded: HelaMemory,
+) -> None:
+    """Review 118: ``record_turn_sync`` accepted it and the turn failed in the background
+    (a ``TurnRecordingError`` at flush; the turn not stored)."""
+    from helamem.core.hooks import TurnRecorder
+
+    rec = TurnRecorder(seeded)
+    with pytest.raises(InvalidInputError, match="_helamem_clusters"):
+        rec.record_turn_sync(S, "hi", "hello", metadata={"_helamem_clusters": []})
+    with pytest.raises(InvalidInputError, match="_helamem_clusters"):
+        seeded.add_turn(S, "hi", "hello", metadata={"_helamem_clusters": []})
+    rec.flush()

@@ -14,7 +14,7 @@ import numpy as np
 from . import dynamics, retrieval
 from ._base import check_content, scope_tag
 from ._learning import LearningOps
-from .distill import DISTILLED_FROM
+from .distill import refuse_reserved
 from .errors import (
     IndexLockedError,
     InvalidInputError,
@@ -88,11 +88,8 @@ def prepare(
     meta = item.metadata if item.metadata is not None else {}
     if not isinstance(meta, dict):
         raise InvalidInputError(f"metadata must be a dict, got {type(meta).__name__}")
-    if DISTILLED_FROM in meta and kind == "episodic":  # read back without it: it would go
-        raise InvalidInputError(
-            f"metadata key {DISTILLED_FROM!r} is reserved for HeLa-Mem's distillation "
-            "bookkeeping; store that value under another key"
-        )
+    if kind == "episodic":  # a fact's carries its clusters
+        refuse_reserved(meta)
     search_text = safe_text(content)
     kws = list(item.keywords) if item.keywords is not None else keywords(search_text)
     if not all(isinstance(w, str) for w in kws):

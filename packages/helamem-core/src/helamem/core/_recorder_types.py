@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._args import unique_fields
+from .distill import refuse_reserved
 from .errors import HelaMemError, InvalidInputError
 from .types import NewTurn, Scope, TimeLike, dump_json, normalize_scope, to_timestamp
 
@@ -163,6 +164,7 @@ def make_job(
         raise InvalidInputError("used_ids must be strings (memory ids)")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidInputError(f"metadata must be a dict, got {type(metadata).__name__}")
+    refuse_reserved(metadata or {})
     # one pass over an iterable (a generator once consumed would be empty)
     unique = unique_on if isinstance(unique_on, str) else tuple(unique_on)
     unique_fields(unique, metadata)

@@ -11,13 +11,14 @@ import hashlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from .errors import InvalidInputError
 from .llm import LLMClient
 from .prompts import DISTILL_FACTS, render_clusters
 
@@ -74,6 +75,20 @@ DISTILLED_FROM = "_helamem_clusters"
 """A fact's metadata key: the signatures of the clusters distilled into it (a near-identical
 fact merged into it adds its clusters'), so that the clusters are distilled again when the
 fact goes with one of its episodes (:meth:`helamem.core._core.Core._delete_tx`)."""
+
+
+def refuse_reserved(metadata: Mapping[str, Any]) -> None:
+    """Refuse :data:`DISTILLED_FROM` on the metadata of a memory being added (it is read
+    back without it: it would silently go).
+
+    Raises:
+        InvalidInputError: ``metadata`` holds the key.
+    """
+    if DISTILLED_FROM in metadata:
+        raise InvalidInputError(
+            f"metadata key {DISTILLED_FROM!r} is reserved for HeLa-Mem's distillation "
+            "bookkeeping; store that value under another key"
+        )
 
 
 def distilled_from(metadata: str) -> list[str]:
