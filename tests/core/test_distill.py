@@ -63,12 +63,14 @@ def facts_citing_first_labels(messages: list[dict[str, str]]) -> str:
     return json.dumps({"facts": facts})
 
 
-def _mem(tmp_path: Path, store: StoreConfig, llm: ScriptedLLM | None, **llm_cfg: Any) -> HelaMemory:
+def _mem(
+    tmp_path: Path, store: StoreConfig, llm: ScriptedLLM | None, clusters: int = 2, **llm_cfg: Any
+) -> HelaMemory:
     cfg = HelaMemConfig(
         path=tmp_path / "s",
         store=store(tmp_path / "s"),
         llm=LLMConfig(model="gpt-4o-mini", backoff_s=0.0, **llm_cfg),
-        consolidation=ConsolidationConfig(max_clusters=2),
+        consolidation=ConsolidationConfig(max_clusters=clusters),
     )
     client = None
     if llm is not None:
@@ -454,3 +456,52 @@ def test_a_cut_answer_leaves_the_clusters_it_gave_no_fact_to_be_distilled_again(
             mem.consolidate(S)  # 13 facts, twice: a typed error
         again = mem.consolidate(S)
         assert again.clusters >= 1 and again.facts_added >= 1
+
+
+def test_a_cut_answer_records_only_the_clusters_it_reached(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Review 118: after a cut answer a cluster counted as reached when a fact cited any
+    of its episodes, also one it shares with the cluster the fact was about (clusters
+    overlap): the cluster the model never reached was recorded as distilled. And one
+    cut answer kept every other scope's clusters from being recorded."""
+
+    def cut_after_the_first_cluster(messages: list[dict[str, str]]) -> str:
+        blocks = messages[-1]["content"].split("Cluster ")[1:]
+        labels = [re.findall(r"\[(E\d+)\]", b) for b in blocks]
+        own = [x for x in labels[0] if all(x not in ls for ls in labels[1:])]
+        fact = {"text": "Alice's cat Miso loves the garden", "sources": own[:1]}
+        return json.dumps({"facts": [fact]})[:-2] + ', {"te'  # cut after one fact
+
+    def alice_or_bob(messages: list[dict[str, str]]) -> str:
+        if "miso" in messages[-1]["content"]:
+            return cut_after_the_first_cluster(messages)
+        return '{"facts": []}'  # bob: complete, nothing to distil
+
+    llm = ScriptedLLM(alice_or_bob, alice_or_bob, facts_citing_first_labels)
+    with _mem(tmp_path, store_config, llm, clusters=4) as mem:
+        _story(mem)
+        for i in range(5):
+            mem.add_turn(("users", "bob"), f"my dog rex ran in the park {i}", f"rex is quick {i}")
+        plan_before = len(llm.calls)
+        first = mem.consolidate(("users",))
+        blocks = [c["messages"][-1]["content"].count("Cluster ") for c in llm.calls[plan_before:]]
+        assert first.facts_added == 1
+        # alice's first cluster and every cluster of bob's (complete answer) are recorded
+        assert first.clusters == 1 + (sum(blocks) - blocks[0])
+        n = len(llm.calls)
+        mem.consolidate(("users",))
+        assert [c["messages"][-1]["content"].count("Cluster ") for c in llm.calls[n:]] == [
+            blocks[0] - 1
+        ]
+
+
+def test_the_prompt_never_asks_for_more_facts_than_the_answer_may_hold() -> None:
+    """Review 118: 5 clusters asked for "at most 15 facts", and an answer obeying it was
+    invalid (the schema takes 12): an LLMResponseError on every consolidation."""
+    plans = [
+        ClusterPlan(1, 0, (0,), (f"m{i}",), ("t",), ("t",), np.zeros((1, 2), np.float32), f"s{i}")
+        for i in range(5)
+    ]
+    _, variables = LLMDistiller(client=None, max_facts_per_cluster=3)._request(plans)  # type: ignore[arg-type]
+    assert variables["max_facts"] == "12"

@@ -318,13 +318,19 @@ def apply_consolidation(
             by_scope.setdefault(store.rows_by_n([n])[n].scope_id, []).append(n)
         for sid, ns in by_scope.items():
             core._reinforce_tx(db, ns, sid, core._ticks([sid])[sid])
+        cut: set[int] = getattr(drafts, "cut", set())  # scopes whose answer was cut short
         cited = {i for d in drafts for i in d.source_ids}
+
+        def reached(c: ClusterPlan) -> bool:  # a fact cites an episode only it holds
+            others = {
+                i for o in plan.clusters if o is not c and o.scope_id == c.scope_id for i in o.ids
+            }
+            return bool(cited.intersection(set(c.ids) - others))
+
         recorded = [
             c
             for c in plan.clusters
-            if (c.scope_id, c.signature) not in stale
-            # an answer cut short: a cluster it gave no fact is distilled again
-            and (getattr(drafts, "complete", True) or cited.intersection(c.ids))
+            if (c.scope_id, c.signature) not in stale and (c.scope_id not in cut or reached(c))
         ]
         for c in recorded:
             key = (c.scope_id, c.signature)

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from .errors import InvalidInputError
 from .llm import LLMClient
-from .prompts import DISTILL_FACTS, render_clusters
+from .prompts import DISTILL_FACTS, MAX_FACTS, render_clusters
 
 __all__ = [
     "ClusterPlan",
@@ -62,13 +62,14 @@ class FactDraft:
 
 
 class Drafts(list[FactDraft]):
-    """A distiller's drafts; ``complete`` is False when the answer was cut (a truncated
-    LLM answer whose complete facts were salvaged): a cluster no draft cites is then
-    not recorded as distilled, and is sent again."""
+    """A distiller's drafts; ``cut``: the scope nodes whose answer was cut (a truncated
+    LLM answer whose complete facts were salvaged). A cluster of such a scope is
+    recorded as distilled only when a draft cites one of its own episodes (one no
+    other cluster of that scope holds): the others are sent again."""
 
-    def __init__(self, drafts: Sequence[FactDraft] = (), *, complete: bool = True) -> None:
+    def __init__(self, drafts: Sequence[FactDraft] = (), *, cut: Sequence[int] = ()) -> None:
         super().__init__(drafts)
-        self.complete = complete
+        self.cut = set(cut)
 
 
 DISTILLED_FROM = "_helamem_clusters"
@@ -264,7 +265,8 @@ class LLMDistiller:
             rendered.append(group)
         variables = {
             "clusters": render_clusters(rendered),
-            "max_facts": str(self._per_cluster * len(clusters)),
+            # never more than the answer's schema takes (more: invalid, every time)
+            "max_facts": str(min(MAX_FACTS, self._per_cluster * len(clusters))),
         }
         return {v: k for k, v in labels.items()}, variables
 
@@ -310,7 +312,8 @@ class LLMDistiller:
             refs, variables = self._request(group)
             answer = self.client.complete_json(DISTILL_FACTS, **variables)
             out.extend(self._drafts([(f.text, f.sources) for f in answer.facts], refs, group))
-            out.complete = out.complete and not answer.salvaged
+            if answer.salvaged:
+                out.cut.add(group[0].scope_id)
         return out
 
     async def adistill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
@@ -319,7 +322,8 @@ class LLMDistiller:
             refs, variables = self._request(group)
             answer = await self.client.acomplete_json(DISTILL_FACTS, **variables)
             out.extend(self._drafts([(f.text, f.sources) for f in answer.facts], refs, group))
-            out.complete = out.complete and not answer.salvaged
+            if answer.salvaged:
+                out.cut.add(group[0].scope_id)
         return out
 
 

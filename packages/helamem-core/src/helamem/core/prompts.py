@@ -20,6 +20,7 @@ __all__ = [
     "CHOICE_HINT",
     "DISTILL_FACTS",
     "JUDGE_ANSWER",
+    "MAX_FACTS",
     "NOT_MENTIONED",
     "REPAIR_JSON",
     "TEMPORAL_HINT",
@@ -47,6 +48,10 @@ class FactOut(BaseModel):
     sources: list[str] = Field(min_length=1, max_length=8)
 
 
+MAX_FACTS = 12
+"""Facts one :data:`DISTILL_FACTS` answer may hold (the prompt never asks for more)."""
+
+
 class FactsResponse(BaseModel):
     """Answer schema of :data:`DISTILL_FACTS`.
 
@@ -58,7 +63,7 @@ class FactsResponse(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    facts: list[FactOut] = Field(max_length=12)
+    facts: list[FactOut] = Field(max_length=MAX_FACTS)
     _salvaged: bool = PrivateAttr(default=False)
 
     @property
