@@ -458,18 +458,21 @@ def test_a_cut_answer_leaves_the_clusters_it_gave_no_fact_to_be_distilled_again(
         assert again.clusters >= 1 and again.facts_added >= 1
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own-episode", "shared-episode"])
 def test_a_cut_answer_records_only_the_clusters_it_reached(
-    tmp_path: Path, store_config: StoreConfig
+    tmp_path: Path, store_config: StoreConfig, shared: bool
 ) -> None:
     """Review 118: after a cut answer a cluster counted as reached when a fact cited any
     of its episodes, also one it shares with the cluster the fact was about (clusters
     overlap): the cluster the model never reached was recorded as distilled. And one
-    cut answer kept every other scope's clusters from being recorded."""
+    cut answer kept every other scope's clusters from being recorded. Review 119: a fact
+    citing only episodes both clusters hold then recorded neither (sent again forever);
+    a fact is about the first cluster holding an episode it cites."""
 
     def cut_after_the_first_cluster(messages: list[dict[str, str]]) -> str:
         blocks = messages[-1]["content"].split("Cluster ")[1:]
         labels = [re.findall(r"\[(E\d+)\]", b) for b in blocks]
-        own = [x for x in labels[0] if all(x not in ls for ls in labels[1:])]
+        own = [x for x in labels[0] if (x in labels[1]) == shared]
         fact = {"text": "Alice's cat Miso loves the garden", "sources": own[:1]}
         return json.dumps({"facts": [fact]})[:-2] + ', {"te'  # cut after one fact
 

@@ -487,6 +487,7 @@ def test_an_export_to_a_long_file_name_works(mem: HelaMemory, tmp_path: Path) ->
     past the file system's 255 bytes for a 242-character name: a raw ``OSError`` (the
     same name exported before)."""
     mem.add("a note to export", ALICE)
-    target = tmp_path / ("x" * 236 + ".jsonl")
-    assert mem.export_scope(ALICE, target).memories == 1
+    for name in ("x" * 236 + ".jsonl", "\U0001f600" * 61 + ".json"):  # review 119: bytes
+        target = tmp_path / name
+        assert mem.export_scope(ALICE, target).memories == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []

@@ -319,18 +319,18 @@ def apply_consolidation(
         for sid, ns in by_scope.items():
             core._reinforce_tx(db, ns, sid, core._ticks([sid])[sid])
         cut: set[int] = getattr(drafts, "cut", set())  # scopes whose answer was cut short
-        cited = {i for d in drafts for i in d.source_ids}
-
-        def reached(c: ClusterPlan) -> bool:  # a fact cites an episode only it holds
-            others = {
-                i for o in plan.clusters if o is not c and o.scope_id == c.scope_id for i in o.ids
-            }
-            return bool(cited.intersection(set(c.ids) - others))
-
+        # each fact is about the first cluster holding an episode it cites (clusters
+        # overlap: a shared episode must not mark a cluster the answer never reached)
+        reached: set[tuple[int, str]] = set()
+        for d in drafts:
+            hit = next((c for c in plan.clusters if set(d.source_ids) & set(c.ids)), None)
+            if hit is not None:
+                reached.add((hit.scope_id, hit.signature))
         recorded = [
             c
             for c in plan.clusters
-            if (c.scope_id, c.signature) not in stale and (c.scope_id not in cut or reached(c))
+            if (c.scope_id, c.signature) not in stale
+            and (c.scope_id not in cut or (c.scope_id, c.signature) in reached)
         ]
         for c in recorded:
             key = (c.scope_id, c.signature)

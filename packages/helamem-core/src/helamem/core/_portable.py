@@ -223,7 +223,8 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     prefix = normalize_scope(scope)
     target = Path(path)
     # its own name, short whatever the target's (255 bytes at most on most file systems)
-    partial = target.with_name(f".{target.name[:64]}.{uuid.uuid4().hex[:12]}.partial")
+    stem = target.name.encode()[:64].decode(errors="ignore")  # bytes count, not characters
+    partial = target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.partial")
     try:
         with core.store.read_tx(), partial.open("w", encoding="ascii", newline="\n") as f:
             counts = _write(core, prefix, f)
