@@ -313,19 +313,24 @@ def test_a_worker_thread_still_recording_when_the_main_thread_returns_loses_noth
     joined them (a watchdog that waits for the main thread to end, which a hook waiting
     for the threads kept for its whole bound, ends at once; the child's timeout bounds
     the run)."""
-    script = tmp_path / "worker_child.py"
-    script.write_text(WORKER_CHILD)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "store")],
+    proc = _run_script(tmp_path, "worker_child.py", WORKER_CHILD)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"errors": []}
+    assert stored_turns(tmp_path) == 30
+    assert "lost" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _run_script(tmp_path: Path, name: str, text: str, *args: str) -> Any:
+    """Run ``text`` as ``tmp_path/name`` with the store path and ``args`` (bounded)."""
+    script = tmp_path / name
+    script.write_text(text)
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store"), *args],
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT_S,
         check=False,
     )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"errors": []}
-    assert stored_turns(tmp_path) == 30
-    assert "lost" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 STORE_BOUND_CHILD = textwrap.dedent(
@@ -395,15 +400,7 @@ def test_exit_work_runs_in_a_fork_child_and_under_a_thread_that_waits_for_it(
     hook, not for one they started later (2 of 21 writes stored). Now the child does it
     in the hook, and the work runs under a thread still alive ``THREADS_WAIT_S`` later,
     with a warning."""
-    script = tmp_path / "bound_child.py"
-    script.write_text(STORE_BOUND_CHILD)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "store"), how],
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-        check=False,
-    )
+    proc = _run_script(tmp_path, "bound_child.py", STORE_BOUND_CHILD, how)
     assert proc.returncode == 0, proc.stderr
     assert stored_turns(tmp_path) == 40
     assert ("['upkeep'] still run" in proc.stderr) == how.endswith("maintenance-thread"), (
@@ -434,15 +431,7 @@ def test_a_store_that_failed_to_open_is_not_opened_again_at_exit(tmp_path: Path)
     store not open yet, including one whose open had already failed (the program caught
     that error): a second traceback at exit, and ``busy_timeout_s`` more for a locked
     store. A failed open is the program's error, reported once."""
-    script = tmp_path / "failed_open_child.py"
-    script.write_text(FAILED_OPEN_CHILD)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "store")],
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT_S,
-        check=False,
-    )
+    proc = _run_script(tmp_path, "failed_open_child.py", FAILED_OPEN_CHILD)
     assert proc.returncode == 0, proc.stderr
     assert "the program's error:" in proc.stdout, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr

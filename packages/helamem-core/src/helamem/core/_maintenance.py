@@ -322,7 +322,7 @@ def apply_consolidation(
         # each fact is about the first cluster holding an episode it cites (clusters
         # overlap: a shared episode must not mark a cluster the answer never reached)
         reached: set[tuple[int, str]] = set()
-        for d in drafts:
+        for d in drafts if cut else ():
             hit = next((c for c in plan.clusters if set(d.source_ids) & set(c.ids)), None)
             if hit is not None:
                 reached.add((hit.scope_id, hit.signature))

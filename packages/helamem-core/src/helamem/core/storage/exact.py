@@ -28,6 +28,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,23 +156,32 @@ class ExactVectors:
 
     # -- index metadata (kept in SQLite's meta table) ----------------------
 
-    def _write_meta(self, key: str, value: str) -> None:
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``) on this connection, under its lock:
+        committed, or rolled back on any error; SQLite errors raised as StorageError
+        naming ``what``."""
         db = self.db
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute(
-                    "INSERT INTO meta(key, value) VALUES (?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            with self._lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
-            raise storage_error(exc, self._path, f"could not record {key!r}") from exc
+            raise storage_error(exc, self._path, f"could not {what}") from exc
+
+    def _write_meta(self, key: str, value: str) -> None:
+        with self._writing(f"record {key!r}") as db:
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
 
     def _read_meta(self, key: str) -> str | None:
         rows = self._sql("reading index metadata", "SELECT value FROM meta WHERE key = ?", [key])
@@ -184,20 +194,11 @@ class ExactVectors:
             if found is not None:
                 return found
             sid = uuid.uuid4().hex
-            db = self.db
-            try:  # first writer wins (another process may create it at the same time)
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.execute(
-                        "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (_STORE_ID_KEY, sid)
-                    )
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise storage_error(exc, self._path, "could not record the store id") from exc
+            # first writer wins (another process may create it at the same time)
+            with self._writing("record the store id") as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)", (_STORE_ID_KEY, sid)
+                )
             return self._read_meta(_STORE_ID_KEY) or sid
 
     def scope_name(self, key: Key) -> str:
@@ -269,41 +270,17 @@ class ExactVectors:
         """Mark the memories ``(n, id)`` indexed (one deleted meanwhile changes nothing)
         whose vector is still the one ``written`` to the collection; one another writer
         rewrote since it was read (a fact's update) is marked unindexed: re-indexed."""
-        db = self.db
-        try:
-            with self._lock:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany(
-                        "UPDATE memories SET indexed = CASE WHEN embedding = ? THEN 1 ELSE 0 END"
-                        " WHERE n = ? AND id = ?",
-                        list(zip(written, ns, ids, strict=True)),
-                    )
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise storage_error(exc, self._path, "could not mark vectors indexed") from exc
+        with self._writing("mark vectors indexed") as db:
+            db.executemany(
+                "UPDATE memories SET indexed = CASE WHEN embedding = ? THEN 1 ELSE 0 END"
+                " WHERE n = ? AND id = ?",
+                list(zip(written, ns, ids, strict=True)),
+            )
 
     def unindex(self, ids: Sequence[str]) -> None:
         """Mark the memories ``ids`` unindexed: their vectors are written again."""
-        db = self.db
-        try:
-            with self._lock:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany(
-                        "UPDATE memories SET indexed = 0 WHERE id = ?", [(i,) for i in ids]
-                    )
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise storage_error(exc, self._path, "could not mark vectors unindexed") from exc
+        with self._writing("mark vectors unindexed") as db:
+            db.executemany("UPDATE memories SET indexed = 0 WHERE id = ?", [(i,) for i in ids])
 
     # -- counts and rows ---------------------------------------------------
 
