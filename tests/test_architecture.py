@@ -23,10 +23,12 @@ MAX_LINES = 600
 PURE = {
     "helamem.core.dynamics": set(),
     "helamem.core.association": set(),
+    "helamem.core.maxsim": set(),
     "helamem.core.retrieval": {
         "helamem.core.dynamics",
         "helamem.core.config",
         "helamem.core.association",
+        "helamem.core.maxsim",
     },
 }
 #: The packages that sit on top of the engine and may use only its public modules.

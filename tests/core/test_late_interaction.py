@@ -23,6 +23,7 @@ from helamem.core import (
     RetrievalConfig,
     retrieval,
 )
+from helamem.core.maxsim import _single_threaded_product
 
 FILLER = " ".join(f"filler{i}" for i in range(40))
 StoreConfig = Callable[[Path], PostgresConfig | None]
@@ -305,7 +306,7 @@ def test_the_blocked_maxsim_product_is_one_product(
     rng = np.random.default_rng(seed)
     rows = rng.integers(-127, 128, size=(rows_n, dim), dtype=np.int8)
     right = rng.normal(size=(dim, m)).astype(np.float32)
-    got = retrieval._single_threaded_product(rows, right)
+    got = _single_threaded_product(rows, right)
     assert got.dtype == np.float32 and got.shape == (rows_n, m)
     want = rows.astype(np.float32) @ right
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))

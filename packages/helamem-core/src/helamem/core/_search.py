@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
@@ -15,7 +14,7 @@ import numpy as np
 
 from . import dynamics, retrieval
 from ._base import SearchTiming, check_content, check_k
-from ._edges import EdgeReader
+from ._edges import EdgeReader, SpreadOps
 from ._late import late_scores
 from ._learning import LearningOps
 from ._lexical_leg import LexicalLegOps
@@ -49,7 +48,7 @@ VANISHED_RETRIES = 3
 another process or object between their ranking and the read of their rows)."""
 
 
-class SearchOps(LexicalLegOps, LearningOps):
+class SearchOps(LexicalLegOps, LearningOps, SpreadOps):
     """Reads: a query's candidates, pool, spreading and hits (and its learning step)."""
 
     def search(
@@ -165,6 +164,8 @@ class SearchOps(LexicalLegOps, LearningOps):
         elif cached is None:
             pending = self._beside(self._embed_query, query)
         running: list[Future[Any]] = [f for f in (ahead, pending) if f is not None]
+        words = frozenset(tokens(query))  # the learned selection's ``named``
+        edges = EdgeReader(self)  # each node's edges read once in this search
         lexical_start = time.perf_counter()
         try:
             stats = self._term_stats(query)
@@ -172,16 +173,21 @@ class SearchOps(LexicalLegOps, LearningOps):
                 pk: self._lexical(query, node, nodes, pk, pkk, stats) if holding[pk] else {}
                 for pk, pkk in paths
             }
-            # while the ANN query runs: the lexical candidates' ranking rows
+            # while the ANN query runs: the lexical candidates' ranking rows and their
+            # pool (the query's vectors are known when the ANN query runs ahead)
             late = self._tokens is not None
-            known = (
-                {
-                    pk: self.store.rank_rows((), lex, tokens=late) if lex else {}
-                    for pk, lex in lexical.items()
-                }
-                if ahead is not None
-                else {}
-            )
+            known: dict[Kind, tuple[dict[int, RankRow], retrieval.Pool]] = {}
+            if ahead is not None and cached is not None:
+                allowed = set(nodes)
+                for pk, lex in lexical.items():
+                    got = self.store.rank_rows((), lex, tokens=late) if lex else {}
+                    admitted = _admit(got, allowed, pk)
+                    known[pk] = (got, self._pool(admitted, cached[0], lex, cached[1], words))
+                if spread:
+                    for _, pool in known.values():
+                        if ahead.done():
+                            break
+                        self._edges_ahead(pool, ref_given, edges)
             lexical_s = time.perf_counter() - lexical_start
         finally:
             # neither is ever left running, whatever happens: the embedding writes the
@@ -207,8 +213,9 @@ class SearchOps(LexicalLegOps, LearningOps):
                 ref_given,
                 lexical[path_kind],
                 mass,
-                frozenset(tokens(query)),  # the learned selection's ``named``
+                words,
                 known.get(path_kind),
+                edges,
             )
             if found is None:
                 continue
@@ -366,8 +373,14 @@ class SearchOps(LexicalLegOps, LearningOps):
         lex: dict[int, float],
         mass: float,
         words: frozenset[str] = frozenset(),
-        known: dict[int, RankRow] | None = None,
+        known: tuple[dict[int, RankRow], retrieval.Pool] | None = None,
+        edges: EdgeReader | None = None,
     ) -> tuple[retrieval.Ranking, dict[int, RankRow], list[Hit], list[tuple[int, int]]] | None:
+        """One kind's ranking, rows, hits and edges to prune (``None``: no candidate).
+
+        ``known``: the lexical candidates' rows (as read) and the pool of those in
+        ``nodes`` of ``kind``, made while the ANN query ran; the dense candidates'
+        rows and pool are added to them here."""
         cfg = self.config.retrieval
         allowed = set(nodes)
         late = self._tokens is not None  # token vectors come with the rows (MaxSim)
@@ -375,21 +388,25 @@ class SearchOps(LexicalLegOps, LearningOps):
         # one query for the rest; _hits loads the full rows of the returned memories
         if known is None:
             got = self.store.rank_rows([i for i, _ in dense_ids], lex, tokens=late)
+            rows = _admit(got, allowed, kind)
+            pool = self._pool(rows, qv, lex, qtok, words) if rows else None
         else:
-            have = {r.id for r in known.values()}
-            got = known | self.store.rank_rows(
+            have = {r.id for r in known[0].values()}
+            fresh = self.store.rank_rows(
                 [i for i, _ in dense_ids if i not in have], (), tokens=late
             )
+            got = known[0] | fresh
+            added = _admit(fresh, allowed, kind)
+            rows = _admit(known[0], allowed, kind) | added
+            pool = retrieval.join_pools(known[1], self._pool(added, qv, lex, qtok, words))
         if {i for i, _ in dense_ids} - {r.id for r in got.values()} and self.store.tombstones():
             # the index holds vectors of deleted memories (another process's delete that
             # failed, or was killed before the index's): its tombstones, at the next search
             # (vectors without a memory or a tombstone, an older database restored beside
             # a newer index, are only skipped: re-indexing would not remove them)
             self._needs_reconcile = True
-        rows = {n: r for n, r in got.items() if r.scope_id in allowed and r.kind == kind}
-        if not rows:
+        if not rows or pool is None:
             return None
-        pool = self._pool(rows, qv, lex, qtok, words)
         ref = retrieval.reference_time(pool, ref_given)
         ranking: retrieval.Ranking | None = None
         prunable: list[tuple[int, int]] = []
@@ -397,14 +414,10 @@ class SearchOps(LexicalLegOps, LearningOps):
             # the seeds need only base activations (rank takes them: computed once)
             base = retrieval.base_activations(pool, cfg, ref)
             seeds = retrieval.seeds(base, cfg)
-            triples, prunable, first = self._seed_edges(seeds, rows)
+            triples, prunable, first = self._seed_edges(seeds, edges or EdgeReader(self))
             if triples:
                 extra_ns = {j for _, j, _ in triples if j not in rows}
-                extra = {
-                    n: r
-                    for n, r in self.store.rank_rows((), extra_ns, tokens=late).items()
-                    if r.scope_id in allowed and r.kind == kind
-                }
+                extra = _admit(self.store.rank_rows((), extra_ns, tokens=late), allowed, kind)
                 rows.update(extra)
                 ranking = retrieval.rank(
                     pool,
@@ -471,87 +484,6 @@ class SearchOps(LexicalLegOps, LearningOps):
         finally:
             self._late_s += time.perf_counter() - started
 
-    def _seed_edges(
-        self, seeds: dict[int, float], rows: dict[int, RankRow]
-    ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int]], set[tuple[int, int]]]:
-        """``(seed, neighbour, weight)`` to spread over, the edges to prune and the
-        ``(seed, neighbour)`` pairs one edge apart."""
-        if not seeds:
-            return [], [], set()
-        prunable: list[tuple[int, int]] = []
-        edges = EdgeReader(self)  # each node's edges and each scope's tick read once
-        triples = [
-            (s, j, w) for s, lst in self._strongest(seeds, prunable, edges).items() for w, j in lst
-        ]
-        first = {(s, j) for s, j, _ in triples}
-        if self.config.retrieval.spread_hops > 1 and triples:
-            triples.extend(self._second_hop(seeds, triples, prunable, edges))
-        cfg = self.config.retrieval
-        if cfg.fan_power > 0 and triples:  # hub-resistant: scale by both ends' strength
-            strength = self._strength({n for s, j, _ in triples for n in (s, j)}, edges)
-            triples = [
-                (
-                    s,
-                    j,
-                    dynamics.fan_scaled(
-                        w,
-                        strength.get(s, 0.0),
-                        strength.get(j, 0.0),
-                        cfg.fan_reference,
-                        cfg.fan_power,
-                    ),
-                )
-                for s, j, w in triples
-            ]
-        return triples, prunable, first
-
-    def _strength(self, nodes: Collection[int], edges: EdgeReader) -> dict[int, float]:
-        """Each node's strength: the sum of its edges' decayed weights."""
-        return dynamics.strengths((e.a, e.b, w) for e, w in edges.decayed(nodes))
-
-    def _strongest(
-        self,
-        nodes: Collection[int],
-        prunable: list[tuple[int, int]],
-        edges: EdgeReader,
-        exclude: Collection[int] = (),
-    ) -> dict[int, list[tuple[float, int]]]:
-        """Each node's strongest surviving neighbours ``(decayed weight, n)``, best
-        first, at most ``neighbors_per_seed``; edges that decayed away go to ``prunable``."""
-        floor = self.config.dynamics.prune_below
-        per: dict[int, list[tuple[float, int]]] = defaultdict(list)
-        for e, w in edges.decayed(nodes):
-            if not dynamics.survives(w, floor):
-                prunable.append((e.a, e.b))
-                continue
-            for a, b in ((e.a, e.b), (e.b, e.a)):
-                if a in nodes and b not in exclude:
-                    per[a].append((w, b))
-        limit = self.config.retrieval.neighbors_per_seed
-        for lst in per.values():
-            lst.sort(key=lambda p: (-p[0], p[1]))
-            del lst[limit:]
-        return per
-
-    def _second_hop(
-        self,
-        seeds: dict[int, float],
-        first: Sequence[tuple[int, int, float]],
-        prunable: list[tuple[int, int]],
-        edges: EdgeReader,
-    ) -> list[tuple[int, int, float]]:
-        """``(seed, k, w_sj * w_jk)`` for the first-hop neighbours' strongest edges."""
-        via: dict[int, list[tuple[int, float]]] = defaultdict(list)
-        for s, j, w in first:
-            via[j].append((s, w))
-        best: dict[tuple[int, int], float] = {}
-        for j, lst in self._strongest(via, prunable, edges, exclude=seeds).items():
-            for w_jk, k in lst:
-                for s, w_sj in via[j]:
-                    if k != s:
-                        best[(s, k)] = max(best.get((s, k), 0.0), w_sj * w_jk)
-        return [(s, k, w) for (s, k), w in sorted(best.items())]
-
     def _hits(
         self,
         ranking: retrieval.Ranking,
@@ -593,3 +525,8 @@ class SearchOps(LexicalLegOps, LearningOps):
                 )
         hits.sort(key=lambda h: -h.score)  # best first (stable: base before association on ties)
         return hits
+
+
+def _admit(rows: Mapping[int, RankRow], allowed: Collection[int], kind: Kind) -> dict[int, RankRow]:
+    """The rows of memories of ``kind`` in the scopes ``allowed`` (a search's candidates)."""
+    return {n: r for n, r in rows.items() if r.scope_id in allowed and r.kind == kind}
