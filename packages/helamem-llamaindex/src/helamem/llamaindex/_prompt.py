@@ -74,13 +74,24 @@ def window(history: Sequence[ChatMessage], budget: int, count: Count) -> list[Ch
     """The longest recent suffix of ``history`` within ``budget`` tokens, or ``[]``.
 
     As ``ChatMemoryBuffer``: the window never opens with an assistant reply or
-    a tool result (unless the whole history does). Unlike it, when nothing
-    fits, nothing is returned: the list always fits the budget.
+    a tool result, unless the whole history does or it is the newest message
+    alone. Unlike it, when nothing fits, nothing is returned: the list always
+    fits the budget.
+
+    Examples:
+        >>> from llama_index.core.llms import ChatMessage
+        >>> replies = [
+        ...     ChatMessage(role="assistant", content="one two three"),
+        ...     ChatMessage(role="assistant", content="four"),
+        ... ]
+        >>> [m.content for m in window(replies, 2, lambda text: len(text.split()))]
+        ['four']
     """
     sizes = [message_tokens(m, count) for m in history]
     used = sum(sizes)
+    last = len(history) - 1
     for start in range(len(history)):
-        opens = start == 0 or history[start].role not in _OPENERS_SKIPPED
+        opens = start in (0, last) or history[start].role not in _OPENERS_SKIPPED
         if opens and used <= budget:
             return list(history[start:])
         used -= sizes[start]

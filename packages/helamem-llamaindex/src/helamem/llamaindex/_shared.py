@@ -33,7 +33,15 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole, TextBlock
 from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.utils import get_tokenizer
 
-from helamem.core import HelaMemConfig, HelaMemory, Hit, Scope, SearchResult, is_blank
+from helamem.core import (
+    MAX_CONTENT_CHARS,
+    HelaMemConfig,
+    HelaMemory,
+    Hit,
+    Scope,
+    SearchResult,
+    is_blank,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +364,9 @@ async def candidates(
     neither meaning nor a word with the query, is left out). ``learn=False``: no
     search learns (the same question asked again within a turn).
     """
+    query = search_text(query)
+    if not query:
+        return []
     plan = _refill(memory, k, held, min_score, learn)
     args = next(plan)
     try:
@@ -375,6 +386,9 @@ def candidates_sync(
     learn: bool = True,
 ) -> list[Line]:
     """Blocking :func:`candidates`."""
+    query = search_text(query)
+    if not query:
+        return []
     plan = _refill(memory, k, held, min_score, learn)
     args = next(plan)
     try:
@@ -382,6 +396,19 @@ def candidates_sync(
             args = plan.send(memory.search(query, scope, **args).hits)
     except StopIteration as done:
         return render_lines(query, done.value)
+
+
+def search_text(query: str) -> str:
+    """What is searched for ``query``: its last ``MAX_CONTENT_CHARS`` characters (a longer
+    query would raise in the core, where ``ChatMemoryBuffer`` takes any text), or ``""``
+    when nothing visible is left.
+
+    Examples:
+        >>> len(search_text("x" * (MAX_CONTENT_CHARS + 5))) == MAX_CONTENT_CHARS
+        True
+    """
+    clipped = query[-MAX_CONTENT_CHARS:]
+    return "" if is_blank(clipped) else clipped
 
 
 def best_hits(hits: Sequence[Hit], k: int) -> list[Hit]:

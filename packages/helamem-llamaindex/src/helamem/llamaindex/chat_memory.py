@@ -75,7 +75,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOKEN_LIMIT = 3000
 DEFAULT_TOKEN_LIMIT_RATIO = 0.75
 
-
 _FROM_DEFAULTS = ("memory", "path", "llm", "recorder", "chat_store_key")
 """Options of :meth:`HelaMemChatMemory.from_defaults` beside its fields."""
 
@@ -435,8 +434,9 @@ class HelaMemChatMemory(BaseMemory):
         return messages
 
     def _settle_sync(self) -> None:
-        """Wait, at most ``read_timeout`` s, for this memory's turns still being stored."""
-        if self._recorder is not None and self._recorder.pending:
+        """Wait, at most ``read_timeout`` s, for this memory's turns still being stored (a
+        turn that failed to store, now or since, raises ``TurnRecordingError`` here)."""
+        if self._recorder is not None:
             try:
                 self._recorder.flush_sync(self.read_timeout)
             except TimeoutError:
@@ -444,7 +444,7 @@ class HelaMemChatMemory(BaseMemory):
 
     async def _settle(self) -> None:
         """Async :meth:`_settle_sync`."""
-        if self._recorder is not None and self._recorder.pending:
+        if self._recorder is not None:
             try:
                 await asyncio.wait_for(self._recorder.flush(), self.read_timeout)
             except TimeoutError:
