@@ -31,6 +31,7 @@ from helamem.autogen import _convert as convert_module
 from helamem.autogen import config as config_module
 from helamem.autogen import memory as memory_module
 from helamem.core import HashingEmbedder, HelaMemory, NewTurn, StoreClosedError
+from helamem.core import _base as core_base
 
 ALICE = ("users", "alice")
 BOB = ("users", "bob")
@@ -473,3 +474,20 @@ async def test_several_user_messages_a_tool_only_turn_and_a_read_only_memory(
     ]
     assert store.stats(("kb",)).memories == 1  # its own document only
     await kb.close()
+
+
+async def test_a_text_over_the_cores_limit_is_searched_by_its_end(
+    alice: HelaMemMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query or last message longer than the core's ``MAX_CONTENT_CHARS`` (16 M
+    characters; 200 here) made ``query``/``update_context`` raise ``InvalidInputError``
+    (ListMemory takes any text): it is searched by its end."""
+    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", 200)
+    monkeypatch.setattr(memory_module, "MAX_CONTENT_CHARS", 200)
+    await alice.add(text("Alice adopted a cat named Miso"))
+    long = "x " * 150 + "the cat named Miso"  # 318 characters
+    assert (await alice.query(long)).results[0].content == "Alice adopted a cat named Miso"
+    context = UnboundedChatCompletionContext()
+    await context.add_message(UserMessage(content=long, source="user"))
+    found = await alice.update_context(context)
+    assert [m.content for m in found.memories.results] == ["Alice adopted a cat named Miso"]

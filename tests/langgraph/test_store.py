@@ -24,7 +24,9 @@ from langgraph.store.base import (
 from langgraph.store.memory import InMemoryStore
 
 from helamem.core import HelaMemory, InvalidInputError
+from helamem.core import _base as core_base
 from helamem.langgraph import ID_FIELD, HelaMemStore
+from helamem.langgraph import _ranking as ranking_module
 
 NS = ("users", "alice")
 
@@ -335,3 +337,16 @@ async def test_inside_a_compiled_graph_async(store: HelaMemStore) -> None:
     )
     assert out["messages"][-1].content == "Miso is the cat"
     assert len(store.take_used("t2")) == 1
+
+
+def test_a_query_over_the_cores_limit_is_searched_by_its_end(
+    store: HelaMemStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query longer than the core's ``MAX_CONTENT_CHARS`` (16 M characters; 200 here)
+    raised ``InvalidInputError`` (``InMemoryStore`` takes any): it is searched by its end."""
+    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", 200)
+    monkeypatch.setattr(ranking_module, "MAX_CONTENT_CHARS", 200)
+    store.put(("users", "alice"), "pet", {"text": "Alice adopted a cat named Miso"})
+    store.put(("users", "alice"), "city", {"text": "Alice lives in Lyon"})
+    long = "x " * 150 + "the cat named Miso"  # 318 characters
+    assert [i.key for i in store.search(("users",), query=long, limit=1)] == ["pet"]

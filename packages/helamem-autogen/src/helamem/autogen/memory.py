@@ -27,6 +27,7 @@ from autogen_core.models import LLMMessage, SystemMessage
 from pydantic import TypeAdapter, ValidationError
 
 from helamem.core import (
+    MAX_CONTENT_CHARS,
     Embedder,
     HelaMemory,
     Hit,
@@ -469,9 +470,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         mem = self.helamem
         await self._await_recorded()
         facts = min(mem.config.retrieval.semantic_k, k)
-        result = await mem.asearch(
-            text, self.scope, k=k, semantic_k=facts, learn=self._config.learn
-        )
+        query, scope, learn = text[-MAX_CONTENT_CHARS:], self.scope, self._config.learn  # any text
+        result = await mem.asearch(query, scope, k=k, semantic_k=facts, learn=learn)
         return _best(result, k, threshold)
 
     async def _await_recorded(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from helamem.core import HelaMemory, Hit, Kind
+from helamem.core import MAX_CONTENT_CHARS, HelaMemory, Hit, Kind
 from langgraph.store.base import GetOp, Item, SearchItem, SearchOp
 
 from ._filters import matches
@@ -46,6 +46,7 @@ class RankedSearch:
         a memory a kind did not return can outscore one it did.
         """
         assert op.query
+        query = op.query[-MAX_CONTENT_CHARS:]  # a longer one is searched by its end
         k = n * self.filter_overfetch if op.filter else n
         kinds: tuple[Kind, ...] = ("episodic", "semantic") if self.recorded else ("episodic",)
         got: dict[Kind, list[Hit]] = {}
@@ -53,7 +54,7 @@ class RankedSearch:
         while True:
             for kind in kinds:
                 if kind in more:
-                    got[kind] = yield Search(op.query, op.namespace_prefix or None, k, kind)
+                    got[kind] = yield Search(query, op.namespace_prefix or None, k, kind)
                     if len(got[kind]) < k:
                         more.discard(kind)
             found, stale = yield from self._live(op, [h for kind in kinds for h in got[kind]])
