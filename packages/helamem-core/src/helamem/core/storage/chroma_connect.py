@@ -39,6 +39,7 @@ from .chroma_embedded import (
     inherited_engine_error,
     note_engine_started,
 )
+from .chroma_probe import PROBE_NEWEST, PROBE_SPREAD, left_open, unreachable
 from .exact import ExactVectors
 from .lock import ProcessLock
 
@@ -216,6 +217,9 @@ class ChromaConnection:
             with suppress(ChromaError, AttributeError):
                 client.close()
             gc.collect()  # collection handles hold the Rust bindings (and their files)
+            if self._verified:  # closed cleanly: the next open need not probe (chroma_probe)
+                with suppress(OSError):
+                    self._write_marker(held=False)
         self._lock.release()
         self._exact.close()
         self._verified = False
@@ -235,12 +239,14 @@ class ChromaConnection:
                 f"{self._db_name} looks replaced, emptied or corrupt. {self._db_fix}"
             )
 
-    def _write_marker(self) -> None:
+    def _write_marker(self, held: bool = True) -> None:
+        """The marker: the database the index belongs to, and whether a process holds it
+        (still ``true`` after a kill: the next open probes the graphs, :mod:`.chroma_probe`)."""
         if self._config.mode != "persistent":
             return
         self._path.mkdir(parents=True, exist_ok=True)
         tmp = self._path / f".{_MARKER}.tmp"
-        tmp.write_text(json.dumps({"store_id": self._exact.store_id()}), "utf-8")
+        tmp.write_text(json.dumps({"store_id": self._exact.store_id(), "open": held}), "utf-8")
         tmp.replace(self._path / _MARKER)
 
     def _settings(self) -> Settings:
@@ -304,7 +310,12 @@ class ChromaConnection:
         try:
             self._client = self._open_client()
             if verify:
-                self._verify()
+                try:
+                    self._verify()
+                except CHROMA_FAILURES as exc:
+                    raise chroma_error(
+                        exc, "could not check the vector index", self._where
+                    ) from exc
         except BaseException:
             client, self._client = self._client, None
             if client is not None:
@@ -381,22 +392,39 @@ class ChromaConnection:
         self._warn_old_names()
         have = set(self._names())
         indexed = self._exact.counts(indexed_only=True)
+        unclean = self._config.mode == "persistent" and left_open(self._path / _MARKER)
         todo = []
         for key in sorted(self._exact.promoted()):
             name = self._name(*key)
             if name not in have:
                 todo.append((key, "missing"))
                 continue
-            col = self._client.get_collection(name, embedding_function=None)
-            got = int(col.count())
+            try:
+                col = self._client.get_collection(name, embedding_function=None)
+                got = int(col.count())
+                # an older copy of the index (a backup restored, a snapshot taken before
+                # the database) can hold as many vectors and still lack the newest ones
+                newest = self._exact.newest_indexed(key, _NEWEST_CHECKED)
+                older = bool(newest) and len(col.get(ids=newest, include=[])["ids"]) < len(newest)
+                probe = (
+                    self._exact.sample_indexed(key, PROBE_NEWEST, PROBE_SPREAD) if unclean else None
+                )
+                lost = unreachable(col, *probe) if probe else []
+            except CHROMA_FAILURES as exc:
+                # its HNSW files unreadable (one a kill left empty: chromadb writes
+                # index_metadata.pickle in place): dropped, then built again from SQLite
+                if any(w in str(exc).lower() for w in _FULL):
+                    raise chroma_error(exc, "could not read the vector index", self._where) from exc
+                todo.append((key, f"unreadable ({str(exc)[:120]})"))
+                self._drop_collection(name)
+                continue
             if got < indexed.get(key, 0):
                 todo.append((key, f"{got} of {indexed.get(key, 0)} vectors"))
-                continue
-            # an older copy of the index (a backup restored, a snapshot taken before the
-            # database) can hold as many vectors and still lack the newest memories'
-            newest = self._exact.newest_indexed(key, _NEWEST_CHECKED)
-            if newest and len(col.get(ids=newest, include=[])["ids"]) < len(newest):
+            elif older:
                 todo.append((key, "an older copy: it lacks the newest memories' vectors"))
+            elif lost:  # a graph torn by a kill while Chroma wrote it
+                todo.append((key, f"{len(lost)} probed vectors unreachable after an unclean exit"))
+                self._drop_collection(name)
         if todo:
             total = sum(self._exact.count_upto(k, 1 << 62) for k, _ in todo)
             logger.warning(
@@ -412,6 +440,16 @@ class ChromaConnection:
                 done += self._load(key, fresh=True)
                 logger.info("vector index rebuild: %d/%d vectors", done, total)
         self._write_marker()
+
+    def _drop_collection(self, name: str) -> None:
+        """Delete a damaged collection (its files are left to Chroma); typed on failure."""
+        self._cols.pop(name, None)
+        try:
+            self._client.delete_collection(name)
+        except NotFoundError:
+            pass
+        except CHROMA_FAILURES as exc:
+            raise chroma_error(exc, "could not drop a damaged collection", self._where) from exc
 
     def _warn_old_names(self) -> None:
         """On a server: name the collections of the naming before store ids (one
