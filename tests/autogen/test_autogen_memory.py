@@ -491,3 +491,14 @@ async def test_a_text_over_the_cores_limit_is_searched_by_its_end(
     await context.add_message(UserMessage(content=long, source="user"))
     found = await alice.update_context(context)
     assert [m.content for m in found.memories.results] == ["Alice adopted a cat named Miso"]
+
+
+async def test_a_long_query_whose_end_is_blank_finds_nothing_and_raises_nothing(
+    alice: HelaMemMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 123: text, then more blank characters than the core's limit: the end
+    searched is blank (the core refuses a blank query)."""
+    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", 200)
+    monkeypatch.setattr(memory_module, "MAX_CONTENT_CHARS", 200)
+    await alice.add(text("Alice adopted a cat named Miso"))
+    assert (await alice.query("cat Miso" + " " * 300)).results == []

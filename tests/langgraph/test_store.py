@@ -350,3 +350,14 @@ def test_a_query_over_the_cores_limit_is_searched_by_its_end(
     store.put(("users", "alice"), "city", {"text": "Alice lives in Lyon"})
     long = "x " * 150 + "the cat named Miso"  # 318 characters
     assert [i.key for i in store.search(("users",), query=long, limit=1)] == ["pet"]
+
+
+def test_a_long_query_whose_end_is_blank_finds_nothing_and_raises_nothing(
+    store: HelaMemStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 123: text, then more blank characters than the core's limit: the end
+    searched is blank (the core refuses a blank query)."""
+    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", 200)
+    monkeypatch.setattr(ranking_module, "MAX_CONTENT_CHARS", 200)
+    store.put(("users", "alice"), "pet", {"text": "Alice adopted a cat named Miso"})
+    assert store.search(("users",), query="cat Miso" + " " * 300) == []

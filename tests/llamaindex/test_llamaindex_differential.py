@@ -21,7 +21,7 @@ from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.storage.chat_store import SimpleChatStore
 from llama_index.core.storage.chat_store.simple_chat_store import chat_message_serialization
 
-from helamem.core import HelaMemory, TurnRecordingError
+from helamem.core import HelaMemory, TurnRecorder, TurnRecordingError
 from helamem.core import _base as core_base
 from helamem.llamaindex import HelaMemChatMemory
 from helamem.llamaindex import _shared as li_shared
@@ -432,3 +432,29 @@ def test_a_turn_that_failed_to_store_before_get_raises_at_get(
         ours.get()
     assert ours.get()  # raised once
     ours.close()
+
+
+def test_a_shared_recorders_failure_is_raised_at_its_owners_flush_not_anothers_get(
+    store: HelaMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 123: with one ``TurnRecorder`` shared by two memories, alice's failed turn
+    was raised (and used up) at bob's ``get``. A memory's own recorder raises it at its
+    ``get``; a shared one at its owner's ``flush``, as before."""
+    _limit(monkeypatch, 200)
+    recorder = TurnRecorder(store)
+    alice, bob = (
+        HelaMemChatMemory.from_defaults(
+            memory=store, scope=(name,), tokenizer_fn=words, recorder=recorder
+        )
+        for name in ("alice", "bob")
+    )
+    alice.put(ChatMessage(role="user", content="long " * 60))  # 300 characters: refused
+    alice.put(ChatMessage(role="assistant", content="ok"))
+    deadline = time.monotonic() + 30
+    while recorder.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    bob.put(ChatMessage(role="user", content="hello"))
+    assert bob.get() == [ChatMessage(role="user", content="hello")]
+    with pytest.raises(TurnRecordingError, match="over the 200 limit"):
+        recorder.flush_sync()
+    recorder.close_sync()

@@ -18,13 +18,21 @@ has no trailing newline and is ignored. The loop is bounded by ``MAX_OPS`` and
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory, PostgresConfig
+from helamem.core import (
+    ChromaConfig,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    NewMemory,
+    PostgresConfig,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the schema's name
 from pg_server import schema_for
@@ -77,8 +85,13 @@ def store_for(path: Path, dsn: str | None) -> PostgresConfig | None:
 
 
 def open_memory(path: Path, dsn: str | None = None) -> HelaMemory:
-    """The store exactly as the test reopens it (same config and embedder)."""
-    cfg = HelaMemConfig(path=path, store=store_for(path, dsn))
+    """The store exactly as the test reopens it (same config and embedder; with
+    ``HELAMEM_CRASH_EXACT_BELOW`` set, scopes of that many memories get an HNSW
+    collection, so kills land in Chroma's writes too)."""
+    below = int(os.environ.get("HELAMEM_CRASH_EXACT_BELOW", "2000"))
+    cfg = HelaMemConfig(
+        path=path, store=store_for(path, dsn), chroma=ChromaConfig(exact_below=below)
+    )
     return HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)).open()
 
 

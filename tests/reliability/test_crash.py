@@ -329,6 +329,19 @@ def test_sigkill_loses_nothing_acknowledged(
     print("\n".join(report))
 
 
+def test_sigkill_loses_nothing_in_hnsw_collections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with every scope past ``exact_below`` (here 40) within the first
+    second: the kills land in Chroma's HNSW writes and persists too (the default
+    trials' scopes stay in the exact tier). Chromadb writes its HNSW files in place: a
+    torn one is rebuilt on open (``chroma_probe``, ``test_torn_hnsw.py``)."""
+    monkeypatch.setenv("HELAMEM_CRASH_EXACT_BELOW", "40")
+    report = run_trials(tmp_path, trials=4, seed=31, dsn=None, graph=None)
+    assert any("rows" in line for line in report)
+    print("\n".join(report))
+
+
 @pytest.mark.skipif(not SOAK, reason="soak: set HELAMEM_SOAK=1 (HELAMEM_SOAK_TRIALS, default 24)")
 def test_sigkill_soak(tmp_path: Path, pg_dsn: str | None, store_db: Any) -> None:
     seed = int(os.environ.get("HELAMEM_SOAK_SEED", "2024"))

@@ -186,8 +186,6 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         self._failures: list[TurnRecordingError] = []  # raised at flush() / close()
         self._closed = False
 
-    # -- properties ------------------------------------------------------
-
     @property
     def config(self) -> HelaMemMemoryConfig:
         """The configuration this memory was built from."""
@@ -471,6 +469,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         await self._await_recorded()
         facts = min(mem.config.retrieval.semantic_k, k)
         query, scope, learn = text[-MAX_CONTENT_CHARS:], self.scope, self._config.learn  # any text
+        if is_blank(query):
+            return []
         result = await mem.asearch(query, scope, k=k, semantic_k=facts, learn=learn)
         return _best(result, k, threshold)
 

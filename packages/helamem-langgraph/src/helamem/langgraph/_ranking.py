@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from helamem.core import MAX_CONTENT_CHARS, HelaMemory, Hit, Kind
+from helamem.core import MAX_CONTENT_CHARS, HelaMemory, Hit, Kind, is_blank
 from langgraph.store.base import GetOp, Item, SearchItem, SearchOp
 
 from ._filters import matches
@@ -47,6 +47,8 @@ class RankedSearch:
         """
         assert op.query
         query = op.query[-MAX_CONTENT_CHARS:]  # a longer one is searched by its end
+        if is_blank(query):  # its end holds nothing visible: nothing to rank by
+            return [], [], True
         k = n * self.filter_overfetch if op.filter else n
         kinds: tuple[Kind, ...] = ("episodic", "semantic") if self.recorded else ("episodic",)
         got: dict[Kind, list[Hit]] = {}

@@ -223,7 +223,8 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
 
     async def _settle(self) -> None:
         """Wait, at most ``read_timeout`` s, for the turns this block is still storing."""
-        if self._recorder is not None:  # pending, or failed since the last wait
+        # pending, or failed since the last wait (a shared recorder's: at its owner's flush)
+        if self._recorder is not None and (self._own_recorder or self._recorder.pending):
             try:
                 await asyncio.wait_for(self._recorder.flush(), self.read_timeout)
             except TimeoutError:

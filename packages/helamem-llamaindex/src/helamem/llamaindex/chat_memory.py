@@ -436,7 +436,7 @@ class HelaMemChatMemory(BaseMemory):
     def _settle_sync(self) -> None:
         """Wait, at most ``read_timeout`` s, for this memory's turns still being stored (a
         turn that failed to store, now or since, raises ``TurnRecordingError`` here)."""
-        if self._recorder is not None:
+        if self._recorder is not None and (self._own_recorder or self._recorder.pending):
             try:
                 self._recorder.flush_sync(self.read_timeout)
             except TimeoutError:
@@ -444,7 +444,7 @@ class HelaMemChatMemory(BaseMemory):
 
     async def _settle(self) -> None:
         """Async :meth:`_settle_sync`."""
-        if self._recorder is not None:
+        if self._recorder is not None and (self._own_recorder or self._recorder.pending):
             try:
                 await asyncio.wait_for(self._recorder.flush(), self.read_timeout)
             except TimeoutError:

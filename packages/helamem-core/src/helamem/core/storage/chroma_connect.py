@@ -10,7 +10,6 @@ operations live in :class:`~helamem.core.storage.chroma.ChromaIndex`.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import resource
 import shutil
@@ -39,7 +38,7 @@ from .chroma_embedded import (
     inherited_engine_error,
     note_engine_started,
 )
-from .chroma_probe import PROBE_NEWEST, PROBE_SPREAD, left_open, unreachable
+from .chroma_marker import MARKER, damaged, left_open, marker_owner, write_marker
 from .exact import ExactVectors
 from .lock import ProcessLock
 
@@ -101,14 +100,12 @@ def chroma_error(exc: Exception, what: str, where: object) -> StorageError:
     return DiskFullError(f"{what}: {msg} (the memories are kept: the index catches up later)")
 
 
-_MARKER = "helamem-index.json"
 _NEWEST_CHECKED = 1
 """On open, each large scope's newest indexed memory must have its vector in the scope's
-collection, else the collection is an older copy and is rebuilt from SQLite. A copy
-taken before that memory was added lacks it; a copy taken after it holds every memory
-added before it. Not seen this way: a copy that holds a memory's id with an older
-vector (the memory deleted and added again under the same caller-chosen id since, or
-re-embedded); ``helamem check`` reports those and ``helamem reindex`` rebuilds them."""
+collection, else the collection is an older copy (one taken before that memory was added
+lacks it; one taken after holds every memory before it), rebuilt from SQLite. Not seen
+this way: a copy holding a memory's id with an older vector (deleted and added again
+under a caller-chosen id, or re-embedded): ``helamem check`` reports, ``reindex`` mends."""
 _LEGACY = "-s"  # collection names of the layout before tiers: one per scope, every scope
 
 
@@ -213,41 +210,37 @@ class ChromaConnection:
         """Release every Chroma file, the process lock and the SQLite connection."""
         self._cols.clear()
         client, self._client = self._client, None
+        clean = client is not None and self._verified
         if client is not None:
-            with suppress(ChromaError, AttributeError):
+            try:
                 client.close()
+            except (ChromaError, AttributeError):
+                clean = False
             gc.collect()  # collection handles hold the Rust bindings (and their files)
-            if self._verified:  # closed cleanly: the next open need not probe (chroma_probe)
-                with suppress(OSError):
-                    self._write_marker(held=False)
-        self._lock.release()
+        # closed cleanly by the process's last holder: the next open need not rebuild
+        self._lock.release(last=self._closed_marker if clean else None)
         self._exact.close()
         self._verified = False
 
     def _check_marker(self) -> None:
-        marker = self._path / _MARKER
-        if not marker.exists():
-            return
         try:
-            owner = json.loads(marker.read_text("utf-8")).get("store_id")
-        except (OSError, ValueError, AttributeError):
-            logger.warning("unreadable %s; the vector index will be verified", marker)
+            owner = marker_owner(self._path)
+        except ValueError:
+            logger.warning("unreadable %s; the vector index will be verified", self._path / MARKER)
             return
-        if owner != self._exact.store_id():
+        if owner is not None and owner != self._exact.store_id():
             raise CorruptStoreError(
                 f"the vector index in {self._path} belongs to another database: "
                 f"{self._db_name} looks replaced, emptied or corrupt. {self._db_fix}"
             )
 
+    def _closed_marker(self) -> None:
+        with suppress(OSError):
+            self._write_marker(held=False)
+
     def _write_marker(self, held: bool = True) -> None:
-        """The marker: the database the index belongs to, and whether a process holds it
-        (still ``true`` after a kill: the next open probes the graphs, :mod:`.chroma_probe`)."""
-        if self._config.mode != "persistent":
-            return
-        self._path.mkdir(parents=True, exist_ok=True)
-        tmp = self._path / f".{_MARKER}.tmp"
-        tmp.write_text(json.dumps({"store_id": self._exact.store_id(), "open": held}), "utf-8")
-        tmp.replace(self._path / _MARKER)
+        if self._config.mode == "persistent":
+            write_marker(self._path, self._exact.store_id(), held)
 
     def _settings(self) -> Settings:
         return Settings(anonymized_telemetry=False, allow_reset=True)
@@ -374,7 +367,7 @@ class ChromaConnection:
             return
         self._verified = True
         names = self._names()
-        marker = self._path / _MARKER
+        marker = self._path / MARKER
         legacy = [n for n in names if n.startswith(f"{self._stem()}{_LEGACY}")]
         if self._config.mode == "persistent" and not marker.exists() and names:
             self._refuse_unknown(names)
@@ -392,12 +385,18 @@ class ChromaConnection:
         self._warn_old_names()
         have = set(self._names())
         indexed = self._exact.counts(indexed_only=True)
-        unclean = self._config.mode == "persistent" and left_open(self._path / _MARKER)
+        # held by no other store of this process, and left open: a killed holder's
+        unclean = self._lock.first and left_open(self._path) and self._config.mode == "persistent"
+        self._write_marker()  # held, before any rebuild: a kill during it leaves it so
         todo = []
         for key in sorted(self._exact.promoted()):
             name = self._name(*key)
             if name not in have:
                 todo.append((key, "missing"))
+                continue
+            if unclean:  # chromadb writes HNSW files in place: a kill can tear them
+                todo.append((key, "held by a process that did not close it (a kill)"))
+                self._drop_collection(name)
                 continue
             try:
                 col = self._client.get_collection(name, embedding_function=None)
@@ -406,14 +405,10 @@ class ChromaConnection:
                 # the database) can hold as many vectors and still lack the newest ones
                 newest = self._exact.newest_indexed(key, _NEWEST_CHECKED)
                 older = bool(newest) and len(col.get(ids=newest, include=[])["ids"]) < len(newest)
-                probe = (
-                    self._exact.sample_indexed(key, PROBE_NEWEST, PROBE_SPREAD) if unclean else None
-                )
-                lost = unreachable(col, *probe) if probe else []
             except CHROMA_FAILURES as exc:
-                # its HNSW files unreadable (one a kill left empty: chromadb writes
-                # index_metadata.pickle in place): dropped, then built again from SQLite
-                if any(w in str(exc).lower() for w in _FULL):
+                # its HNSW files unreadable (index_metadata.pickle emptied): dropped, then
+                # built again; not a server's (a network error) or a lack of files or disk
+                if self._config.mode != "persistent" or not damaged(exc):
                     raise chroma_error(exc, "could not read the vector index", self._where) from exc
                 todo.append((key, f"unreadable ({str(exc)[:120]})"))
                 self._drop_collection(name)
@@ -422,9 +417,6 @@ class ChromaConnection:
                 todo.append((key, f"{got} of {indexed.get(key, 0)} vectors"))
             elif older:
                 todo.append((key, "an older copy: it lacks the newest memories' vectors"))
-            elif lost:  # a graph torn by a kill while Chroma wrote it
-                todo.append((key, f"{len(lost)} probed vectors unreachable after an unclean exit"))
-                self._drop_collection(name)
         if todo:
             total = sum(self._exact.count_upto(k, 1 << 62) for k, _ in todo)
             logger.warning(

@@ -304,41 +304,6 @@ class ExactVectors:
         )
         return [str(r[0]) for r in rows]
 
-    def sample_indexed(
-        self, key: Key, newest: int, spread: int
-    ) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Ids and vectors of the newest ``newest`` memories of ``key`` marked indexed and
-        of up to ``spread`` more at evenly spaced keys (a sample to probe the index with)."""
-        where = "scope_id = ? AND kind = ? AND indexed = 1 AND length(embedding) = ?"
-        args: list[object] = [key[0], key[1], 4 * self._dim]
-        rows = self._sql(
-            "sampling indexed vectors",
-            f"SELECT n, id, embedding FROM memories WHERE {where} ORDER BY n DESC LIMIT ?",
-            [*args, newest],
-        )
-        span = self._sql(
-            "sampling indexed vectors", f"SELECT MIN(n), MAX(n) FROM memories WHERE {where}", args
-        )
-        lo, hi = span[0] if span else (None, None)
-        seen = {int(r[0]) for r in rows}
-        if lo is not None and hi is not None and spread > 0:
-            for x in np.linspace(int(lo), int(hi), spread).astype(np.int64).tolist():
-                got = self._sql(
-                    "sampling indexed vectors",
-                    f"SELECT n, id, embedding FROM memories WHERE {where} AND n >= ?"
-                    " ORDER BY n LIMIT 1",
-                    [*args, int(x)],
-                )
-                if got and int(got[0][0]) not in seen:
-                    seen.add(int(got[0][0]))
-                    rows.append(got[0])
-        if not rows:
-            return [], np.zeros((0, self._dim), dtype=np.float32)
-        mat = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(
-            len(rows), self._dim
-        )
-        return [str(r[1]) for r in rows], mat.copy()
-
     def counts(self, indexed_only: bool = False) -> dict[Key, int]:
         """Vectors per (scope node, kind) (``indexed_only``: marked indexed)."""
         extra = " AND indexed = 1" if indexed_only else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import filelock
@@ -52,6 +53,7 @@ class ProcessLock:
         self._key = str(path.resolve())
         self._path = path
         self.held = False
+        self.first = False  # this object's share took the file lock (no other share held)
 
     def try_acquire(self) -> bool:
         """Take the lock unless another process holds it; True when this object holds it."""
@@ -71,11 +73,13 @@ class ProcessLock:
                 _held[self._key] = (lock, 1)
             else:
                 _held[self._key] = (entry[0], entry[1] + 1)
+            self.first = entry is None
         self.held = True
         return True
 
-    def release(self) -> None:
-        """Give this object's share back; the file lock goes with the last share."""
+    def release(self, last: Callable[[], object] | None = None) -> None:
+        """Give this object's share back; the file lock goes with the last share, after
+        ``last()`` (run only then, with no other share able to start meanwhile)."""
         if not self.held:
             return
         self.held = False
@@ -87,4 +91,8 @@ class ProcessLock:
                 _held[self._key] = (lock, count - 1)
                 return
             del _held[self._key]
-            lock.release()
+            try:
+                if last is not None:
+                    last()
+            finally:
+                lock.release()
