@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,7 @@ from chromadb.api.models.Collection import Collection
 from chromadb.errors import InternalError
 
 from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+from helamem.core._check import check_store
 from helamem.core.errors import StorageError
 from helamem.core.storage import chroma_connect, chroma_copy
 
@@ -231,3 +233,16 @@ def test_a_collection_failing_for_want_of_files_is_kept(
     monkeypatch.undo()
     assert sorted(p.name for p in (path / "chroma").iterdir() if p.is_dir()) == before
     assert _reopen(path) == {"memories": N, "vectors": N, "misses": 0}
+
+
+def test_check_after_a_kill_reports_what_its_rebuild_left_pending(tmp_path: Path) -> None:
+    """New-user trial 125: ``helamem check`` on a killed store rebuilt the index (marking
+    the rows indexed) and still reported them pending, counted before the rebuild."""
+    path = tmp_path / "store"
+    _store(path)
+    _as_a_kill_leaves_it(path)
+    with sqlite3.connect(path / "helamem.sqlite3") as db:  # the kill came before their write
+        db.execute("UPDATE memories SET indexed = 0 WHERE n > ?", (N - 5,))
+    report = check_store(path)
+    assert report.ok, report.defects
+    assert (report.memories, report.vectors, report.unindexed) == (N, N, 0)

@@ -354,6 +354,9 @@ class _Checker:
         try:
             count = int(index.count())
             self.facts["vectors"] = count
+            # opening the index settles what was pending (a rebuild marks rows indexed)
+            self.facts["unindexed"] = self.one("SELECT COUNT(*) FROM memories WHERE indexed = 0")
+            self.facts["tombstones"] = self.one("SELECT COUNT(*) FROM tombstones")
             if not isinstance(index, _Listing):
                 self.notes.append("vector ids not checked: the vector index has no all_ids()")
                 return
