@@ -246,3 +246,19 @@ def test_check_after_a_kill_reports_what_its_rebuild_left_pending(tmp_path: Path
     report = check_store(path)
     assert report.ok, report.defects
     assert (report.memories, report.vectors, report.unindexed) == (N, N, 0)
+
+
+def test_a_marker_that_cannot_be_written_fails_the_open_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 123: the marker's write (a read-only or full ``chroma/``) raised a raw
+    ``OSError`` from the open; now a ``StorageError`` (``DiskFullError`` when full)."""
+    path = tmp_path / "store"
+    cfg = _store(path)
+
+    def refuse(*args: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path / "chroma"))
+
+    monkeypatch.setattr(chroma_connect, "write_marker", refuse)
+    with pytest.raises(StorageError, match="Permission denied"):
+        HelaMemory(cfg, embedder=HashingEmbedder(64)).search("note", SCOPE, k=1)

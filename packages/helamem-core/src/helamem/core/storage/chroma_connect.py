@@ -88,6 +88,7 @@ class HelaMemMiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
 CHROMA_FAILURES: tuple[type[Exception], ...] = (ChromaError, ValueError, httpx.HTTPError)
 """What a failing Chroma call raises: its own errors, bad input, and, from a server
 (``mode="http"``), the HTTP client's transport errors (refused, reset, timed out)."""
+_VERIFY_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, OSError)  # OSError: the marker
 _CONNECT_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, OSError, AttributeError)
 _FULL = ("disk is full", "no space left", "storagefull", "errno 28", "disk quota")
 
@@ -305,7 +306,7 @@ class ChromaConnection:
             if verify:
                 try:
                     self._verify()
-                except CHROMA_FAILURES as exc:
+                except _VERIFY_FAILURES as exc:
                     raise chroma_error(
                         exc, "could not check the vector index", self._where
                     ) from exc
