@@ -24,6 +24,7 @@ PURE = {
     "helamem.core.dynamics": set(),
     "helamem.core.association": set(),
     "helamem.core.maxsim": set(),
+    "helamem.core._inputs": {"helamem.core.errors", "helamem.core.text"},
     "helamem.core.retrieval": {
         "helamem.core.dynamics",
         "helamem.core.config",

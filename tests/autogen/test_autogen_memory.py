@@ -31,7 +31,7 @@ from helamem.autogen import _convert as convert_module
 from helamem.autogen import config as config_module
 from helamem.autogen import memory as memory_module
 from helamem.core import HashingEmbedder, HelaMemory, NewTurn, StoreClosedError
-from helamem.core import _base as core_base
+from helamem.core import _inputs as core_inputs
 
 ALICE = ("users", "alice")
 BOB = ("users", "bob")
@@ -482,8 +482,7 @@ async def test_a_text_over_the_cores_limit_is_searched_by_its_end(
     """A query or last message longer than the core's ``MAX_CONTENT_CHARS`` (16 M
     characters; 200 here) made ``query``/``update_context`` raise ``InvalidInputError``
     (ListMemory takes any text): it is searched by its end."""
-    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", 200)
-    monkeypatch.setattr(memory_module, "MAX_CONTENT_CHARS", 200)
+    monkeypatch.setattr(core_inputs, "MAX_CONTENT_CHARS", 200)
     await alice.add(text("Alice adopted a cat named Miso"))
     long = "x " * 150 + "the cat named Miso"  # 318 characters
     assert (await alice.query(long)).results[0].content == "Alice adopted a cat named Miso"
@@ -498,7 +497,6 @@ async def test_a_long_query_whose_end_is_blank_finds_nothing_and_raises_nothing(
 ) -> None:
     """Review 123: text, then more blank characters than the core's limit: the end
     searched is blank (the core refuses a blank query)."""
-    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", 200)
-    monkeypatch.setattr(memory_module, "MAX_CONTENT_CHARS", 200)
+    monkeypatch.setattr(core_inputs, "MAX_CONTENT_CHARS", 200)
     await alice.add(text("Alice adopted a cat named Miso"))
     assert (await alice.query("cat Miso" + " " * 300)).results == []

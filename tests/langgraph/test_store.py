@@ -24,9 +24,8 @@ from langgraph.store.base import (
 from langgraph.store.memory import InMemoryStore
 
 from helamem.core import HelaMemory, InvalidInputError
-from helamem.core import _base as core_base
+from helamem.core import _inputs as core_inputs
 from helamem.langgraph import ID_FIELD, HelaMemStore
-from helamem.langgraph import _ranking as ranking_module
 
 NS = ("users", "alice")
 
@@ -344,8 +343,7 @@ def test_a_query_over_the_cores_limit_is_searched_by_its_end(
 ) -> None:
     """A query longer than the core's ``MAX_CONTENT_CHARS`` (16 M characters; 200 here)
     raised ``InvalidInputError`` (``InMemoryStore`` takes any): it is searched by its end."""
-    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", 200)
-    monkeypatch.setattr(ranking_module, "MAX_CONTENT_CHARS", 200)
+    monkeypatch.setattr(core_inputs, "MAX_CONTENT_CHARS", 200)
     store.put(("users", "alice"), "pet", {"text": "Alice adopted a cat named Miso"})
     store.put(("users", "alice"), "city", {"text": "Alice lives in Lyon"})
     long = "x " * 150 + "the cat named Miso"  # 318 characters
@@ -357,7 +355,6 @@ def test_a_long_query_whose_end_is_blank_finds_nothing_and_raises_nothing(
 ) -> None:
     """Review 123: text, then more blank characters than the core's limit: the end
     searched is blank (the core refuses a blank query)."""
-    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", 200)
-    monkeypatch.setattr(ranking_module, "MAX_CONTENT_CHARS", 200)
+    monkeypatch.setattr(core_inputs, "MAX_CONTENT_CHARS", 200)
     store.put(("users", "alice"), "pet", {"text": "Alice adopted a cat named Miso"})
     assert store.search(("users",), query="cat Miso" + " " * 300) == []

@@ -22,9 +22,8 @@ from llama_index.core.storage.chat_store import SimpleChatStore
 from llama_index.core.storage.chat_store.simple_chat_store import chat_message_serialization
 
 from helamem.core import HelaMemory, TurnRecorder, TurnRecordingError
-from helamem.core import _base as core_base
+from helamem.core import _inputs as core_inputs
 from helamem.llamaindex import HelaMemChatMemory
-from helamem.llamaindex import _shared as li_shared
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ChatMemoryBuffer.json()
 
@@ -390,8 +389,7 @@ def test_without_a_user_message_a_memory_message_keeps_the_newest_message(
 
 def _limit(monkeypatch: pytest.MonkeyPatch, chars: int) -> None:
     """The core's ``MAX_CONTENT_CHARS`` (16 M characters) as ``chars``, for short texts."""
-    monkeypatch.setattr(core_base, "MAX_CONTENT_CHARS", chars)
-    monkeypatch.setattr(li_shared, "MAX_CONTENT_CHARS", chars)
+    monkeypatch.setattr(core_inputs, "MAX_CONTENT_CHARS", chars)
 
 
 @pytest.mark.parametrize("use_async", [False, True])

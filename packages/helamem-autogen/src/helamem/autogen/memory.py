@@ -27,7 +27,6 @@ from autogen_core.models import LLMMessage, SystemMessage
 from pydantic import TypeAdapter, ValidationError
 
 from helamem.core import (
-    MAX_CONTENT_CHARS,
     Embedder,
     HelaMemory,
     Hit,
@@ -37,6 +36,7 @@ from helamem.core import (
     TurnRecorder,
     TurnRecordingError,
     is_blank,
+    query_tail,
 )
 
 from ._convert import (
@@ -468,8 +468,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         mem = self.helamem
         await self._await_recorded()
         facts = min(mem.config.retrieval.semantic_k, k)
-        query, scope, learn = text[-MAX_CONTENT_CHARS:], self.scope, self._config.learn  # any text
-        if is_blank(query):
+        query, scope, learn = query_tail(text), self.scope, self._config.learn  # any text
+        if not query:
             return []
         result = await mem.asearch(query, scope, k=k, semantic_k=facts, learn=learn)
         return _best(result, k, threshold)

@@ -5,8 +5,8 @@ Examples:
     >>> mem = HelaMemory.from_path("./helamem-data")  # opens on first use
 """
 
-from ._base import MAX_CONTENT_CHARS
 from ._check import CheckReport, Defect, check_store
+from ._inputs import MAX_CONTENT_CHARS, query_tail
 from ._maintenance import ConsolidationReport, ForgetReport
 from ._portable import ExportFormatError, ExportReport, ImportConflictError, ImportReport
 from .config import (
@@ -115,6 +115,7 @@ __all__ = [
     "UsedMemories",
     "collect_used",
     "is_blank",
+    "query_tail",
     "note_used",
 ]
 

@@ -2,7 +2,7 @@
 
 :class:`CoreBase` owns the SQLite store and the vector index of one memory
 and everything the operations share (row conversions, edge decay at the
-scope's tick, input checks); the operations themselves live over it in
+scope's tick); the operations themselves live over it in
 :mod:`._ingest`, :mod:`._search` and :mod:`._learning`, and
 :class:`helamem.core._core.Core` puts them together. Only the store's owner
 thread calls any of it.
@@ -29,7 +29,6 @@ from .embeddings import Embedder, check_vectors, token_embedder
 from .errors import (
     ConfigError,
     EmbeddingError,
-    InvalidInputError,
     StorageError,
 )
 from .storage.base import (
@@ -42,7 +41,6 @@ from .storage.base import (
 )
 from .storage.lexical import LexicalIndex
 from .storage.sqlite import SQLiteStore, sqlite_errors
-from .text import is_blank
 from .types import (
     Memory,
     Scope,
@@ -50,12 +48,11 @@ from .types import (
     normalize_scope,
 )
 
-__all__ = ["MAX_CONTENT_CHARS", "CoreBase", "Stats", "check_content", "check_k", "scope_tag"]
+__all__ = ["CoreBase", "Stats", "scope_tag"]
 
 logger = logging.getLogger(__name__)
 
 _KIND_CODE = {"episodic": 1, "semantic": 2}
-MAX_CONTENT_CHARS = 16_000_000
 
 
 def make_store(config: HelaMemConfig) -> GraphStore:
@@ -129,27 +126,6 @@ class Stats:
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
     llm_cost_usd: float = 0.0
-
-
-def check_content(content: object, what: str = "content") -> str:
-    if not isinstance(content, str):
-        raise InvalidInputError(f"{what} must be a str, got {type(content).__name__}")
-    if is_blank(content):
-        raise InvalidInputError(
-            f"{what} is empty or holds only whitespace, control or zero-width characters; "
-            f"pass some visible text"
-        )
-    if len(content) > MAX_CONTENT_CHARS:
-        raise InvalidInputError(
-            f"{what} has {len(content)} characters, over the {MAX_CONTENT_CHARS} limit; split it"
-        )
-    return content
-
-
-def check_k(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise InvalidInputError(f"k must be a positive int, got {k!r}")
-    return k
 
 
 class CoreBase:

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from . import dynamics, retrieval
-from ._base import check_content, scope_tag
+from ._base import scope_tag
+from ._inputs import check_content
 from ._learning import LearningOps
 from .distill import refuse_reserved
 from .errors import (

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ._base import check_content
+from ._inputs import check_content
 from .errors import InvalidInputError
 from .types import Scope, check_id, check_role, dump_json, normalize_scope, to_timestamp
 

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from . import dynamics, retrieval
-from ._base import SearchTiming, check_content, check_k
+from ._base import SearchTiming
 from ._edges import EdgeReader, SpreadOps
+from ._inputs import check_content, check_k
 from ._late import late_scores
 from ._learning import LearningOps
 from ._lexical_leg import LexicalLegOps

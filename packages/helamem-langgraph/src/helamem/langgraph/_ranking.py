@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from helamem.core import MAX_CONTENT_CHARS, HelaMemory, Hit, Kind, is_blank
+from helamem.core import HelaMemory, Hit, Kind, query_tail
 from langgraph.store.base import GetOp, Item, SearchItem, SearchOp
 
 from ._filters import matches
@@ -46,8 +46,8 @@ class RankedSearch:
         a memory a kind did not return can outscore one it did.
         """
         assert op.query
-        query = op.query[-MAX_CONTENT_CHARS:]  # a longer one is searched by its end
-        if is_blank(query):  # its end holds nothing visible: nothing to rank by
+        query = query_tail(op.query)  # a longer one is searched by its end
+        if not query:  # its end holds nothing visible: nothing to rank by
             return [], [], True
         k = n * self.filter_overfetch if op.filter else n
         kinds: tuple[Kind, ...] = ("episodic", "semantic") if self.recorded else ("episodic",)

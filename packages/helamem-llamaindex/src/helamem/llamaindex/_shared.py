@@ -34,13 +34,13 @@ from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.utils import get_tokenizer
 
 from helamem.core import (
-    MAX_CONTENT_CHARS,
     HelaMemConfig,
     HelaMemory,
     Hit,
     Scope,
     SearchResult,
     is_blank,
+    query_tail,
 )
 
 logger = logging.getLogger(__name__)
@@ -364,7 +364,7 @@ async def candidates(
     neither meaning nor a word with the query, is left out). ``learn=False``: no
     search learns (the same question asked again within a turn).
     """
-    query = search_text(query)
+    query = query_tail(query)
     if not query:
         return []
     plan = _refill(memory, k, held, min_score, learn)
@@ -386,7 +386,7 @@ def candidates_sync(
     learn: bool = True,
 ) -> list[Line]:
     """Blocking :func:`candidates`."""
-    query = search_text(query)
+    query = query_tail(query)
     if not query:
         return []
     plan = _refill(memory, k, held, min_score, learn)
@@ -396,19 +396,6 @@ def candidates_sync(
             args = plan.send(memory.search(query, scope, **args).hits)
     except StopIteration as done:
         return render_lines(query, done.value)
-
-
-def search_text(query: str) -> str:
-    """What is searched for ``query``: its last ``MAX_CONTENT_CHARS`` characters (a longer
-    query would raise in the core, where ``ChatMemoryBuffer`` takes any text), or ``""``
-    when nothing visible is left.
-
-    Examples:
-        >>> len(search_text("x" * (MAX_CONTENT_CHARS + 5))) == MAX_CONTENT_CHARS
-        True
-    """
-    clipped = query[-MAX_CONTENT_CHARS:]
-    return "" if is_blank(clipped) else clipped
 
 
 def best_hits(hits: Sequence[Hit], k: int) -> list[Hit]:

@@ -38,7 +38,7 @@ from .chroma_embedded import (
     inherited_engine_error,
     note_engine_started,
 )
-from .chroma_marker import MARKER, damaged, left_open, marker_owner, write_marker
+from .chroma_marker import FULL, MARKER, damaged, left_open, marker_owner, write_marker
 from .exact import ExactVectors
 from .lock import ProcessLock
 
@@ -90,12 +90,11 @@ CHROMA_FAILURES: tuple[type[Exception], ...] = (ChromaError, ValueError, httpx.H
 (``mode="http"``), the HTTP client's transport errors (refused, reset, timed out)."""
 _VERIFY_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, OSError)  # OSError: the marker
 _CONNECT_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, OSError, AttributeError)
-_FULL = ("disk is full", "no space left", "storagefull", "errno 28", "disk quota")
 
 
 def chroma_error(exc: Exception, what: str, where: object) -> StorageError:
     """A failed Chroma call as a typed error: :class:`DiskFullError` when its disk is full."""
-    if not any(w in str(exc).lower() for w in _FULL):
+    if not any(w in str(exc).lower() for w in FULL):
         return StorageError(f"{what}: {exc}")
     msg = f"the disk holding the vector index ({where}) is full ({exc}); free space and retry"
     return DiskFullError(f"{what}: {msg} (the memories are kept: the index catches up later)")
@@ -326,7 +325,7 @@ class ChromaConnection:
             client.heartbeat()
             return client
         except _CONNECT_FAILURES as exc:
-            if any(w in str(exc).lower() for w in _FULL):  # not damage: keep the index
+            if any(w in str(exc).lower() for w in FULL):  # not damage: keep the index
                 raise chroma_error(exc, "could not open the vector index", self._where) from exc
             if self._config.mode != "persistent":
                 raise StorageError(

@@ -16,19 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["MARKER", "damaged", "left_open", "marker_owner", "write_marker"]
+__all__ = ["FULL", "MARKER", "damaged", "left_open", "marker_owner", "write_marker"]
 
 MARKER = "helamem-index.json"
-_SPARE = (
-    "disk is full",
-    "no space left",
-    "storagefull",
-    "errno 28",
-    "disk quota",
-    "too many open files",
-    "permission denied",
-    "resource temporarily",
-)
+FULL = ("disk is full", "no space left", "storagefull", "errno 28", "disk quota")
+"""Words of a Chroma error raised for a full disk (not damage: the index is kept)."""
+_SPARE = (*FULL, "too many open files", "permission denied", "resource temporarily")
 
 
 def damaged(exc: Exception) -> bool:
