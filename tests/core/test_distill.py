@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -421,6 +422,68 @@ def test_each_tenant_is_distilled_in_a_prompt_of_its_own(
         assert sorted(("4321" in p, "Rex" in p) for p in prompts) == [(False, True), (True, False)]
         bob = mem.search("door code", ("users", "bob"), k=5, kind="semantic", learn=False)
         assert all("4321" not in h.content for h in bob)
+
+
+def _failing_for(word: str, failure: str) -> Callable[[list[dict[str, str]]], str]:
+    """A model that answers every prompt well except those holding ``word`` (and the
+    repair of its own failed answer)."""
+
+    def answer(messages: list[dict[str, str]]) -> str:
+        if any(word in m["content"] or failure in m["content"] for m in messages):
+            return failure
+        return facts_citing_first_labels(messages)
+
+    return answer
+
+
+def _two_tenants(mem: HelaMemory) -> None:
+    for i in range(4):
+        mem.add(f"the door code of my flat is 4321, I said on day {i}", ("users", "alice"))
+        mem.add(f"I walked my dog Rex in the park on day {i}", ("users", "bob"))
+
+
+@pytest.mark.parametrize("failure", ["litellm.RateLimitError", "not json"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_one_tenants_failed_call_keeps_the_other_tenants_facts(
+    tmp_path: Path, store_config: StoreConfig, failure: str, mode: str
+) -> None:
+    """Review 118 #7: one tenant's failed LLM call discarded the facts already drawn for
+    the other tenants of the consolidation, so a tenant whose answers kept failing held
+    back every tenant under the prefix. Now only the failed tenant's clusters wait."""
+    llm = ScriptedLLM()
+    llm.script = itertools.repeat(_failing_for("Rex", failure))
+    alice, bob = ("users", "alice"), ("users", "bob")
+    with _mem(tmp_path, store_config, llm) as mem:
+        _two_tenants(mem)
+        if mode == "sync":
+            report = mem.consolidate(("users",))
+        else:
+            report = await mem.aconsolidate(("users",))
+        assert report.failed_scopes == (bob,)
+        assert (report.scopes, report.clusters, report.facts_added) == (1, 1, 1)
+        assert (mem.stats(alice).semantic, mem.stats(bob).semantic) == (1, 0)
+        fact = mem.get(report.fact_ids[0])
+        assert fact.scope == alice and "4321" in mem.get(fact.provenance[0]).content
+        llm.calls.clear()
+        llm.script = itertools.repeat(facts_citing_first_labels)  # bob's calls work again
+        again = mem.consolidate(("users",))
+        assert (again.failed_scopes, again.scopes, again.skipped_unchanged) == ((), 1, 1)
+        assert [("Rex" in c["messages"][-1]["content"]) for c in llm.calls] == [True]
+        assert (mem.stats(alice).semantic, mem.stats(bob).semantic) == (1, 1)
+
+
+def test_every_tenants_call_failing_raises_and_writes_nothing(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    llm = ScriptedLLM()
+    llm.script = itertools.repeat("litellm.RateLimitError")
+    with _mem(tmp_path, store_config, llm) as mem:
+        _two_tenants(mem)
+        with pytest.raises(LLMUnavailableError):
+            mem.consolidate(("users",))
+        assert mem.stats().semantic == 0
+        llm.script = itertools.repeat(facts_citing_first_labels)
+        assert mem.consolidate(("users",)).scopes == 2  # both sent again
 
 
 def test_a_repeat_mixing_tenants_does_not_take_the_fact_down_with_it() -> None:

@@ -66,9 +66,13 @@ class UpkeepMethods(OwnedCore):
         without an LLM), de-duplicates against existing facts and stores the
         rest with provenance. The store is not held during the LLM call.
 
+        A scope whose LLM call fails (after retries) is left for the next
+        consolidation and named in ``failed_scopes``; the other scopes' facts are
+        stored (a WARNING is logged per failed scope).
+
         Raises:
-            LLMUnavailableError, LLMResponseError: The LLM failed; no fact was
-                written.
+            LLMUnavailableError, LLMResponseError: The LLM failed for every scope;
+                no fact was written.
 
         Examples:
             >>> report = mem.consolidate(("users", "alice"))   # doctest: +SKIP

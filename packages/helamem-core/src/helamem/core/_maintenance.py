@@ -63,6 +63,10 @@ class ConsolidationReport:
         facts_dropped: Drafts not stored (citing nothing known, mixing scopes,
             or of a cluster that changed or was distilled meanwhile).
         fact_ids: The facts it added or changed, each once.
+        failed_scopes: Scopes whose LLM call failed (after retries): none of their
+            clusters was recorded, so the next consolidation sends them again; the
+            other scopes' facts are stored (when every call fails, ``consolidate``
+            raises instead).
     """
 
     scopes: int = 0
@@ -74,6 +78,7 @@ class ConsolidationReport:
     facts_updated: int = 0
     facts_dropped: int = 0
     fact_ids: tuple[str, ...] = ()
+    failed_scopes: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +324,7 @@ def apply_consolidation(
         for sid, ns in by_scope.items():
             core._reinforce_tx(db, ns, sid, core._ticks([sid])[sid])
         cut: set[int] = getattr(drafts, "cut", set())  # scopes whose answer was cut short
+        failed: dict[int, object] = getattr(drafts, "failed", {})  # scopes not answered
         # each fact is about the first cluster holding an episode it cites (clusters
         # overlap: a shared episode must not mark a cluster the answer never reached)
         reached: set[tuple[int, str]] = set()
@@ -330,6 +336,7 @@ def apply_consolidation(
             c
             for c in plan.clusters
             if (c.scope_id, c.signature) not in stale
+            and c.scope_id not in failed
             and (c.scope_id not in cut or (c.scope_id, c.signature) in reached)
         ]
         for c in recorded:
@@ -346,6 +353,7 @@ def apply_consolidation(
         facts_updated=len(updated),
         facts_dropped=dropped,
         fact_ids=tuple(fact_ids),
+        failed_scopes=tuple(core._scope(sid) for sid in failed),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, LLMError
 from .llm import LLMClient
 from .prompts import DISTILL_FACTS, MAX_FACTS, render_clusters
 
@@ -34,6 +35,8 @@ __all__ = [
     "signature",
     "similarity_edges",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +68,20 @@ class Drafts(list[FactDraft]):
     """A distiller's drafts; ``cut``: the scope nodes whose answer was cut (a truncated
     LLM answer whose complete facts were salvaged). A cluster of such a scope is
     recorded as distilled only when a draft cites one of its own episodes (one no
-    other cluster of that scope holds): the others are sent again."""
+    other cluster of that scope holds): the others are sent again. ``failed``: the
+    scope nodes whose LLM call failed, with the error; none of their clusters is
+    recorded (all are sent again at the next consolidation)."""
 
-    def __init__(self, drafts: Sequence[FactDraft] = (), *, cut: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        drafts: Sequence[FactDraft] = (),
+        *,
+        cut: Sequence[int] = (),
+        failed: Mapping[int, LLMError] | None = None,
+    ) -> None:
         super().__init__(drafts)
         self.cut = set(cut)
+        self.failed: dict[int, LLMError] = dict(failed or {})
 
 
 DISTILLED_FROM = "_helamem_clusters"
@@ -307,24 +319,58 @@ class LLMDistiller:
         return list(out.values())
 
     def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
+        """Drafts of every scope whose call succeeded (see :class:`Drafts` ``failed``).
+
+        Raises:
+            LLMUnavailableError, LLMResponseError: Every scope's call failed (the first
+                scope's error; nothing to write).
+        """
         out = Drafts()
         for group in _by_scope(clusters):  # one call per scope: tenants never share a prompt
             refs, variables = self._request(group)
-            answer = self.client.complete_json(DISTILL_FACTS, **variables)
+            try:
+                answer = self.client.complete_json(DISTILL_FACTS, **variables)
+            except LLMError as exc:  # this tenant only: the others' facts are kept
+                _failed(out, group, exc)
+                continue
             out.extend(self._drafts([(f.text, f.sources) for f in answer.facts], refs, group))
             if answer.salvaged:
                 out.cut.add(group[0].scope_id)
-        return out
+        return _checked(out, clusters)
 
     async def adistill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:
+        """Async :meth:`distill`."""
         out = Drafts()
         for group in _by_scope(clusters):
             refs, variables = self._request(group)
-            answer = await self.client.acomplete_json(DISTILL_FACTS, **variables)
+            try:
+                answer = await self.client.acomplete_json(DISTILL_FACTS, **variables)
+            except LLMError as exc:
+                _failed(out, group, exc)
+                continue
             out.extend(self._drafts([(f.text, f.sources) for f in answer.facts], refs, group))
             if answer.salvaged:
                 out.cut.add(group[0].scope_id)
-        return out
+        return _checked(out, clusters)
+
+
+def _failed(out: Drafts, group: Sequence[ClusterPlan], exc: LLMError) -> None:
+    """Record a scope whose call failed; its clusters are distilled at a later consolidation."""
+    out.failed[group[0].scope_id] = exc
+    logger.warning(
+        "distilling scope node %d (%d clusters) failed; its clusters are sent again at the "
+        "next consolidation: %s",
+        group[0].scope_id,
+        len(group),
+        exc,
+    )
+
+
+def _checked(out: Drafts, clusters: Sequence[ClusterPlan]) -> Drafts:
+    """``out``, or the first failure when every scope's call failed."""
+    if out.failed and len(out.failed) == len({c.scope_id for c in clusters}):
+        raise next(iter(out.failed.values()))
+    return out
 
 
 def _by_scope(clusters: Sequence[ClusterPlan]) -> list[list[ClusterPlan]]:
