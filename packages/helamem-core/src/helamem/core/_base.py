@@ -189,6 +189,7 @@ class CoreBase:
         self.store.open()
         try:
             self._check_embedder()
+            self._check_derived()
             self.index.open(self.embedder.dimension)
             self.reconcile()
         except BaseException:
@@ -227,6 +228,9 @@ class CoreBase:
         if self.config.store is not None or not isinstance(self.store, SQLiteStore):
             raise StorageError("this needs the SQLite graph store; the memory is in PostgreSQL")
         return self.store
+
+    def _check_derived(self) -> None:
+        """Rebuild derived SQLite tables that are gone (see :class:`Core`)."""
 
     def _check_embedder(self) -> None:
         """Refuse vectors of another embedder, or switch to this one (see :class:`Core`)."""

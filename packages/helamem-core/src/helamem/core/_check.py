@@ -17,7 +17,7 @@ kind                   meaning
 ``sqlite_integrity``   ``PRAGMA integrity_check`` failed, or the file is not
                        a readable SQLite database
 ``sqlite_schema``      the database lacks HeLa-Mem's tables (empty file?)
-``fts_integrity``      FTS5's ``integrity-check`` failed
+``fts_integrity``      FTS5's ``integrity-check`` failed, or its tables are missing
 ``fts_missing``        a memory has no full-text row (lexical search misses it)
 ``fts_orphan``         a full-text row has no memory
 ``fts_stale``          a full-text row's text differs from its memory's
@@ -64,6 +64,7 @@ from ._check_report import (
     CheckReport,
     Defect,
 )
+from ._repair import missing_fts
 from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, InvalidInputError, StorageError
@@ -142,6 +143,30 @@ def _json(raw: object) -> dict[str, Any] | None:
     return out if isinstance(out, dict) else None
 
 
+_FTS_UNREADABLE = "the full-text index cannot be read: it is damaged"
+#: The full-text index's rows against the memories: (defect kind, query, message).
+_FTS_ROWS = (
+    (
+        "fts_missing",
+        "SELECT m.id FROM memories m WHERE NOT EXISTS"
+        " (SELECT 1 FROM memories_fts f WHERE f.rowid = m.n) ORDER BY m.n",
+        "memories without a full-text row (lexical search cannot find them)",
+    ),
+    (
+        "fts_orphan",
+        "SELECT f.rowid FROM memories_fts f WHERE NOT EXISTS"
+        " (SELECT 1 FROM memories m WHERE m.n = f.rowid) ORDER BY f.rowid",
+        "full-text rows of no memory",
+    ),
+    (
+        "fts_stale",
+        "SELECT m.id FROM memories m JOIN memories_fts f ON f.rowid = m.n"
+        " WHERE f.content IS NOT m.content ORDER BY m.n",
+        "full-text rows whose text differs from their memory's",
+    ),
+)
+
+
 class _Checker:
     def __init__(self, path: Path, db: sqlite3.Connection) -> None:
         self.path = path
@@ -183,7 +208,7 @@ class _Checker:
                 RESTORE_FIX,
             )
         tables = set(self.col("SELECT name FROM sqlite_master WHERE type = 'table'"))
-        needed = {"meta", "scopes", "memories", "memories_fts", "edges", "tombstones"}
+        needed = {"meta", "scopes", "memories", "edges", "tombstones"}
         if not needed <= tables:
             missing = sorted(needed - tables)
             self.add(
@@ -196,12 +221,24 @@ class _Checker:
             return False
         if "schema_version" in tables:
             self.facts["schema_version"] = self.one("SELECT MAX(version) FROM schema_version")
+        gone = missing_fts(self.db)
+        self.add(
+            "fts_integrity",
+            gone,
+            "the full-text index's tables are missing (lexical search fails until it is "
+            "rebuilt; opening the store rebuilds it)",
+            REINDEX_FIX,
+        )
+        self.facts["fts_gone"] = bool(gone)
         return True
 
     def counts(self) -> None:
         f = self.facts
         f["memories"] = self.one("SELECT COUNT(*) FROM memories")
-        f["fts_rows"] = self.one("SELECT COUNT(*) FROM memories_fts")
+        try:
+            f["fts_rows"] = 0 if f["fts_gone"] else self.one("SELECT COUNT(*) FROM memories_fts")
+        except sqlite3.DatabaseError:  # a damaged full-text index: fts() reports it
+            f["fts_rows"] = 0
         f["edges"] = self.one("SELECT COUNT(*) FROM edges")
         f["scope_nodes"] = self.one("SELECT COUNT(*) FROM scopes")
         f["scopes"] = self.one("SELECT COUNT(DISTINCT scope_id) FROM memories")
@@ -209,56 +246,39 @@ class _Checker:
         f["tombstones"] = self.one("SELECT COUNT(*) FROM tombstones")
 
     def fts(self) -> None:
+        if self.facts["fts_gone"]:
+            return  # reported by sqlite(): nothing to read
+        damaged = False
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 self.db.execute("INSERT INTO memories_fts(memories_fts) VALUES ('integrity-check')")
             finally:
                 self.db.execute("ROLLBACK")
-        except sqlite3.OperationalError as exc:
-            if is_locked(exc):
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and is_locked(exc):
                 raise StorageError(
                     f"helamem check: the store {self.path} stayed locked by a writer for 30 s "
                     f"({exc}); retry when it is idle"
                 ) from exc
-            raise
-        except sqlite3.DatabaseError as exc:
+            damaged = True
             self.add(
                 "fts_integrity",
                 [str(exc)],
                 "FTS5 integrity-check failed: the full-text index is damaged",
                 REINDEX_FIX,
             )
-        missing = self.col(
-            "SELECT m.id FROM memories m WHERE NOT EXISTS"
-            " (SELECT 1 FROM memories_fts f WHERE f.rowid = m.n) ORDER BY m.n"
-        )
-        self.add(
-            "fts_missing",
-            missing,
-            "memories without a full-text row (lexical search cannot find them)",
-            REINDEX_FIX,
-        )
-        orphans = self.col(
-            "SELECT f.rowid FROM memories_fts f WHERE NOT EXISTS"
-            " (SELECT 1 FROM memories m WHERE m.n = f.rowid) ORDER BY f.rowid"
-        )
-        self.add(
-            "fts_orphan",
-            [f"fts row {r}" for r in orphans],
-            "full-text rows of no memory",
-            REINDEX_FIX,
-        )
-        stale = self.col(
-            "SELECT m.id FROM memories m JOIN memories_fts f ON f.rowid = m.n"
-            " WHERE f.content IS NOT m.content ORDER BY m.n"
-        )
-        self.add(
-            "fts_stale",
-            stale,
-            "full-text rows whose text differs from their memory's",
-            REINDEX_FIX,
-        )
+        for kind, sql, message in _FTS_ROWS:
+            try:
+                items = self.col(sql)
+            except sqlite3.DatabaseError as exc:  # too damaged to read its rows
+                if not damaged:
+                    damaged = True
+                    self.add("fts_integrity", [str(exc)], _FTS_UNREADABLE, REINDEX_FIX)
+                continue
+            if kind == "fts_orphan":
+                items = [f"fts row {r}" for r in items]
+            self.add(kind, items, message, REINDEX_FIX)
 
     def edges(self) -> None:
         orphans = self.db.execute(

@@ -18,6 +18,7 @@ from typing import Any
 from ._base import Stats, scope_tag
 from ._ingest import IngestOps, prepare
 from ._reembed import ensure_embedder
+from ._repair import heal_fts
 from ._search import SearchOps
 from .distill import distilled_from
 from .errors import (
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 class Core(IngestOps, SearchOps):
     """Storage-owning implementation of every operation (one thread at a time)."""
+
+    def _check_derived(self) -> None:
+        heal_fts(self)
 
     def _check_embedder(self) -> None:
         """Refuse vectors of another embedder, or (``reembed``) switch to this one."""
