@@ -38,9 +38,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import glob
+import hashlib
 import json
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -217,18 +220,25 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     """Write ``scope`` and the scopes under it to ``path`` (one consistent snapshot).
 
     Rows are streamed; the file appears atomically (written to
-    ``.<name>.<random>.partial`` beside it first, then renamed): exports to one path at once,
-    from several processes, each write their own file, and the last one renamed wins.
+    ``.<name>.<host>-<pid>-<random>.partial`` beside it first, flushed to disk, then
+    renamed, and the rename flushed): exports to one path at once, from several
+    processes, each write their own file, and the last one renamed wins. The partial
+    file of an export killed before its rename is removed by the next export to that
+    path on the same host, once its process is gone.
     """
     prefix = normalize_scope(scope)
     target = Path(path)
     # its own name, short whatever the target's (255 bytes at most on most file systems)
     stem = target.name.encode()[:64].decode(errors="ignore")  # bytes count, not characters
-    partial = target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.partial")
+    _drop_dead_partials(target, stem)
+    partial = target.with_name(f".{stem}.{_owner_tag()}-{uuid.uuid4().hex[:12]}.partial")
     try:
         with core.store.read_tx(), partial.open("w", encoding="ascii", newline="\n") as f:
             counts = _write(core, prefix, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before its name is: a crash leaves no empty backup
         os.replace(partial, target)
+        _fsync_dir(target.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
@@ -245,6 +255,50 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
             partial.unlink(missing_ok=True)
         raise
     return ExportReport(target, prefix, **counts)
+
+
+def _owner_tag() -> str:
+    """``<host>-<pid>``: whose partial export file this is (the host as 8 hex digits)."""
+    host = hashlib.sha1(socket.gethostname().encode(errors="replace")).hexdigest()[:8]
+    return f"{host}-{os.getpid()}"
+
+
+def _drop_dead_partials(target: Path, stem: str) -> None:
+    """Remove the partial files of exports to ``target`` killed before their rename: of
+    this host, by a process that no longer runs (an unknown owner's file is kept)."""
+    host = _owner_tag().split("-")[0]
+    for old in target.parent.glob(f".{glob.escape(stem)}.{host}-*.partial"):
+        pid = old.name[len(stem) + len(host) + 3 :].split("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):  # another export removed it first
+            old.unlink()
+            logger.info("removed %s, the partial file of a killed export", old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename) to disk; a no-op where directories cannot
+    be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system that cannot sync directories
+        pass
+    finally:
+        os.close(fd)
 
 
 # -- import -----------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""An export killed before its rename leaves only a hidden partial file beside the
+target, never a half-written target; the next export to that path on this host
+removes it once its process is gone (a running export's partial file is kept). An
+export is on disk before ``export_scope`` returns: the file is flushed before its
+rename, and the rename after it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
+
+A = ("users", "alice")
+
+_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    from pathlib import Path
+    from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, _portable
+    write = _portable._write
+    def paused(*args):
+        out = write(*args)  # every row written to the partial file, not yet renamed
+        print("written", flush=True)
+        time.sleep(120)  # killed here
+        return out
+    _portable._write = paused
+    with HelaMemory(HelaMemConfig(path=Path(sys.argv[1])), embedder=HashingEmbedder(64)) as m:
+        m.export_scope(("users", "alice"), sys.argv[2])
+    """
+)
+
+
+def _paused_export(store: Path, target: Path) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(store), str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "written"
+    return child
+
+
+def _partials(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".partial"))
+
+
+def test_a_killed_exports_partial_file_goes_at_the_next_export(tmp_path: Path) -> None:
+    store, target = tmp_path / "s", tmp_path / "out" / "alice.jsonl"
+    target.parent.mkdir()
+    with HelaMemory(HelaMemConfig(path=store), embedder=HashingEmbedder(64)) as m:
+        ids = [m.add(f"note {i} about tea", A).id for i in range(50)]
+    killed = _paused_export(store, target)
+    running = _paused_export(store, target)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(30)
+        assert len(_partials(target.parent)) == 2 and not target.exists()
+        assert any(f"-{killed.pid}-" in name for name in _partials(target.parent))
+        with HelaMemory(HelaMemConfig(path=store), embedder=HashingEmbedder(64)) as m:
+            report = m.export_scope(A, target)
+        left = _partials(target.parent)
+        assert len(left) == 1 and f"-{running.pid}-" in left[0]  # a running export's: kept
+    finally:
+        running.kill()
+        running.wait(30)
+    assert report.memories == len(ids)
+    with HelaMemory(HelaMemConfig(path=tmp_path / "t"), embedder=HashingEmbedder(64)) as m:
+        assert m.import_scope(target).memories == len(ids)
+        assert [m.get(i).content for i in ids] == [f"note {i} about tea" for i in range(50)]
+
+
+def test_an_export_is_flushed_before_and_after_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd: int) -> None:
+        events.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        fsync(fd)
+
+    def logged_replace(a: object, b: object) -> None:
+        events.append("rename")
+        replace(a, b)  # type: ignore[arg-type]
+
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
+        m.add("a note about tea", A)
+        monkeypatch.setattr(os, "fsync", logged_fsync)
+        monkeypatch.setattr(os, "replace", logged_replace)
+        m.export_scope(A, tmp_path / "a.jsonl")
+        monkeypatch.undo()
+    assert events == ["fsync file", "rename", "fsync dir"]
