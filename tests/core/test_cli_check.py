@@ -559,3 +559,26 @@ def test_an_unreadable_database_names_no_reindex_for_its_index(
     fixes = {str(d["kind"]): str(d["fix"]) for d in rep["defects"]}  # type: ignore[attr-defined]
     assert code == 1 and "sqlite_integrity" in fixes, fixes
     assert "index_unavailable" in fixes and "reindex" not in fixes["index_unavailable"], fixes
+
+
+@pytest.mark.parametrize("record", ["garbage{", None], ids=["unreadable", "missing"])
+def test_an_unreadable_embedder_record_is_embedder_unknown_and_its_fix_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], record: str | None
+) -> None:
+    """Trial 117 #11: with the embedder record unreadable, check reported every memory as
+    ``vector_missing`` and named ``helamem reindex``, which refuses such a store."""
+    path = tmp_path / "s"
+    ids = _store(path)
+    if record is None:
+        _sql(path, ("DELETE FROM meta WHERE key = 'embedder'", ()))
+    else:
+        _sql(path, ("UPDATE meta SET value = ? WHERE key = 'embedder'", (record,)))
+    code, rep = _check(path, capsys)
+    assert code == 1
+    assert _kinds(rep) == {"embedder_unknown"}
+    assert rep["vectors"] == rep["memories"] == len(ids)
+    fix = rep["defects"][0]["fix"]  # type: ignore[index]
+    assert "--dimension 64" in fix
+    assert main(["stats", str(path), "--embedder", "hashing", "--dimension", "64"]) == 0
+    capsys.readouterr()
+    assert _check(path, capsys)[0] == 0

@@ -34,6 +34,8 @@ kind                   meaning
 ``embedding_missing``  a memory whose stored vector is missing or of the wrong
                        size for the store's embedder
 ``embedder_switch``    a switch of embedder was interrupted
+``embedder_unknown``   memories hold vectors but the store's record of the
+                       embedder that made them is missing or unreadable
 =====================  ======================================================
 
 Pending work is counted, not reported as damage: memories not yet in the
@@ -344,6 +346,27 @@ class _Checker:
             RESTORE_FIX,
         )
 
+    def unknown_embedder(self) -> int | None:
+        """With no readable embedder record: the dimension most stored vectors have
+        (reported as ``embedder_unknown``), or None when no memory holds one."""
+        row = self.db.execute(
+            "SELECT length(embedding) / 4 AS d FROM memories WHERE embedding IS NOT NULL"
+            " GROUP BY d ORDER BY COUNT(*) DESC, d LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        dim = int(row[0])
+        self.add(
+            "embedder_unknown",
+            [f"dimension {dim}"],
+            "the store's record of its embedder is missing or unreadable; its memories "
+            f"hold vectors of dimension {dim}",
+            "open the store once with the embedder that made them, which records it: "
+            f"`helamem stats {{path}} --embedder NAME --dimension {dim}` (NAME: minilm, "
+            "hashing or litellm with --model)",
+        )
+        return dim
+
     def embeddings(self, dim: int | None, switch: dict[str, Any] | None) -> None:
         if switch is not None:
             self.add(
@@ -499,6 +522,8 @@ def check_store(
                 switch = _json(_meta(db, "embedder.switch"))
                 if info is not None:
                     name, dim = str(info.get("name")), int(info.get("dimension", 0))
+                else:
+                    dim = chk.unknown_embedder()
                 chk.fts()
                 chk.edges()
                 chk.facts_cited()

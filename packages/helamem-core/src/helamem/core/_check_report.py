@@ -38,6 +38,7 @@ DEFECT_KINDS: tuple[str, ...] = (
     "scope_orphan",
     "embedding_missing",
     "embedder_switch",
+    "embedder_unknown",
 )
 
 REINDEX_FIX = (
