@@ -262,3 +262,55 @@ def test_a_marker_that_cannot_be_written_fails_the_open_typed(
     monkeypatch.setattr(chroma_connect, "write_marker", refuse)
     with pytest.raises(StorageError, match="Permission denied"):
         HelaMemory(cfg, embedder=HashingEmbedder(64)).search("note", SCOPE, k=1)
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import os, sys, time
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    from pathlib import Path
+    from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+    cfg = HelaMemConfig(path=Path(sys.argv[1]), chroma=ChromaConfig(exact_below=20))
+    mem = HelaMemory(cfg, embedder=HashingEmbedder(64))
+    mem.search("note", ("tenants", "acme"), k=1)  # holds the embedded index
+    print("held", flush=True)
+    time.sleep(120)  # killed here
+    """
+)
+
+
+def test_a_rebuild_that_failed_is_tried_again_at_the_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 123: the index counted as verified from the start of its check, so when
+    the check ran at a later call (the index was held by another process at open, and
+    that process was then killed) and its rebuild failed (a full disk), the process's
+    next calls never rebuilt it: the killed holder's collection, dropped for the
+    rebuild, stayed gone (0 of 400 vectors) and every search of that scope was an exact
+    scan of SQLite (correct, slower) until another process opened the store."""
+    path = tmp_path / "store"
+    cfg = _store(path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    real = chroma_copy.copy_scope
+    calls: list[bool] = []
+
+    def copy(conn: object, key: object, fresh: bool) -> int:
+        calls.append(fresh)
+        if len(calls) == 1:
+            raise InternalError("database or disk is full")
+        return real(conn, key, fresh)  # type: ignore[arg-type]
+
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
+        assert mem.stats().memories == N  # open: the index is another process's
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+        monkeypatch.setattr(chroma_connect, "copy_scope", copy)
+        for _ in range(2):  # the first rebuild fails: searched exactly meanwhile
+            hits = mem.search("note 7 about topic 433 and 7", SCOPE, k=3, learn=False)
+            assert hits.hits and hits.hits[0].content == "note 7 about topic 433 and 7"
+        assert mem.stats().vectors == N
+    assert calls[:2] == [True, True]
+    assert _reopen(path) == {"memories": N, "vectors": N, "misses": 0}

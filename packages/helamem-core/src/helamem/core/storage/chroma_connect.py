@@ -305,7 +305,10 @@ class ChromaConnection:
             if verify:
                 try:
                     self._verify()
-                except _VERIFY_FAILURES as exc:
+                except BaseException as exc:
+                    self._verified = False  # checked again at the next call: not trusted
+                    if not isinstance(exc, _VERIFY_FAILURES):
+                        raise
                     raise chroma_error(
                         exc, "could not check the vector index", self._where
                     ) from exc
