@@ -8,11 +8,14 @@ never recorded its question with the reply.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
+from copy import deepcopy
 from pathlib import Path
 
 import pytest
 from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.base.llms.types import ImageBlock
 from llama_index.core.llms import ChatMessage
 from llama_index.core.llms.mock import MockFunctionCallingLLMWithChatMemoryOfLastCall
 from llama_index.core.storage.chat_store import SimpleChatStore
@@ -289,3 +292,59 @@ async def test_a_second_reply_to_one_question_joins_its_answer(store: HelaMemory
     await block._aput([_u("q"), _a("agent1 says"), _a("agent2 final answer")])
     await block.aclose()
     assert _contents(store, ("u",)) == ["agent1 says\nagent2 final answer", "q"]
+
+
+async def test_replies_to_a_message_without_text_join_no_earlier_turn(store: HelaMemory) -> None:
+    """Helper 127: after a user message without text (an image), its first reply was
+    dropped but the second was added to the turn before it: "You live in Paris." then
+    "A tabby cat, says the second agent." stored as the answer to "where do I live"."""
+    image = ChatMessage(role="user", blocks=[ImageBlock(url="http://x.test/cat.png")])
+    messages = [_u("where do I live"), _a("You live in Paris."), image]
+    messages += [_a("That is a cat."), _a("A tabby cat, says the second agent.")]
+    block = HelaMemMemoryBlock.from_memory(store, scope=("b",))
+    await block._aput(messages)
+    await block.aclose()
+    chat = HelaMemChatMemory.from_defaults(memory=store, scope=("c",))
+    await chat.aput_messages(messages)
+    await chat.aclose()
+    for scope in (("b",), ("c",)):
+        assert _contents(store, scope) == ["You live in Paris.", "where do I live"]
+
+
+@pytest.mark.parametrize("copy", ["to_dict", "pickle", "deepcopy"])
+async def test_a_second_reply_after_the_state_is_saved_is_a_turn_too(
+    store: HelaMemory, copy: str
+) -> None:
+    """Helper 127: the question the last reply answered was not serialized, so a second
+    reply (another agent) put after ``to_dict``/``from_dict``, a pickle or a deepcopy
+    was never recorded; without the copy it is a turn of the same question."""
+    first = HelaMemChatMemory.from_defaults(memory=store, session_id="s", scope=("u",))
+    await first.aput_messages([_u("where do I live"), _a("Paris, says agent one.")])
+    await first.aflush()
+    if copy == "to_dict":
+        again = HelaMemChatMemory.from_dict(first.to_dict())
+    elif copy == "pickle":
+        again = pickle.loads(pickle.dumps(first))
+    else:
+        again = deepcopy(first)
+    await again.aput(_a("Lyon, says agent two."))
+    await again.aclose()
+    await first.aclose()
+    assert _contents(store, ("u",)) == sorted(
+        ["where do I live", "Paris, says agent one.", "where do I live", "Lyon, says agent two."]
+    )
+
+
+async def test_a_retried_last_message_of_a_question_is_taken_once(store: HelaMemory) -> None:
+    """Helper 127: a retry was taken once only for a one-message question; after "I moved
+    to Lyon." it was joined again ("...\\nwhat is my cat called\\nwhat is my cat called")."""
+    messages = [_u("I moved to Lyon."), _u("what is my cat called")]
+    messages += [_u("what is my cat called"), _a("Miso.")]
+    block = HelaMemMemoryBlock.from_memory(store, scope=("b",))
+    await block._aput(messages)
+    await block.aclose()
+    chat = HelaMemChatMemory.from_defaults(memory=store, scope=("c",))
+    await chat.aput_messages(messages)
+    await chat.aclose()
+    for scope in (("b",), ("c",)):
+        assert _contents(store, scope) == ["I moved to Lyon.\nwhat is my cat called", "Miso."]

@@ -227,7 +227,9 @@ def pair_turns(
     skipped; a reply right after a turn's reply in ``messages`` (a second
     agent answering the same question) joins that turn's answer; any other
     reply with no user message before it, or one answering a user message
-    without text (``message_text`` gives ``""``), starts no turn.
+    without text (``message_text`` gives ``""``; every reply until the next user
+    message with text), starts no turn. A user message repeating the last one
+    of the question waiting (a retry) is taken once.
 
     Examples:
         >>> msgs = [ChatMessage(role=r, content=t) for r, t in
@@ -245,13 +247,12 @@ def pair_turns(
                 asked = True
             elif not pending_user:
                 pending_user = text
-            elif pending_user != text:
+            elif pending_user != text and not pending_user.endswith(f"\n{text}"):
                 pending_user = f"{pending_user}\n{text}"
-            # else: the same question again (a retry after a failed call): once
+            # else: its last message again (a retry after a failed call): once
         elif is_final_reply(message):
             if pending_user is None:
-                if asked:  # the reply to a message without text: no turn
-                    asked = False
+                if asked:  # a reply to a message without text: no turn (nor a join)
                     logger.debug("reply to a user message without text: not recorded")
                 elif turns:  # another reply to the question just answered
                     user, answer = turns[-1]

@@ -63,7 +63,7 @@ from ._shared import (
 __all__ = ["TURN_ID", "HelaMemChatMemory"]
 
 
-_INTERNAL = frozenset({"conversation_hash", "conversation_pinned"})
+_INTERNAL = frozenset({"answered", "conversation_hash", "conversation_pinned"})
 """Serialized state that ``from_defaults`` does not take (``conversation_id`` it does)."""
 
 
@@ -133,6 +133,8 @@ class HelaMemChatMemory(BaseMemory):
     request's conversation id) to make copies rebuilt from the same history share it:
     ``set`` then keeps it (``reset`` does not)."""
     conversation_pinned: bool = False
+    answered: str | None = None
+    """The question the last message answered (a second reply is a turn of it); serialized."""
     """Whether :attr:`conversation_id` is the caller's (``set`` keeps it); serialized."""
     conversation_hash: str | None = None
     """The chained hash of the window's messages as they were put (:func:`~._shared.chain_message`;
@@ -149,8 +151,6 @@ class HelaMemChatMemory(BaseMemory):
     _cache: tuple[str, list[Line]] | None = PrivateAttr(default=None)
     _shown: list[Line] = PrivateAttr(default_factory=list)
     _warned: bool = PrivateAttr(default=False)
-    # the question the last message answered: a second reply (two agents) is a turn of it
-    _answered: str | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
         """The window's chained hash, when the state holds none (saved before it existed)."""
@@ -338,13 +338,13 @@ class HelaMemChatMemory(BaseMemory):
             self.conversation_hash = chain_message(before, message)
             if message.role == MessageRole.USER:
                 self._cache = None  # a new question: retrieve afresh
-                self._answered = None
+                self.answered = None
             waiting = self.pending_user
             turns, self.pending_user = pair_turns([message], waiting)
-            if not turns and waiting is None and self._answered and is_final_reply(message):
-                turns = [(self._answered, reply_text(message))]  # a second reply to it
+            if not turns and waiting is None and self.answered and is_final_reply(message):
+                turns = [(self.answered, reply_text(message))]  # a second reply to it
             for user, assistant in turns:
-                self._answered = user
+                self.answered = user
                 jobs.append(
                     {
                         "scope": self.memory_scope,
@@ -519,7 +519,7 @@ class HelaMemChatMemory(BaseMemory):
         self.chat_history = list(messages)
         _, pending = pair_turns(self.chat_history)
         self.pending_user, self.pending_used_ids, self._cache = pending, [], None
-        self._answered = None
+        self.answered = None
         self.conversation_hash = chain_all(self.chat_history)
         if not goes_on:  # another conversation (or a new one: reset): its turns are new
             self.conversation_id, self.conversation_pinned = uuid.uuid4().hex, False
