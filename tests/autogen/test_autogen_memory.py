@@ -30,7 +30,7 @@ from helamem.autogen import HelaMemMemory, HelaMemMemoryConfig
 from helamem.autogen import _convert as convert_module
 from helamem.autogen import config as config_module
 from helamem.autogen import memory as memory_module
-from helamem.core import HashingEmbedder, HelaMemory, NewTurn, StoreClosedError
+from helamem.core import HashingEmbedder, HelaMemory, InvalidInputError, NewTurn, StoreClosedError
 from helamem.core import _inputs as core_inputs
 
 ALICE = ("users", "alice")
@@ -186,6 +186,28 @@ async def test_add_rejects_what_it_cannot_store(
 ) -> None:
     with pytest.raises(ValueError, match=r"TEXT or MARKDOWN|pass a dict"):
         await alice.add(content)
+    assert (await store.astats(ALICE)).episodic == 0
+
+
+@pytest.mark.parametrize("key", ["_helamem_mime_type", "_helamem_turn"])
+async def test_add_refuses_helamems_bookkeeping_keys_it_would_drop(
+    alice: HelaMemMemory, store: SpyMemory, key: str
+) -> None:
+    """Helper 127: your own ``_helamem_mime_type`` or ``_helamem_turn`` was stored and then
+    silently missing from every query result (``ListMemory`` returns it)."""
+    content = MemoryContent(content="tea", mime_type=MemoryMimeType.TEXT, metadata={key: "v"})
+    with pytest.raises(InvalidInputError, match="another key"):
+        await alice.add(content)
+    assert (await store.astats(ALICE)).episodic == 0
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\u200b"])
+async def test_add_of_blank_text_raises_a_value_error(
+    alice: HelaMemMemory, store: SpyMemory, blank: str
+) -> None:
+    """README: blank text is refused (``ListMemory`` stores it; it could never be found)."""
+    with pytest.raises(ValueError, match="visible text"):
+        await alice.add(MemoryContent(content=blank, mime_type=MemoryMimeType.TEXT))
     assert (await store.astats(ALICE)).episodic == 0
 
 

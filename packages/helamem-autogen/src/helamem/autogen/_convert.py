@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from autogen_core.memory import MemoryContent, MemoryMimeType
 from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, UserMessage
 
-from helamem.core import Hit, is_blank
+from helamem.core import Hit, InvalidInputError, is_blank
 
 __all__ = [
     "MIME_KEY",
@@ -288,11 +288,21 @@ def own_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     to its value there, so adding a query result to another memory stores
     none of the first memory's id, scope or score as the caller's.
 
+    Raises:
+        InvalidInputError: ``metadata`` holds a key HeLa-Mem keeps for itself
+            (``_helamem_mime_type``, ``_helamem_turn``): it would silently go.
+
     Examples:
         >>> own_metadata({"tag": "a", "id": "x", "helamem": {"id": "x", "score": 0.5}})
         {'tag': 'a'}
     """
     given = dict(metadata or {})
+    for key in (MIME_KEY, TURN_KEY):
+        if key in given:
+            raise InvalidInputError(
+                f"metadata key {key!r} is reserved for HeLa-Mem's own bookkeeping (it is "
+                "not returned by query); store that value under another key"
+            )
     ours = given.pop("helamem", None)
     if isinstance(ours, Mapping):
         for key, value in ours.items():
