@@ -26,6 +26,7 @@ from langgraph.store.memory import InMemoryStore
 from helamem.core import HelaMemory, InvalidInputError
 from helamem.core import _inputs as core_inputs
 from helamem.langgraph import ID_FIELD, HelaMemStore
+from helamem.langgraph._index import value_texts
 
 NS = ("users", "alice")
 
@@ -90,6 +91,27 @@ def test_index_false_and_index_fields(store: HelaMemStore, memory: HelaMemory) -
     ranked = store.search(NS, query="zebra crossing", limit=10)
     assert ranked[-1].key == "raw" and ranked[-1].score is None
     assert all(i.score is not None for i in ranked[:-1])
+
+
+@pytest.mark.parametrize(
+    ("value", "texts"),
+    [
+        ({"text": "[]"}, ["[]"]),
+        ({"text": "{}"}, ["{}"]),
+        ({"text": '{"name": "Alice"}'}, ['{"name": "Alice"}']),
+        ({"text": "[draft] notes"}, ["[draft] notes"]),
+        ({"text": {"name": "Alice", "n": 3}}, ["3\nAlice"]),  # keys sorted, as LangGraph
+        ({"text": ["a [b]", {"c": "{d}"}]}, ["a [b]\n{d}"]),
+        ({"text": 42}, ["42"]),
+    ],
+)
+def test_a_string_field_holding_json_text_is_indexed_as_that_text(
+    value: dict[str, object], texts: list[str]
+) -> None:
+    """Helper 127: a string that parses as JSON was embedded as its JSON's values: "[]" and
+    "{}" left the item unindexed (``InMemoryStore`` scores it) and '{"name": "Alice"}' was
+    embedded as "Alice". Only an object or array selected is embedded as its values."""
+    assert value_texts(value, ["text"]) == texts
 
 
 def test_field_default_from_store(memory: HelaMemory) -> None:

@@ -65,16 +65,41 @@ def value_texts(value: Mapping[str, Any], paths: Sequence[str]) -> list[str]:
         if path == "$":
             out.append(_join(value))
             continue
-        for t in get_text_at_path(value, path):
-            if t[:1] in "{[":  # an object or array: its values, not its JSON
-                try:
-                    out.append(_join(json.loads(t)))
-                    continue
-                except ValueError:
-                    pass
-            out.append(t)
+        # strings marked, so that one holding JSON text ("[]", '{"a": 1}') is kept as
+        # the text it is, and only a selected object or array gives its values
+        for t in get_text_at_path(_marked(value), path):
+            if t.startswith(_MARK):
+                out.append(t[1:])
+            elif t[:1] in "{[":  # an object or array (its JSON): its values
+                out.append(_join(_unmarked(json.loads(t))))
+            else:  # a number or a boolean
+                out.append(t)
     parts = (t[i : i + MAX_CONTENT_CHARS] for t in out for i in range(0, len(t), MAX_CONTENT_CHARS))
     return list(dict.fromkeys(t for t in parts if not is_blank(t)))
+
+
+_MARK = "\x00"
+
+
+def _marked(obj: Any) -> Any:
+    """``obj`` with every string prefixed by :data:`_MARK` (keys unchanged)."""
+    if isinstance(obj, str):
+        return _MARK + obj
+    if isinstance(obj, Mapping):
+        return {k: _marked(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_marked(v) for v in obj)
+    return obj
+
+
+def _unmarked(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return obj[1:] if obj.startswith(_MARK) else obj
+    if isinstance(obj, Mapping):
+        return {k: _unmarked(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unmarked(v) for v in obj]
+    return obj
 
 
 def _join(obj: Any) -> str:
