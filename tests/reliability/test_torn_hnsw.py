@@ -31,7 +31,7 @@ from chromadb.errors import InternalError
 from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
 from helamem.core._check import check_store
 from helamem.core.errors import StorageError
-from helamem.core.storage import chroma_connect, chroma_copy
+from helamem.core.storage import chroma, chroma_connect, chroma_copy
 
 N = 400
 SCOPE = ("tenants", "acme")
@@ -314,3 +314,86 @@ def test_a_rebuild_that_failed_is_tried_again_at_the_next_call(
         assert mem.stats().vectors == N
     assert calls[:2] == [True, True]
     assert _reopen(path) == {"memories": N, "vectors": N, "misses": 0}
+
+
+_UNREADABLE = (
+    "Error executing plan: Internal error: Error creating hnsw segment reader: Nothing found "
+    "on disk"
+)
+
+
+def test_a_collection_chromadb_lost_is_rebuilt_at_the_write_that_meets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Helper 128: chromadb 1.5 lost small collections' HNSW files when its bounded cache
+    evicted them (40 tenants, deletes, ``max_open_indexes=32``: 6 of 6 seeds); every
+    later write to one raised, so no new vector of ANY scope was indexed (966 rows
+    left unindexed in 40 s) and the next process could not open the store. Now the
+    collection is rebuilt from SQLite at the write that meets it."""
+    cfg = HelaMemConfig(path=tmp_path / "s", chroma=ChromaConfig(exact_below=20))
+    other = ("tenants", "other")
+    real = chroma.write_over
+    failed: list[str] = []
+
+    def write_over(col: Collection, ids: list[str], vectors: object) -> None:
+        if not failed and len(ids) < 10:  # a turn's write, not a load
+            failed.append(str(col.id))
+        if str(col.id) in failed:  # every write to the lost collection, until it goes
+            raise InternalError(_UNREADABLE)
+        real(col, ids, vectors)  # type: ignore[arg-type]
+
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
+        for scope in (SCOPE, other):
+            mem.add_many(NewMemory(f"note {i} of {scope[1]}", scope) for i in range(30))
+        monkeypatch.setattr(chroma, "write_over", write_over)
+        new = [mem.add_turn(s, f"late question {s[1]}", "late answer") for s in (SCOPE, other)]
+        mem.flush()
+        assert failed and mem.stats().vectors == mem.stats().memories == 64
+        for turn, scope in zip(new, (SCOPE, other), strict=True):
+            hits = mem.search(f"late question {scope[1]}", scope, k=1, learn=False)
+            assert hits.ids == [turn[0].id]
+    assert "rebuilding it from the database" in caplog.text
+    assert _reopen_counts(cfg) == (64, 64, 0)
+
+
+def test_one_scopes_failed_index_write_leaves_the_others_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Helper 128: the re-index of pending rows stopped at the first scope whose write
+    failed, so the scopes after it were never indexed either."""
+    cfg = HelaMemConfig(path=tmp_path / "s", chroma=ChromaConfig(exact_below=20, upsert_batch=4096))
+    scopes = [("tenants", str(i)) for i in range(3)]
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
+        for scope in scopes:
+            mem.add_many(NewMemory(f"note {i} of {scope[1]}", scope) for i in range(30))
+    with sqlite3.connect(tmp_path / "s" / "helamem.sqlite3") as db:
+        db.execute("UPDATE memories SET indexed = 0")  # every row waits for its write
+    real = chroma.write_over
+    hit: list[str] = []
+
+    def write_over(col: Collection, ids: list[str], vectors: object) -> None:
+        if not hit:
+            hit.append(col.name)
+            raise InternalError("the server went away")  # no damage: not rebuilt
+        real(col, ids, vectors)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(chroma, "write_over", write_over)
+    mem = HelaMemory(cfg, embedder=HashingEmbedder(64))
+    try:
+        with pytest.raises(StorageError, match="went away"):
+            mem.stats()  # the open re-indexes: one scope fails
+    finally:
+        mem.close()
+    with sqlite3.connect(tmp_path / "s" / "helamem.sqlite3") as db:
+        left = db.execute(
+            "SELECT COUNT(DISTINCT scope_id), COUNT(*) FROM memories WHERE indexed = 0"
+        ).fetchone()
+    assert tuple(left) == (1, 30)  # only the failed scope's rows wait for the next open
+    monkeypatch.undo()
+    assert _reopen_counts(cfg) == (90, 90, 0)
+
+
+def _reopen_counts(cfg: HelaMemConfig) -> tuple[int, int, int]:
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
+        st = mem.stats()
+        return st.memories, st.vectors, st.unindexed

@@ -415,6 +415,7 @@ class CoreBase:
             groups[(r.scope_id, r.kind)].append(r)
         done: list[MemoryRow] = []
         written: list[bytes] = []  # the vectors the index took: a row changed since is not done
+        failed: StorageError | None = None  # raised once the other scopes are written
         for (scope_id, kind), part in groups.items():
             vectors = np.stack(
                 [fresh[r.n] if r.n in fresh else r.vector() for r in part]  # type: ignore[misc]
@@ -426,14 +427,17 @@ class CoreBase:
             except IndexLockedError as exc:
                 logger.debug("scope %d left unindexed for the index's holder: %s", scope_id, exc)
                 continue
-            except StorageError:
-                raise
+            except StorageError as exc:  # this scope's rows stay unindexed (searched exactly)
+                failed = failed or exc
+                continue
             except Exception as exc:  # a custom index's own error type
                 raise StorageError(f"the vector index's upsert failed: {exc!r}") from exc
             done.extend(part)
             written.extend(v.tobytes() for v in vectors)
         if done:
             self.store.mark_indexed([(r.n, r.id) for r in done], 1, written)
+        if failed is not None:
+            raise failed
         return len(done)
 
     def drop_lexical(self) -> None:

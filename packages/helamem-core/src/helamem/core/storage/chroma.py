@@ -63,6 +63,7 @@ from .chroma_connect import (
 )
 from .chroma_copy import write_over
 from .chroma_embedded import forget_system
+from .chroma_marker import damaged
 
 _SEARCH_FAILURES: tuple[type[Exception], ...] = (*CHROMA_FAILURES, StorageError)
 
@@ -228,9 +229,27 @@ class ChromaIndex(ChromaConnection):
             except IndexLockedError as exc:
                 locked = exc
             except CHROMA_FAILURES as exc:
-                raise chroma_error(exc, "Chroma upsert failed", self._where) from exc
+                if self._config.mode != "persistent" or not damaged(exc):
+                    raise chroma_error(exc, "Chroma upsert failed", self._where) from exc
+                self._rebuild(key, exc)  # SQLite holds these rows: the rebuild takes them
         if locked is not None:
             raise locked
+
+    def _rebuild(self, key: tuple[int, str], exc: Exception) -> None:
+        """Drop a collection chromadb can no longer read and build it again from SQLite.
+
+        chromadb 1.5 can lose a small collection's HNSW files when its bounded cache
+        evicts the index before it was written ("Error creating hnsw segment reader:
+        Nothing found on disk"); every later write to it failed, so no new vector of
+        any scope reached the index, and the next open failed.
+        """
+        logger.warning(
+            "the HNSW collection of %s cannot be read (%s); rebuilding it from the database",
+            self._exact.scope_name(key),
+            str(exc)[:160],
+        )
+        self._drop_collection(self._name(*key))
+        self._load(key, fresh=True)
 
     def deferrable(self, keys: Sequence[tuple[int, str]]) -> list[bool]:
         """Per ``(scope node, kind)``: whether its vectors go to an HNSW collection
