@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -484,6 +485,87 @@ def test_every_tenants_call_failing_raises_and_writes_nothing(
         assert mem.stats().semantic == 0
         llm.script = itertools.repeat(facts_citing_first_labels)
         assert mem.consolidate(("users",)).scopes == 2  # both sent again
+
+
+def test_a_tenant_whose_calls_keep_failing_holds_back_no_other(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Helper 126: ``max_clusters`` was filled from the first tenant's clusters, so while
+    its calls kept failing (a provider's content filter) every consolidation of the
+    prefix planned only its clusters and raised: no tenant got a fact. Now each scope
+    gets a cluster in turn, the scopes tried longest ago first."""
+    llm = ScriptedLLM()
+    llm.script = itertools.repeat(_failing_for("alpha", "litellm.RateLimitError"))
+    tenants = [("users", t) for t in ("alpha", "bravo", "charlie")]
+    with _mem(tmp_path, store_config, llm, clusters=3) as mem:
+        for (_, name), topic in itertools.product(tenants, ("cat", "garden", "piano", "boat")):
+            for i in range(4):  # four clusters per tenant: alpha's alone fill max_clusters
+                mem.add(f"{name} talks about the {topic} {name} {topic} again {i}", ("users", name))
+        report = mem.consolidate(("users",))
+        assert report.failed_scopes == (tenants[0],)
+        assert [mem.stats(t).semantic for t in tenants] == [0, 1, 1]
+        distilled = report.clusters
+        for _ in range(6):
+            try:
+                report = mem.consolidate(("users",))
+            except LLMUnavailableError:  # only alpha's clusters are left
+                break
+            assert report.failed_scopes == (tenants[0],)
+            distilled += report.clusters
+        assert distilled == 8  # bravo's four and charlie's four (their facts merge)
+        assert mem.stats(tenants[0]).semantic == 0
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.ReadTimeout("read timed out"), TimeoutError("timed out"), ConnectionResetError()],
+    ids=["httpx-timeout", "timeout", "connection-reset"],
+)
+def test_transport_errors_outside_litellm_are_retried_then_typed(
+    tmp_path: Path, store_config: StoreConfig, failure: Exception
+) -> None:
+    """Helper 126: a ``completion`` raising httpx's or Python's own transport errors
+    escaped raw (``ReadTimeout``, ``TimeoutError``), unretried, and took the other
+    tenants' facts down with it."""
+    calls: list[int] = []
+
+    def completion(**kwargs: Any) -> Any:
+        calls.append(1)
+        raise failure
+
+    cfg = HelaMemConfig(
+        path=tmp_path / "s",
+        store=store_config(tmp_path / "s"),
+        llm=LLMConfig(model="gpt-4o-mini", max_retries=2, backoff_s=0.0),
+    )
+    client = LLMClient(cfg.llm, completion=completion, sleep=lambda s: None)
+    with HelaMemory(cfg, embedder=HashingEmbedder(64), llm=client) as mem:
+        _story(mem)
+        with pytest.raises(LLMUnavailableError, match=type(failure).__name__):
+            mem.consolidate(S)
+        assert len(calls) == 3 and mem.stats().semantic == 0
+
+
+def test_an_answer_without_choices_is_an_invalid_answer(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Helper 126: a response with ``choices=[]`` raised a raw ``IndexError``."""
+
+    def completion(**kwargs: Any) -> Any:
+        resp = litellm.completion(mock_response="{}", **kwargs)
+        resp.choices = []
+        return resp
+
+    cfg = HelaMemConfig(
+        path=tmp_path / "s",
+        store=store_config(tmp_path / "s"),
+        llm=LLMConfig(model="gpt-4o-mini", backoff_s=0.0),
+    )
+    client = LLMClient(cfg.llm, completion=completion, sleep=lambda s: None)
+    with HelaMemory(cfg, embedder=HashingEmbedder(64), llm=client) as mem:
+        _story(mem)
+        with pytest.raises(LLMResponseError, match="after one repair"):
+            mem.consolidate(S)
 
 
 def test_a_repeat_mixing_tenants_does_not_take_the_fact_down_with_it() -> None:

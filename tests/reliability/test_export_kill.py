@@ -6,6 +6,7 @@ rename, and the rename after it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, InvalidInputError
 
 A = ("users", "alice")
 
@@ -99,3 +100,25 @@ def test_an_export_is_flushed_before_and_after_its_rename(
         m.export_scope(A, tmp_path / "a.jsonl")
         monkeypatch.undo()
     assert events == ["fsync file", "rename", "fsync dir"]
+
+
+def test_an_export_over_the_largest_file_allowed_names_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Helper 126: EFBIG (a file size limit, FAT32's 4 GiB) said "pass a path in a
+    writable directory"; the old file stays and no partial file is left."""
+    target = tmp_path / "a.jsonl"
+    target.write_text("old", encoding="ascii")
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
+        m.add("a note about tea", A)
+        real = os.fsync
+
+        def too_big(fd: int) -> None:
+            raise OSError(errno.EFBIG, "File too large")
+
+        monkeypatch.setattr(os, "fsync", too_big)
+        with pytest.raises(InvalidInputError, match="largest file"):
+            m.export_scope(A, target)
+        monkeypatch.setattr(os, "fsync", real)
+    assert target.read_text(encoding="ascii") == "old"
+    assert _partials(tmp_path) == []

@@ -104,6 +104,23 @@ def _mark_key(node: int) -> str:
     return f"consolidated_upto:{node}"
 
 
+def _tried_key(node: int) -> str:
+    """Meta key: when a consolidation last sent this scope node's clusters to distil."""
+    return f"distill_tried:{node}"
+
+
+def _note_tried(core: Core, clusters: Sequence[ClusterPlan]) -> None:
+    """Record that these clusters' scopes are sent to distil now (whether their calls
+    succeed or not), so that the next plan fills ``max_clusters`` from the scopes tried
+    longest ago first: a tenant whose calls keep failing never holds the others back."""
+    if not clusters:
+        return
+    now = repr(time.time())
+    with core.store.tx() as db:
+        for sid in sorted({c.scope_id for c in clusters}):
+            core.store.set_meta(db, _tried_key(sid), now)
+
+
 def _matrix(embs: Sequence[bytes | None], dim: int) -> np.ndarray:
     return (
         np.stack(
@@ -120,16 +137,18 @@ def _matrix(embs: Sequence[bytes | None], dim: int) -> np.ndarray:
 
 
 def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
-    """Add similarity edges for new episodes, find hubs, pick undistilled clusters."""
+    """Add similarity edges for new episodes, find hubs, pick undistilled clusters: at
+    most ``max_clusters``, one per scope in turn, the scopes tried longest ago first."""
     cfg = core.config.consolidation
     store = core.store
     node = store.find_scope(normalize_scope(scope))
     if node is None:
         return ConsolidationPlan((), 0, 0, 0)
     dim = core.embedder.dimension
-    clusters: list[ClusterPlan] = []
+    per_scope: dict[int, list[ClusterPlan]] = {}
     sim_total = hubs_total = skipped = 0
     for sid in store.nodes_holding(store.descendants(node), "episodic"):
+        clusters = per_scope.setdefault(sid, [])
         ns, ids, embs = store.vectors_of(sid, "episodic")
         mat = _matrix(embs, dim)
         mark = int(store.get_meta(_mark_key(sid)) or 0)
@@ -203,7 +222,24 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
                     signature=sig,
                 )
             )
-    return ConsolidationPlan(tuple(clusters), sim_total, hubs_total, skipped)
+    chosen = _fair(core, per_scope, cfg.max_clusters)
+    _note_tried(core, chosen)
+    return ConsolidationPlan(chosen, sim_total, hubs_total, skipped)
+
+
+def _fair(core: Core, per_scope: dict[int, list[ClusterPlan]], cap: int) -> tuple[ClusterPlan, ...]:
+    """At most ``cap`` clusters, one per scope in turn (the scope tried longest ago
+    first: :func:`note_tried`), so that every tenant under a prefix gets its share."""
+    order = sorted(
+        (sid for sid, found in per_scope.items() if found),
+        key=lambda sid: (float(core.store.get_meta(_tried_key(sid)) or 0.0), sid),
+    )
+    out: list[ClusterPlan] = []
+    for rank in range(cap):
+        for sid in order:
+            if len(out) < cap and rank < len(per_scope[sid]):
+                out.append(per_scope[sid][rank])
+    return tuple(out)
 
 
 def apply_consolidation(
@@ -428,7 +464,7 @@ def delete_scope(core: Core, scope: Sequence[str]) -> int:
         rows = store.rows_in_scopes(nodes)
         store.delete_memories(db, rows)
         store.delete_clusters(db, nodes)
-        store.delete_meta(db, [_mark_key(sid) for sid in nodes])
+        store.delete_meta(db, [k(sid) for sid in nodes for k in (_mark_key, _tried_key)])
     try:  # removes the vectors (tombstones)
         core.reconcile()
     except StorageError as exc:  # deleted already: the vectors go at a later reconcile

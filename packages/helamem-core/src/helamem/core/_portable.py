@@ -242,6 +242,12 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     except OSError as exc:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
+        if exc.errno == errno.EFBIG:  # over the file system's (or process's) file size
+            raise InvalidInputError(
+                f"cannot write the export to {target}: the file grew over the largest file "
+                f"this file system or process allows ({exc}); export a smaller scope or to "
+                f"another file system (nothing was written; the store is unchanged)"
+            ) from exc
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk is no bad argument
             raise DiskFullError(
                 f"cannot write the export to {target}: the disk is full ({exc}); free space "

@@ -49,17 +49,23 @@ def import_litellm() -> ModuleType:
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:
-    """The base class of every LiteLLM API error (they subclass openai's)."""
+    """What a failed call raises: every LiteLLM API error (they subclass openai's), and
+    the transport's own errors a provider's client or a custom ``completion`` may let
+    through (httpx's, a timeout, a refused or reset connection)."""
+    import httpx
     import openai
 
-    return (openai.OpenAIError,)
+    return (openai.OpenAIError, httpx.HTTPError, TimeoutError, ConnectionError)
 
 
 def _retryable(exc: BaseException) -> bool:
     """Rate limits, timeouts, connection errors and 5xx are worth retrying."""
+    import httpx
     import openai
 
     if isinstance(exc, openai.RateLimitError | openai.APIConnectionError):
+        return True
+    if isinstance(exc, httpx.TransportError | TimeoutError | ConnectionError):
         return True
     status = getattr(exc, "status_code", None)
     return isinstance(status, int) and (status == 429 or status >= 500)
@@ -242,7 +248,11 @@ class LLMClient:
                     logger.warning("LLM call to %s failed (%s); next model", model, exc)
                     break
                 self._account(model, resp)
-                content = resp.choices[0].message.content
+                try:
+                    content = resp.choices[0].message.content
+                except (AttributeError, IndexError, TypeError):  # no choice: no answer
+                    logger.warning("LLM call to %s returned no choices; treated as empty", model)
+                    content = None
                 return "" if content is None else str(content)
             logger.warning("giving up on model %s", model)
         raise LLMUnavailableError(
