@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, InvalidInputError
+from helamem.core._portable import PARTIAL_IDLE_S
 
 A = ("users", "alice")
 
@@ -66,6 +68,12 @@ def test_a_killed_exports_partial_file_goes_at_the_next_export(tmp_path: Path) -
         killed.wait(30)
         assert len(_partials(target.parent)) == 2 and not target.exists()
         assert any(f"-{killed.pid}-" in name for name in _partials(target.parent))
+        with HelaMemory(HelaMemConfig(path=store), embedder=HashingEmbedder(64)) as m:
+            m.export_scope(A, target)
+        assert len(_partials(target.parent)) == 2  # written to just now: kept a while
+        old = time.time() - PARTIAL_IDLE_S - 1
+        for name in _partials(target.parent):
+            os.utime(target.parent / name, (old, old))
         with HelaMemory(HelaMemConfig(path=store), embedder=HashingEmbedder(64)) as m:
             report = m.export_scope(A, target)
         left = _partials(target.parent)

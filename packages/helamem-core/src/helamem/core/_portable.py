@@ -44,6 +44,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -263,6 +264,11 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     return ExportReport(target, prefix, **counts)
 
 
+PARTIAL_IDLE_S = 600.0
+"""Seconds a partial export file of a dead process must have been left unwritten before
+an export removes it (a host name and pid can repeat in another container on one volume)."""
+
+
 def _owner_tag() -> str:
     """``<host>-<pid>``: whose partial export file this is (the host as 8 hex digits)."""
     host = hashlib.sha1(socket.gethostname().encode(errors="replace")).hexdigest()[:8]
@@ -271,12 +277,16 @@ def _owner_tag() -> str:
 
 def _drop_dead_partials(target: Path, stem: str) -> None:
     """Remove the partial files of exports to ``target`` killed before their rename: of
-    this host, by a process that no longer runs (an unknown owner's file is kept)."""
+    this host, by a process that no longer runs, unwritten for :data:`PARTIAL_IDLE_S`
+    (an unknown owner's file is kept)."""
     host = _owner_tag().split("-")[0]
     for old in target.parent.glob(f".{glob.escape(stem)}.{host}-*.partial"):
         pid = old.name[len(stem) + len(host) + 3 :].split("-")[0]
         if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
+        with contextlib.suppress(OSError):  # written to lately: maybe another container's
+            if time.time() - old.stat().st_mtime < PARTIAL_IDLE_S:
+                continue
         with contextlib.suppress(OSError):  # another export removed it first
             old.unlink()
             logger.info("removed %s, the partial file of a killed export", old)
