@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -514,6 +515,48 @@ def test_a_tenant_whose_calls_keep_failing_holds_back_no_other(
             distilled += report.clusters
         assert distilled == 8  # bravo's four and charlie's four (their facts merge)
         assert mem.stats(tenants[0]).semantic == 0
+
+
+def test_with_one_cluster_per_run_the_tenant_tried_longest_ago_goes_first(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Review 129: with ``max_clusters=1`` only the order "tried longest ago first" moves
+    past a tenant whose calls always fail (sorted by scope, alpha's one cluster was
+    planned every time and every run raised)."""
+    llm = ScriptedLLM()
+    llm.script = itertools.repeat(_failing_for("alpha", "litellm.RateLimitError"))
+    tenants = [("users", t) for t in ("alpha", "bravo", "charlie")]
+    with _mem(tmp_path, store_config, llm, clusters=1) as mem:
+        for (_, name), topic in itertools.product(tenants, ("cat", "garden")):
+            for i in range(4):
+                mem.add(f"{name} talks about the {topic} {name} {topic} again {i}", ("users", name))
+        failed = 0
+        for _ in range(4):
+            try:
+                mem.consolidate(("users",))
+            except LLMUnavailableError:
+                failed += 1
+        assert [mem.stats(t).semantic > 0 for t in tenants] == [False, True, True]
+        assert failed == 2  # alpha's turns: the first run and the fourth
+
+
+@pytest.mark.parametrize("raw", ["garbage", "inf", "nan", "-inf", "1e300", ""])
+def test_an_unreadable_or_future_tried_time_neither_raises_nor_starves(raw: str) -> None:
+    """Review 129: ``float(meta)`` raised on a damaged value (every consolidation of the
+    prefix failed) and a time in the future (a clock set back) put a scope last for good."""
+    from types import SimpleNamespace
+
+    from helamem.core._maintenance import _fair, _tried_key
+
+    def plan(sid: int) -> ClusterPlan:
+        vectors = np.zeros((1, 4), dtype=np.float32)
+        return ClusterPlan(sid, sid, (sid,), (f"e{sid}",), ("t",), ("t",), vectors, "s")
+
+    now = time.time()
+    meta = {_tried_key(1): raw, _tried_key(2): repr(now - 5.0), _tried_key(3): repr(now - 1.0)}
+    core = SimpleNamespace(store=SimpleNamespace(get_meta=meta.get))
+    chosen = _fair(core, {1: [plan(1)], 2: [plan(2)], 3: [plan(3)]}, 3)  # type: ignore[arg-type]
+    assert [c.scope_id for c in chosen] == [1, 2, 3]  # read as never tried: first
 
 
 @pytest.mark.parametrize(

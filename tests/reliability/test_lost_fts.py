@@ -85,3 +85,30 @@ def test_the_rebuild_creates_the_tables_the_migrations_create() -> None:
 
     migrations = norm(" ".join(MIGRATIONS))
     assert all(norm(sql) in migrations for sql in FTS_TABLES.values())
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_store_from_before_the_vocab_migration_is_not_reported_as_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: int
+) -> None:
+    """Review 129: ``check`` of a store written before migration 3 (which creates
+    ``memories_fts_vocab``) reported the table lost, so a v1 or v2 store, healthy
+    before its migrating open, failed the check."""
+    import time
+
+    path = tmp_path / "s"
+    path.mkdir()
+    db = sqlite3.connect(path / "helamem.sqlite3")
+    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for v, sql in enumerate(MIGRATIONS[:version], 1):
+        db.executescript(sql)
+        db.execute("INSERT INTO schema_version VALUES (?, ?)", (v, time.time()))
+    db.commit()
+    db.close()
+    code, rep = _check(path, capsys)
+    assert (code, rep["defects"], rep["schema_version"]) == (0, [], version)
+    _drop(path, "memories_fts")  # what it does have, it must still have
+    code, rep = _check(path, capsys)
+    assert code == 1
+    assert [d["kind"] for d in rep["defects"]] == ["fts_integrity"]  # type: ignore[attr-defined]
+    assert rep["defects"][0]["examples"][0] == "memories_fts"  # type: ignore[index]

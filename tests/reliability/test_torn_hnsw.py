@@ -356,16 +356,23 @@ def test_a_collection_chromadb_lost_is_rebuilt_at_the_write_that_meets_it(
     assert _reopen_counts(cfg) == (64, 64, 0)
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [(30, 30, 30), (1000, 1000, 1000), (2500, 30, 30)],
+    ids=["small", "batches", "big-first"],
+)
 def test_one_scopes_failed_index_write_leaves_the_others_indexed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, int, int]
 ) -> None:
     """Helper 128: the re-index of pending rows stopped at the first scope whose write
-    failed, so the scopes after it were never indexed either."""
+    failed, so the scopes after it were never indexed either. Review 129: it read the
+    rows 2048 at a time and stopped at the first batch that raised, so scopes in later
+    batches stayed unindexed (3 tenants x 1000 rows: the third)."""
     cfg = HelaMemConfig(path=tmp_path / "s", chroma=ChromaConfig(exact_below=20, upsert_batch=4096))
     scopes = [("tenants", str(i)) for i in range(3)]
     with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
-        for scope in scopes:
-            mem.add_many(NewMemory(f"note {i} of {scope[1]}", scope) for i in range(30))
+        for scope, size in zip(scopes, sizes, strict=True):
+            mem.add_many(NewMemory(f"note {i} of {scope[1]}", scope) for i in range(size))
     with sqlite3.connect(tmp_path / "s" / "helamem.sqlite3") as db:
         db.execute("UPDATE memories SET indexed = 0")  # every row waits for its write
     real = chroma.write_over
@@ -388,9 +395,9 @@ def test_one_scopes_failed_index_write_leaves_the_others_indexed(
         left = db.execute(
             "SELECT COUNT(DISTINCT scope_id), COUNT(*) FROM memories WHERE indexed = 0"
         ).fetchone()
-    assert tuple(left) == (1, 30)  # only the failed scope's rows wait for the next open
+    assert tuple(left) == (1, sizes[0])  # only the failed scope's rows wait for the next open
     monkeypatch.undo()
-    assert _reopen_counts(cfg) == (90, 90, 0)
+    assert _reopen_counts(cfg) == (sum(sizes),) * 2 + (0,)
 
 
 def _reopen_counts(cfg: HelaMemConfig) -> tuple[int, int, int]:

@@ -268,12 +268,17 @@ class CoreBase:
             except IndexLockedError as exc:
                 logger.debug("vector deletes left for the index's holder: %s", exc)
         total = after = 0
+        failed: set[int] = set()  # scopes whose write failed: not tried again in this pass
+        error: StorageError | None = None  # raised once every other scope is indexed
         while True:
+            skip = "".join(f" AND scope_id <> {int(sid)}" for sid in sorted(failed))
             with sqlite_errors(self.config.path / "helamem.sqlite3", "reading unindexed failed"):
                 ns = [
                     int(r[0])
                     for r in self.store.db.execute(
-                        "SELECT n FROM memories WHERE indexed = 0 AND n > ? ORDER BY n LIMIT 2048",
+                        "SELECT n FROM memories WHERE indexed = 0 AND n > ?"
+                        + skip
+                        + " ORDER BY n LIMIT 2048",
                         (after,),
                     )
                 ]
@@ -281,13 +286,18 @@ class CoreBase:
                 break
             after = ns[-1]
             rows = self.store.rows_by_n(ns)
-            total += self._index_rows([rows[n] for n in ns if n in rows])
+            try:
+                total += self._index_rows([rows[n] for n in ns if n in rows], failed=failed)
+            except StorageError as exc:  # the next batches hold other scopes' rows
+                error = error or exc
         if total:
             logger.log(
                 logging.DEBUG if expected else logging.INFO,
                 "re-indexed %d memories that had not reached the vector index",
                 total,
             )
+        if error is not None:
+            raise error
         self._needs_reconcile = False
         return total
 
@@ -398,9 +408,14 @@ class CoreBase:
             deferred.clear()
             deferred.update(p[1] for p in pending)
 
-    def _index_rows(self, rows: Sequence[MemoryRow], reembed: bool = False) -> int:
+    def _index_rows(
+        self, rows: Sequence[MemoryRow], reembed: bool = False, failed: set[int] | None = None
+    ) -> int:
         """Embed rows that lack a vector, index them, mark them; returns rows indexed
-        (a scope whose index another process holds is skipped, its rows stay unindexed)."""
+        (a scope whose index another process holds is skipped, its rows stay unindexed).
+
+        Raises :class:`StorageError` once the other scopes are written when one scope's
+        write failed; its scope node is added to ``failed``, where given."""
         if not rows:
             return 0
         dim = self.embedder.dimension
@@ -415,7 +430,7 @@ class CoreBase:
             groups[(r.scope_id, r.kind)].append(r)
         done: list[MemoryRow] = []
         written: list[bytes] = []  # the vectors the index took: a row changed since is not done
-        failed: StorageError | None = None  # raised once the other scopes are written
+        error: StorageError | None = None  # raised once the other scopes are written
         for (scope_id, kind), part in groups.items():
             vectors = np.stack(
                 [fresh[r.n] if r.n in fresh else r.vector() for r in part]  # type: ignore[misc]
@@ -428,7 +443,9 @@ class CoreBase:
                 logger.debug("scope %d left unindexed for the index's holder: %s", scope_id, exc)
                 continue
             except StorageError as exc:  # this scope's rows stay unindexed (searched exactly)
-                failed = failed or exc
+                error = error or exc
+                if failed is not None:
+                    failed.add(scope_id)
                 continue
             except Exception as exc:  # a custom index's own error type
                 raise StorageError(f"the vector index's upsert failed: {exc!r}") from exc
@@ -436,8 +453,8 @@ class CoreBase:
             written.extend(v.tobytes() for v in vectors)
         if done:
             self.store.mark_indexed([(r.n, r.id) for r in done], 1, written)
-        if failed is not None:
-            raise failed
+        if error is not None:
+            raise error
         return len(done)
 
     def drop_lexical(self) -> None:

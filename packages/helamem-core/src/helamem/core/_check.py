@@ -71,7 +71,10 @@ from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, InvalidInputError, StorageError
 from .storage.base import IndexLockedError, VectorIndex
-from .storage.sqlite_schema import is_locked
+from .storage.sqlite_schema import MIGRATIONS, is_locked
+
+#: The schema version that creates ``memories_fts_vocab`` (an older store lacks it).
+_VOCAB_SINCE = next(v for v, sql in enumerate(MIGRATIONS, 1) if "memories_fts_vocab" in sql)
 
 __all__ = [
     "DEFECT_KINDS",
@@ -224,6 +227,9 @@ class _Checker:
         if "schema_version" in tables:
             self.facts["schema_version"] = self.one("SELECT MAX(version) FROM schema_version")
         gone = missing_fts(self.db)
+        version = self.facts.get("schema_version")
+        if isinstance(version, int) and version < _VOCAB_SINCE:  # made by a later migration
+            gone = [t for t in gone if t != "memories_fts_vocab"]
         self.add(
             "fts_integrity",
             gone,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -229,10 +230,11 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
 
 def _fair(core: Core, per_scope: dict[int, list[ClusterPlan]], cap: int) -> tuple[ClusterPlan, ...]:
     """At most ``cap`` clusters, one per scope in turn (the scope tried longest ago
-    first: :func:`note_tried`), so that every tenant under a prefix gets its share."""
+    first: :func:`_note_tried`), so that every tenant under a prefix gets its share."""
+    now = time.time()
     order = sorted(
         (sid for sid, found in per_scope.items() if found),
-        key=lambda sid: (float(core.store.get_meta(_tried_key(sid)) or 0.0), sid),
+        key=lambda sid: (_tried_at(core.store.get_meta(_tried_key(sid)), now), sid),
     )
     out: list[ClusterPlan] = []
     for rank in range(cap):
@@ -240,6 +242,17 @@ def _fair(core: Core, per_scope: dict[int, list[ClusterPlan]], cap: int) -> tupl
             if len(out) < cap and rank < len(per_scope[sid]):
                 out.append(per_scope[sid][rank])
     return tuple(out)
+
+
+def _tried_at(raw: str | None, now: float) -> float:
+    """A scope's last distil attempt (Unix seconds), read leniently: missing, unreadable
+    or not finite is never (0), and so is a time later than ``now`` (a clock set back):
+    such a scope goes first and is noted afresh, rather than last for good."""
+    try:
+        at = float(raw) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
+    return at if math.isfinite(at) and at <= now else 0.0
 
 
 def apply_consolidation(

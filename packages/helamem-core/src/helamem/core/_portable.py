@@ -225,7 +225,8 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     renamed, and the rename flushed): exports to one path at once, from several
     processes, each write their own file, and the last one renamed wins. The partial
     file of an export killed before its rename is removed by the next export to that
-    path on the same host, once its process is gone.
+    path on the same host, once unwritten for :data:`PARTIAL_IDLE_S` and its process
+    is gone (on Windows, by age alone).
     """
     prefix = normalize_scope(scope)
     target = Path(path)
@@ -264,6 +265,8 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     return ExportReport(target, prefix, **counts)
 
 
+_WINDOWS = os.name == "nt"
+
 PARTIAL_IDLE_S = 600.0
 """Seconds a partial export file of a dead process must have been left unwritten before
 an export removes it (a host name and pid can repeat in another container on one volume)."""
@@ -277,27 +280,36 @@ def _owner_tag() -> str:
 
 def _drop_dead_partials(target: Path, stem: str) -> None:
     """Remove the partial files of exports to ``target`` killed before their rename: of
-    this host, by a process that no longer runs, unwritten for :data:`PARTIAL_IDLE_S`
-    (an unknown owner's file is kept)."""
+    this host, unwritten for :data:`PARTIAL_IDLE_S`, by a process that no longer runs
+    (an unknown owner's file is kept). Windows has no harmless liveness probe
+    (``os.kill`` there ends the process), and an open file cannot be removed there, so
+    the age alone decides."""
     host = _owner_tag().split("-")[0]
     for old in target.parent.glob(f".{glob.escape(stem)}.{host}-*.partial"):
         pid = old.name[len(stem) + len(host) + 3 :].split("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        with contextlib.suppress(OSError):  # written to lately: maybe another container's
+        try:  # written to lately: maybe a live export, or another container's
             if time.time() - old.stat().st_mtime < PARTIAL_IDLE_S:
                 continue
+        except OSError:  # another export removed it first
+            continue
+        if _alive(int(pid)):
+            continue
         with contextlib.suppress(OSError):  # another export removed it first
             old.unlink()
             logger.info("removed %s, the partial file of a killed export", old)
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run (True where that cannot be told safely)."""
+    if _WINDOWS:  # os.kill(pid, 0) there would send it CTRL_C_EVENT
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
+    except OSError:  # PermissionError: another user's process; anything else: unsure
         return True
     return True
 

@@ -133,9 +133,9 @@ class HelaMemChatMemory(BaseMemory):
     request's conversation id) to make copies rebuilt from the same history share it:
     ``set`` then keeps it (``reset`` does not)."""
     conversation_pinned: bool = False
+    """Whether :attr:`conversation_id` is the caller's (``set`` keeps it); serialized."""
     answered: str | None = None
     """The question the last message answered (a second reply is a turn of it); serialized."""
-    """Whether :attr:`conversation_id` is the caller's (``set`` keeps it); serialized."""
     conversation_hash: str | None = None
     """The chained hash of the window's messages as they were put (:func:`~._shared.chain_message`;
     serialized, since an agent may rewrite a message of the window in place);
