@@ -339,6 +339,49 @@ def test_out_of_range_values_are_refused_whole(
     assert mem.get(bob.id).content == "bob keeps bees"
 
 
+@pytest.mark.parametrize("cite", ["other tenant", "no memory", "sub scope"])
+def test_a_fact_citing_a_memory_outside_its_scope_in_the_file_is_refused(
+    mem: HelaMemory, tmp_path: Path, cite: str
+) -> None:
+    """Helper 128: import took a fact citing another tenant's episode (which that
+    episode's delete would not take along: deleted content lived on in another tenant's
+    fact) or an episode that exists nowhere (``helamem check`` then failed with
+    ``fact_orphan``). Refused whole, naming the line; the same fact citing its own
+    scope's episode imports, and the store checks clean."""
+    from helamem.core._check import check_store
+
+    mem.add_turn(ALICE, "hello there", "hi")
+    bob = mem.add("bob keeps bees", ("users", "bob"))
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    mem.delete_scope(ALICE)
+    objs = [json.loads(x) for x in path.read_text().splitlines()]
+    objs = [o for o in objs if o["type"] != "edge"]  # the turn's edge would join two scopes
+    objs[-1]["edges"] = 0
+    first, fact = [o for o in objs if o["type"] == "memory"]
+    fact.update(kind="semantic", role=None, provenance=[first["id"]])
+    good = "".join(json.dumps(o) + "\n" for o in objs)
+    if cite == "sub scope":
+        first["scope"] = ["work"]
+    else:
+        fact["provenance"] = {
+            "other tenant": [first["id"], bob.id],
+            "no memory": ["01HZZZZZZZZZZZZZZZZZZZZZZZ"],
+            "not an id": [7],
+        }[cite]
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    with pytest.raises(ExportFormatError, match=f"line 3: memory {fact['id']!r} cites"):
+        mem.import_scope(path)
+    st = mem.stats()
+    assert (st.memories, st.edges, st.vectors, st.semantic) == (1, 0, 1, 0)
+    path.write_text(good)
+    assert mem.import_scope(path).memories == 2
+    assert mem.get(fact["id"]).provenance == (first["id"],)
+    mem.close()
+    if (mem.config.path / "helamem.sqlite3").exists():  # helamem check reads SQLite stores
+        assert check_store(mem.config.path).ok
+
+
 def test_export_of_unknown_scope_is_empty(mem: HelaMemory, tmp_path: Path) -> None:
     rep = mem.export_scope(("nobody",), tmp_path / "e.jsonl")
     assert rep.memories == 0

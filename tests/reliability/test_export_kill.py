@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, InvalidInputError
-from helamem.core._portable import PARTIAL_IDLE_S
+from helamem.core._partial_files import PARTIAL_IDLE_S
 
 A = ("users", "alice")
 
@@ -133,9 +133,9 @@ def test_an_export_over_the_largest_file_allowed_names_that(
 
 
 def _leftover(directory: Path, pid: int, age_s: float) -> Path:
-    from helamem.core._portable import _owner_tag
+    from helamem.core._partial_files import owner_tag
 
-    host = _owner_tag().split("-")[0]
+    host = owner_tag().split("-")[0]
     path = directory / f".a.jsonl.{host}-{pid}-0123456789ab.partial"
     path.write_text("half", encoding="ascii")
     when = time.time() - age_s
@@ -147,7 +147,7 @@ def test_no_process_is_probed_for_a_partial_file_written_lately(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review 129: the liveness probe ran before the age check, for every leftover."""
-    from helamem.core import _portable
+    from helamem.core import _partial_files
 
     probed: list[int] = []
 
@@ -159,7 +159,7 @@ def test_no_process_is_probed_for_a_partial_file_written_lately(
     stale = _leftover(tmp_path, 4_000_002, age_s=PARTIAL_IDLE_S + 5)
     with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
         m.add("a note about tea", A)
-        monkeypatch.setattr(_portable.os, "kill", kill)
+        monkeypatch.setattr(_partial_files.os, "kill", kill)
         m.export_scope(A, tmp_path / "a.jsonl")
         monkeypatch.undo()
     assert probed == [4_000_002]
@@ -171,7 +171,7 @@ def test_on_windows_no_process_is_signalled_and_age_alone_decides(
 ) -> None:
     """Review 129: ``os.kill(pid, 0)`` on Windows sends CTRL_C_EVENT (or ends the
     process); an export there must never call it."""
-    from helamem.core import _portable
+    from helamem.core import _partial_files
 
     def kill(pid: int, sig: int) -> None:
         raise AssertionError(f"os.kill({pid}, {sig}) on Windows")
@@ -180,8 +180,8 @@ def test_on_windows_no_process_is_signalled_and_age_alone_decides(
     stale = _leftover(tmp_path, os.getppid() + 10_000_000, age_s=PARTIAL_IDLE_S + 5)
     with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
         m.add("a note about tea", A)
-        monkeypatch.setattr(_portable, "_WINDOWS", True)
-        monkeypatch.setattr(_portable.os, "kill", kill)
+        monkeypatch.setattr(_partial_files, "_WINDOWS", True)
+        monkeypatch.setattr(_partial_files.os, "kill", kill)
         m.export_scope(A, tmp_path / "a.jsonl")
         monkeypatch.undo()
     assert fresh.exists() and not stale.exists()
@@ -191,7 +191,7 @@ def test_on_windows_no_process_is_signalled_and_age_alone_decides(
 def test_a_probe_that_cannot_tell_keeps_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from helamem.core import _portable
+    from helamem.core import _partial_files
 
     def kill(pid: int, sig: int) -> None:
         raise OSError(errno.EINVAL, "Invalid argument")
@@ -199,7 +199,7 @@ def test_a_probe_that_cannot_tell_keeps_the_file(
     stale = _leftover(tmp_path, 4_000_003, age_s=PARTIAL_IDLE_S + 5)
     with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
         m.add("a note about tea", A)
-        monkeypatch.setattr(_portable.os, "kill", kill)
+        monkeypatch.setattr(_partial_files.os, "kill", kill)
         m.export_scope(A, tmp_path / "a.jsonl")
         monkeypatch.undo()
     assert stale.exists()

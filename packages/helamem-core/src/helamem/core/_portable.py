@@ -38,13 +38,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
-import glob
-import hashlib
 import json
 import logging
 import os
-import socket
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +53,7 @@ import numpy as np
 from . import dynamics
 from ._core import Core, scope_tag
 from ._maintenance import _mark_key
+from ._partial_files import drop_dead_partials, fsync_dir, owner_tag
 from ._portable_read import ExportFormatError, MemoryLine, Reader
 from .errors import DiskFullError, InvalidInputError, StorageError
 from .storage.base import EdgeRow, MemoryRow
@@ -232,15 +229,15 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     target = Path(path)
     # its own name, short whatever the target's (255 bytes at most on most file systems)
     stem = target.name.encode()[:64].decode(errors="ignore")  # bytes count, not characters
-    _drop_dead_partials(target, stem)
-    partial = target.with_name(f".{stem}.{_owner_tag()}-{uuid.uuid4().hex[:12]}.partial")
+    drop_dead_partials(target, stem)
+    partial = target.with_name(f".{stem}.{owner_tag()}-{uuid.uuid4().hex[:12]}.partial")
     try:
         with core.store.read_tx(), partial.open("w", encoding="ascii", newline="\n") as f:
             counts = _write(core, prefix, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before its name is: a crash leaves no empty backup
         os.replace(partial, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
@@ -265,70 +262,6 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     return ExportReport(target, prefix, **counts)
 
 
-_WINDOWS = os.name == "nt"
-
-PARTIAL_IDLE_S = 600.0
-"""Seconds a partial export file of a dead process must have been left unwritten before
-an export removes it (a host name and pid can repeat in another container on one volume)."""
-
-
-def _owner_tag() -> str:
-    """``<host>-<pid>``: whose partial export file this is (the host as 8 hex digits)."""
-    host = hashlib.sha1(socket.gethostname().encode(errors="replace")).hexdigest()[:8]
-    return f"{host}-{os.getpid()}"
-
-
-def _drop_dead_partials(target: Path, stem: str) -> None:
-    """Remove the partial files of exports to ``target`` killed before their rename: of
-    this host, unwritten for :data:`PARTIAL_IDLE_S`, by a process that no longer runs
-    (an unknown owner's file is kept). Windows has no harmless liveness probe
-    (``os.kill`` there ends the process), and an open file cannot be removed there, so
-    the age alone decides."""
-    host = _owner_tag().split("-")[0]
-    for old in target.parent.glob(f".{glob.escape(stem)}.{host}-*.partial"):
-        pid = old.name[len(stem) + len(host) + 3 :].split("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:  # written to lately: maybe a live export, or another container's
-            if time.time() - old.stat().st_mtime < PARTIAL_IDLE_S:
-                continue
-        except OSError:  # another export removed it first
-            continue
-        if _alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):  # another export removed it first
-            old.unlink()
-            logger.info("removed %s, the partial file of a killed export", old)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` may still run (True where that cannot be told safely)."""
-    if _WINDOWS:  # os.kill(pid, 0) there would send it CTRL_C_EVENT
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: another user's process; anything else: unsure
-        return True
-    return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Flush a directory's entries (a rename) to disk; a no-op where directories cannot
-    be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # a file system that cannot sync directories
-        pass
-    finally:
-        os.close(fd)
-
-
 # -- import -----------------------------------------------------------------
 
 
@@ -349,6 +282,7 @@ class _Importer:
         self.reembedded = 0
         self._memories: list[MemoryLine] = []
         self._edges: list[tuple[int, str, str, float, int]] = []  # line, a, b, weight, tick
+        self._cites: list[tuple[int, str, int, list[str]]] = []  # line, id, scope node, cited
 
     def node(self, rel: Scope) -> int:
         sid = self.nodes.get(rel)
@@ -386,6 +320,7 @@ class _Importer:
                 self.cluster(obj)
             elif kind == "end":
                 self.end(obj)
+                self.check_cites()
                 return
             else:
                 raise self.r.error(f"unknown line type {kind!r}")
@@ -445,7 +380,25 @@ class _Importer:
             if m.access_count or m.last_access is not None:
                 self.store.set_access(self.db, n, m.access_count, m.last_access)
             self.kinds.add((m.kind, sid))
+            if m.provenance != "[]":
+                self._cites.append((m.line, m.id, sid, json.loads(m.provenance)))
         self.counts["memories"] += len(batch)
+
+    def check_cites(self) -> None:
+        """Every memory a fact cites is a memory of its scope in the file: a fact
+        citing another scope's episode would outlive that episode's delete (which
+        takes along the facts of its own scope citing it), and one citing no memory
+        may repeat deleted content."""
+        where = self.store.locate(sorted({i for _, _, _, ids in self._cites for i in ids}))
+        for line, fid, sid, ids in self._cites:  # the reader checked: ids are strings
+            for i in ids:
+                if i not in where or where[i][1] != sid:
+                    raise ExportFormatError(
+                        f"{self.r.path} line {line}: memory {fid!r} cites {i!r}, which is not "
+                        f"a memory of its scope in the file; nothing was imported. If the "
+                        f"source store holds such a fact (`helamem check` reports it as "
+                        f"fact_orphan), delete it there (HelaMemory.delete) and export again"
+                    )
 
     def flush_edges(self) -> None:
         batch, self._edges = self._edges, []
@@ -532,6 +485,11 @@ def import_scope(
     kept. Vectors are reused when the export was made with the same embedder
     (name and dimension), else recomputed. The target scope and the scopes
     under it must hold no memories, and no id in the file may exist.
+
+    Raises:
+        ExportFormatError: A line is malformed or holds a value ``add()`` refuses,
+            or a fact cites a memory that is not of its scope in the file.
+        ImportConflictError: The target holds memories or an id exists.
     """
     source = Path(path)
     core.reconcile()  # settle pending vector deletes before ids come back
