@@ -400,6 +400,47 @@ def test_one_scopes_failed_index_write_leaves_the_others_indexed(
     assert _reopen_counts(cfg) == (sum(sizes),) * 2 + (0,)
 
 
+@pytest.mark.parametrize("damage", ["unreadable", "server gone"])
+def test_a_delete_meeting_a_lost_collection_neither_stops_the_others_nor_sticks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    """Helper 128 follow-up: a vector delete meeting a collection chromadb lost raised,
+    so the other scopes' deletes in that batch were skipped and every re-index after it
+    stopped at the deletes (no unindexed row was indexed). Now a lost collection is
+    rebuilt from SQLite (which no longer holds the deleted rows), another failure
+    leaves only that scope's tombstones, and the unindexed rows are indexed anyway."""
+    cfg = HelaMemConfig(path=tmp_path / "s", chroma=ChromaConfig(exact_below=20))
+    scopes = [("tenants", "a"), ("tenants", "b")]
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
+        ids = {
+            s: [m.id for m in mem.add_many(NewMemory(f"note {i} of {s[1]}", s) for i in range(30))]
+            for s in scopes
+        }
+        real = Collection.delete
+        hit: list[str] = []
+
+        def delete(col: Collection, *args: object, **kwargs: object) -> None:
+            if not hit or hit == [col.name]:  # every delete of the first scope met
+                hit[:] = [col.name]
+                raise InternalError(_UNREADABLE if damage == "unreadable" else "server went away")
+            real(col, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Collection, "delete", delete)
+        mem.delete([ids[scopes[0]][0], ids[scopes[1]][0]])  # one call: both scopes' vectors
+        late = mem.add_many(NewMemory(f"late note {i} of b", scopes[1]) for i in range(3))
+        for s in scopes:
+            assert ids[s][0] not in mem.search(f"note 0 of {s[1]}", s, k=5, learn=False).ids
+        assert all(m.id in mem.search(m.content, scopes[1], k=3, learn=False).ids for m in late)
+        st = mem.stats()
+        assert (st.memories, st.unindexed) == (61, 0)
+        if damage == "unreadable":
+            assert st.vectors == 61
+            assert "rebuilding it from the database" in caplog.text
+        monkeypatch.undo()
+    assert _reopen_counts(cfg) == (61, 61, 0)
+    assert check_store(cfg.path).ok
+
+
 def _reopen_counts(cfg: HelaMemConfig) -> tuple[int, int, int]:
     with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
         st = mem.stats()

@@ -259,6 +259,7 @@ class CoreBase:
         if hasattr(self.index, "wants_reconcile"):
             self.index.wants_reconcile = False
         self._set_pending([])  # indexed below with every other unindexed row
+        error: StorageError | None = None  # raised once every other scope is indexed
         gone = self.store.tombstones()
         if gone:
             try:
@@ -267,9 +268,10 @@ class CoreBase:
                 self._readd_vectors([g[0] for g in gone])
             except IndexLockedError as exc:
                 logger.debug("vector deletes left for the index's holder: %s", exc)
+            except StorageError as exc:  # the tombstones stay; the unindexed rows go on
+                error = exc
         total = after = 0
         failed: set[int] = set()  # scopes whose write failed: not tried again in this pass
-        error: StorageError | None = None  # raised once every other scope is indexed
         while True:
             skip = "".join(f" AND scope_id <> {int(sid)}" for sid in sorted(failed))
             with sqlite_errors(self.config.path / "helamem.sqlite3", "reading unindexed failed"):

@@ -298,30 +298,48 @@ class ChromaIndex(ChromaConnection):
     def delete(self, items: Sequence[tuple[str, int, str]]) -> None:
         """Delete ``(id, scope_id, kind)`` entries; unknown ones are ignored.
 
+        A collection chromadb can no longer read is rebuilt from SQLite (which no
+        longer holds the deleted rows) instead; one scope's failure leaves the
+        other scopes' deletes done.
+
         Raises:
             IndexLockedError: Some belong to promoted scopes and another process
                 holds the embedded index (their tombstones stay for it).
+            StorageError: Chroma failed (raised once the other scopes are done).
         """
         groups: dict[tuple[int, str], list[str]] = {}
         for id_, scope_id, kind in items:
             groups.setdefault((int(scope_id), str(kind)), []).append(id_)
         self._exact.forget(list(groups))
         promoted = self._exact.promoted()
-        try:
-            for key, ids in groups.items():
-                if key not in promoted and self._client is None:
-                    continue
-                if key not in promoted and self._name(*key) not in self._cols:
-                    continue
+        error: Exception | None = None
+        for key, ids in groups.items():
+            if key not in promoted and self._client is None:
+                continue
+            if key not in promoted and self._name(*key) not in self._cols:
+                continue
 
-                def drop(key: tuple[int, str] = key, ids: list[str] = ids) -> None:
-                    col = self._collection(key, create=False)
-                    if col is not None:
-                        col.delete(ids=ids)
+            def drop(key: tuple[int, str] = key, ids: list[str] = ids) -> None:
+                col = self._collection(key, create=False)
+                if col is not None:
+                    col.delete(ids=ids)
 
+            try:
                 self._retrying(key, drop)
-        except CHROMA_FAILURES as exc:
-            raise chroma_error(exc, "Chroma delete failed", self._where) from exc
+            except IndexLockedError as exc:
+                error = error or exc
+            except CHROMA_FAILURES as exc:
+                if self._config.mode != "persistent" or not damaged(exc):
+                    error = error or chroma_error(exc, "Chroma delete failed", self._where)
+                    continue
+                try:
+                    self._rebuild(key, exc)
+                except StorageError as again:  # the rebuild failed: the tombstones stay
+                    error = error or again
+                except CHROMA_FAILURES as again:
+                    error = error or chroma_error(again, "Chroma delete failed", self._where)
+        if error is not None:
+            raise error
 
     def query(
         self,
