@@ -410,6 +410,30 @@ def test_missing_stored_vector_is_embedding_missing(
     assert _kinds(rep) == {"embedding_missing", "vector_missing"}
 
 
+def test_an_unindexed_memory_without_a_vector_is_pending_not_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store written by schema version 1 (its rows unindexed, with no stored vector)
+    failed the check with every memory ``embedding_missing`` and the fix "reindex",
+    though the next open embeds and indexes them, as it does any unindexed row."""
+    path = tmp_path / "s"
+    path.mkdir()
+    db = sqlite3.connect(path / "helamem.sqlite3")
+    db.executescript((Path(__file__).parent / "fixtures" / "store_v1.sql").read_text("utf-8"))
+    db.close()
+    code, rep = _check(path, capsys)
+    assert (code, rep["defects"], rep["unindexed"]) == (0, [], rep["memories"])
+    assert rep["schema_version"] == 1
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(256)) as mem:
+        assert mem.stats().unindexed == 0
+    code, rep = _check(path, capsys)
+    assert (code, rep["defects"], rep["unindexed"]) == (0, [], 0)
+    ids = _store(tmp_path / "t")  # an indexed row without one is still reported
+    _sql(tmp_path / "t", ("UPDATE memories SET embedding = NULL WHERE id = ?", (ids[1],)))
+    code, rep = _check(tmp_path / "t", capsys)
+    assert "embedding_missing" in _kinds(rep)
+
+
 def test_memory_of_a_missing_scope_node_is_scope_orphan(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

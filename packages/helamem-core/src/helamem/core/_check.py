@@ -31,8 +31,8 @@ kind                   meaning
 ``fact_orphan``        a fact citing an episode that does not exist (it may
                        repeat deleted content)
 ``scope_orphan``       a memory or scope node whose scope node is missing
-``embedding_missing``  a memory whose stored vector is missing or of the wrong
-                       size for the store's embedder
+``embedding_missing``  an indexed memory whose stored vector is missing or of
+                       the wrong size for the store's embedder
 ``embedder_switch``    a switch of embedder was interrupted
 ``embedder_unknown``   memories hold vectors but the store's record of the
                        embedder that made them is missing or unreadable
@@ -386,8 +386,9 @@ class _Checker:
             return  # vectors of two embedders are expected until then
         if dim is None:
             return
-        bad = self.col(
-            "SELECT id FROM memories WHERE embedding IS NULL OR length(embedding) != ? ORDER BY n",
+        bad = self.col(  # an unindexed row's vector is (re)computed when it is indexed
+            "SELECT id FROM memories WHERE indexed != 0"
+            " AND (embedding IS NULL OR length(embedding) != ?) ORDER BY n",
             (4 * dim,),
         )
         self.add(
