@@ -52,7 +52,7 @@ import json
 import shlex
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -81,7 +81,6 @@ __all__ = [
     "CheckReport",
     "Defect",
     "check_store",
-    "stored_embedder",
 ]
 
 
@@ -97,45 +96,6 @@ def _connect(db_path: Path) -> sqlite3.Connection:
     )
     db.execute("PRAGMA busy_timeout=30000")
     return db
-
-
-def stored_embedder(path: str | Path) -> tuple[str, int, dict[str, Any] | None] | None:
-    """``(name, dimension, switch)`` recorded in the store at ``path``, or ``None``.
-
-    ``switch`` is the unfinished embedder switch (``{"name", "dimension",
-    "done_n"}``) or ``None``. Reads only; ``None`` when the store has no
-    recorded embedder yet.
-
-    Raises:
-        InvalidInputError: There is no store at ``path``.
-        StorageError: The database cannot be read (e.g. corrupt).
-    """
-    from ._reembed import EMBEDDER_KEY, SWITCH_KEY
-    from .storage.sqlite import sqlite_errors
-
-    db_path = Path(path) / DB_NAME
-    if not db_path.is_file():
-        raise InvalidInputError(
-            f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
-        )
-    with (
-        sqlite_errors(db_path, "cannot read the store's embedder"),
-        closing(_connect(db_path)) as db,
-    ):
-        has_meta = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if has_meta is None:
-            return None
-        meta = dict(
-            db.execute(
-                "SELECT key, value FROM meta WHERE key IN (?, ?)", (EMBEDDER_KEY, SWITCH_KEY)
-            ).fetchall()
-        )
-    info = _json(meta.get(EMBEDDER_KEY))
-    if info is None:
-        return None
-    return str(info.get("name")), int(info.get("dimension", 0)), _json(meta.get(SWITCH_KEY))
 
 
 def _json(raw: object) -> dict[str, Any] | None:

@@ -24,11 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import EmbedderConfig
 from .embeddings import MiniLMEmbedder
-from .errors import ConfigError
+from .errors import ConfigError, InvalidInputError
 
 if TYPE_CHECKING:
     from ._base import CoreBase
@@ -41,6 +44,7 @@ __all__ = [
     "ensure_embedder",
     "read_embedder",
     "read_switch",
+    "stored_embedder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -245,3 +249,44 @@ def _switch(
         indexed,
     )
     return count
+
+
+def stored_embedder(path: str | Path) -> tuple[str, int, dict[str, Any] | None] | None:
+    """``(name, dimension, switch)`` recorded in the store at ``path``, or ``None``.
+
+    ``switch`` is the unfinished embedder switch (``{"name", "dimension",
+    "done_n"}``) or ``None``. Reads only; ``None`` when the store has no
+    recorded embedder yet.
+
+    Raises:
+        InvalidInputError: There is no store at ``path``.
+        StorageError: The database cannot be read (e.g. corrupt).
+    """
+    from ._check_report import DB_NAME
+    from .storage.sqlite import sqlite_errors
+
+    db_path = Path(path) / DB_NAME
+    if not db_path.is_file():
+        raise InvalidInputError(
+            f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
+        )
+    with (
+        sqlite_errors(db_path, "cannot read the store's embedder"),
+        closing(  # mode=rw: never create a database where there is none
+            sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=rw", uri=True, timeout=30.0)
+        ) as db,
+    ):
+        has_meta = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if has_meta is None:
+            return None
+        meta = dict(
+            db.execute(
+                "SELECT key, value FROM meta WHERE key IN (?, ?)", (EMBEDDER_KEY, SWITCH_KEY)
+            ).fetchall()
+        )
+    info = _info(meta.get(EMBEDDER_KEY))
+    if info is None:
+        return None
+    return str(info.get("name")), int(info.get("dimension", 0)), _info(meta.get(SWITCH_KEY))

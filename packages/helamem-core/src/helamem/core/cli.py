@@ -282,8 +282,7 @@ def _embedder_config(args: argparse.Namespace, reembed: bool = False) -> Embedde
     """The embedder the options name, or the one the store records."""
     from pydantic import ValidationError
 
-    from ._check import stored_embedder
-    from ._reembed import embedder_config
+    from ._reembed import embedder_config, stored_embedder
     from .config import EmbedderConfig
 
     given = getattr(args, "embedder", None)
