@@ -23,6 +23,7 @@ from helamem.core import (
     ImportConflictError,
     InvalidInputError,
     Memory,
+    MemoryNotFoundError,
     NewMemory,
 )
 from helamem.core.storage.postgres import PG_SCHEMA_VERSION
@@ -339,15 +340,16 @@ def test_out_of_range_values_are_refused_whole(
     assert mem.get(bob.id).content == "bob keeps bees"
 
 
-@pytest.mark.parametrize("cite", ["other tenant", "no memory", "sub scope"])
-def test_a_fact_citing_a_memory_outside_its_scope_in_the_file_is_refused(
+@pytest.mark.parametrize("cite", ["other tenant", "sub scope", "no memory", "one gone"])
+def test_a_fact_citing_a_memory_outside_its_scope_is_refused_one_citing_none_left_out(
     mem: HelaMemory, tmp_path: Path, cite: str
 ) -> None:
     """Helper 128: import took a fact citing another tenant's episode (which that
     episode's delete would not take along: deleted content lived on in another tenant's
-    fact) or an episode that exists nowhere (``helamem check`` then failed with
-    ``fact_orphan``). Refused whole, naming the line; the same fact citing its own
-    scope's episode imports, and the store checks clean."""
+    fact); refused whole now, naming the line. Review 130: a fact citing an episode that
+    exists nowhere (a store from before deletes took such facts along) is left out and
+    counted, as a delete would have taken it, rather than refusing the whole backup.
+    The store checks clean after the import."""
     from helamem.core._check import check_store
 
     mem.add_turn(ALICE, "hello there", "hi")
@@ -367,16 +369,25 @@ def test_a_fact_citing_a_memory_outside_its_scope_in_the_file_is_refused(
         fact["provenance"] = {
             "other tenant": [first["id"], bob.id],
             "no memory": ["01HZZZZZZZZZZZZZZZZZZZZZZZ"],
-            "not an id": [7],
+            "one gone": [first["id"], "01HZZZZZZZZZZZZZZZZZZZZZZZ"],
         }[cite]
     path.write_text("".join(json.dumps(o) + "\n" for o in objs))
-    with pytest.raises(ExportFormatError, match=f"line 3: memory {fact['id']!r} cites"):
-        mem.import_scope(path)
-    st = mem.stats()
-    assert (st.memories, st.edges, st.vectors, st.semantic) == (1, 0, 1, 0)
-    path.write_text(good)
-    assert mem.import_scope(path).memories == 2
-    assert mem.get(fact["id"]).provenance == (first["id"],)
+    if cite in ("other tenant", "sub scope"):
+        with pytest.raises(ExportFormatError, match=f"line 3: memory {fact['id']!r} cites"):
+            mem.import_scope(path)
+        st = mem.stats()
+        assert (st.memories, st.edges, st.vectors, st.semantic) == (1, 0, 1, 0)
+        path.write_text(good)
+        assert mem.import_scope(path).memories == 2
+        assert mem.get(fact["id"]).provenance == (first["id"],)
+    else:
+        report = mem.import_scope(path)
+        assert (report.memories, report.facts_dropped) == (1, 1)
+        assert mem.get(first["id"]).content == first["content"]
+        with pytest.raises(MemoryNotFoundError):
+            mem.get(fact["id"])
+        st = mem.stats()
+        assert (st.memories, st.semantic, st.vectors, st.unindexed) == (2, 0, 2, 0)
     mem.close()
     if (mem.config.path / "helamem.sqlite3").exists():  # helamem check reads SQLite stores
         assert check_store(mem.config.path).ok

@@ -203,3 +203,13 @@ def test_a_probe_that_cannot_tell_keeps_the_file(
         m.export_scope(A, tmp_path / "a.jsonl")
         monkeypatch.undo()
     assert stale.exists()
+
+
+def test_a_leftover_naming_an_impossible_pid_is_kept_and_blocks_nothing(tmp_path: Path) -> None:
+    """Review 130: a pid too large for the OS (a file a tool renamed) raised
+    OverflowError from ``os.kill``, so every export to that path failed."""
+    odd = _leftover(tmp_path, 10**30, age_s=PARTIAL_IDLE_S + 5)
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
+        m.add("a note about tea", A)
+        assert m.export_scope(A, tmp_path / "a.jsonl").memories == 1
+    assert odd.exists()

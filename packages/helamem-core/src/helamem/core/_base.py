@@ -52,6 +52,10 @@ __all__ = ["CoreBase", "Stats", "scope_tag"]
 
 logger = logging.getLogger(__name__)
 
+_SKIP_IN_SQL = 256
+"""Failed scopes a re-index leaves out in its query (more are left out as rows are read:
+one condition per scope would pass SQLite's expression depth of 1,000)."""
+
 _KIND_CODE = {"episodic": 1, "semantic": 2}
 
 
@@ -273,25 +277,29 @@ class CoreBase:
         total = after = 0
         failed: set[int] = set()  # scopes whose write failed: not tried again in this pass
         while True:
-            skip = "".join(f" AND scope_id <> {int(sid)}" for sid in sorted(failed))
+            skip = sorted(failed)[:_SKIP_IN_SQL]  # the rest are left out below
+            where = f" AND scope_id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
             with sqlite_errors(self.config.path / "helamem.sqlite3", "reading unindexed failed"):
                 ns = [
                     int(r[0])
                     for r in self.store.db.execute(
-                        "SELECT n FROM memories WHERE indexed = 0 AND n > ?"
-                        + skip
-                        + " ORDER BY n LIMIT 2048",
-                        (after,),
+                        f"SELECT n FROM memories WHERE indexed = 0 AND n > ?{where}"
+                        " ORDER BY n LIMIT 2048",
+                        (after, *skip),
                     )
                 ]
             if not ns:
                 break
             after = ns[-1]
             rows = self.store.rows_by_n(ns)
+            todo = [rows[n] for n in ns if n in rows and rows[n].scope_id not in failed]
+            before = len(failed)
             try:
-                total += self._index_rows([rows[n] for n in ns if n in rows], failed=failed)
-            except StorageError as exc:  # the next batches hold other scopes' rows
-                error = error or exc
+                total += self._index_rows(todo, failed=failed)
+            except StorageError as exc:
+                if len(failed) == before:  # not a scope's index write: SQLite's, say
+                    raise
+                error = error or exc  # the next batches hold other scopes' rows
         if total:
             logger.log(
                 logging.DEBUG if expected else logging.INFO,

@@ -60,7 +60,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # PermissionError: another user's process; anything else: unsure
+    except (OSError, OverflowError):  # another user's process; a pid no process can have
         return True
     return True
 

@@ -97,7 +97,9 @@ class ExportReport:
 
 @dataclass(frozen=True, slots=True)
 class ImportReport:
-    """What :func:`import_scope` wrote (``reembedded``: vectors recomputed)."""
+    """What :func:`import_scope` wrote (``reembedded``: vectors recomputed;
+    ``facts_dropped``: facts left out because a memory they cite exists nowhere, as a
+    delete of that memory would have taken them)."""
 
     path: Path
     scope: Scope
@@ -106,6 +108,7 @@ class ImportReport:
     scopes: int = 0
     clusters: int = 0
     reembedded: int = 0
+    facts_dropped: int = 0
 
 
 # -- export -----------------------------------------------------------------
@@ -280,6 +283,7 @@ class _Importer:
         self._tags: dict[tuple[str, int], str] = {}
         self.counts = {"memories": 0, "edges": 0, "scopes": 0, "clusters": 0}
         self.reembedded = 0
+        self.facts_dropped = 0
         self._memories: list[MemoryLine] = []
         self._edges: list[tuple[int, str, str, float, int]] = []  # line, a, b, weight, tick
         self._cites: list[tuple[int, str, int, list[str]]] = []  # line, id, scope node, cited
@@ -385,20 +389,34 @@ class _Importer:
         self.counts["memories"] += len(batch)
 
     def check_cites(self) -> None:
-        """Every memory a fact cites is a memory of its scope in the file: a fact
-        citing another scope's episode would outlive that episode's delete (which
-        takes along the facts of its own scope citing it), and one citing no memory
-        may repeat deleted content."""
+        """Every memory a fact cites must be a memory of its scope in the file: a fact
+        citing another scope's memory (it would outlive that memory's delete, which
+        takes along the facts of its own scope) refuses the file. A fact citing a
+        memory that exists nowhere (deleted before deletes took the facts citing it
+        along: ``helamem check``'s ``fact_orphan``) may repeat deleted content: it is
+        left out, as a delete would have taken it, and counted (WARNING)."""
         where = self.store.locate(sorted({i for _, _, _, ids in self._cites for i in ids}))
+        orphans: list[str] = []
         for line, fid, sid, ids in self._cites:  # the reader checked: ids are strings
-            for i in ids:
-                if i not in where or where[i][1] != sid:
-                    raise ExportFormatError(
-                        f"{self.r.path} line {line}: memory {fid!r} cites {i!r}, which is not "
-                        f"a memory of its scope in the file; nothing was imported. If the "
-                        f"source store holds such a fact (`helamem check` reports it as "
-                        f"fact_orphan), delete it there (HelaMemory.delete) and export again"
-                    )
+            if any(i not in where for i in ids):
+                orphans.append(fid)
+            elif stray := next((i for i in ids if where[i][1] != sid), None):
+                raise ExportFormatError(
+                    f"{self.r.path} line {line}: memory {fid!r} cites {stray!r}, a memory "
+                    f"of another scope; nothing was imported. Pass an unmodified file "
+                    f"written by HelaMemory.export_scope()"
+                )
+        if orphans:
+            self.core._delete_tx(self.db, orphans)  # by the delete's own rules
+            self.counts["memories"] -= len(orphans)
+            self.facts_dropped = len(orphans)
+            logger.warning(
+                "import of %s: left out %d facts citing memories that no longer exist "
+                "(they may repeat deleted content), e.g. %s",
+                self.r.path,
+                len(orphans),
+                orphans[0],
+            )
 
     def flush_edges(self) -> None:
         batch, self._edges = self._edges, []
@@ -488,7 +506,8 @@ def import_scope(
 
     Raises:
         ExportFormatError: A line is malformed or holds a value ``add()`` refuses,
-            or a fact cites a memory that is not of its scope in the file.
+            or a fact cites a memory of another scope (a fact citing a memory that
+            exists nowhere is left out: ``ImportReport.facts_dropped``).
         ImportConflictError: The target holds memories or an id exists.
     """
     source = Path(path)
@@ -535,4 +554,6 @@ def import_scope(
     except StorageError as exc:
         core._needs_reconcile = True
         logger.warning("vector index update failed, will re-index on next use: %s", exc)
-    return ImportReport(source, target, reembedded=imp.reembedded, **imp.counts)
+    return ImportReport(
+        source, target, reembedded=imp.reembedded, facts_dropped=imp.facts_dropped, **imp.counts
+    )

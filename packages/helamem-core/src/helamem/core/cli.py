@@ -476,6 +476,11 @@ def _cmd_import(args: argparse.Namespace) -> int:
         f"imported {json.dumps(list(r.scope))}: {r.memories} memories, {r.edges} edges, "
         f"{r.scopes} scopes, {r.clusters} clusters ({r.reembedded} vectors recomputed) "
         f"from {r.path}"
+        + (
+            f"; left out {r.facts_dropped} facts citing memories that no longer exist"
+            if r.facts_dropped
+            else ""
+        )
     )
     return 0
 
