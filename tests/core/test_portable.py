@@ -393,10 +393,21 @@ def test_a_fact_citing_a_memory_outside_its_scope_is_refused_one_citing_none_lef
         assert check_store(mem.config.path).ok
 
 
-def test_export_of_unknown_scope_is_empty(mem: HelaMemory, tmp_path: Path) -> None:
-    rep = mem.export_scope(("nobody",), tmp_path / "e.jsonl")
+def test_export_of_an_unknown_scope_is_refused_an_emptied_one_is_empty(
+    mem: HelaMemory, tmp_path: Path
+) -> None:
+    """Helper 131: a misspelt scope (``users/alise``) wrote an empty export and said so
+    with exit code 0, so a backup script kept writing empty backups."""
+    mem.add("alice likes tea", ALICE)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(InvalidInputError, match=r"no scope \('users', 'alise'\)"):
+        mem.export_scope(("users", "alise"), out / "e.jsonl")
+    assert list(out.iterdir()) == []  # nothing written, no partial file left
+    mem.delete_scope(ALICE)  # a scope that held memories: its export is empty, as it is
+    rep = mem.export_scope(ALICE, out / "e.jsonl")
     assert rep.memories == 0
-    assert mem.import_scope(tmp_path / "e.jsonl").memories == 0
+    assert mem.import_scope(out / "e.jsonl").memories == 0
 
 
 def test_two_exports_to_one_path_at_once_leave_one_whole_file(

@@ -167,7 +167,8 @@ class UpkeepMethods(OwnedCore):
             What was written (counts of memories, edges, scopes, clusters).
 
         Raises:
-            InvalidInputError: The scope is malformed or the path not writable.
+            InvalidInputError: The scope is malformed, not in the store (a typo:
+                nothing is written), or the path not writable.
             DiskFullError: The disk filled up while writing (nothing is left behind).
 
         Examples:

@@ -229,6 +229,12 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     is gone (on Windows, by age alone).
     """
     prefix = normalize_scope(scope)
+    if core.store.find_scope(prefix) is None:  # a typo must not write an empty backup
+        raise InvalidInputError(
+            f"no scope {prefix!r} in this store, nor any under it; nothing was written. "
+            f"Check the scope's spelling: HelaMemory.list_scopes() lists the scopes "
+            f"holding memories"
+        )
     target = Path(path)
     # its own name, short whatever the target's (255 bytes at most on most file systems)
     stem = target.name.encode()[:64].decode(errors="ignore")  # bytes count, not characters
