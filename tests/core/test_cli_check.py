@@ -17,6 +17,7 @@ from helamem.core import (
     HashingEmbedder,
     HelaMemConfig,
     HelaMemory,
+    NewMemory,
 )
 from helamem.core._check import DEFECT_KINDS, check_store
 from helamem.core.cli import main
@@ -432,6 +433,34 @@ def test_an_unindexed_memory_without_a_vector_is_pending_not_missing(
     _sql(tmp_path / "t", ("UPDATE memories SET embedding = NULL WHERE id = ?", (ids[1],)))
     code, rep = _check(tmp_path / "t", capsys)
     assert "embedding_missing" in _kinds(rep)
+
+
+def test_a_damaged_page_is_reported_and_what_still_reads_is_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Helper 131: one damaged page that ``PRAGMA integrity_check`` could not read past
+    made ``check`` report "the SQLite file cannot be read" with 0 memories, schema and
+    embedder unknown, while every memory still read (an export took them all)."""
+    path = tmp_path / "s"
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        m.add_many(NewMemory(f"note {i} about cats and tea", A) for i in range(3000))
+    db = sqlite3.connect(path / "helamem.sqlite3")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size, pages = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count"))
+    db.close()
+    with (path / "helamem.sqlite3").open("r+b") as f:
+        f.seek((pages - 3) * size)  # a page of the full-text index's, past the memories
+        f.write(b"\xff" * size)
+    code, rep = _check(path, capsys)
+    assert code == 1
+    assert (rep["memories"], rep["schema_version"], rep["embedder"]) == (3000, 9, "hashing-64 (64)")
+    assert "sqlite_integrity" in _kinds(rep)
+    garbage = tmp_path / "g"
+    garbage.mkdir()
+    (garbage / "helamem.sqlite3").write_bytes(b"not sqlite at all" * 100)
+    code, rep = _check(garbage, capsys)
+    found = {d["kind"]: d for d in rep["defects"]}  # type: ignore[attr-defined]
+    assert code == 1 and "not a SQLite database" in found["sqlite_integrity"]["message"]
 
 
 def test_memory_of_a_missing_scope_node_is_scope_orphan(

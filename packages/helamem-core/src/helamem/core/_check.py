@@ -162,9 +162,12 @@ class _Checker:
         """Integrity and schema; False when nothing further can be read."""
         try:
             problems = [str(r[0]) for r in self.db.execute("PRAGMA integrity_check")]
-        except sqlite3.DatabaseError as exc:
-            self.add("sqlite_integrity", [str(exc)], "the SQLite file cannot be read", RESTORE_FIX)
-            return False
+        except sqlite3.DatabaseError as exc:  # damage it could not read past
+            if "not a database" in str(exc):
+                why = "the file is not a SQLite database"
+                self.add("sqlite_integrity", [str(exc)], why, RESTORE_FIX)
+                return False
+            problems = [str(exc)]  # the rest may read: what does is counted below
         if problems != ["ok"]:
             self.add(
                 "sqlite_integrity",

@@ -289,7 +289,18 @@ class HelaMemory(UpkeepMethods):
         return self._call(KeepsPending(lambda c: c.get(id)), what="get")
 
     def delete(self, ids: str | Iterable[str]) -> int:
-        """Delete memories with their edges and vectors; all or nothing."""
+        """Delete memories with their edges and vectors; all or nothing.
+
+        The facts citing a deleted episode (they may repeat its content) are
+        deleted with it, and their clusters distilled again later.
+
+        Returns:
+            The number of distinct ids deleted; the facts deleted along with them
+            are not counted (``stats()`` shows them gone).
+
+        Raises:
+            MemoryNotFoundError: An id is not a memory (nothing was deleted).
+        """
         ids_ = ids_arg(ids)
         return self._call(lambda c: c.delete(ids_), what="delete")
 
