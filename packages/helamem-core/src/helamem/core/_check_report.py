@@ -51,8 +51,9 @@ FACT_FIX = (
     "distils the surviving episodes again"
 )
 RESTORE_FIX = (
-    "restore helamem.sqlite3 from a backup, or export what still reads with "
-    "`helamem export {path} --scope ... --out FILE` and import it into a new store"
+    "restore helamem.sqlite3 from a backup, or, if the store still opens, export what "
+    "still reads with `helamem export {path} --scope ... --out FILE` and import it into "
+    "a new store"
 )
 
 

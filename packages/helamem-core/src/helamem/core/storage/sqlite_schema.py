@@ -277,8 +277,9 @@ def storage_error(exc: sqlite3.Error, path: Path, what: str) -> StorageError:
     if any(w in low for w in _CORRUPT) or code in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
         return CorruptStoreError(
             f"{what}: the SQLite store {path} is corrupt ({text}); run `helamem check "
-            f"{path.parent}` to see what is damaged, and restore helamem.sqlite3 from a "
-            f"backup (the vector index is derived: `helamem reindex {path.parent}` rebuilds it)"
+            f"{path.parent}` to see what is damaged, restore helamem.sqlite3 from a backup "
+            f"(an export: import it into a new store), then run `helamem reindex "
+            f"{path.parent}` to rebuild the vector index, which derives from it"
         )
     if is_locked(exc):
         return StorageError(
