@@ -348,3 +348,15 @@ async def test_a_retried_last_message_of_a_question_is_taken_once(store: HelaMem
     await chat.aclose()
     for scope in (("b",), ("c",)):
         assert _contents(store, scope) == ["I moved to Lyon.\nwhat is my cat called", "Miso."]
+
+
+async def test_a_message_equal_to_the_last_line_of_the_one_before_is_kept(
+    store: HelaMemory,
+) -> None:
+    """Review 129: a user message equal to the last line of the previous (multi-line)
+    message was taken for a retry of it and dropped ("my list:\\nmilk", "milk")."""
+    messages = [_u("my list:\nmilk"), _u("milk"), _a("Noted.")]
+    block = HelaMemMemoryBlock.from_memory(store, scope=("b",))
+    await block._aput(messages)
+    await block.aclose()
+    assert _contents(store, ("b",)) == ["Noted.", "my list:\nmilk\nmilk"]

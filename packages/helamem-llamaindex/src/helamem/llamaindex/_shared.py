@@ -240,15 +240,16 @@ def pair_turns(
     """
     turns: list[tuple[str, str]] = []
     asked = False  # a user message without text since the last reply
+    last: str | None = None  # the waiting question's last message, when seen in this call
     for message in messages:
         if message.role == MessageRole.USER:
             text = message_text(message)
             if not text:
                 asked = True
             elif not pending_user:
-                pending_user = text
-            elif pending_user != text and not pending_user.endswith(f"\n{text}"):
-                pending_user = f"{pending_user}\n{text}"
+                pending_user = last = text
+            elif text != last if last is not None else not _ends_with(pending_user, text):
+                pending_user, last = f"{pending_user}\n{text}", text
             # else: its last message again (a retry after a failed call): once
         elif is_final_reply(message):
             if pending_user is None:
@@ -261,8 +262,14 @@ def pair_turns(
                     logger.debug("assistant message with no user message before it: not recorded")
                 continue
             turns.append((pending_user, reply_text(message)))
-            pending_user, asked = None, False
+            pending_user, asked, last = None, False, None
     return turns, pending_user
+
+
+def _ends_with(waiting: str, text: str) -> bool:
+    """Whether ``text`` may be the last message of the question ``waiting`` (its messages
+    were joined by a previous call: only its end can be compared)."""
+    return waiting == text or waiting.endswith(f"\n{text}")
 
 
 def count_tokens(text: str) -> int:
