@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import itertools
 import json
 import sys
@@ -329,6 +330,73 @@ def test_a_turn_replayed_from_an_earlier_checkpoint_is_not_recorded_again(
     mem.close()
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_thread_id_used_again_after_delete_thread_records_its_own_turns(
+    tmp_path: Path, new_memory: Any, mode: str
+) -> None:
+    """Helper 133: turns went with ``unique_on=(thread_id, message_id)`` for good, so after
+    ``delete_thread`` a new conversation on the same thread id whose messages had the ids
+    of the first ("1", a client's per-thread ids) was silently not recorded. Now a thread's
+    turns carry its epoch (the id of its first checkpoint): a new thread of that id
+    records its own, and a replay within one epoch still records nothing twice."""
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
+    with TurnRecorder(mem) as rec:
+        cp = HelaMemCheckpointer(rec, saver)
+        graph = _counting_graph(cp)
+        graph.invoke({"messages": [HumanMessage("my cat is Tom", id="1")]}, cfg)
+        if mode == "sync":
+            cp.delete_thread("t1")
+        else:
+            asyncio.run(cp.adelete_thread("t1"))
+        graph.invoke({"messages": [HumanMessage("my dog is Rex", id="1")]}, cfg)
+        first = next(s for s in graph.get_state_history(cfg) if s.next == ("bot",))
+        graph.invoke(None, first.config)  # a replay within the new epoch: nothing new
+        rec.flush_sync()
+    assert _turn_texts(mem, ("users", "alice")) == [
+        "answer 0",
+        "answer 1",
+        "my cat is Tom",
+        "my dog is Rex",
+    ]
+    mem.close()
+
+
+def test_a_thread_stamped_before_epochs_keeps_its_turn_identity(
+    tmp_path: Path, new_memory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread whose checkpoints were stamped by a version without epochs: its turns
+    were stored under ``(thread_id, message_id)``; a replay of one now (the stamps carry
+    no epoch) must find it, not record it again."""
+    from helamem.langgraph import checkpoint
+    from helamem.langgraph._scopes import ScopeBook
+
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    cfg: Any = {"configurable": {"thread_id": "t1"}}
+    stamp, identity = ScopeBook.stamp, checkpoint.identity
+
+    def old_stamp(self: Any, metadata: Any, config: Any, got: Any) -> Any:
+        return stamp(self, metadata, config, dataclasses.replace(got, epoch=None))
+
+    with TurnRecorder(mem) as rec:  # the version before epochs: no epoch stamped or stored
+        monkeypatch.setattr(ScopeBook, "stamp", old_stamp)
+        monkeypatch.setattr(checkpoint, "identity", lambda t, k, e=None: identity(t, k))
+        old = _counting_graph(HelaMemCheckpointer(rec, saver))
+        old.invoke({"messages": [HumanMessage("question A", id="h1")]}, cfg)
+        rec.flush_sync()
+        monkeypatch.undo()
+        graph = _counting_graph(HelaMemCheckpointer(rec, saver))  # the new version
+        before_a = next(s for s in graph.get_state_history(cfg) if s.next == ("bot",))
+        graph.invoke(None, before_a.config)  # answers A again
+        rec.flush_sync()
+    assert _turn_texts(mem, ("threads", "t1")) == ["answer 0", "question A"]
+    [stored] = mem.find_ids(("threads", "t1"), metadata={"thread_id": "t1", "message_id": "h1"})[:1]
+    assert "thread_epoch" not in mem.get(stored).metadata
+    mem.close()
+
+
 class _NoReducer(TypedDict):
     messages: list[Any]  # no add_messages: each input replaces the list
     title: str
@@ -486,11 +554,13 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
     meta = next(iter(saver.list(login))).metadata
     assert meta is not None
     stamp = json.loads(meta[SCOPE_KEY])  # type: ignore[literal-required]
+    first = list(saver.list(login))[-1]  # the thread's first checkpoint: its epoch
     assert stamp == {
         "thread": "t1",
         "scope": ["users", "alice"],
         "keys": {"user_id": "alice"},
         "asker": {"scope": ["users", "alice"]},
+        "epoch": first.config["configurable"]["checkpoint_id"],
     }
     mem.close()
 

@@ -53,11 +53,12 @@ logger = logging.getLogger(__name__)
 SCOPE_KEY = "helamem_scope"
 """The checkpoint metadata key that holds, as a JSON string (savers that keep only
 scalar metadata keep it), ``{"thread": thread_id, "scope": [...] or None, "keys": {...},
-"asker": {"scope": [...] or None}}``: the scope of the thread's turns when the checkpoint
-was written (``None``: the scope function gave none), the configurable keys (str, int,
-float or bool values) of the run its scope came from, which decide the scope of a copy of
-the thread (``copy_thread``), and the scope of the latest run that started with keys of
-its own (absent: none)."""
+"asker": {"scope": [...] or None}, "epoch": checkpoint_id}``: the scope of the thread's
+turns when the checkpoint was written (``None``: the scope function gave none), the
+configurable keys (str, int, float or bool values) of the run its scope came from, which
+decide the scope of a copy of the thread (``copy_thread``), the scope of the latest run
+that started with keys of its own (absent: none), and the id of the thread's first
+checkpoint (:attr:`Resolved.epoch`; absent: stamped before epochs)."""
 
 LEGACY_ANCESTORS = 16
 """Checkpoints looked at, newest first, above a parent without a stamp of its thread."""
@@ -95,6 +96,10 @@ class Resolved:
     asker: Asker | None = None
     """The scope of the latest run that started on the thread with keys of its own: a
     turn a run of that scope opens is asked by it."""
+    epoch: str | None = None
+    """The id of the thread's first checkpoint since it was last started (a thread id
+    used again after ``delete_thread`` starts a new epoch); ``None``: a thread stamped
+    before epochs, or a copy's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,8 @@ class Put:
     starts: bool = False
     """It is a run's first (its input, or the first step, which consumes ``__start__``:
     under ``durability="exit"`` a run's only put)."""
+    id: str | None = None
+    """The id of the checkpoint put (a thread's first starts its epoch)."""
 
     def opens(self, parent_asked: str | None) -> bool:
         """Whether the put opens a new turn over a parent whose latest turn's first
@@ -164,6 +171,8 @@ def _stamp_of(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
         stamp["asker"] = Asker(None if got is None else tuple(got))
     else:
         stamp["asker"] = None
+    epoch = stamp.get("epoch")
+    stamp["epoch"] = epoch if isinstance(epoch, str) else None
     return stamp
 
 
@@ -219,12 +228,13 @@ class ScopeBook:
             return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
         own = has_run_keys(config)
-        if parent is None:
-            return mine()
+        if parent is None:  # the thread starts (again, after a delete_thread)
+            return replace(mine(), epoch=put.id)
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:
-            return self._same_thread(mine, own, put, known.asked, known)
+            got = self._same_thread(mine, own, put, known.asked, known)
+            return replace(got, epoch=known.epoch)
         want: RunnableConfig | None = config
         try:
             for _ in range(LEGACY_ANCESTORS):
@@ -236,8 +246,11 @@ class ScopeBook:
                 stamp = _stamp_of(tup.metadata)
                 if stamp is not None and stamp["thread"] == thread:
                     scope = None if stamp["scope"] is None else tuple(stamp["scope"])
-                    inherited = Resolved(scope, keys=stamp["keys"], asker=stamp["asker"])
-                    return self._same_thread(mine, own, put, self._asked(tup), inherited)
+                    inherited = Resolved(
+                        scope, keys=stamp["keys"], asker=stamp["asker"], epoch=stamp["epoch"]
+                    )
+                    got = self._same_thread(mine, own, put, self._asked(tup), inherited)
+                    return replace(got, epoch=inherited.epoch)
                 if stamp is not None and own and put.outside and put.opens(self._asked(tup)):
                     return mine()  # a turn this run opened on a copy
                 if stamp is not None and own:  # the copy's scope: its run keys first
@@ -289,6 +302,8 @@ class ScopeBook:
         if got.asker is not None:
             asker = got.asker.scope
             stamp["asker"] = {"scope": None if asker is None else list(asker)}
+        if got.epoch is not None:
+            stamp["epoch"] = got.epoch
         return {**metadata, SCOPE_KEY: json.dumps(stamp, sort_keys=True)}
 
     def remember(self, saved: RunnableConfig, got: Resolved) -> None:

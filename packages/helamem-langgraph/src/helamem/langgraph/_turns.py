@@ -213,16 +213,24 @@ def outside(metadata: CheckpointMetadata, new_versions: ChannelVersions) -> bool
     return metadata.get("source") in ("input", "update") or "__start__" in new_versions
 
 
-def identity(thread: str, key: str) -> dict[str, Any]:
-    """A turn's metadata (its thread and human message id) and that pair as its
-    ``unique_on`` key: the store records a turn once however often a checkpoint
-    completes it (a replay from an earlier checkpoint, another process, an answer
-    regenerated for the same message). A human message without an id has no
-    identity (without a reducer, "yes" at the same place of a new input is a new
+def identity(thread: str, key: str, epoch: str | None = None) -> dict[str, Any]:
+    """A turn's metadata (its thread, the thread's epoch and the human message id) and
+    those as its ``unique_on`` key: the store records a turn once however often a
+    checkpoint completes it (a replay from an earlier checkpoint, another process, an
+    answer regenerated for the same message), and a thread id used again after
+    ``delete_thread`` (a new epoch: the id of its first checkpoint) records its own turns
+    whatever their message ids. A thread stamped before epochs (``None``) keeps the pair
+    ``(thread_id, message_id)``, as its turns were stored. A human message without an id
+    has no identity (without a reducer, "yes" at the same place of a new input is a new
     turn): only the checkpointer's own last-turn check applies."""
     if key.startswith(NO_ID):
         return {"metadata": {"thread_id": thread}}
+    if epoch is None:
+        return {
+            "metadata": {"thread_id": thread, "message_id": key},
+            "unique_on": ("thread_id", "message_id"),
+        }
     return {
-        "metadata": {"thread_id": thread, "message_id": key},
-        "unique_on": ("thread_id", "message_id"),
+        "metadata": {"thread_id": thread, "thread_epoch": epoch, "message_id": key},
+        "unique_on": ("thread_id", "thread_epoch", "message_id"),
     }

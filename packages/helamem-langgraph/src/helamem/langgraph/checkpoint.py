@@ -279,6 +279,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
                 None if asked is None else asked[0],
                 outside(metadata, new_versions) or resumed,
                 metadata.get("source") == "input" or "__start__" in new_versions,
+                str(checkpoint["id"]),
             ),
         )
 
@@ -355,7 +356,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             "user": user,
             "assistant": answer,
             "used_ids": used,
-            **identity(thread, key),
+            **identity(thread, key, got.epoch),
         }
 
     # -- forwarding (sync) ---------------------------------------------------------
