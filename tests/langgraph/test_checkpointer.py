@@ -397,6 +397,31 @@ def test_a_thread_stamped_before_epochs_keeps_its_turn_identity(
     mem.close()
 
 
+@pytest.mark.parametrize("content", [7, True, None, 2.5, {"text": "x"}])
+def test_a_message_whose_content_is_no_text_fails_no_put(
+    tmp_path: Path, new_memory: Any, content: Any
+) -> None:
+    """Helper 133: a custom state's dict message with content 7 made every put raise
+    ``TypeError: 'int' object is not iterable`` (the graph run with it), where the
+    wrapped saver takes it. Such a message has no text: no turn is recorded from it."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    mem = new_memory(tmp_path / "mem")
+    with TurnRecorder(mem) as rec:
+        cp = HelaMemCheckpointer(rec, InMemorySaver())
+        state = empty_checkpoint()
+        messages = [{"type": "human", "content": "2+5?"}, {"type": "ai", "content": content}]
+        state["channel_values"] = {"messages": messages}
+        state["channel_versions"] = {"messages": 1}
+        cfg: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        saved = cp.put(cfg, state, {"source": "loop", "step": 1, "parents": {}}, {"messages": 1})
+        got = cp.get_tuple(saved)
+        assert got is not None and got.checkpoint["channel_values"]["messages"] == messages
+        rec.flush_sync()
+    assert mem.stats().memories == 0
+    mem.close()
+
+
 class _NoReducer(TypedDict):
     messages: list[Any]  # no add_messages: each input replaces the list
     title: str

@@ -292,3 +292,21 @@ def test_a_page_learns_per_kind(
     assert min(i.score or 0 for i in facts if i.key in learned) >= max(
         i.score or 0 for i in facts if i.key not in learned
     )
+
+
+@pytest.mark.parametrize("limit", [2**62, 2**63 - 1])
+def test_a_limit_meaning_no_limit_returns_everything(store: HelaMemStore, limit: int) -> None:
+    """Helper 133: ``limit=sys.maxsize`` ("no limit") raised ``OverflowError`` (SQLite's
+    64-bit integers) with a query, without one, and with an offset; LangGraph's stores
+    return every match."""
+    store.put(NS, "k1", {"text": "apple pie"})
+    store.put(NS, "k2", {"text": "pear"}, index=False)
+    assert sorted(i.key for i in store.search(NS, limit=limit)) == ["k1", "k2"]
+    assert sorted(i.key for i in store.search(NS, query="apple", limit=limit)) == ["k1", "k2"]
+    assert len(store.search(NS, offset=1, limit=limit)) == 1
+    assert len(store.search(NS, query="apple", offset=1, limit=limit)) == 1
+
+
+def test_a_core_search_with_k_meaning_no_limit_returns_every_hit(memory: HelaMemory) -> None:
+    ids = {memory.add(t, NS).id for t in ("apple pie", "pear", "plum")}
+    assert set(memory.search("apple", NS, k=2**63 - 1, semantic_k=2**63 - 1).ids) == ids

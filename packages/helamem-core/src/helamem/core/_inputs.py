@@ -8,7 +8,7 @@ from __future__ import annotations
 from .errors import InvalidInputError
 from .text import is_blank
 
-__all__ = ["MAX_CONTENT_CHARS", "check_content", "check_k", "query_tail"]
+__all__ = ["MAX_CONTENT_CHARS", "MAX_K", "check_content", "check_k", "query_tail"]
 
 MAX_CONTENT_CHARS = 16_000_000
 """The most characters one memory's content (or a query) may hold."""
@@ -41,7 +41,17 @@ def query_tail(query: str) -> str:
     return "" if is_blank(tail) else tail
 
 
+MAX_K = 2**40
+"""The largest ``k`` a search passes on: more hits than any store holds (a ``k`` of
+``sys.maxsize``, "no limit", overflowed SQLite's 64-bit integers)."""
+
+
 def check_k(k: object) -> int:
+    """``k`` checked: a positive int, at most :data:`MAX_K` (a larger one is taken as it).
+
+    Raises:
+        InvalidInputError: ``k`` is not a positive int.
+    """
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise InvalidInputError(f"k must be a positive int, got {k!r}")
-    return k
+    return min(k, MAX_K)

@@ -15,7 +15,7 @@ import numpy as np
 from . import dynamics, retrieval
 from ._base import SearchTiming
 from ._edges import EdgeReader, SpreadOps
-from ._inputs import check_content, check_k
+from ._inputs import MAX_K, check_content, check_k
 from ._late import late_scores
 from ._learning import LearningOps
 from ._lexical_leg import LexicalLegOps
@@ -90,6 +90,7 @@ class SearchOps(LexicalLegOps, LearningOps, SpreadOps):
         sem_k = self.config.retrieval.semantic_k if semantic_k is None else semantic_k
         if isinstance(sem_k, bool) or not isinstance(sem_k, int) or sem_k < 0:
             raise InvalidInputError(f"semantic_k must be an int >= 0, got {semantic_k!r}")
+        sem_k = min(sem_k, MAX_K)  # "no limit" (sys.maxsize) as k
         ref_given = None if reference_time is None else to_timestamp(reference_time, default=0.0)
         if self._needs_reconcile:
             try:

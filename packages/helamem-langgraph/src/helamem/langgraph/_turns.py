@@ -39,12 +39,16 @@ def _role(message: Any) -> str | None:
 
 
 def _text(message: Any) -> str:
+    """A message's text: its string content, or its content blocks' text joined;
+    ``""`` for any other content (a custom state's ``{"content": 7}``)."""
     content = _field(message, "content")
     if isinstance(content, str):
         return content
+    if not isinstance(content, list | tuple):
+        return ""
     parts = [
         p if isinstance(p, str) else str(p.get("text", ""))
-        for p in content or []
+        for p in content
         if isinstance(p, str) or (isinstance(p, Mapping) and p.get("type") == "text")
     ]
     return "".join(parts)

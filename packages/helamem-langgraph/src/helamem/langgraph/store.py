@@ -429,7 +429,7 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
     def _listing(self, op: SearchOp) -> Plan[list[SearchItem]]:
         """Search without a query: documents (the document store's order), then
         recorded memories (newest first), filtered, paged."""
-        want = op.offset + op.limit
+        want = min(op.offset + op.limit, _ALL)  # sys.maxsize, "no limit", fits SQL
         if op.limit == 0:
             return []
         docs, complete = yield from self._matching_docs(op.namespace_prefix, op.filter, want, False)
