@@ -115,3 +115,24 @@ def test_closed_memory_raises(mem: HelaMemory) -> None:
     mem.close()
     with pytest.raises(StoreClosedError):
         mem.find_ids(ALICE, metadata={"a": "x"})
+
+
+ODD = ["a\x00b", "x\udc80y", "\ud800", "emoji \U0001f600 here", "\\u0000 as text", "\\\x00", ""]
+
+
+def test_metadata_holding_nul_or_surrogates_fails_no_lookup_and_is_found(mem: HelaMemory) -> None:
+    """Helper 132: on PostgreSQL one memory whose metadata held a NUL or a lone surrogate
+    (``add`` takes any text) made every ``find_ids`` over it raise (PostgreSQL refuses to
+    decode those JSON escapes), for every tenant under the prefix; a NUL in the value
+    looked for raised too. Now each is found, and only where it is."""
+    plain = mem.add("plain", ALICE, metadata={"session": "s1"})
+    odd = {
+        v: mem.add(f"odd {i}", BOB, metadata={"note": v, "session": "s1"}).id
+        for i, v in enumerate(ODD)
+    }
+    assert mem.find_ids(ALICE, metadata={"session": "s1"}) == [plain.id]
+    assert mem.find_ids((), metadata={"session": "s1"}) == [plain.id, *odd.values()]
+    for value, mid in odd.items():
+        assert mem.find_ids(("users",), metadata={"note": value}) == [mid], repr(value)
+    assert mem.find_ids((), metadata={"note": "a\ufffdb"}) == []  # no false match
+    assert mem.find_ids((), metadata={"note": "\\ufffd as text"}) == []

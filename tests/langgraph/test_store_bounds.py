@@ -310,3 +310,18 @@ def test_a_limit_meaning_no_limit_returns_everything(store: HelaMemStore, limit:
 def test_a_core_search_with_k_meaning_no_limit_returns_every_hit(memory: HelaMemory) -> None:
     ids = {memory.add(t, NS).id for t in ("apple pie", "pear", "plum")}
     assert set(memory.search("apple", NS, k=2**63 - 1, semantic_k=2**63 - 1).ids) == ids
+
+
+def test_a_recorded_memory_with_nul_or_surrogates_in_its_metadata_is_listed(
+    store: HelaMemStore, memory: HelaMemory
+) -> None:
+    """Helper 132: on PostgreSQL the recorded-memory listing cast every row's metadata to
+    JSON, so one memory whose metadata held a NUL or a lone surrogate made every search
+    without a query (and ``list_namespaces``) over it raise."""
+    store.put(NS, "doc", {"text": "a document"})
+    odd = [
+        memory.add(f"odd {i}", NS, metadata={"note": v}).id
+        for i, v in enumerate(["a\x00b", "\udc80"])
+    ]
+    assert sorted(i.key for i in store.search(NS)) == sorted(["doc", *odd])
+    assert store.list_namespaces() == [NS]

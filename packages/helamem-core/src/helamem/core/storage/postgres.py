@@ -90,6 +90,24 @@ def connect_reader(config: PostgresConfig) -> PgConnection:
     return conn
 
 
+_BAD_ESCAPE = "\\\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})"
+"""A JSON escape PostgreSQL will not decode into text (NUL, a surrogate half), as a
+POSIX regular expression in a SQL literal (no question mark: the connection's
+parameter marker)."""
+_BAD_RUN = "((^|[^\\\\])(\\\\\\\\)*)" + _BAD_ESCAPE
+""":data:`_BAD_ESCAPE` after an even run of backslashes (an escape, not an escaped
+backslash followed by "u0000"); group 1 is what comes before it."""
+
+
+def _fmt(sql: str) -> str:
+    """``sql`` inside a :meth:`str.format` template."""
+    return sql.replace("{", "{{").replace("}", "}}")
+
+
+def _pg_bad(c: str) -> bool:
+    return c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF
+
+
 class PostgresStore(SQLiteStore):
     """Memories, edges and scopes in one PostgreSQL schema (see the module docstring).
 
@@ -330,7 +348,28 @@ class PostgresStore(SQLiteStore):
 
     # -- dialect -------------------------------------------------------------
 
-    _JSON_FIELD = "(CAST({column} AS JSON) ->> '{key}')"  # as text, as SQLite's
+    # As text, as SQLite's. A row whose JSON holds a NUL or a surrogate escape (its
+    # metadata may hold any text: JSON keeps them escaped) is cast with those escapes
+    # made U+FFFD (an escaped backslash before one kept: two passes, as each match
+    # takes the character before it), since PostgreSQL refuses to decode them: its keys
+    # are exact, its values a superset for :meth:`_json_param`'s (Python decides).
+    _JSON_FIELD = (
+        "(CAST(CASE WHEN {column} ~ '" + _fmt(_BAD_ESCAPE) + "' THEN regexp_replace("
+        "regexp_replace({column}, '"
+        + _fmt(_BAD_RUN)
+        + "', '\\1\\\\ufffd', 'g'), '"
+        + _fmt(_BAD_RUN)
+        + "', '\\1\\\\ufffd', 'g') ELSE {column} END AS JSON) ->> '{key}')"
+    )
+
+    @staticmethod
+    def _json_param(value: str) -> str:
+        """``value`` as :attr:`_JSON_FIELD` reads it from a row holding it: NUL, lone
+        surrogates and each half of a pair as U+FFFD."""
+        return "".join(
+            "\ufffd\ufffd" if ord(c) > 0xFFFF else "\ufffd" if _pg_bad(c) else c for c in value
+        )
+
     _LIST_IN = "{column} = ANY(CAST(? AS {type}[]))"
 
     @staticmethod

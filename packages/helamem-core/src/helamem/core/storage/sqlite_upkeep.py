@@ -457,6 +457,13 @@ class SQLiteUpkeep(SQLiteConnection):
     #: The SQL of :meth:`json_field` (``PostgresStore``: its own spelling).
     _JSON_FIELD = "json_extract({column}, '$.{key}')"
 
+    @staticmethod
+    def _json_param(value: str) -> object:
+        """``value`` as :meth:`json_field` reads it from a row holding it, to narrow by
+        (the JSON decides): ``json_extract`` ends a text at a NUL and gives a lone
+        surrogate as its three UTF-8 bytes, so the bytes, cast to text in SQL."""
+        return value.split("\x00", 1)[0].encode("utf-8", "surrogatepass")
+
     @classmethod
     def json_field(cls, column: str, key: str) -> str:
         """SQL for JSON field ``key`` of ``column`` (NULL when absent or JSON null).
@@ -482,8 +489,8 @@ class SQLiteUpkeep(SQLiteConnection):
             among, params = self.ids_in("scope_id", scope_ids)
             where.append(among)
         for key, value in fields.items():
-            where.append(f"{self.json_field('metadata', key)} = ?")
-            params.append(value)
+            where.append(f"{self.json_field('metadata', key)} = CAST(? AS TEXT)")
+            params.append(self._json_param(value))
         cur = self.db.execute(
             f"SELECT id, metadata FROM memories WHERE {' AND '.join(where)} ORDER BY n", params
         )
