@@ -363,6 +363,29 @@ def test_a_thread_id_used_again_after_delete_thread_records_its_own_turns(
     mem.close()
 
 
+def test_a_fork_of_a_threads_first_checkpoint_keeps_its_epoch(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Review 134: ``update_state(first_checkpoint, None, as_node="__copy__")`` puts with
+    no parent (the first checkpoint has none), which started a new epoch on a thread
+    that goes on; another process replaying the first turn from that fork recorded it a
+    second time. A put without a parent now starts an epoch only on a thread without
+    checkpoints."""
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    cfg: Any = {"configurable": {"thread_id": "t1"}}
+    with TurnRecorder(mem) as rec:
+        graph = _counting_graph(HelaMemCheckpointer(rec, saver))
+        graph.invoke({"messages": [HumanMessage("question A", id="h1")]}, cfg)
+        first = list(graph.get_state_history(cfg))[-1]
+        fork = graph.update_state(first.config, None, as_node="__copy__")
+        again = _counting_graph(HelaMemCheckpointer(rec, saver))  # another process
+        again.invoke(None, fork)
+        rec.flush_sync()
+    assert _turn_texts(mem, ("threads", "t1")) == ["answer 0", "question A"]
+    mem.close()
+
+
 def test_a_thread_stamped_before_epochs_keeps_its_turn_identity(
     tmp_path: Path, new_memory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -931,7 +954,8 @@ def test_an_approvers_edits_notes_and_nodes_keep_the_askers_turn(
         fresh(g).invoke({"messages": [HumanMessage("n1 worried", id="n1")]}, cfg("n", "alice"))
         note = {"messages": [HumanMessage("approved, be kind", id="n2")]}
         fresh(g).invoke(Command(resume="yes", update=note), cfg("n", "bob"))
-        # a new process per run: each run but the thread's first reads its parent once
+        # a new process per run: each run reads one checkpoint, its parent (the thread's
+        # first run, whose first put has none, its latest: none, so an epoch starts)
         runs: list[Any] = [{"messages": [HumanMessage("c1", id="c1")]}, Command(resume="yes")]
         runs += [{"messages": [HumanMessage("c2", id="c2")]}, Command(resume="yes")]
         plain = _Scalars()
@@ -951,7 +975,7 @@ def test_an_approvers_edits_notes_and_nodes_keep_the_askers_turn(
         "n1 worried\napproved, be kind",
     ]
     assert mem.stats(("users", "bob")).memories == 0
-    assert ours == plain.reads + 3
+    assert ours == plain.reads + 4
     mem.close()
 
 

@@ -228,8 +228,18 @@ class ScopeBook:
             return Resolved(None, stamp=False)  # a subgraph's: turns are the root's
         thread, parent = str(conf.get("thread_id")), conf.get("checkpoint_id")
         own = has_run_keys(config)
-        if parent is None:  # the thread starts (again, after a delete_thread)
-            return replace(mine(), epoch=put.id)
+        if parent is None:  # the thread starts, or a fork of its first checkpoint
+            try:
+                latest = yield {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
+            except ReadFailed as exc:
+                logger.warning("reading a thread's latest checkpoint failed: %r", exc)
+                got = mine()
+                return Resolved(got.scope, stamp=False, error=got.error)
+            if latest is None:  # new, or used again after delete_thread: a new epoch
+                return replace(mine(), epoch=put.id)
+            stamp = _stamp_of(latest.metadata)  # the thread goes on: its epoch
+            epoch = stamp["epoch"] if stamp is not None and stamp["thread"] == thread else None
+            return replace(mine(), epoch=epoch)
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:

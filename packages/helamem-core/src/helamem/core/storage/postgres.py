@@ -352,10 +352,12 @@ class PostgresStore(SQLiteStore):
     # metadata may hold any text: JSON keeps them escaped) is cast with those escapes
     # made U+FFFD (an escaped backslash before one kept: two passes, as each match
     # takes the character before it), since PostgreSQL refuses to decode them: its keys
-    # are exact, its values a superset for :meth:`_json_param`'s (Python decides).
+    # are exact, its values a superset for :meth:`_json_param`'s (Python decides). A row
+    # without an escape (most: ASCII metadata) skips the regular expressions.
     _JSON_FIELD = (
-        "(CAST(CASE WHEN {column} ~ '" + _fmt(_BAD_ESCAPE) + "' THEN regexp_replace("
-        "regexp_replace({column}, '"
+        "(CAST(CASE WHEN strpos({column}, '\\u') = 0 THEN {column} WHEN {column} ~ '"
+        + _fmt(_BAD_ESCAPE)
+        + "' THEN regexp_replace(regexp_replace({column}, '"
         + _fmt(_BAD_RUN)
         + "', '\\1\\\\ufffd', 'g'), '"
         + _fmt(_BAD_RUN)
