@@ -829,6 +829,47 @@ def test_a_scope_error_fails_before_the_put_and_a_read_failure_moves_nothing(
     mem.close()
 
 
+def test_a_run_after_failed_parent_reads_stays_in_the_threads_epoch(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Review 134: checkpoints written while the parent reads failed carry no stamp, and
+    the next run (with keys of its own) then stamped the thread without its epoch: its
+    turns went with the identity of threads stamped before epochs, so a replay from an
+    earlier checkpoint could record one again. It now takes the epoch of the nearest
+    stamp above."""
+
+    class Flaky(InMemorySaver):
+        armed = False
+
+        def get_tuple(self, config: Any) -> Any:
+            if self.armed and sys._getframe(1).f_code.co_name == "_scope_sync":
+                raise ConnectionError("network down")
+            return super().get_tuple(config)
+
+    mem = new_memory(tmp_path / "mem")
+    saver = Flaky()
+    cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
+    with TurnRecorder(mem) as rec:
+        _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(
+            {"messages": [HumanMessage("q1", id="m1")]}, cfg
+        )
+        first = list(saver.list(cfg))[-1].config["configurable"]["checkpoint_id"]
+        saver.armed = True
+        _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(
+            {"messages": [HumanMessage("q2", id="m2")]}, cfg
+        )
+        saver.armed = False
+        _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(
+            {"messages": [HumanMessage("q3", id="m3")]}, cfg
+        )
+        rec.flush_sync()
+    latest = next(iter(saver.list(cfg))).metadata
+    assert json.loads(latest[SCOPE_KEY])["epoch"] == first  # type: ignore[literal-required]
+    [q3] = mem.find_ids(("users", "alice"), metadata={"message_id": "m3"})[:1]
+    assert mem.get(q3).metadata["thread_epoch"] == first
+    mem.close()
+
+
 @pytest.mark.parametrize("approver", ["same checkpointer", "another process"])
 def test_an_approvers_own_user_id_leaves_the_askers_turn_in_the_askers_scope(
     tmp_path: Path, new_memory: Any, approver: str

@@ -265,8 +265,10 @@ class ScopeBook:
                     return mine()  # a turn this run opened on a copy
                 if stamp is not None and own:  # the copy's scope: its run keys first
                     return self._call({**config, "configurable": {**conf, **stamp["keys"]}})
-                if own:  # written before the stamp: the config's
-                    return mine()
+                if own:  # written before the stamp (or unstamped: a failed read): the
+                    # config's, in the epoch of the nearest stamp of the thread above it
+                    epoch = yield from self._epoch_above(tup, thread)
+                    return replace(mine(), epoch=epoch)
                 # another thread's (copy_thread): the scope of its run's keys here;
                 # else written before the stamp: the run keys savers copy to metadata
                 keys = stamp["keys"] if stamp is not None else _run_keys(tup.metadata)
@@ -279,6 +281,31 @@ class ScopeBook:
             got = mine()
             return Resolved(got.scope, stamp=False, error=got.error)
         return mine()
+
+    @staticmethod
+    def _epoch_above(
+        tup: CheckpointTuple, thread: str
+    ) -> Generator[RunnableConfig, CheckpointTuple | None, str | None]:
+        """The epoch of the nearest checkpoint of ``thread`` above unstamped ``tup``
+        (at most :data:`LEGACY_ANCESTORS` read; ``None``: none, another thread's first,
+        or a read failed): a put under a checkpoint left unstamped by a failed read
+        stays in its thread's epoch rather than switching the thread's turns to the
+        identity of threads stamped before epochs."""
+        want = tup.parent_config
+        for _ in range(LEGACY_ANCESTORS):
+            if want is None:
+                return None
+            try:
+                above = yield want
+            except ReadFailed:
+                return None
+            if above is None:
+                return None
+            stamp = _stamp_of(above.metadata)
+            if stamp is not None:
+                return stamp["epoch"] if stamp["thread"] == thread else None
+            want = above.parent_config
+        return None
 
     @staticmethod
     def _same_thread(
