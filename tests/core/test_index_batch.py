@@ -4,6 +4,7 @@ their vectors reach Chroma in one write per batch (``ChromaConfig.upsert_batch``
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -212,7 +213,7 @@ def test_a_kill_with_vectors_pending_loses_nothing(
     store = None if pg is None else (pg.dsn.get_secret_value(), pg.schema_name)
     child = textwrap.dedent(
         f"""
-        import os, sys
+        import os, signal, sys
         from pathlib import Path
         from helamem.core import (
             ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, PostgresConfig
@@ -229,12 +230,11 @@ def test_a_kill_with_vectors_pending_loses_nothing(
             ids += [u.id, a.id]
         assert mem._call(KeepsPending(lambda c: c.pending_index)) == 10
         print(" ".join(ids), flush=True)
-        os._exit(0)  # no close: the vectors never reached Chroma
+        os.kill(os.getpid(), signal.SIGKILL)  # the vectors never reached Chroma
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     acked = out.stdout.split()
     assert len(acked) == 10
     # the reopened store re-indexes them on open

@@ -391,11 +391,13 @@ def test_real_full_disk_is_typed_and_loses_nothing(tiny_fs: Path) -> None:
         assert len(acked) > 10
         st = mem.stats()  # works while full, typed if not
         assert st.memories == len(acked)
+        for f in tiny_fs.glob("filler*"):  # free space: the same open store writes again
+            f.unlink()
+        late = mem.add("written once the disk had room again", A)
+        assert late.id in mem.search("disk had room again", A, k=3, learn=False).ids
+        acked.append(late.id)
     finally:
         mem.close()
-    # free space: everything acknowledged is there, and writes work again
-    for f in tiny_fs.glob("filler*"):
-        f.unlink()
     with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as mem:
         mem.delete(acked[-5:])
         for i in acked[:-5]:

@@ -12,9 +12,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, PostgresConfig
 
 KEYS = 30
 PROCESSES = 4
@@ -25,9 +26,11 @@ _CHILD = textwrap.dedent(
     import json, os, random, sys, time
     os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
     from pathlib import Path
-    from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory
+    from helamem.core import HashingEmbedder, HelaMemConfig, HelaMemory, PostgresConfig
     path, gate, me, keys = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    mem = HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)).open()
+    pg = json.loads(sys.argv[5])
+    store = None if pg is None else PostgresConfig(dsn=pg[0], schema_name=pg[1])
+    mem = HelaMemory(HelaMemConfig(path=path, store=store), embedder=HashingEmbedder(64)).open()
     order = list(range(keys))
     random.Random(me).shuffle(order)
     (gate / f"ready-{me}").touch()
@@ -45,15 +48,21 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_racing_processes_store_a_keyed_turn_once(tmp_path: Path) -> None:
+def test_racing_processes_store_a_keyed_turn_once(
+    tmp_path: Path, store_config: Callable[[Path], PostgresConfig | None]
+) -> None:
+    """On both graph stores (review 135: the race ran on SQLite only)."""
     path, gate = tmp_path / "store", tmp_path / "gate"
     gate.mkdir()
-    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)):
+    store = store_config(path)
+    pg = None if store is None else [store.dsn.get_secret_value(), store.schema_name]
+    cfg = HelaMemConfig(path=path, store=store)
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)):
         pass  # the store exists before they race
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path), str(gate), str(i), str(KEYS)],
+            [sys.executable, "-c", _CHILD, str(path), str(gate), str(i), str(KEYS), json.dumps(pg)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -74,7 +83,7 @@ def test_racing_processes_store_a_keyed_turn_once(tmp_path: Path) -> None:
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
     results = [json.loads(out) for out, _ in outs]
-    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as mem:
+    with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
         assert mem.stats(SCOPE).episodic == 2 * KEYS
         for k in range(KEYS):
             stored = mem.find_ids(SCOPE, metadata={"request": f"r{k}"})
