@@ -148,3 +148,18 @@ def run_forked() -> Callable[[Callable[[], int]], int]:
     if not hasattr(os, "fork"):
         pytest.skip("POSIX fork")
     return _run_forked
+
+
+@pytest.fixture
+def chroma_port(tmp_path: Path) -> Iterator[int]:
+    """A ``chroma run`` server on 127.0.0.1 for this test (files under ``tmp_path``);
+    yields its port. Skips where the chroma CLI is not installed."""
+    from chroma_server import CHROMA, chroma_server
+
+    if not Path(CHROMA).exists():
+        pytest.skip("the chroma CLI is not installed")
+    try:
+        with chroma_server(tmp_path / "chroma") as port:
+            yield port
+    except RuntimeError as exc:  # it exited or never answered
+        pytest.fail(str(exc))

@@ -613,20 +613,23 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
     mem.close()
 
 
+class _FlakyParentReads(InMemorySaver):
+    """A saver whose reads fail, while ``armed``, for the checkpointer's read of a put's
+    parent (the graph's own reads succeed)."""
+
+    armed = False
+
+    def get_tuple(self, config: Any) -> Any:
+        if self.armed and sys._getframe(1).f_code.co_name == "_scope_sync":
+            raise ConnectionError("network down")
+        return super().get_tuple(config)
+
+
 def test_a_failing_parent_read_neither_fails_the_run_nor_loses_the_turn(
     tmp_path: Path, new_memory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class Flaky(InMemorySaver):
-        armed = False
-
-        def get_tuple(self, config: Any) -> Any:
-            # the checkpointer's read of a put's parent (the graph's own reads succeed)
-            if self.armed and sys._getframe(1).f_code.co_name == "_scope_sync":
-                raise ConnectionError("network down")
-            return super().get_tuple(config)
-
     mem = new_memory(tmp_path / "mem")
-    saver = Flaky()
+    saver = _FlakyParentReads()
     cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
     with TurnRecorder(mem) as rec:
         _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(
@@ -838,16 +841,8 @@ def test_a_run_after_failed_parent_reads_stays_in_the_threads_epoch(
     earlier checkpoint could record one again. It now takes the epoch of the nearest
     stamp above."""
 
-    class Flaky(InMemorySaver):
-        armed = False
-
-        def get_tuple(self, config: Any) -> Any:
-            if self.armed and sys._getframe(1).f_code.co_name == "_scope_sync":
-                raise ConnectionError("network down")
-            return super().get_tuple(config)
-
     mem = new_memory(tmp_path / "mem")
-    saver = Flaky()
+    saver = _FlakyParentReads()
     cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
     with TurnRecorder(mem) as rec:
         _counting_graph(HelaMemCheckpointer(rec, saver)).invoke(

@@ -10,13 +10,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from chroma_server import CHROMA
-from chroma_server import chroma_server as start_chroma
 from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
 
 S = ("u", "big")
@@ -40,17 +35,6 @@ _CHILD = textwrap.dedent(
     print("not killed", flush=True)
     """
 )
-
-
-@pytest.fixture
-def chroma_port(tmp_path: Path) -> Iterator[int]:
-    if not Path(CHROMA).exists():
-        pytest.skip("the chroma CLI is not installed")
-    try:
-        with start_chroma(tmp_path / "chroma") as port:
-            yield port
-    except RuntimeError as exc:  # it exited or never answered
-        pytest.fail(str(exc))
 
 
 def test_a_delete_killed_before_its_vector_delete_returns_nothing_deleted(

@@ -143,12 +143,25 @@ def _leftover(directory: Path, pid: int, age_s: float) -> Path:
     return path
 
 
+def _export_beside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill: object, windows: bool = False
+) -> None:
+    """An export to ``tmp_path / "a.jsonl"`` with ``os.kill`` (and, ``windows``, the
+    platform) replaced for the partial files' cleanup."""
+    from helamem.core import _partial_files
+
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
+        m.add("a note about tea", A)
+        with monkeypatch.context() as patched:
+            patched.setattr(_partial_files, "_WINDOWS", windows)
+            patched.setattr(_partial_files.os, "kill", kill)
+            m.export_scope(A, tmp_path / "a.jsonl")
+
+
 def test_no_process_is_probed_for_a_partial_file_written_lately(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review 129: the liveness probe ran before the age check, for every leftover."""
-    from helamem.core import _partial_files
-
     probed: list[int] = []
 
     def kill(pid: int, sig: int) -> None:
@@ -157,11 +170,7 @@ def test_no_process_is_probed_for_a_partial_file_written_lately(
 
     fresh = _leftover(tmp_path, 4_000_001, age_s=5)
     stale = _leftover(tmp_path, 4_000_002, age_s=PARTIAL_IDLE_S + 5)
-    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
-        m.add("a note about tea", A)
-        monkeypatch.setattr(_partial_files.os, "kill", kill)
-        m.export_scope(A, tmp_path / "a.jsonl")
-        monkeypatch.undo()
+    _export_beside(tmp_path, monkeypatch, kill)
     assert probed == [4_000_002]
     assert fresh.exists() and not stale.exists()
 
@@ -171,19 +180,13 @@ def test_on_windows_no_process_is_signalled_and_age_alone_decides(
 ) -> None:
     """Review 129: ``os.kill(pid, 0)`` on Windows sends CTRL_C_EVENT (or ends the
     process); an export there must never call it."""
-    from helamem.core import _partial_files
 
     def kill(pid: int, sig: int) -> None:
         raise AssertionError(f"os.kill({pid}, {sig}) on Windows")
 
     fresh = _leftover(tmp_path, os.getppid(), age_s=5)
     stale = _leftover(tmp_path, os.getppid() + 10_000_000, age_s=PARTIAL_IDLE_S + 5)
-    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
-        m.add("a note about tea", A)
-        monkeypatch.setattr(_partial_files, "_WINDOWS", True)
-        monkeypatch.setattr(_partial_files.os, "kill", kill)
-        m.export_scope(A, tmp_path / "a.jsonl")
-        monkeypatch.undo()
+    _export_beside(tmp_path, monkeypatch, kill, windows=True)
     assert fresh.exists() and not stale.exists()
     assert (tmp_path / "a.jsonl").exists()
 
@@ -191,17 +194,11 @@ def test_on_windows_no_process_is_signalled_and_age_alone_decides(
 def test_a_probe_that_cannot_tell_keeps_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from helamem.core import _partial_files
-
     def kill(pid: int, sig: int) -> None:
         raise OSError(errno.EINVAL, "Invalid argument")
 
     stale = _leftover(tmp_path, 4_000_003, age_s=PARTIAL_IDLE_S + 5)
-    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
-        m.add("a note about tea", A)
-        monkeypatch.setattr(_partial_files.os, "kill", kill)
-        m.export_scope(A, tmp_path / "a.jsonl")
-        monkeypatch.undo()
+    _export_beside(tmp_path, monkeypatch, kill)
     assert stale.exists()
 
 

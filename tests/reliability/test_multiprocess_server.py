@@ -44,7 +44,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -54,8 +53,6 @@ import pytest
 from crash_child import WORDS
 from mp_server_child import DIMENSION, HEBB, LARGE, LEARNING_RATE, config, read_logs
 
-from chroma_server import CHROMA
-from chroma_server import chroma_server as start_chroma
 from helamem.core import HashingEmbedder, HelaMemory, NewMemory
 from helamem.core._check import check_store
 
@@ -63,18 +60,6 @@ CHILD = Path(__file__).with_name("mp_server_child.py")
 NPROCS = 4
 SOAK = os.environ.get("HELAMEM_SOAK") == "1"
 SOAK_SECONDS = float(os.environ.get("HELAMEM_SOAK_SECONDS", "60"))
-
-
-@pytest.fixture
-def chroma_server(tmp_path: Path) -> Iterator[int]:
-    """A Chroma server on 127.0.0.1 for this test; yields its port."""
-    if not Path(CHROMA).exists():
-        pytest.skip("the chroma CLI is not installed")
-    try:
-        with start_chroma(tmp_path / "chroma") as port:
-            yield port
-    except RuntimeError as exc:  # it exited or never answered
-        pytest.fail(str(exc))
 
 
 def _run(
@@ -218,23 +203,21 @@ def _summary(
 
 
 def test_four_processes_on_one_server_lose_nothing(
-    tmp_path: Path, chroma_server: int, pg_dsn: str | None, store_db: Any
+    tmp_path: Path, chroma_port: int, pg_dsn: str | None, store_db: Any
 ) -> None:
     # SQLite: issue 14's run (3 processes); PostgreSQL: issue 20's (4 processes); 6 s of
     # operations each (the suite's time; the soak below runs longer)
     seconds, nprocs = (6.0, 3) if pg_dsn is None else (6.0, 4)
-    out = _run(
-        tmp_path, chroma_server, seconds, seed=1, dsn=pg_dsn, store_db=store_db, nprocs=nprocs
-    )
+    out = _run(tmp_path, chroma_port, seconds, seed=1, dsn=pg_dsn, store_db=store_db, nprocs=nprocs)
     print(json.dumps(out))
 
 
 @pytest.mark.skipif(not SOAK, reason="soak: set HELAMEM_SOAK=1 (HELAMEM_SOAK_SECONDS, default 60)")
 def test_soak_four_processes_on_one_server(
-    tmp_path: Path, chroma_server: int, pg_dsn: str | None, store_db: Any
+    tmp_path: Path, chroma_port: int, pg_dsn: str | None, store_db: Any
 ) -> None:
     seed = int(os.environ.get("HELAMEM_SEED", "7"))
-    out = _run(tmp_path, chroma_server, SOAK_SECONDS, seed=seed, dsn=pg_dsn, store_db=store_db)
+    out = _run(tmp_path, chroma_port, SOAK_SECONDS, seed=seed, dsn=pg_dsn, store_db=store_db)
     print(json.dumps(out))
 
 
@@ -252,7 +235,7 @@ def _index_ids(m: HelaMemory) -> set[str]:
     return set(ids)
 
 
-def test_a_reconcile_racing_a_delete_leaves_no_vector(tmp_path: Path, chroma_server: int) -> None:
+def test_a_reconcile_racing_a_delete_leaves_no_vector(tmp_path: Path, chroma_port: int) -> None:
     """B re-indexes A's not-yet-indexed memory while A deletes it: no vector may survive.
 
     The window is real: A commits a memory, then upserts it; a search in B
@@ -262,7 +245,7 @@ def test_a_reconcile_racing_a_delete_leaves_no_vector(tmp_path: Path, chroma_ser
     memory returned by its own vector).
     """
     store = tmp_path / "store"
-    cfg = config(store, chroma_server)
+    cfg = config(store, chroma_port)
     with (
         HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as a,
         HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as b,
@@ -293,7 +276,7 @@ def test_a_reconcile_racing_a_delete_leaves_no_vector(tmp_path: Path, chroma_ser
 
 
 def test_a_collection_rebuilt_by_another_process_is_reopened(
-    tmp_path: Path, chroma_server: int
+    tmp_path: Path, chroma_port: int
 ) -> None:
     """B's cached handle to a collection A deleted and built again: B's writes still land.
 
@@ -302,7 +285,7 @@ def test_a_collection_rebuilt_by_another_process_is_reopened(
     reconcile) failed with "Collection [...] does not exist".
     """
     store = tmp_path / "store"
-    cfg = config(store, chroma_server)
+    cfg = config(store, chroma_port)
     with (
         HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as a,
         HelaMemory(cfg, embedder=HashingEmbedder(DIMENSION)) as b,
@@ -321,7 +304,7 @@ def test_a_collection_rebuilt_by_another_process_is_reopened(
 
 
 def test_a_collection_checked_by_another_process_keeps_every_vector_meanwhile(
-    tmp_path: Path, chroma_server: int
+    tmp_path: Path, chroma_port: int
 ) -> None:
     """B loads a promoted scope's collection afresh (what a process opening Chroma does
     for a collection it finds missing or short while A promotes it, or a promotion does)
@@ -333,7 +316,7 @@ def test_a_collection_checked_by_another_process_keeps_every_vector_meanwhile(
     four-process test found by no dense check (the query returned nothing at all). A
     vector whose memory is gone (an earlier promotion's) is still deleted.
     """
-    cfg = config(tmp_path / "store", chroma_server)
+    cfg = config(tmp_path / "store", chroma_port)
     emb = HashingEmbedder(DIMENSION)
     with HelaMemory(cfg, embedder=emb) as a, HelaMemory(cfg, embedder=emb) as b:
         rng = random.Random(5)
@@ -389,7 +372,7 @@ def _found(m: HelaMemory, mid: str, text: str) -> bool:
 
 
 def test_a_fresh_load_writes_only_what_is_missing_and_deletes_every_stale_vector(
-    tmp_path: Path, chroma_server: int, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, chroma_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review 115 of the load above: (1) its check of the vectors already there compared
     them bit for bit, and Chroma returns them within float rounding, so nearly every
@@ -398,7 +381,7 @@ def test_a_fresh_load_writes_only_what_is_missing_and_deletes_every_stale_vector
     the pages: a stale vector (a memory no longer there) survived."""
     from chromadb.api.models.Collection import Collection
 
-    cfg = config(tmp_path / "store", chroma_server)
+    cfg = config(tmp_path / "store", chroma_port)
     emb = HashingEmbedder(DIMENSION)
     with HelaMemory(cfg, embedder=emb) as a, HelaMemory(cfg, embedder=emb) as b:
         rng = random.Random(3)
@@ -442,12 +425,12 @@ def test_a_fresh_load_writes_only_what_is_missing_and_deletes_every_stale_vector
 
 
 def test_a_fresh_load_racing_a_delete_and_add_of_one_id_keeps_its_new_vector(
-    tmp_path: Path, chroma_server: int
+    tmp_path: Path, chroma_port: int
 ) -> None:
     """Review 115: B's load reads X gone (A deleted it) and deletes X's vector, while A
     adds X again (a caller-chosen id) and indexes it: X was marked indexed with no vector,
     found by no dense query. Now a vector deleted as gone whose id is back is re-indexed."""
-    cfg = config(tmp_path / "store", chroma_server)
+    cfg = config(tmp_path / "store", chroma_port)
     emb = HashingEmbedder(DIMENSION)
     with HelaMemory(cfg, embedder=emb) as a, HelaMemory(cfg, embedder=emb) as b:
         rng = random.Random(4)

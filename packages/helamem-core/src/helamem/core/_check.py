@@ -66,12 +66,13 @@ from ._check_report import (
     CheckReport,
     Defect,
 )
+from ._reembed import parse_record
 from ._repair import missing_fts
 from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, InvalidInputError, StorageError
 from .storage.base import IndexLockedError, VectorIndex
-from .storage.sqlite_schema import MIGRATIONS, is_locked
+from .storage.sqlite_schema import MIGRATIONS, connect_existing, is_locked
 
 #: The schema version that creates ``memories_fts_vocab`` (an older store lacks it).
 _VOCAB_SINCE = next(v for v, sql in enumerate(MIGRATIONS, 1) if "memories_fts_vocab" in sql)
@@ -87,25 +88,6 @@ __all__ = [
 @runtime_checkable
 class _Listing(Protocol):
     def all_ids(self) -> list[str]: ...
-
-
-def _connect(db_path: Path) -> sqlite3.Connection:
-    # mode=rw: never create a database where there is none
-    db = sqlite3.connect(
-        f"{db_path.resolve().as_uri()}?mode=rw", uri=True, timeout=30.0, isolation_level=None
-    )
-    db.execute("PRAGMA busy_timeout=30000")
-    return db
-
-
-def _json(raw: object) -> dict[str, Any] | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        out = json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-    return out if isinstance(out, dict) else None
 
 
 _FTS_UNREADABLE = "the full-text index cannot be read: it is damaged"
@@ -470,7 +452,7 @@ def check_store(
         )
     cfg = (config or HelaMemConfig()).model_copy(update={"path": root})
     try:
-        db = _connect(db_path)
+        db = connect_existing(db_path)
     except sqlite3.DatabaseError as exc:
         return CheckReport(
             root,
@@ -488,8 +470,8 @@ def check_store(
         try:
             if chk.sqlite():
                 chk.counts()
-                info = _json(_meta(db, "embedder"))
-                switch = _json(_meta(db, "embedder.switch"))
+                info = parse_record(_meta(db, "embedder"))
+                switch = parse_record(_meta(db, "embedder.switch"))
                 if info is not None:
                     name, dim = str(info.get("name")), int(info.get("dimension", 0))
                 else:

@@ -413,9 +413,9 @@ class _Importer:
                     f"written by HelaMemory.export_scope()"
                 )
         if orphans:
-            self.core._delete_tx(self.db, orphans)  # by the delete's own rules
-            self.counts["memories"] -= len(orphans)
-            self.facts_dropped = len(orphans)
+            gone = self.core._delete_tx(self.db, orphans)  # by the delete's own rules
+            self.counts["memories"] -= len(gone)
+            self.facts_dropped = len(gone)
             logger.warning(
                 "import of %s: left out %d facts citing memories that no longer exist "
                 "(they may repeat deleted content), e.g. %s",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,7 @@ __all__ = [
     "SWITCH_KEY",
     "cli_flags",
     "embedder_config",
+    "parse_record",
     "ensure_embedder",
     "read_embedder",
     "read_switch",
@@ -54,7 +54,9 @@ SWITCH_KEY = "embedder.switch"
 BATCH = 256
 
 
-def _info(raw: str | None) -> dict[str, Any] | None:
+def parse_record(raw: str | None) -> dict[str, Any] | None:
+    """An embedder record (meta ``embedder`` or ``embedder.switch``) as a dict; ``None``
+    when missing or unreadable."""
     if raw is None:
         return None
     try:
@@ -66,12 +68,12 @@ def _info(raw: str | None) -> dict[str, Any] | None:
 
 def read_embedder(core: CoreBase) -> dict[str, Any] | None:
     """``{"name", "dimension"}`` of the embedder the stored vectors belong to."""
-    return _info(core.store.get_meta(EMBEDDER_KEY))
+    return parse_record(core.store.get_meta(EMBEDDER_KEY))
 
 
 def read_switch(core: CoreBase) -> dict[str, Any] | None:
     """``{"name", "dimension", "done_n"}`` of an unfinished switch, or ``None``."""
-    return _info(core.store.get_meta(SWITCH_KEY))
+    return parse_record(core.store.get_meta(SWITCH_KEY))
 
 
 def embedder_config(name: str, dimension: int) -> EmbedderConfig | None:
@@ -264,6 +266,7 @@ def stored_embedder(path: str | Path) -> tuple[str, int, dict[str, Any] | None] 
     """
     from ._check_report import DB_NAME
     from .storage.sqlite import sqlite_errors
+    from .storage.sqlite_schema import connect_existing
 
     db_path = Path(path) / DB_NAME
     if not db_path.is_file():
@@ -272,9 +275,7 @@ def stored_embedder(path: str | Path) -> tuple[str, int, dict[str, Any] | None] 
         )
     with (
         sqlite_errors(db_path, "cannot read the store's embedder"),
-        closing(  # mode=rw: never create a database where there is none
-            sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=rw", uri=True, timeout=30.0)
-        ) as db,
+        closing(connect_existing(db_path)) as db,
     ):
         has_meta = db.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
@@ -286,7 +287,7 @@ def stored_embedder(path: str | Path) -> tuple[str, int, dict[str, Any] | None] 
                 "SELECT key, value FROM meta WHERE key IN (?, ?)", (EMBEDDER_KEY, SWITCH_KEY)
             ).fetchall()
         )
-    info = _info(meta.get(EMBEDDER_KEY))
+    info = parse_record(meta.get(EMBEDDER_KEY))
     if info is None:
         return None
-    return str(info.get("name")), int(info.get("dimension", 0)), _info(meta.get(SWITCH_KEY))
+    return str(info.get("name")), int(info.get("dimension", 0)), parse_record(meta.get(SWITCH_KEY))

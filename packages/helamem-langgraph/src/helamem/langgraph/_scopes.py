@@ -176,6 +176,12 @@ def _stamp_of(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return stamp
 
 
+def _epoch_of(stamp: dict[str, Any] | None, thread: str) -> str | None:
+    """The epoch a stamp gives a put of ``thread`` (``None``: no stamp, or another
+    thread's: a copy's)."""
+    return stamp["epoch"] if stamp is not None and stamp["thread"] == thread else None
+
+
 class ScopeBook:
     """The scopes of this checkpointer's recent puts (bounded), and the resolution of a
     put's scope. Thread-safe: ``put`` may run on several threads at once."""
@@ -237,14 +243,11 @@ class ScopeBook:
                 return Resolved(got.scope, stamp=False, error=got.error)
             if latest is None:  # new, or used again after delete_thread: a new epoch
                 return replace(mine(), epoch=put.id)
-            stamp = _stamp_of(latest.metadata)  # the thread goes on: its epoch
-            epoch = stamp["epoch"] if stamp is not None and stamp["thread"] == thread else None
-            return replace(mine(), epoch=epoch)
+            return replace(mine(), epoch=_epoch_of(_stamp_of(latest.metadata), thread))
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:
-            got = self._same_thread(mine, own, put, known.asked, known)
-            return replace(got, epoch=known.epoch)
+            return self._same_thread(mine, own, put, known.asked, known)
         want: RunnableConfig | None = config
         try:
             for _ in range(LEGACY_ANCESTORS):
@@ -259,8 +262,7 @@ class ScopeBook:
                     inherited = Resolved(
                         scope, keys=stamp["keys"], asker=stamp["asker"], epoch=stamp["epoch"]
                     )
-                    got = self._same_thread(mine, own, put, self._asked(tup), inherited)
-                    return replace(got, epoch=inherited.epoch)
+                    return self._same_thread(mine, own, put, self._asked(tup), inherited)
                 if stamp is not None and own and put.outside and put.opens(self._asked(tup)):
                     return mine()  # a turn this run opened on a copy
                 if stamp is not None and own:  # the copy's scope: its run keys first
@@ -303,7 +305,7 @@ class ScopeBook:
                 return None
             stamp = _stamp_of(above.metadata)
             if stamp is not None:
-                return stamp["epoch"] if stamp["thread"] == thread else None
+                return _epoch_of(stamp, thread)
             want = above.parent_config
         return None
 
@@ -316,13 +318,14 @@ class ScopeBook:
         inherited: Resolved,
     ) -> Resolved:
         """A put over a parent of its thread: its config's scope for a turn it opens with
-        outside input or in a run of the thread's asker, else the parent's."""
+        outside input or in a run of the thread's asker, else the parent's; the thread's
+        epoch either way."""
         if own and put.opens(parent_asked):
             got, asker = mine(), inherited.asker
             if put.outside or (
                 asker is not None and got.error is None and got.scope == asker.scope
             ):
-                return replace(got, asker=asker)
+                return replace(got, asker=asker, epoch=inherited.epoch)
         return inherited
 
     def _asked(self, tup: CheckpointTuple) -> str | None:

@@ -228,12 +228,25 @@ class ChromaIndex(ChromaConnection):
                     self._retrying(key, partial(put, key, rows))
             except IndexLockedError as exc:
                 locked = exc
-            except CHROMA_FAILURES as exc:
-                if self._config.mode != "persistent" or not damaged(exc):
-                    raise chroma_error(exc, "Chroma upsert failed", self._where) from exc
-                self._rebuild(key, exc)  # SQLite holds these rows: the rebuild takes them
+            except CHROMA_FAILURES as exc:  # SQLite holds these rows: a rebuild takes them
+                if (failed := self._mend(key, exc, "Chroma upsert failed")) is not None:
+                    raise failed from exc
         if locked is not None:
             raise locked
+
+    def _mend(self, key: tuple[int, str], exc: Exception, what: str) -> StorageError | None:
+        """After a write to ``key``'s collection raised ``exc``: rebuild the collection
+        from SQLite when chromadb can no longer read it (``None``: mended), else the
+        typed error to raise (also when the rebuild failed)."""
+        if self._config.mode != "persistent" or not damaged(exc):
+            return chroma_error(exc, what, self._where)
+        try:
+            self._rebuild(key, exc)
+        except StorageError as again:
+            return again
+        except CHROMA_FAILURES as again:
+            return chroma_error(again, what, self._where)
+        return None
 
     def _rebuild(self, key: tuple[int, str], exc: Exception) -> None:
         """Drop a collection chromadb can no longer read and build it again from SQLite.
@@ -328,16 +341,8 @@ class ChromaIndex(ChromaConnection):
                 self._retrying(key, drop)
             except IndexLockedError as exc:
                 error = error or exc
-            except CHROMA_FAILURES as exc:
-                if self._config.mode != "persistent" or not damaged(exc):
-                    error = error or chroma_error(exc, "Chroma delete failed", self._where)
-                    continue
-                try:
-                    self._rebuild(key, exc)
-                except StorageError as again:  # the rebuild failed: the tombstones stay
-                    error = error or again
-                except CHROMA_FAILURES as again:
-                    error = error or chroma_error(again, "Chroma delete failed", self._where)
+            except CHROMA_FAILURES as exc:  # not mended: its tombstones stay
+                error = error or self._mend(key, exc, "Chroma delete failed")
         if error is not None:
             raise error
 

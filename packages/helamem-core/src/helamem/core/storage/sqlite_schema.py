@@ -31,6 +31,7 @@ from .unique import legacy_unique_key
 
 __all__ = [
     "MIGRATIONS",
+    "connect_existing",
     "SCHEMA_VERSION",
     "SQLiteConnection",
     "MEMORY_COLS",
@@ -245,6 +246,17 @@ def _full(path: Path, floor: int = 1 << 20) -> bool:
         return shutil.disk_usage(path.parent).free < floor
     except OSError:
         return False
+
+
+def connect_existing(db_path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file ``db_path``, never creating one where there is
+    none (``mode=rw``), autocommit, waiting up to 30 s for a writer's lock (for readers
+    outside a store: ``helamem check``, the embedder record)."""
+    db = sqlite3.connect(
+        f"{db_path.resolve().as_uri()}?mode=rw", uri=True, timeout=30.0, isolation_level=None
+    )
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
 
 
 def is_locked(exc: sqlite3.Error) -> bool:
