@@ -119,7 +119,9 @@ class HelaMemMemoryConfig(BaseModel):
         llm_model: LiteLLM model string for distillation; ``None``: the
             extractive distiller (no model).
         llm_api_base: API base passed to LiteLLM.
-        consolidate_every: Distil a scope every this many recorded turns.
+        consolidate_every: Distil a scope once this many of its turns are
+            recorded since its last consolidation (counted in the store, by
+            every process).
         dynamics: Hebbian edge dynamics (learning rate, decay...).
         retrieval: Retrieval tuning (spreading, recency...).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from ._maintenance import (
 )
 from ._owner import KeepsPending, OwnedCore
 from ._portable import ExportReport, ImportReport, export_scope, import_scope
+from ._turn_count import Claim, claim, settle
 from .distill import Distiller, ExtractiveDistiller, LLMDistiller
 from .llm import LLMClient
 from .types import (
@@ -69,6 +71,10 @@ class UpkeepMethods(OwnedCore):
         A scope whose LLM call fails (after retries) is left for the next
         consolidation and named in ``failed_scopes``; the other scopes' facts are
         stored (a WARNING is logged per failed scope).
+
+        The turns of these scopes stored before it began count as consolidated:
+        a :class:`~helamem.core.TurnRecorder` (of any process) next consolidates
+        a scope once ``consolidate_every`` more of its turns are stored.
 
         Raises:
             LLMUnavailableError, LLMResponseError: The LLM failed for every scope;
@@ -124,6 +130,15 @@ class UpkeepMethods(OwnedCore):
         plan = await self._acall(lambda c: plan_consolidation(c, scope), (scope,), "aconsolidate")
         drafts = await self._get_distiller().adistill(plan.clusters) if plan.clusters else []
         return await self._acall(lambda c: apply_consolidation(c, plan, drafts), None)
+
+    async def _aclaim_consolidation(self, scope: Sequence[str], every: int) -> Claim | None:
+        """For a turn recorder: claim ``scope``'s consolidation when ``every`` of its
+        turns stored (by any process) are due since its last one (:mod:`._turn_count`)."""
+        return await self._acall(lambda c: claim(c.store, scope, every, time.time()), None)
+
+    async def _asettle_consolidation(self, done: Claim) -> None:
+        """For a turn recorder: its claimed consolidation ended (done or failed)."""
+        await self._acall(lambda c: settle(c.store, done), None)
 
     async def aforget(
         self,

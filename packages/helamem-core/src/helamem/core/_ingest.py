@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import dynamics, retrieval
+from . import _turn_count, dynamics, retrieval
 from ._base import scope_tag
 from ._inputs import check_content
 from ._learning import LearningOps
@@ -118,6 +118,8 @@ class IngestOps(LearningOps):
         groups: Sequence[Sequence[Prepared]],
         used_ids: Sequence[Sequence[str]] = (),
         unique: Sequence[Mapping[str, str] | None] = (),
+        *,
+        turns: bool = False,
     ) -> list[Memory]:
         """Store groups of memories; each group is one tick of its scope.
 
@@ -132,6 +134,8 @@ class IngestOps(LearningOps):
         racing with one group, one stores it.
         The skipped group's place in the result holds the stored memories
         (:func:`_stored_in_place`).
+        ``turns``: each group is a turn; each one stored counts toward its scope's
+        next consolidation (:mod:`._turn_count`), in the same transaction.
         """
         flat = [p for g in groups for p in g]
         if not flat:
@@ -159,6 +163,7 @@ class IngestOps(LearningOps):
             tags_of: dict[tuple[int, str], str] = {}
             i = 0
             found: dict[int, list[MemoryRow]] = {}  # skipped group -> its stored memories
+            counted: dict[int, int] = defaultdict(int)  # scope node -> turns stored
             keep: list[int] = []  # flat positions inserted
             for gi, group in enumerate(groups):
                 fields = unique[gi] if gi < len(unique) else None
@@ -237,6 +242,8 @@ class IngestOps(LearningOps):
                     reply[sid] = vecs[i]  # the group's last message in the scope: the reply
                     i += 1
                 self.store.upsert_edges(db, edges)
+                if turns and group:
+                    counted[sids[tuple(group[0].scope)]] += 1
                 foreign = [r.id for r in used.values() if r.scope_id not in group_ns]
                 if foreign:  # edges never cross scopes
                     logger.debug("ignoring %d used_ids of other scopes", len(foreign))
@@ -246,6 +253,7 @@ class IngestOps(LearningOps):
                         self._learn_turn(db, sid, ns, extra, reply[sid], state[sid][0])
             for sid, (tick, last) in state.items():
                 self.store.set_scope_state(db, sid, tick, last)
+            _turn_count.count_turns(self.store, db, counted)
             if toks is not None and keep:
                 packed = retrieval.pack_tokens_many(
                     toks if len(keep) == len(flat) else [toks[j] for j in keep]

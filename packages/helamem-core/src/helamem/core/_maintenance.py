@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import dynamics
+from . import _turn_count, dynamics
 from ._core import Core, prepare, scope_tag
 from .distill import (
     DISTILLED_FROM,
@@ -84,12 +84,17 @@ class ConsolidationReport:
 
 @dataclass(frozen=True, slots=True)
 class ConsolidationPlan:
-    """Clusters to distil, per scope node, and counts from the planning step."""
+    """Clusters to distil, per scope node, and counts from the planning step.
+
+    ``turns_seen``: each scope node's stored-turn count (:mod:`._turn_count`) read
+    before its episodes; applying the plan counts those turns as consolidated.
+    """
 
     clusters: tuple[ClusterPlan, ...]
     similarity_edges: int
     hubs: int
     skipped_unchanged: int
+    turns_seen: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +153,9 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
     dim = core.embedder.dimension
     per_scope: dict[int, list[ClusterPlan]] = {}
     sim_total = hubs_total = skipped = 0
-    for sid in store.nodes_holding(store.descendants(node), "episodic"):
+    nodes = store.nodes_holding(store.descendants(node), "episodic")
+    seen = _turn_count.turns_seen(store, nodes)  # before the episodes: each is among them
+    for sid in nodes:
         clusters = per_scope.setdefault(sid, [])
         ns, ids, embs = store.vectors_of(sid, "episodic")
         mat = _matrix(embs, dim)
@@ -225,7 +232,7 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
             )
     chosen = _fair(core, per_scope, cfg.max_clusters)
     _note_tried(core, chosen)
-    return ConsolidationPlan(chosen, sim_total, hubs_total, skipped)
+    return ConsolidationPlan(chosen, sim_total, hubs_total, skipped, seen)
 
 
 def _fair(core: Core, per_scope: dict[int, list[ClusterPlan]], cap: int) -> tuple[ClusterPlan, ...]:
@@ -391,6 +398,8 @@ def apply_consolidation(
         for c in recorded:
             key = (c.scope_id, c.signature)
             store.record_cluster(db, *key, c.ids[0], produced.get(key, 0), newest[key])
+        # the scopes' turns it saw are consolidated: a recorder's count starts again
+        _turn_count.mark_consolidated(store, db, plan.turns_seen)
     core.reconcile()  # index new and updated facts
     return ConsolidationReport(
         scopes=len({c.scope_id for c in recorded}),
@@ -478,6 +487,7 @@ def delete_scope(core: Core, scope: Sequence[str]) -> int:
         store.delete_memories(db, rows)
         store.delete_clusters(db, nodes)
         store.delete_meta(db, [k(sid) for sid in nodes for k in (_mark_key, _tried_key)])
+        _turn_count.forget_due(store, db, nodes)  # counts only grow: nothing is due now
     try:  # removes the vectors (tombstones)
         core.reconcile()
     except StorageError as exc:  # deleted already: the vectors go at a later reconcile

@@ -81,7 +81,7 @@ class RecorderState:
         self._storing = 0  # turns in batches being stored now
         self._exit_token: int | None = None  # registered with _exit while not closed
         # Owner-loop only:
-        self._counts: dict[Scope, int] = {}
+        self._counts: dict[Scope, int] = {}  # turns stored, for a memory keeping no count
         self._lanes: dict[Scope, deque[Job]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots: asyncio.Semaphore | None = None

@@ -16,12 +16,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from . import _exit
 from ._recorder_state import RecorderState
 from ._recorder_types import IN_RECORDER_LANE, Job, RecorderClosedError, Stage
 from .errors import CommitUnknownError, StoreClosedError
 from .types import Scope
+
+if TYPE_CHECKING:
+    from ._turn_count import Claim
 
 __all__ = ["RecorderWorker"]
 
@@ -255,24 +259,54 @@ class RecorderWorker(RecorderState):
             await self._after_store(stored)
 
     async def _after_store(self, stored: list[Job]) -> None:
-        """Count stored turns; consolidate once if the batch crossed a multiple of N."""
+        """Consolidate the batch's scope once if ``consolidate_every`` of its turns are due.
+
+        The count is the store's (:mod:`._turn_count`: every turn stored in the scope,
+        by any process, since its last consolidation), so short-lived processes that
+        each record a few turns still consolidate; a memory that keeps no count (a
+        stand-in) is counted here, by this recorder. Of recorders racing to the
+        threshold, one claims the consolidation; once it ends (done or failed) the
+        count starts again.
+        """
         job = stored[-1]
         with self._cond:
             self._recorded += len(stored)
             if self._exiting:  # the exit bound is for storing turns, not for distilling
-                return
-        before = self._counts.get(job.scope, 0)
-        after = self._counts[job.scope] = before + len(stored)
+                return  # (still due: the next turn recorded, by any process, starts it)
         every = self.consolidate_every
-        if every is None or after // every == before // every:
-            return
         consolidate: Callable[[Scope], Awaitable[object]] | None = getattr(
             self.memory, "aconsolidate", None
         )
-        if consolidate is None:
+        if every is None or consolidate is None:
             return
+        claim_due: Callable[[Scope, int], Awaitable[Claim | None]] | None = getattr(
+            self.memory, "_aclaim_consolidation", None
+        )
         try:
-            await consolidate(job.scope)
+            claim: Claim | None = None
+            if claim_due is None:
+                before = self._counts.get(job.scope, 0)
+                after = self._counts[job.scope] = before + len(stored)
+                if after // every == before // every:
+                    return
+            else:
+                try:
+                    claim = await claim_due(job.scope, every)
+                except StoreClosedError:  # closed since: the count is stored, still due
+                    return
+                if claim is None:
+                    return
+            failed: BaseException | None = None
+            try:
+                await consolidate(job.scope)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 (raised below, once settled)
+                failed = exc
+            if claim is not None:
+                await self._end_claim(claim)
+            if failed is not None:
+                raise failed
         # As above: kept and re-raised at the next flush()/close().
         except asyncio.CancelledError:  # the memory closed meanwhile: the turns are stored
             self._fail(job, "consolidate", StoreClosedError("the memory closed meanwhile"))
@@ -280,3 +314,10 @@ class RecorderWorker(RecorderState):
         except BaseException as exc:  # noqa: BLE001 (SystemExit & co. too: the lane goes on)
             err = exc if isinstance(exc, Exception) else RuntimeError(f"consolidate: {exc!r}")
             self._fail(job, "consolidate", err)
+
+    async def _end_claim(self, claim: Claim) -> None:
+        """End a claim; if that fails, the claim lapses by itself (the turns stay due)."""
+        try:
+            await self.memory._asettle_consolidation(claim)
+        except Exception as exc:  # noqa: BLE001 (logged: the consolidation's outcome counts)
+            logger.warning("turn recorder: could not end a consolidation's claim: %s", exc)

@@ -388,7 +388,9 @@ class ConsolidationConfig(_Frozen):
     """Hebbian distillation and forgetting.
 
     Attributes:
-        every_turns: Turn hooks consolidate a scope every this many turns.
+        every_turns: Turn hooks consolidate a scope once this many of its turns
+            are stored since its last consolidation (counted in the store,
+            across processes and recorders).
         similarity_neighbors: Similarity edges per new episode (top-n).
         similarity_min_cos: ... above this cosine ...
         similarity_weight: ... with weight ``similarity_weight · cos``.

@@ -159,7 +159,7 @@ class HelaMemory(UpkeepMethods):
             used.append(ids_arg(t.used_ids, "used_ids"))
 
         def run(c: Core) -> list[tuple[Memory, Memory]]:
-            m = c.ingest(groups, used_ids=used, unique=unique)
+            m = c.ingest(groups, used_ids=used, unique=unique, turns=True)
             return [(m[i], m[i + 1]) for i in range(0, len(m), 2)]
 
         return KeepsPending(run)

@@ -5,8 +5,15 @@ ids of the memories used for the turn)``, returns as soon as the turn is
 queued, and in the background calls :meth:`HelaMemory.aadd_turn
 <helamem.core.HelaMemory.aadd_turn>` (store both messages, link them to the
 scope's previous episode, co-activate the used memories with them, advance
-the scope's tick: one transaction) and, every ``consolidate_every`` turns of
-a scope, ``memory.aconsolidate(scope)`` when the memory has it.
+the scope's tick, count the turns toward the scope's next consolidation: one
+transaction) and, once ``consolidate_every`` turns of a scope are stored since
+its last consolidation, ``memory.aconsolidate(scope)`` when the memory has it.
+That count is kept in the store, not in the recorder: turns stored by every
+process, recorder and adapter count, so a process that records a few turns and
+exits (a CLI, a serverless handler) still gets its scopes consolidated; any
+consolidation of the scope (an explicit ``consolidate`` too) starts it again,
+and of recorders reaching the threshold at once one consolidates (see
+:mod:`._turn_count`).
 
 Design:
 
@@ -127,11 +134,14 @@ class TurnRecorder(RecorderWorker):
         memory: Where turns are stored.
         max_pending: Most turns queued or in progress; more callers wait
             (backpressure).
-        consolidate_every: After every this many stored turns of a scope (as
-            counted by this recorder), call ``memory.aconsolidate(scope)``
-            when the memory provides it; ``None`` never does. Default
-            (``"config"``): ``memory.config.consolidation.every_turns``
-            (20 unless configured).
+        consolidate_every: Once this many turns of a scope are stored since its
+            last consolidation, call ``memory.aconsolidate(scope)`` (when the
+            memory provides it); ``None`` never does. The count is the
+            store's: turns stored by any process or recorder (``add_turn`` /
+            ``add_turns``) count, and any consolidation covering the scope (an
+            explicit ``consolidate`` too) or the end of the one a recorder
+            started, done or failed, starts it again. Default (``"config"``):
+            ``memory.config.consolidation.every_turns`` (20 unless configured).
         concurrency: Most scopes processed at once (turns of one scope
             always run one after another, in order).
         exit_timeout: At interpreter exit, most seconds spent storing the
@@ -139,7 +149,8 @@ class TurnRecorder(RecorderWorker):
             store none); turns not stored by then are dropped and counted in
             one WARNING log line. A batch already being stored gets up to 2 s
             more, so that count is exact. Consolidations that would fall due
-            meanwhile are skipped (the next one covers their turns).
+            meanwhile are skipped: their turns stay due, and the next turn
+            recorded (by any process) starts it.
         search_wait_timeout: Most seconds a call of ``memory`` (a search,
             ``get``, ``stats``, ``delete``...) waits for this recorder's turns
             accepted before it in the scopes it reads to be stored (or
@@ -186,7 +197,7 @@ class TurnRecorder(RecorderWorker):
     @property
     def recorded(self) -> int:
         """Turns stored so far by this recorder (one skipped as stored already,
-        ``unique_on``, counts too, as it does toward ``consolidate_every``)."""
+        ``unique_on``, counts too; toward ``consolidate_every`` it does not)."""
         with self._cond:
             return self._recorded
 
