@@ -110,6 +110,11 @@ def release_memory(memory: HelaMemory) -> bool:
             _leases[memory] = held
             return False
         _leases.pop(memory, None)
+        key = _store_key(memory.config)
+        if held == 0 and _live.get(key) is memory:
+            # closing now: a racing resolve_memory opens a new one rather than take this
+            # one as a caller's (no lease) and queue turns on it as it closes
+            del _live[key]
         return held == 0
 
 

@@ -20,6 +20,12 @@ from llama_index.core.memory.memory import BaseMemoryBlock
 
 from helamem.core import HelaMemConfig, HelaMemory, InvalidScopeError, Scope, TurnRecorder
 
+from ._connection import (
+    aclose_connection,
+    arecord,
+    live_memory,
+    live_recorder,
+)
 from ._shared import (
     Line,
     candidates,
@@ -31,9 +37,7 @@ from ._shared import (
     message_text,
     pair_turns,
     register_memory,
-    release_memory,
     reply_text,
-    resolve_memory,
     select_lines,
     window_text,
     without_connection,
@@ -162,22 +166,12 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     @property
     def memory(self) -> HelaMemory:
         """The live memory (reused from this process, else created from ``config``)."""
-        if self._memory is None or self._memory.closed:
-            self._memory, self._owned = resolve_memory(self.config)
-        return self._memory
+        return live_memory(self)
 
     @property
     def recorder(self) -> TurnRecorder:
         """The turn recorder this block records flushed turns with."""
-        memory = self.memory
-        if self._recorder is None or (self._own_recorder and self._recorder.memory is not memory):
-            # its own recorder follows the memory when that was reopened (a closed one
-            # accepts nothing); a shared recorder is its owner's
-            self._recorder, self._own_recorder = (
-                TurnRecorder(memory, search_wait_timeout=min(self.read_timeout, 1e6)),  # finite
-                True,
-            )
-        return self._recorder
+        return live_recorder(self)
 
     def _scope(self, session_id: str | None) -> Scope:
         if self.scope is not None:
@@ -281,7 +275,9 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         turns, dangling = pair_turns(messages)
         for user, assistant in turns:
             used = list(self._injected.pop(user, {}))
-            await self.recorder.record_turn(scope, user, assistant, used_ids=used)
+            await arecord(
+                self, {"scope": scope, "user": user, "assistant": assistant, "used_ids": used}
+            )
         if dangling is not None:  # its reply stays in Memory's queue for a later flush
             await self._store_alone(scope, dangling, "user")
         if turns or lead or dangling is not None:
@@ -302,9 +298,4 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
 
     async def aclose(self) -> None:
         """Drain the recorder (close it if it is this block's own); close an owned memory."""
-        recorder, self._recorder = self._recorder, None
-        if recorder is not None:
-            await (recorder.close() if self._own_recorder else recorder.flush())
-        if self._owned and self._memory is not None and release_memory(self._memory):
-            await self._memory.aclose()
-        self._memory, self._owned = None, False
+        await aclose_connection(self)

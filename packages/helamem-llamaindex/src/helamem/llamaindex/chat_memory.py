@@ -39,6 +39,14 @@ from helamem.core import (
     is_blank,
 )
 
+from ._connection import (
+    aclose_connection,
+    arecord,
+    close_connection,
+    live_memory,
+    live_recorder,
+    record_sync,
+)
 from ._prompt import compose, drops_first_system_message
 from ._shared import (
     Line,
@@ -53,9 +61,7 @@ from ._shared import (
     message_text,
     pair_turns,
     register_memory,
-    release_memory,
     reply_text,
-    resolve_memory,
     window_text,
     without_connection,
 )
@@ -304,22 +310,12 @@ class HelaMemChatMemory(BaseMemory):
     @property
     def memory(self) -> HelaMemory:
         """The live memory (reused from this process, else created from ``config``)."""
-        if self._memory is None or self._memory.closed:
-            self._memory, self._owned = resolve_memory(self.config)
-        return self._memory
+        return live_memory(self)
 
     @property
     def recorder(self) -> TurnRecorder:
         """The turn recorder completed turns go through."""
-        memory = self.memory
-        if self._recorder is None or (self._own_recorder and self._recorder.memory is not memory):
-            # its own recorder follows the memory when that was reopened (a closed one
-            # accepts nothing); a shared recorder is its owner's
-            self._recorder, self._own_recorder = (
-                TurnRecorder(memory, search_wait_timeout=min(self.read_timeout, 1e6)),  # finite
-                True,
-            )
-        return self._recorder
+        return live_recorder(self)
 
     @property
     def memory_scope(self) -> Scope:
@@ -504,7 +500,7 @@ class HelaMemChatMemory(BaseMemory):
     def put_messages(self, messages: list[ChatMessage]) -> None:
         """Append several messages (e.g. an agent's tool calls and reply)."""
         for job in self._take_turns(messages):
-            self.recorder.record_turn_sync(**job)
+            record_sync(self, job)
 
     def set(self, messages: list[ChatMessage]) -> None:
         """Replace the window. Its completed turns are history, not recorded again; user
@@ -535,12 +531,7 @@ class HelaMemChatMemory(BaseMemory):
 
     def close(self) -> None:
         """Drain the recorder (close it if it is this object's own); close an owned memory."""
-        recorder, self._recorder = self._recorder, None
-        if recorder is not None:
-            recorder.close_sync() if self._own_recorder else recorder.flush_sync()
-        if self._owned and self._memory is not None and release_memory(self._memory):
-            self._memory.close()
-        self._memory, self._owned = None, False
+        close_connection(self)
 
     # -- BaseMemory: async ---------------------------------------------------
 
@@ -572,7 +563,7 @@ class HelaMemChatMemory(BaseMemory):
     async def aput_messages(self, messages: list[ChatMessage]) -> None:
         """Async :meth:`put_messages`."""
         for job in self._take_turns(messages):
-            await self.recorder.record_turn(**job)
+            await arecord(self, job)
 
     async def aset(self, messages: list[ChatMessage]) -> None:
         """Async :meth:`set`."""
@@ -589,12 +580,7 @@ class HelaMemChatMemory(BaseMemory):
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
-        recorder, self._recorder = self._recorder, None
-        if recorder is not None:
-            await (recorder.close() if self._own_recorder else recorder.flush())
-        if self._owned and self._memory is not None and release_memory(self._memory):
-            await self._memory.aclose()
-        self._memory, self._owned = None, False
+        await aclose_connection(self)
 
     def _metadata(self) -> dict[str, Any]:
         return {"source": "llamaindex", "session_id": self.session_id}
