@@ -121,11 +121,11 @@ def test_an_explicit_consolidate_resets_the_count(
         assert len(Counting.reports) == 1
 
 
-def _due(mem: HelaMemory) -> int:
+def _due(mem: HelaMemory, scope: tuple[str, ...] = S) -> int:
     from helamem.core import _turn_count as turn_count
 
     def run(c: Any) -> int:
-        node = c.store.find_scope(S)
+        node = c.store.find_scope(scope)
         return 0 if node is None else turn_count.due(c.store, node)[1]
 
     return int(mem._call(run, None))
@@ -168,3 +168,44 @@ def test_racing_claims_consolidate_once_and_a_killed_claimer_only_delays(
         assert _due(mem) == 1
         mem.delete_scope(S)
         assert _due(mem) == 0
+
+
+@pytest.mark.parametrize("case", ["a tenant's call failed", "max_clusters left a tenant"])
+def test_a_prefix_consolidation_keeps_due_the_turns_of_tenants_it_did_not_finish(
+    tmp_path: Path, store_config: StoreConfig, case: str
+) -> None:
+    """A consolidation of ``("users",)`` marks consolidated only the tenants it finished:
+    a tenant whose LLM call failed (``failed_scopes``), or some of whose clusters
+    ``max_clusters`` left for later, keeps its turns due (review 139: every tenant's
+    count was reset, so their recorders waited ``every_turns`` more turns)."""
+    failing = case == "a tenant's call failed"
+
+    def completion(**kwargs: Any) -> Any:
+        if failing and "bob" in kwargs["messages"][-1]["content"]:
+            raise litellm.exceptions.APIConnectionError(
+                "down", llm_provider="openai", model="gpt-4o-mini"
+            )
+        return litellm.completion(mock_response=_facts(kwargs["messages"]), **kwargs)
+
+    path = tmp_path / "store"
+    cfg = HelaMemConfig(
+        path=path,
+        store=store_config(path),
+        llm=LLMConfig(model="gpt-4o-mini", backoff_s=0.0, max_retries=0),
+        consolidation=ConsolidationConfig(max_clusters=100 if failing else 1),
+    )
+    llm = LLMClient(cfg.llm, completion=completion, acompletion=_acompletion)
+    users = {name: ("users", name) for name in ("alice", "bob")}
+    with HelaMemory(cfg, embedder=HashingEmbedder(64), llm=llm) as mem:
+        for name, scope in users.items():
+            for i in range(19):
+                mem.add_turn(scope, f"{name}: my cat miso chased a mouse {i}", f"{name}: fast {i}")
+        report = mem.consolidate(("users",))
+        due = {name: _due(mem, scope) for name, scope in users.items()}
+    if failing:
+        assert report.failed_scopes == (users["bob"],)
+        assert due == {"alice": 0, "bob": 19}  # alice's clusters all distilled: done
+    else:  # one cluster in all: one tenant's share (as consolidating it alone), the
+        # other tenant's left for the next consolidation
+        assert report.clusters == 1 and report.scopes == 1
+        assert sorted(due.values()) == [0, 19]

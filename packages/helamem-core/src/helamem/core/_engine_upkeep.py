@@ -72,9 +72,11 @@ class UpkeepMethods(OwnedCore):
         consolidation and named in ``failed_scopes``; the other scopes' facts are
         stored (a WARNING is logged per failed scope).
 
-        The turns of these scopes stored before it began count as consolidated:
-        a :class:`~helamem.core.TurnRecorder` (of any process) next consolidates
-        a scope once ``consolidate_every`` more of its turns are stored.
+        The turns stored before it began of the scopes it finished (its call
+        succeeded, and ``max_clusters`` took all the clusters it planned for the
+        scope) count as consolidated: a :class:`~helamem.core.TurnRecorder` (of
+        any process) next consolidates such a scope once ``consolidate_every``
+        more of its turns are stored; the other scopes' turns stay due.
 
         Raises:
             LLMUnavailableError, LLMResponseError: The LLM failed for every scope;

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -232,6 +233,10 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
             )
     chosen = _fair(core, per_scope, cfg.max_clusters)
     _note_tried(core, chosen)
+    # a scope some of whose clusters max_clusters left for later is not done: its turns
+    # stay due (a recorder consolidates it again after fewer new turns)
+    chosen_per = Counter(c.scope_id for c in chosen)
+    seen = tuple((sid, t) for sid, t in seen if chosen_per[sid] == len(per_scope.get(sid, ())))
     return ConsolidationPlan(chosen, sim_total, hubs_total, skipped, seen)
 
 
@@ -398,8 +403,13 @@ def apply_consolidation(
         for c in recorded:
             key = (c.scope_id, c.signature)
             store.record_cluster(db, *key, c.ids[0], produced.get(key, 0), newest[key])
-        # the scopes' turns it saw are consolidated: a recorder's count starts again
-        _turn_count.mark_consolidated(store, db, plan.turns_seen)
+        # the turns it saw of the scopes it finished are consolidated (a recorder's count
+        # starts again); a scope whose call failed or was cut short, or with a cluster
+        # changed since the plan, keeps them due
+        finished = {(c.scope_id, c.signature) for c in recorded}
+        left = {c.scope_id for c in plan.clusters if (c.scope_id, c.signature) not in finished}
+        done = [(sid, t) for sid, t in plan.turns_seen if sid not in left]
+        _turn_count.mark_consolidated(store, db, done)
     core.reconcile()  # index new and updated facts
     return ConsolidationReport(
         scopes=len({c.scope_id for c in recorded}),

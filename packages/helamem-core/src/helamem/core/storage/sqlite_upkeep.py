@@ -346,6 +346,28 @@ class SQLiteUpkeep(SQLiteConnection):
             [(scope_id, sig) for sig in signatures],
         )
 
+    def get_metas(self, keys: Sequence[str]) -> dict[str, str]:
+        """The values of those of ``keys`` that exist, 500 to a statement."""
+        found: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            part = list(keys[i : i + 500])
+            found.update(
+                (str(k), str(v))
+                for k, v in self.db.execute(
+                    f"SELECT key, value FROM meta WHERE key IN ({qmarks(len(part))})", part
+                )
+            )
+        return found
+
+    def set_metas(self, db: sqlite3.Connection, items: Sequence[tuple[str, str]]) -> None:
+        """:meth:`set_meta` of each ``(key, value)``, in one batch."""
+        if items:
+            db.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [list(item) for item in items],
+            )
+
     def set_metadata(self, db: sqlite3.Connection, n: int, metadata: str) -> None:
         """Rewrite one memory's metadata (JSON text) alone."""
         db.execute("UPDATE memories SET metadata = ? WHERE n = ?", (metadata, n))
