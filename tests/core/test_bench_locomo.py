@@ -603,3 +603,35 @@ def test_a_sweep_refuses_an_invalid_grid_point_before_running_any(tmp_path: Path
     grid = {"dynamics.learning_rate": [0.05, 0.005], "dynamics.prune_below": [0.01]}
     with pytest.raises(ValueError, match="raise learning_rate or lower prune_below"):
         sweep_module.run_sweep(tmp_path / "never-read.json", grid=grid)
+
+
+def test_a_sweep_over_fusions_weights_compares_each_fold_with_fusion_at_its_point(
+    data: Path, tmp_path: Path
+) -> None:
+    """Review 137: a grid over ``keyword_weight`` changes fusion from point to point, and the
+    held-out comparison used fusion at the grid's last point (0.718 at keyword_weight 0.7
+    in the README) instead of fusion at the point each fold chose (the base ranking
+    helamem ran on there)."""
+    grid = {"keyword_weight": [0.0, 1.0]}
+    res = sweep_module.run_sweep(data, grid=grid, k=1, embedder=HashingEmbedder(256))
+    fusion_at = []
+    for weight in grid["keyword_weight"]:
+        ran = run_locomo(
+            data,
+            methods=["fusion"],
+            ks=[1],
+            retrieval={"keyword_weight": weight},
+            embedder=HashingEmbedder(256),
+            work_dir=tmp_path,
+        )
+        fusion_at.append(sweep_module._per_conv(ran["methods"]["fusion"], 1))
+    assert fusion_at[0] != fusion_at[1]  # the case: fusion differs between the points
+    hits = n = 0.0
+    for fold in res["loo"]["folds"]:
+        h, q = fusion_at[fold["point"]][fold["held_out"]]
+        assert fold["fusion_r"] == round(h / q, 4)
+        hits, n = hits + h, n + q
+    assert res["loo"]["fusion_r"] == round(hits / n, 4)
+    assert [p["fusion_r"] for p in res["points"]] == [
+        round(sum(h for h, _ in f.values()) / sum(q for _, q in f.values()), 4) for f in fusion_at
+    ]
