@@ -25,8 +25,8 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -171,6 +171,8 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
         self._journal = Journal(Path(memory.config.path) / JOURNAL)
         self._settled_once = False
         self._closed = False
+        self._busy = 0  # sections using the document store or the journal now
+        self._idle = threading.Condition()
         self._used: OrderedDict[str, dict[str, None]] = OrderedDict()
         self._max_threads = max_threads
         self.ttl_config = documents.ttl_config if documents is not None else ttl
@@ -211,11 +213,39 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
                 "a new one: HelaMemStore(memory) (compile the graph with it again)"
             )
 
+    @contextmanager
+    def _section(self) -> Iterator[None]:
+        """A blocking step that uses the document store or the journal (run on a
+        thread, never awaiting the event loop): :meth:`close` waits for the sections
+        under way before it closes them; one starting after ``close`` raises
+        ``StoreClosedError``. (Closing SQLite's connection under another thread's
+        statement crashed the process; a journal descriptor closed under a writer
+        could be reused by another file.)"""
+        with self._idle:
+            self._check_open()
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` inside a :meth:`_section` (for ``asyncio.to_thread``)."""
+        with self._section():
+            return fn(*args)
+
     def close(self) -> None:
-        """Stop the TTL sweeper, close the default document store and the journal
-        (idempotent); the memory stays open. Later calls raise ``StoreClosedError``."""
-        self._closed = True
+        """Stop the TTL sweeper, wait for the store's steps under way on other threads
+        (a put's write, a read of the documents), then close the default document store
+        and the journal (idempotent); the memory stays open. Later calls raise
+        ``StoreClosedError``."""
+        with self._idle:
+            self._closed = True
         self._stop_sweeper(None)
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0)
         self._stack.close()
         self._journal.close()
 
@@ -226,6 +256,17 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def repair(self) -> RepairReport:
+        """See :meth:`JournaledWrites.repair <helamem.langgraph._writes.JournaledWrites.repair>`
+        (``close`` waits for it).
+
+        Raises:
+            StoreClosedError: After :meth:`close`.
+            StorageError: If the memory store cannot be read or written.
+        """
+        with self._section():
+            return super().repair()
 
     def sweep_ttl(self) -> int:
         """Delete expired documents now; returns how many.
@@ -244,12 +285,14 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
         return await asyncio.to_thread(self._sweep_now)
 
     def _sweep_now(self) -> int:
-        sweep = getattr(self.documents, "sweep_ttl", None)
-        if sweep is None:
-            raise NotImplementedError(
-                f"{type(self.documents).__name__} cannot sweep TTLs; use the default SqliteStore"
-            )
-        return int(sweep())
+        with self._section():
+            sweep = getattr(self.documents, "sweep_ttl", None)
+            if sweep is None:
+                raise NotImplementedError(
+                    f"{type(self.documents).__name__} cannot sweep TTLs; use the default "
+                    "SqliteStore"
+                )
+            return int(sweep())
 
     # -- thread attribution ---------------------------------------------------
 
@@ -288,11 +331,11 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
         self._check_open()
         plan = self._plan(list(ops))
         if not self._settled_once:
-            self._settle_pending()
+            self._guarded(self._settle_pending)
         try:
             req = next(plan)
             while True:
-                req = plan.send(self._run(req))
+                req = plan.send(self._guarded(self._run, req))
         except StopIteration as done:
             result: list[Result] = done.value
             return result
@@ -302,7 +345,7 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
         self._check_open()
         plan = self._plan(list(ops))
         if not self._settled_once:
-            await asyncio.to_thread(self._settle_pending)
+            await asyncio.to_thread(self._guarded, self._settle_pending)
         try:
             req = next(plan)
             while True:
@@ -345,13 +388,14 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
         m = self.memory
         if isinstance(req, Docs):
             if self._documents is None or isinstance(self._documents, SqliteStore):
-                docs = await asyncio.to_thread(lambda: self.documents)
-                return await asyncio.to_thread(docs.batch, req.ops)  # SqliteStore is sync-only
+                # SqliteStore is sync-only
+                return await asyncio.to_thread(self._guarded, lambda: self.documents.batch(req.ops))
+            self._check_open()
             return await self._documents.abatch(req.ops)
         if isinstance(req, Write):  # blocks on the writer lock: off the event loop
-            return await asyncio.to_thread(self._write, req.ops)
+            return await asyncio.to_thread(self._guarded, self._write, req.ops)
         if isinstance(req, Call):
-            return await asyncio.to_thread(req.fn)
+            return await asyncio.to_thread(self._guarded, req.fn)
         if isinstance(req, Search):
             return list(await m.asearch(req.query, req.prefix or (), **self._search_args(req)))
         if isinstance(req, Learn):
@@ -360,7 +404,7 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
             except MemoryNotFoundError:
                 logger.debug("skipped learning: a returned memory was deleted meanwhile")
             return None
-        return await asyncio.to_thread(self._forget_stale, req.stale)
+        return await asyncio.to_thread(self._guarded, self._forget_stale, req.stale)
 
     # -- planning (pure translation; executors above do the I/O) -----------------
 
