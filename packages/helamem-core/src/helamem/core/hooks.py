@@ -150,7 +150,8 @@ class TurnRecorder(RecorderWorker):
             one WARNING log line. A batch already being stored gets up to 2 s
             more, so that count is exact. Consolidations that would fall due
             meanwhile are skipped: their turns stay due, and the next turn
-            recorded (by any process) starts it.
+            recorded by a process that then closes or flushes its recorder
+            (or an explicit ``consolidate``) starts it.
         search_wait_timeout: Most seconds a call of ``memory`` (a search,
             ``get``, ``stats``, ``delete``...) waits for this recorder's turns
             accepted before it in the scopes it reads to be stored (or
