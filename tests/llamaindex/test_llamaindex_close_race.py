@@ -54,32 +54,24 @@ def _during_async(recorder: TurnRecorder | HelaMemory, name: str, act: Callable[
     setattr(recorder, name, patched)
 
 
-def test_a_put_arriving_while_close_drains_is_stored(
-    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
+@pytest.mark.parametrize("during", ["the recorder's drain", "the memory's close"])
+def test_a_put_arriving_while_close_runs_is_stored(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig], during: str
 ) -> None:
+    """The put arrives after close() began: while it drains the recorder (the put used to
+    go to a new recorder on the still-open memory, which close() then shut: the turn
+    failed, and the failure went with the recorder the next use replaced), or as it
+    closes the memory it leased (the put took that memory and queued its turn there)."""
     config = config_at(tmp_path / "s")
     chat = HelaMemChatMemory.from_defaults(config=config, session_id="a")
     chat.put_messages(_turn("q1 apples", "r1"))
-    # the put arrives after close() began, while the memory is still open: it used to
-    # go to a new recorder on that memory, which close() then shut (the turn failed,
-    # and the failure went with the recorder the next use replaced)
-    _during(chat.recorder, "close_sync", lambda: chat.put_messages(_turn("q2 pears", "r2")))
+    target: TurnRecorder | HelaMemory = (
+        chat.recorder if during == "the recorder's drain" else chat.memory
+    )
+    name = "close_sync" if during == "the recorder's drain" else "close"
+    _during(target, name, lambda: chat.put_messages(_turn("q2 pears", "r2")))
     chat.close()
     chat.close()  # used after close, the adapter reopened: closed again when done
-    assert _stored(config, ("llamaindex", "a")) == ["q1 apples", "q2 pears", "r1", "r2"]
-
-
-def test_a_put_arriving_while_close_shuts_the_memory_is_stored(
-    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig]
-) -> None:
-    config = config_at(tmp_path / "s")
-    chat = HelaMemChatMemory.from_defaults(config=config, session_id="a")
-    chat.put_messages(_turn("q1 apples", "r1"))
-    # the put arrives as close() closes the memory it leased: it used to take that
-    # memory (still open) and queue its turn there as it closed
-    _during(chat.memory, "close", lambda: chat.put_messages(_turn("q2 pears", "r2")))
-    chat.close()
-    chat.close()
     assert _stored(config, ("llamaindex", "a")) == ["q1 apples", "q2 pears", "r1", "r2"]
 
 

@@ -90,10 +90,9 @@ class Claim:
 def count_turns(store: GraphStore, db: Any, counts: Mapping[int, int]) -> None:
     """Add ``counts[node]`` stored turns to each node's count (inside the write
     transaction that stores them)."""
-    for node, n in counts.items():
-        if n:
-            key = _total_key(node)
-            store.set_meta(db, key, str(_int(store.get_meta(key)) + n))
+    keys = {node: _total_key(node) for node, n in counts.items() if n}
+    now = store.get_metas(list(keys.values()))
+    store.set_metas(db, [(k, str(_int(now.get(k)) + counts[n])) for n, k in keys.items()])
 
 
 def due(store: GraphStore, node: int) -> tuple[int, int]:
