@@ -81,8 +81,8 @@ def test_an_export_that_fills_the_disk_is_a_disk_full_error_leaving_no_file(
 
     real = _portable._write
 
-    def fills(core: object, prefix: object, f: object) -> object:
-        real(core, prefix, f)  # type: ignore[arg-type]
+    def fills(core: object, prefix: object, node: object, f: object) -> object:
+        real(core, prefix, node, f)  # type: ignore[arg-type]
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with HelaMemory(_config(tmp_path / "s"), embedder=HashingEmbedder(64)) as mem:

@@ -431,11 +431,11 @@ def test_two_exports_to_one_path_at_once_leave_one_whole_file(
     a.add_many([NewMemory(f"bob note {i}", ("users", "bob")) for i in range(20)])
     write, inner = _portable._write, []
 
-    def write_with_another_export(core: Any, prefix: Any, f: Any) -> Any:
+    def write_with_another_export(core: Any, prefix: Any, node: Any, f: Any) -> Any:
         if not inner:  # another process exports to the same path while A writes
             run = [sys.executable, "-c", child, str(store), str(target)]
             inner.append(subprocess.run(run, capture_output=True, text=True, timeout=120))
-        return write(core, prefix, f)
+        return write(core, prefix, node, f)
 
     monkeypatch.setattr(_portable, "_write", write_with_another_export)
     rep = a.export_scope(ALICE, target)

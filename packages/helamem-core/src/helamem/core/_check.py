@@ -145,7 +145,8 @@ class _Checker:
         try:
             problems = [str(r[0]) for r in self.db.execute("PRAGMA integrity_check")]
         except sqlite3.DatabaseError as exc:  # damage it could not read past
-            if "not a database" in str(exc):
+            code = getattr(exc, "sqlite_errorname", None)  # Python 3.11+; else the text
+            if code == "SQLITE_NOTADB" or (code is None and "not a database" in str(exc)):
                 why = "the file is not a SQLite database"
                 self.add("sqlite_integrity", [str(exc)], why, RESTORE_FIX)
                 return False

@@ -151,7 +151,7 @@ def _memory_line(r: MemoryRow, rel: Scope) -> dict[str, Any]:
     }
 
 
-def _write(core: Core, prefix: Scope, f: IO[str]) -> dict[str, int]:
+def _write(core: Core, prefix: Scope, node: int, f: IO[str]) -> dict[str, int]:
     store = core.store
     counts = {"memories": 0, "edges": 0, "scopes": 0, "clusters": 0}
     f.write(
@@ -167,52 +167,50 @@ def _write(core: Core, prefix: Scope, f: IO[str]) -> dict[str, int]:
             }
         )
     )
-    node = store.find_scope(prefix)
-    if node is not None:
-        cut = len(prefix)
-        for batch in store.iter_memories_under(node):
-            keys = store.unique_keys([r.n for r in batch])
-            for r in batch:
-                line = _memory_line(r, core._scope(r.scope_id)[cut:])
-                if r.n in keys:  # a turn's idempotency key (add_turn's unique_on)
-                    line["unique_key"] = keys[r.n]
-                f.write(_line(line))
-            counts["memories"] += len(batch)
-        for edges in store.iter_edges_under(node):
-            for a, b, w, t in edges:
-                f.write(_line({"type": "edge", "a": a, "b": b, "weight": w, "tick": t}))
-            counts["edges"] += len(edges)
-        nodes = sorted((core._scope(s)[cut:], s) for s in store.descendants(node))
-        for rel, sid in nodes:
-            tick, last = store.scope_state(sid)
-            mark = int(store.get_meta(_mark_key(sid)) or 0)
+    cut = len(prefix)
+    for batch in store.iter_memories_under(node):
+        keys = store.unique_keys([r.n for r in batch])
+        for r in batch:
+            line = _memory_line(r, core._scope(r.scope_id)[cut:])
+            if r.n in keys:  # a turn's idempotency key (add_turn's unique_on)
+                line["unique_key"] = keys[r.n]
+            f.write(_line(line))
+        counts["memories"] += len(batch)
+    for edges in store.iter_edges_under(node):
+        for a, b, w, t in edges:
+            f.write(_line({"type": "edge", "a": a, "b": b, "weight": w, "tick": t}))
+        counts["edges"] += len(edges)
+    nodes = sorted((core._scope(s)[cut:], s) for s in store.descendants(node))
+    for rel, sid in nodes:
+        tick, last = store.scope_state(sid)
+        mark = int(store.get_meta(_mark_key(sid)) or 0)
+        f.write(
+            _line(
+                {
+                    "type": "scope",
+                    "scope": list(rel),
+                    "tick": tick,
+                    "last_episode": None if last is None else store.id_of(last),
+                    "consolidated_upto": store.last_episode_upto(sid, mark) if mark else None,
+                }
+            )
+        )
+    counts["scopes"] = len(nodes)
+    for rel, sid in nodes:
+        for sig, hub, facts, at in store.clusters_of(sid):
             f.write(
                 _line(
                     {
-                        "type": "scope",
+                        "type": "cluster",
                         "scope": list(rel),
-                        "tick": tick,
-                        "last_episode": None if last is None else store.id_of(last),
-                        "consolidated_upto": store.last_episode_upto(sid, mark) if mark else None,
+                        "signature": sig,
+                        "hub": hub,
+                        "facts": facts,
+                        "distilled_at": at,
                     }
                 )
             )
-        counts["scopes"] = len(nodes)
-        for rel, sid in nodes:
-            for sig, hub, facts, at in store.clusters_of(sid):
-                f.write(
-                    _line(
-                        {
-                            "type": "cluster",
-                            "scope": list(rel),
-                            "signature": sig,
-                            "hub": hub,
-                            "facts": facts,
-                            "distilled_at": at,
-                        }
-                    )
-                )
-                counts["clusters"] += 1
+            counts["clusters"] += 1
     f.write(_line({"type": "end", **counts}))
     return counts
 
@@ -229,7 +227,8 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     is gone (on Windows, by age alone).
     """
     prefix = normalize_scope(scope)
-    if core.store.find_scope(prefix) is None:  # a typo must not write an empty backup
+    node = core.store.find_scope(prefix)  # scope nodes are never deleted: read once, here
+    if node is None:  # a typo must not write an empty backup
         raise InvalidInputError(
             f"no scope {prefix!r} in this store, nor any under it; nothing was written. "
             f"Check the scope's spelling: HelaMemory.list_scopes() lists the scopes "
@@ -242,7 +241,7 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     partial = target.with_name(f".{stem}.{owner_tag()}-{uuid.uuid4().hex[:12]}.partial")
     try:
         with core.store.read_tx(), partial.open("w", encoding="ascii", newline="\n") as f:
-            counts = _write(core, prefix, f)
+            counts = _write(core, prefix, node, f)
             f.flush()
             os.fsync(f.fileno())  # on disk before its name is: a crash leaves no empty backup
         os.replace(partial, target)

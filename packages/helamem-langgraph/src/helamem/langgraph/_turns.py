@@ -229,12 +229,6 @@ def identity(thread: str, key: str, epoch: str | None = None) -> dict[str, Any]:
     turn): only the checkpointer's own last-turn check applies."""
     if key.startswith(NO_ID):
         return {"metadata": {"thread_id": thread}}
-    if epoch is None:
-        return {
-            "metadata": {"thread_id": thread, "message_id": key},
-            "unique_on": ("thread_id", "message_id"),
-        }
-    return {
-        "metadata": {"thread_id": thread, "thread_epoch": epoch, "message_id": key},
-        "unique_on": ("thread_id", "thread_epoch", "message_id"),
-    }
+    meta = {"thread_id": thread, **({} if epoch is None else {"thread_epoch": epoch})}
+    meta["message_id"] = key
+    return {"metadata": meta, "unique_on": tuple(meta)}
