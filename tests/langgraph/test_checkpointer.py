@@ -1291,3 +1291,40 @@ def test_per_request_keys_and_uuid_user_ids_keep_the_askers(
     assert asked_by("carol") == ["carol 1", "carol 2", "carol 4", "carol 5"]
     assert asked_by("bob") == ["bob 3"]
     mem.close()
+
+
+def test_a_fork_of_the_first_checkpoint_under_an_unstamped_latest_keeps_the_epoch(
+    tmp_path: Path, new_memory: Any
+) -> None:
+    """Review 142: a put without a parent took its epoch from the thread's latest
+    checkpoint's own stamp only; when failed reads had left the latest unstamped, a fork
+    of the first checkpoint went with no epoch (the identity of threads stamped before
+    epochs), and replaying the first turn from it recorded that turn a second time. It
+    now takes the epoch of the nearest stamp at or above the latest, as a put with a
+    parent does."""
+    mem = new_memory(tmp_path / "mem")
+    saver = _FlakyParentReads()
+    cfg: Any = {"configurable": {"thread_id": "t1"}}
+    with TurnRecorder(mem) as rec:
+        graph = _counting_graph(HelaMemCheckpointer(rec, saver))
+        graph.invoke({"messages": [HumanMessage("question A", id="h1")]}, cfg)
+        first = list(graph.get_state_history(cfg))[-1]
+        epoch = first.config["configurable"]["checkpoint_id"]
+        saver.armed = True  # another process's parent reads fail: its puts unstamped
+        second = _counting_graph(HelaMemCheckpointer(rec, saver))
+        second.invoke({"messages": [HumanMessage("question B", id="h2")]}, cfg)
+        saver.armed = False
+        latest = next(iter(saver.list(cfg))).metadata
+        assert SCOPE_KEY not in latest  # the case: the latest carries no stamp
+        forking = _counting_graph(HelaMemCheckpointer(rec, saver))  # a third process
+        fork = forking.update_state(first.config, None, as_node="__copy__")
+        stamp = json.loads(InMemorySaver.get_tuple(saver, fork).metadata[SCOPE_KEY])
+        epochs = stamp.get("epoch")
+        again = _counting_graph(HelaMemCheckpointer(rec, saver))  # another process
+        again.invoke(None, fork)
+        rec.flush_sync()
+    texts = _turn_texts(mem, ("threads", "t1"))
+    # each run's graph answers "answer 0"; the replay of the first turn adds nothing
+    assert sorted(texts) == ["answer 0", "answer 0", "question A", "question B"]
+    assert epochs == epoch
+    mem.close()

@@ -182,6 +182,12 @@ def _epoch_of(stamp: dict[str, Any] | None, thread: str) -> str | None:
     return stamp["epoch"] if stamp is not None and stamp["thread"] == thread else None
 
 
+def _unstamped(got: Resolved) -> Resolved:
+    """``got``'s scope for this put only, after a failed read: stamped, it would move the
+    thread for good."""
+    return Resolved(got.scope, stamp=False, error=got.error)
+
+
 class ScopeBook:
     """The scopes of this checkpointer's recent puts (bounded), and the resolution of a
     put's scope. Thread-safe: ``put`` may run on several threads at once."""
@@ -239,11 +245,11 @@ class ScopeBook:
                 latest = yield {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}
             except ReadFailed as exc:
                 logger.warning("reading a thread's latest checkpoint failed: %r", exc)
-                got = mine()
-                return Resolved(got.scope, stamp=False, error=got.error)
+                return _unstamped(mine())
             if latest is None:  # new, or used again after delete_thread: a new epoch
                 return replace(mine(), epoch=put.id)
-            return replace(mine(), epoch=_epoch_of(_stamp_of(latest.metadata), thread))
+            epoch = yield from self._nearest_epoch(latest, thread)
+            return replace(mine(), epoch=epoch)
         with self._lock:
             known = self._recent.get((thread, "", parent))
         if known is not None:
@@ -269,7 +275,7 @@ class ScopeBook:
                     return self._call({**config, "configurable": {**conf, **stamp["keys"]}})
                 if own:  # written before the stamp (or unstamped: a failed read): the
                     # config's, in the epoch of the nearest stamp of the thread above it
-                    epoch = yield from self._epoch_above(tup, thread)
+                    epoch = yield from self._nearest_epoch(tup, thread)
                     return replace(mine(), epoch=epoch)
                 # another thread's (copy_thread): the scope of its run's keys here;
                 # else written before the stamp: the run keys savers copy to metadata
@@ -279,34 +285,31 @@ class ScopeBook:
                 want = tup.parent_config
         except ReadFailed as exc:
             logger.warning("reading a checkpoint for the scope of a turn failed: %r", exc)
-            # this put's scope only: stamped, it would move the thread for good
-            got = mine()
-            return Resolved(got.scope, stamp=False, error=got.error)
+            return _unstamped(mine())
         return mine()
 
     @staticmethod
-    def _epoch_above(
+    def _nearest_epoch(
         tup: CheckpointTuple, thread: str
     ) -> Generator[RunnableConfig, CheckpointTuple | None, str | None]:
-        """The epoch of the nearest checkpoint of ``thread`` above unstamped ``tup``
-        (at most :data:`LEGACY_ANCESTORS` read; ``None``: none, another thread's first,
-        or a read failed): a put under a checkpoint left unstamped by a failed read
-        stays in its thread's epoch rather than switching the thread's turns to the
-        identity of threads stamped before epochs."""
-        want = tup.parent_config
-        for _ in range(LEGACY_ANCESTORS):
-            if want is None:
-                return None
-            try:
-                above = yield want
-            except ReadFailed:
-                return None
+        """The epoch of the nearest stamped checkpoint at or above ``tup`` (``tup``
+        itself, then at most :data:`LEGACY_ANCESTORS` parents; ``None``: none, another
+        thread's stamp, or a read failed). A put under, or a fork beside, a checkpoint
+        left unstamped by a failed read stays in its thread's epoch rather than
+        switching the thread's turns to the identity of threads stamped before epochs."""
+        above: CheckpointTuple | None = tup
+        for _ in range(LEGACY_ANCESTORS + 1):
             if above is None:
                 return None
             stamp = _stamp_of(above.metadata)
             if stamp is not None:
                 return _epoch_of(stamp, thread)
-            want = above.parent_config
+            if above.parent_config is None:
+                return None
+            try:
+                above = yield above.parent_config
+            except ReadFailed:
+                return None
         return None
 
     @staticmethod
