@@ -81,3 +81,23 @@ def test_a_locked_database_stops_the_re_index_at_once(tmp_path: Path) -> None:
             other.execute("ROLLBACK")
             other.close()
         assert mem._call(lambda c: c.reconcile()) == 10_000  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("left_out", [[], [2], [1, 3], list(range(2, 600))])
+def test_ids_not_in_keeps_exactly_the_other_scopes(mem: HelaMemory, left_out: list[int]) -> None:
+    """The re-index leaves failed scopes out with ``ids_not_in``: one bound list on both
+    engines, never the NULL padding of ``IN`` lists (under which ``NOT IN`` keeps no
+    row), whatever the number left out."""
+    mem.add_many(NewMemory(f"note {i}", ("t", f"u{i}")) for i in range(4))
+    store = mem._call(lambda c: c.store)  # type: ignore[attr-defined]
+    ids = {mem._call(lambda c, i=i: c.store.find_scope(("t", f"u{i}"))) for i in range(4)}  # type: ignore[attr-defined]
+    order = sorted(ids)
+    skip = [order[i] for i in left_out if i < len(order)] + [10**6 + i for i in left_out]
+    where, params = store.ids_not_in("scope_id", skip)
+    got = mem._call(  # type: ignore[attr-defined]
+        lambda c: {
+            int(r[0])
+            for r in c.store.db.execute(f"SELECT scope_id FROM memories WHERE {where}", params)
+        }
+    )
+    assert got == ids - set(skip)

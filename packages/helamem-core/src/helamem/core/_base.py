@@ -52,10 +52,6 @@ __all__ = ["CoreBase", "Stats", "scope_tag"]
 
 logger = logging.getLogger(__name__)
 
-_SKIP_IN_SQL = 256
-"""Failed scopes a re-index leaves out in its query (more are left out as rows are read:
-one condition per scope would pass SQLite's expression depth of 1,000)."""
-
 _KIND_CODE = {"episodic": 1, "semantic": 2}
 
 
@@ -277,13 +273,12 @@ class CoreBase:
         total = after = 0
         failed: set[int] = set()  # scopes whose write failed: not tried again in this pass
         while True:
-            skip = sorted(failed)[:_SKIP_IN_SQL]  # the rest are left out below
-            where = f" AND scope_id NOT IN ({', '.join('?' * len(skip))})" if skip else ""
+            where, skip = self.store.ids_not_in("scope_id", sorted(failed))
             with sqlite_errors(self.config.path / "helamem.sqlite3", "reading unindexed failed"):
                 ns = [
                     int(r[0])
                     for r in self.store.db.execute(
-                        f"SELECT n FROM memories WHERE indexed = 0 AND n > ?{where}"
+                        f"SELECT n FROM memories WHERE indexed = 0 AND n > ? AND {where}"
                         " ORDER BY n LIMIT 2048",
                         (after, *skip),
                     )
@@ -292,7 +287,7 @@ class CoreBase:
                 break
             after = ns[-1]
             rows = self.store.rows_by_n(ns)
-            todo = [rows[n] for n in ns if n in rows and rows[n].scope_id not in failed]
+            todo = [rows[n] for n in ns if n in rows]  # (deleted since: gone)
             before = len(failed)
             try:
                 total += self._index_rows(todo, failed=failed)

@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ._check_report import (
-    DB_NAME,
     DEFECT_KINDS,
     EXAMPLES,
     FACT_FIX,
@@ -65,12 +64,13 @@ from ._check_report import (
     RESTORE_FIX,
     CheckReport,
     Defect,
+    store_file,
 )
-from ._reembed import parse_record
+from ._reembed import records
 from ._repair import missing_fts
 from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
-from .errors import HelaMemError, InvalidInputError, StorageError
+from .errors import HelaMemError, StorageError
 from .storage.base import IndexLockedError, VectorIndex
 from .storage.sqlite_schema import MIGRATIONS, connect_existing, is_locked
 
@@ -446,11 +446,7 @@ def check_store(
         InvalidInputError: There is no store at ``path``.
     """
     root = Path(path)
-    db_path = root / DB_NAME
-    if not db_path.is_file():
-        raise InvalidInputError(
-            f"no HeLa-Mem store at {root} ({DB_NAME} not found); check the path"
-        )
+    db_path = store_file(root)
     cfg = (config or HelaMemConfig()).model_copy(update={"path": root})
     try:
         db = connect_existing(db_path)
@@ -471,8 +467,7 @@ def check_store(
         try:
             if chk.sqlite():
                 chk.counts()
-                info = parse_record(_meta(db, "embedder"))
-                switch = parse_record(_meta(db, "embedder.switch"))
+                info, switch = records(db)
                 if info is not None:
                     name, dim = str(info.get("name")), int(info.get("dimension", 0))
                 else:
@@ -526,11 +521,6 @@ def check_store(
         defects=tuple(chk.defects),
         notes=tuple(chk.notes),
     )
-
-
-def _meta(db: sqlite3.Connection, key: str) -> str | None:
-    r = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if r is None else str(r[0])
 
 
 def _stand_in(

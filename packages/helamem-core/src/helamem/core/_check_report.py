@@ -2,10 +2,9 @@
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
+from .errors import InvalidInputError
 
 __all__ = [
     "DB_NAME",
@@ -16,9 +15,26 @@ __all__ = [
     "Defect",
     "REINDEX_FIX",
     "RESTORE_FIX",
+    "store_file",
 ]
 
 DB_NAME = "helamem.sqlite3"
+
+
+def store_file(path: str | Path) -> Path:
+    """The database file of the store in directory ``path``.
+
+    Raises:
+        InvalidInputError: There is no store at ``path``.
+    """
+    db_path = Path(path) / DB_NAME
+    if not db_path.is_file():
+        raise InvalidInputError(
+            f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
+        )
+    return db_path
+
+
 EXAMPLES = 5
 
 DEFECT_KINDS: tuple[str, ...] = (

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import EmbedderConfig
 from .embeddings import MiniLMEmbedder
-from .errors import ConfigError, InvalidInputError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from ._base import CoreBase
@@ -264,30 +265,35 @@ def stored_embedder(path: str | Path) -> tuple[str, int, dict[str, Any] | None] 
         InvalidInputError: There is no store at ``path``.
         StorageError: The database cannot be read (e.g. corrupt).
     """
-    from ._check_report import DB_NAME
+    from ._check_report import store_file
     from .storage.sqlite import sqlite_errors
     from .storage.sqlite_schema import connect_existing
 
-    db_path = Path(path) / DB_NAME
-    if not db_path.is_file():
-        raise InvalidInputError(
-            f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
-        )
+    db_path = store_file(path)
     with (
         sqlite_errors(db_path, "cannot read the store's embedder"),
         closing(connect_existing(db_path)) as db,
     ):
-        has_meta = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if has_meta is None:
-            return None
-        meta = dict(
-            db.execute(
-                "SELECT key, value FROM meta WHERE key IN (?, ?)", (EMBEDDER_KEY, SWITCH_KEY)
-            ).fetchall()
-        )
-    info = parse_record(meta.get(EMBEDDER_KEY))
+        info, switch = records(db)
     if info is None:
         return None
-    return str(info.get("name")), int(info.get("dimension", 0)), parse_record(meta.get(SWITCH_KEY))
+    return str(info.get("name")), int(info.get("dimension", 0)), switch
+
+
+def records(db: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The embedder record and the unfinished switch's (:func:`parse_record` each) in
+    the store database ``db`` (one read; ``None`` each in a database without ``meta``).
+
+    Raises:
+        sqlite3.DatabaseError: The database cannot be read.
+    """
+    if not db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone():
+        return None, None
+    meta = dict(
+        db.execute(
+            "SELECT key, value FROM meta WHERE key IN (?, ?)", (EMBEDDER_KEY, SWITCH_KEY)
+        ).fetchall()
+    )
+    return parse_record(meta.get(EMBEDDER_KEY)), parse_record(meta.get(SWITCH_KEY))

@@ -102,6 +102,18 @@ class SQLiteUpkeep(SQLiteConnection):
         return cls._values_in(column, [int(i) for i in ids], "BIGINT")
 
     @classmethod
+    def ids_not_in(cls, column: str, ids: Sequence[int]) -> tuple[str, list[object]]:
+        """SQL true where integer ``column`` is not among ``ids``, and its parameters: one
+        bound list whatever their number (not :func:`in_list`'s NULL padding, under
+        which ``NOT IN`` matches nothing; ``1 = 1`` for none)."""
+        if not ids:
+            return "1 = 1", []
+        values = [int(i) for i in ids]
+        return f"NOT ({cls._LIST_IN.format(column=column, type='BIGINT')})", [
+            cls._list_param(values)
+        ]
+
+    @classmethod
     def texts_in(cls, column: str, values: Sequence[str]) -> tuple[str, list[object]]:
         """:meth:`_values_in` for a text column (memory ids). Beyond :data:`INLINE_IDS`
         values SQLite's JSON path ends a value at a NUL, so a value holding one
