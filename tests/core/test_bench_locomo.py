@@ -635,3 +635,37 @@ def test_a_sweep_over_fusions_weights_compares_each_fold_with_fusion_at_its_poin
     assert [p["fusion_r"] for p in res["points"]] == [
         round(sum(h for h, _ in f.values()) / sum(q for _, q in f.values()), 4) for f in fusion_at
     ]
+
+
+def test_the_facts_method_is_scored_at_equal_hits() -> None:
+    """Review 137: the "+ facts" rows' R@k counted facts beside the k episodes (11.4
+    items at k=10), not at equal context. Facts now take slots of the k: the k best by
+    score of episodes and facts together, so every method's R@k is over k items."""
+    from types import SimpleNamespace
+
+    from helamem.bench.locomo import _ask
+    from helamem.bench.locomo_methods import METHODS
+
+    def hit(dia: str, score: float, provenance: str) -> Any:
+        memory = SimpleNamespace(metadata={"dia_id": dia}, role="user", provenance=("e1",))
+        return SimpleNamespace(
+            memory=memory,
+            content=dia,
+            score=score,
+            provenance=provenance,
+            activation=score,
+            base=score,
+        )
+
+    class Stub:
+        def search(self, query: str, scope: Any, *, k: int, **kw: Any) -> list[Any]:
+            episodes = [hit(f"D1:{i}", 0.9 - 0.1 * i, "base") for i in range(k)]
+            facts = [hit("fact", 0.85, "semantic")] if kw.get("semantic_k") is None else []
+            return episodes + facts
+
+    method = METHODS["helamem-facts"]
+    conv = SimpleNamespace(reference_time=None)
+    cfg = SimpleNamespace(default_k=10, association_share=0.5)
+    out, _, _ = _ask(Stub(), method, cfg, "q", ("s",), conv, [1, 5], None, {"e1": "D9:9"})  # type: ignore[arg-type]
+    assert [d for d, _ in out[1]] == ["D1:0"]
+    assert [d for d, _ in out[5]] == ["D1:0", "fact:D9:9", "D1:1", "D1:2", "D1:3"]

@@ -399,7 +399,10 @@ def _ask(
             reference_time=conv.reference_time,
             semantic_k=sem_k,
         )
-        return [(dia_of(h, sources), h.content, h.provenance) for h in res]
+        found = list(res)
+        if sem_k is None:  # facts take slots of the k: equal hits with every other method
+            found = sorted(found, key=lambda h: -h.score)[:k]
+        return [(dia_of(h, sources), h.content, h.provenance) for h in found]
 
     if not method.spread:
         res = mem.search(
