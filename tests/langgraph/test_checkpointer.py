@@ -1328,3 +1328,53 @@ def test_a_fork_of_the_first_checkpoint_under_an_unstamped_latest_keeps_the_epoc
     assert sorted(texts) == ["answer 0", "answer 0", "question A", "question B"]
     assert epochs == epoch
     mem.close()
+
+
+class _Noted(MessagesState):
+    note: str
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_forgotten_turn_is_not_recorded_again_by_a_put_that_leaves_the_messages(
+    tmp_path: Path, new_memory: Any, mode: str
+) -> None:
+    """Helper 143 F1: a turn forgotten with ``delete_scope`` (as the README advises)
+    came back when a fresh checkpointer (a restart, another process) saved a checkpoint
+    of the thread changing other channels only (``update_state(cfg, {"note": ...})``):
+    the turn was recognised again only by its ``unique_on`` key, deleted with it. A
+    put whose parent completed the same turn with the same messages records nothing;
+    a run whose last node writes no message still records its turn (at its last put,
+    after reading the parent, which had not completed it)."""
+    mem = new_memory(tmp_path / "mem")
+    saver = InMemorySaver()
+    cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
+
+    def graph(cp: HelaMemCheckpointer) -> Any:
+        def bot(state: _Noted) -> dict[str, Any]:
+            return {"messages": [AIMessage("Noted, your PIN is 4711")]}
+
+        def noter(state: _Noted) -> dict[str, Any]:
+            return {"note": "reviewed"}  # the run's last put leaves the messages as they were
+
+        return _linear(_Noted, ("bot", bot), ("noter", noter)).compile(checkpointer=cp)
+
+    async def later(rec: TurnRecorder) -> None:
+        again = graph(HelaMemCheckpointer(rec, saver))  # a fresh checkpointer, same saver
+        if mode == "sync":
+            await asyncio.to_thread(again.update_state, cfg, {"note": "a moderator's note"})
+        else:
+            await again.aupdate_state(cfg, {"note": "a moderator's note"})
+        await rec.flush()
+
+    with TurnRecorder(mem) as rec:
+        graph(HelaMemCheckpointer(rec, saver)).invoke(
+            {"messages": [HumanMessage("my bank PIN is 4711", id="h1")]}, cfg
+        )
+        rec.flush_sync()
+    stored = mem.find_ids(("users", "alice"), metadata={"message_id": "h1"})
+    assert len(stored) == 2  # the turn, once: its question and its answer
+    mem.delete_scope(("users", "alice"))
+    with TurnRecorder(mem) as rec:
+        asyncio.run(later(rec))
+    assert mem.search("PIN 4711", ("users", "alice"), k=5, learn=False).hits == ()
+    mem.close()

@@ -258,6 +258,40 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             return None  # an update of other channels: an id-less turn has no unique_on
         return turn
 
+    def _parent_to_read(
+        self, config: RunnableConfig, turn: Turn | None, new_versions: ChannelVersions
+    ) -> RunnableConfig | None:
+        """The parent checkpoint to read when ``turn`` may be the parent's own: this put
+        left the messages channel as it was (``update_state`` of other channels, a run's
+        last node writing no message) and the turn is not the last this checkpointer
+        recorded for the thread (``None``: nothing to read)."""
+        conf = config.get("configurable", {})
+        if turn is None or self.messages_key in new_versions or not conf.get("checkpoint_id"):
+            return None
+        return {
+            "configurable": {
+                "thread_id": conf.get("thread_id"),
+                "checkpoint_ns": conf.get("checkpoint_ns", ""),
+                "checkpoint_id": conf["checkpoint_id"],
+            }
+        }
+
+    def _new_turn(self, turn: Turn, parent: CheckpointTuple | None) -> Turn | None:
+        """``turn`` unless the parent checkpoint completed it already (with the same
+        messages, so its put recorded it, or left it out): then a later put, of a fresh
+        checkpointer too, never records it again, not even after it was forgotten with
+        ``delete_scope`` (helper 143: its ``unique_on`` key goes with it). A parent that
+        could not be read (``None``) leaves ``turn`` to ``unique_on``."""
+        if parent is None:
+            return turn
+        before = completed_turn(
+            parent.config, parent.checkpoint, parent.metadata, self.messages_key
+        )
+        if before is None or before[:2] != turn[:2]:
+            return turn
+        self._remember(self._recorded, turn[0], turn[1])
+        return None
+
     def _plan(
         self,
         config: RunnableConfig,
@@ -387,6 +421,13 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> RunnableConfig:
         got = self._scope_sync(config, checkpoint, metadata, new_versions)
         turn = self._completed(config, checkpoint, metadata, new_versions)
+        if turn is not None and (want := self._parent_to_read(config, turn, new_versions)):
+            try:
+                parent = self.saver.get_tuple(want)
+            except Exception as exc:  # noqa: BLE001 (any saver's error: unique_on decides)
+                logger.debug("reading a put's parent failed: %r", exc)
+                parent = None
+            turn = self._new_turn(turn, parent)
         if turn is not None and got.error is not None:
             raise got.error  # before the put: a retry completes the turn again
         stamped = self._scopes.stamp(metadata, config, got)
@@ -453,6 +494,13 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> RunnableConfig:
         got = await self._scope(config, checkpoint, metadata, new_versions)
         turn = self._completed(config, checkpoint, metadata, new_versions)
+        if turn is not None and (want := self._parent_to_read(config, turn, new_versions)):
+            try:
+                parent = await self._async_saver().aget_tuple(want)
+            except Exception as exc:  # noqa: BLE001 (as put)
+                logger.debug("reading a put's parent failed: %r", exc)
+                parent = None
+            turn = self._new_turn(turn, parent)
         if turn is not None and got.error is not None:
             raise got.error  # as put
         stamped = self._scopes.stamp(metadata, config, got)
