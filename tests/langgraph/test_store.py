@@ -290,7 +290,7 @@ def test_ttl(tmp_path: Path, memory: HelaMemory) -> None:
         assert s.sweep_ttl() == 1
         assert s.get(NS, "brief") is None
         assert [i.key for i in s.search(NS, query="parking")] == ["kept"]
-        assert memory.stats().memories == 1  # the expired item's memory went at that search
+        assert memory.stats().memories == 1  # the expired item's memory went with the sweep
     other = HelaMemStore(memory, documents=InMemoryStore())
     assert not other.supports_ttl
     with pytest.raises(NotImplementedError, match="TTL"):
@@ -380,3 +380,30 @@ def test_a_long_query_whose_end_is_blank_finds_nothing_and_raises_nothing(
     monkeypatch.setattr(core_inputs, "MAX_CONTENT_CHARS", 200)
     store.put(("users", "alice"), "pet", {"text": "Alice adopted a cat named Miso"})
     assert store.search(("users",), query="cat Miso" + " " * 300) == []
+
+
+def test_a_sweep_takes_the_expired_documents_memories_and_their_facts(
+    memory: HelaMemory,
+) -> None:
+    """Helper 143 F2: ``sweep_ttl`` deleted the expired documents only; their memories
+    stayed in the core until a search met them, so a consolidation after the sweep
+    distilled new facts from the expired text, and facts distilled before it stayed in
+    listings and search. The sweep now deletes the memories of the documents it swept,
+    and with them the facts that cite them."""
+    ns = ("docs", "alice")
+    with HelaMemStore(memory, ttl={"default_ttl": None}) as store:
+        for i in range(6):
+            text = f"alice dog Rex park walk morning zorblax {i}"
+            store.put(ns, f"k{i}", {"text": text}, ttl=0.0005)  # 30 ms
+        store.put(ns, "kept", {"text": "alice keeps a garden"})
+        for _ in range(4):  # co-activation: the documents cluster
+            store.search(ns, query="alice dog Rex park walk morning")
+        assert memory.consolidate(ns).facts_added > 0
+        time.sleep(1.1)  # SqliteStore compares expiry times to the second
+        assert store.sweep_ttl() == 6
+        assert memory.stats(ns).memories == 1  # the kept document's; no fact, no expired one
+        assert memory.consolidate(ns).facts_added == 0
+        assert [i.key for i in store.search(ns)] == ["kept"]
+        assert store.list_namespaces() == [ns]
+        found = memory.search("zorblax", ns, k=5, semantic_k=5, learn=False)
+        assert all("zorblax" not in h.content for h in found)

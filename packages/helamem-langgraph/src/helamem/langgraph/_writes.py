@@ -181,13 +181,7 @@ class JournaledWrites:
                 self._settle(pending)
                 self._journal.clear()
             mems = _store_memories(self.memory)
-            got = self._docs_at([(ns, key) for _, ns, key in mems])
-            stale = [
-                mid
-                for (mid, _, _), d in zip(mems, got, strict=True)
-                if named_id(d) != family_base(mid)
-            ]
-            self._drop(stale, family=False)
+            stale = self._drop_stale(mems)
             have = {mid for mid, _, _ in mems if family_base(mid) == mid}  # primaries
             named: list[tuple[Item, str]] = []
             offset = 0
@@ -199,6 +193,31 @@ class JournaledWrites:
                 offset += 500
             readded, unindexed = self._ensure(named, known_missing=True)
             return RepairReport(len(pending), len(stale), readded, unindexed)
+
+    def drop_stale(self) -> int:
+        """Delete every memory with store metadata that its document does not name
+        (after ``sweep_ttl``: the expired documents' memories, with the facts citing
+        them, so their content comes back through no search, listing or fact); under
+        the writer lock, in time linear in the store memories. Returns how many.
+
+        Raises:
+            StorageError: If the memory store cannot be read or written.
+        """
+        with self._journal.held() as pending:
+            assert pending is not None
+            if pending:
+                self._settle(pending)
+                self._journal.clear()
+            return len(self._drop_stale(_store_memories(self.memory)))
+
+    def _drop_stale(self, mems: list[tuple[str, tuple[str, ...], str]]) -> list[str]:
+        """Of ``mems`` (id, namespace, key), delete those their document does not name."""
+        got = self._docs_at([(ns, key) for _, ns, key in mems])
+        stale = [
+            mid for (mid, _, _), d in zip(mems, got, strict=True) if named_id(d) != family_base(mid)
+        ]
+        self._drop(stale, family=False)
+        return stale
 
     # -- writes (under the writer lock; see the module docstring) -----------------
 

@@ -269,10 +269,8 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
             return super().repair()
 
     def sweep_ttl(self) -> int:
-        """Delete expired documents now; returns how many.
-
-        Their memories are stale: query search skips them, and the next search
-        that meets them (or :meth:`repair`) deletes them.
+        """Delete expired documents now, and then their memories (with the facts
+        that cite them); returns how many documents.
 
         Raises:
             NotImplementedError: If the document store has no ``sweep_ttl``.
@@ -292,7 +290,10 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
                     f"{type(self.documents).__name__} cannot sweep TTLs; use the default "
                     "SqliteStore"
                 )
-            return int(sweep())
+            swept = int(sweep())
+            if swept:
+                self.drop_stale()
+            return swept
 
     # -- thread attribution ---------------------------------------------------
 
