@@ -31,7 +31,7 @@ from autogen_replay_client import ReplayChatCompletionClient
 from test_autogen_memory import SpyMemory, config
 
 from helamem.autogen import HelaMemMemory
-from helamem.core import HashingEmbedder
+from helamem.core import EmbeddingError, HashingEmbedder, HelaMemory
 
 TASKS = ["My cat is called Miso", "My dog is called Rex", "I live in Lyon"]
 REPLIES = ["Noted, Miso.", "Noted, Rex.", "Noted, Lyon."]
@@ -307,3 +307,42 @@ async def test_a_lone_surrogate_in_a_message_does_not_break_the_conversation(
         ("U1 \ud800 weird", "Odd."),
         ("My dog is called Rex", "Rex it is."),
     ]
+
+
+class _FailsOnBoom(HashingEmbedder):
+    """An embedding outage for texts holding "BOOM"."""
+
+    def embed(self, texts: Any) -> Any:
+        if any("BOOM" in t for t in texts):
+            raise EmbeddingError("transient embedding outage")
+        return super().embed(texts)
+
+    def embed_with_tokens(self, texts: Any) -> Any:
+        if any("BOOM" in t for t in texts):
+            raise EmbeddingError("transient embedding outage")
+        return super().embed_with_tokens(texts)
+
+
+async def test_clear_after_a_failed_turn_still_forgets_the_scope(
+    tmp_path: Path, hela_config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Helper 143 F3: ``clear()`` raised the earlier turn's ``TurnRecordingError`` from
+    its flush before deleting anything, so "my passport number is zorblax-42" stayed
+    (a second clear() deleted it). A turn that failed is forgotten with the rest: the
+    failure is logged, the scope deleted."""
+    store = HelaMemory(hela_config(tmp_path / "store"), embedder=_FailsOnBoom(256))
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    secret = MemoryContent(content="my passport number is zorblax-42", mime_type="text/plain")
+    await memory.add(secret)
+    context = UnboundedChatCompletionContext()
+    await context.add_message(UserMessage(content="BOOM question", source="user"))
+    await context.add_message(AssistantMessage(content="an answer", source="a"))
+    await context.add_message(UserMessage(content="next question", source="user"))
+    await memory.update_context(context)  # records the BOOM turn: it fails in the background
+    with caplog.at_level("WARNING", logger="helamem.autogen.memory"):
+        await memory.clear()
+    assert "cleared with the rest" in caplog.text
+    found = await memory.query("passport number zorblax", k=10)
+    assert [r.content for r in found.results if "zorblax" in str(r.content)] == []
+    await memory.close()  # nothing left to raise
+    await store.aclose()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from autogen_core.memory import MemoryContent, MemoryMimeType
+from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import AssistantMessage, LLMMessage, SystemMessage, UserMessage
+from pydantic import TypeAdapter, ValidationError
 
 from helamem.core import Hit, InvalidInputError, is_blank
 
@@ -18,6 +21,7 @@ __all__ = [
     "Turn",
     "content_of",
     "encode",
+    "history",
     "humans",
     "is_memory_message",
     "last_text",
@@ -309,3 +313,26 @@ def own_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
             if key in given and given[key] == value:
                 del given[key]
     return given
+
+
+logger = logging.getLogger("helamem.autogen.memory")
+_MESSAGES: TypeAdapter[list[LLMMessage]] = TypeAdapter(list[LLMMessage])
+
+
+async def history(model_context: ChatCompletionContext) -> tuple[list[LLMMessage], bool]:
+    """The context's whole history, which turns are recorded from, and whether it is whole.
+
+    A windowed context's ``get_messages()`` shows only part of it
+    (``BufferedChatCompletionContext`` the last n, so a turn's user message
+    may have left the view; ``HeadAndTailChatCompletionContext`` a
+    "Skipped n messages." placeholder, which is no user's words); its saved
+    state holds every message. A context whose state has no message list
+    (a custom one) gives its ``get_messages()``, which may be a window: not whole.
+    """
+    saved = (await model_context.save_state()).get("messages")
+    if isinstance(saved, list):
+        try:
+            return _MESSAGES.validate_python(saved), True
+        except ValidationError:  # not LLMMessages: a custom state; its view is all there is
+            logger.debug("model context state holds no LLMMessage list; using get_messages()")
+    return list(await model_context.get_messages()), False

@@ -24,7 +24,6 @@ from autogen_core.memory import (
 )
 from autogen_core.model_context import ChatCompletionContext
 from autogen_core.models import LLMMessage, SystemMessage
-from pydantic import TypeAdapter, ValidationError
 
 from helamem.core import (
     Embedder,
@@ -45,6 +44,7 @@ from ._convert import (
     Turn,
     content_of,
     encode,
+    history,
     is_memory_message,
     last_text,
     last_turn,
@@ -63,7 +63,6 @@ __all__ = ["HelaMemMemory"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_MESSAGES: TypeAdapter[list[LLMMessage]] = TypeAdapter(list[LLMMessage])
 
 # The live HelaMemMemory instances of each store: a read waits for the turns that any
 # of them is still recording in its scope (or a scope under it).
@@ -90,25 +89,6 @@ async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
     fut = asyncio.ensure_future(aw)
     token.link_future(fut)
     return await fut
-
-
-async def _history(model_context: ChatCompletionContext) -> tuple[list[LLMMessage], bool]:
-    """The context's whole history, which turns are recorded from, and whether it is whole.
-
-    A windowed context's ``get_messages()`` shows only part of it
-    (``BufferedChatCompletionContext`` the last n, so a turn's user message
-    may have left the view; ``HeadAndTailChatCompletionContext`` a
-    "Skipped n messages." placeholder, which is no user's words); its saved
-    state holds every message. A context whose state has no message list
-    (a custom one) gives its ``get_messages()``, which may be a window: not whole.
-    """
-    saved = (await model_context.save_state()).get("messages")
-    if isinstance(saved, list):
-        try:
-            return _MESSAGES.validate_python(saved), True
-        except ValidationError:  # not LLMMessages: a custom state; its view is all there is
-            logger.debug("model context state holds no LLMMessage list; using get_messages()")
-    return list(await model_context.get_messages()), False
 
 
 def _combined(errors: Sequence[TurnRecordingError]) -> TurnRecordingError:
@@ -251,7 +231,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             whose text fits in ``config.max_tokens`` (empty when there is no
             text to search with or no hit).
         """
-        messages, whole = await _history(model_context)
+        messages, whole = await history(model_context)
         served = self._served_for(model_context)
         if self._config.record:
             await self._record(served, messages, whole)
@@ -337,11 +317,15 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
 
         Everything said before the call is forgotten, the turns the agents' contexts
         completed but this memory had not recorded yet included (it records a turn
-        at the next model call): those are never recorded afterwards.
+        at the next model call): those are never recorded afterwards. A turn whose
+        recording failed is forgotten with the rest (logged; not raised).
         """
         for context, served in list(self._served.items()):
-            await self._record(served, *await _history(context), forget=True)
-        await self.flush()
+            await self._record(served, *await history(context), forget=True)
+        await self._settle()
+        for err in self._failures:  # their turns would be deleted now: nothing is lost
+            logger.warning("clear(): %s; cleared with the rest of the scope", err)
+        self._failures.clear()
         await self.helamem.adelete_scope(self.scope)
         for served in list(self._served.values()):
             served.query, served.ids = "", ()
@@ -363,7 +347,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         try:
             if self._memory is not None and not self._memory.closed:
                 for context, served in list(self._served.items()):
-                    await self._record(served, *await _history(context))
+                    await self._record(served, *await history(context))
         finally:
             self._closed = True
             try:
@@ -385,7 +369,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         A turn already recorded (by :meth:`update_context` or an earlier
         call) is not recorded twice. :meth:`close` does this too.
         """
-        await self._record(self._served_for(model_context), *await _history(model_context))
+        await self._record(self._served_for(model_context), *await history(model_context))
 
     async def flush(self) -> None:
         """Wait until the recorded turns are stored.
@@ -450,7 +434,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                 ours = me is not None and not me._closed and not _OWN_LOAD.get()
                 served = me._served.get(model_context) if me is not None and ours else None
                 if me is not None and served is not None:
-                    await me._record(served, *await _history(model_context))
+                    await me._record(served, *await history(model_context))
                 await method(*args, **kwargs)
                 if loads and served is not None:  # not a continuation: as never read
                     served.recorded, served.seen = None, 0
