@@ -179,16 +179,20 @@ def test_deleting_an_episode_deletes_the_facts_citing_it(
         assert facts
         doomed = min(next(iter(facts.values())))
         citing = {f for f, prov in facts.items() if doomed in prov}
+        rows = mem._call(lambda c: c.store.rows_by_id(list(facts)))  # type: ignore[attr-defined]
+        # the facts resting on it: citing it, or distilled from a cluster holding it
+        resting = {f for f in facts if doomed in json.loads(rows[f].metadata)["_helamem_drawn"]}
+        assert citing and citing <= resting
         assert mem.delete([doomed]) == 1
         left = mem.search("cat named miso", S, k=10, kind="semantic", learn=False)
         left_ids = {h.id for h in left}
-        assert citing and not citing & left_ids  # gone from search, and from the store:
-        for f in citing:
+        assert not resting & left_ids  # gone from search, and from the store:
+        for f in resting:
             with pytest.raises(MemoryNotFoundError):
                 mem.get(f)
         assert all(doomed not in h.memory.provenance for h in left)
-        assert mem.stats(S).semantic == len(facts) - len(citing)
-        assert mem.stats().vectors == len(episodes) - 1 + len(facts) - len(citing)
+        assert mem.stats(S).semantic == len(facts) - len(resting)
+        assert mem.stats().vectors == len(episodes) - 1 + len(facts) - len(resting)
         # the survivors' clusters are not blocked: the next run distils them again
         again = mem.consolidate(S)
         assert again.facts_added >= 1
@@ -241,3 +245,42 @@ def test_a_backup_restored_after_its_episodes_were_deleted_is_distilled_again(
         report = mem.consolidate(S)
         assert (report.clusters, report.facts_added) == (1, 1)
         assert set(mem.get(report.fact_ids[0]).provenance) == set(ids)
+
+
+def _citing_one(messages: list[dict[str, str]]) -> str:
+    """A model that writes each cluster's fact from all its episodes but cites one."""
+    text = messages[-1]["content"]
+    facts = []
+    for block in text.split("Cluster ")[1:]:
+        labels = re.findall(r"\[(E\d+)\]", block)
+        facts.append({"text": f"Alice's cat Miso chases mice ({labels[0]})", "sources": labels[:1]})
+    return json.dumps({"facts": facts})
+
+
+def test_a_fact_goes_with_an_episode_it_was_distilled_from_but_did_not_cite(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Helper 143 F4: a fact rested only on the episodes its LLM cited, so one written
+    from a whole cluster that cites a single episode outlived the delete of the
+    others (their content, in the fact, stayed searchable). A fact now rests on every
+    episode of the clusters it was distilled from: deleting any takes it along; the
+    survivors are distilled again; ``forget`` never takes one of them."""
+    llm = ScriptedLLM(_citing_one, _citing_one)
+    with _mem(tmp_path, store_config, llm, clusters=1) as mem:
+        _story(mem)
+        report = mem.consolidate(S)
+        [fact] = report.fact_ids
+        [cited] = mem.get(fact).provenance
+        assert "_helamem_drawn" not in mem.get(fact).metadata  # bookkeeping, not shown
+        row = mem._call(lambda c: c.store.rows_by_id([fact])[fact])  # type: ignore[attr-defined]
+        drawn = set(json.loads(row.metadata)["_helamem_drawn"])
+        assert cited in drawn and len(drawn) > 1  # the whole cluster, cited or not
+        doomed = sorted(drawn - {cited})[0]
+        candidates = mem.forget(S, dry_run=True, older_than_s=0, below=1.0).candidates
+        assert not {m.id for m in candidates} & drawn  # forgetting never takes the fact
+        assert mem.delete([doomed]) == 1
+        with pytest.raises(MemoryNotFoundError):
+            mem.get(fact)
+        assert mem.get(cited).id == cited  # the cited episode stays
+        assert mem.stats(S).semantic == 0
+        assert mem.consolidate(S).facts_added == 1  # the survivors again

@@ -32,7 +32,7 @@ from .distill import (
     similarity_edges,
 )
 from .errors import StorageError
-from .storage.base import EdgeRow, MemoryRow
+from .storage.base import DRAWN_FROM, EdgeRow, MemoryRow
 from .text import keywords, safe_text
 from .types import Memory, NewMemory, dump_json, normalize_scope
 
@@ -281,7 +281,9 @@ def apply_consolidation(
     cfg = core.config.consolidation
     store = core.store
     owners: dict[str, list[tuple[int, str]]] = {}  # episode id -> its clusters' keys
+    members: dict[tuple[int, str], tuple[str, ...]] = {}  # cluster key -> its episode ids
     for c in plan.clusters:
+        members[c.scope_id, c.signature] = c.ids
         for i in c.ids:
             owners.setdefault(i, []).append((c.scope_id, c.signature))
     present = store.rows_by_id(list(owners))
@@ -332,6 +334,8 @@ def apply_consolidation(
                 produced[k] = produced.get(k, 0) + 1
             # recorded on its fact: distilled again if the fact goes (see Core._delete_tx)
             came = {sig for s, sig in mine if s == sid}
+            # the episodes it was distilled from, cited or not: it goes with any of them
+            drawn = {i for k in mine if k[0] == sid for i in members[k]}
             best = int(np.argmax(mat @ vec)) if len(facts) else -1
             if best >= 0 and float(mat[best] @ vec) >= cfg.dedup_cos:
                 old = facts[best]
@@ -339,10 +343,12 @@ def apply_consolidation(
                 when = max(event_time, old.event_time)
                 meta = json.loads(old.metadata)
                 clusters = sorted(came.union(distilled_from(old.metadata)))
-                meta_json = dump_json({**meta, DISTILLED_FROM: clusters}, "metadata")
+                drew = sorted(drawn.union(meta.get(DRAWN_FROM) or ()))
+                new_meta = {**meta, DISTILLED_FROM: clusters, DRAWN_FROM: drew}
+                meta_json = dump_json(new_meta, "metadata")
                 same = draft.text == old.content and prov == json.loads(old.provenance)
                 if same and when == old.event_time:  # it restates the fact: no change
-                    if clusters != distilled_from(old.metadata):  # bookkeeping only
+                    if new_meta != meta:  # bookkeeping only
                         store.set_metadata(db, old.n, meta_json)
                         facts[best] = store.rows_by_n([old.n])[old.n]
                     continue
@@ -367,7 +373,11 @@ def apply_consolidation(
                 continue
             p = prepare(
                 NewMemory(
-                    draft.text, core._scope(sid), None, event_time, {DISTILLED_FROM: sorted(came)}
+                    draft.text,
+                    core._scope(sid),
+                    None,
+                    event_time,
+                    {DISTILLED_FROM: sorted(came), DRAWN_FROM: sorted(drawn)},
                 ),
                 now=now,
                 kind="semantic",

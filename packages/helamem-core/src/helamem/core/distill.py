@@ -22,6 +22,7 @@ import numpy.typing as npt
 from .errors import InvalidInputError, LLMError
 from .llm import LLMClient
 from .prompts import DISTILL_FACTS, MAX_FACTS, render_clusters
+from .storage.base import DRAWN_FROM
 
 __all__ = [
     "ClusterPlan",
@@ -90,18 +91,23 @@ fact merged into it adds its clusters'), so that the clusters are distilled agai
 fact goes with one of its episodes (:meth:`helamem.core._core.Core._delete_tx`)."""
 
 
+RESERVED = (DISTILLED_FROM, DRAWN_FROM)
+"""Metadata keys of HeLa-Mem's distillation bookkeeping (never shown to the owner)."""
+
+
 def refuse_reserved(metadata: Mapping[str, Any]) -> None:
-    """Refuse :data:`DISTILLED_FROM` on the metadata of a memory being added (it is read
+    """Refuse a :data:`RESERVED` key on the metadata of a memory being added (it is read
     back without it: it would silently go).
 
     Raises:
-        InvalidInputError: ``metadata`` holds the key.
+        InvalidInputError: ``metadata`` holds one.
     """
-    if DISTILLED_FROM in metadata:
-        raise InvalidInputError(
-            f"metadata key {DISTILLED_FROM!r} is reserved for HeLa-Mem's distillation "
-            "bookkeeping; store that value under another key"
-        )
+    for key in RESERVED:
+        if key in metadata:
+            raise InvalidInputError(
+                f"metadata key {key!r} is reserved for HeLa-Mem's distillation "
+                "bookkeeping; store that value under another key"
+            )
 
 
 def distilled_from(metadata: str) -> list[str]:
@@ -119,7 +125,7 @@ def distilled_from(metadata: str) -> list[str]:
 
 
 def user_metadata(metadata: str) -> dict[str, Any]:
-    """A memory's metadata (JSON text) as its owner sees it: without :data:`DISTILLED_FROM`.
+    """A memory's metadata (JSON text) as its owner sees it: without :data:`RESERVED` keys.
 
     Examples:
         >>> user_metadata('{"_helamem_clusters": ["ab"], "topic": "tea"}'), user_metadata("{}")
@@ -128,7 +134,8 @@ def user_metadata(metadata: str) -> dict[str, Any]:
     if metadata == "{}":  # most memories: no parse
         return {}
     meta: dict[str, Any] = json.loads(metadata)
-    meta.pop(DISTILLED_FROM, None)
+    for key in RESERVED:
+        meta.pop(key, None)
     return meta
 
 

@@ -218,8 +218,9 @@ class HelaMemory(UpkeepMethods):
             scope: Namespace tuple, e.g. ``("users", "alice")``.
             role: Who said it (``"user"``, ``"assistant"``...).
             event_time: When it happened (datetime or POSIX seconds); default now.
-            metadata: JSON-serialisable dict kept with the memory (the key
-                ``"_helamem_clusters"`` is reserved: InvalidInputError).
+            metadata: JSON-serialisable dict kept with the memory (the keys
+                ``"_helamem_clusters"`` and ``"_helamem_drawn"`` are reserved:
+                InvalidInputError).
             keywords: Keywords; extracted from the content when omitted.
 
         Raises:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -12,8 +13,39 @@ import numpy.typing as npt
 
 from ..errors import IndexLockedError
 
-__all__ = ["EdgeRow", "IndexLockedError", "MemoryRow", "RankRow", "VectorIndex"]
+__all__ = [
+    "DRAWN_FROM",
+    "EdgeRow",
+    "IndexLockedError",
+    "MemoryRow",
+    "RankRow",
+    "VectorIndex",
+    "rests_on",
+]
 # IndexLockedError lives in helamem.core.errors; re-exported here for the backends
+
+DRAWN_FROM = "_helamem_drawn"
+"""A fact's metadata key: the ids of every episode of the clusters it was distilled from
+(shown to the distiller), cited or not. A fact rests on them as on those it cites
+(:func:`rests_on`): deleting any one takes the fact along, so a fact whose distiller
+used an episode without citing it never outlives that episode (helper 143 F4)."""
+
+
+def rests_on(provenance: str, metadata: str) -> set[str]:
+    """The episode ids a fact rests on: those it cites (``provenance``, a JSON list)
+    and those it was distilled from (``metadata``'s :data:`DRAWN_FROM`; facts stored
+    before it was kept have none).
+
+    Examples:
+        >>> sorted(rests_on('["a"]', '{"_helamem_drawn": ["a", "b"]}'))
+        ['a', 'b']
+    """
+    out = {str(i) for i in json.loads(provenance)}
+    if DRAWN_FROM in metadata:  # most metadata: no parse
+        drawn = json.loads(metadata).get(DRAWN_FROM)
+        if isinstance(drawn, list):
+            out.update(str(i) for i in drawn)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

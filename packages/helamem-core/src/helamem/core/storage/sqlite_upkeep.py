@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from .base import MemoryRow
+from .base import MemoryRow, rests_on
 from .exact import REWRITTEN_KEY
 from .sqlite_schema import (
     MEMORY_COLS,
@@ -215,30 +215,33 @@ class SQLiteUpkeep(SQLiteConnection):
         self.put_cluster(db, scope_id, signature, hub, facts, max(time.time(), newest))
 
     def cited_ids(self, scope_ids: Sequence[int]) -> set[str]:
-        """Episode ids that some fact of these scopes cites."""
+        """Episode ids that some fact of these scopes rests on (:func:`.base.rests_on`:
+        cited, or distilled from)."""
         out: set[str] = set()
         among, params = self.ids_in("scope_id", scope_ids)
-        for (prov,) in self.db.execute(
-            f"SELECT provenance FROM memories WHERE kind = 'semantic' AND {among}", params
+        for prov, meta in self.db.execute(
+            f"SELECT provenance, metadata FROM memories WHERE kind = 'semantic' AND {among}",
+            params,
         ):
-            out.update(json.loads(prov))
+            out.update(rests_on(prov, meta))
         return out
 
     def facts_citing(self, scope_ids: Iterable[int], ids: Iterable[str]) -> list[MemoryRow]:
-        """Facts of these scopes whose provenance cites any of ``ids`` (run inside the
-        deleting transaction: a fact written by another writer before it is seen)."""
+        """Facts of these scopes resting on any of ``ids`` (citing it, or distilled from
+        a cluster holding it: :func:`.base.rests_on`; run inside the deleting
+        transaction: a fact written by another writer before it is seen)."""
         wanted, scopes = set(ids), sorted(set(scope_ids))
         hits: list[int] = []
         for i in range(0, len(scopes) if wanted else 0, 500):
             chunk = scopes[i : i + 500]
             hits += [
                 int(n)
-                for n, prov in self.db.execute(
-                    f"SELECT n, provenance FROM memories WHERE kind = 'semantic'"
+                for n, prov, meta in self.db.execute(
+                    f"SELECT n, provenance, metadata FROM memories WHERE kind = 'semantic'"
                     f" AND scope_id IN ({qmarks(len(chunk))})",
                     chunk,
                 )
-                if not wanted.isdisjoint(json.loads(prov))
+                if not wanted.isdisjoint(rests_on(prov, meta))
             ]
         rows: list[MemoryRow] = []
         for i in range(0, len(hits), 500):
