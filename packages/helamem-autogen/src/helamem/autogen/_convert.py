@@ -27,6 +27,7 @@ __all__ = [
     "last_text",
     "last_turn",
     "last_user",
+    "memory_header",
     "own_metadata",
     "text_of",
     "turn_key",
@@ -282,6 +283,23 @@ def content_of(hit: Hit) -> MemoryContent:
     return MemoryContent(
         content=value, mime_type=mime, metadata={**ours, **stored, "helamem": ours}
     )
+
+
+def memory_header(scope: Sequence[str]) -> str:
+    """The first line of the system message a memory of ``scope`` injects: the scope as
+    written, or as JSON when a label holds ``/`` or ``]``, so that two scopes never share
+    a header (each memory removes only the message it injected itself).
+
+    Examples:
+        >>> memory_header(("users", "alice"))
+        '[helamem:users/alice] Relevant memories:'
+        >>> memory_header(("team/kb",))
+        '[helamem:["team/kb"]] Relevant memories:'
+    """
+    label = "/".join(scope)
+    if any("/" in s or "]" in s for s in scope):
+        label = json.dumps(list(scope), ensure_ascii=False)
+    return f"[helamem:{label}] Relevant memories:"
 
 
 def own_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from ._convert import (
     last_text,
     last_turn,
     last_user,
+    memory_header,
     own_metadata,
     turn_key,
 )
@@ -64,8 +65,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The live HelaMemMemory instances of each store: a read waits for the turns that any
-# of them is still recording in its scope (or a scope under it).
+# Each store's live HelaMemMemory instances: a read waits for the turns any records.
 _PEERS: weakref.WeakKeyDictionary[HelaMemory, weakref.WeakSet[HelaMemMemory]] = (
     weakref.WeakKeyDictionary()
 )
@@ -159,7 +159,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         self._embedder = embedder
         self._owns_memory = memory is None
         self._recorder: TurnRecorder | None = None
-        self._header = f"[helamem:{'/'.join(config.scope)}] Relevant memories:"
+        self._header = memory_header(config.scope)
         self._served: weakref.WeakKeyDictionary[ChatCompletionContext, _Served] = (
             weakref.WeakKeyDictionary()
         )

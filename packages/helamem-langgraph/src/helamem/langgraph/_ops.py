@@ -31,6 +31,7 @@ from langgraph.store.base import (
 )
 
 from ._filters import check_filter, check_paging
+from ._recorded import store_address
 from ._writes import ID_FIELD, doc_meta
 
 T = TypeVar("T")
@@ -223,5 +224,6 @@ def item_at(item: Item) -> tuple[tuple[str, ...], str]:
 
 
 def hit_address(hit: Hit) -> tuple[tuple[str, ...], str]:
-    meta = hit.memory.metadata["langgraph"]
-    return tuple(meta["namespace"]), str(meta["key"])
+    found = store_address(hit.memory)
+    assert found is not None
+    return found

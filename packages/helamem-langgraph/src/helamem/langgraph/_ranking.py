@@ -16,8 +16,17 @@ from helamem.core import HelaMemory, Hit, Kind, query_tail
 from langgraph.store.base import GetOp, Item, SearchItem, SearchOp
 
 from ._filters import matches
-from ._ops import Docs, Plan, Search, addressable, hit_address, item_at, public, searched
-from ._recorded import is_store_memory, item_of
+from ._ops import (
+    Docs,
+    Plan,
+    Search,
+    addressable,
+    hit_address,
+    item_at,
+    public,
+    searched,
+)
+from ._recorded import is_store_memory, item_of, store_address
 from ._writes import family_base, named_id
 
 __all__ = ["RankedSearch"]
@@ -76,6 +85,9 @@ class RankedSearch:
         """The hits as items: documents that still name them, and recorded memories
         (unless ``recorded=False``, or a document shadows their address). Read without
         refreshing TTLs: only the items a page returns are refreshed."""
+        # a memory with "langgraph" metadata that does not name a document of its own
+        # scope is not the store's: never shown, never deleted (see store_address)
+        hits = [h for h in hits if not is_store_memory(h.memory) or store_address(h.memory)]
         docs_of = [h for h in hits if is_store_memory(h.memory)]
         mine = [h for h in hits if not is_store_memory(h.memory)] if self.recorded else []
         # a recorded scope LangGraph refuses as a namespace (a user_id with ".") holds no

@@ -23,7 +23,13 @@ from typing import Any
 from helamem.core import HelaMemory, InvalidInputError, Memory, MemoryNotFoundError
 from langgraph.store.base import Item
 
-__all__ = ["is_store_memory", "recorded_at", "recorded_items", "recorded_namespaces"]
+__all__ = [
+    "is_store_memory",
+    "store_address",
+    "recorded_at",
+    "recorded_items",
+    "recorded_namespaces",
+]
 
 
 def _recorded(core: Any) -> str:
@@ -35,6 +41,20 @@ def _recorded(core: Any) -> str:
 def is_store_memory(memory: Memory) -> bool:
     """Whether ``memory`` indexes a store document (else it is a recorded memory)."""
     return "langgraph" in memory.metadata
+
+
+def store_address(memory: Memory) -> tuple[tuple[str, ...], str] | None:
+    """The document address a store memory indexes, or ``None`` when its ``"langgraph"``
+    metadata is not the store's own: malformed, or naming a namespace other than the
+    memory's scope (the store writes a document's memories in its namespace's scope;
+    any writer of the core may store such metadata, so it proves nothing else)."""
+    meta = memory.metadata.get("langgraph")
+    if not isinstance(meta, dict):
+        return None
+    ns, key = meta.get("namespace"), meta.get("key")
+    if not isinstance(ns, list) or not isinstance(key, str) or tuple(ns) != tuple(memory.scope):
+        return None
+    return tuple(ns), key
 
 
 def item_of(memory: Memory) -> Item:

@@ -100,7 +100,7 @@ from langgraph.store.base import BaseStore, GetOp, Item, Op, PutOp
 
 from ._index import value_texts
 from ._journal import Intent, Journal
-from ._recorded import recorded_at
+from ._recorded import recorded_at, store_address
 
 __all__ = [
     "ID_FIELD",
@@ -445,22 +445,44 @@ def _families(memory: HelaMemory, ids: Sequence[str]) -> list[str]:
         found: list[str] = core.store.ids_under(list(ids))
         return found
 
-    return list(dict.fromkeys([*ids, *memory._call(rows)]))
+    def home(mid: str) -> tuple[tuple[str, ...], str] | None:
+        try:
+            return store_address(memory.get(mid))
+        except MemoryNotFoundError:
+            return None
+
+    # a field memory is its base's only when it indexes the same document (same scope):
+    # a caller-chosen id "X.1" of another writer or tenant is not
+    bases = {b: home(b) for b in ids}
+    fields = []
+    for f in memory._call(rows):
+        at = home(f)  # a store memory of its own scope; the base's document if it still exists
+        if at is not None and bases.get(family_base(f)) in (None, at):
+            fields.append(f)
+    return list(dict.fromkeys([*ids, *fields]))
 
 
 def _store_memories(memory: HelaMemory) -> list[tuple[str, tuple[str, ...], str]]:
     """``(id, namespace, key)`` of every memory with store metadata."""
 
-    def rows(core: Any) -> list[tuple[str, str]]:
+    def rows(core: Any) -> list[tuple[str, str, str]]:
         return list(
             core.store.db.execute(
-                "SELECT id, metadata FROM memories WHERE metadata LIKE ?", ('%"langgraph"%',)
+                "SELECT m.id, m.metadata, s.path FROM memories m JOIN scopes s ON s.id = m.scope_id"
+                " WHERE m.metadata LIKE ?",
+                ('%"langgraph"%',),
             )
         )
 
     out = []
-    for mid, raw in memory._call(rows):
+    for mid, raw, path in memory._call(rows):
         where = json.loads(raw).get("langgraph")
-        if isinstance(where, dict) and "namespace" in where and "key" in where:
+        # the store's own: it names a document of the memory's own scope
+        if (
+            isinstance(where, dict)
+            and isinstance(where.get("namespace"), list)
+            and isinstance(where.get("key"), str)
+            and where["namespace"] == json.loads(path)
+        ):
             out.append((str(mid), tuple(where["namespace"]), str(where["key"])))
     return out

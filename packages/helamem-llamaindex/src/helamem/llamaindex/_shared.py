@@ -54,7 +54,15 @@ _live_lock = threading.Lock()
 
 
 def _store_key(config: HelaMemConfig) -> str:
-    return os.path.abspath(os.fspath(config.path))
+    """The store a config opens: its directory, and with a PostgreSQL store its schema
+    too (schemas on one path are separate stores: tenants kept apart by schema)."""
+    where = os.path.abspath(os.fspath(config.path))
+    store = config.store
+    if store is None:
+        return where
+    # the schema, not the DSN: a serialized adapter's DSN is masked, and it must find the
+    # live memory again (register_memory)
+    return f"{where}\x00{store.schema_name}"
 
 
 def register_memory(memory: HelaMemory) -> None:
