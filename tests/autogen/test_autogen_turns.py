@@ -346,3 +346,35 @@ async def test_clear_after_a_failed_turn_still_forgets_the_scope(
     assert [r.content for r in found.results if "zorblax" in str(r.content)] == []
     await memory.close()  # nothing left to raise
     await store.aclose()
+
+
+async def test_two_memories_whose_scopes_join_alike_keep_both_injected_messages(
+    tmp_path: Path, hela_config: Any
+) -> None:
+    """Helper 144: the injected message's header joined the scope with "/", so scopes
+    ("team", "kb") and ("team/kb",) shared it, and the second memory's update_context
+    removed the first one's message: the model never saw its hits ("tulip42")."""
+    from autogen_core.models import SystemMessage
+
+    from helamem.autogen import HelaMemMemoryConfig
+
+    core = HelaMemory(hela_config(tmp_path / "store"), embedder=HashingEmbedder(256))
+    scopes = [("team", "kb"), ("team/kb",)]
+    mems = [
+        HelaMemMemory(
+            HelaMemMemoryConfig(scope=s, path=tmp_path / "store", embedder="hashing", record=False),
+            memory=core,
+        )
+        for s in scopes
+    ]
+    await core.aadd("The wifi password is tulip42", scopes[0])
+    await core.aadd("The office wifi is on floor 3", scopes[1])
+    context = UnboundedChatCompletionContext()
+    await context.add_message(UserMessage(content="what is the wifi password?", source="user"))
+    for m in mems:
+        await m.update_context(context)
+    system = [m.content for m in await context.get_messages() if isinstance(m, SystemMessage)]
+    assert len(system) == 2 and any("tulip42" in s for s in system)
+    for m in mems:
+        await m.close()
+    await core.aclose()

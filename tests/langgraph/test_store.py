@@ -23,7 +23,7 @@ from langgraph.store.base import (
 )
 from langgraph.store.memory import InMemoryStore
 
-from helamem.core import HelaMemory, InvalidInputError
+from helamem.core import HelaMemory, InvalidInputError, NewMemory
 from helamem.core import _inputs as core_inputs
 from helamem.langgraph import ID_FIELD, HelaMemStore
 from helamem.langgraph._index import value_texts
@@ -407,3 +407,56 @@ def test_a_sweep_takes_the_expired_documents_memories_and_their_facts(
         assert store.list_namespaces() == [ns]
         found = memory.search("zorblax", ns, k=5, semantic_k=5, learn=False)
         assert all("zorblax" not in h.content for h in found)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"langgraph": {"namespace": ["users", "bob"], "key": "secret"}},  # another tenant's
+        {"langgraph": "v1"},
+        {"langgraph": {}},
+        {"langgraph": {"namespace": ["users", "a.b"], "key": "k"}},
+    ],
+    ids=["other-tenant", "str", "empty", "bad-namespace"],
+)
+def test_langgraph_metadata_of_another_writer_reaches_no_other_tenant(
+    memory: HelaMemory, meta: dict[str, Any]
+) -> None:
+    """Helper 144: the store took any memory whose metadata has a "langgraph" key (any
+    core writer, or an AutoGen ``MemoryContent.metadata``, may store one) as a document
+    memory and trusted the address in it: Alice's search returned Bob's document
+    ("Bob's bank PIN is 4321"), and malformed values made every search over a shared
+    prefix raise. Only metadata naming a document of the memory's own scope is the
+    store's: the rest is never shown nor deleted by the store."""
+    with HelaMemStore(memory) as store:
+        store.put(("users", "bob"), "secret", {"text": "Bob's bank PIN is 4321"})
+        store.put(NS, "note", {"text": "Alice likes tea"})
+        memory.add("bank PIN reminder, likes tea", NS, metadata=meta)
+        for prefix in (NS, ("users",)):
+            got = store.search(prefix, query="bank PIN likes tea", limit=10)
+            assert all(i.namespace[: len(prefix)] == prefix for i in got)
+        assert {i.key for i in store.search(NS, query="bank PIN", limit=10)} == {"note"}
+        assert store.get(("users", "bob"), "secret") is not None
+        assert memory.stats(NS).memories == 2  # the other writer's memory is left alone
+
+
+def test_a_store_search_deletes_no_other_tenants_memory(memory: HelaMemory) -> None:
+    """Helper 144: a search meeting a memory with foreign "langgraph" metadata deleted it
+    as a stale document memory, with every memory of any scope whose caller-chosen id
+    starts with "<its id>." (Bob's "note.1" went with Carol's "note")."""
+    with HelaMemStore(memory) as store:
+        carol = ("users", "carol")
+        memory.add_many(
+            [
+                NewMemory(
+                    "Carol's tagged note about tea",
+                    carol,
+                    id="note",
+                    metadata={"langgraph": {"namespace": ["imports"], "key": "tea"}},
+                ),
+                NewMemory("Bob's own memory about tea, part 1", ("users", "bob"), id="note.1"),
+            ]
+        )
+        store.search(("users",), query="tea", limit=10)
+        store.repair()
+        assert memory.get("note").id == "note" and memory.get("note.1").id == "note.1"

@@ -12,6 +12,7 @@ import pickle
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llama_index.core.agent.workflow import FunctionAgent
@@ -360,3 +361,36 @@ async def test_a_message_equal_to_the_last_line_of_the_one_before_is_kept(
     await block._aput(messages)
     await block.aclose()
     assert _contents(store, ("b",)) == ["Noted.", "my list:\nmilk\nmilk"]
+
+
+def test_tenants_kept_apart_by_postgres_schema_on_one_path_stay_apart(
+    tmp_path: Path, pg_server: Any
+) -> None:
+    """Helper 144: the adapters shared one connection per path, so two chat memories on
+    one path whose configs name different PostgreSQL schemas (tenants kept apart by
+    schema; the path then holds only lock files) ran on the first one's schema: with
+    the same session id, tenant B's context held tenant A's "My password is hunter2".
+    A connection is now shared per path and schema."""
+    from li_fakes import hashing_config
+
+    from helamem.core import PostgresConfig
+    from pg_server import schema_for
+
+    path = tmp_path / "shared-path"
+
+    def cfg(tenant: str) -> HelaMemConfig:
+        schema = schema_for(tmp_path / tenant)
+        return hashing_config(path, PostgresConfig(dsn=pg_server.dsn, schema_name=schema))
+
+    a = HelaMemChatMemory.from_defaults(config=cfg("a"), session_id="s1")
+    b = HelaMemChatMemory.from_defaults(config=cfg("b"), session_id="s1")
+    try:
+        a.put(ChatMessage(role="user", content="My password is hunter2"))
+        a.put(ChatMessage(role="assistant", content="Noted."))
+        a.flush()
+        got = b.get("what is my password?")
+        assert all("hunter2" not in str(m.content) for m in got)
+        assert b.memory.config.store.schema_name != a.memory.config.store.schema_name  # type: ignore[union-attr]
+    finally:
+        b.close()
+        a.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,7 +77,7 @@ class HelaMemMemoryConfig(BaseModel):
         scope: This memory's namespace, e.g. ``("users", "alice")``. Queries
             cover the scope and the scopes under it; ``clear()`` deletes them.
         name: Identifier of this memory (default ``"helamem:<scope>"``).
-        path: Data directory (SQLite file and embedded Chroma);
+        path: Data directory (SQLite file and embedded Chroma; a ``Path`` is taken as its text);
             ``persistence_path`` is accepted on input.
         chroma_host: A Chroma server to use instead of the embedded one
             (``host`` accepted on input).
@@ -193,6 +194,13 @@ class HelaMemMemoryConfig(BaseModel):
                     )
                 del data[alias]
         return data
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_text(cls, path: Any) -> Any:
+        """A ``pathlib.Path`` (any ``os.PathLike``) is taken as its text (kept a string:
+        the config serializes)."""
+        return os.fspath(path) if isinstance(path, os.PathLike) else path
 
     @field_validator("scope")
     @classmethod
