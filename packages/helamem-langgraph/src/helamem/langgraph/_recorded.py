@@ -9,7 +9,8 @@ namespace = their scope, key = their memory id, value ``{"content", "role",
 ``get`` and ``delete`` address them, listings and ``list_namespaces``
 include them (after the documents, newest first), and a ``put`` to their
 address replaces them with a document. A *store* memory is one whose
-metadata has a ``"langgraph"`` key (it indexes a document); every other
+metadata has a ``"langgraph"`` key (it indexes a document: :func:`store_address`
+tells whether it is really one, of its own scope); every other
 memory is recorded.
 """
 
