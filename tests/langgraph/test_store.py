@@ -23,7 +23,7 @@ from langgraph.store.base import (
 )
 from langgraph.store.memory import InMemoryStore
 
-from helamem.core import HelaMemory, InvalidInputError, NewMemory
+from helamem.core import HelaMemory, InvalidInputError, NewMemory, StorageError
 from helamem.core import _inputs as core_inputs
 from helamem.langgraph import ID_FIELD, HelaMemStore
 from helamem.langgraph._index import value_texts
@@ -389,7 +389,8 @@ def test_a_sweep_takes_the_expired_documents_memories_and_their_facts(
     stayed in the core until a search met them, so a consolidation after the sweep
     distilled new facts from the expired text, and facts distilled before it stayed in
     listings and search. The sweep now deletes the memories of the documents it swept,
-    and with them the facts that cite them."""
+    and with them the facts that cite them; a cleanup that failed is done by the next
+    sweep, though that one sweeps nothing (review 145)."""
     ns = ("docs", "alice")
     with HelaMemStore(memory, ttl={"default_ttl": None}) as store:
         for i in range(6):
@@ -400,7 +401,17 @@ def test_a_sweep_takes_the_expired_documents_memories_and_their_facts(
             store.search(ns, query="alice dog Rex park walk morning")
         assert memory.consolidate(ns).facts_added > 0
         time.sleep(1.1)  # SqliteStore compares expiry times to the second
-        assert store.sweep_ttl() == 6
+        real = memory.delete
+
+        def down(ids: Any) -> int:
+            memory.delete = real  # type: ignore[method-assign]
+            raise StorageError("database is locked")
+
+        memory.delete = down  # type: ignore[method-assign]
+        with pytest.raises(StorageError):
+            store.sweep_ttl()  # the documents went, their memories not yet
+        assert store.get(ns, "k0") is None
+        assert store.sweep_ttl() == 0  # nothing more to sweep: the cleanup is done now
         assert memory.stats(ns).memories == 1  # the kept document's; no fact, no expired one
         assert memory.consolidate(ns).facts_added == 0
         assert [i.key for i in store.search(ns)] == ["kept"]
@@ -410,34 +421,45 @@ def test_a_sweep_takes_the_expired_documents_memories_and_their_facts(
 
 
 @pytest.mark.parametrize(
-    "meta",
+    ("scope", "meta"),
     [
-        {"langgraph": {"namespace": ["users", "bob"], "key": "secret"}},  # another tenant's
-        {"langgraph": "v1"},
-        {"langgraph": {}},
-        {"langgraph": {"namespace": ["users", "a.b"], "key": "k"}},
+        (NS, {"langgraph": {"namespace": ["users", "bob"], "key": "secret"}}),  # another's
+        (NS, {"langgraph": "v1"}),
+        (NS, {"langgraph": {}}),
+        (NS, {"langgraph": {"namespace": ["users", "a.b"], "key": "k"}}),
+        (("users", "a.b"), {"langgraph": {"namespace": ["users", "a.b"], "key": "k"}}),
     ],
-    ids=["other-tenant", "str", "empty", "bad-namespace"],
+    ids=["other-tenant", "str", "empty", "bad-namespace", "own-unaddressable"],
 )
 def test_langgraph_metadata_of_another_writer_reaches_no_other_tenant(
-    memory: HelaMemory, meta: dict[str, Any]
+    memory: HelaMemory, scope: tuple[str, ...], meta: dict[str, Any]
 ) -> None:
     """Helper 144: the store took any memory whose metadata has a "langgraph" key (any
     core writer, or an AutoGen ``MemoryContent.metadata``, may store one) as a document
     memory and trusted the address in it: Alice's search returned Bob's document
     ("Bob's bank PIN is 4321"), and malformed values made every search over a shared
-    prefix raise. Only metadata naming a document of the memory's own scope is the
-    store's: the rest is never shown nor deleted by the store."""
-    with HelaMemStore(memory) as store:
+    prefix raise. Only metadata naming a document of the memory's own scope, one
+    LangGraph accepts as a namespace, is the store's (review 145: a scope with "." named
+    by its own memory still made searches, sweeps and repair raise): the rest is never
+    shown nor deleted by the store."""
+    sweep = meta == {"langgraph": {"namespace": ["users", "a.b"], "key": "k"}}
+    with HelaMemStore(memory, ttl={"default_ttl": None}) as store:
         store.put(("users", "bob"), "secret", {"text": "Bob's bank PIN is 4321"})
         store.put(NS, "note", {"text": "Alice likes tea"})
-        memory.add("bank PIN reminder, likes tea", NS, metadata=meta)
+        if sweep:
+            store.put(("docs",), "brief", {"text": "expiring"}, ttl=0.0005)  # 30 ms
+        memory.add("bank PIN reminder, likes tea", scope, metadata=meta)
         for prefix in (NS, ("users",)):
             got = store.search(prefix, query="bank PIN likes tea", limit=10)
             assert all(i.namespace[: len(prefix)] == prefix for i in got)
         assert {i.key for i in store.search(NS, query="bank PIN", limit=10)} == {"note"}
         assert store.get(("users", "bob"), "secret") is not None
-        assert memory.stats(NS).memories == 2  # the other writer's memory is left alone
+        if sweep:
+            time.sleep(1.1)  # SqliteStore compares expiry times to the second
+            assert store.sweep_ttl() == 1
+            assert memory.stats(("docs",)).memories == 0  # the swept document's memory went
+        store.repair()
+        assert memory.stats(scope).memories == 1 + (scope == NS)  # the other writer's stays
 
 
 def test_a_store_search_deletes_no_other_tenants_memory(memory: HelaMemory) -> None:

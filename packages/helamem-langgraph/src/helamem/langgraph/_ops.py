@@ -9,7 +9,7 @@ sync or async executor does the I/O and sends the answers back, so both
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -210,13 +210,6 @@ def searched(item: Item, score: float | None = None) -> SearchItem:
         _utc(item.updated_at),
         score,
     )
-
-
-def addressable(namespace: Sequence[str]) -> bool:
-    """Whether LangGraph accepts ``namespace`` as an address (no label empty, none with
-    "." or NUL): only there can a document be. A recorded memory's scope is any core
-    scope (a ``user_id`` with "." in it)."""
-    return all(label and "." not in label and "\x00" not in label for label in namespace)
 
 
 def item_at(item: Item) -> tuple[tuple[str, ...], str]:

@@ -20,13 +20,12 @@ from ._ops import (
     Docs,
     Plan,
     Search,
-    addressable,
     hit_address,
     item_at,
     public,
     searched,
 )
-from ._recorded import is_store_memory, item_of, store_address
+from ._recorded import addressable, is_store_memory, item_of, store_address
 from ._writes import family_base, named_id
 
 __all__ = ["RankedSearch"]

@@ -25,6 +25,8 @@ from helamem.core import HelaMemory, InvalidInputError, Memory, MemoryNotFoundEr
 from langgraph.store.base import Item
 
 __all__ = [
+    "addressable",
+    "address_in",
     "is_store_memory",
     "store_address",
     "recorded_at",
@@ -44,18 +46,30 @@ def is_store_memory(memory: Memory) -> bool:
     return "langgraph" in memory.metadata
 
 
-def store_address(memory: Memory) -> tuple[tuple[str, ...], str] | None:
-    """The document address a store memory indexes, or ``None`` when its ``"langgraph"``
-    metadata is not the store's own: malformed, or naming a namespace other than the
-    memory's scope (the store writes a document's memories in its namespace's scope;
-    any writer of the core may store such metadata, so it proves nothing else)."""
-    meta = memory.metadata.get("langgraph")
+def addressable(namespace: Sequence[str]) -> bool:
+    """Whether LangGraph accepts ``namespace`` as an address (no label empty, none with
+    "." or NUL): only there can a document be. A recorded memory's scope is any core
+    scope (a ``user_id`` with "." in it)."""
+    return all(label and "." not in label and "\x00" not in label for label in namespace)
+
+
+def address_in(meta: Any, scope: Sequence[str]) -> tuple[tuple[str, ...], str] | None:
+    """The document address that ``"langgraph"`` metadata value ``meta`` of a memory in
+    ``scope`` names, or ``None`` when it is not the store's own: malformed, naming a
+    namespace other than the memory's scope (the store writes a document's memories in
+    its namespace's scope; any writer of the core may store such metadata, so it proves
+    nothing else), or one LangGraph refuses (no document can be there)."""
     if not isinstance(meta, dict):
         return None
     ns, key = meta.get("namespace"), meta.get("key")
-    if not isinstance(ns, list) or not isinstance(key, str) or tuple(ns) != tuple(memory.scope):
+    if not isinstance(ns, list) or not isinstance(key, str) or tuple(ns) != tuple(scope):
         return None
-    return tuple(ns), key
+    return (tuple(ns), key) if addressable(ns) else None
+
+
+def store_address(memory: Memory) -> tuple[tuple[str, ...], str] | None:
+    """:func:`address_in` for ``memory``."""
+    return address_in(memory.metadata.get("langgraph"), memory.scope)
 
 
 def item_of(memory: Memory) -> Item:

@@ -100,7 +100,7 @@ from langgraph.store.base import BaseStore, GetOp, Item, Op, PutOp
 
 from ._index import value_texts
 from ._journal import Intent, Journal
-from ._recorded import recorded_at, store_address
+from ._recorded import address_in, recorded_at, store_address
 
 __all__ = [
     "ID_FIELD",
@@ -476,13 +476,7 @@ def _store_memories(memory: HelaMemory) -> list[tuple[str, tuple[str, ...], str]
 
     out = []
     for mid, raw, path in memory._call(rows):
-        where = json.loads(raw).get("langgraph")
         # the store's own: it names a document of the memory's own scope
-        if (
-            isinstance(where, dict)
-            and isinstance(where.get("namespace"), list)
-            and isinstance(where.get("key"), str)
-            and where["namespace"] == json.loads(path)
-        ):
-            out.append((str(mid), tuple(where["namespace"]), str(where["key"])))
+        if (at := address_in(json.loads(raw).get("langgraph"), json.loads(path))) is not None:
+            out.append((str(mid), *at))
     return out

@@ -66,14 +66,13 @@ from ._ops import (
     Req,
     Search,
     Write,
-    addressable,
     check_op,
     item_at,
     public,
     searched,
 )
 from ._ranking import RankedSearch
-from ._recorded import recorded_at, recorded_items, recorded_namespaces
+from ._recorded import addressable, recorded_at, recorded_items, recorded_namespaces
 from ._ttl import TTLSweeper
 from ._writes import ID_FIELD, JOURNAL, JournaledWrites, RepairReport, named_id
 
@@ -168,6 +167,7 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
         self._documents = documents
         self._stack = ExitStack()
         self._lock = threading.Lock()
+        self._stale_left = False  # swept documents whose memories are not deleted yet
         self._journal = Journal(Path(memory.config.path) / JOURNAL)
         self._settled_once = False
         self._closed = False
@@ -291,8 +291,10 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
                     "SqliteStore"
                 )
             swept = int(sweep())
-            if swept:
+            if swept or self._stale_left:  # (a cleanup that failed is tried again)
+                self._stale_left = True
                 self.drop_stale()
+                self._stale_left = False
             return swept
 
     # -- thread attribution ---------------------------------------------------
