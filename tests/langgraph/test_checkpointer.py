@@ -614,13 +614,13 @@ def test_each_checkpoint_carries_its_scope_so_bare_configs_keep_it(
 
 
 class _FlakyParentReads(InMemorySaver):
-    """A saver whose reads fail, while ``armed``, for the checkpointer's read of a put's
-    parent (the graph's own reads succeed)."""
+    """A saver whose reads fail, while ``armed``, for the checkpointer's own reads of
+    earlier checkpoints (a put's parent and above; the graph's own reads succeed)."""
 
     armed = False
 
     def get_tuple(self, config: Any) -> Any:
-        if self.armed and sys._getframe(1).f_code.co_name == "_scope_sync":
+        if self.armed and sys._getframe(1).f_code.co_name == "_run_sync":
             raise ConnectionError("network down")
         return super().get_tuple(config)
 
@@ -1334,17 +1334,21 @@ class _Noted(MessagesState):
     note: str
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("mode", "later"),
+    [("sync", "update_state"), ("async", "update_state"), ("sync", "run"), ("async", "run")],
+)
 def test_a_forgotten_turn_is_not_recorded_again_by_a_put_that_leaves_the_messages(
-    tmp_path: Path, new_memory: Any, mode: str
+    tmp_path: Path, new_memory: Any, mode: str, later: str
 ) -> None:
     """Helper 143 F1: a turn forgotten with ``delete_scope`` (as the README advises)
     came back when a fresh checkpointer (a restart, another process) saved a checkpoint
-    of the thread changing other channels only (``update_state(cfg, {"note": ...})``):
-    the turn was recognised again only by its ``unique_on`` key, deleted with it. A
-    put whose parent completed the same turn with the same messages records nothing;
-    a run whose last node writes no message still records its turn (at its last put,
-    after reading the parent, which had not completed it)."""
+    of the thread changing other channels only (``update_state(cfg, {"note": ...})``;
+    review 145: or a new run whose nodes write no message, whose put's parent is the
+    run's input): the turn was recognised again only by its ``unique_on`` key, deleted
+    with it. A put records nothing when a checkpoint since the messages last changed
+    completed the same turn; a run whose last node writes no message still records its
+    turn (no checkpoint before had completed it)."""
     mem = new_memory(tmp_path / "mem")
     saver = InMemorySaver()
     cfg: Any = {"configurable": {"thread_id": "t1", "user_id": "alice"}}
@@ -1354,16 +1358,30 @@ def test_a_forgotten_turn_is_not_recorded_again_by_a_put_that_leaves_the_message
             return {"messages": [AIMessage("Noted, your PIN is 4711")]}
 
         def noter(state: _Noted) -> dict[str, Any]:
-            return {"note": "reviewed"}  # the run's last put leaves the messages as they were
+            return {"note": "reviewed"}  # writes no message
 
-        return _linear(_Noted, ("bot", bot), ("noter", noter)).compile(checkpointer=cp)
+        def route(state: _Noted) -> str:  # a new question to the bot, then the noter
+            return "bot" if state["messages"][-1].type == "human" else "noter"
 
-    async def later(rec: TurnRecorder) -> None:
-        again = graph(HelaMemCheckpointer(rec, saver))  # a fresh checkpointer, same saver
-        if mode == "sync":
-            await asyncio.to_thread(again.update_state, cfg, {"note": "a moderator's note"})
+        g = StateGraph(_Noted)
+        g.add_node("bot", bot)
+        g.add_node("noter", noter)
+        g.add_conditional_edges(START, route, ["bot", "noter"])
+        g.add_edge("bot", "noter")
+        g.add_edge("noter", END)
+        return g.compile(checkpointer=cp)
+
+    async def again(rec: TurnRecorder) -> None:
+        fresh = graph(HelaMemCheckpointer(rec, saver))  # a fresh checkpointer, same saver
+        note = {"note": "a moderator's note"}
+        if mode == "sync" and later == "update_state":
+            await asyncio.to_thread(fresh.update_state, cfg, note)
+        elif mode == "sync":
+            await asyncio.to_thread(fresh.invoke, note, cfg)
+        elif later == "update_state":
+            await fresh.aupdate_state(cfg, note)
         else:
-            await again.aupdate_state(cfg, {"note": "a moderator's note"})
+            await fresh.ainvoke(note, cfg)
         await rec.flush()
 
     with TurnRecorder(mem) as rec:
@@ -1375,6 +1393,6 @@ def test_a_forgotten_turn_is_not_recorded_again_by_a_put_that_leaves_the_message
     assert len(stored) == 2  # the turn, once: its question and its answer
     mem.delete_scope(("users", "alice"))
     with TurnRecorder(mem) as rec:
-        asyncio.run(later(rec))
+        asyncio.run(again(rec))
     assert mem.search("PIN 4711", ("users", "alice"), k=5, learn=False).hits == ()
     mem.close()

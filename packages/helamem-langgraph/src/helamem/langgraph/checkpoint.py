@@ -16,11 +16,19 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 
@@ -36,7 +44,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from ._scopes import Put, ReadFailed, Resolved, ScopeBook
+from ._scopes import LEGACY_ANCESTORS, Put, ReadFailed, Resolved, ScopeBook
 from ._turns import (
     NO_ID,
     Turn,
@@ -59,6 +67,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class CheckpointerNotOpenError(HelaMemError, RuntimeError):
@@ -258,39 +268,53 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             return None  # an update of other channels: an id-less turn has no unique_on
         return turn
 
-    def _parent_to_read(
-        self, config: RunnableConfig, turn: Turn | None, new_versions: ChannelVersions
-    ) -> RunnableConfig | None:
-        """The parent checkpoint to read when ``turn`` may be the parent's own: this put
-        left the messages channel as it was (``update_state`` of other channels, a run's
-        last node writing no message) and the turn is not the last this checkpointer
-        recorded for the thread (``None``: nothing to read)."""
+    def _carried(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        turn: Turn,
+        new_versions: ChannelVersions,
+    ) -> Generator[RunnableConfig, CheckpointTuple | None, Turn | None]:
+        """``turn`` unless an earlier checkpoint of the thread with the same messages
+        completed it (yields the configs to read, newest first, at most
+        :data:`LEGACY_ANCESTORS`, while the messages channel keeps this put's version;
+        sent each tuple, ``None`` when none; thrown :class:`ReadFailed`).
+
+        A put that leaves the messages as they were (``update_state`` of other
+        channels, a run whose nodes write no message, a run's last node writing none)
+        completes its turn only if no checkpoint since the messages last changed did:
+        else it carries that turn along, and records nothing, in a fresh checkpointer
+        too, even after the turn was forgotten with ``delete_scope`` (helper 143,
+        review 145: its ``unique_on`` key went with it). Unread (a failed read, more
+        ancestors than that), ``unique_on`` decides."""
+        key = self.messages_key
         conf = config.get("configurable", {})
-        if turn is None or self.messages_key in new_versions or not conf.get("checkpoint_id"):
-            return None
-        return {
+        if key in new_versions or not conf.get("checkpoint_id"):
+            return turn
+        version = checkpoint.get("channel_versions", {}).get(key)
+        want: RunnableConfig | None = {
             "configurable": {
                 "thread_id": conf.get("thread_id"),
                 "checkpoint_ns": conf.get("checkpoint_ns", ""),
                 "checkpoint_id": conf["checkpoint_id"],
             }
         }
-
-    def _new_turn(self, turn: Turn, parent: CheckpointTuple | None) -> Turn | None:
-        """``turn`` unless the parent checkpoint completed it already (with the same
-        messages, so its put recorded it, or left it out): then a later put, of a fresh
-        checkpointer too, never records it again, not even after it was forgotten with
-        ``delete_scope`` (helper 143: its ``unique_on`` key goes with it). A parent that
-        could not be read (``None``) leaves ``turn`` to ``unique_on``."""
-        if parent is None:
-            return turn
-        before = completed_turn(
-            parent.config, parent.checkpoint, parent.metadata, self.messages_key
-        )
-        if before is None or before[:2] != turn[:2]:
-            return turn
-        self._remember(self._recorded, turn[0], turn[1])
-        return None
+        for _ in range(LEGACY_ANCESTORS):
+            if want is None:
+                return turn
+            try:
+                tup = yield want
+            except ReadFailed as exc:
+                logger.debug("reading an earlier checkpoint failed: %r", exc)
+                return turn
+            if tup is None or tup.checkpoint.get("channel_versions", {}).get(key) != version:
+                return turn  # the messages changed after it: this put's turn is new
+            before = completed_turn(tup.config, tup.checkpoint, tup.metadata, key)
+            if before is not None and before[:2] == turn[:2]:
+                self._remember(self._recorded, turn[0], turn[1])
+                return None
+            want = tup.parent_config
+        return turn
 
     def _plan(
         self,
@@ -298,7 +322,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
-    ) -> Any:
+    ) -> Generator[RunnableConfig, CheckpointTuple | None, Resolved]:
         """:meth:`ScopeBook.resolve` of this put."""
         key = self.messages_key
         conf = config.get("configurable", {})
@@ -343,7 +367,21 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         new_versions: ChannelVersions,
     ) -> Resolved:
         """:meth:`ScopeBook.resolve` driven with the saver's ``get_tuple``."""
-        plan = self._plan(config, checkpoint, metadata, new_versions)
+        return self._run_sync(self._plan(config, checkpoint, metadata, new_versions))
+
+    async def _scope(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Resolved:
+        """:meth:`_scope_sync` with ``aget_tuple``."""
+        return await self._run(self._plan(config, checkpoint, metadata, new_versions))
+
+    def _run_sync(self, plan: Generator[RunnableConfig, CheckpointTuple | None, T]) -> T:
+        """Run a plan of reads (:meth:`_plan`, :meth:`_carried`) with the saver's
+        ``get_tuple``: sent each tuple, or thrown :class:`ReadFailed`."""
         try:
             want = next(plan)
             while True:
@@ -356,15 +394,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    async def _scope(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> Resolved:
-        """:meth:`_scope_sync` with ``aget_tuple``."""
-        plan = self._plan(config, checkpoint, metadata, new_versions)
+    async def _run(self, plan: Generator[RunnableConfig, CheckpointTuple | None, T]) -> T:
+        """:meth:`_run_sync` with ``aget_tuple``."""
         try:
             want = next(plan)
             while True:
@@ -421,13 +452,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> RunnableConfig:
         got = self._scope_sync(config, checkpoint, metadata, new_versions)
         turn = self._completed(config, checkpoint, metadata, new_versions)
-        if turn is not None and (want := self._parent_to_read(config, turn, new_versions)):
-            try:
-                parent = self.saver.get_tuple(want)
-            except Exception as exc:  # noqa: BLE001 (any saver's error: unique_on decides)
-                logger.debug("reading a put's parent failed: %r", exc)
-                parent = None
-            turn = self._new_turn(turn, parent)
+        if turn is not None:
+            turn = self._run_sync(self._carried(config, checkpoint, turn, new_versions))
         if turn is not None and got.error is not None:
             raise got.error  # before the put: a retry completes the turn again
         stamped = self._scopes.stamp(metadata, config, got)
@@ -494,13 +520,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> RunnableConfig:
         got = await self._scope(config, checkpoint, metadata, new_versions)
         turn = self._completed(config, checkpoint, metadata, new_versions)
-        if turn is not None and (want := self._parent_to_read(config, turn, new_versions)):
-            try:
-                parent = await self._async_saver().aget_tuple(want)
-            except Exception as exc:  # noqa: BLE001 (as put)
-                logger.debug("reading a put's parent failed: %r", exc)
-                parent = None
-            turn = self._new_turn(turn, parent)
+        if turn is not None:
+            turn = await self._run(self._carried(config, checkpoint, turn, new_versions))
         if turn is not None and got.error is not None:
             raise got.error  # as put
         stamped = self._scopes.stamp(metadata, config, got)
