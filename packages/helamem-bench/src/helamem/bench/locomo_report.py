@@ -136,8 +136,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         lines += [
             "## Distilled facts",
             "",
-            "Facts returned beside the episodes, and how many cite an evidence turn among "
-            "their sources (a fact counts as hitting its source turns in every R above).",
+            "Facts returned among the hits (at k: among the k best by score of episodes "
+            "and facts together), and how many cite an evidence turn among their sources "
+            "(a fact counts as hitting its source turns in every R above).",
             "",
             "| method | at | facts/question | citing evidence |",
             "|---|---|---|---|",
