@@ -623,7 +623,7 @@ def test_a_repeat_mixing_tenants_does_not_take_the_fact_down_with_it() -> None:
     drafts = LLMDistiller._drafts(
         [("The pet chases balls", ["E1"]), ("The pet chases balls", ["E2", "E3"])], refs, plans
     )
-    assert drafts == [FactDraft("The pet chases balls", ("a1",))]
+    assert drafts == [FactDraft("The pet chases balls", ("a1",), ("a1", "a2"))]  # its scope's
 
 
 def test_a_cut_answer_leaves_the_clusters_it_gave_no_fact_to_be_distilled_again(

@@ -284,3 +284,36 @@ def test_a_fact_goes_with_an_episode_it_was_distilled_from_but_did_not_cite(
         assert mem.get(cited).id == cited  # the cited episode stays
         assert mem.stats(S).semantic == 0
         assert mem.consolidate(S).facts_added == 1  # the survivors again
+
+
+def _written_from_the_other_cluster(messages: list[dict[str, str]]) -> str:
+    """One fact in the words of the PIN cluster, citing a cat episode only (the LLM saw
+    every cluster of the scope in its one call)."""
+    blocks = messages[-1]["content"].split("Cluster ")[1:]
+    cats = next(b for b in blocks if "miso" in b and "4711" not in b)
+    first = re.findall(r"\[(E\d+)\]", cats)[0]
+    return json.dumps({"facts": [{"text": "Alice's bank PIN is 4711", "sources": [first]}]})
+
+
+def test_a_fact_goes_with_any_episode_its_llm_was_shown(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Review 145: a fact rested on the clusters of the episodes it cited, but the LLM
+    sees every cluster of the scope in one call: "Alice's bank PIN is 4711", written
+    from the PIN cluster and citing a cat episode, outlived the delete of every PIN
+    episode. A fact now rests on every episode its distiller was shown."""
+    llm = ScriptedLLM(_written_from_the_other_cluster)
+    with _mem(tmp_path, store_config, llm, clusters=4) as mem:
+        pins = []
+        for i in range(5):
+            mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
+        for i in range(5):
+            u, a = mem.add_turn(S, f"bank pin code number 4711 secret {i}", f"pin code 4711 {i}")
+            pins += [u.id, a.id]
+        report = mem.consolidate(S)
+        assert report.clusters >= 2  # the case: the cat and the PIN clusters in one call
+        [fact] = report.fact_ids
+        assert not set(mem.get(fact).provenance) & set(pins)  # it cites no PIN episode
+        mem.delete(pins)  # the user forgets every PIN episode
+        with pytest.raises(MemoryNotFoundError):
+            mem.get(fact)

@@ -334,8 +334,10 @@ def apply_consolidation(
                 produced[k] = produced.get(k, 0) + 1
             # recorded on its fact: distilled again if the fact goes (see Core._delete_tx)
             came = {sig for s, sig in mine if s == sid}
-            # the episodes it was distilled from, cited or not: it goes with any of them
+            # the episodes it was written from, cited or not (all its distiller saw, else
+            # the clusters of its sources): it goes with any of them
             drawn = {i for k in mine if k[0] == sid for i in members[k]}
+            drawn.update(i for i in draft.seen if i in present and present[i].scope_id == sid)
             best = int(np.argmax(mat @ vec)) if len(facts) else -1
             if best >= 0 and float(mat[best] @ vec) >= cfg.dedup_cos:
                 old = facts[best]

@@ -59,10 +59,20 @@ class ClusterPlan:
 
 @dataclass(frozen=True, slots=True)
 class FactDraft:
-    """A fact proposed by a distiller, with the ids of the episodes it rests on."""
+    """A fact proposed by a distiller, with the ids of the episodes it cites and of
+    the episodes it was written from.
+
+    Attributes:
+        text: The fact.
+        source_ids: The episodes it cites (its provenance).
+        seen: Every episode shown to the distiller when it wrote the fact (an LLM
+            sees all the clusters of its call): the fact rests on them too, so it
+            goes when any of them is deleted. Empty: the clusters of its sources.
+    """
 
     text: str
     source_ids: tuple[str, ...]
+    seen: tuple[str, ...] = ()
 
 
 class Drafts(list[FactDraft]):
@@ -307,9 +317,12 @@ class LLMDistiller:
         Examples:
             >>> LLMDistiller._drafts([("Alice has a cat named Miso", ["[E1]", "E2"])],
             ...                      {"E1": "m1", "E2": "m2"})
-            [FactDraft(text='Alice has a cat named Miso', source_ids=('m1', 'm2'))]
+            [FactDraft(text='Alice has a cat named Miso', source_ids=('m1', 'm2'), seen=())]
         """
         scope_of = {mid: c.scope_id for c in clusters for mid in c.ids}
+        shown: dict[int, tuple[str, ...]] = {}  # each scope's episodes, all in the call
+        for c in clusters:
+            shown[c.scope_id] = tuple(dict.fromkeys([*shown.get(c.scope_id, ()), *c.ids]))
         out: dict[tuple[int | None, str], FactDraft] = {}
         for text, sources in facts:
             labels = (_source_label(s) for s in sources)
@@ -322,7 +335,8 @@ class LLMDistiller:
             key = (scope_of.get(ids[0]), clean.lower())
             first = out.get(key)  # a repeat adds its sources: it rests on them too
             merged = ids if first is None else tuple(dict.fromkeys([*first.source_ids, *ids]))
-            out[key] = FactDraft(clean if first is None else first.text, merged)
+            seen = shown.get(key[0], ()) if key[0] is not None else ()
+            out[key] = FactDraft(clean if first is None else first.text, merged, seen)
         return list(out.values())
 
     def distill(self, clusters: Sequence[ClusterPlan]) -> list[FactDraft]:

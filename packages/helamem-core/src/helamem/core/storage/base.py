@@ -25,8 +25,9 @@ __all__ = [
 # IndexLockedError lives in helamem.core.errors; re-exported here for the backends
 
 DRAWN_FROM = "_helamem_drawn"
-"""A fact's metadata key: the ids of every episode of the clusters it was distilled from
-(shown to the distiller), cited or not. A fact rests on them as on those it cites
+"""A fact's metadata key: the ids of every episode shown to its distiller when it wrote
+the fact (``FactDraft.seen``: an LLM's whole call; else the clusters of its sources),
+cited or not. A fact rests on them as on those it cites
 (:func:`rests_on`): deleting any one takes the fact along, so a fact whose distiller
 used an episode without citing it never outlives that episode (helper 143 F4)."""
 
