@@ -363,34 +363,52 @@ async def test_a_message_equal_to_the_last_line_of_the_one_before_is_kept(
     assert _contents(store, ("b",)) == ["Noted.", "my list:\nmilk\nmilk"]
 
 
+@pytest.mark.parametrize("apart_by", ["schema", "database"])
 def test_tenants_kept_apart_by_postgres_schema_on_one_path_stay_apart(
-    tmp_path: Path, pg_server: Any
+    tmp_path: Path, pg_server: Any, apart_by: str
 ) -> None:
     """Helper 144: the adapters shared one connection per path, so two chat memories on
     one path whose configs name different PostgreSQL schemas (tenants kept apart by
     schema; the path then holds only lock files) ran on the first one's schema: with
     the same session id, tenant B's context held tenant A's "My password is hunter2".
-    A connection is now shared per path and schema."""
+    Review 145: the same with different databases and one schema name. A connection
+    is now shared per path, schema and database (a digest of the DSN); a loaded
+    adapter, whose DSN is not serialized, finds its memory when it is the only one on
+    its path and schema, and is refused with the fix when it is not."""
+    import psycopg
     from li_fakes import hashing_config
 
-    from helamem.core import PostgresConfig
+    from helamem.core import ConfigError, PostgresConfig
     from pg_server import schema_for
 
     path = tmp_path / "shared-path"
+    head = pg_server.dsn.rpartition("/")[0]
 
     def cfg(tenant: str) -> HelaMemConfig:
-        schema = schema_for(tmp_path / tenant)
-        return hashing_config(path, PostgresConfig(dsn=pg_server.dsn, schema_name=schema))
+        if apart_by == "schema":
+            pg = PostgresConfig(dsn=pg_server.dsn, schema_name=schema_for(tmp_path / tenant))
+        else:
+            db = schema_for(tmp_path / tenant)
+            with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {db}")
+            pg = PostgresConfig(dsn=f"{head}/{db}")
+        return hashing_config(path, pg)
 
     a = HelaMemChatMemory.from_defaults(config=cfg("a"), session_id="s1")
+    a.put(ChatMessage(role="user", content="My password is hunter2"))
+    a.put(ChatMessage(role="assistant", content="Noted."))
+    a.flush()
+    loaded = HelaMemChatMemory.from_dict(a.to_dict())  # only a's memory is live: a's
+    assert loaded.memory is a.memory
+    loaded.close()
     b = HelaMemChatMemory.from_defaults(config=cfg("b"), session_id="s1")
     try:
-        a.put(ChatMessage(role="user", content="My password is hunter2"))
-        a.put(ChatMessage(role="assistant", content="Noted."))
-        a.flush()
         got = b.get("what is my password?")
         assert all("hunter2" not in str(m.content) for m in got)
-        assert b.memory.config.store.schema_name != a.memory.config.store.schema_name  # type: ignore[union-attr]
+        assert b.memory is not a.memory
+        if apart_by == "database":  # one path and schema, two databases: which one?
+            with pytest.raises(ConfigError, match="own path"):
+                HelaMemChatMemory.from_dict(a.to_dict()).get("anything")
     finally:
         b.close()
         a.close()

@@ -34,6 +34,7 @@ from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.utils import get_tokenizer
 
 from helamem.core import (
+    ConfigError,
     HelaMemConfig,
     HelaMemory,
     Hit,
@@ -53,16 +54,41 @@ _leases: weakref.WeakKeyDictionary[HelaMemory, int] = weakref.WeakKeyDictionary(
 _live_lock = threading.Lock()
 
 
+_MASKED = "**********"
+"""A secret as pydantic serializes it: the DSN of a config loaded from a dump."""
+
+
 def _store_key(config: HelaMemConfig) -> str:
-    """The store a config opens: its directory, and with a PostgreSQL store its schema
-    too (schemas on one path are separate stores: tenants kept apart by schema)."""
+    """The store a config opens: its directory; with a PostgreSQL store its schema and
+    its database too (schemas, or databases, on one path are separate stores: tenants
+    kept apart so; the database as a digest of the DSN, empty for a masked one)."""
     where = os.path.abspath(os.fspath(config.path))
     store = config.store
     if store is None:
         return where
-    # the schema, not the DSN: a serialized adapter's DSN is masked, and it must find the
-    # live memory again (register_memory)
-    return f"{where}\x00{store.schema_name}"
+    dsn = store.dsn.get_secret_value()
+    database = "" if dsn == _MASKED else hashlib.sha256(dsn.encode()).hexdigest()[:16]
+    return f"{where}\x00{store.schema_name}\x00{database}"
+
+
+def _live_for(key: str) -> HelaMemory | None:
+    """The live memory of ``key``; for a masked DSN's key (a config loaded from a dump,
+    which cannot connect) the one live memory on its path and schema.
+
+    Raises:
+        ConfigError: Several live memories on that path and schema (other databases):
+            which one is meant is unknown.
+    """
+    if not key.endswith("\x00") or key.count("\x00") != 2:
+        return _live.get(key)
+    found = [m for k, m in list(_live.items()) if k.startswith(key) and not m.closed]
+    if len(found) > 1:
+        raise ConfigError(
+            f"{len(found)} live memories share the path and schema of this loaded adapter "
+            "(different databases) and its DSN is not serialized; give each database its "
+            "own path, or register_memory() the one it is for before loading it"
+        )
+    return found[0] if found else None
 
 
 def register_memory(memory: HelaMemory) -> None:
@@ -97,7 +123,7 @@ def resolve_memory(config: HelaMemConfig) -> tuple[HelaMemory, bool]:
     """
     key = _store_key(config)
     with _live_lock:
-        found = _live.get(key)
+        found = _live_for(key)
         if found is not None and not found.closed:
             if found not in _leases:
                 return found, False
