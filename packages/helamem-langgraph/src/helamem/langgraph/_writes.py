@@ -439,26 +439,23 @@ def family_base(mid: str) -> str:
 
 
 def _families(memory: HelaMemory, ids: Sequence[str]) -> list[str]:
-    """``ids`` with every field memory of theirs that exists (``X`` -> ``X``, ``X.1``, ...)."""
+    """``ids`` with every field memory of theirs that exists (``X`` -> ``X``, ``X.1``, ...).
 
-    def rows(core: Any) -> list[str]:
+    A field memory is its base's only when it indexes the same document (a store memory
+    of its own scope, the base's document if the base still exists): a caller-chosen id
+    ``X.1`` of another writer or tenant is not. One read on the owner thread."""
+
+    def read(core: Any) -> tuple[list[str], dict[str, tuple[tuple[str, ...], str] | None]]:
         found: list[str] = core.store.ids_under(list(ids))
-        return found
+        rows = core.store.rows_by_id([*ids, *found])
+        return found, {i: store_address(core._memory(r)) for i, r in rows.items()}
 
-    def home(mid: str) -> tuple[tuple[str, ...], str] | None:
-        try:
-            return store_address(memory.get(mid))
-        except MemoryNotFoundError:
-            return None
-
-    # a field memory is its base's only when it indexes the same document (same scope):
-    # a caller-chosen id "X.1" of another writer or tenant is not
-    bases = {b: home(b) for b in ids}
-    fields = []
-    for f in memory._call(rows):
-        at = home(f)  # a store memory of its own scope; the base's document if it still exists
-        if at is not None and bases.get(family_base(f)) in (None, at):
-            fields.append(f)
+    found, home = memory._call(read)
+    fields = [
+        f
+        for f in found
+        if (at := home.get(f)) is not None and home.get(family_base(f)) in (None, at)
+    ]
     return list(dict.fromkeys([*ids, *fields]))
 
 
