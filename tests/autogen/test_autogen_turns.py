@@ -375,6 +375,7 @@ async def test_two_memories_whose_scopes_join_alike_keep_both_injected_messages(
         await m.update_context(context)
     system = [m.content for m in await context.get_messages() if isinstance(m, SystemMessage)]
     assert len(system) == 2 and any("tulip42" in s for s in system)
+    assert mems[0].name != mems[1].name  # their default names differ too
     for m in mems:
         await m.close()
     await core.aclose()

@@ -29,6 +29,7 @@ __all__ = [
     "last_user",
     "memory_header",
     "own_metadata",
+    "scope_label",
     "text_of",
     "turn_key",
 ]
@@ -285,21 +286,28 @@ def content_of(hit: Hit) -> MemoryContent:
     )
 
 
+def scope_label(scope: Sequence[str]) -> str:
+    """``scope`` as one label: joined with "/", or as JSON when a label holds ``/`` or
+    ``]``, so that two scopes never share one (a memory's default name and header).
+
+    Examples:
+        >>> scope_label(("users", "alice")), scope_label(("team/kb",))
+        ('users/alice', '["team/kb"]')
+    """
+    if any("/" in s or "]" in s for s in scope):
+        return json.dumps(list(scope), ensure_ascii=False)
+    return "/".join(scope)
+
+
 def memory_header(scope: Sequence[str]) -> str:
-    """The first line of the system message a memory of ``scope`` injects: the scope as
-    written, or as JSON when a label holds ``/`` or ``]``, so that two scopes never share
-    a header (each memory removes only the message it injected itself).
+    """The first line of the system message a memory of ``scope`` injects (each memory
+    removes only the message it injected itself).
 
     Examples:
         >>> memory_header(("users", "alice"))
         '[helamem:users/alice] Relevant memories:'
-        >>> memory_header(("team/kb",))
-        '[helamem:["team/kb"]] Relevant memories:'
     """
-    label = "/".join(scope)
-    if any("/" in s or "]" in s for s in scope):
-        label = json.dumps(list(scope), ensure_ascii=False)
-    return f"[helamem:{label}] Relevant memories:"
+    return f"[helamem:{scope_label(scope)}] Relevant memories:"
 
 
 def own_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:

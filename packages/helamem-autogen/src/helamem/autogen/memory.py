@@ -51,6 +51,7 @@ from ._convert import (
     last_user,
     memory_header,
     own_metadata,
+    scope_label,
     turn_key,
 )
 from ._hits import best as _best
@@ -174,7 +175,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
     @property
     def name(self) -> str:
         """The configured name, else ``"helamem:<scope>"``."""
-        return self._config.name or f"helamem:{'/'.join(self._config.scope)}"
+        return self._config.name or f"helamem:{scope_label(self._config.scope)}"
 
     @property
     def scope(self) -> tuple[str, ...]:
