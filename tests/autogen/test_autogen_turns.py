@@ -379,3 +379,38 @@ async def test_two_memories_whose_scopes_join_alike_keep_both_injected_messages(
     for m in mems:
         await m.close()
     await core.aclose()
+
+
+@pytest.mark.parametrize("end", ["close", "record_last_turn"])
+async def test_a_memory_that_only_injects_records_no_turn_by_any_path(
+    tmp_path: Path, hela_config: Any, end: str
+) -> None:
+    """New user's trial 146: ``record=False`` (a knowledge base several users' agents
+    read) kept update_context from recording, but ``close()`` and ``record_last_turn``
+    still stored the conversation's final turn ("and my SSN is 999-11-2222") in the
+    shared scope. No path records a turn now."""
+    from autogen_core.memory import MemoryContent
+
+    from helamem.autogen import HelaMemMemoryConfig
+
+    core = HelaMemory(hela_config(tmp_path / "store"), embedder=HashingEmbedder(256))
+    kb = HelaMemMemory(
+        HelaMemMemoryConfig(
+            scope=("kb",), path=tmp_path / "store", embedder="hashing", record=False
+        ),
+        memory=core,
+    )
+    await kb.add(MemoryContent(content="Office opens at 9", mime_type="text/plain"))
+    agent = AssistantAgent(
+        "a",
+        model_client=ReplayChatCompletionClient(["A1 secret-answer", "A2 secret-answer"]),
+        memory=[kb],
+    )
+    await agent.run(task="my salary is 123k, when does the office open?")
+    await agent.run(task="and my SSN is 999-11-2222, anything else?")
+    if end == "record_last_turn":
+        await kb.record_last_turn(agent.model_context)
+    await kb.close()
+    held = [h.content for h in core.search("salary SSN secret office", ("kb",), k=20, learn=False)]
+    assert held == ["Office opens at 9"]
+    await core.aclose()

@@ -104,10 +104,11 @@ class HelaMemMemoryConfig(BaseModel):
             (whole memories, best first, counted as
             :meth:`helamem.core.SearchResult.to_text` counts).
         learn: Reinforce retrieved memories together (Hebbian learning).
-        record: Record the agent's turns in ``scope`` (``update_context``). Every
-            memory attached to an agent records its turns; ``False`` makes one that
-            only injects (a knowledge base shared by several users' agents, which
-            must not hold one user's conversation where the others read).
+        record: Record the agent's turns in ``scope`` (``update_context``,
+            ``record_last_turn``, ``close``). Every memory attached to an agent
+            records its turns; ``False`` makes one that only injects and records by
+            no path (a knowledge base shared by several users' agents, which must
+            not hold one user's conversation where the others read).
         user_sources: The message sources (AgentChat's ``source``: ``"user"``, a
             ``UserProxyAgent``'s name) whose messages are the user's own words in a
             recorded turn; the other agents of a team are stored with their name

@@ -234,8 +234,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         """
         messages, whole = await history(model_context)
         served = self._served_for(model_context)
-        if self._config.record:
-            await self._record(served, messages, whole)
+        await self._record(served, messages, whole)
         await self._remove_injected(model_context)
         query = last_user(messages) or last_text(messages)
         if query is None:
@@ -526,6 +525,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         or memory recorded (before or after this one reads it); the store skips
         it, in its write transaction, when this scope holds that identity.
         """
+        if not self._config.record:  # one that only injects: no path records a turn
+            return
         turn = last_turn(messages, self._config.user_sources)
         spoken = sum(not is_memory_message(m) for m in messages)
         if whole and spoken < served.seen:
