@@ -1336,7 +1336,14 @@ class _Noted(MessagesState):
 
 @pytest.mark.parametrize(
     ("mode", "later"),
-    [("sync", "update_state"), ("async", "update_state"), ("sync", "run"), ("async", "run")],
+    [
+        ("sync", "update_state"),
+        ("async", "update_state"),
+        ("sync", "run"),
+        ("async", "run"),
+        ("sync", "empty messages"),
+        ("async", "empty messages"),
+    ],
 )
 def test_a_forgotten_turn_is_not_recorded_again_by_a_put_that_leaves_the_messages(
     tmp_path: Path, new_memory: Any, mode: str, later: str
@@ -1373,12 +1380,16 @@ def test_a_forgotten_turn_is_not_recorded_again_by_a_put_that_leaves_the_message
 
     async def again(rec: TurnRecorder) -> None:
         fresh = graph(HelaMemCheckpointer(rec, saver))  # a fresh checkpointer, same saver
-        note = {"note": "a moderator's note"}
-        if mode == "sync" and later == "update_state":
+        note: dict[str, Any] = {"note": "a moderator's note"}
+        if later == "empty messages":  # trial 146: the channel written, nothing changed
+            note, later_ = {"messages": []}, "update_state"
+        else:
+            later_ = later
+        if mode == "sync" and later_ == "update_state":
             await asyncio.to_thread(fresh.update_state, cfg, note)
         elif mode == "sync":
             await asyncio.to_thread(fresh.invoke, note, cfg)
-        elif later == "update_state":
+        elif later_ == "update_state":
             await fresh.aupdate_state(cfg, note)
         else:
             await fresh.ainvoke(note, cfg)

@@ -19,6 +19,7 @@ __all__ = [
     "completed_turn",
     "identity",
     "latest_question",
+    "messages_seen",
     "outside",
     "question_key",
     "resume_texts",
@@ -88,6 +89,17 @@ def _triggers(channel: str, value: Any) -> bool:
         sources = channel[len("join:") :].rsplit(":", 1)[0].split("+")
         return bool(seen) and set(sources) <= {str(x) for x in seen}
     return False
+
+
+def messages_seen(checkpoint: Checkpoint, messages_key: str = "messages") -> tuple[Any, ...]:
+    """What a checkpoint's messages say (each one's id, role and text; pure): equal
+    for two checkpoints whose messages are alike, however the channel was written
+    (``{"messages": []}`` bumps its version and changes nothing)."""
+    values = checkpoint.get("channel_values") or {}
+    messages = values.get(messages_key)
+    if not isinstance(messages, list):
+        return (messages_key in values,)
+    return tuple((_field(m, "id"), _role(m), _text(m)) for m in messages)
 
 
 def completed_turn(

@@ -44,7 +44,8 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from ._scopes import LEGACY_ANCESTORS, Put, ReadFailed, Resolved, ScopeBook
+from ._carried import CarriedTurns, checkpoint_id
+from ._scopes import Put, ReadFailed, Resolved, ScopeBook
 from ._turns import (
     NO_ID,
     Turn,
@@ -147,6 +148,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
         # the scopes stamped on checkpoints
         self._scopes = ScopeBook(scope, max_threads, messages_key)
+        self._carry = CarriedTurns(messages_key, max_threads)  # turns a put only carries
         # thread -> the strings of its latest Command(resume=...) (a chat through interrupt)
         self._resumed: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._max_threads = max_threads
@@ -268,53 +270,12 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             return None  # an update of other channels: an id-less turn has no unique_on
         return turn
 
-    def _carried(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        turn: Turn,
-        new_versions: ChannelVersions,
-    ) -> Generator[RunnableConfig, CheckpointTuple | None, Turn | None]:
-        """``turn`` unless an earlier checkpoint of the thread with the same messages
-        completed it (yields the configs to read, newest first, at most
-        :data:`LEGACY_ANCESTORS`, while the messages channel keeps this put's version;
-        sent each tuple, ``None`` when none; thrown :class:`ReadFailed`).
-
-        A put that leaves the messages as they were (``update_state`` of other
-        channels, a run whose nodes write no message, a run's last node writing none)
-        completes its turn only if no checkpoint since the messages last changed did:
-        else it carries that turn along, and records nothing, in a fresh checkpointer
-        too, even after the turn was forgotten with ``delete_scope`` (helper 143,
-        review 145: its ``unique_on`` key went with it). Unread (a failed read, more
-        ancestors than that), ``unique_on`` decides."""
-        key = self.messages_key
-        conf = config.get("configurable", {})
-        if key in new_versions or not conf.get("checkpoint_id"):
-            return turn
-        version = checkpoint.get("channel_versions", {}).get(key)
-        want: RunnableConfig | None = {
-            "configurable": {
-                "thread_id": conf.get("thread_id"),
-                "checkpoint_ns": conf.get("checkpoint_ns", ""),
-                "checkpoint_id": conf["checkpoint_id"],
-            }
-        }
-        for _ in range(LEGACY_ANCESTORS):
-            if want is None:
-                return turn
-            try:
-                tup = yield want
-            except ReadFailed as exc:
-                logger.debug("reading an earlier checkpoint failed: %r", exc)
-                return turn
-            if tup is None or tup.checkpoint.get("channel_versions", {}).get(key) != version:
-                return turn  # the messages changed after it: this put's turn is new
-            before = completed_turn(tup.config, tup.checkpoint, tup.metadata, key)
-            if before is not None and before[:2] == turn[:2]:
-                self._remember(self._recorded, turn[0], turn[1])
-                return None
-            want = tup.parent_config
-        return turn
+    def _kept(self, turn: Turn, kept: Turn | None) -> Turn | None:
+        """``kept`` (:meth:`CarriedTurns.plan` of ``turn``); a turn the put only carries
+        along counts as this thread's recorded one."""
+        if kept is None:
+            self._remember(self._recorded, turn[0], turn[1])
+        return kept
 
     def _plan(
         self,
@@ -365,9 +326,10 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
+        read: dict[str, CheckpointTuple | None] | None = None,
     ) -> Resolved:
         """:meth:`ScopeBook.resolve` driven with the saver's ``get_tuple``."""
-        return self._run_sync(self._plan(config, checkpoint, metadata, new_versions))
+        return self._run_sync(self._plan(config, checkpoint, metadata, new_versions), read)
 
     async def _scope(
         self,
@@ -375,35 +337,59 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
+        read: dict[str, CheckpointTuple | None] | None = None,
     ) -> Resolved:
         """:meth:`_scope_sync` with ``aget_tuple``."""
-        return await self._run(self._plan(config, checkpoint, metadata, new_versions))
+        return await self._run(self._plan(config, checkpoint, metadata, new_versions), read)
 
-    def _run_sync(self, plan: Generator[RunnableConfig, CheckpointTuple | None, T]) -> T:
+    def _run_sync(
+        self,
+        plan: Generator[RunnableConfig, CheckpointTuple | None, T],
+        read: dict[str, CheckpointTuple | None] | None = None,
+    ) -> T:
         """Run a plan of reads (:meth:`_plan`, :meth:`_carried`) with the saver's
-        ``get_tuple``: sent each tuple, or thrown :class:`ReadFailed`."""
+        ``get_tuple``: sent each tuple, or thrown :class:`ReadFailed`. ``read``: the
+        checkpoints one put read already, by id (a put's plans share their reads)."""
+        read = {} if read is None else read
         try:
             want = next(plan)
             while True:
+                at = checkpoint_id(want)
+                if at in read:
+                    want = plan.send(read[at])
+                    continue
                 try:
                     tup = self.saver.get_tuple(want)
                 except Exception as exc:  # noqa: BLE001 (any saver's error: the put goes on)
                     want = plan.throw(ReadFailed(repr(exc)))
                 else:
+                    if at is not None:
+                        read[at] = tup
                     want = plan.send(tup)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
-    async def _run(self, plan: Generator[RunnableConfig, CheckpointTuple | None, T]) -> T:
+    async def _run(
+        self,
+        plan: Generator[RunnableConfig, CheckpointTuple | None, T],
+        read: dict[str, CheckpointTuple | None] | None = None,
+    ) -> T:
         """:meth:`_run_sync` with ``aget_tuple``."""
+        read = {} if read is None else read
         try:
             want = next(plan)
             while True:
+                at = checkpoint_id(want)
+                if at in read:
+                    want = plan.send(read[at])
+                    continue
                 try:
                     tup = await self._async_saver().aget_tuple(want)
                 except Exception as exc:  # noqa: BLE001 (as above)
                     want = plan.throw(ReadFailed(repr(exc)))
                 else:
+                    if at is not None:
+                        read[at] = tup
                     want = plan.send(tup)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
@@ -450,15 +436,19 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        got = self._scope_sync(config, checkpoint, metadata, new_versions)
+        read: dict[str, CheckpointTuple | None] = {}  # this put's reads, by checkpoint id
+        got = self._scope_sync(config, checkpoint, metadata, new_versions, read)
         turn = self._completed(config, checkpoint, metadata, new_versions)
         if turn is not None:
-            turn = self._run_sync(self._carried(config, checkpoint, turn, new_versions))
+            turn = self._kept(
+                turn, self._run_sync(self._carry.plan(config, checkpoint, turn), read)
+            )
         if turn is not None and got.error is not None:
             raise got.error  # before the put: a retry completes the turn again
         stamped = self._scopes.stamp(metadata, config, got)
         saved = self.saver.put(config, checkpoint, stamped, new_versions)
         self._scopes.remember(saved, got)
+        self._carry.remember(saved, config, checkpoint, stamped)
         if (job := self._job(got, turn)) is not None:
             self.recorder.record_turn_sync(**job)
         return saved
@@ -518,15 +508,19 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        got = await self._scope(config, checkpoint, metadata, new_versions)
+        read: dict[str, CheckpointTuple | None] = {}  # as put
+        got = await self._scope(config, checkpoint, metadata, new_versions, read)
         turn = self._completed(config, checkpoint, metadata, new_versions)
         if turn is not None:
-            turn = await self._run(self._carried(config, checkpoint, turn, new_versions))
+            turn = self._kept(
+                turn, await self._run(self._carry.plan(config, checkpoint, turn), read)
+            )
         if turn is not None and got.error is not None:
             raise got.error  # as put
         stamped = self._scopes.stamp(metadata, config, got)
         saved = await self._async_saver().aput(config, checkpoint, stamped, new_versions)
         self._scopes.remember(saved, got)
+        self._carry.remember(saved, config, checkpoint, stamped)
         if (job := self._job(got, turn)) is not None:
             await self.recorder.record_turn(**job)
         return saved
