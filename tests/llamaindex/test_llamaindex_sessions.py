@@ -371,10 +371,12 @@ def test_tenants_kept_apart_by_postgres_schema_on_one_path_stay_apart(
     one path whose configs name different PostgreSQL schemas (tenants kept apart by
     schema; the path then holds only lock files) ran on the first one's schema: with
     the same session id, tenant B's context held tenant A's "My password is hunter2".
-    Review 145: the same with different databases and one schema name. A connection
-    is now shared per path, schema and database (a digest of the DSN); a loaded
-    adapter, whose DSN is not serialized, finds its memory when it is the only one on
-    its path and schema, and is refused with the fix when it is not."""
+    Review 145: the same with different databases and one schema name; trial 146: a
+    loaded adapter (its DSN is never serialized) took the one live memory on its path
+    and schema, another database's. A connection is now shared per path, schema and
+    database (a digest of the DSN without its password, which a dump keeps in place of
+    the DSN): a loaded adapter finds its own database's memory, and one whose memory
+    is not live is refused with the fix (register_memory)."""
     import psycopg
     from li_fakes import hashing_config
 
@@ -406,9 +408,19 @@ def test_tenants_kept_apart_by_postgres_schema_on_one_path_stay_apart(
         got = b.get("what is my password?")
         assert all("hunter2" not in str(m.content) for m in got)
         assert b.memory is not a.memory
-        if apart_by == "database":  # one path and schema, two databases: which one?
-            with pytest.raises(ConfigError, match="own path"):
-                HelaMemChatMemory.from_dict(a.to_dict()).get("anything")
+        for mine in (a, b):  # both live: each dump finds its own database's memory
+            loaded = HelaMemChatMemory.from_dict(mine.to_dict())
+            assert loaded.memory is mine.memory
+            loaded.close()
+        dump = b.to_dict()
     finally:
         b.close()
+        a.close()
+    # only a live: b's dump is refused with the fix, never given a's memory
+    a = HelaMemChatMemory.from_defaults(config=a.config, session_id="s1")
+    try:
+        a.get("warm up")  # a's memory is live
+        with pytest.raises(ConfigError, match="register_memory"):
+            HelaMemChatMemory.from_dict(dump).get("what is my password?")
+    finally:
         a.close()

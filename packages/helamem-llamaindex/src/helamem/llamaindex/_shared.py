@@ -55,40 +55,69 @@ _live_lock = threading.Lock()
 
 
 _MASKED = "**********"
-"""A secret as pydantic serializes it: the DSN of a config loaded from a dump."""
+"""A secret as pydantic serializes it: the DSN of a config loaded from an older dump."""
+_DATABASE = "helamem-database:"
+"""A dumped config's DSN: this prefix and :func:`_database` of the real one (no secret)."""
+
+
+def _database(dsn: str) -> str:
+    """Which database a DSN names, as a digest of its parts without the password
+    (``""``: unknown, a masked DSN). Two spellings of one server (``localhost``,
+    ``127.0.0.1``) are two databases here: two connections to one store."""
+    if dsn == _MASKED:
+        return ""
+    if dsn.startswith(_DATABASE):
+        return dsn[len(_DATABASE) :]
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if k != "password"}
+    except psycopg.ProgrammingError:  # not a DSN: the store says so when it opens
+        parts = {"dsn": dsn}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _store_key(config: HelaMemConfig) -> str:
     """The store a config opens: its directory; with a PostgreSQL store its schema and
     its database too (schemas, or databases, on one path are separate stores: tenants
-    kept apart so; the database as a digest of the DSN, empty for a masked one)."""
+    kept apart so; :func:`_database`, ``""`` for a masked DSN)."""
     where = os.path.abspath(os.fspath(config.path))
     store = config.store
     if store is None:
         return where
-    dsn = store.dsn.get_secret_value()
-    database = "" if dsn == _MASKED else hashlib.sha256(dsn.encode()).hexdigest()[:16]
-    return f"{where}\x00{store.schema_name}\x00{database}"
+    return f"{where}\x00{store.schema_name}\x00{_database(store.dsn.get_secret_value())}"
 
 
-def _live_for(key: str) -> HelaMemory | None:
-    """The live memory of ``key``; for a masked DSN's key (a config loaded from a dump,
-    which cannot connect) the one live memory on its path and schema.
+def _live_for(key: str, config: HelaMemConfig) -> HelaMemory | None:
+    """The live memory of ``key``; for a masked DSN's key (a config loaded from a dump
+    older than :data:`_DATABASE`) the one live memory on its path and schema.
 
     Raises:
-        ConfigError: Several live memories on that path and schema (other databases):
-            which one is meant is unknown.
+        ConfigError: Several live memories on that path and schema (other databases),
+            or none for a config loaded from a dump (its DSN is not serialized).
     """
-    if not key.endswith("\x00") or key.count("\x00") != 2:
-        return _live.get(key)
-    found = [m for k, m in list(_live.items()) if k.startswith(key) and not m.closed]
-    if len(found) > 1:
+    store = config.store
+    dumped = store is not None and (
+        (dsn := store.dsn.get_secret_value()) == _MASKED or dsn.startswith(_DATABASE)
+    )
+    found = _live.get(key)
+    if found is None and key.endswith("\x00") and key.count("\x00") == 2:
+        alive = [m for k, m in list(_live.items()) if k.startswith(key) and not m.closed]
+        if len(alive) > 1:
+            raise ConfigError(
+                f"{len(alive)} live memories share the path and schema of this loaded "
+                "adapter (different databases) and its dump names none; give each "
+                "database its own path, or dump the adapter again with this version"
+            )
+        found = alive[0] if alive else None
+    if dumped and (found is None or found.closed):
         raise ConfigError(
-            f"{len(found)} live memories share the path and schema of this loaded adapter "
-            "(different databases) and its DSN is not serialized; give each database its "
-            "own path, or register_memory() the one it is for before loading it"
+            "this adapter was loaded from a dump, which holds no PostgreSQL DSN (secrets "
+            "are never serialized): register_memory(HelaMemory(config)) with the DSN "
+            "before loading it"
         )
-    return found[0] if found else None
+    return found
 
 
 def register_memory(memory: HelaMemory) -> None:
@@ -123,7 +152,7 @@ def resolve_memory(config: HelaMemConfig) -> tuple[HelaMemory, bool]:
     """
     key = _store_key(config)
     with _live_lock:
-        found = _live_for(key)
+        found = _live_for(key, config)
         if found is not None and not found.closed:
             if found not in _leases:
                 return found, False
@@ -186,6 +215,8 @@ def dump_config(config: HelaMemConfig) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     for section in ("embedder", "llm"):
         data[section]["api_key"] = None
+    if config.store is not None:  # which database, without its secrets: see _store_key
+        data["store"]["dsn"] = _DATABASE + _database(config.store.dsn.get_secret_value())
     return data
 
 
