@@ -324,7 +324,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             await self._record(served, *await history(context), forget=True)
         await self._settle()
         for err in self._failures:  # their turns would be deleted now: nothing is lost
-            logger.warning("clear(): %s; cleared with the rest of the scope", err)
+            logger.warning("clear(): %d turn(s) whose recording failed are forgotten", err.total)
         self._failures.clear()
         await self.helamem.adelete_scope(self.scope)
         for served in list(self._served.values()):

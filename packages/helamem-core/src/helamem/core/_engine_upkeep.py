@@ -101,7 +101,8 @@ class UpkeepMethods(OwnedCore):
         below: float | None = None,
         limit: int = 1000,
     ) -> ForgetReport:
-        """Adaptive forgetting: weak, old, never-used episodes that no fact cites.
+        """Adaptive forgetting: weak, old, never-used episodes that no fact rests on
+        (cites, or was written from: see ``delete``).
 
         Dry run by default: returns the candidates; ``dry_run=False`` deletes
         them. Age is relative to each scope's own newest event (under a prefix, every

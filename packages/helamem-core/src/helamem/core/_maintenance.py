@@ -446,7 +446,7 @@ def forget(
     below: float | None,
     limit: int,
 ) -> ForgetReport:
-    """Weak, old, never-used episodes (not cited by any fact); delete unless ``dry_run``.
+    """Weak, old, never-used episodes no fact rests on; delete unless ``dry_run``.
 
     The candidates are chosen inside the transaction that deletes them (under the
     store's writer lock): an episode another writer deleted, used, reinforced or

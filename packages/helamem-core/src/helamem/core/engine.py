@@ -292,8 +292,9 @@ class HelaMemory(UpkeepMethods):
     def delete(self, ids: str | Iterable[str]) -> int:
         """Delete memories with their edges and vectors; all or nothing.
 
-        The facts citing a deleted episode (they may repeat its content) are
-        deleted with it, and their clusters distilled again later.
+        The facts resting on a deleted episode (citing it, or written by a
+        distiller that was shown it: they may repeat its content) are deleted with
+        it, and their clusters distilled again later.
 
         Returns:
             The number of distinct ids deleted; the facts deleted along with them
