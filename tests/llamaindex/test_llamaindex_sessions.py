@@ -424,3 +424,42 @@ def test_tenants_kept_apart_by_postgres_schema_on_one_path_stay_apart(
             HelaMemChatMemory.from_dict(dump).get("what is my password?")
     finally:
         a.close()
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "postgresql://app:other@db.internal/helamem?sslmode=require&application_name=w",
+        "host=db.internal port=5432 dbname=helamem user=app connect_timeout=3",
+    ],
+)
+def test_a_dump_finds_the_memory_registered_with_another_spelling_of_its_dsn(
+    tmp_path: Path, spelling: str
+) -> None:
+    """Review 147: a dump named its database by a digest of every DSN setting but the
+    password, so a process registering the same database with a default port left out,
+    ``sslmode`` or ``application_name`` was refused. Only host, port, database and user
+    name it now (nothing secret); another database is still refused. No I/O: an
+    adapter's memory opens on first use."""
+    from li_fakes import hashing_config
+
+    from helamem.core import ConfigError, PostgresConfig
+    from helamem.llamaindex import register_memory
+
+    def cfg(dsn: str) -> HelaMemConfig:
+        return hashing_config(tmp_path / "s", PostgresConfig(dsn=dsn))
+
+    made = HelaMemChatMemory.from_defaults(
+        config=cfg("postgresql://app:s3cret@db.internal:5432/helamem"), session_id="s1"
+    )
+    dump = made.to_dict()
+    assert "s3cret" not in str(dump)
+    mine = HelaMemory(cfg(spelling))
+    register_memory(mine)
+    assert HelaMemChatMemory.from_dict(dump).memory is mine
+    other = HelaMemory(cfg("postgresql://app@db.internal/another"))
+    register_memory(other)  # another database on the path: mine is no longer live
+    mine.close()
+    with pytest.raises(ConfigError, match="same host, port, database and user"):
+        HelaMemChatMemory.from_dict(dump).memory  # noqa: B018
+    other.close()

@@ -99,7 +99,7 @@ def messages_seen(checkpoint: Checkpoint, messages_key: str = "messages") -> tup
     messages = values.get(messages_key)
     if not isinstance(messages, list):
         return (messages_key in values,)
-    return tuple((_field(m, "id"), _role(m), _text(m)) for m in messages)
+    return tuple((repr(_field(m, "id")), _role(m), _text(m)) for m in messages)
 
 
 def completed_turn(

@@ -61,9 +61,11 @@ _DATABASE = "helamem-database:"
 
 
 def _database(dsn: str) -> str:
-    """Which database a DSN names, as a digest of its parts without the password
-    (``""``: unknown, a masked DSN). Two spellings of one server (``localhost``,
-    ``127.0.0.1``) are two databases here: two connections to one store."""
+    """Which database a DSN names: a digest of its host, port (default 5432), database
+    and user only, so that two spellings of one DSN (options, ``sslmode``, a default port
+    left out) agree and no secret goes in (``""``: unknown, a masked or unreadable DSN).
+    Two names of one server (``localhost``, ``127.0.0.1``) are two databases here: two
+    connections to one store."""
     if dsn == _MASKED:
         return ""
     if dsn.startswith(_DATABASE):
@@ -72,10 +74,12 @@ def _database(dsn: str) -> str:
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        parts = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if k != "password"}
+        parts = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:  # not a DSN: the store says so when it opens
-        parts = {"dsn": dsn}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+        return ""
+    who = [str(parts.get(k) or d) for k, d in (("host", ""), ("port", "5432"), ("dbname", ""))]
+    who.append(str(parts.get("user") or ""))
+    return hashlib.sha256("\x00".join(who).encode()).hexdigest()[:16]
 
 
 def _store_key(config: HelaMemConfig) -> str:
@@ -115,7 +119,7 @@ def _live_for(key: str, config: HelaMemConfig) -> HelaMemory | None:
         raise ConfigError(
             "this adapter was loaded from a dump, which holds no PostgreSQL DSN (secrets "
             "are never serialized): register_memory(HelaMemory(config)) with the DSN "
-            "before loading it"
+            "before loading it (a DSN naming the same host, port, database and user)"
         )
     return found
 
