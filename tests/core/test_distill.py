@@ -56,13 +56,16 @@ class ScriptedLLM:
         return await litellm.acompletion(mock_response=answer, **kwargs)
 
 
-def facts_citing_first_labels(messages: list[dict[str, str]]) -> str:
-    """A well-behaved model: one fact per cluster citing its first two episodes."""
+def facts_citing_first_labels(messages: list[dict[str, str]], cited: int = 2) -> str:
+    """A well-behaved model: one fact per cluster citing its first ``cited`` episodes
+    (written from all of them)."""
     text = messages[-1]["content"]
     facts = []
     for block in text.split("Cluster ")[1:]:
         labels = re.findall(r"\[(E\d+)\]", block)
-        facts.append({"text": f"Alice keeps a cat named Miso ({labels[0]})", "sources": labels[:2]})
+        facts.append(
+            {"text": f"Alice keeps a cat named Miso ({labels[0]})", "sources": labels[:cited]}
+        )
     return json.dumps({"facts": facts})
 
 

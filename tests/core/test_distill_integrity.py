@@ -249,12 +249,7 @@ def test_a_backup_restored_after_its_episodes_were_deleted_is_distilled_again(
 
 def _citing_one(messages: list[dict[str, str]]) -> str:
     """A model that writes each cluster's fact from all its episodes but cites one."""
-    text = messages[-1]["content"]
-    facts = []
-    for block in text.split("Cluster ")[1:]:
-        labels = re.findall(r"\[(E\d+)\]", block)
-        facts.append({"text": f"Alice's cat Miso chases mice ({labels[0]})", "sources": labels[:1]})
-    return json.dumps({"facts": facts})
+    return facts_citing_first_labels(messages, cited=1)
 
 
 def test_a_fact_goes_with_an_episode_it_was_distilled_from_but_did_not_cite(

@@ -83,8 +83,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +160,17 @@ class JournaledWrites:
     def documents(self) -> BaseStore:  # provided by the store
         raise NotImplementedError
 
+    @contextmanager
+    def _writer(self) -> Iterator[int]:
+        """The writer lock, what an interrupted writer left settled first; yields how
+        many of its intents were settled."""
+        with self._journal.held() as pending:
+            assert pending is not None
+            if pending:  # a writer was killed or failed to settle: settle it first
+                self._settle(pending)
+                self._journal.clear()
+            yield len(pending)
+
     def repair(self) -> RepairReport:
         """Settle the journal and make documents and memories agree, in full.
 
@@ -175,11 +186,7 @@ class JournaledWrites:
             StorageError: If the memory store cannot be read or written.
         """
         docs = self.documents
-        with self._journal.held() as pending:
-            assert pending is not None
-            if pending:
-                self._settle(pending)
-                self._journal.clear()
+        with self._writer() as settled:
             mems = _store_memories(self.memory)
             stale = self._drop_stale(mems)
             have = {mid for mid, _, _ in mems if family_base(mid) == mid}  # primaries
@@ -192,7 +199,7 @@ class JournaledWrites:
                     break
                 offset += 500
             readded, unindexed = self._ensure(named, known_missing=True)
-            return RepairReport(len(pending), len(stale), readded, unindexed)
+            return RepairReport(settled, len(stale), readded, unindexed)
 
     def drop_stale(self) -> int:
         """Delete every memory with store metadata that its document does not name
@@ -203,11 +210,7 @@ class JournaledWrites:
         Raises:
             StorageError: If the memory store cannot be read or written.
         """
-        with self._journal.held() as pending:
-            assert pending is not None
-            if pending:
-                self._settle(pending)
-                self._journal.clear()
+        with self._writer():
             return len(self._drop_stale(_store_memories(self.memory)))
 
     def _drop_stale(self, mems: list[tuple[str, tuple[str, ...], str]]) -> list[str]:
@@ -225,11 +228,7 @@ class JournaledWrites:
         """Puts and deletes: journal, add memories, write documents, drop old memories."""
         last = {(op.namespace, op.key): op for op in ops}  # the last put of a key wins
         docs = self.documents
-        with self._journal.held() as pending:
-            assert pending is not None
-            if pending:  # a writer was killed or failed to settle: settle it first
-                self._settle(pending)
-                self._journal.clear()
+        with self._writer():
             olds = self._docs_at(list(last))
             intents: list[Intent] = []
             embed: list[NewMemory] = []

@@ -320,37 +320,14 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             while len(lru) > self._max_threads:
                 lru.popitem(last=False)
 
-    def _scope_sync(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-        read: dict[str, CheckpointTuple | None] | None = None,
-    ) -> Resolved:
-        """:meth:`ScopeBook.resolve` driven with the saver's ``get_tuple``."""
-        return self._run_sync(self._plan(config, checkpoint, metadata, new_versions), read)
-
-    async def _scope(
-        self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-        read: dict[str, CheckpointTuple | None] | None = None,
-    ) -> Resolved:
-        """:meth:`_scope_sync` with ``aget_tuple``."""
-        return await self._run(self._plan(config, checkpoint, metadata, new_versions), read)
-
     def _run_sync(
         self,
         plan: Generator[RunnableConfig, CheckpointTuple | None, T],
-        read: dict[str, CheckpointTuple | None] | None = None,
+        read: dict[str, CheckpointTuple | None],
     ) -> T:
         """Run a plan of reads (:meth:`_plan`, :meth:`_carried`) with the saver's
         ``get_tuple``: sent each tuple, or thrown :class:`ReadFailed`. ``read``: the
         checkpoints one put read already, by id (a put's plans share their reads)."""
-        read = {} if read is None else read
         try:
             want = next(plan)
             while True:
@@ -372,10 +349,9 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     async def _run(
         self,
         plan: Generator[RunnableConfig, CheckpointTuple | None, T],
-        read: dict[str, CheckpointTuple | None] | None = None,
+        read: dict[str, CheckpointTuple | None],
     ) -> T:
         """:meth:`_run_sync` with ``aget_tuple``."""
-        read = {} if read is None else read
         try:
             want = next(plan)
             while True:
@@ -437,7 +413,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         read: dict[str, CheckpointTuple | None] = {}  # this put's reads, by checkpoint id
-        got = self._scope_sync(config, checkpoint, metadata, new_versions, read)
+        got = self._run_sync(self._plan(config, checkpoint, metadata, new_versions), read)
         turn = self._completed(config, checkpoint, metadata, new_versions)
         if turn is not None:
             turn = self._kept(
@@ -509,7 +485,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         read: dict[str, CheckpointTuple | None] = {}  # as put
-        got = await self._scope(config, checkpoint, metadata, new_versions, read)
+        got = await self._run(self._plan(config, checkpoint, metadata, new_versions), read)
         turn = self._completed(config, checkpoint, metadata, new_versions)
         if turn is not None:
             turn = self._kept(
