@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -418,6 +419,45 @@ def test_a_sweep_takes_the_expired_documents_memories_and_their_facts(
         assert store.list_namespaces() == [ns]
         found = memory.search("zorblax", ns, k=5, semantic_k=5, learn=False)
         assert all("zorblax" not in h.content for h in found)
+
+
+def test_a_sweeps_scan_does_not_hold_up_puts(
+    memory: HelaMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 145: after a sweep that deleted documents, the store read every store
+    memory (0.49 s at 20,000 documents) holding the writer lock, so every put of every
+    thread and process on the path waited for it. The scan now runs without the lock;
+    only the memories it found unnamed are read again and deleted under it."""
+    from helamem.langgraph import _writes
+
+    ns = ("docs", "alice")
+    with HelaMemStore(memory, ttl={"default_ttl": None}) as store:
+        store.put(ns, "old", {"text": "alice walked her dog Rex"}, ttl=0.0005)
+        store.put(ns, "kept", {"text": "alice keeps a garden"})
+        time.sleep(1.1)  # SqliteStore compares expiry times to the second
+        scan = _writes._store_memories
+        put_done: list[bool] = []
+
+        def scanning(mem: HelaMemory) -> Any:
+            # a put from another thread while the sweep scans: it must not wait
+            def put() -> None:
+                store.put(ns, "new", {"text": "alice bought a bike"})
+                put_done.append(True)
+
+            worker = threading.Thread(target=put)
+            worker.start()
+            worker.join(10)
+            assert put_done == [True]  # the put went through during the scan
+            return scan(mem)
+
+        monkeypatch.setattr(_writes, "_store_memories", scanning)
+        assert store.sweep_ttl() == 1
+        monkeypatch.setattr(_writes, "_store_memories", scan)
+        assert store.get(ns, "old") is None
+        assert sorted(i.key for i in store.search(ns)) == ["kept", "new"]
+        assert memory.stats(ns).memories == 2  # the expired document's memory went
+        found = memory.search("walked dog Rex", ns, k=5, learn=False)
+        assert all("Rex" not in h.content for h in found)
 
 
 @pytest.mark.parametrize(

@@ -204,21 +204,32 @@ class JournaledWrites:
     def drop_stale(self) -> int:
         """Delete every memory with store metadata that its document does not name
         (after ``sweep_ttl``: the expired documents' memories, with the facts citing
-        them, so their content comes back through no search, listing or fact); under
-        the writer lock, in time linear in the store memories. Returns how many.
+        them, so their content comes back through no search, listing or fact). Returns
+        how many.
+
+        The scan (time linear in the store memories) takes no lock: a memory it finds
+        unnamed may be a put in flight, so only those are read again, under the
+        writer lock, and deleted if still unnamed (rule 5). Writers wait only for that.
 
         Raises:
             StorageError: If the memory store cannot be read or written.
         """
+        maybe = self._unnamed(_store_memories(self.memory))
+        if not maybe:
+            return 0
         with self._writer():
-            return len(self._drop_stale(_store_memories(self.memory)))
+            return len(self._drop_stale(maybe))
+
+    def _unnamed(
+        self, mems: list[tuple[str, tuple[str, ...], str]]
+    ) -> list[tuple[str, tuple[str, ...], str]]:
+        """Of ``mems`` (id, namespace, key), those their document does not name now."""
+        got = self._docs_at([(ns, key) for _, ns, key in mems])
+        return [m for m, d in zip(mems, got, strict=True) if named_id(d) != family_base(m[0])]
 
     def _drop_stale(self, mems: list[tuple[str, tuple[str, ...], str]]) -> list[str]:
         """Of ``mems`` (id, namespace, key), delete those their document does not name."""
-        got = self._docs_at([(ns, key) for _, ns, key in mems])
-        stale = [
-            mid for (mid, _, _), d in zip(mems, got, strict=True) if named_id(d) != family_base(mid)
-        ]
+        stale = [mid for mid, _, _ in self._unnamed(mems)]
         self._drop(stale, family=False)
         return stale
 
