@@ -46,7 +46,16 @@ from langgraph.checkpoint.base import CheckpointMetadata, CheckpointTuple
 
 from ._turns import question_key
 
-__all__ = ["LEGACY_ANCESTORS", "SCOPE_KEY", "Asker", "Put", "ReadFailed", "Resolved", "ScopeBook"]
+__all__ = [
+    "LEGACY_ANCESTORS",
+    "MARK_KEY",
+    "SCOPE_KEY",
+    "Asker",
+    "Put",
+    "ReadFailed",
+    "Resolved",
+    "ScopeBook",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +69,15 @@ decide the scope of a copy of the thread (``copy_thread``), the scope of the lat
 that started with keys of its own (absent: none), and the id of the thread's first
 checkpoint (:attr:`Resolved.epoch`; absent: stamped before epochs)."""
 
+MARK_KEY = "helamem_turn"
+"""The checkpoint metadata key that holds, as a JSON string, the latest turn completed at
+or above the checkpoint (:class:`~helamem.langgraph._carried.Mark`)."""
+
 LEGACY_ANCESTORS = 16
 """Checkpoints looked at, newest first, above a parent without a stamp of its thread."""
 
 _LANGGRAPH_KEYS = frozenset({"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map"})
-_METADATA_KEYS = frozenset({"source", "step", "parents", "writes", "run_id", SCOPE_KEY})
+_METADATA_KEYS = frozenset({"source", "step", "parents", "writes", "run_id", SCOPE_KEY, MARK_KEY})
 
 Scope = tuple[str, ...] | None
 

@@ -17,6 +17,7 @@ __all__ = [
     "NO_ID",
     "Turn",
     "completed_turn",
+    "human_count",
     "identity",
     "latest_question",
     "messages_seen",
@@ -100,6 +101,12 @@ def messages_seen(checkpoint: Checkpoint, messages_key: str = "messages") -> tup
     if not isinstance(messages, list):
         return (messages_key in values,)
     return tuple((repr(_field(m, "id")), _role(m), _text(m)) for m in messages)
+
+
+def human_count(checkpoint: Checkpoint, messages_key: str = "messages") -> int:
+    """How many human messages a checkpoint's ``messages`` hold."""
+    messages = (checkpoint.get("channel_values") or {}).get(messages_key)
+    return sum(_role(m) == "human" for m in messages) if isinstance(messages, list) else 0
 
 
 def completed_turn(

@@ -44,7 +44,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from ._carried import CarriedTurns, checkpoint_id
+from ._carried import CarriedTurns, Mark, checkpoint_id, marked
 from ._scopes import Put, ReadFailed, Resolved, ScopeBook
 from ._turns import (
     NO_ID,
@@ -145,7 +145,8 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         self._path = path
         self._stack = ExitStack()
         self._astack = AsyncExitStack()
-        self._recorded: OrderedDict[str, str] = OrderedDict()  # thread -> last turn key
+        # thread -> (epoch, key) of its last recorded turn
+        self._recorded: OrderedDict[str, tuple[str | None, str]] = OrderedDict()
         # the scopes stamped on checkpoints
         self._scopes = ScopeBook(scope, max_threads, messages_key)
         self._carry = CarriedTurns(messages_key, max_threads)  # turns a put only carries
@@ -254,13 +255,15 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
 
     def _completed(
         self,
-        config: RunnableConfig,
-        checkpoint: Checkpoint,
+        turn: Turn | None,
+        epoch: str | None,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Turn | None:
-        turn = completed_turn(config, checkpoint, metadata, self.messages_key)
-        if turn is None or self._recorded.get(turn[0]) == turn[1]:
+        """``turn`` (the one the put completes) unless this checkpointer recorded it last
+        on its thread (in the thread's epoch: another process may have deleted it) or it
+        is an id-less turn that an update of other channels carries."""
+        if turn is None or self._recorded.get(turn[0]) == (epoch, turn[1]):
             return None
         if (
             turn[1].startswith(NO_ID)
@@ -270,12 +273,22 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
             return None  # an update of other channels: an id-less turn has no unique_on
         return turn
 
-    def _kept(self, turn: Turn, kept: Turn | None) -> Turn | None:
-        """``kept`` (:meth:`CarriedTurns.plan` of ``turn``); a turn the put only carries
-        along counts as this thread's recorded one."""
-        if kept is None:
-            self._remember(self._recorded, turn[0], turn[1])
-        return kept
+    def _carried(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+        got: Resolved,
+    ) -> Generator[RunnableConfig, CheckpointTuple | None, tuple[Turn | None, Mark | None]]:
+        """The turn the put records (``None``: none; :meth:`CarriedTurns.plan`) and its
+        mark; a turn the put only carries along counts as this thread's recorded one."""
+        done = completed_turn(config, checkpoint, metadata, self.messages_key)
+        turn = self._completed(done, got.epoch, metadata, new_versions)
+        kept, mark = yield from self._carry.plan(config, checkpoint, done, turn, got.epoch)
+        if turn is not None and kept is None:
+            self._remember(self._recorded, turn[0], (got.epoch, turn[1]))
+        return kept, mark if got.stamp else None
 
     def _plan(
         self,
@@ -376,7 +389,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
         if turn is None or got.scope is None:
             return None
         thread, key, user, answer = turn
-        self._remember(self._recorded, thread, key)
+        self._remember(self._recorded, thread, (got.epoch, key))
         used = self.store.take_used(thread) if self.store is not None else []
         return {
             "scope": got.scope,
@@ -414,14 +427,11 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> RunnableConfig:
         read: dict[str, CheckpointTuple | None] = {}  # this put's reads, by checkpoint id
         got = self._run_sync(self._plan(config, checkpoint, metadata, new_versions), read)
-        turn = self._completed(config, checkpoint, metadata, new_versions)
-        if turn is not None:
-            turn = self._kept(
-                turn, self._run_sync(self._carry.plan(config, checkpoint, turn), read)
-            )
+        carried = self._carried(config, checkpoint, metadata, new_versions, got)
+        turn, mark = self._run_sync(carried, read)
         if turn is not None and got.error is not None:
             raise got.error  # before the put: a retry completes the turn again
-        stamped = self._scopes.stamp(metadata, config, got)
+        stamped = marked(self._scopes.stamp(metadata, config, got), mark)
         saved = self.saver.put(config, checkpoint, stamped, new_versions)
         self._scopes.remember(saved, got)
         self._carry.remember(saved, config, checkpoint, stamped)
@@ -486,14 +496,11 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     ) -> RunnableConfig:
         read: dict[str, CheckpointTuple | None] = {}  # as put
         got = await self._run(self._plan(config, checkpoint, metadata, new_versions), read)
-        turn = self._completed(config, checkpoint, metadata, new_versions)
-        if turn is not None:
-            turn = self._kept(
-                turn, await self._run(self._carry.plan(config, checkpoint, turn), read)
-            )
+        carried = self._carried(config, checkpoint, metadata, new_versions, got)
+        turn, mark = await self._run(carried, read)
         if turn is not None and got.error is not None:
             raise got.error  # as put
-        stamped = self._scopes.stamp(metadata, config, got)
+        stamped = marked(self._scopes.stamp(metadata, config, got), mark)
         saved = await self._async_saver().aput(config, checkpoint, stamped, new_versions)
         self._scopes.remember(saved, got)
         self._carry.remember(saved, config, checkpoint, stamped)
