@@ -12,9 +12,13 @@ with a ``"type"``, in this order:
    ``kind``, ``content``, ``content_raw``, ``role``, ``event_time``, ``created_at``,
    ``keywords``, ``access_count``, ``last_access``, ``metadata``,
    ``provenance`` and ``embedding`` (base64 of float32 little-endian, or
-   null); ``unique_key`` too where the memory has one (its turn's idempotency
-   key, ``add_turn``'s ``unique_on``; a reader that predates it ignores it).
-3. ``edge``: ``a`` and ``b`` (memory ids), ``weight`` (as of ``tick``), ``tick``.
+   null: recomputed on import; a stored vector the import would refuse, not of
+   the header's dimension or not finite, is written null); ``unique_key`` too
+   where the memory has one (its turn's idempotency key, ``add_turn``'s
+   ``unique_on``; a reader that predates it ignores it).
+3. ``edge``: ``a`` and ``b`` (memory ids), ``weight`` (as of ``tick``), ``tick``;
+   an edge crossing scopes (damage ``helamem check`` reports as ``edge_scope``,
+   which ``reindex`` drops) is left out, as the import refuses it.
 4. ``scope`` (one per scope node under the prefix, the prefix included):
    ``scope``, ``tick``, ``last_episode`` (the id temporal edges continue
    from) and ``consolidated_upto`` (the last episode that got similarity
@@ -119,18 +123,23 @@ def _line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":")) + "\n"
 
 
-def _b64(embedding: bytes | None) -> str | None:
-    if embedding is None or len(embedding) % 4:
+def _b64(embedding: bytes | None, dim: int) -> str | None:
+    """The stored vector for the file, or None (recomputed by the import) where the
+    import would refuse it: not ``dim`` floats, or not finite (a damaged row, which
+    ``helamem check`` reports as ``embedding_missing``)."""
+    if embedding is None or len(embedding) != 4 * dim:
         return None
-    le = np.frombuffer(embedding, dtype=np.float32).astype("<f4").tobytes()
-    return base64.b64encode(le).decode("ascii")
+    vec = np.frombuffer(embedding, dtype=np.float32)
+    if not np.isfinite(vec).all():
+        return None
+    return base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
 
 
 def _raw(content: str) -> str:
     return base64.b64encode(content.encode("utf-8", "surrogatepass")).decode("ascii")
 
 
-def _memory_line(r: MemoryRow, rel: Scope) -> dict[str, Any]:
+def _memory_line(r: MemoryRow, rel: Scope, dim: int) -> dict[str, Any]:
     safe = safe_text(r.content)
     return {
         "type": "memory",
@@ -147,7 +156,7 @@ def _memory_line(r: MemoryRow, rel: Scope) -> dict[str, Any]:
         "last_access": r.last_access,
         "metadata": json.loads(r.metadata),
         "provenance": json.loads(r.provenance),
-        "embedding": _b64(r.embedding),
+        "embedding": _b64(r.embedding, dim),
     }
 
 
@@ -171,13 +180,16 @@ def _write(core: Core, prefix: Scope, node: int, f: IO[str]) -> dict[str, int]:
     for batch in store.iter_memories_under(node):
         keys = store.unique_keys([r.n for r in batch])
         for r in batch:
-            line = _memory_line(r, core._scope(r.scope_id)[cut:])
+            line = _memory_line(r, core._scope(r.scope_id)[cut:], core.embedder.dimension)
             if r.n in keys:  # a turn's idempotency key (add_turn's unique_on)
                 line["unique_key"] = keys[r.n]
             f.write(_line(line))
         counts["memories"] += len(batch)
     for edges in store.iter_edges_under(node):
         for a, b, w, t in edges:
+            # in [0, 1], as the import checks: a similarity edge of an older version
+            # could pass 1 by float rounding (1.000002)
+            w = min(max(w, 0.0), 1.0)
             f.write(_line({"type": "edge", "a": a, "b": b, "weight": w, "tick": t}))
         counts["edges"] += len(edges)
     nodes = sorted((core._scope(s)[cut:], s) for s in store.descendants(node))

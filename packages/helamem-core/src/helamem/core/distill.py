@@ -170,7 +170,8 @@ def similarity_edges(
 ) -> list[tuple[int, int, float]]:
     """Edges from each new memory to its ``top_n`` most similar others above ``min_cos``.
 
-    Returns ``(a, b, weight · cos)`` with ``a < b``, each pair once.
+    Returns ``(a, b, weight · cos)`` with ``a < b``, each pair once (``cos`` capped at
+    1: unit vectors within float32 rounding can pass it).
 
     Examples:
         >>> v = np.eye(3, dtype=np.float32)
@@ -191,7 +192,10 @@ def similarity_edges(
                 break
             m = int(all_arr[j])
             key = (n, m) if n < m else (m, n)
-            out[key] = max(out.get(key, 0.0), round(weight * cos, 6))
+            # vectors are unit length within 1e-6 (vectors.check_vectors), so a cosine
+            # can pass 1 (1.000002): an edge weight stays in [0, 1], which every edge
+            # obeys and an import checks
+            out[key] = max(out.get(key, 0.0), round(weight * min(cos, 1.0), 6))
     return [(a, b, w) for (a, b), w in sorted(out.items())]
 
 

@@ -413,11 +413,13 @@ class SQLiteUpkeep(SQLiteConnection):
     def iter_edges_under(
         self, node: int, batch: int = 4096
     ) -> Iterator[list[tuple[str, str, float, int]]]:
-        """``(id_a, id_b, weight, tick)`` of edges under ``node`` in ``(a, b)`` order, batched."""
+        """``(id_a, id_b, weight, tick)`` of edges under ``node`` in ``(a, b)`` order, batched
+        (an edge whose ends are not both of its scope, damage ``reindex`` drops, is not)."""
         cur = self.db.execute(
             f"{SUBTREE} SELECT ma.id, mb.id, e.weight, e.tick FROM edges e"
             " JOIN memories ma ON ma.n = e.a JOIN memories mb ON mb.n = e.b"
-            " WHERE e.scope_id IN (SELECT id FROM down) ORDER BY e.a, e.b",
+            " WHERE e.scope_id IN (SELECT id FROM down)"
+            " AND ma.scope_id = e.scope_id AND mb.scope_id = e.scope_id ORDER BY e.a, e.b",
             (node,),
         )
         while rows := cur.fetchmany(batch):
