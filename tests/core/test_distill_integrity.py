@@ -312,3 +312,29 @@ def test_a_fact_goes_with_any_episode_its_llm_was_shown(
         mem.delete(pins)  # the user forgets every PIN episode
         with pytest.raises(MemoryNotFoundError):
             mem.get(fact)
+
+
+def _one_good_fact_and_one_invisible(messages: list[dict[str, str]]) -> str:
+    labels = re.findall(r"\[(E\d+)\]", messages[-1]["content"])
+    facts = [
+        {"text": "Alice keeps a cat named Miso", "sources": labels[:2]},
+        # long enough to pass the distiller's length rule, but nothing add() would store
+        {"text": "\u200b" * 10, "sources": labels[:1]},
+        {"text": "\x01\x02\x03\x04\x05\x06\x07\x08\x0e", "sources": labels[:1]},
+    ]
+    return json.dumps({"facts": facts})
+
+
+def test_a_fact_of_invisible_characters_is_dropped_and_the_others_are_stored(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    llm = ScriptedLLM(_one_good_fact_and_one_invisible)
+    with _mem(tmp_path, store_config, llm, clusters=1) as mem:
+        _story(mem)
+        report = mem.consolidate(S)  # not InvalidInputError ("pass some visible text")
+        assert (report.facts_added, report.facts_dropped, report.clusters) == (1, 2, 1)
+        (fact,) = [mem.get(i) for i in report.fact_ids]
+        assert fact.content == "Alice keeps a cat named Miso"
+        mem.export_scope(S, tmp_path / "a.jsonl")  # and the store's export imports
+        mem.delete_scope(S)
+        assert mem.import_scope(tmp_path / "a.jsonl").memories == 11

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _turn_count, dynamics
 from ._core import Core, prepare, scope_tag
+from ._inputs import check_content
 from .distill import (
     DISTILLED_FROM,
     ClusterPlan,
@@ -31,7 +32,7 @@ from .distill import (
     signature,
     similarity_edges,
 )
-from .errors import StorageError
+from .errors import InvalidInputError, StorageError
 from .storage.base import DRAWN_FROM, EdgeRow, MemoryRow
 from .text import keywords, safe_text
 from .types import Memory, NewMemory, dump_json, normalize_scope
@@ -292,8 +293,8 @@ def apply_consolidation(
     for d in drafts:
         src = tuple(i for i in dict.fromkeys(d.source_ids) if i in present)
         scopes = {present[i].scope_id for i in src}
-        if not src or len(scopes) != 1 or not safe_text(d.text).strip():
-            dropped += 1  # cites nothing known, or mixes scopes
+        if not src or len(scopes) != 1 or not _storable(d.text):
+            dropped += 1  # cites nothing known, mixes scopes, or no text add() takes
             continue
         kept.append((d, scopes.pop(), src))
     vecs = core._embed([d.text for d, _, _ in kept]) if kept else np.zeros((0, 1))
@@ -435,6 +436,17 @@ def apply_consolidation(
         fact_ids=tuple(fact_ids),
         failed_scopes=tuple(core._scope(sid) for sid in failed),
     )
+
+
+def _storable(text: str) -> bool:
+    """Whether a draft's text is one ``add()`` stores (some visible text, not too long):
+    a model's fact of zero-width or control characters alone is dropped, not raised
+    from the write (which would lose the call's other facts)."""
+    try:
+        check_content(text)
+    except InvalidInputError:
+        return False
+    return True
 
 
 def forget(
