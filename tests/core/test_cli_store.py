@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, InvalidInputError
 from helamem.core.cli import main
 
 ALICE = ("users", "alice")
@@ -77,6 +77,37 @@ def test_export_then_import_into_a_new_store(
         ]
         assert m.list_scopes() == [ALICE]
     assert main(["check", str(other)]) == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["helamem.sqlite3", "helamem.sqlite3-wal", "checkpoints.sqlite", "chroma", "."]
+)
+def test_an_export_never_replaces_a_file_of_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Helper 149: ``--out`` naming the store's own database (a typo, a tab completion)
+    replaced ``helamem.sqlite3`` with the export: rc 0, and the store was gone. A file
+    of the store's directory (its database and sidecars, an index, an adapter's
+    checkpoints) is refused now, nothing written; a new file there, or an earlier
+    export, is written as anywhere."""
+    path = tmp_path / "s"
+    ids = _build(path)
+    (path / "checkpoints.sqlite").write_bytes(b"SQLite format 3\x00 an adapter's file")
+    (path / "chroma").mkdir(exist_ok=True)
+    target = path / name
+    before = target.read_bytes() if target.is_file() else None
+    argv = ["export", str(path), "--scope", "users", "--out", str(target)]
+    assert main(argv) == 1
+    assert "part of the store at" in capsys.readouterr().err
+    assert (target.read_bytes() if target.is_file() else None) == before
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        assert m.get(ids["alice"][0]).content == "alice note 0 about cats"
+        for out in (path / "backup.jsonl", path / "backup.jsonl"):  # new, then an export's
+            m.export_scope(("users",), out)
+            assert out.read_text().startswith('{"type":"header","format":"helamem.scope"')
+        with pytest.raises(InvalidInputError, match="Export to a file outside"):
+            m.export_scope(("users",), path / "helamem.sqlite3")
+    assert main(["check", str(path)]) == 0
 
 
 def test_import_into_a_new_store_takes_the_files_embedder(

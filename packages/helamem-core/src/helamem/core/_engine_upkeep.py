@@ -179,14 +179,17 @@ class UpkeepMethods(OwnedCore):
 
         Args:
             scope: The scope (prefix) to export.
-            path: The file to write (replaced if it exists).
+            path: The file to write (replaced if it exists; never a file of this
+                store's directory but an earlier export).
 
         Returns:
             What was written (counts of memories, edges, scopes, clusters).
 
         Raises:
             InvalidInputError: The scope is malformed, not in the store (a typo:
-                nothing is written), or the path not writable.
+                nothing is written), the path not writable, or a file of the store
+                (its database, an index, an adapter's file) that the export would
+                replace.
             DiskFullError: The disk filled up while writing (nothing is left behind).
 
         Examples:

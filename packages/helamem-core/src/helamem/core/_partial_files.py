@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-__all__ = ["PARTIAL_IDLE_S", "drop_dead_partials", "fsync_dir", "owner_tag"]
+__all__ = ["PARTIAL_IDLE_S", "drop_dead_partials", "fsync_dir", "owner_tag", "store_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,26 @@ _WINDOWS = os.name == "nt"
 PARTIAL_IDLE_S = 600.0
 """Seconds a partial export file of a dead process must have been left unwritten before
 an export removes it (a host name and pid can repeat in another container on one volume)."""
+
+
+def store_file(target: Path, home: Path, header: bytes) -> Path | None:
+    """The store's directory ``home`` when ``target`` is an existing file under it (at
+    any depth, links followed) other than an earlier export (its first bytes
+    ``header``): its database, an adapter's checkpoints, an index; else ``None``.
+    Replacing one by an export loses the store's data."""
+    where, home = target.resolve(), home.resolve()
+    if where != home and home not in where.parents:
+        return None
+    if where == home or where.is_dir():
+        return home
+    try:
+        with where.open("rb") as f:
+            first = f.read(len(header))
+    except FileNotFoundError:
+        return None  # a new file: nothing is replaced
+    except OSError:
+        return home
+    return None if first == header else home
 
 
 def owner_tag() -> str:

@@ -57,7 +57,7 @@ import numpy as np
 from . import dynamics
 from ._core import Core, scope_tag
 from ._maintenance import _mark_key
-from ._partial_files import drop_dead_partials, fsync_dir, owner_tag
+from ._partial_files import drop_dead_partials, fsync_dir, owner_tag, store_file
 from ._portable_read import ExportFormatError, MemoryLine, Reader
 from .errors import DiskFullError, InvalidInputError, StorageError
 from .storage.base import EdgeRow, MemoryRow
@@ -247,6 +247,13 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
             f"holding memories"
         )
     target = Path(path)
+    header = json.dumps({"type": "header", "format": FORMAT}, separators=(",", ":"))[:-1]
+    if (home := store_file(target, core.config.path, header.encode())) is not None:
+        raise InvalidInputError(
+            f"the export would replace {target}, part of the store at {home} (its "
+            f"database, an index or an adapter's file); nothing was written. "
+            f"Export to a file outside {home}, or to a new file name"
+        )
     # its own name, short whatever the target's (255 bytes at most on most file systems)
     stem = target.name.encode()[:64].decode(errors="ignore")  # bytes count, not characters
     drop_dead_partials(target, stem)
