@@ -65,9 +65,13 @@ def _saver(kind: str, path: Path) -> Iterator[BaseCheckpointSaver[Any]]:
             yield saver
 
 
-@pytest.mark.parametrize("saver_kind", ["memory", "sqlite"])
+_LATER = ["remove an old message", "rewrite the answer", "trim run", "long run"]
+
+
 @pytest.mark.parametrize(
-    "later", ["remove an old message", "rewrite the answer", "trim run", "long run", "async"]
+    ("saver_kind", "later"),
+    # SqliteSaver has no async methods: the async case on the in-memory saver only
+    [(k, later) for k in ("memory", "sqlite") for later in _LATER] + [("memory", "async")],
 )
 def test_a_forgotten_turn_stays_forgotten_when_a_later_put_changes_the_messages(
     tmp_path: Path, new_memory: Any, saver_kind: str, later: str
@@ -99,8 +103,6 @@ def test_a_forgotten_turn_stays_forgotten_when_a_later_put_changes_the_messages(
             elif later == "long run":
                 fresh.invoke({"note": "loop"}, cfg)
             else:  # the same through aupdate_state on an async-capable saver
-                if saver_kind == "sqlite":
-                    pytest.skip("SqliteSaver has no async methods")
                 asyncio.run(fresh.aupdate_state(cfg, {"messages": [RemoveMessage(id="h0")]}))
             rec.flush_sync()
         assert fresh.get_state(cfg).values["messages"][-1].id == "a-h1"  # still its turn
@@ -209,4 +211,41 @@ def test_a_copy_of_a_thread_carries_its_source_turns_when_a_put_trims_it(
         _graph(HelaMemCheckpointer(rec, saver)).invoke({"note": "trim"}, copied)
         rec.flush_sync()
     assert len(mem.find_ids(("users", "alice"), metadata={"message_id": "h1"})) == 2
+    mem.close()
+
+
+@pytest.mark.parametrize("client", ["last answer and the question", "another worker"])
+def test_an_id_less_question_asked_again_after_its_answer_is_a_new_turn(
+    tmp_path: Path, new_memory: Any, client: str
+) -> None:
+    """Review 150: an id-less turn's mark (its question and answer, and the number of human
+    messages) passed from parent to child through the run's input, so "thanks" asked
+    again and answered as before was taken for the turn carried along: dropped when the
+    client sends the last answer with the new question (the place moved, each was
+    recorded before the mark), and when another worker (a fresh checkpointer) took it."""
+
+    def bot(state: _NoReducer) -> dict[str, Any]:
+        q = state["messages"][-1].content
+        answer = "You're welcome!" if q == "thanks" else f"re: {q}"
+        return {"messages": [*state["messages"], AIMessage(answer)]}
+
+    g = StateGraph(_NoReducer)
+    g.add_node("bot", bot)
+    g.add_edge(START, "bot")
+    g.add_edge("bot", END)
+    mem: HelaMemory = new_memory(tmp_path / "mem")
+    cfg: Any = {"configurable": {"thread_id": "t1"}}
+    saver = InMemorySaver()
+    with TurnRecorder(mem) as rec:
+        graph = g.compile(checkpointer=HelaMemCheckpointer(rec, saver))
+        state = graph.invoke({"messages": [HumanMessage("thanks")]}, cfg)
+        if client == "another worker":
+            worker = g.compile(checkpointer=HelaMemCheckpointer(rec, saver))
+            worker.invoke({"messages": [HumanMessage("thanks")]}, cfg)
+        else:
+            graph.invoke({"messages": [state["messages"][-1], HumanMessage("thanks")]}, cfg)
+        graph.update_state(cfg, {"messages": graph.get_state(cfg).values["messages"][-2:]})
+        rec.flush_sync()
+    texts = sorted(h.memory.content for h in mem.search("thanks", ("threads", "t1"), k=20).hits)
+    assert texts == ["You're welcome!", "You're welcome!", "thanks", "thanks"]
     mem.close()

@@ -33,7 +33,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import Checkpoint, CheckpointMetadata, CheckpointTuple
 
 from ._scopes import LEGACY_ANCESTORS, MARK_KEY, ReadFailed
-from ._turns import NO_ID, Turn, completed_turn, human_count, messages_seen
+from ._turns import NO_ID, Turn, asked_again, completed_turn, human_count, messages_seen
 
 __all__ = ["CarriedTurns", "Mark", "checkpoint_id", "marked"]
 
@@ -76,6 +76,13 @@ class Mark:
         if (self.thread, self.epoch, self.key) != (done.thread, done.epoch, done.key):
             return False
         return not self.key.startswith(NO_ID) or self.humans <= done.humans
+
+    def reopened(self) -> Mark:
+        """This mark under a checkpoint whose messages end in a question: an id-less
+        turn's question asked again (the same text, maybe at the same place, maybe with
+        as many human messages) opens a new turn, which no later put carries along
+        (``humans`` -1); a turn with an id keeps its id (a regenerated answer)."""
+        return replace(self, humans=-1) if self.key.startswith(NO_ID) else self
 
     def dump(self) -> str:
         return json.dumps([self.thread, self.epoch, self.key, self.humans])
@@ -196,6 +203,8 @@ class CarriedTurns:
         if held is not None and held.epoch != epoch:
             held = None  # the thread's epoch was not read (a failed read)
         if turn is None:
+            if mine is None and held is not None and asked_again(checkpoint, self._key):
+                held = held.reopened()
             return None, mine or held
         if held is not None:
             return (None if mine is not None and mine.carries(held) else turn), mine

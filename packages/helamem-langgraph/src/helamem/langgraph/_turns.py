@@ -16,6 +16,7 @@ from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMet
 __all__ = [
     "NO_ID",
     "Turn",
+    "asked_again",
     "completed_turn",
     "human_count",
     "identity",
@@ -107,6 +108,13 @@ def human_count(checkpoint: Checkpoint, messages_key: str = "messages") -> int:
     """How many human messages a checkpoint's ``messages`` hold."""
     messages = (checkpoint.get("channel_values") or {}).get(messages_key)
     return sum(_role(m) == "human" for m in messages) if isinstance(messages, list) else 0
+
+
+def asked_again(checkpoint: Checkpoint, messages_key: str = "messages") -> bool:
+    """Whether a checkpoint's ``messages`` end in a human message (a question not
+    answered yet: a run's input, a regenerated answer's removal)."""
+    messages = (checkpoint.get("channel_values") or {}).get(messages_key)
+    return isinstance(messages, list) and bool(messages) and _role(messages[-1]) == "human"
 
 
 def completed_turn(
