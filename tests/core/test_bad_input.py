@@ -127,6 +127,32 @@ def test_bad_metadata_is_rejected(seeded: HelaMemory, meta: Any) -> None:
     _unchanged(seeded, before)
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("depth", [101, 979])
+def test_metadata_nested_too_deep_is_refused_and_the_scope_stays_searchable(
+    seeded: HelaMemory, depth: int
+) -> None:
+    """Helper 149: metadata nested 979 levels deep was encoded and stored, then ``add``
+    raised ``RecursionError`` decoding it, and so did every later search of the scope
+    (the memory was there). Deeper than 100 levels is refused, nothing stored."""
+    before = seeded.stats()
+    with pytest.raises(InvalidInputError, match="levels deep"):
+        seeded.add("a deep one", S, metadata=_nested(depth))
+    with pytest.raises(InvalidInputError, match="levels deep"):
+        seeded.add_turn(S, "hi", "hello", metadata={"list": [_nested(depth)]})
+    _unchanged(seeded, before)
+    assert [h.memory.content for h in seeded.search("memory", S, k=5)] == ["a first memory"]
+    deep = seeded.add("as deep as allowed", S, metadata=_nested(100))
+    assert seeded.get(deep.id).metadata == _nested(100)
+    assert "as deep as allowed" in [h.memory.content for h in seeded.search("allowed", S, k=5)]
+
+
 def test_unknown_ids(seeded: HelaMemory) -> None:
     before = seeded.stats()
     with pytest.raises(MemoryNotFoundError, match="no memory"):

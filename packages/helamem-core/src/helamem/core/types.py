@@ -428,18 +428,52 @@ _STRICT_JSON = json.JSONEncoder(allow_nan=False, sort_keys=True)
 builds an encoder per call when given options (a third of ``prepare``'s time)."""
 
 
+MAX_JSON_DEPTH = 100
+"""Most nested objects and arrays in stored metadata: Python's JSON decoder recurses
+once per level, and a value it could encode (979 levels deep) failed to decode with
+``RecursionError``, so every search and read meeting that memory raised."""
+
+
+def _json_depth(value: Any) -> int:
+    """The nesting depth of a JSON value's objects and arrays (iterative)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        todo.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def dump_json(value: Mapping[str, Any] | Sequence[Any], what: str) -> str:
     """Serialize metadata as strict JSON (no NaN, keys sorted, non-ASCII escaped).
 
     Raises:
         InvalidInputError: ``value`` holds something JSON cannot carry (a set, an
-            object, NaN or infinity, a cycle); the message names ``what``.
+            object, NaN or infinity, a cycle), or nests objects and arrays deeper
+            than :data:`MAX_JSON_DEPTH`; the message names ``what``.
     """
     if type(value) is dict and not value:  # most metadata
         return "{}"
     if type(value) in (list, tuple) and not value:  # most provenance
         return "[]"
     try:
-        return _STRICT_JSON.encode(value)
-    except (TypeError, ValueError, RecursionError) as exc:
+        text = _STRICT_JSON.encode(value)
+    except RecursionError:
+        text = ""  # deeper than the encoder goes: refused below
+    except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} must be JSON-serializable without NaN/inf: {exc}") from exc
+    # no more brackets than the bound (most values): no walk needed
+    if not text or (
+        text.count("{") + text.count("[") > MAX_JSON_DEPTH and _json_depth(value) > MAX_JSON_DEPTH
+    ):
+        raise InvalidInputError(
+            f"{what} nests objects and arrays {_json_depth(value)} levels deep, over "
+            f"{MAX_JSON_DEPTH}; store deeper structures as a JSON string value"
+        )
+    return text
