@@ -26,6 +26,7 @@ from helamem.core import (
     MemoryNotFoundError,
     NewMemory,
 )
+from helamem.core._portable_read import Spool
 from helamem.core.storage.postgres import PG_SCHEMA_VERSION
 from helamem.core.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
 from helamem.core.storage.sqlite_schema import text_shape
@@ -208,6 +209,65 @@ def test_other_embedder_reembeds(tmp_path: Path, make_mem: Any) -> None:
     assert {len(base64.b64decode(v)) for v in vecs} == {4 * 128}
     with make_mem(tmp_path / "s3") as c:  # same embedder: vectors are reused
         assert c.import_scope(path).reembedded == 0
+
+
+class _Probing(HashingEmbedder):
+    """A hashing embedder that, on each call, tries to take the store's writer lock
+    (``BEGIN IMMEDIATE`` on its SQLite file, 0.2 s) and notes whether it could."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__(128)
+        self.db = db
+        self.free: list[bool] = []
+
+    def embed(self, texts: Any) -> Any:
+        if self.db.exists():
+            con = sqlite3.connect(self.db, timeout=0.2, isolation_level=None)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("ROLLBACK")
+                self.free.append(True)
+            except sqlite3.OperationalError:
+                self.free.append(False)
+            finally:
+                con.close()
+        return super().embed(texts)
+
+
+@pytest.mark.sqlite_only  # the probe takes SQLite's writer lock
+def test_another_embedders_file_is_embedded_before_the_write_transaction(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    """Helper 149: importing a file of another embedder computed every vector inside the
+    import's write transaction; with a remote model (minutes) every other process's
+    write waited for the writer lock and failed after ``busy_timeout``. The vectors
+    are computed first now; and a file changed between that read and the import's is
+    refused, nothing imported (never another line's vector)."""
+    path = tmp_path / "a.jsonl"
+    with make_mem(tmp_path / "s1") as a:
+        _story(a)
+        n = a.export_scope(ALICE, path).memories
+    probe = _Probing(tmp_path / "s2" / "helamem.sqlite3")
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s2"), embedder=probe) as b:
+        b.add("opens the store", ("other",))
+        probe.free.clear()
+        assert b.import_scope(path).reembedded == n
+        assert probe.free and all(probe.free)  # the lock was free at every embedding call
+        assert b.stats(ALICE).memories == n
+        b.delete_scope(ALICE)
+        real = Spool.compute
+
+        def then_edited(*args: Any) -> Spool:
+            spool = real(*args)
+            path.write_text(path.read_text().replace("deploy", "redeploy", 1))
+            return spool
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Spool, "compute", then_edited)
+            with pytest.raises(InvalidInputError, match="changed while it was imported"):
+                b.import_scope(path)
+        assert b.stats(ALICE).memories == 0
+        assert b.import_scope(path).memories == n  # as it is now
 
 
 def test_missing_vector_is_recomputed(mem: HelaMemory, tmp_path: Path) -> None:

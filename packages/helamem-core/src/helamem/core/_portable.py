@@ -58,7 +58,16 @@ from . import dynamics
 from ._core import Core, scope_tag
 from ._maintenance import _mark_key
 from ._partial_files import drop_dead_partials, fsync_dir, owner_tag, store_file
-from ._portable_read import ExportFormatError, MemoryLine, Reader
+from ._portable_read import (
+    FORMAT,
+    FORMAT_VERSION,
+    ExportFormatError,
+    MemoryLine,
+    Reader,
+    Spool,
+    export_embedder,
+    header,
+)
 from .errors import DiskFullError, InvalidInputError, StorageError
 from .storage.base import EdgeRow, MemoryRow
 from .storage.unique import legacy_unique_key
@@ -72,14 +81,13 @@ __all__ = [
     "ExportReport",
     "ImportConflictError",
     "ImportReport",
+    "export_embedder",
     "export_scope",
     "import_scope",
 ]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "helamem.scope"
-FORMAT_VERSION = 1
 _BATCH = 512
 
 
@@ -295,8 +303,16 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
 class _Importer:
     """One import, inside one write transaction."""
 
-    def __init__(self, core: Core, reader: Reader, target: Scope, same_embedder: bool) -> None:
+    def __init__(
+        self,
+        core: Core,
+        reader: Reader,
+        target: Scope,
+        same_embedder: bool,
+        spool: Spool | None = None,
+    ) -> None:
         self.core = core
+        self.spool = spool  # the vectors of another embedder's file, computed before
         self.store = core.store
         self.r = reader
         self.target = target
@@ -379,11 +395,14 @@ class _Importer:
             )
         vectors = [m.vector for m in batch]
         todo = [i for i, v in enumerate(vectors) if v is None]
-        if todo:
+        if todo and self.spool is not None:
+            for i in todo:
+                vectors[i] = self.spool.take(batch[i].content)
+        elif todo:  # a few damaged vectors of this embedder's file: here
             fresh = self.core._embed([safe_text(batch[i].content) for i in todo])
             for i, v in zip(todo, fresh, strict=True):
                 vectors[i] = np.asarray(v, dtype=np.float32).tobytes()
-            self.reembedded += len(todo)
+        self.reembedded += len(todo)
         for m, vec in zip(batch, vectors, strict=True):
             sid = self.node(m.rel)
             assert vec is not None
@@ -491,33 +510,6 @@ class _Importer:
         self.counts["clusters"] += 1
 
 
-def _header(reader: Reader, lines: Iterator[dict[str, Any]]) -> dict[str, Any]:
-    head = next(lines, None)
-    if head is None or head.get("type") != "header" or head.get("format") != FORMAT:
-        raise reader.error(f"the first line is not a {FORMAT!r} header")
-    version = reader.get(head, "version", int)
-    if version > FORMAT_VERSION:
-        raise ExportFormatError(
-            f"{reader.path} uses export format version {version}, newer than this "
-            f"helamem-core reads ({FORMAT_VERSION}); upgrade helamem-core"
-        )
-    reader.get(head, "embedder", dict)
-    return head
-
-
-def export_embedder(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """The embedder (name, dimension) an export file's header records.
-
-    Raises:
-        ExportFormatError: The file does not start with an export header.
-    """
-    p = Path(path)
-    with p.open(encoding="utf-8") as f:
-        reader = Reader(p, f)
-        emb = _header(reader, iter(reader))["embedder"]
-        return str(reader.get(emb, "name", str)), int(reader.get(emb, "dimension", int))
-
-
 def import_scope(
     core: Core, path: str | os.PathLike[str], scope: Sequence[str] | None = None
 ) -> ImportReport:
@@ -525,7 +517,8 @@ def import_scope(
 
     Ids, times, access counts, edges, scope ticks and distilled clusters are
     kept. Vectors are reused when the export was made with the same embedder
-    (name and dimension), else recomputed. The target scope and the scopes
+    (name and dimension), else recomputed, before the write transaction takes the
+    writer lock (:class:`~._portable_read.Spool`). The target scope and the scopes
     under it must hold no memories, and no id in the file may exist.
 
     Raises:
@@ -533,6 +526,7 @@ def import_scope(
             or a fact cites a memory of another scope (a fact citing a memory that
             exists nowhere is left out: ``ImportReport.facts_dropped``).
         ImportConflictError: The target holds memories or an id exists.
+        InvalidInputError: The file cannot be read, or changed during the import.
     """
     source = Path(path)
     core.reconcile()  # settle pending vector deletes before ids come back
@@ -545,15 +539,19 @@ def import_scope(
     with f:
         reader = Reader(source, f)
         lines = iter(reader)
-        head = _header(reader, lines)
+        head = header(reader, lines)
         target = normalize_scope(reader.rel(head) if scope is None else scope)
         emb = head["embedder"]
         same = emb.get("name") == core.embedder.name and emb.get("dimension") == (
             core.embedder.dimension
         )
         store = core.store
-        imp = _Importer(core, reader, target, same)
-        with store.tx() as db:
+        # another embedder's file: every vector computed first, not under the writer lock
+        spool = (
+            None if same else Spool.compute(source, core.embedder.dimension, core._embed, _BATCH)
+        )
+        imp = _Importer(core, reader, target, same, spool)
+        with spool or contextlib.nullcontext(), store.tx() as db:
             # read under the writer lock: memories another writer just added to the
             # target (or a scope under it) make it non-empty, and its clusters stay
             node = store.find_scope(target)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
-from collections.abc import Iterator
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -23,10 +26,22 @@ import numpy as np
 
 from ._inputs import check_content
 from .errors import InvalidInputError
+from .text import safe_text
 from .types import Scope, check_id, check_role, dump_json, normalize_scope, to_timestamp
 
-__all__ = ["ExportFormatError", "MemoryLine", "Reader"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ExportFormatError",
+    "MemoryLine",
+    "Reader",
+    "Spool",
+    "export_embedder",
+    "header",
+]
 
+FORMAT = "helamem.scope"
+FORMAT_VERSION = 1
 _BIGINT = 2**63 - 1
 
 
@@ -212,3 +227,112 @@ class Reader:
         if not np.isfinite(vec).all():
             raise self.error(f"embedding of {mid!r} holds NaN or infinite values")
         return vec.tobytes()
+
+
+def header(reader: Reader, lines: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """The file's checked header line (the first of ``lines``)."""
+    head = next(lines, None)
+    if head is None or head.get("type") != "header" or head.get("format") != FORMAT:
+        raise reader.error(f"the first line is not a {FORMAT!r} header")
+    version = reader.get(head, "version", int)
+    if version > FORMAT_VERSION:
+        raise ExportFormatError(
+            f"{reader.path} uses export format version {version}, newer than this "
+            f"helamem-core reads ({FORMAT_VERSION}); upgrade helamem-core"
+        )
+    reader.get(head, "embedder", dict)
+    return head
+
+
+def export_embedder(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """The embedder (name, dimension) an export file's header records.
+
+    Raises:
+        ExportFormatError: The file does not start with an export header.
+    """
+    p = Path(path)
+    with p.open(encoding="utf-8") as f:
+        reader = Reader(p, f)
+        emb = header(reader, iter(reader))["embedder"]
+        return str(reader.get(emb, "name", str)), int(reader.get(emb, "dimension", int))
+
+
+class Spool:
+    """The vectors of a file's memory lines, computed before the import's write
+    transaction (the file made by another embedder: every vector recomputed, which
+    may take minutes with a remote model, while other processes' writes would wait
+    for the writer lock and fail after ``busy_timeout``). Kept in file order in a
+    temporary file (memory stays flat), each behind a digest of its text, so a file
+    changed between the two reads is refused, never given another line's vector."""
+
+    def __init__(self, dimension: int) -> None:
+        self._dim = dimension
+        self._f = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self._size = 16 + 4 * dimension
+
+    @staticmethod
+    def _digest(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    @classmethod
+    def compute(
+        cls,
+        path: Path,
+        dimension: int,
+        embed: Callable[[list[str]], Any],
+        batch: int,
+    ) -> Spool:
+        """Read ``path`` (checked as the import checks it) and embed every memory's
+        text with ``embed`` (``batch`` texts a call).
+
+        Raises:
+            ExportFormatError: A line is malformed (nothing is written).
+            EmbeddingError: The embedder failed.
+        """
+        spool = cls(dimension)
+        try:
+            with path.open(encoding="utf-8", newline="\n") as f:
+                reader = Reader(path, f)
+                lines = iter(reader)
+                header(reader, lines)
+                texts: list[str] = []
+                for obj in lines:
+                    if obj.get("type") == "memory":
+                        texts.append(reader.memory(obj, dimension, False).content)
+                    if len(texts) >= batch or (texts and obj.get("type") != "memory"):
+                        spool._put(texts, embed([safe_text(t) for t in texts]))
+                        texts = []
+                if texts:
+                    spool._put(texts, embed([safe_text(t) for t in texts]))
+        except BaseException:
+            spool.close()
+            raise
+        spool._f.seek(0)
+        return spool
+
+    def _put(self, texts: list[str], vectors: Any) -> None:
+        for text, vec in zip(texts, vectors, strict=True):
+            self._f.write(self._digest(text) + np.asarray(vec, dtype=np.float32).tobytes())
+
+    def take(self, text: str) -> bytes:
+        """The next memory's vector, ``text`` its content.
+
+        Raises:
+            InvalidInputError: The file changed since it was read for its vectors.
+        """
+        rec = self._f.read(self._size)
+        if len(rec) != self._size or rec[:16] != self._digest(text):
+            raise InvalidInputError(
+                "the export file changed while it was imported (its memories differ from "
+                "those its vectors were computed for); nothing was imported: import it again"
+            )
+        return rec[16:]
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
