@@ -453,6 +453,23 @@ def test_a_fact_citing_a_memory_outside_its_scope_is_refused_one_citing_none_lef
         assert check_store(mem.config.path).ok
 
 
+def test_the_report_counts_no_edge_of_a_fact_left_out(mem: HelaMemory, tmp_path: Path) -> None:
+    """Helper 149: a fact left out for citing a memory that exists nowhere took its
+    edges along, but ``ImportReport.edges`` still counted them."""
+    mem.add_turn(ALICE, "hello there", "hi")
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    mem.delete_scope(ALICE)
+    objs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [o["type"] for o in objs].count("edge") == 1  # the turn's pair
+    fact = [o for o in objs if o["type"] == "memory"][1]
+    fact.update(kind="semantic", role=None, provenance=["01HZZZZZZZZZZZZZZZZZZZZZZZ"])
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    report = mem.import_scope(path)
+    assert (report.memories, report.edges, report.facts_dropped) == (1, 0, 1)
+    assert (mem.stats().memories, mem.stats().edges) == (1, 0)
+
+
 def test_export_of_an_unknown_scope_is_refused_an_emptied_one_is_empty(
     mem: HelaMemory, tmp_path: Path
 ) -> None:

@@ -450,8 +450,11 @@ class _Importer:
                     f"written by HelaMemory.export_scope()"
                 )
         if orphans:
+            # their edges go with them (every edge here came from the file)
+            cut = self.store.edges_of([n for n, _ in self.store.locate(orphans).values()])
             gone = self.core._delete_tx(self.db, orphans)  # by the delete's own rules
             self.counts["memories"] -= len(gone)
+            self.counts["edges"] -= len(cut)
             self.facts_dropped = len(gone)
             logger.warning(
                 "import of %s: left out %d facts citing memories that no longer exist "
