@@ -314,15 +314,22 @@ def apply_consolidation(
             for c in plan.clusters
             if any(i in present for i in c.ids)
         }
-        stale = {
+        lost = {(c.scope_id, c.signature) for c in plan.clusters if not alive >= set(c.members)}
+        stale = lost | {
             (c.scope_id, c.signature)
             for c in plan.clusters
-            if not alive >= set(c.members)
-            or store.cluster_known(c.scope_id, c.signature, newest[c.scope_id, c.signature])
+            if (c.scope_id, c.signature) not in lost
+            and store.cluster_known(c.scope_id, c.signature, newest[c.scope_id, c.signature])
         }
+        spoiled: set[tuple[int, str]] = set()  # clusters of a draft shown a lost episode
         for (draft, sid, src), vec in zip(kept, vecs, strict=True):
             if any(k in stale for i in draft.source_ids for k in owners.get(i, ())):
                 dropped += 1  # its cluster lost an episode, or was distilled meanwhile
+                continue
+            shown = {k for i in draft.seen for k in owners.get(i, ())}
+            if shown & lost:  # its distiller was shown an episode deleted since: it rests
+                dropped += 1  # on it, so it goes as it would with it (and its clusters
+                spoiled |= shown | {k for i in src for k in owners.get(i, ())}  # come again)
                 continue
             if sid not in existing:
                 fns, _, fembs = store.vectors_of(sid, "semantic")
@@ -409,7 +416,7 @@ def apply_consolidation(
         recorded = [
             c
             for c in plan.clusters
-            if (c.scope_id, c.signature) not in stale
+            if (c.scope_id, c.signature) not in stale | spoiled
             and c.scope_id not in failed
             and (c.scope_id not in cut or (c.scope_id, c.signature) in reached)
         ]

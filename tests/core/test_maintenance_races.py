@@ -1,0 +1,79 @@
+"""Maintenance racing ordinary use: what a delete, an add or a search meanwhile leaves
+(interleavings forced by the mock LLM or a hook point, no sleeps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from test_distill import S, ScriptedLLM, StoreConfig, _mem, facts_citing_first_labels
+from test_distill_integrity import _written_from_the_other_cluster
+
+from helamem.core import HelaMemory
+from helamem.core.storage.base import rests_on
+
+StoreDb = Callable[[Path], Any]
+
+
+def damage(store_db: StoreDb, path: Path) -> dict[str, list[str]]:
+    """What a settled race left wrong in the graph store at ``path`` (both backends):
+    edges to a missing memory, facts resting on a missing episode."""
+    db = store_db(path)
+    try:
+        ids = {str(r[0]) for r in db.execute("SELECT id FROM memories").fetchall()}
+        orphans = db.execute(
+            "SELECT a, b FROM edges WHERE a NOT IN (SELECT n FROM memories)"
+            " OR b NOT IN (SELECT n FROM memories)"
+        ).fetchall()
+        facts = db.execute(
+            "SELECT id, provenance, metadata FROM memories WHERE kind = 'semantic'"
+        ).fetchall()
+    finally:
+        db.close()
+    return {
+        "edge_orphan": [f"{a}-{b}" for a, b in orphans],
+        "fact_orphan": [str(f) for f, prov, meta in facts if not rests_on(prov, meta) <= ids],
+    }
+
+
+CLEAN: dict[str, list[str]] = {"edge_orphan": [], "fact_orphan": []}
+
+
+def _cats_and_pins(mem: HelaMemory) -> list[str]:
+    pins = []
+    for i in range(5):
+        mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
+    for i in range(5):
+        u, a = mem.add_turn(S, f"bank pin code number 4711 secret {i}", f"pin code 4711 {i}")
+        pins += [u.id, a.id]
+    return pins
+
+
+def test_an_episode_shown_to_the_llm_and_deleted_meanwhile_leaves_no_fact(
+    tmp_path: Path, store_config: StoreConfig, store_db: StoreDb
+) -> None:
+    """A fact rests on every episode its LLM was shown (review 145), so one written
+    while an episode it was shown (of another cluster than those it cites) is deleted
+    is dropped, as a fact citing it is: "Alice's bank PIN is 4711", citing a cat
+    episode, was stored after every PIN episode was deleted, and stayed searchable."""
+    pins: list[str] = []
+
+    def delete_while_thinking(messages: list[dict[str, str]]) -> str:
+        assert "4711" in messages[-1]["content"]  # the model was shown the PIN cluster
+        assert mem.delete(pins) == len(pins)  # the user forgets it while the call is in flight
+        return _written_from_the_other_cluster(messages)
+
+    llm = ScriptedLLM(delete_while_thinking, facts_citing_first_labels)
+    with _mem(tmp_path, store_config, llm, clusters=4) as mem:
+        pins += _cats_and_pins(mem)
+        report = mem.consolidate(S)
+        assert (report.facts_added, report.facts_updated, report.facts_dropped) == (0, 0, 1)
+        assert report.clusters == 0  # none recorded: the survivors are distilled again
+        assert mem.stats(S).semantic == 0
+        hits = mem.search("bank PIN 4711", S, k=5, kind="semantic", learn=False)
+        assert [h.content for h in hits] == []
+        again = mem.consolidate(S)
+        assert again.facts_added >= 1
+        assert "4711" not in llm.calls[1]["messages"][-1]["content"]
+        assert damage(store_db, tmp_path / "s") == CLEAN
