@@ -12,6 +12,7 @@ from test_distill_integrity import _written_from_the_other_cluster
 
 from helamem.core import HelaMemory
 from helamem.core.storage.base import rests_on
+from races import racing_tx
 
 StoreDb = Callable[[Path], Any]
 
@@ -77,3 +78,38 @@ def test_an_episode_shown_to_the_llm_and_deleted_meanwhile_leaves_no_fact(
         assert again.facts_added >= 1
         assert "4711" not in llm.calls[1]["messages"][-1]["content"]
         assert damage(store_db, tmp_path / "s") == CLEAN
+
+
+def _edge(mem: HelaMemory, x: str, y: str) -> Any:
+    def read(c: Any) -> Any:
+        rows = c.store.rows_by_id([x, y])
+        a, b = sorted((rows[x].n, rows[y].n))
+        return c.store.edges_among([a, b]).get((a, b)), c.store.scope_state(rows[x].scope_id)[0]
+
+    return mem._call(read)  # type: ignore[attr-defined]
+
+
+def test_a_consolidation_never_moves_an_edge_s_tick_back(tmp_path: Path, make_mem: Any) -> None:
+    """A consolidation read its scope's tick before the transaction that writes its
+    similarity edges: another writer's turn and co-activation of two episodes landing
+    in between left the edge stamped with the older tick (the co-activation's tick
+    went back, and the edge decayed from then). Now the tick is read under the lock."""
+    path = tmp_path / "s"
+    with make_mem(path) as one, make_mem(path) as two:
+        turns = [
+            one.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
+            for i in range(3)
+        ]
+        x, y = turns[0][0].id, turns[1][0].id
+        one.flush()
+        assert _edge(one, x, y)[0] is None
+
+        def act() -> None:
+            two.add_turn(S, "the weather was rainy", "take an umbrella")
+            two.reinforce([x, y])
+
+        racing_tx(one, act)
+        one.consolidate(S)
+        edge, tick = _edge(one, x, y)
+        assert edge is not None and edge.weight > 0.05  # the similarity edge, stronger
+        assert edge.tick == tick  # the tick of the co-activation, not the one before it

@@ -163,8 +163,10 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
         mat = _matrix(embs, dim)
         mark = int(store.get_meta(_mark_key(sid)) or 0)
         new_idx = [i for i, n in enumerate(ns) if n > mark]
-        tick = core._ticks([sid])[sid]
         with store.tx() as db:
+            # read under the writer lock: a turn another writer stored meanwhile moved
+            # it on, and an edge it co-activated then must not get an older tick back
+            tick = core._ticks([sid])[sid]
             if new_idx:
                 sims = similarity_edges(
                     [ns[i] for i in new_idx],
@@ -185,7 +187,7 @@ def plan_consolidation(core: Core, scope: Sequence[str]) -> ConsolidationPlan:
                     e = existing.get((a, b))
                     cur = 0.0 if e is None else core._decayed(e, tick)
                     if w > cur:
-                        upd.append(EdgeRow(a, b, sid, w, tick))
+                        upd.append(EdgeRow(a, b, sid, w, tick if e is None else max(tick, e.tick)))
                 store.upsert_edges(db, upd)
                 sim_total += len(upd)
                 store.set_meta(db, _mark_key(sid), str(ns[-1]))
