@@ -277,9 +277,11 @@ def apply_consolidation(
 
     A cluster one of whose members is gone by the write (deleted while the
     distiller read it) contributes no fact and is not recorded: a fact must not
-    repeat a deleted episode; the survivors are distilled again later. A cluster
-    another consolidation recorded meanwhile (two over one scope at once)
-    contributes no fact either: its facts are stored once.
+    repeat a deleted episode; the survivors are distilled again later. A draft
+    whose distiller was shown such an episode is dropped too (``FactDraft.seen``:
+    a fact rests on every episode shown), and the clusters it was shown are not
+    recorded. A cluster another consolidation recorded meanwhile (two over one
+    scope at once) contributes no fact either: its facts are stored once.
     """
     cfg = core.config.consolidation
     store = core.store
