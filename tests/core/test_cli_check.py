@@ -264,14 +264,34 @@ def test_orphan_edge_row_is_edge_orphan(tmp_path: Path, capsys: pytest.CaptureFi
     assert rep["defects"][0]["examples"] == [f"edge {n}-999999"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("rests", ["cited", "drawn from"])
 def test_fact_citing_a_deleted_episode_is_fact_orphan(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rests: str
 ) -> None:
+    """Review 151: a fact rests on the episodes it cites and on every one its distiller
+    was shown (``_helamem_drawn``); check looked at the cited ones only."""
     path = tmp_path / "s"
     _store(path)
     with HelaMemory(_config(path, False), embedder=HashingEmbedder(64)) as m:
         fact = m.get(m.consolidate(A).fact_ids[0])  # extractive: no model
-    n = _n(path, fact.provenance[0])  # deleted as before deletes took its facts along
+    drawn = (
+        sqlite3.connect(path / "helamem.sqlite3")
+        .execute("SELECT metadata FROM memories WHERE id = ?", (fact.id,))
+        .fetchone()[0]
+    )
+    uncited = sorted(set(json.loads(drawn)["_helamem_drawn"]) - set(fact.provenance))
+    assert uncited  # the cluster's other episodes
+    # deleted as before deletes took its facts along
+    gone = fact.provenance[0] if rests == "cited" else uncited[0]
+    n = _n(path, gone)
+    resting = [  # every fact resting on it (the cluster's other facts too)
+        str(i)
+        for i, prov, meta in sqlite3.connect(path / "helamem.sqlite3").execute(
+            "SELECT id, provenance, metadata FROM memories WHERE kind = 'semantic' ORDER BY n"
+        )
+        if gone in json.loads(prov) or gone in json.loads(meta)["_helamem_drawn"]
+    ]
+    assert fact.id in resting
     _sql(
         path,
         ("DELETE FROM edges WHERE a = ? OR b = ?", (n, n)),
@@ -282,7 +302,7 @@ def test_fact_citing_a_deleted_episode_is_fact_orphan(
     code, rep = _check(path, capsys)
     assert code == 1
     assert _kinds(rep) == {"fact_orphan"}
-    assert rep["defects"][0]["examples"] == [fact.id]  # type: ignore[index]
+    assert rep["defects"][0]["examples"] == resting  # type: ignore[index]
 
 
 def test_edge_across_scopes_is_edge_scope(

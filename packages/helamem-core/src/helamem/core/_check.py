@@ -28,8 +28,9 @@ kind                   meaning
 ``index_unavailable``  the vector index cannot be opened or listed
 ``edge_orphan``        an edge whose end memory does not exist
 ``edge_scope``         an edge whose scope differs from an end memory's
-``fact_orphan``        a fact citing an episode that does not exist (it may
-                       repeat deleted content)
+``fact_orphan``        a fact resting on an episode that does not exist (one
+                       it cites or was distilled from: it may repeat deleted
+                       content)
 ``scope_orphan``       a memory or scope node whose scope node is missing
 ``embedding_missing``  an indexed memory whose stored vector is missing or of
                        the wrong size for the store's embedder
@@ -48,7 +49,6 @@ show up as a difference (discrepancies are re-read once to drop most).
 
 from __future__ import annotations
 
-import json
 import shlex
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -71,7 +71,7 @@ from ._repair import missing_fts
 from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, StorageError
-from .storage.base import IndexLockedError, VectorIndex
+from .storage.base import IndexLockedError, VectorIndex, rests_on
 from .storage.sqlite_schema import MIGRATIONS, connect_existing, is_locked
 
 #: The schema version that creates ``memories_fts_vocab`` (an older store lacks it).
@@ -259,23 +259,25 @@ class _Checker:
         )
 
     def facts_cited(self) -> None:
-        """Facts whose provenance cites an episode that no longer exists."""
+        """Facts resting on an episode that no longer exists (:func:`.storage.base.rests_on`:
+        one it cites, or one its distiller was shown)."""
         citing: dict[str, list[str]] = {}
-        for fact, prov in self.db.execute(
-            "SELECT id, provenance FROM memories WHERE kind = 'semantic' ORDER BY n"
+        for fact, prov, meta in self.db.execute(
+            "SELECT id, provenance, metadata FROM memories WHERE kind = 'semantic' ORDER BY n"
         ):
             try:
-                cited = json.loads(prov)
-            except (TypeError, ValueError):
-                cited = []
-            for i in cited if isinstance(cited, list) else []:
-                citing.setdefault(str(i), []).append(str(fact))
+                cited = rests_on(prov, meta)
+            except (TypeError, ValueError, AttributeError):  # a damaged row: no episode read
+                cited = set()
+            for i in sorted(cited):
+                citing.setdefault(i, []).append(str(fact))
         known = set(self._still(list(citing), _KNOWN_IDS))
         orphans = dict.fromkeys(f for i, fs in citing.items() if i not in known for f in fs)
         self.add(
             "fact_orphan",
             list(orphans),
-            "facts citing an episode that does not exist (they may repeat deleted content)",
+            "facts resting on an episode that does not exist, cited or distilled from (they "
+            "may repeat deleted content)",
             FACT_FIX,
         )
 
