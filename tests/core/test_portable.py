@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
+import io
 import json
 import math
 import sqlite3
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from helamem.core import (
+    DiskFullError,
     ExportFormatError,
     HashingEmbedder,
     HelaMemConfig,
@@ -25,6 +28,7 @@ from helamem.core import (
     Memory,
     MemoryNotFoundError,
     NewMemory,
+    _portable_read,
 )
 from helamem.core._portable_read import Spool
 from helamem.core.storage.postgres import PG_SCHEMA_VERSION
@@ -265,6 +269,16 @@ def test_another_embedders_file_is_embedded_before_the_write_transaction(
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(Spool, "compute", then_edited)
             with pytest.raises(InvalidInputError, match="changed while it was imported"):
+                b.import_scope(path)
+        assert b.stats(ALICE).memories == 0
+
+        class Full(io.BytesIO):
+            def write(self, _: Any) -> int:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        with pytest.MonkeyPatch.context() as mp:  # the temporary directory's disk is full
+            mp.setattr(_portable_read.tempfile, "TemporaryFile", Full)
+            with pytest.raises(DiskFullError, match="temporary directory"):
                 b.import_scope(path)
         assert b.stats(ALICE).memories == 0
         assert b.import_scope(path).memories == n  # as it is now

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import math
@@ -25,7 +26,7 @@ from typing import IO, Any
 import numpy as np
 
 from ._inputs import check_content
-from .errors import InvalidInputError
+from .errors import DiskFullError, InvalidInputError, StorageError
 from .text import safe_text
 from .types import Scope, check_id, check_role, dump_json, normalize_scope, to_timestamp
 
@@ -288,6 +289,7 @@ class Spool:
         Raises:
             ExportFormatError: A line is malformed (nothing is written).
             EmbeddingError: The embedder failed.
+            DiskFullError: The temporary directory's disk is full.
         """
         spool = cls(dimension)
         try:
@@ -311,8 +313,17 @@ class Spool:
         return spool
 
     def _put(self, texts: list[str], vectors: Any) -> None:
-        for text, vec in zip(texts, vectors, strict=True):
-            self._f.write(self._digest(text) + np.asarray(vec, dtype=np.float32).tobytes())
+        try:
+            for text, vec in zip(texts, vectors, strict=True):
+                self._f.write(self._digest(text) + np.asarray(vec, dtype=np.float32).tobytes())
+        except OSError as exc:  # the temporary directory's disk: nothing written to the store
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    f"the disk of the temporary directory ({tempfile.gettempdir()}) is full "
+                    f"while the import computed its vectors ({exc}); nothing was imported: "
+                    "free space there (or point TMPDIR elsewhere) and retry"
+                ) from exc
+            raise StorageError(f"could not spool the import's vectors: {exc}") from exc
 
     def take(self, text: str) -> bytes:
         """The next memory's vector, ``text`` its content.
