@@ -98,6 +98,33 @@ def test_constructor_and_dump_do_no_io(tmp_path: Path, own_store: str) -> None:
     assert not (tmp_path / "data").exists()
 
 
+async def test_a_dump_names_the_store_absolutely_and_add_refuses_a_bare_string(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 152: ``dump_component`` kept a relative ``path`` ("s1"), so a memory loaded
+    in another working directory opened a new, empty store there and recorded into it;
+    and ``add("text")`` failed with a bare ``AttributeError``."""
+    monkeypatch.chdir(tmp_path)
+    memory = HelaMemMemory(config(Path("s1")))
+    try:
+        await memory.add(text("my cat is called Miso"))
+        with pytest.raises(TypeError, match="MemoryContent"):
+            await memory.add("my dog is called Rex")  # type: ignore[arg-type]
+        dumped = memory.dump_component()
+    finally:
+        await memory.close()
+    assert Path(dumped.config["path"]) == tmp_path / "s1"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = HelaMemMemory.load_component(dumped)
+    try:
+        got = await loaded.query("cat")
+        assert [r.content for r in got.results] == ["my cat is called Miso"]
+    finally:
+        await loaded.close()
+    assert not (tmp_path / "elsewhere" / "s1").exists()
+
+
 @pytest.mark.parametrize("module", [helamem.autogen, config_module, memory_module, convert_module])
 def test_module_doctests(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]

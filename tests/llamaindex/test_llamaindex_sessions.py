@@ -463,3 +463,49 @@ def test_a_dump_finds_the_memory_registered_with_another_spelling_of_its_dsn(
     with pytest.raises(ConfigError, match="same host, port, database and user"):
         HelaMemChatMemory.from_dict(dump).memory  # noqa: B018
     other.close()
+
+
+def test_a_string_scope_and_an_unknown_block_option_are_refused(store: HelaMemory) -> None:
+    """Trial 152: ``from_defaults(scope="alice")`` made the scope ``('a','l','i','c','e')``,
+    and user "al"'s ``('a','l')`` is a prefix of it: al was shown alice's memories.
+    ``HelaMemMemoryBlock(path=...)`` (or ``kk=3``) was accepted and ignored: the block
+    wrote to ``./helamem-data``."""
+    from helamem.core import InvalidScopeError
+
+    with pytest.raises(InvalidScopeError, match=r"scope=\('alice',\)"):
+        HelaMemChatMemory.from_defaults(memory=store, scope="alice")
+    for option, hint in (("path", "from_path"), ("kk", "did you mean k?")):
+        with pytest.raises(ValueError, match="unknown option") as err:
+            HelaMemMemoryBlock(**{option: "./elsewhere"})
+        assert hint in str(err.value)
+    with pytest.raises(ValueError, match="did you mean max_tokens"):
+        HelaMemMemoryBlock.from_path(store.config.path, max_token=50)
+
+
+def test_a_state_loaded_in_another_directory_opens_the_same_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 152: the dump kept a relative ``config.path`` ("s1"), so a state loaded in
+    another working directory opened a new, empty store there and recorded into it."""
+    from li_fakes import hashing_config
+
+    monkeypatch.chdir(tmp_path)
+    chat = HelaMemChatMemory.from_defaults(config=hashing_config(Path("s1")), scope=("u",))
+    chat.put(ChatMessage(role="user", content="my cat is called Miso"))
+    chat.put(ChatMessage(role="assistant", content="Miso is a lovely name"))
+    chat.close()
+    dumped = chat.to_dict()
+    block = HelaMemMemoryBlock(config=hashing_config(Path("s1")), scope=("u",))
+    block_dump = block.model_dump(mode="json")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for path in (dumped["config"]["path"], block_dump["config"]["path"]):
+        assert Path(path) == tmp_path / "s1"
+    again = HelaMemChatMemory.from_dict(dumped)
+    try:
+        assert again.memory.config.path == tmp_path / "s1"
+        hits = again.memory.search("cat Miso", ("u",), k=5, learn=False)
+        assert "my cat is called Miso" in [h.memory.content for h in hits]
+    finally:
+        again.close()
+    assert not (tmp_path / "elsewhere" / "s1").exists()

@@ -209,8 +209,14 @@ def encode(content: MemoryContent) -> tuple[str, MemoryMimeType]:
     is accepted too and comes back as a dict).
 
     Raises:
+        TypeError: ``content`` is not a ``MemoryContent`` (a bare string, say).
         ValueError: On another MIME type, or JSON that is not an object.
     """
+    if not isinstance(content, MemoryContent):
+        raise TypeError(
+            f"add() takes a MemoryContent, not {type(content).__name__}: "
+            "add(MemoryContent(content=text, mime_type=MemoryMimeType.TEXT))"
+        )
     mime = _mime(content.mime_type)
     value = content.content
     if mime is not None and mime in _TEXT_TYPES and isinstance(value, str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
@@ -305,6 +306,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             cancellation_token: Cancels the wait.
 
         Raises:
+            TypeError: ``content`` is not a ``MemoryContent`` (a bare string).
             ValueError: On another MIME type ("Unsupported content type") or
                 JSON that is not an object ("JSON content must be a dict").
         """
@@ -405,7 +407,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                     have.path,
                     said.path,
                 )
-        return self._config
+        # absolute: loaded in another working directory, it opens this store, not a new one
+        return self._config.model_copy(update={"path": os.path.abspath(self._config.path)})
 
     @classmethod
     def _from_config(cls, config: HelaMemMemoryConfig) -> Self:

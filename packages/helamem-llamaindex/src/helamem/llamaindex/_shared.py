@@ -215,8 +215,11 @@ def copy_without_connection(model: _M, memo: dict[int, Any] | None = None) -> _M
 
 
 def dump_config(config: HelaMemConfig) -> dict[str, Any]:
-    """``config`` as JSON-safe data, with API keys left out (they are never serialized)."""
+    """``config`` as JSON-safe data, with API keys left out (they are never serialized)
+    and its path absolute (a state loaded in another working directory opens this
+    store, not a new empty one there)."""
     data = config.model_dump(mode="json")
+    data["path"] = os.path.abspath(os.fspath(config.path))
     for section in ("embedder", "llm"):
         data[section]["api_key"] = None
     if config.store is not None:  # which database, without its secrets: see _store_key

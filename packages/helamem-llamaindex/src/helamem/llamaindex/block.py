@@ -11,14 +11,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Self
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_serializer
+from llama_index.core.bridge.pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    model_validator,
+)
 from llama_index.core.memory.memory import BaseMemoryBlock
 
-from helamem.core import HelaMemConfig, HelaMemory, InvalidScopeError, Scope, TurnRecorder
+from helamem.core import (
+    HelaMemConfig,
+    HelaMemory,
+    InvalidInputError,
+    InvalidScopeError,
+    Scope,
+    TurnRecorder,
+)
 
 from ._connection import (
     aclose_connection,
@@ -96,6 +110,9 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         ('users', 'alice')
     """
 
+    # a misspelt option (``path=``, ``kk=3``) fails, never ignored
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
     name: str = "helamem"
     description: str | None = "Relevant memories from earlier conversations (HeLa-Mem)."
     priority: int = 1
@@ -116,6 +133,28 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     _shown: list[Line] = PrivateAttr(default_factory=list)
     # user message text -> ids injected while it was the latest user message
     _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: Any) -> Any:
+        """A misspelt or unknown option raises, naming the closest field (``path``:
+        :meth:`from_path`); pydantic's ``extra="forbid"`` names no fix."""
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields) - {"class_name"})
+            if unknown:
+                hints = [
+                    "path (use HelaMemMemoryBlock.from_path(path, ...) or config=)"
+                    if u == "path"
+                    else f"{u} (did you mean {close[0]}?)"
+                    if (close := get_close_matches(u, list(cls.model_fields), 1))
+                    else u
+                    for u in unknown
+                ]
+                raise InvalidInputError(
+                    f"unknown option(s) {', '.join(hints)}: HelaMemMemoryBlock takes "
+                    f"{', '.join(sorted(cls.model_fields))}"
+                )
+        return data
 
     def __copy__(self) -> Self:
         """A copy without the connection (see :func:`copy_without_connection`)."""

@@ -34,6 +34,7 @@ from helamem.core import (
     HelaMemConfig,
     HelaMemory,
     InvalidInputError,
+    InvalidScopeError,
     Scope,
     TurnRecorder,
     is_blank,
@@ -295,6 +296,11 @@ class HelaMemChatMemory(BaseMemory):
         fields: dict[str, Any] = {"config": config, "token_limit": token_limit, **kwargs}
         if session_id is not None:
             fields["session_id"] = session_id
+        if isinstance(scope, str):  # tuple("alice") is ('a', 'l', 'i', 'c', 'e')
+            raise InvalidScopeError(
+                f"scope must be a sequence of segments, not the string {scope!r}: "
+                f"scope=({scope!r},) or ('users', {scope!r})"
+            )
         if scope is not None:
             fields["scope"] = tuple(scope)
         made = cls(**fields)
