@@ -312,6 +312,28 @@ def test_delete_scope_dry_run_then_yes_and_the_import_it_unblocks(
     assert main(["delete-scope", str(tmp_path / "nowhere"), "--scope", "users"]) == 2
 
 
+def test_a_misspelt_scope_or_the_database_file_is_refused_and_version_is_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 152: ``delete-scope --scope users --scope alise --yes`` printed "deleted 0
+    memories" with exit status 0 (the user's data still there); the database file given
+    for the directory said only "not found"; there was no ``--version``."""
+    path = tmp_path / "s"
+    _build(path)
+    capsys.readouterr()
+    for yes in ([], ["--yes"]):
+        assert main(["delete-scope", str(path), "--scope", "users", "--scope", "alise", *yes]) == 1
+        assert "no scope" in capsys.readouterr().err
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as m:
+        assert m.stats(ALICE).memories == 5
+    assert main(["stats", str(path / "helamem.sqlite3")]) == 2
+    assert f"pass its directory, {path}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("helamem-core ")
+
+
 @pytest.mark.parametrize("mb", [0, 2047])
 def test_store_commands_set_the_memory_map(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, mb: int

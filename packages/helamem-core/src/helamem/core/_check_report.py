@@ -15,6 +15,7 @@ __all__ = [
     "Defect",
     "REINDEX_FIX",
     "RESTORE_FIX",
+    "no_store",
     "store_file",
 ]
 
@@ -29,10 +30,15 @@ def store_file(path: str | Path) -> Path:
     """
     db_path = Path(path) / DB_NAME
     if not db_path.is_file():
-        raise InvalidInputError(
-            f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
-        )
+        raise InvalidInputError(no_store(path))
     return db_path
+
+
+def no_store(path: str | Path) -> str:
+    """Why ``path`` is not a store directory, and the fix."""
+    if Path(path).name == DB_NAME and Path(path).is_file():
+        return f"{path} is the store's database: pass its directory, {Path(path).parent}"
+    return f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
 
 
 EXAMPLES = 5

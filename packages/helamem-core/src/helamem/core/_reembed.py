@@ -175,8 +175,10 @@ def ensure_embedder(core: CoreBase, reembed: bool) -> int | None:
         raise ConfigError(
             f"this store was built with embedder {stored.get('name')!r} "
             f"(dimension {stored.get('dimension')}), not {name!r} ({dim}); open it with the "
-            f"same embedder, or switch it to {name!r} by re-embedding every memory: "
-            f"{_fix(core, name, dim)}"
+            f"same embedder (HelaMemory(config, embedder=...); an adapter loaded from a dump: "
+            f"register_memory(HelaMemory(config, embedder=...)) for LlamaIndex, "
+            f"HelaMemMemory(config, embedder=...) for AutoGen), or switch it to {name!r} by "
+            f"re-embedding every memory: {_fix(core, name, dim)}"
         )
     return _switch(core, stored, switch, target)
 

@@ -33,11 +33,12 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, CorruptStoreError
+from ._check_report import no_store
+from .errors import ConfigError, CorruptStoreError, InvalidInputError
 
 if TYPE_CHECKING:
     from .config import EmbedderConfig
@@ -71,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helamem", description="HeLa-Mem: Hebbian associative memory for LLM agents."
     )
+    try:
+        core_version = version("helamem-core")
+    except PackageNotFoundError:  # run from a source tree without installing
+        core_version = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"helamem-core {core_version}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_store_parsers(commands)
     names = set()
@@ -325,7 +331,7 @@ def _embedder_config(args: argparse.Namespace, reembed: bool = False) -> Embedde
 
 def _need_store(path: Path) -> None:
     if not (path / "helamem.sqlite3").is_file():
-        raise _UsageError(f"no HeLa-Mem store at {path} (helamem.sqlite3 not found)")
+        raise _UsageError(no_store(path))
 
 
 def _open_store(args: argparse.Namespace, reembed: bool = False) -> HelaMemory:
@@ -451,6 +457,11 @@ def _cmd_delete_scope(args: argparse.Namespace) -> int:
     scope = _scope_arg(args)
     assert scope is not None  # --scope is required
     with _open_store(args) as mem:
+        if mem._call(lambda c: c.store.find_scope(scope), None) is None:  # a typo
+            raise InvalidInputError(
+                f"no scope {json.dumps(list(scope))} in this store, nor any under it; nothing "
+                "was deleted. Check the scope's spelling (one --scope per segment)"
+            )
         if not args.yes:
             n = mem.stats(scope).memories
             print(f"would delete {json.dumps(list(scope))}: {n} memories (pass --yes)")
