@@ -356,13 +356,26 @@ def context_line(hit: Hit) -> str:
 
     A content that already opens with ``"role:"`` (a transcript line ``"Sam: ..."``
     stored with ``role="Sam"``; case aside) is not prefixed twice; the role is
-    shown without surrounding spaces.
+    shown without surrounding spaces. A content of several lines (a reply with a
+    list) is joined into one, its lines' outer whitespace dropped, so no line of it
+    reads as a hit of its own.
+
+    Examples:
+        >>> from datetime import UTC, datetime
+        >>> day = datetime(2026, 1, 2, tzinfo=UTC)
+        >>> m = Memory("m1", ("u",), "episodic", "Options:\\n- tea\\n  - coffee", "assistant",
+        ...            day, day)
+        >>> context_line(Hit(m, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, "base"))
+        '- [2026-01-02] assistant: Options: - tea - coffee'
     """
     m = hit.memory
     role = (m.role or "").strip()
     said = m.content[: len(role) + 1].casefold() == f"{role}:".casefold()
     who = f"{role}: " if role and not said else ""
-    return f"- [{m.event_time:%Y-%m-%d}] {who}{m.content}"
+    text = m.content
+    if "\n" in text or "\r" in text or "\u2028" in text or "\u2029" in text:
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return f"- [{m.event_time:%Y-%m-%d}] {who}{text}"
 
 
 def ranking_order(hits: Sequence[Hit], association_share: float = 0.5) -> list[Hit]:
