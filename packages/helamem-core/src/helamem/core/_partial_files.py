@@ -23,24 +23,31 @@ PARTIAL_IDLE_S = 600.0
 an export removes it (a host name and pid can repeat in another container on one volume)."""
 
 
+_SQLITE = b"SQLite format 3\x00"
+"""The first bytes of every SQLite database (a store's, an adapter's checkpoints)."""
+
+
 def store_file(target: Path, home: Path, header: bytes) -> Path | None:
-    """The store's directory ``home`` when ``target`` is an existing file under it (at
-    any depth, links followed) other than an earlier export (its first bytes
-    ``header``): its database, an adapter's checkpoints, an index; else ``None``.
-    Replacing one by an export loses the store's data."""
+    """The store directory an export to ``target`` would damage, else ``None``: ``home``
+    (this store's) when ``target`` is an existing file under it (at any depth, links
+    followed) other than an earlier export (its first bytes ``header``): its database,
+    an adapter's checkpoints, an index; ``target``'s directory when it is a SQLite
+    database anywhere (another store's, an adapter's checkpoints elsewhere). Replacing
+    one by an export loses its data."""
     where, home = target.resolve(), home.resolve()
-    if where != home and home not in where.parents:
-        return None
-    if where == home or where.is_dir():
+    inside = where == home or home in where.parents
+    if inside and where.is_dir():
         return home
     try:
         with where.open("rb") as f:
-            first = f.read(len(header))
+            first = f.read(max(len(header), len(_SQLITE)))
     except FileNotFoundError:
         return None  # a new file: nothing is replaced
     except OSError:
-        return home
-    return None if first == header else home
+        return home if inside else None
+    if first.startswith(_SQLITE):
+        return home if inside else where.parent
+    return home if inside and not first.startswith(header) else None
 
 
 def owner_tag() -> str:

@@ -69,7 +69,7 @@ from ._portable_read import (
     header,
 )
 from .errors import DiskFullError, InvalidInputError, StorageError
-from .storage.base import EdgeRow, MemoryRow
+from .storage.base import EdgeRow, GraphStore, MemoryRow
 from .storage.unique import legacy_unique_key
 from .text import safe_text
 from .types import Scope, normalize_scope
@@ -513,6 +513,23 @@ class _Importer:
         self.counts["clusters"] += 1
 
 
+def _refuse_filled(store: GraphStore, target: Scope) -> int | None:
+    """The node of ``target`` (``None``: none yet).
+
+    Raises:
+        ImportConflictError: It, or a scope under it, holds memories.
+    """
+    node = store.find_scope(target)
+    if node is not None and store.has_memories_under(node):
+        raise ImportConflictError(
+            f"scope {target!r} already holds memories; nothing was imported. Import "
+            f"into another store, or into an empty scope of one that lacks the file's "
+            f"ids (import_scope(scope=...); CLI: --scope), or delete the scope first "
+            f"with HelaMemory.delete_scope() (CLI: helamem delete-scope)"
+        )
+    return node
+
+
 def import_scope(
     core: Core, path: str | os.PathLike[str], scope: Sequence[str] | None = None
 ) -> ImportReport:
@@ -549,6 +566,8 @@ def import_scope(
             core.embedder.dimension
         )
         store = core.store
+        if not same:  # before minutes of embedding: the check under the lock repeats it
+            _refuse_filled(store, target)
         # another embedder's file: every vector computed first, not under the writer lock
         spool = (
             None if same else Spool.compute(source, core.embedder.dimension, core._embed, _BATCH)
@@ -557,14 +576,7 @@ def import_scope(
         with spool or contextlib.nullcontext(), store.tx() as db:
             # read under the writer lock: memories another writer just added to the
             # target (or a scope under it) make it non-empty, and its clusters stay
-            node = store.find_scope(target)
-            if node is not None and store.has_memories_under(node):
-                raise ImportConflictError(
-                    f"scope {target!r} already holds memories; nothing was imported. Import "
-                    f"into another store, or into an empty scope of one that lacks the file's "
-                    f"ids (import_scope(scope=...); CLI: --scope), or delete the scope first "
-                    f"with HelaMemory.delete_scope() (CLI: helamem delete-scope)"
-                )
+            node = _refuse_filled(store, target)
             imp.db = db
             if node is not None:  # its clusters name memories gone: the file's replace them
                 store.delete_clusters(db, store.descendants(node))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno
 import hashlib
 import json
@@ -258,6 +259,18 @@ def export_embedder(path: str | os.PathLike[str]) -> tuple[str, int]:
         return str(reader.get(emb, "name", str)), int(reader.get(emb, "dimension", int))
 
 
+def _spool_error(exc: OSError) -> StorageError:
+    """The error of a failed write to the import's temporary vector file (nothing was
+    written to the store): :class:`DiskFullError` for a full disk, naming ``TMPDIR``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"the disk of the temporary directory ({tempfile.gettempdir()}) is full "
+            f"while the import computed its vectors ({exc}); nothing was imported: "
+            "free space there (or point TMPDIR elsewhere) and retry"
+        )
+    return StorageError(f"could not spool the import's vectors: {exc}")
+
+
 class Spool:
     """The vectors of a file's memory lines, computed before the import's write
     transaction (the file made by another embedder: every vector recomputed, which
@@ -268,7 +281,10 @@ class Spool:
 
     def __init__(self, dimension: int) -> None:
         self._dim = dimension
-        self._f = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        try:
+            self._f = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        except OSError as exc:
+            raise _spool_error(exc) from exc
         self._size = 16 + 4 * dimension
 
     @staticmethod
@@ -306,10 +322,13 @@ class Spool:
                         texts = []
                 if texts:
                     spool._put(texts, embed([safe_text(t) for t in texts]))
+            try:  # the last buffered vectors reach the disk here: it may be full too
+                spool._f.seek(0)
+            except OSError as exc:
+                raise _spool_error(exc) from exc
         except BaseException:
             spool.close()
             raise
-        spool._f.seek(0)
         return spool
 
     def _put(self, texts: list[str], vectors: Any) -> None:
@@ -317,13 +336,7 @@ class Spool:
             for text, vec in zip(texts, vectors, strict=True):
                 self._f.write(self._digest(text) + np.asarray(vec, dtype=np.float32).tobytes())
         except OSError as exc:  # the temporary directory's disk: nothing written to the store
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    f"the disk of the temporary directory ({tempfile.gettempdir()}) is full "
-                    f"while the import computed its vectors ({exc}); nothing was imported: "
-                    "free space there (or point TMPDIR elsewhere) and retry"
-                ) from exc
-            raise StorageError(f"could not spool the import's vectors: {exc}") from exc
+            raise _spool_error(exc) from exc
 
     def take(self, text: str) -> bytes:
         """The next memory's vector, ``text`` its content.
@@ -340,7 +353,10 @@ class Spool:
         return rec[16:]
 
     def close(self) -> None:
-        self._f.close()
+        """Remove the temporary file (what a full disk left unwritten is dropped, never
+        raised over the error that ended the import)."""
+        with contextlib.suppress(OSError):
+            self._f.close()
 
     def __enter__(self) -> Spool:
         return self

@@ -367,14 +367,18 @@ def context_line(hit: Hit) -> str:
         ...            day, day)
         >>> context_line(Hit(m, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, "base"))
         '- [2026-01-02] assistant: Options: - tea - coffee'
+        >>> m = Memory("m2", ("u",), "episodic", "A:\x0b- tea\x85- milk\x0c", "assistant", day, day)
+        >>> context_line(Hit(m, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, "base"))
+        '- [2026-01-02] assistant: A: - tea - milk'
     """
     m = hit.memory
     role = (m.role or "").strip()
     said = m.content[: len(role) + 1].casefold() == f"{role}:".casefold()
     who = f"{role}: " if role and not said else ""
     text = m.content
-    if "\n" in text or "\r" in text or "\u2028" in text or "\u2029" in text:
-        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    lines = text.splitlines()  # every line break: \n, \r, \v, \f, \x1c-\x1e, \x85, \u2028/9
+    if len(lines) > 1 or text != (lines[0] if lines else ""):
+        text = " ".join(line.strip() for line in lines if line.strip())
     return f"- [{m.event_time:%Y-%m-%d}] {who}{text}"
 
 
