@@ -180,7 +180,7 @@ class UpkeepMethods(OwnedCore):
         Args:
             scope: The scope (prefix) to export.
             path: The file to write (replaced if it exists; never a file of this
-                store's directory but an earlier export).
+                store's directory but an earlier export, nor a SQLite database).
 
         Returns:
             What was written (counts of memories, edges, scopes, clusters).
@@ -188,8 +188,8 @@ class UpkeepMethods(OwnedCore):
         Raises:
             InvalidInputError: The scope is malformed, not in the store (a typo:
                 nothing is written), the path not writable, or a file of the store
-                (its database, an index, an adapter's file) that the export would
-                replace.
+                (its database, an index, an adapter's file) or a SQLite database
+                anywhere (another store's) that the export would replace.
             DiskFullError: The disk filled up while writing (nothing is left behind).
 
         Examples:
