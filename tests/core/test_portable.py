@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import errno
-import io
 import json
 import math
 import sqlite3
@@ -18,7 +16,6 @@ import numpy as np
 import pytest
 
 from helamem.core import (
-    DiskFullError,
     ExportFormatError,
     HashingEmbedder,
     HelaMemConfig,
@@ -28,9 +25,7 @@ from helamem.core import (
     Memory,
     MemoryNotFoundError,
     NewMemory,
-    _portable_read,
 )
-from helamem.core._portable_read import Spool
 from helamem.core.storage.postgres import PG_SCHEMA_VERSION
 from helamem.core.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
 from helamem.core.storage.sqlite_schema import text_shape
@@ -215,75 +210,6 @@ def test_other_embedder_reembeds(tmp_path: Path, make_mem: Any) -> None:
         assert c.import_scope(path).reembedded == 0
 
 
-class _Probing(HashingEmbedder):
-    """A hashing embedder that, on each call, tries to take the store's writer lock
-    (``BEGIN IMMEDIATE`` on its SQLite file, 0.2 s) and notes whether it could."""
-
-    def __init__(self, db: Path) -> None:
-        super().__init__(128)
-        self.db = db
-        self.free: list[bool] = []
-
-    def embed(self, texts: Any) -> Any:
-        if self.db.exists():
-            con = sqlite3.connect(self.db, timeout=0.2, isolation_level=None)
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                con.execute("ROLLBACK")
-                self.free.append(True)
-            except sqlite3.OperationalError:
-                self.free.append(False)
-            finally:
-                con.close()
-        return super().embed(texts)
-
-
-@pytest.mark.sqlite_only  # the probe takes SQLite's writer lock
-def test_another_embedders_file_is_embedded_before_the_write_transaction(
-    tmp_path: Path, make_mem: Any
-) -> None:
-    """Helper 149: importing a file of another embedder computed every vector inside the
-    import's write transaction; with a remote model (minutes) every other process's
-    write waited for the writer lock and failed after ``busy_timeout``. The vectors
-    are computed first now; and a file changed between that read and the import's is
-    refused, nothing imported (never another line's vector)."""
-    path = tmp_path / "a.jsonl"
-    with make_mem(tmp_path / "s1") as a:
-        _story(a)
-        n = a.export_scope(ALICE, path).memories
-    probe = _Probing(tmp_path / "s2" / "helamem.sqlite3")
-    with HelaMemory(HelaMemConfig(path=tmp_path / "s2"), embedder=probe) as b:
-        b.add("opens the store", ("other",))
-        probe.free.clear()
-        assert b.import_scope(path).reembedded == n
-        assert probe.free and all(probe.free)  # the lock was free at every embedding call
-        assert b.stats(ALICE).memories == n
-        b.delete_scope(ALICE)
-        real = Spool.compute
-
-        def then_edited(*args: Any) -> Spool:
-            spool = real(*args)
-            path.write_text(path.read_text().replace("deploy", "redeploy", 1))
-            return spool
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(Spool, "compute", then_edited)
-            with pytest.raises(InvalidInputError, match="changed while it was imported"):
-                b.import_scope(path)
-        assert b.stats(ALICE).memories == 0
-
-        class Full(io.BytesIO):
-            def write(self, _: Any) -> int:
-                raise OSError(errno.ENOSPC, "No space left on device")
-
-        with pytest.MonkeyPatch.context() as mp:  # the temporary directory's disk is full
-            mp.setattr(_portable_read.tempfile, "TemporaryFile", Full)
-            with pytest.raises(DiskFullError, match="temporary directory"):
-                b.import_scope(path)
-        assert b.stats(ALICE).memories == 0
-        assert b.import_scope(path).memories == n  # as it is now
-
-
 def test_missing_vector_is_recomputed(mem: HelaMemory, tmp_path: Path) -> None:
     m = mem.add("tea with alice", ALICE)
     path = tmp_path / "a.jsonl"
@@ -465,23 +391,6 @@ def test_a_fact_citing_a_memory_outside_its_scope_is_refused_one_citing_none_lef
     mem.close()
     if (mem.config.path / "helamem.sqlite3").exists():  # helamem check reads SQLite stores
         assert check_store(mem.config.path).ok
-
-
-def test_the_report_counts_no_edge_of_a_fact_left_out(mem: HelaMemory, tmp_path: Path) -> None:
-    """Helper 149: a fact left out for citing a memory that exists nowhere took its
-    edges along, but ``ImportReport.edges`` still counted them."""
-    mem.add_turn(ALICE, "hello there", "hi")
-    path = tmp_path / "a.jsonl"
-    mem.export_scope(ALICE, path)
-    mem.delete_scope(ALICE)
-    objs = [json.loads(x) for x in path.read_text().splitlines()]
-    assert [o["type"] for o in objs].count("edge") == 1  # the turn's pair
-    fact = [o for o in objs if o["type"] == "memory"][1]
-    fact.update(kind="semantic", role=None, provenance=["01HZZZZZZZZZZZZZZZZZZZZZZZ"])
-    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
-    report = mem.import_scope(path)
-    assert (report.memories, report.edges, report.facts_dropped) == (1, 0, 1)
-    assert (mem.stats().memories, mem.stats().edges) == (1, 0)
 
 
 def test_export_of_an_unknown_scope_is_refused_an_emptied_one_is_empty(

@@ -12,7 +12,7 @@ import socket
 import time
 from pathlib import Path
 
-__all__ = ["PARTIAL_IDLE_S", "drop_dead_partials", "fsync_dir", "owner_tag", "store_file"]
+__all__ = ["PARTIAL_IDLE_S", "drop_dead_partials", "fsync_dir", "owner_tag", "replaced_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ _SQLITE = b"SQLite format 3\x00"
 """The first bytes of every SQLite database (a store's, an adapter's checkpoints)."""
 
 
-def store_file(target: Path, home: Path, header: bytes) -> Path | None:
+def replaced_store(target: Path, home: Path, header: bytes) -> Path | None:
     """The store directory an export to ``target`` would damage, else ``None``: ``home``
     (this store's) when ``target`` is an existing file under it (at any depth, links
     followed) other than an earlier export (its first bytes ``header``): its database,

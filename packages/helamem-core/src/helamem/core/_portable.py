@@ -57,10 +57,11 @@ import numpy as np
 from . import dynamics
 from ._core import Core, scope_tag
 from ._maintenance import _mark_key
-from ._partial_files import drop_dead_partials, fsync_dir, owner_tag, store_file
+from ._partial_files import drop_dead_partials, fsync_dir, owner_tag, replaced_store
 from ._portable_read import (
     FORMAT,
     FORMAT_VERSION,
+    HEADER_PREFIX,
     ExportFormatError,
     MemoryLine,
     Reader,
@@ -255,8 +256,7 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
             f"holding memories"
         )
     target = Path(path)
-    header = json.dumps({"type": "header", "format": FORMAT}, separators=(",", ":"))[:-1]
-    if (home := store_file(target, core.config.path, header.encode())) is not None:
+    if (home := replaced_store(target, core.config.path, HEADER_PREFIX)) is not None:
         raise InvalidInputError(
             f"the export would replace {target}, part of the store at {home} (its "
             f"database, an index or an adapter's file); nothing was written. "

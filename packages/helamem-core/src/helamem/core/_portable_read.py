@@ -34,6 +34,7 @@ from .types import Scope, check_id, check_role, dump_json, normalize_scope, to_t
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "HEADER_PREFIX",
     "ExportFormatError",
     "MemoryLine",
     "Reader",
@@ -44,6 +45,9 @@ __all__ = [
 
 FORMAT = "helamem.scope"
 FORMAT_VERSION = 1
+HEADER_PREFIX = b'{"type":"header","format":"helamem.scope"'
+"""The first bytes of every export (its header line as ``export_scope`` writes it: keys
+in that order, compact separators): a file starting so is an earlier export."""
 _BIGINT = 2**63 - 1
 
 

@@ -37,7 +37,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._check_report import no_store
+from ._check_report import DB_NAME, no_store
 from .errors import ConfigError, CorruptStoreError, InvalidInputError
 
 if TYPE_CHECKING:
@@ -330,7 +330,7 @@ def _embedder_config(args: argparse.Namespace, reembed: bool = False) -> Embedde
 
 
 def _need_store(path: Path) -> None:
-    if not (path / "helamem.sqlite3").is_file():
+    if not (path / DB_NAME).is_file():
         raise _UsageError(no_store(path))
 
 

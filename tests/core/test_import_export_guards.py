@@ -1,16 +1,20 @@
-"""Review 166: the import's vector spool on a full disk, an import into a filled scope
-refused before its vectors are computed, an export never replacing a SQLite database,
-and a hit's every line break joined in its prompt line."""
+"""Import and export guards: another embedder's file embedded before the write
+transaction (its spool on a full disk), an import into a filled scope refused before its
+vectors are computed, a report counting what was imported, an export never replacing a
+SQLite database, and a hit's every line break joined in its prompt line."""
 
 from __future__ import annotations
 
 import errno
 import io
+import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_portable import _story
 
 from helamem.core import (
     DiskFullError,
@@ -21,6 +25,7 @@ from helamem.core import (
     InvalidInputError,
     _portable_read,
 )
+from helamem.core._portable_read import Spool
 from helamem.core.types import Hit, Memory, context_line
 
 ALICE = ("users", "alice")
@@ -124,3 +129,89 @@ def test_every_line_break_of_a_hit_is_joined(brk: str) -> None:
     line = context_line(Hit(m, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, "base"))
     assert line == "- [2026-01-02] assistant: Options: - tea - coffee"
     assert len(line.splitlines()) == 1
+
+
+class _Probing(HashingEmbedder):
+    """A hashing embedder that, on each call, tries to take the store's writer lock
+    (``BEGIN IMMEDIATE`` on its SQLite file, 0.2 s) and notes whether it could."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__(128)
+        self.db = db
+        self.free: list[bool] = []
+
+    def embed(self, texts: Any) -> Any:
+        if self.db.exists():
+            con = sqlite3.connect(self.db, timeout=0.2, isolation_level=None)
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                con.execute("ROLLBACK")
+                self.free.append(True)
+            except sqlite3.OperationalError:
+                self.free.append(False)
+            finally:
+                con.close()
+        return super().embed(texts)
+
+
+@pytest.mark.sqlite_only  # the probe takes SQLite's writer lock
+def test_another_embedders_file_is_embedded_before_the_write_transaction(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    """Helper 149: importing a file of another embedder computed every vector inside the
+    import's write transaction; with a remote model (minutes) every other process's
+    write waited for the writer lock and failed after ``busy_timeout``. The vectors
+    are computed first now; and a file changed between that read and the import's is
+    refused, nothing imported (never another line's vector)."""
+    path = tmp_path / "a.jsonl"
+    with make_mem(tmp_path / "s1") as a:
+        _story(a)
+        n = a.export_scope(ALICE, path).memories
+    probe = _Probing(tmp_path / "s2" / "helamem.sqlite3")
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s2"), embedder=probe) as b:
+        b.add("opens the store", ("other",))
+        probe.free.clear()
+        assert b.import_scope(path).reembedded == n
+        assert probe.free and all(probe.free)  # the lock was free at every embedding call
+        assert b.stats(ALICE).memories == n
+        b.delete_scope(ALICE)
+        real = Spool.compute
+
+        def then_edited(*args: Any) -> Spool:
+            spool = real(*args)
+            path.write_text(path.read_text().replace("deploy", "redeploy", 1))
+            return spool
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Spool, "compute", then_edited)
+            with pytest.raises(InvalidInputError, match="changed while it was imported"):
+                b.import_scope(path)
+        assert b.stats(ALICE).memories == 0
+
+        class Full(io.BytesIO):
+            def write(self, _: Any) -> int:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        with pytest.MonkeyPatch.context() as mp:  # the temporary directory's disk is full
+            mp.setattr(_portable_read.tempfile, "TemporaryFile", Full)
+            with pytest.raises(DiskFullError, match="temporary directory"):
+                b.import_scope(path)
+        assert b.stats(ALICE).memories == 0
+        assert b.import_scope(path).memories == n  # as it is now
+
+
+def test_the_report_counts_no_edge_of_a_fact_left_out(mem: HelaMemory, tmp_path: Path) -> None:
+    """Helper 149: a fact left out for citing a memory that exists nowhere took its
+    edges along, but ``ImportReport.edges`` still counted them."""
+    mem.add_turn(ALICE, "hello there", "hi")
+    path = tmp_path / "a.jsonl"
+    mem.export_scope(ALICE, path)
+    mem.delete_scope(ALICE)
+    objs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [o["type"] for o in objs].count("edge") == 1  # the turn's pair
+    fact = [o for o in objs if o["type"] == "memory"][1]
+    fact.update(kind="semantic", role=None, provenance=["01HZZZZZZZZZZZZZZZZZZZZZZZ"])
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs))
+    report = mem.import_scope(path)
+    assert (report.memories, report.edges, report.facts_dropped) == (1, 0, 1)
+    assert (mem.stats().memories, mem.stats().edges) == (1, 0)
