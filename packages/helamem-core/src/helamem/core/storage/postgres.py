@@ -50,6 +50,8 @@ from .sqlite_schema import qmarks
 __all__ = ["PG_MIGRATIONS", "PG_SCHEMA_VERSION", "PostgresStore", "connect_reader"]
 
 _K1, _B = 1.2, 0.75  # FTS5's bm25() constants
+_IDLE_ONLY_S = 0.05
+"""How long :meth:`PostgresStore._take` waits for the pool (an idle connection only)."""
 
 
 def _configure(config: PostgresConfig) -> Callable[[psycopg.Connection[Any]], None]:
@@ -176,8 +178,7 @@ class PostgresStore(SQLiteStore):
                 f"cannot open the PostgreSQL store ({why}); check that the "
                 f"server runs and that PostgresConfig.dsn names it"
             ) from exc
-        getconn = partial(pool.getconn, timeout=cfg.connect_timeout_s)
-        self._pg = PgConnection(getconn, self._lock_key, release=pool.putconn)
+        self._pg = PgConnection(self._take, self._lock_key, release=self._give)
         self._db = self._pg  # type: ignore[assignment]  # the shared queries' connection
         self._tok = Fts5Tokenizer()
         try:
@@ -185,6 +186,28 @@ class PostgresStore(SQLiteStore):
         except BaseException:
             self.close()
             raise
+
+    def _take(self) -> psycopg.Connection[Any]:
+        """The store's connection: an idle one of the pool, else one made now.
+
+        The pool replaces a connection the server dropped on its own schedule,
+        retried with a backoff that doubles while the server is down (1, 2, 4,
+        8 ... s, up to minutes): waiting for it failed every call for as long
+        again after the server was back. A connection made here is tried at
+        once, at every call.
+        """
+        assert self._pool is not None
+        try:
+            return self._pool.getconn(timeout=_IDLE_ONLY_S)
+        except PoolTimeout:
+            return _connect(self.config)
+
+    def _give(self, conn: psycopg.Connection[Any]) -> None:
+        """Take back a connection of :meth:`_take`: the pool's to the pool, else closed."""
+        if self._pool is not None and getattr(conn, "_pool", None) is self._pool:
+            self._pool.putconn(conn)  # discards a broken one
+        else:
+            conn.close()
 
     def _create_schema(self) -> None:
         """Create the schema once, under its advisory lock: ``IF NOT EXISTS`` alone
