@@ -547,6 +547,23 @@ async def test_a_commit_of_unknown_outcome_retries_the_turns_with_unique_on() ->
     assert isinstance(ei.value.errors[0], CommitUnknownError)
 
 
+async def test_a_turn_whose_commit_was_lost_is_not_reported_as_unstored() -> None:
+    """A lost COMMIT may have landed: the failure must not say "not stored, record it
+    again" (stage ``add_turn``), or following it stores the turn twice."""
+
+    class LandedThenLost(FakeMemory):
+        async def aadd_turns(self, turns: Sequence[NewTurn]) -> None:
+            await super().aadd_turns(turns)  # the COMMIT landed; its reply was lost
+            raise CommitUnknownError("the connection was lost during COMMIT")
+
+    m = LandedThenLost()
+    rec = _two_queued(m)
+    with pytest.raises(TurnRecordingError) as ei:
+        await rec.close()
+    assert [f.stage for f in ei.value.failures] == ["commit_unknown", "commit_unknown"]
+    assert "'commit_unknown' or 'worker' may have been" in str(ei.value)
+
+
 def test_turn_recording_error_pickles() -> None:
     f = TurnFailure("add_turn", ("s",), "u", "a", (), 0.0, ValueError("x"))
     err = pickle.loads(pickle.dumps(TurnRecordingError([f], 3)))

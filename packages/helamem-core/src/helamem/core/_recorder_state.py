@@ -19,6 +19,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
+from .errors import CommitUnknownError
 from .types import Scope
 
 if TYPE_CHECKING:
@@ -170,8 +171,10 @@ class RecorderState:
             self._fail_locked(job, stage, exc)
 
     def _fail_locked(self, job: Job, stage: Stage, exc: Exception) -> None:
+        if stage == "add_turn" and isinstance(exc, CommitUnknownError):
+            stage = "commit_unknown"  # maybe stored: recording it again could store it twice
         self._failed_total += 1
-        if stage != "consolidate":  # "worker" may or may not have stored it: counted as lost
+        if stage != "consolidate":  # "worker", "commit_unknown": maybe stored, counted as lost
             self._unstored += 1
         if len(self._failures) < _MAX_KEPT_FAILURES:
             self._failures.append(

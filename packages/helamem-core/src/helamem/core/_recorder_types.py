@@ -38,7 +38,7 @@ whatever they hand to a thread: ``asyncio.to_thread`` copies the context). A mem
 call made there does not wait for recorded turns: it would wait for the very turns
 the lane is storing (:meth:`helamem.core._owner.OwnedCore._call`)."""
 
-Stage = Literal["add_turn", "consolidate", "worker"]
+Stage = Literal["add_turn", "commit_unknown", "consolidate", "worker"]
 
 
 class RecorderClosedError(HelaMemError, RuntimeError):
@@ -59,7 +59,12 @@ class TurnFailure:
 
     Attributes:
         stage: ``"add_turn"``: the turn was not stored (record it again once
-            the cause is fixed); ``"consolidate"``: the turn was stored but
+            the cause is fixed); ``"commit_unknown"``: the connection to the
+            store was lost during the turn's COMMIT
+            (:class:`~helamem.core.errors.CommitUnknownError`), so it may or may
+            not have been stored: read the scope (or record it with
+            ``unique_on``, which the recorder retries itself) before recording
+            it again; ``"consolidate"``: the turn was stored but
             the consolidation it triggered failed; ``"worker"``: the
             recorder's worker stopped unexpectedly (the turn may or may not
             have been stored).
@@ -101,7 +106,7 @@ class TurnRecordingError(HelaMemError, RuntimeError):
         super().__init__(
             f"{self.total} turn(s) failed in the background ({first}); turns that failed at "
             f"stage 'add_turn' were not stored: fix the cause and record them again from "
-            f".failures"
+            f".failures; those at 'commit_unknown' or 'worker' may have been: read first"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
