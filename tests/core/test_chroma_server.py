@@ -107,6 +107,48 @@ def test_a_collection_lost_on_the_server_is_refilled_not_restarted_empty(
         assert (m.stats().vectors, m.stats().unindexed) == (12, 0)
 
 
+def test_a_refill_cut_short_is_finished_by_the_next_write_not_trusted_half_full(
+    tmp_path: Path, chroma_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server lost a large scope's collection; the write that recreates it fails
+    after the create, before its refill copied the scope's vectors (the server went
+    away again, a timeout). The collection now exists, nearly empty: the next write
+    must not take it as whole, or the older memories drop out of the dense leg."""
+    import chromadb
+    import httpx
+    from chromadb.config import Settings
+
+    from helamem.core.storage import chroma_connect
+
+    chroma = ChromaConfig(mode="http", host="127.0.0.1", port=chroma_port, exact_below=5)
+    scope = ("u",)
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64)) as m:
+        apple = m.add("grandma grows apples", scope).id
+        for i in range(10):
+            m.add(f"filler w{i}x note{i}", scope)
+        m.flush()
+        server = chromadb.HttpClient(
+            host="127.0.0.1", port=chroma_port, settings=Settings(anonymized_telemetry=False)
+        )
+        for c in server.list_collections():  # the server restarted empty
+            name = c.name if hasattr(c, "name") else str(c)
+            if name.startswith("helamem.") and name.endswith("-e"):
+                server.delete_collection(name)
+
+        def cut(*_: Any) -> None:
+            raise httpx.ConnectError("the server went away during the refill")
+
+        monkeypatch.setattr(chroma_connect, "write_over", cut)
+        m.add("filler new note", scope)  # stored; its index write fails
+        m.flush()
+        monkeypatch.undo()
+        m.add("filler newer note", scope)
+        m.flush()
+        assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
+        st = m.stats()
+        assert (st.memories, st.vectors, st.unindexed) == (13, 13, 0)
+
+
 def test_a_server_gone_mid_session_loses_no_write_and_raises_nothing_untyped(
     tmp_path: Path,
 ) -> None:

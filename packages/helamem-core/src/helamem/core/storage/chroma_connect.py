@@ -542,18 +542,25 @@ class ChromaConnection:
                 ef = HelaMemMiniLMEmbeddingFunction() if self._attach_minilm else None
                 meta = {"helamem:dimension": self._dimension}
                 hnsw = {"hnsw": self._hnsw_config()}
-                col = client.get_or_create_collection(
-                    name, configuration=hnsw, embedding_function=cast(Any, ef), metadata=meta
-                )
-                if refill and key in self._exact.promoted():
+                refilling = refill and key in self._exact.promoted()
+                if refilling:
                     logger.warning(
                         "the vector index lacked the collection of %s (a Chroma "
                         "server restarted empty?); rebuilding it from the database",
                         self._exact.scope_name(key),
                     )
-                    for _, ids, mat in self._exact.batches(key):
+                    # first: a refill cut short (the server gone again) leaves the rows
+                    # it did not copy unindexed (searched exactly, re-indexed later), not
+                    # marked as in a collection that lacks them
+                    self._exact.unindex_scope(key)
+                col = client.get_or_create_collection(
+                    name, configuration=hnsw, embedding_function=cast(Any, ef), metadata=meta
+                )
+                if refilling:
+                    for ns, ids, mat in self._exact.batches(key):
                         write_over(col, ids, mat)  # another process may fill it too
                         self._drop_vanished(col, ids)  # deleted since the read
+                        self._exact.mark_indexed(ns, ids, [v.tobytes() for v in mat])
         except CHROMA_FAILURES as exc:
             raise chroma_error(
                 exc, f"could not open Chroma collection {name!r}", self._where

@@ -60,6 +60,9 @@ def copy_scope(conn: ChromaConnection, key: tuple[int, str], fresh: bool) -> int
             with suppress(NotFoundError, ValueError):
                 conn._chroma().delete_collection(name)
             old = None
+    if fresh:  # a copy cut short leaves the rows it did not copy unindexed (searched
+        # exactly, re-indexed later), never marked as in a collection that lacks them
+        conn._exact.unindex_scope(key)
     col = conn._collection(key, create=True, refill=False)
     done = 0
     for ns, ids, mat in conn._exact.batches(key):

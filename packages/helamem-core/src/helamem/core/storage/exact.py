@@ -282,6 +282,14 @@ class ExactVectors:
         with self._writing("mark vectors unindexed") as db:
             db.executemany("UPDATE memories SET indexed = 0 WHERE id = ?", [(i,) for i in ids])
 
+    def unindex_scope(self, key: Key) -> None:
+        """Mark every memory of ``key`` unindexed: searched exactly beside its collection
+        until :meth:`mark_indexed` records each copied into it again."""
+        with self._writing("mark vectors unindexed") as db:
+            db.execute(
+                "UPDATE memories SET indexed = 0 WHERE scope_id = ? AND kind = ?", (key[0], key[1])
+            )
+
     # -- counts and rows ---------------------------------------------------
 
     def count_upto(self, key: Key, limit: int) -> int:
