@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["CHROMA", "chroma_server"]
+__all__ = ["CHROMA", "chroma_process", "chroma_server"]
 
 CHROMA = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
 STARTUP_S = 60.0
@@ -26,6 +26,13 @@ def chroma_server(data: Path) -> Iterator[int]:
     Raises:
         RuntimeError: it exited, or did not answer its heartbeat within ``STARTUP_S``.
     """
+    with chroma_process(data) as (port, _):
+        yield port
+
+
+@contextmanager
+def chroma_process(data: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """:func:`chroma_server`, yielding its port and its process (to signal it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -43,7 +50,7 @@ def chroma_server(data: Path) -> Iterator[int]:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"no Chroma server answer within {STARTUP_S} s") from None
                 time.sleep(0.2)
-        yield port
+        yield port, proc
     finally:
         proc.terminate()
         try:

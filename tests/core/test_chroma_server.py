@@ -177,6 +177,54 @@ def test_a_server_gone_mid_session_loses_no_write_and_raises_nothing_untyped(
         mem.close()
 
 
+def test_a_server_that_stops_answering_costs_a_bounded_wait_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """The server stops answering (frozen, a partition: no refusal, no reply) under an
+    open store: chromadb's client waited forever, holding the memory's every call.
+    A search must fall back to the exact scan once ``timeout_s`` has passed."""
+    import signal
+    import threading
+
+    from chroma_server import chroma_process
+
+    if not Path(CHROMA).exists():
+        pytest.skip("the chroma CLI is not installed")
+    scope = ("u",)
+    with chroma_process(tmp_path / "server") as (port, proc):
+        chroma = ChromaConfig(
+            mode="http", host="127.0.0.1", port=port, exact_below=5, timeout_s=2.0
+        )
+        mem = HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64))
+        mem.open()
+        got: list[Any] = []
+        try:
+            apple = mem.add("grandma grows apples", scope).id
+            for i in range(8):
+                mem.add(f"filler w{i}x note{i}", scope)
+            mem.flush()
+            assert mem.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
+            proc.send_signal(signal.SIGSTOP)
+
+            def calls() -> None:
+                got.append(mem.search("kitty", scope, k=1, learn=False, spread=False).ids)
+                got.append(mem.add("kitty late note", scope).id)
+
+            worker = threading.Thread(target=calls, daemon=True)
+            worker.start()
+            worker.join(30)
+            assert not worker.is_alive(), "a call hung on the server that stopped answering"
+            assert got[0] == [apple]  # scanned exactly
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            mem.close()
+        with HelaMemory(
+            HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64)
+        ) as m:
+            assert m.get(got[1]).content == "kitty late note"  # the add was stored
+            assert (m.stats().memories, m.stats().unindexed) == (10, 0)
+
+
 def test_an_id_deleted_and_added_again_meanwhile_keeps_its_own_vector(
     tmp_path: Path, chroma_port: int
 ) -> None:

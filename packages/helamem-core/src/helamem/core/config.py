@@ -448,6 +448,11 @@ class ChromaConfig(_Frozen):
             cores), so ``add_turn`` no longer pays it per turn. ``1``: every
             add writes its vectors before it returns.
         upsert_delay_s: Seconds an add's vectors wait at most (see ``upsert_batch``).
+        timeout_s: Seconds one request to a Chroma server (``"http"``) may take
+            once the store is open; one past it fails as an unreachable server
+            does (a search scans exactly, an add's vector waits for the
+            re-index) instead of blocking the memory (chromadb's own client
+            never times out: a server that stops answering hung every call).
     """
 
     mode: Literal["persistent", "http", "ephemeral"] = "persistent"
@@ -461,6 +466,7 @@ class ChromaConfig(_Frozen):
     max_open_indexes: int = Field(32, ge=1)
     upsert_batch: int = Field(64, ge=1, le=4096)
     upsert_delay_s: float = Field(0.5, gt=0.0, le=60.0)
+    timeout_s: float = Field(60.0, gt=0.0)
 
 
 class PostgresConfig(_Frozen):

@@ -249,13 +249,18 @@ class ChromaConnection:
         cfg = self._config
         settings = self._settings()
         if cfg.mode == "http":
-            return chromadb.HttpClient(
+            client = chromadb.HttpClient(
                 host=cfg.host,
                 port=cfg.port,
                 ssl=cfg.ssl,
                 headers=dict(cfg.headers or {}),
                 settings=settings,
             )
+            # chromadb's own never times out: a server not answering held every call
+            session = getattr(getattr(client, "_server", None), "_session", None)
+            if isinstance(session, httpx.Client):
+                session.timeout = httpx.Timeout(cfg.timeout_s)
+            return client
         note_engine_started()
         if cfg.mode == "ephemeral":
             return chromadb.EphemeralClient(settings=settings)
@@ -549,10 +554,8 @@ class ChromaConnection:
                         "server restarted empty?); rebuilding it from the database",
                         self._exact.scope_name(key),
                     )
-                    # first: a refill cut short (the server gone again) leaves the rows
-                    # it did not copy unindexed (searched exactly, re-indexed later), not
-                    # marked as in a collection that lacks them
-                    self._exact.unindex_scope(key)
+                    # a refill cut short leaves the rows it did not copy unindexed
+                    self._exact.unindex_scope(key)  # (searched exactly, re-indexed later)
                 col = client.get_or_create_collection(
                     name, configuration=hnsw, embedding_function=cast(Any, ef), metadata=meta
                 )
