@@ -196,18 +196,21 @@ class PostgresStore(SQLiteStore):
         again after the server was back. A connection made here is tried at
         once, at every call.
         """
-        assert self._pool is not None
+        pool = self._pool
+        assert pool is not None
         try:
-            return self._pool.getconn(timeout=_IDLE_ONLY_S)
+            conn: psycopg.Connection[Any] = pool.getconn(timeout=_IDLE_ONLY_S)
         except PoolTimeout:
             return _connect(self.config)
+        return conn
 
     def _give(self, conn: psycopg.Connection[Any]) -> None:
         """Take back a connection of :meth:`_take`: the pool's to the pool, else closed."""
-        if self._pool is not None and getattr(conn, "_pool", None) is self._pool:
-            self._pool.putconn(conn)  # discards a broken one
-        else:
-            conn.close()
+        pool = self._pool
+        if pool is None or id(getattr(conn, "_pool", None)) != id(pool):
+            conn.close()  # one made by _take (or the pool closed)
+            return
+        pool.putconn(conn)  # discards a broken one
 
     def _create_schema(self) -> None:
         """Create the schema once, under its advisory lock: ``IF NOT EXISTS`` alone
