@@ -30,7 +30,14 @@ from helamem.autogen import HelaMemMemory, HelaMemMemoryConfig
 from helamem.autogen import _convert as convert_module
 from helamem.autogen import config as config_module
 from helamem.autogen import memory as memory_module
-from helamem.core import HashingEmbedder, HelaMemory, InvalidInputError, NewTurn, StoreClosedError
+from helamem.core import (
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    InvalidInputError,
+    NewTurn,
+    StoreClosedError,
+)
 from helamem.core import _inputs as core_inputs
 
 ALICE = ("users", "alice")
@@ -549,3 +556,20 @@ async def test_a_long_query_whose_end_is_blank_finds_nothing_and_raises_nothing(
     monkeypatch.setattr(core_inputs, "MAX_CONTENT_CHARS", 200)
     await alice.add(text("Alice adopted a cat named Miso"))
     assert (await alice.query("cat Miso" + " " * 300)).results == []
+
+
+async def test_the_hashing_embedders_dimension_is_configurable(tmp_path: Path) -> None:
+    """Trial 155: ``HelaMemMemoryConfig`` had no dimension (``dimension=64`` raised, and
+    ``embedder="hashing"`` was always 384), so a store made with ``--embedder hashing
+    --dimension 64`` could not be opened from a config, nor by ``load_component``."""
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64)) as m:
+        m.add("grandma grows apples", ALICE)
+    for key in ("embedding_dimension", "dimension"):
+        cfg = config(tmp_path / "s", **{key: 64})
+        assert cfg.to_helamem_config().embedder.dimension == 64
+        memory = HelaMemMemory.load_component(HelaMemMemory(cfg).dump_component())
+        try:
+            got = await memory.query("apples")
+            assert [r.content for r in got.results] == ["grandma grows apples"]
+        finally:
+            await memory.close()

@@ -94,6 +94,10 @@ class HelaMemMemoryConfig(BaseModel):
         embedder: ``"minilm"`` (offline default), ``"litellm"`` (needs
             ``embedding_model``) or ``"hashing"`` (deterministic, no model).
         embedding_model: LiteLLM embedding model for ``embedder="litellm"``.
+        embedding_dimension: The embedder's vector size (``"hashing"``: any, default
+            384; ``"litellm"``: the model's; ``"minilm"``: 384), as
+            ``EmbedderConfig.dimension`` (``dimension`` is accepted on input); a store
+            made with another size is refused when it opens.
         k: At most this many memories per query, episodes and distilled
             facts together, highest score first.
         score_threshold: Drop hits whose score is lower. The score is the
@@ -160,6 +164,9 @@ class HelaMemMemoryConfig(BaseModel):
     )
     embedder: Literal["minilm", "litellm", "hashing"] = "minilm"
     embedding_model: str | None = None
+    embedding_dimension: int = Field(
+        384, ge=8, validation_alias=AliasChoices("embedding_dimension", "dimension")
+    )
     k: int = Field(5, ge=1)
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
@@ -249,7 +256,11 @@ class HelaMemMemoryConfig(BaseModel):
             path=Path(self.path),
             dynamics=self.dynamics,
             retrieval=self.retrieval,
-            embedder=EmbedderConfig(provider=self.embedder, model=self.embedding_model),
+            embedder=EmbedderConfig(
+                provider=self.embedder,
+                model=self.embedding_model,
+                dimension=self.embedding_dimension,
+            ),
             chroma=chroma,
             llm=LLMConfig(model=self.llm_model, api_base=self.llm_api_base),
             consolidation=ConsolidationConfig(every_turns=self.consolidate_every),
