@@ -42,8 +42,9 @@ def test_stats_whole_store_and_scope(tmp_path: Path, capsys: pytest.CaptureFixtu
     text = capsys.readouterr().out
     assert 'scope              ["team", "a/b"]' in text
     assert "memories           1" in text
-    assert main(["stats", str(path), "--scope", "nobody", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["memories"] == 0
+    # a scope the store never held is a typo, not "no memories" (trial 155)
+    assert main(["stats", str(path), "--scope", "nobody", "--json"]) == 1
+    assert "no scope" in capsys.readouterr().err
 
 
 def test_export_then_import_into_a_new_store(

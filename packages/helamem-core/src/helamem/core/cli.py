@@ -422,12 +422,23 @@ def _sqlite_sound(path: Path) -> bool:
     return ok and table is not None
 
 
+def _known(mem: HelaMemory, scope: tuple[str, ...], outcome: str) -> None:
+    """Refuse a scope the store never held (a typo read as "no memories")."""
+    if mem._call(lambda c: c.store.find_scope(scope), None) is None:
+        raise InvalidInputError(
+            f"no scope {json.dumps(list(scope))} in this store, nor any under it; {outcome}. "
+            "Check the scope's spelling (one --scope per segment)"
+        )
+
+
 def _cmd_stats(args: argparse.Namespace) -> int:
     import dataclasses
 
     _need_store(args.path)
     scope = _scope_arg(args)
     with _open_store(args) as mem:
+        if scope is not None:
+            _known(mem, scope, "nothing to count")
         st = dataclasses.asdict(mem.stats(scope))
     if args.json:
         print(json.dumps({"scope": None if scope is None else list(scope), **st}, indent=2))
@@ -457,11 +468,7 @@ def _cmd_delete_scope(args: argparse.Namespace) -> int:
     scope = _scope_arg(args)
     assert scope is not None  # --scope is required
     with _open_store(args) as mem:
-        if mem._call(lambda c: c.store.find_scope(scope), None) is None:  # a typo
-            raise InvalidInputError(
-                f"no scope {json.dumps(list(scope))} in this store, nor any under it; nothing "
-                "was deleted. Check the scope's spelling (one --scope per segment)"
-            )
+        _known(mem, scope, "nothing was deleted")
         if not args.yes:
             n = mem.stats(scope).memories
             print(f"would delete {json.dumps(list(scope))}: {n} memories (pass --yes)")
