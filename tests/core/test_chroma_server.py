@@ -23,6 +23,15 @@ def chroma_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         pytest.fail(str(exc))
 
 
+def _apple_and_fillers(mem: HelaMemory, scope: tuple[str, ...], fillers: int) -> str:
+    """A scope past ``exact_below`` (its own collection): the memory "kitty" finds only
+    through the vector leg (``_Alias``), then ``fillers`` others; returns its id."""
+    apple = mem.add("grandma grows apples", scope).id
+    for i in range(fillers):
+        mem.add(f"filler w{i}x note{i}", scope)
+    return apple
+
+
 def test_http_chroma_is_a_drop_in_vector_index(tmp_path: Path, chroma_port: int) -> None:
     cfg = HelaMemConfig(
         path=tmp_path / "s",
@@ -86,9 +95,7 @@ def test_a_collection_lost_on_the_server_is_refilled_not_restarted_empty(
     chroma = ChromaConfig(mode="http", host="127.0.0.1", port=chroma_port, exact_below=5)
     scope = ("u",)
     with HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64)) as m:
-        apple = m.add("grandma grows apples", scope).id
-        for i in range(10):
-            m.add(f"filler w{i}x note{i}", scope)
+        apple = _apple_and_fillers(m, scope, 10)
         assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
         m.flush()  # no batched write left to recreate the collection
         server = chromadb.HttpClient(
@@ -123,9 +130,7 @@ def test_a_refill_cut_short_is_finished_by_the_next_write_not_trusted_half_full(
     chroma = ChromaConfig(mode="http", host="127.0.0.1", port=chroma_port, exact_below=5)
     scope = ("u",)
     with HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64)) as m:
-        apple = m.add("grandma grows apples", scope).id
-        for i in range(10):
-            m.add(f"filler w{i}x note{i}", scope)
+        apple = _apple_and_fillers(m, scope, 10)
         m.flush()
         server = chromadb.HttpClient(
             host="127.0.0.1", port=chroma_port, settings=Settings(anonymized_telemetry=False)
@@ -164,9 +169,7 @@ def test_a_server_gone_mid_session_loses_no_write_and_raises_nothing_untyped(
         chroma = ChromaConfig(mode="http", host="127.0.0.1", port=port, exact_below=5)
         mem = HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64))
         mem.open()
-        apple = mem.add("grandma grows apples", scope).id
-        for i in range(8):
-            mem.add(f"filler w{i}x note{i}", scope)
+        apple = _apple_and_fillers(mem, scope, 8)
     try:  # the server is gone
         late = mem.add("kitty late note", scope).id  # stored, not raised
         found = mem.search("kitty", scope, k=3, learn=False, spread=False).ids
@@ -199,9 +202,7 @@ def test_a_server_that_stops_answering_costs_a_bounded_wait_not_a_hang(
         mem.open()
         got: list[Any] = []
         try:
-            apple = mem.add("grandma grows apples", scope).id
-            for i in range(8):
-                mem.add(f"filler w{i}x note{i}", scope)
+            apple = _apple_and_fillers(mem, scope, 8)
             mem.flush()
             assert mem.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
             proc.send_signal(signal.SIGSTOP)

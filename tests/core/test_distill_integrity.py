@@ -281,6 +281,17 @@ def test_a_fact_goes_with_an_episode_it_was_distilled_from_but_did_not_cite(
         assert mem.consolidate(S).facts_added == 1  # the survivors again
 
 
+def _cats_and_pins(mem: HelaMemory) -> list[str]:
+    """Five cat turns, then five bank-PIN turns in ``S``: the PIN episodes' ids."""
+    pins = []
+    for i in range(5):
+        mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
+    for i in range(5):
+        u, a = mem.add_turn(S, f"bank pin code number 4711 secret {i}", f"pin code 4711 {i}")
+        pins += [u.id, a.id]
+    return pins
+
+
 def _written_from_the_other_cluster(messages: list[dict[str, str]]) -> str:
     """One fact in the words of the PIN cluster, citing a cat episode only (the LLM saw
     every cluster of the scope in its one call)."""
@@ -299,12 +310,7 @@ def test_a_fact_goes_with_any_episode_its_llm_was_shown(
     episode. A fact now rests on every episode its distiller was shown."""
     llm = ScriptedLLM(_written_from_the_other_cluster)
     with _mem(tmp_path, store_config, llm, clusters=4) as mem:
-        pins = []
-        for i in range(5):
-            mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
-        for i in range(5):
-            u, a = mem.add_turn(S, f"bank pin code number 4711 secret {i}", f"pin code 4711 {i}")
-            pins += [u.id, a.id]
+        pins = _cats_and_pins(mem)
         report = mem.consolidate(S)
         assert report.clusters >= 2  # the case: the cat and the PIN clusters in one call
         [fact] = report.fact_ids

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from test_distill import S, ScriptedLLM, StoreConfig, _mem, facts_citing_first_labels
-from test_distill_integrity import _written_from_the_other_cluster
+from test_distill_integrity import _cats_and_pins, _written_from_the_other_cluster
 
 from helamem.core import HelaMemory
 from helamem.core.storage.base import rests_on
@@ -39,16 +39,6 @@ def damage(store_db: StoreDb, path: Path) -> dict[str, list[str]]:
 
 
 CLEAN: dict[str, list[str]] = {"edge_orphan": [], "fact_orphan": []}
-
-
-def _cats_and_pins(mem: HelaMemory) -> list[str]:
-    pins = []
-    for i in range(5):
-        mem.add_turn(S, f"my cat miso chased a mouse {i}", f"miso the cat is fast {i}")
-    for i in range(5):
-        u, a = mem.add_turn(S, f"bank pin code number 4711 secret {i}", f"pin code 4711 {i}")
-        pins += [u.id, a.id]
-    return pins
 
 
 def test_an_episode_shown_to_the_llm_and_deleted_meanwhile_leaves_no_fact(

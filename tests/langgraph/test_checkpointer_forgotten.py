@@ -4,7 +4,6 @@ recorded once, and none is lost, whatever later puts do to the thread's messages
 from __future__ import annotations
 
 import asyncio
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
+from lg_graphs import one_node
+from test_checkpointer import _Copying
 
 from helamem.core import HelaMemory, TurnRecorder
 from helamem.langgraph import HelaMemCheckpointer
@@ -125,10 +126,7 @@ def test_an_id_less_turn_is_recorded_once_when_a_later_put_windows_the_messages(
         q = state["messages"][-1]
         return {"messages": [*state["messages"], AIMessage(f"re: {q.content}")]}
 
-    g = StateGraph(_NoReducer)
-    g.add_node("bot", bot)
-    g.add_edge(START, "bot")
-    g.add_edge("bot", END)
+    g = one_node(_NoReducer, bot)
     mem: HelaMemory = new_memory(tmp_path / "mem")
     cfg: Any = {"configurable": {"thread_id": "t1"}}
     saver = InMemorySaver()
@@ -157,10 +155,7 @@ def test_a_thread_deleted_through_another_checkpointer_records_its_new_turns(
     def bot(state: MessagesState) -> dict[str, Any]:
         return {"messages": [AIMessage(f"re: {state['messages'][-1].content}")]}
 
-    g = StateGraph(MessagesState)
-    g.add_node("bot", bot)
-    g.add_edge(START, "bot")
-    g.add_edge("bot", END)
+    g = one_node(MessagesState, bot)
     mem: HelaMemory = new_memory(tmp_path / "mem")
     cfg: Any = {"configurable": {"thread_id": "t1"}}
     saver = InMemorySaver()
@@ -178,19 +173,6 @@ def test_a_thread_deleted_through_another_checkpointer_records_its_new_turns(
         "second life",
     ]
     mem.close()
-
-
-class _Copying(InMemorySaver):
-    """An InMemorySaver with ``copy_thread`` (ids and metadata copied, as the spec says)."""
-
-    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        self.storage[target_thread_id] = copy.deepcopy(self.storage[source_thread_id])
-        for (thread, ns, cid), writes in list(self.writes.items()):
-            if thread == source_thread_id:
-                self.writes[(target_thread_id, ns, cid)] = copy.deepcopy(writes)
-        for (thread, ns, ch, v), blob in list(self.blobs.items()):
-            if thread == source_thread_id:
-                self.blobs[(target_thread_id, ns, ch, v)] = blob
 
 
 def test_a_copy_of_a_thread_carries_its_source_turns_when_a_put_trims_it(
@@ -229,10 +211,7 @@ def test_an_id_less_question_asked_again_after_its_answer_is_a_new_turn(
         answer = "You're welcome!" if q == "thanks" else f"re: {q}"
         return {"messages": [*state["messages"], AIMessage(answer)]}
 
-    g = StateGraph(_NoReducer)
-    g.add_node("bot", bot)
-    g.add_edge(START, "bot")
-    g.add_edge("bot", END)
+    g = one_node(_NoReducer, bot)
     mem: HelaMemory = new_memory(tmp_path / "mem")
     cfg: Any = {"configurable": {"thread_id": "t1"}}
     saver = InMemorySaver()

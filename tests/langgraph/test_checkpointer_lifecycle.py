@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph import MessagesState
+from lg_graphs import one_node
 
 from helamem.core import HelaMemError, HelaMemory, TurnRecorder
 from helamem.langgraph import (
@@ -24,11 +25,7 @@ def _graph(cp: HelaMemCheckpointer) -> Any:
     def bot(state: MessagesState) -> dict[str, Any]:
         return {"messages": [AIMessage(f"echo {state['messages'][-1].content}")]}
 
-    b = StateGraph(MessagesState)
-    b.add_node("bot", bot)
-    b.add_edge(START, "bot")
-    b.add_edge("bot", END)
-    return b.compile(checkpointer=cp)
+    return one_node(MessagesState, bot).compile(checkpointer=cp)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from .types import (
     normalize_scope,
 )
 
-__all__ = ["Core", "Stats", "prepare", "scope_tag"]
+__all__ = ["Core", "Stats", "known_scope", "prepare", "scope_tag"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +162,21 @@ class Core(IngestOps, SearchOps):
             embedder=self.embedder.name,
             schema_version=self.store.schema_version(),
         )
+
+
+def known_scope(core: Core, prefix: Sequence[str], outcome: str, hint: str) -> int:
+    """The node of scope ``prefix``, which the store holds or held (scope nodes are never
+    deleted).
+
+    Raises:
+        InvalidInputError: The store never held it nor any scope under it (a typo, read
+            as "no memories"); the message says ``outcome`` (what was not done) and
+            ``hint`` (how to check the spelling).
+    """
+    node = core.store.find_scope(tuple(prefix))
+    if node is None:
+        raise InvalidInputError(
+            f"no scope {tuple(prefix)!r} in this store, nor any under it; {outcome}. "
+            f"Check the scope's spelling: {hint}"
+        )
+    return node

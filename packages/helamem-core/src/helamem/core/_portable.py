@@ -55,7 +55,7 @@ from typing import IO, Any
 import numpy as np
 
 from . import dynamics
-from ._core import Core, scope_tag
+from ._core import Core, known_scope, scope_tag
 from ._maintenance import _mark_key
 from ._partial_files import drop_dead_partials, fsync_dir, owner_tag, replaced_store
 from ._portable_read import (
@@ -248,13 +248,13 @@ def export_scope(core: Core, scope: Sequence[str], path: str | os.PathLike[str])
     is gone (on Windows, by age alone).
     """
     prefix = normalize_scope(scope)
-    node = core.store.find_scope(prefix)  # scope nodes are never deleted: read once, here
-    if node is None:  # a typo must not write an empty backup
-        raise InvalidInputError(
-            f"no scope {prefix!r} in this store, nor any under it; nothing was written. "
-            f"Check the scope's spelling: HelaMemory.list_scopes() lists the scopes "
-            f"holding memories"
-        )
+    # a typo must not write an empty backup (scope nodes are never deleted: read once)
+    node = known_scope(
+        core,
+        prefix,
+        "nothing was written",
+        "HelaMemory.list_scopes() lists the scopes holding memories",
+    )
     target = Path(path)
     if (home := replaced_store(target, core.config.path, HEADER_PREFIX)) is not None:
         raise InvalidInputError(

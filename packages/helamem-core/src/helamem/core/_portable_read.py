@@ -284,7 +284,6 @@ class Spool:
     changed between the two reads is refused, never given another line's vector."""
 
     def __init__(self, dimension: int) -> None:
-        self._dim = dimension
         try:
             self._f = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
         except OSError as exc:

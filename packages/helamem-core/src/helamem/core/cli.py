@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._check_report import DB_NAME, no_store
-from .errors import ConfigError, CorruptStoreError, InvalidInputError
+from .errors import ConfigError, CorruptStoreError
 
 if TYPE_CHECKING:
     from .config import EmbedderConfig
@@ -424,11 +424,9 @@ def _sqlite_sound(path: Path) -> bool:
 
 def _known(mem: HelaMemory, scope: tuple[str, ...], outcome: str) -> None:
     """Refuse a scope the store never held (a typo read as "no memories")."""
-    if mem._call(lambda c: c.store.find_scope(scope), None) is None:
-        raise InvalidInputError(
-            f"no scope {json.dumps(list(scope))} in this store, nor any under it; {outcome}. "
-            "Check the scope's spelling (one --scope per segment)"
-        )
+    from ._core import known_scope
+
+    mem._call(lambda c: known_scope(c, scope, outcome, "one --scope per segment"), None)
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:

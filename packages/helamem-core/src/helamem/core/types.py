@@ -485,12 +485,12 @@ def dump_json(value: Mapping[str, Any] | Sequence[Any], what: str) -> str:
         text = ""  # deeper than the encoder goes: refused below
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{what} must be JSON-serializable without NaN/inf: {exc}") from exc
-    # no more brackets than the bound (most values): no walk needed
-    if not text or (
-        text.count("{") + text.count("[") > MAX_JSON_DEPTH and _json_depth(value) > MAX_JSON_DEPTH
-    ):
+    if text and text.count("{") + text.count("[") <= MAX_JSON_DEPTH:
+        return text  # no deeper than its brackets (most values): no walk needed
+    depth = _json_depth(value)
+    if not text or depth > MAX_JSON_DEPTH:
         raise InvalidInputError(
-            f"{what} nests objects and arrays {_json_depth(value)} levels deep, over "
+            f"{what} nests objects and arrays {depth} levels deep, over "
             f"{MAX_JSON_DEPTH}; store deeper structures as a JSON string value"
         )
     return text
