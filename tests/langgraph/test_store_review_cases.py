@@ -11,6 +11,8 @@ stores do (``InMemoryStore``, ``SqliteStore``, ``InMemorySaver``).
 * Under ``LANGGRAPH_STRICT_MSGPACK`` the graph's state types came back as dicts.
 * Offset pages over items indexed on several fields repeated and skipped items.
 * A blank query raised instead of searching.
+* With ``recorded=False``, ``list_namespaces`` pages followed ``SqliteStore``'s text
+  order, not the tuple order of ``InMemoryStore`` (and of ``recorded=True``).
 """
 
 from __future__ import annotations
@@ -248,3 +250,25 @@ def test_a_turn_is_recorded_with_the_final_answer_not_an_interim_one(
         rec.flush_sync()
     found = memory.search("the question", ("users", "u"), k=10, learn=False)
     assert sorted(h.content for h in found) == sorted(["the question", answer])
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_namespaces_are_listed_in_one_order_whatever_recorded_says(
+    memory: HelaMemory, recorded: bool
+) -> None:
+    """``recorded=False`` passed ``list_namespaces`` to ``SqliteStore``, which sorts the
+    dotted text (``"user-1"`` before ``"user.x"``): pages held other namespaces than
+    ``InMemoryStore``'s and than the same store's with ``recorded=True``."""
+    spaces = [("user",), ("user", "x"), ("user-1",), ("user", "x", "y"), ("user 2", "x")]
+    ref = InMemoryStore()
+    with HelaMemStore(memory, recorded=recorded) as store:
+        for ns in spaces:
+            for s in (store, ref):
+                s.put(ns, "k", {"text": "hello"})
+        for kw in (
+            {},
+            {"limit": 2, "offset": 1},
+            {"max_depth": 2, "limit": 3},
+            {"prefix": ("*",), "suffix": ("x",)},
+        ):
+            assert store.list_namespaces(**kw) == ref.list_namespaces(**kw), kw

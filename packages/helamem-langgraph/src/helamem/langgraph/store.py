@@ -443,12 +443,14 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
         return out
 
     def _namespaces(self, op: ListNamespacesOp) -> Plan[list[tuple[str, ...]]]:
-        if not self.recorded:
-            listed: list[tuple[str, ...]] = (yield Docs([op]))[0]
-            return listed
+        """Sorted as tuples, then paged, as ``InMemoryStore``, whatever the document
+        store's order (``SqliteStore`` sorts the dotted text: ``("a-1",)`` before
+        ``("a", "x")``) and with or without recorded namespaces."""
         everything = ListNamespacesOp(match_conditions=op.match_conditions, limit=_ALL)
         docs: list[tuple[str, ...]] = (yield Docs([everything]))[0]
-        mine: set[tuple[str, ...]] = yield Call(lambda: recorded_namespaces(self.memory))
+        mine: set[tuple[str, ...]] = set()
+        if self.recorded:
+            mine = yield Call(lambda: recorded_namespaces(self.memory))
         return select_namespaces(
             set(docs) | mine, op.match_conditions, op.max_depth, op.limit, op.offset
         )
