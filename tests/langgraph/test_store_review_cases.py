@@ -13,10 +13,13 @@ stores do (``InMemoryStore``, ``SqliteStore``, ``InMemorySaver``).
 * A blank query raised instead of searching.
 * With ``recorded=False``, ``list_namespaces`` pages followed ``SqliteStore``'s text
   order, not the tuple order of ``InMemoryStore`` (and of ``recorded=True``).
+* A search of a run that failed on a thread later deleted went with the first turn
+  of the next run on its id, another user's, as a used id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import operator
 import os
 import random
@@ -30,6 +33,7 @@ from typing import Annotated, Any
 import pytest
 from langchain_core.messages import AIMessage
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.config import get_store
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.store.base import PutOp
 from langgraph.store.memory import InMemoryStore
@@ -272,3 +276,35 @@ def test_namespaces_are_listed_in_one_order_whatever_recorded_says(
             {"prefix": ("*",), "suffix": ("x",)},
         ):
             assert store.list_namespaces(**kw) == ref.list_namespaces(**kw), kw
+
+
+@pytest.mark.parametrize("run_async", [False, True])
+def test_a_deleted_threads_searches_go_with_no_later_turn(
+    memory: HelaMemory, monkeypatch: pytest.MonkeyPatch, run_async: bool
+) -> None:
+    failing = [True]
+
+    def bot(state: MessagesState) -> dict[str, Any]:
+        if failing[0]:
+            get_store().search(("users", "alice"), query="secret plan")
+            raise RuntimeError("the model call failed")
+        return {"messages": [AIMessage("ok")]}
+
+    used: list[list[str]] = []
+    with HelaMemStore(memory) as store, TurnRecorder(memory) as rec:
+        monkeypatch.setattr(rec, "record_turn_sync", lambda **kw: used.append(kw["used_ids"]))
+        store.put(("users", "alice"), "plan", {"text": "alice secret plan"})
+        saver = HelaMemCheckpointer(rec, InMemorySaver(), store=store)
+        builder = StateGraph(MessagesState).add_node(bot).add_edge(START, "bot")
+        graph = builder.compile(store=store, checkpointer=saver)
+        alice = {"configurable": {"thread_id": "t", "user_id": "alice"}}
+        with pytest.raises(RuntimeError):
+            graph.invoke({"messages": [("user", "hi")]}, alice)
+        if run_async:
+            asyncio.run(saver.adelete_thread("t"))
+        else:
+            saver.delete_thread("t")
+        failing[0] = False
+        bob = {"configurable": {"thread_id": "t", "user_id": "bob"}}
+        graph.invoke({"messages": [("user", "hello")]}, bob)
+    assert used == [[]]  # bob's turn used none of alice's memories

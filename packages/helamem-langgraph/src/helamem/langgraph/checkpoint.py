@@ -451,7 +451,17 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
 
     def delete_thread(self, thread_id: str) -> None:
         self.saver.delete_thread(thread_id)
-        self._recorded.pop(str(thread_id), None)  # a new thread of that id starts afresh
+        self._forget_thread(str(thread_id))
+
+    def _forget_thread(self, thread: str) -> None:
+        """A new thread of a deleted one's id starts afresh: no recorded turn, no pending
+        resume, and none of the ids its searches returned (they went with a turn of the
+        next run, maybe another user's, on the id)."""
+        with self._lru_lock:
+            self._recorded.pop(thread, None)
+            self._resumed.pop(thread, None)
+        if self.store is not None:
+            self.store.take_used(thread)
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
         self.saver.delete_for_runs(run_ids)
@@ -520,7 +530,7 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         await self._async_saver().adelete_thread(thread_id)
-        self._recorded.pop(str(thread_id), None)
+        self._forget_thread(str(thread_id))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
         await self._async_saver().adelete_for_runs(run_ids)
