@@ -308,3 +308,37 @@ def test_a_deleted_threads_searches_go_with_no_later_turn(
         bob = {"configurable": {"thread_id": "t", "user_id": "bob"}}
         graph.invoke({"messages": [("user", "hello")]}, bob)
     assert used == [[]]  # bob's turn used none of alice's memories
+
+
+def test_an_opted_out_turns_searches_go_with_no_later_turn(
+    memory: HelaMemory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn ``scope=`` opts out of is not learned from: the memories its run's searches
+    returned are not recorded as used by the thread's next (recorded) turn either."""
+
+    def bot(state: MessagesState) -> dict[str, Any]:
+        question = str(state["messages"][-1].content)
+        if "plan" in question:
+            get_store().search(("users", "alice"), query="secret plan")
+        return {"messages": [AIMessage("ok")]}
+
+    def scope(config: Any) -> tuple[str, ...] | None:
+        conf = config.get("configurable", {})
+        return None if conf.get("optout") else ("users", str(conf["user_id"]))
+
+    used: list[list[str]] = []
+    with HelaMemStore(memory) as store, TurnRecorder(memory) as rec:
+        monkeypatch.setattr(rec, "record_turn_sync", lambda **kw: used.append(kw["used_ids"]))
+        store.put(("users", "alice"), "plan", {"text": "alice secret plan"})
+        saver = HelaMemCheckpointer(rec, InMemorySaver(), store=store, scope=scope)
+        builder = StateGraph(MessagesState).add_node(bot).add_edge(START, "bot")
+        graph = builder.compile(store=store, checkpointer=saver)
+        thread = {"thread_id": "t", "user_id": "alice"}
+        graph.invoke(
+            {"messages": [("user", "the plan?")]}, {"configurable": {**thread, "optout": True}}
+        )
+        graph.invoke({"messages": [("user", "hello")]}, {"configurable": thread})
+        graph.invoke({"messages": [("user", "the plan again?")]}, {"configurable": thread})
+    assert len(used) == 2
+    assert used[0] == []  # "hello" searched nothing; the opted-out run's hit is not its
+    assert len(used[1]) == 1  # the third turn's own search

@@ -386,7 +386,11 @@ class HelaMemCheckpointer(BaseCheckpointSaver[Any]):
     def _job(self, got: Resolved, turn: Turn | None) -> dict[str, Any] | None:
         """The ``record_turn`` arguments of the turn a saved put completed (``None``:
         none, or no scope); marks it recorded for its thread."""
-        if turn is None or got.scope is None:
+        if turn is None:
+            return None
+        if got.scope is None:  # opted out: its run's searches go with no later turn either
+            if self.store is not None:
+                self.store.take_used(turn[0])
             return None
         thread, key, user, answer = turn
         self._remember(self._recorded, thread, (got.epoch, key))
