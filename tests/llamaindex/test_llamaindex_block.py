@@ -140,3 +140,38 @@ async def test_block_round_trips_without_its_connection(store: HelaMemory) -> No
     again = HelaMemMemoryBlock.model_validate(data)
     assert (again.scope, again.priority) == (("users", "alice"), 2)
     assert again.memory is store  # the live connection for that path is reused
+
+
+async def test_sessions_sharing_a_block_and_a_question_keep_their_own_used_ids(
+    store: HelaMemory, spy: SpyRecorder
+) -> None:
+    """Two sessions of one block ask the same question: each turn is recorded with the ids
+    shown to that session (one session's were given to the other, which got none)."""
+    cats = {
+        s: await store.aadd_turn(("llamaindex", s), f"My cat is called {n}", "Nice")
+        for s, n in (("a", "Miso"), ("b", "Tom"))
+    }
+    block = HelaMemMemoryBlock.from_memory(store, recorder=spy, priority=0)
+    memories = {
+        s: Memory.from_defaults(
+            session_id=s,
+            token_limit=40,
+            chat_history_token_ratio=0.5,
+            token_flush_size=5,
+            memory_blocks=[block],
+        )
+        for s in cats
+    }
+    question = "What is my cat called"
+    for memory in memories.values():
+        await memory.aput(ChatMessage(role="user", content=question))
+        await memory.aget()
+    for memory in memories.values():
+        await memory.aput(ChatMessage(role="assistant", content="It is your cat."))
+        for user in ("I like hiking in the Alps", "Pizza tonight please", "A walk tomorrow"):
+            await memory.aput(ChatMessage(role="user", content=user))
+            await memory.aput(ChatMessage(role="assistant", content="ok sure thing"))
+    await block.aflush()
+    used = {scope[-1]: set(ids) for scope, user, _, ids in spy.turns if user == question}
+    for s, seeded in cats.items():  # each session was shown its own cat, and only that
+        assert used[s] and used[s] <= {m.id for m in seeded}, used

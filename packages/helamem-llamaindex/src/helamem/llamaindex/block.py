@@ -131,8 +131,12 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     # the question last searched, and where: asked again, it is searched without learning
     _cache: tuple[str, Scope] | None = PrivateAttr(default=None)
     _shown: list[Line] = PrivateAttr(default_factory=list)
-    # user message text -> ids injected while it was the latest user message
-    _injected: OrderedDict[str, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
+    # (scope, user message text) -> ids injected while it was the scope's latest user
+    # message: sessions sharing the block never take each other's (a question they share)
+    _injected: OrderedDict[tuple[Scope, str], dict[str, None]] = PrivateAttr(
+        default_factory=OrderedDict
+    )
+    _shown_for: tuple[Scope, str] | None = PrivateAttr(default=None)  # whose _shown is
 
     @model_validator(mode="before")
     @classmethod
@@ -250,8 +254,9 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         shown = fit_lines(select_lines(lines, self.k, held), self.max_tokens, count_tokens)
         self._shown = shown
         users = [m for m in talk if m.role == MessageRole.USER]
-        if users:
-            self._note_injected(message_text(users[-1]), [line.id for line in shown])
+        self._shown_for = (scope, message_text(users[-1])) if users else None
+        if self._shown_for is not None:
+            self._note_injected(self._shown_for, [line.id for line in shown])
         return "\n".join(line.text for line in shown)
 
     async def _settle(self) -> None:
@@ -263,10 +268,10 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             except TimeoutError:
                 logger.warning("turns not stored within %s s: not searched", self.read_timeout)
 
-    def _note_injected(self, user: str, ids: list[str]) -> None:
-        seen = self._injected.setdefault(user, {})
+    def _note_injected(self, turn: tuple[Scope, str], ids: list[str]) -> None:
+        seen = self._injected.setdefault(turn, {})
         seen.update(dict.fromkeys(ids))
-        self._injected.move_to_end(user)
+        self._injected.move_to_end(turn)
         while len(self._injected) > _MAX_TRACKED_TURNS:
             self._injected.popitem(last=False)
 
@@ -285,10 +290,12 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             if "\n".join(x.text for x in shown) == content
             else [Line(text, "", "") for text in content.split("\n")]
         )
+        # the turn it was injected for (not another turn that was shown the same memory)
+        ids = self._injected.get(self._shown_for) if self._shown_for is not None else None
         while lines and tokens_to_truncate > 0:
             dropped = lines.pop()
             tokens_to_truncate -= count_tokens(dropped.text)
-            for ids in self._injected.values():  # it did not reach the prompt after all
+            if ids is not None:  # it did not reach the prompt after all
                 ids.pop(dropped.id, None)
         return "\n".join(line.text for line in lines) or None
 
@@ -313,7 +320,7 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             await self._store_alone(scope, text, "assistant")
         turns, dangling = pair_turns(messages)
         for user, assistant in turns:
-            used = list(self._injected.pop(user, {}))
+            used = list(self._injected.pop((scope, user), {}))
             await arecord(
                 self, {"scope": scope, "user": user, "assistant": assistant, "used_ids": used}
             )
