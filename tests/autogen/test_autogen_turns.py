@@ -381,6 +381,35 @@ async def test_two_memories_whose_scopes_join_alike_keep_both_injected_messages(
     await core.aclose()
 
 
+async def test_two_memories_of_one_scope_on_one_agent_keep_both_injected_messages(
+    tmp_path: Path, hela_config: Any
+) -> None:
+    """Two memories of one scope on two stores (a knowledge base and the chat memory of
+    ("users", "alice")) on one agent share a header: the second's update_context removed
+    the first's message, which the model never saw though update_context reported it."""
+    from autogen_core.models import SystemMessage
+
+    from helamem.autogen import HelaMemMemoryConfig
+
+    cores, mems, facts = [], [], ["Alice's cat is called Miso", "Alice's cat likes tuna"]
+    for name, fact in zip(("kb", "chat"), facts, strict=True):
+        core = HelaMemory(hela_config(tmp_path / name), embedder=HashingEmbedder(256))
+        await core.aadd(fact, ("users", "alice"))
+        cores.append(core)
+        config = HelaMemMemoryConfig(scope=("users", "alice"), path=tmp_path / name, name=name)
+        mems.append(HelaMemMemory(config, memory=core))
+    context = UnboundedChatCompletionContext()
+    for question in ("what about my cat?", "tell me about my cat"):
+        await context.add_message(UserMessage(content=question, source="user"))
+        said = [(await m.update_context(context)).memories.results for m in mems]
+        assert [[r.content for r in results] for results in said] == [[f] for f in facts]
+        system = [m.content for m in await context.get_messages() if isinstance(m, SystemMessage)]
+        assert len(system) == 2 and all(any(f in s for s in system) for f in facts), system
+    for m, core in zip(mems, cores, strict=True):
+        await m.close()
+        await core.aclose()
+
+
 @pytest.mark.parametrize("end", ["close", "record_last_turn"])
 async def test_a_memory_that_only_injects_records_no_turn_by_any_path(
     tmp_path: Path, hela_config: Any, end: str

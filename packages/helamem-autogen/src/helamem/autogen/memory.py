@@ -11,8 +11,7 @@ import asyncio
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -59,6 +58,7 @@ from ._hits import best as _best
 from ._hits import check_k as _check_k
 from ._hits import check_threshold as _check_threshold
 from ._hits import fitting as _fitting
+from ._injected import OWN_LOAD, forget_injected, note_injected, remove_injected
 from .config import HelaMemMemoryConfig
 
 __all__ = ["HelaMemMemory"]
@@ -71,7 +71,6 @@ T = TypeVar("T")
 _PEERS: weakref.WeakKeyDictionary[HelaMemory, weakref.WeakSet[HelaMemMemory]] = (
     weakref.WeakKeyDictionary()
 )
-_OWN_LOAD: ContextVar[bool] = ContextVar("helamem_autogen_own_load", default=False)
 
 
 @dataclass(slots=True)
@@ -236,7 +235,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         messages, whole = await history(model_context)
         served = self._served_for(model_context)
         await self._record(served, messages, whole)
-        await self._remove_injected(model_context)
+        await remove_injected(model_context, self, self._header)
+        note_injected(model_context, self, None)
         query = last_user(messages) or last_text(messages)
         if query is None:
             served.query, served.ids = "", ()
@@ -245,8 +245,9 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         hits = _fitting(query, found, self._config.max_tokens)
         served.query, served.ids = query, tuple(h.id for h in hits)
         if hits:
-            text = SearchResult(query, tuple(hits)).to_text()
-            await model_context.add_message(SystemMessage(content=f"{self._header}\n{text}"))
+            text = f"{self._header}\n{SearchResult(query, tuple(hits)).to_text()}"
+            await model_context.add_message(SystemMessage(content=text))
+            note_injected(model_context, self, text)  # no peer of this header removes it
         return UpdateContextResult(
             memories=MemoryQueryResult(results=[content_of(h) for h in hits])
         )
@@ -352,6 +353,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                     await self._record(served, *await history(context))
         finally:
             self._closed = True
+            forget_injected(self, list(self._served))
             try:
                 if self._recorder is not None:
                     try:
@@ -434,7 +436,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         def recording(method: Callable[..., Awaitable[None]], loads: bool) -> Any:
             async def run(*args: Any, **kwargs: Any) -> None:
                 me = memory()
-                ours = me is not None and not me._closed and not _OWN_LOAD.get()
+                ours = me is not None and not me._closed and not OWN_LOAD.get()
                 served = me._served.get(model_context) if me is not None and ours else None
                 if me is not None and served is not None:
                     await me._record(served, *await history(model_context))
@@ -563,27 +565,3 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         )
         served.recorded = turn
         logger.debug("queued turn for scope %r with %d used memories", self.scope, len(used))
-
-    async def _remove_injected(self, model_context: ChatCompletionContext) -> None:
-        """Drop the system message this memory injected before (from the whole history)."""
-        state = dict(await model_context.save_state())
-        messages = state.get("messages")
-        if not isinstance(messages, list):
-            return
-        kept = [m for m in messages if not self._is_injected(m)]
-        if len(kept) != len(messages):
-            state["messages"] = kept
-            own = _OWN_LOAD.set(True)  # the same conversation: no memory's load_state hook
-            try:
-                await model_context.load_state(state)
-            finally:
-                _OWN_LOAD.reset(own)
-
-    def _is_injected(self, message: object) -> bool:
-        if isinstance(message, SystemMessage):
-            content: object = message.content
-        elif isinstance(message, Mapping) and message.get("type") == "SystemMessage":
-            content = message.get("content")
-        else:
-            return False
-        return isinstance(content, str) and content.startswith(self._header)
