@@ -39,6 +39,7 @@ STORAGE_MAY_IMPORT = {
     "helamem.core.config",
     "helamem.core.embeddings",
     "helamem.core.errors",
+    "helamem.core.jsontext",
     "helamem.core.vectors",
 }
 

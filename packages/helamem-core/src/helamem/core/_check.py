@@ -60,6 +60,7 @@ from ._check_report import (
     DEFECT_KINDS,
     EXAMPLES,
     FACT_FIX,
+    METADATA_FIX,
     REINDEX_FIX,
     RESTORE_FIX,
     CheckReport,
@@ -67,10 +68,11 @@ from ._check_report import (
     store_file,
 )
 from ._reembed import records
-from ._repair import missing_fts
+from ._repair import MANY_BRACKETS, missing_fts
 from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, StorageError
+from .jsontext import MAX_JSON_DEPTH, json_text_depth
 from .storage.base import IndexLockedError, VectorIndex, rests_on
 from .storage.sqlite_schema import MIGRATIONS, connect_existing, is_locked
 
@@ -281,6 +283,21 @@ class _Checker:
             FACT_FIX,
         )
 
+    def metadata(self) -> None:
+        """Metadata nesting deeper than :data:`.types.MAX_JSON_DEPTH` (stored before the
+        limit: its reads see each too-deep value as its JSON text)."""
+        deep = [
+            str(i)
+            for i, raw in self.db.execute(MANY_BRACKETS, (MAX_JSON_DEPTH,))
+            if json_text_depth(raw) > MAX_JSON_DEPTH
+        ]
+        self.add(
+            "metadata_depth",
+            deep,
+            f"memories whose metadata nests objects and arrays over {MAX_JSON_DEPTH} levels deep",
+            METADATA_FIX,
+        )
+
     def scopes(self) -> None:
         lost = self.col(
             "SELECT m.id FROM memories m WHERE NOT EXISTS"
@@ -477,6 +494,7 @@ def check_store(
                 chk.fts()
                 chk.edges()
                 chk.facts_cited()
+                chk.metadata()
                 chk.scopes()
                 chk.embeddings(dim, switch)
                 readable = True

@@ -11,6 +11,7 @@ __all__ = [
     "DEFECT_KINDS",
     "EXAMPLES",
     "FACT_FIX",
+    "METADATA_FIX",
     "CheckReport",
     "Defect",
     "REINDEX_FIX",
@@ -57,6 +58,7 @@ DEFECT_KINDS: tuple[str, ...] = (
     "edge_orphan",
     "edge_scope",
     "fact_orphan",
+    "metadata_depth",
     "scope_orphan",
     "embedding_missing",
     "embedder_switch",
@@ -71,6 +73,10 @@ FACT_FIX = (
     "delete those facts with `HelaMemory.delete(ids)`: they may repeat episodes that were "
     "deleted (before deletes took the facts citing them along); the next consolidation "
     "distils the surviving episodes again"
+)
+METADATA_FIX = (
+    "run `helamem reindex {path}`: it stores each too-deep value as its JSON text, a "
+    "string (what reads return for it already)"
 )
 RESTORE_FIX = (
     "restore helamem.sqlite3 from a backup, or, if the store still opens, export what "

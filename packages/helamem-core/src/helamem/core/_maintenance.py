@@ -33,6 +33,7 @@ from .distill import (
     similarity_edges,
 )
 from .errors import InvalidInputError, StorageError
+from .jsontext import load_metadata
 from .storage.base import DRAWN_FROM, EdgeRow, MemoryRow
 from .text import keywords, safe_text
 from .types import Memory, NewMemory, dump_json, normalize_scope
@@ -355,7 +356,7 @@ def apply_consolidation(
                 old = facts[best]
                 prov = list(dict.fromkeys([*json.loads(old.provenance), *src]))
                 when = max(event_time, old.event_time)
-                meta = json.loads(old.metadata)
+                meta = load_metadata(old.metadata)
                 clusters = sorted(came.union(distilled_from(old.metadata)))
                 drew = sorted(drawn.union(meta.get(DRAWN_FROM) or ()))
                 new_meta = {**meta, DISTILLED_FROM: clusters, DRAWN_FROM: drew}

@@ -70,6 +70,7 @@ from ._portable_read import (
     header,
 )
 from .errors import DiskFullError, InvalidInputError, StorageError
+from .jsontext import load_metadata
 from .storage.base import EdgeRow, GraphStore, MemoryRow
 from .storage.unique import legacy_unique_key
 from .text import safe_text
@@ -163,7 +164,7 @@ def _memory_line(r: MemoryRow, rel: Scope, dim: int) -> dict[str, Any]:
         "keywords": json.loads(r.keywords),
         "access_count": r.access_count,
         "last_access": r.last_access,
-        "metadata": json.loads(r.metadata),
+        "metadata": load_metadata(r.metadata),
         "provenance": json.loads(r.provenance),
         "embedding": _b64(r.embedding, dim),
     }

@@ -10,11 +10,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._base import scope_tag
+from .jsontext import MAX_JSON_DEPTH, json_text_depth, load_metadata
+from .types import dump_json
 
 if TYPE_CHECKING:
     from ._base import CoreBase
 
-__all__ = ["FTS_TABLES", "RepairReport", "heal_fts", "missing_fts", "rebuild_fts", "repair_derived"]
+__all__ = [
+    "FTS_TABLES",
+    "MANY_BRACKETS",
+    "RepairReport",
+    "heal_fts",
+    "missing_fts",
+    "rebuild_fts",
+    "repair_derived",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +36,12 @@ FTS_TABLES = {
     "memories_fts_vocab": "CREATE VIRTUAL TABLE memories_fts_vocab"
     " USING fts5vocab(memories_fts, 'col')",
 }
+MANY_BRACKETS = (
+    "SELECT id, metadata FROM memories WHERE length(metadata)"
+    " - length(replace(replace(metadata, '[', ''), '{', '')) > ? ORDER BY n"
+)
+"""Memories whose metadata has more than ``?`` opening brackets: those that may nest
+deeper than :data:`.types.MAX_JSON_DEPTH` (most have none)."""
 _SHADOWS = tuple(f"memories_fts_{s}" for s in ("data", "idx", "content", "docsize", "config"))
 
 
@@ -37,19 +53,25 @@ class RepairReport:
         fts_rows: Full-text rows written (one per memory).
         edges_dropped: Edges of missing memories, or crossing scopes, deleted.
         vectors: Memories indexed into the rebuilt vector index.
+        metadata_mended: Memories whose metadata nested deeper than
+            :data:`.types.MAX_JSON_DEPTH` (stored before the limit), stored again
+            with each too-deep value as its JSON text (as reads return it).
     """
 
     fts_rows: int
     edges_dropped: int
     vectors: int
+    metadata_mended: int = 0
 
 
 def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = True) -> RepairReport:
     """Rebuild what is derived from the ``memories`` table (runs on the owner thread).
 
     In one transaction: the full-text index is dropped and rebuilt from the
-    memories (so a damaged FTS5 index is replaced, not read), and edges whose
-    end memory is missing or whose scope differs from an end's are deleted.
+    memories (so a damaged FTS5 index is replaced, not read), edges whose
+    end memory is missing or whose scope differs from an end's are deleted, and
+    metadata nesting deeper than :data:`.types.MAX_JSON_DEPTH` is stored as
+    :func:`.types.load_metadata` reads it (``helamem check``'s ``metadata_depth``).
     Then (``vectors``) the vector index is rebuilt from the stored vectors
     (``reembed``: recomputed with the store's embedder, as
     :meth:`HelaMemory.reindex`); ``RepairReport.vectors`` is 0 without it.
@@ -61,6 +83,12 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
     store = core.sqlite_store
     with store.tx() as db:
         rows = rebuild_fts(core, db)
+        deep = [
+            (dump_json(load_metadata(raw), "metadata"), mid)
+            for mid, raw in db.execute(MANY_BRACKETS, (MAX_JSON_DEPTH,)).fetchall()
+            if json_text_depth(raw) > MAX_JSON_DEPTH
+        ]
+        db.executemany("UPDATE memories SET metadata = ? WHERE id = ?", deep)
         dropped = db.execute(
             "DELETE FROM edges WHERE NOT EXISTS (SELECT 1 FROM memories m"
             " WHERE m.n = edges.a AND m.scope_id = edges.scope_id)"
@@ -73,7 +101,8 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
         )
     if not vectors:  # core.reindex drops it otherwise
         core.drop_lexical()
-    return RepairReport(rows, int(dropped), core.reindex(reembed) if vectors else 0)
+    vecs = core.reindex(reembed) if vectors else 0
+    return RepairReport(rows, int(dropped), vecs, len(deep))
 
 
 def missing_fts(db: sqlite3.Connection) -> list[str]:

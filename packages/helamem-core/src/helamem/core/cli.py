@@ -401,6 +401,10 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     print(
         f"reindexed {args.path}: {vectors} vectors, {report.fts_rows} full-text rows"
         f", {report.edges_dropped} edges of missing memories dropped"
+        + (
+            f", {report.metadata_mended} memories' too-deep metadata mended"
+            * bool(report.metadata_mended)
+        )
     )
     return 0
 

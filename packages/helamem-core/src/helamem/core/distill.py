@@ -8,7 +8,6 @@ LiteLLM model, one call per scope of a consolidation) and :class:`ExtractiveDist
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 from collections import defaultdict
@@ -20,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import InvalidInputError, LLMError
+from .jsontext import load_metadata
 from .llm import LLMClient
 from .prompts import DISTILL_FACTS, MAX_FACTS, render_clusters
 from .storage.base import DRAWN_FROM
@@ -128,7 +128,7 @@ def distilled_from(metadata: str) -> list[str]:
         (['ab', 'cd'], [])
     """
     try:
-        found = json.loads(metadata).get(DISTILLED_FROM, [])
+        found = load_metadata(metadata).get(DISTILLED_FROM, [])
     except (ValueError, AttributeError):  # not a JSON object: a fact of another writer
         return []
     return [s for s in found if isinstance(s, str)] if isinstance(found, list) else []
@@ -143,7 +143,7 @@ def user_metadata(metadata: str) -> dict[str, Any]:
     """
     if metadata == "{}":  # most memories: no parse
         return {}
-    meta: dict[str, Any] = json.loads(metadata)
+    meta = load_metadata(metadata)
     for key in RESERVED:
         meta.pop(key, None)
     return meta

@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeAlias
 
 from .errors import InvalidInputError, InvalidScopeError
+from .jsontext import MAX_JSON_DEPTH
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "Hit",
     "Kind",
     "Memory",
@@ -443,12 +445,6 @@ def fit_tokens(
 _STRICT_JSON = json.JSONEncoder(allow_nan=False, sort_keys=True)
 """``json.dumps(value, allow_nan=False, sort_keys=True)``, built once: ``dumps``
 builds an encoder per call when given options (a third of ``prepare``'s time)."""
-
-
-MAX_JSON_DEPTH = 100
-"""Most nested objects and arrays in stored metadata: Python's JSON decoder recurses
-once per level, and a value it could encode (979 levels deep) failed to decode with
-``RecursionError``, so every search and read meeting that memory raised."""
 
 
 def _json_depth(value: Any) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import IndexLockedError
+from ..jsontext import load_metadata
 
 __all__ = [
     "DRAWN_FROM",
@@ -43,7 +44,7 @@ def rests_on(provenance: str, metadata: str) -> set[str]:
     """
     out = {str(i) for i in json.loads(provenance)}
     if DRAWN_FROM in metadata:  # most metadata: no parse
-        drawn = json.loads(metadata).get(DRAWN_FROM)
+        drawn = load_metadata(metadata).get(DRAWN_FROM)
         if isinstance(drawn, list):
             out.update(str(i) for i in drawn)
     return out

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
+from ..jsontext import load_metadata
 from .base import MemoryRow, rests_on
 from .exact import REWRITTEN_KEY
 from .sqlite_schema import (
@@ -537,7 +538,7 @@ class SQLiteUpkeep(SQLiteConnection):
         try:
             while (limit is None or len(out) < limit) and (rows := cur.fetchmany(256)):
                 for mid, raw in rows:
-                    meta = json.loads(raw)
+                    meta = load_metadata(raw)
                     if all(_is_str(meta.get(k), v) for k, v in fields.items()):
                         out.append(str(mid))
         finally:
