@@ -329,7 +329,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         for err in self._failures:  # their turns would be deleted now: nothing is lost
             logger.warning("clear(): %d turn(s) whose recording failed are forgotten", err.total)
         self._failures.clear()
-        await self.helamem.adelete_scope(self.scope)
+        await self.helamem.adelete_scope(self.scope, missing_ok=True)  # never recorded
         for served in list(self._served.values()):
             served.query, served.ids = "", ()
 

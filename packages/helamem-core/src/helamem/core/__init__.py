@@ -40,6 +40,7 @@ from .errors import (
     MemoryNotFoundError,
     StorageError,
     StoreClosedError,
+    UnknownScopeError,
 )
 from .hooks import (
     RecorderClosedError,
@@ -94,6 +95,7 @@ __all__ = [
     "Kind",
     "Memory",
     "MemoryNotFoundError",
+    "UnknownScopeError",
     "MiniLMEmbedder",
     "NewMemory",
     "NewTurn",

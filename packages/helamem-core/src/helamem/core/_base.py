@@ -126,6 +126,9 @@ class Stats:
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
     llm_cost_usd: float = 0.0
+    known: bool = True
+    """Whether the store holds or held the scope counted, or a scope under it (scope
+    nodes are never deleted); false: zeros of a scope it never saw, as a misspelt one."""
 
 
 class CoreBase:

@@ -25,6 +25,7 @@ from .errors import (
     InvalidInputError,
     MemoryNotFoundError,
     StorageError,
+    UnknownScopeError,
 )
 from .storage.base import MemoryRow
 from .types import (
@@ -34,7 +35,7 @@ from .types import (
     normalize_scope,
 )
 
-__all__ = ["Core", "Stats", "known_scope", "prepare", "scope_tag"]
+__all__ = ["MISSING_OK_HINT", "Core", "Stats", "known_scope", "prepare", "scope_tag"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,14 @@ class Core(IngestOps, SearchOps):
             vectors=vectors,
             embedder=self.embedder.name,
             schema_version=self.store.schema_version(),
+            known=not empty,
         )
+
+
+MISSING_OK_HINT = (
+    "HelaMemory.list_scopes() lists the scopes holding memories; pass missing_ok=True "
+    "where the scope may not exist yet"
+)
 
 
 def known_scope(core: Core, prefix: Sequence[str], outcome: str, hint: str) -> int:
@@ -169,13 +177,13 @@ def known_scope(core: Core, prefix: Sequence[str], outcome: str, hint: str) -> i
     deleted).
 
     Raises:
-        InvalidInputError: The store never held it nor any scope under it (a typo, read
+        UnknownScopeError: The store never held it nor any scope under it (a typo, read
             as "no memories"); the message says ``outcome`` (what was not done) and
             ``hint`` (how to check the spelling).
     """
     node = core.store.find_scope(tuple(prefix))
     if node is None:
-        raise InvalidInputError(
+        raise UnknownScopeError(
             f"no scope {tuple(prefix)!r} in this store, nor any under it; {outcome}. "
             f"Check the scope's spelling: {hint}"
         )

@@ -117,15 +117,30 @@ class UpkeepMethods(OwnedCore):
             "forget",
         )
 
-    def delete_scope(self, scope: Sequence[str]) -> int:
-        """Delete everything of ``scope`` and the scopes under it; returns memories deleted.
+    def stats(self, scope: Sequence[str] | None = None) -> Stats:
+        """Counts of memories, edges, scopes and index state, and LLM usage (of ``scope``
+        and the scopes under it; ``None`` or ``()``: the whole store).
+
+        A scope the store never held, nor any scope under it, counts zeros (it holds no
+        memory) with ``Stats.known`` false: a misspelt scope reads so.
+        """
+        return self._with_usage(self._call(lambda c: c.stats(scope), (scope or (),), "stats"))
+
+    def delete_scope(self, scope: Sequence[str], *, missing_ok: bool = False) -> int:
+        """Delete everything of ``scope`` and the scopes under it; returns memories deleted
+        (0 for a scope whose memories are gone already).
 
         As every call does, it first waits (bounded) for the turns a
         :class:`~helamem.core.hooks.TurnRecorder` of this memory accepted
         before the call in these scopes: they are deleted too, not stored after.
+
+        Raises:
+            UnknownScopeError: The store never held ``scope`` nor any scope under it (a
+                misspelt scope, whose delete would read as done): nothing was deleted.
+                Pass ``missing_ok=True`` where the scope may not exist yet (it returns 0).
         """
         normalize_scope(scope)
-        return self._call(lambda c: delete_scope(c, scope), (scope,), "delete_scope")
+        return self._call(lambda c: delete_scope(c, scope, missing_ok), (scope,), "delete_scope")
 
     async def aconsolidate(self, scope: Sequence[str]) -> ConsolidationReport:
         """Async :meth:`consolidate` (the LLM call is awaited on the event loop)."""
@@ -162,10 +177,18 @@ class UpkeepMethods(OwnedCore):
             "aforget",
         )
 
-    async def adelete_scope(self, scope: Sequence[str]) -> int:
+    async def astats(self, scope: Sequence[str] | None = None) -> Stats:
+        """Async :meth:`stats`."""
+        return self._with_usage(
+            await self._acall(lambda c: c.stats(scope), (scope or (),), "astats")
+        )
+
+    async def adelete_scope(self, scope: Sequence[str], *, missing_ok: bool = False) -> int:
         """Async :meth:`delete_scope` (waits for recorded turns without blocking the loop)."""
         normalize_scope(scope)
-        return await self._acall(lambda c: delete_scope(c, scope), (scope,), "adelete_scope")
+        return await self._acall(
+            lambda c: delete_scope(c, scope, missing_ok), (scope,), "adelete_scope"
+        )
 
     def export_scope(self, scope: Sequence[str], path: str | os.PathLike[str]) -> ExportReport:
         """Write ``scope`` and the scopes under it to a JSON-lines file (a backup).

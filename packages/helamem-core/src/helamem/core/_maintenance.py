@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _turn_count, dynamics
-from ._core import Core, prepare, scope_tag
+from ._core import MISSING_OK_HINT, Core, known_scope, prepare, scope_tag
 from ._inputs import check_content
 from .distill import (
     DISTILLED_FROM,
@@ -518,12 +518,19 @@ def _forgettable(
     return tuple(core._memory(r) for r in rows if strongest[r.n] < threshold)
 
 
-def delete_scope(core: Core, scope: Sequence[str]) -> int:
-    """Delete everything under ``scope`` (episodes, facts, edges, vectors, clusters)."""
+def delete_scope(core: Core, scope: Sequence[str], missing_ok: bool = False) -> int:
+    """Delete everything under ``scope`` (episodes, facts, edges, vectors, clusters).
+
+    Raises:
+        UnknownScopeError: The store never held ``scope`` nor any scope under it, and
+            not ``missing_ok`` (which returns 0).
+    """
     store = core.store
     node = store.find_scope(normalize_scope(scope))
     if node is None:
-        return 0
+        if missing_ok:
+            return 0
+        node = known_scope(core, scope, "nothing was deleted", MISSING_OK_HINT)
     with store.tx() as db:
         # read under the writer lock: a fact another writer just distilled goes too, and
         # so does a scope it just made under this one (nodes are never deleted: ``node``

@@ -452,11 +452,6 @@ class HelaMemory(UpkeepMethods):
         under it; ``None`` or ``()``: every scope); returns counts."""
         return self._call(lambda c: c.decay(scope), _under(scope), "decay")
 
-    def stats(self, scope: Sequence[str] | None = None) -> Stats:
-        """Counts of memories, edges, scopes and index state, and LLM usage (of ``scope``
-        and the scopes under it; ``None`` or ``()``: the whole store)."""
-        return self._with_usage(self._call(lambda c: c.stats(scope), _under(scope), "stats"))
-
     async def aadd(
         self,
         content: str,
@@ -586,12 +581,6 @@ class HelaMemory(UpkeepMethods):
     async def adecay(self, scope: Sequence[str] | None = None) -> dict[str, int]:
         """Async :meth:`decay`."""
         return await self._acall(lambda c: c.decay(scope), _under(scope), "adecay")
-
-    async def astats(self, scope: Sequence[str] | None = None) -> Stats:
-        """Async :meth:`stats`."""
-        return self._with_usage(
-            await self._acall(lambda c: c.stats(scope), _under(scope), "astats")
-        )
 
     async def areindex(self, *, reembed: bool = False) -> int:
         """Async :meth:`reindex`."""

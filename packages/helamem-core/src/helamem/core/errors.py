@@ -19,6 +19,7 @@ __all__ = [
     "MemoryNotFoundError",
     "StorageError",
     "StoreClosedError",
+    "UnknownScopeError",
 ]
 
 
@@ -32,6 +33,11 @@ class InvalidInputError(HelaMemError, ValueError):
 
 class InvalidScopeError(InvalidInputError):
     """A scope (namespace tuple) is malformed."""
+
+
+class UnknownScopeError(InvalidInputError):
+    """The store never held the scope named, nor any scope under it (a typo would
+    otherwise read as "no memories"): nothing was done."""
 
 
 class MemoryNotFoundError(HelaMemError, KeyError):
