@@ -15,6 +15,7 @@ from . import _turn_count, dynamics, retrieval
 from ._base import scope_tag
 from ._inputs import check_content
 from ._learning import LearningOps
+from ._reembed import refuse_switched
 from .distill import refuse_reserved
 from .errors import (
     IndexLockedError,
@@ -152,6 +153,7 @@ class IngestOps(LearningOps):
         wanted = {i for ids_ in used_ids for i in ids_}
         made: list[MemoryRow] = []  # the rows as inserted (nothing in the tx changes them)
         with self.store.tx() as db:
+            refuse_switched(self)  # another process switched embedders since the open
             # read under the writer lock: a used id another writer deleted meanwhile is
             # unknown (ignored), one it deleted and added again is the new memory
             known = self.store.rows_by_id(wanted) if wanted else {}

@@ -22,6 +22,7 @@ import numpy as np
 from . import _turn_count, dynamics
 from ._core import MISSING_OK_HINT, Core, known_scope, prepare, scope_tag
 from ._inputs import check_content
+from ._reembed import refuse_switched
 from .distill import (
     DISTILLED_FROM,
     ClusterPlan,
@@ -311,6 +312,7 @@ def apply_consolidation(
     fact_ids: list[str] = []  # facts added or changed
     now = time.time()
     with store.tx() as db:
+        refuse_switched(core)  # the facts' vectors: of the store's embedder
         # under the writer lock: which clusters lost a member since the distiller saw
         # it, and which another consolidation distilled (and recorded) meanwhile
         alive = store.existing(db, {n for c in plan.clusters for n in c.members})

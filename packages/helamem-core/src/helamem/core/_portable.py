@@ -69,6 +69,7 @@ from ._portable_read import (
     export_embedder,
     header,
 )
+from ._reembed import refuse_switched
 from .errors import DiskFullError, InvalidInputError, StorageError
 from .jsontext import load_metadata
 from .storage.base import EdgeRow, GraphStore, MemoryRow
@@ -578,6 +579,7 @@ def import_scope(
             # read under the writer lock: memories another writer just added to the
             # target (or a scope under it) make it non-empty, and its clusters stay
             node = _refuse_filled(store, target)
+            refuse_switched(core)
             imp.db = db
             if node is not None:  # its clusters name memories gone: the file's replace them
                 store.delete_clusters(db, store.descendants(node))

@@ -15,8 +15,11 @@ after ``done_n``), to restart it towards another embedder, or to switch back
 (which re-embeds everything); any other open is refused with a
 :class:`~helamem.core.errors.ConfigError` naming the command that finishes it.
 
-Other processes must close the store before a switch: one that opened it
-before the switch began keeps writing vectors of the old embedder.
+Other processes should close the store before a switch: one that opened it
+before the switch began is refused every write of vectors once the switch is
+recorded (:func:`refuse_switched`, in the write transaction: its vectors, of the
+old embedder, would not match the others; before, it stored them and dense
+search never found those memories).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "ensure_embedder",
     "read_embedder",
     "read_switch",
+    "refuse_switched",
     "stored_embedder",
 ]
 
@@ -70,6 +74,32 @@ def parse_record(raw: str | None) -> dict[str, Any] | None:
 def read_embedder(core: CoreBase) -> dict[str, Any] | None:
     """``{"name", "dimension"}`` of the embedder the stored vectors belong to."""
     return parse_record(core.store.get_meta(EMBEDDER_KEY))
+
+
+def refuse_switched(core: CoreBase) -> None:
+    """In a write transaction (under the writer lock): refuse to store vectors of an
+    embedder the store no longer records, as another process switched it (or is
+    switching it) since this one opened the store.
+
+    Raises:
+        ConfigError: The store's embedder is not this memory's, or a switch is under
+            way; nothing is written (the transaction rolls back).
+    """
+    rec = core.store.get_metas((EMBEDDER_KEY, SWITCH_KEY))
+    stored, switch = parse_record(rec.get(EMBEDDER_KEY)), parse_record(rec.get(SWITCH_KEY))
+    name, dim = core.embedder.name, int(core.embedder.dimension)
+    if stored is None:
+        return  # no record yet: the open writes it
+    if switch is None and stored.get("name") == name and stored.get("dimension") == dim:
+        return
+    to = switch or stored
+    raise ConfigError(
+        f"another process {'is switching' if switch else 'switched'} this store's embedder "
+        f"to {to.get('name')!r} (dimension {to.get('dimension')}) after this memory opened "
+        f"it with {name!r} (dimension {dim}): nothing was stored, as its vectors would not "
+        f"match the others. Close this memory and open the store again with the "
+        f"{to.get('name')!r} embedder (HelaMemory(config, embedder=<it>))"
+    )
 
 
 def read_switch(core: CoreBase) -> dict[str, Any] | None:

@@ -1,0 +1,58 @@
+"""A process that opened a store before another switched its embedder (``helamem reindex
+--reembed``) stored vectors of the old embedder, which dense search never found (check:
+``embedding_missing``); it is refused every write of vectors instead, nothing stored."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helamem.core import ConfigError, HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core._check import check_store
+
+A = ("users", "alice")
+
+
+def _switch(path: Path) -> None:
+    argv = ["reindex", "--reembed", "--embedder", "hashing", "--dimension", "32", str(path)]
+    code = "import sys; from helamem.core.cli import main; sys.exit(main(sys.argv[1:]))"
+    subprocess.run([sys.executable, "-c", code, *argv], check=True, timeout=120)
+
+
+def test_a_writer_opened_before_a_switch_is_refused(tmp_path: Path) -> None:
+    old = HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64))
+    with old:
+        for i in range(3):
+            old.add(f"note {i} about tea", A)
+        old.export_scope(A, tmp_path / "a.jsonl")
+        _switch(tmp_path / "s")  # another process, while this one holds the store open
+        with pytest.raises(ConfigError, match="switched this store's embedder to 'hashing-32'"):
+            old.add("written with the old embedder", A)
+        with pytest.raises(ConfigError, match="open the store again"):
+            old.add_turn(A, "a question", "an answer")
+        with pytest.raises(ConfigError):
+            old.import_scope(tmp_path / "a.jsonl", scope=("copy",))
+    report = check_store(tmp_path / "s")
+    assert report.ok, report.to_text()
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(32)) as new:
+        assert new.stats().memories == 3
+        new.add("the new embedder writes", A)
+
+
+def test_a_writer_is_refused_while_a_switch_is_recorded(tmp_path: Path) -> None:
+    with HelaMemory(HelaMemConfig(path=tmp_path), embedder=HashingEmbedder(64)) as old:
+        old.add("note about tea", A)
+        db = sqlite3.connect(tmp_path / "helamem.sqlite3")
+        with db:  # as a switch of another process records it before re-embedding
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('embedder.switch', ?)",
+                ('{"name": "hashing-32", "dimension": 32, "done_n": 0}',),
+            )
+        db.close()
+        with pytest.raises(ConfigError, match="is switching this store's embedder"):
+            old.add("written with the old embedder", A)
+        assert old.stats().memories == 1
