@@ -445,3 +445,63 @@ def _reopen_counts(cfg: HelaMemConfig) -> tuple[int, int, int]:
     with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
         st = mem.stats()
         return st.memories, st.vectors, st.unindexed
+
+
+_SERVER_CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    from pathlib import Path
+    from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+    chroma = ChromaConfig(mode="http", host="127.0.0.1", port=int(sys.argv[2]), exact_below=5)
+    mem = HelaMemory(HelaMemConfig(path=Path(sys.argv[1]), chroma=chroma),
+                     embedder=HashingEmbedder(64))
+    mem.add_many(NewMemory(f"meadow note {i} river{i}", ("tenants", "acme")) for i in range(40))
+    mem.flush()
+    assert mem.stats().vectors == 40
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_killed_client_of_a_chroma_server_leaves_nothing_to_rebuild(
+    tmp_path: Path, chroma_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README: "A Chroma server (`ChromaConfig(mode="http")`) keeps its files when a
+    client is killed: no rebuild." A SIGKILLed client's collections are served as they
+    are by the next store (same collection, no rebuild warning), every vector found."""
+    import logging
+
+    import chromadb
+    from chromadb.config import Settings
+
+    path = tmp_path / "s"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_CHILD, str(path), str(chroma_port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    server = chromadb.HttpClient(
+        host="127.0.0.1", port=chroma_port, settings=Settings(anonymized_telemetry=False)
+    )
+    before = {c.name: c.id for c in server.list_collections()}
+    assert before  # the large scope has its collection on the server
+    chroma_cfg = ChromaConfig(mode="http", host="127.0.0.1", port=chroma_port, exact_below=5)
+    with (
+        caplog.at_level(logging.WARNING),
+        HelaMemory(HelaMemConfig(path=path, chroma=chroma_cfg), embedder=HashingEmbedder(64)) as m,
+    ):
+        hits = m.search("meadow note river7", SCOPE, k=40, learn=False, spread=False)
+        assert len(hits) == 40
+        assert m.stats().vectors == 40
+    assert "rebuild" not in caplog.text
+    assert {c.name: c.id for c in server.list_collections()} == before  # not recreated
