@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.store.base import BaseStore, PutOp, SearchOp
+from langgraph.store.base import BaseStore, GetOp, Item, PutOp, SearchOp
 
 from helamem.core import (
     EmbeddingError,
@@ -196,6 +197,51 @@ def test_failed_batch_writes_nothing(
     assert got is not None and got.value == {"text": "kept"}
     assert store.get(NS, "z") is not None and store.get(NS, "b") is None
     assert memory.stats().memories == 2
+
+
+def test_batch_reads_racing_another_writer_return_only_stored_values(
+    store: HelaMemStore, memory: HelaMemory
+) -> None:
+    """README (Batch): "while another thread or process writes, each read of a batch sees
+    the state at the moment it runs ... Every value read is one that was stored." Another
+    store object rewrites one key without pause while batches get, list and query it: the
+    key is never missing from a get or a listing, never listed twice, and every value read
+    is one of the values written (never a recorded memory's, nor a torn one)."""
+    stored = [{"text": "heron note", "v": 0}]
+    store.put(NS, "k", stored[0])
+    done = threading.Event()
+
+    def rewrite() -> None:
+        with HelaMemStore(memory) as other:
+            deadline = time.monotonic() + 20
+            for v in range(1, 151):
+                if done.is_set() or time.monotonic() > deadline:
+                    break
+                value = {"text": "heron note", "v": v}
+                stored.append(value)  # before the put: a read may see it as soon as it lands
+                other.put(NS, "k", value)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 20
+        while writer.is_alive() and reads < 300 and time.monotonic() < deadline:
+            got, listing, ranked = store.batch(
+                [GetOp(NS, "k"), SearchOp(NS, limit=10), SearchOp(NS, query="heron note")]
+            )
+            assert isinstance(got, Item) and got.value in stored
+            assert isinstance(listing, list) and isinstance(ranked, list)
+            assert [i.key for i in listing] == ["k"] and listing[0].value in stored
+            assert all(i.key == "k" and i.value in stored for i in ranked)
+            reads += 1
+    finally:
+        done.set()
+        writer.join(timeout=30)
+    assert not writer.is_alive() and reads > 0
+    last = store.get(NS, "k")
+    assert last is not None and last.value == stored[-1]
+    assert memory.stats().memories == 1  # one memory for the one item: no orphan left
 
 
 # -- 4. use after close -----------------------------------------------------------
