@@ -274,3 +274,28 @@ def test_racing_read_only_searches_answer_as_one_after_another(mem: HelaMemory) 
     for q, ids, scores in got:
         assert ids == alone[q].ids
         assert scores == [h.score for h in alone[q]]
+
+
+async def test_a_cancelled_batch_write_is_stored_whole_or_not_at_all(mem: HelaMemory) -> None:
+    """README (Cancelled async calls): an ``aadd_many``/``aadd_turns`` cancelled before
+    the owner thread starts it stores nothing; once started it stores every memory of
+    the batch ("a write is never partly stored"); a retry of the stored batch with its
+    own ids raises ``InvalidInputError`` and stores nothing more."""
+    from helamem.core import InvalidInputError, NewMemory, NewTurn
+
+    def batch(tag: str) -> list[NewMemory]:
+        return [NewMemory(f"{tag} note {i}", A, id=f"{tag}-{i}") for i in range(5)]
+
+    turns = [NewTurn(A, f"turn question {i}", f"turn answer {i}") for i in range(3)]
+    await _cancel_before_start(mem, lambda: mem.aadd_many(batch("never")))
+    await _cancel_before_start(mem, lambda: mem.aadd_turns(turns))
+    assert mem.stats(A).memories == 0  # never started: nothing stored
+    core = mem._call(lambda c: c)
+    await _cancel_once_started(core, "_embed_tokens", lambda: mem.aadd_many(batch("kept")))
+    await _cancel_once_started(core, "_embed_tokens", lambda: mem.aadd_turns(turns))
+    assert mem.stats(A).memories == 5 + 2 * 3  # started: stored to the end, whole
+    assert all(mem.get(f"kept-{i}").content == f"kept note {i}" for i in range(5))
+    with pytest.raises(InvalidInputError):
+        # the safe retry, with one memory the first try did not carry: refused whole
+        await mem.aadd_many([NewMemory("fresh note", A, id="fresh"), *batch("kept")])
+    assert mem.stats(A).memories == 11
