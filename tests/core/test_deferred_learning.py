@@ -299,3 +299,19 @@ async def test_a_cancelled_batch_write_is_stored_whole_or_not_at_all(mem: HelaMe
         # the safe retry, with one memory the first try did not carry: refused whole
         await mem.aadd_many([NewMemory("fresh note", A, id="fresh"), *batch("kept")])
     assert mem.stats(A).memories == 11
+
+
+def test_another_open_store_object_sees_the_learning_once_a_later_call_returned(
+    tmp_path: Path, make_mem: Any
+) -> None:
+    """README (Killed processes): a search's learning, once any later call has returned,
+    is seen by "other store objects and processes". The other object is open before
+    the search (its caches warm), as another worker's would be."""
+    with make_mem(tmp_path / "s") as mem, make_mem(tmp_path / "s") as other:
+        _fill(mem)
+        before = _edges(other)
+        other.search("violin", A, k=2, learn=False)
+        hits = mem.search("violin", A, k=2)  # learns: one edge, two accesses
+        mem.stats()  # a later call returned: the write is done
+        assert _edges(other) == before + 1
+        assert [other.get(h.memory.id).access_count for h in hits] == [1, 1]
