@@ -416,3 +416,65 @@ def test_a_signal_in_the_fork_hooks_leaves_nothing_held(where: str) -> None:
     sqlite_fork._registry.release()
     assert all(_free(g) for g in gates)
     sqlite_fork.ForkGate(1.0, "after")  # construction does not wait
+
+
+def test_a_fork_waits_for_a_stuck_call_only_its_bound_then_warns_naming_the_file(
+    tmp_path: Path,
+    run_forked: Callable[[Callable[[], int]], int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """README: "The wait is bounded: in all at most the largest `busy_timeout_s` of the
+    process's open stores ...; past it the fork goes ahead and logs a WARNING naming the
+    file." A store call stuck (30 s) on the owner thread at the fork: the fork goes ahead
+    within the bound (the store's 1 s, raised to 10 s by its background checkpoint's gate,
+    which every open SQLite store has), and the child opens and writes a store of its own."""
+    import logging
+
+    cfg = HelaMemConfig(
+        path=tmp_path / "p", busy_timeout_s=1.0, chroma=ChromaConfig(exact_below=10**9)
+    )
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(_: object) -> None:  # a store call, on the owner thread, inside its gate
+        started.set()
+        release.wait(30)
+
+    with HelaMemory(cfg, embedder=HashingEmbedder(32)).open() as m:
+        m.stats()
+        caller = threading.Thread(target=m._call, args=(stuck,))
+        caller.start()
+        try:
+            assert started.wait(10)
+            with caplog.at_level(logging.WARNING, logger="helamem.core.storage.sqlite_fork"):
+                code = run_forked(lambda: _child(tmp_path / "c", 0))
+            forked_while_stuck = not release.is_set()
+        finally:
+            release.set()
+            caller.join(30)
+    assert code == 0
+    assert forked_while_stuck  # it did not wait for the stuck call's end
+    assert f"fork() did not wait longer for work on {cfg.path} (1 s)" in caplog.text
+
+
+def _pool_task(path: str) -> int:
+    with _open(Path(path)) as m:  # the parent's open store, in a pool worker
+        return len(m.add("from a pool worker", CHILD).id)
+
+
+def test_a_fork_pools_task_opening_the_parents_open_store_raises_in_the_parent(
+    tmp_path: Path,
+) -> None:
+    """README: "With multiprocessing's `fork` start method ..., a `Pool` whose tasks open
+    the parent's open store get the error back in the parent" (``ForkedStoreError``,
+    naming the fix), and nothing of the task is written; the pool goes on."""
+    import multiprocessing
+
+    path = tmp_path / "s"
+    with _open(path) as parent:
+        parent.add("before the pool", PARENT)
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            with pytest.raises(ForkedStoreError, match="spawn"):
+                pool.apply_async(_pool_task, (str(path),)).get(timeout=60)
+            other = pool.apply_async(_pool_task, (str(tmp_path / "other"),)).get(timeout=60)
+        assert other > 0  # another path opens normally in the worker
+        assert parent.stats(CHILD).memories == 0
