@@ -424,35 +424,45 @@ def test_a_fork_waits_for_a_stuck_call_only_its_bound_then_warns_naming_the_file
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """README: "The wait is bounded: in all at most the largest `busy_timeout_s` of the
-    process's open stores ...; past it the fork goes ahead and logs a WARNING naming the
-    file." A store call stuck (30 s) on the owner thread at the fork: the fork goes ahead
-    within the bound (the store's 1 s, raised to 10 s by its background checkpoint's gate,
-    which every open SQLite store has), and the child opens and writes a store of its own."""
+    stores whose calls are in flight (10 s for a background checkpoint); past it the fork
+    goes ahead and logs a WARNING naming the file." A store call stuck (20 s) at the fork,
+    in a store whose bound is 1 s: the fork goes ahead while it is still stuck, and the
+    child opens and writes a store of its own. Another store, open and idle, and one
+    closed, both with a 25 s bound, made the fork wait 25 s: the stuck call's end."""
     import logging
 
-    cfg = HelaMemConfig(
-        path=tmp_path / "p", busy_timeout_s=1.0, chroma=ChromaConfig(exact_below=10**9)
-    )
-    started, release = threading.Event(), threading.Event()
+    def config(name: str, busy_s: float) -> HelaMemConfig:
+        chroma = ChromaConfig(exact_below=10**9)
+        return HelaMemConfig(path=tmp_path / name, busy_timeout_s=busy_s, chroma=chroma)
+
+    with HelaMemory(config("closed", 25.0), embedder=HashingEmbedder(32)) as closed:
+        closed.add("closed before the fork", PARENT)
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
 
     def stuck(_: object) -> None:  # a store call, on the owner thread, inside its gate
         started.set()
-        release.wait(30)
+        release.wait(20)
+        finished.set()
 
-    with HelaMemory(cfg, embedder=HashingEmbedder(32)).open() as m:
-        m.stats()
+    cfg = config("p", 1.0)
+    with (
+        HelaMemory(config("idle", 25.0), embedder=HashingEmbedder(32)).open() as idle,
+        HelaMemory(cfg, embedder=HashingEmbedder(32)).open() as m,
+    ):
+        idle.add("open and idle at the fork", PARENT)
+        m.add("written before the fork: a checkpoint thread too", PARENT)
         caller = threading.Thread(target=m._call, args=(stuck,))
         caller.start()
         try:
             assert started.wait(10)
             with caplog.at_level(logging.WARNING, logger="helamem.core.storage.sqlite_fork"):
                 code = run_forked(lambda: _child(tmp_path / "c", 0))
-            forked_while_stuck = not release.is_set()
+            forked_while_stuck = not finished.is_set()
         finally:
             release.set()
             caller.join(30)
     assert code == 0
-    assert forked_while_stuck  # it did not wait for the stuck call's end
+    assert forked_while_stuck  # it waited the stuck store's bound, not the others'
     assert f"fork() did not wait longer for work on {cfg.path} (1 s)" in caplog.text
 
 

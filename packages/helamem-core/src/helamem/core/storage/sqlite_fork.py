@@ -18,8 +18,9 @@ threads. Two consequences, each handled here:
   memory's owner thread, the checkpoint thread's checkpoints), and ``fork()``,
   through ``os.register_at_fork``, first takes every gate of the process, store
   gates before checkpoint gates (the order a closing store nests them in, so it
-  never waits on a holder that waits on it), each waited for at most until the
-  largest ``wait_s`` of them has passed in all; a gate still busy then is left
+  never waits on a holder that waits on it), a busy one waited for at most until the
+  largest ``wait_s`` of the busy ones has passed in all (a free gate, of a closed or
+  idle store, is taken at once and extends nothing); a gate still busy then is left
   (logged after the fork). Gates built while it waits (a store opened on another
   thread) are taken too, and none can be built until the fork is done. Each
   forking thread gives back exactly the gates it took.
@@ -134,9 +135,11 @@ def closed(key: tuple[int, int] | None) -> None:
                 del _OPEN[key]
 
 
-def _take_all(deadline: float) -> None:
-    """Take every gate, by rank, into ``_mine.held`` (those left busy at ``deadline``:
-    ``_mine.busy``), and then :data:`_registry` (``_mine.registry``): a store built
+def _take_all(start: float) -> None:
+    """Take every gate, by rank, into ``_mine.held`` (those still busy once the largest
+    ``wait_s`` of the gates found busy has passed since ``start``: ``_mine.busy``; a free
+    gate, of a closed or idle store, bounds nothing), and then :data:`_registry`
+    (``_mine.registry``): a store built
     meanwhile waits for the fork before its gate exists, so no SQLite work starts
     under a gate the fork did not take. What it takes is recorded as it goes, so an
     exception (a signal's) anywhere gives all of it back (:func:`_give_back`).
@@ -147,6 +150,7 @@ def _take_all(deadline: float) -> None:
     taken: list[ForkGate] = []
     busy: list[ForkGate] = []
     seen: set[ForkGate] = set()
+    bound = 0.0
     _mine.held, _mine.busy, _mine.registry = taken, busy, False
     try:
         while True:
@@ -154,7 +158,11 @@ def _take_all(deadline: float) -> None:
                 new = sorted((g for g in _GATES if g not in seen), key=lambda g: g._rank)
             for gate in new:
                 seen.add(gate)
-                wait_s = max(deadline - time.monotonic(), 0.0)
+                if gate._lock.acquire(blocking=False):
+                    taken.append(gate)
+                    continue
+                bound = max(bound, gate._wait_s)  # work in flight under it: wait for it
+                wait_s = max(start + bound - time.monotonic(), 0.0)
                 (taken if gate._lock.acquire(timeout=wait_s) else busy).append(gate)
             _registry.acquire()
             _mine.registry = True
@@ -168,10 +176,9 @@ def _take_all(deadline: float) -> None:
 
 
 def _before_fork() -> None:
-    """In the parent: take every gate, waiting at most the largest ``wait_s`` of them."""
-    with _registry:
-        wait_s = max((g._wait_s for g in _GATES), default=0.0)
-    _take_all(time.monotonic() + wait_s)
+    """In the parent: take every gate, waiting in all at most the largest ``wait_s`` of
+    those busy (a closed store's gate, or an idle one's, makes it wait no longer)."""
+    _take_all(time.monotonic())
 
 
 def _give_back() -> list[ForkGate] | None:
