@@ -203,6 +203,47 @@ async def test_clear_forgets_the_turn_not_recorded_yet(
     assert [r.content for r in found.results if "4321" in str(r.content)] == []
 
 
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["unbounded", "buffered-3", "head-and-tail"])
+async def test_a_question_asked_before_clear_is_in_no_turn_after_it(
+    store: SpyMemory, tmp_path: Path, which: int
+) -> None:
+    """A tool of the agent calls ``clear()`` ("forget everything about me") while the
+    question that asked for it is being answered: the question ("my bank PIN is 4321")
+    was said before ``clear()``, yet the turn its reply completed after it was stored."""
+    from autogen_core import FunctionCall
+    from autogen_core.models import CreateResult, RequestUsage
+    from test_autogen_teams import INFO
+
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+
+    async def forget_me() -> str:
+        """Forget everything about the user."""
+        await memory.clear()
+        return "forgotten"
+
+    call = CreateResult(
+        finish_reason="function_calls",
+        content=[FunctionCall(id="1", name="forget_me", arguments="{}")],
+        usage=RequestUsage(prompt_tokens=0, completion_tokens=0),
+        cached=False,
+    )
+    replies: list[Any] = [call, "Done: I forgot it all.", "Sunny."]
+    agent = AssistantAgent(
+        "a",
+        model_client=ReplayChatCompletionClient(replies, model_info=INFO),
+        memory=[memory],
+        tools=[forget_me],
+        reflect_on_tool_use=True,
+        model_context=_contexts()[which],
+    )
+    await agent.run(task="my bank PIN is 4321; now forget everything about me")
+    await agent.run(task="what is the weather?")
+    await memory.close()  # records the final turn
+    assert [(u, a) for u, a, _ in store.turns] == [("what is the weather?", "Sunny.")]
+    found = await HelaMemMemory(config(tmp_path), memory=store).query("bank PIN 4321", k=10)
+    assert [r.content for r in found.results if "4321" in str(r.content)] == []
+
+
 async def test_a_query_result_added_elsewhere_keeps_none_of_the_old_memorys_fields(
     store: SpyMemory, tmp_path: Path
 ) -> None:

@@ -115,7 +115,7 @@ def humans(
 
 
 def last_turn(
-    messages: Sequence[LLMMessage], user_sources: Collection[str] | None = None
+    messages: Sequence[LLMMessage], user_sources: Collection[str] | None = None, since: int = 0
 ) -> Turn | None:
     """The last (user, assistant) pair: this agent's last text reply, and every message
     with text it answered (since its reply before), joined by newlines: several sent in
@@ -129,7 +129,8 @@ def last_turn(
     never sent its own messages). A reply right after the agent's previous one (nothing
     said between) is another turn of the question before. ``None`` when there is no
     reply, or nothing with text was said since the reply before (a blank message is not
-    answered by the reply to an older question)."""
+    answered by the reply to an older question). ``since``: the conversation messages
+    (memory messages left out) said before it are in no turn (a memory's ``clear()``)."""
     spoken = [m for m in messages if not is_memory_message(m)]
     users = humans(spoken, user_sources)
     others = frozenset(m.source for m in spoken if isinstance(m, UserMessage)) - users
@@ -147,12 +148,12 @@ def last_turn(
     def replies(m: LLMMessage) -> bool:
         return isinstance(m, AssistantMessage) and said(m) is None and bool(text_of(m.content))
 
-    at = next((i for i in range(len(spoken) - 1, -1, -1) if replies(spoken[i])), None)
+    at = next((i for i in range(len(spoken) - 1, since - 1, -1) if replies(spoken[i])), None)
     if at is None:
         return None
     asked: list[str] = []
     heard = False  # something said to the agent since its reply before (blank too)
-    for msg in reversed(spoken[:at]):
+    for msg in reversed(spoken[since:at]):
         if replies(msg):
             if heard:
                 break  # the reply before: what came before it was answered

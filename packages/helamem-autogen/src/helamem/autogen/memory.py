@@ -81,6 +81,7 @@ class _Served:
     ids: tuple[str, ...] = ()  # their ids
     recorded: Turn | None = None  # the last turn recorded from it
     seen: int = 0  # conversation messages in its history then (fewer later: it was cleared)
+    forgotten: int = 0  # conversation messages said before clear(): no turn takes them
 
 
 async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
@@ -320,7 +321,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
 
         Everything said before the call is forgotten, the turns the agents' contexts
         completed but this memory had not recorded yet included (it records a turn
-        at the next model call): those are never recorded afterwards. A turn whose
+        at the next model call): those are never recorded afterwards, nor is a
+        question said before the call in a turn its reply completes after it. A turn whose
         recording failed is forgotten with the rest (logged; not raised).
         """
         for context, served in list(self._served.items()):
@@ -442,7 +444,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                     await me._record(served, *await history(model_context))
                 await method(*args, **kwargs)
                 if loads and served is not None:  # not a continuation: as never read
-                    served.recorded, served.seen = None, 0
+                    served.recorded, served.seen, served.forgotten = None, 0, 0
 
             return run
 
@@ -532,11 +534,13 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         """
         if not self._config.record:  # one that only injects: no path records a turn
             return
-        turn = last_turn(messages, self._config.user_sources)
         spoken = sum(not is_memory_message(m) for m in messages)
         if whole and spoken < served.seen:
-            served.recorded = None  # cleared (agent.on_reset(), load_state)
+            served.recorded, served.forgotten = None, 0  # cleared (agent.on_reset(), load_state)
         served.seen = spoken
+        if forget and whole:  # clear(): what was said so far is in no later turn either
+            served.forgotten = spoken
+        turn = last_turn(messages, self._config.user_sources, served.forgotten if whole else 0)
         if turn is not None and not whole:
             turn = turn._replace(at=-1)
         if turn is None or turn == served.recorded:
