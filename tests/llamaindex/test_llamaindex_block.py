@@ -175,3 +175,23 @@ async def test_sessions_sharing_a_block_and_a_question_keep_their_own_used_ids(
     used = {scope[-1]: set(ids) for scope, user, _, ids in spy.turns if user == question}
     for s, seeded in cats.items():  # each session was shown its own cat, and only that
         assert used[s] and used[s] <= {m.id for m in seeded}, used
+
+
+async def test_truncating_one_sessions_memories_while_another_gets_drops_them_from_its_turn(
+    store: HelaMemory, spy: SpyRecorder
+) -> None:
+    """Two sessions sharing a block get their memories at once (an async server): Memory
+    truncates session a's content after b's get ran, so a's lines were not found and
+    the memories truncated away were still recorded as used with a's turn."""
+    for s, name in (("a", "Miso"), ("b", "Tom")):
+        await store.aadd_turn(("llamaindex", s), f"My cat is called {name}", "Nice")
+    block = HelaMemMemoryBlock.from_memory(store, recorder=spy)
+    question = ChatMessage(role="user", content="What is my cat called")
+    got = {s: await block.aget([question], session_id=s) for s in ("a", "b")}
+    assert "Miso" in got["a"] and "Tom" in got["b"]
+    assert await block.atruncate(got["a"], 10_000) is None  # none of a's reached the prompt
+    for s in ("a", "b"):
+        await block.aput([question, ChatMessage(role="assistant", content="Tom.")], session_id=s)
+    await block.aflush()
+    used = {scope[-1]: ids for scope, _, _, ids in spy.turns}
+    assert used["a"] == [] and used["b"], used

@@ -136,7 +136,11 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     _injected: OrderedDict[tuple[Scope, str], dict[str, None]] = PrivateAttr(
         default_factory=OrderedDict
     )
-    _shown_for: tuple[Scope, str] | None = PrivateAttr(default=None)  # whose _shown is
+    # the text recent gets returned -> the turn it was injected for and its lines: atruncate
+    # finds them by the content Memory passes (gets of sessions sharing the block interleave)
+    _returned: OrderedDict[str, tuple[tuple[Scope, str] | None, list[Line]]] = PrivateAttr(
+        default_factory=OrderedDict
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -254,10 +258,16 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         shown = fit_lines(select_lines(lines, self.k, held), self.max_tokens, count_tokens)
         self._shown = shown
         users = [m for m in talk if m.role == MessageRole.USER]
-        self._shown_for = (scope, message_text(users[-1])) if users else None
-        if self._shown_for is not None:
-            self._note_injected(self._shown_for, [line.id for line in shown])
-        return "\n".join(line.text for line in shown)
+        turn = (scope, message_text(users[-1])) if users else None
+        if turn is not None:
+            self._note_injected(turn, [line.id for line in shown])
+        text = "\n".join(line.text for line in shown)
+        if text:
+            self._returned[text] = (turn, shown)
+            self._returned.move_to_end(text)
+            while len(self._returned) > _MAX_TRACKED_TURNS:
+                self._returned.popitem(last=False)
+        return text
 
     async def _settle(self) -> None:
         """Wait, at most ``read_timeout`` s, for the turns this block is still storing."""
@@ -284,14 +294,10 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         """
         if not isinstance(content, str) or not content:
             return None
-        shown = self._shown
-        lines = (
-            list(shown)
-            if "\n".join(x.text for x in shown) == content
-            else [Line(text, "", "") for text in content.split("\n")]
-        )
+        turn, shown = self._returned.get(content, (None, []))
+        lines = list(shown) or [Line(text, "", "") for text in content.split("\n")]
         # the turn it was injected for (not another turn that was shown the same memory)
-        ids = self._injected.get(self._shown_for) if self._shown_for is not None else None
+        ids = self._injected.get(turn) if turn is not None else None
         while lines and tokens_to_truncate > 0:
             dropped = lines.pop()
             tokens_to_truncate -= count_tokens(dropped.text)
