@@ -299,6 +299,11 @@ async def test_close_drains_turns_and_closes_its_own_store(tmp_path: Path, own_s
     await memory.close()  # idempotent
     with pytest.raises(StoreClosedError, match="create a new one"):
         await memory.query("Lyon")
+    await context.add_message(UserMessage(content="and my cat?", source="user"))
+    await context.add_message(AssistantMessage(content="Miso.", source="assistant"))
+    for use in (memory.record_last_turn, memory.update_context):  # not RecorderClosedError
+        with pytest.raises(StoreClosedError, match="create a new one"):
+            await use(context)
 
     reopened = HelaMemMemory.load_component(memory.dump_component())
     contents = [r.content for r in (await reopened.query("Lyon")).results]

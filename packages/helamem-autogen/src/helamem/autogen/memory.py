@@ -199,6 +199,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
     @property
     def recorder(self) -> TurnRecorder:
         """The :class:`~helamem.core.TurnRecorder` completed turns go through."""
+        self._check_open()  # a closed memory records nothing: StoreClosedError, as every call
         if self._recorder is None:
             store = self.helamem
             # searches of the store wait for its turns as long as reads here do
