@@ -146,6 +146,31 @@ async def test_reads_wait_for_peers_in_the_same_scope_or_under_it_only(
         await memory.close()
 
 
+async def test_reads_wait_for_a_peer_on_the_same_store_through_another_store_object(
+    slow: SlowStore, tmp_path: Path, hela_config: Any
+) -> None:
+    """Two agents' memories on one store, each with a store object of its own (built from
+    one config, or loaded with load_component): the second's read did not wait for the
+    turn the first had just recorded, and missed it."""
+    slow.delay = {ALICE: 1.0}
+    other = HelaMemory(hela_config(tmp_path / "store"), embedder=HashingEmbedder(256))
+    writer = HelaMemMemory(config(tmp_path / "store"), memory=slow)
+    reader = HelaMemMemory(config(tmp_path / "store"), memory=other)
+    await reader.query("warm up")  # its store is open: the read below starts at once
+    await writer.record_last_turn(
+        UnboundedChatCompletionContext(
+            [
+                UserMessage(content="alice owns a red kayak", source="u"),
+                AssistantMessage(content="ok", source="a"),
+            ]
+        )
+    )
+    assert "alice owns a red kayak" in contents((await reader.query("kayak")).results)
+    for memory in (writer, reader):
+        await memory.close()
+    await other.aclose()
+
+
 async def test_the_wait_is_bounded(slow: SlowStore, caplog: pytest.LogCaptureFixture) -> None:
     slow.delay = {ALICE: 2.0}
     memory = HelaMemMemory(config(Path("unused"), wait_recorded_s=0.2), memory=slow)

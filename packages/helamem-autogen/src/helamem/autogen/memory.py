@@ -8,6 +8,7 @@ searches and writes, and completed turns go through a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import weakref
@@ -67,10 +68,19 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Each store's live HelaMemMemory instances: a read waits for the turns any records.
-_PEERS: weakref.WeakKeyDictionary[HelaMemory, weakref.WeakSet[HelaMemMemory]] = (
-    weakref.WeakKeyDictionary()
-)
+# Each store's live HelaMemMemory instances (one store object or several on one store): a
+# read waits for the turns any records.
+_PEERS: dict[str, weakref.WeakSet[HelaMemMemory]] = {}
+
+
+def _store_id(store: HelaMemory) -> str:
+    """The store ``store`` opens: its directory; on PostgreSQL its schema and database too."""
+    config = store.config
+    where = os.path.abspath(config.path)
+    if config.store is None:
+        return where
+    dsn = hashlib.sha256(config.store.dsn.get_secret_value().encode()).hexdigest()
+    return f"{where}\x00{config.store.schema_name}\x00{dsn}"
 
 
 @dataclass(slots=True)
@@ -204,7 +214,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             store = self.helamem
             # searches of the store wait for its turns as long as reads here do
             self._recorder = TurnRecorder(store, search_wait_timeout=self._config.wait_recorded_s)
-            _PEERS.setdefault(store, weakref.WeakSet()).add(self)
+            _PEERS.setdefault(_store_id(store), weakref.WeakSet()).add(self)
         return self._recorder
 
     def _check_open(self) -> None:
@@ -469,7 +479,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
     async def _await_recorded(self) -> None:
         """Wait, bounded, until the turns queued so far in this scope (or under it) are stored.
 
-        Covers every live HelaMemMemory on the same store, so a memory also
+        Covers every live HelaMemMemory on the same store (sharing this one's
+        ``HelaMemory`` or built from a config naming that store), so a memory also
         sees the turns another agent's memory recorded in its scope.
         """
         bound = self._config.wait_recorded_s
@@ -479,7 +490,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         n = len(self.scope)
         peers = [
             p
-            for p in list(_PEERS.get(store, ()))
+            for p in list(_PEERS.get(_store_id(store), ()))
             if p._recorder is not None and not p._closed and p.scope[:n] == self.scope
         ]
         if not peers:
