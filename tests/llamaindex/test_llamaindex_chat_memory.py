@@ -447,3 +447,26 @@ async def test_a_second_reply_and_a_retry_without_a_session_id_are_kept_once(
             "Plan my trip to Rome",
         ]
     assert (await store.astats(("users", "l"))).episodic == 2
+
+
+def test_an_adapter_given_other_settings_for_an_open_store_says_they_do_not_apply(
+    tmp_path: Path, config_at: Callable[[Path], HelaMemConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Adapters on one store share its live memory, whose settings apply: one given a
+    config with other settings (a retrieval one here) is told so, not ignored silently;
+    the same settings (a secret left out, as a loaded dump's) say nothing."""
+    cfg = config_at(tmp_path / "s")
+    first = HelaMemChatMemory.from_defaults(config=cfg, session_id="a", scope=("users", "a"))
+    live = first.memory  # the store opens for the first adapter
+    same = HelaMemChatMemory.from_defaults(config=cfg, session_id="b", scope=("users", "b"))
+    assert same.memory is live
+    assert "other settings" not in caplog.text
+    other = cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"candidates": 7})})
+    third = HelaMemChatMemory.from_defaults(config=other, session_id="c", scope=("users", "c"))
+    assert third.memory is live
+    assert live.config.retrieval.candidates == cfg.retrieval.candidates
+    warned = [r for r in caplog.records if "other settings" in r.getMessage()]
+    assert len(warned) == 1 and "retrieval" in warned[0].getMessage()
+    assert warned[0].levelname == "WARNING"
+    for m in (third, same, first):
+        m.close()

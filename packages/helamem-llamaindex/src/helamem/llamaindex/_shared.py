@@ -158,6 +158,7 @@ def resolve_memory(config: HelaMemConfig) -> tuple[HelaMemory, bool]:
     with _live_lock:
         found = _live_for(key, config)
         if found is not None and not found.closed:
+            _warn_if_other_settings(found.config, config)
             if found not in _leases:
                 return found, False
             _leases[found] += 1
@@ -166,6 +167,33 @@ def resolve_memory(config: HelaMemConfig) -> tuple[HelaMemory, bool]:
         _live[key] = memory
         _leases[memory] = 1
         return memory, True
+
+
+def _settings(config: HelaMemConfig) -> dict[str, Any]:
+    """What a config sets beyond where its store is (the path, a PostgreSQL DSN) and its
+    secrets (API keys: a config loaded from a dump has none)."""
+    out = config.model_dump(exclude={"path"})
+    for part, key in (("store", "dsn"), ("embedder", "api_key"), ("llm", "api_key")):
+        if isinstance(out.get(part), dict):
+            out[part].pop(key, None)
+    return out
+
+
+def _warn_if_other_settings(live: HelaMemConfig, asked: HelaMemConfig) -> None:
+    """An adapter given a config for a store that is open in this process shares the
+    live memory, whose settings apply: say so when the two configs differ (a retrieval
+    or dynamics setting the adapter was given would be ignored without a word)."""
+    have, want = _settings(live), _settings(asked)
+    differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+    if differ:
+        logger.warning(
+            "the store at %s is open in this process with other settings (%s differ): "
+            "this adapter shares that memory and its settings, not the config it was "
+            "given; close the other adapters (or the memory you registered) first, or "
+            "give this configuration its own path",
+            live.path,
+            ", ".join(differ),
+        )
 
 
 def release_memory(memory: HelaMemory) -> bool:
