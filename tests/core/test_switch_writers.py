@@ -7,12 +7,14 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from helamem.core import ConfigError, HashingEmbedder, HelaMemConfig, HelaMemory
 from helamem.core._check import check_store
+from helamem.core._reembed import SWITCH_CHECK_S
 
 A = ("users", "alice")
 
@@ -56,3 +58,29 @@ def test_a_writer_is_refused_while_a_switch_is_recorded(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="is switching this store's embedder"):
             old.add("written with the old embedder", A)
         assert old.stats().memories == 1
+
+
+def test_a_search_of_a_memory_opened_before_a_switch_is_refused(tmp_path: Path) -> None:
+    """Its query vectors (of the old embedder) match no stored vector: the dense leg
+    found nothing and the hits came by BM25 alone (dense 0.0), silently."""
+    old = HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(64))
+    with old:
+        for i in range(5):
+            old.add(f"item {i} zebra", A)
+        assert old.search("item 3 zebra", A, k=3)[0].dense > 0.9
+        _switch(tmp_path / "s")
+        time.sleep(SWITCH_CHECK_S)  # searches read the record at most that often
+        with pytest.raises(ConfigError, match="nothing was searched"):
+            old.search("item 3 zebra", A, k=3)
+    with HelaMemory(HelaMemConfig(path=tmp_path / "s"), embedder=HashingEmbedder(32)) as new:
+        assert new.search("item 3 zebra", A, k=3)[0].dense > 0.9  # the new one searches
+
+
+def test_the_switching_memory_itself_searches(tmp_path: Path) -> None:
+    with HelaMemory(HelaMemConfig(path=tmp_path), embedder=HashingEmbedder(64)) as mem:
+        mem.add("note about tea", A)
+    with HelaMemory(
+        HelaMemConfig(path=tmp_path), embedder=HashingEmbedder(32), reembed=True
+    ) as new:
+        time.sleep(SWITCH_CHECK_S)
+        assert new.search("tea", A, k=1)[0].content == "note about tea"

@@ -162,6 +162,7 @@ class CoreBase:
         )
         self._scopes: dict[int, Scope] = {}
         self._needs_reconcile = False
+        self._switch_checked = -math.inf  # monotonic s: the embedder record last read
         # adds may leave their vectors here for one batched index write (the
         # owner of a HelaMemory sets defer_index; see ChromaConfig.upsert_batch):
         # (n, id, scope_id, kind, vector), rows committed with indexed = 0

@@ -19,7 +19,8 @@ Other processes should close the store before a switch: one that opened it
 before the switch began is refused every write of vectors once the switch is
 recorded (:func:`refuse_switched`, in the write transaction: its vectors, of the
 old embedder, would not match the others; before, it stored them and dense
-search never found those memories).
+search never found those memories), and its searches (:func:`refuse_switched_search`:
+its query vectors match none stored, so the dense leg found nothing, silently).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import logging
 import shlex
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +51,7 @@ __all__ = [
     "read_embedder",
     "read_switch",
     "refuse_switched",
+    "refuse_switched_search",
     "stored_embedder",
 ]
 
@@ -85,21 +88,54 @@ def refuse_switched(core: CoreBase) -> None:
         ConfigError: The store's embedder is not this memory's, or a switch is under
             way; nothing is written (the transaction rolls back).
     """
+    _refuse_other_embedder(core, "nothing was stored, as its vectors would not match the others")
+
+
+SWITCH_CHECK_S = 1.0
+"""How often (seconds, at most) a search reads the store's embedder record
+(:func:`refuse_switched_search`): a switch is an operator's rare step."""
+
+
+def refuse_switched_search(core: CoreBase) -> None:
+    """Before a search: refuse it once another process switched the store's embedder
+    (or is switching it to another one) since this memory opened the store, as its
+    query vectors match no stored vector: the dense leg would find nothing, silently.
+    Read at most every :data:`SWITCH_CHECK_S` seconds.
+
+    Raises:
+        ConfigError: As :func:`refuse_switched`; nothing was searched.
+    """
+    now = time.monotonic()
+    if now - core._switch_checked < SWITCH_CHECK_S:
+        return
+    _refuse_other_embedder(
+        core, "nothing was searched, as its query vectors match none stored", reading=True
+    )
+    core._switch_checked = now
+
+
+def _refuse_other_embedder(core: CoreBase, outcome: str, *, reading: bool = False) -> None:
     rec = core.store.get_metas((EMBEDDER_KEY, SWITCH_KEY))
     stored, switch = parse_record(rec.get(EMBEDDER_KEY)), parse_record(rec.get(SWITCH_KEY))
     name, dim = core.embedder.name, int(core.embedder.dimension)
     if stored is None:
         return  # no record yet: the open writes it
-    if switch is None and stored.get("name") == name and stored.get("dimension") == dim:
+    if switch is None and _same(stored, name, dim):
         return
+    if reading and switch is not None and _same(switch, name, dim):
+        return  # the switch is to this memory's embedder (its own, or one resuming it)
     to = switch or stored
     raise ConfigError(
         f"another process {'is switching' if switch else 'switched'} this store's embedder "
         f"to {to.get('name')!r} (dimension {to.get('dimension')}) after this memory opened "
-        f"it with {name!r} (dimension {dim}): nothing was stored, as its vectors would not "
-        f"match the others. Close this memory and open the store again with the "
-        f"{to.get('name')!r} embedder (HelaMemory(config, embedder=<it>))"
+        f"it with {name!r} (dimension {dim}): {outcome}. Close this memory and open the "
+        f"store again with the {to.get('name')!r} embedder (HelaMemory(config, "
+        f"embedder=<it>))"
     )
+
+
+def _same(record: dict[str, Any], name: str, dim: int) -> bool:
+    return record.get("name") == name and record.get("dimension") == dim
 
 
 def read_switch(core: CoreBase) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from ._inputs import MAX_K, check_content, check_k
 from ._late import late_scores
 from ._learning import LearningOps
 from ._lexical_leg import LexicalLegOps
+from ._reembed import refuse_switched_search
 from .errors import InvalidInputError, StorageError
 from .storage.base import RankRow
 from .text import named, tokens
@@ -92,6 +93,7 @@ class SearchOps(LexicalLegOps, LearningOps, SpreadOps):
             raise InvalidInputError(f"semantic_k must be an int >= 0, got {semantic_k!r}")
         sem_k = min(sem_k, MAX_K)  # "no limit" (sys.maxsize) as k
         ref_given = None if reference_time is None else to_timestamp(reference_time, default=0.0)
+        refuse_switched_search(self)  # another process switched embedders since the open
         if self._needs_reconcile:
             try:
                 self.reconcile()
