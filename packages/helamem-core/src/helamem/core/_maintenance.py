@@ -478,7 +478,13 @@ def forget(
     store's writer lock): an episode another writer deleted, used, reinforced or
     cited in a fact just before is judged as it is then, and a caller-chosen id
     added again since names the new memory, never deleted by the old one's judgement.
+
+    Raises:
+        InvalidInputError: ``dry_run`` is not a bool, ``older_than_s`` not a finite
+            number >= 0, ``below`` not a finite weight >= 0, or ``limit`` not an int >= 0
+            (nothing is read or deleted).
     """
+    _check_forget(dry_run, older_than_s, below, limit)
     if dry_run:
         return ForgetReport(_forgettable(core, scope, older_than_s, below, limit), 0, True)
     with core.store.tx() as db:
@@ -487,6 +493,32 @@ def forget(
     if gone:
         core._drop_vectors(gone)
     return ForgetReport(memories, len(memories), False)
+
+
+def _check_forget(dry_run: object, older_than_s: object, below: object, limit: object) -> None:
+    """:func:`forget`'s arguments, or :class:`InvalidInputError` naming the one refused."""
+    if not isinstance(dry_run, bool):
+        raise InvalidInputError(f"dry_run must be True or False, got {dry_run!r}")
+    if older_than_s is not None and not _finite_in(older_than_s, 0.0, math.inf):
+        raise InvalidInputError(
+            f"older_than_s must be seconds >= 0 or None, got {older_than_s!r}; pass e.g. "
+            f"older_than_s=30 * 86400"
+        )
+    if below is not None and not _finite_in(below, 0.0, math.inf):
+        raise InvalidInputError(
+            f"below must be an edge weight >= 0 or None (over 1: any episode), got {below!r}"
+        )
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInputError(f"limit must be an int >= 0, got {limit!r}; pass e.g. limit=1000")
+
+
+def _finite_in(x: object, lo: float, hi: float) -> bool:
+    return (
+        isinstance(x, int | float)
+        and not isinstance(x, bool)
+        and math.isfinite(x)
+        and lo <= x <= hi
+    )
 
 
 def _forgettable(

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from . import _exit
 from ._core import Core
 from ._recorder_types import IN_RECORDER_LANE
-from .config import HelaMemConfig
+from .config import EMPTY_PATH, HelaMemConfig
 from .distill import Distiller
 from .embeddings import Embedder, create_embedder
 from .errors import ConfigError, InvalidInputError, StorageError, StoreClosedError
@@ -192,9 +192,15 @@ class OwnedCore:
 
         Examples:
             >>> mem = HelaMemory.from_path("./helamem-data")   # no I/O yet
+
+        Raises:
+            InvalidInputError: ``path`` is empty (it would put the store's files in the
+                working directory; ``"."`` says so on purpose).
         """
         if isinstance(path, str) and path.startswith(_PG_SCHEMES):
             return cls.from_url(path, config, **kwargs)
+        if isinstance(path, str) and not path.strip():
+            raise InvalidInputError(EMPTY_PATH)
         base = config or HelaMemConfig()
         return cls(base.model_copy(update={"path": Path(path)}), **kwargs)
 

@@ -92,7 +92,11 @@ class SearchOps(LexicalLegOps, LearningOps, SpreadOps):
         if isinstance(sem_k, bool) or not isinstance(sem_k, int) or sem_k < 0:
             raise InvalidInputError(f"semantic_k must be an int >= 0, got {semantic_k!r}")
         sem_k = min(sem_k, MAX_K)  # "no limit" (sys.maxsize) as k
-        ref_given = None if reference_time is None else to_timestamp(reference_time, default=0.0)
+        ref_given = (
+            None
+            if reference_time is None
+            else to_timestamp(reference_time, default=0.0, name="reference_time")
+        )
         refuse_switched_search(self)  # another process switched embedders since the open
         if self._needs_reconcile:
             try:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from . import _config_env
 from .association import ASSOCIATION_MODEL, FEATURES
@@ -500,6 +500,12 @@ class PostgresConfig(_Frozen):
     lock_timeout_s: float = Field(30.0, gt=0.0)
 
 
+EMPTY_PATH = (
+    "path is empty, which would put the store's files in the working directory; pass a "
+    "directory, e.g. path='./helamem-data' (or '.' for the working directory on purpose)"
+)
+
+
 class HelaMemConfig(_Frozen):
     """Configuration of a :class:`~helamem.core.HelaMemory`.
 
@@ -530,6 +536,15 @@ class HelaMemConfig(_Frozen):
     # None: the graph store is the SQLite file <path>/helamem.sqlite3 (the default);
     # a PostgresConfig: PostgreSQL tables, shared by processes on several machines
     store: PostgresConfig | None = None
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _named_directory(cls, value: Any) -> Any:
+        """An empty path is refused: ``Path("")`` is the working directory, where the
+        store's files would land unasked (``"."`` says so on purpose)."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(EMPTY_PATH)
+        return value
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> HelaMemConfig:

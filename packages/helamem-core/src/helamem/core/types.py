@@ -132,10 +132,10 @@ def check_role(role: object) -> str | None:
     return role
 
 
-def to_timestamp(value: TimeLike | None, *, default: float) -> float:
+def to_timestamp(value: TimeLike | None, *, default: float, name: str = "event_time") -> float:
     """Convert an event time to POSIX seconds (UTC).
 
-    Naive datetimes are taken as UTC.
+    Naive datetimes are taken as UTC. ``name``: the argument's name, for the errors.
 
     Raises:
         InvalidInputError: For NaN, infinities, out-of-range or non-time values.
@@ -143,7 +143,7 @@ def to_timestamp(value: TimeLike | None, *, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool):
-        raise InvalidInputError("event_time must be a datetime or POSIX seconds, not a bool")
+        raise InvalidInputError(f"{name} must be a datetime or POSIX seconds, not a bool")
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
@@ -152,10 +152,10 @@ def to_timestamp(value: TimeLike | None, *, default: float) -> float:
         ts = float(value) if isinstance(value, float) or abs(value) < 2**62 else math.inf
     else:
         raise InvalidInputError(
-            f"event_time must be a datetime or POSIX seconds, got {type(value).__name__}"
+            f"{name} must be a datetime or POSIX seconds, got {type(value).__name__}"
         )
     if not math.isfinite(ts) or not _MIN_TIMESTAMP <= ts <= _MAX_TIMESTAMP:
-        raise InvalidInputError(f"event_time {value!r} is outside years 1..9999; pass a real date")
+        raise InvalidInputError(f"{name} {value!r} is outside years 1..9999; pass a real date")
     return ts
 
 
