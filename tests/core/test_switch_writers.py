@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +85,44 @@ def test_the_switching_memory_itself_searches(tmp_path: Path) -> None:
     ) as new:
         time.sleep(SWITCH_CHECK_S)
         assert new.search("tea", A, k=1)[0].content == "note about tea"
+
+
+def _dense_top(mem: HelaMemory, text: str) -> str | None:
+    """The id the vector index ranks first for ``text`` under ``A`` (the dense leg alone)."""
+
+    def run(c: Any) -> str | None:
+        node = c.store.find_scope(A)
+        got = c.index.query(c._embed([text])[0], 1, c.store.descendants(node), "episodic")
+        return got[0][0] if got else None
+
+    return mem._call(run)  # type: ignore[no-any-return]
+
+
+def test_a_process_opened_before_a_switch_rewrites_no_vector(tmp_path: Path) -> None:
+    """Its ``reindex()`` recomputed every vector with the old embedder (hashing-64 under
+    the record hashing-32: dense search found none, check: embedding_missing), its
+    ``reindex(reembed=True)`` switched the store back without the crash-safe switch,
+    and its re-index of an unindexed row (``flush``, a search after a failed write)
+    rewrote that row's vector: each is refused, nothing rewritten."""
+    path = tmp_path / "s"
+    texts = [f"note {i} about a kettle{i}" for i in range(4)]
+    old = HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64))
+    with old:
+        ids = [old.add(t, A).id for t in texts]
+        _switch(path)  # another process, while this one holds the store open
+        with pytest.raises(ConfigError, match="switched this store's embedder to 'hashing-32'"):
+            old.reindex()
+        with pytest.raises(ConfigError, match="open the store again"):
+            old.reindex(reembed=True)
+        db = sqlite3.connect(path / "helamem.sqlite3")
+        with db:  # as an index write that failed leaves a row
+            db.execute("UPDATE memories SET indexed = 0 WHERE id = ?", (ids[0],))
+        before = db.execute("SELECT id, embedding FROM memories ORDER BY n").fetchall()
+        old.flush()  # re-indexes unindexed rows
+        assert db.execute("SELECT id, embedding FROM memories ORDER BY n").fetchall() == before
+        db.close()
+    report = check_store(path)
+    assert report.ok, report.to_text()
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(32)) as new:
+        assert new.stats().embedder == "hashing-32"
+        assert [_dense_top(new, t) for t in texts] == ids

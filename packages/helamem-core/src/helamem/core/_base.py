@@ -26,11 +26,7 @@ from . import dynamics
 from .config import HelaMemConfig
 from .distill import user_metadata
 from .embeddings import Embedder, check_vectors, token_embedder
-from .errors import (
-    ConfigError,
-    EmbeddingError,
-    StorageError,
-)
+from .errors import ConfigError, EmbeddingError, StorageError
 from .storage.base import (
     EdgeRow,
     GraphStore,
@@ -240,6 +236,9 @@ class CoreBase:
         """Refuse vectors of another embedder, or switch to this one (see :class:`Core`)."""
         raise NotImplementedError
 
+    def _refuse_stale(self) -> None:
+        """In a write transaction: refuse vectors of an embedder the store left (``Core``)."""
+
     def _readd_vectors(self, ids: Sequence[str]) -> None:
         """After deleting ``ids``' vectors: an id added again meanwhile (a caller-chosen
         id, by another writer) may have had its new vector written before the delete
@@ -433,7 +432,12 @@ class CoreBase:
         if missing:
             vecs = self._embed([r.content for r in missing])
             fresh = {r.n: v for r, v in zip(missing, vecs, strict=True)}
-            self.store.set_embeddings([(r.n, r.content, fresh[r.n].tobytes()) for r in missing])
+            try:  # checked under the writer lock: never an embedder the store has left
+                new = [(r.n, r.content, fresh[r.n].tobytes()) for r in missing]
+                self.store.set_embeddings(new, self._refuse_stale)
+            except ConfigError as exc:  # another process switched: its rows wait for it
+                logger.warning("vectors of %d memories not recomputed: %s", len(missing), exc)
+                rows, fresh = [r for r in rows if r.n not in fresh], {}
         groups: dict[tuple[int, str], list[MemoryRow]] = defaultdict(list)
         for r in rows:
             groups[(r.scope_id, r.kind)].append(r)
@@ -481,20 +485,23 @@ class CoreBase:
 
         Raises:
             IndexLockedError: Another process holds the embedded index.
+            ConfigError: Another process switched the store's embedder since this opened it.
         """
         dim = self.embedder.dimension
+        with self.store.tx() as db:  # one that opened before a switch rewrites nothing
+            self._refuse_stale()
+            if reembed:
+                info = {"name": self.embedder.name, "dimension": dim}
+                self.store.set_meta(db, "embedder", json.dumps(info))
         self.drop_lexical()
         if reembed:
-            with self.store.tx() as db:
-                self.store.set_meta(
-                    db, "embedder", json.dumps({"name": self.embedder.name, "dimension": dim})
-                )
             for rows in self.store.all_rows():
                 vecs = self._embed([r.content for r in rows]).astype(np.float32)
                 # each with the text it was computed from: one another writer rewrote
                 # since it was read here keeps its new text's vector
                 self.store.set_embeddings(
-                    [(r.n, r.content, v.tobytes()) for r, v in zip(rows, vecs, strict=True)]
+                    [(r.n, r.content, v.tobytes()) for r, v in zip(rows, vecs, strict=True)],
+                    self._refuse_stale,
                 )
         rebuild = getattr(self.index, "rebuild", None)
         total = 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._base import Stats, scope_tag
 from ._ingest import IngestOps, prepare
-from ._reembed import ensure_embedder
+from ._reembed import ensure_embedder, refuse_switched
 from ._repair import heal_fts
 from ._search import SearchOps
 from .distill import distilled_from
@@ -49,6 +49,9 @@ class Core(IngestOps, SearchOps):
     def _check_embedder(self) -> None:
         """Refuse vectors of another embedder, or (``reembed``) switch to this one."""
         self.reembedded = ensure_embedder(self, self.reembed)
+
+    def _refuse_stale(self) -> None:
+        refuse_switched(self, finishing=True)  # re-indexing may finish a switch to this one
 
     def lexical_fold_in(self) -> float | None:
         """Seconds until the lexical index's tail is due to be folded in (<= 0: now;

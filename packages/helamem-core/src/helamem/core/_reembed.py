@@ -79,16 +79,26 @@ def read_embedder(core: CoreBase) -> dict[str, Any] | None:
     return parse_record(core.store.get_meta(EMBEDDER_KEY))
 
 
-def refuse_switched(core: CoreBase) -> None:
+def refuse_switched(
+    core: CoreBase,
+    *,
+    finishing: bool = False,
+    done: str = "nothing was stored, as its vectors would not match the others",
+) -> None:
     """In a write transaction (under the writer lock): refuse to store vectors of an
     embedder the store no longer records, as another process switched it (or is
     switching it) since this one opened the store.
+
+    ``finishing``: a switch recorded towards this memory's embedder is this memory's
+    own (only the memory doing it opens the store then), which writes and indexes the
+    target's vectors: accepted (re-indexing, not new memories). ``done``: what the
+    message says of the refused call.
 
     Raises:
         ConfigError: The store's embedder is not this memory's, or a switch is under
             way; nothing is written (the transaction rolls back).
     """
-    _refuse_other_embedder(core, "nothing was stored, as its vectors would not match the others")
+    _refuse_other_embedder(core, done, finishing=finishing)
 
 
 SWITCH_CHECK_S = 1.0
@@ -109,12 +119,12 @@ def refuse_switched_search(core: CoreBase) -> None:
     if now - core._switch_checked < SWITCH_CHECK_S:
         return
     _refuse_other_embedder(
-        core, "nothing was searched, as its query vectors match none stored", reading=True
+        core, "nothing was searched, as its query vectors match none stored", finishing=True
     )
     core._switch_checked = now
 
 
-def _refuse_other_embedder(core: CoreBase, outcome: str, *, reading: bool = False) -> None:
+def _refuse_other_embedder(core: CoreBase, outcome: str, *, finishing: bool = False) -> None:
     rec = core.store.get_metas((EMBEDDER_KEY, SWITCH_KEY))
     stored, switch = parse_record(rec.get(EMBEDDER_KEY)), parse_record(rec.get(SWITCH_KEY))
     name, dim = core.embedder.name, int(core.embedder.dimension)
@@ -122,7 +132,7 @@ def _refuse_other_embedder(core: CoreBase, outcome: str, *, reading: bool = Fals
         return  # no record yet: the open writes it
     if switch is None and _same(stored, name, dim):
         return
-    if reading and switch is not None and _same(switch, name, dim):
+    if finishing and switch is not None and _same(switch, name, dim):
         return  # the switch is to this memory's embedder (its own, or one resuming it)
     to = switch or stored
     raise ConfigError(

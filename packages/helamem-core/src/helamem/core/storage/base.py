@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -364,7 +364,9 @@ class GraphStore(Protocol):
 
     def set_access(self, db: Any, n: int, access_count: int, last_access: float | None) -> None: ...
 
-    def set_embeddings(self, items: Sequence[tuple[int, str, bytes]]) -> None: ...
+    def set_embeddings(
+        self, items: Sequence[tuple[int, str, bytes]], check: Callable[[], None] | None = None
+    ) -> None: ...
 
     def set_meta(self, db: Any, key: str, value: str) -> None: ...
 

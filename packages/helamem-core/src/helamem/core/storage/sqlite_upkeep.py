@@ -6,7 +6,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from ..jsontext import load_metadata
@@ -162,15 +162,21 @@ class SQLiteUpkeep(SQLiteConnection):
         self.vectors_rewritten(db)
         self._index_texts(db, [(row.n, search_text, tags)])
 
-    def set_embeddings(self, items: Sequence[tuple[int, str, bytes]]) -> None:
+    def set_embeddings(
+        self, items: Sequence[tuple[int, str, bytes]], check: Callable[[], None] | None = None
+    ) -> None:
         """Replace memories' vectors ``(n, text, vector)`` computed from ``text`` (their
         token vectors go too: they are refilled lazily), in one write transaction.
 
         A memory whose text is no longer ``text`` (another writer rewrote it since it
         was read, as a consolidation updating a fact does) keeps the vector written
-        with its new text; one deleted meanwhile changes nothing.
+        with its new text; one deleted meanwhile changes nothing. ``check`` runs first,
+        inside the transaction (under the writer lock): what it raises rolls it back
+        (the engine refuses vectors of an embedder the store no longer records).
         """
         with self.tx() as db:
+            if check is not None:
+                check()
             now: dict[int, str] = {}
             ns = sorted({n for n, _, _ in items})
             for i in range(0, len(ns), 500):
