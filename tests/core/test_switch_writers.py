@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from helamem.core import ConfigError, HashingEmbedder, HelaMemConfig, HelaMemory
+from helamem.core import ConfigError, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
 from helamem.core._check import check_store
 from helamem.core._reembed import SWITCH_CHECK_S
+
+
+from helamem.core.maxsim import pack_tokens
 
 A = ("users", "alice")
 
@@ -126,3 +129,48 @@ def test_a_process_opened_before_a_switch_rewrites_no_vector(tmp_path: Path) -> 
     with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(32)) as new:
         assert new.stats().embedder == "hashing-32"
         assert [_dense_top(new, t) for t in texts] == ids
+
+
+class _Flipped(HashingEmbedder):
+    """Another model of the same dimension (hashing's vectors negated, tokens too)."""
+
+    @property
+    def name(self) -> str:
+        return f"flipped-{self.dimension}"
+
+    def embed(self, texts: Any) -> Any:
+        return -super().embed(texts)
+
+    def embed_with_tokens(self, texts: Any) -> Any:
+        vecs, toks = super().embed_with_tokens(texts)
+        return -vecs, [-t for t in toks]
+
+
+def test_a_search_opened_before_a_switch_stores_no_token_vectors(tmp_path: Path) -> None:
+    """The switch drops every token vector (refilled lazily by searches); a search of a
+    process still open with the old model refilled them with the old model's, which
+    the new model's searches then scored (same dimension: nothing tells them apart)."""
+    path = tmp_path / "s"
+    texts = [f"note {i} about a kettle{i} and tea" for i in range(6)]
+    old = HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64, token_vectors=True))
+    with old:
+        old.add_many(NewMemory(t, A) for t in texts)
+        with HelaMemory(
+            HelaMemConfig(path=path), embedder=_Flipped(64, token_vectors=True), reembed=True
+        ) as new:
+            assert new.reembedded == 6
+        assert old.search("kettle tea", A, k=3, learn=False)  # scored, not stored
+        db = sqlite3.connect(path / "helamem.sqlite3")
+        assert db.execute("SELECT COUNT(*) FROM token_vectors").fetchone()[0] == 0
+        db.close()
+    with HelaMemory(HelaMemConfig(path=path), embedder=_Flipped(64, token_vectors=True)) as new:
+        assert new.search("kettle tea", A, k=3, learn=False)  # stores the new model's
+
+        def stored(c: Any) -> dict[str, bytes]:
+            got = c.store.token_vectors([r.n for rows in c.store.all_rows() for r in rows])
+            rows = c.store.rows_by_n(list(got))
+            return {rows[n].content: b for n, b in got.items()}
+
+        got = new._call(stored)
+        toks = _Flipped(64, token_vectors=True).embed_with_tokens(list(got))[1]
+        assert got and list(got.values()) == [pack_tokens(t) for t in toks]

@@ -3,14 +3,18 @@ from token vectors stored at ingest (computed and stored now for memories withou
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from . import retrieval
 from ._base import CoreBase
+from .errors import ConfigError
 
 __all__ = ["late_scores"]
+
+logger = logging.getLogger(__name__)
 
 
 def late_scores(
@@ -38,12 +42,20 @@ def late_scores(
             _, toks = core._embed_tokens([rows[n].content for n in todo])
             assert toks is not None
             packed = [(n, retrieval.pack_tokens(t)) for n, t in zip(todo, toks, strict=True)]
-            with core.store.tx() as db:
-                # under the writer lock: a text another writer rewrote (or a memory it
-                # deleted) since it was read here keeps no token vectors of the old text
-                now = core.store.rows_by_n(todo)
-                same = [(n, b) for n, b in packed if n in now and now[n].content == rows[n].content]
-                core.store.put_token_vectors(db, same)
+            try:
+                with core.store.tx() as db:
+                    # of an embedder the store still records (another process may have
+                    # switched it since this one opened it: scored here, never stored)
+                    core._refuse_stale()
+                    # under the writer lock: a text another writer rewrote (or a memory it
+                    # deleted) since it was read here keeps no token vectors of the old text
+                    now = core.store.rows_by_n(todo)
+                    same = [
+                        (n, b) for n, b in packed if n in now and now[n].content == rows[n].content
+                    ]
+                    core.store.put_token_vectors(db, same)
+            except ConfigError as exc:
+                logger.debug("token vectors not stored: %s", exc)
             stored = {n: b for n, b in stored.items() if n not in lacking} | dict(packed)
     if not stored.keys() >= set(ns):
         return None  # a memory vanished mid-search: rank this pool without MaxSim
