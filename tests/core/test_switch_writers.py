@@ -174,3 +174,25 @@ def test_a_search_opened_before_a_switch_stores_no_token_vectors(tmp_path: Path)
         got = new._call(stored)
         toks = _Flipped(64, token_vectors=True).embed_with_tokens(list(got))[1]
         assert got and list(got.values()) == [pack_tokens(t) for t in toks]
+
+
+def test_an_export_opened_before_a_switch_never_labels_the_new_vectors_as_its_own(
+    tmp_path: Path,
+) -> None:
+    """Its header named the process's embedder (hashing-64) over the vectors the store
+    now holds (another model of dimension 64): an import into a hashing-64 store
+    reused them as hashing-64's, so dense search ranked each memory by a foreign
+    vector (nothing tells them apart). Refused instead, nothing written."""
+    path, out = tmp_path / "s", tmp_path / "a.jsonl"
+    texts = [f"note {i} about a kettle{i} and tea" for i in range(4)]
+    with HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64)) as old:
+        ids = [m.id for m in old.add_many(NewMemory(t, A) for t in texts)]
+        HelaMemory(HelaMemConfig(path=path), embedder=_Flipped(64), reembed=True).open().close()
+        with pytest.raises(ConfigError, match="switched this store's embedder to 'flipped-64'"):
+            old.export_scope(A, out)
+    assert not out.exists() and not list(tmp_path.glob(".a.jsonl*"))
+    with HelaMemory(HelaMemConfig(path=path), embedder=_Flipped(64)) as new:
+        new.export_scope(A, out)  # the store's embedder exports
+    with HelaMemory(HelaMemConfig(path=tmp_path / "t"), embedder=HashingEmbedder(64)) as other:
+        assert other.import_scope(out).reembedded == 4  # another model's file: recomputed
+        assert [_dense_top(other, t) for t in texts] == ids

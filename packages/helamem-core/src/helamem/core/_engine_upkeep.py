@@ -214,6 +214,8 @@ class UpkeepMethods(OwnedCore):
                 (its database, an index, an adapter's file) or a SQLite database
                 anywhere (another store's) that the export would replace.
             DiskFullError: The disk filled up while writing (nothing is left behind).
+            ConfigError: Another process switched the store's embedder since this memory
+                opened it (the file would name this one for the other's vectors).
 
         Examples:
             >>> mem.export_scope(("users", "alice"), "alice.jsonl")  # doctest: +SKIP

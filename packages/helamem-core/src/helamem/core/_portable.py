@@ -174,6 +174,7 @@ def _memory_line(r: MemoryRow, rel: Scope, dim: int) -> dict[str, Any]:
 def _write(core: Core, prefix: Scope, node: int, f: IO[str]) -> dict[str, int]:
     store = core.store
     counts = {"memories": 0, "edges": 0, "scopes": 0, "clusters": 0}
+    refuse_switched(core, done="nothing was exported: the file would name this embedder")
     f.write(
         _line(
             {
