@@ -13,11 +13,16 @@ from typing import Any
 
 import pytest
 
-from helamem.core import ConfigError, HashingEmbedder, HelaMemConfig, HelaMemory, NewMemory
+from helamem.core import (
+    ConfigError,
+    HashingEmbedder,
+    HelaMemConfig,
+    HelaMemory,
+    NewMemory,
+    _reembed,
+)
 from helamem.core._check import check_store
 from helamem.core._reembed import SWITCH_CHECK_S
-
-
 from helamem.core.maxsim import pack_tokens
 
 A = ("users", "alice")
@@ -146,15 +151,21 @@ class _Flipped(HashingEmbedder):
         return -vecs, [-t for t in toks]
 
 
-def test_a_search_opened_before_a_switch_stores_no_token_vectors(tmp_path: Path) -> None:
+def test_a_search_opened_before_a_switch_stores_no_token_vectors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The switch drops every token vector (refilled lazily by searches); a search of a
     process still open with the old model refilled them with the old model's, which
-    the new model's searches then scored (same dimension: nothing tells them apart)."""
+    the new model's searches then scored (same dimension: nothing tells them apart).
+    A search reads the embedder record at most every ``SWITCH_CHECK_S`` (then it is
+    refused): one within that period scores them and stores none."""
     path = tmp_path / "s"
     texts = [f"note {i} about a kettle{i} and tea" for i in range(6)]
     old = HelaMemory(HelaMemConfig(path=path), embedder=HashingEmbedder(64, token_vectors=True))
     with old:
         old.add_many(NewMemory(t, A) for t in texts)
+        monkeypatch.setattr(_reembed, "SWITCH_CHECK_S", 1e9)
+        assert old.search("kettle", A, k=1, learn=False)  # the record read: not again
         with HelaMemory(
             HelaMemConfig(path=path), embedder=_Flipped(64, token_vectors=True), reembed=True
         ) as new:
@@ -163,6 +174,9 @@ def test_a_search_opened_before_a_switch_stores_no_token_vectors(tmp_path: Path)
         db = sqlite3.connect(path / "helamem.sqlite3")
         assert db.execute("SELECT COUNT(*) FROM token_vectors").fetchone()[0] == 0
         db.close()
+        monkeypatch.setattr(_reembed, "SWITCH_CHECK_S", 0.0)
+        with pytest.raises(ConfigError, match="nothing was searched"):
+            old.search("kettle tea", A, k=3, learn=False)
     with HelaMemory(HelaMemConfig(path=path), embedder=_Flipped(64, token_vectors=True)) as new:
         assert new.search("kettle tea", A, k=3, learn=False)  # stores the new model's
 

@@ -139,8 +139,7 @@ class CoreBase:
         reembed: bool = False,
     ) -> None:
         self.config = config
-        # on open, switch a store built with another embedder to this one (see _reembed)
-        self.reembed = reembed
+        self.reembed = reembed  # on open, switch a store of another embedder to this one
         self.reembedded: int | None = None
         self.embedder = embedder
         # late interaction (MaxSim) when configured and the embedder gives token vectors
