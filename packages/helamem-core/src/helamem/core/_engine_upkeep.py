@@ -132,7 +132,10 @@ class UpkeepMethods(OwnedCore):
 
         As every call does, it first waits (bounded) for the turns a
         :class:`~helamem.core.hooks.TurnRecorder` of this memory accepted
-        before the call in these scopes: they are deleted too, not stored after.
+        before the call in these scopes: they are deleted too, not stored after;
+        those still unstored past the wait (a lane busy with a slow consolidation)
+        are never stored (one whose store had begun is deleted once stored). A scope
+        that only such turns name counts as held (it returns 0).
 
         Raises:
             UnknownScopeError: The store never held ``scope`` nor any scope under it (a
@@ -140,7 +143,12 @@ class UpkeepMethods(OwnedCore):
                 Pass ``missing_ok=True`` where the scope may not exist yet (it returns 0).
         """
         normalize_scope(scope)
-        return self._call(lambda c: delete_scope(c, scope, missing_ok), (scope,), "delete_scope")
+        marks = self._recorder_marks()
+        return self._call(
+            lambda c: delete_scope(c, scope, self._forget_recorded(scope, marks) or missing_ok),
+            (scope,),
+            "delete_scope",
+        )
 
     async def aconsolidate(self, scope: Sequence[str]) -> ConsolidationReport:
         """Async :meth:`consolidate` (the LLM call is awaited on the event loop)."""
@@ -186,8 +194,11 @@ class UpkeepMethods(OwnedCore):
     async def adelete_scope(self, scope: Sequence[str], *, missing_ok: bool = False) -> int:
         """Async :meth:`delete_scope` (waits for recorded turns without blocking the loop)."""
         normalize_scope(scope)
+        marks = self._recorder_marks()
         return await self._acall(
-            lambda c: delete_scope(c, scope, missing_ok), (scope,), "adelete_scope"
+            lambda c: delete_scope(c, scope, self._forget_recorded(scope, marks) or missing_ok),
+            (scope,),
+            "adelete_scope",
         )
 
     def export_scope(self, scope: Sequence[str], path: str | os.PathLike[str]) -> ExportReport:

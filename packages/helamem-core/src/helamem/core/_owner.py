@@ -68,6 +68,10 @@ class _Recorder(Protocol):
         self, prefixes: tuple[tuple[str, ...], ...], started: float, what: str = "search"
     ) -> None: ...
 
+    def _accepted_upto(self) -> int: ...
+
+    def _forget_before(self, prefix: tuple[str, ...], upto: int) -> int: ...
+
 
 class KeepsPending(Generic[T]):
     """A planned call that may run while added vectors wait for their batched index
@@ -386,6 +390,21 @@ class OwnedCore:
         started = time.monotonic()
         for rec in recorders:
             await rec._wait_settled(prefixes, started, what)
+
+    def _recorder_marks(self) -> list[tuple[_Recorder, int]]:
+        """Each recorder with turns not stored yet, and the ``seq`` of its next turn: a
+        ``delete_scope`` called now forgets the turns they accepted before
+        (:meth:`_forget_recorded`)."""
+        with self._lock:
+            recorders = list(self._recorders)
+        return [(rec, rec._accepted_upto()) for rec in recorders]
+
+    def _forget_recorded(self, scope: Sequence[str], marks: list[tuple[_Recorder, int]]) -> bool:
+        """On the owner thread, in a ``delete_scope``'s job: the turns ``marks`` name
+        in scopes under ``scope`` that are still not stored are never stored. Whether
+        there were any."""
+        prefix = normalize_prefix(scope)
+        return sum(rec._forget_before(prefix, upto) for rec, upto in marks) > 0
 
     def _on_owner_thread(self) -> bool:
         return self._owner is not None and threading.current_thread() is self._owner

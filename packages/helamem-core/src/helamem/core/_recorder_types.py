@@ -124,6 +124,8 @@ class Job:
     seq: int = -1
     stored: bool = False  # committed by the memory (set on the owner loop)
     unique_on: tuple[str, ...] = ()
+    forgotten: bool = False  # a delete_scope of its scope came after it (owner loop)
+    ids: tuple[str, ...] = ()  # the memories it stored
 
     def turn(self) -> NewTurn:
         return NewTurn(

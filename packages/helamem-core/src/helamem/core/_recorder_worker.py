@@ -16,12 +16,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from . import _exit
 from ._recorder_state import RecorderState
 from ._recorder_types import IN_RECORDER_LANE, Job, RecorderClosedError, Stage
-from .errors import CommitUnknownError, StoreClosedError
+from .errors import CommitUnknownError, MemoryNotFoundError, StoreClosedError
 from .types import Scope
 
 if TYPE_CHECKING:
@@ -222,12 +223,50 @@ class RecorderWorker(RecorderState):
         finally:
             del self._lanes[scope]
 
+    def _forget_before(self, prefix: Scope, upto: int) -> int:
+        """A ``delete_scope(prefix)`` runs now (on the owner thread): the turns accepted
+        before it (``seq < upto``) in scopes under ``prefix`` and not stored yet are
+        never stored; one whose store was queued already is deleted once stored
+        (:meth:`_process`). Returns how many turns it marked."""
+        n = len(prefix)
+        with self._cond:
+            marked = [
+                job
+                for job in self._unsettled.values()
+                if job.seq < upto and job.scope[:n] == prefix and not job.forgotten
+            ]
+            for job in marked:
+                job.forgotten = True
+        return len(marked)
+
+    def _accepted_upto(self) -> int:
+        """The ``seq`` the next accepted turn gets (see :meth:`_forget_before`)."""
+        with self._cond:
+            return self._next_seq
+
     async def _process(self, batch: list[Job]) -> None:
-        """Store a batch of one scope's turns in one call; one by one if that fails."""
+        """Store a batch of one scope's turns in one call; one by one if that fails.
+        Turns a ``delete_scope`` forgot are not stored (stored meanwhile: deleted)."""
+        everything, batch = batch, [j for j in batch if not j.forgotten]
+        if batch:
+            await self._store(batch)
+        late = [i for job in batch if job.stored and job.forgotten for i in job.ids]
+        delete = getattr(self.memory, "adelete", None)
+        if late and delete is not None:  # stored after the delete that forgot them
+            try:
+                await delete(late)
+            except MemoryNotFoundError:  # some went already: the rest one by one
+                for i in late:
+                    with suppress(MemoryNotFoundError):
+                        await delete([i])
+        self._settle(everything)  # searches waiting for them go on; a consolidation after
+        stored = [job for job in batch if job.stored and not job.forgotten]
+        if stored:
+            await self._after_store(stored)
+
+    async def _store(self, batch: list[Job]) -> None:
         try:
-            await self.memory.aadd_turns([j.turn() for j in batch])
-            for job in batch:
-                job.stored = True
+            self._stored(batch, await self.memory.aadd_turns([j.turn() for j in batch]))
         except StoreClosedError:
             raise  # no retry can succeed: the lane fails what it holds
         except CommitUnknownError as exc:  # maybe stored: a retry could store it twice
@@ -236,8 +275,7 @@ class RecorderWorker(RecorderState):
                     self._fail(job, "add_turn", exc)
                     continue
                 try:
-                    await self.memory.aadd_turns([job.turn()])
-                    job.stored = True
+                    self._stored([job], await self.memory.aadd_turns([job.turn()]))
                 except Exception as one:  # noqa: BLE001 (as below)
                     self._fail(job, "add_turn", one)
         # Any failure (a custom embedder may raise anything) must not kill the
@@ -249,14 +287,19 @@ class RecorderWorker(RecorderState):
             else:
                 for job in batch:
                     try:
-                        await self.memory.aadd_turns([job.turn()])
-                        job.stored = True
+                        self._stored([job], await self.memory.aadd_turns([job.turn()]))
                     except Exception as one:  # noqa: BLE001 (as above)
                         self._fail(job, "add_turn", one)
-        self._settle(batch)  # searches waiting for them go on; a consolidation comes after
-        stored = [job for job in batch if job.stored]
-        if stored:
-            await self._after_store(stored)
+
+    @staticmethod
+    def _stored(jobs: list[Job], pairs: object) -> None:
+        """``jobs`` are stored, as ``pairs`` (what ``aadd_turns`` returned; a stand-in
+        memory may return anything: then no ids)."""
+        got = list(pairs) if isinstance(pairs, list) else []
+        for i, job in enumerate(jobs):
+            job.stored = True
+            if i < len(got) and isinstance(got[i], tuple):
+                job.ids = tuple(str(m.id) for m in got[i] if hasattr(m, "id"))
 
     async def _after_store(self, stored: list[Job]) -> None:
         """Consolidate the batch's scope once if ``consolidate_every`` of its turns are due.
