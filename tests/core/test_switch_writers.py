@@ -210,3 +210,20 @@ def test_an_export_opened_before_a_switch_never_labels_the_new_vectors_as_its_ow
     with HelaMemory(HelaMemConfig(path=tmp_path / "t"), embedder=HashingEmbedder(64)) as other:
         assert other.import_scope(out).reembedded == 4  # another model's file: recomputed
         assert [_dense_top(other, t) for t in texts] == ids
+
+
+def test_a_record_whose_dimension_is_text_is_this_embedder_everywhere(tmp_path: Path) -> None:
+    """The open compared ``int(dimension)`` and took the store as this embedder's, the
+    write check compared the text and refused every add as switched to itself."""
+    with HelaMemory(HelaMemConfig(path=tmp_path), embedder=HashingEmbedder(64)) as mem:
+        mem.add("note about tea", A)
+    db = sqlite3.connect(tmp_path / "helamem.sqlite3")
+    with db:
+        db.execute(
+            "UPDATE meta SET value = ? WHERE key = 'embedder'",
+            ('{"name": "hashing-64", "dimension": "64"}',),
+        )
+    db.close()
+    with HelaMemory(HelaMemConfig(path=tmp_path), embedder=HashingEmbedder(64)) as mem:
+        mem.add("another note", A)
+        assert mem.search("tea", A, k=1)[0].content == "note about tea"

@@ -16,7 +16,7 @@ from ._maintenance import (
     forget,
     plan_consolidation,
 )
-from ._owner import KeepsPending, OwnedCore
+from ._owner import KeepsPending, OwnedCore, _Recorder
 from ._portable import ExportReport, ImportReport, export_scope, import_scope
 from ._turn_count import Claim, claim, settle
 from .distill import Distiller, ExtractiveDistiller, LLMDistiller
@@ -145,7 +145,7 @@ class UpkeepMethods(OwnedCore):
         normalize_scope(scope)
         marks = self._recorder_marks()
         return self._call(
-            lambda c: delete_scope(c, scope, self._forget_recorded(scope, marks) or missing_ok),
+            lambda c: self._delete_forgetting(c, scope, missing_ok, marks),
             (scope,),
             "delete_scope",
         )
@@ -196,10 +196,22 @@ class UpkeepMethods(OwnedCore):
         normalize_scope(scope)
         marks = self._recorder_marks()
         return await self._acall(
-            lambda c: delete_scope(c, scope, self._forget_recorded(scope, marks) or missing_ok),
+            lambda c: self._delete_forgetting(c, scope, missing_ok, marks),
             (scope,),
             "adelete_scope",
         )
+
+    def _delete_forgetting(
+        self, core: Core, scope: Sequence[str], missing_ok: bool, marks: list[tuple[_Recorder, int]]
+    ) -> int:
+        """On the owner thread: delete ``scope``, then forget the recorders' turns
+        accepted before the call (``marks``) that are still not stored (one job: no
+        lane runs between). A scope only such turns name counts as held; a delete that
+        fails forgets nothing (the turns are stored, as the scope is not deleted)."""
+        pending = self._forget_recorded(scope, marks, mark=False)
+        deleted = delete_scope(core, scope, pending or missing_ok)
+        self._forget_recorded(scope, marks)
+        return deleted
 
     def export_scope(self, scope: Sequence[str], path: str | os.PathLike[str]) -> ExportReport:
         """Write ``scope`` and the scopes under it to a JSON-lines file (a backup).

@@ -70,7 +70,7 @@ class _Recorder(Protocol):
 
     def _accepted_upto(self) -> int: ...
 
-    def _forget_before(self, prefix: tuple[str, ...], upto: int) -> int: ...
+    def _forget_before(self, prefix: tuple[str, ...], upto: int, mark: bool = True) -> int: ...
 
 
 class KeepsPending(Generic[T]):
@@ -394,17 +394,18 @@ class OwnedCore:
     def _recorder_marks(self) -> list[tuple[_Recorder, int]]:
         """Each recorder with turns not stored yet, and the ``seq`` of its next turn: a
         ``delete_scope`` called now forgets the turns they accepted before
-        (:meth:`_forget_recorded`)."""
-        with self._lock:
-            recorders = list(self._recorders)
+        (:meth:`_forget_recorded`); none once closed, or in a forked child."""
+        recorders, _ = self._recorders_to_wait_for(EVERY_SCOPE)
         return [(rec, rec._accepted_upto()) for rec in recorders]
 
-    def _forget_recorded(self, scope: Sequence[str], marks: list[tuple[_Recorder, int]]) -> bool:
+    def _forget_recorded(
+        self, scope: Sequence[str], marks: list[tuple[_Recorder, int]], *, mark: bool = True
+    ) -> bool:
         """On the owner thread, in a ``delete_scope``'s job: the turns ``marks`` name
-        in scopes under ``scope`` that are still not stored are never stored. Whether
-        there were any."""
+        in scopes under ``scope`` that are still not stored are never stored (``mark``;
+        else only counted). Whether there were any."""
         prefix = normalize_prefix(scope)
-        return sum(rec._forget_before(prefix, upto) for rec, upto in marks) > 0
+        return sum(rec._forget_before(prefix, upto, mark) for rec, upto in marks) > 0
 
     def _on_owner_thread(self) -> bool:
         return self._owner is not None and threading.current_thread() is self._owner

@@ -225,11 +225,12 @@ class RecorderState:
         logger.warning(
             "%s of %s: %d turn(s) recorded before it in that scope were still not stored "
             "after search_wait_timeout=%g s (the recorder is busy: a slow store, or a slow "
-            "consolidation before them); going on without them",
+            "consolidation before them); going on without them%s",
             what,
             " and ".join(repr(p) for p in prefixes),
             left,
             self.search_wait_timeout,
+            " (the delete forgets them: never stored)" if what.endswith("delete_scope") else "",
         )
 
     def _wait_settled_sync(

@@ -223,21 +223,21 @@ class RecorderWorker(RecorderState):
         finally:
             del self._lanes[scope]
 
-    def _forget_before(self, prefix: Scope, upto: int) -> int:
-        """A ``delete_scope(prefix)`` runs now (on the owner thread): the turns accepted
+    def _forget_before(self, prefix: Scope, upto: int, mark: bool = True) -> int:
+        """A ``delete_scope(prefix)`` ran (on the owner thread): the turns accepted
         before it (``seq < upto``) in scopes under ``prefix`` and not stored yet are
         never stored; one whose store was queued already is deleted once stored
-        (:meth:`_process`). Returns how many turns it marked."""
+        (:meth:`_process`). Returns how many turns it marked (``mark=False``: counts)."""
         n = len(prefix)
         with self._cond:
-            marked = [
+            found = [
                 job
                 for job in self._unsettled.values()
                 if job.seq < upto and job.scope[:n] == prefix and not job.forgotten
             ]
-            for job in marked:
+            for job in found if mark else ():
                 job.forgotten = True
-        return len(marked)
+        return len(found)
 
     def _accepted_upto(self) -> int:
         """The ``seq`` the next accepted turn gets (see :meth:`_forget_before`)."""
@@ -254,11 +254,20 @@ class RecorderWorker(RecorderState):
         delete = getattr(self.memory, "adelete", None)
         if late and delete is not None:  # stored after the delete that forgot them
             try:
-                await delete(late)
-            except MemoryNotFoundError:  # some went already: the rest one by one
-                for i in late:
-                    with suppress(MemoryNotFoundError):
-                        await delete([i])
+                try:
+                    await delete(late)
+                except MemoryNotFoundError:  # some went already: the rest one by one
+                    for i in late:
+                        with suppress(MemoryNotFoundError):
+                            await delete([i])
+            except Exception as exc:  # noqa: BLE001 (the lane goes on; the ids are named)
+                logger.error(
+                    "turn recorder: %d memories of turns a delete_scope forgot were stored "
+                    "as it ran and could not be deleted (%s); delete them: memory.delete(%r)",
+                    len(late),
+                    exc,
+                    late,
+                )
         self._settle(everything)  # searches waiting for them go on; a consolidation after
         stored = [job for job in batch if job.stored and not job.forgotten]
         if stored:
@@ -272,24 +281,43 @@ class RecorderWorker(RecorderState):
         except CommitUnknownError as exc:  # maybe stored: a retry could store it twice
             for job in batch:  # but not one with unique_on: the store skips it if stored
                 if not job.unique_on:
-                    self._fail(job, "add_turn", exc)
+                    self._fail_kept(job, exc)
+                    continue
+                if job.forgotten:  # a delete_scope forgot it meanwhile
                     continue
                 try:
                     self._stored([job], await self.memory.aadd_turns([job.turn()]))
                 except Exception as one:  # noqa: BLE001 (as below)
-                    self._fail(job, "add_turn", one)
+                    self._fail_kept(job, one)
         # Any failure (a custom embedder may raise anything) must not kill the
         # worker: the turns are retried alone, so only the failing ones are kept
         # and re-raised at the next flush()/close().
         except Exception as exc:  # noqa: BLE001
             if len(batch) == 1:
-                self._fail(batch[0], "add_turn", exc)
+                self._fail_kept(batch[0], exc)
             else:
                 for job in batch:
+                    if job.forgotten:  # a delete_scope forgot it meanwhile
+                        continue
                     try:
                         self._stored([job], await self.memory.aadd_turns([job.turn()]))
                     except Exception as one:  # noqa: BLE001 (as above)
-                        self._fail(job, "add_turn", one)
+                        self._fail_kept(job, one)
+
+    def _fail_kept(self, job: Job, exc: Exception) -> None:
+        """``job``'s store failed: reported at the next flush, unless a ``delete_scope``
+        forgot it meanwhile (its user wanted it gone; with ``CommitUnknownError`` it may
+        be stored: logged, with what deletes it)."""
+        if not job.forgotten:
+            self._fail(job, "add_turn", exc)
+        elif isinstance(exc, CommitUnknownError):
+            logger.error(
+                "turn recorder: a turn of %r that a delete_scope forgot may have been "
+                "stored (%s); delete_scope(%r) again to be sure",
+                job.scope,
+                exc,
+                job.scope,
+            )
 
     @staticmethod
     def _stored(jobs: list[Job], pairs: object) -> None:

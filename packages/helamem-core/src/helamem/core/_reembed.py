@@ -145,7 +145,11 @@ def _refuse_other_embedder(core: CoreBase, outcome: str, *, finishing: bool = Fa
 
 
 def _same(record: dict[str, Any], name: str, dim: int) -> bool:
-    return record.get("name") == name and record.get("dimension") == dim
+    """Whether an embedder record (``{"name", "dimension"}``) names this embedder."""
+    try:
+        return record.get("name") == name and int(record.get("dimension", 0)) == dim
+    except (TypeError, ValueError):  # a dimension that is no number: another's
+        return False
 
 
 def read_switch(core: CoreBase) -> dict[str, Any] | None:
@@ -231,8 +235,7 @@ def ensure_embedder(core: CoreBase, reembed: bool) -> int | None:
             core.store.set_meta(db, EMBEDDER_KEY, json.dumps(target))
         return None
     switch = read_switch(core)
-    same = stored.get("name") == name and int(stored.get("dimension", 0)) == dim
-    if switch is None and same:
+    if switch is None and _same(stored, name, dim):
         return None
     if not reembed:
         if switch is not None:

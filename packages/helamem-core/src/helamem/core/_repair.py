@@ -71,7 +71,7 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
     memories (so a damaged FTS5 index is replaced, not read), edges whose
     end memory is missing or whose scope differs from an end's are deleted, and
     metadata nesting deeper than :data:`.types.MAX_JSON_DEPTH` is stored as
-    :func:`.types.load_metadata` reads it (``helamem check``'s ``metadata_depth``).
+    :func:`.jsontext.load_metadata` reads it (``helamem check``'s ``metadata_depth``).
     Then (``vectors``) the vector index is rebuilt from the stored vectors
     (``reembed``: recomputed with the store's embedder, as
     :meth:`HelaMemory.reindex`); ``RepairReport.vectors`` is 0 without it.
