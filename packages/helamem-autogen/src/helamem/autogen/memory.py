@@ -8,7 +8,6 @@ searches and writes, and completed turns go through a
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import weakref
@@ -38,6 +37,7 @@ from helamem.core import (
     is_blank,
     query_tail,
 )
+from helamem.core.identity import store_key
 
 from ._convert import (
     MIME_KEY,
@@ -68,19 +68,16 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Each store's live HelaMemMemory instances (one store object or several on one store): a
-# read waits for the turns any records.
+# Each store's live HelaMemMemory instances (one store object or several on one store,
+# keyed by helamem.core.identity.store_key): a read waits for the turns any records.
 _PEERS: dict[str, weakref.WeakSet[HelaMemMemory]] = {}
 
 
-def _store_id(store: HelaMemory) -> str:
-    """The store ``store`` opens: its directory; on PostgreSQL its schema and database too."""
-    config = store.config
-    where = os.path.abspath(config.path)
-    if config.store is None:
-        return where
-    dsn = hashlib.sha256(config.store.dsn.get_secret_value().encode()).hexdigest()
-    return f"{where}\x00{config.store.schema_name}\x00{dsn}"
+def _peers(store: HelaMemory) -> list[HelaMemMemory]:
+    """The live memories on ``store``'s store (and the empty sets of others dropped)."""
+    for key in [k for k, v in _PEERS.items() if not v]:
+        del _PEERS[key]
+    return list(_PEERS.get(store_key(store.config), ()))
 
 
 @dataclass(slots=True)
@@ -214,7 +211,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             store = self.helamem
             # searches of the store wait for its turns as long as reads here do
             self._recorder = TurnRecorder(store, search_wait_timeout=self._config.wait_recorded_s)
-            _PEERS.setdefault(_store_id(store), weakref.WeakSet()).add(self)
+            _PEERS.setdefault(store_key(store.config), weakref.WeakSet()).add(self)
         return self._recorder
 
     def _check_open(self) -> None:
@@ -490,7 +487,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         n = len(self.scope)
         peers = [
             p
-            for p in list(_PEERS.get(_store_id(store), ()))
+            for p in _peers(store)
             if p._recorder is not None and not p._closed and p.scope[:n] == self.scope
         ]
         if not peers:

@@ -43,6 +43,7 @@ from helamem.core import (
     is_blank,
     query_tail,
 )
+from helamem.core.identity import database_key, store_key
 
 logger = logging.getLogger(__name__)
 
@@ -61,36 +62,19 @@ _DATABASE = "helamem-database:"
 
 
 def _database(dsn: str) -> str:
-    """Which database a DSN names: a digest of its host, port (default 5432), database
-    and user only, so that two spellings of one DSN (options, ``sslmode``, a default port
-    left out) agree and no secret goes in (``""``: unknown, a masked or unreadable DSN).
-    Two names of one server (``localhost``, ``127.0.0.1``) are two databases here: two
-    connections to one store."""
+    """:func:`~helamem.core.identity.database_key`, also of a dumped config's DSN (its
+    key after :data:`_DATABASE`; ``""``: a masked one, unknown)."""
     if dsn == _MASKED:
         return ""
     if dsn.startswith(_DATABASE):
         return dsn[len(_DATABASE) :]
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:  # not a DSN: the store says so when it opens
-        return ""
-    who = [str(parts.get(k) or d) for k, d in (("host", ""), ("port", "5432"), ("dbname", ""))]
-    who.append(str(parts.get("user") or ""))
-    return hashlib.sha256("\x00".join(who).encode()).hexdigest()[:16]
+    return database_key(dsn)
 
 
 def _store_key(config: HelaMemConfig) -> str:
-    """The store a config opens: its directory; with a PostgreSQL store its schema and
-    its database too (schemas, or databases, on one path are separate stores: tenants
-    kept apart so; :func:`_database`, ``""`` for a masked DSN)."""
-    where = os.path.abspath(os.fspath(config.path))
+    """:func:`~helamem.core.identity.store_key` (``""`` for a masked DSN's database)."""
     store = config.store
-    if store is None:
-        return where
-    return f"{where}\x00{store.schema_name}\x00{_database(store.dsn.get_secret_value())}"
+    return store_key(config, None if store is None else _database(store.dsn.get_secret_value()))
 
 
 def _live_for(key: str, config: HelaMemConfig) -> HelaMemory | None:
