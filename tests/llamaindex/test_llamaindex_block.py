@@ -195,3 +195,38 @@ async def test_truncating_one_sessions_memories_while_another_gets_drops_them_fr
     await block.aflush()
     used = {scope[-1]: ids for scope, _, _, ids in spy.turns}
     assert used["a"] == [] and used["b"], used
+
+
+async def test_sessions_sharing_a_block_of_one_fixed_scope_keep_their_own_used_ids(
+    store: HelaMemory, spy: SpyRecorder
+) -> None:
+    """With a fixed ``scope`` both sessions' turns land in one scope: the ids shown for
+    the same question were still one entry (review 162), so the first turn recorded
+    took them and the second none; each session's turn keeps the ids it was shown."""
+    alice = ("users", "alice")
+    seeded = await store.aadd_turn(alice, "My cat is called Miso", "Nice")
+    block = HelaMemMemoryBlock.from_memory(store, recorder=spy, priority=0, scope=alice)
+    memories = {
+        s: Memory.from_defaults(
+            session_id=s,
+            token_limit=40,
+            chat_history_token_ratio=0.5,
+            token_flush_size=5,
+            memory_blocks=[block],
+        )
+        for s in ("a", "b")
+    }
+    question = "What is my cat called"
+    for memory in memories.values():
+        await memory.aput(ChatMessage(role="user", content=question))
+        await memory.aget()
+    for s, memory in memories.items():
+        await memory.aput(ChatMessage(role="assistant", content=f"It is your cat ({s})."))
+        for user in ("I like hiking in the Alps", "Pizza tonight please", "A walk tomorrow"):
+            await memory.aput(ChatMessage(role="user", content=user))
+            await memory.aput(ChatMessage(role="assistant", content="ok sure thing"))
+    await block.aflush()
+    used = {answer: set(ids) for _, user, answer, ids in spy.turns if user == question}
+    assert len(used) == 2, used
+    for ids in used.values():  # each session was shown the cat
+        assert ids and ids <= {m.id for m in seeded}, used

@@ -62,6 +62,7 @@ __all__ = ["HelaMemMemoryBlock"]
 logger = logging.getLogger(__name__)
 
 _MAX_TRACKED_TURNS = 256
+_Turn = tuple[Scope, str | None, str]  # (scope, session id, user message text)
 
 
 class HelaMemMemoryBlock(BaseMemoryBlock[str]):
@@ -133,12 +134,10 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     _shown: list[Line] = PrivateAttr(default_factory=list)
     # (scope, user message text) -> ids injected while it was the scope's latest user
     # message: sessions sharing the block never take each other's (a question they share)
-    _injected: OrderedDict[tuple[Scope, str], dict[str, None]] = PrivateAttr(
-        default_factory=OrderedDict
-    )
+    _injected: OrderedDict[_Turn, dict[str, None]] = PrivateAttr(default_factory=OrderedDict)
     # the text recent gets returned -> the turn it was injected for and its lines: atruncate
     # finds them by the content Memory passes (gets of sessions sharing the block interleave)
-    _returned: OrderedDict[str, tuple[tuple[Scope, str] | None, list[Line]]] = PrivateAttr(
+    _returned: OrderedDict[str, tuple[_Turn | None, list[Line]]] = PrivateAttr(
         default_factory=OrderedDict
     )
 
@@ -258,7 +257,7 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
         shown = fit_lines(select_lines(lines, self.k, held), self.max_tokens, count_tokens)
         self._shown = shown
         users = [m for m in talk if m.role == MessageRole.USER]
-        turn = (scope, message_text(users[-1])) if users else None
+        turn = (scope, session_id, message_text(users[-1])) if users else None
         if turn is not None:
             self._note_injected(turn, [line.id for line in shown])
         text = "\n".join(line.text for line in shown)
@@ -278,7 +277,15 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             except TimeoutError:
                 logger.warning("turns not stored within %s s: not searched", self.read_timeout)
 
-    def _note_injected(self, turn: tuple[Scope, str], ids: list[str]) -> None:
+    def _pop_injected(self, scope: Scope, session: str | None, user: str) -> dict[str, None]:
+        """The ids injected for this session's turn (a flush whose messages name no
+        session: the latest turn of that question in ``scope``)."""
+        key: _Turn = (scope, session, user)
+        if key not in self._injected and session is None:
+            key = next((t for t in reversed(self._injected) if t[0] == scope and t[2] == user), key)
+        return self._injected.pop(key, {})
+
+    def _note_injected(self, turn: _Turn, ids: list[str]) -> None:
         seen = self._injected.setdefault(turn, {})
         seen.update(dict.fromkeys(ids))
         self._injected.move_to_end(turn)
@@ -326,7 +333,7 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             await self._store_alone(scope, text, "assistant")
         turns, dangling = pair_turns(messages)
         for user, assistant in turns:
-            used = list(self._injected.pop((scope, user), {}))
+            used = list(self._pop_injected(scope, session, user))
             await arecord(
                 self, {"scope": scope, "user": user, "assistant": assistant, "used_ids": used}
             )
