@@ -307,7 +307,15 @@ def test_a_deleted_threads_searches_go_with_no_later_turn(
         failing[0] = False
         bob = {"configurable": {"thread_id": "t", "user_id": "bob"}}
         graph.invoke({"messages": [("user", "hello")]}, bob)
-    assert used == [[]]  # bob's turn used none of alice's memories
+        assert used == [[]]  # bob's turn used none of alice's memories
+        # the control: without the delete, a failed run's search goes with the thread's
+        # next turn (the same conversation), so the assertion above can fail
+        failing[0] = True
+        with pytest.raises(RuntimeError):
+            graph.invoke({"messages": [("user", "hi")]}, bob)
+        failing[0] = False
+        graph.invoke({"messages": [("user", "hello again")]}, bob)
+    assert len(used) == 2 and len(used[1]) == 1
 
 
 def test_an_opted_out_turns_searches_go_with_no_later_turn(

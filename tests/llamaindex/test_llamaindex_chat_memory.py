@@ -458,7 +458,10 @@ def test_an_adapter_given_other_settings_for_an_open_store_says_they_do_not_appl
     cfg = config_at(tmp_path / "s")
     first = HelaMemChatMemory.from_defaults(config=cfg, session_id="a", scope=("users", "a"))
     live = first.memory  # the store opens for the first adapter
-    same = HelaMemChatMemory.from_defaults(config=cfg, session_id="b", scope=("users", "b"))
+    secret = cfg.embedder.model_copy(update={"api_key": SecretStr("sk-other")})
+    same = HelaMemChatMemory.from_defaults(  # another API key only: as a loaded dump's
+        config=cfg.model_copy(update={"embedder": secret}), session_id="b", scope=("users", "b")
+    )
     assert same.memory is live
     assert "other settings" not in caplog.text
     other = cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"candidates": 7})})
