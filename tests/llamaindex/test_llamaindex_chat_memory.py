@@ -469,7 +469,7 @@ def test_an_adapter_given_other_settings_for_an_open_store_says_they_do_not_appl
     assert third.memory is live
     assert live.config.retrieval.candidates == cfg.retrieval.candidates
     warned = [r for r in caplog.records if "other settings" in r.getMessage()]
-    assert len(warned) == 1 and "retrieval" in warned[0].getMessage()
+    assert len(warned) == 1 and "retrieval.candidates 50 (given 7)" in warned[0].getMessage()
     assert warned[0].levelname == "WARNING"
     for m in (third, same, first):
         m.close()

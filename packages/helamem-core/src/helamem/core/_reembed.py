@@ -83,7 +83,7 @@ def refuse_switched(
     core: CoreBase,
     *,
     finishing: bool = False,
-    done: str = "nothing was stored, as its vectors would not match the others",
+    done: str = "nothing was written, as its vectors would not match the others",
 ) -> None:
     """In a write transaction (under the writer lock): refuse to store vectors of an
     embedder the store no longer records, as another process switched it (or is

@@ -167,17 +167,27 @@ def _warn_if_other_settings(live: HelaMemConfig, asked: HelaMemConfig) -> None:
     """An adapter given a config for a store that is open in this process shares the
     live memory, whose settings apply: say so when the two configs differ (a retrieval
     or dynamics setting the adapter was given would be ignored without a word)."""
-    have, want = _settings(live), _settings(asked)
-    differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+    differ = _differing(_settings(live), _settings(asked))
     if differ:
         logger.warning(
-            "the store at %s is open in this process with other settings (%s differ): "
+            "the store at %s is open in this process with other settings (%s): "
             "this adapter shares that memory and its settings, not the config it was "
             "given; close the other adapters (or the memory you registered) first, or "
             "give this configuration its own path",
             live.path,
             ", ".join(differ),
         )
+
+
+def _differing(have: Any, want: Any, at: str = "") -> list[str]:
+    """The dotted names of the settings that differ, each with both values."""
+    if isinstance(have, dict) and isinstance(want, dict):
+        return [
+            d
+            for k in sorted(have.keys() | want.keys())
+            for d in _differing(have.get(k), want.get(k), f"{at}.{k}" if at else str(k))
+        ]
+    return [] if have == want else [f"{at} {have!r} (given {want!r})"]
 
 
 def release_memory(memory: HelaMemory) -> bool:
