@@ -41,6 +41,7 @@ def test_a_writer_opened_before_a_switch_is_refused(tmp_path: Path) -> None:
             old.add(f"note {i} about tea", A)
         old.export_scope(A, tmp_path / "a.jsonl")
         _switch(tmp_path / "s")  # another process, while this one holds the store open
+        assert old.stats().embedder == "hashing-32"  # the store's, not this memory's
         with pytest.raises(ConfigError, match="switched this store's embedder to 'hashing-32'"):
             old.add("written with the old embedder", A)
         with pytest.raises(ConfigError, match="open the store again"):

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._base import Stats, scope_tag
 from ._ingest import IngestOps, prepare
-from ._reembed import ensure_embedder, refuse_switched
+from ._reembed import ensure_embedder, read_embedder, refuse_switched
 from ._repair import heal_fts
 from ._search import SearchOps
 from .distill import distilled_from
@@ -163,7 +163,8 @@ class Core(IngestOps, SearchOps):
             scopes=0 if empty else len(self.store.scopes_with_memories(nodes)),
             unindexed=int(c.get("unindexed", 0)) + gone,
             vectors=vectors,
-            embedder=self.embedder.name,
+            # the store's (another process may have switched it since this one opened it)
+            embedder=str((read_embedder(self) or {}).get("name") or self.embedder.name),
             schema_version=self.store.schema_version(),
             known=not empty,
         )
