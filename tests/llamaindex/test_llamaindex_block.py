@@ -152,26 +152,8 @@ async def test_sessions_sharing_a_block_and_a_question_keep_their_own_used_ids(
         for s, n in (("a", "Miso"), ("b", "Tom"))
     }
     block = HelaMemMemoryBlock.from_memory(store, recorder=spy, priority=0)
-    memories = {
-        s: Memory.from_defaults(
-            session_id=s,
-            token_limit=40,
-            chat_history_token_ratio=0.5,
-            token_flush_size=5,
-            memory_blocks=[block],
-        )
-        for s in cats
-    }
     question = "What is my cat called"
-    for memory in memories.values():
-        await memory.aput(ChatMessage(role="user", content=question))
-        await memory.aget()
-    for memory in memories.values():
-        await memory.aput(ChatMessage(role="assistant", content="It is your cat."))
-        for user in ("I like hiking in the Alps", "Pizza tonight please", "A walk tomorrow"):
-            await memory.aput(ChatMessage(role="user", content=user))
-            await memory.aput(ChatMessage(role="assistant", content="ok sure thing"))
-    await block.aflush()
+    await _sessions_ask(block, list(cats), question)
     used = {scope[-1]: set(ids) for scope, user, _, ids in spy.turns if user == question}
     for s, seeded in cats.items():  # each session was shown its own cat, and only that
         assert used[s] and used[s] <= {m.id for m in seeded}, used
@@ -206,6 +188,18 @@ async def test_sessions_sharing_a_block_of_one_fixed_scope_keep_their_own_used_i
     alice = ("users", "alice")
     seeded = await store.aadd_turn(alice, "My cat is called Miso", "Nice")
     block = HelaMemMemoryBlock.from_memory(store, recorder=spy, priority=0, scope=alice)
+    question = "What is my cat called"
+    await _sessions_ask(block, ["a", "b"], question)
+    used = {answer: set(ids) for _, user, answer, ids in spy.turns if user == question}
+    assert len(used) == 2, used
+    for ids in used.values():  # each session was shown the cat
+        assert ids and ids <= {m.id for m in seeded}, used
+
+
+async def _sessions_ask(block: HelaMemMemoryBlock, sessions: list[str], question: str) -> None:
+    """Each session (a ``Memory`` over ``block``) asks ``question``, then each gets its
+    answer ("It is your cat (<session>).") and chats until the turn is flushed to the
+    block, whose recorded turns are then stored."""
     memories = {
         s: Memory.from_defaults(
             session_id=s,
@@ -214,9 +208,8 @@ async def test_sessions_sharing_a_block_of_one_fixed_scope_keep_their_own_used_i
             token_flush_size=5,
             memory_blocks=[block],
         )
-        for s in ("a", "b")
+        for s in sessions
     }
-    question = "What is my cat called"
     for memory in memories.values():
         await memory.aput(ChatMessage(role="user", content=question))
         await memory.aget()
@@ -226,7 +219,3 @@ async def test_sessions_sharing_a_block_of_one_fixed_scope_keep_their_own_used_i
             await memory.aput(ChatMessage(role="user", content=user))
             await memory.aput(ChatMessage(role="assistant", content="ok sure thing"))
     await block.aflush()
-    used = {answer: set(ids) for _, user, answer, ids in spy.turns if user == question}
-    assert len(used) == 2, used
-    for ids in used.values():  # each session was shown the cat
-        assert ids and ids <= {m.id for m in seeded}, used

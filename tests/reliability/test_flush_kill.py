@@ -5,16 +5,13 @@ turns through a ``TurnRecorder``, flushes, says so and is killed with SIGKILL at
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+from kill import killed_at
 
 TURNS = 300
 
@@ -39,19 +36,7 @@ _CHILD = textwrap.dedent(
 @pytest.mark.parametrize("exact_below", [2000, 50], ids=["exact", "hnsw"])
 def test_turns_flushed_before_a_sigkill_are_all_stored(tmp_path: Path, exact_below: int) -> None:
     path = tmp_path / "store"
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path), str(exact_below), str(TURNS)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "flushed"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
+    killed_at(_CHILD, [str(path), str(exact_below), str(TURNS)], "flushed")
     cfg = HelaMemConfig(path=path, chroma=ChromaConfig(exact_below=exact_below))
     with HelaMemory(cfg, embedder=HashingEmbedder(64)) as mem:
         stats = mem.stats(("users", "alice"))

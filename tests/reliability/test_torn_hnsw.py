@@ -32,6 +32,7 @@ from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemor
 from helamem.core._check import check_store
 from helamem.core.errors import StorageError
 from helamem.core.storage import chroma, chroma_connect, chroma_copy
+from kill import killed_at
 
 N = 400
 SCOPE = ("tenants", "acme")
@@ -115,42 +116,35 @@ def test_a_killed_holder_leaves_the_marker_saying_so(tmp_path: Path) -> None:
     """The rebuild runs only after an unclean exit: a SIGKILL leaves ``open`` true."""
     path = tmp_path / "store"
     _store(path)
-    assert not left_open(path / "chroma" / "helamem-index.json")
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                """
-                import os, sys, time
-                os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-                from pathlib import Path
-                from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
-                cfg = HelaMemConfig(path=Path(sys.argv[1]), chroma=ChromaConfig(exact_below=20))
-                mem = HelaMemory(cfg, embedder=HashingEmbedder(64))
-                mem.add("one more note", ("tenants", "acme"))
-                mem.stats()
-                print("ready", flush=True)
-                time.sleep(120)
-                """
-            ),
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    marker = path / "chroma" / "helamem-index.json"
+    assert not left_open(marker)
+
+    def marked_open() -> None:  # while the child lives
+        assert left_open(marker)
+
+    killed_at(
+        textwrap.dedent(
+            """
+            import os, sys, time
+            os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+            from pathlib import Path
+            from helamem.core import ChromaConfig, HashingEmbedder, HelaMemConfig, HelaMemory
+            cfg = HelaMemConfig(path=Path(sys.argv[1]), chroma=ChromaConfig(exact_below=20))
+            mem = HelaMemory(cfg, embedder=HashingEmbedder(64))
+            mem.add("one more note", ("tenants", "acme"))
+            mem.stats()
+            print("ready", flush=True)
+            time.sleep(120)
+            """
+        ),
+        [str(path)],
+        "ready",
+        marked_open,
     )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        assert left_open(path / "chroma" / "helamem-index.json")
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not left_open(path / "chroma" / "helamem-index.json"):
+    while time.monotonic() < deadline and not left_open(marker):
         time.sleep(0.05)
-    assert left_open(path / "chroma" / "helamem-index.json")
+    assert left_open(marker)
     assert _reopen(path) == {"memories": N + 1, "vectors": N + 1, "misses": 0}
 
 
@@ -477,19 +471,7 @@ def test_a_killed_client_of_a_chroma_server_leaves_nothing_to_rebuild(
     from chromadb.config import Settings
 
     path = tmp_path / "s"
-    child = subprocess.Popen(
-        [sys.executable, "-c", _SERVER_CHILD, str(path), str(chroma_port)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
+    killed_at(_SERVER_CHILD, [str(path), str(chroma_port)], "ready")
     server = chromadb.HttpClient(
         host="127.0.0.1", port=chroma_port, settings=Settings(anonymized_telemetry=False)
     )

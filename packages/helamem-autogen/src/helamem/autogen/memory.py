@@ -73,11 +73,12 @@ T = TypeVar("T")
 _PEERS: dict[str, weakref.WeakSet[HelaMemMemory]] = {}
 
 
-def _peers(store: HelaMemory) -> list[HelaMemMemory]:
-    """The live memories on ``store``'s store (and the empty sets of others dropped)."""
+def _join_peers(memory: HelaMemMemory, store: HelaMemory) -> None:
+    """``memory`` records on ``store``'s store (the empty sets of other stores dropped:
+    one entry per store while a memory lives on it)."""
     for key in [k for k, v in _PEERS.items() if not v]:
         del _PEERS[key]
-    return list(_PEERS.get(store_key(store.config), ()))
+    _PEERS.setdefault(store_key(store.config), weakref.WeakSet()).add(memory)
 
 
 @dataclass(slots=True)
@@ -211,7 +212,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             store = self.helamem
             # searches of the store wait for its turns as long as reads here do
             self._recorder = TurnRecorder(store, search_wait_timeout=self._config.wait_recorded_s)
-            _PEERS.setdefault(store_key(store.config), weakref.WeakSet()).add(self)
+            _join_peers(self, store)
         return self._recorder
 
     def _check_open(self) -> None:
@@ -487,7 +488,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         n = len(self.scope)
         peers = [
             p
-            for p in _peers(store)
+            for p in list(_PEERS.get(store_key(store.config), ()))
             if p._recorder is not None and not p._closed and p.scope[:n] == self.scope
         ]
         if not peers:

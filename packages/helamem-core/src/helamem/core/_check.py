@@ -68,11 +68,11 @@ from ._check_report import (
     store_file,
 )
 from ._reembed import records
-from ._repair import MANY_BRACKETS, missing_fts
+from ._repair import missing_fts, too_deep
 from .config import HelaMemConfig
 from .embeddings import Embedder, HashingEmbedder, create_embedder
 from .errors import HelaMemError, StorageError
-from .jsontext import MAX_JSON_DEPTH, json_text_depth
+from .jsontext import MAX_JSON_DEPTH
 from .storage.base import IndexLockedError, VectorIndex, rests_on
 from .storage.sqlite_schema import MIGRATIONS, connect_existing, is_locked
 
@@ -286,11 +286,7 @@ class _Checker:
     def metadata(self) -> None:
         """Metadata nesting deeper than :data:`.types.MAX_JSON_DEPTH` (stored before the
         limit: its reads see each too-deep value as its JSON text)."""
-        deep = [
-            str(i)
-            for i, raw in self.db.execute(MANY_BRACKETS, (MAX_JSON_DEPTH,))
-            if json_text_depth(raw) > MAX_JSON_DEPTH
-        ]
+        deep = [mid for mid, _ in too_deep(self.db)]
         self.add(
             "metadata_depth",
             deep,

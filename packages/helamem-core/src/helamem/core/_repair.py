@@ -18,12 +18,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FTS_TABLES",
-    "MANY_BRACKETS",
     "RepairReport",
     "heal_fts",
     "missing_fts",
     "rebuild_fts",
     "repair_derived",
+    "too_deep",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,12 +36,24 @@ FTS_TABLES = {
     "memories_fts_vocab": "CREATE VIRTUAL TABLE memories_fts_vocab"
     " USING fts5vocab(memories_fts, 'col')",
 }
-MANY_BRACKETS = (
+_MANY_BRACKETS = (
     "SELECT id, metadata FROM memories WHERE length(metadata)"
     " - length(replace(replace(metadata, '[', ''), '{', '')) > ? ORDER BY n"
 )
 """Memories whose metadata has more than ``?`` opening brackets: those that may nest
-deeper than :data:`.types.MAX_JSON_DEPTH` (most have none)."""
+deeper than :data:`.jsontext.MAX_JSON_DEPTH` (most have none)."""
+
+
+def too_deep(db: sqlite3.Connection) -> list[tuple[str, str]]:
+    """``(id, metadata)`` of the memories whose metadata nests deeper than
+    :data:`.jsontext.MAX_JSON_DEPTH` (stored before the limit), oldest first."""
+    return [
+        (str(mid), raw)
+        for mid, raw in db.execute(_MANY_BRACKETS, (MAX_JSON_DEPTH,)).fetchall()
+        if json_text_depth(raw) > MAX_JSON_DEPTH
+    ]
+
+
 _SHADOWS = tuple(f"memories_fts_{s}" for s in ("data", "idx", "content", "docsize", "config"))
 
 
@@ -83,11 +95,7 @@ def repair_derived(core: CoreBase, *, reembed: bool = False, vectors: bool = Tru
     store = core.sqlite_store
     with store.tx() as db:
         rows = rebuild_fts(core, db)
-        deep = [
-            (dump_json(load_metadata(raw), "metadata"), mid)
-            for mid, raw in db.execute(MANY_BRACKETS, (MAX_JSON_DEPTH,)).fetchall()
-            if json_text_depth(raw) > MAX_JSON_DEPTH
-        ]
+        deep = [(dump_json(load_metadata(raw), "metadata"), mid) for mid, raw in too_deep(db)]
         db.executemany("UPDATE memories SET metadata = ? WHERE id = ?", deep)
         dropped = db.execute(
             "DELETE FROM edges WHERE NOT EXISTS (SELECT 1 FROM memories m"
