@@ -114,3 +114,79 @@ def test_a_commit_whose_connection_is_lost_raises_commit_unknown(
         rec.close_sync()  # retried after the lost COMMIT, raises nothing
         assert len(cut) == 1
         assert m.stats(("keyed",)).memories == 2  # stored once: the question and the answer
+
+
+def _server_pids(srv: PgServer) -> list[int]:
+    """The postmaster's pid and its children's (every backend and helper process)."""
+    head = int((srv.root / "data" / "postmaster.pid").read_text().split()[0])
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == head:
+            kids.append(int(stat.parent.name))
+    return [head, *kids]
+
+
+def test_a_server_that_stops_answering_costs_a_bounded_wait_not_a_hang(
+    srv: PgServer, tmp_path: Path
+) -> None:
+    """Every process of the server stops (SIGSTOP: no reply, no reset, as a frozen VM or a
+    partition that drops packets): libpq waited forever, holding the owner thread and so
+    every call of the memory. Each call must raise StorageError within about
+    ``PostgresConfig.timeout_s``, a write in flight must not be stored, and once the server
+    runs again the memory works without reopening."""
+    import os
+    import signal
+    import threading
+
+    pg = PostgresConfig(  # type: ignore[arg-type]
+        dsn=srv.dsn, schema_name="frozen", connect_timeout_s=1.0, lock_timeout_s=0.5, timeout_s=1.5
+    )
+    with HelaMemory(
+        HelaMemConfig(path=tmp_path / "s", store=pg), embedder=HashingEmbedder(64)
+    ) as m:
+        a = m.add("the cabin by the river", A).id
+        pids = _server_pids(srv)
+        got: list[Any] = []
+
+        def calls() -> None:
+            for call in (
+                lambda: m.search("cabin river", A, k=3, learn=False),
+                lambda: m.add("written while the server is frozen", A),
+            ):
+                try:
+                    call()
+                    got.append("answered")
+                except StorageError as exc:
+                    got.append(exc)
+
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            worker = threading.Thread(target=calls, daemon=True)
+            t0 = time.monotonic()
+            worker.start()
+            worker.join(60)
+            took = time.monotonic() - t0
+            assert not worker.is_alive(), "a call hung on the server that stopped answering"
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        assert len(got) == 2 and all(isinstance(e, StorageError) for e in got), got
+        assert "PostgresConfig.timeout_s" in str(got[0])
+        assert took < 30, took
+        b = m.add("letters from grandmother", A).id  # the server runs again
+        got_ids = m.search("cabin river grandmother letters frozen", A, k=5, learn=False).ids
+        assert sorted(got_ids) == sorted([a, b])  # the add that raised was not stored
+        assert m.stats(A).memories == 2
+
+
+def test_the_answer_bound_must_exceed_the_lock_wait() -> None:
+    """A write waiting for another process's lock is still answered: a bound shorter
+    than ``lock_timeout_s`` would cut it off as a frozen server."""
+    with pytest.raises(ValueError, match="timeout_s must exceed lock_timeout_s"):
+        PostgresConfig(dsn="postgresql://x@h/db", lock_timeout_s=30, timeout_s=10)  # type: ignore[arg-type]
+    assert PostgresConfig(dsn="postgresql://x@h/db").timeout_s == 60.0  # type: ignore[arg-type]

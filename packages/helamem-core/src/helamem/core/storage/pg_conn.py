@@ -26,6 +26,7 @@ that use them.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -34,12 +35,20 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.abc import PQGen
 from psycopg.pq import TransactionStatus
 from psycopg_pool import PoolTimeout
 
 from ..errors import CommitUnknownError, DiskFullError, StorageError
 
-__all__ = ["PgConnection", "advisory_key", "pg_error", "translate"]
+__all__ = [
+    "AnsweringConnection",
+    "NoAnswerError",
+    "PgConnection",
+    "advisory_key",
+    "pg_error",
+    "translate",
+]
 
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
 _OR_IGNORE = re.compile(r"^\s*INSERT OR IGNORE INTO", re.IGNORECASE)
@@ -47,6 +56,43 @@ _READ = "BEGIN ISOLATION LEVEL REPEATABLE READ"
 # a write transaction's statements each see what committed before them (the lock
 # is taken first): whatever default_transaction_isolation the database or role sets
 _WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED"
+
+
+class NoAnswerError(psycopg.OperationalError):
+    """The server did not answer a statement within ``PostgresConfig.timeout_s``; the
+    connection was closed (see :class:`AnsweringConnection`)."""
+
+
+class AnsweringConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server ends after ``answer_s``.
+
+    libpq waits for a statement's answer without limit: a server that stops
+    answering (stopped, swapped out, a network that drops packets without a
+    reset) held the store's owner thread, and so every call of the memory,
+    forever. Past ``answer_s`` seconds the connection is closed (the server
+    rolls back whatever transaction it had open once it runs again) and
+    :class:`NoAnswerError` is raised. ``answer_s`` is set from
+    ``PostgresConfig.timeout_s`` when the connection is configured (infinite
+    before: the configuring statements are bounded by ``connect_timeout_s``'s
+    connection, made just before).
+    """
+
+    answer_s: float = math.inf
+
+    def wait(
+        self,
+        gen: PQGen[Any],
+        interval: float = 0.1,
+        timeout: float | None = None,
+    ) -> Any:
+        bound = timeout if timeout is not None else self.answer_s
+        try:
+            return super().wait(gen, interval, None if math.isinf(bound) else bound)
+        except pg_errors._WaitTimeout as exc:  # psycopg's own, for this very bound
+            self.close()  # mid-statement: the protocol cannot go on on this connection
+            raise NoAnswerError(
+                f"the server did not answer within {bound:g} s (PostgresConfig.timeout_s)"
+            ) from exc
 
 
 def advisory_key(schema: str) -> int:
@@ -126,6 +172,13 @@ def pg_error(
     """
     text = redacted(str(exc).strip() or type(exc).__name__)
     state = exc.sqlstate or ""
+    if isinstance(exc, NoAnswerError):
+        return StorageError(
+            f"{what}: PostgreSQL stopped answering ({text}); the connection was closed and "
+            f"its transaction, if any, is rolled back by the server (nothing of it was "
+            f"written); check the server, or raise PostgresConfig.timeout_s for statements "
+            f"that take longer"
+        )
     if isinstance(exc, pg_errors.DiskFull):
         return DiskFullError(
             f"{what}: the PostgreSQL server's disk is full ({text}); free space on the server "
@@ -242,7 +295,10 @@ class PgConnection:
             return self._execute(sql, params, head)
         except psycopg.OperationalError as exc:
             c = self._conn
-            if not (retry and (c is None or c.closed or c.broken)):
+            # a read whose connection the server had dropped runs again; not one the
+            # server left unanswered (that would double the wait)
+            again = retry and not isinstance(exc, NoAnswerError)
+            if not (again and (c is None or c.closed or c.broken)):
                 raise pg_error(exc, "a PostgreSQL statement failed", self._conn) from exc
         except psycopg.Error as exc:
             raise pg_error(exc, "a PostgreSQL statement failed", self._conn) from exc
@@ -286,7 +342,7 @@ class PgConnection:
                 if (
                     head == "COMMIT"
                     and kind == "write"
-                    and (self._conn is None or self._conn.broken)
+                    and (self._conn is None or self._conn.broken or self._conn.closed)
                 ):
                     raise CommitUnknownError(
                         "the connection to PostgreSQL was lost during COMMIT: the write may or "

@@ -42,7 +42,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import PostgresConfig
 from ..errors import StorageError
-from .pg_conn import PgConnection, advisory_key, redacted
+from .pg_conn import AnsweringConnection, PgConnection, advisory_key, redacted
 from .pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, Fts5Tokenizer, pg_text, quoted
 from .sqlite import SQLiteStore
 from .sqlite_schema import qmarks
@@ -55,9 +55,12 @@ _IDLE_ONLY_S = 0.05
 
 
 def _configure(config: PostgresConfig) -> Callable[[psycopg.Connection[Any]], None]:
-    """Set a new connection's ``search_path`` (the schema) and ``lock_timeout``."""
+    """Set a new connection's ``search_path`` (the schema), ``lock_timeout`` and its
+    bound on the server's answer (:class:`.AnsweringConnection`, ``timeout_s``)."""
 
     def configure(conn: psycopg.Connection[Any]) -> None:
+        if isinstance(conn, AnsweringConnection):
+            conn.answer_s = config.timeout_s
         conn.execute(
             pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(config.schema_name))
         )
@@ -71,7 +74,7 @@ def _configure(config: PostgresConfig) -> Callable[[psycopg.Connection[Any]], No
 
 
 def _connect(config: PostgresConfig) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(
+    conn = AnsweringConnection.connect(
         config.dsn.get_secret_value(),
         autocommit=True,
         connect_timeout=max(1, math.ceil(config.connect_timeout_s)),
@@ -155,6 +158,7 @@ class PostgresStore(SQLiteStore):
                 min_size=1,
                 max_size=cfg.pool_size,
                 kwargs={"autocommit": True},
+                connection_class=AnsweringConnection,
                 configure=_configure(cfg),
                 check=ConnectionPool.check_connection,
                 timeout=cfg.connect_timeout_s,
@@ -216,14 +220,13 @@ class PostgresStore(SQLiteStore):
         """Create the schema once, under its advisory lock: ``IF NOT EXISTS`` alone
         lets two sessions creating it at once fail on a unique violation."""
         cfg = self.config
-        with (
-            psycopg.connect(
-                cfg.dsn.get_secret_value(),
-                autocommit=True,
-                connect_timeout=max(1, math.ceil(cfg.connect_timeout_s)),
-            ) as conn,
-            conn.transaction(),
-        ):
+        conn = AnsweringConnection.connect(
+            cfg.dsn.get_secret_value(),
+            autocommit=True,
+            connect_timeout=max(1, math.ceil(cfg.connect_timeout_s)),
+        )
+        conn.answer_s = cfg.timeout_s
+        with conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
             conn.execute(
                 pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
