@@ -226,6 +226,57 @@ def test_a_server_that_stops_answering_costs_a_bounded_wait_not_a_hang(
             assert (m.stats().memories, m.stats().unindexed) == (10, 0)
 
 
+def test_a_server_frozen_before_the_first_request_costs_a_bounded_wait_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """The server stops answering before this process's first request to it (it froze
+    between two runs): chromadb's client makes requests while it is constructed, on a
+    session that never times out, so ``open()`` hung. It must fail as with an
+    unreachable server (``StorageError``) within about ``timeout_s``, and open once the
+    server answers again, nothing lost."""
+    import signal
+    import threading
+    import time
+
+    from chroma_server import chroma_process
+
+    if not Path(CHROMA).exists():
+        pytest.skip("the chroma CLI is not installed")
+    scope = ("u",)
+    with chroma_process(tmp_path / "server") as (port, proc):
+        chroma = ChromaConfig(
+            mode="http", host="127.0.0.1", port=port, exact_below=5, timeout_s=2.0
+        )
+        cfg = HelaMemConfig(path=tmp_path / "s", chroma=chroma)
+        with HelaMemory(cfg, embedder=_Alias(64)) as first:  # a promoted scope
+            apple = _apple_and_fillers(first, scope, 8)
+        proc.send_signal(signal.SIGSTOP)
+        got: list[Any] = []
+        try:
+
+            def opens() -> None:
+                try:
+                    HelaMemory(cfg, embedder=_Alias(64)).open().close()
+                    got.append("opened")
+                except StorageError as exc:
+                    got.append(exc)
+
+            worker = threading.Thread(target=opens, daemon=True)
+            t0 = time.monotonic()
+            worker.start()
+            worker.join(40)
+            assert not worker.is_alive(), "open() hung on the server frozen before it"
+            took = time.monotonic() - t0
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert len(got) == 1 and isinstance(got[0], StorageError), got
+        assert "could not connect to Chroma" in str(got[0])
+        assert took < 20, took
+        with HelaMemory(cfg, embedder=_Alias(64)) as m:  # the server answers again
+            assert m.search("kitty", scope, k=1, learn=False, spread=False).ids == [apple]
+            assert (m.stats().memories, m.stats().unindexed) == (9, 0)
+
+
 def test_an_id_deleted_and_added_again_meanwhile_keeps_its_own_vector(
     tmp_path: Path, chroma_port: int
 ) -> None:

@@ -38,6 +38,7 @@ from .chroma_embedded import (
     inherited_engine_error,
     note_engine_started,
 )
+from .chroma_http import http_client
 from .chroma_marker import FULL, MARKER, damaged, left_open, marker_owner, write_marker
 from .exact import ExactVectors
 from .lock import ProcessLock
@@ -249,18 +250,7 @@ class ChromaConnection:
         cfg = self._config
         settings = self._settings()
         if cfg.mode == "http":
-            client = chromadb.HttpClient(
-                host=cfg.host,
-                port=cfg.port,
-                ssl=cfg.ssl,
-                headers=dict(cfg.headers or {}),
-                settings=settings,
-            )
-            # chromadb's own never times out: a server not answering held every call
-            session = getattr(getattr(client, "_server", None), "_session", None)
-            if isinstance(session, httpx.Client):
-                session.timeout = httpx.Timeout(cfg.timeout_s)
-            return client
+            return http_client(cfg, settings)  # every request bounded by timeout_s
         note_engine_started()
         if cfg.mode == "ephemeral":
             return chromadb.EphemeralClient(settings=settings)
