@@ -1,14 +1,24 @@
-"""Which hits an answer returns: at most ``k``, none under the score threshold, and
-only those whose text fits the token budget."""
+"""Which hits an answer returns: at most ``k``, none under the score threshold, only
+those whose text fits the token budget, and (injected) none without any relevance."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 
-from helamem.core import Hit, InvalidInputError, SearchResult
+from helamem.core import (
+    HelaMemory,
+    Hit,
+    InvalidInputError,
+    MemoryNotFoundError,
+    SearchResult,
+    StorageError,
+)
 
-__all__ = ["best", "check_k", "check_threshold", "fitting"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["best", "check_k", "check_threshold", "fitting", "learn", "related"]
 
 
 def best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
@@ -54,3 +64,54 @@ def fitting(query: str, hits: Sequence[Hit], max_tokens: int | None) -> list[Hit
             break
         n += 1
     return list(hits[:n])
+
+
+def related(hits: Sequence[Hit]) -> list[Hit]:
+    """The hits with some relevance to the query: a score above 0, or reached by
+    spreading from a hit of this search that has one (the reply of a question that
+    matches: the core scores a base hit by its own text only, so in a store small enough
+    for every memory to be a base candidate that reply scores 0 when it shares no word
+    with the query, and the same reply as an association hit scores its question's
+    relevance times the edge's weight).
+
+    Examples:
+        >>> from helamem.core import Memory
+        >>> from datetime import UTC, datetime
+        >>> def hit(id, score, via=()):
+        ...     t = datetime(2026, 1, 1, tzinfo=UTC)
+        ...     m = Memory(id, ("u",), "episodic", id, "user", t, t)
+        ...     return Hit(m, score, 0.0, 0.0, 0.0, 0.0, 0.0, "base", via)
+        >>> [h.id for h in related([hit("q", 0.4), hit("r", 0.0, (("q", 0.5),)),
+        ...                          hit("x", 0.0, (("y", 0.6),)), hit("y", 0.0)])]
+        ['q', 'r']
+    """
+    relevant = {h.id for h in hits if h.score > 0.0}
+    return [h for h in hits if h.id in relevant or any(s in relevant for s, _ in h.via)]
+
+
+def _coactive(hits: Sequence[Hit], top: int) -> list[list[str]]:
+    """The ids that learn together, as a search learns from what it returns: per kind
+    (episodes, facts), the best ``top`` by activation (all when 0), groups of two or
+    more."""
+    groups = []
+    for facts in (False, True):
+        kind = [h for h in hits if (h.provenance == "semantic") == facts]
+        kind.sort(key=lambda h: -h.activation)  # stable
+        ids = [h.id for h in (kind[:top] if top else kind)]
+        if len(ids) > 1:
+            groups.append(ids)
+    return groups
+
+
+async def learn(memory: HelaMemory, injected: Sequence[Hit]) -> None:
+    """Co-activate the memories injected, as a search learns from what it returns (the
+    adapter searches without learning): a memory left out of the context (no relevance,
+    under the threshold, over ``max_tokens``) learns nothing. A memory deleted since, or
+    a failed write, is logged: as a search's learning, it never fails the read."""
+    for ids in _coactive(injected, memory.config.retrieval.learn_top):
+        try:
+            await memory.areinforce(ids)
+        except MemoryNotFoundError as exc:  # deleted since the search: nothing to link
+            logger.debug("co-activation of injected memories skipped: %s", exc)
+        except StorageError as exc:
+            logger.warning("co-activation of injected memories dropped: %s", exc)

@@ -103,7 +103,11 @@ class HelaMemMemoryConfig(BaseModel):
         score_threshold: Drop hits whose score is lower. The score is the
             core's relevance in [0, 1], on one absolute scale for every scope
             and query (see :attr:`helamem.core.Hit.score`), so one threshold
-            means the same everywhere; ``None`` keeps every hit.
+            means the same everywhere. ``None`` (default): ``query`` keeps every
+            hit (as ``ListMemory`` returns everything it holds), while
+            ``update_context`` injects, and learns from, only the hits with some
+            relevance: a score above 0, or reached by spreading from a hit that
+            has one (a matching question's reply); ``0.0`` injects every hit.
         max_tokens: Cap on the memory text injected into the model context
             (whole memories, best first, counted as
             :meth:`helamem.core.SearchResult.to_text` counts).

@@ -12,7 +12,6 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from autogen_core import CancellationToken, Component
@@ -37,7 +36,6 @@ from helamem.core import (
     is_blank,
     query_tail,
 )
-from helamem.core.identity import store_key
 
 from ._convert import (
     MIME_KEY,
@@ -59,7 +57,12 @@ from ._hits import best as _best
 from ._hits import check_k as _check_k
 from ._hits import check_threshold as _check_threshold
 from ._hits import fitting as _fitting
+from ._hits import learn as _learn
+from ._hits import related as _related
 from ._injected import OWN_LOAD, forget_injected, note_injected, remove_injected
+from ._peers import join as _join_peers
+from ._peers import peers as _peers
+from ._served import Served as _Served
 from .config import HelaMemMemoryConfig
 
 __all__ = ["HelaMemMemory"]
@@ -67,29 +70,6 @@ __all__ = ["HelaMemMemory"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Each store's live HelaMemMemory instances (one store object or several on one store,
-# keyed by helamem.core.identity.store_key): a read waits for the turns any records.
-_PEERS: dict[str, weakref.WeakSet[HelaMemMemory]] = {}
-
-
-def _join_peers(memory: HelaMemMemory, store: HelaMemory) -> None:
-    """``memory`` records on ``store``'s store (the empty sets of other stores dropped:
-    one entry per store while a memory lives on it)."""
-    for key in [k for k, v in _PEERS.items() if not v]:
-        del _PEERS[key]
-    _PEERS.setdefault(store_key(store.config), weakref.WeakSet()).add(memory)
-
-
-@dataclass(slots=True)
-class _Served:
-    """What this memory did for one model context."""
-
-    query: str = ""  # the query of the memories last injected
-    ids: tuple[str, ...] = ()  # their ids
-    recorded: Turn | None = None  # the last turn recorded from it
-    seen: int = 0  # conversation messages in its history then (fewer later: it was cleared)
-    forgotten: int = 0  # conversation messages said before clear(): no turn takes them
 
 
 async def _linked(aw: Awaitable[T], token: CancellationToken | None) -> T:
@@ -238,9 +218,11 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
 
         Returns:
             The memories injected: at most ``config.k``, highest score first,
-            only those at or above ``config.score_threshold`` and only those
-            whose text fits in ``config.max_tokens`` (empty when there is no
-            text to search with or no hit).
+            only those at or above ``config.score_threshold`` (``None``: only
+            those with some relevance, a score above 0 or reached by spreading
+            from a hit that has one) and only those whose text fits in
+            ``config.max_tokens`` (empty when there is no text to search with or
+            no hit). With ``config.learn``, only these learn together.
         """
         messages, whole = await history(model_context)
         served = self._served_for(model_context)
@@ -251,9 +233,11 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         if query is None:
             served.query, served.ids = "", ()
             return UpdateContextResult(memories=MemoryQueryResult(results=[]))
-        found = await self._search(query, self._config.k, self._config.score_threshold)
+        found = await self._search(query, self._config.k, self._config.score_threshold, True)
         hits = _fitting(query, found, self._config.max_tokens)
         served.query, served.ids = query, tuple(h.id for h in hits)
+        if self._config.learn:  # what the context got learns, nothing left out
+            await _learn(self.helamem, hits)
         if hits:
             text = f"{self._header}\n{SearchResult(query, tuple(hits)).to_text()}"
             await model_context.add_message(SystemMessage(content=text))
@@ -329,20 +313,31 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         """Delete every memory of this scope (and of the scopes under it), after pending turns.
 
         Everything said before the call is forgotten, the turns the agents' contexts
-        completed but this memory had not recorded yet included (it records a turn
+        completed but no memory had recorded yet included (a memory records a turn
         at the next model call): those are never recorded afterwards, nor is a
-        question said before the call in a turn its reply completes after it. A turn whose
-        recording failed is forgotten with the rest (logged; not raised).
+        question said before the call in a turn its reply completes after it. That holds
+        for every context served by a live ``HelaMemMemory`` of this process on the same
+        store whose scope is this one or under it (another agent's memory of the scope,
+        on this store object or another), and their queued turns are deleted too. A turn
+        whose recording failed is forgotten with the rest (logged; not raised).
         """
-        for context, served in list(self._served.items()):
-            await self._record(served, *await history(context), forget=True)
-        await self._settle()
-        for err in self._failures:  # their turns would be deleted now: nothing is lost
-            logger.warning("clear(): %d turn(s) whose recording failed are forgotten", err.total)
-        self._failures.clear()
-        await self.helamem.adelete_scope(self.scope, missing_ok=True)  # never recorded
-        for served in list(self._served.values()):
-            served.query, served.ids = "", ()
+        store = self.helamem
+        cut = [self, *(p for p in _peers(store, self.scope, HelaMemMemory) if p is not self)]
+        cut = [p for p in cut if not p._closed]
+        for memory in cut:
+            for context, served in list(memory._served.items()):
+                await memory._record(served, *await history(context), forget=True)
+        for memory in cut:
+            await memory._settle()
+            for err in memory._failures:  # their turns would be deleted now: nothing is lost
+                logger.warning(
+                    "clear(): %d turn(s) whose recording failed are forgotten", err.total
+                )
+            memory._failures.clear()
+        await store.adelete_scope(self.scope, missing_ok=True)  # never recorded
+        for memory in cut:
+            for served in list(memory._served.values()):
+                served.query, served.ids = "", ()
 
     async def close(self) -> None:
         """Record the final turns, store every queued turn, then close the store if it is ours.
@@ -434,6 +429,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         if served is None:
             served = self._served[model_context] = _Served()
             self._record_before_clear(model_context)
+            if not self._closed:  # a clear() of its scope on this store cuts this context
+                _join_peers(self, self.helamem)
         return served
 
     def _record_before_clear(self, model_context: ChatCompletionContext) -> None:
@@ -444,7 +441,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         saved): recording it again is skipped by the store (its identity, ``unique_on``)."""
         memory = weakref.ref(self)
 
-        def recording(method: Callable[..., Awaitable[None]], loads: bool) -> Any:
+        def recording(method: Callable[..., Awaitable[None]]) -> Any:
             async def run(*args: Any, **kwargs: Any) -> None:
                 me = memory()
                 ours = me is not None and not me._closed and not OWN_LOAD.get()
@@ -452,27 +449,32 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
                 if me is not None and served is not None:
                     await me._record(served, *await history(model_context))
                 await method(*args, **kwargs)
-                if loads and served is not None:  # not a continuation: as never read
-                    served.recorded, served.seen, served.forgotten = None, 0, 0
+                if served is not None:  # another conversation (or none): as never read
+                    served.restart()
 
             return run
 
         try:
-            model_context.clear = recording(model_context.clear, False)  # type: ignore[method-assign]
-            model_context.load_state = recording(model_context.load_state, True)  # type: ignore[method-assign]
+            model_context.clear = recording(model_context.clear)  # type: ignore[method-assign]
+            model_context.load_state = recording(model_context.load_state)  # type: ignore[method-assign]
         except (AttributeError, TypeError):  # a context that takes no attribute
             logger.debug("cannot record the final turn before %r clears", model_context)
 
-    async def _search(self, text: str, k: int, threshold: float | None) -> list[Hit]:
-        """At most ``k`` hits, episodes and facts together, highest relevance first."""
+    async def _search(
+        self, text: str, k: int, threshold: float | None, inject: bool = False
+    ) -> list[Hit]:
+        """At most ``k`` hits, episodes and facts together, highest relevance first
+        (``inject``: for the context, learning left to :meth:`_learn`, and with no
+        threshold only those :func:`~helamem.autogen._hits.related` to the query)."""
         mem = self.helamem
         await self._await_recorded()
         facts = min(mem.config.retrieval.semantic_k, k)
-        query, scope, learn = query_tail(text), self.scope, self._config.learn  # any text
+        query, scope = query_tail(text), self.scope  # any text
         if not query:
             return []
-        result = await mem.asearch(query, scope, k=k, semantic_k=facts, learn=learn)
-        return _best(result, k, threshold)
+        learn = self._config.learn and not inject
+        found = list(await mem.asearch(query, scope, k=k, semantic_k=facts, learn=learn))
+        return _best(_related(found) if inject and threshold is None else found, k, threshold)
 
     async def _await_recorded(self) -> None:
         """Wait, bounded, until the turns queued so far in this scope (or under it) are stored.
@@ -485,11 +487,10 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         store = self._memory
         if bound <= 0 or store is None:
             return
-        n = len(self.scope)
         peers = [
             p
-            for p in list(_PEERS.get(store_key(store.config), ()))
-            if p._recorder is not None and not p._closed and p.scope[:n] == self.scope
+            for p in _peers(store, self.scope, HelaMemMemory)
+            if p._recorder is not None and not p._closed
         ]
         if not peers:
             return
@@ -532,9 +533,10 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
 
         A turn is told from the one recorded before by its position in the
         whole history, so a repeated "yes" / "Done." is a new turn; a history
-        with fewer conversation messages than last time was cleared, so its
-        turns are new. A view that may be a window (``whole`` false) shifts
-        positions: there a turn is told apart by its text only.
+        that does not begin with the messages read last time was cleared or
+        replaced (:meth:`_Served.follow`), so its turns are new and none of its
+        messages was said before ``clear()``. A view that may be a window
+        (``whole`` false) shifts positions: there a turn is told apart by its text only.
 
         A turn of a whole history is stored with its identity (:func:`turn_key`,
         under ``TURN_KEY``) as its ``unique_on`` key: a history loaded from a
@@ -544,10 +546,10 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         """
         if not self._config.record:  # one that only injects: no path records a turn
             return
-        spoken = sum(not is_memory_message(m) for m in messages)
-        if whole and spoken < served.seen:
-            served.recorded, served.forgotten = None, 0  # cleared (agent.on_reset(), load_state)
-        served.seen = spoken
+        conversation = [m for m in messages if not is_memory_message(m)]
+        spoken = len(conversation)
+        if whole:
+            served.follow(conversation)
         if forget and whole:  # clear(): what was said so far is in no later turn either
             served.forgotten = spoken
         turn = last_turn(messages, self._config.user_sources, served.forgotten if whole else 0)
