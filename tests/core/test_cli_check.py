@@ -473,7 +473,8 @@ def test_a_damaged_page_is_reported_and_what_still_reads_is_counted(
         f.write(b"\xff" * size)
     code, rep = _check(path, capsys)
     assert code == 1
-    assert (rep["memories"], rep["schema_version"], rep["embedder"]) == (3000, 9, "hashing-64 (64)")
+    got = (rep["memories"], rep["schema_version"], rep["embedder"])
+    assert got == (3000, 10, "hashing-64 (64)")
     assert "sqlite_integrity" in _kinds(rep)
     garbage = tmp_path / "g"
     garbage.mkdir()

@@ -88,7 +88,7 @@ def test_term_stats_counts_documents_with_fts_stemming(mem: HelaMemory, tmp_path
     st = SQLiteStore(path)
     st.open()
     try:
-        assert st.schema_version() == SCHEMA_VERSION == 9
+        assert st.schema_version() == SCHEMA_VERSION == 10
         rows, df = st.term_stats(["cats", "cat", "painted", "miso", "nowhere", "a_b", "week"])
         assert rows == 12
         # porter: cats/cat -> cat, painted/painting -> paint; a_b is the phrase "a b"

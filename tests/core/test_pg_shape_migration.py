@@ -68,6 +68,7 @@ def test_migration_4_writes_the_shape_an_insert_writes(tmp_path: Path, pg_server
         # a store written before migration 4: migration 3's shapes, version 3
         with store.tx() as db:
             db.execute(_MIGRATION_3)
+            db.execute("DROP TABLE forgotten_turns")  # migration 6's
             db.execute("DROP INDEX memories_unique")  # migration 5's
             db.execute("ALTER TABLE memories DROP COLUMN unique_key")
             db.execute("DELETE FROM schema_version WHERE version > 3")

@@ -516,7 +516,7 @@ def test_v1_store_migrates_on_open_and_works(tmp_path: Path, make_mem: Any) -> N
         )
     with make_mem(path) as mem:
         st = mem.stats()
-        assert st.schema_version == SCHEMA_VERSION == 9
+        assert st.schema_version == SCHEMA_VERSION == 10
         assert (st.episodic, st.semantic, st.edges) == (7, 1, 6)
         assert st.unindexed == 0 and st.vectors == 8  # embedded and indexed on open
         first = mem.get("01HZX0A0000000000000000001")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,18 +48,41 @@ def _complete(group: Sequence[Prepared], rows: Sequence[MemoryRow]) -> bool:
     return bool(rows) and all(have[role] >= n for role, n in Counter(p.role for p in group).items())
 
 
-def _stored_in_place(group: Sequence[Prepared], rows: Sequence[MemoryRow]) -> list[MemoryRow]:
+def _stored_in_place(
+    group: Sequence[Prepared], rows: Sequence[MemoryRow], unstored: Callable[[int], MemoryRow]
+) -> list[MemoryRow]:
     """For each memory of a skipped ``group``, the stored one of ``rows`` (oldest first)
     that takes its place: of its role, the newest copy's (a turn's user and assistant
     messages map to the pair stored last, so a turn stored again after a half of it
-    was deleted answers with the new pair)."""
+    was deleted, before deleted keys were kept, answers with the new pair); where none
+    of its role is left (a forgotten turn's deleted half), ``unstored(j)``: the group's
+    ``j``-th memory as given, never stored (no memory has its id)."""
     out: list[MemoryRow] = []
     taken: set[int] = set()
-    for p in reversed(group):  # the group's last memory of a role takes the newest
-        pick = next(r for r in reversed(rows) if r.role == p.role and r.n not in taken)
+    for j in range(len(group) - 1, -1, -1):  # the group's last memory of a role takes the newest
+        role = group[j].role
+        pick = next((r for r in reversed(rows) if r.role == role and r.n not in taken), None)
+        if pick is None:
+            out.append(unstored(j))
+            continue
         taken.add(pick.n)
         out.append(pick)
     return out[::-1]
+
+
+def _unstored(
+    group: Sequence[Prepared], ids: Sequence[str], sid: int, now: float
+) -> Callable[[int], MemoryRow]:
+    """The row of ``group``'s ``j``-th memory as given (id ``ids[j]``), never stored."""
+
+    def row(j: int) -> MemoryRow:
+        p = group[j]
+        return MemoryRow(
+            0, ids[j], sid, p.kind, p.content, p.role, p.event_time, now,
+            p.keywords, 0, None, p.metadata, p.provenance, None,
+        )  # fmt: skip
+
+    return row
 
 
 logger = logging.getLogger(__name__)
@@ -174,10 +197,14 @@ class IngestOps(LearningOps):
                     key = tuple(group[0].scope)
                     if key not in sids:
                         sids[key] = self.store.ensure_scope(db, group[0].scope)
-                    stored = self.store.ids_with_unique_key(sids[key], ukey)
+                    sid = sids[key]
+                    stored = self.store.ids_with_unique_key(sid, ukey)
                     rows = sorted(self.store.rows_by_id(stored).values(), key=lambda r: r.n)
-                    if _complete(group, rows):
-                        found[gi] = rows
+                    # a turn forgotten (deleted, wholly or a half) is not stored again
+                    if _complete(group, rows) or self.store.key_forgotten(sid, ukey):
+                        found[gi] = _stored_in_place(
+                            group, rows, _unstored(group, ids[i:], sid, now)
+                        )
                         i += len(group)
                         continue
                 used = {
@@ -279,7 +306,7 @@ class IngestOps(LearningOps):
         inserted = iter(made)
         for gi, group in enumerate(groups):
             if gi in found:
-                out += [self._memory(r) for r in _stored_in_place(group, found[gi])]
+                out += [self._memory(r) for r in found[gi]]
             else:
                 out += [self._memory(next(inserted)) for _ in group]
         return out

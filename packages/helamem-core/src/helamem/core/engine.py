@@ -259,9 +259,9 @@ class HelaMemory(UpkeepMethods):
         that identify the turn, as an idempotency key stored with it: when a turn
         of this scope (not a sub-scope) was stored with the same ``unique_on``
         values, nothing is stored or learned and the stored pair is returned (the
-        newest copy's user and assistant memories; a turn missing a half is
-        stored again). The check is an index lookup in the write transaction, so
-        processes racing with one turn store it once.
+        newest copy's); nor is a turn of a key deleted (forgotten, by any process:
+        a deleted half is returned as given, never stored). The check is an index
+        lookup in the write transaction, so racing processes store a turn once.
 
         Raises:
             InvalidInputError: bad text, scope, time or metadata, or a

@@ -236,8 +236,8 @@ class TurnRecorder(RecorderWorker):
                 default: now (the time of this call).
             metadata: JSON-serialisable dict kept with both messages.
             unique_on: Keys of ``metadata`` that identify the turn: it is not
-                stored when a memory of ``scope`` holds the same values (an
-                idempotency key; see :meth:`HelaMemory.add_turn`).
+                stored when a memory of ``scope`` holds the same values, or held
+                them and was deleted (an idempotency key; see :meth:`HelaMemory.add_turn`).
 
         Raises:
             InvalidInputError: On a bad scope, message, id list or time.

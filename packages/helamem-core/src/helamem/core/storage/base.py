@@ -273,6 +273,8 @@ class GraphStore(Protocol):
 
     def unique_keys(self, ns: Sequence[int]) -> dict[int, str]: ...
 
+    def key_forgotten(self, scope_id: int, key: str) -> bool: ...
+
     def insert_memory(
         self,
         db: Any,

@@ -353,6 +353,7 @@ class SQLiteStore(SQLiteUpkeep):
             db.execute(f"DELETE FROM token_vectors WHERE n IN ({q})", ns)
             db.execute(f"DELETE FROM edges WHERE a IN ({q}) OR b IN ({q})", [*ns, *ns])
             self._unindex_texts(db, ns)
+            self.forget_unique_keys(db, ns)  # a deleted turn is never stored again
             db.execute(f"DELETE FROM memories WHERE n IN ({q})", ns)
             db.execute(f"UPDATE scopes SET last_episode = NULL WHERE last_episode IN ({q})", ns)
         for scope_id, head in heads.items():

@@ -560,6 +560,21 @@ class SQLiteUpkeep(SQLiteConnection):
         )
         return [str(r[0]) for r in rows]
 
+    def forget_unique_keys(self, db: sqlite3.Connection, ns: Sequence[int]) -> None:
+        """Keep the idempotency keys of memories ``ns``, deleted next in the caller's
+        transaction, as forgotten: no process stores a turn of one again."""
+        where, params = self.ids_in("n", ns)
+        db.execute(
+            "INSERT OR IGNORE INTO forgotten_turns(scope_id, unique_key) SELECT DISTINCT "
+            f"scope_id, unique_key FROM memories WHERE {where} AND unique_key IS NOT NULL",
+            params,
+        )
+
+    def key_forgotten(self, scope_id: int, key: str) -> bool:
+        """Whether a turn of ``scope_id`` with idempotency key ``key`` was deleted."""
+        sql = "SELECT 1 FROM forgotten_turns WHERE scope_id = ? AND unique_key = ?"
+        return self.db.execute(sql, (scope_id, key)).fetchone() is not None
+
     def unique_keys(self, ns: Sequence[int]) -> dict[int, str]:
         """The idempotency keys of those of memories ``ns`` that have one."""
         where, params = self.ids_in("n", ns)

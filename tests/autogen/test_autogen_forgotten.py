@@ -1,0 +1,35 @@
+"""HelaMemMemory: a turn forgotten with ``clear()`` stays forgotten when another process
+loads an agent state saved before the forget (its history ends in that turn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from autogen_agentchat.agents import AssistantAgent
+from autogen_replay_client import ReplayChatCompletionClient
+from test_autogen_memory import config
+from test_autogen_reload import _episodes, _second_process
+
+from helamem.autogen import HelaMemMemory
+
+
+async def test_a_cleared_turn_is_not_recorded_again_by_a_loaded_state(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """Helper 164: the turn's identity went with its memories, so a process loading a
+    state saved before ``clear()`` recorded the history's last turn again: the cleared
+    text was back."""
+    path = tmp_path / "data"
+    memory = HelaMemMemory(config(path))
+    client = ReplayChatCompletionClient(["Noted."])
+    agent = AssistantAgent("a", model_client=client, memory=[memory])
+    await agent.run(task="my bank PIN is 4711")
+    state = await agent.save_state()
+    await memory.close()  # records the turn
+    assert _episodes(store_db, path) == ["my bank PIN is 4711", "Noted."]
+    cleared = HelaMemMemory(config(path))
+    await cleared.clear()
+    await cleared.close()
+    await _second_process(path, state, ["and now?"], ["Now what?"])
+    assert _episodes(store_db, path) == ["and now?", "Now what?"]
