@@ -33,3 +33,32 @@ async def test_a_cleared_turn_is_not_recorded_again_by_a_loaded_state(
     await cleared.close()
     await _second_process(path, state, ["and now?"], ["Now what?"])
     assert _episodes(store_db, path) == ["and now?", "Now what?"]
+
+
+async def test_after_clear_the_same_words_said_again_live_are_recorded(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """A turn's identity is the conversation's text up to it, so after ``clear()`` a new
+    conversation repeating the forgotten one word for word has its key: the store must
+    still record it (the user said it again, live), while a loaded state's old turn of
+    that key stays forgotten (above)."""
+    path = tmp_path / "data"
+    memory = HelaMemMemory(config(path))
+    agent = AssistantAgent(
+        "a", model_client=ReplayChatCompletionClient(["Hi Bob.", "Noted."]), memory=[memory]
+    )
+    await agent.run(task="my name is Bob")
+    await agent.run(task="my bank PIN is 4711")
+    await memory.clear()  # forgets both turns
+    assert _episodes(store_db, path) == []
+    await agent.on_reset(None)  # type: ignore[arg-type]  # a new conversation
+    agent._model_client = ReplayChatCompletionClient(["Hi Bob.", "Noted."])  # type: ignore[attr-defined]
+    await agent.run(task="my name is Bob")
+    await agent.run(task="my bank PIN is 4711")
+    await memory.close()  # records the last turn
+    assert _episodes(store_db, path) == [
+        "my name is Bob",
+        "Hi Bob.",
+        "my bank PIN is 4711",
+        "Noted.",
+    ]

@@ -109,3 +109,43 @@ def test_an_import_after_delete_scope_gives_the_turns_back(
         again = mem.add_turn(ALICE, "my PIN is 4711", "noted", metadata=KEY, unique_on=("request",))
         assert [m.id for m in again] == [m.id for m in first]
         assert mem.stats(ALICE).memories == 2
+
+
+def test_revive_stores_a_turn_of_a_forgotten_key_everywhere_it_can_be_asked(
+    tmp_path: Path, make_mem: Callable[..., HelaMemory]
+) -> None:
+    """``revive=True``: the caller knows the turn was just completed (the same words as a
+    forgotten conversation, said again), not replayed from a saved history: it is stored
+    once, through add_turn, add_turns (NewTurn) and the recorder alike; a non-bool is
+    refused (a truthy "no" would store a forgotten turn unasked)."""
+    from helamem.core import InvalidInputError, NewTurn
+
+    with make_mem(tmp_path / "s") as mem:
+        for i, scope in enumerate([("a",), ("b",), ("c",)]):
+            u, a = mem.add_turn(
+                scope, "my PIN is 4711", "noted", metadata=KEY, unique_on=("request",)
+            )
+            mem.delete([u.id, a.id])
+            if i == 0:
+                mem.add_turn(
+                    scope, "my PIN is 4711", "noted", metadata=KEY, unique_on=("request",),
+                    revive=True,
+                )  # fmt: skip
+            elif i == 1:
+                mem.add_turns(
+                    [NewTurn(scope, "my PIN is 4711", "noted", None, KEY, (), ("request",), True)]
+                )
+            else:
+                rec = TurnRecorder(mem)
+                rec.record_turn_sync(
+                    scope, "my PIN is 4711", "noted", metadata=KEY, unique_on=("request",),
+                    revive=True,
+                )  # fmt: skip
+                rec.close_sync()
+            assert _texts(mem, scope) == ["my PIN is 4711", "noted"], scope
+            _again(mem, scope)  # stored now: an ordinary retry is skipped, not doubled
+            assert len(mem.find_ids(scope, metadata=KEY)) == 2
+        with pytest.raises(InvalidInputError, match="revive must be True or False"):
+            mem.add_turn(("d",), "x", "y", metadata=KEY, unique_on=("request",), revive="no")  # type: ignore[arg-type]
+        with pytest.raises(InvalidInputError, match="revive must be True or False"):
+            TurnRecorder(mem).record_turn_sync(("d",), "x", "y", revive=1)  # type: ignore[arg-type]

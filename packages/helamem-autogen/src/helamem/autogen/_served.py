@@ -46,15 +46,23 @@ class Served:
         """The context holds another conversation now (cleared, or a state loaded)."""
         self.recorded, self.seen, self.prefix, self.forgotten = None, 0, _NOTHING, 0
 
-    def follow(self, spoken: Sequence[LLMMessage]) -> None:
+    def follow(self, spoken: Sequence[LLMMessage]) -> int | None:
         """Read the whole history's conversation messages (memory messages left out);
-        restart first unless it begins with the messages read last time."""
+        restart first unless it begins with the messages read last time.
+
+        Returns:
+            How many of them were read last time when this reading continues that
+            one (``None``: a first reading, or a restarted one): a turn whose reply
+            comes at or after that position was completed live, between the two.
+        """
         digest = hashlib.sha256()
         before = _NOTHING if self.seen == 0 else None
         for i, message in enumerate(spoken):
             digest.update(_fingerprint(message))
             if i + 1 == self.seen:
                 before = digest.digest()
+        continued = self.seen if before == self.prefix and self.seen > 0 else None
         if before != self.prefix:
             self.restart()
         self.seen, self.prefix = len(spoken), digest.digest()
+        return continued

@@ -548,8 +548,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             return
         conversation = [m for m in messages if not is_memory_message(m)]
         spoken = len(conversation)
-        if whole:
-            served.follow(conversation)
+        read = served.follow(conversation) if whole else None
         if forget and whole:  # clear(): what was said so far is in no later turn either
             served.forgotten = spoken
         turn = last_turn(messages, self._config.user_sources, served.forgotten if whole else 0)
@@ -563,10 +562,12 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         key = turn_key(self.scope, messages, turn) if whole else None
         # the turn may be stored already (a loaded history's last turn, recorded by the
         # process that saved the state, before or after this read): the store skips it
-        # in its write transaction when this scope holds its identity (an index lookup)
-        await self._queue(served, turn, key)
+        # in its write transaction when this scope holds its identity (an index lookup),
+        # or held it and it was forgotten; one completed live since the last read is
+        # stored then too (``revive``: the same words as a forgotten conversation)
+        await self._queue(served, turn, key, read is not None and turn.at >= read)
 
-    async def _queue(self, served: _Served, turn: Turn, key: str | None) -> None:
+    async def _queue(self, served: _Served, turn: Turn, key: str | None, live: bool) -> None:
         q = served.query  # injected for the newest message: the question's last line
         asked = q and (turn.user == q or turn.user.endswith((f"\n{q}", f"] {q}")))
         used = served.ids if asked else ()
@@ -578,6 +579,7 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             used_ids=used,
             metadata=meta,
             unique_on=() if key is None else (TURN_KEY,),
+            revive=live,
         )
         served.recorded = turn
         logger.debug("queued turn for scope %r with %d used memories", self.scope, len(used))

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 
-__all__ = ["metadata_fields", "ids_arg", "limit_arg", "unique_fields"]
+__all__ = ["check_revive", "ids_arg", "limit_arg", "metadata_fields", "unique_fields"]
 
 
 def ids_arg(ids: str | Iterable[str], what: str = "ids") -> list[str]:
@@ -60,6 +60,14 @@ def unique_fields(keys: object, metadata: Mapping[str, Any] | None) -> dict[str,
             f"metadata={{{missing[0]!r}: 'r1'}}"
         )
     return metadata_fields({k: meta[k] for k in keys}, "unique_on")
+
+
+def check_revive(revive: object) -> bool:
+    """``revive`` of a turn (``add_turn``, ``NewTurn``, ``record_turn``): a bool only
+    (a truthy string or 1 stored a forgotten turn unasked)."""
+    if not isinstance(revive, bool):
+        raise InvalidInputError(f"revive must be True or False, got {revive!r}")
+    return revive
 
 
 def limit_arg(limit: object) -> int | None:

@@ -143,6 +143,7 @@ class IngestOps(LearningOps):
         used_ids: Sequence[Sequence[str]] = (),
         unique: Sequence[Mapping[str, str] | None] = (),
         *,
+        revive: Sequence[bool] = (),
         turns: bool = False,
     ) -> list[Memory]:
         """Store groups of memories; each group is one tick of its scope.
@@ -156,7 +157,8 @@ class IngestOps(LearningOps):
         idempotency key, :func:`~.storage.unique.unique_key`, found through an
         index); the check and the insert share the write transaction, so of processes
         racing with one group, one stores it.
-        The skipped group's place in the result holds the stored memories
+        Nor is it stored when such a memory was deleted (its key forgotten), unless
+        ``revive[i]``. The skipped group's place in the result holds the stored memories
         (:func:`_stored_in_place`).
         ``turns``: each group is a turn; each one stored counts toward its scope's
         next consolidation (:mod:`._turn_count`), in the same transaction.
@@ -201,7 +203,10 @@ class IngestOps(LearningOps):
                     stored = self.store.ids_with_unique_key(sid, ukey)
                     rows = sorted(self.store.rows_by_id(stored).values(), key=lambda r: r.n)
                     # a turn forgotten (deleted, wholly or a half) is not stored again
-                    if _complete(group, rows) or self.store.key_forgotten(sid, ukey):
+                    revived = gi < len(revive) and revive[gi]
+                    if _complete(group, rows) or (
+                        not revived and self.store.key_forgotten(sid, ukey)
+                    ):
                         found[gi] = _stored_in_place(
                             group, rows, _unstored(group, ids[i:], sid, now)
                         )

@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._args import unique_fields
+from ._args import check_revive, unique_fields
 from .distill import refuse_reserved
 from .errors import HelaMemError, InvalidInputError
 from .types import NewTurn, Scope, TimeLike, dump_json, normalize_scope, to_timestamp
@@ -126,6 +126,7 @@ class Job:
     unique_on: tuple[str, ...] = ()
     forgotten: bool = False  # a delete_scope of its scope came after it (owner loop)
     ids: tuple[str, ...] = ()  # the memories it stored
+    revive: bool = False  # stored even when its unique_on key was forgotten
 
     def turn(self) -> NewTurn:
         return NewTurn(
@@ -136,6 +137,7 @@ class Job:
             self.metadata,
             self.used_ids,
             self.unique_on,
+            self.revive,
         )
 
 
@@ -164,6 +166,7 @@ def make_job(
     event_time: TimeLike | None,
     metadata: Mapping[str, Any] | None,
     unique_on: Sequence[str] = (),
+    revive: bool = False,
 ) -> Job:
     """Cheap validation in the caller's thread; the memory checks the rest."""
     ids = (used_ids,) if isinstance(used_ids, str) else tuple(used_ids)
@@ -186,6 +189,7 @@ def make_job(
         # values too) before the owner thread stores the turn
         metadata=None if metadata is None else json.loads(dump_json(metadata, "metadata")),
         unique_on=tuple(unique),
+        revive=check_revive(revive),
     )
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ._args import ids_arg, limit_arg, metadata_fields, unique_fields
+from ._args import check_revive, ids_arg, limit_arg, metadata_fields, unique_fields
 from ._core import Core, Stats, prepare
 from ._engine_upkeep import UpkeepMethods
 from ._owner import KeepsPending
@@ -127,10 +127,11 @@ class HelaMemory(UpkeepMethods):
         metadata: dict[str, Any] | None,
         used_ids: Iterable[str],
         unique_on: Sequence[str] = (),
+        revive: bool = False,
     ) -> Callable[[Core], tuple[Memory, Memory]]:
         ids = ids_arg(used_ids, "used_ids")
         many = HelaMemory._plan_add_turns(
-            [NewTurn(scope, user, assistant, event_time, metadata, ids, unique_on)]
+            [NewTurn(scope, user, assistant, event_time, metadata, ids, unique_on, revive)]
         )
         return KeepsPending(lambda c: many(c)[0])
 
@@ -141,11 +142,13 @@ class HelaMemory(UpkeepMethods):
         now = time.time()
         groups, used = [], []
         unique: list[dict[str, str] | None] = []
+        revive: list[bool] = []
         for i, t in enumerate(turns):
             if not isinstance(t, NewTurn):
                 raise InvalidInputError(
                     f"add_turns item {i} must be a NewTurn, got {type(t).__name__}"
                 )
+            revive.append(check_revive(t.revive))
             meta = dict(t.metadata) if t.metadata is not None else None
             unique.append(unique_fields(t.unique_on, meta))
             groups.append(
@@ -159,7 +162,7 @@ class HelaMemory(UpkeepMethods):
             used.append(ids_arg(t.used_ids, "used_ids"))
 
         def run(c: Core) -> list[tuple[Memory, Memory]]:
-            m = c.ingest(groups, used_ids=used, unique=unique, turns=True)
+            m = c.ingest(groups, used_ids=used, unique=unique, revive=revive, turns=True)
             return [(m[i], m[i + 1]) for i in range(0, len(m), 2)]
 
         return KeepsPending(run)
@@ -249,6 +252,7 @@ class HelaMemory(UpkeepMethods):
         metadata: dict[str, Any] | None = None,
         used_ids: Iterable[str] = (),
         unique_on: Sequence[str] = (),
+        revive: bool = False,
     ) -> tuple[Memory, Memory]:
         """Store one turn (user then assistant message) as one tick of its scope.
 
@@ -260,15 +264,17 @@ class HelaMemory(UpkeepMethods):
         of this scope (not a sub-scope) was stored with the same ``unique_on``
         values, nothing is stored or learned and the stored pair is returned (the
         newest copy's); nor is a turn of a key deleted (forgotten, by any process:
-        a deleted half is returned as given, never stored). The check is an index
-        lookup in the write transaction, so racing processes store a turn once.
+        a deleted half is returned as given, never stored) unless ``revive``: a
+        caller that knows the turn was just completed, not replayed from a saved
+        history. The check is an index lookup in the write transaction, so racing
+        processes store a turn once.
 
         Raises:
             InvalidInputError: bad text, scope, time or metadata, or a
                 ``unique_on`` key missing from ``metadata`` or without a str value.
         """
         plan = self._plan_add_turn(
-            scope, user, assistant, event_time, metadata, used_ids, unique_on
+            scope, user, assistant, event_time, metadata, used_ids, unique_on, revive
         )
         return self._call(plan, (scope,), "add_turn")
 
@@ -493,13 +499,14 @@ class HelaMemory(UpkeepMethods):
         metadata: dict[str, Any] | None = None,
         used_ids: Iterable[str] = (),
         unique_on: Sequence[str] = (),
+        revive: bool = False,
     ) -> tuple[Memory, Memory]:
         """Async :meth:`add_turn`.
 
         Cancelled: as :meth:`aadd` (stored once the owner thread started it).
         """
         plan = self._plan_add_turn(
-            scope, user, assistant, event_time, metadata, used_ids, unique_on
+            scope, user, assistant, event_time, metadata, used_ids, unique_on, revive
         )
         return await self._acall(plan, (scope,), "aadd_turn")
 

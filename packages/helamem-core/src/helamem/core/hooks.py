@@ -220,6 +220,7 @@ class TurnRecorder(RecorderWorker):
         *,
         metadata: Mapping[str, Any] | None = None,
         unique_on: Sequence[str] = (),
+        revive: bool = False,
     ) -> None:
         """Queue one turn; returns once it is queued.
 
@@ -238,6 +239,8 @@ class TurnRecorder(RecorderWorker):
             unique_on: Keys of ``metadata`` that identify the turn: it is not
                 stored when a memory of ``scope`` holds the same values, or held
                 them and was deleted (an idempotency key; see :meth:`HelaMemory.add_turn`).
+            revive: Store it even when a turn of its key was deleted: it was just
+                completed, not replayed from a saved history.
 
         Raises:
             InvalidInputError: On a bad scope, message, id list or time.
@@ -249,7 +252,7 @@ class TurnRecorder(RecorderWorker):
         Examples:
             >>> await rec.record_turn(("users", "alice"), "hi", "hello!")  # doctest: +SKIP
         """
-        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on)
+        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on, revive)
         loop = asyncio.get_running_loop()
         while True:
             with self._cond:
@@ -271,6 +274,7 @@ class TurnRecorder(RecorderWorker):
         *,
         metadata: Mapping[str, Any] | None = None,
         unique_on: Sequence[str] = (),
+        revive: bool = False,
     ) -> None:
         """Queue one turn or raise at once; never blocks (any thread, any loop).
 
@@ -284,7 +288,7 @@ class TurnRecorder(RecorderWorker):
         Examples:
             >>> rec.record_turn_nowait(("users", "alice"), "hi", "hello!")  # doctest: +SKIP
         """
-        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on)
+        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on, revive)
         with self._cond:
             if not self._try_put_locked(job):
                 raise RecorderFullError(self._full_message())
@@ -299,6 +303,7 @@ class TurnRecorder(RecorderWorker):
         *,
         metadata: Mapping[str, Any] | None = None,
         unique_on: Sequence[str] = (),
+        revive: bool = False,
         timeout: float | None = None,
     ) -> None:
         """Queue one turn from synchronous code; returns once it is queued.
@@ -309,7 +314,7 @@ class TurnRecorder(RecorderWorker):
         :meth:`record_turn_nowait`.
 
         Args:
-            scope, user, assistant, used_ids, event_time, metadata, unique_on: As
+            scope, user, assistant, used_ids, event_time, metadata, unique_on, revive: As
                 for :meth:`record_turn`.
             timeout: Most seconds to wait for room; ``None`` waits as long as
                 it takes.
@@ -323,7 +328,7 @@ class TurnRecorder(RecorderWorker):
         Examples:
             >>> rec.record_turn_sync(("users", "alice"), "hi", "hello!")  # doctest: +SKIP
         """
-        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on)
+        job = make_job(scope, user, assistant, used_ids, event_time, metadata, unique_on, revive)
         with self._cond:
             done = self._try_put_locked(job)
             if not done and not self._on_worker():  # on the worker, waiting would deadlock

@@ -230,6 +230,8 @@ class NewTurn:
     used_ids: Sequence[str] = ()
     unique_on: Sequence[str] = ()
     """Keys of ``metadata`` that identify the turn (see :meth:`HelaMemory.add_turn`)."""
+    revive: bool = False
+    """Store it even when a turn of its ``unique_on`` key was deleted (see ``add_turn``)."""
 
 
 @dataclass(frozen=True, slots=True)
