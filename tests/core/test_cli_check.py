@@ -578,6 +578,28 @@ def test_empty_database_beside_vectors_is_reported(
     assert kinds <= set(DEFECT_KINDS)
 
 
+def test_a_store_of_a_newer_helamem_core_is_not_called_clean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 167: a store migrated by a newer helamem-core (a rollback of the library)
+    was reported "OK: no defect found", exit 0, while opening it refuses ("newer than
+    this helamem-core"): its checks do not know that schema, so it must say so and
+    name the upgrade."""
+    from helamem.core.storage.sqlite_schema import MIGRATIONS
+
+    path = tmp_path / "s"
+    _store(path)
+    newer = len(MIGRATIONS) + 1
+    _sql(path, ("INSERT INTO schema_version(version, applied_at) VALUES (?, 0)", (newer,)))
+    code, rep = _check(path, capsys)
+    assert code == 1
+    [defect] = [d for d in rep["defects"] if d["kind"] == "sqlite_schema"]  # type: ignore[attr-defined]
+    assert f"schema version {newer} is newer" in defect["message"]
+    assert "upgrade helamem-core" in defect["fix"]
+    with pytest.raises(Exception, match="newer than this helamem-core"):  # what open says
+        HelaMemory(_config(path, False), embedder=HashingEmbedder(64)).open()
+
+
 def _dump(path: Path) -> list[object]:
     db = sqlite3.connect(path / "helamem.sqlite3")
     out: list[object] = []
@@ -656,3 +678,20 @@ def test_an_unreadable_embedder_record_is_embedder_unknown_and_its_fix_works(
     assert main(["stats", str(path), "--embedder", "hashing", "--dimension", "64"]) == 0
     capsys.readouterr()
     assert _check(path, capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "arg", ["postgresql://app:hunter2@db.internal:5432/agents", "host=db password=hunter2"]
+)
+def test_a_database_url_is_told_apart_from_a_missing_directory(
+    arg: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Trial 167: `helamem check postgresql://...` said "no HeLa-Mem store at
+    postgresql:/app:hunter2@..." (the URL folded by Path, its password echoed) and "check
+    the path". The command line reads SQLite stores: say so, name the way from Python, and
+    never print the password."""
+    for command in ("check", "stats", "reindex"):
+        assert main([command, arg]) == 2
+        err = capsys.readouterr().err
+        assert "database URL" in err and "HelaMemory.from_url" in err, err
+        assert "hunter2" not in err

@@ -66,7 +66,10 @@ def test_readme_configuration_table_matches_the_code() -> None:
     defaults = config.HelaMemConfig()
     for name, written in rows:
         section, field = name.split(".")
-        value = getattr(getattr(defaults, section), field)  # AttributeError: no such field
+        if section == "store":  # a PostgresConfig's (the default store is SQLite: None)
+            value = config.PostgresConfig.model_fields[field].default  # KeyError: no such field
+        else:
+            value = getattr(getattr(defaults, section), field)  # AttributeError: no such field
         if name == "retrieval.association_model":
             assert written == "fitted on LoCoMo dev" and value == config.ASSOCIATION_MODEL
         elif written == "`None`":

@@ -16,7 +16,8 @@ kind                   meaning
 =====================  ======================================================
 ``sqlite_integrity``   ``PRAGMA integrity_check`` failed, or the file is not
                        a readable SQLite database
-``sqlite_schema``      the database lacks HeLa-Mem's tables (empty file?)
+``sqlite_schema``      the database lacks HeLa-Mem's tables (empty file?), or
+                       a newer helamem-core wrote it
 ``fts_integrity``      FTS5's ``integrity-check`` failed, or its tables are missing
 ``fts_missing``        a memory has no full-text row (lexical search misses it)
 ``fts_orphan``         a full-text row has no memory
@@ -63,6 +64,7 @@ from ._check_report import (
     METADATA_FIX,
     REINDEX_FIX,
     RESTORE_FIX,
+    UPGRADE_FIX,
     CheckReport,
     Defect,
     store_file,
@@ -174,8 +176,15 @@ class _Checker:
             return False
         if "schema_version" in tables:
             self.facts["schema_version"] = self.one("SELECT MAX(version) FROM schema_version")
-        gone = missing_fts(self.db)
         version = self.facts.get("schema_version")
+        if isinstance(version, int) and version > len(MIGRATIONS):  # opening refuses it too
+            why = (
+                f"the store's schema version {version} is newer than this helamem-core's "
+                f"({len(MIGRATIONS)}): its checks do not know that schema"
+            )
+            self.add("sqlite_schema", [f"schema_version {version}"], why, UPGRADE_FIX)
+            return False
+        gone = missing_fts(self.db)
         if isinstance(version, int) and version < _VOCAB_SINCE:  # made by a later migration
             gone = [t for t in gone if t != "memories_fts_vocab"]
         self.add(

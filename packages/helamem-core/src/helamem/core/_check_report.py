@@ -1,5 +1,6 @@
 """What ``helamem check`` reports: the kinds of defect, one defect, and the report."""
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,13 @@ def no_store(path: str | Path) -> str:
     """Why ``path`` is not a store directory, and the fix."""
     if Path(path).name == DB_NAME and Path(path).is_file():
         return f"{path} is the store's database: pass its directory, {Path(path).parent}"
+    if re.match(r"[a-z][a-z0-9+.-]*:/", str(path)) or str(path).startswith(("host=", "dbname=")):
+        # a database URL or DSN (however a Path folded it): not echoed, it may hold a password
+        return (
+            "that is a database URL, not a store directory: the command line reads SQLite "
+            "stores; read a PostgreSQL store from Python (with HelaMemory.from_url(url) as m: "
+            "m.stats(); m.export_scope(scope, file), a file `helamem import` takes)"
+        )
     return f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
 
 
@@ -77,6 +85,10 @@ FACT_FIX = (
 METADATA_FIX = (
     "run `helamem reindex {path}`: it stores each too-deep value as its JSON text, a "
     "string (what reads return for it already)"
+)
+UPGRADE_FIX = (
+    "upgrade helamem-core (`pip install -U helamem-core`) to the version that wrote the "
+    "store, then check it again"
 )
 RESTORE_FIX = (
     "restore helamem.sqlite3 from a backup, or, if the store still opens, export what "
