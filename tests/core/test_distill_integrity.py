@@ -344,3 +344,35 @@ def test_a_fact_of_invisible_characters_is_dropped_and_the_others_are_stored(
         mem.export_scope(S, tmp_path / "a.jsonl")  # and the store's export imports
         mem.delete_scope(S)
         assert mem.import_scope(tmp_path / "a.jsonl").memories == 11
+
+
+def test_a_consolidation_whose_vector_write_fails_reports_its_stored_facts(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Trial 167: with the Chroma server down, consolidate() raised StorageError after its
+    facts were committed (a recorder then reported the turn that triggered it as failed,
+    though stored): a caller retrying would distil again. As an add's, the facts' vectors
+    wait for the re-index; the call reports what it stored."""
+    from helamem.core import StorageError
+
+    llm = ScriptedLLM(facts_citing_first_labels, facts_citing_first_labels)
+    with _mem(tmp_path, store_config, llm) as mem:
+        _story(mem)
+        index = mem._call(lambda core: core.index)
+        real = index.upsert
+
+        def down(*args: Any, **kwargs: Any) -> Any:
+            raise StorageError("could not reach the Chroma server (test)")
+
+        index.upsert = down
+        try:
+            report = mem.consolidate(S)
+        finally:
+            index.upsert = real
+        assert report.facts_added >= 1
+        assert mem.stats().semantic == report.facts_added
+        assert mem.stats().unindexed >= report.facts_added  # waiting for the re-index
+        mem.flush()  # the index is back: the facts' vectors are written
+        assert mem.stats().unindexed == 0
+        found = mem.search("cat named Miso", S, k=3, kind="semantic")
+        assert {h.memory.id for h in found} == set(report.fact_ids)

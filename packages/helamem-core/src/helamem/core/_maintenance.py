@@ -437,7 +437,11 @@ def apply_consolidation(
         left = {c.scope_id for c in plan.clusters if (c.scope_id, c.signature) not in finished}
         done = [(sid, t) for sid, t in plan.turns_seen if sid not in left]
         _turn_count.mark_consolidated(store, db, done)
-    core.reconcile()  # index new and updated facts
+    try:  # index new and updated facts
+        core.reconcile()
+    except StorageError as exc:  # stored: as an add's, their vectors wait for the re-index
+        core._needs_reconcile = True
+        logger.warning("vector index update failed, will re-index on next use: %s", exc)
     return ConsolidationReport(
         scopes=len({c.scope_id for c in recorded}),
         similarity_edges=plan.similarity_edges,
