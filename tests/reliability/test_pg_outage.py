@@ -177,6 +177,8 @@ def test_a_server_that_stops_answering_costs_a_bounded_wait_not_a_hang(
                 os.kill(pid, signal.SIGCONT)
         assert len(got) == 2 and all(isinstance(e, StorageError) for e in got), got
         assert "PostgresConfig.timeout_s" in str(got[0])
+        # the next call finds no connection answering: named as such, with its bound
+        assert "connect_timeout_s" in str(got[1]) or "PostgresConfig.timeout_s" in str(got[1])
         assert took < 30, took
         b = m.add("letters from grandmother", A).id  # the server runs again
         got_ids = m.search("cabin river grandmother letters frozen", A, k=5, learn=False).ids

@@ -268,7 +268,8 @@ class PgConnection:
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(
                 f"cannot reach PostgreSQL ({redacted(str(exc))}); check that the server runs "
-                f"and that PostgresConfig.dsn names it"
+                f"and that PostgresConfig.dsn names it (a server that accepts no connection "
+                f"within PostgresConfig.connect_timeout_s, a stopped or cut-off one, fails so)"
             ) from exc
         return self._conn
 
