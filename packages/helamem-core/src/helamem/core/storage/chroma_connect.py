@@ -540,8 +540,9 @@ class ChromaConnection:
                 refilling = refill and key in self._exact.promoted()
                 if refilling:
                     logger.warning(
-                        "the vector index lacked the collection of %s (a Chroma "
-                        "server restarted empty?); rebuilding it from the database",
+                        "the vector index lacked the collection of %s (a Chroma server "
+                        "restarted empty, or another process promoting it at this moment); "
+                        "rebuilding it from the database",
                         self._exact.scope_name(key),
                     )
                     # a refill cut short leaves the rows it did not copy unindexed
