@@ -1,8 +1,8 @@
 """Wrong data in the agent's context, each case against what it should be.
 
 * With the default ``score_threshold=None``, ``update_context`` injected memories of
-  no relevance at all (score 0.0: nothing shared with the question) and learned from
-  them: the search co-activated them, and the turn recorded them as used.
+  no relevance at all (score 0.0: nothing shared with the question), and the turn
+  recorded them as used.
 * After ``clear()``, the cut-off that keeps a question said before it out of the next
   recorded turn told a reset context by its message count: a context cleared and
   refilled to the same count or more before the next read lost its first turn.
@@ -38,15 +38,6 @@ async def store(tmp_path: Path, hela_config: Any) -> AsyncIterator[SpyMemory]:
     await mem.aclose()
 
 
-def _edges(store_db: Any, path: Path) -> list[tuple[int, int, float]]:
-    db = store_db(path)
-    try:
-        rows = db.execute("SELECT a, b, weight FROM edges ORDER BY a, b").fetchall()
-        return [(int(a), int(b), round(float(w), 9)) for a, b, w in rows]
-    finally:
-        db.close()
-
-
 def _calls_tool(name: str) -> CreateResult:
     return CreateResult(
         finish_reason="function_calls",
@@ -56,16 +47,15 @@ def _calls_tool(name: str) -> CreateResult:
     )
 
 
-# -- 1. no relevance, no injection, no learning ------------------------------------
+# -- 1. no relevance, no injection ---------------------------------------------------
 
 
-async def test_memories_without_relevance_are_neither_injected_nor_learned_from(
+async def test_memories_without_relevance_are_not_injected(
     store: SpyMemory, tmp_path: Path, store_db: Any
 ) -> None:
     memory = HelaMemMemory(config(tmp_path), memory=store)
     for fact in ("Alice's cat is called Miso", "Alice plays the cello", "Bob sails"):
         await memory.add(text(fact))
-    edges = _edges(store_db, tmp_path / "store")
     client = ReplayChatCompletionClient(["Lyon."])
     agent = AssistantAgent("a", model_client=client, memory=[memory])
 
@@ -74,7 +64,15 @@ async def test_memories_without_relevance_are_neither_injected_nor_learned_from(
     assert not [m for m in result.messages if isinstance(m, MemoryQueryEvent)]
     assert memory_messages(client.calls[0]) == []
     await memory.flush()
-    assert _edges(store_db, tmp_path / "store") == edges  # the search co-activated none
+    # the search learned as a search does (deferred): its hits count as accessed, so
+    # forget() does not take them as never used (review 168: reinforce counted none)
+    db = store_db(tmp_path / "store")
+    try:
+        accessed = db.execute("SELECT COUNT(*) FROM memories WHERE access_count > 0")
+        top = store.config.retrieval.learn_top  # the hits a search learns from
+        assert accessed.fetchone()[0] == min(3, top or 3)
+    finally:
+        db.close()
     # query() keeps AutoGen's contract: every hit, those of score 0.0 too
     found = await memory.query("Where do I live?")
     assert len(found.results) == 3
@@ -105,27 +103,6 @@ async def test_the_reply_of_a_matching_question_comes_with_it_an_unrelated_turn_
         "Congratulations on Miso!",
         "I adopted a cat named Miso",
     ]
-    await memory.close()
-
-
-async def test_a_memory_cut_by_max_tokens_is_not_learned_from(
-    store: SpyMemory, tmp_path: Path, store_db: Any
-) -> None:
-    """Only what the context got learns: the search learned from the best memories it
-    returned, whatever the token budget then left out of the context."""
-    memory = HelaMemMemory(config(tmp_path, max_tokens=25), memory=store)
-    await memory.add(text("the cat sleeps on the sofa"))
-    await memory.add(text("Bob sails"))  # apart: the two cat memories are not adjacent
-    await memory.add(text("the cat " + "purrs very loudly at night " * 8))
-    edges = _edges(store_db, tmp_path / "store")
-    context = UnboundedChatCompletionContext()
-    await context.add_message(TextMessage(content="the cat", source="user").to_model_message())
-
-    got = await memory.update_context(context)
-
-    assert [str(m.content) for m in got.memories.results] == ["the cat sleeps on the sofa"]
-    await memory.flush()
-    assert _edges(store_db, tmp_path / "store") == edges
     await memory.close()
 
 

@@ -3,22 +3,12 @@ those whose text fits the token budget, and (injected) none without any relevanc
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Sequence
 
-from helamem.core import (
-    HelaMemory,
-    Hit,
-    InvalidInputError,
-    MemoryNotFoundError,
-    SearchResult,
-    StorageError,
-)
+from helamem.core import Hit, InvalidInputError, SearchResult
 
-logger = logging.getLogger(__name__)
-
-__all__ = ["best", "check_k", "check_threshold", "fitting", "learn", "related"]
+__all__ = ["best", "check_k", "check_threshold", "fitting", "related"]
 
 
 def best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
@@ -87,31 +77,3 @@ def related(hits: Sequence[Hit]) -> list[Hit]:
     """
     relevant = {h.id for h in hits if h.score > 0.0}
     return [h for h in hits if h.id in relevant or any(s in relevant for s, _ in h.via)]
-
-
-def _coactive(hits: Sequence[Hit], top: int) -> list[list[str]]:
-    """The ids that learn together, as a search learns from what it returns: per kind
-    (episodes, facts), the best ``top`` by activation (all when 0), groups of two or
-    more."""
-    groups = []
-    for facts in (False, True):
-        kind = [h for h in hits if (h.provenance == "semantic") == facts]
-        kind.sort(key=lambda h: -h.activation)  # stable
-        ids = [h.id for h in (kind[:top] if top else kind)]
-        if len(ids) > 1:
-            groups.append(ids)
-    return groups
-
-
-async def learn(memory: HelaMemory, injected: Sequence[Hit]) -> None:
-    """Co-activate the memories injected, as a search learns from what it returns (the
-    adapter searches without learning): a memory left out of the context (no relevance,
-    under the threshold, over ``max_tokens``) learns nothing. A memory deleted since, or
-    a failed write, is logged: as a search's learning, it never fails the read."""
-    for ids in _coactive(injected, memory.config.retrieval.learn_top):
-        try:
-            await memory.areinforce(ids)
-        except MemoryNotFoundError as exc:  # deleted since the search: nothing to link
-            logger.debug("co-activation of injected memories skipped: %s", exc)
-        except StorageError as exc:
-            logger.warning("co-activation of injected memories dropped: %s", exc)

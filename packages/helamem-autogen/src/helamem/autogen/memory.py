@@ -57,7 +57,6 @@ from ._hits import best as _best
 from ._hits import check_k as _check_k
 from ._hits import check_threshold as _check_threshold
 from ._hits import fitting as _fitting
-from ._hits import learn as _learn
 from ._hits import related as _related
 from ._injected import OWN_LOAD, forget_injected, note_injected, remove_injected
 from ._peers import join as _join_peers
@@ -222,7 +221,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
             those with some relevance, a score above 0 or reached by spreading
             from a hit that has one) and only those whose text fits in
             ``config.max_tokens`` (empty when there is no text to search with or
-            no hit). With ``config.learn``, only these learn together.
+            no hit). With ``config.learn``, the search learns as any search does
+            (from what it returned, which a threshold or the budget may leave out).
         """
         messages, whole = await history(model_context)
         served = self._served_for(model_context)
@@ -236,8 +236,6 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         found = await self._search(query, self._config.k, self._config.score_threshold, True)
         hits = _fitting(query, found, self._config.max_tokens)
         served.query, served.ids = query, tuple(h.id for h in hits)
-        if self._config.learn:  # what the context got learns, nothing left out
-            await _learn(self.helamem, hits)
         if hits:
             text = f"{self._header}\n{SearchResult(query, tuple(hits)).to_text()}"
             await model_context.add_message(SystemMessage(content=text))
@@ -464,15 +462,15 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         self, text: str, k: int, threshold: float | None, inject: bool = False
     ) -> list[Hit]:
         """At most ``k`` hits, episodes and facts together, highest relevance first
-        (``inject``: for the context, learning left to :meth:`_learn`, and with no
-        threshold only those :func:`~helamem.autogen._hits.related` to the query)."""
+        (``inject``: for the context, with no threshold only those
+        :func:`~helamem.autogen._hits.related` to the query)."""
         mem = self.helamem
         await self._await_recorded()
         facts = min(mem.config.retrieval.semantic_k, k)
         query, scope = query_tail(text), self.scope  # any text
         if not query:
             return []
-        learn = self._config.learn and not inject
+        learn = self._config.learn  # a search's learning: deferred, and it counts accesses
         found = list(await mem.asearch(query, scope, k=k, semantic_k=facts, learn=learn))
         return _best(_related(found) if inject and threshold is None else found, k, threshold)
 
