@@ -46,6 +46,7 @@ __all__ = [
     "NoAnswerError",
     "PgConnection",
     "advisory_key",
+    "answers",
     "pg_error",
     "translate",
 ]
@@ -64,20 +65,25 @@ class NoAnswerError(psycopg.OperationalError):
 
 
 class AnsweringConnection(psycopg.Connection[Any]):
-    """A psycopg connection whose every wait for the server ends after ``answer_s``.
+    """A psycopg connection that stops waiting for a server that no longer answers.
 
     libpq waits for a statement's answer without limit: a server that stops
     answering (stopped, swapped out, a network that drops packets without a
     reset) held the store's owner thread, and so every call of the memory,
-    forever. Past ``answer_s`` seconds the connection is closed (the server
-    rolls back whatever transaction it had open once it runs again) and
-    :class:`NoAnswerError` is raised. ``answer_s`` is set from
-    ``PostgresConfig.timeout_s`` when the connection is configured (infinite
-    before: the configuring statements are bounded by ``connect_timeout_s``'s
-    connection, made just before).
+    forever. Here, each ``answer_s`` seconds a statement goes on without its
+    answer, ``answering()`` asks the server on a connection of its own (within
+    ``connect_timeout_s``) whether it still answers: while it does, the
+    statement is merely slow and the wait goes on (a long migration, a large
+    delete or export); once it does not, the connection is closed (the server
+    rolls back the transaction it held, when it runs again) and
+    :class:`NoAnswerError` is raised. Both are set from the
+    :class:`~helamem.core.config.PostgresConfig` when the connection is
+    configured; until then (and for a wait psycopg bounds itself, e.g.
+    ``notifies(timeout=)``) psycopg's own wait runs unchanged.
     """
 
     answer_s: float = math.inf
+    answering: Callable[[], bool] | None = None
 
     def wait(
         self,
@@ -85,14 +91,30 @@ class AnsweringConnection(psycopg.Connection[Any]):
         interval: float = 0.1,
         timeout: float | None = None,
     ) -> Any:
-        bound = timeout if timeout is not None else self.answer_s
-        try:
-            return super().wait(gen, interval, None if math.isinf(bound) else bound)
-        except pg_errors._WaitTimeout as exc:  # psycopg's own, for this very bound
-            self.close()  # mid-statement: the protocol cannot go on on this connection
-            raise NoAnswerError(
-                f"the server did not answer within {bound:g} s (PostgresConfig.timeout_s)"
-            ) from exc
+        if timeout is not None or math.isinf(self.answer_s):
+            return super().wait(gen, interval, timeout)
+        while True:
+            try:  # psycopg's wait leaves the generator where it was: it can go on
+                return super().wait(gen, interval, self.answer_s)
+            except pg_errors._WaitTimeout as exc:  # psycopg's own, for this very bound
+                if self.answering is not None and self.answering():
+                    continue  # a slow statement on a server that answers: wait on
+                self.close()  # mid-statement: the protocol cannot go on on this connection
+                raise NoAnswerError(
+                    f"no answer for {self.answer_s:g} s and the server answered no new "
+                    f"connection (PostgresConfig.timeout_s, connect_timeout_s)"
+                ) from exc
+
+
+def answers(connect: Callable[[], psycopg.Connection[Any]]) -> bool:
+    """Whether the server answers ``SELECT 1`` on a new connection from ``connect``
+    (which bounds its own waits: :class:`AnsweringConnection` without ``answering``)."""
+    try:
+        with connect() as probe:
+            probe.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
 
 
 def advisory_key(schema: str) -> int:
@@ -175,9 +197,8 @@ def pg_error(
     if isinstance(exc, NoAnswerError):
         return StorageError(
             f"{what}: PostgreSQL stopped answering ({text}); the connection was closed and "
-            f"its transaction, if any, is rolled back by the server (nothing of it was "
-            f"written); check the server, or raise PostgresConfig.timeout_s for statements "
-            f"that take longer"
+            f"the server rolls back its transaction, if any, when it runs again (nothing "
+            f"of it is written; a COMMIT's outcome is unknown); check the server"
         )
     if isinstance(exc, pg_errors.DiskFull):
         return DiskFullError(

@@ -42,7 +42,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..config import PostgresConfig
 from ..errors import StorageError
-from .pg_conn import AnsweringConnection, PgConnection, advisory_key, redacted
+from .pg_conn import AnsweringConnection, PgConnection, advisory_key, answers, redacted
 from .pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, Fts5Tokenizer, pg_text, quoted
 from .sqlite import SQLiteStore
 from .sqlite_schema import qmarks
@@ -60,7 +60,7 @@ def _configure(config: PostgresConfig) -> Callable[[psycopg.Connection[Any]], No
 
     def configure(conn: psycopg.Connection[Any]) -> None:
         if isinstance(conn, AnsweringConnection):
-            conn.answer_s = config.timeout_s
+            _bound(conn, config)
         conn.execute(
             pgsql.SQL("SET search_path TO {}").format(pgsql.Identifier(config.schema_name))
         )
@@ -71,6 +71,23 @@ def _configure(config: PostgresConfig) -> Callable[[psycopg.Connection[Any]], No
         )
 
     return configure
+
+
+def _bound(conn: AnsweringConnection, config: PostgresConfig) -> None:
+    """Bound ``conn``'s waits for the server (:class:`.AnsweringConnection`)."""
+    conn.answer_s = config.timeout_s
+    conn.answering = partial(answers, partial(_probe, config))
+
+
+def _probe(config: PostgresConfig) -> psycopg.Connection[Any]:
+    """A connection asking whether the server answers: each wait ``connect_timeout_s``."""
+    conn = AnsweringConnection.connect(
+        config.dsn.get_secret_value(),
+        autocommit=True,
+        connect_timeout=max(1, math.ceil(config.connect_timeout_s)),
+    )
+    conn.answer_s = config.connect_timeout_s
+    return conn
 
 
 def _connect(config: PostgresConfig) -> psycopg.Connection[Any]:
@@ -225,7 +242,7 @@ class PostgresStore(SQLiteStore):
             autocommit=True,
             connect_timeout=max(1, math.ceil(cfg.connect_timeout_s)),
         )
-        conn.answer_s = cfg.timeout_s
+        _bound(conn, cfg)
         with conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
             conn.execute(
