@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,31 @@ def test_revive_stores_a_turn_of_a_forgotten_key_everywhere_it_can_be_asked(
             mem.add_turn(("d",), "x", "y", metadata=KEY, unique_on=("request",), revive="no")  # type: ignore[arg-type]
         with pytest.raises(InvalidInputError, match="revive must be True or False"):
             TurnRecorder(mem).record_turn_sync(("d",), "x", "y", revive=1)  # type: ignore[arg-type]
+
+
+def test_a_delete_leaves_no_key_value_behind_and_a_dropped_turn_is_logged(
+    tmp_path: Path,
+    make_mem: Callable[..., HelaMemory],
+    store_db: Callable[[Path], Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review 168: ``forgotten_turns`` kept the keys' own values ("alice@example.com/42")
+    after a ``delete_scope`` documented as removing everything of the scope; and a turn
+    written again on purpose with its deleted key was dropped without a word."""
+    path = tmp_path / "s"
+    personal = {"request": "alice@example.com/42"}
+    with make_mem(path) as mem:
+        mem.add_turn(ALICE, "my PIN is 4711", "noted", metadata=personal, unique_on=("request",))
+        mem.delete_scope(ALICE)
+        db = store_db(path)
+        try:
+            kept = [tuple(map(str, r)) for r in db.execute("SELECT * FROM forgotten_turns")]
+        finally:
+            db.close()
+        assert len(kept) == 1 and not any("alice" in v for v in kept[0]), kept
+        with caplog.at_level("WARNING", logger="helamem.core._ingest"):
+            mem.add_turn(
+                ALICE, "my PIN is 1234", "noted", metadata=personal, unique_on=("request",)
+            )
+        assert "pass revive=True to store it again" in caplog.text
+        assert mem.find_ids(ALICE, metadata=personal) == []

@@ -87,6 +87,11 @@ def _unstored(
 
 logger = logging.getLogger(__name__)
 
+FORGOTTEN = (
+    "a turn of scope %s was not stored: a turn of its unique_on key was deleted (forgotten) "
+    "there; pass revive=True to store it again"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
@@ -204,9 +209,10 @@ class IngestOps(LearningOps):
                     rows = sorted(self.store.rows_by_id(stored).values(), key=lambda r: r.n)
                     # a turn forgotten (deleted, wholly or a half) is not stored again
                     revived = gi < len(revive) and revive[gi]
-                    if _complete(group, rows) or (
-                        not revived and self.store.key_forgotten(sid, ukey)
-                    ):
+                    complete = _complete(group, rows)
+                    if complete or (not revived and self.store.key_forgotten(sid, ukey)):
+                        if not complete:  # visible: a deliberate write again is dropped too
+                            logger.warning(FORGOTTEN, "/".join(group[0].scope))
                         found[gi] = _stored_in_place(
                             group, rows, _unstored(group, ids[i:], sid, now)
                         )

@@ -5,9 +5,10 @@ completed at or above it (:class:`Mark`: its thread, epoch and key), passed from
 to child. A put that completes the turn its parent's mark names carries it along and
 records nothing, whatever it did to the messages (an old message removed, the answer
 rewritten, a window trimmed, any number of checkpoints since), in a fresh
-checkpointer too, even after the turn was forgotten with ``delete_scope`` (its
-``unique_on`` key went with it). A turn completed anew (a new question, a replay from
-a checkpoint before its answer) is not its parent's mark. A ``copy_thread`` copy carries
+checkpointer too, even after the turn was forgotten with ``delete_scope``. A turn
+completed anew (a new question, a replay from a checkpoint before its answer) is not
+its parent's mark: the store holds it back when its ``unique_on`` key was forgotten
+(``forgotten_turns``), in any process. A ``copy_thread`` copy carries
 its source's turns as its own. Under a parent without a mark (written before marks, or
 after a failed read) the older rule applies: the put records nothing when a checkpoint
 since the messages last changed completed the same turn (at most

@@ -123,10 +123,10 @@ PG_MIGRATIONS: tuple[str, ...] = (
         SET unique_key = '{"_helamem_turn":"' || substr(metadata, 20, 64) || '"}'
         WHERE metadata ~ '^[{]"_helamem_turn": "[0-9a-f]{64}"[}]$';
     """,
-    # 6: the idempotency keys of deleted turns (the SQLite store's 10)
+    # 6: the idempotency keys of deleted turns, as sha256 digests (the SQLite store's 10)
     """
     CREATE TABLE forgotten_turns (
-        scope_id BIGINT NOT NULL, unique_key TEXT NOT NULL, PRIMARY KEY (scope_id, unique_key)
+        scope_id BIGINT NOT NULL, key_digest TEXT NOT NULL, PRIMARY KEY (scope_id, key_digest)
     );
     """,
 )

@@ -190,11 +190,12 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE memories SET unique_key = helamem_legacy_unique_key(metadata)
         WHERE metadata LIKE '{"_helamem_turn": "%"}' AND length(metadata) = 85;
     """,
-    # 10: the idempotency keys of deleted turns, kept by the deleting transaction: no
-    # process stores a forgotten turn again (``SQLiteUpkeep.forget_unique_keys``)
+    # 10: the idempotency keys of deleted turns (their sha256, ``unique.key_digest``),
+    # kept by the deleting transaction: no process stores a forgotten turn again
+    # (``SQLiteUpkeep.forget_unique_keys``)
     """
     CREATE TABLE forgotten_turns (
-        scope_id INTEGER NOT NULL, unique_key TEXT NOT NULL, PRIMARY KEY (scope_id, unique_key)
+        scope_id INTEGER NOT NULL, key_digest TEXT NOT NULL, PRIMARY KEY (scope_id, key_digest)
     ) WITHOUT ROWID;
     """,
 )

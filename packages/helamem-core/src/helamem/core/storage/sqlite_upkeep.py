@@ -23,6 +23,7 @@ from .sqlite_schema import (
     storage_error,
     text_shape,
 )
+from .unique import key_digest
 
 __all__ = ["INLINE_IDS", "SQLiteUpkeep"]
 
@@ -561,19 +562,17 @@ class SQLiteUpkeep(SQLiteConnection):
         return [str(r[0]) for r in rows]
 
     def forget_unique_keys(self, db: sqlite3.Connection, ns: Sequence[int]) -> None:
-        """Keep the idempotency keys of memories ``ns``, deleted next in the caller's
-        transaction, as forgotten: no process stores a turn of one again."""
+        """Keep the idempotency keys (digests) of memories ``ns``, deleted next in the
+        caller's transaction, as forgotten: no process stores a turn of one again."""
         where, params = self.ids_in("n", ns)
-        db.execute(
-            "INSERT OR IGNORE INTO forgotten_turns(scope_id, unique_key) SELECT DISTINCT "
-            f"scope_id, unique_key FROM memories WHERE {where} AND unique_key IS NOT NULL",
-            params,
-        )
+        sql = f"SELECT DISTINCT scope_id, unique_key FROM memories WHERE {where} AND "
+        got = [(int(s), key_digest(str(k))) for s, k in db.execute(sql + "unique_key > ''", params)]
+        db.executemany("INSERT OR IGNORE INTO forgotten_turns VALUES (?, ?)", got)
 
     def key_forgotten(self, scope_id: int, key: str) -> bool:
         """Whether a turn of ``scope_id`` with idempotency key ``key`` was deleted."""
-        sql = "SELECT 1 FROM forgotten_turns WHERE scope_id = ? AND unique_key = ?"
-        return self.db.execute(sql, (scope_id, key)).fetchone() is not None
+        sql = "SELECT 1 FROM forgotten_turns WHERE scope_id = ? AND key_digest = ?"
+        return self.db.execute(sql, (scope_id, key_digest(key))).fetchone() is not None
 
     def unique_keys(self, ns: Sequence[int]) -> dict[int, str]:
         """The idempotency keys of those of memories ``ns`` that have one."""

@@ -4,11 +4,12 @@ AutoGen adapter recorded before there were keys."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
 
-__all__ = ["LEGACY_TURN_KEY", "legacy_unique_key", "unique_key"]
+__all__ = ["LEGACY_TURN_KEY", "key_digest", "legacy_unique_key", "unique_key"]
 
 
 LEGACY_TURN_KEY = "_helamem_turn"
@@ -44,3 +45,15 @@ def unique_key(fields: Mapping[str, str]) -> str:
         {"a":"\\u00e9","b":"2"}
     """
     return json.dumps(dict(sorted(fields.items())), ensure_ascii=True, separators=(",", ":"))
+
+
+def key_digest(key: str) -> str:
+    """What ``forgotten_turns`` keeps of a deleted turn's :func:`unique_key`: its sha256
+    (hex), not the key, whose values (a thread id, a user's request id) may be personal
+    data that a delete must not leave behind.
+
+    Examples:
+        >>> len(key_digest('{"a":"1"}')), key_digest("x") == key_digest("x")
+        (64, True)
+    """
+    return hashlib.sha256(key.encode()).hexdigest()
