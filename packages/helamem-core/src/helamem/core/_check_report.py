@@ -40,8 +40,15 @@ def no_store(path: str | Path) -> str:
     """Why ``path`` is not a store directory, and the fix."""
     if Path(path).name == DB_NAME and Path(path).is_file():
         return f"{path} is the store's database: pass its directory, {Path(path).parent}"
-    if re.match(r"[a-z][a-z0-9+.-]*:/", str(path)) or str(path).startswith(("host=", "dbname=")):
-        # a database URL or DSN (however a Path folded it): not echoed, it may hold a password
+    text = str(path)
+    if re.search(r"(^|\s)(host|hostaddr|dbname|user|port|password|sslmode)\s*=", text):
+        return (  # a key=value DSN, not echoed: it may hold a password
+            "that is a PostgreSQL connection string, not a store directory: the command line "
+            "reads SQLite stores; read a PostgreSQL store from Python (with HelaMemory("
+            "HelaMemConfig(store=PostgresConfig(dsn=...))) as m: m.stats(); "
+            "m.export_scope(scope, file), a file `helamem import` takes)"
+        )
+    if re.match(r"[a-z][a-z0-9+.-]*:/", text):  # a URL, however a Path folded it
         return (
             "that is a database URL, not a store directory: the command line reads SQLite "
             "stores; read a PostgreSQL store from Python (with HelaMemory.from_url(url) as m: "
