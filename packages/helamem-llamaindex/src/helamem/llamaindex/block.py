@@ -63,6 +63,46 @@ logger = logging.getLogger(__name__)
 
 _MAX_TRACKED_TURNS = 256
 _Turn = tuple[Scope, str | None, str]  # (scope, session id, user message text)
+_QUESTION = "question"  # a flush ended with a question stored alone: next, its reply
+_NO_TEXT = "no text"  # ... with a user message without text: its replies start no turn
+
+
+def _lead(messages: list[ChatMessage], state: str | None) -> tuple[list[str], str | None]:
+    """The replies before the flush's first user message with text that answer a
+    question of an earlier flush (stored alone), and how the flush stands after them.
+
+    ``state`` is how the earlier flush ended (``None``: unknown, or a completed turn).
+    As in :func:`pair_turns`, a reply to a user message without text (an image, audio,
+    blank text) starts no turn, and neither do replies after it until a user message
+    with text; a message without text after a question still waiting joins it.
+    """
+    lead: list[str] = []
+    for m in messages:
+        if m.role == MessageRole.USER:
+            if message_text(m):
+                break
+            if state != _QUESTION:
+                state = _NO_TEXT
+        elif is_final_reply(m) and state != _NO_TEXT:
+            lead.append(reply_text(m))
+            state = None
+    return lead, state
+
+
+def _ending(messages: list[ChatMessage], after_lead: str | None) -> str | None:
+    """How a flush with no question left waiting ends: :data:`_NO_TEXT` when a user
+    message without text is the last question (its replies, in a later flush, start
+    no turn), else ``None``; ``after_lead``: how it stood after :func:`_lead`."""
+    texts = [i for i, m in enumerate(messages) if m.role == MessageRole.USER and message_text(m)]
+    if not texts:  # no question of its own: as the lead left it
+        return after_lead
+    answered = False
+    for m in messages[texts[-1] + 1 :]:
+        if is_final_reply(m):
+            answered = True
+        elif m.role == MessageRole.USER and answered:
+            return _NO_TEXT
+    return None
 
 
 class HelaMemMemoryBlock(BaseMemoryBlock[str]):
@@ -140,6 +180,9 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
     _returned: OrderedDict[str, tuple[_Turn | None, list[Line]]] = PrivateAttr(
         default_factory=OrderedDict
     )
+    # (scope, session) -> how its last flush ended, when its next flush's first replies
+    # answer it: _QUESTION (a question stored alone) or _NO_TEXT (a message without text)
+    _open: OrderedDict[tuple[Scope, str | None], str] = PrivateAttr(default_factory=OrderedDict)
 
     @model_validator(mode="before")
     @classmethod
@@ -318,17 +361,16 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
 
         Nothing waits in the block for a later flush (which a ``Memory.reset()``
         drops, and a close or a pickle would lose): a piece stored alone stays next
-        to the rest of its turn, as consecutive memories of a scope are linked.
+        to the rest of its turn, as consecutive memories of a scope are linked. Only
+        how a flush ended is kept per scope and session (a question stored alone, or
+        a user message without text, whose replies start no turn: :func:`_lead`), so
+        the next flush's first replies are taken as ``HelaMemChatMemory`` takes them.
         """
         sessions = [m.additional_kwargs.get("session_id") for m in messages]
         session = next((s for s in sessions if isinstance(s, str)), None)
         scope = self._scope(session)
-        lead = []  # replies before any user message: their question came in an earlier flush
-        for m in messages:
-            if m.role == MessageRole.USER and message_text(m):
-                break
-            if is_final_reply(m):
-                lead.append(reply_text(m))
+        key = (scope, session)
+        lead, after = _lead(messages, self._open.pop(key, None))
         for text in lead:
             await self._store_alone(scope, text, "assistant")
         turns, dangling = pair_turns(messages)
@@ -339,6 +381,11 @@ class HelaMemMemoryBlock(BaseMemoryBlock[str]):
             )
         if dangling is not None:  # its reply stays in Memory's queue for a later flush
             await self._store_alone(scope, dangling, "user")
+        end = _QUESTION if dangling is not None else _ending(messages, after)
+        if end is not None:
+            self._open[key] = end
+            while len(self._open) > _MAX_TRACKED_TURNS:
+                self._open.popitem(last=False)
         if turns or lead or dangling is not None:
             self._cache = None  # a new turn: its first search learns
 
