@@ -106,6 +106,13 @@ class Gate:
         return self.real(ops)
 
 
+def _reads_unlocked(store: HelaMemStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``store``'s reads take no lock (as without ``flock``, on Windows), so they can
+    meet the states a write in flight passes through (a batch's reads wait for a
+    write otherwise: ``test_store_batch_snapshot``)."""
+    monkeypatch.setattr(store._journal, "read_lock", lambda: None)
+
+
 def _in_thread(fn: Any, *args: Any) -> threading.Thread:
     t = threading.Thread(target=fn, args=args)
     t.start()
@@ -122,6 +129,7 @@ def test_put_racing_query_search_keeps_its_memory(
     monkeypatch: pytest.MonkeyPatch,
     integrity: Integrity,
 ) -> None:
+    _reads_unlocked(store, monkeypatch)
     gate = Gate(store.documents)
     monkeypatch.setattr(store.documents, "batch", gate)
     t = _in_thread(store.put, NS, "pet", {"text": "the walrus sings at dawn"})
@@ -148,6 +156,7 @@ def test_replacement_in_flight_shows_the_old_value(
     integrity: Integrity,
 ) -> None:
     store.put(NS, "pet", {"text": "the walrus sings", "v": 1})
+    _reads_unlocked(store, monkeypatch)
     gate = Gate(store.documents)
     monkeypatch.setattr(store.documents, "batch", gate)
     t = _in_thread(store.put, NS, "pet", {"text": "the walrus dances", "v": 2})
@@ -174,6 +183,7 @@ def test_search_meeting_a_stale_memory_deletes_it_only_when_no_writer_holds_the_
 ) -> None:
     store.put(NS, "a", {"text": "heron by the lake"})
     store.documents.delete(NS, "a")  # behind the store's back: the memory is stale
+    _reads_unlocked(store, monkeypatch)
     gate = Gate(store.documents)
     monkeypatch.setattr(store.documents, "batch", gate)
     t = _in_thread(store.put, NS, "b", {"text": "kestrel on the wire"})
@@ -444,6 +454,7 @@ def test_a_search_racing_a_rewrite_still_finds_the_item(
             _in_thread(store.put, NS, "k", {"text": "apple tart", "v": 2}).join(WAIT_S)
         return got
 
+    _reads_unlocked(store, monkeypatch)
     monkeypatch.setattr(memory, "search", search_then_rewrite)
     found = store.search(NS, query="apple", limit=5)  # every memory seen: no second search
     monkeypatch.undo()

@@ -15,7 +15,15 @@ One file, ``<memory path>/langgraph-store.journal``, is both:
   it writes anything (see ``HelaMemStore._settle``). A line cut short by a kill
   has no newline and is ignored: nothing was written after it.
 
-Without ``fcntl`` (Windows) only the in-process lock applies: one process per path.
+A batch's reads take the same file's lock shared (``flock(LOCK_SH)`` on a
+descriptor of their own, :meth:`Journal.reading`), so they see one state: no
+write of the path commits between them, and reads run beside each other. A
+writer waiting for the lock holds ``<memory path>/langgraph-store.gate``
+exclusively, which new readers take shared before the journal, so a stream of
+overlapping reads cannot keep a writer waiting.
+
+Without ``fcntl`` (Windows) only the in-process lock applies: one process per path,
+and a batch's reads may see a write of another store object land between them.
 """
 
 from __future__ import annotations
@@ -83,7 +91,11 @@ class Journal:
             fd = self._open()
             if sys.platform != "win32":
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                    if wait:
+                        with self._gate(fcntl.LOCK_EX):  # new readers wait behind this writer
+                            fcntl.flock(fd, fcntl.LOCK_EX)
+                    else:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     yield None
                     return
@@ -94,6 +106,47 @@ class Journal:
                     fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+    @contextmanager
+    def _gate(self, how: int) -> Iterator[None]:
+        """The gate file locked ``how`` (its own descriptor, closed after)."""
+        gate = os.open(self.path.with_suffix(".gate"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(gate, how)
+            yield
+        finally:
+            os.close(gate)  # drops its lock
+
+    def read_lock(self) -> int | None:
+        """Wait until no writer of the path holds or waits for the lock, and take it
+        shared: returns the descriptor to give :meth:`read_unlock` (blocking)."""
+        if sys.platform == "win32":
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            with self._gate(fcntl.LOCK_SH):
+                fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def read_unlock(fd: int | None) -> None:
+        """Give back what :meth:`read_lock` took."""
+        if fd is not None:
+            os.close(fd)  # drops its lock
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """:meth:`read_lock` held for the block (a batch's reads). The holder must not
+        take the writer lock inside: it would wait for itself."""
+        fd = self.read_lock()
+        try:
+            yield
+        finally:
+            self.read_unlock(fd)
 
     def log(self, intents: Sequence[Intent]) -> None:
         """Append intents (the lock is held) and flush them to the OS."""

@@ -76,6 +76,16 @@ Req = Docs | Write | Search | Forget | Learn | Call
 Plan = Generator[Req, Any, T]
 
 
+def deferred(req: Req, later: list[Req]) -> bool:
+    """Whether ``req`` waits (in ``later``) until a batch's reads are done: deleting the
+    memories a search found stale takes the writer lock, which the reads hold shared
+    (it answers nothing)."""
+    if isinstance(req, Forget):
+        later.append(req)
+        return True
+    return False
+
+
 def _valid_text(text: str, what: str, error: type[ValueError] = InvalidInputError) -> None:
     """Refuse a str the document store cannot hold: one with a lone surrogate."""
     try:

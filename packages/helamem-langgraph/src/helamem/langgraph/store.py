@@ -67,6 +67,7 @@ from ._ops import (
     Search,
     Write,
     check_op,
+    deferred,
     item_at,
     public,
     searched,
@@ -324,38 +325,69 @@ class HelaMemStore(RankedSearch, JournaledWrites, TTLSweeper, BaseStore):
     # -- batch ------------------------------------------------------------------
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
-        """Answer the reads from the state before the batch, then apply its writes.
+        """Answer the reads from one state before the batch, then apply its writes.
 
-        Results line up with ``ops``.
+        Results line up with ``ops``. The reads hold the writer lock shared (see
+        :mod:`helamem.langgraph._journal`): no write of this path, from any thread,
+        store object or process, lands between them.
 
         Raises:
             StoreClosedError: After :meth:`close`.
         """
         self._check_open()
         plan = self._plan(list(ops))
-        if not self._settled_once:
-            self._guarded(self._settle_pending)
-        try:
-            req = next(plan)
-            while True:
-                req = plan.send(self._guarded(self._run, req))
-        except StopIteration as done:
-            result: list[Result] = done.value
-            return result
+        self._guarded(self._before_reads)
+        write, later, result = self._reads(plan)
+        for req in later:
+            self._guarded(self._run, req)
+        if write is not None:
+            try:
+                plan.send(self._guarded(self._run, write))
+            except StopIteration as done:
+                result = done.value
+        assert result is not None
+        return result
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        """Async :meth:`batch`: never blocks the event loop."""
+        """Async :meth:`batch`: never blocks the event loop. The reads run on one thread
+        (holding the read lock, they need no other: writers waiting for the lock may
+        take every thread of the loop's executor)."""
         self._check_open()
         plan = self._plan(list(ops))
+        await asyncio.to_thread(self._guarded, self._before_reads)
+        write, later, result = await asyncio.to_thread(self._reads, plan)
+        for req in later:
+            await self._arun(req)
+        if write is not None:
+            try:
+                plan.send(await self._arun(write))
+            except StopIteration as done:
+                result = done.value
+        assert result is not None
+        return result
+
+    def _reads(
+        self, plan: Plan[list[Result]]
+    ) -> tuple[Write | None, list[Req], list[Result] | None]:
+        """Run ``plan``'s reads under the read lock (blocking): its write, the requests
+        left for after the reads, and its results when it writes nothing."""
+        later: list[Req] = []
+        with self._journal.reading():
+            try:
+                req = next(plan)
+                while not isinstance(req, Write):
+                    answer = None if deferred(req, later) else self._guarded(self._run, req)
+                    req = plan.send(answer)
+                return req, later, None
+            except StopIteration as done:
+                return None, later, done.value
+
+    def _before_reads(self) -> None:
+        """What takes the writer lock, done before the reads hold it shared: settling an
+        interrupted writer's journal (first use), opening the default document store."""
         if not self._settled_once:
-            await asyncio.to_thread(self._guarded, self._settle_pending)
-        try:
-            req = next(plan)
-            while True:
-                req = plan.send(await self._arun(req))
-        except StopIteration as done:
-            result: list[Result] = done.value
-            return result
+            self._settle_pending()
+        self.documents  # noqa: B018 - its setup takes the writer lock
 
     def _run(self, req: Req) -> Any:
         m = self.memory
