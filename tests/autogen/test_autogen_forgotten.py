@@ -62,3 +62,24 @@ async def test_after_clear_the_same_words_said_again_live_are_recorded(
         "my bank PIN is 4711",
         "Noted.",
     ]
+
+
+async def test_a_turn_cleared_before_it_was_recorded_stays_forgotten_in_a_loaded_state(
+    tmp_path: Path, own_store: str, store_db: Any
+) -> None:
+    """Review 169: a state saved right after a run (its last turn not yet recorded: that
+    happens at the next model call) and loaded after ``clear()`` recorded the cleared
+    turn, since clear() had only marked it recorded in memory: "my bank PIN is 4711" came
+    back. clear() now stores and deletes it, so its identity is kept forgotten."""
+    path = tmp_path / "data"
+    memory = HelaMemMemory(config(path))
+    agent = AssistantAgent(
+        "a", model_client=ReplayChatCompletionClient(["Noted, 4711."]), memory=[memory]
+    )
+    await agent.run(task="my bank PIN is 4711")
+    state = await agent.save_state()  # the usual persist-after-run: the turn is pending
+    await memory.clear()
+    await memory.close()
+    assert _episodes(store_db, path) == []
+    await _second_process(path, state, ["and now?"], ["Now what?"])
+    assert _episodes(store_db, path) == ["and now?", "Now what?"]

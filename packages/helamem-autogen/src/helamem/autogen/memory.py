@@ -312,7 +312,9 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
 
         Everything said before the call is forgotten, the turns the agents' contexts
         completed but no memory had recorded yet included (a memory records a turn
-        at the next model call): those are never recorded afterwards, nor is a
+        at the next model call; they are stored and deleted with the rest, so the
+        store keeps their identity forgotten): those are never recorded afterwards,
+        also not from an agent state saved before the call and loaded after it, nor is a
         question said before the call in a turn its reply completes after it. That holds
         for every context served by a live ``HelaMemMemory`` of this process on the same
         store whose scope is this one or under it (another agent's memory of the scope,
@@ -324,7 +326,12 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         cut = [p for p in cut if not p._closed]
         for memory in cut:
             for context, served in list(memory._served.items()):
-                await memory._record(served, *await history(context), forget=True)
+                said = await history(context)
+                # its last turn not recorded yet is stored, to be deleted below with the
+                # rest: the delete keeps its identity forgotten, so a state saved before
+                # this call and loaded after it does not record it (review 169)
+                await memory._record(served, *said)
+                await memory._record(served, *said, forget=True)
         for memory in cut:
             await memory._settle()
             for err in memory._failures:  # their turns would be deleted now: nothing is lost
