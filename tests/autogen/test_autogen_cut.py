@@ -64,6 +64,7 @@ async def test_memories_without_relevance_are_not_injected(
     assert not [m for m in result.messages if isinstance(m, MemoryQueryEvent)]
     assert memory_messages(client.calls[0]) == []
     await memory.flush()
+    await store.astats()  # a call: the owner has written the search's deferred learning
     # the search learned as a search does (deferred): its hits count as accessed, so
     # forget() does not take them as never used (review 168: reinforce counted none)
     db = store_db(tmp_path / "store")
@@ -174,7 +175,9 @@ async def test_clear_cuts_the_turn_another_memory_of_the_scope_has_not_recorded(
         await HelaMemMemory(config(tmp_path), memory=other).clear()
         await agent.run(task="what is the weather?")
         await theirs.close()
-        assert [(u, a) for u, a, _ in store.turns] == [("what is the weather?", "Sunny.")]
+        # the pending turn was stored (through this store object) and deleted by the clear
+        assert [(u, a) for u, a, _ in store.turns][-1:] == [("what is the weather?", "Sunny.")]
+        assert (await store.astats(ALICE)).memories == 2  # the weather turn only
         found = await HelaMemMemory(config(tmp_path), memory=store).query("bank PIN 4321")
         assert [r.content for r in found.results if "4321" in str(r.content)] == []
     finally:
