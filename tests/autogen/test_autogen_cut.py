@@ -226,3 +226,24 @@ async def test_clear_cuts_the_contexts_of_the_scopes_under_it(
     await agent.run(task="what is the weather?")
     await planner.close()
     assert [(u, a) for u, a, _ in store.turns] == [("what is the weather?", "Sunny.")]
+
+
+async def test_a_neighbour_of_a_noise_level_hit_is_not_injected(
+    store: SpyMemory, tmp_path: Path
+) -> None:
+    """Trial 169: "Alice lives in Lyon" scores 1.5e-06 against "Where do I live?" under the
+    hashing embedder (no shared word: an embedding's noise), which passed "score above 0"
+    as relevant, and "Alice's cat is called Miso", added next (linked to it), came in as
+    reached from it: the README's own example of what is not injected was injected."""
+    memory = HelaMemMemory(config(tmp_path), memory=store)
+    await memory.add(text("Alice lives in Lyon"))
+    await memory.add(text("Alice's cat is called Miso"))
+    found = await memory.query("Where do I live?")
+    assert all(0.0 <= (r.metadata or {})["score"] < 0.01 for r in found.results), found
+    context = UnboundedChatCompletionContext()
+    await context.add_message(
+        TextMessage(content="Where do I live?", source="user").to_model_message()
+    )
+    got = await memory.update_context(context)
+    assert got.memories.results == []
+    await memory.close()

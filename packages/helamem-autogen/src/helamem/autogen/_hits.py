@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from helamem.core import Hit, InvalidInputError, SearchResult
 
-__all__ = ["best", "check_k", "check_threshold", "fitting", "related"]
+__all__ = ["SOME_RELEVANCE", "best", "check_k", "check_threshold", "fitting", "related"]
 
 
 def best(hits: Iterable[Hit], k: int, threshold: float | None = None) -> list[Hit]:
@@ -56,9 +56,15 @@ def fitting(query: str, hits: Sequence[Hit], max_tokens: int | None) -> list[Hit
     return list(hits[:n])
 
 
+SOME_RELEVANCE = 0.01
+"""The least score that is some relevance to the query (1 %): below it a score is the
+noise of an embedding (a cosine of 1e-6 between texts sharing no word)."""
+
+
 def related(hits: Sequence[Hit]) -> list[Hit]:
-    """The hits with some relevance to the query: a score above 0, or reached by
-    spreading from a hit of this search that has one (the reply of a question that
+    """The hits with some relevance to the query: a score of at least
+    :data:`SOME_RELEVANCE`, or reached by spreading from a hit of this search that has
+    one (the reply of a question that
     matches: the core scores a base hit by its own text only, so in a store small enough
     for every memory to be a base candidate that reply scores 0 when it shares no word
     with the query, and the same reply as an association hit scores its question's
@@ -72,8 +78,8 @@ def related(hits: Sequence[Hit]) -> list[Hit]:
         ...     m = Memory(id, ("u",), "episodic", id, "user", t, t)
         ...     return Hit(m, score, 0.0, 0.0, 0.0, 0.0, 0.0, "base", via)
         >>> [h.id for h in related([hit("q", 0.4), hit("r", 0.0, (("q", 0.5),)),
-        ...                          hit("x", 0.0, (("y", 0.6),)), hit("y", 0.0)])]
+        ...                          hit("x", 0.0, (("y", 0.6),)), hit("y", 1e-6)])]
         ['q', 'r']
     """
-    relevant = {h.id for h in hits if h.score > 0.0}
+    relevant = {h.id for h in hits if h.score >= SOME_RELEVANCE}
     return [h for h in hits if h.id in relevant or any(s in relevant for s, _ in h.via)]

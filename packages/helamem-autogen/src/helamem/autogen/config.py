@@ -106,7 +106,7 @@ class HelaMemMemoryConfig(BaseModel):
             means the same everywhere. ``None`` (default): ``query`` keeps every
             hit (as ``ListMemory`` returns everything it holds), while
             ``update_context`` injects only the hits with some
-            relevance: a score above 0, or reached by spreading from a hit that
+            relevance: a score of at least 0.01, or reached by spreading from a hit that
             has one (a matching question's reply); ``0.0`` injects every hit.
         max_tokens: Cap on the memory text injected into the model context
             (whole memories, best first, counted as
