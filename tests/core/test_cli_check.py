@@ -687,6 +687,9 @@ def test_an_unreadable_embedder_record_is_embedder_unknown_and_its_fix_works(
         "host=db password=hunter2",
         "user=app password=hunter2 host=db",
         "port=5432 dbname=agents password=hunter2",
+        "POSTGRESQL://app:hunter2@db/agents",  # trial 169: another case, a leading space
+        " postgresql://app:hunter2@db/agents",
+        "postgresql+psycopg://app:hunter2@db/agents",  # from_url refuses the driver part
     ],
 )
 def test_a_database_url_is_told_apart_from_a_missing_directory(
@@ -700,7 +703,9 @@ def test_a_database_url_is_told_apart_from_a_missing_directory(
         assert main([command, arg]) == 2
         err = capsys.readouterr().err
         assert "hunter2" not in err
-        if "://" in arg:  # the way it names works for this argument
+        if "+psycopg" in arg:  # the way it names works for this argument
+            assert "postgresql:// URL (not postgresql+psycopg://)" in err, err
+        elif "://" in arg:
             assert "database URL" in err and "HelaMemory.from_url(url)" in err, err
         else:  # from_url refuses a key=value DSN
             assert "connection string" in err and "PostgresConfig(dsn=" in err, err

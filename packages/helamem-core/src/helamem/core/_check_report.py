@@ -40,7 +40,7 @@ def no_store(path: str | Path) -> str:
     """Why ``path`` is not a store directory, and the fix."""
     if Path(path).name == DB_NAME and Path(path).is_file():
         return f"{path} is the store's database: pass its directory, {Path(path).parent}"
-    text = str(path)
+    text = str(path).strip()
     if re.search(r"(^|\s)(host|hostaddr|dbname|user|port|password|sslmode)\s*=", text):
         return (  # a key=value DSN, not echoed: it may hold a password
             "that is a PostgreSQL connection string, not a store directory: the command line "
@@ -48,13 +48,21 @@ def no_store(path: str | Path) -> str:
             "HelaMemConfig(store=PostgresConfig(dsn=...))) as m: m.stats(); "
             "m.export_scope(scope, file), a file `helamem import` takes)"
         )
-    if re.match(r"[a-z][a-z0-9+.-]*:/", text):  # a URL, however a Path folded it
+    scheme = re.match(r"([a-z][a-z0-9+.-]*):/", text, re.IGNORECASE)  # however Path folded it
+    if scheme is not None:  # a URL: not echoed either
+        name = scheme.group(1)
+        how = (
+            "HelaMemory.from_url(url)"
+            if name in ("postgresql", "postgres")  # as from_url takes them
+            else f"HelaMemory.from_url(url) with a postgresql:// URL (not {name}://)"
+        )
         return (
             "that is a database URL, not a store directory: the command line reads SQLite "
-            "stores; read a PostgreSQL store from Python (with HelaMemory.from_url(url) as m: "
-            "m.stats(); m.export_scope(scope, file), a file `helamem import` takes)"
+            f"stores; read a PostgreSQL store from Python (with {how} as m: m.stats(); "
+            "m.export_scope(scope, file), a file `helamem import` takes)"
         )
-    return f"no HeLa-Mem store at {path} ({DB_NAME} not found); check the path"
+    shown = re.sub(r":[^:/@\s]+@", ":***@", str(path))  # a password however it came
+    return f"no HeLa-Mem store at {shown} ({DB_NAME} not found); check the path"
 
 
 EXAMPLES = 5
