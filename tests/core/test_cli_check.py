@@ -709,3 +709,20 @@ def test_a_database_url_is_told_apart_from_a_missing_directory(
             assert "database URL" in err and "HelaMemory.from_url(url)" in err, err
         else:  # from_url refuses a key=value DSN
             assert "connection string" in err and "PostgresConfig(dsn=" in err, err
+
+
+def test_reindex_erases_a_deleted_scopes_words_from_the_files(tmp_path: Path) -> None:
+    """Trial 169: after ``delete_scope`` the full-text index still held the deleted turns'
+    words in its segments (the README documents it): ``helamem reindex`` is the way the
+    README names to erase them, so no byte of them may be left in any file of the store."""
+    path = tmp_path / "s"
+    with HelaMemory(_config(path, False), embedder=HashingEmbedder(64)) as m:
+        m.add("hello there", ("users", "dave"))
+        for i in range(3):
+            m.add_turn(("users", "carol"), f"my passport number is QWERTYPASS{i}", "Noted.")
+        assert m.delete_scope(("users", "carol")) == 6
+    assert main(["reindex", str(path)]) == 0
+    left = [
+        f.name for f in path.rglob("*") if f.is_file() and b"qwertypass" in f.read_bytes().lower()
+    ]
+    assert left == []
