@@ -241,3 +241,29 @@ def test_an_abatch_cancelled_while_it_waits_for_a_write_leaves_no_lock_held(
     assert reader.get(NS, "k").value == {"text": "apple tart"}  # type: ignore[union-attr]
     reader.close()
     writer.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork, no flock")
+def test_a_child_forked_during_a_read_does_not_keep_the_lock(path: Path) -> None:
+    """Review 170: an flock belongs to the open file, which a child forked while the
+    read lock was held shares; closing the parent's descriptor alone left the lock held
+    until the child exited, and every writer of the path waited for it."""
+    import os
+    import time
+
+    from helamem.langgraph._journal import Journal
+
+    reader, writer = Journal(path / JOURNAL), Journal(path / JOURNAL)
+    fd = reader.read_lock()
+    pid = os.fork()
+    if pid == 0:  # the child never touches the store: it only outlives the read
+        time.sleep(4)
+        os._exit(0)
+    try:
+        reader.read_unlock(fd)
+        started = time.monotonic()
+        with writer.held():
+            pass
+        assert time.monotonic() - started < 2.0  # not the child's 4 s
+    finally:
+        os.waitpid(pid, 0)

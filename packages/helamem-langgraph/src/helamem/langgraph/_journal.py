@@ -33,7 +33,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,7 +115,10 @@ class Journal:
             fcntl.flock(gate, how)
             yield
         finally:
-            os.close(gate)  # drops its lock
+            # unlocked first: a child forked meanwhile shares the open file, and
+            # closing this descriptor alone would leave the lock held until it exits
+            fcntl.flock(gate, fcntl.LOCK_UN)
+            os.close(gate)
 
     def read_lock(self) -> int | None:
         """Wait until no writer of the path holds or waits for the lock, and take it
@@ -136,7 +139,9 @@ class Journal:
     def read_unlock(fd: int | None) -> None:
         """Give back what :meth:`read_lock` took."""
         if fd is not None:
-            os.close(fd)  # drops its lock
+            with suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)  # also for a child forked meanwhile
+            os.close(fd)
 
     @contextmanager
     def reading(self) -> Iterator[None]:

@@ -567,7 +567,8 @@ class SQLiteUpkeep(SQLiteConnection):
         where, params = self.ids_in("n", ns)
         sql = f"SELECT DISTINCT scope_id, unique_key FROM memories WHERE {where} AND "
         got = [(int(s), key_digest(str(k))) for s, k in db.execute(sql + "unique_key > ''", params)]
-        db.executemany("INSERT OR IGNORE INTO forgotten_turns VALUES (?, ?)", got)
+        sql = "INSERT OR IGNORE INTO forgotten_turns(scope_id, key_digest) VALUES (?, ?)"
+        db.executemany(sql, got)
 
     def key_forgotten(self, scope_id: int, key: str) -> bool:
         """Whether a turn of ``scope_id`` with idempotency key ``key`` was deleted."""
