@@ -224,3 +224,97 @@ def test_a_slow_statement_or_lock_wait_on_a_server_that_answers_is_not_cut_off(
         holder.join(10)
         assert m.get(kept.id).content == "written once the lock was free"
         assert m.stats(A).memories == 2
+
+
+class _LossyProxy:
+    """A TCP proxy to the server (127.0.0.1) whose connections open so far can be made
+    to lose what the server sends (``cut()``): a half-open connection, as when a NAT or
+    a failover forgot the flow, while new connections go through."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._target = port
+        self._cut: set[int] = set()
+        self._conns: list[Any] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            self._conns += [client, server]
+            key = id(client)
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, key), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any, key: int | None) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if key is not None and key in self._cut:
+                continue  # lost on the way back
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def cut(self) -> None:
+        self._cut.update(id(c) for c in self._conns[::2])
+
+    def close(self) -> None:
+        self._listener.close()
+        for c in self._conns:
+            c.close()
+
+
+def test_a_connection_whose_answers_are_lost_is_given_up_while_the_server_answers(
+    pg_server: PgServer, tmp_path: Path
+) -> None:
+    """Review 170: the probe asked only whether the server answered some new connection,
+    so a statement whose own connection lost the server's answers (half-open) while new
+    connections went through waited forever. The probe asks after this connection's own
+    backend: done with the statement (idle), it will send nothing more."""
+    import threading
+
+    proxy = _LossyProxy(pg_server.port)
+    dsn = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    pg = PostgresConfig(  # type: ignore[arg-type]
+        dsn=dsn, schema_name=schema_for(tmp_path / "s"), timeout_s=0.5, connect_timeout_s=2.0
+    )
+    try:
+        with HelaMemory(
+            HelaMemConfig(path=tmp_path / "s", store=pg), embedder=HashingEmbedder(64)
+        ) as m:
+            a = m.add("the cabin by the river", A).id
+            got: list[Any] = []
+
+            def read() -> None:
+                try:
+                    got.append(m._call(lambda c: c.store._pg.execute("SELECT 1").fetchone()))
+                except StorageError as exc:
+                    got.append(exc)
+
+            proxy.cut()  # every connection open now loses what the server sends
+            worker = threading.Thread(target=read, daemon=True)
+            worker.start()
+            worker.join(30)
+            assert not worker.is_alive(), "a statement whose answer was lost waited forever"
+            assert isinstance(got[0], StorageError), got
+            assert "stopped answering" in str(got[0])
+            assert m.get(a).content == "the cabin by the river"  # a new connection goes on
+    finally:
+        proxy.close()

@@ -492,7 +492,7 @@ class PostgresConfig(_Frozen):
             (another process's write transaction) before it fails with
             :class:`~helamem.core.errors.StorageError` (SQLite's ``busy_timeout_s``).
         timeout_s: Each this many seconds a statement waits for its answer, a new
-            connection asks whether the server still answers (libpq alone waits
+            connection asks whether its backend still works on it (libpq alone waits
             forever on a stopped or cut-off server): while it does, the wait goes
             on; once it does not, the connection closes and the call raises
             ``StorageError`` (a ``COMMIT``: ``CommitUnknownError``).

@@ -72,9 +72,11 @@ class AnsweringConnection(psycopg.Connection[Any]):
     reset) held the store's owner thread, and so every call of the memory,
     forever. Here, each ``answer_s`` seconds a statement goes on without its
     answer, ``answering()`` asks the server on a connection of its own (within
-    ``connect_timeout_s``) whether it still answers: while it does, the
-    statement is merely slow and the wait goes on (a long migration, a large
-    delete or export); once it does not, the connection is closed (the server
+    ``connect_timeout_s``) whether this connection's backend still works on it
+    (:func:`answers`): while it does, the statement is merely slow and the wait
+    goes on (a long migration, a large delete or export); once it does not (no
+    answer, the backend gone, idle or unable to write to this connection), the
+    connection is closed (the server
     rolls back the transaction it held, when it runs again) and
     :class:`NoAnswerError` is raised. Both are set from the
     :class:`~helamem.core.config.PostgresConfig` when the connection is
@@ -106,15 +108,26 @@ class AnsweringConnection(psycopg.Connection[Any]):
                 ) from exc
 
 
-def answers(connect: Callable[[], psycopg.Connection[Any]]) -> bool:
-    """Whether the server answers ``SELECT 1`` on a new connection from ``connect``
-    (which bounds its own waits: :class:`AnsweringConnection` without ``answering``)."""
+_WORKING = """SELECT state, wait_event FROM pg_stat_activity
+WHERE pid = %s AND backend_start = %s"""
+
+
+def answers(connect: Callable[[], psycopg.Connection[Any]], pid: int, started: Any) -> bool:
+    """Whether the server still works on the statement of its backend ``pid`` (started
+    at ``started``), asked on a new connection from ``connect`` (which bounds its own
+    waits: :class:`AnsweringConnection` without ``answering``).
+
+    False when no connection answers, when that backend is gone (or the new connection
+    reached another server: a failover), when it is idle (it answered, and the answer
+    was lost: a half-open connection) or waits to write to its client (which no longer
+    reads it): the statement's own connection is stuck, whatever the server does.
+    """
     try:
         with connect() as probe:
-            probe.execute("SELECT 1")
-        return True
+            row = probe.execute(_WORKING, (pid, started)).fetchone()
     except psycopg.Error:
         return False
+    return row is not None and row[0] == "active" and row[1] != "ClientWrite"
 
 
 def advisory_key(schema: str) -> int:

@@ -74,9 +74,14 @@ def _configure(config: PostgresConfig) -> Callable[[psycopg.Connection[Any]], No
 
 
 def _bound(conn: AnsweringConnection, config: PostgresConfig) -> None:
-    """Bound ``conn``'s waits for the server (:class:`.AnsweringConnection`)."""
+    """Bound ``conn``'s waits for the server (:class:`.AnsweringConnection`): its
+    backend, named by pid and start time, is what the probe asks after."""
+    row = conn.execute(
+        "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    ).fetchone()
     conn.answer_s = config.timeout_s
-    conn.answering = partial(answers, partial(_probe, config))
+    pid = conn.info.backend_pid
+    conn.answering = partial(answers, partial(_probe, config), pid, None if row is None else row[0])
 
 
 def _probe(config: PostgresConfig) -> psycopg.Connection[Any]:
