@@ -178,3 +178,24 @@ def test_a_delete_leaves_no_key_value_behind_and_a_dropped_turn_is_logged(
             )
         assert "pass revive=True to store it again" in caplog.text
         assert mem.find_ids(ALICE, metadata=personal) == []
+
+
+def test_forget_turns_keeps_a_turn_never_stored_forgotten_without_its_text(
+    tmp_path: Path, make_mem: Callable[..., HelaMemory], store_db: Callable[[Path], Any]
+) -> None:
+    """Review 170: AutoGen's clear() stored a turn it had not recorded yet only to
+    delete it (so its key was kept): a failed store lost that, and the stored text could
+    reach a consolidation first. ``forget_turns`` keeps the key alone."""
+    from helamem.core import InvalidInputError
+
+    path = tmp_path / "s"
+    with make_mem(path) as mem:
+        assert mem.forget_turns(ALICE, [KEY, {"request": "r2"}]) == 2
+        assert mem.stats(ALICE).memories == 0  # nothing of it stored, not even for a moment
+        _again(mem)  # the turn of that key, from a saved state: not stored
+        assert mem.find_ids(ALICE, metadata=KEY) == []
+        mem.add_turn(ALICE, "PIN 4711", "noted", metadata=KEY, unique_on=("request",), revive=True)
+        assert len(mem.find_ids(ALICE, metadata=KEY)) == 2  # said again, live: stored
+        for bad in ([{}], [{"request": 7}], ["request"]):
+            with pytest.raises(InvalidInputError):
+                mem.forget_turns(ALICE, bad)  # type: ignore[arg-type]

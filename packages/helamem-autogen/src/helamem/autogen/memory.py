@@ -29,6 +29,7 @@ from helamem.core import (
     HelaMemory,
     Hit,
     InvalidInputError,
+    Scope,
     SearchResult,
     StoreClosedError,
     TurnRecorder,
@@ -312,8 +313,8 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
 
         Everything said before the call is forgotten, the turns the agents' contexts
         completed but no memory had recorded yet included (a memory records a turn
-        at the next model call; they are stored and deleted with the rest, so the
-        store keeps their identity forgotten): those are never recorded afterwards,
+        at the next model call; the store keeps their identity forgotten, never their
+        text: ``HelaMemory.forget_turns``): those are never recorded afterwards,
         also not from an agent state saved before the call and loaded after it, nor is a
         question said before the call in a turn its reply completes after it. That holds
         for every context served by a live ``HelaMemMemory`` of this process on the same
@@ -324,14 +325,15 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         store = self.helamem
         cut = [self, *(p for p in _peers(store, self.scope, HelaMemMemory) if p is not self)]
         cut = [p for p in cut if not p._closed]
+        pending: dict[Scope, list[dict[str, str]]] = {}
         for memory in cut:
             for context, served in list(memory._served.items()):
-                said = await history(context)
-                # its last turn not recorded yet is stored, to be deleted below with the
-                # rest: the delete keeps its identity forgotten, so a state saved before
-                # this call and loaded after it does not record it (review 169)
-                await memory._record(served, *said)
-                await memory._record(served, *said, forget=True)
+                key = await memory._record(served, *await history(context), forget=True)
+                if key is not None:  # its last turn, never recorded: kept forgotten, so a
+                    # state saved before this call and loaded after it does not record it
+                    pending.setdefault(memory.scope, []).append({TURN_KEY: key})
+        for scope, turns in pending.items():
+            await store.aforget_turns(scope, turns)
         for memory in cut:
             await memory._settle()
             for err in memory._failures:  # their turns would be deleted now: nothing is lost
@@ -532,9 +534,10 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         whole: bool = True,
         *,
         forget: bool = False,
-    ) -> None:
+    ) -> str | None:
         """Queue the last completed turn of ``messages`` unless it was recorded already
-        (``forget``: mark it as recorded without storing it, as :meth:`clear` does).
+        (``forget``: mark it as recorded without storing it, as :meth:`clear` does, and
+        return its identity, ``None`` without one: a window, or no such turn).
 
         A turn is told from the one recorded before by its position in the
         whole history, so a repeated "yes" / "Done." is a new turn; a history
@@ -550,27 +553,28 @@ class HelaMemMemory(Memory, Component[HelaMemMemoryConfig]):
         it, in its write transaction, when this scope holds that identity.
         """
         if not self._config.record:  # one that only injects: no path records a turn
-            return
+            return None
         conversation = [m for m in messages if not is_memory_message(m)]
         spoken = len(conversation)
         read = served.follow(conversation) if whole else None
-        if forget and whole:  # clear(): what was said so far is in no later turn either
-            served.forgotten = spoken
         turn = last_turn(messages, self._config.user_sources, served.forgotten if whole else 0)
         if turn is not None and not whole:
             turn = turn._replace(at=-1)
-        if turn is None or turn == served.recorded:
-            return
-        if forget:
-            served.recorded = turn
-            return
-        key = turn_key(self.scope, messages, turn) if whole else None
+        fresh = turn is not None and turn != served.recorded
+        key = turn_key(self.scope, messages, turn) if fresh and whole and turn else None
+        if forget:  # clear(): what was said so far is in no later turn either
+            if whole:
+                served.forgotten = spoken
+            return key  # the turn not recorded yet, kept forgotten by the caller
+        if turn is None or not fresh:
+            return None
         # the turn may be stored already (a loaded history's last turn, recorded by the
         # process that saved the state, before or after this read): the store skips it
         # in its write transaction when this scope holds its identity (an index lookup),
         # or held it and it was forgotten; one completed live since the last read is
         # stored then too (``revive``: the same words as a forgotten conversation)
         await self._queue(served, turn, key, read is not None and turn.at >= read)
+        return None
 
     async def _queue(self, served: _Served, turn: Turn, key: str | None, live: bool) -> None:
         q = served.query  # injected for the newest message: the question's last line

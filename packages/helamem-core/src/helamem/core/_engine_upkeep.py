@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
+from ._args import metadata_fields
 from ._core import Core, Stats
 from ._maintenance import (
     ConsolidationReport,
@@ -21,11 +22,19 @@ from ._portable import ExportReport, ImportReport, export_scope, import_scope
 from ._turn_count import Claim, claim, settle
 from .distill import Distiller, ExtractiveDistiller, LLMDistiller
 from .llm import LLMClient
+from .storage.unique import keep_forgotten, unique_key
 from .types import (
     normalize_scope,
 )
 
 __all__ = ["UpkeepMethods"]
+
+
+def _keep_forgotten(core: Core, scope: Sequence[str], keys: Sequence[str]) -> int:
+    with core.store.tx() as db:
+        node = core.store.ensure_scope(db, normalize_scope(scope))
+        keep_forgotten(db, [(node, k) for k in keys])
+    return len(keys)
 
 
 def _flush(core: Core) -> int:
@@ -149,6 +158,32 @@ class UpkeepMethods(OwnedCore):
             (scope,),
             "delete_scope",
         )
+
+    def forget_turns(self, scope: Sequence[str], turns: Iterable[Mapping[str, str]]) -> int:
+        """Keep turns never stored as forgotten in ``scope`` (not a sub-scope), as a deleted
+        turn's key is kept: no process stores them (``add_turn``; ``revive=True`` does).
+        For an adapter whose ``delete_scope`` forgets turns it had not recorded yet.
+
+        Args:
+            scope: The turns' scope.
+            turns: Each turn's ``unique_on`` pairs (metadata key: str value).
+
+        Returns:
+            The turns kept forgotten.
+
+        Raises:
+            InvalidInputError: A bad scope, or pairs that are not a non-empty dict of str.
+        """
+        normalize_scope(scope)
+        keys = [unique_key(metadata_fields(t, "forget_turns")) for t in turns]
+        return self._call(lambda c: _keep_forgotten(c, scope, keys), (scope,), "forget_turns")
+
+    async def aforget_turns(self, scope: Sequence[str], turns: Iterable[Mapping[str, str]]) -> int:
+        """Async :meth:`forget_turns`."""
+        normalize_scope(scope)
+        keys = [unique_key(metadata_fields(t, "forget_turns")) for t in turns]
+        plan = lambda c: _keep_forgotten(c, scope, keys)  # noqa: E731
+        return await self._acall(plan, (scope,), "aforget_turns")
 
     async def aconsolidate(self, scope: Sequence[str]) -> ConsolidationReport:
         """Async :meth:`consolidate` (the LLM call is awaited on the event loop)."""

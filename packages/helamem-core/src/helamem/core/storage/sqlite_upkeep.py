@@ -23,7 +23,7 @@ from .sqlite_schema import (
     storage_error,
     text_shape,
 )
-from .unique import key_digest
+from .unique import keep_forgotten, key_digest
 
 __all__ = ["INLINE_IDS", "SQLiteUpkeep"]
 
@@ -566,9 +566,7 @@ class SQLiteUpkeep(SQLiteConnection):
         caller's transaction, as forgotten: no process stores a turn of one again."""
         where, params = self.ids_in("n", ns)
         sql = f"SELECT DISTINCT scope_id, unique_key FROM memories WHERE {where} AND "
-        got = [(int(s), key_digest(str(k))) for s, k in db.execute(sql + "unique_key > ''", params)]
-        sql = "INSERT OR IGNORE INTO forgotten_turns(scope_id, key_digest) VALUES (?, ?)"
-        db.executemany(sql, got)
+        keep_forgotten(db, list(db.execute(sql + "unique_key > ''", params)))
 
     def key_forgotten(self, scope_id: int, key: str) -> bool:
         """Whether a turn of ``scope_id`` with idempotency key ``key`` was deleted."""

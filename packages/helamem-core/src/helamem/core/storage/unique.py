@@ -7,9 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-__all__ = ["LEGACY_TURN_KEY", "key_digest", "legacy_unique_key", "unique_key"]
+__all__ = [
+    "LEGACY_TURN_KEY",
+    "keep_forgotten",
+    "key_digest",
+    "legacy_unique_key",
+    "unique_key",
+]
 
 
 LEGACY_TURN_KEY = "_helamem_turn"
@@ -57,3 +64,12 @@ def key_digest(key: str) -> str:
         (64, True)
     """
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def keep_forgotten(db: Any, keys: Iterable[tuple[int, str]]) -> None:
+    """Keep each ``(scope node, unique_key)`` as a forgotten turn's (its
+    :func:`key_digest`, in ``forgotten_turns``) inside the write transaction ``db``
+    (SQLite's connection or PostgreSQL's): no process stores a turn of it again."""
+    got = [(int(node), key_digest(key)) for node, key in keys]
+    sql = "INSERT OR IGNORE INTO forgotten_turns(scope_id, key_digest) VALUES (?, ?)"
+    db.executemany(sql, got)
