@@ -103,6 +103,7 @@ def _cases() -> dict[str, tuple[Scope, Call]]:
         "consolidate": (ALICE, lambda m, ids, p: m.consolidate(ALICE)),
         "forget": (ALICE, lambda m, ids, p: m.forget(ALICE)),
         "delete_scope": (("gone",), lambda m, ids, p: m.delete_scope(("gone",))),
+        "forget_turns": (ALICE, lambda m, ids, p: m.forget_turns(ALICE, [{"k": "v"}])),
         "export_scope": (ALICE, lambda m, ids, p: m.export_scope(ALICE, p / "out.jsonl")),
         "import_scope": (
             ALICE,
