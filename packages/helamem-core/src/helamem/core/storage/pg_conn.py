@@ -76,8 +76,8 @@ class AnsweringConnection(psycopg.Connection[Any]):
     (:func:`answers`): while it does, the statement is merely slow and the wait
     goes on (a long migration, a large delete or export); once it does not (no
     answer, the backend gone, idle or unable to write to this connection), the
-    connection is closed (the server
-    rolls back the transaction it held, when it runs again) and
+    connection is closed (the server rolls back the transaction it held, when it
+    runs again) and
     :class:`NoAnswerError` is raised. Both are set from the
     :class:`~helamem.core.config.PostgresConfig` when the connection is
     configured; until then (and for a wait psycopg bounds itself, e.g.
@@ -103,8 +103,10 @@ class AnsweringConnection(psycopg.Connection[Any]):
                     continue  # a slow statement on a server that answers: wait on
                 self.close()  # mid-statement: the protocol cannot go on on this connection
                 raise NoAnswerError(
-                    f"no answer for {self.answer_s:g} s and the server answered no new "
-                    f"connection (PostgresConfig.timeout_s, connect_timeout_s)"
+                    f"no answer for {self.answer_s:g} s, and the statement is not being "
+                    f"worked on: its backend gone, idle or unable to write to this "
+                    f"connection, or no new connection answered "
+                    f"(PostgresConfig.timeout_s, connect_timeout_s)"
                 ) from exc
 
 
