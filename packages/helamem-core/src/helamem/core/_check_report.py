@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError
+from .identity import is_dsn
 
 __all__ = [
     "DB_NAME",
@@ -41,7 +42,7 @@ def no_store(path: str | Path) -> str:
     if Path(path).name == DB_NAME and Path(path).is_file():
         return f"{path} is the store's database: pass its directory, {Path(path).parent}"
     text = str(path).strip()
-    if re.search(r"(^|\s)(host|hostaddr|dbname|user|port|password|sslmode)\s*=", text):
+    if is_dsn(text):
         return (  # a key=value DSN, not echoed: it may hold a password
             "that is a PostgreSQL connection string, not a store directory: the command line "
             "reads SQLite stores; read a PostgreSQL store from Python (with HelaMemory("

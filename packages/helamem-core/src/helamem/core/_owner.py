@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -38,6 +37,7 @@ from .config import EMPTY_PATH, HelaMemConfig
 from .distill import Distiller
 from .embeddings import Embedder, create_embedder
 from .errors import ConfigError, InvalidInputError, StorageError, StoreClosedError
+from .identity import is_dsn
 from .llm import LLMClient
 from .storage.base import VectorIndex
 from .storage.sqlite import sqlite_errors
@@ -257,7 +257,7 @@ class OwnedCore:
                 f"cannot open {url.split('://')[0]}:// URLs; pass postgresql://..., "
                 f"file://... or a directory path"
             )
-        if re.search(r"\b(host|dbname|user|port)\s*=", url):
+        if is_dsn(url):
             raise InvalidInputError(
                 "from_url takes a postgresql:// URL or a path; pass a key=value DSN as "
                 "HelaMemConfig(store=PostgresConfig(dsn=...))"

@@ -6,10 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 from .config import HelaMemConfig
 
-__all__ = ["database_key", "store_key"]
+__all__ = ["database_key", "is_dsn", "store_key"]
+
+
+_DSN_KEY = re.compile(r"(^|\s)(host|hostaddr|dbname|user|port|password|sslmode)\s*=")
+
+
+def is_dsn(text: str) -> bool:
+    """Whether ``text`` reads as a libpq key=value connection string (not a path).
+
+    Examples:
+        >>> is_dsn("user=app password=x host=db"), is_dsn("./helamem-data")
+        (True, False)
+    """
+    return _DSN_KEY.search(text) is not None
 
 
 def database_key(dsn: str) -> str:
