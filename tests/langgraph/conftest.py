@@ -8,7 +8,7 @@ both backends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +37,17 @@ def new_memory(hela_config: Callable[..., HelaMemConfig]) -> Callable[..., HelaM
         return HelaMemory(hela_config(path, **fields), embedder=HashingEmbedder(dim))
 
     return make
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """The memory's directory (a module's own ``path`` fixture overrides it)."""
+    return tmp_path / "mem"
+
+
+@pytest.fixture
+def memory(path: Path, new_memory: Callable[..., HelaMemory]) -> Iterator[HelaMemory]:
+    """An unopened memory at ``path`` on this test's backend, closed after the test."""
+    m = new_memory(path)
+    yield m
+    m.close()

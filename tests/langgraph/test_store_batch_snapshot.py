@@ -14,7 +14,7 @@ import asyncio
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,6 @@ from helamem.langgraph.store import JOURNAL
 NS = ("users", "alice")
 RACE_S = 0.5  # how long the first read waits for the racing write
 WAIT_S = 60.0
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "mem"
-
-
-@pytest.fixture
-def memory(path: Path, new_memory: Any) -> Iterator[HelaMemory]:
-    m = new_memory(path)
-    yield m
-    m.close()
 
 
 def _after_first_read(store: HelaMemStore, race: Callable[[], None]) -> None:

@@ -72,18 +72,6 @@ def _integrity(db: Any, docs: BaseStore) -> tuple[int, int]:
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "mem"
-
-
-@pytest.fixture
-def memory(path: Path, new_memory: Any) -> Iterator[HelaMemory]:
-    m = new_memory(path)
-    yield m
-    m.close()
-
-
-@pytest.fixture
 def store(memory: HelaMemory) -> Iterator[HelaMemStore]:
     s = HelaMemStore(memory)
     yield s
