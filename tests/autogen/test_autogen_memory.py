@@ -45,38 +45,22 @@ BOB = ("users", "bob")
 
 
 class SpyMemory(HelaMemory):
-    """A real HelaMemory that also keeps the turns it was asked to store, less those a
-    ``delete_scope`` of theirs removed since (``clear()`` stores a context's pending
-    turn to delete it with the rest: what is left is what counts)."""
+    """A real HelaMemory that also keeps the turns it was asked to store."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.turns: list[tuple[str, str, tuple[str, ...]]] = []
-        self._scopes: list[tuple[str, ...]] = []  # each of ``turns``'s scope
 
     async def aadd_turn(
         self, scope: Any, user: str, assistant: str, *, used_ids: Iterable[str] = (), **kw: Any
     ) -> Any:
-        self._note([(tuple(scope), (user, assistant, tuple(used_ids)))])
+        self.turns.append((user, assistant, tuple(used_ids)))
         return await super().aadd_turn(scope, user, assistant, used_ids=used_ids, **kw)
 
     async def aadd_turns(self, turns: Iterable[NewTurn]) -> Any:  # the recorder batches
         batch = list(turns)
-        self._note([(tuple(t.scope), (t.user, t.assistant, tuple(t.used_ids))) for t in batch])
+        self.turns.extend((t.user, t.assistant, tuple(t.used_ids)) for t in batch)
         return await super().aadd_turns(batch)
-
-    async def adelete_scope(self, scope: Any, **kw: Any) -> int:
-        gone = await super().adelete_scope(scope, **kw)
-        n, prefix = len(scope), tuple(scope)
-        kept = [(s, t) for s, t in zip(self._scopes, self.turns, strict=True) if s[:n] != prefix]
-        self._scopes[:] = [s for s, _ in kept]
-        self.turns[:] = [t for _, t in kept]
-        return gone
-
-    def _note(self, asked: list[tuple[tuple[str, ...], tuple[str, str, tuple[str, ...]]]]) -> None:
-        self._scopes[:] = self._scopes[len(self._scopes) - len(self.turns) :]  # turns.clear()
-        self._scopes.extend(s for s, _ in asked)
-        self.turns.extend(t for _, t in asked)
 
 
 def config(path: Path, scope: tuple[str, ...] = ALICE, **kw: Any) -> HelaMemMemoryConfig:
