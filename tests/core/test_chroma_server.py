@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,21 @@ def chroma_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             yield port
     except RuntimeError as exc:  # it exited or never answered
         pytest.fail(str(exc))
+
+
+@contextmanager
+def _own_server(tmp_path: Path) -> Iterator[tuple[ChromaConfig, Any]]:
+    """A Chroma server of the test's own (it may be frozen: ``proc``) and a config on it:
+    requests bounded at 2 s, a scope promoted to its own collection past 5 memories."""
+    from chroma_server import chroma_process
+
+    if not Path(CHROMA).exists():
+        pytest.skip("the chroma CLI is not installed")
+    with chroma_process(tmp_path / "server") as (port, proc):
+        yield (
+            ChromaConfig(mode="http", host="127.0.0.1", port=port, exact_below=5, timeout_s=2.0),
+            proc,
+        )
 
 
 def _apple_and_fillers(mem: HelaMemory, scope: tuple[str, ...], fillers: int) -> str:
@@ -189,15 +205,8 @@ def test_a_server_that_stops_answering_costs_a_bounded_wait_not_a_hang(
     import signal
     import threading
 
-    from chroma_server import chroma_process
-
-    if not Path(CHROMA).exists():
-        pytest.skip("the chroma CLI is not installed")
     scope = ("u",)
-    with chroma_process(tmp_path / "server") as (port, proc):
-        chroma = ChromaConfig(
-            mode="http", host="127.0.0.1", port=port, exact_below=5, timeout_s=2.0
-        )
+    with _own_server(tmp_path) as (chroma, proc):
         mem = HelaMemory(HelaMemConfig(path=tmp_path / "s", chroma=chroma), embedder=_Alias(64))
         mem.open()
         got: list[Any] = []
@@ -238,15 +247,8 @@ def test_a_server_frozen_before_the_first_request_costs_a_bounded_wait_not_a_han
     import threading
     import time
 
-    from chroma_server import chroma_process
-
-    if not Path(CHROMA).exists():
-        pytest.skip("the chroma CLI is not installed")
     scope = ("u",)
-    with chroma_process(tmp_path / "server") as (port, proc):
-        chroma = ChromaConfig(
-            mode="http", host="127.0.0.1", port=port, exact_below=5, timeout_s=2.0
-        )
+    with _own_server(tmp_path) as (chroma, proc):
         cfg = HelaMemConfig(path=tmp_path / "s", chroma=chroma)
         with HelaMemory(cfg, embedder=_Alias(64)) as first:  # a promoted scope
             apple = _apple_and_fillers(first, scope, 8)
